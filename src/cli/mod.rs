@@ -1,0 +1,75 @@
+//! The `spate` command: `serve` runs the broker; `topic`, `produce` and `consume` are clients of
+//! a running broker, like Kafka's console tools.
+
+pub mod console;
+pub mod serve;
+pub mod topic;
+
+use std::future::Future;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "spate",
+    version,
+    about = "A thread-per-core, io_uring message broker in the Kafka mould"
+)]
+pub struct Cli {
+    /// Log filter (error, warn, info, debug, trace, or a RUST_LOG directive); RUST_LOG wins.
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the broker.
+    Serve(serve::ServeArgs),
+    /// Create, list, describe and delete topics.
+    Topic {
+        #[command(subcommand)]
+        action: topic::TopicCommand,
+    },
+    /// Read records from stdin, one per line, and produce them.
+    Produce(console::ProduceArgs),
+    /// Print records of a topic.
+    Consume(console::ConsumeArgs),
+}
+
+/// Where a client subcommand finds the broker.
+#[derive(Args, Debug, Clone)]
+pub struct BrokerAddress {
+    /// The broker's native listener [default: the local broker `spate serve` starts]
+    #[arg(long, short = 'b', value_name = "HOST:PORT")]
+    pub broker: Option<String>,
+}
+
+impl BrokerAddress {
+    pub fn address(&self) -> String {
+        self.broker
+            .clone()
+            .unwrap_or_else(crate::client::default_address)
+    }
+}
+
+/// Runs a client future on a single glommio executor on this thread.
+pub fn run_client<F, Fut, T>(make: F) -> Result<T, String>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .make()
+        .map_err(|e| format!("starting the client executor: {e}"))?;
+    executor.run(make())
+}
+
+/// Parses `key=value`.
+pub fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected key=value, got {text:?}"))?;
+    Ok((key.trim().to_string(), value.trim().to_string()))
+}

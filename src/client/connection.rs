@@ -1,0 +1,457 @@
+//! One pipelined native connection and the typed requests over it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::net::TcpStream;
+use rkyv::util::AlignedVec;
+use zerocopy::IntoBytes;
+
+use crate::native::frame::{Api, FrameHeader, FRAME_HEADER_BYTES};
+use crate::native::messages::{
+    decode, encode, Acks, AdminResponse, CreateTopicRequest, DeleteTopicRequest, ErrorBody,
+    ErrorCode, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
+    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, TopicMetadata,
+};
+use crate::record::batch::{BatchBuilder, NativeBatchView, RecordView};
+use crate::record::entry::parse_entry;
+use crate::record::{BatchMeta, EntryHeader, PayloadFormat};
+
+/// Requests a client queues for its writer before `send` waits.
+const OUTGOING_QUEUE_MAX: usize = 256;
+/// The largest response body the client accepts: a fetch's maximum plus room for its meta.
+const RESPONSE_BYTES_MAX: u32 = 128 * 1024 * 1024;
+const READ_BUFFER_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientError {
+    Io(String),
+    /// The broker sent something this client cannot make sense of.
+    Protocol(String),
+    /// The broker refused the request.
+    Broker {
+        code: ErrorCode,
+        message: String,
+    },
+    /// The connection is gone; requests in flight may or may not have been applied.
+    Disconnected(String),
+}
+
+impl ClientError {
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Broker { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    fn from_body(body: &ErrorBody) -> Result<(), Self> {
+        match body.code {
+            ErrorCode::None => Ok(()),
+            code => Err(Self::Broker {
+                code,
+                message: body.message.clone(),
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "I/O error: {e}"),
+            Self::Protocol(e) => write!(f, "protocol error: {e}"),
+            Self::Broker { code, message } => write!(f, "broker error {code}: {message}"),
+            Self::Disconnected(why) => write!(f, "disconnected: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl From<io::Error> for ClientError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e.to_string())
+    }
+}
+
+struct ResponseFrame {
+    header: FrameHeader,
+    body: AlignedVec<16>,
+}
+
+impl ResponseFrame {
+    fn meta(&self) -> &[u8] {
+        &self.body[..self.header.meta_len.get() as usize]
+    }
+}
+
+struct OutgoingFrame {
+    head: Vec<u8>,
+    data: Option<Bytes>,
+}
+
+type Waiter = oneshot::Sender<Result<ResponseFrame, ClientError>>;
+
+struct Inner {
+    next_request_id: Cell<u64>,
+    waiting: RefCell<HashMap<u64, Waiter>>,
+    outgoing: LocalSender<OutgoingFrame>,
+    closed: RefCell<Option<String>>,
+}
+
+impl Inner {
+    fn close(&self, why: String) {
+        self.closed.borrow_mut().get_or_insert(why.clone());
+        for (_, waiter) in self.waiting.borrow_mut().drain() {
+            let _ = waiter.send(Err(ClientError::Disconnected(why.clone())));
+        }
+    }
+}
+
+/// A native protocol connection. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct Client {
+    inner: Rc<Inner>,
+}
+
+/// A fetch's result: the entries as they were stored, read in place.
+pub struct Fetched {
+    pub high_watermark: u64,
+    pub log_start: u64,
+    /// Whole entries, 16-aligned.
+    pub data: Bytes,
+}
+
+/// One stored entry of a fetch, checked against its checksum.
+pub struct FetchedBatch<'a> {
+    pub header: EntryHeader,
+    view: NativeBatchView<'a>,
+}
+
+impl<'a> FetchedBatch<'a> {
+    pub fn records(&self) -> impl Iterator<Item = RecordView<'a>> + '_ {
+        self.view.records()
+    }
+}
+
+impl Fetched {
+    /// The batches in order; an entry that fails its checksum or validation is an error.
+    pub fn batches(&self) -> Result<Vec<FetchedBatch<'_>>, ClientError> {
+        let mut batches = Vec::new();
+        let mut rest: &[u8] = &self.data;
+        while !rest.is_empty() {
+            let (header, payload) = parse_entry(rest)
+                .map_err(|e| ClientError::Protocol(format!("fetched entry: {e}")))?;
+            if header.format() != Some(PayloadFormat::Native) {
+                let why = format!(
+                    "entry at offset {} is not in the native format",
+                    header.base_offset()
+                );
+                return Err(ClientError::Protocol(why));
+            }
+            let view = NativeBatchView::new(&header, payload)
+                .map_err(|e| ClientError::Protocol(format!("fetched batch: {e}")))?;
+            rest = &rest[header.entry_len()..];
+            batches.push(FetchedBatch { header, view });
+        }
+        Ok(batches)
+    }
+}
+
+/// A topic as `describe` shows it.
+pub type TopicDescription = TopicMetadata;
+
+impl Client {
+    pub async fn connect(address: &str) -> Result<Self, ClientError> {
+        let stream = TcpStream::connect(address)
+            .await
+            .map_err(|e| ClientError::Io(format!("connecting to {address}: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        let (reader, writer) = futures_lite::io::split(stream);
+        let (outgoing, queue) = local_channel::new_bounded::<OutgoingFrame>(OUTGOING_QUEUE_MAX);
+        let inner = Rc::new(Inner {
+            next_request_id: Cell::new(1),
+            waiting: RefCell::new(HashMap::new()),
+            outgoing,
+            closed: RefCell::new(None),
+        });
+        let writer_inner = Rc::downgrade(&inner);
+        glommio::spawn_local(async move {
+            let mut writer = writer;
+            while let Some(frame) = queue.recv().await {
+                let mut written = writer.write_all(&frame.head).await;
+                if let (Ok(()), Some(data)) = (&written, &frame.data) {
+                    written = writer.write_all(data).await;
+                }
+                if let Err(e) = written.and(writer.flush().await) {
+                    if let Some(inner) = writer_inner.upgrade() {
+                        inner.close(format!("write failed: {e}"));
+                    }
+                    return;
+                }
+            }
+            let _ = writer.close().await;
+        })
+        .detach();
+        let reader_inner = Rc::downgrade(&inner);
+        glommio::spawn_local(async move {
+            let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
+            let why = loop {
+                let frame = match read_response(&mut reader).await {
+                    Ok(frame) => frame,
+                    Err(e) => break e,
+                };
+                let Some(inner) = reader_inner.upgrade() else {
+                    return;
+                };
+                let waiter = inner
+                    .waiting
+                    .borrow_mut()
+                    .remove(&frame.header.request_id.get());
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(Ok(frame));
+                }
+            };
+            if let Some(inner) = reader_inner.upgrade() {
+                inner.close(why);
+            }
+        })
+        .detach();
+        Ok(Self { inner })
+    }
+
+    /// Sends a request; waits for its response unless `expect_response` is false.
+    async fn request(
+        &self,
+        api: Api,
+        meta: &[u8],
+        data: Option<Bytes>,
+        expect_response: bool,
+    ) -> Result<Option<ResponseFrame>, ClientError> {
+        if let Some(why) = self.inner.closed.borrow().clone() {
+            return Err(ClientError::Disconnected(why));
+        }
+        let request_id = self.inner.next_request_id.get();
+        self.inner.next_request_id.set(request_id + 1);
+        let (data_len, data_crc) = data
+            .as_ref()
+            .map_or((0, 0), |d| (d.len(), crc32fast::hash(d)));
+        let header = FrameHeader::new(api as u8, 0, request_id, meta.len(), data_len, data_crc);
+        let mut head = Vec::with_capacity(FRAME_HEADER_BYTES + header.padded_meta_len());
+        head.extend_from_slice(header.as_bytes());
+        head.extend_from_slice(meta);
+        head.resize(FRAME_HEADER_BYTES + header.padded_meta_len(), 0);
+        let receiver = expect_response.then(|| {
+            let (waiter, receiver) = oneshot::channel();
+            self.inner.waiting.borrow_mut().insert(request_id, waiter);
+            receiver
+        });
+        if self
+            .inner
+            .outgoing
+            .send(OutgoingFrame { head, data })
+            .await
+            .is_err()
+        {
+            return Err(ClientError::Disconnected("writer stopped".into()));
+        }
+        let Some(receiver) = receiver else {
+            return Ok(None);
+        };
+        let frame = receiver
+            .await
+            .map_err(|_| ClientError::Disconnected("connection closed".into()))??;
+        if frame.header.is_error() {
+            let body: ErrorBody = decode(frame.meta()).map_err(ClientError::Protocol)?;
+            ClientError::from_body(&body)?;
+            return Err(ClientError::Protocol(
+                "error frame without an error code".into(),
+            ));
+        }
+        Ok(Some(frame))
+    }
+
+    async fn call<T>(&self, api: Api, meta: &[u8]) -> Result<(T, ResponseFrame), ClientError>
+    where
+        T: rkyv::Archive,
+        T::Archived: for<'a> rkyv::bytecheck::CheckBytes<
+                rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>,
+            > + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rkyv::rancor::Error>>,
+    {
+        let frame = self
+            .request(api, meta, None, true)
+            .await?
+            .ok_or_else(|| ClientError::Protocol("no response".into()))?;
+        let body = decode(frame.meta()).map_err(ClientError::Protocol)?;
+        Ok((body, frame))
+    }
+
+    /// Sends one archived batch. Returns its base offset, or `None` with acks=0.
+    pub async fn produce_encoded(
+        &self,
+        topic: &str,
+        partition: u32,
+        acks: Acks,
+        batch: BatchMeta,
+        payload: Bytes,
+    ) -> Result<Option<u64>, ClientError> {
+        let request = ProduceRequest {
+            topic: topic.to_string(),
+            partition,
+            acks,
+            batch,
+        };
+        let expect_response = acks != Acks::None;
+        let Some(frame) = self
+            .request(
+                Api::Produce,
+                &encode(&request),
+                Some(payload),
+                expect_response,
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let response: ProduceResponse = decode(frame.meta()).map_err(ClientError::Protocol)?;
+        ClientError::from_body(&response.error)?;
+        Ok(Some(response.base_offset))
+    }
+
+    /// Archives and sends the records as one batch.
+    pub async fn produce(
+        &self,
+        topic: &str,
+        partition: u32,
+        acks: Acks,
+        batch: BatchBuilder,
+    ) -> Result<Option<u64>, ClientError> {
+        let (meta, payload) = batch.build();
+        self.produce_encoded(topic, partition, acks, meta, Bytes::from_owner(payload))
+            .await
+    }
+
+    /// Reads from `offset`, waiting up to `max_wait_ms` at the end of the log.
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+        max_wait_ms: u32,
+    ) -> Result<Fetched, ClientError> {
+        let request = FetchRequest {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            max_bytes,
+            max_wait_ms,
+        };
+        let (response, frame): (FetchResponse, _) =
+            self.call(Api::Fetch, &encode(&request)).await?;
+        ClientError::from_body(&response.error)?;
+        let data_start = frame.header.padded_meta_len();
+        let data = Bytes::from_owner(frame.body).slice(data_start..);
+        Ok(Fetched {
+            high_watermark: response.high_watermark,
+            log_start: response.log_start,
+            data,
+        })
+    }
+
+    /// Kafka's ListOffsets: `OFFSET_EARLIEST`, `OFFSET_LATEST`, or the first offset at or after
+    /// a timestamp (-1 when there is none).
+    pub async fn list_offset(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp: i64,
+    ) -> Result<i64, ClientError> {
+        let request = ListOffsetsRequest {
+            topic: topic.to_string(),
+            partition,
+            timestamp,
+        };
+        let (response, _): (ListOffsetsResponse, _) =
+            self.call(Api::ListOffsets, &encode(&request)).await?;
+        ClientError::from_body(&response.error)?;
+        Ok(response.offset)
+    }
+
+    pub async fn metadata(
+        &self,
+        topics: Option<Vec<String>>,
+        with_offsets: bool,
+    ) -> Result<MetadataResponse, ClientError> {
+        let request = MetadataRequest {
+            topics,
+            with_offsets,
+        };
+        let (response, _) = self.call(Api::Metadata, &encode(&request)).await?;
+        Ok(response)
+    }
+
+    /// The topic's description, or the broker's error for it.
+    pub async fn describe_topic(&self, topic: &str) -> Result<TopicDescription, ClientError> {
+        let mut response = self.metadata(Some(vec![topic.to_string()]), true).await?;
+        let topic = response
+            .topics
+            .pop()
+            .ok_or_else(|| ClientError::Protocol("empty metadata".into()))?;
+        ClientError::from_body(&topic.error)?;
+        Ok(topic)
+    }
+
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        configs: Vec<(String, String)>,
+    ) -> Result<(), ClientError> {
+        let request = CreateTopicRequest {
+            name: name.to_string(),
+            partitions,
+            configs,
+        };
+        let (response, _): (AdminResponse, _) =
+            self.call(Api::CreateTopic, &encode(&request)).await?;
+        ClientError::from_body(&response.error)
+    }
+
+    pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
+        let request = DeleteTopicRequest {
+            name: name.to_string(),
+        };
+        let (response, _): (AdminResponse, _) =
+            self.call(Api::DeleteTopic, &encode(&request)).await?;
+        ClientError::from_body(&response.error)
+    }
+}
+
+async fn read_response<R: futures_lite::io::AsyncRead + Unpin>(
+    reader: &mut R,
+) -> Result<ResponseFrame, String> {
+    let mut raw = [0u8; FRAME_HEADER_BYTES];
+    reader
+        .read_exact(&mut raw)
+        .await
+        .map_err(|e| format!("reading a response header: {e}"))?;
+    let header = FrameHeader::parse(&raw, RESPONSE_BYTES_MAX).map_err(|e| e.to_string())?;
+    if !header.is_response() {
+        return Err("the broker sent a frame that is not a response".into());
+    }
+    let mut body = AlignedVec::<16>::with_capacity(header.body_len());
+    body.resize(header.body_len(), 0);
+    reader
+        .read_exact(&mut body)
+        .await
+        .map_err(|e| format!("reading a response body: {e}"))?;
+    Ok(ResponseFrame { header, body })
+}

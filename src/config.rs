@@ -1,0 +1,381 @@
+//! Broker and topic settings, named as Kafka names them.
+//!
+//! Every setting has a default, so `spate serve` runs with no file at all. A TOML file
+//! (`--config`) and `--set key=value` flags override them, in that order; keys contain dots, so
+//! they are quoted in TOML: `"log.retention.ms" = 3600000`. Topic-level overrides
+//! (`retention.ms`, `segment.bytes`, ...) are resolved against the broker's `log.*` defaults.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::entry::ENTRY_PAYLOAD_BYTES_MAX;
+
+/// The native listener a client finds when it is given no address.
+pub const NATIVE_PORT_DEFAULT: u16 = 9192;
+/// Data lands here when no directory is configured.
+pub const DATA_DIR_DEFAULT: &str = "./spate-data";
+/// Segments smaller than this would roll on nearly every write.
+pub const SEGMENT_BYTES_MIN: u64 = 16 * 1024;
+/// O_DIRECT writes are issued in multiples of this.
+pub const WRITE_ALIGN_BYTES: usize = 4096;
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(key: &str, value: &str, why: &str) -> ConfigError {
+    ConfigError(format!("invalid value {value:?} for {key}: {why}"))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CleanupPolicy {
+    Delete,
+}
+
+/// Settings of one topic, with every default already applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicConfig {
+    /// Segments whose newest record is older than this are deleted; -1 keeps them forever.
+    pub retention_ms: i64,
+    /// The partition is trimmed (whole segments) to stay under this size; -1 for no limit.
+    pub retention_bytes: i64,
+    /// A segment rolls when the next entry would take it past this size.
+    pub segment_bytes: u64,
+    /// A non-empty segment rolls when its first entry is this old.
+    pub segment_ms: i64,
+    /// The largest batch payload a producer may send.
+    pub max_message_bytes: u32,
+    pub cleanup_policy: CleanupPolicy,
+}
+
+impl Default for TopicConfig {
+    fn default() -> Self {
+        Self {
+            retention_ms: 7 * DAY_MS,
+            retention_bytes: -1,
+            segment_bytes: 1024 * 1024 * 1024,
+            segment_ms: 7 * DAY_MS,
+            max_message_bytes: 1_048_588,
+            cleanup_policy: CleanupPolicy::Delete,
+        }
+    }
+}
+
+/// Topic-level setting names and the broker-level names of their defaults.
+pub const TOPIC_KEYS: &[(&str, &str)] = &[
+    ("retention.ms", "log.retention.ms"),
+    ("retention.bytes", "log.retention.bytes"),
+    ("segment.bytes", "log.segment.bytes"),
+    ("segment.ms", "log.roll.ms"),
+    ("max.message.bytes", "message.max.bytes"),
+    ("cleanup.policy", "log.cleanup.policy"),
+];
+
+impl TopicConfig {
+    /// Applies one topic-level setting (`retention.ms`, ...).
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        match key {
+            "retention.ms" => self.retention_ms = parse_limit(key, value)?,
+            "retention.bytes" => self.retention_bytes = parse_limit(key, value)?,
+            "segment.bytes" => {
+                let bytes: u64 = parse(key, value)?;
+                if bytes < SEGMENT_BYTES_MIN {
+                    return Err(invalid(key, value, &format!("below {SEGMENT_BYTES_MIN}")));
+                }
+                self.segment_bytes = bytes;
+            }
+            "segment.ms" => {
+                let ms: i64 = parse(key, value)?;
+                if ms < 1 {
+                    return Err(invalid(key, value, "must be at least 1"));
+                }
+                self.segment_ms = ms;
+            }
+            // Kafka names this `max.message.bytes` on topics and `message.max.bytes` on brokers;
+            // users mix them up, so both are accepted.
+            "max.message.bytes" | "message.max.bytes" => {
+                let bytes: u32 = parse(key, value)?;
+                if bytes == 0 || bytes > ENTRY_PAYLOAD_BYTES_MAX {
+                    let why = format!("must be between 1 and {ENTRY_PAYLOAD_BYTES_MAX}");
+                    return Err(invalid(key, value, &why));
+                }
+                self.max_message_bytes = bytes;
+            }
+            "cleanup.policy" => match value {
+                "delete" => self.cleanup_policy = CleanupPolicy::Delete,
+                "compact" | "compact,delete" | "delete,compact" => {
+                    return Err(invalid(key, value, "compaction is not supported yet"))
+                }
+                _ => return Err(invalid(key, value, "expected delete")),
+            },
+            _ => return Err(ConfigError(format!("unknown topic setting {key}"))),
+        }
+        Ok(())
+    }
+
+    /// This config with `overrides` (topic-level names) applied.
+    pub fn with_overrides(
+        &self,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let mut config = self.clone();
+        for (key, value) in overrides {
+            config.set(key, value)?;
+        }
+        Ok(config)
+    }
+
+    /// Every topic-level setting as a name and value, for `describe`.
+    pub fn entries(&self) -> Vec<(String, String)> {
+        vec![
+            ("retention.ms".into(), self.retention_ms.to_string()),
+            ("retention.bytes".into(), self.retention_bytes.to_string()),
+            ("segment.bytes".into(), self.segment_bytes.to_string()),
+            ("segment.ms".into(), self.segment_ms.to_string()),
+            (
+                "max.message.bytes".into(),
+                self.max_message_bytes.to_string(),
+            ),
+            ("cleanup.policy".into(), "delete".into()),
+        ]
+    }
+}
+
+/// Everything `spate serve` runs with.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    pub data_dir: PathBuf,
+    /// CPUs to pin one shard each to; `None` means one shard per online CPU.
+    pub cores: Option<Vec<usize>>,
+    pub native_listener: SocketAddr,
+    /// Defaults for topics; topics override them by their own names.
+    pub topic_defaults: TopicConfig,
+    pub num_partitions: u32,
+    pub auto_create_topics: bool,
+    /// The largest request frame a client may send.
+    pub socket_request_max_bytes: u32,
+    pub retention_check_interval_ms: u64,
+    /// The largest single O_DIRECT write of the segment writer.
+    pub flush_write_bytes_max: usize,
+    /// Recent entries each partition keeps in memory for consumers at the tail.
+    pub tail_cache_bytes: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from(DATA_DIR_DEFAULT),
+            cores: None,
+            native_listener: SocketAddr::from(([0, 0, 0, 0], NATIVE_PORT_DEFAULT)),
+            topic_defaults: TopicConfig::default(),
+            num_partitions: 1,
+            auto_create_topics: true,
+            socket_request_max_bytes: 100 * 1024 * 1024,
+            retention_check_interval_ms: 300_000,
+            flush_write_bytes_max: 1024 * 1024,
+            tail_cache_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Applies one broker-level setting.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        if let Some((topic_key, _)) = TOPIC_KEYS.iter().find(|(_, broker_key)| *broker_key == key) {
+            return self.topic_defaults.set(topic_key, value);
+        }
+        match key {
+            "log.dirs" | "log.dir" | "data.dir" => self.data_dir = PathBuf::from(value),
+            "cores" => self.cores = Some(parse_cores(value)?),
+            "native.listener" => {
+                self.native_listener = value
+                    .parse()
+                    .map_err(|_| invalid(key, value, "expected host:port"))?
+            }
+            "log.retention.hours" => {
+                let hours: i64 = parse(key, value)?;
+                self.topic_defaults.retention_ms = hours.saturating_mul(3_600_000);
+            }
+            "log.retention.minutes" => {
+                let minutes: i64 = parse(key, value)?;
+                self.topic_defaults.retention_ms = minutes.saturating_mul(60_000);
+            }
+            "log.roll.hours" => {
+                let hours: i64 = parse(key, value)?;
+                self.topic_defaults.segment_ms = hours.saturating_mul(3_600_000);
+            }
+            "num.partitions" => {
+                self.num_partitions = parse(key, value)?;
+                if self.num_partitions == 0 {
+                    return Err(invalid(key, value, "must be at least 1"));
+                }
+            }
+            "auto.create.topics.enable" => self.auto_create_topics = parse(key, value)?,
+            "socket.request.max.bytes" => self.socket_request_max_bytes = parse(key, value)?,
+            "log.retention.check.interval.ms" => {
+                self.retention_check_interval_ms = parse(key, value)?;
+                if self.retention_check_interval_ms == 0 {
+                    return Err(invalid(key, value, "must be at least 1"));
+                }
+            }
+            "log.flush.write.bytes.max" => {
+                let bytes: usize = parse(key, value)?;
+                if bytes == 0 || bytes % WRITE_ALIGN_BYTES != 0 {
+                    let why = format!("must be a positive multiple of {WRITE_ALIGN_BYTES}");
+                    return Err(invalid(key, value, &why));
+                }
+                self.flush_write_bytes_max = bytes;
+            }
+            "log.tail.cache.bytes" => self.tail_cache_bytes = parse(key, value)?,
+            _ => return Err(ConfigError(format!("unknown setting {key}"))),
+        }
+        Ok(())
+    }
+
+    /// Applies every key of a TOML document; values may be strings, integers or booleans.
+    pub fn apply_toml(&mut self, text: &str) -> Result<(), ConfigError> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e| ConfigError(format!("config file is not TOML: {e}")))?;
+        for (key, value) in table {
+            let value = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(ConfigError(format!("{key}: unsupported value {other}")));
+                }
+            };
+            self.set(&key, &value)?;
+        }
+        Ok(())
+    }
+
+    /// Checks settings against each other once everything is applied.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.topic_defaults.max_message_bytes >= self.socket_request_max_bytes {
+            return Err(ConfigError(format!(
+                "message.max.bytes ({}) must be below socket.request.max.bytes ({})",
+                self.topic_defaults.max_message_bytes, self.socket_request_max_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn parse<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, ConfigError> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| invalid(key, value, "not a valid number or boolean"))
+}
+
+/// A size or duration limit where -1 means none.
+fn parse_limit(key: &str, value: &str) -> Result<i64, ConfigError> {
+    let limit: i64 = parse(key, value)?;
+    if limit < -1 {
+        return Err(invalid(key, value, "must be -1 (no limit) or positive"));
+    }
+    Ok(limit)
+}
+
+/// Parses a CPU list like `0-3`, `0,2` or `0-1,4-5`.
+pub fn parse_cores(value: &str) -> Result<Vec<usize>, ConfigError> {
+    let mut cores = Vec::new();
+    for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || invalid("cores", value, "expected a list like 0-3 or 0,2");
+        match part.split_once('-') {
+            Some((first, last)) => {
+                let first: usize = first.trim().parse().map_err(|_| bad())?;
+                let last: usize = last.trim().parse().map_err(|_| bad())?;
+                if first > last {
+                    return Err(bad());
+                }
+                cores.extend(first..=last);
+            }
+            None => cores.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    cores.sort_unstable();
+    cores.dedup();
+    if cores.is_empty() {
+        return Err(invalid("cores", value, "no CPU listed"));
+    }
+    Ok(cores)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_names_reach_topic_defaults() {
+        let mut config = BrokerConfig::default();
+        config
+            .apply_toml(
+                r#"
+                "log.retention.ms" = 1000
+                "log.segment.bytes" = "65536"
+                "message.max.bytes" = 2048
+                "auto.create.topics.enable" = false
+                "num.partitions" = 3
+                "#,
+            )
+            .unwrap();
+        assert_eq!(config.topic_defaults.retention_ms, 1000);
+        assert_eq!(config.topic_defaults.segment_bytes, 65536);
+        assert_eq!(config.topic_defaults.max_message_bytes, 2048);
+        assert!(!config.auto_create_topics);
+        assert_eq!(config.num_partitions, 3);
+    }
+
+    #[test]
+    fn topic_overrides_apply_over_defaults() {
+        let defaults = TopicConfig {
+            retention_ms: 5,
+            ..TopicConfig::default()
+        };
+        let overrides = BTreeMap::from([("retention.bytes".to_string(), "100".to_string())]);
+        let resolved = defaults.with_overrides(&overrides).unwrap();
+        assert_eq!(resolved.retention_ms, 5);
+        assert_eq!(resolved.retention_bytes, 100);
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let mut config = BrokerConfig::default();
+        let err = config.set("log.segment.bytes", "12").unwrap_err();
+        assert!(
+            err.0.contains("log.segment.bytes") || err.0.contains("segment.bytes"),
+            "{err}"
+        );
+        assert!(config
+            .set("no.such.setting", "1")
+            .unwrap_err()
+            .0
+            .contains("unknown"));
+        assert!(config.set("retention.ms", "-5").is_err());
+        assert!(config.set("cleanup.policy", "compact").is_err());
+    }
+
+    #[test]
+    fn core_lists_parse() {
+        assert_eq!(parse_cores("0-3").unwrap(), vec![0, 1, 2, 3]);
+        assert_eq!(parse_cores("0,2").unwrap(), vec![0, 2]);
+        assert_eq!(parse_cores("4-5, 0").unwrap(), vec![0, 4, 5]);
+        assert!(parse_cores("3-1").is_err());
+        assert!(parse_cores("x").is_err());
+    }
+}

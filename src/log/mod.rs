@@ -1,0 +1,16 @@
+//! Partition logs: segment files, their indexes, recovery, retention and the tail cache.
+//!
+//! A partition is a directory of segments (`segment.rs`), each with a sparse offset and time
+//! index (`index.rs`). `partition.rs` owns the write path (offsets, O_DIRECT writes, group
+//! commit) and the read path; `scan.rs` validates stored entries on recovery; `retention.rs`
+//! decides what to delete and when to roll; `tail_cache.rs` serves caught-up readers from
+//! memory. Only the shard that owns a partition touches its files.
+
+pub mod index;
+pub mod partition;
+pub mod retention;
+pub mod scan;
+pub mod segment;
+pub mod tail_cache;
+
+pub use partition::{LogError, LogLimits, PartitionLog, ReadOutcome};

@@ -1,0 +1,832 @@
+//! One partition's log: offsets, the segment writer, group commit, reads and retention.
+//!
+//! ```text
+//!  append() ──► staged (in memory) ──writer task──► O_DIRECT write ──► written_offset
+//!     │                                                                     │
+//!     └──► tail cache (the same Bytes)             syncer task: fdatasync ──► synced_offset
+//! ```
+//!
+//! Watermarks, always `log_start <= synced_offset <= written_offset <= next_offset`:
+//! - `next_offset`: the next offset to assign; everything below has been appended.
+//! - `written_offset`: everything below is on the device (an O_DIRECT write completed), survives
+//!   a process crash, and is visible to consumers: it is the high watermark.
+//! - `synced_offset`: everything below has been fdatasync'ed and survives power loss.
+//!
+//! acks=1 waits for `written_offset`, acks=all for `synced_offset`. One writer task issues one
+//! write at a time, so writes grow with load (everything staged while a write is in flight goes
+//! in the next one); one syncer task keeps one fdatasync in flight and releases every waiter at
+//! or below the position it covered: group commit.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use event_listener::Event;
+
+use crate::config::{TopicConfig, WRITE_ALIGN_BYTES};
+use crate::log::retention::{self, SegmentFacts};
+use crate::log::segment::{self, Segment, Truncation};
+use crate::log::tail_cache::TailCache;
+use crate::metrics::{Hist, Metrics};
+use crate::record::entry::{parse_entry, parse_header, ENTRY_HEADER_BYTES};
+use crate::record::{EntryHeader, PendingEntry};
+
+/// Limits that come from the broker's settings rather than the topic's.
+#[derive(Clone, Copy, Debug)]
+pub struct LogLimits {
+    pub write_bytes_max: usize,
+    pub tail_cache_bytes: usize,
+    /// Appended-but-unwritten bytes beyond which producers wait: the memory bound when
+    /// producers outrun the disk.
+    pub staged_bytes_max: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogError {
+    OffsetOutOfRange {
+        requested: u64,
+        log_start: u64,
+        high_watermark: u64,
+    },
+    /// A write or sync failed; the partition takes no more appends.
+    Storage(String),
+    /// Stored bytes failed their checksum.
+    Corrupt(String),
+    /// The partition is closing (broker stopping or topic deleted).
+    Closed,
+}
+
+impl std::fmt::Display for LogError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::OffsetOutOfRange {
+                requested,
+                log_start,
+                high_watermark,
+            } => write!(
+                f,
+                "offset {requested} is outside the log [{log_start}, {high_watermark}]"
+            ),
+            Self::Storage(why) => write!(f, "storage error: {why}"),
+            Self::Corrupt(why) => write!(f, "corrupt data: {why}"),
+            Self::Closed => write!(f, "partition is closing"),
+        }
+    }
+}
+
+impl std::error::Error for LogError {}
+
+/// Entries returned by a read, whole and in order.
+#[derive(Debug, Default)]
+pub struct ReadOutcome {
+    pub entries: Vec<Bytes>,
+    pub high_watermark: u64,
+    pub log_start: u64,
+}
+
+struct Staged {
+    base_offset: u64,
+    next_offset: u64,
+    max_timestamp: i64,
+    entry: Bytes,
+}
+
+struct LogState {
+    /// Oldest first; the last one is the active segment. Never empty.
+    segments: VecDeque<Rc<Segment>>,
+    next_offset: u64,
+    written_offset: u64,
+    synced_offset: u64,
+    /// The highest offset an acks=all producer waits to see synced.
+    sync_target: u64,
+    staged: VecDeque<Staged>,
+    staged_bytes: usize,
+    tail: TailCache,
+    /// Bytes of the active segment from its last 4 KiB boundary to its end: the next write
+    /// starts at that boundary and rewrites them.
+    block_tail: Vec<u8>,
+    roll_requested: bool,
+    stopping: bool,
+    writer_done: bool,
+    syncer_done: bool,
+    failed: Option<String>,
+}
+
+impl LogState {
+    fn active(&self) -> Rc<Segment> {
+        // `segments` is never empty: open creates one and deletion keeps the active one.
+        self.segments
+            .back()
+            .cloned()
+            .expect("a partition always has an active segment")
+    }
+
+    fn log_start(&self) -> u64 {
+        self.segments
+            .front()
+            .map_or(self.next_offset, |s| s.base_offset)
+    }
+}
+
+pub struct PartitionLog {
+    pub topic: Rc<str>,
+    pub partition: u32,
+    dir: PathBuf,
+    config: RefCell<TopicConfig>,
+    limits: LogLimits,
+    state: RefCell<LogState>,
+    /// Fired whenever a watermark moves, the log fails, or it starts closing.
+    changed: Event,
+    /// Fired when the writer has work: staged entries, a roll request, or a stop.
+    writer_wake: Event,
+    metrics: Rc<Metrics>,
+}
+
+impl PartitionLog {
+    /// Opens (recovering) or creates the partition in `dir` and starts its writer and syncer.
+    pub async fn open(
+        topic: Rc<str>,
+        partition: u32,
+        dir: PathBuf,
+        config: TopicConfig,
+        limits: LogLimits,
+        metrics: Rc<Metrics>,
+    ) -> io::Result<Rc<Self>> {
+        let segments = open_segments(&dir, &topic, partition, config.segment_bytes).await?;
+        let next_offset = segments.back().map_or(0, |s| s.meta.borrow().next_offset);
+        let block_tail = match segments.back() {
+            Some(active) => read_block_tail(active).await?,
+            None => Vec::new(),
+        };
+        let log = Rc::new(Self {
+            topic,
+            partition,
+            dir,
+            config: RefCell::new(config),
+            limits,
+            state: RefCell::new(LogState {
+                segments,
+                next_offset,
+                written_offset: next_offset,
+                synced_offset: next_offset,
+                sync_target: 0,
+                staged: VecDeque::new(),
+                staged_bytes: 0,
+                tail: TailCache::new(limits.tail_cache_bytes),
+                block_tail,
+                roll_requested: false,
+                stopping: false,
+                writer_done: false,
+                syncer_done: false,
+                failed: None,
+            }),
+            changed: Event::new(),
+            writer_wake: Event::new(),
+            metrics,
+        });
+        glommio::spawn_local(log.clone().run_writer()).detach();
+        glommio::spawn_local(log.clone().run_syncer()).detach();
+        Ok(log)
+    }
+
+    pub fn config(&self) -> TopicConfig {
+        self.config.borrow().clone()
+    }
+
+    /// Assigns offsets to the entry and queues it for writing. Returns its base offset and the
+    /// offset after it; wait for those with [`Self::wait_written`] or [`Self::wait_synced`].
+    pub fn append(&self, pending: PendingEntry) -> Result<(u64, u64), LogError> {
+        let mut st = self.state.borrow_mut();
+        if let Some(why) = &st.failed {
+            return Err(LogError::Storage(why.clone()));
+        }
+        if st.stopping {
+            return Err(LogError::Closed);
+        }
+        let base_offset = st.next_offset;
+        let next_offset = base_offset + u64::from(pending.meta.record_count);
+        let max_timestamp = pending.meta.max_timestamp;
+        let entry = pending.seal(base_offset);
+        st.next_offset = next_offset;
+        st.staged_bytes += entry.len();
+        st.tail.push(base_offset, next_offset, entry.clone());
+        st.staged.push_back(Staged {
+            base_offset,
+            next_offset,
+            max_timestamp,
+            entry,
+        });
+        drop(st);
+        self.writer_wake.notify(1);
+        Ok((base_offset, next_offset))
+    }
+
+    /// Waits until everything below `offset` is on the device.
+    pub async fn wait_written(&self, offset: u64) -> Result<(), LogError> {
+        self.wait_until(|st| st.written_offset >= offset).await
+    }
+
+    /// Waits until everything below `offset` is fdatasync'ed.
+    pub async fn wait_synced(&self, offset: u64) -> Result<(), LogError> {
+        {
+            let mut st = self.state.borrow_mut();
+            st.sync_target = st.sync_target.max(offset);
+        }
+        self.changed.notify(usize::MAX);
+        self.wait_until(|st| st.synced_offset >= offset).await
+    }
+
+    /// Waits while more than `staged_bytes_max` is waiting to be written (backpressure).
+    pub async fn wait_for_room(&self) -> Result<(), LogError> {
+        let max = self.limits.staged_bytes_max;
+        self.wait_until(|st| st.staged_bytes <= max).await
+    }
+
+    /// Waits until the high watermark passes `offset`, at most `wait`. Returns whether it did.
+    pub async fn wait_for_data(&self, offset: u64, wait: Duration) -> bool {
+        let data = async {
+            self.wait_until(|st| st.written_offset > offset)
+                .await
+                .is_ok()
+        };
+        let timeout = async {
+            glommio::timer::sleep(wait).await;
+            false
+        };
+        futures_lite::future::or(data, timeout).await
+    }
+
+    async fn wait_until(&self, done: impl Fn(&LogState) -> bool) -> Result<(), LogError> {
+        loop {
+            let listener = self.changed.listen();
+            {
+                let st = self.state.borrow();
+                if done(&st) {
+                    return Ok(());
+                }
+                if let Some(why) = &st.failed {
+                    return Err(LogError::Storage(why.clone()));
+                }
+                if st.writer_done {
+                    return Err(LogError::Closed);
+                }
+            }
+            listener.await;
+        }
+    }
+
+    pub fn high_watermark(&self) -> u64 {
+        self.state.borrow().written_offset
+    }
+
+    pub fn log_start(&self) -> u64 {
+        self.state.borrow().log_start()
+    }
+
+    /// Whole entries holding `offset` and after, up to about `max_bytes` (always at least one
+    /// entry when any is available), below the high watermark.
+    pub async fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadOutcome, LogError> {
+        let (segments, high_watermark, log_start) = {
+            let st = self.state.borrow();
+            let (hw, start) = (st.written_offset, st.log_start());
+            if offset < start || offset > hw {
+                return Err(LogError::OffsetOutOfRange {
+                    requested: offset,
+                    log_start: start,
+                    high_watermark: hw,
+                });
+            }
+            if offset == hw {
+                return Ok(ReadOutcome {
+                    entries: Vec::new(),
+                    high_watermark: hw,
+                    log_start: start,
+                });
+            }
+            if let Some(entries) = st.tail.read(offset, hw, max_bytes) {
+                return Ok(ReadOutcome {
+                    entries,
+                    high_watermark: hw,
+                    log_start: start,
+                });
+            }
+            let first = st
+                .segments
+                .partition_point(|s| s.base_offset <= offset)
+                .saturating_sub(1);
+            let segments: Vec<_> = st.segments.range(first..).cloned().collect();
+            (segments, hw, start)
+        };
+        for segment in segments {
+            let found = read_segment(&segment, offset, max_bytes)
+                .await
+                .map_err(|e| self.read_error(&segment, e))?;
+            if let Some(entries) = found {
+                return Ok(ReadOutcome {
+                    entries: vec![entries],
+                    high_watermark,
+                    log_start,
+                });
+            }
+        }
+        Ok(ReadOutcome {
+            entries: Vec::new(),
+            high_watermark,
+            log_start,
+        })
+    }
+
+    fn read_error(&self, segment: &Segment, error: ReadError) -> LogError {
+        match error {
+            ReadError::Io(e) => LogError::Storage(format!("{}: {e}", segment.log_path.display())),
+            ReadError::Corrupt { position, why } => {
+                let message = format!(
+                    "{} at position {position}: {why}",
+                    segment.log_path.display()
+                );
+                tracing::error!(topic = %self.topic, partition = self.partition, "{message}");
+                LogError::Corrupt(message)
+            }
+        }
+    }
+
+    /// The offset of the first record whose timestamp is at or after `timestamp`, or `None`.
+    pub async fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<u64>, LogError> {
+        let candidates: Vec<_> = {
+            let st = self.state.borrow();
+            st.segments
+                .iter()
+                .filter(|s| s.meta.borrow().max_timestamp >= timestamp)
+                .cloned()
+                .collect()
+        };
+        for segment in candidates {
+            let found = find_timestamp(&segment, timestamp)
+                .await
+                .map_err(|e| self.read_error(&segment, e))?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Applies retention and time-based rolling once. Returns how many segments it deleted.
+    pub async fn enforce_retention(&self, now_ms: i64) -> io::Result<usize> {
+        let plan = {
+            let st = self.state.borrow();
+            let sealed: Vec<SegmentFacts> = st
+                .segments
+                .iter()
+                .take(st.segments.len() - 1)
+                .map(|s| s.facts())
+                .collect();
+            retention::plan(&sealed, st.active().facts(), &self.config.borrow(), now_ms)
+        };
+        if plan.roll_active {
+            self.state.borrow_mut().roll_requested = true;
+            self.writer_wake.notify(1);
+        }
+        let doomed: Vec<Rc<Segment>> = {
+            let mut st = self.state.borrow_mut();
+            let count = plan.delete_oldest.min(st.segments.len() - 1);
+            st.segments.drain(..count).collect()
+        };
+        for segment in &doomed {
+            tracing::info!(
+                topic = %self.topic,
+                partition = self.partition,
+                segment = %segment.log_path.display(),
+                "deleting segment past retention"
+            );
+            segment.remove_files(&self.dir).await?;
+        }
+        Ok(doomed.len())
+    }
+
+    /// Stops taking appends, writes and syncs everything appended, and persists the active
+    /// segment's index. Waiters still pending afterwards get [`LogError::Closed`].
+    pub async fn close(&self) {
+        self.state.borrow_mut().stopping = true;
+        self.writer_wake.notify(usize::MAX);
+        self.changed.notify(usize::MAX);
+        loop {
+            let listener = self.changed.listen();
+            let st = self.state.borrow();
+            if st.writer_done && st.syncer_done {
+                break;
+            }
+            drop(st);
+            listener.await;
+        }
+        let (active, failed) = {
+            let st = self.state.borrow();
+            (st.active(), st.failed.is_some())
+        };
+        if failed {
+            return;
+        }
+        let synced = async {
+            let started = Instant::now();
+            active.file.fdatasync().await?;
+            self.metrics.record(Hist::Fdatasync, started.elapsed());
+            active.persist_index(&self.dir).await
+        };
+        match synced.await {
+            Ok(()) => {
+                let mut st = self.state.borrow_mut();
+                st.synced_offset = st.written_offset;
+            }
+            Err(e) => {
+                tracing::error!(topic = %self.topic, partition = self.partition, "final sync failed: {e}")
+            }
+        }
+    }
+
+    fn fail(&self, why: String) {
+        tracing::error!(topic = %self.topic, partition = self.partition, "{why}; refusing appends");
+        self.state.borrow_mut().failed = Some(why);
+        self.changed.notify(usize::MAX);
+    }
+
+    async fn run_writer(self: Rc<Self>) {
+        while let Some(work) = self.next_work().await {
+            let result = match work {
+                Work::Roll => self.roll().await,
+                Work::Write(batch) => self.write_batch(batch).await,
+            };
+            if let Err(e) = result {
+                self.fail(format!("segment write failed: {e}"));
+                break;
+            }
+        }
+        self.state.borrow_mut().writer_done = true;
+        self.changed.notify(usize::MAX);
+    }
+
+    async fn next_work(&self) -> Option<Work> {
+        loop {
+            let listener = self.writer_wake.listen();
+            {
+                let mut st = self.state.borrow_mut();
+                if st.failed.is_some() {
+                    return None;
+                }
+                if st.roll_requested {
+                    st.roll_requested = false;
+                    if st.active().meta.borrow().size > 0 && st.staged.is_empty() {
+                        return Some(Work::Roll);
+                    }
+                }
+                if !st.staged.is_empty() {
+                    let mut batch = Vec::new();
+                    let mut bytes = 0;
+                    while let Some(next) = st.staged.front() {
+                        if !batch.is_empty()
+                            && bytes + next.entry.len() > self.limits.write_bytes_max
+                        {
+                            break;
+                        }
+                        bytes += next.entry.len();
+                        batch.extend(st.staged.pop_front());
+                    }
+                    return Some(Work::Write(batch));
+                }
+                if st.stopping {
+                    return None;
+                }
+            }
+            listener.await;
+        }
+    }
+
+    /// Writes a batch, rolling to a new segment wherever the next entry would overflow this one.
+    async fn write_batch(&self, batch: Vec<Staged>) -> io::Result<()> {
+        let segment_bytes = self.config.borrow().segment_bytes;
+        let mut run_start = 0;
+        let mut run_bytes = 0u64;
+        for (i, staged) in batch.iter().enumerate() {
+            let len = staged.entry.len() as u64;
+            let size = self.state.borrow().active().meta.borrow().size;
+            if size > 0 && size + run_bytes + len > segment_bytes {
+                self.write_run(&batch[run_start..i]).await?;
+                self.roll().await?;
+                run_start = i;
+                run_bytes = 0;
+            }
+            run_bytes += len;
+        }
+        self.write_run(&batch[run_start..]).await
+    }
+
+    /// One O_DIRECT write of `entries` at the end of the active segment, starting at the last
+    /// block boundary so the partial block is rewritten whole.
+    async fn write_run(&self, entries: &[Staged]) -> io::Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let (segment, block_tail) = {
+            let mut st = self.state.borrow_mut();
+            (st.active(), std::mem::take(&mut st.block_tail))
+        };
+        let start_size = segment.meta.borrow().size;
+        let aligned_start = start_size - block_tail.len() as u64;
+        debug_assert_eq!(aligned_start % WRITE_ALIGN_BYTES as u64, 0);
+        let data_len = block_tail.len() + entries.iter().map(|s| s.entry.len()).sum::<usize>();
+        let mut buf = segment
+            .file
+            .alloc_dma_buffer(data_len.next_multiple_of(WRITE_ALIGN_BYTES));
+        let bytes = buf.as_bytes_mut();
+        bytes[..block_tail.len()].copy_from_slice(&block_tail);
+        let mut at = block_tail.len();
+        for staged in entries {
+            bytes[at..at + staged.entry.len()].copy_from_slice(&staged.entry);
+            at += staged.entry.len();
+        }
+        bytes[at..].fill(0);
+        let new_tail = bytes[data_len - data_len % WRITE_ALIGN_BYTES..data_len].to_vec();
+        let buf_len = bytes.len();
+
+        let started = Instant::now();
+        let written = segment.file.write_at(buf, aligned_start).await?;
+        self.metrics.record(Hist::LogAppend, started.elapsed());
+        if written != buf_len {
+            return Err(io::Error::other(format!(
+                "short write: {written} of {buf_len} bytes"
+            )));
+        }
+
+        {
+            let mut meta = segment.meta.borrow_mut();
+            let mut position = start_size;
+            for staged in entries {
+                let max_timestamp_before = meta.max_timestamp;
+                meta.index
+                    .observe(staged.base_offset, position, max_timestamp_before);
+                meta.max_timestamp = meta.max_timestamp.max(staged.max_timestamp);
+                position += staged.entry.len() as u64;
+            }
+            meta.size = position;
+            meta.next_offset = entries[entries.len() - 1].next_offset;
+            meta.first_write_ms.get_or_insert_with(crate::now_ms);
+        }
+        let mut st = self.state.borrow_mut();
+        st.block_tail = new_tail;
+        st.written_offset = entries[entries.len() - 1].next_offset;
+        st.staged_bytes -= data_len - block_tail.len();
+        drop(st);
+        self.changed.notify(usize::MAX);
+        Ok(())
+    }
+
+    /// Seals the active segment and opens a new one at the next offset.
+    async fn roll(&self) -> io::Result<()> {
+        let old = self.state.borrow().active();
+        let started = Instant::now();
+        old.seal(&self.dir).await?;
+        self.metrics.record(Hist::Fdatasync, started.elapsed());
+        let base_offset = old.meta.borrow().next_offset;
+        let segment_bytes = self.config.borrow().segment_bytes;
+        let new = Segment::create(&self.dir, base_offset, segment_bytes).await?;
+        let mut st = self.state.borrow_mut();
+        st.synced_offset = st.synced_offset.max(base_offset);
+        st.segments.push_back(Rc::new(new));
+        st.block_tail.clear();
+        drop(st);
+        self.changed.notify(usize::MAX);
+        Ok(())
+    }
+
+    async fn run_syncer(self: Rc<Self>) {
+        loop {
+            let listener = self.changed.listen();
+            let job = {
+                let st = self.state.borrow();
+                if st.failed.is_some() || (st.stopping && st.writer_done) {
+                    break;
+                }
+                let wanted = st.sync_target > st.synced_offset;
+                let possible = st.written_offset > st.synced_offset;
+                (wanted && possible).then(|| (st.active(), st.written_offset))
+            };
+            let Some((segment, covers)) = job else {
+                listener.await;
+                continue;
+            };
+            let started = Instant::now();
+            if let Err(e) = segment.file.fdatasync().await {
+                self.fail(format!("fdatasync failed: {e}"));
+                break;
+            }
+            self.metrics.record(Hist::Fdatasync, started.elapsed());
+            let mut st = self.state.borrow_mut();
+            st.synced_offset = st.synced_offset.max(covers);
+            drop(st);
+            self.changed.notify(usize::MAX);
+        }
+        self.state.borrow_mut().syncer_done = true;
+        self.changed.notify(usize::MAX);
+    }
+}
+
+enum Work {
+    Roll,
+    Write(Vec<Staged>),
+}
+
+enum ReadError {
+    Io(io::Error),
+    Corrupt { position: u64, why: String },
+}
+
+impl From<io::Error> for ReadError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+/// Bytes read past the requested size so the entry holding the offset is in the first read.
+const READ_SLACK_BYTES: usize = crate::log::index::INDEX_INTERVAL_BYTES as usize + 64 * 1024;
+
+/// Reads whole entries holding `offset` and after from one segment, checking every checksum.
+/// `None` when the segment holds nothing at or after `offset`.
+async fn read_segment(
+    segment: &Segment,
+    offset: u64,
+    max_bytes: usize,
+) -> Result<Option<Bytes>, ReadError> {
+    let (start, size) = {
+        let meta = segment.meta.borrow();
+        if meta.next_offset <= offset {
+            return Ok(None);
+        }
+        (
+            meta.index.seek_offset(offset).map_or(0, |p| p.position),
+            meta.size,
+        )
+    };
+    let len = (size - start).min((max_bytes + READ_SLACK_BYTES) as u64) as usize;
+    let mut buf = segment.read(start, len).await?;
+    let mut buf_start = start;
+    let mut at = 0usize;
+    let mut first: Option<usize> = None;
+    while at < buf.len() {
+        let position = buf_start + at as u64;
+        let header = parse_header(&buf[at..]).map_err(|e| ReadError::Corrupt {
+            position,
+            why: e.to_string(),
+        })?;
+        let entry_len = header.entry_len();
+        if at + entry_len > buf.len() {
+            if first.is_some() {
+                break;
+            }
+            // The entry we need does not fit: read exactly it.
+            buf = segment.read(position, entry_len).await?;
+            buf_start = position;
+            at = 0;
+            continue;
+        }
+        if let Some(first) = first {
+            if at + entry_len - first > max_bytes {
+                break;
+            }
+        }
+        parse_entry(&buf[at..at + entry_len]).map_err(|e| ReadError::Corrupt {
+            position,
+            why: e.to_string(),
+        })?;
+        if first.is_none() && header.next_offset() > offset {
+            first = Some(at);
+        }
+        at += entry_len;
+    }
+    Ok(first.map(|first| buf.slice(first..at)))
+}
+
+/// Finds the first record at or after `timestamp` in one segment.
+async fn find_timestamp(segment: &Segment, timestamp: i64) -> Result<Option<u64>, ReadError> {
+    let (mut position, size) = {
+        let meta = segment.meta.borrow();
+        (
+            meta.index
+                .seek_timestamp(timestamp)
+                .map_or(0, |p| p.position),
+            meta.size,
+        )
+    };
+    while position < size {
+        let header_bytes = segment.read(position, ENTRY_HEADER_BYTES).await?;
+        let header = parse_header(&header_bytes).map_err(|e| ReadError::Corrupt {
+            position,
+            why: e.to_string(),
+        })?;
+        if header.max_timestamp.get() >= timestamp {
+            let entry = segment.read(position, header.entry_len()).await?;
+            return first_record_at_or_after(&entry, timestamp)
+                .map(Some)
+                .map_err(|why| ReadError::Corrupt { position, why });
+        }
+        position += header.entry_len() as u64;
+    }
+    Ok(None)
+}
+
+/// The offset of the first record in `entry` with a timestamp at or after `timestamp`.
+fn first_record_at_or_after(entry: &[u8], timestamp: i64) -> Result<u64, String> {
+    let (header, payload) = parse_entry(entry).map_err(|e| e.to_string())?;
+    match header.format() {
+        Some(crate::record::PayloadFormat::Native) => {
+            // Disk reads land at arbitrary alignment; the archive needs 16.
+            let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
+            aligned.extend_from_slice(payload);
+            let view = crate::record::batch::NativeBatchView::new(&header, &aligned)
+                .map_err(|e| e.to_string())?;
+            let found = view
+                .records()
+                .find(|r| r.timestamp >= timestamp)
+                .map(|r| r.offset);
+            Ok(found.unwrap_or(header.base_offset()))
+        }
+        _ => Ok(header.base_offset()),
+    }
+}
+
+/// Opens every segment in `dir` (creating the first if there is none) and logs what recovery
+/// cut.
+async fn open_segments(
+    dir: &Path,
+    topic: &str,
+    partition: u32,
+    segment_bytes: u64,
+) -> io::Result<VecDeque<Rc<Segment>>> {
+    let listing = dir.to_path_buf();
+    let mut bases: Vec<u64> = glommio::executor()
+        .spawn_blocking(move || -> io::Result<Vec<u64>> {
+            std::fs::create_dir_all(&listing)?;
+            let mut bases = Vec::new();
+            for entry in std::fs::read_dir(&listing)? {
+                if let Some(base) = entry?
+                    .file_name()
+                    .to_str()
+                    .and_then(segment::parse_log_name)
+                {
+                    bases.push(base);
+                }
+            }
+            Ok(bases)
+        })
+        .await?;
+    bases.sort_unstable();
+    let mut segments = VecDeque::new();
+    let Some((&last, sealed)) = bases.split_last() else {
+        segments.push_back(Rc::new(Segment::create(dir, 0, segment_bytes).await?));
+        return Ok(segments);
+    };
+    for &base in sealed {
+        let (segment, cut) = Segment::open_sealed(dir, base).await?;
+        report_truncation(topic, partition, &segment, cut);
+        segments.push_back(Rc::new(segment));
+    }
+    let (active, cut) = Segment::open_active(dir, last, segment_bytes).await?;
+    report_truncation(topic, partition, &active, cut);
+    segments.push_back(Rc::new(active));
+    Ok(segments)
+}
+
+fn report_truncation(topic: &str, partition: u32, segment: &Segment, cut: Option<Truncation>) {
+    if let Some(cut) = cut {
+        tracing::warn!(
+            topic,
+            partition,
+            segment = %segment.log_path.display(),
+            position = cut.position,
+            offset = cut.offset,
+            "recovery truncated the log at the first bad entry: {}",
+            cut.reason
+        );
+    }
+}
+
+/// The bytes of the active segment after its last block boundary, which the next write
+/// rewrites.
+async fn read_block_tail(active: &Segment) -> io::Result<Vec<u8>> {
+    let size = active.meta.borrow().size;
+    let tail_len = (size % WRITE_ALIGN_BYTES as u64) as usize;
+    if tail_len == 0 {
+        return Ok(Vec::new());
+    }
+    Ok(active
+        .read(size - tail_len as u64, tail_len)
+        .await?
+        .to_vec())
+}
+
+/// A header parsed from stored bytes, for callers outside the log.
+pub fn entry_header(entry: &[u8]) -> Option<EntryHeader> {
+    parse_header(entry).ok()
+}

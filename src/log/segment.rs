@@ -1,0 +1,344 @@
+//! One segment file of a partition: creating, recovering, reading and sealing it.
+//!
+//! A segment is `<base_offset>.log` (20 digits, as Kafka names them) beside its
+//! `<base_offset>.index`. The active segment is preallocated to `segment.bytes` so appends never
+//! grow the file's metadata; its unwritten end reads as zeros, which is how recovery finds where
+//! the log ends. A sealed segment is fdatasync'ed, truncated to its real length and indexed.
+//!
+//! Only the partition's writer task changes [`SegmentMeta`]; readers borrow it briefly and never
+//! across an `.await`.
+
+use std::cell::RefCell;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use glommio::io::{DmaFile, OpenOptions};
+
+use crate::config::WRITE_ALIGN_BYTES;
+use crate::log::index::{self, IndexedSegment, SegmentIndex};
+use crate::log::retention::SegmentFacts;
+use crate::log::scan::{scan, ScanState, ScanStop};
+use crate::record::EntryError;
+
+/// The largest single read issued to the device. glommio 0.9 can hang on reads larger than the
+/// device's `max_sectors_kb` (upstream PR #635); 512 KiB is below every common setting.
+pub const READ_BYTES_MAX: usize = 512 * 1024;
+/// Recovery reads segments in chunks of this size.
+const SCAN_CHUNK_BYTES: usize = READ_BYTES_MAX;
+
+/// What the writer has put in the segment so far.
+#[derive(Debug)]
+pub struct SegmentMeta {
+    /// Bytes of whole entries, from the start of the file.
+    pub size: u64,
+    pub next_offset: u64,
+    pub max_timestamp: i64,
+    pub index: SegmentIndex,
+    pub first_write_ms: Option<i64>,
+}
+
+pub struct Segment {
+    pub base_offset: u64,
+    pub file: Rc<DmaFile>,
+    pub log_path: PathBuf,
+    pub meta: RefCell<SegmentMeta>,
+}
+
+/// Where and why recovery cut a segment short.
+#[derive(Debug)]
+pub struct Truncation {
+    pub position: u64,
+    pub offset: u64,
+    pub reason: EntryError,
+}
+
+pub fn log_path(dir: &Path, base_offset: u64) -> PathBuf {
+    dir.join(format!("{base_offset:020}.log"))
+}
+
+fn index_path(dir: &Path, base_offset: u64) -> PathBuf {
+    dir.join(format!("{base_offset:020}.index"))
+}
+
+/// Parses `<20 digits>.log` back into a base offset.
+pub fn parse_log_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".log")?;
+    (digits.len() == 20).then(|| digits.parse().ok()).flatten()
+}
+
+impl Segment {
+    /// Creates an empty, preallocated active segment.
+    pub async fn create(dir: &Path, base_offset: u64, preallocate_bytes: u64) -> io::Result<Self> {
+        let path = log_path(dir, base_offset);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .dma_open(&path)
+            .await?;
+        file.pre_allocate(preallocate_bytes, false).await?;
+        sync_dir(dir).await?;
+        Ok(Self::new(
+            base_offset,
+            file,
+            path,
+            ScanState::new(base_offset),
+        ))
+    }
+
+    fn new(base_offset: u64, file: DmaFile, log_path: PathBuf, state: ScanState) -> Self {
+        let first_write_ms = (state.position > 0).then(crate::now_ms);
+        Self {
+            base_offset,
+            file: Rc::new(file),
+            log_path,
+            meta: RefCell::new(SegmentMeta {
+                size: state.position,
+                next_offset: state.next_offset,
+                max_timestamp: state.max_timestamp,
+                index: state.index,
+                first_write_ms,
+            }),
+        }
+    }
+
+    /// Opens a sealed segment read-only, from its index file when that matches the segment,
+    /// else by scanning it (and writing a fresh index).
+    pub async fn open_sealed(
+        dir: &Path,
+        base_offset: u64,
+    ) -> io::Result<(Self, Option<Truncation>)> {
+        let path = log_path(dir, base_offset);
+        let file = DmaFile::open(&path).await?;
+        let file_len = file.file_size().await?;
+        if let Some((index, facts)) = load_index(dir, base_offset).await {
+            if facts.covered_bytes == file_len {
+                let state = ScanState {
+                    position: facts.covered_bytes,
+                    next_offset: facts.next_offset,
+                    max_timestamp: facts.max_timestamp,
+                    index,
+                };
+                return Ok((Self::new(base_offset, file, path, state), None));
+            }
+        }
+        let mut state = ScanState::new(base_offset);
+        let truncation = scan_file(&file, &mut state, file_len).await?;
+        let segment = Self::new(base_offset, file, path, state);
+        segment.persist_index(dir).await?;
+        tracing::info!(segment = %segment.log_path.display(), "rebuilt a missing or stale index");
+        Ok((segment, truncation))
+    }
+
+    /// Opens the newest segment for appending: scans past what its index covers, truncates any
+    /// torn or corrupt tail, and preallocates it again.
+    pub async fn open_active(
+        dir: &Path,
+        base_offset: u64,
+        preallocate_bytes: u64,
+    ) -> io::Result<(Self, Option<Truncation>)> {
+        let path = log_path(dir, base_offset);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .dma_open(&path)
+            .await?;
+        let file_len = file.file_size().await?;
+        let mut state = match load_index(dir, base_offset).await {
+            Some((index, facts)) if facts.covered_bytes <= file_len => ScanState {
+                position: facts.covered_bytes,
+                next_offset: facts.next_offset,
+                max_timestamp: facts.max_timestamp,
+                index,
+            },
+            _ => ScanState::new(base_offset),
+        };
+        let truncation = scan_file(&file, &mut state, file_len).await?;
+        if truncation.is_some() {
+            // Drop the damaged bytes so zeros follow the last good entry again.
+            file.truncate(state.position).await?;
+        }
+        file.pre_allocate(preallocate_bytes.max(state.position), false)
+            .await?;
+        Ok((Self::new(base_offset, file, path, state), truncation))
+    }
+
+    /// Reads `len` bytes at `position`, in device-friendly pieces.
+    pub async fn read(&self, position: u64, len: usize) -> io::Result<Bytes> {
+        read_range(&self.file, position, len).await
+    }
+
+    /// Writes the index file describing the segment as it is now.
+    pub async fn persist_index(&self, dir: &Path) -> io::Result<()> {
+        let bytes = {
+            let meta = self.meta.borrow();
+            let facts = IndexedSegment {
+                covered_bytes: meta.size,
+                next_offset: meta.next_offset,
+                max_timestamp: meta.max_timestamp,
+            };
+            index::encode(&meta.index, facts)
+        };
+        write_small_file(&index_path(dir, self.base_offset), &bytes).await
+    }
+
+    /// Makes the segment durable and final: data synced, preallocated tail cut, index written.
+    pub async fn seal(&self, dir: &Path) -> io::Result<()> {
+        let size = self.meta.borrow().size;
+        self.file.truncate(size).await?;
+        self.file.fdatasync().await?;
+        self.persist_index(dir).await
+    }
+
+    pub fn facts(&self) -> SegmentFacts {
+        let meta = self.meta.borrow();
+        SegmentFacts {
+            size_bytes: meta.size,
+            max_timestamp: meta.max_timestamp,
+            first_write_ms: meta.first_write_ms,
+        }
+    }
+
+    /// Removes the segment's files; readers holding the segment keep their open descriptor.
+    pub async fn remove_files(&self, dir: &Path) -> io::Result<()> {
+        let log = self.log_path.clone();
+        let index = index_path(dir, self.base_offset);
+        glommio::executor()
+            .spawn_blocking(move || {
+                std::fs::remove_file(&log)?;
+                match std::fs::remove_file(&index) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                }
+            })
+            .await
+    }
+}
+
+/// Makes a new file's directory entry durable. glommio's `Directory::sync` fails with EBADF
+/// here, so this runs on the blocking pool; it happens once per segment roll.
+async fn sync_dir(dir: &Path) -> io::Result<()> {
+    let dir = dir.to_path_buf();
+    glommio::executor()
+        .spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
+        .await
+}
+
+async fn load_index(dir: &Path, base_offset: u64) -> Option<(SegmentIndex, IndexedSegment)> {
+    let path = index_path(dir, base_offset);
+    let file = DmaFile::open(&path).await.ok()?;
+    let len = file.file_size().await.ok()? as usize;
+    let bytes = read_range(&file, 0, len).await.ok();
+    let _ = file.close().await;
+    match index::decode(&bytes?, base_offset) {
+        Ok(loaded) => Some(loaded),
+        Err(why) => {
+            tracing::warn!(index = %path.display(), why, "ignoring an index file, rebuilding");
+            None
+        }
+    }
+}
+
+/// Scans from `state.position` to the end of the valid entries. Returns where and why it cut,
+/// or `None` when the segment simply ends (zeros or end of file).
+async fn scan_file(
+    file: &DmaFile,
+    state: &mut ScanState,
+    file_len: u64,
+) -> io::Result<Option<Truncation>> {
+    let mut want = SCAN_CHUNK_BYTES;
+    loop {
+        if state.position >= file_len {
+            return Ok(None);
+        }
+        let len = (file_len - state.position).min(want as u64) as usize;
+        let buf = read_range(file, state.position, len).await?;
+        let start = state.position;
+        let cut = |state: &ScanState, reason| Truncation {
+            position: state.position,
+            offset: state.next_offset,
+            reason,
+        };
+        match scan(&buf, state) {
+            ScanStop::End => return Ok(None),
+            ScanStop::Corrupt(reason) => return Ok(Some(cut(state, reason))),
+            ScanStop::NeedMore { entry_bytes } => {
+                let consumed = (state.position - start) as usize;
+                let at_eof = start + len as u64 >= file_len;
+                if at_eof && consumed == buf.len() {
+                    return Ok(None);
+                }
+                if at_eof {
+                    let rest = &buf[consumed..];
+                    if rest.iter().all(|&b| b == 0) {
+                        return Ok(None);
+                    }
+                    let reason = EntryError::Truncated {
+                        need: entry_bytes,
+                        have: rest.len(),
+                    };
+                    return Ok(Some(cut(state, reason)));
+                }
+                want = SCAN_CHUNK_BYTES.max(entry_bytes);
+            }
+        }
+    }
+}
+
+/// Reads `len` bytes at `position` into one buffer, `READ_BYTES_MAX` at a time.
+pub async fn read_range(file: &DmaFile, position: u64, len: usize) -> io::Result<Bytes> {
+    let mut out = BytesMut::with_capacity(len);
+    while out.len() < len {
+        let at = position + out.len() as u64;
+        let want = (len - out.len()).min(READ_BYTES_MAX);
+        let chunk = file.read_at(at, want).await?;
+        if chunk.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("read {} bytes at {at}: file ends early", want),
+            ));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out.freeze())
+}
+
+/// Replaces a small file atomically: write a temporary file, sync it, rename it over.
+async fn write_small_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .dma_open(&tmp)
+        .await?;
+    let aligned = bytes
+        .len()
+        .next_multiple_of(WRITE_ALIGN_BYTES)
+        .max(WRITE_ALIGN_BYTES);
+    let mut buf = file.alloc_dma_buffer(aligned);
+    buf.as_bytes_mut()[..bytes.len()].copy_from_slice(bytes);
+    buf.as_bytes_mut()[bytes.len()..].fill(0);
+    file.write_at(buf, 0).await?;
+    file.truncate(bytes.len() as u64).await?;
+    file.fdatasync().await?;
+    file.rename(path).await?;
+    file.close().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_round_trip() {
+        let path = log_path(Path::new("/d"), 1234);
+        assert_eq!(path.file_name().unwrap(), "00000000000000001234.log");
+        assert_eq!(parse_log_name("00000000000000001234.log"), Some(1234));
+        assert_eq!(parse_log_name("1234.log"), None);
+        assert_eq!(parse_log_name("00000000000000001234.index"), None);
+    }
+}

@@ -1,0 +1,355 @@
+//! What each native request does: decode → validate → route to the owning shard → answer.
+//!
+//! Every failure becomes an error code and a message in the response; nothing a client sends
+//! can panic the broker. Produce payloads are validated here, once, before they reach a log.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::metrics::Hist;
+use crate::native::frame::Api;
+use crate::native::messages::{
+    decode, encode, Acks, AdminResponse, CreateTopicRequest, DeleteTopicRequest, ErrorBody,
+    ErrorCode, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
+    MetadataRequest, MetadataResponse, PartitionMetadata, ProduceRequest, ProduceResponse,
+    TopicMetadata,
+};
+use crate::native::server::{RequestFrame, Response};
+use crate::record::batch::validate_native_payload;
+use crate::record::{PayloadFormat, PendingEntry, ENTRY_HEADER_BYTES};
+use crate::shard::{BrokerError, Shard};
+
+/// The most a single fetch returns; a client asking for more gets this much.
+pub const FETCH_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// The longest a fetch waits for data at the end of the log.
+pub const FETCH_WAIT_MS_MAX: u32 = 30_000;
+
+/// Runs one request. `None` means no response is sent (a produce with acks=0).
+pub async fn handle(shard: Rc<Shard>, frame: RequestFrame) -> Option<Response> {
+    let header = frame.header;
+    let request_id = header.request_id.get();
+    let Some(api) = Api::from_u8(header.api) else {
+        let why = format!("unknown api code {}", header.api);
+        return Some(Response::error(
+            header.api,
+            request_id,
+            ErrorCode::UnsupportedApi,
+            why,
+        ));
+    };
+    if header.is_response() {
+        return Some(Response::error(
+            header.api,
+            request_id,
+            ErrorCode::InvalidRequest,
+            "a response sent as a request",
+        ));
+    }
+    let data = frame.data();
+    if !data.is_empty() && crc32fast::hash(data) != header.data_crc.get() {
+        let why = format!("data checksum mismatch over {} bytes", data.len());
+        return Some(Response::error(
+            header.api,
+            request_id,
+            ErrorCode::CorruptMessage,
+            why,
+        ));
+    }
+    let received = frame.received;
+    let response = match api {
+        Api::Produce => produce(&shard, frame).await,
+        Api::Fetch => Some(fetch(&shard, &frame).await),
+        Api::ListOffsets => Some(list_offsets(&shard, &frame).await),
+        Api::Metadata => Some(metadata(&shard, &frame).await),
+        Api::CreateTopic => Some(create_topic(&shard, &frame).await),
+        Api::DeleteTopic => Some(delete_topic(&shard, &frame).await),
+    };
+    shard.metrics.record(hist_of(api), received.elapsed());
+    response
+}
+
+fn hist_of(api: Api) -> Hist {
+    match api {
+        Api::Produce => Hist::Produce,
+        Api::Fetch => Hist::Fetch,
+        Api::ListOffsets => Hist::ListOffsets,
+        Api::Metadata => Hist::Metadata,
+        Api::CreateTopic => Hist::CreateTopic,
+        Api::DeleteTopic => Hist::DeleteTopic,
+    }
+}
+
+fn answer<T>(api: Api, request_id: u64, body: &T) -> Response
+where
+    T: for<'a> rkyv::Serialize<
+        rkyv::api::high::HighSerializer<
+            rkyv::util::AlignedVec,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            rkyv::rancor::Error,
+        >,
+    >,
+{
+    Response::new(api as u8, 0, request_id, &encode(body), Vec::new())
+}
+
+fn undecodable(api: Api, request_id: u64, why: String) -> Response {
+    Response::error(
+        api as u8,
+        request_id,
+        ErrorCode::InvalidRequest,
+        format!("undecodable request body: {why}"),
+    )
+}
+
+async fn produce(shard: &Rc<Shard>, frame: RequestFrame) -> Option<Response> {
+    let request_id = frame.header.request_id.get();
+    let request: ProduceRequest = match decode(frame.meta()) {
+        Ok(request) => request,
+        Err(why) => return Some(undecodable(Api::Produce, request_id, why)),
+    };
+    let acks = request.acks;
+    let topic = request.topic.clone();
+    let result = append(shard, frame, request).await;
+    if acks == Acks::None {
+        if let Err(e) = result {
+            tracing::debug!(%topic, "acks=0 produce failed: {e}");
+        }
+        return None;
+    }
+    let body = match result {
+        Ok((base_offset, log_start)) => ProduceResponse {
+            error: ErrorBody::none(),
+            base_offset,
+            log_start,
+        },
+        Err(e) => ProduceResponse {
+            error: e.to_body(),
+            base_offset: 0,
+            log_start: 0,
+        },
+    };
+    Some(answer(Api::Produce, request_id, &body))
+}
+
+async fn append(
+    shard: &Rc<Shard>,
+    frame: RequestFrame,
+    request: ProduceRequest,
+) -> Result<(u64, u64), BrokerError> {
+    let info = match shard.topic(&request.topic) {
+        Some(info) => info,
+        None if shard.config.auto_create_topics => {
+            match shard
+                .create_topic(&request.topic, shard.config.num_partitions, BTreeMap::new())
+                .await
+            {
+                Err(e) if e.code != ErrorCode::TopicAlreadyExists => return Err(e),
+                _ => {}
+            }
+            shard.topic(&request.topic).ok_or_else(|| {
+                BrokerError::new(
+                    ErrorCode::UnknownTopic,
+                    format!("topic {} vanished", request.topic),
+                )
+            })?
+        }
+        None => {
+            let why = format!(
+                "no topic {} (auto.create.topics.enable is off)",
+                request.topic
+            );
+            return Err(BrokerError::new(ErrorCode::UnknownTopic, why));
+        }
+    };
+    if request.partition >= info.partitions {
+        let why = format!(
+            "topic {} has {} partitions, no partition {}",
+            request.topic, info.partitions, request.partition
+        );
+        return Err(BrokerError::new(ErrorCode::UnknownPartition, why));
+    }
+    let data_len = frame.header.data_len.get() as usize;
+    if data_len == 0 {
+        return Err(BrokerError::new(
+            ErrorCode::InvalidRequest,
+            "produce without a batch",
+        ));
+    }
+    if data_len > info.config.max_message_bytes as usize {
+        let why = format!(
+            "batch of {data_len} bytes exceeds max.message.bytes {} of topic {}",
+            info.config.max_message_bytes, request.topic
+        );
+        return Err(BrokerError::new(ErrorCode::MessageTooLarge, why));
+    }
+    validate_native_payload(frame.data(), &request.batch)
+        .map_err(|e| BrokerError::new(ErrorCode::CorruptMessage, e.to_string()))?;
+    let data_crc = frame.header.data_crc.get();
+    let header_at = frame.data_start() - ENTRY_HEADER_BYTES;
+    let entry = PendingEntry::new(
+        frame.body,
+        header_at,
+        data_len,
+        data_crc,
+        request.batch,
+        PayloadFormat::Native,
+    )
+    .ok_or_else(|| BrokerError::new(ErrorCode::InvalidRequest, "malformed produce body"))?;
+    shard
+        .produce(&request.topic, request.partition, request.acks, entry)
+        .await
+}
+
+async fn fetch(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
+    let request_id = frame.header.request_id.get();
+    let request: FetchRequest = match decode(frame.meta()) {
+        Ok(request) => request,
+        Err(why) => return undecodable(Api::Fetch, request_id, why),
+    };
+    let max_bytes = (request.max_bytes as usize).clamp(1, FETCH_BYTES_MAX);
+    let max_wait = Duration::from_millis(u64::from(request.max_wait_ms.min(FETCH_WAIT_MS_MAX)));
+    let result = shard
+        .fetch(
+            &request.topic,
+            request.partition,
+            request.offset,
+            max_bytes,
+            max_wait,
+        )
+        .await;
+    let (body, entries) = match result {
+        Ok(outcome) => (
+            FetchResponse {
+                error: ErrorBody::none(),
+                high_watermark: outcome.high_watermark,
+                log_start: outcome.log_start,
+            },
+            outcome.entries,
+        ),
+        Err(e) => (
+            FetchResponse {
+                error: e.to_body(),
+                high_watermark: 0,
+                log_start: 0,
+            },
+            Vec::new(),
+        ),
+    };
+    Response::new(Api::Fetch as u8, 0, request_id, &encode(&body), entries)
+}
+
+async fn list_offsets(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
+    let request_id = frame.header.request_id.get();
+    let request: ListOffsetsRequest = match decode(frame.meta()) {
+        Ok(request) => request,
+        Err(why) => return undecodable(Api::ListOffsets, request_id, why),
+    };
+    let body = match shard
+        .list_offset(&request.topic, request.partition, request.timestamp)
+        .await
+    {
+        Ok(offset) => ListOffsetsResponse {
+            error: ErrorBody::none(),
+            offset,
+        },
+        Err(e) => ListOffsetsResponse {
+            error: e.to_body(),
+            offset: -1,
+        },
+    };
+    answer(Api::ListOffsets, request_id, &body)
+}
+
+async fn metadata(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
+    let request_id = frame.header.request_id.get();
+    let request: MetadataRequest = match decode(frame.meta()) {
+        Ok(request) => request,
+        Err(why) => return undecodable(Api::Metadata, request_id, why),
+    };
+    let names: Vec<String> = match request.topics {
+        Some(names) => names,
+        None => shard.topics().into_iter().map(|(name, _)| name).collect(),
+    };
+    let mut topics = Vec::with_capacity(names.len());
+    for name in names {
+        topics.push(describe_topic(shard, name, request.with_offsets).await);
+    }
+    answer(
+        Api::Metadata,
+        request_id,
+        &MetadataResponse {
+            shards: shard.count as u32,
+            topics,
+        },
+    )
+}
+
+async fn describe_topic(shard: &Rc<Shard>, name: String, with_offsets: bool) -> TopicMetadata {
+    let Some(info) = shard.topic(&name) else {
+        let error = ErrorBody::new(ErrorCode::UnknownTopic, format!("no topic {name}"));
+        return TopicMetadata {
+            name,
+            error,
+            partitions: Vec::new(),
+            configs: Vec::new(),
+        };
+    };
+    let mut partitions = Vec::with_capacity(info.partitions as usize);
+    let mut error = ErrorBody::none();
+    for partition in 0..info.partitions {
+        let (log_start, high_watermark) = if with_offsets {
+            match shard.watermarks(&name, partition).await {
+                Ok(marks) => marks,
+                Err(e) => {
+                    error = e.to_body();
+                    (0, 0)
+                }
+            }
+        } else {
+            (0, 0)
+        };
+        let owner = shard.owner(&name, partition) as u32;
+        partitions.push(PartitionMetadata {
+            partition,
+            shard: owner,
+            log_start,
+            high_watermark,
+        });
+    }
+    TopicMetadata {
+        name,
+        error,
+        partitions,
+        configs: info.config.entries(),
+    }
+}
+
+async fn create_topic(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
+    let request_id = frame.header.request_id.get();
+    let request: CreateTopicRequest = match decode(frame.meta()) {
+        Ok(request) => request,
+        Err(why) => return undecodable(Api::CreateTopic, request_id, why),
+    };
+    let overrides: BTreeMap<String, String> = request.configs.into_iter().collect();
+    let result = shard
+        .create_topic(&request.name, request.partitions, overrides)
+        .await;
+    answer(Api::CreateTopic, request_id, &admin_body(result))
+}
+
+async fn delete_topic(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
+    let request_id = frame.header.request_id.get();
+    let request: DeleteTopicRequest = match decode(frame.meta()) {
+        Ok(request) => request,
+        Err(why) => return undecodable(Api::DeleteTopic, request_id, why),
+    };
+    let result = shard.delete_topic(&request.name).await;
+    answer(Api::DeleteTopic, request_id, &admin_body(result))
+}
+
+fn admin_body(result: Result<(), BrokerError>) -> AdminResponse {
+    AdminResponse {
+        error: result.err().map_or_else(ErrorBody::none, |e| e.to_body()),
+    }
+}

@@ -1,0 +1,228 @@
+//! Request and response bodies of the native protocol, archived with rkyv.
+//!
+//! Every response carries an [`ErrorCode`] and a human-readable message; a request that could
+//! not be decoded at all is answered with an [`ErrorBody`] and the frame's error flag. Bodies are
+//! small; record data travels beside them in the frame's data section.
+
+use rkyv::rancor;
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::record::BatchMeta;
+
+/// Error codes of the native protocol. Values are stable on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[repr(u16)]
+pub enum ErrorCode {
+    None = 0,
+    UnknownTopic = 1,
+    UnknownPartition = 2,
+    OffsetOutOfRange = 3,
+    MessageTooLarge = 4,
+    CorruptMessage = 5,
+    InvalidRequest = 6,
+    TopicAlreadyExists = 7,
+    StorageError = 8,
+    InvalidConfig = 9,
+    UnsupportedApi = 10,
+    NotAvailable = 11,
+    InvalidTopicName = 12,
+    InvalidPartitions = 13,
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// `acks` as Kafka defines it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub enum Acks {
+    /// No response at all.
+    None,
+    /// After the leader's O_DIRECT write completes.
+    Leader,
+    /// After fdatasync (and, with replication, every in-sync replica).
+    All,
+}
+
+impl std::str::FromStr for Acks {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "0" => Ok(Acks::None),
+            "1" => Ok(Acks::Leader),
+            "all" | "-1" => Ok(Acks::All),
+            other => Err(format!("acks must be 0, 1 or all, not {other:?}")),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct ProduceRequest {
+    pub topic: String,
+    pub partition: u32,
+    pub acks: Acks,
+    pub batch: BatchMeta,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct ProduceResponse {
+    pub error: ErrorBody,
+    pub base_offset: u64,
+    pub log_start: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct FetchRequest {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub max_bytes: u32,
+    pub max_wait_ms: u32,
+}
+
+/// The entries themselves follow in the frame's data section.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct FetchResponse {
+    pub error: ErrorBody,
+    pub high_watermark: u64,
+    pub log_start: u64,
+}
+
+/// Kafka's special timestamps: latest and earliest.
+pub const OFFSET_LATEST: i64 = -1;
+pub const OFFSET_EARLIEST: i64 = -2;
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct ListOffsetsRequest {
+    pub topic: String,
+    pub partition: u32,
+    /// [`OFFSET_LATEST`], [`OFFSET_EARLIEST`], or a timestamp in ms.
+    pub timestamp: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct ListOffsetsResponse {
+    pub error: ErrorBody,
+    /// -1 when no record has a timestamp at or after the one asked for.
+    pub offset: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct MetadataRequest {
+    /// `None` for every topic.
+    pub topics: Option<Vec<String>>,
+    /// Also report each partition's log start and high watermark (asks the owning shards).
+    pub with_offsets: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct PartitionMetadata {
+    pub partition: u32,
+    pub shard: u32,
+    pub log_start: u64,
+    pub high_watermark: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct TopicMetadata {
+    pub name: String,
+    pub error: ErrorBody,
+    pub partitions: Vec<PartitionMetadata>,
+    /// Every topic-level setting, resolved against the broker's defaults.
+    pub configs: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct MetadataResponse {
+    pub shards: u32,
+    pub topics: Vec<TopicMetadata>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct CreateTopicRequest {
+    pub name: String,
+    pub partitions: u32,
+    pub configs: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct DeleteTopicRequest {
+    pub name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct AdminResponse {
+    pub error: ErrorBody,
+}
+
+impl ErrorBody {
+    pub fn none() -> Self {
+        Self {
+            code: ErrorCode::None,
+            message: String::new(),
+        }
+    }
+
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn is_ok(&self) -> bool {
+        self.code == ErrorCode::None
+    }
+}
+
+/// Archives a body. Serializing owned values into memory cannot fail.
+pub fn encode<T>(value: &T) -> rkyv::util::AlignedVec
+where
+    T: for<'a> rkyv::Serialize<
+        rkyv::api::high::HighSerializer<
+            rkyv::util::AlignedVec,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            rancor::Error,
+        >,
+    >,
+{
+    rkyv::to_bytes::<rancor::Error>(value).expect("archiving a message in memory")
+}
+
+/// Validates and deserializes a body from untrusted bytes.
+pub fn decode<T>(bytes: &[u8]) -> Result<T, String>
+where
+    T: Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>
+        + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
+{
+    rkyv::from_bytes::<T, rancor::Error>(bytes).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_round_trip_and_garbage_is_an_error() {
+        let request = FetchRequest {
+            topic: "orders".into(),
+            partition: 3,
+            offset: 12,
+            max_bytes: 1 << 20,
+            max_wait_ms: 500,
+        };
+        let bytes = encode(&request);
+        assert_eq!(decode::<FetchRequest>(&bytes).unwrap(), request);
+        assert!(decode::<FetchRequest>(&[0x55; 64]).is_err());
+        assert!(decode::<FetchRequest>(&bytes[..bytes.len() / 2]).is_err());
+    }
+}

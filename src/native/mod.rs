@@ -1,0 +1,11 @@
+//! The native protocol: Spate's own wire format, spoken by the Rust client, the loadgen and (later)
+//! replication between nodes.
+//!
+//! `frame.rs` owns the framing (a fixed header, then an rkyv *meta* body, then raw *data*),
+//! `messages.rs` the request and response bodies, `server.rs` a connection's read/dispatch/
+//! write loop and `handlers.rs` what each request does. The codec knows nothing of the broker.
+
+pub mod frame;
+pub mod handlers;
+pub mod messages;
+pub mod server;

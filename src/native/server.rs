@@ -1,0 +1,326 @@
+//! One native connection: read frames, run each request in its own task, write the responses
+//! in request order.
+//!
+//! Reading and writing run concurrently, so a client may pipeline up to
+//! [`INFLIGHT_REQUESTS_MAX`] requests (and [`INFLIGHT_BYTES_MAX`] of request bodies) before the
+//! broker stops reading from it: that bound is the connection's backpressure and its memory
+//! ceiling. A frame with a bad header ends the connection (the stream cannot be re-synchronised)
+//! after an error frame saying why; a bad body gets an error response and the connection goes on.
+
+use std::cell::Cell;
+use std::io;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use event_listener::Event;
+use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::sync::{Semaphore, StaticPermit};
+use glommio::task::JoinHandle;
+use rkyv::util::AlignedVec;
+use zerocopy::IntoBytes;
+
+use crate::native::frame::{
+    FrameError, FrameHeader, FLAG_ERROR, FLAG_RESPONSE, FRAME_HEADER_BYTES, FRAME_MAGIC,
+};
+use crate::native::handlers;
+use crate::native::messages::{encode, ErrorBody, ErrorCode};
+use crate::record::ENTRY_HEADER_BYTES;
+use crate::shard::Shard;
+
+/// Requests one connection may have in flight before the broker stops reading from it.
+pub const INFLIGHT_REQUESTS_MAX: usize = 64;
+/// Request bytes one connection may have in flight; a larger single frame takes the whole budget.
+pub const INFLIGHT_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Spare bytes before the meta in every body buffer: room for the entry header a produce
+/// payload becomes, so the payload is stored without a copy.
+pub const BODY_PREFIX_BYTES: usize = ENTRY_HEADER_BYTES;
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Response chunks smaller than this are copied into one write; larger ones are written as is.
+const COALESCE_BYTES_MAX: usize = 64 * 1024;
+
+/// A decoded request frame: the header and the body buffer (prefix, meta, padding, data).
+pub struct RequestFrame {
+    pub header: FrameHeader,
+    pub body: AlignedVec<16>,
+    pub received: Instant,
+    /// Held until the request is answered: the connection's in-flight byte budget.
+    _budget: StaticPermit,
+}
+
+impl RequestFrame {
+    pub fn meta(&self) -> &[u8] {
+        &self.body[BODY_PREFIX_BYTES..BODY_PREFIX_BYTES + self.header.meta_len.get() as usize]
+    }
+
+    pub fn data_start(&self) -> usize {
+        BODY_PREFIX_BYTES + self.header.padded_meta_len()
+    }
+
+    pub fn data(&self) -> &[u8] {
+        &self.body[self.data_start()..]
+    }
+}
+
+/// A response ready to write: header, meta (padded) and data chunks.
+pub struct Response {
+    head: Vec<u8>,
+    data: Vec<Bytes>,
+}
+
+impl Response {
+    pub fn new(api: u8, flags: u16, request_id: u64, meta: &[u8], data: Vec<Bytes>) -> Self {
+        let data_len: usize = data.iter().map(Bytes::len).sum();
+        // Fetched entries carry their own checksums, which clients verify; responses do not
+        // pay for a second pass over the data.
+        let header = FrameHeader::new(
+            api,
+            FLAG_RESPONSE | flags,
+            request_id,
+            meta.len(),
+            data_len,
+            0,
+        );
+        let mut head = Vec::with_capacity(FRAME_HEADER_BYTES + header.padded_meta_len());
+        head.extend_from_slice(header.as_bytes());
+        head.extend_from_slice(meta);
+        head.resize(FRAME_HEADER_BYTES + header.padded_meta_len(), 0);
+        Self { head, data }
+    }
+
+    pub fn error(api: u8, request_id: u64, code: ErrorCode, message: impl Into<String>) -> Self {
+        let body = encode(&ErrorBody::new(code, message));
+        Self::new(api, FLAG_ERROR, request_id, &body, Vec::new())
+    }
+
+    async fn write_to<W: AsyncWrite + Unpin>(&self, writer: &mut W) -> io::Result<()> {
+        let mut pending = Vec::with_capacity(COALESCE_BYTES_MAX);
+        pending.extend_from_slice(&self.head);
+        for chunk in &self.data {
+            if chunk.len() < COALESCE_BYTES_MAX
+                && pending.len() + chunk.len() <= 2 * COALESCE_BYTES_MAX
+            {
+                pending.extend_from_slice(chunk);
+                continue;
+            }
+            writer.write_all(&pending).await?;
+            pending.clear();
+            writer.write_all(chunk).await?;
+        }
+        writer.write_all(&pending).await?;
+        writer.flush().await
+    }
+}
+
+/// Counts a shard's open connections so a stop can wait for them to drain.
+#[derive(Default)]
+pub struct Connections {
+    open: Cell<usize>,
+    changed: Event,
+}
+
+impl Connections {
+    pub fn open(&self) -> usize {
+        self.open.get()
+    }
+
+    /// Waits until every connection has closed, at most `wait`. Returns whether they did.
+    pub async fn wait_closed(&self, wait: Duration) -> bool {
+        let closed = async {
+            loop {
+                let listener = self.changed.listen();
+                if self.open.get() == 0 {
+                    return true;
+                }
+                listener.await;
+            }
+        };
+        let timeout = async {
+            glommio::timer::sleep(wait).await;
+            false
+        };
+        futures_lite::future::or(closed, timeout).await
+    }
+
+    fn enter(&self) {
+        self.open.set(self.open.get() + 1);
+    }
+
+    fn leave(&self) {
+        self.open.set(self.open.get() - 1);
+        self.changed.notify(usize::MAX);
+    }
+}
+
+/// Accepts connections until the shard stops.
+pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, connections: Rc<Connections>) {
+    loop {
+        let stop = async {
+            shard.wait_for_stop().await;
+            None
+        };
+        let accepted =
+            futures_lite::future::or(async { Some(listener.accept().await) }, stop).await;
+        match accepted {
+            None => return,
+            Some(Ok(stream)) => {
+                let (shard, connections) = (shard.clone(), connections.clone());
+                connections.enter();
+                glommio::spawn_local(async move {
+                    serve_connection(shard, stream).await;
+                    connections.leave();
+                })
+                .detach();
+            }
+            Some(Err(e)) => {
+                // Usually EMFILE: wait a little rather than spin on the error.
+                tracing::warn!("accept failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+enum ReadError {
+    Io(io::Error),
+    /// A header that cannot be trusted; the error frame to send before closing.
+    Frame(FrameError, Response),
+}
+
+impl From<io::Error> for ReadError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(%peer, "set_nodelay: {e}");
+    }
+    let (reader, writer) = futures_lite::io::split(stream);
+    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
+    let (queue, responses) = local_channel::new_bounded(INFLIGHT_REQUESTS_MAX);
+    let writer_task = glommio::spawn_local(write_responses(responses, writer, peer.clone()));
+    if let Err(reason) = read_requests(&shard, &mut reader, &queue).await {
+        tracing::warn!(%peer, "closing connection: {reason}");
+    }
+    drop(queue);
+    writer_task.await;
+}
+
+async fn read_requests<R: AsyncRead + Unpin>(
+    shard: &Rc<Shard>,
+    reader: &mut R,
+    queue: &LocalSender<JoinHandle<Option<Response>>>,
+) -> Result<(), String> {
+    let budget = Rc::new(Semaphore::new(INFLIGHT_BYTES_MAX as u64));
+    let data_max = shard.config.socket_request_max_bytes;
+    loop {
+        let stop = async {
+            shard.wait_for_stop().await;
+            None
+        };
+        let next = futures_lite::future::or(
+            async { Some(read_frame(reader, data_max, &budget).await) },
+            stop,
+        );
+        let frame = match next.await {
+            None | Some(Ok(None)) => return Ok(()),
+            Some(Ok(Some(frame))) => frame,
+            Some(Err(ReadError::Io(e))) => return Err(format!("read failed: {e}")),
+            Some(Err(ReadError::Frame(error, response))) => {
+                let sent = glommio::spawn_local(async move { Some(response) }).detach();
+                let _ = queue.send(sent).await;
+                return Err(error.to_string());
+            }
+        };
+        let task = glommio::spawn_local(handlers::handle(shard.clone(), frame)).detach();
+        if queue.send(task).await.is_err() {
+            return Err("response writer stopped".into());
+        }
+    }
+}
+
+/// Reads one frame. `Ok(None)` at a clean end of stream (between frames).
+async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    data_max: u32,
+    budget: &Rc<Semaphore>,
+) -> Result<Option<RequestFrame>, ReadError> {
+    let mut raw = [0u8; FRAME_HEADER_BYTES];
+    let first = reader.read(&mut raw).await?;
+    if first == 0 {
+        return Ok(None);
+    }
+    reader
+        .read_exact(&mut raw[first..])
+        .await
+        .map_err(|e| eof_mid_frame(e, "header"))?;
+    let header = FrameHeader::parse(&raw, data_max).map_err(|error| {
+        // Echo the request id when the frame at least looks like ours, so the client can tell
+        // which request was refused.
+        let looks_native = raw[..4] == FRAME_MAGIC.to_le_bytes();
+        let request_id = if looks_native {
+            u64::from_le_bytes(raw[8..16].try_into().unwrap_or_default())
+        } else {
+            0
+        };
+        let response = Response::error(
+            raw[5],
+            request_id,
+            ErrorCode::InvalidRequest,
+            error.to_string(),
+        );
+        ReadError::Frame(error, response)
+    })?;
+    let body_len = header.body_len();
+    let permit = budget
+        .acquire_static_permit(body_len.clamp(1, INFLIGHT_BYTES_MAX) as u64)
+        .await
+        .map_err(|e| ReadError::Io(io::Error::other(e.to_string())))?;
+    let mut body = AlignedVec::<16>::with_capacity(BODY_PREFIX_BYTES + body_len + 16);
+    body.resize(BODY_PREFIX_BYTES + body_len, 0);
+    reader
+        .read_exact(&mut body[BODY_PREFIX_BYTES..])
+        .await
+        .map_err(|e| eof_mid_frame(e, "body"))?;
+    Ok(Some(RequestFrame {
+        header,
+        body,
+        received: Instant::now(),
+        _budget: permit,
+    }))
+}
+
+fn eof_mid_frame(e: io::Error, part: &str) -> ReadError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        ReadError::Io(io::Error::new(
+            e.kind(),
+            format!("connection closed in the middle of a frame {part}"),
+        ))
+    } else {
+        ReadError::Io(e)
+    }
+}
+
+async fn write_responses<W: AsyncWrite + Unpin>(
+    responses: LocalReceiver<JoinHandle<Option<Response>>>,
+    mut writer: W,
+    peer: String,
+) {
+    while let Some(task) = responses.recv().await {
+        let Some(Some(response)) = task.await else {
+            continue;
+        };
+        if let Err(e) = response.write_to(&mut writer).await {
+            tracing::debug!(%peer, "write failed, dropping the connection: {e}");
+            break;
+        }
+    }
+    let _ = writer.close().await;
+}

@@ -1,0 +1,362 @@
+//! The log entry: a fixed little-endian header followed by a payload, padded to [`ENTRY_ALIGN`].
+//!
+//! ```text
+//!  offset  size  field
+//!       0     4  magic            "SPE1" (0x3145_5053 little-endian)
+//!       4     4  crc              CRC-32 (IEEE) of bytes 8..64 of the header, then the payload
+//!       8     4  payload_len      payload bytes, without padding
+//!      12     1  version          entry format version (1)
+//!      13     1  format           payload format: 1 = native rkyv batch, 2 = Kafka RecordBatch v2
+//!      14     2  flags            reserved, 0
+//!      16     8  base_offset      offset of the first record, assigned by the broker
+//!      24     4  record_count     records in the payload (> 0)
+//!      28     4  reserved         0
+//!      32     8  first_timestamp  ms since the epoch, of the first record
+//!      40     8  max_timestamp    ms since the epoch, largest in the batch
+//!      48     8  producer_id      -1 when not idempotent
+//!      56     2  producer_epoch
+//!      58     2  reserved         0
+//!      60     4  base_sequence
+//!      64     .  payload, then zeros up to the next multiple of 16
+//! ```
+//!
+//! The padding keeps every payload 16-byte aligned relative to the start of its entry, so an rkyv
+//! archive can be read in place from any buffer that is itself 16-aligned at an entry start. The
+//! checksum covers the header (after the crc) and the payload, so a flipped bit in an offset or a
+//! timestamp is caught as surely as one in a value.
+
+use zerocopy::little_endian::{I16, I32, I64, U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+/// Bytes in an [`EntryHeader`].
+pub const ENTRY_HEADER_BYTES: usize = 64;
+/// Every entry starts and ends on this boundary; rkyv archives need 16-byte alignment.
+pub const ENTRY_ALIGN: usize = 16;
+/// "SPE1" read as a little-endian u32.
+pub const ENTRY_MAGIC: u32 = u32::from_le_bytes(*b"SPE1");
+/// The only entry version this build writes and reads.
+pub const ENTRY_VERSION: u8 = 1;
+/// The largest payload an entry header may claim. A bit-flipped length must not make recovery
+/// or a reader allocate gigabytes; no configurable message size may exceed this.
+pub const ENTRY_PAYLOAD_BYTES_MAX: u32 = 256 * 1024 * 1024;
+
+const _: () = assert!(ENTRY_HEADER_BYTES % ENTRY_ALIGN == 0);
+const _: () = assert!(std::mem::size_of::<EntryHeader>() == ENTRY_HEADER_BYTES);
+
+/// How the payload after the header is encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PayloadFormat {
+    /// An rkyv archive of [`crate::record::batch::Batch`].
+    Native = 1,
+    /// A Kafka RecordBatch v2 exactly as the producer sent it.
+    Kafka = 2,
+}
+
+impl PayloadFormat {
+    pub fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            1 => Some(Self::Native),
+            2 => Some(Self::Kafka),
+            _ => None,
+        }
+    }
+}
+
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Clone, Copy, Debug)]
+#[repr(C)]
+pub struct EntryHeader {
+    pub magic: U32,
+    pub crc: U32,
+    pub payload_len: U32,
+    pub version: u8,
+    pub format: u8,
+    pub flags: U16,
+    pub base_offset: U64,
+    pub record_count: U32,
+    pub reserved: U32,
+    pub first_timestamp: I64,
+    pub max_timestamp: I64,
+    pub producer_id: I64,
+    pub producer_epoch: I16,
+    pub reserved2: U16,
+    pub base_sequence: I32,
+}
+
+/// Why bytes are not a valid entry. Recovery stops at the first of these; a reader reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryError {
+    /// The buffer ends before the entry does.
+    Truncated {
+        need: usize,
+        have: usize,
+    },
+    /// The header is all zeros: the preallocated, never-written end of a segment.
+    Zeroed,
+    BadMagic {
+        found: u32,
+    },
+    BadVersion {
+        found: u8,
+    },
+    BadFormat {
+        found: u8,
+    },
+    PayloadTooLarge {
+        len: u32,
+        max: u32,
+    },
+    EmptyBatch,
+    ChecksumMismatch {
+        stored: u32,
+        computed: u32,
+    },
+    /// The entry is intact but not the one the log expected next.
+    UnexpectedOffset {
+        expected: u64,
+        found: u64,
+    },
+}
+
+impl std::fmt::Display for EntryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Truncated { need, have } => {
+                write!(f, "entry truncated: need {need} bytes, have {have}")
+            }
+            Self::Zeroed => write!(f, "zeroed header (unwritten space)"),
+            Self::BadMagic { found } => write!(f, "bad entry magic {found:#010x}"),
+            Self::BadVersion { found } => write!(f, "unknown entry version {found}"),
+            Self::BadFormat { found } => write!(f, "unknown payload format {found}"),
+            Self::PayloadTooLarge { len, max } => {
+                write!(f, "payload length {len} exceeds the limit {max}")
+            }
+            Self::EmptyBatch => write!(f, "entry with zero records"),
+            Self::ChecksumMismatch { stored, computed } => {
+                write!(
+                    f,
+                    "checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"
+                )
+            }
+            Self::UnexpectedOffset { expected, found } => {
+                write!(f, "entry has base offset {found}, expected {expected}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for EntryError {}
+
+/// Bytes an entry with this payload length occupies in the log, padding included.
+pub fn entry_len(payload_len: usize) -> usize {
+    ENTRY_HEADER_BYTES + payload_len.next_multiple_of(ENTRY_ALIGN)
+}
+
+impl EntryHeader {
+    /// A header for `meta` at `base_offset`, with its checksum computed from the payload's own
+    /// CRC so the payload is not read a second time.
+    pub fn new(
+        format: PayloadFormat,
+        base_offset: u64,
+        meta: &crate::record::BatchMeta,
+        payload_len: u32,
+        payload_crc: u32,
+    ) -> Self {
+        let mut header = EntryHeader {
+            magic: ENTRY_MAGIC.into(),
+            crc: 0.into(),
+            payload_len: payload_len.into(),
+            version: ENTRY_VERSION,
+            format: format as u8,
+            flags: 0.into(),
+            base_offset: base_offset.into(),
+            record_count: meta.record_count.into(),
+            reserved: 0.into(),
+            first_timestamp: meta.first_timestamp.into(),
+            max_timestamp: meta.max_timestamp.into(),
+            producer_id: meta.producer_id.into(),
+            producer_epoch: meta.producer_epoch.into(),
+            reserved2: 0.into(),
+            base_sequence: meta.base_sequence.into(),
+        };
+        header.crc = header.checksum_with(payload_crc, payload_len as u64).into();
+        header
+    }
+
+    /// The entry checksum: the header after the crc field, then the payload whose CRC is given.
+    fn checksum_with(&self, payload_crc: u32, payload_len: u64) -> u32 {
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&self.as_bytes()[8..]);
+        hasher.combine(&crc32fast::Hasher::new_with_initial_len(
+            payload_crc,
+            payload_len,
+        ));
+        hasher.finalize()
+    }
+
+    pub fn base_offset(&self) -> u64 {
+        self.base_offset.get()
+    }
+
+    /// The offset after the last record of this entry.
+    pub fn next_offset(&self) -> u64 {
+        self.base_offset.get() + u64::from(self.record_count.get())
+    }
+
+    /// Bytes this entry occupies in the log, padding included.
+    pub fn entry_len(&self) -> usize {
+        entry_len(self.payload_len.get() as usize)
+    }
+
+    pub fn format(&self) -> Option<PayloadFormat> {
+        PayloadFormat::from_u8(self.format)
+    }
+}
+
+/// Parses the entry at the start of `buf` and verifies its checksum. Returns the header and the
+/// payload (without padding). `buf` may extend past the entry.
+pub fn parse_entry(buf: &[u8]) -> Result<(EntryHeader, &[u8]), EntryError> {
+    let header = parse_header(buf)?;
+    let payload_len = header.payload_len.get() as usize;
+    let need = header.entry_len();
+    if buf.len() < need {
+        return Err(EntryError::Truncated {
+            need,
+            have: buf.len(),
+        });
+    }
+    let payload = &buf[ENTRY_HEADER_BYTES..ENTRY_HEADER_BYTES + payload_len];
+    let computed = header.checksum_with(crc32fast::hash(payload), payload_len as u64);
+    if computed != header.crc.get() {
+        return Err(EntryError::ChecksumMismatch {
+            stored: header.crc.get(),
+            computed,
+        });
+    }
+    Ok((header, payload))
+}
+
+/// Parses and sanity-checks a header without reading the payload.
+pub fn parse_header(buf: &[u8]) -> Result<EntryHeader, EntryError> {
+    let Ok((header, _)) = EntryHeader::read_from_prefix(buf) else {
+        return Err(EntryError::Truncated {
+            need: ENTRY_HEADER_BYTES,
+            have: buf.len(),
+        });
+    };
+    if header.magic.get() != ENTRY_MAGIC {
+        if buf[..ENTRY_HEADER_BYTES].iter().all(|&b| b == 0) {
+            return Err(EntryError::Zeroed);
+        }
+        return Err(EntryError::BadMagic {
+            found: header.magic.get(),
+        });
+    }
+    if header.version != ENTRY_VERSION {
+        return Err(EntryError::BadVersion {
+            found: header.version,
+        });
+    }
+    if header.format().is_none() {
+        return Err(EntryError::BadFormat {
+            found: header.format,
+        });
+    }
+    if header.payload_len.get() > ENTRY_PAYLOAD_BYTES_MAX {
+        return Err(EntryError::PayloadTooLarge {
+            len: header.payload_len.get(),
+            max: ENTRY_PAYLOAD_BYTES_MAX,
+        });
+    }
+    if header.record_count.get() == 0 {
+        return Err(EntryError::EmptyBatch);
+    }
+    Ok(header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::BatchMeta;
+
+    fn meta(count: u32) -> BatchMeta {
+        BatchMeta {
+            record_count: count,
+            first_timestamp: 1_700_000_000_000,
+            max_timestamp: 1_700_000_000_005,
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+        }
+    }
+
+    fn encode(base_offset: u64, payload: &[u8]) -> Vec<u8> {
+        let header = EntryHeader::new(
+            PayloadFormat::Native,
+            base_offset,
+            &meta(3),
+            payload.len() as u32,
+            crc32fast::hash(payload),
+        );
+        let mut buf = header.as_bytes().to_vec();
+        buf.extend_from_slice(payload);
+        buf.resize(entry_len(payload.len()), 0);
+        buf
+    }
+
+    #[test]
+    fn round_trips_and_pads_to_alignment() {
+        let buf = encode(42, b"hello world");
+        assert_eq!(buf.len() % ENTRY_ALIGN, 0);
+        let (header, payload) = parse_entry(&buf).unwrap();
+        assert_eq!(payload, b"hello world");
+        assert_eq!(header.base_offset(), 42);
+        assert_eq!(header.next_offset(), 45);
+        assert_eq!(header.entry_len(), buf.len());
+    }
+
+    #[test]
+    fn combined_checksum_equals_checksum_of_concatenation() {
+        let buf = encode(7, b"payload bytes");
+        let (header, _) = parse_entry(&buf).unwrap();
+        let mut whole = crc32fast::Hasher::new();
+        whole.update(&buf[8..ENTRY_HEADER_BYTES]);
+        whole.update(b"payload bytes");
+        assert_eq!(header.crc.get(), whole.finalize());
+    }
+
+    #[test]
+    fn every_flipped_bit_is_detected() {
+        let buf = encode(1, b"abcdefgh");
+        for byte in 0..ENTRY_HEADER_BYTES + 8 {
+            for bit in 0..8 {
+                let mut bad = buf.clone();
+                bad[byte] ^= 1 << bit;
+                assert!(
+                    parse_entry(&bad).is_err(),
+                    "flip at byte {byte} bit {bit} undetected"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn zeros_truncation_and_huge_lengths_are_distinguished() {
+        assert_eq!(parse_entry(&[0u8; 64]).unwrap_err(), EntryError::Zeroed);
+        let buf = encode(1, b"abcdefgh");
+        assert!(matches!(
+            parse_entry(&buf[..70]),
+            Err(EntryError::Truncated { .. })
+        ));
+        assert!(matches!(
+            parse_entry(&buf[..10]),
+            Err(EntryError::Truncated { .. })
+        ));
+        let mut huge = buf.clone();
+        huge[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            parse_entry(&huge),
+            Err(EntryError::PayloadTooLarge { .. })
+        ));
+    }
+}

@@ -1,0 +1,13 @@
+//! Records and the log entry that carries them.
+//!
+//! A producer's batch becomes one *entry* in a partition's log: a fixed 64-byte header
+//! ([`entry::EntryHeader`]) followed by a payload in one of the [`PayloadFormat`]s. This module owns
+//! both formats and their checksums; it knows nothing of files or sockets.
+
+pub mod batch;
+pub mod entry;
+pub mod pending;
+
+pub use batch::{BatchBuilder, BatchMeta, OwnedRecord, RecordView};
+pub use entry::{EntryError, EntryHeader, PayloadFormat, ENTRY_ALIGN, ENTRY_HEADER_BYTES};
+pub use pending::PendingEntry;

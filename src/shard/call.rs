@@ -1,0 +1,108 @@
+//! The messages shards send each other over the mesh, and the error every operation returns.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures_channel::oneshot;
+
+use crate::log::{LogError, ReadOutcome};
+use crate::native::messages::{Acks, ErrorBody, ErrorCode};
+use crate::record::PendingEntry;
+use crate::shard::catalog::TopicInfo;
+
+/// An operation's failure, as a protocol error code and a message for the client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl BrokerError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn to_body(&self) -> ErrorBody {
+        ErrorBody::new(self.code, self.message.clone())
+    }
+}
+
+impl std::fmt::Display for BrokerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for BrokerError {}
+
+/// The one place log errors become protocol errors.
+impl From<LogError> for BrokerError {
+    fn from(e: LogError) -> Self {
+        let code = match &e {
+            LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+            LogError::Storage(_) => ErrorCode::StorageError,
+            // A reader is told the stored bytes are bad rather than handed wrong data.
+            LogError::Corrupt(_) => ErrorCode::StorageError,
+            LogError::Closed => ErrorCode::NotAvailable,
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+/// An operation for the shard that owns the partition (or, for topic changes, for shard 0).
+pub enum ShardCall {
+    Produce {
+        topic: String,
+        partition: u32,
+        acks: Acks,
+        entry: PendingEntry,
+    },
+    Fetch {
+        topic: String,
+        partition: u32,
+        offset: u64,
+        max_bytes: usize,
+        max_wait: Duration,
+    },
+    ListOffsets {
+        topic: String,
+        partition: u32,
+        timestamp: i64,
+    },
+    Watermarks {
+        topic: String,
+        partition: u32,
+    },
+    CreateTopic {
+        name: String,
+        partitions: u32,
+        overrides: BTreeMap<String, String>,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    /// From the controller to every shard: the topic now exists (`Some`) or is gone (`None`).
+    ApplyTopic {
+        name: String,
+        info: Option<TopicInfo>,
+    },
+}
+
+pub enum ShardAnswer {
+    /// Base offset and log start.
+    Produced(Result<(u64, u64), BrokerError>),
+    Fetched(Result<ReadOutcome, BrokerError>),
+    Offset(Result<i64, BrokerError>),
+    /// Log start and high watermark.
+    Watermarks(Result<(u64, u64), BrokerError>),
+    Done(Result<(), BrokerError>),
+}
+
+/// A call and where to send its answer; crosses threads.
+pub struct Envelope {
+    pub call: ShardCall,
+    pub reply: oneshot::Sender<ShardAnswer>,
+}

@@ -1,0 +1,200 @@
+//! The topic catalog: which topics exist, their partition counts and settings, and which shard
+//! owns each partition.
+//!
+//! On disk a topic is a directory `<data_dir>/<topic>/` holding `topic.toml` (partition count and
+//! setting overrides) and one directory per partition. A directory without `topic.toml` is the
+//! remains of an unfinished create or delete and is ignored (and cleared on the next create).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::TopicConfig;
+
+/// Kafka's limit on topic name length.
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+/// More partitions than this in one topic is almost certainly a typo.
+pub const PARTITIONS_MAX: u32 = 10_000;
+pub const TOPIC_FILE: &str = "topic.toml";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TopicFile {
+    pub partitions: u32,
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub partitions: u32,
+    pub overrides: BTreeMap<String, String>,
+    pub config: TopicConfig,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    pub topics: BTreeMap<String, TopicInfo>,
+}
+
+/// The shard that owns a partition: consecutive partitions of a topic land on consecutive
+/// shards, starting from a shard chosen by the topic's name.
+pub fn owner_shard(topic: &str, partition: u32, shards: usize) -> usize {
+    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in topic.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    ((hash % shards as u64 + u64::from(partition)) % shards as u64) as usize
+}
+
+/// Kafka's rule: 1 to 249 of `[a-zA-Z0-9._-]`, and not `.` or `..`. It also keeps names safe
+/// as directory names.
+pub fn validate_topic_name(name: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty() || name.len() > TOPIC_NAME_BYTES_MAX {
+        return Err(format!(
+            "topic name must be 1 to {TOPIC_NAME_BYTES_MAX} characters"
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err("topic name cannot be '.' or '..'".into());
+    }
+    if !name.chars().all(allowed) {
+        return Err(format!(
+            "topic name {name:?} may only contain letters, digits, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+pub fn topic_dir(data_dir: &Path, topic: &str) -> PathBuf {
+    data_dir.join(topic)
+}
+
+pub fn partition_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {
+    topic_dir(data_dir, topic).join(partition.to_string())
+}
+
+impl TopicInfo {
+    pub fn resolve(file: TopicFile, defaults: &TopicConfig) -> Result<Self, String> {
+        let config = defaults
+            .with_overrides(&file.config)
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            partitions: file.partitions,
+            overrides: file.config,
+            config,
+        })
+    }
+}
+
+/// Reads every topic under `data_dir`. Blocking: called before the shards start.
+pub fn load(data_dir: &Path, defaults: &TopicConfig) -> io::Result<Catalog> {
+    let mut catalog = Catalog::default();
+    for entry in std::fs::read_dir(data_dir)? {
+        let entry = entry?;
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if validate_topic_name(&name).is_err() || !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let path = entry.path().join(TOPIC_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let file: TopicFile = toml::from_str(&text).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        })?;
+        let info = TopicInfo::resolve(file, defaults).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        })?;
+        catalog.topics.insert(name, info);
+    }
+    Ok(catalog)
+}
+
+/// Creates a topic's directory and writes its file durably. Blocking: run off the shard.
+pub fn write_topic(data_dir: &Path, name: &str, file: &TopicFile) -> io::Result<()> {
+    let dir = topic_dir(data_dir, name);
+    if dir.exists() {
+        // Leftovers of an interrupted create or delete: the new topic starts empty.
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    let text = toml::to_string(file).map_err(io::Error::other)?;
+    let tmp = dir.join("topic.toml.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, dir.join(TOPIC_FILE))?;
+    std::fs::File::open(&dir)?.sync_all()?;
+    std::fs::File::open(data_dir)?.sync_all()
+}
+
+/// Removes a topic: first its file (so a crash midway leaves an ignored directory), then the
+/// rest. Blocking: run off the shard.
+pub fn remove_topic(data_dir: &Path, name: &str) -> io::Result<()> {
+    let dir = topic_dir(data_dir, name);
+    match std::fs::remove_file(dir.join(TOPIC_FILE)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::File::open(&dir)?.sync_all()?;
+    std::fs::remove_dir_all(&dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_spread_over_every_shard() {
+        for shards in 1..=8 {
+            let mut owners: Vec<usize> = (0..shards as u32)
+                .map(|p| owner_shard("t", p, shards))
+                .collect();
+            owners.sort_unstable();
+            assert_eq!(owners, (0..shards).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(validate_topic_name("orders.v2_eu-1").is_ok());
+        for bad in ["", ".", "..", "a/b", "../etc", "a b", "ü", &"x".repeat(250)] {
+            assert!(validate_topic_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn topics_round_trip_through_their_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = TopicFile {
+            partitions: 3,
+            config: BTreeMap::from([("retention.ms".into(), "1000".into())]),
+        };
+        write_topic(dir.path(), "orders", &file).unwrap();
+        std::fs::create_dir_all(dir.path().join("half-deleted")).unwrap();
+        let catalog = load(dir.path(), &TopicConfig::default()).unwrap();
+        assert_eq!(catalog.topics.len(), 1);
+        let info = &catalog.topics["orders"];
+        assert_eq!(info.partitions, 3);
+        assert_eq!(info.config.retention_ms, 1000);
+        remove_topic(dir.path(), "orders").unwrap();
+        assert!(load(dir.path(), &TopicConfig::default())
+            .unwrap()
+            .topics
+            .is_empty());
+    }
+}

@@ -1,0 +1,16 @@
+//! Shards: one pinned glommio executor per core, each owning a share of the partitions.
+//!
+//! `runtime.rs` starts the executors and stops them in order; `state.rs` is what one shard
+//! owns (its partitions, its copy of the topic catalog, its metrics) and how it routes an
+//! operation to the shard that owns the partition, over the channel mesh (`call.rs` defines
+//! the messages); `catalog.rs` is the topic catalog and its files. Shard 0 also acts as the
+//! controller: topic creation and deletion go through it, one at a time, and it broadcasts the
+//! change to every shard before answering.
+
+pub mod call;
+pub mod catalog;
+pub mod runtime;
+pub mod state;
+
+pub use call::BrokerError;
+pub use state::Shard;

@@ -1,0 +1,302 @@
+//! Starting and stopping the broker: one pinned executor per core, then an ordered shutdown.
+//!
+//! Stop sequence, on SIGINT or SIGTERM (a second signal exits at once):
+//! 1. every shard stops accepting and lets its connections finish their in-flight requests;
+//! 2. a barrier: no shard goes on until none can forward a request to another;
+//! 3. every shard writes, fdatasyncs and closes its partitions;
+//! 4. the main thread merges the shards' histograms and prints them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::channels::channel_mesh::{MeshBuilder, Receivers};
+use glommio::net::TcpListener;
+use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
+use hdrhistogram::Histogram;
+
+use crate::config::BrokerConfig;
+use crate::metrics;
+use crate::shard::call::Envelope;
+use crate::shard::catalog::{self, Catalog};
+use crate::shard::Shard;
+
+/// Calls waiting in one direction of the mesh before senders wait.
+const MESH_CHANNEL_CAPACITY: usize = 1024;
+/// How long connections get to finish in-flight requests once a stop begins.
+const DRAIN_WAIT_MAX: Duration = Duration::from_secs(10);
+/// How often a shard looks at the process-wide stop flag.
+const STOP_POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// A non-empty file each shard reads first; see `probe_device`.
+const PROBE_FILE: &str = ".spate-probe";
+const LOCK_FILE: &str = ".lock";
+
+type Snapshot = BTreeMap<String, Histogram<u64>>;
+
+/// Process-wide stop state, shared by the signal thread and the shards.
+#[derive(Default)]
+struct Stopper {
+    requested: AtomicBool,
+    drained: AtomicUsize,
+    closed: AtomicUsize,
+}
+
+impl Stopper {
+    fn request(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+    }
+
+    async fn wait_requested(&self) {
+        while !self.requested.load(Ordering::SeqCst) {
+            glommio::timer::sleep(STOP_POLL_INTERVAL).await;
+        }
+    }
+
+    /// Arrives at a barrier and waits for every shard.
+    async fn barrier(counter: &AtomicUsize, shards: usize) {
+        counter.fetch_add(1, Ordering::SeqCst);
+        while counter.load(Ordering::SeqCst) < shards {
+            glommio::timer::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// Runs the broker until it is told to stop; then prints the latency histograms.
+pub fn run(config: BrokerConfig, histogram_dir: Option<PathBuf>) -> Result<(), String> {
+    let _lock = prepare_data_dir(&config.data_dir)?;
+    let catalog = catalog::load(&config.data_dir, &config.topic_defaults)
+        .map_err(|e| format!("reading topics in {}: {e}", config.data_dir.display()))?;
+    let cores = match &config.cores {
+        Some(cores) => cores.clone(),
+        None => CpuSet::online()
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|l| l.cpu)
+            .collect(),
+    };
+    let placement = pinned_placement(&cores)?;
+    let shards = cores.len();
+    let stopper = Arc::new(Stopper::default());
+    install_signal_handler(stopper.clone())?;
+    tracing::info!(shards, ?cores, data_dir = %config.data_dir.display(), "starting spate");
+
+    let config = Arc::new(config);
+    let mesh = MeshBuilder::full(shards, MESH_CHANNEL_CAPACITY);
+    let handles = LocalExecutorPoolBuilder::new(placement)
+        .name("spate-shard")
+        .on_all_shards({
+            let stopper = stopper.clone();
+            move || {
+                let (config, catalog, mesh, stopper) = (
+                    config.clone(),
+                    catalog.clone(),
+                    mesh.clone(),
+                    stopper.clone(),
+                );
+                async move { shard_main(config, catalog, mesh, shards, stopper).await }
+            }
+        })
+        .map_err(|e| format!("starting executors: {e}"))?;
+
+    let mut snapshots = Vec::new();
+    let mut failures = Vec::new();
+    for result in handles.join_all() {
+        match result {
+            Ok(Ok(snapshot)) => snapshots.push(snapshot),
+            Ok(Err(e)) => failures.push(e),
+            Err(e) => failures.push(format!("shard thread failed: {e}")),
+        }
+    }
+    report_histograms(metrics::merge(snapshots), histogram_dir.as_deref())?;
+    match failures.is_empty() {
+        true => Ok(()),
+        false => Err(failures.join("; ")),
+    }
+}
+
+fn pinned_placement(cores: &[usize]) -> Result<PoolPlacement, String> {
+    let online = CpuSet::online().map_err(|e| format!("reading online CPUs: {e}"))?;
+    let mut sets = Vec::with_capacity(cores.len());
+    for &cpu in cores {
+        let set = online.clone().filter(|l| l.cpu == cpu);
+        if set.is_empty() {
+            return Err(format!("CPU {cpu} in --cores is not online"));
+        }
+        sets.push(set);
+    }
+    Ok(PoolPlacement::Custom(sets))
+}
+
+/// Creates the data directory, takes its lock and writes the probe file. Blocking: runs
+/// before the shards start.
+fn prepare_data_dir(dir: &Path) -> Result<std::fs::File, String> {
+    let context = |what: &str, e: std::io::Error| format!("{what} {}: {e}", dir.display());
+    std::fs::create_dir_all(dir).map_err(|e| context("creating data directory", e))?;
+    let lock =
+        std::fs::File::create(dir.join(LOCK_FILE)).map_err(|e| context("opening lock in", e))?;
+    lock.try_lock().map_err(|_| {
+        format!(
+            "data directory {} is in use by another spate process",
+            dir.display()
+        )
+    })?;
+    let probe = dir.join(PROBE_FILE);
+    if std::fs::metadata(&probe).map(|m| m.len()).unwrap_or(0) < 4096 {
+        std::fs::write(&probe, [0u8; 4096]).map_err(|e| context("writing probe file in", e))?;
+    }
+    Ok(lock)
+}
+
+/// glommio pitfall (upstream #605/#670): if the first DMA file a thread opens on a device is an
+/// empty read-write file, every later O_DIRECT read on that device fails with EOPNOTSUPP. Reading
+/// a non-empty file first avoids it.
+async fn probe_device(data_dir: &Path) {
+    let probe = async {
+        let file = glommio::io::DmaFile::open(data_dir.join(PROBE_FILE)).await?;
+        file.read_at(0, 4096).await?;
+        file.close().await
+    };
+    if let Err(e) = probe.await {
+        tracing::warn!("probe read of the data directory failed: {e}");
+    }
+}
+
+fn install_signal_handler(stopper: Arc<Stopper>) -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| format!("installing signal handlers: {e}"))?;
+    std::thread::Builder::new()
+        .name("spate-signals".into())
+        .spawn(move || {
+            for (count, signal) in signals.forever().enumerate() {
+                if count == 0 {
+                    tracing::info!(signal, "stopping: finishing requests, then flushing");
+                    stopper.request();
+                } else {
+                    tracing::warn!(signal, "second signal: exiting without a clean stop");
+                    std::process::exit(130);
+                }
+            }
+        })
+        .map_err(|e| format!("starting the signal thread: {e}"))?;
+    Ok(())
+}
+
+async fn shard_main(
+    config: Arc<BrokerConfig>,
+    catalog: Catalog,
+    mesh: MeshBuilder<Envelope, glommio::channels::channel_mesh::Full>,
+    shards: usize,
+    stopper: Arc<Stopper>,
+) -> Result<Snapshot, String> {
+    probe_device(&config.data_dir).await;
+    let (id, peers, receivers) = if shards > 1 {
+        let (senders, receivers) = mesh
+            .join()
+            .await
+            .map_err(|_| "joining the shard mesh".to_string())?;
+        (senders.peer_id(), Some(senders), Some(receivers))
+    } else {
+        (0, None, None)
+    };
+    let shard = Rc::new(Shard::new(id, shards, config.clone(), catalog, peers));
+    if let Some(receivers) = receivers {
+        serve_mesh(&shard, receivers);
+    }
+    let started = async {
+        shard
+            .open_owned_partitions()
+            .await
+            .map_err(|e| format!("shard {id}: opening partitions: {e}"))?;
+        TcpListener::bind(config.native_listener)
+            .map_err(|e| format!("shard {id}: listening on {}: {e}", config.native_listener))
+    };
+    let listener = match started.await {
+        Ok(listener) => listener,
+        Err(e) => {
+            // Let the other shards stop too, and do not leave them waiting at the barriers.
+            stopper.request();
+            stopper.drained.fetch_add(1, Ordering::SeqCst);
+            shard.close_partitions().await;
+            stopper.closed.fetch_add(1, Ordering::SeqCst);
+            return Err(e);
+        }
+    };
+    tracing::info!(shard = id, addr = %config.native_listener, "native listener ready");
+    let connections = Rc::new(crate::native::server::Connections::default());
+    let acceptor = glommio::spawn_local(crate::native::server::accept_loop(
+        shard.clone(),
+        listener,
+        connections.clone(),
+    ));
+    glommio::spawn_local(retention_loop(shard.clone())).detach();
+
+    stopper.wait_requested().await;
+    shard.begin_stop();
+    acceptor.await;
+    if !connections.wait_closed(DRAIN_WAIT_MAX).await {
+        tracing::warn!(
+            shard = id,
+            open = connections.open(),
+            "connections still open after the drain wait"
+        );
+    }
+    Stopper::barrier(&stopper.drained, shards).await;
+    shard.close_partitions().await;
+    Stopper::barrier(&stopper.closed, shards).await;
+    Ok(shard.metrics.snapshot())
+}
+
+/// Executes calls from the other shards, each in its own task so a slow one (a long poll, an
+/// acks=all produce) does not hold up the rest. Tasks start in arrival order.
+fn serve_mesh(shard: &Rc<Shard>, mut receivers: Receivers<Envelope>) {
+    for (_, receiver) in receivers.streams() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(envelope) = receiver.recv().await {
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    let answer = shard.execute(envelope.call).await;
+                    // The caller may have gone away (its connection closed); nothing to do then.
+                    let _ = envelope.reply.send(answer);
+                })
+                .detach();
+            }
+        })
+        .detach();
+    }
+}
+
+async fn retention_loop(shard: Rc<Shard>) {
+    let interval = Duration::from_millis(shard.config.retention_check_interval_ms);
+    loop {
+        let stop = async {
+            shard.wait_for_stop().await;
+            true
+        };
+        let tick = async {
+            glommio::timer::sleep(interval).await;
+            false
+        };
+        if futures_lite::future::or(stop, tick).await {
+            return;
+        }
+        shard.enforce_retention().await;
+    }
+}
+
+fn report_histograms(merged: Snapshot, dir: Option<&Path>) -> Result<(), String> {
+    println!("{}", metrics::render_table(&merged));
+    let Some(dir) = dir else { return Ok(()) };
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    for (name, histogram) in &merged {
+        let path = dir.join(format!("{name}.hgrm"));
+        std::fs::write(&path, metrics::write_hgrm(histogram))
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    tracing::info!(dir = %dir.display(), "wrote .hgrm percentile distributions");
+    Ok(())
+}

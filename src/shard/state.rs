@@ -1,0 +1,568 @@
+//! What one shard owns, and how an operation reaches the shard that owns its partition.
+//!
+//! Every operation on a partition goes through [`Shard::call`]: executed in place when this
+//! shard owns the partition, otherwise sent over the channel mesh with a oneshot reply channel
+//! (Seastar's `submit_to`). Payloads travel as `Bytes` or as the owned receive buffer, never
+//! copied per hop.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use event_listener::Event;
+use futures_channel::oneshot;
+use glommio::channels::channel_mesh::Senders;
+
+use crate::config::BrokerConfig;
+use crate::log::{LogLimits, PartitionLog, ReadOutcome};
+use crate::metrics::Metrics;
+use crate::native::messages::{Acks, ErrorCode, OFFSET_EARLIEST, OFFSET_LATEST};
+use crate::record::PendingEntry;
+use crate::shard::call::{BrokerError, Envelope, ShardAnswer, ShardCall};
+use crate::shard::catalog::{self, Catalog, TopicFile, TopicInfo, PARTITIONS_MAX};
+
+/// Appended-but-unwritten bytes per partition beyond which producers wait.
+const STAGED_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+type PartitionKey = (String, u32);
+
+pub struct Shard {
+    pub id: usize,
+    pub count: usize,
+    pub config: Arc<BrokerConfig>,
+    pub metrics: Rc<Metrics>,
+    catalog: RefCell<Catalog>,
+    partitions: RefCell<HashMap<PartitionKey, Rc<PartitionLog>>>,
+    peers: Option<Senders<Envelope>>,
+    /// Serialises topic changes on the controller shard.
+    admin_lock: glommio::sync::Semaphore,
+    stopping: Cell<bool>,
+    stop_event: Event,
+}
+
+impl Shard {
+    pub fn new(
+        id: usize,
+        count: usize,
+        config: Arc<BrokerConfig>,
+        catalog: Catalog,
+        peers: Option<Senders<Envelope>>,
+    ) -> Self {
+        Self {
+            id,
+            count,
+            config,
+            metrics: Rc::new(Metrics::default()),
+            catalog: RefCell::new(catalog),
+            partitions: RefCell::new(HashMap::new()),
+            peers,
+            admin_lock: glommio::sync::Semaphore::new(1),
+            stopping: Cell::new(false),
+            stop_event: Event::new(),
+        }
+    }
+
+    fn limits(&self) -> LogLimits {
+        LogLimits {
+            write_bytes_max: self.config.flush_write_bytes_max,
+            tail_cache_bytes: self.config.tail_cache_bytes,
+            staged_bytes_max: STAGED_BYTES_MAX,
+        }
+    }
+
+    /// Opens every partition this shard owns among the catalog's topics.
+    pub async fn open_owned_partitions(&self) -> std::io::Result<()> {
+        let topics: Vec<(String, TopicInfo)> = self
+            .catalog
+            .borrow()
+            .topics
+            .iter()
+            .map(|(n, i)| (n.clone(), i.clone()))
+            .collect();
+        for (name, info) in topics {
+            self.open_partitions(&name, &info).await?;
+        }
+        Ok(())
+    }
+
+    async fn open_partitions(&self, name: &str, info: &TopicInfo) -> std::io::Result<()> {
+        let topic: Rc<str> = Rc::from(name);
+        for partition in (0..info.partitions).filter(|p| self.owner(name, *p) == self.id) {
+            let dir = catalog::partition_dir(&self.config.data_dir, name, partition);
+            let log = PartitionLog::open(
+                topic.clone(),
+                partition,
+                dir,
+                info.config.clone(),
+                self.limits(),
+                self.metrics.clone(),
+            )
+            .await?;
+            self.partitions
+                .borrow_mut()
+                .insert((name.to_string(), partition), log);
+        }
+        Ok(())
+    }
+
+    pub fn owner(&self, topic: &str, partition: u32) -> usize {
+        catalog::owner_shard(topic, partition, self.count)
+    }
+
+    pub fn topic(&self, name: &str) -> Option<TopicInfo> {
+        self.catalog.borrow().topics.get(name).cloned()
+    }
+
+    pub fn topics(&self) -> Vec<(String, TopicInfo)> {
+        self.catalog
+            .borrow()
+            .topics
+            .iter()
+            .map(|(n, i)| (n.clone(), i.clone()))
+            .collect()
+    }
+
+    fn partition_log(&self, topic: &str, partition: u32) -> Result<Rc<PartitionLog>, BrokerError> {
+        if let Some(log) = self
+            .partitions
+            .borrow()
+            .get(&(topic.to_string(), partition))
+        {
+            return Ok(log.clone());
+        }
+        match self.catalog.borrow().topics.get(topic) {
+            None => Err(BrokerError::new(
+                ErrorCode::UnknownTopic,
+                format!("no topic {topic}"),
+            )),
+            Some(info) => Err(BrokerError::new(
+                ErrorCode::UnknownPartition,
+                format!(
+                    "topic {topic} has {} partitions, no partition {partition}",
+                    info.partitions
+                ),
+            )),
+        }
+    }
+
+    /// Runs `call` on the shard `target`: here, or across the mesh.
+    pub async fn call(self: &Rc<Self>, target: usize, call: ShardCall) -> ShardAnswer {
+        if target == self.id {
+            return self.execute(call).await;
+        }
+        let unavailable = |why: &str| BrokerError::new(ErrorCode::NotAvailable, why.to_string());
+        let Some(peers) = &self.peers else {
+            return ShardAnswer::Done(Err(unavailable("no such shard")));
+        };
+        let (reply, answer) = oneshot::channel();
+        if peers
+            .send_to(target, Envelope { call, reply })
+            .await
+            .is_err()
+        {
+            return ShardAnswer::Done(Err(unavailable("shard is stopping")));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| ShardAnswer::Done(Err(unavailable("shard dropped the call"))))
+    }
+
+    /// Executes a call addressed to this shard.
+    pub async fn execute(self: &Rc<Self>, call: ShardCall) -> ShardAnswer {
+        match call {
+            ShardCall::Produce {
+                topic,
+                partition,
+                acks,
+                entry,
+            } => ShardAnswer::Produced(self.produce_local(&topic, partition, acks, entry).await),
+            ShardCall::Fetch {
+                topic,
+                partition,
+                offset,
+                max_bytes,
+                max_wait,
+            } => ShardAnswer::Fetched(
+                self.fetch_local(&topic, partition, offset, max_bytes, max_wait)
+                    .await,
+            ),
+            ShardCall::ListOffsets {
+                topic,
+                partition,
+                timestamp,
+            } => ShardAnswer::Offset(self.list_offset_local(&topic, partition, timestamp).await),
+            ShardCall::Watermarks { topic, partition } => ShardAnswer::Watermarks(
+                self.partition_log(&topic, partition)
+                    .map(|l| (l.log_start(), l.high_watermark())),
+            ),
+            ShardCall::CreateTopic {
+                name,
+                partitions,
+                overrides,
+            } => ShardAnswer::Done(
+                self.create_topic_as_controller(name, partitions, overrides)
+                    .await,
+            ),
+            ShardCall::DeleteTopic { name } => {
+                ShardAnswer::Done(self.delete_topic_as_controller(name).await)
+            }
+            ShardCall::ApplyTopic { name, info } => {
+                ShardAnswer::Done(self.apply_topic(name, info).await)
+            }
+        }
+    }
+
+    async fn produce_local(
+        &self,
+        topic: &str,
+        partition: u32,
+        acks: Acks,
+        entry: PendingEntry,
+    ) -> Result<(u64, u64), BrokerError> {
+        let log = self.partition_log(topic, partition)?;
+        // Nothing awaits before the append, so requests keep their arrival order.
+        let (base_offset, next_offset) = log.append(entry)?;
+        match acks {
+            Acks::None => log.wait_for_room().await?,
+            Acks::Leader => log.wait_written(next_offset).await?,
+            Acks::All => log.wait_synced(next_offset).await?,
+        }
+        Ok((base_offset, log.log_start()))
+    }
+
+    async fn fetch_local(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: usize,
+        max_wait: Duration,
+    ) -> Result<ReadOutcome, BrokerError> {
+        let log = self.partition_log(topic, partition)?;
+        let outcome = log.read(offset, max_bytes).await?;
+        if !outcome.entries.is_empty() || max_wait.is_zero() || self.stopping.get() {
+            return Ok(outcome);
+        }
+        let stop = async {
+            self.wait_for_stop().await;
+            false
+        };
+        if futures_lite::future::or(log.wait_for_data(offset, max_wait), stop).await {
+            return Ok(log.read(offset, max_bytes).await?);
+        }
+        Ok(outcome)
+    }
+
+    async fn list_offset_local(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp: i64,
+    ) -> Result<i64, BrokerError> {
+        let log = self.partition_log(topic, partition)?;
+        let offset = match timestamp {
+            OFFSET_LATEST => Some(log.high_watermark()),
+            OFFSET_EARLIEST => Some(log.log_start()),
+            t if t >= 0 => log.offset_for_timestamp(t).await?,
+            other => {
+                let why = format!("timestamp {other} is neither -1, -2 nor a time");
+                return Err(BrokerError::new(ErrorCode::InvalidRequest, why));
+            }
+        };
+        Ok(offset.map_or(-1, |o| o as i64))
+    }
+
+    async fn create_topic_as_controller(
+        self: &Rc<Self>,
+        name: String,
+        partitions: u32,
+        overrides: BTreeMap<String, String>,
+    ) -> Result<(), BrokerError> {
+        catalog::validate_topic_name(&name)
+            .map_err(|e| BrokerError::new(ErrorCode::InvalidTopicName, e))?;
+        if partitions == 0 || partitions > PARTITIONS_MAX {
+            let why = format!("partitions must be between 1 and {PARTITIONS_MAX}");
+            return Err(BrokerError::new(ErrorCode::InvalidPartitions, why));
+        }
+        let file = TopicFile {
+            partitions,
+            config: overrides,
+        };
+        let info = TopicInfo::resolve(file.clone(), &self.config.topic_defaults)
+            .map_err(|e| BrokerError::new(ErrorCode::InvalidConfig, e))?;
+        let _permit = self.admin_lock.acquire_permit(1).await.map_err(|e| {
+            BrokerError::new(
+                ErrorCode::NotAvailable,
+                format!("controller is stopping: {e}"),
+            )
+        })?;
+        if self.topic(&name).is_some() {
+            return Err(BrokerError::new(
+                ErrorCode::TopicAlreadyExists,
+                format!("topic {name} exists"),
+            ));
+        }
+        let data_dir = self.config.data_dir.clone();
+        let file_name = name.clone();
+        glommio::executor()
+            .spawn_blocking(move || catalog::write_topic(&data_dir, &file_name, &file))
+            .await
+            .map_err(|e| {
+                BrokerError::new(
+                    ErrorCode::StorageError,
+                    format!("writing topic {name}: {e}"),
+                )
+            })?;
+        self.broadcast(&name, Some(info)).await?;
+        tracing::info!(topic = %name, partitions, "created topic");
+        Ok(())
+    }
+
+    async fn delete_topic_as_controller(self: &Rc<Self>, name: String) -> Result<(), BrokerError> {
+        let _permit = self.admin_lock.acquire_permit(1).await.map_err(|e| {
+            BrokerError::new(
+                ErrorCode::NotAvailable,
+                format!("controller is stopping: {e}"),
+            )
+        })?;
+        if self.topic(&name).is_none() {
+            return Err(BrokerError::new(
+                ErrorCode::UnknownTopic,
+                format!("no topic {name}"),
+            ));
+        }
+        self.broadcast(&name, None).await?;
+        let data_dir = self.config.data_dir.clone();
+        let dir_name = name.clone();
+        glommio::executor()
+            .spawn_blocking(move || catalog::remove_topic(&data_dir, &dir_name))
+            .await
+            .map_err(|e| {
+                BrokerError::new(
+                    ErrorCode::StorageError,
+                    format!("removing topic {name}: {e}"),
+                )
+            })?;
+        tracing::info!(topic = %name, "deleted topic");
+        Ok(())
+    }
+
+    /// Tells every shard about a topic change and waits until each has applied it.
+    async fn broadcast(
+        self: &Rc<Self>,
+        name: &str,
+        info: Option<TopicInfo>,
+    ) -> Result<(), BrokerError> {
+        for shard in 0..self.count {
+            let call = ShardCall::ApplyTopic {
+                name: name.to_string(),
+                info: info.clone(),
+            };
+            // Boxed: `call` -> `execute` -> controller -> `broadcast` -> `call` is a cycle.
+            let answer: std::pin::Pin<Box<dyn std::future::Future<Output = ShardAnswer> + '_>> =
+                Box::pin(self.call(shard, call));
+            match answer.await {
+                ShardAnswer::Done(result) => result?,
+                _ => {
+                    return Err(BrokerError::new(
+                        ErrorCode::NotAvailable,
+                        "unexpected answer",
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply_topic(&self, name: String, info: Option<TopicInfo>) -> Result<(), BrokerError> {
+        match info {
+            Some(info) => {
+                self.open_partitions(&name, &info).await.map_err(|e| {
+                    BrokerError::new(
+                        ErrorCode::StorageError,
+                        format!("opening topic {name}: {e}"),
+                    )
+                })?;
+                // Published last, so nobody sees the topic before its partitions are open.
+                self.catalog.borrow_mut().topics.insert(name, info);
+            }
+            None => {
+                self.catalog.borrow_mut().topics.remove(&name);
+                let logs: Vec<Rc<PartitionLog>> = {
+                    let mut partitions = self.partitions.borrow_mut();
+                    let keys: Vec<PartitionKey> = partitions
+                        .keys()
+                        .filter(|(t, _)| *t == name)
+                        .cloned()
+                        .collect();
+                    keys.iter().filter_map(|k| partitions.remove(k)).collect()
+                };
+                for log in logs {
+                    log.close().await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies retention to every partition of this shard, once.
+    pub async fn enforce_retention(&self) {
+        let logs: Vec<Rc<PartitionLog>> = self.partitions.borrow().values().cloned().collect();
+        let now = crate::now_ms();
+        for log in logs {
+            if let Err(e) = log.enforce_retention(now).await {
+                tracing::error!(topic = %log.topic, partition = log.partition, "retention failed: {e}");
+            }
+        }
+    }
+
+    /// Flushes, syncs and closes every partition of this shard.
+    pub async fn close_partitions(&self) {
+        let logs: Vec<Rc<PartitionLog>> = self
+            .partitions
+            .borrow_mut()
+            .drain()
+            .map(|(_, l)| l)
+            .collect();
+        for log in logs {
+            log.close().await;
+        }
+    }
+
+    pub fn begin_stop(&self) {
+        self.stopping.set(true);
+        self.stop_event.notify(usize::MAX);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.get()
+    }
+
+    /// Resolves once the shard starts stopping.
+    pub async fn wait_for_stop(&self) {
+        loop {
+            let listener = self.stop_event.listen();
+            if self.stopping.get() {
+                return;
+            }
+            listener.await;
+        }
+    }
+}
+
+/// Typed front ends of [`Shard::call`] for the protocol handlers.
+impl Shard {
+    pub async fn produce(
+        self: &Rc<Self>,
+        topic: &str,
+        partition: u32,
+        acks: Acks,
+        entry: PendingEntry,
+    ) -> Result<(u64, u64), BrokerError> {
+        let call = ShardCall::Produce {
+            topic: topic.to_string(),
+            partition,
+            acks,
+            entry,
+        };
+        match self.call(self.owner(topic, partition), call).await {
+            ShardAnswer::Produced(result) => result,
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn fetch(
+        self: &Rc<Self>,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: usize,
+        max_wait: Duration,
+    ) -> Result<ReadOutcome, BrokerError> {
+        let call = ShardCall::Fetch {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            max_bytes,
+            max_wait,
+        };
+        match self.call(self.owner(topic, partition), call).await {
+            ShardAnswer::Fetched(result) => result,
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn list_offset(
+        self: &Rc<Self>,
+        topic: &str,
+        partition: u32,
+        timestamp: i64,
+    ) -> Result<i64, BrokerError> {
+        let call = ShardCall::ListOffsets {
+            topic: topic.to_string(),
+            partition,
+            timestamp,
+        };
+        match self.call(self.owner(topic, partition), call).await {
+            ShardAnswer::Offset(result) => result,
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn watermarks(
+        self: &Rc<Self>,
+        topic: &str,
+        partition: u32,
+    ) -> Result<(u64, u64), BrokerError> {
+        let call = ShardCall::Watermarks {
+            topic: topic.to_string(),
+            partition,
+        };
+        match self.call(self.owner(topic, partition), call).await {
+            ShardAnswer::Watermarks(result) => result,
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Creates a topic through the controller shard.
+    pub async fn create_topic(
+        self: &Rc<Self>,
+        name: &str,
+        partitions: u32,
+        overrides: BTreeMap<String, String>,
+    ) -> Result<(), BrokerError> {
+        let call = ShardCall::CreateTopic {
+            name: name.to_string(),
+            partitions,
+            overrides,
+        };
+        match self.call(0, call).await {
+            ShardAnswer::Done(result) => result,
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn delete_topic(self: &Rc<Self>, name: &str) -> Result<(), BrokerError> {
+        match self
+            .call(
+                0,
+                ShardCall::DeleteTopic {
+                    name: name.to_string(),
+                },
+            )
+            .await
+        {
+            ShardAnswer::Done(result) => result,
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn unexpected(answer: ShardAnswer) -> BrokerError {
+    match answer {
+        ShardAnswer::Done(Err(e)) => e,
+        _ => BrokerError::new(ErrorCode::NotAvailable, "a shard answered a different call"),
+    }
+}
