@@ -232,7 +232,7 @@ impl BrokerConfig {
             }
             "log.flush.write.bytes.max" => {
                 let bytes: usize = parse(key, value)?;
-                if bytes == 0 || bytes % WRITE_ALIGN_BYTES != 0 {
+                if bytes == 0 || !bytes.is_multiple_of(WRITE_ALIGN_BYTES) {
                     let why = format!("must be a positive multiple of {WRITE_ALIGN_BYTES}");
                     return Err(invalid(key, value, &why));
                 }

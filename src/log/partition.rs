@@ -416,11 +416,13 @@ impl PartitionLog {
         self.changed.notify(usize::MAX);
         loop {
             let listener = self.changed.listen();
-            let st = self.state.borrow();
-            if st.writer_done && st.syncer_done {
+            let finished = {
+                let st = self.state.borrow();
+                st.writer_done && st.syncer_done
+            };
+            if finished {
                 break;
             }
-            drop(st);
             listener.await;
         }
         let (active, failed) = {

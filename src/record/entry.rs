@@ -40,7 +40,7 @@ pub const ENTRY_VERSION: u8 = 1;
 /// or a reader allocate gigabytes; no configurable message size may exceed this.
 pub const ENTRY_PAYLOAD_BYTES_MAX: u32 = 256 * 1024 * 1024;
 
-const _: () = assert!(ENTRY_HEADER_BYTES % ENTRY_ALIGN == 0);
+const _: () = assert!(ENTRY_HEADER_BYTES.is_multiple_of(ENTRY_ALIGN));
 const _: () = assert!(std::mem::size_of::<EntryHeader>() == ENTRY_HEADER_BYTES);
 
 /// How the payload after the header is encoded.

@@ -35,7 +35,7 @@ impl PendingEntry {
         meta: BatchMeta,
         format: PayloadFormat,
     ) -> Option<Self> {
-        if header_at % ENTRY_ALIGN != 0 {
+        if !header_at.is_multiple_of(ENTRY_ALIGN) {
             return None;
         }
         let end = header_at.checked_add(entry_len(payload_len))?;

@@ -1,0 +1,244 @@
+//! Test harness: starts the real `spate` binary on loopback with a temporary data directory,
+//! and runs client code on a glommio executor.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use spate::client::Client;
+use spate::native::messages::Acks;
+use spate::record::{BatchBuilder, OwnedRecord};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_spate");
+
+/// A running broker process.
+pub struct Broker {
+    child: Option<Child>,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    log_dir: PathBuf,
+    args: Vec<String>,
+    runs: usize,
+}
+
+impl Broker {
+    /// Starts a broker with two shards on `data_dir`, plus `extra` arguments.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Broker {
+        let port = free_port();
+        let mut broker = Broker {
+            child: None,
+            addr: format!("127.0.0.1:{port}"),
+            data_dir: data_dir.to_path_buf(),
+            log_dir: data_dir.parent().unwrap_or(data_dir).to_path_buf(),
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            runs: 0,
+        };
+        broker.launch();
+        broker
+    }
+
+    fn launch(&mut self) {
+        self.runs += 1;
+        let stdout = std::fs::File::create(self.stdout_path()).unwrap();
+        let stderr = std::fs::File::create(self.stderr_path()).unwrap();
+        let child = Command::new(BINARY)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(&self.addr)
+            .arg("--cores")
+            .arg(cores())
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdout(stdout)
+            .stderr(stderr)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn spate");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&self.addr).is_err() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "broker exited with {status} during start:\n{}",
+                    self.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker did not listen:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Every shard binds the port; give the last one a moment after the first answers.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    pub fn stdout_path(&self) -> PathBuf {
+        self.log_dir.join(format!("broker-{}.stdout", self.runs))
+    }
+
+    pub fn stderr_path(&self) -> PathBuf {
+        self.log_dir.join(format!("broker-{}.stderr", self.runs))
+    }
+
+    /// Everything this run of the broker logged.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.stderr_path()).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("broker running").id()
+    }
+
+    /// SIGTERM, wait for a clean exit, and return what it printed on stdout.
+    pub fn stop(&mut self) -> String {
+        let mut child = self.child.take().expect("broker running");
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "broker exited with {status}:\n{}",
+                    self.stderr()
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker did not stop:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::fs::read_to_string(self.stdout_path()).unwrap()
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("broker running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Starts the broker again on the same directory and port.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the broker first");
+        self.launch();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The CPUs tests pin shards to: two shards when the machine has two CPUs.
+pub fn cores() -> String {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus >= 2 {
+        "0-1".into()
+    } else {
+        "0".into()
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs `make()` on a glommio executor on this thread.
+pub fn run<F, Fut, T>(make: F) -> T
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = T>,
+{
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .make()
+        .expect("client executor")
+        .run(make())
+}
+
+/// A record whose bytes say where it belongs, to check what comes back.
+pub fn record(partition: u32, seq: u64) -> OwnedRecord {
+    OwnedRecord {
+        key: Some(format!("p{partition}-k{}", seq % 7).into_bytes()),
+        value: Some(
+            format!(
+                "partition {partition} record {seq} {}",
+                "x".repeat((seq % 200) as usize)
+            )
+            .into_bytes(),
+        ),
+        headers: vec![(b"seq".to_vec(), seq.to_le_bytes().to_vec())],
+        timestamp: 1_700_000_000_000 + seq as i64,
+    }
+}
+
+pub fn batch_of(records: impl IntoIterator<Item = OwnedRecord>) -> BatchBuilder {
+    let mut builder = BatchBuilder::default();
+    records.into_iter().for_each(|r| builder.push(r));
+    builder
+}
+
+/// Reads a partition from `from` to its high watermark.
+pub async fn read_all(
+    client: &Client,
+    topic: &str,
+    partition: u32,
+    from: u64,
+) -> Vec<(u64, OwnedRecord)> {
+    let mut out = Vec::new();
+    let mut offset = from;
+    loop {
+        let fetched = client
+            .fetch(topic, partition, offset, 1 << 20, 0)
+            .await
+            .expect("fetch");
+        for batch in fetched.batches().expect("valid batches") {
+            for record in batch.records().filter(|r| r.offset >= offset) {
+                out.push((record.offset, record.to_owned_record()));
+            }
+        }
+        offset = out.last().map_or(offset, |(o, _)| o + 1);
+        if offset >= fetched.high_watermark {
+            return out;
+        }
+    }
+}
+
+pub async fn connect(broker: &Broker) -> Client {
+    Client::connect(&broker.addr).await.expect("connect")
+}
+
+pub async fn produce(
+    client: &Client,
+    topic: &str,
+    partition: u32,
+    acks: Acks,
+    records: Vec<OwnedRecord>,
+) -> u64 {
+    client
+        .produce(topic, partition, acks, batch_of(records))
+        .await
+        .expect("produce")
+        .unwrap_or(u64::MAX)
+}

@@ -1,0 +1,228 @@
+//! Hostile and broken native frames: each gets an error response or a clean close, and other
+//! clients keep working throughout.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{batch_of, connect, produce, read_all, record, run, Broker};
+use spate::native::frame::{Api, FrameHeader, FLAG_ERROR, FRAME_HEADER_BYTES};
+use spate::native::messages::{decode, encode, Acks, ErrorBody, ErrorCode, MetadataRequest};
+use spate::record::OwnedRecord;
+use zerocopy::IntoBytes;
+
+fn raw_connect(broker: &Broker) -> TcpStream {
+    let stream = TcpStream::connect(&broker.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
+/// A frame with the given meta and data, and a correct header unless the caller changes it.
+fn frame(api: u8, request_id: u64, meta: &[u8], data: &[u8], data_crc: u32) -> Vec<u8> {
+    let header = FrameHeader::new(api, 0, request_id, meta.len(), data.len(), data_crc);
+    let mut out = header.as_bytes().to_vec();
+    out.extend_from_slice(meta);
+    out.resize(FRAME_HEADER_BYTES + header.padded_meta_len(), 0);
+    out.extend_from_slice(data);
+    out
+}
+
+/// Reads one response frame: its header and meta.
+fn read_response(stream: &mut TcpStream) -> Option<(FrameHeader, Vec<u8>)> {
+    let mut raw = [0u8; FRAME_HEADER_BYTES];
+    stream.read_exact(&mut raw).ok()?;
+    let header = FrameHeader::parse(&raw, u32::MAX).expect("a valid response header");
+    let mut body = vec![0u8; header.body_len()];
+    stream.read_exact(&mut body).unwrap();
+    body.truncate(header.meta_len.get() as usize);
+    Some((header, body))
+}
+
+fn error_of(response: &(FrameHeader, Vec<u8>)) -> ErrorBody {
+    assert!(
+        response.0.flags.get() & FLAG_ERROR != 0,
+        "expected an error frame"
+    );
+    let mut aligned = rkyv::util::AlignedVec::<16>::new();
+    aligned.extend_from_slice(&response.1);
+    decode(&aligned).unwrap()
+}
+
+fn closed(stream: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.read(&mut byte), Ok(0) | Err(_))
+}
+
+fn metadata_frame(request_id: u64) -> Vec<u8> {
+    frame(
+        Api::Metadata as u8,
+        request_id,
+        &encode(&MetadataRequest {
+            topics: None,
+            with_offsets: false,
+        }),
+        &[],
+        0,
+    )
+}
+
+#[test]
+fn malformed_frames_get_errors_or_a_close_and_other_clients_are_unaffected() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(
+        &dir.path().join("data"),
+        &["--set", "message.max.bytes=4096"],
+    );
+    run(|| async {
+        connect(&broker)
+            .await
+            .create_topic("steady", 1, vec![])
+            .await
+            .unwrap()
+    });
+
+    // Garbage where a header should be: an error frame, then the connection closes.
+    let mut stream = raw_connect(&broker);
+    stream.write_all(&[0xAB; 64]).unwrap();
+    let response = read_response(&mut stream).expect("an error frame before the close");
+    assert!(error_of(&response).message.contains("magic"));
+    assert!(closed(&mut stream));
+
+    // A valid-looking header whose checksum does not match: the length cannot be trusted.
+    let mut stream = raw_connect(&broker);
+    let mut bytes = metadata_frame(5);
+    bytes[20] ^= 0x40;
+    stream.write_all(&bytes).unwrap();
+    let response = read_response(&mut stream).unwrap();
+    assert_eq!(response.0.request_id.get(), 5);
+    assert!(error_of(&response).message.contains("checksum"));
+    assert!(closed(&mut stream));
+
+    // A 2 GiB length: refused before anything is allocated.
+    let mut stream = raw_connect(&broker);
+    let header = FrameHeader::new(Api::Produce as u8, 0, 6, 16, 2 << 30, 0);
+    stream.write_all(header.as_bytes()).unwrap();
+    let response = read_response(&mut stream).unwrap();
+    assert!(error_of(&response)
+        .message
+        .contains("socket.request.max.bytes"));
+    assert!(closed(&mut stream));
+
+    // Body problems leave the connection usable: a bad data checksum, garbage rkyv, an unknown
+    // api, each answered in turn, then a good request on the same connection.
+    let mut stream = raw_connect(&broker);
+    let produce_meta = encode(&spate::native::messages::ProduceRequest {
+        topic: "steady".into(),
+        partition: 0,
+        acks: Acks::Leader,
+        batch: spate::record::BatchMeta {
+            record_count: 1,
+            first_timestamp: 0,
+            max_timestamp: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+        },
+    });
+    stream
+        .write_all(&frame(
+            Api::Produce as u8,
+            10,
+            &produce_meta,
+            b"payload!",
+            12345,
+        ))
+        .unwrap();
+    // Random bytes often decode (rkyv's inline strings accept many patterns), so break a real
+    // archive instead: drop the out-of-line topic bytes its relative pointer refers to.
+    let fetch = spate::native::messages::FetchRequest {
+        topic: "a-topic-name-longer-than-inline".into(),
+        partition: 0,
+        offset: 0,
+        max_bytes: 1024,
+        max_wait_ms: 0,
+    };
+    let broken = encode(&fetch)[32..].to_vec();
+    stream
+        .write_all(&frame(Api::Fetch as u8, 11, &broken, &[], 0))
+        .unwrap();
+    stream.write_all(&frame(99, 12, &[], &[], 0)).unwrap();
+    let garbage_batch = [0x33u8; 64];
+    stream
+        .write_all(&frame(
+            Api::Produce as u8,
+            13,
+            &produce_meta,
+            &garbage_batch,
+            crc32fast::hash(&garbage_batch),
+        ))
+        .unwrap();
+    stream.write_all(&metadata_frame(14)).unwrap();
+    let expected = [
+        (10, ErrorCode::CorruptMessage),
+        (11, ErrorCode::InvalidRequest),
+        (12, ErrorCode::UnsupportedApi),
+    ];
+    for (request_id, code) in expected {
+        let response = read_response(&mut stream).unwrap();
+        assert_eq!(
+            response.0.request_id.get(),
+            request_id,
+            "responses come in request order"
+        );
+        assert_eq!(error_of(&response).code, code, "request {request_id}");
+    }
+    let (header, meta) = read_response(&mut stream).unwrap();
+    assert_eq!(header.request_id.get(), 13);
+    let mut aligned = rkyv::util::AlignedVec::<16>::new();
+    aligned.extend_from_slice(&meta);
+    let produced: spate::native::messages::ProduceResponse = decode(&aligned).unwrap();
+    assert_eq!(
+        produced.error.code,
+        ErrorCode::CorruptMessage,
+        "a garbage batch is refused"
+    );
+    let (header, _) = read_response(&mut stream).unwrap();
+    assert_eq!(header.request_id.get(), 14);
+    assert_eq!(
+        header.flags.get() & FLAG_ERROR,
+        0,
+        "the connection still works"
+    );
+
+    // Half a frame, then silence and a close: the broker drops it and carries on.
+    let mut stream = raw_connect(&broker);
+    stream.write_all(&metadata_frame(20)[..20]).unwrap();
+    drop(stream);
+
+    // A batch over message.max.bytes gets MessageTooLarge; nothing of it is stored.
+    run(|| async {
+        let client = connect(&broker).await;
+        let big = OwnedRecord {
+            value: Some(vec![7u8; 8192]),
+            ..record(0, 0)
+        };
+        let err = client
+            .produce("steady", 0, Acks::Leader, batch_of([big]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::MessageTooLarge), "{err}");
+        assert!(err.to_string().contains("max.message.bytes"));
+        // Meanwhile an ordinary client works as ever.
+        for seq in 0..20 {
+            produce(&client, "steady", 0, Acks::All, vec![record(0, seq)]).await;
+        }
+        let records = read_all(&client, "steady", 0, 0).await;
+        assert_eq!(records.len(), 20);
+        assert_eq!(records[19].1, record(0, 19));
+    });
+    let logged = broker.stderr();
+    assert!(
+        logged.contains("closing connection"),
+        "offending connections are logged:\n{logged}"
+    );
+}
