@@ -156,7 +156,7 @@ impl PartitionLog {
         limits: LogLimits,
         metrics: Rc<Metrics>,
     ) -> io::Result<Rc<Self>> {
-        let segments = open_segments(&dir, &topic, partition, config.segment_bytes).await?;
+        let segments = open_segments(&dir, &topic, partition).await?;
         let next_offset = segments.back().map_or(0, |s| s.meta.borrow().next_offset);
         let block_tail = match segments.back() {
             Some(active) => read_block_tail(active).await?,
@@ -478,9 +478,10 @@ impl PartitionLog {
                 if st.failed.is_some() {
                     return None;
                 }
-                if st.roll_requested {
+                // A roll waits until what is staged is written (it may roll by size anyway).
+                if st.roll_requested && st.staged.is_empty() {
                     st.roll_requested = false;
-                    if st.active().meta.borrow().size > 0 && st.staged.is_empty() {
+                    if st.active().meta.borrow().size > 0 {
                         return Some(Work::Roll);
                     }
                 }
@@ -553,6 +554,9 @@ impl PartitionLog {
         let new_tail = bytes[data_len - data_len % WRITE_ALIGN_BYTES..data_len].to_vec();
         let buf_len = bytes.len();
 
+        segment
+            .ensure_allocated(aligned_start + buf_len as u64)
+            .await?;
         let started = Instant::now();
         let written = segment.file.write_at(buf, aligned_start).await?;
         self.metrics.record(Hist::LogAppend, started.elapsed());
@@ -592,8 +596,7 @@ impl PartitionLog {
         old.seal(&self.dir).await?;
         self.metrics.record(Hist::Fdatasync, started.elapsed());
         let base_offset = old.meta.borrow().next_offset;
-        let segment_bytes = self.config.borrow().segment_bytes;
-        let new = Segment::create(&self.dir, base_offset, segment_bytes).await?;
+        let new = Segment::create(&self.dir, base_offset).await?;
         let mut st = self.state.borrow_mut();
         st.synced_offset = st.synced_offset.max(base_offset);
         st.segments.push_back(Rc::new(new));
@@ -764,7 +767,6 @@ async fn open_segments(
     dir: &Path,
     topic: &str,
     partition: u32,
-    segment_bytes: u64,
 ) -> io::Result<VecDeque<Rc<Segment>>> {
     let listing = dir.to_path_buf();
     let mut bases: Vec<u64> = glommio::executor()
@@ -786,7 +788,7 @@ async fn open_segments(
     bases.sort_unstable();
     let mut segments = VecDeque::new();
     let Some((&last, sealed)) = bases.split_last() else {
-        segments.push_back(Rc::new(Segment::create(dir, 0, segment_bytes).await?));
+        segments.push_back(Rc::new(Segment::create(dir, 0).await?));
         return Ok(segments);
     };
     for &base in sealed {
@@ -794,7 +796,7 @@ async fn open_segments(
         report_truncation(topic, partition, &segment, cut);
         segments.push_back(Rc::new(segment));
     }
-    let (active, cut) = Segment::open_active(dir, last, segment_bytes).await?;
+    let (active, cut) = Segment::open_active(dir, last).await?;
     report_truncation(topic, partition, &active, cut);
     segments.push_back(Rc::new(active));
     Ok(segments)

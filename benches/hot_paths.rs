@@ -1,0 +1,130 @@
+//! Microbenchmarks of the hot paths: what every produced and fetched byte goes through.
+//! Run with `cargo bench --bench hot_paths`.
+
+use bytes::Bytes;
+use divan::counter::{BytesCount, ItemsCount};
+use divan::Bencher;
+use spate::log::index::SegmentIndex;
+use spate::log::tail_cache::TailCache;
+use spate::record::batch::{validate_native_payload, BatchBuilder};
+use spate::record::entry::{entry_len, parse_entry};
+use spate::record::{BatchMeta, EntryHeader, OwnedRecord, PayloadFormat};
+use zerocopy::IntoBytes;
+
+fn main() {
+    divan::main();
+}
+
+/// 256 records of 1 KiB: the loadgen's default batch.
+fn batch() -> (BatchMeta, rkyv::util::AlignedVec) {
+    let mut builder = BatchBuilder::default();
+    for i in 0..256u32 {
+        builder.push(OwnedRecord {
+            key: Some(i.to_le_bytes().to_vec()),
+            value: Some(vec![i as u8; 1024]),
+            headers: Vec::new(),
+            timestamp: 1_700_000_000_000 + i64::from(i),
+        });
+    }
+    builder.build()
+}
+
+fn entry_of(meta: &BatchMeta, payload: &[u8]) -> Vec<u8> {
+    let header = EntryHeader::new(
+        PayloadFormat::Native,
+        0,
+        meta,
+        payload.len() as u32,
+        crc32fast::hash(payload),
+    );
+    let mut entry = header.as_bytes().to_vec();
+    entry.extend_from_slice(payload);
+    entry.resize(entry_len(payload.len()), 0);
+    entry
+}
+
+#[divan::bench]
+fn crc32_of_a_batch(bencher: Bencher) {
+    let (_, payload) = batch();
+    bencher
+        .counter(BytesCount::new(payload.len()))
+        .bench(|| crc32fast::hash(divan::black_box(&payload)));
+}
+
+#[divan::bench]
+fn entry_header_encode(bencher: Bencher) {
+    let (meta, _) = batch();
+    bencher.bench(|| {
+        EntryHeader::new(
+            PayloadFormat::Native,
+            divan::black_box(42),
+            &meta,
+            270_000,
+            0x1234_5678,
+        )
+    });
+}
+
+#[divan::bench]
+fn entry_parse_and_verify(bencher: Bencher) {
+    let (meta, payload) = batch();
+    let entry = entry_of(&meta, &payload);
+    bencher
+        .counter(BytesCount::new(entry.len()))
+        .bench(|| parse_entry(divan::black_box(&entry)).is_ok());
+}
+
+#[divan::bench]
+fn rkyv_archive_a_batch(bencher: Bencher) {
+    bencher
+        .counter(ItemsCount::new(256usize))
+        .with_inputs(|| {
+            let mut builder = BatchBuilder::default();
+            for i in 0..256u32 {
+                builder.push(OwnedRecord {
+                    value: Some(vec![i as u8; 1024]),
+                    timestamp: 1,
+                    ..OwnedRecord::default()
+                });
+            }
+            builder
+        })
+        .bench_values(|builder| builder.build());
+}
+
+#[divan::bench]
+fn rkyv_validate_a_batch(bencher: Bencher) {
+    let (meta, payload) = batch();
+    bencher
+        .counter(ItemsCount::new(256usize))
+        .bench(|| validate_native_payload(divan::black_box(&payload), &meta).is_ok());
+}
+
+#[divan::bench]
+fn index_lookup_in_a_full_segment(bencher: Bencher) {
+    // A 1 GiB segment of 4 KiB entries: one point each, 262,144 points.
+    let mut index = SegmentIndex::default();
+    for i in 0..262_144u64 {
+        index.observe(i * 4, i * 4096, i as i64);
+    }
+    let mut probe = 0u64;
+    bencher.bench_local(|| {
+        probe = (probe + 7_919) % 1_048_576;
+        index.seek_offset(divan::black_box(probe))
+    });
+}
+
+#[divan::bench]
+fn tail_cache_hit(bencher: Bencher) {
+    let mut cache = TailCache::new(8 << 20);
+    for i in 0..2048u64 {
+        cache.push(i * 256, (i + 1) * 256, Bytes::from(vec![0u8; 4096]));
+    }
+    let mut probe = 0u64;
+    bencher
+        .counter(BytesCount::new(1usize << 20))
+        .bench_local(|| {
+            probe = (probe + 997) % (2048 * 256);
+            cache.read(divan::black_box(probe), 2048 * 256, 1 << 20)
+        });
+}

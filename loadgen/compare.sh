@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Measures the machine's own limits (fio O_DIRECT write/read/write+fdatasync, iperf3 loopback)
+# and Spate through spate-loadgen in the same run, and prints each Spate figure as a ratio.
+# Usage: loadgen/compare.sh [DIR] [SECONDS]
+# DIR must be on the disk to test. Each produce phase writes up to ~1.6 GB/s for SECONDS; the
+# script refuses to start without room for both phases and deletes everything it wrote on exit.
+set -euo pipefail
+dir=${1:-/tmp/spate-compare}
+secs=${2:-20}
+root=$(cd "$(dirname "$0")/.." && pwd)
+port=19391
+mkdir -p "$dir"
+need_kib=$(( (2 * 1700 * secs + 8 * 1024) * 1024 ))
+free_kib=$(df -Pk "$dir" | awk 'NR==2 {print $4}')
+if (( free_kib < need_kib )); then
+  echo "need $((need_kib / 1048576)) GiB free in $dir for $secs s phases, have $((free_kib / 1048576)) GiB"
+  exit 1
+fi
+broker=""
+cleanup() {
+  [[ -n $broker ]] && kill -9 "$broker" 2>/dev/null || true
+  rm -rf "$dir/data" "$dir/fio.dat"
+}
+trap cleanup EXIT
+for tool in fio iperf3; do
+  command -v "$tool" >/dev/null || { echo "install $tool first (apt-get install -y fio iperf3)"; exit 1; }
+done
+cargo build --release --workspace --quiet --manifest-path "$root/Cargo.toml"
+spate="$root/target/release/spate"
+loadgen="$root/target/release/spate-loadgen"
+
+fio_mib() { # fio args... -> MiB/s of the job (write or read)
+  fio --name=job --filename="$dir/fio.dat" --size=4G --ioengine=io_uring --direct=1 \
+      --runtime=10 --time_based --output-format=json "$@" 2>/dev/null |
+    python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print(round((j["write"]["bw"]+j["read"]["bw"])/1024))'
+}
+fio_write=$(fio_mib --rw=write --bs=1M --iodepth=1)
+fio_read=$(fio_mib --rw=read --bs=512k --iodepth=4)
+fio_sync=$(fio_mib --rw=write --bs=256k --iodepth=1 --fdatasync=1)
+rm -f "$dir/fio.dat"
+iperf3 -s -1 -p $((port + 1)) >/dev/null 2>&1 &
+sleep 0.5
+loop_mib=$(iperf3 -c 127.0.0.1 -p $((port + 1)) -t 5 -J |
+  python3 -c 'import json,sys; print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/8/1048576))')
+
+rm -rf "$dir/data"
+"$spate" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" > "$dir/serve.out" 2> "$dir/serve.err" &
+broker=$!
+sleep 2
+mib_of() { sed -n 's/.*(\([0-9.]*\) MiB\/s).*/\1/p' | head -1; }
+run1=$("$loadgen" -b "127.0.0.1:$port" --topic acks1 --duration-secs "$secs" --acks 1)
+echo "$run1"
+runall=$("$loadgen" -b "127.0.0.1:$port" --topic acksall --duration-secs "$secs" --acks all --skip-consume)
+echo "$runall"
+kill -TERM "$broker"; wait "$broker" || true
+broker=""
+cat "$dir/serve.out"
+produce1=$(echo "$run1" | grep '^produce: [0-9]' | mib_of)
+consume1=$(echo "$run1" | grep '^consume: [0-9]' | mib_of)
+produceall=$(echo "$runall" | grep '^produce: [0-9]' | mib_of)
+ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+lower=$(( fio_read < loop_mib ? fio_read : loop_mib ))
+echo
+echo "machine: fio O_DIRECT write 1 MiB qd1 $fio_write MiB/s, read 512 KiB qd4 $fio_read MiB/s, write 256 KiB + fdatasync $fio_sync MiB/s, iperf3 loopback $loop_mib MiB/s"
+echo "spate produce acks=1   $produce1 MiB/s = $(ratio "$produce1" "$fio_write") x fio write"
+echo "spate produce acks=all $produceall MiB/s = $(ratio "$produceall" "$fio_sync") x fio write+fdatasync"
+echo "spate catch-up consume $consume1 MiB/s = $(ratio "$consume1" "$lower") x min(fio read, loopback)"
