@@ -18,7 +18,7 @@ if (( free_kib < need_kib )); then
 fi
 broker=""
 cleanup() {
-  [[ -n $broker ]] && kill -9 "$broker" 2>/dev/null || true
+  if [[ -n $broker ]]; then kill -9 "$broker" 2>/dev/null || true; fi
   rm -rf "$dir/data" "$dir/fio.dat"
 }
 trap cleanup EXIT

@@ -356,7 +356,11 @@ if [ -n "$disk" ] && [ -d "/sys/class/block/$disk/queue" ]; then
     fi
     if msk=$(readf "$q/max_sectors_kb"); then
         hw=$(readf "$q/max_hw_sectors_kb" || echo "?")
-        report info max_sectors_kb "$disk: $msk KiB (hardware max $hw KiB); Spate caps each read at this size; to allow larger reads raise it (at most to the hardware max) before spate starts: echo N > $q/max_sectors_kb"
+        if [ "$msk" -ge 512 ] 2>/dev/null; then
+            report ok max_sectors_kb "$disk: $msk KiB (hardware max $hw KiB); Spate reads in 512 KiB pieces, which this allows"
+        else
+            report warn max_sectors_kb "$disk: $msk KiB < 512: glommio 0.9 can hang on reads larger than this and Spate reads 512 KiB pieces; raise it: echo 512 > $q/max_sectors_kb"
+        fi
     else
         report info max_sectors_kb "$q/max_sectors_kb not available"
     fi
