@@ -327,6 +327,47 @@ fn retention_deletes_whole_segments_by_size_and_time() {
 }
 
 #[test]
+fn segments_roll_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(
+        &dir.path().join("data"),
+        &["--set", "log.retention.check.interval.ms=50"],
+    );
+    run(|| async {
+        let client = connect(&broker).await;
+        client
+            .create_topic("aging", 1, vec![("segment.ms".into(), "150".into())])
+            .await
+            .unwrap();
+        for seq in 0..3u64 {
+            // Fresh timestamps: the helper's 2023 ones are past the default 7-day retention.
+            let fresh = OwnedRecord {
+                timestamp: spate::now_ms(),
+                ..record(0, seq)
+            };
+            produce(&client, "aging", 0, Acks::Leader, vec![fresh]).await;
+            glommio::timer::sleep(Duration::from_millis(400)).await;
+        }
+        // Nothing is deleted (default retention), but each record now sits in its own segment.
+        assert_eq!(read_all(&client, "aging", 0, 0).await.len(), 3);
+    });
+    let logs = std::fs::read_dir(dir.path().join("data/aging/0"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".log")
+        })
+        .count();
+    assert!(
+        logs >= 3,
+        "segment.ms rolled the active segment ({logs} segments)"
+    );
+}
+
+#[test]
 fn topics_are_created_on_first_produce_only_when_enabled() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&dir.path().join("data"), &["--set", "num.partitions=3"]);

@@ -115,14 +115,16 @@ fn kill_9_during_acks_all_produce_loses_no_acknowledged_record() {
                         "seed {seed} cycle {cycle}: acknowledged record {seq} of partition {partition} missing at offset {offset}"
                     );
                 }
-                // Each sequence number appears at most once in the log: no duplicates. (Records
-                // sent but unacknowledged before a crash may or may not be there.)
-                let mut seen = std::collections::HashSet::new();
+                // Records sent but unacknowledged before a crash may or may not be there, but
+                // one producer per partition sends in sequence, so the log holds strictly
+                // increasing sequence numbers: each at most once, never reordered.
+                let mut previous: Option<u64> = None;
                 for (offset, seq) in &stored_seqs {
                     assert!(
-                        seen.insert(*seq),
-                        "seed {seed}: seq {seq} stored twice (offset {offset})"
+                        previous.is_none_or(|p| p < *seq),
+                        "seed {seed} cycle {cycle}: seq {seq} at offset {offset} follows {previous:?}"
                     );
+                    previous = Some(*seq);
                 }
                 // The next cycle continues after everything that was attempted.
                 next_seq[partition as usize] =
