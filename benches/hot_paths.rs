@@ -55,13 +55,7 @@ fn crc32_of_a_batch(bencher: Bencher) {
 fn entry_header_encode(bencher: Bencher) {
     let (meta, _) = batch();
     bencher.bench(|| {
-        EntryHeader::new(
-            PayloadFormat::Native,
-            divan::black_box(42),
-            &meta,
-            270_000,
-            0x1234_5678,
-        )
+        EntryHeader::new(PayloadFormat::Native, divan::black_box(42), &meta, 270_000, 0x1234_5678)
     });
 }
 
@@ -118,13 +112,11 @@ fn index_lookup_in_a_full_segment(bencher: Bencher) {
 fn tail_cache_hit(bencher: Bencher) {
     let mut cache = TailCache::new(8 << 20);
     for i in 0..2048u64 {
-        cache.push(i * 256, (i + 1) * 256, Bytes::from(vec![0u8; 4096]));
+        cache.push(i * 256, (i + 1) * 256, Bytes::from(vec![0u8; 4096]), 4096);
     }
     let mut probe = 0u64;
-    bencher
-        .counter(BytesCount::new(1usize << 20))
-        .bench_local(|| {
-            probe = (probe + 997) % (2048 * 256);
-            cache.read(divan::black_box(probe), 2048 * 256, 1 << 20)
-        });
+    bencher.counter(BytesCount::new(1usize << 20)).bench_local(|| {
+        probe = (probe + 997) % (2048 * 256);
+        cache.read(divan::black_box(probe), 2048 * 256, 1 << 20)
+    });
 }

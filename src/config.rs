@@ -19,6 +19,9 @@ pub const NATIVE_PORT_DEFAULT: u16 = 9192;
 pub const DATA_DIR_DEFAULT: &str = "./spate-data";
 /// Segments smaller than this would roll on nearly every write.
 pub const SEGMENT_BYTES_MIN: u64 = 16 * 1024;
+/// No machine Spate runs on has CPU ids beyond this; a larger one in `--cores` is a typo, and an
+/// unbounded range would take the broker's memory before any CPU is checked.
+pub const CPU_ID_MAX: usize = 4096;
 /// O_DIRECT writes are issued in multiples of this.
 pub const WRITE_ALIGN_BYTES: usize = 4096;
 
@@ -144,10 +147,7 @@ impl TopicConfig {
             ("retention.bytes".into(), self.retention_bytes.to_string()),
             ("segment.bytes".into(), self.segment_bytes.to_string()),
             ("segment.ms".into(), self.segment_ms.to_string()),
-            (
-                "max.message.bytes".into(),
-                self.max_message_bytes.to_string(),
-            ),
+            ("max.message.bytes".into(), self.max_message_bytes.to_string()),
             ("cleanup.policy".into(), "delete".into()),
         ]
     }
@@ -200,9 +200,8 @@ impl BrokerConfig {
             "log.dirs" | "log.dir" | "data.dir" => self.data_dir = PathBuf::from(value),
             "cores" => self.cores = Some(parse_cores(value)?),
             "native.listener" => {
-                self.native_listener = value
-                    .parse()
-                    .map_err(|_| invalid(key, value, "expected host:port"))?
+                self.native_listener =
+                    value.parse().map_err(|_| invalid(key, value, "expected host:port"))?
             }
             "log.retention.hours" => {
                 let hours: i64 = parse(key, value)?;
@@ -246,9 +245,8 @@ impl BrokerConfig {
 
     /// Applies every key of a TOML document; values may be strings, integers or booleans.
     pub fn apply_toml(&mut self, text: &str) -> Result<(), ConfigError> {
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e| ConfigError(format!("config file is not TOML: {e}")))?;
+        let table: toml::Table =
+            text.parse().map_err(|e| ConfigError(format!("config file is not TOML: {e}")))?;
         for (key, value) in table {
             let value = match value {
                 toml::Value::String(s) => s,
@@ -276,10 +274,7 @@ impl BrokerConfig {
 }
 
 fn parse<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, ConfigError> {
-    value
-        .trim()
-        .parse()
-        .map_err(|_| invalid(key, value, "not a valid number or boolean"))
+    value.trim().parse().map_err(|_| invalid(key, value, "not a valid number or boolean"))
 }
 
 /// A size or duration limit where -1 means none.
@@ -300,12 +295,18 @@ pub fn parse_cores(value: &str) -> Result<Vec<usize>, ConfigError> {
             Some((first, last)) => {
                 let first: usize = first.trim().parse().map_err(|_| bad())?;
                 let last: usize = last.trim().parse().map_err(|_| bad())?;
-                if first > last {
+                if first > last || last > CPU_ID_MAX {
                     return Err(bad());
                 }
                 cores.extend(first..=last);
             }
-            None => cores.push(part.parse().map_err(|_| bad())?),
+            None => {
+                let cpu: usize = part.parse().map_err(|_| bad())?;
+                if cpu > CPU_ID_MAX {
+                    return Err(bad());
+                }
+                cores.push(cpu);
+            }
         }
     }
     cores.sort_unstable();
@@ -343,10 +344,7 @@ mod tests {
 
     #[test]
     fn topic_overrides_apply_over_defaults() {
-        let defaults = TopicConfig {
-            retention_ms: 5,
-            ..TopicConfig::default()
-        };
+        let defaults = TopicConfig { retention_ms: 5, ..TopicConfig::default() };
         let overrides = BTreeMap::from([("retention.bytes".to_string(), "100".to_string())]);
         let resolved = defaults.with_overrides(&overrides).unwrap();
         assert_eq!(resolved.retention_ms, 5);
@@ -357,15 +355,8 @@ mod tests {
     fn bad_values_name_the_setting() {
         let mut config = BrokerConfig::default();
         let err = config.set("log.segment.bytes", "12").unwrap_err();
-        assert!(
-            err.0.contains("log.segment.bytes") || err.0.contains("segment.bytes"),
-            "{err}"
-        );
-        assert!(config
-            .set("no.such.setting", "1")
-            .unwrap_err()
-            .0
-            .contains("unknown"));
+        assert!(err.0.contains("log.segment.bytes") || err.0.contains("segment.bytes"), "{err}");
+        assert!(config.set("no.such.setting", "1").unwrap_err().0.contains("unknown"));
         assert!(config.set("retention.ms", "-5").is_err());
         assert!(config.set("cleanup.policy", "compact").is_err());
     }
@@ -377,5 +368,7 @@ mod tests {
         assert_eq!(parse_cores("4-5, 0").unwrap(), vec![0, 4, 5]);
         assert!(parse_cores("3-1").is_err());
         assert!(parse_cores("x").is_err());
+        assert!(parse_cores("0-18446744073709551615").is_err());
+        assert!(parse_cores("5000").is_err());
     }
 }

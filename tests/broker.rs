@@ -35,9 +35,7 @@ fn produce_and_fetch_across_partitions_and_shards() {
                 let client = client.clone();
                 let acks = acks[(batch as usize + partition as usize) % 3];
                 pending.push(glommio::spawn_local(async move {
-                    client
-                        .produce("orders", partition, acks, batch_of(records))
-                        .await
+                    client.produce("orders", partition, acks, batch_of(records)).await
                 }));
             }
         }
@@ -47,12 +45,7 @@ fn produce_and_fetch_across_partitions_and_shards() {
         for partition in 0..6u32 {
             // acks=0 batches are not waited for; the high watermark reaches them shortly.
             let deadline = Instant::now() + Duration::from_secs(10);
-            while client
-                .list_offset("orders", partition, OFFSET_LATEST)
-                .await
-                .unwrap()
-                < 600
-            {
+            while client.list_offset("orders", partition, OFFSET_LATEST).await.unwrap() < 600 {
                 assert!(
                     Instant::now() < deadline,
                     "partition {partition} never reached 600 records"
@@ -63,11 +56,7 @@ fn produce_and_fetch_across_partitions_and_shards() {
             assert_eq!(records.len(), 600, "partition {partition}");
             for (index, (offset, got)) in records.iter().enumerate() {
                 assert_eq!(*offset, index as u64, "offsets are dense and ordered");
-                assert_eq!(
-                    got,
-                    &record(partition, index as u64),
-                    "bytes come back unchanged"
-                );
+                assert_eq!(got, &record(partition, index as u64), "bytes come back unchanged");
             }
         }
     });
@@ -77,10 +66,8 @@ fn produce_and_fetch_across_partitions_and_shards() {
 fn everything_survives_a_clean_restart_and_histograms_are_printed() {
     let dir = tempfile::tempdir().unwrap();
     let hgrm = dir.path().join("hgrm");
-    let mut broker = Broker::start(
-        &dir.path().join("data"),
-        &["--histogram-dir", hgrm.to_str().unwrap()],
-    );
+    let mut broker =
+        Broker::start(&dir.path().join("data"), &["--histogram-dir", hgrm.to_str().unwrap()]);
     run(|| async {
         let client = connect(&broker).await;
         client
@@ -88,27 +75,12 @@ fn everything_survives_a_clean_restart_and_histograms_are_printed() {
             .await
             .unwrap();
         for seq in 0..200u64 {
-            produce(
-                &client,
-                "events",
-                (seq % 3) as u32,
-                Acks::Leader,
-                vec![record(7, seq)],
-            )
-            .await;
+            produce(&client, "events", (seq % 3) as u32, Acks::Leader, vec![record(7, seq)]).await;
         }
     });
     let report = broker.stop();
-    for name in [
-        "request.produce",
-        "request.create_topic",
-        "log.append_write",
-        "log.fdatasync",
-    ] {
-        assert!(
-            report.contains(name),
-            "histogram {name} missing from:\n{report}"
-        );
+    for name in ["request.produce", "request.create_topic", "log.append_write", "log.fdatasync"] {
+        assert!(report.contains(name), "histogram {name} missing from:\n{report}");
     }
     assert!(report.contains("p99.99") && report.contains("max"));
     assert!(hgrm.join("request.produce.hgrm").exists());
@@ -128,10 +100,7 @@ fn everything_survives_a_clean_restart_and_histograms_are_printed() {
         }
         assert_eq!(total, 200);
         // Appends continue after the recovered end.
-        let next = client
-            .list_offset("events", 0, OFFSET_LATEST)
-            .await
-            .unwrap() as u64;
+        let next = client.list_offset("events", 0, OFFSET_LATEST).await.unwrap() as u64;
         let base = produce(&client, "events", 0, Acks::All, vec![record(7, 1000)]).await;
         assert_eq!(base, next);
     });
@@ -148,55 +117,19 @@ fn list_offsets_by_time_earliest_and_latest() {
         for batch in 0..50u64 {
             let records = (0..10u64).map(|i| {
                 let n = batch * 10 + i;
-                OwnedRecord {
-                    timestamp: 10_000 + 100 * n as i64,
-                    ..record(0, n)
-                }
+                OwnedRecord { timestamp: 10_000 + 100 * n as i64, ..record(0, n) }
             });
             produce(&client, "times", 0, Acks::Leader, records.collect()).await;
         }
-        assert_eq!(
-            client
-                .list_offset("times", 0, OFFSET_EARLIEST)
-                .await
-                .unwrap(),
-            0
-        );
-        assert_eq!(
-            client.list_offset("times", 0, OFFSET_LATEST).await.unwrap(),
-            500
-        );
+        assert_eq!(client.list_offset("times", 0, OFFSET_EARLIEST).await.unwrap(), 0);
+        assert_eq!(client.list_offset("times", 0, OFFSET_LATEST).await.unwrap(), 500);
         assert_eq!(client.list_offset("times", 0, 0).await.unwrap(), 0);
         assert_eq!(client.list_offset("times", 0, 10_000).await.unwrap(), 0);
         assert_eq!(client.list_offset("times", 0, 10_001).await.unwrap(), 1);
-        assert_eq!(
-            client
-                .list_offset("times", 0, 10_000 + 100 * 333)
-                .await
-                .unwrap(),
-            333
-        );
-        assert_eq!(
-            client
-                .list_offset("times", 0, 10_000 + 100 * 333 - 50)
-                .await
-                .unwrap(),
-            333
-        );
-        assert_eq!(
-            client
-                .list_offset("times", 0, 10_000 + 100 * 499)
-                .await
-                .unwrap(),
-            499
-        );
-        assert_eq!(
-            client
-                .list_offset("times", 0, 10_000 + 100 * 500)
-                .await
-                .unwrap(),
-            -1
-        );
+        assert_eq!(client.list_offset("times", 0, 10_000 + 100 * 333).await.unwrap(), 333);
+        assert_eq!(client.list_offset("times", 0, 10_000 + 100 * 333 - 50).await.unwrap(), 333);
+        assert_eq!(client.list_offset("times", 0, 10_000 + 100 * 499).await.unwrap(), 499);
+        assert_eq!(client.list_offset("times", 0, 10_000 + 100 * 500).await.unwrap(), -1);
     });
 }
 
@@ -215,14 +148,7 @@ fn a_fetch_at_the_end_waits_for_new_data() {
         };
         glommio::timer::sleep(Duration::from_millis(300)).await;
         let producer = connect(&broker).await;
-        produce(
-            &producer,
-            "tail",
-            1,
-            Acks::Leader,
-            vec![record(1, 0), record(1, 1)],
-        )
-        .await;
+        produce(&producer, "tail", 1, Acks::Leader, vec![record(1, 0), record(1, 1)]).await;
         let fetched = waiting.await.unwrap();
         let records: Vec<_> = fetched
             .batches()
@@ -238,10 +164,8 @@ fn a_fetch_at_the_end_waits_for_new_data() {
 #[test]
 fn retention_deletes_whole_segments_by_size_and_time() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(
-        &dir.path().join("data"),
-        &["--set", "log.retention.check.interval.ms=100"],
-    );
+    let broker =
+        Broker::start(&dir.path().join("data"), &["--set", "log.retention.check.interval.ms=100"]);
     run(|| async {
         let client = connect(&broker).await;
         let small_segments = |extra: (&str, &str)| {
@@ -254,10 +178,7 @@ fn retention_deletes_whole_segments_by_size_and_time() {
             .create_topic("by-size", 1, small_segments(("retention.bytes", "50000")))
             .await
             .unwrap();
-        client
-            .create_topic("by-time", 1, small_segments(("retention.ms", "60000")))
-            .await
-            .unwrap();
+        client.create_topic("by-time", 1, small_segments(("retention.ms", "60000"))).await.unwrap();
         let hour_ago = spate::now_ms() - 3_600_000;
         for seq in 0..400u64 {
             let value = vec![b'v'; 500];
@@ -266,24 +187,14 @@ fn retention_deletes_whole_segments_by_size_and_time() {
                 timestamp: spate::now_ms(),
                 ..record(0, seq)
             };
-            let stale = OwnedRecord {
-                value: Some(value),
-                timestamp: hour_ago,
-                ..record(0, seq)
-            };
+            let stale = OwnedRecord { value: Some(value), timestamp: hour_ago, ..record(0, seq) };
             produce(&client, "by-size", 0, Acks::Leader, vec![fresh]).await;
             produce(&client, "by-time", 0, Acks::Leader, vec![stale]).await;
         }
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let size_start = client
-                .list_offset("by-size", 0, OFFSET_EARLIEST)
-                .await
-                .unwrap();
-            let time_start = client
-                .list_offset("by-time", 0, OFFSET_EARLIEST)
-                .await
-                .unwrap();
+            let size_start = client.list_offset("by-size", 0, OFFSET_EARLIEST).await.unwrap();
+            let time_start = client.list_offset("by-time", 0, OFFSET_EARLIEST).await.unwrap();
             // Size: about 50 KB of 600-byte entries survive, so roughly the last 80 records.
             // Time: every record is an hour old, so everything goes.
             if size_start > 250 && time_start == 400 {
@@ -299,10 +210,7 @@ fn retention_deletes_whole_segments_by_size_and_time() {
             &client,
             "by-size",
             0,
-            client
-                .list_offset("by-size", 0, OFFSET_EARLIEST)
-                .await
-                .unwrap() as u64,
+            client.list_offset("by-size", 0, OFFSET_EARLIEST).await.unwrap() as u64,
         )
         .await;
         assert!(
@@ -310,41 +218,24 @@ fn retention_deletes_whole_segments_by_size_and_time() {
             "retention.bytes keeps at least the limit minus a segment"
         );
         assert_eq!(kept.last().unwrap().0, 399);
-        let gone = client
-            .fetch("by-size", 0, 0, 1 << 20, 0)
-            .await
-            .err()
-            .unwrap();
+        let gone = client.fetch("by-size", 0, 0, 1 << 20, 0).await.err().unwrap();
         assert_eq!(gone.code(), Some(ErrorCode::OffsetOutOfRange));
     });
-    let files = std::fs::read_dir(dir.path().join("data/by-size/0"))
-        .unwrap()
-        .count();
-    assert!(
-        files < 12,
-        "deleted segments leave no files behind ({files} files)"
-    );
+    let files = std::fs::read_dir(dir.path().join("data/by-size/0")).unwrap().count();
+    assert!(files < 12, "deleted segments leave no files behind ({files} files)");
 }
 
 #[test]
 fn segments_roll_by_age() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(
-        &dir.path().join("data"),
-        &["--set", "log.retention.check.interval.ms=50"],
-    );
+    let broker =
+        Broker::start(&dir.path().join("data"), &["--set", "log.retention.check.interval.ms=50"]);
     run(|| async {
         let client = connect(&broker).await;
-        client
-            .create_topic("aging", 1, vec![("segment.ms".into(), "150".into())])
-            .await
-            .unwrap();
+        client.create_topic("aging", 1, vec![("segment.ms".into(), "150".into())]).await.unwrap();
         for seq in 0..3u64 {
             // Fresh timestamps: the helper's 2023 ones are past the default 7-day retention.
-            let fresh = OwnedRecord {
-                timestamp: spate::now_ms(),
-                ..record(0, seq)
-            };
+            let fresh = OwnedRecord { timestamp: spate::now_ms(), ..record(0, seq) };
             produce(&client, "aging", 0, Acks::Leader, vec![fresh]).await;
             glommio::timer::sleep(Duration::from_millis(400)).await;
         }
@@ -353,18 +244,9 @@ fn segments_roll_by_age() {
     });
     let logs = std::fs::read_dir(dir.path().join("data/aging/0"))
         .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".log")
-        })
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".log"))
         .count();
-    assert!(
-        logs >= 3,
-        "segment.ms rolled the active segment ({logs} segments)"
-    );
+    assert!(logs >= 3, "segment.ms rolled the active segment ({logs} segments)");
 }
 
 #[test]
@@ -374,15 +256,7 @@ fn topics_are_created_on_first_produce_only_when_enabled() {
     run(|| async {
         let client = connect(&broker).await;
         produce(&client, "auto", 0, Acks::Leader, vec![record(0, 0)]).await;
-        assert_eq!(
-            client
-                .describe_topic("auto")
-                .await
-                .unwrap()
-                .partitions
-                .len(),
-            3
-        );
+        assert_eq!(client.describe_topic("auto").await.unwrap().partitions.len(), 3);
         let err = client.create_topic("auto", 1, vec![]).await.unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::TopicAlreadyExists));
         client.delete_topic("auto").await.unwrap();
@@ -394,34 +268,21 @@ fn topics_are_created_on_first_produce_only_when_enabled() {
     drop(broker);
 
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(
-        &dir.path().join("data"),
-        &["--set", "auto.create.topics.enable=false"],
-    );
+    let broker =
+        Broker::start(&dir.path().join("data"), &["--set", "auto.create.topics.enable=false"]);
     run(|| async {
         let client = connect(&broker).await;
-        let err = client
-            .produce("nope", 0, Acks::Leader, batch_of([record(0, 0)]))
-            .await
-            .unwrap_err();
+        let err =
+            client.produce("nope", 0, Acks::Leader, batch_of([record(0, 0)])).await.unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::UnknownTopic));
         client.create_topic("yes", 2, vec![]).await.unwrap();
-        let err = client
-            .produce("yes", 2, Acks::Leader, batch_of([record(0, 0)]))
-            .await
-            .unwrap_err();
+        let err =
+            client.produce("yes", 2, Acks::Leader, batch_of([record(0, 0)])).await.unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::UnknownPartition));
-        let err = client
-            .create_topic("../escape", 1, vec![])
-            .await
-            .unwrap_err();
+        let err = client.create_topic("../escape", 1, vec![]).await.unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::InvalidTopicName));
         let err = client
-            .create_topic(
-                "bad-config",
-                1,
-                vec![("retention.ms".into(), "soon".into())],
-            )
+            .create_topic("bad-config", 1, vec![("retention.ms".into(), "soon".into())])
             .await
             .unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::InvalidConfig));

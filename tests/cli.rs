@@ -11,22 +11,13 @@ fn spate(broker: &Broker, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(common::BINARY)
         .args(args)
         .args(["--broker", &broker.addr])
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
     }
     let output = child.wait_with_output().unwrap();
     assert!(
@@ -47,30 +38,13 @@ fn console_tools_create_produce_consume_and_delete() {
     let broker = Broker::start(&dir.path().join("data"), &[]);
     spate(
         &broker,
-        &[
-            "topic",
-            "create",
-            "lines",
-            "--partitions",
-            "3",
-            "--config",
-            "retention.ms=86400000",
-        ],
+        &["topic", "create", "lines", "--partitions", "3", "--config", "retention.ms=86400000"],
         None,
     );
-    assert_eq!(
-        stdout(&spate(&broker, &["topic", "list"], None)).trim(),
-        "lines"
-    );
+    assert_eq!(stdout(&spate(&broker, &["topic", "list"], None)).trim(), "lines");
 
-    let input: String = (0..300)
-        .map(|i| format!("user{}:event {i}\n", i % 10))
-        .collect();
-    spate(
-        &broker,
-        &["produce", "lines", "--key-separator", ":", "--acks", "all"],
-        Some(&input),
-    );
+    let input: String = (0..300).map(|i| format!("user{}:event {i}\n", i % 10)).collect();
+    spate(&broker, &["produce", "lines", "--key-separator", ":", "--acks", "all"], Some(&input));
 
     let described = stdout(&spate(&broker, &["topic", "describe", "lines"], None));
     assert!(described.contains("retention.ms=86400000"), "{described}");
@@ -83,42 +57,22 @@ fn console_tools_create_produce_consume_and_delete() {
 
     let consumed = stdout(&spate(
         &broker,
-        &[
-            "consume",
-            "lines",
-            "--from-beginning",
-            "--count",
-            "300",
-            "--format",
-            "%k|%v|%p|%o",
-        ],
+        &["consume", "lines", "--from-beginning", "--count", "300", "--format", "%k|%v|%p|%o"],
         None,
     ));
     let mut rows: Vec<(String, String, u32, u64)> = consumed
         .lines()
         .map(|line| {
             let parts: Vec<&str> = line.split('|').collect();
-            (
-                parts[0].into(),
-                parts[1].into(),
-                parts[2].parse().unwrap(),
-                parts[3].parse().unwrap(),
-            )
+            (parts[0].into(), parts[1].into(), parts[2].parse().unwrap(), parts[3].parse().unwrap())
         })
         .collect();
     assert_eq!(rows.len(), 300);
     // One key, one partition (murmur2), and per partition the input order is kept.
     for key in 0..10 {
-        let partitions: std::collections::BTreeSet<u32> = rows
-            .iter()
-            .filter(|r| r.0 == format!("user{key}"))
-            .map(|r| r.2)
-            .collect();
-        assert_eq!(
-            partitions.len(),
-            1,
-            "key user{key} landed in {partitions:?}"
-        );
+        let partitions: std::collections::BTreeSet<u32> =
+            rows.iter().filter(|r| r.0 == format!("user{key}")).map(|r| r.2).collect();
+        assert_eq!(partitions.len(), 1, "key user{key} landed in {partitions:?}");
         let expected =
             spate::client::partitioner::partition_for_key(format!("user{key}").as_bytes(), 3);
         assert_eq!(partitions.into_iter().next(), Some(expected));
@@ -153,11 +107,7 @@ fn console_tools_create_produce_consume_and_delete() {
         None,
     ));
     assert_eq!(one.trim(), "2");
-    let idle = stdout(&spate(
-        &broker,
-        &["consume", "lines", "--timeout-ms", "300"],
-        None,
-    ));
+    let idle = stdout(&spate(&broker, &["consume", "lines", "--timeout-ms", "300"], None));
     assert!(idle.is_empty(), "a consumer at the end prints nothing new");
 
     spate(&broker, &["topic", "delete", "lines"], None);

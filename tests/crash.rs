@@ -17,10 +17,7 @@ const CYCLES: u64 = 5;
 
 /// A record carrying its producer-side sequence number.
 fn sequenced(partition: u32, seq: u64) -> OwnedRecord {
-    OwnedRecord {
-        value: Some(seq.to_le_bytes().to_vec()),
-        ..record(partition, seq)
-    }
+    OwnedRecord { value: Some(seq.to_le_bytes().to_vec()), ..record(partition, seq) }
 }
 
 fn seq_of(record: &OwnedRecord) -> u64 {
@@ -49,11 +46,7 @@ fn kill_9_during_acks_all_produce_loses_no_acknowledged_record() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::start(&dir.path().join("data"), &[]);
     run(|| async {
-        connect(&broker)
-            .await
-            .create_topic("durable", PARTITIONS, vec![])
-            .await
-            .unwrap()
+        connect(&broker).await.create_topic("durable", PARTITIONS, vec![]).await.unwrap()
     });
 
     // Per partition: the next sequence number to send, and every acknowledged (offset, seq).
@@ -73,9 +66,8 @@ fn kill_9_during_acks_all_produce_loses_no_acknowledged_record() {
                     let mut seq = first;
                     loop {
                         let count = 1 + (seq * 7 + u64::from(partition)) % 50;
-                        let records: Vec<_> = (seq..seq + count)
-                            .map(|s| sequenced(partition, s))
-                            .collect();
+                        let records: Vec<_> =
+                            (seq..seq + count).map(|s| sequenced(partition, s)).collect();
                         match client
                             .produce("durable", partition, Acks::All, common::batch_of(records))
                             .await
@@ -131,10 +123,7 @@ fn kill_9_during_acks_all_produce_loses_no_acknowledged_record() {
                     sent[partition as usize].max(stored_seqs.values().max().map_or(0, |m| m + 1));
             }
         });
-        assert!(
-            acked_total > 0,
-            "cycle {cycle}: nothing was acknowledged before the kill"
-        );
+        assert!(acked_total > 0, "cycle {cycle}: nothing was acknowledged before the kill");
         eprintln!("cycle {cycle}: killed after {kill_after:?}; {acked_total} acknowledged records verified");
     }
 }
@@ -168,10 +157,7 @@ fn a_torn_tail_is_cut_at_the_last_whole_entry_and_the_rest_is_served() {
     // at the end: what a crash in the middle of a write leaves. Then lose the index too.
     let log_path = partition.join("00000000000000000000.log");
     let head = std::fs::read(&log_path).unwrap()[..200].to_vec();
-    let mut log = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&log_path)
-        .unwrap();
+    let mut log = std::fs::OpenOptions::new().write(true).open(&log_path).unwrap();
     log.seek(SeekFrom::Start(end)).unwrap();
     log.write_all(&head).unwrap();
     drop(log);
@@ -179,10 +165,7 @@ fn a_torn_tail_is_cut_at_the_last_whole_entry_and_the_rest_is_served() {
 
     broker.restart();
     let logged = broker.stderr();
-    assert!(
-        logged.contains("recovery truncated the log at the first bad entry"),
-        "{logged}"
-    );
+    assert!(logged.contains("recovery truncated the log at the first bad entry"), "{logged}");
     assert!(
         logged.contains(&format!("position={end}")),
         "the log line names the position:\n{logged}"
@@ -195,17 +178,11 @@ fn a_torn_tail_is_cut_at_the_last_whole_entry_and_the_rest_is_served() {
             records.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>(),
             (0..100).map(|s| record(0, s)).collect::<Vec<_>>()
         );
-        assert_eq!(
-            produce(&client, "torn", 0, Acks::All, vec![record(0, 100)]).await,
-            100
-        );
+        assert_eq!(produce(&client, "torn", 0, Acks::All, vec![record(0, 100)]).await, 100);
         assert_eq!(read_all(&client, "torn", 0, 100).await[0].1, record(0, 100));
     });
     broker.stop();
-    assert!(
-        partition.join("00000000000000000000.index").exists(),
-        "the index is rebuilt"
-    );
+    assert!(partition.join("00000000000000000000.index").exists(), "the index is rebuilt");
 }
 
 #[test]
@@ -232,31 +209,18 @@ fn a_corrupt_entry_in_the_tail_is_cut_with_everything_after_it() {
             u32::from_le_bytes(bytes[position + 8..position + 12].try_into().unwrap()) as usize;
         position += 64 + payload_len.next_multiple_of(16);
     }
-    let mut log = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&log_path)
-        .unwrap();
-    log.seek(SeekFrom::Start(boundaries[40] as u64 + 70))
-        .unwrap();
+    let mut log = std::fs::OpenOptions::new().write(true).open(&log_path).unwrap();
+    log.seek(SeekFrom::Start(boundaries[40] as u64 + 70)).unwrap();
     log.write_all(&[bytes[boundaries[40] + 70] ^ 0xff]).unwrap();
     drop(log);
     std::fs::remove_file(partition.join("00000000000000000000.index")).unwrap();
 
     broker.restart();
     let logged = broker.stderr();
-    assert!(
-        logged.contains("checksum mismatch") && logged.contains("offset=40"),
-        "{logged}"
-    );
+    assert!(logged.contains("checksum mismatch") && logged.contains("offset=40"), "{logged}");
     run(|| async {
         let client = connect(&broker).await;
-        assert_eq!(
-            client
-                .list_offset("flipped", 0, OFFSET_LATEST)
-                .await
-                .unwrap(),
-            40
-        );
+        assert_eq!(client.list_offset("flipped", 0, OFFSET_LATEST).await.unwrap(), 40);
         let records = read_all(&client, "flipped", 0, 0).await;
         assert_eq!(records.len(), 40);
         assert_eq!(records[39].1, record(0, 39));

@@ -15,9 +15,7 @@ use zerocopy::IntoBytes;
 
 fn raw_connect(broker: &Broker) -> TcpStream {
     let stream = TcpStream::connect(&broker.addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     stream
 }
 
@@ -43,10 +41,7 @@ fn read_response(stream: &mut TcpStream) -> Option<(FrameHeader, Vec<u8>)> {
 }
 
 fn error_of(response: &(FrameHeader, Vec<u8>)) -> ErrorBody {
-    assert!(
-        response.0.flags.get() & FLAG_ERROR != 0,
-        "expected an error frame"
-    );
+    assert!(response.0.flags.get() & FLAG_ERROR != 0, "expected an error frame");
     let mut aligned = rkyv::util::AlignedVec::<16>::new();
     aligned.extend_from_slice(&response.1);
     decode(&aligned).unwrap()
@@ -61,10 +56,7 @@ fn metadata_frame(request_id: u64) -> Vec<u8> {
     frame(
         Api::Metadata as u8,
         request_id,
-        &encode(&MetadataRequest {
-            topics: None,
-            with_offsets: false,
-        }),
+        &encode(&MetadataRequest { topics: None, with_offsets: false }),
         &[],
         0,
     )
@@ -73,17 +65,8 @@ fn metadata_frame(request_id: u64) -> Vec<u8> {
 #[test]
 fn malformed_frames_get_errors_or_a_close_and_other_clients_are_unaffected() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(
-        &dir.path().join("data"),
-        &["--set", "message.max.bytes=4096"],
-    );
-    run(|| async {
-        connect(&broker)
-            .await
-            .create_topic("steady", 1, vec![])
-            .await
-            .unwrap()
-    });
+    let broker = Broker::start(&dir.path().join("data"), &["--set", "message.max.bytes=4096"]);
+    run(|| async { connect(&broker).await.create_topic("steady", 1, vec![]).await.unwrap() });
 
     // Garbage where a header should be: an error frame, then the connection closes.
     let mut stream = raw_connect(&broker);
@@ -107,9 +90,7 @@ fn malformed_frames_get_errors_or_a_close_and_other_clients_are_unaffected() {
     let header = FrameHeader::new(Api::Produce as u8, 0, 6, 16, 2 << 30, 0);
     stream.write_all(header.as_bytes()).unwrap();
     let response = read_response(&mut stream).unwrap();
-    assert!(error_of(&response)
-        .message
-        .contains("socket.request.max.bytes"));
+    assert!(error_of(&response).message.contains("socket.request.max.bytes"));
     assert!(closed(&mut stream));
 
     // Body problems leave the connection usable: a bad data checksum, garbage rkyv, an unknown
@@ -128,15 +109,7 @@ fn malformed_frames_get_errors_or_a_close_and_other_clients_are_unaffected() {
             base_sequence: -1,
         },
     });
-    stream
-        .write_all(&frame(
-            Api::Produce as u8,
-            10,
-            &produce_meta,
-            b"payload!",
-            12345,
-        ))
-        .unwrap();
+    stream.write_all(&frame(Api::Produce as u8, 10, &produce_meta, b"payload!", 12345)).unwrap();
     // Random bytes often decode (rkyv's inline strings accept many patterns), so break a real
     // archive instead: drop the out-of-line topic bytes its relative pointer refers to.
     let fetch = spate::native::messages::FetchRequest {
@@ -147,9 +120,7 @@ fn malformed_frames_get_errors_or_a_close_and_other_clients_are_unaffected() {
         max_wait_ms: 0,
     };
     let broken = encode(&fetch)[32..].to_vec();
-    stream
-        .write_all(&frame(Api::Fetch as u8, 11, &broken, &[], 0))
-        .unwrap();
+    stream.write_all(&frame(Api::Fetch as u8, 11, &broken, &[], 0)).unwrap();
     stream.write_all(&frame(99, 12, &[], &[], 0)).unwrap();
     let garbage_batch = [0x33u8; 64];
     stream
@@ -169,11 +140,7 @@ fn malformed_frames_get_errors_or_a_close_and_other_clients_are_unaffected() {
     ];
     for (request_id, code) in expected {
         let response = read_response(&mut stream).unwrap();
-        assert_eq!(
-            response.0.request_id.get(),
-            request_id,
-            "responses come in request order"
-        );
+        assert_eq!(response.0.request_id.get(), request_id, "responses come in request order");
         assert_eq!(error_of(&response).code, code, "request {request_id}");
     }
     let (header, meta) = read_response(&mut stream).unwrap();
@@ -181,18 +148,10 @@ fn malformed_frames_get_errors_or_a_close_and_other_clients_are_unaffected() {
     let mut aligned = rkyv::util::AlignedVec::<16>::new();
     aligned.extend_from_slice(&meta);
     let produced: spate::native::messages::ProduceResponse = decode(&aligned).unwrap();
-    assert_eq!(
-        produced.error.code,
-        ErrorCode::CorruptMessage,
-        "a garbage batch is refused"
-    );
+    assert_eq!(produced.error.code, ErrorCode::CorruptMessage, "a garbage batch is refused");
     let (header, _) = read_response(&mut stream).unwrap();
     assert_eq!(header.request_id.get(), 14);
-    assert_eq!(
-        header.flags.get() & FLAG_ERROR,
-        0,
-        "the connection still works"
-    );
+    assert_eq!(header.flags.get() & FLAG_ERROR, 0, "the connection still works");
 
     // Half a frame, then silence and a close: the broker drops it and carries on.
     let mut stream = raw_connect(&broker);
@@ -202,14 +161,8 @@ fn malformed_frames_get_errors_or_a_close_and_other_clients_are_unaffected() {
     // A batch over message.max.bytes gets MessageTooLarge; nothing of it is stored.
     run(|| async {
         let client = connect(&broker).await;
-        let big = OwnedRecord {
-            value: Some(vec![7u8; 8192]),
-            ..record(0, 0)
-        };
-        let err = client
-            .produce("steady", 0, Acks::Leader, batch_of([big]))
-            .await
-            .unwrap_err();
+        let big = OwnedRecord { value: Some(vec![7u8; 8192]), ..record(0, 0) };
+        let err = client.produce("steady", 0, Acks::Leader, batch_of([big])).await.unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::MessageTooLarge), "{err}");
         assert!(err.to_string().contains("max.message.bytes"));
         // Meanwhile an ordinary client works as ever.
@@ -221,8 +174,39 @@ fn malformed_frames_get_errors_or_a_close_and_other_clients_are_unaffected() {
         assert_eq!(records[19].1, record(0, 19));
     });
     let logged = broker.stderr();
-    assert!(
-        logged.contains("closing connection"),
-        "offending connections are logged:\n{logged}"
-    );
+    assert!(logged.contains("closing connection"), "offending connections are logged:\n{logged}");
+}
+
+/// Resident memory of a process, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn headers_that_promise_huge_bodies_do_not_commit_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), &[]);
+    let before = rss_kib(broker.pid());
+    // 20 connections each announce a 90 MiB produce body, send 1 KiB of it, and stall.
+    let produce_meta = encode(&MetadataRequest { topics: None, with_offsets: false });
+    let mut stalled = Vec::new();
+    for id in 0..20u64 {
+        let mut stream = raw_connect(&broker);
+        let header = FrameHeader::new(Api::Produce as u8, 0, id, produce_meta.len(), 90 << 20, 0);
+        stream.write_all(header.as_bytes()).unwrap();
+        stream.write_all(&produce_meta).unwrap();
+        stream.write_all(&[0u8; 1024]).unwrap();
+        stalled.push(stream);
+    }
+    // Let the broker read what was sent, then check it did not allocate the promised 1.8 GB.
+    run(|| async {
+        let client = connect(&broker).await;
+        client.create_topic("alive", 1, vec![]).await.unwrap();
+        produce(&client, "alive", 0, Acks::All, vec![record(0, 0)]).await;
+    });
+    let grown_mib = rss_kib(broker.pid()).saturating_sub(before) / 1024;
+    assert!(grown_mib < 200, "20 stalled 90 MiB frames grew the broker by {grown_mib} MiB");
+    drop(stalled);
 }

@@ -17,10 +17,7 @@ use spate::native::messages::{Acks, ErrorCode, OFFSET_LATEST};
 use spate::record::{BatchBuilder, BatchMeta, OwnedRecord};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "spate-loadgen",
-    about = "Load generator for Spate's native protocol"
-)]
+#[command(name = "spate-loadgen", about = "Load generator for Spate's native protocol")]
 struct Args {
     /// The broker's native listener.
     #[arg(long, short = 'b', default_value_t = spate::client::default_address())]
@@ -81,16 +78,9 @@ fn main() -> std::process::ExitCode {
 async fn run(args: Args) -> Result<(), String> {
     let mut clients = Vec::new();
     for _ in 0..args.connections.max(1) {
-        clients.push(
-            Client::connect(&args.broker)
-                .await
-                .map_err(|e| e.to_string())?,
-        );
+        clients.push(Client::connect(&args.broker).await.map_err(|e| e.to_string())?);
     }
-    match clients[0]
-        .create_topic(&args.topic, args.partitions, vec![])
-        .await
-    {
+    match clients[0].create_topic(&args.topic, args.partitions, vec![]).await {
         Err(e) if e.code() != Some(ErrorCode::TopicAlreadyExists) => return Err(e.to_string()),
         _ => {}
     }
@@ -170,9 +160,8 @@ fn payload_of(args: &Args, partition: u32) -> (BatchMeta, Bytes, u64) {
     let mut builder = BatchBuilder::default();
     let now = spate::now_ms();
     for i in 0..count {
-        let value: Vec<u8> = (0..args.record_size)
-            .map(|j| (i * 31 + j * 7 + partition as usize) as u8)
-            .collect();
+        let value: Vec<u8> =
+            (0..args.record_size).map(|j| (i * 31 + j * 7 + partition as usize) as u8).collect();
         builder.push(OwnedRecord {
             key: None,
             value: Some(value),
@@ -195,12 +184,8 @@ async fn produce_phase(args: &Args, clients: &[Client]) -> Result<Rc<Totals>, St
         let record_bytes = count * args.record_size as u64;
         for slot in 0..args.inflight.max(1) {
             let client = clients[(partition as usize + slot) % clients.len()].clone();
-            let (topic, acks, totals, payload) = (
-                args.topic.clone(),
-                args.acks,
-                totals.clone(),
-                payload.clone(),
-            );
+            let (topic, acks, totals, payload) =
+                (args.topic.clone(), args.acks, totals.clone(), payload.clone());
             tasks.push(glommio::spawn_local(async move {
                 while Instant::now() < deadline
                     && totals.bytes.get() < byte_budget
@@ -265,9 +250,7 @@ async fn consume_phase(
                     }
                 }
                 if records == 0 {
-                    return Err(format!(
-                        "partition {partition}: no progress at offset {offset}"
-                    ));
+                    return Err(format!("partition {partition}: no progress at offset {offset}"));
                 }
                 totals.add(records, records * record_size, sent.elapsed());
             }

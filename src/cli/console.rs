@@ -103,20 +103,12 @@ impl ProduceArgs {
     }
 
     fn record_of(&self, line: String) -> OwnedRecord {
-        let (key, value) = match self
-            .key_separator
-            .as_deref()
-            .and_then(|sep| line.split_once(sep))
+        let (key, value) = match self.key_separator.as_deref().and_then(|sep| line.split_once(sep))
         {
             Some((key, value)) => (Some(key.as_bytes().to_vec()), value.as_bytes().to_vec()),
             None => (None, line.into_bytes()),
         };
-        OwnedRecord {
-            key,
-            value: Some(value),
-            headers: Vec::new(),
-            timestamp: crate::now_ms(),
-        }
+        OwnedRecord { key, value: Some(value), headers: Vec::new(), timestamp: crate::now_ms() }
     }
 }
 
@@ -145,18 +137,14 @@ async fn next_line(lines: &mpsc::Receiver<String>) -> Option<String> {
 }
 
 /// A task that awaits deliveries in order and counts failures, reporting the first.
-fn delivery_checker() -> (
-    glommio::channels::local_channel::LocalSender<Delivery>,
-    glommio::task::JoinHandle<u64>,
-) {
+fn delivery_checker(
+) -> (glommio::channels::local_channel::LocalSender<Delivery>, glommio::task::JoinHandle<u64>) {
     let (sender, receiver) = glommio::channels::local_channel::new_bounded::<Delivery>(65_536);
     let checker = glommio::spawn_local(async move {
         let mut failed = 0u64;
         while let Some(delivery) = receiver.recv().await {
             let outcome = delivery.await.unwrap_or_else(|_| {
-                Err(crate::client::ClientError::Disconnected(
-                    "producer dropped".into(),
-                ))
+                Err(crate::client::ClientError::Disconnected("producer dropped".into()))
             });
             if let Err(e) = outcome {
                 if failed == 0 {
@@ -178,10 +166,8 @@ impl ConsumeArgs {
             let partitions: Vec<u32> = match self.partition {
                 Some(p) => vec![p],
                 None => {
-                    let topic = client
-                        .describe_topic(&self.topic)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let topic =
+                        client.describe_topic(&self.topic).await.map_err(|e| e.to_string())?;
                     topic.partitions.iter().map(|p| p.partition).collect()
                 }
             };
@@ -207,9 +193,7 @@ impl ConsumeArgs {
                 };
                 glommio::spawn_local(job.run(start)).detach();
             }
-            progress
-                .wait(self.count, self.timeout_ms.map(Duration::from_millis))
-                .await
+            progress.wait(self.count, self.timeout_ms.map(Duration::from_millis)).await
         })
     }
 }
@@ -220,10 +204,7 @@ async fn first_offset(
     partition: u32,
     which: i64,
 ) -> Result<u64, String> {
-    let offset = client
-        .list_offset(topic, partition, which)
-        .await
-        .map_err(|e| e.to_string())?;
+    let offset = client.list_offset(topic, partition, which).await.map_err(|e| e.to_string())?;
     u64::try_from(offset).map_err(|_| format!("no offset for partition {partition}"))
 }
 
@@ -277,13 +258,7 @@ impl PartitionReader {
         while !self.progress.done(self.limit) {
             let fetched = match self
                 .client
-                .fetch(
-                    &self.topic,
-                    self.partition,
-                    offset,
-                    FETCH_BYTES,
-                    FETCH_WAIT_MS,
-                )
+                .fetch(&self.topic, self.partition, offset, FETCH_BYTES, FETCH_WAIT_MS)
                 .await
             {
                 Ok(fetched) => fetched,
@@ -299,21 +274,14 @@ impl PartitionReader {
             let batches = match fetched.batches() {
                 Ok(batches) => batches,
                 Err(e) => {
-                    self.progress
-                        .failure
-                        .borrow_mut()
-                        .get_or_insert(e.to_string());
+                    self.progress.failure.borrow_mut().get_or_insert(e.to_string());
                     self.progress.changed.notify(usize::MAX);
                     return;
                 }
             };
             let mut out = String::new();
             let start = offset;
-            for record in batches
-                .iter()
-                .flat_map(|b| b.records())
-                .filter(|r| r.offset >= start)
-            {
+            for record in batches.iter().flat_map(|b| b.records()).filter(|r| r.offset >= start) {
                 if self.progress.done(self.limit) {
                     break;
                 }
@@ -324,9 +292,7 @@ impl PartitionReader {
             }
             if !out.is_empty() {
                 let mut stdout = std::io::stdout().lock();
-                let _ = stdout
-                    .write_all(out.as_bytes())
-                    .and_then(|_| stdout.flush());
+                let _ = stdout.write_all(out.as_bytes()).and_then(|_| stdout.flush());
                 self.progress.last_record.set(Some(Instant::now()));
                 self.progress.changed.notify(usize::MAX);
             }
@@ -342,10 +308,7 @@ fn format_record(
     record: &RecordView<'_>,
 ) {
     let text = |bytes: Option<&[u8]>| {
-        bytes.map_or_else(
-            || "null".to_string(),
-            |b| String::from_utf8_lossy(b).into_owned(),
-        )
+        bytes.map_or_else(|| "null".to_string(), |b| String::from_utf8_lossy(b).into_owned())
     };
     let mut chars = format.chars();
     while let Some(c) = chars.next() {

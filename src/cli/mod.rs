@@ -48,9 +48,7 @@ pub struct BrokerAddress {
 
 impl BrokerAddress {
     pub fn address(&self) -> String {
-        self.broker
-            .clone()
-            .unwrap_or_else(crate::client::default_address)
+        self.broker.clone().unwrap_or_else(crate::client::default_address)
     }
 }
 
@@ -68,8 +66,7 @@ where
 
 /// Parses `key=value`.
 pub fn parse_key_value(text: &str) -> Result<(String, String), String> {
-    let (key, value) = text
-        .split_once('=')
-        .ok_or_else(|| format!("expected key=value, got {text:?}"))?;
+    let (key, value) =
+        text.split_once('=').ok_or_else(|| format!("expected key=value, got {text:?}"))?;
     Ok((key.trim().to_string(), value.trim().to_string()))
 }

@@ -35,27 +35,19 @@ impl ServeArgs {
         if let Some(path) = &self.config {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("reading {}: {e}", path.display()))?;
-            config
-                .apply_toml(&text)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            config.apply_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         }
         for (key, value) in &self.settings {
-            config
-                .set(key, value)
-                .map_err(|e| format!("--set {key}={value}: {e}"))?;
+            config.set(key, value).map_err(|e| format!("--set {key}={value}: {e}"))?;
         }
         if let Some(dir) = &self.data_dir {
             config.data_dir = dir.clone();
         }
         if let Some(cores) = &self.cores {
-            config
-                .set("cores", cores)
-                .map_err(|e| format!("--cores: {e}"))?;
+            config.set("cores", cores).map_err(|e| format!("--cores: {e}"))?;
         }
         if let Some(listen) = &self.listen {
-            config
-                .set("native.listener", listen)
-                .map_err(|e| format!("--listen: {e}"))?;
+            config.set("native.listener", listen).map_err(|e| format!("--listen: {e}"))?;
         }
         config.validate().map_err(|e| e.to_string())?;
         Ok(config)

@@ -41,12 +41,7 @@ impl TopicCommand {
     pub fn run(self) -> Result<(), String> {
         run_client(|| async move {
             match self {
-                TopicCommand::Create {
-                    name,
-                    partitions,
-                    configs,
-                    broker,
-                } => {
+                TopicCommand::Create { name, partitions, configs, broker } => {
                     let client = connect(&broker).await?;
                     client
                         .create_topic(&name, partitions, configs)
@@ -56,20 +51,14 @@ impl TopicCommand {
                 }
                 TopicCommand::List { broker } => {
                     let client = connect(&broker).await?;
-                    let metadata = client
-                        .metadata(None, false)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let metadata = client.metadata(None, false).await.map_err(|e| e.to_string())?;
                     for topic in metadata.topics {
                         println!("{}", topic.name);
                     }
                 }
                 TopicCommand::Describe { name, broker } => {
                     let client = connect(&broker).await?;
-                    let topic = client
-                        .describe_topic(&name)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let topic = client.describe_topic(&name).await.map_err(|e| e.to_string())?;
                     println!("topic {} partitions {}", topic.name, topic.partitions.len());
                     for (key, value) in &topic.configs {
                         println!("  config {key}={value}");
@@ -83,10 +72,7 @@ impl TopicCommand {
                 }
                 TopicCommand::Delete { name, broker } => {
                     let client = connect(&broker).await?;
-                    client
-                        .delete_topic(&name)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    client.delete_topic(&name).await.map_err(|e| e.to_string())?;
                     println!("deleted topic {name}");
                 }
             }
@@ -96,7 +82,5 @@ impl TopicCommand {
 }
 
 pub async fn connect(broker: &BrokerAddress) -> Result<Client, String> {
-    Client::connect(&broker.address())
-        .await
-        .map_err(|e| e.to_string())
+    Client::connect(&broker.address()).await.map_err(|e| e.to_string())
 }

@@ -25,8 +25,11 @@ use crate::record::{BatchMeta, EntryHeader, PayloadFormat};
 
 /// Requests a client queues for its writer before `send` waits.
 const OUTGOING_QUEUE_MAX: usize = 256;
-/// The largest response body the client accepts: a fetch's maximum plus room for its meta.
-const RESPONSE_BYTES_MAX: u32 = 128 * 1024 * 1024;
+/// The largest response body the client accepts: a fetch returns up to its maximum after a
+/// first entry that may itself be as large as an entry can be, plus its meta.
+const RESPONSE_BYTES_MAX: u32 = (crate::native::handlers::FETCH_BYTES_MAX
+    + crate::record::entry::ENTRY_PAYLOAD_BYTES_MAX as usize
+    + crate::native::frame::META_BYTES_MAX as usize) as u32;
 const READ_BUFFER_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,10 +57,7 @@ impl ClientError {
     fn from_body(body: &ErrorBody) -> Result<(), Self> {
         match body.code {
             ErrorCode::None => Ok(()),
-            code => Err(Self::Broker {
-                code,
-                message: body.message.clone(),
-            }),
+            code => Err(Self::Broker { code, message: body.message.clone() }),
         }
     }
 }
@@ -150,10 +150,8 @@ impl Fetched {
             let (header, payload) = parse_entry(rest)
                 .map_err(|e| ClientError::Protocol(format!("fetched entry: {e}")))?;
             if header.format() != Some(PayloadFormat::Native) {
-                let why = format!(
-                    "entry at offset {} is not in the native format",
-                    header.base_offset()
-                );
+                let why =
+                    format!("entry at offset {} is not in the native format", header.base_offset());
                 return Err(ClientError::Protocol(why));
             }
             let view = NativeBatchView::new(&header, payload)
@@ -211,10 +209,7 @@ impl Client {
                 let Some(inner) = reader_inner.upgrade() else {
                     return;
                 };
-                let waiter = inner
-                    .waiting
-                    .borrow_mut()
-                    .remove(&frame.header.request_id.get());
+                let waiter = inner.waiting.borrow_mut().remove(&frame.header.request_id.get());
                 if let Some(waiter) = waiter {
                     let _ = waiter.send(Ok(frame));
                 }
@@ -240,9 +235,7 @@ impl Client {
         }
         let request_id = self.inner.next_request_id.get();
         self.inner.next_request_id.set(request_id + 1);
-        let (data_len, data_crc) = data
-            .as_ref()
-            .map_or((0, 0), |d| (d.len(), crc32fast::hash(d)));
+        let (data_len, data_crc) = data.as_ref().map_or((0, 0), |d| (d.len(), crc32fast::hash(d)));
         let header = FrameHeader::new(api as u8, 0, request_id, meta.len(), data_len, data_crc);
         let mut head = Vec::with_capacity(FRAME_HEADER_BYTES + header.padded_meta_len());
         head.extend_from_slice(header.as_bytes());
@@ -253,27 +246,18 @@ impl Client {
             self.inner.waiting.borrow_mut().insert(request_id, waiter);
             receiver
         });
-        if self
-            .inner
-            .outgoing
-            .send(OutgoingFrame { head, data })
-            .await
-            .is_err()
-        {
+        if self.inner.outgoing.send(OutgoingFrame { head, data }).await.is_err() {
             return Err(ClientError::Disconnected("writer stopped".into()));
         }
         let Some(receiver) = receiver else {
             return Ok(None);
         };
-        let frame = receiver
-            .await
-            .map_err(|_| ClientError::Disconnected("connection closed".into()))??;
+        let frame =
+            receiver.await.map_err(|_| ClientError::Disconnected("connection closed".into()))??;
         if frame.header.is_error() {
             let body: ErrorBody = decode(frame.meta()).map_err(ClientError::Protocol)?;
             ClientError::from_body(&body)?;
-            return Err(ClientError::Protocol(
-                "error frame without an error code".into(),
-            ));
+            return Err(ClientError::Protocol("error frame without an error code".into()));
         }
         Ok(Some(frame))
     }
@@ -302,21 +286,10 @@ impl Client {
         batch: BatchMeta,
         payload: Bytes,
     ) -> Result<Option<u64>, ClientError> {
-        let request = ProduceRequest {
-            topic: topic.to_string(),
-            partition,
-            acks,
-            batch,
-        };
+        let request = ProduceRequest { topic: topic.to_string(), partition, acks, batch };
         let expect_response = acks != Acks::None;
-        let Some(frame) = self
-            .request(
-                Api::Produce,
-                &encode(&request),
-                Some(payload),
-                expect_response,
-            )
-            .await?
+        let Some(frame) =
+            self.request(Api::Produce, &encode(&request), Some(payload), expect_response).await?
         else {
             return Ok(None);
         };
@@ -334,8 +307,7 @@ impl Client {
         batch: BatchBuilder,
     ) -> Result<Option<u64>, ClientError> {
         let (meta, payload) = batch.build();
-        self.produce_encoded(topic, partition, acks, meta, Bytes::from_owner(payload))
-            .await
+        self.produce_encoded(topic, partition, acks, meta, Bytes::from_owner(payload)).await
     }
 
     /// Reads from `offset`, waiting up to `max_wait_ms` at the end of the log.
@@ -347,23 +319,14 @@ impl Client {
         max_bytes: u32,
         max_wait_ms: u32,
     ) -> Result<Fetched, ClientError> {
-        let request = FetchRequest {
-            topic: topic.to_string(),
-            partition,
-            offset,
-            max_bytes,
-            max_wait_ms,
-        };
+        let request =
+            FetchRequest { topic: topic.to_string(), partition, offset, max_bytes, max_wait_ms };
         let (response, frame): (FetchResponse, _) =
             self.call(Api::Fetch, &encode(&request)).await?;
         ClientError::from_body(&response.error)?;
         let data_start = frame.header.padded_meta_len();
         let data = Bytes::from_owner(frame.body).slice(data_start..);
-        Ok(Fetched {
-            high_watermark: response.high_watermark,
-            log_start: response.log_start,
-            data,
-        })
+        Ok(Fetched { high_watermark: response.high_watermark, log_start: response.log_start, data })
     }
 
     /// Kafka's ListOffsets: `OFFSET_EARLIEST`, `OFFSET_LATEST`, or the first offset at or after
@@ -374,11 +337,7 @@ impl Client {
         partition: u32,
         timestamp: i64,
     ) -> Result<i64, ClientError> {
-        let request = ListOffsetsRequest {
-            topic: topic.to_string(),
-            partition,
-            timestamp,
-        };
+        let request = ListOffsetsRequest { topic: topic.to_string(), partition, timestamp };
         let (response, _): (ListOffsetsResponse, _) =
             self.call(Api::ListOffsets, &encode(&request)).await?;
         ClientError::from_body(&response.error)?;
@@ -390,10 +349,7 @@ impl Client {
         topics: Option<Vec<String>>,
         with_offsets: bool,
     ) -> Result<MetadataResponse, ClientError> {
-        let request = MetadataRequest {
-            topics,
-            with_offsets,
-        };
+        let request = MetadataRequest { topics, with_offsets };
         let (response, _) = self.call(Api::Metadata, &encode(&request)).await?;
         Ok(response)
     }
@@ -401,10 +357,8 @@ impl Client {
     /// The topic's description, or the broker's error for it.
     pub async fn describe_topic(&self, topic: &str) -> Result<TopicDescription, ClientError> {
         let mut response = self.metadata(Some(vec![topic.to_string()]), true).await?;
-        let topic = response
-            .topics
-            .pop()
-            .ok_or_else(|| ClientError::Protocol("empty metadata".into()))?;
+        let topic =
+            response.topics.pop().ok_or_else(|| ClientError::Protocol("empty metadata".into()))?;
         ClientError::from_body(&topic.error)?;
         Ok(topic)
     }
@@ -415,20 +369,14 @@ impl Client {
         partitions: u32,
         configs: Vec<(String, String)>,
     ) -> Result<(), ClientError> {
-        let request = CreateTopicRequest {
-            name: name.to_string(),
-            partitions,
-            configs,
-        };
+        let request = CreateTopicRequest { name: name.to_string(), partitions, configs };
         let (response, _): (AdminResponse, _) =
             self.call(Api::CreateTopic, &encode(&request)).await?;
         ClientError::from_body(&response.error)
     }
 
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
-        let request = DeleteTopicRequest {
-            name: name.to_string(),
-        };
+        let request = DeleteTopicRequest { name: name.to_string() };
         let (response, _): (AdminResponse, _) =
             self.call(Api::DeleteTopic, &encode(&request)).await?;
         ClientError::from_body(&response.error)
@@ -439,19 +387,13 @@ async fn read_response<R: futures_lite::io::AsyncRead + Unpin>(
     reader: &mut R,
 ) -> Result<ResponseFrame, String> {
     let mut raw = [0u8; FRAME_HEADER_BYTES];
-    reader
-        .read_exact(&mut raw)
-        .await
-        .map_err(|e| format!("reading a response header: {e}"))?;
+    reader.read_exact(&mut raw).await.map_err(|e| format!("reading a response header: {e}"))?;
     let header = FrameHeader::parse(&raw, RESPONSE_BYTES_MAX).map_err(|e| e.to_string())?;
     if !header.is_response() {
         return Err("the broker sent a frame that is not a response".into());
     }
     let mut body = AlignedVec::<16>::with_capacity(header.body_len());
     body.resize(header.body_len(), 0);
-    reader
-        .read_exact(&mut body)
-        .await
-        .map_err(|e| format!("reading a response body: {e}"))?;
+    reader.read_exact(&mut body).await.map_err(|e| format!("reading a response body: {e}"))?;
     Ok(ResponseFrame { header, body })
 }

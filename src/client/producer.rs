@@ -110,8 +110,7 @@ impl Producer {
         partition: u32,
         record: OwnedRecord,
     ) -> Result<Delivery, ClientError> {
-        self.wait_for_inflight_below(self.inner.config.inflight_batches_max)
-            .await;
+        self.wait_for_inflight_below(self.inner.config.inflight_batches_max).await;
         let (waiter, delivery) = oneshot::channel();
         let key = (topic.to_string(), partition);
         let (full, start_linger) = {
@@ -180,11 +179,7 @@ impl Producer {
             Err(e) if e.code() == Some(ErrorCode::UnknownTopic) => return Ok(1),
             Err(e) => return Err(e),
         };
-        self.inner
-            .state
-            .borrow_mut()
-            .partition_counts
-            .insert(topic.to_string(), count.max(1));
+        self.inner.state.borrow_mut().partition_counts.insert(topic.to_string(), count.max(1));
         Ok(count.max(1))
     }
 
@@ -201,22 +196,15 @@ impl Producer {
         let (topic, partition) = key.clone();
         glommio::spawn_local(async move {
             let acks = producer.inner.config.acks;
-            let result = producer
-                .inner
-                .client
-                .produce(&topic, partition, acks, batch.builder)
-                .await;
+            let result =
+                producer.inner.client.produce(&topic, partition, acks, batch.builder).await;
             for (index, waiter) in batch.waiters.into_iter().enumerate() {
-                let delivered = result.clone().map(|base| Delivered {
-                    partition,
-                    offset: base.map(|b| b + index as u64),
-                });
+                let delivered = result
+                    .clone()
+                    .map(|base| Delivered { partition, offset: base.map(|b| b + index as u64) });
                 let _ = waiter.send(delivered);
             }
-            producer
-                .inner
-                .inflight
-                .set(producer.inner.inflight.get() - 1);
+            producer.inner.inflight.set(producer.inner.inflight.get() - 1);
             producer.inner.settled.notify(usize::MAX);
         })
         .detach();

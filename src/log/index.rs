@@ -44,11 +44,7 @@ impl SegmentIndex {
         };
         if due {
             debug_assert!(self.points.last().is_none_or(|l| l.offset < offset));
-            self.points.push(IndexPoint {
-                offset,
-                position,
-                max_timestamp_before,
-            });
+            self.points.push(IndexPoint { offset, position, max_timestamp_before });
         }
     }
 
@@ -61,9 +57,7 @@ impl SegmentIndex {
     /// Where to start scanning for the first record at or after `timestamp`: the last point
     /// before which every record is older.
     pub fn seek_timestamp(&self, timestamp: i64) -> Option<IndexPoint> {
-        let after = self
-            .points
-            .partition_point(|p| p.max_timestamp_before < timestamp);
+        let after = self.points.partition_point(|p| p.max_timestamp_before < timestamp);
         after.checked_sub(1).map(|i| self.points[i])
     }
 
@@ -234,11 +228,8 @@ mod tests {
     #[test]
     fn files_round_trip_and_damage_is_refused() {
         let index = sample();
-        let segment = IndexedSegment {
-            covered_bytes: 100_000,
-            next_offset: 1100,
-            max_timestamp: 1495,
-        };
+        let segment =
+            IndexedSegment { covered_bytes: 100_000, next_offset: 1100, max_timestamp: 1495 };
         let bytes = encode(&index, segment);
         assert_eq!(decode(&bytes, 100).unwrap(), (index, segment));
         for at in [0, 5, 9, 20, 60, bytes.len() - 1] {

@@ -63,14 +63,9 @@ pub enum LogError {
 impl std::fmt::Display for LogError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::OffsetOutOfRange {
-                requested,
-                log_start,
-                high_watermark,
-            } => write!(
-                f,
-                "offset {requested} is outside the log [{log_start}, {high_watermark}]"
-            ),
+            Self::OffsetOutOfRange { requested, log_start, high_watermark } => {
+                write!(f, "offset {requested} is outside the log [{log_start}, {high_watermark}]")
+            }
             Self::Storage(why) => write!(f, "storage error: {why}"),
             Self::Corrupt(why) => write!(f, "corrupt data: {why}"),
             Self::Closed => write!(f, "partition is closing"),
@@ -119,16 +114,11 @@ struct LogState {
 impl LogState {
     fn active(&self) -> Rc<Segment> {
         // `segments` is never empty: open creates one and deletion keeps the active one.
-        self.segments
-            .back()
-            .cloned()
-            .expect("a partition always has an active segment")
+        self.segments.back().cloned().expect("a partition always has an active segment")
     }
 
     fn log_start(&self) -> u64 {
-        self.segments
-            .front()
-            .map_or(self.next_offset, |s| s.base_offset)
+        self.segments.front().map_or(self.next_offset, |s| s.base_offset)
     }
 }
 
@@ -210,16 +200,11 @@ impl PartitionLog {
         let base_offset = st.next_offset;
         let next_offset = base_offset + u64::from(pending.meta.record_count);
         let max_timestamp = pending.meta.max_timestamp;
-        let entry = pending.seal(base_offset);
+        let (entry, footprint) = pending.seal(base_offset);
         st.next_offset = next_offset;
         st.staged_bytes += entry.len();
-        st.tail.push(base_offset, next_offset, entry.clone());
-        st.staged.push_back(Staged {
-            base_offset,
-            next_offset,
-            max_timestamp,
-            entry,
-        });
+        st.tail.push(base_offset, next_offset, entry.clone(), footprint);
+        st.staged.push_back(Staged { base_offset, next_offset, max_timestamp, entry });
         drop(st);
         self.writer_wake.notify(1);
         Ok((base_offset, next_offset))
@@ -248,11 +233,7 @@ impl PartitionLog {
 
     /// Waits until the high watermark passes `offset`, at most `wait`. Returns whether it did.
     pub async fn wait_for_data(&self, offset: u64, wait: Duration) -> bool {
-        let data = async {
-            self.wait_until(|st| st.written_offset > offset)
-                .await
-                .is_ok()
-        };
+        let data = async { self.wait_until(|st| st.written_offset > offset).await.is_ok() };
         let timeout = async {
             glommio::timer::sleep(wait).await;
             false
@@ -271,7 +252,9 @@ impl PartitionLog {
                 if let Some(why) = &st.failed {
                     return Err(LogError::Storage(why.clone()));
                 }
-                if st.writer_done {
+                // The syncer stops last, after everything a waiter could want was written and
+                // synced; a waiter still unsatisfied then never will be.
+                if st.syncer_done {
                     return Err(LogError::Closed);
                 }
             }
@@ -308,16 +291,9 @@ impl PartitionLog {
                 });
             }
             if let Some(entries) = st.tail.read(offset, hw, max_bytes) {
-                return Ok(ReadOutcome {
-                    entries,
-                    high_watermark: hw,
-                    log_start: start,
-                });
+                return Ok(ReadOutcome { entries, high_watermark: hw, log_start: start });
             }
-            let first = st
-                .segments
-                .partition_point(|s| s.base_offset <= offset)
-                .saturating_sub(1);
+            let first = st.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
             let segments: Vec<_> = st.segments.range(first..).cloned().collect();
             (segments, hw, start)
         };
@@ -326,28 +302,18 @@ impl PartitionLog {
                 .await
                 .map_err(|e| self.read_error(&segment, e))?;
             if let Some(entries) = found {
-                return Ok(ReadOutcome {
-                    entries: vec![entries],
-                    high_watermark,
-                    log_start,
-                });
+                return Ok(ReadOutcome { entries: vec![entries], high_watermark, log_start });
             }
         }
-        Ok(ReadOutcome {
-            entries: Vec::new(),
-            high_watermark,
-            log_start,
-        })
+        Ok(ReadOutcome { entries: Vec::new(), high_watermark, log_start })
     }
 
     fn read_error(&self, segment: &Segment, error: ReadError) -> LogError {
         match error {
             ReadError::Io(e) => LogError::Storage(format!("{}: {e}", segment.log_path.display())),
             ReadError::Corrupt { position, why } => {
-                let message = format!(
-                    "{} at position {position}: {why}",
-                    segment.log_path.display()
-                );
+                let message =
+                    format!("{} at position {position}: {why}", segment.log_path.display());
                 tracing::error!(topic = %self.topic, partition = self.partition, "{message}");
                 LogError::Corrupt(message)
             }
@@ -379,12 +345,8 @@ impl PartitionLog {
     pub async fn enforce_retention(&self, now_ms: i64) -> io::Result<usize> {
         let plan = {
             let st = self.state.borrow();
-            let sealed: Vec<SegmentFacts> = st
-                .segments
-                .iter()
-                .take(st.segments.len() - 1)
-                .map(|s| s.facts())
-                .collect();
+            let sealed: Vec<SegmentFacts> =
+                st.segments.iter().take(st.segments.len() - 1).map(|s| s.facts()).collect();
             retention::plan(&sealed, st.active().facts(), &self.config.borrow(), now_ms)
         };
         if plan.roll_active {
@@ -540,9 +502,7 @@ impl PartitionLog {
         let aligned_start = start_size - block_tail.len() as u64;
         debug_assert_eq!(aligned_start % WRITE_ALIGN_BYTES as u64, 0);
         let data_len = block_tail.len() + entries.iter().map(|s| s.entry.len()).sum::<usize>();
-        let mut buf = segment
-            .file
-            .alloc_dma_buffer(data_len.next_multiple_of(WRITE_ALIGN_BYTES));
+        let mut buf = segment.file.alloc_dma_buffer(data_len.next_multiple_of(WRITE_ALIGN_BYTES));
         let bytes = buf.as_bytes_mut();
         bytes[..block_tail.len()].copy_from_slice(&block_tail);
         let mut at = block_tail.len();
@@ -554,16 +514,12 @@ impl PartitionLog {
         let new_tail = bytes[data_len - data_len % WRITE_ALIGN_BYTES..data_len].to_vec();
         let buf_len = bytes.len();
 
-        segment
-            .ensure_allocated(aligned_start + buf_len as u64)
-            .await?;
+        segment.ensure_allocated(aligned_start + buf_len as u64).await?;
         let started = Instant::now();
         let written = segment.file.write_at(buf, aligned_start).await?;
         self.metrics.record(Hist::LogAppend, started.elapsed());
         if written != buf_len {
-            return Err(io::Error::other(format!(
-                "short write: {written} of {buf_len} bytes"
-            )));
+            return Err(io::Error::other(format!("short write: {written} of {buf_len} bytes")));
         }
 
         {
@@ -571,8 +527,7 @@ impl PartitionLog {
             let mut position = start_size;
             for staged in entries {
                 let max_timestamp_before = meta.max_timestamp;
-                meta.index
-                    .observe(staged.base_offset, position, max_timestamp_before);
+                meta.index.observe(staged.base_offset, position, max_timestamp_before);
                 meta.max_timestamp = meta.max_timestamp.max(staged.max_timestamp);
                 position += staged.entry.len() as u64;
             }
@@ -611,11 +566,12 @@ impl PartitionLog {
             let listener = self.changed.listen();
             let job = {
                 let st = self.state.borrow();
-                if st.failed.is_some() || (st.stopping && st.writer_done) {
-                    break;
-                }
                 let wanted = st.sync_target > st.synced_offset;
                 let possible = st.written_offset > st.synced_offset;
+                // When closing, sync what acks=all producers still wait for, then stop.
+                if st.failed.is_some() || (st.stopping && st.writer_done && !(wanted && possible)) {
+                    break;
+                }
                 (wanted && possible).then(|| (st.active(), st.written_offset))
             };
             let Some((segment, covers)) = job else {
@@ -669,10 +625,7 @@ async fn read_segment(
         if meta.next_offset <= offset {
             return Ok(None);
         }
-        (
-            meta.index.seek_offset(offset).map_or(0, |p| p.position),
-            meta.size,
-        )
+        (meta.index.seek_offset(offset).map_or(0, |p| p.position), meta.size)
     };
     let len = (size - start).min((max_bytes + READ_SLACK_BYTES) as u64) as usize;
     let mut buf = segment.read(start, len).await?;
@@ -681,10 +634,8 @@ async fn read_segment(
     let mut first: Option<usize> = None;
     while at < buf.len() {
         let position = buf_start + at as u64;
-        let header = parse_header(&buf[at..]).map_err(|e| ReadError::Corrupt {
-            position,
-            why: e.to_string(),
-        })?;
+        let header = parse_header(&buf[at..])
+            .map_err(|e| ReadError::Corrupt { position, why: e.to_string() })?;
         let entry_len = header.entry_len();
         if at + entry_len > buf.len() {
             if first.is_some() {
@@ -701,10 +652,8 @@ async fn read_segment(
                 break;
             }
         }
-        parse_entry(&buf[at..at + entry_len]).map_err(|e| ReadError::Corrupt {
-            position,
-            why: e.to_string(),
-        })?;
+        parse_entry(&buf[at..at + entry_len])
+            .map_err(|e| ReadError::Corrupt { position, why: e.to_string() })?;
         if first.is_none() && header.next_offset() > offset {
             first = Some(at);
         }
@@ -717,19 +666,12 @@ async fn read_segment(
 async fn find_timestamp(segment: &Segment, timestamp: i64) -> Result<Option<u64>, ReadError> {
     let (mut position, size) = {
         let meta = segment.meta.borrow();
-        (
-            meta.index
-                .seek_timestamp(timestamp)
-                .map_or(0, |p| p.position),
-            meta.size,
-        )
+        (meta.index.seek_timestamp(timestamp).map_or(0, |p| p.position), meta.size)
     };
     while position < size {
         let header_bytes = segment.read(position, ENTRY_HEADER_BYTES).await?;
-        let header = parse_header(&header_bytes).map_err(|e| ReadError::Corrupt {
-            position,
-            why: e.to_string(),
-        })?;
+        let header = parse_header(&header_bytes)
+            .map_err(|e| ReadError::Corrupt { position, why: e.to_string() })?;
         if header.max_timestamp.get() >= timestamp {
             let entry = segment.read(position, header.entry_len()).await?;
             return first_record_at_or_after(&entry, timestamp)
@@ -751,10 +693,7 @@ fn first_record_at_or_after(entry: &[u8], timestamp: i64) -> Result<u64, String>
             aligned.extend_from_slice(payload);
             let view = crate::record::batch::NativeBatchView::new(&header, &aligned)
                 .map_err(|e| e.to_string())?;
-            let found = view
-                .records()
-                .find(|r| r.timestamp >= timestamp)
-                .map(|r| r.offset);
+            let found = view.records().find(|r| r.timestamp >= timestamp).map(|r| r.offset);
             Ok(found.unwrap_or(header.base_offset()))
         }
         _ => Ok(header.base_offset()),
@@ -774,11 +713,7 @@ async fn open_segments(
             std::fs::create_dir_all(&listing)?;
             let mut bases = Vec::new();
             for entry in std::fs::read_dir(&listing)? {
-                if let Some(base) = entry?
-                    .file_name()
-                    .to_str()
-                    .and_then(segment::parse_log_name)
-                {
+                if let Some(base) = entry?.file_name().to_str().and_then(segment::parse_log_name) {
                     bases.push(base);
                 }
             }
@@ -824,10 +759,7 @@ async fn read_block_tail(active: &Segment) -> io::Result<Vec<u8>> {
     if tail_len == 0 {
         return Ok(Vec::new());
     }
-    Ok(active
-        .read(size - tail_len as u64, tail_len)
-        .await?
-        .to_vec())
+    Ok(active.read(size - tail_len as u64, tail_len).await?.to_vec())
 }
 
 /// A header parsed from stored bytes, for callers outside the log.

@@ -67,11 +67,7 @@ mod tests {
     use super::*;
 
     fn segment(size_bytes: u64, max_timestamp: i64) -> SegmentFacts {
-        SegmentFacts {
-            size_bytes,
-            max_timestamp,
-            first_write_ms: Some(max_timestamp),
-        }
+        SegmentFacts { size_bytes, max_timestamp, first_write_ms: Some(max_timestamp) }
     }
 
     fn config(retention_ms: i64, retention_bytes: i64) -> TopicConfig {
@@ -85,12 +81,7 @@ mod tests {
 
     #[test]
     fn time_retention_deletes_the_expired_prefix_only() {
-        let sealed = [
-            segment(10, 100),
-            segment(10, 500),
-            segment(10, 200),
-            segment(10, 900),
-        ];
+        let sealed = [segment(10, 100), segment(10, 500), segment(10, 200), segment(10, 900)];
         let active = segment(10, 950);
         let plan = plan(&sealed, active, &config(300, -1), 1000);
         // 100 and 500 are older than 1000 - 300 = 700; 200 is too, but stands behind 900? No:
@@ -112,19 +103,12 @@ mod tests {
 
     #[test]
     fn the_active_segment_rolls_when_old_or_expired_but_never_when_empty() {
-        let old = SegmentFacts {
-            size_bytes: 10,
-            max_timestamp: 5_000_000,
-            first_write_ms: Some(0),
-        };
+        let old =
+            SegmentFacts { size_bytes: 10, max_timestamp: 5_000_000, first_write_ms: Some(0) };
         assert!(plan(&[], old, &config(-1, -1), 1_000_000).roll_active);
         let expired = segment(10, 0);
         assert!(plan(&[], expired, &config(10, -1), 100).roll_active);
-        let empty = SegmentFacts {
-            size_bytes: 0,
-            max_timestamp: i64::MIN,
-            first_write_ms: None,
-        };
+        let empty = SegmentFacts { size_bytes: 0, max_timestamp: i64::MIN, first_write_ms: None };
         assert!(!plan(&[], empty, &config(0, 0), i64::MAX).roll_active);
     }
 

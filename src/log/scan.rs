@@ -46,16 +46,12 @@ pub fn scan(buf: &[u8], state: &mut ScanState) -> ScanStop {
     loop {
         let rest = &buf[at..];
         if rest.is_empty() {
-            return ScanStop::NeedMore {
-                entry_bytes: ENTRY_HEADER_BYTES,
-            };
+            return ScanStop::NeedMore { entry_bytes: ENTRY_HEADER_BYTES };
         }
         let header = match parse_header(rest) {
             Ok(header) => header,
             Err(EntryError::Truncated { .. }) => {
-                return ScanStop::NeedMore {
-                    entry_bytes: ENTRY_HEADER_BYTES,
-                }
+                return ScanStop::NeedMore { entry_bytes: ENTRY_HEADER_BYTES }
             }
             Err(EntryError::Zeroed) => return ScanStop::End,
             Err(other) => return ScanStop::Corrupt(other),
@@ -73,9 +69,7 @@ pub fn scan(buf: &[u8], state: &mut ScanState) -> ScanStop {
                 found: header.base_offset(),
             });
         }
-        state
-            .index
-            .observe(header.base_offset(), state.position, state.max_timestamp);
+        state.index.observe(header.base_offset(), state.position, state.max_timestamp);
         state.max_timestamp = state.max_timestamp.max(header.max_timestamp.get());
         state.next_offset = header.next_offset();
         state.position += entry_bytes as u64;
@@ -146,9 +140,7 @@ mod tests {
     #[test]
     fn a_flipped_byte_is_corruption_at_that_entry() {
         let mut log = log_of(10);
-        let fifth = (0..4)
-            .map(|i| crate::record::entry::entry_len(100 + i))
-            .sum::<usize>();
+        let fifth = (0..4).map(|i| crate::record::entry::entry_len(100 + i)).sum::<usize>();
         log[fifth + ENTRY_HEADER_BYTES + 3] ^= 1;
         let mut state = ScanState::new(0);
         assert!(matches!(
@@ -166,10 +158,7 @@ mod tests {
         let mut state = ScanState::new(0);
         assert_eq!(
             scan(&log, &mut state),
-            ScanStop::Corrupt(EntryError::UnexpectedOffset {
-                expected: 3,
-                found: 5
-            })
+            ScanStop::Corrupt(EntryError::UnexpectedOffset { expected: 3, found: 5 })
         );
     }
 

@@ -80,12 +80,7 @@ impl Segment {
     /// Creates an empty active segment with its first preallocation step.
     pub async fn create(dir: &Path, base_offset: u64) -> io::Result<Self> {
         let path = log_path(dir, base_offset);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .dma_open(&path)
-            .await?;
+        let file = OpenOptions::new().read(true).write(true).create(true).dma_open(&path).await?;
         let segment = Self::new(base_offset, file, path, ScanState::new(base_offset), 0);
         segment.ensure_allocated(1).await?;
         sync_dir(dir).await?;
@@ -161,13 +156,7 @@ impl Segment {
         base_offset: u64,
     ) -> io::Result<(Self, Option<Truncation>)> {
         let path = log_path(dir, base_offset);
-        let file = Rc::new(
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .dma_open(&path)
-                .await?,
-        );
+        let file = Rc::new(OpenOptions::new().read(true).write(true).dma_open(&path).await?);
         let file_len = file.file_size().await?;
         let mut state = match load_index(dir, base_offset).await {
             Some((index, facts)) if facts.covered_bytes <= file_len => ScanState {
@@ -185,10 +174,7 @@ impl Segment {
             file.truncate(state.position).await?;
             allocated = state.position;
         }
-        Ok((
-            Self::new(base_offset, file, path, state, allocated),
-            truncation,
-        ))
+        Ok((Self::new(base_offset, file, path, state, allocated), truncation))
     }
 
     /// Reads `len` bytes at `position`, in device-friendly pieces.
@@ -247,9 +233,7 @@ impl Segment {
 /// here, so this runs on the blocking pool; it happens once per segment roll.
 async fn sync_dir(dir: &Path) -> io::Result<()> {
     let dir = dir.to_path_buf();
-    glommio::executor()
-        .spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
-        .await
+    glommio::executor().spawn_blocking(move || std::fs::File::open(&dir)?.sync_all()).await
 }
 
 async fn load_index(dir: &Path, base_offset: u64) -> Option<(SegmentIndex, IndexedSegment)> {
@@ -301,10 +285,7 @@ async fn scan_file(
                     if rest.iter().all(|&b| b == 0) {
                         return Ok(None);
                     }
-                    let reason = EntryError::Truncated {
-                        need: entry_bytes,
-                        have: rest.len(),
-                    };
+                    let reason = EntryError::Truncated { need: entry_bytes, have: rest.len() };
                     return Ok(Some(cut(state, reason)));
                 }
                 want = SCAN_CHUNK_BYTES.max(entry_bytes);
@@ -322,11 +303,8 @@ pub async fn read_range(file: &Rc<DmaFile>, position: u64, len: usize) -> io::Re
     let mut next = 0usize;
     while out.len() < len {
         while next < len && pieces.len() < READS_INFLIGHT_MAX {
-            let (file, at, want) = (
-                file.clone(),
-                position + next as u64,
-                (len - next).min(READ_BYTES_MAX),
-            );
+            let (file, at, want) =
+                (file.clone(), position + next as u64, (len - next).min(READ_BYTES_MAX));
             pieces.push_back((
                 at,
                 want,
@@ -352,16 +330,8 @@ pub async fn read_range(file: &Rc<DmaFile>, position: u64, len: usize) -> io::Re
 /// Replaces a small file atomically: write a temporary file, sync it, rename it over.
 async fn write_small_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .dma_open(&tmp)
-        .await?;
-    let aligned = bytes
-        .len()
-        .next_multiple_of(WRITE_ALIGN_BYTES)
-        .max(WRITE_ALIGN_BYTES);
+    let file = OpenOptions::new().write(true).create(true).truncate(true).dma_open(&tmp).await?;
+    let aligned = bytes.len().next_multiple_of(WRITE_ALIGN_BYTES).max(WRITE_ALIGN_BYTES);
     let mut buf = file.alloc_dma_buffer(aligned);
     buf.as_bytes_mut()[..bytes.len()].copy_from_slice(bytes);
     buf.as_bytes_mut()[bytes.len()..].fill(0);

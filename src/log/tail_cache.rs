@@ -12,6 +12,8 @@ struct Cached {
     base_offset: u64,
     next_offset: u64,
     entry: Bytes,
+    /// Memory the entry keeps alive: what the budget is charged.
+    footprint: usize,
 }
 
 pub struct TailCache {
@@ -22,29 +24,18 @@ pub struct TailCache {
 
 impl TailCache {
     pub fn new(budget_bytes: usize) -> Self {
-        Self {
-            entries: VecDeque::new(),
-            bytes: 0,
-            budget_bytes,
-        }
+        Self { entries: VecDeque::new(), bytes: 0, budget_bytes }
     }
 
-    pub fn push(&mut self, base_offset: u64, next_offset: u64, entry: Bytes) {
-        debug_assert!(self
-            .entries
-            .back()
-            .is_none_or(|b| b.next_offset == base_offset));
-        self.bytes += entry.len();
-        self.entries.push_back(Cached {
-            base_offset,
-            next_offset,
-            entry,
-        });
+    /// Caches an entry; `footprint` is the memory it keeps alive (at least its length).
+    pub fn push(&mut self, base_offset: u64, next_offset: u64, entry: Bytes, footprint: usize) {
+        debug_assert!(self.entries.back().is_none_or(|b| b.next_offset == base_offset));
+        let footprint = footprint.max(entry.len());
+        self.bytes += footprint;
+        self.entries.push_back(Cached { base_offset, next_offset, entry, footprint });
         while self.bytes > self.budget_bytes {
-            let Some(old) = self.entries.pop_front() else {
-                break;
-            };
-            self.bytes -= old.entry.len();
+            let Some(old) = self.entries.pop_front() else { break };
+            self.bytes -= old.footprint;
         }
     }
 
@@ -84,7 +75,7 @@ mod tests {
     fn cache_of(budget: usize) -> TailCache {
         let mut cache = TailCache::new(budget);
         for i in 0..10u64 {
-            cache.push(i * 2, i * 2 + 2, Bytes::from(vec![i as u8; 100]));
+            cache.push(i * 2, i * 2 + 2, Bytes::from(vec![i as u8; 100]), 100);
         }
         cache
     }

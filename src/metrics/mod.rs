@@ -68,9 +68,7 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self {
-            histograms: RefCell::new(Hist::ALL.iter().map(|_| new_histogram()).collect()),
-        }
+        Self { histograms: RefCell::new(Hist::ALL.iter().map(|_| new_histogram()).collect()) }
     }
 }
 
@@ -83,10 +81,7 @@ impl Metrics {
     /// The histograms by name, to send to the main thread.
     pub fn snapshot(&self) -> BTreeMap<String, Histogram<u64>> {
         let histograms = self.histograms.borrow();
-        Hist::ALL
-            .iter()
-            .map(|h| (h.name().to_string(), histograms[*h as usize].clone()))
-            .collect()
+        Hist::ALL.iter().map(|h| (h.name().to_string(), histograms[*h as usize].clone())).collect()
     }
 }
 
@@ -107,14 +102,8 @@ pub fn merge(shards: Vec<BTreeMap<String, Histogram<u64>>>) -> BTreeMap<String, 
     merged
 }
 
-const QUANTILES: [(f64, &str); 6] = [
-    (0.5, "p50"),
-    (0.9, "p90"),
-    (0.99, "p99"),
-    (0.999, "p99.9"),
-    (0.9999, "p99.99"),
-    (1.0, "max"),
-];
+const QUANTILES: [(f64, &str); 6] =
+    [(0.5, "p50"), (0.9, "p90"), (0.99, "p99"), (0.999, "p99.9"), (0.9999, "p99.99"), (1.0, "max")];
 
 /// A fixed-width table of count and percentiles in microseconds, one row per histogram.
 pub fn render_table(histograms: &BTreeMap<String, Histogram<u64>>) -> String {
@@ -151,11 +140,7 @@ pub fn write_hgrm(h: &Histogram<u64>) -> String {
     if !h.is_empty() {
         for v in h.iter_quantiles(5) {
             let q = v.quantile_iterated_to();
-            let inverse = if q < 1.0 {
-                format!("{:14.2}", 1.0 / (1.0 - q))
-            } else {
-                String::new()
-            };
+            let inverse = if q < 1.0 { format!("{:14.2}", 1.0 / (1.0 - q)) } else { String::new() };
             let _ = writeln!(
                 out,
                 "{:12.3} {:2.12} {:10} {}",

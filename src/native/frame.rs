@@ -101,10 +101,7 @@ impl std::fmt::Display for FrameError {
             }
             Self::MetaTooLarge { len, max } => write!(f, "meta of {len} bytes exceeds {max}"),
             Self::DataTooLarge { len, max } => {
-                write!(
-                    f,
-                    "frame data of {len} bytes exceeds socket.request.max.bytes {max}"
-                )
+                write!(f, "frame data of {len} bytes exceeds socket.request.max.bytes {max}")
             }
         }
     }
@@ -141,9 +138,7 @@ impl FrameHeader {
         // A 32-byte array always holds a header: every bit pattern is a valid FrameHeader.
         let header = Self::read_from_bytes(bytes).expect("32 bytes make a frame header");
         if header.magic.get() != FRAME_MAGIC {
-            return Err(FrameError::BadMagic {
-                found: header.magic.get(),
-            });
+            return Err(FrameError::BadMagic { found: header.magic.get() });
         }
         let computed = crc32fast::hash(&bytes[..28]);
         if computed != header.header_crc.get() {
@@ -153,23 +148,15 @@ impl FrameHeader {
             });
         }
         if header.version != PROTOCOL_VERSION {
-            return Err(FrameError::UnsupportedVersion {
-                found: header.version,
-            });
+            return Err(FrameError::UnsupportedVersion { found: header.version });
         }
         let meta_len = header.meta_len.get();
         if meta_len > META_BYTES_MAX {
-            return Err(FrameError::MetaTooLarge {
-                len: meta_len,
-                max: META_BYTES_MAX,
-            });
+            return Err(FrameError::MetaTooLarge { len: meta_len, max: META_BYTES_MAX });
         }
         let data_len = header.data_len.get();
         if data_len > data_max {
-            return Err(FrameError::DataTooLarge {
-                len: data_len,
-                max: data_max,
-            });
+            return Err(FrameError::DataTooLarge { len: data_len, max: data_max });
         }
         Ok(header)
     }
@@ -235,10 +222,7 @@ mod tests {
             Err(FrameError::BadMagic { .. })
         ));
         let huge = bytes_of(FrameHeader::new(1, 0, 1, 16, u32::MAX as usize, 0));
-        assert!(matches!(
-            FrameHeader::parse(&huge, 1 << 20),
-            Err(FrameError::DataTooLarge { .. })
-        ));
+        assert!(matches!(FrameHeader::parse(&huge, 1 << 20), Err(FrameError::DataTooLarge { .. })));
         let big_meta = bytes_of(FrameHeader::new(1, 0, 1, 2 << 20, 0, 0));
         assert!(matches!(
             FrameHeader::parse(&big_meta, 1 << 20),

@@ -31,12 +31,7 @@ pub async fn handle(shard: Rc<Shard>, frame: RequestFrame) -> Option<Response> {
     let request_id = header.request_id.get();
     let Some(api) = Api::from_u8(header.api) else {
         let why = format!("unknown api code {}", header.api);
-        return Some(Response::error(
-            header.api,
-            request_id,
-            ErrorCode::UnsupportedApi,
-            why,
-        ));
+        return Some(Response::error(header.api, request_id, ErrorCode::UnsupportedApi, why));
     };
     if header.is_response() {
         return Some(Response::error(
@@ -49,12 +44,7 @@ pub async fn handle(shard: Rc<Shard>, frame: RequestFrame) -> Option<Response> {
     let data = frame.data();
     if !data.is_empty() && crc32fast::hash(data) != header.data_crc.get() {
         let why = format!("data checksum mismatch over {} bytes", data.len());
-        return Some(Response::error(
-            header.api,
-            request_id,
-            ErrorCode::CorruptMessage,
-            why,
-        ));
+        return Some(Response::error(header.api, request_id, ErrorCode::CorruptMessage, why));
     }
     let received = frame.received;
     let response = match api {
@@ -118,16 +108,10 @@ async fn produce(shard: &Rc<Shard>, frame: RequestFrame) -> Option<Response> {
         return None;
     }
     let body = match result {
-        Ok((base_offset, log_start)) => ProduceResponse {
-            error: ErrorBody::none(),
-            base_offset,
-            log_start,
-        },
-        Err(e) => ProduceResponse {
-            error: e.to_body(),
-            base_offset: 0,
-            log_start: 0,
-        },
+        Ok((base_offset, log_start)) => {
+            ProduceResponse { error: ErrorBody::none(), base_offset, log_start }
+        }
+        Err(e) => ProduceResponse { error: e.to_body(), base_offset: 0, log_start: 0 },
     };
     Some(answer(Api::Produce, request_id, &body))
 }
@@ -155,10 +139,7 @@ async fn append(
             })?
         }
         None => {
-            let why = format!(
-                "no topic {} (auto.create.topics.enable is off)",
-                request.topic
-            );
+            let why = format!("no topic {} (auto.create.topics.enable is off)", request.topic);
             return Err(BrokerError::new(ErrorCode::UnknownTopic, why));
         }
     };
@@ -171,10 +152,7 @@ async fn append(
     }
     let data_len = frame.header.data_len.get() as usize;
     if data_len == 0 {
-        return Err(BrokerError::new(
-            ErrorCode::InvalidRequest,
-            "produce without a batch",
-        ));
+        return Err(BrokerError::new(ErrorCode::InvalidRequest, "produce without a batch"));
     }
     if data_len > info.config.max_message_bytes as usize {
         let why = format!(
@@ -196,9 +174,7 @@ async fn append(
         PayloadFormat::Native,
     )
     .ok_or_else(|| BrokerError::new(ErrorCode::InvalidRequest, "malformed produce body"))?;
-    shard
-        .produce(&request.topic, request.partition, request.acks, entry)
-        .await
+    shard.produce(&request.topic, request.partition, request.acks, entry).await
 }
 
 async fn fetch(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
@@ -209,15 +185,9 @@ async fn fetch(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
     };
     let max_bytes = (request.max_bytes as usize).clamp(1, FETCH_BYTES_MAX);
     let max_wait = Duration::from_millis(u64::from(request.max_wait_ms.min(FETCH_WAIT_MS_MAX)));
-    let result = shard
-        .fetch(
-            &request.topic,
-            request.partition,
-            request.offset,
-            max_bytes,
-            max_wait,
-        )
-        .await;
+    let reserved = frame.reserve(max_bytes).await;
+    let result =
+        shard.fetch(&request.topic, request.partition, request.offset, max_bytes, max_wait).await;
     let (body, entries) = match result {
         Ok(outcome) => (
             FetchResponse {
@@ -227,16 +197,11 @@ async fn fetch(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
             },
             outcome.entries,
         ),
-        Err(e) => (
-            FetchResponse {
-                error: e.to_body(),
-                high_watermark: 0,
-                log_start: 0,
-            },
-            Vec::new(),
-        ),
+        Err(e) => {
+            (FetchResponse { error: e.to_body(), high_watermark: 0, log_start: 0 }, Vec::new())
+        }
     };
-    Response::new(Api::Fetch as u8, 0, request_id, &encode(&body), entries)
+    Response::new(Api::Fetch as u8, 0, request_id, &encode(&body), entries).holding(reserved)
 }
 
 async fn list_offsets(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
@@ -245,18 +210,9 @@ async fn list_offsets(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
         Ok(request) => request,
         Err(why) => return undecodable(Api::ListOffsets, request_id, why),
     };
-    let body = match shard
-        .list_offset(&request.topic, request.partition, request.timestamp)
-        .await
-    {
-        Ok(offset) => ListOffsetsResponse {
-            error: ErrorBody::none(),
-            offset,
-        },
-        Err(e) => ListOffsetsResponse {
-            error: e.to_body(),
-            offset: -1,
-        },
+    let body = match shard.list_offset(&request.topic, request.partition, request.timestamp).await {
+        Ok(offset) => ListOffsetsResponse { error: ErrorBody::none(), offset },
+        Err(e) => ListOffsetsResponse { error: e.to_body(), offset: -1 },
     };
     answer(Api::ListOffsets, request_id, &body)
 }
@@ -275,25 +231,13 @@ async fn metadata(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
     for name in names {
         topics.push(describe_topic(shard, name, request.with_offsets).await);
     }
-    answer(
-        Api::Metadata,
-        request_id,
-        &MetadataResponse {
-            shards: shard.count as u32,
-            topics,
-        },
-    )
+    answer(Api::Metadata, request_id, &MetadataResponse { shards: shard.count as u32, topics })
 }
 
 async fn describe_topic(shard: &Rc<Shard>, name: String, with_offsets: bool) -> TopicMetadata {
     let Some(info) = shard.topic(&name) else {
         let error = ErrorBody::new(ErrorCode::UnknownTopic, format!("no topic {name}"));
-        return TopicMetadata {
-            name,
-            error,
-            partitions: Vec::new(),
-            configs: Vec::new(),
-        };
+        return TopicMetadata { name, error, partitions: Vec::new(), configs: Vec::new() };
     };
     let mut partitions = Vec::with_capacity(info.partitions as usize);
     let mut error = ErrorBody::none();
@@ -310,19 +254,9 @@ async fn describe_topic(shard: &Rc<Shard>, name: String, with_offsets: bool) -> 
             (0, 0)
         };
         let owner = shard.owner(&name, partition) as u32;
-        partitions.push(PartitionMetadata {
-            partition,
-            shard: owner,
-            log_start,
-            high_watermark,
-        });
+        partitions.push(PartitionMetadata { partition, shard: owner, log_start, high_watermark });
     }
-    TopicMetadata {
-        name,
-        error,
-        partitions,
-        configs: info.config.entries(),
-    }
+    TopicMetadata { name, error, partitions, configs: info.config.entries() }
 }
 
 async fn create_topic(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
@@ -332,9 +266,7 @@ async fn create_topic(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
         Err(why) => return undecodable(Api::CreateTopic, request_id, why),
     };
     let overrides: BTreeMap<String, String> = request.configs.into_iter().collect();
-    let result = shard
-        .create_topic(&request.name, request.partitions, overrides)
-        .await;
+    let result = shard.create_topic(&request.name, request.partitions, overrides).await;
     answer(Api::CreateTopic, request_id, &admin_body(result))
 }
 
@@ -349,7 +281,5 @@ async fn delete_topic(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
 }
 
 fn admin_body(result: Result<(), BrokerError>) -> AdminResponse {
-    AdminResponse {
-        error: result.err().map_or_else(ErrorBody::none, |e| e.to_body()),
-    }
+    AdminResponse { error: result.err().map_or_else(ErrorBody::none, |e| e.to_body()) }
 }

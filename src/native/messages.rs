@@ -165,17 +165,11 @@ pub struct AdminResponse {
 
 impl ErrorBody {
     pub fn none() -> Self {
-        Self {
-            code: ErrorCode::None,
-            message: String::new(),
-        }
+        Self { code: ErrorCode::None, message: String::new() }
     }
 
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
+        Self { code, message: message.into() }
     }
 
     pub fn is_ok(&self) -> bool {

@@ -2,9 +2,9 @@
 //! in request order.
 //!
 //! Reading and writing run concurrently, so a client may pipeline up to
-//! [`INFLIGHT_REQUESTS_MAX`] requests (and [`INFLIGHT_BYTES_MAX`] of request bodies) before the
-//! broker stops reading from it: that bound is the connection's backpressure and its memory
-//! ceiling. A frame with a bad header ends the connection (the stream cannot be re-synchronised)
+//! [`INFLIGHT_REQUESTS_MAX`] requests before the broker stops reading from it. Request bodies and
+//! fetch responses share one [`INFLIGHT_BYTES_MAX`] budget per connection, held until each
+//! response is written: that is the connection's backpressure and its memory ceiling. A frame with a bad header ends the connection (the stream cannot be re-synchronised)
 //! after an error frame saying why; a bad body gets an error response and the connection goes on.
 
 use std::cell::Cell;
@@ -38,6 +38,8 @@ pub const INFLIGHT_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// payload becomes, so the payload is stored without a copy.
 pub const BODY_PREFIX_BYTES: usize = ENTRY_HEADER_BYTES;
 const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// A request body is committed to memory this much at a time, as it arrives.
+const BODY_READ_STEP_BYTES: usize = 1024 * 1024;
 /// Response chunks smaller than this are copied into one write; larger ones are written as is.
 const COALESCE_BYTES_MAX: usize = 64 * 1024;
 
@@ -46,11 +48,20 @@ pub struct RequestFrame {
     pub header: FrameHeader,
     pub body: AlignedVec<16>,
     pub received: Instant,
-    /// Held until the request is answered: the connection's in-flight byte budget.
-    _budget: StaticPermit,
+    /// The connection's in-flight byte budget: this frame's share is held until it is
+    /// answered, and a fetch takes more for its response (see [`Self::reserve`]).
+    budget: Rc<Semaphore>,
+    _permit: StaticPermit,
 }
 
 impl RequestFrame {
+    /// Reserves `bytes` of the connection's budget (at most all of it) for a response, waiting
+    /// while earlier responses are still unwritten: a client that pipelines fetches without
+    /// reading them stalls itself instead of filling the broker's memory.
+    pub async fn reserve(&self, bytes: usize) -> Option<StaticPermit> {
+        self.budget.acquire_static_permit(bytes.clamp(1, INFLIGHT_BYTES_MAX) as u64).await.ok()
+    }
+
     pub fn meta(&self) -> &[u8] {
         &self.body[BODY_PREFIX_BYTES..BODY_PREFIX_BYTES + self.header.meta_len.get() as usize]
     }
@@ -68,6 +79,8 @@ impl RequestFrame {
 pub struct Response {
     head: Vec<u8>,
     data: Vec<Bytes>,
+    /// Budget held until the response is written.
+    reserved: Option<StaticPermit>,
 }
 
 impl Response {
@@ -75,19 +88,19 @@ impl Response {
         let data_len: usize = data.iter().map(Bytes::len).sum();
         // Fetched entries carry their own checksums, which clients verify; responses do not
         // pay for a second pass over the data.
-        let header = FrameHeader::new(
-            api,
-            FLAG_RESPONSE | flags,
-            request_id,
-            meta.len(),
-            data_len,
-            0,
-        );
+        let header =
+            FrameHeader::new(api, FLAG_RESPONSE | flags, request_id, meta.len(), data_len, 0);
         let mut head = Vec::with_capacity(FRAME_HEADER_BYTES + header.padded_meta_len());
         head.extend_from_slice(header.as_bytes());
         head.extend_from_slice(meta);
         head.resize(FRAME_HEADER_BYTES + header.padded_meta_len(), 0);
-        Self { head, data }
+        Self { head, data, reserved: None }
+    }
+
+    /// Keeps `permit` until this response has been written.
+    pub fn holding(mut self, permit: Option<StaticPermit>) -> Self {
+        self.reserved = permit;
+        self
     }
 
     pub fn error(api: u8, request_id: u64, code: ErrorCode, message: impl Into<String>) -> Self {
@@ -196,9 +209,7 @@ impl From<io::Error> for ReadError {
 }
 
 async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
-    let peer = stream
-        .peer_addr()
-        .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
+    let peer = stream.peer_addr().map_or_else(|_| "unknown".to_string(), |a| a.to_string());
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%peer, "set_nodelay: {e}");
     }
@@ -257,10 +268,7 @@ async fn read_frame<R: AsyncRead + Unpin>(
     if first == 0 {
         return Ok(None);
     }
-    reader
-        .read_exact(&mut raw[first..])
-        .await
-        .map_err(|e| eof_mid_frame(e, "header"))?;
+    reader.read_exact(&mut raw[first..]).await.map_err(|e| eof_mid_frame(e, "header"))?;
     let header = FrameHeader::parse(&raw, data_max).map_err(|error| {
         // Echo the request id when the frame at least looks like ours, so the client can tell
         // which request was refused.
@@ -270,12 +278,8 @@ async fn read_frame<R: AsyncRead + Unpin>(
         } else {
             0
         };
-        let response = Response::error(
-            raw[5],
-            request_id,
-            ErrorCode::InvalidRequest,
-            error.to_string(),
-        );
+        let response =
+            Response::error(raw[5], request_id, ErrorCode::InvalidRequest, error.to_string());
         ReadError::Frame(error, response)
     })?;
     let body_len = header.body_len();
@@ -283,18 +287,18 @@ async fn read_frame<R: AsyncRead + Unpin>(
         .acquire_static_permit(body_len.clamp(1, INFLIGHT_BYTES_MAX) as u64)
         .await
         .map_err(|e| ReadError::Io(io::Error::other(e.to_string())))?;
-    let mut body = AlignedVec::<16>::with_capacity(BODY_PREFIX_BYTES + body_len + 16);
-    body.resize(BODY_PREFIX_BYTES + body_len, 0);
-    reader
-        .read_exact(&mut body[BODY_PREFIX_BYTES..])
-        .await
-        .map_err(|e| eof_mid_frame(e, "body"))?;
-    Ok(Some(RequestFrame {
-        header,
-        body,
-        received: Instant::now(),
-        _budget: permit,
-    }))
+    // Reserve the address space up front (no copies as it fills) but touch, and so commit,
+    // memory only as bytes arrive: a header alone cannot make the broker hold its claimed size.
+    let total = BODY_PREFIX_BYTES + body_len;
+    let mut body = AlignedVec::<16>::with_capacity(total + 16);
+    body.resize(BODY_PREFIX_BYTES, 0);
+    while body.len() < total {
+        let filled = body.len();
+        body.resize(total.min(filled + BODY_READ_STEP_BYTES), 0);
+        reader.read_exact(&mut body[filled..]).await.map_err(|e| eof_mid_frame(e, "body"))?;
+    }
+    let budget = budget.clone();
+    Ok(Some(RequestFrame { header, body, received: Instant::now(), budget, _permit: permit }))
 }
 
 fn eof_mid_frame(e: io::Error, part: &str) -> ReadError {

@@ -58,11 +58,7 @@ impl OwnedRecord {
     /// Bytes this record adds to a batch, roughly: what batching limits count.
     pub fn size_estimate(&self) -> usize {
         let field = |f: &Option<Vec<u8>>| f.as_ref().map_or(0, Vec::len);
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + 16)
-            .sum();
+        let headers: usize = self.headers.iter().map(|(k, v)| k.len() + v.len() + 16).sum();
         48 + field(&self.key) + field(&self.value) + headers
     }
 }
@@ -87,10 +83,7 @@ impl std::fmt::Display for BatchError {
                 write!(f, "record {index} has offset delta {found}")
             }
             Self::TimestampMismatch { header, computed } => {
-                write!(
-                    f,
-                    "batch max timestamp {header} but records give {computed}"
-                )
+                write!(f, "batch max timestamp {header} but records give {computed}")
             }
         }
     }
@@ -127,12 +120,8 @@ impl BatchBuilder {
     pub fn build(self) -> (BatchMeta, AlignedVec) {
         assert!(!self.records.is_empty(), "an empty batch cannot be built");
         let first_timestamp = self.records[0].timestamp;
-        let max_timestamp = self
-            .records
-            .iter()
-            .map(|r| r.timestamp)
-            .max()
-            .unwrap_or(first_timestamp);
+        let max_timestamp =
+            self.records.iter().map(|r| r.timestamp).max().unwrap_or(first_timestamp);
         let batch = Batch {
             records: self
                 .records
@@ -140,7 +129,7 @@ impl BatchBuilder {
                 .enumerate()
                 .map(|(index, r)| Record {
                     offset_delta: index as u32,
-                    timestamp_delta: r.timestamp - first_timestamp,
+                    timestamp_delta: r.timestamp.saturating_sub(first_timestamp),
                     key: r.key,
                     value: r.value,
                     headers: r
@@ -182,9 +171,7 @@ pub fn validate_native_payload(payload: &[u8], meta: &BatchMeta) -> Result<(), B
         if found as usize != index {
             return Err(BatchError::OffsetDeltaGap { index, found });
         }
-        let timestamp = meta
-            .first_timestamp
-            .saturating_add(record.timestamp_delta.to_native());
+        let timestamp = meta.first_timestamp.saturating_add(record.timestamp_delta.to_native());
         max_timestamp = max_timestamp.max(timestamp);
     }
     if max_timestamp != meta.max_timestamp {
@@ -252,20 +239,14 @@ impl<'a> RecordView<'a> {
     }
 
     pub fn headers(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
-        self.record
-            .headers
-            .iter()
-            .map(|h| (h.key.as_slice(), h.value.as_slice()))
+        self.record.headers.iter().map(|h| (h.key.as_slice(), h.value.as_slice()))
     }
 
     pub fn to_owned_record(&self) -> OwnedRecord {
         OwnedRecord {
             key: self.key().map(<[u8]>::to_vec),
             value: self.value().map(<[u8]>::to_vec),
-            headers: self
-                .headers()
-                .map(|(k, v)| (k.to_vec(), v.to_vec()))
-                .collect(),
+            headers: self.headers().map(|(k, v)| (k.to_vec(), v.to_vec())).collect(),
             timestamp: self.timestamp,
         }
     }
@@ -299,10 +280,7 @@ mod tests {
             crc32fast::hash(&bytes),
         );
         let view = NativeBatchView::new(&header, &bytes).unwrap();
-        let read: Vec<_> = view
-            .records()
-            .map(|r| (r.offset, r.to_owned_record()))
-            .collect();
+        let read: Vec<_> = view.records().map(|r| (r.offset, r.to_owned_record())).collect();
         assert_eq!(read.len(), 10);
         for (i, (offset, rec)) in read.into_iter().enumerate() {
             assert_eq!(offset, 100 + i as u64);
@@ -315,18 +293,12 @@ mod tests {
         let mut builder = BatchBuilder::default();
         (0..3).map(record).for_each(|r| builder.push(r));
         let (meta, bytes) = builder.build();
-        let wrong_count = BatchMeta {
-            record_count: 4,
-            ..meta
-        };
+        let wrong_count = BatchMeta { record_count: 4, ..meta };
         assert!(matches!(
             validate_native_payload(&bytes, &wrong_count),
             Err(BatchError::CountMismatch { .. })
         ));
-        let wrong_time = BatchMeta {
-            max_timestamp: meta.max_timestamp + 1,
-            ..meta
-        };
+        let wrong_time = BatchMeta { max_timestamp: meta.max_timestamp + 1, ..meta };
         assert!(matches!(
             validate_native_payload(&bytes, &wrong_time),
             Err(BatchError::TimestampMismatch { .. })

@@ -133,10 +133,7 @@ impl std::fmt::Display for EntryError {
             }
             Self::EmptyBatch => write!(f, "entry with zero records"),
             Self::ChecksumMismatch { stored, computed } => {
-                write!(
-                    f,
-                    "checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"
-                )
+                write!(f, "checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")
             }
             Self::UnexpectedOffset { expected, found } => {
                 write!(f, "entry has base offset {found}, expected {expected}")
@@ -187,10 +184,7 @@ impl EntryHeader {
     fn checksum_with(&self, payload_crc: u32, payload_len: u64) -> u32 {
         let mut hasher = crc32fast::Hasher::new();
         hasher.update(&self.as_bytes()[8..]);
-        hasher.combine(&crc32fast::Hasher::new_with_initial_len(
-            payload_crc,
-            payload_len,
-        ));
+        hasher.combine(&crc32fast::Hasher::new_with_initial_len(payload_crc, payload_len));
         hasher.finalize()
     }
 
@@ -220,18 +214,12 @@ pub fn parse_entry(buf: &[u8]) -> Result<(EntryHeader, &[u8]), EntryError> {
     let payload_len = header.payload_len.get() as usize;
     let need = header.entry_len();
     if buf.len() < need {
-        return Err(EntryError::Truncated {
-            need,
-            have: buf.len(),
-        });
+        return Err(EntryError::Truncated { need, have: buf.len() });
     }
     let payload = &buf[ENTRY_HEADER_BYTES..ENTRY_HEADER_BYTES + payload_len];
     let computed = header.checksum_with(crc32fast::hash(payload), payload_len as u64);
     if computed != header.crc.get() {
-        return Err(EntryError::ChecksumMismatch {
-            stored: header.crc.get(),
-            computed,
-        });
+        return Err(EntryError::ChecksumMismatch { stored: header.crc.get(), computed });
     }
     Ok((header, payload))
 }
@@ -239,28 +227,19 @@ pub fn parse_entry(buf: &[u8]) -> Result<(EntryHeader, &[u8]), EntryError> {
 /// Parses and sanity-checks a header without reading the payload.
 pub fn parse_header(buf: &[u8]) -> Result<EntryHeader, EntryError> {
     let Ok((header, _)) = EntryHeader::read_from_prefix(buf) else {
-        return Err(EntryError::Truncated {
-            need: ENTRY_HEADER_BYTES,
-            have: buf.len(),
-        });
+        return Err(EntryError::Truncated { need: ENTRY_HEADER_BYTES, have: buf.len() });
     };
     if header.magic.get() != ENTRY_MAGIC {
         if buf[..ENTRY_HEADER_BYTES].iter().all(|&b| b == 0) {
             return Err(EntryError::Zeroed);
         }
-        return Err(EntryError::BadMagic {
-            found: header.magic.get(),
-        });
+        return Err(EntryError::BadMagic { found: header.magic.get() });
     }
     if header.version != ENTRY_VERSION {
-        return Err(EntryError::BadVersion {
-            found: header.version,
-        });
+        return Err(EntryError::BadVersion { found: header.version });
     }
     if header.format().is_none() {
-        return Err(EntryError::BadFormat {
-            found: header.format,
-        });
+        return Err(EntryError::BadFormat { found: header.format });
     }
     if header.payload_len.get() > ENTRY_PAYLOAD_BYTES_MAX {
         return Err(EntryError::PayloadTooLarge {
@@ -332,10 +311,7 @@ mod tests {
             for bit in 0..8 {
                 let mut bad = buf.clone();
                 bad[byte] ^= 1 << bit;
-                assert!(
-                    parse_entry(&bad).is_err(),
-                    "flip at byte {byte} bit {bit} undetected"
-                );
+                assert!(parse_entry(&bad).is_err(), "flip at byte {byte} bit {bit} undetected");
             }
         }
     }
@@ -344,19 +320,10 @@ mod tests {
     fn zeros_truncation_and_huge_lengths_are_distinguished() {
         assert_eq!(parse_entry(&[0u8; 64]).unwrap_err(), EntryError::Zeroed);
         let buf = encode(1, b"abcdefgh");
-        assert!(matches!(
-            parse_entry(&buf[..70]),
-            Err(EntryError::Truncated { .. })
-        ));
-        assert!(matches!(
-            parse_entry(&buf[..10]),
-            Err(EntryError::Truncated { .. })
-        ));
+        assert!(matches!(parse_entry(&buf[..70]), Err(EntryError::Truncated { .. })));
+        assert!(matches!(parse_entry(&buf[..10]), Err(EntryError::Truncated { .. })));
         let mut huge = buf.clone();
         huge[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(
-            parse_entry(&huge),
-            Err(EntryError::PayloadTooLarge { .. })
-        ));
+        assert!(matches!(parse_entry(&huge), Err(EntryError::PayloadTooLarge { .. })));
     }
 }

@@ -15,6 +15,10 @@ use crate::record::entry::{
 };
 use crate::record::BatchMeta;
 
+/// Memory a sealed entry may keep alive beyond its own bytes before it is copied out of its
+/// receive buffer: the usual prefix, meta and padding are far below this.
+pub const SEAL_SLACK_BYTES_MAX: usize = 4096;
+
 pub struct PendingEntry {
     buf: AlignedVec<ENTRY_ALIGN>,
     header_at: usize,
@@ -45,14 +49,7 @@ impl PendingEntry {
         if buf.len() < end {
             buf.resize(end, 0);
         }
-        Some(Self {
-            buf,
-            header_at,
-            payload_len,
-            payload_crc,
-            meta,
-            format,
-        })
+        Some(Self { buf, header_at, payload_len, payload_crc, meta, format })
     }
 
     pub fn entry_len(&self) -> usize {
@@ -64,8 +61,11 @@ impl PendingEntry {
         &self.buf[start..start + self.payload_len]
     }
 
-    /// Writes the header for `base_offset` and hands out the finished entry.
-    pub fn seal(mut self, base_offset: u64) -> Bytes {
+    /// Writes the header for `base_offset` and hands out the finished entry with the bytes of
+    /// memory it keeps alive (what caches must charge for it). When the receive buffer is much
+    /// larger than the entry (a large meta in front of a small batch), the entry is copied out so
+    /// a cached entry never pins more than [`SEAL_SLACK_BYTES_MAX`] beyond its own size.
+    pub fn seal(mut self, base_offset: u64) -> (Bytes, usize) {
         let header = EntryHeader::new(
             self.format,
             base_offset,
@@ -78,7 +78,14 @@ impl PendingEntry {
         let end = start + entry_len(self.payload_len);
         self.buf[start..start + ENTRY_HEADER_BYTES].copy_from_slice(header.as_bytes());
         self.buf[payload_end..end].fill(0);
-        Bytes::from_owner(self.buf).slice(start..end)
+        if self.buf.capacity() - (end - start) > SEAL_SLACK_BYTES_MAX {
+            let mut exact = AlignedVec::<ENTRY_ALIGN>::with_capacity(end - start);
+            exact.extend_from_slice(&self.buf[start..end]);
+            let footprint = exact.capacity();
+            return (Bytes::from_owner(exact), footprint);
+        }
+        let footprint = self.buf.capacity();
+        (Bytes::from_owner(self.buf).slice(start..end), footprint)
     }
 }
 
@@ -111,12 +118,43 @@ mod tests {
             PayloadFormat::Native,
         )
         .unwrap();
-        let entry = pending.seal(77);
+        let (entry, footprint) = pending.seal(77);
+        assert!(footprint >= entry.len());
         assert_eq!(entry.len() % ENTRY_ALIGN, 0);
         assert_eq!(entry.as_ptr() as usize % ENTRY_ALIGN, 0);
         let (header, read) = parse_entry(&entry).unwrap();
         assert_eq!(read, payload);
         assert_eq!(header.base_offset(), 77);
+    }
+
+    #[test]
+    fn a_small_entry_in_a_large_buffer_is_copied_out() {
+        let payload = [7u8; 100];
+        let mut buf = AlignedVec::<ENTRY_ALIGN>::new();
+        buf.resize(1 << 20, 0xCC);
+        let header_at = (1 << 20) - 256;
+        buf[header_at + ENTRY_HEADER_BYTES..header_at + ENTRY_HEADER_BYTES + 100]
+            .copy_from_slice(&payload);
+        let meta = BatchMeta {
+            record_count: 1,
+            first_timestamp: 0,
+            max_timestamp: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+        };
+        let pending = PendingEntry::new(
+            buf,
+            header_at,
+            100,
+            crc32fast::hash(&payload),
+            meta,
+            PayloadFormat::Native,
+        )
+        .unwrap();
+        let (entry, footprint) = pending.seal(0);
+        assert!(footprint < 4096, "footprint {footprint}");
+        assert_eq!(parse_entry(&entry).unwrap().1, payload);
     }
 
     #[test]

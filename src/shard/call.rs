@@ -19,10 +19,7 @@ pub struct BrokerError {
 
 impl BrokerError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
+        Self { code, message: message.into() }
     }
 
     pub fn to_body(&self) -> ErrorBody {

@@ -55,9 +55,7 @@ pub fn owner_shard(topic: &str, partition: u32, shards: usize) -> usize {
 pub fn validate_topic_name(name: &str) -> Result<(), String> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
     if name.is_empty() || name.len() > TOPIC_NAME_BYTES_MAX {
-        return Err(format!(
-            "topic name must be 1 to {TOPIC_NAME_BYTES_MAX} characters"
-        ));
+        return Err(format!("topic name must be 1 to {TOPIC_NAME_BYTES_MAX} characters"));
     }
     if name == "." || name == ".." {
         return Err("topic name cannot be '.' or '..'".into());
@@ -80,14 +78,8 @@ pub fn partition_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {
 
 impl TopicInfo {
     pub fn resolve(file: TopicFile, defaults: &TopicConfig) -> Result<Self, String> {
-        let config = defaults
-            .with_overrides(&file.config)
-            .map_err(|e| e.to_string())?;
-        Ok(Self {
-            partitions: file.partitions,
-            overrides: file.config,
-            config,
-        })
+        let config = defaults.with_overrides(&file.config).map_err(|e| e.to_string())?;
+        Ok(Self { partitions: file.partitions, overrides: file.config, config })
     }
 }
 
@@ -109,16 +101,10 @@ pub fn load(data_dir: &Path, defaults: &TopicConfig) -> io::Result<Catalog> {
             Err(e) => return Err(e),
         };
         let file: TopicFile = toml::from_str(&text).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: {e}", path.display()),
-            )
+            io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))
         })?;
         let info = TopicInfo::resolve(file, defaults).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: {e}", path.display()),
-            )
+            io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))
         })?;
         catalog.topics.insert(name, info);
     }
@@ -161,9 +147,8 @@ mod tests {
     #[test]
     fn partitions_spread_over_every_shard() {
         for shards in 1..=8 {
-            let mut owners: Vec<usize> = (0..shards as u32)
-                .map(|p| owner_shard("t", p, shards))
-                .collect();
+            let mut owners: Vec<usize> =
+                (0..shards as u32).map(|p| owner_shard("t", p, shards)).collect();
             owners.sort_unstable();
             assert_eq!(owners, (0..shards).collect::<Vec<_>>());
         }
@@ -192,9 +177,6 @@ mod tests {
         assert_eq!(info.partitions, 3);
         assert_eq!(info.config.retention_ms, 1000);
         remove_topic(dir.path(), "orders").unwrap();
-        assert!(load(dir.path(), &TopicConfig::default())
-            .unwrap()
-            .topics
-            .is_empty());
+        assert!(load(dir.path(), &TopicConfig::default()).unwrap().topics.is_empty());
     }
 }

@@ -36,10 +36,11 @@ const LOCK_FILE: &str = ".lock";
 
 type Snapshot = BTreeMap<String, Histogram<u64>>;
 
-/// Process-wide stop state, shared by the signal thread and the shards.
+/// Process-wide start and stop state, shared by the signal thread and the shards.
 #[derive(Default)]
 struct Stopper {
     requested: AtomicBool,
+    opened: AtomicUsize,
     drained: AtomicUsize,
     closed: AtomicUsize,
 }
@@ -71,11 +72,7 @@ pub fn run(config: BrokerConfig, histogram_dir: Option<PathBuf>) -> Result<(), S
         .map_err(|e| format!("reading topics in {}: {e}", config.data_dir.display()))?;
     let cores = match &config.cores {
         Some(cores) => cores.clone(),
-        None => CpuSet::online()
-            .map_err(|e| e.to_string())?
-            .iter()
-            .map(|l| l.cpu)
-            .collect(),
+        None => CpuSet::online().map_err(|e| e.to_string())?.iter().map(|l| l.cpu).collect(),
     };
     let placement = pinned_placement(&cores)?;
     let shards = cores.len();
@@ -90,12 +87,8 @@ pub fn run(config: BrokerConfig, histogram_dir: Option<PathBuf>) -> Result<(), S
         .on_all_shards({
             let stopper = stopper.clone();
             move || {
-                let (config, catalog, mesh, stopper) = (
-                    config.clone(),
-                    catalog.clone(),
-                    mesh.clone(),
-                    stopper.clone(),
-                );
+                let (config, catalog, mesh, stopper) =
+                    (config.clone(), catalog.clone(), mesh.clone(), stopper.clone());
                 async move { shard_main(config, catalog, mesh, shards, stopper).await }
             }
         })
@@ -138,10 +131,7 @@ fn prepare_data_dir(dir: &Path) -> Result<std::fs::File, String> {
     let lock =
         std::fs::File::create(dir.join(LOCK_FILE)).map_err(|e| context("opening lock in", e))?;
     lock.try_lock().map_err(|_| {
-        format!(
-            "data directory {} is in use by another spate process",
-            dir.display()
-        )
+        format!("data directory {} is in use by another spate process", dir.display())
     })?;
     let probe = dir.join(PROBE_FILE);
     if std::fs::metadata(&probe).map(|m| m.len()).unwrap_or(0) < 4096 {
@@ -194,10 +184,8 @@ async fn shard_main(
 ) -> Result<Snapshot, String> {
     probe_device(&config.data_dir).await;
     let (id, peers, receivers) = if shards > 1 {
-        let (senders, receivers) = mesh
-            .join()
-            .await
-            .map_err(|_| "joining the shard mesh".to_string())?;
+        let (senders, receivers) =
+            mesh.join().await.map_err(|_| "joining the shard mesh".to_string())?;
         (senders.peer_id(), Some(senders), Some(receivers))
     } else {
         (0, None, None)
@@ -206,15 +194,18 @@ async fn shard_main(
     if let Some(receivers) = receivers {
         serve_mesh(&shard, receivers);
     }
-    let started = async {
-        shard
-            .open_owned_partitions()
-            .await
-            .map_err(|e| format!("shard {id}: opening partitions: {e}"))?;
+    let opened = shard
+        .open_owned_partitions()
+        .await
+        .map_err(|e| format!("shard {id}: opening partitions: {e}"));
+    // No shard accepts connections until every shard has its partitions open: a request
+    // forwarded to a shard still recovering would find the topic but not the partition.
+    Stopper::barrier(&stopper.opened, shards).await;
+    let started = opened.and_then(|()| {
         TcpListener::bind(config.native_listener)
             .map_err(|e| format!("shard {id}: listening on {}: {e}", config.native_listener))
-    };
-    let listener = match started.await {
+    });
+    let listener = match started {
         Ok(listener) => listener,
         Err(e) => {
             // Let the other shards stop too, and do not leave them waiting at the barriers.

@@ -36,6 +36,10 @@ pub struct Shard {
     catalog: RefCell<Catalog>,
     partitions: RefCell<HashMap<PartitionKey, Rc<PartitionLog>>>,
     peers: Option<Senders<Envelope>>,
+    /// One turn per target shard: calls enter the mesh in the order they were made even when a
+    /// channel is full (otherwise a newer call could slip into a freed slot before an older
+    /// one wakes, and two produce requests of one connection could swap offsets).
+    send_turns: Vec<glommio::sync::Semaphore>,
     /// Serialises topic changes on the controller shard.
     admin_lock: glommio::sync::Semaphore,
     stopping: Cell<bool>,
@@ -58,6 +62,7 @@ impl Shard {
             catalog: RefCell::new(catalog),
             partitions: RefCell::new(HashMap::new()),
             peers,
+            send_turns: (0..count).map(|_| glommio::sync::Semaphore::new(1)).collect(),
             admin_lock: glommio::sync::Semaphore::new(1),
             stopping: Cell::new(false),
             stop_event: Event::new(),
@@ -74,13 +79,8 @@ impl Shard {
 
     /// Opens every partition this shard owns among the catalog's topics.
     pub async fn open_owned_partitions(&self) -> std::io::Result<()> {
-        let topics: Vec<(String, TopicInfo)> = self
-            .catalog
-            .borrow()
-            .topics
-            .iter()
-            .map(|(n, i)| (n.clone(), i.clone()))
-            .collect();
+        let topics: Vec<(String, TopicInfo)> =
+            self.catalog.borrow().topics.iter().map(|(n, i)| (n.clone(), i.clone())).collect();
         for (name, info) in topics {
             self.open_partitions(&name, &info).await?;
         }
@@ -100,9 +100,7 @@ impl Shard {
                 self.metrics.clone(),
             )
             .await?;
-            self.partitions
-                .borrow_mut()
-                .insert((name.to_string(), partition), log);
+            self.partitions.borrow_mut().insert((name.to_string(), partition), log);
         }
         Ok(())
     }
@@ -116,27 +114,15 @@ impl Shard {
     }
 
     pub fn topics(&self) -> Vec<(String, TopicInfo)> {
-        self.catalog
-            .borrow()
-            .topics
-            .iter()
-            .map(|(n, i)| (n.clone(), i.clone()))
-            .collect()
+        self.catalog.borrow().topics.iter().map(|(n, i)| (n.clone(), i.clone())).collect()
     }
 
     fn partition_log(&self, topic: &str, partition: u32) -> Result<Rc<PartitionLog>, BrokerError> {
-        if let Some(log) = self
-            .partitions
-            .borrow()
-            .get(&(topic.to_string(), partition))
-        {
+        if let Some(log) = self.partitions.borrow().get(&(topic.to_string(), partition)) {
             return Ok(log.clone());
         }
         match self.catalog.borrow().topics.get(topic) {
-            None => Err(BrokerError::new(
-                ErrorCode::UnknownTopic,
-                format!("no topic {topic}"),
-            )),
+            None => Err(BrokerError::new(ErrorCode::UnknownTopic, format!("no topic {topic}"))),
             Some(info) => Err(BrokerError::new(
                 ErrorCode::UnknownPartition,
                 format!(
@@ -157,11 +143,13 @@ impl Shard {
             return ShardAnswer::Done(Err(unavailable("no such shard")));
         };
         let (reply, answer) = oneshot::channel();
-        if peers
-            .send_to(target, Envelope { call, reply })
-            .await
-            .is_err()
-        {
+        let sent = {
+            let Ok(_turn) = self.send_turns[target].acquire_permit(1).await else {
+                return ShardAnswer::Done(Err(unavailable("shard is stopping")));
+            };
+            peers.send_to(target, Envelope { call, reply }).await
+        };
+        if sent.is_err() {
             return ShardAnswer::Done(Err(unavailable("shard is stopping")));
         }
         answer
@@ -172,38 +160,22 @@ impl Shard {
     /// Executes a call addressed to this shard.
     pub async fn execute(self: &Rc<Self>, call: ShardCall) -> ShardAnswer {
         match call {
-            ShardCall::Produce {
-                topic,
-                partition,
-                acks,
-                entry,
-            } => ShardAnswer::Produced(self.produce_local(&topic, partition, acks, entry).await),
-            ShardCall::Fetch {
-                topic,
-                partition,
-                offset,
-                max_bytes,
-                max_wait,
-            } => ShardAnswer::Fetched(
-                self.fetch_local(&topic, partition, offset, max_bytes, max_wait)
-                    .await,
-            ),
-            ShardCall::ListOffsets {
-                topic,
-                partition,
-                timestamp,
-            } => ShardAnswer::Offset(self.list_offset_local(&topic, partition, timestamp).await),
+            ShardCall::Produce { topic, partition, acks, entry } => {
+                ShardAnswer::Produced(self.produce_local(&topic, partition, acks, entry).await)
+            }
+            ShardCall::Fetch { topic, partition, offset, max_bytes, max_wait } => {
+                ShardAnswer::Fetched(
+                    self.fetch_local(&topic, partition, offset, max_bytes, max_wait).await,
+                )
+            }
+            ShardCall::ListOffsets { topic, partition, timestamp } => {
+                ShardAnswer::Offset(self.list_offset_local(&topic, partition, timestamp).await)
+            }
             ShardCall::Watermarks { topic, partition } => ShardAnswer::Watermarks(
-                self.partition_log(&topic, partition)
-                    .map(|l| (l.log_start(), l.high_watermark())),
+                self.partition_log(&topic, partition).map(|l| (l.log_start(), l.high_watermark())),
             ),
-            ShardCall::CreateTopic {
-                name,
-                partitions,
-                overrides,
-            } => ShardAnswer::Done(
-                self.create_topic_as_controller(name, partitions, overrides)
-                    .await,
+            ShardCall::CreateTopic { name, partitions, overrides } => ShardAnswer::Done(
+                self.create_topic_as_controller(name, partitions, overrides).await,
             ),
             ShardCall::DeleteTopic { name } => {
                 ShardAnswer::Done(self.delete_topic_as_controller(name).await)
@@ -286,17 +258,18 @@ impl Shard {
             let why = format!("partitions must be between 1 and {PARTITIONS_MAX}");
             return Err(BrokerError::new(ErrorCode::InvalidPartitions, why));
         }
-        let file = TopicFile {
-            partitions,
-            config: overrides,
-        };
+        let file = TopicFile { partitions, config: overrides };
         let info = TopicInfo::resolve(file.clone(), &self.config.topic_defaults)
             .map_err(|e| BrokerError::new(ErrorCode::InvalidConfig, e))?;
+        if info.config.max_message_bytes >= self.config.socket_request_max_bytes {
+            let why = format!(
+                "max.message.bytes {} must be below the broker's socket.request.max.bytes {}",
+                info.config.max_message_bytes, self.config.socket_request_max_bytes
+            );
+            return Err(BrokerError::new(ErrorCode::InvalidConfig, why));
+        }
         let _permit = self.admin_lock.acquire_permit(1).await.map_err(|e| {
-            BrokerError::new(
-                ErrorCode::NotAvailable,
-                format!("controller is stopping: {e}"),
-            )
+            BrokerError::new(ErrorCode::NotAvailable, format!("controller is stopping: {e}"))
         })?;
         if self.topic(&name).is_some() {
             return Err(BrokerError::new(
@@ -310,10 +283,7 @@ impl Shard {
             .spawn_blocking(move || catalog::write_topic(&data_dir, &file_name, &file))
             .await
             .map_err(|e| {
-                BrokerError::new(
-                    ErrorCode::StorageError,
-                    format!("writing topic {name}: {e}"),
-                )
+                BrokerError::new(ErrorCode::StorageError, format!("writing topic {name}: {e}"))
             })?;
         self.broadcast(&name, Some(info)).await?;
         tracing::info!(topic = %name, partitions, "created topic");
@@ -322,16 +292,10 @@ impl Shard {
 
     async fn delete_topic_as_controller(self: &Rc<Self>, name: String) -> Result<(), BrokerError> {
         let _permit = self.admin_lock.acquire_permit(1).await.map_err(|e| {
-            BrokerError::new(
-                ErrorCode::NotAvailable,
-                format!("controller is stopping: {e}"),
-            )
+            BrokerError::new(ErrorCode::NotAvailable, format!("controller is stopping: {e}"))
         })?;
         if self.topic(&name).is_none() {
-            return Err(BrokerError::new(
-                ErrorCode::UnknownTopic,
-                format!("no topic {name}"),
-            ));
+            return Err(BrokerError::new(ErrorCode::UnknownTopic, format!("no topic {name}")));
         }
         self.broadcast(&name, None).await?;
         let data_dir = self.config.data_dir.clone();
@@ -340,10 +304,7 @@ impl Shard {
             .spawn_blocking(move || catalog::remove_topic(&data_dir, &dir_name))
             .await
             .map_err(|e| {
-                BrokerError::new(
-                    ErrorCode::StorageError,
-                    format!("removing topic {name}: {e}"),
-                )
+                BrokerError::new(ErrorCode::StorageError, format!("removing topic {name}: {e}"))
             })?;
         tracing::info!(topic = %name, "deleted topic");
         Ok(())
@@ -356,21 +317,13 @@ impl Shard {
         info: Option<TopicInfo>,
     ) -> Result<(), BrokerError> {
         for shard in 0..self.count {
-            let call = ShardCall::ApplyTopic {
-                name: name.to_string(),
-                info: info.clone(),
-            };
+            let call = ShardCall::ApplyTopic { name: name.to_string(), info: info.clone() };
             // Boxed: `call` -> `execute` -> controller -> `broadcast` -> `call` is a cycle.
             let answer: std::pin::Pin<Box<dyn std::future::Future<Output = ShardAnswer> + '_>> =
                 Box::pin(self.call(shard, call));
             match answer.await {
                 ShardAnswer::Done(result) => result?,
-                _ => {
-                    return Err(BrokerError::new(
-                        ErrorCode::NotAvailable,
-                        "unexpected answer",
-                    ))
-                }
+                _ => return Err(BrokerError::new(ErrorCode::NotAvailable, "unexpected answer")),
             }
         }
         Ok(())
@@ -380,10 +333,7 @@ impl Shard {
         match info {
             Some(info) => {
                 self.open_partitions(&name, &info).await.map_err(|e| {
-                    BrokerError::new(
-                        ErrorCode::StorageError,
-                        format!("opening topic {name}: {e}"),
-                    )
+                    BrokerError::new(ErrorCode::StorageError, format!("opening topic {name}: {e}"))
                 })?;
                 // Published last, so nobody sees the topic before its partitions are open.
                 self.catalog.borrow_mut().topics.insert(name, info);
@@ -392,11 +342,8 @@ impl Shard {
                 self.catalog.borrow_mut().topics.remove(&name);
                 let logs: Vec<Rc<PartitionLog>> = {
                     let mut partitions = self.partitions.borrow_mut();
-                    let keys: Vec<PartitionKey> = partitions
-                        .keys()
-                        .filter(|(t, _)| *t == name)
-                        .cloned()
-                        .collect();
+                    let keys: Vec<PartitionKey> =
+                        partitions.keys().filter(|(t, _)| *t == name).cloned().collect();
                     keys.iter().filter_map(|k| partitions.remove(k)).collect()
                 };
                 for log in logs {
@@ -420,12 +367,8 @@ impl Shard {
 
     /// Flushes, syncs and closes every partition of this shard.
     pub async fn close_partitions(&self) {
-        let logs: Vec<Rc<PartitionLog>> = self
-            .partitions
-            .borrow_mut()
-            .drain()
-            .map(|(_, l)| l)
-            .collect();
+        let logs: Vec<Rc<PartitionLog>> =
+            self.partitions.borrow_mut().drain().map(|(_, l)| l).collect();
         for log in logs {
             log.close().await;
         }
@@ -461,12 +404,7 @@ impl Shard {
         acks: Acks,
         entry: PendingEntry,
     ) -> Result<(u64, u64), BrokerError> {
-        let call = ShardCall::Produce {
-            topic: topic.to_string(),
-            partition,
-            acks,
-            entry,
-        };
+        let call = ShardCall::Produce { topic: topic.to_string(), partition, acks, entry };
         match self.call(self.owner(topic, partition), call).await {
             ShardAnswer::Produced(result) => result,
             other => Err(unexpected(other)),
@@ -481,13 +419,8 @@ impl Shard {
         max_bytes: usize,
         max_wait: Duration,
     ) -> Result<ReadOutcome, BrokerError> {
-        let call = ShardCall::Fetch {
-            topic: topic.to_string(),
-            partition,
-            offset,
-            max_bytes,
-            max_wait,
-        };
+        let call =
+            ShardCall::Fetch { topic: topic.to_string(), partition, offset, max_bytes, max_wait };
         match self.call(self.owner(topic, partition), call).await {
             ShardAnswer::Fetched(result) => result,
             other => Err(unexpected(other)),
@@ -500,11 +433,7 @@ impl Shard {
         partition: u32,
         timestamp: i64,
     ) -> Result<i64, BrokerError> {
-        let call = ShardCall::ListOffsets {
-            topic: topic.to_string(),
-            partition,
-            timestamp,
-        };
+        let call = ShardCall::ListOffsets { topic: topic.to_string(), partition, timestamp };
         match self.call(self.owner(topic, partition), call).await {
             ShardAnswer::Offset(result) => result,
             other => Err(unexpected(other)),
@@ -516,10 +445,7 @@ impl Shard {
         topic: &str,
         partition: u32,
     ) -> Result<(u64, u64), BrokerError> {
-        let call = ShardCall::Watermarks {
-            topic: topic.to_string(),
-            partition,
-        };
+        let call = ShardCall::Watermarks { topic: topic.to_string(), partition };
         match self.call(self.owner(topic, partition), call).await {
             ShardAnswer::Watermarks(result) => result,
             other => Err(unexpected(other)),
@@ -533,11 +459,7 @@ impl Shard {
         partitions: u32,
         overrides: BTreeMap<String, String>,
     ) -> Result<(), BrokerError> {
-        let call = ShardCall::CreateTopic {
-            name: name.to_string(),
-            partitions,
-            overrides,
-        };
+        let call = ShardCall::CreateTopic { name: name.to_string(), partitions, overrides };
         match self.call(0, call).await {
             ShardAnswer::Done(result) => result,
             other => Err(unexpected(other)),
@@ -545,15 +467,7 @@ impl Shard {
     }
 
     pub async fn delete_topic(self: &Rc<Self>, name: &str) -> Result<(), BrokerError> {
-        match self
-            .call(
-                0,
-                ShardCall::DeleteTopic {
-                    name: name.to_string(),
-                },
-            )
-            .await
-        {
+        match self.call(0, ShardCall::DeleteTopic { name: name.to_string() }).await {
             ShardAnswer::Done(result) => result,
             other => Err(unexpected(other)),
         }

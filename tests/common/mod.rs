@@ -62,16 +62,9 @@ impl Broker {
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(&self.addr).is_err() {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "broker exited with {status} during start:\n{}",
-                    self.stderr()
-                );
+                panic!("broker exited with {status} during start:\n{}", self.stderr());
             }
-            assert!(
-                Instant::now() < deadline,
-                "broker did not listen:\n{}",
-                self.stderr()
-            );
+            assert!(Instant::now() < deadline, "broker did not listen:\n{}", self.stderr());
             std::thread::sleep(Duration::from_millis(20));
         }
         // Every shard binds the port; give the last one a moment after the first answers.
@@ -98,27 +91,16 @@ impl Broker {
     /// SIGTERM, wait for a clean exit, and return what it printed on stdout.
     pub fn stop(&mut self) -> String {
         let mut child = self.child.take().expect("broker running");
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()
-            .unwrap();
+        let status =
+            Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
         assert!(status.success());
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "broker exited with {status}:\n{}",
-                    self.stderr()
-                );
+                assert!(status.success(), "broker exited with {status}:\n{}", self.stderr());
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "broker did not stop:\n{}",
-                self.stderr()
-            );
+            assert!(Instant::now() < deadline, "broker did not stop:\n{}", self.stderr());
             std::thread::sleep(Duration::from_millis(20));
         }
         std::fs::read_to_string(self.stdout_path()).unwrap()
@@ -158,11 +140,7 @@ pub fn cores() -> String {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Runs `make()` on a glommio executor on this thread.
@@ -182,11 +160,8 @@ pub fn record(partition: u32, seq: u64) -> OwnedRecord {
     OwnedRecord {
         key: Some(format!("p{partition}-k{}", seq % 7).into_bytes()),
         value: Some(
-            format!(
-                "partition {partition} record {seq} {}",
-                "x".repeat((seq % 200) as usize)
-            )
-            .into_bytes(),
+            format!("partition {partition} record {seq} {}", "x".repeat((seq % 200) as usize))
+                .into_bytes(),
         ),
         headers: vec![(b"seq".to_vec(), seq.to_le_bytes().to_vec())],
         timestamp: 1_700_000_000_000 + seq as i64,
@@ -209,10 +184,7 @@ pub async fn read_all(
     let mut out = Vec::new();
     let mut offset = from;
     loop {
-        let fetched = client
-            .fetch(topic, partition, offset, 1 << 20, 0)
-            .await
-            .expect("fetch");
+        let fetched = client.fetch(topic, partition, offset, 1 << 20, 0).await.expect("fetch");
         for batch in fetched.batches().expect("valid batches") {
             for record in batch.records().filter(|r| r.offset >= offset) {
                 out.push((record.offset, record.to_owned_record()));
