@@ -114,3 +114,25 @@ fn console_tools_create_produce_consume_and_delete() {
     assert_eq!(stdout(&spate(&broker, &["topic", "list"], None)).trim(), "");
     assert!(!broker.data_dir.join("lines").exists());
 }
+
+#[test]
+fn producing_to_a_new_topic_creates_it_and_places_keys_like_kafka() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), &["--set", "num.partitions=3"]);
+    let input: String = (0..60).map(|i| format!("key{}:v{i}\n", i % 6)).collect();
+    spate(&broker, &["produce", "fresh", "--key-separator", ":"], Some(&input));
+    let consumed = stdout(&spate(
+        &broker,
+        &["consume", "fresh", "--from-beginning", "--count", "60", "--format", "%k %p"],
+        None,
+    ));
+    let mut seen = std::collections::BTreeSet::new();
+    for line in consumed.lines() {
+        let (key, partition) = line.split_once(' ').unwrap();
+        let expected = spate::client::partitioner::partition_for_key(key.as_bytes(), 3);
+        assert_eq!(partition.parse::<u32>().unwrap(), expected, "key {key}");
+        seen.insert(partition.to_string());
+    }
+    assert_eq!(consumed.lines().count(), 60);
+    assert!(seen.len() > 1, "keys spread over the auto-created partitions");
+}

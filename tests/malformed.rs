@@ -56,7 +56,7 @@ fn metadata_frame(request_id: u64) -> Vec<u8> {
     frame(
         Api::Metadata as u8,
         request_id,
-        &encode(&MetadataRequest { topics: None, with_offsets: false }),
+        &encode(&MetadataRequest { topics: None, with_offsets: false, allow_auto_create: false }),
         &[],
         0,
     )
@@ -190,7 +190,8 @@ fn headers_that_promise_huge_bodies_do_not_commit_memory() {
     let broker = Broker::start(&dir.path().join("data"), &[]);
     let before = rss_kib(broker.pid());
     // 20 connections each announce a 90 MiB produce body, send 1 KiB of it, and stall.
-    let produce_meta = encode(&MetadataRequest { topics: None, with_offsets: false });
+    let produce_meta =
+        encode(&MetadataRequest { topics: None, with_offsets: false, allow_auto_create: false });
     let mut stalled = Vec::new();
     for id in 0..20u64 {
         let mut stream = raw_connect(&broker);

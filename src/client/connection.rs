@@ -349,9 +349,26 @@ impl Client {
         topics: Option<Vec<String>>,
         with_offsets: bool,
     ) -> Result<MetadataResponse, ClientError> {
-        let request = MetadataRequest { topics, with_offsets };
+        let request = MetadataRequest { topics, with_offsets, allow_auto_create: false };
         let (response, _) = self.call(Api::Metadata, &encode(&request)).await?;
         Ok(response)
+    }
+
+    /// The topic's partition count, letting the broker create the topic (with its
+    /// `num.partitions`) if it is missing and auto-creation is on: what a producer needs before
+    /// it can place a keyed record.
+    pub async fn partition_count(&self, topic: &str) -> Result<u32, ClientError> {
+        let request = MetadataRequest {
+            topics: Some(vec![topic.to_string()]),
+            with_offsets: false,
+            allow_auto_create: true,
+        };
+        let (mut response, _): (MetadataResponse, _) =
+            self.call(Api::Metadata, &encode(&request)).await?;
+        let topic =
+            response.topics.pop().ok_or_else(|| ClientError::Protocol("empty metadata".into()))?;
+        ClientError::from_body(&topic.error)?;
+        Ok(topic.partitions.len() as u32)
     }
 
     /// The topic's description, or the broker's error for it.

@@ -14,7 +14,7 @@ use futures_channel::oneshot;
 
 use crate::client::partitioner::partition_for_key;
 use crate::client::{Client, ClientError};
-use crate::native::messages::{Acks, ErrorCode};
+use crate::native::messages::Acks;
 use crate::record::{BatchBuilder, OwnedRecord};
 
 #[derive(Clone, Copy, Debug)]
@@ -173,14 +173,12 @@ impl Producer {
         if let Some(count) = self.inner.state.borrow().partition_counts.get(topic) {
             return Ok(*count);
         }
-        let count = match self.inner.client.describe_topic(topic).await {
-            Ok(description) => description.partitions.len() as u32,
-            // The broker may create it on the first produce; partition 0 always exists then.
-            Err(e) if e.code() == Some(ErrorCode::UnknownTopic) => return Ok(1),
-            Err(e) => return Err(e),
-        };
-        self.inner.state.borrow_mut().partition_counts.insert(topic.to_string(), count.max(1));
-        Ok(count.max(1))
+        let count = self.inner.client.partition_count(topic).await?;
+        if count == 0 {
+            return Err(ClientError::Protocol(format!("topic {topic} has no partitions")));
+        }
+        self.inner.state.borrow_mut().partition_counts.insert(topic.to_string(), count);
+        Ok(count)
     }
 
     fn send_batch(&self, key: &(String, u32)) {

@@ -116,33 +116,35 @@ async fn produce(shard: &Rc<Shard>, frame: RequestFrame) -> Option<Response> {
     Some(answer(Api::Produce, request_id, &body))
 }
 
+/// The topic's settings, creating it with `num.partitions` when it is missing, `allowed` by the
+/// request and `auto.create.topics.enable` is on (Kafka creates on produce and on metadata).
+async fn topic_or_create(
+    shard: &Rc<Shard>,
+    name: &str,
+    allowed: bool,
+) -> Result<crate::shard::catalog::TopicInfo, BrokerError> {
+    if let Some(info) = shard.topic(name) {
+        return Ok(info);
+    }
+    if !allowed || !shard.config.auto_create_topics {
+        let why = format!("no topic {name} (auto.create.topics.enable is off)");
+        return Err(BrokerError::new(ErrorCode::UnknownTopic, why));
+    }
+    match shard.create_topic(name, shard.config.num_partitions, BTreeMap::new()).await {
+        Err(e) if e.code != ErrorCode::TopicAlreadyExists => return Err(e),
+        _ => {}
+    }
+    shard
+        .topic(name)
+        .ok_or_else(|| BrokerError::new(ErrorCode::UnknownTopic, format!("topic {name} vanished")))
+}
+
 async fn append(
     shard: &Rc<Shard>,
     frame: RequestFrame,
     request: ProduceRequest,
 ) -> Result<(u64, u64), BrokerError> {
-    let info = match shard.topic(&request.topic) {
-        Some(info) => info,
-        None if shard.config.auto_create_topics => {
-            match shard
-                .create_topic(&request.topic, shard.config.num_partitions, BTreeMap::new())
-                .await
-            {
-                Err(e) if e.code != ErrorCode::TopicAlreadyExists => return Err(e),
-                _ => {}
-            }
-            shard.topic(&request.topic).ok_or_else(|| {
-                BrokerError::new(
-                    ErrorCode::UnknownTopic,
-                    format!("topic {} vanished", request.topic),
-                )
-            })?
-        }
-        None => {
-            let why = format!("no topic {} (auto.create.topics.enable is off)", request.topic);
-            return Err(BrokerError::new(ErrorCode::UnknownTopic, why));
-        }
-    };
+    let info = topic_or_create(shard, &request.topic, true).await?;
     if request.partition >= info.partitions {
         let why = format!(
             "topic {} has {} partitions, no partition {}",
@@ -229,6 +231,18 @@ async fn metadata(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
     };
     let mut topics = Vec::with_capacity(names.len());
     for name in names {
+        if request.allow_auto_create {
+            if let Err(e) = topic_or_create(shard, &name, true).await {
+                let error = e.to_body();
+                topics.push(TopicMetadata {
+                    name,
+                    error,
+                    partitions: Vec::new(),
+                    configs: Vec::new(),
+                });
+                continue;
+            }
+        }
         topics.push(describe_topic(shard, name, request.with_offsets).await);
     }
     answer(Api::Metadata, request_id, &MetadataResponse { shards: shard.count as u32, topics })

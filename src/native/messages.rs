@@ -121,6 +121,9 @@ pub struct MetadataRequest {
     pub topics: Option<Vec<String>>,
     /// Also report each partition's log start and high watermark (asks the owning shards).
     pub with_offsets: bool,
+    /// Create listed topics that do not exist, as Kafka's `allow_auto_topic_creation` (only
+    /// when the broker's `auto.create.topics.enable` is on).
+    pub allow_auto_create: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
