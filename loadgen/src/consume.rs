@@ -1,9 +1,16 @@
-//! The consume phase: read everything the produce phase wrote, from where it started, with every
-//! entry's checksum and archive checked by the client and, with `--verify`, every sequence.
+//! Consumers: one per partition, reading everything the producers wrote from where the run
+//! started, with every entry's checksum and archive checked by the client.
+//!
+//! Catch-up (default) runs after the produce phase and reads the backlog from disk. Tailing
+//! (`--tail`) runs beside the producers with long polls and measures end-to-end latency: from
+//! the send time stamped in each record to the moment the consumer holds it. `--verify` checks
+//! every record's sequence number either way.
 
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use spate::client::Client;
 use spate::native::messages::OFFSET_LATEST;
 
@@ -11,57 +18,113 @@ use crate::report::Totals;
 use crate::verify::{self, SequenceCheck};
 use crate::Args;
 
+/// How long a tailing fetch waits at the end of the log.
+const TAIL_WAIT_MS: u32 = 100;
+
+pub struct Consumed {
+    pub totals: Rc<Totals>,
+    /// Send to receipt, per record (only when records carry stamps).
+    pub end_to_end: Rc<RefCell<Histogram<u64>>>,
+    pub checks: Vec<SequenceCheck>,
+}
+
+/// Reads every partition from `starts`: until its current end when `producing_done` is `None`,
+/// else until the producers are done and the end is reached.
 pub async fn run(
-    args: &Args,
-    clients: &[Client],
-    starts: &[u64],
-) -> Result<(Rc<Totals>, Vec<SequenceCheck>), String> {
-    // acks=0 batches may still be on their way to the log: read up to where it ends now.
-    glommio::timer::sleep(Duration::from_millis(200)).await;
+    args: Rc<Args>,
+    clients: Vec<Client>,
+    starts: Vec<u64>,
+    producing_done: Option<Rc<Cell<bool>>>,
+) -> Result<Consumed, String> {
     let totals = Rc::new(Totals::new());
+    let end_to_end = Rc::new(RefCell::new(spate::metrics::new_histogram()));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for partition in 0..args.partitions {
-        let client = clients[partition as usize % clients.len()].clone();
-        let (topic, totals, fetch_bytes) = (args.topic.clone(), totals.clone(), args.fetch_bytes);
-        let (record_size, verify) = (args.record_size as u64, args.verify);
-        let start = starts[partition as usize];
-        tasks.push(glommio::spawn_local(async move {
-            let end = client
-                .list_offset(&topic, partition, OFFSET_LATEST)
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut check = SequenceCheck::default();
-            let mut offset = start;
-            while offset < end as u64 {
-                let sent = Instant::now();
-                let fetched = client
-                    .fetch(&topic, partition, offset, fetch_bytes, 0)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let mut records = 0u64;
-                let from = offset;
-                for batch in fetched.batches().map_err(|e| e.to_string())? {
-                    for record in batch.records().filter(|r| r.offset >= from) {
-                        if verify {
-                            check.observe(record.value().and_then(verify::seq_of));
-                        }
-                        records += 1;
-                        offset = record.offset + 1;
-                    }
-                }
-                if records == 0 {
-                    return Err(format!("partition {partition}: no progress at offset {offset}"));
-                }
-                totals.add(records, records * record_size, sent.elapsed());
-            }
-            Ok(check)
-        }));
+        let reader = PartitionReader {
+            client: clients[partition as usize % clients.len()].clone(),
+            args: args.clone(),
+            partition,
+            totals: totals.clone(),
+            end_to_end: end_to_end.clone(),
+            producing_done: producing_done.clone(),
+        };
+        tasks.push(glommio::spawn_local(reader.run(starts[partition as usize])));
     }
     let mut checks = Vec::new();
     for task in tasks {
         checks.push(task.await?);
     }
     totals.elapsed.set(started.elapsed());
-    Ok((totals, checks))
+    Ok(Consumed { totals, end_to_end, checks })
+}
+
+struct PartitionReader {
+    client: Client,
+    args: Rc<Args>,
+    partition: u32,
+    totals: Rc<Totals>,
+    end_to_end: Rc<RefCell<Histogram<u64>>>,
+    producing_done: Option<Rc<Cell<bool>>>,
+}
+
+impl PartitionReader {
+    async fn run(self, start: u64) -> Result<SequenceCheck, String> {
+        let mut check = SequenceCheck::default();
+        let mut offset = start;
+        let mut end = match self.producing_done {
+            Some(_) => None,
+            None => Some(self.latest().await?),
+        };
+        let wait_ms = if self.producing_done.is_some() { TAIL_WAIT_MS } else { 0 };
+        loop {
+            if end.is_none() && self.producing_done.as_ref().is_some_and(|d| d.get()) {
+                // Producers are done: from now on, read up to what the log holds.
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+                end = Some(self.latest().await?);
+            }
+            if end.is_some_and(|end| offset >= end) {
+                return Ok(check);
+            }
+            let sent = Instant::now();
+            let fetched = self
+                .client
+                .fetch(&self.args.topic, self.partition, offset, self.args.fetch_bytes, wait_ms)
+                .await
+                .map_err(|e| format!("partition {}: {e}", self.partition))?;
+            let received_ns = verify::now_ns();
+            let mut records = 0u64;
+            let from = offset;
+            for batch in fetched.batches().map_err(|e| e.to_string())? {
+                for record in batch.records().filter(|r| r.offset >= from) {
+                    let value = record.value().unwrap_or_default();
+                    if self.args.verify {
+                        check.observe(verify::seq_of(value));
+                    }
+                    if self.args.stamped() {
+                        if let Some(sent_ns) = verify::sent_ns_of(value) {
+                            let latency = received_ns.saturating_sub(sent_ns).max(1);
+                            self.end_to_end.borrow_mut().saturating_record(latency);
+                        }
+                    }
+                    records += 1;
+                    offset = record.offset + 1;
+                }
+            }
+            if records > 0 {
+                let bytes = records * self.args.record_size as u64;
+                self.totals.add(records, bytes, sent.elapsed());
+            } else if end.is_some() && self.producing_done.is_none() {
+                return Err(format!(
+                    "partition {}: no progress at offset {offset}",
+                    self.partition
+                ));
+            }
+        }
+    }
+
+    async fn latest(&self) -> Result<u64, String> {
+        let end = self.client.list_offset(&self.args.topic, self.partition, OFFSET_LATEST).await;
+        end.map(|e| e as u64).map_err(|e| e.to_string())
+    }
 }

@@ -1,14 +1,20 @@
 //! `spate-loadgen`: drives a Spate broker through the client library and reports throughput and
 //! latency from HdrHistograms.
 //!
-//! A run has two phases: produce (`produce.rs`) for a duration or a byte count, then a catch-up
-//! consume (`consume.rs`) of everything produced. `--verify` (`verify.rs`) stamps every record
-//! with a per-partition sequence number and fails the run on any gap, duplicate or reordering.
+//! Producers (`produce.rs`) run for a duration or a byte count, closed loop or at a fixed
+//! `--rate`; consumers (`consume.rs`) then catch up on everything produced, or with `--tail` read
+//! beside the producers and measure end-to-end latency. `--verify` (`verify.rs`) stamps every
+//! record with a per-partition sequence number and fails the run on any gap, duplicate or
+//! reordering.
 
 mod consume;
 mod produce;
 mod report;
 mod verify;
+
+use std::io::IsTerminal;
+use std::rc::Rc;
+use std::time::Duration;
 
 use clap::Parser;
 use spate::client::Client;
@@ -64,6 +70,25 @@ pub struct Args {
     /// Print one JSON object instead of the summary lines.
     #[arg(long)]
     pub json: bool,
+    /// Consume beside the producers (long polls) and report end-to-end latency, instead of
+    /// catching up afterwards.
+    #[arg(long)]
+    pub tail: bool,
+    /// Open loop: send this many records per second in all, on a fixed schedule, and measure
+    /// latency from the scheduled send time. Default: closed loop, as fast as acks come back.
+    #[arg(long, value_name = "RECORDS_PER_SEC")]
+    pub rate: Option<u64>,
+}
+
+impl Args {
+    pub fn records_per_batch(&self) -> u64 {
+        (self.batch_bytes / self.record_size.max(1)).max(1) as u64
+    }
+
+    /// Whether records carry a sequence number and send time (built fresh for every batch).
+    pub fn stamped(&self) -> bool {
+        self.verify || self.tail || self.rate.is_some()
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -112,25 +137,49 @@ async fn run(args: Args) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         starts.push(start as u64);
     }
-    let (produced, sequences) = produce::run(&args, &clients).await;
-    if let Some(e) = produced.error.borrow().clone() {
+    let args = Rc::new(args);
+    let produced = produce::Produced::new(args.partitions);
+    if std::io::stdout().is_terminal() && !args.json {
+        glommio::spawn_local(progress(produced.totals.clone(), produced.done.clone())).detach();
+    }
+    let consumers = args.tail.then(|| {
+        let done = Some(produced.done.clone());
+        glommio::spawn_local(consume::run(args.clone(), clients.clone(), starts.clone(), done))
+    });
+    produce::run(&args, &clients, &produced).await;
+    if let Some(e) = produced.totals.error.borrow().clone() {
         return Err(format!("produce failed: {e}"));
     }
-    let mut json = format!("{{\"produce\":{}", produced.json());
-    if !args.json {
-        println!("{}", produced.human("produce", args.record_size));
+    let mut json = format!("{{\"produce\":{}", produced.totals.json());
+    let mut lines = vec![produced.totals.human("produce", args.record_size)];
+    if args.rate.is_some() {
+        let delay = produced.publish_delay.borrow();
+        json.push_str(&format!(",\"publish_delay_us\":{}", report::histogram_json(&delay)));
+        lines.push(report::histogram_human("produce: publish delay", &delay));
     }
+    let consumed = match consumers {
+        Some(task) => Some(task.await?),
+        None if args.skip_consume => None,
+        None => {
+            // acks=0 batches may still be on their way to the log.
+            glommio::timer::sleep(Duration::from_millis(200)).await;
+            Some(consume::run(args.clone(), clients.clone(), starts, None).await?)
+        }
+    };
     let mut clean = true;
-    if !args.skip_consume {
-        let (consumed, mut checks) = consume::run(&args, &clients, &starts).await?;
-        json.push_str(&format!(",\"consume\":{}", consumed.json()));
-        if !args.json {
-            println!("{}", consumed.human("consume", args.record_size));
+    if let Some(mut consumed) = consumed {
+        json.push_str(&format!(",\"consume\":{}", consumed.totals.json()));
+        lines.push(consumed.totals.human("consume", args.record_size));
+        if args.tail {
+            let e2e = consumed.end_to_end.borrow();
+            json.push_str(&format!(",\"end_to_end_us\":{}", report::histogram_json(&e2e)));
+            lines.push(report::histogram_human("consume: end-to-end", &e2e));
         }
         if args.verify {
-            for (check, sequence) in checks.iter_mut().zip(&sequences) {
+            for (check, sequence) in consumed.checks.iter_mut().zip(&produced.sequences) {
                 check.finish(sequence.acknowledged.get());
             }
+            let checks = &consumed.checks;
             let sum = |f: fn(&verify::SequenceCheck) -> u64| checks.iter().map(f).sum::<u64>();
             let (records, missing, behind) =
                 (sum(|c| c.records), sum(|c| c.missing), sum(|c| c.behind));
@@ -138,14 +187,15 @@ async fn run(args: Args) -> Result<(), String> {
             json.push_str(&format!(
                 ",\"verify\":{{\"records\":{records},\"missing\":{missing},\"duplicate_or_reordered\":{behind},\"ok\":{clean}}}"
             ));
-            if !args.json {
-                let verdict = if clean { "OK" } else { "FAILED" };
-                println!(
-                    "verify: {records} records checked in {} partitions: {missing} missing, {behind} duplicate or reordered: {verdict}",
-                    checks.len()
-                );
-            }
+            let verdict = if clean { "OK" } else { "FAILED" };
+            lines.push(format!(
+                "verify: {records} records checked in {} partitions: {missing} missing, {behind} duplicate or reordered: {verdict}",
+                checks.len()
+            ));
         }
+    }
+    if !args.json {
+        println!("{}", lines.join("\n"));
     }
     json.push('}');
     if args.json {
@@ -155,4 +205,21 @@ async fn run(args: Args) -> Result<(), String> {
         return Err("verification failed".into());
     }
     Ok(())
+}
+
+/// A line a second on a terminal: what the producers did in that second.
+async fn progress(totals: Rc<report::Totals>, done: Rc<std::cell::Cell<bool>>) {
+    let (mut seconds, mut last_bytes, mut last_records) = (0u64, 0u64, 0u64);
+    while !done.get() {
+        glommio::timer::sleep(Duration::from_secs(1)).await;
+        seconds += 1;
+        let (bytes, records) = (totals.bytes.get(), totals.records.get());
+        let p99_ms = totals.latency.borrow().value_at_quantile(0.99) as f64 / 1e6;
+        println!(
+            "[{seconds:>4}s] produce {:>9.1} MiB/s {:>10} records/s  ack p99 so far {p99_ms:.1} ms",
+            (bytes - last_bytes) as f64 / (1024.0 * 1024.0),
+            records - last_records,
+        );
+        (last_bytes, last_records) = (bytes, records);
+    }
 }

@@ -1,15 +1,22 @@
-//! The produce phase: batches per partition, several in flight, for a duration or a byte count.
+//! The produce phase: batches per partition, for a duration or a byte count.
 //!
-//! Without `--verify`, each partition's batch is archived once and re-sent, so the generator's
-//! CPU goes to the wire rather than to encoding. With `--verify`, every batch is built fresh with
-//! each record stamped with its partition's next sequence number, and all of a partition's
-//! requests share one connection so their order on the wire is their sequence order.
+//! Closed loop (default): `--inflight` requests per partition, each sent as soon as the previous
+//! one in its slot is acknowledged. Open loop (`--rate`): each partition sends a batch on a fixed
+//! schedule whatever the broker does, and latency is measured from the *scheduled* time, so a
+//! stalled broker shows up as latency instead of silently lowering the load (coordinated
+//! omission); how late sends left against the schedule is the publish delay.
+//!
+//! Without stamps, a partition's batch is archived once and re-sent, so the generator's CPU goes
+//! to the wire. With stamps (`--verify`, `--tail`, `--rate`), every batch is built fresh, each
+//! record carrying its partition's sequence number and its send time; all of a partition's
+//! requests then share one connection so their order on the wire is their sequence order.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use hdrhistogram::Histogram;
 use spate::client::Client;
 use spate::record::{BatchBuilder, BatchMeta, OwnedRecord};
 
@@ -17,7 +24,7 @@ use crate::report::Totals;
 use crate::verify;
 use crate::Args;
 
-/// One partition's sequence numbers in verify mode.
+/// One partition's sequence numbers.
 #[derive(Default)]
 pub struct PartitionSequence {
     next: Cell<u64>,
@@ -25,58 +32,150 @@ pub struct PartitionSequence {
     pub acknowledged: Cell<u64>,
 }
 
-pub async fn run(args: &Args, clients: &[Client]) -> (Rc<Totals>, Vec<Rc<PartitionSequence>>) {
-    let totals = Rc::new(Totals::new());
-    let sequences: Vec<_> =
-        (0..args.partitions).map(|_| Rc::new(PartitionSequence::default())).collect();
+pub struct Produced {
+    pub totals: Rc<Totals>,
+    pub sequences: Vec<Rc<PartitionSequence>>,
+    /// How late each open-loop send left against its schedule.
+    pub publish_delay: Rc<RefCell<Histogram<u64>>>,
+    /// Set when the phase is over, for consumers running beside it.
+    pub done: Rc<Cell<bool>>,
+}
+
+impl Produced {
+    pub fn new(partitions: u32) -> Self {
+        Self {
+            totals: Rc::new(Totals::new()),
+            sequences: (0..partitions).map(|_| Rc::new(PartitionSequence::default())).collect(),
+            publish_delay: Rc::new(RefCell::new(spate::metrics::new_histogram())),
+            done: Rc::new(Cell::new(false)),
+        }
+    }
+}
+
+/// What every sending task of a partition shares.
+#[derive(Clone)]
+struct Sender {
+    client: Client,
+    topic: String,
+    partition: u32,
+    args: Rc<Args>,
+    totals: Rc<Totals>,
+    sequence: Rc<PartitionSequence>,
+    prebuilt: Option<(BatchMeta, Bytes)>,
+}
+
+impl Sender {
+    fn next_batch(&self) -> (BatchMeta, Bytes) {
+        match &self.prebuilt {
+            Some(prebuilt) => prebuilt.clone(),
+            None => {
+                let count = self.args.records_per_batch();
+                let first = self.sequence.next.get();
+                self.sequence.next.set(first + count);
+                stamped_batch(self.args.record_size, count, first)
+            }
+        }
+    }
+
+    /// Sends one batch; latency runs from `since` (the send, or the schedule in open loop).
+    async fn send(&self, since: Instant) {
+        let (meta, payload) = self.next_batch();
+        let count = u64::from(meta.record_count);
+        let result = self
+            .client
+            .produce_encoded(&self.topic, self.partition, self.args.acks, meta, payload)
+            .await;
+        match result {
+            Ok(_) => {
+                let bytes = count * self.args.record_size as u64;
+                self.totals.add(count, bytes, since.elapsed());
+                self.sequence.acknowledged.set(self.sequence.acknowledged.get() + count);
+            }
+            Err(e) => self.totals.fail(e),
+        }
+    }
+
+    fn keep_going(&self, deadline: Instant) -> bool {
+        let budget = self.args.max_bytes.unwrap_or(u64::MAX);
+        Instant::now() < deadline && self.totals.bytes.get() < budget && !self.totals.failed()
+    }
+}
+
+pub async fn run(args: &Rc<Args>, clients: &[Client], produced: &Produced) {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration_secs);
-    let byte_budget = args.max_bytes.unwrap_or(u64::MAX);
-    let records_per_batch = (args.batch_bytes / args.record_size.max(1)).max(1) as u64;
     let mut tasks = Vec::new();
     for partition in 0..args.partitions {
-        let prebuilt = (!args.verify).then(|| batch(args, partition, records_per_batch));
-        for slot in 0..args.inflight.max(1) {
-            let connection =
-                if args.verify { partition as usize } else { partition as usize + slot };
-            let client = clients[connection % clients.len()].clone();
-            let (topic, acks, record_size) =
-                (args.topic.clone(), args.acks, args.record_size as u64);
-            let (totals, sequence, prebuilt) =
-                (totals.clone(), sequences[partition as usize].clone(), prebuilt.clone());
-            let args_batch = (args.record_size, records_per_batch);
-            tasks.push(glommio::spawn_local(async move {
-                while Instant::now() < deadline
-                    && totals.bytes.get() < byte_budget
-                    && !totals.failed()
-                {
-                    let (meta, payload) = match &prebuilt {
-                        Some(prebuilt) => prebuilt.clone(),
-                        None => {
-                            let first = sequence.next.get();
-                            sequence.next.set(first + args_batch.1);
-                            stamped_batch(args_batch.0, args_batch.1, first)
+        let stamped = args.stamped();
+        let prebuilt = (!stamped).then(|| batch(args, partition, args.records_per_batch()));
+        let sender_for = |slot: usize| {
+            let connection = if stamped { partition as usize } else { partition as usize + slot };
+            Sender {
+                client: clients[connection % clients.len()].clone(),
+                topic: args.topic.clone(),
+                partition,
+                args: args.clone(),
+                totals: produced.totals.clone(),
+                sequence: produced.sequences[partition as usize].clone(),
+                prebuilt: prebuilt.clone(),
+            }
+        };
+        match args.rate {
+            Some(rate) => {
+                let sender = sender_for(0);
+                let delay = produced.publish_delay.clone();
+                tasks.push(glommio::spawn_local(open_loop(sender, rate, deadline, delay)));
+            }
+            None => {
+                for slot in 0..args.inflight.max(1) {
+                    let sender = sender_for(slot);
+                    tasks.push(glommio::spawn_local(async move {
+                        while sender.keep_going(deadline) {
+                            sender.send(Instant::now()).await;
                         }
-                    };
-                    let count = u64::from(meta.record_count);
-                    let sent = Instant::now();
-                    match client.produce_encoded(&topic, partition, acks, meta, payload).await {
-                        Ok(_) => {
-                            totals.add(count, count * record_size, sent.elapsed());
-                            let acknowledged = sequence.acknowledged.get() + count;
-                            sequence.acknowledged.set(acknowledged);
-                        }
-                        Err(e) => totals.fail(e),
-                    }
+                    }));
                 }
-            }));
+            }
         }
     }
     for task in tasks {
         task.await;
     }
-    totals.elapsed.set(started.elapsed());
-    (totals, sequences)
+    produced.totals.elapsed.set(started.elapsed());
+    produced.done.set(true);
+}
+
+/// Sends one partition's batches on a fixed schedule, at most `--inflight` at a time.
+async fn open_loop(
+    sender: Sender,
+    rate: u64,
+    deadline: Instant,
+    delay: Rc<RefCell<Histogram<u64>>>,
+) {
+    let per_partition = (rate as f64 / f64::from(sender.args.partitions)).max(1e-3);
+    let interval = Duration::from_secs_f64(sender.args.records_per_batch() as f64 / per_partition);
+    let slots = Rc::new(glommio::sync::Semaphore::new(sender.args.inflight.max(1) as u64));
+    let mut scheduled = Instant::now();
+    let mut sends = Vec::new();
+    while sender.keep_going(deadline) {
+        if let Some(wait) = scheduled.checked_duration_since(Instant::now()) {
+            glommio::timer::sleep(wait).await;
+        }
+        let Ok(slot) = slots.acquire_static_permit(1).await else { break };
+        let late = Instant::now().saturating_duration_since(scheduled);
+        delay
+            .borrow_mut()
+            .saturating_record(u64::try_from(late.as_nanos()).unwrap_or(u64::MAX).max(1));
+        let (sender, since) = (sender.clone(), scheduled);
+        sends.push(glommio::spawn_local(async move {
+            sender.send(since).await;
+            drop(slot);
+        }));
+        scheduled += interval;
+    }
+    for send in sends {
+        send.await;
+    }
 }
 
 /// A batch of `count` records of `record_size` bytes, archived once and re-sent.
@@ -97,11 +196,12 @@ fn batch(args: &Args, partition: u32, count: u64) -> (BatchMeta, Bytes) {
     (meta, Bytes::from_owner(payload))
 }
 
-/// A batch whose records carry the sequence numbers `first_seq..first_seq + count`.
+/// A batch whose records carry the sequence numbers `first_seq..first_seq + count` and the time
+/// it was built (just before it is sent).
 fn stamped_batch(record_size: usize, count: u64, first_seq: u64) -> (BatchMeta, Bytes) {
     let mut builder = BatchBuilder::default();
+    let sent_ns = verify::now_ns();
     let now = spate::now_ms();
-    let sent_ns = u64::try_from(now).unwrap_or(0).saturating_mul(1_000_000);
     for seq in first_seq..first_seq + count {
         let mut value = vec![0u8; record_size.max(verify::STAMP_BYTES)];
         verify::stamp(&mut value, seq, sent_ns);

@@ -105,6 +105,29 @@ impl Totals {
     }
 }
 
+const QUANTILES: [(&str, f64); 6] =
+    [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999), ("p99.99", 0.9999), ("max", 1.0)];
+
+/// One line of percentiles in µs for a person.
+pub fn histogram_human(name: &str, h: &Histogram<u64>) -> String {
+    let mut out = format!("{name} µs ");
+    for (label, q) in QUANTILES {
+        let _ = write!(out, " {label} {:.0}", h.value_at_quantile(q) as f64 / 1000.0);
+    }
+    let _ = write!(out, "  ({} samples)", h.len());
+    out
+}
+
+/// Percentiles in µs as a JSON object.
+pub fn histogram_json(h: &Histogram<u64>) -> String {
+    let mut out = format!("{{\"samples\":{}", h.len());
+    for (label, q) in QUANTILES {
+        let _ = write!(out, ",\"{label}\":{:.1}", h.value_at_quantile(q) as f64 / 1000.0);
+    }
+    out.push('}');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,19 @@ pub fn stamp(value: &mut [u8], seq: u64, sent_ns: u64) {
     value[8..16].copy_from_slice(&sent_ns.to_le_bytes());
 }
 
+/// Wall-clock nanoseconds since the Unix epoch: producers and consumers of one run share the
+/// clock, so the difference is the end-to-end latency.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Reads the send time back.
+pub fn sent_ns_of(value: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(value.get(8..16)?.try_into().ok()?))
+}
+
 /// Reads the sequence number back; `None` when the value is too short to carry one.
 pub fn seq_of(value: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(value.get(..8)?.try_into().ok()?))
@@ -80,6 +93,7 @@ mod tests {
         let mut value = vec![0u8; 32];
         stamp(&mut value, 77, 123);
         assert_eq!(seq_of(&value), Some(77));
+        assert_eq!(sent_ns_of(&value), Some(123));
         assert_eq!(seq_of(&value[..4]), None);
     }
 }
