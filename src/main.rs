@@ -25,6 +25,7 @@ fn main() -> std::process::ExitCode {
         Command::Topic { action } => action.run(),
         Command::Produce(args) => args.run(),
         Command::Consume(args) => args.run(),
+        Command::Tune { what } => what.run(),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -136,3 +136,18 @@ fn producing_to_a_new_topic_creates_it_and_places_keys_like_kafka() {
     assert_eq!(consumed.lines().count(), 60);
     assert!(seen.len() > 1, "keys spread over the auto-created partitions");
 }
+
+#[test]
+fn tune_disk_measures_and_recommends_without_leaving_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(common::BINARY)
+        .args(["tune", "disk", "--file-mib", "64", "--millis-each", "100", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(text.contains("sequential write MiB/s") && text.contains("sequential read"), "{text}");
+    assert!(text.contains("\"log.flush.write.bytes.max\" = "), "{text}");
+    assert!(!dir.path().join(".spate-tune-scratch").exists());
+}

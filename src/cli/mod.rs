@@ -1,9 +1,10 @@
 //! The `spate` command: `serve` runs the broker; `topic`, `produce` and `consume` are clients of
-//! a running broker, like Kafka's console tools.
+//! a running broker, like Kafka's console tools; `tune disk` measures a data directory's device.
 
 pub mod console;
 pub mod serve;
 pub mod topic;
+pub mod tune;
 
 use std::future::Future;
 
@@ -36,6 +37,11 @@ pub enum Command {
     Produce(console::ProduceArgs),
     /// Print records of a topic.
     Consume(console::ConsumeArgs),
+    /// Measure this machine and recommend settings.
+    Tune {
+        #[command(subcommand)]
+        what: tune::TuneCommand,
+    },
 }
 
 /// Where a client subcommand finds the broker.

@@ -8,6 +8,7 @@
 
 pub mod index;
 pub mod partition;
+pub mod probe;
 pub mod retention;
 pub mod scan;
 pub mod segment;

@@ -19,6 +19,7 @@ use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use hdrhistogram::Histogram;
 
 use crate::config::BrokerConfig;
+use crate::log::probe;
 use crate::metrics;
 use crate::shard::call::Envelope;
 use crate::shard::catalog::{self, Catalog};
@@ -30,8 +31,6 @@ const MESH_CHANNEL_CAPACITY: usize = 1024;
 const DRAIN_WAIT_MAX: Duration = Duration::from_secs(10);
 /// How often a shard looks at the process-wide stop flag.
 const STOP_POLL_INTERVAL: Duration = Duration::from_millis(20);
-/// A non-empty file each shard reads first; see `probe_device`.
-const PROBE_FILE: &str = ".spate-probe";
 const LOCK_FILE: &str = ".lock";
 
 type Snapshot = BTreeMap<String, Histogram<u64>>;
@@ -133,25 +132,8 @@ fn prepare_data_dir(dir: &Path) -> Result<std::fs::File, String> {
     lock.try_lock().map_err(|_| {
         format!("data directory {} is in use by another spate process", dir.display())
     })?;
-    let probe = dir.join(PROBE_FILE);
-    if std::fs::metadata(&probe).map(|m| m.len()).unwrap_or(0) < 4096 {
-        std::fs::write(&probe, [0u8; 4096]).map_err(|e| context("writing probe file in", e))?;
-    }
+    probe::write_probe_file(dir).map_err(|e| context("writing probe file in", e))?;
     Ok(lock)
-}
-
-/// glommio pitfall (upstream #605/#670): if the first DMA file a thread opens on a device is an
-/// empty read-write file, every later O_DIRECT read on that device fails with EOPNOTSUPP. Reading
-/// a non-empty file first avoids it.
-async fn probe_device(data_dir: &Path) {
-    let probe = async {
-        let file = glommio::io::DmaFile::open(data_dir.join(PROBE_FILE)).await?;
-        file.read_at(0, 4096).await?;
-        file.close().await
-    };
-    if let Err(e) = probe.await {
-        tracing::warn!("probe read of the data directory failed: {e}");
-    }
 }
 
 fn install_signal_handler(stopper: Arc<Stopper>) -> Result<(), String> {
@@ -182,7 +164,7 @@ async fn shard_main(
     shards: usize,
     stopper: Arc<Stopper>,
 ) -> Result<Snapshot, String> {
-    probe_device(&config.data_dir).await;
+    probe::probe_device(&config.data_dir).await;
     let (id, peers, receivers) = if shards > 1 {
         let (senders, receivers) =
             mesh.join().await.map_err(|_| "joining the shard mesh".to_string())?;
