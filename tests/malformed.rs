@@ -100,14 +100,7 @@ fn malformed_frames_get_errors_or_a_close_and_other_clients_are_unaffected() {
         topic: "steady".into(),
         partition: 0,
         acks: Acks::Leader,
-        batch: spate::record::BatchMeta {
-            record_count: 1,
-            first_timestamp: 0,
-            max_timestamp: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            base_sequence: -1,
-        },
+        batch: spate::record::BatchMeta::new(1, 0, 0),
     });
     stream.write_all(&frame(Api::Produce as u8, 10, &produce_meta, b"payload!", 12345)).unwrap();
     // Random bytes often decode (rkyv's inline strings accept many patterns), so break a real

@@ -180,37 +180,29 @@ async fn open_loop(
 
 /// A batch of `count` records of `record_size` bytes, archived once and re-sent.
 fn batch(args: &Args, partition: u32, count: u64) -> (BatchMeta, Bytes) {
-    let mut builder = BatchBuilder::default();
-    let now = spate::now_ms();
-    for i in 0..count as usize {
-        let value =
-            (0..args.record_size).map(|j| (i * 31 + j * 7 + partition as usize) as u8).collect();
-        builder.push(OwnedRecord {
-            key: None,
-            value: Some(value),
-            headers: Vec::new(),
-            timestamp: now,
-        });
-    }
-    let (meta, payload) = builder.build();
-    (meta, Bytes::from_owner(payload))
+    let size = args.record_size;
+    build(count, |i| {
+        (0..size).map(|j| (i as usize * 31 + j * 7 + partition as usize) as u8).collect()
+    })
 }
 
 /// A batch whose records carry the sequence numbers `first_seq..first_seq + count` and the time
 /// it was built (just before it is sent).
 fn stamped_batch(record_size: usize, count: u64, first_seq: u64) -> (BatchMeta, Bytes) {
-    let mut builder = BatchBuilder::default();
     let sent_ns = verify::now_ns();
-    let now = spate::now_ms();
-    for seq in first_seq..first_seq + count {
+    build(count, |i| {
         let mut value = vec![0u8; record_size.max(verify::STAMP_BYTES)];
-        verify::stamp(&mut value, seq, sent_ns);
-        builder.push(OwnedRecord {
-            key: None,
-            value: Some(value),
-            headers: Vec::new(),
-            timestamp: now,
-        });
+        verify::stamp(&mut value, first_seq + i, sent_ns);
+        value
+    })
+}
+
+fn build(count: u64, value_of: impl Fn(u64) -> Vec<u8>) -> (BatchMeta, Bytes) {
+    let mut builder = BatchBuilder::default();
+    let now = spate::now_ms();
+    for i in 0..count {
+        let value = Some(value_of(i));
+        builder.push(OwnedRecord { key: None, value, headers: Vec::new(), timestamp: now });
     }
     let (meta, payload) = builder.build();
     (meta, Bytes::from_owner(payload))

@@ -84,14 +84,7 @@ mod tests {
     use zerocopy::IntoBytes;
 
     fn entry(base_offset: u64, count: u32, payload: &[u8]) -> Vec<u8> {
-        let meta = BatchMeta {
-            record_count: count,
-            first_timestamp: 10,
-            max_timestamp: 10 + base_offset as i64,
-            producer_id: -1,
-            producer_epoch: -1,
-            base_sequence: -1,
-        };
+        let meta = BatchMeta::new(count, 10, 10 + base_offset as i64);
         let header = EntryHeader::new(
             PayloadFormat::Native,
             base_offset,

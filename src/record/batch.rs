@@ -21,6 +21,20 @@ pub struct BatchMeta {
     pub base_sequence: i32,
 }
 
+impl BatchMeta {
+    /// A batch from a producer that is not idempotent (no producer id, epoch or sequence).
+    pub fn new(record_count: u32, first_timestamp: i64, max_timestamp: i64) -> Self {
+        Self {
+            record_count,
+            first_timestamp,
+            max_timestamp,
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+        }
+    }
+}
+
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct RecordHeader {
     pub key: Vec<u8>,
@@ -140,14 +154,7 @@ impl BatchBuilder {
                 })
                 .collect(),
         };
-        let meta = BatchMeta {
-            record_count: batch.records.len() as u32,
-            first_timestamp,
-            max_timestamp,
-            producer_id: -1,
-            producer_epoch: -1,
-            base_sequence: -1,
-        };
+        let meta = BatchMeta::new(batch.records.len() as u32, first_timestamp, max_timestamp);
         // Serializing plain vectors into a growable buffer cannot fail.
         let bytes = rkyv::to_bytes::<rancor::Error>(&batch).expect("archiving a batch in memory");
         (meta, bytes)
@@ -307,14 +314,7 @@ mod tests {
 
     #[test]
     fn garbage_is_refused_not_panicked_on() {
-        let meta = BatchMeta {
-            record_count: 1,
-            first_timestamp: 0,
-            max_timestamp: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            base_sequence: -1,
-        };
+        let meta = BatchMeta::new(1, 0, 0);
         let mut garbage = AlignedVec::<16>::new();
         for i in 0..4096u32 {
             garbage.push((i.wrapping_mul(2_654_435_761) >> 13) as u8);

@@ -259,14 +259,7 @@ mod tests {
     use crate::record::BatchMeta;
 
     fn meta(count: u32) -> BatchMeta {
-        BatchMeta {
-            record_count: count,
-            first_timestamp: 1_700_000_000_000,
-            max_timestamp: 1_700_000_000_005,
-            producer_id: -1,
-            producer_epoch: -1,
-            base_sequence: -1,
-        }
+        BatchMeta::new(count, 1_700_000_000_000, 1_700_000_000_005)
     }
 
     fn encode(base_offset: u64, payload: &[u8]) -> Vec<u8> {

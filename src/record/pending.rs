@@ -101,14 +101,7 @@ mod tests {
         buf.extend_from_slice(&[0xAA; 32]);
         buf.extend_from_slice(&[0xBB; ENTRY_HEADER_BYTES]);
         buf.extend_from_slice(payload);
-        let meta = BatchMeta {
-            record_count: 2,
-            first_timestamp: 1,
-            max_timestamp: 2,
-            producer_id: -1,
-            producer_epoch: -1,
-            base_sequence: -1,
-        };
+        let meta = BatchMeta::new(2, 1, 2);
         let pending = PendingEntry::new(
             buf,
             32,
@@ -135,14 +128,7 @@ mod tests {
         let header_at = (1 << 20) - 256;
         buf[header_at + ENTRY_HEADER_BYTES..header_at + ENTRY_HEADER_BYTES + 100]
             .copy_from_slice(&payload);
-        let meta = BatchMeta {
-            record_count: 1,
-            first_timestamp: 0,
-            max_timestamp: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            base_sequence: -1,
-        };
+        let meta = BatchMeta::new(1, 0, 0);
         let pending = PendingEntry::new(
             buf,
             header_at,
@@ -160,14 +146,7 @@ mod tests {
     #[test]
     fn refuses_buffers_without_room() {
         let buf = AlignedVec::<ENTRY_ALIGN>::new();
-        let meta = BatchMeta {
-            record_count: 1,
-            first_timestamp: 0,
-            max_timestamp: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            base_sequence: -1,
-        };
+        let meta = BatchMeta::new(1, 0, 0);
         assert!(PendingEntry::new(buf, 0, 10, 0, meta, PayloadFormat::Native).is_none());
     }
 }

@@ -397,6 +397,16 @@ impl Shard {
 
 /// Typed front ends of [`Shard::call`] for the protocol handlers.
 impl Shard {
+    /// Runs `call` on `target` and takes the answer `pick` expects; any other answer is an error.
+    async fn ask<T>(
+        self: &Rc<Self>,
+        target: usize,
+        call: ShardCall,
+        pick: impl FnOnce(ShardAnswer) -> Result<Result<T, BrokerError>, ShardAnswer>,
+    ) -> Result<T, BrokerError> {
+        pick(self.call(target, call).await).unwrap_or_else(|other| Err(unexpected(other)))
+    }
+
     pub async fn produce(
         self: &Rc<Self>,
         topic: &str,
@@ -405,10 +415,11 @@ impl Shard {
         entry: PendingEntry,
     ) -> Result<(u64, u64), BrokerError> {
         let call = ShardCall::Produce { topic: topic.to_string(), partition, acks, entry };
-        match self.call(self.owner(topic, partition), call).await {
-            ShardAnswer::Produced(result) => result,
-            other => Err(unexpected(other)),
-        }
+        self.ask(self.owner(topic, partition), call, |answer| match answer {
+            ShardAnswer::Produced(result) => Ok(result),
+            other => Err(other),
+        })
+        .await
     }
 
     pub async fn fetch(
@@ -421,10 +432,11 @@ impl Shard {
     ) -> Result<ReadOutcome, BrokerError> {
         let call =
             ShardCall::Fetch { topic: topic.to_string(), partition, offset, max_bytes, max_wait };
-        match self.call(self.owner(topic, partition), call).await {
-            ShardAnswer::Fetched(result) => result,
-            other => Err(unexpected(other)),
-        }
+        self.ask(self.owner(topic, partition), call, |answer| match answer {
+            ShardAnswer::Fetched(result) => Ok(result),
+            other => Err(other),
+        })
+        .await
     }
 
     pub async fn list_offset(
@@ -434,10 +446,11 @@ impl Shard {
         timestamp: i64,
     ) -> Result<i64, BrokerError> {
         let call = ShardCall::ListOffsets { topic: topic.to_string(), partition, timestamp };
-        match self.call(self.owner(topic, partition), call).await {
-            ShardAnswer::Offset(result) => result,
-            other => Err(unexpected(other)),
-        }
+        self.ask(self.owner(topic, partition), call, |answer| match answer {
+            ShardAnswer::Offset(result) => Ok(result),
+            other => Err(other),
+        })
+        .await
     }
 
     pub async fn watermarks(
@@ -446,10 +459,11 @@ impl Shard {
         partition: u32,
     ) -> Result<(u64, u64), BrokerError> {
         let call = ShardCall::Watermarks { topic: topic.to_string(), partition };
-        match self.call(self.owner(topic, partition), call).await {
-            ShardAnswer::Watermarks(result) => result,
-            other => Err(unexpected(other)),
-        }
+        self.ask(self.owner(topic, partition), call, |answer| match answer {
+            ShardAnswer::Watermarks(result) => Ok(result),
+            other => Err(other),
+        })
+        .await
     }
 
     /// Creates a topic through the controller shard.
@@ -460,17 +474,18 @@ impl Shard {
         overrides: BTreeMap<String, String>,
     ) -> Result<(), BrokerError> {
         let call = ShardCall::CreateTopic { name: name.to_string(), partitions, overrides };
-        match self.call(0, call).await {
-            ShardAnswer::Done(result) => result,
-            other => Err(unexpected(other)),
-        }
+        self.ask(0, call, done).await
     }
 
     pub async fn delete_topic(self: &Rc<Self>, name: &str) -> Result<(), BrokerError> {
-        match self.call(0, ShardCall::DeleteTopic { name: name.to_string() }).await {
-            ShardAnswer::Done(result) => result,
-            other => Err(unexpected(other)),
-        }
+        self.ask(0, ShardCall::DeleteTopic { name: name.to_string() }, done).await
+    }
+}
+
+fn done(answer: ShardAnswer) -> Result<Result<(), BrokerError>, ShardAnswer> {
+    match answer {
+        ShardAnswer::Done(result) => Ok(result),
+        other => Err(other),
     }
 }
 
