@@ -48,9 +48,9 @@ rm -rf "$dir/data"
 broker=$!
 sleep 2
 mib_of() { sed -n 's/.*(\([0-9.]*\) MiB\/s).*/\1/p' | head -1; }
-run1=$("$loadgen" -b "127.0.0.1:$port" --topic acks1 --duration-secs "$secs" --acks 1)
+run1=$("$loadgen" -b "127.0.0.1:$port" --topic acks1 --duration-secs "$secs" --acks 1 --threads 2)
 echo "$run1"
-runall=$("$loadgen" -b "127.0.0.1:$port" --topic acksall --duration-secs "$secs" --acks all --skip-consume)
+runall=$("$loadgen" -b "127.0.0.1:$port" --topic acksall --duration-secs "$secs" --acks all --skip-consume --threads 2)
 echo "$runall"
 kill -TERM "$broker"; wait "$broker" || true
 broker=""

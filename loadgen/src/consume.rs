@@ -25,22 +25,24 @@ pub struct Consumed {
     pub totals: Rc<Totals>,
     /// Send to receipt, per record (only when records carry stamps).
     pub end_to_end: Rc<RefCell<Histogram<u64>>>,
+    /// One per partition read, in the order given.
     pub checks: Vec<SequenceCheck>,
 }
 
-/// Reads every partition from `starts`: until its current end when `producing_done` is `None`,
-/// else until the producers are done and the end is reached.
+/// Reads `partitions` (this thread's share) from `starts`: until the current end when
+/// `producing_done` is `None`, else until the producers are done and the end is reached.
 pub async fn run(
     args: Rc<Args>,
     clients: Vec<Client>,
     starts: Vec<u64>,
     producing_done: Option<Rc<Cell<bool>>>,
+    partitions: Vec<u32>,
 ) -> Result<Consumed, String> {
-    let totals = Rc::new(Totals::new());
+    let totals = Rc::new(Totals::new(std::sync::Arc::default()));
     let end_to_end = Rc::new(RefCell::new(spate::metrics::new_histogram()));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for partition in 0..args.partitions {
+    for &partition in &partitions {
         let reader = PartitionReader {
             client: clients[partition as usize % clients.len()].clone(),
             args: args.clone(),

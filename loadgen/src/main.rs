@@ -14,17 +14,23 @@ mod verify;
 
 use std::io::IsTerminal;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
+use hdrhistogram::Histogram;
+use report::{SharedCounts, Snapshot};
 use spate::client::Client;
 use spate::native::messages::{Acks, ErrorCode, OFFSET_LATEST};
+use verify::SequenceCheck;
 
 /// Requests a client connection queues before a send waits: verify mode keeps every
 /// partition's in-flight requests below this so their wire order is their sequence order.
 const CLIENT_QUEUE_REQUESTS: usize = 256;
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(name = "spate-loadgen", about = "Load generator for Spate's native protocol")]
 pub struct Args {
     /// The broker's native listener.
@@ -48,9 +54,15 @@ pub struct Args {
     /// 4-partition run here (1.08 GiB/s vs 1.48 GiB/s at 8).
     #[arg(long, default_value_t = 8)]
     pub inflight: usize,
-    /// Connections to spread the partitions over.
+    /// Connections per loadgen thread to spread its partitions over.
     #[arg(long, default_value_t = 2)]
     pub connections: usize,
+    /// Loadgen threads, unpinned; partitions are dealt out to them. See also --cores.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// CPUs to run one pinned loadgen thread each on (e.g. 2-3); overrides --threads.
+    #[arg(long, value_name = "LIST")]
+    pub cores: Option<String>,
     /// Length of the produce phase.
     #[arg(long, default_value_t = 30)]
     pub duration_secs: u64,
@@ -89,18 +101,17 @@ impl Args {
     pub fn stamped(&self) -> bool {
         self.verify || self.tail || self.rate.is_some()
     }
+
+    pub fn thread_count(&self) -> usize {
+        match &self.cores {
+            Some(cores) => spate::config::parse_cores(cores).map_or(1, |c| c.len()),
+            None => self.threads.max(1),
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    let executor = match glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make() {
-        Ok(executor) => executor,
-        Err(e) => {
-            eprintln!("spate-loadgen: starting the executor: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match executor.run(run(args)) {
+    match run(Args::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("spate-loadgen: {e}");
@@ -109,81 +120,180 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(args: Args) -> Result<(), String> {
+/// What the threads share while they run.
+#[derive(Default)]
+struct Shared {
+    produced: Arc<SharedCounts>,
+    next_thread: AtomicUsize,
+    producers_done: AtomicUsize,
+    finished: AtomicBool,
+}
+
+/// What one thread measured, sent back to the main thread.
+struct ThreadOutcome {
+    produce: Snapshot,
+    publish_delay: Histogram<u64>,
+    consume: Option<Snapshot>,
+    end_to_end: Histogram<u64>,
+    checks: Vec<SequenceCheck>,
+}
+
+fn run(args: Args) -> Result<(), String> {
+    check(&args)?;
+    let starts = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .make()
+        .map_err(|e| format!("starting the executor: {e}"))?
+        .run(prepare(&args))?;
+    let placement = match &args.cores {
+        Some(cores) => pinned(&spate::config::parse_cores(cores).map_err(|e| e.to_string())?)?,
+        None => PoolPlacement::Unbound(args.thread_count()),
+    };
+    let shared = Arc::new(Shared::default());
+    let progress = (std::io::stdout().is_terminal() && !args.json).then(|| {
+        let shared = shared.clone();
+        std::thread::spawn(move || print_progress(&shared))
+    });
+    let handles = LocalExecutorPoolBuilder::new(placement)
+        .name("spate-loadgen")
+        .on_all_shards({
+            let (args, starts, shared) = (Arc::new(args.clone()), Arc::new(starts), shared.clone());
+            move || {
+                let (args, starts, shared) = (args.clone(), starts.clone(), shared.clone());
+                async move { thread_main((*args).clone(), (*starts).clone(), shared).await }
+            }
+        })
+        .map_err(|e| format!("starting loadgen threads: {e}"))?;
+    let mut outcomes = Vec::new();
+    for result in handles.join_all() {
+        outcomes.push(result.map_err(|e| format!("loadgen thread failed: {e}"))??);
+    }
+    shared.finished.store(true, Ordering::Relaxed);
+    if let Some(progress) = progress {
+        let _ = progress.join();
+    }
+    report(&args, outcomes)
+}
+
+fn check(args: &Args) -> Result<(), String> {
     if args.verify && args.skip_consume {
         return Err("--verify needs the consume phase; drop --skip-consume".into());
     }
     let per_connection =
         args.inflight * (args.partitions as usize).div_ceil(args.connections.max(1));
     if args.verify && per_connection >= CLIENT_QUEUE_REQUESTS {
-        let why = format!(
-            "--verify needs fewer than {CLIENT_QUEUE_REQUESTS} requests in flight per connection              (inflight x partitions per connection is {per_connection})"
-        );
-        return Err(why);
+        return Err(format!(
+            "--verify needs fewer than {CLIENT_QUEUE_REQUESTS} requests in flight per connection \
+             (inflight x partitions per connection is {per_connection})"
+        ));
     }
-    let mut clients = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        clients.push(Client::connect(&args.broker).await.map_err(|e| e.to_string())?);
+    Ok(())
+}
+
+fn pinned(cores: &[usize]) -> Result<PoolPlacement, String> {
+    let online = CpuSet::online().map_err(|e| format!("reading online CPUs: {e}"))?;
+    let sets = cores.iter().map(|&cpu| online.clone().filter(|l| l.cpu == cpu)).collect::<Vec<_>>();
+    if sets.iter().any(CpuSet::is_empty) {
+        return Err(format!("--cores {cores:?} names a CPU that is not online"));
     }
-    match clients[0].create_topic(&args.topic, args.partitions, vec![]).await {
+    Ok(PoolPlacement::Custom(sets))
+}
+
+/// Creates the topic if needed and returns where each partition ends now: the run reads from
+/// there.
+async fn prepare(args: &Args) -> Result<Vec<u64>, String> {
+    let client = Client::connect(&args.broker).await.map_err(|e| e.to_string())?;
+    match client.create_topic(&args.topic, args.partitions, vec![]).await {
         Err(e) if e.code() != Some(ErrorCode::TopicAlreadyExists) => return Err(e.to_string()),
         _ => {}
     }
     let mut starts = Vec::new();
     for partition in 0..args.partitions {
-        let start = clients[0]
-            .list_offset(&args.topic, partition, OFFSET_LATEST)
-            .await
-            .map_err(|e| e.to_string())?;
-        starts.push(start as u64);
+        let end = client.list_offset(&args.topic, partition, OFFSET_LATEST).await;
+        starts.push(end.map_err(|e| e.to_string())? as u64);
+    }
+    Ok(starts)
+}
+
+/// One loadgen thread: its share of the partitions, its own connections, producers, consumers.
+async fn thread_main(args: Args, starts: Vec<u64>, shared: Arc<Shared>) -> Result<ThreadOutcome, String> {
+    let threads = args.thread_count();
+    let id = shared.next_thread.fetch_add(1, Ordering::SeqCst);
+    let partitions: Vec<u32> = (0..args.partitions).filter(|p| *p as usize % threads == id).collect();
+    let mut clients = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        clients.push(Client::connect(&args.broker).await.map_err(|e| e.to_string())?);
     }
     let args = Rc::new(args);
-    let produced = produce::Produced::new(args.partitions);
-    if std::io::stdout().is_terminal() && !args.json {
-        glommio::spawn_local(progress(produced.totals.clone(), produced.done.clone())).detach();
-    }
+    let produced = produce::Produced::new(args.partitions, shared.produced.clone());
     let consumers = args.tail.then(|| {
         let done = Some(produced.done.clone());
-        glommio::spawn_local(consume::run(args.clone(), clients.clone(), starts.clone(), done))
+        let task = consume::run(args.clone(), clients.clone(), starts.clone(), done, partitions.clone());
+        glommio::spawn_local(task)
     });
-    produce::run(&args, &clients, &produced).await;
+    produce::run(&args, &clients, &produced, &partitions).await;
+    shared.producers_done.fetch_add(1, Ordering::SeqCst);
     if let Some(e) = produced.totals.error.borrow().clone() {
         return Err(format!("produce failed: {e}"));
-    }
-    let mut json = format!("{{\"produce\":{}", produced.totals.json());
-    let mut lines = vec![produced.totals.human("produce", args.record_size)];
-    if args.rate.is_some() {
-        let delay = produced.publish_delay.borrow();
-        json.push_str(&format!(",\"publish_delay_us\":{}", report::histogram_json(&delay)));
-        lines.push(report::histogram_human("produce: publish delay", &delay));
     }
     let consumed = match consumers {
         Some(task) => Some(task.await?),
         None if args.skip_consume => None,
         None => {
-            // acks=0 batches may still be on their way to the log.
+            // Catch up only once every thread has stopped producing (and acks=0 batches landed).
+            while shared.producers_done.load(Ordering::SeqCst) < threads {
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
             glommio::timer::sleep(Duration::from_millis(200)).await;
-            Some(consume::run(args.clone(), clients.clone(), starts, None).await?)
+            let task = consume::run(args.clone(), clients.clone(), starts, None, partitions.clone());
+            Some(task.await?)
         }
     };
+    let mut checks = Vec::new();
+    let (mut consume, mut end_to_end) = (None, spate::metrics::new_histogram());
+    if let Some(consumed) = consumed {
+        for (mut check, partition) in consumed.checks.into_iter().zip(&partitions) {
+            check.finish(produced.sequences[*partition as usize].acknowledged.get());
+            checks.push(check);
+        }
+        consume = Some(consumed.totals.snapshot());
+        end_to_end = consumed.end_to_end.borrow().clone();
+    }
+    let publish_delay = produced.publish_delay.borrow().clone();
+    Ok(ThreadOutcome { produce: produced.totals.snapshot(), publish_delay, consume, end_to_end, checks })
+}
+
+/// Merges the threads' figures and prints them; fails the run when verification failed.
+fn report(args: &Args, outcomes: Vec<ThreadOutcome>) -> Result<(), String> {
+    let merge_histograms = |pick: fn(&ThreadOutcome) -> &Histogram<u64>| {
+        let mut total = spate::metrics::new_histogram();
+        outcomes.iter().for_each(|o| {
+            let _ = total.add(pick(o));
+        });
+        total
+    };
+    let produce = Snapshot::merge(outcomes.iter().map(|o| o.produce.clone()))
+        .ok_or("no loadgen thread ran")?;
+    let mut json = format!("{{\"produce\":{}", produce.json());
+    let mut lines = vec![produce.human("produce", args.record_size)];
+    if args.rate.is_some() {
+        let delay = merge_histograms(|o| &o.publish_delay);
+        json.push_str(&format!(",\"publish_delay_us\":{}", report::histogram_json(&delay)));
+        lines.push(report::histogram_human("produce: publish delay", &delay));
+    }
     let mut clean = true;
-    if let Some(mut consumed) = consumed {
-        json.push_str(&format!(",\"consume\":{}", consumed.totals.json()));
-        lines.push(consumed.totals.human("consume", args.record_size));
+    if let Some(consume) = Snapshot::merge(outcomes.iter().filter_map(|o| o.consume.clone())) {
+        json.push_str(&format!(",\"consume\":{}", consume.json()));
+        lines.push(consume.human("consume", args.record_size));
         if args.tail {
-            let e2e = consumed.end_to_end.borrow();
+            let e2e = merge_histograms(|o| &o.end_to_end);
             json.push_str(&format!(",\"end_to_end_us\":{}", report::histogram_json(&e2e)));
             lines.push(report::histogram_human("consume: end-to-end", &e2e));
         }
         if args.verify {
-            for (check, sequence) in consumed.checks.iter_mut().zip(&produced.sequences) {
-                check.finish(sequence.acknowledged.get());
-            }
-            let checks = &consumed.checks;
-            let sum = |f: fn(&verify::SequenceCheck) -> u64| checks.iter().map(f).sum::<u64>();
-            let (records, missing, behind) =
-                (sum(|c| c.records), sum(|c| c.missing), sum(|c| c.behind));
-            clean = checks.iter().all(verify::SequenceCheck::is_clean);
+            let checks: Vec<&SequenceCheck> = outcomes.iter().flat_map(|o| &o.checks).collect();
+            let sum = |f: fn(&SequenceCheck) -> u64| checks.iter().map(|c| f(c)).sum::<u64>();
+            let (records, missing, behind) = (sum(|c| c.records), sum(|c| c.missing), sum(|c| c.behind));
+            clean = checks.iter().all(|c| c.is_clean());
             json.push_str(&format!(
                 ",\"verify\":{{\"records\":{records},\"missing\":{missing},\"duplicate_or_reordered\":{behind},\"ok\":{clean}}}"
             ));
@@ -194,29 +304,24 @@ async fn run(args: Args) -> Result<(), String> {
             ));
         }
     }
-    if !args.json {
-        println!("{}", lines.join("\n"));
-    }
     json.push('}');
-    if args.json {
-        println!("{json}");
-    }
+    println!("{}", if args.json { json } else { lines.join("\n") });
     if !clean {
         return Err("verification failed".into());
     }
     Ok(())
 }
 
-/// A line a second on a terminal: what the producers did in that second.
-async fn progress(totals: Rc<report::Totals>, done: Rc<std::cell::Cell<bool>>) {
+/// A line a second on a terminal: what the producers did in that second, across all threads.
+fn print_progress(shared: &Shared) {
     let (mut seconds, mut last_bytes, mut last_records) = (0u64, 0u64, 0u64);
-    while !done.get() {
-        glommio::timer::sleep(Duration::from_secs(1)).await;
+    while !shared.finished.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_secs(1));
         seconds += 1;
-        let (bytes, records) = (totals.bytes.get(), totals.records.get());
-        let p99_ms = totals.latency.borrow().value_at_quantile(0.99) as f64 / 1e6;
+        let bytes = shared.produced.bytes.load(Ordering::Relaxed);
+        let records = shared.produced.records.load(Ordering::Relaxed);
         println!(
-            "[{seconds:>4}s] produce {:>9.1} MiB/s {:>10} records/s  ack p99 so far {p99_ms:.1} ms",
+            "[{seconds:>4}s] produce {:>9.1} MiB/s {:>10} records/s",
             (bytes - last_bytes) as f64 / (1024.0 * 1024.0),
             records - last_records,
         );

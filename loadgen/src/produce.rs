@@ -42,9 +42,10 @@ pub struct Produced {
 }
 
 impl Produced {
-    pub fn new(partitions: u32) -> Self {
+    /// State for a topic of `partitions` partitions (a thread uses only its own).
+    pub fn new(partitions: u32, shared: std::sync::Arc<crate::report::SharedCounts>) -> Self {
         Self {
-            totals: Rc::new(Totals::new()),
+            totals: Rc::new(Totals::new(shared)),
             sequences: (0..partitions).map(|_| Rc::new(PartitionSequence::default())).collect(),
             publish_delay: Rc::new(RefCell::new(spate::metrics::new_histogram())),
             done: Rc::new(Cell::new(false)),
@@ -95,17 +96,19 @@ impl Sender {
         }
     }
 
+    /// The byte budget is split evenly over the threads, each of which knows only its own bytes.
     fn keep_going(&self, deadline: Instant) -> bool {
-        let budget = self.args.max_bytes.unwrap_or(u64::MAX);
+        let budget = self.args.max_bytes.map_or(u64::MAX, |b| b / self.args.thread_count() as u64);
         Instant::now() < deadline && self.totals.bytes.get() < budget && !self.totals.failed()
     }
 }
 
-pub async fn run(args: &Rc<Args>, clients: &[Client], produced: &Produced) {
+/// Produces to `partitions` (this thread's share) until the duration or byte budget is spent.
+pub async fn run(args: &Rc<Args>, clients: &[Client], produced: &Produced, partitions: &[u32]) {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration_secs);
     let mut tasks = Vec::new();
-    for partition in 0..args.partitions {
+    for &partition in partitions {
         let stamped = args.stamped();
         let prebuilt = (!stamped).then(|| batch(args, partition, args.records_per_batch()));
         let sender_for = |slot: usize| {
@@ -152,6 +155,7 @@ async fn open_loop(
     deadline: Instant,
     delay: Rc<RefCell<Histogram<u64>>>,
 ) {
+    // The rate is for the whole run: every partition takes an equal share, whichever thread.
     let per_partition = (rate as f64 / f64::from(sender.args.partitions)).max(1e-3);
     let interval = Duration::from_secs_f64(sender.args.records_per_batch() as f64 / per_partition);
     let slots = Rc::new(glommio::sync::Semaphore::new(sender.args.inflight.max(1) as u64));

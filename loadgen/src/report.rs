@@ -1,35 +1,52 @@
 //! What a phase measured, and how it is printed: a human summary or one JSON object.
+//!
+//! Each loadgen thread counts into its own [`Totals`] (no atomics on the hot path) and mirrors
+//! produced bytes into [`SharedCounts`] for the progress line; at the end the threads' totals
+//! become [`Snapshot`]s, which are merged.
 
 use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use spate::client::ClientError;
 
-/// Counts and request latencies of one phase.
+/// Counts every thread adds to, read by the progress line.
+#[derive(Default)]
+pub struct SharedCounts {
+    pub records: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+/// One thread's counts and request latencies in one phase.
 pub struct Totals {
     pub records: Cell<u64>,
     pub bytes: Cell<u64>,
     pub latency: RefCell<Histogram<u64>>,
     pub elapsed: Cell<Duration>,
     pub error: RefCell<Option<ClientError>>,
+    shared: Arc<SharedCounts>,
 }
 
 impl Totals {
-    pub fn new() -> Self {
+    pub fn new(shared: Arc<SharedCounts>) -> Self {
         Self {
             records: Cell::new(0),
             bytes: Cell::new(0),
             latency: RefCell::new(spate::metrics::new_histogram()),
             elapsed: Cell::new(Duration::ZERO),
             error: RefCell::new(None),
+            shared,
         }
     }
 
     pub fn add(&self, records: u64, bytes: u64, latency: Duration) {
         self.records.set(self.records.get() + records);
         self.bytes.set(self.bytes.get() + bytes);
+        self.shared.records.fetch_add(records, Ordering::Relaxed);
+        self.shared.bytes.fetch_add(bytes, Ordering::Relaxed);
         let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX).max(1);
         self.latency.borrow_mut().saturating_record(ns);
     }
@@ -42,66 +59,70 @@ impl Totals {
         self.error.borrow().is_some()
     }
 
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            records: self.records.get(),
+            bytes: self.bytes.get(),
+            elapsed: self.elapsed.get(),
+            latency: self.latency.borrow().clone(),
+        }
+    }
+}
+
+/// A phase's figures, sendable between threads and mergeable.
+#[derive(Clone)]
+pub struct Snapshot {
+    pub records: u64,
+    pub bytes: u64,
+    pub elapsed: Duration,
+    pub latency: Histogram<u64>,
+}
+
+impl Snapshot {
+    /// Sums counts and histograms; the phase lasted as long as its slowest thread.
+    pub fn merge(parts: impl IntoIterator<Item = Snapshot>) -> Option<Snapshot> {
+        parts.into_iter().reduce(|mut total, part| {
+            total.records += part.records;
+            total.bytes += part.bytes;
+            total.elapsed = total.elapsed.max(part.elapsed);
+            // Every histogram comes from `new_histogram`: equal bounds, so `add` cannot fail.
+            let _ = total.latency.add(&part.latency);
+            total
+        })
+    }
+
     fn seconds(&self) -> f64 {
-        self.elapsed.get().as_secs_f64().max(1e-9)
+        self.elapsed.as_secs_f64().max(1e-9)
     }
 
     fn mib_per_sec(&self) -> f64 {
-        self.bytes.get() as f64 / self.seconds() / (1024.0 * 1024.0)
-    }
-
-    fn latency_us(&self, quantile: f64) -> f64 {
-        self.latency.borrow().value_at_quantile(quantile) as f64 / 1000.0
+        self.bytes as f64 / self.seconds() / (1024.0 * 1024.0)
     }
 
     /// Two lines for a person.
     pub fn human(&self, phase: &str, record_size: usize) -> String {
         let secs = self.seconds();
-        let h = self.latency.borrow();
         format!(
-            "{phase}: {} records of {record_size} B in {secs:.2} s = {:.0} records/s, {:.1} MB/s ({:.1} MiB/s)\n\
-             {phase}: request latency µs  p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  p99.99 {:.0}  max {:.0}  ({} requests)",
-            self.records.get(),
-            self.records.get() as f64 / secs,
-            self.bytes.get() as f64 / secs / 1e6,
+            "{phase}: {} records of {record_size} B in {secs:.2} s = {:.0} records/s, {:.1} MB/s ({:.1} MiB/s)\n{}",
+            self.records,
+            self.records as f64 / secs,
+            self.bytes as f64 / secs / 1e6,
             self.mib_per_sec(),
-            self.latency_us(0.5),
-            self.latency_us(0.9),
-            self.latency_us(0.99),
-            self.latency_us(0.999),
-            self.latency_us(0.9999),
-            h.max() as f64 / 1000.0,
-            h.len()
+            histogram_human(&format!("{phase}: request latency"), &self.latency),
         )
     }
 
     /// One JSON object.
     pub fn json(&self) -> String {
-        let mut out = String::new();
-        let _ = write!(
-            out,
-            "{{\"records\":{},\"bytes\":{},\"seconds\":{:.3},\"records_per_sec\":{:.0},\"mib_per_sec\":{:.2},\"requests\":{},\"latency_us\":{{",
-            self.records.get(),
-            self.bytes.get(),
+        format!(
+            "{{\"records\":{},\"bytes\":{},\"seconds\":{:.3},\"records_per_sec\":{:.0},\"mib_per_sec\":{:.2},\"latency_us\":{}}}",
+            self.records,
+            self.bytes,
             self.seconds(),
-            self.records.get() as f64 / self.seconds(),
+            self.records as f64 / self.seconds(),
             self.mib_per_sec(),
-            self.latency.borrow().len()
-        );
-        let quantiles = [
-            ("p50", 0.5),
-            ("p90", 0.9),
-            ("p99", 0.99),
-            ("p99.9", 0.999),
-            ("p99.99", 0.9999),
-            ("max", 1.0),
-        ];
-        for (i, (name, q)) in quantiles.iter().enumerate() {
-            let sep = if i == 0 { "" } else { "," };
-            let _ = write!(out, "{sep}\"{name}\":{:.1}", self.latency_us(*q));
-        }
-        out.push_str("}}");
-        out
+            histogram_json(&self.latency),
+        )
     }
 }
 
@@ -134,12 +155,28 @@ mod tests {
 
     #[test]
     fn json_is_well_formed_enough_for_scripts() {
-        let totals = Totals::new();
+        let totals = Totals::new(Arc::default());
         totals.add(10, 10_240, Duration::from_micros(250));
         totals.elapsed.set(Duration::from_secs(1));
-        let json = totals.json();
+        let json = totals.snapshot().json();
         assert!(json.starts_with("{\"records\":10,\"bytes\":10240"), "{json}");
         assert!(json.contains("\"p99.99\":"));
         assert_eq!(json.matches('{').count(), json.matches('}').count());
+    }
+
+    #[test]
+    fn snapshots_merge_counts_histograms_and_the_longest_time() {
+        let parts: Vec<Snapshot> = (1..=3u64)
+            .map(|i| {
+                let totals = Totals::new(Arc::default());
+                totals.add(i, i * 100, Duration::from_micros(i * 10));
+                totals.elapsed.set(Duration::from_secs(i));
+                totals.snapshot()
+            })
+            .collect();
+        let merged = Snapshot::merge(parts).unwrap();
+        assert_eq!((merged.records, merged.bytes), (6, 600));
+        assert_eq!(merged.elapsed, Duration::from_secs(3));
+        assert_eq!(merged.latency.len(), 3);
     }
 }
