@@ -8,6 +8,7 @@
 //! reordering.
 
 mod consume;
+mod plot;
 mod produce;
 mod report;
 mod verify;
@@ -90,6 +91,12 @@ pub struct Args {
     /// latency from the scheduled send time. Default: closed loop, as fast as acks come back.
     #[arg(long, value_name = "RECORDS_PER_SEC")]
     pub rate: Option<u64>,
+    /// Also write each latency histogram as an HdrHistogram percentile file (.hgrm) here.
+    #[arg(long, value_name = "DIR")]
+    pub hgrm: Option<std::path::PathBuf>,
+    /// Also draw latency by percentile for the run as an SVG chart.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<std::path::PathBuf>,
 }
 
 impl Args {
@@ -215,10 +222,15 @@ async fn prepare(args: &Args) -> Result<Vec<u64>, String> {
 }
 
 /// One loadgen thread: its share of the partitions, its own connections, producers, consumers.
-async fn thread_main(args: Args, starts: Vec<u64>, shared: Arc<Shared>) -> Result<ThreadOutcome, String> {
+async fn thread_main(
+    args: Args,
+    starts: Vec<u64>,
+    shared: Arc<Shared>,
+) -> Result<ThreadOutcome, String> {
     let threads = args.thread_count();
     let id = shared.next_thread.fetch_add(1, Ordering::SeqCst);
-    let partitions: Vec<u32> = (0..args.partitions).filter(|p| *p as usize % threads == id).collect();
+    let partitions: Vec<u32> =
+        (0..args.partitions).filter(|p| *p as usize % threads == id).collect();
     let mut clients = Vec::new();
     for _ in 0..args.connections.max(1) {
         clients.push(Client::connect(&args.broker).await.map_err(|e| e.to_string())?);
@@ -227,7 +239,8 @@ async fn thread_main(args: Args, starts: Vec<u64>, shared: Arc<Shared>) -> Resul
     let produced = produce::Produced::new(args.partitions, shared.produced.clone());
     let consumers = args.tail.then(|| {
         let done = Some(produced.done.clone());
-        let task = consume::run(args.clone(), clients.clone(), starts.clone(), done, partitions.clone());
+        let task =
+            consume::run(args.clone(), clients.clone(), starts.clone(), done, partitions.clone());
         glommio::spawn_local(task)
     });
     produce::run(&args, &clients, &produced, &partitions).await;
@@ -244,7 +257,8 @@ async fn thread_main(args: Args, starts: Vec<u64>, shared: Arc<Shared>) -> Resul
                 glommio::timer::sleep(Duration::from_millis(10)).await;
             }
             glommio::timer::sleep(Duration::from_millis(200)).await;
-            let task = consume::run(args.clone(), clients.clone(), starts, None, partitions.clone());
+            let task =
+                consume::run(args.clone(), clients.clone(), starts, None, partitions.clone());
             Some(task.await?)
         }
     };
@@ -259,7 +273,13 @@ async fn thread_main(args: Args, starts: Vec<u64>, shared: Arc<Shared>) -> Resul
         end_to_end = consumed.end_to_end.borrow().clone();
     }
     let publish_delay = produced.publish_delay.borrow().clone();
-    Ok(ThreadOutcome { produce: produced.totals.snapshot(), publish_delay, consume, end_to_end, checks })
+    Ok(ThreadOutcome {
+        produce: produced.totals.snapshot(),
+        publish_delay,
+        consume,
+        end_to_end,
+        checks,
+    })
 }
 
 /// Merges the threads' figures and prints them; fails the run when verification failed.
@@ -273,26 +293,33 @@ fn report(args: &Args, outcomes: Vec<ThreadOutcome>) -> Result<(), String> {
     };
     let produce = Snapshot::merge(outcomes.iter().map(|o| o.produce.clone()))
         .ok_or("no loadgen thread ran")?;
+    // Every latency histogram of the run, by name, for --hgrm and --plot.
+    let mut histograms: Vec<(&str, Histogram<u64>)> =
+        vec![("produce ack", produce.latency.clone())];
     let mut json = format!("{{\"produce\":{}", produce.json());
     let mut lines = vec![produce.human("produce", args.record_size)];
     if args.rate.is_some() {
         let delay = merge_histograms(|o| &o.publish_delay);
         json.push_str(&format!(",\"publish_delay_us\":{}", report::histogram_json(&delay)));
         lines.push(report::histogram_human("produce: publish delay", &delay));
+        histograms.push(("publish delay", delay));
     }
     let mut clean = true;
     if let Some(consume) = Snapshot::merge(outcomes.iter().filter_map(|o| o.consume.clone())) {
         json.push_str(&format!(",\"consume\":{}", consume.json()));
         lines.push(consume.human("consume", args.record_size));
+        histograms.push(("consume fetch", consume.latency.clone()));
         if args.tail {
             let e2e = merge_histograms(|o| &o.end_to_end);
             json.push_str(&format!(",\"end_to_end_us\":{}", report::histogram_json(&e2e)));
             lines.push(report::histogram_human("consume: end-to-end", &e2e));
+            histograms.push(("end-to-end", e2e));
         }
         if args.verify {
             let checks: Vec<&SequenceCheck> = outcomes.iter().flat_map(|o| &o.checks).collect();
             let sum = |f: fn(&SequenceCheck) -> u64| checks.iter().map(|c| f(c)).sum::<u64>();
-            let (records, missing, behind) = (sum(|c| c.records), sum(|c| c.missing), sum(|c| c.behind));
+            let (records, missing, behind) =
+                (sum(|c| c.records), sum(|c| c.missing), sum(|c| c.behind));
             clean = checks.iter().all(|c| c.is_clean());
             json.push_str(&format!(
                 ",\"verify\":{{\"records\":{records},\"missing\":{missing},\"duplicate_or_reordered\":{behind},\"ok\":{clean}}}"
@@ -306,8 +333,35 @@ fn report(args: &Args, outcomes: Vec<ThreadOutcome>) -> Result<(), String> {
     }
     json.push('}');
     println!("{}", if args.json { json } else { lines.join("\n") });
+    write_histograms(args, &histograms)?;
     if !clean {
         return Err("verification failed".into());
+    }
+    Ok(())
+}
+
+/// `--hgrm` files and the `--plot` chart.
+fn write_histograms(args: &Args, histograms: &[(&str, Histogram<u64>)]) -> Result<(), String> {
+    if let Some(dir) = &args.hgrm {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        for (name, histogram) in histograms {
+            let path = dir.join(format!("{}.hgrm", name.replace(' ', "_")));
+            std::fs::write(&path, spate::metrics::write_hgrm(histogram))
+                .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        }
+    }
+    if let Some(path) = &args.plot {
+        let title = format!(
+            "spate-loadgen: {} partitions, {} B records, acks={}{}",
+            args.partitions,
+            args.record_size,
+            args.acks,
+            args.rate.map_or(String::new(), |r| format!(", {r} records/s"))
+        );
+        let series: Vec<(&str, &Histogram<u64>)> =
+            histograms.iter().map(|(n, h)| (*n, h)).collect();
+        std::fs::write(path, plot::svg(&title, &series))
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
     }
     Ok(())
 }

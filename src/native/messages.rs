@@ -46,6 +46,17 @@ pub enum Acks {
     All,
 }
 
+/// As Kafka writes it: `0`, `1` or `all`.
+impl std::fmt::Display for Acks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Acks::None => "0",
+            Acks::Leader => "1",
+            Acks::All => "all",
+        })
+    }
+}
+
 impl std::str::FromStr for Acks {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
