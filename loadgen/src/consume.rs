@@ -95,11 +95,12 @@ impl PartitionReader {
                 .await
                 .map_err(|e| format!("partition {}: {e}", self.partition))?;
             let received_ns = verify::now_ns();
-            let mut records = 0u64;
+            let (mut records, mut bytes) = (0u64, 0u64);
             let from = offset;
             for batch in fetched.batches().map_err(|e| e.to_string())? {
                 for record in batch.records().filter(|r| r.offset >= from) {
                     let value = record.value().unwrap_or_default();
+                    bytes += value.len() as u64;
                     if self.args.verify {
                         check.observe(verify::seq_of(value));
                     }
@@ -114,7 +115,6 @@ impl PartitionReader {
                 }
             }
             if records > 0 {
-                let bytes = records * self.args.record_size as u64;
                 self.totals.add(records, bytes, sent.elapsed());
             } else if end.is_some() && self.producing_done.is_none() {
                 return Err(format!(

@@ -11,6 +11,7 @@ mod consume;
 mod plot;
 mod produce;
 mod report;
+mod shape;
 mod verify;
 
 use std::io::IsTerminal;
@@ -42,9 +43,13 @@ pub struct Args {
     /// Partitions of the topic (created if missing).
     #[arg(long, default_value_t = 4)]
     pub partitions: u32,
-    /// Bytes of each record's value.
-    #[arg(long, default_value_t = 1024)]
-    pub record_size: usize,
+    /// Bytes of each record's value: a size, or a range MIN-MAX picked uniformly per record.
+    #[arg(long, default_value = "1024")]
+    pub record_size: shape::SizeRange,
+    /// Record keys: none, random (16 bytes), or a number of distinct keys. Keyed records go to
+    /// the partition Kafka's murmur2 partitioner picks, as from a keyed Kafka producer.
+    #[arg(long, default_value = "none")]
+    pub keys: shape::Keys,
     /// Bytes of records per produce request.
     #[arg(long, default_value_t = 256 * 1024)]
     pub batch_bytes: usize,
@@ -101,7 +106,7 @@ pub struct Args {
 
 impl Args {
     pub fn records_per_batch(&self) -> u64 {
-        (self.batch_bytes / self.record_size.max(1)).max(1) as u64
+        (self.batch_bytes / self.record_size.mean().max(1)).max(1) as u64
     }
 
     /// Whether records carry a sequence number and send time (built fresh for every batch).

@@ -21,6 +21,7 @@ use spate::client::Client;
 use spate::record::{BatchBuilder, BatchMeta, OwnedRecord};
 
 use crate::report::Totals;
+use crate::shape::{KeySource, Rng, SizeRange};
 use crate::verify;
 use crate::Args;
 
@@ -53,6 +54,14 @@ impl Produced {
     }
 }
 
+/// An archived batch and the bytes of record values in it.
+#[derive(Clone)]
+struct Built {
+    meta: BatchMeta,
+    payload: Bytes,
+    value_bytes: u64,
+}
+
 /// What every sending task of a partition shares.
 #[derive(Clone)]
 struct Sender {
@@ -62,25 +71,29 @@ struct Sender {
     args: Rc<Args>,
     totals: Rc<Totals>,
     sequence: Rc<PartitionSequence>,
-    prebuilt: Option<(BatchMeta, Bytes)>,
+    prebuilt: Option<Built>,
+    keys: Rc<KeySource>,
+    rng: Rc<RefCell<Rng>>,
 }
 
 impl Sender {
-    fn next_batch(&self) -> (BatchMeta, Bytes) {
+    fn next_batch(&self) -> Built {
         match &self.prebuilt {
             Some(prebuilt) => prebuilt.clone(),
             None => {
                 let count = self.args.records_per_batch();
                 let first = self.sequence.next.get();
                 self.sequence.next.set(first + count);
-                stamped_batch(self.args.record_size, count, first)
+                let stamp = Some((first, verify::now_ns()));
+                let mut rng = self.rng.borrow_mut();
+                build(count, self.args.record_size, &self.keys, &mut rng, stamp, self.partition)
             }
         }
     }
 
     /// Sends one batch; latency runs from `since` (the send, or the schedule in open loop).
     async fn send(&self, since: Instant) {
-        let (meta, payload) = self.next_batch();
+        let Built { meta, payload, value_bytes } = self.next_batch();
         let count = u64::from(meta.record_count);
         let result = self
             .client
@@ -88,8 +101,7 @@ impl Sender {
             .await;
         match result {
             Ok(_) => {
-                let bytes = count * self.args.record_size as u64;
-                self.totals.add(count, bytes, since.elapsed());
+                self.totals.add(count, value_bytes, since.elapsed());
                 self.sequence.acknowledged.set(self.sequence.acknowledged.get() + count);
             }
             Err(e) => self.totals.fail(e),
@@ -109,8 +121,15 @@ pub async fn run(args: &Rc<Args>, clients: &[Client], produced: &Produced, parti
     let deadline = started + Duration::from_secs(args.duration_secs);
     let mut tasks = Vec::new();
     for &partition in partitions {
+        let keys = Rc::new(KeySource::for_partition(args.keys, partition, args.partitions));
+        if !keys.has_keys() {
+            continue; // No key of the set lands here: a keyed producer would send nothing.
+        }
         let stamped = args.stamped();
-        let prebuilt = (!stamped).then(|| batch(args, partition, args.records_per_batch()));
+        let mut rng = Rng::new(u64::from(partition) + 1);
+        let prebuilt = (!stamped).then(|| {
+            build(args.records_per_batch(), args.record_size, &keys, &mut rng, None, partition)
+        });
         let sender_for = |slot: usize| {
             let connection = if stamped { partition as usize } else { partition as usize + slot };
             Sender {
@@ -121,6 +140,8 @@ pub async fn run(args: &Rc<Args>, clients: &[Client], produced: &Produced, parti
                 totals: produced.totals.clone(),
                 sequence: produced.sequences[partition as usize].clone(),
                 prebuilt: prebuilt.clone(),
+                keys: keys.clone(),
+                rng: Rc::new(RefCell::new(Rng::new(u64::from(partition) << 16 | slot as u64))),
             }
         };
         match args.rate {
@@ -182,32 +203,35 @@ async fn open_loop(
     }
 }
 
-/// A batch of `count` records of `record_size` bytes, archived once and re-sent.
-fn batch(args: &Args, partition: u32, count: u64) -> (BatchMeta, Bytes) {
-    let size = args.record_size;
-    build(count, |i| {
-        (0..size).map(|j| (i as usize * 31 + j * 7 + partition as usize) as u8).collect()
-    })
-}
-
-/// A batch whose records carry the sequence numbers `first_seq..first_seq + count` and the time
-/// it was built (just before it is sent).
-fn stamped_batch(record_size: usize, count: u64, first_seq: u64) -> (BatchMeta, Bytes) {
-    let sent_ns = verify::now_ns();
-    build(count, |i| {
-        let mut value = vec![0u8; record_size.max(verify::STAMP_BYTES)];
-        verify::stamp(&mut value, first_seq + i, sent_ns);
-        value
-    })
-}
-
-fn build(count: u64, value_of: impl Fn(u64) -> Vec<u8>) -> (BatchMeta, Bytes) {
+/// A batch of `count` records with value sizes from `sizes` and keys from `keys`. With a
+/// `stamp` (first sequence number, send time), every value starts with its sequence number and
+/// the send time; without one, values hold a pattern and the batch is built once and re-sent.
+fn build(
+    count: u64,
+    sizes: SizeRange,
+    keys: &KeySource,
+    rng: &mut Rng,
+    stamp: Option<(u64, u64)>,
+    partition: u32,
+) -> Built {
     let mut builder = BatchBuilder::default();
     let now = spate::now_ms();
+    let mut value_bytes = 0u64;
     for i in 0..count {
-        let value = Some(value_of(i));
-        builder.push(OwnedRecord { key: None, value, headers: Vec::new(), timestamp: now });
+        let value = match stamp {
+            Some((first_seq, sent_ns)) => {
+                let mut value = vec![0u8; sizes.pick(rng).max(verify::STAMP_BYTES)];
+                verify::stamp(&mut value, first_seq + i, sent_ns);
+                value
+            }
+            None => (0..sizes.pick(rng))
+                .map(|j| (i as usize * 31 + j * 7 + partition as usize) as u8)
+                .collect(),
+        };
+        value_bytes += value.len() as u64;
+        let key = keys.pick(rng);
+        builder.push(OwnedRecord { key, value: Some(value), headers: Vec::new(), timestamp: now });
     }
     let (meta, payload) = builder.build();
-    (meta, Bytes::from_owner(payload))
+    Built { meta, payload: Bytes::from_owner(payload), value_bytes }
 }

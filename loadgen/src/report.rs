@@ -100,7 +100,7 @@ impl Snapshot {
     }
 
     /// Two lines for a person.
-    pub fn human(&self, phase: &str, record_size: usize) -> String {
+    pub fn human(&self, phase: &str, record_size: impl std::fmt::Display) -> String {
         let secs = self.seconds();
         format!(
             "{phase}: {} records of {record_size} B in {secs:.2} s = {:.0} records/s, {:.1} MB/s ({:.1} MiB/s)\n{}",
