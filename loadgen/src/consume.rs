@@ -37,8 +37,10 @@ pub async fn run(
     starts: Vec<u64>,
     producing_done: Option<Rc<Cell<bool>>>,
     partitions: Vec<u32>,
+    measure_from: Instant,
 ) -> Result<Consumed, String> {
     let totals = Rc::new(Totals::new(std::sync::Arc::default()));
+    totals.count_from(measure_from);
     let end_to_end = Rc::new(RefCell::new(spate::metrics::new_histogram()));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -57,7 +59,7 @@ pub async fn run(
     for task in tasks {
         checks.push(task.await?);
     }
-    totals.elapsed.set(started.elapsed());
+    totals.elapsed.set(started.max(measure_from).elapsed());
     Ok(Consumed { totals, end_to_end, checks })
 }
 
@@ -104,7 +106,7 @@ impl PartitionReader {
                     if self.args.verify {
                         check.observe(verify::seq_of(value));
                     }
-                    if self.args.stamped() {
+                    if self.args.stamped() && self.totals.counting() {
                         if let Some(sent_ns) = verify::sent_ns_of(value) {
                             let latency = received_ns.saturating_sub(sent_ns).max(1);
                             self.end_to_end.borrow_mut().saturating_record(latency);

@@ -69,9 +69,12 @@ pub struct Args {
     /// CPUs to run one pinned loadgen thread each on (e.g. 2-3); overrides --threads.
     #[arg(long, value_name = "LIST")]
     pub cores: Option<String>,
-    /// Length of the produce phase.
+    /// Length of the produce phase, after the warm-up.
     #[arg(long, default_value_t = 30)]
     pub duration_secs: u64,
+    /// Seconds of load before anything is counted (connections, caches and the disk settle).
+    #[arg(long, default_value_t = 0)]
+    pub warmup_secs: u64,
     /// Stop producing after this many bytes of records instead (whichever comes first).
     #[arg(long)]
     pub max_bytes: Option<u64>,
@@ -136,6 +139,10 @@ fn main() -> std::process::ExitCode {
 #[derive(Default)]
 struct Shared {
     produced: Arc<SharedCounts>,
+    /// Ctrl-C: stop producing and report what was measured.
+    interrupted: Arc<AtomicBool>,
+    /// When every thread starts counting (after the warm-up).
+    measure_from: std::sync::OnceLock<std::time::Instant>,
     next_thread: AtomicUsize,
     producers_done: AtomicUsize,
     finished: AtomicBool,
@@ -161,6 +168,13 @@ fn run(args: Args) -> Result<(), String> {
         None => PoolPlacement::Unbound(args.thread_count()),
     };
     let shared = Arc::new(Shared::default());
+    // The first Ctrl-C ends the run early with a full report; a second one exits at once.
+    let sigint = signal_hook::consts::SIGINT;
+    signal_hook::flag::register_conditional_shutdown(sigint, 130, shared.interrupted.clone())
+        .and_then(|_| signal_hook::flag::register(sigint, shared.interrupted.clone()))
+        .map_err(|e| format!("installing the Ctrl-C handler: {e}"))?;
+    let warmup = Duration::from_secs(args.warmup_secs);
+    let _ = shared.measure_from.set(std::time::Instant::now() + warmup);
     let progress = (std::io::stdout().is_terminal() && !args.json).then(|| {
         let shared = shared.clone();
         std::thread::spawn(move || print_progress(&shared))
@@ -241,29 +255,43 @@ async fn thread_main(
         clients.push(Client::connect(&args.broker).await.map_err(|e| e.to_string())?);
     }
     let args = Rc::new(args);
-    let produced = produce::Produced::new(args.partitions, shared.produced.clone());
+    let measure_from = shared.measure_from.get().copied().unwrap_or_else(std::time::Instant::now);
+    let produced = produce::Produced::new(
+        args.partitions,
+        shared.produced.clone(),
+        shared.interrupted.clone(),
+    );
     let consumers = args.tail.then(|| {
         let done = Some(produced.done.clone());
-        let task =
-            consume::run(args.clone(), clients.clone(), starts.clone(), done, partitions.clone());
-        glommio::spawn_local(task)
+        let (clients, starts, partitions) = (clients.clone(), starts.clone(), partitions.clone());
+        glommio::spawn_local(consume::run(
+            args.clone(),
+            clients,
+            starts,
+            done,
+            partitions,
+            measure_from,
+        ))
     });
-    produce::run(&args, &clients, &produced, &partitions).await;
+    produce::run(&args, &clients, &produced, &partitions, measure_from).await;
     shared.producers_done.fetch_add(1, Ordering::SeqCst);
     if let Some(e) = produced.totals.error.borrow().clone() {
         return Err(format!("produce failed: {e}"));
     }
+    let interrupted = shared.interrupted.load(Ordering::Relaxed);
     let consumed = match consumers {
         Some(task) => Some(task.await?),
-        None if args.skip_consume => None,
+        // After Ctrl-C, catch up only when asked to verify.
+        None if args.skip_consume || (interrupted && !args.verify) => None,
         None => {
             // Catch up only once every thread has stopped producing (and acks=0 batches landed).
             while shared.producers_done.load(Ordering::SeqCst) < threads {
                 glommio::timer::sleep(Duration::from_millis(10)).await;
             }
             glommio::timer::sleep(Duration::from_millis(200)).await;
+            let now = std::time::Instant::now();
             let task =
-                consume::run(args.clone(), clients.clone(), starts, None, partitions.clone());
+                consume::run(args.clone(), clients.clone(), starts, None, partitions.clone(), now);
             Some(task.await?)
         }
     };

@@ -40,16 +40,23 @@ pub struct Produced {
     pub publish_delay: Rc<RefCell<Histogram<u64>>>,
     /// Set when the phase is over, for consumers running beside it.
     pub done: Rc<Cell<bool>>,
+    /// Set on Ctrl-C: producers stop as if their time were up.
+    pub interrupted: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Produced {
     /// State for a topic of `partitions` partitions (a thread uses only its own).
-    pub fn new(partitions: u32, shared: std::sync::Arc<crate::report::SharedCounts>) -> Self {
+    pub fn new(
+        partitions: u32,
+        shared: std::sync::Arc<crate::report::SharedCounts>,
+        interrupted: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
         Self {
             totals: Rc::new(Totals::new(shared)),
             sequences: (0..partitions).map(|_| Rc::new(PartitionSequence::default())).collect(),
             publish_delay: Rc::new(RefCell::new(spate::metrics::new_histogram())),
             done: Rc::new(Cell::new(false)),
+            interrupted,
         }
     }
 }
@@ -74,6 +81,7 @@ struct Sender {
     prebuilt: Option<Built>,
     keys: Rc<KeySource>,
     rng: Rc<RefCell<Rng>>,
+    interrupted: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Sender {
@@ -111,14 +119,25 @@ impl Sender {
     /// The byte budget is split evenly over the threads, each of which knows only its own bytes.
     fn keep_going(&self, deadline: Instant) -> bool {
         let budget = self.args.max_bytes.map_or(u64::MAX, |b| b / self.args.thread_count() as u64);
-        Instant::now() < deadline && self.totals.bytes.get() < budget && !self.totals.failed()
+        let interrupted = self.interrupted.load(std::sync::atomic::Ordering::Relaxed);
+        Instant::now() < deadline
+            && self.totals.bytes.get() < budget
+            && !self.totals.failed()
+            && !interrupted
     }
 }
 
 /// Produces to `partitions` (this thread's share) until the duration or byte budget is spent.
-pub async fn run(args: &Rc<Args>, clients: &[Client], produced: &Produced, partitions: &[u32]) {
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(args.duration_secs);
+/// The figures count from `measure_from` (the end of the warm-up); the duration follows it.
+pub async fn run(
+    args: &Rc<Args>,
+    clients: &[Client],
+    produced: &Produced,
+    partitions: &[u32],
+    measure_from: Instant,
+) {
+    produced.totals.count_from(measure_from);
+    let deadline = measure_from + Duration::from_secs(args.duration_secs);
     let mut tasks = Vec::new();
     for &partition in partitions {
         let keys = Rc::new(KeySource::for_partition(args.keys, partition, args.partitions));
@@ -142,6 +161,7 @@ pub async fn run(args: &Rc<Args>, clients: &[Client], produced: &Produced, parti
                 prebuilt: prebuilt.clone(),
                 keys: keys.clone(),
                 rng: Rc::new(RefCell::new(Rng::new(u64::from(partition) << 16 | slot as u64))),
+                interrupted: produced.interrupted.clone(),
             }
         };
         match args.rate {
@@ -165,7 +185,7 @@ pub async fn run(args: &Rc<Args>, clients: &[Client], produced: &Produced, parti
     for task in tasks {
         task.await;
     }
-    produced.totals.elapsed.set(started.elapsed());
+    produced.totals.elapsed.set(measure_from.elapsed());
     produced.done.set(true);
 }
 

@@ -8,7 +8,7 @@ use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use spate::client::ClientError;
@@ -27,6 +27,8 @@ pub struct Totals {
     pub latency: RefCell<Histogram<u64>>,
     pub elapsed: Cell<Duration>,
     pub error: RefCell<Option<ClientError>>,
+    /// Nothing before this counts (the warm-up).
+    counting_from: Cell<Option<Instant>>,
     shared: Arc<SharedCounts>,
 }
 
@@ -38,11 +40,24 @@ impl Totals {
             latency: RefCell::new(spate::metrics::new_histogram()),
             elapsed: Cell::new(Duration::ZERO),
             error: RefCell::new(None),
+            counting_from: Cell::new(None),
             shared,
         }
     }
 
+    /// Ignores everything added before `instant`.
+    pub fn count_from(&self, instant: Instant) {
+        self.counting_from.set(Some(instant));
+    }
+
+    pub fn counting(&self) -> bool {
+        self.counting_from.get().is_none_or(|from| Instant::now() >= from)
+    }
+
     pub fn add(&self, records: u64, bytes: u64, latency: Duration) {
+        if !self.counting() {
+            return;
+        }
         self.records.set(self.records.get() + records);
         self.bytes.set(self.bytes.get() + bytes);
         self.shared.records.fetch_add(records, Ordering::Relaxed);
