@@ -302,3 +302,30 @@ fn a_second_broker_cannot_open_the_same_data_directory() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("in use by another spate process"));
 }
+
+#[test]
+fn fetches_asking_for_everything_are_answered_in_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), &[]);
+    run(|| async {
+        let client = connect(&broker).await;
+        client.create_topic("big-asks", 1, vec![]).await.unwrap();
+        produce(&client, "big-asks", 0, Acks::Leader, (0..10).map(|s| record(0, s)).collect())
+            .await;
+        // Each asks for more than the connection's whole response budget; pipelined, they must
+        // be granted one after the other rather than wait for each other forever.
+        let asks: Vec<_> = (0..3)
+            .map(|_| {
+                let client = client.clone();
+                glommio::spawn_local(
+                    async move { client.fetch("big-asks", 0, 0, u32::MAX, 0).await },
+                )
+            })
+            .collect();
+        for ask in asks {
+            let fetched = ask.await.unwrap();
+            assert_eq!(fetched.high_watermark, 10);
+            assert!(!fetched.data.is_empty());
+        }
+    });
+}

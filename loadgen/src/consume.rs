@@ -44,9 +44,9 @@ pub async fn run(
     let end_to_end = Rc::new(RefCell::new(spate::metrics::new_histogram()));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for &partition in &partitions {
+    for (index, &partition) in partitions.iter().enumerate() {
         let reader = PartitionReader {
-            client: clients[partition as usize % clients.len()].clone(),
+            client: clients[index % clients.len()].clone(),
             args: args.clone(),
             partition,
             totals: totals.clone(),

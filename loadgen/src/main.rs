@@ -148,6 +148,23 @@ struct Shared {
     finished: AtomicBool,
 }
 
+async fn connect_all(args: &Args) -> Result<Vec<Client>, String> {
+    let mut clients = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        clients.push(Client::connect(&args.broker).await.map_err(|e| e.to_string())?);
+    }
+    Ok(clients)
+}
+
+/// Marks this thread's producers done when dropped.
+struct ProducingDone<'a>(&'a AtomicUsize);
+
+impl Drop for ProducingDone<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 /// What one thread measured, sent back to the main thread.
 struct ThreadOutcome {
     produce: Snapshot,
@@ -248,11 +265,21 @@ async fn thread_main(
 ) -> Result<ThreadOutcome, String> {
     let threads = args.thread_count();
     let id = shared.next_thread.fetch_add(1, Ordering::SeqCst);
+    // Counted however this thread's producing ends (even by an error), so threads waiting to
+    // catch up are never left waiting for it.
+    let producing = ProducingDone(&shared.producers_done);
     let partitions: Vec<u32> =
         (0..args.partitions).filter(|p| *p as usize % threads == id).collect();
-    let mut clients = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        clients.push(Client::connect(&args.broker).await.map_err(|e| e.to_string())?);
+    // Consumers get connections of their own: responses come back in request order, so a
+    // long-polling fetch would hold up every produce answer queued behind it.
+    let clients = connect_all(&args).await?;
+    // And one per partition: a native fetch covers one partition, and a long poll on an idle
+    // one would hold up a busy one's data on a shared connection.
+    let mut consumer_clients = Vec::new();
+    if !args.skip_consume {
+        for _ in &partitions {
+            consumer_clients.push(Client::connect(&args.broker).await.map_err(|e| e.to_string())?);
+        }
     }
     let args = Rc::new(args);
     let measure_from = shared.measure_from.get().copied().unwrap_or_else(std::time::Instant::now);
@@ -263,7 +290,8 @@ async fn thread_main(
     );
     let consumers = args.tail.then(|| {
         let done = Some(produced.done.clone());
-        let (clients, starts, partitions) = (clients.clone(), starts.clone(), partitions.clone());
+        let (clients, starts, partitions) =
+            (consumer_clients.clone(), starts.clone(), partitions.clone());
         glommio::spawn_local(consume::run(
             args.clone(),
             clients,
@@ -274,7 +302,7 @@ async fn thread_main(
         ))
     });
     produce::run(&args, &clients, &produced, &partitions, measure_from).await;
-    shared.producers_done.fetch_add(1, Ordering::SeqCst);
+    drop(producing);
     if let Some(e) = produced.totals.error.borrow().clone() {
         return Err(format!("produce failed: {e}"));
     }
@@ -291,7 +319,7 @@ async fn thread_main(
             glommio::timer::sleep(Duration::from_millis(200)).await;
             let now = std::time::Instant::now();
             let task =
-                consume::run(args.clone(), clients.clone(), starts, None, partitions.clone(), now);
+                consume::run(args.clone(), consumer_clients, starts, None, partitions.clone(), now);
             Some(task.await?)
         }
     };

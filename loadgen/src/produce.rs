@@ -168,7 +168,8 @@ pub async fn run(
             Some(rate) => {
                 let sender = sender_for(0);
                 let delay = produced.publish_delay.clone();
-                tasks.push(glommio::spawn_local(open_loop(sender, rate, deadline, delay)));
+                let sending = sending_partitions(args);
+                tasks.push(glommio::spawn_local(open_loop(sender, rate, sending, deadline, delay)));
             }
             None => {
                 for slot in 0..args.inflight.max(1) {
@@ -190,37 +191,48 @@ pub async fn run(
 }
 
 /// Sends one partition's batches on a fixed schedule, at most `--inflight` at a time.
+/// `sending_partitions` is how many partitions share the rate (those that get records at all).
 async fn open_loop(
     sender: Sender,
     rate: u64,
+    sending_partitions: u32,
     deadline: Instant,
     delay: Rc<RefCell<Histogram<u64>>>,
 ) {
-    // The rate is for the whole run: every partition takes an equal share, whichever thread.
-    let per_partition = (rate as f64 / f64::from(sender.args.partitions)).max(1e-3);
+    let per_partition = (rate as f64 / f64::from(sending_partitions.max(1))).max(1e-3);
     let interval = Duration::from_secs_f64(sender.args.records_per_batch() as f64 / per_partition);
-    let slots = Rc::new(glommio::sync::Semaphore::new(sender.args.inflight.max(1) as u64));
+    let inflight = sender.args.inflight.max(1) as u64;
+    let slots = Rc::new(glommio::sync::Semaphore::new(inflight));
     let mut scheduled = Instant::now();
-    let mut sends = Vec::new();
     while sender.keep_going(deadline) {
-        if let Some(wait) = scheduled.checked_duration_since(Instant::now()) {
+        if let Some(wait) = scheduled.min(deadline).checked_duration_since(Instant::now()) {
             glommio::timer::sleep(wait).await;
+            continue; // the deadline or Ctrl-C may have come meanwhile
         }
         let Ok(slot) = slots.acquire_static_permit(1).await else { break };
-        let late = Instant::now().saturating_duration_since(scheduled);
-        delay
-            .borrow_mut()
-            .saturating_record(u64::try_from(late.as_nanos()).unwrap_or(u64::MAX).max(1));
+        if sender.totals.counting() {
+            let late = Instant::now().saturating_duration_since(scheduled);
+            let ns = u64::try_from(late.as_nanos()).unwrap_or(u64::MAX).max(1);
+            delay.borrow_mut().saturating_record(ns);
+        }
         let (sender, since) = (sender.clone(), scheduled);
-        sends.push(glommio::spawn_local(async move {
+        glommio::spawn_local(async move {
             sender.send(since).await;
             drop(slot);
-        }));
+        })
+        .detach();
         scheduled += interval;
     }
-    for send in sends {
-        send.await;
-    }
+    // Every send holds a slot until it is answered: all slots back means all sends are done.
+    let _ = slots.acquire(inflight).await;
+}
+
+/// Partitions of the topic that get records: with `--keys N`, only those some key lands in.
+fn sending_partitions(args: &Args) -> u32 {
+    let partitions = args.partitions;
+    (0..partitions)
+        .filter(|p| KeySource::for_partition(args.keys, *p, partitions).has_keys())
+        .count() as u32
 }
 
 /// A batch of `count` records with value sizes from `sizes` and keys from `keys`. With a

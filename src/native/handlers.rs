@@ -26,7 +26,17 @@ pub const FETCH_BYTES_MAX: usize = 64 * 1024 * 1024;
 pub const FETCH_WAIT_MS_MAX: u32 = 30_000;
 
 /// Runs one request. `None` means no response is sent (a produce with acks=0).
-pub async fn handle(shard: Rc<Shard>, frame: RequestFrame) -> Option<Response> {
+/// For a fetch frame, the response bytes to reserve before it runs (its clamped maximum);
+/// `None` for other frames and for fetches too broken to decode (they get an error instead).
+pub fn fetch_response_bytes(frame: &RequestFrame) -> Option<usize> {
+    if Api::from_u8(frame.header.api) != Some(Api::Fetch) {
+        return None;
+    }
+    let request: FetchRequest = decode(frame.meta()).ok()?;
+    Some((request.max_bytes as usize).clamp(1, FETCH_BYTES_MAX))
+}
+
+pub async fn handle(shard: Rc<Shard>, mut frame: RequestFrame) -> Option<Response> {
     let header = frame.header;
     let request_id = header.request_id.get();
     let Some(api) = Api::from_u8(header.api) else {
@@ -49,7 +59,10 @@ pub async fn handle(shard: Rc<Shard>, frame: RequestFrame) -> Option<Response> {
     let received = frame.received;
     let response = match api {
         Api::Produce => produce(&shard, frame).await,
-        Api::Fetch => Some(fetch(&shard, &frame).await),
+        Api::Fetch => {
+            let reserved = frame.take_response_reservation();
+            Some(fetch(&shard, &frame).await.holding(reserved))
+        }
         Api::ListOffsets => Some(list_offsets(&shard, &frame).await),
         Api::Metadata => Some(metadata(&shard, &frame).await),
         Api::CreateTopic => Some(create_topic(&shard, &frame).await),
@@ -187,7 +200,6 @@ async fn fetch(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
     };
     let max_bytes = (request.max_bytes as usize).clamp(1, FETCH_BYTES_MAX);
     let max_wait = Duration::from_millis(u64::from(request.max_wait_ms.min(FETCH_WAIT_MS_MAX)));
-    let reserved = frame.reserve(max_bytes).await;
     let result =
         shard.fetch(&request.topic, request.partition, request.offset, max_bytes, max_wait).await;
     let (body, entries) = match result {
@@ -203,7 +215,7 @@ async fn fetch(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
             (FetchResponse { error: e.to_body(), high_watermark: 0, log_start: 0 }, Vec::new())
         }
     };
-    Response::new(Api::Fetch as u8, 0, request_id, &encode(&body), entries).holding(reserved)
+    Response::new(Api::Fetch as u8, 0, request_id, &encode(&body), entries)
 }
 
 async fn list_offsets(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {

@@ -2,9 +2,12 @@
 //! in request order.
 //!
 //! Reading and writing run concurrently, so a client may pipeline up to
-//! [`INFLIGHT_REQUESTS_MAX`] requests before the broker stops reading from it. Request bodies and
-//! fetch responses share one [`INFLIGHT_BYTES_MAX`] budget per connection, held until each
-//! response is written: that is the connection's backpressure and its memory ceiling. A frame with a bad header ends the connection (the stream cannot be re-synchronised)
+//! [`INFLIGHT_REQUESTS_MAX`] requests before the broker stops reading from it. Two byte budgets
+//! bound a connection's memory: [`INFLIGHT_BYTES_MAX`] of request bodies, and
+//! [`RESPONSE_BYTES_MAX`] of fetch responses, reserved when a fetch is read and held until its
+//! response is written. Only the reader acquires from either, one request at a time, so
+//! reservations are granted in request order and wait only on earlier responses: a client that
+//! pipelines fetches without reading them stalls itself instead of filling the broker's memory. A frame with a bad header ends the connection (the stream cannot be re-synchronised)
 //! after an error frame saying why; a bad body gets an error response and the connection goes on.
 
 use std::cell::Cell;
@@ -34,6 +37,8 @@ use crate::shard::Shard;
 pub const INFLIGHT_REQUESTS_MAX: usize = 64;
 /// Request bytes one connection may have in flight; a larger single frame takes the whole budget.
 pub const INFLIGHT_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Fetch response bytes one connection may have reserved; one fetch's maximum fits in it whole.
+pub const RESPONSE_BYTES_MAX: usize = crate::native::handlers::FETCH_BYTES_MAX;
 /// Spare bytes before the meta in every body buffer: room for the entry header a produce
 /// payload becomes, so the payload is stored without a copy.
 pub const BODY_PREFIX_BYTES: usize = ENTRY_HEADER_BYTES;
@@ -48,18 +53,16 @@ pub struct RequestFrame {
     pub header: FrameHeader,
     pub body: AlignedVec<16>,
     pub received: Instant,
-    /// The connection's in-flight byte budget: this frame's share is held until it is
-    /// answered, and a fetch takes more for its response (see [`Self::reserve`]).
-    budget: Rc<Semaphore>,
+    /// This frame's share of the body budget, held until it is answered.
     _permit: StaticPermit,
+    /// For a fetch: its share of the response budget, to hold until the response is written.
+    response_reservation: Option<StaticPermit>,
 }
 
 impl RequestFrame {
-    /// Reserves `bytes` of the connection's budget (at most all of it) for a response, waiting
-    /// while earlier responses are still unwritten: a client that pipelines fetches without
-    /// reading them stalls itself instead of filling the broker's memory.
-    pub async fn reserve(&self, bytes: usize) -> Option<StaticPermit> {
-        self.budget.acquire_static_permit(bytes.clamp(1, INFLIGHT_BYTES_MAX) as u64).await.ok()
+    /// The fetch response reservation made when the frame was read.
+    pub fn take_response_reservation(&mut self) -> Option<StaticPermit> {
+        self.response_reservation.take()
     }
 
     pub fn meta(&self) -> &[u8] {
@@ -208,6 +211,28 @@ impl From<io::Error> for ReadError {
     }
 }
 
+/// A connection's two memory budgets; see the module doc.
+#[derive(Clone)]
+struct Budgets {
+    bodies: Rc<Semaphore>,
+    responses: Rc<Semaphore>,
+}
+
+impl Budgets {
+    fn new() -> Self {
+        Self {
+            bodies: Rc::new(Semaphore::new(INFLIGHT_BYTES_MAX as u64)),
+            responses: Rc::new(Semaphore::new(RESPONSE_BYTES_MAX as u64)),
+        }
+    }
+
+    /// Fails every wait for budget, so a reader blocked on one stops.
+    fn close(&self) {
+        self.bodies.close();
+        self.responses.close();
+    }
+}
+
 async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     let peer = stream.peer_addr().map_or_else(|_| "unknown".to_string(), |a| a.to_string());
     if let Err(e) = stream.set_nodelay(true) {
@@ -216,20 +241,22 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     let (reader, writer) = futures_lite::io::split(stream);
     let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
     let (queue, responses) = local_channel::new_bounded(INFLIGHT_REQUESTS_MAX);
-    let writer_task = glommio::spawn_local(write_responses(responses, writer, peer.clone()));
-    if let Err(reason) = read_requests(&shard, &mut reader, &queue).await {
+    let budgets = Budgets::new();
+    let writer =
+        glommio::spawn_local(write_responses(responses, writer, budgets.clone(), peer.clone()));
+    if let Err(reason) = read_requests(&shard, &mut reader, &queue, &budgets).await {
         tracing::warn!(%peer, "closing connection: {reason}");
     }
     drop(queue);
-    writer_task.await;
+    writer.await;
 }
 
 async fn read_requests<R: AsyncRead + Unpin>(
     shard: &Rc<Shard>,
     reader: &mut R,
     queue: &LocalSender<JoinHandle<Option<Response>>>,
+    budgets: &Budgets,
 ) -> Result<(), String> {
-    let budget = Rc::new(Semaphore::new(INFLIGHT_BYTES_MAX as u64));
     let data_max = shard.config.socket_request_max_bytes;
     loop {
         let stop = async {
@@ -237,10 +264,10 @@ async fn read_requests<R: AsyncRead + Unpin>(
             None
         };
         let next = futures_lite::future::or(
-            async { Some(read_frame(reader, data_max, &budget).await) },
+            async { Some(read_frame(reader, data_max, budgets).await) },
             stop,
         );
-        let frame = match next.await {
+        let mut frame = match next.await {
             None | Some(Ok(None)) => return Ok(()),
             Some(Ok(Some(frame))) => frame,
             Some(Err(ReadError::Io(e))) => return Err(format!("read failed: {e}")),
@@ -250,6 +277,11 @@ async fn read_requests<R: AsyncRead + Unpin>(
                 return Err(error.to_string());
             }
         };
+        if let Some(bytes) = handlers::fetch_response_bytes(&frame) {
+            let reserved = budgets.responses.acquire_static_permit(bytes as u64).await;
+            frame.response_reservation =
+                Some(reserved.map_err(|_| "connection closing".to_string())?);
+        }
         let task = glommio::spawn_local(handlers::handle(shard.clone(), frame)).detach();
         if queue.send(task).await.is_err() {
             return Err("response writer stopped".into());
@@ -261,7 +293,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
 async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     data_max: u32,
-    budget: &Rc<Semaphore>,
+    budgets: &Budgets,
 ) -> Result<Option<RequestFrame>, ReadError> {
     let mut raw = [0u8; FRAME_HEADER_BYTES];
     let first = reader.read(&mut raw).await?;
@@ -283,7 +315,8 @@ async fn read_frame<R: AsyncRead + Unpin>(
         ReadError::Frame(error, response)
     })?;
     let body_len = header.body_len();
-    let permit = budget
+    let permit = budgets
+        .bodies
         .acquire_static_permit(body_len.clamp(1, INFLIGHT_BYTES_MAX) as u64)
         .await
         .map_err(|e| ReadError::Io(io::Error::other(e.to_string())))?;
@@ -297,8 +330,8 @@ async fn read_frame<R: AsyncRead + Unpin>(
         body.resize(total.min(filled + BODY_READ_STEP_BYTES), 0);
         reader.read_exact(&mut body[filled..]).await.map_err(|e| eof_mid_frame(e, "body"))?;
     }
-    let budget = budget.clone();
-    Ok(Some(RequestFrame { header, body, received: Instant::now(), budget, _permit: permit }))
+    let received = Instant::now();
+    Ok(Some(RequestFrame { header, body, received, _permit: permit, response_reservation: None }))
 }
 
 fn eof_mid_frame(e: io::Error, part: &str) -> ReadError {
@@ -315,6 +348,7 @@ fn eof_mid_frame(e: io::Error, part: &str) -> ReadError {
 async fn write_responses<W: AsyncWrite + Unpin>(
     responses: LocalReceiver<JoinHandle<Option<Response>>>,
     mut writer: W,
+    budgets: Budgets,
     peer: String,
 ) {
     while let Some(task) = responses.recv().await {
@@ -323,6 +357,10 @@ async fn write_responses<W: AsyncWrite + Unpin>(
         };
         if let Err(e) = response.write_to(&mut writer).await {
             tracing::debug!(%peer, "write failed, dropping the connection: {e}");
+            // Stop the reader even if it waits for budget, and let the queued requests finish
+            // and free what they hold.
+            budgets.close();
+            while responses.recv().await.is_some() {}
             break;
         }
     }

@@ -3,8 +3,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures_channel::oneshot;
-
 use crate::log::{LogError, ReadOutcome};
 use crate::native::messages::{Acks, ErrorBody, ErrorCode};
 use crate::record::PendingEntry;
@@ -98,8 +96,13 @@ pub enum ShardAnswer {
     Done(Result<(), BrokerError>),
 }
 
-/// A call and where to send its answer; crosses threads.
-pub struct Envelope {
-    pub call: ShardCall,
-    pub reply: oneshot::Sender<ShardAnswer>,
+/// What shards send each other over the mesh: calls, and the answers to them.
+///
+/// Answers travel back over the mesh too, to a oneshot on the calling shard's own thread. A
+/// oneshot woken straight from the answering shard would touch a glommio task's waker from a
+/// foreign thread, and glommio 0.9 can free such a task twice when that races with the task
+/// completing (seen here as "double free detected in tcache 2" under cross-shard load).
+pub enum MeshMessage {
+    Call { call_id: u64, call: ShardCall },
+    Answer { call_id: u64, answer: ShardAnswer },
 }

@@ -11,6 +11,7 @@ pub mod call;
 pub mod catalog;
 pub mod runtime;
 pub mod state;
+pub mod turns;
 
 pub use call::BrokerError;
 pub use state::Shard;

@@ -21,7 +21,7 @@ use hdrhistogram::Histogram;
 use crate::config::BrokerConfig;
 use crate::log::probe;
 use crate::metrics;
-use crate::shard::call::Envelope;
+use crate::shard::call::MeshMessage;
 use crate::shard::catalog::{self, Catalog};
 use crate::shard::Shard;
 
@@ -160,7 +160,7 @@ fn install_signal_handler(stopper: Arc<Stopper>) -> Result<(), String> {
 async fn shard_main(
     config: Arc<BrokerConfig>,
     catalog: Catalog,
-    mesh: MeshBuilder<Envelope, glommio::channels::channel_mesh::Full>,
+    mesh: MeshBuilder<MeshMessage, glommio::channels::channel_mesh::Full>,
     shards: usize,
     stopper: Arc<Stopper>,
 ) -> Result<Snapshot, String> {
@@ -223,20 +223,13 @@ async fn shard_main(
     Ok(shard.metrics.snapshot())
 }
 
-/// Executes calls from the other shards, each in its own task so a slow one (a long poll, an
-/// acks=all produce) does not hold up the rest. Tasks start in arrival order.
-fn serve_mesh(shard: &Rc<Shard>, mut receivers: Receivers<Envelope>) {
-    for (_, receiver) in receivers.streams() {
+/// Delivers what the other shards send this one, calls and answers, in arrival order.
+fn serve_mesh(shard: &Rc<Shard>, mut receivers: Receivers<MeshMessage>) {
+    for (from, receiver) in receivers.streams() {
         let shard = shard.clone();
         glommio::spawn_local(async move {
-            while let Some(envelope) = receiver.recv().await {
-                let shard = shard.clone();
-                glommio::spawn_local(async move {
-                    let answer = shard.execute(envelope.call).await;
-                    // The caller may have gone away (its connection closed); nothing to do then.
-                    let _ = envelope.reply.send(answer);
-                })
-                .detach();
+            while let Some(message) = receiver.recv().await {
+                shard.deliver(from, message);
             }
         })
         .detach();

@@ -1,8 +1,8 @@
 //! What one shard owns, and how an operation reaches the shard that owns its partition.
 //!
 //! Every operation on a partition goes through [`Shard::call`]: executed in place when this
-//! shard owns the partition, otherwise sent over the channel mesh with a oneshot reply channel
-//! (Seastar's `submit_to`). Payloads travel as `Bytes` or as the owned receive buffer, never
+//! shard owns the partition, otherwise sent over the channel mesh, whose answer comes back over
+//! the mesh to a oneshot waiting on this shard (Seastar's `submit_to`). Payloads travel as `Bytes` or as the owned receive buffer, never
 //! copied per hop.
 
 use std::cell::{Cell, RefCell};
@@ -20,8 +20,9 @@ use crate::log::{LogLimits, PartitionLog, ReadOutcome};
 use crate::metrics::Metrics;
 use crate::native::messages::{Acks, ErrorCode, OFFSET_EARLIEST, OFFSET_LATEST};
 use crate::record::PendingEntry;
-use crate::shard::call::{BrokerError, Envelope, ShardAnswer, ShardCall};
+use crate::shard::call::{BrokerError, MeshMessage, ShardAnswer, ShardCall};
 use crate::shard::catalog::{self, Catalog, TopicFile, TopicInfo, PARTITIONS_MAX};
+use crate::shard::turns::Turns;
 
 /// Appended-but-unwritten bytes per partition beyond which producers wait.
 const STAGED_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -35,11 +36,14 @@ pub struct Shard {
     pub metrics: Rc<Metrics>,
     catalog: RefCell<Catalog>,
     partitions: RefCell<HashMap<PartitionKey, Rc<PartitionLog>>>,
-    peers: Option<Senders<Envelope>>,
-    /// One turn per target shard: calls enter the mesh in the order they were made even when a
+    peers: Option<Senders<MeshMessage>>,
+    /// Calls sent to other shards, by id, waiting for their answers.
+    waiting: RefCell<HashMap<u64, oneshot::Sender<ShardAnswer>>>,
+    next_call_id: Cell<u64>,
+    /// One line per target shard: calls enter the mesh in the order they were made even when a
     /// channel is full (otherwise a newer call could slip into a freed slot before an older
     /// one wakes, and two produce requests of one connection could swap offsets).
-    send_turns: Vec<glommio::sync::Semaphore>,
+    send_turns: Vec<Turns>,
     /// Serialises topic changes on the controller shard.
     admin_lock: glommio::sync::Semaphore,
     stopping: Cell<bool>,
@@ -52,7 +56,7 @@ impl Shard {
         count: usize,
         config: Arc<BrokerConfig>,
         catalog: Catalog,
-        peers: Option<Senders<Envelope>>,
+        peers: Option<Senders<MeshMessage>>,
     ) -> Self {
         Self {
             id,
@@ -62,7 +66,9 @@ impl Shard {
             catalog: RefCell::new(catalog),
             partitions: RefCell::new(HashMap::new()),
             peers,
-            send_turns: (0..count).map(|_| glommio::sync::Semaphore::new(1)).collect(),
+            waiting: RefCell::new(HashMap::new()),
+            next_call_id: Cell::new(0),
+            send_turns: (0..count).map(|_| Turns::default()).collect(),
             admin_lock: glommio::sync::Semaphore::new(1),
             stopping: Cell::new(false),
             stop_event: Event::new(),
@@ -142,19 +148,46 @@ impl Shard {
         let Some(peers) = &self.peers else {
             return ShardAnswer::Done(Err(unavailable("no such shard")));
         };
+        let call_id = self.next_call_id.get();
+        self.next_call_id.set(call_id + 1);
         let (reply, answer) = oneshot::channel();
+        self.waiting.borrow_mut().insert(call_id, reply);
         let sent = {
-            let Ok(_turn) = self.send_turns[target].acquire_permit(1).await else {
-                return ShardAnswer::Done(Err(unavailable("shard is stopping")));
-            };
-            peers.send_to(target, Envelope { call, reply }).await
+            let turn = self.send_turns[target].take();
+            turn.wait().await;
+            peers.send_to(target, MeshMessage::Call { call_id, call }).await
         };
         if sent.is_err() {
+            self.waiting.borrow_mut().remove(&call_id);
             return ShardAnswer::Done(Err(unavailable("shard is stopping")));
         }
         answer
             .await
             .unwrap_or_else(|_| ShardAnswer::Done(Err(unavailable("shard dropped the call"))))
+    }
+
+    /// Handles a message from shard `from`: runs a call (in its own task, so a slow one does
+    /// not hold up the rest) and sends the answer back, or hands an answer to its waiting call.
+    pub fn deliver(self: &Rc<Self>, from: usize, message: MeshMessage) {
+        match message {
+            MeshMessage::Call { call_id, call } => {
+                let shard = self.clone();
+                glommio::spawn_local(async move {
+                    let answer = shard.execute(call).await;
+                    if let Some(peers) = &shard.peers {
+                        // Fails only when the caller's shard is gone; nobody waits then.
+                        let _ = peers.send_to(from, MeshMessage::Answer { call_id, answer }).await;
+                    }
+                })
+                .detach();
+            }
+            MeshMessage::Answer { call_id, answer } => {
+                // The caller may have gone away (its connection closed); nothing to do then.
+                if let Some(waiter) = self.waiting.borrow_mut().remove(&call_id) {
+                    let _ = waiter.send(answer);
+                }
+            }
+        }
     }
 
     /// Executes a call addressed to this shard.
