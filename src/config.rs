@@ -362,6 +362,18 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_tuning_profiles_are_valid() {
+        for profile in [
+            include_str!("../tuning/profiles/throughput.toml"),
+            include_str!("../tuning/profiles/latency.toml"),
+        ] {
+            let mut config = BrokerConfig::default();
+            config.apply_toml(profile).unwrap();
+            config.validate().unwrap();
+        }
+    }
+
+    #[test]
     fn core_lists_parse() {
         assert_eq!(parse_cores("0-3").unwrap(), vec![0, 1, 2, 3]);
         assert_eq!(parse_cores("0,2").unwrap(), vec![0, 2]);
