@@ -55,6 +55,20 @@ impl ServeArgs {
 
     pub fn run(self) -> Result<(), String> {
         let config = self.broker_config()?;
+        abort_on_panic();
         crate::shard::runtime::run(config, self.histogram_dir)
     }
+}
+
+/// A panic on any shard ends the whole process, like a crash. The other shards would otherwise
+/// wait for it at the start and stop barriers forever, and a half-alive broker serves some
+/// partitions but not others; everything acknowledged is already on disk, so recovery after a
+/// restart is the same as after `kill -9`.
+fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        eprintln!("spate: a shard panicked; aborting the process");
+        std::process::abort();
+    }));
 }
