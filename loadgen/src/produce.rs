@@ -82,6 +82,8 @@ struct Sender {
     keys: Rc<KeySource>,
     rng: Rc<RefCell<Rng>>,
     interrupted: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// This thread's share of `--max-bytes`.
+    byte_budget: u64,
 }
 
 impl Sender {
@@ -118,10 +120,9 @@ impl Sender {
 
     /// The byte budget is split evenly over the threads, each of which knows only its own bytes.
     fn keep_going(&self, deadline: Instant) -> bool {
-        let budget = self.args.max_bytes.map_or(u64::MAX, |b| b / self.args.thread_count() as u64);
         let interrupted = self.interrupted.load(std::sync::atomic::Ordering::Relaxed);
         Instant::now() < deadline
-            && self.totals.bytes.get() < budget
+            && self.totals.bytes.get() < self.byte_budget
             && !self.totals.failed()
             && !interrupted
     }
@@ -138,6 +139,8 @@ pub async fn run(
 ) {
     produced.totals.count_from(measure_from);
     let deadline = measure_from + Duration::from_secs(args.duration_secs);
+    let byte_budget = args.max_bytes.map_or(u64::MAX, |b| b / args.thread_count() as u64);
+    let sending = sending_partitions(args);
     let mut tasks = Vec::new();
     for &partition in partitions {
         let keys = Rc::new(KeySource::for_partition(args.keys, partition, args.partitions));
@@ -162,13 +165,13 @@ pub async fn run(
                 keys: keys.clone(),
                 rng: Rc::new(RefCell::new(Rng::new(u64::from(partition) << 16 | slot as u64))),
                 interrupted: produced.interrupted.clone(),
+                byte_budget,
             }
         };
         match args.rate {
             Some(rate) => {
                 let sender = sender_for(0);
                 let delay = produced.publish_delay.clone();
-                let sending = sending_partitions(args);
                 tasks.push(glommio::spawn_local(open_loop(sender, rate, sending, deadline, delay)));
             }
             None => {

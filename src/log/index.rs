@@ -68,10 +68,6 @@ impl SegmentIndex {
     pub fn is_empty(&self) -> bool {
         self.points.is_empty()
     }
-
-    pub fn last(&self) -> Option<IndexPoint> {
-        self.points.last().copied()
-    }
 }
 
 /// What an index file says about its segment, besides the points.

@@ -33,7 +33,7 @@ use crate::log::segment::{self, Segment, Truncation};
 use crate::log::tail_cache::TailCache;
 use crate::metrics::{Hist, Metrics};
 use crate::record::entry::{parse_entry, parse_header, ENTRY_HEADER_BYTES};
-use crate::record::{EntryHeader, PendingEntry};
+use crate::record::PendingEntry;
 
 /// Limits that come from the broker's settings rather than the topic's.
 #[derive(Clone, Copy, Debug)]
@@ -662,23 +662,40 @@ async fn read_segment(
     Ok(first.map(|first| buf.slice(first..at)))
 }
 
-/// Finds the first record at or after `timestamp` in one segment.
+/// Finds the first record at or after `timestamp` in one segment, reading the log in windows
+/// (the first one reaches past the next index point) rather than entry by entry.
 async fn find_timestamp(segment: &Segment, timestamp: i64) -> Result<Option<u64>, ReadError> {
     let (mut position, size) = {
         let meta = segment.meta.borrow();
         (meta.index.seek_timestamp(timestamp).map_or(0, |p| p.position), meta.size)
     };
     while position < size {
-        let header_bytes = segment.read(position, ENTRY_HEADER_BYTES).await?;
-        let header = parse_header(&header_bytes)
-            .map_err(|e| ReadError::Corrupt { position, why: e.to_string() })?;
-        if header.max_timestamp.get() >= timestamp {
-            let entry = segment.read(position, header.entry_len()).await?;
-            return first_record_at_or_after(&entry, timestamp)
-                .map(Some)
-                .map_err(|why| ReadError::Corrupt { position, why });
+        let window_start = position;
+        let window =
+            segment.read(position, (size - position).min(READ_SLACK_BYTES as u64) as usize).await?;
+        while position < window_start + window.len() as u64 {
+            let at = (position - window_start) as usize;
+            if window.len() - at < ENTRY_HEADER_BYTES {
+                if at == 0 {
+                    let why = "entry header cut off at the end of the segment".to_string();
+                    return Err(ReadError::Corrupt { position, why });
+                }
+                break; // the header straddles the window's end: read on from here
+            }
+            let header = parse_header(&window[at..])
+                .map_err(|e| ReadError::Corrupt { position, why: e.to_string() })?;
+            let entry_len = header.entry_len();
+            if header.max_timestamp.get() >= timestamp {
+                let entry = match at + entry_len <= window.len() {
+                    true => window.slice(at..at + entry_len),
+                    false => segment.read(position, entry_len).await?,
+                };
+                return first_record_at_or_after(&entry, timestamp)
+                    .map(Some)
+                    .map_err(|why| ReadError::Corrupt { position, why });
+            }
+            position += entry_len as u64;
         }
-        position += header.entry_len() as u64;
     }
     Ok(None)
 }
@@ -760,9 +777,4 @@ async fn read_block_tail(active: &Segment) -> io::Result<Vec<u8>> {
         return Ok(Vec::new());
     }
     Ok(active.read(size - tail_len as u64, tail_len).await?.to_vec())
-}
-
-/// A header parsed from stored bytes, for callers outside the log.
-pub fn entry_header(entry: &[u8]) -> Option<EntryHeader> {
-    parse_header(entry).ok()
 }

@@ -4,7 +4,8 @@
 //! `<base_offset>.index`. The active segment is preallocated [`PREALLOCATE_STEP_BYTES`] at a time
 //! ahead of the writer, so an append almost never grows the file's metadata, yet an idle partition
 //! holds at most one step of unused disk; the unwritten end reads as zeros, which is how recovery
-//! finds where the log ends. A sealed segment is fdatasync'ed, truncated to its real length and indexed.
+//! finds where the log ends. A sealed segment is fdatasync'ed, truncated to its real length and
+//! indexed.
 //!
 //! Only the partition's writer task changes [`SegmentMeta`]; readers borrow it briefly and never
 //! across an `.await`.

@@ -60,12 +60,6 @@ impl TailCache {
         }
         Some(out)
     }
-
-    /// Drops everything, e.g. after the log was truncated.
-    pub fn clear(&mut self) {
-        self.entries.clear();
-        self.bytes = 0;
-    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use crate::native::server::{RequestFrame, Response};
 use crate::record::batch::validate_native_payload;
 use crate::record::{PayloadFormat, PendingEntry, ENTRY_HEADER_BYTES};
 use crate::shard::{BrokerError, Shard};
+use glommio::sync::StaticPermit;
 
 /// The most a single fetch returns; a client asking for more gets this much.
 pub const FETCH_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -26,17 +27,33 @@ pub const FETCH_BYTES_MAX: usize = 64 * 1024 * 1024;
 pub const FETCH_WAIT_MS_MAX: u32 = 30_000;
 
 /// Runs one request. `None` means no response is sent (a produce with acks=0).
-/// For a fetch frame, the response bytes to reserve before it runs (its clamped maximum);
-/// `None` for other frames and for fetches too broken to decode (they get an error instead).
-pub fn fetch_response_bytes(frame: &RequestFrame) -> Option<usize> {
+/// A fetch decoded by the connection's reader, with the response budget it reserved.
+pub struct PreparedFetch {
+    pub request: FetchRequest,
+    pub reserved: StaticPermit,
+}
+
+/// The request of a fetch frame, decoded once by the reader so it can reserve the response's
+/// bytes ([`fetch_max_bytes`]) in request order. `None` for other frames and for fetches too
+/// broken to decode (they get an error when handled).
+pub fn decode_fetch(frame: &RequestFrame) -> Option<FetchRequest> {
     if Api::from_u8(frame.header.api) != Some(Api::Fetch) {
         return None;
     }
-    let request: FetchRequest = decode(frame.meta()).ok()?;
-    Some((request.max_bytes as usize).clamp(1, FETCH_BYTES_MAX))
+    decode(frame.meta()).ok()
 }
 
-pub async fn handle(shard: Rc<Shard>, mut frame: RequestFrame) -> Option<Response> {
+/// The most a fetch returns: what it asked for, within [1, `FETCH_BYTES_MAX`].
+pub fn fetch_max_bytes(request: &FetchRequest) -> usize {
+    (request.max_bytes as usize).clamp(1, FETCH_BYTES_MAX)
+}
+
+/// Runs one request; a fetch comes `prepared` by the reader.
+pub async fn handle(
+    shard: Rc<Shard>,
+    frame: RequestFrame,
+    prepared: Option<PreparedFetch>,
+) -> Option<Response> {
     let header = frame.header;
     let request_id = header.request_id.get();
     let Some(api) = Api::from_u8(header.api) else {
@@ -59,10 +76,7 @@ pub async fn handle(shard: Rc<Shard>, mut frame: RequestFrame) -> Option<Respons
     let received = frame.received;
     let response = match api {
         Api::Produce => produce(&shard, frame).await,
-        Api::Fetch => {
-            let reserved = frame.take_response_reservation();
-            Some(fetch(&shard, &frame).await.holding(reserved))
-        }
+        Api::Fetch => Some(fetch(&shard, &frame, prepared).await),
         Api::ListOffsets => Some(list_offsets(&shard, &frame).await),
         Api::Metadata => Some(metadata(&shard, &frame).await),
         Api::CreateTopic => Some(create_topic(&shard, &frame).await),
@@ -129,17 +143,16 @@ async fn produce(shard: &Rc<Shard>, frame: RequestFrame) -> Option<Response> {
     Some(answer(Api::Produce, request_id, &body))
 }
 
-/// The topic's settings, creating it with `num.partitions` when it is missing, `allowed` by the
-/// request and `auto.create.topics.enable` is on (Kafka creates on produce and on metadata).
+/// The topic's settings, creating it with `num.partitions` when it is missing and
+/// `auto.create.topics.enable` is on (Kafka creates on produce and on metadata that allows it).
 async fn topic_or_create(
     shard: &Rc<Shard>,
     name: &str,
-    allowed: bool,
 ) -> Result<crate::shard::catalog::TopicInfo, BrokerError> {
     if let Some(info) = shard.topic(name) {
         return Ok(info);
     }
-    if !allowed || !shard.config.auto_create_topics {
+    if !shard.config.auto_create_topics {
         let why = format!("no topic {name} (auto.create.topics.enable is off)");
         return Err(BrokerError::new(ErrorCode::UnknownTopic, why));
     }
@@ -157,7 +170,7 @@ async fn append(
     frame: RequestFrame,
     request: ProduceRequest,
 ) -> Result<(u64, u64), BrokerError> {
-    let info = topic_or_create(shard, &request.topic, true).await?;
+    let info = topic_or_create(shard, &request.topic).await?;
     if request.partition >= info.partitions {
         let why = format!(
             "topic {} has {} partitions, no partition {}",
@@ -192,13 +205,20 @@ async fn append(
     shard.produce(&request.topic, request.partition, request.acks, entry).await
 }
 
-async fn fetch(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
+async fn fetch(
+    shard: &Rc<Shard>,
+    frame: &RequestFrame,
+    prepared: Option<PreparedFetch>,
+) -> Response {
     let request_id = frame.header.request_id.get();
-    let request: FetchRequest = match decode(frame.meta()) {
-        Ok(request) => request,
-        Err(why) => return undecodable(Api::Fetch, request_id, why),
+    let (request, reserved) = match prepared {
+        Some(PreparedFetch { request, reserved }) => (request, Some(reserved)),
+        None => match decode::<FetchRequest>(frame.meta()) {
+            Ok(request) => (request, None),
+            Err(why) => return undecodable(Api::Fetch, request_id, why),
+        },
     };
-    let max_bytes = (request.max_bytes as usize).clamp(1, FETCH_BYTES_MAX);
+    let max_bytes = fetch_max_bytes(&request);
     let max_wait = Duration::from_millis(u64::from(request.max_wait_ms.min(FETCH_WAIT_MS_MAX)));
     let result =
         shard.fetch(&request.topic, request.partition, request.offset, max_bytes, max_wait).await;
@@ -215,7 +235,7 @@ async fn fetch(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
             (FetchResponse { error: e.to_body(), high_watermark: 0, log_start: 0 }, Vec::new())
         }
     };
-    Response::new(Api::Fetch as u8, 0, request_id, &encode(&body), entries)
+    Response::new(Api::Fetch as u8, 0, request_id, &encode(&body), entries).holding(reserved)
 }
 
 async fn list_offsets(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
@@ -244,7 +264,7 @@ async fn metadata(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
     let mut topics = Vec::with_capacity(names.len());
     for name in names {
         if request.allow_auto_create {
-            if let Err(e) = topic_or_create(shard, &name, true).await {
+            if let Err(e) = topic_or_create(shard, &name).await {
                 let error = e.to_body();
                 topics.push(TopicMetadata {
                     name,

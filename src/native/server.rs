@@ -7,8 +7,9 @@
 //! [`RESPONSE_BYTES_MAX`] of fetch responses, reserved when a fetch is read and held until its
 //! response is written. Only the reader acquires from either, one request at a time, so
 //! reservations are granted in request order and wait only on earlier responses: a client that
-//! pipelines fetches without reading them stalls itself instead of filling the broker's memory. A frame with a bad header ends the connection (the stream cannot be re-synchronised)
-//! after an error frame saying why; a bad body gets an error response and the connection goes on.
+//! pipelines fetches without reading them stalls itself instead of filling the broker's memory.
+//! A frame with a bad header ends the connection (the stream cannot be re-synchronised) after an
+//! error frame saying why; a bad body gets an error response and the connection goes on.
 
 use std::cell::Cell;
 use std::io;
@@ -55,16 +56,9 @@ pub struct RequestFrame {
     pub received: Instant,
     /// This frame's share of the body budget, held until it is answered.
     _permit: StaticPermit,
-    /// For a fetch: its share of the response budget, to hold until the response is written.
-    response_reservation: Option<StaticPermit>,
 }
 
 impl RequestFrame {
-    /// The fetch response reservation made when the frame was read.
-    pub fn take_response_reservation(&mut self) -> Option<StaticPermit> {
-        self.response_reservation.take()
-    }
-
     pub fn meta(&self) -> &[u8] {
         &self.body[BODY_PREFIX_BYTES..BODY_PREFIX_BYTES + self.header.meta_len.get() as usize]
     }
@@ -267,7 +261,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
             async { Some(read_frame(reader, data_max, budgets).await) },
             stop,
         );
-        let mut frame = match next.await {
+        let frame = match next.await {
             None | Some(Ok(None)) => return Ok(()),
             Some(Ok(Some(frame))) => frame,
             Some(Err(ReadError::Io(e))) => return Err(format!("read failed: {e}")),
@@ -277,12 +271,16 @@ async fn read_requests<R: AsyncRead + Unpin>(
                 return Err(error.to_string());
             }
         };
-        if let Some(bytes) = handlers::fetch_response_bytes(&frame) {
-            let reserved = budgets.responses.acquire_static_permit(bytes as u64).await;
-            frame.response_reservation =
-                Some(reserved.map_err(|_| "connection closing".to_string())?);
-        }
-        let task = glommio::spawn_local(handlers::handle(shard.clone(), frame)).detach();
+        let prepared = match handlers::decode_fetch(&frame) {
+            Some(request) => {
+                let bytes = handlers::fetch_max_bytes(&request) as u64;
+                let reserved = budgets.responses.acquire_static_permit(bytes).await;
+                let reserved = reserved.map_err(|_| "connection closing".to_string())?;
+                Some(handlers::PreparedFetch { request, reserved })
+            }
+            None => None,
+        };
+        let task = glommio::spawn_local(handlers::handle(shard.clone(), frame, prepared)).detach();
         if queue.send(task).await.is_err() {
             return Err("response writer stopped".into());
         }
@@ -331,7 +329,7 @@ async fn read_frame<R: AsyncRead + Unpin>(
         reader.read_exact(&mut body[filled..]).await.map_err(|e| eof_mid_frame(e, "body"))?;
     }
     let received = Instant::now();
-    Ok(Some(RequestFrame { header, body, received, _permit: permit, response_reservation: None }))
+    Ok(Some(RequestFrame { header, body, received, _permit: permit }))
 }
 
 fn eof_mid_frame(e: io::Error, part: &str) -> ReadError {

@@ -210,14 +210,6 @@ impl<'a> NativeBatchView<'a> {
         })
     }
 
-    pub fn len(&self) -> usize {
-        self.batch.records.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.batch.records.is_empty()
-    }
-
     pub fn records(&self) -> impl Iterator<Item = RecordView<'a>> + '_ {
         let base_offset = self.base_offset;
         let first_timestamp = self.first_timestamp;

@@ -52,15 +52,6 @@ impl PendingEntry {
         Some(Self { buf, header_at, payload_len, payload_crc, meta, format })
     }
 
-    pub fn entry_len(&self) -> usize {
-        entry_len(self.payload_len)
-    }
-
-    pub fn payload(&self) -> &[u8] {
-        let start = self.header_at + ENTRY_HEADER_BYTES;
-        &self.buf[start..start + self.payload_len]
-    }
-
     /// Writes the header for `base_offset` and hands out the finished entry with the bytes of
     /// memory it keeps alive (what caches must charge for it). When the receive buffer is much
     /// larger than the entry (a large meta in front of a small batch), the entry is copied out so

@@ -412,10 +412,6 @@ impl Shard {
         self.stop_event.notify(usize::MAX);
     }
 
-    pub fn is_stopping(&self) -> bool {
-        self.stopping.get()
-    }
-
     /// Resolves once the shard starts stopping.
     pub async fn wait_for_stop(&self) {
         loop {
