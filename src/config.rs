@@ -15,6 +15,8 @@ use crate::record::entry::ENTRY_PAYLOAD_BYTES_MAX;
 
 /// The native listener a client finds when it is given no address.
 pub const NATIVE_PORT_DEFAULT: u16 = 9192;
+/// Kafka's own port: clients find the broker where they expect Kafka.
+pub const KAFKA_PORT_DEFAULT: u16 = 9092;
 /// Data lands here when no directory is configured.
 pub const DATA_DIR_DEFAULT: &str = "./spate-data";
 /// Segments smaller than this would roll on nearly every write.
@@ -37,6 +39,11 @@ impl std::fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// `PLAINTEXT://host:port` (Kafka's listener syntax) or plain `host:port`.
+fn strip_scheme(value: &str) -> &str {
+    value.strip_prefix("PLAINTEXT://").unwrap_or(value)
+}
 
 fn invalid(key: &str, value: &str, why: &str) -> ConfigError {
     ConfigError(format!("invalid value {value:?} for {key}: {why}"))
@@ -160,6 +167,13 @@ pub struct BrokerConfig {
     /// CPUs to pin one shard each to; `None` means one shard per online CPU.
     pub cores: Option<Vec<usize>>,
     pub native_listener: SocketAddr,
+    /// Where Kafka clients connect (`listeners`).
+    pub kafka_listener: SocketAddr,
+    /// The host and port Metadata tells Kafka clients to use (`advertised.listeners`); `None`
+    /// advertises the address each client connected to.
+    pub kafka_advertised: Option<(String, u16)>,
+    /// This broker's id in Kafka metadata (`node.id`, also read as `broker.id`).
+    pub node_id: i32,
     /// Defaults for topics; topics override them by their own names.
     pub topic_defaults: TopicConfig,
     pub num_partitions: u32,
@@ -179,6 +193,9 @@ impl Default for BrokerConfig {
             data_dir: PathBuf::from(DATA_DIR_DEFAULT),
             cores: None,
             native_listener: SocketAddr::from(([0, 0, 0, 0], NATIVE_PORT_DEFAULT)),
+            kafka_listener: SocketAddr::from(([0, 0, 0, 0], KAFKA_PORT_DEFAULT)),
+            kafka_advertised: None,
+            node_id: 0,
             topic_defaults: TopicConfig::default(),
             num_partitions: 1,
             auto_create_topics: true,
@@ -203,6 +220,22 @@ impl BrokerConfig {
                 self.native_listener =
                     value.parse().map_err(|_| invalid(key, value, "expected host:port"))?
             }
+            "listeners" | "kafka.listener" => {
+                self.kafka_listener = strip_scheme(value).parse().map_err(|_| {
+                    invalid(key, value, "expected host:port or PLAINTEXT://host:port")
+                })?
+            }
+            "advertised.listeners" | "kafka.advertised.listener" => {
+                let (host, port) = strip_scheme(value)
+                    .rsplit_once(':')
+                    .ok_or_else(|| invalid(key, value, "expected host:port"))?;
+                let port = port.parse().map_err(|_| invalid(key, value, "bad port"))?;
+                if host.is_empty() {
+                    return Err(invalid(key, value, "a host is needed"));
+                }
+                self.kafka_advertised = Some((host.to_string(), port));
+            }
+            "node.id" | "broker.id" => self.node_id = parse(key, value)?,
             "log.retention.hours" => {
                 let hours: i64 = parse(key, value)?;
                 self.topic_defaults.retention_ms = hours.saturating_mul(3_600_000);

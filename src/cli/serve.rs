@@ -20,6 +20,12 @@ pub struct ServeArgs {
     /// Native protocol listener [default: 0.0.0.0:9192]
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<String>,
+    /// Kafka protocol listener [default: 0.0.0.0:9092]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub kafka_listener: Option<String>,
+    /// The host:port Kafka clients are told to connect to [default: the address they used]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertised: Option<String>,
     /// Override one setting, e.g. --set log.retention.ms=60000 (repeatable; applied after --config).
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = super::parse_key_value)]
     pub settings: Vec<(String, String)>,
@@ -48,6 +54,14 @@ impl ServeArgs {
         }
         if let Some(listen) = &self.listen {
             config.set("native.listener", listen).map_err(|e| format!("--listen: {e}"))?;
+        }
+        if let Some(listen) = &self.kafka_listener {
+            config.set("listeners", listen).map_err(|e| format!("--kafka-listener: {e}"))?;
+        }
+        if let Some(advertised) = &self.advertised {
+            config
+                .set("advertised.listeners", advertised)
+                .map_err(|e| format!("--advertised: {e}"))?;
         }
         config.validate().map_err(|e| e.to_string())?;
         Ok(config)

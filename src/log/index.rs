@@ -54,6 +54,12 @@ impl SegmentIndex {
         after.checked_sub(1).map(|i| self.points[i])
     }
 
+    /// The last point at or before file position `position`, else the start.
+    pub fn seek_position(&self, position: u64) -> Option<IndexPoint> {
+        let after = self.points.partition_point(|p| p.position <= position);
+        after.checked_sub(1).map(|i| self.points[i])
+    }
+
     /// Where to start scanning for the first record at or after `timestamp`: the last point
     /// before which every record is older.
     pub fn seek_timestamp(&self, timestamp: i64) -> Option<IndexPoint> {

@@ -9,6 +9,7 @@
 pub mod index;
 pub mod partition;
 pub mod probe;
+pub mod producers;
 pub mod retention;
 pub mod scan;
 pub mod segment;

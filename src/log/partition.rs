@@ -28,12 +28,17 @@ use bytes::Bytes;
 use event_listener::Event;
 
 use crate::config::{TopicConfig, WRITE_ALIGN_BYTES};
+use crate::log::producers::{ProducerTable, SequenceCheck, SequenceError};
 use crate::log::retention::{self, SegmentFacts};
 use crate::log::segment::{self, Segment, Truncation};
 use crate::log::tail_cache::TailCache;
 use crate::metrics::{Hist, Metrics};
 use crate::record::entry::{parse_entry, parse_header, ENTRY_HEADER_BYTES};
 use crate::record::PendingEntry;
+
+/// How much of the newest log is replayed on open to rebuild idempotent producers' state: far
+/// more than any producer's retries span.
+const PRODUCER_REBUILD_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Limits that come from the broker's settings rather than the topic's.
 #[derive(Clone, Copy, Debug)]
@@ -58,6 +63,8 @@ pub enum LogError {
     Corrupt(String),
     /// The partition is closing (broker stopping or topic deleted).
     Closed,
+    /// An idempotent producer's batch out of sequence or from a fenced epoch.
+    Sequence(SequenceError),
 }
 
 impl std::fmt::Display for LogError {
@@ -69,6 +76,7 @@ impl std::fmt::Display for LogError {
             Self::Storage(why) => write!(f, "storage error: {why}"),
             Self::Corrupt(why) => write!(f, "corrupt data: {why}"),
             Self::Closed => write!(f, "partition is closing"),
+            Self::Sequence(why) => write!(f, "{why}"),
         }
     }
 }
@@ -101,6 +109,7 @@ struct LogState {
     staged: VecDeque<Staged>,
     staged_bytes: usize,
     tail: TailCache,
+    producers: ProducerTable,
     /// Bytes of the active segment from its last 4 KiB boundary to its end: the next write
     /// starts at that boundary and rewrites them.
     block_tail: Vec<u8>,
@@ -167,6 +176,7 @@ impl PartitionLog {
                 staged: VecDeque::new(),
                 staged_bytes: 0,
                 tail: TailCache::new(limits.tail_cache_bytes),
+                producers: ProducerTable::default(),
                 block_tail,
                 roll_requested: false,
                 stopping: false,
@@ -178,6 +188,7 @@ impl PartitionLog {
             writer_wake: Event::new(),
             metrics,
         });
+        log.rebuild_producers().await?;
         glommio::spawn_local(log.clone().run_writer()).detach();
         glommio::spawn_local(log.clone().run_syncer()).detach();
         Ok(log)
@@ -187,8 +198,37 @@ impl PartitionLog {
         self.config.borrow().clone()
     }
 
+    /// Replays the producer ids of the newest [`PRODUCER_REBUILD_BYTES`] of the log, so a batch
+    /// retried across a restart is still recognised.
+    async fn rebuild_producers(&self) -> io::Result<()> {
+        let active = self.state.borrow().active();
+        let (from, size) = {
+            let meta = active.meta.borrow();
+            let wanted = meta.size.saturating_sub(PRODUCER_REBUILD_BYTES);
+            (meta.index.seek_position(wanted).map_or(0, |p| p.position), meta.size)
+        };
+        if size == from {
+            return Ok(());
+        }
+        let bytes = active.read(from, (size - from) as usize).await?;
+        let mut st = self.state.borrow_mut();
+        let mut at = 0;
+        // Recovery has already checked every entry up to `size`.
+        while let Ok(header) = parse_header(&bytes[at..]) {
+            let meta = header.meta();
+            st.producers.record(&meta, header.base_offset(), header.next_offset());
+            at += header.entry_len();
+            if at >= bytes.len() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Assigns offsets to the entry and queues it for writing. Returns its base offset and the
-    /// offset after it; wait for those with [`Self::wait_written`] or [`Self::wait_synced`].
+    /// offset after it; wait for those with [`Self::wait_written`] or [`Self::wait_synced`]. A
+    /// batch an idempotent producer already wrote is not written again: its first offsets are
+    /// returned.
     pub fn append(&self, pending: PendingEntry) -> Result<(u64, u64), LogError> {
         let mut st = self.state.borrow_mut();
         if let Some(why) = &st.failed {
@@ -197,9 +237,16 @@ impl PartitionLog {
         if st.stopping {
             return Err(LogError::Closed);
         }
+        match st.producers.check(&pending.meta).map_err(LogError::Sequence)? {
+            SequenceCheck::Duplicate { base_offset, next_offset } => {
+                return Ok((base_offset, next_offset));
+            }
+            SequenceCheck::Append => {}
+        }
         let base_offset = st.next_offset;
         let next_offset = base_offset + u64::from(pending.meta.record_count);
         let max_timestamp = pending.meta.max_timestamp;
+        st.producers.record(&pending.meta, base_offset, next_offset);
         let (entry, footprint) = pending.seal(base_offset);
         st.next_offset = next_offset;
         st.staged_bytes += entry.len();

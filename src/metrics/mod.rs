@@ -21,6 +21,10 @@ pub enum Hist {
     Metadata,
     CreateTopic,
     DeleteTopic,
+    /// Kafka listener requests, by kind: produce, fetch, and the rest together.
+    KafkaProduce,
+    KafkaFetch,
+    KafkaOther,
     /// One O_DIRECT write of the segment writer.
     LogAppend,
     /// One fdatasync of a segment.
@@ -28,13 +32,16 @@ pub enum Hist {
 }
 
 impl Hist {
-    pub const ALL: [Hist; 8] = [
+    pub const ALL: [Hist; 11] = [
         Hist::Produce,
         Hist::Fetch,
         Hist::ListOffsets,
         Hist::Metadata,
         Hist::CreateTopic,
         Hist::DeleteTopic,
+        Hist::KafkaProduce,
+        Hist::KafkaFetch,
+        Hist::KafkaOther,
         Hist::LogAppend,
         Hist::Fdatasync,
     ];
@@ -47,6 +54,9 @@ impl Hist {
             Hist::Metadata => "request.metadata",
             Hist::CreateTopic => "request.create_topic",
             Hist::DeleteTopic => "request.delete_topic",
+            Hist::KafkaProduce => "kafka.produce",
+            Hist::KafkaFetch => "kafka.fetch",
+            Hist::KafkaOther => "kafka.other",
             Hist::LogAppend => "log.append_write",
             Hist::Fdatasync => "log.fdatasync",
         }

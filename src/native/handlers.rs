@@ -143,34 +143,12 @@ async fn produce(shard: &Rc<Shard>, frame: RequestFrame) -> Option<Response> {
     Some(answer(Api::Produce, request_id, &body))
 }
 
-/// The topic's settings, creating it with `num.partitions` when it is missing and
-/// `auto.create.topics.enable` is on (Kafka creates on produce and on metadata that allows it).
-async fn topic_or_create(
-    shard: &Rc<Shard>,
-    name: &str,
-) -> Result<crate::shard::catalog::TopicInfo, BrokerError> {
-    if let Some(info) = shard.topic(name) {
-        return Ok(info);
-    }
-    if !shard.config.auto_create_topics {
-        let why = format!("no topic {name} (auto.create.topics.enable is off)");
-        return Err(BrokerError::new(ErrorCode::UnknownTopic, why));
-    }
-    match shard.create_topic(name, shard.config.num_partitions, BTreeMap::new()).await {
-        Err(e) if e.code != ErrorCode::TopicAlreadyExists => return Err(e),
-        _ => {}
-    }
-    shard
-        .topic(name)
-        .ok_or_else(|| BrokerError::new(ErrorCode::UnknownTopic, format!("topic {name} vanished")))
-}
-
 async fn append(
     shard: &Rc<Shard>,
     frame: RequestFrame,
     request: ProduceRequest,
 ) -> Result<(u64, u64), BrokerError> {
-    let info = topic_or_create(shard, &request.topic).await?;
+    let info = shard.topic_or_create(&request.topic).await?;
     if request.partition >= info.partitions {
         let why = format!(
             "topic {} has {} partitions, no partition {}",
@@ -222,6 +200,13 @@ async fn fetch(
     let max_wait = Duration::from_millis(u64::from(request.max_wait_ms.min(FETCH_WAIT_MS_MAX)));
     let result =
         shard.fetch(&request.topic, request.partition, request.offset, max_bytes, max_wait).await;
+    // Entries Kafka producers stored are converted for native readers, one entry at a time.
+    let result = result.and_then(|mut outcome| {
+        outcome.entries = crate::kafka::convert::native_entries(outcome.entries).map_err(|e| {
+            BrokerError::new(ErrorCode::StorageError, format!("converting a Kafka entry: {e}"))
+        })?;
+        Ok(outcome)
+    });
     let (body, entries) = match result {
         Ok(outcome) => (
             FetchResponse {
@@ -264,7 +249,7 @@ async fn metadata(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
     let mut topics = Vec::with_capacity(names.len());
     for name in names {
         if request.allow_auto_create {
-            if let Err(e) = topic_or_create(shard, &name).await {
+            if let Err(e) = shard.topic_or_create(&name).await {
                 let error = e.to_body();
                 topics.push(TopicMetadata {
                     name,

@@ -27,6 +27,14 @@ pub enum ErrorCode {
     NotAvailable = 11,
     InvalidTopicName = 12,
     InvalidPartitions = 13,
+    /// A batch a broker must not store (Kafka's INVALID_RECORD).
+    InvalidRecord = 14,
+    /// An idempotent producer skipped or reordered a sequence number.
+    OutOfOrderSequence = 15,
+    /// An idempotent producer's epoch was fenced by a newer one.
+    InvalidProducerEpoch = 16,
+    /// A record format this broker does not store (Kafka message sets v0 and v1).
+    UnsupportedForMessageFormat = 17,
 }
 
 impl std::fmt::Display for ErrorCode {

@@ -164,8 +164,16 @@ impl Connections {
     }
 }
 
-/// Accepts connections until the shard stops.
-pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, connections: Rc<Connections>) {
+/// Accepts connections until the shard stops, serving each with `serve` in a task of its own.
+pub async fn accept_loop<F, Fut>(
+    shard: Rc<Shard>,
+    listener: TcpListener,
+    connections: Rc<Connections>,
+    serve: F,
+) where
+    F: Fn(Rc<Shard>, TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
     loop {
         let stop = async {
             shard.wait_for_stop().await;
@@ -176,10 +184,11 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, connections: R
         match accepted {
             None => return,
             Some(Ok(stream)) => {
-                let (shard, connections) = (shard.clone(), connections.clone());
+                let connections = connections.clone();
                 connections.enter();
+                let served = serve(shard.clone(), stream);
                 glommio::spawn_local(async move {
-                    serve_connection(shard, stream).await;
+                    served.await;
                     connections.leave();
                 })
                 .detach();
@@ -227,7 +236,8 @@ impl Budgets {
     }
 }
 
-async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
+/// Serves one native connection until it closes or the shard stops.
+pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     let peer = stream.peer_addr().map_or_else(|_| "unknown".to_string(), |a| a.to_string());
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%peer, "set_nodelay: {e}");

@@ -202,6 +202,18 @@ impl EntryHeader {
         entry_len(self.payload_len.get() as usize)
     }
 
+    /// The batch facts this header was written from.
+    pub fn meta(&self) -> crate::record::BatchMeta {
+        crate::record::BatchMeta {
+            record_count: self.record_count.get(),
+            first_timestamp: self.first_timestamp.get(),
+            max_timestamp: self.max_timestamp.get(),
+            producer_id: self.producer_id.get(),
+            producer_epoch: self.producer_epoch.get(),
+            base_sequence: self.base_sequence.get(),
+        }
+    }
+
     pub fn format(&self) -> Option<PayloadFormat> {
         PayloadFormat::from_u8(self.format)
     }

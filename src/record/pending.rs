@@ -5,6 +5,10 @@
 //! [`PendingEntry::seal`] writes the header just before the payload, zeroes the padding and
 //! freezes the buffer: the entry that goes to the tail cache and the segment writer is the
 //! network buffer itself, never copied.
+//!
+//! A Kafka batch is copied once instead ([`PendingEntry::kafka`]): one request carries batches
+//! for many partitions back to back, with no room for a header between them. Sealing it also
+//! writes the base offset into the batch's own header, the bytes Kafka's CRC leaves to brokers.
 
 use bytes::Bytes;
 use rkyv::util::AlignedVec;
@@ -15,6 +19,12 @@ use crate::record::entry::{
 };
 use crate::record::BatchMeta;
 
+/// Leading bytes of a Kafka batch the broker writes: base offset, length, leader epoch.
+const BROKER_OWNED_BYTES: usize = crate::kafka::batch::BROKER_OWNED_BYTES;
+/// The partition leader epoch written into Kafka batches: one broker, one epoch, until
+/// replication brings leader changes.
+pub const LEADER_EPOCH: i32 = 0;
+
 /// Memory a sealed entry may keep alive beyond its own bytes before it is copied out of its
 /// receive buffer: the usual prefix, meta and padding are far below this.
 pub const SEAL_SLACK_BYTES_MAX: usize = 4096;
@@ -23,6 +33,7 @@ pub struct PendingEntry {
     buf: AlignedVec<ENTRY_ALIGN>,
     header_at: usize,
     payload_len: usize,
+    /// CRC-32 of the payload; of a Kafka payload, of everything after its broker-owned bytes.
     payload_crc: u32,
     pub meta: BatchMeta,
     pub format: PayloadFormat,
@@ -52,11 +63,33 @@ impl PendingEntry {
         Some(Self { buf, header_at, payload_len, payload_crc, meta, format })
     }
 
+    /// A Kafka RecordBatch v2 (already validated), copied into a buffer of its own.
+    pub fn kafka(batch: &[u8], meta: BatchMeta) -> Option<Self> {
+        let owned = batch.get(..BROKER_OWNED_BYTES)?.len();
+        let mut buf = AlignedVec::<ENTRY_ALIGN>::with_capacity(entry_len(batch.len()));
+        buf.resize(ENTRY_HEADER_BYTES, 0);
+        buf.extend_from_slice(batch);
+        let tail_crc = crc32fast::hash(&batch[owned..]);
+        Self::new(buf, 0, batch.len(), tail_crc, meta, PayloadFormat::Kafka)
+    }
+
     /// Writes the header for `base_offset` and hands out the finished entry with the bytes of
     /// memory it keeps alive (what caches must charge for it). When the receive buffer is much
     /// larger than the entry (a large meta in front of a small batch), the entry is copied out so
     /// a cached entry never pins more than [`SEAL_SLACK_BYTES_MAX`] beyond its own size.
     pub fn seal(mut self, base_offset: u64) -> (Bytes, usize) {
+        let start = self.header_at;
+        if self.format == PayloadFormat::Kafka {
+            let batch = start + ENTRY_HEADER_BYTES;
+            let owned = &mut self.buf[batch..batch + BROKER_OWNED_BYTES];
+            owned[..8].copy_from_slice(&(base_offset as i64).to_be_bytes());
+            owned[12..16].copy_from_slice(&LEADER_EPOCH.to_be_bytes());
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(owned);
+            let tail_len = (self.payload_len - BROKER_OWNED_BYTES) as u64;
+            crc.combine(&crc32fast::Hasher::new_with_initial_len(self.payload_crc, tail_len));
+            self.payload_crc = crc.finalize();
+        }
         let header = EntryHeader::new(
             self.format,
             base_offset,
@@ -64,7 +97,6 @@ impl PendingEntry {
             self.payload_len as u32,
             self.payload_crc,
         );
-        let start = self.header_at;
         let payload_end = start + ENTRY_HEADER_BYTES + self.payload_len;
         let end = start + entry_len(self.payload_len);
         self.buf[start..start + ENTRY_HEADER_BYTES].copy_from_slice(header.as_bytes());
@@ -132,6 +164,20 @@ mod tests {
         let (entry, footprint) = pending.seal(0);
         assert!(footprint < 4096, "footprint {footprint}");
         assert_eq!(parse_entry(&entry).unwrap().1, payload);
+    }
+
+    #[test]
+    fn a_kafka_batch_gets_its_base_offset_and_a_valid_entry_checksum() {
+        let batch = crate::kafka::batch::tests::batch(4);
+        let header = crate::kafka::batch::validate_produced(&batch, 1 << 20).unwrap();
+        let pending = PendingEntry::kafka(&batch, header.meta()).unwrap();
+        let (entry, _) = pending.seal(1000);
+        let (entry_header, payload) = parse_entry(&entry).unwrap();
+        assert_eq!(entry_header.format(), Some(PayloadFormat::Kafka));
+        assert_eq!(entry_header.next_offset(), 1004);
+        assert_eq!(&payload[..8], &1000i64.to_be_bytes());
+        assert_eq!(&payload[BROKER_OWNED_BYTES..], &batch[BROKER_OWNED_BYTES..]);
+        assert!(crate::kafka::batch::validate_produced(payload, 1 << 20).is_ok());
     }
 
     #[test]

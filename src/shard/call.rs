@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::log::producers::SequenceError;
 use crate::log::{LogError, ReadOutcome};
 use crate::native::messages::{Acks, ErrorBody, ErrorCode};
 use crate::record::PendingEntry;
@@ -42,6 +43,8 @@ impl From<LogError> for BrokerError {
             // A reader is told the stored bytes are bad rather than handed wrong data.
             LogError::Corrupt(_) => ErrorCode::StorageError,
             LogError::Closed => ErrorCode::NotAvailable,
+            LogError::Sequence(SequenceError::OutOfOrder(_)) => ErrorCode::OutOfOrderSequence,
+            LogError::Sequence(SequenceError::StaleEpoch(_)) => ErrorCode::InvalidProducerEpoch,
         };
         Self::new(code, e.to_string())
     }
@@ -78,6 +81,10 @@ pub enum ShardCall {
     },
     DeleteTopic {
         name: String,
+    },
+    AddPartitions {
+        name: String,
+        count: u32,
     },
     /// From the controller to every shard: the topic now exists (`Some`) or is gone (`None`).
     ApplyTopic {

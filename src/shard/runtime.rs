@@ -183,12 +183,14 @@ async fn shard_main(
     // No shard accepts connections until every shard has its partitions open: a request
     // forwarded to a shard still recovering would find the topic but not the partition.
     Stopper::barrier(&stopper.opened, shards).await;
+    let bind = |addr: std::net::SocketAddr, what: &str| {
+        TcpListener::bind(addr).map_err(|e| format!("shard {id}: {what} listener on {addr}: {e}"))
+    };
     let started = opened.and_then(|()| {
-        TcpListener::bind(config.native_listener)
-            .map_err(|e| format!("shard {id}: listening on {}: {e}", config.native_listener))
+        Ok((bind(config.native_listener, "native")?, bind(config.kafka_listener, "Kafka")?))
     });
-    let listener = match started {
-        Ok(listener) => listener,
+    let (native, kafka) = match started {
+        Ok(listeners) => listeners,
         Err(e) => {
             // Let the other shards stop too, and do not leave them waiting at the barriers.
             stopper.request();
@@ -198,18 +200,34 @@ async fn shard_main(
             return Err(e);
         }
     };
-    tracing::info!(shard = id, addr = %config.native_listener, "native listener ready");
+    tracing::info!(
+        shard = id,
+        native = %config.native_listener,
+        kafka = %config.kafka_listener,
+        "listeners ready"
+    );
+    if id == 0 {
+        tracing::info!("Kafka APIs served: {}", crate::kafka::versions::describe());
+    }
     let connections = Rc::new(crate::native::server::Connections::default());
-    let acceptor = glommio::spawn_local(crate::native::server::accept_loop(
+    let native_acceptor = glommio::spawn_local(crate::native::server::accept_loop(
         shard.clone(),
-        listener,
+        native,
         connections.clone(),
+        crate::native::server::serve_connection,
+    ));
+    let kafka_acceptor = glommio::spawn_local(crate::native::server::accept_loop(
+        shard.clone(),
+        kafka,
+        connections.clone(),
+        crate::kafka::server::serve_connection,
     ));
     glommio::spawn_local(retention_loop(shard.clone())).detach();
 
     stopper.wait_requested().await;
     shard.begin_stop();
-    acceptor.await;
+    native_acceptor.await;
+    kafka_acceptor.await;
     if !connections.wait_closed(DRAIN_WAIT_MAX).await {
         tracing::warn!(
             shard = id,

@@ -48,6 +48,8 @@ pub struct Shard {
     admin_lock: glommio::sync::Semaphore,
     stopping: Cell<bool>,
     stop_event: Event,
+    /// The next idempotent producer id this shard hands out; see [`Shard::next_producer_id`].
+    next_producer_id: Cell<i64>,
 }
 
 impl Shard {
@@ -72,7 +74,18 @@ impl Shard {
             admin_lock: glommio::sync::Semaphore::new(1),
             stopping: Cell::new(false),
             stop_event: Event::new(),
+            next_producer_id: Cell::new(crate::now_ms().saturating_mul(1000) + id as i64),
         }
+    }
+
+    /// A producer id no other shard, and no earlier run, has handed out. Shard `s` of `n` hands
+    /// out `start + s`, `start + s + n`, ... where `start` is the start time in microseconds-ish
+    /// (ms × 1000): a later run starts above every id an earlier one could have reached unless
+    /// it handed out more than 1000 ids per millisecond of its life.
+    pub fn next_producer_id(&self) -> i64 {
+        let id = self.next_producer_id.get();
+        self.next_producer_id.set(id + self.count as i64);
+        id
     }
 
     fn limits(&self) -> LogLimits {
@@ -96,6 +109,10 @@ impl Shard {
     async fn open_partitions(&self, name: &str, info: &TopicInfo) -> std::io::Result<()> {
         let topic: Rc<str> = Rc::from(name);
         for partition in (0..info.partitions).filter(|p| self.owner(name, *p) == self.id) {
+            // Adding partitions re-applies a topic: the ones already open stay as they are.
+            if self.partitions.borrow().contains_key(&(name.to_string(), partition)) {
+                continue;
+            }
             let dir = catalog::partition_dir(&self.config.data_dir, name, partition);
             let log = PartitionLog::open(
                 topic.clone(),
@@ -213,6 +230,9 @@ impl Shard {
             ShardCall::DeleteTopic { name } => {
                 ShardAnswer::Done(self.delete_topic_as_controller(name).await)
             }
+            ShardCall::AddPartitions { name, count } => {
+                ShardAnswer::Done(self.add_partitions_as_controller(name, count).await)
+            }
             ShardCall::ApplyTopic { name, info } => {
                 ShardAnswer::Done(self.apply_topic(name, info).await)
             }
@@ -320,6 +340,41 @@ impl Shard {
             })?;
         self.broadcast(&name, Some(info)).await?;
         tracing::info!(topic = %name, partitions, "created topic");
+        Ok(())
+    }
+
+    async fn add_partitions_as_controller(
+        self: &Rc<Self>,
+        name: String,
+        count: u32,
+    ) -> Result<(), BrokerError> {
+        let _permit = self.admin_lock.acquire_permit(1).await.map_err(|e| {
+            BrokerError::new(ErrorCode::NotAvailable, format!("controller is stopping: {e}"))
+        })?;
+        let Some(mut info) = self.topic(&name) else {
+            return Err(BrokerError::new(ErrorCode::UnknownTopic, format!("no topic {name}")));
+        };
+        if count <= info.partitions || count > PARTITIONS_MAX {
+            let why = format!(
+                "topic {name} has {} partitions; a new count must be above that and at most \
+                 {PARTITIONS_MAX}, not {count}",
+                info.partitions
+            );
+            return Err(BrokerError::new(ErrorCode::InvalidPartitions, why));
+        }
+        let file = TopicFile { partitions: count, config: info.overrides.clone() };
+        let data_dir = self.config.data_dir.clone();
+        let file_name = name.clone();
+        glommio::executor()
+            .spawn_blocking(move || catalog::write_topic(&data_dir, &file_name, &file))
+            .await
+            .map_err(|e| {
+                BrokerError::new(ErrorCode::StorageError, format!("writing topic {name}: {e}"))
+            })?;
+        let old = info.partitions;
+        info.partitions = count;
+        self.broadcast(&name, Some(info)).await?;
+        tracing::info!(topic = %name, from = old, to = count, "added partitions");
         Ok(())
     }
 
@@ -504,6 +559,35 @@ impl Shard {
     ) -> Result<(), BrokerError> {
         let call = ShardCall::CreateTopic { name: name.to_string(), partitions, overrides };
         self.ask(0, call, done).await
+    }
+
+    /// The topic's settings, creating it with `num.partitions` when it is missing and
+    /// `auto.create.topics.enable` is on (Kafka creates on produce, and on metadata that allows
+    /// it).
+    pub async fn topic_or_create(self: &Rc<Self>, name: &str) -> Result<TopicInfo, BrokerError> {
+        if let Some(info) = self.topic(name) {
+            return Ok(info);
+        }
+        if !self.config.auto_create_topics {
+            let why = format!("no topic {name} (auto.create.topics.enable is off)");
+            return Err(BrokerError::new(ErrorCode::UnknownTopic, why));
+        }
+        match self.create_topic(name, self.config.num_partitions, BTreeMap::new()).await {
+            Err(e) if e.code != ErrorCode::TopicAlreadyExists => return Err(e),
+            _ => {}
+        }
+        self.topic(name).ok_or_else(|| {
+            BrokerError::new(ErrorCode::UnknownTopic, format!("topic {name} vanished"))
+        })
+    }
+
+    /// Raises a topic's partition count through the controller shard.
+    pub async fn add_partitions(
+        self: &Rc<Self>,
+        name: &str,
+        count: u32,
+    ) -> Result<(), BrokerError> {
+        self.ask(0, ShardCall::AddPartitions { name: name.to_string(), count }, done).await
     }
 
     pub async fn delete_topic(self: &Rc<Self>, name: &str) -> Result<(), BrokerError> {

@@ -17,6 +17,8 @@ pub const BINARY: &str = env!("CARGO_BIN_EXE_spate");
 pub struct Broker {
     child: Option<Child>,
     pub addr: String,
+    /// The Kafka listener.
+    pub kafka_addr: String,
     pub data_dir: PathBuf,
     log_dir: PathBuf,
     args: Vec<String>,
@@ -27,9 +29,11 @@ impl Broker {
     /// Starts a broker with two shards on `data_dir`, plus `extra` arguments.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Broker {
         let port = free_port();
+        let kafka_port = free_port();
         let mut broker = Broker {
             child: None,
             addr: format!("127.0.0.1:{port}"),
+            kafka_addr: format!("127.0.0.1:{kafka_port}"),
             data_dir: data_dir.to_path_buf(),
             log_dir: data_dir.parent().unwrap_or(data_dir).to_path_buf(),
             args: extra.iter().map(|s| s.to_string()).collect(),
@@ -49,6 +53,8 @@ impl Broker {
             .arg(&self.data_dir)
             .arg("--listen")
             .arg(&self.addr)
+            .arg("--kafka-listener")
+            .arg(&self.kafka_addr)
             .arg("--cores")
             .arg(cores())
             .args(&self.args)

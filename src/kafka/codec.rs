@@ -1,0 +1,158 @@
+//! Kafka frames in and out: the request header, the typed request body, and the encoded
+//! response with its size prefix.
+//!
+//! Decoding goes through the `kafka-protocol` crate; record bytes in a decoded produce request
+//! are slices of the received frame, not copies.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
+    DescribeConfigsRequest, FetchRequest, InitProducerIdRequest, ListOffsetsRequest,
+    MetadataRequest, ProduceRequest, RequestHeader, ResponseHeader,
+};
+use kafka_protocol::protocol::{Decodable, Encodable};
+
+use crate::native::messages::ErrorCode;
+
+/// The fixed start of every request: api key, api version, correlation id.
+pub const REQUEST_PREFIX_BYTES: usize = 8;
+
+/// What every request starts with, read before anything is decoded.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestPrefix {
+    pub api_key: i16,
+    pub api_version: i16,
+    pub correlation_id: i32,
+}
+
+impl RequestPrefix {
+    pub fn read(frame: &[u8]) -> Option<Self> {
+        let field = |at: usize, n: usize| frame.get(at..at + n);
+        Some(Self {
+            api_key: i16::from_be_bytes(field(0, 2)?.try_into().ok()?),
+            api_version: i16::from_be_bytes(field(2, 2)?.try_into().ok()?),
+            correlation_id: i32::from_be_bytes(field(4, 4)?.try_into().ok()?),
+        })
+    }
+}
+
+/// A decoded request of an API this broker serves.
+pub enum Request {
+    ApiVersions(ApiVersionsRequest),
+    Metadata(MetadataRequest),
+    Produce(ProduceRequest),
+    Fetch(FetchRequest),
+    ListOffsets(ListOffsetsRequest),
+    CreateTopics(CreateTopicsRequest),
+    DeleteTopics(DeleteTopicsRequest),
+    CreatePartitions(CreatePartitionsRequest),
+    DescribeConfigs(DescribeConfigsRequest),
+    InitProducerId(InitProducerIdRequest),
+}
+
+/// A whole request: its header (client id, correlation id) and body.
+pub struct DecodedRequest {
+    pub api: ApiKey,
+    pub version: i16,
+    pub header: RequestHeader,
+    pub body: Request,
+}
+
+/// Decodes a frame whose API and version [`crate::kafka::versions::is_served`] accepted.
+pub fn decode_request(api: ApiKey, frame: Bytes) -> Result<DecodedRequest, String> {
+    let mut buf = frame;
+    let header = kafka_protocol::protocol::decode_request_header_from_buffer(&mut buf)
+        .map_err(|e| format!("request header: {e:#}"))?;
+    let version = header.request_api_version;
+    fn body<T: Decodable>(buf: &mut Bytes, version: i16) -> Result<T, String> {
+        T::decode(buf, version).map_err(|e| format!("request body: {e:#}"))
+    }
+    let body = match api {
+        ApiKey::ApiVersions => Request::ApiVersions(body(&mut buf, version)?),
+        ApiKey::Metadata => Request::Metadata(body(&mut buf, version)?),
+        ApiKey::Produce => Request::Produce(body(&mut buf, version)?),
+        ApiKey::Fetch => Request::Fetch(body(&mut buf, version)?),
+        ApiKey::ListOffsets => Request::ListOffsets(body(&mut buf, version)?),
+        ApiKey::CreateTopics => Request::CreateTopics(body(&mut buf, version)?),
+        ApiKey::DeleteTopics => Request::DeleteTopics(body(&mut buf, version)?),
+        ApiKey::CreatePartitions => Request::CreatePartitions(body(&mut buf, version)?),
+        ApiKey::DescribeConfigs => Request::DescribeConfigs(body(&mut buf, version)?),
+        ApiKey::InitProducerId => Request::InitProducerId(body(&mut buf, version)?),
+        other => return Err(format!("{other:?} is not served")),
+    };
+    Ok(DecodedRequest { api, version, header, body })
+}
+
+/// A response frame: size, response header, body. ApiVersions always uses header v0 so a
+/// client that sent a version the broker does not know can still read the answer.
+pub fn encode_response<T: Encodable>(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &T,
+) -> Result<Bytes, String> {
+    let mut buf = BytesMut::with_capacity(256);
+    buf.put_i32(0);
+    let mut header = ResponseHeader::default();
+    header.correlation_id = correlation_id;
+    let header_version =
+        if api == ApiKey::ApiVersions { 0 } else { api.response_header_version(version) };
+    header.encode(&mut buf, header_version).map_err(|e| format!("response header: {e:#}"))?;
+    body.encode(&mut buf, version).map_err(|e| format!("{api:?} v{version} response: {e:#}"))?;
+    let size = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&size.to_be_bytes());
+    Ok(buf.freeze())
+}
+
+/// Kafka's error code for a broker error.
+pub fn error_code(code: ErrorCode) -> i16 {
+    match code {
+        ErrorCode::None => 0,
+        ErrorCode::OffsetOutOfRange => 1,
+        ErrorCode::CorruptMessage => 2,
+        ErrorCode::UnknownTopic | ErrorCode::UnknownPartition => 3,
+        // A partition closing on a stopping broker: clients refresh metadata and retry.
+        ErrorCode::NotAvailable => 6,
+        ErrorCode::MessageTooLarge => 10,
+        ErrorCode::InvalidTopicName => 17,
+        ErrorCode::UnsupportedApi => 35,
+        ErrorCode::TopicAlreadyExists => 36,
+        ErrorCode::InvalidPartitions => 37,
+        ErrorCode::InvalidConfig => 40,
+        ErrorCode::InvalidRequest => 42,
+        ErrorCode::UnsupportedForMessageFormat => 43,
+        ErrorCode::OutOfOrderSequence => 45,
+        ErrorCode::InvalidProducerEpoch => 47,
+        ErrorCode::StorageError => 56,
+        ErrorCode::InvalidRecord => 87,
+    }
+}
+
+/// Kafka's UNSUPPORTED_VERSION, for the KIP-511 ApiVersions answer.
+pub const UNSUPPORTED_VERSION: i16 = 35;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::ApiVersionsResponse;
+
+    #[test]
+    fn api_versions_v3_response_uses_header_v0_and_a_flexible_body() {
+        let body = crate::kafka::versions::api_versions_response(0);
+        let frame = encode_response(ApiKey::ApiVersions, 3, 77, &body).unwrap();
+        let size = i32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+        assert_eq!(size, frame.len() - 4);
+        assert_eq!(i32::from_be_bytes(frame[4..8].try_into().unwrap()), 77);
+        let mut rest = frame.slice(8..);
+        let decoded = ApiVersionsResponse::decode(&mut rest, 3).unwrap();
+        assert_eq!(decoded, body);
+        assert!(rest.is_empty(), "{} bytes left over", rest.len());
+    }
+
+    #[test]
+    fn the_prefix_needs_eight_bytes() {
+        assert!(RequestPrefix::read(&[0, 18, 0, 3, 0, 0, 0]).is_none());
+        let prefix = RequestPrefix::read(&[0, 18, 0, 3, 0, 0, 0, 9]).unwrap();
+        assert_eq!((prefix.api_key, prefix.api_version, prefix.correlation_id), (18, 3, 9));
+    }
+}

@@ -1,0 +1,273 @@
+//! Topic administration (CreateTopics, DeleteTopics, CreatePartitions, DescribeConfigs) and
+//! InitProducerId.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
+use kafka_protocol::messages::{
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
+    InitProducerIdRequest, InitProducerIdResponse, ProducerId,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::kafka::handlers::{has_field, kafka_error};
+use crate::native::messages::ErrorCode;
+use crate::shard::catalog::{self, TopicFile, TopicInfo};
+use crate::shard::{BrokerError, Shard};
+
+/// Kafka's INVALID_REPLICATION_FACTOR and INVALID_REPLICA_ASSIGNMENT: one node holds one copy.
+const INVALID_REPLICATION_FACTOR: i16 = 38;
+const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
+/// DescribeConfigs resource types.
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+/// DescribeConfigs config sources.
+const SOURCE_TOPIC_OVERRIDE: i8 = 1;
+const SOURCE_STATIC_BROKER: i8 = 4;
+const SOURCE_DEFAULT: i8 = 5;
+
+pub async fn create_topics(
+    shard: &Rc<Shard>,
+    version: i16,
+    request: CreateTopicsRequest,
+) -> CreateTopicsResponse {
+    let mut response = CreateTopicsResponse::default();
+    for topic in request.topics {
+        let mut result = CreatableTopicResult::default();
+        result.name = topic.name.clone();
+        match create_one(shard, &topic, request.validate_only).await {
+            Ok(info) if has_field(version, 5) => {
+                result.num_partitions = info.partitions as i32;
+                result.replication_factor = 1;
+                result.configs = Some(
+                    info.config
+                        .entries()
+                        .into_iter()
+                        .map(|(name, value)| {
+                            let mut config = CreatableTopicConfigs::default();
+                            config.config_source = source_of(&info, &name);
+                            config.name = StrBytes::from_string(name);
+                            config.value = Some(StrBytes::from_string(value));
+                            config
+                        })
+                        .collect(),
+                );
+            }
+            Ok(_) => {}
+            Err((code, message)) => {
+                result.error_code = code;
+                result.error_message = Some(StrBytes::from_string(message));
+            }
+        }
+        response.topics.push(result);
+    }
+    response
+}
+
+async fn create_one(
+    shard: &Rc<Shard>,
+    topic: &CreatableTopic,
+    validate_only: bool,
+) -> Result<TopicInfo, (i16, String)> {
+    let name = topic.name.0.to_string();
+    if !matches!(topic.replication_factor, -1 | 1) {
+        let why = format!(
+            "replication factor {} on a single node; use 1 (or -1 for the default)",
+            topic.replication_factor
+        );
+        return Err((INVALID_REPLICATION_FACTOR, why));
+    }
+    let partitions = if topic.assignments.is_empty() {
+        match topic.num_partitions {
+            -1 => shard.config.num_partitions,
+            n => u32::try_from(n).unwrap_or(0),
+        }
+    } else {
+        let node = shard.config.node_id;
+        if topic.assignments.iter().any(|a| a.broker_ids.iter().any(|b| b.0 != node)) {
+            return Err((INVALID_REPLICA_ASSIGNMENT, format!("only broker {node} exists")));
+        }
+        topic.assignments.len() as u32
+    };
+    let overrides: BTreeMap<String, String> = topic
+        .configs
+        .iter()
+        .filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string())))
+        .collect();
+    let broker = |e: BrokerError| kafka_error(&e);
+    let message = |(code, message): (i16, Option<StrBytes>)| {
+        (code, message.map(|m| m.to_string()).unwrap_or_default())
+    };
+    if validate_only {
+        catalog::validate_topic_name(&name).map_err(|e| (17, e))?;
+        if shard.topic(&name).is_some() {
+            return Err((36, format!("topic {name} exists")));
+        }
+        let file = TopicFile { partitions, config: overrides };
+        return TopicInfo::resolve(file, &shard.config.topic_defaults).map_err(|e| (40, e));
+    }
+    shard.create_topic(&name, partitions, overrides).await.map_err(|e| message(broker(e)))?;
+    shard.topic(&name).ok_or_else(|| (3, format!("topic {name} vanished")))
+}
+
+pub async fn delete_topics(
+    shard: &Rc<Shard>,
+    version: i16,
+    request: DeleteTopicsRequest,
+) -> DeleteTopicsResponse {
+    let mut response = DeleteTopicsResponse::default();
+    let names =
+        request.topic_names.into_iter().chain(request.topics.into_iter().filter_map(|t| t.name));
+    for name in names {
+        let mut result = DeletableTopicResult::default();
+        if let Err(e) = shard.delete_topic(name.0.as_str()).await {
+            let (code, message) = kafka_error(&e);
+            result.error_code = code;
+            if has_field(version, 5) {
+                result.error_message = message;
+            }
+        }
+        result.name = Some(name);
+        response.responses.push(result);
+    }
+    response
+}
+
+pub async fn create_partitions(
+    shard: &Rc<Shard>,
+    request: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
+    let mut response = CreatePartitionsResponse::default();
+    for topic in request.topics {
+        let mut result = CreatePartitionsTopicResult::default();
+        let outcome = match u32::try_from(topic.count) {
+            Err(_) => Err(BrokerError::new(ErrorCode::InvalidPartitions, "a negative count")),
+            Ok(count) if request.validate_only => match shard.topic(topic.name.0.as_str()) {
+                Some(info) if count > info.partitions => Ok(()),
+                Some(info) => Err(BrokerError::new(
+                    ErrorCode::InvalidPartitions,
+                    format!("topic has {} partitions already", info.partitions),
+                )),
+                None => Err(BrokerError::new(ErrorCode::UnknownTopic, "no such topic")),
+            },
+            Ok(count) => shard.add_partitions(topic.name.0.as_str(), count).await,
+        };
+        if let Err(e) = outcome {
+            (result.error_code, result.error_message) = kafka_error(&e);
+        }
+        result.name = topic.name;
+        response.results.push(result);
+    }
+    response
+}
+
+pub fn describe_configs(shard: &Shard, request: DescribeConfigsRequest) -> DescribeConfigsResponse {
+    let mut response = DescribeConfigsResponse::default();
+    for resource in request.resources {
+        let mut result = DescribeConfigsResult::default();
+        result.resource_type = resource.resource_type;
+        let wanted = |name: &str| {
+            resource
+                .configuration_keys
+                .as_ref()
+                .is_none_or(|keys| keys.iter().any(|k| k.as_str() == name))
+        };
+        let entries: Result<Vec<ConfigEntry>, (i16, String)> = match resource.resource_type {
+            RESOURCE_TOPIC => match shard.topic(resource.resource_name.as_str()) {
+                Some(info) => Ok(info
+                    .config
+                    .entries()
+                    .into_iter()
+                    .map(|(name, value)| {
+                        let source = source_of(&info, &name);
+                        (name, value, source)
+                    })
+                    .collect()),
+                None => Err((3, format!("no topic {}", resource.resource_name.as_str()))),
+            },
+            RESOURCE_BROKER => Ok(broker_entries(shard)),
+            other => Err((42, format!("resource type {other} is not described"))),
+        };
+        match entries {
+            Ok(entries) => {
+                for (name, value, source) in entries.into_iter().filter(|(n, _, _)| wanted(n)) {
+                    let mut config = DescribeConfigsResourceResult::default();
+                    config.name = StrBytes::from_string(name);
+                    config.value = Some(StrBytes::from_string(value));
+                    config.config_source = source;
+                    result.configs.push(config);
+                }
+            }
+            Err((code, message)) => {
+                result.error_code = code;
+                result.error_message = Some(StrBytes::from_string(message));
+            }
+        }
+        result.resource_name = resource.resource_name;
+        response.results.push(result);
+    }
+    response
+}
+
+/// A setting as DescribeConfigs reports it: name, value, source.
+type ConfigEntry = (String, String, i8);
+
+/// Whether a topic setting was set on the topic or comes from the broker's default.
+fn source_of(info: &TopicInfo, name: &str) -> i8 {
+    if info.overrides.contains_key(name) {
+        SOURCE_TOPIC_OVERRIDE
+    } else {
+        SOURCE_DEFAULT
+    }
+}
+
+fn broker_entries(shard: &Shard) -> Vec<ConfigEntry> {
+    let config = &shard.config;
+    let mut entries: Vec<(String, String)> = config
+        .topic_defaults
+        .entries()
+        .into_iter()
+        .filter_map(|(topic_key, value)| {
+            let broker_key = crate::config::TOPIC_KEYS.iter().find(|(t, _)| *t == topic_key)?.1;
+            Some((broker_key.to_string(), value))
+        })
+        .collect();
+    entries.push(("num.partitions".into(), config.num_partitions.to_string()));
+    entries.push(("auto.create.topics.enable".into(), config.auto_create_topics.to_string()));
+    entries.push(("socket.request.max.bytes".into(), config.socket_request_max_bytes.to_string()));
+    entries.push(("node.id".into(), config.node_id.to_string()));
+    entries.into_iter().map(|(k, v)| (k, v, SOURCE_STATIC_BROKER)).collect()
+}
+
+/// Hands out a producer id with epoch 0, or bumps the epoch of the id the producer already has
+/// (KIP-360), which fences its older instances.
+pub fn init_producer_id(shard: &Shard, request: InitProducerIdRequest) -> InitProducerIdResponse {
+    let mut response = InitProducerIdResponse::default();
+    if request.transactional_id.as_ref().is_some_and(|id| !id.0.is_empty()) {
+        response.error_code = 42;
+        response.producer_id = ProducerId(-1);
+        response.producer_epoch = -1;
+        return response;
+    }
+    if request.producer_id.0 >= 0
+        && request.producer_epoch >= 0
+        && request.producer_epoch < i16::MAX
+    {
+        response.producer_id = request.producer_id;
+        response.producer_epoch = request.producer_epoch + 1;
+    } else {
+        response.producer_id = ProducerId(shard.next_producer_id());
+        response.producer_epoch = 0;
+    }
+    response
+}

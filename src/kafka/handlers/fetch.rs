@@ -1,0 +1,268 @@
+//! Fetch and ListOffsets: reads from the owning shards, with Kafka's long poll.
+//!
+//! A fetch first reads every partition without waiting. If that finds fewer than `min_bytes`
+//! and the client allows a wait, it waits for the first partition to receive data (or for
+//! `max_wait_ms`) and answers with what that partition then holds. Entries stored by native
+//! producers are converted to Kafka batches one entry at a time; Kafka entries go out as stored.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use glommio::channels::local_channel;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::{
+    FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::kafka::codec;
+use crate::kafka::convert::native_to_kafka;
+use crate::kafka::handlers::has_field;
+use crate::log::ReadOutcome;
+use crate::native::handlers::{FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX};
+use crate::native::messages::ErrorCode;
+use crate::record::entry::parse_header;
+use crate::record::{PayloadFormat, ENTRY_HEADER_BYTES};
+use crate::shard::{BrokerError, Shard};
+
+/// The most a fetch's response may hold: what it asked for, within [1, `FETCH_BYTES_MAX`].
+pub fn response_bytes_max(request: &FetchRequest) -> usize {
+    usize::try_from(request.max_bytes).unwrap_or(FETCH_BYTES_MAX).clamp(1, FETCH_BYTES_MAX)
+}
+
+/// One partition a fetch asks for.
+#[derive(Clone)]
+struct Wanted {
+    topic: Rc<str>,
+    partition: i32,
+    offset: i64,
+    max_bytes: usize,
+}
+
+type Read = Result<ReadOutcome, BrokerError>;
+
+pub async fn fetch(shard: &Rc<Shard>, version: i16, request: FetchRequest) -> FetchResponse {
+    let max_bytes = response_bytes_max(&request);
+    let wanted: Vec<Wanted> = request
+        .topics
+        .iter()
+        .flat_map(|topic| {
+            let name: Rc<str> = Rc::from(topic.topic.0.as_str());
+            topic.partitions.iter().map(move |p| Wanted {
+                topic: name.clone(),
+                partition: p.partition,
+                offset: p.fetch_offset,
+                max_bytes: usize::try_from(p.partition_max_bytes).unwrap_or(0).min(max_bytes),
+            })
+        })
+        .collect();
+    let mut reads = read_all(shard, &wanted, Duration::ZERO).await;
+    let found: usize = reads.iter().map(outcome_bytes).sum();
+    let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0).max(1);
+    let wait_ms = u64::try_from(request.max_wait_ms).unwrap_or(0).min(u64::from(FETCH_WAIT_MS_MAX));
+    if found < min_bytes && wait_ms > 0 && !wanted.is_empty() {
+        if let Some((index, read)) =
+            first_arrival(shard, &wanted, Duration::from_millis(wait_ms)).await
+        {
+            reads[index] = read;
+        }
+    }
+    let mut response = FetchResponse::default();
+    let mut budget = max_bytes;
+    for (want, read) in wanted.iter().zip(reads) {
+        let partition = partition_data(version, want, read, &mut budget);
+        let same_topic = response
+            .responses
+            .last()
+            .is_some_and(|t: &FetchableTopicResponse| t.topic.0.as_str() == &*want.topic);
+        if !same_topic {
+            let mut topic = FetchableTopicResponse::default();
+            topic.topic = TopicName(StrBytes::from_string(want.topic.to_string()));
+            response.responses.push(topic);
+        }
+        if let Some(topic) = response.responses.last_mut() {
+            topic.partitions.push(partition);
+        }
+    }
+    response
+}
+
+fn outcome_bytes(read: &Read) -> usize {
+    read.as_ref().map_or(0, |o| o.entries.iter().map(Bytes::len).sum())
+}
+
+/// Reads every wanted partition at once, each on its own shard.
+async fn read_all(shard: &Rc<Shard>, wanted: &[Wanted], wait: Duration) -> Vec<Read> {
+    let tasks: Vec<_> = wanted
+        .iter()
+        .map(|want| glommio::spawn_local(read_one(shard.clone(), want.clone(), wait)).detach())
+        .collect();
+    let mut reads = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        reads.push(task.await.unwrap_or_else(|| Err(closing())));
+    }
+    reads
+}
+
+/// Long-polls every wanted partition and returns the first to have data, or `None` when the
+/// wait ends with none. The other polls are cancelled when this returns.
+async fn first_arrival(
+    shard: &Rc<Shard>,
+    wanted: &[Wanted],
+    wait: Duration,
+) -> Option<(usize, Read)> {
+    let (arrived, arrivals) = local_channel::new_unbounded();
+    let arrived = Rc::new(arrived);
+    let _polls: Vec<_> = wanted
+        .iter()
+        .enumerate()
+        .map(|(index, want)| {
+            let (shard, want, arrived) = (shard.clone(), want.clone(), arrived.clone());
+            glommio::spawn_local(async move {
+                let read = read_one(shard, want, wait).await;
+                let _ = arrived.try_send((index, read));
+            })
+        })
+        .collect();
+    drop(arrived);
+    for _ in 0..wanted.len() {
+        let (index, read) = arrivals.recv().await?;
+        if outcome_bytes(&read) > 0 {
+            return Some((index, read));
+        }
+    }
+    None
+}
+
+async fn read_one(shard: Rc<Shard>, want: Wanted, wait: Duration) -> Read {
+    let offset = u64::try_from(want.offset).map_err(|_| {
+        BrokerError::new(ErrorCode::OffsetOutOfRange, format!("offset {}", want.offset))
+    })?;
+    let partition = u32::try_from(want.partition).map_err(|_| unknown(&want))?;
+    let info = shard.topic(&want.topic).ok_or_else(|| unknown(&want))?;
+    if partition >= info.partitions {
+        return Err(unknown(&want));
+    }
+    shard.fetch(&want.topic, partition, offset, want.max_bytes.max(1), wait).await
+}
+
+fn unknown(want: &Wanted) -> BrokerError {
+    BrokerError::new(
+        ErrorCode::UnknownTopic,
+        format!("no partition {}-{}", want.topic, want.partition),
+    )
+}
+
+fn closing() -> BrokerError {
+    BrokerError::new(ErrorCode::NotAvailable, "the broker is stopping")
+}
+
+/// One partition's part of the response. The first batch of a response goes out whole even
+/// over the budget (Kafka does the same, so a large batch cannot stall a consumer).
+fn partition_data(version: i16, want: &Wanted, read: Read, budget: &mut usize) -> PartitionData {
+    let mut data = PartitionData::default();
+    data.partition_index = want.partition;
+    match read.and_then(|outcome| kafka_records(&outcome, budget).map(|r| (outcome, r))) {
+        Ok((outcome, records)) => {
+            data.high_watermark = outcome.high_watermark as i64;
+            data.last_stable_offset = outcome.high_watermark as i64;
+            if has_field(version, 5) {
+                data.log_start_offset = outcome.log_start as i64;
+            }
+            data.records = Some(records);
+        }
+        Err(e) => {
+            data.error_code = codec::error_code(e.code);
+            data.high_watermark = -1;
+            data.last_stable_offset = -1;
+            if e.code != ErrorCode::OffsetOutOfRange {
+                tracing::debug!(topic = %want.topic, partition = want.partition, "fetch failed: {e}");
+            }
+        }
+    }
+    data
+}
+
+/// The read entries as Kafka record batches, within what is left of the response budget.
+fn kafka_records(outcome: &ReadOutcome, budget: &mut usize) -> Result<Bytes, BrokerError> {
+    let mut out = BytesMut::new();
+    for chunk in &outcome.entries {
+        let mut at = 0;
+        while at < chunk.len() {
+            let header = parse_header(&chunk[at..]).map_err(stored)?;
+            let end = at + header.entry_len();
+            let payload = chunk
+                .get(
+                    at + ENTRY_HEADER_BYTES
+                        ..at + ENTRY_HEADER_BYTES + header.payload_len.get() as usize,
+                )
+                .ok_or_else(|| stored("entry runs past the read"))?;
+            if payload.len() > *budget && (!out.is_empty() || *budget == 0) {
+                return Ok(out.freeze());
+            }
+            let before = out.len();
+            match header.format() {
+                Some(PayloadFormat::Kafka) => out.extend_from_slice(payload),
+                Some(PayloadFormat::Native) => {
+                    native_to_kafka(&header, payload, &mut out).map_err(stored)?
+                }
+                None => return Err(stored("unknown payload format")),
+            }
+            *budget = budget.saturating_sub(out.len() - before);
+            at = end;
+        }
+    }
+    Ok(out.freeze())
+}
+
+fn stored(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::new(ErrorCode::StorageError, format!("stored entry: {e}"))
+}
+
+pub async fn list_offsets(
+    shard: &Rc<Shard>,
+    version: i16,
+    request: ListOffsetsRequest,
+) -> ListOffsetsResponse {
+    let mut response = ListOffsetsResponse::default();
+    for topic in request.topics {
+        let mut result = ListOffsetsTopicResponse::default();
+        for asked in topic.partitions {
+            let mut partition = ListOffsetsPartitionResponse::default();
+            partition.partition_index = asked.partition_index;
+            partition.timestamp = -1;
+            let want = Wanted {
+                topic: Rc::from(topic.name.0.as_str()),
+                partition: asked.partition_index,
+                offset: 0,
+                max_bytes: 0,
+            };
+            let found = match u32::try_from(asked.partition_index) {
+                Ok(p) if shard.topic(&want.topic).is_some_and(|t| p < t.partitions) => {
+                    shard.list_offset(&want.topic, p, asked.timestamp).await
+                }
+                _ => Err(unknown(&want)),
+            };
+            match found {
+                Ok(offset) => {
+                    partition.offset = offset;
+                    if has_field(version, 4) {
+                        partition.leader_epoch = crate::record::pending::LEADER_EPOCH;
+                    }
+                }
+                Err(e) => {
+                    partition.error_code = codec::error_code(e.code);
+                    partition.offset = -1;
+                }
+            }
+            result.partitions.push(partition);
+        }
+        result.name = topic.name;
+        response.topics.push(result);
+    }
+    response
+}

@@ -1,0 +1,93 @@
+//! Metadata: this broker, and the topics asked for (creating them when allowed).
+//!
+//! Every partition is led by this broker; with one node the replica and in-sync lists are just
+//! it. The advertised address is `advertised.listeners` when set, else the address the client
+//! connected to, which it can reach by definition.
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::kafka::handlers::{has_field, kafka_error};
+use crate::kafka::server::Connection;
+use crate::record::pending::LEADER_EPOCH;
+use crate::shard::Shard;
+
+/// Names the single-node cluster in Metadata (clients only compare it between brokers).
+pub const CLUSTER_ID: &str = "spate-single-node";
+
+pub async fn metadata(
+    shard: &Rc<Shard>,
+    connection: &Connection,
+    version: i16,
+    request: MetadataRequest,
+) -> MetadataResponse {
+    let node = BrokerId(shard.config.node_id);
+    let mut response = MetadataResponse::default();
+    let (host, port) = advertised(shard, connection);
+    let mut broker = MetadataResponseBroker::default();
+    broker.node_id = node;
+    broker.host = StrBytes::from_string(host);
+    broker.port = i32::from(port);
+    response.brokers.push(broker);
+    if has_field(version, 2) {
+        response.cluster_id = Some(StrBytes::from_static_str(CLUSTER_ID));
+    }
+    if has_field(version, 1) {
+        response.controller_id = node;
+    }
+    // v0 has no null list: an empty one means every topic. From v1, null is every topic and
+    // empty is none. Auto-creation is implied before v4, where the flag appeared.
+    let names: Vec<String> = match request.topics {
+        Some(topics) if !(version == 0 && topics.is_empty()) => {
+            topics.into_iter().filter_map(|t| t.name).map(|n| n.0.to_string()).collect()
+        }
+        _ => shard.topics().into_iter().map(|(name, _)| name).collect(),
+    };
+    let may_create = version < 4 || request.allow_auto_topic_creation;
+    for name in names {
+        let mut topic = MetadataResponseTopic::default();
+        topic.name = Some(TopicName(StrBytes::from_string(name.clone())));
+        let info = if may_create {
+            shard.topic_or_create(&name).await
+        } else {
+            shard.topic(&name).ok_or_else(|| {
+                crate::shard::BrokerError::new(
+                    crate::native::messages::ErrorCode::UnknownTopic,
+                    format!("no topic {name}"),
+                )
+            })
+        };
+        match info {
+            Ok(info) => {
+                for index in 0..info.partitions as i32 {
+                    let mut partition = MetadataResponsePartition::default();
+                    partition.partition_index = index;
+                    partition.leader_id = node;
+                    if has_field(version, 7) {
+                        partition.leader_epoch = LEADER_EPOCH;
+                    }
+                    partition.replica_nodes = vec![node];
+                    partition.isr_nodes = vec![node];
+                    topic.partitions.push(partition);
+                }
+            }
+            Err(e) => topic.error_code = kafka_error(&e).0,
+        }
+        response.topics.push(topic);
+    }
+    response
+}
+
+/// Where clients should connect: the configured address, else the one this client used.
+fn advertised(shard: &Shard, connection: &Connection) -> (String, u16) {
+    if let Some((host, port)) = &shard.config.kafka_advertised {
+        return (host.clone(), *port);
+    }
+    let local = connection.local.unwrap_or(shard.config.kafka_listener);
+    (local.ip().to_string(), local.port())
+}

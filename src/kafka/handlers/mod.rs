@@ -1,0 +1,106 @@
+//! What each Kafka request does: route its topics and partitions to the owning shards and build
+//! the response. Per-partition failures become Kafka error codes in the response; nothing a
+//! client sends can panic the broker.
+
+pub mod admin;
+pub mod fetch;
+pub mod metadata;
+pub mod produce;
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::protocol::{Encodable, StrBytes};
+
+use crate::kafka::codec::{self, DecodedRequest, Request};
+use crate::kafka::server::Connection;
+use crate::kafka::versions;
+use crate::metrics::Hist;
+use crate::shard::{BrokerError, Shard};
+
+/// Runs one request; `None` means no response is sent (a produce with acks=0).
+pub async fn handle(
+    shard: Rc<Shard>,
+    connection: Rc<Connection>,
+    request: DecodedRequest,
+    received: Instant,
+) -> Option<Bytes> {
+    let DecodedRequest { api, version, header, body } = request;
+    let correlation_id = header.correlation_id;
+    let reply = |body: &dyn AnyResponse| body.encode_frame(api, version, correlation_id);
+    let (hist, frame) = match body {
+        Request::ApiVersions(_) => (Hist::KafkaOther, reply(&versions::api_versions_response(0))),
+        Request::Metadata(request) => (
+            Hist::KafkaOther,
+            reply(&metadata::metadata(&shard, &connection, version, request).await),
+        ),
+        Request::Produce(request) => match produce::produce(&shard, version, request).await {
+            Some(response) => (Hist::KafkaProduce, reply(&response)),
+            None => {
+                shard.metrics.record(Hist::KafkaProduce, received.elapsed());
+                return None;
+            }
+        },
+        Request::Fetch(request) => {
+            (Hist::KafkaFetch, reply(&fetch::fetch(&shard, version, request).await))
+        }
+        Request::ListOffsets(request) => {
+            (Hist::KafkaOther, reply(&fetch::list_offsets(&shard, version, request).await))
+        }
+        Request::CreateTopics(request) => {
+            (Hist::KafkaOther, reply(&admin::create_topics(&shard, version, request).await))
+        }
+        Request::DeleteTopics(request) => {
+            (Hist::KafkaOther, reply(&admin::delete_topics(&shard, version, request).await))
+        }
+        Request::CreatePartitions(request) => {
+            (Hist::KafkaOther, reply(&admin::create_partitions(&shard, request).await))
+        }
+        Request::DescribeConfigs(request) => {
+            (Hist::KafkaOther, reply(&admin::describe_configs(&shard, request)))
+        }
+        Request::InitProducerId(request) => {
+            (Hist::KafkaOther, reply(&admin::init_producer_id(&shard, request)))
+        }
+    };
+    shard.metrics.record(hist, received.elapsed());
+    match frame {
+        Ok(frame) => Some(frame),
+        Err(why) => {
+            // A response the codec cannot encode at this version is a broker bug; the client
+            // would wait forever for it, so say so and let it time out the connection.
+            tracing::error!(peer = %connection.peer, "{api:?} v{version}: {why}");
+            None
+        }
+    }
+}
+
+/// A response body of any API, encoded into a frame.
+trait AnyResponse {
+    fn encode_frame(&self, api: ApiKey, version: i16, correlation_id: i32)
+        -> Result<Bytes, String>;
+}
+
+impl<T: Encodable> AnyResponse for T {
+    fn encode_frame(
+        &self,
+        api: ApiKey,
+        version: i16,
+        correlation_id: i32,
+    ) -> Result<Bytes, String> {
+        codec::encode_response(api, version, correlation_id, self)
+    }
+}
+
+/// The codec refuses to encode a field the response's version does not have, even one set to
+/// a meaningful value; fields newer than the first versions are set only when present.
+fn has_field(version: i16, since: i16) -> bool {
+    version >= since
+}
+
+/// A broker error as a Kafka code and message.
+fn kafka_error(e: &BrokerError) -> (i16, Option<StrBytes>) {
+    (codec::error_code(e.code), Some(StrBytes::from_string(e.message.clone())))
+}

@@ -1,0 +1,149 @@
+//! Produce: validate each partition's batch, hand it to the owning shard, answer with offsets.
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::kafka::batch::{validate_produced, BatchError};
+use crate::kafka::codec;
+use crate::kafka::handlers::has_field;
+use crate::native::messages::{Acks, ErrorCode};
+use crate::record::PendingEntry;
+use crate::shard::{BrokerError, Shard};
+
+/// Kafka's INVALID_REQUIRED_ACKS.
+const INVALID_REQUIRED_ACKS: i16 = 21;
+
+/// Appends every partition's batch; `None` for acks=0, which gets no response at all.
+pub async fn produce(
+    shard: &Rc<Shard>,
+    version: i16,
+    request: ProduceRequest,
+) -> Option<ProduceResponse> {
+    let acks = match request.acks {
+        0 => Acks::None,
+        1 => Acks::Leader,
+        -1 => Acks::All,
+        other => return Some(refuse_all(request, version, INVALID_REQUIRED_ACKS, other)),
+    };
+    let transactional = request.transactional_id.is_some();
+    // Every append is started before any is awaited, in request order, so batches of one
+    // connection reach their partitions in the order they were sent.
+    let mut topics = Vec::with_capacity(request.topic_data.len());
+    for topic in request.topic_data {
+        let name = topic.name.0.to_string();
+        let info = shard.topic_or_create(&name).await;
+        let mut partitions = Vec::with_capacity(topic.partition_data.len());
+        for data in topic.partition_data {
+            let index = data.index;
+            let started = match &info {
+                _ if transactional => Err(BrokerError::new(
+                    ErrorCode::InvalidRecord,
+                    "transactional producers are not supported",
+                )),
+                Err(e) => Err(e.clone()),
+                Ok(info) => start_append(shard, &name, info, index, data.records.as_deref(), acks),
+            };
+            partitions.push((index, started));
+        }
+        topics.push((topic.name, partitions));
+    }
+    let mut response = ProduceResponse::default();
+    for (name, partitions) in topics {
+        let mut topic = TopicProduceResponse::default();
+        topic.name = name.clone();
+        for (index, started) in partitions {
+            let result = match started {
+                Ok(task) => task.await.unwrap_or_else(|| {
+                    Err(BrokerError::new(ErrorCode::NotAvailable, "the broker is stopping"))
+                }),
+                Err(e) => Err(e),
+            };
+            let mut partition = PartitionProduceResponse::default();
+            partition.index = index;
+            match result {
+                Ok((base_offset, log_start)) => {
+                    partition.base_offset = base_offset as i64;
+                    if has_field(version, 5) {
+                        partition.log_start_offset = log_start as i64;
+                    }
+                }
+                Err(e) => {
+                    if acks == Acks::None {
+                        tracing::debug!(topic = %name.0, partition = index, "acks=0 produce failed: {e}");
+                    }
+                    partition.error_code = codec::error_code(e.code);
+                    partition.base_offset = -1;
+                    if has_field(version, 8) {
+                        partition.error_message = Some(StrBytes::from_string(e.message));
+                    }
+                }
+            }
+            topic.partition_responses.push(partition);
+        }
+        response.responses.push(topic);
+    }
+    (acks != Acks::None).then_some(response)
+}
+
+/// The same error for every partition of the request.
+fn refuse_all(request: ProduceRequest, version: i16, code: i16, acks: i16) -> ProduceResponse {
+    let mut response = ProduceResponse::default();
+    for topic in request.topic_data {
+        let mut result = TopicProduceResponse::default();
+        result.name = topic.name;
+        for data in topic.partition_data {
+            let mut partition = PartitionProduceResponse::default();
+            partition.index = data.index;
+            partition.error_code = code;
+            partition.base_offset = -1;
+            if has_field(version, 8) {
+                let why = format!("acks must be 0, 1 or -1, not {acks}");
+                partition.error_message = Some(StrBytes::from_string(why));
+            }
+            result.partition_responses.push(partition);
+        }
+        response.responses.push(result);
+    }
+    response
+}
+
+type Appending = glommio::task::JoinHandle<Result<(u64, u64), BrokerError>>;
+
+/// Validates one partition's batch and starts appending it on the owning shard.
+fn start_append(
+    shard: &Rc<Shard>,
+    topic: &str,
+    info: &crate::shard::catalog::TopicInfo,
+    partition: i32,
+    records: Option<&[u8]>,
+    acks: Acks,
+) -> Result<Appending, BrokerError> {
+    let partition =
+        u32::try_from(partition).ok().filter(|p| *p < info.partitions).ok_or_else(|| {
+            let why = format!(
+                "topic {topic} has {} partitions, no partition {partition}",
+                info.partitions
+            );
+            BrokerError::new(ErrorCode::UnknownPartition, why)
+        })?;
+    let records = records.unwrap_or_default();
+    let header = validate_produced(records, info.config.max_message_bytes).map_err(|e| {
+        let code = match &e {
+            BatchError::Corrupt(_) => ErrorCode::CorruptMessage,
+            BatchError::Invalid(_) => ErrorCode::InvalidRecord,
+            BatchError::OldFormat(_) => ErrorCode::UnsupportedForMessageFormat,
+            BatchError::TooLarge { .. } => ErrorCode::MessageTooLarge,
+        };
+        BrokerError::new(code, format!("{topic}-{partition}: {e}"))
+    })?;
+    let entry = PendingEntry::kafka(records, header.meta())
+        .ok_or_else(|| BrokerError::new(ErrorCode::CorruptMessage, "batch too short"))?;
+    let (shard, topic) = (shard.clone(), topic.to_string());
+    // A task of its own, spawned now: the append takes its turn on the owning shard in request
+    // order even though this request awaits the partitions one after another.
+    Ok(glommio::spawn_local(async move { shard.produce(&topic, partition, acks, entry).await })
+        .detach())
+}

@@ -1,0 +1,201 @@
+//! One Kafka connection: read size-prefixed requests, run each in its own task, write the
+//! responses strictly in request order (Kafka clients pipeline and match by order).
+//!
+//! The same two budgets as the native server bound a connection's memory: request bodies in
+//! flight, and fetch responses reserved (in request order, by the reader) before they are built.
+//! A request that cannot be framed or decoded (bad size, unknown API key, a version not served,
+//! a body the codec rejects) closes the connection after the responses before it, with a log line
+//! naming the cause: that is what Kafka brokers do, and a Kafka stream cannot be re-synchronised.
+//! The one exception is ApiVersions at a version above the highest served, answered in v0 layout
+//! with UNSUPPORTED_VERSION and the served ranges (KIP-511) so the client can retry lower.
+
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::net::TcpStream;
+use glommio::sync::{Semaphore, StaticPermit};
+use glommio::task::JoinHandle;
+use kafka_protocol::messages::ApiKey;
+
+use crate::kafka::codec::{self, Request, RequestPrefix, REQUEST_PREFIX_BYTES};
+use crate::kafka::{handlers, versions};
+use crate::native::server::{INFLIGHT_BYTES_MAX, INFLIGHT_REQUESTS_MAX, RESPONSE_BYTES_MAX};
+use crate::shard::Shard;
+
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// A request body is committed to memory this much at a time, as it arrives.
+const BODY_READ_STEP_BYTES: usize = 1024 * 1024;
+
+/// What a handler knows of its connection.
+pub struct Connection {
+    pub peer: String,
+    /// The address the client reached: what Metadata advertises when no address is configured.
+    pub local: Option<SocketAddr>,
+}
+
+/// An encoded response, with the fetch budget it holds until written.
+pub struct Reply {
+    pub frame: Bytes,
+    pub reserved: Option<StaticPermit>,
+}
+
+/// Serves one Kafka connection until it closes or the shard stops.
+pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
+    let peer = stream.peer_addr().map_or_else(|_| "unknown".to_string(), |a| a.to_string());
+    let connection = Rc::new(Connection { peer, local: stream.local_addr().ok() });
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(peer = %connection.peer, "set_nodelay: {e}");
+    }
+    let (reader, writer) = futures_lite::io::split(stream);
+    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
+    let (queue, replies) = local_channel::new_bounded(INFLIGHT_REQUESTS_MAX);
+    let responses = Rc::new(Semaphore::new(RESPONSE_BYTES_MAX as u64));
+    let writer = glommio::spawn_local(write_replies(replies, writer, responses.clone()));
+    let bodies = Rc::new(Semaphore::new(INFLIGHT_BYTES_MAX as u64));
+    let reading = Reading { shard: &shard, connection: &connection, bodies, responses };
+    if let Err(reason) = reading.run(&mut reader, &queue).await {
+        tracing::warn!(peer = %connection.peer, "closing Kafka connection: {reason}");
+    }
+    drop(queue);
+    writer.await;
+}
+
+struct Reading<'a> {
+    shard: &'a Rc<Shard>,
+    connection: &'a Rc<Connection>,
+    bodies: Rc<Semaphore>,
+    responses: Rc<Semaphore>,
+}
+
+type Queue = LocalSender<JoinHandle<Option<Reply>>>;
+
+impl Reading<'_> {
+    /// Reads requests until the client closes, the shard stops, or a request ends the
+    /// connection (the `Err` says why).
+    async fn run<R: AsyncRead + Unpin>(&self, reader: &mut R, queue: &Queue) -> Result<(), String> {
+        loop {
+            let stop = async {
+                self.shard.wait_for_stop().await;
+                None
+            };
+            let next =
+                futures_lite::future::or(async { Some(self.read_frame(reader).await) }, stop);
+            let (frame, permit) = match next.await {
+                None | Some(Ok(None)) => return Ok(()),
+                Some(Ok(Some(read))) => read,
+                Some(Err(e)) => return Err(e),
+            };
+            let received = Instant::now();
+            let Some(prefix) = RequestPrefix::read(&frame) else {
+                return Err(format!("a {}-byte request has no header", frame.len()));
+            };
+            let Ok(api) = ApiKey::try_from(prefix.api_key) else {
+                return Err(format!("unknown API key {}", prefix.api_key));
+            };
+            if api == ApiKey::ApiVersions && prefix.api_version > versions::api_versions_max() {
+                let body = versions::api_versions_response(codec::UNSUPPORTED_VERSION);
+                let reply = codec::encode_response(api, 0, prefix.correlation_id, &body)?;
+                let task =
+                    glommio::spawn_local(
+                        async move { Some(Reply { frame: reply, reserved: None }) },
+                    )
+                    .detach();
+                queue.send(task).await.map_err(|_| "response writer stopped".to_string())?;
+                continue;
+            }
+            if !versions::is_served(api, prefix.api_version) {
+                return Err(format!("{api:?} v{} is not supported", prefix.api_version));
+            }
+            let request = codec::decode_request(api, frame)
+                .map_err(|e| format!("{api:?} v{}: undecodable: {e}", prefix.api_version))?;
+            let reserved = match &request.body {
+                Request::Fetch(fetch) => {
+                    let bytes = handlers::fetch::response_bytes_max(fetch) as u64;
+                    let permit = self.responses.acquire_static_permit(bytes).await;
+                    Some(permit.map_err(|_| "connection closing".to_string())?)
+                }
+                _ => None,
+            };
+            let (shard, connection) = (self.shard.clone(), self.connection.clone());
+            let task = glommio::spawn_local(async move {
+                let reply = handlers::handle(shard, connection, request, received).await;
+                drop(permit);
+                reply.map(|frame| Reply { frame, reserved })
+            })
+            .detach();
+            queue.send(task).await.map_err(|_| "response writer stopped".to_string())?;
+        }
+    }
+
+    /// Reads one size-prefixed request. `Ok(None)` at a clean end of stream.
+    async fn read_frame<R: AsyncRead + Unpin>(
+        &self,
+        reader: &mut R,
+    ) -> Result<Option<(Bytes, StaticPermit)>, String> {
+        let mut size = [0u8; 4];
+        let first = reader.read(&mut size).await.map_err(|e| format!("read failed: {e}"))?;
+        if first == 0 {
+            return Ok(None);
+        }
+        reader.read_exact(&mut size[first..]).await.map_err(|e| mid_frame(e, "size"))?;
+        let size = i32::from_be_bytes(size);
+        let max = self.shard.config.socket_request_max_bytes;
+        if size < REQUEST_PREFIX_BYTES as i32 || size as u32 > max {
+            return Err(format!(
+                "request size {size} outside [{REQUEST_PREFIX_BYTES}, socket.request.max.bytes {max}]"
+            ));
+        }
+        let size = size as usize;
+        let permit = self
+            .bodies
+            .acquire_static_permit(size.min(INFLIGHT_BYTES_MAX) as u64)
+            .await
+            .map_err(|e| e.to_string())?;
+        // Memory is committed as bytes arrive: a size alone cannot make the broker hold it.
+        let mut body = BytesMut::with_capacity(size.min(BODY_READ_STEP_BYTES));
+        while body.len() < size {
+            let filled = body.len();
+            body.resize(size.min(filled + BODY_READ_STEP_BYTES), 0);
+            reader.read_exact(&mut body[filled..]).await.map_err(|e| mid_frame(e, "body"))?;
+        }
+        Ok(Some((body.freeze(), permit)))
+    }
+}
+
+fn mid_frame(e: io::Error, part: &str) -> String {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        format!("connection closed in the middle of a request {part}")
+    } else {
+        format!("read failed: {e}")
+    }
+}
+
+async fn write_replies<W: AsyncWrite + Unpin>(
+    replies: LocalReceiver<JoinHandle<Option<Reply>>>,
+    mut writer: W,
+    responses: Rc<Semaphore>,
+) {
+    while let Some(task) = replies.recv().await {
+        let Some(Some(reply)) = task.await else {
+            continue;
+        };
+        let written = async {
+            writer.write_all(&reply.frame).await?;
+            writer.flush().await
+        };
+        if let Err(e) = written.await {
+            tracing::debug!("Kafka write failed, dropping the connection: {e}");
+            // Stop a reader waiting for budget; let queued requests finish and free theirs.
+            responses.close();
+            while replies.recv().await.is_some() {}
+            break;
+        }
+        drop(reply.reserved);
+    }
+    let _ = writer.close().await;
+}

@@ -1,0 +1,79 @@
+//! The Kafka APIs and versions this broker serves, and the ApiVersions answer that advertises
+//! them.
+//!
+//! Ranges are as wide as the codec decodes and the clients need. Produce is advertised from v0
+//! although only v3+ (record batches) is decoded: librdkafka before 2.11 turns compression off
+//! unless Produce v0 is in range, and every client that sends record batches uses v3 or later.
+//! Metadata stops at v10 and Fetch at v12: later versions address topics by id.
+
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
+
+/// (API, lowest advertised, lowest decoded, highest).
+const SUPPORTED: &[(ApiKey, i16, i16, i16)] = &[
+    (ApiKey::Produce, 0, 3, 9),
+    (ApiKey::Fetch, 4, 4, 12),
+    (ApiKey::ListOffsets, 1, 1, 7),
+    (ApiKey::Metadata, 0, 0, 10),
+    (ApiKey::ApiVersions, 0, 0, 3),
+    (ApiKey::CreateTopics, 2, 2, 5),
+    (ApiKey::DeleteTopics, 1, 1, 5),
+    (ApiKey::CreatePartitions, 0, 0, 3),
+    (ApiKey::DescribeConfigs, 1, 1, 4),
+    (ApiKey::InitProducerId, 0, 0, 4),
+];
+
+/// Whether `version` of `api` can be decoded and answered.
+pub fn is_served(api: ApiKey, version: i16) -> bool {
+    SUPPORTED
+        .iter()
+        .any(|&(key, _, decoded_from, max)| key == api && (decoded_from..=max).contains(&version))
+}
+
+/// The highest ApiVersions version served; a request above it gets the KIP-511 v0 answer.
+pub fn api_versions_max() -> i16 {
+    SUPPORTED.iter().find(|s| s.0 == ApiKey::ApiVersions).map_or(0, |s| s.3)
+}
+
+/// The ApiVersions response body; `error_code` is 35 (UNSUPPORTED_VERSION) for KIP-511.
+pub fn api_versions_response(error_code: i16) -> ApiVersionsResponse {
+    let mut response = ApiVersionsResponse::default();
+    response.error_code = error_code;
+    response.api_keys = SUPPORTED
+        .iter()
+        .map(|&(key, min, _, max)| {
+            let mut version = ApiVersion::default();
+            version.api_key = key as i16;
+            version.min_version = min;
+            version.max_version = max;
+            version
+        })
+        .collect();
+    response
+}
+
+/// The APIs and ranges, for logs and docs: `Produce 0-9, Fetch 4-12, ...`.
+pub fn describe() -> String {
+    SUPPORTED
+        .iter()
+        .map(|&(key, min, _, max)| format!("{key:?} {min}-{max}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_served_version_is_one_the_codec_decodes() {
+        for &(key, _, decoded_from, max) in SUPPORTED {
+            let codec = key.valid_versions();
+            assert!(codec.min <= decoded_from && max <= codec.max, "{key:?}");
+        }
+        assert!(is_served(ApiKey::Produce, 7));
+        assert!(!is_served(ApiKey::Produce, 2));
+        assert!(!is_served(ApiKey::Fetch, 13));
+        assert_eq!(api_versions_max(), 3);
+    }
+}

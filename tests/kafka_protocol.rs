@@ -1,0 +1,304 @@
+//! The Kafka listener at the byte level, against the real binary: version negotiation, the
+//! idempotent producer across a crash, acks=0, and malformed frames.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use indexmap::IndexMap;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, InitProducerIdRequest, InitProducerIdResponse,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
+    RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+
+use common::Broker;
+
+/// A blocking Kafka connection that sends one request and reads one response at a time.
+struct Conn {
+    stream: TcpStream,
+    next_id: i32,
+}
+
+impl Conn {
+    fn open(addr: &str) -> Conn {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Conn { stream, next_id: 1 }
+    }
+
+    /// Sends a request frame without waiting; returns its correlation id.
+    fn send<T: Encodable>(&mut self, api: ApiKey, version: i16, body: &T) -> i32 {
+        self.send_with_version(api, version, version, body)
+    }
+
+    /// Sends `body` encoded at `version` but labelled `claimed`.
+    fn send_with_version<T: Encodable>(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        claimed: i16,
+        body: &T,
+    ) -> i32 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut header = RequestHeader::default();
+        header.request_api_key = api as i16;
+        header.request_api_version = version;
+        header.correlation_id = id;
+        header.client_id = Some(StrBytes::from_static_str("spate-test"));
+        let mut buf = BytesMut::new();
+        header.encode(&mut buf, api.request_header_version(version)).unwrap();
+        body.encode(&mut buf, version).unwrap();
+        buf[2..4].copy_from_slice(&claimed.to_be_bytes());
+        self.send_raw(&buf);
+        id
+    }
+
+    fn send_raw(&mut self, frame: &[u8]) {
+        self.stream.write_all(&(frame.len() as i32).to_be_bytes()).unwrap();
+        self.stream.write_all(frame).unwrap();
+    }
+
+    /// Reads one response; `None` when the broker closed the connection.
+    fn receive(&mut self) -> Option<Bytes> {
+        let mut size = [0u8; 4];
+        self.stream.read_exact(&mut size).ok()?;
+        let mut frame = vec![0u8; i32::from_be_bytes(size) as usize];
+        self.stream.read_exact(&mut frame).ok()?;
+        Some(Bytes::from(frame))
+    }
+
+    fn call<Q: Encodable, R: Decodable>(&mut self, api: ApiKey, version: i16, body: &Q) -> R {
+        let id = self.send(api, version, body);
+        self.response(api, version, id)
+    }
+
+    fn response<R: Decodable>(&mut self, api: ApiKey, version: i16, id: i32) -> R {
+        let mut frame = self.receive().expect("a response");
+        let header_version =
+            if api == ApiKey::ApiVersions { 0 } else { api.response_header_version(version) };
+        let header = ResponseHeader::decode(&mut frame, header_version).unwrap();
+        assert_eq!(header.correlation_id, id, "responses come in request order");
+        R::decode(&mut frame, version).unwrap()
+    }
+
+    fn is_closed(&mut self) -> bool {
+        self.receive().is_none()
+    }
+}
+
+fn batch(producer_id: i64, epoch: i16, sequence: i32, count: usize) -> Bytes {
+    let records: Vec<Record> = (0..count)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id,
+            producer_epoch: epoch,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            // The encoder starts a new batch wherever offset - sequence changes; a producer
+            // without an id sends base sequence -1.
+            sequence: if producer_id >= 0 { sequence + i as i32 } else { i as i32 - 1 },
+            timestamp: 1_700_000_000_000 + i as i64,
+            key: Some(Bytes::from(format!("key-{i}"))),
+            value: Some(Bytes::from(format!("value-{sequence}-{i}"))),
+            headers: IndexMap::new(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    let options = RecordEncodeOptions { version: 2, compression: Compression::None };
+    RecordBatchEncoder::encode(&mut buf, &records, &options).unwrap();
+    buf.freeze()
+}
+
+fn produce_request(topic: &str, acks: i16, records: Bytes) -> ProduceRequest {
+    let mut partition = PartitionProduceData::default();
+    partition.index = 0;
+    partition.records = Some(records);
+    let mut data = TopicProduceData::default();
+    data.name = TopicName(StrBytes::from_string(topic.to_string()));
+    data.partition_data = vec![partition];
+    let mut request = ProduceRequest::default();
+    request.acks = acks;
+    request.timeout_ms = 10_000;
+    request.topic_data = vec![data];
+    request
+}
+
+/// (error code, base offset) of the single partition in a produce response.
+fn produced(response: &ProduceResponse) -> (i16, i64) {
+    let partition = &response.responses[0].partition_responses[0];
+    (partition.error_code, partition.base_offset)
+}
+
+fn latest_offset(conn: &mut Conn, topic: &str) -> i64 {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    let mut partition = ListOffsetsPartition::default();
+    partition.timestamp = -1;
+    let mut wanted = ListOffsetsTopic::default();
+    wanted.name = TopicName(StrBytes::from_string(topic.to_string()));
+    wanted.partitions = vec![partition];
+    let mut request = kafka_protocol::messages::ListOffsetsRequest::default();
+    request.replica_id = kafka_protocol::messages::BrokerId(-1);
+    request.topics = vec![wanted];
+    let response: ListOffsetsResponse = conn.call(ApiKey::ListOffsets, 2, &request);
+    let partition = &response.topics[0].partitions[0];
+    assert_eq!(partition.error_code, 0);
+    partition.offset
+}
+
+#[test]
+fn api_versions_answers_unknown_versions_in_v0_with_the_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), &[]);
+    let mut conn = Conn::open(&broker.kafka_addr);
+    let current: ApiVersionsResponse =
+        conn.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    assert_eq!(current.error_code, 0);
+    let produce = current.api_keys.iter().find(|k| k.api_key == ApiKey::Produce as i16).unwrap();
+    assert_eq!((produce.min_version, produce.max_version), (0, 9));
+    // KIP-511: a version from the future gets a v0 body with UNSUPPORTED_VERSION.
+    let id = conn.send_with_version(ApiKey::ApiVersions, 3, 99, &ApiVersionsRequest::default());
+    let future: ApiVersionsResponse = conn.response(ApiKey::ApiVersions, 0, id);
+    assert_eq!(future.error_code, 35);
+    assert_eq!(future.api_keys, current.api_keys);
+    let metadata: MetadataResponse = conn.call(ApiKey::Metadata, 1, &MetadataRequest::default());
+    assert_eq!(metadata.brokers.len(), 1);
+}
+
+#[test]
+fn an_idempotent_retry_is_stored_once_even_across_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&dir.path().join("data"), &[]);
+    let mut conn = Conn::open(&broker.kafka_addr);
+    let init: InitProducerIdResponse =
+        conn.call(ApiKey::InitProducerId, 1, &InitProducerIdRequest::default());
+    assert_eq!(init.error_code, 0);
+    let (pid, epoch) = (init.producer_id.0, init.producer_epoch);
+    assert!(pid >= 0);
+
+    let first = batch(pid, epoch, 0, 10);
+    let response: ProduceResponse =
+        conn.call(ApiKey::Produce, 7, &produce_request("idem", -1, first.clone()));
+    assert_eq!(produced(&response), (0, 0));
+    // The same batch again, as after a lost acknowledgement: the original offset, nothing new.
+    let response: ProduceResponse =
+        conn.call(ApiKey::Produce, 7, &produce_request("idem", -1, first.clone()));
+    assert_eq!(produced(&response), (0, 0));
+    assert_eq!(latest_offset(&mut conn, "idem"), 10);
+
+    let second = batch(pid, epoch, 10, 5);
+    let response: ProduceResponse =
+        conn.call(ApiKey::Produce, 7, &produce_request("idem", -1, second.clone()));
+    assert_eq!(produced(&response), (0, 10));
+    // A gap in the sequence, and a fenced epoch.
+    let gap: ProduceResponse =
+        conn.call(ApiKey::Produce, 7, &produce_request("idem", -1, batch(pid, epoch, 30, 1)));
+    assert_eq!(produced(&gap).0, 45, "OUT_OF_ORDER_SEQUENCE_NUMBER");
+    let bumped: ProduceResponse =
+        conn.call(ApiKey::Produce, 7, &produce_request("idem", -1, batch(pid, epoch + 1, 0, 1)));
+    assert_eq!(produced(&bumped), (0, 15));
+    let stale: ProduceResponse =
+        conn.call(ApiKey::Produce, 7, &produce_request("idem", -1, batch(pid, epoch, 15, 1)));
+    assert_eq!(produced(&stale).0, 47, "INVALID_PRODUCER_EPOCH");
+
+    // After kill -9 the producer state is rebuilt from the log: the retry is still recognised.
+    broker.kill9();
+    broker.restart();
+    let mut conn = Conn::open(&broker.kafka_addr);
+    let retried: ProduceResponse =
+        conn.call(ApiKey::Produce, 7, &produce_request("idem", -1, batch(pid, epoch + 1, 0, 1)));
+    assert_eq!(produced(&retried), (0, 15));
+    assert_eq!(latest_offset(&mut conn, "idem"), 16);
+}
+
+#[test]
+fn acks_zero_gets_no_response_and_order_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), &[]);
+    let mut conn = Conn::open(&broker.kafka_addr);
+    conn.send(ApiKey::Produce, 7, &produce_request("fire", 0, batch(-1, -1, 0, 3)));
+    conn.send(ApiKey::Produce, 7, &produce_request("fire", 0, batch(-1, -1, 0, 4)));
+    // The next response on the wire is the ApiVersions answer: the produces had none.
+    let id = conn.send(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    let versions: ApiVersionsResponse = conn.response(ApiKey::ApiVersions, 3, id);
+    assert_eq!(versions.error_code, 0);
+    // Unacknowledged records become visible once written; wait for that, boundedly.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while latest_offset(&mut conn, "fire") < 7 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(latest_offset(&mut conn, "fire"), 7);
+}
+
+#[test]
+fn malformed_frames_get_an_error_or_a_clean_close_and_others_carry_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), &["--set", "message.max.bytes=1000"]);
+    let mut bystander = Conn::open(&broker.kafka_addr);
+    let check_bystander = |conn: &mut Conn| {
+        let response: ProduceResponse =
+            conn.call(ApiKey::Produce, 8, &produce_request("ok", 1, batch(-1, -1, 0, 2)));
+        assert_eq!(produced(&response).0, 0, "{:?}", response);
+    };
+    check_bystander(&mut bystander);
+
+    // A bad CRC-32C: CORRUPT_MESSAGE, and the connection goes on.
+    let mut conn = Conn::open(&broker.kafka_addr);
+    let mut bad = batch(-1, -1, 0, 3).to_vec();
+    let last = bad.len() - 1;
+    bad[last] ^= 0x40;
+    let response: ProduceResponse =
+        conn.call(ApiKey::Produce, 7, &produce_request("bad", 1, Bytes::from(bad)));
+    assert_eq!(produced(&response).0, 2, "CORRUPT_MESSAGE");
+    // Too large for the topic: MESSAGE_TOO_LARGE.
+    let big = batch(-1, -1, 0, 200);
+    let response: ProduceResponse = conn.call(ApiKey::Produce, 7, &produce_request("bad", 1, big));
+    assert_eq!(produced(&response).0, 10, "MESSAGE_TOO_LARGE");
+    // Two batches for one partition: INVALID_RECORD.
+    let mut two = batch(-1, -1, 0, 1).to_vec();
+    two.extend_from_slice(&batch(-1, -1, 0, 1));
+    let response: ProduceResponse =
+        conn.call(ApiKey::Produce, 7, &produce_request("bad", 1, Bytes::from(two)));
+    assert_eq!(produced(&response).0, 87, "INVALID_RECORD");
+
+    // An unknown API key closes the connection.
+    let mut conn = Conn::open(&broker.kafka_addr);
+    conn.send_raw(&[0x03, 0xE7, 0, 0, 0, 0, 0, 1, 0xFF, 0xFF]);
+    assert!(conn.is_closed());
+    // So do a version that is not served and a body the codec cannot decode.
+    let mut conn = Conn::open(&broker.kafka_addr);
+    conn.send(ApiKey::Produce, 2, &ApiVersionsRequest::default());
+    assert!(conn.is_closed());
+    let mut conn = Conn::open(&broker.kafka_addr);
+    conn.send_raw(&[0, 3, 0, 1, 0, 0, 0, 1, 0, 4, b's', b'p']);
+    assert!(conn.is_closed());
+    // A size beyond socket.request.max.bytes, and a negative one.
+    for size in [i32::MAX, -5] {
+        let mut conn = Conn::open(&broker.kafka_addr);
+        conn.stream.write_all(&size.to_be_bytes()).unwrap();
+        assert!(conn.is_closed());
+    }
+    // A frame cut short by the client.
+    let mut conn = Conn::open(&broker.kafka_addr);
+    conn.stream.write_all(&100i32.to_be_bytes()).unwrap();
+    conn.stream.write_all(&[0, 18, 0, 3]).unwrap();
+    drop(conn);
+
+    check_bystander(&mut bystander);
+    let log = broker.stderr();
+    assert!(log.contains("unknown API key 999"), "{log}");
+    assert!(log.contains("Produce v2 is not supported"), "{log}");
+    assert!(log.contains("socket.request.max.bytes"), "{log}");
+}
