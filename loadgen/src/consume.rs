@@ -11,9 +11,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use spate::client::Client;
-use spate::native::messages::OFFSET_LATEST;
 
+use crate::link::Link;
 use crate::report::Totals;
 use crate::verify::{self, SequenceCheck};
 use crate::Args;
@@ -33,7 +32,7 @@ pub struct Consumed {
 /// `producing_done` is `None`, else until the producers are done and the end is reached.
 pub async fn run(
     args: Rc<Args>,
-    clients: Vec<Client>,
+    clients: Vec<Link>,
     starts: Vec<u64>,
     producing_done: Option<Rc<Cell<bool>>>,
     partitions: Vec<u32>,
@@ -64,7 +63,7 @@ pub async fn run(
 }
 
 struct PartitionReader {
-    client: Client,
+    client: Link,
     args: Rc<Args>,
     partition: u32,
     totals: Rc<Totals>,
@@ -91,31 +90,30 @@ impl PartitionReader {
                 return Ok(check);
             }
             let sent = Instant::now();
-            let fetched = self
+            let mut received_ns = None;
+            let mut bytes = 0u64;
+            let mut next = offset;
+            let visit = |record_offset: u64, value: &[u8]| {
+                let received_ns = *received_ns.get_or_insert_with(verify::now_ns);
+                bytes += value.len() as u64;
+                if self.args.verify {
+                    check.observe(verify::seq_of(value));
+                }
+                if self.args.stamped() && self.totals.counting() {
+                    if let Some(sent_ns) = verify::sent_ns_of(value) {
+                        let latency = received_ns.saturating_sub(sent_ns).max(1);
+                        self.end_to_end.borrow_mut().saturating_record(latency);
+                    }
+                }
+                next = record_offset + 1;
+            };
+            let (topic, fetch_bytes) = (&self.args.topic, self.args.fetch_bytes);
+            let records = self
                 .client
-                .fetch(&self.args.topic, self.partition, offset, self.args.fetch_bytes, wait_ms)
+                .fetch(topic, self.partition, offset, fetch_bytes, wait_ms, visit)
                 .await
                 .map_err(|e| format!("partition {}: {e}", self.partition))?;
-            let received_ns = verify::now_ns();
-            let (mut records, mut bytes) = (0u64, 0u64);
-            let from = offset;
-            for batch in fetched.batches().map_err(|e| e.to_string())? {
-                for record in batch.records().filter(|r| r.offset >= from) {
-                    let value = record.value().unwrap_or_default();
-                    bytes += value.len() as u64;
-                    if self.args.verify {
-                        check.observe(verify::seq_of(value));
-                    }
-                    if self.args.stamped() && self.totals.counting() {
-                        if let Some(sent_ns) = verify::sent_ns_of(value) {
-                            let latency = received_ns.saturating_sub(sent_ns).max(1);
-                            self.end_to_end.borrow_mut().saturating_record(latency);
-                        }
-                    }
-                    records += 1;
-                    offset = record.offset + 1;
-                }
-            }
+            offset = next;
             if records > 0 {
                 self.totals.add(records, bytes, sent.elapsed());
             } else if end.is_some() && self.producing_done.is_none() {
@@ -128,7 +126,6 @@ impl PartitionReader {
     }
 
     async fn latest(&self) -> Result<u64, String> {
-        let end = self.client.list_offset(&self.args.topic, self.partition, OFFSET_LATEST).await;
-        end.map(|e| e as u64).map_err(|e| e.to_string())
+        self.client.latest(&self.args.topic, self.partition).await
     }
 }

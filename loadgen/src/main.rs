@@ -8,6 +8,8 @@
 //! reordering.
 
 mod consume;
+mod kafka;
+mod link;
 mod plot;
 mod produce;
 mod report;
@@ -23,9 +25,9 @@ use std::time::Duration;
 use clap::Parser;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use hdrhistogram::Histogram;
+use link::{Link, Protocol};
 use report::{SharedCounts, Snapshot};
-use spate::client::Client;
-use spate::native::messages::{Acks, ErrorCode, OFFSET_LATEST};
+use spate::native::messages::Acks;
 use verify::SequenceCheck;
 
 /// Requests a client connection queues before a send waits: verify mode keeps every
@@ -33,11 +35,14 @@ use verify::SequenceCheck;
 const CLIENT_QUEUE_REQUESTS: usize = 256;
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "spate-loadgen", about = "Load generator for Spate's native protocol")]
+#[command(name = "spate-loadgen", about = "Load generator for Spate, over either protocol")]
 pub struct Args {
-    /// The broker's native listener.
-    #[arg(long, short = 'b', default_value_t = spate::client::default_address())]
-    pub broker: String,
+    /// The broker's listener for --protocol [default: 127.0.0.1:9192 native, 127.0.0.1:9092 kafka]
+    #[arg(long, short = 'b')]
+    pub broker: Option<String>,
+    /// The wire protocol to load the broker through.
+    #[arg(long, value_enum, default_value_t = Protocol::Native)]
+    pub protocol: Protocol,
     #[arg(long, default_value = "loadgen")]
     pub topic: String,
     /// Partitions of the topic (created if missing).
@@ -117,6 +122,14 @@ impl Args {
         self.verify || self.tail || self.rate.is_some()
     }
 
+    /// Where to connect: `--broker`, else the local broker's listener for the protocol.
+    pub fn address(&self) -> String {
+        self.broker.clone().unwrap_or_else(|| match self.protocol {
+            Protocol::Native => spate::client::default_address(),
+            Protocol::Kafka => format!("127.0.0.1:{}", spate::config::KAFKA_PORT_DEFAULT),
+        })
+    }
+
     pub fn thread_count(&self) -> usize {
         match &self.cores {
             Some(cores) => spate::config::parse_cores(cores).map_or(1, |c| c.len()),
@@ -148,12 +161,12 @@ struct Shared {
     finished: AtomicBool,
 }
 
-async fn connect_all(args: &Args) -> Result<Vec<Client>, String> {
-    let mut clients = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        clients.push(Client::connect(&args.broker).await.map_err(|e| e.to_string())?);
+async fn connect_all(args: &Args, count: usize) -> Result<Vec<Link>, String> {
+    let mut links = Vec::new();
+    for _ in 0..count {
+        links.push(Link::connect(args.protocol, &args.address()).await?);
     }
-    Ok(clients)
+    Ok(links)
 }
 
 /// Marks this thread's producers done when dropped.
@@ -244,15 +257,11 @@ fn pinned(cores: &[usize]) -> Result<PoolPlacement, String> {
 /// Creates the topic if needed and returns where each partition ends now: the run reads from
 /// there.
 async fn prepare(args: &Args) -> Result<Vec<u64>, String> {
-    let client = Client::connect(&args.broker).await.map_err(|e| e.to_string())?;
-    match client.create_topic(&args.topic, args.partitions, vec![]).await {
-        Err(e) if e.code() != Some(ErrorCode::TopicAlreadyExists) => return Err(e.to_string()),
-        _ => {}
-    }
+    let link = Link::connect(args.protocol, &args.address()).await?;
+    link.ensure_topic(&args.topic, args.partitions).await?;
     let mut starts = Vec::new();
     for partition in 0..args.partitions {
-        let end = client.list_offset(&args.topic, partition, OFFSET_LATEST).await;
-        starts.push(end.map_err(|e| e.to_string())? as u64);
+        starts.push(link.latest(&args.topic, partition).await?);
     }
     Ok(starts)
 }
@@ -272,15 +281,11 @@ async fn thread_main(
         (0..args.partitions).filter(|p| *p as usize % threads == id).collect();
     // Consumers get connections of their own: responses come back in request order, so a
     // long-polling fetch would hold up every produce answer queued behind it.
-    let clients = connect_all(&args).await?;
+    let clients = connect_all(&args, args.connections.max(1)).await?;
     // And one per partition: a native fetch covers one partition, and a long poll on an idle
     // one would hold up a busy one's data on a shared connection.
-    let mut consumer_clients = Vec::new();
-    if !args.skip_consume {
-        for _ in &partitions {
-            consumer_clients.push(Client::connect(&args.broker).await.map_err(|e| e.to_string())?);
-        }
-    }
+    let consumers_needed = if args.skip_consume { 0 } else { partitions.len() };
+    let consumer_clients = connect_all(&args, consumers_needed).await?;
     let args = Rc::new(args);
     let measure_from = shared.measure_from.get().copied().unwrap_or_else(std::time::Instant::now);
     let produced = produce::Produced::new(

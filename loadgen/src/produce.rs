@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use spate::client::Client;
 use spate::record::{BatchBuilder, BatchMeta, OwnedRecord};
 
+use crate::link::{encode_batch, Link};
 use crate::report::Totals;
 use crate::shape::{KeySource, Rng, SizeRange};
 use crate::verify;
@@ -72,7 +72,7 @@ struct Built {
 /// What every sending task of a partition shares.
 #[derive(Clone)]
 struct Sender {
-    client: Client,
+    client: Link,
     topic: String,
     partition: u32,
     args: Rc<Args>,
@@ -96,7 +96,8 @@ impl Sender {
                 self.sequence.next.set(first + count);
                 let stamp = Some((first, verify::now_ns()));
                 let mut rng = self.rng.borrow_mut();
-                build(count, self.args.record_size, &self.keys, &mut rng, stamp, self.partition)
+                let shape = Shape { sizes: self.args.record_size, protocol: self.args.protocol };
+                build(count, shape, &self.keys, &mut rng, stamp, self.partition)
             }
         }
     }
@@ -105,10 +106,8 @@ impl Sender {
     async fn send(&self, since: Instant) {
         let Built { meta, payload, value_bytes } = self.next_batch();
         let count = u64::from(meta.record_count);
-        let result = self
-            .client
-            .produce_encoded(&self.topic, self.partition, self.args.acks, meta, payload)
-            .await;
+        let result =
+            self.client.produce(&self.topic, self.partition, self.args.acks, meta, payload).await;
         match result {
             Ok(_) => {
                 self.totals.add(count, value_bytes, since.elapsed());
@@ -132,7 +131,7 @@ impl Sender {
 /// The figures count from `measure_from` (the end of the warm-up); the duration follows it.
 pub async fn run(
     args: &Rc<Args>,
-    clients: &[Client],
+    clients: &[Link],
     produced: &Produced,
     partitions: &[u32],
     measure_from: Instant,
@@ -149,9 +148,9 @@ pub async fn run(
         }
         let stamped = args.stamped();
         let mut rng = Rng::new(u64::from(partition) + 1);
-        let prebuilt = (!stamped).then(|| {
-            build(args.records_per_batch(), args.record_size, &keys, &mut rng, None, partition)
-        });
+        let shape = Shape { sizes: args.record_size, protocol: args.protocol };
+        let prebuilt = (!stamped)
+            .then(|| build(args.records_per_batch(), shape, &keys, &mut rng, None, partition));
         let sender_for = |slot: usize| {
             let connection = if stamped { partition as usize } else { partition as usize + slot };
             Sender {
@@ -238,12 +237,19 @@ fn sending_partitions(args: &Args) -> u32 {
         .count() as u32
 }
 
-/// A batch of `count` records with value sizes from `sizes` and keys from `keys`. With a
+/// How batches are built: value sizes, and the protocol they are encoded for.
+#[derive(Clone, Copy)]
+struct Shape {
+    sizes: SizeRange,
+    protocol: crate::link::Protocol,
+}
+
+/// A batch of `count` records with value sizes from `shape` and keys from `keys`. With a
 /// `stamp` (first sequence number, send time), every value starts with its sequence number and
 /// the send time; without one, values hold a pattern and the batch is built once and re-sent.
 fn build(
     count: u64,
-    sizes: SizeRange,
+    shape: Shape,
     keys: &KeySource,
     rng: &mut Rng,
     stamp: Option<(u64, u64)>,
@@ -255,11 +261,11 @@ fn build(
     for i in 0..count {
         let value = match stamp {
             Some((first_seq, sent_ns)) => {
-                let mut value = vec![0u8; sizes.pick(rng).max(verify::STAMP_BYTES)];
+                let mut value = vec![0u8; shape.sizes.pick(rng).max(verify::STAMP_BYTES)];
                 verify::stamp(&mut value, first_seq + i, sent_ns);
                 value
             }
-            None => (0..sizes.pick(rng))
+            None => (0..shape.sizes.pick(rng))
                 .map(|j| (i as usize * 31 + j * 7 + partition as usize) as u8)
                 .collect(),
         };
@@ -267,6 +273,8 @@ fn build(
         let key = keys.pick(rng);
         builder.push(OwnedRecord { key, value: Some(value), headers: Vec::new(), timestamp: now });
     }
-    let (meta, payload) = builder.build();
-    Built { meta, payload: Bytes::from_owner(payload), value_bytes }
+    let (meta, archive) = builder.build();
+    // Converting a batch this process just built cannot fail.
+    let payload = encode_batch(shape.protocol, &meta, archive).expect("encoding a built batch");
+    Built { meta, payload, value_bytes }
 }

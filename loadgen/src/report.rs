@@ -11,8 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use spate::client::ClientError;
-
 /// Counts every thread adds to, read by the progress line.
 #[derive(Default)]
 pub struct SharedCounts {
@@ -26,7 +24,7 @@ pub struct Totals {
     pub bytes: Cell<u64>,
     pub latency: RefCell<Histogram<u64>>,
     pub elapsed: Cell<Duration>,
-    pub error: RefCell<Option<ClientError>>,
+    pub error: RefCell<Option<String>>,
     /// Nothing before this counts (the warm-up).
     counting_from: Cell<Option<Instant>>,
     shared: Arc<SharedCounts>,
@@ -66,7 +64,7 @@ impl Totals {
         self.latency.borrow_mut().saturating_record(ns);
     }
 
-    pub fn fail(&self, error: ClientError) {
+    pub fn fail(&self, error: String) {
         self.error.borrow_mut().get_or_insert(error);
     }
 

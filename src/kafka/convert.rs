@@ -125,47 +125,71 @@ pub fn native_entries(chunks: Vec<Bytes>) -> Result<Vec<Bytes>, String> {
 
 /// Every record of one Kafka batch, decompressed and decoded.
 pub fn kafka_records(batch: &[u8]) -> Result<Vec<OwnedRecord>, String> {
-    let header = BatchHeader::read(batch).ok_or("a batch shorter than its header")?;
-    let count = header.records_count.get().max(0) as usize;
-    let compressed = Bytes::copy_from_slice(&batch[BATCH_HEADER_BYTES..]);
-    let decode = |buf: &mut Bytes| -> anyhow::Result<Vec<OwnedRecord>> {
-        decode_records(buf, &header, count).map_err(anyhow::Error::msg)
-    };
-    let mut input = compressed;
-    let result = match header.codec() {
-        0 => decode(&mut input),
-        1 => Gzip::decompress(&mut input, decode),
-        2 => Snappy::decompress(&mut input, decode),
-        3 => Lz4::decompress(&mut input, decode),
-        4 => Zstd::decompress(&mut input, decode),
-        other => return Err(format!("unknown compression codec {other}")),
-    };
-    result.map_err(|e| format!("decoding a Kafka batch: {e:#}"))
+    let mut records = Vec::new();
+    for_each_record(batch, |record| {
+        records.push(OwnedRecord {
+            key: record.key.map(<[u8]>::to_vec),
+            value: record.value.map(<[u8]>::to_vec),
+            headers: record.headers.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect(),
+            timestamp: record.timestamp,
+        })
+    })?;
+    Ok(records)
 }
 
-fn decode_records(
-    buf: &mut Bytes,
+/// One record of a Kafka batch, borrowed from the (decompressed) batch.
+pub struct KafkaRecord<'a> {
+    pub offset: u64,
+    pub timestamp: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    /// A null header value reads as empty.
+    pub headers: Vec<(&'a [u8], &'a [u8])>,
+}
+
+/// Calls `visit` with each record of one Kafka batch, decompressing it first if needed;
+/// uncompressed records are read in place.
+pub fn for_each_record(batch: &[u8], mut visit: impl FnMut(KafkaRecord<'_>)) -> Result<(), String> {
+    let header = BatchHeader::read(batch).ok_or("a batch shorter than its header")?;
+    let records = batch.get(BATCH_HEADER_BYTES..).unwrap_or_default();
+    if header.codec() == 0 {
+        return visit_records(records, &header, &mut visit);
+    }
+    let mut input = Bytes::copy_from_slice(records);
+    let visit_all = |buf: &mut Bytes| -> anyhow::Result<()> {
+        visit_records(buf, &header, &mut visit).map_err(anyhow::Error::msg)
+    };
+    let result = match header.codec() {
+        1 => Gzip::decompress(&mut input, visit_all),
+        2 => Snappy::decompress(&mut input, visit_all),
+        3 => Lz4::decompress(&mut input, visit_all),
+        4 => Zstd::decompress(&mut input, visit_all),
+        other => return Err(format!("unknown compression codec {other}")),
+    };
+    result.map_err(|e| format!("decompressing a Kafka batch: {e:#}"))
+}
+
+fn visit_records(
+    records: &[u8],
     header: &BatchHeader,
-    count: usize,
-) -> Result<Vec<OwnedRecord>, String> {
+    visit: &mut impl FnMut(KafkaRecord<'_>),
+) -> Result<(), String> {
     let log_append_time = header.attributes.get() & ATTRIBUTE_LOG_APPEND_TIME != 0;
-    let mut reader = Reader { bytes: &buf[..] };
-    let mut records = Vec::with_capacity(count.min(1 << 16));
-    for _ in 0..count {
-        let length = reader.varint()?;
-        let mut record = Reader {
-            bytes: reader.take(usize::try_from(length).map_err(|_| "negative record length")?)?,
-        };
+    let base_offset = header.base_offset.get();
+    let mut reader = Reader { bytes: records };
+    for _ in 0..header.records_count.get().max(0) {
+        let length = usize::try_from(reader.varint()?).map_err(|_| "negative record length")?;
+        let mut record = Reader { bytes: reader.take(length)? };
         record.take(1)?; // attributes
         let timestamp_delta = record.varint()?;
-        record.varint()?; // offset delta: records are dense from the batch's base offset
-        let key = record.nullable()?.map(<[u8]>::to_vec);
-        let value = record.nullable()?.map(<[u8]>::to_vec);
-        let header_count = record.varint()?;
-        let mut headers = Vec::new();
-        for _ in 0..header_count.max(0) {
-            let name = record.nullable()?.unwrap_or_default().to_vec();
-            let value = record.nullable()?.unwrap_or_default().to_vec();
+        let offset_delta = record.varint()?;
+        let key = record.nullable()?;
+        let value = record.nullable()?;
+        let header_count = usize::try_from(record.varint()?).unwrap_or(0);
+        let mut headers = Vec::with_capacity(header_count.min(64));
+        for _ in 0..header_count {
+            let name = record.nullable()?.unwrap_or_default();
+            let value = record.nullable()?.unwrap_or_default();
             headers.push((name, value));
         }
         let timestamp = if log_append_time {
@@ -173,9 +197,10 @@ fn decode_records(
         } else {
             header.base_timestamp.get().saturating_add(timestamp_delta)
         };
-        records.push(OwnedRecord { key, value, headers, timestamp });
+        let offset = u64::try_from(base_offset.saturating_add(offset_delta)).unwrap_or(0);
+        visit(KafkaRecord { offset, timestamp, key, value, headers });
     }
-    Ok(records)
+    Ok(())
 }
 
 /// Kafka's zigzag varints over a byte slice, every read bounds-checked.
