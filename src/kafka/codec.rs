@@ -7,8 +7,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
-    DescribeConfigsRequest, FetchRequest, InitProducerIdRequest, ListOffsetsRequest,
-    MetadataRequest, ProduceRequest, RequestHeader, ResponseHeader,
+    DescribeConfigsRequest, FetchRequest, FindCoordinatorRequest, InitProducerIdRequest,
+    ListOffsetsRequest, MetadataRequest, ProduceRequest, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -48,6 +48,7 @@ pub enum Request {
     CreatePartitions(CreatePartitionsRequest),
     DescribeConfigs(DescribeConfigsRequest),
     InitProducerId(InitProducerIdRequest),
+    FindCoordinator(FindCoordinatorRequest),
 }
 
 /// A whole request: its header (client id, correlation id) and body.
@@ -78,6 +79,7 @@ pub fn decode_request(api: ApiKey, frame: Bytes) -> Result<DecodedRequest, Strin
         ApiKey::CreatePartitions => Request::CreatePartitions(body(&mut buf, version)?),
         ApiKey::DescribeConfigs => Request::DescribeConfigs(body(&mut buf, version)?),
         ApiKey::InitProducerId => Request::InitProducerId(body(&mut buf, version)?),
+        ApiKey::FindCoordinator => Request::FindCoordinator(body(&mut buf, version)?),
         other => return Err(format!("{other:?} is not served")),
     };
     Ok(DecodedRequest { api, version, header, body })
@@ -130,6 +132,8 @@ pub fn error_code(code: ErrorCode) -> i16 {
 
 /// Kafka's UNSUPPORTED_VERSION, for the KIP-511 ApiVersions answer.
 pub const UNSUPPORTED_VERSION: i16 = 35;
+/// Kafka's COORDINATOR_NOT_AVAILABLE: retriable, so group clients wait rather than fail.
+pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
 
 #[cfg(test)]
 mod tests {

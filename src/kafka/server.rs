@@ -44,6 +44,9 @@ pub struct Reply {
     pub reserved: Option<StaticPermit>,
 }
 
+/// What a request task leaves for the writer.
+type Outcome = Result<Option<Reply>, String>;
+
 /// Serves one Kafka connection until it closes or the shard stops.
 pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     let peer = stream.peer_addr().map_or_else(|_| "unknown".to_string(), |a| a.to_string());
@@ -55,7 +58,12 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
     let (queue, replies) = local_channel::new_bounded(INFLIGHT_REQUESTS_MAX);
     let responses = Rc::new(Semaphore::new(RESPONSE_BYTES_MAX as u64));
-    let writer = glommio::spawn_local(write_replies(replies, writer, responses.clone()));
+    let writer = glommio::spawn_local(write_replies(
+        replies,
+        writer,
+        responses.clone(),
+        connection.peer.clone(),
+    ));
     let bodies = Rc::new(Semaphore::new(INFLIGHT_BYTES_MAX as u64));
     let reading = Reading { shard: &shard, connection: &connection, bodies, responses };
     if let Err(reason) = reading.run(&mut reader, &queue).await {
@@ -72,7 +80,7 @@ struct Reading<'a> {
     responses: Rc<Semaphore>,
 }
 
-type Queue = LocalSender<JoinHandle<Option<Reply>>>;
+type Queue = LocalSender<JoinHandle<Outcome>>;
 
 impl Reading<'_> {
     /// Reads requests until the client closes, the shard stops, or a request ends the
@@ -100,11 +108,8 @@ impl Reading<'_> {
             if api == ApiKey::ApiVersions && prefix.api_version > versions::api_versions_max() {
                 let body = versions::api_versions_response(codec::UNSUPPORTED_VERSION);
                 let reply = codec::encode_response(api, 0, prefix.correlation_id, &body)?;
-                let task =
-                    glommio::spawn_local(
-                        async move { Some(Reply { frame: reply, reserved: None }) },
-                    )
-                    .detach();
+                let reply = Reply { frame: reply, reserved: None };
+                let task = glommio::spawn_local(async move { Ok(Some(reply)) }).detach();
                 queue.send(task).await.map_err(|_| "response writer stopped".to_string())?;
                 continue;
             }
@@ -125,7 +130,7 @@ impl Reading<'_> {
             let task = glommio::spawn_local(async move {
                 let reply = handlers::handle(shard, connection, request, received).await;
                 drop(permit);
-                reply.map(|frame| Reply { frame, reserved })
+                reply.map(|frame| frame.map(|frame| Reply { frame, reserved }))
             })
             .detach();
             queue.send(task).await.map_err(|_| "response writer stopped".to_string())?;
@@ -176,13 +181,21 @@ fn mid_frame(e: io::Error, part: &str) -> String {
 }
 
 async fn write_replies<W: AsyncWrite + Unpin>(
-    replies: LocalReceiver<JoinHandle<Option<Reply>>>,
+    replies: LocalReceiver<JoinHandle<Outcome>>,
     mut writer: W,
     responses: Rc<Semaphore>,
+    peer: String,
 ) {
     while let Some(task) = replies.recv().await {
-        let Some(Some(reply)) = task.await else {
-            continue;
+        let reply = match task.await {
+            Some(Ok(Some(reply))) => reply,
+            Some(Ok(None)) | None => continue,
+            Some(Err(why)) => {
+                // Closing our side ends the client's wait; dropping the queue stops the reader.
+                tracing::error!(%peer, "closing Kafka connection: {why}");
+                responses.close();
+                break;
+            }
         };
         let written = async {
             writer.write_all(&reply.frame).await?;

@@ -1,10 +1,13 @@
 //! The Kafka APIs and versions this broker serves, and the ApiVersions answer that advertises
 //! them.
 //!
-//! Ranges are as wide as the codec decodes and the clients need. Produce is advertised from v0
-//! although only v3+ (record batches) is decoded: librdkafka before 2.11 turns compression off
-//! unless Produce v0 is in range, and every client that sends record batches uses v3 or later.
-//! Metadata stops at v10 and Fetch at v12: later versions address topics by id.
+//! Ranges are as wide as the codec decodes and the clients need. Produce and Fetch are
+//! advertised from v0 although only v3+ and v4+ (record batches) are decoded: librdkafka before
+//! 2.11 enables features by exact old versions (compression needs Produce v0; LZ4 also needs
+//! FindCoordinator v0), and every client that sends record batches uses the newer versions.
+//! FindCoordinator answers COORDINATOR_NOT_AVAILABLE until consumer groups are served.
+//! Metadata stops at v10 and Fetch at v12: later versions address topics by id. ListOffsets stops
+//! at v6: v7 adds the max-timestamp query.
 
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
@@ -12,8 +15,8 @@ use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
 /// (API, lowest advertised, lowest decoded, highest).
 const SUPPORTED: &[(ApiKey, i16, i16, i16)] = &[
     (ApiKey::Produce, 0, 3, 9),
-    (ApiKey::Fetch, 4, 4, 12),
-    (ApiKey::ListOffsets, 1, 1, 7),
+    (ApiKey::Fetch, 0, 4, 12),
+    (ApiKey::ListOffsets, 1, 1, 6),
     (ApiKey::Metadata, 0, 0, 10),
     (ApiKey::ApiVersions, 0, 0, 3),
     (ApiKey::CreateTopics, 2, 2, 5),
@@ -21,6 +24,7 @@ const SUPPORTED: &[(ApiKey, i16, i16, i16)] = &[
     (ApiKey::CreatePartitions, 0, 0, 3),
     (ApiKey::DescribeConfigs, 1, 1, 4),
     (ApiKey::InitProducerId, 0, 0, 4),
+    (ApiKey::FindCoordinator, 0, 0, 3),
 ];
 
 /// Whether `version` of `api` can be decoded and answered.
@@ -74,6 +78,7 @@ mod tests {
         assert!(is_served(ApiKey::Produce, 7));
         assert!(!is_served(ApiKey::Produce, 2));
         assert!(!is_served(ApiKey::Fetch, 13));
+        assert!(!is_served(ApiKey::Fetch, 3));
         assert_eq!(api_versions_max(), 3);
     }
 }

@@ -367,8 +367,12 @@ impl PartitionLog {
         }
     }
 
-    /// The offset of the first record whose timestamp is at or after `timestamp`, or `None`.
-    pub async fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<u64>, LogError> {
+    /// The offset and timestamp of the first record whose timestamp is at or after `timestamp`,
+    /// or `None`.
+    pub async fn offset_for_timestamp(
+        &self,
+        timestamp: i64,
+    ) -> Result<Option<(u64, i64)>, LogError> {
         let candidates: Vec<_> = {
             let st = self.state.borrow();
             st.segments
@@ -711,7 +715,10 @@ async fn read_segment(
 
 /// Finds the first record at or after `timestamp` in one segment, reading the log in windows
 /// (the first one reaches past the next index point) rather than entry by entry.
-async fn find_timestamp(segment: &Segment, timestamp: i64) -> Result<Option<u64>, ReadError> {
+async fn find_timestamp(
+    segment: &Segment,
+    timestamp: i64,
+) -> Result<Option<(u64, i64)>, ReadError> {
     let (mut position, size) = {
         let meta = segment.meta.borrow();
         (meta.index.seek_timestamp(timestamp).map_or(0, |p| p.position), meta.size)
@@ -747,9 +754,11 @@ async fn find_timestamp(segment: &Segment, timestamp: i64) -> Result<Option<u64>
     Ok(None)
 }
 
-/// The offset of the first record in `entry` with a timestamp at or after `timestamp`.
-fn first_record_at_or_after(entry: &[u8], timestamp: i64) -> Result<u64, String> {
+/// The offset and timestamp of the first record in `entry` at or after `timestamp` (the entry's
+/// max timestamp says there is one).
+fn first_record_at_or_after(entry: &[u8], timestamp: i64) -> Result<(u64, i64), String> {
     let (header, payload) = parse_entry(entry).map_err(|e| e.to_string())?;
+    let mut found = None;
     match header.format() {
         Some(crate::record::PayloadFormat::Native) => {
             // Disk reads land at arbitrary alignment; the archive needs 16.
@@ -757,11 +766,19 @@ fn first_record_at_or_after(entry: &[u8], timestamp: i64) -> Result<u64, String>
             aligned.extend_from_slice(payload);
             let view = crate::record::batch::NativeBatchView::new(&header, &aligned)
                 .map_err(|e| e.to_string())?;
-            let found = view.records().find(|r| r.timestamp >= timestamp).map(|r| r.offset);
-            Ok(found.unwrap_or(header.base_offset()))
+            found =
+                view.records().find(|r| r.timestamp >= timestamp).map(|r| (r.offset, r.timestamp));
         }
-        _ => Ok(header.base_offset()),
+        Some(crate::record::PayloadFormat::Kafka) => {
+            crate::kafka::convert::for_each_record(payload, |record| {
+                if found.is_none() && record.timestamp >= timestamp {
+                    found = Some((record.offset, record.timestamp));
+                }
+            })?;
+        }
+        None => {}
     }
+    Ok(found.unwrap_or((header.base_offset(), header.max_timestamp.get())))
 }
 
 /// Opens every segment in `dir` (creating the first if there is none) and logs what recovery

@@ -230,7 +230,7 @@ async fn list_offsets(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
         Err(why) => return undecodable(Api::ListOffsets, request_id, why),
     };
     let body = match shard.list_offset(&request.topic, request.partition, request.timestamp).await {
-        Ok(offset) => ListOffsetsResponse { error: ErrorBody::none(), offset },
+        Ok((offset, _)) => ListOffsetsResponse { error: ErrorBody::none(), offset },
         Err(e) => ListOffsetsResponse { error: e.to_body(), offset: -1 },
     };
     answer(Api::ListOffsets, request_id, &body)

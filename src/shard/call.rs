@@ -97,7 +97,8 @@ pub enum ShardAnswer {
     /// Base offset and log start.
     Produced(Result<(u64, u64), BrokerError>),
     Fetched(Result<ReadOutcome, BrokerError>),
-    Offset(Result<i64, BrokerError>),
+    /// Offset and the timestamp of the record found (-1 for latest and earliest).
+    Offset(Result<(i64, i64), BrokerError>),
     /// Log start and high watermark.
     Watermarks(Result<(u64, u64), BrokerError>),
     Done(Result<(), BrokerError>),

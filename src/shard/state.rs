@@ -285,18 +285,18 @@ impl Shard {
         topic: &str,
         partition: u32,
         timestamp: i64,
-    ) -> Result<i64, BrokerError> {
+    ) -> Result<(i64, i64), BrokerError> {
         let log = self.partition_log(topic, partition)?;
-        let offset = match timestamp {
-            OFFSET_LATEST => Some(log.high_watermark()),
-            OFFSET_EARLIEST => Some(log.log_start()),
+        let found = match timestamp {
+            OFFSET_LATEST => Some((log.high_watermark(), -1)),
+            OFFSET_EARLIEST => Some((log.log_start(), -1)),
             t if t >= 0 => log.offset_for_timestamp(t).await?,
             other => {
                 let why = format!("timestamp {other} is neither -1, -2 nor a time");
                 return Err(BrokerError::new(ErrorCode::InvalidRequest, why));
             }
         };
-        Ok(offset.map_or(-1, |o| o as i64))
+        Ok(found.map_or((-1, -1), |(offset, time)| (offset as i64, time)))
     }
 
     async fn create_topic_as_controller(
@@ -523,12 +523,14 @@ impl Shard {
         .await
     }
 
+    /// The offset (and, for a time lookup, the timestamp) of the latest (-1), earliest (-2) or
+    /// first record at or after a time; (-1, -1) when no record is that new.
     pub async fn list_offset(
         self: &Rc<Self>,
         topic: &str,
         partition: u32,
         timestamp: i64,
-    ) -> Result<i64, BrokerError> {
+    ) -> Result<(i64, i64), BrokerError> {
         let call = ShardCall::ListOffsets { topic: topic.to_string(), partition, timestamp };
         self.ask(self.owner(topic, partition), call, |answer| match answer {
             ShardAnswer::Offset(result) => Ok(result),

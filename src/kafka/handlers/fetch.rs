@@ -248,8 +248,9 @@ pub async fn list_offsets(
                 _ => Err(unknown(&want)),
             };
             match found {
-                Ok(offset) => {
+                Ok((offset, timestamp)) => {
                     partition.offset = offset;
+                    partition.timestamp = timestamp;
                     if has_field(version, 4) {
                         partition.leader_epoch = crate::record::pending::LEADER_EPOCH;
                     }

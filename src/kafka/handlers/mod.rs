@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use kafka_protocol::messages::ApiKey;
+use kafka_protocol::messages::{ApiKey, BrokerId, FindCoordinatorResponse};
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
 use crate::kafka::codec::{self, DecodedRequest, Request};
@@ -20,13 +20,15 @@ use crate::kafka::versions;
 use crate::metrics::Hist;
 use crate::shard::{BrokerError, Shard};
 
-/// Runs one request; `None` means no response is sent (a produce with acks=0).
+/// Runs one request: `Ok(None)` means no response is sent (a produce with acks=0); `Err` that
+/// the response could not be encoded, and the connection must close rather than leave the client
+/// waiting for it.
 pub async fn handle(
     shard: Rc<Shard>,
     connection: Rc<Connection>,
     request: DecodedRequest,
     received: Instant,
-) -> Option<Bytes> {
+) -> Result<Option<Bytes>, String> {
     let DecodedRequest { api, version, header, body } = request;
     let correlation_id = header.correlation_id;
     let reply = |body: &dyn AnyResponse| body.encode_frame(api, version, correlation_id);
@@ -40,7 +42,7 @@ pub async fn handle(
             Some(response) => (Hist::KafkaProduce, reply(&response)),
             None => {
                 shard.metrics.record(Hist::KafkaProduce, received.elapsed());
-                return None;
+                return Ok(None);
             }
         },
         Request::Fetch(request) => {
@@ -64,17 +66,23 @@ pub async fn handle(
         Request::InitProducerId(request) => {
             (Hist::KafkaOther, reply(&admin::init_producer_id(&shard, request)))
         }
+        Request::FindCoordinator(_) => (Hist::KafkaOther, reply(&no_coordinator(version))),
     };
     shard.metrics.record(hist, received.elapsed());
-    match frame {
-        Ok(frame) => Some(frame),
-        Err(why) => {
-            // A response the codec cannot encode at this version is a broker bug; the client
-            // would wait forever for it, so say so and let it time out the connection.
-            tracing::error!(peer = %connection.peer, "{api:?} v{version}: {why}");
-            None
-        }
-    }
+    // A response the codec cannot encode at this version is a broker bug.
+    frame.map(Some).map_err(|why| format!("{api:?} v{version}: {why}"))
+}
+
+/// FindCoordinator is served (librdkafka before 2.11 enables LZ4 only when FindCoordinator v0
+/// is advertised) but no group or transaction coordinator exists yet.
+fn no_coordinator(version: i16) -> FindCoordinatorResponse {
+    let mut response = FindCoordinatorResponse::default();
+    response.error_code = codec::COORDINATOR_NOT_AVAILABLE;
+    response.node_id = BrokerId(-1);
+    response.port = -1;
+    response.error_message = has_field(version, 1)
+        .then(|| StrBytes::from_static_str("consumer groups are not served by this broker yet"));
+    response
 }
 
 /// A response body of any API, encoded into a frame.
