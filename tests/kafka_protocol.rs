@@ -302,3 +302,52 @@ fn malformed_frames_get_an_error_or_a_clean_close_and_others_carry_on() {
     assert!(log.contains("Produce v2 is not supported"), "{log}");
     assert!(log.contains("socket.request.max.bytes"), "{log}");
 }
+
+#[test]
+fn create_partitions_adds_partitions_that_survive_a_restart() {
+    use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    use kafka_protocol::messages::{
+        CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
+        CreateTopicsResponse,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&dir.path().join("data"), &[]);
+    let mut conn = Conn::open(&broker.kafka_addr);
+    let mut topic = CreatableTopic::default();
+    topic.name = TopicName(StrBytes::from_static_str("grow"));
+    topic.num_partitions = 1;
+    topic.replication_factor = 1;
+    let mut create = CreateTopicsRequest::default();
+    create.topics = vec![topic];
+    let created: CreateTopicsResponse = conn.call(ApiKey::CreateTopics, 4, &create);
+    assert_eq!(created.topics[0].error_code, 0);
+
+    let grow = |conn: &mut Conn, count: i32| {
+        let mut topic = CreatePartitionsTopic::default();
+        topic.name = TopicName(StrBytes::from_static_str("grow"));
+        topic.count = count;
+        let mut request = CreatePartitionsRequest::default();
+        request.topics = vec![topic];
+        request.timeout_ms = 10_000;
+        let response: CreatePartitionsResponse = conn.call(ApiKey::CreatePartitions, 1, &request);
+        response.results[0].error_code
+    };
+    assert_eq!(grow(&mut conn, 3), 0);
+    assert_eq!(grow(&mut conn, 2), 37, "INVALID_PARTITIONS: partitions never shrink");
+
+    let mut request = produce_request("grow", 1, batch(-1, -1, 0, 4));
+    request.topic_data[0].partition_data[0].index = 2;
+    let response: ProduceResponse = conn.call(ApiKey::Produce, 7, &request);
+    assert_eq!(produced(&response), (0, 0));
+
+    broker.stop();
+    broker.restart();
+    let mut conn = Conn::open(&broker.kafka_addr);
+    let mut request = MetadataRequest::default();
+    let mut wanted = kafka_protocol::messages::metadata_request::MetadataRequestTopic::default();
+    wanted.name = Some(TopicName(StrBytes::from_static_str("grow")));
+    request.topics = Some(vec![wanted]);
+    let metadata: MetadataResponse = conn.call(ApiKey::Metadata, 4, &request);
+    assert_eq!(metadata.topics[0].partitions.len(), 3);
+}

@@ -330,17 +330,22 @@ impl Shard {
                 format!("topic {name} exists"),
             ));
         }
+        self.write_topic_file(&name, file).await?;
+        self.broadcast(&name, Some(info)).await?;
+        tracing::info!(topic = %name, partitions, "created topic");
+        Ok(())
+    }
+
+    /// Writes `<topic>/topic.toml` (atomically, off the shard's thread).
+    async fn write_topic_file(&self, name: &str, file: TopicFile) -> Result<(), BrokerError> {
         let data_dir = self.config.data_dir.clone();
-        let file_name = name.clone();
+        let file_name = name.to_string();
         glommio::executor()
             .spawn_blocking(move || catalog::write_topic(&data_dir, &file_name, &file))
             .await
             .map_err(|e| {
                 BrokerError::new(ErrorCode::StorageError, format!("writing topic {name}: {e}"))
-            })?;
-        self.broadcast(&name, Some(info)).await?;
-        tracing::info!(topic = %name, partitions, "created topic");
-        Ok(())
+            })
     }
 
     async fn add_partitions_as_controller(
@@ -363,14 +368,7 @@ impl Shard {
             return Err(BrokerError::new(ErrorCode::InvalidPartitions, why));
         }
         let file = TopicFile { partitions: count, config: info.overrides.clone() };
-        let data_dir = self.config.data_dir.clone();
-        let file_name = name.clone();
-        glommio::executor()
-            .spawn_blocking(move || catalog::write_topic(&data_dir, &file_name, &file))
-            .await
-            .map_err(|e| {
-                BrokerError::new(ErrorCode::StorageError, format!("writing topic {name}: {e}"))
-            })?;
+        self.write_topic_file(&name, file).await?;
         let old = info.partitions;
         info.partitions = count;
         self.broadcast(&name, Some(info)).await?;
