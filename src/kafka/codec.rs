@@ -106,6 +106,62 @@ pub fn encode_response<T: Encodable>(
     Ok(buf.freeze())
 }
 
+/// Stands in for a partition's records while a fetch response is encoded; replaced by the real
+/// record bytes in [`encode_spliced`]. Sixteen bytes no other field of a response can hold by
+/// chance: topic names are ASCII, and the numbers around them are small.
+pub const RECORDS_MARKER: [u8; 16] = *b"\xa7\x1e\xf0\x9cSpRecs\xd3\x05\xb8\x4e\x90\x2b";
+
+/// A response frame whose records fields are the chunks in `splices`: encoded with
+/// [`RECORDS_MARKER`] in each non-empty records field (in order), then cut at each marker so the
+/// record bytes are written from where they lie instead of copied into the frame.
+pub fn encode_spliced<T: Encodable>(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &T,
+    splices: Vec<Vec<Bytes>>,
+) -> Result<Vec<Bytes>, String> {
+    let head = encode_response(api, version, correlation_id, body)?;
+    let flexible = api.response_header_version(version) >= 1;
+    let mut chunks = Vec::with_capacity(1 + 3 * splices.len());
+    let mut from = 4; // the size prefix is rewritten below
+    for records in splices {
+        let found = head[from..]
+            .windows(RECORDS_MARKER.len())
+            .position(|w| w == RECORDS_MARKER)
+            .ok_or("a records field went missing while encoding")?;
+        let marker_at = from + found;
+        let records_len: usize = records.iter().map(Bytes::len).sum();
+        // The marker's length prefix: i32 before flexible versions, else unsigned varint
+        // of length + 1 (17 fits in one byte).
+        let (prefix_len, prefix) = if flexible {
+            let mut prefix = BytesMut::new();
+            put_unsigned_varint(&mut prefix, records_len as u64 + 1);
+            (1, prefix.freeze())
+        } else {
+            let len = i32::try_from(records_len).map_err(|_| "records over 2 GiB")?;
+            (4, Bytes::copy_from_slice(&len.to_be_bytes()))
+        };
+        chunks.push(head.slice(from..marker_at - prefix_len));
+        chunks.push(prefix);
+        chunks.extend(records);
+        from = marker_at + RECORDS_MARKER.len();
+    }
+    chunks.push(head.slice(from..));
+    let size: usize = chunks.iter().map(Bytes::len).sum();
+    let size = i32::try_from(size).map_err(|_| "response over 2 GiB")?;
+    chunks.insert(0, Bytes::copy_from_slice(&size.to_be_bytes()));
+    Ok(chunks)
+}
+
+fn put_unsigned_varint(out: &mut BytesMut, mut value: u64) {
+    while value >= 0x80 {
+        out.put_u8((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.put_u8(value as u8);
+}
+
 /// Kafka's error code for a broker error.
 pub fn error_code(code: ErrorCode) -> i16 {
     match code {
@@ -151,6 +207,36 @@ mod tests {
         let decoded = ApiVersionsResponse::decode(&mut rest, 3).unwrap();
         assert_eq!(decoded, body);
         assert!(rest.is_empty(), "{} bytes left over", rest.len());
+    }
+
+    #[test]
+    fn spliced_fetch_responses_decode_like_copied_ones() {
+        use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+        use kafka_protocol::messages::FetchResponse;
+        let records = [Bytes::from(vec![1u8; 300]), Bytes::from(vec![2u8; 5])];
+        for version in [4, 11, 12] {
+            let mut expected = FetchResponse::default();
+            let mut spliced = FetchResponse::default();
+            let mut splices = Vec::new();
+            for (response, real) in [(&mut expected, true), (&mut spliced, false)] {
+                let mut topic = FetchableTopicResponse::default();
+                topic.topic = kafka_protocol::messages::TopicName("t".into());
+                for (index, data) in records.iter().enumerate() {
+                    let mut partition = PartitionData::default();
+                    partition.partition_index = index as i32;
+                    partition.records =
+                        Some(if real { data.clone() } else { Bytes::from_static(&RECORDS_MARKER) });
+                    topic.partitions.push(partition);
+                }
+                response.responses.push(topic);
+            }
+            for data in &records {
+                splices.push(vec![data.slice(..2), data.slice(2..)]);
+            }
+            let whole = encode_response(ApiKey::Fetch, version, 5, &expected).unwrap();
+            let chunks = encode_spliced(ApiKey::Fetch, version, 5, &spliced, splices).unwrap();
+            assert_eq!(chunks.concat(), whole.to_vec(), "v{version}");
+        }
     }
 
     #[test]

@@ -288,6 +288,7 @@ mod tests {
         );
         let mut entry = zerocopy::IntoBytes::as_bytes(&header).to_vec();
         entry.extend_from_slice(&archive);
+        entry.resize(crate::record::entry::entry_len(archive.len()), 0);
         entry
     }
 

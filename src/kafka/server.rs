@@ -38,9 +38,10 @@ pub struct Connection {
     pub local: Option<SocketAddr>,
 }
 
-/// An encoded response, with the fetch budget it holds until written.
+/// An encoded response (its chunks written back to back), with the fetch budget it holds until
+/// written.
 pub struct Reply {
-    pub frame: Bytes,
+    pub frame: Vec<Bytes>,
     pub reserved: Option<StaticPermit>,
 }
 
@@ -108,7 +109,7 @@ impl Reading<'_> {
             if api == ApiKey::ApiVersions && prefix.api_version > versions::api_versions_max() {
                 let body = versions::api_versions_response(codec::UNSUPPORTED_VERSION);
                 let reply = codec::encode_response(api, 0, prefix.correlation_id, &body)?;
-                let reply = Reply { frame: reply, reserved: None };
+                let reply = Reply { frame: vec![reply], reserved: None };
                 let task = glommio::spawn_local(async move { Ok(Some(reply)) }).detach();
                 queue.send(task).await.map_err(|_| "response writer stopped".to_string())?;
                 continue;
@@ -180,6 +181,30 @@ fn mid_frame(e: io::Error, part: &str) -> String {
     }
 }
 
+/// Chunks smaller than this are copied together into one write; larger ones go out as they are.
+const COALESCE_BYTES_MAX: usize = 64 * 1024;
+
+async fn write_chunks<W: AsyncWrite + Unpin>(writer: &mut W, chunks: &[Bytes]) -> io::Result<()> {
+    let mut pending = Vec::new();
+    for chunk in chunks {
+        if chunk.len() < COALESCE_BYTES_MAX && pending.len() + chunk.len() <= 2 * COALESCE_BYTES_MAX
+        {
+            pending.extend_from_slice(chunk);
+            continue;
+        }
+        if !pending.is_empty() {
+            writer.write_all(&pending).await?;
+            pending.clear();
+        }
+        if chunk.len() < COALESCE_BYTES_MAX {
+            pending.extend_from_slice(chunk);
+        } else {
+            writer.write_all(chunk).await?;
+        }
+    }
+    writer.write_all(&pending).await
+}
+
 async fn write_replies<W: AsyncWrite + Unpin>(
     replies: LocalReceiver<JoinHandle<Outcome>>,
     mut writer: W,
@@ -198,7 +223,7 @@ async fn write_replies<W: AsyncWrite + Unpin>(
             }
         };
         let written = async {
-            writer.write_all(&reply.frame).await?;
+            write_chunks(&mut writer, &reply.frame).await?;
             writer.flush().await
         };
         if let Err(e) = written.await {

@@ -3,7 +3,9 @@
 //! A fetch first reads every partition without waiting. If that finds fewer than `min_bytes`
 //! and the client allows a wait, it waits for the first partition to receive data (or for
 //! `max_wait_ms`) and answers with what that partition then holds. Entries stored by native
-//! producers are converted to Kafka batches one entry at a time; Kafka entries go out as stored.
+//! producers are converted to Kafka batches one entry at a time; Kafka entries go out as stored,
+//! spliced into the response frame as slices of the stored entries ([`codec::encode_spliced`])
+//! rather than copied into it.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -45,7 +47,14 @@ struct Wanted {
 
 type Read = Result<ReadOutcome, BrokerError>;
 
-pub async fn fetch(shard: &Rc<Shard>, version: i16, request: FetchRequest) -> FetchResponse {
+/// A fetch response whose partitions' records are [`codec::RECORDS_MARKER`], and the record
+/// chunks that replace the markers, in order.
+pub struct FetchAnswer {
+    pub response: FetchResponse,
+    pub records: Vec<Vec<Bytes>>,
+}
+
+pub async fn fetch(shard: &Rc<Shard>, version: i16, request: FetchRequest) -> FetchAnswer {
     let max_bytes = response_bytes_max(&request);
     let wanted: Vec<Wanted> = request
         .topics
@@ -72,9 +81,13 @@ pub async fn fetch(shard: &Rc<Shard>, version: i16, request: FetchRequest) -> Fe
         }
     }
     let mut response = FetchResponse::default();
+    let mut records = Vec::new();
     let mut budget = max_bytes;
     for (want, read) in wanted.iter().zip(reads) {
-        let partition = partition_data(version, want, read, &mut budget);
+        let (partition, chunks) = partition_data(version, want, read, &mut budget);
+        if !chunks.is_empty() {
+            records.push(chunks);
+        }
         let same_topic = response
             .responses
             .last()
@@ -88,7 +101,7 @@ pub async fn fetch(shard: &Rc<Shard>, version: i16, request: FetchRequest) -> Fe
             topic.partitions.push(partition);
         }
     }
-    response
+    FetchAnswer { response, records }
 }
 
 fn outcome_bytes(read: &Read) -> usize {
@@ -163,9 +176,15 @@ fn closing() -> BrokerError {
 
 /// One partition's part of the response. The first batch of a response goes out whole even
 /// over the budget (Kafka does the same, so a large batch cannot stall a consumer).
-fn partition_data(version: i16, want: &Wanted, read: Read, budget: &mut usize) -> PartitionData {
+fn partition_data(
+    version: i16,
+    want: &Wanted,
+    read: Read,
+    budget: &mut usize,
+) -> (PartitionData, Vec<Bytes>) {
     let mut data = PartitionData::default();
     data.partition_index = want.partition;
+    let mut chunks = Vec::new();
     match read.and_then(|outcome| kafka_records(&outcome, budget).map(|r| (outcome, r))) {
         Ok((outcome, records)) => {
             data.high_watermark = outcome.high_watermark as i64;
@@ -173,7 +192,12 @@ fn partition_data(version: i16, want: &Wanted, read: Read, budget: &mut usize) -
             if has_field(version, 5) {
                 data.log_start_offset = outcome.log_start as i64;
             }
-            data.records = Some(records);
+            data.records = Some(if records.is_empty() {
+                Bytes::new()
+            } else {
+                Bytes::from_static(&codec::RECORDS_MARKER)
+            });
+            chunks = records;
         }
         Err(e) => {
             data.error_code = codec::error_code(e.code);
@@ -184,39 +208,42 @@ fn partition_data(version: i16, want: &Wanted, read: Read, budget: &mut usize) -
             }
         }
     }
-    data
+    (data, chunks)
 }
 
-/// The read entries as Kafka record batches, within what is left of the response budget.
-fn kafka_records(outcome: &ReadOutcome, budget: &mut usize) -> Result<Bytes, BrokerError> {
-    let mut out = BytesMut::new();
+/// The read entries as Kafka record batches, within what is left of the response budget: slices
+/// of the stored Kafka entries, and native entries converted.
+fn kafka_records(outcome: &ReadOutcome, budget: &mut usize) -> Result<Vec<Bytes>, BrokerError> {
+    let mut out = Vec::new();
     for chunk in &outcome.entries {
         let mut at = 0;
         while at < chunk.len() {
             let header = parse_header(&chunk[at..]).map_err(stored)?;
             let end = at + header.entry_len();
-            let payload = chunk
-                .get(
-                    at + ENTRY_HEADER_BYTES
-                        ..at + ENTRY_HEADER_BYTES + header.payload_len.get() as usize,
-                )
-                .ok_or_else(|| stored("entry runs past the read"))?;
-            if payload.len() > *budget && (!out.is_empty() || *budget == 0) {
-                return Ok(out.freeze());
+            let payload_at = at + ENTRY_HEADER_BYTES;
+            let payload_end = payload_at + header.payload_len.get() as usize;
+            if payload_end > chunk.len() {
+                return Err(stored("entry runs past the read"));
             }
-            let before = out.len();
-            match header.format() {
-                Some(PayloadFormat::Kafka) => out.extend_from_slice(payload),
+            if payload_end - payload_at > *budget && (!out.is_empty() || *budget == 0) {
+                return Ok(out);
+            }
+            let batch = match header.format() {
+                Some(PayloadFormat::Kafka) => chunk.slice(payload_at..payload_end),
                 Some(PayloadFormat::Native) => {
-                    native_to_kafka(&header, payload, &mut out).map_err(stored)?
+                    let mut converted = BytesMut::new();
+                    native_to_kafka(&header, &chunk[payload_at..payload_end], &mut converted)
+                        .map_err(stored)?;
+                    converted.freeze()
                 }
                 None => return Err(stored("unknown payload format")),
-            }
-            *budget = budget.saturating_sub(out.len() - before);
+            };
+            *budget = budget.saturating_sub(batch.len());
+            out.push(batch);
             at = end;
         }
     }
-    Ok(out.freeze())
+    Ok(out)
 }
 
 fn stored(e: impl std::fmt::Display) -> BrokerError {

@@ -28,10 +28,12 @@ pub async fn handle(
     connection: Rc<Connection>,
     request: DecodedRequest,
     received: Instant,
-) -> Result<Option<Bytes>, String> {
+) -> Result<Option<Vec<Bytes>>, String> {
     let DecodedRequest { api, version, header, body } = request;
     let correlation_id = header.correlation_id;
-    let reply = |body: &dyn AnyResponse| body.encode_frame(api, version, correlation_id);
+    let reply = |body: &dyn AnyResponse| {
+        body.encode_frame(api, version, correlation_id).map(|frame| vec![frame])
+    };
     let (hist, frame) = match body {
         Request::ApiVersions(_) => (Hist::KafkaOther, reply(&versions::api_versions_response(0))),
         Request::Metadata(request) => (
@@ -46,7 +48,15 @@ pub async fn handle(
             }
         },
         Request::Fetch(request) => {
-            (Hist::KafkaFetch, reply(&fetch::fetch(&shard, version, request).await))
+            let answer = fetch::fetch(&shard, version, request).await;
+            let frame = codec::encode_spliced(
+                api,
+                version,
+                correlation_id,
+                &answer.response,
+                answer.records,
+            );
+            (Hist::KafkaFetch, frame)
         }
         Request::ListOffsets(request) => {
             (Hist::KafkaOther, reply(&fetch::list_offsets(&shard, version, request).await))
