@@ -185,6 +185,12 @@ pub struct BrokerConfig {
     pub flush_write_bytes_max: usize,
     /// Recent entries each partition keeps in memory for consumers at the tail.
     pub tail_cache_bytes: usize,
+    /// How long the first rebalance of an empty group waits for more members.
+    pub group_initial_rebalance_delay_ms: u64,
+    pub group_min_session_timeout_ms: u64,
+    pub group_max_session_timeout_ms: u64,
+    /// Committed offsets of a group without members are forgotten this long after the commit.
+    pub offsets_retention_minutes: u64,
 }
 
 impl Default for BrokerConfig {
@@ -203,6 +209,10 @@ impl Default for BrokerConfig {
             retention_check_interval_ms: 300_000,
             flush_write_bytes_max: 1024 * 1024,
             tail_cache_bytes: 8 * 1024 * 1024,
+            group_initial_rebalance_delay_ms: 3000,
+            group_min_session_timeout_ms: 6000,
+            group_max_session_timeout_ms: 1_800_000,
+            offsets_retention_minutes: 10_080,
         }
     }
 }
@@ -271,6 +281,16 @@ impl BrokerConfig {
                 self.flush_write_bytes_max = bytes;
             }
             "log.tail.cache.bytes" => self.tail_cache_bytes = parse(key, value)?,
+            "group.initial.rebalance.delay.ms" => {
+                self.group_initial_rebalance_delay_ms = parse(key, value)?
+            }
+            "group.min.session.timeout.ms" => {
+                self.group_min_session_timeout_ms = parse(key, value)?
+            }
+            "group.max.session.timeout.ms" => {
+                self.group_max_session_timeout_ms = parse(key, value)?
+            }
+            "offsets.retention.minutes" => self.offsets_retention_minutes = parse(key, value)?,
             _ => return Err(ConfigError(format!("unknown setting {key}"))),
         }
         Ok(())

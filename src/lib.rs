@@ -2,13 +2,14 @@
 //!
 //! Subsystems, one folder each: `shard` (executors, routing, the cross-shard mesh), `log`
 //! (segments, indexes, recovery, retention), `record` (entry header, rkyv records, checksums),
-//! `native` (the native wire protocol and its server), `kafka` (the Kafka wire protocol), `client` (the Rust client library),
+//! `native` (the native wire protocol and its server), `kafka` (the Kafka wire protocol), `group` (consumer groups and committed offsets), `client` (the Rust client library),
 //! `metrics` (latency histograms), `cli` (the `spate` command). `docs/ARCHITECTURE.md` draws how
 //! they fit together.
 
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod group;
 pub mod kafka;
 pub mod log;
 pub mod metrics;

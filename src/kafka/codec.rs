@@ -6,9 +6,11 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
-    DescribeConfigsRequest, FetchRequest, FindCoordinatorRequest, InitProducerIdRequest,
-    ListOffsetsRequest, MetadataRequest, ProduceRequest, RequestHeader, ResponseHeader,
+    ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest,
+    DeleteTopicsRequest, DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest,
+    FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest,
+    LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
+    OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -49,6 +51,15 @@ pub enum Request {
     DescribeConfigs(DescribeConfigsRequest),
     InitProducerId(InitProducerIdRequest),
     FindCoordinator(FindCoordinatorRequest),
+    JoinGroup(JoinGroupRequest),
+    SyncGroup(SyncGroupRequest),
+    Heartbeat(HeartbeatRequest),
+    LeaveGroup(LeaveGroupRequest),
+    OffsetCommit(OffsetCommitRequest),
+    OffsetFetch(OffsetFetchRequest),
+    ListGroups(ListGroupsRequest),
+    DescribeGroups(DescribeGroupsRequest),
+    DeleteGroups(DeleteGroupsRequest),
 }
 
 /// A whole request: its header (client id, correlation id) and body.
@@ -80,6 +91,15 @@ pub fn decode_request(api: ApiKey, frame: Bytes) -> Result<DecodedRequest, Strin
         ApiKey::DescribeConfigs => Request::DescribeConfigs(body(&mut buf, version)?),
         ApiKey::InitProducerId => Request::InitProducerId(body(&mut buf, version)?),
         ApiKey::FindCoordinator => Request::FindCoordinator(body(&mut buf, version)?),
+        ApiKey::JoinGroup => Request::JoinGroup(body(&mut buf, version)?),
+        ApiKey::SyncGroup => Request::SyncGroup(body(&mut buf, version)?),
+        ApiKey::Heartbeat => Request::Heartbeat(body(&mut buf, version)?),
+        ApiKey::LeaveGroup => Request::LeaveGroup(body(&mut buf, version)?),
+        ApiKey::OffsetCommit => Request::OffsetCommit(body(&mut buf, version)?),
+        ApiKey::OffsetFetch => Request::OffsetFetch(body(&mut buf, version)?),
+        ApiKey::ListGroups => Request::ListGroups(body(&mut buf, version)?),
+        ApiKey::DescribeGroups => Request::DescribeGroups(body(&mut buf, version)?),
+        ApiKey::DeleteGroups => Request::DeleteGroups(body(&mut buf, version)?),
         other => return Err(format!("{other:?} is not served")),
     };
     Ok(DecodedRequest { api, version, header, body })

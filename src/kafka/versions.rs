@@ -5,7 +5,9 @@
 //! advertised from v0 although only v3+ and v4+ (record batches) are decoded: librdkafka before
 //! 2.11 enables features by exact old versions (compression needs Produce v0; LZ4 also needs
 //! FindCoordinator v0), and every client that sends record batches uses the newer versions.
-//! FindCoordinator answers COORDINATOR_NOT_AVAILABLE until consumer groups are served.
+//! The group APIs start at v0 for the same reason (OffsetCommit and OffsetFetch decode from v2
+//! and v1, which every client here uses); JoinGroup stops at v7 and OffsetCommit at v8, before
+//! the KIP-848 fields.
 //! Metadata stops at v10 and Fetch at v12: later versions address topics by id. ListOffsets stops
 //! at v6: v7 adds the max-timestamp query.
 
@@ -25,6 +27,15 @@ const SUPPORTED: &[(ApiKey, i16, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 1, 4),
     (ApiKey::InitProducerId, 0, 0, 4),
     (ApiKey::FindCoordinator, 0, 0, 3),
+    (ApiKey::JoinGroup, 0, 0, 7),
+    (ApiKey::SyncGroup, 0, 0, 5),
+    (ApiKey::Heartbeat, 0, 0, 4),
+    (ApiKey::LeaveGroup, 0, 0, 4),
+    (ApiKey::OffsetCommit, 0, 2, 8),
+    (ApiKey::OffsetFetch, 0, 1, 7),
+    (ApiKey::ListGroups, 0, 0, 4),
+    (ApiKey::DescribeGroups, 0, 0, 5),
+    (ApiKey::DeleteGroups, 0, 0, 2),
 ];
 
 /// Whether `version` of `api` can be decoded and answered.

@@ -63,6 +63,16 @@ impl PendingEntry {
         Some(Self { buf, header_at, payload_len, payload_crc, meta, format })
     }
 
+    /// A native batch archive the broker built itself (committed offsets), copied behind room
+    /// for its header.
+    pub fn native(meta: BatchMeta, archive: &[u8]) -> Option<Self> {
+        let mut buf = AlignedVec::<ENTRY_ALIGN>::with_capacity(entry_len(archive.len()));
+        buf.resize(ENTRY_HEADER_BYTES, 0);
+        buf.extend_from_slice(archive);
+        let crc = crc32fast::hash(archive);
+        Self::new(buf, 0, archive.len(), crc, meta, PayloadFormat::Native)
+    }
+
     /// A Kafka RecordBatch v2 (already validated), copied into a buffer of its own.
     pub fn kafka(batch: &[u8], meta: BatchMeta) -> Option<Self> {
         let owned = batch.get(..BROKER_OWNED_BYTES)?.len();

@@ -86,6 +86,8 @@ pub enum ShardCall {
         name: String,
         count: u32,
     },
+    /// For the group's coordinator (or, for a listing, every shard).
+    Group(crate::group::GroupCall),
     /// From the controller to every shard: the topic now exists (`Some`) or is gone (`None`).
     ApplyTopic {
         name: String,
@@ -102,6 +104,8 @@ pub enum ShardAnswer {
     /// Log start and high watermark.
     Watermarks(Result<(u64, u64), BrokerError>),
     Done(Result<(), BrokerError>),
+    /// Boxed: a join outcome carries every member's metadata, far larger than other answers.
+    Group(Box<crate::group::GroupAnswer>),
 }
 
 /// What shards send each other over the mesh: calls, and the answers to them.

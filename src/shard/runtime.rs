@@ -180,6 +180,18 @@ async fn shard_main(
         .open_owned_partitions()
         .await
         .map_err(|e| format!("shard {id}: opening partitions: {e}"));
+    // Groups' committed offsets are back before any client can ask for them.
+    let opened = match opened {
+        Ok(()) => match shard.groups.load(&shard).await {
+            Ok(0) => Ok(()),
+            Ok(records) => {
+                tracing::info!(shard = id, records, "replayed committed offsets");
+                Ok(())
+            }
+            Err(e) => Err(format!("shard {id}: replaying committed offsets: {e}")),
+        },
+        Err(e) => Err(e),
+    };
     // No shard accepts connections until every shard has its partitions open: a request
     // forwarded to a shard still recovering would find the topic but not the partition.
     Stopper::barrier(&stopper.opened, shards).await;
@@ -223,6 +235,7 @@ async fn shard_main(
         crate::kafka::server::serve_connection,
     ));
     glommio::spawn_local(retention_loop(shard.clone())).detach();
+    glommio::spawn_local(group_timers(shard.clone())).detach();
 
     stopper.wait_requested().await;
     shard.begin_stop();
@@ -251,6 +264,24 @@ fn serve_mesh(shard: &Rc<Shard>, mut receivers: Receivers<MeshMessage>) {
             }
         })
         .detach();
+    }
+}
+
+/// Session expiry and rebalance deadlines of the groups this shard coordinates.
+async fn group_timers(shard: Rc<Shard>) {
+    loop {
+        let stop = async {
+            shard.wait_for_stop().await;
+            true
+        };
+        let tick = async {
+            glommio::timer::sleep(crate::group::coordinator::TICK).await;
+            false
+        };
+        if futures_lite::future::or(stop, tick).await {
+            return;
+        }
+        shard.groups.tick(std::time::Instant::now());
     }
 }
 

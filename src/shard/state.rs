@@ -16,6 +16,8 @@ use futures_channel::oneshot;
 use glommio::channels::channel_mesh::Senders;
 
 use crate::config::BrokerConfig;
+use crate::group::offsets::{self, OFFSETS_PARTITIONS, OFFSETS_TOPIC};
+use crate::group::{Coordinator, GroupAnswer, GroupCall, GroupError};
 use crate::log::{LogLimits, PartitionLog, ReadOutcome};
 use crate::metrics::Metrics;
 use crate::native::messages::{Acks, ErrorCode, OFFSET_EARLIEST, OFFSET_LATEST};
@@ -50,6 +52,8 @@ pub struct Shard {
     stop_event: Event,
     /// The next idempotent producer id this shard hands out; see [`Shard::next_producer_id`].
     next_producer_id: Cell<i64>,
+    /// The consumer groups this shard coordinates.
+    pub groups: Coordinator,
 }
 
 impl Shard {
@@ -61,6 +65,7 @@ impl Shard {
         peers: Option<Senders<MeshMessage>>,
     ) -> Self {
         Self {
+            groups: Coordinator::new(&config),
             id,
             count,
             config,
@@ -140,7 +145,12 @@ impl Shard {
         self.catalog.borrow().topics.iter().map(|(n, i)| (n.clone(), i.clone())).collect()
     }
 
-    fn partition_log(&self, topic: &str, partition: u32) -> Result<Rc<PartitionLog>, BrokerError> {
+    /// A partition this shard owns.
+    pub fn partition_log(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Rc<PartitionLog>, BrokerError> {
         if let Some(log) = self.partitions.borrow().get(&(topic.to_string(), partition)) {
             return Ok(log.clone());
         }
@@ -232,6 +242,9 @@ impl Shard {
             }
             ShardCall::AddPartitions { name, count } => {
                 ShardAnswer::Done(self.add_partitions_as_controller(name, count).await)
+            }
+            ShardCall::Group(call) => {
+                ShardAnswer::Group(Box::new(self.groups.handle(self, call).await))
             }
             ShardCall::ApplyTopic { name, info } => {
                 ShardAnswer::Done(self.apply_topic(name, info).await)
@@ -579,6 +592,46 @@ impl Shard {
         self.topic(name).ok_or_else(|| {
             BrokerError::new(ErrorCode::UnknownTopic, format!("topic {name} vanished"))
         })
+    }
+
+    /// The shard coordinating `group`: the owner of its `__consumer_offsets` partition.
+    pub fn group_shard(&self, group: &str) -> usize {
+        self.owner(OFFSETS_TOPIC, offsets::partition_for(group))
+    }
+
+    /// Runs a group operation on the group's coordinator shard.
+    pub async fn group(self: &Rc<Self>, group: &str, call: GroupCall) -> GroupAnswer {
+        self.group_on(self.group_shard(group), call).await
+    }
+
+    /// Runs a group operation on shard `target` (listing groups asks every shard).
+    pub async fn group_on(self: &Rc<Self>, target: usize, call: GroupCall) -> GroupAnswer {
+        // Boxed: `call` -> `execute` -> coordinator -> `persist` -> topic creation -> `call`.
+        let answer: std::pin::Pin<Box<dyn std::future::Future<Output = ShardAnswer> + '_>> =
+            Box::pin(self.call(target, ShardCall::Group(call)));
+        match answer.await {
+            ShardAnswer::Group(answer) => *answer,
+            // The target shard is stopping (or answered nonsense): retriable for clients.
+            _ => GroupAnswer::Committed(Err(GroupError::CoordinatorNotAvailable)),
+        }
+    }
+
+    /// Creates `__consumer_offsets` on first use.
+    pub async fn ensure_offsets_topic(self: &Rc<Self>) -> Result<(), BrokerError> {
+        if self.topic(OFFSETS_TOPIC).is_some() {
+            return Ok(());
+        }
+        let overrides = BTreeMap::from([
+            ("retention.ms".to_string(), "-1".to_string()),
+            ("retention.bytes".to_string(), "-1".to_string()),
+        ]);
+        // Boxed: `execute` -> coordinator commit -> here -> `create_topic` -> `call` -> `execute`.
+        let creating: std::pin::Pin<Box<dyn std::future::Future<Output = _> + '_>> =
+            Box::pin(self.create_topic(OFFSETS_TOPIC, OFFSETS_PARTITIONS, overrides));
+        match creating.await {
+            Err(e) if e.code != ErrorCode::TopicAlreadyExists => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Raises a topic's partition count through the controller shard.

@@ -52,6 +52,9 @@ pub async fn metadata(
     for name in names {
         let mut topic = MetadataResponseTopic::default();
         topic.name = Some(TopicName(StrBytes::from_string(name.clone())));
+        if has_field(version, 1) {
+            topic.is_internal = name == crate::group::offsets::OFFSETS_TOPIC;
+        }
         let info = if may_create {
             shard.topic_or_create(&name).await
         } else {
@@ -84,7 +87,7 @@ pub async fn metadata(
 }
 
 /// Where clients should connect: the configured address, else the one this client used.
-fn advertised(shard: &Shard, connection: &Connection) -> (String, u16) {
+pub fn advertised(shard: &Shard, connection: &Connection) -> (String, u16) {
     if let Some((host, port)) = &shard.config.kafka_advertised {
         return (host.clone(), *port);
     }

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod fetch;
+pub mod groups;
 pub mod metadata;
 pub mod produce;
 
@@ -11,7 +12,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use kafka_protocol::messages::{ApiKey, BrokerId, FindCoordinatorResponse};
+use kafka_protocol::messages::ApiKey;
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
 use crate::kafka::codec::{self, DecodedRequest, Request};
@@ -76,23 +77,44 @@ pub async fn handle(
         Request::InitProducerId(request) => {
             (Hist::KafkaOther, reply(&admin::init_producer_id(&shard, request)))
         }
-        Request::FindCoordinator(_) => (Hist::KafkaOther, reply(&no_coordinator(version))),
+        Request::FindCoordinator(request) => (
+            Hist::KafkaOther,
+            reply(&groups::find_coordinator(&shard, &connection, version, request)),
+        ),
+        Request::JoinGroup(request) => {
+            let client_id = header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default();
+            let response =
+                groups::join_group(&shard, &connection, version, request, client_id).await;
+            (Hist::KafkaOther, reply(&response))
+        }
+        Request::SyncGroup(request) => {
+            (Hist::KafkaOther, reply(&groups::sync_group(&shard, version, request).await))
+        }
+        Request::Heartbeat(request) => {
+            (Hist::KafkaOther, reply(&groups::heartbeat(&shard, request).await))
+        }
+        Request::LeaveGroup(request) => {
+            (Hist::KafkaOther, reply(&groups::leave_group(&shard, version, request).await))
+        }
+        Request::OffsetCommit(request) => {
+            (Hist::KafkaOther, reply(&groups::offset_commit(&shard, version, request).await))
+        }
+        Request::OffsetFetch(request) => {
+            (Hist::KafkaOther, reply(&groups::offset_fetch(&shard, version, request).await))
+        }
+        Request::ListGroups(request) => {
+            (Hist::KafkaOther, reply(&groups::list_groups(&shard, version, request).await))
+        }
+        Request::DescribeGroups(request) => {
+            (Hist::KafkaOther, reply(&groups::describe_groups(&shard, version, request).await))
+        }
+        Request::DeleteGroups(request) => {
+            (Hist::KafkaOther, reply(&groups::delete_groups(&shard, request).await))
+        }
     };
     shard.metrics.record(hist, received.elapsed());
     // A response the codec cannot encode at this version is a broker bug.
     frame.map(Some).map_err(|why| format!("{api:?} v{version}: {why}"))
-}
-
-/// FindCoordinator is served (librdkafka before 2.11 enables LZ4 only when FindCoordinator v0
-/// is advertised) but no group or transaction coordinator exists yet.
-fn no_coordinator(version: i16) -> FindCoordinatorResponse {
-    let mut response = FindCoordinatorResponse::default();
-    response.error_code = codec::COORDINATOR_NOT_AVAILABLE;
-    response.node_id = BrokerId(-1);
-    response.port = -1;
-    response.error_message = has_field(version, 1)
-        .then(|| StrBytes::from_static_str("consumer groups are not served by this broker yet"));
-    response
 }
 
 /// A response body of any API, encoded into a frame.

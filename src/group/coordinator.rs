@@ -1,0 +1,419 @@
+//! A shard's group coordinator: the groups whose `__consumer_offsets` partition this shard owns,
+//! their timers, and their committed offsets, made durable in that partition before a commit is
+//! acknowledged and replayed from it when the shard opens.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::config::BrokerConfig;
+use crate::group::offsets::{self, Committed, OffsetRecord, OFFSETS_PARTITIONS, OFFSETS_TOPIC};
+use crate::group::state::{
+    Group, GroupDescription, GroupError, GroupState, JoinReply, JoinRequest, SyncReply,
+};
+use crate::native::messages::ErrorCode;
+use crate::record::batch::NativeBatchView;
+use crate::record::entry::parse_entry;
+use crate::record::{BatchBuilder, PayloadFormat, PendingEntry};
+use crate::shard::Shard;
+
+/// How often expired sessions and rebalance deadlines are checked.
+pub const TICK: Duration = Duration::from_millis(100);
+/// How often offsets of empty groups are checked against `offsets.retention.minutes`.
+const RETENTION_CHECK: Duration = Duration::from_secs(60);
+/// Bytes read at a time when replaying the offsets log.
+const REPLAY_READ_BYTES: usize = 8 * 1024 * 1024;
+
+/// One committed offset in a commit request.
+#[derive(Clone, Debug)]
+pub struct OffsetCommit {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub metadata: String,
+}
+
+/// A group operation, sent to the group's coordinator shard.
+pub enum GroupCall {
+    Join {
+        group: String,
+        request: JoinRequest,
+    },
+    Sync {
+        group: String,
+        member_id: String,
+        instance_id: Option<String>,
+        generation: i32,
+        assignments: Vec<(String, Bytes)>,
+    },
+    Heartbeat {
+        group: String,
+        member_id: String,
+        instance_id: Option<String>,
+        generation: i32,
+    },
+    /// (member id, instance id) pairs; an empty member id names the member by instance id.
+    Leave {
+        group: String,
+        members: Vec<(String, Option<String>)>,
+    },
+    Commit {
+        group: String,
+        member_id: String,
+        instance_id: Option<String>,
+        generation: i32,
+        offsets: Vec<OffsetCommit>,
+    },
+    /// `None`: every committed offset of the group.
+    FetchOffsets {
+        group: String,
+        topics: Option<Vec<(String, Vec<i32>)>>,
+    },
+    Describe {
+        group: String,
+    },
+    /// This shard's groups only; the caller asks every shard.
+    List,
+    Delete {
+        group: String,
+    },
+}
+
+pub enum GroupAnswer {
+    Joined(JoinReply),
+    Synced(SyncReply),
+    Heartbeat(Result<(), GroupError>),
+    Left(Result<Vec<Result<(), GroupError>>, GroupError>),
+    Committed(Result<(), GroupError>),
+    /// (topic, partition, committed offset if any).
+    Offsets(Vec<(String, i32, Option<Committed>)>),
+    Described(Option<GroupDescription>),
+    /// (group, state, protocol type).
+    Listed(Vec<(String, GroupState, String)>),
+    Deleted(Result<(), GroupError>),
+}
+
+pub struct Coordinator {
+    groups: RefCell<HashMap<String, Group>>,
+    initial_delay: Duration,
+    session_timeout_min: Duration,
+    session_timeout_max: Duration,
+    offsets_retention: Duration,
+    last_retention_check: Cell<Option<Instant>>,
+}
+
+impl Coordinator {
+    pub fn new(config: &BrokerConfig) -> Self {
+        Self {
+            groups: RefCell::default(),
+            initial_delay: Duration::from_millis(config.group_initial_rebalance_delay_ms),
+            session_timeout_min: Duration::from_millis(config.group_min_session_timeout_ms),
+            session_timeout_max: Duration::from_millis(config.group_max_session_timeout_ms),
+            offsets_retention: Duration::from_secs(config.offsets_retention_minutes * 60),
+            last_retention_check: Cell::new(None),
+        }
+    }
+
+    pub async fn handle(&self, shard: &Rc<Shard>, call: GroupCall) -> GroupAnswer {
+        let now = Instant::now();
+        match call {
+            GroupCall::Join { group, request } => {
+                GroupAnswer::Joined(self.join(group, request, now).await)
+            }
+            GroupCall::Sync { group, member_id, instance_id, generation, assignments } => {
+                let started = self.with_group(&group, |g| {
+                    g.sync(&member_id, instance_id.as_deref(), generation, assignments, now)
+                });
+                let synced = match started {
+                    Some(Ok(waiting)) => {
+                        waiting.await.unwrap_or(Err(GroupError::RebalanceInProgress))
+                    }
+                    Some(Err(e)) => Err(e),
+                    None => Err(GroupError::UnknownMemberId),
+                };
+                GroupAnswer::Synced(synced)
+            }
+            GroupCall::Heartbeat { group, member_id, instance_id, generation } => {
+                let beat = self.with_group(&group, |g| {
+                    g.heartbeat(&member_id, instance_id.as_deref(), generation, now)
+                });
+                GroupAnswer::Heartbeat(beat.unwrap_or(Err(GroupError::UnknownMemberId)))
+            }
+            GroupCall::Leave { group, members } => {
+                let left = self.with_group(&group, |g| g.leave(&members, now));
+                GroupAnswer::Left(left.ok_or(GroupError::UnknownMemberId))
+            }
+            GroupCall::Commit { group, member_id, instance_id, generation, offsets } => {
+                let result = self
+                    .commit(shard, group, &member_id, instance_id.as_deref(), generation, offsets)
+                    .await;
+                GroupAnswer::Committed(result)
+            }
+            GroupCall::FetchOffsets { group, topics } => {
+                GroupAnswer::Offsets(self.fetch_offsets(&group, topics))
+            }
+            GroupCall::Describe { group } => {
+                GroupAnswer::Described(self.groups.borrow().get(&group).map(Group::describe))
+            }
+            GroupCall::List => GroupAnswer::Listed(
+                self.groups
+                    .borrow()
+                    .values()
+                    .map(|g| (g.id.clone(), g.state, g.describe().protocol_type))
+                    .collect(),
+            ),
+            GroupCall::Delete { group } => GroupAnswer::Deleted(self.delete(shard, &group).await),
+        }
+    }
+
+    fn with_group<T>(&self, group: &str, f: impl FnOnce(&mut Group) -> T) -> Option<T> {
+        self.groups.borrow_mut().get_mut(group).map(f)
+    }
+
+    async fn join(&self, group: String, request: JoinRequest, now: Instant) -> JoinReply {
+        let refuse = |e| Err((e, request.member_id.clone()));
+        if group.is_empty() {
+            return refuse(GroupError::InvalidGroupId);
+        }
+        if request.session_timeout < self.session_timeout_min
+            || request.session_timeout > self.session_timeout_max
+        {
+            return refuse(GroupError::InvalidSessionTimeout);
+        }
+        let started = {
+            let mut groups = self.groups.borrow_mut();
+            let entry = groups.entry(group.clone()).or_insert_with(|| Group::new(group));
+            entry.join(request, now, self.initial_delay)
+        };
+        match started {
+            // A dropped reply means the member was removed while it waited.
+            Ok(waiting) => {
+                waiting.await.unwrap_or(Err((GroupError::UnknownMemberId, String::new())))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn commit(
+        &self,
+        shard: &Rc<Shard>,
+        group: String,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        commits: Vec<OffsetCommit>,
+    ) -> Result<(), GroupError> {
+        if group.is_empty() {
+            return Err(GroupError::InvalidGroupId);
+        }
+        {
+            let mut groups = self.groups.borrow_mut();
+            let entry = groups.entry(group.clone()).or_insert_with(|| Group::new(group.clone()));
+            entry.check_commit(member_id, instance_id, generation)?;
+        }
+        let commit_time_ms = crate::now_ms();
+        let records: Vec<OffsetRecord> = commits
+            .iter()
+            .map(|c| OffsetRecord {
+                group: group.clone(),
+                topic: c.topic.clone(),
+                partition: c.partition,
+                committed: Some(Committed {
+                    offset: c.offset,
+                    metadata: c.metadata.clone(),
+                    commit_time_ms,
+                }),
+            })
+            .collect();
+        persist(shard, &group, &records).await?;
+        if let Some(entry) = self.groups.borrow_mut().get_mut(&group) {
+            for record in records {
+                if let Some(committed) = record.committed {
+                    entry.offsets.insert((record.topic, record.partition), committed);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn fetch_offsets(
+        &self,
+        group: &str,
+        topics: Option<Vec<(String, Vec<i32>)>>,
+    ) -> Vec<(String, i32, Option<Committed>)> {
+        let groups = self.groups.borrow();
+        let offsets = groups.get(group).map(|g| &g.offsets);
+        match topics {
+            Some(topics) => topics
+                .into_iter()
+                .flat_map(|(topic, partitions)| {
+                    partitions.into_iter().map(move |p| {
+                        let found = offsets.and_then(|o| o.get(&(topic.clone(), p)).cloned());
+                        (topic.clone(), p, found)
+                    })
+                })
+                .collect(),
+            None => {
+                let sorted: BTreeMap<_, _> = offsets.into_iter().flatten().collect();
+                sorted.into_iter().map(|((t, p), c)| (t.clone(), *p, Some(c.clone()))).collect()
+            }
+        }
+    }
+
+    async fn delete(&self, shard: &Rc<Shard>, group: &str) -> Result<(), GroupError> {
+        let keys: Vec<(String, i32)> = {
+            let groups = self.groups.borrow();
+            let Some(entry) = groups.get(group) else { return Err(GroupError::GroupIdNotFound) };
+            if entry.has_members() {
+                return Err(GroupError::NonEmptyGroup);
+            }
+            entry.offsets.keys().cloned().collect()
+        };
+        let tombstones: Vec<OffsetRecord> = keys
+            .into_iter()
+            .map(|(topic, partition)| OffsetRecord {
+                group: group.to_string(),
+                topic,
+                partition,
+                committed: None,
+            })
+            .collect();
+        persist(shard, group, &tombstones).await?;
+        self.groups.borrow_mut().remove(group);
+        Ok(())
+    }
+
+    /// Evicts silent members, completes due rebalances, forgets empty groups' offsets after
+    /// `offsets.retention.minutes`, and drops groups with nothing left.
+    pub fn tick(&self, now: Instant) {
+        let check_retention =
+            self.last_retention_check.get().is_none_or(|last| now >= last + RETENTION_CHECK);
+        if check_retention {
+            self.last_retention_check.set(Some(now));
+        }
+        let retention_ms = i64::try_from(self.offsets_retention.as_millis()).unwrap_or(i64::MAX);
+        let oldest_kept = crate::now_ms().saturating_sub(retention_ms);
+        let mut groups = self.groups.borrow_mut();
+        for group in groups.values_mut() {
+            for member in group.tick(now) {
+                tracing::info!(group = %group.id, %member, "session expired; rebalancing");
+            }
+            if check_retention && group.state == GroupState::Empty {
+                group.offsets.retain(|_, c| c.commit_time_ms >= oldest_kept);
+            }
+        }
+        groups.retain(|_, g| {
+            g.has_members() || !g.offsets.is_empty() || g.state != GroupState::Empty
+        });
+    }
+
+    /// Replays this shard's `__consumer_offsets` partitions: the latest record per key wins.
+    pub async fn load(&self, shard: &Rc<Shard>) -> Result<usize, String> {
+        let mut loaded = 0;
+        for partition in 0..OFFSETS_PARTITIONS {
+            if shard.owner(OFFSETS_TOPIC, partition) != shard.id {
+                continue;
+            }
+            let Ok(log) = shard.partition_log(OFFSETS_TOPIC, partition) else { continue };
+            let (mut offset, end) = (log.log_start(), log.high_watermark());
+            while offset < end {
+                let read = log.read(offset, REPLAY_READ_BYTES).await.map_err(|e| e.to_string())?;
+                let before = offset;
+                for chunk in read.entries {
+                    // Entries sit 16-aligned in read buffers, as the archive needs; copy if not.
+                    let aligned = aligned_copy(&chunk);
+                    let mut rest: &[u8] = &aligned;
+                    while !rest.is_empty() {
+                        let (header, payload) = parse_entry(rest).map_err(|e| e.to_string())?;
+                        if header.format() == Some(PayloadFormat::Native) {
+                            let view = NativeBatchView::new(&header, payload)
+                                .map_err(|e| e.to_string())?;
+                            for record in view.records().filter(|r| r.offset >= offset) {
+                                if let Some(decoded) =
+                                    OffsetRecord::decode(record.key(), record.value())
+                                {
+                                    self.apply(decoded);
+                                    loaded += 1;
+                                }
+                            }
+                        }
+                        offset = offset.max(header.next_offset());
+                        rest = &rest[header.entry_len()..];
+                    }
+                }
+                if offset == before {
+                    return Err(format!(
+                        "{OFFSETS_TOPIC}-{partition}: no progress at offset {offset}"
+                    ));
+                }
+            }
+        }
+        Ok(loaded)
+    }
+
+    fn apply(&self, record: OffsetRecord) {
+        let mut groups = self.groups.borrow_mut();
+        let group = record.group.clone();
+        let entry = groups.entry(group.clone()).or_insert_with(|| Group::new(group));
+        let key = (record.topic, record.partition);
+        match record.committed {
+            Some(committed) => {
+                entry.offsets.insert(key, committed);
+            }
+            None => {
+                entry.offsets.remove(&key);
+            }
+        }
+    }
+}
+
+fn aligned_copy(chunk: &Bytes) -> std::borrow::Cow<'_, [u8]> {
+    if (chunk.as_ptr() as usize).is_multiple_of(16) {
+        return std::borrow::Cow::Borrowed(&chunk[..]);
+    }
+    let mut copy = rkyv::util::AlignedVec::<16>::with_capacity(chunk.len());
+    copy.extend_from_slice(chunk);
+    std::borrow::Cow::Owned(copy.to_vec())
+}
+
+/// Appends offset records to the group's `__consumer_offsets` partition (this shard owns it)
+/// and waits until they are fdatasync'ed: an acknowledged commit survives a crash.
+async fn persist(
+    shard: &Rc<Shard>,
+    group: &str,
+    records: &[OffsetRecord],
+) -> Result<(), GroupError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    shard.ensure_offsets_topic().await.map_err(|e| {
+        tracing::error!("creating {OFFSETS_TOPIC}: {e}");
+        GroupError::CoordinatorNotAvailable
+    })?;
+    let partition = offsets::partition_for(group);
+    let log = shard.partition_log(OFFSETS_TOPIC, partition).map_err(|e| {
+        tracing::error!("{OFFSETS_TOPIC}-{partition}: {e}");
+        GroupError::CoordinatorNotAvailable
+    })?;
+    let now = crate::now_ms();
+    let mut builder = BatchBuilder::default();
+    records.iter().for_each(|r| builder.push(r.encode(now)));
+    let (meta, archive) = builder.build();
+    let entry = PendingEntry::native(meta, &archive).ok_or(GroupError::StorageError)?;
+    let stored = async {
+        let (_, next) = log.append(entry)?;
+        log.wait_synced(next).await
+    };
+    stored.await.map_err(|e| {
+        let error = crate::shard::BrokerError::from(e);
+        tracing::error!(group, "committing offsets: {error}");
+        if error.code == ErrorCode::StorageError {
+            GroupError::StorageError
+        } else {
+            GroupError::CoordinatorNotAvailable
+        }
+    })
+}

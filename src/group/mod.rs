@@ -1,0 +1,15 @@
+//! Consumer groups: Kafka's classic group protocol and committed offsets.
+//!
+//! A group lives on one shard, its coordinator: the owner of the `__consumer_offsets` partition
+//! the group id hashes to ([`offsets::partition_for`]). `state.rs` is one group's membership
+//! state machine (joins, syncs, heartbeats, leaves, session expiry); `coordinator.rs` holds a
+//! shard's groups, runs their timers, and keeps committed offsets durable in the group's
+//! `__consumer_offsets` partition, replayed when the shard opens. `offsets.rs` is that log's
+//! record format. The protocol front ends translate their requests into [`GroupCall`]s.
+
+pub mod coordinator;
+pub mod offsets;
+pub mod state;
+
+pub use coordinator::{Coordinator, GroupAnswer, GroupCall};
+pub use state::GroupError;

@@ -1,0 +1,404 @@
+//! The group APIs: FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit,
+//! OffsetFetch, ListGroups, DescribeGroups, DeleteGroups. Each becomes a [`GroupCall`] on the
+//! group's coordinator shard; this file only translates between Kafka's messages and those.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponsePartition, OffsetFetchResponseTopic,
+};
+use kafka_protocol::messages::{
+    BrokerId, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest,
+    DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
+    HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
+    SyncGroupResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::group::coordinator::OffsetCommit;
+use crate::group::state::JoinRequest;
+use crate::group::{GroupAnswer, GroupCall, GroupError};
+use crate::kafka::codec;
+use crate::kafka::handlers::has_field;
+use crate::kafka::server::Connection;
+use crate::shard::Shard;
+
+/// FindCoordinator key type of transactional ids: no transaction coordinator exists.
+const KEY_TYPE_TRANSACTION: i8 = 1;
+
+fn text(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}
+
+/// Every group's coordinator is a shard of this broker, so the answer is this broker; the
+/// connection then lands on any shard, which forwards to the coordinating one.
+pub fn find_coordinator(
+    shard: &Shard,
+    connection: &Connection,
+    version: i16,
+    request: FindCoordinatorRequest,
+) -> FindCoordinatorResponse {
+    let mut response = FindCoordinatorResponse::default();
+    if has_field(version, 1) {
+        response.error_message = None;
+    }
+    if request.key_type == KEY_TYPE_TRANSACTION {
+        response.error_code = codec::COORDINATOR_NOT_AVAILABLE;
+        response.node_id = BrokerId(-1);
+        response.port = -1;
+        if has_field(version, 1) {
+            response.error_message = Some(text("transactions are not supported"));
+        }
+        return response;
+    }
+    let (host, port) = crate::kafka::handlers::metadata::advertised(shard, connection);
+    response.node_id = BrokerId(shard.config.node_id);
+    response.host = text(host);
+    response.port = i32::from(port);
+    response
+}
+
+pub async fn join_group(
+    shard: &Rc<Shard>,
+    connection: &Connection,
+    version: i16,
+    request: JoinGroupRequest,
+    client_id: String,
+) -> JoinGroupResponse {
+    let group = request.group_id.0.to_string();
+    let millis = |ms: i32| Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    let join = JoinRequest {
+        member_id: request.member_id.to_string(),
+        instance_id: request.group_instance_id.as_ref().map(|i| i.to_string()),
+        client_id,
+        client_host: format!("/{}", connection.peer.rsplit_once(':').map_or("", |(h, _)| h)),
+        session_timeout: millis(request.session_timeout_ms),
+        rebalance_timeout: millis(if has_field(version, 1) {
+            request.rebalance_timeout_ms
+        } else {
+            request.session_timeout_ms
+        }),
+        protocol_type: request.protocol_type.to_string(),
+        protocols: request
+            .protocols
+            .iter()
+            .map(|p| (p.name.to_string(), p.metadata.clone()))
+            .collect(),
+        require_known_member: version >= 4,
+    };
+    let answer = shard.group(&group, GroupCall::Join { group: group.clone(), request: join }).await;
+    let mut response = JoinGroupResponse::default();
+    response.protocol_name = Some(text(""));
+    match answer {
+        GroupAnswer::Joined(Ok(outcome)) => {
+            response.generation_id = outcome.generation;
+            if has_field(version, 7) {
+                response.protocol_type = Some(text(outcome.protocol_type));
+            }
+            response.protocol_name = Some(text(outcome.protocol));
+            response.leader = text(outcome.leader);
+            response.member_id = text(outcome.member_id);
+            response.members = outcome
+                .members
+                .into_iter()
+                .map(|m| {
+                    let mut member = JoinGroupResponseMember::default();
+                    member.member_id = text(m.member_id);
+                    if has_field(version, 5) {
+                        member.group_instance_id = m.instance_id.map(text);
+                    }
+                    member.metadata = m.metadata;
+                    member
+                })
+                .collect();
+        }
+        GroupAnswer::Joined(Err((error, member_id))) => {
+            response.error_code = error.kafka_code();
+            response.generation_id = -1;
+            response.member_id = text(member_id);
+        }
+        other => response.error_code = unexpected(other),
+    }
+    response
+}
+
+pub async fn sync_group(
+    shard: &Rc<Shard>,
+    version: i16,
+    request: SyncGroupRequest,
+) -> SyncGroupResponse {
+    let group = request.group_id.0.to_string();
+    let call = GroupCall::Sync {
+        group: group.clone(),
+        member_id: request.member_id.to_string(),
+        instance_id: request.group_instance_id.as_ref().map(|i| i.to_string()),
+        generation: request.generation_id,
+        assignments: request
+            .assignments
+            .into_iter()
+            .map(|a| (a.member_id.to_string(), a.assignment))
+            .collect(),
+    };
+    let mut response = SyncGroupResponse::default();
+    match shard.group(&group, call).await {
+        GroupAnswer::Synced(Ok(assignment)) => {
+            response.assignment = assignment;
+            if has_field(version, 5) {
+                response.protocol_type = request.protocol_type;
+                response.protocol_name = request.protocol_name;
+            }
+        }
+        GroupAnswer::Synced(Err(e)) => response.error_code = e.kafka_code(),
+        other => response.error_code = unexpected(other),
+    }
+    response
+}
+
+pub async fn heartbeat(shard: &Rc<Shard>, request: HeartbeatRequest) -> HeartbeatResponse {
+    let group = request.group_id.0.to_string();
+    let call = GroupCall::Heartbeat {
+        group: group.clone(),
+        member_id: request.member_id.to_string(),
+        instance_id: request.group_instance_id.as_ref().map(|i| i.to_string()),
+        generation: request.generation_id,
+    };
+    let mut response = HeartbeatResponse::default();
+    response.error_code = match shard.group(&group, call).await {
+        GroupAnswer::Heartbeat(result) => result.err().map_or(0, GroupError::kafka_code),
+        other => unexpected(other),
+    };
+    response
+}
+
+pub async fn leave_group(
+    shard: &Rc<Shard>,
+    version: i16,
+    request: LeaveGroupRequest,
+) -> LeaveGroupResponse {
+    let group = request.group_id.0.to_string();
+    let members: Vec<(String, Option<String>)> = if has_field(version, 3) {
+        request
+            .members
+            .iter()
+            .map(|m| (m.member_id.to_string(), m.group_instance_id.as_ref().map(|i| i.to_string())))
+            .collect()
+    } else {
+        vec![(request.member_id.to_string(), None)]
+    };
+    let call = GroupCall::Leave { group: group.clone(), members: members.clone() };
+    let mut response = LeaveGroupResponse::default();
+    match shard.group(&group, call).await {
+        GroupAnswer::Left(Ok(results)) => {
+            if has_field(version, 3) {
+                for ((member_id, instance_id), result) in members.into_iter().zip(&results) {
+                    let mut member = MemberResponse::default();
+                    member.member_id = text(member_id);
+                    member.group_instance_id = instance_id.map(text);
+                    member.error_code = result.err().map_or(0, GroupError::kafka_code);
+                    response.members.push(member);
+                }
+            } else if let Some(Err(e)) = results.first() {
+                response.error_code = e.kafka_code();
+            }
+        }
+        GroupAnswer::Left(Err(e)) => response.error_code = e.kafka_code(),
+        other => response.error_code = unexpected(other),
+    }
+    response
+}
+
+pub async fn offset_commit(
+    shard: &Rc<Shard>,
+    version: i16,
+    request: OffsetCommitRequest,
+) -> OffsetCommitResponse {
+    let group = request.group_id.0.to_string();
+    let offsets: Vec<OffsetCommit> = request
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(|p| OffsetCommit {
+                topic: t.name.0.to_string(),
+                partition: p.partition_index,
+                offset: p.committed_offset,
+                metadata: p.committed_metadata.as_ref().map(|m| m.to_string()).unwrap_or_default(),
+            })
+        })
+        .collect();
+    let call = GroupCall::Commit {
+        group: group.clone(),
+        member_id: request.member_id.to_string(),
+        instance_id: if has_field(version, 7) {
+            request.group_instance_id.as_ref().map(|i| i.to_string())
+        } else {
+            None
+        },
+        generation: request.generation_id_or_member_epoch,
+        offsets,
+    };
+    let code = match shard.group(&group, call).await {
+        GroupAnswer::Committed(result) => result.err().map_or(0, GroupError::kafka_code),
+        other => unexpected(other),
+    };
+    let mut response = OffsetCommitResponse::default();
+    for topic in request.topics {
+        let mut result = OffsetCommitResponseTopic::default();
+        result.name = topic.name;
+        for partition in topic.partitions {
+            let mut answer = OffsetCommitResponsePartition::default();
+            answer.partition_index = partition.partition_index;
+            answer.error_code = code;
+            result.partitions.push(answer);
+        }
+        response.topics.push(result);
+    }
+    response
+}
+
+pub async fn offset_fetch(
+    shard: &Rc<Shard>,
+    version: i16,
+    request: OffsetFetchRequest,
+) -> OffsetFetchResponse {
+    let group = request.group_id.0.to_string();
+    let topics = request.topics.map(|topics| {
+        topics.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect()
+    });
+    let mut response = OffsetFetchResponse::default();
+    let found =
+        match shard.group(&group, GroupCall::FetchOffsets { group: group.clone(), topics }).await {
+            GroupAnswer::Offsets(found) => found,
+            other => {
+                if has_field(version, 2) {
+                    response.error_code = unexpected(other);
+                }
+                return response;
+            }
+        };
+    for (topic, partition, committed) in found {
+        if response
+            .topics
+            .last()
+            .is_none_or(|t: &OffsetFetchResponseTopic| t.name.0.as_str() != topic)
+        {
+            let mut entry = OffsetFetchResponseTopic::default();
+            entry.name = TopicName(text(topic));
+            response.topics.push(entry);
+        }
+        let mut answer = OffsetFetchResponsePartition::default();
+        answer.partition_index = partition;
+        answer.committed_offset = committed.as_ref().map_or(-1, |c| c.offset);
+        answer.metadata = Some(text(committed.map(|c| c.metadata).unwrap_or_default()));
+        if let Some(entry) = response.topics.last_mut() {
+            entry.partitions.push(answer);
+        }
+    }
+    response
+}
+
+pub async fn list_groups(
+    shard: &Rc<Shard>,
+    version: i16,
+    request: ListGroupsRequest,
+) -> ListGroupsResponse {
+    let mut response = ListGroupsResponse::default();
+    for target in 0..shard.count {
+        let GroupAnswer::Listed(groups) = shard.group_on(target, GroupCall::List).await else {
+            response.error_code = GroupError::CoordinatorNotAvailable.kafka_code();
+            continue;
+        };
+        for (id, state, protocol_type) in groups {
+            let wanted = request.states_filter.is_empty()
+                || request
+                    .states_filter
+                    .iter()
+                    .any(|s| s.as_str().eq_ignore_ascii_case(state.name()));
+            if !wanted {
+                continue;
+            }
+            let mut listed = ListedGroup::default();
+            listed.group_id = GroupId(text(id));
+            listed.protocol_type = text(protocol_type);
+            if has_field(version, 4) {
+                listed.group_state = text(state.name());
+            }
+            response.groups.push(listed);
+        }
+    }
+    response
+}
+
+pub async fn describe_groups(
+    shard: &Rc<Shard>,
+    version: i16,
+    request: DescribeGroupsRequest,
+) -> DescribeGroupsResponse {
+    let mut response = DescribeGroupsResponse::default();
+    for group_id in request.groups {
+        let group = group_id.0.to_string();
+        let mut described = DescribedGroup::default();
+        described.group_id = group_id;
+        match shard.group(&group, GroupCall::Describe { group: group.clone() }).await {
+            GroupAnswer::Described(Some(description)) => {
+                described.group_state = text(description.state.name());
+                described.protocol_type = text(description.protocol_type);
+                described.protocol_data = text(description.protocol);
+                for m in description.members {
+                    let mut member = DescribedGroupMember::default();
+                    member.member_id = text(m.member_id);
+                    if has_field(version, 4) {
+                        member.group_instance_id = m.instance_id.map(text);
+                    }
+                    member.client_id = text(m.client_id);
+                    member.client_host = text(m.client_host);
+                    member.member_metadata = m.metadata;
+                    member.member_assignment = m.assignment;
+                    described.members.push(member);
+                }
+            }
+            // Kafka describes an unknown group as Dead rather than failing.
+            GroupAnswer::Described(None) => described.group_state = text("Dead"),
+            other => described.error_code = unexpected(other),
+        }
+        response.groups.push(described);
+    }
+    response
+}
+
+pub async fn delete_groups(
+    shard: &Rc<Shard>,
+    request: DeleteGroupsRequest,
+) -> DeleteGroupsResponse {
+    let mut response = DeleteGroupsResponse::default();
+    for group_id in request.groups_names {
+        let group = group_id.0.to_string();
+        let mut result = DeletableGroupResult::default();
+        result.error_code =
+            match shard.group(&group, GroupCall::Delete { group: group.clone() }).await {
+                GroupAnswer::Deleted(outcome) => outcome.err().map_or(0, GroupError::kafka_code),
+                other => unexpected(other),
+            };
+        result.group_id = group_id;
+        response.results.push(result);
+    }
+    response
+}
+
+/// An answer of the wrong kind only comes from a coordinator shard that is stopping.
+fn unexpected(answer: GroupAnswer) -> i16 {
+    match answer {
+        GroupAnswer::Committed(Err(e)) => e.kafka_code(),
+        _ => GroupError::CoordinatorNotAvailable.kafka_code(),
+    }
+}
