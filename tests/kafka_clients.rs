@@ -63,7 +63,9 @@ fn require(what: &str, program: &str, args: &[&str]) {
 fn run_script(name: &str, program: &str, args: &[&str]) {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&dir.path().join("data"), &["--set", "num.partitions=3"]);
+    // A short first-rebalance delay keeps the group consumers' runs quick.
+    let settings = ["--set", "num.partitions=3", "--set", "group.initial.rebalance.delay.ms=300"];
+    let broker = Broker::start(&dir.path().join("data"), &settings);
     let started = Instant::now();
     let mut child = Command::new(program)
         .args(args)
@@ -150,7 +152,7 @@ fn kafka_python() {
     run_script("kafka_python_roundtrip", &python, &["kafka_python_roundtrip.py"]);
 }
 
-/// Produce and admin only, unless SPATE_KAFKAJS_CONSUMER=1 (kafkajs consumers need groups).
+/// Producers (plain and idempotent), admin, and a group consumer reading everything back.
 #[test]
 fn kafkajs() {
     require("kafkajs 2.2.4 (npm, in tests/kafka/node)", "node", &[

@@ -4,10 +4,10 @@
 // Checks: admin.createTopics (3 partitions, waits for leaders); producer.send in several batches
 // (keys, headers, explicit timestamps; gzip and uncompressed; an idempotent producer too) with
 // dense offsets in every partition; admin.fetchTopicOffsets high watermarks summing to N.
-// With SPATE_KAFKAJS_CONSUMER=1 also a group consumer (needs the group coordinator) reading every
+// Then a group consumer (SPATE_KAFKAJS_CONSUMER=0 turns it off) reading every
 // record back and comparing. Finally admin.deleteTopics.
 //
-// Env: SPATE_KAFKA=host:port (required), SPATE_TOPIC (optional), SPATE_KAFKAJS_CONSUMER=1.
+// Env: SPATE_KAFKA=host:port (required), SPATE_TOPIC (optional), SPATE_KAFKAJS_CONSUMER=0.
 'use strict';
 
 process.env.KAFKAJS_NO_PARTITIONER_WARNING = '1';
@@ -43,10 +43,10 @@ setTimeout(() => fail('hard timeout: the script ran for 60 s'), 60000).unref();
 
 const bootstrap = process.env.SPATE_KAFKA || fail('set SPATE_KAFKA=host:port');
 const topic = process.env.SPATE_TOPIC || `kafkajs-${process.pid}-${Date.now()}`;
-const withConsumer = process.env.SPATE_KAFKAJS_CONSUMER === '1';
+const withConsumer = process.env.SPATE_KAFKAJS_CONSUMER !== '0';
 const version = require('kafkajs/package.json').version;
 console.log(`kafkajs ${version}, node ${process.version}, bootstrap ${bootstrap}, topic ${topic}, ` +
-  `consumer ${withConsumer ? 'on' : 'off (SPATE_KAFKAJS_CONSUMER=1 enables it)'}`);
+  `consumer ${withConsumer ? 'on' : 'off'}`);
 
 const clientLogs = [];
 const kafka = new Kafka({
