@@ -23,6 +23,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => args.run(),
         Command::Topic { action } => action.run(),
+        Command::Group { action } => action.run(),
         Command::Produce(args) => args.run(),
         Command::Consume(args) => args.run(),
         Command::Tune { what } => what.run(),

@@ -351,3 +351,51 @@ fn create_partitions_adds_partitions_that_survive_a_restart() {
     let metadata: MetadataResponse = conn.call(ApiKey::Metadata, 4, &request);
     assert_eq!(metadata.topics[0].partitions.len(), 3);
 }
+
+#[test]
+fn committed_offsets_show_in_spate_group_describe_and_survive_a_crash() {
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::{GroupId, OffsetCommitRequest, OffsetCommitResponse};
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&dir.path().join("data"), &[]);
+    let mut conn = Conn::open(&broker.kafka_addr);
+    let response: ProduceResponse =
+        conn.call(ApiKey::Produce, 7, &produce_request("lagging", 1, batch(-1, -1, 0, 10)));
+    assert_eq!(produced(&response).0, 0);
+    // A commit outside membership (generation -1, no member id), as a consumer without a
+    // subscription makes.
+    let mut partition = OffsetCommitRequestPartition::default();
+    partition.partition_index = 0;
+    partition.committed_offset = 4;
+    let mut topic = OffsetCommitRequestTopic::default();
+    topic.name = TopicName(StrBytes::from_static_str("lagging"));
+    topic.partitions = vec![partition];
+    let mut commit = OffsetCommitRequest::default();
+    commit.group_id = GroupId(StrBytes::from_static_str("auditors"));
+    commit.generation_id_or_member_epoch = -1;
+    commit.topics = vec![topic];
+    let committed: OffsetCommitResponse = conn.call(ApiKey::OffsetCommit, 2, &commit);
+    assert_eq!(committed.topics[0].partitions[0].error_code, 0);
+
+    broker.kill9();
+    broker.restart();
+    let spate = |args: &[&str]| {
+        let output = std::process::Command::new(common::BINARY)
+            .args(args)
+            .args(["--broker", &broker.addr])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert!(spate(&["group", "list"]).contains("auditors"));
+    let described = spate(&["group", "describe", "auditors"]);
+    let row = described.lines().find(|l| l.contains("lagging")).unwrap_or_default();
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        fields,
+        ["lagging", "partition", "0", "committed", "4", "high_watermark", "10", "lag", "6"]
+    );
+}

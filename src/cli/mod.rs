@@ -2,6 +2,7 @@
 //! a running broker, like Kafka's console tools; `tune disk` measures a data directory's device.
 
 pub mod console;
+pub mod group;
 pub mod serve;
 pub mod topic;
 pub mod tune;
@@ -32,6 +33,11 @@ pub enum Command {
     Topic {
         #[command(subcommand)]
         action: topic::TopicCommand,
+    },
+    /// List consumer groups; describe one: members, assignments, committed offsets and lag.
+    Group {
+        #[command(subcommand)]
+        action: group::GroupCommand,
     },
     /// Read records from stdin, one per line, and produce them.
     Produce(console::ProduceArgs),

@@ -15,8 +15,9 @@ use zerocopy::IntoBytes;
 
 use crate::native::frame::{Api, FrameHeader, FRAME_HEADER_BYTES};
 use crate::native::messages::{
-    decode, encode, Acks, AdminResponse, CreateTopicRequest, DeleteTopicRequest, ErrorBody,
-    ErrorCode, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
+    decode, encode, Acks, AdminResponse, CreateTopicRequest, DeleteTopicRequest,
+    DescribeGroupRequest, DescribeGroupResponse, ErrorBody, ErrorCode, FetchRequest, FetchResponse,
+    GroupSummary, ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse,
     MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, TopicMetadata,
 };
 use crate::record::batch::{BatchBuilder, NativeBatchView, RecordView};
@@ -390,6 +391,23 @@ impl Client {
         let (response, _): (AdminResponse, _) =
             self.call(Api::CreateTopic, &encode(&request)).await?;
         ClientError::from_body(&response.error)
+    }
+
+    /// Every consumer group the broker coordinates.
+    pub async fn list_groups(&self) -> Result<Vec<GroupSummary>, ClientError> {
+        let (response, _): (ListGroupsResponse, _) =
+            self.call(Api::ListGroups, &encode(&ListGroupsRequest {})).await?;
+        ClientError::from_body(&response.error)?;
+        Ok(response.groups)
+    }
+
+    /// A group's state, members with their assignments, and committed offsets.
+    pub async fn describe_group(&self, group: &str) -> Result<DescribeGroupResponse, ClientError> {
+        let request = DescribeGroupRequest { group: group.to_string() };
+        let (response, _): (DescribeGroupResponse, _) =
+            self.call(Api::DescribeGroup, &encode(&request)).await?;
+        ClientError::from_body(&response.error)?;
+        Ok(response)
     }
 
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {

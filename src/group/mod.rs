@@ -7,6 +7,7 @@
 //! `__consumer_offsets` partition, replayed when the shard opens. `offsets.rs` is that log's
 //! record format. The protocol front ends translate their requests into [`GroupCall`]s.
 
+pub mod consumer_protocol;
 pub mod coordinator;
 pub mod offsets;
 pub mod state;

@@ -639,8 +639,10 @@ impl Group {
             return if self.has_members() { Err(GroupError::UnknownMemberId) } else { Ok(()) };
         }
         self.check_member(member_id, instance_id, generation)?;
+        // As Kafka: members may still commit what they processed while a rebalance gathers
+        // (their revoke callbacks do), but not between the join and the new assignment.
         match self.state {
-            GroupState::PreparingRebalance => Err(GroupError::RebalanceInProgress),
+            GroupState::CompletingRebalance => Err(GroupError::RebalanceInProgress),
             _ => Ok(()),
         }
     }

@@ -203,6 +203,7 @@ pub fn error_code(code: ErrorCode) -> i16 {
         ErrorCode::InvalidProducerEpoch => 47,
         ErrorCode::StorageError => 56,
         ErrorCode::InvalidRecord => 87,
+        ErrorCode::UnknownGroup => 69,
     }
 }
 

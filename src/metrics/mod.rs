@@ -25,6 +25,8 @@ pub enum Hist {
     KafkaProduce,
     KafkaFetch,
     KafkaOther,
+    /// Native group listings and descriptions.
+    Groups,
     /// One O_DIRECT write of the segment writer.
     LogAppend,
     /// One fdatasync of a segment.
@@ -32,7 +34,7 @@ pub enum Hist {
 }
 
 impl Hist {
-    pub const ALL: [Hist; 11] = [
+    pub const ALL: [Hist; 12] = [
         Hist::Produce,
         Hist::Fetch,
         Hist::ListOffsets,
@@ -42,6 +44,7 @@ impl Hist {
         Hist::KafkaProduce,
         Hist::KafkaFetch,
         Hist::KafkaOther,
+        Hist::Groups,
         Hist::LogAppend,
         Hist::Fdatasync,
     ];
@@ -57,6 +60,7 @@ impl Hist {
             Hist::KafkaProduce => "kafka.produce",
             Hist::KafkaFetch => "kafka.fetch",
             Hist::KafkaOther => "kafka.other",
+            Hist::Groups => "request.groups",
             Hist::LogAppend => "log.append_write",
             Hist::Fdatasync => "log.fdatasync",
         }

@@ -44,6 +44,8 @@ pub enum Api {
     Metadata = 4,
     CreateTopic = 5,
     DeleteTopic = 6,
+    ListGroups = 7,
+    DescribeGroup = 8,
 }
 
 impl Api {
@@ -55,6 +57,8 @@ impl Api {
             4 => Self::Metadata,
             5 => Self::CreateTopic,
             6 => Self::DeleteTopic,
+            7 => Self::ListGroups,
+            8 => Self::DescribeGroup,
             _ => return None,
         })
     }

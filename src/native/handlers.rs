@@ -7,13 +7,15 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
+use crate::group::{GroupAnswer, GroupCall};
 use crate::metrics::Hist;
 use crate::native::frame::Api;
 use crate::native::messages::{
-    decode, encode, Acks, AdminResponse, CreateTopicRequest, DeleteTopicRequest, ErrorBody,
-    ErrorCode, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
-    MetadataRequest, MetadataResponse, PartitionMetadata, ProduceRequest, ProduceResponse,
-    TopicMetadata,
+    decode, encode, Acks, AdminResponse, CreateTopicRequest, DeleteTopicRequest,
+    DescribeGroupRequest, DescribeGroupResponse, ErrorBody, ErrorCode, FetchRequest, FetchResponse,
+    GroupMember, GroupOffset, GroupSummary, ListGroupsResponse, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, PartitionMetadata, ProduceRequest,
+    ProduceResponse, TopicMetadata,
 };
 use crate::native::server::{RequestFrame, Response};
 use crate::record::batch::validate_native_payload;
@@ -81,6 +83,8 @@ pub async fn handle(
         Api::Metadata => Some(metadata(&shard, &frame).await),
         Api::CreateTopic => Some(create_topic(&shard, &frame).await),
         Api::DeleteTopic => Some(delete_topic(&shard, &frame).await),
+        Api::ListGroups => Some(list_groups(&shard, request_id).await),
+        Api::DescribeGroup => Some(describe_group(&shard, &frame).await),
     };
     shard.metrics.record(hist_of(api), received.elapsed());
     response
@@ -94,6 +98,7 @@ fn hist_of(api: Api) -> Hist {
         Api::Metadata => Hist::Metadata,
         Api::CreateTopic => Hist::CreateTopic,
         Api::DeleteTopic => Hist::DeleteTopic,
+        Api::ListGroups | Api::DescribeGroup => Hist::Groups,
     }
 }
 
@@ -309,6 +314,77 @@ async fn delete_topic(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
     };
     let result = shard.delete_topic(&request.name).await;
     answer(Api::DeleteTopic, request_id, &admin_body(result))
+}
+
+async fn list_groups(shard: &Rc<Shard>, request_id: u64) -> Response {
+    let mut groups = Vec::new();
+    for target in 0..shard.count {
+        if let GroupAnswer::Listed(listed) = shard.group_on(target, GroupCall::List).await {
+            groups.extend(listed.into_iter().map(|(group, state, protocol_type)| GroupSummary {
+                group,
+                state: state.name().to_string(),
+                protocol_type,
+            }));
+        }
+    }
+    groups.sort_by(|a, b| a.group.cmp(&b.group));
+    answer(Api::ListGroups, request_id, &ListGroupsResponse { error: ErrorBody::none(), groups })
+}
+
+async fn describe_group(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
+    let request_id = frame.header.request_id.get();
+    let request: DescribeGroupRequest = match decode(frame.meta()) {
+        Ok(request) => request,
+        Err(why) => return undecodable(Api::DescribeGroup, request_id, why),
+    };
+    let group = request.group;
+    let mut body = DescribeGroupResponse {
+        error: ErrorBody::none(),
+        state: "Dead".into(),
+        protocol_type: String::new(),
+        protocol: String::new(),
+        members: Vec::new(),
+        offsets: Vec::new(),
+    };
+    if let GroupAnswer::Described(Some(description)) =
+        shard.group(&group, GroupCall::Describe { group: group.clone() }).await
+    {
+        body.state = description.state.name().to_string();
+        body.members = description
+            .members
+            .into_iter()
+            .map(|m| GroupMember {
+                assignment: crate::group::consumer_protocol::assigned_partitions(&m.assignment),
+                member_id: m.member_id,
+                instance_id: m.instance_id,
+                client_id: m.client_id,
+                client_host: m.client_host,
+            })
+            .collect();
+        body.protocol_type = description.protocol_type;
+        body.protocol = description.protocol;
+    }
+    if let GroupAnswer::Offsets(offsets) =
+        shard.group(&group, GroupCall::FetchOffsets { group: group.clone(), topics: None }).await
+    {
+        for (topic, partition, committed) in offsets {
+            let Some(committed) = committed else { continue };
+            let high_watermark = match u32::try_from(partition) {
+                Ok(p) => shard.watermarks(&topic, p).await.map_or(-1, |(_, hw)| hw as i64),
+                Err(_) => -1,
+            };
+            body.offsets.push(GroupOffset {
+                topic,
+                partition,
+                committed: committed.offset,
+                high_watermark,
+            });
+        }
+    }
+    if body.state == "Dead" && body.offsets.is_empty() {
+        body.error = ErrorBody::new(ErrorCode::UnknownGroup, format!("no group {group}"));
+    }
+    answer(Api::DescribeGroup, request_id, &body)
 }
 
 fn admin_body(result: Result<(), BrokerError>) -> AdminResponse {

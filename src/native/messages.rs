@@ -35,6 +35,7 @@ pub enum ErrorCode {
     InvalidProducerEpoch = 16,
     /// A record format this broker does not store (Kafka message sets v0 and v1).
     UnsupportedForMessageFormat = 17,
+    UnknownGroup = 18,
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -183,6 +184,58 @@ pub struct DeleteTopicRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub struct AdminResponse {
     pub error: ErrorBody,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct ListGroupsRequest {}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct GroupSummary {
+    pub group: String,
+    /// Empty, PreparingRebalance, CompletingRebalance or Stable.
+    pub state: String,
+    pub protocol_type: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct ListGroupsResponse {
+    pub error: ErrorBody,
+    pub groups: Vec<GroupSummary>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct DescribeGroupRequest {
+    pub group: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct GroupMember {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    /// (topic, partitions), decoded from the consumer protocol's assignment; empty when the
+    /// group uses another protocol.
+    pub assignment: Vec<(String, Vec<i32>)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct GroupOffset {
+    pub topic: String,
+    pub partition: i32,
+    pub committed: i64,
+    /// -1 when the partition is gone.
+    pub high_watermark: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct DescribeGroupResponse {
+    pub error: ErrorBody,
+    pub state: String,
+    pub protocol_type: String,
+    pub protocol: String,
+    pub members: Vec<GroupMember>,
+    pub offsets: Vec<GroupOffset>,
 }
 
 impl ErrorBody {

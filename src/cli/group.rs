@@ -1,0 +1,75 @@
+//! `spate group list|describe`: consumer groups as the broker's coordinators see them.
+
+use clap::Subcommand;
+
+use crate::cli::topic::connect;
+use crate::cli::{run_client, BrokerAddress};
+
+#[derive(Subcommand, Debug)]
+pub enum GroupCommand {
+    /// List consumer groups with their state.
+    List {
+        #[command(flatten)]
+        broker: BrokerAddress,
+    },
+    /// Show a group's members and assignments, and per partition the committed offset, the
+    /// high watermark and the lag between them.
+    Describe {
+        name: String,
+        #[command(flatten)]
+        broker: BrokerAddress,
+    },
+}
+
+impl GroupCommand {
+    pub fn run(self) -> Result<(), String> {
+        run_client(|| async move {
+            match self {
+                GroupCommand::List { broker } => {
+                    let client = connect(&broker).await?;
+                    for group in client.list_groups().await.map_err(|e| e.to_string())? {
+                        println!("{:<32} {:<20} {}", group.group, group.state, group.protocol_type);
+                    }
+                }
+                GroupCommand::Describe { name, broker } => {
+                    let client = connect(&broker).await?;
+                    let group = client.describe_group(&name).await.map_err(|e| e.to_string())?;
+                    println!(
+                        "group {name} state {} protocol {} {}",
+                        group.state, group.protocol_type, group.protocol
+                    );
+                    for member in &group.members {
+                        let assigned: Vec<String> = member
+                            .assignment
+                            .iter()
+                            .map(|(topic, partitions)| format!("{topic}{partitions:?}"))
+                            .collect();
+                        println!(
+                            "  member {}  client {} {}{}  assigned {}",
+                            member.member_id,
+                            member.client_id,
+                            member.client_host,
+                            member
+                                .instance_id
+                                .as_ref()
+                                .map_or(String::new(), |i| format!("  instance {i}")),
+                            assigned.join(" ")
+                        );
+                    }
+                    for offset in &group.offsets {
+                        let lag = if offset.high_watermark < 0 {
+                            "-".to_string()
+                        } else {
+                            (offset.high_watermark - offset.committed).max(0).to_string()
+                        };
+                        println!(
+                            "  {:<24} partition {:>4}  committed {:>12}  high_watermark {:>12}  lag {lag:>10}",
+                            offset.topic, offset.partition, offset.committed, offset.high_watermark
+                        );
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+}

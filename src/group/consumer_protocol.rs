@@ -1,0 +1,47 @@
+//! Reading Kafka's consumer protocol: the assignment bytes a group leader hands each member.
+//! The broker treats them as opaque when coordinating; only descriptions decode them.
+
+use bytes::{Buf, Bytes};
+use kafka_protocol::messages::ConsumerProtocolAssignment;
+use kafka_protocol::protocol::Decodable;
+
+/// (topic, partitions) of a consumer-protocol assignment; empty for bytes of another protocol.
+pub fn assigned_partitions(assignment: &Bytes) -> Vec<(String, Vec<i32>)> {
+    let mut buf = assignment.clone();
+    if buf.remaining() < 2 {
+        return Vec::new();
+    }
+    let version = buf.get_i16();
+    // Newer versions only add fields; read them as the newest this codec knows.
+    let version = version.clamp(0, 3);
+    ConsumerProtocolAssignment::decode(&mut buf, version)
+        .map(|a| {
+            a.assigned_partitions
+                .into_iter()
+                .map(|t| (t.topic.0.to_string(), t.partitions))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition;
+    use kafka_protocol::protocol::Encodable;
+
+    #[test]
+    fn decodes_an_assignment_and_shrugs_at_garbage() {
+        let mut assignment = ConsumerProtocolAssignment::default();
+        let mut topic = TopicPartition::default();
+        topic.topic = kafka_protocol::messages::TopicName("orders".into());
+        topic.partitions = vec![0, 3];
+        assignment.assigned_partitions = vec![topic];
+        let mut bytes = bytes::BytesMut::new();
+        bytes.extend_from_slice(&0i16.to_be_bytes());
+        assignment.encode(&mut bytes, 0).unwrap();
+        assert_eq!(assigned_partitions(&bytes.freeze()), vec![("orders".to_string(), vec![0, 3])]);
+        assert!(assigned_partitions(&Bytes::from_static(b"\x00\x00\xff")).is_empty());
+        assert!(assigned_partitions(&Bytes::new()).is_empty());
+    }
+}
