@@ -15,10 +15,12 @@ use zerocopy::IntoBytes;
 
 use crate::native::frame::{Api, FrameHeader, FRAME_HEADER_BYTES};
 use crate::native::messages::{
-    decode, encode, Acks, AdminResponse, CreateTopicRequest, DeleteTopicRequest,
-    DescribeGroupRequest, DescribeGroupResponse, ErrorBody, ErrorCode, FetchRequest, FetchResponse,
-    GroupSummary, ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse,
-    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, TopicMetadata,
+    decode, encode, Acks, AdminResponse, CommitOffsetsRequest, CreateTopicRequest,
+    DeleteTopicRequest, DescribeGroupRequest, DescribeGroupResponse, ErrorBody, ErrorCode,
+    FetchOffsetsRequest, FetchOffsetsResponse, FetchRequest, FetchResponse, GroupSummary,
+    HeartbeatRequest, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, ListGroupsRequest,
+    ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    ProduceRequest, ProduceResponse, SyncGroupRequest, SyncGroupResponse, TopicMetadata,
 };
 use crate::record::batch::{BatchBuilder, NativeBatchView, RecordView};
 use crate::record::entry::parse_entry;
@@ -391,6 +393,81 @@ impl Client {
         let (response, _): (AdminResponse, _) =
             self.call(Api::CreateTopic, &encode(&request)).await?;
         ClientError::from_body(&response.error)
+    }
+
+    pub async fn join_group(
+        &self,
+        request: &JoinGroupRequest,
+    ) -> Result<JoinGroupResponse, ClientError> {
+        let (response, _): (JoinGroupResponse, _) =
+            self.call(Api::JoinGroup, &encode(request)).await?;
+        ClientError::from_body(&response.error)?;
+        Ok(response)
+    }
+
+    /// Hands in the leader's assignments (or none, from a follower); returns this member's.
+    pub async fn sync_group(&self, request: &SyncGroupRequest) -> Result<Vec<u8>, ClientError> {
+        let (response, _): (SyncGroupResponse, _) =
+            self.call(Api::SyncGroup, &encode(request)).await?;
+        ClientError::from_body(&response.error)?;
+        Ok(response.assignment)
+    }
+
+    pub async fn heartbeat(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: i32,
+    ) -> Result<(), ClientError> {
+        let request = HeartbeatRequest {
+            group: group.to_string(),
+            member_id: member_id.to_string(),
+            generation,
+        };
+        let (response, _): (AdminResponse, _) =
+            self.call(Api::Heartbeat, &encode(&request)).await?;
+        ClientError::from_body(&response.error)
+    }
+
+    pub async fn leave_group(&self, group: &str, member_id: &str) -> Result<(), ClientError> {
+        let request =
+            LeaveGroupRequest { group: group.to_string(), member_id: member_id.to_string() };
+        let (response, _): (AdminResponse, _) =
+            self.call(Api::LeaveGroup, &encode(&request)).await?;
+        ClientError::from_body(&response.error)
+    }
+
+    /// Commits (topic, partition, next offset to read) for a member of `generation` (or, with
+    /// an empty member id and generation -1, outside membership).
+    pub async fn commit_offsets(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: i32,
+        offsets: Vec<(String, u32, u64)>,
+    ) -> Result<(), ClientError> {
+        let request = CommitOffsetsRequest {
+            group: group.to_string(),
+            member_id: member_id.to_string(),
+            generation,
+            offsets,
+        };
+        let (response, _): (AdminResponse, _) =
+            self.call(Api::CommitOffsets, &encode(&request)).await?;
+        ClientError::from_body(&response.error)
+    }
+
+    /// Committed offsets of `partitions`; -1 where nothing is committed.
+    pub async fn fetch_offsets(
+        &self,
+        group: &str,
+        partitions: Vec<(String, u32)>,
+    ) -> Result<Vec<(String, u32, i64)>, ClientError> {
+        let request = FetchOffsetsRequest { group: group.to_string(), partitions };
+        let (response, _): (FetchOffsetsResponse, _) =
+            self.call(Api::FetchOffsets, &encode(&request)).await?;
+        ClientError::from_body(&response.error)?;
+        Ok(response.offsets)
     }
 
     /// Every consumer group the broker coordinates.

@@ -80,6 +80,25 @@ impl GroupError {
     }
 }
 
+impl GroupError {
+    /// The native protocol's code for it.
+    pub fn native_code(self) -> crate::native::messages::ErrorCode {
+        use crate::native::messages::ErrorCode;
+        match self {
+            Self::CoordinatorNotAvailable => ErrorCode::CoordinatorNotAvailable,
+            Self::IllegalGeneration => ErrorCode::IllegalGeneration,
+            Self::InconsistentGroupProtocol => ErrorCode::InconsistentGroupProtocol,
+            Self::InvalidGroupId | Self::GroupIdNotFound => ErrorCode::UnknownGroup,
+            Self::UnknownMemberId | Self::MemberIdRequired => ErrorCode::UnknownMember,
+            Self::InvalidSessionTimeout => ErrorCode::InvalidSessionTimeout,
+            Self::RebalanceInProgress => ErrorCode::RebalanceInProgress,
+            Self::NonEmptyGroup => ErrorCode::NonEmptyGroup,
+            Self::FencedInstanceId => ErrorCode::FencedInstance,
+            Self::StorageError => ErrorCode::StorageError,
+        }
+    }
+}
+
 impl std::fmt::Display for GroupError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Debug::fmt(self, f)

@@ -204,6 +204,14 @@ pub fn error_code(code: ErrorCode) -> i16 {
         ErrorCode::StorageError => 56,
         ErrorCode::InvalidRecord => 87,
         ErrorCode::UnknownGroup => 69,
+        ErrorCode::CoordinatorNotAvailable => 15,
+        ErrorCode::IllegalGeneration => 22,
+        ErrorCode::InconsistentGroupProtocol => 23,
+        ErrorCode::UnknownMember => 25,
+        ErrorCode::InvalidSessionTimeout => 26,
+        ErrorCode::RebalanceInProgress => 27,
+        ErrorCode::NonEmptyGroup => 68,
+        ErrorCode::FencedInstance => 82,
     }
 }
 

@@ -46,6 +46,12 @@ pub enum Api {
     DeleteTopic = 6,
     ListGroups = 7,
     DescribeGroup = 8,
+    JoinGroup = 9,
+    SyncGroup = 10,
+    Heartbeat = 11,
+    LeaveGroup = 12,
+    CommitOffsets = 13,
+    FetchOffsets = 14,
 }
 
 impl Api {
@@ -59,6 +65,12 @@ impl Api {
             6 => Self::DeleteTopic,
             7 => Self::ListGroups,
             8 => Self::DescribeGroup,
+            9 => Self::JoinGroup,
+            10 => Self::SyncGroup,
+            11 => Self::Heartbeat,
+            12 => Self::LeaveGroup,
+            13 => Self::CommitOffsets,
+            14 => Self::FetchOffsets,
             _ => return None,
         })
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::group::{GroupAnswer, GroupCall};
 use crate::metrics::Hist;
 use crate::native::frame::Api;
+use crate::native::groups;
 use crate::native::messages::{
     decode, encode, Acks, AdminResponse, CreateTopicRequest, DeleteTopicRequest,
     DescribeGroupRequest, DescribeGroupResponse, ErrorBody, ErrorCode, FetchRequest, FetchResponse,
@@ -55,6 +56,7 @@ pub async fn handle(
     shard: Rc<Shard>,
     frame: RequestFrame,
     prepared: Option<PreparedFetch>,
+    peer: Rc<str>,
 ) -> Option<Response> {
     let header = frame.header;
     let request_id = header.request_id.get();
@@ -85,6 +87,12 @@ pub async fn handle(
         Api::DeleteTopic => Some(delete_topic(&shard, &frame).await),
         Api::ListGroups => Some(list_groups(&shard, request_id).await),
         Api::DescribeGroup => Some(describe_group(&shard, &frame).await),
+        Api::JoinGroup => Some(groups::join(&shard, &frame, &peer).await),
+        Api::SyncGroup => Some(groups::sync(&shard, &frame).await),
+        Api::Heartbeat => Some(groups::heartbeat(&shard, &frame).await),
+        Api::LeaveGroup => Some(groups::leave(&shard, &frame).await),
+        Api::CommitOffsets => Some(groups::commit(&shard, &frame).await),
+        Api::FetchOffsets => Some(groups::fetch_offsets(&shard, &frame).await),
     };
     shard.metrics.record(hist_of(api), received.elapsed());
     response
@@ -98,11 +106,18 @@ fn hist_of(api: Api) -> Hist {
         Api::Metadata => Hist::Metadata,
         Api::CreateTopic => Hist::CreateTopic,
         Api::DeleteTopic => Hist::DeleteTopic,
-        Api::ListGroups | Api::DescribeGroup => Hist::Groups,
+        Api::ListGroups
+        | Api::DescribeGroup
+        | Api::JoinGroup
+        | Api::SyncGroup
+        | Api::Heartbeat
+        | Api::LeaveGroup
+        | Api::CommitOffsets
+        | Api::FetchOffsets => Hist::Groups,
     }
 }
 
-fn answer<T>(api: Api, request_id: u64, body: &T) -> Response
+pub(crate) fn answer<T>(api: Api, request_id: u64, body: &T) -> Response
 where
     T: for<'a> rkyv::Serialize<
         rkyv::api::high::HighSerializer<
@@ -115,7 +130,7 @@ where
     Response::new(api as u8, 0, request_id, &encode(body), Vec::new())
 }
 
-fn undecodable(api: Api, request_id: u64, why: String) -> Response {
+pub(crate) fn undecodable(api: Api, request_id: u64, why: String) -> Response {
     Response::error(
         api as u8,
         request_id,

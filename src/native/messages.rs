@@ -36,6 +36,14 @@ pub enum ErrorCode {
     /// A record format this broker does not store (Kafka message sets v0 and v1).
     UnsupportedForMessageFormat = 17,
     UnknownGroup = 18,
+    RebalanceInProgress = 19,
+    UnknownMember = 20,
+    IllegalGeneration = 21,
+    InconsistentGroupProtocol = 22,
+    CoordinatorNotAvailable = 23,
+    FencedInstance = 24,
+    InvalidSessionTimeout = 25,
+    NonEmptyGroup = 26,
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -236,6 +244,83 @@ pub struct DescribeGroupResponse {
     pub protocol: String,
     pub members: Vec<GroupMember>,
     pub offsets: Vec<GroupOffset>,
+}
+
+/// Joins a group (the broker hands out the member id on a first join). Protocols carry the
+/// member's subscription, opaque to the broker; Spate's client uses Kafka's consumer protocol
+/// encoding, so `spate group describe` shows native members' assignments too.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct JoinGroupRequest {
+    pub group: String,
+    /// Empty on a first join.
+    pub member_id: String,
+    pub client_id: String,
+    pub session_timeout_ms: u32,
+    pub rebalance_timeout_ms: u32,
+    pub protocol_type: String,
+    pub protocols: Vec<(String, Vec<u8>)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct JoinGroupResponse {
+    pub error: ErrorBody,
+    pub generation: i32,
+    pub protocol: String,
+    pub leader: String,
+    pub member_id: String,
+    /// Every member's metadata for the chosen protocol; only the leader gets them.
+    pub members: Vec<(String, Vec<u8>)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct SyncGroupRequest {
+    pub group: String,
+    pub member_id: String,
+    pub generation: i32,
+    /// The leader's assignment for every member; empty from followers.
+    pub assignments: Vec<(String, Vec<u8>)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct SyncGroupResponse {
+    pub error: ErrorBody,
+    pub assignment: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct HeartbeatRequest {
+    pub group: String,
+    pub member_id: String,
+    pub generation: i32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct LeaveGroupRequest {
+    pub group: String,
+    pub member_id: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct CommitOffsetsRequest {
+    pub group: String,
+    /// Empty, with generation -1, to commit outside membership.
+    pub member_id: String,
+    pub generation: i32,
+    /// (topic, partition, offset of the next record to read).
+    pub offsets: Vec<(String, u32, u64)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct FetchOffsetsRequest {
+    pub group: String,
+    pub partitions: Vec<(String, u32)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct FetchOffsetsResponse {
+    pub error: ErrorBody,
+    /// (topic, partition, committed offset, or -1 for nothing committed).
+    pub offsets: Vec<(String, u32, i64)>,
 }
 
 impl ErrorBody {

@@ -6,6 +6,7 @@
 //! write loop and `handlers.rs` what each request does. The codec knows nothing of the broker.
 
 pub mod frame;
+pub mod groups;
 pub mod handlers;
 pub mod messages;
 pub mod server;

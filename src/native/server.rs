@@ -248,7 +248,8 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     let budgets = Budgets::new();
     let writer =
         glommio::spawn_local(write_responses(responses, writer, budgets.clone(), peer.clone()));
-    if let Err(reason) = read_requests(&shard, &mut reader, &queue, &budgets).await {
+    let host: Rc<str> = Rc::from(peer.rsplit_once(':').map_or(peer.as_str(), |(host, _)| host));
+    if let Err(reason) = read_requests(&shard, &mut reader, &queue, &budgets, host).await {
         tracing::warn!(%peer, "closing connection: {reason}");
     }
     drop(queue);
@@ -260,6 +261,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
     reader: &mut R,
     queue: &LocalSender<JoinHandle<Option<Response>>>,
     budgets: &Budgets,
+    peer: Rc<str>,
 ) -> Result<(), String> {
     let data_max = shard.config.socket_request_max_bytes;
     loop {
@@ -290,7 +292,8 @@ async fn read_requests<R: AsyncRead + Unpin>(
             }
             None => None,
         };
-        let task = glommio::spawn_local(handlers::handle(shard.clone(), frame, prepared)).detach();
+        let handled = handlers::handle(shard.clone(), frame, prepared, peer.clone());
+        let task = glommio::spawn_local(handled).detach();
         if queue.send(task).await.is_err() {
             return Err("response writer stopped".into());
         }

@@ -1,0 +1,201 @@
+//! Native group requests: the same coordinators as Kafka's group APIs, reached through
+//! [`GroupCall`]s, with native bodies and error codes.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::group::state::JoinRequest;
+use crate::group::{GroupAnswer, GroupCall, GroupError};
+use crate::native::frame::Api;
+use crate::native::handlers::{answer, undecodable};
+use crate::native::messages::{
+    decode, AdminResponse, CommitOffsetsRequest, ErrorBody, FetchOffsetsRequest,
+    FetchOffsetsResponse, HeartbeatRequest, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    SyncGroupRequest, SyncGroupResponse,
+};
+use crate::native::server::{RequestFrame, Response};
+use crate::shard::Shard;
+
+fn error_body(error: GroupError) -> ErrorBody {
+    ErrorBody::new(error.native_code(), error.to_string())
+}
+
+/// What a wrong-kind answer means: the coordinator shard is stopping.
+fn unavailable() -> ErrorBody {
+    error_body(GroupError::CoordinatorNotAvailable)
+}
+
+fn done(result: Result<(), GroupError>) -> AdminResponse {
+    AdminResponse { error: result.err().map_or_else(ErrorBody::none, error_body) }
+}
+
+pub async fn join(shard: &Rc<Shard>, frame: &RequestFrame, peer: &str) -> Response {
+    let request_id = frame.header.request_id.get();
+    let request: JoinGroupRequest = match decode(frame.meta()) {
+        Ok(request) => request,
+        Err(why) => return undecodable(Api::JoinGroup, request_id, why),
+    };
+    let join = JoinRequest {
+        member_id: request.member_id,
+        instance_id: None,
+        client_id: request.client_id,
+        client_host: format!("/{peer}"),
+        session_timeout: Duration::from_millis(u64::from(request.session_timeout_ms)),
+        rebalance_timeout: Duration::from_millis(u64::from(request.rebalance_timeout_ms)),
+        protocol_type: request.protocol_type,
+        protocols: request.protocols.into_iter().map(|(n, m)| (n, Bytes::from(m))).collect(),
+        require_known_member: false,
+    };
+    let group = request.group;
+    let call = GroupCall::Join { group: group.clone(), request: join };
+    let mut body = JoinGroupResponse {
+        error: ErrorBody::none(),
+        generation: -1,
+        protocol: String::new(),
+        leader: String::new(),
+        member_id: String::new(),
+        members: Vec::new(),
+    };
+    match shard.group(&group, call).await {
+        GroupAnswer::Joined(Ok(outcome)) => {
+            body.generation = outcome.generation;
+            body.protocol = outcome.protocol;
+            body.leader = outcome.leader;
+            body.member_id = outcome.member_id;
+            body.members =
+                outcome.members.into_iter().map(|m| (m.member_id, m.metadata.to_vec())).collect();
+        }
+        GroupAnswer::Joined(Err((error, member_id))) => {
+            body.error = error_body(error);
+            body.member_id = member_id;
+        }
+        _ => body.error = unavailable(),
+    }
+    answer(Api::JoinGroup, request_id, &body)
+}
+
+pub async fn sync(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
+    let request_id = frame.header.request_id.get();
+    let request: SyncGroupRequest = match decode(frame.meta()) {
+        Ok(request) => request,
+        Err(why) => return undecodable(Api::SyncGroup, request_id, why),
+    };
+    let group = request.group;
+    let call = GroupCall::Sync {
+        group: group.clone(),
+        member_id: request.member_id,
+        instance_id: None,
+        generation: request.generation,
+        assignments: request.assignments.into_iter().map(|(m, a)| (m, Bytes::from(a))).collect(),
+    };
+    let body = match shard.group(&group, call).await {
+        GroupAnswer::Synced(Ok(assignment)) => {
+            SyncGroupResponse { error: ErrorBody::none(), assignment: assignment.to_vec() }
+        }
+        GroupAnswer::Synced(Err(e)) => {
+            SyncGroupResponse { error: error_body(e), assignment: vec![] }
+        }
+        _ => SyncGroupResponse { error: unavailable(), assignment: vec![] },
+    };
+    answer(Api::SyncGroup, request_id, &body)
+}
+
+pub async fn heartbeat(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
+    let request_id = frame.header.request_id.get();
+    let request: HeartbeatRequest = match decode(frame.meta()) {
+        Ok(request) => request,
+        Err(why) => return undecodable(Api::Heartbeat, request_id, why),
+    };
+    let group = request.group;
+    let call = GroupCall::Heartbeat {
+        group: group.clone(),
+        member_id: request.member_id,
+        instance_id: None,
+        generation: request.generation,
+    };
+    let result = match shard.group(&group, call).await {
+        GroupAnswer::Heartbeat(result) => result,
+        _ => Err(GroupError::CoordinatorNotAvailable),
+    };
+    answer(Api::Heartbeat, request_id, &done(result))
+}
+
+pub async fn leave(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
+    let request_id = frame.header.request_id.get();
+    let request: LeaveGroupRequest = match decode(frame.meta()) {
+        Ok(request) => request,
+        Err(why) => return undecodable(Api::LeaveGroup, request_id, why),
+    };
+    let group = request.group;
+    let call = GroupCall::Leave { group: group.clone(), members: vec![(request.member_id, None)] };
+    let result = match shard.group(&group, call).await {
+        GroupAnswer::Left(Ok(results)) => results.into_iter().next().unwrap_or(Ok(())),
+        GroupAnswer::Left(Err(e)) => Err(e),
+        _ => Err(GroupError::CoordinatorNotAvailable),
+    };
+    answer(Api::LeaveGroup, request_id, &done(result))
+}
+
+pub async fn commit(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
+    let request_id = frame.header.request_id.get();
+    let request: CommitOffsetsRequest = match decode(frame.meta()) {
+        Ok(request) => request,
+        Err(why) => return undecodable(Api::CommitOffsets, request_id, why),
+    };
+    let group = request.group;
+    let offsets = request
+        .offsets
+        .into_iter()
+        .map(|(topic, partition, offset)| crate::group::coordinator::OffsetCommit {
+            topic,
+            partition: i32::try_from(partition).unwrap_or(i32::MAX),
+            offset: i64::try_from(offset).unwrap_or(i64::MAX),
+            metadata: String::new(),
+        })
+        .collect();
+    let call = GroupCall::Commit {
+        group: group.clone(),
+        member_id: request.member_id,
+        instance_id: None,
+        generation: request.generation,
+        offsets,
+    };
+    let result = match shard.group(&group, call).await {
+        GroupAnswer::Committed(result) => result,
+        _ => Err(GroupError::CoordinatorNotAvailable),
+    };
+    answer(Api::CommitOffsets, request_id, &done(result))
+}
+
+pub async fn fetch_offsets(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
+    let request_id = frame.header.request_id.get();
+    let request: FetchOffsetsRequest = match decode(frame.meta()) {
+        Ok(request) => request,
+        Err(why) => return undecodable(Api::FetchOffsets, request_id, why),
+    };
+    let group = request.group;
+    let mut by_topic: Vec<(String, Vec<i32>)> = Vec::new();
+    for (topic, partition) in request.partitions {
+        let partition = i32::try_from(partition).unwrap_or(i32::MAX);
+        match by_topic.iter_mut().find(|(t, _)| *t == topic) {
+            Some((_, partitions)) => partitions.push(partition),
+            None => by_topic.push((topic, vec![partition])),
+        }
+    }
+    let call = GroupCall::FetchOffsets { group: group.clone(), topics: Some(by_topic) };
+    let body = match shard.group(&group, call).await {
+        GroupAnswer::Offsets(found) => FetchOffsetsResponse {
+            error: ErrorBody::none(),
+            offsets: found
+                .into_iter()
+                .map(|(topic, partition, committed)| {
+                    (topic, partition.max(0) as u32, committed.map_or(-1, |c| c.offset))
+                })
+                .collect(),
+        },
+        _ => FetchOffsetsResponse { error: unavailable(), offsets: Vec::new() },
+    };
+    answer(Api::FetchOffsets, request_id, &body)
+}

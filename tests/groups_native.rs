@@ -1,0 +1,99 @@
+//! Consumer groups through the native protocol, with the Rust client's `GroupConsumer`, against
+//! the real binary: members share partitions, a leaving member's partitions move, committed
+//! offsets carry a new member on, and native and Kafka groups look alike to `spate group`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::{connect, produce, record, run, Broker};
+use spate::client::{Assignor, GroupConfig, GroupConsumer, OffsetReset};
+use spate::native::messages::Acks;
+
+const TOPIC: &str = "shared";
+const PARTITIONS: u32 = 4;
+const PER_PARTITION: u64 = 50;
+
+fn config(assignor: Assignor) -> GroupConfig {
+    let mut config = GroupConfig::new("native-readers", &[TOPIC]);
+    config.assignor = assignor;
+    config.offset_reset = OffsetReset::Earliest;
+    config.auto_commit = None;
+    config.session_timeout = Duration::from_secs(6);
+    config.heartbeat_interval = Duration::from_millis(200);
+    config
+}
+
+/// Polls until `want` records arrived or 20 s passed; returns (partition, offset) pairs.
+async fn read(consumer: &GroupConsumer, want: usize) -> Vec<(u32, u64)> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while seen.len() < want && Instant::now() < deadline {
+        for r in consumer.poll(Duration::from_millis(50)).await.expect("poll") {
+            seen.push((r.partition, r.offset));
+        }
+    }
+    seen
+}
+
+#[test]
+fn members_share_partitions_and_a_leavers_partitions_move_with_their_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker =
+        Broker::start(&dir.path().join("data"), &["--set", "group.initial.rebalance.delay.ms=0"]);
+    run(|| async {
+        let client = connect(&broker).await;
+        client.create_topic(TOPIC, PARTITIONS, vec![]).await.unwrap();
+        for p in 0..PARTITIONS {
+            produce(
+                &client,
+                TOPIC,
+                p,
+                Acks::All,
+                (0..PER_PARTITION).map(|s| record(p, s)).collect(),
+            )
+            .await;
+        }
+        let first = GroupConsumer::join(connect(&broker).await, config(Assignor::RoundRobin))
+            .await
+            .expect("first member joins");
+        // The second member's join starts a rebalance: the first learns of it by heartbeat
+        // and rejoins on its next poll, while the second waits in its join.
+        let second_joining = glommio::spawn_local({
+            let client = connect(&broker).await;
+            async move { GroupConsumer::join(client, config(Assignor::RoundRobin)).await }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while first.assignment().len() != 2 && Instant::now() < deadline {
+            first.poll(Duration::from_millis(50)).await.expect("poll while rebalancing");
+        }
+        let second = second_joining.await.expect("second member joins");
+        let (a, b) = (first.assignment(), second.assignment());
+        assert_eq!((a.len(), b.len()), (2, 2), "{a:?} {b:?}");
+        let all: BTreeSet<_> = a.iter().chain(&b).cloned().collect();
+        assert_eq!(all.len(), PARTITIONS as usize);
+
+        // The second reads and commits its share, then leaves; the first takes everything
+        // and starts the second's partitions at the committed offsets.
+        let read_by_second = read(&second, 2 * PER_PARTITION as usize).await;
+        assert_eq!(read_by_second.len(), 2 * PER_PARTITION as usize);
+        second.commit().await.expect("commit");
+        second.close().await.expect("leave");
+        let rest = read(&first, 2 * PER_PARTITION as usize).await;
+        assert_eq!(first.assignment().len(), PARTITIONS as usize);
+        let taken_over: BTreeSet<u32> = b.iter().map(|(_, p)| *p).collect();
+        assert!(
+            rest.iter().all(|(p, _)| !taken_over.contains(p)),
+            "records of the leaver's partitions were read again: {rest:?}"
+        );
+        first.commit().await.expect("commit");
+
+        let described = client.describe_group("native-readers").await.expect("describe");
+        assert_eq!(described.state, "Stable");
+        assert_eq!(described.members.len(), 1);
+        assert_eq!(described.members[0].assignment, vec![(TOPIC.to_string(), vec![0, 1, 2, 3])]);
+        assert!(described.offsets.iter().all(|o| o.committed == PER_PARTITION as i64));
+        first.close().await.expect("leave");
+    });
+}
