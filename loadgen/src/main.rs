@@ -8,6 +8,7 @@
 //! reordering.
 
 mod consume;
+mod group;
 mod kafka;
 mod link;
 mod plot;
@@ -86,6 +87,13 @@ pub struct Args {
     /// Only produce.
     #[arg(long)]
     pub skip_consume: bool,
+    /// Consume as this consumer group (native protocol): members share the partitions through
+    /// the broker's coordinator, instead of one reader per partition.
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
+    /// Group members per loadgen thread (with --group).
+    #[arg(long, default_value_t = 2)]
+    pub consumers: usize,
     /// Bytes asked for per fetch in the consume phase.
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     pub fetch_bytes: u32,
@@ -159,6 +167,8 @@ struct Shared {
     next_thread: AtomicUsize,
     producers_done: AtomicUsize,
     finished: AtomicBool,
+    /// Records read by every thread's group members (with --group).
+    group_consumed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 async fn connect_all(args: &Args, count: usize) -> Result<Vec<Link>, String> {
@@ -231,6 +241,21 @@ fn run(args: Args) -> Result<(), String> {
 }
 
 fn check(args: &Args) -> Result<(), String> {
+    if args.group.is_some() {
+        if args.protocol != Protocol::Native {
+            return Err(
+                "--group consumes through the native protocol; drop --protocol kafka".into()
+            );
+        }
+        if args.verify || args.tail {
+            return Err(
+                "--group reads at least once across rebalances: not with --verify or --tail".into(),
+            );
+        }
+        if args.skip_consume {
+            return Err("--group names the consumers; drop --skip-consume".into());
+        }
+    }
     if args.verify && args.skip_consume {
         return Err("--verify needs the consume phase; drop --skip-consume".into());
     }
@@ -263,6 +288,9 @@ async fn prepare(args: &Args) -> Result<Vec<u64>, String> {
     for partition in 0..args.partitions {
         starts.push(link.latest(&args.topic, partition).await?);
     }
+    if let Some(group) = &args.group {
+        group::start_group_at(args, group, &starts).await?;
+    }
     Ok(starts)
 }
 
@@ -284,7 +312,8 @@ async fn thread_main(
     let clients = connect_all(&args, args.connections.max(1)).await?;
     // And one per partition: a native fetch covers one partition, and a long poll on an idle
     // one would hold up a busy one's data on a shared connection.
-    let consumers_needed = if args.skip_consume { 0 } else { partitions.len() };
+    let consumers_needed =
+        if args.skip_consume || args.group.is_some() { 0 } else { partitions.len() };
     let consumer_clients = connect_all(&args, consumers_needed).await?;
     let args = Rc::new(args);
     let measure_from = shared.measure_from.get().copied().unwrap_or_else(std::time::Instant::now);
@@ -323,9 +352,16 @@ async fn thread_main(
             }
             glommio::timer::sleep(Duration::from_millis(200)).await;
             let now = std::time::Instant::now();
-            let task =
-                consume::run(args.clone(), consumer_clients, starts, None, partitions.clone(), now);
-            Some(task.await?)
+            match &args.group {
+                Some(group) => {
+                    let consumed = shared.group_consumed.clone();
+                    Some(group::run(args.clone(), group.clone(), &starts, consumed, now).await?)
+                }
+                None => {
+                    let (clients, parts) = (consumer_clients, partitions.clone());
+                    Some(consume::run(args.clone(), clients, starts, None, parts, now).await?)
+                }
+            }
         }
     };
     let mut checks = Vec::new();
