@@ -272,10 +272,17 @@ impl Group {
         member.update(&request, now);
         member.join_waiter = Some(reply);
         let is_leader = self.leader.as_deref() == Some(id.as_str());
+        let repeat = match self.state {
+            // A follower rejoining with nothing new: the current generation stands.
+            GroupState::Stable => unchanged && !is_leader,
+            // A member that missed its join answer (its request timed out) and asks again:
+            // the same answer, not another rebalance (Kafka does the same).
+            GroupState::CompletingRebalance => unchanged,
+            _ => false,
+        };
         match self.state {
-            GroupState::Stable if unchanged && !is_leader => {
-                // A follower rejoining with nothing new: the current generation stands.
-                let outcome = self.outcome_for(&id, false);
+            _ if repeat => {
+                let outcome = self.outcome_for(&id, is_leader);
                 if let Some(waiter) = self.member_mut(&id).and_then(|m| m.join_waiter.take()) {
                     let _ = waiter.send(Ok(outcome));
                 }
