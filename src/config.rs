@@ -191,6 +191,8 @@ pub struct BrokerConfig {
     pub group_max_session_timeout_ms: u64,
     /// Committed offsets of a group without members are forgotten this long after the commit.
     pub offsets_retention_minutes: u64,
+    /// Segment size of `__consumer_offsets`: sealed segments are what compaction drops.
+    pub offsets_topic_segment_bytes: u64,
 }
 
 impl Default for BrokerConfig {
@@ -213,6 +215,7 @@ impl Default for BrokerConfig {
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,
             offsets_retention_minutes: 10_080,
+            offsets_topic_segment_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -291,6 +294,13 @@ impl BrokerConfig {
                 self.group_max_session_timeout_ms = parse(key, value)?
             }
             "offsets.retention.minutes" => self.offsets_retention_minutes = parse(key, value)?,
+            "offsets.topic.segment.bytes" => {
+                let bytes: u64 = parse(key, value)?;
+                if bytes < SEGMENT_BYTES_MIN {
+                    return Err(invalid(key, value, &format!("below {SEGMENT_BYTES_MIN}")));
+                }
+                self.offsets_topic_segment_bytes = bytes;
+            }
             _ => return Err(ConfigError(format!("unknown setting {key}"))),
         }
         Ok(())

@@ -97,3 +97,50 @@ fn members_share_partitions_and_a_leavers_partitions_move_with_their_offsets() {
         first.close().await.expect("leave");
     });
 }
+
+#[test]
+fn the_offsets_log_is_compacted_and_keeps_the_latest_commits_across_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut broker = Broker::start(&data, &["--set", "offsets.topic.segment.bytes=16384"]);
+    let group = "compacted";
+    let partition = spate::group::offsets::partition_for(group);
+    let segments_dir = data.join("__consumer_offsets").join(partition.to_string());
+    let log_files = || {
+        std::fs::read_dir(&segments_dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    run(|| async {
+        let client = connect(&broker).await;
+        client.create_topic(TOPIC, PARTITIONS, vec![]).await.unwrap();
+        for round in 0..400u64 {
+            let offsets = (0..PARTITIONS)
+                .map(|p| (TOPIC.to_string(), p, round * 10 + u64::from(p)))
+                .collect();
+            client.commit_offsets(group, "", -1, offsets).await.expect("commit");
+        }
+    });
+    let written = log_files();
+    assert!(written >= 4, "commits should span several 16 KiB segments, found {written}");
+    // Compaction runs every 5 s on the coordinator: a snapshot, then the old segments go.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while log_files() > 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(log_files() <= 2, "{written} segments before, {} after", log_files());
+    broker.kill9();
+    broker.restart();
+    run(|| async {
+        let client = connect(&broker).await;
+        let wanted = (0..PARTITIONS).map(|p| (TOPIC.to_string(), p)).collect();
+        let offsets = client.fetch_offsets(group, wanted).await.expect("fetch offsets");
+        let expected: Vec<_> =
+            (0..PARTITIONS).map(|p| (TOPIC.to_string(), p, 3990 + i64::from(p))).collect();
+        assert_eq!(offsets, expected);
+    });
+}

@@ -24,6 +24,10 @@ use crate::shard::Shard;
 pub const TICK: Duration = Duration::from_millis(100);
 /// How often offsets of empty groups are checked against `offsets.retention.minutes`.
 const RETENTION_CHECK: Duration = Duration::from_secs(60);
+/// How often `__consumer_offsets` partitions are checked for compaction.
+pub const COMPACTION_CHECK: Duration = Duration::from_secs(5);
+/// A partition is compacted once it has this many sealed segments.
+const COMPACT_AFTER_SEALED: usize = 2;
 /// Bytes read at a time when replaying the offsets log.
 const REPLAY_READ_BYTES: usize = 8 * 1024 * 1024;
 
@@ -228,15 +232,16 @@ impl Coordinator {
                 }),
             })
             .collect();
-        persist(shard, &group, &records).await?;
-        if let Some(entry) = self.groups.borrow_mut().get_mut(&group) {
-            for record in records {
-                if let Some(committed) = record.committed {
-                    entry.offsets.insert((record.topic, record.partition), committed);
+        let apply = || {
+            if let Some(entry) = self.groups.borrow_mut().get_mut(&group) {
+                for record in records.iter().cloned() {
+                    if let Some(committed) = record.committed {
+                        entry.offsets.insert((record.topic, record.partition), committed);
+                    }
                 }
             }
-        }
-        Ok(())
+        };
+        persist(shard, &group, &records, apply).await
     }
 
     fn fetch_offsets(
@@ -281,9 +286,10 @@ impl Coordinator {
                 committed: None,
             })
             .collect();
-        persist(shard, group, &tombstones).await?;
-        self.groups.borrow_mut().remove(group);
-        Ok(())
+        persist(shard, group, &tombstones, || {
+            self.groups.borrow_mut().remove(group);
+        })
+        .await
     }
 
     /// Evicts silent members, completes due rebalances, forgets empty groups' offsets after
@@ -354,6 +360,73 @@ impl Coordinator {
         Ok(loaded)
     }
 
+    /// Compacts this shard's `__consumer_offsets` partitions that have sealed segments: appends
+    /// a snapshot of every live offset of the groups in the partition, then deletes the segments
+    /// before it, whose records the snapshot supersedes. Reading the state and appending the
+    /// snapshot happen without an await between them, so no commit can fall in between.
+    pub async fn compact(&self, shard: &Rc<Shard>) {
+        if shard.topic(OFFSETS_TOPIC).is_none() {
+            return;
+        }
+        for partition in 0..OFFSETS_PARTITIONS {
+            if shard.owner(OFFSETS_TOPIC, partition) != shard.id {
+                continue;
+            }
+            let Ok(log) = shard.partition_log(OFFSETS_TOPIC, partition) else { continue };
+            if log.sealed_segments() < COMPACT_AFTER_SEALED {
+                continue;
+            }
+            let records = self.snapshot(partition);
+            let appended = if records.is_empty() {
+                // Nothing live: everything sealed can go.
+                Ok((log.high_watermark(), log.high_watermark()))
+            } else {
+                let mut builder = BatchBuilder::default();
+                let now = crate::now_ms();
+                records.iter().for_each(|r| builder.push(r.encode(now)));
+                let (meta, archive) = builder.build();
+                match PendingEntry::native(meta, &archive) {
+                    Some(entry) => log.append(entry),
+                    None => continue,
+                }
+            };
+            let compacted = async {
+                let (snapshot_at, next) = appended?;
+                log.wait_synced(next).await?;
+                log.delete_segments_below(snapshot_at)
+                    .await
+                    .map_err(|e| crate::log::LogError::Storage(e.to_string()))
+            };
+            match compacted.await {
+                Ok(deleted) => tracing::info!(
+                    partition,
+                    live = records.len(),
+                    deleted,
+                    "compacted {OFFSETS_TOPIC}"
+                ),
+                Err(e) => tracing::warn!(partition, "compacting {OFFSETS_TOPIC}: {e}"),
+            }
+        }
+    }
+
+    /// Every live committed offset of the groups kept in `__consumer_offsets` partition
+    /// `partition`.
+    fn snapshot(&self, partition: u32) -> Vec<OffsetRecord> {
+        let groups = self.groups.borrow();
+        let mut records = Vec::new();
+        for group in groups.values().filter(|g| offsets::partition_for(&g.id) == partition) {
+            for ((topic, p), committed) in &group.offsets {
+                records.push(OffsetRecord {
+                    group: group.id.clone(),
+                    topic: topic.clone(),
+                    partition: *p,
+                    committed: Some(committed.clone()),
+                });
+            }
+        }
+        records
+    }
+
     fn apply(&self, record: OffsetRecord) {
         let mut groups = self.groups.borrow_mut();
         let group = record.group.clone();
@@ -379,25 +452,21 @@ fn aligned_copy(chunk: &Bytes) -> std::borrow::Cow<'_, [u8]> {
     std::borrow::Cow::Owned(copy.to_vec())
 }
 
-/// Appends offset records to the group's `__consumer_offsets` partition (this shard owns it)
-/// and waits until they are fdatasync'ed: an acknowledged commit survives a crash.
+/// Appends offset records to the group's `__consumer_offsets` partition (this shard owns it),
+/// runs `apply` as soon as they have their place in the log, and waits until they are
+/// fdatasync'ed: an acknowledged commit survives a crash. Applying before the sync keeps the
+/// in-memory state in log order, which compaction's snapshots rely on.
 async fn persist(
     shard: &Rc<Shard>,
     group: &str,
     records: &[OffsetRecord],
+    apply: impl FnOnce(),
 ) -> Result<(), GroupError> {
     if records.is_empty() {
+        apply();
         return Ok(());
     }
-    shard.ensure_offsets_topic().await.map_err(|e| {
-        tracing::error!("creating {OFFSETS_TOPIC}: {e}");
-        GroupError::CoordinatorNotAvailable
-    })?;
-    let partition = offsets::partition_for(group);
-    let log = shard.partition_log(OFFSETS_TOPIC, partition).map_err(|e| {
-        tracing::error!("{OFFSETS_TOPIC}-{partition}: {e}");
-        GroupError::CoordinatorNotAvailable
-    })?;
+    let log = offsets_log(shard, offsets::partition_for(group)).await?;
     let now = crate::now_ms();
     let mut builder = BatchBuilder::default();
     records.iter().for_each(|r| builder.push(r.encode(now)));
@@ -405,6 +474,7 @@ async fn persist(
     let entry = PendingEntry::native(meta, &archive).ok_or(GroupError::StorageError)?;
     let stored = async {
         let (_, next) = log.append(entry)?;
+        apply();
         log.wait_synced(next).await
     };
     stored.await.map_err(|e| {
@@ -415,5 +485,20 @@ async fn persist(
         } else {
             GroupError::CoordinatorNotAvailable
         }
+    })
+}
+
+/// The `__consumer_offsets` partition `partition`, which this shard owns, created on first use.
+async fn offsets_log(
+    shard: &Rc<Shard>,
+    partition: u32,
+) -> Result<Rc<crate::log::PartitionLog>, GroupError> {
+    shard.ensure_offsets_topic().await.map_err(|e| {
+        tracing::error!("creating {OFFSETS_TOPIC}: {e}");
+        GroupError::CoordinatorNotAvailable
+    })?;
+    shard.partition_log(OFFSETS_TOPIC, partition).map_err(|e| {
+        tracing::error!("{OFFSETS_TOPIC}-{partition}: {e}");
+        GroupError::CoordinatorNotAvailable
     })
 }

@@ -392,6 +392,34 @@ impl PartitionLog {
         Ok(None)
     }
 
+    /// Sealed segments, not counting the active one.
+    pub fn sealed_segments(&self) -> usize {
+        self.state.borrow().segments.len() - 1
+    }
+
+    /// Deletes the sealed segments that hold only offsets below `offset` (the log start moves
+    /// up to the first kept segment). Returns how many it deleted.
+    pub async fn delete_segments_below(&self, offset: u64) -> io::Result<usize> {
+        let doomed: Vec<Rc<Segment>> = {
+            let mut st = self.state.borrow_mut();
+            let sealed = st.segments.len() - 1;
+            let count = st
+                .segments
+                .iter()
+                .take(sealed)
+                .take_while(|s| s.meta.borrow().next_offset <= offset)
+                .count();
+            st.segments.drain(..count).collect()
+        };
+        for segment in &doomed {
+            segment.remove_files(&self.dir).await?;
+        }
+        if !doomed.is_empty() {
+            self.changed.notify(usize::MAX);
+        }
+        Ok(doomed.len())
+    }
+
     /// Applies retention and time-based rolling once. Returns how many segments it deleted.
     pub async fn enforce_retention(&self, now_ms: i64) -> io::Result<usize> {
         let plan = {

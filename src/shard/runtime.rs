@@ -267,8 +267,10 @@ fn serve_mesh(shard: &Rc<Shard>, mut receivers: Receivers<MeshMessage>) {
     }
 }
 
-/// Session expiry and rebalance deadlines of the groups this shard coordinates.
+/// Session expiry and rebalance deadlines of the groups this shard coordinates, and the
+/// compaction of their offsets log.
 async fn group_timers(shard: Rc<Shard>) {
+    let mut last_compaction = std::time::Instant::now();
     loop {
         let stop = async {
             shard.wait_for_stop().await;
@@ -282,6 +284,10 @@ async fn group_timers(shard: Rc<Shard>) {
             return;
         }
         shard.groups.tick(std::time::Instant::now());
+        if last_compaction.elapsed() >= crate::group::coordinator::COMPACTION_CHECK {
+            shard.groups.compact(&shard).await;
+            last_compaction = std::time::Instant::now();
+        }
     }
 }
 

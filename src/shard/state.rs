@@ -621,9 +621,11 @@ impl Shard {
         if self.topic(OFFSETS_TOPIC).is_some() {
             return Ok(());
         }
+        // Never deleted by age or size: the coordinator compacts it (see `Coordinator::compact`).
         let overrides = BTreeMap::from([
             ("retention.ms".to_string(), "-1".to_string()),
             ("retention.bytes".to_string(), "-1".to_string()),
+            ("segment.bytes".to_string(), self.config.offsets_topic_segment_bytes.to_string()),
         ]);
         // Boxed: `execute` -> coordinator commit -> here -> `create_topic` -> `call` -> `execute`.
         let creating: std::pin::Pin<Box<dyn std::future::Future<Output = _> + '_>> =
