@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod scripts;
+
 use spate::client::Client;
 use spate::native::messages::Acks;
 use spate::record::{BatchBuilder, OwnedRecord};
