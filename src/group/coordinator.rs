@@ -502,3 +502,34 @@ async fn offsets_log(
         GroupError::CoordinatorNotAvailable
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(group: &str, partition: i32, commit_time_ms: i64) -> OffsetRecord {
+        OffsetRecord {
+            group: group.into(),
+            topic: "t".into(),
+            partition,
+            committed: Some(Committed { offset: 5, metadata: String::new(), commit_time_ms }),
+        }
+    }
+
+    #[test]
+    fn empty_groups_forget_offsets_past_retention_and_replay_keeps_the_latest() {
+        let config = BrokerConfig { offsets_retention_minutes: 60, ..BrokerConfig::default() };
+        let coordinator = Coordinator::new(&config);
+        let now_ms = crate::now_ms();
+        coordinator.apply(record("old", 0, now_ms - 2 * 3_600_000));
+        coordinator.apply(record("fresh", 0, now_ms - 60_000));
+        coordinator.apply(record("fresh", 1, now_ms));
+        coordinator.apply(OffsetRecord { committed: None, ..record("fresh", 1, now_ms) });
+        coordinator.tick(Instant::now());
+        let groups = coordinator.groups.borrow();
+        assert!(!groups.contains_key("old"), "expired offsets and then the empty group go");
+        let fresh = &groups["fresh"].offsets;
+        assert_eq!(fresh.len(), 1, "the tombstone removed partition 1");
+        assert!(fresh.contains_key(&("t".to_string(), 0)));
+    }
+}

@@ -12,82 +12,31 @@ Env: SPATE_KAFKA=host:port (required), SPATE_TOPIC (optional topic name).
 """
 import json
 import os
-import signal
 import sys
 import time
 
 import confluent_kafka
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka.admin import ConfigResource
 
-DEADLINE = time.monotonic() + 55
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (  # noqa: E402
+    bootstrap_from_env, client_errors, confluent_conf, confluent_versions, create_topic_confluent,
+    fail, fail_later, finish, ok, remaining, start_budget, topic_name)
+
+DEADLINE = start_budget(55)
 PARTITIONS = 3
 PER_PRODUCER = 400
 RETENTION_MS = "3600000"
 
-
-def fail(msg):
-    print(f"FAIL: {msg}", file=sys.stderr, flush=True)
-    sys.exit(1)
-
-
-deferred = []  # failures that do not stop the remaining checks
-
-
-def fail_later(msg):
-    print(f"FAIL (continuing): {msg}", file=sys.stderr, flush=True)
-    deferred.append(msg)
-
-
-def ok(msg):
-    print(f"ok: {msg}", flush=True)
-
-
-def remaining(cap):
-    left = DEADLINE - time.monotonic()
-    if left <= 0:
-        fail("ran out of time (55 s budget)")
-    return min(cap, left)
-
-
-def on_alarm(_sig, _frame):
-    fail("hard timeout: the script ran for 60 s")
-
-
-signal.signal(signal.SIGALRM, on_alarm)
-signal.alarm(60)
-
-bootstrap = os.environ.get("SPATE_KAFKA") or fail("set SPATE_KAFKA=host:port")
-topic = os.environ.get("SPATE_TOPIC") or f"confluent-{os.getpid()}-{int(time.time() * 1000)}"
-print(
-    f"confluent-kafka {confluent_kafka.__version__}, librdkafka {confluent_kafka.libversion()[0]}, "
-    f"python {sys.executable}, bootstrap {bootstrap}, topic {topic}",
-    flush=True,
-)
-
-client_errors = []
-
-
-def error_cb(err):
-    # Connection and protocol trouble shows up here; print everything for the report.
-    client_errors.append(str(err))
-    print(f"client error: {err}", file=sys.stderr, flush=True)
-
-
-common = {"bootstrap.servers": bootstrap, "error_cb": error_cb, "socket.timeout.ms": 10000}
+bootstrap = bootstrap_from_env()
+topic = topic_name("confluent")
+print(f"{confluent_versions()}, python {sys.executable}, bootstrap {bootstrap}, topic {topic}",
+      flush=True)
+common = confluent_conf(bootstrap)
 
 # --- Admin: create the topic, describe its configs -------------------------------------------
-admin = AdminClient(dict(common))
-futures = admin.create_topics(
-    [NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1,
-              config={"retention.ms": RETENTION_MS})],
-    operation_timeout=10,
-    request_timeout=15,
-)
-try:
-    futures[topic].result(timeout=remaining(20))
-except Exception as e:  # noqa: BLE001
-    fail(f"create_topics({topic}, {PARTITIONS} partitions) failed: {e!r}")
+admin = create_topic_confluent(common, topic, PARTITIONS, config={"retention.ms": RETENTION_MS})
 ok(f"create_topics {topic} with {PARTITIONS} partitions")
 
 metadata = admin.list_topics(timeout=remaining(10))
@@ -334,6 +283,4 @@ while topic in admin.list_topics(timeout=remaining(10)).topics:
 ok(f"delete_topics removed {topic}")
 if client_errors:
     print(f"note: client reported {len(client_errors)} error(s): {client_errors[:5]}")
-if deferred:
-    fail(f"{len(deferred)} check(s) failed: " + "; ".join(deferred))
-print("PASS confluent_roundtrip", flush=True)
+finish("confluent_roundtrip")

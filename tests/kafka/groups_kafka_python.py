@@ -12,54 +12,34 @@ in every partition is at the committed offset), reading the rest.
 Env: SPATE_KAFKA=host:port (required), SPATE_TOPIC (optional topic name).
 """
 import os
-import signal
 import sys
 import threading
 import time
 
 import kafka
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.coordinator.assignors.range import RangePartitionAssignor
 
-BUDGET_S = 75
-DEADLINE = time.monotonic() + BUDGET_S
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (  # noqa: E402
+    STAMP, bootstrap_from_env, create_topic_kafka_python, fail, fail_with_os_exit, finish, ok,
+    start_budget, topic_name)
+
+fail_with_os_exit()  # member threads may be blocked in the client
+DEADLINE = start_budget(75)
 PARTITIONS = 4
 PREFILL = 100
 SESSION_MS = 10000
 HEARTBEAT_MS = 500
 
-
-def fail(msg):
-    print(f"FAIL: {msg}", file=sys.stderr, flush=True)
-    os._exit(1)  # member threads may be blocked in the client
-
-
-def ok(msg):
-    print(f"ok: {msg}", flush=True)
-
-
-def on_alarm(_sig, _frame):
-    fail(f"hard timeout: the script ran for {BUDGET_S + 5} s")
-
-
-signal.signal(signal.SIGALRM, on_alarm)
-signal.alarm(BUDGET_S + 5)
-
-bootstrap = os.environ.get("SPATE_KAFKA") or fail("set SPATE_KAFKA=host:port")
-stamp = f"{os.getpid()}-{int(time.time() * 1000)}"
-topic = os.environ.get("SPATE_TOPIC") or f"groups-kafka-python-{stamp}"
-group = f"{topic}-group-{stamp}" if os.environ.get("SPATE_TOPIC") else f"{topic}-group"
+bootstrap = bootstrap_from_env()
+topic = topic_name("groups-kafka-python")
+group = f"{topic}-group-{STAMP}" if os.environ.get("SPATE_TOPIC") else f"{topic}-group"
 print(f"kafka-python {kafka.__version__}, python {sys.executable}, bootstrap {bootstrap}, "
       f"topic {topic}, group {group}", flush=True)
 common = {"bootstrap_servers": bootstrap, "request_timeout_ms": 15000}
-
-try:
-    admin = KafkaAdminClient(client_id="spate-groups-admin", **common)
-    admin.create_topics({topic: {"num_partitions": PARTITIONS, "replication_factor": 1}},
-                        timeout_ms=10000, wait_for_metadata=True)
-except Exception as e:  # noqa: BLE001
-    fail(f"create_topics({topic}, {PARTITIONS} partitions) failed: {e!r}")
+admin, _ = create_topic_kafka_python(common, "spate-groups-admin", topic, PARTITIONS)
 ok(f"created {topic} with {PARTITIONS} partitions")
 
 producer = KafkaProducer(client_id="spate-groups-producer", linger_ms=5, max_block_ms=10000,
@@ -101,6 +81,14 @@ class Member(threading.Thread):
         self.error = None
         self.commit_failures = []
         self.closed_at = None
+
+    def close_or_fail(self):
+        """Stops the member and waits for its consumer to close (LeaveGroup)."""
+        self.stop.set()
+        if not self.closed.wait(timeout=15):
+            fail(f"member {self.name}'s close() did not return within 15 s")
+        if self.error:
+            fail(f"member {self.name}: {self.error}")
 
     def run(self):
         member = self
@@ -193,11 +181,7 @@ ok(f"two members own 2 partitions each {got} and processed all {sum(next_seq)} r
    f"({int((time.monotonic() - t0) * 1000)} ms)")
 
 # a leaves the group: b takes everything long before a session timeout.
-a.stop.set()
-if not a.closed.wait(timeout=15):
-    fail("member a's close() did not return within 15 s")
-if a.error:
-    fail(f"member a: {a.error}")
+a.close_or_fail()
 left_at = a.closed_at
 produce(20)
 t = wait_for("after a left", [b], {"b": list(range(PARTITIONS))}, 20)
@@ -211,11 +195,7 @@ if took > SESSION_MS / 1000 * 0.8:
          f"LeaveGroup did not trigger a rebalance")
 
 # b stops; its commits must survive for the next consumer.
-b.stop.set()
-if not b.closed.wait(timeout=15):
-    fail("member b's close() did not return within 15 s")
-if b.error:
-    fail(f"member b: {b.error}")
+b.close_or_fail()
 committed_at = list(next_seq)
 produce(30)
 ok(f"both members closed; processed up to {committed_at}; produced 30 more per partition")
@@ -254,5 +234,5 @@ c.commit()
 c.close(autocommit=False)
 ok(f"a new consumer in the group resumed exactly at the committed offsets {committed_at} and read "
    f"the {len(seen)} newer records")
-print("PASS groups_kafka_python", flush=True)
+finish("groups_kafka_python")
 os._exit(0)

@@ -30,21 +30,18 @@ import time
 import confluent_kafka
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (  # noqa: E402
+    STAMP, bootstrap_from_env, client_errors, confluent_conf, confluent_versions,
+    create_topic_confluent, fail, fail_later, finish, ok, produce_sequenced, start_budget,
+    topic_name)
+
 PARTITIONS = 6
 PREFILL = 150          # records per partition before any member starts
 TICK_S = 0.1           # while members run: one more record per partition every TICK_S
 SESSION_MS = 6000
 HEARTBEAT_MS = 500
 BUDGET_S = 75
-
-
-def fail(msg):
-    print(f"FAIL: {msg}", file=sys.stderr, flush=True)
-    sys.exit(1)
-
-
-def ok(msg):
-    print(f"ok: {msg}", flush=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -124,49 +121,15 @@ if len(sys.argv) >= 3 and sys.argv[1] == "member":
 # ------------------------------------------------------------------------------------------------
 # Test mode.
 # ------------------------------------------------------------------------------------------------
-DEADLINE = time.monotonic() + BUDGET_S
+DEADLINE = start_budget(BUDGET_S)
 
-
-def on_alarm(_sig, _frame):
-    fail(f"hard timeout: the script ran for {BUDGET_S + 5} s")
-
-
-signal.signal(signal.SIGALRM, on_alarm)
-signal.alarm(BUDGET_S + 5)
-
-deferred = []
-
-
-def fail_later(msg):
-    print(f"FAIL (continuing): {msg}", file=sys.stderr, flush=True)
-    deferred.append(msg)
-
-
-bootstrap = os.environ.get("SPATE_KAFKA") or fail("set SPATE_KAFKA=host:port")
-stamp = f"{os.getpid()}-{int(time.time() * 1000)}"
-topic = os.environ.get("SPATE_TOPIC") or f"groups-members-{stamp}"
-group = f"{topic}-group-{stamp}" if os.environ.get("SPATE_TOPIC") else f"{topic}-group"
-print(f"confluent-kafka {confluent_kafka.__version__}, librdkafka {confluent_kafka.libversion()[0]}, "
-      f"python {sys.executable}, bootstrap {bootstrap}, topic {topic}, group {group}", flush=True)
-
-client_errors = []
-
-
-def error_cb(err):
-    client_errors.append(str(err))
-    print(f"client error: {err}", file=sys.stderr, flush=True)
-
-
-common = {"bootstrap.servers": bootstrap, "error_cb": error_cb, "socket.timeout.ms": 10000}
-
-from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
-
-admin = AdminClient(dict(common))
-try:
-    admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)],
-                        operation_timeout=10, request_timeout=15)[topic].result(timeout=20)
-except Exception as e:  # noqa: BLE001
-    fail(f"create_topics({topic}, {PARTITIONS} partitions) failed: {e!r}")
+bootstrap = bootstrap_from_env()
+topic = topic_name("groups-members")
+group = f"{topic}-group-{STAMP}" if os.environ.get("SPATE_TOPIC") else f"{topic}-group"
+print(f"{confluent_versions()}, python {sys.executable}, bootstrap {bootstrap}, topic {topic}, "
+      f"group {group}", flush=True)
+common = confluent_conf(bootstrap)
+admin = create_topic_confluent(common, topic, PARTITIONS)
 ok(f"created {topic} with {PARTITIONS} partitions")
 
 # --- Producing: sequenced records, explicit partitions ------------------------------------------
@@ -184,21 +147,12 @@ def on_delivery(err, msg):
         delivered[(msg.partition(), msg.offset())] = msg.value().decode()
 
 
-def produce_one(p):
-    seq = next_seq[p]
-    next_seq[p] += 1
-    while True:
-        try:
-            producer.produce(topic, key=f"k{p}-{seq % 11}", value=f"p{p}-{seq}", partition=p,
-                             on_delivery=on_delivery)
-            return
-        except BufferError:
-            producer.poll(0.05)
+def produce(rounds):
+    produce_sequenced(producer, topic, next_seq, rounds, key=lambda p, seq: f"k{p}-{seq % 11}",
+                      on_delivery=on_delivery)
 
 
-for s in range(PREFILL):
-    for p in range(PARTITIONS):
-        produce_one(p)
+produce(PREFILL)
 if producer.flush(20):
     fail(f"pre-fill: records undelivered after 20 s; client errors {client_errors[:5]}")
 if delivery_errors:
@@ -213,8 +167,7 @@ def tick():
     """Keeps records flowing into every partition while members come and go."""
     if producing[0] and time.monotonic() - last_tick[0] >= TICK_S:
         last_tick[0] = time.monotonic()
-        for p in range(PARTITIONS):
-            produce_one(p)
+        produce(1)
     producer.poll(0)
 
 
@@ -448,6 +401,4 @@ duplicates = sum(len(v) - 1 for v in processed.values())
 ok(f"no record skipped: all {len(stored)} processed at least once ({duplicates} processed again "
    f"after rebalances; {commits} commits, {commit_failures} fenced by a rebalance)")
 
-if deferred:
-    fail(f"{len(deferred)} check(s) failed: " + "; ".join(deferred))
-print("PASS groups_members", flush=True)
+finish("groups_members")

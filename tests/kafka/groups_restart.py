@@ -19,64 +19,31 @@ Env: SPATE_KAFKA=host:port (required), SPATE_TOPIC (topic name; the same for bot
 second command-line argument works too).
 """
 import os
-import signal
 import sys
 import time
 
-import confluent_kafka
-from confluent_kafka import (OFFSET_INVALID, Consumer, KafkaError, KafkaException, Producer,
-                             TopicPartition)
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-BUDGET_S = 55
-DEADLINE = time.monotonic() + BUDGET_S
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (  # noqa: E402
+    bootstrap_from_env, client_errors, confluent_conf, confluent_versions, create_topic_confluent,
+    fail, ok, produce_sequenced, remaining, start_budget)
+
+start_budget(55)
 PARTITIONS = 3
 N = 50
-
-
-def fail(msg):
-    print(f"FAIL: {msg}", file=sys.stderr, flush=True)
-    sys.exit(1)
-
-
-def ok(msg):
-    print(f"ok: {msg}", flush=True)
-
-
-def remaining(cap):
-    left = DEADLINE - time.monotonic()
-    if left <= 0:
-        fail(f"ran out of time ({BUDGET_S} s budget)")
-    return min(cap, left)
-
-
-def on_alarm(_sig, _frame):
-    fail(f"hard timeout: the script ran for {BUDGET_S + 5} s")
-
-
-signal.signal(signal.SIGALRM, on_alarm)
-signal.alarm(BUDGET_S + 5)
 
 phase = sys.argv[1] if len(sys.argv) > 1 else ""
 if phase not in ("commit", "resume"):
     fail("usage: groups_restart.py commit|resume [topic]")
-bootstrap = os.environ.get("SPATE_KAFKA") or fail("set SPATE_KAFKA=host:port")
+bootstrap = bootstrap_from_env()
 topic = (sys.argv[2] if len(sys.argv) > 2 else os.environ.get("SPATE_TOPIC")) or \
     fail("set SPATE_TOPIC (the same topic for both phases)")
 group_g, group_s = f"{topic}-restart-g", f"{topic}-restart-s"
-print(f"phase {phase}: confluent-kafka {confluent_kafka.__version__}, librdkafka "
-      f"{confluent_kafka.libversion()[0]}, bootstrap {bootstrap}, topic {topic}, groups "
+print(f"phase {phase}: {confluent_versions()}, bootstrap {bootstrap}, topic {topic}, groups "
       f"{group_g} {group_s}", flush=True)
 
-client_errors = []
-
-
-def error_cb(err):
-    client_errors.append(str(err))
-    print(f"client error: {err}", file=sys.stderr, flush=True)
-
-
-common = {"bootstrap.servers": bootstrap, "error_cb": error_cb, "socket.timeout.ms": 10000}
+common = confluent_conf(bootstrap)
 tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
 WANT_G = [10 + 7 * p for p in range(PARTITIONS)]
 WANT_S = [3 + 2 * p for p in range(PARTITIONS)]
@@ -119,41 +86,39 @@ def expect_committed(c, group, want, metadata):
             fail(f"{group}: committed metadata {meta}, expected g-p<partition>")
 
 
+def read_to_end(c, on_record, progress):
+    """Consumes with `c` until every partition reports its end at offset N, handing each record
+    to on_record; progress() says how far it got if that takes more than 30 s."""
+    eof = set()
+    end = time.monotonic() + remaining(30)
+    while len(eof) < PARTITIONS:
+        for m in c.consume(num_messages=200, timeout=0.2):
+            if m.error():
+                if m.error().code() != KafkaError._PARTITION_EOF:
+                    fail(f"{group_g}: {m.error()}")
+                if m.offset() == N:
+                    eof.add(m.partition())
+            else:
+                on_record(m)
+        if time.monotonic() > end:
+            fail(f"{group_g}: {progress()}, reached the end of {sorted(eof)} in 30 s; "
+                 f"client errors {client_errors[:5]}")
+
+
 if phase == "commit":
-    admin = AdminClient(dict(common))
-    try:
-        admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)],
-                            operation_timeout=10, request_timeout=15)[topic].result(timeout=20)
-    except Exception as e:  # noqa: BLE001
-        fail(f"create_topics({topic}) failed: {e!r}")
+    admin = create_topic_confluent(common, topic, PARTITIONS)
     producer = Producer(dict(common, **{"acks": "all", "enable.idempotence": True}))
-    errors = []
-    for s in range(N):
-        for p in range(PARTITIONS):
-            producer.produce(topic, value=f"p{p}-{s}", partition=p,
-                             on_delivery=lambda err, _m: err and errors.append(str(err)))
+    errors = produce_sequenced(producer, topic, [0] * PARTITIONS, N)
     if producer.flush(remaining(20)) or errors:
         fail(f"produce failed: {errors[:5]} {client_errors[:5]}")
     ok(f"created {topic} and produced {N} records per partition")
 
     g = consumer(group_g)
     g.subscribe([topic])
-    eof = set()
-    seen = 0
-    end = time.monotonic() + remaining(30)
-    while len(eof) < PARTITIONS:
-        for m in g.consume(num_messages=200, timeout=0.2):
-            if m.error():
-                if m.error().code() != KafkaError._PARTITION_EOF:
-                    fail(f"{group_g}: {m.error()}")
-                eof.add(m.partition())
-            else:
-                seen += 1
-        if time.monotonic() > end:
-            fail(f"{group_g}: read {seen} records, reached the end of {sorted(eof)} in 30 s; "
-                 f"client errors {client_errors[:5]}")
-    if seen != N * PARTITIONS:
-        fail(f"{group_g}: read {seen} records, expected {N * PARTITIONS}")
+    seen = []
+    read_to_end(g, seen.append, lambda: f"read {len(seen)} records")
+    if len(seen) != N * PARTITIONS:
+        fail(f"{group_g}: read {len(seen)} records, expected {N * PARTITIONS}")
     try:
         g.commit(offsets=[TopicPartition(topic, p, 1 + p) for p in range(PARTITIONS)],
                  asynchronous=False)
@@ -191,27 +156,21 @@ ok(f"after the crash {group_g} still has {WANT_G} with its metadata")
 g.subscribe([topic])
 first = {}
 count = 0
-eof = set()
-end = time.monotonic() + remaining(30)
-while len(eof) < PARTITIONS:
-    for m in g.consume(num_messages=200, timeout=0.2):
-        if m.error():
-            if m.error().code() != KafkaError._PARTITION_EOF:
-                fail(f"{group_g}: {m.error()}")
-            if m.offset() == N:
-                eof.add(m.partition())
-            continue
-        p, o = m.partition(), m.offset()
-        if p not in first:
-            first[p] = o
-            if o != WANT_G[p]:
-                fail(f"{group_g} resumed partition {p} at offset {o}, committed {WANT_G[p]}")
-        if m.value().decode() != f"p{p}-{o}":
-            fail(f"partition {p} offset {o}: value {m.value()!r} (the log changed in the crash?)")
-        count += 1
-    if time.monotonic() > end:
-        fail(f"{group_g}: resumed at {first}, reached the end of {sorted(eof)} in 30 s; "
-             f"client errors {client_errors[:5]}")
+
+
+def check_resumed(m):
+    global count
+    p, o = m.partition(), m.offset()
+    if p not in first:
+        first[p] = o
+        if o != WANT_G[p]:
+            fail(f"{group_g} resumed partition {p} at offset {o}, committed {WANT_G[p]}")
+    if m.value().decode() != f"p{p}-{o}":
+        fail(f"partition {p} offset {o}: value {m.value()!r} (the log changed in the crash?)")
+    count += 1
+
+
+read_to_end(g, check_resumed, lambda: f"resumed at {first}")
 want_count = sum(N - o for o in WANT_G)
 if count != want_count:
     fail(f"{group_g}: read {count} records after resuming, expected {want_count}")

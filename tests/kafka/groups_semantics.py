@@ -18,7 +18,6 @@ Checks, on a 3-partition topic with sequenced records (value "p<partition>-<seq>
 Env: SPATE_KAFKA=host:port (required), SPATE_TOPIC (optional topic name).
 """
 import os
-import signal
 import sys
 import time
 import warnings
@@ -26,68 +25,27 @@ import warnings
 import confluent_kafka
 from confluent_kafka import (OFFSET_INVALID, Consumer, ConsumerGroupState, ConsumerGroupTopicPartitions,
                              KafkaError, KafkaException, Producer, TopicPartition)
-from confluent_kafka.admin import AdminClient, NewTopic
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (  # noqa: E402
+    STAMP, bootstrap_from_env, client_errors, confluent_conf, confluent_versions,
+    create_topic_confluent, fail, fail_later, finish, ok, produce_sequenced, remaining,
+    start_budget, topic_name)
 
 BUDGET_S = 75
-DEADLINE = time.monotonic() + BUDGET_S
+start_budget(BUDGET_S)
 PARTITIONS = 3
 N = 60  # records per partition
 
-
-def fail(msg):
-    print(f"FAIL: {msg}", file=sys.stderr, flush=True)
-    sys.exit(1)
-
-
-deferred = []
-
-
-def fail_later(msg):
-    print(f"FAIL (continuing): {msg}", file=sys.stderr, flush=True)
-    deferred.append(msg)
-
-
-def ok(msg):
-    print(f"ok: {msg}", flush=True)
-
-
-def remaining(cap):
-    left = DEADLINE - time.monotonic()
-    if left <= 0:
-        fail(f"ran out of time ({BUDGET_S} s budget)")
-    return min(cap, left)
-
-
-def on_alarm(_sig, _frame):
-    fail(f"hard timeout: the script ran for {BUDGET_S + 5} s")
-
-
-signal.signal(signal.SIGALRM, on_alarm)
-signal.alarm(BUDGET_S + 5)
-
-bootstrap = os.environ.get("SPATE_KAFKA") or fail("set SPATE_KAFKA=host:port")
-stamp = f"{os.getpid()}-{int(time.time() * 1000)}"
-topic = os.environ.get("SPATE_TOPIC") or f"groups-semantics-{stamp}"
-print(f"confluent-kafka {confluent_kafka.__version__}, librdkafka {confluent_kafka.libversion()[0]}, "
-      f"python {sys.executable}, bootstrap {bootstrap}, topic {topic}", flush=True)
+bootstrap = bootstrap_from_env()
+topic = topic_name("groups-semantics")
+print(f"{confluent_versions()}, python {sys.executable}, bootstrap {bootstrap}, topic {topic}",
+      flush=True)
 if int(confluent_kafka.__version__.split(".")[0]) < 2:
     fail("needs confluent-kafka 2.x (the consumer-group AdminClient APIs)")
 
-client_errors = []
-
-
-def error_cb(err):
-    client_errors.append(str(err))
-    print(f"client error: {err}", file=sys.stderr, flush=True)
-
-
-common = {"bootstrap.servers": bootstrap, "error_cb": error_cb, "socket.timeout.ms": 10000}
-admin = AdminClient(dict(common))
-try:
-    admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)],
-                        operation_timeout=10, request_timeout=15)[topic].result(timeout=20)
-except Exception as e:  # noqa: BLE001
-    fail(f"create_topics({topic}) failed: {e!r}")
+common = confluent_conf(bootstrap)
+admin = create_topic_confluent(common, topic, PARTITIONS)
 ok(f"created {topic} with {PARTITIONS} partitions")
 
 producer = Producer(dict(common, **{"acks": "all", "enable.idempotence": True, "linger.ms": 5}))
@@ -95,17 +53,8 @@ ends = [0] * PARTITIONS
 
 
 def produce(per_partition):
-    errors = []
-
-    def report(err, _msg):
-        if err is not None:
-            errors.append(str(err))
-
-    for _ in range(per_partition):
-        for p in range(PARTITIONS):
-            producer.produce(topic, value=f"p{p}-{ends[p]}", key=f"k{ends[p] % 4}",
-                             partition=p, on_delivery=report)
-            ends[p] += 1
+    errors = produce_sequenced(producer, topic, ends, per_partition,
+                               key=lambda _p, seq: f"k{seq % 4}")
     if producer.flush(remaining(20)) or errors:
         fail(f"produce failed: {errors[:5]}, client errors {client_errors[:5]}")
 
@@ -113,7 +62,7 @@ def produce(per_partition):
 produce(N)
 ok(f"produced {N} records per partition")
 
-stamp_groups = f"{topic}-{stamp}" if os.environ.get("SPATE_TOPIC") else topic
+stamp_groups = f"{topic}-{STAMP}" if os.environ.get("SPATE_TOPIC") else topic
 group_a, group_b = f"{stamp_groups}-a", f"{stamp_groups}-b"
 group_latest, group_none = f"{stamp_groups}-latest", f"{stamp_groups}-never"
 tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
@@ -444,6 +393,4 @@ ok(f"delete_consumer_groups removed the empty {group_b} and its committed offset
 
 for c in members.values():
     c.close()
-if deferred:
-    fail(f"{len(deferred)} check(s) failed: " + "; ".join(deferred))
-print("PASS groups_semantics", flush=True)
+finish("groups_semantics")

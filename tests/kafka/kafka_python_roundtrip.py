@@ -10,63 +10,34 @@ and offsets_for_times; delete_topics.
 Env: SPATE_KAFKA=host:port (required), SPATE_TOPIC (optional topic name).
 """
 import os
-import signal
 import sys
 import time
 
 import kafka
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-DEADLINE = time.monotonic() + 55
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (  # noqa: E402
+    bootstrap_from_env, create_topic_kafka_python, fail, fail_later, finish, ok, remaining,
+    start_budget, topic_name)
+
+DEADLINE = start_budget(55)
 PARTITIONS = 3
 N = 600
 
 
-def fail(msg):
-    print(f"FAIL: {msg}", file=sys.stderr, flush=True)
-    sys.exit(1)
-
-
-deferred = []  # failures that do not stop the remaining checks
-
-
-def fail_later(msg):
-    print(f"FAIL (continuing): {msg}", file=sys.stderr, flush=True)
-    deferred.append(msg)
-
-
-def ok(msg):
-    print(f"ok: {msg}", flush=True)
-
-
 def remaining_ms(cap_s):
-    left = DEADLINE - time.monotonic()
-    if left <= 0:
-        fail("ran out of time (55 s budget)")
-    return int(min(cap_s, left) * 1000)
+    return int(remaining(cap_s) * 1000)
 
 
-def on_alarm(_sig, _frame):
-    fail("hard timeout: the script ran for 60 s")
-
-
-signal.signal(signal.SIGALRM, on_alarm)
-signal.alarm(60)
-
-bootstrap = os.environ.get("SPATE_KAFKA") or fail("set SPATE_KAFKA=host:port")
-topic = os.environ.get("SPATE_TOPIC") or f"kafka-python-{os.getpid()}-{int(time.time() * 1000)}"
+bootstrap = bootstrap_from_env()
+topic = topic_name("kafka-python")
 print(f"kafka-python {kafka.__version__}, python {sys.executable}, bootstrap {bootstrap}, "
       f"topic {topic}", flush=True)
 common = {"bootstrap_servers": bootstrap, "request_timeout_ms": 15000}
 
 # --- Admin -----------------------------------------------------------------------------------
-try:
-    admin = KafkaAdminClient(client_id="spate-kafka-python-admin", **common)
-    result = admin.create_topics(
-        {topic: {"num_partitions": PARTITIONS, "replication_factor": 1}},
-        timeout_ms=10000, wait_for_metadata=True)
-except Exception as e:  # noqa: BLE001
-    fail(f"create_topics({topic}, {PARTITIONS} partitions) failed: {e!r}")
+admin, result = create_topic_kafka_python(common, "spate-kafka-python-admin", topic, PARTITIONS)
 ok(f"create_topics {topic} with {PARTITIONS} partitions: {result}")
 described = [t for t in admin.describe_topics([topic]) if t["name"] == topic]
 if not described or len(described[0]["partitions"]) != PARTITIONS:
@@ -100,11 +71,11 @@ for i in range(N):
         headers += [("dup", b"1"), ("dup", b"2")]
     fut = producer.send(topic, key=key, value=value, headers=headers, timestamp_ms=BASE_TS + i)
     sent.append({"key": key, "value": value, "headers": headers, "ts": BASE_TS + i, "fut": fut})
-producer.flush(timeout=remaining_ms(20) / 1000)
+producer.flush(timeout=remaining(20))
 expected = {}
 for i, r in enumerate(sent):
     try:
-        md = r.pop("fut").get(timeout=remaining_ms(10) / 1000)
+        md = r.pop("fut").get(timeout=remaining(10))
     except Exception as e:  # noqa: BLE001
         fail(f"record {i}: send failed: {e!r}")
     where = (md.partition, md.offset)
@@ -195,6 +166,4 @@ while topic in admin.list_topics():
     time.sleep(0.2)
 ok(f"delete_topics removed {topic}")
 admin.close()
-if deferred:
-    fail(f"{len(deferred)} check(s) failed: " + "; ".join(deferred))
-print("PASS kafka_python_roundtrip", flush=True)
+finish("kafka_python_roundtrip")

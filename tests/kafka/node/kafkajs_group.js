@@ -12,35 +12,16 @@
 // Env: SPATE_KAFKA=host:port (required), SPATE_TOPIC (optional topic name).
 'use strict';
 
-process.env.KAFKAJS_NO_PARTITIONER_WARNING = '1';
-const { Kafka, logLevel } = require('kafkajs');
+const {
+  fail, ok, startBudget, remaining, withTimeout, sleep, bootstrapFromEnv, kafkajsVersion, clientLogs,
+  makeKafka,
+} = require('./common');
 
-const started = Date.now();
-const BUDGET_MS = 70000;
+startBudget(70000);
 const PARTITIONS = 4;
 const PREFILL = 50;
 const MORE = 25;
 
-function fail(msg) {
-  process.stderr.write(`FAIL: ${msg}\n`);
-  process.exit(1);
-}
-function ok(msg) {
-  process.stdout.write(`ok: ${msg}\n`);
-}
-function remaining(capMs) {
-  const left = BUDGET_MS - (Date.now() - started);
-  if (left <= 0) fail(`ran out of time (${BUDGET_MS / 1000} s budget)`);
-  return Math.min(capMs, left);
-}
-function withTimeout(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: no answer in ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 async function waitFor(what, capMs, pred, describe) {
   const end = Date.now() + remaining(capMs);
   while (!pred()) {
@@ -48,30 +29,14 @@ async function waitFor(what, capMs, pred, describe) {
     await sleep(50);
   }
 }
-setTimeout(() => fail(`hard timeout: the script ran for ${BUDGET_MS / 1000 + 5} s`), BUDGET_MS + 5000).unref();
 
-const bootstrap = process.env.SPATE_KAFKA || fail('set SPATE_KAFKA=host:port');
+const bootstrap = bootstrapFromEnv();
 const stamp = `${process.pid}-${Date.now()}`;
 const topic = process.env.SPATE_TOPIC || `kafkajs-group-${stamp}`;
 const groupId = process.env.SPATE_TOPIC ? `${topic}-group-${stamp}` : `${topic}-group`;
-const version = require('kafkajs/package.json').version;
-console.log(`kafkajs ${version}, node ${process.version}, bootstrap ${bootstrap}, topic ${topic}, group ${groupId}`);
+console.log(`kafkajs ${kafkajsVersion}, node ${process.version}, bootstrap ${bootstrap}, topic ${topic}, group ${groupId}`);
 
-const clientLogs = [];
-const kafka = new Kafka({
-  clientId: 'spate-kafkajs-group',
-  brokers: [bootstrap],
-  connectionTimeout: 5000,
-  requestTimeout: 15000,
-  retry: { retries: 5, initialRetryTime: 200, maxRetryTime: 2000 },
-  logLevel: logLevel.WARN,
-  logCreator: () => ({ namespace, log }) => {
-    const line = `[kafkajs ${namespace}] ${log.message} ${JSON.stringify(
-      Object.fromEntries(Object.entries(log).filter(([k]) => !['message', 'timestamp', 'logger'].includes(k))))}`;
-    clientLogs.push(line);
-    process.stderr.write(`${line}\n`);
-  },
-});
+const kafka = makeKafka({ clientId: 'spate-kafkajs-group', brokers: [bootstrap], retries: 5 });
 
 const ends = Array(PARTITIONS).fill(0);
 async function produce(producer, perPartition) {

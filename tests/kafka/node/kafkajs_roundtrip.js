@@ -10,59 +10,26 @@
 // Env: SPATE_KAFKA=host:port (required), SPATE_TOPIC (optional), SPATE_KAFKAJS_CONSUMER=0.
 'use strict';
 
-process.env.KAFKAJS_NO_PARTITIONER_WARNING = '1';
-const { Kafka, logLevel, CompressionTypes, Partitioners } = require('kafkajs');
+const {
+  fail, ok, startBudget, remaining, withTimeout, sleep, bootstrapFromEnv, kafkajsVersion, clientLogs,
+  makeKafka,
+} = require('./common');
+const { CompressionTypes, Partitioners } = require('kafkajs');
 
 const started = Date.now();
-const BUDGET_MS = 55000;
+startBudget(55000);
 const PARTITIONS = 3;
 const BATCHES = 8;
 const PER_BATCH = 75;
 const N = BATCHES * PER_BATCH;
 
-function fail(msg) {
-  process.stderr.write(`FAIL: ${msg}\n`);
-  process.exit(1);
-}
-function ok(msg) {
-  process.stdout.write(`ok: ${msg}\n`);
-}
-function remaining(capMs) {
-  const left = BUDGET_MS - (Date.now() - started);
-  if (left <= 0) fail('ran out of time (55 s budget)');
-  return Math.min(capMs, left);
-}
-function withTimeout(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: no answer in ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-setTimeout(() => fail('hard timeout: the script ran for 60 s'), 60000).unref();
-
-const bootstrap = process.env.SPATE_KAFKA || fail('set SPATE_KAFKA=host:port');
+const bootstrap = bootstrapFromEnv();
 const topic = process.env.SPATE_TOPIC || `kafkajs-${process.pid}-${Date.now()}`;
 const withConsumer = process.env.SPATE_KAFKAJS_CONSUMER !== '0';
-const version = require('kafkajs/package.json').version;
-console.log(`kafkajs ${version}, node ${process.version}, bootstrap ${bootstrap}, topic ${topic}, ` +
+console.log(`kafkajs ${kafkajsVersion}, node ${process.version}, bootstrap ${bootstrap}, topic ${topic}, ` +
   `consumer ${withConsumer ? 'on' : 'off'}`);
 
-const clientLogs = [];
-const kafka = new Kafka({
-  clientId: 'spate-kafkajs',
-  brokers: [bootstrap],
-  connectionTimeout: 5000,
-  requestTimeout: 15000,
-  retry: { retries: 3, initialRetryTime: 200, maxRetryTime: 2000 },
-  logLevel: logLevel.WARN,
-  logCreator: () => ({ namespace, level, log }) => {
-    const line = `[kafkajs ${namespace}] ${log.message} ${JSON.stringify(
-      Object.fromEntries(Object.entries(log).filter(([k]) => !['message', 'timestamp', 'logger'].includes(k))))}`;
-    clientLogs.push(line);
-    process.stderr.write(`${line}\n`);
-  },
-});
+const kafka = makeKafka({ clientId: 'spate-kafkajs', brokers: [bootstrap], retries: 3 });
 
 function makeRecord(i) {
   let key = Buffer.from(`kj-key-${i}`);
@@ -166,7 +133,7 @@ async function main() {
   const stop = Date.now() + 5000;
   while ((await admin.listTopics()).includes(topic)) {
     if (Date.now() > stop) fail(`${topic} still listed 5 s after deleteTopics`);
-    await new Promise((r) => setTimeout(r, 200));
+    await sleep(200);
   }
   ok(`deleteTopics removed ${topic}`);
   await admin.disconnect();
