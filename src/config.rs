@@ -193,6 +193,10 @@ pub struct BrokerConfig {
     pub offsets_retention_minutes: u64,
     /// Segment size of `__consumer_offsets`: sealed segments are what compaction drops.
     pub offsets_topic_segment_bytes: u64,
+    /// Connections the broker accepts at once, both listeners together; more are closed.
+    pub max_connections: u32,
+    /// A connection that sends nothing for this long (between requests or inside one) is closed.
+    pub connections_max_idle_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -216,6 +220,8 @@ impl Default for BrokerConfig {
             group_max_session_timeout_ms: 1_800_000,
             offsets_retention_minutes: 10_080,
             offsets_topic_segment_bytes: 16 * 1024 * 1024,
+            max_connections: 100_000,
+            connections_max_idle_ms: 600_000,
         }
     }
 }
@@ -294,6 +300,18 @@ impl BrokerConfig {
                 self.group_max_session_timeout_ms = parse(key, value)?
             }
             "offsets.retention.minutes" => self.offsets_retention_minutes = parse(key, value)?,
+            "max.connections" => {
+                self.max_connections = parse(key, value)?;
+                if self.max_connections == 0 {
+                    return Err(invalid(key, value, "must be at least 1"));
+                }
+            }
+            "connections.max.idle.ms" => {
+                self.connections_max_idle_ms = parse(key, value)?;
+                if self.connections_max_idle_ms == 0 {
+                    return Err(invalid(key, value, "must be at least 1"));
+                }
+            }
             "offsets.topic.segment.bytes" => {
                 let bytes: u64 = parse(key, value)?;
                 if bytes < SEGMENT_BYTES_MIN {

@@ -204,3 +204,53 @@ fn headers_that_promise_huge_bodies_do_not_commit_memory() {
     assert!(grown_mib < 200, "20 stalled 90 MiB frames grew the broker by {grown_mib} MiB");
     drop(stalled);
 }
+
+/// Whether the broker closed the connection within 5 s (a read timeout means it did not).
+fn closed_by_broker(stream: &mut TcpStream) -> bool {
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => {
+            !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+        }
+    }
+}
+
+#[test]
+fn stalled_connections_are_closed_and_connections_past_the_limit_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = ["--set", "connections.max.idle.ms=400", "--set", "max.connections=8"];
+    let broker = Broker::start(&dir.path().join("data"), &settings);
+    // Silent from the start, and stalled halfway through a frame: both closed once idle.
+    let mut silent = raw_connect(&broker);
+    let mut half = raw_connect(&broker);
+    half.write_all(&metadata_frame(1)[..20]).unwrap();
+    assert!(closed_by_broker(&mut silent), "a silent connection stays open");
+    assert!(closed_by_broker(&mut half), "a half-sent frame holds its connection");
+
+    // Eight connections (four per shard) are served; a ninth and tenth on a full shard are
+    // closed at once. Which shard a connection lands on is the kernel's choice, so count.
+    let mut kept = Vec::new();
+    let mut refused = 0;
+    for i in 0..16 {
+        let mut stream = raw_connect(&broker);
+        // A refused connection may already be closed when the request is written.
+        let _ = stream.write_all(&metadata_frame(i));
+        match read_response(&mut stream) {
+            Some(_) => kept.push(stream),
+            None => refused += 1,
+        }
+    }
+    assert_eq!(kept.len(), 8, "max.connections=8 over two shards");
+    assert_eq!(refused, 8);
+    // Those served keep working as long as they are not idle.
+    for (i, stream) in kept.iter_mut().enumerate() {
+        stream.write_all(&metadata_frame(100 + i as u64)).unwrap();
+        assert!(read_response(stream).is_some());
+    }
+    let log = broker.stderr();
+    assert!(log.contains("connections.max.idle.ms"), "{log}");
+    assert!(log.contains("max.connections"), "{log}");
+}

@@ -12,7 +12,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
@@ -24,7 +24,9 @@ use kafka_protocol::messages::ApiKey;
 
 use crate::kafka::codec::{self, Request, RequestPrefix, REQUEST_PREFIX_BYTES};
 use crate::kafka::{handlers, versions};
-use crate::native::server::{INFLIGHT_BYTES_MAX, INFLIGHT_REQUESTS_MAX, RESPONSE_BYTES_MAX};
+use crate::native::server::{
+    idle_bounded, INFLIGHT_BYTES_MAX, INFLIGHT_REQUESTS_MAX, RESPONSE_BYTES_MAX,
+};
 use crate::shard::Shard;
 
 const READ_BUFFER_BYTES: usize = 64 * 1024;
@@ -143,12 +145,17 @@ impl Reading<'_> {
         &self,
         reader: &mut R,
     ) -> Result<Option<(Bytes, StaticPermit)>, String> {
+        let idle = Duration::from_millis(self.shard.config.connections_max_idle_ms);
         let mut size = [0u8; 4];
-        let first = reader.read(&mut size).await.map_err(|e| format!("read failed: {e}"))?;
+        let first = idle_bounded(idle, reader.read(&mut size))
+            .await
+            .map_err(|e| format!("read failed: {e}"))?;
         if first == 0 {
             return Ok(None);
         }
-        reader.read_exact(&mut size[first..]).await.map_err(|e| mid_frame(e, "size"))?;
+        idle_bounded(idle, reader.read_exact(&mut size[first..]))
+            .await
+            .map_err(|e| mid_frame(e, "size"))?;
         let size = i32::from_be_bytes(size);
         let max = self.shard.config.socket_request_max_bytes;
         if size < REQUEST_PREFIX_BYTES as i32 || size as u32 > max {
@@ -167,7 +174,9 @@ impl Reading<'_> {
         while body.len() < size {
             let filled = body.len();
             body.resize(size.min(filled + BODY_READ_STEP_BYTES), 0);
-            reader.read_exact(&mut body[filled..]).await.map_err(|e| mid_frame(e, "body"))?;
+            idle_bounded(idle, reader.read_exact(&mut body[filled..]))
+                .await
+                .map_err(|e| mid_frame(e, "body"))?;
         }
         Ok(Some((body.freeze(), permit)))
     }

@@ -164,7 +164,23 @@ impl Connections {
     }
 }
 
+/// Runs one read of a connection, failing with `TimedOut` when `idle` passes without it
+/// completing (`connections.max.idle.ms`): a client that stalls, between requests or halfway
+/// through one, is closed instead of holding its connection and buffers forever.
+pub async fn idle_bounded<T>(
+    idle: Duration,
+    read: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    let expired = async {
+        glommio::timer::sleep(idle).await;
+        let why = format!("idle for {} ms (connections.max.idle.ms)", idle.as_millis());
+        Err(io::Error::new(io::ErrorKind::TimedOut, why))
+    };
+    futures_lite::future::or(read, expired).await
+}
+
 /// Accepts connections until the shard stops, serving each with `serve` in a task of its own.
+/// Beyond this shard's share of `max.connections`, a new connection is closed at once.
 pub async fn accept_loop<F, Fut>(
     shard: Rc<Shard>,
     listener: TcpListener,
@@ -174,6 +190,8 @@ pub async fn accept_loop<F, Fut>(
     F: Fn(Rc<Shard>, TcpStream) -> Fut,
     Fut: std::future::Future<Output = ()> + 'static,
 {
+    let limit = shard.config.max_connections.div_ceil(shard.count.max(1) as u32) as usize;
+    let mut last_refusal_logged: Option<Instant> = None;
     loop {
         let stop = async {
             shard.wait_for_stop().await;
@@ -183,6 +201,21 @@ pub async fn accept_loop<F, Fut>(
             futures_lite::future::or(async { Some(listener.accept().await) }, stop).await;
         match accepted {
             None => return,
+            Some(Ok(stream)) if connections.open() >= limit => {
+                // One line a second at most: a flood of connections must not flood the log.
+                if last_refusal_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    let peer =
+                        stream.peer_addr().map_or_else(|_| "unknown".into(), |a| a.to_string());
+                    tracing::warn!(
+                        shard = shard.id,
+                        %peer,
+                        open = connections.open(),
+                        "closing a new connection: this shard's share of max.connections is in use"
+                    );
+                    last_refusal_logged = Some(Instant::now());
+                }
+                drop(stream);
+            }
             Some(Ok(stream)) => {
                 let connections = connections.clone();
                 connections.enter();
@@ -264,13 +297,14 @@ async fn read_requests<R: AsyncRead + Unpin>(
     peer: Rc<str>,
 ) -> Result<(), String> {
     let data_max = shard.config.socket_request_max_bytes;
+    let idle = Duration::from_millis(shard.config.connections_max_idle_ms);
     loop {
         let stop = async {
             shard.wait_for_stop().await;
             None
         };
         let next = futures_lite::future::or(
-            async { Some(read_frame(reader, data_max, budgets).await) },
+            async { Some(read_frame(reader, data_max, budgets, idle).await) },
             stop,
         );
         let frame = match next.await {
@@ -305,13 +339,16 @@ async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     data_max: u32,
     budgets: &Budgets,
+    idle: Duration,
 ) -> Result<Option<RequestFrame>, ReadError> {
     let mut raw = [0u8; FRAME_HEADER_BYTES];
-    let first = reader.read(&mut raw).await?;
+    let first = idle_bounded(idle, reader.read(&mut raw)).await?;
     if first == 0 {
         return Ok(None);
     }
-    reader.read_exact(&mut raw[first..]).await.map_err(|e| eof_mid_frame(e, "header"))?;
+    idle_bounded(idle, reader.read_exact(&mut raw[first..]))
+        .await
+        .map_err(|e| eof_mid_frame(e, "header"))?;
     let header = FrameHeader::parse(&raw, data_max).map_err(|error| {
         // Echo the request id when the frame at least looks like ours, so the client can tell
         // which request was refused.
@@ -339,7 +376,9 @@ async fn read_frame<R: AsyncRead + Unpin>(
     while body.len() < total {
         let filled = body.len();
         body.resize(total.min(filled + BODY_READ_STEP_BYTES), 0);
-        reader.read_exact(&mut body[filled..]).await.map_err(|e| eof_mid_frame(e, "body"))?;
+        idle_bounded(idle, reader.read_exact(&mut body[filled..]))
+            .await
+            .map_err(|e| eof_mid_frame(e, "body"))?;
     }
     let received = Instant::now();
     Ok(Some(RequestFrame { header, body, received, _permit: permit }))
