@@ -1,0 +1,127 @@
+"""Idempotent acks=all producer for the kill -9 harness (tests/kafka_crash.rs), then a verifier.
+
+Produce phase: sequenced records "p<partition>-<seq>" into every partition of the topic, at a
+bounded rate, with enable.idempotence (acks=all, retries without limit). The broker is killed
+with -9 and restarted underneath it many times; librdkafka retries what was in flight. Delivery
+reports are kept: (partition, seq) -> offset. The phase ends when the file SPATE_STOP_FILE
+appears; everything still in flight is flushed.
+
+Verify phase: every partition is read back from the beginning, and checked:
+  - every acknowledged record is present exactly once, at the offset its acknowledgement gave,
+    with its bytes intact;
+  - sequences in each partition strictly increase: nothing duplicated, nothing reordered
+    (idempotence across restarts: a retried batch must not be stored twice);
+  - a record stored but never acknowledged (in flight when the producer gave up) may exist, but
+    only in sequence order.
+"""
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (confluent_conf, confluent_versions, create_topic_confluent, fail,  # noqa: E402
+                    bootstrap_from_env, ok, remaining, start_budget, topic_name)
+
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition  # noqa: E402
+
+PARTITIONS = 6
+RATE = 20000  # records per second, all partitions together
+
+# The harness sets the budget from its cycle count (the long form runs hundreds).
+BUDGET = int(os.environ.get("SPATE_CRASH_BUDGET_SECS", "170"))
+start_budget(BUDGET)
+bootstrap = bootstrap_from_env()
+topic = topic_name("crash")
+stop_file = os.environ.get("SPATE_STOP_FILE") or fail("set SPATE_STOP_FILE")
+conf = confluent_conf(bootstrap)
+print(f"{confluent_versions()}, bootstrap {bootstrap}, topic {topic}", flush=True)
+create_topic_confluent(conf, topic, PARTITIONS)
+
+# Connection errors while the broker is down are expected here, not failures.
+producer = Producer({
+    "bootstrap.servers": bootstrap,
+    "enable.idempotence": True,
+    "acks": "all",
+    "linger.ms": 5,
+    "message.timeout.ms": 150000,
+    "reconnect.backoff.max.ms": 200,
+    "socket.timeout.ms": 10000,
+})
+acked = {}  # (partition, seq) -> offset
+failed = []
+
+
+def delivered(err, msg):
+    partition, seq = msg.partition(), int(msg.value().split(b"-")[1])
+    if err is not None:
+        failed.append(f"p{partition}-{seq}: {err}")
+    else:
+        acked[(partition, seq)] = msg.offset()
+
+
+next_seq = [0] * PARTITIONS
+started = time.monotonic()
+sent = 0
+while not os.path.exists(stop_file):
+    remaining(BUDGET)
+    # Hold the rate: a burst of one record per partition, then wait for the schedule.
+    for p in range(PARTITIONS):
+        while True:
+            try:
+                producer.produce(topic, value=f"p{p}-{next_seq[p]}".encode(), partition=p,
+                                 on_delivery=delivered)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        next_seq[p] += 1
+        sent += 1
+    producer.poll(0)
+    ahead = sent / RATE - (time.monotonic() - started)
+    if ahead > 0:
+        time.sleep(ahead)
+left = producer.flush(remaining(120))
+if left:
+    fail(f"{left} records still in flight after the flush")
+if failed:
+    fail(f"{len(failed)} records failed for good (idempotent retries should succeed): {failed[:5]}")
+ok(f"produced {sent} records over {time.monotonic() - started:.1f} s; all {len(acked)} acknowledged")
+
+consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"verify-{topic}",
+                     "enable.auto.commit": False, "enable.partition.eof": True})
+consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+stored = {p: [] for p in range(PARTITIONS)}  # (offset, seq)
+at_end = set()
+while len(at_end) < PARTITIONS:
+    remaining(BUDGET)
+    for msg in consumer.consume(10000, 1.0):
+        if msg.error():
+            if msg.error().code() == KafkaError._PARTITION_EOF:
+                at_end.add(msg.partition())
+                continue
+            fail(f"consume: {msg.error()}")
+        value = msg.value()
+        p, seq = msg.partition(), int(value.split(b"-")[1])
+        if value != f"p{p}-{seq}".encode() or not value.startswith(f"p{p}-".encode()):
+            fail(f"partition {p} offset {msg.offset()}: bytes {value!r} are not the record's")
+        stored[p].append((msg.offset(), seq))
+consumer.close()
+
+total = 0
+for p in range(PARTITIONS):
+    seqs = [seq for _, seq in stored[p]]
+    for i in range(1, len(seqs)):
+        if seqs[i] <= seqs[i - 1]:
+            fail(f"partition {p}: seq {seqs[i]} at offset {stored[p][i][0]} after {seqs[i - 1]}"
+                 " (duplicated or reordered)")
+    where = {seq: offset for offset, seq in stored[p]}
+    for seq in range(next_seq[p]):
+        offset = acked.get((p, seq))
+        if offset is None:
+            continue
+        if where.get(seq) != offset:
+            fail(f"partition {p}: acknowledged seq {seq} at offset {offset} is "
+                 f"{'missing' if seq not in where else f'at offset {where[seq]}'}")
+    total += len(seqs)
+ok(f"every acknowledged record is stored once, in order, at its acknowledged offset "
+   f"({total} records in {PARTITIONS} partitions)")
+print("PASS crash_producer", flush=True)
