@@ -284,6 +284,11 @@ fn malformed_frames_get_an_error_or_a_clean_close_and_others_carry_on() {
     let mut conn = Conn::open(&broker.kafka_addr);
     conn.send_raw(&[0, 3, 0, 1, 0, 0, 0, 1, 0, 4, b's', b'p']);
     assert!(conn.is_closed());
+    // Found by the fuzzer: a DeleteGroups claiming 1.2 billion group ids in 14 bytes. The codec
+    // allocated 28 GB for them up front and the broker aborted; now it is undecodable.
+    let mut conn = Conn::open(&broker.kafka_addr);
+    conn.send_raw(&[0x00, 0x2a, 0, 0, 0x09, 0, 0x0a, 0, 0, 0, 0x47, 0x46, 0x46, 0x50]);
+    assert!(conn.is_closed());
     // A size beyond socket.request.max.bytes, and a negative one.
     for size in [i32::MAX, -5] {
         let mut conn = Conn::open(&broker.kafka_addr);
