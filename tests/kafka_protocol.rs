@@ -404,3 +404,90 @@ fn committed_offsets_show_in_spate_group_describe_and_survive_a_crash() {
         ["lagging", "partition", "0", "committed", "4", "high_watermark", "10", "lag", "6"]
     );
 }
+
+#[test]
+fn records_cross_protocols_both_ways_compressed_ones_included() {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
+    use kafka_protocol::records::RecordBatchDecoder;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), &[]);
+    let mut conn = Conn::open(&broker.kafka_addr);
+
+    // A zstd batch from a "Kafka client", with a header, then read by the native client.
+    let mut records: Vec<Record> = Vec::new();
+    for i in 0..5i64 {
+        let mut headers = IndexMap::new();
+        headers.insert(StrBytes::from_static_str("source"), Some(Bytes::from(format!("h{i}"))));
+        records.push(Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i,
+            sequence: i as i32 - 1,
+            timestamp: 1_700_000_000_000 + i,
+            key: Some(Bytes::from(format!("k{i}"))),
+            value: Some(Bytes::from(format!("kafka value {i}").repeat(20))),
+            headers,
+        });
+    }
+    let mut compressed = BytesMut::new();
+    let options = RecordEncodeOptions { version: 2, compression: Compression::Zstd };
+    RecordBatchEncoder::encode(&mut compressed, &records, &options).unwrap();
+    let response: ProduceResponse =
+        conn.call(ApiKey::Produce, 7, &produce_request("cross", 1, compressed.freeze()));
+    assert_eq!(produced(&response), (0, 0));
+    let natively = common::run(|| async {
+        let client = common::connect(&broker).await;
+        let read = common::read_all(&client, "cross", 0, 0).await;
+        // Then native records after them, for the Kafka reader below.
+        common::produce(
+            &client,
+            "cross",
+            0,
+            spate::native::messages::Acks::All,
+            vec![common::record(0, 5), common::record(0, 6)],
+        )
+        .await;
+        read
+    });
+    assert_eq!(natively.len(), 5);
+    for (i, (offset, record)) in natively.iter().enumerate() {
+        assert_eq!(*offset, i as u64);
+        assert_eq!(record.key.as_deref(), Some(format!("k{i}").as_bytes()));
+        assert_eq!(record.value.as_deref(), Some(format!("kafka value {i}").repeat(20).as_bytes()));
+        assert_eq!(record.headers, vec![(b"source".to_vec(), format!("h{i}").into_bytes())]);
+        assert_eq!(record.timestamp, 1_700_000_000_000 + i as i64);
+    }
+
+    // Everything through a Kafka Fetch: the zstd batch as stored, the native entry converted.
+    let mut partition = FetchPartition::default();
+    partition.partition = 0;
+    partition.fetch_offset = 0;
+    partition.partition_max_bytes = 1 << 20;
+    let mut topic = FetchTopic::default();
+    topic.topic = TopicName(StrBytes::from_static_str("cross"));
+    topic.partitions = vec![partition];
+    let mut fetch = FetchRequest::default();
+    fetch.replica_id = BrokerId(-1);
+    fetch.max_bytes = 1 << 20;
+    fetch.topics = vec![topic];
+    let fetched: FetchResponse = conn.call(ApiKey::Fetch, 11, &fetch);
+    let data = &fetched.responses[0].partitions[0];
+    assert_eq!((data.error_code, data.high_watermark), (0, 7));
+    let mut bytes = data.records.clone().unwrap_or_default();
+    let sets = RecordBatchDecoder::decode_all(&mut bytes).unwrap();
+    assert_eq!(sets.len(), 2, "one stored Kafka batch, one converted native entry");
+    assert_eq!(sets[0].compression, Compression::Zstd);
+    let all: Vec<&Record> = sets.iter().flat_map(|s| &s.records).collect();
+    let offsets: Vec<i64> = all.iter().map(|r| r.offset).collect();
+    assert_eq!(offsets, (0..7).collect::<Vec<_>>());
+    let native = common::record(0, 6);
+    assert_eq!(all[6].value.as_deref(), native.value.as_deref());
+    assert_eq!(all[6].key.as_deref(), native.key.as_deref());
+    assert_eq!(all[6].timestamp, native.timestamp);
+}
