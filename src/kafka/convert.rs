@@ -5,8 +5,9 @@
 //! gets a native entry built from its records, decompressed first when the producer compressed
 //! them. Offsets, timestamps, keys, values and headers (duplicates and order kept) carry over.
 
+use std::io::Read;
+
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
 
 use crate::kafka::batch::{self, BatchHeader, BATCH_HEADER_BYTES};
 use crate::record::batch::NativeBatchView;
@@ -147,26 +148,79 @@ pub struct KafkaRecord<'a> {
     pub headers: Vec<(&'a [u8], &'a [u8])>,
 }
 
-/// Calls `visit` with each record of one Kafka batch, decompressing it first if needed;
-/// uncompressed records are read in place.
+/// The most one stored batch may decompress to when its records are read: a producer can store
+/// a small batch that claims (or expands to) gigabytes, and a reader must not let it take a
+/// shard's memory.
+pub const DECOMPRESSED_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Calls `visit` with each record of one Kafka batch, decompressing it first if needed (at most
+/// [`DECOMPRESSED_BYTES_MAX`]); uncompressed records are read in place.
 pub fn for_each_record(batch: &[u8], mut visit: impl FnMut(KafkaRecord<'_>)) -> Result<(), String> {
     let header = BatchHeader::read(batch).ok_or("a batch shorter than its header")?;
     let records = batch.get(BATCH_HEADER_BYTES..).unwrap_or_default();
     if header.codec() == 0 {
         return visit_records(records, &header, &mut visit);
     }
-    let mut input = Bytes::copy_from_slice(records);
-    let visit_all = |buf: &mut Bytes| -> anyhow::Result<()> {
-        visit_records(buf, &header, &mut visit).map_err(anyhow::Error::msg)
+    let plain = decompress(header.codec(), records, DECOMPRESSED_BYTES_MAX)
+        .map_err(|e| format!("decompressing a Kafka batch: {e}"))?;
+    visit_records(&plain, &header, &mut visit)
+}
+
+/// Kafka's codecs, with the output bounded by `limit` before it is produced.
+fn decompress(codec: i16, input: &[u8], limit: usize) -> Result<Vec<u8>, String> {
+    let bounded = |reader: Box<dyn Read + '_>| -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        reader.take(limit as u64 + 1).read_to_end(&mut out).map_err(|e| e.to_string())?;
+        if out.len() > limit {
+            return Err(format!("more than {limit} bytes once decompressed"));
+        }
+        Ok(out)
     };
-    let result = match header.codec() {
-        1 => Gzip::decompress(&mut input, visit_all),
-        2 => Snappy::decompress(&mut input, visit_all),
-        3 => Lz4::decompress(&mut input, visit_all),
-        4 => Zstd::decompress(&mut input, visit_all),
-        other => return Err(format!("unknown compression codec {other}")),
+    match codec {
+        1 => bounded(Box::new(flate2::read::GzDecoder::new(input))),
+        2 => snappy(input, limit),
+        3 => bounded(Box::new(lz4::Decoder::new(input).map_err(|e| e.to_string())?)),
+        4 => {
+            let decoder = zstd::stream::read::Decoder::new(input).map_err(|e| e.to_string())?;
+            bounded(Box::new(decoder))
+        }
+        other => Err(format!("unknown compression codec {other}")),
+    }
+}
+
+/// The magic that starts xerial-framed snappy, which Kafka's Java client writes.
+const XERIAL_MAGIC: &[u8] = b"\x82SNAPPY\x00";
+const XERIAL_HEADER_BYTES: usize = 16;
+
+/// Snappy, xerial-framed or raw: each block's claimed length is checked against what is left of
+/// `limit` before anything is allocated for it.
+fn snappy(input: &[u8], limit: usize) -> Result<Vec<u8>, String> {
+    let block = |compressed: &[u8], out: &mut Vec<u8>| -> Result<(), String> {
+        let len = snap::raw::decompress_len(compressed).map_err(|e| e.to_string())?;
+        if out.len() + len > limit {
+            return Err(format!("more than {limit} bytes once decompressed"));
+        }
+        let start = out.len();
+        out.resize(start + len, 0);
+        snap::raw::Decoder::new()
+            .decompress(compressed, &mut out[start..])
+            .map_err(|e| e.to_string())?;
+        Ok(())
     };
-    result.map_err(|e| format!("decompressing a Kafka batch: {e:#}"))
+    let mut out = Vec::new();
+    if !input.starts_with(XERIAL_MAGIC) {
+        block(input, &mut out)?;
+        return Ok(out);
+    }
+    let mut rest = input.get(XERIAL_HEADER_BYTES..).ok_or("truncated xerial header")?;
+    while !rest.is_empty() {
+        let (len, after) = rest.split_at_checked(4).ok_or("truncated xerial block length")?;
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let (compressed, after) = after.split_at_checked(len).ok_or("truncated xerial block")?;
+        block(compressed, &mut out)?;
+        rest = after;
+    }
+    Ok(out)
 }
 
 fn visit_records(
@@ -309,6 +363,49 @@ mod tests {
         let view = NativeBatchView::new(&back_header, back_payload).unwrap();
         let read: Vec<_> = view.records().map(|r| r.to_owned_record()).collect();
         assert_eq!(read, originals());
+    }
+
+    #[test]
+    fn every_codec_decompresses_and_bombs_are_refused() {
+        use kafka_protocol::records::{
+            Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+        };
+        let record = |i: i64| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i,
+            sequence: i as i32 - 1,
+            timestamp: 1_000 + i,
+            key: None,
+            value: Some(Bytes::from(vec![b'z'; 10_000])),
+            headers: Default::default(),
+        };
+        let records: Vec<Record> = (0..20).map(record).collect();
+        for compression in
+            [Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd]
+        {
+            let mut batch = BytesMut::new();
+            let options = RecordEncodeOptions { version: 2, compression };
+            RecordBatchEncoder::encode(&mut batch, &records, &options).unwrap();
+            let mut count = 0;
+            for_each_record(&batch, |r| {
+                assert_eq!(r.value.map(<[u8]>::len), Some(10_000));
+                count += 1;
+            })
+            .unwrap();
+            assert_eq!(count, 20, "{compression:?}");
+            let codec = BatchHeader::read(&batch).unwrap().codec();
+            let compressed = &batch[BATCH_HEADER_BYTES..];
+            assert!(decompress(codec, compressed, 100_000).is_err(), "{compression:?} bomb");
+        }
+        // A raw snappy block claiming 4 GiB is refused before anything is allocated for it.
+        let claim = [0xff, 0xff, 0xff, 0xff, 0x0f, 0x00];
+        assert!(snappy(&claim, DECOMPRESSED_BYTES_MAX).is_err());
     }
 
     #[test]
