@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{connect, produce, record, run, Broker};
 use spate::client::{Assignor, GroupConfig, GroupConsumer, OffsetReset};
-use spate::native::messages::Acks;
+use spate::native::messages::{Acks, ErrorCode};
 
 const TOPIC: &str = "shared";
 const PARTITIONS: u32 = 4;
@@ -94,7 +94,12 @@ fn members_share_partitions_and_a_leavers_partitions_move_with_their_offsets() {
         assert_eq!(described.members.len(), 1);
         assert_eq!(described.members[0].assignment, vec![(TOPIC.to_string(), vec![0, 1, 2, 3])]);
         assert!(described.offsets.iter().all(|o| o.committed == PER_PARTITION as i64));
+        let refused = client.delete_group("native-readers").await.unwrap_err();
+        assert_eq!(refused.code(), Some(ErrorCode::NonEmptyGroup));
         first.close().await.expect("leave");
+        client.delete_group("native-readers").await.expect("delete an empty group");
+        let gone = client.describe_group("native-readers").await.unwrap_err();
+        assert_eq!(gone.code(), Some(ErrorCode::UnknownGroup));
     });
 }
 

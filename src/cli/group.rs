@@ -1,4 +1,4 @@
-//! `spate group list|describe`: consumer groups as the broker's coordinators see them.
+//! `spate group list|describe|delete`: consumer groups as the broker's coordinators see them.
 
 use clap::Subcommand;
 
@@ -9,6 +9,12 @@ use crate::cli::{run_client, BrokerAddress};
 pub enum GroupCommand {
     /// List consumer groups with their state.
     List {
+        #[command(flatten)]
+        broker: BrokerAddress,
+    },
+    /// Delete a group that has no members, with its committed offsets.
+    Delete {
+        name: String,
         #[command(flatten)]
         broker: BrokerAddress,
     },
@@ -30,6 +36,11 @@ impl GroupCommand {
                     for group in client.list_groups().await.map_err(|e| e.to_string())? {
                         println!("{:<32} {:<20} {}", group.group, group.state, group.protocol_type);
                     }
+                }
+                GroupCommand::Delete { name, broker } => {
+                    let client = connect(&broker).await?;
+                    client.delete_group(&name).await.map_err(|e| e.to_string())?;
+                    println!("deleted group {name}");
                 }
                 GroupCommand::Describe { name, broker } => {
                     let client = connect(&broker).await?;

@@ -16,11 +16,12 @@ use zerocopy::IntoBytes;
 use crate::native::frame::{Api, FrameHeader, FRAME_HEADER_BYTES};
 use crate::native::messages::{
     decode, encode, Acks, AdminResponse, CommitOffsetsRequest, CreateTopicRequest,
-    DeleteTopicRequest, DescribeGroupRequest, DescribeGroupResponse, ErrorBody, ErrorCode,
-    FetchOffsetsRequest, FetchOffsetsResponse, FetchRequest, FetchResponse, GroupSummary,
-    HeartbeatRequest, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, ListGroupsRequest,
-    ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
-    ProduceRequest, ProduceResponse, SyncGroupRequest, SyncGroupResponse, TopicMetadata,
+    DeleteGroupRequest, DeleteTopicRequest, DescribeGroupRequest, DescribeGroupResponse, ErrorBody,
+    ErrorCode, FetchOffsetsRequest, FetchOffsetsResponse, FetchRequest, FetchResponse,
+    GroupSummary, HeartbeatRequest, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse,
+    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, SyncGroupRequest,
+    SyncGroupResponse, TopicMetadata,
 };
 use crate::record::batch::{BatchBuilder, NativeBatchView, RecordView};
 use crate::record::entry::parse_entry;
@@ -468,6 +469,14 @@ impl Client {
             self.call(Api::FetchOffsets, &encode(&request)).await?;
         ClientError::from_body(&response.error)?;
         Ok(response.offsets)
+    }
+
+    /// Deletes a group that has no members, with its committed offsets.
+    pub async fn delete_group(&self, group: &str) -> Result<(), ClientError> {
+        let request = DeleteGroupRequest { group: group.to_string() };
+        let (response, _): (AdminResponse, _) =
+            self.call(Api::DeleteGroup, &encode(&request)).await?;
+        ClientError::from_body(&response.error)
     }
 
     /// Every consumer group the broker coordinates.

@@ -52,6 +52,7 @@ pub enum Api {
     LeaveGroup = 12,
     CommitOffsets = 13,
     FetchOffsets = 14,
+    DeleteGroup = 15,
 }
 
 impl Api {
@@ -71,6 +72,7 @@ impl Api {
             12 => Self::LeaveGroup,
             13 => Self::CommitOffsets,
             14 => Self::FetchOffsets,
+            15 => Self::DeleteGroup,
             _ => return None,
         })
     }

@@ -11,9 +11,9 @@ use crate::group::{GroupAnswer, GroupCall, GroupError};
 use crate::native::frame::Api;
 use crate::native::handlers::{answer, undecodable};
 use crate::native::messages::{
-    decode, AdminResponse, CommitOffsetsRequest, ErrorBody, FetchOffsetsRequest,
-    FetchOffsetsResponse, HeartbeatRequest, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
-    SyncGroupRequest, SyncGroupResponse,
+    decode, AdminResponse, CommitOffsetsRequest, DeleteGroupRequest, ErrorBody,
+    FetchOffsetsRequest, FetchOffsetsResponse, HeartbeatRequest, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, SyncGroupRequest, SyncGroupResponse,
 };
 use crate::native::server::{RequestFrame, Response};
 use crate::shard::Shard;
@@ -167,6 +167,20 @@ pub async fn commit(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
         _ => Err(GroupError::CoordinatorNotAvailable),
     };
     answer(Api::CommitOffsets, request_id, &done(result))
+}
+
+pub async fn delete(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
+    let request_id = frame.header.request_id.get();
+    let request: DeleteGroupRequest = match decode(frame.meta()) {
+        Ok(request) => request,
+        Err(why) => return undecodable(Api::DeleteGroup, request_id, why),
+    };
+    let group = request.group;
+    let result = match shard.group(&group, GroupCall::Delete { group: group.clone() }).await {
+        GroupAnswer::Deleted(result) => result,
+        _ => Err(GroupError::CoordinatorNotAvailable),
+    };
+    answer(Api::DeleteGroup, request_id, &done(result))
 }
 
 pub async fn fetch_offsets(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {

@@ -93,6 +93,7 @@ pub async fn handle(
         Api::LeaveGroup => Some(groups::leave(&shard, &frame).await),
         Api::CommitOffsets => Some(groups::commit(&shard, &frame).await),
         Api::FetchOffsets => Some(groups::fetch_offsets(&shard, &frame).await),
+        Api::DeleteGroup => Some(groups::delete(&shard, &frame).await),
     };
     shard.metrics.record(hist_of(api), received.elapsed());
     response
@@ -113,7 +114,8 @@ fn hist_of(api: Api) -> Hist {
         | Api::Heartbeat
         | Api::LeaveGroup
         | Api::CommitOffsets
-        | Api::FetchOffsets => Hist::Groups,
+        | Api::FetchOffsets
+        | Api::DeleteGroup => Hist::Groups,
     }
 }
 

@@ -216,6 +216,12 @@ pub struct DescribeGroupRequest {
     pub group: String,
 }
 
+/// Deletes a group without members and its committed offsets.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct DeleteGroupRequest {
+    pub group: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub struct GroupMember {
     pub member_id: String,
