@@ -46,6 +46,28 @@ impl Broker {
     }
 
     fn launch(&mut self) {
+        // While a broker is down for a restart, its ports are free, and a client connection of
+        // another test running beside this one can take one as its ephemeral port. Then the
+        // broker cannot listen there: wait for the port to come free, and after a while move to
+        // fresh ports (tests read `addr` and `kafka_addr` after each restart).
+        for attempt in 0..30 {
+            match self.launch_once() {
+                Ok(()) => return,
+                Err(log) if log.contains("Address already in use") && attempt < 29 => {
+                    std::thread::sleep(Duration::from_millis(200));
+                    if attempt >= 15 {
+                        self.addr = format!("127.0.0.1:{}", free_port());
+                        self.kafka_addr = format!("127.0.0.1:{}", free_port());
+                    }
+                }
+                Err(log) => panic!("broker did not start:\n{log}"),
+            }
+        }
+    }
+
+    /// Starts the process and waits until both listeners answer and it is still running.
+    /// `Err` carries what it logged when it exits or does not listen in time.
+    fn launch_once(&mut self) -> Result<(), String> {
         self.runs += 1;
         let stdout = std::fs::File::create(self.stdout_path()).unwrap();
         let stderr = std::fs::File::create(self.stderr_path()).unwrap();
@@ -68,15 +90,29 @@ impl Broker {
             .expect("spawn spate");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&self.addr).is_err() {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("broker exited with {status} during start:\n{}", self.stderr());
+        for addr in [self.addr.clone(), self.kafka_addr.clone()] {
+            while std::net::TcpStream::connect(&addr).is_err() {
+                self.exited_during_start()?;
+                if Instant::now() > deadline {
+                    return Err(format!("no listener on {addr} after 20 s:\n{}", self.stderr()));
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            assert!(Instant::now() < deadline, "broker did not listen:\n{}", self.stderr());
-            std::thread::sleep(Duration::from_millis(20));
         }
-        // Every shard binds the port; give the last one a moment after the first answers.
+        // Every shard binds the ports; give the last one a moment after the first answers, and
+        // make sure none of them failed.
         std::thread::sleep(Duration::from_millis(100));
+        self.exited_during_start()
+    }
+
+    fn exited_during_start(&mut self) -> Result<(), String> {
+        match self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            Some(status) => {
+                self.child = None;
+                Err(format!("broker exited with {status} during start:\n{}", self.stderr()))
+            }
+            None => Ok(()),
+        }
     }
 
     pub fn stdout_path(&self) -> PathBuf {
