@@ -31,7 +31,8 @@ impl Broker {
     /// Starts a broker with two shards on `data_dir`, plus `extra` arguments.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Broker {
         let port = free_port();
-        let kafka_port = free_port();
+        // Two binds of port 0 in a row can return the same port; the listeners need two.
+        let kafka_port = std::iter::repeat_with(free_port).find(|p| *p != port).unwrap_or(0);
         let mut broker = Broker {
             child: None,
             addr: format!("127.0.0.1:{port}"),
@@ -56,8 +57,11 @@ impl Broker {
                 Err(log) if log.contains("Address already in use") && attempt < 29 => {
                     std::thread::sleep(Duration::from_millis(200));
                     if attempt >= 15 {
-                        self.addr = format!("127.0.0.1:{}", free_port());
-                        self.kafka_addr = format!("127.0.0.1:{}", free_port());
+                        let port = free_port();
+                        let kafka_port =
+                            std::iter::repeat_with(free_port).find(|p| *p != port).unwrap_or(0);
+                        self.addr = format!("127.0.0.1:{port}");
+                        self.kafka_addr = format!("127.0.0.1:{kafka_port}");
                     }
                 }
                 Err(log) => panic!("broker did not start:\n{log}"),
