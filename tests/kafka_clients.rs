@@ -7,7 +7,10 @@
 
 mod common;
 
-use common::scripts::{pip_python, require, require_pip_confluent, run_one};
+use common::scripts::{
+    require, require_debian_confluent, require_kafka_python, require_kafkajs,
+    require_pip_confluent, run_one,
+};
 
 /// Three partitions per topic; a short first-rebalance delay keeps group consumers quick.
 const SETTINGS: &[&str] =
@@ -21,12 +24,8 @@ fn kcat() {
 
 #[test]
 fn confluent_kafka_debian() {
-    require(
-        "Debian's python3-confluent-kafka (for /usr/bin/python3)",
-        "/usr/bin/python3",
-        &["-c", "import confluent_kafka"],
-    );
-    run_one("confluent_debian", SETTINGS, "/usr/bin/python3", &["confluent_roundtrip.py"]);
+    let python = require_debian_confluent();
+    run_one("confluent_debian", SETTINGS, python, &["confluent_roundtrip.py"]);
 }
 
 #[test]
@@ -37,21 +36,13 @@ fn confluent_kafka_pip() {
 
 #[test]
 fn kafka_python() {
-    let python = pip_python();
-    require(
-        "kafka-python 3.x from PyPI (for python3)",
-        &python,
-        &["-c", "import sys, kafka; sys.exit(int(kafka.__version__.split('.')[0]) < 3)"],
-    );
+    let python = require_kafka_python();
     run_one("kafka_python_roundtrip", SETTINGS, &python, &["kafka_python_roundtrip.py"]);
 }
 
 /// Producers (plain and idempotent), admin, and a group consumer reading everything back.
 #[test]
 fn kafkajs() {
-    require("kafkajs 2.2.4 (npm, in tests/kafka/node)", "node", &[
-        "-e",
-        "process.exit(require('./node/node_modules/kafkajs/package.json').version === '2.2.4' ? 0 : 1)",
-    ]);
+    require_kafkajs();
     run_one("kafkajs_roundtrip", SETTINGS, "node", &["node/kafkajs_roundtrip.js"]);
 }

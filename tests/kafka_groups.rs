@@ -9,7 +9,10 @@
 
 mod common;
 
-use common::scripts::{pip_python, require, require_pip_confluent, run_one, run_script, serial};
+use common::scripts::{
+    require_debian_confluent, require_kafka_python, require_kafkajs, require_pip_confluent,
+    run_one, run_script, serial,
+};
 use common::Broker;
 
 /// Broker settings for every test: a short initial rebalance delay (Kafka's default is 3 s).
@@ -27,24 +30,15 @@ fn members_confluent_pip() {
 /// The same with Debian's confluent-kafka 1.7 (librdkafka 2.0.2).
 #[test]
 fn members_confluent_debian() {
-    require(
-        "Debian's python3-confluent-kafka (for /usr/bin/python3)",
-        "/usr/bin/python3",
-        &["-c", "import confluent_kafka"],
-    );
-    run_one("groups_members_debian", BROKER_ARGS, "/usr/bin/python3", &["groups_members.py"]);
+    let python = require_debian_confluent();
+    run_one("groups_members_debian", BROKER_ARGS, python, &["groups_members.py"]);
 }
 
 /// kafka-python 3.x: two members, LeaveGroup hands everything to the other, a new consumer
 /// resumes at the committed offsets.
 #[test]
 fn kafka_python() {
-    let python = pip_python();
-    require(
-        "kafka-python 3.x from PyPI (for python3)",
-        &python,
-        &["-c", "import sys, kafka; sys.exit(int(kafka.__version__.split('.')[0]) < 3)"],
-    );
+    let python = require_kafka_python();
     run_one("groups_kafka_python", BROKER_ARGS, &python, &["groups_kafka_python.py"]);
 }
 
@@ -59,10 +53,7 @@ fn semantics_confluent_pip() {
 /// A kafkajs consumer group: two members, every record, commits, describeGroups, fetchOffsets.
 #[test]
 fn kafkajs() {
-    require("kafkajs 2.2.4 (npm, in tests/kafka/node)", "node", &[
-        "-e",
-        "process.exit(require('./node/node_modules/kafkajs/package.json').version === '2.2.4' ? 0 : 1)",
-    ]);
+    require_kafkajs();
     run_one("kafkajs_group", BROKER_ARGS, "node", &["node/kafkajs_group.js"]);
 }
 

@@ -68,9 +68,9 @@ pub async fn run(
                     member.poll(Duration::from_millis(50)).await.map_err(|e| e.to_string())?;
                 if records.is_empty() {
                     if last_progress.elapsed() > STALL_LIMIT {
+                        let generation = member.generation();
                         return Err(format!(
-                            "group {}: no progress for {STALL_LIMIT:?}",
-                            config_group(&member)
+                            "group member at generation {generation}: no progress for {STALL_LIMIT:?}"
                         ));
                     }
                     continue;
@@ -92,8 +92,4 @@ pub async fn run(
     totals.elapsed.set(started.max(measure_from).elapsed());
     let end_to_end = Rc::new(RefCell::new(spate::metrics::new_histogram()));
     Ok(Consumed { totals, end_to_end, checks: Vec::new() })
-}
-
-fn config_group(member: &GroupConsumer) -> String {
-    format!("generation {}", member.generation())
 }

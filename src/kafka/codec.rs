@@ -162,7 +162,9 @@ pub fn encode_spliced<T: Encodable>(
             let len = i32::try_from(records_len).map_err(|_| "records over 2 GiB")?;
             (4, Bytes::copy_from_slice(&len.to_be_bytes()))
         };
-        chunks.push(head.slice(from..marker_at - prefix_len));
+        let field_at =
+            marker_at.checked_sub(prefix_len).ok_or("a records marker without its length")?;
+        chunks.push(head.slice(from..field_at));
         chunks.push(prefix);
         chunks.extend(records);
         from = marker_at + RECORDS_MARKER.len();

@@ -25,7 +25,7 @@ use kafka_protocol::messages::ApiKey;
 use crate::kafka::codec::{self, Request, RequestPrefix, REQUEST_PREFIX_BYTES};
 use crate::kafka::{handlers, versions};
 use crate::native::server::{
-    idle_bounded, INFLIGHT_BYTES_MAX, INFLIGHT_REQUESTS_MAX, RESPONSE_BYTES_MAX,
+    idle_bounded, write_coalesced, INFLIGHT_BYTES_MAX, INFLIGHT_REQUESTS_MAX, RESPONSE_BYTES_MAX,
 };
 use crate::shard::Shard;
 
@@ -190,30 +190,6 @@ fn mid_frame(e: io::Error, part: &str) -> String {
     }
 }
 
-/// Chunks smaller than this are copied together into one write; larger ones go out as they are.
-const COALESCE_BYTES_MAX: usize = 64 * 1024;
-
-async fn write_chunks<W: AsyncWrite + Unpin>(writer: &mut W, chunks: &[Bytes]) -> io::Result<()> {
-    let mut pending = Vec::new();
-    for chunk in chunks {
-        if chunk.len() < COALESCE_BYTES_MAX && pending.len() + chunk.len() <= 2 * COALESCE_BYTES_MAX
-        {
-            pending.extend_from_slice(chunk);
-            continue;
-        }
-        if !pending.is_empty() {
-            writer.write_all(&pending).await?;
-            pending.clear();
-        }
-        if chunk.len() < COALESCE_BYTES_MAX {
-            pending.extend_from_slice(chunk);
-        } else {
-            writer.write_all(chunk).await?;
-        }
-    }
-    writer.write_all(&pending).await
-}
-
 async fn write_replies<W: AsyncWrite + Unpin>(
     replies: LocalReceiver<JoinHandle<Outcome>>,
     mut writer: W,
@@ -232,7 +208,7 @@ async fn write_replies<W: AsyncWrite + Unpin>(
             }
         };
         let written = async {
-            write_chunks(&mut writer, &reply.frame).await?;
+            write_coalesced(&mut writer, reply.frame.iter().map(|c| &c[..])).await?;
             writer.flush().await
         };
         if let Err(e) = written.await {

@@ -106,22 +106,37 @@ impl Response {
     }
 
     async fn write_to<W: AsyncWrite + Unpin>(&self, writer: &mut W) -> io::Result<()> {
-        let mut pending = Vec::with_capacity(COALESCE_BYTES_MAX);
-        pending.extend_from_slice(&self.head);
-        for chunk in &self.data {
-            if chunk.len() < COALESCE_BYTES_MAX
-                && pending.len() + chunk.len() <= 2 * COALESCE_BYTES_MAX
-            {
-                pending.extend_from_slice(chunk);
-                continue;
-            }
-            writer.write_all(&pending).await?;
-            pending.clear();
-            writer.write_all(chunk).await?;
-        }
-        writer.write_all(&pending).await?;
+        let chunks = std::iter::once(&self.head[..]).chain(self.data.iter().map(|c| &c[..]));
+        write_coalesced(writer, chunks).await?;
         writer.flush().await
     }
+}
+
+/// Writes `chunks` back to back: small ones are copied together so a response of many small
+/// entries goes out in a few large writes; large ones are written from where they lie. Both
+/// listeners write their responses with it.
+pub async fn write_coalesced<'a, W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    chunks: impl IntoIterator<Item = &'a [u8]>,
+) -> io::Result<()> {
+    let mut pending = Vec::new();
+    for chunk in chunks {
+        if chunk.len() < COALESCE_BYTES_MAX && pending.len() + chunk.len() <= 2 * COALESCE_BYTES_MAX
+        {
+            pending.extend_from_slice(chunk);
+            continue;
+        }
+        if !pending.is_empty() {
+            writer.write_all(&pending).await?;
+            pending.clear();
+        }
+        if chunk.len() < COALESCE_BYTES_MAX {
+            pending.extend_from_slice(chunk);
+        } else {
+            writer.write_all(chunk).await?;
+        }
+    }
+    writer.write_all(&pending).await
 }
 
 /// Counts a shard's open connections so a stop can wait for them to drain.

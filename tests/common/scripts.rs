@@ -69,6 +69,36 @@ pub fn require_pip_confluent() -> String {
     python
 }
 
+/// The Python with kafka-python 3.x (PyPI), checked to be installed.
+pub fn require_kafka_python() -> String {
+    let python = pip_python();
+    require(
+        "kafka-python 3.x from PyPI (for python3)",
+        &python,
+        &["-c", "import sys, kafka; sys.exit(int(kafka.__version__.split('.')[0]) < 3)"],
+    );
+    python
+}
+
+/// Debian's Python with its confluent-kafka 1.7 (librdkafka 2.0.2), checked to be installed.
+pub fn require_debian_confluent() -> &'static str {
+    let python = "/usr/bin/python3";
+    require(
+        "Debian's python3-confluent-kafka (for /usr/bin/python3)",
+        python,
+        &["-c", "import confluent_kafka"],
+    );
+    python
+}
+
+/// Fails the test unless kafkajs 2.2.4 is installed in tests/kafka/node.
+pub fn require_kafkajs() {
+    require("kafkajs 2.2.4 (npm, in tests/kafka/node)", "node", &[
+        "-e",
+        "process.exit(require('./node/node_modules/kafkajs/package.json').version === '2.2.4' ? 0 : 1)",
+    ]);
+}
+
 /// Runs `program args` from tests/kafka/ with SPATE_KAFKA and SPATE_TOPIC set; Ok(stdout) if it
 /// exits 0, else Err with what went wrong and everything it printed.
 pub fn run_script(

@@ -20,6 +20,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
+use crate::kafka::codec;
 use crate::kafka::handlers::{has_field, kafka_error};
 use crate::native::messages::ErrorCode;
 use crate::shard::catalog::{self, TopicFile, TopicInfo};
@@ -104,10 +105,6 @@ async fn create_one(
         .iter()
         .filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string())))
         .collect();
-    let broker = |e: BrokerError| kafka_error(&e);
-    let message = |(code, message): (i16, Option<StrBytes>)| {
-        (code, message.map(|m| m.to_string()).unwrap_or_default())
-    };
     if validate_only {
         catalog::validate_topic_name(&name).map_err(|e| (17, e))?;
         if shard.topic(&name).is_some() {
@@ -116,7 +113,10 @@ async fn create_one(
         let file = TopicFile { partitions, config: overrides };
         return TopicInfo::resolve(file, &shard.config.topic_defaults).map_err(|e| (40, e));
     }
-    shard.create_topic(&name, partitions, overrides).await.map_err(|e| message(broker(e)))?;
+    shard
+        .create_topic(&name, partitions, overrides)
+        .await
+        .map_err(|e| (codec::error_code(e.code), e.message))?;
     shard.topic(&name).ok_or_else(|| (3, format!("topic {name} vanished")))
 }
 
