@@ -377,22 +377,27 @@ impl Coordinator {
                 continue;
             }
             let records = self.snapshot(partition);
-            let appended = if records.is_empty() {
+            let snapshot = if records.is_empty() {
                 // Nothing live: everything sealed can go.
-                Ok((log.high_watermark(), log.high_watermark()))
+                None
             } else {
                 let mut builder = BatchBuilder::default();
                 let now = crate::now_ms();
                 records.iter().for_each(|r| builder.push(r.encode(now)));
                 let (meta, archive) = builder.build();
                 match PendingEntry::native(meta, &archive) {
-                    Some(entry) => log.append(entry),
+                    Some(entry) => Some(log.append(entry)),
                     None => continue,
                 }
             };
             let compacted = async {
-                let (snapshot_at, next) = appended?;
-                log.wait_synced(next).await?;
+                let snapshot_at = match snapshot.transpose()? {
+                    Some(appended) => {
+                        log.wait_synced(&appended).await?;
+                        appended.base_offset
+                    }
+                    None => log.high_watermark(),
+                };
                 log.delete_segments_below(snapshot_at)
                     .await
                     .map_err(|e| crate::log::LogError::Storage(e.to_string()))
@@ -473,9 +478,9 @@ async fn persist(
     let (meta, archive) = builder.build();
     let entry = PendingEntry::native(meta, &archive).ok_or(GroupError::StorageError)?;
     let stored = async {
-        let (_, next) = log.append(entry)?;
+        let appended = log.append(entry)?;
         apply();
-        log.wait_synced(next).await
+        log.wait_synced(&appended).await
     };
     stored.await.map_err(|e| {
         let error = crate::shard::BrokerError::from(e);

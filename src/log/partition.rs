@@ -16,8 +16,14 @@
 //! write at a time, so writes grow with load (everything staged while a write is in flight goes
 //! in the next one); one syncer task keeps one fdatasync in flight and releases every waiter at
 //! or below the position it covered: group commit.
+//!
+//! A write refused for lack of space (a full disk or quota) does not fail the partition: what
+//! was appended but not yet written is discarded, its producers get a storage error, its offsets
+//! are handed out again, and appends are refused for [`OUT_OF_SPACE_BACKOFF`] before the writer
+//! tries again. Everything written before stays readable and acknowledged. Any other write or
+//! sync error fails the partition for good: what reached the disk is then uncertain.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -30,7 +36,7 @@ use event_listener::Event;
 use crate::config::{TopicConfig, WRITE_ALIGN_BYTES};
 use crate::log::producers::{ProducerTable, SequenceCheck, SequenceError};
 use crate::log::retention::{self, SegmentFacts};
-use crate::log::segment::{self, Segment, Truncation};
+use crate::log::segment::{self, is_out_of_space, Segment, Truncation};
 use crate::log::tail_cache::TailCache;
 use crate::metrics::{Hist, Metrics};
 use crate::record::entry::{parse_entry, parse_header, ENTRY_HEADER_BYTES};
@@ -39,6 +45,11 @@ use crate::record::PendingEntry;
 /// How much of the newest log is replayed on open to rebuild idempotent producers' state: far
 /// more than any producer's retries span.
 const PRODUCER_REBUILD_BYTES: u64 = 16 * 1024 * 1024;
+
+/// How long a partition refuses appends after a write found no space, before trying again:
+/// long enough not to spin on a full disk, short enough that producing resumes promptly once
+/// space is freed.
+pub const OUT_OF_SPACE_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Limits that come from the broker's settings rather than the topic's.
 #[derive(Clone, Copy, Debug)]
@@ -57,7 +68,8 @@ pub enum LogError {
         log_start: u64,
         high_watermark: u64,
     },
-    /// A write or sync failed; the partition takes no more appends.
+    /// A write or sync failed: the records were not stored (the partition may refuse appends
+    /// for a while, or for good).
     Storage(String),
     /// Stored bytes failed their checksum.
     Corrupt(String),
@@ -91,6 +103,28 @@ pub struct ReadOutcome {
     pub log_start: u64,
 }
 
+/// The appends between two discards. A discard hands the unwritten offsets out again, so an
+/// offset alone cannot tell a waiter whether its own entry was written: the generation it
+/// appended in remembers where it was cut short.
+#[derive(Default)]
+struct Generation {
+    discarded_from: Cell<Option<u64>>,
+}
+
+/// An appended entry: where it is in the log, and what to wait on with
+/// [`PartitionLog::wait_written`] or [`PartitionLog::wait_synced`].
+pub struct Appended {
+    pub base_offset: u64,
+    pub next_offset: u64,
+    generation: Rc<Generation>,
+}
+
+impl Appended {
+    fn discarded(&self) -> bool {
+        self.generation.discarded_from.get().is_some_and(|from| self.next_offset > from)
+    }
+}
+
 struct Staged {
     base_offset: u64,
     next_offset: u64,
@@ -118,6 +152,9 @@ struct LogState {
     writer_done: bool,
     syncer_done: bool,
     failed: Option<String>,
+    generation: Rc<Generation>,
+    /// Set when a write found no space: appends are refused until the instant passes.
+    out_of_space: Option<(Instant, String)>,
 }
 
 impl LogState {
@@ -183,6 +220,8 @@ impl PartitionLog {
                 writer_done: false,
                 syncer_done: false,
                 failed: None,
+                generation: Rc::default(),
+                out_of_space: None,
             }),
             changed: Event::new(),
             writer_wake: Event::new(),
@@ -225,11 +264,10 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// Assigns offsets to the entry and queues it for writing. Returns its base offset and the
-    /// offset after it; wait for those with [`Self::wait_written`] or [`Self::wait_synced`]. A
-    /// batch an idempotent producer already wrote is not written again: its first offsets are
-    /// returned.
-    pub fn append(&self, pending: PendingEntry) -> Result<(u64, u64), LogError> {
+    /// Assigns offsets to the entry and queues it for writing; wait for it with
+    /// [`Self::wait_written`] or [`Self::wait_synced`]. A batch an idempotent producer already
+    /// appended is not appended again: its first offsets are returned.
+    pub fn append(&self, pending: PendingEntry) -> Result<Appended, LogError> {
         let mut st = self.state.borrow_mut();
         if let Some(why) = &st.failed {
             return Err(LogError::Storage(why.clone()));
@@ -237,9 +275,15 @@ impl PartitionLog {
         if st.stopping {
             return Err(LogError::Closed);
         }
+        if let Some((until, why)) = &st.out_of_space {
+            if Instant::now() < *until {
+                return Err(LogError::Storage(why.clone()));
+            }
+        }
+        let generation = st.generation.clone();
         match st.producers.check(&pending.meta).map_err(LogError::Sequence)? {
             SequenceCheck::Duplicate { base_offset, next_offset } => {
-                return Ok((base_offset, next_offset));
+                return Ok(Appended { base_offset, next_offset, generation });
             }
             SequenceCheck::Append => {}
         }
@@ -254,33 +298,50 @@ impl PartitionLog {
         st.staged.push_back(Staged { base_offset, next_offset, max_timestamp, entry });
         drop(st);
         self.writer_wake.notify(1);
-        Ok((base_offset, next_offset))
+        Ok(Appended { base_offset, next_offset, generation })
     }
 
-    /// Waits until everything below `offset` is on the device.
-    pub async fn wait_written(&self, offset: u64) -> Result<(), LogError> {
-        self.wait_until(|st| st.written_offset >= offset).await
+    /// Waits until the appended entry is on the device.
+    pub async fn wait_written(&self, appended: &Appended) -> Result<(), LogError> {
+        self.wait_for(appended, |st| st.written_offset).await
     }
 
-    /// Waits until everything below `offset` is fdatasync'ed.
-    pub async fn wait_synced(&self, offset: u64) -> Result<(), LogError> {
+    /// Waits until the appended entry is fdatasync'ed.
+    pub async fn wait_synced(&self, appended: &Appended) -> Result<(), LogError> {
         {
             let mut st = self.state.borrow_mut();
-            st.sync_target = st.sync_target.max(offset);
+            st.sync_target = st.sync_target.max(appended.next_offset);
         }
         self.changed.notify(usize::MAX);
-        self.wait_until(|st| st.synced_offset >= offset).await
+        self.wait_for(appended, |st| st.synced_offset).await
+    }
+
+    /// Waits until `watermark` passes the appended entry, unless the entry is discarded first.
+    async fn wait_for(
+        &self,
+        appended: &Appended,
+        watermark: impl Fn(&LogState) -> u64,
+    ) -> Result<(), LogError> {
+        self.wait_until(|st| {
+            // Checked first: the discarded offsets may since have been written again.
+            if appended.discarded() {
+                let why = st.out_of_space.as_ref().map_or("no space on the device", |(_, w)| w);
+                return Err(LogError::Storage(why.to_string()));
+            }
+            Ok(watermark(st) >= appended.next_offset)
+        })
+        .await
     }
 
     /// Waits while more than `staged_bytes_max` is waiting to be written (backpressure).
     pub async fn wait_for_room(&self) -> Result<(), LogError> {
         let max = self.limits.staged_bytes_max;
-        self.wait_until(|st| st.staged_bytes <= max).await
+        self.wait_until(|st| Ok(st.staged_bytes <= max)).await
     }
 
     /// Waits until the high watermark passes `offset`, at most `wait`. Returns whether it did.
     pub async fn wait_for_data(&self, offset: u64, wait: Duration) -> bool {
-        let data = async { self.wait_until(|st| st.written_offset > offset).await.is_ok() };
+        let data = async { self.wait_until(|st| Ok(st.written_offset > offset)).await.is_ok() };
         let timeout = async {
             glommio::timer::sleep(wait).await;
             false
@@ -288,12 +349,15 @@ impl PartitionLog {
         futures_lite::future::or(data, timeout).await
     }
 
-    async fn wait_until(&self, done: impl Fn(&LogState) -> bool) -> Result<(), LogError> {
+    async fn wait_until(
+        &self,
+        done: impl Fn(&LogState) -> Result<bool, LogError>,
+    ) -> Result<(), LogError> {
         loop {
             let listener = self.changed.listen();
             {
                 let st = self.state.borrow();
-                if done(&st) {
+                if done(&st)? {
                     return Ok(());
                 }
                 if let Some(why) = &st.failed {
@@ -503,12 +567,45 @@ impl PartitionLog {
                 Work::Write(batch) => self.write_batch(batch).await,
             };
             if let Err(e) = result {
+                if is_out_of_space(&e) && self.discard_unwritten(&e).await.is_ok() {
+                    continue;
+                }
                 self.fail(format!("segment write failed: {e}"));
                 break;
             }
         }
         self.state.borrow_mut().writer_done = true;
         self.changed.notify(usize::MAX);
+    }
+
+    /// After a write found no space: discards everything appended but not written (failing its
+    /// waiters), refuses appends for [`OUT_OF_SPACE_BACKOFF`], and cuts the active segment back
+    /// to its written entries so nothing a failed write left behind can be read or recovered.
+    async fn discard_unwritten(&self, error: &io::Error) -> io::Result<()> {
+        let active = {
+            let mut st = self.state.borrow_mut();
+            let from = st.written_offset;
+            let why = format!("no space to write offsets {from} and after: {error}");
+            tracing::warn!(
+                topic = %self.topic,
+                partition = self.partition,
+                discarded = st.next_offset - from,
+                "{why}; discarding the unwritten records and refusing appends for {:?}",
+                OUT_OF_SPACE_BACKOFF
+            );
+            st.generation.discarded_from.set(Some(from));
+            st.generation = Rc::default();
+            st.next_offset = from;
+            st.staged.clear();
+            st.staged_bytes = 0;
+            st.sync_target = st.sync_target.min(from);
+            st.tail.truncate_from(from);
+            st.producers.forget_from(from);
+            st.out_of_space = Some((Instant::now() + OUT_OF_SPACE_BACKOFF, why));
+            st.active()
+        };
+        self.changed.notify(usize::MAX);
+        active.cut_to_size().await
     }
 
     async fn next_work(&self) -> Option<Work> {
@@ -574,8 +671,9 @@ impl PartitionLog {
             return Ok(());
         }
         let (segment, block_tail) = {
-            let mut st = self.state.borrow_mut();
-            (st.active(), std::mem::take(&mut st.block_tail))
+            let st = self.state.borrow();
+            // Cloned, not taken: a write that fails for lack of space is tried again later.
+            (st.active(), st.block_tail.clone())
         };
         let start_size = segment.meta.borrow().size;
         let aligned_start = start_size - block_tail.len() as u64;
@@ -598,7 +696,11 @@ impl PartitionLog {
         let written = segment.file.write_at(buf, aligned_start).await?;
         self.metrics.record(Hist::LogAppend, started.elapsed());
         if written != buf_len {
-            return Err(io::Error::other(format!("short write: {written} of {buf_len} bytes")));
+            // A regular file takes fewer bytes than asked only when the device is full.
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!("short write: {written} of {buf_len} bytes"),
+            ));
         }
 
         {
@@ -618,6 +720,9 @@ impl PartitionLog {
         st.block_tail = new_tail;
         st.written_offset = entries[entries.len() - 1].next_offset;
         st.staged_bytes -= data_len - block_tail.len();
+        if st.out_of_space.take().is_some() {
+            tracing::info!(topic = %self.topic, partition = self.partition, "space again: writes resumed");
+        }
         drop(st);
         self.changed.notify(usize::MAX);
         Ok(())

@@ -137,6 +137,16 @@ impl ProducerTable {
             next_offset,
         });
     }
+
+    /// Forgets the batches at `offset` and after: they were discarded before reaching the disk,
+    /// so a producer's retry of them is new data again.
+    pub fn forget_from(&mut self, offset: u64) {
+        for state in self.producers.values_mut() {
+            while state.batches.back().is_some_and(|b| b.base_offset >= offset) {
+                state.batches.pop_back();
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -168,6 +178,17 @@ mod tests {
             Ok(SequenceCheck::Duplicate { base_offset: 100, next_offset: 110 })
         );
         assert_eq!(table.check(&meta(7, 0, 15, 1)), Ok(SequenceCheck::Append));
+    }
+
+    #[test]
+    fn forgotten_batches_are_new_data_again() {
+        let mut table = ProducerTable::default();
+        table.record(&meta(7, 0, 0, 10), 100, 110);
+        table.record(&meta(7, 0, 10, 5), 110, 115);
+        table.forget_from(110);
+        assert_eq!(table.check(&meta(7, 0, 10, 5)), Ok(SequenceCheck::Append));
+        assert!(matches!(table.check(&meta(7, 0, 0, 10)), Ok(SequenceCheck::Duplicate { .. })));
+        assert!(matches!(table.check(&meta(7, 0, 15, 1)), Err(SequenceError::OutOfOrder(_))));
     }
 
     #[test]

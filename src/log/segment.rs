@@ -79,23 +79,52 @@ pub fn parse_log_name(name: &str) -> Option<u64> {
 
 impl Segment {
     /// Creates an empty active segment with its first preallocation step.
+    /// Creates an empty active segment with its first preallocation step. On failure (a full
+    /// disk) no file is left behind: an empty newest segment would claim offsets its
+    /// predecessor goes on writing.
     pub async fn create(dir: &Path, base_offset: u64) -> io::Result<Self> {
         let path = log_path(dir, base_offset);
         let file = OpenOptions::new().read(true).write(true).create(true).dma_open(&path).await?;
-        let segment = Self::new(base_offset, file, path, ScanState::new(base_offset), 0);
-        segment.ensure_allocated(1).await?;
-        sync_dir(dir).await?;
+        let segment = Self::new(base_offset, file, path.clone(), ScanState::new(base_offset), 0);
+        let ready = async {
+            segment.ensure_allocated(1).await?;
+            sync_dir(dir).await
+        };
+        if let Err(e) = ready.await {
+            if let Err(removing) = std::fs::remove_file(&path) {
+                tracing::warn!(segment = %path.display(), "removing a half-created segment: {removing}");
+            }
+            return Err(e);
+        }
         Ok(segment)
     }
 
-    /// Makes sure the file is allocated up to `end`, extending it a step past that.
+    /// Makes sure the file is allocated up to `end`, extending it a step past that, or only
+    /// as far as `end` when the device has no room for a whole step.
     pub async fn ensure_allocated(&self, end: u64) -> io::Result<()> {
         if end <= self.allocated_bytes.get() {
             return Ok(());
         }
-        let target = end.next_multiple_of(PREALLOCATE_STEP_BYTES);
-        self.file.pre_allocate(target, false).await?;
+        let step = end.next_multiple_of(PREALLOCATE_STEP_BYTES);
+        let target = match self.file.pre_allocate(step, false).await.map_err(io::Error::from) {
+            Ok(()) => step,
+            Err(e) if is_out_of_space(&e) => {
+                let exact = end.next_multiple_of(WRITE_ALIGN_BYTES as u64);
+                self.file.pre_allocate(exact, false).await?;
+                exact
+            }
+            Err(e) => return Err(e),
+        };
         self.allocated_bytes.set(target);
+        Ok(())
+    }
+
+    /// Cuts the file back to the entries written so far, dropping whatever a failed write may
+    /// have left past them and the space preallocated after them.
+    pub async fn cut_to_size(&self) -> io::Result<()> {
+        let size = self.meta.borrow().size;
+        self.file.truncate(size).await?;
+        self.allocated_bytes.set(size);
         Ok(())
     }
 
@@ -198,10 +227,11 @@ impl Segment {
     }
 
     /// Makes the segment durable and final: data synced, preallocated tail cut, index written.
+    /// A failed fdatasync is never [`is_out_of_space`]: what it covered may be lost whatever
+    /// the cause, so the caller must not carry on as if only new writes had failed.
     pub async fn seal(&self, dir: &Path) -> io::Result<()> {
-        let size = self.meta.borrow().size;
-        self.file.truncate(size).await?;
-        self.file.fdatasync().await?;
+        self.cut_to_size().await?;
+        self.file.fdatasync().await.map_err(|e| io::Error::other(format!("fdatasync: {e}")))?;
         self.persist_index(dir).await
     }
 
@@ -332,16 +362,29 @@ pub async fn read_range(file: &Rc<DmaFile>, position: u64, len: usize) -> io::Re
 async fn write_small_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     let file = OpenOptions::new().write(true).create(true).truncate(true).dma_open(&tmp).await?;
-    let aligned = bytes.len().next_multiple_of(WRITE_ALIGN_BYTES).max(WRITE_ALIGN_BYTES);
-    let mut buf = file.alloc_dma_buffer(aligned);
-    buf.as_bytes_mut()[..bytes.len()].copy_from_slice(bytes);
-    buf.as_bytes_mut()[bytes.len()..].fill(0);
-    file.write_at(buf, 0).await?;
-    file.truncate(bytes.len() as u64).await?;
-    file.fdatasync().await?;
-    file.rename(path).await?;
+    let written = async {
+        let aligned = bytes.len().next_multiple_of(WRITE_ALIGN_BYTES).max(WRITE_ALIGN_BYTES);
+        let mut buf = file.alloc_dma_buffer(aligned);
+        buf.as_bytes_mut()[..bytes.len()].copy_from_slice(bytes);
+        buf.as_bytes_mut()[bytes.len()..].fill(0);
+        file.write_at(buf, 0).await?;
+        file.truncate(bytes.len() as u64).await?;
+        file.fdatasync().await?;
+        file.rename(path).await
+    };
+    if let Err(e) = written.await {
+        // Best effort: a leftover temporary file is only wasted space.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.into());
+    }
     file.close().await?;
     Ok(())
+}
+
+/// Whether an I/O error means the device (or the user's quota) has no room: the writes it
+/// refused can be tried again once space is freed.
+pub fn is_out_of_space(error: &io::Error) -> bool {
+    matches!(error.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
 }
 
 #[cfg(test)]

@@ -39,6 +39,15 @@ impl TailCache {
         }
     }
 
+    /// Drops the entries at `offset` and after: they were discarded before reaching the disk.
+    pub fn truncate_from(&mut self, offset: u64) {
+        while self.entries.back().is_some_and(|c| c.base_offset >= offset) {
+            if let Some(dropped) = self.entries.pop_back() {
+                self.bytes -= dropped.footprint;
+            }
+        }
+    }
+
     /// Entries holding `offset` and after, below `end_offset`, up to `max_bytes` (but always
     /// the first entry whole). `None` when `offset` is older than the cache.
     pub fn read(&self, offset: u64, end_offset: u64, max_bytes: usize) -> Option<Vec<Bytes>> {
@@ -88,6 +97,17 @@ mod tests {
         let cache = cache_of(10_000);
         assert_eq!(cache.read(0, 4, 10_000).unwrap().len(), 2);
         assert_eq!(cache.read(0, 20, 1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn truncation_drops_the_newest_entries_and_their_bytes() {
+        let mut cache = cache_of(1 << 20);
+        cache.truncate_from(8);
+        assert_eq!(cache.read(8, 20, 1 << 20).map(|e| e.len()), Some(0));
+        assert_eq!(cache.read(0, 20, 1 << 20).map(|e| e.len()), Some(4));
+        assert_eq!(cache.bytes, 4 * 100);
+        cache.push(8, 9, Bytes::from_static(b"again"), 5);
+        assert_eq!(cache.read(8, 20, 1 << 20).unwrap()[0], Bytes::from_static(b"again"));
     }
 
     #[test]

@@ -261,13 +261,13 @@ impl Shard {
     ) -> Result<(u64, u64), BrokerError> {
         let log = self.partition_log(topic, partition)?;
         // Nothing awaits before the append, so requests keep their arrival order.
-        let (base_offset, next_offset) = log.append(entry)?;
+        let appended = log.append(entry)?;
         match acks {
             Acks::None => log.wait_for_room().await?,
-            Acks::Leader => log.wait_written(next_offset).await?,
-            Acks::All => log.wait_synced(next_offset).await?,
+            Acks::Leader => log.wait_written(&appended).await?,
+            Acks::All => log.wait_synced(&appended).await?,
         }
-        Ok((base_offset, log.log_start()))
+        Ok((appended.base_offset, log.log_start()))
     }
 
     async fn fetch_local(

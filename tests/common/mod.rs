@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod kafka_wire;
 pub mod scripts;
 
 use spate::client::Client;
@@ -30,6 +31,12 @@ pub struct Broker {
 impl Broker {
     /// Starts a broker with two shards on `data_dir`, plus `extra` arguments.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Broker {
+        Self::start_logging_in(data_dir, data_dir.parent().unwrap_or(data_dir), extra)
+    }
+
+    /// Like [`Broker::start`], with its output kept in `log_dir` (for a data directory on a
+    /// filesystem the test fills up).
+    pub fn start_logging_in(data_dir: &Path, log_dir: &Path, extra: &[&str]) -> Broker {
         let port = free_port();
         // Two binds of port 0 in a row can return the same port; the listeners need two.
         let kafka_port = std::iter::repeat_with(free_port).find(|p| *p != port).unwrap_or(0);
@@ -38,7 +45,7 @@ impl Broker {
             addr: format!("127.0.0.1:{port}"),
             kafka_addr: format!("127.0.0.1:{kafka_port}"),
             data_dir: data_dir.to_path_buf(),
-            log_dir: data_dir.parent().unwrap_or(data_dir).to_path_buf(),
+            log_dir: log_dir.to_path_buf(),
             args: extra.iter().map(|s| s.to_string()).collect(),
             runs: 0,
         };

@@ -1,0 +1,154 @@
+//! Kafka requests at the byte level: a blocking connection and the record batches and
+//! requests the tests send.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use indexmap::IndexMap;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, ListOffsetsResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader,
+    TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+
+/// A blocking Kafka connection that sends one request and reads one response at a time.
+pub struct Conn {
+    pub stream: TcpStream,
+    next_id: i32,
+}
+
+impl Conn {
+    pub fn open(addr: &str) -> Conn {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Conn { stream, next_id: 1 }
+    }
+
+    /// Sends a request frame without waiting; returns its correlation id.
+    pub fn send<T: Encodable>(&mut self, api: ApiKey, version: i16, body: &T) -> i32 {
+        self.send_with_version(api, version, version, body)
+    }
+
+    /// Sends `body` encoded at `version` but labelled `claimed`.
+    pub fn send_with_version<T: Encodable>(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        claimed: i16,
+        body: &T,
+    ) -> i32 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut header = RequestHeader::default();
+        header.request_api_key = api as i16;
+        header.request_api_version = version;
+        header.correlation_id = id;
+        header.client_id = Some(StrBytes::from_static_str("spate-test"));
+        let mut buf = BytesMut::new();
+        header.encode(&mut buf, api.request_header_version(version)).unwrap();
+        body.encode(&mut buf, version).unwrap();
+        buf[2..4].copy_from_slice(&claimed.to_be_bytes());
+        self.send_raw(&buf);
+        id
+    }
+
+    pub fn send_raw(&mut self, frame: &[u8]) {
+        self.stream.write_all(&(frame.len() as i32).to_be_bytes()).unwrap();
+        self.stream.write_all(frame).unwrap();
+    }
+
+    /// Reads one response; `None` when the broker closed the connection.
+    pub fn receive(&mut self) -> Option<Bytes> {
+        let mut size = [0u8; 4];
+        self.stream.read_exact(&mut size).ok()?;
+        let mut frame = vec![0u8; i32::from_be_bytes(size) as usize];
+        self.stream.read_exact(&mut frame).ok()?;
+        Some(Bytes::from(frame))
+    }
+
+    pub fn call<Q: Encodable, R: Decodable>(&mut self, api: ApiKey, version: i16, body: &Q) -> R {
+        let id = self.send(api, version, body);
+        self.response(api, version, id)
+    }
+
+    pub fn response<R: Decodable>(&mut self, api: ApiKey, version: i16, id: i32) -> R {
+        let mut frame = self.receive().expect("a response");
+        let header_version =
+            if api == ApiKey::ApiVersions { 0 } else { api.response_header_version(version) };
+        let header = ResponseHeader::decode(&mut frame, header_version).unwrap();
+        assert_eq!(header.correlation_id, id, "responses come in request order");
+        R::decode(&mut frame, version).unwrap()
+    }
+
+    pub fn is_closed(&mut self) -> bool {
+        self.receive().is_none()
+    }
+}
+
+pub fn batch(producer_id: i64, epoch: i16, sequence: i32, count: usize) -> Bytes {
+    let records: Vec<Record> = (0..count)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id,
+            producer_epoch: epoch,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            // The encoder starts a new batch wherever offset - sequence changes; a producer
+            // without an id sends base sequence -1.
+            sequence: if producer_id >= 0 { sequence + i as i32 } else { i as i32 - 1 },
+            timestamp: 1_700_000_000_000 + i as i64,
+            key: Some(Bytes::from(format!("key-{i}"))),
+            value: Some(Bytes::from(format!("value-{sequence}-{i}"))),
+            headers: IndexMap::new(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    let options = RecordEncodeOptions { version: 2, compression: Compression::None };
+    RecordBatchEncoder::encode(&mut buf, &records, &options).unwrap();
+    buf.freeze()
+}
+
+pub fn produce_request(topic: &str, acks: i16, records: Bytes) -> ProduceRequest {
+    let mut partition = PartitionProduceData::default();
+    partition.index = 0;
+    partition.records = Some(records);
+    let mut data = TopicProduceData::default();
+    data.name = TopicName(StrBytes::from_string(topic.to_string()));
+    data.partition_data = vec![partition];
+    let mut request = ProduceRequest::default();
+    request.acks = acks;
+    request.timeout_ms = 10_000;
+    request.topic_data = vec![data];
+    request
+}
+
+/// (error code, base offset) of the single partition in a produce response.
+pub fn produced(response: &ProduceResponse) -> (i16, i64) {
+    let partition = &response.responses[0].partition_responses[0];
+    (partition.error_code, partition.base_offset)
+}
+
+pub fn latest_offset(conn: &mut Conn, topic: &str) -> i64 {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    let mut partition = ListOffsetsPartition::default();
+    partition.timestamp = -1;
+    let mut wanted = ListOffsetsTopic::default();
+    wanted.name = TopicName(StrBytes::from_string(topic.to_string()));
+    wanted.partitions = vec![partition];
+    let mut request = kafka_protocol::messages::ListOffsetsRequest::default();
+    request.replica_id = kafka_protocol::messages::BrokerId(-1);
+    request.topics = vec![wanted];
+    let response: ListOffsetsResponse = conn.call(ApiKey::ListOffsets, 2, &request);
+    let partition = &response.topics[0].partitions[0];
+    assert_eq!(partition.error_code, 0);
+    partition.offset
+}

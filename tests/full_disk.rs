@@ -1,0 +1,238 @@
+//! A full disk: produce is refused with a storage error (native and Kafka), the broker stays
+//! up, reads keep working, and producing resumes once space is freed, with every acknowledged
+//! record kept and no refused one stored, across a `kill -9` too.
+//!
+//! The data directory is a small tmpfs, so the test needs to mount one (root with
+//! CAP_SYS_ADMIN). Without that it says so and skips, unless `SPATE_REQUIRE_FAULT_FS=1` (set
+//! by `.ci/run`) makes the missing privilege a failure.
+
+mod common;
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use common::kafka_wire::{batch, produce_request, produced, Conn};
+use common::{connect, read_all, record, run, Broker};
+use kafka_protocol::messages::{ApiKey, ProduceResponse};
+use spate::client::{Client, ClientError};
+use spate::native::messages::{Acks, ErrorCode};
+use spate::record::OwnedRecord;
+
+const TOPIC: &str = "full";
+const PARTITIONS: u32 = 2;
+/// Records per produced batch, of about 1 KiB each.
+const BATCH_RECORDS: u64 = 64;
+/// Produce requests in flight per partition while the disk fills.
+const IN_FLIGHT: usize = 4;
+/// KAFKA_STORAGE_ERROR.
+const KAFKA_STORAGE_ERROR: i16 = 56;
+
+/// A size-limited tmpfs, unmounted when dropped.
+struct SmallFs {
+    path: PathBuf,
+}
+
+impl SmallFs {
+    fn mount(path: &Path, size_mib: u64) -> Result<SmallFs, String> {
+        std::fs::create_dir_all(path).map_err(|e| e.to_string())?;
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
+            .arg(path)
+            .output()
+            .map_err(|e| format!("running mount: {e}"))?;
+        if !output.status.success() {
+            return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+        }
+        Ok(SmallFs { path: path.to_path_buf() })
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+fn sequenced(partition: u32, seq: u64) -> OwnedRecord {
+    let mut value = seq.to_le_bytes().to_vec();
+    value.resize(1024, b'v');
+    OwnedRecord { value: Some(value), ..record(partition, seq) }
+}
+
+fn seq_of(record: &OwnedRecord) -> u64 {
+    let value = record.value.as_deref().expect("a value");
+    u64::from_le_bytes(value[..8].try_into().expect("8 bytes of sequence"))
+}
+
+/// Per partition, the next sequence number to send and every acknowledged one.
+#[derive(Default)]
+struct Ledger {
+    next_seq: [u64; PARTITIONS as usize],
+    acked: [BTreeSet<u64>; PARTITIONS as usize],
+}
+
+/// Produces one batch with acks=all, recording it when acknowledged; `Err` carries the
+/// broker's refusal. Several may be in flight on one connection.
+async fn produce(
+    ledger: &RefCell<Ledger>,
+    client: &Client,
+    partition: u32,
+) -> Result<(), ClientError> {
+    let first = {
+        let mut ledger = ledger.borrow_mut();
+        let first = ledger.next_seq[partition as usize];
+        ledger.next_seq[partition as usize] += BATCH_RECORDS;
+        first
+    };
+    let records = (first..first + BATCH_RECORDS).map(|s| sequenced(partition, s));
+    client.produce(TOPIC, partition, Acks::All, common::batch_of(records)).await?;
+    ledger.borrow_mut().acked[partition as usize].extend(first..first + BATCH_RECORDS);
+    Ok(())
+}
+
+/// The log must hold exactly the acknowledged records, in the order they were sent: nothing
+/// lost, nothing refused stored.
+async fn verify(ledger: &RefCell<Ledger>, client: &Client) {
+    for partition in 0..PARTITIONS {
+        let stored: Vec<u64> =
+            read_all(client, TOPIC, partition, 0).await.iter().map(|(_, r)| seq_of(r)).collect();
+        let ledger = ledger.borrow();
+        let acked = &ledger.acked[partition as usize];
+        assert!(stored.windows(2).all(|w| w[0] < w[1]), "partition {partition}: out of order");
+        assert_eq!(
+            stored.len(),
+            acked.len(),
+            "partition {partition}: {} records stored, {} acknowledged",
+            stored.len(),
+            acked.len()
+        );
+        assert!(stored.iter().eq(acked.iter()), "partition {partition}: stored records differ");
+    }
+}
+
+/// Produces batches until the broker refuses one for lack of space, at most `tries`; says whether
+/// it did.
+async fn produce_until_refused(
+    ledger: &RefCell<Ledger>,
+    client: &Client,
+    partition: u32,
+    tries: usize,
+) -> bool {
+    for _ in 0..tries {
+        let result = produce(ledger, client, partition).await;
+        match &result {
+            Ok(()) => {}
+            _ if is_storage_error(&result) => return true,
+            Err(e) => panic!("partition {partition}: unexpected error {e:?}"),
+        }
+    }
+    false
+}
+
+fn is_storage_error(result: &Result<(), ClientError>) -> bool {
+    matches!(result, Err(ClientError::Broker { code: ErrorCode::StorageError, .. }))
+}
+
+#[test]
+fn a_full_disk_refuses_produce_keeps_reads_and_resumes_when_space_is_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = match SmallFs::mount(&dir.path().join("fs"), 48) {
+        Ok(fs) => fs,
+        Err(why) if std::env::var("SPATE_REQUIRE_FAULT_FS").as_deref() != Ok("1") => {
+            eprintln!("SKIPPED: cannot mount a small tmpfs for the full-disk test: {why}");
+            return;
+        }
+        Err(why) => panic!("cannot mount a small tmpfs for the full-disk test: {why}"),
+    };
+    // Space the test frees later to let producing resume.
+    let filler = fs.path.join("filler");
+    std::fs::write(&filler, vec![0xa5u8; 12 << 20]).unwrap();
+    let mut broker = Broker::start_logging_in(&fs.path.join("data"), dir.path(), &[]);
+    let ledger = Rc::new(RefCell::new(Ledger::default()));
+
+    run(|| async {
+        let client = connect(&broker).await;
+        client.create_topic(TOPIC, PARTITIONS, vec![]).await.unwrap();
+
+        // Fill the disk: per partition, producers with batches in flight until each is refused,
+        // so the disk fills with some batches written, some staged and some in flight.
+        let mut producers = Vec::new();
+        for partition in 0..PARTITIONS {
+            for _ in 0..IN_FLIGHT {
+                let (ledger, client) = (ledger.clone(), client.clone());
+                producers.push(glommio::spawn_local(async move {
+                    produce_until_refused(&ledger, &client, partition, 2_000).await
+                }));
+            }
+        }
+        for producer in producers {
+            assert!(producer.await, "48 MiB never filled up: {:?}", ledger.borrow().next_seq);
+        }
+        assert!(ledger.borrow().acked.iter().all(|a| !a.is_empty()), "nothing was acknowledged");
+
+        // Still full, past the back-off: the writer tries again and is refused again (after
+        // at most a few batches that fit where a larger coalesced write did not).
+        glommio::timer::sleep(Duration::from_millis(1_200)).await;
+        for partition in 0..PARTITIONS {
+            let refused = produce_until_refused(&ledger, &client, partition, 64).await;
+            assert!(refused, "partition {partition} kept taking records on a full disk");
+        }
+        verify(&ledger, &client).await;
+    });
+
+    // A Kafka producer is told KAFKA_STORAGE_ERROR, and may try again.
+    let mut conn = Conn::open(&broker.kafka_addr);
+    let response: ProduceResponse =
+        conn.call(ApiKey::Produce, 8, &produce_request(TOPIC, -1, batch(-1, -1, 0, 8)));
+    assert_eq!(produced(&response).0, KAFKA_STORAGE_ERROR);
+
+    std::fs::remove_file(&filler).unwrap();
+    run(|| async {
+        let client = connect(&broker).await;
+        // Appends are refused for a second after each failed write; then they go through.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for partition in 0..PARTITIONS {
+            loop {
+                let result = produce(&ledger, &client, partition).await;
+                if result.is_ok() {
+                    break;
+                }
+                assert!(is_storage_error(&result), "partition {partition}: {result:?}");
+                assert!(
+                    Instant::now() < deadline,
+                    "producing did not resume after space was freed"
+                );
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        for _ in 0..20 {
+            for partition in 0..PARTITIONS {
+                produce(&ledger, &client, partition).await.expect("produce after space was freed");
+            }
+        }
+        verify(&ledger, &client).await;
+    });
+    let log = broker.stderr();
+    assert!(log.contains("no space to write offsets"), "no log line names the full disk:\n{log}");
+    assert!(log.contains("writes resumed"), "no log line says writes resumed:\n{log}");
+
+    // What a failed write left behind was cut: a crash and recovery bring back exactly the
+    // acknowledged records, and the log takes more.
+    broker.kill9();
+    broker.restart();
+    run(|| async {
+        let client = connect(&broker).await;
+        verify(&ledger, &client).await;
+        for partition in 0..PARTITIONS {
+            produce(&ledger, &client, partition).await.expect("produce after restart");
+        }
+        verify(&ledger, &client).await;
+    });
+    let recovery = broker.stderr();
+    assert!(!recovery.contains("truncated"), "recovery found damage:\n{recovery}");
+    broker.stop();
+}
