@@ -78,6 +78,7 @@ pub fn run(config: BrokerConfig, histogram_dir: Option<PathBuf>) -> Result<(), S
     let stopper = Arc::new(Stopper::default());
     install_signal_handler(stopper.clone())?;
     tracing::info!(shards, ?cores, data_dir = %config.data_dir.display(), "starting spate");
+    raise_open_files_limit();
 
     let config = Arc::new(config);
     let mesh = MeshBuilder::full(shards, MESH_CHANNEL_CAPACITY);
@@ -107,6 +108,27 @@ pub fn run(config: BrokerConfig, histogram_dir: Option<PathBuf>) -> Result<(), S
         true => Ok(()),
         false => Err(failures.join("; ")),
     }
+}
+
+/// Every connection and every segment file is a descriptor, and a soft limit of 1024 (Debian's
+/// default) would cap the broker near a thousand connections: raise it to the hard limit.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct it is given, which lives for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        tracing::warn!("reading the open-files limit: {}", std::io::Error::last_os_error());
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        } else {
+            tracing::warn!("raising the open-files limit: {}", std::io::Error::last_os_error());
+        }
+    }
+    tracing::info!(open_files = limit.rlim_cur, "open-files limit");
 }
 
 fn pinned_placement(cores: &[usize]) -> Result<PoolPlacement, String> {
