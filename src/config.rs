@@ -197,6 +197,9 @@ pub struct BrokerConfig {
     pub max_connections: u32,
     /// A connection that sends nothing for this long (between requests or inside one) is closed.
     pub connections_max_idle_ms: u64,
+    /// Produced bytes appended but not yet written, broker-wide, past which connections stop
+    /// reading requests until the disk catches up.
+    pub queued_max_request_bytes: usize,
 }
 
 impl Default for BrokerConfig {
@@ -222,6 +225,7 @@ impl Default for BrokerConfig {
             offsets_topic_segment_bytes: 16 * 1024 * 1024,
             max_connections: 100_000,
             connections_max_idle_ms: 600_000,
+            queued_max_request_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -309,6 +313,12 @@ impl BrokerConfig {
             "connections.max.idle.ms" => {
                 self.connections_max_idle_ms = parse(key, value)?;
                 if self.connections_max_idle_ms == 0 {
+                    return Err(invalid(key, value, "must be at least 1"));
+                }
+            }
+            "queued.max.request.bytes" => {
+                self.queued_max_request_bytes = parse(key, value)?;
+                if self.queued_max_request_bytes == 0 {
                     return Err(invalid(key, value, "must be at least 1"));
                 }
             }

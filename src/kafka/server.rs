@@ -94,8 +94,14 @@ impl Reading<'_> {
                 self.shard.wait_for_stop().await;
                 None
             };
-            let next =
-                futures_lite::future::or(async { Some(self.read_frame(reader).await) }, stop);
+            let next = futures_lite::future::or(
+                async {
+                    // When producers outrun the disk, stop reading until it catches up.
+                    self.shard.queued.wait_below_limit().await;
+                    Some(self.read_frame(reader).await)
+                },
+                stop,
+            );
             let (frame, permit) = match next.await {
                 None | Some(Ok(None)) => return Ok(()),
                 Some(Ok(Some(read))) => read,

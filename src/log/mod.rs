@@ -4,12 +4,14 @@
 //! index (`index.rs`). `partition.rs` owns the write path (offsets, O_DIRECT writes, group
 //! commit) and the read path; `scan.rs` validates stored entries on recovery; `retention.rs`
 //! decides what to delete and when to roll; `tail_cache.rs` serves caught-up readers from
-//! memory. Only the shard that owns a partition touches its files.
+//! memory; `queued.rs` counts what every partition has yet to write, against the broker-wide
+//! limit. Only the shard that owns a partition touches its files.
 
 pub mod index;
 pub mod partition;
 pub mod probe;
 pub mod producers;
+pub mod queued;
 pub mod retention;
 pub mod scan;
 pub mod segment;

@@ -28,6 +28,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -35,6 +36,7 @@ use event_listener::Event;
 
 use crate::config::{TopicConfig, WRITE_ALIGN_BYTES};
 use crate::log::producers::{ProducerTable, SequenceCheck, SequenceError};
+use crate::log::queued::QueuedBytes;
 use crate::log::retention::{self, SegmentFacts};
 use crate::log::segment::{self, is_out_of_space, Segment, Truncation};
 use crate::log::tail_cache::TailCache;
@@ -180,6 +182,8 @@ pub struct PartitionLog {
     /// Fired when the writer has work: staged entries, a roll request, or a stop.
     writer_wake: Event,
     metrics: Rc<Metrics>,
+    /// The broker-wide count `staged_bytes` is part of.
+    queued: Arc<QueuedBytes>,
 }
 
 impl PartitionLog {
@@ -191,6 +195,7 @@ impl PartitionLog {
         config: TopicConfig,
         limits: LogLimits,
         metrics: Rc<Metrics>,
+        queued: Arc<QueuedBytes>,
     ) -> io::Result<Rc<Self>> {
         let segments = open_segments(&dir, &topic, partition).await?;
         let next_offset = segments.back().map_or(0, |s| s.meta.borrow().next_offset);
@@ -226,6 +231,7 @@ impl PartitionLog {
             changed: Event::new(),
             writer_wake: Event::new(),
             metrics,
+            queued,
         });
         log.rebuild_producers().await?;
         glommio::spawn_local(log.clone().run_writer()).detach();
@@ -294,6 +300,7 @@ impl PartitionLog {
         let (entry, footprint) = pending.seal(base_offset);
         st.next_offset = next_offset;
         st.staged_bytes += entry.len();
+        self.queued.add(entry.len());
         st.tail.push(base_offset, next_offset, entry.clone(), footprint);
         st.staged.push_back(Staged { base_offset, next_offset, max_timestamp, entry });
         drop(st);
@@ -556,7 +563,12 @@ impl PartitionLog {
 
     fn fail(&self, why: String) {
         tracing::error!(topic = %self.topic, partition = self.partition, "{why}; refusing appends");
-        self.state.borrow_mut().failed = Some(why);
+        let mut st = self.state.borrow_mut();
+        st.failed = Some(why);
+        // Nothing staged will be written now: it must not hold back every connection.
+        st.staged.clear();
+        self.queued.remove(std::mem::take(&mut st.staged_bytes));
+        drop(st);
         self.changed.notify(usize::MAX);
     }
 
@@ -597,7 +609,7 @@ impl PartitionLog {
             st.generation = Rc::default();
             st.next_offset = from;
             st.staged.clear();
-            st.staged_bytes = 0;
+            self.queued.remove(std::mem::take(&mut st.staged_bytes));
             st.sync_target = st.sync_target.min(from);
             st.tail.truncate_from(from);
             st.producers.forget_from(from);
@@ -720,6 +732,7 @@ impl PartitionLog {
         st.block_tail = new_tail;
         st.written_offset = entries[entries.len() - 1].next_offset;
         st.staged_bytes -= data_len - block_tail.len();
+        self.queued.remove(data_len - block_tail.len());
         if st.out_of_space.take().is_some() {
             tracing::info!(topic = %self.topic, partition = self.partition, "space again: writes resumed");
         }

@@ -8,6 +8,8 @@
 //! response is written. Only the reader acquires from either, one request at a time, so
 //! reservations are granted in request order and wait only on earlier responses: a client that
 //! pipelines fetches without reading them stalls itself instead of filling the broker's memory.
+//! Before each frame the reader also waits while the broker's unwritten backlog is over
+//! `queued.max.request.bytes` (see [`crate::log::queued`]).
 //! A frame with a bad header ends the connection (the stream cannot be re-synchronised) after an
 //! error frame saying why; a bad body gets an error response and the connection goes on.
 
@@ -319,7 +321,11 @@ async fn read_requests<R: AsyncRead + Unpin>(
             None
         };
         let next = futures_lite::future::or(
-            async { Some(read_frame(reader, data_max, budgets, idle).await) },
+            async {
+                // When producers outrun the disk, stop reading until it catches up.
+                shard.queued.wait_below_limit().await;
+                Some(read_frame(reader, data_max, budgets, idle).await)
+            },
             stop,
         );
         let frame = match next.await {

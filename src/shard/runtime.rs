@@ -20,6 +20,7 @@ use hdrhistogram::Histogram;
 
 use crate::config::BrokerConfig;
 use crate::log::probe;
+use crate::log::queued::QueuedBytes;
 use crate::metrics;
 use crate::shard::call::MeshMessage;
 use crate::shard::catalog::{self, Catalog};
@@ -80,6 +81,7 @@ pub fn run(config: BrokerConfig, histogram_dir: Option<PathBuf>) -> Result<(), S
     tracing::info!(shards, ?cores, data_dir = %config.data_dir.display(), "starting spate");
     raise_open_files_limit();
 
+    let queued = Arc::new(QueuedBytes::new(config.queued_max_request_bytes));
     let config = Arc::new(config);
     let mesh = MeshBuilder::full(shards, MESH_CHANNEL_CAPACITY);
     let handles = LocalExecutorPoolBuilder::new(placement)
@@ -87,9 +89,14 @@ pub fn run(config: BrokerConfig, histogram_dir: Option<PathBuf>) -> Result<(), S
         .on_all_shards({
             let stopper = stopper.clone();
             move || {
-                let (config, catalog, mesh, stopper) =
-                    (config.clone(), catalog.clone(), mesh.clone(), stopper.clone());
-                async move { shard_main(config, catalog, mesh, shards, stopper).await }
+                let (config, catalog, mesh, stopper, queued) = (
+                    config.clone(),
+                    catalog.clone(),
+                    mesh.clone(),
+                    stopper.clone(),
+                    queued.clone(),
+                );
+                async move { shard_main(config, catalog, mesh, shards, stopper, queued).await }
             }
         })
         .map_err(|e| format!("starting executors: {e}"))?;
@@ -185,6 +192,7 @@ async fn shard_main(
     mesh: MeshBuilder<MeshMessage, glommio::channels::channel_mesh::Full>,
     shards: usize,
     stopper: Arc<Stopper>,
+    queued: Arc<QueuedBytes>,
 ) -> Result<Snapshot, String> {
     probe::probe_device(&config.data_dir).await;
     let (id, peers, receivers) = if shards > 1 {
@@ -194,7 +202,7 @@ async fn shard_main(
     } else {
         (0, None, None)
     };
-    let shard = Rc::new(Shard::new(id, shards, config.clone(), catalog, peers));
+    let shard = Rc::new(Shard::new(id, shards, config.clone(), catalog, peers, queued));
     if let Some(receivers) = receivers {
         serve_mesh(&shard, receivers);
     }

@@ -18,6 +18,7 @@ use glommio::channels::channel_mesh::Senders;
 use crate::config::BrokerConfig;
 use crate::group::offsets::{self, OFFSETS_PARTITIONS, OFFSETS_TOPIC};
 use crate::group::{Coordinator, GroupAnswer, GroupCall, GroupError};
+use crate::log::queued::QueuedBytes;
 use crate::log::{LogLimits, PartitionLog, ReadOutcome};
 use crate::metrics::Metrics;
 use crate::native::messages::{Acks, ErrorCode, OFFSET_EARLIEST, OFFSET_LATEST};
@@ -54,6 +55,8 @@ pub struct Shard {
     next_producer_id: Cell<i64>,
     /// The consumer groups this shard coordinates.
     pub groups: Coordinator,
+    /// What every shard's partitions have yet to write, against `queued.max.request.bytes`.
+    pub queued: Arc<QueuedBytes>,
 }
 
 impl Shard {
@@ -63,8 +66,10 @@ impl Shard {
         config: Arc<BrokerConfig>,
         catalog: Catalog,
         peers: Option<Senders<MeshMessage>>,
+        queued: Arc<QueuedBytes>,
     ) -> Self {
         Self {
+            queued,
             groups: Coordinator::new(&config),
             id,
             count,
@@ -126,6 +131,7 @@ impl Shard {
                 info.config.clone(),
                 self.limits(),
                 self.metrics.clone(),
+                self.queued.clone(),
             )
             .await?;
             self.partitions.borrow_mut().insert((name.to_string(), partition), log);
