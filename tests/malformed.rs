@@ -230,11 +230,12 @@ fn stalled_connections_are_closed_and_connections_past_the_limit_refused() {
     assert!(closed_by_broker(&mut silent), "a silent connection stays open");
     assert!(closed_by_broker(&mut half), "a half-sent frame holds its connection");
 
-    // Eight connections (four per shard) are served; a ninth and tenth on a full shard are
-    // closed at once. Which shard a connection lands on is the kernel's choice, so count.
+    // Eight connections (four per shard) are served; more on a full shard are closed at once.
+    // Which shard a connection lands on is the kernel's hash: with 40 attempts each shard gets
+    // its four all but surely (with 16, one shard got three about one run in fifty).
     let mut kept = Vec::new();
     let mut refused = 0;
-    for i in 0..16 {
+    for i in 0..40 {
         let mut stream = raw_connect(&broker);
         // A refused connection may already be closed when the request is written.
         let _ = stream.write_all(&metadata_frame(i));
@@ -244,7 +245,7 @@ fn stalled_connections_are_closed_and_connections_past_the_limit_refused() {
         }
     }
     assert_eq!(kept.len(), 8, "max.connections=8 over two shards");
-    assert_eq!(refused, 8);
+    assert_eq!(refused, 32);
     // Those served keep working as long as they are not idle.
     for (i, stream) in kept.iter_mut().enumerate() {
         stream.write_all(&metadata_frame(100 + i as u64)).unwrap();
