@@ -95,7 +95,9 @@ struct FileHeader {
     covered_bytes: U64,
     next_offset: U64,
     max_timestamp: I64,
-    reserved2: U64,
+    /// The segment the index was written for: a file copied or renamed onto another segment
+    /// is refused even though it is otherwise whole.
+    base_offset: U64,
 }
 
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -111,7 +113,7 @@ const POINT_BYTES: usize = std::mem::size_of::<FilePoint>();
 const _: () = assert!(HEADER_BYTES == 48 && POINT_BYTES == 24);
 
 /// Serializes an index file.
-pub fn encode(index: &SegmentIndex, segment: IndexedSegment) -> Vec<u8> {
+pub fn encode(index: &SegmentIndex, base_offset: u64, segment: IndexedSegment) -> Vec<u8> {
     let mut buf = Vec::with_capacity(HEADER_BYTES + index.points.len() * POINT_BYTES);
     let header = FileHeader {
         magic: INDEX_MAGIC.into(),
@@ -121,7 +123,7 @@ pub fn encode(index: &SegmentIndex, segment: IndexedSegment) -> Vec<u8> {
         covered_bytes: segment.covered_bytes.into(),
         next_offset: segment.next_offset.into(),
         max_timestamp: segment.max_timestamp.into(),
-        reserved2: 0.into(),
+        base_offset: base_offset.into(),
     };
     buf.extend_from_slice(header.as_bytes());
     for p in &index.points {
@@ -148,6 +150,9 @@ pub fn decode(
     }
     if crc32fast::hash(&buf[8..]) != header.crc.get() {
         return Err("checksum mismatch");
+    }
+    if header.base_offset.get() != base_offset {
+        return Err("written for another segment");
     }
     let count = header.count.get() as usize;
     if rest.len() != count * POINT_BYTES {
@@ -232,8 +237,8 @@ mod tests {
         let index = sample();
         let segment =
             IndexedSegment { covered_bytes: 100_000, next_offset: 1100, max_timestamp: 1495 };
-        let bytes = encode(&index, segment);
-        assert_eq!(decode(&bytes, 100).unwrap(), (index, segment));
+        let bytes = encode(&index, 100, segment);
+        assert_eq!(decode(&bytes, 100).unwrap(), (index.clone(), segment));
         for at in [0, 5, 9, 20, 60, bytes.len() - 1] {
             let mut bad = bytes.clone();
             bad[at] ^= 0x40;
@@ -241,7 +246,10 @@ mod tests {
         }
         assert!(decode(&bytes[..bytes.len() - 3], 100).is_err());
         assert!(decode(&[], 100).is_err());
-        // A point below the segment's base offset is refused even with a good checksum.
-        assert!(decode(&bytes, 200).is_err());
+        // Another segment's index is refused even with a good checksum and points that would
+        // fit: a later segment's offsets are all above this one's base.
+        assert_eq!(decode(&bytes, 50), Err("written for another segment"));
+        let relabelled = encode(&index, 200, segment);
+        assert_eq!(decode(&relabelled, 200), Err("points out of order or outside the segment"));
     }
 }

@@ -221,7 +221,7 @@ impl Segment {
                 next_offset: meta.next_offset,
                 max_timestamp: meta.max_timestamp,
             };
-            index::encode(&meta.index, facts)
+            index::encode(&meta.index, self.base_offset, facts)
         };
         write_small_file(&index_path(dir, self.base_offset), &bytes).await
     }
