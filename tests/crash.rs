@@ -228,28 +228,39 @@ fn a_corrupt_entry_in_the_tail_is_cut_with_everything_after_it() {
     });
 }
 
+/// Writes `records` records to a one-partition topic of 16 KiB segments (the first seals after a
+/// few dozen records), stops the broker, and lists the partition's files ending in `extension`,
+/// oldest first.
+fn stopped_with_small_segments(
+    broker: &mut Broker,
+    topic: &str,
+    records: u64,
+    extension: &str,
+) -> Vec<std::path::PathBuf> {
+    run(|| async {
+        let client = connect(broker).await;
+        let config = vec![("segment.bytes".to_string(), "16384".to_string())];
+        client.create_topic(topic, 1, config).await.unwrap();
+        for seq in 0..records {
+            produce(&client, topic, 0, Acks::All, vec![record(0, seq)]).await;
+        }
+    });
+    broker.stop();
+    let mut files: Vec<_> = std::fs::read_dir(partition_dir(broker, topic))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == extension))
+        .collect();
+    files.sort();
+    files
+}
+
 #[test]
 fn a_flipped_byte_in_a_sealed_segment_is_an_error_to_readers_never_wrong_data() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::start(&dir.path().join("data"), &[]);
-    run(|| async {
-        let client = connect(&broker).await;
-        // 16 KiB segments: the first seals after a few dozen records.
-        let config = vec![("segment.bytes".to_string(), "16384".to_string())];
-        client.create_topic("sealed", 1, config).await.unwrap();
-        for seq in 0..200u64 {
-            produce(&client, "sealed", 0, Acks::All, vec![record(0, seq)]).await;
-        }
-    });
-    broker.stop();
-    let partition = partition_dir(&broker, "sealed");
-    let mut logs: Vec<_> = std::fs::read_dir(&partition)
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect();
-    logs.sort();
+    let logs = stopped_with_small_segments(&mut broker, "sealed", 200, "log");
     assert!(logs.len() >= 3, "expected sealed segments, found {logs:?}");
     // A byte in the payload of the second entry of the first (sealed, indexed) segment.
     let sealed = &logs[0];
@@ -283,23 +294,7 @@ fn a_flipped_byte_in_a_sealed_segment_is_an_error_to_readers_never_wrong_data() 
 fn garbage_missing_and_foreign_index_files_are_rebuilt_and_every_record_served() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::start(&dir.path().join("data"), &[]);
-    run(|| async {
-        let client = connect(&broker).await;
-        let config = vec![("segment.bytes".to_string(), "16384".to_string())];
-        client.create_topic("indexed", 1, config).await.unwrap();
-        for seq in 0..300u64 {
-            produce(&client, "indexed", 0, Acks::All, vec![record(0, seq)]).await;
-        }
-    });
-    broker.stop();
-    let partition = partition_dir(&broker, "indexed");
-    let mut indexes: Vec<_> = std::fs::read_dir(&partition)
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "index"))
-        .collect();
-    indexes.sort();
+    let indexes = stopped_with_small_segments(&mut broker, "indexed", 300, "index");
     assert!(indexes.len() >= 4, "expected several sealed segments, found {indexes:?}");
     // Garbage in the first, the second gone, the third replaced by the fourth's (a valid file
     // describing another segment).
