@@ -156,7 +156,10 @@ fn a_full_disk_refuses_produce_keeps_reads_and_resumes_when_space_is_freed() {
 
     run(|| async {
         let client = connect(&broker).await;
-        client.create_topic(TOPIC, PARTITIONS, vec![]).await.unwrap();
+        // 1 MiB segments: the disk also fills while a segment rolls (sealing writes its index,
+        // and the next segment is created and preallocated).
+        let config = vec![("segment.bytes".to_string(), "1048576".to_string())];
+        client.create_topic(TOPIC, PARTITIONS, config).await.unwrap();
 
         // Fill the disk: per partition, producers with batches in flight until each is refused,
         // so the disk fills with some batches written, some staged and some in flight.

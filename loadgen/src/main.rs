@@ -84,6 +84,15 @@ pub struct Args {
     /// Stop producing after this many bytes of records instead (whichever comes first).
     #[arg(long)]
     pub max_bytes: Option<u64>,
+    /// Stop producing after this many records instead (whichever comes first; counted after
+    /// the warm-up).
+    #[arg(long)]
+    pub records: Option<u64>,
+    /// Open loop: close a partition's batch after this long even if it is not full, as a Kafka
+    /// producer's linger.ms does; at low rates batches get smaller and leave sooner. Closed loop
+    /// always sends full batches.
+    #[arg(long, value_name = "MS")]
+    pub linger_ms: Option<f64>,
     /// Only produce.
     #[arg(long)]
     pub skip_consume: bool,
@@ -123,6 +132,16 @@ pub struct Args {
 impl Args {
     pub fn records_per_batch(&self) -> u64 {
         (self.batch_bytes / self.record_size.mean().max(1)).max(1) as u64
+    }
+
+    /// Records in each open-loop batch of a partition receiving `records_per_sec`: a full batch,
+    /// or what arrives within `--linger-ms` if that is fewer.
+    pub fn lingered_batch(&self, records_per_sec: f64) -> u64 {
+        let full = self.records_per_batch();
+        match self.linger_ms {
+            Some(linger) => ((records_per_sec * linger / 1000.0).round() as u64).clamp(1, full),
+            None => full,
+        }
     }
 
     /// Whether records carry a sequence number and send time (built fresh for every batch).
@@ -482,5 +501,27 @@ fn print_progress(shared: &Shared) {
             records - last_records,
         );
         (last_bytes, last_records) = (bytes, records);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linger_closes_batches_early_only_when_they_would_not_fill() {
+        let args = |extra: &[&str]| {
+            let mut argv =
+                vec!["spate-loadgen", "--record-size", "1000", "--batch-bytes", "100000"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv).expect("valid arguments")
+        };
+        assert_eq!(args(&[]).lingered_batch(1_000.0), 100);
+        // 1,000 records/s for 5 ms: 5 records a batch.
+        assert_eq!(args(&["--linger-ms", "5"]).lingered_batch(1_000.0), 5);
+        // Fast enough to fill the batch before the linger passes.
+        assert_eq!(args(&["--linger-ms", "5"]).lingered_batch(1_000_000.0), 100);
+        // Never an empty batch.
+        assert_eq!(args(&["--linger-ms", "0.1"]).lingered_batch(10.0), 1);
     }
 }

@@ -84,6 +84,12 @@ struct Sender {
     interrupted: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// This thread's share of `--max-bytes`.
     byte_budget: u64,
+    /// This thread's share of `--records`, and the records it has sent toward it (counted when
+    /// sent, so the senders in flight stop within a batch of it).
+    record_budget: u64,
+    records_sent: Rc<Cell<u64>>,
+    /// Records per batch.
+    batch_records: u64,
 }
 
 impl Sender {
@@ -91,7 +97,7 @@ impl Sender {
         match &self.prebuilt {
             Some(prebuilt) => prebuilt.clone(),
             None => {
-                let count = self.args.records_per_batch();
+                let count = self.batch_records;
                 let first = self.sequence.next.get();
                 self.sequence.next.set(first + count);
                 let stamp = Some((first, verify::now_ns()));
@@ -106,6 +112,9 @@ impl Sender {
     async fn send(&self, since: Instant) {
         let Built { meta, payload, value_bytes } = self.next_batch();
         let count = u64::from(meta.record_count);
+        if self.totals.counting() {
+            self.records_sent.set(self.records_sent.get() + count);
+        }
         let result =
             self.client.produce(&self.topic, self.partition, self.args.acks, meta, payload).await;
         match result {
@@ -117,11 +126,13 @@ impl Sender {
         }
     }
 
-    /// The byte budget is split evenly over the threads, each of which knows only its own bytes.
+    /// The byte and record budgets are split evenly over the threads, each of which knows only
+    /// its own counts.
     fn keep_going(&self, deadline: Instant) -> bool {
         let interrupted = self.interrupted.load(std::sync::atomic::Ordering::Relaxed);
         Instant::now() < deadline
             && self.totals.bytes.get() < self.byte_budget
+            && self.records_sent.get() < self.record_budget
             && !self.totals.failed()
             && !interrupted
     }
@@ -139,7 +150,13 @@ pub async fn run(
     produced.totals.count_from(measure_from);
     let deadline = measure_from + Duration::from_secs(args.duration_secs);
     let byte_budget = args.max_bytes.map_or(u64::MAX, |b| b / args.thread_count() as u64);
+    let record_budget = args.records.map_or(u64::MAX, |r| r / args.thread_count() as u64);
+    let records_sent = Rc::new(Cell::new(0));
     let sending = sending_partitions(args);
+    let batch_records = match args.rate {
+        Some(rate) => args.lingered_batch(per_partition_rate(rate, sending)),
+        None => args.records_per_batch(),
+    };
     let mut tasks = Vec::new();
     for &partition in partitions {
         let keys = Rc::new(KeySource::for_partition(args.keys, partition, args.partitions));
@@ -149,8 +166,8 @@ pub async fn run(
         let stamped = args.stamped();
         let mut rng = Rng::new(u64::from(partition) + 1);
         let shape = Shape { sizes: args.record_size, protocol: args.protocol };
-        let prebuilt = (!stamped)
-            .then(|| build(args.records_per_batch(), shape, &keys, &mut rng, None, partition));
+        let prebuilt =
+            (!stamped).then(|| build(batch_records, shape, &keys, &mut rng, None, partition));
         let sender_for = |slot: usize| {
             let connection = if stamped { partition as usize } else { partition as usize + slot };
             Sender {
@@ -165,6 +182,9 @@ pub async fn run(
                 rng: Rc::new(RefCell::new(Rng::new(u64::from(partition) << 16 | slot as u64))),
                 interrupted: produced.interrupted.clone(),
                 byte_budget,
+                record_budget,
+                records_sent: records_sent.clone(),
+                batch_records,
             }
         };
         match args.rate {
@@ -201,8 +221,8 @@ async fn open_loop(
     deadline: Instant,
     delay: Rc<RefCell<Histogram<u64>>>,
 ) {
-    let per_partition = (rate as f64 / f64::from(sending_partitions.max(1))).max(1e-3);
-    let interval = Duration::from_secs_f64(sender.args.records_per_batch() as f64 / per_partition);
+    let per_partition = per_partition_rate(rate, sending_partitions);
+    let interval = Duration::from_secs_f64(sender.batch_records as f64 / per_partition);
     let inflight = sender.args.inflight.max(1) as u64;
     let slots = Rc::new(glommio::sync::Semaphore::new(inflight));
     let mut scheduled = Instant::now();
@@ -227,6 +247,11 @@ async fn open_loop(
     }
     // Every send holds a slot until it is answered: all slots back means all sends are done.
     let _ = slots.acquire(inflight).await;
+}
+
+/// Records per second each sending partition gets of the open loop's `rate`.
+fn per_partition_rate(rate: u64, sending_partitions: u32) -> f64 {
+    (rate as f64 / f64::from(sending_partitions.max(1))).max(1e-3)
 }
 
 /// Partitions of the topic that get records: with `--keys N`, only those some key lands in.
