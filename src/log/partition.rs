@@ -731,8 +731,10 @@ impl PartitionLog {
         let mut st = self.state.borrow_mut();
         st.block_tail = new_tail;
         st.written_offset = entries[entries.len() - 1].next_offset;
-        st.staged_bytes -= data_len - block_tail.len();
-        self.queued.remove(data_len - block_tail.len());
+        // A failed fdatasync may have zeroed the count (`fail`) while this write was in flight.
+        let written_bytes = (data_len - block_tail.len()).min(st.staged_bytes);
+        st.staged_bytes -= written_bytes;
+        self.queued.remove(written_bytes);
         if st.out_of_space.take().is_some() {
             tracing::info!(topic = %self.topic, partition = self.partition, "space again: writes resumed");
         }
