@@ -51,6 +51,31 @@ impl SmallFs {
     }
 }
 
+impl SmallFs {
+    /// Mounts one, or says why not and returns `None` (a failure under
+    /// `SPATE_REQUIRE_FAULT_FS=1`).
+    fn mount_or_skip(path: &Path, size_mib: u64) -> Option<SmallFs> {
+        match SmallFs::mount(path, size_mib) {
+            Ok(fs) => Some(fs),
+            Err(why) if std::env::var("SPATE_REQUIRE_FAULT_FS").as_deref() != Ok("1") => {
+                eprintln!("SKIPPED: cannot mount a small tmpfs for the full-disk test: {why}");
+                None
+            }
+            Err(why) => panic!("cannot mount a small tmpfs for the full-disk test: {why}"),
+        }
+    }
+
+    /// Takes every free block with a file of its own, which removing gives back.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.path.join("filler-to-the-last-block");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let block = [0x5au8; 4096];
+        while file.write_all(&block).is_ok() {}
+        path
+    }
+}
+
 impl Drop for SmallFs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
@@ -155,14 +180,7 @@ fn a_disk_that_fills_while_segments_roll_recovers_the_same_way() {
 /// frees space, checks that producing resumes, and checks it all again after a `kill -9`.
 fn fill_free_and_recover(segment_bytes: u64) {
     let dir = tempfile::tempdir().unwrap();
-    let fs = match SmallFs::mount(&dir.path().join("fs"), 48) {
-        Ok(fs) => fs,
-        Err(why) if std::env::var("SPATE_REQUIRE_FAULT_FS").as_deref() != Ok("1") => {
-            eprintln!("SKIPPED: cannot mount a small tmpfs for the full-disk test: {why}");
-            return;
-        }
-        Err(why) => panic!("cannot mount a small tmpfs for the full-disk test: {why}"),
-    };
+    let Some(fs) = SmallFs::mount_or_skip(&dir.path().join("fs"), 48) else { return };
     // Space the test frees later to let producing resume.
     let filler = fs.path.join("filler");
     std::fs::write(&filler, vec![0xa5u8; 12 << 20]).unwrap();
@@ -250,5 +268,74 @@ fn fill_free_and_recover(segment_bytes: u64) {
     });
     let recovery = broker.stderr();
     assert!(!recovery.contains("truncated"), "recovery found damage:\n{recovery}");
+    broker.stop();
+}
+
+/// The disk runs out exactly when a segment rolls: sealing it needs a block for its index file.
+/// The roll fails like a write (the batch is refused, the old segment stays active and intact),
+/// and once space is back the roll completes and the log goes on in a new segment.
+#[test]
+fn a_roll_that_finds_no_space_is_refused_and_completes_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fs) = SmallFs::mount_or_skip(&dir.path().join("fs"), 8) else { return };
+    let data = fs.path.join("data");
+    let mut broker = Broker::start_logging_in(&data, dir.path(), &[]);
+    // 12 records of about 1 KiB to a batch: two batches overflow a 16 KiB segment.
+    let batch_of = |first: u64| (first..first + 12).map(|s| sequenced(0, s)).collect::<Vec<_>>();
+    run(|| async {
+        let client = connect(&broker).await;
+        let config = vec![("segment.bytes".to_string(), "16384".to_string())];
+        client.create_topic(TOPIC, 1, config).await.unwrap();
+        client.produce(TOPIC, 0, Acks::All, common::batch_of(batch_of(0))).await.unwrap();
+    });
+    let filler = fs.fill();
+    run(|| async {
+        let client = connect(&broker).await;
+        let refused = client.produce(TOPIC, 0, Acks::All, common::batch_of(batch_of(12))).await;
+        assert!(is_storage_error(&refused.map(|_| ())), "a roll on a full disk must be refused");
+        let kept = read_all(&client, TOPIC, 0, 0).await;
+        assert_eq!(
+            kept.iter().map(|(_, r)| seq_of(r)).collect::<Vec<_>>(),
+            (0..12).collect::<Vec<_>>()
+        );
+    });
+    let log = broker.stderr();
+    assert!(log.contains("no space to write offsets 12 and after"), "{log}");
+    assert!(
+        log.contains("00000000000000000000.index.tmp"),
+        "the failed step names the index:\n{log}"
+    );
+
+    std::fs::remove_file(filler).unwrap();
+    run(|| async {
+        let client = connect(&broker).await;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match client.produce(TOPIC, 0, Acks::All, common::batch_of(batch_of(12))).await {
+                Ok(_) => break,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "the roll never completed: {e:?}");
+                    glommio::timer::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    broker.kill9();
+    broker.restart();
+    run(|| async {
+        let client = connect(&broker).await;
+        let stored = read_all(&client, TOPIC, 0, 0).await;
+        assert_eq!(
+            stored.iter().map(|(_, r)| seq_of(r)).collect::<Vec<_>>(),
+            (0..24).collect::<Vec<_>>()
+        );
+    });
+    let partition = data.join(TOPIC).join("0");
+    let names: Vec<String> = std::fs::read_dir(&partition)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().any(|n| n == "00000000000000000012.log"), "a second segment: {names:?}");
+    assert!(!names.iter().any(|n| n.ends_with(".tmp")), "a leftover temporary file: {names:?}");
     broker.stop();
 }

@@ -360,7 +360,10 @@ pub async fn read_range(file: &Rc<DmaFile>, position: u64, len: usize) -> io::Re
 
 /// Replaces a small file atomically: write a temporary file, sync it, rename it over.
 async fn write_small_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
+    // `<name>.index.tmp`, so an error while writing it names the file it stands for.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let file = OpenOptions::new().write(true).create(true).truncate(true).dma_open(&tmp).await?;
     let written = async {
         let aligned = bytes.len().next_multiple_of(WRITE_ALIGN_BYTES).max(WRITE_ALIGN_BYTES);
