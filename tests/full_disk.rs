@@ -65,13 +65,16 @@ impl SmallFs {
         }
     }
 
-    /// Takes every free block with a file of its own, which removing gives back.
-    fn fill(&self) -> PathBuf {
+    /// Takes every free block but `spare` (of 4 KiB) with a file of its own, which removing
+    /// gives back.
+    fn fill(&self, spare: u64) -> PathBuf {
         use std::io::Write;
         let path = self.path.join("filler-to-the-last-block");
         let mut file = std::fs::File::create(&path).unwrap();
         let block = [0x5au8; 4096];
         while file.write_all(&block).is_ok() {}
+        let len = file.metadata().unwrap().len();
+        file.set_len(len.saturating_sub(spare * 4096)).unwrap();
         path
     }
 }
@@ -271,11 +274,24 @@ fn fill_free_and_recover(segment_bytes: u64) {
     broker.stop();
 }
 
-/// The disk runs out exactly when a segment rolls: sealing it needs a block for its index file.
-/// The roll fails like a write (the batch is refused, the old segment stays active and intact),
-/// and once space is back the roll completes and the log goes on in a new segment.
+/// The disk runs out exactly when a segment rolls, at either step of it: sealing the old segment
+/// needs a block for its index file, and creating the next one a block of its own. The roll
+/// fails like a write (the batch is refused, the old segment stays active and intact, a
+/// half-created segment is removed), and once space is back the roll completes and the log goes
+/// on in a new segment.
 #[test]
-fn a_roll_that_finds_no_space_is_refused_and_completes_later() {
+fn a_roll_that_finds_no_space_to_seal_is_refused_and_completes_later() {
+    roll_without_space(0, "00000000000000000000.index.tmp");
+}
+
+#[test]
+fn a_roll_that_finds_no_space_to_create_a_segment_is_refused_and_completes_later() {
+    roll_without_space(1, "00000000000000000012.log");
+}
+
+/// Fills the disk but `spare` blocks just before a produce that rolls, and expects the write of
+/// `failing_file` to be the step that found no space.
+fn roll_without_space(spare: u64, failing_file: &str) {
     let dir = tempfile::tempdir().unwrap();
     let Some(fs) = SmallFs::mount_or_skip(&dir.path().join("fs"), 8) else { return };
     let data = fs.path.join("data");
@@ -288,7 +304,7 @@ fn a_roll_that_finds_no_space_is_refused_and_completes_later() {
         client.create_topic(TOPIC, 1, config).await.unwrap();
         client.produce(TOPIC, 0, Acks::All, common::batch_of(batch_of(0))).await.unwrap();
     });
-    let filler = fs.fill();
+    let filler = fs.fill(spare);
     run(|| async {
         let client = connect(&broker).await;
         let refused = client.produce(TOPIC, 0, Acks::All, common::batch_of(batch_of(12))).await;
@@ -300,10 +316,22 @@ fn a_roll_that_finds_no_space_is_refused_and_completes_later() {
         );
     });
     let log = broker.stderr();
-    assert!(log.contains("no space to write offsets 12 and after"), "{log}");
+    let failed = log.lines().find(|l| l.contains("no space to write offsets 12 and after"));
     assert!(
-        log.contains("00000000000000000000.index.tmp"),
-        "the failed step names the index:\n{log}"
+        failed.is_some_and(|l| l.contains(failing_file)),
+        "not the step expected to fail ({failing_file}):\n{log}"
+    );
+
+    let partition = data.join(TOPIC).join("0");
+    let files = || -> Vec<String> {
+        let entries = std::fs::read_dir(&partition).unwrap();
+        entries.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
+    };
+    // Nothing half-made is left to claim offsets or space: no empty newest segment, no temp.
+    let left = files();
+    assert!(
+        !left.iter().any(|n| n == "00000000000000000012.log" || n.ends_with(".tmp")),
+        "{left:?}"
     );
 
     std::fs::remove_file(filler).unwrap();
@@ -330,11 +358,7 @@ fn a_roll_that_finds_no_space_is_refused_and_completes_later() {
             (0..24).collect::<Vec<_>>()
         );
     });
-    let partition = data.join(TOPIC).join("0");
-    let names: Vec<String> = std::fs::read_dir(&partition)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let names = files();
     assert!(names.iter().any(|n| n == "00000000000000000012.log"), "a second segment: {names:?}");
     assert!(!names.iter().any(|n| n.ends_with(".tmp")), "a leftover temporary file: {names:?}");
     broker.stop();
