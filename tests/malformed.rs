@@ -229,6 +229,12 @@ fn stalled_connections_are_closed_and_connections_past_the_limit_refused() {
     half.write_all(&metadata_frame(1)[..20]).unwrap();
     assert!(closed_by_broker(&mut silent), "a silent connection stays open");
     assert!(closed_by_broker(&mut half), "a half-sent frame holds its connection");
+    // The same on the Kafka listener: silent, and stalled inside the size prefix.
+    let mut kafka_silent = TcpStream::connect(&broker.kafka_addr).unwrap();
+    let mut kafka_half = TcpStream::connect(&broker.kafka_addr).unwrap();
+    kafka_half.write_all(&[0, 0]).unwrap();
+    assert!(closed_by_broker(&mut kafka_silent), "a silent Kafka connection stays open");
+    assert!(closed_by_broker(&mut kafka_half), "a half-sent Kafka size holds its connection");
 
     // Eight connections (four per shard) are served; more on a full shard are closed at once.
     // Which shard a connection lands on is the kernel's hash: with 40 attempts each shard gets
