@@ -16,7 +16,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use common::kafka_wire::{batch, produce_request, produced, Conn};
-use common::{connect, read_all, record, run, Broker};
+use common::{connect, read_all, record, run, skip_without_privilege, Broker};
 use kafka_protocol::messages::{ApiKey, ProduceResponse};
 use spate::client::{Client, ClientError};
 use spate::native::messages::{Acks, ErrorCode};
@@ -55,14 +55,11 @@ impl SmallFs {
     /// Mounts one, or says why not and returns `None` (a failure under
     /// `SPATE_REQUIRE_FAULT_FS=1`).
     fn mount_or_skip(path: &Path, size_mib: u64) -> Option<SmallFs> {
-        match SmallFs::mount(path, size_mib) {
-            Ok(fs) => Some(fs),
-            Err(why) if std::env::var("SPATE_REQUIRE_FAULT_FS").as_deref() != Ok("1") => {
-                eprintln!("SKIPPED: cannot mount a small tmpfs for the full-disk test: {why}");
-                None
-            }
-            Err(why) => panic!("cannot mount a small tmpfs for the full-disk test: {why}"),
-        }
+        SmallFs::mount(path, size_mib)
+            .map_err(|why| {
+                skip_without_privilege("mount a small tmpfs for the full-disk test", &why)
+            })
+            .ok()
     }
 
     /// Takes every free block but `spare` (of 4 KiB) with a file of its own, which removing

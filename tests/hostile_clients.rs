@@ -9,11 +9,12 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::kafka_wire::{batch, latest_offset, produce_request, produced, Conn};
-use common::{connect, produce, read_all, record, run, Broker};
+use common::kafka_wire::{batch, latest_offset, produce_request, produced, request, Conn};
+use common::native_wire::{frame, metadata_frame};
+use common::{connect, proc_status_kib, produce, read_all, record, run, Broker};
 use kafka_protocol::messages::{ApiKey, ProduceResponse};
-use spate::native::frame::{Api, FrameHeader, FRAME_HEADER_BYTES};
-use spate::native::messages::{encode, Acks, FetchRequest, MetadataRequest};
+use spate::native::frame::{Api, FrameHeader};
+use spate::native::messages::{encode, Acks, FetchRequest};
 use zerocopy::IntoBytes;
 
 const TOPIC: &str = "hostile";
@@ -26,14 +27,6 @@ const PIPELINERS: usize = 4;
 /// as a blocked write rather than disappearing into the kernel's buffers.
 const CLIENT_SOCKET_BUFFER_BYTES: libc::c_int = 16 * 1024;
 
-fn native_frame(api: Api, request_id: u64, meta: &[u8]) -> Vec<u8> {
-    let header = FrameHeader::new(api as u8, 0, request_id, meta.len(), 0, 0);
-    let mut out = header.as_bytes().to_vec();
-    out.extend_from_slice(meta);
-    out.resize(FRAME_HEADER_BYTES + header.padded_meta_len(), 0);
-    out
-}
-
 fn fetch_frame(request_id: u64) -> Vec<u8> {
     let request = FetchRequest {
         topic: TOPIC.into(),
@@ -42,26 +35,13 @@ fn fetch_frame(request_id: u64) -> Vec<u8> {
         max_bytes: 1 << 20,
         max_wait_ms: 0,
     };
-    native_frame(Api::Fetch, request_id, &encode(&request))
-}
-
-fn metadata_frame(request_id: u64) -> Vec<u8> {
-    let request = MetadataRequest { topics: None, with_offsets: false, allow_auto_create: false };
-    native_frame(Api::Metadata, request_id, &encode(&request))
+    frame(Api::Fetch as u8, request_id, &encode(&request), &[], 0)
 }
 
 /// A size-prefixed Kafka Produce v8 (acks=1) of a small batch.
 fn kafka_produce_frame(correlation_id: usize) -> Vec<u8> {
-    use kafka_protocol::messages::RequestHeader;
-    use kafka_protocol::protocol::{Encodable, StrBytes};
-    let mut header = RequestHeader::default();
-    header.request_api_key = ApiKey::Produce as i16;
-    header.request_api_version = 8;
-    header.correlation_id = correlation_id as i32;
-    header.client_id = Some(StrBytes::from_static_str("pipeliner"));
-    let mut body = bytes::BytesMut::new();
-    header.encode(&mut body, ApiKey::Produce.request_header_version(8)).unwrap();
-    produce_request(TOPIC, 1, batch(-1, -1, 0, 4)).encode(&mut body, 8).unwrap();
+    let produce = produce_request(TOPIC, 1, batch(-1, -1, 0, 4));
+    let body = request(ApiKey::Produce, 8, correlation_id as i32, &produce);
     let mut out = (body.len() as i32).to_be_bytes().to_vec();
     out.extend_from_slice(&body);
     out
@@ -102,12 +82,6 @@ fn shrink_socket_buffers(stream: &TcpStream) {
     }
 }
 
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// This process's soft open-files limit (the broker inherits it).
 fn open_files_limit() -> usize {
     let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
@@ -128,7 +102,7 @@ fn misbehaving_clients_at_scale_leave_memory_bounded_and_others_served() {
             produce(&client, TOPIC, 0, Acks::All, records).await;
         }
     });
-    let before_kib = status_kib(pid, "VmRSS:");
+    let before_kib = proc_status_kib(pid, "VmRSS:");
 
     // Thousands of connections that never send a byte, on both listeners (as many as this
     // process may open, leaving room for the rest of the test).
@@ -195,8 +169,8 @@ fn misbehaving_clients_at_scale_leave_memory_bounded_and_others_served() {
     assert_eq!(produced(&response).0, 0);
     assert!(latest_offset(&mut kafka, TOPIC) > 0);
 
-    let peak_kib = status_kib(pid, "VmHWM:");
-    let now_kib = status_kib(pid, "VmRSS:");
+    let peak_kib = proc_status_kib(pid, "VmHWM:");
+    let now_kib = proc_status_kib(pid, "VmRSS:");
     println!(
         "hostile clients: {idle_count} idle connections, {} pipeliners held back after {:?} \
          (requests sent per client: {sent:?}); broker RSS {} MiB before, {} MiB now, peak {} MiB",

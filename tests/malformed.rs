@@ -7,7 +7,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{batch_of, connect, produce, read_all, record, run, Broker};
+use common::native_wire::{frame, metadata_frame};
+use common::{batch_of, connect, proc_status_kib, produce, read_all, record, run, Broker};
 use spate::native::frame::{Api, FrameHeader, FLAG_ERROR, FRAME_HEADER_BYTES};
 use spate::native::messages::{decode, encode, Acks, ErrorBody, ErrorCode, MetadataRequest};
 use spate::record::OwnedRecord;
@@ -17,16 +18,6 @@ fn raw_connect(broker: &Broker) -> TcpStream {
     let stream = TcpStream::connect(&broker.addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     stream
-}
-
-/// A frame with the given meta and data, and a correct header unless the caller changes it.
-fn frame(api: u8, request_id: u64, meta: &[u8], data: &[u8], data_crc: u32) -> Vec<u8> {
-    let header = FrameHeader::new(api, 0, request_id, meta.len(), data.len(), data_crc);
-    let mut out = header.as_bytes().to_vec();
-    out.extend_from_slice(meta);
-    out.resize(FRAME_HEADER_BYTES + header.padded_meta_len(), 0);
-    out.extend_from_slice(data);
-    out
 }
 
 /// Reads one response frame: its header and meta.
@@ -50,16 +41,6 @@ fn error_of(response: &(FrameHeader, Vec<u8>)) -> ErrorBody {
 fn closed(stream: &mut TcpStream) -> bool {
     let mut byte = [0u8; 1];
     matches!(stream.read(&mut byte), Ok(0) | Err(_))
-}
-
-fn metadata_frame(request_id: u64) -> Vec<u8> {
-    frame(
-        Api::Metadata as u8,
-        request_id,
-        &encode(&MetadataRequest { topics: None, with_offsets: false, allow_auto_create: false }),
-        &[],
-        0,
-    )
 }
 
 #[test]
@@ -170,18 +151,11 @@ fn malformed_frames_get_errors_or_a_close_and_other_clients_are_unaffected() {
     assert!(logged.contains("closing connection"), "offending connections are logged:\n{logged}");
 }
 
-/// Resident memory of a process, from /proc.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 #[test]
 fn headers_that_promise_huge_bodies_do_not_commit_memory() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&dir.path().join("data"), &[]);
-    let before = rss_kib(broker.pid());
+    let before = proc_status_kib(broker.pid(), "VmRSS:");
     // 20 connections each announce a 90 MiB produce body, send 1 KiB of it, and stall.
     let produce_meta =
         encode(&MetadataRequest { topics: None, with_offsets: false, allow_auto_create: false });
@@ -200,7 +174,7 @@ fn headers_that_promise_huge_bodies_do_not_commit_memory() {
         client.create_topic("alive", 1, vec![]).await.unwrap();
         produce(&client, "alive", 0, Acks::All, vec![record(0, 0)]).await;
     });
-    let grown_mib = rss_kib(broker.pid()).saturating_sub(before) / 1024;
+    let grown_mib = proc_status_kib(broker.pid(), "VmRSS:").saturating_sub(before) / 1024;
     assert!(grown_mib < 200, "20 stalled 90 MiB frames grew the broker by {grown_mib} MiB");
     drop(stalled);
 }

@@ -12,7 +12,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use common::{connect, run, Broker};
+use common::{connect, proc_status_kib, run, skip_without_privilege, Broker};
 use spate::native::messages::Acks;
 use spate::record::OwnedRecord;
 
@@ -71,9 +71,7 @@ impl Drop for Throttle {
 }
 
 fn status_mib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+    proc_status_kib(pid, field) / 1024
 }
 
 #[test]
@@ -83,11 +81,10 @@ fn producers_outrunning_the_disk_are_held_back_and_memory_stays_bounded() {
     std::fs::create_dir_all(&data).unwrap();
     let throttle = match Throttle::new(&data, THROTTLE_BYTES_PER_SEC) {
         Ok(throttle) => throttle,
-        Err(why) if std::env::var("SPATE_REQUIRE_FAULT_FS").as_deref() != Ok("1") => {
-            eprintln!("SKIPPED: cannot throttle the disk for the overload test: {why}");
+        Err(why) => {
+            skip_without_privilege("throttle the disk for the overload test", &why);
             return;
         }
-        Err(why) => panic!("cannot throttle the disk for the overload test: {why}"),
     };
     let settings = [
         "--set".to_string(),

@@ -45,14 +45,7 @@ impl Conn {
     ) -> i32 {
         let id = self.next_id;
         self.next_id += 1;
-        let mut header = RequestHeader::default();
-        header.request_api_key = api as i16;
-        header.request_api_version = version;
-        header.correlation_id = id;
-        header.client_id = Some(StrBytes::from_static_str("spate-test"));
-        let mut buf = BytesMut::new();
-        header.encode(&mut buf, api.request_header_version(version)).unwrap();
-        body.encode(&mut buf, version).unwrap();
+        let mut buf = request(api, version, id, body);
         buf[2..4].copy_from_slice(&claimed.to_be_bytes());
         self.send_raw(&buf);
         id
@@ -89,6 +82,19 @@ impl Conn {
     pub fn is_closed(&mut self) -> bool {
         self.receive().is_none()
     }
+}
+
+/// A request (header and body, without the size prefix) encoded at `version`.
+pub fn request<T: Encodable>(api: ApiKey, version: i16, correlation_id: i32, body: &T) -> BytesMut {
+    let mut header = RequestHeader::default();
+    header.request_api_key = api as i16;
+    header.request_api_version = version;
+    header.correlation_id = correlation_id;
+    header.client_id = Some(StrBytes::from_static_str("spate-test"));
+    let mut buf = BytesMut::new();
+    header.encode(&mut buf, api.request_header_version(version)).unwrap();
+    body.encode(&mut buf, version).unwrap();
+    buf
 }
 
 pub fn batch(producer_id: i64, epoch: i16, sequence: i32, count: usize) -> Bytes {

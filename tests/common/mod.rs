@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod kafka_wire;
+pub mod native_wire;
 pub mod scripts;
 
 use spate::client::Client;
@@ -182,6 +183,22 @@ impl Drop for Broker {
             let _ = child.wait();
         }
     }
+}
+
+/// A field of a process's /proc status in KiB, e.g. `VmRSS:` (resident) or `VmHWM:` (peak).
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// For fault tests that need root (a mount, a cgroup): says why the fault cannot be set up and
+/// lets the test skip, or fails it under `SPATE_REQUIRE_FAULT_FS=1` (set by `.ci/run`).
+pub fn skip_without_privilege(what: &str, why: &str) {
+    if std::env::var("SPATE_REQUIRE_FAULT_FS").as_deref() == Ok("1") {
+        panic!("cannot {what}: {why}");
+    }
+    eprintln!("SKIPPED: cannot {what}: {why}");
 }
 
 /// The CPUs tests pin shards to: two shards when the machine has two CPUs.
