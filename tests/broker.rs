@@ -303,6 +303,42 @@ fn a_second_broker_cannot_open_the_same_data_directory() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("in use by another spate process"));
 }
 
+/// glommio listens with SO_REUSEPORT: unchecked, a second broker on the same port would start
+/// and silently take a share of the first one's connections.
+#[test]
+fn a_second_broker_cannot_listen_on_a_port_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("first"), &[]);
+    let log_path = dir.path().join("second.log");
+    let mut second = std::process::Command::new(common::BINARY)
+        .args(["serve", "--listen", &broker.addr, "--kafka-listener", &broker.kafka_addr])
+        .arg("--data-dir")
+        .arg(dir.path().join("second"))
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            second.kill().unwrap();
+            second.wait().unwrap();
+            panic!("a second broker started on ports in use");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("Address already in use"), "{log}");
+    assert!(log.contains(&format!("native listener on {}", broker.addr)), "{log}");
+    run(|| async {
+        let client = connect(&broker).await;
+        client.create_topic("still-served", 1, vec![]).await.unwrap();
+    });
+}
+
 #[test]
 fn fetches_asking_for_everything_are_answered_in_turn() {
     let dir = tempfile::tempdir().unwrap();

@@ -7,11 +7,12 @@
 //! 4. the main thread merges the shards' histograms and prints them.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::{MeshBuilder, Receivers};
 use glommio::net::TcpListener;
@@ -33,6 +34,8 @@ const DRAIN_WAIT_MAX: Duration = Duration::from_secs(10);
 /// How often a shard looks at the process-wide stop flag.
 const STOP_POLL_INTERVAL: Duration = Duration::from_millis(20);
 const LOCK_FILE: &str = ".lock";
+/// How long a starting broker waits for another socket to stop listening on its ports.
+const PORT_RELEASE_WAIT: Duration = Duration::from_secs(10);
 
 type Snapshot = BTreeMap<String, Histogram<u64>>;
 
@@ -75,6 +78,8 @@ pub fn run(config: BrokerConfig, histogram_dir: Option<PathBuf>) -> Result<(), S
         None => CpuSet::online().map_err(|e| e.to_string())?.iter().map(|l| l.cpu).collect(),
     };
     let placement = pinned_placement(&cores)?;
+    wait_for_free_port(config.native_listener, "native")?;
+    wait_for_free_port(config.kafka_listener, "Kafka")?;
     let shards = cores.len();
     let stopper = Arc::new(Stopper::default());
     install_signal_handler(stopper.clone())?;
@@ -136,6 +141,35 @@ fn raise_open_files_limit() {
         }
     }
     tracing::info!(open_files = limit.rlim_cur, "open-files limit");
+}
+
+/// Makes sure no other socket listens on `addr`. glommio binds with SO_REUSEPORT, so a second
+/// broker on the same port would start without error and silently take a share of the
+/// connections; a plain bind (no SO_REUSEPORT) fails while anything listens there. A broker
+/// killed moments ago can still hold its listeners for a while (the kernel releases them when
+/// it tears down the dead process's io_uring, after the process is gone), so wait before
+/// giving up.
+fn wait_for_free_port(addr: SocketAddr, what: &str) -> Result<(), String> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let deadline = Instant::now() + PORT_RELEASE_WAIT;
+    let mut logged = false;
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                if !logged {
+                    tracing::warn!(%addr, "another socket listens on the {what} port; waiting for it to close");
+                    logged = true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => {
+                return Err(format!("{what} listener on {addr}: {e} (is another broker running?)"))
+            }
+        }
+    }
 }
 
 fn pinned_placement(cores: &[usize]) -> Result<PoolPlacement, String> {

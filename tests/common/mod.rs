@@ -38,43 +38,47 @@ impl Broker {
     /// Like [`Broker::start`], with its output kept in `log_dir` (for a data directory on a
     /// filesystem the test fills up).
     pub fn start_logging_in(data_dir: &Path, log_dir: &Path, extra: &[&str]) -> Broker {
-        let port = free_port();
-        // Two binds of port 0 in a row can return the same port; the listeners need two.
-        let kafka_port = std::iter::repeat_with(free_port).find(|p| *p != port).unwrap_or(0);
         let mut broker = Broker {
             child: None,
-            addr: format!("127.0.0.1:{port}"),
-            kafka_addr: format!("127.0.0.1:{kafka_port}"),
+            addr: String::new(),
+            kafka_addr: String::new(),
             data_dir: data_dir.to_path_buf(),
             log_dir: log_dir.to_path_buf(),
             args: extra.iter().map(|s| s.to_string()).collect(),
             runs: 0,
         };
+        broker.move_to_fresh_ports();
         broker.launch();
         broker
     }
 
     fn launch(&mut self) {
-        // While a broker is down for a restart, its ports are free, and a client connection of
-        // another test running beside this one can take one as its ephemeral port. Then the
-        // broker cannot listen there: wait for the port to come free, and after a while move to
-        // fresh ports (tests read `addr` and `kafka_addr` after each restart).
-        for attempt in 0..30 {
+        for attempt in 0..10 {
+            // A broker killed moments ago can still listen for a while (the kernel releases its
+            // listeners when it tears down the dead process's io_uring), and the probe below
+            // would take that for the new broker: wait for the ports to come free. A port that
+            // another test's client took as its ephemeral port stays taken: move then.
+            if !(port_comes_free(&self.addr) && port_comes_free(&self.kafka_addr)) {
+                self.move_to_fresh_ports();
+            }
             match self.launch_once() {
                 Ok(()) => return,
-                Err(log) if log.contains("Address already in use") && attempt < 29 => {
-                    std::thread::sleep(Duration::from_millis(200));
-                    if attempt >= 15 {
-                        let port = free_port();
-                        let kafka_port =
-                            std::iter::repeat_with(free_port).find(|p| *p != port).unwrap_or(0);
-                        self.addr = format!("127.0.0.1:{port}");
-                        self.kafka_addr = format!("127.0.0.1:{kafka_port}");
-                    }
+                // Taken between the check and the broker's bind.
+                Err(log) if log.contains("Address already in use") && attempt < 9 => {
+                    self.move_to_fresh_ports()
                 }
                 Err(log) => panic!("broker did not start:\n{log}"),
             }
         }
+    }
+
+    /// Tests read `addr` and `kafka_addr` after each restart.
+    fn move_to_fresh_ports(&mut self) {
+        let port = free_port();
+        // Two binds of port 0 in a row can return the same port; the listeners need two.
+        let kafka_port = std::iter::repeat_with(free_port).find(|p| *p != port).unwrap_or(0);
+        self.addr = format!("127.0.0.1:{port}");
+        self.kafka_addr = format!("127.0.0.1:{kafka_port}");
     }
 
     /// Starts the process and waits until both listeners answer and it is still running.
@@ -211,6 +215,18 @@ pub fn cores() -> String {
     }
 }
 
+/// Whether nothing listens on or holds `addr` within 5 s.
+fn port_comes_free(addr: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpListener::bind(addr).is_err() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -270,7 +286,10 @@ pub async fn read_all(
 }
 
 pub async fn connect(broker: &Broker) -> Client {
-    Client::connect(&broker.addr).await.expect("connect")
+    match Client::connect(&broker.addr).await {
+        Ok(client) => client,
+        Err(e) => panic!("connecting to the broker: {e:?}\nits log:\n{}", broker.stderr()),
+    }
 }
 
 pub async fn produce(
