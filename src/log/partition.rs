@@ -103,6 +103,9 @@ pub struct ReadOutcome {
     pub entries: Vec<Bytes>,
     pub high_watermark: u64,
     pub log_start: u64,
+    /// When a fetch that waited for data was woken by it (set by the shard's long poll), so the
+    /// listener can time the delivery that follows.
+    pub woken_at: Option<Instant>,
 }
 
 /// The appends between two discards. A discard hands the unwritten offsets out again, so an
@@ -406,10 +409,16 @@ impl PartitionLog {
                     entries: Vec::new(),
                     high_watermark: hw,
                     log_start: start,
+                    woken_at: None,
                 });
             }
             if let Some(entries) = st.tail.read(offset, hw, max_bytes) {
-                return Ok(ReadOutcome { entries, high_watermark: hw, log_start: start });
+                return Ok(ReadOutcome {
+                    entries,
+                    high_watermark: hw,
+                    log_start: start,
+                    woken_at: None,
+                });
             }
             let first = st.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
             let segments: Vec<_> = st.segments.range(first..).cloned().collect();
@@ -420,10 +429,15 @@ impl PartitionLog {
                 .await
                 .map_err(|e| self.read_error(&segment, e))?;
             if let Some(entries) = found {
-                return Ok(ReadOutcome { entries: vec![entries], high_watermark, log_start });
+                return Ok(ReadOutcome {
+                    entries: vec![entries],
+                    high_watermark,
+                    log_start,
+                    woken_at: None,
+                });
             }
         }
-        Ok(ReadOutcome { entries: Vec::new(), high_watermark, log_start })
+        Ok(ReadOutcome { entries: Vec::new(), high_watermark, log_start, woken_at: None })
     }
 
     fn read_error(&self, segment: &Segment, error: ReadError) -> LogError {

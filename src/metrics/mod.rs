@@ -31,10 +31,14 @@ pub enum Hist {
     LogAppend,
     /// One fdatasync of a segment.
     Fdatasync,
+    /// A native fetch that waited for data: from being woken by it to its response written to
+    /// the socket (the broker's share of a tailing consumer's end-to-end latency after the
+    /// write).
+    FetchDelivery,
 }
 
 impl Hist {
-    pub const ALL: [Hist; 12] = [
+    pub const ALL: [Hist; 13] = [
         Hist::Produce,
         Hist::Fetch,
         Hist::ListOffsets,
@@ -47,6 +51,7 @@ impl Hist {
         Hist::Groups,
         Hist::LogAppend,
         Hist::Fdatasync,
+        Hist::FetchDelivery,
     ];
 
     pub fn name(self) -> &'static str {
@@ -63,6 +68,7 @@ impl Hist {
             Hist::Groups => "request.groups",
             Hist::LogAppend => "log.append_write",
             Hist::Fdatasync => "log.fdatasync",
+            Hist::FetchDelivery => "fetch.woken_to_sent",
         }
     }
 }

@@ -229,7 +229,7 @@ async fn fetch(
         })?;
         Ok(outcome)
     });
-    let (body, entries) = match result {
+    let (body, entries, woken_at) = match result {
         Ok(outcome) => (
             FetchResponse {
                 error: ErrorBody::none(),
@@ -237,12 +237,17 @@ async fn fetch(
                 log_start: outcome.log_start,
             },
             outcome.entries,
+            outcome.woken_at,
         ),
-        Err(e) => {
-            (FetchResponse { error: e.to_body(), high_watermark: 0, log_start: 0 }, Vec::new())
-        }
+        Err(e) => (
+            FetchResponse { error: e.to_body(), high_watermark: 0, log_start: 0 },
+            Vec::new(),
+            None,
+        ),
     };
-    Response::new(Api::Fetch as u8, 0, request_id, &encode(&body), entries).holding(reserved)
+    Response::new(Api::Fetch as u8, 0, request_id, &encode(&body), entries)
+        .holding(reserved)
+        .timing_delivery_from(woken_at)
 }
 
 async fn list_offsets(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {

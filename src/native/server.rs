@@ -28,6 +28,7 @@ use glommio::task::JoinHandle;
 use rkyv::util::AlignedVec;
 use zerocopy::IntoBytes;
 
+use crate::metrics::{Hist, Metrics};
 use crate::native::frame::{
     FrameError, FrameHeader, FLAG_ERROR, FLAG_RESPONSE, FRAME_HEADER_BYTES, FRAME_MAGIC,
 };
@@ -80,6 +81,8 @@ pub struct Response {
     data: Vec<Bytes>,
     /// Budget held until the response is written.
     reserved: Option<StaticPermit>,
+    /// For a fetch woken by new data: when, to time its delivery once written.
+    woken_at: Option<Instant>,
 }
 
 impl Response {
@@ -93,12 +96,18 @@ impl Response {
         head.extend_from_slice(header.as_bytes());
         head.extend_from_slice(meta);
         head.resize(FRAME_HEADER_BYTES + header.padded_meta_len(), 0);
-        Self { head, data, reserved: None }
+        Self { head, data, reserved: None, woken_at: None }
     }
 
     /// Keeps `permit` until this response has been written.
     pub fn holding(mut self, permit: Option<StaticPermit>) -> Self {
         self.reserved = permit;
+        self
+    }
+
+    /// Records [`Hist::FetchDelivery`] from `woken_at` once this response has been written.
+    pub fn timing_delivery_from(mut self, woken_at: Option<Instant>) -> Self {
+        self.woken_at = woken_at;
         self
     }
 
@@ -296,8 +305,13 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
     let (queue, responses) = local_channel::new_bounded(INFLIGHT_REQUESTS_MAX);
     let budgets = Budgets::new();
-    let writer =
-        glommio::spawn_local(write_responses(responses, writer, budgets.clone(), peer.clone()));
+    let writer = glommio::spawn_local(write_responses(
+        responses,
+        writer,
+        budgets.clone(),
+        shard.metrics.clone(),
+        peer.clone(),
+    ));
     let host: Rc<str> = Rc::from(peer.rsplit_once(':').map_or(peer.as_str(), |(host, _)| host));
     if let Err(reason) = read_requests(&shard, &mut reader, &queue, &budgets, host).await {
         tracing::warn!(%peer, "closing connection: {reason}");
@@ -420,13 +434,18 @@ async fn write_responses<W: AsyncWrite + Unpin>(
     responses: LocalReceiver<JoinHandle<Option<Response>>>,
     mut writer: W,
     budgets: Budgets,
+    metrics: Rc<Metrics>,
     peer: String,
 ) {
     while let Some(task) = responses.recv().await {
         let Some(Some(response)) = task.await else {
             continue;
         };
-        if let Err(e) = response.write_to(&mut writer).await {
+        let written = response.write_to(&mut writer).await;
+        if let (Ok(()), Some(woken_at)) = (&written, response.woken_at) {
+            metrics.record(Hist::FetchDelivery, woken_at.elapsed());
+        }
+        if let Err(e) = written {
             tracing::debug!(%peer, "write failed, dropping the connection: {e}");
             // Stop the reader even if it waits for budget, and let the queued requests finish
             // and free what they hold.

@@ -7,12 +7,11 @@
 //! 4. the main thread merges the shards' histograms and prints them.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use glommio::channels::channel_mesh::{MeshBuilder, Receivers};
 use glommio::net::TcpListener;
@@ -25,6 +24,7 @@ use crate::log::queued::QueuedBytes;
 use crate::metrics;
 use crate::shard::call::MeshMessage;
 use crate::shard::catalog::{self, Catalog};
+use crate::shard::listen_check;
 use crate::shard::Shard;
 
 /// Calls waiting in one direction of the mesh before senders wait.
@@ -78,8 +78,8 @@ pub fn run(config: BrokerConfig, histogram_dir: Option<PathBuf>) -> Result<(), S
         None => CpuSet::online().map_err(|e| e.to_string())?.iter().map(|l| l.cpu).collect(),
     };
     let placement = pinned_placement(&cores)?;
-    wait_for_free_port(config.native_listener, "native")?;
-    wait_for_free_port(config.kafka_listener, "Kafka")?;
+    listen_check::wait_until_free(config.native_listener, "native", PORT_RELEASE_WAIT)?;
+    listen_check::wait_until_free(config.kafka_listener, "Kafka", PORT_RELEASE_WAIT)?;
     let shards = cores.len();
     let stopper = Arc::new(Stopper::default());
     install_signal_handler(stopper.clone())?;
@@ -141,35 +141,6 @@ fn raise_open_files_limit() {
         }
     }
     tracing::info!(open_files = limit.rlim_cur, "open-files limit");
-}
-
-/// Makes sure no other socket listens on `addr`. glommio binds with SO_REUSEPORT, so a second
-/// broker on the same port would start without error and silently take a share of the
-/// connections; a plain bind (no SO_REUSEPORT) fails while anything listens there. A broker
-/// killed moments ago can still hold its listeners for a while (the kernel releases them when
-/// it tears down the dead process's io_uring, after the process is gone), so wait before
-/// giving up.
-fn wait_for_free_port(addr: SocketAddr, what: &str) -> Result<(), String> {
-    if addr.port() == 0 {
-        return Ok(());
-    }
-    let deadline = Instant::now() + PORT_RELEASE_WAIT;
-    let mut logged = false;
-    loop {
-        match std::net::TcpListener::bind(addr) {
-            Ok(_) => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
-                if !logged {
-                    tracing::warn!(%addr, "another socket listens on the {what} port; waiting for it to close");
-                    logged = true;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => {
-                return Err(format!("{what} listener on {addr}: {e} (is another broker running?)"))
-            }
-        }
-    }
 }
 
 fn pinned_placement(cores: &[usize]) -> Result<PoolPlacement, String> {

@@ -9,7 +9,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use event_listener::Event;
 use futures_channel::oneshot;
@@ -294,7 +294,9 @@ impl Shard {
             false
         };
         if futures_lite::future::or(log.wait_for_data(offset, max_wait), stop).await {
-            return Ok(log.read(offset, max_bytes).await?);
+            let woken_at = Instant::now();
+            let outcome = log.read(offset, max_bytes).await?;
+            return Ok(ReadOutcome { woken_at: Some(woken_at), ..outcome });
         }
         Ok(outcome)
     }

@@ -53,19 +53,18 @@ impl Broker {
     }
 
     fn launch(&mut self) {
-        for attempt in 0..10 {
-            // A broker killed moments ago can still listen for a while (the kernel releases its
-            // listeners when it tears down the dead process's io_uring), and the probe below
-            // would take that for the new broker: wait for the ports to come free. A port that
-            // another test's client took as its ephemeral port stays taken: move then.
-            if !(port_comes_free(&self.addr) && port_comes_free(&self.kafka_addr)) {
-                self.move_to_fresh_ports();
-            }
+        // While a broker is down for a restart, its ports are free, and a client connection of
+        // another test running beside this one can take one as its ephemeral port. Then the
+        // broker cannot listen there: wait for the port to come free (clients of the test may
+        // know only that port), and after a while move to fresh ports.
+        for attempt in 0..30 {
             match self.launch_once() {
                 Ok(()) => return,
-                // Taken between the check and the broker's bind.
-                Err(log) if log.contains("Address already in use") && attempt < 9 => {
-                    self.move_to_fresh_ports()
+                Err(log) if log.contains("Address already in use") && attempt < 29 => {
+                    std::thread::sleep(Duration::from_millis(200));
+                    if attempt >= 15 {
+                        self.move_to_fresh_ports();
+                    }
                 }
                 Err(log) => panic!("broker did not start:\n{log}"),
             }
@@ -81,7 +80,7 @@ impl Broker {
         self.kafka_addr = format!("127.0.0.1:{kafka_port}");
     }
 
-    /// Starts the process and waits until both listeners answer and it is still running.
+    /// Starts the process and waits until every shard listens.
     /// `Err` carries what it logged when it exits or does not listen in time.
     fn launch_once(&mut self) -> Result<(), String> {
         self.runs += 1;
@@ -105,19 +104,18 @@ impl Broker {
             .spawn()
             .expect("spawn spate");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for addr in [self.addr.clone(), self.kafka_addr.clone()] {
-            while std::net::TcpStream::connect(&addr).is_err() {
-                self.exited_during_start()?;
-                if Instant::now() > deadline {
-                    return Err(format!("no listener on {addr} after 20 s:\n{}", self.stderr()));
-                }
-                std::thread::sleep(Duration::from_millis(20));
+        // The broker's own word, not a probe connection: a broker killed moments ago can still
+        // listen on the ports for a while (the kernel releases its listeners when it tears down
+        // the dead process's io_uring), and a probe would take that for this one.
+        let shards = cores().split('-').count();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.stderr().matches("listeners ready").count() < shards {
+            self.exited_during_start()?;
+            if Instant::now() > deadline {
+                return Err(format!("not listening after 30 s:\n{}", self.stderr()));
             }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        // Every shard binds the ports; give the last one a moment after the first answers, and
-        // make sure none of them failed.
-        std::thread::sleep(Duration::from_millis(100));
         self.exited_during_start()
     }
 
@@ -213,18 +211,6 @@ pub fn cores() -> String {
     } else {
         "0".into()
     }
-}
-
-/// Whether nothing listens on or holds `addr` within 5 s.
-fn port_comes_free(addr: &str) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while std::net::TcpListener::bind(addr).is_err() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
 }
 
 fn free_port() -> u16 {
