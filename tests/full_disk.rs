@@ -168,9 +168,8 @@ fn a_full_disk_refuses_produce_keeps_reads_and_resumes_when_space_is_freed() {
 }
 
 /// Segments of 16 KiB, smaller than a batch: every write rolls, so the space runs out at a
-/// segment's first write, and recovery opens thousands of segments. (The roll itself, sealing
-/// with its index and creating the next segment, needs only 4 KiB each and has not been the
-/// step that failed in runs here.)
+/// segment's first write, and recovery opens thousands of segments. (A roll that itself finds
+/// no space, to seal or to create, is made deterministic by the `roll_without_space` tests.)
 #[test]
 fn a_disk_that_fills_while_segments_roll_recovers_the_same_way() {
     fill_free_and_recover(16 << 10);

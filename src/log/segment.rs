@@ -78,7 +78,6 @@ pub fn parse_log_name(name: &str) -> Option<u64> {
 }
 
 impl Segment {
-    /// Creates an empty active segment with its first preallocation step.
     /// Creates an empty active segment with its first preallocation step. On failure (a full
     /// disk) no file is left behind: an empty newest segment would claim offsets its
     /// predecessor goes on writing.
