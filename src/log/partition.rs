@@ -12,10 +12,11 @@
 //!   a process crash, and is visible to consumers: it is the high watermark.
 //! - `synced_offset`: everything below has been fdatasync'ed and survives power loss.
 //!
-//! acks=1 waits for `written_offset`, acks=all for `synced_offset`. One writer task issues one
-//! write at a time, so writes grow with load (everything staged while a write is in flight goes
-//! in the next one); one syncer task keeps one fdatasync in flight and releases every waiter at
-//! or below the position it covered: group commit.
+//! acks=1 waits for `written_offset`, acks=all for `synced_offset`. The writer task
+//! (`partition/writer.rs`) keeps up to two writes in flight, laid out by `write_plan.rs` so they
+//! never share a block, and writes grow with load (everything staged while both are in flight
+//! goes in the next one); one syncer task keeps one fdatasync in flight and releases every
+//! waiter at or below the position it covered: group commit.
 //!
 //! A write refused for lack of space (a full disk or quota) does not fail the partition: what
 //! was appended but not yet written is discarded, its producers get a storage error, its offsets
@@ -38,11 +39,13 @@ use crate::config::{TopicConfig, WRITE_ALIGN_BYTES};
 use crate::log::producers::{ProducerTable, SequenceCheck, SequenceError};
 use crate::log::queued::QueuedBytes;
 use crate::log::retention::{self, SegmentFacts};
-use crate::log::segment::{self, is_out_of_space, Segment, Truncation};
+use crate::log::segment::{self, Segment, Truncation};
 use crate::log::tail_cache::TailCache;
 use crate::metrics::{Hist, Metrics};
 use crate::record::entry::{parse_entry, parse_header, ENTRY_HEADER_BYTES};
 use crate::record::PendingEntry;
+
+mod writer;
 
 /// How much of the newest log is replayed on open to rebuild idempotent producers' state: far
 /// more than any producer's retries span.
@@ -149,9 +152,6 @@ struct LogState {
     staged_bytes: usize,
     tail: TailCache,
     producers: ProducerTable,
-    /// Bytes of the active segment from its last 4 KiB boundary to its end: the next write
-    /// starts at that boundary and rewrites them.
-    block_tail: Vec<u8>,
     roll_requested: bool,
     stopping: bool,
     writer_done: bool,
@@ -222,7 +222,6 @@ impl PartitionLog {
                 staged_bytes: 0,
                 tail: TailCache::new(limits.tail_cache_bytes),
                 producers: ProducerTable::default(),
-                block_tail,
                 roll_requested: false,
                 stopping: false,
                 writer_done: false,
@@ -237,7 +236,7 @@ impl PartitionLog {
             queued,
         });
         log.rebuild_producers().await?;
-        glommio::spawn_local(log.clone().run_writer()).detach();
+        glommio::spawn_local(writer::run(log.clone(), block_tail)).detach();
         glommio::spawn_local(log.clone().run_syncer()).detach();
         Ok(log)
     }
@@ -586,194 +585,6 @@ impl PartitionLog {
         self.changed.notify(usize::MAX);
     }
 
-    async fn run_writer(self: Rc<Self>) {
-        while let Some(work) = self.next_work().await {
-            let result = match work {
-                Work::Roll => self.roll().await,
-                Work::Write(batch) => self.write_batch(batch).await,
-            };
-            if let Err(e) = result {
-                if is_out_of_space(&e) && self.discard_unwritten(&e).await.is_ok() {
-                    continue;
-                }
-                self.fail(format!("segment write failed: {e}"));
-                break;
-            }
-        }
-        self.state.borrow_mut().writer_done = true;
-        self.changed.notify(usize::MAX);
-    }
-
-    /// After a write found no space: discards everything appended but not written (failing its
-    /// waiters), refuses appends for [`OUT_OF_SPACE_BACKOFF`], and cuts the active segment back
-    /// to its written entries so nothing a failed write left behind can be read or recovered.
-    async fn discard_unwritten(&self, error: &io::Error) -> io::Result<()> {
-        let active = {
-            let mut st = self.state.borrow_mut();
-            let from = st.written_offset;
-            let why = format!("no space to write offsets {from} and after: {error}");
-            tracing::warn!(
-                topic = %self.topic,
-                partition = self.partition,
-                discarded = st.next_offset - from,
-                "{why}; discarding the unwritten records and refusing appends for {:?}",
-                OUT_OF_SPACE_BACKOFF
-            );
-            st.generation.discarded_from.set(Some(from));
-            st.generation = Rc::default();
-            st.next_offset = from;
-            st.staged.clear();
-            self.queued.remove(std::mem::take(&mut st.staged_bytes));
-            st.sync_target = st.sync_target.min(from);
-            st.tail.truncate_from(from);
-            st.producers.forget_from(from);
-            st.out_of_space = Some((Instant::now() + OUT_OF_SPACE_BACKOFF, why));
-            st.active()
-        };
-        self.changed.notify(usize::MAX);
-        active.cut_to_size().await
-    }
-
-    async fn next_work(&self) -> Option<Work> {
-        loop {
-            let listener = self.writer_wake.listen();
-            {
-                let mut st = self.state.borrow_mut();
-                if st.failed.is_some() {
-                    return None;
-                }
-                // A roll waits until what is staged is written (it may roll by size anyway).
-                if st.roll_requested && st.staged.is_empty() {
-                    st.roll_requested = false;
-                    if st.active().meta.borrow().size > 0 {
-                        return Some(Work::Roll);
-                    }
-                }
-                if !st.staged.is_empty() {
-                    let mut batch = Vec::new();
-                    let mut bytes = 0;
-                    while let Some(next) = st.staged.front() {
-                        if !batch.is_empty()
-                            && bytes + next.entry.len() > self.limits.write_bytes_max
-                        {
-                            break;
-                        }
-                        bytes += next.entry.len();
-                        batch.extend(st.staged.pop_front());
-                    }
-                    return Some(Work::Write(batch));
-                }
-                if st.stopping {
-                    return None;
-                }
-            }
-            listener.await;
-        }
-    }
-
-    /// Writes a batch, rolling to a new segment wherever the next entry would overflow this one.
-    async fn write_batch(&self, batch: Vec<Staged>) -> io::Result<()> {
-        let segment_bytes = self.config.borrow().segment_bytes;
-        let mut run_start = 0;
-        let mut run_bytes = 0u64;
-        for (i, staged) in batch.iter().enumerate() {
-            let len = staged.entry.len() as u64;
-            let size = self.state.borrow().active().meta.borrow().size;
-            if size > 0 && size + run_bytes + len > segment_bytes {
-                self.write_run(&batch[run_start..i]).await?;
-                self.roll().await?;
-                run_start = i;
-                run_bytes = 0;
-            }
-            run_bytes += len;
-        }
-        self.write_run(&batch[run_start..]).await
-    }
-
-    /// One O_DIRECT write of `entries` at the end of the active segment, starting at the last
-    /// block boundary so the partial block is rewritten whole.
-    async fn write_run(&self, entries: &[Staged]) -> io::Result<()> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let (segment, block_tail) = {
-            let st = self.state.borrow();
-            // Cloned, not taken: a write that fails for lack of space is tried again later.
-            (st.active(), st.block_tail.clone())
-        };
-        let start_size = segment.meta.borrow().size;
-        let aligned_start = start_size - block_tail.len() as u64;
-        debug_assert_eq!(aligned_start % WRITE_ALIGN_BYTES as u64, 0);
-        let data_len = block_tail.len() + entries.iter().map(|s| s.entry.len()).sum::<usize>();
-        let mut buf = segment.file.alloc_dma_buffer(data_len.next_multiple_of(WRITE_ALIGN_BYTES));
-        let bytes = buf.as_bytes_mut();
-        bytes[..block_tail.len()].copy_from_slice(&block_tail);
-        let mut at = block_tail.len();
-        for staged in entries {
-            bytes[at..at + staged.entry.len()].copy_from_slice(&staged.entry);
-            at += staged.entry.len();
-        }
-        bytes[at..].fill(0);
-        let new_tail = bytes[data_len - data_len % WRITE_ALIGN_BYTES..data_len].to_vec();
-        let buf_len = bytes.len();
-
-        segment.ensure_allocated(aligned_start + buf_len as u64).await?;
-        let started = Instant::now();
-        let written = segment.file.write_at(buf, aligned_start).await?;
-        self.metrics.record(Hist::LogAppend, started.elapsed());
-        if written != buf_len {
-            // A regular file takes fewer bytes than asked only when the device is full.
-            return Err(io::Error::new(
-                io::ErrorKind::StorageFull,
-                format!("short write: {written} of {buf_len} bytes"),
-            ));
-        }
-
-        {
-            let mut meta = segment.meta.borrow_mut();
-            let mut position = start_size;
-            for staged in entries {
-                let max_timestamp_before = meta.max_timestamp;
-                meta.index.observe(staged.base_offset, position, max_timestamp_before);
-                meta.max_timestamp = meta.max_timestamp.max(staged.max_timestamp);
-                position += staged.entry.len() as u64;
-            }
-            meta.size = position;
-            meta.next_offset = entries[entries.len() - 1].next_offset;
-            meta.first_write_ms.get_or_insert_with(crate::now_ms);
-        }
-        let mut st = self.state.borrow_mut();
-        st.block_tail = new_tail;
-        st.written_offset = entries[entries.len() - 1].next_offset;
-        // A failed fdatasync may have zeroed the count (`fail`) while this write was in flight.
-        let written_bytes = (data_len - block_tail.len()).min(st.staged_bytes);
-        st.staged_bytes -= written_bytes;
-        self.queued.remove(written_bytes);
-        if st.out_of_space.take().is_some() {
-            tracing::info!(topic = %self.topic, partition = self.partition, "space again: writes resumed");
-        }
-        drop(st);
-        self.changed.notify(usize::MAX);
-        Ok(())
-    }
-
-    /// Seals the active segment and opens a new one at the next offset.
-    async fn roll(&self) -> io::Result<()> {
-        let old = self.state.borrow().active();
-        let started = Instant::now();
-        old.seal(&self.dir).await?;
-        self.metrics.record(Hist::Fdatasync, started.elapsed());
-        let base_offset = old.meta.borrow().next_offset;
-        let new = Segment::create(&self.dir, base_offset).await?;
-        let mut st = self.state.borrow_mut();
-        st.synced_offset = st.synced_offset.max(base_offset);
-        st.segments.push_back(Rc::new(new));
-        st.block_tail.clear();
-        drop(st);
-        self.changed.notify(usize::MAX);
-        Ok(())
-    }
-
     async fn run_syncer(self: Rc<Self>) {
         loop {
             let listener = self.changed.listen();
@@ -805,11 +616,6 @@ impl PartitionLog {
         self.state.borrow_mut().syncer_done = true;
         self.changed.notify(usize::MAX);
     }
-}
-
-enum Work {
-    Roll,
-    Write(Vec<Staged>),
 }
 
 enum ReadError {
@@ -1004,3 +810,6 @@ async fn read_block_tail(active: &Segment) -> io::Result<Vec<u8>> {
     }
     Ok(active.read(size - tail_len as u64, tail_len).await?.to_vec())
 }
+
+#[cfg(test)]
+mod tests;

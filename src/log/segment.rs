@@ -198,8 +198,11 @@ impl Segment {
         };
         let truncation = scan_file(&file, &mut state, file_len).await?;
         let mut allocated = file_len;
-        if truncation.is_some() {
-            // Drop the damaged bytes so zeros follow the last good entry again.
+        if file_len > state.position {
+            // Drop whatever lies past the last good entry, so zeros follow it again: damaged
+            // bytes, and also whole entries a crash left beyond a gap (the writer keeps two
+            // writes in flight, and the later one can complete alone). Left in place, such an
+            // entry would be taken for part of the log once new entries grew back up to it.
             file.truncate(state.position).await?;
             allocated = state.position;
         }

@@ -1,0 +1,314 @@
+//! The partition's writer task: turns staged entries into O_DIRECT writes at the end of the
+//! active segment, up to [`WRITES_IN_FLIGHT_MAX`](crate::log::write_plan::WRITES_IN_FLIGHT_MAX)
+//! in flight as [`WritePlan`] lays them out,
+//! moves the written watermark as they complete, rolls segments, and after a write that found
+//! no space discards what was not written.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io;
+use std::rc::Rc;
+use std::time::Instant;
+
+use super::{read_block_tail, PartitionLog, Staged, OUT_OF_SPACE_BACKOFF};
+use crate::log::segment::{is_out_of_space, Segment};
+use crate::log::write_plan::{PlannedWrite, WritePlan};
+use crate::metrics::Hist;
+
+/// Runs the writer of `log` until the log closes or fails. `block_tail` holds the active
+/// segment's bytes from its last block boundary to its end.
+pub(super) async fn run(log: Rc<PartitionLog>, block_tail: Vec<u8>) {
+    let segment = log.state.borrow().active();
+    let size = segment.meta.borrow().size;
+    let mut writer = Writer {
+        log: log.clone(),
+        segment,
+        plan: WritePlan::new(size, block_tail),
+        issued: VecDeque::new(),
+        completions: Rc::default(),
+        error: None,
+    };
+    writer.run().await;
+    log.state.borrow_mut().writer_done = true;
+    log.changed.notify(usize::MAX);
+}
+
+/// Finished writes' results by write id, pushed by the writes' tasks.
+type Completions = Rc<RefCell<Vec<(u64, io::Result<()>)>>>;
+
+/// An entry handed to a write, not yet below the frontier.
+struct IssuedEntry {
+    base_offset: u64,
+    next_offset: u64,
+    max_timestamp: i64,
+    position: u64,
+    len: u64,
+}
+
+enum Step {
+    Write(Vec<Staged>),
+    Roll,
+    Wait,
+    Stop,
+}
+
+struct Writer {
+    log: Rc<PartitionLog>,
+    /// The active segment, the one `plan` lays writes out in.
+    segment: Rc<Segment>,
+    plan: WritePlan,
+    /// Oldest first.
+    issued: VecDeque<IssuedEntry>,
+    completions: Completions,
+    /// The first failure among the writes; acted on once none is left in flight.
+    error: Option<io::Error>,
+}
+
+impl Writer {
+    async fn run(&mut self) {
+        loop {
+            let listener = self.log.writer_wake.listen();
+            self.take_completions();
+            if let Some(error) = self.error.take() {
+                if self.plan.has_in_flight() {
+                    self.error = Some(error);
+                    listener.await;
+                    continue;
+                }
+                if is_out_of_space(&error) && self.discard_unwritten(&error).await.is_ok() {
+                    continue;
+                }
+                self.log.fail(format!("segment write failed: {error}"));
+                return;
+            }
+            if let Some(write) = self.plan.take_deferred() {
+                self.issue(write).await;
+                continue;
+            }
+            match self.next_step() {
+                Step::Write(entries) => self.issue_entries(entries).await,
+                Step::Roll => {
+                    if let Err(e) = self.roll().await {
+                        self.error = Some(e);
+                    }
+                }
+                Step::Wait => listener.await,
+                Step::Stop => return,
+            }
+        }
+    }
+
+    fn next_step(&self) -> Step {
+        let mut st = self.log.state.borrow_mut();
+        if st.failed.is_some() {
+            return Step::Stop;
+        }
+        // A roll waits until what is staged is written (it may roll by size anyway).
+        if st.roll_requested && st.staged.is_empty() {
+            if !self.plan.is_idle() {
+                return Step::Wait;
+            }
+            st.roll_requested = false;
+            if self.plan.issued_end() > 0 {
+                return Step::Roll;
+            }
+        }
+        let Some(first) = st.staged.front() else {
+            let done = st.stopping && self.plan.is_idle();
+            return if done { Step::Stop } else { Step::Wait };
+        };
+        if !self.plan.accepts_data() {
+            return Step::Wait;
+        }
+        let segment_bytes = self.log.config.borrow().segment_bytes;
+        let end = self.plan.issued_end();
+        if end > 0 && end + first.entry.len() as u64 > segment_bytes {
+            // The segment is full: it is sealed once everything in it is on the device.
+            return if self.plan.is_idle() { Step::Roll } else { Step::Wait };
+        }
+        let mut batch = Vec::new();
+        let mut bytes = 0u64;
+        while let Some(next) = st.staged.front() {
+            let len = next.entry.len() as u64;
+            let over_write = bytes + len > self.log.limits.write_bytes_max as u64;
+            if !batch.is_empty() && (over_write || end + bytes + len > segment_bytes) {
+                break;
+            }
+            bytes += len;
+            batch.extend(st.staged.pop_front());
+        }
+        Step::Write(batch)
+    }
+
+    async fn issue_entries(&mut self, entries: Vec<Staged>) {
+        let mut position = self.plan.issued_end();
+        let mut data = Vec::with_capacity(entries.len());
+        for staged in entries {
+            let len = staged.entry.len() as u64;
+            self.issued.push_back(IssuedEntry {
+                base_offset: staged.base_offset,
+                next_offset: staged.next_offset,
+                max_timestamp: staged.max_timestamp,
+                position,
+                len,
+            });
+            position += len;
+            data.push(staged.entry);
+        }
+        if let Some(write) = self.plan.plan(data) {
+            self.issue(write).await;
+        }
+    }
+
+    /// Copies the write into a DMA buffer and starts it; its task reports the result.
+    async fn issue(&mut self, write: PlannedWrite) {
+        let (id, position, len) = (write.id, write.position, write.padded_len());
+        if let Err(e) = self.segment.ensure_allocated(position + len as u64).await {
+            self.plan.abandon(id);
+            self.error.get_or_insert(e);
+            return;
+        }
+        let mut buf = self.segment.file.alloc_dma_buffer(len);
+        let bytes = buf.as_bytes_mut();
+        let mut at = 0;
+        for piece in std::iter::once(&write.prefix[..]).chain(write.data.iter().map(|d| &d[..])) {
+            bytes[at..at + piece.len()].copy_from_slice(piece);
+            at += piece.len();
+        }
+        bytes[at..].fill(0);
+        let file = self.segment.file.clone();
+        let (log, completions) = (self.log.clone(), self.completions.clone());
+        glommio::spawn_local(async move {
+            let started = Instant::now();
+            let result = match file.write_at(buf, position).await {
+                Ok(written) if written == len => {
+                    log.metrics.record(Hist::LogAppend, started.elapsed());
+                    Ok(())
+                }
+                // A regular file takes fewer bytes than asked only when the device is full.
+                Ok(written) => Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    format!("short write: {written} of {len} bytes"),
+                )),
+                Err(e) => Err(e.into()),
+            };
+            completions.borrow_mut().push((id, result));
+            log.writer_wake.notify(1);
+        })
+        .detach();
+    }
+
+    fn take_completions(&mut self) {
+        let finished = std::mem::take(&mut *self.completions.borrow_mut());
+        if finished.is_empty() {
+            return;
+        }
+        for (id, result) in finished {
+            match result {
+                Ok(()) => {
+                    self.plan.complete(id);
+                }
+                Err(e) => {
+                    self.plan.abandon(id);
+                    self.error.get_or_insert(e);
+                }
+            }
+        }
+        self.advance_written();
+    }
+
+    /// Moves the segment's size and index and the high watermark over the entries now wholly
+    /// below the frontier.
+    fn advance_written(&mut self) {
+        let frontier = self.plan.frontier();
+        let mut written_bytes = 0u64;
+        let mut newest = None;
+        {
+            let mut meta = self.segment.meta.borrow_mut();
+            while let Some(entry) = self.issued.front() {
+                if entry.position + entry.len > frontier {
+                    break;
+                }
+                let max_timestamp_before = meta.max_timestamp;
+                meta.index.observe(entry.base_offset, entry.position, max_timestamp_before);
+                meta.max_timestamp = meta.max_timestamp.max(entry.max_timestamp);
+                meta.size = entry.position + entry.len;
+                meta.next_offset = entry.next_offset;
+                written_bytes += entry.len;
+                newest = Some(entry.next_offset);
+                self.issued.pop_front();
+            }
+            if newest.is_some() {
+                meta.first_write_ms.get_or_insert_with(crate::now_ms);
+            }
+        }
+        let Some(written_offset) = newest else {
+            return;
+        };
+        let mut st = self.log.state.borrow_mut();
+        st.written_offset = written_offset;
+        // A failed fdatasync may have zeroed the count (`fail`) while these writes were in flight.
+        let written_bytes = (written_bytes as usize).min(st.staged_bytes);
+        st.staged_bytes -= written_bytes;
+        self.log.queued.remove(written_bytes);
+        if st.out_of_space.take().is_some() {
+            tracing::info!(topic = %self.log.topic, partition = self.log.partition, "space again: writes resumed");
+        }
+        drop(st);
+        self.log.changed.notify(usize::MAX);
+    }
+
+    /// Seals the active segment and opens a new one at the next offset. Called with nothing in
+    /// flight.
+    async fn roll(&mut self) -> io::Result<()> {
+        let log = &self.log;
+        let started = Instant::now();
+        self.segment.seal(&log.dir).await?;
+        log.metrics.record(Hist::Fdatasync, started.elapsed());
+        let base_offset = self.segment.meta.borrow().next_offset;
+        let new = Rc::new(Segment::create(&log.dir, base_offset).await?);
+        let mut st = log.state.borrow_mut();
+        st.synced_offset = st.synced_offset.max(base_offset);
+        st.segments.push_back(new.clone());
+        drop(st);
+        self.segment = new;
+        self.plan = WritePlan::new(0, Vec::new());
+        log.changed.notify(usize::MAX);
+        Ok(())
+    }
+
+    /// After a write found no space, with nothing left in flight: discards everything appended
+    /// but not written (failing its waiters), refuses appends for [`OUT_OF_SPACE_BACKOFF`], and
+    /// cuts the active segment back to its written entries, so nothing a failed write (or a
+    /// later one that completed) left behind can be read or recovered.
+    async fn discard_unwritten(&mut self, error: &io::Error) -> io::Result<()> {
+        let log = &self.log;
+        {
+            let mut st = log.state.borrow_mut();
+            let from = st.written_offset;
+            let why = format!("no space to write offsets {from} and after: {error}");
+            tracing::warn!(
+                topic = %log.topic,
+                partition = log.partition,
+                discarded = st.next_offset - from,
+                "{why}; discarding the unwritten records and refusing appends for {:?}",
+                OUT_OF_SPACE_BACKOFF
+            );
+            st.generation.discarded_from.set(Some(from));
+            st.generation = Rc::default();
+            st.next_offset = from;
+            st.staged.clear();
+            log.queued.remove(std::mem::take(&mut st.staged_bytes));
+            st.sync_target = st.sync_target.min(from);
+            st.tail.truncate_from(from);
+            st.producers.forget_from(from);
+            st.out_of_space = Some((Instant::now() + OUT_OF_SPACE_BACKOFF, why));
+        }
+        self.issued.clear();
+        log.changed.notify(usize::MAX);
+        self.segment.cut_to_size().await?;
+        let size = self.segment.meta.borrow().size;
+        self.plan = WritePlan::new(size, read_block_tail(&self.segment).await?);
+        Ok(())
+    }
+}
