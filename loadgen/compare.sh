@@ -36,9 +36,10 @@ fio_mib() { # fio args... -> MiB/s of the job (write or read)
     python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print(round((j["write"]["bw"]+j["read"]["bw"])/1024))'
 }
 fio_write=$(fio_mib --rw=write --bs=1M --iodepth=1)
-# Spate's writer keeps one write of up to log.flush.write.bytes.max (1 MiB) in flight per
-# partition: the loadgen's 4 partitions make queue depth 4, the fair ceiling.
+# Spate's writer keeps up to two writes of up to log.flush.write.bytes.max (1 MiB) in flight per
+# partition: the loadgen's 4 partitions make queue depth 8, the fair ceiling.
 fio_write4=$(fio_mib --rw=write --bs=1M --iodepth=4)
+fio_write8=$(fio_mib --rw=write --bs=1M --iodepth=8)
 fio_read=$(fio_mib --rw=read --bs=512k --iodepth=4)
 fio_sync=$(fio_mib --rw=write --bs=256k --iodepth=1 --fdatasync=1)
 rm -f "$dir/fio.dat"
@@ -71,8 +72,8 @@ consumekafka=$(echo "$runkafka" | grep '^consume: [0-9]' | mib_of)
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 lower=$(( fio_read < loop_mib ? fio_read : loop_mib ))
 echo
-echo "machine: fio O_DIRECT write 1 MiB qd1 $fio_write MiB/s, qd4 $fio_write4 MiB/s, read 512 KiB qd4 $fio_read MiB/s, write 256 KiB + fdatasync $fio_sync MiB/s, iperf3 loopback $loop_mib MiB/s"
-echo "spate produce acks=1   $produce1 MiB/s = $(ratio "$produce1" "$fio_write4") x fio write at qd4 ($(ratio "$produce1" "$fio_write") x at qd1)"
+echo "machine: fio O_DIRECT write 1 MiB qd1 $fio_write MiB/s, qd4 $fio_write4 MiB/s, qd8 $fio_write8 MiB/s, read 512 KiB qd4 $fio_read MiB/s, write 256 KiB + fdatasync $fio_sync MiB/s, iperf3 loopback $loop_mib MiB/s"
+echo "spate produce acks=1   $produce1 MiB/s = $(ratio "$produce1" "$fio_write8") x fio write at qd8 ($(ratio "$produce1" "$fio_write4") x at qd4, $(ratio "$produce1" "$fio_write") x at qd1)"
 echo "spate produce acks=all $produceall MiB/s = $(ratio "$produceall" "$fio_sync") x fio write+fdatasync"
 echo "spate catch-up consume $consume1 MiB/s = $(ratio "$consume1" "$lower") x min(fio read, loopback)"
 echo "kafka  produce acks=1   $producekafka MiB/s = $(ratio "$producekafka" "$produce1") x native"

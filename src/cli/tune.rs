@@ -2,8 +2,9 @@
 //! O_DIRECT reads and writes on io_uring, 4 KiB aligned) and recommends the segment writer's
 //! largest write (`log.flush.write.bytes.max`).
 //!
-//! Spate's writer keeps one write in flight per partition, so a shard with N busy partitions
-//! drives the device at queue depth N; acks=all adds one fdatasync in flight per partition.
+//! Spate's writer keeps up to two writes in flight per partition (`log::write_plan`), so a shard
+//! with N busy partitions drives the device at queue depth up to 2N; acks=all adds one fdatasync
+//! in flight per partition.
 
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -129,13 +130,13 @@ async fn measure(args: &DiskArgs, path: PathBuf) -> Result<(), String> {
     println!(
         "\nbest: {:.0} MiB/s with {} KiB writes at queue depth {}.\n\
          recommend: \"log.flush.write.bytes.max\" = {recommended}  (smallest write within {:.0}% of the best;\n\
-         Spate's writer keeps one write in flight per partition, so a shard needs about {} busy\n\
-         partitions to reach that queue depth; reads are issued in {} KiB pieces, 4 in flight)",
+         Spate's writer keeps up to two writes in flight per partition, so a shard needs about {}\n\
+         busy partitions to reach that queue depth; reads are issued in {} KiB pieces, 4 in flight)",
         best.0,
         best.1 >> 10,
         best.2,
         GOOD_ENOUGH * 100.0,
-        best.2,
+        best.2.div_ceil(crate::log::write_plan::WRITES_IN_FLIGHT_MAX),
         crate::log::segment::READ_BYTES_MAX >> 10,
     );
     Ok(())
