@@ -200,6 +200,9 @@ pub struct BrokerConfig {
     /// Produced bytes appended but not yet written, broker-wide, past which connections stop
     /// reading requests until the disk catches up.
     pub queued_max_request_bytes: usize,
+    /// An idempotent producer that has not written to a partition for this long is forgotten
+    /// there.
+    pub producer_id_expiration_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -226,6 +229,7 @@ impl Default for BrokerConfig {
             max_connections: 100_000,
             connections_max_idle_ms: 600_000,
             queued_max_request_bytes: 256 * 1024 * 1024,
+            producer_id_expiration_ms: 86_400_000,
         }
     }
 }
@@ -319,6 +323,12 @@ impl BrokerConfig {
             "queued.max.request.bytes" => {
                 self.queued_max_request_bytes = parse(key, value)?;
                 if self.queued_max_request_bytes == 0 {
+                    return Err(invalid(key, value, "must be at least 1"));
+                }
+            }
+            "producer.id.expiration.ms" => {
+                self.producer_id_expiration_ms = parse(key, value)?;
+                if self.producer_id_expiration_ms == 0 {
                     return Err(invalid(key, value, "must be at least 1"));
                 }
             }
@@ -423,6 +433,7 @@ mod tests {
                 "message.max.bytes" = 2048
                 "auto.create.topics.enable" = false
                 "num.partitions" = 3
+                "producer.id.expiration.ms" = 3600000
                 "#,
             )
             .unwrap();
@@ -431,6 +442,7 @@ mod tests {
         assert_eq!(config.topic_defaults.max_message_bytes, 2048);
         assert!(!config.auto_create_topics);
         assert_eq!(config.num_partitions, 3);
+        assert_eq!(config.producer_id_expiration_ms, 3_600_000);
     }
 
     #[test]
@@ -450,6 +462,7 @@ mod tests {
         assert!(config.set("no.such.setting", "1").unwrap_err().0.contains("unknown"));
         assert!(config.set("retention.ms", "-5").is_err());
         assert!(config.set("cleanup.policy", "compact").is_err());
+        assert!(config.set("producer.id.expiration.ms", "0").unwrap_err().0.contains("at least 1"));
     }
 
     #[test]

@@ -64,6 +64,9 @@ pub struct LogLimits {
     /// Appended-but-unwritten bytes beyond which producers wait: the memory bound when
     /// producers outrun the disk.
     pub staged_bytes_max: usize,
+    /// An idempotent producer that has not written for this long is forgotten
+    /// (`producer.id.expiration.ms`).
+    pub producer_expiration_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,11 +262,14 @@ impl PartitionLog {
         }
         let bytes = active.read(from, (size - from) as usize).await?;
         let mut st = self.state.borrow_mut();
+        // Rebuilt producers get a whole expiry period from now: the log does not say when
+        // each batch was written, only the timestamps its producer chose.
+        let now = crate::now_ms();
         let mut at = 0;
         // Recovery has already checked every entry up to `size`.
         while let Ok(header) = parse_header(&bytes[at..]) {
             let meta = header.meta();
-            st.producers.record(&meta, header.base_offset(), header.next_offset());
+            st.producers.record(&meta, header.base_offset(), header.next_offset(), now);
             at += header.entry_len();
             if at >= bytes.len() {
                 break;
@@ -298,7 +304,7 @@ impl PartitionLog {
         let base_offset = st.next_offset;
         let next_offset = base_offset + u64::from(pending.meta.record_count);
         let max_timestamp = pending.meta.max_timestamp;
-        st.producers.record(&pending.meta, base_offset, next_offset);
+        st.producers.record(&pending.meta, base_offset, next_offset, crate::now_ms());
         let (entry, footprint) = pending.seal(base_offset);
         st.next_offset = next_offset;
         st.staged_bytes += entry.len();
@@ -504,8 +510,14 @@ impl PartitionLog {
         Ok(doomed.len())
     }
 
-    /// Applies retention and time-based rolling once. Returns how many segments it deleted.
+    /// Applies retention and time-based rolling once, and forgets idempotent producers that
+    /// have not written for `producer.id.expiration.ms`. Returns how many segments it deleted.
     pub async fn enforce_retention(&self, now_ms: i64) -> io::Result<usize> {
+        let cutoff = now_ms.saturating_sub(self.limits.producer_expiration_ms);
+        let expired = self.state.borrow_mut().producers.expire(cutoff);
+        if expired > 0 {
+            tracing::debug!(topic = %self.topic, partition = self.partition, expired, "forgot idle producers");
+        }
         let plan = {
             let st = self.state.borrow();
             let sealed: Vec<SegmentFacts> =

@@ -5,6 +5,12 @@
 //! offset it was first written at instead of writing it twice. A gap in the sequence or a stale
 //! epoch is refused. The table is rebuilt on open from the newest entries of the log, whose
 //! headers carry producer id, epoch and base sequence.
+//!
+//! A producer's state is forgotten once it has not written for `producer.id.expiration.ms`
+//! (Kafka's setting and default, one day), and the table holds at most [`PRODUCERS_MAX`]
+//! producers, forgetting the longest idle first: every new producer id a client invents
+//! otherwise costs memory until restart. A forgotten producer's next batch is taken as new, as
+//! an unknown producer's is.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -12,6 +18,9 @@ use crate::record::BatchMeta;
 
 /// Batches remembered per producer: Kafka clients keep at most 5 in flight per partition.
 pub const CACHED_BATCHES: usize = 5;
+/// Producers remembered per partition, a few MiB at most. Past it the longest idle quarter is
+/// forgotten at once, so a client cycling through producer ids costs one sort per quarter.
+pub const PRODUCERS_MAX: usize = 20_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct CachedBatch {
@@ -25,6 +34,8 @@ struct CachedBatch {
 struct ProducerState {
     epoch: i16,
     batches: VecDeque<CachedBatch>,
+    /// Wall-clock milliseconds of its newest batch here.
+    last_write_ms: i64,
 }
 
 /// What to do with a batch.
@@ -117,12 +128,17 @@ impl ProducerTable {
         )))
     }
 
-    /// Remembers a batch written at `base_offset..next_offset`.
-    pub fn record(&mut self, meta: &BatchMeta, base_offset: u64, next_offset: u64) {
+    /// Remembers a batch written at `base_offset..next_offset` at `now_ms`.
+    pub fn record(&mut self, meta: &BatchMeta, base_offset: u64, next_offset: u64, now_ms: i64) {
         if meta.producer_id < 0 {
             return;
         }
+        if self.producers.len() >= PRODUCERS_MAX && !self.producers.contains_key(&meta.producer_id)
+        {
+            self.forget_longest_idle(PRODUCERS_MAX / 4);
+        }
         let state = self.producers.entry(meta.producer_id).or_default();
+        state.last_write_ms = now_ms;
         if meta.producer_epoch != state.epoch {
             state.epoch = meta.producer_epoch;
             state.batches.clear();
@@ -136,6 +152,22 @@ impl ProducerTable {
             base_offset,
             next_offset,
         });
+    }
+
+    /// Forgets the producers that last wrote before `cutoff_ms`. Returns how many.
+    pub fn expire(&mut self, cutoff_ms: i64) -> usize {
+        let before = self.producers.len();
+        self.producers.retain(|_, state| state.last_write_ms >= cutoff_ms);
+        before - self.producers.len()
+    }
+
+    fn forget_longest_idle(&mut self, count: usize) {
+        let mut by_age: Vec<(i64, i64)> =
+            self.producers.iter().map(|(id, state)| (state.last_write_ms, *id)).collect();
+        by_age.sort_unstable();
+        for (_, id) in by_age.into_iter().take(count) {
+            self.producers.remove(&id);
+        }
     }
 
     /// Forgets the batches at `offset` and after: they were discarded before reaching the disk,
@@ -169,10 +201,10 @@ mod tests {
         let mut table = ProducerTable::default();
         let first = meta(7, 0, 0, 10);
         assert_eq!(table.check(&first), Ok(SequenceCheck::Append));
-        table.record(&first, 100, 110);
+        table.record(&first, 100, 110, 0);
         let second = meta(7, 0, 10, 5);
         assert_eq!(table.check(&second), Ok(SequenceCheck::Append));
-        table.record(&second, 110, 115);
+        table.record(&second, 110, 115, 0);
         assert_eq!(
             table.check(&first),
             Ok(SequenceCheck::Duplicate { base_offset: 100, next_offset: 110 })
@@ -183,8 +215,8 @@ mod tests {
     #[test]
     fn forgotten_batches_are_new_data_again() {
         let mut table = ProducerTable::default();
-        table.record(&meta(7, 0, 0, 10), 100, 110);
-        table.record(&meta(7, 0, 10, 5), 110, 115);
+        table.record(&meta(7, 0, 0, 10), 100, 110, 0);
+        table.record(&meta(7, 0, 10, 5), 110, 115, 0);
         table.forget_from(110);
         assert_eq!(table.check(&meta(7, 0, 10, 5)), Ok(SequenceCheck::Append));
         assert!(matches!(table.check(&meta(7, 0, 0, 10)), Ok(SequenceCheck::Duplicate { .. })));
@@ -194,7 +226,7 @@ mod tests {
     #[test]
     fn gaps_and_stale_epochs_are_refused() {
         let mut table = ProducerTable::default();
-        table.record(&meta(7, 3, 0, 10), 0, 10);
+        table.record(&meta(7, 3, 0, 10), 0, 10, 0);
         assert!(matches!(table.check(&meta(7, 3, 12, 1)), Err(SequenceError::OutOfOrder(_))));
         assert!(matches!(table.check(&meta(7, 2, 10, 1)), Err(SequenceError::StaleEpoch(_))));
         assert_eq!(table.check(&meta(7, 4, 0, 1)), Ok(SequenceCheck::Append));
@@ -205,13 +237,45 @@ mod tests {
     }
 
     #[test]
+    fn idle_producers_expire_and_are_new_again() {
+        let mut table = ProducerTable::default();
+        table.record(&meta(7, 0, 0, 10), 0, 10, 1_000);
+        table.record(&meta(8, 0, 0, 10), 10, 20, 5_000);
+        assert!(matches!(table.check(&meta(7, 0, 50, 1)), Err(SequenceError::OutOfOrder(_))));
+        assert_eq!(table.expire(2_000), 1);
+        assert_eq!(table.check(&meta(7, 0, 50, 1)), Ok(SequenceCheck::Append), "7 is forgotten");
+        assert!(matches!(table.check(&meta(8, 0, 50, 1)), Err(SequenceError::OutOfOrder(_))));
+    }
+
+    #[test]
+    fn past_the_limit_the_longest_idle_producers_are_forgotten() {
+        let mut table = ProducerTable::default();
+        for id in 0..PRODUCERS_MAX as i64 {
+            table.record(&meta(id, 0, 0, 1), id as u64, id as u64 + 1, 1_000 + id);
+        }
+        // Producer 0 writes again, so it is the newest, not the oldest.
+        table.record(&meta(0, 0, 1, 1), 1, 2, 1_000_000);
+        table.record(&meta(-1, -1, -1, 1), 0, 1, 1_000_001);
+        assert_eq!(table.producers.len(), PRODUCERS_MAX, "ids of -1 are not tracked");
+        table.record(&meta(PRODUCERS_MAX as i64, 0, 0, 1), 0, 1, 1_000_002);
+        assert_eq!(table.producers.len(), PRODUCERS_MAX - PRODUCERS_MAX / 4 + 1);
+        assert!(matches!(table.check(&meta(0, 0, 9, 1)), Err(SequenceError::OutOfOrder(_))));
+        assert_eq!(table.check(&meta(1, 0, 9, 1)), Ok(SequenceCheck::Append), "1 was idle longest");
+        let newest_old = PRODUCERS_MAX as i64 - 1;
+        assert!(matches!(
+            table.check(&meta(newest_old, 0, 9, 1)),
+            Err(SequenceError::OutOfOrder(_))
+        ));
+    }
+
+    #[test]
     fn sequences_wrap_and_only_the_newest_batches_are_kept() {
         let mut table = ProducerTable::default();
         let near_end = meta(1, 0, i32::MAX - 1, 2);
-        table.record(&near_end, 0, 2);
+        table.record(&near_end, 0, 2, 0);
         assert_eq!(table.check(&meta(1, 0, 0, 1)), Ok(SequenceCheck::Append));
         for i in 0..6 {
-            table.record(&meta(1, 0, i, 1), 2 + i as u64, 3 + i as u64);
+            table.record(&meta(1, 0, i, 1), 2 + i as u64, 3 + i as u64, 0);
         }
         assert!(matches!(table.check(&near_end), Err(SequenceError::OutOfOrder(_))));
         assert!(matches!(table.check(&meta(1, 0, 1, 1)), Ok(SequenceCheck::Duplicate { .. })));

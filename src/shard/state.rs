@@ -103,6 +103,8 @@ impl Shard {
             write_bytes_max: self.config.flush_write_bytes_max,
             tail_cache_bytes: self.config.tail_cache_bytes,
             staged_bytes_max: STAGED_BYTES_MAX,
+            producer_expiration_ms: i64::try_from(self.config.producer_id_expiration_ms)
+                .unwrap_or(i64::MAX),
         }
     }
 

@@ -32,6 +32,7 @@ async fn open(dir: &Path, segment_bytes: u64) -> Rc<PartitionLog> {
         // Reads come from the segment files, not from memory.
         tail_cache_bytes: 0,
         staged_bytes_max: 64 * 1024 * 1024,
+        producer_expiration_ms: PRODUCER_EXPIRATION_MS,
     };
     PartitionLog::open(
         "t".into(),
@@ -45,6 +46,8 @@ async fn open(dir: &Path, segment_bytes: u64) -> Rc<PartitionLog> {
     .await
     .expect("open the partition")
 }
+
+const PRODUCER_EXPIRATION_MS: i64 = 60_000;
 
 /// A payload of `len` bytes that names its entry.
 fn payload(entry: u64, len: usize) -> Vec<u8> {
@@ -164,6 +167,36 @@ fn recovery_cuts_entries_left_beyond_a_gap() {
         assert_eq!(log.high_watermark(), ends[1], "the stale entry is not part of the log");
         let offsets: Vec<_> = stored(&log).await.into_iter().map(|(b, n, _)| (b, n)).collect();
         assert_eq!(offsets, vec![(0, ends[0]), (ends[0], ends[1])]);
+        log.close().await;
+    });
+}
+
+/// An idempotent producer's state lives until it has not written for
+/// `producer.id.expiration.ms`: a batch out of sequence is refused before, taken as new after.
+#[test]
+fn retention_forgets_producers_idle_past_their_expiration() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t-0");
+    std::fs::create_dir(&path).expect("partition dir");
+    run(dir.path(), async move {
+        let log = open(&path, 1 << 30).await;
+        let idempotent = |sequence: i32| {
+            let meta = BatchMeta {
+                producer_id: 7,
+                producer_epoch: 0,
+                base_sequence: sequence,
+                ..BatchMeta::new(1, 1, 1)
+            };
+            PendingEntry::native(meta, &payload(0, 100)).expect("entry")
+        };
+        let appended = log.append(idempotent(0)).expect("append");
+        log.wait_written(&appended).await.expect("written");
+        let now = crate::now_ms();
+        log.enforce_retention(now).await.expect("retention");
+        assert!(log.append(idempotent(5)).is_err(), "a gap is refused while the producer is known");
+        log.enforce_retention(now + PRODUCER_EXPIRATION_MS + 1_000).await.expect("retention");
+        let appended = log.append(idempotent(5)).expect("a forgotten producer starts anew");
+        log.wait_written(&appended).await.expect("written");
         log.close().await;
     });
 }
