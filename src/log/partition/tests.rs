@@ -1,7 +1,7 @@
 //! The write path against real segment files: many writes in flight, rolls, and what recovery
 //! keeps after a crash left entries beyond a gap.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -13,16 +13,24 @@ use crate::metrics::Metrics;
 use crate::record::entry::{parse_entry, parse_header};
 use crate::record::{BatchMeta, PendingEntry};
 
-/// Runs `test` on a fresh executor whose first DMA file is the probe in `dir`, as a shard's is.
-fn run<T>(dir: &Path, test: impl std::future::Future<Output = T> + 'static) -> T {
-    probe::write_probe_file(dir).expect("probe file");
-    let dir = dir.to_path_buf();
+/// Runs `test` with a fresh partition directory, on an executor whose first DMA file is a
+/// probe beside it, as a shard's is.
+fn in_partition_dir<F>(test: impl FnOnce(PathBuf) -> F)
+where
+    F: std::future::Future<Output = ()> + 'static,
+{
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t-0");
+    std::fs::create_dir(&path).expect("partition dir");
+    probe::write_probe_file(dir.path()).expect("probe file");
+    let probe_dir = dir.path().to_path_buf();
+    let test = test(path);
     glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().expect("executor").run(
         async move {
-            probe::probe_device(&dir).await;
+            probe::probe_device(&probe_dir).await;
             test.await
         },
-    )
+    );
 }
 
 async fn open(dir: &Path, segment_bytes: u64) -> Rc<PartitionLog> {
@@ -83,10 +91,7 @@ async fn stored(log: &PartitionLog) -> Vec<(u64, u64, Vec<u8>)> {
 /// and in order, before and after a restart.
 #[test]
 fn entries_appended_while_writes_are_in_flight_read_back_in_order() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("t-0");
-    std::fs::create_dir(&path).expect("partition dir");
-    run(dir.path(), async move {
+    in_partition_dir(|path| async move {
         let log = open(&path, 1024 * 1024).await;
         let mut expected = Vec::new();
         let mut waits = Vec::new();
@@ -129,10 +134,7 @@ const BLOCK_PAYLOAD: usize =
 /// restart, reaching the same positions, are never followed by the stale ones.
 #[test]
 fn recovery_cuts_entries_left_beyond_a_gap() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("t-0");
-    std::fs::create_dir(&path).expect("partition dir");
-    run(dir.path(), async move {
+    in_partition_dir(|path| async move {
         let log = open(&path, 1 << 30).await;
         let mut ends = Vec::new();
         for i in 0..3u64 {
@@ -175,10 +177,7 @@ fn recovery_cuts_entries_left_beyond_a_gap() {
 /// `producer.id.expiration.ms`: a batch out of sequence is refused before, taken as new after.
 #[test]
 fn retention_forgets_producers_idle_past_their_expiration() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("t-0");
-    std::fs::create_dir(&path).expect("partition dir");
-    run(dir.path(), async move {
+    in_partition_dir(|path| async move {
         let log = open(&path, 1 << 30).await;
         let idempotent = |sequence: i32| {
             let meta = BatchMeta {
