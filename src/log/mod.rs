@@ -2,10 +2,11 @@
 //!
 //! A partition is a directory of segments (`segment.rs`), each with a sparse offset and time
 //! index (`index.rs`). `partition.rs` owns the write path (offsets, O_DIRECT writes, group
-//! commit) and the read path, with `write_plan.rs` laying out the writes it keeps in flight; `scan.rs` validates stored entries on recovery; `retention.rs`
-//! decides what to delete and when to roll; `tail_cache.rs` serves caught-up readers from
-//! memory; `queued.rs` counts what every partition has yet to write, against the broker-wide
-//! limit. Only the shard that owns a partition touches its files.
+//! commit) and the read path, with `write_plan.rs` laying out the writes it keeps in flight;
+//! `scan.rs` validates stored entries on recovery; `retention.rs` decides what to delete and
+//! when to roll; `tail_cache.rs` serves caught-up readers from memory; `queued.rs` counts what
+//! every partition has yet to write, against the broker-wide limit. Only the shard that owns a
+//! partition touches its files.
 
 pub mod index;
 pub mod partition;

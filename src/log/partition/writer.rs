@@ -18,11 +18,9 @@ use crate::metrics::Hist;
 /// Runs the writer of `log` until the log closes or fails. `block_tail` holds the active
 /// segment's bytes from its last block boundary to its end.
 pub(super) async fn run(log: Rc<PartitionLog>, block_tail: Vec<u8>) {
-    let segment = log.state.borrow().active();
-    let size = segment.meta.borrow().size;
+    let size = log.state.borrow().active().meta.borrow().size;
     let mut writer = Writer {
         log: log.clone(),
-        segment,
         plan: WritePlan::new(size, block_tail),
         issued: VecDeque::new(),
         completions: Rc::default(),
@@ -54,8 +52,7 @@ enum Step {
 
 struct Writer {
     log: Rc<PartitionLog>,
-    /// The active segment, the one `plan` lays writes out in.
-    segment: Rc<Segment>,
+    /// Lays out the writes of the active segment.
     plan: WritePlan,
     /// Oldest first.
     issued: VecDeque<IssuedEntry>,
@@ -65,6 +62,11 @@ struct Writer {
 }
 
 impl Writer {
+    /// The segment the plan lays writes out in.
+    fn active(&self) -> Rc<Segment> {
+        self.log.state.borrow().active()
+    }
+
     async fn run(&mut self) {
         loop {
             let listener = self.log.writer_wake.listen();
@@ -163,12 +165,13 @@ impl Writer {
     /// Copies the write into a DMA buffer and starts it; its task reports the result.
     async fn issue(&mut self, write: PlannedWrite) {
         let (id, position, len) = (write.id, write.position, write.padded_len());
-        if let Err(e) = self.segment.ensure_allocated(position + len as u64).await {
+        let segment = self.active();
+        if let Err(e) = segment.ensure_allocated(position + len as u64).await {
             self.plan.abandon(id);
             self.error.get_or_insert(e);
             return;
         }
-        let mut buf = self.segment.file.alloc_dma_buffer(len);
+        let mut buf = segment.file.alloc_dma_buffer(len);
         let bytes = buf.as_bytes_mut();
         let mut at = 0;
         for piece in std::iter::once(&write.prefix[..]).chain(write.data.iter().map(|d| &d[..])) {
@@ -176,7 +179,7 @@ impl Writer {
             at += piece.len();
         }
         bytes[at..].fill(0);
-        let file = self.segment.file.clone();
+        let file = segment.file.clone();
         let (log, completions) = (self.log.clone(), self.completions.clone());
         glommio::spawn_local(async move {
             let started = Instant::now();
@@ -224,7 +227,8 @@ impl Writer {
         let mut written_bytes = 0u64;
         let mut newest = None;
         {
-            let mut meta = self.segment.meta.borrow_mut();
+            let segment = self.active();
+            let mut meta = segment.meta.borrow_mut();
             while let Some(entry) = self.issued.front() {
                 if entry.position + entry.len > frontier {
                     break;
@@ -262,16 +266,16 @@ impl Writer {
     /// flight.
     async fn roll(&mut self) -> io::Result<()> {
         let log = &self.log;
+        let old = self.active();
         let started = Instant::now();
-        self.segment.seal(&log.dir).await?;
+        old.seal(&log.dir).await?;
         log.metrics.record(Hist::Fdatasync, started.elapsed());
-        let base_offset = self.segment.meta.borrow().next_offset;
+        let base_offset = old.meta.borrow().next_offset;
         let new = Rc::new(Segment::create(&log.dir, base_offset).await?);
         let mut st = log.state.borrow_mut();
         st.synced_offset = st.synced_offset.max(base_offset);
-        st.segments.push_back(new.clone());
+        st.segments.push_back(new);
         drop(st);
-        self.segment = new;
         self.plan = WritePlan::new(0, Vec::new());
         log.changed.notify(usize::MAX);
         Ok(())
@@ -306,9 +310,10 @@ impl Writer {
         }
         self.issued.clear();
         log.changed.notify(usize::MAX);
-        self.segment.cut_to_size().await?;
-        let size = self.segment.meta.borrow().size;
-        self.plan = WritePlan::new(size, read_block_tail(&self.segment).await?);
+        let active = self.active();
+        active.cut_to_size().await?;
+        let size = active.meta.borrow().size;
+        self.plan = WritePlan::new(size, read_block_tail(&active).await?);
         Ok(())
     }
 }
