@@ -200,6 +200,10 @@ fn create_partitions_adds_partitions_that_survive_a_restart() {
         let response: CreatePartitionsResponse = conn.call(ApiKey::CreatePartitions, 1, &request);
         response.results[0].error_code
     };
+    // Acknowledged records in the existing partition, which growing must keep.
+    let response: ProduceResponse =
+        conn.call(ApiKey::Produce, 7, &produce_request("grow", -1, batch(-1, -1, 0, 4)));
+    assert_eq!(produced(&response), (0, 0));
     assert_eq!(grow(&mut conn, 3), 0);
     assert_eq!(grow(&mut conn, 2), 37, "INVALID_PARTITIONS: partitions never shrink");
 
@@ -217,6 +221,7 @@ fn create_partitions_adds_partitions_that_survive_a_restart() {
     request.topics = Some(vec![wanted]);
     let metadata: MetadataResponse = conn.call(ApiKey::Metadata, 4, &request);
     assert_eq!(metadata.topics[0].partitions.len(), 3);
+    assert_eq!(latest_offset(&mut conn, "grow"), 4, "partition 0 keeps its records");
 }
 
 #[test]
@@ -352,4 +357,144 @@ fn records_cross_protocols_both_ways_compressed_ones_included() {
     assert_eq!(all[6].value.as_deref(), native.value.as_deref());
     assert_eq!(all[6].key.as_deref(), native.key.as_deref());
     assert_eq!(all[6].timestamp, native.timestamp);
+}
+
+/// OffsetCommit answers per partition: a topic or partition that does not exist gets
+/// UNKNOWN_TOPIC_OR_PARTITION and is not stored, the others are committed with their leader
+/// epoch (KIP-320), which OffsetFetch returns, also after a crash.
+#[test]
+fn offset_commit_answers_unknown_partitions_and_keeps_leader_epochs() {
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    use kafka_protocol::messages::{
+        GroupId, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&dir.path().join("data"), &[]);
+    let mut conn = Conn::open(&broker.kafka_addr);
+    let response: ProduceResponse =
+        conn.call(ApiKey::Produce, 7, &produce_request("known", 1, batch(-1, -1, 0, 10)));
+    assert_eq!(produced(&response).0, 0);
+
+    let topic = |name: &'static str, partitions: &[i32]| {
+        let mut topic = OffsetCommitRequestTopic::default();
+        topic.name = TopicName(StrBytes::from_static_str(name));
+        topic.partitions = partitions
+            .iter()
+            .map(|&index| {
+                let mut partition = OffsetCommitRequestPartition::default();
+                partition.partition_index = index;
+                partition.committed_offset = 3;
+                partition.committed_leader_epoch = 2;
+                partition
+            })
+            .collect();
+        topic
+    };
+    let mut commit = OffsetCommitRequest::default();
+    commit.group_id = GroupId(StrBytes::from_static_str("epochs"));
+    commit.generation_id_or_member_epoch = -1;
+    commit.topics = vec![topic("known", &[0, 5, -1]), topic("ghost", &[0])];
+    let committed: OffsetCommitResponse = conn.call(ApiKey::OffsetCommit, 7, &commit);
+    let codes: Vec<Vec<i16>> = committed
+        .topics
+        .iter()
+        .map(|t| t.partitions.iter().map(|p| p.error_code).collect())
+        .collect();
+    assert_eq!(codes, [vec![0, 3, 3], vec![3]], "UNKNOWN_TOPIC_OR_PARTITION is 3");
+
+    let fetch_committed = |conn: &mut Conn| {
+        let mut wanted = OffsetFetchRequestTopic::default();
+        wanted.name = TopicName(StrBytes::from_static_str("known"));
+        wanted.partition_indexes = vec![0, 5];
+        let mut request = OffsetFetchRequest::default();
+        request.group_id = GroupId(StrBytes::from_static_str("epochs"));
+        request.topics = Some(vec![wanted]);
+        let response: OffsetFetchResponse = conn.call(ApiKey::OffsetFetch, 7, &request);
+        response.topics[0]
+            .partitions
+            .iter()
+            .map(|p| (p.partition_index, p.committed_offset, p.committed_leader_epoch))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(fetch_committed(&mut conn), [(0, 3, 2), (5, -1, -1)]);
+    broker.kill9();
+    broker.restart();
+    let mut conn = Conn::open(&broker.kafka_addr);
+    assert_eq!(fetch_committed(&mut conn), [(0, 3, 2), (5, -1, -1)], "after kill -9");
+}
+
+/// KIP-74: a fetch response holds at most `max_bytes`, each partition at most its
+/// `partition_max_bytes`; only the first batch of the response may go over either.
+#[test]
+fn fetch_responses_keep_the_response_and_partition_limits() {
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{
+        BrokerId, CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), &[]);
+    let mut conn = Conn::open(&broker.kafka_addr);
+    let mut topic = CreatableTopic::default();
+    topic.name = TopicName(StrBytes::from_static_str("sized"));
+    topic.num_partitions = 2;
+    topic.replication_factor = 1;
+    let mut create = CreateTopicsRequest::default();
+    create.topics = vec![topic];
+    let created: CreateTopicsResponse = conn.call(ApiKey::CreateTopics, 4, &create);
+    assert_eq!(created.topics[0].error_code, 0);
+    let one_batch = batch(-1, -1, 0, 400);
+    for partition in 0..2 {
+        for _ in 0..3 {
+            let mut request = produce_request("sized", 1, one_batch.clone());
+            request.topic_data[0].partition_data[0].index = partition;
+            let response: ProduceResponse = conn.call(ApiKey::Produce, 7, &request);
+            assert_eq!(response.responses[0].partition_responses[0].error_code, 0);
+        }
+    }
+
+    // Bytes of records per partition in a fetch of both partitions from offset 0.
+    let mut fetch = |max_bytes: usize, partition_max_bytes: usize| -> Vec<usize> {
+        let mut topic = FetchTopic::default();
+        topic.topic = TopicName(StrBytes::from_static_str("sized"));
+        topic.partitions = (0..2)
+            .map(|index| {
+                let mut partition = FetchPartition::default();
+                partition.partition = index;
+                partition.partition_max_bytes = partition_max_bytes as i32;
+                partition
+            })
+            .collect();
+        let mut request = FetchRequest::default();
+        request.replica_id = BrokerId(-1);
+        request.max_bytes = max_bytes as i32;
+        request.min_bytes = 1;
+        request.topics = vec![topic];
+        let response: FetchResponse = conn.call(ApiKey::Fetch, 11, &request);
+        response.responses[0]
+            .partitions
+            .iter()
+            .map(|p| p.records.as_ref().map_or(0, |r| r.len()))
+            .collect()
+    };
+    let whole = one_batch.len();
+    assert_eq!(
+        fetch(whole * 3 / 2, whole * 10),
+        [whole, 0],
+        "a second partition's first batch does not go over what is left of max_bytes"
+    );
+    assert_eq!(
+        fetch(whole * 10, whole * 3 / 2),
+        [whole, whole],
+        "each partition stops at partition_max_bytes"
+    );
+    assert_eq!(
+        fetch(whole / 2, whole * 10),
+        [whole, 0],
+        "the response's first batch goes out whole even over max_bytes"
+    );
+    assert_eq!(fetch(whole * 10, whole / 2), [whole, 0], "... and over partition_max_bytes");
 }

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::config::BrokerConfig;
-use crate::group::offsets::{self, Committed, OffsetRecord, OFFSETS_PARTITIONS, OFFSETS_TOPIC};
+use crate::group::offsets::{
+    self, Committed, DecodeError, OffsetRecord, OFFSETS_PARTITIONS, OFFSETS_TOPIC,
+};
 use crate::group::state::{
     Group, GroupDescription, GroupError, GroupState, JoinReply, JoinRequest, SyncReply,
 };
@@ -37,6 +39,8 @@ pub struct OffsetCommit {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
+    /// -1 when the client sent none.
+    pub leader_epoch: i32,
     pub metadata: String,
 }
 
@@ -213,35 +217,45 @@ impl Coordinator {
         if group.is_empty() {
             return Err(GroupError::InvalidGroupId);
         }
-        {
-            let mut groups = self.groups.borrow_mut();
-            let entry = groups.entry(group.clone()).or_insert_with(|| Group::new(group.clone()));
-            entry.check_commit(member_id, instance_id, generation)?;
+        let log = offsets_log(shard, offsets::partition_for(&group)).await?;
+        // From here to the append nothing awaits: no tick, join or delete can change the group
+        // between the check and the state the commit leaves.
+        let records = self.commit_records(&group, member_id, instance_id, generation, &commits)?;
+        persist(&log, &group, &records, || self.apply_all(&records)).await
+    }
+
+    /// Checks that a commit may go ahead and returns its records. Leaves the groups as they are:
+    /// a group is created by the commit's records when they are applied, as on replay.
+    fn commit_records(
+        &self,
+        group: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        commits: &[OffsetCommit],
+    ) -> Result<Vec<OffsetRecord>, GroupError> {
+        match self.groups.borrow().get(group) {
+            Some(entry) => entry.check_commit(member_id, instance_id, generation)?,
+            // No such group: only a commit outside membership passes.
+            None => {
+                Group::new(group.to_string()).check_commit(member_id, instance_id, generation)?
+            }
         }
         let commit_time_ms = crate::now_ms();
-        let records: Vec<OffsetRecord> = commits
+        Ok(commits
             .iter()
             .map(|c| OffsetRecord {
-                group: group.clone(),
+                group: group.to_string(),
                 topic: c.topic.clone(),
                 partition: c.partition,
                 committed: Some(Committed {
                     offset: c.offset,
+                    leader_epoch: c.leader_epoch,
                     metadata: c.metadata.clone(),
                     commit_time_ms,
                 }),
             })
-            .collect();
-        let apply = || {
-            if let Some(entry) = self.groups.borrow_mut().get_mut(&group) {
-                for record in records.iter().cloned() {
-                    if let Some(committed) = record.committed {
-                        entry.offsets.insert((record.topic, record.partition), committed);
-                    }
-                }
-            }
-        };
-        persist(shard, &group, &records, apply).await
+            .collect())
     }
 
     fn fetch_offsets(
@@ -269,24 +283,30 @@ impl Coordinator {
     }
 
     async fn delete(&self, shard: &Rc<Shard>, group: &str) -> Result<(), GroupError> {
-        let keys: Vec<(String, i32)> = {
+        if !self.groups.borrow().contains_key(group) {
+            return Err(GroupError::GroupIdNotFound);
+        }
+        let log = offsets_log(shard, offsets::partition_for(group)).await?;
+        // Checked again after the await, and nothing awaits from here to the append: a member
+        // that joined meanwhile keeps the group.
+        let tombstones = {
             let groups = self.groups.borrow();
             let Some(entry) = groups.get(group) else { return Err(GroupError::GroupIdNotFound) };
             if entry.has_members() {
                 return Err(GroupError::NonEmptyGroup);
             }
-            entry.offsets.keys().cloned().collect()
+            entry
+                .offsets
+                .keys()
+                .map(|(topic, partition)| OffsetRecord {
+                    group: group.to_string(),
+                    topic: topic.clone(),
+                    partition: *partition,
+                    committed: None,
+                })
+                .collect::<Vec<_>>()
         };
-        let tombstones: Vec<OffsetRecord> = keys
-            .into_iter()
-            .map(|(topic, partition)| OffsetRecord {
-                group: group.to_string(),
-                topic,
-                partition,
-                committed: None,
-            })
-            .collect();
-        persist(shard, group, &tombstones, || {
+        persist(&log, group, &tombstones, || {
             self.groups.borrow_mut().remove(group);
         })
         .await
@@ -338,11 +358,22 @@ impl Coordinator {
                             let view = NativeBatchView::new(&header, payload)
                                 .map_err(|e| e.to_string())?;
                             for record in view.records().filter(|r| r.offset >= offset) {
-                                if let Some(decoded) =
-                                    OffsetRecord::decode(record.key(), record.value())
-                                {
-                                    self.apply(decoded);
-                                    loaded += 1;
+                                match OffsetRecord::decode(
+                                    record.key(),
+                                    record.value(),
+                                    record.headers(),
+                                ) {
+                                    Ok(decoded) => {
+                                        self.apply(decoded);
+                                        loaded += 1;
+                                    }
+                                    Err(DecodeError::Malformed) => {}
+                                    Err(e) => {
+                                        return Err(format!(
+                                            "{OFFSETS_TOPIC}-{partition} at offset {}: {e}",
+                                            record.offset
+                                        ))
+                                    }
                                 }
                             }
                         }
@@ -432,6 +463,12 @@ impl Coordinator {
         records
     }
 
+    fn apply_all(&self, records: &[OffsetRecord]) {
+        records.iter().cloned().for_each(|record| self.apply(record));
+    }
+
+    /// Applies one record of the log: the commit path and the replay share it, so the state a
+    /// commit leaves is the state a restart rebuilds.
     fn apply(&self, record: OffsetRecord) {
         let mut groups = self.groups.borrow_mut();
         let group = record.group.clone();
@@ -457,12 +494,13 @@ fn aligned_copy(chunk: &Bytes) -> std::borrow::Cow<'_, [u8]> {
     std::borrow::Cow::Owned(copy.to_vec())
 }
 
-/// Appends offset records to the group's `__consumer_offsets` partition (this shard owns it),
-/// runs `apply` as soon as they have their place in the log, and waits until they are
-/// fdatasync'ed: an acknowledged commit survives a crash. Applying before the sync keeps the
-/// in-memory state in log order, which compaction's snapshots rely on.
+/// Appends offset records to the group's `__consumer_offsets` partition `log` (this shard owns
+/// it), runs `apply` as soon as they have their place in the log, and waits until they are
+/// fdatasync'ed: an acknowledged commit survives a crash. Applying at the append keeps the
+/// in-memory state in log order, which compaction's snapshots rely on, and makes the state
+/// visible to the next request before the acknowledgement goes out.
 async fn persist(
-    shard: &Rc<Shard>,
+    log: &crate::log::PartitionLog,
     group: &str,
     records: &[OffsetRecord],
     apply: impl FnOnce(),
@@ -471,7 +509,6 @@ async fn persist(
         apply();
         return Ok(());
     }
-    let log = offsets_log(shard, offsets::partition_for(group)).await?;
     let now = crate::now_ms();
     let mut builder = BatchBuilder::default();
     records.iter().for_each(|r| builder.push(r.encode(now)));
@@ -517,7 +554,12 @@ mod tests {
             group: group.into(),
             topic: "t".into(),
             partition,
-            committed: Some(Committed { offset: 5, metadata: String::new(), commit_time_ms }),
+            committed: Some(Committed {
+                offset: 5,
+                leader_epoch: -1,
+                metadata: String::new(),
+                commit_time_ms,
+            }),
         }
     }
 
@@ -536,5 +578,35 @@ mod tests {
         let fresh = &groups["fresh"].offsets;
         assert_eq!(fresh.len(), 1, "the tombstone removed partition 1");
         assert!(fresh.contains_key(&("t".to_string(), 0)));
+    }
+
+    /// Regression: a group's first commit inserted an empty group, awaited the offsets log, and
+    /// applied its offsets only if the group was still there; a tick in between removed the
+    /// empty group, so an acknowledged commit was missing from the next OffsetFetch. The records
+    /// now create the group when applied, as they do on replay.
+    #[test]
+    fn a_tick_between_a_commits_check_and_its_apply_loses_nothing() {
+        let coordinator = Coordinator::new(&BrokerConfig::default());
+        let commit = OffsetCommit {
+            topic: "t".into(),
+            partition: 0,
+            offset: 7,
+            leader_epoch: 2,
+            metadata: "m".into(),
+        };
+        let records = coordinator.commit_records("fresh", "", None, -1, &[commit]).unwrap();
+        coordinator.tick(Instant::now());
+        coordinator.apply_all(&records);
+        let fetched = coordinator.fetch_offsets("fresh", Some(vec![("t".into(), vec![0])]));
+        let committed = fetched[0].2.as_ref().expect("the acknowledged commit is visible");
+        assert_eq!((committed.offset, committed.leader_epoch), (7, 2));
+    }
+
+    #[test]
+    fn a_member_commit_to_an_unknown_group_is_refused() {
+        let coordinator = Coordinator::new(&BrokerConfig::default());
+        let refused = coordinator.commit_records("nobody", "member-1", None, 3, &[]);
+        assert_eq!(refused.unwrap_err(), GroupError::UnknownMemberId);
+        assert!(coordinator.groups.borrow().is_empty(), "a refused commit creates no group");
     }
 }

@@ -300,9 +300,12 @@ impl Group {
         self.members.get_mut(id)
     }
 
-    /// A new protocol type must match, and some protocol must be supported by every member.
+    /// A new protocol type must match the members', and some protocol must be supported by
+    /// every member. An empty group takes any type: its first member sets it (as Kafka's).
     fn accepts_protocols(&self, request: &JoinRequest) -> bool {
-        if self.protocol_type.as_deref().is_some_and(|t| t != request.protocol_type) {
+        if self.has_members()
+            && self.protocol_type.as_deref().is_some_and(|t| t != request.protocol_type)
+        {
             return false;
         }
         request.protocols.iter().any(|(name, _)| {
@@ -331,7 +334,9 @@ impl Group {
             join_waiter: Some(reply),
             sync_waiter: None,
         };
-        self.protocol_type.get_or_insert(member.protocol_type.clone());
+        if self.members.is_empty() {
+            self.protocol_type = Some(member.protocol_type.clone());
+        }
         self.members.insert(id, member);
         self.prepare_rebalance(now, initial_delay);
         self.maybe_complete_join(now);
@@ -459,10 +464,11 @@ impl Group {
         }
     }
 
+    /// The protocol type stays: an empty group is still a `consumer` group in DescribeGroups
+    /// and ListGroups, as in Kafka, until a member of another type joins.
     fn become_empty(&mut self) {
         self.state = GroupState::Empty;
         self.protocol = None;
-        self.protocol_type = None;
         self.leader = None;
         self.rebalance_deadline = None;
     }
@@ -878,5 +884,24 @@ mod tests {
         group.tick(now + Duration::from_secs(3));
         let (a, b) = (answer(a).unwrap().unwrap(), answer(b).unwrap().unwrap());
         assert_eq!((a.generation, b.generation), (1, 1));
+    }
+
+    /// Regression: a group whose members had all left lost its protocol type and was then
+    /// described (and listed) as a simple group.
+    #[test]
+    fn an_emptied_group_keeps_its_protocol_type_until_a_member_of_another_joins() {
+        let now = Instant::now();
+        let mut group = Group::new("g".into());
+        let joined = answer(join(&mut group, now, &["range"])).unwrap().unwrap();
+        assert_eq!(group.leave(&[(joined.member_id, None)], now), vec![Ok(())]);
+        assert_eq!(group.state, GroupState::Empty);
+        assert_eq!(group.describe().protocol_type, "consumer");
+
+        let connect = JoinRequest { protocol_type: "connect".into(), ..join_request("", &["x"]) };
+        let (error, id) = group.join(connect.clone(), now, Duration::ZERO).unwrap_err();
+        assert_eq!(error, GroupError::MemberIdRequired);
+        let rejoin = JoinRequest { member_id: id, ..connect };
+        assert!(group.join(rejoin, now, Duration::ZERO).is_ok());
+        assert_eq!(group.describe().protocol_type, "connect");
     }
 }

@@ -219,8 +219,12 @@ pub fn error_code(code: ErrorCode) -> i16 {
 
 /// Kafka's UNSUPPORTED_VERSION, for the KIP-511 ApiVersions answer.
 pub const UNSUPPORTED_VERSION: i16 = 35;
-/// Kafka's COORDINATOR_NOT_AVAILABLE: retriable, so group clients wait rather than fail.
-pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+/// The answer to a transactional producer while Spate serves no transactions. Kafka has no code
+/// for "not supported" here; this is the one every client treats as fatal at once (librdkafka's
+/// FindCoordinator handler, the Java client's TransactionalIdAuthorizationException), where any
+/// retriable code would leave the producer waiting out its own timeout.
+pub const TRANSACTIONS_REFUSED: i16 =
+    kafka_protocol::ResponseError::TransactionalIdAuthorizationFailed.code();
 
 #[cfg(test)]
 mod tests {

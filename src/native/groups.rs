@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::group::coordinator::OffsetCommit;
 use crate::group::state::JoinRequest;
 use crate::group::{GroupAnswer, GroupCall, GroupError};
 use crate::native::frame::Api;
 use crate::native::handlers::{answer, undecodable};
 use crate::native::messages::{
-    decode, AdminResponse, CommitOffsetsRequest, DeleteGroupRequest, ErrorBody,
+    decode, AdminResponse, CommitOffsetsRequest, DeleteGroupRequest, ErrorBody, ErrorCode,
     FetchOffsetsRequest, FetchOffsetsResponse, HeartbeatRequest, JoinGroupRequest,
     JoinGroupResponse, LeaveGroupRequest, SyncGroupRequest, SyncGroupResponse,
 };
@@ -25,6 +26,10 @@ fn error_body(error: GroupError) -> ErrorBody {
 /// What a wrong-kind answer means: the coordinator shard is stopping.
 fn unavailable() -> ErrorBody {
     error_body(GroupError::CoordinatorNotAvailable)
+}
+
+fn refused(code: ErrorCode, why: String) -> AdminResponse {
+    AdminResponse { error: ErrorBody::new(code, why) }
 }
 
 fn done(result: Result<(), GroupError>) -> AdminResponse {
@@ -145,16 +150,30 @@ pub async fn commit(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
         Err(why) => return undecodable(Api::CommitOffsets, request_id, why),
     };
     let group = request.group;
-    let offsets = request
-        .offsets
-        .into_iter()
-        .map(|(topic, partition, offset)| crate::group::coordinator::OffsetCommit {
+    let mut offsets = Vec::with_capacity(request.offsets.len());
+    for (topic, partition, offset) in request.offsets {
+        // Refused whole, naming the first bad entry: the native answer has no per-partition
+        // codes, and a commit must never be acknowledged for something it did not store.
+        let (Ok(index), Ok(offset)) = (i32::try_from(partition), i64::try_from(offset)) else {
+            let why = format!("offset {offset} for {topic}-{partition} is out of range");
+            return answer(
+                Api::CommitOffsets,
+                request_id,
+                &refused(ErrorCode::InvalidRequest, why),
+            );
+        };
+        if !shard.has_partition(&topic, partition) {
+            let why = format!("no partition {topic}-{partition}");
+            return answer(Api::CommitOffsets, request_id, &refused(ErrorCode::UnknownTopic, why));
+        }
+        offsets.push(OffsetCommit {
             topic,
-            partition: i32::try_from(partition).unwrap_or(i32::MAX),
-            offset: i64::try_from(offset).unwrap_or(i64::MAX),
+            partition: index,
+            offset,
+            leader_epoch: -1,
             metadata: String::new(),
-        })
-        .collect();
+        });
+    }
     let call = GroupCall::Commit {
         group: group.clone(),
         member_id: request.member_id,
@@ -192,7 +211,14 @@ pub async fn fetch_offsets(shard: &Rc<Shard>, frame: &RequestFrame) -> Response 
     let group = request.group;
     let mut by_topic: Vec<(String, Vec<i32>)> = Vec::new();
     for (topic, partition) in request.partitions {
-        let partition = i32::try_from(partition).unwrap_or(i32::MAX);
+        let Ok(partition) = i32::try_from(partition) else {
+            let why = format!("partition {topic}-{partition} is out of range");
+            let body = FetchOffsetsResponse {
+                error: ErrorBody::new(ErrorCode::InvalidRequest, why),
+                offsets: Vec::new(),
+            };
+            return answer(Api::FetchOffsets, request_id, &body);
+        };
         match by_topic.iter_mut().find(|(t, _)| *t == topic) {
             Some((_, partitions)) => partitions.push(partition),
             None => by_topic.push((topic, vec![partition])),
@@ -204,8 +230,10 @@ pub async fn fetch_offsets(shard: &Rc<Shard>, frame: &RequestFrame) -> Response 
             error: ErrorBody::none(),
             offsets: found
                 .into_iter()
-                .map(|(topic, partition, committed)| {
-                    (topic, partition.max(0) as u32, committed.map_or(-1, |c| c.offset))
+                .filter_map(|(topic, partition, committed)| {
+                    // Every partition asked for fit in an i32 and came back as asked.
+                    let partition = u32::try_from(partition).ok()?;
+                    Some((topic, partition, committed.map_or(-1, |c| c.offset)))
                 })
                 .collect(),
         },

@@ -111,14 +111,30 @@ pub fn load(data_dir: &Path, defaults: &TopicConfig) -> io::Result<Catalog> {
     Ok(catalog)
 }
 
-/// Creates a topic's directory and writes its file durably. Blocking: run off the shard.
-pub fn write_topic(data_dir: &Path, name: &str, file: &TopicFile) -> io::Result<()> {
+/// Creates a new topic's directory and writes its file durably. A directory already there
+/// without a `topic.toml` is the remains of an interrupted create or delete, so the new topic
+/// starts empty; one with a `topic.toml` is a live topic and is refused, never cleared.
+/// Blocking: run off the shard.
+pub fn create_topic(data_dir: &Path, name: &str, file: &TopicFile) -> io::Result<()> {
     let dir = topic_dir(data_dir, name);
+    if dir.join(TOPIC_FILE).exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} already holds a topic", dir.display()),
+        ));
+    }
     if dir.exists() {
-        // Leftovers of an interrupted create or delete: the new topic starts empty.
         std::fs::remove_dir_all(&dir)?;
     }
     std::fs::create_dir_all(&dir)?;
+    replace_topic_file(data_dir, name, file)
+}
+
+/// Replaces an existing topic's `topic.toml` atomically (write aside, fsync, rename, fsync the
+/// directory), touching nothing else in the topic's directory: its partitions hold
+/// acknowledged data. Blocking: run off the shard.
+pub fn replace_topic_file(data_dir: &Path, name: &str, file: &TopicFile) -> io::Result<()> {
+    let dir = topic_dir(data_dir, name);
     let text = toml::to_string(file).map_err(io::Error::other)?;
     let tmp = dir.join("topic.toml.tmp");
     std::fs::write(&tmp, text)?;
@@ -169,7 +185,7 @@ mod tests {
             partitions: 3,
             config: BTreeMap::from([("retention.ms".into(), "1000".into())]),
         };
-        write_topic(dir.path(), "orders", &file).unwrap();
+        create_topic(dir.path(), "orders", &file).unwrap();
         std::fs::create_dir_all(dir.path().join("half-deleted")).unwrap();
         let catalog = load(dir.path(), &TopicConfig::default()).unwrap();
         assert_eq!(catalog.topics.len(), 1);
@@ -178,5 +194,26 @@ mod tests {
         assert_eq!(info.config.retention_ms, 1000);
         remove_topic(dir.path(), "orders").unwrap();
         assert!(load(dir.path(), &TopicConfig::default()).unwrap().topics.is_empty());
+    }
+
+    /// Regression: growing a topic rewrote its file by clearing the whole topic directory first,
+    /// deleting the existing partitions' acknowledged records.
+    #[test]
+    fn replacing_a_topic_file_keeps_its_partitions_and_a_live_topic_is_never_recreated() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = TopicFile { partitions: 2, config: BTreeMap::new() };
+        create_topic(dir.path(), "grow", &file).unwrap();
+        let segment = partition_dir(dir.path(), "grow", 0).join("00000000000000000000.log");
+        std::fs::create_dir_all(segment.parent().unwrap()).unwrap();
+        std::fs::write(&segment, b"acknowledged").unwrap();
+
+        replace_topic_file(dir.path(), "grow", &TopicFile { partitions: 4, ..file.clone() })
+            .unwrap();
+        assert_eq!(std::fs::read(&segment).unwrap(), b"acknowledged");
+        assert_eq!(load(dir.path(), &TopicConfig::default()).unwrap().topics["grow"].partitions, 4);
+
+        let refused = create_topic(dir.path(), "grow", &file).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&segment).unwrap(), b"acknowledged");
     }
 }

@@ -32,6 +32,16 @@ const STAGED_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 type PartitionKey = (String, u32);
 
+/// How the controller writes a topic's `topic.toml`.
+enum TopicFileWrite {
+    /// A new topic: its directory is made afresh (clearing the remains of an unfinished create
+    /// or delete).
+    NewTopic,
+    /// An existing topic (more partitions): only the file is replaced; the partition
+    /// directories beside it hold acknowledged records.
+    Replace,
+}
+
 pub struct Shard {
     pub id: usize,
     pub count: usize,
@@ -147,6 +157,11 @@ impl Shard {
 
     pub fn topic(&self, name: &str) -> Option<TopicInfo> {
         self.catalog.borrow().topics.get(name).cloned()
+    }
+
+    /// Whether `topic` exists with a partition `partition`.
+    pub fn has_partition(&self, topic: &str, partition: u32) -> bool {
+        self.catalog.borrow().topics.get(topic).is_some_and(|t| partition < t.partitions)
     }
 
     pub fn topics(&self) -> Vec<(String, TopicInfo)> {
@@ -353,21 +368,37 @@ impl Shard {
                 format!("topic {name} exists"),
             ));
         }
-        self.write_topic_file(&name, file).await?;
+        self.write_topic_file(&name, file, TopicFileWrite::NewTopic).await?;
         self.broadcast(&name, Some(info)).await?;
         tracing::info!(topic = %name, partitions, "created topic");
         Ok(())
     }
 
-    /// Writes `<topic>/topic.toml` (atomically, off the shard's thread).
-    async fn write_topic_file(&self, name: &str, file: TopicFile) -> Result<(), BrokerError> {
+    /// Writes a topic's `topic.toml` off the shard's thread: a new topic's in a fresh directory,
+    /// an existing topic's by replacing only that file.
+    async fn write_topic_file(
+        &self,
+        name: &str,
+        file: TopicFile,
+        write: TopicFileWrite,
+    ) -> Result<(), BrokerError> {
         let data_dir = self.config.data_dir.clone();
         let file_name = name.to_string();
         glommio::executor()
-            .spawn_blocking(move || catalog::write_topic(&data_dir, &file_name, &file))
+            .spawn_blocking(move || match write {
+                TopicFileWrite::NewTopic => catalog::create_topic(&data_dir, &file_name, &file),
+                TopicFileWrite::Replace => {
+                    catalog::replace_topic_file(&data_dir, &file_name, &file)
+                }
+            })
             .await
             .map_err(|e| {
-                BrokerError::new(ErrorCode::StorageError, format!("writing topic {name}: {e}"))
+                let code = if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    ErrorCode::TopicAlreadyExists
+                } else {
+                    ErrorCode::StorageError
+                };
+                BrokerError::new(code, format!("writing topic {name}: {e}"))
             })
     }
 
@@ -391,7 +422,7 @@ impl Shard {
             return Err(BrokerError::new(ErrorCode::InvalidPartitions, why));
         }
         let file = TopicFile { partitions: count, config: info.overrides.clone() };
-        self.write_topic_file(&name, file).await?;
+        self.write_topic_file(&name, file, TopicFileWrite::Replace).await?;
         let old = info.partitions;
         info.partitions = count;
         self.broadcast(&name, Some(info)).await?;

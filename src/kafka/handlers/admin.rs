@@ -253,8 +253,13 @@ fn broker_entries(shard: &Shard) -> Vec<ConfigEntry> {
 /// (KIP-360), which fences its older instances.
 pub fn init_producer_id(shard: &Shard, request: InitProducerIdRequest) -> InitProducerIdResponse {
     let mut response = InitProducerIdResponse::default();
-    if request.transactional_id.as_ref().is_some_and(|id| !id.0.is_empty()) {
-        response.error_code = 42;
+    if let Some(id) = request.transactional_id.as_ref().filter(|id| !id.0.is_empty()) {
+        tracing::info!(
+            transactional_id = %id.0,
+            "refused InitProducerId: {}",
+            crate::kafka::handlers::groups::TRANSACTIONS_NOT_SUPPORTED
+        );
+        response.error_code = crate::kafka::codec::TRANSACTIONS_REFUSED;
         response.producer_id = ProducerId(-1);
         response.producer_epoch = -1;
         return response;

@@ -82,9 +82,9 @@ pub async fn fetch(shard: &Rc<Shard>, version: i16, request: FetchRequest) -> Fe
     }
     let mut response = FetchResponse::default();
     let mut records = Vec::new();
-    let mut budget = max_bytes;
+    let mut limits = ResponseLimits { left: max_bytes, first_batch_may_exceed: true };
     for (want, read) in wanted.iter().zip(reads) {
-        let (partition, chunks) = partition_data(version, want, read, &mut budget);
+        let (partition, chunks) = partition_data(version, want, read, &mut limits);
         if !chunks.is_empty() {
             records.push(chunks);
         }
@@ -174,18 +174,32 @@ fn closing() -> BrokerError {
     BrokerError::new(ErrorCode::NotAvailable, "the broker is stopping")
 }
 
-/// One partition's part of the response. The first batch of a response goes out whole even
-/// over the budget (Kafka does the same, so a large batch cannot stall a consumer).
+/// What is left of a response's size limits as its partitions are filled in.
+///
+/// KIP-74: the response holds at most `max_bytes` and each partition at most its
+/// `partition_max_bytes`, except that the first batch of the first partition with data goes out
+/// whole even over both, so a batch larger than the limits cannot stall a consumer. That
+/// exception is taken once per response, never once per partition: a client sizes its receive
+/// buffer from `fetch.max.bytes` and rejects a larger response (librdkafka then fetches again
+/// forever).
+struct ResponseLimits {
+    left: usize,
+    first_batch_may_exceed: bool,
+}
+
+/// One partition's part of the response.
 fn partition_data(
     version: i16,
     want: &Wanted,
     read: Read,
-    budget: &mut usize,
+    limits: &mut ResponseLimits,
 ) -> (PartitionData, Vec<Bytes>) {
     let mut data = PartitionData::default();
     data.partition_index = want.partition;
     let mut chunks = Vec::new();
-    match read.and_then(|outcome| kafka_records(&outcome, budget).map(|r| (outcome, r))) {
+    match read
+        .and_then(|outcome| kafka_records(&outcome, want.max_bytes, limits).map(|r| (outcome, r)))
+    {
         Ok((outcome, records)) => {
             data.high_watermark = outcome.high_watermark as i64;
             data.last_stable_offset = outcome.high_watermark as i64;
@@ -211,10 +225,15 @@ fn partition_data(
     (data, chunks)
 }
 
-/// The read entries as Kafka record batches, within what is left of the response budget: slices
-/// of the stored Kafka entries, and native entries converted.
-fn kafka_records(outcome: &ReadOutcome, budget: &mut usize) -> Result<Vec<Bytes>, BrokerError> {
+/// The read entries as Kafka record batches, within the partition's limit and what is left of
+/// the response's: slices of the stored Kafka entries, and native entries converted.
+fn kafka_records(
+    outcome: &ReadOutcome,
+    partition_bytes_max: usize,
+    limits: &mut ResponseLimits,
+) -> Result<Vec<Bytes>, BrokerError> {
     let mut out = Vec::new();
+    let mut partition_left = partition_bytes_max.min(limits.left);
     for chunk in &outcome.entries {
         let mut at = 0;
         while at < chunk.len() {
@@ -225,9 +244,7 @@ fn kafka_records(outcome: &ReadOutcome, budget: &mut usize) -> Result<Vec<Bytes>
             if payload_end > chunk.len() {
                 return Err(stored("entry runs past the read"));
             }
-            if payload_end - payload_at > *budget && (!out.is_empty() || *budget == 0) {
-                return Ok(out);
-            }
+            // A native entry's Kafka form differs in size: it is measured once converted.
             let batch = match header.format() {
                 Some(PayloadFormat::Kafka) => chunk.slice(payload_at..payload_end),
                 Some(PayloadFormat::Native) => {
@@ -238,7 +255,14 @@ fn kafka_records(outcome: &ReadOutcome, budget: &mut usize) -> Result<Vec<Bytes>
                 }
                 None => return Err(stored("unknown payload format")),
             };
-            *budget = budget.saturating_sub(batch.len());
+            let fits = batch.len() <= partition_left;
+            let may_exceed = out.is_empty() && limits.first_batch_may_exceed;
+            if !fits && !may_exceed {
+                return Ok(out);
+            }
+            partition_left = partition_left.saturating_sub(batch.len());
+            limits.left = limits.left.saturating_sub(batch.len());
+            limits.first_batch_may_exceed = false;
             out.push(batch);
             at = end;
         }

@@ -32,10 +32,14 @@ use crate::group::{GroupAnswer, GroupCall, GroupError};
 use crate::kafka::codec;
 use crate::kafka::handlers::has_field;
 use crate::kafka::server::Connection;
+use crate::native::messages::ErrorCode;
 use crate::shard::Shard;
 
 /// FindCoordinator key type of transactional ids: no transaction coordinator exists.
 const KEY_TYPE_TRANSACTION: i8 = 1;
+/// What a transactional producer is told, in the error message of versions that carry one.
+pub const TRANSACTIONS_NOT_SUPPORTED: &str =
+    "transactions are not supported by this broker (Spate) yet; use an idempotent producer";
 
 fn text(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
@@ -54,11 +58,16 @@ pub fn find_coordinator(
         response.error_message = None;
     }
     if request.key_type == KEY_TYPE_TRANSACTION {
-        response.error_code = codec::COORDINATOR_NOT_AVAILABLE;
+        tracing::info!(
+            peer = %connection.peer,
+            transactional_id = %request.key,
+            "refused a transaction coordinator lookup: {TRANSACTIONS_NOT_SUPPORTED}"
+        );
+        response.error_code = codec::TRANSACTIONS_REFUSED;
         response.node_id = BrokerId(-1);
         response.port = -1;
         if has_field(version, 1) {
-            response.error_message = Some(text("transactions are not supported"));
+            response.error_message = Some(text(TRANSACTIONS_NOT_SUPPORTED));
         }
         return response;
     }
@@ -218,20 +227,38 @@ pub async fn leave_group(
     response
 }
 
+/// Commits the offsets of partitions that exist; the others are answered
+/// UNKNOWN_TOPIC_OR_PARTITION one by one and not stored, as Kafka does.
 pub async fn offset_commit(
     shard: &Rc<Shard>,
     version: i16,
     request: OffsetCommitRequest,
 ) -> OffsetCommitResponse {
     let group = request.group_id.0.to_string();
+    // Decided once per partition: the answer must say exactly what was committed.
+    let known: Vec<Vec<bool>> = request
+        .topics
+        .iter()
+        .map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| {
+                    u32::try_from(p.partition_index)
+                        .is_ok_and(|index| shard.has_partition(t.name.0.as_str(), index))
+                })
+                .collect()
+        })
+        .collect();
     let offsets: Vec<OffsetCommit> = request
         .topics
         .iter()
-        .flat_map(|t| {
-            t.partitions.iter().map(|p| OffsetCommit {
+        .zip(&known)
+        .flat_map(|(t, known)| {
+            t.partitions.iter().zip(known).filter(|(_, known)| **known).map(|(p, _)| OffsetCommit {
                 topic: t.name.0.to_string(),
                 partition: p.partition_index,
                 offset: p.committed_offset,
+                leader_epoch: if has_field(version, 6) { p.committed_leader_epoch } else { -1 },
                 metadata: p.committed_metadata.as_ref().map(|m| m.to_string()).unwrap_or_default(),
             })
         })
@@ -252,15 +279,16 @@ pub async fn offset_commit(
         other => unexpected(other),
     };
     let mut response = OffsetCommitResponse::default();
-    for topic in request.topics {
+    for (topic, known) in request.topics.into_iter().zip(known) {
         let mut result = OffsetCommitResponseTopic::default();
-        result.name = topic.name;
-        for partition in topic.partitions {
+        for (partition, known) in topic.partitions.into_iter().zip(known) {
             let mut answer = OffsetCommitResponsePartition::default();
             answer.partition_index = partition.partition_index;
-            answer.error_code = code;
+            answer.error_code =
+                if known { code } else { codec::error_code(ErrorCode::UnknownTopic) };
             result.partitions.push(answer);
         }
+        result.name = topic.name;
         response.topics.push(result);
     }
     response
@@ -299,6 +327,9 @@ pub async fn offset_fetch(
         let mut answer = OffsetFetchResponsePartition::default();
         answer.partition_index = partition;
         answer.committed_offset = committed.as_ref().map_or(-1, |c| c.offset);
+        if has_field(version, 5) {
+            answer.committed_leader_epoch = committed.as_ref().map_or(-1, |c| c.leader_epoch);
+        }
         answer.metadata = Some(text(committed.map(|c| c.metadata).unwrap_or_default()));
         if let Some(entry) = response.topics.last_mut() {
             entry.partitions.push(answer);
