@@ -195,6 +195,9 @@ pub struct BrokerConfig {
     pub offsets_topic_segment_bytes: u64,
     /// Connections the broker accepts at once, both listeners together; more are closed.
     pub max_connections: u32,
+    /// Partitions this broker holds, every topic's (internal ones included) counted together:
+    /// creating more is refused with POLICY_VIOLATION (KIP-578's name).
+    pub max_broker_partitions: u32,
     /// A connection that sends nothing for this long (between requests or inside one) is closed.
     pub connections_max_idle_ms: u64,
     /// Produced bytes appended but not yet written, broker-wide, past which connections stop
@@ -227,6 +230,9 @@ impl Default for BrokerConfig {
             offsets_retention_minutes: 10_080,
             offsets_topic_segment_bytes: 16 * 1024 * 1024,
             max_connections: 100_000,
+            // 10,000: what a partition costs now (one open file per segment, a small
+            // preallocation, a share of the tail cache) fits a 2-core, 20,000-file machine.
+            max_broker_partitions: 10_000,
             connections_max_idle_ms: 600_000,
             queued_max_request_bytes: 256 * 1024 * 1024,
             producer_id_expiration_ms: 86_400_000,
@@ -311,6 +317,12 @@ impl BrokerConfig {
             "max.connections" => {
                 self.max_connections = parse(key, value)?;
                 if self.max_connections == 0 {
+                    return Err(invalid(key, value, "must be at least 1"));
+                }
+            }
+            "max.broker.partitions" => {
+                self.max_broker_partitions = parse(key, value)?;
+                if self.max_broker_partitions == 0 {
                     return Err(invalid(key, value, "must be at least 1"));
                 }
             }

@@ -359,3 +359,24 @@ fn roll_without_space(spare: u64, failing_file: &str) {
     assert!(!names.iter().any(|n| n.ends_with(".tmp")), "a leftover temporary file: {names:?}");
     broker.stop();
 }
+
+/// Creating partitions the disk has no room for is refused with POLICY_VIOLATION and a reason,
+/// instead of filling the disk; creating what fits still works.
+#[test]
+fn creating_more_partitions_than_the_disk_holds_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fs) = SmallFs::mount_or_skip(&dir.path().join("fs"), 4) else { return };
+    let broker = Broker::start_logging_in(&fs.path.join("data"), dir.path(), &[]);
+    let create = |name: &str, partitions: &str| {
+        Command::new(common::BINARY)
+            .args(["topic", "create", name, "--partitions", partitions, "--broker", &broker.addr])
+            .output()
+            .unwrap()
+    };
+    let refused = create("huge", "1000");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && said.contains("bytes of disk at first"), "{said}");
+    assert!(!broker.data_dir.join("huge").exists(), "a refused topic left a directory");
+    let fits = create("small", "10");
+    assert!(fits.status.success(), "{}", String::from_utf8_lossy(&fits.stderr));
+}

@@ -213,6 +213,7 @@ pub fn error_code(code: ErrorCode) -> i16 {
         ErrorCode::InvalidSessionTimeout => 26,
         ErrorCode::RebalanceInProgress => 27,
         ErrorCode::NonEmptyGroup => 68,
+        ErrorCode::PolicyViolation => 44,
         ErrorCode::FencedInstance => 82,
     }
 }

@@ -39,7 +39,7 @@ use crate::config::{TopicConfig, WRITE_ALIGN_BYTES};
 use crate::log::producers::{ProducerTable, SequenceCheck, SequenceError};
 use crate::log::queued::QueuedBytes;
 use crate::log::retention::{self, SegmentFacts};
-use crate::log::segment::{self, Segment, Truncation};
+use crate::log::segment::{self, PreallocateStep, Segment, Truncation, PREALLOCATE_STEP_MIN_BYTES};
 use crate::log::tail_cache::TailCache;
 use crate::metrics::{Hist, Metrics};
 use crate::record::entry::{parse_entry, parse_header, ENTRY_HEADER_BYTES};
@@ -156,6 +156,11 @@ struct LogState {
     tail: TailCache,
     producers: ProducerTable,
     roll_requested: bool,
+    /// Set by a retention check that found the partition idle: the writer gives back the
+    /// active segment's preallocation once nothing is staged or in flight.
+    trim_requested: bool,
+    /// `next_offset` at the last retention check: unchanged means idle since.
+    next_offset_at_last_check: u64,
     stopping: bool,
     writer_done: bool,
     syncer_done: bool,
@@ -226,6 +231,8 @@ impl PartitionLog {
                 tail: TailCache::new(limits.tail_cache_bytes),
                 producers: ProducerTable::default(),
                 roll_requested: false,
+                trim_requested: false,
+                next_offset_at_last_check: next_offset,
                 stopping: false,
                 writer_done: false,
                 syncer_done: false,
@@ -528,6 +535,7 @@ impl PartitionLog {
             self.state.borrow_mut().roll_requested = true;
             self.writer_wake.notify(1);
         }
+        self.give_back_if_idle();
         let doomed: Vec<Rc<Segment>> = {
             let mut st = self.state.borrow_mut();
             let count = plan.delete_oldest.min(st.segments.len() - 1);
@@ -543,6 +551,19 @@ impl PartitionLog {
             segment.remove_files(&self.dir).await?;
         }
         Ok(doomed.len())
+    }
+
+    /// Asks the writer to give back the active segment's preallocated space when nothing was
+    /// appended since the last check: an idle partition costs its data on disk, and little more.
+    fn give_back_if_idle(&self) {
+        let mut st = self.state.borrow_mut();
+        let idle = st.next_offset == st.next_offset_at_last_check;
+        st.next_offset_at_last_check = st.next_offset;
+        if idle && st.active().allocated_unused_bytes() > PREALLOCATE_STEP_MIN_BYTES {
+            st.trim_requested = true;
+            drop(st);
+            self.writer_wake.notify(1);
+        }
     }
 
     /// Stops taking appends, writes and syncs everything appended, and persists the active
@@ -784,7 +805,7 @@ async fn open_segments(
     bases.sort_unstable();
     let mut segments = VecDeque::new();
     let Some((&last, sealed)) = bases.split_last() else {
-        segments.push_back(Rc::new(Segment::create(dir, 0).await?));
+        segments.push_back(Rc::new(Segment::create(dir, 0, PreallocateStep::MIN).await?));
         return Ok(segments);
     };
     for &base in sealed {

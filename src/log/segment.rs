@@ -1,10 +1,14 @@
 //! One segment file of a partition: creating, recovering, reading and sealing it.
 //!
 //! A segment is `<base_offset>.log` (20 digits, as Kafka names them) beside its
-//! `<base_offset>.index`. The active segment is preallocated [`PREALLOCATE_STEP_BYTES`] at a time
-//! ahead of the writer, so an append almost never grows the file's metadata, yet an idle partition
-//! holds at most one step of unused disk; the unwritten end reads as zeros, which is how recovery
-//! finds where the log ends. A sealed segment is fdatasync'ed, truncated to its real length and
+//! `<base_offset>.index`. The active segment is preallocated a step at a time ahead of the
+//! writer, so an append almost never grows the file's metadata; the unwritten end reads as zeros,
+//! which is how recovery finds where the log ends. The step follows the partition's own write
+//! rate (see [`PreallocateStep`]): a new or idle partition holds at most
+//! [`PREALLOCATE_STEP_MIN_BYTES`] past its data, a hot one gets steps of up to
+//! [`PREALLOCATE_STEP_MAX_BYTES`], and what an idle or sealed segment holds past its data is given
+//! back ([`Segment::trim`], [`Segment::seal`]). So the disk a partition costs follows its data,
+//! not the partition count. A sealed segment is fdatasync'ed, truncated to its real length and
 //! indexed.
 //!
 //! Only the partition's writer task changes [`SegmentMeta`]; readers borrow it briefly and never
@@ -14,6 +18,7 @@ use std::cell::RefCell;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use glommio::io::{DmaFile, OpenOptions};
@@ -27,9 +32,24 @@ use crate::record::EntryError;
 /// The largest single read issued to the device. glommio 0.9 can hang on reads larger than the
 /// device's `max_sectors_kb` (upstream PR #635); 512 KiB is below every common setting.
 pub const READ_BYTES_MAX: usize = 512 * 1024;
-/// How far ahead of the writer the active segment is allocated: one metadata update per step,
-/// and at most one step of unused space per partition.
-pub const PREALLOCATE_STEP_BYTES: u64 = 64 * 1024 * 1024;
+/// The first preallocation step of a segment, and the step of a partition written to slowly:
+/// what a new or idle partition costs on disk past its data. Four blocks keep it well under the
+/// 64 KiB an idle partition may cost in all (with its directory and index).
+pub const PREALLOCATE_STEP_MIN_BYTES: u64 = 16 * 1024;
+/// The step of a partition written to fast: one metadata update per 64 MiB, where the step stops
+/// mattering to write throughput (measured when the step was fixed at this size).
+pub const PREALLOCATE_STEP_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// What a new partition takes on disk before its first record: its first segment's first step,
+/// its directory's block and its index's.
+pub const PARTITION_DISK_BYTES_AT_FIRST: u64 =
+    PREALLOCATE_STEP_MIN_BYTES + 2 * WRITE_ALIGN_BYTES as u64;
+/// A step used up faster than this doubles the next one...
+const PREALLOCATE_STEP_GROW_WITHIN: Duration = Duration::from_secs(1);
+/// ...and one that lasted longer than this halves it.
+const PREALLOCATE_STEP_SHRINK_AFTER: Duration = Duration::from_secs(10);
+const _: () = assert!(PREALLOCATE_STEP_MIN_BYTES.is_multiple_of(WRITE_ALIGN_BYTES as u64));
+const _: () = assert!(PREALLOCATE_STEP_MAX_BYTES.is_power_of_two());
+const _: () = assert!(PREALLOCATE_STEP_MIN_BYTES.is_power_of_two());
 /// Reads of one range in flight at once.
 const READS_INFLIGHT_MAX: usize = 4;
 /// Recovery reads segments in chunks of this size.
@@ -53,6 +73,41 @@ pub struct Segment {
     pub meta: RefCell<SegmentMeta>,
     /// Bytes of the file allocated so far (its size while it is active).
     allocated_bytes: std::cell::Cell<u64>,
+    step: std::cell::Cell<PreallocateStep>,
+}
+
+/// How far ahead of the writer the next preallocation reaches, sized by how fast the partition
+/// used up the last one: a step used up within [`PREALLOCATE_STEP_GROW_WITHIN`] doubles (up to
+/// [`PREALLOCATE_STEP_MAX_BYTES`]), one that lasted past [`PREALLOCATE_STEP_SHRINK_AFTER`]
+/// halves (down to [`PREALLOCATE_STEP_MIN_BYTES`]). A roll hands the step to the next segment,
+/// so a hot partition keeps its large steps.
+#[derive(Clone, Copy, Debug)]
+pub struct PreallocateStep {
+    bytes: u64,
+    /// When the last preallocation was made.
+    at: Option<Instant>,
+}
+
+impl PreallocateStep {
+    pub const MIN: Self = Self { bytes: PREALLOCATE_STEP_MIN_BYTES, at: None };
+
+    pub fn bytes(self) -> u64 {
+        self.bytes
+    }
+
+    /// The step to take now, the last one having been taken at `self.at`.
+    fn next(self, now: Instant) -> Self {
+        let bytes = match self.at.map(|at| now.saturating_duration_since(at)) {
+            Some(lasted) if lasted < PREALLOCATE_STEP_GROW_WITHIN => {
+                (self.bytes * 2).min(PREALLOCATE_STEP_MAX_BYTES)
+            }
+            Some(lasted) if lasted > PREALLOCATE_STEP_SHRINK_AFTER => {
+                (self.bytes / 2).max(PREALLOCATE_STEP_MIN_BYTES)
+            }
+            _ => self.bytes,
+        };
+        Self { bytes, at: Some(now) }
+    }
 }
 
 /// Where and why recovery cut a segment short.
@@ -78,20 +133,25 @@ pub fn parse_log_name(name: &str) -> Option<u64> {
 }
 
 impl Segment {
-    /// Creates an empty active segment with its first preallocation step. On failure (a full
+    /// Creates an empty active segment with its first preallocation, `step` ahead (the rolled
+    /// segment's step, or [`PreallocateStep::MIN`] for a new partition). On failure (a full
     /// disk) no file is left behind: an empty newest segment would claim offsets its
     /// predecessor goes on writing.
-    pub async fn create(dir: &Path, base_offset: u64) -> io::Result<Self> {
+    pub async fn create(dir: &Path, base_offset: u64, step: PreallocateStep) -> io::Result<Self> {
         let path = log_path(dir, base_offset);
         let file = OpenOptions::new().read(true).write(true).create(true).dma_open(&path).await?;
         let segment = Self::new(base_offset, file, path.clone(), ScanState::new(base_offset), 0);
+        segment.step.set(step);
         let ready = async {
             segment.ensure_allocated(1).await?;
             sync_dir(dir).await
         };
         if let Err(e) = ready.await {
-            if let Err(removing) = std::fs::remove_file(&path) {
-                tracing::warn!(segment = %path.display(), "removing a half-created segment: {removing}");
+            let removing = path.clone();
+            let removed =
+                glommio::executor().spawn_blocking(move || std::fs::remove_file(&removing)).await;
+            if let Err(removed) = removed {
+                tracing::warn!(segment = %path.display(), "removing a half-created segment: {removed}");
             }
             return Err(e);
         }
@@ -104,9 +164,11 @@ impl Segment {
         if end <= self.allocated_bytes.get() {
             return Ok(());
         }
-        let step = end.next_multiple_of(PREALLOCATE_STEP_BYTES);
-        let target = match self.file.pre_allocate(step, false).await.map_err(io::Error::from) {
-            Ok(()) => step,
+        let step = self.step.get().next(Instant::now());
+        // Steps are powers of two from four blocks up, so the reach stays block-aligned.
+        let reach = end.next_multiple_of(step.bytes());
+        let target = match self.file.pre_allocate(reach, false).await.map_err(io::Error::from) {
+            Ok(()) => reach,
             Err(e) if is_out_of_space(&e) => {
                 let exact = end.next_multiple_of(WRITE_ALIGN_BYTES as u64);
                 self.file.pre_allocate(exact, false).await?;
@@ -114,7 +176,27 @@ impl Segment {
             }
             Err(e) => return Err(e),
         };
+        self.step.set(step);
         self.allocated_bytes.set(target);
+        Ok(())
+    }
+
+    /// The step the next preallocation starts from.
+    pub fn preallocate_step(&self) -> PreallocateStep {
+        self.step.get()
+    }
+
+    /// Bytes allocated past the written entries.
+    pub fn allocated_unused_bytes(&self) -> u64 {
+        self.allocated_bytes.get().saturating_sub(self.meta.borrow().size)
+    }
+
+    /// Gives back what an idle active segment holds past its entries: the file is cut to them
+    /// and the next write starts again from the smallest step. Called by the writer with nothing
+    /// in flight.
+    pub async fn trim(&self) -> io::Result<()> {
+        self.cut_to_size().await?;
+        self.step.set(PreallocateStep::MIN);
         Ok(())
     }
 
@@ -147,6 +229,7 @@ impl Segment {
                 first_write_ms,
             }),
             allocated_bytes: std::cell::Cell::new(allocated_bytes),
+            step: std::cell::Cell::new(PreallocateStep::MIN),
         }
     }
 
@@ -395,6 +478,25 @@ pub fn is_out_of_space(error: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_preallocation_step_follows_the_write_rate() {
+        let start = Instant::now();
+        let first = PreallocateStep::MIN.next(start);
+        assert_eq!(first.bytes(), PREALLOCATE_STEP_MIN_BYTES, "no rate known yet");
+        let mut step = first;
+        for i in 1..=20 {
+            step = step.next(start + Duration::from_millis(i * 100));
+        }
+        assert_eq!(step.bytes(), PREALLOCATE_STEP_MAX_BYTES, "used up fast: doubles to the cap");
+        let steady = step.next(start + Duration::from_secs(7));
+        assert_eq!(steady.bytes(), PREALLOCATE_STEP_MAX_BYTES, "between the bounds: kept");
+        let mut slow = steady;
+        for i in 1..=20 {
+            slow = slow.next(start + Duration::from_secs(7 + 11 * i));
+        }
+        assert_eq!(slow.bytes(), PREALLOCATE_STEP_MIN_BYTES, "used up slowly: halves to the floor");
+    }
 
     #[test]
     fn segment_names_round_trip() {

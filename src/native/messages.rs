@@ -44,6 +44,8 @@ pub enum ErrorCode {
     FencedInstance = 24,
     InvalidSessionTimeout = 25,
     NonEmptyGroup = 26,
+    /// The request asks for more than the broker's limits allow (partitions, disk).
+    PolicyViolation = 27,
 }
 
 impl std::fmt::Display for ErrorCode {

@@ -144,6 +144,23 @@ pub fn replace_topic_file(data_dir: &Path, name: &str, file: &TopicFile) -> io::
     std::fs::File::open(data_dir)?.sync_all()
 }
 
+/// Bytes free for an unprivileged writer on the file system holding `dir`. Blocking: run off
+/// the shard.
+pub fn free_disk_bytes(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the path"))?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string that outlives the call, and `stats` points to
+    // writable memory the size of a `statvfs`, which the call fills when it returns 0.
+    if unsafe { libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it initialised `stats`.
+    let stats = unsafe { stats.assume_init() };
+    Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
+}
+
 /// Removes a topic: first its file (so a crash midway leaves an ignored directory), then the
 /// rest. Blocking: run off the shard.
 pub fn remove_topic(data_dir: &Path, name: &str) -> io::Result<()> {

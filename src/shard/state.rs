@@ -19,6 +19,7 @@ use crate::config::BrokerConfig;
 use crate::group::offsets::{self, OFFSETS_PARTITIONS, OFFSETS_TOPIC};
 use crate::group::{Coordinator, GroupAnswer, GroupCall, GroupError};
 use crate::log::queued::QueuedBytes;
+use crate::log::segment::PARTITION_DISK_BYTES_AT_FIRST;
 use crate::log::{LogLimits, PartitionLog, ReadOutcome};
 use crate::metrics::Metrics;
 use crate::native::messages::{Acks, ErrorCode, OFFSET_EARLIEST, OFFSET_LATEST};
@@ -368,6 +369,7 @@ impl Shard {
                 format!("topic {name} exists"),
             ));
         }
+        self.check_room_for(partitions).await?;
         self.write_topic_file(&name, file, TopicFileWrite::NewTopic).await?;
         self.broadcast(&name, Some(info)).await?;
         tracing::info!(topic = %name, partitions, "created topic");
@@ -421,12 +423,44 @@ impl Shard {
             );
             return Err(BrokerError::new(ErrorCode::InvalidPartitions, why));
         }
+        self.check_room_for(count - info.partitions).await?;
         let file = TopicFile { partitions: count, config: info.overrides.clone() };
         self.write_topic_file(&name, file, TopicFileWrite::Replace).await?;
         let old = info.partitions;
         info.partitions = count;
         self.broadcast(&name, Some(info)).await?;
         tracing::info!(topic = %name, from = old, to = count, "added partitions");
+        Ok(())
+    }
+
+    /// Refuses `new` partitions the broker cannot hold: past `max.broker.partitions` (every
+    /// topic's partitions counted), or past what the disk has room for at first. Creating them
+    /// must fail with a clear answer rather than fill the disk or the file table, which would
+    /// stop every other client too. Runs under the admin lock, so two creates cannot both pass.
+    async fn check_room_for(&self, new: u32) -> Result<(), BrokerError> {
+        let held: u64 =
+            self.catalog.borrow().topics.values().map(|t| u64::from(t.partitions)).sum();
+        let limit = self.config.max_broker_partitions;
+        if held + u64::from(new) > u64::from(limit) {
+            let why = format!(
+                "the broker holds {held} partitions; {new} more would pass \
+                 max.broker.partitions={limit}"
+            );
+            return Err(BrokerError::new(ErrorCode::PolicyViolation, why));
+        }
+        let needed = u64::from(new) * PARTITION_DISK_BYTES_AT_FIRST;
+        let data_dir = self.config.data_dir.clone();
+        let free = glommio::executor()
+            .spawn_blocking(move || catalog::free_disk_bytes(&data_dir))
+            .await
+            .map_err(|e| BrokerError::new(ErrorCode::StorageError, format!("free disk: {e}")))?;
+        if needed > free {
+            let why = format!(
+                "{new} new partitions need {needed} bytes of disk at first; the data directory \
+                 has {free} free"
+            );
+            return Err(BrokerError::new(ErrorCode::PolicyViolation, why));
+        }
         Ok(())
     }
 

@@ -199,3 +199,67 @@ fn retention_forgets_producers_idle_past_their_expiration() {
         log.close().await;
     });
 }
+
+/// Bytes the file at `path` occupies on the device (as `du` counts them).
+fn disk_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).expect("metadata").blocks() * 512
+}
+
+/// The disk a partition holds follows its data: a new one preallocates one small step, a hot
+/// one grows its steps, and a partition idle since the last retention check gives back all it
+/// held past its data; every entry reads back before and after, and across a restart.
+#[test]
+fn an_idle_partition_gives_back_its_preallocation() {
+    use crate::log::segment::{PREALLOCATE_STEP_MAX_BYTES, PREALLOCATE_STEP_MIN_BYTES};
+    in_partition_dir(|path| async move {
+        let segment = path.join("00000000000000000000.log");
+        let log = open(&path, 1 << 30).await;
+        assert!(
+            disk_bytes(&segment) <= PREALLOCATE_STEP_MIN_BYTES,
+            "a new partition holds {} bytes",
+            disk_bytes(&segment)
+        );
+        let mut written = Vec::new();
+        for i in 0..64u64 {
+            let data = payload(i, 64 * 1024);
+            let appended = log.append(entry(1, &data)).expect("append");
+            log.wait_written(&appended).await.expect("written");
+            written.push(data);
+        }
+        let data_bytes = log.state.borrow().active().meta.borrow().size;
+        let step = log.state.borrow().active().preallocate_step().bytes();
+        assert!(step > PREALLOCATE_STEP_MIN_BYTES, "steps grow while a partition is hot: {step}");
+        let hot = disk_bytes(&segment);
+        assert!(hot <= data_bytes + PREALLOCATE_STEP_MAX_BYTES, "{hot}");
+
+        let now = crate::now_ms();
+        log.enforce_retention(now).await.expect("retention");
+        log.enforce_retention(now).await.expect("retention");
+        // Its data's blocks, and one for the file's extent tree (ext4 keeps it outside the inode
+        // once a file has more than four extents).
+        let idle_bytes_max = data_bytes.next_multiple_of(4096) + 4096;
+        // The writer trims in its own task: wait (bounded) for it.
+        for _ in 0..500 {
+            if disk_bytes(&segment) <= idle_bytes_max {
+                break;
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let idle = disk_bytes(&segment);
+        assert!(idle <= idle_bytes_max, "idle: {idle} bytes on disk for {data_bytes} of data");
+        let read: Vec<Vec<u8>> = stored(&log).await.into_iter().map(|(_, _, p)| p).collect();
+        assert_eq!(read, written);
+
+        // Written to again after the trim: the next write allocates afresh.
+        let data = payload(99, 1000);
+        let appended = log.append(entry(1, &data)).expect("append");
+        log.wait_written(&appended).await.expect("written");
+        written.push(data);
+        log.close().await;
+        let log = open(&path, 1 << 30).await;
+        let read: Vec<Vec<u8>> = stored(&log).await.into_iter().map(|(_, _, p)| p).collect();
+        assert_eq!(read, written);
+        log.close().await;
+    });
+}

@@ -46,6 +46,8 @@ struct IssuedEntry {
 enum Step {
     Write(Vec<Staged>),
     Roll,
+    /// Give back the idle active segment's preallocated space.
+    Trim,
     Wait,
     Stop,
 }
@@ -94,6 +96,11 @@ impl Writer {
                         self.error = Some(e);
                     }
                 }
+                Step::Trim => {
+                    if let Err(e) = self.active().trim().await {
+                        self.error = Some(e);
+                    }
+                }
                 Step::Wait => listener.await,
                 Step::Stop => return,
             }
@@ -113,6 +120,15 @@ impl Writer {
             st.roll_requested = false;
             if self.plan.issued_end() > 0 {
                 return Step::Roll;
+            }
+        }
+        if st.trim_requested {
+            if !st.staged.is_empty() {
+                // Written to again since the check: not idle after all.
+                st.trim_requested = false;
+            } else if self.plan.is_idle() {
+                st.trim_requested = false;
+                return Step::Trim;
             }
         }
         let Some(first) = st.staged.front() else {
@@ -271,7 +287,8 @@ impl Writer {
         old.seal(&log.dir).await?;
         log.metrics.record(Hist::Fdatasync, started.elapsed());
         let base_offset = old.meta.borrow().next_offset;
-        let new = Rc::new(Segment::create(&log.dir, base_offset).await?);
+        let step = old.preallocate_step();
+        let new = Rc::new(Segment::create(&log.dir, base_offset, step).await?);
         let mut st = log.state.borrow_mut();
         st.synced_offset = st.synced_offset.max(base_offset);
         st.segments.push_back(new);
