@@ -5,7 +5,7 @@ use bytes::Bytes;
 use divan::counter::{BytesCount, ItemsCount};
 use divan::Bencher;
 use spate::log::index::SegmentIndex;
-use spate::log::tail_cache::TailCache;
+use spate::log::tail_cache::{TailBudget, TailCache};
 use spate::record::batch::{validate_native_payload, BatchBuilder};
 use spate::record::entry::{entry_len, parse_entry};
 use spate::record::{BatchMeta, EntryHeader, OwnedRecord, PayloadFormat};
@@ -110,14 +110,31 @@ fn index_lookup_in_a_full_segment(bencher: Bencher) {
 
 #[divan::bench]
 fn tail_cache_hit(bencher: Bencher) {
-    let mut cache = TailCache::new(8 << 20);
+    let cache = TailCache::new(8 << 20, TailBudget::new(8 << 20));
     for i in 0..2048u64 {
-        cache.push(i * 256, (i + 1) * 256, Bytes::from(vec![0u8; 4096]), 4096);
+        TailCache::push(&cache, i * 256, (i + 1) * 256, Bytes::from(vec![0u8; 4096]), 4096);
     }
+    let cache = cache.borrow();
     let mut probe = 0u64;
     bencher.counter(BytesCount::new(1usize << 20)).bench_local(|| {
         probe = (probe + 997) % (2048 * 256);
         cache.read(divan::black_box(probe), 2048 * 256, 1 << 20)
+    });
+}
+
+/// Appending to one of many partitions' caches once the shard's budget is full: every push
+/// evicts the shard's oldest entry from another partition.
+#[divan::bench]
+fn tail_cache_push_at_the_shard_budget(bencher: Bencher) {
+    let budget = TailBudget::new(64 << 20);
+    let caches: Vec<_> = (0..1000).map(|_| TailCache::new(8 << 20, budget.clone())).collect();
+    let mut next = vec![0u64; caches.len()];
+    let entry = Bytes::from(vec![0u8; 4096]);
+    let mut pick = 0usize;
+    bencher.counter(BytesCount::new(4096usize)).bench_local(|| {
+        pick = (pick + 7) % caches.len();
+        TailCache::push(&caches[pick], next[pick], next[pick] + 1, entry.clone(), 4096);
+        next[pick] += 1;
     });
 }
 

@@ -183,8 +183,11 @@ pub struct BrokerConfig {
     pub retention_check_interval_ms: u64,
     /// The largest single O_DIRECT write of the segment writer.
     pub flush_write_bytes_max: usize,
-    /// Recent entries each partition keeps in memory for consumers at the tail.
+    /// Recent entries each partition keeps in memory for consumers at the tail, at most.
     pub tail_cache_bytes: usize,
+    /// What all the tail caches of one shard keep together: the shard's oldest cached entries
+    /// leave first past it, so the memory does not grow with the partition count.
+    pub tail_cache_shard_bytes: usize,
     /// How long the first rebalance of an empty group waits for more members.
     pub group_initial_rebalance_delay_ms: u64,
     pub group_min_session_timeout_ms: u64,
@@ -224,6 +227,8 @@ impl Default for BrokerConfig {
             retention_check_interval_ms: 300_000,
             flush_write_bytes_max: 1024 * 1024,
             tail_cache_bytes: 8 * 1024 * 1024,
+            // Sixteen partitions' full caches: more busy partitions share it.
+            tail_cache_shard_bytes: 128 * 1024 * 1024,
             group_initial_rebalance_delay_ms: 3000,
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,
@@ -304,6 +309,7 @@ impl BrokerConfig {
                 self.flush_write_bytes_max = bytes;
             }
             "log.tail.cache.bytes" => self.tail_cache_bytes = parse(key, value)?,
+            "log.tail.cache.shard.bytes" => self.tail_cache_shard_bytes = parse(key, value)?,
             "group.initial.rebalance.delay.ms" => {
                 self.group_initial_rebalance_delay_ms = parse(key, value)?
             }

@@ -16,6 +16,8 @@ pub mod metrics;
 pub mod native;
 pub mod record;
 pub mod shard;
+#[cfg(test)]
+mod testing;
 
 /// Milliseconds since the Unix epoch, by the wall clock.
 pub fn now_ms() -> i64 {

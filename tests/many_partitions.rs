@@ -18,7 +18,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::RecordBatchDecoder;
 
-use common::kafka_wire::{batch, latest_offset, produce_request, Conn};
+use common::kafka_wire::{batch, large_batch, latest_offset, produce_request, Conn};
 use common::Broker;
 
 /// What an idle partition may cost on disk, all its files and its directory counted.
@@ -52,6 +52,27 @@ fn create_topic(conn: &mut Conn, name: &str, partitions: i32) -> (i16, String) {
     let response: CreateTopicsResponse = conn.call(ApiKey::CreateTopics, 5, &request);
     let result = &response.topics[0];
     (result.error_code, result.error_message.as_ref().map(|m| m.to_string()).unwrap_or_default())
+}
+
+/// The high watermark of every partition of `topic` (partitions 0..count), by ListOffsets.
+fn latest_offsets(conn: &mut Conn, topic: &str, count: i32) -> Vec<i64> {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+    let mut wanted = ListOffsetsTopic::default();
+    wanted.name = TopicName(StrBytes::from_string(topic.to_string()));
+    wanted.partitions = (0..count)
+        .map(|index| {
+            let mut partition = ListOffsetsPartition::default();
+            partition.partition_index = index;
+            partition.timestamp = -1;
+            partition
+        })
+        .collect();
+    let mut request = ListOffsetsRequest::default();
+    request.replica_id = BrokerId(-1);
+    request.topics = vec![wanted];
+    let response: ListOffsetsResponse = conn.call(ApiKey::ListOffsets, 2, &request);
+    response.topics[0].partitions.iter().map(|p| p.offset).collect()
 }
 
 /// Records per partition of `topic` (partitions 0..count), read back with one Fetch.
@@ -191,4 +212,59 @@ fn creating_past_max_broker_partitions_is_refused_and_others_carry_on() {
     for refused in ["too-many", "native-too-many", "auto-created"] {
         assert!(!broker.data_dir.join(refused).exists(), "{refused} left a directory");
     }
+}
+
+/// Memory under load across many partitions stays under the stated ceiling: what the broker
+/// holds at rest, plus each shard's tail-cache budget, plus `queued.max.request.bytes`, plus
+/// slack for the allocator and requests in flight. Each partition may cache 512 KiB, so 200 busy
+/// partitions would keep 100 MiB without the shard budget.
+#[test]
+fn memory_under_load_stays_under_the_shard_budgets() {
+    const PARTITIONS: i32 = 200;
+    const SHARDS: u64 = 2;
+    const SHARD_TAIL_MIB: u64 = 8;
+    const QUEUED_MIB: u64 = 16;
+    const SLACK_MIB: u64 = 32;
+    const ROUNDS: usize = 9;
+    let dir = tempfile::tempdir().unwrap();
+    let shard_tail = (SHARD_TAIL_MIB << 20).to_string();
+    let queued = (QUEUED_MIB << 20).to_string();
+    let broker = Broker::start(
+        &dir.path().join("data"),
+        &[
+            "--set",
+            "log.tail.cache.bytes=524288",
+            "--set",
+            &format!("log.tail.cache.shard.bytes={shard_tail}"),
+            "--set",
+            &format!("queued.max.request.bytes={queued}"),
+        ],
+    );
+    let mut conn = Conn::open(&broker.kafka_addr);
+    assert_eq!(create_topic(&mut conn, "busy", PARTITIONS).0, 0);
+    let at_rest = common::proc_status_kib(broker.pid(), "VmRSS:") / 1024;
+
+    // Rounds of one request carrying a batch for every partition, as a batching producer sends.
+    let one_batch = large_batch(60, 1000);
+    for _round in 0..ROUNDS {
+        let mut request = produce_request("busy", 1, one_batch.clone());
+        let template = request.topic_data[0].partition_data[0].clone();
+        request.topic_data[0].partition_data = (0..PARTITIONS)
+            .map(|index| {
+                let mut partition = template.clone();
+                partition.index = index;
+                partition
+            })
+            .collect();
+        let response: ProduceResponse = conn.call(ApiKey::Produce, 7, &request);
+        let codes = response.responses[0].partition_responses.iter().map(|p| p.error_code);
+        assert!(codes.clone().all(|code| code == 0), "{:?}", codes.collect::<Vec<_>>());
+    }
+    let peak = common::proc_status_kib(broker.pid(), "VmHWM:") / 1024;
+    let ceiling = at_rest + SHARDS * SHARD_TAIL_MIB + QUEUED_MIB + SLACK_MIB;
+    let produced_mib = (ROUNDS as u64 * PARTITIONS as u64 * one_batch.len() as u64) >> 20;
+    println!("at rest {at_rest} MiB, peak {peak} MiB, ceiling {ceiling} MiB, {produced_mib} MiB produced");
+    assert!(peak <= ceiling, "peak RSS {peak} MiB over the ceiling {ceiling} MiB");
+    let latest = latest_offsets(&mut conn, "busy", PARTITIONS);
+    assert_eq!(latest, vec![ROUNDS as i64 * 60; PARTITIONS as usize]);
 }

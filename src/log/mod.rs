@@ -19,4 +19,4 @@ pub mod segment;
 pub mod tail_cache;
 pub mod write_plan;
 
-pub use partition::{LogError, LogLimits, PartitionLog, ReadOutcome};
+pub use partition::{LogError, LogLimits, PartitionLog, ReadOutcome, SharedByShard};

@@ -40,7 +40,7 @@ use crate::log::producers::{ProducerTable, SequenceCheck, SequenceError};
 use crate::log::queued::QueuedBytes;
 use crate::log::retention::{self, SegmentFacts};
 use crate::log::segment::{self, PreallocateStep, Segment, Truncation, PREALLOCATE_STEP_MIN_BYTES};
-use crate::log::tail_cache::TailCache;
+use crate::log::tail_cache::{TailBudget, TailCache};
 use crate::metrics::{Hist, Metrics};
 use crate::record::entry::{parse_entry, parse_header, ENTRY_HEADER_BYTES};
 use crate::record::PendingEntry;
@@ -67,6 +67,16 @@ pub struct LogLimits {
     /// An idempotent producer that has not written for this long is forgotten
     /// (`producer.id.expiration.ms`).
     pub producer_expiration_ms: i64,
+}
+
+/// What every partition of a shard shares.
+#[derive(Clone)]
+pub struct SharedByShard {
+    pub metrics: Rc<Metrics>,
+    /// The broker-wide count of appended-but-unwritten bytes.
+    pub queued: Arc<QueuedBytes>,
+    /// The shard's tail-cache memory.
+    pub tail_budget: Rc<TailBudget>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,7 +163,6 @@ struct LogState {
     sync_target: u64,
     staged: VecDeque<Staged>,
     staged_bytes: usize,
-    tail: TailCache,
     producers: ProducerTable,
     roll_requested: bool,
     /// Set by a retention check that found the partition idle: the writer gives back the
@@ -195,6 +204,8 @@ pub struct PartitionLog {
     metrics: Rc<Metrics>,
     /// The broker-wide count `staged_bytes` is part of.
     queued: Arc<QueuedBytes>,
+    /// The newest entries, for caught-up readers; within the shard's budget.
+    tail: Rc<RefCell<TailCache>>,
 }
 
 impl PartitionLog {
@@ -205,9 +216,9 @@ impl PartitionLog {
         dir: PathBuf,
         config: TopicConfig,
         limits: LogLimits,
-        metrics: Rc<Metrics>,
-        queued: Arc<QueuedBytes>,
+        shared: SharedByShard,
     ) -> io::Result<Rc<Self>> {
+        let SharedByShard { metrics, queued, tail_budget } = shared;
         let segments = open_segments(&dir, &topic, partition).await?;
         let next_offset = segments.back().map_or(0, |s| s.meta.borrow().next_offset);
         let block_tail = match segments.back() {
@@ -228,7 +239,6 @@ impl PartitionLog {
                 sync_target: 0,
                 staged: VecDeque::new(),
                 staged_bytes: 0,
-                tail: TailCache::new(limits.tail_cache_bytes),
                 producers: ProducerTable::default(),
                 roll_requested: false,
                 trim_requested: false,
@@ -244,6 +254,7 @@ impl PartitionLog {
             writer_wake: Event::new(),
             metrics,
             queued,
+            tail: TailCache::new(limits.tail_cache_bytes, tail_budget),
         });
         log.rebuild_producers().await?;
         glommio::spawn_local(writer::run(log.clone(), block_tail)).detach();
@@ -316,7 +327,7 @@ impl PartitionLog {
         st.next_offset = next_offset;
         st.staged_bytes += entry.len();
         self.queued.add(entry.len());
-        st.tail.push(base_offset, next_offset, entry.clone(), footprint);
+        TailCache::push(&self.tail, base_offset, next_offset, entry.clone(), footprint);
         st.staged.push_back(Staged { base_offset, next_offset, max_timestamp, entry });
         drop(st);
         self.writer_wake.notify(1);
@@ -424,7 +435,7 @@ impl PartitionLog {
                     woken_at: None,
                 });
             }
-            if let Some(entries) = st.tail.read(offset, hw, max_bytes) {
+            if let Some(entries) = self.tail.borrow().read(offset, hw, max_bytes) {
                 return Ok(ReadOutcome {
                     entries,
                     high_watermark: hw,

@@ -259,17 +259,6 @@ mod tests {
         }
     }
 
-    struct Rng(u64);
-
-    impl Rng {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % n
-        }
-    }
-
     fn overlaps(a: &PlannedWrite, b: &PlannedWrite) -> bool {
         let (a0, a1) = (a.position, a.position + a.padded_len() as u64);
         let (b0, b1) = (b.position, b.position + b.padded_len() as u64);
@@ -282,8 +271,9 @@ mod tests {
     #[test]
     fn random_appends_and_completion_orders_keep_the_frontier_on_the_device() {
         let mut deferrals = 0;
-        for seed in 1..200u64 {
-            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let seeds = crate::testing::seeds(199);
+        for &seed in &seeds {
+            let mut rng = crate::testing::TestRng::new(seed);
             let existing = rng.below(3 * BLOCK);
             let log: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8 + 1).collect();
             let mut device = Device { bytes: log[..existing as usize].to_vec() };
@@ -329,7 +319,9 @@ mod tests {
             assert_eq!(&device.bytes[..log.len()], &log[..], "seed {seed}");
             assert!(device.bytes[log.len()..].iter().all(|&b| b == 0), "seed {seed}: padding");
         }
-        assert!(deferrals > 100, "the runs must exercise deferred blocks: {deferrals}");
+        if seeds.len() > 1 {
+            assert!(deferrals > 100, "the runs must exercise deferred blocks: {deferrals}");
+        }
     }
 
     #[test]

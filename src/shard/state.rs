@@ -20,7 +20,8 @@ use crate::group::offsets::{self, OFFSETS_PARTITIONS, OFFSETS_TOPIC};
 use crate::group::{Coordinator, GroupAnswer, GroupCall, GroupError};
 use crate::log::queued::QueuedBytes;
 use crate::log::segment::PARTITION_DISK_BYTES_AT_FIRST;
-use crate::log::{LogLimits, PartitionLog, ReadOutcome};
+use crate::log::tail_cache::TailBudget;
+use crate::log::{LogLimits, PartitionLog, ReadOutcome, SharedByShard};
 use crate::metrics::Metrics;
 use crate::native::messages::{Acks, ErrorCode, OFFSET_EARLIEST, OFFSET_LATEST};
 use crate::record::PendingEntry;
@@ -68,6 +69,9 @@ pub struct Shard {
     pub groups: Coordinator,
     /// What every shard's partitions have yet to write, against `queued.max.request.bytes`.
     pub queued: Arc<QueuedBytes>,
+    /// What this shard's partitions keep in their tail caches, against
+    /// `log.tail.cache.shard.bytes`.
+    pub tail_budget: Rc<TailBudget>,
 }
 
 impl Shard {
@@ -81,6 +85,7 @@ impl Shard {
     ) -> Self {
         Self {
             queued,
+            tail_budget: TailBudget::new(config.tail_cache_shard_bytes),
             groups: Coordinator::new(&config),
             id,
             count,
@@ -143,8 +148,11 @@ impl Shard {
                 dir,
                 info.config.clone(),
                 self.limits(),
-                self.metrics.clone(),
-                self.queued.clone(),
+                SharedByShard {
+                    metrics: self.metrics.clone(),
+                    queued: self.queued.clone(),
+                    tail_budget: self.tail_budget.clone(),
+                },
             )
             .await?;
             self.partitions.borrow_mut().insert((name.to_string(), partition), log);

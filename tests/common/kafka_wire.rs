@@ -98,23 +98,45 @@ pub fn request<T: Encodable>(api: ApiKey, version: i16, correlation_id: i32, bod
 }
 
 pub fn batch(producer_id: i64, epoch: i16, sequence: i32, count: usize) -> Bytes {
+    encode_batch(producer_id, epoch, sequence, count, |i| {
+        (Some(Bytes::from(format!("key-{i}"))), Bytes::from(format!("value-{sequence}-{i}")))
+    })
+}
+
+/// A batch of `count` unkeyed records of `value_bytes` each, without a producer id.
+pub fn large_batch(count: usize, value_bytes: usize) -> Bytes {
+    let value = Bytes::from(vec![b'v'; value_bytes]);
+    encode_batch(-1, -1, 0, count, |_| (None, value.clone()))
+}
+
+/// One RecordBatch v2 of `count` records, `record(i)` giving each one's key and value.
+fn encode_batch(
+    producer_id: i64,
+    epoch: i16,
+    sequence: i32,
+    count: usize,
+    record: impl Fn(usize) -> (Option<Bytes>, Bytes),
+) -> Bytes {
     let records: Vec<Record> = (0..count)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id,
-            producer_epoch: epoch,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            // The encoder starts a new batch wherever offset - sequence changes; a producer
-            // without an id sends base sequence -1.
-            sequence: if producer_id >= 0 { sequence + i as i32 } else { i as i32 - 1 },
-            timestamp: 1_700_000_000_000 + i as i64,
-            key: Some(Bytes::from(format!("key-{i}"))),
-            value: Some(Bytes::from(format!("value-{sequence}-{i}"))),
-            headers: IndexMap::new(),
+        .map(|i| {
+            let (key, value) = record(i);
+            Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id,
+                producer_epoch: epoch,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                // The encoder starts a new batch wherever offset - sequence changes; a producer
+                // without an id sends base sequence -1.
+                sequence: if producer_id >= 0 { sequence + i as i32 } else { i as i32 - 1 },
+                timestamp: 1_700_000_000_000 + i as i64,
+                key,
+                value: Some(value),
+                headers: IndexMap::new(),
+            }
         })
         .collect();
     let mut buf = BytesMut::new();

@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use super::{LogLimits, PartitionLog};
+use super::{LogLimits, PartitionLog, SharedByShard};
 use crate::config::TopicConfig;
 use crate::log::probe;
 use crate::log::queued::QueuedBytes;
+use crate::log::tail_cache::TailBudget;
 use crate::metrics::Metrics;
 use crate::record::entry::{parse_entry, parse_header};
 use crate::record::{BatchMeta, PendingEntry};
@@ -48,8 +49,11 @@ async fn open(dir: &Path, segment_bytes: u64) -> Rc<PartitionLog> {
         dir.to_path_buf(),
         config,
         limits,
-        Rc::new(Metrics::default()),
-        Arc::new(QueuedBytes::new(usize::MAX)),
+        SharedByShard {
+            metrics: Rc::new(Metrics::default()),
+            queued: Arc::new(QueuedBytes::new(usize::MAX)),
+            tail_budget: TailBudget::new(usize::MAX),
+        },
     )
     .await
     .expect("open the partition")

@@ -321,7 +321,7 @@ impl Writer {
             st.staged.clear();
             log.queued.remove(std::mem::take(&mut st.staged_bytes));
             st.sync_target = st.sync_target.min(from);
-            st.tail.truncate_from(from);
+            log.tail.borrow_mut().truncate_from(from);
             st.producers.forget_from(from);
             st.out_of_space = Some((Instant::now() + OUT_OF_SPACE_BACKOFF, why));
         }
