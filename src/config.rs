@@ -185,6 +185,10 @@ pub struct BrokerConfig {
     pub flush_write_bytes_max: usize,
     /// Recent entries each partition keeps in memory for consumers at the tail, at most.
     pub tail_cache_bytes: usize,
+    /// Sealed segment files the broker keeps open, split evenly across its shards; past it the
+    /// file read longest ago is closed and reopened on demand. Active segments (one per
+    /// partition) are always open and not counted.
+    pub segment_files_open_max: usize,
     /// What all the tail caches of one shard keep together: the shard's oldest cached entries
     /// leave first past it, so the memory does not grow with the partition count.
     pub tail_cache_shard_bytes: usize,
@@ -227,6 +231,8 @@ impl Default for BrokerConfig {
             retention_check_interval_ms: 300_000,
             flush_write_bytes_max: 1024 * 1024,
             tail_cache_bytes: 8 * 1024 * 1024,
+            // With 10,000 partitions' active segments, well within a 20,000-file hard limit.
+            segment_files_open_max: 4096,
             // Sixteen partitions' full caches: more busy partitions share it.
             tail_cache_shard_bytes: 128 * 1024 * 1024,
             group_initial_rebalance_delay_ms: 3000,
@@ -310,6 +316,12 @@ impl BrokerConfig {
             }
             "log.tail.cache.bytes" => self.tail_cache_bytes = parse(key, value)?,
             "log.tail.cache.shard.bytes" => self.tail_cache_shard_bytes = parse(key, value)?,
+            "log.segment.files.open.max" => {
+                self.segment_files_open_max = parse(key, value)?;
+                if self.segment_files_open_max == 0 {
+                    return Err(invalid(key, value, "must be at least 1"));
+                }
+            }
             "group.initial.rebalance.delay.ms" => {
                 self.group_initial_rebalance_delay_ms = parse(key, value)?
             }

@@ -39,7 +39,9 @@ use crate::config::{TopicConfig, WRITE_ALIGN_BYTES};
 use crate::log::producers::{ProducerTable, SequenceCheck, SequenceError};
 use crate::log::queued::QueuedBytes;
 use crate::log::retention::{self, SegmentFacts};
-use crate::log::segment::{self, PreallocateStep, Segment, Truncation, PREALLOCATE_STEP_MIN_BYTES};
+use crate::log::segment::{
+    self, OpenFiles, PreallocateStep, Segment, Truncation, PREALLOCATE_STEP_MIN_BYTES,
+};
 use crate::log::tail_cache::{TailBudget, TailCache};
 use crate::metrics::{Hist, Metrics};
 use crate::record::entry::{parse_entry, parse_header, ENTRY_HEADER_BYTES};
@@ -77,6 +79,8 @@ pub struct SharedByShard {
     pub queued: Arc<QueuedBytes>,
     /// The shard's tail-cache memory.
     pub tail_budget: Rc<TailBudget>,
+    /// The shard's open sealed-segment files.
+    pub open_files: Rc<OpenFiles>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,6 +210,8 @@ pub struct PartitionLog {
     queued: Arc<QueuedBytes>,
     /// The newest entries, for caught-up readers; within the shard's budget.
     tail: Rc<RefCell<TailCache>>,
+    /// The shard's open sealed-segment files, which this partition's segments join.
+    open_files: Rc<OpenFiles>,
 }
 
 impl PartitionLog {
@@ -218,8 +224,8 @@ impl PartitionLog {
         limits: LogLimits,
         shared: SharedByShard,
     ) -> io::Result<Rc<Self>> {
-        let SharedByShard { metrics, queued, tail_budget } = shared;
-        let segments = open_segments(&dir, &topic, partition).await?;
+        let SharedByShard { metrics, queued, tail_budget, open_files } = shared;
+        let segments = open_segments(&dir, &topic, partition, &open_files).await?;
         let next_offset = segments.back().map_or(0, |s| s.meta.borrow().next_offset);
         let block_tail = match segments.back() {
             Some(active) => read_block_tail(active).await?,
@@ -255,6 +261,7 @@ impl PartitionLog {
             metrics,
             queued,
             tail: TailCache::new(limits.tail_cache_bytes, tail_budget),
+            open_files,
         });
         log.rebuild_producers().await?;
         glommio::spawn_local(writer::run(log.clone(), block_tail)).detach();
@@ -602,8 +609,12 @@ impl PartitionLog {
             return;
         }
         let synced = async {
+            // Cut to its entries first, so the index written below covers the whole file and
+            // the next start reads nothing of the active segment: a clean stop leaves no tail
+            // to scan.
+            active.cut_to_size().await?;
             let started = Instant::now();
-            active.file.fdatasync().await?;
+            active.active_file()?.fdatasync().await?;
             self.metrics.record(Hist::Fdatasync, started.elapsed());
             active.persist_index(&self.dir).await
         };
@@ -647,7 +658,11 @@ impl PartitionLog {
                 continue;
             };
             let started = Instant::now();
-            if let Err(e) = segment.file.fdatasync().await {
+            let synced = match segment.active_file() {
+                Ok(file) => file.fdatasync().await,
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = synced {
                 self.fail(format!("fdatasync failed: {e}"));
                 break;
             }
@@ -799,6 +814,7 @@ async fn open_segments(
     dir: &Path,
     topic: &str,
     partition: u32,
+    open_files: &Rc<OpenFiles>,
 ) -> io::Result<VecDeque<Rc<Segment>>> {
     let listing = dir.to_path_buf();
     let mut bases: Vec<u64> = glommio::executor()
@@ -816,17 +832,17 @@ async fn open_segments(
     bases.sort_unstable();
     let mut segments = VecDeque::new();
     let Some((&last, sealed)) = bases.split_last() else {
-        segments.push_back(Rc::new(Segment::create(dir, 0, PreallocateStep::MIN).await?));
+        segments.push_back(Segment::create(dir, 0, PreallocateStep::MIN, open_files).await?);
         return Ok(segments);
     };
     for &base in sealed {
-        let (segment, cut) = Segment::open_sealed(dir, base).await?;
+        let (segment, cut) = Segment::open_sealed(dir, base, open_files).await?;
         report_truncation(topic, partition, &segment, cut);
-        segments.push_back(Rc::new(segment));
+        segments.push_back(segment);
     }
-    let (active, cut) = Segment::open_active(dir, last).await?;
+    let (active, cut) = Segment::open_active(dir, last, open_files).await?;
     report_truncation(topic, partition, &active, cut);
-    segments.push_back(Rc::new(active));
+    segments.push_back(active);
     Ok(segments)
 }
 

@@ -14,10 +14,11 @@
 //! Only the partition's writer task changes [`SegmentMeta`]; readers borrow it briefly and never
 //! across an `.await`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -68,12 +69,81 @@ pub struct SegmentMeta {
 
 pub struct Segment {
     pub base_offset: u64,
-    pub file: Rc<DmaFile>,
     pub log_path: PathBuf,
     pub meta: RefCell<SegmentMeta>,
+    /// Open (read-write) while the segment is active. A sealed segment's is opened read-only by
+    /// the read that needs it and closed again by the shard's [`OpenFiles`] when it has not been
+    /// read for longest; readers keep their own handle, so a close never cuts a read short.
+    file: RefCell<Option<Rc<DmaFile>>>,
+    sealed: Cell<bool>,
+    /// The segment's place in `open_files`' order of use, while a sealed segment's file is open.
+    last_use: Cell<Option<u64>>,
+    open_files: Rc<OpenFiles>,
+    me: Weak<Segment>,
     /// Bytes of the file allocated so far (its size while it is active).
-    allocated_bytes: std::cell::Cell<u64>,
-    step: std::cell::Cell<PreallocateStep>,
+    allocated_bytes: Cell<u64>,
+    step: Cell<PreallocateStep>,
+}
+
+/// The sealed segment files one shard keeps open, at most `files_max`: past it the file read
+/// longest ago is closed (and reopened by its next read). Active segments' files stay open and
+/// are not counted: one per partition, which `max.broker.partitions` bounds. So the files a
+/// broker holds open are its partitions plus this bound, whatever the segment count.
+pub struct OpenFiles {
+    files_max: usize,
+    next_use: Cell<u64>,
+    /// Sealed segments whose file is open, by last use.
+    by_use: RefCell<BTreeMap<u64, Weak<Segment>>>,
+}
+
+impl OpenFiles {
+    pub fn new(files_max: usize) -> Rc<Self> {
+        assert!(files_max > 0, "a shard must be able to keep one sealed segment file open");
+        Rc::new(Self { files_max, next_use: Cell::new(0), by_use: RefCell::default() })
+    }
+
+    /// Sealed segment files open now.
+    pub fn open_count(&self) -> usize {
+        self.by_use.borrow().len()
+    }
+
+    /// Marks `segment`'s open file as just used, then closes the files used longest ago past
+    /// the bound.
+    fn touch(&self, segment: &Segment) {
+        let now = self.next_use.get();
+        self.next_use.set(now + 1);
+        {
+            let mut by_use = self.by_use.borrow_mut();
+            if let Some(before) = segment.last_use.replace(Some(now)) {
+                by_use.remove(&before);
+            }
+            by_use.insert(now, segment.me.clone());
+        }
+        loop {
+            // Not borrowed while a segment is touched below.
+            let oldest = {
+                let mut by_use = self.by_use.borrow_mut();
+                if by_use.len() <= self.files_max {
+                    return;
+                }
+                by_use.pop_first()
+            };
+            let Some((_, oldest)) = oldest else { return };
+            if let Some(oldest) = oldest.upgrade() {
+                oldest.last_use.set(None);
+                oldest.file.borrow_mut().take();
+            }
+        }
+    }
+}
+
+impl Drop for Segment {
+    /// A deleted segment leaves the shard's order of use.
+    fn drop(&mut self) {
+        if let Some(at) = self.last_use.get() {
+            self.open_files.by_use.borrow_mut().remove(&at);
+        }
+    }
 }
 
 /// How far ahead of the writer the next preallocation reaches, sized by how fast the partition
@@ -137,10 +207,17 @@ impl Segment {
     /// segment's step, or [`PreallocateStep::MIN`] for a new partition). On failure (a full
     /// disk) no file is left behind: an empty newest segment would claim offsets its
     /// predecessor goes on writing.
-    pub async fn create(dir: &Path, base_offset: u64, step: PreallocateStep) -> io::Result<Self> {
+    pub async fn create(
+        dir: &Path,
+        base_offset: u64,
+        step: PreallocateStep,
+        open_files: &Rc<OpenFiles>,
+    ) -> io::Result<Rc<Self>> {
         let path = log_path(dir, base_offset);
         let file = OpenOptions::new().read(true).write(true).create(true).dma_open(&path).await?;
-        let segment = Self::new(base_offset, file, path.clone(), ScanState::new(base_offset), 0);
+        let state = ScanState::new(base_offset);
+        let segment =
+            Self::new(base_offset, Some(Rc::new(file)), path.clone(), state, 0, open_files.clone());
         segment.step.set(step);
         let ready = async {
             segment.ensure_allocated(1).await?;
@@ -167,11 +244,12 @@ impl Segment {
         let step = self.step.get().next(Instant::now());
         // Steps are powers of two from four blocks up, so the reach stays block-aligned.
         let reach = end.next_multiple_of(step.bytes());
-        let target = match self.file.pre_allocate(reach, false).await.map_err(io::Error::from) {
+        let file = self.active_file()?;
+        let target = match file.pre_allocate(reach, false).await.map_err(io::Error::from) {
             Ok(()) => reach,
             Err(e) if is_out_of_space(&e) => {
                 let exact = end.next_multiple_of(WRITE_ALIGN_BYTES as u64);
-                self.file.pre_allocate(exact, false).await?;
+                file.pre_allocate(exact, false).await?;
                 exact
             }
             Err(e) => return Err(e),
@@ -204,22 +282,22 @@ impl Segment {
     /// have left past them and the space preallocated after them.
     pub async fn cut_to_size(&self) -> io::Result<()> {
         let size = self.meta.borrow().size;
-        self.file.truncate(size).await?;
+        self.active_file()?.truncate(size).await?;
         self.allocated_bytes.set(size);
         Ok(())
     }
 
     fn new(
         base_offset: u64,
-        file: impl Into<Rc<DmaFile>>,
+        file: Option<Rc<DmaFile>>,
         log_path: PathBuf,
         state: ScanState,
         allocated_bytes: u64,
-    ) -> Self {
+        open_files: Rc<OpenFiles>,
+    ) -> Rc<Self> {
         let first_write_ms = (state.position > 0).then(crate::now_ms);
-        Self {
+        Rc::new_cyclic(|me| Self {
             base_offset,
-            file: file.into(),
             log_path,
             meta: RefCell::new(SegmentMeta {
                 size: state.position,
@@ -228,17 +306,58 @@ impl Segment {
                 index: state.index,
                 first_write_ms,
             }),
-            allocated_bytes: std::cell::Cell::new(allocated_bytes),
-            step: std::cell::Cell::new(PreallocateStep::MIN),
+            file: RefCell::new(file),
+            sealed: Cell::new(false),
+            last_use: Cell::new(None),
+            open_files,
+            me: me.clone(),
+            allocated_bytes: Cell::new(allocated_bytes),
+            step: Cell::new(PreallocateStep::MIN),
+        })
+    }
+
+    /// The file of the active segment, for writing and syncing: it is never closed while the
+    /// segment is active (only sealed segments' files are).
+    pub fn active_file(&self) -> io::Result<Rc<DmaFile>> {
+        self.file.borrow().clone().ok_or_else(|| {
+            io::Error::other(format!("{}: the segment's file is closed", self.log_path.display()))
+        })
+    }
+
+    /// The file to read from: a sealed segment's is reopened if it was closed, and counts as
+    /// used.
+    async fn readable_file(&self) -> io::Result<Rc<DmaFile>> {
+        let open = self.file.borrow().clone();
+        let file = match open {
+            Some(file) => file,
+            None => {
+                let opened = Rc::new(DmaFile::open(&self.log_path).await?);
+                // Another read may have opened it meanwhile: keep one.
+                self.file.borrow_mut().get_or_insert(opened).clone()
+            }
+        };
+        if self.sealed.get() {
+            self.open_files.touch(self);
         }
+        Ok(file)
+    }
+
+    /// The segment is no longer the active one (a newer one took its place): from now on it is
+    /// read only, and its file is closed until a read needs it. Not part of [`Segment::seal`]:
+    /// a roll that finds no space for the next segment leaves the sealed one active.
+    pub fn retire(&self) {
+        self.sealed.set(true);
+        self.file.borrow_mut().take();
     }
 
     /// Opens a sealed segment read-only, from its index file when that matches the segment,
     /// else by scanning it (and writing a fresh index).
+    /// Its file is closed again once opened: sealed segments hold no file until read.
     pub async fn open_sealed(
         dir: &Path,
         base_offset: u64,
-    ) -> io::Result<(Self, Option<Truncation>)> {
+        open_files: &Rc<OpenFiles>,
+    ) -> io::Result<(Rc<Self>, Option<Truncation>)> {
         let path = log_path(dir, base_offset);
         let file = Rc::new(DmaFile::open(&path).await?);
         let file_len = file.file_size().await?;
@@ -250,12 +369,16 @@ impl Segment {
                     max_timestamp: facts.max_timestamp,
                     index,
                 };
-                return Ok((Self::new(base_offset, file, path, state, file_len), None));
+                let segment =
+                    Self::new(base_offset, None, path, state, file_len, open_files.clone());
+                segment.sealed.set(true);
+                return Ok((segment, None));
             }
         }
         let mut state = ScanState::new(base_offset);
         let truncation = scan_file(&file, &mut state, file_len).await?;
-        let segment = Self::new(base_offset, file, path, state, file_len);
+        let segment = Self::new(base_offset, None, path, state, file_len, open_files.clone());
+        segment.sealed.set(true);
         segment.persist_index(dir).await?;
         tracing::info!(segment = %segment.log_path.display(), "rebuilt a missing or stale index");
         Ok((segment, truncation))
@@ -266,7 +389,8 @@ impl Segment {
     pub async fn open_active(
         dir: &Path,
         base_offset: u64,
-    ) -> io::Result<(Self, Option<Truncation>)> {
+        open_files: &Rc<OpenFiles>,
+    ) -> io::Result<(Rc<Self>, Option<Truncation>)> {
         let path = log_path(dir, base_offset);
         let file = Rc::new(OpenOptions::new().read(true).write(true).dma_open(&path).await?);
         let file_len = file.file_size().await?;
@@ -289,12 +413,14 @@ impl Segment {
             file.truncate(state.position).await?;
             allocated = state.position;
         }
-        Ok((Self::new(base_offset, file, path, state, allocated), truncation))
+        let segment =
+            Self::new(base_offset, Some(file), path, state, allocated, open_files.clone());
+        Ok((segment, truncation))
     }
 
     /// Reads `len` bytes at `position`, in device-friendly pieces.
     pub async fn read(&self, position: u64, len: usize) -> io::Result<Bytes> {
-        read_range(&self.file, position, len).await
+        read_range(&self.readable_file().await?, position, len).await
     }
 
     /// Writes the index file describing the segment as it is now.
@@ -316,7 +442,8 @@ impl Segment {
     /// the cause, so the caller must not carry on as if only new writes had failed.
     pub async fn seal(&self, dir: &Path) -> io::Result<()> {
         self.cut_to_size().await?;
-        self.file.fdatasync().await.map_err(|e| io::Error::other(format!("fdatasync: {e}")))?;
+        let file = self.active_file()?;
+        file.fdatasync().await.map_err(|e| io::Error::other(format!("fdatasync: {e}")))?;
         self.persist_index(dir).await
     }
 

@@ -19,7 +19,7 @@ use crate::config::BrokerConfig;
 use crate::group::offsets::{self, OFFSETS_PARTITIONS, OFFSETS_TOPIC};
 use crate::group::{Coordinator, GroupAnswer, GroupCall, GroupError};
 use crate::log::queued::QueuedBytes;
-use crate::log::segment::PARTITION_DISK_BYTES_AT_FIRST;
+use crate::log::segment::{OpenFiles, PARTITION_DISK_BYTES_AT_FIRST};
 use crate::log::tail_cache::TailBudget;
 use crate::log::{LogLimits, PartitionLog, ReadOutcome, SharedByShard};
 use crate::metrics::Metrics;
@@ -72,6 +72,8 @@ pub struct Shard {
     /// What this shard's partitions keep in their tail caches, against
     /// `log.tail.cache.shard.bytes`.
     pub tail_budget: Rc<TailBudget>,
+    /// This shard's share of `log.segment.files.open.max`.
+    pub open_files: Rc<OpenFiles>,
 }
 
 impl Shard {
@@ -86,6 +88,7 @@ impl Shard {
         Self {
             queued,
             tail_budget: TailBudget::new(config.tail_cache_shard_bytes),
+            open_files: OpenFiles::new(config.segment_files_open_max.div_ceil(count).max(1)),
             groups: Coordinator::new(&config),
             id,
             count,
@@ -152,6 +155,7 @@ impl Shard {
                     metrics: self.metrics.clone(),
                     queued: self.queued.clone(),
                     tail_budget: self.tail_budget.clone(),
+                    open_files: self.open_files.clone(),
                 },
             )
             .await?;

@@ -9,6 +9,7 @@ use super::{LogLimits, PartitionLog, SharedByShard};
 use crate::config::TopicConfig;
 use crate::log::probe;
 use crate::log::queued::QueuedBytes;
+use crate::log::segment::OpenFiles;
 use crate::log::tail_cache::TailBudget;
 use crate::metrics::Metrics;
 use crate::record::entry::{parse_entry, parse_header};
@@ -53,6 +54,7 @@ async fn open(dir: &Path, segment_bytes: u64) -> Rc<PartitionLog> {
             metrics: Rc::new(Metrics::default()),
             queued: Arc::new(QueuedBytes::new(usize::MAX)),
             tail_budget: TailBudget::new(usize::MAX),
+            open_files: OpenFiles::new(2),
         },
     )
     .await
@@ -264,6 +266,46 @@ fn an_idle_partition_gives_back_its_preallocation() {
         let log = open(&path, 1 << 30).await;
         let read: Vec<Vec<u8>> = stored(&log).await.into_iter().map(|(_, _, p)| p).collect();
         assert_eq!(read, written);
+        log.close().await;
+    });
+}
+
+/// Files under `dir` this process holds open.
+fn open_files_in(dir: &Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter(|target| target.starts_with(dir))
+        .count()
+}
+
+/// A partition with many sealed segments keeps at most the shard's bound of their files open:
+/// reading through all of them closes the ones read longest ago, every entry reads back, and a
+/// reopened partition holds only its active segment's file until a read needs another.
+#[test]
+fn sealed_segment_files_stay_within_the_shards_bound() {
+    in_partition_dir(|path| async move {
+        let log = open(&path, 64 * 1024).await;
+        let mut written = Vec::new();
+        for i in 0..40u64 {
+            let data = payload(i, 20 * 1024);
+            let appended = log.append(entry(1, &data)).expect("append");
+            log.wait_written(&appended).await.expect("written");
+            written.push(data);
+        }
+        assert!(log.sealed_segments() >= 10, "{} sealed segments", log.sealed_segments());
+        let read: Vec<Vec<u8>> = stored(&log).await.into_iter().map(|(_, _, p)| p).collect();
+        assert_eq!(read, written);
+        assert_eq!(log.open_files.open_count(), 2, "the bound of the test's shard");
+        assert!(open_files_in(&path) <= 3, "{} files open", open_files_in(&path));
+        log.close().await;
+        drop(log);
+
+        let log = open(&path, 64 * 1024).await;
+        assert_eq!(open_files_in(&path), 1, "only the active segment's file after a restart");
+        let read: Vec<Vec<u8>> = stored(&log).await.into_iter().map(|(_, _, p)| p).collect();
+        assert_eq!(read, written);
+        assert!(open_files_in(&path) <= 3, "{} files open", open_files_in(&path));
         log.close().await;
     });
 }

@@ -182,12 +182,19 @@ impl Writer {
     async fn issue(&mut self, write: PlannedWrite) {
         let (id, position, len) = (write.id, write.position, write.padded_len());
         let segment = self.active();
-        if let Err(e) = segment.ensure_allocated(position + len as u64).await {
-            self.plan.abandon(id);
-            self.error.get_or_insert(e);
-            return;
-        }
-        let mut buf = segment.file.alloc_dma_buffer(len);
+        let ready = async {
+            segment.ensure_allocated(position + len as u64).await?;
+            segment.active_file()
+        };
+        let file = match ready.await {
+            Ok(file) => file,
+            Err(e) => {
+                self.plan.abandon(id);
+                self.error.get_or_insert(e);
+                return;
+            }
+        };
+        let mut buf = file.alloc_dma_buffer(len);
         let bytes = buf.as_bytes_mut();
         let mut at = 0;
         for piece in std::iter::once(&write.prefix[..]).chain(write.data.iter().map(|d| &d[..])) {
@@ -195,7 +202,6 @@ impl Writer {
             at += piece.len();
         }
         bytes[at..].fill(0);
-        let file = segment.file.clone();
         let (log, completions) = (self.log.clone(), self.completions.clone());
         glommio::spawn_local(async move {
             let started = Instant::now();
@@ -288,11 +294,12 @@ impl Writer {
         log.metrics.record(Hist::Fdatasync, started.elapsed());
         let base_offset = old.meta.borrow().next_offset;
         let step = old.preallocate_step();
-        let new = Rc::new(Segment::create(&log.dir, base_offset, step).await?);
+        let new = Segment::create(&log.dir, base_offset, step, &log.open_files).await?;
         let mut st = log.state.borrow_mut();
         st.synced_offset = st.synced_offset.max(base_offset);
         st.segments.push_back(new);
         drop(st);
+        old.retire();
         self.plan = WritePlan::new(0, Vec::new());
         log.changed.notify(usize::MAX);
         Ok(())
