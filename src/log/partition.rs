@@ -274,30 +274,43 @@ impl PartitionLog {
     }
 
     /// Replays the producer ids of the newest [`PRODUCER_REBUILD_BYTES`] of the log, so a batch
-    /// retried across a restart is still recognised.
+    /// retried across a restart is still recognised. The range reaches back across segments:
+    /// a roll just before the restart leaves the active segment (nearly) empty, and a retry of
+    /// the batch that filled the previous one must not be stored twice.
     async fn rebuild_producers(&self) -> io::Result<()> {
-        let active = self.state.borrow().active();
-        let (from, size) = {
-            let meta = active.meta.borrow();
-            let wanted = meta.size.saturating_sub(PRODUCER_REBUILD_BYTES);
-            (meta.index.seek_position(wanted).map_or(0, |p| p.position), meta.size)
-        };
-        if size == from {
-            return Ok(());
+        let segments: Vec<Rc<Segment>> = self.state.borrow().segments.iter().cloned().collect();
+        // Newest first, until the range is covered; then replayed oldest first.
+        let mut ranges = Vec::new();
+        let mut wanted = PRODUCER_REBUILD_BYTES;
+        for segment in segments.iter().rev() {
+            let (from, size) = {
+                let meta = segment.meta.borrow();
+                let start = meta.size.saturating_sub(wanted);
+                (meta.index.seek_position(start).map_or(0, |p| p.position), meta.size)
+            };
+            if size > from {
+                ranges.push((segment.clone(), from, size));
+            }
+            wanted = wanted.saturating_sub(size);
+            if wanted == 0 {
+                break;
+            }
         }
-        let bytes = active.read(from, (size - from) as usize).await?;
-        let mut st = self.state.borrow_mut();
         // Rebuilt producers get a whole expiry period from now: the log does not say when
         // each batch was written, only the timestamps its producer chose.
         let now = crate::now_ms();
-        let mut at = 0;
-        // Recovery has already checked every entry up to `size`.
-        while let Ok(header) = parse_header(&bytes[at..]) {
-            let meta = header.meta();
-            st.producers.record(&meta, header.base_offset(), header.next_offset(), now);
-            at += header.entry_len();
-            if at >= bytes.len() {
-                break;
+        for (segment, from, size) in ranges.into_iter().rev() {
+            let bytes = segment.read(from, (size - from) as usize).await?;
+            let mut st = self.state.borrow_mut();
+            let mut at = 0;
+            // Recovery has already checked every entry up to `size`.
+            while let Ok(header) = parse_header(&bytes[at..]) {
+                let meta = header.meta();
+                st.producers.record(&meta, header.base_offset(), header.next_offset(), now);
+                at += header.entry_len();
+                if at >= bytes.len() {
+                    break;
+                }
             }
         }
         Ok(())

@@ -309,3 +309,37 @@ fn sealed_segment_files_stay_within_the_shards_bound() {
         log.close().await;
     });
 }
+
+/// Regression: producer state was rebuilt from the active segment only, so a batch retried
+/// after a roll and a restart was stored a second time. The rebuild now reaches back across
+/// segments.
+#[test]
+fn a_retry_across_a_roll_and_a_restart_is_recognised() {
+    in_partition_dir(|path| async move {
+        let batch = |producer_id: i64, sequence: i32| {
+            let meta = BatchMeta {
+                producer_id,
+                producer_epoch: 0,
+                base_sequence: sequence,
+                ..BatchMeta::new(1, 1, 1)
+            };
+            PendingEntry::native(meta, &payload(producer_id as u64, 600)).expect("entry")
+        };
+        // Segments of one entry: producer 7's batch ends the first segment, producer 8's rolls.
+        let log = open(&path, 1000).await;
+        let first = log.append(batch(7, 0)).expect("append");
+        log.wait_written(&first).await.expect("written");
+        let other = log.append(batch(8, 0)).expect("append");
+        log.wait_written(&other).await.expect("written");
+        assert_eq!(log.sealed_segments(), 1, "producer 7's batch is in a sealed segment");
+        log.close().await;
+        drop(log);
+
+        let log = open(&path, 1000).await;
+        let end = log.high_watermark();
+        let retried = log.append(batch(7, 0)).expect("a retry is answered");
+        assert_eq!(retried.base_offset, first.base_offset, "answered with the original offset");
+        assert_eq!(log.high_watermark(), end, "and not stored again");
+        log.close().await;
+    });
+}
