@@ -498,3 +498,36 @@ fn fetch_responses_keep_the_response_and_partition_limits() {
     );
     assert_eq!(fetch(whole * 10, whole / 2), [whole, 0], "... and over partition_max_bytes");
 }
+
+/// Only the broker writes its internal topic: a client's produce to `__consumer_offsets` is
+/// refused (INVALID_TOPIC_EXCEPTION, as Kafka answers), and so is creating it, whose records the
+/// broker would otherwise replay as commits at its next start.
+#[test]
+fn clients_cannot_write_or_create_the_internal_offsets_topic() {
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), &[]);
+    let mut conn = Conn::open(&broker.kafka_addr);
+    let mut topic = CreatableTopic::default();
+    topic.name = TopicName(StrBytes::from_static_str("__consumer_offsets"));
+    topic.num_partitions = 1;
+    topic.replication_factor = 1;
+    let mut create = CreateTopicsRequest::default();
+    create.topics = vec![topic];
+    let created: CreateTopicsResponse = conn.call(ApiKey::CreateTopics, 4, &create);
+    assert_eq!(created.topics[0].error_code, 17, "INVALID_TOPIC_EXCEPTION");
+
+    let response: ProduceResponse = conn.call(
+        ApiKey::Produce,
+        7,
+        &produce_request("__consumer_offsets", 1, batch(-1, -1, 0, 1)),
+    );
+    assert_eq!(produced(&response).0, 17, "INVALID_TOPIC_EXCEPTION");
+    let offsets_dir = broker.data_dir.join("__consumer_offsets");
+    let toml = std::fs::read_to_string(offsets_dir.join("topic.toml")).unwrap_or_default();
+    assert!(
+        toml.is_empty() || toml.contains("partitions = 16"),
+        "created only by the broker, with its own settings: {toml}"
+    );
+}

@@ -156,11 +156,13 @@ fn hundreds_of_partitions_cost_disk_by_their_data() {
 
 /// Past `max.broker.partitions`, CreateTopics (Kafka and native), CreatePartitions and
 /// auto-creation are refused with POLICY_VIOLATION and a reason, while a producer carries on
-/// and nothing stored is touched.
+/// and nothing stored is touched. The 16 partitions of `__consumer_offsets` are kept free until
+/// it exists, so a group's first commit still works on a broker full of topics.
 #[test]
 fn creating_past_max_broker_partitions_is_refused_and_others_carry_on() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&dir.path().join("data"), &["--set", "max.broker.partitions=60"]);
+    // 50 + 10 user partitions, and 16 kept for __consumer_offsets.
+    let broker = Broker::start(&dir.path().join("data"), &["--set", "max.broker.partitions=76"]);
     let mut conn = Conn::open(&broker.kafka_addr);
     assert_eq!(create_topic(&mut conn, "busy", 50).0, 0);
 
@@ -182,7 +184,7 @@ fn creating_past_max_broker_partitions_is_refused_and_others_carry_on() {
 
     let (code, message) = create_topic(&mut conn, "too-many", 11);
     assert_eq!(code, POLICY_VIOLATION, "{message}");
-    assert!(message.contains("max.broker.partitions=60"), "{message}");
+    assert!(message.contains("max.broker.partitions=76"), "{message}");
     assert_eq!(create_topic(&mut conn, "fits", 10).0, 0, "up to the limit is fine");
 
     let mut grow = CreatePartitionsTopic::default();
@@ -205,6 +207,25 @@ fn creating_past_max_broker_partitions_is_refused_and_others_carry_on() {
     let request = produce_request("auto-created", -1, batch(-1, -1, 0, 1));
     let response: ProduceResponse = conn.call(ApiKey::Produce, 7, &request);
     assert_ne!(response.responses[0].partition_responses[0].error_code, 0);
+
+    // At the limit, the first commit still creates __consumer_offsets in its kept room.
+    {
+        use kafka_protocol::messages::offset_commit_request::{
+            OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+        };
+        use kafka_protocol::messages::{GroupId, OffsetCommitRequest, OffsetCommitResponse};
+        let mut partition = OffsetCommitRequestPartition::default();
+        partition.committed_offset = 1;
+        let mut topic = OffsetCommitRequestTopic::default();
+        topic.name = TopicName(StrBytes::from_static_str("busy"));
+        topic.partitions = vec![partition];
+        let mut commit = OffsetCommitRequest::default();
+        commit.group_id = GroupId(StrBytes::from_static_str("at-the-limit"));
+        commit.generation_id_or_member_epoch = -1;
+        commit.topics = vec![topic];
+        let committed: OffsetCommitResponse = conn.call(ApiKey::OffsetCommit, 2, &commit);
+        assert_eq!(committed.topics[0].partitions[0].error_code, 0);
+    }
 
     stop.store(true, Ordering::Relaxed);
     let acknowledged = producer.join().unwrap();

@@ -225,7 +225,8 @@ impl PartitionLog {
         shared: SharedByShard,
     ) -> io::Result<Rc<Self>> {
         let SharedByShard { metrics, queued, tail_budget, open_files } = shared;
-        let segments = open_segments(&dir, &topic, partition, &open_files).await?;
+        let segments =
+            open_segments(&dir, &topic, partition, config.segment_bytes, &open_files).await?;
         let next_offset = segments.back().map_or(0, |s| s.meta.borrow().next_offset);
         let block_tail = match segments.back() {
             Some(active) => read_block_tail(active).await?,
@@ -303,7 +304,8 @@ impl PartitionLog {
             let bytes = segment.read(from, (size - from) as usize).await?;
             let mut st = self.state.borrow_mut();
             let mut at = 0;
-            // Recovery has already checked every entry up to `size`.
+            // Entries up to `size` were checked when written (and the active segment's again by
+            // recovery); a header that does not parse ends this segment's replay.
             while let Ok(header) = parse_header(&bytes[at..]) {
                 let meta = header.meta();
                 st.producers.record(&meta, header.base_offset(), header.next_offset(), now);
@@ -470,7 +472,7 @@ impl PartitionLog {
         for segment in segments {
             let found = read_segment(&segment, offset, max_bytes)
                 .await
-                .map_err(|e| self.read_error(&segment, e))?;
+                .map_err(|e| self.read_error(&segment, offset, e))?;
             if let Some(entries) = found {
                 return Ok(ReadOutcome {
                     entries: vec![entries],
@@ -483,8 +485,16 @@ impl PartitionLog {
         Ok(ReadOutcome { entries: Vec::new(), high_watermark, log_start, woken_at: None })
     }
 
-    fn read_error(&self, segment: &Segment, error: ReadError) -> LogError {
+    fn read_error(&self, segment: &Segment, offset: u64, error: ReadError) -> LogError {
         match error {
+            ReadError::Io(e) if segment::is_deleted_segment(segment, &e) => {
+                let st = self.state.borrow();
+                LogError::OffsetOutOfRange {
+                    requested: offset,
+                    log_start: st.log_start(),
+                    high_watermark: st.written_offset,
+                }
+            }
             ReadError::Io(e) => LogError::Storage(format!("{}: {e}", segment.log_path.display())),
             ReadError::Corrupt { position, why } => {
                 let message =
@@ -510,11 +520,12 @@ impl PartitionLog {
                 .collect()
         };
         for segment in candidates {
-            let found = find_timestamp(&segment, timestamp)
-                .await
-                .map_err(|e| self.read_error(&segment, e))?;
-            if found.is_some() {
-                return Ok(found);
+            match find_timestamp(&segment, timestamp).await {
+                Ok(Some(found)) => return Ok(Some(found)),
+                Ok(None) => {}
+                // Deleted by retention meanwhile: the answer lies in a later segment.
+                Err(ReadError::Io(e)) if segment::is_deleted_segment(&segment, &e) => {}
+                Err(e) => return Err(self.read_error(&segment, segment.base_offset, e)),
             }
         }
         Ok(None)
@@ -595,6 +606,13 @@ impl PartitionLog {
             drop(st);
             self.writer_wake.notify(1);
         }
+    }
+
+    /// Marks every segment deleted before the partition's directory is removed (its topic was
+    /// deleted): reads still in flight fail cleanly rather than reopen a path that may soon
+    /// name a re-created topic's file.
+    pub fn mark_deleted(&self) {
+        self.state.borrow().segments.iter().for_each(|segment| segment.mark_deleted());
     }
 
     /// Stops taking appends, writes and syncs everything appended, and persists the active
@@ -827,6 +845,7 @@ async fn open_segments(
     dir: &Path,
     topic: &str,
     partition: u32,
+    segment_bytes: u64,
     open_files: &Rc<OpenFiles>,
 ) -> io::Result<VecDeque<Rc<Segment>>> {
     let listing = dir.to_path_buf();
@@ -845,7 +864,8 @@ async fn open_segments(
     bases.sort_unstable();
     let mut segments = VecDeque::new();
     let Some((&last, sealed)) = bases.split_last() else {
-        segments.push_back(Segment::create(dir, 0, PreallocateStep::MIN, open_files).await?);
+        let first = Segment::create(dir, 0, PreallocateStep::MIN, segment_bytes, open_files);
+        segments.push_back(first.await?);
         return Ok(segments);
     };
     for &base in sealed {

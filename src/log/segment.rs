@@ -76,6 +76,9 @@ pub struct Segment {
     /// read for longest; readers keep their own handle, so a close never cuts a read short.
     file: RefCell<Option<Rc<DmaFile>>>,
     sealed: Cell<bool>,
+    /// Set before its files are removed (retention, a deleted topic): a closed file is then
+    /// never reopened, since the path may already name nothing, or a newer topic's file.
+    deleted: Cell<bool>,
     /// The segment's place in `open_files`' order of use, while a sealed segment's file is open.
     last_use: Cell<Option<u64>>,
     open_files: Rc<OpenFiles>,
@@ -211,6 +214,7 @@ impl Segment {
         dir: &Path,
         base_offset: u64,
         step: PreallocateStep,
+        segment_bytes: u64,
         open_files: &Rc<OpenFiles>,
     ) -> io::Result<Rc<Self>> {
         let path = log_path(dir, base_offset);
@@ -220,7 +224,7 @@ impl Segment {
             Self::new(base_offset, Some(Rc::new(file)), path.clone(), state, 0, open_files.clone());
         segment.step.set(step);
         let ready = async {
-            segment.ensure_allocated(1).await?;
+            segment.ensure_allocated(1, segment_bytes).await?;
             sync_dir(dir).await
         };
         if let Err(e) = ready.await {
@@ -235,20 +239,22 @@ impl Segment {
         Ok(segment)
     }
 
-    /// Makes sure the file is allocated up to `end`, extending it a step past that, or only
-    /// as far as `end` when the device has no room for a whole step.
-    pub async fn ensure_allocated(&self, end: u64) -> io::Result<()> {
+    /// Makes sure the file is allocated up to `end`: to the next multiple of the step at or
+    /// past it, but not past the segment's size (`segment_bytes`, unless one entry alone is
+    /// larger), or only as far as `end` when the device has no room for that.
+    pub async fn ensure_allocated(&self, end: u64, segment_bytes: u64) -> io::Result<()> {
         if end <= self.allocated_bytes.get() {
             return Ok(());
         }
         let step = self.step.get().next(Instant::now());
+        let exact = end.next_multiple_of(WRITE_ALIGN_BYTES as u64);
+        let segment_end = segment_bytes.next_multiple_of(WRITE_ALIGN_BYTES as u64);
         // Steps are powers of two from four blocks up, so the reach stays block-aligned.
-        let reach = end.next_multiple_of(step.bytes());
+        let reach = end.next_multiple_of(step.bytes()).min(segment_end).max(exact);
         let file = self.active_file()?;
         let target = match file.pre_allocate(reach, false).await.map_err(io::Error::from) {
             Ok(()) => reach,
             Err(e) if is_out_of_space(&e) => {
-                let exact = end.next_multiple_of(WRITE_ALIGN_BYTES as u64);
                 file.pre_allocate(exact, false).await?;
                 exact
             }
@@ -308,6 +314,7 @@ impl Segment {
             }),
             file: RefCell::new(file),
             sealed: Cell::new(false),
+            deleted: Cell::new(false),
             last_use: Cell::new(None),
             open_files,
             me: me.clone(),
@@ -330,6 +337,7 @@ impl Segment {
         let open = self.file.borrow().clone();
         let file = match open {
             Some(file) => file,
+            None if self.deleted.get() => return Err(deleted_error(&self.log_path)),
             None => {
                 let opened = Rc::new(DmaFile::open(&self.log_path).await?);
                 // Another read may have opened it meanwhile: keep one.
@@ -361,26 +369,29 @@ impl Segment {
         let path = log_path(dir, base_offset);
         let file = Rc::new(DmaFile::open(&path).await?);
         let file_len = file.file_size().await?;
-        if let Some((index, facts)) = load_index(dir, base_offset).await {
-            if facts.covered_bytes == file_len {
-                let state = ScanState {
-                    position: facts.covered_bytes,
-                    next_offset: facts.next_offset,
-                    max_timestamp: facts.max_timestamp,
-                    index,
-                };
-                let segment =
-                    Self::new(base_offset, None, path, state, file_len, open_files.clone());
-                segment.sealed.set(true);
-                return Ok((segment, None));
+        let indexed = match load_index(dir, base_offset).await {
+            Some((index, facts)) if facts.covered_bytes == file_len => Some(ScanState {
+                position: facts.covered_bytes,
+                next_offset: facts.next_offset,
+                max_timestamp: facts.max_timestamp,
+                index,
+            }),
+            _ => None,
+        };
+        let (state, rebuilt, truncation) = match indexed {
+            Some(state) => (state, false, None),
+            None => {
+                let mut state = ScanState::new(base_offset);
+                let truncation = scan_file(&file, &mut state, file_len).await?;
+                (state, true, truncation)
             }
-        }
-        let mut state = ScanState::new(base_offset);
-        let truncation = scan_file(&file, &mut state, file_len).await?;
+        };
         let segment = Self::new(base_offset, None, path, state, file_len, open_files.clone());
         segment.sealed.set(true);
-        segment.persist_index(dir).await?;
-        tracing::info!(segment = %segment.log_path.display(), "rebuilt a missing or stale index");
+        if rebuilt {
+            segment.persist_index(dir).await?;
+            tracing::info!(segment = %segment.log_path.display(), "rebuilt a missing or stale index");
+        }
         Ok((segment, truncation))
     }
 
@@ -456,8 +467,16 @@ impl Segment {
         }
     }
 
-    /// Removes the segment's files; readers holding the segment keep their open descriptor.
+    /// Marks the segment deleted: a read that finds its file closed gets
+    /// [`is_deleted_segment`]'s error instead of reopening it.
+    pub fn mark_deleted(&self) {
+        self.deleted.set(true);
+    }
+
+    /// Removes the segment's files; a read that holds the file open finishes, a later one gets
+    /// [`is_deleted_segment`]'s error.
     pub async fn remove_files(&self, dir: &Path) -> io::Result<()> {
+        self.mark_deleted();
         let log = self.log_path.clone();
         let index = index_path(dir, self.base_offset);
         glommio::executor()
@@ -470,6 +489,16 @@ impl Segment {
             })
             .await
     }
+}
+
+fn deleted_error(path: &Path) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("{}: segment deleted", path.display()))
+}
+
+/// Whether a read failed because its segment was deleted meanwhile (retention moved the log
+/// start past it, or its topic went): the reader asked for data the log no longer holds.
+pub fn is_deleted_segment(segment: &Segment, error: &io::Error) -> bool {
+    segment.deleted.get() && error.kind() == io::ErrorKind::NotFound
 }
 
 /// Makes a new file's directory entry durable. glommio's `Directory::sync` fails with EBADF

@@ -34,6 +34,11 @@ const STAGED_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 type PartitionKey = (String, u32);
 
+/// The broker's own topics: clients may read them but not create or append to them.
+pub fn is_internal_topic(name: &str) -> bool {
+    name == OFFSETS_TOPIC
+}
+
 /// How the controller writes a topic's `topic.toml`.
 enum TopicFileWrite {
     /// A new topic: its directory is made afresh (clearing the remains of an unfinished create
@@ -381,7 +386,7 @@ impl Shard {
                 format!("topic {name} exists"),
             ));
         }
-        self.check_room_for(partitions).await?;
+        self.check_room_for(&name, partitions).await?;
         self.write_topic_file(&name, file, TopicFileWrite::NewTopic).await?;
         self.broadcast(&name, Some(info)).await?;
         tracing::info!(topic = %name, partitions, "created topic");
@@ -435,7 +440,7 @@ impl Shard {
             );
             return Err(BrokerError::new(ErrorCode::InvalidPartitions, why));
         }
-        self.check_room_for(count - info.partitions).await?;
+        self.check_room_for(&name, count - info.partitions).await?;
         let file = TopicFile { partitions: count, config: info.overrides.clone() };
         self.write_topic_file(&name, file, TopicFileWrite::Replace).await?;
         let old = info.partitions;
@@ -449,14 +454,24 @@ impl Shard {
     /// topic's partitions counted), or past what the disk has room for at first. Creating them
     /// must fail with a clear answer rather than fill the disk or the file table, which would
     /// stop every other client too. Runs under the admin lock, so two creates cannot both pass.
-    async fn check_room_for(&self, new: u32) -> Result<(), BrokerError> {
-        let held: u64 =
-            self.catalog.borrow().topics.values().map(|t| u64::from(t.partitions)).sum();
+    ///
+    /// The internal `__consumer_offsets` is exempt, and its partitions are kept free for it
+    /// until it exists: a broker full of user topics must still take a group's first commit.
+    async fn check_room_for(&self, topic: &str, new: u32) -> Result<(), BrokerError> {
+        if is_internal_topic(topic) {
+            return Ok(());
+        }
+        let (held, offsets_created) = {
+            let catalog = self.catalog.borrow();
+            let held: u64 = catalog.topics.values().map(|t| u64::from(t.partitions)).sum();
+            (held, catalog.topics.contains_key(OFFSETS_TOPIC))
+        };
+        let reserved = if offsets_created { 0 } else { u64::from(OFFSETS_PARTITIONS) };
         let limit = self.config.max_broker_partitions;
-        if held + u64::from(new) > u64::from(limit) {
+        if held + reserved + u64::from(new) > u64::from(limit) {
             let why = format!(
-                "the broker holds {held} partitions; {new} more would pass \
-                 max.broker.partitions={limit}"
+                "the broker holds {held} partitions (and keeps {reserved} for {OFFSETS_TOPIC}); \
+                 {new} more would pass max.broker.partitions={limit}"
             );
             return Err(BrokerError::new(ErrorCode::PolicyViolation, why));
         }
@@ -534,6 +549,7 @@ impl Shard {
                 };
                 for log in logs {
                     log.close().await;
+                    log.mark_deleted();
                 }
             }
         }
@@ -596,6 +612,12 @@ impl Shard {
         acks: Acks,
         entry: PendingEntry,
     ) -> Result<(u64, u64), BrokerError> {
+        if is_internal_topic(topic) {
+            // As Kafka: only the broker appends to its internal topics. A client's records there
+            // would be replayed as commits (or stop the replay) at the next start.
+            let why = format!("cannot append to internal topic {topic}");
+            return Err(BrokerError::new(ErrorCode::InvalidTopicName, why));
+        }
         let call = ShardCall::Produce { topic: topic.to_string(), partition, acks, entry };
         self.ask(self.owner(topic, partition), call, |answer| match answer {
             ShardAnswer::Produced(result) => Ok(result),
@@ -651,7 +673,22 @@ impl Shard {
     }
 
     /// Creates a topic through the controller shard.
+    /// Creates a topic for a client: any but the broker's internal ones, which it creates itself
+    /// with their own settings.
     pub async fn create_topic(
+        self: &Rc<Self>,
+        name: &str,
+        partitions: u32,
+        overrides: BTreeMap<String, String>,
+    ) -> Result<(), BrokerError> {
+        if is_internal_topic(name) {
+            let why = format!("{name} is internal: the broker creates it on first use");
+            return Err(BrokerError::new(ErrorCode::InvalidTopicName, why));
+        }
+        self.create_any_topic(name, partitions, overrides).await
+    }
+
+    async fn create_any_topic(
         self: &Rc<Self>,
         name: &str,
         partitions: u32,
@@ -663,18 +700,21 @@ impl Shard {
 
     /// The topic's settings, creating it with `num.partitions` when it is missing and
     /// `auto.create.topics.enable` is on (Kafka creates on produce, and on metadata that allows
-    /// it).
+    /// it). An internal topic is created with its own settings whatever the switch says.
     pub async fn topic_or_create(self: &Rc<Self>, name: &str) -> Result<TopicInfo, BrokerError> {
         if let Some(info) = self.topic(name) {
             return Ok(info);
         }
-        if !self.config.auto_create_topics {
+        if is_internal_topic(name) {
+            self.ensure_offsets_topic().await?;
+        } else if !self.config.auto_create_topics {
             let why = format!("no topic {name} (auto.create.topics.enable is off)");
             return Err(BrokerError::new(ErrorCode::UnknownTopic, why));
-        }
-        match self.create_topic(name, self.config.num_partitions, BTreeMap::new()).await {
-            Err(e) if e.code != ErrorCode::TopicAlreadyExists => return Err(e),
-            _ => {}
+        } else {
+            match self.create_topic(name, self.config.num_partitions, BTreeMap::new()).await {
+                Err(e) if e.code != ErrorCode::TopicAlreadyExists => return Err(e),
+                _ => {}
+            }
         }
         self.topic(name).ok_or_else(|| {
             BrokerError::new(ErrorCode::UnknownTopic, format!("topic {name} vanished"))
@@ -716,7 +756,7 @@ impl Shard {
         ]);
         // Boxed: `execute` -> coordinator commit -> here -> `create_topic` -> `call` -> `execute`.
         let creating: std::pin::Pin<Box<dyn std::future::Future<Output = _> + '_>> =
-            Box::pin(self.create_topic(OFFSETS_TOPIC, OFFSETS_PARTITIONS, overrides));
+            Box::pin(self.create_any_topic(OFFSETS_TOPIC, OFFSETS_PARTITIONS, overrides));
         match creating.await {
             Err(e) if e.code != ErrorCode::TopicAlreadyExists => Err(e),
             _ => Ok(()),

@@ -156,8 +156,7 @@ async fn read_one(shard: Rc<Shard>, want: Wanted, wait: Duration) -> Read {
         BrokerError::new(ErrorCode::OffsetOutOfRange, format!("offset {}", want.offset))
     })?;
     let partition = u32::try_from(want.partition).map_err(|_| unknown(&want))?;
-    let info = shard.topic(&want.topic).ok_or_else(|| unknown(&want))?;
-    if partition >= info.partitions {
+    if !shard.has_partition(&want.topic, partition) {
         return Err(unknown(&want));
     }
     shard.fetch(&want.topic, partition, offset, want.max_bytes.max(1), wait).await
@@ -293,7 +292,7 @@ pub async fn list_offsets(
                 max_bytes: 0,
             };
             let found = match u32::try_from(asked.partition_index) {
-                Ok(p) if shard.topic(&want.topic).is_some_and(|t| p < t.partitions) => {
+                Ok(p) if shard.has_partition(&want.topic, p) => {
                     shard.list_offset(&want.topic, p, asked.timestamp).await
                 }
                 _ => Err(unknown(&want)),

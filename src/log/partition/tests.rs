@@ -361,3 +361,28 @@ fn a_retry_across_a_roll_and_a_restart_is_recognised() {
         log.close().await;
     });
 }
+
+/// A read that reaches a segment retention deleted meanwhile (its file closed, so it would have
+/// to reopen a path that is gone) answers "out of range", never a storage error or another
+/// file's bytes.
+#[test]
+fn a_read_of_a_segment_deleted_meanwhile_is_out_of_range() {
+    in_partition_dir(|path| async move {
+        let log = open(&path, 64 * 1024).await;
+        for i in 0..40u64 {
+            let appended = log.append(entry(1, &payload(i, 20 * 1024))).expect("append");
+            log.wait_written(&appended).await.expect("written");
+        }
+        // Read everything: the test shard keeps two sealed files open, so the oldest is closed.
+        stored(&log).await;
+        let oldest = log.state.borrow().segments.front().cloned().expect("a segment");
+        let next = oldest.meta.borrow().next_offset;
+        assert_eq!(log.delete_segments_below(next).await.expect("retention"), 1);
+        let error = super::read_segment(&oldest, oldest.base_offset, 1 << 20)
+            .await
+            .map(|_| ())
+            .map_err(|e| log.read_error(&oldest, oldest.base_offset, e));
+        assert!(matches!(error, Err(super::LogError::OffsetOutOfRange { .. })), "{error:?}");
+        log.close().await;
+    });
+}

@@ -97,8 +97,14 @@ impl Writer {
                     }
                 }
                 Step::Trim => {
+                    // Housekeeping: a failure leaves the space allocated, and the next idle
+                    // check tries again; the partition carries on.
                     if let Err(e) = self.active().trim().await {
-                        self.error = Some(e);
+                        tracing::warn!(
+                            topic = %self.log.topic,
+                            partition = self.log.partition,
+                            "giving back an idle segment's preallocation: {e}"
+                        );
                     }
                 }
                 Step::Wait => listener.await,
@@ -183,7 +189,8 @@ impl Writer {
         let (id, position, len) = (write.id, write.position, write.padded_len());
         let segment = self.active();
         let ready = async {
-            segment.ensure_allocated(position + len as u64).await?;
+            let segment_bytes = self.log.config.borrow().segment_bytes;
+            segment.ensure_allocated(position + len as u64, segment_bytes).await?;
             segment.active_file()
         };
         let file = match ready.await {
@@ -294,7 +301,9 @@ impl Writer {
         log.metrics.record(Hist::Fdatasync, started.elapsed());
         let base_offset = old.meta.borrow().next_offset;
         let step = old.preallocate_step();
-        let new = Segment::create(&log.dir, base_offset, step, &log.open_files).await?;
+        let segment_bytes = log.config.borrow().segment_bytes;
+        let new =
+            Segment::create(&log.dir, base_offset, step, segment_bytes, &log.open_files).await?;
         let mut st = log.state.borrow_mut();
         st.synced_offset = st.synced_offset.max(base_offset);
         st.segments.push_back(new);
