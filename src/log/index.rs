@@ -6,8 +6,10 @@
 //! the last point at or below the offset; the timestamp lookup takes the last point before which
 //! every record is older than the target. Either way the reader scans forward from the point.
 //!
-//! On disk (`<base_offset>.index`), little-endian, written when a segment is sealed and at a
-//! clean stop; a missing, stale or corrupt file is rebuilt by scanning the segment:
+//! On disk (`<base_offset>.index`), little-endian, written when a segment is sealed, at a clean
+//! stop and at each recovery point of the active segment (then covering only what an fdatasync
+//! covered, with the points inside it); a missing, stale or corrupt file is rebuilt by scanning
+//! the segment:
 //!
 //! ```text
 //! header (48 bytes): magic "SPI1" | crc u32 (of the rest of the file) | count u32 | reserved u32
@@ -118,7 +120,7 @@ pub fn encode(index: &SegmentIndex, base_offset: u64, segment: IndexedSegment) -
     let header = FileHeader {
         magic: INDEX_MAGIC.into(),
         crc: 0.into(),
-        count: (index.points.len() as u32).into(),
+        count: (covered_points(index, segment.covered_bytes).count() as u32).into(),
         reserved: 0.into(),
         covered_bytes: segment.covered_bytes.into(),
         next_offset: segment.next_offset.into(),
@@ -126,7 +128,9 @@ pub fn encode(index: &SegmentIndex, base_offset: u64, segment: IndexedSegment) -
         base_offset: base_offset.into(),
     };
     buf.extend_from_slice(header.as_bytes());
-    for p in &index.points {
+    // An index written as a recovery point covers less than the segment holds in memory: only
+    // the points inside what it covers go out (and are counted in the header above).
+    for p in covered_points(index, segment.covered_bytes) {
         let point = FilePoint {
             offset: p.offset.into(),
             position: p.position.into(),
@@ -137,6 +141,10 @@ pub fn encode(index: &SegmentIndex, base_offset: u64, segment: IndexedSegment) -
     let crc = crc32fast::hash(&buf[8..]);
     buf[4..8].copy_from_slice(&crc.to_le_bytes());
     buf
+}
+
+fn covered_points(index: &SegmentIndex, covered_bytes: u64) -> impl Iterator<Item = &IndexPoint> {
+    index.points.iter().take_while(move |p| p.position < covered_bytes)
 }
 
 /// Parses an index file, refusing anything inconsistent: the caller rebuilds instead.

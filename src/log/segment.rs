@@ -86,6 +86,8 @@ pub struct Segment {
     /// Bytes of the file allocated so far (its size while it is active).
     allocated_bytes: Cell<u64>,
     step: Cell<PreallocateStep>,
+    /// What the index file on disk covers: recovery scans only past it.
+    indexed_bytes: Cell<u64>,
 }
 
 /// The sealed segment files one shard keeps open, at most `files_max`: past it the file read
@@ -320,6 +322,7 @@ impl Segment {
             me: me.clone(),
             allocated_bytes: Cell::new(allocated_bytes),
             step: Cell::new(PreallocateStep::MIN),
+            indexed_bytes: Cell::new(0),
         })
     }
 
@@ -388,6 +391,7 @@ impl Segment {
         };
         let segment = Self::new(base_offset, None, path, state, file_len, open_files.clone());
         segment.sealed.set(true);
+        segment.indexed_bytes.set(file_len);
         if rebuilt {
             segment.persist_index(dir).await?;
             tracing::info!(segment = %segment.log_path.display(), "rebuilt a missing or stale index");
@@ -405,14 +409,17 @@ impl Segment {
         let path = log_path(dir, base_offset);
         let file = Rc::new(OpenOptions::new().read(true).write(true).dma_open(&path).await?);
         let file_len = file.file_size().await?;
-        let mut state = match load_index(dir, base_offset).await {
-            Some((index, facts)) if facts.covered_bytes <= file_len => ScanState {
-                position: facts.covered_bytes,
-                next_offset: facts.next_offset,
-                max_timestamp: facts.max_timestamp,
-                index,
-            },
-            _ => ScanState::new(base_offset),
+        let (mut state, indexed) = match load_index(dir, base_offset).await {
+            Some((index, facts)) if facts.covered_bytes <= file_len => (
+                ScanState {
+                    position: facts.covered_bytes,
+                    next_offset: facts.next_offset,
+                    max_timestamp: facts.max_timestamp,
+                    index,
+                },
+                facts.covered_bytes,
+            ),
+            _ => (ScanState::new(base_offset), 0),
         };
         let truncation = scan_file(&file, &mut state, file_len).await?;
         let mut allocated = file_len;
@@ -426,6 +433,7 @@ impl Segment {
         }
         let segment =
             Self::new(base_offset, Some(file), path, state, allocated, open_files.clone());
+        segment.indexed_bytes.set(indexed);
         Ok((segment, truncation))
     }
 
@@ -436,16 +444,37 @@ impl Segment {
 
     /// Writes the index file describing the segment as it is now.
     pub async fn persist_index(&self, dir: &Path) -> io::Result<()> {
-        let bytes = {
-            let meta = self.meta.borrow();
-            let facts = IndexedSegment {
-                covered_bytes: meta.size,
-                next_offset: meta.next_offset,
-                max_timestamp: meta.max_timestamp,
-            };
-            index::encode(&meta.index, self.base_offset, facts)
-        };
-        write_small_file(&index_path(dir, self.base_offset), &bytes).await
+        let facts = self.written_facts();
+        self.persist_index_covering(dir, facts).await
+    }
+
+    /// What the segment holds now, as an index file states it.
+    pub fn written_facts(&self) -> IndexedSegment {
+        let meta = self.meta.borrow();
+        IndexedSegment {
+            covered_bytes: meta.size,
+            next_offset: meta.next_offset,
+            max_timestamp: meta.max_timestamp,
+        }
+    }
+
+    /// Bytes the index file on disk covers.
+    pub fn indexed_bytes(&self) -> u64 {
+        self.indexed_bytes.get()
+    }
+
+    /// Writes the index file covering the segment up to `facts` (a recovery point: `facts`
+    /// were taken before an fdatasync that has since completed, so everything they cover is on
+    /// the device whatever happens next, and recovery need not scan it).
+    pub async fn persist_index_covering(
+        &self,
+        dir: &Path,
+        facts: IndexedSegment,
+    ) -> io::Result<()> {
+        let bytes = index::encode(&self.meta.borrow().index, self.base_offset, facts);
+        write_small_file(&index_path(dir, self.base_offset), &bytes).await?;
+        self.indexed_bytes.set(self.indexed_bytes.get().max(facts.covered_bytes));
+        Ok(())
     }
 
     /// Makes the segment durable and final: data synced, preallocated tail cut, index written.

@@ -129,6 +129,7 @@ impl Shard {
             staged_bytes_max: STAGED_BYTES_MAX,
             producer_expiration_ms: i64::try_from(self.config.producer_id_expiration_ms)
                 .unwrap_or(i64::MAX),
+            recovery_point_bytes: crate::log::partition::RECOVERY_POINT_BYTES,
         }
     }
 

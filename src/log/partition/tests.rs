@@ -43,6 +43,7 @@ async fn open(dir: &Path, segment_bytes: u64) -> Rc<PartitionLog> {
         tail_cache_bytes: 0,
         staged_bytes_max: 64 * 1024 * 1024,
         producer_expiration_ms: PRODUCER_EXPIRATION_MS,
+        recovery_point_bytes: RECOVERY_POINT_BYTES,
     };
     PartitionLog::open(
         "t".into(),
@@ -62,6 +63,8 @@ async fn open(dir: &Path, segment_bytes: u64) -> Rc<PartitionLog> {
 }
 
 const PRODUCER_EXPIRATION_MS: i64 = 60_000;
+/// Small, so the tests' few writes make recovery points.
+const RECOVERY_POINT_BYTES: u64 = 64 * 1024;
 
 /// A payload of `len` bytes that names its entry.
 fn payload(entry: u64, len: usize) -> Vec<u8> {
@@ -383,6 +386,48 @@ fn a_read_of_a_segment_deleted_meanwhile_is_out_of_range() {
             .map(|_| ())
             .map_err(|e| log.read_error(&oldest, oldest.base_offset, e));
         assert!(matches!(error, Err(super::LogError::OffsetOutOfRange { .. })), "{error:?}");
+        log.close().await;
+    });
+}
+
+/// Recovery points: with only acks=1 producers (no fdatasync asked for), the writer still has
+/// the active segment synced and its index written every `recovery_point_bytes`, covering only
+/// what was synced; a partition opened on the files as a crash left them (no clean stop) starts
+/// from that index and reads every entry back.
+#[test]
+fn recovery_points_bound_what_a_crash_leaves_to_scan() {
+    in_partition_dir(|path| async move {
+        let log = open(&path, 1 << 30).await;
+        let mut written = Vec::new();
+        for i in 0..40u64 {
+            let data = payload(i, 20 * 1024);
+            let appended = log.append(entry(1, &data)).expect("append");
+            log.wait_written(&appended).await.expect("written");
+            written.push(data);
+        }
+        let index_file = path.join("00000000000000000000.index");
+        let mut covered = 0;
+        for _ in 0..500 {
+            // The syncer and then the writer make the point in their own tasks: wait (bounded).
+            if let Ok(bytes) = std::fs::read(&index_file) {
+                let (_, facts) = crate::log::index::decode(&bytes, 0).expect("a whole index");
+                covered = facts.covered_bytes;
+            }
+            if covered + 2 * RECOVERY_POINT_BYTES >= 40 * 20 * 1024 {
+                break;
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let size = log.state.borrow().active().meta.borrow().size;
+        assert!(
+            covered > 0 && covered <= size && size - covered <= 2 * RECOVERY_POINT_BYTES,
+            "the index on disk covers {covered} of {size} bytes"
+        );
+        // As after kill -9: the same files opened again without a clean stop.
+        let reopened = open(&path, 1 << 30).await;
+        let read: Vec<Vec<u8>> = stored(&reopened).await.into_iter().map(|(_, _, p)| p).collect();
+        assert_eq!(read, written);
+        reopened.close().await;
         log.close().await;
     });
 }

@@ -11,6 +11,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use super::{read_block_tail, PartitionLog, Staged, OUT_OF_SPACE_BACKOFF};
+use crate::log::index::IndexedSegment;
 use crate::log::segment::{is_out_of_space, Segment};
 use crate::log::write_plan::{PlannedWrite, WritePlan};
 use crate::metrics::Hist;
@@ -25,6 +26,7 @@ pub(super) async fn run(log: Rc<PartitionLog>, block_tail: Vec<u8>) {
         issued: VecDeque::new(),
         completions: Rc::default(),
         error: None,
+        recovery_point_asked_at: 0,
     };
     writer.run().await;
     log.state.borrow_mut().writer_done = true;
@@ -48,6 +50,8 @@ enum Step {
     Roll,
     /// Give back the idle active segment's preallocated space.
     Trim,
+    /// Write the active segment's index covering what the syncer synced.
+    RecoveryPoint(IndexedSegment),
     Wait,
     Stop,
 }
@@ -61,6 +65,8 @@ struct Writer {
     completions: Completions,
     /// The first failure among the writes; acted on once none is left in flight.
     error: Option<io::Error>,
+    /// The active segment's size when the writer last asked for a recovery point.
+    recovery_point_asked_at: u64,
 }
 
 impl Writer {
@@ -96,6 +102,17 @@ impl Writer {
                         self.error = Some(e);
                     }
                 }
+                Step::RecoveryPoint(facts) => {
+                    // Housekeeping: a failure only means a longer scan after a crash.
+                    if let Err(e) = self.active().persist_index_covering(&self.log.dir, facts).await
+                    {
+                        tracing::warn!(
+                            topic = %self.log.topic,
+                            partition = self.log.partition,
+                            "writing a recovery point: {e}"
+                        );
+                    }
+                }
                 Step::Trim => {
                     // Housekeeping: a failure leaves the space allocated, and the next idle
                     // check tries again; the partition carries on.
@@ -126,6 +143,12 @@ impl Writer {
             st.roll_requested = false;
             if self.plan.issued_end() > 0 {
                 return Step::Roll;
+            }
+        }
+        if let Some((base_offset, facts)) = st.recovery_point.take() {
+            // A roll since the sync wrote the sealed segment's whole index already.
+            if base_offset == st.active().base_offset {
+                return Step::RecoveryPoint(facts);
             }
         }
         if st.trim_requested {
@@ -278,8 +301,18 @@ impl Writer {
         let Some(written_offset) = newest else {
             return;
         };
+        let active = self.active();
+        let size = active.meta.borrow().size;
         let mut st = self.log.state.borrow_mut();
         st.written_offset = written_offset;
+        // Far enough past the last recovery point: ask the syncer for one, once per stretch,
+        // even when no acks=all producer waits (it then also writes the index).
+        let stretch = self.log.limits.recovery_point_bytes;
+        let past_point = size >= active.indexed_bytes() + stretch;
+        if past_point && size >= self.recovery_point_asked_at + stretch {
+            self.recovery_point_asked_at = size;
+            st.sync_target = st.sync_target.max(written_offset);
+        }
         // A failed fdatasync may have zeroed the count (`fail`) while these writes were in flight.
         let written_bytes = (written_bytes as usize).min(st.staged_bytes);
         st.staged_bytes -= written_bytes;
@@ -310,6 +343,7 @@ impl Writer {
         drop(st);
         old.retire();
         self.plan = WritePlan::new(0, Vec::new());
+        self.recovery_point_asked_at = 0;
         log.changed.notify(usize::MAX);
         Ok(())
     }
