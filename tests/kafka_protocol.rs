@@ -457,13 +457,16 @@ fn fetch_responses_keep_the_response_and_partition_limits() {
     }
 
     // Bytes of records per partition in a fetch of both partitions from offset 0.
-    let mut fetch = |max_bytes: usize, partition_max_bytes: usize| -> Vec<usize> {
+    // (error code, high watermark, bytes of records) per partition of a fetch of both
+    // partitions from `offsets`.
+    let mut fetch_from = |offsets: [i64; 2], max_bytes: usize, partition_max_bytes: usize| {
         let mut topic = FetchTopic::default();
         topic.topic = TopicName(StrBytes::from_static_str("sized"));
         topic.partitions = (0..2)
             .map(|index| {
                 let mut partition = FetchPartition::default();
                 partition.partition = index;
+                partition.fetch_offset = offsets[index as usize];
                 partition.partition_max_bytes = partition_max_bytes as i32;
                 partition
             })
@@ -477,10 +480,18 @@ fn fetch_responses_keep_the_response_and_partition_limits() {
         response.responses[0]
             .partitions
             .iter()
-            .map(|p| p.records.as_ref().map_or(0, |r| r.len()))
-            .collect()
+            .map(|p| (p.error_code, p.high_watermark, p.records.as_ref().map_or(0, |r| r.len())))
+            .collect::<Vec<_>>()
     };
+    // A partition the response had no room for is not read, but still reports its high
+    // watermark (consumers track their lag by it) and still refuses an offset outside its log.
     let whole = one_batch.len();
+    assert_eq!(fetch_from([0, 0], whole, whole * 10), [(0, 1200, whole), (0, 1200, 0)]);
+    assert_eq!(fetch_from([0, 5000], whole, whole * 10), [(0, 1200, whole), (1, -1, 0)]);
+    let mut fetch = |max_bytes: usize, partition_max_bytes: usize| -> Vec<usize> {
+        let answer = fetch_from([0, 0], max_bytes, partition_max_bytes);
+        answer.into_iter().map(|(_, _, bytes)| bytes).collect()
+    };
     assert_eq!(
         fetch(whole * 3 / 2, whole * 10),
         [whole, 0],

@@ -69,7 +69,7 @@ pub async fn fetch(shard: &Rc<Shard>, version: i16, request: FetchRequest) -> Fe
             })
         })
         .collect();
-    let mut reads = read_all(shard, &wanted, Duration::ZERO).await;
+    let mut reads = read_within(shard, &wanted, max_bytes).await;
     let found: usize = reads.iter().map(outcome_bytes).sum();
     let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0).max(1);
     let wait_ms = u64::try_from(request.max_wait_ms).unwrap_or(0).min(u64::from(FETCH_WAIT_MS_MAX));
@@ -108,17 +108,61 @@ fn outcome_bytes(read: &Read) -> usize {
     read.as_ref().map_or(0, |o| o.entries.iter().map(Bytes::len).sum())
 }
 
-/// Reads every wanted partition at once, each on its own shard.
-async fn read_all(shard: &Rc<Shard>, wanted: &[Wanted], wait: Duration) -> Vec<Read> {
-    let tasks: Vec<_> = wanted
+/// Reads the wanted partitions in request order, within the response's `max_bytes`: in waves
+/// of partitions whose limits fit what is left (read at once, each on its own shard), until
+/// the budget is spent. The partitions after that are not read, only checked against their
+/// watermarks, as Kafka reads with what is left of the limit: a fetch naming 1,000 lagging
+/// partitions reads about `max_bytes` from the disks, not 1,000 times its partition limit.
+async fn read_within(shard: &Rc<Shard>, wanted: &[Wanted], max_bytes: usize) -> Vec<Read> {
+    let mut reads = Vec::with_capacity(wanted.len());
+    let mut left = max_bytes;
+    while reads.len() < wanted.len() && left > 0 {
+        let start = reads.len();
+        let mut end = start + 1;
+        let mut planned = wanted[start].max_bytes;
+        while end < wanted.len() && planned + wanted[end].max_bytes <= left {
+            planned += wanted[end].max_bytes;
+            end += 1;
+        }
+        let tasks: Vec<_> = wanted[start..end]
+            .iter()
+            .map(|want| {
+                let want = Wanted { max_bytes: want.max_bytes.min(left), ..want.clone() };
+                glommio::spawn_local(read_one(shard.clone(), want, Duration::ZERO)).detach()
+            })
+            .collect();
+        for task in tasks {
+            let read = task.await.unwrap_or_else(|| Err(closing()));
+            left = left.saturating_sub(outcome_bytes(&read));
+            reads.push(read);
+        }
+    }
+    let rest: Vec<_> = wanted[reads.len()..]
         .iter()
-        .map(|want| glommio::spawn_local(read_one(shard.clone(), want.clone(), wait)).detach())
+        .map(|want| glommio::spawn_local(watermarks_only(shard.clone(), want.clone())).detach())
         .collect();
-    let mut reads = Vec::with_capacity(tasks.len());
-    for task in tasks {
+    for task in rest {
         reads.push(task.await.unwrap_or_else(|| Err(closing())));
     }
     reads
+}
+
+/// A partition the response has no room for: no records, but its watermarks (clients track
+/// their lag by them) and the offset checked as a read would check it.
+async fn watermarks_only(shard: Rc<Shard>, want: Wanted) -> Read {
+    let partition = u32::try_from(want.partition).map_err(|_| unknown(&want))?;
+    if !shard.has_partition(&want.topic, partition) {
+        return Err(unknown(&want));
+    }
+    let (log_start, high_watermark) = shard.watermarks(&want.topic, partition).await?;
+    let in_log =
+        u64::try_from(want.offset).is_ok_and(|o| (log_start..=high_watermark).contains(&o));
+    if !in_log {
+        let why =
+            format!("offset {} is outside the log [{log_start}, {high_watermark}]", want.offset);
+        return Err(BrokerError::new(ErrorCode::OffsetOutOfRange, why));
+    }
+    Ok(ReadOutcome { entries: Vec::new(), high_watermark, log_start, woken_at: None })
 }
 
 /// Long-polls every wanted partition and returns the first to have data, or `None` when the
