@@ -17,7 +17,7 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
-use common::kafka_wire::{batch, latest_offset, produce_request, produced, Conn};
+use common::kafka_wire::{batch, create_topic, latest_offset, produce_request, produced, Conn};
 use common::Broker;
 
 #[test]
@@ -430,22 +430,12 @@ fn offset_commit_answers_unknown_partitions_and_keeps_leader_epochs() {
 /// `partition_max_bytes`; only the first batch of the response may go over either.
 #[test]
 fn fetch_responses_keep_the_response_and_partition_limits() {
-    use kafka_protocol::messages::create_topics_request::CreatableTopic;
     use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-    use kafka_protocol::messages::{
-        BrokerId, CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse,
-    };
+    use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&dir.path().join("data"), &[]);
     let mut conn = Conn::open(&broker.kafka_addr);
-    let mut topic = CreatableTopic::default();
-    topic.name = TopicName(StrBytes::from_static_str("sized"));
-    topic.num_partitions = 2;
-    topic.replication_factor = 1;
-    let mut create = CreateTopicsRequest::default();
-    create.topics = vec![topic];
-    let created: CreateTopicsResponse = conn.call(ApiKey::CreateTopics, 4, &create);
-    assert_eq!(created.topics[0].error_code, 0);
+    assert_eq!(create_topic(&mut conn, "sized", 2).0, 0);
     let one_batch = batch(-1, -1, 0, 400);
     for partition in 0..2 {
         for _ in 0..3 {
@@ -515,19 +505,11 @@ fn fetch_responses_keep_the_response_and_partition_limits() {
 /// broker would otherwise replay as commits at its next start.
 #[test]
 fn clients_cannot_write_or_create_the_internal_offsets_topic() {
-    use kafka_protocol::messages::create_topics_request::CreatableTopic;
-    use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&dir.path().join("data"), &[]);
     let mut conn = Conn::open(&broker.kafka_addr);
-    let mut topic = CreatableTopic::default();
-    topic.name = TopicName(StrBytes::from_static_str("__consumer_offsets"));
-    topic.num_partitions = 1;
-    topic.replication_factor = 1;
-    let mut create = CreateTopicsRequest::default();
-    create.topics = vec![topic];
-    let created: CreateTopicsResponse = conn.call(ApiKey::CreateTopics, 4, &create);
-    assert_eq!(created.topics[0].error_code, 17, "INVALID_TOPIC_EXCEPTION");
+    let (code, message) = create_topic(&mut conn, "__consumer_offsets", 1);
+    assert_eq!(code, 17, "INVALID_TOPIC_EXCEPTION: {message}");
 
     let response: ProduceResponse = conn.call(
         ApiKey::Produce,

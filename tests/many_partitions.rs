@@ -9,16 +9,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
-    CreateTopicsResponse, FetchRequest, FetchResponse, ProduceResponse, TopicName,
+    ApiKey, BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, FetchRequest,
+    FetchResponse, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::RecordBatchDecoder;
 
-use common::kafka_wire::{batch, large_batch, latest_offset, produce_request, Conn};
+use common::kafka_wire::{batch, create_topic, large_batch, latest_offset, produce_request, Conn};
 use common::Broker;
 
 /// What an idle partition may cost on disk, all its files and its directory counted.
@@ -39,19 +38,6 @@ fn disk_bytes(dir: &Path) -> u64 {
         }
     }
     total
-}
-
-fn create_topic(conn: &mut Conn, name: &str, partitions: i32) -> (i16, String) {
-    let mut topic = CreatableTopic::default();
-    topic.name = TopicName(StrBytes::from_string(name.to_string()));
-    topic.num_partitions = partitions;
-    topic.replication_factor = 1;
-    let mut request = CreateTopicsRequest::default();
-    request.topics = vec![topic];
-    request.timeout_ms = 30_000;
-    let response: CreateTopicsResponse = conn.call(ApiKey::CreateTopics, 5, &request);
-    let result = &response.topics[0];
-    (result.error_code, result.error_message.as_ref().map(|m| m.to_string()).unwrap_or_default())
 }
 
 /// The high watermark of every partition of `topic` (partitions 0..count), by ListOffsets.

@@ -180,3 +180,19 @@ pub fn latest_offset(conn: &mut Conn, topic: &str) -> i64 {
     assert_eq!(partition.error_code, 0);
     partition.offset
 }
+
+/// CreateTopics (v5) for one topic of `partitions` partitions: (error code, error message).
+pub fn create_topic(conn: &mut Conn, name: &str, partitions: i32) -> (i16, String) {
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
+    let mut topic = CreatableTopic::default();
+    topic.name = TopicName(StrBytes::from_string(name.to_string()));
+    topic.num_partitions = partitions;
+    topic.replication_factor = 1;
+    let mut request = CreateTopicsRequest::default();
+    request.topics = vec![topic];
+    request.timeout_ms = 30_000;
+    let response: CreateTopicsResponse = conn.call(ApiKey::CreateTopics, 5, &request);
+    let result = &response.topics[0];
+    (result.error_code, result.error_message.as_ref().map(|m| m.to_string()).unwrap_or_default())
+}

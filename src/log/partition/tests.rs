@@ -75,6 +75,24 @@ fn entry(records: u32, payload: &[u8]) -> PendingEntry {
     PendingEntry::native(BatchMeta::new(records, 1, 1), payload).expect("entry")
 }
 
+/// Appends `count` entries of `len` bytes one after another, each waited for until written;
+/// returns their payloads.
+async fn append_written(log: &PartitionLog, count: u64, len: usize) -> Vec<Vec<u8>> {
+    let mut written = Vec::new();
+    for i in 0..count {
+        let data = payload(i, len);
+        let appended = log.append(entry(1, &data)).expect("append");
+        log.wait_written(&appended).await.expect("written");
+        written.push(data);
+    }
+    written
+}
+
+/// The payloads of every stored entry, in order.
+async fn payloads(log: &PartitionLog) -> Vec<Vec<u8>> {
+    stored(log).await.into_iter().map(|(_, _, payload)| payload).collect()
+}
+
 /// Every stored entry from offset 0 on: (base offset, next offset, payload).
 async fn stored(log: &PartitionLog) -> Vec<(u64, u64, Vec<u8>)> {
     let mut out = Vec::new();
@@ -229,13 +247,7 @@ fn an_idle_partition_gives_back_its_preallocation() {
             "a new partition holds {} bytes",
             disk_bytes(&segment)
         );
-        let mut written = Vec::new();
-        for i in 0..64u64 {
-            let data = payload(i, 64 * 1024);
-            let appended = log.append(entry(1, &data)).expect("append");
-            log.wait_written(&appended).await.expect("written");
-            written.push(data);
-        }
+        let mut written = append_written(&log, 64, 64 * 1024).await;
         let data_bytes = log.state.borrow().active().meta.borrow().size;
         let step = log.state.borrow().active().preallocate_step().bytes();
         assert!(step > PREALLOCATE_STEP_MIN_BYTES, "steps grow while a partition is hot: {step}");
@@ -257,7 +269,7 @@ fn an_idle_partition_gives_back_its_preallocation() {
         }
         let idle = disk_bytes(&segment);
         assert!(idle <= idle_bytes_max, "idle: {idle} bytes on disk for {data_bytes} of data");
-        let read: Vec<Vec<u8>> = stored(&log).await.into_iter().map(|(_, _, p)| p).collect();
+        let read = payloads(&log).await;
         assert_eq!(read, written);
 
         // Written to again after the trim: the next write allocates afresh.
@@ -267,7 +279,7 @@ fn an_idle_partition_gives_back_its_preallocation() {
         written.push(data);
         log.close().await;
         let log = open(&path, 1 << 30).await;
-        let read: Vec<Vec<u8>> = stored(&log).await.into_iter().map(|(_, _, p)| p).collect();
+        let read = payloads(&log).await;
         assert_eq!(read, written);
         log.close().await;
     });
@@ -302,15 +314,9 @@ async fn open_files_settled(dir: &Path, expected: usize) -> usize {
 fn sealed_segment_files_stay_within_the_shards_bound() {
     in_partition_dir(|path| async move {
         let log = open(&path, 64 * 1024).await;
-        let mut written = Vec::new();
-        for i in 0..40u64 {
-            let data = payload(i, 20 * 1024);
-            let appended = log.append(entry(1, &data)).expect("append");
-            log.wait_written(&appended).await.expect("written");
-            written.push(data);
-        }
+        let written = append_written(&log, 40, 20 * 1024).await;
         assert!(log.sealed_segments() >= 10, "{} sealed segments", log.sealed_segments());
-        let read: Vec<Vec<u8>> = stored(&log).await.into_iter().map(|(_, _, p)| p).collect();
+        let read = payloads(&log).await;
         assert_eq!(read, written);
         assert_eq!(log.open_files.open_count(), 2, "the bound of the test's shard");
         let held = open_files_settled(&path, 3).await;
@@ -323,7 +329,7 @@ fn sealed_segment_files_stay_within_the_shards_bound() {
         // Opening reads the newest sealed segments (idempotent producers' state), no more.
         let held = open_files_settled(&path, 3).await;
         assert!(held <= 3, "{held} files open after a restart");
-        let read: Vec<Vec<u8>> = stored(&log).await.into_iter().map(|(_, _, p)| p).collect();
+        let read = payloads(&log).await;
         assert_eq!(read, written);
         let held = open_files_settled(&path, 3).await;
         assert!(held <= 3, "{held} files open");
@@ -372,10 +378,7 @@ fn a_retry_across_a_roll_and_a_restart_is_recognised() {
 fn a_read_of_a_segment_deleted_meanwhile_is_out_of_range() {
     in_partition_dir(|path| async move {
         let log = open(&path, 64 * 1024).await;
-        for i in 0..40u64 {
-            let appended = log.append(entry(1, &payload(i, 20 * 1024))).expect("append");
-            log.wait_written(&appended).await.expect("written");
-        }
+        append_written(&log, 40, 20 * 1024).await;
         // Read everything: the test shard keeps two sealed files open, so the oldest is closed.
         stored(&log).await;
         let oldest = log.state.borrow().segments.front().cloned().expect("a segment");
@@ -398,13 +401,7 @@ fn a_read_of_a_segment_deleted_meanwhile_is_out_of_range() {
 fn recovery_points_bound_what_a_crash_leaves_to_scan() {
     in_partition_dir(|path| async move {
         let log = open(&path, 1 << 30).await;
-        let mut written = Vec::new();
-        for i in 0..40u64 {
-            let data = payload(i, 20 * 1024);
-            let appended = log.append(entry(1, &data)).expect("append");
-            log.wait_written(&appended).await.expect("written");
-            written.push(data);
-        }
+        let written = append_written(&log, 40, 20 * 1024).await;
         let index_file = path.join("00000000000000000000.index");
         let mut covered = 0;
         for _ in 0..500 {
@@ -425,7 +422,7 @@ fn recovery_points_bound_what_a_crash_leaves_to_scan() {
         );
         // As after kill -9: the same files opened again without a clean stop.
         let reopened = open(&path, 1 << 30).await;
-        let read: Vec<Vec<u8>> = stored(&reopened).await.into_iter().map(|(_, _, p)| p).collect();
+        let read = payloads(&reopened).await;
         assert_eq!(read, written);
         reopened.close().await;
         log.close().await;
