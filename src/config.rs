@@ -231,7 +231,7 @@ impl Default for BrokerConfig {
             retention_check_interval_ms: 300_000,
             flush_write_bytes_max: 1024 * 1024,
             tail_cache_bytes: 8 * 1024 * 1024,
-            // With 10,000 partitions' active segments, well within a 20,000-file hard limit.
+            // With max.broker.partitions' 12,000 active segments, within a 20,000-file hard limit.
             segment_files_open_max: 4096,
             // Sixteen partitions' full caches: more busy partitions share it.
             tail_cache_shard_bytes: 128 * 1024 * 1024,
@@ -241,9 +241,10 @@ impl Default for BrokerConfig {
             offsets_retention_minutes: 10_080,
             offsets_topic_segment_bytes: 16 * 1024 * 1024,
             max_connections: 100_000,
-            // 10,000: what a partition costs now (one open file per segment, a small
-            // preallocation, a share of the tail cache) fits a 2-core, 20,000-file machine.
-            max_broker_partitions: 10_000,
+            // 12,000: 10,000 user partitions (what a partition costs now, one open file and a
+            // small preallocation, fits a 2-core, 20,000-file machine that many times) with room
+            // for __consumer_offsets, whose 16 partitions are kept free until it exists.
+            max_broker_partitions: 12_000,
             connections_max_idle_ms: 600_000,
             queued_max_request_bytes: 256 * 1024 * 1024,
             producer_id_expiration_ms: 86_400_000,
