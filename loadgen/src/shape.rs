@@ -105,15 +105,61 @@ impl KeySource {
         match self {
             KeySource::None => None,
             KeySource::Pool(pool) => Some(pool[(rng.next() % pool.len() as u64) as usize].clone()),
-            KeySource::Random { partition, partitions } => loop {
-                // About `partitions` tries on average: fine next to archiving the record.
-                let key: Vec<u8> = (0..2).flat_map(|_| rng.next().to_le_bytes()).collect();
-                if partition_for_key(&key, *partitions) == *partition {
-                    return Some(key);
-                }
-            },
+            KeySource::Random { partition, partitions } => {
+                Some(random_key_for(*partition, *partitions, rng).to_vec())
+            }
         }
     }
+}
+
+/// A random 16-byte key that Kafka's murmur2 partitioner sends to `partition`, found in constant
+/// time: the first 12 bytes are random, a random hash that lands in `partition` is chosen, and the
+/// last 4 bytes are solved for by running murmur2's steps backwards (each is a multiplication by
+/// an odd constant or an xor-shift, so each can be undone). Trying random keys until one lands
+/// costs about `partitions` hashes per record, too many at 1,000 partitions and more.
+fn random_key_for(partition: u32, partitions: u32, rng: &mut Rng) -> [u8; 16] {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    // M's inverse modulo 2^32 (M is odd, so it has one).
+    const M_INVERSE: u32 = {
+        let mut inverse: u32 = 1;
+        let mut i = 0;
+        while i < 5 {
+            // Newton's iteration doubles the correct low bits each step: 1 → 32 bits in 5.
+            inverse = inverse.wrapping_mul(2u32.wrapping_sub(M.wrapping_mul(inverse)));
+            i += 1;
+        }
+        inverse
+    };
+    let mix = |k: u32| {
+        let k = k.wrapping_mul(M);
+        (k ^ (k >> 24)).wrapping_mul(M)
+    };
+    let unmix = |k: u32| {
+        let k = k.wrapping_mul(M_INVERSE);
+        (k ^ (k >> 24)).wrapping_mul(M_INVERSE)
+    };
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&rng.next().to_le_bytes());
+    key[8..12].copy_from_slice(&rng.next().to_le_bytes()[..4]);
+    let mut h = SEED ^ 16;
+    for chunk in key[..12].chunks_exact(4) {
+        let k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        h = h.wrapping_mul(M) ^ mix(k);
+    }
+    // A final hash whose low 31 bits are `partition` modulo `partitions`, top bit random.
+    let draw = rng.next();
+    let multiples = (0x7fff_ffff - partition) / partitions + 1;
+    let low31 = partition + ((draw >> 1) % u64::from(multiples)) as u32 * partitions;
+    let mut wanted = low31 | (((draw & 1) as u32) << 31);
+    // Undo murmur2's final avalanche: h ^= h >> 13; h *= M; h ^= h >> 15.
+    wanted ^= (wanted >> 15) ^ (wanted >> 30);
+    wanted = wanted.wrapping_mul(M_INVERSE);
+    wanted ^= (wanted >> 13) ^ (wanted >> 26);
+    // The last word's step was h = h * M ^ mix(k): solve for k.
+    let last = unmix(wanted ^ h.wrapping_mul(M));
+    key[12..].copy_from_slice(&last.to_le_bytes());
+    key
 }
 
 /// xorshift64: fast, deterministic per seed, good enough for sizes and keys.
@@ -156,6 +202,16 @@ mod tests {
                 assert!(source.has_keys());
                 let key = source.pick(&mut rng).unwrap();
                 assert_eq!(partition_for_key(&key, 4), partition);
+            }
+        }
+        for partitions in [1, 7, 1000, 10_000, 0x7fff_ffff] {
+            for partition in [0, partitions / 2, partitions - 1] {
+                let key = random_key_for(partition, partitions, &mut rng);
+                assert_eq!(
+                    partition_for_key(&key, partitions),
+                    partition,
+                    "{partition} of {partitions}"
+                );
             }
         }
         let used = (0..64)
