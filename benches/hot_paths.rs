@@ -144,7 +144,7 @@ fn kafka_batch() -> bytes::BytesMut {
     let entry = entry_of(&meta, &payload);
     let (header, payload) = parse_entry(&entry).expect("a valid entry");
     let mut kafka = bytes::BytesMut::new();
-    spate::kafka::convert::native_to_kafka(&header, payload, &mut kafka).expect("convertible");
+    spate::record::convert::native_to_kafka(&header, payload, &mut kafka).expect("convertible");
     kafka
 }
 
@@ -152,14 +152,15 @@ fn kafka_batch() -> bytes::BytesMut {
 fn kafka_batch_validate_crc32c(bencher: Bencher) {
     let kafka = kafka_batch();
     bencher.counter(BytesCount::new(kafka.len())).bench(|| {
-        spate::kafka::batch::validate_produced(divan::black_box(&kafka), u32::MAX).is_ok()
+        spate::record::kafka_batch::validate_produced(divan::black_box(&kafka), u32::MAX).is_ok()
     });
 }
 
 #[divan::bench]
 fn kafka_batch_to_pending_entry(bencher: Bencher) {
     let kafka = kafka_batch();
-    let meta = spate::kafka::batch::validate_produced(&kafka, u32::MAX).expect("valid").meta();
+    let meta =
+        spate::record::kafka_batch::validate_produced(&kafka, u32::MAX).expect("valid").meta();
     bencher.counter(BytesCount::new(kafka.len())).bench(|| {
         spate::record::PendingEntry::kafka(divan::black_box(&kafka), meta).map(|p| p.seal(7))
     });
@@ -174,7 +175,7 @@ fn convert_native_entry_to_kafka(bencher: Bencher) {
     let (header, payload) = parse_entry(&aligned).expect("a valid entry");
     bencher.counter(ItemsCount::new(256usize)).bench(|| {
         let mut out = bytes::BytesMut::with_capacity(300_000);
-        spate::kafka::convert::native_to_kafka(&header, divan::black_box(payload), &mut out)
+        spate::record::convert::native_to_kafka(&header, divan::black_box(payload), &mut out)
             .map(|()| out.len())
     });
 }
@@ -182,9 +183,10 @@ fn convert_native_entry_to_kafka(bencher: Bencher) {
 #[divan::bench]
 fn convert_kafka_batch_to_native_entry(bencher: Bencher) {
     let kafka = kafka_batch();
-    let meta = spate::kafka::batch::validate_produced(&kafka, u32::MAX).expect("valid").meta();
+    let meta =
+        spate::record::kafka_batch::validate_produced(&kafka, u32::MAX).expect("valid").meta();
     let header = EntryHeader::new(PayloadFormat::Kafka, 0, &meta, kafka.len() as u32, 0);
     bencher.counter(ItemsCount::new(256usize)).bench(|| {
-        spate::kafka::convert::kafka_to_native(&header, divan::black_box(&kafka)).map(|e| e.len())
+        spate::record::convert::kafka_to_native(&header, divan::black_box(&kafka)).map(|e| e.len())
     });
 }

@@ -1,14 +1,19 @@
 //! Spate: a thread-per-core, io_uring message broker in the Kafka mould.
 //!
-//! Subsystems, one folder each: `shard` (executors, routing, the cross-shard mesh), `log`
-//! (segments, indexes, recovery, retention), `record` (entry header, rkyv records, checksums),
-//! `native` (the native wire protocol and its server), `kafka` (the Kafka wire protocol), `group` (consumer groups and committed offsets), `client` (the Rust client library),
-//! `metrics` (latency histograms), `cli` (the `spate` command). `docs/ARCHITECTURE.md` draws how
-//! they fit together.
+//! Subsystems, one folder each, lowest layer first (`tests/layers.rs` keeps the order):
+//! `error` (the broker's error vocabulary) and `metrics` (latency histograms); `record` (both
+//! record formats, checksums, conversion); `config`; `log` (segments, indexes, recovery,
+//! retention); `group` (consumer groups and committed offsets); `shard` (routing, the partition
+//! registry, the controller role, the cross-shard mesh); `transport` (what both listeners share
+//! of a connection); `kafka` and `native` (the two wire protocols); `client` (the Rust client
+//! library); `broker` (start and ordered stop); `cli` (the `spate` command).
+//! `docs/ARCHITECTURE.md` draws how they fit together.
 
+pub mod broker;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod error;
 pub mod group;
 pub mod kafka;
 pub mod log;
@@ -18,6 +23,7 @@ pub mod record;
 pub mod shard;
 #[cfg(test)]
 mod testing;
+pub mod transport;
 
 /// Milliseconds since the Unix epoch, by the wall clock.
 pub fn now_ms() -> i64 {

@@ -6,8 +6,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use spate::kafka::batch::{seal_crc, validate_produced, BATCH_HEADER_BYTES};
-use spate::kafka::convert::native_entries;
+use spate::record::kafka_batch::{seal_crc, validate_produced, BATCH_HEADER_BYTES};
+use spate::record::convert::native_entries;
 use spate::record::PendingEntry;
 
 /// Batch length counts from after the base offset and the length field itself.

@@ -5,9 +5,9 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use spate::kafka::batch::validate_produced;
+use spate::record::kafka_batch::validate_produced;
 use spate::kafka::codec::{decode_request, Request, RequestPrefix};
-use spate::kafka::convert::for_each_record;
+use spate::record::convert::for_each_record;
 use spate::kafka::versions::is_served;
 
 fuzz_target!(|data: &[u8]| {

@@ -98,7 +98,7 @@ impl Link {
                     let end = 12 + usize::try_from(length).map_err(|_| "bad batch length")?;
                     // A fetch may end inside a batch; the next fetch starts from it again.
                     let Some(batch) = rest.get(..end) else { break };
-                    spate::kafka::convert::for_each_record(batch, |record| {
+                    spate::record::convert::for_each_record(batch, |record| {
                         if record.offset >= offset {
                             visit(record.offset, record.value.unwrap_or_default());
                             visited += 1;
@@ -138,7 +138,7 @@ pub fn encode_batch(
             let header =
                 EntryHeader::new(PayloadFormat::Native, 0, meta, archive.len() as u32, crc);
             let mut batch = bytes::BytesMut::new();
-            spate::kafka::convert::native_to_kafka(&header, &archive, &mut batch)?;
+            spate::record::convert::native_to_kafka(&header, &archive, &mut batch)?;
             Ok(batch.freeze())
         }
     }

@@ -70,7 +70,7 @@ impl ServeArgs {
     pub fn run(self) -> Result<(), String> {
         let config = self.broker_config()?;
         abort_on_panic();
-        crate::shard::runtime::run(config, self.histogram_dir)
+        crate::broker::run(config, self.histogram_dir)
     }
 }
 

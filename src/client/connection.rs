@@ -31,7 +31,7 @@ use crate::record::{BatchMeta, EntryHeader, PayloadFormat};
 const OUTGOING_QUEUE_MAX: usize = 256;
 /// The largest response body the client accepts: a fetch returns up to its maximum after a
 /// first entry that may itself be as large as an entry can be, plus its meta.
-const RESPONSE_BYTES_MAX: u32 = (crate::native::handlers::FETCH_BYTES_MAX
+const RESPONSE_BYTES_MAX: u32 = (crate::shard::FETCH_BYTES_MAX
     + crate::record::entry::ENTRY_PAYLOAD_BYTES_MAX as usize
     + crate::native::frame::META_BYTES_MAX as usize) as u32;
 const READ_BUFFER_BYTES: usize = 256 * 1024;

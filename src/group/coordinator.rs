@@ -10,17 +10,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::config::BrokerConfig;
-use crate::group::offsets::{
-    self, Committed, DecodeError, OffsetRecord, OFFSETS_PARTITIONS, OFFSETS_TOPIC,
-};
-use crate::group::state::{
-    Group, GroupDescription, GroupError, GroupState, JoinReply, JoinRequest, SyncReply,
-};
-use crate::native::messages::ErrorCode;
+use crate::error::BrokerError;
+use crate::error::ErrorKind;
+use crate::group::offsets::{self, Committed, DecodeError, OffsetRecord, OFFSETS_TOPIC};
+use crate::group::state::{Group, GroupDescription, GroupState, JoinReply, JoinRequest, SyncReply};
+use crate::log::PartitionLog;
 use crate::record::batch::NativeBatchView;
 use crate::record::entry::parse_entry;
 use crate::record::{BatchBuilder, PayloadFormat, PendingEntry};
-use crate::shard::Shard;
 
 /// How often expired sessions and rebalance deadlines are checked.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -42,6 +39,22 @@ pub struct OffsetCommit {
     /// -1 when the client sent none.
     pub leader_epoch: i32,
     pub metadata: String,
+}
+
+/// What a coordinator needs of its shard: the `__consumer_offsets` partitions the shard owns.
+/// The shard implements it; the coordinator sees nothing else of the shard, so groups sit below
+/// the shard layer and can be driven by a test without one.
+pub trait OffsetsLogs {
+    /// The `__consumer_offsets` partitions this shard owns, with their logs (none until the
+    /// topic exists).
+    fn owned(&self) -> Vec<(u32, Rc<PartitionLog>)>;
+
+    /// The log of `__consumer_offsets` partition `partition`, which this shard owns, creating
+    /// the topic on first use.
+    fn open(
+        &self,
+        partition: u32,
+    ) -> impl std::future::Future<Output = Result<Rc<PartitionLog>, BrokerError>>;
 }
 
 /// A group operation, sent to the group's coordinator shard.
@@ -93,15 +106,15 @@ pub enum GroupCall {
 pub enum GroupAnswer {
     Joined(JoinReply),
     Synced(SyncReply),
-    Heartbeat(Result<(), GroupError>),
-    Left(Result<Vec<Result<(), GroupError>>, GroupError>),
-    Committed(Result<(), GroupError>),
+    Heartbeat(Result<(), ErrorKind>),
+    Left(Result<Vec<Result<(), ErrorKind>>, ErrorKind>),
+    Committed(Result<(), ErrorKind>),
     /// (topic, partition, committed offset if any).
     Offsets(Vec<(String, i32, Option<Committed>)>),
     Described(Option<GroupDescription>),
     /// (group, state, protocol type).
     Listed(Vec<(String, GroupState, String)>),
-    Deleted(Result<(), GroupError>),
+    Deleted(Result<(), ErrorKind>),
 }
 
 pub struct Coordinator {
@@ -125,7 +138,7 @@ impl Coordinator {
         }
     }
 
-    pub async fn handle(&self, shard: &Rc<Shard>, call: GroupCall) -> GroupAnswer {
+    pub async fn handle(&self, logs: &impl OffsetsLogs, call: GroupCall) -> GroupAnswer {
         let now = Instant::now();
         match call {
             GroupCall::Join { group, request } => {
@@ -137,10 +150,10 @@ impl Coordinator {
                 });
                 let synced = match started {
                     Some(Ok(waiting)) => {
-                        waiting.await.unwrap_or(Err(GroupError::RebalanceInProgress))
+                        waiting.await.unwrap_or(Err(ErrorKind::RebalanceInProgress))
                     }
                     Some(Err(e)) => Err(e),
-                    None => Err(GroupError::UnknownMemberId),
+                    None => Err(ErrorKind::UnknownMemberId),
                 };
                 GroupAnswer::Synced(synced)
             }
@@ -148,15 +161,15 @@ impl Coordinator {
                 let beat = self.with_group(&group, |g| {
                     g.heartbeat(&member_id, instance_id.as_deref(), generation, now)
                 });
-                GroupAnswer::Heartbeat(beat.unwrap_or(Err(GroupError::UnknownMemberId)))
+                GroupAnswer::Heartbeat(beat.unwrap_or(Err(ErrorKind::UnknownMemberId)))
             }
             GroupCall::Leave { group, members } => {
                 let left = self.with_group(&group, |g| g.leave(&members, now));
-                GroupAnswer::Left(left.ok_or(GroupError::UnknownMemberId))
+                GroupAnswer::Left(left.ok_or(ErrorKind::UnknownMemberId))
             }
             GroupCall::Commit { group, member_id, instance_id, generation, offsets } => {
                 let result = self
-                    .commit(shard, group, &member_id, instance_id.as_deref(), generation, offsets)
+                    .commit(logs, group, &member_id, instance_id.as_deref(), generation, offsets)
                     .await;
                 GroupAnswer::Committed(result)
             }
@@ -173,7 +186,7 @@ impl Coordinator {
                     .map(|g| (g.id.clone(), g.state, g.describe().protocol_type))
                     .collect(),
             ),
-            GroupCall::Delete { group } => GroupAnswer::Deleted(self.delete(shard, &group).await),
+            GroupCall::Delete { group } => GroupAnswer::Deleted(self.delete(logs, &group).await),
         }
     }
 
@@ -184,12 +197,12 @@ impl Coordinator {
     async fn join(&self, group: String, request: JoinRequest, now: Instant) -> JoinReply {
         let refuse = |e| Err((e, request.member_id.clone()));
         if group.is_empty() {
-            return refuse(GroupError::InvalidGroupId);
+            return refuse(ErrorKind::InvalidGroupId);
         }
         if request.session_timeout < self.session_timeout_min
             || request.session_timeout > self.session_timeout_max
         {
-            return refuse(GroupError::InvalidSessionTimeout);
+            return refuse(ErrorKind::InvalidSessionTimeout);
         }
         let started = {
             let mut groups = self.groups.borrow_mut();
@@ -199,7 +212,7 @@ impl Coordinator {
         match started {
             // A dropped reply means the member was removed while it waited.
             Ok(waiting) => {
-                waiting.await.unwrap_or(Err((GroupError::UnknownMemberId, String::new())))
+                waiting.await.unwrap_or(Err((ErrorKind::UnknownMemberId, String::new())))
             }
             Err(e) => Err(e),
         }
@@ -207,17 +220,17 @@ impl Coordinator {
 
     async fn commit(
         &self,
-        shard: &Rc<Shard>,
+        logs: &impl OffsetsLogs,
         group: String,
         member_id: &str,
         instance_id: Option<&str>,
         generation: i32,
         commits: Vec<OffsetCommit>,
-    ) -> Result<(), GroupError> {
+    ) -> Result<(), ErrorKind> {
         if group.is_empty() {
-            return Err(GroupError::InvalidGroupId);
+            return Err(ErrorKind::InvalidGroupId);
         }
-        let log = offsets_log(shard, offsets::partition_for(&group)).await?;
+        let log = offsets_log(logs, offsets::partition_for(&group)).await?;
         // From here to the append nothing awaits: no tick, join or delete can change the group
         // between the check and the state the commit leaves.
         let records = self.commit_records(&group, member_id, instance_id, generation, &commits)?;
@@ -233,7 +246,7 @@ impl Coordinator {
         instance_id: Option<&str>,
         generation: i32,
         commits: &[OffsetCommit],
-    ) -> Result<Vec<OffsetRecord>, GroupError> {
+    ) -> Result<Vec<OffsetRecord>, ErrorKind> {
         match self.groups.borrow().get(group) {
             Some(entry) => entry.check_commit(member_id, instance_id, generation)?,
             // No such group: only a commit outside membership passes.
@@ -282,18 +295,18 @@ impl Coordinator {
         }
     }
 
-    async fn delete(&self, shard: &Rc<Shard>, group: &str) -> Result<(), GroupError> {
+    async fn delete(&self, logs: &impl OffsetsLogs, group: &str) -> Result<(), ErrorKind> {
         if !self.groups.borrow().contains_key(group) {
-            return Err(GroupError::GroupIdNotFound);
+            return Err(ErrorKind::GroupIdNotFound);
         }
-        let log = offsets_log(shard, offsets::partition_for(group)).await?;
+        let log = offsets_log(logs, offsets::partition_for(group)).await?;
         // Checked again after the await, and nothing awaits from here to the append: a member
         // that joined meanwhile keeps the group.
         let tombstones = {
             let groups = self.groups.borrow();
-            let Some(entry) = groups.get(group) else { return Err(GroupError::GroupIdNotFound) };
+            let Some(entry) = groups.get(group) else { return Err(ErrorKind::GroupIdNotFound) };
             if entry.has_members() {
-                return Err(GroupError::NonEmptyGroup);
+                return Err(ErrorKind::NonEmptyGroup);
             }
             entry
                 .offsets
@@ -337,13 +350,9 @@ impl Coordinator {
     }
 
     /// Replays this shard's `__consumer_offsets` partitions: the latest record per key wins.
-    pub async fn load(&self, shard: &Rc<Shard>) -> Result<usize, String> {
+    pub async fn load(&self, logs: &impl OffsetsLogs) -> Result<usize, String> {
         let mut loaded = 0;
-        for partition in 0..OFFSETS_PARTITIONS {
-            if shard.owner(OFFSETS_TOPIC, partition) != shard.id {
-                continue;
-            }
-            let Ok(log) = shard.partition_log(OFFSETS_TOPIC, partition) else { continue };
+        for (partition, log) in logs.owned() {
             let (mut offset, end) = (log.log_start(), log.high_watermark());
             while offset < end {
                 let read = log.read(offset, REPLAY_READ_BYTES).await.map_err(|e| e.to_string())?;
@@ -395,15 +404,8 @@ impl Coordinator {
     /// a snapshot of every live offset of the groups in the partition, then deletes the segments
     /// before it, whose records the snapshot supersedes. Reading the state and appending the
     /// snapshot happen without an await between them, so no commit can fall in between.
-    pub async fn compact(&self, shard: &Rc<Shard>) {
-        if shard.topic(OFFSETS_TOPIC).is_none() {
-            return;
-        }
-        for partition in 0..OFFSETS_PARTITIONS {
-            if shard.owner(OFFSETS_TOPIC, partition) != shard.id {
-                continue;
-            }
-            let Ok(log) = shard.partition_log(OFFSETS_TOPIC, partition) else { continue };
+    pub async fn compact(&self, logs: &impl OffsetsLogs) {
+        for (partition, log) in logs.owned() {
             if log.sealed_segments() < COMPACT_AFTER_SEALED {
                 continue;
             }
@@ -500,11 +502,11 @@ fn aligned_copy(chunk: &Bytes) -> std::borrow::Cow<'_, [u8]> {
 /// in-memory state in log order, which compaction's snapshots rely on, and makes the state
 /// visible to the next request before the acknowledgement goes out.
 async fn persist(
-    log: &crate::log::PartitionLog,
+    log: &PartitionLog,
     group: &str,
     records: &[OffsetRecord],
     apply: impl FnOnce(),
-) -> Result<(), GroupError> {
+) -> Result<(), ErrorKind> {
     if records.is_empty() {
         apply();
         return Ok(());
@@ -513,35 +515,31 @@ async fn persist(
     let mut builder = BatchBuilder::default();
     records.iter().for_each(|r| builder.push(r.encode(now)));
     let (meta, archive) = builder.build();
-    let entry = PendingEntry::native(meta, &archive).ok_or(GroupError::StorageError)?;
+    let entry = PendingEntry::native(meta, &archive).ok_or(ErrorKind::StorageError)?;
     let stored = async {
         let appended = log.append(entry)?;
         apply();
         log.wait_synced(&appended).await
     };
     stored.await.map_err(|e| {
-        let error = crate::shard::BrokerError::from(e);
+        let error = BrokerError::from(e);
         tracing::error!(group, "committing offsets: {error}");
-        if error.code == ErrorCode::StorageError {
-            GroupError::StorageError
+        if error.kind == ErrorKind::StorageError {
+            ErrorKind::StorageError
         } else {
-            GroupError::CoordinatorNotAvailable
+            ErrorKind::CoordinatorNotAvailable
         }
     })
 }
 
 /// The `__consumer_offsets` partition `partition`, which this shard owns, created on first use.
 async fn offsets_log(
-    shard: &Rc<Shard>,
+    logs: &impl OffsetsLogs,
     partition: u32,
-) -> Result<Rc<crate::log::PartitionLog>, GroupError> {
-    shard.ensure_offsets_topic().await.map_err(|e| {
-        tracing::error!("creating {OFFSETS_TOPIC}: {e}");
-        GroupError::CoordinatorNotAvailable
-    })?;
-    shard.partition_log(OFFSETS_TOPIC, partition).map_err(|e| {
+) -> Result<Rc<PartitionLog>, ErrorKind> {
+    logs.open(partition).await.map_err(|e| {
         tracing::error!("{OFFSETS_TOPIC}-{partition}: {e}");
-        GroupError::CoordinatorNotAvailable
+        ErrorKind::CoordinatorNotAvailable
     })
 }
 
@@ -606,7 +604,7 @@ mod tests {
     fn a_member_commit_to_an_unknown_group_is_refused() {
         let coordinator = Coordinator::new(&BrokerConfig::default());
         let refused = coordinator.commit_records("nobody", "member-1", None, 3, &[]);
-        assert_eq!(refused.unwrap_err(), GroupError::UnknownMemberId);
+        assert_eq!(refused.unwrap_err(), ErrorKind::UnknownMemberId);
         assert!(coordinator.groups.borrow().is_empty(), "a refused commit creates no group");
     }
 }

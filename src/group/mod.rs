@@ -12,5 +12,4 @@ pub mod coordinator;
 pub mod offsets;
 pub mod state;
 
-pub use coordinator::{Coordinator, GroupAnswer, GroupCall};
-pub use state::GroupError;
+pub use coordinator::{Coordinator, GroupAnswer, GroupCall, OffsetsLogs};

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_channel::oneshot;
 
+use crate::error::ErrorKind;
 use crate::group::offsets::Committed;
 
 /// Member ids handed out with MEMBER_ID_REQUIRED and not yet used; beyond this many the oldest
@@ -41,67 +42,6 @@ impl GroupState {
             Self::CompletingRebalance => "CompletingRebalance",
             Self::Stable => "Stable",
         }
-    }
-}
-
-/// Why a group operation was refused; each is a Kafka error code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GroupError {
-    CoordinatorNotAvailable,
-    IllegalGeneration,
-    InconsistentGroupProtocol,
-    InvalidGroupId,
-    UnknownMemberId,
-    InvalidSessionTimeout,
-    RebalanceInProgress,
-    NonEmptyGroup,
-    GroupIdNotFound,
-    MemberIdRequired,
-    FencedInstanceId,
-    StorageError,
-}
-
-impl GroupError {
-    pub fn kafka_code(self) -> i16 {
-        match self {
-            Self::CoordinatorNotAvailable => 15,
-            Self::IllegalGeneration => 22,
-            Self::InconsistentGroupProtocol => 23,
-            Self::InvalidGroupId => 24,
-            Self::UnknownMemberId => 25,
-            Self::InvalidSessionTimeout => 26,
-            Self::RebalanceInProgress => 27,
-            Self::StorageError => 56,
-            Self::NonEmptyGroup => 68,
-            Self::GroupIdNotFound => 69,
-            Self::MemberIdRequired => 79,
-            Self::FencedInstanceId => 82,
-        }
-    }
-}
-
-impl GroupError {
-    /// The native protocol's code for it.
-    pub fn native_code(self) -> crate::native::messages::ErrorCode {
-        use crate::native::messages::ErrorCode;
-        match self {
-            Self::CoordinatorNotAvailable => ErrorCode::CoordinatorNotAvailable,
-            Self::IllegalGeneration => ErrorCode::IllegalGeneration,
-            Self::InconsistentGroupProtocol => ErrorCode::InconsistentGroupProtocol,
-            Self::InvalidGroupId | Self::GroupIdNotFound => ErrorCode::UnknownGroup,
-            Self::UnknownMemberId | Self::MemberIdRequired => ErrorCode::UnknownMember,
-            Self::InvalidSessionTimeout => ErrorCode::InvalidSessionTimeout,
-            Self::RebalanceInProgress => ErrorCode::RebalanceInProgress,
-            Self::NonEmptyGroup => ErrorCode::NonEmptyGroup,
-            Self::FencedInstanceId => ErrorCode::FencedInstance,
-            Self::StorageError => ErrorCode::StorageError,
-        }
-    }
-}
-
-impl std::fmt::Display for GroupError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self, f)
     }
 }
 
@@ -143,8 +83,8 @@ pub struct JoinOutcome {
 
 /// A join's answer: the outcome, or an error with the member id to report (set for
 /// MEMBER_ID_REQUIRED).
-pub type JoinReply = Result<JoinOutcome, (GroupError, String)>;
-pub type SyncReply = Result<Bytes, GroupError>;
+pub type JoinReply = Result<JoinOutcome, (ErrorKind, String)>;
+pub type SyncReply = Result<Bytes, ErrorKind>;
 
 struct Member {
     instance_id: Option<String>,
@@ -230,10 +170,10 @@ impl Group {
         request: JoinRequest,
         now: Instant,
         initial_delay: Duration,
-    ) -> Result<oneshot::Receiver<JoinReply>, (GroupError, String)> {
-        let refuse = |e: GroupError| (e, request.member_id.clone());
+    ) -> Result<oneshot::Receiver<JoinReply>, (ErrorKind, String)> {
+        let refuse = |e: ErrorKind| (e, request.member_id.clone());
         if self.has_members() && !self.accepts_protocols(&request) {
-            return Err(refuse(GroupError::InconsistentGroupProtocol));
+            return Err(refuse(ErrorKind::InconsistentGroupProtocol));
         }
         let (reply, answer) = oneshot::channel();
         if request.member_id.is_empty() {
@@ -250,7 +190,7 @@ impl Group {
                     self.pending.clear();
                 }
                 self.pending.insert(id.clone());
-                return Err((GroupError::MemberIdRequired, id));
+                return Err((ErrorKind::MemberIdRequired, id));
             }
             let id = self.new_member_id(&request.client_id);
             self.add_member(id, request, reply, now, initial_delay);
@@ -263,10 +203,10 @@ impl Group {
         }
         let id = request.member_id.clone();
         let Some(member) = self.members.get_mut(&id) else {
-            return Err(refuse(GroupError::UnknownMemberId));
+            return Err(refuse(ErrorKind::UnknownMemberId));
         };
         if member.instance_id.is_some() && member.instance_id != request.instance_id {
-            return Err(refuse(GroupError::FencedInstanceId));
+            return Err(refuse(ErrorKind::FencedInstanceId));
         }
         let unchanged = member.protocols == request.protocols;
         member.update(&request, now);
@@ -354,10 +294,10 @@ impl Group {
     ) {
         let Some(mut member) = self.members.remove(old_id) else { return };
         if let Some(waiter) = member.join_waiter.take() {
-            let _ = waiter.send(Err((GroupError::FencedInstanceId, old_id.to_string())));
+            let _ = waiter.send(Err((ErrorKind::FencedInstanceId, old_id.to_string())));
         }
         if let Some(waiter) = member.sync_waiter.take() {
-            let _ = waiter.send(Err(GroupError::FencedInstanceId));
+            let _ = waiter.send(Err(ErrorKind::FencedInstanceId));
         }
         let unchanged = member.protocols == request.protocols;
         let new_id = self.new_member_id(&request.client_id);
@@ -409,7 +349,7 @@ impl Group {
         if self.state == GroupState::CompletingRebalance {
             for member in self.members.values_mut() {
                 if let Some(waiter) = member.sync_waiter.take() {
-                    let _ = waiter.send(Err(GroupError::RebalanceInProgress));
+                    let _ = waiter.send(Err(ErrorKind::RebalanceInProgress));
                 }
             }
         }
@@ -509,22 +449,22 @@ impl Group {
         member_id: &str,
         instance_id: Option<&str>,
         generation: i32,
-    ) -> Result<(), GroupError> {
+    ) -> Result<(), ErrorKind> {
         let Some(member) = self.members.get(member_id) else {
             let fenced = instance_id.is_some_and(|i| {
                 self.members.values().any(|m| m.instance_id.as_deref() == Some(i))
             });
             return Err(if fenced {
-                GroupError::FencedInstanceId
+                ErrorKind::FencedInstanceId
             } else {
-                GroupError::UnknownMemberId
+                ErrorKind::UnknownMemberId
             });
         };
         if member.instance_id.is_some() && member.instance_id.as_deref() != instance_id {
-            return Err(GroupError::FencedInstanceId);
+            return Err(ErrorKind::FencedInstanceId);
         }
         if generation != self.generation {
-            return Err(GroupError::IllegalGeneration);
+            return Err(ErrorKind::IllegalGeneration);
         }
         Ok(())
     }
@@ -537,12 +477,12 @@ impl Group {
         generation: i32,
         assignments: Vec<(String, Bytes)>,
         now: Instant,
-    ) -> Result<oneshot::Receiver<SyncReply>, GroupError> {
+    ) -> Result<oneshot::Receiver<SyncReply>, ErrorKind> {
         self.check_member(member_id, instance_id, generation)?;
         let (reply, answer) = oneshot::channel();
         match self.state {
-            GroupState::Empty => return Err(GroupError::UnknownMemberId),
-            GroupState::PreparingRebalance => return Err(GroupError::RebalanceInProgress),
+            GroupState::Empty => return Err(ErrorKind::UnknownMemberId),
+            GroupState::PreparingRebalance => return Err(ErrorKind::RebalanceInProgress),
             GroupState::Stable => {
                 let assignment = self.members.get(member_id).map(|m| m.assignment.clone());
                 let _ = reply.send(Ok(assignment.unwrap_or_default()));
@@ -575,13 +515,13 @@ impl Group {
         instance_id: Option<&str>,
         generation: i32,
         now: Instant,
-    ) -> Result<(), GroupError> {
+    ) -> Result<(), ErrorKind> {
         self.check_member(member_id, instance_id, generation)?;
         if let Some(member) = self.members.get_mut(member_id) {
             member.last_seen = now;
         }
         match self.state {
-            GroupState::PreparingRebalance => Err(GroupError::RebalanceInProgress),
+            GroupState::PreparingRebalance => Err(ErrorKind::RebalanceInProgress),
             _ => Ok(()),
         }
     }
@@ -591,7 +531,7 @@ impl Group {
         &mut self,
         members: &[(String, Option<String>)],
         now: Instant,
-    ) -> Vec<Result<(), GroupError>> {
+    ) -> Vec<Result<(), ErrorKind>> {
         let mut results = Vec::with_capacity(members.len());
         let mut removed = false;
         for (member_id, instance_id) in members {
@@ -606,15 +546,15 @@ impl Group {
             match id.and_then(|id| self.members.remove(&id)) {
                 Some(mut member) => {
                     if let Some(waiter) = member.join_waiter.take() {
-                        let _ = waiter.send(Err((GroupError::UnknownMemberId, member_id.clone())));
+                        let _ = waiter.send(Err((ErrorKind::UnknownMemberId, member_id.clone())));
                     }
                     if let Some(waiter) = member.sync_waiter.take() {
-                        let _ = waiter.send(Err(GroupError::UnknownMemberId));
+                        let _ = waiter.send(Err(ErrorKind::UnknownMemberId));
                     }
                     removed = true;
                     results.push(Ok(()));
                 }
-                None => results.push(Err(GroupError::UnknownMemberId)),
+                None => results.push(Err(ErrorKind::UnknownMemberId)),
             }
         }
         if removed {
@@ -645,7 +585,7 @@ impl Group {
         for id in &expired {
             if let Some(mut member) = self.members.remove(id) {
                 if let Some(waiter) = member.sync_waiter.take() {
-                    let _ = waiter.send(Err(GroupError::UnknownMemberId));
+                    let _ = waiter.send(Err(ErrorKind::UnknownMemberId));
                 }
             }
         }
@@ -666,15 +606,15 @@ impl Group {
         member_id: &str,
         instance_id: Option<&str>,
         generation: i32,
-    ) -> Result<(), GroupError> {
+    ) -> Result<(), ErrorKind> {
         if generation < 0 && member_id.is_empty() {
-            return if self.has_members() { Err(GroupError::UnknownMemberId) } else { Ok(()) };
+            return if self.has_members() { Err(ErrorKind::UnknownMemberId) } else { Ok(()) };
         }
         self.check_member(member_id, instance_id, generation)?;
         // As Kafka: members may still commit what they processed while a rebalance gathers
         // (their revoke callbacks do), but not between the join and the new assignment.
         match self.state {
-            GroupState::CompletingRebalance => Err(GroupError::RebalanceInProgress),
+            GroupState::CompletingRebalance => Err(ErrorKind::RebalanceInProgress),
             _ => Ok(()),
         }
     }
@@ -748,7 +688,7 @@ mod tests {
     /// Joins with MEMBER_ID_REQUIRED and the rejoin; returns the pending join.
     fn join(group: &mut Group, now: Instant, protocols: &[&str]) -> oneshot::Receiver<JoinReply> {
         let (error, id) = group.join(join_request("", protocols), now, Duration::ZERO).unwrap_err();
-        assert_eq!(error, GroupError::MemberIdRequired);
+        assert_eq!(error, ErrorKind::MemberIdRequired);
         group.join(join_request(&id, protocols), now, Duration::ZERO).unwrap()
     }
 
@@ -775,7 +715,7 @@ mod tests {
         let second = join(&mut group, now, &["range", "roundrobin"]);
         assert_eq!(
             group.heartbeat(&first.member_id, None, 1, now),
-            Err(GroupError::RebalanceInProgress)
+            Err(ErrorKind::RebalanceInProgress)
         );
         let rejoined =
             group.join(join_request(&first.member_id, &["range"]), now, Duration::ZERO).unwrap();
@@ -797,7 +737,7 @@ mod tests {
         assert_eq!(group.state, GroupState::PreparingRebalance);
         assert_eq!(
             group.heartbeat(&follower.member_id, None, 2, now),
-            Err(GroupError::RebalanceInProgress)
+            Err(ErrorKind::RebalanceInProgress)
         );
     }
 
@@ -819,7 +759,7 @@ mod tests {
         let evicted = group.tick(now + Duration::from_secs(11));
         assert_eq!(evicted, vec![b.member_id.clone()]);
         assert_eq!(group.state, GroupState::PreparingRebalance);
-        assert_eq!(group.heartbeat(&b.member_id, None, 2, later), Err(GroupError::UnknownMemberId));
+        assert_eq!(group.heartbeat(&b.member_id, None, 2, later), Err(ErrorKind::UnknownMemberId));
     }
 
     #[test]
@@ -828,13 +768,13 @@ mod tests {
         let mut group = Group::new("g".into());
         let a = answer(join(&mut group, now, &["range"])).unwrap().unwrap();
         let refused = group.join(join_request("", &["sticky"]), now, Duration::ZERO).unwrap_err();
-        assert_eq!(refused.0, GroupError::InconsistentGroupProtocol);
+        assert_eq!(refused.0, ErrorKind::InconsistentGroupProtocol);
         assert_eq!(
             group.sync(&a.member_id, None, 7, vec![], now).unwrap_err(),
-            GroupError::IllegalGeneration
+            ErrorKind::IllegalGeneration
         );
-        assert_eq!(group.heartbeat("nobody", None, 1, now), Err(GroupError::UnknownMemberId));
-        assert_eq!(group.check_commit("", None, -1), Err(GroupError::UnknownMemberId));
+        assert_eq!(group.heartbeat("nobody", None, 1, now), Err(ErrorKind::UnknownMemberId));
+        assert_eq!(group.check_commit("", None, -1), Err(ErrorKind::UnknownMemberId));
         group.leave(&[(a.member_id, None)], now);
         assert_eq!(group.state, GroupState::Empty);
         assert_eq!(group.check_commit("", None, -1), Ok(()));
@@ -866,7 +806,7 @@ mod tests {
         assert_eq!(answer(synced).unwrap().unwrap(), Bytes::from("p0"));
         assert_eq!(
             group.heartbeat(&first.member_id, Some("host-1"), 1, now),
-            Err(GroupError::FencedInstanceId)
+            Err(ErrorKind::FencedInstanceId)
         );
     }
 
@@ -899,7 +839,7 @@ mod tests {
 
         let connect = JoinRequest { protocol_type: "connect".into(), ..join_request("", &["x"]) };
         let (error, id) = group.join(connect.clone(), now, Duration::ZERO).unwrap_err();
-        assert_eq!(error, GroupError::MemberIdRequired);
+        assert_eq!(error, ErrorKind::MemberIdRequired);
         let rejoin = JoinRequest { member_id: id, ..connect };
         assert!(group.join(rejoin, now, Duration::ZERO).is_ok());
         assert_eq!(group.describe().protocol_type, "connect");

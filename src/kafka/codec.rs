@@ -14,7 +14,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
-use crate::native::messages::ErrorCode;
+use crate::error::ErrorKind;
 
 /// The fixed start of every request: api key, api version, correlation id.
 pub const REQUEST_PREFIX_BYTES: usize = 8;
@@ -184,42 +184,50 @@ fn put_unsigned_varint(out: &mut BytesMut, mut value: u64) {
     out.put_u8(value as u8);
 }
 
-/// Kafka's error code for a broker error.
-pub fn error_code(code: ErrorCode) -> i16 {
-    match code {
-        ErrorCode::None => 0,
-        ErrorCode::OffsetOutOfRange => 1,
-        ErrorCode::CorruptMessage => 2,
-        ErrorCode::UnknownTopic | ErrorCode::UnknownPartition => 3,
+/// Kafka's error code for a broker error: the one place broker errors become Kafka codes.
+pub fn error_code(kind: ErrorKind) -> i16 {
+    use kafka_protocol::ResponseError as Kafka;
+    let kafka = match kind {
+        ErrorKind::OffsetOutOfRange => Kafka::OffsetOutOfRange,
+        ErrorKind::CorruptMessage => Kafka::CorruptMessage,
+        ErrorKind::UnknownTopic | ErrorKind::UnknownPartition => Kafka::UnknownTopicOrPartition,
         // A partition closing on a stopping broker: clients refresh metadata and retry.
-        ErrorCode::NotAvailable => 6,
-        ErrorCode::MessageTooLarge => 10,
-        ErrorCode::InvalidTopicName => 17,
-        ErrorCode::UnsupportedApi => 35,
-        ErrorCode::TopicAlreadyExists => 36,
-        ErrorCode::InvalidPartitions => 37,
-        ErrorCode::InvalidConfig => 40,
-        ErrorCode::InvalidRequest => 42,
-        ErrorCode::UnsupportedForMessageFormat => 43,
-        ErrorCode::OutOfOrderSequence => 45,
-        ErrorCode::InvalidProducerEpoch => 47,
-        ErrorCode::StorageError => 56,
-        ErrorCode::InvalidRecord => 87,
-        ErrorCode::UnknownGroup => 69,
-        ErrorCode::CoordinatorNotAvailable => 15,
-        ErrorCode::IllegalGeneration => 22,
-        ErrorCode::InconsistentGroupProtocol => 23,
-        ErrorCode::UnknownMember => 25,
-        ErrorCode::InvalidSessionTimeout => 26,
-        ErrorCode::RebalanceInProgress => 27,
-        ErrorCode::NonEmptyGroup => 68,
-        ErrorCode::PolicyViolation => 44,
-        ErrorCode::FencedInstance => 82,
-    }
+        ErrorKind::NotAvailable => Kafka::NotLeaderOrFollower,
+        ErrorKind::MessageTooLarge => Kafka::MessageTooLarge,
+        ErrorKind::InvalidTopicName => Kafka::InvalidTopicException,
+        ErrorKind::UnsupportedApi => Kafka::UnsupportedVersion,
+        ErrorKind::TopicAlreadyExists => Kafka::TopicAlreadyExists,
+        ErrorKind::InvalidPartitions => Kafka::InvalidPartitions,
+        ErrorKind::InvalidConfig => Kafka::InvalidConfig,
+        ErrorKind::InvalidRequest => Kafka::InvalidRequest,
+        ErrorKind::UnsupportedForMessageFormat => Kafka::UnsupportedForMessageFormat,
+        ErrorKind::OutOfOrderSequence => Kafka::OutOfOrderSequenceNumber,
+        ErrorKind::InvalidProducerEpoch => Kafka::InvalidProducerEpoch,
+        ErrorKind::StorageError => Kafka::KafkaStorageError,
+        ErrorKind::InvalidRecord => Kafka::InvalidRecord,
+        ErrorKind::PolicyViolation => Kafka::PolicyViolation,
+        ErrorKind::CoordinatorNotAvailable => Kafka::CoordinatorNotAvailable,
+        ErrorKind::IllegalGeneration => Kafka::IllegalGeneration,
+        ErrorKind::InconsistentGroupProtocol => Kafka::InconsistentGroupProtocol,
+        ErrorKind::InvalidGroupId => Kafka::InvalidGroupId,
+        ErrorKind::UnknownMemberId => Kafka::UnknownMemberId,
+        ErrorKind::InvalidSessionTimeout => Kafka::InvalidSessionTimeout,
+        ErrorKind::RebalanceInProgress => Kafka::RebalanceInProgress,
+        ErrorKind::NonEmptyGroup => Kafka::NonEmptyGroup,
+        ErrorKind::GroupIdNotFound => Kafka::GroupIdNotFound,
+        ErrorKind::MemberIdRequired => Kafka::MemberIdRequired,
+        ErrorKind::FencedInstanceId => Kafka::FencedInstanceId,
+    };
+    kafka.code()
+}
+
+/// Kafka's code for a result with no error (0) or with one.
+pub fn result_code(result: Result<(), ErrorKind>) -> i16 {
+    result.err().map_or(0, error_code)
 }
 
 /// Kafka's UNSUPPORTED_VERSION, for the KIP-511 ApiVersions answer.
-pub const UNSUPPORTED_VERSION: i16 = 35;
+pub const UNSUPPORTED_VERSION: i16 = kafka_protocol::ResponseError::UnsupportedVersion.code();
 /// The answer to a transactional producer while Spate serves no transactions. Kafka has no code
 /// for "not supported" here; this is the one every client treats as fatal at once (librdkafka's
 /// FindCoordinator handler, the Java client's TransactionalIdAuthorizationException), where any

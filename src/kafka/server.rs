@@ -10,7 +10,6 @@
 //! with UNSUPPORTED_VERSION and the served ranges (KIP-511) so the client can retry lower.
 
 use std::io;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -23,22 +22,16 @@ use glommio::task::JoinHandle;
 use kafka_protocol::messages::ApiKey;
 
 use crate::kafka::codec::{self, Request, RequestPrefix, REQUEST_PREFIX_BYTES};
-use crate::kafka::{handlers, versions};
-use crate::native::server::{
-    idle_bounded, write_coalesced, INFLIGHT_BYTES_MAX, INFLIGHT_REQUESTS_MAX, RESPONSE_BYTES_MAX,
-};
+use crate::kafka::handlers::{self, Connection};
+use crate::kafka::versions;
 use crate::shard::Shard;
+use crate::transport::{
+    idle_bounded, write_coalesced, Budgets, INFLIGHT_BYTES_MAX, INFLIGHT_REQUESTS_MAX,
+};
 
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// A request body is committed to memory this much at a time, as it arrives.
 const BODY_READ_STEP_BYTES: usize = 1024 * 1024;
-
-/// What a handler knows of its connection.
-pub struct Connection {
-    pub peer: String,
-    /// The address the client reached: what Metadata advertises when no address is configured.
-    pub local: Option<SocketAddr>,
-}
 
 /// An encoded response (its chunks written back to back), with the fetch budget it holds until
 /// written.
@@ -60,14 +53,13 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     let (reader, writer) = futures_lite::io::split(stream);
     let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
     let (queue, replies) = local_channel::new_bounded(INFLIGHT_REQUESTS_MAX);
-    let responses = Rc::new(Semaphore::new(RESPONSE_BYTES_MAX as u64));
+    let Budgets { bodies, responses } = Budgets::default();
     let writer = glommio::spawn_local(write_replies(
         replies,
         writer,
         responses.clone(),
         connection.peer.clone(),
     ));
-    let bodies = Rc::new(Semaphore::new(INFLIGHT_BYTES_MAX as u64));
     let reading = Reading { shard: &shard, connection: &connection, bodies, responses };
     if let Err(reason) = reading.run(&mut reader, &queue).await {
         tracing::warn!(peer = %connection.peer, "closing Kafka connection: {reason}");

@@ -36,6 +36,7 @@ use bytes::Bytes;
 use event_listener::Event;
 
 use crate::config::{TopicConfig, WRITE_ALIGN_BYTES};
+use crate::error::{BrokerError, ErrorKind};
 use crate::log::index::IndexedSegment;
 use crate::log::producers::{ProducerTable, SequenceCheck, SequenceError};
 use crate::log::queued::QueuedBytes;
@@ -110,6 +111,22 @@ pub enum LogError {
     Closed,
     /// An idempotent producer's batch out of sequence or from a fenced epoch.
     Sequence(SequenceError),
+}
+
+/// The one place log errors become broker errors.
+impl From<LogError> for BrokerError {
+    fn from(e: LogError) -> Self {
+        let kind = match &e {
+            LogError::OffsetOutOfRange { .. } => ErrorKind::OffsetOutOfRange,
+            LogError::Storage(_) => ErrorKind::StorageError,
+            // A reader is told the stored bytes are bad rather than handed wrong data.
+            LogError::Corrupt(_) => ErrorKind::StorageError,
+            LogError::Closed => ErrorKind::NotAvailable,
+            LogError::Sequence(SequenceError::OutOfOrder(_)) => ErrorKind::OutOfOrderSequence,
+            LogError::Sequence(SequenceError::StaleEpoch(_)) => ErrorKind::InvalidProducerEpoch,
+        };
+        Self::new(kind, e.to_string())
+    }
 }
 
 impl std::fmt::Display for LogError {
@@ -854,7 +871,7 @@ fn first_record_at_or_after(entry: &[u8], timestamp: i64) -> Result<(u64, i64), 
                 view.records().find(|r| r.timestamp >= timestamp).map(|r| (r.offset, r.timestamp));
         }
         Some(crate::record::PayloadFormat::Kafka) => {
-            crate::kafka::convert::for_each_record(payload, |record| {
+            crate::record::convert::for_each_record(payload, |record| {
                 if found.is_none() && record.timestamp >= timestamp {
                     found = Some((record.offset, record.timestamp));
                 }

@@ -6,33 +6,33 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::error::ErrorKind;
 use crate::group::coordinator::OffsetCommit;
 use crate::group::state::JoinRequest;
-use crate::group::{GroupAnswer, GroupCall, GroupError};
+use crate::group::{GroupAnswer, GroupCall};
+use crate::native::exchange::{answer, undecodable, RequestFrame, Response};
 use crate::native::frame::Api;
-use crate::native::handlers::{answer, undecodable};
 use crate::native::messages::{
     decode, AdminResponse, CommitOffsetsRequest, DeleteGroupRequest, ErrorBody, ErrorCode,
     FetchOffsetsRequest, FetchOffsetsResponse, HeartbeatRequest, JoinGroupRequest,
     JoinGroupResponse, LeaveGroupRequest, SyncGroupRequest, SyncGroupResponse,
 };
-use crate::native::server::{RequestFrame, Response};
 use crate::shard::Shard;
 
-fn error_body(error: GroupError) -> ErrorBody {
-    ErrorBody::new(error.native_code(), error.to_string())
+fn error_body(error: ErrorKind) -> ErrorBody {
+    ErrorBody::new(ErrorCode::from(error), error.to_string())
 }
 
 /// What a wrong-kind answer means: the coordinator shard is stopping.
 fn unavailable() -> ErrorBody {
-    error_body(GroupError::CoordinatorNotAvailable)
+    error_body(ErrorKind::CoordinatorNotAvailable)
 }
 
 fn refused(code: ErrorCode, why: String) -> AdminResponse {
     AdminResponse { error: ErrorBody::new(code, why) }
 }
 
-fn done(result: Result<(), GroupError>) -> AdminResponse {
+fn done(result: Result<(), ErrorKind>) -> AdminResponse {
     AdminResponse { error: result.err().map_or_else(ErrorBody::none, error_body) }
 }
 
@@ -122,7 +122,7 @@ pub async fn heartbeat(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
     };
     let result = match shard.group(&group, call).await {
         GroupAnswer::Heartbeat(result) => result,
-        _ => Err(GroupError::CoordinatorNotAvailable),
+        _ => Err(ErrorKind::CoordinatorNotAvailable),
     };
     answer(Api::Heartbeat, request_id, &done(result))
 }
@@ -138,7 +138,7 @@ pub async fn leave(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
     let result = match shard.group(&group, call).await {
         GroupAnswer::Left(Ok(results)) => results.into_iter().next().unwrap_or(Ok(())),
         GroupAnswer::Left(Err(e)) => Err(e),
-        _ => Err(GroupError::CoordinatorNotAvailable),
+        _ => Err(ErrorKind::CoordinatorNotAvailable),
     };
     answer(Api::LeaveGroup, request_id, &done(result))
 }
@@ -183,7 +183,7 @@ pub async fn commit(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
     };
     let result = match shard.group(&group, call).await {
         GroupAnswer::Committed(result) => result,
-        _ => Err(GroupError::CoordinatorNotAvailable),
+        _ => Err(ErrorKind::CoordinatorNotAvailable),
     };
     answer(Api::CommitOffsets, request_id, &done(result))
 }
@@ -197,7 +197,7 @@ pub async fn delete(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
     let group = request.group;
     let result = match shard.group(&group, GroupCall::Delete { group: group.clone() }).await {
         GroupAnswer::Deleted(result) => result,
-        _ => Err(GroupError::CoordinatorNotAvailable),
+        _ => Err(ErrorKind::CoordinatorNotAvailable),
     };
     answer(Api::DeleteGroup, request_id, &done(result))
 }

@@ -7,8 +7,10 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
+use crate::error::{BrokerError, ErrorKind};
 use crate::group::{GroupAnswer, GroupCall};
 use crate::metrics::Hist;
+use crate::native::exchange::{answer, undecodable, RequestFrame, Response};
 use crate::native::frame::Api;
 use crate::native::groups;
 use crate::native::messages::{
@@ -18,16 +20,10 @@ use crate::native::messages::{
     ListOffsetsResponse, MetadataRequest, MetadataResponse, PartitionMetadata, ProduceRequest,
     ProduceResponse, TopicMetadata,
 };
-use crate::native::server::{RequestFrame, Response};
 use crate::record::batch::validate_native_payload;
 use crate::record::{PayloadFormat, PendingEntry, ENTRY_HEADER_BYTES};
-use crate::shard::{BrokerError, Shard};
+use crate::shard::{Shard, FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX};
 use glommio::sync::StaticPermit;
-
-/// The most a single fetch returns; a client asking for more gets this much.
-pub const FETCH_BYTES_MAX: usize = 64 * 1024 * 1024;
-/// The longest a fetch waits for data at the end of the log.
-pub const FETCH_WAIT_MS_MAX: u32 = 30_000;
 
 /// Runs one request. `None` means no response is sent (a produce with acks=0).
 /// A fetch decoded by the connection's reader, with the response budget it reserved.
@@ -119,28 +115,6 @@ fn hist_of(api: Api) -> Hist {
     }
 }
 
-pub(crate) fn answer<T>(api: Api, request_id: u64, body: &T) -> Response
-where
-    T: for<'a> rkyv::Serialize<
-        rkyv::api::high::HighSerializer<
-            rkyv::util::AlignedVec,
-            rkyv::ser::allocator::ArenaHandle<'a>,
-            rkyv::rancor::Error,
-        >,
-    >,
-{
-    Response::new(api as u8, 0, request_id, &encode(body), Vec::new())
-}
-
-pub(crate) fn undecodable(api: Api, request_id: u64, why: String) -> Response {
-    Response::error(
-        api as u8,
-        request_id,
-        ErrorCode::InvalidRequest,
-        format!("undecodable request body: {why}"),
-    )
-}
-
 async fn produce(shard: &Rc<Shard>, frame: RequestFrame) -> Option<Response> {
     let request_id = frame.header.request_id.get();
     let request: ProduceRequest = match decode(frame.meta()) {
@@ -160,7 +134,7 @@ async fn produce(shard: &Rc<Shard>, frame: RequestFrame) -> Option<Response> {
         Ok((base_offset, log_start)) => {
             ProduceResponse { error: ErrorBody::none(), base_offset, log_start }
         }
-        Err(e) => ProduceResponse { error: e.to_body(), base_offset: 0, log_start: 0 },
+        Err(e) => ProduceResponse { error: ErrorBody::from(&e), base_offset: 0, log_start: 0 },
     };
     Some(answer(Api::Produce, request_id, &body))
 }
@@ -176,21 +150,21 @@ async fn append(
             "topic {} has {} partitions, no partition {}",
             request.topic, info.partitions, request.partition
         );
-        return Err(BrokerError::new(ErrorCode::UnknownPartition, why));
+        return Err(BrokerError::new(ErrorKind::UnknownPartition, why));
     }
     let data_len = frame.header.data_len.get() as usize;
     if data_len == 0 {
-        return Err(BrokerError::new(ErrorCode::InvalidRequest, "produce without a batch"));
+        return Err(BrokerError::new(ErrorKind::InvalidRequest, "produce without a batch"));
     }
     if data_len > info.config.max_message_bytes as usize {
         let why = format!(
             "batch of {data_len} bytes exceeds max.message.bytes {} of topic {}",
             info.config.max_message_bytes, request.topic
         );
-        return Err(BrokerError::new(ErrorCode::MessageTooLarge, why));
+        return Err(BrokerError::new(ErrorKind::MessageTooLarge, why));
     }
     validate_native_payload(frame.data(), &request.batch)
-        .map_err(|e| BrokerError::new(ErrorCode::CorruptMessage, e.to_string()))?;
+        .map_err(|e| BrokerError::new(ErrorKind::CorruptMessage, e.to_string()))?;
     let data_crc = frame.header.data_crc.get();
     let header_at = frame.data_start() - ENTRY_HEADER_BYTES;
     let entry = PendingEntry::new(
@@ -201,7 +175,7 @@ async fn append(
         request.batch,
         PayloadFormat::Native,
     )
-    .ok_or_else(|| BrokerError::new(ErrorCode::InvalidRequest, "malformed produce body"))?;
+    .ok_or_else(|| BrokerError::new(ErrorKind::InvalidRequest, "malformed produce body"))?;
     shard.produce(&request.topic, request.partition, request.acks, entry).await
 }
 
@@ -224,8 +198,8 @@ async fn fetch(
         shard.fetch(&request.topic, request.partition, request.offset, max_bytes, max_wait).await;
     // Entries Kafka producers stored are converted for native readers, one entry at a time.
     let result = result.and_then(|mut outcome| {
-        outcome.entries = crate::kafka::convert::native_entries(outcome.entries).map_err(|e| {
-            BrokerError::new(ErrorCode::StorageError, format!("converting a Kafka entry: {e}"))
+        outcome.entries = crate::record::convert::native_entries(outcome.entries).map_err(|e| {
+            BrokerError::new(ErrorKind::StorageError, format!("converting a Kafka entry: {e}"))
         })?;
         Ok(outcome)
     });
@@ -240,7 +214,7 @@ async fn fetch(
             outcome.woken_at,
         ),
         Err(e) => (
-            FetchResponse { error: e.to_body(), high_watermark: 0, log_start: 0 },
+            FetchResponse { error: ErrorBody::from(&e), high_watermark: 0, log_start: 0 },
             Vec::new(),
             None,
         ),
@@ -258,7 +232,7 @@ async fn list_offsets(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
     };
     let body = match shard.list_offset(&request.topic, request.partition, request.timestamp).await {
         Ok((offset, _)) => ListOffsetsResponse { error: ErrorBody::none(), offset },
-        Err(e) => ListOffsetsResponse { error: e.to_body(), offset: -1 },
+        Err(e) => ListOffsetsResponse { error: ErrorBody::from(&e), offset: -1 },
     };
     answer(Api::ListOffsets, request_id, &body)
 }
@@ -277,7 +251,7 @@ async fn metadata(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
     for name in names {
         if request.allow_auto_create {
             if let Err(e) = shard.topic_or_create(&name).await {
-                let error = e.to_body();
+                let error = ErrorBody::from(&e);
                 topics.push(TopicMetadata {
                     name,
                     error,
@@ -304,7 +278,7 @@ async fn describe_topic(shard: &Rc<Shard>, name: String, with_offsets: bool) -> 
             match shard.watermarks(&name, partition).await {
                 Ok(marks) => marks,
                 Err(e) => {
-                    error = e.to_body();
+                    error = ErrorBody::from(&e);
                     (0, 0)
                 }
             }
@@ -410,5 +384,5 @@ async fn describe_group(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
 }
 
 fn admin_body(result: Result<(), BrokerError>) -> AdminResponse {
-    AdminResponse { error: result.err().map_or_else(ErrorBody::none, |e| e.to_body()) }
+    AdminResponse { error: result.err().map_or_else(ErrorBody::none, |e| ErrorBody::from(&e)) }
 }

@@ -7,6 +7,9 @@
 use rkyv::rancor;
 use rkyv::{Archive, Deserialize, Serialize};
 
+use crate::error::{BrokerError, ErrorKind};
+// Produce's durability and ListOffsets' special timestamps are the log's terms, carried as is.
+pub use crate::log::{Acks, OFFSET_EARLIEST, OFFSET_LATEST};
 use crate::record::BatchMeta;
 
 /// Error codes of the native protocol. Values are stable on the wire.
@@ -54,36 +57,39 @@ impl std::fmt::Display for ErrorCode {
     }
 }
 
-/// `acks` as Kafka defines it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
-pub enum Acks {
-    /// No response at all.
-    None,
-    /// After the leader's O_DIRECT write completes.
-    Leader,
-    /// After fdatasync (and, with replication, every in-sync replica).
-    All,
-}
-
-/// As Kafka writes it: `0`, `1` or `all`.
-impl std::fmt::Display for Acks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Acks::None => "0",
-            Acks::Leader => "1",
-            Acks::All => "all",
-        })
-    }
-}
-
-impl std::str::FromStr for Acks {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "0" => Ok(Acks::None),
-            "1" => Ok(Acks::Leader),
-            "all" | "-1" => Ok(Acks::All),
-            other => Err(format!("acks must be 0, 1 or all, not {other:?}")),
+/// The one place broker errors become native codes. The native protocol keeps one code for
+/// several group refusals a Kafka client tells apart (an unknown or invalid group id, an unknown
+/// member or one that must rejoin with an id).
+impl From<ErrorKind> for ErrorCode {
+    fn from(kind: ErrorKind) -> Self {
+        match kind {
+            ErrorKind::UnknownTopic => ErrorCode::UnknownTopic,
+            ErrorKind::UnknownPartition => ErrorCode::UnknownPartition,
+            ErrorKind::OffsetOutOfRange => ErrorCode::OffsetOutOfRange,
+            ErrorKind::MessageTooLarge => ErrorCode::MessageTooLarge,
+            ErrorKind::CorruptMessage => ErrorCode::CorruptMessage,
+            ErrorKind::InvalidRequest => ErrorCode::InvalidRequest,
+            ErrorKind::TopicAlreadyExists => ErrorCode::TopicAlreadyExists,
+            ErrorKind::StorageError => ErrorCode::StorageError,
+            ErrorKind::InvalidConfig => ErrorCode::InvalidConfig,
+            ErrorKind::UnsupportedApi => ErrorCode::UnsupportedApi,
+            ErrorKind::NotAvailable => ErrorCode::NotAvailable,
+            ErrorKind::InvalidTopicName => ErrorCode::InvalidTopicName,
+            ErrorKind::InvalidPartitions => ErrorCode::InvalidPartitions,
+            ErrorKind::InvalidRecord => ErrorCode::InvalidRecord,
+            ErrorKind::OutOfOrderSequence => ErrorCode::OutOfOrderSequence,
+            ErrorKind::InvalidProducerEpoch => ErrorCode::InvalidProducerEpoch,
+            ErrorKind::UnsupportedForMessageFormat => ErrorCode::UnsupportedForMessageFormat,
+            ErrorKind::PolicyViolation => ErrorCode::PolicyViolation,
+            ErrorKind::CoordinatorNotAvailable => ErrorCode::CoordinatorNotAvailable,
+            ErrorKind::IllegalGeneration => ErrorCode::IllegalGeneration,
+            ErrorKind::InconsistentGroupProtocol => ErrorCode::InconsistentGroupProtocol,
+            ErrorKind::InvalidGroupId | ErrorKind::GroupIdNotFound => ErrorCode::UnknownGroup,
+            ErrorKind::UnknownMemberId | ErrorKind::MemberIdRequired => ErrorCode::UnknownMember,
+            ErrorKind::InvalidSessionTimeout => ErrorCode::InvalidSessionTimeout,
+            ErrorKind::RebalanceInProgress => ErrorCode::RebalanceInProgress,
+            ErrorKind::NonEmptyGroup => ErrorCode::NonEmptyGroup,
+            ErrorKind::FencedInstanceId => ErrorCode::FencedInstance,
         }
     }
 }
@@ -92,6 +98,12 @@ impl std::str::FromStr for Acks {
 pub struct ErrorBody {
     pub code: ErrorCode,
     pub message: String,
+}
+
+impl From<&BrokerError> for ErrorBody {
+    fn from(error: &BrokerError) -> Self {
+        ErrorBody::new(ErrorCode::from(error.kind), error.message.clone())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
@@ -125,10 +137,6 @@ pub struct FetchResponse {
     pub high_watermark: u64,
     pub log_start: u64,
 }
-
-/// Kafka's special timestamps: latest and earliest.
-pub const OFFSET_LATEST: i64 = -1;
-pub const OFFSET_EARLIEST: i64 = -2;
 
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub struct ListOffsetsRequest {

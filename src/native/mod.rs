@@ -2,9 +2,11 @@
 //! replication between nodes.
 //!
 //! `frame.rs` owns the framing (a fixed header, then an rkyv *meta* body, then raw *data*),
-//! `messages.rs` the request and response bodies, `server.rs` a connection's read/dispatch/
-//! write loop and `handlers.rs` what each request does. The codec knows nothing of the broker.
+//! `messages.rs` the request and response bodies, `exchange.rs` a request frame as read and the
+//! response to it, `server.rs` a connection's read/dispatch/write loop (on `transport`'s
+//! accepting, budgets and writer), `handlers.rs` and `groups.rs` what each request does. The codec knows nothing of the broker.
 
+pub mod exchange;
 pub mod frame;
 pub mod groups;
 pub mod handlers;

@@ -2,10 +2,14 @@
 //!
 //! A producer's batch becomes one *entry* in a partition's log: a fixed 64-byte header
 //! ([`entry::EntryHeader`]) followed by a payload in one of the [`PayloadFormat`]s. This module owns
-//! both formats and their checksums; it knows nothing of files or sockets.
+//! both formats and their checksums: the native batch (`batch`), Kafka's RecordBatch v2 as a
+//! producer sends it (`kafka_batch`), and the conversion between them for readers of the other
+//! protocol (`convert`). It knows nothing of files or sockets.
 
 pub mod batch;
+pub mod convert;
 pub mod entry;
+pub mod kafka_batch;
 pub mod pending;
 
 pub use batch::{BatchBuilder, BatchMeta, OwnedRecord, RecordView};

@@ -20,7 +20,7 @@ use crate::record::entry::{
 use crate::record::BatchMeta;
 
 /// Leading bytes of a Kafka batch the broker writes: base offset, length, leader epoch.
-const BROKER_OWNED_BYTES: usize = crate::kafka::batch::BROKER_OWNED_BYTES;
+const BROKER_OWNED_BYTES: usize = crate::record::kafka_batch::BROKER_OWNED_BYTES;
 /// The partition leader epoch written into Kafka batches: one broker, one epoch, until
 /// replication brings leader changes.
 pub const LEADER_EPOCH: i32 = 0;
@@ -178,8 +178,8 @@ mod tests {
 
     #[test]
     fn a_kafka_batch_gets_its_base_offset_and_a_valid_entry_checksum() {
-        let batch = crate::kafka::batch::tests::batch(4);
-        let header = crate::kafka::batch::validate_produced(&batch, 1 << 20).unwrap();
+        let batch = crate::record::kafka_batch::tests::batch(4);
+        let header = crate::record::kafka_batch::validate_produced(&batch, 1 << 20).unwrap();
         let pending = PendingEntry::kafka(&batch, header.meta()).unwrap();
         let (entry, _) = pending.seal(1000);
         let (entry_header, payload) = parse_entry(&entry).unwrap();
@@ -187,7 +187,7 @@ mod tests {
         assert_eq!(entry_header.next_offset(), 1004);
         assert_eq!(&payload[..8], &1000i64.to_be_bytes());
         assert_eq!(&payload[BROKER_OWNED_BYTES..], &batch[BROKER_OWNED_BYTES..]);
-        assert!(crate::kafka::batch::validate_produced(payload, 1 << 20).is_ok());
+        assert!(crate::record::kafka_batch::validate_produced(payload, 1 << 20).is_ok());
     }
 
     #[test]

@@ -1,54 +1,13 @@
-//! The messages shards send each other over the mesh, and the error every operation returns.
+//! The messages shards send each other over the mesh.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::log::producers::SequenceError;
-use crate::log::{LogError, ReadOutcome};
-use crate::native::messages::{Acks, ErrorBody, ErrorCode};
+use crate::error::BrokerError;
+use crate::log::Acks;
+use crate::log::ReadOutcome;
 use crate::record::PendingEntry;
 use crate::shard::catalog::TopicInfo;
-
-/// An operation's failure, as a protocol error code and a message for the client.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BrokerError {
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-impl BrokerError {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
-    }
-
-    pub fn to_body(&self) -> ErrorBody {
-        ErrorBody::new(self.code, self.message.clone())
-    }
-}
-
-impl std::fmt::Display for BrokerError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.code, self.message)
-    }
-}
-
-impl std::error::Error for BrokerError {}
-
-/// The one place log errors become protocol errors.
-impl From<LogError> for BrokerError {
-    fn from(e: LogError) -> Self {
-        let code = match &e {
-            LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
-            LogError::Storage(_) => ErrorCode::StorageError,
-            // A reader is told the stored bytes are bad rather than handed wrong data.
-            LogError::Corrupt(_) => ErrorCode::StorageError,
-            LogError::Closed => ErrorCode::NotAvailable,
-            LogError::Sequence(SequenceError::OutOfOrder(_)) => ErrorCode::OutOfOrderSequence,
-            LogError::Sequence(SequenceError::StaleEpoch(_)) => ErrorCode::InvalidProducerEpoch,
-        };
-        Self::new(code, e.to_string())
-    }
-}
 
 /// An operation for the shard that owns the partition (or, for topic changes, for shard 0).
 pub enum ShardCall {

@@ -16,16 +16,18 @@ use futures_channel::oneshot;
 use glommio::channels::channel_mesh::Senders;
 
 use crate::config::BrokerConfig;
+use crate::error::BrokerError;
+use crate::error::ErrorKind;
 use crate::group::offsets::{self, OFFSETS_PARTITIONS, OFFSETS_TOPIC};
-use crate::group::{Coordinator, GroupAnswer, GroupCall, GroupError};
+use crate::group::{Coordinator, GroupAnswer, GroupCall, OffsetsLogs};
 use crate::log::queued::QueuedBytes;
 use crate::log::segment::{OpenFiles, PARTITION_DISK_BYTES_AT_FIRST};
 use crate::log::tail_cache::TailBudget;
+use crate::log::{Acks, OFFSET_EARLIEST, OFFSET_LATEST};
 use crate::log::{LogLimits, PartitionLog, ReadOutcome, SharedByShard};
 use crate::metrics::Metrics;
-use crate::native::messages::{Acks, ErrorCode, OFFSET_EARLIEST, OFFSET_LATEST};
 use crate::record::PendingEntry;
-use crate::shard::call::{BrokerError, MeshMessage, ShardAnswer, ShardCall};
+use crate::shard::call::{MeshMessage, ShardAnswer, ShardCall};
 use crate::shard::catalog::{self, Catalog, TopicFile, TopicInfo, PARTITIONS_MAX};
 use crate::shard::turns::Turns;
 
@@ -197,9 +199,9 @@ impl Shard {
             return Ok(log.clone());
         }
         match self.catalog.borrow().topics.get(topic) {
-            None => Err(BrokerError::new(ErrorCode::UnknownTopic, format!("no topic {topic}"))),
+            None => Err(BrokerError::new(ErrorKind::UnknownTopic, format!("no topic {topic}"))),
             Some(info) => Err(BrokerError::new(
-                ErrorCode::UnknownPartition,
+                ErrorKind::UnknownPartition,
                 format!(
                     "topic {topic} has {} partitions, no partition {partition}",
                     info.partitions
@@ -213,7 +215,7 @@ impl Shard {
         if target == self.id {
             return self.execute(call).await;
         }
-        let unavailable = |why: &str| BrokerError::new(ErrorCode::NotAvailable, why.to_string());
+        let unavailable = |why: &str| BrokerError::new(ErrorKind::NotAvailable, why.to_string());
         let Some(peers) = &self.peers else {
             return ShardAnswer::Done(Err(unavailable("no such shard")));
         };
@@ -350,7 +352,7 @@ impl Shard {
             t if t >= 0 => log.offset_for_timestamp(t).await?,
             other => {
                 let why = format!("timestamp {other} is neither -1, -2 nor a time");
-                return Err(BrokerError::new(ErrorCode::InvalidRequest, why));
+                return Err(BrokerError::new(ErrorKind::InvalidRequest, why));
             }
         };
         Ok(found.map_or((-1, -1), |(offset, time)| (offset as i64, time)))
@@ -363,27 +365,27 @@ impl Shard {
         overrides: BTreeMap<String, String>,
     ) -> Result<(), BrokerError> {
         catalog::validate_topic_name(&name)
-            .map_err(|e| BrokerError::new(ErrorCode::InvalidTopicName, e))?;
+            .map_err(|e| BrokerError::new(ErrorKind::InvalidTopicName, e))?;
         if partitions == 0 || partitions > PARTITIONS_MAX {
             let why = format!("partitions must be between 1 and {PARTITIONS_MAX}");
-            return Err(BrokerError::new(ErrorCode::InvalidPartitions, why));
+            return Err(BrokerError::new(ErrorKind::InvalidPartitions, why));
         }
         let file = TopicFile { partitions, config: overrides };
         let info = TopicInfo::resolve(file.clone(), &self.config.topic_defaults)
-            .map_err(|e| BrokerError::new(ErrorCode::InvalidConfig, e))?;
+            .map_err(|e| BrokerError::new(ErrorKind::InvalidConfig, e))?;
         if info.config.max_message_bytes >= self.config.socket_request_max_bytes {
             let why = format!(
                 "max.message.bytes {} must be below the broker's socket.request.max.bytes {}",
                 info.config.max_message_bytes, self.config.socket_request_max_bytes
             );
-            return Err(BrokerError::new(ErrorCode::InvalidConfig, why));
+            return Err(BrokerError::new(ErrorKind::InvalidConfig, why));
         }
         let _permit = self.admin_lock.acquire_permit(1).await.map_err(|e| {
-            BrokerError::new(ErrorCode::NotAvailable, format!("controller is stopping: {e}"))
+            BrokerError::new(ErrorKind::NotAvailable, format!("controller is stopping: {e}"))
         })?;
         if self.topic(&name).is_some() {
             return Err(BrokerError::new(
-                ErrorCode::TopicAlreadyExists,
+                ErrorKind::TopicAlreadyExists,
                 format!("topic {name} exists"),
             ));
         }
@@ -414,9 +416,9 @@ impl Shard {
             .await
             .map_err(|e| {
                 let code = if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    ErrorCode::TopicAlreadyExists
+                    ErrorKind::TopicAlreadyExists
                 } else {
-                    ErrorCode::StorageError
+                    ErrorKind::StorageError
                 };
                 BrokerError::new(code, format!("writing topic {name}: {e}"))
             })
@@ -428,10 +430,10 @@ impl Shard {
         count: u32,
     ) -> Result<(), BrokerError> {
         let _permit = self.admin_lock.acquire_permit(1).await.map_err(|e| {
-            BrokerError::new(ErrorCode::NotAvailable, format!("controller is stopping: {e}"))
+            BrokerError::new(ErrorKind::NotAvailable, format!("controller is stopping: {e}"))
         })?;
         let Some(mut info) = self.topic(&name) else {
-            return Err(BrokerError::new(ErrorCode::UnknownTopic, format!("no topic {name}")));
+            return Err(BrokerError::new(ErrorKind::UnknownTopic, format!("no topic {name}")));
         };
         if count <= info.partitions || count > PARTITIONS_MAX {
             let why = format!(
@@ -439,7 +441,7 @@ impl Shard {
                  {PARTITIONS_MAX}, not {count}",
                 info.partitions
             );
-            return Err(BrokerError::new(ErrorCode::InvalidPartitions, why));
+            return Err(BrokerError::new(ErrorKind::InvalidPartitions, why));
         }
         self.check_room_for(&name, count - info.partitions).await?;
         let file = TopicFile { partitions: count, config: info.overrides.clone() };
@@ -474,30 +476,30 @@ impl Shard {
                 "the broker holds {held} partitions (and keeps {reserved} for {OFFSETS_TOPIC}); \
                  {new} more would pass max.broker.partitions={limit}"
             );
-            return Err(BrokerError::new(ErrorCode::PolicyViolation, why));
+            return Err(BrokerError::new(ErrorKind::PolicyViolation, why));
         }
         let needed = u64::from(new) * PARTITION_DISK_BYTES_AT_FIRST;
         let data_dir = self.config.data_dir.clone();
         let free = glommio::executor()
             .spawn_blocking(move || catalog::free_disk_bytes(&data_dir))
             .await
-            .map_err(|e| BrokerError::new(ErrorCode::StorageError, format!("free disk: {e}")))?;
+            .map_err(|e| BrokerError::new(ErrorKind::StorageError, format!("free disk: {e}")))?;
         if needed > free {
             let why = format!(
                 "{new} new partitions need {needed} bytes of disk at first; the data directory \
                  has {free} free"
             );
-            return Err(BrokerError::new(ErrorCode::PolicyViolation, why));
+            return Err(BrokerError::new(ErrorKind::PolicyViolation, why));
         }
         Ok(())
     }
 
     async fn delete_topic_as_controller(self: &Rc<Self>, name: String) -> Result<(), BrokerError> {
         let _permit = self.admin_lock.acquire_permit(1).await.map_err(|e| {
-            BrokerError::new(ErrorCode::NotAvailable, format!("controller is stopping: {e}"))
+            BrokerError::new(ErrorKind::NotAvailable, format!("controller is stopping: {e}"))
         })?;
         if self.topic(&name).is_none() {
-            return Err(BrokerError::new(ErrorCode::UnknownTopic, format!("no topic {name}")));
+            return Err(BrokerError::new(ErrorKind::UnknownTopic, format!("no topic {name}")));
         }
         self.broadcast(&name, None).await?;
         let data_dir = self.config.data_dir.clone();
@@ -506,7 +508,7 @@ impl Shard {
             .spawn_blocking(move || catalog::remove_topic(&data_dir, &dir_name))
             .await
             .map_err(|e| {
-                BrokerError::new(ErrorCode::StorageError, format!("removing topic {name}: {e}"))
+                BrokerError::new(ErrorKind::StorageError, format!("removing topic {name}: {e}"))
             })?;
         tracing::info!(topic = %name, "deleted topic");
         Ok(())
@@ -525,7 +527,7 @@ impl Shard {
                 Box::pin(self.call(shard, call));
             match answer.await {
                 ShardAnswer::Done(result) => result?,
-                _ => return Err(BrokerError::new(ErrorCode::NotAvailable, "unexpected answer")),
+                _ => return Err(BrokerError::new(ErrorKind::NotAvailable, "unexpected answer")),
             }
         }
         Ok(())
@@ -535,7 +537,7 @@ impl Shard {
         match info {
             Some(info) => {
                 self.open_partitions(&name, &info).await.map_err(|e| {
-                    BrokerError::new(ErrorCode::StorageError, format!("opening topic {name}: {e}"))
+                    BrokerError::new(ErrorKind::StorageError, format!("opening topic {name}: {e}"))
                 })?;
                 // Published last, so nobody sees the topic before its partitions are open.
                 self.catalog.borrow_mut().topics.insert(name, info);
@@ -617,7 +619,7 @@ impl Shard {
             // As Kafka: only the broker appends to its internal topics. A client's records there
             // would be replayed as commits (or stop the replay) at the next start.
             let why = format!("cannot append to internal topic {topic}");
-            return Err(BrokerError::new(ErrorCode::InvalidTopicName, why));
+            return Err(BrokerError::new(ErrorKind::InvalidTopicName, why));
         }
         let call = ShardCall::Produce { topic: topic.to_string(), partition, acks, entry };
         self.ask(self.owner(topic, partition), call, |answer| match answer {
@@ -684,7 +686,7 @@ impl Shard {
     ) -> Result<(), BrokerError> {
         if is_internal_topic(name) {
             let why = format!("{name} is internal: the broker creates it on first use");
-            return Err(BrokerError::new(ErrorCode::InvalidTopicName, why));
+            return Err(BrokerError::new(ErrorKind::InvalidTopicName, why));
         }
         self.create_any_topic(name, partitions, overrides).await
     }
@@ -710,15 +712,15 @@ impl Shard {
             self.ensure_offsets_topic().await?;
         } else if !self.config.auto_create_topics {
             let why = format!("no topic {name} (auto.create.topics.enable is off)");
-            return Err(BrokerError::new(ErrorCode::UnknownTopic, why));
+            return Err(BrokerError::new(ErrorKind::UnknownTopic, why));
         } else {
             match self.create_topic(name, self.config.num_partitions, BTreeMap::new()).await {
-                Err(e) if e.code != ErrorCode::TopicAlreadyExists => return Err(e),
+                Err(e) if e.kind != ErrorKind::TopicAlreadyExists => return Err(e),
                 _ => {}
             }
         }
         self.topic(name).ok_or_else(|| {
-            BrokerError::new(ErrorCode::UnknownTopic, format!("topic {name} vanished"))
+            BrokerError::new(ErrorKind::UnknownTopic, format!("topic {name} vanished"))
         })
     }
 
@@ -740,7 +742,7 @@ impl Shard {
         match answer.await {
             ShardAnswer::Group(answer) => *answer,
             // The target shard is stopping (or answered nonsense): retriable for clients.
-            _ => GroupAnswer::Committed(Err(GroupError::CoordinatorNotAvailable)),
+            _ => GroupAnswer::Committed(Err(ErrorKind::CoordinatorNotAvailable)),
         }
     }
 
@@ -759,7 +761,7 @@ impl Shard {
         let creating: std::pin::Pin<Box<dyn std::future::Future<Output = _> + '_>> =
             Box::pin(self.create_any_topic(OFFSETS_TOPIC, OFFSETS_PARTITIONS, overrides));
         match creating.await {
-            Err(e) if e.code != ErrorCode::TopicAlreadyExists => Err(e),
+            Err(e) if e.kind != ErrorKind::TopicAlreadyExists => Err(e),
             _ => Ok(()),
         }
     }
@@ -788,6 +790,26 @@ fn done(answer: ShardAnswer) -> Result<Result<(), BrokerError>, ShardAnswer> {
 fn unexpected(answer: ShardAnswer) -> BrokerError {
     match answer {
         ShardAnswer::Done(Err(e)) => e,
-        _ => BrokerError::new(ErrorCode::NotAvailable, "a shard answered a different call"),
+        _ => BrokerError::new(ErrorKind::NotAvailable, "a shard answered a different call"),
+    }
+}
+
+/// The coordinator's view of this shard: the `__consumer_offsets` partitions it owns.
+impl OffsetsLogs for Rc<Shard> {
+    fn owned(&self) -> Vec<(u32, Rc<PartitionLog>)> {
+        if self.topic(OFFSETS_TOPIC).is_none() {
+            return Vec::new();
+        }
+        (0..OFFSETS_PARTITIONS)
+            .filter(|&partition| self.owner(OFFSETS_TOPIC, partition) == self.id)
+            .filter_map(|partition| {
+                Some((partition, self.partition_log(OFFSETS_TOPIC, partition).ok()?))
+            })
+            .collect()
+    }
+
+    async fn open(&self, partition: u32) -> Result<Rc<PartitionLog>, BrokerError> {
+        self.ensure_offsets_topic().await?;
+        self.partition_log(OFFSETS_TOPIC, partition)
     }
 }

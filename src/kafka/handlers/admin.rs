@@ -19,16 +19,18 @@ use kafka_protocol::messages::{
     InitProducerIdRequest, InitProducerIdResponse, ProducerId,
 };
 use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
 
+use crate::error::BrokerError;
+use crate::error::ErrorKind;
 use crate::kafka::codec;
 use crate::kafka::handlers::{has_field, kafka_error};
-use crate::native::messages::ErrorCode;
 use crate::shard::catalog::{self, TopicFile, TopicInfo};
-use crate::shard::{BrokerError, Shard};
+use crate::shard::Shard;
 
 /// Kafka's INVALID_REPLICATION_FACTOR and INVALID_REPLICA_ASSIGNMENT: one node holds one copy.
-const INVALID_REPLICATION_FACTOR: i16 = 38;
-const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
+const INVALID_REPLICATION_FACTOR: i16 = ResponseError::InvalidReplicationFactor.code();
+const INVALID_REPLICA_ASSIGNMENT: i16 = ResponseError::InvalidReplicaAssignment.code();
 /// DescribeConfigs resource types.
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
@@ -116,7 +118,7 @@ async fn create_one(
     shard
         .create_topic(&name, partitions, overrides)
         .await
-        .map_err(|e| (codec::error_code(e.code), e.message))?;
+        .map_err(|e| (codec::error_code(e.kind), e.message))?;
     shard.topic(&name).ok_or_else(|| (3, format!("topic {name} vanished")))
 }
 
@@ -151,14 +153,14 @@ pub async fn create_partitions(
     for topic in request.topics {
         let mut result = CreatePartitionsTopicResult::default();
         let outcome = match u32::try_from(topic.count) {
-            Err(_) => Err(BrokerError::new(ErrorCode::InvalidPartitions, "a negative count")),
+            Err(_) => Err(BrokerError::new(ErrorKind::InvalidPartitions, "a negative count")),
             Ok(count) if request.validate_only => match shard.topic(topic.name.0.as_str()) {
                 Some(info) if count > info.partitions => Ok(()),
                 Some(info) => Err(BrokerError::new(
-                    ErrorCode::InvalidPartitions,
+                    ErrorKind::InvalidPartitions,
                     format!("topic has {} partitions already", info.partitions),
                 )),
-                None => Err(BrokerError::new(ErrorCode::UnknownTopic, "no such topic")),
+                None => Err(BrokerError::new(ErrorKind::UnknownTopic, "no such topic")),
             },
             Ok(count) => shard.add_partitions(topic.name.0.as_str(), count).await,
         };

@@ -21,15 +21,16 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
+use crate::error::BrokerError;
+use crate::error::ErrorKind;
 use crate::kafka::codec;
-use crate::kafka::convert::native_to_kafka;
 use crate::kafka::handlers::has_field;
 use crate::log::ReadOutcome;
-use crate::native::handlers::{FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX};
-use crate::native::messages::ErrorCode;
+use crate::record::convert::native_to_kafka;
 use crate::record::entry::parse_header;
 use crate::record::{PayloadFormat, ENTRY_HEADER_BYTES};
-use crate::shard::{BrokerError, Shard};
+use crate::shard::Shard;
+use crate::shard::{FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX};
 
 /// The most a fetch's response may hold: what it asked for, within [1, `FETCH_BYTES_MAX`].
 pub fn response_bytes_max(request: &FetchRequest) -> usize {
@@ -160,7 +161,7 @@ async fn watermarks_only(shard: Rc<Shard>, want: Wanted) -> Read {
     if !in_log {
         let why =
             format!("offset {} is outside the log [{log_start}, {high_watermark}]", want.offset);
-        return Err(BrokerError::new(ErrorCode::OffsetOutOfRange, why));
+        return Err(BrokerError::new(ErrorKind::OffsetOutOfRange, why));
     }
     Ok(ReadOutcome { entries: Vec::new(), high_watermark, log_start, woken_at: None })
 }
@@ -197,7 +198,7 @@ async fn first_arrival(
 
 async fn read_one(shard: Rc<Shard>, want: Wanted, wait: Duration) -> Read {
     let offset = u64::try_from(want.offset).map_err(|_| {
-        BrokerError::new(ErrorCode::OffsetOutOfRange, format!("offset {}", want.offset))
+        BrokerError::new(ErrorKind::OffsetOutOfRange, format!("offset {}", want.offset))
     })?;
     let partition = u32::try_from(want.partition).map_err(|_| unknown(&want))?;
     if !shard.has_partition(&want.topic, partition) {
@@ -208,13 +209,13 @@ async fn read_one(shard: Rc<Shard>, want: Wanted, wait: Duration) -> Read {
 
 fn unknown(want: &Wanted) -> BrokerError {
     BrokerError::new(
-        ErrorCode::UnknownTopic,
+        ErrorKind::UnknownTopic,
         format!("no partition {}-{}", want.topic, want.partition),
     )
 }
 
 fn closing() -> BrokerError {
-    BrokerError::new(ErrorCode::NotAvailable, "the broker is stopping")
+    BrokerError::new(ErrorKind::NotAvailable, "the broker is stopping")
 }
 
 /// What is left of a response's size limits as its partitions are filled in.
@@ -257,10 +258,10 @@ fn partition_data(
             chunks = records;
         }
         Err(e) => {
-            data.error_code = codec::error_code(e.code);
+            data.error_code = codec::error_code(e.kind);
             data.high_watermark = -1;
             data.last_stable_offset = -1;
-            if e.code != ErrorCode::OffsetOutOfRange {
+            if e.kind != ErrorKind::OffsetOutOfRange {
                 tracing::debug!(topic = %want.topic, partition = want.partition, "fetch failed: {e}");
             }
         }
@@ -314,7 +315,7 @@ fn kafka_records(
 }
 
 fn stored(e: impl std::fmt::Display) -> BrokerError {
-    BrokerError::new(ErrorCode::StorageError, format!("stored entry: {e}"))
+    BrokerError::new(ErrorKind::StorageError, format!("stored entry: {e}"))
 }
 
 pub async fn list_offsets(
@@ -350,7 +351,7 @@ pub async fn list_offsets(
                     }
                 }
                 Err(e) => {
-                    partition.error_code = codec::error_code(e.code);
+                    partition.error_code = codec::error_code(e.kind);
                     partition.offset = -1;
                 }
             }

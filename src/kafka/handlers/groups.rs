@@ -26,13 +26,13 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
+use crate::error::ErrorKind;
 use crate::group::coordinator::OffsetCommit;
 use crate::group::state::JoinRequest;
-use crate::group::{GroupAnswer, GroupCall, GroupError};
+use crate::group::{GroupAnswer, GroupCall};
 use crate::kafka::codec;
 use crate::kafka::handlers::has_field;
-use crate::kafka::server::Connection;
-use crate::native::messages::ErrorCode;
+use crate::kafka::handlers::Connection;
 use crate::shard::Shard;
 
 /// FindCoordinator key type of transactional ids: no transaction coordinator exists.
@@ -133,7 +133,7 @@ pub async fn join_group(
                 .collect();
         }
         GroupAnswer::Joined(Err((error, member_id))) => {
-            response.error_code = error.kafka_code();
+            response.error_code = codec::error_code(error);
             response.generation_id = -1;
             response.member_id = text(member_id);
         }
@@ -168,7 +168,7 @@ pub async fn sync_group(
                 response.protocol_name = request.protocol_name;
             }
         }
-        GroupAnswer::Synced(Err(e)) => response.error_code = e.kafka_code(),
+        GroupAnswer::Synced(Err(e)) => response.error_code = codec::error_code(e),
         other => response.error_code = unexpected(other),
     }
     response
@@ -184,7 +184,7 @@ pub async fn heartbeat(shard: &Rc<Shard>, request: HeartbeatRequest) -> Heartbea
     };
     let mut response = HeartbeatResponse::default();
     response.error_code = match shard.group(&group, call).await {
-        GroupAnswer::Heartbeat(result) => result.err().map_or(0, GroupError::kafka_code),
+        GroupAnswer::Heartbeat(result) => codec::result_code(result),
         other => unexpected(other),
     };
     response
@@ -214,14 +214,14 @@ pub async fn leave_group(
                     let mut member = MemberResponse::default();
                     member.member_id = text(member_id);
                     member.group_instance_id = instance_id.map(text);
-                    member.error_code = result.err().map_or(0, GroupError::kafka_code);
+                    member.error_code = codec::result_code(*result);
                     response.members.push(member);
                 }
             } else if let Some(Err(e)) = results.first() {
-                response.error_code = e.kafka_code();
+                response.error_code = codec::error_code(*e);
             }
         }
-        GroupAnswer::Left(Err(e)) => response.error_code = e.kafka_code(),
+        GroupAnswer::Left(Err(e)) => response.error_code = codec::error_code(e),
         other => response.error_code = unexpected(other),
     }
     response
@@ -275,7 +275,7 @@ pub async fn offset_commit(
         offsets,
     };
     let code = match shard.group(&group, call).await {
-        GroupAnswer::Committed(result) => result.err().map_or(0, GroupError::kafka_code),
+        GroupAnswer::Committed(result) => codec::result_code(result),
         other => unexpected(other),
     };
     let mut response = OffsetCommitResponse::default();
@@ -285,7 +285,7 @@ pub async fn offset_commit(
             let mut answer = OffsetCommitResponsePartition::default();
             answer.partition_index = partition.partition_index;
             answer.error_code =
-                if known { code } else { codec::error_code(ErrorCode::UnknownTopic) };
+                if known { code } else { codec::error_code(ErrorKind::UnknownTopic) };
             result.partitions.push(answer);
         }
         result.name = topic.name;
@@ -346,7 +346,7 @@ pub async fn list_groups(
     let mut response = ListGroupsResponse::default();
     for target in 0..shard.count {
         let GroupAnswer::Listed(groups) = shard.group_on(target, GroupCall::List).await else {
-            response.error_code = GroupError::CoordinatorNotAvailable.kafka_code();
+            response.error_code = codec::error_code(ErrorKind::CoordinatorNotAvailable);
             continue;
         };
         for (id, state, protocol_type) in groups {
@@ -417,7 +417,7 @@ pub async fn delete_groups(
         let mut result = DeletableGroupResult::default();
         result.error_code =
             match shard.group(&group, GroupCall::Delete { group: group.clone() }).await {
-                GroupAnswer::Deleted(outcome) => outcome.err().map_or(0, GroupError::kafka_code),
+                GroupAnswer::Deleted(outcome) => codec::result_code(outcome),
                 other => unexpected(other),
             };
         result.group_id = group_id;
@@ -429,7 +429,7 @@ pub async fn delete_groups(
 /// An answer of the wrong kind only comes from a coordinator shard that is stopping.
 fn unexpected(answer: GroupAnswer) -> i16 {
     match answer {
-        GroupAnswer::Committed(Err(e)) => e.kafka_code(),
-        _ => GroupError::CoordinatorNotAvailable.kafka_code(),
+        GroupAnswer::Committed(Err(e)) => codec::error_code(e),
+        _ => codec::error_code(ErrorKind::CoordinatorNotAvailable),
     }
 }

@@ -12,8 +12,8 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
+use crate::kafka::handlers::Connection;
 use crate::kafka::handlers::{has_field, kafka_error};
-use crate::kafka::server::Connection;
 use crate::record::pending::LEADER_EPOCH;
 use crate::shard::Shard;
 
@@ -59,8 +59,8 @@ pub async fn metadata(
             shard.topic_or_create(&name).await
         } else {
             shard.topic(&name).ok_or_else(|| {
-                crate::shard::BrokerError::new(
-                    crate::native::messages::ErrorCode::UnknownTopic,
+                crate::error::BrokerError::new(
+                    crate::error::ErrorKind::UnknownTopic,
                     format!("no topic {name}"),
                 )
             })

@@ -8,6 +8,7 @@ pub mod groups;
 pub mod metadata;
 pub mod produce;
 
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -15,11 +16,18 @@ use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
+use crate::error::BrokerError;
 use crate::kafka::codec::{self, DecodedRequest, Request};
-use crate::kafka::server::Connection;
 use crate::kafka::versions;
 use crate::metrics::Hist;
-use crate::shard::{BrokerError, Shard};
+use crate::shard::Shard;
+
+/// What a handler knows of its connection.
+pub struct Connection {
+    pub peer: String,
+    /// The address the client reached: what Metadata advertises when no address is configured.
+    pub local: Option<SocketAddr>,
+}
 
 /// Runs one request: `Ok(None)` means no response is sent (a produce with acks=0); `Err` that
 /// the response could not be encoded, and the connection must close rather than leave the client
@@ -142,5 +150,5 @@ fn has_field(version: i16, since: i16) -> bool {
 
 /// A broker error as a Kafka code and message.
 fn kafka_error(e: &BrokerError) -> (i16, Option<StrBytes>) {
-    (codec::error_code(e.code), Some(StrBytes::from_string(e.message.clone())))
+    (codec::error_code(e.kind), Some(StrBytes::from_string(e.message.clone())))
 }

@@ -6,15 +6,17 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
 
-use crate::kafka::batch::{validate_produced, BatchError};
+use crate::error::BrokerError;
+use crate::error::ErrorKind;
 use crate::kafka::codec;
 use crate::kafka::handlers::has_field;
-use crate::native::messages::{Acks, ErrorCode};
+use crate::log::Acks;
+use crate::record::kafka_batch::{validate_produced, BatchError};
 use crate::record::PendingEntry;
-use crate::shard::{BrokerError, Shard};
+use crate::shard::Shard;
 
 /// Kafka's INVALID_REQUIRED_ACKS.
-const INVALID_REQUIRED_ACKS: i16 = 21;
+const INVALID_REQUIRED_ACKS: i16 = kafka_protocol::ResponseError::InvalidRequiredAcks.code();
 
 /// Appends every partition's batch; `None` for acks=0, which gets no response at all.
 pub async fn produce(
@@ -40,7 +42,7 @@ pub async fn produce(
             let index = data.index;
             let started = match &info {
                 _ if transactional => Err(BrokerError::new(
-                    ErrorCode::InvalidRecord,
+                    ErrorKind::InvalidRecord,
                     "transactional producers are not supported",
                 )),
                 Err(e) => Err(e.clone()),
@@ -57,7 +59,7 @@ pub async fn produce(
         for (index, started) in partitions {
             let result = match started {
                 Ok(task) => task.await.unwrap_or_else(|| {
-                    Err(BrokerError::new(ErrorCode::NotAvailable, "the broker is stopping"))
+                    Err(BrokerError::new(ErrorKind::NotAvailable, "the broker is stopping"))
                 }),
                 Err(e) => Err(e),
             };
@@ -74,7 +76,7 @@ pub async fn produce(
                     if acks == Acks::None {
                         tracing::debug!(topic = %name.0, partition = index, "acks=0 produce failed: {e}");
                     }
-                    partition.error_code = codec::error_code(e.code);
+                    partition.error_code = codec::error_code(e.kind);
                     partition.base_offset = -1;
                     if has_field(version, 8) {
                         partition.error_message = Some(StrBytes::from_string(e.message));
@@ -127,20 +129,20 @@ fn start_append(
                 "topic {topic} has {} partitions, no partition {partition}",
                 info.partitions
             );
-            BrokerError::new(ErrorCode::UnknownPartition, why)
+            BrokerError::new(ErrorKind::UnknownPartition, why)
         })?;
     let records = records.unwrap_or_default();
     let header = validate_produced(records, info.config.max_message_bytes).map_err(|e| {
         let code = match &e {
-            BatchError::Corrupt(_) => ErrorCode::CorruptMessage,
-            BatchError::Invalid(_) => ErrorCode::InvalidRecord,
-            BatchError::OldFormat(_) => ErrorCode::UnsupportedForMessageFormat,
-            BatchError::TooLarge { .. } => ErrorCode::MessageTooLarge,
+            BatchError::Corrupt(_) => ErrorKind::CorruptMessage,
+            BatchError::Invalid(_) => ErrorKind::InvalidRecord,
+            BatchError::OldFormat(_) => ErrorKind::UnsupportedForMessageFormat,
+            BatchError::TooLarge { .. } => ErrorKind::MessageTooLarge,
         };
         BrokerError::new(code, format!("{topic}-{partition}: {e}"))
     })?;
     let entry = PendingEntry::kafka(records, header.meta())
-        .ok_or_else(|| BrokerError::new(ErrorCode::CorruptMessage, "batch too short"))?;
+        .ok_or_else(|| BrokerError::new(ErrorKind::CorruptMessage, "batch too short"))?;
     let (shard, topic) = (shard.clone(), topic.to_string());
     // A task of its own, spawned now: the append takes its turn on the owning shard in request
     // order even though this request awaits the partitions one after another.

@@ -9,9 +9,9 @@ use std::io::Read;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::kafka::batch::{self, BatchHeader, BATCH_HEADER_BYTES};
 use crate::record::batch::NativeBatchView;
 use crate::record::entry::parse_header;
+use crate::record::kafka_batch::{self, BatchHeader, BATCH_HEADER_BYTES};
 use crate::record::pending::LEADER_EPOCH;
 use crate::record::{BatchBuilder, EntryHeader, OwnedRecord, PayloadFormat, ENTRY_HEADER_BYTES};
 
@@ -64,7 +64,7 @@ pub fn native_to_kafka(
     fields[51..53].copy_from_slice(&header.producer_epoch.get().to_be_bytes());
     fields[53..57].copy_from_slice(&header.base_sequence.get().to_be_bytes());
     fields[57..61].copy_from_slice(&count.to_be_bytes());
-    batch::seal_crc(&mut out[start..]);
+    kafka_batch::seal_crc(&mut out[start..]);
     Ok(())
 }
 
@@ -354,7 +354,7 @@ mod tests {
         let (header, payload) = parse_entry(&aligned).unwrap();
         let mut kafka = BytesMut::new();
         native_to_kafka(&header, payload, &mut kafka).unwrap();
-        let checked = batch::validate_produced(&kafka, 1 << 20).unwrap();
+        let checked = kafka_batch::validate_produced(&kafka, 1 << 20).unwrap();
         assert_eq!(checked.base_offset.get(), 40);
         assert_eq!(kafka_records(&kafka).unwrap(), originals());
         let back = kafka_to_native(&header, &kafka).unwrap();

@@ -24,8 +24,10 @@ use crate::log::queued::QueuedBytes;
 use crate::metrics;
 use crate::shard::call::MeshMessage;
 use crate::shard::catalog::{self, Catalog};
-use crate::shard::listen_check;
+
 use crate::shard::Shard;
+
+mod listen_check;
 
 /// Calls waiting in one direction of the mesh before senders wait.
 const MESH_CHANNEL_CAPACITY: usize = 1024;
@@ -256,14 +258,14 @@ async fn shard_main(
     if id == 0 {
         tracing::info!("Kafka APIs served: {}", crate::kafka::versions::describe());
     }
-    let connections = Rc::new(crate::native::server::Connections::default());
-    let native_acceptor = glommio::spawn_local(crate::native::server::accept_loop(
+    let connections = Rc::new(crate::transport::Connections::default());
+    let native_acceptor = glommio::spawn_local(crate::transport::accept_loop(
         shard.clone(),
         native,
         connections.clone(),
         crate::native::server::serve_connection,
     ));
-    let kafka_acceptor = glommio::spawn_local(crate::native::server::accept_loop(
+    let kafka_acceptor = glommio::spawn_local(crate::transport::accept_loop(
         shard.clone(),
         kafka,
         connections.clone(),

@@ -1,0 +1,78 @@
+//! The broker's error vocabulary: why an operation failed, in the broker's own terms.
+//!
+//! Every layer below the protocols speaks [`ErrorKind`] (through [`BrokerError`], which adds a
+//! message for the client). Each protocol maps a kind to its wire code in one place:
+//! `native::messages::ErrorCode::from` and `kafka::codec::error_code` (which uses the Kafka codec
+//! crate's numbering). A new kind therefore changes neither protocol until it is mapped, and the
+//! native protocol's codes are free to stay coarser than the broker's kinds.
+
+/// Why an operation was refused or failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    UnknownTopic,
+    UnknownPartition,
+    OffsetOutOfRange,
+    MessageTooLarge,
+    /// Bytes that fail their checksum or cannot be parsed.
+    CorruptMessage,
+    InvalidRequest,
+    TopicAlreadyExists,
+    StorageError,
+    InvalidConfig,
+    UnsupportedApi,
+    /// The partition is closing (a stopping broker): clients refresh metadata and retry.
+    NotAvailable,
+    InvalidTopicName,
+    InvalidPartitions,
+    /// A batch a broker must not store (Kafka's INVALID_RECORD).
+    InvalidRecord,
+    /// An idempotent producer skipped or reordered a sequence number.
+    OutOfOrderSequence,
+    /// An idempotent producer's epoch was fenced by a newer one.
+    InvalidProducerEpoch,
+    /// A record format this broker does not store (Kafka message sets v0 and v1).
+    UnsupportedForMessageFormat,
+    /// The request asks for more than the broker's limits allow (partitions, disk).
+    PolicyViolation,
+    /// The group's coordinator cannot serve it now (its offsets log is unavailable).
+    CoordinatorNotAvailable,
+    IllegalGeneration,
+    InconsistentGroupProtocol,
+    InvalidGroupId,
+    UnknownMemberId,
+    InvalidSessionTimeout,
+    RebalanceInProgress,
+    NonEmptyGroup,
+    GroupIdNotFound,
+    /// JoinGroup v4+: a first join gets an id and must rejoin with it (KIP-394).
+    MemberIdRequired,
+    /// Another member holds this static `group.instance.id` (KIP-345).
+    FencedInstanceId,
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// An operation's failure: its kind and a message for the client and the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl BrokerError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for BrokerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+impl std::error::Error for BrokerError {}

@@ -1,0 +1,186 @@
+//! The tidy check: the broker's modules import one way, lower layers never reaching up.
+//!
+//! Reads every file under `src/` and fails on a `crate::` path from a module to one in its own or
+//! a higher layer (a module may always use itself). Peers in one layer do not import each other:
+//! the Kafka and native listeners share only what sits below them. `cargo test --test layers --
+//! --nocapture` prints the module graph as this check sees it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Lowest first. A module may import only modules of lower layers.
+const LAYERS: &[&[&str]] = &[
+    // Vocabulary and instruments with no dependencies of their own.
+    &["error", "metrics", "testing"],
+    // Both record formats, their checksums and conversion.
+    &["record"],
+    &["config"],
+    // The local log: segments, indexes, recovery, retention.
+    &["log"],
+    // Consumer groups, reaching the offsets log through `group::OffsetsLogs`.
+    &["group"],
+    // Shards: routing, the partition registry, the controller role, the group coordinators.
+    &["shard"],
+    // Accepting connections, idle bounds, memory budgets, the coalescing writer.
+    &["transport"],
+    // The protocol front ends.
+    &["kafka", "native"],
+    // The Rust client library (speaks the native protocol).
+    &["client"],
+    // Starting and stopping a broker.
+    &["broker"],
+    &["cli"],
+];
+
+/// Protocols whose `server` module (the connection loop) only `broker` may import.
+const CONNECTION_LOOPS: &[&str] = &["kafka", "native"];
+
+fn layer_of(module: &str) -> Option<usize> {
+    LAYERS.iter().position(|layer| layer.contains(&module))
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    for entry in entries {
+        let path = entry.expect("a directory entry").path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The top-level modules a source file names through `crate::`, with the line of each.
+fn imports(source: &str) -> Vec<(String, usize)> {
+    let mut found = Vec::new();
+    let mut line_of = Vec::with_capacity(source.len());
+    let mut code = String::with_capacity(source.len());
+    for (number, line) in source.lines().enumerate() {
+        // Comments may name modules freely (doc links, explanations).
+        let line = line.find("//").map_or(line, |at| &line[..at]);
+        code.push_str(line);
+        code.push('\n');
+        line_of.extend(std::iter::repeat_n(number + 1, line.len() + 1));
+    }
+    let mut rest = 0;
+    while let Some(at) = code[rest..].find("crate::") {
+        let start = rest + at + "crate::".len();
+        rest = start;
+        if code[..start - "crate::".len()].ends_with(|c: char| c.is_alphanumeric() || c == '_') {
+            continue; // e.g. `spate_crate::`, not this crate
+        }
+        let line = line_of[start];
+        if code[start..].starts_with('{') {
+            // `crate::{a::b, c}`: the first segment of each item, at brace depth one.
+            let mut depth = 0;
+            let mut item_start = true;
+            for (offset, c) in code[start..].char_indices() {
+                match c {
+                    '{' => {
+                        depth += 1;
+                        item_start = depth == 1;
+                        continue;
+                    }
+                    '}' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            break;
+                        }
+                    }
+                    ',' if depth == 1 => {
+                        item_start = true;
+                        continue;
+                    }
+                    _ => {}
+                }
+                if item_start && depth == 1 && (c.is_alphabetic() || c == '_') {
+                    let name: String = code[start + offset..]
+                        .chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_')
+                        .collect();
+                    found.push((name, line));
+                    item_start = false;
+                } else if !c.is_whitespace() {
+                    item_start = false;
+                }
+            }
+        } else {
+            let name: String =
+                code[start..].chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+            found.push((name, line));
+        }
+    }
+    found
+}
+
+#[test]
+fn lower_layers_never_import_higher_ones() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files.sort();
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut violations = Vec::new();
+    let mut unplaced = BTreeSet::new();
+    for file in &files {
+        let relative = file.strip_prefix(&src).expect("under src");
+        let first = relative.components().next().expect("a path").as_os_str();
+        let module = first.to_string_lossy().trim_end_matches(".rs").to_string();
+        if module == "lib" || module == "main" {
+            continue;
+        }
+        let Some(from) = layer_of(&module) else {
+            unplaced.insert(module);
+            continue;
+        };
+        let source = std::fs::read_to_string(file).expect("a readable source file");
+        for (target, line) in imports(&source) {
+            // A connection loop is started by `broker` and reached by nothing else: frames,
+            // responses and connections live beside their protocol, not in the server loop.
+            let server_loop = format!("crate::{target}::server");
+            let own_loop = relative == Path::new(&target).join("server.rs");
+            if CONNECTION_LOOPS.contains(&target.as_str()) && module != "broker" && !own_loop {
+                let text = source.lines().nth(line - 1).unwrap_or_default();
+                if text.contains(&server_loop) {
+                    violations.push(format!(
+                        "{}:{line}: {module} reaches into {server_loop}, the connection loop",
+                        relative.display()
+                    ));
+                }
+            }
+            if target == module {
+                continue;
+            }
+            let Some(to) = layer_of(&target) else {
+                // A crate-root item such as `crate::now_ms`: the root sits below every module.
+                continue;
+            };
+            graph.entry(module.clone()).or_default().insert(target.clone());
+            if to >= from {
+                let why = if to == from { "a peer in its layer" } else { "a higher layer" };
+                violations.push(format!(
+                    "{}:{line}: {module} imports {target}, {why}",
+                    relative.display()
+                ));
+            }
+        }
+    }
+    for (module, targets) in &graph {
+        let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
+        println!("{module} -> {}", targets.join(" "));
+    }
+    assert!(
+        unplaced.is_empty(),
+        "modules missing from LAYERS in tests/layers.rs (place each in its layer): {unplaced:?}"
+    );
+    assert!(violations.is_empty(), "imports against the layers:\n{}", violations.join("\n"));
+}
+
+#[test]
+fn the_import_scanner_sees_every_form() {
+    let source = "use crate::log::{A, B};\nuse crate::{record::X, shard::{Y, Z}, config};\n\
+                  // crate::cli in a comment\nlet x = crate::now_ms();\nuse other_crate::kafka;";
+    let names: Vec<String> = imports(source).into_iter().map(|(name, _)| name).collect();
+    assert_eq!(names, ["log", "record", "shard", "config", "now_ms"]);
+}
