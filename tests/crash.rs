@@ -257,6 +257,70 @@ fn a_corrupt_entry_in_the_tail_is_cut_with_everything_after_it() {
     });
 }
 
+/// An older build must not cut the log at entries a newer build wrote: that would drop them and
+/// everything after them. It refuses to start, naming the file, and leaves the file as it was.
+#[test]
+fn an_entry_written_by_a_newer_build_stops_the_start_and_nothing_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&dir.path().join("data"), &[]);
+    run(|| async {
+        let client = connect(&broker).await;
+        client.create_topic("newer", 1, vec![]).await.unwrap();
+        for seq in 0..20u64 {
+            produce(&client, "newer", 0, Acks::All, vec![record(0, seq)]).await;
+        }
+    });
+    broker.stop();
+    let partition = partition_dir(&broker, "newer");
+    let log_path = partition.join("00000000000000000000.log");
+    let mut bytes = std::fs::read(&log_path).unwrap();
+    // Entry 15 as a newer build would write it: version 2, checksum valid for its bytes.
+    let mut position = 0usize;
+    for _ in 0..15 {
+        let payload_len =
+            u32::from_le_bytes(bytes[position + 8..position + 12].try_into().unwrap()) as usize;
+        position += 64 + payload_len.next_multiple_of(16);
+    }
+    let payload_len =
+        u32::from_le_bytes(bytes[position + 8..position + 12].try_into().unwrap()) as usize;
+    bytes[position + 12] = 2;
+    let crc = crc32fast::hash(&bytes[position + 8..position + 64 + payload_len]);
+    bytes[position + 4..position + 8].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&log_path, &bytes).unwrap();
+    // As after a crash: no index covers the entry, so the start must read it.
+    std::fs::remove_file(partition.join("00000000000000000000.index")).unwrap();
+
+    let log = dir.path().join("older-build.log");
+    let mut older = std::process::Command::new(common::BINARY)
+        .args(["serve", "--listen", "127.0.0.1:0", "--kafka-listener", "127.0.0.1:0"])
+        .args(["--cores", &common::cores(), "--data-dir"])
+        .arg(&broker.data_dir)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = older.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            older.kill().unwrap();
+            older.wait().unwrap();
+            panic!("the broker started on a log holding an entry it cannot read");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "{logged}");
+    assert!(
+        logged.contains(&log_path.display().to_string())
+            && logged.contains("written by a newer build")
+            && logged.contains(&format!("byte {position} (offset 15)")),
+        "the refusal names the file and the entry:\n{logged}"
+    );
+    assert_eq!(std::fs::read(&log_path).unwrap(), bytes, "the log is left as it was");
+}
+
 /// Writes `records` records to a one-partition topic of 16 KiB segments (the first seals after a
 /// few dozen records), stops the broker, and lists the partition's files ending in `extension`,
 /// oldest first.

@@ -223,6 +223,19 @@ impl LogState {
     fn log_start(&self) -> u64 {
         self.segments.front().map_or(self.next_offset, |s| s.base_offset)
     }
+
+    /// Asserts `log_start <= synced_offset <= written_offset <= next_offset` after `change`, with
+    /// every value in the message. Out of order, a watermark would acknowledge records that are
+    /// not durable, or serve records that are not written: stopping is the safer failure.
+    fn assert_watermarks(&self, change: &str) {
+        let (start, synced, written, next) =
+            (self.log_start(), self.synced_offset, self.written_offset, self.next_offset);
+        assert!(
+            start <= synced && synced <= written && written <= next,
+            "watermarks out of order after {change}: log_start {start}, synced {synced}, \
+             written {written}, next {next}"
+        );
+    }
 }
 
 pub struct PartitionLog {
@@ -296,6 +309,7 @@ impl PartitionLog {
             tail: TailCache::new(limits.tail_cache_bytes, tail_budget),
             open_files,
         });
+        log.state.borrow().assert_watermarks("opening");
         log.rebuild_producers().await?;
         glommio::spawn_local(writer::run(log.clone(), block_tail)).detach();
         glommio::spawn_local(log.clone().run_syncer()).detach();
@@ -379,6 +393,7 @@ impl PartitionLog {
         st.producers.record(&pending.meta, base_offset, next_offset, crate::now_ms());
         let (entry, footprint) = pending.seal(base_offset);
         st.next_offset = next_offset;
+        st.assert_watermarks("an append");
         st.staged_bytes += entry.len();
         self.queued.add(entry.len());
         TailCache::push(&self.tail, base_offset, next_offset, entry.clone(), footprint);
@@ -580,7 +595,9 @@ impl PartitionLog {
                 .take(sealed)
                 .take_while(|s| s.meta.borrow().next_offset <= offset)
                 .count();
-            st.segments.drain(..count).collect()
+            let doomed = st.segments.drain(..count).collect();
+            st.assert_watermarks("deleting segments below an offset");
+            doomed
         };
         for segment in &doomed {
             segment.remove_files(&self.dir).await?;
@@ -613,7 +630,9 @@ impl PartitionLog {
         let doomed: Vec<Rc<Segment>> = {
             let mut st = self.state.borrow_mut();
             let count = plan.delete_oldest.min(st.segments.len() - 1);
-            st.segments.drain(..count).collect()
+            let doomed = st.segments.drain(..count).collect();
+            st.assert_watermarks("deleting segments past retention");
+            doomed
         };
         for segment in &doomed {
             tracing::info!(
@@ -685,6 +704,7 @@ impl PartitionLog {
             Ok(()) => {
                 let mut st = self.state.borrow_mut();
                 st.synced_offset = st.written_offset;
+                st.assert_watermarks("the final sync");
             }
             Err(e) => {
                 tracing::error!(topic = %self.topic, partition = self.partition, "final sync failed: {e}")
@@ -737,6 +757,7 @@ impl PartitionLog {
             self.metrics.record(Hist::Fdatasync, started.elapsed());
             let mut st = self.state.borrow_mut();
             st.synced_offset = st.synced_offset.max(covers);
+            st.assert_watermarks("an fdatasync");
             if facts.covered_bytes >= segment.indexed_bytes() + self.limits.recovery_point_bytes {
                 // The writer writes the index: it alone seals and rolls segments, so the two
                 // index writes of one segment never race.

@@ -5,7 +5,9 @@
 //! driver in `segment.rs` feeds it chunks read from disk.
 
 use crate::log::index::SegmentIndex;
-use crate::record::entry::{parse_entry, parse_header, EntryError, ENTRY_HEADER_BYTES};
+use crate::record::entry::{
+    parse_entry, parse_header, written_by_newer_build, EntryError, ENTRY_HEADER_BYTES,
+};
 
 /// What a scan has established so far about a segment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +40,9 @@ pub enum ScanStop {
     End,
     /// The bytes at `state.position` are not a valid next entry.
     Corrupt(EntryError),
+    /// An intact entry at `state.position` that a newer build wrote (its version or payload
+    /// format is unknown here): not damage, so the log must not be cut there.
+    WrittenByNewerBuild(EntryError),
 }
 
 /// Consumes the valid entries at the start of `buf`, which begins at `state.position`.
@@ -54,6 +59,16 @@ pub fn scan(buf: &[u8], state: &mut ScanState) -> ScanStop {
                 return ScanStop::NeedMore { entry_bytes: ENTRY_HEADER_BYTES }
             }
             Err(EntryError::Zeroed) => return ScanStop::End,
+            Err(unknown @ (EntryError::BadVersion { .. } | EntryError::BadFormat { .. })) => {
+                return match written_by_newer_build(rest) {
+                    Ok(true) => ScanStop::WrittenByNewerBuild(unknown),
+                    Ok(false) => ScanStop::Corrupt(unknown),
+                    Err(EntryError::Truncated { need, .. }) => {
+                        ScanStop::NeedMore { entry_bytes: need }
+                    }
+                    Err(other) => ScanStop::Corrupt(other),
+                };
+            }
             Err(other) => return ScanStop::Corrupt(other),
         };
         let entry_bytes = header.entry_len();
@@ -81,7 +96,7 @@ pub fn scan(buf: &[u8], state: &mut ScanState) -> ScanStop {
 mod tests {
     use super::*;
     use crate::record::{BatchMeta, EntryHeader, PayloadFormat};
-    use zerocopy::IntoBytes;
+    use zerocopy::{FromBytes, IntoBytes};
 
     fn entry(base_offset: u64, count: u32, payload: &[u8]) -> Vec<u8> {
         let meta = BatchMeta::new(count, 10, 10 + base_offset as i64);
@@ -152,6 +167,48 @@ mod tests {
         assert_eq!(
             scan(&log, &mut state),
             ScanStop::Corrupt(EntryError::UnexpectedOffset { expected: 3, found: 5 })
+        );
+    }
+
+    /// An entry as a newer build might write it: the same frame, an unknown version.
+    fn newer_entry(base_offset: u64, version: u8) -> Vec<u8> {
+        let mut bytes = entry(base_offset, 1, b"from the future");
+        bytes[12] = version;
+        let payload_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+        let header = EntryHeader::read_from_prefix(&bytes).unwrap().0;
+        let payload = &bytes[ENTRY_HEADER_BYTES..ENTRY_HEADER_BYTES + payload_len];
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&header.as_bytes()[8..]);
+        hasher.update(payload);
+        bytes[4..8].copy_from_slice(&hasher.finalize().to_le_bytes());
+        bytes
+    }
+
+    #[test]
+    fn an_intact_entry_of_a_newer_version_stops_the_scan_without_a_cut() {
+        let mut log = log_of(3);
+        let before = log.len() as u64;
+        log.extend(newer_entry(9, 2));
+        log.extend(entry(10, 1, b"after"));
+        let mut state = ScanState::new(0);
+        assert_eq!(
+            scan(&log, &mut state),
+            ScanStop::WrittenByNewerBuild(EntryError::BadVersion { found: 2 })
+        );
+        assert_eq!((state.position, state.next_offset), (before, 9));
+
+        // Half of it present: read more before deciding.
+        let mut state = ScanState::new(0);
+        let short = &log[..before as usize + ENTRY_HEADER_BYTES + 4];
+        assert!(matches!(scan(short, &mut state), ScanStop::NeedMore { .. }));
+
+        // The same bytes with a flipped payload bit are damage, cut as before.
+        let mut damaged = log.clone();
+        damaged[before as usize + ENTRY_HEADER_BYTES + 1] ^= 1;
+        let mut state = ScanState::new(0);
+        assert_eq!(
+            scan(&damaged, &mut state),
+            ScanStop::Corrupt(EntryError::BadVersion { found: 2 })
         );
     }
 

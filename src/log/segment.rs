@@ -385,7 +385,7 @@ impl Segment {
             Some(state) => (state, false, None),
             None => {
                 let mut state = ScanState::new(base_offset);
-                let truncation = scan_file(&file, &mut state, file_len).await?;
+                let truncation = scan_file(&path, &file, &mut state, file_len).await?;
                 (state, true, truncation)
             }
         };
@@ -421,7 +421,7 @@ impl Segment {
             ),
             _ => (ScanState::new(base_offset), 0),
         };
-        let truncation = scan_file(&file, &mut state, file_len).await?;
+        let truncation = scan_file(&path, &file, &mut state, file_len).await?;
         let mut allocated = file_len;
         if file_len > state.position {
             // Drop whatever lies past the last good entry, so zeros follow it again: damaged
@@ -553,8 +553,10 @@ async fn load_index(dir: &Path, base_offset: u64) -> Option<(SegmentIndex, Index
 }
 
 /// Scans from `state.position` to the end of the valid entries. Returns where and why it cut,
-/// or `None` when the segment simply ends (zeros or end of file).
+/// or `None` when the segment simply ends (zeros or end of file). Fails, naming `path`, on an
+/// intact entry a newer build wrote: cutting there would drop it and everything after it.
 async fn scan_file(
+    path: &Path,
     file: &Rc<DmaFile>,
     state: &mut ScanState,
     file_len: u64,
@@ -575,6 +577,17 @@ async fn scan_file(
         match scan(&buf, state) {
             ScanStop::End => return Ok(None),
             ScanStop::Corrupt(reason) => return Ok(Some(cut(state, reason))),
+            ScanStop::WrittenByNewerBuild(reason) => {
+                let why = format!(
+                    "{}: the entry at byte {} (offset {}) was written by a newer build of Spate \
+                     ({reason}); refusing to start rather than cut the log there: run a build \
+                     that reads it",
+                    path.display(),
+                    state.position,
+                    state.next_offset
+                );
+                return Err(io::Error::new(io::ErrorKind::InvalidData, why));
+            }
             ScanStop::NeedMore { entry_bytes } => {
                 let consumed = (state.position - start) as usize;
                 let at_eof = start + len as u64 >= file_len;

@@ -24,6 +24,11 @@
 //! archive can be read in place from any buffer that is itself 16-aligned at an entry start. The
 //! checksum covers the header (after the crc) and the payload, so a flipped bit in an offset or a
 //! timestamp is caught as surely as one in a value.
+//!
+//! Every later version keeps the frame: the magic, the crc, `payload_len` and what the checksum
+//! covers. An older build can then tell an entry a newer build wrote (magic and checksum
+//! verify, only the version or format is unknown) from a torn one, and stops rather than cut the
+//! log there ([`written_by_newer_build`]).
 
 use zerocopy::little_endian::{I16, I32, I64, U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
@@ -234,6 +239,29 @@ pub fn parse_entry(buf: &[u8]) -> Result<(EntryHeader, &[u8]), EntryError> {
         return Err(EntryError::ChecksumMismatch { stored: header.crc.get(), computed });
     }
     Ok((header, payload))
+}
+
+/// Whether `buf` starts with an intact entry that only a newer build can read: the frame every
+/// version keeps verifies (magic, a payload length within bounds, the checksum) while its
+/// version or payload format is unknown here. Recovery stops on such an entry instead of
+/// cutting the log at it, which would drop every record from there on.
+///
+/// `Err(Truncated)` when `buf` ends before the entry's payload does.
+pub fn written_by_newer_build(buf: &[u8]) -> Result<bool, EntryError> {
+    let Ok((header, _)) = EntryHeader::read_from_prefix(buf) else {
+        return Err(EntryError::Truncated { need: ENTRY_HEADER_BYTES, have: buf.len() });
+    };
+    let known = header.version == ENTRY_VERSION && header.format().is_some();
+    let payload_len = header.payload_len.get();
+    if known || header.magic.get() != ENTRY_MAGIC || payload_len > ENTRY_PAYLOAD_BYTES_MAX {
+        return Ok(false);
+    }
+    let need = ENTRY_HEADER_BYTES + payload_len as usize;
+    if buf.len() < need {
+        return Err(EntryError::Truncated { need, have: buf.len() });
+    }
+    let payload = &buf[ENTRY_HEADER_BYTES..need];
+    Ok(header.checksum_with(crc32fast::hash(payload), u64::from(payload_len)) == header.crc.get())
 }
 
 /// Parses and sanity-checks a header without reading the payload.

@@ -305,6 +305,7 @@ impl Writer {
         let size = active.meta.borrow().size;
         let mut st = self.log.state.borrow_mut();
         st.written_offset = written_offset;
+        st.assert_watermarks("a write");
         // Far enough past the last recovery point: ask the syncer for one, once per stretch,
         // even when no acks=all producer waits (it then also writes the index).
         let stretch = self.log.limits.recovery_point_bytes;
@@ -340,6 +341,7 @@ impl Writer {
         let mut st = log.state.borrow_mut();
         st.synced_offset = st.synced_offset.max(base_offset);
         st.segments.push_back(new);
+        st.assert_watermarks("a roll");
         drop(st);
         old.retire();
         self.plan = WritePlan::new(0, Vec::new());
@@ -368,6 +370,7 @@ impl Writer {
             st.generation.discarded_from.set(Some(from));
             st.generation = Rc::default();
             st.next_offset = from;
+            st.assert_watermarks("discarding unwritten records");
             st.staged.clear();
             log.queued.remove(std::mem::take(&mut st.staged_bytes));
             st.sync_target = st.sync_target.min(from);
