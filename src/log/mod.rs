@@ -18,6 +18,7 @@ pub mod queued;
 pub mod retention;
 pub mod scan;
 pub mod segment;
+pub mod storage;
 pub mod tail_cache;
 pub mod write_plan;
 

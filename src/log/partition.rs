@@ -44,6 +44,7 @@ use crate::log::retention::{self, SegmentFacts};
 use crate::log::segment::{
     self, OpenFiles, PreallocateStep, Segment, Truncation, PREALLOCATE_STEP_MIN_BYTES,
 };
+use crate::log::storage::{DmaStorage, Storage, StorageFile};
 use crate::log::tail_cache::{TailBudget, TailCache};
 use crate::metrics::{Hist, Metrics};
 use crate::record::entry::{parse_entry, parse_header, ENTRY_HEADER_BYTES};
@@ -85,14 +86,16 @@ pub const RECOVERY_POINT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// What every partition of a shard shares.
 #[derive(Clone)]
-pub struct SharedByShard {
+pub struct SharedByShard<S: Storage = DmaStorage> {
+    /// Files and clocks: the machine's, or a simulation's.
+    pub storage: S,
     pub metrics: Rc<Metrics>,
     /// The broker-wide count of appended-but-unwritten bytes.
     pub queued: Arc<QueuedBytes>,
     /// The shard's tail-cache memory.
     pub tail_budget: Rc<TailBudget>,
     /// The shard's open sealed-segment files.
-    pub open_files: Rc<OpenFiles>,
+    pub open_files: Rc<OpenFiles<S>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,9 +188,9 @@ struct Staged {
     entry: Bytes,
 }
 
-struct LogState {
+struct LogState<S: Storage> {
     /// Oldest first; the last one is the active segment. Never empty.
-    segments: VecDeque<Rc<Segment>>,
+    segments: VecDeque<Rc<Segment<S>>>,
     next_offset: u64,
     written_offset: u64,
     synced_offset: u64,
@@ -214,8 +217,8 @@ struct LogState {
     out_of_space: Option<(Instant, String)>,
 }
 
-impl LogState {
-    fn active(&self) -> Rc<Segment> {
+impl<S: Storage> LogState<S> {
+    fn active(&self) -> Rc<Segment<S>> {
         // `segments` is never empty: open creates one and deletion keeps the active one.
         self.segments.back().cloned().expect("a partition always has an active segment")
     }
@@ -238,13 +241,14 @@ impl LogState {
     }
 }
 
-pub struct PartitionLog {
+pub struct PartitionLog<S: Storage = DmaStorage> {
+    storage: S,
     pub topic: Rc<str>,
     pub partition: u32,
     dir: PathBuf,
     config: RefCell<TopicConfig>,
     limits: LogLimits,
-    state: RefCell<LogState>,
+    state: RefCell<LogState<S>>,
     /// Fired whenever a watermark moves, the log fails, or it starts closing.
     changed: Event,
     /// Fired when the writer has work: staged entries, a roll request, or a stop.
@@ -255,10 +259,10 @@ pub struct PartitionLog {
     /// The newest entries, for caught-up readers; within the shard's budget.
     tail: Rc<RefCell<TailCache>>,
     /// The shard's open sealed-segment files, which this partition's segments join.
-    open_files: Rc<OpenFiles>,
+    open_files: Rc<OpenFiles<S>>,
 }
 
-impl PartitionLog {
+impl<S: Storage> PartitionLog<S> {
     /// Opens (recovering) or creates the partition in `dir` and starts its writer and syncer.
     pub async fn open(
         topic: Rc<str>,
@@ -266,17 +270,19 @@ impl PartitionLog {
         dir: PathBuf,
         config: TopicConfig,
         limits: LogLimits,
-        shared: SharedByShard,
+        shared: SharedByShard<S>,
     ) -> io::Result<Rc<Self>> {
-        let SharedByShard { metrics, queued, tail_budget, open_files } = shared;
+        let SharedByShard { storage, metrics, queued, tail_budget, open_files } = shared;
         let segments =
-            open_segments(&dir, &topic, partition, config.segment_bytes, &open_files).await?;
+            open_segments(&storage, &dir, &topic, partition, config.segment_bytes, &open_files)
+                .await?;
         let next_offset = segments.back().map_or(0, |s| s.meta.borrow().next_offset);
         let block_tail = match segments.back() {
             Some(active) => read_block_tail(active).await?,
             None => Vec::new(),
         };
         let log = Rc::new(Self {
+            storage,
             topic,
             partition,
             dir,
@@ -325,7 +331,7 @@ impl PartitionLog {
     /// a roll just before the restart leaves the active segment (nearly) empty, and a retry of
     /// the batch that filled the previous one must not be stored twice.
     async fn rebuild_producers(&self) -> io::Result<()> {
-        let segments: Vec<Rc<Segment>> = self.state.borrow().segments.iter().cloned().collect();
+        let segments: Vec<Rc<Segment<S>>> = self.state.borrow().segments.iter().cloned().collect();
         // Newest first, until the range is covered; then replayed oldest first.
         let mut ranges = Vec::new();
         let mut wanted = PRODUCER_REBUILD_BYTES;
@@ -345,7 +351,7 @@ impl PartitionLog {
         }
         // Rebuilt producers get a whole expiry period from now: the log does not say when
         // each batch was written, only the timestamps its producer chose.
-        let now = crate::now_ms();
+        let now = self.storage.now_ms();
         for (segment, from, size) in ranges.into_iter().rev() {
             let bytes = segment.read(from, (size - from) as usize).await?;
             let mut st = self.state.borrow_mut();
@@ -376,7 +382,7 @@ impl PartitionLog {
             return Err(LogError::Closed);
         }
         if let Some((until, why)) = &st.out_of_space {
-            if Instant::now() < *until {
+            if self.storage.now() < *until {
                 return Err(LogError::Storage(why.clone()));
             }
         }
@@ -390,7 +396,7 @@ impl PartitionLog {
         let base_offset = st.next_offset;
         let next_offset = base_offset + u64::from(pending.meta.record_count);
         let max_timestamp = pending.meta.max_timestamp;
-        st.producers.record(&pending.meta, base_offset, next_offset, crate::now_ms());
+        st.producers.record(&pending.meta, base_offset, next_offset, self.storage.now_ms());
         let (entry, footprint) = pending.seal(base_offset);
         st.next_offset = next_offset;
         st.assert_watermarks("an append");
@@ -422,7 +428,7 @@ impl PartitionLog {
     async fn wait_for(
         &self,
         appended: &Appended,
-        watermark: impl Fn(&LogState) -> u64,
+        watermark: impl Fn(&LogState<S>) -> u64,
     ) -> Result<(), LogError> {
         self.wait_until(|st| {
             // Checked first: the discarded offsets may since have been written again.
@@ -453,7 +459,7 @@ impl PartitionLog {
 
     async fn wait_until(
         &self,
-        done: impl Fn(&LogState) -> Result<bool, LogError>,
+        done: impl Fn(&LogState<S>) -> Result<bool, LogError>,
     ) -> Result<(), LogError> {
         loop {
             let listener = self.changed.listen();
@@ -532,7 +538,7 @@ impl PartitionLog {
         Ok(ReadOutcome { entries: Vec::new(), high_watermark, log_start, woken_at: None })
     }
 
-    fn read_error(&self, segment: &Segment, offset: u64, error: ReadError) -> LogError {
+    fn read_error(&self, segment: &Segment<S>, offset: u64, error: ReadError) -> LogError {
         match error {
             ReadError::Io(e) if segment::is_deleted_segment(segment, &e) => {
                 let st = self.state.borrow();
@@ -586,7 +592,7 @@ impl PartitionLog {
     /// Deletes the sealed segments that hold only offsets below `offset` (the log start moves
     /// up to the first kept segment). Returns how many it deleted.
     pub async fn delete_segments_below(&self, offset: u64) -> io::Result<usize> {
-        let doomed: Vec<Rc<Segment>> = {
+        let doomed: Vec<Rc<Segment<S>>> = {
             let mut st = self.state.borrow_mut();
             let sealed = st.segments.len() - 1;
             let count = st
@@ -627,7 +633,7 @@ impl PartitionLog {
             self.writer_wake.notify(1);
         }
         self.give_back_if_idle();
-        let doomed: Vec<Rc<Segment>> = {
+        let doomed: Vec<Rc<Segment<S>>> = {
             let mut st = self.state.borrow_mut();
             let count = plan.delete_oldest.min(st.segments.len() - 1);
             let doomed = st.segments.drain(..count).collect();
@@ -695,9 +701,9 @@ impl PartitionLog {
             // the next start reads nothing of the active segment: a clean stop leaves no tail
             // to scan.
             active.cut_to_size().await?;
-            let started = Instant::now();
+            let started = self.storage.now();
             active.active_file()?.fdatasync().await?;
-            self.metrics.record(Hist::Fdatasync, started.elapsed());
+            self.metrics.record(Hist::Fdatasync, self.storage.now() - started);
             active.persist_index(&self.dir).await
         };
         match synced.await {
@@ -745,16 +751,16 @@ impl PartitionLog {
                 listener.await;
                 continue;
             };
-            let started = Instant::now();
+            let started = self.storage.now();
             let synced = match segment.active_file() {
                 Ok(file) => file.fdatasync().await,
-                Err(e) => Err(e.into()),
+                Err(e) => Err(e),
             };
             if let Err(e) = synced {
                 self.fail(format!("fdatasync failed: {e}"));
                 break;
             }
-            self.metrics.record(Hist::Fdatasync, started.elapsed());
+            self.metrics.record(Hist::Fdatasync, self.storage.now() - started);
             let mut st = self.state.borrow_mut();
             st.synced_offset = st.synced_offset.max(covers);
             st.assert_watermarks("an fdatasync");
@@ -788,8 +794,8 @@ const READ_SLACK_BYTES: usize = crate::log::index::INDEX_INTERVAL_BYTES as usize
 
 /// Reads whole entries holding `offset` and after from one segment, checking every checksum.
 /// `None` when the segment holds nothing at or after `offset`.
-async fn read_segment(
-    segment: &Segment,
+async fn read_segment<S: Storage>(
+    segment: &Segment<S>,
     offset: u64,
     max_bytes: usize,
 ) -> Result<Option<Bytes>, ReadError> {
@@ -837,8 +843,8 @@ async fn read_segment(
 
 /// Finds the first record at or after `timestamp` in one segment, reading the log in windows
 /// (the first one reaches past the next index point) rather than entry by entry.
-async fn find_timestamp(
-    segment: &Segment,
+async fn find_timestamp<S: Storage>(
+    segment: &Segment<S>,
     timestamp: i64,
 ) -> Result<Option<(u64, i64)>, ReadError> {
     let (mut position, size) = {
@@ -905,45 +911,41 @@ fn first_record_at_or_after(entry: &[u8], timestamp: i64) -> Result<(u64, i64), 
 
 /// Opens every segment in `dir` (creating the first if there is none) and logs what recovery
 /// cut.
-async fn open_segments(
+async fn open_segments<S: Storage>(
+    storage: &S,
     dir: &Path,
     topic: &str,
     partition: u32,
     segment_bytes: u64,
-    open_files: &Rc<OpenFiles>,
-) -> io::Result<VecDeque<Rc<Segment>>> {
-    let listing = dir.to_path_buf();
-    let mut bases: Vec<u64> = glommio::executor()
-        .spawn_blocking(move || -> io::Result<Vec<u64>> {
-            std::fs::create_dir_all(&listing)?;
-            let mut bases = Vec::new();
-            for entry in std::fs::read_dir(&listing)? {
-                if let Some(base) = entry?.file_name().to_str().and_then(segment::parse_log_name) {
-                    bases.push(base);
-                }
-            }
-            Ok(bases)
-        })
-        .await?;
+    open_files: &Rc<OpenFiles<S>>,
+) -> io::Result<VecDeque<Rc<Segment<S>>>> {
+    let names = storage.list_dir(dir).await?;
+    let mut bases: Vec<u64> = names.iter().filter_map(|n| segment::parse_log_name(n)).collect();
     bases.sort_unstable();
     let mut segments = VecDeque::new();
     let Some((&last, sealed)) = bases.split_last() else {
-        let first = Segment::create(dir, 0, PreallocateStep::MIN, segment_bytes, open_files);
+        let first =
+            Segment::create(storage, dir, 0, PreallocateStep::MIN, segment_bytes, open_files);
         segments.push_back(first.await?);
         return Ok(segments);
     };
     for &base in sealed {
-        let (segment, cut) = Segment::open_sealed(dir, base, open_files).await?;
+        let (segment, cut) = Segment::open_sealed(storage, dir, base, open_files).await?;
         report_truncation(topic, partition, &segment, cut);
         segments.push_back(segment);
     }
-    let (active, cut) = Segment::open_active(dir, last, open_files).await?;
+    let (active, cut) = Segment::open_active(storage, dir, last, open_files).await?;
     report_truncation(topic, partition, &active, cut);
     segments.push_back(active);
     Ok(segments)
 }
 
-fn report_truncation(topic: &str, partition: u32, segment: &Segment, cut: Option<Truncation>) {
+fn report_truncation<S: Storage>(
+    topic: &str,
+    partition: u32,
+    segment: &Segment<S>,
+    cut: Option<Truncation>,
+) {
     if let Some(cut) = cut {
         tracing::warn!(
             topic,
@@ -959,7 +961,7 @@ fn report_truncation(topic: &str, partition: u32, segment: &Segment, cut: Option
 
 /// The bytes of the active segment after its last block boundary, which the next write
 /// rewrites.
-async fn read_block_tail(active: &Segment) -> io::Result<Vec<u8>> {
+async fn read_block_tail<S: Storage>(active: &Segment<S>) -> io::Result<Vec<u8>> {
     let size = active.meta.borrow().size;
     let tail_len = (size % WRITE_ALIGN_BYTES as u64) as usize;
     if tail_len == 0 {

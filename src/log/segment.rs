@@ -22,12 +22,12 @@ use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use glommio::io::{DmaFile, OpenOptions};
 
 use crate::config::WRITE_ALIGN_BYTES;
 use crate::log::index::{self, IndexedSegment, SegmentIndex};
 use crate::log::retention::SegmentFacts;
 use crate::log::scan::{scan, ScanState, ScanStop};
+use crate::log::storage::{DmaStorage, Storage, StorageFile};
 use crate::record::EntryError;
 
 /// The largest single read issued to the device. glommio 0.9 can hang on reads larger than the
@@ -67,22 +67,23 @@ pub struct SegmentMeta {
     pub first_write_ms: Option<i64>,
 }
 
-pub struct Segment {
+pub struct Segment<S: Storage = DmaStorage> {
+    storage: S,
     pub base_offset: u64,
     pub log_path: PathBuf,
     pub meta: RefCell<SegmentMeta>,
     /// Open (read-write) while the segment is active. A sealed segment's is opened read-only by
     /// the read that needs it and closed again by the shard's [`OpenFiles`] when it has not been
     /// read for longest; readers keep their own handle, so a close never cuts a read short.
-    file: RefCell<Option<Rc<DmaFile>>>,
+    file: RefCell<Option<Rc<S::File>>>,
     sealed: Cell<bool>,
     /// Set before its files are removed (retention, a deleted topic): a closed file is then
     /// never reopened, since the path may already name nothing, or a newer topic's file.
     deleted: Cell<bool>,
     /// The segment's place in `open_files`' order of use, while a sealed segment's file is open.
     last_use: Cell<Option<u64>>,
-    open_files: Rc<OpenFiles>,
-    me: Weak<Segment>,
+    open_files: Rc<OpenFiles<S>>,
+    me: Weak<Segment<S>>,
     /// Bytes of the file allocated so far (its size while it is active).
     allocated_bytes: Cell<u64>,
     step: Cell<PreallocateStep>,
@@ -94,14 +95,14 @@ pub struct Segment {
 /// longest ago is closed (and reopened by its next read). Active segments' files stay open and
 /// are not counted: one per partition, which `max.broker.partitions` bounds. So the files a
 /// broker holds open are its partitions plus this bound, whatever the segment count.
-pub struct OpenFiles {
+pub struct OpenFiles<S: Storage = DmaStorage> {
     files_max: usize,
     next_use: Cell<u64>,
     /// Sealed segments whose file is open, by last use.
-    by_use: RefCell<BTreeMap<u64, Weak<Segment>>>,
+    by_use: RefCell<BTreeMap<u64, Weak<Segment<S>>>>,
 }
 
-impl OpenFiles {
+impl<S: Storage> OpenFiles<S> {
     pub fn new(files_max: usize) -> Rc<Self> {
         assert!(files_max > 0, "a shard must be able to keep one sealed segment file open");
         Rc::new(Self { files_max, next_use: Cell::new(0), by_use: RefCell::default() })
@@ -114,7 +115,7 @@ impl OpenFiles {
 
     /// Marks `segment`'s open file as just used, then closes the files used longest ago past
     /// the bound.
-    fn touch(&self, segment: &Segment) {
+    fn touch(&self, segment: &Segment<S>) {
         let now = self.next_use.get();
         self.next_use.set(now + 1);
         {
@@ -142,7 +143,7 @@ impl OpenFiles {
     }
 }
 
-impl Drop for Segment {
+impl<S: Storage> Drop for Segment<S> {
     /// A deleted segment leaves the shard's order of use.
     fn drop(&mut self) {
         if let Some(at) = self.last_use.get() {
@@ -207,33 +208,38 @@ pub fn parse_log_name(name: &str) -> Option<u64> {
     (digits.len() == 20).then(|| digits.parse().ok()).flatten()
 }
 
-impl Segment {
+impl<S: Storage> Segment<S> {
     /// Creates an empty active segment with its first preallocation, `step` ahead (the rolled
     /// segment's step, or [`PreallocateStep::MIN`] for a new partition). On failure (a full
     /// disk) no file is left behind: an empty newest segment would claim offsets its
     /// predecessor goes on writing.
     pub async fn create(
+        storage: &S,
         dir: &Path,
         base_offset: u64,
         step: PreallocateStep,
         segment_bytes: u64,
-        open_files: &Rc<OpenFiles>,
+        open_files: &Rc<OpenFiles<S>>,
     ) -> io::Result<Rc<Self>> {
         let path = log_path(dir, base_offset);
-        let file = OpenOptions::new().read(true).write(true).create(true).dma_open(&path).await?;
+        let file = storage.open_rw(&path, true).await?;
         let state = ScanState::new(base_offset);
-        let segment =
-            Self::new(base_offset, Some(Rc::new(file)), path.clone(), state, 0, open_files.clone());
+        let segment = Self::new(
+            storage,
+            base_offset,
+            Some(Rc::new(file)),
+            path.clone(),
+            state,
+            0,
+            open_files.clone(),
+        );
         segment.step.set(step);
         let ready = async {
             segment.ensure_allocated(1, segment_bytes).await?;
-            sync_dir(dir).await
+            storage.sync_dir(dir).await
         };
         if let Err(e) = ready.await {
-            let removing = path.clone();
-            let removed =
-                glommio::executor().spawn_blocking(move || std::fs::remove_file(&removing)).await;
-            if let Err(removed) = removed {
+            if let Err(removed) = storage.remove_file(&path).await {
                 tracing::warn!(segment = %path.display(), "removing a half-created segment: {removed}");
             }
             return Err(e);
@@ -248,16 +254,16 @@ impl Segment {
         if end <= self.allocated_bytes.get() {
             return Ok(());
         }
-        let step = self.step.get().next(Instant::now());
+        let step = self.step.get().next(self.storage.now());
         let exact = end.next_multiple_of(WRITE_ALIGN_BYTES as u64);
         let segment_end = segment_bytes.next_multiple_of(WRITE_ALIGN_BYTES as u64);
         // Steps are powers of two from four blocks up, so the reach stays block-aligned.
         let reach = end.next_multiple_of(step.bytes()).min(segment_end).max(exact);
         let file = self.active_file()?;
-        let target = match file.pre_allocate(reach, false).await.map_err(io::Error::from) {
+        let target = match file.pre_allocate(reach).await {
             Ok(()) => reach,
             Err(e) if is_out_of_space(&e) => {
-                file.pre_allocate(exact, false).await?;
+                file.pre_allocate(exact).await?;
                 exact
             }
             Err(e) => return Err(e),
@@ -296,15 +302,17 @@ impl Segment {
     }
 
     fn new(
+        storage: &S,
         base_offset: u64,
-        file: Option<Rc<DmaFile>>,
+        file: Option<Rc<S::File>>,
         log_path: PathBuf,
         state: ScanState,
         allocated_bytes: u64,
-        open_files: Rc<OpenFiles>,
+        open_files: Rc<OpenFiles<S>>,
     ) -> Rc<Self> {
-        let first_write_ms = (state.position > 0).then(crate::now_ms);
+        let first_write_ms = (state.position > 0).then(|| storage.now_ms());
         Rc::new_cyclic(|me| Self {
+            storage: storage.clone(),
             base_offset,
             log_path,
             meta: RefCell::new(SegmentMeta {
@@ -328,7 +336,7 @@ impl Segment {
 
     /// The file of the active segment, for writing and syncing: it is never closed while the
     /// segment is active (only sealed segments' files are).
-    pub fn active_file(&self) -> io::Result<Rc<DmaFile>> {
+    pub fn active_file(&self) -> io::Result<Rc<S::File>> {
         self.file.borrow().clone().ok_or_else(|| {
             io::Error::other(format!("{}: the segment's file is closed", self.log_path.display()))
         })
@@ -336,13 +344,13 @@ impl Segment {
 
     /// The file to read from: a sealed segment's is reopened if it was closed, and counts as
     /// used.
-    async fn readable_file(&self) -> io::Result<Rc<DmaFile>> {
+    async fn readable_file(&self) -> io::Result<Rc<S::File>> {
         let open = self.file.borrow().clone();
         let file = match open {
             Some(file) => file,
             None if self.deleted.get() => return Err(deleted_error(&self.log_path)),
             None => {
-                let opened = Rc::new(DmaFile::open(&self.log_path).await?);
+                let opened = Rc::new(self.storage.open_read(&self.log_path).await?);
                 // Another read may have opened it meanwhile: keep one.
                 self.file.borrow_mut().get_or_insert(opened).clone()
             }
@@ -365,14 +373,15 @@ impl Segment {
     /// else by scanning it (and writing a fresh index).
     /// Its file is closed again once opened: sealed segments hold no file until read.
     pub async fn open_sealed(
+        storage: &S,
         dir: &Path,
         base_offset: u64,
-        open_files: &Rc<OpenFiles>,
+        open_files: &Rc<OpenFiles<S>>,
     ) -> io::Result<(Rc<Self>, Option<Truncation>)> {
         let path = log_path(dir, base_offset);
-        let file = Rc::new(DmaFile::open(&path).await?);
-        let file_len = file.file_size().await?;
-        let indexed = match load_index(dir, base_offset).await {
+        let file = Rc::new(storage.open_read(&path).await?);
+        let file_len = file.size().await?;
+        let indexed = match load_index(storage, dir, base_offset).await {
             Some((index, facts)) if facts.covered_bytes == file_len => Some(ScanState {
                 position: facts.covered_bytes,
                 next_offset: facts.next_offset,
@@ -389,7 +398,8 @@ impl Segment {
                 (state, true, truncation)
             }
         };
-        let segment = Self::new(base_offset, None, path, state, file_len, open_files.clone());
+        let segment =
+            Self::new(storage, base_offset, None, path, state, file_len, open_files.clone());
         segment.sealed.set(true);
         segment.indexed_bytes.set(file_len);
         if rebuilt {
@@ -402,14 +412,15 @@ impl Segment {
     /// Opens the newest segment for appending: scans past what its index covers and truncates
     /// any torn or corrupt tail.
     pub async fn open_active(
+        storage: &S,
         dir: &Path,
         base_offset: u64,
-        open_files: &Rc<OpenFiles>,
+        open_files: &Rc<OpenFiles<S>>,
     ) -> io::Result<(Rc<Self>, Option<Truncation>)> {
         let path = log_path(dir, base_offset);
-        let file = Rc::new(OpenOptions::new().read(true).write(true).dma_open(&path).await?);
-        let file_len = file.file_size().await?;
-        let (mut state, indexed) = match load_index(dir, base_offset).await {
+        let file = Rc::new(storage.open_rw(&path, false).await?);
+        let file_len = file.size().await?;
+        let (mut state, indexed) = match load_index(storage, dir, base_offset).await {
             Some((index, facts)) if facts.covered_bytes <= file_len => (
                 ScanState {
                     position: facts.covered_bytes,
@@ -432,7 +443,7 @@ impl Segment {
             allocated = state.position;
         }
         let segment =
-            Self::new(base_offset, Some(file), path, state, allocated, open_files.clone());
+            Self::new(storage, base_offset, Some(file), path, state, allocated, open_files.clone());
         segment.indexed_bytes.set(indexed);
         Ok((segment, truncation))
     }
@@ -472,7 +483,7 @@ impl Segment {
         facts: IndexedSegment,
     ) -> io::Result<()> {
         let bytes = index::encode(&self.meta.borrow().index, self.base_offset, facts);
-        write_small_file(&index_path(dir, self.base_offset), &bytes).await?;
+        write_small_file(&self.storage, &index_path(dir, self.base_offset), &bytes).await?;
         self.indexed_bytes.set(self.indexed_bytes.get().max(facts.covered_bytes));
         Ok(())
     }
@@ -506,17 +517,11 @@ impl Segment {
     /// [`is_deleted_segment`]'s error.
     pub async fn remove_files(&self, dir: &Path) -> io::Result<()> {
         self.mark_deleted();
-        let log = self.log_path.clone();
-        let index = index_path(dir, self.base_offset);
-        glommio::executor()
-            .spawn_blocking(move || {
-                std::fs::remove_file(&log)?;
-                match std::fs::remove_file(&index) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-                    _ => Ok(()),
-                }
-            })
-            .await
+        self.storage.remove_file(&self.log_path).await?;
+        match self.storage.remove_file(&index_path(dir, self.base_offset)).await {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -526,23 +531,20 @@ fn deleted_error(path: &Path) -> io::Error {
 
 /// Whether a read failed because its segment was deleted meanwhile (retention moved the log
 /// start past it, or its topic went): the reader asked for data the log no longer holds.
-pub fn is_deleted_segment(segment: &Segment, error: &io::Error) -> bool {
+pub fn is_deleted_segment<S: Storage>(segment: &Segment<S>, error: &io::Error) -> bool {
     segment.deleted.get() && error.kind() == io::ErrorKind::NotFound
 }
 
-/// Makes a new file's directory entry durable. glommio's `Directory::sync` fails with EBADF
-/// here, so this runs on the blocking pool; it happens once per segment roll.
-async fn sync_dir(dir: &Path) -> io::Result<()> {
-    let dir = dir.to_path_buf();
-    glommio::executor().spawn_blocking(move || std::fs::File::open(&dir)?.sync_all()).await
-}
-
-async fn load_index(dir: &Path, base_offset: u64) -> Option<(SegmentIndex, IndexedSegment)> {
+async fn load_index<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    base_offset: u64,
+) -> Option<(SegmentIndex, IndexedSegment)> {
     let path = index_path(dir, base_offset);
-    let file = Rc::new(DmaFile::open(&path).await.ok()?);
-    let len = file.file_size().await.ok()? as usize;
+    let file = Rc::new(storage.open_read(&path).await.ok()?);
+    let len = file.size().await.ok()? as usize;
     let bytes = read_range(&file, 0, len).await.ok();
-    let _ = file.close_rc().await;
+    let _ = file.close().await;
     match index::decode(&bytes?, base_offset) {
         Ok(loaded) => Some(loaded),
         Err(why) => {
@@ -555,9 +557,9 @@ async fn load_index(dir: &Path, base_offset: u64) -> Option<(SegmentIndex, Index
 /// Scans from `state.position` to the end of the valid entries. Returns where and why it cut,
 /// or `None` when the segment simply ends (zeros or end of file). Fails, naming `path`, on an
 /// intact entry a newer build wrote: cutting there would drop it and everything after it.
-async fn scan_file(
+async fn scan_file<F: StorageFile>(
     path: &Path,
-    file: &Rc<DmaFile>,
+    file: &Rc<F>,
     state: &mut ScanState,
     file_len: u64,
 ) -> io::Result<Option<Truncation>> {
@@ -611,7 +613,11 @@ async fn scan_file(
 /// Reads `len` bytes at `position` into one buffer. The range is split into `READ_BYTES_MAX`
 /// pieces with up to `READS_INFLIGHT_MAX` of them in flight: one read at a time leaves the
 /// device idle between requests (fio here: 512 KiB reads reach full speed only at depth 4).
-pub async fn read_range(file: &Rc<DmaFile>, position: u64, len: usize) -> io::Result<Bytes> {
+pub async fn read_range<F: StorageFile>(
+    file: &Rc<F>,
+    position: u64,
+    len: usize,
+) -> io::Result<Bytes> {
     let mut out = BytesMut::with_capacity(len);
     let mut pieces = std::collections::VecDeque::new();
     let mut next = 0usize;
@@ -642,29 +648,34 @@ pub async fn read_range(file: &Rc<DmaFile>, position: u64, len: usize) -> io::Re
 }
 
 /// Replaces a small file atomically: write a temporary file, sync it, rename it over.
-async fn write_small_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+async fn write_small_file<S: Storage>(storage: &S, path: &Path, bytes: &[u8]) -> io::Result<()> {
     // `<name>.index.tmp`, so an error while writing it names the file it stands for.
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let file = OpenOptions::new().write(true).create(true).truncate(true).dma_open(&tmp).await?;
+    let file = Rc::new(storage.open_rw(&tmp, true).await?);
     let written = async {
         let aligned = bytes.len().next_multiple_of(WRITE_ALIGN_BYTES).max(WRITE_ALIGN_BYTES);
-        let mut buf = file.alloc_dma_buffer(aligned);
-        buf.as_bytes_mut()[..bytes.len()].copy_from_slice(bytes);
-        buf.as_bytes_mut()[bytes.len()..].fill(0);
-        file.write_at(buf, 0).await?;
+        let mut buf = file.alloc_buffer(aligned);
+        let out = S::File::buffer_bytes(&mut buf);
+        out[..bytes.len()].copy_from_slice(bytes);
+        out[bytes.len()..].fill(0);
+        let written = file.write_at(buf, 0).await?;
+        if written < aligned {
+            let why = format!("short write: {written} of {aligned} bytes");
+            return Err(io::Error::new(io::ErrorKind::StorageFull, why));
+        }
+        // Also cuts what a longer leftover temporary file held past it.
         file.truncate(bytes.len() as u64).await?;
         file.fdatasync().await?;
         file.rename(path).await
     };
     if let Err(e) = written.await {
         // Best effort: a leftover temporary file is only wasted space.
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e.into());
+        let _ = storage.remove_file(&tmp).await;
+        return Err(e);
     }
-    file.close().await?;
-    Ok(())
+    file.close().await
 }
 
 /// Whether an I/O error means the device (or the user's quota) has no room: the writes it

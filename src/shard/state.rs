@@ -22,6 +22,7 @@ use crate::group::offsets::{self, OFFSETS_PARTITIONS, OFFSETS_TOPIC};
 use crate::group::{Coordinator, GroupAnswer, GroupCall, OffsetsLogs};
 use crate::log::queued::QueuedBytes;
 use crate::log::segment::{OpenFiles, PARTITION_DISK_BYTES_AT_FIRST};
+use crate::log::storage::DmaStorage;
 use crate::log::tail_cache::TailBudget;
 use crate::log::{Acks, OFFSET_EARLIEST, OFFSET_LATEST};
 use crate::log::{LogLimits, PartitionLog, ReadOutcome, SharedByShard};
@@ -160,6 +161,7 @@ impl Shard {
                 info.config.clone(),
                 self.limits(),
                 SharedByShard {
+                    storage: DmaStorage,
                     metrics: self.metrics.clone(),
                     queued: self.queued.clone(),
                     tail_budget: self.tail_budget.clone(),

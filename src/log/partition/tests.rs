@@ -10,6 +10,7 @@ use crate::config::TopicConfig;
 use crate::log::probe;
 use crate::log::queued::QueuedBytes;
 use crate::log::segment::OpenFiles;
+use crate::log::storage::DmaStorage;
 use crate::log::tail_cache::TailBudget;
 use crate::metrics::Metrics;
 use crate::record::entry::{parse_entry, parse_header};
@@ -52,6 +53,7 @@ async fn open(dir: &Path, segment_bytes: u64) -> Rc<PartitionLog> {
         config,
         limits,
         SharedByShard {
+            storage: DmaStorage,
             metrics: Rc::new(Metrics::default()),
             queued: Arc::new(QueuedBytes::new(usize::MAX)),
             tail_budget: TailBudget::new(usize::MAX),

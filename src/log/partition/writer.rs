@@ -8,17 +8,17 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
 use std::rc::Rc;
-use std::time::Instant;
 
 use super::{read_block_tail, PartitionLog, Staged, OUT_OF_SPACE_BACKOFF};
 use crate::log::index::IndexedSegment;
 use crate::log::segment::{is_out_of_space, Segment};
+use crate::log::storage::{Storage, StorageFile};
 use crate::log::write_plan::{PlannedWrite, WritePlan};
 use crate::metrics::Hist;
 
 /// Runs the writer of `log` until the log closes or fails. `block_tail` holds the active
 /// segment's bytes from its last block boundary to its end.
-pub(super) async fn run(log: Rc<PartitionLog>, block_tail: Vec<u8>) {
+pub(super) async fn run<S: Storage>(log: Rc<PartitionLog<S>>, block_tail: Vec<u8>) {
     let size = log.state.borrow().active().meta.borrow().size;
     let mut writer = Writer {
         log: log.clone(),
@@ -56,8 +56,8 @@ enum Step {
     Stop,
 }
 
-struct Writer {
-    log: Rc<PartitionLog>,
+struct Writer<S: Storage> {
+    log: Rc<PartitionLog<S>>,
     /// Lays out the writes of the active segment.
     plan: WritePlan,
     /// Oldest first.
@@ -69,9 +69,9 @@ struct Writer {
     recovery_point_asked_at: u64,
 }
 
-impl Writer {
+impl<S: Storage> Writer<S> {
     /// The segment the plan lays writes out in.
-    fn active(&self) -> Rc<Segment> {
+    fn active(&self) -> Rc<Segment<S>> {
         self.log.state.borrow().active()
     }
 
@@ -224,8 +224,8 @@ impl Writer {
                 return;
             }
         };
-        let mut buf = file.alloc_dma_buffer(len);
-        let bytes = buf.as_bytes_mut();
+        let mut buf = file.alloc_buffer(len);
+        let bytes = S::File::buffer_bytes(&mut buf);
         let mut at = 0;
         for piece in std::iter::once(&write.prefix[..]).chain(write.data.iter().map(|d| &d[..])) {
             bytes[at..at + piece.len()].copy_from_slice(piece);
@@ -234,10 +234,10 @@ impl Writer {
         bytes[at..].fill(0);
         let (log, completions) = (self.log.clone(), self.completions.clone());
         glommio::spawn_local(async move {
-            let started = Instant::now();
+            let started = log.storage.now();
             let result = match file.write_at(buf, position).await {
                 Ok(written) if written == len => {
-                    log.metrics.record(Hist::LogAppend, started.elapsed());
+                    log.metrics.record(Hist::LogAppend, log.storage.now() - started);
                     Ok(())
                 }
                 // A regular file takes fewer bytes than asked only when the device is full.
@@ -245,7 +245,7 @@ impl Writer {
                     io::ErrorKind::StorageFull,
                     format!("short write: {written} of {len} bytes"),
                 )),
-                Err(e) => Err(e.into()),
+                Err(e) => Err(e),
             };
             completions.borrow_mut().push((id, result));
             log.writer_wake.notify(1);
@@ -330,14 +330,21 @@ impl Writer {
     async fn roll(&mut self) -> io::Result<()> {
         let log = &self.log;
         let old = self.active();
-        let started = Instant::now();
+        let started = log.storage.now();
         old.seal(&log.dir).await?;
-        log.metrics.record(Hist::Fdatasync, started.elapsed());
+        log.metrics.record(Hist::Fdatasync, log.storage.now() - started);
         let base_offset = old.meta.borrow().next_offset;
         let step = old.preallocate_step();
         let segment_bytes = log.config.borrow().segment_bytes;
-        let new =
-            Segment::create(&log.dir, base_offset, step, segment_bytes, &log.open_files).await?;
+        let new = Segment::create(
+            &log.storage,
+            &log.dir,
+            base_offset,
+            step,
+            segment_bytes,
+            &log.open_files,
+        )
+        .await?;
         let mut st = log.state.borrow_mut();
         st.synced_offset = st.synced_offset.max(base_offset);
         st.segments.push_back(new);
@@ -376,7 +383,7 @@ impl Writer {
             st.sync_target = st.sync_target.min(from);
             log.tail.borrow_mut().truncate_from(from);
             st.producers.forget_from(from);
-            st.out_of_space = Some((Instant::now() + OUT_OF_SPACE_BACKOFF, why));
+            st.out_of_space = Some((log.storage.now() + OUT_OF_SPACE_BACKOFF, why));
         }
         self.issued.clear();
         log.changed.notify(usize::MAX);
