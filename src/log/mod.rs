@@ -6,7 +6,8 @@
 //! `scan.rs` validates stored entries on recovery; `retention.rs` decides what to delete and
 //! when to roll; `tail_cache.rs` serves caught-up readers from memory; `queued.rs` counts what
 //! every partition has yet to write, against the broker-wide limit. Only the shard that owns a
-//! partition touches its files.
+//! partition touches its files, and only through `storage.rs` (files, directories and clocks:
+//! glommio's in the broker, a simulated disk in `simulation.rs`, the seeded test of the log).
 
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -18,6 +19,8 @@ pub mod queued;
 pub mod retention;
 pub mod scan;
 pub mod segment;
+#[cfg(test)]
+mod simulation;
 pub mod storage;
 pub mod tail_cache;
 pub mod write_plan;
