@@ -9,6 +9,48 @@
 //! library); `broker` (start and ordered stop); `cli` (the `spate` command).
 //! `docs/ARCHITECTURE.md` draws how they fit together.
 
+/// Declares request structs that each name their answer type, for one request trait: each
+/// struct implements the trait (`into_call`, `from_answer`), and the two enums a channel carries,
+/// calls and answers, get one variant per request, named after it. Generated from one list, a
+/// call and its answer cannot fall out of step. Used by the shard mesh (`shard::call`) and the
+/// group coordinator (`group::coordinator`).
+macro_rules! typed_requests {
+    (
+        trait $trait:ident, call $call:ident, answer $answer_enum:ident;
+        $(
+            $(#[$doc:meta])*
+            $name:ident { $($(#[$field_doc:meta])* $field:ident: $ty:ty),* $(,)? } -> $answer:ty;
+        )*
+    ) => {
+        $(
+            $(#[$doc])*
+            pub struct $name { $($(#[$field_doc])* pub $field: $ty),* }
+
+            impl $trait for $name {
+                type Answer = $answer;
+
+                fn into_call(self) -> $call {
+                    $call::$name(self)
+                }
+
+                fn from_answer(answer: $answer_enum) -> Option<$answer> {
+                    match answer {
+                        $answer_enum::$name(answer) => Some(answer),
+                        #[allow(unreachable_patterns)]
+                        _ => None,
+                    }
+                }
+            }
+        )*
+
+        /// A request as its channel carries it.
+        pub enum $call { $($name($name)),* }
+
+        /// An answer as its channel carries it: the variant of the request it answers.
+        pub enum $answer_enum { $($name($answer)),* }
+    };
+}
+
 pub mod broker;
 pub mod cli;
 pub mod client;

@@ -24,7 +24,7 @@ use crate::native::messages::{
     SyncGroupResponse, TopicMetadata,
 };
 use crate::record::batch::{BatchBuilder, NativeBatchView, RecordView};
-use crate::record::entry::parse_entry;
+use crate::record::entry::{entries, Check, StoredEntry};
 use crate::record::{BatchMeta, EntryHeader, PayloadFormat};
 
 /// Requests a client queues for its writer before `send` waits.
@@ -149,10 +149,9 @@ impl Fetched {
     /// The batches in order; an entry that fails its checksum or validation is an error.
     pub fn batches(&self) -> Result<Vec<FetchedBatch<'_>>, ClientError> {
         let mut batches = Vec::new();
-        let mut rest: &[u8] = &self.data;
-        while !rest.is_empty() {
-            let (header, payload) = parse_entry(rest)
-                .map_err(|e| ClientError::Protocol(format!("fetched entry: {e}")))?;
+        for entry in entries(&self.data, Check::Checksum) {
+            let StoredEntry { header, payload, .. } =
+                entry.map_err(|e| ClientError::Protocol(format!("fetched entry: {e}")))?;
             if header.format() != Some(PayloadFormat::Native) {
                 let why =
                     format!("entry at offset {} is not in the native format", header.base_offset());
@@ -160,7 +159,6 @@ impl Fetched {
             }
             let view = NativeBatchView::new(&header, payload)
                 .map_err(|e| ClientError::Protocol(format!("fetched batch: {e}")))?;
-            rest = &rest[header.entry_len()..];
             batches.push(FetchedBatch { header, view });
         }
         Ok(batches)

@@ -16,7 +16,7 @@ use crate::group::offsets::{self, Committed, DecodeError, OffsetRecord, OFFSETS_
 use crate::group::state::{Group, GroupDescription, GroupState, JoinReply, JoinRequest, SyncReply};
 use crate::log::PartitionLog;
 use crate::record::batch::NativeBatchView;
-use crate::record::entry::parse_entry;
+use crate::record::entry::{entries, Check, StoredEntry};
 use crate::record::{BatchBuilder, PayloadFormat, PendingEntry};
 
 /// How often expired sessions and rebalance deadlines are checked.
@@ -57,64 +57,65 @@ pub trait OffsetsLogs {
     ) -> impl std::future::Future<Output = Result<Rc<PartitionLog>, BrokerError>>;
 }
 
-/// A group operation, sent to the group's coordinator shard.
-pub enum GroupCall {
-    Join {
-        group: String,
-        request: JoinRequest,
-    },
-    Sync {
+/// A group operation, sent to the group's coordinator shard, and what it answers.
+pub trait GroupRequest: Sized {
+    type Answer;
+
+    fn into_call(self) -> GroupCall;
+
+    /// The answer to this request; `None` only if the coordinator answered another request,
+    /// which [`Coordinator::handle`] rules out by construction.
+    fn from_answer(answer: GroupAnswer) -> Option<Self::Answer>;
+}
+
+typed_requests! {
+    trait GroupRequest, call GroupCall, answer GroupAnswer;
+
+    JoinGroup { group: String, request: JoinRequest } -> JoinReply;
+
+    SyncGroup {
         group: String,
         member_id: String,
         instance_id: Option<String>,
         generation: i32,
         assignments: Vec<(String, Bytes)>,
-    },
+    } -> SyncReply;
+
     Heartbeat {
         group: String,
         member_id: String,
         instance_id: Option<String>,
         generation: i32,
-    },
-    /// (member id, instance id) pairs; an empty member id names the member by instance id.
-    Leave {
+    } -> Result<(), ErrorKind>;
+
+    /// Each member's result, in the order asked.
+    LeaveGroup {
+        /// (member id, instance id) pairs; an empty member id names the member by instance id.
         group: String,
         members: Vec<(String, Option<String>)>,
-    },
-    Commit {
+    } -> Result<Vec<Result<(), ErrorKind>>, ErrorKind>;
+
+    CommitOffsets {
         group: String,
         member_id: String,
         instance_id: Option<String>,
         generation: i32,
         offsets: Vec<OffsetCommit>,
-    },
-    /// `None`: every committed offset of the group.
+    } -> Result<(), ErrorKind>;
+
+    /// (topic, partition, committed offset if any).
     FetchOffsets {
         group: String,
+        /// `None`: every committed offset of the group.
         topics: Option<Vec<(String, Vec<i32>)>>,
-    },
-    Describe {
-        group: String,
-    },
-    /// This shard's groups only; the caller asks every shard.
-    List,
-    Delete {
-        group: String,
-    },
-}
+    } -> Vec<(String, i32, Option<Committed>)>;
 
-pub enum GroupAnswer {
-    Joined(JoinReply),
-    Synced(SyncReply),
-    Heartbeat(Result<(), ErrorKind>),
-    Left(Result<Vec<Result<(), ErrorKind>>, ErrorKind>),
-    Committed(Result<(), ErrorKind>),
-    /// (topic, partition, committed offset if any).
-    Offsets(Vec<(String, i32, Option<Committed>)>),
-    Described(Option<GroupDescription>),
-    /// (group, state, protocol type).
-    Listed(Vec<(String, GroupState, String)>),
-    Deleted(Result<(), ErrorKind>),
+    DescribeGroup { group: String } -> Option<GroupDescription>;
+
+    /// This shard's groups only (the caller asks every shard): (group, state, protocol type).
+    ListGroups {} -> Vec<(String, GroupState, String)>;
+
+    DeleteGroup { group: String } -> Result<(), ErrorKind>;
 }
 
 pub struct Coordinator {
@@ -141,10 +142,16 @@ impl Coordinator {
     pub async fn handle(&self, logs: &impl OffsetsLogs, call: GroupCall) -> GroupAnswer {
         let now = Instant::now();
         match call {
-            GroupCall::Join { group, request } => {
-                GroupAnswer::Joined(self.join(group, request, now).await)
+            GroupCall::JoinGroup(JoinGroup { group, request }) => {
+                GroupAnswer::JoinGroup(self.join(group, request, now).await)
             }
-            GroupCall::Sync { group, member_id, instance_id, generation, assignments } => {
+            GroupCall::SyncGroup(SyncGroup {
+                group,
+                member_id,
+                instance_id,
+                generation,
+                assignments,
+            }) => {
                 let started = self.with_group(&group, |g| {
                     g.sync(&member_id, instance_id.as_deref(), generation, assignments, now)
                 });
@@ -155,38 +162,46 @@ impl Coordinator {
                     Some(Err(e)) => Err(e),
                     None => Err(ErrorKind::UnknownMemberId),
                 };
-                GroupAnswer::Synced(synced)
+                GroupAnswer::SyncGroup(synced)
             }
-            GroupCall::Heartbeat { group, member_id, instance_id, generation } => {
+            GroupCall::Heartbeat(Heartbeat { group, member_id, instance_id, generation }) => {
                 let beat = self.with_group(&group, |g| {
                     g.heartbeat(&member_id, instance_id.as_deref(), generation, now)
                 });
                 GroupAnswer::Heartbeat(beat.unwrap_or(Err(ErrorKind::UnknownMemberId)))
             }
-            GroupCall::Leave { group, members } => {
+            GroupCall::LeaveGroup(LeaveGroup { group, members }) => {
                 let left = self.with_group(&group, |g| g.leave(&members, now));
-                GroupAnswer::Left(left.ok_or(ErrorKind::UnknownMemberId))
+                GroupAnswer::LeaveGroup(left.ok_or(ErrorKind::UnknownMemberId))
             }
-            GroupCall::Commit { group, member_id, instance_id, generation, offsets } => {
+            GroupCall::CommitOffsets(CommitOffsets {
+                group,
+                member_id,
+                instance_id,
+                generation,
+                offsets,
+            }) => {
                 let result = self
                     .commit(logs, group, &member_id, instance_id.as_deref(), generation, offsets)
                     .await;
-                GroupAnswer::Committed(result)
+                GroupAnswer::CommitOffsets(result)
             }
-            GroupCall::FetchOffsets { group, topics } => {
-                GroupAnswer::Offsets(self.fetch_offsets(&group, topics))
+            GroupCall::FetchOffsets(FetchOffsets { group, topics }) => {
+                GroupAnswer::FetchOffsets(self.fetch_offsets(&group, topics))
             }
-            GroupCall::Describe { group } => {
-                GroupAnswer::Described(self.groups.borrow().get(&group).map(Group::describe))
+            GroupCall::DescribeGroup(DescribeGroup { group }) => {
+                GroupAnswer::DescribeGroup(self.groups.borrow().get(&group).map(Group::describe))
             }
-            GroupCall::List => GroupAnswer::Listed(
+            GroupCall::ListGroups(ListGroups {}) => GroupAnswer::ListGroups(
                 self.groups
                     .borrow()
                     .values()
                     .map(|g| (g.id.clone(), g.state, g.describe().protocol_type))
                     .collect(),
             ),
-            GroupCall::Delete { group } => GroupAnswer::Deleted(self.delete(logs, &group).await),
+            GroupCall::DeleteGroup(DeleteGroup { group }) => {
+                GroupAnswer::DeleteGroup(self.delete(logs, &group).await)
+            }
         }
     }
 
@@ -360,9 +375,9 @@ impl Coordinator {
                 for chunk in read.entries {
                     // Entries sit 16-aligned in read buffers, as the archive needs; copy if not.
                     let aligned = aligned_copy(&chunk);
-                    let mut rest: &[u8] = &aligned;
-                    while !rest.is_empty() {
-                        let (header, payload) = parse_entry(rest).map_err(|e| e.to_string())?;
+                    for entry in entries(&aligned, Check::Checksum) {
+                        let StoredEntry { header, payload, .. } =
+                            entry.map_err(|e| e.to_string())?;
                         if header.format() == Some(PayloadFormat::Native) {
                             let view = NativeBatchView::new(&header, payload)
                                 .map_err(|e| e.to_string())?;
@@ -387,7 +402,6 @@ impl Coordinator {
                             }
                         }
                         offset = offset.max(header.next_offset());
-                        rest = &rest[header.entry_len()..];
                     }
                 }
                 if offset == before {

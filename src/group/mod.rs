@@ -5,11 +5,14 @@
 //! state machine (joins, syncs, heartbeats, leaves, session expiry); `coordinator.rs` holds a
 //! shard's groups, runs their timers, and keeps committed offsets durable in the group's
 //! `__consumer_offsets` partition, replayed when the shard opens. `offsets.rs` is that log's
-//! record format. The protocol front ends translate their requests into [`GroupCall`]s.
+//! record format. The protocol front ends translate their requests into typed [`GroupRequest`]s.
 
 pub mod consumer_protocol;
 pub mod coordinator;
 pub mod offsets;
 pub mod state;
 
-pub use coordinator::{Coordinator, GroupAnswer, GroupCall, OffsetsLogs};
+pub use coordinator::{
+    CommitOffsets, Coordinator, DeleteGroup, DescribeGroup, FetchOffsets, GroupAnswer, GroupCall,
+    GroupRequest, Heartbeat, JoinGroup, LeaveGroup, ListGroups, OffsetsLogs, SyncGroup,
+};

@@ -47,7 +47,7 @@ use crate::log::segment::{
 use crate::log::storage::{DmaStorage, Storage, StorageFile};
 use crate::log::tail_cache::{TailBudget, TailCache};
 use crate::metrics::{Hist, Metrics};
-use crate::record::entry::{parse_entry, parse_header, ENTRY_HEADER_BYTES};
+use crate::record::entry::{entries, parse_entry, parse_header, Check, ENTRY_HEADER_BYTES};
 use crate::record::PendingEntry;
 
 mod writer;
@@ -367,16 +367,11 @@ impl<S: Storage> PartitionLog<S> {
         for (segment, from, size) in ranges.into_iter().rev() {
             let bytes = segment.read(from, (size - from) as usize).await?;
             let mut st = self.state.borrow_mut();
-            let mut at = 0;
             // Entries up to `size` were checked when written (and the active segment's again by
             // recovery); a header that does not parse ends this segment's replay.
-            while let Ok(header) = parse_header(&bytes[at..]) {
-                let meta = header.meta();
+            for entry in entries(&bytes, Check::Header).map_while(Result::ok) {
+                let (meta, header) = (entry.header.meta(), entry.header);
                 st.producers.record(&meta, header.base_offset(), header.next_offset(), now);
-                at += header.entry_len();
-                if at >= bytes.len() {
-                    break;
-                }
             }
         }
         Ok(())

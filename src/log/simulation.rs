@@ -32,7 +32,7 @@ use super::storage::{Storage, StorageFile};
 use super::tail_cache::TailBudget;
 use crate::config::TopicConfig;
 use crate::metrics::Metrics;
-use crate::record::entry::{parse_entry, parse_header};
+use crate::record::entry::{entries, Check, StoredEntry};
 use crate::record::{BatchMeta, PendingEntry};
 use crate::testing::TestRng;
 
@@ -539,12 +539,8 @@ impl Run {
                 .unwrap_or_else(|e| panic!("seed {seed}: reading offset {offset}: {e}"));
             assert!(!read.entries.is_empty(), "seed {seed}: nothing read at {offset} below {end}");
             for chunk in read.entries {
-                let mut at = 0;
-                while at < chunk.len() {
-                    let header = parse_header(&chunk[at..])
-                        .unwrap_or_else(|e| panic!("seed {seed}: header at offset {offset}: {e}"));
-                    let len = header.entry_len();
-                    let (header, payload) = parse_entry(&chunk[at..at + len])
+                for entry in entries(&chunk, Check::Checksum) {
+                    let StoredEntry { header, payload, .. } = entry
                         .unwrap_or_else(|e| panic!("seed {seed}: entry at offset {offset}: {e}"));
                     assert_eq!(header.base_offset(), offset, "seed {seed}: offsets not contiguous");
                     let expected = self.model.appended.get(&offset);
@@ -555,7 +551,6 @@ impl Run {
                         "seed {seed}: the entry at offset {offset} is not the one appended there"
                     );
                     offset = header.next_offset();
-                    at += len;
                 }
             }
         }

@@ -1,5 +1,5 @@
 //! Native group requests: the same coordinators as Kafka's group APIs, reached through
-//! [`GroupCall`]s, with native bodies and error codes.
+//! typed group requests, with native bodies and error codes.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -9,7 +9,9 @@ use bytes::Bytes;
 use crate::error::ErrorKind;
 use crate::group::coordinator::OffsetCommit;
 use crate::group::state::JoinRequest;
-use crate::group::{GroupAnswer, GroupCall};
+use crate::group::{
+    CommitOffsets, DeleteGroup, FetchOffsets, Heartbeat, JoinGroup, LeaveGroup, SyncGroup,
+};
 use crate::native::exchange::{answer, undecodable, RequestFrame, Response};
 use crate::native::frame::Api;
 use crate::native::messages::{
@@ -19,13 +21,8 @@ use crate::native::messages::{
 };
 use crate::shard::Shard;
 
-fn error_body(error: ErrorKind) -> ErrorBody {
+pub(super) fn error_body(error: ErrorKind) -> ErrorBody {
     ErrorBody::new(ErrorCode::from(error), error.to_string())
-}
-
-/// What a wrong-kind answer means: the coordinator shard is stopping.
-fn unavailable() -> ErrorBody {
-    error_body(ErrorKind::CoordinatorNotAvailable)
 }
 
 fn refused(code: ErrorCode, why: String) -> AdminResponse {
@@ -54,7 +51,7 @@ pub async fn join(shard: &Rc<Shard>, frame: &RequestFrame, peer: &str) -> Respon
         require_known_member: false,
     };
     let group = request.group;
-    let call = GroupCall::Join { group: group.clone(), request: join };
+    let call = JoinGroup { group: group.clone(), request: join };
     let mut body = JoinGroupResponse {
         error: ErrorBody::none(),
         generation: -1,
@@ -64,7 +61,7 @@ pub async fn join(shard: &Rc<Shard>, frame: &RequestFrame, peer: &str) -> Respon
         members: Vec::new(),
     };
     match shard.group(&group, call).await {
-        GroupAnswer::Joined(Ok(outcome)) => {
+        Ok(Ok(outcome)) => {
             body.generation = outcome.generation;
             body.protocol = outcome.protocol;
             body.leader = outcome.leader;
@@ -72,11 +69,11 @@ pub async fn join(shard: &Rc<Shard>, frame: &RequestFrame, peer: &str) -> Respon
             body.members =
                 outcome.members.into_iter().map(|m| (m.member_id, m.metadata.to_vec())).collect();
         }
-        GroupAnswer::Joined(Err((error, member_id))) => {
+        Ok(Err((error, member_id))) => {
             body.error = error_body(error);
             body.member_id = member_id;
         }
-        _ => body.error = unavailable(),
+        Err(error) => body.error = error_body(error),
     }
     answer(Api::JoinGroup, request_id, &body)
 }
@@ -88,21 +85,18 @@ pub async fn sync(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
         Err(why) => return undecodable(Api::SyncGroup, request_id, why),
     };
     let group = request.group;
-    let call = GroupCall::Sync {
+    let call = SyncGroup {
         group: group.clone(),
         member_id: request.member_id,
         instance_id: None,
         generation: request.generation,
         assignments: request.assignments.into_iter().map(|(m, a)| (m, Bytes::from(a))).collect(),
     };
-    let body = match shard.group(&group, call).await {
-        GroupAnswer::Synced(Ok(assignment)) => {
+    let body = match shard.group(&group, call).await.and_then(|r| r) {
+        Ok(assignment) => {
             SyncGroupResponse { error: ErrorBody::none(), assignment: assignment.to_vec() }
         }
-        GroupAnswer::Synced(Err(e)) => {
-            SyncGroupResponse { error: error_body(e), assignment: vec![] }
-        }
-        _ => SyncGroupResponse { error: unavailable(), assignment: vec![] },
+        Err(e) => SyncGroupResponse { error: error_body(e), assignment: vec![] },
     };
     answer(Api::SyncGroup, request_id, &body)
 }
@@ -114,16 +108,13 @@ pub async fn heartbeat(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
         Err(why) => return undecodable(Api::Heartbeat, request_id, why),
     };
     let group = request.group;
-    let call = GroupCall::Heartbeat {
+    let call = Heartbeat {
         group: group.clone(),
         member_id: request.member_id,
         instance_id: None,
         generation: request.generation,
     };
-    let result = match shard.group(&group, call).await {
-        GroupAnswer::Heartbeat(result) => result,
-        _ => Err(ErrorKind::CoordinatorNotAvailable),
-    };
+    let result = shard.group(&group, call).await.and_then(|r| r);
     answer(Api::Heartbeat, request_id, &done(result))
 }
 
@@ -134,11 +125,10 @@ pub async fn leave(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
         Err(why) => return undecodable(Api::LeaveGroup, request_id, why),
     };
     let group = request.group;
-    let call = GroupCall::Leave { group: group.clone(), members: vec![(request.member_id, None)] };
-    let result = match shard.group(&group, call).await {
-        GroupAnswer::Left(Ok(results)) => results.into_iter().next().unwrap_or(Ok(())),
-        GroupAnswer::Left(Err(e)) => Err(e),
-        _ => Err(ErrorKind::CoordinatorNotAvailable),
+    let call = LeaveGroup { group: group.clone(), members: vec![(request.member_id, None)] };
+    let result = match shard.group(&group, call).await.and_then(|r| r) {
+        Ok(results) => results.into_iter().next().unwrap_or(Ok(())),
+        Err(e) => Err(e),
     };
     answer(Api::LeaveGroup, request_id, &done(result))
 }
@@ -174,17 +164,14 @@ pub async fn commit(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
             metadata: String::new(),
         });
     }
-    let call = GroupCall::Commit {
+    let call = CommitOffsets {
         group: group.clone(),
         member_id: request.member_id,
         instance_id: None,
         generation: request.generation,
         offsets,
     };
-    let result = match shard.group(&group, call).await {
-        GroupAnswer::Committed(result) => result,
-        _ => Err(ErrorKind::CoordinatorNotAvailable),
-    };
+    let result = shard.group(&group, call).await.and_then(|r| r);
     answer(Api::CommitOffsets, request_id, &done(result))
 }
 
@@ -195,10 +182,7 @@ pub async fn delete(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
         Err(why) => return undecodable(Api::DeleteGroup, request_id, why),
     };
     let group = request.group;
-    let result = match shard.group(&group, GroupCall::Delete { group: group.clone() }).await {
-        GroupAnswer::Deleted(result) => result,
-        _ => Err(ErrorKind::CoordinatorNotAvailable),
-    };
+    let result = shard.group(&group, DeleteGroup { group: group.clone() }).await.and_then(|r| r);
     answer(Api::DeleteGroup, request_id, &done(result))
 }
 
@@ -224,9 +208,9 @@ pub async fn fetch_offsets(shard: &Rc<Shard>, frame: &RequestFrame) -> Response 
             None => by_topic.push((topic, vec![partition])),
         }
     }
-    let call = GroupCall::FetchOffsets { group: group.clone(), topics: Some(by_topic) };
+    let call = FetchOffsets { group: group.clone(), topics: Some(by_topic) };
     let body = match shard.group(&group, call).await {
-        GroupAnswer::Offsets(found) => FetchOffsetsResponse {
+        Ok(found) => FetchOffsetsResponse {
             error: ErrorBody::none(),
             offsets: found
                 .into_iter()
@@ -237,7 +221,7 @@ pub async fn fetch_offsets(shard: &Rc<Shard>, frame: &RequestFrame) -> Response 
                 })
                 .collect(),
         },
-        _ => FetchOffsetsResponse { error: unavailable(), offsets: Vec::new() },
+        Err(e) => FetchOffsetsResponse { error: error_body(e), offsets: Vec::new() },
     };
     answer(Api::FetchOffsets, request_id, &body)
 }

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use crate::error::{BrokerError, ErrorKind};
-use crate::group::{GroupAnswer, GroupCall};
+use crate::group::{DescribeGroup, FetchOffsets, ListGroups};
 use crate::metrics::Hist;
 use crate::native::exchange::{answer, undecodable, RequestFrame, Response};
 use crate::native::frame::Api;
@@ -314,17 +314,20 @@ async fn delete_topic(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
 
 async fn list_groups(shard: &Rc<Shard>, request_id: u64) -> Response {
     let mut groups = Vec::new();
+    let mut error = ErrorBody::none();
     for target in 0..shard.count {
-        if let GroupAnswer::Listed(listed) = shard.group_on(target, GroupCall::List).await {
-            groups.extend(listed.into_iter().map(|(group, state, protocol_type)| GroupSummary {
-                group,
-                state: state.name().to_string(),
-                protocol_type,
-            }));
+        match shard.group_on(target, ListGroups {}).await {
+            Ok(listed) => {
+                groups.extend(listed.into_iter().map(|(group, state, protocol_type)| {
+                    GroupSummary { group, state: state.name().to_string(), protocol_type }
+                }));
+            }
+            // As Kafka's ListGroups: the groups of the shards that answered, and the error.
+            Err(e) => error = groups::error_body(e),
         }
     }
     groups.sort_by(|a, b| a.group.cmp(&b.group));
-    answer(Api::ListGroups, request_id, &ListGroupsResponse { error: ErrorBody::none(), groups })
+    answer(Api::ListGroups, request_id, &ListGroupsResponse { error, groups })
 }
 
 async fn describe_group(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
@@ -342,9 +345,14 @@ async fn describe_group(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
         members: Vec::new(),
         offsets: Vec::new(),
     };
-    if let GroupAnswer::Described(Some(description)) =
-        shard.group(&group, GroupCall::Describe { group: group.clone() }).await
-    {
+    let described = match shard.group(&group, DescribeGroup { group: group.clone() }).await {
+        Ok(described) => described,
+        Err(e) => {
+            body.error = groups::error_body(e);
+            return answer(Api::DescribeGroup, request_id, &body);
+        }
+    };
+    if let Some(description) = described {
         body.state = description.state.name().to_string();
         body.members = description
             .members
@@ -360,8 +368,8 @@ async fn describe_group(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
         body.protocol_type = description.protocol_type;
         body.protocol = description.protocol;
     }
-    if let GroupAnswer::Offsets(offsets) =
-        shard.group(&group, GroupCall::FetchOffsets { group: group.clone(), topics: None }).await
+    if let Ok(offsets) =
+        shard.group(&group, FetchOffsets { group: group.clone(), topics: None }).await
     {
         for (topic, partition, committed) in offsets {
             let Some(committed) = committed else { continue };

@@ -10,10 +10,10 @@ use std::io::Read;
 use bytes::{Bytes, BytesMut};
 
 use crate::record::batch::NativeBatchView;
-use crate::record::entry::parse_header;
+use crate::record::entry::{entries, Check};
 use crate::record::kafka_batch::{self, BatchHeader, BATCH_HEADER_BYTES};
 use crate::record::pending::LEADER_EPOCH;
-use crate::record::{BatchBuilder, EntryHeader, OwnedRecord, PayloadFormat, ENTRY_HEADER_BYTES};
+use crate::record::{BatchBuilder, EntryHeader, OwnedRecord, PayloadFormat};
 
 /// Attribute bit: every record's timestamp is the batch's max timestamp (LogAppendTime).
 const ATTRIBUTE_LOG_APPEND_TIME: i16 = 0x08;
@@ -97,23 +97,16 @@ pub fn kafka_to_native(header: &EntryHeader, payload: &[u8]) -> Result<Bytes, St
 pub fn native_entries(chunks: Vec<Bytes>) -> Result<Vec<Bytes>, String> {
     let mut out = Vec::with_capacity(chunks.len());
     for chunk in chunks {
-        let mut at = 0;
         let mut native_from = 0;
-        while at < chunk.len() {
-            let header = parse_header(&chunk[at..]).map_err(|e| e.to_string())?;
-            let end = at + header.entry_len();
-            if header.format() == Some(PayloadFormat::Kafka) {
-                if native_from < at {
-                    out.push(chunk.slice(native_from..at));
+        for entry in entries(&chunk, Check::Header) {
+            let entry = entry.map_err(|e| e.to_string())?;
+            if entry.header.format() == Some(PayloadFormat::Kafka) {
+                if native_from < entry.at {
+                    out.push(chunk.slice(native_from..entry.at));
                 }
-                let payload_end = at + ENTRY_HEADER_BYTES + header.payload_len.get() as usize;
-                let payload = chunk
-                    .get(at + ENTRY_HEADER_BYTES..payload_end)
-                    .ok_or("entry runs past the read")?;
-                out.push(kafka_to_native(&header, payload)?);
-                native_from = end;
+                out.push(kafka_to_native(&entry.header, entry.payload)?);
+                native_from = entry.at + entry.bytes.len();
             }
-            at = end;
         }
         if native_from == 0 {
             out.push(chunk);

@@ -224,6 +224,77 @@ impl EntryHeader {
     }
 }
 
+/// One entry of a buffer of entries stored back to back: its header, where it starts in the
+/// buffer, its payload (without padding) and its whole bytes (with padding).
+#[derive(Clone, Copy, Debug)]
+pub struct StoredEntry<'a> {
+    pub header: EntryHeader,
+    pub at: usize,
+    pub payload: &'a [u8],
+    pub bytes: &'a [u8],
+}
+
+/// Whether [`entries`] verifies each entry's checksum: [`Check::Checksum`] for bytes from outside
+/// (a client's fetch, a replay), [`Check::Header`] for bytes the log read path already verified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    Header,
+    Checksum,
+}
+
+/// The entries stored back to back in `buf`, each bounds-checked (and checksummed as `check`
+/// says). The first bad or cut-off entry is yielded as an error and ends the walk. The one way
+/// to walk stored entries in memory; the recovery scan (`log::scan`) and the log's windowed
+/// readers walk the disk in pieces instead.
+pub fn entries(buf: &[u8], check: Check) -> Entries<'_> {
+    Entries { buf, at: 0, check, failed: false }
+}
+
+pub struct Entries<'a> {
+    buf: &'a [u8],
+    at: usize,
+    check: Check,
+    failed: bool,
+}
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = Result<StoredEntry<'a>, EntryError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.at >= self.buf.len() {
+            return None;
+        }
+        let rest = &self.buf[self.at..];
+        let parsed = match self.check {
+            Check::Checksum => parse_entry(rest).map(|(header, _)| header),
+            Check::Header => parse_header(rest).and_then(|header| {
+                let need = header.entry_len();
+                match rest.len() >= need {
+                    true => Ok(header),
+                    false => Err(EntryError::Truncated { need, have: rest.len() }),
+                }
+            }),
+        };
+        let header = match parsed {
+            Ok(header) => header,
+            Err(e) => {
+                self.failed = true;
+                return Some(Err(e));
+            }
+        };
+        let len = header.entry_len();
+        let payload_end = ENTRY_HEADER_BYTES + header.payload_len.get() as usize;
+        let entry = StoredEntry {
+            header,
+            at: self.at,
+            payload: &rest[ENTRY_HEADER_BYTES..payload_end],
+            bytes: &rest[..len],
+        };
+        self.at += len;
+        Some(Ok(entry))
+    }
+}
+
 /// Parses the entry at the start of `buf` and verifies its checksum. Returns the header and the
 /// payload (without padding). `buf` may extend past the entry.
 pub fn parse_entry(buf: &[u8]) -> Result<(EntryHeader, &[u8]), EntryError> {
@@ -358,5 +429,32 @@ mod tests {
         let mut huge = buf.clone();
         huge[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(parse_entry(&huge), Err(EntryError::PayloadTooLarge { .. })));
+    }
+
+    #[test]
+    fn entries_walks_a_buffer_and_stops_at_the_first_bad_entry() {
+        let mut buf = encode(0, b"first");
+        buf.extend(encode(3, &[7u8; 40]));
+        buf.extend(encode(6, b"third"));
+        let walked: Vec<_> = entries(&buf, Check::Checksum).map(Result::unwrap).collect();
+        let bases: Vec<u64> = walked.iter().map(|e| e.header.base_offset()).collect();
+        assert_eq!(bases, [0, 3, 6]);
+        assert_eq!(walked[1].payload, &[7u8; 40]);
+        assert_eq!(walked[1].at, walked[0].bytes.len());
+        assert_eq!(walked.iter().map(|e| e.bytes.len()).sum::<usize>(), buf.len());
+
+        // A flipped payload byte: only a checksum walk sees it, and it ends the walk there.
+        let mut flipped = buf.clone();
+        flipped[walked[1].at + ENTRY_HEADER_BYTES] ^= 1;
+        assert_eq!(entries(&flipped, Check::Header).filter(Result::is_ok).count(), 3);
+        let checked: Vec<_> = entries(&flipped, Check::Checksum).collect();
+        assert_eq!(checked.len(), 2);
+        assert!(matches!(checked[1], Err(EntryError::ChecksumMismatch { .. })));
+
+        // Cut short: the whole entries, then the cut one as an error, then nothing.
+        let cut = &buf[..buf.len() - 4];
+        let walked: Vec<_> = entries(cut, Check::Header).collect();
+        assert_eq!(walked.len(), 3);
+        assert!(matches!(walked[2], Err(EntryError::Truncated { .. })));
     }
 }

@@ -1,70 +1,66 @@
-//! The messages shards send each other over the mesh.
+//! The requests shards send each other over the mesh, each naming its answer type.
+//!
+//! A request is a struct ([`Produce`], [`Fetch`], ...) that implements [`Request`]: `Shard::ask`
+//! sends it to the shard that must run it and returns that request's own answer, or the
+//! [`BrokerError`] saying the shard could not be reached. The mesh carries them as [`ShardCall`]
+//! and [`ShardAnswer`], one variant per request, both generated from the one list below, so a
+//! call and its answer cannot fall out of step and no caller matches on answers.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::error::BrokerError;
-use crate::log::Acks;
-use crate::log::ReadOutcome;
+use crate::group::{GroupAnswer, GroupCall};
+use crate::log::{Acks, ReadOutcome};
 use crate::record::PendingEntry;
 use crate::shard::catalog::TopicInfo;
 
-/// An operation for the shard that owns the partition (or, for topic changes, for shard 0).
-pub enum ShardCall {
-    Produce {
-        topic: String,
-        partition: u32,
-        acks: Acks,
-        entry: PendingEntry,
-    },
-    Fetch {
-        topic: String,
-        partition: u32,
-        offset: u64,
-        max_bytes: usize,
-        max_wait: Duration,
-    },
-    ListOffsets {
-        topic: String,
-        partition: u32,
-        timestamp: i64,
-    },
-    Watermarks {
-        topic: String,
-        partition: u32,
-    },
-    CreateTopic {
-        name: String,
-        partitions: u32,
-        overrides: BTreeMap<String, String>,
-    },
-    DeleteTopic {
-        name: String,
-    },
-    AddPartitions {
-        name: String,
-        count: u32,
-    },
-    /// For the group's coordinator (or, for a listing, every shard).
-    Group(crate::group::GroupCall),
-    /// From the controller to every shard: the topic now exists (`Some`) or is gone (`None`).
-    ApplyTopic {
-        name: String,
-        info: Option<TopicInfo>,
-    },
+/// A request to one shard, and what it answers.
+pub trait Request: Sized {
+    type Answer;
+
+    fn into_call(self) -> ShardCall;
+
+    /// The answer to this request out of the mesh's answer; `None` only if the answering shard
+    /// answered another request, which `Shard::execute` rules out by construction.
+    fn from_answer(answer: ShardAnswer) -> Option<Self::Answer>;
 }
 
-pub enum ShardAnswer {
-    /// Base offset and log start.
-    Produced(Result<(u64, u64), BrokerError>),
-    Fetched(Result<ReadOutcome, BrokerError>),
-    /// Offset and the timestamp of the record found (-1 for latest and earliest).
-    Offset(Result<(i64, i64), BrokerError>),
+typed_requests! {
+    trait Request, call ShardCall, answer ShardAnswer;
+
+    /// Appends to a partition this shard owns; answers its base offset and the log start.
+    Produce { topic: String, partition: u32, acks: Acks, entry: PendingEntry }
+        -> Result<(u64, u64), BrokerError>;
+
+    /// Reads a partition this shard owns, waiting up to `max_wait` for data at its end.
+    Fetch { topic: String, partition: u32, offset: u64, max_bytes: usize, max_wait: Duration }
+        -> Result<ReadOutcome, BrokerError>;
+
+    /// The offset of the latest (-1), earliest (-2) or first record at or after a time, with
+    /// that record's timestamp (-1 for latest and earliest).
+    ListOffsets { topic: String, partition: u32, timestamp: i64 }
+        -> Result<(i64, i64), BrokerError>;
+
     /// Log start and high watermark.
-    Watermarks(Result<(u64, u64), BrokerError>),
-    Done(Result<(), BrokerError>),
-    /// Boxed: a join outcome carries every member's metadata, far larger than other answers.
-    Group(Box<crate::group::GroupAnswer>),
+    Watermarks { topic: String, partition: u32 } -> Result<(u64, u64), BrokerError>;
+
+    /// For the controller (shard 0).
+    CreateTopic { name: String, partitions: u32, overrides: BTreeMap<String, String> }
+        -> Result<(), BrokerError>;
+
+    /// For the controller (shard 0).
+    DeleteTopic { name: String } -> Result<(), BrokerError>;
+
+    /// For the controller (shard 0): raises the partition count to `count`.
+    AddPartitions { name: String, count: u32 } -> Result<(), BrokerError>;
+
+    /// From the controller to every shard: the topic now exists (`Some`) or is gone (`None`).
+    ApplyTopic { name: String, info: Option<TopicInfo> } -> Result<(), BrokerError>;
+
+    /// For a group's coordinator (or, for a listing, every shard). Boxed: a join outcome
+    /// carries every member's metadata, far larger than other answers.
+    Group { call: GroupCall } -> Box<GroupAnswer>;
 }
 
 /// What shards send each other over the mesh: calls, and the answers to them.

@@ -1,15 +1,23 @@
 //! Shards: one pinned glommio executor per core, each owning a share of the partitions.
 //!
-//! `state.rs` is what one shard owns (its partitions, its copy of the topic catalog, its
-//! metrics, the group coordinator it hosts) and how it routes an operation to the shard that
-//! owns the partition, over the channel mesh (`call.rs` defines the messages); `catalog.rs` is
-//! the topic catalog and its files; `turns.rs` keeps calls to one shard in order. Shard 0 also
-//! acts as the controller: topic creation and deletion go through it, one at a time, and it
-//! broadcasts the change to every shard before answering. Starting and stopping the shards is
-//! `broker`'s job.
+//! A shard's jobs, one file each:
+//! - `state.rs`: the `Shard` itself, routing (an operation runs in place or crosses the channel
+//!   mesh to the shard that owns its partition, as a typed request from `call.rs`, kept in order
+//!   per target by `turns.rs`), producer ids, and the stop signal;
+//! - `registry.rs`: the partitions this shard owns and the operations run on them in place (the
+//!   replica manager of the cluster grows out of it);
+//! - `controller.rs`: the controller role shard 0 plays (topic creation, growth, deletion, one at
+//!   a time, broadcast to every shard before the answer), which the Raft controller takes over;
+//! - `groups.rs`: which shard coordinates a group and how a group request gets there;
+//! - `catalog.rs`: the topic catalog and its files.
+//!
+//! Starting and stopping the shards is `broker`'s job.
 
 pub mod call;
 pub mod catalog;
+mod controller;
+mod groups;
+mod registry;
 pub mod state;
 pub mod turns;
 

@@ -27,8 +27,8 @@ use crate::kafka::codec;
 use crate::kafka::handlers::has_field;
 use crate::log::ReadOutcome;
 use crate::record::convert::native_to_kafka;
-use crate::record::entry::parse_header;
-use crate::record::{PayloadFormat, ENTRY_HEADER_BYTES};
+use crate::record::entry::{entries, Check};
+use crate::record::PayloadFormat;
 use crate::shard::Shard;
 use crate::shard::{FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX};
 
@@ -279,21 +279,14 @@ fn kafka_records(
     let mut out = Vec::new();
     let mut partition_left = partition_bytes_max.min(limits.left);
     for chunk in &outcome.entries {
-        let mut at = 0;
-        while at < chunk.len() {
-            let header = parse_header(&chunk[at..]).map_err(stored)?;
-            let end = at + header.entry_len();
-            let payload_at = at + ENTRY_HEADER_BYTES;
-            let payload_end = payload_at + header.payload_len.get() as usize;
-            if payload_end > chunk.len() {
-                return Err(stored("entry runs past the read"));
-            }
+        for entry in entries(chunk, Check::Header) {
+            let entry = entry.map_err(stored)?;
             // A native entry's Kafka form differs in size: it is measured once converted.
-            let batch = match header.format() {
-                Some(PayloadFormat::Kafka) => chunk.slice(payload_at..payload_end),
+            let batch = match entry.header.format() {
+                Some(PayloadFormat::Kafka) => chunk.slice_ref(entry.payload),
                 Some(PayloadFormat::Native) => {
                     let mut converted = BytesMut::new();
-                    native_to_kafka(&header, &chunk[payload_at..payload_end], &mut converted)
+                    native_to_kafka(&entry.header, entry.payload, &mut converted)
                         .map_err(stored)?;
                     converted.freeze()
                 }
@@ -308,7 +301,6 @@ fn kafka_records(
             limits.left = limits.left.saturating_sub(batch.len());
             limits.first_batch_may_exceed = false;
             out.push(batch);
-            at = end;
         }
     }
     Ok(out)

@@ -29,7 +29,10 @@ use kafka_protocol::protocol::StrBytes;
 use crate::error::ErrorKind;
 use crate::group::coordinator::OffsetCommit;
 use crate::group::state::JoinRequest;
-use crate::group::{GroupAnswer, GroupCall};
+use crate::group::{
+    CommitOffsets, DeleteGroup, DescribeGroup, FetchOffsets, Heartbeat, JoinGroup, LeaveGroup,
+    ListGroups, SyncGroup,
+};
 use crate::kafka::codec;
 use crate::kafka::handlers::has_field;
 use crate::kafka::handlers::Connection;
@@ -106,11 +109,11 @@ pub async fn join_group(
             .collect(),
         require_known_member: version >= 4,
     };
-    let answer = shard.group(&group, GroupCall::Join { group: group.clone(), request: join }).await;
+    let answer = shard.group(&group, JoinGroup { group: group.clone(), request: join }).await;
     let mut response = JoinGroupResponse::default();
     response.protocol_name = Some(text(""));
     match answer {
-        GroupAnswer::Joined(Ok(outcome)) => {
+        Ok(Ok(outcome)) => {
             response.generation_id = outcome.generation;
             if has_field(version, 7) {
                 response.protocol_type = Some(text(outcome.protocol_type));
@@ -132,12 +135,16 @@ pub async fn join_group(
                 })
                 .collect();
         }
-        GroupAnswer::Joined(Err((error, member_id))) => {
+        Ok(Err((error, member_id))) => {
             response.error_code = codec::error_code(error);
             response.generation_id = -1;
             response.member_id = text(member_id);
         }
-        other => response.error_code = unexpected(other),
+        Err(error) => {
+            response.error_code = codec::error_code(error);
+            response.generation_id = -1;
+            response.member_id = request.member_id;
+        }
     }
     response
 }
@@ -148,7 +155,7 @@ pub async fn sync_group(
     request: SyncGroupRequest,
 ) -> SyncGroupResponse {
     let group = request.group_id.0.to_string();
-    let call = GroupCall::Sync {
+    let call = SyncGroup {
         group: group.clone(),
         member_id: request.member_id.to_string(),
         instance_id: request.group_instance_id.as_ref().map(|i| i.to_string()),
@@ -161,32 +168,28 @@ pub async fn sync_group(
     };
     let mut response = SyncGroupResponse::default();
     match shard.group(&group, call).await {
-        GroupAnswer::Synced(Ok(assignment)) => {
+        Ok(Ok(assignment)) => {
             response.assignment = assignment;
             if has_field(version, 5) {
                 response.protocol_type = request.protocol_type;
                 response.protocol_name = request.protocol_name;
             }
         }
-        GroupAnswer::Synced(Err(e)) => response.error_code = codec::error_code(e),
-        other => response.error_code = unexpected(other),
+        Ok(Err(e)) | Err(e) => response.error_code = codec::error_code(e),
     }
     response
 }
 
 pub async fn heartbeat(shard: &Rc<Shard>, request: HeartbeatRequest) -> HeartbeatResponse {
     let group = request.group_id.0.to_string();
-    let call = GroupCall::Heartbeat {
+    let call = Heartbeat {
         group: group.clone(),
         member_id: request.member_id.to_string(),
         instance_id: request.group_instance_id.as_ref().map(|i| i.to_string()),
         generation: request.generation_id,
     };
     let mut response = HeartbeatResponse::default();
-    response.error_code = match shard.group(&group, call).await {
-        GroupAnswer::Heartbeat(result) => codec::result_code(result),
-        other => unexpected(other),
-    };
+    response.error_code = codec::result_code(shard.group(&group, call).await.and_then(|r| r));
     response
 }
 
@@ -205,10 +208,10 @@ pub async fn leave_group(
     } else {
         vec![(request.member_id.to_string(), None)]
     };
-    let call = GroupCall::Leave { group: group.clone(), members: members.clone() };
+    let call = LeaveGroup { group: group.clone(), members: members.clone() };
     let mut response = LeaveGroupResponse::default();
-    match shard.group(&group, call).await {
-        GroupAnswer::Left(Ok(results)) => {
+    match shard.group(&group, call).await.and_then(|r| r) {
+        Ok(results) => {
             if has_field(version, 3) {
                 for ((member_id, instance_id), result) in members.into_iter().zip(&results) {
                     let mut member = MemberResponse::default();
@@ -221,8 +224,7 @@ pub async fn leave_group(
                 response.error_code = codec::error_code(*e);
             }
         }
-        GroupAnswer::Left(Err(e)) => response.error_code = codec::error_code(e),
-        other => response.error_code = unexpected(other),
+        Err(e) => response.error_code = codec::error_code(e),
     }
     response
 }
@@ -263,7 +265,7 @@ pub async fn offset_commit(
             })
         })
         .collect();
-    let call = GroupCall::Commit {
+    let call = CommitOffsets {
         group: group.clone(),
         member_id: request.member_id.to_string(),
         instance_id: if has_field(version, 7) {
@@ -274,10 +276,7 @@ pub async fn offset_commit(
         generation: request.generation_id_or_member_epoch,
         offsets,
     };
-    let code = match shard.group(&group, call).await {
-        GroupAnswer::Committed(result) => codec::result_code(result),
-        other => unexpected(other),
-    };
+    let code = codec::result_code(shard.group(&group, call).await.and_then(|r| r));
     let mut response = OffsetCommitResponse::default();
     for (topic, known) in request.topics.into_iter().zip(known) {
         let mut result = OffsetCommitResponseTopic::default();
@@ -304,16 +303,15 @@ pub async fn offset_fetch(
         topics.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect()
     });
     let mut response = OffsetFetchResponse::default();
-    let found =
-        match shard.group(&group, GroupCall::FetchOffsets { group: group.clone(), topics }).await {
-            GroupAnswer::Offsets(found) => found,
-            other => {
-                if has_field(version, 2) {
-                    response.error_code = unexpected(other);
-                }
-                return response;
+    let found = match shard.group(&group, FetchOffsets { group: group.clone(), topics }).await {
+        Ok(found) => found,
+        Err(e) => {
+            if has_field(version, 2) {
+                response.error_code = codec::error_code(e);
             }
-        };
+            return response;
+        }
+    };
     for (topic, partition, committed) in found {
         if response
             .topics
@@ -345,9 +343,12 @@ pub async fn list_groups(
 ) -> ListGroupsResponse {
     let mut response = ListGroupsResponse::default();
     for target in 0..shard.count {
-        let GroupAnswer::Listed(groups) = shard.group_on(target, GroupCall::List).await else {
-            response.error_code = codec::error_code(ErrorKind::CoordinatorNotAvailable);
-            continue;
+        let groups = match shard.group_on(target, ListGroups {}).await {
+            Ok(groups) => groups,
+            Err(e) => {
+                response.error_code = codec::error_code(e);
+                continue;
+            }
         };
         for (id, state, protocol_type) in groups {
             let wanted = request.states_filter.is_empty()
@@ -380,8 +381,8 @@ pub async fn describe_groups(
         let group = group_id.0.to_string();
         let mut described = DescribedGroup::default();
         described.group_id = group_id;
-        match shard.group(&group, GroupCall::Describe { group: group.clone() }).await {
-            GroupAnswer::Described(Some(description)) => {
+        match shard.group(&group, DescribeGroup { group: group.clone() }).await {
+            Ok(Some(description)) => {
                 described.group_state = text(description.state.name());
                 described.protocol_type = text(description.protocol_type);
                 described.protocol_data = text(description.protocol);
@@ -399,8 +400,8 @@ pub async fn describe_groups(
                 }
             }
             // Kafka describes an unknown group as Dead rather than failing.
-            GroupAnswer::Described(None) => described.group_state = text("Dead"),
-            other => described.error_code = unexpected(other),
+            Ok(None) => described.group_state = text("Dead"),
+            Err(e) => described.error_code = codec::error_code(e),
         }
         response.groups.push(described);
     }
@@ -415,21 +416,10 @@ pub async fn delete_groups(
     for group_id in request.groups_names {
         let group = group_id.0.to_string();
         let mut result = DeletableGroupResult::default();
-        result.error_code =
-            match shard.group(&group, GroupCall::Delete { group: group.clone() }).await {
-                GroupAnswer::Deleted(outcome) => codec::result_code(outcome),
-                other => unexpected(other),
-            };
+        let deleted = shard.group(&group, DeleteGroup { group: group.clone() }).await;
+        result.error_code = codec::result_code(deleted.and_then(|r| r));
         result.group_id = group_id;
         response.results.push(result);
     }
     response
-}
-
-/// An answer of the wrong kind only comes from a coordinator shard that is stopping.
-fn unexpected(answer: GroupAnswer) -> i16 {
-    match answer {
-        GroupAnswer::Committed(Err(e)) => codec::error_code(e),
-        _ => codec::error_code(ErrorKind::CoordinatorNotAvailable),
-    }
 }

@@ -13,7 +13,7 @@ use crate::log::segment::OpenFiles;
 use crate::log::storage::DmaStorage;
 use crate::log::tail_cache::TailBudget;
 use crate::metrics::Metrics;
-use crate::record::entry::{parse_entry, parse_header};
+use crate::record::entry::{entries, parse_header, Check, StoredEntry};
 use crate::record::{BatchMeta, PendingEntry};
 
 /// Runs `test` with a fresh partition directory, on an executor whose first DMA file is a
@@ -102,13 +102,10 @@ async fn stored(log: &PartitionLog) -> Vec<(u64, u64, Vec<u8>)> {
     while offset < log.high_watermark() {
         let read = log.read(offset, 1024 * 1024).await.expect("read");
         for chunk in read.entries {
-            let mut at = 0;
-            while at < chunk.len() {
-                let len = parse_header(&chunk[at..]).expect("header").entry_len();
-                let (header, payload) = parse_entry(&chunk[at..at + len]).expect("entry");
+            for entry in entries(&chunk, Check::Checksum) {
+                let StoredEntry { header, payload, .. } = entry.expect("a whole entry");
                 out.push((header.base_offset(), header.next_offset(), payload.to_vec()));
                 offset = header.next_offset();
-                at += len;
             }
         }
     }

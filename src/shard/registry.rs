@@ -1,0 +1,198 @@
+//! The partition registry: the partitions this shard owns, opened from the catalog at start and
+//! as topics change, and the operations run on them in place. The replica manager of the
+//! cluster grows out of it.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::error::{BrokerError, ErrorKind};
+use crate::log::storage::DmaStorage;
+use crate::log::{Acks, OFFSET_EARLIEST, OFFSET_LATEST};
+use crate::log::{LogLimits, PartitionLog, ReadOutcome, SharedByShard};
+use crate::record::PendingEntry;
+use crate::shard::catalog::{self, TopicInfo};
+use crate::shard::state::{PartitionKey, Shard, STAGED_BYTES_MAX};
+
+impl Shard {
+    fn limits(&self) -> LogLimits {
+        LogLimits {
+            write_bytes_max: self.config.flush_write_bytes_max,
+            tail_cache_bytes: self.config.tail_cache_bytes,
+            staged_bytes_max: STAGED_BYTES_MAX,
+            producer_expiration_ms: i64::try_from(self.config.producer_id_expiration_ms)
+                .unwrap_or(i64::MAX),
+            recovery_point_bytes: crate::log::partition::RECOVERY_POINT_BYTES,
+        }
+    }
+
+    /// Opens every partition this shard owns among the catalog's topics.
+    pub async fn open_owned_partitions(&self) -> std::io::Result<()> {
+        let topics: Vec<(String, TopicInfo)> =
+            self.catalog.borrow().topics.iter().map(|(n, i)| (n.clone(), i.clone())).collect();
+        for (name, info) in topics {
+            self.open_partitions(&name, &info).await?;
+        }
+        Ok(())
+    }
+
+    async fn open_partitions(&self, name: &str, info: &TopicInfo) -> std::io::Result<()> {
+        let topic: Rc<str> = Rc::from(name);
+        for partition in (0..info.partitions).filter(|p| self.owner(name, *p) == self.id) {
+            // Adding partitions re-applies a topic: the ones already open stay as they are.
+            if self.partitions.borrow().contains_key(&(name.to_string(), partition)) {
+                continue;
+            }
+            let dir = catalog::partition_dir(&self.config.data_dir, name, partition);
+            let log = PartitionLog::open(
+                topic.clone(),
+                partition,
+                dir,
+                info.config.clone(),
+                self.limits(),
+                SharedByShard {
+                    storage: DmaStorage,
+                    metrics: self.metrics.clone(),
+                    queued: self.queued.clone(),
+                    tail_budget: self.tail_budget.clone(),
+                    open_files: self.open_files.clone(),
+                },
+            )
+            .await?;
+            self.partitions.borrow_mut().insert((name.to_string(), partition), log);
+        }
+        Ok(())
+    }
+
+    /// A partition this shard owns.
+    pub fn partition_log(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Rc<PartitionLog>, BrokerError> {
+        if let Some(log) = self.partitions.borrow().get(&(topic.to_string(), partition)) {
+            return Ok(log.clone());
+        }
+        match self.catalog.borrow().topics.get(topic) {
+            None => Err(BrokerError::new(ErrorKind::UnknownTopic, format!("no topic {topic}"))),
+            Some(info) => Err(BrokerError::new(
+                ErrorKind::UnknownPartition,
+                format!(
+                    "topic {topic} has {} partitions, no partition {partition}",
+                    info.partitions
+                ),
+            )),
+        }
+    }
+
+    pub(super) async fn produce_local(
+        &self,
+        topic: &str,
+        partition: u32,
+        acks: Acks,
+        entry: PendingEntry,
+    ) -> Result<(u64, u64), BrokerError> {
+        let log = self.partition_log(topic, partition)?;
+        // Nothing awaits before the append, so requests keep their arrival order.
+        let appended = log.append(entry)?;
+        match acks {
+            Acks::None => log.wait_for_room().await?,
+            Acks::Leader => log.wait_written(&appended).await?,
+            Acks::All => log.wait_synced(&appended).await?,
+        }
+        Ok((appended.base_offset, log.log_start()))
+    }
+
+    pub(super) async fn fetch_local(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: usize,
+        max_wait: Duration,
+    ) -> Result<ReadOutcome, BrokerError> {
+        let log = self.partition_log(topic, partition)?;
+        let outcome = log.read(offset, max_bytes).await?;
+        if !outcome.entries.is_empty() || max_wait.is_zero() || self.stopping.get() {
+            return Ok(outcome);
+        }
+        let stop = async {
+            self.wait_for_stop().await;
+            false
+        };
+        if futures_lite::future::or(log.wait_for_data(offset, max_wait), stop).await {
+            let woken_at = Instant::now();
+            let outcome = log.read(offset, max_bytes).await?;
+            return Ok(ReadOutcome { woken_at: Some(woken_at), ..outcome });
+        }
+        Ok(outcome)
+    }
+
+    pub(super) async fn list_offset_local(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp: i64,
+    ) -> Result<(i64, i64), BrokerError> {
+        let log = self.partition_log(topic, partition)?;
+        let found = match timestamp {
+            OFFSET_LATEST => Some((log.high_watermark(), -1)),
+            OFFSET_EARLIEST => Some((log.log_start(), -1)),
+            t if t >= 0 => log.offset_for_timestamp(t).await?,
+            other => {
+                let why = format!("timestamp {other} is neither -1, -2 nor a time");
+                return Err(BrokerError::new(ErrorKind::InvalidRequest, why));
+            }
+        };
+        Ok(found.map_or((-1, -1), |(offset, time)| (offset as i64, time)))
+    }
+
+    pub(super) async fn apply_topic(
+        &self,
+        name: String,
+        info: Option<TopicInfo>,
+    ) -> Result<(), BrokerError> {
+        match info {
+            Some(info) => {
+                self.open_partitions(&name, &info).await.map_err(|e| {
+                    BrokerError::new(ErrorKind::StorageError, format!("opening topic {name}: {e}"))
+                })?;
+                // Published last, so nobody sees the topic before its partitions are open.
+                self.catalog.borrow_mut().topics.insert(name, info);
+            }
+            None => {
+                self.catalog.borrow_mut().topics.remove(&name);
+                let logs: Vec<Rc<PartitionLog>> = {
+                    let mut partitions = self.partitions.borrow_mut();
+                    let keys: Vec<PartitionKey> =
+                        partitions.keys().filter(|(t, _)| *t == name).cloned().collect();
+                    keys.iter().filter_map(|k| partitions.remove(k)).collect()
+                };
+                for log in logs {
+                    log.close().await;
+                    log.mark_deleted();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies retention to every partition of this shard, once.
+    pub async fn enforce_retention(&self) {
+        let logs: Vec<Rc<PartitionLog>> = self.partitions.borrow().values().cloned().collect();
+        let now = crate::now_ms();
+        for log in logs {
+            if let Err(e) = log.enforce_retention(now).await {
+                tracing::error!(topic = %log.topic, partition = log.partition, "retention failed: {e}");
+            }
+        }
+    }
+
+    /// Flushes, syncs and closes every partition of this shard.
+    pub async fn close_partitions(&self) {
+        let logs: Vec<Rc<PartitionLog>> =
+            self.partitions.borrow_mut().drain().map(|(_, l)| l).collect();
+        for log in logs {
+            log.close().await;
+        }
+    }
+}
