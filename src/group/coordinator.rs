@@ -90,8 +90,8 @@ typed_requests! {
 
     /// Each member's result, in the order asked.
     LeaveGroup {
-        /// (member id, instance id) pairs; an empty member id names the member by instance id.
         group: String,
+        /// (member id, instance id) pairs; an empty member id names the member by instance id.
         members: Vec<(String, Option<String>)>,
     } -> Result<Vec<Result<(), ErrorKind>>, ErrorKind>;
 

@@ -45,7 +45,11 @@ impl SegmentIndex {
             Some(last) => position >= last.position + INDEX_INTERVAL_BYTES,
         };
         if due {
-            debug_assert!(self.points.last().is_none_or(|l| l.offset < offset));
+            let last = self.points.last().map(|l| (l.offset, l.position));
+            assert!(
+                last.is_none_or(|(o, p)| o < offset && p < position),
+                "index point {offset} at byte {position} does not follow {last:?}"
+            );
             self.points.push(IndexPoint { offset, position, max_timestamp_before });
         }
     }

@@ -368,22 +368,26 @@ async fn describe_group(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
         body.protocol_type = description.protocol_type;
         body.protocol = description.protocol;
     }
-    if let Ok(offsets) =
-        shard.group(&group, FetchOffsets { group: group.clone(), topics: None }).await
-    {
-        for (topic, partition, committed) in offsets {
-            let Some(committed) = committed else { continue };
-            let high_watermark = match u32::try_from(partition) {
-                Ok(p) => shard.watermarks(&topic, p).await.map_or(-1, |(_, hw)| hw as i64),
-                Err(_) => -1,
-            };
-            body.offsets.push(GroupOffset {
-                topic,
-                partition,
-                committed: committed.offset,
-                high_watermark,
-            });
-        }
+    let offsets =
+        match shard.group(&group, FetchOffsets { group: group.clone(), topics: None }).await {
+            Ok(offsets) => offsets,
+            Err(e) => {
+                body.error = groups::error_body(e);
+                return answer(Api::DescribeGroup, request_id, &body);
+            }
+        };
+    for (topic, partition, committed) in offsets {
+        let Some(committed) = committed else { continue };
+        let high_watermark = match u32::try_from(partition) {
+            Ok(p) => shard.watermarks(&topic, p).await.map_or(-1, |(_, hw)| hw as i64),
+            Err(_) => -1,
+        };
+        body.offsets.push(GroupOffset {
+            topic,
+            partition,
+            committed: committed.offset,
+            high_watermark,
+        });
     }
     if body.state == "Dead" && body.offsets.is_empty() {
         body.error = ErrorBody::new(ErrorCode::UnknownGroup, format!("no group {group}"));

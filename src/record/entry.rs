@@ -25,8 +25,8 @@
 //! checksum covers the header (after the crc) and the payload, so a flipped bit in an offset or a
 //! timestamp is caught as surely as one in a value.
 //!
-//! Every later version keeps the frame: the magic, the crc, `payload_len` and what the checksum
-//! covers. An older build can then tell an entry a newer build wrote (magic and checksum
+//! Every later version keeps the frame: the magic, the crc, `payload_len` (within
+//! [`ENTRY_PAYLOAD_BYTES_MAX`]) and what the checksum covers. An older build can then tell an entry a newer build wrote (magic and checksum
 //! verify, only the version or format is unknown) from a torn one, and stops rather than cut the
 //! log there ([`written_by_newer_build`]).
 

@@ -285,6 +285,19 @@ impl<S: Storage> Writer<S> {
                 if entry.position + entry.len > frontier {
                     break;
                 }
+                // The disk boundary's pair to the watermarks: entries land back to back, each
+                // where the segment's written bytes end and at the offset they continue from.
+                assert!(
+                    entry.position == meta.size && entry.base_offset == meta.next_offset,
+                    "{}: entry {}..{} written at byte {}, but the segment ends at byte {} and \
+                     offset {}",
+                    segment.log_path.display(),
+                    entry.base_offset,
+                    entry.next_offset,
+                    entry.position,
+                    meta.size,
+                    meta.next_offset
+                );
                 let max_timestamp_before = meta.max_timestamp;
                 meta.index.observe(entry.base_offset, entry.position, max_timestamp_before);
                 meta.max_timestamp = meta.max_timestamp.max(entry.max_timestamp);
@@ -295,7 +308,7 @@ impl<S: Storage> Writer<S> {
                 self.issued.pop_front();
             }
             if newest.is_some() {
-                meta.first_write_ms.get_or_insert_with(crate::now_ms);
+                meta.first_write_ms.get_or_insert_with(|| self.log.storage.now_ms());
             }
         }
         let Some(written_offset) = newest else {
@@ -346,6 +359,12 @@ impl<S: Storage> Writer<S> {
         )
         .await?;
         let mut st = log.state.borrow_mut();
+        assert_eq!(
+            st.written_offset,
+            base_offset,
+            "rolling {}: the new segment must start where everything written ends",
+            old.log_path.display()
+        );
         st.synced_offset = st.synced_offset.max(base_offset);
         st.segments.push_back(new);
         st.assert_watermarks("a roll");
