@@ -9,19 +9,31 @@
 //! library); `broker` (start and ordered stop); `cli` (the `spate` command).
 //! `docs/ARCHITECTURE.md` draws how they fit together.
 
-/// Declares request structs that each name their answer type, for one request trait: each
-/// struct implements the trait (`into_call`, `from_answer`), and the two enums a channel carries,
+/// Declares a request trait and request structs that each name their answer type: each struct
+/// implements the trait (`into_call`, `from_answer`), and the two enums a channel carries,
 /// calls and answers, get one variant per request, named after it. Generated from one list, a
 /// call and its answer cannot fall out of step. Used by the shard mesh (`shard::call`) and the
 /// group coordinator (`group::coordinator`).
 macro_rules! typed_requests {
     (
+        $(#[$trait_doc:meta])*
         trait $trait:ident, call $call:ident, answer $answer_enum:ident;
         $(
             $(#[$doc:meta])*
             $name:ident { $($(#[$field_doc:meta])* $field:ident: $ty:ty),* $(,)? } -> $answer:ty;
         )*
     ) => {
+        $(#[$trait_doc])*
+        pub trait $trait: Sized {
+            type Answer;
+
+            fn into_call(self) -> $call;
+
+            /// The answer to this request out of the channel's answer; `None` only if the other
+            /// side answered another request, which its dispatch rules out by construction.
+            fn from_answer(answer: $answer_enum) -> Option<Self::Answer>;
+        }
+
         $(
             $(#[$doc])*
             pub struct $name { $($(#[$field_doc])* pub $field: $ty),* }

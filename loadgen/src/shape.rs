@@ -2,7 +2,7 @@
 //! keys (`--keys none`, `random`, or a number of distinct keys), placed with Kafka's murmur2
 //! partitioner as a keyed Kafka producer would place them.
 
-use spate::client::partitioner::partition_for_key;
+use spate::client::partitioner::{murmur2_mix, partition_for_key, MURMUR2_M, MURMUR2_SEED};
 
 /// Value sizes: fixed, or uniform over an inclusive range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,8 +118,7 @@ impl KeySource {
 /// an odd constant or an xor-shift, so each can be undone). Trying random keys until one lands
 /// costs about `partitions` hashes per record, too many at 1,000 partitions and more.
 fn random_key_for(partition: u32, partitions: u32, rng: &mut Rng) -> [u8; 16] {
-    const SEED: u32 = 0x9747_b28c;
-    const M: u32 = 0x5bd1_e995;
+    const M: u32 = MURMUR2_M;
     // M's inverse modulo 2^32 (M is odd, so it has one).
     const M_INVERSE: u32 = {
         let mut inverse: u32 = 1;
@@ -131,10 +130,6 @@ fn random_key_for(partition: u32, partitions: u32, rng: &mut Rng) -> [u8; 16] {
         }
         inverse
     };
-    let mix = |k: u32| {
-        let k = k.wrapping_mul(M);
-        (k ^ (k >> 24)).wrapping_mul(M)
-    };
     let unmix = |k: u32| {
         let k = k.wrapping_mul(M_INVERSE);
         (k ^ (k >> 24)).wrapping_mul(M_INVERSE)
@@ -142,10 +137,10 @@ fn random_key_for(partition: u32, partitions: u32, rng: &mut Rng) -> [u8; 16] {
     let mut key = [0u8; 16];
     key[..8].copy_from_slice(&rng.next().to_le_bytes());
     key[8..12].copy_from_slice(&rng.next().to_le_bytes()[..4]);
-    let mut h = SEED ^ 16;
+    let mut h = MURMUR2_SEED ^ 16;
     for chunk in key[..12].chunks_exact(4) {
         let k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        h = h.wrapping_mul(M) ^ mix(k);
+        h = h.wrapping_mul(M) ^ murmur2_mix(k);
     }
     // A final hash whose low 31 bits are `partition` modulo `partitions`, top bit random.
     let draw = rng.next();

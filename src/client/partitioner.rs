@@ -1,21 +1,26 @@
 //! Kafka's default partitioner for keyed records, so Spate's clients and Kafka's agree on where
 //! a key lands: `toPositive(murmur2(key)) % partitions`.
 
+/// murmur2's seed, as Kafka uses it.
+pub const MURMUR2_SEED: u32 = 0x9747_b28c;
+/// murmur2's multiplier.
+pub const MURMUR2_M: u32 = 0x5bd1_e995;
+
+/// murmur2's mixing of one 4-byte word of the key, before it is folded into the hash.
+pub fn murmur2_mix(word: u32) -> u32 {
+    let k = word.wrapping_mul(MURMUR2_M);
+    (k ^ (k >> 24)).wrapping_mul(MURMUR2_M)
+}
+
 /// Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`), seed 0x9747b28c.
 pub fn murmur2(data: &[u8]) -> i32 {
-    const SEED: u32 = 0x9747_b28c;
-    const M: u32 = 0x5bd1_e995;
-    const R: u32 = 24;
+    const M: u32 = MURMUR2_M;
     let length = data.len() as u32;
-    let mut h = SEED ^ length;
+    let mut h = MURMUR2_SEED ^ length;
     let mut chunks = data.chunks_exact(4);
     for chunk in &mut chunks {
-        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        k = k.wrapping_mul(M);
-        k ^= k >> R;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M);
-        h ^= k;
+        let k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        h = h.wrapping_mul(M) ^ murmur2_mix(k);
     }
     let tail = chunks.remainder();
     if tail.len() >= 3 {

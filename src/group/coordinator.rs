@@ -57,18 +57,8 @@ pub trait OffsetsLogs {
     ) -> impl std::future::Future<Output = Result<Rc<PartitionLog>, BrokerError>>;
 }
 
-/// A group operation, sent to the group's coordinator shard, and what it answers.
-pub trait GroupRequest: Sized {
-    type Answer;
-
-    fn into_call(self) -> GroupCall;
-
-    /// The answer to this request; `None` only if the coordinator answered another request,
-    /// which [`Coordinator::handle`] rules out by construction.
-    fn from_answer(answer: GroupAnswer) -> Option<Self::Answer>;
-}
-
 typed_requests! {
+    /// A group operation, sent to the group's coordinator shard, and what it answers.
     trait GroupRequest, call GroupCall, answer GroupAnswer;
 
     JoinGroup { group: String, request: JoinRequest } -> JoinReply;

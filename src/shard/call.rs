@@ -15,18 +15,8 @@ use crate::log::{Acks, ReadOutcome};
 use crate::record::PendingEntry;
 use crate::shard::catalog::TopicInfo;
 
-/// A request to one shard, and what it answers.
-pub trait Request: Sized {
-    type Answer;
-
-    fn into_call(self) -> ShardCall;
-
-    /// The answer to this request out of the mesh's answer; `None` only if the answering shard
-    /// answered another request, which `Shard::execute` rules out by construction.
-    fn from_answer(answer: ShardAnswer) -> Option<Self::Answer>;
-}
-
 typed_requests! {
+    /// A request to one shard, and what it answers.
     trait Request, call ShardCall, answer ShardAnswer;
 
     /// Appends to a partition this shard owns; answers its base offset and the log start.

@@ -3,13 +3,13 @@
 //! cluster grows out of it.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::error::{BrokerError, ErrorKind};
 use crate::log::storage::DmaStorage;
 use crate::log::{Acks, OFFSET_EARLIEST, OFFSET_LATEST};
 use crate::log::{LogLimits, PartitionLog, ReadOutcome, SharedByShard};
-use crate::record::PendingEntry;
+use crate::shard::call::{Fetch, ListOffsets, Produce};
 use crate::shard::catalog::{self, TopicInfo};
 use crate::shard::state::{PartitionKey, Shard, STAGED_BYTES_MAX};
 
@@ -84,14 +84,9 @@ impl Shard {
         }
     }
 
-    pub(super) async fn produce_local(
-        &self,
-        topic: &str,
-        partition: u32,
-        acks: Acks,
-        entry: PendingEntry,
-    ) -> Result<(u64, u64), BrokerError> {
-        let log = self.partition_log(topic, partition)?;
+    pub(super) async fn produce_local(&self, request: Produce) -> Result<(u64, u64), BrokerError> {
+        let Produce { topic, partition, acks, entry } = request;
+        let log = self.partition_log(&topic, partition)?;
         // Nothing awaits before the append, so requests keep their arrival order.
         let appended = log.append(entry)?;
         match acks {
@@ -102,15 +97,9 @@ impl Shard {
         Ok((appended.base_offset, log.log_start()))
     }
 
-    pub(super) async fn fetch_local(
-        &self,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-        max_bytes: usize,
-        max_wait: Duration,
-    ) -> Result<ReadOutcome, BrokerError> {
-        let log = self.partition_log(topic, partition)?;
+    pub(super) async fn fetch_local(&self, request: Fetch) -> Result<ReadOutcome, BrokerError> {
+        let Fetch { topic, partition, offset, max_bytes, max_wait } = request;
+        let log = self.partition_log(&topic, partition)?;
         let outcome = log.read(offset, max_bytes).await?;
         if !outcome.entries.is_empty() || max_wait.is_zero() || self.stopping.get() {
             return Ok(outcome);
@@ -129,11 +118,10 @@ impl Shard {
 
     pub(super) async fn list_offset_local(
         &self,
-        topic: &str,
-        partition: u32,
-        timestamp: i64,
+        request: ListOffsets,
     ) -> Result<(i64, i64), BrokerError> {
-        let log = self.partition_log(topic, partition)?;
+        let ListOffsets { topic, partition, timestamp } = request;
+        let log = self.partition_log(&topic, partition)?;
         let found = match timestamp {
             OFFSET_LATEST => Some((log.high_watermark(), -1)),
             OFFSET_EARLIEST => Some((log.log_start(), -1)),

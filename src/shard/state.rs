@@ -191,16 +191,10 @@ impl Shard {
     /// Executes a call addressed to this shard.
     pub async fn execute(self: &Rc<Self>, call: ShardCall) -> ShardAnswer {
         match call {
-            ShardCall::Produce(Produce { topic, partition, acks, entry }) => {
-                ShardAnswer::Produce(self.produce_local(&topic, partition, acks, entry).await)
-            }
-            ShardCall::Fetch(Fetch { topic, partition, offset, max_bytes, max_wait }) => {
-                ShardAnswer::Fetch(
-                    self.fetch_local(&topic, partition, offset, max_bytes, max_wait).await,
-                )
-            }
-            ShardCall::ListOffsets(ListOffsets { topic, partition, timestamp }) => {
-                ShardAnswer::ListOffsets(self.list_offset_local(&topic, partition, timestamp).await)
+            ShardCall::Produce(request) => ShardAnswer::Produce(self.produce_local(request).await),
+            ShardCall::Fetch(request) => ShardAnswer::Fetch(self.fetch_local(request).await),
+            ShardCall::ListOffsets(request) => {
+                ShardAnswer::ListOffsets(self.list_offset_local(request).await)
             }
             ShardCall::Watermarks(Watermarks { topic, partition }) => ShardAnswer::Watermarks(
                 self.partition_log(&topic, partition).map(|l| (l.log_start(), l.high_watermark())),
