@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use glommio::channels::channel_mesh::{MeshBuilder, Receivers};
+use glommio::channels::shared_channel::ConnectedReceiver;
 use glommio::net::TcpListener;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use hdrhistogram::Histogram;
@@ -24,6 +24,7 @@ use crate::log::queued::QueuedBytes;
 use crate::metrics;
 use crate::shard::call::MeshMessage;
 use crate::shard::catalog::{self, Catalog};
+use crate::shard::mesh::{self, MeshEnds};
 
 use crate::shard::Shard;
 
@@ -90,7 +91,7 @@ pub fn run(config: BrokerConfig, histogram_dir: Option<PathBuf>) -> Result<(), S
 
     let queued = Arc::new(QueuedBytes::new(config.queued_max_request_bytes));
     let config = Arc::new(config);
-    let mesh = MeshBuilder::full(shards, MESH_CHANNEL_CAPACITY);
+    let mesh = Arc::new(mesh::full(shards, MESH_CHANNEL_CAPACITY));
     let handles = LocalExecutorPoolBuilder::new(placement)
         .name("spate-shard")
         .on_all_shards({
@@ -196,23 +197,23 @@ fn install_signal_handler(stopper: Arc<Stopper>) -> Result<(), String> {
 async fn shard_main(
     config: Arc<BrokerConfig>,
     catalog: Catalog,
-    mesh: MeshBuilder<MeshMessage, glommio::channels::channel_mesh::Full>,
+    mesh: Arc<Mutex<Vec<MeshEnds<MeshMessage>>>>,
     shards: usize,
     stopper: Arc<Stopper>,
     queued: Arc<QueuedBytes>,
 ) -> Result<Snapshot, String> {
     probe::probe_device(&config.data_dir).await;
-    let (id, peers, receivers) = if shards > 1 {
-        let (senders, receivers) =
-            mesh.join().await.map_err(|_| "joining the shard mesh".to_string())?;
-        (senders.peer_id(), Some(senders), Some(receivers))
-    } else {
-        (0, None, None)
+    let ends = mesh::take(&mesh).ok_or("more shards started than the mesh has ends")?;
+    let id = ends.id();
+    let (peers, receivers) = match shards > 1 {
+        true => {
+            let (peers, receivers) = ends.connect().await;
+            (Some(peers), receivers)
+        }
+        false => (None, Vec::new()),
     };
     let shard = Rc::new(Shard::new(id, shards, config.clone(), catalog, peers, queued));
-    if let Some(receivers) = receivers {
-        serve_mesh(&shard, receivers);
-    }
+    serve_mesh(&shard, receivers);
     let opened = shard
         .open_owned_partitions()
         .await
@@ -292,8 +293,8 @@ async fn shard_main(
 }
 
 /// Delivers what the other shards send this one, calls and answers, in arrival order.
-fn serve_mesh(shard: &Rc<Shard>, mut receivers: Receivers<MeshMessage>) {
-    for (from, receiver) in receivers.streams() {
+fn serve_mesh(shard: &Rc<Shard>, receivers: Vec<(usize, ConnectedReceiver<MeshMessage>)>) {
+    for (from, receiver) in receivers {
         let shard = shard.clone();
         glommio::spawn_local(async move {
             while let Some(message) = receiver.recv().await {

@@ -9,6 +9,7 @@
 //! - `controller.rs`: the controller role shard 0 plays (topic creation, growth, deletion, one at
 //!   a time, broadcast to every shard before the answer), which the Raft controller takes over;
 //! - `groups.rs`: which shard coordinates a group and how a group request gets there;
+//! - `mesh.rs`: the channels between shards, one per ordered pair;
 //! - `catalog.rs`: the topic catalog and its files.
 //!
 //! Starting and stopping the shards is `broker`'s job.
@@ -17,6 +18,7 @@ pub mod call;
 pub mod catalog;
 mod controller;
 mod groups;
+pub mod mesh;
 mod registry;
 pub mod state;
 pub mod turns;

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use event_listener::Event;
 use futures_channel::oneshot;
-use glommio::channels::channel_mesh::Senders;
 
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
@@ -33,6 +32,7 @@ use crate::shard::call::{
     Produce, Request, ShardAnswer, ShardCall, Watermarks,
 };
 use crate::shard::catalog::{self, Catalog, TopicInfo};
+use crate::shard::mesh::Peers;
 use crate::shard::turns::Turns;
 
 /// Appended-but-unwritten bytes per partition beyond which producers wait.
@@ -52,7 +52,7 @@ pub struct Shard {
     pub metrics: Rc<Metrics>,
     pub(super) catalog: RefCell<Catalog>,
     pub(super) partitions: RefCell<HashMap<PartitionKey, Rc<PartitionLog>>>,
-    pub(super) peers: Option<Senders<MeshMessage>>,
+    pub(super) peers: Option<Peers<MeshMessage>>,
     /// Calls sent to other shards, by id, waiting for their answers.
     pub(super) waiting: RefCell<HashMap<u64, oneshot::Sender<ShardAnswer>>>,
     pub(super) next_call_id: Cell<u64>,
@@ -83,7 +83,7 @@ impl Shard {
         count: usize,
         config: Arc<BrokerConfig>,
         catalog: Catalog,
-        peers: Option<Senders<MeshMessage>>,
+        peers: Option<Peers<MeshMessage>>,
         queued: Arc<QueuedBytes>,
     ) -> Self {
         Self {
