@@ -22,8 +22,9 @@ fn spate(broker: &Broker, args: &[&str], stdin: Option<&str>) -> Output {
     let output = child.wait_with_output().unwrap();
     assert!(
         output.status.success(),
-        "spate {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+        "spate {args:?} failed: {}\nthe broker's log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        broker.stderr()
     );
     output
 }

@@ -1,7 +1,7 @@
 //! Partition logs: segment files, their indexes, recovery, retention and the tail cache.
 //!
 //! A partition is a directory of segments (`segment.rs`), each with a sparse offset and time
-//! index (`index.rs`). `partition.rs` owns the write path (offsets, O_DIRECT writes, group
+//! index (`index.rs`), and a checkpoint of where each leader epoch starts (`epochs.rs`). `partition.rs` owns the write path (offsets, O_DIRECT writes, group
 //! commit) and the read path, with `write_plan.rs` laying out the writes it keeps in flight;
 //! `scan.rs` validates stored entries on recovery; `retention.rs` decides what to delete and
 //! when to roll; `tail_cache.rs` serves caught-up readers from memory; `queued.rs` counts what
@@ -11,6 +11,7 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+pub mod epochs;
 pub mod index;
 pub mod partition;
 pub mod probe;

@@ -24,7 +24,7 @@
 //! tries again. Everything written before stays readable and acknowledged. Any other write or
 //! sync error fails the partition for good: what reached the disk is then uncertain.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -34,9 +34,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use event_listener::Event;
+use futures_channel::oneshot;
 
 use crate::config::{TopicConfig, WRITE_ALIGN_BYTES};
 use crate::error::{BrokerError, ErrorKind};
+use crate::log::epochs::{self, EpochStart, LeaderEpochs};
 use crate::log::index::IndexedSegment;
 use crate::log::producers::{ProducerTable, SequenceCheck, SequenceError};
 use crate::log::queued::QueuedBytes;
@@ -114,6 +116,22 @@ pub enum LogError {
     Closed,
     /// An idempotent producer's batch out of sequence or from a fenced epoch.
     Sequence(SequenceError),
+    /// The log was truncated below the entry (its offsets may be handed out again).
+    Truncated {
+        below: u64,
+    },
+    /// A truncation is under way: appends wait for it to end.
+    Truncating,
+    /// A leader epoch below zero, or starting past the log's end.
+    InvalidEpoch {
+        epoch: i32,
+        start_offset: u64,
+    },
+    /// A follower's entry does not continue the log where it ends.
+    NotNextOffset {
+        next_offset: u64,
+        entry_base_offset: u64,
+    },
 }
 
 /// The one place log errors become broker errors.
@@ -124,7 +142,14 @@ impl From<LogError> for BrokerError {
             LogError::Storage(_) => ErrorKind::StorageError,
             // A reader is told the stored bytes are bad rather than handed wrong data.
             LogError::Corrupt(_) => ErrorKind::StorageError,
-            LogError::Closed => ErrorKind::NotAvailable,
+            // A replica's log is truncated when it stops leading, and a truncation is brief:
+            // either way the client tries again (the replica layer will say NOT_LEADER).
+            LogError::Closed | LogError::Truncated { .. } | LogError::Truncating => {
+                ErrorKind::NotAvailable
+            }
+            LogError::NotNextOffset { .. } | LogError::InvalidEpoch { .. } => {
+                ErrorKind::InvalidRequest
+            }
             LogError::Sequence(SequenceError::OutOfOrder(_)) => ErrorKind::OutOfOrderSequence,
             LogError::Sequence(SequenceError::StaleEpoch(_)) => ErrorKind::InvalidProducerEpoch,
         };
@@ -142,6 +167,15 @@ impl std::fmt::Display for LogError {
             Self::Corrupt(why) => write!(f, "corrupt data: {why}"),
             Self::Closed => write!(f, "partition is closing"),
             Self::Sequence(why) => write!(f, "{why}"),
+            Self::Truncated { below } => write!(f, "the log was truncated below offset {below}"),
+            Self::Truncating => write!(f, "the log is being truncated"),
+            Self::InvalidEpoch { epoch, start_offset } => {
+                write!(f, "leader epoch {epoch} cannot start at offset {start_offset}")
+            }
+            Self::NotNextOffset { next_offset, entry_base_offset } => write!(
+                f,
+                "an entry at offset {entry_base_offset} does not continue the log at {next_offset}"
+            ),
         }
     }
 }
@@ -159,12 +193,13 @@ pub struct ReadOutcome {
     pub woken_at: Option<Instant>,
 }
 
-/// The appends between two discards. A discard hands the unwritten offsets out again, so an
-/// offset alone cannot tell a waiter whether its own entry was written: the generation it
-/// appended in remembers where it was cut short.
+/// The appends between two cuts of the log's end: a discard of what a full disk did not take,
+/// or a truncation. A cut hands the offsets past it out again, so an offset alone cannot tell a
+/// waiter whether its own entry is still there: the generation it appended in remembers where
+/// it was cut, and why.
 #[derive(Default)]
 struct Generation {
-    discarded_from: Cell<Option<u64>>,
+    cut: RefCell<Option<(u64, LogError)>>,
 }
 
 /// An appended entry: where it is in the log, and what to wait on with
@@ -176,8 +211,10 @@ pub struct Appended {
 }
 
 impl Appended {
-    fn discarded(&self) -> bool {
-        self.generation.discarded_from.get().is_some_and(|from| self.next_offset > from)
+    /// Why the entry is gone, when a cut took it.
+    fn cut(&self) -> Option<LogError> {
+        let cut = self.generation.cut.borrow();
+        cut.as_ref().filter(|(from, _)| self.next_offset > *from).map(|(_, why)| why.clone())
     }
 }
 
@@ -215,6 +252,16 @@ struct LogState<S: Storage> {
     generation: Rc<Generation>,
     /// Set when a write found no space: appends are refused until the instant passes.
     out_of_space: Option<(Instant, String)>,
+    /// A truncation asked for and not yet begun by the writer: where, and who waits.
+    truncation: Option<(u64, oneshot::Sender<Result<u64, LogError>>)>,
+    /// From the request until the writer has done the truncation: appends are refused.
+    truncating: bool,
+    /// Truncations so far: an fdatasync that began before one covers offsets that may be gone.
+    truncations: u64,
+    /// Where each leader epoch starts; changes are numbered, and the writer persists them.
+    epochs: LeaderEpochs,
+    epochs_version: u64,
+    epochs_persisted: u64,
 }
 
 impl<S: Storage> LogState<S> {
@@ -225,6 +272,12 @@ impl<S: Storage> LogState<S> {
 
     fn log_start(&self) -> u64 {
         self.segments.front().map_or(self.next_offset, |s| s.base_offset)
+    }
+
+    /// Cuts the log's end back to `from`: waiters on entries past it get `why`.
+    fn cut_generation(&mut self, from: u64, why: LogError) {
+        *self.generation.cut.borrow_mut() = Some((from, why));
+        self.generation = Rc::default();
     }
 
     /// Asserts `log_start <= synced_offset <= written_offset <= next_offset` after `change`, with
@@ -277,18 +330,15 @@ impl<S: Storage> PartitionLog<S> {
             open_segments(&storage, &dir, &topic, partition, config.segment_bytes, &open_files)
                 .await?;
         let next_offset = segments.back().map_or(0, |s| s.meta.borrow().next_offset);
-        // Durable for sure: sealed segments (synced when sealed) and what the active segment's
-        // index covers (written after an fdatasync that covered it). Entries recovery found
-        // past the index reached the device but maybe not past its cache: a power loss now
-        // could still take them, so they count as synced only once the syncer, started on them
-        // at once, has synced them. Counting them at once let an idempotent producer's retry of
-        // such an entry be acknowledged as durable with no fdatasync (found by the simulation).
-        let synced_offset = match segments.back() {
-            Some(active) if active.indexed_bytes() < active.meta.borrow().size => {
-                active.base_offset
-            }
-            _ => next_offset,
-        };
+        let log_start = segments.front().map_or(next_offset, |s| s.base_offset);
+        // What the checkpoint still holds past the log's end or before its start was removed
+        // with the log; the writer persists the change (Kafka's load does the same).
+        let mut epochs = epochs::load(&storage, &dir).await?;
+        let reconciled =
+            epochs.truncate_from_end(next_offset) | epochs.truncate_from_start(log_start);
+        // Everything opened is durable: sealed segments were synced when sealed, and the active
+        // one was stopped cleanly or synced by recovery (`Segment::open_active`).
+        let synced_offset = next_offset;
         let block_tail = match segments.back() {
             Some(active) => read_block_tail(active).await?,
             None => Vec::new(),
@@ -319,6 +369,12 @@ impl<S: Storage> PartitionLog<S> {
                 failed: None,
                 generation: Rc::default(),
                 out_of_space: None,
+                truncation: None,
+                truncating: false,
+                truncations: 0,
+                epochs,
+                epochs_version: u64::from(reconciled),
+                epochs_persisted: 0,
             }),
             changed: Event::new(),
             writer_wake: Event::new(),
@@ -382,17 +438,7 @@ impl<S: Storage> PartitionLog<S> {
     /// appended is not appended again: its first offsets are returned.
     pub fn append(&self, pending: PendingEntry) -> Result<Appended, LogError> {
         let mut st = self.state.borrow_mut();
-        if let Some(why) = &st.failed {
-            return Err(LogError::Storage(why.clone()));
-        }
-        if st.stopping {
-            return Err(LogError::Closed);
-        }
-        if let Some((until, why)) = &st.out_of_space {
-            if self.storage.now() < *until {
-                return Err(LogError::Storage(why.clone()));
-            }
-        }
+        self.refuses_appends(&st)?;
         let generation = st.generation.clone();
         match st.producers.check(&pending.meta).map_err(LogError::Sequence)? {
             SequenceCheck::Duplicate { base_offset, next_offset } => {
@@ -414,6 +460,132 @@ impl<S: Storage> PartitionLog<S> {
         drop(st);
         self.writer_wake.notify(1);
         Ok(Appended { base_offset, next_offset, generation })
+    }
+
+    /// Why an append would be refused now, if it would.
+    fn refuses_appends(&self, st: &LogState<S>) -> Result<(), LogError> {
+        if let Some(why) = &st.failed {
+            return Err(LogError::Storage(why.clone()));
+        }
+        if st.stopping {
+            return Err(LogError::Closed);
+        }
+        if st.truncating {
+            return Err(LogError::Truncating);
+        }
+        match &st.out_of_space {
+            Some((until, why)) if self.storage.now() < *until => {
+                Err(LogError::Storage(why.clone()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Appends an entry as another replica stored it, at the offsets it carries: a follower's
+    /// append. The entry must be whole (its checksum holds) and continue the log where it
+    /// ends. Idempotent producers' state follows it without checks: the leader made them.
+    pub fn append_at(&self, entry: Bytes) -> Result<Appended, LogError> {
+        let mut parsed = entries(&entry, Check::Checksum);
+        let header = match (parsed.next(), parsed.next()) {
+            (Some(Ok(stored)), None) if stored.bytes.len() == entry.len() => stored.header,
+            (Some(Err(e)), _) => return Err(LogError::Corrupt(format!("a follower's entry: {e}"))),
+            _ => return Err(LogError::Corrupt("a follower's entry is not one whole entry".into())),
+        };
+        let mut st = self.state.borrow_mut();
+        self.refuses_appends(&st)?;
+        let (base_offset, next_offset) = (header.base_offset(), header.next_offset());
+        if base_offset != st.next_offset {
+            return Err(LogError::NotNextOffset {
+                next_offset: st.next_offset,
+                entry_base_offset: base_offset,
+            });
+        }
+        let meta = header.meta();
+        st.producers.record(&meta, base_offset, next_offset, self.storage.now_ms());
+        st.next_offset = next_offset;
+        st.assert_watermarks("a follower's append");
+        st.staged_bytes += entry.len();
+        self.queued.add(entry.len());
+        TailCache::push(&self.tail, base_offset, next_offset, entry.clone(), entry.len());
+        let max_timestamp = meta.max_timestamp;
+        st.staged.push_back(Staged { base_offset, next_offset, max_timestamp, entry });
+        let generation = st.generation.clone();
+        drop(st);
+        self.writer_wake.notify(1);
+        Ok(Appended { base_offset, next_offset, generation })
+    }
+
+    /// Removes every entry that holds `offset` or comes after it, durably: once this returns,
+    /// no crash or power loss brings them back. Returns the new end of the log, the base
+    /// offset of the first entry removed (an entry is kept or removed whole, so it may be below
+    /// `offset`). What a follower does when its log diverged from the new leader's (Kafka's
+    /// truncation by leader epoch, KIP-101). Appends are refused until it is done; waiters on
+    /// removed entries get [`LogError::Truncated`]; an offset at or past the end changes nothing.
+    pub async fn truncate_to(&self, offset: u64) -> Result<u64, LogError> {
+        let (reply, answer) = oneshot::channel();
+        {
+            let mut st = self.state.borrow_mut();
+            if let Some(why) = &st.failed {
+                return Err(LogError::Storage(why.clone()));
+            }
+            if st.stopping {
+                return Err(LogError::Closed);
+            }
+            if st.truncating {
+                return Err(LogError::Truncating);
+            }
+            let log_start = st.log_start();
+            if offset < log_start {
+                let high_watermark = st.written_offset;
+                return Err(LogError::OffsetOutOfRange {
+                    requested: offset,
+                    log_start,
+                    high_watermark,
+                });
+            }
+            st.truncating = true;
+            st.truncation = Some((offset, reply));
+        }
+        self.writer_wake.notify(1);
+        // The writer ends `truncating` (a caller that stops waiting does not stop the truncation).
+        answer.await.unwrap_or(Err(LogError::Closed))
+    }
+
+    /// Records that leader `epoch` starts at `start_offset` (at most the log end: a leader's
+    /// new epoch starts where its log ends, a follower's where the leader's entries say) and
+    /// returns once that is durable. The rules are Kafka's (`epochs.rs`).
+    pub async fn assign_epoch(&self, epoch: i32, start_offset: u64) -> Result<(), LogError> {
+        let version = {
+            let mut st = self.state.borrow_mut();
+            if let Some(why) = &st.failed {
+                return Err(LogError::Storage(why.clone()));
+            }
+            if st.stopping {
+                return Err(LogError::Closed);
+            }
+            if epoch < 0 || start_offset > st.next_offset {
+                return Err(LogError::InvalidEpoch { epoch, start_offset });
+            }
+            if !st.epochs.assign(epoch, start_offset) {
+                return Ok(());
+            }
+            st.epochs_version += 1;
+            st.epochs_version
+        };
+        self.writer_wake.notify(1);
+        self.wait_until(|st| Ok(st.epochs_persisted >= version)).await
+    }
+
+    /// Every leader epoch of the log and where it starts, oldest first.
+    pub fn leader_epochs(&self) -> Vec<EpochStart> {
+        self.state.borrow().epochs.entries().to_vec()
+    }
+
+    /// OffsetsForLeaderEpoch for this log: the largest epoch at or below `epoch`, and the offset
+    /// where it ends.
+    pub fn epoch_end_offset(&self, epoch: i32) -> (i32, i64) {
+        let st = self.state.borrow();
+        st.epochs.end_offset_for(epoch, st.next_offset)
     }
 
     /// Waits until the appended entry is on the device.
@@ -438,10 +610,9 @@ impl<S: Storage> PartitionLog<S> {
         watermark: impl Fn(&LogState<S>) -> u64,
     ) -> Result<(), LogError> {
         self.wait_until(|st| {
-            // Checked first: the discarded offsets may since have been written again.
-            if appended.discarded() {
-                let why = st.out_of_space.as_ref().map_or("no space on the device", |(_, w)| w);
-                return Err(LogError::Storage(why.to_string()));
+            // Checked first: the offsets cut may since have been written again.
+            if let Some(why) = appended.cut() {
+                return Err(why);
             }
             Ok(watermark(st) >= appended.next_offset)
         })
@@ -494,6 +665,11 @@ impl<S: Storage> PartitionLog<S> {
 
     pub fn log_start(&self) -> u64 {
         self.state.borrow().log_start()
+    }
+
+    /// The offset the next entry gets: everything below was appended (the log end offset).
+    pub fn log_end(&self) -> u64 {
+        self.state.borrow().next_offset
     }
 
     /// Whole entries holding `offset` and after, up to about `max_bytes` (always at least one
@@ -610,6 +786,11 @@ impl<S: Storage> PartitionLog<S> {
                 .count();
             let doomed = st.segments.drain(..count).collect();
             st.assert_watermarks("deleting segments below an offset");
+            let log_start = st.log_start();
+            if st.epochs.truncate_from_start(log_start) {
+                st.epochs_version += 1;
+                self.writer_wake.notify(1);
+            }
             doomed
         };
         for segment in &doomed {
@@ -751,10 +932,10 @@ impl<S: Storage> PartitionLog<S> {
                     let active = st.active();
                     // Everything written so far is what the fdatasync below covers.
                     let facts = active.written_facts();
-                    (active, st.written_offset, facts)
+                    (active, st.written_offset, facts, st.truncations)
                 })
             };
-            let Some((segment, covers, facts)) = job else {
+            let Some((segment, covers, facts, truncations)) = job else {
                 listener.await;
                 continue;
             };
@@ -769,6 +950,11 @@ impl<S: Storage> PartitionLog<S> {
             }
             self.metrics.record(Hist::Fdatasync, self.storage.now() - started);
             let mut st = self.state.borrow_mut();
+            if st.truncations != truncations {
+                // A truncation while it ran: the offsets it covered may since have been cut
+                // and written again after it began. Count nothing; the next round syncs anew.
+                continue;
+            }
             st.synced_offset = st.synced_offset.max(covers);
             st.assert_watermarks("an fdatasync");
             if facts.covered_bytes >= segment.indexed_bytes() + self.limits.recovery_point_bytes {

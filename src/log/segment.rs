@@ -443,10 +443,14 @@ impl<S: Storage> Segment<S> {
             allocated = state.position;
         }
         if indexed != Some(file_len) {
-            // Not stopped cleanly (a clean stop leaves an index covering the whole file). The
-            // process may have died between creating this segment and syncing its directory:
-            // its name would then be lost by a power loss, with every record appended to it
-            // from now on, fdatasync'ed or not. Found by the simulation (seed 955 of 5,000).
+            // Not stopped cleanly (a clean stop leaves an index covering the whole file). What
+            // recovery found may be only in the page cache: entries written but never synced,
+            // a size a truncation set. Made durable before anyone reads it, so a power loss
+            // cannot later bring back another log than the one served (entries an interrupted
+            // truncation had cut; found by the simulation). And the process may have died
+            // between creating this segment and syncing its directory: its name would then be
+            // lost by a power loss, with every record appended to it from now on (seed 955).
+            file.fdatasync().await?;
             storage.sync_dir(dir).await?;
         }
         let segment =
@@ -490,9 +494,18 @@ impl<S: Storage> Segment<S> {
         facts: IndexedSegment,
     ) -> io::Result<()> {
         let bytes = index::encode(&self.meta.borrow().index, self.base_offset, facts);
-        write_small_file(&self.storage, &index_path(dir, self.base_offset), &bytes).await?;
+        replace_small_file(&self.storage, &index_path(dir, self.base_offset), &bytes).await?;
         self.indexed_bytes.set(self.indexed_bytes.get().max(facts.covered_bytes));
         Ok(())
+    }
+
+    /// Cuts the segment's file to `len` bytes and syncs it. Its index must be gone first (see
+    /// the log's truncation for the order of the steps around it).
+    pub async fn cut_file(&self, len: u64) -> io::Result<()> {
+        let file = Rc::new(self.storage.open_rw(&self.log_path, false).await?);
+        file.truncate(len).await?;
+        file.fdatasync().await?;
+        file.close().await
     }
 
     /// Makes the segment durable and final: data synced, preallocated tail cut, index written.
@@ -525,6 +538,12 @@ impl<S: Storage> Segment<S> {
     pub async fn remove_files(&self, dir: &Path) -> io::Result<()> {
         self.mark_deleted();
         self.storage.remove_file(&self.log_path).await?;
+        self.remove_index(dir).await
+    }
+
+    /// Removes the segment's index file, if it has one: the next start scans the segment (and,
+    /// were it the newest, counts the start as not clean).
+    pub async fn remove_index(&self, dir: &Path) -> io::Result<()> {
         match self.storage.remove_file(&index_path(dir, self.base_offset)).await {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -548,11 +567,8 @@ async fn load_index<S: Storage>(
     base_offset: u64,
 ) -> Option<(SegmentIndex, IndexedSegment)> {
     let path = index_path(dir, base_offset);
-    let file = Rc::new(storage.open_read(&path).await.ok()?);
-    let len = file.size().await.ok()? as usize;
-    let bytes = read_range(&file, 0, len).await.ok();
-    let _ = file.close().await;
-    match index::decode(&bytes?, base_offset) {
+    let bytes = read_small_file(storage, &path).await.ok()??;
+    match index::decode(&bytes, base_offset) {
         Ok(loaded) => Some(loaded),
         Err(why) => {
             tracing::warn!(index = %path.display(), why, "ignoring an index file, rebuilding");
@@ -655,7 +671,11 @@ pub async fn read_range<F: StorageFile>(
 }
 
 /// Replaces a small file atomically: write a temporary file, sync it, rename it over.
-async fn write_small_file<S: Storage>(storage: &S, path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub async fn replace_small_file<S: Storage>(
+    storage: &S,
+    path: &Path,
+    bytes: &[u8],
+) -> io::Result<()> {
     // `<name>.index.tmp`, so an error while writing it names the file it stands for.
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
@@ -683,6 +703,23 @@ async fn write_small_file<S: Storage>(storage: &S, path: &Path, bytes: &[u8]) ->
         return Err(e);
     }
     file.close().await
+}
+
+/// Reads a small file whole; `None` when there is none.
+pub async fn read_small_file<S: Storage>(storage: &S, path: &Path) -> io::Result<Option<Bytes>> {
+    let file = match storage.open_read(path).await {
+        Ok(file) => Rc::new(file),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let read = async {
+        let len = file.size().await? as usize;
+        read_range(&file, 0, len).await
+    };
+    let bytes = read.await;
+    // Read only: nothing to lose by a failed close.
+    let _ = file.close().await;
+    bytes.map(Some)
 }
 
 /// Whether an I/O error means the device (or the user's quota) has no room: the writes it

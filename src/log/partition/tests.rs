@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use super::{LogLimits, PartitionLog, SharedByShard};
+use super::{LogError, LogLimits, PartitionLog, SharedByShard};
 use crate::config::TopicConfig;
 use crate::log::probe;
 use crate::log::queued::QueuedBytes;
@@ -13,7 +13,7 @@ use crate::log::segment::OpenFiles;
 use crate::log::storage::DmaStorage;
 use crate::log::tail_cache::TailBudget;
 use crate::metrics::Metrics;
-use crate::record::entry::{entries, parse_header, Check, StoredEntry};
+use crate::record::entry::{entries, parse_header, Check, StoredEntry, ENTRY_HEADER_BYTES};
 use crate::record::{BatchMeta, PendingEntry};
 
 /// Runs `test` with a fresh partition directory, on an executor whose first DMA file is a
@@ -37,6 +37,10 @@ where
 }
 
 async fn open(dir: &Path, segment_bytes: u64) -> Rc<PartitionLog> {
+    try_open(dir, segment_bytes).await.expect("open the partition")
+}
+
+async fn try_open(dir: &Path, segment_bytes: u64) -> std::io::Result<Rc<PartitionLog>> {
     let config = TopicConfig { segment_bytes, ..TopicConfig::default() };
     let limits = LogLimits {
         write_bytes_max: 64 * 1024,
@@ -61,7 +65,6 @@ async fn open(dir: &Path, segment_bytes: u64) -> Rc<PartitionLog> {
         },
     )
     .await
-    .expect("open the partition")
 }
 
 const PRODUCER_EXPIRATION_MS: i64 = 60_000;
@@ -425,5 +428,110 @@ fn recovery_points_bound_what_a_crash_leaves_to_scan() {
         assert_eq!(read, written);
         reopened.close().await;
         log.close().await;
+    });
+}
+
+/// On real segment files: a truncation into an older segment removes the newer ones and cuts
+/// the one holding the offset at the entry that holds it; appends continue from there, and a
+/// restart finds exactly that log.
+#[test]
+fn a_truncation_across_segments_cuts_at_the_entry_holding_the_offset() {
+    in_partition_dir(|dir| async move {
+        let log = open(&dir, 64 * 1024).await;
+        // Entries of 3 records, 10 KiB each: six to a segment, so 20 make four segments.
+        let mut kept = Vec::new();
+        for i in 0..20 {
+            let data = payload(i, 10 * 1024);
+            let appended = log.append(entry(3, &data)).expect("append");
+            log.wait_written(&appended).await.expect("written");
+            kept.push((appended.base_offset, appended.next_offset, data));
+        }
+        assert!(log.sealed_segments() >= 3, "{} sealed segments", log.sealed_segments());
+        // Offset 22 is inside the entry 21..24 (the eighth, in the second segment).
+        assert_eq!(log.truncate_to(22).await, Ok(21));
+        assert_eq!((log.log_end(), log.high_watermark()), (21, 21));
+        assert_eq!(log.sealed_segments(), 1, "the third and fourth segments are gone");
+        kept.truncate(7);
+        assert_eq!(stored(&log).await, kept);
+        let data = payload(99, 100);
+        let appended = log.append(entry(1, &data)).expect("append after the truncation");
+        assert_eq!(appended.base_offset, 21);
+        log.wait_synced(&appended).await.expect("synced");
+        kept.push((21, 22, data));
+        log.close().await;
+        let log = open(&dir, 64 * 1024).await;
+        assert_eq!(stored(&log).await, kept);
+        // At or past the end: nothing to do. Below the log start: refused.
+        assert_eq!(log.truncate_to(500).await, Ok(22));
+        log.delete_segments_below(21).await.expect("delete");
+        assert!(matches!(log.truncate_to(3).await, Err(LogError::OffsetOutOfRange { .. })));
+        log.close().await;
+    });
+}
+
+/// A follower's append takes an entry as the leader stored it, only where the log ends, and
+/// only whole.
+#[test]
+fn a_followers_append_continues_the_log_with_whole_entries_only() {
+    in_partition_dir(|dir| async move {
+        let log = open(&dir, 1024 * 1024).await;
+        append_written(&log, 2, 100).await;
+        let (at_end, _) = entry(2, b"from the leader").seal(2);
+        let (too_far, _) = entry(1, b"from the leader").seal(5);
+        let mut damaged = at_end.to_vec();
+        damaged[ENTRY_HEADER_BYTES + 3] ^= 1;
+        assert_eq!(
+            log.append_at(too_far).err(),
+            Some(LogError::NotNextOffset { next_offset: 2, entry_base_offset: 5 })
+        );
+        assert!(matches!(log.append_at(damaged.into()), Err(LogError::Corrupt(_))));
+        let mut two = at_end.to_vec();
+        two.extend_from_slice(&at_end);
+        assert!(matches!(log.append_at(two.into()), Err(LogError::Corrupt(_))));
+        let appended = log.append_at(at_end).expect("the next entry");
+        assert_eq!((appended.base_offset, appended.next_offset), (2, 4));
+        log.wait_written(&appended).await.expect("written");
+        let stored = stored(&log).await;
+        assert_eq!(stored.last(), Some(&(2, 4, b"from the leader".to_vec())));
+        log.close().await;
+    });
+}
+
+/// Leader epochs on real files: an assigned epoch survives a restart, a truncation removes the
+/// epochs it cut (and a restart agrees), and a checkpoint of a newer version stops the
+/// partition from opening, naming the file, rather than be rewritten.
+#[test]
+fn leader_epochs_are_durable_and_follow_truncation() {
+    in_partition_dir(|dir| async move {
+        let log = open(&dir, 1024 * 1024).await;
+        log.assign_epoch(0, 0).await.expect("epoch 0");
+        append_written(&log, 5, 100).await;
+        log.assign_epoch(3, 5).await.expect("epoch 3");
+        append_written(&log, 5, 100).await;
+        assert!(matches!(log.assign_epoch(4, 11).await, Err(LogError::InvalidEpoch { .. })));
+        assert!(matches!(log.assign_epoch(-2, 0).await, Err(LogError::InvalidEpoch { .. })));
+        assert_eq!(log.epoch_end_offset(0), (0, 5));
+        assert_eq!(log.epoch_end_offset(3), (3, 10));
+        log.close().await;
+
+        let log = open(&dir, 1024 * 1024).await;
+        let starts: Vec<_> =
+            log.leader_epochs().iter().map(|e| (e.epoch, e.start_offset)).collect();
+        assert_eq!(starts, [(0, 0), (3, 5)]);
+        assert_eq!(log.truncate_to(4).await, Ok(4));
+        let starts: Vec<_> =
+            log.leader_epochs().iter().map(|e| (e.epoch, e.start_offset)).collect();
+        assert_eq!(starts, [(0, 0)], "epoch 3 started past the new end");
+        assert_eq!(log.epoch_end_offset(0), (0, 4), "the latest epoch ends at the log end");
+        assert_eq!(log.epoch_end_offset(3), (-1, -1), "an epoch newer than any is undefined");
+        log.close().await;
+
+        let log = open(&dir, 1024 * 1024).await;
+        assert_eq!(log.leader_epochs().len(), 1);
+        log.close().await;
+        std::fs::write(dir.join(crate::log::epochs::CHECKPOINT_FILE), "1\n0\n").expect("write");
+        let refused = try_open(&dir, 1024 * 1024).await;
+        let why = refused.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(why.contains("leader-epoch-checkpoint") && why.contains("newer build"), "{why}");
     });
 }

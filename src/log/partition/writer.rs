@@ -9,12 +9,17 @@ use std::collections::VecDeque;
 use std::io;
 use std::rc::Rc;
 
-use super::{read_block_tail, PartitionLog, Staged, OUT_OF_SPACE_BACKOFF};
+use futures_channel::oneshot;
+
+use super::OUT_OF_SPACE_BACKOFF;
+use super::{read_block_tail, report_truncation, LogError, PartitionLog, Staged};
+use crate::log::epochs::{self, LeaderEpochs};
 use crate::log::index::IndexedSegment;
 use crate::log::segment::{is_out_of_space, Segment};
 use crate::log::storage::{Storage, StorageFile};
 use crate::log::write_plan::{PlannedWrite, WritePlan};
 use crate::metrics::Hist;
+use crate::record::entry::{parse_header, ENTRY_HEADER_BYTES};
 
 /// Runs the writer of `log` until the log closes or fails. `block_tail` holds the active
 /// segment's bytes from its last block boundary to its end.
@@ -27,9 +32,18 @@ pub(super) async fn run<S: Storage>(log: Rc<PartitionLog<S>>, block_tail: Vec<u8
         completions: Rc::default(),
         error: None,
         recovery_point_asked_at: 0,
+        dir_synced: false,
     };
     writer.run().await;
-    log.state.borrow_mut().writer_done = true;
+    let mut st = log.state.borrow_mut();
+    st.writer_done = true;
+    // A truncation asked for as the log failed or closed is not going to happen.
+    if let Some((_, reply)) = st.truncation.take() {
+        let why = st.failed.clone().map_or(LogError::Closed, LogError::Storage);
+        let _ = reply.send(Err(why));
+        st.truncating = false;
+    }
+    drop(st);
     log.changed.notify(usize::MAX);
 }
 
@@ -47,11 +61,15 @@ struct IssuedEntry {
 
 enum Step {
     Write(Vec<Staged>),
+    /// Remove the entries at and after an offset; the caller waits for the new end.
+    Truncate(u64, oneshot::Sender<Result<u64, LogError>>),
     Roll,
     /// Give back the idle active segment's preallocated space.
     Trim,
     /// Write the active segment's index covering what the syncer synced.
     RecoveryPoint(IndexedSegment),
+    /// Write the leader-epoch checkpoint as it stands at a numbered change.
+    PersistEpochs(LeaderEpochs, u64),
     Wait,
     Stop,
 }
@@ -67,6 +85,8 @@ struct Writer<S: Storage> {
     error: Option<io::Error>,
     /// The active segment's size when the writer last asked for a recovery point.
     recovery_point_asked_at: u64,
+    /// Whether this process has synced the partition's directory.
+    dir_synced: bool,
 }
 
 impl<S: Storage> Writer<S> {
@@ -96,7 +116,30 @@ impl<S: Storage> Writer<S> {
                 continue;
             }
             match self.next_step() {
-                Step::Write(entries) => self.issue_entries(entries).await,
+                Step::Write(entries) => {
+                    // A process that died between renaming a file here and syncing the directory
+                    // (a truncation's index, the epoch checkpoint) left names this one saw but a
+                    // power loss could still undo, with this process's writes built on them
+                    // (found by the simulation). One sync before the first write settles them.
+                    if !self.dir_synced {
+                        if let Err(e) = self.log.storage.sync_dir(&self.log.dir).await {
+                            self.log.fail(format!("syncing the partition's directory: {e}"));
+                            return;
+                        }
+                        self.dir_synced = true;
+                    }
+                    self.issue_entries(entries).await
+                }
+                Step::Truncate(offset, reply) => {
+                    let outcome = self.truncate(offset).await;
+                    self.log.state.borrow_mut().truncating = false;
+                    if let Err(LogError::Storage(why)) = &outcome {
+                        // Which of its steps reached the disk is uncertain: a restart's
+                        // recovery finds the log whole, cut or not.
+                        self.log.fail(format!("truncating to offset {offset}: {why}"));
+                    }
+                    let _ = reply.send(outcome);
+                }
                 Step::Roll => {
                     if let Err(e) = self.roll().await {
                         self.error = Some(e);
@@ -111,6 +154,19 @@ impl<S: Storage> Writer<S> {
                             partition = self.log.partition,
                             "writing a recovery point: {e}"
                         );
+                    }
+                }
+                Step::PersistEpochs(epochs, version) => {
+                    let log = &self.log;
+                    match epochs::persist(&log.storage, &log.dir, &epochs).await {
+                        Ok(()) => {
+                            let mut st = log.state.borrow_mut();
+                            st.epochs_persisted = st.epochs_persisted.max(version);
+                            drop(st);
+                            log.changed.notify(usize::MAX);
+                        }
+                        // A new epoch must be durable before the replica acts on it.
+                        Err(e) => log.fail(format!("writing the leader-epoch checkpoint: {e}")),
                     }
                 }
                 Step::Trim => {
@@ -134,6 +190,16 @@ impl<S: Storage> Writer<S> {
         let mut st = self.log.state.borrow_mut();
         if st.failed.is_some() {
             return Step::Stop;
+        }
+        // A truncation waits until what was appended before it is written (appends made
+        // after it are refused).
+        if st.truncation.is_some() && st.staged.is_empty() {
+            if !self.plan.is_idle() {
+                return Step::Wait;
+            }
+            if let Some((offset, reply)) = st.truncation.take() {
+                return Step::Truncate(offset, reply);
+            }
         }
         // A roll waits until what is staged is written (it may roll by size anyway).
         if st.roll_requested && st.staged.is_empty() {
@@ -159,6 +225,9 @@ impl<S: Storage> Writer<S> {
                 st.trim_requested = false;
                 return Step::Trim;
             }
+        }
+        if st.epochs_persisted < st.epochs_version {
+            return Step::PersistEpochs(st.epochs.clone(), st.epochs_version);
         }
         let Some(first) = st.staged.front() else {
             let done = st.stopping && self.plan.is_idle();
@@ -376,6 +445,90 @@ impl<S: Storage> Writer<S> {
         Ok(())
     }
 
+    /// Removes the entries holding `offset` and after; called with nothing staged or in flight.
+    /// The disk is changed in an order that leaves a whole log after a crash at any step: the
+    /// later segments go first, newest first, then the segment holding `offset` is cut and
+    /// synced and opened again as the active one. A storage error leaves the log failed.
+    async fn truncate(&mut self, offset: u64) -> Result<u64, LogError> {
+        let log = self.log.clone();
+        let (segments, end) = {
+            let st = log.state.borrow();
+            (st.segments.iter().cloned().collect::<Vec<_>>(), st.next_offset)
+        };
+        if offset >= end {
+            return Ok(end);
+        }
+        let Some(holder_at) = segments.iter().rposition(|s| s.base_offset <= offset) else {
+            // Retention moved the log start past it since the request.
+            let (log_start, high_watermark) = (log.log_start(), log.high_watermark());
+            return Err(LogError::OffsetOutOfRange {
+                requested: offset,
+                log_start,
+                high_watermark,
+            });
+        };
+        let holder = segments[holder_at].clone();
+        let storage_error = |e: io::Error| LogError::Storage(e.to_string());
+        let facts = entry_boundary(&holder, offset).await.map_err(storage_error)?;
+        let cut = async {
+            // Indexes go first, the holder's too: the newest segment a crash at any later step
+            // leaves has no index, so the next start is not taken for a clean one (it syncs
+            // what it recovers and the directory before serving it). Then the segments, newest
+            // first, so what is left is always a whole log; the directory sync makes all of it
+            // durable before the cut (found by the simulation, crashing inside truncations).
+            let later = &segments[holder_at + 1..];
+            for segment in later {
+                segment.remove_index(&log.dir).await?;
+            }
+            holder.remove_index(&log.dir).await?;
+            for segment in later.iter().rev() {
+                segment.remove_files(&log.dir).await?;
+            }
+            log.storage.sync_dir(&log.dir).await?;
+            holder.cut_file(facts.covered_bytes).await?;
+            // A power loss can take this index (its directory is not synced again), never
+            // bring back the old one: the next start then scans the segment.
+            holder.persist_index_covering(&log.dir, facts).await?;
+            Segment::open_active(&log.storage, &log.dir, holder.base_offset, &log.open_files).await
+        };
+        let (active, recovery_cut) = cut.await.map_err(storage_error)?;
+        report_truncation(&log.topic, log.partition, &active, recovery_cut);
+        let new_end = active.meta.borrow().next_offset;
+        {
+            let mut st = log.state.borrow_mut();
+            for removed in st.segments.drain(holder_at..) {
+                removed.retire();
+            }
+            st.segments.push_back(active.clone());
+            st.next_offset = new_end;
+            st.written_offset = new_end;
+            st.synced_offset = st.synced_offset.min(new_end);
+            st.sync_target = st.sync_target.min(new_end);
+            st.recovery_point = None;
+            st.truncations += 1;
+            if st.epochs.truncate_from_end(new_end) {
+                // Written lazily: a start drops whatever the file still holds past the log end.
+                st.epochs_version += 1;
+            }
+            st.cut_generation(new_end, LogError::Truncated { below: new_end });
+            st.producers.forget_from(new_end);
+            st.assert_watermarks("a truncation");
+        }
+        log.tail.borrow_mut().truncate_from(new_end);
+        log.changed.notify(usize::MAX);
+        tracing::info!(
+            topic = %log.topic,
+            partition = log.partition,
+            requested = offset,
+            removed = end - new_end,
+            "truncated the log to offset {new_end}"
+        );
+        let size = active.meta.borrow().size;
+        self.plan = WritePlan::new(size, read_block_tail(&active).await.map_err(storage_error)?);
+        self.recovery_point_asked_at = size;
+        Ok(new_end)
+    }
+
     /// After a write found no space, with nothing left in flight: discards everything appended
     /// but not written (failing its waiters), refuses appends for [`OUT_OF_SPACE_BACKOFF`], and
     /// cuts the active segment back to its written entries, so nothing a failed write (or a
@@ -393,8 +546,13 @@ impl<S: Storage> Writer<S> {
                 "{why}; discarding the unwritten records and refusing appends for {:?}",
                 OUT_OF_SPACE_BACKOFF
             );
-            st.generation.discarded_from.set(Some(from));
-            st.generation = Rc::default();
+            st.cut_generation(from, LogError::Storage(why.clone()));
+            // The offsets are handed out again in the same leader epoch: it starts no later
+            // than they do. Persisted before any new write (Kafka's assign rules, `epochs.rs`).
+            if let Some(latest) = st.epochs.latest().filter(|latest| latest.start_offset > from) {
+                st.epochs.assign(latest.epoch, from);
+                st.epochs_version += 1;
+            }
             st.next_offset = from;
             st.assert_watermarks("discarding unwritten records");
             st.staged.clear();
@@ -412,4 +570,35 @@ impl<S: Storage> Writer<S> {
         self.plan = WritePlan::new(size, read_block_tail(&active).await?);
         Ok(())
     }
+}
+
+/// What `segment` holds before the entry that holds `offset`, as its index would state it: the
+/// entry's position, its base offset, and the newest timestamp before it. The index points the
+/// walk to within [`INDEX_INTERVAL_BYTES`](crate::log::index::INDEX_INTERVAL_BYTES) of it.
+async fn entry_boundary<S: Storage>(
+    segment: &Segment<S>,
+    offset: u64,
+) -> io::Result<IndexedSegment> {
+    let (point, size, next_offset) = {
+        let meta = segment.meta.borrow();
+        (meta.index.seek_offset(offset), meta.size, meta.next_offset)
+    };
+    let (mut position, mut max_timestamp) =
+        point.map_or((0, i64::MIN), |p| (p.position, p.max_timestamp_before));
+    while position < size {
+        let bytes = segment.read(position, ENTRY_HEADER_BYTES).await?;
+        let header = parse_header(&bytes).map_err(|e| {
+            io::Error::other(format!(
+                "{}: entry at byte {position}: {e}",
+                segment.log_path.display()
+            ))
+        })?;
+        if header.next_offset() > offset {
+            let next_offset = header.base_offset();
+            return Ok(IndexedSegment { covered_bytes: position, next_offset, max_timestamp });
+        }
+        max_timestamp = max_timestamp.max(header.max_timestamp.get());
+        position += header.entry_len() as u64;
+    }
+    Ok(IndexedSegment { covered_bytes: size, next_offset, max_timestamp })
 }
