@@ -211,7 +211,8 @@ impl Coordinator {
         }
         let started = {
             let mut groups = self.groups.borrow_mut();
-            let entry = groups.entry(group.clone()).or_insert_with(|| Group::new(group));
+            let entry =
+                groups.entry(group.clone()).or_insert_with(|| Group::new(group, crate::now_ms()));
             entry.join(request, now, self.initial_delay)
         };
         match started {
@@ -256,7 +257,7 @@ impl Coordinator {
             Some(entry) => entry.check_commit(member_id, instance_id, generation)?,
             // No such group: only a commit outside membership passes.
             None => {
-                Group::new(group.to_string()).check_commit(member_id, instance_id, generation)?
+                Group::new(group.to_string(), 0).check_commit(member_id, instance_id, generation)?
             }
         }
         let commit_time_ms = crate::now_ms();
@@ -478,7 +479,8 @@ impl Coordinator {
     fn apply(&self, record: OffsetRecord) {
         let mut groups = self.groups.borrow_mut();
         let group = record.group.clone();
-        let entry = groups.entry(group.clone()).or_insert_with(|| Group::new(group));
+        let entry =
+            groups.entry(group.clone()).or_insert_with(|| Group::new(group, crate::now_ms()));
         let key = (record.topic, record.partition);
         match record.committed {
             Some(committed) => {

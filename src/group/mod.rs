@@ -5,11 +5,13 @@
 //! state machine (joins, syncs, heartbeats, leaves, session expiry); `coordinator.rs` holds a
 //! shard's groups, runs their timers, and keeps committed offsets durable in the group's
 //! `__consumer_offsets` partition, replayed when the shard opens. `offsets.rs` is that log's
-//! record format. The protocol front ends translate their requests into typed [`GroupRequest`]s.
+//! record format; `simulation.rs` drives one group through seeded clients on a clock of its own. The protocol front ends translate their requests into typed [`GroupRequest`]s.
 
 pub mod consumer_protocol;
 pub mod coordinator;
 pub mod offsets;
+#[cfg(test)]
+mod simulation;
 pub mod state;
 
 pub use coordinator::{

@@ -132,12 +132,16 @@ pub struct Group {
     /// The first rebalance of an empty group waits out its delay even when everyone is in, so
     /// members starting together land in one generation.
     initial_delay_running: bool,
+    /// Member ids are `<client id>-<hex>`, counted up from this number times 1000: the
+    /// creator passes the wall clock, so ids stay unique across restarts, and the machine
+    /// itself reads no clock.
+    member_ids_from: i64,
     next_member: u64,
     pub offsets: HashMap<(String, i32), Committed>,
 }
 
 impl Group {
-    pub fn new(id: String) -> Self {
+    pub fn new(id: String, member_ids_from: i64) -> Self {
         Self {
             id,
             state: GroupState::Empty,
@@ -149,6 +153,7 @@ impl Group {
             pending: HashSet::new(),
             rebalance_deadline: None,
             initial_delay_running: false,
+            member_ids_from,
             next_member: 0,
             offsets: HashMap::new(),
         }
@@ -160,7 +165,7 @@ impl Group {
 
     fn new_member_id(&mut self, client_id: &str) -> String {
         self.next_member += 1;
-        let unique = crate::now_ms().wrapping_mul(1000).wrapping_add(self.next_member as i64);
+        let unique = self.member_ids_from.wrapping_mul(1000).wrapping_add(self.next_member as i64);
         format!("{client_id}-{unique:x}")
     }
 
@@ -695,7 +700,7 @@ mod tests {
     #[test]
     fn two_members_join_sync_and_a_leave_rebalances() {
         let now = Instant::now();
-        let mut group = Group::new("g".into());
+        let mut group = Group::new("g".into(), 0);
         let first = answer(join(&mut group, now, &["range"])).unwrap().unwrap();
         assert_eq!(first.generation, 1);
         assert_eq!(first.leader, first.member_id);
@@ -744,7 +749,7 @@ mod tests {
     #[test]
     fn a_silent_member_is_evicted_after_its_session_timeout() {
         let now = Instant::now();
-        let mut group = Group::new("g".into());
+        let mut group = Group::new("g".into(), 0);
         let a = answer(join(&mut group, now, &["range"])).unwrap().unwrap();
         group.sync(&a.member_id, None, 1, vec![], now).unwrap().close();
         let b = join(&mut group, now, &["range"]);
@@ -765,7 +770,7 @@ mod tests {
     #[test]
     fn protocols_must_overlap_and_generations_must_match() {
         let now = Instant::now();
-        let mut group = Group::new("g".into());
+        let mut group = Group::new("g".into(), 0);
         let a = answer(join(&mut group, now, &["range"])).unwrap().unwrap();
         let refused = group.join(join_request("", &["sticky"]), now, Duration::ZERO).unwrap_err();
         assert_eq!(refused.0, ErrorKind::InconsistentGroupProtocol);
@@ -783,7 +788,7 @@ mod tests {
     #[test]
     fn a_static_member_rejoins_without_a_rebalance_and_fences_its_old_id() {
         let now = Instant::now();
-        let mut group = Group::new("g".into());
+        let mut group = Group::new("g".into(), 0);
         let mut request = join_request("", &["range"]);
         request.instance_id = Some("host-1".into());
         let first =
@@ -813,7 +818,7 @@ mod tests {
     #[test]
     fn the_initial_delay_collects_members_into_one_generation() {
         let now = Instant::now();
-        let mut group = Group::new("g".into());
+        let mut group = Group::new("g".into(), 0);
         let delay = Duration::from_secs(3);
         let mut request = join_request("", &["range"]);
         request.require_known_member = false;
@@ -831,7 +836,7 @@ mod tests {
     #[test]
     fn an_emptied_group_keeps_its_protocol_type_until_a_member_of_another_joins() {
         let now = Instant::now();
-        let mut group = Group::new("g".into());
+        let mut group = Group::new("g".into(), 0);
         let joined = answer(join(&mut group, now, &["range"])).unwrap().unwrap();
         assert_eq!(group.leave(&[(joined.member_id, None)], now), vec![Ok(())]);
         assert_eq!(group.state, GroupState::Empty);
