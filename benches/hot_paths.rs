@@ -33,6 +33,7 @@ fn entry_of(meta: &BatchMeta, payload: &[u8]) -> Vec<u8> {
     let header = EntryHeader::new(
         PayloadFormat::Native,
         0,
+        0,
         meta,
         payload.len() as u32,
         crc32fast::hash(payload),
@@ -55,7 +56,14 @@ fn crc32_of_a_batch(bencher: Bencher) {
 fn entry_header_encode(bencher: Bencher) {
     let (meta, _) = batch();
     bencher.bench(|| {
-        EntryHeader::new(PayloadFormat::Native, divan::black_box(42), &meta, 270_000, 0x1234_5678)
+        EntryHeader::new(
+            PayloadFormat::Native,
+            divan::black_box(42),
+            0,
+            &meta,
+            270_000,
+            0x1234_5678,
+        )
     });
 }
 
@@ -162,7 +170,7 @@ fn kafka_batch_to_pending_entry(bencher: Bencher) {
     let meta =
         spate::record::kafka_batch::validate_produced(&kafka, u32::MAX).expect("valid").meta();
     bencher.counter(BytesCount::new(kafka.len())).bench(|| {
-        spate::record::PendingEntry::kafka(divan::black_box(&kafka), meta).map(|p| p.seal(7))
+        spate::record::PendingEntry::kafka(divan::black_box(&kafka), meta).map(|p| p.seal(7, 0))
     });
 }
 
@@ -185,7 +193,7 @@ fn convert_kafka_batch_to_native_entry(bencher: Bencher) {
     let kafka = kafka_batch();
     let meta =
         spate::record::kafka_batch::validate_produced(&kafka, u32::MAX).expect("valid").meta();
-    let header = EntryHeader::new(PayloadFormat::Kafka, 0, &meta, kafka.len() as u32, 0);
+    let header = EntryHeader::new(PayloadFormat::Kafka, 0, 0, &meta, kafka.len() as u32, 0);
     bencher.counter(ItemsCount::new(256usize)).bench(|| {
         spate::record::convert::kafka_to_native(&header, divan::black_box(&kafka)).map(|e| e.len())
     });

@@ -274,7 +274,7 @@ fn an_entry_written_by_a_newer_build_stops_the_start_and_nothing_is_cut() {
     let partition = partition_dir(&broker, "newer");
     let log_path = partition.join("00000000000000000000.log");
     let mut bytes = std::fs::read(&log_path).unwrap();
-    // Entry 15 as a newer build would write it: version 2, checksum valid for its bytes.
+    // Entry 15 as a newer build would write it: the next version, checksum valid for its bytes.
     let mut position = 0usize;
     for _ in 0..15 {
         let payload_len =
@@ -283,7 +283,7 @@ fn an_entry_written_by_a_newer_build_stops_the_start_and_nothing_is_cut() {
     }
     let payload_len =
         u32::from_le_bytes(bytes[position + 8..position + 12].try_into().unwrap()) as usize;
-    bytes[position + 12] = 2;
+    bytes[position + 12] = spate::record::entry::ENTRY_VERSION + 1;
     let crc = crc32fast::hash(&bytes[position + 8..position + 64 + payload_len]);
     bytes[position + 4..position + 8].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(&log_path, &bytes).unwrap();

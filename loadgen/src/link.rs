@@ -135,8 +135,9 @@ pub fn encode_batch(
         Protocol::Native => Ok(Bytes::from_owner(archive)),
         Protocol::Kafka => {
             let crc = crc32fast::hash(&archive);
+            // Offset and leader epoch are the broker's to stamp.
             let header =
-                EntryHeader::new(PayloadFormat::Native, 0, meta, archive.len() as u32, crc);
+                EntryHeader::new(PayloadFormat::Native, 0, 0, meta, archive.len() as u32, crc);
             let mut batch = bytes::BytesMut::new();
             spate::record::convert::native_to_kafka(&header, &archive, &mut batch)?;
             Ok(batch.freeze())

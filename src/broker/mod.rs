@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use glommio::channels::shared_channel::ConnectedReceiver;
@@ -92,19 +92,18 @@ pub fn run(config: BrokerConfig, histogram_dir: Option<PathBuf>) -> Result<(), S
     let queued = Arc::new(QueuedBytes::new(config.queued_max_request_bytes));
     let config = Arc::new(config);
     let mesh = Arc::new(mesh::full(shards, MESH_CHANNEL_CAPACITY));
+    let cores = Arc::new(cores);
     let handles = LocalExecutorPoolBuilder::new(placement)
         .name("spate-shard")
         .on_all_shards({
             let stopper = stopper.clone();
             move || {
-                let (config, catalog, mesh, stopper, queued) = (
-                    config.clone(),
-                    catalog.clone(),
-                    mesh.clone(),
-                    stopper.clone(),
-                    queued.clone(),
-                );
-                async move { shard_main(config, catalog, mesh, shards, stopper, queued).await }
+                let (config, catalog, stopper, queued) =
+                    (config.clone(), catalog.clone(), stopper.clone(), queued.clone());
+                // Shard N on the Nth core of `--cores`, as the log lines say.
+                let here = current_cpu().and_then(|cpu| cores.iter().position(|c| *c == cpu));
+                let ends = mesh::take(&mesh, here);
+                async move { shard_main(config, catalog, ends, shards, stopper, queued).await }
             }
         })
         .map_err(|e| format!("starting executors: {e}"))?;
@@ -123,6 +122,13 @@ pub fn run(config: BrokerConfig, histogram_dir: Option<PathBuf>) -> Result<(), S
         true => Ok(()),
         false => Err(failures.join("; ")),
     }
+}
+
+/// The CPU this thread runs on; a shard's thread is pinned to one.
+fn current_cpu() -> Option<usize> {
+    // SAFETY: sched_getcpu takes no arguments and only reports the calling thread's CPU.
+    let cpu = unsafe { libc::sched_getcpu() };
+    usize::try_from(cpu).ok()
 }
 
 /// Every connection and every segment file is a descriptor, and a soft limit of 1024 (Debian's
@@ -197,13 +203,13 @@ fn install_signal_handler(stopper: Arc<Stopper>) -> Result<(), String> {
 async fn shard_main(
     config: Arc<BrokerConfig>,
     catalog: Catalog,
-    mesh: Arc<Mutex<Vec<MeshEnds<MeshMessage>>>>,
+    ends: Option<MeshEnds<MeshMessage>>,
     shards: usize,
     stopper: Arc<Stopper>,
     queued: Arc<QueuedBytes>,
 ) -> Result<Snapshot, String> {
     probe::probe_device(&config.data_dir).await;
-    let ends = mesh::take(&mesh).ok_or("more shards started than the mesh has ends")?;
+    let ends = ends.ok_or("more shards started than the mesh has ends")?;
     let id = ends.id();
     let (peers, receivers) = match shards > 1 {
         true => {

@@ -146,12 +146,15 @@ impl LeaderEpochs {
             else {
                 return Err(format!("entry line {line:?}"));
             };
-            let entry = match (epoch.parse::<i32>(), start.parse::<u64>()) {
-                (Ok(epoch), Ok(start_offset)) if epoch >= 0 => EpochStart { epoch, start_offset },
+            // Offsets as Kafka keeps them: at most i64::MAX.
+            let entry = match (epoch.parse::<i32>(), start.parse::<i64>()) {
+                (Ok(epoch), Ok(start)) if epoch >= 0 && start >= 0 => {
+                    EpochStart { epoch, start_offset: start as u64 }
+                }
                 _ => return Err(format!("entry line {line:?}")),
             };
             if epochs.latest().is_some_and(|last| {
-                last.epoch >= entry.epoch || last.start_offset > entry.start_offset
+                last.epoch >= entry.epoch || last.start_offset >= entry.start_offset
             }) {
                 return Err(format!("entry {line:?} out of order"));
             }
@@ -250,8 +253,17 @@ mod tests {
         assert_eq!(LeaderEpochs::decode(b"0\n0\n"), Ok(LeaderEpochs::default()));
         let newer = LeaderEpochs::decode(b"1\n0\n").unwrap_err();
         assert!(newer.contains("newer build"), "{newer}");
-        for bad in [&b""[..], b"0\n", b"0\n2\n1 5\n", b"0\n1\n1 5 7\n", b"0\n2\n3 5\n2 9\n", b"x\n"]
-        {
+        let bad_files = [
+            &b""[..],
+            b"0\n",
+            b"0\n2\n1 5\n",
+            b"0\n1\n1 5 7\n",
+            b"0\n2\n3 5\n2 9\n",
+            b"0\n2\n1 5\n2 5\n",
+            b"0\n1\n1 9223372036854775808\n",
+            b"x\n",
+        ];
+        for bad in bad_files {
             assert!(LeaderEpochs::decode(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
         assert!(LeaderEpochs::decode(b"0\n1\n1 5\n2 6\n").is_err(), "more lines than counted");

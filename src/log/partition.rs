@@ -50,6 +50,7 @@ use crate::log::storage::{DmaStorage, Storage, StorageFile};
 use crate::log::tail_cache::{TailBudget, TailCache};
 use crate::metrics::{Hist, Metrics};
 use crate::record::entry::{entries, parse_entry, parse_header, Check, ENTRY_HEADER_BYTES};
+use crate::record::pending::LEADER_EPOCH;
 use crate::record::PendingEntry;
 
 mod writer;
@@ -122,7 +123,7 @@ pub enum LogError {
     },
     /// A truncation is under way: appends wait for it to end.
     Truncating,
-    /// A leader epoch below zero, or starting past the log's end.
+    /// A leader epoch below zero or older than the latest, or not starting at the log end.
     InvalidEpoch {
         epoch: i32,
         start_offset: u64,
@@ -200,6 +201,8 @@ pub struct ReadOutcome {
 #[derive(Default)]
 struct Generation {
     cut: RefCell<Option<(u64, LogError)>>,
+    /// The generation after the cut: a later cut can still take an entry an earlier one left.
+    next: RefCell<Option<Rc<Generation>>>,
 }
 
 /// An appended entry: where it is in the log, and what to wait on with
@@ -211,10 +214,17 @@ pub struct Appended {
 }
 
 impl Appended {
-    /// Why the entry is gone, when a cut took it.
+    /// Why the entry is gone, when a cut took it: its generation's, or any after it.
     fn cut(&self) -> Option<LogError> {
-        let cut = self.generation.cut.borrow();
-        cut.as_ref().filter(|(from, _)| self.next_offset > *from).map(|(_, why)| why.clone())
+        let mut generation = Some(self.generation.clone());
+        while let Some(current) = generation {
+            let cut = current.cut.borrow();
+            if let Some((_, why)) = cut.as_ref().filter(|(from, _)| self.next_offset > *from) {
+                return Some(why.clone());
+            }
+            generation = current.next.borrow().clone();
+        }
+        None
     }
 }
 
@@ -274,10 +284,31 @@ impl<S: Storage> LogState<S> {
         self.segments.front().map_or(self.next_offset, |s| s.base_offset)
     }
 
+    /// The epoch new entries are stamped with: the latest assigned, else the default.
+    fn current_epoch(&self) -> i32 {
+        self.epochs.latest().map_or(LEADER_EPOCH, |latest| latest.epoch)
+    }
+
+    /// Why the log takes no change now (an append, a truncation, a new epoch), if it does not.
+    fn refuses_changes(&self) -> Result<(), LogError> {
+        if let Some(why) = &self.failed {
+            return Err(LogError::Storage(why.clone()));
+        }
+        if self.stopping {
+            return Err(LogError::Closed);
+        }
+        match self.truncating {
+            true => Err(LogError::Truncating),
+            false => Ok(()),
+        }
+    }
+
     /// Cuts the log's end back to `from`: waiters on entries past it get `why`.
     fn cut_generation(&mut self, from: u64, why: LogError) {
+        let next = Rc::<Generation>::default();
         *self.generation.cut.borrow_mut() = Some((from, why));
-        self.generation = Rc::default();
+        *self.generation.next.borrow_mut() = Some(next.clone());
+        self.generation = next;
     }
 
     /// Asserts `log_start <= synced_offset <= written_offset <= next_offset` after `change`, with
@@ -450,7 +481,7 @@ impl<S: Storage> PartitionLog<S> {
         let next_offset = base_offset + u64::from(pending.meta.record_count);
         let max_timestamp = pending.meta.max_timestamp;
         st.producers.record(&pending.meta, base_offset, next_offset, self.storage.now_ms());
-        let (entry, footprint) = pending.seal(base_offset);
+        let (entry, footprint) = pending.seal(base_offset, st.current_epoch());
         st.next_offset = next_offset;
         st.assert_watermarks("an append");
         st.staged_bytes += entry.len();
@@ -464,15 +495,7 @@ impl<S: Storage> PartitionLog<S> {
 
     /// Why an append would be refused now, if it would.
     fn refuses_appends(&self, st: &LogState<S>) -> Result<(), LogError> {
-        if let Some(why) = &st.failed {
-            return Err(LogError::Storage(why.clone()));
-        }
-        if st.stopping {
-            return Err(LogError::Closed);
-        }
-        if st.truncating {
-            return Err(LogError::Truncating);
-        }
+        st.refuses_changes()?;
         match &st.out_of_space {
             Some((until, why)) if self.storage.now() < *until => {
                 Err(LogError::Storage(why.clone()))
@@ -502,6 +525,12 @@ impl<S: Storage> PartitionLog<S> {
         }
         let meta = header.meta();
         st.producers.record(&meta, base_offset, next_offset, self.storage.now_ms());
+        // The leader's epochs come with its entries (Kafka's follower does the same); a new one
+        // is persisted before the writer writes anything after it.
+        let epoch = header.leader_epoch();
+        if epoch >= 0 && st.epochs.assign(epoch, base_offset) {
+            st.epochs_version += 1;
+        }
         st.next_offset = next_offset;
         st.assert_watermarks("a follower's append");
         st.staged_bytes += entry.len();
@@ -525,15 +554,7 @@ impl<S: Storage> PartitionLog<S> {
         let (reply, answer) = oneshot::channel();
         {
             let mut st = self.state.borrow_mut();
-            if let Some(why) = &st.failed {
-                return Err(LogError::Storage(why.clone()));
-            }
-            if st.stopping {
-                return Err(LogError::Closed);
-            }
-            if st.truncating {
-                return Err(LogError::Truncating);
-            }
+            st.refuses_changes()?;
             let log_start = st.log_start();
             if offset < log_start {
                 let high_watermark = st.written_offset;
@@ -551,25 +572,23 @@ impl<S: Storage> PartitionLog<S> {
         answer.await.unwrap_or(Err(LogError::Closed))
     }
 
-    /// Records that leader `epoch` starts at `start_offset` (at most the log end: a leader's
-    /// new epoch starts where its log ends, a follower's where the leader's entries say) and
-    /// returns once that is durable. The rules are Kafka's (`epochs.rs`).
+    /// Records that leader `epoch` starts at `start_offset`, the log end (a replica becoming
+    /// leader starts its epoch there; a follower takes epochs from the leader's entries in
+    /// [`Self::append_at`]), and returns once that is durable. An epoch older than the latest
+    /// is refused. The rules are Kafka's (`epochs.rs`).
     pub async fn assign_epoch(&self, epoch: i32, start_offset: u64) -> Result<(), LogError> {
         let version = {
             let mut st = self.state.borrow_mut();
-            if let Some(why) = &st.failed {
-                return Err(LogError::Storage(why.clone()));
-            }
-            if st.stopping {
-                return Err(LogError::Closed);
-            }
-            if epoch < 0 || start_offset > st.next_offset {
+            st.refuses_changes()?;
+            let older = st.epochs.latest().is_some_and(|latest| epoch < latest.epoch);
+            if epoch < 0 || older || start_offset != st.next_offset {
                 return Err(LogError::InvalidEpoch { epoch, start_offset });
             }
-            if !st.epochs.assign(epoch, start_offset) {
-                return Ok(());
+            // Known already, it may still be on its way to the disk (a follower's entry
+            // brought it): wait for that too.
+            if st.epochs.assign(epoch, start_offset) {
+                st.epochs_version += 1;
             }
-            st.epochs_version += 1;
             st.epochs_version
         };
         self.writer_wake.notify(1);
@@ -665,6 +684,11 @@ impl<S: Storage> PartitionLog<S> {
 
     pub fn log_start(&self) -> u64 {
         self.state.borrow().log_start()
+    }
+
+    /// Whether a write or sync error failed the log: it takes nothing more until reopened.
+    pub fn has_failed(&self) -> bool {
+        self.state.borrow().failed.is_some()
     }
 
     /// The offset the next entry gets: everything below was appended (the log end offset).
@@ -775,31 +799,48 @@ impl<S: Storage> PartitionLog<S> {
     /// Deletes the sealed segments that hold only offsets below `offset` (the log start moves
     /// up to the first kept segment). Returns how many it deleted.
     pub async fn delete_segments_below(&self, offset: u64) -> io::Result<usize> {
+        let below = |st: &LogState<S>| {
+            let sealed = st.segments.iter().take(st.segments.len() - 1);
+            sealed.take_while(|s| s.meta.borrow().next_offset <= offset).count()
+        };
+        let doomed = self.remove_oldest(below, "deleting segments below an offset").await?;
+        Ok(doomed.len())
+    }
+
+    /// Removes the oldest sealed segments, as many as `count` says of the current state: none
+    /// while a truncation runs (it works on positions in the list, and on the segment it cuts).
+    async fn remove_oldest(
+        &self,
+        count: impl FnOnce(&LogState<S>) -> usize,
+        change: &str,
+    ) -> io::Result<Vec<Rc<Segment<S>>>> {
         let doomed: Vec<Rc<Segment<S>>> = {
             let mut st = self.state.borrow_mut();
-            let sealed = st.segments.len() - 1;
-            let count = st
-                .segments
-                .iter()
-                .take(sealed)
-                .take_while(|s| s.meta.borrow().next_offset <= offset)
-                .count();
-            let doomed = st.segments.drain(..count).collect();
-            st.assert_watermarks("deleting segments below an offset");
-            let log_start = st.log_start();
-            if st.epochs.truncate_from_start(log_start) {
-                st.epochs_version += 1;
-                self.writer_wake.notify(1);
+            if st.truncating {
+                return Ok(Vec::new());
             }
+            let count = count(&st).min(st.segments.len() - 1);
+            let doomed = st.segments.drain(..count).collect();
+            st.assert_watermarks(change);
             doomed
         };
         for segment in &doomed {
             segment.remove_files(&self.dir).await?;
         }
+        // Only now: the checkpoint's directory sync then makes the removals durable with it,
+        // so a power loss cannot bring back segments older than the epochs it keeps (found by
+        // the simulation, whose entries carry their epochs).
+        let mut st = self.state.borrow_mut();
+        let log_start = st.log_start();
+        if st.epochs.truncate_from_start(log_start) {
+            st.epochs_version += 1;
+            self.writer_wake.notify(1);
+        }
+        drop(st);
         if !doomed.is_empty() {
             self.changed.notify(usize::MAX);
         }
-        Ok(doomed.len())
+        Ok(doomed)
     }
 
     /// Applies retention and time-based rolling once, and forgets idempotent producers that
@@ -821,21 +862,15 @@ impl<S: Storage> PartitionLog<S> {
             self.writer_wake.notify(1);
         }
         self.give_back_if_idle();
-        let doomed: Vec<Rc<Segment<S>>> = {
-            let mut st = self.state.borrow_mut();
-            let count = plan.delete_oldest.min(st.segments.len() - 1);
-            let doomed = st.segments.drain(..count).collect();
-            st.assert_watermarks("deleting segments past retention");
-            doomed
-        };
+        let past_retention = |_: &LogState<S>| plan.delete_oldest;
+        let doomed = self.remove_oldest(past_retention, "deleting segments past retention").await?;
         for segment in &doomed {
             tracing::info!(
                 topic = %self.topic,
                 partition = self.partition,
                 segment = %segment.log_path.display(),
-                "deleting segment past retention"
+                "deleted a segment past retention"
             );
-            segment.remove_files(&self.dir).await?;
         }
         Ok(doomed.len())
     }

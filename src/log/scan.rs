@@ -95,6 +95,7 @@ pub fn scan(buf: &[u8], state: &mut ScanState) -> ScanStop {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::entry::ENTRY_VERSION;
     use crate::record::{BatchMeta, EntryHeader, PayloadFormat};
     use zerocopy::{FromBytes, IntoBytes};
 
@@ -103,6 +104,7 @@ mod tests {
         let header = EntryHeader::new(
             PayloadFormat::Native,
             base_offset,
+            0,
             &meta,
             payload.len() as u32,
             crc32fast::hash(payload),
@@ -188,12 +190,12 @@ mod tests {
     fn an_intact_entry_of_a_newer_version_stops_the_scan_without_a_cut() {
         let mut log = log_of(3);
         let before = log.len() as u64;
-        log.extend(newer_entry(9, 2));
+        log.extend(newer_entry(9, ENTRY_VERSION + 1));
         log.extend(entry(10, 1, b"after"));
         let mut state = ScanState::new(0);
         assert_eq!(
             scan(&log, &mut state),
-            ScanStop::WrittenByNewerBuild(EntryError::BadVersion { found: 2 })
+            ScanStop::WrittenByNewerBuild(EntryError::BadVersion { found: ENTRY_VERSION + 1 })
         );
         assert_eq!((state.position, state.next_offset), (before, 9));
 
@@ -208,7 +210,7 @@ mod tests {
         let mut state = ScanState::new(0);
         assert_eq!(
             scan(&damaged, &mut state),
-            ScanStop::Corrupt(EntryError::BadVersion { found: 2 })
+            ScanStop::Corrupt(EntryError::BadVersion { found: ENTRY_VERSION + 1 })
         );
     }
 

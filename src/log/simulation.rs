@@ -551,6 +551,7 @@ impl Run {
              acknowledged up to {}",
             self.model.written
         );
+        let epochs = log.leader_epochs();
         let mut offset = start;
         while offset < end {
             let read = log
@@ -563,6 +564,14 @@ impl Run {
                     let StoredEntry { header, payload, .. } = entry
                         .unwrap_or_else(|e| panic!("seed {seed}: entry at offset {offset}: {e}"));
                     assert_eq!(header.base_offset(), offset, "seed {seed}: offsets not contiguous");
+                    // Stamped with the epoch the log says held its offset (0 before any).
+                    let holder = epochs.iter().rev().find(|e| e.start_offset <= offset);
+                    assert_eq!(
+                        header.leader_epoch(),
+                        holder.map_or(0, |e| e.epoch),
+                        "seed {seed}: the entry at {offset} is stamped with another epoch than \
+                         the log's {epochs:?}"
+                    );
                     let expected = self.model.appended.get(&offset);
                     assert!(
                         expected.is_some_and(|(next, data)| {
@@ -637,7 +646,11 @@ impl Run {
             let records = 1 + self.rng.below(3) as u32;
             let meta = BatchMeta::new(records, self.storage.now_ms(), self.storage.now_ms());
             let Some(pending) = PendingEntry::native(meta, &data) else { continue };
-            let (entry, _) = pending.seal(log.log_end());
+            // The leader's epoch: the one this log has, or a newer one (a new leader).
+            let latest = log.leader_epochs().last().map_or(0, |e| e.epoch);
+            let epoch = latest + self.rng.below(2) as i32;
+            self.leader_epoch = self.leader_epoch.max(epoch);
+            let (entry, _) = pending.seal(log.log_end(), epoch);
             match log.append_at(entry) {
                 Ok(appended) => {
                     let offsets = (appended.base_offset, appended.next_offset);
@@ -705,7 +718,10 @@ impl Run {
         }
         let new_end = match log.truncate_to(offset).await {
             Ok(new_end) => new_end,
-            Err(LogError::Storage(_) | LogError::Closed) => return false,
+            Err(e @ (LogError::Storage(_) | LogError::Closed)) => {
+                self.trace(&format!("truncating to {offset}: {e}"));
+                return false;
+            }
             Err(e) => panic!("seed {seed}: truncating to {offset}: {e}"),
         };
         self.trace(&format!("truncated to {offset}: the log ends at {new_end}"));
@@ -892,10 +908,12 @@ impl Run {
                 }
                 84..=89 => {
                     self.fault("clean restart");
-                    let epochs = log.leader_epochs();
+                    let (epochs, failed) = (log.leader_epochs(), log.has_failed());
                     log.close().await;
-                    // Everything was written and synced by the close.
-                    self.model.synced = self.model.written.max(self.model.synced);
+                    // Everything was written and synced by the close, unless the log had failed.
+                    if !failed {
+                        self.model.synced = self.model.written.max(self.model.synced);
+                    }
                     log = self.open().await;
                     self.check_epochs(&log, &epochs);
                     let end = log.high_watermark();
@@ -914,10 +932,19 @@ impl Run {
                     log = self.restart(log).await;
                 }
             }
+            if log.has_failed() {
+                // A failed partition takes nothing until the broker restarts it (a failed
+                // checkpoint write in a full disk, say): as after a crash.
+                self.fault("restart of a failed log");
+                self.storage.process_crash();
+                log = self.restart(log).await;
+            }
         }
-        let epochs = log.leader_epochs();
+        let (epochs, failed) = (log.leader_epochs(), log.has_failed());
         log.close().await;
-        self.model.synced = self.model.written;
+        if !failed {
+            self.model.synced = self.model.written;
+        }
         self.storage.power_loss();
         self.model.written = self.model.synced;
         let log = self.open().await;

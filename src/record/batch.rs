@@ -274,6 +274,7 @@ mod tests {
         let header = crate::record::EntryHeader::new(
             crate::record::PayloadFormat::Native,
             100,
+            0,
             &meta,
             bytes.len() as u32,
             crc32fast::hash(&bytes),

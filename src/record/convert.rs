@@ -12,7 +12,6 @@ use bytes::{Bytes, BytesMut};
 use crate::record::batch::NativeBatchView;
 use crate::record::entry::{entries, Check};
 use crate::record::kafka_batch::{self, BatchHeader, BATCH_HEADER_BYTES};
-use crate::record::pending::LEADER_EPOCH;
 use crate::record::{BatchBuilder, EntryHeader, OwnedRecord, PayloadFormat};
 
 /// Attribute bit: every record's timestamp is the batch's max timestamp (LogAppendTime).
@@ -54,7 +53,7 @@ pub fn native_to_kafka(
     let fields = &mut out[start..start + BATCH_HEADER_BYTES];
     fields[0..8].copy_from_slice(&(base_offset as i64).to_be_bytes());
     fields[8..12].copy_from_slice(&batch_len.to_be_bytes());
-    fields[12..16].copy_from_slice(&LEADER_EPOCH.to_be_bytes());
+    fields[12..16].copy_from_slice(&header.leader_epoch().to_be_bytes());
     fields[16] = 2;
     fields[21..23].copy_from_slice(&0i16.to_be_bytes());
     fields[23..27].copy_from_slice(&(count - 1).to_be_bytes());
@@ -80,6 +79,7 @@ pub fn kafka_to_native(header: &EntryHeader, payload: &[u8]) -> Result<Bytes, St
     let entry_header = EntryHeader::new(
         PayloadFormat::Native,
         header.base_offset(),
+        header.leader_epoch(),
         &meta,
         archive.len() as u32,
         crc32fast::hash(&archive),
@@ -329,6 +329,7 @@ mod tests {
         let header = EntryHeader::new(
             PayloadFormat::Native,
             base_offset,
+            3,
             &meta,
             archive.len() as u32,
             crc32fast::hash(&archive),
@@ -349,10 +350,11 @@ mod tests {
         native_to_kafka(&header, payload, &mut kafka).unwrap();
         let checked = kafka_batch::validate_produced(&kafka, 1 << 20).unwrap();
         assert_eq!(checked.base_offset.get(), 40);
+        assert_eq!(i32::from_be_bytes(kafka[12..16].try_into().unwrap()), 3, "leader epoch");
         assert_eq!(kafka_records(&kafka).unwrap(), originals());
         let back = kafka_to_native(&header, &kafka).unwrap();
         let (back_header, back_payload) = parse_entry(&back).unwrap();
-        assert_eq!(back_header.base_offset(), 40);
+        assert_eq!((back_header.base_offset(), back_header.leader_epoch()), (40, 3));
         let view = NativeBatchView::new(&back_header, back_payload).unwrap();
         let read: Vec<_> = view.records().map(|r| r.to_owned_record()).collect();
         assert_eq!(read, originals());

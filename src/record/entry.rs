@@ -5,12 +5,13 @@
 //!       0     4  magic            "SPE1" (0x3145_5053 little-endian)
 //!       4     4  crc              CRC-32 (IEEE) of bytes 8..64 of the header, then the payload
 //!       8     4  payload_len      payload bytes, without padding
-//!      12     1  version          entry format version (1)
+//!      12     1  version          entry format version (2; 1 is read too)
 //!      13     1  format           payload format: 1 = native rkyv batch, 2 = Kafka RecordBatch v2
 //!      14     2  flags            reserved, 0
 //!      16     8  base_offset      offset of the first record, assigned by the broker
 //!      24     4  record_count     records in the payload (> 0)
-//!      28     4  reserved         0
+//!      28     4  leader_epoch     the leader epoch it was appended in (version 2; version 1
+//!                                  wrote 0 here, read as epoch 0)
 //!      32     8  first_timestamp  ms since the epoch, of the first record
 //!      40     8  max_timestamp    ms since the epoch, largest in the batch
 //!      48     8  producer_id      -1 when not idempotent
@@ -39,8 +40,11 @@ pub const ENTRY_HEADER_BYTES: usize = 64;
 pub const ENTRY_ALIGN: usize = 16;
 /// "SPE1" read as a little-endian u32.
 pub const ENTRY_MAGIC: u32 = u32::from_le_bytes(*b"SPE1");
-/// The only entry version this build writes and reads.
-pub const ENTRY_VERSION: u8 = 1;
+/// The entry version this build writes: 2 added the leader epoch (KIP-101's epoch in every
+/// batch). Version 1 entries, with zeros where the epoch is, are read as epoch 0.
+pub const ENTRY_VERSION: u8 = 2;
+/// The oldest entry version this build reads.
+const ENTRY_VERSION_OLDEST: u8 = 1;
 /// The largest payload an entry header may claim. A bit-flipped length must not make recovery
 /// or a reader allocate gigabytes; no configurable message size may exceed this.
 pub const ENTRY_PAYLOAD_BYTES_MAX: u32 = 256 * 1024 * 1024;
@@ -79,7 +83,7 @@ pub struct EntryHeader {
     pub flags: U16,
     pub base_offset: U64,
     pub record_count: U32,
-    pub reserved: U32,
+    pub leader_epoch: I32,
     pub first_timestamp: I64,
     pub max_timestamp: I64,
     pub producer_id: I64,
@@ -160,6 +164,7 @@ impl EntryHeader {
     pub fn new(
         format: PayloadFormat,
         base_offset: u64,
+        leader_epoch: i32,
         meta: &crate::record::BatchMeta,
         payload_len: u32,
         payload_crc: u32,
@@ -173,7 +178,7 @@ impl EntryHeader {
             flags: 0.into(),
             base_offset: base_offset.into(),
             record_count: meta.record_count.into(),
-            reserved: 0.into(),
+            leader_epoch: leader_epoch.into(),
             first_timestamp: meta.first_timestamp.into(),
             max_timestamp: meta.max_timestamp.into(),
             producer_id: meta.producer_id.into(),
@@ -195,6 +200,15 @@ impl EntryHeader {
 
     pub fn base_offset(&self) -> u64 {
         self.base_offset.get()
+    }
+
+    /// The leader epoch the entry was appended in.
+    pub fn leader_epoch(&self) -> i32 {
+        self.leader_epoch.get()
+    }
+
+    fn version_known(&self) -> bool {
+        (ENTRY_VERSION_OLDEST..=ENTRY_VERSION).contains(&self.version)
     }
 
     /// The offset after the last record of this entry.
@@ -322,9 +336,12 @@ pub fn written_by_newer_build(buf: &[u8]) -> Result<bool, EntryError> {
     let Ok((header, _)) = EntryHeader::read_from_prefix(buf) else {
         return Err(EntryError::Truncated { need: ENTRY_HEADER_BYTES, have: buf.len() });
     };
-    let known = header.version == ENTRY_VERSION && header.format().is_some();
+    // A later version, or a payload format this version does not know; anything else unread
+    // (a version below the oldest, say) is damage.
+    let newer =
+        header.version > ENTRY_VERSION || (header.version_known() && header.format().is_none());
     let payload_len = header.payload_len.get();
-    if known || header.magic.get() != ENTRY_MAGIC || payload_len > ENTRY_PAYLOAD_BYTES_MAX {
+    if !newer || header.magic.get() != ENTRY_MAGIC || payload_len > ENTRY_PAYLOAD_BYTES_MAX {
         return Ok(false);
     }
     let need = ENTRY_HEADER_BYTES + payload_len as usize;
@@ -346,7 +363,7 @@ pub fn parse_header(buf: &[u8]) -> Result<EntryHeader, EntryError> {
         }
         return Err(EntryError::BadMagic { found: header.magic.get() });
     }
-    if header.version != ENTRY_VERSION {
+    if !header.version_known() {
         return Err(EntryError::BadVersion { found: header.version });
     }
     if header.format().is_none() {
@@ -374,9 +391,14 @@ mod tests {
     }
 
     fn encode(base_offset: u64, payload: &[u8]) -> Vec<u8> {
+        encode_in_epoch(base_offset, 0, payload)
+    }
+
+    fn encode_in_epoch(base_offset: u64, leader_epoch: i32, payload: &[u8]) -> Vec<u8> {
         let header = EntryHeader::new(
             PayloadFormat::Native,
             base_offset,
+            leader_epoch,
             &meta(3),
             payload.len() as u32,
             crc32fast::hash(payload),
@@ -396,6 +418,25 @@ mod tests {
         assert_eq!(header.base_offset(), 42);
         assert_eq!(header.next_offset(), 45);
         assert_eq!(header.entry_len(), buf.len());
+    }
+
+    /// Version 2 carries the leader epoch; version 1 had zeros there, read as epoch 0, and a
+    /// build reads both.
+    #[test]
+    fn the_leader_epoch_is_kept_and_version_1_entries_read_as_epoch_0() {
+        let buf = encode_in_epoch(42, 7, b"epoch");
+        let (header, _) = parse_entry(&buf).unwrap();
+        assert_eq!((header.version, header.leader_epoch()), (2, 7));
+
+        let mut old = encode_in_epoch(42, 0, b"epoch");
+        old[12] = 1;
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&old[8..ENTRY_HEADER_BYTES]);
+        hasher.update(b"epoch");
+        old[4..8].copy_from_slice(&hasher.finalize().to_le_bytes());
+        let (header, payload) = parse_entry(&old).unwrap();
+        assert_eq!((header.version, header.leader_epoch(), payload), (1, 0, &b"epoch"[..]));
+        assert_eq!(written_by_newer_build(&old), Ok(false));
     }
 
     #[test]

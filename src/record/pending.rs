@@ -21,8 +21,8 @@ use crate::record::BatchMeta;
 
 /// Leading bytes of a Kafka batch the broker writes: base offset, length, leader epoch.
 const BROKER_OWNED_BYTES: usize = crate::record::kafka_batch::BROKER_OWNED_BYTES;
-/// The partition leader epoch written into Kafka batches: one broker, one epoch, until
-/// replication brings leader changes.
+/// A partition's leader epoch until one is assigned (the cluster assigns them): what entries are
+/// stamped with and what Metadata and Fetch report.
 pub const LEADER_EPOCH: i32 = 0;
 
 /// Memory a sealed entry may keep alive beyond its own bytes before it is copied out of its
@@ -83,17 +83,18 @@ impl PendingEntry {
         Self::new(buf, 0, batch.len(), tail_crc, meta, PayloadFormat::Kafka)
     }
 
-    /// Writes the header for `base_offset` and hands out the finished entry with the bytes of
+    /// Writes the header for `base_offset` in `leader_epoch` (also into a Kafka batch's partition
+    /// leader epoch) and hands out the finished entry with the bytes of
     /// memory it keeps alive (what caches must charge for it). When the receive buffer is much
     /// larger than the entry (a large meta in front of a small batch), the entry is copied out so
     /// a cached entry never pins more than [`SEAL_SLACK_BYTES_MAX`] beyond its own size.
-    pub fn seal(mut self, base_offset: u64) -> (Bytes, usize) {
+    pub fn seal(mut self, base_offset: u64, leader_epoch: i32) -> (Bytes, usize) {
         let start = self.header_at;
         if self.format == PayloadFormat::Kafka {
             let batch = start + ENTRY_HEADER_BYTES;
             let owned = &mut self.buf[batch..batch + BROKER_OWNED_BYTES];
             owned[..8].copy_from_slice(&(base_offset as i64).to_be_bytes());
-            owned[12..16].copy_from_slice(&LEADER_EPOCH.to_be_bytes());
+            owned[12..16].copy_from_slice(&leader_epoch.to_be_bytes());
             let mut crc = crc32fast::Hasher::new();
             crc.update(owned);
             let tail_len = (self.payload_len - BROKER_OWNED_BYTES) as u64;
@@ -103,6 +104,7 @@ impl PendingEntry {
         let header = EntryHeader::new(
             self.format,
             base_offset,
+            leader_epoch,
             &self.meta,
             self.payload_len as u32,
             self.payload_crc,
@@ -144,7 +146,7 @@ mod tests {
             PayloadFormat::Native,
         )
         .unwrap();
-        let (entry, footprint) = pending.seal(77);
+        let (entry, footprint) = pending.seal(77, 0);
         assert!(footprint >= entry.len());
         assert_eq!(entry.len() % ENTRY_ALIGN, 0);
         assert_eq!(entry.as_ptr() as usize % ENTRY_ALIGN, 0);
@@ -171,7 +173,7 @@ mod tests {
             PayloadFormat::Native,
         )
         .unwrap();
-        let (entry, footprint) = pending.seal(0);
+        let (entry, footprint) = pending.seal(0, 0);
         assert!(footprint < 4096, "footprint {footprint}");
         assert_eq!(parse_entry(&entry).unwrap().1, payload);
     }
@@ -181,7 +183,7 @@ mod tests {
         let batch = crate::record::kafka_batch::tests::batch(4);
         let header = crate::record::kafka_batch::validate_produced(&batch, 1 << 20).unwrap();
         let pending = PendingEntry::kafka(&batch, header.meta()).unwrap();
-        let (entry, _) = pending.seal(1000);
+        let (entry, _) = pending.seal(1000, 0);
         let (entry_header, payload) = parse_entry(&entry).unwrap();
         assert_eq!(entry_header.format(), Some(PayloadFormat::Kafka));
         assert_eq!(entry_header.next_offset(), 1004);

@@ -22,9 +22,9 @@ pub struct MeshEnds<T: Send> {
     receivers: Vec<Option<SharedReceiver<T>>>,
 }
 
-/// The ends of a full mesh of `shards` shards, `capacity` messages per channel, one slot each,
-/// for the shards to take as they start (which thread takes which id does not matter).
-pub fn full<T: Send + 'static>(shards: usize, capacity: usize) -> Mutex<Vec<MeshEnds<T>>> {
+/// The ends of a full mesh of `shards` shards, `capacity` messages per channel, one slot per
+/// shard id, for the shards to take as they start.
+pub fn full<T: Send + 'static>(shards: usize, capacity: usize) -> Mutex<Vec<Option<MeshEnds<T>>>> {
     let mut senders: Vec<Vec<Option<SharedSender<T>>>> =
         (0..shards).map(|_| (0..shards).map(|_| None).collect()).collect();
     let mut receivers: Vec<Vec<Option<SharedReceiver<T>>>> =
@@ -40,16 +40,23 @@ pub fn full<T: Send + 'static>(shards: usize, capacity: usize) -> Mutex<Vec<Mesh
         .into_iter()
         .zip(receivers)
         .enumerate()
-        .map(|(id, (senders, receivers))| MeshEnds { id, senders, receivers })
+        .map(|(id, (senders, receivers))| Some(MeshEnds { id, senders, receivers }))
         .collect();
     Mutex::new(ends)
 }
 
-/// Takes one shard's ends; `None` once every shard has taken its own.
-pub fn take<T: Send>(slots: &Mutex<Vec<MeshEnds<T>>>) -> Option<MeshEnds<T>> {
-    // A poisoned lock means another shard panicked while popping: its ends are whole either way.
+/// Takes the ends of shard `preferred` if they are still there, else any shard's; `None` once
+/// every shard has taken its own.
+pub fn take<T: Send>(
+    slots: &Mutex<Vec<Option<MeshEnds<T>>>>,
+    preferred: Option<usize>,
+) -> Option<MeshEnds<T>> {
+    // A poisoned lock means another shard panicked while taking: the ends are whole either way.
     let mut ends = slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    ends.pop()
+    if let Some(mine) = preferred.and_then(|id| ends.get_mut(id)).and_then(Option::take) {
+        return Some(mine);
+    }
+    ends.iter_mut().find_map(Option::take)
 }
 
 impl<T: Send + 'static> MeshEnds<T> {
@@ -105,6 +112,15 @@ impl<T: Send> Peers<T> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_shard_takes_the_ends_it_prefers_while_they_are_there() {
+        let slots = full::<u8>(3, 1);
+        assert_eq!(take(&slots, Some(2)).map(|e| e.id()), Some(2));
+        assert_eq!(take(&slots, Some(2)).map(|e| e.id()), Some(0));
+        assert_eq!(take(&slots, Some(9)).map(|e| e.id()), Some(1));
+        assert!(take(&slots, None).is_none());
+    }
+
     /// Three shards on their own threads: every shard reaches every other, in order, and a
     /// shard has no channel to itself.
     #[test]
@@ -120,7 +136,7 @@ mod tests {
                         .make()
                         .expect("executor")
                         .run(async move {
-                            let ends = take(&slots).expect("an end for every shard");
+                            let ends = take(&slots, None).expect("an end for every shard");
                             let id = ends.id();
                             let (peers, receivers) = ends.connect().await;
                             assert!(peers.send_to(id, (id, 0)).await.is_err(), "sent to itself");
@@ -150,6 +166,6 @@ mod tests {
             threads.into_iter().map(|t| t.join().expect("shard thread")).collect();
         ids.sort();
         assert_eq!(ids, vec![(0, SHARDS), (1, SHARDS), (2, SHARDS)]);
-        assert!(take(&slots).is_none());
+        assert!(take(&slots, Some(0)).is_none());
     }
 }

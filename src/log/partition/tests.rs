@@ -476,8 +476,8 @@ fn a_followers_append_continues_the_log_with_whole_entries_only() {
     in_partition_dir(|dir| async move {
         let log = open(&dir, 1024 * 1024).await;
         append_written(&log, 2, 100).await;
-        let (at_end, _) = entry(2, b"from the leader").seal(2);
-        let (too_far, _) = entry(1, b"from the leader").seal(5);
+        let (at_end, _) = entry(2, b"from the leader").seal(2, 4);
+        let (too_far, _) = entry(1, b"from the leader").seal(5, 4);
         let mut damaged = at_end.to_vec();
         damaged[ENTRY_HEADER_BYTES + 3] ^= 1;
         assert_eq!(
@@ -488,8 +488,12 @@ fn a_followers_append_continues_the_log_with_whole_entries_only() {
         let mut two = at_end.to_vec();
         two.extend_from_slice(&at_end);
         assert!(matches!(log.append_at(two.into()), Err(LogError::Corrupt(_))));
+        assert!(log.leader_epochs().is_empty(), "refused entries bring no epoch");
         let appended = log.append_at(at_end).expect("the next entry");
         assert_eq!((appended.base_offset, appended.next_offset), (2, 4));
+        let epochs: Vec<_> =
+            log.leader_epochs().iter().map(|e| (e.epoch, e.start_offset)).collect();
+        assert_eq!(epochs, [(4, 2)], "the leader's epoch came with its entry");
         log.wait_written(&appended).await.expect("written");
         let stored = stored(&log).await;
         assert_eq!(stored.last(), Some(&(2, 4, b"from the leader".to_vec())));

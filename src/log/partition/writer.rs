@@ -15,6 +15,7 @@ use super::OUT_OF_SPACE_BACKOFF;
 use super::{read_block_tail, report_truncation, LogError, PartitionLog, Staged};
 use crate::log::epochs::{self, LeaderEpochs};
 use crate::log::index::IndexedSegment;
+use crate::log::producers::ProducerTable;
 use crate::log::segment::{is_out_of_space, Segment};
 use crate::log::storage::{Storage, StorageFile};
 use crate::log::write_plan::{PlannedWrite, WritePlan};
@@ -165,7 +166,9 @@ impl<S: Storage> Writer<S> {
                             drop(st);
                             log.changed.notify(usize::MAX);
                         }
-                        // A new epoch must be durable before the replica acts on it.
+                        // A new epoch must be durable before the replica acts on it, and entries
+                        // must not reach the disk before the epoch they carry: the partition
+                        // stops until restarted (epochs change at leader changes, rarely).
                         Err(e) => log.fail(format!("writing the leader-epoch checkpoint: {e}")),
                     }
                 }
@@ -496,8 +499,15 @@ impl<S: Storage> Writer<S> {
         let new_end = active.meta.borrow().next_offset;
         {
             let mut st = log.state.borrow_mut();
-            for removed in st.segments.drain(holder_at..) {
+            // By base offset, not position: retention waits while a truncation runs, but a
+            // removal it began just before may have shortened the list meanwhile.
+            let kept = st.segments.iter().take_while(|s| s.base_offset < holder.base_offset);
+            let kept = kept.count();
+            for removed in st.segments.drain(kept..) {
                 removed.retire();
+                // A read that still holds it must not reopen the path, which now names the
+                // segment opened again, with the old segment's sizes and index.
+                removed.mark_deleted();
             }
             st.segments.push_back(active.clone());
             st.next_offset = new_end;
@@ -511,10 +521,13 @@ impl<S: Storage> Writer<S> {
                 st.epochs_version += 1;
             }
             st.cut_generation(new_end, LogError::Truncated { below: new_end });
-            st.producers.forget_from(new_end);
+            // Rebuilt from what is left, as at a start (Kafka reloads producer state on a
+            // truncation too): a producer's epoch bump in the removed entries must go with them.
+            st.producers = ProducerTable::default();
             st.assert_watermarks("a truncation");
         }
         log.tail.borrow_mut().truncate_from(new_end);
+        log.rebuild_producers().await.map_err(storage_error)?;
         log.changed.notify(usize::MAX);
         tracing::info!(
             topic = %log.topic,
