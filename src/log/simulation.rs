@@ -11,7 +11,8 @@
 //!
 //! Each seeded run drives one log through appends (unwaited, waited until written, waited until
 //! synced; a producer's and a follower's, which carry their offsets), new leader epochs, rolls,
-//! truncations of the log's end, deletions of old segments, reads, a full disk, a failed
+//! truncations of the log's end (with retention and a reader racing some of them), deletions of
+//! old segments, reads, a full disk, a failed
 //! fdatasync, process crashes and power losses, and after every reopen checks what the log
 //! promises: every entry acknowledged as written survives a crash, every entry acknowledged as
 //! synced survives a power loss, nothing truncated comes back, nothing torn or foreign is
@@ -716,7 +717,43 @@ impl Run {
             }
             return true;
         }
-        let new_end = match log.truncate_to(offset).await {
+        // Half the time retention deletes old segments and a reader reads while it runs.
+        let beside = async {
+            if end == start || self.rng.below(2) == 0 {
+                return None;
+            }
+            let (yields, below) = (self.rng.below(20), start + self.rng.below(end - start + 1));
+            let read_at = start + self.rng.below(end - start);
+            for _ in 0..yields {
+                futures_lite::future::yield_now().await;
+            }
+            let deleted = log.delete_segments_below(below).await;
+            Some((deleted, read_at, log.read(read_at, 64 * 1024).await))
+        };
+        let (truncated, beside) = futures_lite::future::zip(log.truncate_to(offset), beside).await;
+        if let Some((deleted, read_at, read)) = beside {
+            self.fault("retention and a read during a truncation");
+            if let Err(e) = deleted {
+                panic!("seed {seed}: deleting segments during a truncation: {e}");
+            }
+            // What a read returns is whole and is what was appended there, as the log held it
+            // then; a read racing the cut may instead fail (never return other data).
+            if let Ok(read) = read {
+                for chunk in read.entries {
+                    for entry in entries(&chunk, Check::Checksum) {
+                        let StoredEntry { header, payload, .. } =
+                            entry.unwrap_or_else(|e| panic!("seed {seed}: read at {read_at}: {e}"));
+                        let at = header.base_offset();
+                        let expected = self.model.appended.get(&at);
+                        assert!(
+                            expected.is_some_and(|(_, data)| data[..] == *payload),
+                            "seed {seed}: a read during a truncation served a foreign entry at {at}"
+                        );
+                    }
+                }
+            }
+        }
+        let new_end = match truncated {
             Ok(new_end) => new_end,
             Err(e @ (LogError::Storage(_) | LogError::Closed)) => {
                 self.trace(&format!("truncating to {offset}: {e}"));
