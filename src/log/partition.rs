@@ -24,7 +24,7 @@
 //! tries again. Everything written before stays readable and acknowledged. Any other write or
 //! sync error fails the partition for good: what reached the disk is then uncertain.
 
-use std::cell::RefCell;
+use std::cell::{RefCell, RefMut};
 use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -357,14 +357,25 @@ impl<S: Storage> PartitionLog<S> {
         shared: SharedByShard<S>,
     ) -> io::Result<Rc<Self>> {
         let SharedByShard { storage, metrics, queued, tail_budget, open_files } = shared;
-        let segments =
-            open_segments(&storage, &dir, &topic, partition, config.segment_bytes, &open_files)
-                .await?;
+        let names = storage.list_dir(&dir).await?;
+        let segments = open_segments(
+            &storage,
+            &dir,
+            &names,
+            (&topic, partition),
+            config.segment_bytes,
+            &open_files,
+        )
+        .await?;
         let next_offset = segments.back().map_or(0, |s| s.meta.borrow().next_offset);
         let log_start = segments.front().map_or(next_offset, |s| s.base_offset);
         // What the checkpoint still holds past the log's end or before its start was removed
         // with the log; the writer persists the change (Kafka's load does the same).
-        let mut epochs = epochs::load(&storage, &dir).await?;
+        // Most partitions never had a leader epoch: the listing spares them the open.
+        let mut epochs = match names.iter().any(|name| name == epochs::CHECKPOINT_FILE) {
+            true => epochs::load(&storage, &dir).await?,
+            false => LeaderEpochs::default(),
+        };
         let reconciled =
             epochs.truncate_from_end(next_offset) | epochs.truncate_from_start(log_start);
         // Everything opened is durable: sealed segments were synced when sealed, and the active
@@ -482,15 +493,29 @@ impl<S: Storage> PartitionLog<S> {
         let max_timestamp = pending.meta.max_timestamp;
         st.producers.record(&pending.meta, base_offset, next_offset, self.storage.now_ms());
         let (entry, footprint) = pending.seal(base_offset, st.current_epoch());
+        let staged = Staged { base_offset, next_offset, max_timestamp, entry };
+        Ok(self.stage(st, staged, footprint, "an append"))
+    }
+
+    /// Puts a sealed entry at the log's end: queued for the writer and in the tail cache.
+    fn stage(
+        &self,
+        mut st: RefMut<LogState<S>>,
+        staged: Staged,
+        footprint: usize,
+        change: &str,
+    ) -> Appended {
+        let (base_offset, next_offset) = (staged.base_offset, staged.next_offset);
         st.next_offset = next_offset;
-        st.assert_watermarks("an append");
-        st.staged_bytes += entry.len();
-        self.queued.add(entry.len());
-        TailCache::push(&self.tail, base_offset, next_offset, entry.clone(), footprint);
-        st.staged.push_back(Staged { base_offset, next_offset, max_timestamp, entry });
+        st.assert_watermarks(change);
+        st.staged_bytes += staged.entry.len();
+        self.queued.add(staged.entry.len());
+        TailCache::push(&self.tail, base_offset, next_offset, staged.entry.clone(), footprint);
+        st.staged.push_back(staged);
+        let generation = st.generation.clone();
         drop(st);
         self.writer_wake.notify(1);
-        Ok(Appended { base_offset, next_offset, generation })
+        Appended { base_offset, next_offset, generation }
     }
 
     /// Why an append would be refused now, if it would.
@@ -531,17 +556,9 @@ impl<S: Storage> PartitionLog<S> {
         if epoch >= 0 && st.epochs.assign(epoch, base_offset) {
             st.epochs_version += 1;
         }
-        st.next_offset = next_offset;
-        st.assert_watermarks("a follower's append");
-        st.staged_bytes += entry.len();
-        self.queued.add(entry.len());
-        TailCache::push(&self.tail, base_offset, next_offset, entry.clone(), entry.len());
-        let max_timestamp = meta.max_timestamp;
-        st.staged.push_back(Staged { base_offset, next_offset, max_timestamp, entry });
-        let generation = st.generation.clone();
-        drop(st);
-        self.writer_wake.notify(1);
-        Ok(Appended { base_offset, next_offset, generation })
+        let footprint = entry.len();
+        let staged = Staged { base_offset, next_offset, max_timestamp: meta.max_timestamp, entry };
+        Ok(self.stage(st, staged, footprint, "a follower's append"))
     }
 
     /// Removes every entry that holds `offset` or comes after it, durably: once this returns,
@@ -1137,17 +1154,16 @@ fn first_record_at_or_after(entry: &[u8], timestamp: i64) -> Result<(u64, i64), 
     Ok(found.unwrap_or((header.base_offset(), header.max_timestamp.get())))
 }
 
-/// Opens every segment in `dir` (creating the first if there is none) and logs what recovery
-/// cut.
+/// Opens every segment `names` (the listing of `dir`) holds, creating the first if there is none,
+/// and logs what recovery cut.
 async fn open_segments<S: Storage>(
     storage: &S,
     dir: &Path,
-    topic: &str,
-    partition: u32,
+    names: &[String],
+    (topic, partition): (&str, u32),
     segment_bytes: u64,
     open_files: &Rc<OpenFiles<S>>,
 ) -> io::Result<VecDeque<Rc<Segment<S>>>> {
-    let names = storage.list_dir(dir).await?;
     let mut bases: Vec<u64> = names.iter().filter_map(|n| segment::parse_log_name(n)).collect();
     bases.sort_unstable();
     let mut segments = VecDeque::new();
