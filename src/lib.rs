@@ -3,7 +3,7 @@
 //! Subsystems, one folder each, lowest layer first (`tests/layers.rs` keeps the order):
 //! `error` (the broker's error vocabulary) and `metrics` (latency histograms); `record` (both
 //! record formats, checksums, conversion); `config`; `log` (segments, indexes, recovery,
-//! retention); `group` (consumer groups and committed offsets); `shard` (routing, the partition
+//! retention); `partition` (the high watermark, acks waiters, what readers may see); `group` (consumer groups and committed offsets); `shard` (routing, the partition
 //! registry, the controller role, the cross-shard mesh); `transport` (what both listeners share
 //! of a connection); `kafka` and `native` (the two wire protocols); `client` (the Rust client
 //! library); `broker` (start and ordered stop); `cli` (the `spate` command).
@@ -73,6 +73,7 @@ pub mod kafka;
 pub mod log;
 pub mod metrics;
 pub mod native;
+pub mod partition;
 pub mod record;
 pub mod shard;
 #[cfg(test)]

@@ -17,6 +17,8 @@ const LAYERS: &[&[&str]] = &[
     &["config"],
     // The local log: segments, indexes, recovery, retention.
     &["log"],
+    // The partition layer: the high watermark, acks waiters, what readers may see.
+    &["partition"],
     // Consumer groups, reaching the offsets log through `group::OffsetsLogs`.
     &["group"],
     // Shards: routing, the partition registry, the controller role, the group coordinators.

@@ -14,7 +14,7 @@ use crate::error::BrokerError;
 use crate::error::ErrorKind;
 use crate::group::offsets::{self, Committed, DecodeError, OffsetRecord, OFFSETS_TOPIC};
 use crate::group::state::{Group, GroupDescription, GroupState, JoinReply, JoinRequest, SyncReply};
-use crate::log::PartitionLog;
+use crate::partition::{Acks, Partition};
 use crate::record::batch::NativeBatchView;
 use crate::record::entry::{entries, Check, StoredEntry};
 use crate::record::{BatchBuilder, PayloadFormat, PendingEntry};
@@ -45,16 +45,16 @@ pub struct OffsetCommit {
 /// The shard implements it; the coordinator sees nothing else of the shard, so groups sit below
 /// the shard layer and can be driven by a test without one.
 pub trait OffsetsLogs {
-    /// The `__consumer_offsets` partitions this shard owns, with their logs (none until the
-    /// topic exists).
-    fn owned(&self) -> Vec<(u32, Rc<PartitionLog>)>;
+    /// The `__consumer_offsets` partitions this shard owns, by number (none until the topic
+    /// exists).
+    fn owned(&self) -> Vec<(u32, Rc<Partition>)>;
 
-    /// The log of `__consumer_offsets` partition `partition`, which this shard owns, creating
-    /// the topic on first use.
+    /// `__consumer_offsets` partition `partition`, which this shard owns, creating the topic on
+    /// first use.
     fn open(
         &self,
         partition: u32,
-    ) -> impl std::future::Future<Output = Result<Rc<PartitionLog>, BrokerError>>;
+    ) -> impl std::future::Future<Output = Result<Rc<Partition>, BrokerError>>;
 }
 
 typed_requests! {
@@ -411,7 +411,7 @@ impl Coordinator {
     /// snapshot happen without an await between them, so no commit can fall in between.
     pub async fn compact(&self, logs: &impl OffsetsLogs) {
         for (partition, log) in logs.owned() {
-            if log.sealed_segments() < COMPACT_AFTER_SEALED {
+            if log.log().sealed_segments() < COMPACT_AFTER_SEALED {
                 continue;
             }
             let records = self.snapshot(partition);
@@ -431,12 +431,13 @@ impl Coordinator {
             let compacted = async {
                 let snapshot_at = match snapshot.transpose()? {
                     Some(appended) => {
-                        log.wait_synced(&appended).await?;
+                        log.wait_acked(&appended, Acks::All).await?;
                         appended.base_offset
                     }
                     None => log.high_watermark(),
                 };
-                log.delete_segments_below(snapshot_at)
+                log.log()
+                    .delete_segments_below(snapshot_at)
                     .await
                     .map_err(|e| crate::log::LogError::Storage(e.to_string()))
             };
@@ -508,7 +509,7 @@ fn aligned_copy(chunk: &Bytes) -> std::borrow::Cow<'_, [u8]> {
 /// in-memory state in log order, which compaction's snapshots rely on, and makes the state
 /// visible to the next request before the acknowledgement goes out.
 async fn persist(
-    log: &PartitionLog,
+    log: &Partition,
     group: &str,
     records: &[OffsetRecord],
     apply: impl FnOnce(),
@@ -525,7 +526,7 @@ async fn persist(
     let stored = async {
         let appended = log.append(entry)?;
         apply();
-        log.wait_synced(&appended).await
+        log.wait_acked(&appended, Acks::All).await
     };
     stored.await.map_err(|e| {
         let error = BrokerError::from(e);
@@ -539,10 +540,7 @@ async fn persist(
 }
 
 /// The `__consumer_offsets` partition `partition`, which this shard owns, created on first use.
-async fn offsets_log(
-    logs: &impl OffsetsLogs,
-    partition: u32,
-) -> Result<Rc<PartitionLog>, ErrorKind> {
+async fn offsets_log(logs: &impl OffsetsLogs, partition: u32) -> Result<Rc<Partition>, ErrorKind> {
     logs.open(partition).await.map_err(|e| {
         tracing::error!("{OFFSETS_TOPIC}-{partition}: {e}");
         ErrorKind::CoordinatorNotAvailable

@@ -22,6 +22,9 @@ use crate::log::storage::Storage;
 
 pub const CHECKPOINT_FILE: &str = "leader-epoch-checkpoint";
 const VERSION: u32 = 0;
+/// A million epochs at their longest line (`-2147483648 9223372036854775807`): a larger file is
+/// damaged or not ours, and is not read whole.
+const CHECKPOINT_BYTES_MAX: u64 = 32 * 1024 * 1024;
 /// Kafka's UNDEFINED_EPOCH and UNDEFINED_EPOCH_OFFSET, as OffsetsForLeaderEpoch answers them.
 pub const UNDEFINED_EPOCH: i32 = -1;
 pub const UNDEFINED_OFFSET: i64 = -1;
@@ -175,7 +178,9 @@ pub fn checkpoint_path(dir: &Path) -> PathBuf {
 /// this build writes it is an error naming the file: the partition does not open over it.
 pub async fn load<S: Storage>(storage: &S, dir: &Path) -> io::Result<LeaderEpochs> {
     let path = checkpoint_path(dir);
-    let Some(bytes) = read_small_file(storage, &path).await? else {
+    let read = read_small_file(storage, &path, CHECKPOINT_BYTES_MAX).await;
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    let Some(bytes) = read.map_err(named)? else {
         return Ok(LeaderEpochs::default());
     };
     LeaderEpochs::decode(&bytes).map_err(|why| {

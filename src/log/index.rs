@@ -118,6 +118,13 @@ const HEADER_BYTES: usize = std::mem::size_of::<FileHeader>();
 const POINT_BYTES: usize = std::mem::size_of::<FilePoint>();
 const _: () = assert!(HEADER_BYTES == 48 && POINT_BYTES == 24);
 
+/// The largest index file a segment of `segment_len` bytes can have: a point per
+/// [`INDEX_INTERVAL_BYTES`] of log at most. A larger file is not one of ours; it is not read.
+pub fn file_bytes_max(segment_len: u64) -> u64 {
+    let points = segment_len / INDEX_INTERVAL_BYTES + 1;
+    HEADER_BYTES as u64 + points * POINT_BYTES as u64
+}
+
 /// Serializes an index file.
 pub fn encode(index: &SegmentIndex, base_offset: u64, segment: IndexedSegment) -> Vec<u8> {
     let mut buf = Vec::with_capacity(HEADER_BYTES + index.points.len() * POINT_BYTES);
@@ -242,6 +249,26 @@ mod tests {
                 assert!(point.offset <= 100 + i * 10, "target {target}");
             }
         }
+    }
+
+    /// The bound on what is read never refuses an index this build wrote: the densest index
+    /// (a point every `INDEX_INTERVAL_BYTES`) of a segment fits it exactly.
+    #[test]
+    fn the_largest_index_of_a_segment_fits_its_bound() {
+        let segment_len = 64 * INDEX_INTERVAL_BYTES + 100;
+        let mut index = SegmentIndex::default();
+        let mut position = 0;
+        while position < segment_len {
+            index.observe(position, position, 0);
+            position += INDEX_INTERVAL_BYTES;
+        }
+        let facts = IndexedSegment {
+            covered_bytes: segment_len,
+            next_offset: segment_len,
+            max_timestamp: 0,
+        };
+        let bytes = encode(&index, 0, facts);
+        assert_eq!(bytes.len() as u64, file_bytes_max(segment_len));
     }
 
     #[test]

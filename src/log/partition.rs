@@ -8,11 +8,12 @@
 //!
 //! Watermarks, always `log_start <= synced_offset <= written_offset <= next_offset`:
 //! - `next_offset`: the next offset to assign; everything below has been appended.
-//! - `written_offset`: everything below is on the device (an O_DIRECT write completed), survives
-//!   a process crash, and is visible to consumers: it is the high watermark.
+//! - `written_offset`: everything below is on the device (an O_DIRECT write completed) and
+//!   survives a process crash; reads stop here. (What consumers see, the high watermark, is the
+//!   partition layer's, `crate::partition`, and never past it.)
 //! - `synced_offset`: everything below has been fdatasync'ed and survives power loss.
 //!
-//! acks=1 waits for `written_offset`, acks=all for `synced_offset`. The writer task
+//! The partition layer's acks=1 waits for `written_offset`, acks=all for `synced_offset`. The writer task
 //! (`partition/writer.rs`) keeps up to two writes in flight, laid out by `write_plan.rs` so they
 //! never share a block, and writes grow with load (everything staged while both are in flight
 //! goes in the next one); one syncer task keeps one fdatasync in flight and releases every
@@ -106,7 +107,7 @@ pub enum LogError {
     OffsetOutOfRange {
         requested: u64,
         log_start: u64,
-        high_watermark: u64,
+        log_end: u64,
     },
     /// A write or sync failed: the records were not stored (the partition may refuse appends
     /// for a while, or for good).
@@ -161,8 +162,8 @@ impl From<LogError> for BrokerError {
 impl std::fmt::Display for LogError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::OffsetOutOfRange { requested, log_start, high_watermark } => {
-                write!(f, "offset {requested} is outside the log [{log_start}, {high_watermark}]")
+            Self::OffsetOutOfRange { requested, log_start, log_end } => {
+                write!(f, "offset {requested} is outside the log [{log_start}, {log_end}]")
             }
             Self::Storage(why) => write!(f, "storage error: {why}"),
             Self::Corrupt(why) => write!(f, "corrupt data: {why}"),
@@ -182,17 +183,6 @@ impl std::fmt::Display for LogError {
 }
 
 impl std::error::Error for LogError {}
-
-/// Entries returned by a read, whole and in order.
-#[derive(Debug, Default)]
-pub struct ReadOutcome {
-    pub entries: Vec<Bytes>,
-    pub high_watermark: u64,
-    pub log_start: u64,
-    /// When a fetch that waited for data was woken by it (set by the shard's long poll), so the
-    /// listener can time the delivery that follows.
-    pub woken_at: Option<Instant>,
-}
 
 /// The appends between two cuts of the log's end: a discard of what a full disk did not take,
 /// or a truncation. A cut hands the offsets past it out again, so an offset alone cannot tell a
@@ -574,12 +564,8 @@ impl<S: Storage> PartitionLog<S> {
             st.refuses_changes()?;
             let log_start = st.log_start();
             if offset < log_start {
-                let high_watermark = st.written_offset;
-                return Err(LogError::OffsetOutOfRange {
-                    requested: offset,
-                    log_start,
-                    high_watermark,
-                });
+                let log_end = st.next_offset;
+                return Err(LogError::OffsetOutOfRange { requested: offset, log_start, log_end });
             }
             st.truncating = true;
             st.truncation = Some((offset, reply));
@@ -661,14 +647,9 @@ impl<S: Storage> PartitionLog<S> {
         self.wait_until(|st| Ok(st.staged_bytes <= max)).await
     }
 
-    /// Waits until the high watermark passes `offset`, at most `wait`. Returns whether it did.
-    pub async fn wait_for_data(&self, offset: u64, wait: Duration) -> bool {
-        let data = async { self.wait_until(|st| Ok(st.written_offset > offset)).await.is_ok() };
-        let timeout = async {
-            glommio::timer::sleep(wait).await;
-            false
-        };
-        futures_lite::future::or(data, timeout).await
+    /// Waits until the entry holding `offset` is written: the written offset passes it.
+    pub async fn wait_written_past(&self, offset: u64) -> Result<(), LogError> {
+        self.wait_until(|st| Ok(st.written_offset > offset)).await
     }
 
     async fn wait_until(
@@ -695,7 +676,9 @@ impl<S: Storage> PartitionLog<S> {
         }
     }
 
-    pub fn high_watermark(&self) -> u64 {
+    /// Everything below is on the device: what a reader of the local log may see. (Which of it
+    /// clients may see is the partition layer's to say: [`crate::partition`].)
+    pub fn written_offset(&self) -> u64 {
         self.state.borrow().written_offset
     }
 
@@ -713,53 +696,46 @@ impl<S: Storage> PartitionLog<S> {
         self.state.borrow().next_offset
     }
 
-    /// Whole entries holding `offset` and after, up to about `max_bytes` (always at least one
-    /// entry when any is available), below the high watermark.
-    pub async fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadOutcome, LogError> {
-        let (segments, high_watermark, log_start) = {
+    /// Whole entries holding `offset` and after, below `end` and the written offset, up to
+    /// about `max_bytes` (always at least one entry when any is available). `end` must fall on
+    /// an entry boundary (the high watermark does). An offset between the log start and the log
+    /// end is in range, even where nothing is readable yet.
+    pub async fn read(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        end: u64,
+    ) -> Result<Vec<Bytes>, LogError> {
+        let (segments, end) = {
             let st = self.state.borrow();
-            let (hw, start) = (st.written_offset, st.log_start());
-            if offset < start || offset > hw {
+            let (start, log_end) = (st.log_start(), st.next_offset);
+            if offset < start || offset > log_end {
                 return Err(LogError::OffsetOutOfRange {
                     requested: offset,
                     log_start: start,
-                    high_watermark: hw,
+                    log_end,
                 });
             }
-            if offset == hw {
-                return Ok(ReadOutcome {
-                    entries: Vec::new(),
-                    high_watermark: hw,
-                    log_start: start,
-                    woken_at: None,
-                });
+            let end = end.min(st.written_offset);
+            if offset >= end {
+                return Ok(Vec::new());
             }
-            if let Some(entries) = self.tail.borrow().read(offset, hw, max_bytes) {
-                return Ok(ReadOutcome {
-                    entries,
-                    high_watermark: hw,
-                    log_start: start,
-                    woken_at: None,
-                });
+            if let Some(entries) = self.tail.borrow().read(offset, end, max_bytes) {
+                return Ok(entries);
             }
             let first = st.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
             let segments: Vec<_> = st.segments.range(first..).cloned().collect();
-            (segments, hw, start)
+            (segments, end)
         };
         for segment in segments {
-            let found = read_segment(&segment, offset, max_bytes)
+            let found = read_segment(&segment, offset, max_bytes, end)
                 .await
                 .map_err(|e| self.read_error(&segment, offset, e))?;
             if let Some(entries) = found {
-                return Ok(ReadOutcome {
-                    entries: vec![entries],
-                    high_watermark,
-                    log_start,
-                    woken_at: None,
-                });
+                return Ok(vec![entries]);
             }
         }
-        Ok(ReadOutcome { entries: Vec::new(), high_watermark, log_start, woken_at: None })
+        Ok(Vec::new())
     }
 
     fn read_error(&self, segment: &Segment<S>, offset: u64, error: ReadError) -> LogError {
@@ -769,7 +745,7 @@ impl<S: Storage> PartitionLog<S> {
                 LogError::OffsetOutOfRange {
                     requested: offset,
                     log_start: st.log_start(),
-                    high_watermark: st.written_offset,
+                    log_end: st.next_offset,
                 }
             }
             ReadError::Io(e) => LogError::Storage(format!("{}: {e}", segment.log_path.display())),
@@ -861,8 +837,10 @@ impl<S: Storage> PartitionLog<S> {
     }
 
     /// Applies retention and time-based rolling once, and forgets idempotent producers that
-    /// have not written for `producer.id.expiration.ms`. Returns how many segments it deleted.
-    pub async fn enforce_retention(&self, now_ms: i64) -> io::Result<usize> {
+    /// have not written for `producer.id.expiration.ms`. Deletes no segment holding an offset at
+    /// or above `keep_from` (the high watermark: records not yet visible stay, as in Kafka).
+    /// Returns how many segments it deleted.
+    pub async fn enforce_retention(&self, now_ms: i64, keep_from: u64) -> io::Result<usize> {
         let cutoff = now_ms.saturating_sub(self.limits.producer_expiration_ms);
         let expired = self.state.borrow_mut().producers.expire(cutoff);
         if expired > 0 {
@@ -879,7 +857,11 @@ impl<S: Storage> PartitionLog<S> {
             self.writer_wake.notify(1);
         }
         self.give_back_if_idle();
-        let past_retention = |_: &LogState<S>| plan.delete_oldest;
+        let past_retention = |st: &LogState<S>| {
+            let visible =
+                st.segments.iter().take_while(|s| s.meta.borrow().next_offset <= keep_from);
+            plan.delete_oldest.min(visible.count())
+        };
         let doomed = self.remove_oldest(past_retention, "deleting segments past retention").await?;
         for segment in &doomed {
             tracing::info!(
@@ -1037,12 +1019,13 @@ impl From<io::Error> for ReadError {
 /// Bytes read past the requested size so the entry holding the offset is in the first read.
 const READ_SLACK_BYTES: usize = crate::log::index::INDEX_INTERVAL_BYTES as usize + 64 * 1024;
 
-/// Reads whole entries holding `offset` and after from one segment, checking every checksum.
-/// `None` when the segment holds nothing at or after `offset`.
+/// Reads whole entries holding `offset` and after, and starting below `end`, from one segment,
+/// checking every checksum. `None` when the segment holds nothing at or after `offset`.
 async fn read_segment<S: Storage>(
     segment: &Segment<S>,
     offset: u64,
     max_bytes: usize,
+    end: u64,
 ) -> Result<Option<Bytes>, ReadError> {
     let (start, size) = {
         let meta = segment.meta.borrow();
@@ -1060,6 +1043,9 @@ async fn read_segment<S: Storage>(
         let position = buf_start + at as u64;
         let header = parse_header(&buf[at..])
             .map_err(|e| ReadError::Corrupt { position, why: e.to_string() })?;
+        if header.base_offset() >= end {
+            break;
+        }
         let entry_len = header.entry_len();
         if at + entry_len > buf.len() {
             if first.is_some() {
@@ -1215,4 +1201,4 @@ async fn read_block_tail<S: Storage>(active: &Segment<S>) -> io::Result<Vec<u8>>
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -381,7 +381,7 @@ impl<S: Storage> Segment<S> {
         let path = log_path(dir, base_offset);
         let file = Rc::new(storage.open_read(&path).await?);
         let file_len = file.size().await?;
-        let indexed = match load_index(storage, dir, base_offset).await {
+        let indexed = match load_index(storage, dir, base_offset, file_len).await {
             Some((index, facts)) if facts.covered_bytes == file_len => Some(ScanState {
                 position: facts.covered_bytes,
                 next_offset: facts.next_offset,
@@ -420,7 +420,7 @@ impl<S: Storage> Segment<S> {
         let path = log_path(dir, base_offset);
         let file = Rc::new(storage.open_rw(&path, false).await?);
         let file_len = file.size().await?;
-        let (mut state, indexed) = match load_index(storage, dir, base_offset).await {
+        let (mut state, indexed) = match load_index(storage, dir, base_offset, file_len).await {
             Some((index, facts)) if facts.covered_bytes <= file_len => (
                 ScanState {
                     position: facts.covered_bytes,
@@ -561,13 +561,21 @@ pub fn is_deleted_segment<S: Storage>(segment: &Segment<S>, error: &io::Error) -
     segment.deleted.get() && error.kind() == io::ErrorKind::NotFound
 }
 
+/// The index of the segment at `base_offset`, whose log file holds `segment_len` bytes.
 async fn load_index<S: Storage>(
     storage: &S,
     dir: &Path,
     base_offset: u64,
+    segment_len: u64,
 ) -> Option<(SegmentIndex, IndexedSegment)> {
     let path = index_path(dir, base_offset);
-    let bytes = read_small_file(storage, &path).await.ok()??;
+    let bytes = match read_small_file(storage, &path, index::file_bytes_max(segment_len)).await {
+        Ok(bytes) => bytes?,
+        Err(e) => {
+            tracing::warn!(index = %path.display(), "ignoring an index file, rebuilding: {e}");
+            return None;
+        }
+    };
     match index::decode(&bytes, base_offset) {
         Ok(loaded) => Some(loaded),
         Err(why) => {
@@ -706,15 +714,23 @@ pub async fn replace_small_file<S: Storage>(
 }
 
 /// Reads a small file whole; `None` when there is none.
-pub async fn read_small_file<S: Storage>(storage: &S, path: &Path) -> io::Result<Option<Bytes>> {
+pub async fn read_small_file<S: Storage>(
+    storage: &S,
+    path: &Path,
+    max_bytes: u64,
+) -> io::Result<Option<Bytes>> {
     let file = match storage.open_read(path).await {
         Ok(file) => Rc::new(file),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
     let read = async {
-        let len = file.size().await? as usize;
-        read_range(&file, 0, len).await
+        let len = file.size().await?;
+        if len > max_bytes {
+            let why = format!("{len} bytes, more than the {max_bytes} such a file can hold");
+            return Err(io::Error::new(io::ErrorKind::InvalidData, why));
+        }
+        read_range(&file, 0, len as usize).await
     };
     let bytes = read.await;
     // Read only: nothing to lose by a failed close.

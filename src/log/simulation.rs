@@ -3,8 +3,10 @@
 //! [`SimStorage`] implements [`Storage`] in memory with the durability a real disk gives: a
 //! completed write is seen by later reads and survives the process dying, but only what an
 //! fdatasync covered survives a power loss. There, each write not yet covered is lost, kept or
-//! torn (sector by sector, in any order), a size change not yet covered may be lost, and a file
-//! name survives only once its directory was synced. The disk can also fill up and fail an
+//! torn (sector by sector, in any order), a size change not yet covered may be lost, and of the
+//! name changes (creates, unlinks, renames) made in a directory since its last sync, a power loss
+//! keeps only a prefix of seeded length: a journalling file system commits them in order, and
+//! whole (a rename is never half done), but may lose the newest. The disk can also fill up and fail an
 //! fdatasync, and every operation yields to the executor a seeded number of times first, so the
 //! writer, the syncer and the test's own tasks interleave differently from seed to seed. Its
 //! clock moves only when the test moves it.
@@ -59,11 +61,47 @@ enum Change {
     Resize(usize),
 }
 
+/// A change to a directory's names, not yet made durable by a sync of the directory.
+enum NameChange {
+    Link {
+        path: PathBuf,
+        inode: usize,
+    },
+    Unlink {
+        path: PathBuf,
+    },
+    /// Atomic: the inode's old names go and the new one comes, or nothing changes.
+    Rename {
+        to: PathBuf,
+        inode: usize,
+    },
+}
+
+impl NameChange {
+    fn apply(&self, names: &mut BTreeMap<PathBuf, usize>) {
+        match self {
+            Self::Link { path, inode } => {
+                names.insert(path.clone(), *inode);
+            }
+            Self::Unlink { path } => {
+                names.remove(path);
+            }
+            Self::Rename { to, inode } => {
+                names.retain(|_, i| i != inode);
+                names.insert(to.clone(), *inode);
+            }
+        }
+    }
+}
+
 struct Disk {
     inodes: Vec<Inode>,
     names: BTreeMap<PathBuf, usize>,
-    /// The names a power loss leaves: as of each directory's last sync.
+    /// The names as of each directory's last sync.
     durable_names: BTreeMap<PathBuf, usize>,
+    /// Per directory, the name changes since its last sync, oldest first: `names` is
+    /// `durable_names` with all of them made, and a power loss makes a prefix of each.
+    name_changes: BTreeMap<PathBuf, Vec<NameChange>>,
     /// Bumped by every crash: files opened before it fail every operation, so the dead
     /// process's tasks cannot touch the disk the next one opens.
     generation: u64,
@@ -75,6 +113,7 @@ struct Disk {
     /// Counts, for the test's report.
     torn_writes: u64,
     lost_writes: u64,
+    lost_name_changes: u64,
 }
 
 /// Files, directories and a clock, simulated; cheap to clone (one shared disk). A handle
@@ -106,6 +145,7 @@ impl SimStorage {
             inodes: Vec::new(),
             names: BTreeMap::new(),
             durable_names: BTreeMap::new(),
+            name_changes: BTreeMap::new(),
             generation: 0,
             rng: TestRng::new(seed ^ 0x5eed_d15c),
             full: false,
@@ -114,6 +154,7 @@ impl SimStorage {
             elapsed: Duration::ZERO,
             torn_writes: 0,
             lost_writes: 0,
+            lost_name_changes: 0,
         };
         Self { disk: Rc::new(RefCell::new(disk)), generation: 0 }
     }
@@ -166,6 +207,11 @@ impl SimStorage {
         let mut disk = self.disk.borrow_mut();
         let disk = &mut *disk;
         disk.generation += 1;
+        for changes in std::mem::take(&mut disk.name_changes).into_values() {
+            let kept = disk.rng.below(changes.len() as u64 + 1) as usize;
+            disk.lost_name_changes += (changes.len() - kept) as u64;
+            changes[..kept].iter().for_each(|change| change.apply(&mut disk.durable_names));
+        }
         disk.names = disk.durable_names.clone();
         for inode in &mut disk.inodes {
             let mut data = inode.durable.clone();
@@ -215,9 +261,22 @@ impl SimStorage {
         changes.filter(|change| matches!(change, Change::Write { .. })).count()
     }
 
-    fn counts(&self) -> (u64, u64) {
+    fn counts(&self) -> (u64, u64, u64) {
         let disk = self.disk.borrow();
-        (disk.torn_writes, disk.lost_writes)
+        (disk.torn_writes, disk.lost_writes, disk.lost_name_changes)
+    }
+}
+
+impl Disk {
+    /// Makes a name change, and journals it against its directory's next sync.
+    fn change_names(&mut self, change: NameChange) {
+        change.apply(&mut self.names);
+        let path = match &change {
+            NameChange::Link { path, .. } | NameChange::Unlink { path } => path,
+            NameChange::Rename { to, .. } => to,
+        };
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        self.name_changes.entry(dir).or_default().push(change);
     }
 }
 
@@ -240,7 +299,7 @@ impl Storage for SimStorage {
                 }
                 disk.inodes.push(Inode::default());
                 let inode = disk.inodes.len() - 1;
-                disk.names.insert(path.to_path_buf(), inode);
+                disk.change_names(NameChange::Link { path: path.to_path_buf(), inode });
                 drop(disk);
                 Ok(self.file(inode))
             }
@@ -261,19 +320,20 @@ impl Storage for SimStorage {
 
     async fn remove_file(&self, path: &Path) -> io::Result<()> {
         self.enter().await?;
-        match self.disk.borrow_mut().names.remove(path) {
-            Some(_) => Ok(()),
-            None => Err(io::Error::new(io::ErrorKind::NotFound, path.display().to_string())),
+        let mut disk = self.disk.borrow_mut();
+        if !disk.names.contains_key(path) {
+            return Err(io::Error::new(io::ErrorKind::NotFound, path.display().to_string()));
         }
+        disk.change_names(NameChange::Unlink { path: path.to_path_buf() });
+        Ok(())
     }
 
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         self.enter().await?;
         let mut disk = self.disk.borrow_mut();
         let disk = &mut *disk;
-        disk.durable_names.retain(|p, _| !in_dir(p, dir));
-        for (path, inode) in disk.names.iter().filter(|(p, _)| in_dir(p, dir)) {
-            disk.durable_names.insert(path.clone(), *inode);
+        for change in disk.name_changes.remove(dir).unwrap_or_default() {
+            change.apply(&mut disk.durable_names);
         }
         Ok(())
     }
@@ -385,8 +445,7 @@ impl StorageFile for SimFile {
 
     async fn rename(&self, to: &Path) -> io::Result<()> {
         self.with_inode(|disk, inode| {
-            disk.names.retain(|_, i| *i != inode);
-            disk.names.insert(to.to_path_buf(), inode);
+            disk.change_names(NameChange::Rename { to: to.to_path_buf(), inode });
             Ok(())
         })
         .await
@@ -451,6 +510,7 @@ pub struct SeedReport {
     pub appends: u64,
     pub torn_writes: u64,
     pub lost_writes: u64,
+    pub lost_name_changes: u64,
 }
 
 impl Run {
@@ -522,7 +582,7 @@ impl Run {
         self.trace(&format!("reopened with leader epochs {:?}", log.leader_epochs()));
         self.check(&log).await;
         // What the reopened log does not hold is gone for good: its offsets are handed out again.
-        let end = log.high_watermark();
+        let end = log.written_offset();
         self.model.appended.retain(|base, _| *base < end);
         self.model.synced = self.model.synced.min(end);
         log
@@ -544,11 +604,11 @@ impl Run {
     /// everything there is what was appended at its offset.
     async fn check(&mut self, log: &PartitionLog<SimStorage>) {
         let seed = self.seed;
-        let (start, end) = (log.log_start(), log.high_watermark());
+        let (start, end) = (log.log_start(), log.written_offset());
         self.trace(&format!("checking {start}..{end} ({} sealed segments)", log.sealed_segments()));
         assert!(
             end >= self.model.written,
-            "seed {seed}: acknowledged-written entries lost: high watermark {end}, \
+            "seed {seed}: acknowledged-written entries lost: written offset {end}, \
              acknowledged up to {}",
             self.model.written
         );
@@ -556,11 +616,11 @@ impl Run {
         let mut offset = start;
         while offset < end {
             let read = log
-                .read(offset, 256 * 1024)
+                .read(offset, 256 * 1024, u64::MAX)
                 .await
                 .unwrap_or_else(|e| panic!("seed {seed}: reading offset {offset}: {e}"));
-            assert!(!read.entries.is_empty(), "seed {seed}: nothing read at {offset} below {end}");
-            for chunk in read.entries {
+            assert!(!read.is_empty(), "seed {seed}: nothing read at {offset} below {end}");
+            for chunk in read {
                 for entry in entries(&chunk, Check::Checksum) {
                     let StoredEntry { header, payload, .. } = entry
                         .unwrap_or_else(|e| panic!("seed {seed}: entry at offset {offset}: {e}"));
@@ -717,7 +777,15 @@ impl Run {
             }
             return true;
         }
-        // Half the time retention deletes old segments and a reader reads while it runs.
+        // Half the time retention deletes old segments and a reader reads while it runs, at
+        // times below an entry boundary as the partition layer reads below its high watermark.
+        let read_end = match self.rng.below(2) {
+            0 => u64::MAX,
+            _ => {
+                let later = self.model.appended.range(start..).nth(self.rng.below(8) as usize);
+                later.map_or(u64::MAX, |(base, _)| *base)
+            }
+        };
         let beside = async {
             if end == start || self.rng.below(2) == 0 {
                 return None;
@@ -728,7 +796,7 @@ impl Run {
                 futures_lite::future::yield_now().await;
             }
             let deleted = log.delete_segments_below(below).await;
-            Some((deleted, read_at, log.read(read_at, 64 * 1024).await))
+            Some((deleted, read_at, log.read(read_at, 64 * 1024, read_end).await))
         };
         let (truncated, beside) = futures_lite::future::zip(log.truncate_to(offset), beside).await;
         if let Some((deleted, read_at, read)) = beside {
@@ -739,11 +807,12 @@ impl Run {
             // What a read returns is whole and is what was appended there, as the log held it
             // then; a read racing the cut may instead fail (never return other data).
             if let Ok(read) = read {
-                for chunk in read.entries {
+                for chunk in read {
                     for entry in entries(&chunk, Check::Checksum) {
                         let StoredEntry { header, payload, .. } =
                             entry.unwrap_or_else(|e| panic!("seed {seed}: read at {read_at}: {e}"));
                         let at = header.base_offset();
+                        assert!(at < read_end, "seed {seed}: a read below {read_end} served {at}");
                         let expected = self.model.appended.get(&at);
                         assert!(
                             expected.is_some_and(|(_, data)| data[..] == *payload),
@@ -910,14 +979,24 @@ impl Run {
                 70..=71 => {
                     // Retention by size; run twice with nothing appended between, it also
                     // finds the partition idle and gives back its preallocated space.
-                    self.trace("retention");
-                    if let Err(e) = log.enforce_retention(self.storage.now_ms()).await {
+                    // Nothing at or past `keep_from` goes (the partition layer passes its high
+                    // watermark).
+                    let (start, end) = (log.log_start(), log.written_offset());
+                    let keep_from = start + self.rng.below(end - start + 1);
+                    self.trace(&format!("retention, keeping from {keep_from}"));
+                    if let Err(e) = log.enforce_retention(self.storage.now_ms(), keep_from).await {
                         panic!("seed {}: retention: {e}", self.seed);
                     }
+                    let kept_from = log.log_start();
+                    assert!(
+                        kept_from <= keep_from.max(start),
+                        "seed {}: retention moved the log start from {start} to {kept_from}, past {keep_from}",
+                        self.seed
+                    );
                 }
                 72..=74 => {
                     // Old data goes, as compaction deletes it.
-                    let end = log.high_watermark();
+                    let end = log.written_offset();
                     let below = log.log_start() + self.rng.below(end - log.log_start() + 1);
                     if let Err(e) = log.delete_segments_below(below).await {
                         panic!("seed {}: deleting segments below {below}: {e}", self.seed);
@@ -953,7 +1032,7 @@ impl Run {
                     }
                     log = self.open().await;
                     self.check_epochs(&log, &epochs);
-                    let end = log.high_watermark();
+                    let end = log.written_offset();
                     self.model.synced = self.model.synced.max(end);
                 }
                 90..=94 => {
@@ -987,7 +1066,7 @@ impl Run {
         let log = self.open().await;
         self.check_epochs(&log, &epochs);
         log.close().await;
-        (report.torn_writes, report.lost_writes) = self.storage.counts();
+        (report.torn_writes, report.lost_writes, report.lost_name_changes) = self.storage.counts();
         report.faults = self.faults;
         report
     }
@@ -1005,7 +1084,7 @@ fn the_log_keeps_its_promises_through_crashes_power_loss_and_a_full_disk() {
     let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound);
     executor.make().expect("an executor").run(async move {
         let mut totals: BTreeMap<&'static str, u64> = BTreeMap::new();
-        let (mut appends, mut torn, mut lost) = (0, 0, 0);
+        let (mut appends, mut torn, mut lost, mut lost_names) = (0, 0, 0, 0);
         for seed in crate::testing::seeds(count) {
             let report = Run::new(seed).run(150).await;
             for (fault, n) in report.faults {
@@ -1014,10 +1093,11 @@ fn the_log_keeps_its_promises_through_crashes_power_loss_and_a_full_disk() {
             appends += report.appends;
             torn += report.torn_writes;
             lost += report.lost_writes;
+            lost_names += report.lost_name_changes;
         }
         println!(
             "simulation: {count} seeds, {appends} entries appended, faults {totals:?}, \
-             {torn} writes torn and {lost} lost by power losses"
+             {torn} writes torn, {lost} writes and {lost_names} name changes lost by power losses"
         );
         assert!(appends > 0 && totals.len() >= 5, "every kind of fault ran: {totals:?}");
     });
@@ -1075,7 +1155,7 @@ fn a_segment_created_just_before_a_crash_survives_a_later_power_loss() {
             run.model.synced = second.next_offset;
             run.storage.power_loss();
             let log = run.restart(log).await;
-            assert_eq!(log.high_watermark(), second.next_offset, "acknowledged as durable");
+            assert_eq!(log.written_offset(), second.next_offset, "acknowledged as durable");
         },
     );
 }

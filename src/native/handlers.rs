@@ -276,7 +276,7 @@ async fn describe_topic(shard: &Rc<Shard>, name: String, with_offsets: bool) -> 
     for partition in 0..info.partitions {
         let (log_start, high_watermark) = if with_offsets {
             match shard.watermarks(&name, partition).await {
-                Ok(marks) => marks,
+                Ok(bounds) => (bounds.log_start, bounds.high_watermark),
                 Err(e) => {
                     error = ErrorBody::from(&e);
                     (0, 0)
@@ -379,7 +379,7 @@ async fn describe_group(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
     for (topic, partition, committed) in offsets {
         let Some(committed) = committed else { continue };
         let high_watermark = match u32::try_from(partition) {
-            Ok(p) => shard.watermarks(&topic, p).await.map_or(-1, |(_, hw)| hw as i64),
+            Ok(p) => shard.watermarks(&topic, p).await.map_or(-1, |b| b.high_watermark as i64),
             Err(_) => -1,
         };
         body.offsets.push(GroupOffset {

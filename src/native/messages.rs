@@ -9,7 +9,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::error::{BrokerError, ErrorKind};
 // Produce's durability and ListOffsets' special timestamps are the log's terms, carried as is.
-pub use crate::log::{Acks, OFFSET_EARLIEST, OFFSET_LATEST};
+pub use crate::partition::{Acks, OFFSET_EARLIEST, OFFSET_LATEST};
 use crate::record::BatchMeta;
 
 /// Error codes of the native protocol. Values are stable on the wire.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::error::BrokerError;
 use crate::group::{GroupAnswer, GroupCall};
-use crate::log::{Acks, ReadOutcome};
+use crate::partition::{Acks, LogBounds, ReadOutcome};
 use crate::record::PendingEntry;
 use crate::shard::catalog::TopicInfo;
 
@@ -32,8 +32,8 @@ typed_requests! {
     ListOffsets { topic: String, partition: u32, timestamp: i64 }
         -> Result<(i64, i64), BrokerError>;
 
-    /// Log start and high watermark.
-    Watermarks { topic: String, partition: u32 } -> Result<(u64, u64), BrokerError>;
+    /// Log start, high watermark and log end.
+    Watermarks { topic: String, partition: u32 } -> Result<LogBounds, BrokerError>;
 
     /// For the controller (shard 0).
     CreateTopic { name: String, partitions: u32, overrides: BTreeMap<String, String> }

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use crate::error::{BrokerError, ErrorKind};
 use crate::group::offsets::{self, OFFSETS_PARTITIONS, OFFSETS_TOPIC};
 use crate::group::{GroupRequest, OffsetsLogs};
-use crate::log::PartitionLog;
+use crate::partition::Partition;
 use crate::shard::call::Group;
 use crate::shard::state::Shard;
 
@@ -63,20 +63,20 @@ impl Shard {
 
 /// The coordinator's view of this shard: the `__consumer_offsets` partitions it owns.
 impl OffsetsLogs for Rc<Shard> {
-    fn owned(&self) -> Vec<(u32, Rc<PartitionLog>)> {
+    fn owned(&self) -> Vec<(u32, Rc<Partition>)> {
         if self.topic(OFFSETS_TOPIC).is_none() {
             return Vec::new();
         }
         (0..OFFSETS_PARTITIONS)
             .filter(|&partition| self.owner(OFFSETS_TOPIC, partition) == self.id)
             .filter_map(|partition| {
-                Some((partition, self.partition_log(OFFSETS_TOPIC, partition).ok()?))
+                Some((partition, self.partition(OFFSETS_TOPIC, partition).ok()?))
             })
             .collect()
     }
 
-    async fn open(&self, partition: u32) -> Result<Rc<PartitionLog>, BrokerError> {
+    async fn open(&self, partition: u32) -> Result<Rc<Partition>, BrokerError> {
         self.ensure_offsets_topic().await?;
-        self.partition_log(OFFSETS_TOPIC, partition)
+        self.partition(OFFSETS_TOPIC, partition)
     }
 }

@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use crate::error::{BrokerError, ErrorKind};
 use crate::log::storage::DmaStorage;
-use crate::log::{Acks, OFFSET_EARLIEST, OFFSET_LATEST};
-use crate::log::{LogLimits, PartitionLog, ReadOutcome, SharedByShard};
+use crate::log::{LogLimits, PartitionLog, SharedByShard};
+use crate::partition::{Partition, ReadOutcome, OFFSET_EARLIEST, OFFSET_LATEST};
 use crate::shard::call::{Fetch, ListOffsets, Produce};
 use crate::shard::catalog::{self, TopicInfo};
 use crate::shard::state::{PartitionKey, Shard, STAGED_BYTES_MAX};
@@ -58,19 +58,17 @@ impl Shard {
                 },
             )
             .await?;
-            self.partitions.borrow_mut().insert((name.to_string(), partition), log);
+            self.partitions
+                .borrow_mut()
+                .insert((name.to_string(), partition), Rc::new(Partition::new(log)));
         }
         Ok(())
     }
 
     /// A partition this shard owns.
-    pub fn partition_log(
-        &self,
-        topic: &str,
-        partition: u32,
-    ) -> Result<Rc<PartitionLog>, BrokerError> {
-        if let Some(log) = self.partitions.borrow().get(&(topic.to_string(), partition)) {
-            return Ok(log.clone());
+    pub fn partition(&self, topic: &str, partition: u32) -> Result<Rc<Partition>, BrokerError> {
+        if let Some(found) = self.partitions.borrow().get(&(topic.to_string(), partition)) {
+            return Ok(found.clone());
         }
         match self.catalog.borrow().topics.get(topic) {
             None => Err(BrokerError::new(ErrorKind::UnknownTopic, format!("no topic {topic}"))),
@@ -86,21 +84,17 @@ impl Shard {
 
     pub(super) async fn produce_local(&self, request: Produce) -> Result<(u64, u64), BrokerError> {
         let Produce { topic, partition, acks, entry } = request;
-        let log = self.partition_log(&topic, partition)?;
+        let target = self.partition(&topic, partition)?;
         // Nothing awaits before the append, so requests keep their arrival order.
-        let appended = log.append(entry)?;
-        match acks {
-            Acks::None => log.wait_for_room().await?,
-            Acks::Leader => log.wait_written(&appended).await?,
-            Acks::All => log.wait_synced(&appended).await?,
-        }
-        Ok((appended.base_offset, log.log_start()))
+        let appended = target.append(entry)?;
+        target.wait_acked(&appended, acks).await?;
+        Ok((appended.base_offset, target.log_start()))
     }
 
     pub(super) async fn fetch_local(&self, request: Fetch) -> Result<ReadOutcome, BrokerError> {
         let Fetch { topic, partition, offset, max_bytes, max_wait } = request;
-        let log = self.partition_log(&topic, partition)?;
-        let outcome = log.read(offset, max_bytes).await?;
+        let target = self.partition(&topic, partition)?;
+        let outcome = target.read(offset, max_bytes).await?;
         if !outcome.entries.is_empty() || max_wait.is_zero() || self.stopping.get() {
             return Ok(outcome);
         }
@@ -108,9 +102,9 @@ impl Shard {
             self.wait_for_stop().await;
             false
         };
-        if futures_lite::future::or(log.wait_for_data(offset, max_wait), stop).await {
+        if futures_lite::future::or(target.wait_for_data(offset, max_wait), stop).await {
             let woken_at = Instant::now();
-            let outcome = log.read(offset, max_bytes).await?;
+            let outcome = target.read(offset, max_bytes).await?;
             return Ok(ReadOutcome { woken_at: Some(woken_at), ..outcome });
         }
         Ok(outcome)
@@ -121,11 +115,11 @@ impl Shard {
         request: ListOffsets,
     ) -> Result<(i64, i64), BrokerError> {
         let ListOffsets { topic, partition, timestamp } = request;
-        let log = self.partition_log(&topic, partition)?;
+        let target = self.partition(&topic, partition)?;
         let found = match timestamp {
-            OFFSET_LATEST => Some((log.high_watermark(), -1)),
-            OFFSET_EARLIEST => Some((log.log_start(), -1)),
-            t if t >= 0 => log.offset_for_timestamp(t).await?,
+            OFFSET_LATEST => Some((target.high_watermark(), -1)),
+            OFFSET_EARLIEST => Some((target.log_start(), -1)),
+            t if t >= 0 => target.offset_for_timestamp(t).await?,
             other => {
                 let why = format!("timestamp {other} is neither -1, -2 nor a time");
                 return Err(BrokerError::new(ErrorKind::InvalidRequest, why));
@@ -149,15 +143,15 @@ impl Shard {
             }
             None => {
                 self.catalog.borrow_mut().topics.remove(&name);
-                let logs: Vec<Rc<PartitionLog>> = {
+                let removed: Vec<Rc<Partition>> = {
                     let mut partitions = self.partitions.borrow_mut();
                     let keys: Vec<PartitionKey> =
                         partitions.keys().filter(|(t, _)| *t == name).cloned().collect();
                     keys.iter().filter_map(|k| partitions.remove(k)).collect()
                 };
-                for log in logs {
-                    log.close().await;
-                    log.mark_deleted();
+                for partition in removed {
+                    partition.log().close().await;
+                    partition.log().mark_deleted();
                 }
             }
         }
@@ -166,10 +160,11 @@ impl Shard {
 
     /// Applies retention to every partition of this shard, once.
     pub async fn enforce_retention(&self) {
-        let logs: Vec<Rc<PartitionLog>> = self.partitions.borrow().values().cloned().collect();
+        let owned: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
         let now = crate::now_ms();
-        for log in logs {
-            if let Err(e) = log.enforce_retention(now).await {
+        for partition in owned {
+            if let Err(e) = partition.enforce_retention(now).await {
+                let log = partition.log();
                 tracing::error!(topic = %log.topic, partition = log.partition, "retention failed: {e}");
             }
         }
@@ -177,10 +172,10 @@ impl Shard {
 
     /// Flushes, syncs and closes every partition of this shard.
     pub async fn close_partitions(&self) {
-        let logs: Vec<Rc<PartitionLog>> =
-            self.partitions.borrow_mut().drain().map(|(_, l)| l).collect();
-        for log in logs {
-            log.close().await;
+        let owned: Vec<Rc<Partition>> =
+            self.partitions.borrow_mut().drain().map(|(_, p)| p).collect();
+        for partition in owned {
+            partition.log().close().await;
         }
     }
 }

@@ -23,9 +23,8 @@ use crate::group::Coordinator;
 use crate::log::queued::QueuedBytes;
 use crate::log::segment::OpenFiles;
 use crate::log::tail_cache::TailBudget;
-use crate::log::Acks;
-use crate::log::{PartitionLog, ReadOutcome};
 use crate::metrics::Metrics;
+use crate::partition::{Acks, LogBounds, Partition, ReadOutcome};
 use crate::record::PendingEntry;
 use crate::shard::call::{
     AddPartitions, ApplyTopic, CreateTopic, DeleteTopic, Fetch, Group, ListOffsets, MeshMessage,
@@ -51,7 +50,7 @@ pub struct Shard {
     pub config: Arc<BrokerConfig>,
     pub metrics: Rc<Metrics>,
     pub(super) catalog: RefCell<Catalog>,
-    pub(super) partitions: RefCell<HashMap<PartitionKey, Rc<PartitionLog>>>,
+    pub(super) partitions: RefCell<HashMap<PartitionKey, Rc<Partition>>>,
     pub(super) peers: Option<Peers<MeshMessage>>,
     /// Calls sent to other shards, by id, waiting for their answers.
     pub(super) waiting: RefCell<HashMap<u64, oneshot::Sender<ShardAnswer>>>,
@@ -196,9 +195,9 @@ impl Shard {
             ShardCall::ListOffsets(request) => {
                 ShardAnswer::ListOffsets(self.list_offset_local(request).await)
             }
-            ShardCall::Watermarks(Watermarks { topic, partition }) => ShardAnswer::Watermarks(
-                self.partition_log(&topic, partition).map(|l| (l.log_start(), l.high_watermark())),
-            ),
+            ShardCall::Watermarks(Watermarks { topic, partition }) => {
+                ShardAnswer::Watermarks(self.partition(&topic, partition).map(|p| p.bounds()))
+            }
             ShardCall::CreateTopic(CreateTopic { name, partitions, overrides }) => {
                 ShardAnswer::CreateTopic(
                     self.create_topic_as_controller(name, partitions, overrides).await,
@@ -296,7 +295,7 @@ impl Shard {
         self: &Rc<Self>,
         topic: &str,
         partition: u32,
-    ) -> Result<(u64, u64), BrokerError> {
+    ) -> Result<LogBounds, BrokerError> {
         self.ask(self.owner(topic, partition), Watermarks { topic: topic.to_string(), partition })
             .await?
     }

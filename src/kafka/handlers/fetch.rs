@@ -25,7 +25,7 @@ use crate::error::BrokerError;
 use crate::error::ErrorKind;
 use crate::kafka::codec;
 use crate::kafka::handlers::has_field;
-use crate::log::ReadOutcome;
+use crate::partition::{LogBounds, ReadOutcome};
 use crate::record::convert::native_to_kafka;
 use crate::record::entry::{entries, Check};
 use crate::record::PayloadFormat;
@@ -155,14 +155,13 @@ async fn watermarks_only(shard: Rc<Shard>, want: Wanted) -> Read {
     if !shard.has_partition(&want.topic, partition) {
         return Err(unknown(&want));
     }
-    let (log_start, high_watermark) = shard.watermarks(&want.topic, partition).await?;
-    let in_log =
-        u64::try_from(want.offset).is_ok_and(|o| (log_start..=high_watermark).contains(&o));
-    if !in_log {
-        let why =
-            format!("offset {} is outside the log [{log_start}, {high_watermark}]", want.offset);
+    let bounds = shard.watermarks(&want.topic, partition).await?;
+    if !u64::try_from(want.offset).is_ok_and(|o| bounds.contains(o)) {
+        let LogBounds { log_start, log_end, .. } = bounds;
+        let why = format!("offset {} is outside the log [{log_start}, {log_end}]", want.offset);
         return Err(BrokerError::new(ErrorKind::OffsetOutOfRange, why));
     }
+    let LogBounds { log_start, high_watermark, .. } = bounds;
     Ok(ReadOutcome { entries: Vec::new(), high_watermark, log_start, woken_at: None })
 }
 

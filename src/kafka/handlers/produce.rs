@@ -10,7 +10,7 @@ use crate::error::BrokerError;
 use crate::error::ErrorKind;
 use crate::kafka::codec;
 use crate::kafka::handlers::has_field;
-use crate::log::Acks;
+use crate::partition::Acks;
 use crate::record::kafka_batch::{validate_produced, BatchError};
 use crate::record::PendingEntry;
 use crate::shard::Shard;

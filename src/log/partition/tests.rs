@@ -18,7 +18,7 @@ use crate::record::{BatchMeta, PendingEntry};
 
 /// Runs `test` with a fresh partition directory, on an executor whose first DMA file is a
 /// probe beside it, as a shard's is.
-fn in_partition_dir<F>(test: impl FnOnce(PathBuf) -> F)
+pub(crate) fn in_partition_dir<F>(test: impl FnOnce(PathBuf) -> F)
 where
     F: std::future::Future<Output = ()> + 'static,
 {
@@ -36,12 +36,15 @@ where
     );
 }
 
-async fn open(dir: &Path, segment_bytes: u64) -> Rc<PartitionLog> {
+pub(crate) async fn open(dir: &Path, segment_bytes: u64) -> Rc<PartitionLog> {
     try_open(dir, segment_bytes).await.expect("open the partition")
 }
 
 async fn try_open(dir: &Path, segment_bytes: u64) -> std::io::Result<Rc<PartitionLog>> {
-    let config = TopicConfig { segment_bytes, ..TopicConfig::default() };
+    open_with(dir, TopicConfig { segment_bytes, ..TopicConfig::default() }).await
+}
+
+async fn open_with(dir: &Path, config: TopicConfig) -> std::io::Result<Rc<PartitionLog>> {
     let limits = LogLimits {
         write_bytes_max: 64 * 1024,
         // Reads come from the segment files, not from memory.
@@ -72,11 +75,11 @@ const PRODUCER_EXPIRATION_MS: i64 = 60_000;
 const RECOVERY_POINT_BYTES: u64 = 64 * 1024;
 
 /// A payload of `len` bytes that names its entry.
-fn payload(entry: u64, len: usize) -> Vec<u8> {
+pub(crate) fn payload(entry: u64, len: usize) -> Vec<u8> {
     (0..len).map(|i| (entry as usize * 7 + i) as u8 | 1).collect()
 }
 
-fn entry(records: u32, payload: &[u8]) -> PendingEntry {
+pub(crate) fn entry(records: u32, payload: &[u8]) -> PendingEntry {
     PendingEntry::native(BatchMeta::new(records, 1, 1), payload).expect("entry")
 }
 
@@ -102,9 +105,9 @@ async fn payloads(log: &PartitionLog) -> Vec<Vec<u8>> {
 async fn stored(log: &PartitionLog) -> Vec<(u64, u64, Vec<u8>)> {
     let mut out = Vec::new();
     let mut offset = 0;
-    while offset < log.high_watermark() {
-        let read = log.read(offset, 1024 * 1024).await.expect("read");
-        for chunk in read.entries {
+    while offset < log.written_offset() {
+        let read = log.read(offset, 1024 * 1024, u64::MAX).await.expect("read");
+        for chunk in read {
             for entry in entries(&chunk, Check::Checksum) {
                 let StoredEntry { header, payload, .. } = entry.expect("a whole entry");
                 out.push((header.base_offset(), header.next_offset(), payload.to_vec()));
@@ -185,7 +188,7 @@ fn recovery_cuts_entries_left_beyond_a_gap() {
         std::fs::remove_file(path.join("00000000000000000000.index")).expect("index");
 
         let log = open(&path, 1 << 30).await;
-        assert_eq!(log.high_watermark(), ends[0]);
+        assert_eq!(log.written_offset(), ends[0]);
         // The same offsets and size as the lost entry: without the cut, the stale entry 2
         // would continue it exactly.
         let appended = log.append(entry(2, &payload(9, BLOCK_PAYLOAD))).expect("append");
@@ -195,7 +198,7 @@ fn recovery_cuts_entries_left_beyond_a_gap() {
         std::fs::remove_file(path.join("00000000000000000000.index")).expect("index");
 
         let log = open(&path, 1 << 30).await;
-        assert_eq!(log.high_watermark(), ends[1], "the stale entry is not part of the log");
+        assert_eq!(log.written_offset(), ends[1], "the stale entry is not part of the log");
         let offsets: Vec<_> = stored(&log).await.into_iter().map(|(b, n, _)| (b, n)).collect();
         assert_eq!(offsets, vec![(0, ends[0]), (ends[0], ends[1])]);
         log.close().await;
@@ -220,11 +223,52 @@ fn retention_forgets_producers_idle_past_their_expiration() {
         let appended = log.append(idempotent(0)).expect("append");
         log.wait_written(&appended).await.expect("written");
         let now = crate::now_ms();
-        log.enforce_retention(now).await.expect("retention");
+        log.enforce_retention(now, u64::MAX).await.expect("retention");
         assert!(log.append(idempotent(5)).is_err(), "a gap is refused while the producer is known");
-        log.enforce_retention(now + PRODUCER_EXPIRATION_MS + 1_000).await.expect("retention");
+        log.enforce_retention(now + PRODUCER_EXPIRATION_MS + 1_000, u64::MAX)
+            .await
+            .expect("retention");
         let appended = log.append(idempotent(5)).expect("a forgotten producer starts anew");
         log.wait_written(&appended).await.expect("written");
+        log.close().await;
+    });
+}
+
+/// A read stops before `end` (the partition layer's high watermark), though more is written.
+#[test]
+fn a_read_stops_at_the_end_it_is_given() {
+    in_partition_dir(|path| async move {
+        let log = open(&path, 1 << 30).await;
+        append_written(&log, 3, 100).await;
+        let whole = |read: Vec<bytes::Bytes>| -> Vec<u64> {
+            let chunks = read.iter().flat_map(|chunk| entries(chunk, Check::Checksum));
+            chunks.map(|e| e.expect("a whole entry").header.base_offset()).collect()
+        };
+        assert_eq!(whole(log.read(0, 1 << 20, u64::MAX).await.expect("read")), [0, 1, 2]);
+        assert_eq!(whole(log.read(0, 1 << 20, 2).await.expect("read")), [0, 1]);
+        assert_eq!(whole(log.read(1, 1 << 20, 1).await.expect("read")), Vec::<u64>::new());
+        log.close().await;
+    });
+}
+
+/// Retention deletes no segment holding an offset at or past the offset it must keep from.
+#[test]
+fn retention_keeps_what_it_is_told_to_keep() {
+    in_partition_dir(|path| async move {
+        let tiny =
+            TopicConfig { segment_bytes: 64 * 1024, retention_bytes: 1, ..TopicConfig::default() };
+        let log = open_with(&path, tiny).await.expect("open");
+        append_written(&log, 8, 40 * 1024).await;
+        assert!(log.sealed_segments() >= 3, "{} sealed", log.sealed_segments());
+        let first_sealed_end = {
+            let st = log.state.borrow();
+            st.segments[1].base_offset
+        };
+        let now = crate::now_ms();
+        log.enforce_retention(now, first_sealed_end).await.expect("retention");
+        assert_eq!(log.log_start(), first_sealed_end, "only the first segment was below it");
+        log.enforce_retention(now, u64::MAX).await.expect("retention");
+        assert!(log.log_start() > first_sealed_end, "unbounded, retention deletes more");
         log.close().await;
     });
 }
@@ -257,8 +301,8 @@ fn an_idle_partition_gives_back_its_preallocation() {
         assert!(hot <= data_bytes + PREALLOCATE_STEP_MAX_BYTES, "{hot}");
 
         let now = crate::now_ms();
-        log.enforce_retention(now).await.expect("retention");
-        log.enforce_retention(now).await.expect("retention");
+        log.enforce_retention(now, u64::MAX).await.expect("retention");
+        log.enforce_retention(now, u64::MAX).await.expect("retention");
         // Its data's blocks, and one for the file's extent tree (ext4 keeps it outside the inode
         // once a file has more than four extents).
         let idle_bytes_max = data_bytes.next_multiple_of(4096) + 4096;
@@ -365,10 +409,10 @@ fn a_retry_across_a_roll_and_a_restart_is_recognised() {
         drop(log);
 
         let log = open(&path, 1000).await;
-        let end = log.high_watermark();
+        let end = log.written_offset();
         let retried = log.append(batch(7, 0)).expect("a retry is answered");
         assert_eq!(retried.base_offset, first.base_offset, "answered with the original offset");
-        assert_eq!(log.high_watermark(), end, "and not stored again");
+        assert_eq!(log.written_offset(), end, "and not stored again");
         log.close().await;
     });
 }
@@ -386,7 +430,7 @@ fn a_read_of_a_segment_deleted_meanwhile_is_out_of_range() {
         let oldest = log.state.borrow().segments.front().cloned().expect("a segment");
         let next = oldest.meta.borrow().next_offset;
         assert_eq!(log.delete_segments_below(next).await.expect("retention"), 1);
-        let error = super::read_segment(&oldest, oldest.base_offset, 1 << 20)
+        let error = super::read_segment(&oldest, oldest.base_offset, 1 << 20, u64::MAX)
             .await
             .map(|_| ())
             .map_err(|e| log.read_error(&oldest, oldest.base_offset, e));
@@ -449,7 +493,7 @@ fn a_truncation_across_segments_cuts_at_the_entry_holding_the_offset() {
         assert!(log.sealed_segments() >= 3, "{} sealed segments", log.sealed_segments());
         // Offset 22 is inside the entry 21..24 (the eighth, in the second segment).
         assert_eq!(log.truncate_to(22).await, Ok(21));
-        assert_eq!((log.log_end(), log.high_watermark()), (21, 21));
+        assert_eq!((log.log_end(), log.written_offset()), (21, 21));
         assert_eq!(log.sealed_segments(), 1, "the third and fourth segments are gone");
         kept.truncate(7);
         assert_eq!(stored(&log).await, kept);
@@ -537,5 +581,11 @@ fn leader_epochs_are_durable_and_follow_truncation() {
         let refused = try_open(&dir, 1024 * 1024).await;
         let why = refused.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(why.contains("leader-epoch-checkpoint") && why.contains("newer build"), "{why}");
+        // A checkpoint far larger than any this build writes is not read whole, and said so.
+        let huge = std::fs::File::create(dir.join(crate::log::epochs::CHECKPOINT_FILE));
+        huge.and_then(|f| f.set_len(1 << 30)).expect("a sparse 1 GiB checkpoint");
+        let refused = try_open(&dir, 1024 * 1024).await;
+        let why = refused.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(why.contains("leader-epoch-checkpoint") && why.contains("more than"), "{why}");
     });
 }

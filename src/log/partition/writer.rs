@@ -344,7 +344,7 @@ impl<S: Storage> Writer<S> {
         self.advance_written();
     }
 
-    /// Moves the segment's size and index and the high watermark over the entries now wholly
+    /// Moves the segment's size and index and the written offset over the entries now wholly
     /// below the frontier.
     fn advance_written(&mut self) {
         let frontier = self.plan.frontier();
@@ -463,11 +463,10 @@ impl<S: Storage> Writer<S> {
         }
         let Some(holder_at) = segments.iter().rposition(|s| s.base_offset <= offset) else {
             // Retention moved the log start past it since the request.
-            let (log_start, high_watermark) = (log.log_start(), log.high_watermark());
             return Err(LogError::OffsetOutOfRange {
                 requested: offset,
-                log_start,
-                high_watermark,
+                log_start: log.log_start(),
+                log_end: end,
             });
         };
         let holder = segments[holder_at].clone();

@@ -1,0 +1,198 @@
+//! The partition layer: what a partition's records mean to clients, above the local log that
+//! stores them (the part of Kafka's `kafka.cluster.Partition` that owns visibility).
+//!
+//! The local log ([`PartitionLog`]) knows only its own disk: what it has appended, written and
+//! fdatasync'ed. This layer decides what clients see of it, and when a producer is answered:
+//!
+//! - **The high watermark** is the offset below which consumers read. It only moves up, never
+//!   past what the local log has written, and never below the log start; every move asserts so.
+//! - **Acks waiters:** `acks=1` waits for the leader's write, `acks=all` for its fdatasync.
+//! - **What readers may see:** a read stops at the high watermark. An offset between it and the
+//!   log end is in range with nothing to read yet, as in Kafka, so a consumer that is ahead of a
+//!   new leader's high watermark waits instead of having its position reset. ListOffsets and
+//!   retention stop at the high watermark too.
+//!
+//! A partition has one replica today, so the high watermark is the local written offset.
+//! Replication (issue 16) adds the in-sync followers' ends here: the high watermark becomes the
+//! least of them, and `acks=all` waits for it too. Nothing below this layer knows that replicas
+//! exist, and nothing above it reads the local log's watermarks.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::log::storage::{DmaStorage, Storage};
+use crate::log::{Appended, LogError, PartitionLog};
+use crate::record::PendingEntry;
+
+/// ListOffsets' special timestamps (Kafka's): the high watermark, and the log start.
+pub const OFFSET_LATEST: i64 = -1;
+pub const OFFSET_EARLIEST: i64 = -2;
+
+/// `acks` as Kafka defines it: what a produce waits for before it is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub enum Acks {
+    /// No response at all.
+    None,
+    /// After the leader's O_DIRECT write completes.
+    Leader,
+    /// After fdatasync (and, with replication, every in-sync replica).
+    All,
+}
+
+/// As Kafka writes it: `0`, `1` or `all`.
+impl std::fmt::Display for Acks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Acks::None => "0",
+            Acks::Leader => "1",
+            Acks::All => "all",
+        })
+    }
+}
+
+impl std::str::FromStr for Acks {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "0" => Ok(Acks::None),
+            "1" => Ok(Acks::Leader),
+            "all" | "-1" => Ok(Acks::All),
+            other => Err(format!("acks must be 0, 1 or all, not {other:?}")),
+        }
+    }
+}
+
+/// Entries returned by a read, whole and in order, with the watermarks a client tracks.
+#[derive(Debug, Default)]
+pub struct ReadOutcome {
+    pub entries: Vec<Bytes>,
+    pub high_watermark: u64,
+    pub log_start: u64,
+    /// When a fetch that waited for data was woken by it (set by the shard's long poll), so the
+    /// listener can time the delivery that follows.
+    pub woken_at: Option<Instant>,
+}
+
+/// Where a partition's log starts, what consumers see of it, and where it ends: an offset in
+/// `log_start..=log_end` is in range, and the records below `high_watermark` are readable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogBounds {
+    pub log_start: u64,
+    pub high_watermark: u64,
+    pub log_end: u64,
+}
+
+impl LogBounds {
+    pub fn contains(&self, offset: u64) -> bool {
+        (self.log_start..=self.log_end).contains(&offset)
+    }
+}
+
+/// One partition as clients see it: its local log, and what of it is visible.
+pub struct Partition<S: Storage = DmaStorage> {
+    log: Rc<PartitionLog<S>>,
+    /// Consumers read below it. Moved only by [`Self::high_watermark`].
+    high_watermark: Cell<u64>,
+}
+
+impl<S: Storage> Partition<S> {
+    /// The partition over a just-opened log. Everything the log recovered is visible: a lone
+    /// replica has no follower to wait for.
+    pub fn new(log: Rc<PartitionLog<S>>) -> Self {
+        let high_watermark = Cell::new(log.written_offset());
+        Self { log, high_watermark }
+    }
+
+    /// The local log, for what is not about visibility (its topic config, retention's rolling,
+    /// closing, and the replica operations to come).
+    pub fn log(&self) -> &Rc<PartitionLog<S>> {
+        &self.log
+    }
+
+    /// Appends a producer's entry. Nothing awaits, so appends keep the order they are made in;
+    /// answer the producer after [`Self::wait_acked`].
+    pub fn append(&self, entry: PendingEntry) -> Result<Appended, LogError> {
+        self.log.append(entry)
+    }
+
+    /// Waits for what `acks` promises the producer of `appended`: with `acks=0`, only for room
+    /// to append more (the producer hears nothing, but must not outrun the disk).
+    pub async fn wait_acked(&self, appended: &Appended, acks: Acks) -> Result<(), LogError> {
+        match acks {
+            Acks::None => self.log.wait_for_room().await,
+            Acks::Leader => self.log.wait_written(appended).await,
+            // Durable, not just written: Spate's promise for acks=all (DESIGN, "Cluster").
+            Acks::All => self.log.wait_synced(appended).await,
+        }
+    }
+
+    /// The high watermark, first moved up to what every replica has: with one replica, what
+    /// the local log has written.
+    pub fn high_watermark(&self) -> u64 {
+        let (previous, reached) = (self.high_watermark.get(), self.log.written_offset());
+        if reached != previous {
+            let (log_start, log_end) = (self.log.log_start(), self.log.log_end());
+            assert!(
+                previous < reached && log_start <= reached && reached <= log_end,
+                "{}-{}: the high watermark cannot move from {previous} to {reached} \
+                 (log start {log_start}, log end {log_end})",
+                self.log.topic,
+                self.log.partition,
+            );
+            self.high_watermark.set(reached);
+        }
+        reached
+    }
+
+    pub fn log_start(&self) -> u64 {
+        self.log.log_start()
+    }
+
+    pub fn bounds(&self) -> LogBounds {
+        let high_watermark = self.high_watermark();
+        LogBounds { log_start: self.log.log_start(), high_watermark, log_end: self.log.log_end() }
+    }
+
+    /// Whole entries holding `offset` and after, below the high watermark, up to about
+    /// `max_bytes` (always at least one entry when any is visible).
+    pub async fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadOutcome, LogError> {
+        let (high_watermark, log_start) = (self.high_watermark(), self.log.log_start());
+        let entries = self.log.read(offset, max_bytes, high_watermark).await?;
+        Ok(ReadOutcome { entries, high_watermark, log_start, woken_at: None })
+    }
+
+    /// Waits until the high watermark passes `offset`, at most `wait`. Returns whether it did.
+    pub async fn wait_for_data(&self, offset: u64, wait: Duration) -> bool {
+        // With one replica the high watermark moves exactly when the written offset does.
+        let data = async { self.log.wait_written_past(offset).await.is_ok() };
+        let timeout = async {
+            glommio::timer::sleep(wait).await;
+            false
+        };
+        futures_lite::future::or(data, timeout).await
+    }
+
+    /// The offset and timestamp of the first visible record whose timestamp is at or after
+    /// `timestamp`, or `None` (Kafka answers ListOffsets from below the high watermark).
+    pub async fn offset_for_timestamp(
+        &self,
+        timestamp: i64,
+    ) -> Result<Option<(u64, i64)>, LogError> {
+        let found = self.log.offset_for_timestamp(timestamp).await?;
+        let high_watermark = self.high_watermark();
+        Ok(found.filter(|(offset, _)| *offset < high_watermark))
+    }
+
+    /// Applies retention once: deletes what is past the topic's limits and below the high
+    /// watermark (records not yet visible stay, as in Kafka). Returns how many segments went.
+    pub async fn enforce_retention(&self, now_ms: i64) -> std::io::Result<usize> {
+        self.log.enforce_retention(now_ms, self.high_watermark()).await
+    }
+}
+
+#[cfg(test)]
+mod tests;
