@@ -8,12 +8,16 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_channel::oneshot;
 
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::error::ErrorKind;
 use crate::group::offsets::{self, Committed, DecodeError, OffsetRecord, OFFSETS_TOPIC};
-use crate::group::state::{Group, GroupDescription, GroupState, JoinReply, JoinRequest, SyncReply};
+use crate::group::state::{
+    Action, Event, Group, GroupDescription, GroupState, HeartbeatCall, JoinCall, JoinReply,
+    JoinRequest, LeaveCall, MemberAnswer, MemberRequest, SyncCall, SyncReply, Ticket,
+};
 use crate::partition::{Acks, Partition};
 use crate::record::batch::NativeBatchView;
 use crate::record::entry::{entries, Check, StoredEntry};
@@ -110,6 +114,9 @@ typed_requests! {
 
 pub struct Coordinator {
     groups: RefCell<HashMap<String, Group>>,
+    /// Requests handed to a group and not yet answered, by the ticket they went in with.
+    waiting: RefCell<HashMap<Ticket, oneshot::Sender<MemberAnswer>>>,
+    next_ticket: Cell<u64>,
     initial_delay: Duration,
     session_timeout_min: Duration,
     session_timeout_max: Duration,
@@ -121,6 +128,8 @@ impl Coordinator {
     pub fn new(config: &BrokerConfig) -> Self {
         Self {
             groups: RefCell::default(),
+            waiting: RefCell::default(),
+            next_ticket: Cell::new(0),
             initial_delay: Duration::from_millis(config.group_initial_rebalance_delay_ms),
             session_timeout_min: Duration::from_millis(config.group_min_session_timeout_ms),
             session_timeout_max: Duration::from_millis(config.group_max_session_timeout_ms),
@@ -142,26 +151,17 @@ impl Coordinator {
                 generation,
                 assignments,
             }) => {
-                let started = self.with_group(&group, |g| {
-                    g.sync(&member_id, instance_id.as_deref(), generation, assignments, now)
-                });
-                let synced = match started {
-                    Some(Ok(waiting)) => {
-                        waiting.await.unwrap_or(Err(ErrorKind::RebalanceInProgress))
-                    }
-                    Some(Err(e)) => Err(e),
-                    None => Err(ErrorKind::UnknownMemberId),
-                };
-                GroupAnswer::SyncGroup(synced)
+                let sync = SyncCall { member_id, instance_id, generation, assignments };
+                let synced = self.ask(&group, sync, now).await;
+                GroupAnswer::SyncGroup(synced.unwrap_or(Err(ErrorKind::UnknownMemberId)))
             }
             GroupCall::Heartbeat(Heartbeat { group, member_id, instance_id, generation }) => {
-                let beat = self.with_group(&group, |g| {
-                    g.heartbeat(&member_id, instance_id.as_deref(), generation, now)
-                });
+                let beat = HeartbeatCall { member_id, instance_id, generation };
+                let beat = self.ask(&group, beat, now).await;
                 GroupAnswer::Heartbeat(beat.unwrap_or(Err(ErrorKind::UnknownMemberId)))
             }
             GroupCall::LeaveGroup(LeaveGroup { group, members }) => {
-                let left = self.with_group(&group, |g| g.leave(&members, now));
+                let left = self.ask(&group, LeaveCall { members }, now).await;
                 GroupAnswer::LeaveGroup(left.ok_or(ErrorKind::UnknownMemberId))
             }
             GroupCall::CommitOffsets(CommitOffsets {
@@ -195,8 +195,46 @@ impl Coordinator {
         }
     }
 
-    fn with_group<T>(&self, group: &str, f: impl FnOnce(&mut Group) -> T) -> Option<T> {
-        self.groups.borrow_mut().get_mut(group).map(f)
+    /// Hands `request` to `group` and waits for its answer: `None` when there is no such group,
+    /// or the coordinator stopped before the answer came.
+    async fn ask<R: MemberRequest>(
+        &self,
+        group: &str,
+        request: R,
+        now: Instant,
+    ) -> Option<R::Answer> {
+        let ticket = Ticket(self.next_ticket.get());
+        self.next_ticket.set(ticket.0 + 1);
+        let (reply, answer) = oneshot::channel();
+        let actions = {
+            let mut groups = self.groups.borrow_mut();
+            let entry = groups.get_mut(group)?;
+            self.waiting.borrow_mut().insert(ticket, reply);
+            entry.step(Event::Request { ticket, call: request.into_call() }, now)
+        };
+        self.carry_out(group, actions);
+        answer.await.ok().and_then(R::from_answer)
+    }
+
+    /// Does what a group's step asked: answers go to the requests waiting for them (a request
+    /// whose connection went away meanwhile is not waiting any more).
+    fn carry_out(&self, group: &str, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Answer { ticket, answer } => {
+                    if let Some(waiting) = self.waiting.borrow_mut().remove(&ticket) {
+                        let _ = waiting.send(answer);
+                    }
+                }
+                Action::Expired { member_id } => {
+                    tracing::info!(group, member = %member_id, "session expired; rebalancing");
+                }
+            }
+        }
+    }
+
+    fn new_group(&self, id: String) -> Group {
+        Group::new(id, crate::now_ms(), self.initial_delay)
     }
 
     async fn join(&self, group: String, request: JoinRequest, now: Instant) -> JoinReply {
@@ -209,19 +247,12 @@ impl Coordinator {
         {
             return refuse(ErrorKind::InvalidSessionTimeout);
         }
-        let started = {
-            let mut groups = self.groups.borrow_mut();
-            let entry =
-                groups.entry(group.clone()).or_insert_with(|| Group::new(group, crate::now_ms()));
-            entry.join(request, now, self.initial_delay)
-        };
-        match started {
-            // A dropped reply means the member was removed while it waited.
-            Ok(waiting) => {
-                waiting.await.unwrap_or(Err((ErrorKind::UnknownMemberId, String::new())))
-            }
-            Err(e) => Err(e),
+        if !self.groups.borrow().contains_key(&group) {
+            let created = self.new_group(group.clone());
+            self.groups.borrow_mut().insert(group.clone(), created);
         }
+        let joined = self.ask(&group, JoinCall { request }, now).await;
+        joined.unwrap_or(Err((ErrorKind::UnknownMemberId, String::new())))
     }
 
     async fn commit(
@@ -257,7 +288,8 @@ impl Coordinator {
             Some(entry) => entry.check_commit(member_id, instance_id, generation)?,
             // No such group: only a commit outside membership passes.
             None => {
-                Group::new(group.to_string(), 0).check_commit(member_id, instance_id, generation)?
+                let none = Group::new(group.to_string(), 0, Duration::ZERO);
+                none.check_commit(member_id, instance_id, generation)?
             }
         }
         let commit_time_ms = crate::now_ms();
@@ -343,9 +375,8 @@ impl Coordinator {
         let oldest_kept = crate::now_ms().saturating_sub(retention_ms);
         let mut groups = self.groups.borrow_mut();
         for group in groups.values_mut() {
-            for member in group.tick(now) {
-                tracing::info!(group = %group.id, %member, "session expired; rebalancing");
-            }
+            let actions = group.step(Event::Tick, now);
+            self.carry_out(&group.id, actions);
             if check_retention && group.state == GroupState::Empty {
                 group.offsets.retain(|_, c| c.commit_time_ms >= oldest_kept);
             }
@@ -480,8 +511,7 @@ impl Coordinator {
     fn apply(&self, record: OffsetRecord) {
         let mut groups = self.groups.borrow_mut();
         let group = record.group.clone();
-        let entry =
-            groups.entry(group.clone()).or_insert_with(|| Group::new(group, crate::now_ms()));
+        let entry = groups.entry(group.clone()).or_insert_with(|| self.new_group(group));
         let key = (record.topic, record.partition);
         match record.committed {
             Some(committed) => {

@@ -1,24 +1,29 @@
 //! A seeded simulation of one consumer group's membership, on a clock of its own.
 //!
-//! Clients behave as Kafka consumers do (join, the leader assigns partitions round-robin over
-//! the members its join answer lists, everyone syncs and heartbeats, and on an error rejoins,
-//! starts over without a member id, or stops when fenced) but at seeded moments they also leave,
-//! go silent (a crash: their sessions expire), come back (static members with their
-//! `group.instance.id`), ask again while a join is answered, or hold back a sync. After every
-//! step the answers must agree: within a generation one leader, one protocol, every member that
-//! got an answer is among the leader's members, assignments reach members as the leader made
-//! them and overlap nowhere, and the generation never goes back; no answer is dropped unsent.
-//! Then everyone still alive behaves, and the group must settle: stable, every live client a
-//! member of the current generation, every partition owned by exactly one of them.
+//! Clients behave as Kafka consumers do (join offering a seeded list of assignors, the leader
+//! assigns partitions round-robin over the members its join answer lists, everyone syncs and
+//! heartbeats, and on an error rejoins, starts over without a member id, or stops when fenced)
+//! but at seeded moments they also leave, go silent (a crash: their sessions expire), come back
+//! (static members with their `group.instance.id`, some with another list of assignors, as in a
+//! rolling upgrade), ask again while a join is answered, or hold back a sync. After every step
+//! the answers must agree: within a generation one leader and one protocol, which every member
+//! it lists offers; every member that got an answer is among the leader's members, assignments
+//! reach members as the leader made them and overlap nowhere, and the generation never goes
+//! back; every request is answered at most once (the test driver checks). Then everyone still
+//! alive behaves, and the group must settle: stable, every live client a member of the current
+//! generation, every partition owned by exactly one of them, and every request answered.
 //! `SPATE_TEST_SEED=<n>` replays a seed; `SPATE_GROUP_SIMULATION_SEEDS=<n>` runs more.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_channel::oneshot;
 
-use super::state::{Group, GroupState, JoinReply, JoinRequest, SyncReply};
+use super::driver::Driver;
+use super::state::{
+    Group, GroupState, HeartbeatCall, JoinCall, JoinReply, JoinRequest, LeaveCall, SyncCall,
+    SyncReply, Ticket,
+};
 use crate::error::ErrorKind;
 use crate::testing::TestRng;
 
@@ -28,13 +33,16 @@ const INITIAL_DELAY: Duration = Duration::from_millis(300);
 struct Client {
     name: String,
     instance_id: Option<String>,
+    /// The assignors it offers, in its order of preference (all offer "range").
+    protocols: Vec<&'static str>,
     member_id: String,
     /// The generation of the last join answer, and whether this client led it, with the
     /// members it listed.
     generation: i32,
     leader_of: Option<Vec<String>>,
-    joining: Option<oneshot::Receiver<JoinReply>>,
-    syncing: Option<oneshot::Receiver<SyncReply>>,
+    /// The tickets of its join or sync waiting for an answer.
+    joining: Option<Ticket>,
+    syncing: Option<Ticket>,
     /// Partitions from the last sync answer, and its generation.
     owned: Option<(i32, Vec<u32>)>,
     needs_join: bool,
@@ -66,13 +74,14 @@ struct Run {
     seed: u64,
     rng: TestRng,
     now: Instant,
-    group: Group,
+    driver: Driver,
     clients: Vec<Client>,
     seen: BTreeMap<i32, GenerationSeen>,
     /// Member id → identity, from every join answer.
     identities: BTreeMap<String, String>,
-    /// Join answers restarted clients will never read: still delivered, and still checked.
-    orphans: Vec<oneshot::Receiver<JoinReply>>,
+    /// Joins whose answers their clients will never read (restarted, or asked again): still
+    /// answered, and still checked.
+    orphans: Vec<Ticket>,
     events: BTreeMap<&'static str, u64>,
     /// Whether clients misbehave: off once the group is left to settle.
     chaos: bool,
@@ -87,6 +96,17 @@ fn decode(assignment: &[u8]) -> Vec<u32> {
     assignment.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
+/// A seeded list of assignors: "range", and each other one at a seeded place or not at all.
+fn assignors(rng: &mut TestRng) -> Vec<&'static str> {
+    let mut list = vec!["range"];
+    for other in ["roundrobin", "cooperative-sticky"] {
+        if rng.below(2) == 0 {
+            list.insert(rng.below(list.len() as u64 + 1) as usize, other);
+        }
+    }
+    list
+}
+
 impl Run {
     fn new(seed: u64) -> Self {
         let mut rng = TestRng::new(seed);
@@ -95,6 +115,7 @@ impl Run {
             .map(|i| Client {
                 name: format!("c{i}"),
                 instance_id: (rng.below(3) == 0).then(|| format!("static-{i}")),
+                protocols: assignors(&mut rng),
                 member_id: String::new(),
                 generation: -1,
                 leader_of: None,
@@ -114,7 +135,7 @@ impl Run {
             rng,
             now: Instant::now(),
             // Member ids are made from this and a count: the seed decides them too.
-            group: Group::new("g".into(), seed as i64),
+            driver: Driver::new(Group::new("g".into(), seed as i64, INITIAL_DELAY)),
             clients,
             seen: BTreeMap::new(),
             identities: BTreeMap::new(),
@@ -129,7 +150,7 @@ impl Run {
         if std::env::var_os("SPATE_SIMULATION_TRACE").is_some() {
             eprintln!(
                 "seed {}: {what} (group {:?} gen {})",
-                self.seed, self.group.state, self.group.generation
+                self.seed, self.driver.group.state, self.driver.group.generation
             );
         }
     }
@@ -142,8 +163,8 @@ impl Run {
         let client = &self.clients[c];
         // A known member asking again while its rebalance completes (it lost the answer) is
         // answered at once with that generation, not with another rebalance (as Kafka does).
-        let completing = self.group.state == GroupState::CompletingRebalance;
-        let generation = self.group.generation;
+        let completing = self.driver.group.state == GroupState::CompletingRebalance;
+        let generation = self.driver.group.generation;
         let answered = self.seen.get(&generation).is_some_and(|seen| {
             !client.member_id.is_empty()
                 && seen.answered.contains(&self.identity(&client.member_id))
@@ -157,40 +178,37 @@ impl Run {
             session_timeout: client.session_timeout,
             rebalance_timeout: client.rebalance_timeout,
             protocol_type: "consumer".into(),
-            protocols: vec![("range".into(), Bytes::from_static(b"m"))],
+            // Each assignor's metadata is the whole offer, for the checks to read it back.
+            protocols: client
+                .protocols
+                .iter()
+                .map(|name| (name.to_string(), Bytes::from(client.protocols.join(","))))
+                .collect(),
             require_known_member: client.require_known_member,
         };
         self.trace(&format!("{} joins as {:?}", client.name, client.member_id));
-        match self.group.join(request, self.now, INITIAL_DELAY) {
-            Ok(mut answer) if repeat_of.is_some() => {
-                self.event("join repeated");
-                let (seed, name) = (self.seed, self.clients[c].name.clone());
-                let Ok(Some(reply)) = answer.try_recv() else {
-                    panic!(
-                        "seed {seed}: {name} asked again while its rebalance completed: no answer"
-                    );
-                };
-                if let Ok(outcome) = &reply {
-                    assert_eq!(
-                        Some(outcome.generation),
-                        repeat_of,
-                        "seed {seed}: {name} asked again while its rebalance completed"
-                    );
-                }
-                let client = &mut self.clients[c];
-                self.orphans.extend(client.joining.take());
-                client.needs_join = false;
-                self.joined(c, reply);
+        let ticket = self.driver.ask(JoinCall { request }, self.now);
+        let client = &mut self.clients[c];
+        // A join asked again: the first one's answer still goes to its connection. Asked again
+        // without a member id (a client before KIP-394), it made a second member, which
+        // lingers until its session expires, as in Kafka.
+        self.orphans.extend(client.joining.replace(ticket));
+        client.needs_join = false;
+        if let Some(generation) = repeat_of {
+            let (seed, name) = (self.seed, client.name.clone());
+            self.event("join repeated");
+            let reply = self.driver.answer::<JoinCall>(ticket);
+            let Some(reply) = reply else {
+                panic!("seed {seed}: {name} asked again while its rebalance completed: no answer");
+            };
+            if let Ok(outcome) = &reply {
+                assert_eq!(
+                    outcome.generation, generation,
+                    "seed {seed}: {name} asked again while its rebalance completed"
+                );
             }
-            Ok(answer) => {
-                let client = &mut self.clients[c];
-                // A join asked again: the first one's answer still goes to its connection. Asked
-                // again without a member id (a client before KIP-394), it made a second member,
-                // which lingers until its session expires, as in Kafka.
-                self.orphans.extend(client.joining.replace(answer));
-                client.needs_join = false;
-            }
-            Err((error, member_id)) => self.join_refused(c, error, member_id),
+            self.clients[c].joining = None;
+            self.joined(c, reply);
         }
     }
 
@@ -226,20 +244,15 @@ impl Run {
         self.trace(&format!("{} syncs generation {}", client.name, client.generation));
         let (member_id, instance_id) = (client.member_id.clone(), client.instance_id.clone());
         let generation = client.generation;
-        let synced =
-            self.group.sync(&member_id, instance_id.as_deref(), generation, assignments, self.now);
-        match synced {
-            Ok(answer) => self.clients[c].syncing = Some(answer),
-            Err(error) => self.member_error(c, error),
-        }
+        let sync = SyncCall { member_id, instance_id, generation, assignments };
+        self.clients[c].syncing = Some(self.driver.ask(sync, self.now));
     }
 
     fn heartbeat(&mut self, c: usize) {
         let client = &self.clients[c];
         let (member_id, instance_id) = (client.member_id.clone(), client.instance_id.clone());
-        let beat =
-            self.group.heartbeat(&member_id, instance_id.as_deref(), client.generation, self.now);
-        if let Err(error) = beat {
+        let beat = HeartbeatCall { member_id, instance_id, generation: client.generation };
+        if let Err(error) = self.driver.call(beat, self.now) {
             self.member_error(c, error);
         }
     }
@@ -266,20 +279,20 @@ impl Run {
         client.owned = None;
         client.leader_of = None;
         self.trace(&format!("{} leaves", self.clients[c].name));
-        self.group.leave(&who, self.now);
+        self.driver.call(LeaveCall { members: who.into() }, self.now);
     }
 
     /// Takes every answer that has come, checking each against what the others were told.
     fn collect(&mut self) {
         // Every id the group has handed out is known here before any answer names it.
-        for member in self.group.describe().members {
+        for member in self.driver.group.describe().members {
             let identity = member.instance_id.unwrap_or_else(|| member.member_id.clone());
             self.identities.insert(member.member_id, identity);
         }
         for c in 0..self.clients.len() {
-            if let Some(mut joining) = self.clients[c].joining.take() {
-                match joining.try_recv() {
-                    Ok(Some(Ok(outcome))) if self.chaos && self.rng.below(6) == 0 => {
+            if let Some(joining) = self.clients[c].joining.take() {
+                match self.driver.answer::<JoinCall>(joining) {
+                    Some(Ok(outcome)) if self.chaos && self.rng.below(6) == 0 => {
                         // Answered, but the client's request timed out first: it asks again
                         // with the id it had.
                         self.event("join answer lost");
@@ -288,30 +301,27 @@ impl Run {
                         seen.answered.insert(identity);
                         self.clients[c].needs_join = true;
                     }
-                    Ok(Some(reply)) => self.joined(c, reply),
-                    Ok(None) => self.clients[c].joining = Some(joining),
-                    Err(_) => panic!("seed {}: a join answer was dropped unsent", self.seed),
+                    Some(reply) => self.joined(c, reply),
+                    None => self.clients[c].joining = Some(joining),
                 }
             }
-            if let Some(mut syncing) = self.clients[c].syncing.take() {
-                match syncing.try_recv() {
-                    Ok(Some(reply)) => self.synced(c, reply),
-                    Ok(None) => self.clients[c].syncing = Some(syncing),
-                    Err(_) => panic!("seed {}: a sync answer was dropped unsent", self.seed),
+            if let Some(syncing) = self.clients[c].syncing.take() {
+                match self.driver.answer::<SyncCall>(syncing) {
+                    Some(reply) => self.synced(c, reply),
+                    None => self.clients[c].syncing = Some(syncing),
                 }
             }
         }
-        for mut orphan in std::mem::take(&mut self.orphans) {
-            match orphan.try_recv() {
-                Ok(Some(Ok(outcome))) => {
+        for orphan in std::mem::take(&mut self.orphans) {
+            match self.driver.answer::<JoinCall>(orphan) {
+                Some(Ok(outcome)) => {
+                    self.check_protocol(&outcome);
                     let identity = self.identity(&outcome.member_id);
                     self.seen.entry(outcome.generation).or_default().answered.insert(identity);
                 }
-                Ok(Some(Err(_))) => {}
-                Ok(None) => self.orphans.push(orphan),
-                // The member asked again with its id: the new request took the old one's place
-                // (as in Kafka; the client stopped waiting for it when it asked again).
-                Err(_) => {}
+                // Refused, or overtaken by the member's next request.
+                Some(Err(_)) => {}
+                None => self.orphans.push(orphan),
             }
         }
         self.check_generations();
@@ -323,6 +333,15 @@ impl Run {
             Ok(outcome) => outcome,
             Err((error, member_id)) => return self.join_refused(c, error, member_id),
         };
+        self.check_protocol(&outcome);
+        let offered = &self.clients[c].protocols;
+        assert!(
+            offered.contains(&outcome.protocol.as_str()),
+            "seed {seed}: {} offered {offered:?}, generation {} chose {:?}",
+            self.clients[c].name,
+            outcome.generation,
+            outcome.protocol
+        );
         let instance = self.clients[c].instance_id.clone();
         let me = instance.unwrap_or_else(|| outcome.member_id.clone());
         self.identities.insert(outcome.member_id.clone(), me.clone());
@@ -383,6 +402,22 @@ impl Run {
         self.trace(&format!("{name} owns {partitions:?} in generation {generation}"));
     }
 
+    /// Every member the leader's answer lists offered the chosen protocol: the metadata it sent
+    /// for it is its whole offer.
+    fn check_protocol(&self, outcome: &super::state::JoinOutcome) {
+        for member in &outcome.members {
+            let offered = String::from_utf8_lossy(&member.metadata);
+            assert!(
+                offered.split(',').any(|p| p == outcome.protocol),
+                "seed {}: generation {} chose {:?}, member {} offered {offered:?}",
+                self.seed,
+                outcome.generation,
+                outcome.protocol,
+                member.member_id
+            );
+        }
+    }
+
     fn identity(&self, member_id: &str) -> String {
         self.identities.get(member_id).cloned().unwrap_or_else(|| member_id.to_string())
     }
@@ -390,11 +425,11 @@ impl Run {
     fn check_generations(&mut self) {
         let seed = self.seed;
         assert!(
-            self.group.generation >= self.highest_generation,
+            self.driver.group.generation >= self.highest_generation,
             "seed {seed}: the group went back to generation {}",
-            self.group.generation
+            self.driver.group.generation
         );
-        self.highest_generation = self.group.generation;
+        self.highest_generation = self.driver.group.generation;
         for (generation, seen) in &self.seen {
             if let Some(members) = &seen.members {
                 // Members that did not rejoin are gone from the generation: every member its
@@ -437,6 +472,11 @@ impl Run {
                 // Restarted: a new process, without the old member id (static members keep
                 // their instance id and take their place back).
                 self.event("restart");
+                let upgraded = self.rng.below(3) == 0;
+                if upgraded {
+                    self.event("restart with other assignors");
+                    self.clients[c].protocols = assignors(&mut self.rng);
+                }
                 let client = &mut self.clients[c];
                 self.orphans.extend(client.joining.take());
                 (client.silent, client.needs_join, client.owned) = (false, true, None);
@@ -466,7 +506,7 @@ impl Run {
             }
         }
         self.now += Duration::from_millis(self.rng.below(400));
-        self.group.tick(self.now);
+        self.driver.tick(self.now);
         self.collect();
     }
 
@@ -496,10 +536,16 @@ impl Run {
                 self.behave(c);
             }
             self.now += Duration::from_millis(100);
-            self.group.tick(self.now);
+            self.driver.tick(self.now);
             self.collect();
             if self.settled() {
-                let generations = self.group.generation.max(0) as u64;
+                let unanswered = self.driver.unanswered();
+                assert!(
+                    unanswered.is_empty(),
+                    "seed {}: never answered: {unanswered:?}",
+                    self.seed
+                );
+                let generations = self.driver.group.generation.max(0) as u64;
                 self.events.insert("generations", generations);
                 return self.events;
             }
@@ -511,7 +557,7 @@ impl Run {
             .collect();
         panic!(
             "seed {}: the group did not settle: {:?} generation {}, clients {states:?}",
-            self.seed, self.group.state, self.group.generation
+            self.seed, self.driver.group.state, self.driver.group.generation
         );
     }
 
@@ -520,17 +566,17 @@ impl Run {
     fn settled(&self) -> bool {
         let live: Vec<&Client> = self.clients.iter().filter(|c| !c.silent && !c.fenced).collect();
         if live.is_empty() {
-            return self.group.state == GroupState::Empty;
+            return self.driver.group.state == GroupState::Empty;
         }
-        if self.group.state != GroupState::Stable {
+        if self.driver.group.state != GroupState::Stable {
             return false;
         }
         let members: BTreeSet<String> =
-            self.group.describe().members.into_iter().map(|m| m.member_id).collect();
+            self.driver.group.describe().members.into_iter().map(|m| m.member_id).collect();
         let mut owned: Vec<u32> = Vec::new();
         for client in &live {
             match &client.owned {
-                Some((generation, partitions)) if *generation == self.group.generation => {
+                Some((generation, partitions)) if *generation == self.driver.group.generation => {
                     owned.extend(partitions)
                 }
                 _ => return false,

@@ -6,17 +6,20 @@
 //!     └── last leaves ───┘        └── join, leave, session expiry ◄── Stable ◄┘
 //! ```
 //!
-//! Joins wait (their replies are oneshots held by the members) until every known member has
-//! rejoined or the rebalance timeout passes; then the generation is bumped, a protocol every
-//! member supports is chosen, and the leader receives every member's subscription. Followers'
-//! SyncGroups wait for the leader's assignment. Nothing here does I/O or reads a clock: callers
-//! pass `now`, which keeps the machine testable.
+//! The machine is driven by [`Group::step`]: an event (a member's request, numbered by the
+//! caller with a [`Ticket`], or time passing) and the time now go in; the actions the caller must
+//! carry out come out (answer ticket so-and-so with this; a session expired). Joins are parked
+//! (the member keeps their ticket) until every known member has rejoined or the rebalance
+//! timeout passes; then the generation is bumped, a protocol every member supports is chosen,
+//! and the leader receives every member's subscription. Followers' SyncGroups are parked until
+//! the leader's assignment comes. Every ticket is answered exactly once, never dropped. Nothing
+//! here does I/O, reads a clock or holds a channel, so a seeded simulation (`simulation.rs`)
+//! replays any run of it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_channel::oneshot;
 
 use crate::error::ErrorKind;
 use crate::group::offsets::Committed;
@@ -86,6 +89,52 @@ pub struct JoinOutcome {
 pub type JoinReply = Result<JoinOutcome, (ErrorKind, String)>;
 pub type SyncReply = Result<Bytes, ErrorKind>;
 
+/// The caller's number for a request it hands the group: the group hands it back with the
+/// answer, in the same step or a later one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ticket(pub u64);
+
+typed_requests! {
+    /// What a member asks of its group, and what the group answers.
+    trait MemberRequest, call MemberCall, answer MemberAnswer;
+
+    /// JoinGroup: answered when the rebalance completes, or at once when refused or repeated.
+    JoinCall { request: JoinRequest } -> JoinReply;
+
+    /// SyncGroup: a follower's waits for the leader's, which carries every assignment.
+    SyncCall {
+        member_id: String,
+        instance_id: Option<String>,
+        generation: i32,
+        assignments: Vec<(String, Bytes)>,
+    } -> SyncReply;
+
+    HeartbeatCall { member_id: String, instance_id: Option<String>, generation: i32 }
+        -> Result<(), ErrorKind>;
+
+    /// One result per member, in the order asked.
+    LeaveCall {
+        /// (member id, instance id) pairs; an empty member id names the member by instance id.
+        members: Vec<(String, Option<String>)>,
+    } -> Vec<Result<(), ErrorKind>>;
+}
+
+/// What happens to a group.
+pub enum Event {
+    /// A member's request, numbered by the caller.
+    Request { ticket: Ticket, call: MemberCall },
+    /// Time passed: sessions expire and rebalance deadlines fall due.
+    Tick,
+}
+
+/// What the caller must do after a step.
+pub enum Action {
+    /// Answer the request numbered `ticket`.
+    Answer { ticket: Ticket, answer: MemberAnswer },
+    /// A member said nothing for its session timeout and was removed.
+    Expired { member_id: String },
+}
+
 struct Member {
     instance_id: Option<String>,
     client_id: String,
@@ -96,8 +145,10 @@ struct Member {
     protocols: Vec<(String, Bytes)>,
     assignment: Bytes,
     last_seen: Instant,
-    join_waiter: Option<oneshot::Sender<JoinReply>>,
-    sync_waiter: Option<oneshot::Sender<SyncReply>>,
+    /// A parked JoinGroup's ticket.
+    join_waiter: Option<Ticket>,
+    /// A parked SyncGroup's ticket.
+    sync_waiter: Option<Ticket>,
 }
 
 /// A member as DescribeGroups shows it.
@@ -137,11 +188,15 @@ pub struct Group {
     /// itself reads no clock.
     member_ids_from: i64,
     next_member: u64,
+    /// `group.initial.rebalance.delay.ms`: how long the first rebalance of an empty group waits.
+    initial_delay: Duration,
+    /// What this step has for the caller to do.
+    actions: Vec<Action>,
     pub offsets: HashMap<(String, i32), Committed>,
 }
 
 impl Group {
-    pub fn new(id: String, member_ids_from: i64) -> Self {
+    pub fn new(id: String, member_ids_from: i64, initial_delay: Duration) -> Self {
         Self {
             id,
             state: GroupState::Empty,
@@ -155,7 +210,59 @@ impl Group {
             initial_delay_running: false,
             member_ids_from,
             next_member: 0,
+            initial_delay,
+            actions: Vec::new(),
             offsets: HashMap::new(),
+        }
+    }
+
+    /// Runs one event at `now`; returns what the caller must do, in order.
+    pub fn step(&mut self, event: Event, now: Instant) -> Vec<Action> {
+        match event {
+            Event::Request { ticket, call } => match call {
+                MemberCall::JoinCall(JoinCall { request }) => self.join(ticket, request, now),
+                MemberCall::SyncCall(SyncCall {
+                    member_id,
+                    instance_id,
+                    generation,
+                    assignments,
+                }) => {
+                    let member = (member_id.as_str(), instance_id.as_deref());
+                    self.sync(ticket, member, generation, assignments, now);
+                }
+                MemberCall::HeartbeatCall(HeartbeatCall { member_id, instance_id, generation }) => {
+                    let beat = self.heartbeat(&member_id, instance_id.as_deref(), generation, now);
+                    self.answer(ticket, MemberAnswer::HeartbeatCall(beat));
+                }
+                MemberCall::LeaveCall(LeaveCall { members }) => {
+                    let results = self.leave(&members, now);
+                    self.answer(ticket, MemberAnswer::LeaveCall(results));
+                }
+            },
+            Event::Tick => self.tick(now),
+        }
+        std::mem::take(&mut self.actions)
+    }
+
+    fn answer(&mut self, ticket: Ticket, answer: MemberAnswer) {
+        self.actions.push(Action::Answer { ticket, answer });
+    }
+
+    fn answer_join(&mut self, ticket: Ticket, reply: JoinReply) {
+        self.answer(ticket, MemberAnswer::JoinCall(reply));
+    }
+
+    fn answer_sync(&mut self, ticket: Ticket, reply: SyncReply) {
+        self.answer(ticket, MemberAnswer::SyncCall(reply));
+    }
+
+    /// Answers whatever `member` has parked: it is gone, or its requests are overtaken.
+    fn answer_parked(&mut self, member: &mut Member, join: JoinReply, sync: ErrorKind) {
+        if let Some(ticket) = member.join_waiter.take() {
+            self.answer_join(ticket, join);
+        }
+        if let Some(ticket) = member.sync_waiter.take() {
+            self.answer_sync(ticket, Err(sync));
         }
     }
 
@@ -169,25 +276,19 @@ impl Group {
         format!("{client_id}-{unique:x}")
     }
 
-    /// Starts a join. The receiver yields the answer (at once, or when the rebalance completes).
-    pub fn join(
-        &mut self,
-        request: JoinRequest,
-        now: Instant,
-        initial_delay: Duration,
-    ) -> Result<oneshot::Receiver<JoinReply>, (ErrorKind, String)> {
-        let refuse = |e: ErrorKind| (e, request.member_id.clone());
+    /// A JoinGroup: answered at once when refused or repeated, else parked until the rebalance
+    /// completes.
+    fn join(&mut self, ticket: Ticket, request: JoinRequest, now: Instant) {
+        let refused = |e: ErrorKind| Err((e, request.member_id.clone()));
         if self.has_members() && !self.accepts_protocols(&request) {
-            return Err(refuse(ErrorKind::InconsistentGroupProtocol));
+            return self.answer_join(ticket, refused(ErrorKind::InconsistentGroupProtocol));
         }
-        let (reply, answer) = oneshot::channel();
         if request.member_id.is_empty() {
             if let Some(instance) = request.instance_id.clone() {
                 let known =
                     self.members.iter().find(|(_, m)| m.instance_id.as_ref() == Some(&instance));
                 if let Some(old_id) = known.map(|(id, _)| id.clone()) {
-                    self.replace_static_member(&old_id, request, reply, now, initial_delay);
-                    return Ok(answer);
+                    return self.replace_static_member(&old_id, request, ticket, now);
                 }
             } else if request.require_known_member {
                 let id = self.new_member_id(&request.client_id);
@@ -195,27 +296,29 @@ impl Group {
                     self.pending.clear();
                 }
                 self.pending.insert(id.clone());
-                return Err((ErrorKind::MemberIdRequired, id));
+                return self.answer_join(ticket, Err((ErrorKind::MemberIdRequired, id)));
             }
             let id = self.new_member_id(&request.client_id);
-            self.add_member(id, request, reply, now, initial_delay);
-            return Ok(answer);
+            return self.add_member(id, request, ticket, now);
         }
         if self.pending.remove(&request.member_id) {
             let id = request.member_id.clone();
-            self.add_member(id, request, reply, now, initial_delay);
-            return Ok(answer);
+            return self.add_member(id, request, ticket, now);
         }
         let id = request.member_id.clone();
         let Some(member) = self.members.get_mut(&id) else {
-            return Err(refuse(ErrorKind::UnknownMemberId));
+            return self.answer_join(ticket, refused(ErrorKind::UnknownMemberId));
         };
         if member.instance_id.is_some() && member.instance_id != request.instance_id {
-            return Err(refuse(ErrorKind::FencedInstanceId));
+            return self.answer_join(ticket, refused(ErrorKind::FencedInstanceId));
         }
         let unchanged = member.protocols == request.protocols;
         member.update(&request, now);
-        member.join_waiter = Some(reply);
+        // The member asked again (its request timed out): the new request takes the old one's
+        // place, which hears that its member is no longer waiting there.
+        if let Some(overtaken) = member.join_waiter.replace(ticket) {
+            self.answer_join(overtaken, Err((ErrorKind::UnknownMemberId, String::new())));
+        }
         let is_leader = self.leader.as_deref() == Some(id.as_str());
         let repeat = match self.state {
             // A follower rejoining with nothing new: the current generation stands.
@@ -229,16 +332,15 @@ impl Group {
             _ if repeat => {
                 let outcome = self.outcome_for(&id, is_leader);
                 if let Some(waiter) = self.member_mut(&id).and_then(|m| m.join_waiter.take()) {
-                    let _ = waiter.send(Ok(outcome));
+                    self.answer_join(waiter, Ok(outcome));
                 }
             }
             GroupState::PreparingRebalance => self.maybe_complete_join(now),
             _ => {
-                self.prepare_rebalance(now, initial_delay);
+                self.prepare_rebalance(now);
                 self.maybe_complete_join(now);
             }
         }
-        Ok(answer)
     }
 
     fn member_mut(&mut self, id: &str) -> Option<&mut Member> {
@@ -258,14 +360,7 @@ impl Group {
         })
     }
 
-    fn add_member(
-        &mut self,
-        id: String,
-        request: JoinRequest,
-        reply: oneshot::Sender<JoinReply>,
-        now: Instant,
-        initial_delay: Duration,
-    ) {
+    fn add_member(&mut self, id: String, request: JoinRequest, ticket: Ticket, now: Instant) {
         let member = Member {
             instance_id: request.instance_id.clone(),
             client_id: request.client_id.clone(),
@@ -276,14 +371,14 @@ impl Group {
             protocols: request.protocols,
             assignment: Bytes::new(),
             last_seen: now,
-            join_waiter: Some(reply),
+            join_waiter: Some(ticket),
             sync_waiter: None,
         };
         if self.members.is_empty() {
             self.protocol_type = Some(member.protocol_type.clone());
         }
         self.members.insert(id, member);
-        self.prepare_rebalance(now, initial_delay);
+        self.prepare_rebalance(now);
         self.maybe_complete_join(now);
     }
 
@@ -293,21 +388,19 @@ impl Group {
         &mut self,
         old_id: &str,
         request: JoinRequest,
-        reply: oneshot::Sender<JoinReply>,
+        ticket: Ticket,
         now: Instant,
-        initial_delay: Duration,
     ) {
-        let Some(mut member) = self.members.remove(old_id) else { return };
-        if let Some(waiter) = member.join_waiter.take() {
-            let _ = waiter.send(Err((ErrorKind::FencedInstanceId, old_id.to_string())));
-        }
-        if let Some(waiter) = member.sync_waiter.take() {
-            let _ = waiter.send(Err(ErrorKind::FencedInstanceId));
-        }
+        let Some(mut member) = self.members.remove(old_id) else {
+            // Found by the caller a moment ago: cannot happen, but the ticket is answered.
+            return self.answer_join(ticket, Err((ErrorKind::UnknownMemberId, String::new())));
+        };
+        let fenced = Err((ErrorKind::FencedInstanceId, old_id.to_string()));
+        self.answer_parked(&mut member, fenced, ErrorKind::FencedInstanceId);
         let unchanged = member.protocols == request.protocols;
         let new_id = self.new_member_id(&request.client_id);
         member.update(&request, now);
-        member.join_waiter = Some(reply);
+        member.join_waiter = Some(ticket);
         self.members.insert(new_id.clone(), member);
         let was_leader = self.leader.as_deref() == Some(old_id);
         if was_leader {
@@ -316,11 +409,11 @@ impl Group {
         if self.state == GroupState::Stable && unchanged {
             let outcome = self.outcome_for(&new_id, was_leader);
             if let Some(waiter) = self.member_mut(&new_id).and_then(|m| m.join_waiter.take()) {
-                let _ = waiter.send(Ok(outcome));
+                self.answer_join(waiter, Ok(outcome));
             }
             return;
         }
-        self.prepare_rebalance(now, initial_delay);
+        self.prepare_rebalance(now);
         self.maybe_complete_join(now);
     }
 
@@ -347,15 +440,22 @@ impl Group {
             .collect()
     }
 
-    fn prepare_rebalance(&mut self, now: Instant, initial_delay: Duration) {
+    /// Starts gathering members for a new generation. A removal starts one without the initial
+    /// delay: the group is not starting, it is losing a member.
+    fn prepare_rebalance(&mut self, now: Instant) {
+        let initial_delay = self.initial_delay;
+        self.prepare_rebalance_with(now, initial_delay);
+    }
+
+    fn prepare_rebalance_with(&mut self, now: Instant, initial_delay: Duration) {
         if self.state == GroupState::PreparingRebalance {
             return;
         }
         if self.state == GroupState::CompletingRebalance {
-            for member in self.members.values_mut() {
-                if let Some(waiter) = member.sync_waiter.take() {
-                    let _ = waiter.send(Err(ErrorKind::RebalanceInProgress));
-                }
+            let parked: Vec<Ticket> =
+                self.members.values_mut().filter_map(|m| m.sync_waiter.take()).collect();
+            for ticket in parked {
+                self.answer_sync(ticket, Err(ErrorKind::RebalanceInProgress));
             }
         }
         let first = self.state == GroupState::Empty;
@@ -383,7 +483,19 @@ impl Group {
     }
 
     fn complete_join(&mut self, now: Instant) {
-        self.members.retain(|_, m| m.join_waiter.is_some());
+        // Members that did not rejoin are out of the new generation. (None has a sync parked:
+        // the rebalance answered those when it began.)
+        let (rejoined, gone) = std::mem::take(&mut self.members)
+            .into_iter()
+            .partition(|(_, m)| m.join_waiter.is_some());
+        self.members = rejoined;
+        for (_, mut member) in gone {
+            self.answer_parked(
+                &mut member,
+                Err((ErrorKind::UnknownMemberId, String::new())),
+                ErrorKind::UnknownMemberId,
+            );
+        }
         self.generation += 1;
         self.rebalance_deadline = None;
         self.initial_delay_running = false;
@@ -400,11 +512,10 @@ impl Group {
         let ids: Vec<String> = self.members.keys().cloned().collect();
         for id in ids {
             let outcome = self.outcome_for(&id, id == leader);
-            if let Some(member) = self.members.get_mut(&id) {
-                member.last_seen = now;
-                if let Some(waiter) = member.join_waiter.take() {
-                    let _ = waiter.send(Ok(outcome));
-                }
+            let Some(member) = self.members.get_mut(&id) else { continue };
+            member.last_seen = now;
+            if let Some(waiter) = member.join_waiter.take() {
+                self.answer_join(waiter, Ok(outcome));
             }
         }
     }
@@ -474,30 +585,36 @@ impl Group {
         Ok(())
     }
 
-    /// Starts a SyncGroup; the leader's carries every member's assignment.
-    pub fn sync(
+    /// A SyncGroup from `(member id, instance id)`; the leader's carries every member's
+    /// assignment and answers every parked one.
+    fn sync(
         &mut self,
-        member_id: &str,
-        instance_id: Option<&str>,
+        ticket: Ticket,
+        (member_id, instance_id): (&str, Option<&str>),
         generation: i32,
         assignments: Vec<(String, Bytes)>,
         now: Instant,
-    ) -> Result<oneshot::Receiver<SyncReply>, ErrorKind> {
-        self.check_member(member_id, instance_id, generation)?;
-        let (reply, answer) = oneshot::channel();
+    ) {
+        if let Err(e) = self.check_member(member_id, instance_id, generation) {
+            return self.answer_sync(ticket, Err(e));
+        }
         match self.state {
-            GroupState::Empty => return Err(ErrorKind::UnknownMemberId),
-            GroupState::PreparingRebalance => return Err(ErrorKind::RebalanceInProgress),
+            GroupState::Empty => return self.answer_sync(ticket, Err(ErrorKind::UnknownMemberId)),
+            GroupState::PreparingRebalance => {
+                return self.answer_sync(ticket, Err(ErrorKind::RebalanceInProgress));
+            }
             GroupState::Stable => {
                 let assignment = self.members.get(member_id).map(|m| m.assignment.clone());
-                let _ = reply.send(Ok(assignment.unwrap_or_default()));
-                return Ok(answer);
+                return self.answer_sync(ticket, Ok(assignment.unwrap_or_default()));
             }
             GroupState::CompletingRebalance => {}
         }
         if let Some(member) = self.members.get_mut(member_id) {
             member.last_seen = now;
-            member.sync_waiter = Some(reply);
+            // Asked again: the newer request waits, the older hears the rebalance goes on.
+            if let Some(overtaken) = member.sync_waiter.replace(ticket) {
+                self.answer_sync(overtaken, Err(ErrorKind::RebalanceInProgress));
+            }
         }
         if self.leader.as_deref() == Some(member_id) {
             let mut given: HashMap<String, Bytes> = assignments.into_iter().collect();
@@ -505,16 +622,18 @@ impl Group {
                 member.assignment = given.remove(id).unwrap_or_default();
             }
             self.state = GroupState::Stable;
-            for member in self.members.values_mut() {
-                if let Some(waiter) = member.sync_waiter.take() {
-                    let _ = waiter.send(Ok(member.assignment.clone()));
-                }
+            let parked: Vec<(Ticket, Bytes)> = self
+                .members
+                .values_mut()
+                .filter_map(|m| Some((m.sync_waiter.take()?, m.assignment.clone())))
+                .collect();
+            for (ticket, assignment) in parked {
+                self.answer_sync(ticket, Ok(assignment));
             }
         }
-        Ok(answer)
     }
 
-    pub fn heartbeat(
+    fn heartbeat(
         &mut self,
         member_id: &str,
         instance_id: Option<&str>,
@@ -532,7 +651,7 @@ impl Group {
     }
 
     /// Removes members, by member id or (empty id) by instance id. One result per member.
-    pub fn leave(
+    fn leave(
         &mut self,
         members: &[(String, Option<String>)],
         now: Instant,
@@ -550,12 +669,8 @@ impl Group {
             };
             match id.and_then(|id| self.members.remove(&id)) {
                 Some(mut member) => {
-                    if let Some(waiter) = member.join_waiter.take() {
-                        let _ = waiter.send(Err((ErrorKind::UnknownMemberId, member_id.clone())));
-                    }
-                    if let Some(waiter) = member.sync_waiter.take() {
-                        let _ = waiter.send(Err(ErrorKind::UnknownMemberId));
-                    }
+                    let join = Err((ErrorKind::UnknownMemberId, member_id.clone()));
+                    self.answer_parked(&mut member, join, ErrorKind::UnknownMemberId);
                     removed = true;
                     results.push(Ok(()));
                 }
@@ -573,13 +688,13 @@ impl Group {
             self.generation += 1;
             self.become_empty();
         } else {
-            self.prepare_rebalance(now, Duration::ZERO);
+            self.prepare_rebalance_with(now, Duration::ZERO);
             self.maybe_complete_join(now);
         }
     }
 
-    /// Session expiry and rebalance deadlines. Returns the members it evicted.
-    pub fn tick(&mut self, now: Instant) -> Vec<String> {
+    /// Session expiry and rebalance deadlines.
+    fn tick(&mut self, now: Instant) {
         // A member parked in a join is alive: its request is its heartbeat.
         let expired: Vec<String> = self
             .members
@@ -589,9 +704,8 @@ impl Group {
             .collect();
         for id in &expired {
             if let Some(mut member) = self.members.remove(id) {
-                if let Some(waiter) = member.sync_waiter.take() {
-                    let _ = waiter.send(Err(ErrorKind::UnknownMemberId));
-                }
+                let join = Err((ErrorKind::UnknownMemberId, id.clone()));
+                self.answer_parked(&mut member, join, ErrorKind::UnknownMemberId);
             }
         }
         if !expired.is_empty() {
@@ -601,7 +715,7 @@ impl Group {
             self.initial_delay_running = false;
         }
         self.maybe_complete_join(now);
-        expired
+        self.actions.extend(expired.into_iter().map(|member_id| Action::Expired { member_id }));
     }
 
     /// Whether a commit from this member at this generation may go ahead. Generation -1 with
@@ -668,6 +782,7 @@ impl Member {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::group::driver::Driver;
 
     fn join_request(member_id: &str, protocols: &[&str]) -> JoinRequest {
         JoinRequest {
@@ -686,149 +801,172 @@ mod tests {
         }
     }
 
-    fn answer<T>(mut receiver: oneshot::Receiver<T>) -> Option<T> {
-        receiver.try_recv().ok().flatten()
+    fn group(initial_delay: Duration) -> Driver {
+        Driver::new(Group::new("g".into(), 0, initial_delay))
     }
 
-    /// Joins with MEMBER_ID_REQUIRED and the rejoin; returns the pending join.
-    fn join(group: &mut Group, now: Instant, protocols: &[&str]) -> oneshot::Receiver<JoinReply> {
-        let (error, id) = group.join(join_request("", protocols), now, Duration::ZERO).unwrap_err();
+    fn join_call(request: JoinRequest) -> JoinCall {
+        JoinCall { request }
+    }
+
+    fn sync_call(member: &str, generation: i32, assignments: Vec<(String, Bytes)>) -> SyncCall {
+        SyncCall { member_id: member.into(), instance_id: None, generation, assignments }
+    }
+
+    fn heartbeat(member: &str, instance: Option<&str>, generation: i32) -> HeartbeatCall {
+        let instance_id = instance.map(str::to_string);
+        HeartbeatCall { member_id: member.into(), instance_id, generation }
+    }
+
+    fn leave(member: &str) -> LeaveCall {
+        LeaveCall { members: vec![(member.to_string(), None)] }
+    }
+
+    /// Joins with MEMBER_ID_REQUIRED and the rejoin; returns the parked join's ticket.
+    fn join(driver: &mut Driver, now: Instant, protocols: &[&str]) -> Ticket {
+        let (error, id) = driver.call(join_call(join_request("", protocols)), now).unwrap_err();
         assert_eq!(error, ErrorKind::MemberIdRequired);
-        group.join(join_request(&id, protocols), now, Duration::ZERO).unwrap()
+        driver.ask(join_call(join_request(&id, protocols)), now)
+    }
+
+    fn joined(driver: &mut Driver, ticket: Ticket) -> JoinOutcome {
+        driver.answer::<JoinCall>(ticket).expect("answered").expect("joined")
     }
 
     #[test]
     fn two_members_join_sync_and_a_leave_rebalances() {
         let now = Instant::now();
-        let mut group = Group::new("g".into(), 0);
-        let first = answer(join(&mut group, now, &["range"])).unwrap().unwrap();
+        let mut driver = group(Duration::ZERO);
+        let first = join(&mut driver, now, &["range"]);
+        let first = joined(&mut driver, first);
         assert_eq!(first.generation, 1);
         assert_eq!(first.leader, first.member_id);
-        let synced = group
-            .sync(
-                &first.member_id,
-                None,
-                1,
-                vec![(first.member_id.clone(), Bytes::from("all"))],
-                now,
-            )
-            .unwrap();
-        assert_eq!(answer(synced).unwrap().unwrap(), Bytes::from("all"));
-        assert_eq!(group.state, GroupState::Stable);
+        let all = vec![(first.member_id.clone(), Bytes::from("all"))];
+        let synced = driver.call(sync_call(&first.member_id, 1, all), now);
+        assert_eq!(synced, Ok(Bytes::from("all")));
+        assert_eq!(driver.group.state, GroupState::Stable);
 
         // A second member: the first learns of the rebalance by heartbeat and rejoins.
-        let second = join(&mut group, now, &["range", "roundrobin"]);
-        assert_eq!(
-            group.heartbeat(&first.member_id, None, 1, now),
-            Err(ErrorKind::RebalanceInProgress)
-        );
-        let rejoined =
-            group.join(join_request(&first.member_id, &["range"]), now, Duration::ZERO).unwrap();
-        let (leader, follower) =
-            (answer(rejoined).unwrap().unwrap(), answer(second).unwrap().unwrap());
+        let second = join(&mut driver, now, &["range", "roundrobin"]);
+        let beat = driver.call(heartbeat(&first.member_id, None, 1), now);
+        assert_eq!(beat, Err(ErrorKind::RebalanceInProgress));
+        let rejoined = driver.ask(join_call(join_request(&first.member_id, &["range"])), now);
+        let (leader, follower) = (joined(&mut driver, rejoined), joined(&mut driver, second));
         assert_eq!(leader.generation, 2);
         assert_eq!(leader.protocol, "range");
         assert_eq!(leader.members.len(), 2);
         assert!(follower.members.is_empty());
-        let waiting = group.sync(&follower.member_id, None, 2, vec![], now).unwrap();
+        let waiting = driver.ask(sync_call(&follower.member_id, 2, vec![]), now);
+        assert_eq!(driver.answer::<SyncCall>(waiting), None, "parked until the leader's");
         let assignments = vec![
             (leader.member_id.clone(), Bytes::from("a")),
             (follower.member_id.clone(), Bytes::from("b")),
         ];
-        group.sync(&leader.member_id, None, 2, assignments, now).unwrap().close();
-        assert_eq!(answer(waiting).unwrap().unwrap(), Bytes::from("b"));
+        let leaders = driver.call(sync_call(&leader.member_id, 2, assignments), now);
+        assert_eq!(leaders, Ok(Bytes::from("a")));
+        assert_eq!(driver.answer::<SyncCall>(waiting), Some(Ok(Bytes::from("b"))));
 
-        assert_eq!(group.leave(&[(leader.member_id.clone(), None)], now), vec![Ok(())]);
-        assert_eq!(group.state, GroupState::PreparingRebalance);
-        assert_eq!(
-            group.heartbeat(&follower.member_id, None, 2, now),
-            Err(ErrorKind::RebalanceInProgress)
-        );
+        assert_eq!(driver.call(leave(&leader.member_id), now), vec![Ok(())]);
+        assert_eq!(driver.group.state, GroupState::PreparingRebalance);
+        let beat = driver.call(heartbeat(&follower.member_id, None, 2), now);
+        assert_eq!(beat, Err(ErrorKind::RebalanceInProgress));
     }
 
     #[test]
     fn a_silent_member_is_evicted_after_its_session_timeout() {
         let now = Instant::now();
-        let mut group = Group::new("g".into(), 0);
-        let a = answer(join(&mut group, now, &["range"])).unwrap().unwrap();
-        group.sync(&a.member_id, None, 1, vec![], now).unwrap().close();
-        let b = join(&mut group, now, &["range"]);
-        let a_again =
-            group.join(join_request(&a.member_id, &["range"]), now, Duration::ZERO).unwrap();
-        let b = answer(b).unwrap().unwrap();
-        answer(a_again).unwrap().unwrap();
-        group.sync(&b.member_id, None, 2, vec![], now).unwrap().close();
+        let mut driver = group(Duration::ZERO);
+        let a = join(&mut driver, now, &["range"]);
+        let a = joined(&mut driver, a);
+        driver.call(sync_call(&a.member_id, 1, vec![]), now).expect("synced");
+        let b = join(&mut driver, now, &["range"]);
+        let a_again = driver.ask(join_call(join_request(&a.member_id, &["range"])), now);
+        let b = joined(&mut driver, b);
+        joined(&mut driver, a_again);
+        let b_sync = driver.ask(sync_call(&b.member_id, 2, vec![]), now);
         let later = now + Duration::from_secs(5);
-        assert_eq!(group.heartbeat(&a.member_id, None, 2, later), Ok(()));
-        // b says nothing for longer than its 10 s session.
-        let evicted = group.tick(now + Duration::from_secs(11));
+        assert_eq!(driver.call(heartbeat(&a.member_id, None, 2), later), Ok(()));
+        // b says nothing for longer than its 10 s session; its parked sync is answered.
+        let evicted = driver.tick(now + Duration::from_secs(11));
         assert_eq!(evicted, vec![b.member_id.clone()]);
-        assert_eq!(group.state, GroupState::PreparingRebalance);
-        assert_eq!(group.heartbeat(&b.member_id, None, 2, later), Err(ErrorKind::UnknownMemberId));
+        let unknown = Some(Err(ErrorKind::UnknownMemberId));
+        assert_eq!(driver.answer::<SyncCall>(b_sync), unknown);
+        assert_eq!(driver.group.state, GroupState::PreparingRebalance);
+        let beat = driver.call(heartbeat(&b.member_id, None, 2), later);
+        assert_eq!(beat, Err(ErrorKind::UnknownMemberId));
     }
 
     #[test]
     fn protocols_must_overlap_and_generations_must_match() {
         let now = Instant::now();
-        let mut group = Group::new("g".into(), 0);
-        let a = answer(join(&mut group, now, &["range"])).unwrap().unwrap();
-        let refused = group.join(join_request("", &["sticky"]), now, Duration::ZERO).unwrap_err();
+        let mut driver = group(Duration::ZERO);
+        let a = join(&mut driver, now, &["range"]);
+        let a = joined(&mut driver, a);
+        let refused = driver.call(join_call(join_request("", &["sticky"])), now).unwrap_err();
         assert_eq!(refused.0, ErrorKind::InconsistentGroupProtocol);
-        assert_eq!(
-            group.sync(&a.member_id, None, 7, vec![], now).unwrap_err(),
-            ErrorKind::IllegalGeneration
-        );
-        assert_eq!(group.heartbeat("nobody", None, 1, now), Err(ErrorKind::UnknownMemberId));
-        assert_eq!(group.check_commit("", None, -1), Err(ErrorKind::UnknownMemberId));
-        group.leave(&[(a.member_id, None)], now);
-        assert_eq!(group.state, GroupState::Empty);
-        assert_eq!(group.check_commit("", None, -1), Ok(()));
+        let wrong_generation = driver.call(sync_call(&a.member_id, 7, vec![]), now);
+        assert_eq!(wrong_generation, Err(ErrorKind::IllegalGeneration));
+        let stranger = driver.call(heartbeat("nobody", None, 1), now);
+        assert_eq!(stranger, Err(ErrorKind::UnknownMemberId));
+        assert_eq!(driver.group.check_commit("", None, -1), Err(ErrorKind::UnknownMemberId));
+        driver.call(leave(&a.member_id), now);
+        assert_eq!(driver.group.state, GroupState::Empty);
+        assert_eq!(driver.group.check_commit("", None, -1), Ok(()));
     }
 
     #[test]
     fn a_static_member_rejoins_without_a_rebalance_and_fences_its_old_id() {
         let now = Instant::now();
-        let mut group = Group::new("g".into(), 0);
+        let mut driver = group(Duration::ZERO);
         let mut request = join_request("", &["range"]);
         request.instance_id = Some("host-1".into());
-        let first =
-            answer(group.join(request.clone(), now, Duration::ZERO).unwrap()).unwrap().unwrap();
-        group
-            .sync(
-                &first.member_id,
-                Some("host-1"),
-                1,
-                vec![(first.member_id.clone(), Bytes::from("p0"))],
-                now,
-            )
-            .unwrap()
-            .close();
-        let again = answer(group.join(request, now, Duration::ZERO).unwrap()).unwrap().unwrap();
+        let first = driver.call(join_call(request.clone()), now).expect("joined");
+        let p0 = vec![(first.member_id.clone(), Bytes::from("p0"))];
+        let sync =
+            SyncCall { instance_id: Some("host-1".into()), ..sync_call(&first.member_id, 1, p0) };
+        driver.call(sync, now).expect("synced");
+        let again = driver.call(join_call(request), now).expect("joined");
         assert_ne!(again.member_id, first.member_id);
         assert_eq!(again.generation, 1, "no rebalance");
-        assert_eq!(group.state, GroupState::Stable);
-        let synced = group.sync(&again.member_id, Some("host-1"), 1, vec![], now).unwrap();
-        assert_eq!(answer(synced).unwrap().unwrap(), Bytes::from("p0"));
-        assert_eq!(
-            group.heartbeat(&first.member_id, Some("host-1"), 1, now),
-            Err(ErrorKind::FencedInstanceId)
-        );
+        assert_eq!(driver.group.state, GroupState::Stable);
+        let sync = SyncCall {
+            instance_id: Some("host-1".into()),
+            ..sync_call(&again.member_id, 1, vec![])
+        };
+        assert_eq!(driver.call(sync, now), Ok(Bytes::from("p0")));
+        let old = driver.call(heartbeat(&first.member_id, Some("host-1"), 1), now);
+        assert_eq!(old, Err(ErrorKind::FencedInstanceId));
     }
 
     #[test]
     fn the_initial_delay_collects_members_into_one_generation() {
         let now = Instant::now();
-        let mut group = Group::new("g".into(), 0);
-        let delay = Duration::from_secs(3);
+        let mut driver = group(Duration::from_secs(3));
         let mut request = join_request("", &["range"]);
         request.require_known_member = false;
-        let a = group.join(request.clone(), now, delay).unwrap();
-        let b = group.join(request, now + Duration::from_secs(1), delay).unwrap();
-        group.tick(now + Duration::from_secs(2));
-        assert_eq!(group.state, GroupState::PreparingRebalance);
-        group.tick(now + Duration::from_secs(3));
-        let (a, b) = (answer(a).unwrap().unwrap(), answer(b).unwrap().unwrap());
+        let a = driver.ask(join_call(request.clone()), now);
+        let b = driver.ask(join_call(request), now + Duration::from_secs(1));
+        driver.tick(now + Duration::from_secs(2));
+        assert_eq!(driver.group.state, GroupState::PreparingRebalance);
+        driver.tick(now + Duration::from_secs(3));
+        let (a, b) = (joined(&mut driver, a), joined(&mut driver, b));
         assert_eq!((a.generation, b.generation), (1, 1));
+    }
+
+    /// A member that asks to join again while its first join is parked: the second request
+    /// waits in its place, and the first is answered (it was not dropped unanswered).
+    #[test]
+    fn a_join_asked_again_answers_the_one_it_overtakes() {
+        let now = Instant::now();
+        let mut driver = group(Duration::from_secs(3));
+        let first = join(&mut driver, now, &["range"]);
+        let id = driver.group.describe().members[0].member_id.clone();
+        let second = driver.ask(join_call(join_request(&id, &["range"])), now);
+        let overtaken = driver.answer::<JoinCall>(first).expect("the first is answered");
+        assert_eq!(overtaken.unwrap_err().0, ErrorKind::UnknownMemberId);
+        driver.tick(now + Duration::from_secs(3));
+        assert_eq!(joined(&mut driver, second).member_id, id);
+        assert!(driver.unanswered().is_empty());
     }
 
     /// Regression: a group whose members had all left lost its protocol type and was then
@@ -836,17 +974,18 @@ mod tests {
     #[test]
     fn an_emptied_group_keeps_its_protocol_type_until_a_member_of_another_joins() {
         let now = Instant::now();
-        let mut group = Group::new("g".into(), 0);
-        let joined = answer(join(&mut group, now, &["range"])).unwrap().unwrap();
-        assert_eq!(group.leave(&[(joined.member_id, None)], now), vec![Ok(())]);
-        assert_eq!(group.state, GroupState::Empty);
-        assert_eq!(group.describe().protocol_type, "consumer");
+        let mut driver = group(Duration::ZERO);
+        let first = join(&mut driver, now, &["range"]);
+        let first = joined(&mut driver, first);
+        assert_eq!(driver.call(leave(&first.member_id), now), vec![Ok(())]);
+        assert_eq!(driver.group.state, GroupState::Empty);
+        assert_eq!(driver.group.describe().protocol_type, "consumer");
 
         let connect = JoinRequest { protocol_type: "connect".into(), ..join_request("", &["x"]) };
-        let (error, id) = group.join(connect.clone(), now, Duration::ZERO).unwrap_err();
+        let (error, id) = driver.call(join_call(connect.clone()), now).unwrap_err();
         assert_eq!(error, ErrorKind::MemberIdRequired);
         let rejoin = JoinRequest { member_id: id, ..connect };
-        assert!(group.join(rejoin, now, Duration::ZERO).is_ok());
-        assert_eq!(group.describe().protocol_type, "connect");
+        assert!(driver.call(join_call(rejoin), now).is_ok());
+        assert_eq!(driver.group.describe().protocol_type, "connect");
     }
 }
