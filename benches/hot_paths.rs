@@ -9,6 +9,7 @@ use spate::log::tail_cache::{TailBudget, TailCache};
 use spate::record::batch::{validate_native_payload, BatchBuilder};
 use spate::record::entry::{entry_len, parse_entry};
 use spate::record::{BatchMeta, EntryHeader, OwnedRecord, PayloadFormat};
+use spate::types::{FilePosition, LeaderEpoch, Offset};
 use zerocopy::IntoBytes;
 
 fn main() {
@@ -32,8 +33,8 @@ fn batch() -> (BatchMeta, rkyv::util::AlignedVec) {
 fn entry_of(meta: &BatchMeta, payload: &[u8]) -> Vec<u8> {
     let header = EntryHeader::new(
         PayloadFormat::Native,
-        0,
-        0,
+        Offset(0),
+        LeaderEpoch(0),
         meta,
         payload.len() as u32,
         crc32fast::hash(payload),
@@ -58,8 +59,8 @@ fn entry_header_encode(bencher: Bencher) {
     bencher.bench(|| {
         EntryHeader::new(
             PayloadFormat::Native,
-            divan::black_box(42),
-            0,
+            divan::black_box(Offset(42)),
+            LeaderEpoch(0),
             &meta,
             270_000,
             0x1234_5678,
@@ -107,12 +108,12 @@ fn index_lookup_in_a_full_segment(bencher: Bencher) {
     // A 1 GiB segment of 4 KiB entries: one point each, 262,144 points.
     let mut index = SegmentIndex::default();
     for i in 0..262_144u64 {
-        index.observe(i * 4, i * 4096, i as i64);
+        index.observe(Offset(i * 4), FilePosition(i * 4096), i as i64);
     }
     let mut probe = 0u64;
     bencher.bench_local(|| {
         probe = (probe + 7_919) % 1_048_576;
-        index.seek_offset(divan::black_box(probe))
+        index.seek_offset(divan::black_box(Offset(probe)))
     });
 }
 
@@ -120,13 +121,14 @@ fn index_lookup_in_a_full_segment(bencher: Bencher) {
 fn tail_cache_hit(bencher: Bencher) {
     let cache = TailCache::new(8 << 20, TailBudget::new(8 << 20));
     for i in 0..2048u64 {
-        TailCache::push(&cache, i * 256, (i + 1) * 256, Bytes::from(vec![0u8; 4096]), 4096);
+        let (base, next) = (Offset(i * 256), Offset((i + 1) * 256));
+        TailCache::push(&cache, base, next, Bytes::from(vec![0u8; 4096]), 4096);
     }
     let cache = cache.borrow();
     let mut probe = 0u64;
     bencher.counter(BytesCount::new(1usize << 20)).bench_local(|| {
         probe = (probe + 997) % (2048 * 256);
-        cache.read(divan::black_box(probe), 2048 * 256, 1 << 20)
+        cache.read(divan::black_box(Offset(probe)), Offset(2048 * 256), 1 << 20)
     });
 }
 
@@ -136,13 +138,14 @@ fn tail_cache_hit(bencher: Bencher) {
 fn tail_cache_push_at_the_shard_budget(bencher: Bencher) {
     let budget = TailBudget::new(64 << 20);
     let caches: Vec<_> = (0..1000).map(|_| TailCache::new(8 << 20, budget.clone())).collect();
-    let mut next = vec![0u64; caches.len()];
+    let mut next = vec![Offset(0); caches.len()];
     let entry = Bytes::from(vec![0u8; 4096]);
     let mut pick = 0usize;
     bencher.counter(BytesCount::new(4096usize)).bench_local(|| {
         pick = (pick + 7) % caches.len();
-        TailCache::push(&caches[pick], next[pick], next[pick] + 1, entry.clone(), 4096);
-        next[pick] += 1;
+        let base = next[pick];
+        next[pick] = base.plus(1);
+        TailCache::push(&caches[pick], base, next[pick], entry.clone(), 4096);
     });
 }
 
@@ -170,7 +173,8 @@ fn kafka_batch_to_pending_entry(bencher: Bencher) {
     let meta =
         spate::record::kafka_batch::validate_produced(&kafka, u32::MAX).expect("valid").meta();
     bencher.counter(BytesCount::new(kafka.len())).bench(|| {
-        spate::record::PendingEntry::kafka(divan::black_box(&kafka), meta).map(|p| p.seal(7, 0))
+        spate::record::PendingEntry::kafka(divan::black_box(&kafka), meta)
+            .map(|p| p.seal(Offset(7), LeaderEpoch(0)))
     });
 }
 
@@ -193,7 +197,8 @@ fn convert_kafka_batch_to_native_entry(bencher: Bencher) {
     let kafka = kafka_batch();
     let meta =
         spate::record::kafka_batch::validate_produced(&kafka, u32::MAX).expect("valid").meta();
-    let header = EntryHeader::new(PayloadFormat::Kafka, 0, 0, &meta, kafka.len() as u32, 0);
+    let (base, epoch) = (Offset(0), LeaderEpoch(0));
+    let header = EntryHeader::new(PayloadFormat::Kafka, base, epoch, &meta, kafka.len() as u32, 0);
     bencher.counter(ItemsCount::new(256usize)).bench(|| {
         spate::record::convert::kafka_to_native(&header, divan::black_box(&kafka)).map(|e| e.len())
     });

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 /// Lowest first. A module may import only modules of lower layers.
 const LAYERS: &[&[&str]] = &[
     // Vocabulary and instruments with no dependencies of their own.
-    &["error", "metrics", "testing"],
+    &["error", "metrics", "testing", "types"],
     // Both record formats, their checksums and conversion.
     &["record"],
     &["config"],

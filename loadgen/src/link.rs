@@ -5,6 +5,7 @@ use bytes::Bytes;
 use spate::client::Client;
 use spate::native::messages::{Acks, ErrorCode, OFFSET_LATEST};
 use spate::record::{BatchMeta, EntryHeader, PayloadFormat};
+use spate::types::{LeaderEpoch, Offset};
 
 use crate::kafka::{KafkaLink, TOPIC_ALREADY_EXISTS};
 
@@ -136,8 +137,16 @@ pub fn encode_batch(
         Protocol::Kafka => {
             let crc = crc32fast::hash(&archive);
             // Offset and leader epoch are the broker's to stamp.
-            let header =
-                EntryHeader::new(PayloadFormat::Native, 0, 0, meta, archive.len() as u32, crc);
+            let (unset_offset, unset_epoch) = (Offset(0), LeaderEpoch(0));
+            let format = PayloadFormat::Native;
+            let header = EntryHeader::new(
+                format,
+                unset_offset,
+                unset_epoch,
+                meta,
+                archive.len() as u32,
+                crc,
+            );
             let mut batch = bytes::BytesMut::new();
             spate::record::convert::native_to_kafka(&header, &archive, &mut batch)?;
             Ok(batch.freeze())

@@ -26,7 +26,8 @@ use crate::shard::call::MeshMessage;
 use crate::shard::catalog::{self, Catalog};
 use crate::shard::mesh::{self, MeshEnds};
 
-use crate::shard::Shard;
+use crate::shard::{Shard, CONTROLLER_SHARD};
+use crate::types::ShardId;
 
 mod listen_check;
 
@@ -229,7 +230,7 @@ async fn shard_main(
         Ok(()) => match shard.groups.load(&shard).await {
             Ok(0) => Ok(()),
             Ok(records) => {
-                tracing::info!(shard = id, records, "replayed committed offsets");
+                tracing::info!(shard = %id, records, "replayed committed offsets");
                 Ok(())
             }
             Err(e) => Err(format!("shard {id}: replaying committed offsets: {e}")),
@@ -257,12 +258,12 @@ async fn shard_main(
         }
     };
     tracing::info!(
-        shard = id,
+        shard = %id,
         native = %config.native_listener,
         kafka = %config.kafka_listener,
         "listeners ready"
     );
-    if id == 0 {
+    if id == CONTROLLER_SHARD {
         tracing::info!("Kafka APIs served: {}", crate::kafka::versions::describe());
     }
     let connections = Rc::new(crate::transport::Connections::default());
@@ -287,7 +288,7 @@ async fn shard_main(
     kafka_acceptor.await;
     if !connections.wait_closed(DRAIN_WAIT_MAX).await {
         tracing::warn!(
-            shard = id,
+            shard = %id,
             open = connections.open(),
             "connections still open after the drain wait"
         );
@@ -299,7 +300,7 @@ async fn shard_main(
 }
 
 /// Delivers what the other shards send this one, calls and answers, in arrival order.
-fn serve_mesh(shard: &Rc<Shard>, receivers: Vec<(usize, ConnectedReceiver<MeshMessage>)>) {
+fn serve_mesh(shard: &Rc<Shard>, receivers: Vec<(ShardId, ConnectedReceiver<MeshMessage>)>) {
     for (from, receiver) in receivers {
         let shard = shard.clone();
         glommio::spawn_local(async move {

@@ -403,7 +403,7 @@ impl Coordinator {
                         if header.format() == Some(PayloadFormat::Native) {
                             let view = NativeBatchView::new(&header, payload)
                                 .map_err(|e| e.to_string())?;
-                            for record in view.records().filter(|r| r.offset >= offset) {
+                            for record in view.records().filter(|r| r.offset >= offset.0) {
                                 match OffsetRecord::decode(
                                     record.key(),
                                     record.value(),

@@ -19,21 +19,18 @@ use std::path::{Path, PathBuf};
 
 use crate::log::segment::{read_small_file, replace_small_file};
 use crate::log::storage::Storage;
+use crate::types::{LeaderEpoch, Offset};
 
 pub const CHECKPOINT_FILE: &str = "leader-epoch-checkpoint";
 const VERSION: u32 = 0;
 /// A million epochs at their longest line (`-2147483648 9223372036854775807`): a larger file is
 /// damaged or not ours, and is not read whole.
 const CHECKPOINT_BYTES_MAX: u64 = 32 * 1024 * 1024;
-/// Kafka's UNDEFINED_EPOCH and UNDEFINED_EPOCH_OFFSET, as OffsetsForLeaderEpoch answers them.
-pub const UNDEFINED_EPOCH: i32 = -1;
-pub const UNDEFINED_OFFSET: i64 = -1;
-
 /// An epoch and the offset of its first entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EpochStart {
-    pub epoch: i32,
-    pub start_offset: u64,
+    pub epoch: LeaderEpoch,
+    pub start_offset: Offset,
 }
 
 /// Epochs in increasing order, their start offsets too.
@@ -64,7 +61,7 @@ impl LeaderEpochs {
     /// latest epoch again at the same or a later offset changes nothing. Entries that would
     /// break the order (an epoch at or above it, or a start at or after it) go first: only a
     /// truncated log can leave them.
-    pub fn assign(&mut self, epoch: i32, start_offset: u64) -> bool {
+    pub fn assign(&mut self, epoch: LeaderEpoch, start_offset: Offset) -> bool {
         let needed = self
             .latest()
             .is_none_or(|latest| epoch != latest.epoch || start_offset < latest.start_offset);
@@ -82,7 +79,7 @@ impl LeaderEpochs {
     }
 
     /// The log was truncated to end at `end`: epochs starting there or later go.
-    pub fn truncate_from_end(&mut self, end: u64) -> bool {
+    pub fn truncate_from_end(&mut self, end: Offset) -> bool {
         let keep = self.entries.partition_point(|e| e.start_offset < end);
         let changed = keep < self.entries.len();
         self.entries.truncate(keep);
@@ -91,7 +88,7 @@ impl LeaderEpochs {
 
     /// The log now starts at `start`: epochs wholly before it go, and the one it starts in
     /// starts there.
-    pub fn truncate_from_start(&mut self, start: u64) -> bool {
+    pub fn truncate_from_start(&mut self, start: Offset) -> bool {
         let at_or_before = self.entries.partition_point(|e| e.start_offset <= start);
         let Some(holder) = at_or_before.checked_sub(1) else { return false };
         let changed = holder > 0 || self.entries[holder].start_offset != start;
@@ -103,19 +100,22 @@ impl LeaderEpochs {
     /// OffsetsForLeaderEpoch: the largest epoch at or below `epoch` and where it ends (the start
     /// of the next epoch, or `log_end` for the latest), as Kafka answers it. An epoch older than
     /// every one known answers itself and where the first known starts; an unknown newer one,
-    /// or [`UNDEFINED_EPOCH`], answers undefined.
-    pub fn end_offset_for(&self, epoch: i32, log_end: u64) -> (i32, i64) {
-        let undefined = (UNDEFINED_EPOCH, UNDEFINED_OFFSET);
-        if epoch == UNDEFINED_EPOCH {
-            return undefined;
+    /// or a negative one, answers `None` (Kafka's UNDEFINED_EPOCH and UNDEFINED_EPOCH_OFFSET).
+    pub fn end_offset_for(
+        &self,
+        epoch: LeaderEpoch,
+        log_end: Offset,
+    ) -> Option<(LeaderEpoch, Offset)> {
+        if epoch.0 < 0 {
+            return None;
         }
         if self.latest().is_some_and(|latest| latest.epoch == epoch) {
-            return (epoch, log_end as i64);
+            return Some((epoch, log_end));
         }
         let higher = self.entries.partition_point(|e| e.epoch <= epoch);
-        let Some(next) = self.entries.get(higher) else { return undefined };
+        let next = self.entries.get(higher)?;
         let found = higher.checked_sub(1).map_or(epoch, |floor| self.entries[floor].epoch);
-        (found, next.start_offset as i64)
+        Some((found, next.start_offset))
     }
 
     /// The checkpoint file's text.
@@ -152,7 +152,7 @@ impl LeaderEpochs {
             // Offsets as Kafka keeps them: at most i64::MAX.
             let entry = match (epoch.parse::<i32>(), start.parse::<i64>()) {
                 (Ok(epoch), Ok(start)) if epoch >= 0 && start >= 0 => {
-                    EpochStart { epoch, start_offset: start as u64 }
+                    EpochStart { epoch: LeaderEpoch(epoch), start_offset: Offset(start as u64) }
                 }
                 _ => return Err(format!("entry line {line:?}")),
             };
@@ -199,41 +199,52 @@ mod tests {
     use super::*;
 
     fn epochs(entries: &[(i32, u64)]) -> LeaderEpochs {
-        let entries =
-            entries.iter().map(|&(epoch, start_offset)| EpochStart { epoch, start_offset });
+        let entries = entries.iter().map(|&(epoch, start)| EpochStart {
+            epoch: LeaderEpoch(epoch),
+            start_offset: Offset(start),
+        });
         LeaderEpochs { entries: entries.collect() }
+    }
+
+    fn assign(cache: &mut LeaderEpochs, epoch: i32, start: u64) -> bool {
+        cache.assign(LeaderEpoch(epoch), Offset(start))
+    }
+
+    fn end_offset_for(cache: &LeaderEpochs, epoch: i32, log_end: u64) -> Option<(i32, u64)> {
+        let found = cache.end_offset_for(LeaderEpoch(epoch), Offset(log_end));
+        found.map(|(epoch, end)| (epoch.0, end.0))
     }
 
     #[test]
     fn assign_keeps_epochs_and_offsets_increasing() {
         let mut cache = LeaderEpochs::default();
-        assert!(cache.assign(0, 0));
-        assert!(cache.assign(2, 10));
-        assert!(!cache.assign(2, 15), "the latest epoch again, later: nothing to record");
-        assert!(cache.assign(2, 8), "the latest epoch again, earlier: it starts there");
+        assert!(assign(&mut cache, 0, 0));
+        assert!(assign(&mut cache, 2, 10));
+        assert!(!assign(&mut cache, 2, 15), "the latest epoch again, later: nothing to record");
+        assert!(assign(&mut cache, 2, 8), "the latest epoch again, earlier: it starts there");
         assert_eq!(cache, epochs(&[(0, 0), (2, 8)]));
         // An older epoch, or an offset at or before the latest start, removes what conflicts.
-        assert!(cache.assign(1, 5));
+        assert!(assign(&mut cache, 1, 5));
         assert_eq!(cache, epochs(&[(0, 0), (1, 5)]));
-        assert!(cache.assign(3, 0));
+        assert!(assign(&mut cache, 3, 0));
         assert_eq!(cache, epochs(&[(3, 0)]));
     }
 
     #[test]
     fn truncation_from_either_end() {
         let mut cache = epochs(&[(1, 0), (3, 10), (4, 20), (7, 30)]);
-        assert!(!cache.truncate_from_end(31));
-        assert!(cache.truncate_from_end(30));
+        assert!(!cache.truncate_from_end(Offset(31)));
+        assert!(cache.truncate_from_end(Offset(30)));
         assert_eq!(cache, epochs(&[(1, 0), (3, 10), (4, 20)]));
-        assert!(cache.truncate_from_start(15));
+        assert!(cache.truncate_from_start(Offset(15)));
         assert_eq!(cache, epochs(&[(3, 15), (4, 20)]));
-        assert!(!cache.truncate_from_start(15), "already starts there");
-        assert!(!cache.truncate_from_start(2), "before every epoch");
-        assert!(cache.truncate_from_start(20));
+        assert!(!cache.truncate_from_start(Offset(15)), "already starts there");
+        assert!(!cache.truncate_from_start(Offset(2)), "before every epoch");
+        assert!(cache.truncate_from_start(Offset(20)));
         assert_eq!(cache, epochs(&[(4, 20)]));
-        assert!(cache.truncate_from_end(0));
+        assert!(cache.truncate_from_end(Offset(0)));
         assert_eq!(cache, LeaderEpochs::default());
-        assert!(!cache.truncate_from_start(5));
+        assert!(!cache.truncate_from_start(Offset(5)));
     }
 
     /// The answers of Kafka's `LeaderEpochFileCache.endOffsetFor`, case by case.
@@ -241,13 +252,13 @@ mod tests {
     fn end_offsets_as_kafka_answers_them() {
         let cache = epochs(&[(2, 5), (4, 12), (6, 20)]);
         let log_end = 27;
-        assert_eq!(cache.end_offset_for(6, log_end), (6, 27), "the latest: the log end");
-        assert_eq!(cache.end_offset_for(4, log_end), (4, 20), "where the next one starts");
-        assert_eq!(cache.end_offset_for(5, log_end), (4, 20), "the largest epoch below it");
-        assert_eq!(cache.end_offset_for(1, log_end), (1, 5), "older than all: the first start");
-        assert_eq!(cache.end_offset_for(9, log_end), (UNDEFINED_EPOCH, UNDEFINED_OFFSET));
-        assert_eq!(cache.end_offset_for(UNDEFINED_EPOCH, log_end), (-1, -1));
-        assert_eq!(LeaderEpochs::default().end_offset_for(0, log_end), (-1, -1));
+        assert_eq!(end_offset_for(&cache, 6, log_end), Some((6, 27)), "the latest: the log end");
+        assert_eq!(end_offset_for(&cache, 4, log_end), Some((4, 20)), "where the next starts");
+        assert_eq!(end_offset_for(&cache, 5, log_end), Some((4, 20)), "the largest below it");
+        assert_eq!(end_offset_for(&cache, 1, log_end), Some((1, 5)), "older than all: the first");
+        assert_eq!(end_offset_for(&cache, 9, log_end), None, "newer than all: undefined");
+        assert_eq!(end_offset_for(&cache, -1, log_end), None, "undefined asked: undefined");
+        assert_eq!(end_offset_for(&LeaderEpochs::default(), 0, log_end), None);
     }
 
     #[test]

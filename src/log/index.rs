@@ -20,14 +20,16 @@
 use zerocopy::little_endian::{I64, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
+use crate::types::{FilePosition, Offset};
+
 /// Log bytes between index points: a lookup scans at most this much plus one entry.
 pub const INDEX_INTERVAL_BYTES: u64 = 4096;
 const INDEX_MAGIC: u32 = u32::from_le_bytes(*b"SPI1");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IndexPoint {
-    pub offset: u64,
-    pub position: u64,
+    pub offset: Offset,
+    pub position: FilePosition,
     pub max_timestamp_before: i64,
 }
 
@@ -39,10 +41,10 @@ pub struct SegmentIndex {
 
 impl SegmentIndex {
     /// Records the entry at `position` if it is the first or far enough past the last point.
-    pub fn observe(&mut self, offset: u64, position: u64, max_timestamp_before: i64) {
+    pub fn observe(&mut self, offset: Offset, position: FilePosition, max_timestamp_before: i64) {
         let due = match self.points.last() {
             None => true,
-            Some(last) => position >= last.position + INDEX_INTERVAL_BYTES,
+            Some(last) => position >= last.position.plus(INDEX_INTERVAL_BYTES),
         };
         if due {
             let last = self.points.last().map(|l| (l.offset, l.position));
@@ -55,13 +57,13 @@ impl SegmentIndex {
     }
 
     /// Where to start scanning for `offset`: the last point at or below it, else the start.
-    pub fn seek_offset(&self, offset: u64) -> Option<IndexPoint> {
+    pub fn seek_offset(&self, offset: Offset) -> Option<IndexPoint> {
         let after = self.points.partition_point(|p| p.offset <= offset);
         after.checked_sub(1).map(|i| self.points[i])
     }
 
     /// The last point at or before file position `position`, else the start.
-    pub fn seek_position(&self, position: u64) -> Option<IndexPoint> {
+    pub fn seek_position(&self, position: FilePosition) -> Option<IndexPoint> {
         let after = self.points.partition_point(|p| p.position <= position);
         after.checked_sub(1).map(|i| self.points[i])
     }
@@ -87,7 +89,7 @@ impl SegmentIndex {
 pub struct IndexedSegment {
     /// Segment bytes the index describes; a segment longer than this has entries past it.
     pub covered_bytes: u64,
-    pub next_offset: u64,
+    pub next_offset: Offset,
     pub max_timestamp: i64,
 }
 
@@ -134,7 +136,7 @@ pub fn encode(index: &SegmentIndex, base_offset: u64, segment: IndexedSegment) -
         count: (covered_points(index, segment.covered_bytes).count() as u32).into(),
         reserved: 0.into(),
         covered_bytes: segment.covered_bytes.into(),
-        next_offset: segment.next_offset.into(),
+        next_offset: segment.next_offset.0.into(),
         max_timestamp: segment.max_timestamp.into(),
         base_offset: base_offset.into(),
     };
@@ -143,8 +145,8 @@ pub fn encode(index: &SegmentIndex, base_offset: u64, segment: IndexedSegment) -
     // the points inside what it covers go out (and are counted in the header above).
     for p in covered_points(index, segment.covered_bytes) {
         let point = FilePoint {
-            offset: p.offset.into(),
-            position: p.position.into(),
+            offset: p.offset.0.into(),
+            position: p.position.0.into(),
             max_timestamp_before: p.max_timestamp_before.into(),
         };
         buf.extend_from_slice(point.as_bytes());
@@ -155,7 +157,7 @@ pub fn encode(index: &SegmentIndex, base_offset: u64, segment: IndexedSegment) -
 }
 
 fn covered_points(index: &SegmentIndex, covered_bytes: u64) -> impl Iterator<Item = &IndexPoint> {
-    index.points.iter().take_while(move |p| p.position < covered_bytes)
+    index.points.iter().take_while(move |p| p.position < FilePosition(covered_bytes))
 }
 
 /// Parses an index file, refusing anything inconsistent: the caller rebuilds instead.
@@ -179,24 +181,24 @@ pub fn decode(
     }
     let segment = IndexedSegment {
         covered_bytes: header.covered_bytes.get(),
-        next_offset: header.next_offset.get(),
+        next_offset: Offset(header.next_offset.get()),
         max_timestamp: header.max_timestamp.get(),
     };
     let mut index = SegmentIndex::default();
     for chunk in rest.chunks_exact(POINT_BYTES) {
         let (p, _) = FilePoint::ref_from_prefix(chunk).map_err(|_| "short point")?;
         let point = IndexPoint {
-            offset: p.offset.get(),
-            position: p.position.get(),
+            offset: Offset(p.offset.get()),
+            position: FilePosition(p.position.get()),
             max_timestamp_before: p.max_timestamp_before.get(),
         };
         let in_order = index
             .points
             .last()
             .is_none_or(|l| l.offset < point.offset && l.position < point.position);
-        let in_segment = point.offset >= base_offset
+        let in_segment = point.offset >= Offset(base_offset)
             && point.offset < segment.next_offset
-            && point.position < segment.covered_bytes;
+            && point.position < FilePosition(segment.covered_bytes);
         if !in_order || !in_segment {
             return Err("points out of order or outside the segment");
         }
@@ -214,7 +216,7 @@ mod tests {
         // Entries of 1000 bytes, 10 records each, timestamps rising by 5 per entry.
         let mut max_before = i64::MIN;
         for i in 0..100u64 {
-            index.observe(100 + i * 10, i * 1000, max_before);
+            index.observe(Offset(100 + i * 10), FilePosition(i * 1000), max_before);
             max_before = max_before.max(1000 + i as i64 * 5);
         }
         index
@@ -230,11 +232,11 @@ mod tests {
     #[test]
     fn offset_lookup_takes_the_last_point_at_or_below() {
         let index = sample();
-        assert_eq!(index.seek_offset(99), None);
-        assert_eq!(index.seek_offset(100).unwrap().position, 0);
-        assert_eq!(index.seek_offset(149).unwrap().offset, 100);
-        assert_eq!(index.seek_offset(150).unwrap().offset, 150);
-        assert_eq!(index.seek_offset(10_000).unwrap().offset, 1050);
+        assert_eq!(index.seek_offset(Offset(99)), None);
+        assert_eq!(index.seek_offset(Offset(100)).unwrap().position, FilePosition(0));
+        assert_eq!(index.seek_offset(Offset(149)).unwrap().offset, Offset(100));
+        assert_eq!(index.seek_offset(Offset(150)).unwrap().offset, Offset(150));
+        assert_eq!(index.seek_offset(Offset(10_000)).unwrap().offset, Offset(1050));
     }
 
     #[test]
@@ -246,7 +248,7 @@ mod tests {
             // The first entry with timestamp >= target is at or after the point.
             let first_match = (0..100u64).find(|i| 1000 + *i as i64 * 5 >= target);
             if let Some(i) = first_match {
-                assert!(point.offset <= 100 + i * 10, "target {target}");
+                assert!(point.offset <= Offset(100 + i * 10), "target {target}");
             }
         }
     }
@@ -259,12 +261,12 @@ mod tests {
         let mut index = SegmentIndex::default();
         let mut position = 0;
         while position < segment_len {
-            index.observe(position, position, 0);
+            index.observe(Offset(position), FilePosition(position), 0);
             position += INDEX_INTERVAL_BYTES;
         }
         let facts = IndexedSegment {
             covered_bytes: segment_len,
-            next_offset: segment_len,
+            next_offset: Offset(segment_len),
             max_timestamp: 0,
         };
         let bytes = encode(&index, 0, facts);
@@ -274,8 +276,11 @@ mod tests {
     #[test]
     fn files_round_trip_and_damage_is_refused() {
         let index = sample();
-        let segment =
-            IndexedSegment { covered_bytes: 100_000, next_offset: 1100, max_timestamp: 1495 };
+        let segment = IndexedSegment {
+            covered_bytes: 100_000,
+            next_offset: Offset(1100),
+            max_timestamp: 1495,
+        };
         let bytes = encode(&index, 100, segment);
         assert_eq!(decode(&bytes, 100).unwrap(), (index.clone(), segment));
         for at in [0, 5, 9, 20, 60, bytes.len() - 1] {

@@ -53,6 +53,7 @@ use crate::metrics::{Hist, Metrics};
 use crate::record::entry::{entries, parse_entry, parse_header, Check, ENTRY_HEADER_BYTES};
 use crate::record::pending::LEADER_EPOCH;
 use crate::record::PendingEntry;
+use crate::types::{FilePosition, LeaderEpoch, Offset};
 
 mod writer;
 
@@ -105,9 +106,9 @@ pub struct SharedByShard<S: Storage = DmaStorage> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogError {
     OffsetOutOfRange {
-        requested: u64,
-        log_start: u64,
-        log_end: u64,
+        requested: Offset,
+        log_start: Offset,
+        log_end: Offset,
     },
     /// A write or sync failed: the records were not stored (the partition may refuse appends
     /// for a while, or for good).
@@ -120,19 +121,19 @@ pub enum LogError {
     Sequence(SequenceError),
     /// The log was truncated below the entry (its offsets may be handed out again).
     Truncated {
-        below: u64,
+        below: Offset,
     },
     /// A truncation is under way: appends wait for it to end.
     Truncating,
     /// A leader epoch below zero or older than the latest, or not starting at the log end.
     InvalidEpoch {
-        epoch: i32,
-        start_offset: u64,
+        epoch: LeaderEpoch,
+        start_offset: Offset,
     },
     /// A follower's entry does not continue the log where it ends.
     NotNextOffset {
-        next_offset: u64,
-        entry_base_offset: u64,
+        next_offset: Offset,
+        entry_base_offset: Offset,
     },
 }
 
@@ -190,7 +191,7 @@ impl std::error::Error for LogError {}
 /// it was cut, and why.
 #[derive(Default)]
 struct Generation {
-    cut: RefCell<Option<(u64, LogError)>>,
+    cut: RefCell<Option<(Offset, LogError)>>,
     /// The generation after the cut: a later cut can still take an entry an earlier one left.
     next: RefCell<Option<Rc<Generation>>>,
 }
@@ -198,8 +199,8 @@ struct Generation {
 /// An appended entry: where it is in the log, and what to wait on with
 /// [`PartitionLog::wait_written`] or [`PartitionLog::wait_synced`].
 pub struct Appended {
-    pub base_offset: u64,
-    pub next_offset: u64,
+    pub base_offset: Offset,
+    pub next_offset: Offset,
     generation: Rc<Generation>,
 }
 
@@ -219,8 +220,8 @@ impl Appended {
 }
 
 struct Staged {
-    base_offset: u64,
-    next_offset: u64,
+    base_offset: Offset,
+    next_offset: Offset,
     max_timestamp: i64,
     entry: Bytes,
 }
@@ -228,11 +229,11 @@ struct Staged {
 struct LogState<S: Storage> {
     /// Oldest first; the last one is the active segment. Never empty.
     segments: VecDeque<Rc<Segment<S>>>,
-    next_offset: u64,
-    written_offset: u64,
-    synced_offset: u64,
+    next_offset: Offset,
+    written_offset: Offset,
+    synced_offset: Offset,
     /// The highest offset an acks=all producer waits to see synced.
-    sync_target: u64,
+    sync_target: Offset,
     staged: VecDeque<Staged>,
     staged_bytes: usize,
     producers: ProducerTable,
@@ -242,9 +243,9 @@ struct LogState<S: Storage> {
     trim_requested: bool,
     /// What the last fdatasync covered, for the writer to write as the active segment's index
     /// (segment base offset, facts) once it is far enough past the last one.
-    recovery_point: Option<(u64, IndexedSegment)>,
+    recovery_point: Option<(Offset, IndexedSegment)>,
     /// `next_offset` at the last retention check: unchanged means idle since.
-    next_offset_at_last_check: u64,
+    next_offset_at_last_check: Offset,
     stopping: bool,
     writer_done: bool,
     syncer_done: bool,
@@ -253,7 +254,7 @@ struct LogState<S: Storage> {
     /// Set when a write found no space: appends are refused until the instant passes.
     out_of_space: Option<(Instant, String)>,
     /// A truncation asked for and not yet begun by the writer: where, and who waits.
-    truncation: Option<(u64, oneshot::Sender<Result<u64, LogError>>)>,
+    truncation: Option<(Offset, oneshot::Sender<Result<Offset, LogError>>)>,
     /// From the request until the writer has done the truncation: appends are refused.
     truncating: bool,
     /// Truncations so far: an fdatasync that began before one covers offsets that may be gone.
@@ -270,12 +271,12 @@ impl<S: Storage> LogState<S> {
         self.segments.back().cloned().expect("a partition always has an active segment")
     }
 
-    fn log_start(&self) -> u64 {
+    fn log_start(&self) -> Offset {
         self.segments.front().map_or(self.next_offset, |s| s.base_offset)
     }
 
     /// The epoch new entries are stamped with: the latest assigned, else the default.
-    fn current_epoch(&self) -> i32 {
+    fn current_epoch(&self) -> LeaderEpoch {
         self.epochs.latest().map_or(LEADER_EPOCH, |latest| latest.epoch)
     }
 
@@ -294,7 +295,7 @@ impl<S: Storage> LogState<S> {
     }
 
     /// Cuts the log's end back to `from`: waiters on entries past it get `why`.
-    fn cut_generation(&mut self, from: u64, why: LogError) {
+    fn cut_generation(&mut self, from: Offset, why: LogError) {
         let next = Rc::<Generation>::default();
         *self.generation.cut.borrow_mut() = Some((from, why));
         *self.generation.next.borrow_mut() = Some(next.clone());
@@ -357,7 +358,7 @@ impl<S: Storage> PartitionLog<S> {
             &open_files,
         )
         .await?;
-        let next_offset = segments.back().map_or(0, |s| s.meta.borrow().next_offset);
+        let next_offset = segments.back().map_or(Offset(0), |s| s.meta.borrow().next_offset);
         let log_start = segments.front().map_or(next_offset, |s| s.base_offset);
         // What the checkpoint still holds past the log's end or before its start was removed
         // with the log; the writer persists the change (Kafka's load does the same).
@@ -439,7 +440,8 @@ impl<S: Storage> PartitionLog<S> {
             let (from, size) = {
                 let meta = segment.meta.borrow();
                 let start = meta.size.saturating_sub(wanted);
-                (meta.index.seek_position(start).map_or(0, |p| p.position), meta.size)
+                let from = meta.index.seek_position(FilePosition(start));
+                (from.map_or(0, |p| p.position.0), meta.size)
             };
             if size > from {
                 ranges.push((segment.clone(), from, size));
@@ -479,7 +481,7 @@ impl<S: Storage> PartitionLog<S> {
             SequenceCheck::Append => {}
         }
         let base_offset = st.next_offset;
-        let next_offset = base_offset + u64::from(pending.meta.record_count);
+        let next_offset = base_offset.plus(u64::from(pending.meta.record_count));
         let max_timestamp = pending.meta.max_timestamp;
         st.producers.record(&pending.meta, base_offset, next_offset, self.storage.now_ms());
         let (entry, footprint) = pending.seal(base_offset, st.current_epoch());
@@ -543,7 +545,7 @@ impl<S: Storage> PartitionLog<S> {
         // The leader's epochs come with its entries (Kafka's follower does the same); a new one
         // is persisted before the writer writes anything after it.
         let epoch = header.leader_epoch();
-        if epoch >= 0 && st.epochs.assign(epoch, base_offset) {
+        if epoch.0 >= 0 && st.epochs.assign(epoch, base_offset) {
             st.epochs_version += 1;
         }
         let footprint = entry.len();
@@ -557,7 +559,7 @@ impl<S: Storage> PartitionLog<S> {
     /// `offset`). What a follower does when its log diverged from the new leader's (Kafka's
     /// truncation by leader epoch, KIP-101). Appends are refused until it is done; waiters on
     /// removed entries get [`LogError::Truncated`]; an offset at or past the end changes nothing.
-    pub async fn truncate_to(&self, offset: u64) -> Result<u64, LogError> {
+    pub async fn truncate_to(&self, offset: Offset) -> Result<Offset, LogError> {
         let (reply, answer) = oneshot::channel();
         {
             let mut st = self.state.borrow_mut();
@@ -579,12 +581,16 @@ impl<S: Storage> PartitionLog<S> {
     /// leader starts its epoch there; a follower takes epochs from the leader's entries in
     /// [`Self::append_at`]), and returns once that is durable. An epoch older than the latest
     /// is refused. The rules are Kafka's (`epochs.rs`).
-    pub async fn assign_epoch(&self, epoch: i32, start_offset: u64) -> Result<(), LogError> {
+    pub async fn assign_epoch(
+        &self,
+        epoch: LeaderEpoch,
+        start_offset: Offset,
+    ) -> Result<(), LogError> {
         let version = {
             let mut st = self.state.borrow_mut();
             st.refuses_changes()?;
             let older = st.epochs.latest().is_some_and(|latest| epoch < latest.epoch);
-            if epoch < 0 || older || start_offset != st.next_offset {
+            if epoch.0 < 0 || older || start_offset != st.next_offset {
                 return Err(LogError::InvalidEpoch { epoch, start_offset });
             }
             // Known already, it may still be on its way to the disk (a follower's entry
@@ -605,7 +611,7 @@ impl<S: Storage> PartitionLog<S> {
 
     /// OffsetsForLeaderEpoch for this log: the largest epoch at or below `epoch`, and the offset
     /// where it ends.
-    pub fn epoch_end_offset(&self, epoch: i32) -> (i32, i64) {
+    pub fn epoch_end_offset(&self, epoch: LeaderEpoch) -> Option<(LeaderEpoch, Offset)> {
         let st = self.state.borrow();
         st.epochs.end_offset_for(epoch, st.next_offset)
     }
@@ -629,7 +635,7 @@ impl<S: Storage> PartitionLog<S> {
     async fn wait_for(
         &self,
         appended: &Appended,
-        watermark: impl Fn(&LogState<S>) -> u64,
+        watermark: impl Fn(&LogState<S>) -> Offset,
     ) -> Result<(), LogError> {
         self.wait_until(|st| {
             // Checked first: the offsets cut may since have been written again.
@@ -648,7 +654,7 @@ impl<S: Storage> PartitionLog<S> {
     }
 
     /// Waits until the entry holding `offset` is written: the written offset passes it.
-    pub async fn wait_written_past(&self, offset: u64) -> Result<(), LogError> {
+    pub async fn wait_written_past(&self, offset: Offset) -> Result<(), LogError> {
         self.wait_until(|st| Ok(st.written_offset > offset)).await
     }
 
@@ -678,11 +684,11 @@ impl<S: Storage> PartitionLog<S> {
 
     /// Everything below is on the device: what a reader of the local log may see. (Which of it
     /// clients may see is the partition layer's to say: [`crate::partition`].)
-    pub fn written_offset(&self) -> u64 {
+    pub fn written_offset(&self) -> Offset {
         self.state.borrow().written_offset
     }
 
-    pub fn log_start(&self) -> u64 {
+    pub fn log_start(&self) -> Offset {
         self.state.borrow().log_start()
     }
 
@@ -692,7 +698,7 @@ impl<S: Storage> PartitionLog<S> {
     }
 
     /// The offset the next entry gets: everything below was appended (the log end offset).
-    pub fn log_end(&self) -> u64 {
+    pub fn log_end(&self) -> Offset {
         self.state.borrow().next_offset
     }
 
@@ -702,9 +708,9 @@ impl<S: Storage> PartitionLog<S> {
     /// end is in range, even where nothing is readable yet.
     pub async fn read(
         &self,
-        offset: u64,
+        offset: Offset,
         max_bytes: usize,
-        end: u64,
+        end: Offset,
     ) -> Result<Vec<Bytes>, LogError> {
         let (segments, end) = {
             let st = self.state.borrow();
@@ -738,7 +744,7 @@ impl<S: Storage> PartitionLog<S> {
         Ok(Vec::new())
     }
 
-    fn read_error(&self, segment: &Segment<S>, offset: u64, error: ReadError) -> LogError {
+    fn read_error(&self, segment: &Segment<S>, offset: Offset, error: ReadError) -> LogError {
         match error {
             ReadError::Io(e) if segment::is_deleted_segment(segment, &e) => {
                 let st = self.state.borrow();
@@ -763,7 +769,7 @@ impl<S: Storage> PartitionLog<S> {
     pub async fn offset_for_timestamp(
         &self,
         timestamp: i64,
-    ) -> Result<Option<(u64, i64)>, LogError> {
+    ) -> Result<Option<(Offset, i64)>, LogError> {
         let candidates: Vec<_> = {
             let st = self.state.borrow();
             st.segments
@@ -791,7 +797,7 @@ impl<S: Storage> PartitionLog<S> {
 
     /// Deletes the sealed segments that hold only offsets below `offset` (the log start moves
     /// up to the first kept segment). Returns how many it deleted.
-    pub async fn delete_segments_below(&self, offset: u64) -> io::Result<usize> {
+    pub async fn delete_segments_below(&self, offset: Offset) -> io::Result<usize> {
         let below = |st: &LogState<S>| {
             let sealed = st.segments.iter().take(st.segments.len() - 1);
             sealed.take_while(|s| s.meta.borrow().next_offset <= offset).count()
@@ -840,7 +846,7 @@ impl<S: Storage> PartitionLog<S> {
     /// have not written for `producer.id.expiration.ms`. Deletes no segment holding an offset at
     /// or above `keep_from` (the high watermark: records not yet visible stay, as in Kafka).
     /// Returns how many segments it deleted.
-    pub async fn enforce_retention(&self, now_ms: i64, keep_from: u64) -> io::Result<usize> {
+    pub async fn enforce_retention(&self, now_ms: i64, keep_from: Offset) -> io::Result<usize> {
         let cutoff = now_ms.saturating_sub(self.limits.producer_expiration_ms);
         let expired = self.state.borrow_mut().producers.expire(cutoff);
         if expired > 0 {
@@ -1023,16 +1029,16 @@ const READ_SLACK_BYTES: usize = crate::log::index::INDEX_INTERVAL_BYTES as usize
 /// checking every checksum. `None` when the segment holds nothing at or after `offset`.
 async fn read_segment<S: Storage>(
     segment: &Segment<S>,
-    offset: u64,
+    offset: Offset,
     max_bytes: usize,
-    end: u64,
+    end: Offset,
 ) -> Result<Option<Bytes>, ReadError> {
     let (start, size) = {
         let meta = segment.meta.borrow();
         if meta.next_offset <= offset {
             return Ok(None);
         }
-        (meta.index.seek_offset(offset).map_or(0, |p| p.position), meta.size)
+        (meta.index.seek_offset(offset).map_or(0, |p| p.position.0), meta.size)
     };
     let len = (size - start).min((max_bytes + READ_SLACK_BYTES) as u64) as usize;
     let mut buf = segment.read(start, len).await?;
@@ -1077,10 +1083,10 @@ async fn read_segment<S: Storage>(
 async fn find_timestamp<S: Storage>(
     segment: &Segment<S>,
     timestamp: i64,
-) -> Result<Option<(u64, i64)>, ReadError> {
+) -> Result<Option<(Offset, i64)>, ReadError> {
     let (mut position, size) = {
         let meta = segment.meta.borrow();
-        (meta.index.seek_timestamp(timestamp).map_or(0, |p| p.position), meta.size)
+        (meta.index.seek_timestamp(timestamp).map_or(0, |p| p.position.0), meta.size)
     };
     while position < size {
         let window_start = position;
@@ -1115,7 +1121,7 @@ async fn find_timestamp<S: Storage>(
 
 /// The offset and timestamp of the first record in `entry` at or after `timestamp` (the entry's
 /// max timestamp says there is one).
-fn first_record_at_or_after(entry: &[u8], timestamp: i64) -> Result<(u64, i64), String> {
+fn first_record_at_or_after(entry: &[u8], timestamp: i64) -> Result<(Offset, i64), String> {
     let (header, payload) = parse_entry(entry).map_err(|e| e.to_string())?;
     let mut found = None;
     match header.format() {
@@ -1125,13 +1131,15 @@ fn first_record_at_or_after(entry: &[u8], timestamp: i64) -> Result<(u64, i64), 
             aligned.extend_from_slice(payload);
             let view = crate::record::batch::NativeBatchView::new(&header, &aligned)
                 .map_err(|e| e.to_string())?;
-            found =
-                view.records().find(|r| r.timestamp >= timestamp).map(|r| (r.offset, r.timestamp));
+            found = view
+                .records()
+                .find(|r| r.timestamp >= timestamp)
+                .map(|r| (Offset(r.offset), r.timestamp));
         }
         Some(crate::record::PayloadFormat::Kafka) => {
             crate::record::convert::for_each_record(payload, |record| {
                 if found.is_none() && record.timestamp >= timestamp {
-                    found = Some((record.offset, record.timestamp));
+                    found = Some((Offset(record.offset), record.timestamp));
                 }
             })?;
         }
@@ -1150,12 +1158,18 @@ async fn open_segments<S: Storage>(
     segment_bytes: u64,
     open_files: &Rc<OpenFiles<S>>,
 ) -> io::Result<VecDeque<Rc<Segment<S>>>> {
-    let mut bases: Vec<u64> = names.iter().filter_map(|n| segment::parse_log_name(n)).collect();
+    let mut bases: Vec<Offset> = names.iter().filter_map(|n| segment::parse_log_name(n)).collect();
     bases.sort_unstable();
     let mut segments = VecDeque::new();
     let Some((&last, sealed)) = bases.split_last() else {
-        let first =
-            Segment::create(storage, dir, 0, PreallocateStep::MIN, segment_bytes, open_files);
+        let first = Segment::create(
+            storage,
+            dir,
+            Offset(0),
+            PreallocateStep::MIN,
+            segment_bytes,
+            open_files,
+        );
         segments.push_back(first.await?);
         return Ok(segments);
     };
@@ -1182,7 +1196,7 @@ fn report_truncation<S: Storage>(
             partition,
             segment = %segment.log_path.display(),
             position = cut.position,
-            offset = cut.offset,
+            offset = %cut.offset,
             "recovery truncated the log at the first bad entry: {}",
             cut.reason
         );

@@ -15,6 +15,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::record::BatchMeta;
+use crate::types::Offset;
 
 /// Batches remembered per producer: Kafka clients keep at most 5 in flight per partition.
 pub const CACHED_BATCHES: usize = 5;
@@ -26,8 +27,8 @@ pub const PRODUCERS_MAX: usize = 20_000;
 struct CachedBatch {
     first_sequence: i32,
     last_sequence: i32,
-    base_offset: u64,
-    next_offset: u64,
+    base_offset: Offset,
+    next_offset: Offset,
 }
 
 #[derive(Debug, Default)]
@@ -44,7 +45,7 @@ pub enum SequenceCheck {
     /// New data: append it.
     Append,
     /// Already in the log at these offsets: acknowledge them again.
-    Duplicate { base_offset: u64, next_offset: u64 },
+    Duplicate { base_offset: Offset, next_offset: Offset },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,7 +130,13 @@ impl ProducerTable {
     }
 
     /// Remembers a batch written at `base_offset..next_offset` at `now_ms`.
-    pub fn record(&mut self, meta: &BatchMeta, base_offset: u64, next_offset: u64, now_ms: i64) {
+    pub fn record(
+        &mut self,
+        meta: &BatchMeta,
+        base_offset: Offset,
+        next_offset: Offset,
+        now_ms: i64,
+    ) {
         if meta.producer_id < 0 {
             return;
         }
@@ -172,7 +179,7 @@ impl ProducerTable {
 
     /// Forgets the batches at `offset` and after: they were discarded before reaching the disk,
     /// so a producer's retry of them is new data again.
-    pub fn forget_from(&mut self, offset: u64) {
+    pub fn forget_from(&mut self, offset: Offset) {
         for state in self.producers.values_mut() {
             while state.batches.back().is_some_and(|b| b.base_offset >= offset) {
                 state.batches.pop_back();
@@ -201,13 +208,13 @@ mod tests {
         let mut table = ProducerTable::default();
         let first = meta(7, 0, 0, 10);
         assert_eq!(table.check(&first), Ok(SequenceCheck::Append));
-        table.record(&first, 100, 110, 0);
+        table.record(&first, Offset(100), Offset(110), 0);
         let second = meta(7, 0, 10, 5);
         assert_eq!(table.check(&second), Ok(SequenceCheck::Append));
-        table.record(&second, 110, 115, 0);
+        table.record(&second, Offset(110), Offset(115), 0);
         assert_eq!(
             table.check(&first),
-            Ok(SequenceCheck::Duplicate { base_offset: 100, next_offset: 110 })
+            Ok(SequenceCheck::Duplicate { base_offset: Offset(100), next_offset: Offset(110) })
         );
         assert_eq!(table.check(&meta(7, 0, 15, 1)), Ok(SequenceCheck::Append));
     }
@@ -215,9 +222,9 @@ mod tests {
     #[test]
     fn forgotten_batches_are_new_data_again() {
         let mut table = ProducerTable::default();
-        table.record(&meta(7, 0, 0, 10), 100, 110, 0);
-        table.record(&meta(7, 0, 10, 5), 110, 115, 0);
-        table.forget_from(110);
+        table.record(&meta(7, 0, 0, 10), Offset(100), Offset(110), 0);
+        table.record(&meta(7, 0, 10, 5), Offset(110), Offset(115), 0);
+        table.forget_from(Offset(110));
         assert_eq!(table.check(&meta(7, 0, 10, 5)), Ok(SequenceCheck::Append));
         assert!(matches!(table.check(&meta(7, 0, 0, 10)), Ok(SequenceCheck::Duplicate { .. })));
         assert!(matches!(table.check(&meta(7, 0, 15, 1)), Err(SequenceError::OutOfOrder(_))));
@@ -226,7 +233,7 @@ mod tests {
     #[test]
     fn gaps_and_stale_epochs_are_refused() {
         let mut table = ProducerTable::default();
-        table.record(&meta(7, 3, 0, 10), 0, 10, 0);
+        table.record(&meta(7, 3, 0, 10), Offset(0), Offset(10), 0);
         assert!(matches!(table.check(&meta(7, 3, 12, 1)), Err(SequenceError::OutOfOrder(_))));
         assert!(matches!(table.check(&meta(7, 2, 10, 1)), Err(SequenceError::StaleEpoch(_))));
         assert_eq!(table.check(&meta(7, 4, 0, 1)), Ok(SequenceCheck::Append));
@@ -239,8 +246,8 @@ mod tests {
     #[test]
     fn idle_producers_expire_and_are_new_again() {
         let mut table = ProducerTable::default();
-        table.record(&meta(7, 0, 0, 10), 0, 10, 1_000);
-        table.record(&meta(8, 0, 0, 10), 10, 20, 5_000);
+        table.record(&meta(7, 0, 0, 10), Offset(0), Offset(10), 1_000);
+        table.record(&meta(8, 0, 0, 10), Offset(10), Offset(20), 5_000);
         assert!(matches!(table.check(&meta(7, 0, 50, 1)), Err(SequenceError::OutOfOrder(_))));
         assert_eq!(table.expire(2_000), 1);
         assert_eq!(table.check(&meta(7, 0, 50, 1)), Ok(SequenceCheck::Append), "7 is forgotten");
@@ -251,13 +258,13 @@ mod tests {
     fn past_the_limit_the_longest_idle_producers_are_forgotten() {
         let mut table = ProducerTable::default();
         for id in 0..PRODUCERS_MAX as i64 {
-            table.record(&meta(id, 0, 0, 1), id as u64, id as u64 + 1, 1_000 + id);
+            table.record(&meta(id, 0, 0, 1), Offset(id as u64), Offset(id as u64 + 1), 1_000 + id);
         }
         // Producer 0 writes again, so it is the newest, not the oldest.
-        table.record(&meta(0, 0, 1, 1), 1, 2, 1_000_000);
-        table.record(&meta(-1, -1, -1, 1), 0, 1, 1_000_001);
+        table.record(&meta(0, 0, 1, 1), Offset(1), Offset(2), 1_000_000);
+        table.record(&meta(-1, -1, -1, 1), Offset(0), Offset(1), 1_000_001);
         assert_eq!(table.producers.len(), PRODUCERS_MAX, "ids of -1 are not tracked");
-        table.record(&meta(PRODUCERS_MAX as i64, 0, 0, 1), 0, 1, 1_000_002);
+        table.record(&meta(PRODUCERS_MAX as i64, 0, 0, 1), Offset(0), Offset(1), 1_000_002);
         assert_eq!(table.producers.len(), PRODUCERS_MAX - PRODUCERS_MAX / 4 + 1);
         assert!(matches!(table.check(&meta(0, 0, 9, 1)), Err(SequenceError::OutOfOrder(_))));
         assert_eq!(table.check(&meta(1, 0, 9, 1)), Ok(SequenceCheck::Append), "1 was idle longest");
@@ -272,10 +279,10 @@ mod tests {
     fn sequences_wrap_and_only_the_newest_batches_are_kept() {
         let mut table = ProducerTable::default();
         let near_end = meta(1, 0, i32::MAX - 1, 2);
-        table.record(&near_end, 0, 2, 0);
+        table.record(&near_end, Offset(0), Offset(2), 0);
         assert_eq!(table.check(&meta(1, 0, 0, 1)), Ok(SequenceCheck::Append));
         for i in 0..6 {
-            table.record(&meta(1, 0, i, 1), 2 + i as u64, 3 + i as u64, 0);
+            table.record(&meta(1, 0, i, 1), Offset(2 + i as u64), Offset(3 + i as u64), 0);
         }
         assert!(matches!(table.check(&near_end), Err(SequenceError::OutOfOrder(_))));
         assert!(matches!(table.check(&meta(1, 0, 1, 1)), Ok(SequenceCheck::Duplicate { .. })));

@@ -8,20 +8,21 @@ use crate::log::index::SegmentIndex;
 use crate::record::entry::{
     parse_entry, parse_header, written_by_newer_build, EntryError, ENTRY_HEADER_BYTES,
 };
+use crate::types::{FilePosition, Offset};
 
 /// What a scan has established so far about a segment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScanState {
-    /// File position just past the last valid entry.
+    /// File position just past the last valid entry: the bytes of whole entries.
     pub position: u64,
     /// The offset the next entry must start at.
-    pub next_offset: u64,
+    pub next_offset: Offset,
     pub max_timestamp: i64,
     pub index: SegmentIndex,
 }
 
 impl ScanState {
-    pub fn new(base_offset: u64) -> Self {
+    pub fn new(base_offset: Offset) -> Self {
         Self {
             position: 0,
             next_offset: base_offset,
@@ -84,7 +85,8 @@ pub fn scan(buf: &[u8], state: &mut ScanState) -> ScanStop {
                 found: header.base_offset(),
             });
         }
-        state.index.observe(header.base_offset(), state.position, state.max_timestamp);
+        let position = FilePosition(state.position);
+        state.index.observe(header.base_offset(), position, state.max_timestamp);
         state.max_timestamp = state.max_timestamp.max(header.max_timestamp.get());
         state.next_offset = header.next_offset();
         state.position += entry_bytes as u64;
@@ -103,8 +105,8 @@ mod tests {
         let meta = BatchMeta::new(count, 10, 10 + base_offset as i64);
         let header = EntryHeader::new(
             PayloadFormat::Native,
-            base_offset,
-            0,
+            Offset(base_offset),
+            crate::types::LeaderEpoch(0),
             &meta,
             payload.len() as u32,
             crc32fast::hash(payload),
@@ -128,10 +130,10 @@ mod tests {
         let mut log = log_of(50);
         let written = log.len() as u64;
         log.resize(log.len() + 8192, 0);
-        let mut state = ScanState::new(0);
+        let mut state = ScanState::new(Offset(0));
         assert_eq!(scan(&log, &mut state), ScanStop::End);
         assert_eq!(state.position, written);
-        assert_eq!(state.next_offset, 150);
+        assert_eq!(state.next_offset, Offset(150));
         assert_eq!(state.max_timestamp, 10 + 147);
         assert!(!state.index.is_empty());
     }
@@ -141,10 +143,10 @@ mod tests {
         let log = log_of(10);
         let last_start = log.len() - crate::record::entry::entry_len(109);
         let torn = &log[..log.len() - 30];
-        let mut state = ScanState::new(0);
+        let mut state = ScanState::new(Offset(0));
         assert!(matches!(scan(torn, &mut state), ScanStop::NeedMore { .. }));
         assert_eq!(state.position, last_start as u64);
-        assert_eq!(state.next_offset, 27);
+        assert_eq!(state.next_offset, Offset(27));
     }
 
     #[test]
@@ -152,23 +154,26 @@ mod tests {
         let mut log = log_of(10);
         let fifth = (0..4).map(|i| crate::record::entry::entry_len(100 + i)).sum::<usize>();
         log[fifth + ENTRY_HEADER_BYTES + 3] ^= 1;
-        let mut state = ScanState::new(0);
+        let mut state = ScanState::new(Offset(0));
         assert!(matches!(
             scan(&log, &mut state),
             ScanStop::Corrupt(EntryError::ChecksumMismatch { .. })
         ));
         assert_eq!(state.position, fifth as u64);
-        assert_eq!(state.next_offset, 12);
+        assert_eq!(state.next_offset, Offset(12));
     }
 
     #[test]
     fn an_offset_that_does_not_continue_the_log_is_corruption() {
         let mut log = entry(0, 3, b"abc");
         log.extend(entry(5, 1, b"def"));
-        let mut state = ScanState::new(0);
+        let mut state = ScanState::new(Offset(0));
         assert_eq!(
             scan(&log, &mut state),
-            ScanStop::Corrupt(EntryError::UnexpectedOffset { expected: 3, found: 5 })
+            ScanStop::Corrupt(EntryError::UnexpectedOffset {
+                expected: Offset(3),
+                found: Offset(5)
+            })
         );
     }
 
@@ -192,22 +197,22 @@ mod tests {
         let before = log.len() as u64;
         log.extend(newer_entry(9, ENTRY_VERSION + 1));
         log.extend(entry(10, 1, b"after"));
-        let mut state = ScanState::new(0);
+        let mut state = ScanState::new(Offset(0));
         assert_eq!(
             scan(&log, &mut state),
             ScanStop::WrittenByNewerBuild(EntryError::BadVersion { found: ENTRY_VERSION + 1 })
         );
-        assert_eq!((state.position, state.next_offset), (before, 9));
+        assert_eq!((state.position, state.next_offset), (before, Offset(9)));
 
         // Half of it present: read more before deciding.
-        let mut state = ScanState::new(0);
+        let mut state = ScanState::new(Offset(0));
         let short = &log[..before as usize + ENTRY_HEADER_BYTES + 4];
         assert!(matches!(scan(short, &mut state), ScanStop::NeedMore { .. }));
 
         // The same bytes with a flipped payload bit are damage, cut as before.
         let mut damaged = log.clone();
         damaged[before as usize + ENTRY_HEADER_BYTES + 1] ^= 1;
-        let mut state = ScanState::new(0);
+        let mut state = ScanState::new(Offset(0));
         assert_eq!(
             scan(&damaged, &mut state),
             ScanStop::Corrupt(EntryError::BadVersion { found: ENTRY_VERSION + 1 })
@@ -217,11 +222,11 @@ mod tests {
     #[test]
     fn chunked_scanning_matches_a_single_pass() {
         let log = log_of(40);
-        let mut whole = ScanState::new(0);
+        let mut whole = ScanState::new(Offset(0));
         scan(&log, &mut whole);
-        let mut state = ScanState::new(0);
+        let mut state = ScanState::new(Offset(0));
         for chunk_bytes in [97usize, 700, 4096] {
-            state = ScanState::new(0);
+            state = ScanState::new(Offset(0));
             while (state.position as usize) < log.len() {
                 let start = state.position as usize;
                 let end = (start + chunk_bytes).min(log.len());
@@ -235,6 +240,6 @@ mod tests {
             }
             assert_eq!(state, whole, "chunk {chunk_bytes}");
         }
-        assert_eq!(state.next_offset, 120);
+        assert_eq!(state.next_offset, Offset(120));
     }
 }

@@ -29,6 +29,7 @@ use crate::log::retention::SegmentFacts;
 use crate::log::scan::{scan, ScanState, ScanStop};
 use crate::log::storage::{DmaStorage, Storage, StorageFile};
 use crate::record::EntryError;
+use crate::types::Offset;
 
 /// The largest single read issued to the device. glommio 0.9 can hang on reads larger than the
 /// device's `max_sectors_kb` (upstream PR #635); 512 KiB is below every common setting.
@@ -61,7 +62,7 @@ const SCAN_CHUNK_BYTES: usize = READ_BYTES_MAX;
 pub struct SegmentMeta {
     /// Bytes of whole entries, from the start of the file.
     pub size: u64,
-    pub next_offset: u64,
+    pub next_offset: Offset,
     pub max_timestamp: i64,
     pub index: SegmentIndex,
     pub first_write_ms: Option<i64>,
@@ -69,7 +70,7 @@ pub struct SegmentMeta {
 
 pub struct Segment<S: Storage = DmaStorage> {
     storage: S,
-    pub base_offset: u64,
+    pub base_offset: Offset,
     pub log_path: PathBuf,
     pub meta: RefCell<SegmentMeta>,
     /// Open (read-write) while the segment is active. A sealed segment's is opened read-only by
@@ -190,22 +191,22 @@ impl PreallocateStep {
 #[derive(Debug)]
 pub struct Truncation {
     pub position: u64,
-    pub offset: u64,
+    pub offset: Offset,
     pub reason: EntryError,
 }
 
-pub fn log_path(dir: &Path, base_offset: u64) -> PathBuf {
+pub fn log_path(dir: &Path, base_offset: Offset) -> PathBuf {
     dir.join(format!("{base_offset:020}.log"))
 }
 
-fn index_path(dir: &Path, base_offset: u64) -> PathBuf {
+fn index_path(dir: &Path, base_offset: Offset) -> PathBuf {
     dir.join(format!("{base_offset:020}.index"))
 }
 
 /// Parses `<20 digits>.log` back into a base offset.
-pub fn parse_log_name(name: &str) -> Option<u64> {
+pub fn parse_log_name(name: &str) -> Option<Offset> {
     let digits = name.strip_suffix(".log")?;
-    (digits.len() == 20).then(|| digits.parse().ok()).flatten()
+    (digits.len() == 20).then(|| digits.parse().ok().map(Offset)).flatten()
 }
 
 impl<S: Storage> Segment<S> {
@@ -216,7 +217,7 @@ impl<S: Storage> Segment<S> {
     pub async fn create(
         storage: &S,
         dir: &Path,
-        base_offset: u64,
+        base_offset: Offset,
         step: PreallocateStep,
         segment_bytes: u64,
         open_files: &Rc<OpenFiles<S>>,
@@ -303,7 +304,7 @@ impl<S: Storage> Segment<S> {
 
     fn new(
         storage: &S,
-        base_offset: u64,
+        base_offset: Offset,
         file: Option<Rc<S::File>>,
         log_path: PathBuf,
         state: ScanState,
@@ -375,7 +376,7 @@ impl<S: Storage> Segment<S> {
     pub async fn open_sealed(
         storage: &S,
         dir: &Path,
-        base_offset: u64,
+        base_offset: Offset,
         open_files: &Rc<OpenFiles<S>>,
     ) -> io::Result<(Rc<Self>, Option<Truncation>)> {
         let path = log_path(dir, base_offset);
@@ -414,7 +415,7 @@ impl<S: Storage> Segment<S> {
     pub async fn open_active(
         storage: &S,
         dir: &Path,
-        base_offset: u64,
+        base_offset: Offset,
         open_files: &Rc<OpenFiles<S>>,
     ) -> io::Result<(Rc<Self>, Option<Truncation>)> {
         let path = log_path(dir, base_offset);
@@ -493,7 +494,7 @@ impl<S: Storage> Segment<S> {
         dir: &Path,
         facts: IndexedSegment,
     ) -> io::Result<()> {
-        let bytes = index::encode(&self.meta.borrow().index, self.base_offset, facts);
+        let bytes = index::encode(&self.meta.borrow().index, self.base_offset.0, facts);
         replace_small_file(&self.storage, &index_path(dir, self.base_offset), &bytes).await?;
         self.indexed_bytes.set(self.indexed_bytes.get().max(facts.covered_bytes));
         Ok(())
@@ -565,7 +566,7 @@ pub fn is_deleted_segment<S: Storage>(segment: &Segment<S>, error: &io::Error) -
 async fn load_index<S: Storage>(
     storage: &S,
     dir: &Path,
-    base_offset: u64,
+    base_offset: Offset,
     segment_len: u64,
 ) -> Option<(SegmentIndex, IndexedSegment)> {
     let path = index_path(dir, base_offset);
@@ -576,7 +577,7 @@ async fn load_index<S: Storage>(
             return None;
         }
     };
-    match index::decode(&bytes, base_offset) {
+    match index::decode(&bytes, base_offset.0) {
         Ok(loaded) => Some(loaded),
         Err(why) => {
             tracing::warn!(index = %path.display(), why, "ignoring an index file, rebuilding");
@@ -769,9 +770,9 @@ mod tests {
 
     #[test]
     fn segment_names_round_trip() {
-        let path = log_path(Path::new("/d"), 1234);
+        let path = log_path(Path::new("/d"), Offset(1234));
         assert_eq!(path.file_name().unwrap(), "00000000000000001234.log");
-        assert_eq!(parse_log_name("00000000000000001234.log"), Some(1234));
+        assert_eq!(parse_log_name("00000000000000001234.log"), Some(Offset(1234)));
         assert_eq!(parse_log_name("1234.log"), None);
         assert_eq!(parse_log_name("00000000000000001234.index"), None);
     }

@@ -42,6 +42,7 @@ use crate::metrics::Metrics;
 use crate::record::entry::{entries, Check, StoredEntry};
 use crate::record::{BatchMeta, PendingEntry};
 use crate::testing::TestRng;
+use crate::types::{LeaderEpoch, Offset};
 
 const SECTOR_BYTES: usize = 512;
 /// The idempotent producer's id.
@@ -464,18 +465,19 @@ impl StorageFile for SimFile {
 struct Model {
     /// Base offset → (next offset, payload) of every append not known to be gone. An offset
     /// handed out again after a discard or a crash replaces the old one.
-    appended: BTreeMap<u64, (u64, Vec<u8>)>,
+    appended: BTreeMap<Offset, (Offset, Vec<u8>)>,
     /// Every entry below was acknowledged written: it survives a process crash.
-    written: u64,
+    written: Offset,
     /// Every entry below was acknowledged synced: it survives a power loss.
-    synced: u64,
+    synced: Offset,
 }
 
 impl Model {
     /// Records an entry the log took at `base..next`. Entries recorded before over any of its
     /// offsets were lost with a crash, a discard or a truncation: they go.
-    fn record(&mut self, base: u64, next: u64, data: Vec<u8>) {
-        let overlapped: Vec<u64> = self.appended.range(base + 1..next).map(|(b, _)| *b).collect();
+    fn record(&mut self, base: Offset, next: Offset, data: Vec<u8>) {
+        let overlapped: Vec<Offset> =
+            self.appended.range(base.plus(1)..next).map(|(b, _)| *b).collect();
         for stale in overlapped {
             self.appended.remove(&stale);
         }
@@ -588,6 +590,11 @@ impl Run {
         log
     }
 
+    /// A seeded offset in `start..=end`.
+    fn offset_in(&mut self, start: Offset, end: Offset) -> Offset {
+        start.plus(self.rng.below(end.records_since(start) + 1))
+    }
+
     /// A payload that names itself, of a seeded size.
     fn payload(&mut self) -> Vec<u8> {
         self.next_payload += 1;
@@ -616,7 +623,7 @@ impl Run {
         let mut offset = start;
         while offset < end {
             let read = log
-                .read(offset, 256 * 1024, u64::MAX)
+                .read(offset, 256 * 1024, Offset(u64::MAX))
                 .await
                 .unwrap_or_else(|e| panic!("seed {seed}: reading offset {offset}: {e}"));
             assert!(!read.is_empty(), "seed {seed}: nothing read at {offset} below {end}");
@@ -629,7 +636,7 @@ impl Run {
                     let holder = epochs.iter().rev().find(|e| e.start_offset <= offset);
                     assert_eq!(
                         header.leader_epoch(),
-                        holder.map_or(0, |e| e.epoch),
+                        holder.map_or(LeaderEpoch(0), |e| e.epoch),
                         "seed {seed}: the entry at {offset} is stamped with another epoch than \
                          the log's {epochs:?}"
                     );
@@ -708,10 +715,10 @@ impl Run {
             let meta = BatchMeta::new(records, self.storage.now_ms(), self.storage.now_ms());
             let Some(pending) = PendingEntry::native(meta, &data) else { continue };
             // The leader's epoch: the one this log has, or a newer one (a new leader).
-            let latest = log.leader_epochs().last().map_or(0, |e| e.epoch);
+            let latest = log.leader_epochs().last().map_or(0, |e| e.epoch.0);
             let epoch = latest + self.rng.below(2) as i32;
             self.leader_epoch = self.leader_epoch.max(epoch);
-            let (entry, _) = pending.seal(log.log_end(), epoch);
+            let (entry, _) = pending.seal(log.log_end(), LeaderEpoch(epoch));
             match log.append_at(entry) {
                 Ok(appended) => {
                     let offsets = (appended.base_offset, appended.next_offset);
@@ -746,7 +753,7 @@ impl Run {
             }
         }
         let (start, end) = (log.log_start(), log.log_end());
-        let offset = start + self.rng.below(end - start + 1);
+        let offset = self.offset_in(start, end);
         if self.rng.below(4) == 0 {
             // Whichever way it ends, only what lies before the entry holding `offset` is
             // promised; what lies after it must be the entries appended there, if anything.
@@ -780,18 +787,18 @@ impl Run {
         // Half the time retention deletes old segments and a reader reads while it runs, at
         // times below an entry boundary as the partition layer reads below its high watermark.
         let read_end = match self.rng.below(2) {
-            0 => u64::MAX,
+            0 => Offset(u64::MAX),
             _ => {
                 let later = self.model.appended.range(start..).nth(self.rng.below(8) as usize);
-                later.map_or(u64::MAX, |(base, _)| *base)
+                later.map_or(Offset(u64::MAX), |(base, _)| *base)
             }
         };
         let beside = async {
             if end == start || self.rng.below(2) == 0 {
                 return None;
             }
-            let (yields, below) = (self.rng.below(20), start + self.rng.below(end - start + 1));
-            let read_at = start + self.rng.below(end - start);
+            let (yields, below) = (self.rng.below(20), self.offset_in(start, end));
+            let read_at = start.plus(self.rng.below(end.records_since(start)));
             for _ in 0..yields {
                 futures_lite::future::yield_now().await;
             }
@@ -888,7 +895,7 @@ impl Run {
         &mut self,
         log: &PartitionLog<SimStorage>,
         appended: &super::partition::Appended,
-        next: u64,
+        next: Offset,
         wait: u64,
     ) {
         match wait {
@@ -921,7 +928,7 @@ impl Run {
     /// must be durable once assigned.
     async fn new_leader_epoch(&mut self, log: &PartitionLog<SimStorage>) {
         self.leader_epoch += 1 + self.rng.below(2) as i32;
-        let (epoch, start_offset) = (self.leader_epoch, log.log_end());
+        let (epoch, start_offset) = (LeaderEpoch(self.leader_epoch), log.log_end());
         match log.assign_epoch(epoch, start_offset).await {
             Ok(()) => {
                 self.trace(&format!("leader epoch {epoch} starts at {start_offset}"));
@@ -941,7 +948,7 @@ impl Run {
         let mut expected = LeaderEpochs::from_entries(before);
         let mut found = LeaderEpochs::from_entries(&log.leader_epochs());
         let first = |epochs: &LeaderEpochs| epochs.entries().first().map(|e| e.start_offset);
-        let from = first(&expected).max(first(&found)).unwrap_or(0).max(log.log_start());
+        let from = first(&expected).max(first(&found)).unwrap_or_default().max(log.log_start());
         for epochs in [&mut expected, &mut found] {
             epochs.truncate_from_start(from);
             epochs.truncate_from_end(log.log_end());
@@ -982,7 +989,7 @@ impl Run {
                     // Nothing at or past `keep_from` goes (the partition layer passes its high
                     // watermark).
                     let (start, end) = (log.log_start(), log.written_offset());
-                    let keep_from = start + self.rng.below(end - start + 1);
+                    let keep_from = self.offset_in(start, end);
                     self.trace(&format!("retention, keeping from {keep_from}"));
                     if let Err(e) = log.enforce_retention(self.storage.now_ms(), keep_from).await {
                         panic!("seed {}: retention: {e}", self.seed);
@@ -997,7 +1004,7 @@ impl Run {
                 72..=74 => {
                     // Old data goes, as compaction deletes it.
                     let end = log.written_offset();
-                    let below = log.log_start() + self.rng.below(end - log.log_start() + 1);
+                    let below = self.offset_in(log.log_start(), end);
                     if let Err(e) = log.delete_segments_below(below).await {
                         panic!("seed {}: deleting segments below {below}: {e}", self.seed);
                     }
@@ -1164,7 +1171,7 @@ fn a_segment_created_just_before_a_crash_survives_a_later_power_loss() {
 fn run_entry(run: &mut Run, tag: u8) -> PendingEntry {
     let data = vec![tag; 100];
     let entry = PendingEntry::native(BatchMeta::new(1, 1, 1), &data).expect("entry");
-    let base = run.model.appended.last_key_value().map_or(0, |(_, (next, _))| *next);
-    run.model.record(base, base + 1, data);
+    let base = run.model.appended.last_key_value().map_or(Offset(0), |(_, (next, _))| *next);
+    run.model.record(base, base.plus(1), data);
     entry
 }

@@ -21,6 +21,8 @@ use std::rc::{Rc, Weak};
 
 use bytes::Bytes;
 
+use crate::types::Offset;
+
 /// The memory every tail cache of one shard may keep, together.
 pub struct TailBudget {
     bytes_max: usize,
@@ -68,8 +70,8 @@ impl TailBudget {
 struct Cached {
     /// Shard-wide insertion order.
     seq: u64,
-    base_offset: u64,
-    next_offset: u64,
+    base_offset: Offset,
+    next_offset: Offset,
     entry: Bytes,
     /// Memory the entry keeps alive: what the budget is charged.
     footprint: usize,
@@ -101,8 +103,8 @@ impl TailCache {
     /// the shard's oldest entries leave until its caches fit its budget (this one's included).
     pub fn push(
         cache: &RefCell<Self>,
-        base_offset: u64,
-        next_offset: u64,
+        base_offset: Offset,
+        next_offset: Offset,
         entry: Bytes,
         footprint: usize,
     ) {
@@ -128,7 +130,7 @@ impl TailCache {
     }
 
     /// Drops the entries at `offset` and after: they were discarded before reaching the disk.
-    pub fn truncate_from(&mut self, offset: u64) {
+    pub fn truncate_from(&mut self, offset: Offset) {
         let front = self.entries.front().map(|c| c.seq);
         while self.entries.back().is_some_and(|c| c.base_offset >= offset) {
             if let Some(dropped) = self.entries.pop_back() {
@@ -140,7 +142,7 @@ impl TailCache {
 
     /// Entries holding `offset` and after, below `end_offset`, up to `max_bytes` (but always
     /// the first entry whole). `None` when `offset` is older than the cache.
-    pub fn read(&self, offset: u64, end_offset: u64, max_bytes: usize) -> Option<Vec<Bytes>> {
+    pub fn read(&self, offset: Offset, end_offset: Offset, max_bytes: usize) -> Option<Vec<Bytes>> {
         let first = self.entries.front()?;
         if offset < first.base_offset {
             return None;
@@ -222,7 +224,8 @@ mod tests {
     /// Entries `from..to`, two offsets and 100 bytes each.
     fn fill(cache: &RefCell<TailCache>, from: u64, to: u64) {
         for i in from..to {
-            TailCache::push(cache, i * 2, i * 2 + 2, Bytes::from(vec![i as u8; 100]), 100);
+            let (base, next) = (Offset(i * 2), Offset(i * 2 + 2));
+            TailCache::push(cache, base, next, Bytes::from(vec![i as u8; 100]), 100);
         }
     }
 
@@ -236,38 +239,41 @@ mod tests {
     fn serves_from_the_entry_holding_the_offset() {
         let cache = cache_of(10_000);
         let cache = cache.borrow();
-        let got = cache.read(5, 20, 250).unwrap();
+        let got = cache.read(Offset(5), Offset(20), 250).unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!(got[0][0], 2);
-        assert!(cache.read(20, 20, 250).unwrap().is_empty());
+        assert!(cache.read(Offset(20), Offset(20), 250).unwrap().is_empty());
     }
 
     #[test]
     fn stops_at_the_end_offset_and_always_returns_one_entry() {
         let cache = cache_of(10_000);
         let cache = cache.borrow();
-        assert_eq!(cache.read(0, 4, 10_000).unwrap().len(), 2);
-        assert_eq!(cache.read(0, 20, 1).unwrap().len(), 1);
+        assert_eq!(cache.read(Offset(0), Offset(4), 10_000).unwrap().len(), 2);
+        assert_eq!(cache.read(Offset(0), Offset(20), 1).unwrap().len(), 1);
     }
 
     #[test]
     fn truncation_drops_the_newest_entries_and_their_bytes() {
         let cache = cache_of(1 << 20);
-        cache.borrow_mut().truncate_from(8);
-        assert_eq!(cache.borrow().read(8, 20, 1 << 20).map(|e| e.len()), Some(0));
-        assert_eq!(cache.borrow().read(0, 20, 1 << 20).map(|e| e.len()), Some(4));
+        cache.borrow_mut().truncate_from(Offset(8));
+        assert_eq!(cache.borrow().read(Offset(8), Offset(20), 1 << 20).map(|e| e.len()), Some(0));
+        assert_eq!(cache.borrow().read(Offset(0), Offset(20), 1 << 20).map(|e| e.len()), Some(4));
         assert_eq!(cache.borrow().bytes, 4 * 100);
-        TailCache::push(&cache, 8, 9, Bytes::from_static(b"again"), 5);
-        assert_eq!(cache.borrow().read(8, 20, 1 << 20).unwrap()[0], Bytes::from_static(b"again"));
+        TailCache::push(&cache, Offset(8), Offset(9), Bytes::from_static(b"again"), 5);
+        assert_eq!(
+            cache.borrow().read(Offset(8), Offset(20), 1 << 20).unwrap()[0],
+            Bytes::from_static(b"again")
+        );
     }
 
     #[test]
     fn evicts_oldest_beyond_its_own_limit_and_reports_misses() {
         let cache = cache_of(450);
         let cache = cache.borrow();
-        assert!(cache.read(0, 20, 1000).is_none());
-        assert!(cache.read(11, 20, 1000).is_none());
-        assert_eq!(cache.read(12, 20, 1000).unwrap().len(), 4);
+        assert!(cache.read(Offset(0), Offset(20), 1000).is_none());
+        assert!(cache.read(Offset(11), Offset(20), 1000).is_none());
+        assert_eq!(cache.read(Offset(12), Offset(20), 1000).unwrap().len(), 4);
     }
 
     /// The shard's caches together stay within its budget: the shard's oldest entries leave
@@ -282,8 +288,8 @@ mod tests {
         assert_eq!(budget.used_bytes(), 1000);
         assert_eq!(idle.borrow().bytes, 200, "the idle partition's oldest entries went first");
         assert_eq!(busy.borrow().bytes, 800);
-        assert!(idle.borrow().read(0, 100, 1000).is_none());
-        assert_eq!(idle.borrow().read(6, 100, 1000).unwrap().len(), 2);
+        assert!(idle.borrow().read(Offset(0), Offset(100), 1000).is_none());
+        assert_eq!(idle.borrow().read(Offset(6), Offset(100), 1000).unwrap().len(), 2);
 
         fill(&busy, 8, 11);
         assert_eq!(budget.used_bytes(), 1000);
@@ -291,7 +297,7 @@ mod tests {
 
         drop(busy);
         assert_eq!(budget.used_bytes(), idle.borrow().bytes);
-        idle.borrow_mut().truncate_from(0);
+        idle.borrow_mut().truncate_from(Offset(0));
         assert_eq!(budget.used_bytes(), 0);
         assert!(budget.oldest.borrow().is_empty());
     }
@@ -309,7 +315,7 @@ mod tests {
     fn random_operations(seed: u64) {
         let mut rng = crate::testing::TestRng::new(seed);
         let budget = TailBudget::new(5_000);
-        let mut caches: Vec<(Rc<RefCell<TailCache>>, u64)> = Vec::new();
+        let mut caches: Vec<(Rc<RefCell<TailCache>>, Offset)> = Vec::new();
         for _ in 0..5_000 {
             match rng.below(10) {
                 0 if !caches.is_empty() => {
@@ -319,17 +325,17 @@ mod tests {
                 1 if !caches.is_empty() => {
                     let pick = rng.below(caches.len() as u64) as usize;
                     let (cache, next) = &mut caches[pick];
-                    let from = next.saturating_sub(rng.below(4));
+                    let from = Offset(next.0.saturating_sub(rng.below(4)));
                     cache.borrow_mut().truncate_from(from);
                     *next = from;
                 }
-                2 => caches.push((cache_in(&budget, 500 + rng.below(2_000) as usize), 0)),
+                2 => caches.push((cache_in(&budget, 500 + rng.below(2_000) as usize), Offset(0))),
                 _ if !caches.is_empty() => {
                     let pick = rng.below(caches.len() as u64) as usize;
                     let (cache, next) = &mut caches[pick];
                     let len = 1 + rng.below(700) as usize;
-                    TailCache::push(cache, *next, *next + 1, Bytes::from(vec![0; len]), len);
-                    *next += 1;
+                    TailCache::push(cache, *next, next.plus(1), Bytes::from(vec![0; len]), len);
+                    *next = next.plus(1);
                 }
                 _ => {}
             }

@@ -23,6 +23,7 @@ use crate::native::messages::{
 use crate::record::batch::validate_native_payload;
 use crate::record::{PayloadFormat, PendingEntry, ENTRY_HEADER_BYTES};
 use crate::shard::{Shard, FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX};
+use crate::types::{Offset, ShardId};
 use glommio::sync::StaticPermit;
 
 /// Runs one request. `None` means no response is sent (a produce with acks=0).
@@ -131,9 +132,11 @@ async fn produce(shard: &Rc<Shard>, frame: RequestFrame) -> Option<Response> {
         return None;
     }
     let body = match result {
-        Ok((base_offset, log_start)) => {
-            ProduceResponse { error: ErrorBody::none(), base_offset, log_start }
-        }
+        Ok((base_offset, log_start)) => ProduceResponse {
+            error: ErrorBody::none(),
+            base_offset: base_offset.0,
+            log_start: log_start.0,
+        },
         Err(e) => ProduceResponse { error: ErrorBody::from(&e), base_offset: 0, log_start: 0 },
     };
     Some(answer(Api::Produce, request_id, &body))
@@ -143,7 +146,7 @@ async fn append(
     shard: &Rc<Shard>,
     frame: RequestFrame,
     request: ProduceRequest,
-) -> Result<(u64, u64), BrokerError> {
+) -> Result<(Offset, Offset), BrokerError> {
     let info = shard.topic_or_create(&request.topic).await?;
     if request.partition >= info.partitions {
         let why = format!(
@@ -194,8 +197,9 @@ async fn fetch(
     };
     let max_bytes = fetch_max_bytes(&request);
     let max_wait = Duration::from_millis(u64::from(request.max_wait_ms.min(FETCH_WAIT_MS_MAX)));
-    let result =
-        shard.fetch(&request.topic, request.partition, request.offset, max_bytes, max_wait).await;
+    let result = shard
+        .fetch(&request.topic, request.partition, Offset(request.offset), max_bytes, max_wait)
+        .await;
     // Entries Kafka producers stored are converted for native readers, one entry at a time.
     let result = result.and_then(|mut outcome| {
         outcome.entries = crate::record::convert::native_entries(outcome.entries).map_err(|e| {
@@ -207,8 +211,8 @@ async fn fetch(
         Ok(outcome) => (
             FetchResponse {
                 error: ErrorBody::none(),
-                high_watermark: outcome.high_watermark,
-                log_start: outcome.log_start,
+                high_watermark: outcome.high_watermark.0,
+                log_start: outcome.log_start.0,
             },
             outcome.entries,
             outcome.woken_at,
@@ -276,7 +280,7 @@ async fn describe_topic(shard: &Rc<Shard>, name: String, with_offsets: bool) -> 
     for partition in 0..info.partitions {
         let (log_start, high_watermark) = if with_offsets {
             match shard.watermarks(&name, partition).await {
-                Ok(bounds) => (bounds.log_start, bounds.high_watermark),
+                Ok(bounds) => (bounds.log_start.0, bounds.high_watermark.0),
                 Err(e) => {
                     error = ErrorBody::from(&e);
                     (0, 0)
@@ -285,7 +289,7 @@ async fn describe_topic(shard: &Rc<Shard>, name: String, with_offsets: bool) -> 
         } else {
             (0, 0)
         };
-        let owner = shard.owner(&name, partition) as u32;
+        let owner = shard.owner(&name, partition).0 as u32;
         partitions.push(PartitionMetadata { partition, shard: owner, log_start, high_watermark });
     }
     TopicMetadata { name, error, partitions, configs: info.config.entries() }
@@ -315,7 +319,7 @@ async fn delete_topic(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
 async fn list_groups(shard: &Rc<Shard>, request_id: u64) -> Response {
     let mut groups = Vec::new();
     let mut error = ErrorBody::none();
-    for target in 0..shard.count {
+    for target in (0..shard.count).map(ShardId) {
         match shard.group_on(target, ListGroups {}).await {
             Ok(listed) => {
                 groups.extend(listed.into_iter().map(|(group, state, protocol_type)| {
@@ -379,7 +383,7 @@ async fn describe_group(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
     for (topic, partition, committed) in offsets {
         let Some(committed) = committed else { continue };
         let high_watermark = match u32::try_from(partition) {
-            Ok(p) => shard.watermarks(&topic, p).await.map_or(-1, |b| b.high_watermark as i64),
+            Ok(p) => shard.watermarks(&topic, p).await.map_or(-1, |b| b.high_watermark.0 as i64),
             Err(_) => -1,
         };
         body.offsets.push(GroupOffset {

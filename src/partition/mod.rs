@@ -27,6 +27,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 use crate::log::storage::{DmaStorage, Storage};
 use crate::log::{Appended, LogError, PartitionLog};
 use crate::record::PendingEntry;
+use crate::types::Offset;
 
 /// ListOffsets' special timestamps (Kafka's): the high watermark, and the log start.
 pub const OFFSET_LATEST: i64 = -1;
@@ -70,8 +71,8 @@ impl std::str::FromStr for Acks {
 #[derive(Debug, Default)]
 pub struct ReadOutcome {
     pub entries: Vec<Bytes>,
-    pub high_watermark: u64,
-    pub log_start: u64,
+    pub high_watermark: Offset,
+    pub log_start: Offset,
     /// When a fetch that waited for data was woken by it (set by the shard's long poll), so the
     /// listener can time the delivery that follows.
     pub woken_at: Option<Instant>,
@@ -81,13 +82,13 @@ pub struct ReadOutcome {
 /// `log_start..=log_end` is in range, and the records below `high_watermark` are readable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LogBounds {
-    pub log_start: u64,
-    pub high_watermark: u64,
-    pub log_end: u64,
+    pub log_start: Offset,
+    pub high_watermark: Offset,
+    pub log_end: Offset,
 }
 
 impl LogBounds {
-    pub fn contains(&self, offset: u64) -> bool {
+    pub fn contains(&self, offset: Offset) -> bool {
         (self.log_start..=self.log_end).contains(&offset)
     }
 }
@@ -96,7 +97,7 @@ impl LogBounds {
 pub struct Partition<S: Storage = DmaStorage> {
     log: Rc<PartitionLog<S>>,
     /// Consumers read below it. Moved only by [`Self::high_watermark`].
-    high_watermark: Cell<u64>,
+    high_watermark: Cell<Offset>,
 }
 
 impl<S: Storage> Partition<S> {
@@ -132,7 +133,7 @@ impl<S: Storage> Partition<S> {
 
     /// The high watermark, first moved up to what every replica has: with one replica, what
     /// the local log has written.
-    pub fn high_watermark(&self) -> u64 {
+    pub fn high_watermark(&self) -> Offset {
         let (previous, reached) = (self.high_watermark.get(), self.log.written_offset());
         if reached != previous {
             let (log_start, log_end) = (self.log.log_start(), self.log.log_end());
@@ -148,7 +149,7 @@ impl<S: Storage> Partition<S> {
         reached
     }
 
-    pub fn log_start(&self) -> u64 {
+    pub fn log_start(&self) -> Offset {
         self.log.log_start()
     }
 
@@ -159,14 +160,14 @@ impl<S: Storage> Partition<S> {
 
     /// Whole entries holding `offset` and after, below the high watermark, up to about
     /// `max_bytes` (always at least one entry when any is visible).
-    pub async fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadOutcome, LogError> {
+    pub async fn read(&self, offset: Offset, max_bytes: usize) -> Result<ReadOutcome, LogError> {
         let (high_watermark, log_start) = (self.high_watermark(), self.log.log_start());
         let entries = self.log.read(offset, max_bytes, high_watermark).await?;
         Ok(ReadOutcome { entries, high_watermark, log_start, woken_at: None })
     }
 
     /// Waits until the high watermark passes `offset`, at most `wait`. Returns whether it did.
-    pub async fn wait_for_data(&self, offset: u64, wait: Duration) -> bool {
+    pub async fn wait_for_data(&self, offset: Offset, wait: Duration) -> bool {
         // With one replica the high watermark moves exactly when the written offset does.
         let data = async { self.log.wait_written_past(offset).await.is_ok() };
         let timeout = async {
@@ -181,7 +182,7 @@ impl<S: Storage> Partition<S> {
     pub async fn offset_for_timestamp(
         &self,
         timestamp: i64,
-    ) -> Result<Option<(u64, i64)>, LogError> {
+    ) -> Result<Option<(Offset, i64)>, LogError> {
         let found = self.log.offset_for_timestamp(timestamp).await?;
         let high_watermark = self.high_watermark();
         Ok(found.filter(|(offset, _)| *offset < high_watermark))

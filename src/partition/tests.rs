@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::{Acks, Partition};
 use crate::log::partition::tests::{entry, in_partition_dir, open, payload};
 use crate::log::LogError;
+use crate::types::Offset;
 
 const SEGMENT_BYTES: u64 = 1024 * 1024;
 
@@ -13,22 +14,28 @@ const SEGMENT_BYTES: u64 = 1024 * 1024;
 fn the_high_watermark_follows_what_the_log_has_written() {
     in_partition_dir(|dir| async move {
         let partition = Partition::new(open(&dir, SEGMENT_BYTES).await);
-        assert_eq!(partition.high_watermark(), 0);
+        assert_eq!(partition.high_watermark(), Offset(0));
         let appended = partition.append(entry(3, &payload(0, 100))).expect("append");
         // Appended, not yet written: not visible, yet its offsets are inside the log, so a
         // consumer there waits instead of being told it is out of range.
         assert!(partition.high_watermark() < appended.next_offset);
-        let inside = appended.next_offset - 1;
+        let inside = Offset(appended.next_offset.0 - 1);
         let read = partition.read(inside, 1 << 20).await.expect("in range");
         assert!(read.entries.is_empty(), "nothing is visible before it is written");
         assert_eq!(read.high_watermark, partition.high_watermark());
         partition.wait_acked(&appended, Acks::Leader).await.expect("written");
-        assert_eq!(partition.high_watermark(), 3);
-        let read = partition.read(0, 1 << 20).await.expect("read");
-        assert_eq!((read.entries.len(), read.high_watermark, read.log_start), (1, 3, 0));
+        assert_eq!(partition.high_watermark(), Offset(3));
+        let read = partition.read(Offset(0), 1 << 20).await.expect("read");
+        assert_eq!(
+            (read.entries.len(), read.high_watermark, read.log_start),
+            (1, Offset(3), Offset(0))
+        );
         // Past the log end is out of range.
-        let past = partition.read(4, 1 << 20).await;
-        assert!(matches!(past, Err(LogError::OffsetOutOfRange { log_end: 3, .. })), "{past:?}");
+        let past = partition.read(Offset(4), 1 << 20).await;
+        assert!(
+            matches!(past, Err(LogError::OffsetOutOfRange { log_end: Offset(3), .. })),
+            "{past:?}"
+        );
         partition.log().close().await;
     });
 }
@@ -55,12 +62,12 @@ fn acks_all_answers_after_the_fdatasync_and_acks_zero_after_room() {
 fn a_long_poll_wakes_when_data_becomes_visible_and_times_out_otherwise() {
     in_partition_dir(|dir| async move {
         let partition = Rc::new(Partition::new(open(&dir, SEGMENT_BYTES).await));
-        let idle = partition.wait_for_data(0, Duration::from_millis(20)).await;
+        let idle = partition.wait_for_data(Offset(0), Duration::from_millis(20)).await;
         assert!(!idle, "nothing appended: the poll times out");
         let poll = {
             let partition = partition.clone();
             glommio::spawn_local(async move {
-                partition.wait_for_data(0, Duration::from_secs(60)).await
+                partition.wait_for_data(Offset(0), Duration::from_secs(60)).await
             })
         };
         let appended = partition.append(entry(1, &payload(0, 10))).expect("append");

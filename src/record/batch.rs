@@ -205,7 +205,7 @@ impl<'a> NativeBatchView<'a> {
             .map_err(|e| BatchError::Invalid(e.to_string()))?;
         Ok(Self {
             batch,
-            base_offset: header.base_offset(),
+            base_offset: header.base_offset().0,
             first_timestamp: header.first_timestamp.get(),
         })
     }
@@ -273,8 +273,8 @@ mod tests {
         validate_native_payload(&bytes, &meta).unwrap();
         let header = crate::record::EntryHeader::new(
             crate::record::PayloadFormat::Native,
-            100,
-            0,
+            crate::types::Offset(100),
+            crate::types::LeaderEpoch(0),
             &meta,
             bytes.len() as u32,
             crc32fast::hash(&bytes),

@@ -24,7 +24,7 @@ pub fn native_to_kafka(
     out: &mut BytesMut,
 ) -> Result<(), String> {
     let view = NativeBatchView::new(header, payload).map_err(|e| e.to_string())?;
-    let base_offset = header.base_offset();
+    let base_offset = header.base_offset().0;
     let first_timestamp = header.first_timestamp.get();
     let start = out.len();
     out.resize(start + BATCH_HEADER_BYTES, 0);
@@ -53,7 +53,7 @@ pub fn native_to_kafka(
     let fields = &mut out[start..start + BATCH_HEADER_BYTES];
     fields[0..8].copy_from_slice(&(base_offset as i64).to_be_bytes());
     fields[8..12].copy_from_slice(&batch_len.to_be_bytes());
-    fields[12..16].copy_from_slice(&header.leader_epoch().to_be_bytes());
+    fields[12..16].copy_from_slice(&header.leader_epoch().0.to_be_bytes());
     fields[16] = 2;
     fields[21..23].copy_from_slice(&0i16.to_be_bytes());
     fields[23..27].copy_from_slice(&(count - 1).to_be_bytes());
@@ -328,8 +328,8 @@ mod tests {
         let (meta, archive) = builder.build();
         let header = EntryHeader::new(
             PayloadFormat::Native,
-            base_offset,
-            3,
+            crate::types::Offset(base_offset),
+            crate::types::LeaderEpoch(3),
             &meta,
             archive.len() as u32,
             crc32fast::hash(&archive),
@@ -354,7 +354,8 @@ mod tests {
         assert_eq!(kafka_records(&kafka).unwrap(), originals());
         let back = kafka_to_native(&header, &kafka).unwrap();
         let (back_header, back_payload) = parse_entry(&back).unwrap();
-        assert_eq!((back_header.base_offset(), back_header.leader_epoch()), (40, 3));
+        let (base, epoch) = (back_header.base_offset(), back_header.leader_epoch());
+        assert_eq!((base.0, epoch.0), (40, 3));
         let view = NativeBatchView::new(&back_header, back_payload).unwrap();
         let read: Vec<_> = view.records().map(|r| r.to_owned_record()).collect();
         assert_eq!(read, originals());

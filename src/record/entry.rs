@@ -34,6 +34,8 @@
 use zerocopy::little_endian::{I16, I32, I64, U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
+use crate::types::{LeaderEpoch, Offset};
+
 /// Bytes in an [`EntryHeader`].
 pub const ENTRY_HEADER_BYTES: usize = 64;
 /// Every entry starts and ends on this boundary; rkyv archives need 16-byte alignment.
@@ -122,8 +124,8 @@ pub enum EntryError {
     },
     /// The entry is intact but not the one the log expected next.
     UnexpectedOffset {
-        expected: u64,
-        found: u64,
+        expected: Offset,
+        found: Offset,
     },
 }
 
@@ -163,8 +165,8 @@ impl EntryHeader {
     /// CRC so the payload is not read a second time.
     pub fn new(
         format: PayloadFormat,
-        base_offset: u64,
-        leader_epoch: i32,
+        base_offset: Offset,
+        leader_epoch: LeaderEpoch,
         meta: &crate::record::BatchMeta,
         payload_len: u32,
         payload_crc: u32,
@@ -176,9 +178,9 @@ impl EntryHeader {
             version: ENTRY_VERSION,
             format: format as u8,
             flags: 0.into(),
-            base_offset: base_offset.into(),
+            base_offset: base_offset.0.into(),
             record_count: meta.record_count.into(),
-            leader_epoch: leader_epoch.into(),
+            leader_epoch: leader_epoch.0.into(),
             first_timestamp: meta.first_timestamp.into(),
             max_timestamp: meta.max_timestamp.into(),
             producer_id: meta.producer_id.into(),
@@ -198,13 +200,13 @@ impl EntryHeader {
         hasher.finalize()
     }
 
-    pub fn base_offset(&self) -> u64 {
-        self.base_offset.get()
+    pub fn base_offset(&self) -> Offset {
+        Offset(self.base_offset.get())
     }
 
     /// The leader epoch the entry was appended in.
-    pub fn leader_epoch(&self) -> i32 {
-        self.leader_epoch.get()
+    pub fn leader_epoch(&self) -> LeaderEpoch {
+        LeaderEpoch(self.leader_epoch.get())
     }
 
     fn version_known(&self) -> bool {
@@ -212,8 +214,8 @@ impl EntryHeader {
     }
 
     /// The offset after the last record of this entry.
-    pub fn next_offset(&self) -> u64 {
-        self.base_offset.get() + u64::from(self.record_count.get())
+    pub fn next_offset(&self) -> Offset {
+        self.base_offset().plus(u64::from(self.record_count.get()))
     }
 
     /// Bytes this entry occupies in the log, padding included.
@@ -397,8 +399,8 @@ mod tests {
     fn encode_in_epoch(base_offset: u64, leader_epoch: i32, payload: &[u8]) -> Vec<u8> {
         let header = EntryHeader::new(
             PayloadFormat::Native,
-            base_offset,
-            leader_epoch,
+            Offset(base_offset),
+            LeaderEpoch(leader_epoch),
             &meta(3),
             payload.len() as u32,
             crc32fast::hash(payload),
@@ -415,8 +417,8 @@ mod tests {
         assert_eq!(buf.len() % ENTRY_ALIGN, 0);
         let (header, payload) = parse_entry(&buf).unwrap();
         assert_eq!(payload, b"hello world");
-        assert_eq!(header.base_offset(), 42);
-        assert_eq!(header.next_offset(), 45);
+        assert_eq!(header.base_offset(), Offset(42));
+        assert_eq!(header.next_offset(), Offset(45));
         assert_eq!(header.entry_len(), buf.len());
     }
 
@@ -426,7 +428,7 @@ mod tests {
     fn the_leader_epoch_is_kept_and_version_1_entries_read_as_epoch_0() {
         let buf = encode_in_epoch(42, 7, b"epoch");
         let (header, _) = parse_entry(&buf).unwrap();
-        assert_eq!((header.version, header.leader_epoch()), (2, 7));
+        assert_eq!((header.version, header.leader_epoch()), (2, LeaderEpoch(7)));
 
         let mut old = encode_in_epoch(42, 0, b"epoch");
         old[12] = 1;
@@ -435,7 +437,10 @@ mod tests {
         hasher.update(b"epoch");
         old[4..8].copy_from_slice(&hasher.finalize().to_le_bytes());
         let (header, payload) = parse_entry(&old).unwrap();
-        assert_eq!((header.version, header.leader_epoch(), payload), (1, 0, &b"epoch"[..]));
+        assert_eq!(
+            (header.version, header.leader_epoch(), payload),
+            (1, LeaderEpoch(0), &b"epoch"[..])
+        );
         assert_eq!(written_by_newer_build(&old), Ok(false));
     }
 
@@ -478,7 +483,7 @@ mod tests {
         buf.extend(encode(3, &[7u8; 40]));
         buf.extend(encode(6, b"third"));
         let walked: Vec<_> = entries(&buf, Check::Checksum).map(Result::unwrap).collect();
-        let bases: Vec<u64> = walked.iter().map(|e| e.header.base_offset()).collect();
+        let bases: Vec<u64> = walked.iter().map(|e| e.header.base_offset().0).collect();
         assert_eq!(bases, [0, 3, 6]);
         assert_eq!(walked[1].payload, &[7u8; 40]);
         assert_eq!(walked[1].at, walked[0].bytes.len());

@@ -18,12 +18,13 @@ use crate::record::entry::{
     entry_len, EntryHeader, PayloadFormat, ENTRY_ALIGN, ENTRY_HEADER_BYTES,
 };
 use crate::record::BatchMeta;
+use crate::types::{LeaderEpoch, Offset};
 
 /// Leading bytes of a Kafka batch the broker writes: base offset, length, leader epoch.
 const BROKER_OWNED_BYTES: usize = crate::record::kafka_batch::BROKER_OWNED_BYTES;
 /// A partition's leader epoch until one is assigned (the cluster assigns them): what entries are
 /// stamped with and what Metadata and Fetch report.
-pub const LEADER_EPOCH: i32 = 0;
+pub const LEADER_EPOCH: LeaderEpoch = LeaderEpoch(0);
 
 /// Memory a sealed entry may keep alive beyond its own bytes before it is copied out of its
 /// receive buffer: the usual prefix, meta and padding are far below this.
@@ -88,13 +89,13 @@ impl PendingEntry {
     /// memory it keeps alive (what caches must charge for it). When the receive buffer is much
     /// larger than the entry (a large meta in front of a small batch), the entry is copied out so
     /// a cached entry never pins more than [`SEAL_SLACK_BYTES_MAX`] beyond its own size.
-    pub fn seal(mut self, base_offset: u64, leader_epoch: i32) -> (Bytes, usize) {
+    pub fn seal(mut self, base_offset: Offset, leader_epoch: LeaderEpoch) -> (Bytes, usize) {
         let start = self.header_at;
         if self.format == PayloadFormat::Kafka {
             let batch = start + ENTRY_HEADER_BYTES;
             let owned = &mut self.buf[batch..batch + BROKER_OWNED_BYTES];
-            owned[..8].copy_from_slice(&(base_offset as i64).to_be_bytes());
-            owned[12..16].copy_from_slice(&leader_epoch.to_be_bytes());
+            owned[..8].copy_from_slice(&(base_offset.0 as i64).to_be_bytes());
+            owned[12..16].copy_from_slice(&leader_epoch.0.to_be_bytes());
             let mut crc = crc32fast::Hasher::new();
             crc.update(owned);
             let tail_len = (self.payload_len - BROKER_OWNED_BYTES) as u64;
@@ -146,13 +147,13 @@ mod tests {
             PayloadFormat::Native,
         )
         .unwrap();
-        let (entry, footprint) = pending.seal(77, 0);
+        let (entry, footprint) = pending.seal(Offset(77), LeaderEpoch(0));
         assert!(footprint >= entry.len());
         assert_eq!(entry.len() % ENTRY_ALIGN, 0);
         assert_eq!(entry.as_ptr() as usize % ENTRY_ALIGN, 0);
         let (header, read) = parse_entry(&entry).unwrap();
         assert_eq!(read, payload);
-        assert_eq!(header.base_offset(), 77);
+        assert_eq!(header.base_offset(), Offset(77));
     }
 
     #[test]
@@ -173,7 +174,7 @@ mod tests {
             PayloadFormat::Native,
         )
         .unwrap();
-        let (entry, footprint) = pending.seal(0, 0);
+        let (entry, footprint) = pending.seal(Offset(0), LeaderEpoch(0));
         assert!(footprint < 4096, "footprint {footprint}");
         assert_eq!(parse_entry(&entry).unwrap().1, payload);
     }
@@ -183,10 +184,10 @@ mod tests {
         let batch = crate::record::kafka_batch::tests::batch(4);
         let header = crate::record::kafka_batch::validate_produced(&batch, 1 << 20).unwrap();
         let pending = PendingEntry::kafka(&batch, header.meta()).unwrap();
-        let (entry, _) = pending.seal(1000, 0);
+        let (entry, _) = pending.seal(Offset(1000), LeaderEpoch(0));
         let (entry_header, payload) = parse_entry(&entry).unwrap();
         assert_eq!(entry_header.format(), Some(PayloadFormat::Kafka));
-        assert_eq!(entry_header.next_offset(), 1004);
+        assert_eq!(entry_header.next_offset(), Offset(1004));
         assert_eq!(&payload[..8], &1000i64.to_be_bytes());
         assert_eq!(&payload[BROKER_OWNED_BYTES..], &batch[BROKER_OWNED_BYTES..]);
         assert!(crate::record::kafka_batch::validate_produced(payload, 1 << 20).is_ok());

@@ -14,6 +14,7 @@ use crate::group::{GroupAnswer, GroupCall};
 use crate::partition::{Acks, LogBounds, ReadOutcome};
 use crate::record::PendingEntry;
 use crate::shard::catalog::TopicInfo;
+use crate::types::Offset;
 
 typed_requests! {
     /// A request to one shard, and what it answers.
@@ -21,10 +22,10 @@ typed_requests! {
 
     /// Appends to a partition this shard owns; answers its base offset and the log start.
     Produce { topic: String, partition: u32, acks: Acks, entry: PendingEntry }
-        -> Result<(u64, u64), BrokerError>;
+        -> Result<(Offset, Offset), BrokerError>;
 
     /// Reads a partition this shard owns, waiting up to `max_wait` for data at its end.
-    Fetch { topic: String, partition: u32, offset: u64, max_bytes: usize, max_wait: Duration }
+    Fetch { topic: String, partition: u32, offset: Offset, max_bytes: usize, max_wait: Duration }
         -> Result<ReadOutcome, BrokerError>;
 
     /// The offset of the latest (-1), earliest (-2) or first record at or after a time, with

@@ -11,6 +11,7 @@ use crate::log::segment::PARTITION_DISK_BYTES_AT_FIRST;
 use crate::shard::call::ApplyTopic;
 use crate::shard::catalog::{self, TopicFile, TopicInfo, PARTITIONS_MAX};
 use crate::shard::state::{is_internal_topic, Shard};
+use crate::types::ShardId;
 
 /// How the controller writes a topic's `topic.toml`.
 enum TopicFileWrite {
@@ -188,7 +189,7 @@ impl Shard {
         name: &str,
         info: Option<TopicInfo>,
     ) -> Result<(), BrokerError> {
-        for shard in 0..self.count {
+        for shard in (0..self.count).map(ShardId) {
             let apply = ApplyTopic { name: name.to_string(), info: info.clone() };
             // Boxed: `ask` -> `execute` -> controller -> `broadcast` -> `ask` is a cycle.
             let applied: std::pin::Pin<Box<dyn std::future::Future<Output = _> + '_>> =

@@ -10,10 +10,11 @@ use crate::group::{GroupRequest, OffsetsLogs};
 use crate::partition::Partition;
 use crate::shard::call::Group;
 use crate::shard::state::Shard;
+use crate::types::ShardId;
 
 impl Shard {
     /// The shard coordinating `group`: the owner of its `__consumer_offsets` partition.
-    pub fn group_shard(&self, group: &str) -> usize {
+    pub fn group_shard(&self, group: &str) -> ShardId {
         self.owner(OFFSETS_TOPIC, offsets::partition_for(group))
     }
 
@@ -30,7 +31,7 @@ impl Shard {
     /// COORDINATOR_NOT_AVAILABLE when `target` is stopping: retriable for clients.
     pub async fn group_on<R: GroupRequest>(
         self: &Rc<Self>,
-        target: usize,
+        target: ShardId,
         request: R,
     ) -> Result<R::Answer, ErrorKind> {
         // Boxed: `ask` -> `execute` -> coordinator -> `persist` -> topic creation -> `ask`.

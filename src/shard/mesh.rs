@@ -13,6 +13,8 @@ use glommio::channels::shared_channel::{
     self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
 };
 
+use crate::types::ShardId;
+
 /// One shard's ends of the mesh, before it connects them on its own executor.
 pub struct MeshEnds<T: Send> {
     id: usize,
@@ -61,18 +63,18 @@ pub fn take<T: Send>(
 
 impl<T: Send + 'static> MeshEnds<T> {
     /// This shard's id, its index in the mesh.
-    pub fn id(&self) -> usize {
-        self.id
+    pub fn id(&self) -> ShardId {
+        ShardId(self.id)
     }
 
     /// Connects every end on this shard's executor. A connection completes only when the
     /// shard at the other end connects too, so all of them are started before any is awaited.
-    pub async fn connect(self) -> (Peers<T>, Vec<(usize, ConnectedReceiver<T>)>) {
+    pub async fn connect(self) -> (Peers<T>, Vec<(ShardId, ConnectedReceiver<T>)>) {
         let senders: Vec<_> = (self.senders.into_iter())
             .map(|end| end.map(|end| glommio::spawn_local(end.connect())))
             .collect();
         let receivers: Vec<_> = (self.receivers.into_iter().enumerate())
-            .filter_map(|(from, end)| Some((from, glommio::spawn_local(end?.connect()))))
+            .filter_map(|(from, end)| Some((ShardId(from), glommio::spawn_local(end?.connect()))))
             .collect();
         let mut connected_senders = Vec::with_capacity(senders.len());
         for sender in senders {
@@ -100,8 +102,8 @@ pub struct Undelivered;
 
 impl<T: Send> Peers<T> {
     /// Sends `message` to shard `to`, waiting while its channel is full.
-    pub async fn send_to(&self, to: usize, message: T) -> Result<(), Undelivered> {
-        match self.senders.get(to) {
+    pub async fn send_to(&self, to: ShardId, message: T) -> Result<(), Undelivered> {
+        match self.senders.get(to.0) {
             Some(Some(sender)) => sender.send(message).await.map_err(|_| Undelivered),
             _ => Err(Undelivered),
         }
@@ -115,9 +117,9 @@ mod tests {
     #[test]
     fn a_shard_takes_the_ends_it_prefers_while_they_are_there() {
         let slots = full::<u8>(3, 1);
-        assert_eq!(take(&slots, Some(2)).map(|e| e.id()), Some(2));
-        assert_eq!(take(&slots, Some(2)).map(|e| e.id()), Some(0));
-        assert_eq!(take(&slots, Some(9)).map(|e| e.id()), Some(1));
+        assert_eq!(take(&slots, Some(2)).map(|e| e.id()), Some(ShardId(2)));
+        assert_eq!(take(&slots, Some(2)).map(|e| e.id()), Some(ShardId(0)));
+        assert_eq!(take(&slots, Some(9)).map(|e| e.id()), Some(ShardId(1)));
         assert!(take(&slots, None).is_none());
     }
 
@@ -127,7 +129,7 @@ mod tests {
     fn every_shard_reaches_every_other_in_order() {
         const SHARDS: usize = 3;
         const MESSAGES: usize = 100;
-        let slots = std::sync::Arc::new(full::<(usize, usize)>(SHARDS, 4));
+        let slots = std::sync::Arc::new(full::<(ShardId, usize)>(SHARDS, 4));
         let threads: Vec<_> = (0..SHARDS)
             .map(|_| {
                 let slots = slots.clone();
@@ -140,10 +142,10 @@ mod tests {
                             let id = ends.id();
                             let (peers, receivers) = ends.connect().await;
                             assert!(peers.send_to(id, (id, 0)).await.is_err(), "sent to itself");
-                            assert!(peers.send_to(SHARDS, (id, 0)).await.is_err());
+                            assert!(peers.send_to(ShardId(SHARDS), (id, 0)).await.is_err());
                             let sending = glommio::spawn_local(async move {
                                 for n in 0..MESSAGES {
-                                    for to in (0..SHARDS).filter(|to| *to != id) {
+                                    for to in (0..SHARDS).map(ShardId).filter(|to| *to != id) {
                                         peers.send_to(to, (id, n)).await.expect("delivered");
                                     }
                                 }
@@ -165,7 +167,8 @@ mod tests {
         let mut ids: Vec<_> =
             threads.into_iter().map(|t| t.join().expect("shard thread")).collect();
         ids.sort();
-        assert_eq!(ids, vec![(0, SHARDS), (1, SHARDS), (2, SHARDS)]);
+        let expected: Vec<_> = (0..SHARDS).map(|id| (ShardId(id), SHARDS)).collect();
+        assert_eq!(ids, expected);
         assert!(take(&slots, Some(0)).is_none());
     }
 }

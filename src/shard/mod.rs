@@ -25,6 +25,9 @@ pub mod turns;
 
 pub use state::Shard;
 
+/// The shard that plays the controller role (`controller.rs`).
+pub const CONTROLLER_SHARD: crate::types::ShardId = crate::types::ShardId(0);
+
 /// The most a single fetch returns, in either protocol; a client asking for more gets this much.
 pub const FETCH_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// The longest a fetch waits for data at the end of the log, in either protocol.

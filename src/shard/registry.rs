@@ -12,6 +12,7 @@ use crate::partition::{Partition, ReadOutcome, OFFSET_EARLIEST, OFFSET_LATEST};
 use crate::shard::call::{Fetch, ListOffsets, Produce};
 use crate::shard::catalog::{self, TopicInfo};
 use crate::shard::state::{PartitionKey, Shard, STAGED_BYTES_MAX};
+use crate::types::Offset;
 
 impl Shard {
     fn limits(&self) -> LogLimits {
@@ -82,7 +83,10 @@ impl Shard {
         }
     }
 
-    pub(super) async fn produce_local(&self, request: Produce) -> Result<(u64, u64), BrokerError> {
+    pub(super) async fn produce_local(
+        &self,
+        request: Produce,
+    ) -> Result<(Offset, Offset), BrokerError> {
         let Produce { topic, partition, acks, entry } = request;
         let target = self.partition(&topic, partition)?;
         // Nothing awaits before the append, so requests keep their arrival order.
@@ -125,7 +129,7 @@ impl Shard {
                 return Err(BrokerError::new(ErrorKind::InvalidRequest, why));
             }
         };
-        Ok(found.map_or((-1, -1), |(offset, time)| (offset as i64, time)))
+        Ok(found.map_or((-1, -1), |(offset, time)| (offset.0 as i64, time)))
     }
 
     pub(super) async fn apply_topic(

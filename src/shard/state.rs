@@ -33,6 +33,8 @@ use crate::shard::call::{
 use crate::shard::catalog::{self, Catalog, TopicInfo};
 use crate::shard::mesh::Peers;
 use crate::shard::turns::Turns;
+use crate::shard::CONTROLLER_SHARD;
+use crate::types::{Offset, ShardId};
 
 /// Appended-but-unwritten bytes per partition beyond which producers wait.
 pub(super) const STAGED_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -45,7 +47,8 @@ pub fn is_internal_topic(name: &str) -> bool {
 }
 
 pub struct Shard {
-    pub id: usize,
+    pub id: ShardId,
+    /// How many shards the broker runs (ids `0..count`).
     pub count: usize,
     pub config: Arc<BrokerConfig>,
     pub metrics: Rc<Metrics>,
@@ -78,7 +81,7 @@ pub struct Shard {
 
 impl Shard {
     pub fn new(
-        id: usize,
+        id: ShardId,
         count: usize,
         config: Arc<BrokerConfig>,
         catalog: Catalog,
@@ -103,7 +106,7 @@ impl Shard {
             admin_lock: glommio::sync::Semaphore::new(1),
             stopping: Cell::new(false),
             stop_event: Event::new(),
-            next_producer_id: Cell::new(crate::now_ms().saturating_mul(1000) + id as i64),
+            next_producer_id: Cell::new(crate::now_ms().saturating_mul(1000) + id.0 as i64),
         }
     }
 
@@ -117,7 +120,7 @@ impl Shard {
         id
     }
 
-    pub fn owner(&self, topic: &str, partition: u32) -> usize {
+    pub fn owner(&self, topic: &str, partition: u32) -> ShardId {
         catalog::owner_shard(topic, partition, self.count)
     }
 
@@ -137,7 +140,7 @@ impl Shard {
     /// Runs `call` on the shard `target`: here, or across the mesh.
     pub async fn call(
         self: &Rc<Self>,
-        target: usize,
+        target: ShardId,
         call: ShardCall,
     ) -> Result<ShardAnswer, BrokerError> {
         if target == self.id {
@@ -152,7 +155,7 @@ impl Shard {
         let (reply, answer) = oneshot::channel();
         self.waiting.borrow_mut().insert(call_id, reply);
         let sent = {
-            let turn = self.send_turns[target].take();
+            let turn = self.send_turns[target.0].take();
             turn.wait().await;
             peers.send_to(target, MeshMessage::Call { call_id, call }).await
         };
@@ -165,7 +168,7 @@ impl Shard {
 
     /// Handles a message from shard `from`: runs a call (in its own task, so a slow one does
     /// not hold up the rest) and sends the answer back, or hands an answer to its waiting call.
-    pub fn deliver(self: &Rc<Self>, from: usize, message: MeshMessage) {
+    pub fn deliver(self: &Rc<Self>, from: ShardId, message: MeshMessage) {
         match message {
             MeshMessage::Call { call_id, call } => {
                 let shard = self.clone();
@@ -241,7 +244,7 @@ impl Shard {
     /// reached (it is stopping): retriable for clients.
     pub async fn ask<R: Request>(
         self: &Rc<Self>,
-        target: usize,
+        target: ShardId,
         request: R,
     ) -> Result<R::Answer, BrokerError> {
         let answer = self.call(target, request.into_call()).await?;
@@ -256,7 +259,7 @@ impl Shard {
         partition: u32,
         acks: Acks,
         entry: PendingEntry,
-    ) -> Result<(u64, u64), BrokerError> {
+    ) -> Result<(Offset, Offset), BrokerError> {
         if is_internal_topic(topic) {
             // As Kafka: only the broker appends to its internal topics. A client's records there
             // would be replayed as commits (or stop the replay) at the next start.
@@ -271,7 +274,7 @@ impl Shard {
         self: &Rc<Self>,
         topic: &str,
         partition: u32,
-        offset: u64,
+        offset: Offset,
         max_bytes: usize,
         max_wait: Duration,
     ) -> Result<ReadOutcome, BrokerError> {
@@ -322,7 +325,8 @@ impl Shard {
         partitions: u32,
         overrides: BTreeMap<String, String>,
     ) -> Result<(), BrokerError> {
-        self.ask(0, CreateTopic { name: name.to_string(), partitions, overrides }).await?
+        self.ask(CONTROLLER_SHARD, CreateTopic { name: name.to_string(), partitions, overrides })
+            .await?
     }
 
     /// The topic's settings, creating it with `num.partitions` when it is missing and
@@ -354,10 +358,10 @@ impl Shard {
         name: &str,
         count: u32,
     ) -> Result<(), BrokerError> {
-        self.ask(0, AddPartitions { name: name.to_string(), count }).await?
+        self.ask(CONTROLLER_SHARD, AddPartitions { name: name.to_string(), count }).await?
     }
 
     pub async fn delete_topic(self: &Rc<Self>, name: &str) -> Result<(), BrokerError> {
-        self.ask(0, DeleteTopic { name: name.to_string() }).await?
+        self.ask(CONTROLLER_SHARD, DeleteTopic { name: name.to_string() }).await?
     }
 }

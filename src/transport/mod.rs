@@ -135,7 +135,7 @@ pub async fn accept_loop<F, Fut>(
                     let peer =
                         stream.peer_addr().map_or_else(|_| "unknown".into(), |a| a.to_string());
                     tracing::warn!(
-                        shard = shard.id,
+                        shard = %shard.id,
                         %peer,
                         open = connections.open(),
                         "closing a new connection: this shard's share of max.connections is in use"

@@ -31,6 +31,7 @@ use crate::record::entry::{entries, Check};
 use crate::record::PayloadFormat;
 use crate::shard::Shard;
 use crate::shard::{FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX};
+use crate::types::Offset;
 
 /// The most a fetch's response may hold: what it asked for, within [1, `FETCH_BYTES_MAX`].
 pub fn response_bytes_max(request: &FetchRequest) -> usize {
@@ -156,7 +157,7 @@ async fn watermarks_only(shard: Rc<Shard>, want: Wanted) -> Read {
         return Err(unknown(&want));
     }
     let bounds = shard.watermarks(&want.topic, partition).await?;
-    if !u64::try_from(want.offset).is_ok_and(|o| bounds.contains(o)) {
+    if !u64::try_from(want.offset).is_ok_and(|o| bounds.contains(Offset(o))) {
         let LogBounds { log_start, log_end, .. } = bounds;
         let why = format!("offset {} is outside the log [{log_start}, {log_end}]", want.offset);
         return Err(BrokerError::new(ErrorKind::OffsetOutOfRange, why));
@@ -203,7 +204,7 @@ async fn read_one(shard: Rc<Shard>, want: Wanted, wait: Duration) -> Read {
     if !shard.has_partition(&want.topic, partition) {
         return Err(unknown(&want));
     }
-    shard.fetch(&want.topic, partition, offset, want.max_bytes.max(1), wait).await
+    shard.fetch(&want.topic, partition, Offset(offset), want.max_bytes.max(1), wait).await
 }
 
 fn unknown(want: &Wanted) -> BrokerError {
@@ -244,10 +245,10 @@ fn partition_data(
         .and_then(|outcome| kafka_records(&outcome, want.max_bytes, limits).map(|r| (outcome, r)))
     {
         Ok((outcome, records)) => {
-            data.high_watermark = outcome.high_watermark as i64;
-            data.last_stable_offset = outcome.high_watermark as i64;
+            data.high_watermark = outcome.high_watermark.0 as i64;
+            data.last_stable_offset = outcome.high_watermark.0 as i64;
             if has_field(version, 5) {
-                data.log_start_offset = outcome.log_start as i64;
+                data.log_start_offset = outcome.log_start.0 as i64;
             }
             data.records = Some(if records.is_empty() {
                 Bytes::new()
@@ -338,7 +339,7 @@ pub async fn list_offsets(
                     partition.offset = offset;
                     partition.timestamp = timestamp;
                     if has_field(version, 4) {
-                        partition.leader_epoch = crate::record::pending::LEADER_EPOCH;
+                        partition.leader_epoch = crate::record::pending::LEADER_EPOCH.0;
                     }
                 }
                 Err(e) => {

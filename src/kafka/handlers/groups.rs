@@ -37,6 +37,7 @@ use crate::kafka::codec;
 use crate::kafka::handlers::has_field;
 use crate::kafka::handlers::Connection;
 use crate::shard::Shard;
+use crate::types::ShardId;
 
 /// FindCoordinator key type of transactional ids: no transaction coordinator exists.
 const KEY_TYPE_TRANSACTION: i8 = 1;
@@ -342,7 +343,7 @@ pub async fn list_groups(
     request: ListGroupsRequest,
 ) -> ListGroupsResponse {
     let mut response = ListGroupsResponse::default();
-    for target in 0..shard.count {
+    for target in (0..shard.count).map(ShardId) {
         let groups = match shard.group_on(target, ListGroups {}).await {
             Ok(groups) => groups,
             Err(e) => {

@@ -72,7 +72,7 @@ pub async fn metadata(
                     partition.partition_index = index;
                     partition.leader_id = node;
                     if has_field(version, 7) {
-                        partition.leader_epoch = LEADER_EPOCH;
+                        partition.leader_epoch = LEADER_EPOCH.0;
                     }
                     partition.replica_nodes = vec![node];
                     partition.isr_nodes = vec![node];

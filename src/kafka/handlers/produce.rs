@@ -14,6 +14,7 @@ use crate::partition::Acks;
 use crate::record::kafka_batch::{validate_produced, BatchError};
 use crate::record::PendingEntry;
 use crate::shard::Shard;
+use crate::types::Offset;
 
 /// Kafka's INVALID_REQUIRED_ACKS.
 const INVALID_REQUIRED_ACKS: i16 = kafka_protocol::ResponseError::InvalidRequiredAcks.code();
@@ -67,9 +68,9 @@ pub async fn produce(
             partition.index = index;
             match result {
                 Ok((base_offset, log_start)) => {
-                    partition.base_offset = base_offset as i64;
+                    partition.base_offset = base_offset.0 as i64;
                     if has_field(version, 5) {
-                        partition.log_start_offset = log_start as i64;
+                        partition.log_start_offset = log_start.0 as i64;
                     }
                 }
                 Err(e) => {
@@ -112,7 +113,7 @@ fn refuse_all(request: ProduceRequest, version: i16, code: i16, acks: i16) -> Pr
     response
 }
 
-type Appending = glommio::task::JoinHandle<Result<(u64, u64), BrokerError>>;
+type Appending = glommio::task::JoinHandle<Result<(Offset, Offset), BrokerError>>;
 
 /// Validates one partition's batch and starts appending it on the owning shard.
 fn start_append(

@@ -15,6 +15,7 @@ use crate::log::tail_cache::TailBudget;
 use crate::metrics::Metrics;
 use crate::record::entry::{entries, parse_header, Check, StoredEntry, ENTRY_HEADER_BYTES};
 use crate::record::{BatchMeta, PendingEntry};
+use crate::types::{LeaderEpoch, Offset};
 
 /// Runs `test` with a fresh partition directory, on an executor whose first DMA file is a
 /// probe beside it, as a shard's is.
@@ -104,13 +105,13 @@ async fn payloads(log: &PartitionLog) -> Vec<Vec<u8>> {
 /// Every stored entry from offset 0 on: (base offset, next offset, payload).
 async fn stored(log: &PartitionLog) -> Vec<(u64, u64, Vec<u8>)> {
     let mut out = Vec::new();
-    let mut offset = 0;
+    let mut offset = Offset(0);
     while offset < log.written_offset() {
-        let read = log.read(offset, 1024 * 1024, u64::MAX).await.expect("read");
+        let read = log.read(offset, 1024 * 1024, Offset(u64::MAX)).await.expect("read");
         for chunk in read {
             for entry in entries(&chunk, Check::Checksum) {
                 let StoredEntry { header, payload, .. } = entry.expect("a whole entry");
-                out.push((header.base_offset(), header.next_offset(), payload.to_vec()));
+                out.push((header.base_offset().0, header.next_offset().0, payload.to_vec()));
                 offset = header.next_offset();
             }
         }
@@ -134,7 +135,7 @@ fn entries_appended_while_writes_are_in_flight_read_back_in_order() {
             let len = 1 + (size_seed >> 33) as usize % (40 * 1024);
             let records = 1 + (i % 5) as u32;
             let appended = log.append(entry(records, &payload(i, len))).expect("append");
-            expected.push((appended.base_offset, appended.next_offset, payload(i, len)));
+            expected.push((appended.base_offset.0, appended.next_offset.0, payload(i, len)));
             waits.push(appended);
             if i % 50 == 49 {
                 // Let the writer catch up now and then, so some writes start from idle.
@@ -200,7 +201,7 @@ fn recovery_cuts_entries_left_beyond_a_gap() {
         let log = open(&path, 1 << 30).await;
         assert_eq!(log.written_offset(), ends[1], "the stale entry is not part of the log");
         let offsets: Vec<_> = stored(&log).await.into_iter().map(|(b, n, _)| (b, n)).collect();
-        assert_eq!(offsets, vec![(0, ends[0]), (ends[0], ends[1])]);
+        assert_eq!(offsets, vec![(0, ends[0].0), (ends[0].0, ends[1].0)]);
         log.close().await;
     });
 }
@@ -223,9 +224,9 @@ fn retention_forgets_producers_idle_past_their_expiration() {
         let appended = log.append(idempotent(0)).expect("append");
         log.wait_written(&appended).await.expect("written");
         let now = crate::now_ms();
-        log.enforce_retention(now, u64::MAX).await.expect("retention");
+        log.enforce_retention(now, Offset(u64::MAX)).await.expect("retention");
         assert!(log.append(idempotent(5)).is_err(), "a gap is refused while the producer is known");
-        log.enforce_retention(now + PRODUCER_EXPIRATION_MS + 1_000, u64::MAX)
+        log.enforce_retention(now + PRODUCER_EXPIRATION_MS + 1_000, Offset(u64::MAX))
             .await
             .expect("retention");
         let appended = log.append(idempotent(5)).expect("a forgotten producer starts anew");
@@ -242,11 +243,17 @@ fn a_read_stops_at_the_end_it_is_given() {
         append_written(&log, 3, 100).await;
         let whole = |read: Vec<bytes::Bytes>| -> Vec<u64> {
             let chunks = read.iter().flat_map(|chunk| entries(chunk, Check::Checksum));
-            chunks.map(|e| e.expect("a whole entry").header.base_offset()).collect()
+            chunks.map(|e| e.expect("a whole entry").header.base_offset().0).collect()
         };
-        assert_eq!(whole(log.read(0, 1 << 20, u64::MAX).await.expect("read")), [0, 1, 2]);
-        assert_eq!(whole(log.read(0, 1 << 20, 2).await.expect("read")), [0, 1]);
-        assert_eq!(whole(log.read(1, 1 << 20, 1).await.expect("read")), Vec::<u64>::new());
+        assert_eq!(
+            whole(log.read(Offset(0), 1 << 20, Offset(u64::MAX)).await.expect("read")),
+            [0, 1, 2]
+        );
+        assert_eq!(whole(log.read(Offset(0), 1 << 20, Offset(2)).await.expect("read")), [0, 1]);
+        assert_eq!(
+            whole(log.read(Offset(1), 1 << 20, Offset(1)).await.expect("read")),
+            Vec::<u64>::new()
+        );
         log.close().await;
     });
 }
@@ -267,7 +274,7 @@ fn retention_keeps_what_it_is_told_to_keep() {
         let now = crate::now_ms();
         log.enforce_retention(now, first_sealed_end).await.expect("retention");
         assert_eq!(log.log_start(), first_sealed_end, "only the first segment was below it");
-        log.enforce_retention(now, u64::MAX).await.expect("retention");
+        log.enforce_retention(now, Offset(u64::MAX)).await.expect("retention");
         assert!(log.log_start() > first_sealed_end, "unbounded, retention deletes more");
         log.close().await;
     });
@@ -301,8 +308,8 @@ fn an_idle_partition_gives_back_its_preallocation() {
         assert!(hot <= data_bytes + PREALLOCATE_STEP_MAX_BYTES, "{hot}");
 
         let now = crate::now_ms();
-        log.enforce_retention(now, u64::MAX).await.expect("retention");
-        log.enforce_retention(now, u64::MAX).await.expect("retention");
+        log.enforce_retention(now, Offset(u64::MAX)).await.expect("retention");
+        log.enforce_retention(now, Offset(u64::MAX)).await.expect("retention");
         // Its data's blocks, and one for the file's extent tree (ext4 keeps it outside the inode
         // once a file has more than four extents).
         let idle_bytes_max = data_bytes.next_multiple_of(4096) + 4096;
@@ -430,7 +437,7 @@ fn a_read_of_a_segment_deleted_meanwhile_is_out_of_range() {
         let oldest = log.state.borrow().segments.front().cloned().expect("a segment");
         let next = oldest.meta.borrow().next_offset;
         assert_eq!(log.delete_segments_below(next).await.expect("retention"), 1);
-        let error = super::read_segment(&oldest, oldest.base_offset, 1 << 20, u64::MAX)
+        let error = super::read_segment(&oldest, oldest.base_offset, 1 << 20, Offset(u64::MAX))
             .await
             .map(|_| ())
             .map_err(|e| log.read_error(&oldest, oldest.base_offset, e));
@@ -488,27 +495,27 @@ fn a_truncation_across_segments_cuts_at_the_entry_holding_the_offset() {
             let data = payload(i, 10 * 1024);
             let appended = log.append(entry(3, &data)).expect("append");
             log.wait_written(&appended).await.expect("written");
-            kept.push((appended.base_offset, appended.next_offset, data));
+            kept.push((appended.base_offset.0, appended.next_offset.0, data));
         }
         assert!(log.sealed_segments() >= 3, "{} sealed segments", log.sealed_segments());
         // Offset 22 is inside the entry 21..24 (the eighth, in the second segment).
-        assert_eq!(log.truncate_to(22).await, Ok(21));
-        assert_eq!((log.log_end(), log.written_offset()), (21, 21));
+        assert_eq!(log.truncate_to(Offset(22)).await, Ok(Offset(21)));
+        assert_eq!((log.log_end(), log.written_offset()), (Offset(21), Offset(21)));
         assert_eq!(log.sealed_segments(), 1, "the third and fourth segments are gone");
         kept.truncate(7);
         assert_eq!(stored(&log).await, kept);
         let data = payload(99, 100);
         let appended = log.append(entry(1, &data)).expect("append after the truncation");
-        assert_eq!(appended.base_offset, 21);
+        assert_eq!(appended.base_offset, Offset(21));
         log.wait_synced(&appended).await.expect("synced");
         kept.push((21, 22, data));
         log.close().await;
         let log = open(&dir, 64 * 1024).await;
         assert_eq!(stored(&log).await, kept);
         // At or past the end: nothing to do. Below the log start: refused.
-        assert_eq!(log.truncate_to(500).await, Ok(22));
-        log.delete_segments_below(21).await.expect("delete");
-        assert!(matches!(log.truncate_to(3).await, Err(LogError::OffsetOutOfRange { .. })));
+        assert_eq!(log.truncate_to(Offset(500)).await, Ok(Offset(22)));
+        log.delete_segments_below(Offset(21)).await.expect("delete");
+        assert!(matches!(log.truncate_to(Offset(3)).await, Err(LogError::OffsetOutOfRange { .. })));
         log.close().await;
     });
 }
@@ -520,13 +527,13 @@ fn a_followers_append_continues_the_log_with_whole_entries_only() {
     in_partition_dir(|dir| async move {
         let log = open(&dir, 1024 * 1024).await;
         append_written(&log, 2, 100).await;
-        let (at_end, _) = entry(2, b"from the leader").seal(2, 4);
-        let (too_far, _) = entry(1, b"from the leader").seal(5, 4);
+        let (at_end, _) = entry(2, b"from the leader").seal(Offset(2), LeaderEpoch(4));
+        let (too_far, _) = entry(1, b"from the leader").seal(Offset(5), LeaderEpoch(4));
         let mut damaged = at_end.to_vec();
         damaged[ENTRY_HEADER_BYTES + 3] ^= 1;
         assert_eq!(
             log.append_at(too_far).err(),
-            Some(LogError::NotNextOffset { next_offset: 2, entry_base_offset: 5 })
+            Some(LogError::NotNextOffset { next_offset: Offset(2), entry_base_offset: Offset(5) })
         );
         assert!(matches!(log.append_at(damaged.into()), Err(LogError::Corrupt(_))));
         let mut two = at_end.to_vec();
@@ -534,9 +541,9 @@ fn a_followers_append_continues_the_log_with_whole_entries_only() {
         assert!(matches!(log.append_at(two.into()), Err(LogError::Corrupt(_))));
         assert!(log.leader_epochs().is_empty(), "refused entries bring no epoch");
         let appended = log.append_at(at_end).expect("the next entry");
-        assert_eq!((appended.base_offset, appended.next_offset), (2, 4));
+        assert_eq!((appended.base_offset, appended.next_offset), (Offset(2), Offset(4)));
         let epochs: Vec<_> =
-            log.leader_epochs().iter().map(|e| (e.epoch, e.start_offset)).collect();
+            log.leader_epochs().iter().map(|e| (e.epoch.0, e.start_offset.0)).collect();
         assert_eq!(epochs, [(4, 2)], "the leader's epoch came with its entry");
         log.wait_written(&appended).await.expect("written");
         let stored = stored(&log).await;
@@ -552,26 +559,40 @@ fn a_followers_append_continues_the_log_with_whole_entries_only() {
 fn leader_epochs_are_durable_and_follow_truncation() {
     in_partition_dir(|dir| async move {
         let log = open(&dir, 1024 * 1024).await;
-        log.assign_epoch(0, 0).await.expect("epoch 0");
+        log.assign_epoch(LeaderEpoch(0), Offset(0)).await.expect("epoch 0");
         append_written(&log, 5, 100).await;
-        log.assign_epoch(3, 5).await.expect("epoch 3");
+        log.assign_epoch(LeaderEpoch(3), Offset(5)).await.expect("epoch 3");
         append_written(&log, 5, 100).await;
-        assert!(matches!(log.assign_epoch(4, 11).await, Err(LogError::InvalidEpoch { .. })));
-        assert!(matches!(log.assign_epoch(-2, 0).await, Err(LogError::InvalidEpoch { .. })));
-        assert_eq!(log.epoch_end_offset(0), (0, 5));
-        assert_eq!(log.epoch_end_offset(3), (3, 10));
+        assert!(matches!(
+            log.assign_epoch(LeaderEpoch(4), Offset(11)).await,
+            Err(LogError::InvalidEpoch { .. })
+        ));
+        assert!(matches!(
+            log.assign_epoch(LeaderEpoch(-2), Offset(0)).await,
+            Err(LogError::InvalidEpoch { .. })
+        ));
+        assert_eq!(log.epoch_end_offset(LeaderEpoch(0)), Some((LeaderEpoch(0), Offset(5))));
+        assert_eq!(log.epoch_end_offset(LeaderEpoch(3)), Some((LeaderEpoch(3), Offset(10))));
         log.close().await;
 
         let log = open(&dir, 1024 * 1024).await;
         let starts: Vec<_> =
-            log.leader_epochs().iter().map(|e| (e.epoch, e.start_offset)).collect();
+            log.leader_epochs().iter().map(|e| (e.epoch.0, e.start_offset.0)).collect();
         assert_eq!(starts, [(0, 0), (3, 5)]);
-        assert_eq!(log.truncate_to(4).await, Ok(4));
+        assert_eq!(log.truncate_to(Offset(4)).await, Ok(Offset(4)));
         let starts: Vec<_> =
-            log.leader_epochs().iter().map(|e| (e.epoch, e.start_offset)).collect();
+            log.leader_epochs().iter().map(|e| (e.epoch.0, e.start_offset.0)).collect();
         assert_eq!(starts, [(0, 0)], "epoch 3 started past the new end");
-        assert_eq!(log.epoch_end_offset(0), (0, 4), "the latest epoch ends at the log end");
-        assert_eq!(log.epoch_end_offset(3), (-1, -1), "an epoch newer than any is undefined");
+        assert_eq!(
+            log.epoch_end_offset(LeaderEpoch(0)),
+            Some((LeaderEpoch(0), Offset(4))),
+            "the latest epoch ends at the log end"
+        );
+        assert_eq!(
+            log.epoch_end_offset(LeaderEpoch(3)),
+            None,
+            "an epoch newer than any is undefined"
+        );
         log.close().await;
 
         let log = open(&dir, 1024 * 1024).await;

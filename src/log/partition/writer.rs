@@ -21,6 +21,7 @@ use crate::log::storage::{Storage, StorageFile};
 use crate::log::write_plan::{PlannedWrite, WritePlan};
 use crate::metrics::Hist;
 use crate::record::entry::{parse_header, ENTRY_HEADER_BYTES};
+use crate::types::{FilePosition, Offset};
 
 /// Runs the writer of `log` until the log closes or fails. `block_tail` holds the active
 /// segment's bytes from its last block boundary to its end.
@@ -53,8 +54,8 @@ type Completions = Rc<RefCell<Vec<(u64, io::Result<()>)>>>;
 
 /// An entry handed to a write, not yet below the frontier.
 struct IssuedEntry {
-    base_offset: u64,
-    next_offset: u64,
+    base_offset: Offset,
+    next_offset: Offset,
     max_timestamp: i64,
     position: u64,
     len: u64,
@@ -63,7 +64,7 @@ struct IssuedEntry {
 enum Step {
     Write(Vec<Staged>),
     /// Remove the entries at and after an offset; the caller waits for the new end.
-    Truncate(u64, oneshot::Sender<Result<u64, LogError>>),
+    Truncate(Offset, oneshot::Sender<Result<Offset, LogError>>),
     Roll,
     /// Give back the idle active segment's preallocated space.
     Trim,
@@ -371,7 +372,8 @@ impl<S: Storage> Writer<S> {
                     meta.next_offset
                 );
                 let max_timestamp_before = meta.max_timestamp;
-                meta.index.observe(entry.base_offset, entry.position, max_timestamp_before);
+                let position = FilePosition(entry.position);
+                meta.index.observe(entry.base_offset, position, max_timestamp_before);
                 meta.max_timestamp = meta.max_timestamp.max(entry.max_timestamp);
                 meta.size = entry.position + entry.len;
                 meta.next_offset = entry.next_offset;
@@ -452,7 +454,7 @@ impl<S: Storage> Writer<S> {
     /// The disk is changed in an order that leaves a whole log after a crash at any step: the
     /// later segments go first, newest first, then the segment holding `offset` is cut and
     /// synced and opened again as the active one. A storage error leaves the log failed.
-    async fn truncate(&mut self, offset: u64) -> Result<u64, LogError> {
+    async fn truncate(&mut self, offset: Offset) -> Result<Offset, LogError> {
         let log = self.log.clone();
         let (segments, end) = {
             let st = log.state.borrow();
@@ -531,8 +533,8 @@ impl<S: Storage> Writer<S> {
         tracing::info!(
             topic = %log.topic,
             partition = log.partition,
-            requested = offset,
-            removed = end - new_end,
+            requested = %offset,
+            removed = end.records_since(new_end),
             "truncated the log to offset {new_end}"
         );
         let size = active.meta.borrow().size;
@@ -554,7 +556,7 @@ impl<S: Storage> Writer<S> {
             tracing::warn!(
                 topic = %log.topic,
                 partition = log.partition,
-                discarded = st.next_offset - from,
+                discarded = st.next_offset.records_since(from),
                 "{why}; discarding the unwritten records and refusing appends for {:?}",
                 OUT_OF_SPACE_BACKOFF
             );
@@ -589,14 +591,14 @@ impl<S: Storage> Writer<S> {
 /// walk to within [`INDEX_INTERVAL_BYTES`](crate::log::index::INDEX_INTERVAL_BYTES) of it.
 async fn entry_boundary<S: Storage>(
     segment: &Segment<S>,
-    offset: u64,
+    offset: Offset,
 ) -> io::Result<IndexedSegment> {
     let (point, size, next_offset) = {
         let meta = segment.meta.borrow();
         (meta.index.seek_offset(offset), meta.size, meta.next_offset)
     };
     let (mut position, mut max_timestamp) =
-        point.map_or((0, i64::MIN), |p| (p.position, p.max_timestamp_before));
+        point.map_or((0, i64::MIN), |p| (p.position.0, p.max_timestamp_before));
     while position < size {
         let bytes = segment.read(position, ENTRY_HEADER_BYTES).await?;
         let header = parse_header(&bytes).map_err(|e| {
