@@ -1,7 +1,8 @@
 //! The tidy check: the broker's modules import one way, lower layers never reaching up.
 //!
-//! Reads every file under `src/` and fails on a `crate::` path from a module to one in its own or
-//! a higher layer (a module may always use itself). Peers in one layer do not import each other:
+//! Reads every file under `src/` and fails on a path from a module to one in its own or a higher
+//! layer, written with `crate::` or with `super::` climbing to the crate root (a module may
+//! always use itself). Peers in one layer do not import each other:
 //! the Kafka and native listeners share only what sits below them. `cargo test --test layers --
 //! --nocapture` prints the module graph as this check sees it.
 
@@ -53,8 +54,11 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The top-level modules a source file names through `crate::`, with the line of each.
-fn imports(source: &str) -> Vec<(String, usize)> {
+/// The top-level modules a source file names through `crate::`, or through as many `super::`
+/// as it takes to climb from where they are written to the crate root (`depth` is how deep the
+/// file's module is: 1 for `src/log/mod.rs`, 3 for `src/log/partition/writer.rs`; each inline
+/// `mod name { ... }` around a path adds one), with the line of each.
+fn imports(source: &str, depth: usize) -> Vec<(String, usize)> {
     let mut found = Vec::new();
     let mut line_of = Vec::with_capacity(source.len());
     let mut code = String::with_capacity(source.len());
@@ -65,6 +69,7 @@ fn imports(source: &str) -> Vec<(String, usize)> {
         code.push('\n');
         line_of.extend(std::iter::repeat_n(number + 1, line.len() + 1));
     }
+    let inline = inline_module_depths(&code);
     let mut rest = 0;
     while let Some(at) = code[rest..].find("crate::") {
         let start = rest + at + "crate::".len();
@@ -72,48 +77,101 @@ fn imports(source: &str) -> Vec<(String, usize)> {
         if code[..start - "crate::".len()].ends_with(|c: char| c.is_alphanumeric() || c == '_') {
             continue; // e.g. `spate_crate::`, not this crate
         }
-        let line = line_of[start];
-        if code[start..].starts_with('{') {
-            // `crate::{a::b, c}`: the first segment of each item, at brace depth one.
-            let mut depth = 0;
-            let mut item_start = true;
-            for (offset, c) in code[start..].char_indices() {
-                match c {
-                    '{' => {
-                        depth += 1;
-                        item_start = depth == 1;
-                        continue;
-                    }
-                    '}' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            break;
-                        }
-                    }
-                    ',' if depth == 1 => {
-                        item_start = true;
-                        continue;
-                    }
-                    _ => {}
-                }
-                if item_start && depth == 1 && (c.is_alphabetic() || c == '_') {
-                    let name: String = code[start + offset..]
-                        .chars()
-                        .take_while(|c| c.is_alphanumeric() || *c == '_')
-                        .collect();
-                    found.push((name, line));
-                    item_start = false;
-                } else if !c.is_whitespace() {
-                    item_start = false;
-                }
-            }
-        } else {
-            let name: String =
-                code[start..].chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
-            found.push((name, line));
+        names_at(&code, start, line_of[start], &mut found);
+    }
+    let mut rest = 0;
+    while let Some(at) = code[rest..].find("super::") {
+        let first = rest + at;
+        let mut start = first;
+        let mut climbs = 0;
+        while code[start..].starts_with("super::") {
+            start += "super::".len();
+            climbs += 1;
+        }
+        rest = start;
+        let inside_a_path = code[..first].ends_with(|c: char| c.is_alphanumeric() || c == '_');
+        if !inside_a_path && climbs == depth + inline[first] {
+            names_at(&code, start, line_of[start], &mut found);
         }
     }
+    found.sort_by_key(|(_, line)| *line);
     found
+}
+
+/// Pushes the first segment of the path at `start`, or of each item of a `{a::b, c}` group.
+fn names_at(code: &str, start: usize, line: usize, found: &mut Vec<(String, usize)>) {
+    let ident = |from: usize| -> String {
+        code[from..].chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect()
+    };
+    if !code[start..].starts_with('{') {
+        found.push((ident(start), line));
+        return;
+    }
+    // The first segment of each item, at brace depth one.
+    let mut depth = 0;
+    let mut item_start = true;
+    for (offset, c) in code[start..].char_indices() {
+        match c {
+            '{' => {
+                depth += 1;
+                item_start = depth == 1;
+                continue;
+            }
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    break;
+                }
+            }
+            ',' if depth == 1 => {
+                item_start = true;
+                continue;
+            }
+            _ => {}
+        }
+        if item_start && depth == 1 && (c.is_alphabetic() || c == '_') {
+            found.push((ident(start + offset), line));
+            item_start = false;
+        } else if !c.is_whitespace() {
+            item_start = false;
+        }
+    }
+}
+
+/// For each byte of `code`, how many inline `mod name { ... }` blocks enclose it.
+fn inline_module_depths(code: &str) -> Vec<usize> {
+    let bytes = code.as_bytes();
+    let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut depths = vec![0; bytes.len()];
+    let (mut braces, mut modules, mut opens_module) = (0usize, Vec::new(), None);
+    for i in 0..bytes.len() {
+        let word_start = i == 0 || !is_ident(bytes[i - 1]);
+        if word_start && bytes[i..].starts_with(b"mod ") {
+            // `mod name {`: the brace after the name opens a module; `mod name;` does not.
+            let mut j = i + "mod ".len();
+            while j < bytes.len() && (is_ident(bytes[j]) || bytes[j].is_ascii_whitespace()) {
+                j += 1;
+            }
+            opens_module = (j < bytes.len() && bytes[j] == b'{').then_some(j);
+        }
+        match bytes[i] {
+            b'{' => {
+                braces += 1;
+                if opens_module == Some(i) {
+                    modules.push(braces);
+                }
+            }
+            b'}' => {
+                if modules.last() == Some(&braces) {
+                    modules.pop();
+                }
+                braces = braces.saturating_sub(1);
+            }
+            _ => {}
+        }
+        depths[i] = modules.len();
+    }
+    depths
 }
 
 #[test]
@@ -137,7 +195,10 @@ fn lower_layers_never_import_higher_ones() {
             continue;
         };
         let source = std::fs::read_to_string(file).expect("a readable source file");
-        for (target, line) in imports(&source) {
+        // `src/log/mod.rs` is `log` (1 deep), `src/log/index.rs` is `log::index` (2).
+        let parts = relative.components().count();
+        let depth = if relative.ends_with("mod.rs") { parts - 1 } else { parts };
+        for (target, line) in imports(&source, depth) {
             // A connection loop is started by `broker` and reached by nothing else: frames,
             // responses and connections live beside their protocol, not in the server loop.
             let server_loop = format!("crate::{target}::server");
@@ -183,6 +244,17 @@ fn lower_layers_never_import_higher_ones() {
 fn the_import_scanner_sees_every_form() {
     let source = "use crate::log::{A, B};\nuse crate::{record::X, shard::{Y, Z}, config};\n\
                   // crate::cli in a comment\nlet x = crate::now_ms();\nuse other_crate::kafka;";
-    let names: Vec<String> = imports(source).into_iter().map(|(name, _)| name).collect();
+    let names: Vec<String> = imports(source, 1).into_iter().map(|(name, _)| name).collect();
     assert_eq!(names, ["log", "record", "shard", "config", "now_ms"]);
+}
+
+/// `super::` paths that climb to the crate root count as `crate::` paths; shorter ones stay in
+/// the file's own module, and an inline module adds a step to the climb.
+#[test]
+fn the_import_scanner_follows_super_to_the_crate_root() {
+    let source = "use super::sibling;\nuse super::super::shard::X;\n\
+                  mod tests {\n    use super::*;\n    use super::super::log;\n\
+                  use super::super::super::{kafka, native::Y};\n}\nuse super::super::group;";
+    let names: Vec<String> = imports(source, 2).into_iter().map(|(name, _)| name).collect();
+    assert_eq!(names, ["shard", "kafka", "native", "group"]);
 }
