@@ -75,7 +75,18 @@ impl LeaderEpochs {
             self.entries.pop();
         }
         self.entries.push(EpochStart { epoch, start_offset });
+        self.assert_ordered("assigning an epoch");
         true
+    }
+
+    /// Asserts that epochs and their start offsets both strictly increase, after `change`, with
+    /// the entries in the message: out of order, OffsetsForLeaderEpoch would send a follower to
+    /// the wrong truncation point, and it could drop acknowledged records.
+    fn assert_ordered(&self, change: &str) {
+        let ordered = self.entries.windows(2).all(|pair| {
+            pair[0].epoch < pair[1].epoch && pair[0].start_offset < pair[1].start_offset
+        });
+        assert!(ordered, "leader epochs out of order after {change}: {:?}", self.entries);
     }
 
     /// The log was truncated to end at `end`: epochs starting there or later go.
@@ -83,6 +94,7 @@ impl LeaderEpochs {
         let keep = self.entries.partition_point(|e| e.start_offset < end);
         let changed = keep < self.entries.len();
         self.entries.truncate(keep);
+        self.assert_ordered("a truncation of the log's end");
         changed
     }
 
@@ -94,6 +106,7 @@ impl LeaderEpochs {
         let changed = holder > 0 || self.entries[holder].start_offset != start;
         self.entries.drain(..holder);
         self.entries[0].start_offset = start;
+        self.assert_ordered("moving the log start");
         changed
     }
 
