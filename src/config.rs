@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::record::entry::ENTRY_PAYLOAD_BYTES_MAX;
+use crate::types::NodeId;
 
 /// The native listener a client finds when it is given no address.
 pub const NATIVE_PORT_DEFAULT: u16 = 9192;
@@ -173,7 +174,7 @@ pub struct BrokerConfig {
     /// advertises the address each client connected to.
     pub kafka_advertised: Option<(String, u16)>,
     /// This broker's id in Kafka metadata (`node.id`, also read as `broker.id`).
-    pub node_id: i32,
+    pub node_id: NodeId,
     /// Defaults for topics; topics override them by their own names.
     pub topic_defaults: TopicConfig,
     pub num_partitions: u32,
@@ -223,7 +224,7 @@ impl Default for BrokerConfig {
             native_listener: SocketAddr::from(([0, 0, 0, 0], NATIVE_PORT_DEFAULT)),
             kafka_listener: SocketAddr::from(([0, 0, 0, 0], KAFKA_PORT_DEFAULT)),
             kafka_advertised: None,
-            node_id: 0,
+            node_id: NodeId(0),
             topic_defaults: TopicConfig::default(),
             num_partitions: 1,
             auto_create_topics: true,
@@ -280,7 +281,7 @@ impl BrokerConfig {
                 }
                 self.kafka_advertised = Some((host.to_string(), port));
             }
-            "node.id" | "broker.id" => self.node_id = parse(key, value)?,
+            "node.id" | "broker.id" => self.node_id = NodeId(parse(key, value)?),
             "log.retention.hours" => {
                 let hours: i64 = parse(key, value)?;
                 self.topic_defaults.retention_ms = hours.saturating_mul(3_600_000);

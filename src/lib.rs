@@ -1,8 +1,8 @@
 //! Spate: a thread-per-core, io_uring message broker in the Kafka mould.
 //!
 //! Subsystems, one folder each, lowest layer first (`tests/layers.rs` keeps the order):
-//! `error` (the broker's error vocabulary), `types` (offsets, file positions, leader epochs and
-//! shard ids, as types) and `metrics` (latency histograms); `record` (both
+//! `error` (the broker's error vocabulary), `types` (offsets, file positions, leader epochs,
+//! partition, shard and node ids, as types) and `metrics` (latency histograms); `record` (both
 //! record formats, checksums, conversion); `config`; `log` (segments, indexes, recovery,
 //! retention); `partition` (the high watermark, acks waiters, what readers may see); `group` (consumer groups and committed offsets); `shard` (routing, the partition
 //! registry, the controller role, the cross-shard mesh); `transport` (what both listeners share

@@ -1,5 +1,6 @@
 //! Numbers that mean different things and must not be mixed up: a record's offset in its
-//! partition's log, a byte position in a segment file, a leader epoch, a shard's index. Each is a
+//! partition's log, a byte position in a segment file, a leader epoch, a partition's index in its
+//! topic, a shard's index, a broker's node id. Each is a
 //! newtype where it crosses a module boundary, so that passing one for another does not compile
 //! (`observe(offset, position, …)` once took two `u64`s side by side). The number inside stays
 //! public: wire formats and file formats read and write it as it is.
@@ -46,6 +47,15 @@ impl FilePosition {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LeaderEpoch(pub i32);
 
+/// A partition's index within its topic (Kafka's partition index, an `int32` on its wire):
+/// `0..partitions`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PartitionId(pub u32);
+
+/// A broker's id in its cluster (`node.id`, Kafka's broker id on the wire).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId(pub i32);
+
 /// A shard's index among the broker's shards: which one owns a partition, or a group.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ShardId(pub usize);
@@ -60,4 +70,4 @@ macro_rules! display_as_number {
     };
 }
 
-display_as_number!(Offset, FilePosition, LeaderEpoch, ShardId);
+display_as_number!(Offset, FilePosition, LeaderEpoch, PartitionId, NodeId, ShardId);

@@ -22,6 +22,7 @@ use crate::partition::{Acks, Partition};
 use crate::record::batch::NativeBatchView;
 use crate::record::entry::{entries, Check, StoredEntry};
 use crate::record::{BatchBuilder, PayloadFormat, PendingEntry};
+use crate::types::PartitionId;
 
 /// How often expired sessions and rebalance deadlines are checked.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -51,13 +52,13 @@ pub struct OffsetCommit {
 pub trait OffsetsLogs {
     /// The `__consumer_offsets` partitions this shard owns, by number (none until the topic
     /// exists).
-    fn owned(&self) -> Vec<(u32, Rc<Partition>)>;
+    fn owned(&self) -> Vec<(PartitionId, Rc<Partition>)>;
 
     /// `__consumer_offsets` partition `partition`, which this shard owns, creating the topic on
     /// first use.
     fn open(
         &self,
-        partition: u32,
+        partition: PartitionId,
     ) -> impl std::future::Future<Output = Result<Rc<Partition>, BrokerError>>;
 }
 
@@ -474,19 +475,19 @@ impl Coordinator {
             };
             match compacted.await {
                 Ok(deleted) => tracing::info!(
-                    partition,
+                    partition = %partition,
                     live = records.len(),
                     deleted,
                     "compacted {OFFSETS_TOPIC}"
                 ),
-                Err(e) => tracing::warn!(partition, "compacting {OFFSETS_TOPIC}: {e}"),
+                Err(e) => tracing::warn!(%partition, "compacting {OFFSETS_TOPIC}: {e}"),
             }
         }
     }
 
     /// Every live committed offset of the groups kept in `__consumer_offsets` partition
     /// `partition`.
-    fn snapshot(&self, partition: u32) -> Vec<OffsetRecord> {
+    fn snapshot(&self, partition: PartitionId) -> Vec<OffsetRecord> {
         let groups = self.groups.borrow();
         let mut records = Vec::new();
         for group in groups.values().filter(|g| offsets::partition_for(&g.id) == partition) {
@@ -570,7 +571,10 @@ async fn persist(
 }
 
 /// The `__consumer_offsets` partition `partition`, which this shard owns, created on first use.
-async fn offsets_log(logs: &impl OffsetsLogs, partition: u32) -> Result<Rc<Partition>, ErrorKind> {
+async fn offsets_log(
+    logs: &impl OffsetsLogs,
+    partition: PartitionId,
+) -> Result<Rc<Partition>, ErrorKind> {
     logs.open(partition).await.map_err(|e| {
         tracing::error!("{OFFSETS_TOPIC}-{partition}: {e}");
         ErrorKind::CoordinatorNotAvailable

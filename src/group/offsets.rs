@@ -14,6 +14,7 @@
 //! (naming the partition and offset), never a record skipped: skipping would forget a commit.
 
 use crate::record::OwnedRecord;
+use crate::types::PartitionId;
 
 /// The internal topic's name, as Kafka names it.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -22,14 +23,14 @@ pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 pub const OFFSETS_PARTITIONS: u32 = 16;
 
 /// The `__consumer_offsets` partition that holds a group.
-pub fn partition_for(group: &str) -> u32 {
+pub fn partition_for(group: &str) -> PartitionId {
     // FNV-1a: stable across builds, like the partition-to-shard map.
     let mut hash: u32 = 0x811c_9dc5;
     for byte in group.bytes() {
         hash ^= u32::from(byte);
         hash = hash.wrapping_mul(0x0100_0193);
     }
-    hash % OFFSETS_PARTITIONS
+    PartitionId(hash % OFFSETS_PARTITIONS)
 }
 
 /// The record header that names the value's layout.
@@ -216,7 +217,7 @@ mod tests {
     fn groups_spread_over_the_partitions_stably() {
         assert_eq!(partition_for("a"), partition_for("a"));
         let used: std::collections::HashSet<u32> =
-            (0..200).map(|i| partition_for(&format!("group-{i}"))).collect();
+            (0..200).map(|i| partition_for(&format!("group-{i}")).0).collect();
         assert!(used.len() > OFFSETS_PARTITIONS as usize / 2);
     }
 }

@@ -53,7 +53,7 @@ use crate::metrics::{Hist, Metrics};
 use crate::record::entry::{entries, parse_entry, parse_header, Check, ENTRY_HEADER_BYTES};
 use crate::record::pending::LEADER_EPOCH;
 use crate::record::PendingEntry;
-use crate::types::{FilePosition, LeaderEpoch, Offset};
+use crate::types::{FilePosition, LeaderEpoch, Offset, PartitionId};
 
 mod writer;
 
@@ -319,7 +319,7 @@ impl<S: Storage> LogState<S> {
 pub struct PartitionLog<S: Storage = DmaStorage> {
     storage: S,
     pub topic: Rc<str>,
-    pub partition: u32,
+    pub partition: PartitionId,
     dir: PathBuf,
     config: RefCell<TopicConfig>,
     limits: LogLimits,
@@ -341,7 +341,7 @@ impl<S: Storage> PartitionLog<S> {
     /// Opens (recovering) or creates the partition in `dir` and starts its writer and syncer.
     pub async fn open(
         topic: Rc<str>,
-        partition: u32,
+        partition: PartitionId,
         dir: PathBuf,
         config: TopicConfig,
         limits: LogLimits,
@@ -758,7 +758,7 @@ impl<S: Storage> PartitionLog<S> {
             ReadError::Corrupt { position, why } => {
                 let message =
                     format!("{} at position {position}: {why}", segment.log_path.display());
-                tracing::error!(topic = %self.topic, partition = self.partition, "{message}");
+                tracing::error!(topic = %self.topic, partition = %self.partition, "{message}");
                 LogError::Corrupt(message)
             }
         }
@@ -850,7 +850,7 @@ impl<S: Storage> PartitionLog<S> {
         let cutoff = now_ms.saturating_sub(self.limits.producer_expiration_ms);
         let expired = self.state.borrow_mut().producers.expire(cutoff);
         if expired > 0 {
-            tracing::debug!(topic = %self.topic, partition = self.partition, expired, "forgot idle producers");
+            tracing::debug!(topic = %self.topic, partition = %self.partition, expired, "forgot idle producers");
         }
         let plan = {
             let st = self.state.borrow();
@@ -872,7 +872,7 @@ impl<S: Storage> PartitionLog<S> {
         for segment in &doomed {
             tracing::info!(
                 topic = %self.topic,
-                partition = self.partition,
+                partition = %self.partition,
                 segment = %segment.log_path.display(),
                 "deleted a segment past retention"
             );
@@ -941,13 +941,13 @@ impl<S: Storage> PartitionLog<S> {
                 st.assert_watermarks("the final sync");
             }
             Err(e) => {
-                tracing::error!(topic = %self.topic, partition = self.partition, "final sync failed: {e}")
+                tracing::error!(topic = %self.topic, partition = %self.partition, "final sync failed: {e}")
             }
         }
     }
 
     fn fail(&self, why: String) {
-        tracing::error!(topic = %self.topic, partition = self.partition, "{why}; refusing appends");
+        tracing::error!(topic = %self.topic, partition = %self.partition, "{why}; refusing appends");
         let mut st = self.state.borrow_mut();
         st.failed = Some(why);
         // Nothing staged will be written now: it must not hold back every connection.
@@ -1154,7 +1154,7 @@ async fn open_segments<S: Storage>(
     storage: &S,
     dir: &Path,
     names: &[String],
-    (topic, partition): (&str, u32),
+    (topic, partition): (&str, PartitionId),
     segment_bytes: u64,
     open_files: &Rc<OpenFiles<S>>,
 ) -> io::Result<VecDeque<Rc<Segment<S>>>> {
@@ -1186,14 +1186,14 @@ async fn open_segments<S: Storage>(
 
 fn report_truncation<S: Storage>(
     topic: &str,
-    partition: u32,
+    partition: PartitionId,
     segment: &Segment<S>,
     cut: Option<Truncation>,
 ) {
     if let Some(cut) = cut {
         tracing::warn!(
             topic,
-            partition,
+            partition = %partition,
             segment = %segment.log_path.display(),
             position = cut.position,
             offset = %cut.offset,

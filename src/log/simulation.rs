@@ -42,7 +42,7 @@ use crate::metrics::Metrics;
 use crate::record::entry::{entries, Check, StoredEntry};
 use crate::record::{BatchMeta, PendingEntry};
 use crate::testing::TestRng;
-use crate::types::{LeaderEpoch, Offset};
+use crate::types::{LeaderEpoch, Offset, PartitionId};
 
 const SECTOR_BYTES: usize = 512;
 /// The idempotent producer's id.
@@ -573,7 +573,7 @@ impl Run {
         };
         let opened = PartitionLog::open(
             Rc::from("t"),
-            0,
+            PartitionId(0),
             self.dir.clone(),
             self.config.clone(),
             self.limits,

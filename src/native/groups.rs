@@ -20,6 +20,7 @@ use crate::native::messages::{
     JoinGroupResponse, LeaveGroupRequest, SyncGroupRequest, SyncGroupResponse,
 };
 use crate::shard::Shard;
+use crate::types::PartitionId;
 
 pub(super) fn error_body(error: ErrorKind) -> ErrorBody {
     ErrorBody::new(ErrorCode::from(error), error.to_string())
@@ -152,7 +153,7 @@ pub async fn commit(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
                 &refused(ErrorCode::InvalidRequest, why),
             );
         };
-        if !shard.has_partition(&topic, partition) {
+        if !shard.has_partition(&topic, PartitionId(partition)) {
             let why = format!("no partition {topic}-{partition}");
             return answer(Api::CommitOffsets, request_id, &refused(ErrorCode::UnknownTopic, why));
         }

@@ -23,7 +23,7 @@ use crate::native::messages::{
 use crate::record::batch::validate_native_payload;
 use crate::record::{PayloadFormat, PendingEntry, ENTRY_HEADER_BYTES};
 use crate::shard::{Shard, FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX};
-use crate::types::{Offset, ShardId};
+use crate::types::{Offset, PartitionId, ShardId};
 use glommio::sync::StaticPermit;
 
 /// Runs one request. `None` means no response is sent (a produce with acks=0).
@@ -179,7 +179,7 @@ async fn append(
         PayloadFormat::Native,
     )
     .ok_or_else(|| BrokerError::new(ErrorKind::InvalidRequest, "malformed produce body"))?;
-    shard.produce(&request.topic, request.partition, request.acks, entry).await
+    shard.produce(&request.topic, PartitionId(request.partition), request.acks, entry).await
 }
 
 async fn fetch(
@@ -198,7 +198,13 @@ async fn fetch(
     let max_bytes = fetch_max_bytes(&request);
     let max_wait = Duration::from_millis(u64::from(request.max_wait_ms.min(FETCH_WAIT_MS_MAX)));
     let result = shard
-        .fetch(&request.topic, request.partition, Offset(request.offset), max_bytes, max_wait)
+        .fetch(
+            &request.topic,
+            PartitionId(request.partition),
+            Offset(request.offset),
+            max_bytes,
+            max_wait,
+        )
         .await;
     // Entries Kafka producers stored are converted for native readers, one entry at a time.
     let result = result.and_then(|mut outcome| {
@@ -234,7 +240,8 @@ async fn list_offsets(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
         Ok(request) => request,
         Err(why) => return undecodable(Api::ListOffsets, request_id, why),
     };
-    let body = match shard.list_offset(&request.topic, request.partition, request.timestamp).await {
+    let partition = PartitionId(request.partition);
+    let body = match shard.list_offset(&request.topic, partition, request.timestamp).await {
         Ok((offset, _)) => ListOffsetsResponse { error: ErrorBody::none(), offset },
         Err(e) => ListOffsetsResponse { error: ErrorBody::from(&e), offset: -1 },
     };
@@ -279,7 +286,7 @@ async fn describe_topic(shard: &Rc<Shard>, name: String, with_offsets: bool) -> 
     let mut error = ErrorBody::none();
     for partition in 0..info.partitions {
         let (log_start, high_watermark) = if with_offsets {
-            match shard.watermarks(&name, partition).await {
+            match shard.watermarks(&name, PartitionId(partition)).await {
                 Ok(bounds) => (bounds.log_start.0, bounds.high_watermark.0),
                 Err(e) => {
                     error = ErrorBody::from(&e);
@@ -289,7 +296,7 @@ async fn describe_topic(shard: &Rc<Shard>, name: String, with_offsets: bool) -> 
         } else {
             (0, 0)
         };
-        let owner = shard.owner(&name, partition).0 as u32;
+        let owner = shard.owner(&name, PartitionId(partition)).0 as u32;
         partitions.push(PartitionMetadata { partition, shard: owner, log_start, high_watermark });
     }
     TopicMetadata { name, error, partitions, configs: info.config.entries() }
@@ -383,7 +390,10 @@ async fn describe_group(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
     for (topic, partition, committed) in offsets {
         let Some(committed) = committed else { continue };
         let high_watermark = match u32::try_from(partition) {
-            Ok(p) => shard.watermarks(&topic, p).await.map_or(-1, |b| b.high_watermark.0 as i64),
+            Ok(p) => {
+                let bounds = shard.watermarks(&topic, PartitionId(p)).await;
+                bounds.map_or(-1, |b| b.high_watermark.0 as i64)
+            }
             Err(_) => -1,
         };
         body.offsets.push(GroupOffset {

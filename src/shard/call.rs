@@ -14,27 +14,27 @@ use crate::group::{GroupAnswer, GroupCall};
 use crate::partition::{Acks, LogBounds, ReadOutcome};
 use crate::record::PendingEntry;
 use crate::shard::catalog::TopicInfo;
-use crate::types::Offset;
+use crate::types::{Offset, PartitionId};
 
 typed_requests! {
     /// A request to one shard, and what it answers.
     trait Request, call ShardCall, answer ShardAnswer;
 
     /// Appends to a partition this shard owns; answers its base offset and the log start.
-    Produce { topic: String, partition: u32, acks: Acks, entry: PendingEntry }
+    Produce { topic: String, partition: PartitionId, acks: Acks, entry: PendingEntry }
         -> Result<(Offset, Offset), BrokerError>;
 
     /// Reads a partition this shard owns, waiting up to `max_wait` for data at its end.
-    Fetch { topic: String, partition: u32, offset: Offset, max_bytes: usize, max_wait: Duration }
+    Fetch { topic: String, partition: PartitionId, offset: Offset, max_bytes: usize, max_wait: Duration }
         -> Result<ReadOutcome, BrokerError>;
 
     /// The offset of the latest (-1), earliest (-2) or first record at or after a time, with
     /// that record's timestamp (-1 for latest and earliest).
-    ListOffsets { topic: String, partition: u32, timestamp: i64 }
+    ListOffsets { topic: String, partition: PartitionId, timestamp: i64 }
         -> Result<(i64, i64), BrokerError>;
 
     /// Log start, high watermark and log end.
-    Watermarks { topic: String, partition: u32 } -> Result<LogBounds, BrokerError>;
+    Watermarks { topic: String, partition: PartitionId } -> Result<LogBounds, BrokerError>;
 
     /// For the controller (shard 0).
     CreateTopic { name: String, partitions: u32, overrides: BTreeMap<String, String> }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::config::TopicConfig;
-use crate::types::ShardId;
+use crate::types::{PartitionId, ShardId};
 
 /// Kafka's limit on topic name length.
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
@@ -41,14 +41,14 @@ pub struct Catalog {
 
 /// The shard that owns a partition: consecutive partitions of a topic land on consecutive
 /// shards, starting from a shard chosen by the topic's name.
-pub fn owner_shard(topic: &str, partition: u32, shards: usize) -> ShardId {
+pub fn owner_shard(topic: &str, partition: PartitionId, shards: usize) -> ShardId {
     // FNV-1a: stable across builds and platforms, unlike std's hasher.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in topic.bytes() {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    ShardId(((hash % shards as u64 + u64::from(partition)) % shards as u64) as usize)
+    ShardId(((hash % shards as u64 + u64::from(partition.0)) % shards as u64) as usize)
 }
 
 /// Kafka's rule: 1 to 249 of `[a-zA-Z0-9._-]`, and not `.` or `..`. It also keeps names safe
@@ -73,7 +73,7 @@ pub fn topic_dir(data_dir: &Path, topic: &str) -> PathBuf {
     data_dir.join(topic)
 }
 
-pub fn partition_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {
+pub fn partition_dir(data_dir: &Path, topic: &str, partition: PartitionId) -> PathBuf {
     topic_dir(data_dir, topic).join(partition.to_string())
 }
 
@@ -182,7 +182,7 @@ mod tests {
     fn partitions_spread_over_every_shard() {
         for shards in 1..=8 {
             let mut owners: Vec<usize> =
-                (0..shards as u32).map(|p| owner_shard("t", p, shards).0).collect();
+                (0..shards as u32).map(|p| owner_shard("t", PartitionId(p), shards).0).collect();
             owners.sort_unstable();
             assert_eq!(owners, (0..shards).collect::<Vec<_>>());
         }
@@ -221,7 +221,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = TopicFile { partitions: 2, config: BTreeMap::new() };
         create_topic(dir.path(), "grow", &file).unwrap();
-        let segment = partition_dir(dir.path(), "grow", 0).join("00000000000000000000.log");
+        let segment =
+            partition_dir(dir.path(), "grow", PartitionId(0)).join("00000000000000000000.log");
         std::fs::create_dir_all(segment.parent().unwrap()).unwrap();
         std::fs::write(&segment, b"acknowledged").unwrap();
 

@@ -10,7 +10,7 @@ use crate::group::{GroupRequest, OffsetsLogs};
 use crate::partition::Partition;
 use crate::shard::call::Group;
 use crate::shard::state::Shard;
-use crate::types::ShardId;
+use crate::types::{PartitionId, ShardId};
 
 impl Shard {
     /// The shard coordinating `group`: the owner of its `__consumer_offsets` partition.
@@ -64,11 +64,12 @@ impl Shard {
 
 /// The coordinator's view of this shard: the `__consumer_offsets` partitions it owns.
 impl OffsetsLogs for Rc<Shard> {
-    fn owned(&self) -> Vec<(u32, Rc<Partition>)> {
+    fn owned(&self) -> Vec<(PartitionId, Rc<Partition>)> {
         if self.topic(OFFSETS_TOPIC).is_none() {
             return Vec::new();
         }
         (0..OFFSETS_PARTITIONS)
+            .map(PartitionId)
             .filter(|&partition| self.owner(OFFSETS_TOPIC, partition) == self.id)
             .filter_map(|partition| {
                 Some((partition, self.partition(OFFSETS_TOPIC, partition).ok()?))
@@ -76,7 +77,7 @@ impl OffsetsLogs for Rc<Shard> {
             .collect()
     }
 
-    async fn open(&self, partition: u32) -> Result<Rc<Partition>, BrokerError> {
+    async fn open(&self, partition: PartitionId) -> Result<Rc<Partition>, BrokerError> {
         self.ensure_offsets_topic().await?;
         self.partition(OFFSETS_TOPIC, partition)
     }

@@ -12,7 +12,7 @@ use crate::partition::{Partition, ReadOutcome, OFFSET_EARLIEST, OFFSET_LATEST};
 use crate::shard::call::{Fetch, ListOffsets, Produce};
 use crate::shard::catalog::{self, TopicInfo};
 use crate::shard::state::{PartitionKey, Shard, STAGED_BYTES_MAX};
-use crate::types::Offset;
+use crate::types::{Offset, PartitionId};
 
 impl Shard {
     fn limits(&self) -> LogLimits {
@@ -38,7 +38,9 @@ impl Shard {
 
     async fn open_partitions(&self, name: &str, info: &TopicInfo) -> std::io::Result<()> {
         let topic: Rc<str> = Rc::from(name);
-        for partition in (0..info.partitions).filter(|p| self.owner(name, *p) == self.id) {
+        let owned =
+            (0..info.partitions).map(PartitionId).filter(|p| self.owner(name, *p) == self.id);
+        for partition in owned {
             // Adding partitions re-applies a topic: the ones already open stay as they are.
             if self.partitions.borrow().contains_key(&(name.to_string(), partition)) {
                 continue;
@@ -67,7 +69,11 @@ impl Shard {
     }
 
     /// A partition this shard owns.
-    pub fn partition(&self, topic: &str, partition: u32) -> Result<Rc<Partition>, BrokerError> {
+    pub fn partition(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+    ) -> Result<Rc<Partition>, BrokerError> {
         if let Some(found) = self.partitions.borrow().get(&(topic.to_string(), partition)) {
             return Ok(found.clone());
         }
@@ -169,7 +175,7 @@ impl Shard {
         for partition in owned {
             if let Err(e) = partition.enforce_retention(now).await {
                 let log = partition.log();
-                tracing::error!(topic = %log.topic, partition = log.partition, "retention failed: {e}");
+                tracing::error!(topic = %log.topic, partition = %log.partition, "retention failed: {e}");
             }
         }
     }

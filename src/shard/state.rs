@@ -34,12 +34,12 @@ use crate::shard::catalog::{self, Catalog, TopicInfo};
 use crate::shard::mesh::Peers;
 use crate::shard::turns::Turns;
 use crate::shard::CONTROLLER_SHARD;
-use crate::types::{Offset, ShardId};
+use crate::types::{Offset, PartitionId, ShardId};
 
 /// Appended-but-unwritten bytes per partition beyond which producers wait.
 pub(super) const STAGED_BYTES_MAX: usize = 64 * 1024 * 1024;
 
-pub(super) type PartitionKey = (String, u32);
+pub(super) type PartitionKey = (String, PartitionId);
 
 /// The broker's own topics: clients may read them but not create or append to them.
 pub fn is_internal_topic(name: &str) -> bool {
@@ -120,7 +120,7 @@ impl Shard {
         id
     }
 
-    pub fn owner(&self, topic: &str, partition: u32) -> ShardId {
+    pub fn owner(&self, topic: &str, partition: PartitionId) -> ShardId {
         catalog::owner_shard(topic, partition, self.count)
     }
 
@@ -129,8 +129,8 @@ impl Shard {
     }
 
     /// Whether `topic` exists with a partition `partition`.
-    pub fn has_partition(&self, topic: &str, partition: u32) -> bool {
-        self.catalog.borrow().topics.get(topic).is_some_and(|t| partition < t.partitions)
+    pub fn has_partition(&self, topic: &str, partition: PartitionId) -> bool {
+        self.catalog.borrow().topics.get(topic).is_some_and(|t| partition.0 < t.partitions)
     }
 
     pub fn topics(&self) -> Vec<(String, TopicInfo)> {
@@ -256,7 +256,7 @@ impl Shard {
     pub async fn produce(
         self: &Rc<Self>,
         topic: &str,
-        partition: u32,
+        partition: PartitionId,
         acks: Acks,
         entry: PendingEntry,
     ) -> Result<(Offset, Offset), BrokerError> {
@@ -273,7 +273,7 @@ impl Shard {
     pub async fn fetch(
         self: &Rc<Self>,
         topic: &str,
-        partition: u32,
+        partition: PartitionId,
         offset: Offset,
         max_bytes: usize,
         max_wait: Duration,
@@ -287,7 +287,7 @@ impl Shard {
     pub async fn list_offset(
         self: &Rc<Self>,
         topic: &str,
-        partition: u32,
+        partition: PartitionId,
         timestamp: i64,
     ) -> Result<(i64, i64), BrokerError> {
         let list = ListOffsets { topic: topic.to_string(), partition, timestamp };
@@ -297,7 +297,7 @@ impl Shard {
     pub async fn watermarks(
         self: &Rc<Self>,
         topic: &str,
-        partition: u32,
+        partition: PartitionId,
     ) -> Result<LogBounds, BrokerError> {
         self.ask(self.owner(topic, partition), Watermarks { topic: topic.to_string(), partition })
             .await?

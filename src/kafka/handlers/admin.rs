@@ -27,6 +27,7 @@ use crate::kafka::codec;
 use crate::kafka::handlers::{has_field, kafka_error};
 use crate::shard::catalog::{self, TopicFile, TopicInfo};
 use crate::shard::Shard;
+use crate::types::NodeId;
 
 /// Kafka's INVALID_REPLICATION_FACTOR and INVALID_REPLICA_ASSIGNMENT: one node holds one copy.
 const INVALID_REPLICATION_FACTOR: i16 = ResponseError::InvalidReplicationFactor.code();
@@ -97,7 +98,7 @@ async fn create_one(
         }
     } else {
         let node = shard.config.node_id;
-        if topic.assignments.iter().any(|a| a.broker_ids.iter().any(|b| b.0 != node)) {
+        if topic.assignments.iter().any(|a| a.broker_ids.iter().any(|b| NodeId(b.0) != node)) {
             return Err((INVALID_REPLICA_ASSIGNMENT, format!("only broker {node} exists")));
         }
         topic.assignments.len() as u32

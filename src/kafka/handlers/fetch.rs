@@ -31,7 +31,7 @@ use crate::record::entry::{entries, Check};
 use crate::record::PayloadFormat;
 use crate::shard::Shard;
 use crate::shard::{FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX};
-use crate::types::Offset;
+use crate::types::{Offset, PartitionId};
 
 /// The most a fetch's response may hold: what it asked for, within [1, `FETCH_BYTES_MAX`].
 pub fn response_bytes_max(request: &FetchRequest) -> usize {
@@ -152,7 +152,7 @@ async fn read_within(shard: &Rc<Shard>, wanted: &[Wanted], max_bytes: usize) -> 
 /// A partition the response has no room for: no records, but its watermarks (clients track
 /// their lag by them) and the offset checked as a read would check it.
 async fn watermarks_only(shard: Rc<Shard>, want: Wanted) -> Read {
-    let partition = u32::try_from(want.partition).map_err(|_| unknown(&want))?;
+    let partition = u32::try_from(want.partition).map_err(|_| unknown(&want)).map(PartitionId)?;
     if !shard.has_partition(&want.topic, partition) {
         return Err(unknown(&want));
     }
@@ -200,7 +200,7 @@ async fn read_one(shard: Rc<Shard>, want: Wanted, wait: Duration) -> Read {
     let offset = u64::try_from(want.offset).map_err(|_| {
         BrokerError::new(ErrorKind::OffsetOutOfRange, format!("offset {}", want.offset))
     })?;
-    let partition = u32::try_from(want.partition).map_err(|_| unknown(&want))?;
+    let partition = u32::try_from(want.partition).map_err(|_| unknown(&want)).map(PartitionId)?;
     if !shard.has_partition(&want.topic, partition) {
         return Err(unknown(&want));
     }
@@ -328,7 +328,7 @@ pub async fn list_offsets(
                 offset: 0,
                 max_bytes: 0,
             };
-            let found = match u32::try_from(asked.partition_index) {
+            let found = match u32::try_from(asked.partition_index).map(PartitionId) {
                 Ok(p) if shard.has_partition(&want.topic, p) => {
                     shard.list_offset(&want.topic, p, asked.timestamp).await
                 }

@@ -37,7 +37,7 @@ use crate::kafka::codec;
 use crate::kafka::handlers::has_field;
 use crate::kafka::handlers::Connection;
 use crate::shard::Shard;
-use crate::types::ShardId;
+use crate::types::{PartitionId, ShardId};
 
 /// FindCoordinator key type of transactional ids: no transaction coordinator exists.
 const KEY_TYPE_TRANSACTION: i8 = 1;
@@ -76,7 +76,7 @@ pub fn find_coordinator(
         return response;
     }
     let (host, port) = crate::kafka::handlers::metadata::advertised(shard, connection);
-    response.node_id = BrokerId(shard.config.node_id);
+    response.node_id = BrokerId(shard.config.node_id.0);
     response.host = text(host);
     response.port = i32::from(port);
     response
@@ -246,8 +246,9 @@ pub async fn offset_commit(
             t.partitions
                 .iter()
                 .map(|p| {
-                    u32::try_from(p.partition_index)
-                        .is_ok_and(|index| shard.has_partition(t.name.0.as_str(), index))
+                    u32::try_from(p.partition_index).is_ok_and(|index| {
+                        shard.has_partition(t.name.0.as_str(), PartitionId(index))
+                    })
                 })
                 .collect()
         })

@@ -26,7 +26,7 @@ pub async fn metadata(
     version: i16,
     request: MetadataRequest,
 ) -> MetadataResponse {
-    let node = BrokerId(shard.config.node_id);
+    let node = BrokerId(shard.config.node_id.0);
     let mut response = MetadataResponse::default();
     let (host, port) = advertised(shard, connection);
     let mut broker = MetadataResponseBroker::default();

@@ -14,7 +14,7 @@ use crate::partition::Acks;
 use crate::record::kafka_batch::{validate_produced, BatchError};
 use crate::record::PendingEntry;
 use crate::shard::Shard;
-use crate::types::Offset;
+use crate::types::{Offset, PartitionId};
 
 /// Kafka's INVALID_REQUIRED_ACKS.
 const INVALID_REQUIRED_ACKS: i16 = kafka_protocol::ResponseError::InvalidRequiredAcks.code();
@@ -147,6 +147,7 @@ fn start_append(
     let (shard, topic) = (shard.clone(), topic.to_string());
     // A task of its own, spawned now: the append takes its turn on the owning shard in request
     // order even though this request awaits the partitions one after another.
+    let partition = PartitionId(partition);
     Ok(glommio::spawn_local(async move { shard.produce(&topic, partition, acks, entry).await })
         .detach())
 }

@@ -15,7 +15,7 @@ use crate::log::tail_cache::TailBudget;
 use crate::metrics::Metrics;
 use crate::record::entry::{entries, parse_header, Check, StoredEntry, ENTRY_HEADER_BYTES};
 use crate::record::{BatchMeta, PendingEntry};
-use crate::types::{LeaderEpoch, Offset};
+use crate::types::{LeaderEpoch, Offset, PartitionId};
 
 /// Runs `test` with a fresh partition directory, on an executor whose first DMA file is a
 /// probe beside it, as a shard's is.
@@ -56,7 +56,7 @@ async fn open_with(dir: &Path, config: TopicConfig) -> std::io::Result<Rc<Partit
     };
     PartitionLog::open(
         "t".into(),
-        0,
+        PartitionId(0),
         dir.to_path_buf(),
         config,
         limits,

@@ -153,7 +153,7 @@ impl<S: Storage> Writer<S> {
                     {
                         tracing::warn!(
                             topic = %self.log.topic,
-                            partition = self.log.partition,
+                            partition = %self.log.partition,
                             "writing a recovery point: {e}"
                         );
                     }
@@ -179,7 +179,7 @@ impl<S: Storage> Writer<S> {
                     if let Err(e) = self.active().trim().await {
                         tracing::warn!(
                             topic = %self.log.topic,
-                            partition = self.log.partition,
+                            partition = %self.log.partition,
                             "giving back an idle segment's preallocation: {e}"
                         );
                     }
@@ -406,7 +406,7 @@ impl<S: Storage> Writer<S> {
         st.staged_bytes -= written_bytes;
         self.log.queued.remove(written_bytes);
         if st.out_of_space.take().is_some() {
-            tracing::info!(topic = %self.log.topic, partition = self.log.partition, "space again: writes resumed");
+            tracing::info!(topic = %self.log.topic, partition = %self.log.partition, "space again: writes resumed");
         }
         drop(st);
         self.log.changed.notify(usize::MAX);
@@ -532,7 +532,7 @@ impl<S: Storage> Writer<S> {
         log.changed.notify(usize::MAX);
         tracing::info!(
             topic = %log.topic,
-            partition = log.partition,
+            partition = %log.partition,
             requested = %offset,
             removed = end.records_since(new_end),
             "truncated the log to offset {new_end}"
@@ -555,7 +555,7 @@ impl<S: Storage> Writer<S> {
             let why = format!("no space to write offsets {from} and after: {error}");
             tracing::warn!(
                 topic = %log.topic,
-                partition = log.partition,
+                partition = %log.partition,
                 discarded = st.next_offset.records_since(from),
                 "{why}; discarding the unwritten records and refusing appends for {:?}",
                 OUT_OF_SPACE_BACKOFF
