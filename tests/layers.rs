@@ -201,7 +201,8 @@ fn lower_layers_never_import_higher_ones() {
         for (target, line) in imports(&source, depth) {
             // A connection loop is started by `broker` and reached by nothing else: frames,
             // responses and connections live beside their protocol, not in the server loop.
-            let server_loop = format!("crate::{target}::server");
+            // Reached by `crate::` or by `super::` climbing to the root: the text after either.
+            let server_loop = format!("{target}::server");
             let own_loop = relative == Path::new(&target).join("server.rs");
             if CONNECTION_LOOPS.contains(&target.as_str()) && module != "broker" && !own_loop {
                 let text = source.lines().nth(line - 1).unwrap_or_default();

@@ -214,6 +214,9 @@ impl Coordinator {
             entry.step(Event::Request { ticket, call: request.into_call() }, now)
         };
         self.carry_out(group, actions);
+        // A request whose connection goes away stops waiting here: its ticket leaves the table
+        // then, not when the group answers it (a join may wait a whole rebalance timeout).
+        let _waiting = Waiting { table: &self.waiting, ticket };
         answer.await.ok().and_then(R::from_answer)
     }
 
@@ -468,8 +471,7 @@ impl Coordinator {
                     }
                     None => log.high_watermark(),
                 };
-                log.log()
-                    .delete_segments_below(snapshot_at)
+                log.delete_segments_below(snapshot_at)
                     .await
                     .map_err(|e| crate::log::LogError::Storage(e.to_string()))
             };
@@ -522,6 +524,19 @@ impl Coordinator {
                 entry.offsets.remove(&key);
             }
         }
+    }
+}
+
+/// Removes a ticket from the coordinator's table of waiting requests when dropped (by then it
+/// was answered and is gone already, or its request stopped waiting).
+struct Waiting<'a> {
+    table: &'a RefCell<HashMap<Ticket, oneshot::Sender<MemberAnswer>>>,
+    ticket: Ticket,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.table.borrow_mut().remove(&self.ticket);
     }
 }
 

@@ -26,6 +26,9 @@ const VERSION: u32 = 0;
 /// A million epochs at their longest line (`-2147483648 9223372036854775807`): a larger file is
 /// damaged or not ours, and is not read whole.
 const CHECKPOINT_BYTES_MAX: u64 = 32 * 1024 * 1024;
+/// Kafka's UNDEFINED_EPOCH: a fetch or a follower that knows no epoch.
+pub const UNDEFINED_EPOCH: LeaderEpoch = LeaderEpoch(-1);
+
 /// An epoch and the offset of its first entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EpochStart {
@@ -113,13 +116,14 @@ impl LeaderEpochs {
     /// OffsetsForLeaderEpoch: the largest epoch at or below `epoch` and where it ends (the start
     /// of the next epoch, or `log_end` for the latest), as Kafka answers it. An epoch older than
     /// every one known answers itself and where the first known starts; an unknown newer one,
-    /// or a negative one, answers `None` (Kafka's UNDEFINED_EPOCH and UNDEFINED_EPOCH_OFFSET).
+    /// or [`UNDEFINED_EPOCH`] itself, answers `None` (Kafka's UNDEFINED_EPOCH and
+    /// UNDEFINED_EPOCH_OFFSET).
     pub fn end_offset_for(
         &self,
         epoch: LeaderEpoch,
         log_end: Offset,
     ) -> Option<(LeaderEpoch, Offset)> {
-        if epoch.0 < 0 {
+        if epoch == UNDEFINED_EPOCH {
             return None;
         }
         if self.latest().is_some_and(|latest| latest.epoch == epoch) {
@@ -271,6 +275,7 @@ mod tests {
         assert_eq!(end_offset_for(&cache, 1, log_end), Some((1, 5)), "older than all: the first");
         assert_eq!(end_offset_for(&cache, 9, log_end), None, "newer than all: undefined");
         assert_eq!(end_offset_for(&cache, -1, log_end), None, "undefined asked: undefined");
+        assert_eq!(end_offset_for(&cache, -5, log_end), Some((-5, 5)), "as any older epoch");
         assert_eq!(end_offset_for(&LeaderEpochs::default(), 0, log_end), None);
     }
 

@@ -697,6 +697,12 @@ impl<S: Storage> PartitionLog<S> {
         self.state.borrow().failed.is_some()
     }
 
+    /// How many truncations have cut this log's end since it opened: a reader that sees the
+    /// count change knows the written offset may have gone down.
+    pub fn truncations(&self) -> u64 {
+        self.state.borrow().truncations
+    }
+
     /// The offset the next entry gets: everything below was appended (the log end offset).
     pub fn log_end(&self) -> Offset {
         self.state.borrow().next_offset

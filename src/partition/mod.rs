@@ -4,8 +4,10 @@
 //! The local log ([`PartitionLog`]) knows only its own disk: what it has appended, written and
 //! fdatasync'ed. This layer decides what clients see of it, and when a producer is answered:
 //!
-//! - **The high watermark** is the offset below which consumers read. It only moves up, never
-//!   past what the local log has written, and never below the log start; every move asserts so.
+//! - **The high watermark** is the offset below which consumers read. It never passes what the
+//!   local log has written and never falls below the log start, and it only moves up, except
+//!   that a replica's truncation (KIP-101) lowers it to the new log end, as Kafka does; every
+//!   move asserts so.
 //! - **Acks waiters:** `acks=1` waits for the leader's write, `acks=all` for its fdatasync.
 //! - **What readers may see:** a read stops at the high watermark. An offset between it and the
 //!   log end is in range with nothing to read yet, as in Kafka, so a consumer that is ahead of a
@@ -15,7 +17,7 @@
 //! A partition has one replica today, so the high watermark is the local written offset.
 //! Replication (issue 16) adds the in-sync followers' ends here: the high watermark becomes the
 //! least of them, and `acks=all` waits for it too. Nothing below this layer knows that replicas
-//! exist, and nothing above it reads the local log's watermarks.
+//! exist, and nothing above it reads the local log's watermarks or deletes from it.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -98,6 +100,8 @@ pub struct Partition<S: Storage = DmaStorage> {
     log: Rc<PartitionLog<S>>,
     /// Consumers read below it. Moved only by [`Self::high_watermark`].
     high_watermark: Cell<Offset>,
+    /// The log's truncation count when the high watermark last moved.
+    truncations_seen: Cell<u64>,
 }
 
 impl<S: Storage> Partition<S> {
@@ -105,7 +109,8 @@ impl<S: Storage> Partition<S> {
     /// replica has no follower to wait for.
     pub fn new(log: Rc<PartitionLog<S>>) -> Self {
         let high_watermark = Cell::new(log.written_offset());
-        Self { log, high_watermark }
+        let truncations_seen = Cell::new(log.truncations());
+        Self { log, high_watermark, truncations_seen }
     }
 
     /// The local log, for what is not about visibility (its topic config, retention's rolling,
@@ -135,6 +140,15 @@ impl<S: Storage> Partition<S> {
     /// the local log has written.
     pub fn high_watermark(&self) -> Offset {
         let (previous, reached) = (self.high_watermark.get(), self.log.written_offset());
+        let truncations = self.log.truncations();
+        if truncations != self.truncations_seen.get() {
+            // A truncation cut the log's end: what it removed is not visible any more (Kafka
+            // lowers a follower's high watermark to its new log end too).
+            self.truncations_seen.set(truncations);
+            let lowered = previous.min(reached);
+            self.high_watermark.set(lowered);
+            return lowered;
+        }
         if reached != previous {
             let (log_start, log_end) = (self.log.log_start(), self.log.log_end());
             assert!(
@@ -186,6 +200,12 @@ impl<S: Storage> Partition<S> {
         let found = self.log.offset_for_timestamp(timestamp).await?;
         let high_watermark = self.high_watermark();
         Ok(found.filter(|(offset, _)| *offset < high_watermark))
+    }
+
+    /// Deletes the sealed segments wholly below `offset`, never past the high watermark (as
+    /// Kafka's DeleteRecords): the offsets log's compaction. Returns how many it deleted.
+    pub async fn delete_segments_below(&self, offset: Offset) -> std::io::Result<usize> {
+        self.log.delete_segments_below(offset.min(self.high_watermark())).await
     }
 
     /// Applies retention once: deletes what is past the topic's limits and below the high

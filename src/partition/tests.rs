@@ -76,3 +76,25 @@ fn a_long_poll_wakes_when_data_becomes_visible_and_times_out_otherwise() {
         partition.log().close().await;
     });
 }
+
+/// A replica's truncation cuts the log below the high watermark: the high watermark comes down
+/// to the new log end (as Kafka lowers a follower's), and then follows what is written again.
+#[test]
+fn a_truncation_lowers_the_high_watermark_to_the_new_log_end() {
+    in_partition_dir(|dir| async move {
+        let partition = Partition::new(open(&dir, SEGMENT_BYTES).await);
+        for i in 0..3 {
+            let appended = partition.append(entry(1, &payload(i, 100))).expect("append");
+            partition.wait_acked(&appended, Acks::Leader).await.expect("written");
+        }
+        assert_eq!(partition.high_watermark(), Offset(3));
+        let new_end = partition.log().truncate_to(Offset(1)).await.expect("truncated");
+        assert_eq!((new_end, partition.high_watermark()), (Offset(1), Offset(1)));
+        let past = partition.read(Offset(2), 1 << 20).await;
+        assert!(matches!(past, Err(LogError::OffsetOutOfRange { .. })), "{past:?}");
+        let appended = partition.append(entry(1, &payload(9, 100))).expect("append");
+        partition.wait_acked(&appended, Acks::Leader).await.expect("written");
+        assert_eq!(partition.high_watermark(), Offset(2));
+        partition.log().close().await;
+    });
+}
