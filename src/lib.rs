@@ -6,7 +6,8 @@
 //! record formats, checksums, conversion); `config`; `log` (segments, indexes, recovery,
 //! retention); `partition` (the high watermark, acks waiters, what readers may see); `group` (consumer groups and committed offsets); `shard` (routing, the partition
 //! registry, the controller role, the cross-shard mesh); `transport` (what both listeners share
-//! of a connection); `kafka` and `native` (the two wire protocols); `client` (the Rust client
+//! of a connection); `cluster` (the cluster metadata and the controller's decisions, without
+//! I/O); `kafka` and `native` (the two wire protocols); `client` (the Rust client
 //! library); `broker` (start and ordered stop); `cli` (the `spate` command).
 //! `docs/ARCHITECTURE.md` draws how they fit together.
 
@@ -67,6 +68,7 @@ macro_rules! typed_requests {
 pub mod broker;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod group;

@@ -26,6 +26,8 @@ const LAYERS: &[&[&str]] = &[
     &["shard"],
     // Accepting connections, idle bounds, memory budgets, the coalescing writer.
     &["transport"],
+    // The cluster: metadata, the controller's decisions (and, to come, Raft and replication).
+    &["cluster"],
     // The protocol front ends.
     &["kafka", "native"],
     // The Rust client library (speaks the native protocol).
