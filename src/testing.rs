@@ -26,3 +26,23 @@ pub fn seeds(count: u64) -> Vec<u64> {
         None => (1..=count).collect(),
     }
 }
+
+/// Runs a seeded simulation over `count` seeds, or over the number in the environment variable
+/// `more` (its long form), or over the one seed in `SPATE_TEST_SEED`; adds up the counts each
+/// seed reports, prints them under `name`, and returns them.
+pub fn run_seeds(
+    name: &str,
+    more: &str,
+    count: u64,
+    mut run: impl FnMut(u64) -> std::collections::BTreeMap<&'static str, u64>,
+) -> std::collections::BTreeMap<&'static str, u64> {
+    let count = std::env::var(more).ok().and_then(|s| s.parse().ok()).unwrap_or(count);
+    let mut totals = std::collections::BTreeMap::new();
+    for seed in seeds(count) {
+        for (event, n) in run(seed) {
+            *totals.entry(event).or_default() += n;
+        }
+    }
+    println!("{name}: {count} seeds, {totals:?}");
+    totals
+}

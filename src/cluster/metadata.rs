@@ -12,11 +12,19 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use rkyv::{rancor, Archive, Deserialize, Serialize};
+
 use crate::types::{LeaderEpoch, NodeId, PartitionId};
+
+/// The format of a metadata record in the log: its first byte. A build reads every version up
+/// to its own and refuses a newer one by name, never as damage.
+const RECORD_VERSION: u8 = 1;
 
 /// A topic's id (Kafka's topic UUID): a topic deleted and created again under its name gets a
 /// new one, so a broker that was away recognises the new topic and drops the old one's logs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Archive, Serialize, Deserialize,
+)]
 pub struct TopicId(pub u128);
 
 impl fmt::Display for TopicId {
@@ -26,7 +34,7 @@ impl fmt::Display for TopicId {
 }
 
 /// Where a broker listens, as it registered.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub struct Endpoints {
     /// For Kafka clients.
     pub kafka: (String, u16),
@@ -35,7 +43,7 @@ pub struct Endpoints {
 }
 
 /// One change to the cluster metadata, as the controller commits it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub enum MetadataRecord {
     /// A broker (re)joined; `broker_epoch` is new for every registration, so messages from an
     /// earlier incarnation of the broker can be told apart and refused. It starts fenced.
@@ -74,7 +82,7 @@ pub enum MetadataRecord {
 }
 
 /// Who holds a partition, and who leads it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub struct PartitionState {
     /// In preference order: the first is the preferred leader.
     pub replicas: Vec<NodeId>,
@@ -108,6 +116,32 @@ pub struct MetadataImage {
     pub topic_ids: BTreeMap<String, TopicId>,
     /// The highest broker epoch registered so far: the next registration gets a higher one.
     pub last_broker_epoch: u64,
+}
+
+impl MetadataRecord {
+    /// The record as the metadata log stores it: the format version, then the archive.
+    pub fn encode(&self) -> Vec<u8> {
+        // Archiving owned values into memory cannot fail.
+        let archive = rkyv::to_bytes::<rancor::Error>(self).expect("archiving a metadata record");
+        let mut bytes = Vec::with_capacity(1 + archive.len());
+        bytes.push(RECORD_VERSION);
+        bytes.extend_from_slice(&archive);
+        bytes
+    }
+
+    /// A record read back from the log (input like any other: validated, never trusted).
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let Some((&version, archive)) = bytes.split_first() else {
+            return Err("an empty metadata record".into());
+        };
+        if version != RECORD_VERSION {
+            return Err(format!("metadata record version {version}: this build reads 1"));
+        }
+        // The archive needs its alignment, which a log entry's bytes do not promise.
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(archive.len());
+        aligned.extend_from_slice(archive);
+        rkyv::from_bytes::<Self, rancor::Error>(&aligned).map_err(|e| e.to_string())
+    }
 }
 
 /// Why a record was not applied.

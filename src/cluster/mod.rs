@@ -7,15 +7,21 @@
 //!   (`decide(event, now) -> records`): registration and broker epochs, heartbeats and
 //!   fencing, leader election from the in-sync replicas, topic creation and deletion.
 //! - `placement.rs`: where a new topic's replicas go (Kafka's rack-aware assignment).
-//! - `simulation.rs`: a seeded run of brokers registering, heartbeating, dying, restarting and
-//!   shutting down, topics created and deleted, and the controller failing over, checking the
-//!   invariants after every step.
+//! - `quorum.rs`: a controller voter's Raft node (raft-rs's `RawNode`, driven without I/O),
+//!   which replicates the records among the voters; the records go in it versioned and archived
+//!   (`MetadataRecord::encode`).
+//! - `simulation.rs`: two seeded runs. One drives the decisions over brokers registering,
+//!   heartbeating, dying, restarting and shutting down, topics created and deleted, and the
+//!   controller failing over; the other runs three Raft voters over a lossy network, the leader
+//!   deciding and proposing. Both check their invariants after every step.
 //!
-//! None of it does I/O or reads a clock. Issue 15's next steps drive it: a Raft library
-//! replicates the records among the controller voters, and every broker applies them.
+//! None of it does I/O or reads a clock. Issue 15's next steps drive it from the broker: the
+//! voters' log made durable, their messages carried by the native protocol, and every broker
+//! applying the committed records.
 
 pub mod decide;
 pub mod metadata;
 pub mod placement;
+pub mod quorum;
 #[cfg(test)]
 mod simulation;

@@ -23,6 +23,8 @@ use crate::testing::TestRng;
 use crate::types::{LeaderEpoch, NodeId, PartitionId};
 
 const SESSION_TIMEOUT: Duration = Duration::from_millis(9_000);
+/// The environment variable that runs more seeds (the long form).
+const SEEDS_MORE: &str = "SPATE_CLUSTER_SIMULATION_SEEDS";
 
 struct Broker {
     node: NodeId,
@@ -274,16 +276,228 @@ impl Run {
 
 #[test]
 fn the_controller_keeps_one_leader_per_epoch_and_the_cluster_settles() {
-    let count = std::env::var("SPATE_CLUSTER_SIMULATION_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
-    let mut totals: BTreeMap<&'static str, u64> = BTreeMap::new();
-    for seed in crate::testing::seeds(count) {
-        for (event, n) in Run::new(seed).run(200) {
-            *totals.entry(event).or_default() += n;
+    let run = |seed| Run::new(seed).run(200);
+    let totals = crate::testing::run_seeds("cluster simulation", SEEDS_MORE, 300, run);
+    assert!(totals.len() >= 7, "every kind of event ran: {totals:?}");
+}
+
+/// Three controller voters running real Raft (`quorum.rs`) over a seeded network that delays,
+/// drops and reorders messages and now and then cuts one voter off. Whichever voter leads
+/// decides (with a controller of its own, which forgets heartbeats at every change of leader)
+/// and proposes the records; every voter decodes and applies what commits. After every step:
+/// one leader per term, and the records every two voters applied are one a prefix of the
+/// other's. Then the network heals and every voter must hold the same image.
+struct QuorumRun {
+    seed: u64,
+    rng: TestRng,
+    now: Instant,
+    voters: Vec<QuorumVoter>,
+    /// Messages in flight: (the step they arrive at, to, message).
+    network: Vec<(u64, usize, raft::eraftpb::Message)>,
+    step: u64,
+    /// The voter cut off until the step given, if any.
+    cut_off: Option<(usize, u64)>,
+    leaders: BTreeMap<u64, u64>,
+    /// The leader's controller, and the term it decides for.
+    controller: Option<(u64, Controller)>,
+    brokers: Vec<(NodeId, Option<u64>)>,
+    next_topic: u128,
+    events: BTreeMap<&'static str, u64>,
+}
+
+struct QuorumVoter {
+    raft: super::quorum::Voter,
+    image: MetadataImage,
+    applied: Vec<MetadataRecord>,
+}
+
+impl QuorumRun {
+    fn new(seed: u64) -> Self {
+        let ids = [1u64, 2, 3];
+        let voters = ids
+            .iter()
+            .map(|id| QuorumVoter {
+                raft: super::quorum::Voter::new(*id, &ids).expect("a valid voter"),
+                image: MetadataImage::default(),
+                applied: Vec::new(),
+            })
+            .collect();
+        let brokers = (1..=3).map(|n| (NodeId(n), None)).collect();
+        Self {
+            seed,
+            rng: TestRng::new(seed),
+            now: Instant::now(),
+            voters,
+            network: Vec::new(),
+            step: 0,
+            cut_off: None,
+            leaders: BTreeMap::new(),
+            controller: None,
+            brokers,
+            next_topic: 0,
+            events: BTreeMap::new(),
         }
     }
-    println!("cluster simulation: {count} seeds, {totals:?}");
-    assert!(totals.len() >= 7, "every kind of event ran: {totals:?}");
+
+    fn reachable(&self, voter: usize) -> bool {
+        self.cut_off.is_none_or(|(cut, until)| cut != voter || self.step >= until)
+    }
+
+    /// One round: every voter ticks, due messages arrive, the leader decides, every voter
+    /// drains and applies.
+    fn round(&mut self, chaos: bool) {
+        self.step += 1;
+        self.now += Duration::from_millis(100);
+        for voter in &mut self.voters {
+            voter.raft.tick();
+        }
+        let (due, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.network).into_iter().partition(|(at, _, _)| *at <= self.step);
+        self.network = later;
+        for (_, to, message) in due {
+            if self.reachable(to) && self.reachable(message.from as usize - 1) {
+                // A message for another term or quorum is raft-rs's to refuse; it is not ours.
+                let _ = self.voters[to].raft.step(message);
+            }
+        }
+        if chaos && self.cut_off.is_none() && self.rng.below(40) == 0 {
+            let voter = self.rng.below(3) as usize;
+            self.cut_off = Some((voter, self.step + 5 + self.rng.below(40)));
+            *self.events.entry("voter cut off").or_default() += 1;
+        }
+        if self.cut_off.is_some_and(|(_, until)| self.step >= until) {
+            self.cut_off = None;
+        }
+        // Once the network heals nothing new is decided: the voters must converge.
+        if chaos {
+            self.lead();
+        }
+        for v in 0..self.voters.len() {
+            let drained = match self.voters[v].raft.drain() {
+                Ok(drained) => drained,
+                Err(e) => panic!("seed {}: voter {} drained: {e}", self.seed, v + 1),
+            };
+            for message in drained.messages {
+                let dropped = chaos && self.rng.below(10) == 0;
+                let delay = if chaos { self.rng.below(4) } else { 0 };
+                let to = message.to as usize - 1;
+                if !dropped {
+                    self.network.push((self.step + 1 + delay, to, message));
+                }
+            }
+            for data in drained.committed {
+                let record = MetadataRecord::decode(&data)
+                    .unwrap_or_else(|e| panic!("seed {}: a committed record: {e}", self.seed));
+                let voter = &mut self.voters[v];
+                if let Err(e) = voter.image.apply(&record) {
+                    panic!("seed {}: voter {} refused {record:?}: {e}", self.seed, v + 1);
+                }
+                voter.applied.push(record);
+            }
+        }
+        self.check();
+    }
+
+    /// The leader, once it has applied its whole log, decides one event and proposes it.
+    fn lead(&mut self) {
+        let Some(v) = self.voters.iter().position(|v| v.raft.is_leader() && v.raft.caught_up())
+        else {
+            return;
+        };
+        let term = self.voters[v].raft.term();
+        if self.controller.as_ref().is_none_or(|(t, _)| *t != term) {
+            self.controller = Some((term, Controller::new(SESSION_TIMEOUT)));
+            *self.events.entry("controller elected").or_default() += 1;
+        }
+        let b = self.rng.below(self.brokers.len() as u64) as usize;
+        let (node, epoch) = self.brokers[b];
+        let image = &self.voters[v].image;
+        let registered = image.brokers.get(&node).map(|info| info.broker_epoch);
+        let event = match (self.rng.below(6), epoch.filter(|e| Some(*e) == registered)) {
+            (0, _) | (_, None) => {
+                let endpoints = Run::endpoints(node);
+                Event::Register { node, rack: None, endpoints }
+            }
+            (1, _) => {
+                self.next_topic += 1;
+                let name = format!("t{}", self.rng.below(5));
+                let partitions = 1 + self.rng.below(4) as u32;
+                let replication_factor = 1 + self.rng.below(3) as usize;
+                let id = TopicId(self.next_topic);
+                Event::CreateTopic { name, id, partitions, replication_factor }
+            }
+            (2, _) => Event::DeleteTopic { name: format!("t{}", self.rng.below(5)) },
+            (_, Some(broker_epoch)) => Event::Heartbeat { node, broker_epoch },
+        };
+        let Some((_, controller)) = self.controller.as_mut() else { return };
+        let Ok(records) = controller.decide(image, event, self.now) else { return };
+        for record in &records {
+            if let MetadataRecord::RegisterBroker { node, broker_epoch, .. } = record {
+                // The broker learns its epoch from the answer, which comes at commit; here it
+                // simply uses the epoch the leader assigned.
+                if let Some(broker) = self.brokers.iter_mut().find(|(n, _)| n == node) {
+                    broker.1 = Some(*broker_epoch);
+                }
+            }
+            if self.voters[v].raft.propose(record.encode()).is_err() {
+                return;
+            }
+        }
+        if !records.is_empty() {
+            *self.events.entry("batches proposed").or_default() += 1;
+        }
+    }
+
+    fn check(&mut self) {
+        for voter in &self.voters {
+            if voter.raft.is_leader() {
+                let id =
+                    self.voters.iter().position(|v| std::ptr::eq(v, voter)).unwrap_or(0) as u64 + 1;
+                let first = *self.leaders.entry(voter.raft.term()).or_insert(id);
+                assert_eq!(
+                    first,
+                    id,
+                    "seed {}: two leaders in term {}",
+                    self.seed,
+                    voter.raft.term()
+                );
+            }
+        }
+        for a in &self.voters {
+            for b in &self.voters {
+                let common = a.applied.len().min(b.applied.len());
+                assert!(
+                    a.applied[..common] == b.applied[..common],
+                    "seed {}: two voters applied different records",
+                    self.seed
+                );
+            }
+        }
+    }
+
+    fn run(mut self, rounds: u64) -> BTreeMap<&'static str, u64> {
+        for _ in 0..rounds {
+            self.round(true);
+        }
+        // Healed and quiet: every voter catches up with the same log.
+        self.cut_off = None;
+        for _ in 0..200 {
+            self.round(false);
+        }
+        let applied = self.voters[0].applied.len();
+        for (v, voter) in self.voters.iter().enumerate() {
+            assert_eq!(voter.applied.len(), applied, "seed {}: voter {} behind", self.seed, v + 1);
+            assert!(voter.image == self.voters[0].image, "seed {}: images differ", self.seed);
+        }
+        assert!(applied > 0, "seed {}: nothing committed", self.seed);
+        self.events.insert("records committed", applied as u64);
+        self.events
+    }
+}
+
+#[test]
+fn controller_voters_agree_on_the_metadata_through_a_lossy_network() {
+    let run = |seed| QuorumRun::new(seed).run(400);
+    let totals = crate::testing::run_seeds("quorum simulation", SEEDS_MORE, 50, run);
+    assert!(totals.len() >= 4, "every kind of event ran: {totals:?}");
 }

@@ -592,16 +592,8 @@ impl Run {
 
 #[test]
 fn a_group_agrees_on_every_generation_and_settles() {
-    let count = std::env::var("SPATE_GROUP_SIMULATION_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(500);
-    let mut totals: BTreeMap<&'static str, u64> = BTreeMap::new();
-    for seed in crate::testing::seeds(count) {
-        for (event, n) in Run::new(seed).run(300) {
-            *totals.entry(event).or_default() += n;
-        }
-    }
-    println!("group simulation: {count} seeds, {totals:?}");
+    let run = |seed| Run::new(seed).run(300);
+    let totals =
+        crate::testing::run_seeds("group simulation", "SPATE_GROUP_SIMULATION_SEEDS", 500, run);
     assert!(totals.len() >= 6, "every kind of event ran: {totals:?}");
 }
