@@ -38,7 +38,9 @@ pub fn run_seeds(
 ) -> std::collections::BTreeMap<&'static str, u64> {
     let count = std::env::var(more).ok().and_then(|s| s.parse().ok()).unwrap_or(count);
     let mut totals = std::collections::BTreeMap::new();
-    for seed in seeds(count) {
+    let seeds = seeds(count);
+    let count = seeds.len();
+    for seed in seeds {
         for (event, n) in run(seed) {
             *totals.entry(event).or_default() += n;
         }

@@ -1,30 +1,43 @@
 //! What the active controller decides: from an event (a broker registering, heartbeating or
-//! shutting down, a topic asked for, time passing) and the metadata image, the records to
-//! commit. No I/O and no clock: the caller passes `now`, commits the records through the
-//! metadata log and applies them; a seeded simulation drives it (`simulation.rs`).
+//! shutting down, a topic asked for, time passing) and the metadata image, the batch of records
+//! to commit as one entry. No I/O and no clock: the caller passes `now`, commits the batch
+//! through the metadata log and applies it; seeded simulations drive it (`simulation.rs`).
 //!
-//! Membership follows KRaft: a registration gets a new broker epoch and starts fenced; the
-//! broker's first heartbeat under that epoch unfences it; a broker silent for the session
-//! timeout, or shutting down, is fenced, and fencing first moves its leaderships to other live
-//! in-sync replicas (bumping leader and partition epochs) and takes it out of in-sync sets it
-//! shares, in the same batch of records. A partition whose in-sync replicas are all fenced keeps
-//! its last one and no leader, and gets one back when that replica returns (no unclean
-//! election). The heartbeat times are the controller's own memory, not the log's: a controller
-//! that takes over gives every broker a full session before fencing it.
+//! Membership follows KRaft:
+//! - A registration gets a new broker epoch and starts fenced; the same process (the same
+//!   incarnation) registering again gets the registration it has, and another process claiming
+//!   the node id while the registration's session is alive is refused (Kafka's
+//!   DUPLICATE_BROKER_REGISTRATION).
+//! - The broker's heartbeats under that epoch unfence it, and elect it leader of the partitions
+//!   that waited for it.
+//! - A broker silent for the session timeout is fenced; a controlled shutdown fences it and ends
+//!   its registration, so a late heartbeat cannot bring it back (it registers again). Fencing
+//!   first moves its leaderships to other live in-sync replicas (new leader and partition
+//!   epochs) and takes it out of the in-sync sets it shares, in the same batch. A partition whose
+//!   in-sync replicas are all fenced keeps the last one, without a leader, until it returns (no
+//!   unclean election).
+//!
+//! The heartbeat times are the controller's own memory, not the log's: a controller that takes
+//! over gives every broker a full session before fencing it.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use crate::cluster::metadata::{Endpoints, MetadataImage, MetadataRecord, PartitionState, TopicId};
+use crate::cluster::metadata::{
+    BrokerInfo, Endpoints, MetadataImage, MetadataRecord, PartitionState, TopicId,
+};
 use crate::cluster::placement::{self, Candidate};
+use crate::shard::catalog::PARTITIONS_MAX;
 use crate::types::{LeaderEpoch, NodeId, PartitionId};
 
 /// What happened, as the controller hears it.
 #[derive(Clone, Debug)]
 pub enum Event {
+    /// `incarnation` is chosen by the broker process at its start.
     Register {
         node: NodeId,
+        incarnation: u64,
         rack: Option<String>,
         endpoints: Endpoints,
     },
@@ -53,18 +66,23 @@ pub enum Event {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {
     /// Heartbeat or shutdown from a broker that is not registered under that epoch (an older
-    /// incarnation): it must register again.
+    /// incarnation, or a registration a shutdown ended): it must register again.
     StaleBrokerEpoch {
         node: NodeId,
         broker_epoch: u64,
     },
+    /// Another process holds the node id, and its session is alive.
+    DuplicateRegistration(NodeId),
     TopicExists(String),
+    /// A topic id already taken (ids are random: a caller's bug or a collision).
+    TopicIdTaken(TopicId),
     UnknownTopic(String),
     /// Kafka's INVALID_REPLICATION_FACTOR: more replicas than live brokers, or none.
     InvalidReplicationFactor {
         asked: usize,
         live: usize,
     },
+    /// None, or more than a topic may have.
     InvalidPartitions(u32),
 }
 
@@ -74,12 +92,18 @@ impl fmt::Display for Refusal {
             Self::StaleBrokerEpoch { node, broker_epoch } => {
                 write!(f, "broker {node} is not registered under epoch {broker_epoch}")
             }
+            Self::DuplicateRegistration(node) => {
+                write!(f, "node id {node} is taken by a live broker")
+            }
             Self::TopicExists(name) => write!(f, "topic {name} exists"),
+            Self::TopicIdTaken(id) => write!(f, "topic id {id} is taken"),
             Self::UnknownTopic(name) => write!(f, "no topic {name}"),
             Self::InvalidReplicationFactor { asked, live } => {
                 write!(f, "replication factor {asked} with {live} live brokers")
             }
-            Self::InvalidPartitions(count) => write!(f, "{count} partitions"),
+            Self::InvalidPartitions(count) => {
+                write!(f, "{count} partitions (1 to {PARTITIONS_MAX})")
+            }
         }
     }
 }
@@ -98,7 +122,7 @@ impl Controller {
         Self { session_timeout, last_heard: BTreeMap::new(), next_start: 0 }
     }
 
-    /// The records `event` leads to, in the order they must be committed and applied.
+    /// The batch of records `event` leads to, in the order they apply.
     pub fn decide(
         &mut self,
         image: &MetadataImage,
@@ -106,32 +130,25 @@ impl Controller {
         now: Instant,
     ) -> Result<Vec<MetadataRecord>, Refusal> {
         match event {
-            Event::Register { node, rack, endpoints } => {
-                self.last_heard.insert(node, now);
-                let mut records = without_leadership(image, node);
-                let broker_epoch = image.last_broker_epoch + 1;
-                records.push(MetadataRecord::RegisterBroker {
-                    node,
-                    broker_epoch,
-                    rack,
-                    endpoints,
-                });
-                Ok(records)
+            Event::Register { node, incarnation, rack, endpoints } => {
+                self.register(image, node, incarnation, rack, endpoints, now)
             }
             Event::Heartbeat { node, broker_epoch } => {
                 let broker = registered(image, node, broker_epoch)?;
                 self.last_heard.insert(node, now);
-                if !broker.fenced {
-                    return Ok(Vec::new());
+                let mut records = Vec::new();
+                if broker.fenced {
+                    records.push(MetadataRecord::UnfenceBroker { node, broker_epoch });
                 }
-                let mut records = vec![MetadataRecord::UnfenceBroker { node, broker_epoch }];
+                // Every beat, not only the first: a partition left waiting (by a decision that
+                // did not commit, say) is led again as soon as its replica is heard.
                 records.extend(leaderless_led_by(image, node));
                 Ok(records)
             }
             Event::ControlledShutdown { node, broker_epoch } => {
-                let broker = registered(image, node, broker_epoch)?;
+                registered(image, node, broker_epoch)?;
                 self.last_heard.remove(&node);
-                Ok(fence(image, node, broker.broker_epoch, broker.fenced))
+                Ok(fence(image, node, broker_epoch, true))
             }
             Event::CreateTopic { name, id, partitions, replication_factor } => {
                 self.create_topic(image, name, id, partitions, replication_factor)
@@ -142,6 +159,41 @@ impl Controller {
             },
             Event::Tick => Ok(self.fence_the_silent(image, now)),
         }
+    }
+
+    fn register(
+        &mut self,
+        image: &MetadataImage,
+        node: NodeId,
+        incarnation: u64,
+        rack: Option<String>,
+        endpoints: Endpoints,
+        now: Instant,
+    ) -> Result<Vec<MetadataRecord>, Refusal> {
+        if let Some(current) = image.brokers.get(&node) {
+            if current.incarnation == incarnation && !current.shut_down {
+                // The same process asking again (its answer was lost): what it has stands.
+                self.last_heard.insert(node, now);
+                return Ok(Vec::new());
+            }
+            let heard = self.last_heard.get(&node);
+            let alive =
+                heard.is_some_and(|at| now.saturating_duration_since(*at) < self.session_timeout);
+            if !current.fenced && alive {
+                return Err(Refusal::DuplicateRegistration(node));
+            }
+        }
+        self.last_heard.insert(node, now);
+        let mut records = without_leadership(image, node);
+        let broker_epoch = image.last_broker_epoch.saturating_add(1);
+        records.push(MetadataRecord::RegisterBroker {
+            node,
+            broker_epoch,
+            incarnation,
+            rack,
+            endpoints,
+        });
+        Ok(records)
     }
 
     fn create_topic(
@@ -155,17 +207,20 @@ impl Controller {
         if image.topic_ids.contains_key(&name) {
             return Err(Refusal::TopicExists(name));
         }
-        if partitions == 0 {
+        if image.topics.contains_key(&id) {
+            return Err(Refusal::TopicIdTaken(id));
+        }
+        if partitions == 0 || partitions > PARTITIONS_MAX {
             return Err(Refusal::InvalidPartitions(partitions));
         }
         let live: Vec<Candidate> = image
             .live_brokers()
             .map(|(node, info)| Candidate { node: *node, rack: info.rack.clone() })
             .collect();
-        let placed =
-            placement::place(&live, partitions, replication_factor, self.next_start).ok_or(
-                Refusal::InvalidReplicationFactor { asked: replication_factor, live: live.len() },
-            )?;
+        let refused =
+            Refusal::InvalidReplicationFactor { asked: replication_factor, live: live.len() };
+        let placed = placement::place(&live, partitions, replication_factor, self.next_start)
+            .ok_or(refused)?;
         self.next_start = self.next_start.wrapping_add(1);
         let mut records = vec![MetadataRecord::CreateTopic { name, id }];
         for (partition, replicas) in placed.into_iter().enumerate() {
@@ -188,55 +243,48 @@ impl Controller {
     /// Fences every live broker not heard from for the session timeout. One it has never heard
     /// from (this controller just took over) gets a full session from now.
     fn fence_the_silent(&mut self, image: &MetadataImage, now: Instant) -> Vec<MetadataRecord> {
-        let mut records = Vec::new();
-        let mut fenced_here = Vec::new();
+        let mut silent = Vec::new();
         for (node, info) in image.live_brokers() {
             let heard = *self.last_heard.entry(*node).or_insert(now);
             if now.saturating_duration_since(heard) >= self.session_timeout {
-                fenced_here.push((*node, info.broker_epoch));
+                silent.push((*node, info.broker_epoch));
             }
         }
-        // One broker at a time against the image as the earlier ones left it.
-        let mut image = image.clone();
-        for (node, broker_epoch) in fenced_here {
-            for record in fence(&image, node, broker_epoch, false) {
-                let applied = image.apply(&record);
-                assert!(
-                    applied.is_ok(),
-                    "fencing broker {node} made a record its image refuses: {applied:?}"
-                );
-                records.push(record);
+        // One broker after another, each against the image the ones before it leave.
+        let (mut records, mut image) = (Vec::new(), image.clone());
+        for (node, broker_epoch) in silent {
+            let fenced = fence(&image, node, broker_epoch, false);
+            match image.apply_batch(&fenced) {
+                Ok(()) => records.extend(fenced),
+                Err(e) => tracing::error!(%node, "cannot fence a silent broker: {e}"),
             }
         }
         records
     }
 }
 
-/// The broker registered under `broker_epoch`, or why not.
+/// The broker registered under `broker_epoch` and not shut down, or why not.
 fn registered(
     image: &MetadataImage,
     node: NodeId,
     broker_epoch: u64,
-) -> Result<&crate::cluster::metadata::BrokerInfo, Refusal> {
+) -> Result<&BrokerInfo, Refusal> {
     image
         .brokers
         .get(&node)
-        .filter(|b| b.broker_epoch == broker_epoch)
+        .filter(|b| b.broker_epoch == broker_epoch && !b.shut_down)
         .ok_or(Refusal::StaleBrokerEpoch { node, broker_epoch })
 }
 
-/// Takes `node`'s leaderships away and then fences it (nothing if it is fenced already).
+/// Takes `node`'s leaderships away and then fences it; a shutdown also ends its registration.
 fn fence(
     image: &MetadataImage,
     node: NodeId,
     broker_epoch: u64,
-    already_fenced: bool,
+    shutdown: bool,
 ) -> Vec<MetadataRecord> {
-    if already_fenced {
-        return Vec::new();
-    }
     let mut records = without_leadership(image, node);
-    records.push(MetadataRecord::FenceBroker { node, broker_epoch });
+    records.push(MetadataRecord::FenceBroker { node, broker_epoch, shutdown });
     records
 }
 
@@ -258,16 +306,16 @@ fn without_leadership(image: &MetadataImage, node: NodeId) -> Vec<MetadataRecord
         }
         if leads {
             next.leader = state.replicas.iter().copied().find(|r| next.isr.contains(r) && live(r));
-            next.leader_epoch = LeaderEpoch(state.leader_epoch.0 + 1);
+            next.leader_epoch = LeaderEpoch(state.leader_epoch.0.saturating_add(1));
         }
-        next.partition_epoch += 1;
+        next.partition_epoch = next.partition_epoch.saturating_add(1);
         records.push(MetadataRecord::PartitionState { topic, partition, state: next });
     }
     records
 }
 
-/// The partition changes that make `node`, just unfenced, the leader of the partitions that
-/// have none and keep it in sync.
+/// The partition changes that make `node` the leader of the partitions that have none and keep
+/// it in sync.
 fn leaderless_led_by(image: &MetadataImage, node: NodeId) -> Vec<MetadataRecord> {
     image
         .partitions()
@@ -275,8 +323,8 @@ fn leaderless_led_by(image: &MetadataImage, node: NodeId) -> Vec<MetadataRecord>
         .map(|(topic, partition, state)| {
             let next = PartitionState {
                 leader: Some(node),
-                leader_epoch: LeaderEpoch(state.leader_epoch.0 + 1),
-                partition_epoch: state.partition_epoch + 1,
+                leader_epoch: LeaderEpoch(state.leader_epoch.0.saturating_add(1)),
+                partition_epoch: state.partition_epoch.saturating_add(1),
                 ..state.clone()
             };
             MetadataRecord::PartitionState { topic, partition, state: next }
@@ -302,9 +350,7 @@ mod tests {
         now: Instant,
     ) -> Result<Vec<MetadataRecord>, Refusal> {
         let records = controller.decide(image, event, now)?;
-        for record in &records {
-            image.apply(record).expect("the controller's records apply");
-        }
+        image.apply_batch(&records).expect("the controller's records apply");
         Ok(records)
     }
 
@@ -313,7 +359,7 @@ mod tests {
         let (mut controller, mut image) = (Controller::new(TIMEOUT), MetadataImage::default());
         let mut epochs = Vec::new();
         for n in 1..=count {
-            let register = Event::Register { node: NodeId(n), rack: None, endpoints: endpoints() };
+            let register = register(n, 1);
             commit(&mut controller, &mut image, register, now).expect("registered");
             let broker_epoch = image.brokers[&NodeId(n)].broker_epoch;
             let beat = Event::Heartbeat { node: NodeId(n), broker_epoch };
@@ -323,36 +369,44 @@ mod tests {
         (controller, image, epochs)
     }
 
+    fn register(node: i32, incarnation: u64) -> Event {
+        Event::Register { node: NodeId(node), incarnation, rack: None, endpoints: endpoints() }
+    }
+
     fn create(name: &str, partitions: u32, replication_factor: usize) -> Event {
-        let id = TopicId(name.len() as u128 + 1);
+        let id = TopicId(name.bytes().map(u128::from).sum());
         Event::CreateTopic { name: name.into(), id, partitions, replication_factor }
     }
 
     #[test]
-    fn a_broker_starts_fenced_and_an_old_incarnation_is_refused() {
+    fn registrations_are_idempotent_exclusive_and_ended_by_a_shutdown() {
         let now = Instant::now();
         let (mut controller, mut image) = (Controller::new(TIMEOUT), MetadataImage::default());
-        let register = Event::Register { node: NodeId(1), rack: None, endpoints: endpoints() };
-        commit(&mut controller, &mut image, register.clone(), now).expect("registered");
+        commit(&mut controller, &mut image, register(1, 7), now).expect("registered");
         let first = image.brokers[&NodeId(1)].broker_epoch;
         assert!(image.brokers[&NodeId(1)].fenced, "fenced until its first heartbeat");
-        commit(
-            &mut controller,
-            &mut image,
-            Event::Heartbeat { node: NodeId(1), broker_epoch: first },
-            now,
-        )
-        .expect("heartbeat");
+        let beat = |broker_epoch| Event::Heartbeat { node: NodeId(1), broker_epoch };
+        commit(&mut controller, &mut image, beat(first), now).expect("heartbeat");
         assert!(!image.brokers[&NodeId(1)].fenced);
-        commit(&mut controller, &mut image, register, now).expect("registered again");
+        // The same process asking again keeps its registration; another is refused while the
+        // session lives, and takes over once it has expired.
+        let again = commit(&mut controller, &mut image, register(1, 7), now).expect("same");
+        assert!(again.is_empty() && image.brokers[&NodeId(1)].broker_epoch == first);
+        let other = controller.decide(&image, register(1, 8), now);
+        assert_eq!(other, Err(Refusal::DuplicateRegistration(NodeId(1))));
+        let expired = now + TIMEOUT;
+        commit(&mut controller, &mut image, register(1, 8), expired).expect("took over");
         let second = image.brokers[&NodeId(1)].broker_epoch;
         assert!(second > first);
-        let stale = controller.decide(
-            &image,
-            Event::Heartbeat { node: NodeId(1), broker_epoch: first },
-            now,
-        );
+        let stale = controller.decide(&image, beat(first), expired);
         assert_eq!(stale, Err(Refusal::StaleBrokerEpoch { node: NodeId(1), broker_epoch: first }));
+        // A controlled shutdown ends the registration: a late heartbeat does not revive it.
+        commit(&mut controller, &mut image, beat(second), expired).expect("heartbeat");
+        let shutdown = Event::ControlledShutdown { node: NodeId(1), broker_epoch: second };
+        commit(&mut controller, &mut image, shutdown, expired).expect("shut down");
+        let late = controller.decide(&image, beat(second), expired);
+        assert_eq!(late, Err(Refusal::StaleBrokerEpoch { node: NodeId(1), broker_epoch: second }));
+        commit(&mut controller, &mut image, register(1, 8), expired).expect("back");
     }
 
     #[test]
@@ -379,7 +433,7 @@ mod tests {
             (None, LeaderEpoch(1), 1)
         );
         // It comes back under a new epoch and leads again, in another leader epoch.
-        let register = Event::Register { node: NodeId(1), rack: None, endpoints: endpoints() };
+        let register = register(1, 2);
         let back = start + TIMEOUT * 2;
         commit(&mut controller, &mut image, register, back).expect("registered");
         let broker_epoch = image.brokers[&NodeId(1)].broker_epoch;

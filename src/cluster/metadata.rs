@@ -2,12 +2,15 @@
 //! by applying them in order (KRaft's metadata log and `MetadataImage`).
 //!
 //! The records are the whole truth: brokers with their epochs, topics with their ids, and for
-//! every partition its replicas, in-sync replicas, leader, leader epoch and partition epoch. A
-//! broker that has applied a prefix of the log has exactly the image of that prefix, whatever it
-//! did before: [`MetadataImage::apply`] reads nothing else. A record that would break an
-//! invariant (an epoch going back, a leader outside its in-sync set, a partition of an unknown
-//! topic) is refused with the reason and leaves the image as it was: the log is input like any
-//! other, and a bug in the controller must not turn into a panic on every broker.
+//! every partition its replicas, in-sync replicas, leader, leader epoch and partition epoch. One
+//! decision of the controller is one batch of records, one entry of the log, applied whole or
+//! not at all ([`MetadataImage::apply_batch`]): a change of leader in the middle of a topic's
+//! creation cannot leave half a topic. A broker that has applied a prefix of the log has exactly
+//! the image of that prefix, whatever it did before. A batch that would break an invariant (an
+//! epoch going back, a leader outside its live in-sync set, a fenced broker sharing an in-sync
+//! set, a leaderless partition with a live in-sync replica, a partition of an unknown topic) is
+//! refused with the reason and leaves the image as it was: the log is input like any other, and
+//! a bug in the controller must not turn into a panic on every broker.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -16,8 +19,8 @@ use rkyv::{rancor, Archive, Deserialize, Serialize};
 
 use crate::types::{LeaderEpoch, NodeId, PartitionId};
 
-/// The format of a metadata record in the log: its first byte. A build reads every version up
-/// to its own and refuses a newer one by name, never as damage.
+/// The format of a metadata log entry: its first byte. A build reads every version up to its
+/// own and refuses a newer one by name, never as damage.
 const RECORD_VERSION: u8 = 1;
 
 /// A topic's id (Kafka's topic UUID): a topic deleted and created again under its name gets a
@@ -50,14 +53,19 @@ pub enum MetadataRecord {
     RegisterBroker {
         node: NodeId,
         broker_epoch: u64,
+        /// Chosen by the broker process at its start: the same process registering again is
+        /// the same registration.
+        incarnation: u64,
         rack: Option<String>,
         endpoints: Endpoints,
     },
-    /// The broker leads nothing and is in no in-sync set from here on (it stopped heartbeating,
-    /// or shut down).
+    /// The broker leads nothing from here on and is in no in-sync set it shared (it may stay
+    /// the last member of one: that partition waits for it). `shutdown`: it asked (a controlled
+    /// shutdown), and this registration is over: it must register again.
     FenceBroker {
         node: NodeId,
         broker_epoch: u64,
+        shutdown: bool,
     },
     /// The broker heartbeats again under `broker_epoch`: it may be given leadership.
     UnfenceBroker {
@@ -97,9 +105,12 @@ pub struct PartitionState {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BrokerInfo {
     pub broker_epoch: u64,
+    pub incarnation: u64,
     pub rack: Option<String>,
     pub endpoints: Endpoints,
     pub fenced: bool,
+    /// Fenced by its own controlled shutdown: this registration is over.
+    pub shut_down: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,109 +129,128 @@ pub struct MetadataImage {
     pub last_broker_epoch: u64,
 }
 
-impl MetadataRecord {
-    /// The record as the metadata log stores it: the format version, then the archive.
-    pub fn encode(&self) -> Vec<u8> {
-        // Archiving owned values into memory cannot fail.
-        let archive = rkyv::to_bytes::<rancor::Error>(self).expect("archiving a metadata record");
-        let mut bytes = Vec::with_capacity(1 + archive.len());
-        bytes.push(RECORD_VERSION);
-        bytes.extend_from_slice(&archive);
-        bytes
-    }
-
-    /// A record read back from the log (input like any other: validated, never trusted).
-    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        let Some((&version, archive)) = bytes.split_first() else {
-            return Err("an empty metadata record".into());
-        };
-        if version != RECORD_VERSION {
-            return Err(format!("metadata record version {version}: this build reads 1"));
-        }
-        // The archive needs its alignment, which a log entry's bytes do not promise.
-        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(archive.len());
-        aligned.extend_from_slice(archive);
-        rkyv::from_bytes::<Self, rancor::Error>(&aligned).map_err(|e| e.to_string())
-    }
+/// One decision's records as the metadata log stores them, in one entry: the format version,
+/// then the archive.
+pub fn encode_batch(records: &Vec<MetadataRecord>) -> Vec<u8> {
+    // Archiving owned values into memory cannot fail.
+    let archive = rkyv::to_bytes::<rancor::Error>(records).expect("archiving metadata records");
+    let mut bytes = Vec::with_capacity(1 + archive.len());
+    bytes.push(RECORD_VERSION);
+    bytes.extend_from_slice(&archive);
+    bytes
 }
 
-/// Why a record was not applied.
+/// A batch read back from the log (input like any other: validated, never trusted).
+pub fn decode_batch(bytes: &[u8]) -> Result<Vec<MetadataRecord>, String> {
+    let Some((&version, archive)) = bytes.split_first() else {
+        return Err("an empty metadata entry".into());
+    };
+    if version != RECORD_VERSION {
+        return Err(format!("metadata entry version {version}: this build reads {RECORD_VERSION}"));
+    }
+    // The archive needs its alignment, which a log entry's bytes do not promise.
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(archive.len());
+    aligned.extend_from_slice(archive);
+    rkyv::from_bytes::<Vec<MetadataRecord>, rancor::Error>(&aligned).map_err(|e| e.to_string())
+}
+
+/// Why a batch was not applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RefusedRecord(pub String);
 
 impl fmt::Display for RefusedRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "metadata record refused: {}", self.0)
+        write!(f, "metadata refused: {}", self.0)
     }
 }
 
 impl MetadataImage {
-    /// Applies one committed record, or refuses it (saying why) and changes nothing.
-    pub fn apply(&mut self, record: &MetadataRecord) -> Result<(), RefusedRecord> {
-        let refuse = |why: String| Err(RefusedRecord(why));
+    /// Applies one decision's records, all of them or (saying why) none.
+    pub fn apply_batch(&mut self, records: &[MetadataRecord]) -> Result<(), RefusedRecord> {
+        let mut next = self.clone();
+        for record in records {
+            next.apply(record).map_err(RefusedRecord)?;
+        }
+        next.check_partitions().map_err(RefusedRecord)?;
+        *self = next;
+        Ok(())
+    }
+
+    /// Applies one record of a batch; the invariants that hold across the records of a batch
+    /// are checked once it is whole ([`Self::check_partitions`]).
+    fn apply(&mut self, record: &MetadataRecord) -> Result<(), String> {
         match record {
-            MetadataRecord::RegisterBroker { node, broker_epoch, rack, endpoints } => {
+            MetadataRecord::RegisterBroker { node, broker_epoch, incarnation, rack, endpoints } => {
                 if *broker_epoch <= self.last_broker_epoch {
-                    return refuse(format!(
+                    return Err(format!(
                         "broker {node} registers with epoch {broker_epoch}, not above {}",
                         self.last_broker_epoch
                     ));
                 }
                 // A new registration starts fenced: its old incarnation must lead nothing.
-                if self.holds_leadership(*node) {
-                    return refuse(format!("broker {node} registers again while it still leads"));
+                if self.must_hand_over(*node) {
+                    return Err(format!("broker {node} registers again while it still leads"));
                 }
                 self.last_broker_epoch = *broker_epoch;
                 let info = BrokerInfo {
                     broker_epoch: *broker_epoch,
+                    incarnation: *incarnation,
                     rack: rack.clone(),
                     endpoints: endpoints.clone(),
                     fenced: true,
+                    shut_down: false,
                 };
                 self.brokers.insert(*node, info);
             }
-            MetadataRecord::FenceBroker { node, broker_epoch }
-            | MetadataRecord::UnfenceBroker { node, broker_epoch } => {
-                let fence = matches!(record, MetadataRecord::FenceBroker { .. });
-                let leads = self.holds_leadership(*node);
-                let Some(broker) = self.brokers.get_mut(node) else {
-                    return refuse(format!("broker {node} is not registered"));
-                };
-                if broker.broker_epoch != *broker_epoch {
-                    return refuse(format!(
-                        "broker {node} has epoch {}, the record names {broker_epoch}",
-                        broker.broker_epoch
-                    ));
+            MetadataRecord::FenceBroker { node, broker_epoch, shutdown } => {
+                if self.must_hand_over(*node) {
+                    return Err(format!("broker {node} still leads or shares an in-sync set"));
                 }
-                if fence && leads {
-                    return refuse(format!(
-                        "broker {node} still leads or is in a shared in-sync set"
-                    ));
+                let broker = self.registration(*node, *broker_epoch)?;
+                broker.fenced = true;
+                broker.shut_down = *shutdown;
+            }
+            MetadataRecord::UnfenceBroker { node, broker_epoch } => {
+                let broker = self.registration(*node, *broker_epoch)?;
+                if broker.shut_down {
+                    return Err(format!("broker {node} shut down: it must register again"));
                 }
-                broker.fenced = fence;
+                broker.fenced = false;
             }
             MetadataRecord::CreateTopic { name, id } => {
                 if self.topic_ids.contains_key(name) || self.topics.contains_key(id) {
-                    return refuse(format!("topic {name} ({id}) exists"));
+                    return Err(format!("topic {name} ({id}) exists"));
                 }
                 let info = TopicInfo { name: name.clone(), partitions: BTreeMap::new() };
                 self.topics.insert(*id, info);
                 self.topic_ids.insert(name.clone(), *id);
             }
             MetadataRecord::PartitionState { topic, partition, state } => {
-                self.check_partition_state(*topic, *partition, state).or_else(refuse)?;
+                self.check_partition_state(*topic, *partition, state)?;
                 if let Some(info) = self.topics.get_mut(topic) {
                     info.partitions.insert(*partition, state.clone());
                 }
             }
             MetadataRecord::DeleteTopic { id } => {
                 let Some(info) = self.topics.remove(id) else {
-                    return refuse(format!("no topic {id} to delete"));
+                    return Err(format!("no topic {id} to delete"));
                 };
                 self.topic_ids.remove(&info.name);
             }
         }
         Ok(())
+    }
+
+    /// Broker `node` as registered under `broker_epoch`.
+    fn registration(&mut self, node: NodeId, broker_epoch: u64) -> Result<&mut BrokerInfo, String> {
+        match self.brokers.get_mut(&node) {
+            Some(broker) if broker.broker_epoch == broker_epoch => Ok(broker),
+            Some(broker) => Err(format!(
+                "broker {node} has epoch {}, the record names {broker_epoch}",
+                broker.broker_epoch
+            )),
+            None => Err(format!("broker {node} is not registered")),
+        }
     }
 
     /// Every partition: (topic id, partition, state).
@@ -230,16 +260,38 @@ impl MetadataImage {
         })
     }
 
-    /// Whether `node` leads a partition or shares an in-sync set: what fencing it must undo
-    /// first. (A fenced broker may stay the last member of an in-sync set: the partition then
-    /// has no leader until it, or another replica that catches up, comes back.)
-    pub fn holds_leadership(&self, node: NodeId) -> bool {
+    /// Whether `node` leads a partition or shares an in-sync set: what it must hand over before
+    /// it is fenced. (A fenced broker may stay the last member of an in-sync set: the partition
+    /// then has no leader until it, or another replica that catches up, comes back.)
+    pub fn must_hand_over(&self, node: NodeId) -> bool {
         self.partitions()
             .any(|(_, _, p)| p.leader == Some(node) || (p.isr.contains(&node) && p.isr.len() > 1))
     }
 
     pub fn live_brokers(&self) -> impl Iterator<Item = (&NodeId, &BrokerInfo)> {
         self.brokers.iter().filter(|(_, b)| !b.fenced)
+    }
+
+    fn is_live(&self, node: &NodeId) -> bool {
+        self.brokers.get(node).is_some_and(|b| !b.fenced)
+    }
+
+    /// What holds for every partition once a whole batch is applied: an in-sync set shared by
+    /// several replicas has only live ones (fencing takes a broker out first), and a partition
+    /// without a leader has no live in-sync replica (one that comes back is elected in the same
+    /// batch).
+    fn check_partitions(&self) -> Result<(), String> {
+        for (topic, partition, state) in self.partitions() {
+            let fenced_sharing = state.isr.len() > 1 && !state.isr.iter().all(|r| self.is_live(r));
+            let leaderless = state.leader.is_none() && state.isr.iter().any(|r| self.is_live(r));
+            if fenced_sharing || leaderless {
+                return Err(format!(
+                    "{topic}-{partition}: in-sync replicas {:?} with leader {:?}",
+                    state.isr, state.leader
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The invariants a partition's state keeps from record to record.
@@ -268,8 +320,7 @@ impl MetadataImage {
             ));
         }
         if let Some(leader) = state.leader {
-            let live = self.brokers.get(&leader).is_some_and(|b| !b.fenced);
-            if !state.isr.contains(&leader) || !live {
+            if !state.isr.contains(&leader) || !self.is_live(&leader) {
                 return Err(format!(
                     "{}-{partition}: leader {leader} is not a live in-sync replica {:?}",
                     info.name, state.isr
@@ -283,8 +334,8 @@ impl MetadataImage {
                 state.leader == before.leader || state.leader_epoch > before.leader_epoch;
             if !epochs_grow || !new_leader_new_epoch {
                 return Err(format!(
-                    "{}-{partition}: epochs go from leader {:?} partition {} to leader {:?} \
-                     partition {} with leader {:?} then {:?}",
+                    "{}-{partition}: leader epoch {:?} and partition epoch {} go to {:?} and {} \
+                     with leader {:?} then {:?}",
                     info.name,
                     before.leader_epoch,
                     before.partition_epoch,
@@ -317,74 +368,103 @@ mod tests {
         }
     }
 
+    fn register(node: i32, broker_epoch: u64) -> MetadataRecord {
+        let (node, rack, endpoints) = (NodeId(node), None, endpoints());
+        MetadataRecord::RegisterBroker { node, broker_epoch, incarnation: 1, rack, endpoints }
+    }
+
+    fn change(state: PartitionState) -> MetadataRecord {
+        MetadataRecord::PartitionState { topic: TopicId(7), partition: PartitionId(0), state }
+    }
+
     /// Two live brokers and topic `t` with partition 0 led by broker 1 in epoch 0.
     fn image() -> MetadataImage {
         let mut image = MetadataImage::default();
+        let mut batch = Vec::new();
         for (n, epoch) in [(1, 1), (2, 2)] {
-            let node = NodeId(n);
-            let register = MetadataRecord::RegisterBroker {
-                node,
-                broker_epoch: epoch,
-                rack: None,
-                endpoints: endpoints(),
-            };
-            image.apply(&register).expect("registered");
-            let unfence = MetadataRecord::UnfenceBroker { node, broker_epoch: epoch };
-            image.apply(&unfence).expect("unfenced");
+            batch.push(register(n, epoch));
+            batch.push(MetadataRecord::UnfenceBroker { node: NodeId(n), broker_epoch: epoch });
         }
-        image.apply(&MetadataRecord::CreateTopic { name: "t".into(), id: TopicId(7) }).expect("t");
-        let partition = PartitionId(0);
-        let first =
-            MetadataRecord::PartitionState { topic: TopicId(7), partition, state: state(1, 0, 0) };
-        image.apply(&first).expect("partition");
+        batch.push(MetadataRecord::CreateTopic { name: "t".into(), id: TopicId(7) });
+        batch.push(change(state(1, 0, 0)));
+        image.apply_batch(&batch).expect("applied");
         image
     }
 
     #[test]
-    fn records_that_break_an_invariant_are_refused_and_change_nothing() {
+    fn batches_that_break_an_invariant_are_refused_and_change_nothing() {
         let base = image();
-        let change = |state| MetadataRecord::PartitionState {
-            topic: TopicId(7),
-            partition: PartitionId(0),
-            state,
+        let fence = |node, broker_epoch| MetadataRecord::FenceBroker {
+            node: NodeId(node),
+            broker_epoch,
+            shutdown: false,
         };
-        let refused = [
+        let refused: Vec<Vec<MetadataRecord>> = vec![
             // A new leader under the same leader epoch.
-            change(state(2, 0, 1)),
+            vec![change(state(2, 0, 1))],
             // The partition epoch not moving.
-            change(state(1, 0, 0)),
+            vec![change(state(1, 0, 0))],
             // A leader epoch going back.
-            change(state(1, -1, 1)),
+            vec![change(state(1, -1, 1))],
             // A leader outside the in-sync set.
-            change(PartitionState { isr: vec![NodeId(2)], ..state(1, 1, 1) }),
+            vec![change(PartitionState { isr: vec![NodeId(2)], ..state(1, 1, 1) })],
             // A replica never registered.
-            change(PartitionState { replicas: vec![NodeId(1), NodeId(9)], ..state(1, 0, 1) }),
+            vec![change(PartitionState { replicas: vec![NodeId(1), NodeId(9)], ..state(1, 0, 1) })],
             // A partition of no topic.
-            MetadataRecord::PartitionState {
+            vec![MetadataRecord::PartitionState {
                 topic: TopicId(8),
                 partition: PartitionId(0),
                 state: state(1, 0, 0),
-            },
-            // Fencing a broker that still leads.
-            MetadataRecord::FenceBroker { node: NodeId(1), broker_epoch: 1 },
+            }],
+            // Fencing a broker that still leads, or shares an in-sync set.
+            vec![fence(1, 1)],
+            vec![fence(2, 2)],
+            // No leader while an in-sync replica is live.
+            vec![change(PartitionState { leader: None, ..state(1, 1, 1) })],
             // An epoch from another registration.
-            MetadataRecord::UnfenceBroker { node: NodeId(2), broker_epoch: 1 },
+            vec![MetadataRecord::UnfenceBroker { node: NodeId(2), broker_epoch: 1 }],
             // A broker epoch that does not grow.
-            MetadataRecord::RegisterBroker {
-                node: NodeId(3),
-                broker_epoch: 2,
-                rack: None,
-                endpoints: endpoints(),
-            },
-            MetadataRecord::CreateTopic { name: "t".into(), id: TopicId(9) },
-            MetadataRecord::DeleteTopic { id: TopicId(8) },
+            vec![register(3, 2)],
+            vec![MetadataRecord::CreateTopic { name: "t".into(), id: TopicId(9) }],
+            vec![MetadataRecord::DeleteTopic { id: TopicId(8) }],
+            // A good record, then a bad one: neither is applied.
+            vec![change(state(2, 1, 1)), change(state(2, 1, 1))],
         ];
-        for record in refused {
+        for batch in refused {
             let mut image = base.clone();
-            assert!(image.apply(&record).is_err(), "{record:?} applied");
-            assert_eq!(image, base, "{record:?} changed the image");
+            assert!(image.apply_batch(&batch).is_err(), "{batch:?} applied");
+            assert_eq!(image, base, "{batch:?} changed the image");
         }
         let mut image = base.clone();
-        image.apply(&change(state(2, 1, 1))).expect("a new leader in a new epoch");
+        image.apply_batch(&[change(state(2, 1, 1))]).expect("a new leader in a new epoch");
+    }
+
+    /// Broker 2 hands over and shuts down: its registration is over, no heartbeat of it may
+    /// bring it back, only a new registration.
+    #[test]
+    fn a_registration_ended_by_a_shutdown_stays_fenced() {
+        let mut image = image();
+        let handed_over = PartitionState { isr: vec![NodeId(1)], ..state(1, 0, 1) };
+        let shutdown =
+            MetadataRecord::FenceBroker { node: NodeId(2), broker_epoch: 2, shutdown: true };
+        image.apply_batch(&[change(handed_over), shutdown]).expect("shut down");
+        let unfence = MetadataRecord::UnfenceBroker { node: NodeId(2), broker_epoch: 2 };
+        assert!(image.apply_batch(&[unfence]).is_err());
+        image.apply_batch(&[register(2, 3)]).expect("registered again");
+        let unfence = MetadataRecord::UnfenceBroker { node: NodeId(2), broker_epoch: 3 };
+        image.apply_batch(&[unfence]).expect("unfenced");
+    }
+
+    #[test]
+    fn batches_read_back_as_written_and_garbage_is_refused() {
+        let batch = vec![register(1, 1), change(state(1, 0, 0))];
+        assert_eq!(decode_batch(&encode_batch(&batch)), Ok(batch.clone()));
+        let mut newer = encode_batch(&batch);
+        newer[0] = RECORD_VERSION + 1;
+        assert!(decode_batch(&newer).is_err_and(|e| e.contains("this build reads")));
+        assert!(decode_batch(&[]).is_err());
+        let mut torn = encode_batch(&batch);
+        torn.truncate(torn.len() / 2);
+        assert!(decode_batch(&torn).is_err());
     }
 }

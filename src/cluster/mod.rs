@@ -1,15 +1,16 @@
 //! The cluster: membership, the controller's decisions, and (to come) the Raft metadata log and
 //! replication.
 //!
-//! - `metadata.rs`: the records the controller commits and the image every broker builds by
-//!   applying them in order (`apply(record)`), refusing a record that would break an invariant.
+//! - `metadata.rs`: the records the controller commits, a decision's batch of them to one log
+//!   entry, and the image every broker builds by applying the batches in order
+//!   (`apply_batch`), whole or not at all, refusing one that would break an invariant.
 //! - `decide.rs`: what the active controller decides from an event and the image
 //!   (`decide(event, now) -> records`): registration and broker epochs, heartbeats and
 //!   fencing, leader election from the in-sync replicas, topic creation and deletion.
 //! - `placement.rs`: where a new topic's replicas go (Kafka's rack-aware assignment).
 //! - `quorum.rs`: a controller voter's Raft node (raft-rs's `RawNode`, driven without I/O),
-//!   which replicates the records among the voters; the records go in it versioned and archived
-//!   (`MetadataRecord::encode`).
+//!   which replicates the batches among the voters, versioned and archived
+//!   (`metadata::encode_batch`).
 //! - `simulation.rs`: two seeded runs. One drives the decisions over brokers registering,
 //!   heartbeating, dying, restarting and shutting down, topics created and deleted, and the
 //!   controller failing over; the other runs three Raft voters over a lossy network, the leader

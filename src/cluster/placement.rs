@@ -53,7 +53,7 @@ pub fn place(
             j += 1;
             let candidate = &list[at];
             let rack_taken = racks_used.contains(&&candidate.rack) && racks_used.len() < racks;
-            // Every candidate is tried once without the rack rule before it is relaxed.
+            // Every candidate is tried once under the rack rule before it is relaxed.
             if replicas.contains(&candidate.node) || (rack_taken && j < n) {
                 continue;
             }

@@ -22,6 +22,33 @@ const ELECTION_TICKS: usize = 10;
 /// Ticks between a leader's heartbeats.
 const HEARTBEAT_TICKS: usize = 3;
 
+/// Why a voter cannot go on. After one, the voter is dropped and started again from its log:
+/// what a failed drain had already taken out of Raft is lost with it.
+#[derive(Debug)]
+pub enum QuorumError {
+    Raft(raft::Error),
+    /// A snapshot arrived: nothing compacts the log yet, so none should, and the metadata image
+    /// cannot be rebuilt from one.
+    Snapshot,
+}
+
+impl std::fmt::Display for QuorumError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Raft(e) => write!(f, "raft: {e}"),
+            Self::Snapshot => {
+                write!(f, "a metadata snapshot arrived, and snapshots are not taken yet")
+            }
+        }
+    }
+}
+
+impl From<raft::Error> for QuorumError {
+    fn from(e: raft::Error) -> Self {
+        Self::Raft(e)
+    }
+}
+
 /// What a drain hands back: messages to send, and data committed since the last drain, in log
 /// order (Raft's own empty entries, such as a new leader's first, are not data).
 #[derive(Default)]
@@ -83,12 +110,15 @@ impl Voter {
 
     /// Does what Raft asks (entries and hard state stored, in that order, before the messages
     /// that depend on them go out) and returns the messages to send and the committed data.
-    pub fn drain(&mut self) -> Result<Drained, raft::Error> {
+    pub fn drain(&mut self) -> Result<Drained, QuorumError> {
         let mut drained = Drained::default();
         if !self.node.has_ready() {
             return Ok(drained);
         }
         let mut ready = self.node.ready();
+        if !ready.snapshot().is_empty() {
+            return Err(QuorumError::Snapshot);
+        }
         drained.messages.extend(ready.take_messages());
         committed_data(&mut drained, ready.take_committed_entries());
         if !ready.entries().is_empty() {
