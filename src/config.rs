@@ -69,6 +69,9 @@ pub struct TopicConfig {
     /// The largest batch payload a producer may send.
     pub max_message_bytes: u32,
     pub cleanup_policy: CleanupPolicy,
+    /// How long a compacted topic keeps delete markers (Kafka's `delete.retention.ms`). Kept and
+    /// described; like Kafka's, it acts only on compacted topics, which are not supported yet.
+    pub delete_retention_ms: i64,
 }
 
 impl Default for TopicConfig {
@@ -80,6 +83,7 @@ impl Default for TopicConfig {
             segment_ms: 7 * DAY_MS,
             max_message_bytes: 1_048_588,
             cleanup_policy: CleanupPolicy::Delete,
+            delete_retention_ms: DAY_MS,
         }
     }
 }
@@ -92,6 +96,29 @@ pub const TOPIC_KEYS: &[(&str, &str)] = &[
     ("segment.ms", "log.roll.ms"),
     ("max.message.bytes", "message.max.bytes"),
     ("cleanup.policy", "log.cleanup.policy"),
+    ("delete.retention.ms", "log.cleaner.delete.retention.ms"),
+    ("compression.type", "compression.type"),
+    ("message.timestamp.type", "log.message.timestamp.type"),
+    ("min.insync.replicas", "min.insync.replicas"),
+    ("unclean.leader.election.enable", "unclean.leader.election.enable"),
+];
+
+/// Standard Kafka topic settings Spate takes at one value only: what it does, named as Kafka
+/// names it. Admin tools pass full config sets; these values are accepted (and described),
+/// others are refused with what Spate does instead.
+const FIXED_TOPIC_SETTINGS: &[(&str, &str, &str)] = &[
+    (
+        "compression.type",
+        "producer",
+        "batches are stored as producers compress them; recompressing is not supported yet",
+    ),
+    (
+        "message.timestamp.type",
+        "CreateTime",
+        "records keep the producer's timestamps; LogAppendTime is not supported yet",
+    ),
+    ("min.insync.replicas", "1", "a partition has one replica until replication exists (issue 16)"),
+    ("unclean.leader.election.enable", "false", "Spate never makes an out-of-sync replica leader"),
 ];
 
 impl TopicConfig {
@@ -131,7 +158,24 @@ impl TopicConfig {
                 }
                 _ => return Err(invalid(key, value, "expected delete")),
             },
-            _ => return Err(ConfigError(format!("unknown topic setting {key}"))),
+            "delete.retention.ms" => {
+                let ms: i64 = parse(key, value)?;
+                if ms < 0 {
+                    return Err(invalid(key, value, "must be 0 or more"));
+                }
+                self.delete_retention_ms = ms;
+            }
+            _ => match FIXED_TOPIC_SETTINGS.iter().find(|(name, _, _)| *name == key) {
+                Some((_, accepted, _)) if value == *accepted => {}
+                Some((_, accepted, why)) => {
+                    return Err(invalid(
+                        key,
+                        value,
+                        &format!("only {accepted} is supported: {why}"),
+                    ))
+                }
+                None => return Err(ConfigError(format!("unknown topic setting {key}"))),
+            },
         }
         Ok(())
     }
@@ -157,7 +201,15 @@ impl TopicConfig {
             ("segment.ms".into(), self.segment_ms.to_string()),
             ("max.message.bytes".into(), self.max_message_bytes.to_string()),
             ("cleanup.policy".into(), "delete".into()),
+            ("delete.retention.ms".into(), self.delete_retention_ms.to_string()),
         ]
+        .into_iter()
+        .chain(
+            FIXED_TOPIC_SETTINGS
+                .iter()
+                .map(|(name, value, _)| (name.to_string(), value.to_string())),
+        )
+        .collect()
     }
 }
 
@@ -495,6 +547,40 @@ mod tests {
         assert!(config.set("retention.ms", "-5").is_err());
         assert!(config.set("cleanup.policy", "compact").is_err());
         assert!(config.set("producer.id.expiration.ms", "0").unwrap_err().0.contains("at least 1"));
+    }
+
+    /// The full config set admin tools pass at CreateTopics: Kafka's standard topic settings
+    /// at what Spate does are taken (and described back), others refused with the reason.
+    #[test]
+    fn standard_topic_settings_are_taken_at_what_spate_does_or_refused_clearly() {
+        let taken = BTreeMap::from([
+            ("compression.type".to_string(), "producer".to_string()),
+            ("message.timestamp.type".to_string(), "CreateTime".to_string()),
+            ("min.insync.replicas".to_string(), "1".to_string()),
+            ("unclean.leader.election.enable".to_string(), "false".to_string()),
+            ("delete.retention.ms".to_string(), "3600000".to_string()),
+        ]);
+        let config = TopicConfig::default().with_overrides(&taken).expect("taken");
+        let described: BTreeMap<String, String> = config.entries().into_iter().collect();
+        for (key, value) in &taken {
+            assert_eq!(described.get(key), Some(value), "{key} described");
+        }
+        for (key, value, why) in [
+            ("compression.type", "zstd", "recompressing"),
+            ("message.timestamp.type", "LogAppendTime", "LogAppendTime"),
+            ("min.insync.replicas", "2", "replication"),
+            ("unclean.leader.election.enable", "true", "out-of-sync"),
+            ("delete.retention.ms", "-1", "0 or more"),
+        ] {
+            let refused = TopicConfig::default().set(key, value).unwrap_err().0;
+            assert!(refused.contains(key) && refused.contains(why), "{refused}");
+        }
+        // Broker-level defaults under Kafka's broker names.
+        let mut broker = BrokerConfig::default();
+        broker.set("log.message.timestamp.type", "CreateTime").expect("taken");
+        broker.set("log.cleaner.delete.retention.ms", "5").expect("taken");
+        assert_eq!(broker.topic_defaults.delete_retention_ms, 5);
+        assert!(broker.set("compression.type", "gzip").is_err());
     }
 
     #[test]

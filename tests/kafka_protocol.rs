@@ -524,3 +524,51 @@ fn clients_cannot_write_or_create_the_internal_offsets_topic() {
         "created only by the broker, with its own settings: {toml}"
     );
 }
+
+/// Admin tools create topics with Kafka's full standard config set: what Spate does is taken
+/// (and described back), anything else is INVALID_CONFIG naming the setting and why.
+#[test]
+fn create_topics_takes_the_standard_settings_at_what_spate_does() {
+    use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+    use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&dir.path().join("data"), &[]);
+    let mut conn = Conn::open(&broker.kafka_addr);
+    let mut create = |name: &'static str, configs: &[(&'static str, &'static str)]| {
+        let mut topic = CreatableTopic::default();
+        topic.name = TopicName(StrBytes::from_static_str(name));
+        topic.num_partitions = 1;
+        topic.replication_factor = 1;
+        topic.configs = configs
+            .iter()
+            .map(|(key, value)| {
+                let mut config = CreatableTopicConfig::default();
+                config.name = StrBytes::from_static_str(key);
+                config.value = Some(StrBytes::from_static_str(value));
+                config
+            })
+            .collect();
+        let mut request = CreateTopicsRequest::default();
+        request.topics = vec![topic];
+        let response: CreateTopicsResponse = conn.call(ApiKey::CreateTopics, 5, &request);
+        let result = &response.topics[0];
+        (
+            result.error_code,
+            result.error_message.as_ref().map(|m| m.to_string()).unwrap_or_default(),
+        )
+    };
+    let standard = [
+        ("cleanup.policy", "delete"),
+        ("compression.type", "producer"),
+        ("delete.retention.ms", "86400000"),
+        ("message.timestamp.type", "CreateTime"),
+        ("min.insync.replicas", "1"),
+        ("unclean.leader.election.enable", "false"),
+        ("retention.ms", "604800000"),
+    ];
+    assert_eq!(create("standard", &standard), (0, String::new()));
+    let (code, why) = create("appended", &[("message.timestamp.type", "LogAppendTime")]);
+    assert_eq!(code, 40, "INVALID_CONFIG: {why}");
+    assert!(why.contains("message.timestamp.type") && why.contains("not supported yet"), "{why}");
+    broker.stop();
+}
