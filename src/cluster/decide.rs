@@ -250,6 +250,9 @@ impl Controller {
                 silent.push((*node, info.broker_epoch));
             }
         }
+        if silent.is_empty() {
+            return Vec::new();
+        }
         // One broker after another, each against the image the ones before it leave.
         let (mut records, mut image) = (Vec::new(), image.clone());
         for (node, broker_epoch) in silent {

@@ -15,8 +15,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use rkyv::{rancor, Archive, Deserialize, Serialize};
+use rkyv::{Archive, Deserialize, Serialize};
 
+use crate::record::archive;
 use crate::types::{LeaderEpoch, NodeId, PartitionId};
 
 /// The format of a metadata log entry: its first byte. A build reads every version up to its
@@ -132,26 +133,25 @@ pub struct MetadataImage {
 /// One decision's records as the metadata log stores them, in one entry: the format version,
 /// then the archive.
 pub fn encode_batch(records: &Vec<MetadataRecord>) -> Vec<u8> {
-    // Archiving owned values into memory cannot fail.
-    let archive = rkyv::to_bytes::<rancor::Error>(records).expect("archiving metadata records");
-    let mut bytes = Vec::with_capacity(1 + archive.len());
+    let archived = archive::encode(records);
+    let mut bytes = Vec::with_capacity(1 + archived.len());
     bytes.push(RECORD_VERSION);
-    bytes.extend_from_slice(&archive);
+    bytes.extend_from_slice(&archived);
     bytes
 }
 
 /// A batch read back from the log (input like any other: validated, never trusted).
 pub fn decode_batch(bytes: &[u8]) -> Result<Vec<MetadataRecord>, String> {
-    let Some((&version, archive)) = bytes.split_first() else {
+    let Some((&version, archived)) = bytes.split_first() else {
         return Err("an empty metadata entry".into());
     };
     if version != RECORD_VERSION {
         return Err(format!("metadata entry version {version}: this build reads {RECORD_VERSION}"));
     }
     // The archive needs its alignment, which a log entry's bytes do not promise.
-    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(archive.len());
-    aligned.extend_from_slice(archive);
-    rkyv::from_bytes::<Vec<MetadataRecord>, rancor::Error>(&aligned).map_err(|e| e.to_string())
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(archived.len());
+    aligned.extend_from_slice(archived);
+    archive::decode(&aligned)
 }
 
 /// Why a batch was not applied.
@@ -167,6 +167,9 @@ impl fmt::Display for RefusedRecord {
 impl MetadataImage {
     /// Applies one decision's records, all of them or (saying why) none.
     pub fn apply_batch(&mut self, records: &[MetadataRecord]) -> Result<(), RefusedRecord> {
+        if records.is_empty() {
+            return Ok(());
+        }
         let mut next = self.clone();
         for record in records {
             next.apply(record).map_err(RefusedRecord)?;

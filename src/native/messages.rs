@@ -4,12 +4,12 @@
 //! not be decoded at all is answered with an [`ErrorBody`] and the frame's error flag. Bodies are
 //! small; record data travels beside them in the frame's data section.
 
-use rkyv::rancor;
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::error::{BrokerError, ErrorKind};
 // Produce's durability and ListOffsets' special timestamps are the log's terms, carried as is.
 pub use crate::partition::{Acks, OFFSET_EARLIEST, OFFSET_LATEST};
+pub use crate::record::archive::{decode, encode};
 use crate::record::BatchMeta;
 
 /// Error codes of the native protocol. Values are stable on the wire.
@@ -351,30 +351,6 @@ impl ErrorBody {
     pub fn is_ok(&self) -> bool {
         self.code == ErrorCode::None
     }
-}
-
-/// Archives a body. Serializing owned values into memory cannot fail.
-pub fn encode<T>(value: &T) -> rkyv::util::AlignedVec
-where
-    T: for<'a> rkyv::Serialize<
-        rkyv::api::high::HighSerializer<
-            rkyv::util::AlignedVec,
-            rkyv::ser::allocator::ArenaHandle<'a>,
-            rancor::Error,
-        >,
-    >,
-{
-    rkyv::to_bytes::<rancor::Error>(value).expect("archiving a message in memory")
-}
-
-/// Validates and deserializes a body from untrusted bytes.
-pub fn decode<T>(bytes: &[u8]) -> Result<T, String>
-where
-    T: Archive,
-    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>
-        + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
-{
-    rkyv::from_bytes::<T, rancor::Error>(bytes).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -4,8 +4,10 @@
 //! ([`entry::EntryHeader`]) followed by a payload in one of the [`PayloadFormat`]s. This module owns
 //! both formats and their checksums: the native batch (`batch`), Kafka's RecordBatch v2 as a
 //! producer sends it (`kafka_batch`), and the conversion between them for readers of the other
-//! protocol (`convert`). It knows nothing of files or sockets.
+//! protocol (`convert`); `archive` writes and validates the rkyv archives both the native
+//! protocol and the cluster's metadata log carry. It knows nothing of files or sockets.
 
+pub mod archive;
 pub mod batch;
 pub mod convert;
 pub mod entry;
