@@ -227,6 +227,18 @@ pub struct BrokerConfig {
     pub kafka_advertised: Option<(String, u16)>,
     /// This broker's id in Kafka metadata (`node.id`, also read as `broker.id`).
     pub node_id: NodeId,
+    /// The controller's voters (`controller.quorum.voters`), each at its native listener. Empty:
+    /// this broker is a cluster of one, its own sole voter.
+    pub quorum_voters: Vec<QuorumVoter>,
+    /// The native address other brokers and native clients are told
+    /// (`native.advertised.listener`); `None` advertises the native listener itself.
+    pub native_advertised: Option<(String, u16)>,
+    /// `broker.rack`: replicas of a partition go to distinct racks while there are racks left.
+    pub rack: Option<String>,
+    /// The controller fences a broker it has not heard from for this long.
+    pub broker_session_timeout_ms: u64,
+    /// How often a broker heartbeats to the controller.
+    pub broker_heartbeat_interval_ms: u64,
     /// Defaults for topics; topics override them by their own names.
     pub topic_defaults: TopicConfig,
     pub num_partitions: u32,
@@ -277,6 +289,12 @@ impl Default for BrokerConfig {
             kafka_listener: SocketAddr::from(([0, 0, 0, 0], KAFKA_PORT_DEFAULT)),
             kafka_advertised: None,
             node_id: NodeId(0),
+            quorum_voters: Vec::new(),
+            native_advertised: None,
+            rack: None,
+            // Kafka's defaults.
+            broker_session_timeout_ms: 9_000,
+            broker_heartbeat_interval_ms: 2_000,
             topic_defaults: TopicConfig::default(),
             num_partitions: 1,
             auto_create_topics: true,
@@ -324,16 +342,33 @@ impl BrokerConfig {
                 })?
             }
             "advertised.listeners" | "kafka.advertised.listener" => {
-                let (host, port) = strip_scheme(value)
-                    .rsplit_once(':')
-                    .ok_or_else(|| invalid(key, value, "expected host:port"))?;
-                let port = port.parse().map_err(|_| invalid(key, value, "bad port"))?;
-                if host.is_empty() {
-                    return Err(invalid(key, value, "a host is needed"));
-                }
-                self.kafka_advertised = Some((host.to_string(), port));
+                self.kafka_advertised = Some(parse_host_port(key, value, strip_scheme(value))?)
             }
-            "node.id" | "broker.id" => self.node_id = NodeId(parse(key, value)?),
+            "native.advertised.listener" => {
+                self.native_advertised = Some(parse_host_port(key, value, value)?)
+            }
+            "node.id" | "broker.id" => {
+                self.node_id = NodeId(parse(key, value)?);
+                if self.node_id.0 < 0 {
+                    return Err(invalid(key, value, "must be 0 or more"));
+                }
+            }
+            "controller.quorum.voters" => self.quorum_voters = parse_voters(key, value)?,
+            "broker.rack" => {
+                self.rack = Some(value.to_string()).filter(|rack| !rack.trim().is_empty())
+            }
+            "broker.session.timeout.ms" => {
+                self.broker_session_timeout_ms = parse(key, value)?;
+                if self.broker_session_timeout_ms == 0 {
+                    return Err(invalid(key, value, "must be at least 1"));
+                }
+            }
+            "broker.heartbeat.interval.ms" => {
+                self.broker_heartbeat_interval_ms = parse(key, value)?;
+                if self.broker_heartbeat_interval_ms == 0 {
+                    return Err(invalid(key, value, "must be at least 1"));
+                }
+            }
             "log.retention.hours" => {
                 let hours: i64 = parse(key, value)?;
                 self.topic_defaults.retention_ms = hours.saturating_mul(3_600_000);
@@ -446,7 +481,8 @@ impl BrokerConfig {
         Ok(())
     }
 
-    /// Checks settings against each other once everything is applied.
+    /// Checks settings against each other once everything is applied, whatever order they
+    /// came in.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.topic_defaults.max_message_bytes >= self.socket_request_max_bytes {
             return Err(ConfigError(format!(
@@ -454,8 +490,114 @@ impl BrokerConfig {
                 self.topic_defaults.max_message_bytes, self.socket_request_max_bytes
             )));
         }
+        if self.broker_heartbeat_interval_ms >= self.broker_session_timeout_ms {
+            return Err(ConfigError(format!(
+                "broker.heartbeat.interval.ms ({}) must be below broker.session.timeout.ms ({})",
+                self.broker_heartbeat_interval_ms, self.broker_session_timeout_ms
+            )));
+        }
+        if self.quorum_voters.is_empty() {
+            return Ok(());
+        }
+        // In a cluster other brokers and clients reach this one by what it registers: a
+        // wildcard address cannot be reached.
+        let native = self.native_endpoint();
+        if is_wildcard(&native.0) {
+            return Err(ConfigError(format!(
+                "the native listener {} cannot be registered in a cluster: set \
+                 native.advertised.listener to an address other brokers can reach",
+                self.native_listener
+            )));
+        }
+        if self.kafka_advertised.is_none() && self.kafka_listener.ip().is_unspecified() {
+            return Err(ConfigError(format!(
+                "the Kafka listener {} cannot be registered in a cluster: set \
+                 advertised.listeners to an address clients can reach",
+                self.kafka_listener
+            )));
+        }
+        if let Some(me) = self.quorum_voters.iter().find(|v| v.node == self.node_id) {
+            if (me.host.as_str(), me.port) != (native.0.as_str(), native.1) {
+                return Err(ConfigError(format!(
+                    "controller.quorum.voters gives node {} the address {}:{}, but its native \
+                     listener is advertised as {}:{}",
+                    self.node_id, me.host, me.port, native.0, native.1
+                )));
+            }
+        }
         Ok(())
     }
+
+    /// Whether this broker is one of several (`controller.quorum.voters` is set).
+    pub fn in_cluster(&self) -> bool {
+        !self.quorum_voters.is_empty()
+    }
+
+    /// Whether this broker is a controller voter: named among the voters, or alone.
+    pub fn is_voter(&self) -> bool {
+        !self.in_cluster() || self.quorum_voters.iter().any(|v| v.node == self.node_id)
+    }
+
+    /// The native address this broker registers.
+    pub fn native_endpoint(&self) -> (String, u16) {
+        let listener = self.native_listener;
+        self.native_advertised.clone().unwrap_or((listener.ip().to_string(), listener.port()))
+    }
+
+    /// The Kafka address this broker registers.
+    pub fn kafka_endpoint(&self) -> (String, u16) {
+        let listener = self.kafka_listener;
+        self.kafka_advertised.clone().unwrap_or((listener.ip().to_string(), listener.port()))
+    }
+}
+
+/// A controller voter: a node id and the native listener it is reached at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuorumVoter {
+    pub node: NodeId,
+    pub host: String,
+    pub port: u16,
+}
+
+/// `id@host:port,id@host:port,...`, ids distinct.
+fn parse_voters(key: &str, value: &str) -> Result<Vec<QuorumVoter>, ConfigError> {
+    let mut voters: Vec<QuorumVoter> = Vec::new();
+    for part in value.split(',').map(str::trim) {
+        let (id, address) =
+            part.split_once('@').ok_or_else(|| invalid(key, value, "expected id@host:port,..."))?;
+        let node = NodeId(parse(key, id)?);
+        if node.0 < 0 {
+            return Err(invalid(key, value, "node ids are 0 or more"));
+        }
+        if voters.iter().any(|v| v.node == node) {
+            return Err(invalid(key, value, &format!("node {node} is named twice")));
+        }
+        let (host, port) = parse_host_port(key, value, address)?;
+        if is_wildcard(&host) {
+            return Err(invalid(key, value, &format!("{host} cannot be connected to")));
+        }
+        voters.push(QuorumVoter { node, host, port });
+    }
+    Ok(voters)
+}
+
+/// `host:port` (an IPv6 host in brackets), both present, the port above 0.
+fn parse_host_port(key: &str, value: &str, address: &str) -> Result<(String, u16), ConfigError> {
+    let (host, port) =
+        address.rsplit_once(':').ok_or_else(|| invalid(key, value, "expected host:port"))?;
+    let port: u16 = port.parse().map_err(|_| invalid(key, value, "bad port"))?;
+    if host.is_empty() || port == 0 {
+        return Err(invalid(key, value, "a host and a port above 0 are needed"));
+    }
+    if host.contains(['/', ' ', '@', ',']) {
+        return Err(invalid(key, value, "not a host name or address"));
+    }
+    Ok((host.trim_matches(['[', ']']).to_string(), port))
+}
+
+/// An address that means "every interface": fine to listen on, impossible to connect to.
+fn is_wildcard(host: &str) -> bool {
+    host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified())
 }
 
 fn parse<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, ConfigError> {

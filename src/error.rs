@@ -48,6 +48,15 @@ pub enum ErrorKind {
     MemberIdRequired,
     /// Another member holds this static `group.instance.id` (KIP-345).
     FencedInstanceId,
+    /// A controller request reached a broker that is not the active controller.
+    NotController,
+    /// A broker's heartbeat or shutdown under a registration that is over: it must register
+    /// again.
+    StaleBrokerEpoch,
+    /// Another live broker process holds the node id.
+    DuplicateBrokerRegistration,
+    /// More replicas than live brokers, or none.
+    InvalidReplicationFactor,
 }
 
 impl std::fmt::Display for ErrorKind {

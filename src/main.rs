@@ -22,6 +22,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let result = match cli.command {
         Command::Serve(args) => args.run(),
+        Command::Cluster { action } => action.run(),
         Command::Topic { action } => action.run(),
         Command::Group { action } => action.run(),
         Command::Produce(args) => args.run(),

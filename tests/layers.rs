@@ -22,12 +22,13 @@ const LAYERS: &[&[&str]] = &[
     &["partition"],
     // Consumer groups, reaching the offsets log through `group::OffsetsLogs`.
     &["group"],
+    // The cluster: metadata, the controller's decisions, its Raft voters and their log; the
+    // shards host it, the protocols serve it.
+    &["cluster"],
     // Shards: routing, the partition registry, the controller role, the group coordinators.
     &["shard"],
     // Accepting connections, idle bounds, memory budgets, the coalescing writer.
     &["transport"],
-    // The cluster: metadata, the controller's decisions (and, to come, Raft and replication).
-    &["cluster"],
     // The protocol front ends.
     &["kafka", "native"],
     // The Rust client library (speaks the native protocol).

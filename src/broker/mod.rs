@@ -18,6 +18,9 @@ use glommio::net::TcpListener;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use hdrhistogram::Histogram;
 
+use crate::cluster::membership::Membership;
+use crate::cluster::metadata::Endpoints;
+use crate::cluster::node::ControllerNode;
 use crate::config::BrokerConfig;
 use crate::log::probe;
 use crate::log::queued::QueuedBytes;
@@ -27,8 +30,9 @@ use crate::shard::catalog::{self, Catalog};
 use crate::shard::mesh::{self, MeshEnds};
 
 use crate::shard::{Shard, CONTROLLER_SHARD};
-use crate::types::ShardId;
+use crate::types::{NodeId, ShardId};
 
+mod links;
 mod listen_check;
 
 /// Calls waiting in one direction of the mesh before senders wait.
@@ -281,9 +285,21 @@ async fn shard_main(
     ));
     glommio::spawn_local(retention_loop(shard.clone())).detach();
     glommio::spawn_local(group_timers(shard.clone())).detach();
+    let cluster = match id == CONTROLLER_SHARD {
+        true => Some(join_cluster(&shard, &stopper).await),
+        false => None,
+    };
 
     stopper.wait_requested().await;
+    if let Some(membership) = cluster.as_ref().and_then(|c| c.membership.as_ref()) {
+        // Before anything stops: the controller moves this broker's work elsewhere now.
+        membership.shut_down().await;
+    }
     shard.begin_stop();
+    if let Some(voter) = cluster.and_then(|c| c.voter) {
+        // The voter closes its log before the shard's executor ends.
+        voter.await;
+    }
     native_acceptor.await;
     kafka_acceptor.await;
     if !connections.wait_closed(DRAIN_WAIT_MAX).await {
@@ -297,6 +313,75 @@ async fn shard_main(
     shard.close_partitions().await;
     Stopper::barrier(&stopper.closed, shards).await;
     Ok(shard.metrics.snapshot())
+}
+
+/// Shard 0's part in the cluster, running until the shard stops.
+#[derive(Default)]
+struct ClusterRole {
+    membership: Option<Rc<Membership>>,
+    /// The controller voter's task, when this broker is a voter.
+    voter: Option<glommio::task::JoinHandle<()>>,
+}
+
+/// Shard 0's part in the cluster: its controller voter (when the broker is one) and the
+/// broker's membership, registering and heartbeating until the broker stops. A voter whose log
+/// fails stops the broker: it must not vote on what it cannot keep.
+async fn join_cluster(shard: &Rc<Shard>, stopper: &Arc<Stopper>) -> ClusterRole {
+    let config = &shard.config;
+    let links = links::VoterLinks::start(shard.clone(), config);
+    let voters: Vec<NodeId> = match config.in_cluster() {
+        true => config.quorum_voters.iter().map(|v| v.node).collect(),
+        false => vec![config.node_id],
+    };
+    let mut role = ClusterRole::default();
+    if config.is_voter() {
+        let session_timeout = Duration::from_millis(config.broker_session_timeout_ms);
+        let started = match shard.open_voter_log().await {
+            Ok(disk) => ControllerNode::new(
+                config.node_id,
+                voters.clone(),
+                disk,
+                links.clone(),
+                session_timeout,
+            ),
+            Err(e) => Err(format!("opening the controller's log: {e}")),
+        };
+        let node = match started {
+            Ok(node) => node,
+            Err(e) => {
+                tracing::error!("{e}; stopping");
+                stopper.request();
+                return ClusterRole::default();
+            }
+        };
+        shard.host_voter(node.clone());
+        let (voter, stop, stopper) = (node.clone(), shard.clone(), stopper.clone());
+        role.voter = Some(
+            glommio::spawn_local(async move {
+                if let Err(e) = voter.run(stop.wait_for_stop()).await {
+                    tracing::error!("the controller voter failed: {e}; stopping");
+                    stopper.request();
+                }
+            })
+            .detach(),
+        );
+        let stop = shard.clone();
+        glommio::spawn_local(async move { node.fence_the_silent(stop.wait_for_stop()).await })
+            .detach();
+    }
+    let (kafka, native) = (config.kafka_endpoint(), config.native_endpoint());
+    let membership = Rc::new(Membership::new(
+        config.node_id,
+        config.rack.clone(),
+        Endpoints { kafka, native },
+        voters,
+        links,
+        Duration::from_millis(config.broker_heartbeat_interval_ms),
+    ));
+    let (member, stop) = (membership.clone(), shard.clone());
+    glommio::spawn_local(async move { member.run(stop.wait_for_stop()).await }).detach();
+    role.membership = Some(membership);
+    role
 }
 
 /// Delivers what the other shards send this one, calls and answers, in arrival order.

@@ -1,6 +1,7 @@
 //! The `spate` command: `serve` runs the broker; `topic`, `produce` and `consume` are clients of
-//! a running broker, like Kafka's console tools; `tune disk` measures a data directory's device.
+//! a running broker, like Kafka's console tools; `cluster status` shows the cluster; `tune disk` measures a data directory's device.
 
+pub mod cluster;
 pub mod console;
 pub mod group;
 pub mod serve;
@@ -29,6 +30,11 @@ pub struct Cli {
 pub enum Command {
     /// Run the broker.
     Serve(serve::ServeArgs),
+    /// The cluster: brokers, controller voters, the active controller.
+    Cluster {
+        #[command(subcommand)]
+        action: cluster::ClusterCommand,
+    },
     /// Create, list, describe and delete topics.
     Topic {
         #[command(subcommand)]

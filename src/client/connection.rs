@@ -15,17 +15,20 @@ use zerocopy::IntoBytes;
 
 use crate::native::frame::{Api, FrameHeader, FRAME_HEADER_BYTES};
 use crate::native::messages::{
-    decode, encode, Acks, AdminResponse, CommitOffsetsRequest, CreateTopicRequest,
-    DeleteGroupRequest, DeleteTopicRequest, DescribeGroupRequest, DescribeGroupResponse, ErrorBody,
-    ErrorCode, FetchOffsetsRequest, FetchOffsetsResponse, FetchRequest, FetchResponse,
-    GroupSummary, HeartbeatRequest, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
-    ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse,
-    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, SyncGroupRequest,
-    SyncGroupResponse, TopicMetadata,
+    decode, encode, Acks, AdminResponse, ClusterStatus, ClusterStatusRequest,
+    ClusterStatusResponse, CommitOffsetsRequest, ControllerRequest, ControllerResponse,
+    CreateTopicRequest, DeleteGroupRequest, DeleteTopicRequest, DescribeGroupRequest,
+    DescribeGroupResponse, ErrorBody, ErrorCode, FetchOffsetsRequest, FetchOffsetsResponse,
+    FetchRequest, FetchResponse, GroupSummary, HeartbeatRequest, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, ListGroupsRequest, ListGroupsResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
+    ProduceResponse, SyncGroupRequest, SyncGroupResponse, TopicMetadata, VoterMessagesRequest,
+    WireMessage,
 };
 use crate::record::batch::{BatchBuilder, NativeBatchView, RecordView};
 use crate::record::entry::{entries, Check, StoredEntry};
 use crate::record::{BatchMeta, EntryHeader, PayloadFormat};
+use crate::types::NodeId;
 
 /// Requests a client queues for its writer before `send` waits.
 const OUTGOING_QUEUE_MAX: usize = 256;
@@ -499,6 +502,38 @@ impl Client {
         let (response, _): (AdminResponse, _) =
             self.call(Api::DeleteTopic, &encode(&request)).await?;
         ClientError::from_body(&response.error)
+    }
+
+    /// Raft messages from controller voter `from` to the voter at the other end.
+    pub async fn voter_messages(
+        &self,
+        from: NodeId,
+        messages: &Vec<WireMessage>,
+    ) -> Result<(), ClientError> {
+        let meta = encode(&VoterMessagesRequest { from });
+        let data = Bytes::from(encode(messages).into_vec());
+        let frame = self.request(Api::VoterMessages, &meta, Some(data), true).await?;
+        let frame = frame.ok_or_else(|| ClientError::Protocol("no response".into()))?;
+        let response: AdminResponse = decode(frame.meta()).map_err(ClientError::Protocol)?;
+        ClientError::from_body(&response.error)
+    }
+
+    /// A broker's request to the controller; the response as the voter gave it (an error
+    /// code with the leader it knows, or the answer).
+    pub async fn controller_request(
+        &self,
+        request: &ControllerRequest,
+    ) -> Result<ControllerResponse, ClientError> {
+        let (response, _) = self.call(Api::ControllerRequest, &encode(request)).await?;
+        Ok(response)
+    }
+
+    /// The cluster as the broker at the other end (a controller voter) sees it.
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, ClientError> {
+        let (response, _): (ClusterStatusResponse, _) =
+            self.call(Api::ClusterStatus, &encode(&ClusterStatusRequest {})).await?;
+        ClientError::from_body(&response.error)?;
+        response.status.ok_or_else(|| ClientError::Protocol("a status without a body".into()))
     }
 }
 

@@ -25,10 +25,9 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::cluster::metadata::{
-    BrokerInfo, Endpoints, MetadataImage, MetadataRecord, PartitionState, TopicId,
+    BrokerInfo, Endpoints, MetadataImage, MetadataRecord, PartitionState, TopicId, PARTITIONS_MAX,
 };
 use crate::cluster::placement::{self, Candidate};
-use crate::shard::catalog::PARTITIONS_MAX;
 use crate::types::{LeaderEpoch, NodeId, PartitionId};
 
 /// What happened, as the controller hears it.

@@ -24,6 +24,9 @@ use crate::types::{LeaderEpoch, NodeId, PartitionId};
 /// own and refuses a newer one by name, never as damage.
 const RECORD_VERSION: u8 = 1;
 
+/// More partitions than this in one topic is almost certainly a typo.
+pub const PARTITIONS_MAX: u32 = 10_000;
+
 /// A topic's id (Kafka's topic UUID): a topic deleted and created again under its name gets a
 /// new one, so a broker that was away recognises the new topic and drops the old one's logs.
 #[derive(
@@ -133,25 +136,12 @@ pub struct MetadataImage {
 /// One decision's records as the metadata log stores them, in one entry: the format version,
 /// then the archive.
 pub fn encode_batch(records: &Vec<MetadataRecord>) -> Vec<u8> {
-    let archived = archive::encode(records);
-    let mut bytes = Vec::with_capacity(1 + archived.len());
-    bytes.push(RECORD_VERSION);
-    bytes.extend_from_slice(&archived);
-    bytes
+    archive::encode_versioned(RECORD_VERSION, records)
 }
 
 /// A batch read back from the log (input like any other: validated, never trusted).
 pub fn decode_batch(bytes: &[u8]) -> Result<Vec<MetadataRecord>, String> {
-    let Some((&version, archived)) = bytes.split_first() else {
-        return Err("an empty metadata entry".into());
-    };
-    if version != RECORD_VERSION {
-        return Err(format!("metadata entry version {version}: this build reads {RECORD_VERSION}"));
-    }
-    // The archive needs its alignment, which a log entry's bytes do not promise.
-    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(archived.len());
-    aligned.extend_from_slice(archived);
-    archive::decode(&aligned)
+    archive::decode_versioned(bytes, RECORD_VERSION, "metadata entry")
 }
 
 /// Why a batch was not applied.

@@ -21,8 +21,12 @@
 //! applying the committed records.
 
 pub mod decide;
+pub mod membership;
 pub mod metadata;
+pub mod node;
 pub mod placement;
 pub mod quorum;
+pub mod raft_wire;
 #[cfg(test)]
 mod simulation;
+pub mod voter_log;

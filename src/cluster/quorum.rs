@@ -8,13 +8,20 @@
 //! the native protocol. Pre-vote and check-quorum are on: a voter cut off from the others does
 //! not disrupt them when it returns, and a leader that loses its quorum steps down.
 //!
-//! The log lives in raft-rs's `MemStorage` for now; persisting it (and snapshots of the
-//! metadata image) is the milestone after this one.
+//! Persistence is the caller's: a drain hands back what must be made durable (new log entries,
+//! overwriting the log from the first one's index on, then the voter's state) beside the
+//! messages and committed data, and nothing of a drain may be acted on (data applied, messages
+//! sent) before its persistence is durable. A voter restarts from what its disk holds
+//! ([`Voter::restore`]), and hands out every committed entry again from the first, so the
+//! metadata image is rebuilt by applying the log. The log is kept whole in memory too (raft-rs's
+//! `MemStorage`): the metadata log is small, and snapshots to bound it come later.
 
 use bytes::Bytes;
-use raft::eraftpb::{ConfState, EntryType, Message};
+use raft::eraftpb::{ConfState, Message};
 use raft::storage::MemStorage;
 use raft::{Config, RawNode, StateRole};
+
+use super::raft_wire::{StoredEntry, VoterState};
 
 /// Ticks without a heartbeat before a follower stands for election (raft-rs randomises
 /// between this and twice this).
@@ -22,11 +29,16 @@ const ELECTION_TICKS: usize = 10;
 /// Ticks between a leader's heartbeats.
 const HEARTBEAT_TICKS: usize = 3;
 
+/// About how much log one append message carries.
+const APPEND_BYTES_MAX: u64 = 256 * 1024;
+
 /// Why a voter cannot go on. After one, the voter is dropped and started again from its log:
 /// what a failed drain had already taken out of Raft is lost with it.
 #[derive(Debug)]
 pub enum QuorumError {
     Raft(raft::Error),
+    /// What the disk holds cannot be a voter's log and state.
+    Damaged(String),
     /// A snapshot arrived: nothing compacts the log yet, so none should, and the metadata image
     /// cannot be rebuilt from one.
     Snapshot,
@@ -36,6 +48,7 @@ impl std::fmt::Display for QuorumError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Raft(e) => write!(f, "raft: {e}"),
+            Self::Damaged(why) => write!(f, "the voter's log: {why}"),
             Self::Snapshot => {
                 write!(f, "a metadata snapshot arrived, and snapshots are not taken yet")
             }
@@ -49,34 +62,105 @@ impl From<raft::Error> for QuorumError {
     }
 }
 
-/// What a drain hands back: messages to send, and data committed since the last drain, in log
-/// order (Raft's own empty entries, such as a new leader's first, are not data).
+/// What a voter's disk holds: its log from index 1 on, and its state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Durable {
+    pub entries: Vec<StoredEntry>,
+    pub state: VoterState,
+}
+
+/// What a drain asks to be made durable, in this order: `entries` replace the log from the
+/// first one's index on (a new leader may overwrite a suffix no quorum took), then `state`.
+#[derive(Debug, Default)]
+pub struct Persist {
+    pub entries: Vec<StoredEntry>,
+    pub state: Option<VoterState>,
+}
+
+impl Persist {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.state.is_none()
+    }
+}
+
+impl Durable {
+    /// What the disk holds once `persist` is durable.
+    pub fn apply(&mut self, persist: &Persist) {
+        if let Some(first) = persist.entries.first() {
+            let kept = usize::try_from(first.index.saturating_sub(1)).unwrap_or(usize::MAX);
+            self.entries.truncate(kept);
+            self.entries.extend_from_slice(&persist.entries);
+        }
+        if let Some(state) = persist.state {
+            self.state = state;
+        }
+    }
+}
+
+/// What a drain hands back. Act on it only once `persist` is durable: then apply `committed`
+/// and send `messages`.
 #[derive(Default)]
 pub struct Drained {
+    pub persist: Persist,
     pub messages: Vec<Message>,
-    pub committed: Vec<Bytes>,
+    /// Entries committed since the last drain, in log order.
+    pub committed: Vec<Committed>,
+}
+
+/// A committed entry of the voters' log.
+#[derive(Clone, Debug)]
+pub struct Committed {
+    pub index: u64,
+    pub term: u64,
+    /// A metadata batch, or empty: Raft's own entries (a new leader's first) carry no data.
+    pub data: Bytes,
 }
 
 pub struct Voter {
     node: RawNode<MemStorage>,
+    /// The state last handed out to persist.
+    persisted_state: VoterState,
 }
 
 impl Voter {
-    /// Voter `id` of a quorum whose voters are `voters` (ids above 0).
-    pub fn new(id: u64, voters: &[u64]) -> Result<Self, raft::Error> {
+    /// Voter `id` of a quorum whose voters are `voters` (ids above 0), starting from what its
+    /// disk holds (nothing, the first time). What it holds is checked first: raft-rs would
+    /// panic on a log with a gap or a commit past its end.
+    pub fn restore(id: u64, voters: &[u64], durable: Durable) -> Result<Self, QuorumError> {
+        check_durable(&durable).map_err(QuorumError::Damaged)?;
         let config = Config {
             id,
             election_tick: ELECTION_TICKS,
             heartbeat_tick: HEARTBEAT_TICKS,
             pre_vote: true,
             check_quorum: true,
+            // Many entries per append while a voter catches up (at least one, whatever its size).
+            max_size_per_msg: APPEND_BYTES_MAX,
             ..Config::default()
         };
         config.validate()?;
         let storage = MemStorage::new_with_conf_state(ConfState::from((voters.to_vec(), vec![])));
+        let entries: Vec<_> = durable.entries.into_iter().map(StoredEntry::into_raft).collect();
+        storage.wl().append(&entries)?;
+        storage.wl().set_hardstate(durable.state.into_raft());
         // raft-rs logs through slog; what it says surfaces as this crate's errors instead.
         let logger = slog::Logger::root(slog::Discard, slog::o!());
-        Ok(Self { node: RawNode::new(&config, storage, &logger)? })
+        let mut node = RawNode::new(&config, storage, &logger)?;
+        if voters == [id] {
+            // Alone, it need not wait out an election timeout to lead.
+            node.campaign()?;
+        }
+        Ok(Self { node, persisted_state: durable.state })
+    }
+
+    /// The voters' leader, as far as this voter knows (0 while it knows none).
+    pub fn leader(&self) -> u64 {
+        self.node.raft.leader_id
+    }
+
+    /// The index of the last entry known committed.
+    pub fn committed(&self) -> u64 {
+        self.node.raft.raft_log.committed
     }
 
     pub fn tick(&mut self) {
@@ -108,8 +192,13 @@ impl Voter {
         log.applied == log.last_index()
     }
 
-    /// Does what Raft asks (entries and hard state stored, in that order, before the messages
-    /// that depend on them go out) and returns the messages to send and the committed data.
+    /// The index of the last entry in this voter's log.
+    pub fn last_index(&self) -> u64 {
+        self.node.raft.raft_log.last_index()
+    }
+
+    /// Takes what Raft asks for: entries and state to persist, messages to send, committed
+    /// data to apply (see [`Drained`] for the order they must be acted on in).
     pub fn drain(&mut self) -> Result<Drained, QuorumError> {
         let mut drained = Drained::default();
         if !self.node.has_ready() {
@@ -122,6 +211,12 @@ impl Voter {
         drained.messages.extend(ready.take_messages());
         committed_data(&mut drained, ready.take_committed_entries());
         if !ready.entries().is_empty() {
+            drained.persist.entries = ready
+                .entries()
+                .iter()
+                .map(StoredEntry::from_raft)
+                .collect::<Result<_, _>>()
+                .map_err(QuorumError::Damaged)?;
             self.node.mut_store().wl().append(ready.entries())?;
         }
         if let Some(hard_state) = ready.hs() {
@@ -135,11 +230,44 @@ impl Voter {
         drained.messages.extend(light.take_messages());
         committed_data(&mut drained, light.take_committed_entries());
         self.node.advance_apply();
+        let state = VoterState::from_raft(self.node.store().rl().hard_state());
+        if state != self.persisted_state {
+            drained.persist.state = Some(state);
+            self.persisted_state = state;
+        }
         Ok(drained)
     }
 }
 
+/// A log from index 1 without gaps, terms that never go down, and state no further than it.
+fn check_durable(durable: &Durable) -> Result<(), String> {
+    let mut last_term = 0;
+    for (position, entry) in durable.entries.iter().enumerate() {
+        let expected = position as u64 + 1;
+        if entry.index != expected {
+            return Err(format!("entry {} where entry {expected} belongs", entry.index));
+        }
+        if entry.term < last_term {
+            return Err(format!(
+                "entry {} has term {} after term {last_term}",
+                entry.index, entry.term
+            ));
+        }
+        last_term = entry.term;
+    }
+    let state = durable.state;
+    if state.commit > durable.entries.len() as u64 {
+        let last = durable.entries.len();
+        return Err(format!("committed up to {} but the log ends at {last}", state.commit));
+    }
+    // The state may be a term behind the log: entries are made durable before the state that
+    // came with them, and a crash between the two sent none of that drain's messages.
+    Ok(())
+}
+
 fn committed_data(drained: &mut Drained, entries: Vec<raft::eraftpb::Entry>) {
-    let data = entries.into_iter().filter(|e| e.get_entry_type() == EntryType::EntryNormal);
-    drained.committed.extend(data.filter(|e| !e.data.is_empty()).map(|e| e.data));
+    // Entries other than normal ones are refused before they are stored.
+    let committed =
+        entries.into_iter().map(|e| Committed { index: e.index, term: e.term, data: e.data });
+    drained.committed.extend(committed);
 }

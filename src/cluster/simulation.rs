@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use super::decide::{Controller, Event, Refusal};
 use super::metadata::{self, Endpoints, MetadataImage, MetadataRecord, TopicId};
+use super::quorum::{Durable, Persist, Voter};
 use crate::testing::TestRng;
 use crate::types::NodeId;
 
@@ -322,8 +323,11 @@ fn the_controller_never_elects_uncleanly_and_the_cluster_settles() {
 /// brokers register, restart, beat, shut down, topics come and go, time passes) and proposes
 /// each decision as one entry; every voter decodes and applies what commits, a batch at a time.
 /// After every round: one leader per term, and the batches every two voters applied are one a
-/// prefix of the other's. Then the network heals and every voter must hold the same image.
-/// (The voters' log is in memory: crashes and restarts of voters come with its persistence.)
+/// prefix of the other's. Voters crash: between rounds, or in the middle of making a drain
+/// durable (the disk keeps a seeded prefix of the new entries, and the new state only after all
+/// of them, as the broker writes them), losing everything else of that drain; they restart from
+/// their disk and apply the log again from the start. Then the network heals and every voter must
+/// hold the same image.
 struct QuorumRun {
     seed: u64,
     rng: TestRng,
@@ -344,22 +348,32 @@ struct QuorumRun {
 }
 
 struct QuorumVoter {
+    id: u64,
     raft: super::quorum::Voter,
+    /// What survives its crash.
+    disk: Durable,
     image: MetadataImage,
+    /// What it applied since it last started.
     applied: Vec<Vec<MetadataRecord>>,
 }
 
+impl QuorumVoter {
+    fn start(id: u64, disk: Durable) -> Self {
+        let raft = Voter::restore(id, &QUORUM, disk.clone())
+            .unwrap_or_else(|e| panic!("voter {id} restarting from its disk: {e}"));
+        Self { id, raft, disk, image: MetadataImage::default(), applied: Vec::new() }
+    }
+
+    fn restart(&mut self) {
+        *self = Self::start(self.id, std::mem::take(&mut self.disk));
+    }
+}
+
+const QUORUM: [u64; 3] = [1, 2, 3];
+
 impl QuorumRun {
     fn new(seed: u64) -> Self {
-        let ids = [1u64, 2, 3];
-        let voters = ids
-            .iter()
-            .map(|id| QuorumVoter {
-                raft: super::quorum::Voter::new(*id, &ids).expect("a valid voter"),
-                image: MetadataImage::default(),
-                applied: Vec::new(),
-            })
-            .collect();
+        let voters = QUORUM.iter().map(|id| QuorumVoter::start(*id, Durable::default())).collect();
         let brokers = (1..=3).map(|n| (NodeId(n), 0, None)).collect();
         Self {
             seed,
@@ -411,10 +425,24 @@ impl QuorumRun {
             self.lead();
         }
         for v in 0..self.voters.len() {
+            if chaos && self.rng.below(300) == 0 {
+                self.voters[v].restart();
+                *self.events.entry("voter restarted").or_default() += 1;
+            }
             let drained = match self.voters[v].raft.drain() {
                 Ok(drained) => drained,
                 Err(e) => panic!("seed {}: voter {} drained: {e}", self.seed, v + 1),
             };
+            if chaos && !drained.persist.is_empty() && self.rng.below(150) == 0 {
+                self.crash_while_persisting(v, drained.persist);
+                continue;
+            }
+            self.voters[v].disk.apply(&drained.persist);
+            // Right after granting a vote is where a voter that forgets its vote would vote
+            // twice in one term: restart there often.
+            let voted = drained.messages.iter().any(|m| {
+                m.get_msg_type() == raft::eraftpb::MessageType::MsgRequestVoteResponse && !m.reject
+            });
             for message in drained.messages {
                 let dropped = chaos && self.rng.below(10) == 0;
                 let delay = if chaos { self.rng.below(4) } else { 0 };
@@ -423,8 +451,8 @@ impl QuorumRun {
                     self.network.push((self.step + 1 + delay, to, message));
                 }
             }
-            for data in drained.committed {
-                let batch = metadata::decode_batch(&data)
+            for committed in drained.committed.into_iter().filter(|c| !c.data.is_empty()) {
+                let batch = metadata::decode_batch(&committed.data)
                     .unwrap_or_else(|e| panic!("seed {}: a committed entry: {e}", self.seed));
                 let voter = &mut self.voters[v];
                 if let Err(e) = voter.image.apply_batch(&batch) {
@@ -432,8 +460,28 @@ impl QuorumRun {
                 }
                 voter.applied.push(batch);
             }
+            if chaos && voted && self.rng.below(3) == 0 {
+                self.voters[v].restart();
+                *self.events.entry("voter restarted after voting").or_default() += 1;
+            }
         }
         self.check();
+    }
+
+    /// Voter `v` dies while making `persist` durable: its disk keeps a prefix of the entries
+    /// (a torn write ends at an entry, recovery cuts the rest) and the state only after all of
+    /// them; nothing else of the drain happened.
+    fn crash_while_persisting(&mut self, v: usize, mut persist: Persist) {
+        let kept = self.rng.below(persist.entries.len() as u64 + 1) as usize;
+        let all_kept = kept == persist.entries.len();
+        persist.entries.truncate(kept);
+        if !all_kept || self.rng.below(2) == 0 {
+            persist.state = None;
+        }
+        let voter = &mut self.voters[v];
+        voter.disk.apply(&persist);
+        voter.restart();
+        *self.events.entry("voter crashed while persisting").or_default() += 1;
     }
 
     /// The leader, once it has applied its whole log, decides one event and proposes it.
@@ -539,8 +587,15 @@ impl QuorumRun {
 fn controller_voters_agree_on_the_metadata_through_a_lossy_network() {
     let run = |seed| QuorumRun::new(seed).run(400);
     let totals = crate::testing::run_seeds("quorum simulation", SEEDS_MORE, 50, run);
-    let expected =
-        ["controller elected", "decisions proposed", "records committed", "voter cut off"];
+    let expected = [
+        "controller elected",
+        "decisions proposed",
+        "records committed",
+        "voter cut off",
+        "voter restarted",
+        "voter restarted after voting",
+        "voter crashed while persisting",
+    ];
     let missing: Vec<_> = expected.iter().filter(|e| !totals.contains_key(*e)).collect();
     assert!(missing.is_empty(), "never ran: {missing:?} ({totals:?})");
 }

@@ -35,10 +35,13 @@ pub enum Hist {
     /// the socket (the broker's share of a tailing consumer's end-to-end latency after the
     /// write).
     FetchDelivery,
+    /// Requests to the controller (registrations, heartbeats, shutdowns) and Raft messages
+    /// between voters, as this broker served them.
+    Cluster,
 }
 
 impl Hist {
-    pub const ALL: [Hist; 13] = [
+    pub const ALL: [Hist; 14] = [
         Hist::Produce,
         Hist::Fetch,
         Hist::ListOffsets,
@@ -52,6 +55,7 @@ impl Hist {
         Hist::LogAppend,
         Hist::Fdatasync,
         Hist::FetchDelivery,
+        Hist::Cluster,
     ];
 
     pub fn name(self) -> &'static str {
@@ -69,6 +73,7 @@ impl Hist {
             Hist::LogAppend => "log.append_write",
             Hist::Fdatasync => "log.fdatasync",
             Hist::FetchDelivery => "fetch.woken_to_sent",
+            Hist::Cluster => "request.cluster",
         }
     }
 }

@@ -53,6 +53,12 @@ pub enum Api {
     CommitOffsets = 13,
     FetchOffsets = 14,
     DeleteGroup = 15,
+    /// Raft messages from one controller voter to another; the messages travel as the data.
+    VoterMessages = 16,
+    /// A broker's registration, heartbeat or controlled shutdown, to the active controller.
+    ControllerRequest = 17,
+    /// The cluster as the answering voter sees it.
+    ClusterStatus = 18,
 }
 
 impl Api {
@@ -73,6 +79,9 @@ impl Api {
             13 => Self::CommitOffsets,
             14 => Self::FetchOffsets,
             15 => Self::DeleteGroup,
+            16 => Self::VoterMessages,
+            17 => Self::ControllerRequest,
+            18 => Self::ClusterStatus,
             _ => return None,
         })
     }

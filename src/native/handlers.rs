@@ -12,7 +12,6 @@ use crate::group::{DescribeGroup, FetchOffsets, ListGroups};
 use crate::metrics::Hist;
 use crate::native::exchange::{answer, undecodable, RequestFrame, Response};
 use crate::native::frame::Api;
-use crate::native::groups;
 use crate::native::messages::{
     decode, encode, Acks, AdminResponse, CreateTopicRequest, DeleteTopicRequest,
     DescribeGroupRequest, DescribeGroupResponse, ErrorBody, ErrorCode, FetchRequest, FetchResponse,
@@ -20,6 +19,7 @@ use crate::native::messages::{
     ListOffsetsResponse, MetadataRequest, MetadataResponse, PartitionMetadata, ProduceRequest,
     ProduceResponse, TopicMetadata,
 };
+use crate::native::{cluster, groups};
 use crate::record::batch::validate_native_payload;
 use crate::record::{PayloadFormat, PendingEntry, ENTRY_HEADER_BYTES};
 use crate::shard::{Shard, FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX};
@@ -91,6 +91,9 @@ pub async fn handle(
         Api::CommitOffsets => Some(groups::commit(&shard, &frame).await),
         Api::FetchOffsets => Some(groups::fetch_offsets(&shard, &frame).await),
         Api::DeleteGroup => Some(groups::delete(&shard, &frame).await),
+        Api::VoterMessages => Some(cluster::voter_messages(&shard, &frame).await),
+        Api::ControllerRequest => Some(cluster::controller_request(&shard, &frame).await),
+        Api::ClusterStatus => Some(cluster::cluster_status(&shard, request_id).await),
     };
     shard.metrics.record(hist_of(api), received.elapsed());
     response
@@ -113,6 +116,7 @@ fn hist_of(api: Api) -> Hist {
         | Api::CommitOffsets
         | Api::FetchOffsets
         | Api::DeleteGroup => Hist::Groups,
+        Api::VoterMessages | Api::ControllerRequest | Api::ClusterStatus => Hist::Cluster,
     }
 }
 

@@ -6,11 +6,15 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+// The cluster's requests and answers travel as the cluster defines them.
+pub use crate::cluster::node::{BrokerStatus, ClusterStatus, ControllerAnswer, ControllerRequest};
+pub use crate::cluster::raft_wire::WireMessage;
 use crate::error::{BrokerError, ErrorKind};
 // Produce's durability and ListOffsets' special timestamps are the log's terms, carried as is.
 pub use crate::partition::{Acks, OFFSET_EARLIEST, OFFSET_LATEST};
 pub use crate::record::archive::{decode, encode};
 use crate::record::BatchMeta;
+use crate::types::NodeId;
 
 /// Error codes of the native protocol. Values are stable on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
@@ -49,6 +53,15 @@ pub enum ErrorCode {
     NonEmptyGroup = 26,
     /// The request asks for more than the broker's limits allow (partitions, disk).
     PolicyViolation = 27,
+    /// A controller request reached a broker that is not the active controller; the answer
+    /// names the one it knows, if any.
+    NotController = 28,
+    /// A broker's registration is over: it must register again.
+    StaleBrokerEpoch = 29,
+    /// Another live broker process holds the node id.
+    DuplicateBrokerRegistration = 30,
+    /// More replicas than live brokers, or none.
+    InvalidReplicationFactor = 31,
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -90,6 +103,10 @@ impl From<ErrorKind> for ErrorCode {
             ErrorKind::RebalanceInProgress => ErrorCode::RebalanceInProgress,
             ErrorKind::NonEmptyGroup => ErrorCode::NonEmptyGroup,
             ErrorKind::FencedInstanceId => ErrorCode::FencedInstance,
+            ErrorKind::NotController => ErrorCode::NotController,
+            ErrorKind::StaleBrokerEpoch => ErrorCode::StaleBrokerEpoch,
+            ErrorKind::DuplicateBrokerRegistration => ErrorCode::DuplicateBrokerRegistration,
+            ErrorKind::InvalidReplicationFactor => ErrorCode::InvalidReplicationFactor,
         }
     }
 }
@@ -185,6 +202,31 @@ pub struct TopicMetadata {
 pub struct MetadataResponse {
     pub shards: u32,
     pub topics: Vec<TopicMetadata>,
+}
+
+/// Raft messages from voter `from`; the frame's data is the archive of the `Vec<WireMessage>`
+/// ([`encode`]), which may exceed what a meta body holds (an append that catches a voter up).
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct VoterMessagesRequest {
+    pub from: NodeId,
+}
+
+/// The answer to a [`ControllerRequest`]: `answer` when `error` is none; with NOT_CONTROLLER,
+/// `leader` names the active controller the voter knows, if it knows one.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct ControllerResponse {
+    pub error: ErrorBody,
+    pub leader: Option<NodeId>,
+    pub answer: Option<ControllerAnswer>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct ClusterStatusRequest {}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct ClusterStatusResponse {
+    pub error: ErrorBody,
+    pub status: Option<ClusterStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]

@@ -4,8 +4,9 @@
 //! `frame.rs` owns the framing (a fixed header, then an rkyv *meta* body, then raw *data*),
 //! `messages.rs` the request and response bodies, `exchange.rs` a request frame as read and the
 //! response to it, `server.rs` a connection's read/dispatch/write loop (on `transport`'s
-//! accepting, budgets and writer), `handlers.rs` and `groups.rs` what each request does. The codec knows nothing of the broker.
+//! accepting, budgets and writer), `handlers.rs`, `groups.rs` and `cluster.rs` what each request does. The codec knows nothing of the broker.
 
+pub mod cluster;
 pub mod exchange;
 pub mod frame;
 pub mod groups;

@@ -26,3 +26,43 @@ where
 {
     rkyv::from_bytes::<T, rancor::Error>(bytes).map_err(|e| e.to_string())
 }
+
+/// A version byte, then the value's archive: how stored formats that must outlive a build are
+/// written (each names its own version).
+pub fn encode_versioned<T>(version: u8, value: &T) -> Vec<u8>
+where
+    T: for<'a> rkyv::Serialize<
+        rkyv::api::high::HighSerializer<
+            rkyv::util::AlignedVec,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            rancor::Error,
+        >,
+    >,
+{
+    let archived = encode(value);
+    let mut bytes = Vec::with_capacity(1 + archived.len());
+    bytes.push(version);
+    bytes.extend_from_slice(&archived);
+    bytes
+}
+
+/// Reads what [`encode_versioned`] wrote, at any alignment. A version other than `version` is
+/// refused by number (a newer build wrote it), never taken for damage.
+pub fn decode_versioned<T>(bytes: &[u8], version: u8, what: &str) -> Result<T, String>
+where
+    T: Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>
+        + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
+{
+    let Some((&found, archived)) = bytes.split_first() else {
+        return Err(format!("an empty {what}"));
+    };
+    if found != version {
+        return Err(format!("{what} version {found}: this build reads {version}"));
+    }
+    // The archive needs its alignment, which bytes read from a log entry or a file do not
+    // promise.
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(archived.len());
+    aligned.extend_from_slice(archived);
+    decode(&aligned).map_err(|e| format!("{what}: {e}"))
+}

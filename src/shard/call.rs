@@ -9,12 +9,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::cluster::node::{ClusterStatus, ControllerAnswer, ControllerError, ControllerRequest};
+use crate::cluster::raft_wire::WireMessage;
 use crate::error::BrokerError;
 use crate::group::{GroupAnswer, GroupCall};
 use crate::partition::{Acks, LogBounds, ReadOutcome};
 use crate::record::PendingEntry;
 use crate::shard::catalog::TopicInfo;
-use crate::types::{Offset, PartitionId};
+use crate::types::{NodeId, Offset, PartitionId};
 
 typed_requests! {
     /// A request to one shard, and what it answers.
@@ -52,6 +54,15 @@ typed_requests! {
     /// For a group's coordinator (or, for a listing, every shard). Boxed: a join outcome
     /// carries every member's metadata, far larger than other answers.
     Group { call: GroupCall } -> Box<GroupAnswer>;
+
+    /// For the controller voter (shard 0): Raft messages from voter `from`.
+    StepVoter { from: NodeId, messages: Vec<WireMessage> } -> Result<(), BrokerError>;
+
+    /// For the controller voter (shard 0): a broker's request to the active controller.
+    AskController { request: ControllerRequest } -> Result<ControllerAnswer, ControllerError>;
+
+    /// For the controller voter (shard 0): the cluster as it sees it.
+    DescribeCluster {} -> Result<ClusterStatus, BrokerError>;
 }
 
 /// What shards send each other over the mesh: calls, and the answers to them.

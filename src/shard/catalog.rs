@@ -11,13 +11,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::voter_log::METADATA_DIR;
 use crate::config::TopicConfig;
 use crate::types::{PartitionId, ShardId};
 
 /// Kafka's limit on topic name length.
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
-/// More partitions than this in one topic is almost certainly a typo.
-pub const PARTITIONS_MAX: u32 = 10_000;
 pub const TOPIC_FILE: &str = "topic.toml";
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -60,6 +59,9 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
     }
     if name == "." || name == ".." {
         return Err("topic name cannot be '.' or '..'".into());
+    }
+    if name == METADATA_DIR {
+        return Err(format!("{METADATA_DIR} is the cluster metadata log's, not a topic's"));
     }
     if !name.chars().all(allowed) {
         return Err(format!(
@@ -191,6 +193,7 @@ mod tests {
     #[test]
     fn topic_names_follow_kafka_rules() {
         assert!(validate_topic_name("orders.v2_eu-1").is_ok());
+        assert!(validate_topic_name(METADATA_DIR).is_err(), "the metadata log's directory");
         for bad in ["", ".", "..", "a/b", "../etc", "a b", "ü", &"x".repeat(250)] {
             assert!(validate_topic_name(bad).is_err(), "{bad:?}");
         }

@@ -5,11 +5,12 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+use crate::cluster::metadata::PARTITIONS_MAX;
 use crate::error::{BrokerError, ErrorKind};
 use crate::group::offsets::{OFFSETS_PARTITIONS, OFFSETS_TOPIC};
 use crate::log::segment::PARTITION_DISK_BYTES_AT_FIRST;
 use crate::shard::call::ApplyTopic;
-use crate::shard::catalog::{self, TopicFile, TopicInfo, PARTITIONS_MAX};
+use crate::shard::catalog::{self, TopicFile, TopicInfo};
 use crate::shard::state::{is_internal_topic, Shard};
 use crate::types::ShardId;
 

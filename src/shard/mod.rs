@@ -8,6 +8,8 @@
 //!   replica manager of the cluster grows out of it);
 //! - `controller.rs`: the controller role shard 0 plays (topic creation, growth, deletion, one at
 //!   a time, broadcast to every shard before the answer), which the Raft controller takes over;
+//! - `cluster.rs`: shard 0 hosts the controller voter, and what arrives for it on any shard
+//!   is forwarded there;
 //! - `groups.rs`: which shard coordinates a group and how a group request gets there;
 //! - `mesh.rs`: the channels between shards, one per ordered pair;
 //! - `catalog.rs`: the topic catalog and its files.
@@ -16,6 +18,7 @@
 
 pub mod call;
 pub mod catalog;
+mod cluster;
 mod controller;
 mod groups;
 pub mod mesh;

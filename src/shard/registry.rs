@@ -15,7 +15,7 @@ use crate::shard::state::{PartitionKey, Shard, STAGED_BYTES_MAX};
 use crate::types::{Offset, PartitionId};
 
 impl Shard {
-    fn limits(&self) -> LogLimits {
+    pub(super) fn limits(&self) -> LogLimits {
         LogLimits {
             write_bytes_max: self.config.flush_write_bytes_max,
             tail_cache_bytes: self.config.tail_cache_bytes,

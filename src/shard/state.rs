@@ -15,6 +15,7 @@ use std::time::Duration;
 use event_listener::Event;
 use futures_channel::oneshot;
 
+use crate::cluster::node::ControllerNode;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::error::ErrorKind;
@@ -27,8 +28,9 @@ use crate::metrics::Metrics;
 use crate::partition::{Acks, LogBounds, Partition, ReadOutcome};
 use crate::record::PendingEntry;
 use crate::shard::call::{
-    AddPartitions, ApplyTopic, CreateTopic, DeleteTopic, Fetch, Group, ListOffsets, MeshMessage,
-    Produce, Request, ShardAnswer, ShardCall, Watermarks,
+    AddPartitions, ApplyTopic, AskController, CreateTopic, DeleteTopic, DescribeCluster, Fetch,
+    Group, ListOffsets, MeshMessage, Produce, Request, ShardAnswer, ShardCall, StepVoter,
+    Watermarks,
 };
 use crate::shard::catalog::{self, Catalog, TopicInfo};
 use crate::shard::mesh::Peers;
@@ -70,6 +72,8 @@ pub struct Shard {
     pub(super) next_producer_id: Cell<i64>,
     /// The consumer groups this shard coordinates.
     pub groups: Coordinator,
+    /// On shard 0 of a controller voter, once it has started: its Raft node (`shard/cluster.rs`).
+    pub(super) voter: RefCell<Option<Rc<ControllerNode>>>,
     /// What every shard's partitions have yet to write, against `queued.max.request.bytes`.
     pub queued: Arc<QueuedBytes>,
     /// What this shard's partitions keep in their tail caches, against
@@ -93,6 +97,7 @@ impl Shard {
             tail_budget: TailBudget::new(config.tail_cache_shard_bytes),
             open_files: OpenFiles::new(config.segment_files_open_max.div_ceil(count).max(1)),
             groups: Coordinator::new(&config),
+            voter: RefCell::new(None),
             id,
             count,
             config,
@@ -217,6 +222,15 @@ impl Shard {
             }
             ShardCall::Group(Group { call }) => {
                 ShardAnswer::Group(Box::new(self.groups.handle(self, call).await))
+            }
+            ShardCall::StepVoter(StepVoter { from, messages }) => {
+                ShardAnswer::StepVoter(self.step_voter(from, messages))
+            }
+            ShardCall::AskController(AskController { request }) => {
+                ShardAnswer::AskController(self.ask_controller_here(request).await)
+            }
+            ShardCall::DescribeCluster(DescribeCluster {}) => {
+                ShardAnswer::DescribeCluster(self.describe_cluster_here())
             }
         }
     }

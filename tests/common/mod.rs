@@ -26,6 +26,11 @@ pub struct Broker {
     pub data_dir: PathBuf,
     log_dir: PathBuf,
     args: Vec<String>,
+    /// `--cores`: the CPUs its shards are pinned to.
+    cores: String,
+    /// Its log files are `<prefix>-<run>.stderr` (and `.stdout`) in `log_dir`.
+    log_prefix: String,
+    fixed_ports: bool,
     runs: usize,
 }
 
@@ -45,9 +50,35 @@ impl Broker {
             data_dir: data_dir.to_path_buf(),
             log_dir: log_dir.to_path_buf(),
             args: extra.iter().map(|s| s.to_string()).collect(),
+            cores: cores(),
+            log_prefix: "broker".to_string(),
+            fixed_ports: false,
             runs: 0,
         };
         broker.move_to_fresh_ports();
+        broker.launch();
+        broker
+    }
+
+    /// Starts a broker at fixed addresses (a cluster's members must know each other's before
+    /// they start), its shards on `cores`, logging beside `data_dir`.
+    pub fn start_at(data_dir: &Path, addrs: (&str, &str), cores: &str, extra: &[&str]) -> Broker {
+        let mut broker = Broker {
+            child: None,
+            addr: addrs.0.to_string(),
+            kafka_addr: addrs.1.to_string(),
+            data_dir: data_dir.to_path_buf(),
+            log_dir: data_dir.parent().unwrap_or(data_dir).to_path_buf(),
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            cores: cores.to_string(),
+            // Brokers of one cluster log side by side, named by their data directories.
+            log_prefix: format!(
+                "broker-{}",
+                data_dir.file_name().map_or("".into(), |n| n.to_string_lossy())
+            ),
+            fixed_ports: true,
+            runs: 0,
+        };
         broker.launch();
         broker
     }
@@ -62,7 +93,8 @@ impl Broker {
                 Ok(()) => return,
                 Err(log) if log.contains("Address already in use") && attempt < 29 => {
                     std::thread::sleep(Duration::from_millis(200));
-                    if attempt >= 15 {
+                    // A cluster's members know each other's ports: those stay.
+                    if attempt >= 15 && !self.fixed_ports {
                         self.move_to_fresh_ports();
                     }
                 }
@@ -95,7 +127,7 @@ impl Broker {
             .arg("--kafka-listener")
             .arg(&self.kafka_addr)
             .arg("--cores")
-            .arg(cores())
+            .arg(&self.cores)
             .args(&self.args)
             .env("RUST_LOG", "info")
             .stdout(stdout)
@@ -107,7 +139,7 @@ impl Broker {
         // The broker's own word, not a probe connection: a broker killed moments ago can still
         // listen on the ports for a while (the kernel releases its listeners when it tears down
         // the dead process's io_uring), and a probe would take that for this one.
-        let shards = cores().split('-').count();
+        let shards = self.cores.split(['-', ',']).count();
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.stderr().matches("listeners ready").count() < shards {
             self.exited_during_start()?;
@@ -130,11 +162,11 @@ impl Broker {
     }
 
     pub fn stdout_path(&self) -> PathBuf {
-        self.log_dir.join(format!("broker-{}.stdout", self.runs))
+        self.log_dir.join(format!("{}-{}.stdout", self.log_prefix, self.runs))
     }
 
     pub fn stderr_path(&self) -> PathBuf {
-        self.log_dir.join(format!("broker-{}.stderr", self.runs))
+        self.log_dir.join(format!("{}-{}.stderr", self.log_prefix, self.runs))
     }
 
     /// Everything this run of the broker logged.

@@ -1,0 +1,188 @@
+//! How this broker reaches the controller voters: one native connection per voter, made when
+//! first needed and again after it breaks, carrying Raft messages (best effort, in the order
+//! they were handed over) and requests to the active controller (answered, bounded in time).
+//! A request to this broker's own voter is not sent over the network.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::Duration;
+
+use event_listener::Event;
+
+use crate::client::{Client, ClientError};
+use crate::cluster::node::{ControllerAnswer, ControllerError, ControllerRequest, Links};
+use crate::cluster::raft_wire::WireMessage;
+use crate::config::BrokerConfig;
+use crate::error::{BrokerError, ErrorKind};
+use crate::native::messages::ErrorCode;
+use crate::shard::Shard;
+use crate::types::NodeId;
+
+/// How long connecting to a voter may take; longer counts as unreachable.
+const CONNECT_WAIT: Duration = Duration::from_secs(1);
+/// How long a request to the controller waits for its answer (a decision waits up to 5 s for
+/// its commit on the controller).
+const ASK_WAIT: Duration = Duration::from_secs(6);
+/// Raft messages waiting for one voter; more are dropped (Raft sends again).
+const OUTBOX_MESSAGES_MAX: usize = 4096;
+
+pub struct VoterLinks {
+    shard: Rc<Shard>,
+    me: NodeId,
+    peers: BTreeMap<NodeId, Rc<Peer>>,
+}
+
+struct Peer {
+    node: NodeId,
+    address: String,
+    client: RefCell<Option<Client>>,
+    /// Messages waiting to be sent, oldest first; `queued` wakes the sending task.
+    outbox: RefCell<Vec<WireMessage>>,
+    queued: Event,
+}
+
+impl VoterLinks {
+    /// Links to every voter but this broker, each with a task sending its Raft messages.
+    pub fn start(shard: Rc<Shard>, config: &BrokerConfig) -> Rc<Self> {
+        let me = config.node_id;
+        let mut peers = BTreeMap::new();
+        for voter in config.quorum_voters.iter().filter(|v| v.node != me) {
+            let address = if voter.host.contains(':') {
+                format!("[{}]:{}", voter.host, voter.port)
+            } else {
+                format!("{}:{}", voter.host, voter.port)
+            };
+            let peer = Rc::new(Peer {
+                node: voter.node,
+                address,
+                client: RefCell::new(None),
+                outbox: RefCell::new(Vec::new()),
+                queued: Event::new(),
+            });
+            glommio::spawn_local(send_messages(peer.clone(), me)).detach();
+            peers.insert(voter.node, peer);
+        }
+        Rc::new(Self { shard, me, peers })
+    }
+}
+
+impl Peer {
+    async fn connection(&self) -> Result<Client, ClientError> {
+        if let Some(client) = self.client.borrow().clone() {
+            return Ok(client);
+        }
+        let connect = async { Some(Client::connect(&self.address).await) };
+        let timed_out = async {
+            glommio::timer::sleep(CONNECT_WAIT).await;
+            None
+        };
+        match futures_lite::future::or(connect, timed_out).await {
+            Some(Ok(client)) => {
+                *self.client.borrow_mut() = Some(client.clone());
+                Ok(client)
+            }
+            Some(Err(e)) => Err(e),
+            None => Err(ClientError::Io(format!("connecting to {} timed out", self.address))),
+        }
+    }
+
+    /// Forgets a connection that failed, so the next use connects again.
+    fn broken(&self, why: &ClientError) {
+        tracing::debug!(voter = %self.node, address = %self.address, "link down: {why}");
+        self.client.borrow_mut().take();
+    }
+}
+
+/// Sends what waits in the outbox, everything waiting in one request, until the executor ends.
+async fn send_messages(peer: Rc<Peer>, me: NodeId) {
+    loop {
+        let queued = peer.queued.listen();
+        let batch = std::mem::take(&mut *peer.outbox.borrow_mut());
+        if batch.is_empty() {
+            queued.await;
+            continue;
+        }
+        let sent = async {
+            let client = peer.connection().await?;
+            client.voter_messages(me, &batch).await
+        };
+        if let Err(e) = bounded(sent).await {
+            peer.broken(&e);
+        }
+    }
+}
+
+async fn bounded<T>(work: impl Future<Output = Result<T, ClientError>>) -> Result<T, ClientError> {
+    let timed_out = async {
+        glommio::timer::sleep(ASK_WAIT).await;
+        Err(ClientError::Disconnected("no answer in time".into()))
+    };
+    futures_lite::future::or(work, timed_out).await
+}
+
+impl Links for VoterLinks {
+    fn send_voter_messages(&self, to: NodeId, messages: Vec<WireMessage>) {
+        let Some(peer) = self.peers.get(&to) else { return };
+        let mut outbox = peer.outbox.borrow_mut();
+        if outbox.len() + messages.len() > OUTBOX_MESSAGES_MAX {
+            tracing::debug!(voter = %to, "outbox full: Raft messages dropped");
+            return;
+        }
+        outbox.extend(messages);
+        peer.queued.notify(1);
+    }
+
+    fn ask_controller(
+        &self,
+        to: NodeId,
+        request: ControllerRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<ControllerAnswer, ControllerError>>>> {
+        if to == self.me {
+            let shard = self.shard.clone();
+            return Box::pin(async move { shard.ask_controller(request).await });
+        }
+        let Some(peer) = self.peers.get(&to).cloned() else {
+            let why = format!("node {to} is not a controller voter");
+            return Box::pin(async move { Err(unavailable(why)) });
+        };
+        Box::pin(async move {
+            let asked = async {
+                let client = peer.connection().await?;
+                client.controller_request(&request).await
+            };
+            let response = match bounded(asked).await {
+                Ok(response) => response,
+                Err(e) => {
+                    peer.broken(&e);
+                    return Err(unavailable(format!("voter {to} at {}: {e}", peer.address)));
+                }
+            };
+            match (response.error.code, response.answer) {
+                (ErrorCode::None, Some(answer)) => Ok(answer),
+                (ErrorCode::None, None) => Err(unavailable("an answer without a body".into())),
+                (code, _) => Err(ControllerError {
+                    error: BrokerError::new(kind_of(code), response.error.message),
+                    leader: response.leader,
+                }),
+            }
+        })
+    }
+}
+
+fn unavailable(why: String) -> ControllerError {
+    ControllerError { error: BrokerError::new(ErrorKind::NotAvailable, why), leader: None }
+}
+
+/// The kinds a broker acts on; any other refusal is the controller's not being able to answer
+/// now.
+fn kind_of(code: ErrorCode) -> ErrorKind {
+    match code {
+        ErrorCode::NotController => ErrorKind::NotController,
+        ErrorCode::StaleBrokerEpoch => ErrorKind::StaleBrokerEpoch,
+        ErrorCode::DuplicateBrokerRegistration => ErrorKind::DuplicateBrokerRegistration,
+        _ => ErrorKind::NotAvailable,
+    }
+}

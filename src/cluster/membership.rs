@@ -1,0 +1,202 @@
+//! A broker's membership of the cluster: it registers with the active controller, heartbeats
+//! while it runs, and says goodbye (a controlled shutdown) when it stops cleanly.
+//!
+//! The broker finds the controller by asking the voters: one that is not the active controller
+//! answers NOT_CONTROLLER with the one it knows, which is asked next. Each process registers
+//! with an incarnation of its own, so a lost answer to a registration can be asked again
+//! without a second registration, and a new process is told apart from the old one (refused
+//! while the old one's session lives: DUPLICATE_BROKER_REGISTRATION, as in KRaft). A heartbeat
+//! refused with STALE_BROKER_EPOCH (the controller fenced this broker for its silence and it
+//! registered again under another epoch, or the log lost the registration) registers anew.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::rc::Rc;
+use std::time::Duration;
+
+use super::metadata::Endpoints;
+use super::node::{ControllerAnswer, ControllerError, ControllerRequest, Links};
+use crate::error::ErrorKind;
+use crate::types::NodeId;
+
+/// How long a broker waits before asking again after no voter could answer.
+const RETRY_WAIT: Duration = Duration::from_millis(200);
+/// How long a controlled shutdown may hold up a stopping broker.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+
+pub struct Membership {
+    me: NodeId,
+    incarnation: u64,
+    rack: Option<String>,
+    endpoints: Endpoints,
+    voters: Vec<NodeId>,
+    links: Rc<dyn Links>,
+    heartbeat_interval: Duration,
+    /// The voter asked last: the active controller, as far as this broker knows.
+    target: Cell<usize>,
+    /// This broker's registration, once the controller has answered it.
+    broker_epoch: Cell<Option<u64>>,
+    fenced: Cell<bool>,
+}
+
+impl Membership {
+    pub fn new(
+        me: NodeId,
+        rack: Option<String>,
+        endpoints: Endpoints,
+        voters: Vec<NodeId>,
+        links: Rc<dyn Links>,
+        heartbeat_interval: Duration,
+    ) -> Self {
+        // The process's start time in nanoseconds: another process of this node gets another.
+        let incarnation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Self {
+            me,
+            incarnation,
+            rack,
+            endpoints,
+            voters,
+            links,
+            heartbeat_interval,
+            target: Cell::new(0),
+            broker_epoch: Cell::new(None),
+            fenced: Cell::new(true),
+        }
+    }
+
+    /// This broker's epoch, once registered.
+    pub fn broker_epoch(&self) -> Option<u64> {
+        self.broker_epoch.get()
+    }
+
+    /// Registers, then heartbeats, until `stop`.
+    pub async fn run(&self, stop: impl Future<Output = ()>) {
+        let beat = async {
+            loop {
+                let wait = match self.broker_epoch.get() {
+                    None => {
+                        self.register().await;
+                        // Not registered yet (no controller elected, say): soon again.
+                        RETRY_WAIT.min(self.heartbeat_interval)
+                    }
+                    Some(broker_epoch) => {
+                        self.heartbeat(broker_epoch).await;
+                        self.heartbeat_interval
+                    }
+                };
+                glommio::timer::sleep(wait).await;
+            }
+        };
+        futures_lite::future::or(beat, stop).await;
+    }
+
+    async fn register(&self) {
+        let request = ControllerRequest::Register {
+            node: self.me,
+            incarnation: self.incarnation,
+            rack: self.rack.clone(),
+            endpoints: self.endpoints.clone(),
+        };
+        match self.ask(request).await {
+            Ok(ControllerAnswer::Registered { broker_epoch }) => {
+                tracing::info!(node = %self.me, broker_epoch, "registered with the controller");
+                self.broker_epoch.set(Some(broker_epoch));
+            }
+            Ok(other) => tracing::warn!("registration answered with {other:?}"),
+            Err(e) if e.error.kind == ErrorKind::DuplicateBrokerRegistration => {
+                tracing::warn!(
+                    node = %self.me,
+                    "node id {} is held by another live broker; retrying until its session \
+                     ends: {}",
+                    self.me,
+                    e.error.message
+                );
+            }
+            Err(e) => tracing::debug!(node = %self.me, "registering: {}", e.error),
+        }
+    }
+
+    async fn heartbeat(&self, broker_epoch: u64) {
+        match self.ask(ControllerRequest::Heartbeat { node: self.me, broker_epoch }).await {
+            Ok(ControllerAnswer::HeartbeatTaken { fenced }) => {
+                if self.fenced.replace(fenced) != fenced {
+                    let now = if fenced { "fenced" } else { "unfenced: it may lead partitions" };
+                    tracing::info!(node = %self.me, "the controller has this broker {now}");
+                }
+            }
+            Ok(other) => tracing::warn!("heartbeat answered with {other:?}"),
+            Err(e) if e.error.kind == ErrorKind::StaleBrokerEpoch => {
+                tracing::warn!(node = %self.me, "registering again: {}", e.error.message);
+                self.broker_epoch.set(None);
+                self.fenced.set(true);
+            }
+            Err(e) => tracing::debug!(node = %self.me, "heartbeat: {}", e.error),
+        }
+    }
+
+    /// Tells the controller this broker is stopping, so its partitions move at once rather
+    /// than after its session times out. Bounded: a stop is not held up by a lost quorum.
+    pub async fn shut_down(&self) {
+        let Some(broker_epoch) = self.broker_epoch.get() else { return };
+        let request = ControllerRequest::ControlledShutdown { node: self.me, broker_epoch };
+        let asked = async {
+            loop {
+                match self.ask(request.clone()).await {
+                    Ok(_) => return true,
+                    Err(e) if e.error.kind == ErrorKind::StaleBrokerEpoch => return true,
+                    Err(e) => tracing::debug!("controlled shutdown: {}", e.error),
+                }
+                glommio::timer::sleep(RETRY_WAIT).await;
+            }
+        };
+        let timed_out = async {
+            glommio::timer::sleep(SHUTDOWN_WAIT).await;
+            false
+        };
+        match futures_lite::future::or(asked, timed_out).await {
+            true => tracing::info!(node = %self.me, "controlled shutdown done"),
+            false => tracing::warn!(node = %self.me, "controlled shutdown not answered in time"),
+        }
+    }
+
+    /// Asks the active controller, following NOT_CONTROLLER answers to the one a voter names
+    /// and trying each voter in turn when none is named, once round the voters.
+    async fn ask(&self, request: ControllerRequest) -> Result<ControllerAnswer, ControllerError> {
+        let mut last = None;
+        for _ in 0..=self.voters.len() {
+            let Some(&target) = self.voters.get(self.target.get() % self.voters.len().max(1))
+            else {
+                break;
+            };
+            match self.links.ask_controller(target, request.clone()).await {
+                Ok(answer) => return Ok(answer),
+                Err(e) if e.error.kind == ErrorKind::NotController => {
+                    match e.leader.and_then(|l| self.voters.iter().position(|v| *v == l)) {
+                        Some(leader) if leader != self.target.get() => self.target.set(leader),
+                        _ => {
+                            self.next_voter();
+                            glommio::timer::sleep(RETRY_WAIT).await;
+                        }
+                    }
+                    last = Some(e);
+                }
+                Err(e) if e.error.kind == ErrorKind::NotAvailable => {
+                    self.next_voter();
+                    glommio::timer::sleep(RETRY_WAIT).await;
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ControllerError {
+            error: crate::error::BrokerError::new(ErrorKind::NotController, "no voters"),
+            leader: None,
+        }))
+    }
+
+    fn next_voter(&self) {
+        self.target.set((self.target.get() + 1) % self.voters.len().max(1));
+    }
+}

@@ -1,0 +1,471 @@
+//! The controller in a running broker: a voter's Raft node, its disk and its peers, and the
+//! active controller's decisions, driven by glommio on shard 0.
+//!
+//! This is the thin I/O layer around `quorum.rs` (Raft), `voter_log.rs` (its disk) and
+//! `decide.rs` (what the controller decides): one task drives the voter (ticks, drains,
+//! persists, applies, sends), and requests from brokers (registration, heartbeats, controlled
+//! shutdown) become events the active controller decides one at a time, each answered once its
+//! batch has committed and been applied here. Another voter answers NOT_CONTROLLER with the
+//! leader it knows. Messages to other voters and requests to the controller travel through
+//! [`Links`], which the broker implements over the native protocol.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use event_listener::Event as Signal;
+use futures_channel::oneshot;
+use rkyv::{Archive, Deserialize, Serialize};
+
+use super::decide::{Controller, Event, Refusal};
+use super::metadata::{self, Endpoints, MetadataImage, MetadataRecord};
+use super::quorum::{Committed, Voter};
+use super::raft_wire::WireMessage;
+use super::voter_log::VoterLog;
+use crate::error::{BrokerError, ErrorKind};
+use crate::log::storage::DmaStorage;
+use crate::types::NodeId;
+
+/// Raft's clock: an election after 10 to 20 ticks without a leader, a leader's heartbeat every 3.
+pub const TICK: Duration = Duration::from_millis(100);
+/// How long a decision waits for a new controller to apply its log, or for its batch to commit.
+const DECISION_WAIT: Duration = Duration::from_secs(5);
+
+/// Raft ids start at 1 (raft-rs takes 0 for none); Kafka node ids at 0.
+pub fn raft_id(node: NodeId) -> u64 {
+    u64::try_from(node.0).unwrap_or(0) + 1
+}
+
+fn node_of(raft_id: u64) -> Option<NodeId> {
+    let id = i32::try_from(raft_id.checked_sub(1)?).ok()?;
+    Some(NodeId(id))
+}
+
+/// What a broker asks the active controller.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub enum ControllerRequest {
+    /// `incarnation` is chosen by the broker process at its start.
+    Register {
+        node: NodeId,
+        incarnation: u64,
+        rack: Option<String>,
+        endpoints: Endpoints,
+    },
+    Heartbeat {
+        node: NodeId,
+        broker_epoch: u64,
+    },
+    ControlledShutdown {
+        node: NodeId,
+        broker_epoch: u64,
+    },
+}
+
+/// What the active controller answers, once the decision has committed.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub enum ControllerAnswer {
+    Registered {
+        broker_epoch: u64,
+    },
+    /// `fenced`: the broker may lead nothing yet (a heartbeat unfences it once its registration
+    /// has committed).
+    HeartbeatTaken {
+        fenced: bool,
+    },
+    ShutDown,
+}
+
+/// Why a controller request failed, with the leader this voter knows (for NOT_CONTROLLER).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControllerError {
+    pub error: BrokerError,
+    pub leader: Option<NodeId>,
+}
+
+impl ControllerError {
+    fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { error: BrokerError::new(kind, message), leader: None }
+    }
+}
+
+/// The cluster as one voter sees it, for `spate cluster status`.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The voter answering.
+    pub node: NodeId,
+    pub voters: Vec<NodeId>,
+    /// The active controller as this voter knows it.
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    /// The last entry of the metadata log applied here.
+    pub applied: u64,
+    pub brokers: Vec<BrokerStatus>,
+    pub topics: u32,
+    /// Partitions without a leader.
+    pub offline_partitions: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct BrokerStatus {
+    pub node: NodeId,
+    pub endpoints: Endpoints,
+    pub rack: Option<String>,
+    pub broker_epoch: u64,
+    pub fenced: bool,
+    /// Stopped cleanly (a controlled shutdown); fenced until it registers again.
+    pub shut_down: bool,
+}
+
+/// How a voter reaches the others, and a broker the controller: the broker's native client.
+pub trait Links {
+    /// Best effort: Raft sends again what is lost.
+    fn send_voter_messages(&self, to: NodeId, messages: Vec<WireMessage>);
+
+    /// Sends a request to voter `to` and waits (bounded) for its answer.
+    fn ask_controller(
+        &self,
+        to: NodeId,
+        request: ControllerRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<ControllerAnswer, ControllerError>>>>;
+}
+
+/// A controller voter on shard 0.
+pub struct ControllerNode {
+    me: NodeId,
+    voters: Vec<NodeId>,
+    raft: RefCell<Voter>,
+    disk: VoterLog<DmaStorage>,
+    image: RefCell<MetadataImage>,
+    /// The last log entry applied to `image`.
+    applied: Cell<u64>,
+    /// The controller's memory (heartbeat times) while this voter leads, with its term.
+    active: RefCell<Option<(u64, Controller)>>,
+    /// Proposals waiting for their entry to be applied, by index: the term they were proposed
+    /// in (an entry of another term at that index means they were lost), and the waiter.
+    pending: RefCell<BTreeMap<u64, (u64, oneshot::Sender<bool>)>>,
+    /// Something for the drive loop: messages stepped in, a proposal made.
+    work: Signal,
+    /// Entries applied.
+    applied_signal: Signal,
+    /// One decision at a time, each against the image its predecessors left.
+    deciding: glommio::sync::Semaphore,
+    links: Rc<dyn Links>,
+    session_timeout: Duration,
+}
+
+impl ControllerNode {
+    /// Voter `me` of `voters`, from what its disk holds under `disk`.
+    pub fn new(
+        me: NodeId,
+        voters: Vec<NodeId>,
+        disk: (VoterLog<DmaStorage>, super::quorum::Durable),
+        links: Rc<dyn Links>,
+        session_timeout: Duration,
+    ) -> Result<Rc<Self>, String> {
+        let (disk, durable) = disk;
+        let ids: Vec<u64> = voters.iter().map(|v| raft_id(*v)).collect();
+        let raft = Voter::restore(raft_id(me), &ids, durable).map_err(|e| e.to_string())?;
+        Ok(Rc::new(Self {
+            me,
+            voters,
+            raft: RefCell::new(raft),
+            disk,
+            image: RefCell::new(MetadataImage::default()),
+            applied: Cell::new(0),
+            active: RefCell::new(None),
+            pending: RefCell::new(BTreeMap::new()),
+            work: Signal::new(),
+            applied_signal: Signal::new(),
+            deciding: glommio::sync::Semaphore::new(1),
+            links,
+            session_timeout,
+        }))
+    }
+
+    /// Drives the voter until `stop` completes or the voter fails (its disk, say): a voter that
+    /// cannot keep its log must not vote.
+    pub async fn run(self: &Rc<Self>, stop: impl Future<Output = ()>) -> Result<(), String> {
+        let mut stop = std::pin::pin!(stop);
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let work = self.work.listen();
+            self.drive_once().await?;
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let woken = futures_lite::future::or(
+                async {
+                    futures_lite::future::or(work, glommio::timer::sleep(wait)).await;
+                    true
+                },
+                async {
+                    (&mut stop).await;
+                    false
+                },
+            );
+            if !woken.await {
+                self.disk.close().await;
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.raft.borrow_mut().tick();
+                // A shard busy for longer than a tick does not tick in a burst after.
+                next_tick = (next_tick + TICK).max(now);
+            }
+        }
+    }
+
+    /// One round of what Raft asks: persist, then apply, then send.
+    async fn drive_once(&self) -> Result<(), String> {
+        let drained = self.raft.borrow_mut().drain().map_err(|e| e.to_string())?;
+        if !drained.persist.is_empty() {
+            self.disk
+                .persist(&drained.persist)
+                .await
+                .map_err(|e| format!("controller voter {}: persisting its log: {e}", self.me))?;
+        }
+        if !drained.committed.is_empty() {
+            self.apply(drained.committed);
+        }
+        let mut by_peer: BTreeMap<NodeId, Vec<WireMessage>> = BTreeMap::new();
+        for message in &drained.messages {
+            let Some(to) = node_of(message.to) else { continue };
+            match WireMessage::from_raft(message) {
+                Ok(wire) => by_peer.entry(to).or_default().push(wire),
+                Err(why) => tracing::warn!(voter = %self.me, "not sent: {why}"),
+            }
+        }
+        for (to, messages) in by_peer {
+            self.links.send_voter_messages(to, messages);
+        }
+        if !self.raft.borrow().is_leader() {
+            self.active.borrow_mut().take();
+        }
+        Ok(())
+    }
+
+    fn apply(&self, committed: Vec<Committed>) {
+        for entry in committed {
+            if !entry.data.is_empty() {
+                let applied = metadata::decode_batch(&entry.data).and_then(|batch| {
+                    self.image.borrow_mut().apply_batch(&batch).map_err(|e| e.to_string())
+                });
+                if let Err(why) = applied {
+                    // Every voter refuses the same entry the same way: the images stay equal.
+                    tracing::error!(index = entry.index, "metadata log entry not applied: {why}");
+                }
+            }
+            let waiting = self.pending.borrow_mut().remove(&entry.index);
+            if let Some((term, waiter)) = waiting {
+                let _ = waiter.send(term == entry.term);
+            }
+            self.applied.set(entry.index);
+        }
+        self.applied_signal.notify(usize::MAX);
+    }
+
+    /// Raft messages voter `from` sent this one. Refused whole when `from` is not a voter or a
+    /// message claims another sender or receiver.
+    pub fn receive(&self, from: NodeId, messages: Vec<WireMessage>) -> Result<(), String> {
+        if !self.voters.contains(&from) {
+            return Err(format!("node {from} is not a controller voter"));
+        }
+        if let Some(wrong) =
+            messages.iter().find(|m| m.from != raft_id(from) || m.to != raft_id(self.me))
+        {
+            return Err(format!(
+                "a message from voter {from} to {} names sender {} and receiver {}",
+                self.me, wrong.from, wrong.to
+            ));
+        }
+        let mut raft = self.raft.borrow_mut();
+        for message in messages {
+            let message = message.into_raft()?;
+            if let Err(e) = raft.step(message) {
+                // A message of an older term or a peer's confusion: Raft's to refuse.
+                tracing::debug!(voter = %self.me, %from, "message refused: {e}");
+            }
+        }
+        drop(raft);
+        self.work.notify(1);
+        Ok(())
+    }
+
+    /// Answers a broker's request, if this voter is the active controller.
+    pub async fn handle(
+        &self,
+        request: ControllerRequest,
+    ) -> Result<ControllerAnswer, ControllerError> {
+        match request {
+            ControllerRequest::Register { node, incarnation, rack, endpoints } => {
+                self.decide(Event::Register { node, incarnation, rack, endpoints }).await?;
+                let image = self.image.borrow();
+                let broker = image.brokers.get(&node).ok_or_else(|| {
+                    ControllerError::new(ErrorKind::NotAvailable, "the registration was lost")
+                })?;
+                Ok(ControllerAnswer::Registered { broker_epoch: broker.broker_epoch })
+            }
+            ControllerRequest::Heartbeat { node, broker_epoch } => {
+                self.decide(Event::Heartbeat { node, broker_epoch }).await?;
+                let fenced = self.image.borrow().brokers.get(&node).is_none_or(|b| b.fenced);
+                Ok(ControllerAnswer::HeartbeatTaken { fenced })
+            }
+            ControllerRequest::ControlledShutdown { node, broker_epoch } => {
+                self.decide(Event::ControlledShutdown { node, broker_epoch }).await?;
+                Ok(ControllerAnswer::ShutDown)
+            }
+        }
+    }
+
+    /// Fences brokers silent for a whole session, while this voter leads. Runs until `stop`.
+    pub async fn fence_the_silent(self: &Rc<Self>, stop: impl Future<Output = ()>) {
+        let check = async {
+            loop {
+                glommio::timer::sleep(self.session_timeout / 4).await;
+                if self.raft.borrow().is_leader() {
+                    if let Err(e) = self.decide(Event::Tick).await {
+                        tracing::debug!("fencing check: {}", e.error);
+                    }
+                }
+            }
+        };
+        futures_lite::future::or(check, stop).await;
+    }
+
+    fn not_controller(&self) -> ControllerError {
+        let leader = node_of(self.raft.borrow().leader());
+        let known = leader.map_or("no controller is elected yet".to_string(), |l| {
+            format!("the active controller is node {l}")
+        });
+        ControllerError {
+            error: BrokerError::new(
+                ErrorKind::NotController,
+                format!("node {} is not the active controller: {known}", self.me),
+            ),
+            leader,
+        }
+    }
+
+    /// Decides `event` as the active controller and waits until its batch is applied here.
+    async fn decide(&self, event: Event) -> Result<Vec<MetadataRecord>, ControllerError> {
+        let _turn = self.deciding.acquire_permit(1).await.map_err(|_| {
+            ControllerError::new(ErrorKind::NotAvailable, "the controller is stopping")
+        })?;
+        let deadline = Instant::now() + DECISION_WAIT;
+        // A new leader decides only against an image holding its whole log.
+        loop {
+            let applied_signal = self.applied_signal.listen();
+            {
+                let raft = self.raft.borrow();
+                if !raft.is_leader() {
+                    drop(raft);
+                    return Err(self.not_controller());
+                }
+                if self.applied.get() >= raft.last_index() {
+                    break;
+                }
+            }
+            if !wait_until(applied_signal, deadline).await {
+                let why = "the new controller has not applied its log yet";
+                return Err(ControllerError::new(ErrorKind::NotAvailable, why));
+            }
+        }
+        let term = self.raft.borrow().term();
+        let batch = {
+            let mut active = self.active.borrow_mut();
+            if active.as_ref().is_none_or(|(t, _)| *t != term) {
+                tracing::info!(node = %self.me, term, "this broker is the active controller");
+                // A new controller gives every broker a whole session (decide.rs).
+                *active = Some((term, Controller::new(self.session_timeout)));
+            }
+            let Some((_, controller)) = active.as_mut() else {
+                return Err(self.not_controller());
+            };
+            controller.decide(&self.image.borrow(), event, Instant::now()).map_err(refused)?
+        };
+        if batch.is_empty() {
+            return Ok(batch);
+        }
+        let (waiter, committed) = oneshot::channel();
+        {
+            let mut raft = self.raft.borrow_mut();
+            if raft.propose(metadata::encode_batch(&batch)).is_err() {
+                drop(raft);
+                return Err(self.not_controller());
+            }
+            self.pending.borrow_mut().insert(raft.last_index(), (term, waiter));
+        }
+        self.work.notify(1);
+        let outcome = futures_lite::future::or(async { committed.await.ok() }, async {
+            glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+            None
+        });
+        match outcome.await {
+            Some(true) => Ok(batch),
+            Some(false) => Err(self.not_controller()),
+            None => Err(ControllerError::new(
+                ErrorKind::NotAvailable,
+                "the decision did not commit in time (no quorum of voters reachable?)",
+            )),
+        }
+    }
+
+    pub fn status(&self) -> ClusterStatus {
+        let raft = self.raft.borrow();
+        let image = self.image.borrow();
+        let brokers = image
+            .brokers
+            .iter()
+            .map(|(node, b)| BrokerStatus {
+                node: *node,
+                endpoints: b.endpoints.clone(),
+                rack: b.rack.clone(),
+                broker_epoch: b.broker_epoch,
+                fenced: b.fenced,
+                shut_down: b.shut_down,
+            })
+            .collect();
+        let partitions = image.topics.values().flat_map(|t| t.partitions.values());
+        let offline = partitions.filter(|p| p.leader.is_none()).count();
+        ClusterStatus {
+            node: self.me,
+            voters: self.voters.clone(),
+            leader: node_of(raft.leader()),
+            term: raft.term(),
+            applied: self.applied.get(),
+            brokers,
+            topics: u32::try_from(image.topics.len()).unwrap_or(u32::MAX),
+            offline_partitions: u32::try_from(offline).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+/// Waits for `signal` until `deadline`; false when the deadline came first.
+async fn wait_until(signal: event_listener::EventListener, deadline: Instant) -> bool {
+    futures_lite::future::or(
+        async {
+            signal.await;
+            true
+        },
+        async {
+            glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+            false
+        },
+    )
+    .await
+}
+
+fn refused(refusal: Refusal) -> ControllerError {
+    let kind = match &refusal {
+        Refusal::StaleBrokerEpoch { .. } => ErrorKind::StaleBrokerEpoch,
+        Refusal::DuplicateRegistration(_) => ErrorKind::DuplicateBrokerRegistration,
+        Refusal::TopicExists(_) => ErrorKind::TopicAlreadyExists,
+        Refusal::TopicIdTaken(_) => ErrorKind::NotAvailable,
+        Refusal::UnknownTopic(_) => ErrorKind::UnknownTopic,
+        Refusal::InvalidReplicationFactor { .. } => ErrorKind::InvalidReplicationFactor,
+        Refusal::InvalidPartitions(_) => ErrorKind::InvalidPartitions,
+    };
+    ControllerError::new(kind, refusal.to_string())
+}

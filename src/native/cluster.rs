@@ -1,0 +1,59 @@
+//! Native cluster requests: Raft messages between controller voters, brokers' requests to the
+//! active controller, and the cluster's status. Each is forwarded to shard 0, which hosts the
+//! voter; a broker that is not a voter answers NOT_CONTROLLER.
+
+use std::rc::Rc;
+
+use crate::native::exchange::{answer, undecodable, RequestFrame, Response};
+use crate::native::frame::Api;
+use crate::native::messages::{
+    decode, AdminResponse, ClusterStatusResponse, ControllerRequest, ControllerResponse, ErrorBody,
+    VoterMessagesRequest, WireMessage,
+};
+use crate::shard::Shard;
+
+pub async fn voter_messages(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
+    let request_id = frame.header.request_id.get();
+    let request: VoterMessagesRequest = match decode(frame.meta()) {
+        Ok(request) => request,
+        Err(why) => return undecodable(Api::VoterMessages, request_id, why),
+    };
+    // The data starts 16-aligned in the body, as archives need (frame.rs).
+    let messages = match decode::<Vec<WireMessage>>(frame.data()) {
+        Ok(messages) => messages,
+        Err(why) => return undecodable(Api::VoterMessages, request_id, why),
+    };
+    let error = match shard.deliver_voter_messages(request.from, messages).await {
+        Ok(()) => ErrorBody::none(),
+        Err(e) => {
+            tracing::warn!(from = %request.from, "Raft messages refused: {e}");
+            ErrorBody::from(&e)
+        }
+    };
+    answer(Api::VoterMessages, request_id, &AdminResponse { error })
+}
+
+pub async fn controller_request(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
+    let request_id = frame.header.request_id.get();
+    let request: ControllerRequest = match decode(frame.meta()) {
+        Ok(request) => request,
+        Err(why) => return undecodable(Api::ControllerRequest, request_id, why),
+    };
+    let body = match shard.ask_controller(request).await {
+        Ok(answer) => {
+            ControllerResponse { error: ErrorBody::none(), leader: None, answer: Some(answer) }
+        }
+        Err(e) => {
+            ControllerResponse { error: ErrorBody::from(&e.error), leader: e.leader, answer: None }
+        }
+    };
+    answer(Api::ControllerRequest, request_id, &body)
+}
+
+pub async fn cluster_status(shard: &Rc<Shard>, request_id: u64) -> Response {
+    let body = match shard.describe_cluster().await {
+        Ok(status) => ClusterStatusResponse { error: ErrorBody::none(), status: Some(status) },
+        Err(e) => ClusterStatusResponse { error: ErrorBody::from(&e), status: None },
+    };
+    answer(Api::ClusterStatus, request_id, &body)
+}

@@ -1,0 +1,94 @@
+//! What shard 0 does for the cluster: it hosts the controller voter (when this broker is one),
+//! so Raft messages and requests to the controller arriving on any shard are forwarded here.
+
+use std::rc::Rc;
+
+use crate::cluster::node::{
+    ClusterStatus, ControllerAnswer, ControllerError, ControllerNode, ControllerRequest,
+};
+use crate::cluster::quorum::Durable;
+use crate::cluster::raft_wire::WireMessage;
+use crate::cluster::voter_log::VoterLog;
+use crate::error::{BrokerError, ErrorKind};
+use crate::log::storage::DmaStorage;
+use crate::log::SharedByShard;
+use crate::shard::call::{AskController, DescribeCluster, StepVoter};
+use crate::shard::{Shard, CONTROLLER_SHARD};
+use crate::types::NodeId;
+
+impl Shard {
+    /// Opens the controller voter's log and state in the data directory, on this shard's disk
+    /// budgets (shard 0, at start).
+    pub async fn open_voter_log(&self) -> std::io::Result<(VoterLog<DmaStorage>, Durable)> {
+        let shared = SharedByShard {
+            storage: DmaStorage,
+            metrics: self.metrics.clone(),
+            queued: self.queued.clone(),
+            tail_budget: self.tail_budget.clone(),
+            open_files: self.open_files.clone(),
+        };
+        VoterLog::open(&self.config.data_dir, self.limits(), shared).await
+    }
+
+    /// Makes `node` this shard's controller voter (shard 0, at start).
+    pub fn host_voter(&self, node: Rc<ControllerNode>) {
+        *self.voter.borrow_mut() = Some(node);
+    }
+
+    fn hosted_voter(&self) -> Result<Rc<ControllerNode>, BrokerError> {
+        self.voter.borrow().clone().ok_or_else(|| {
+            BrokerError::new(
+                ErrorKind::NotController,
+                format!("node {} is not a controller voter", self.config.node_id),
+            )
+        })
+    }
+
+    /// Hands Raft messages from voter `from` to this broker's voter, wherever they arrived.
+    pub async fn deliver_voter_messages(
+        self: &Rc<Self>,
+        from: NodeId,
+        messages: Vec<WireMessage>,
+    ) -> Result<(), BrokerError> {
+        self.ask(CONTROLLER_SHARD, StepVoter { from, messages }).await?
+    }
+
+    pub(super) fn step_voter(
+        &self,
+        from: NodeId,
+        messages: Vec<WireMessage>,
+    ) -> Result<(), BrokerError> {
+        let voter = self.hosted_voter()?;
+        voter
+            .receive(from, messages)
+            .map_err(|why| BrokerError::new(ErrorKind::InvalidRequest, why))
+    }
+
+    /// A broker's request to the active controller, answered by this broker's voter.
+    pub async fn ask_controller(
+        self: &Rc<Self>,
+        request: ControllerRequest,
+    ) -> Result<ControllerAnswer, ControllerError> {
+        match self.ask(CONTROLLER_SHARD, AskController { request }).await {
+            Ok(answer) => answer,
+            Err(error) => Err(ControllerError { error, leader: None }),
+        }
+    }
+
+    pub(super) async fn ask_controller_here(
+        &self,
+        request: ControllerRequest,
+    ) -> Result<ControllerAnswer, ControllerError> {
+        let voter = self.hosted_voter().map_err(|error| ControllerError { error, leader: None })?;
+        voter.handle(request).await
+    }
+
+    /// The cluster as this broker's voter sees it.
+    pub async fn describe_cluster(self: &Rc<Self>) -> Result<ClusterStatus, BrokerError> {
+        self.ask(CONTROLLER_SHARD, DescribeCluster {}).await?
+    }
+
+    pub(super) fn describe_cluster_here(&self) -> Result<ClusterStatus, BrokerError> {
+        Ok(self.hosted_voter()?.status())
+    }
+}
