@@ -509,18 +509,20 @@ impl BrokerConfig {
                 self.native_listener
             )));
         }
-        if self.kafka_advertised.is_none() && self.kafka_listener.ip().is_unspecified() {
+        let kafka = self.kafka_endpoint();
+        if is_wildcard(&kafka.0) {
             return Err(ConfigError(format!(
-                "the Kafka listener {} cannot be registered in a cluster: set \
+                "the Kafka address {}:{} cannot be registered in a cluster: set \
                  advertised.listeners to an address clients can reach",
-                self.kafka_listener
+                kafka.0, kafka.1
             )));
         }
         if let Some(me) = self.quorum_voters.iter().find(|v| v.node == self.node_id) {
             if (me.host.as_str(), me.port) != (native.0.as_str(), native.1) {
                 return Err(ConfigError(format!(
                     "controller.quorum.voters gives node {} the address {}:{}, but its native \
-                     listener is advertised as {}:{}",
+                     listener is advertised as {}:{} (compared as written: give both the same \
+                     host name or address)",
                     self.node_id, me.host, me.port, native.0, native.1
                 )));
             }
@@ -581,7 +583,8 @@ fn parse_voters(key: &str, value: &str) -> Result<Vec<QuorumVoter>, ConfigError>
     Ok(voters)
 }
 
-/// `host:port` (an IPv6 host in brackets), both present, the port above 0.
+/// `host:port`, an IPv6 address in brackets (`[::1]:9192`), both present, the port above 0.
+/// Returns the host without brackets.
 fn parse_host_port(key: &str, value: &str, address: &str) -> Result<(String, u16), ConfigError> {
     let (host, port) =
         address.rsplit_once(':').ok_or_else(|| invalid(key, value, "expected host:port"))?;
@@ -589,10 +592,22 @@ fn parse_host_port(key: &str, value: &str, address: &str) -> Result<(String, u16
     if host.is_empty() || port == 0 {
         return Err(invalid(key, value, "a host and a port above 0 are needed"));
     }
+    let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(inside) => {
+            inside
+                .parse::<std::net::Ipv6Addr>()
+                .map_err(|_| invalid(key, value, "not an IPv6 address inside the brackets"))?;
+            inside
+        }
+        None if host.contains([':', '[', ']']) => {
+            return Err(invalid(key, value, "an IPv6 address goes in brackets: [::1]:9192"));
+        }
+        None => host,
+    };
     if host.contains(['/', ' ', '@', ',']) {
         return Err(invalid(key, value, "not a host name or address"));
     }
-    Ok((host.trim_matches(['[', ']']).to_string(), port))
+    Ok((host.to_string(), port))
 }
 
 /// An address that means "every interface": fine to listen on, impossible to connect to.
@@ -746,5 +761,52 @@ mod tests {
         assert!(parse_cores("x").is_err());
         assert!(parse_cores("0-18446744073709551615").is_err());
         assert!(parse_cores("5000").is_err());
+    }
+
+    #[test]
+    fn cluster_settings_parse_strictly_and_are_checked_together_in_any_order() {
+        let voters = "1@10.0.0.1:9192, 2@[fd00::2]:9192,3@broker-3:9192";
+        let parsed = parse_voters("controller.quorum.voters", voters).expect("voters");
+        assert_eq!(parsed[1], QuorumVoter { node: NodeId(2), host: "fd00::2".into(), port: 9192 });
+        let refused = [
+            "1@10.0.0.1",
+            "1@10.0.0.1:0",
+            "1@fd00::2:9192",
+            "1@[fd00::2:9192",
+            "1@[not-v6]:9192",
+            "1@0.0.0.0:9192",
+            "x@10.0.0.1:9192",
+            "1@a:1,1@b:2",
+            "",
+        ];
+        for bad in refused {
+            assert!(parse_voters("controller.quorum.voters", bad).is_err(), "{bad:?} taken");
+        }
+        // Voters first or node id first: the same check once all is read.
+        let text_voters_first =
+            "\"controller.quorum.voters\" = \"1@10.0.0.1:9192,2@10.0.0.2:9192\"\n\
+            \"native.advertised.listener\" = \"10.0.0.1:9192\"\n\
+            \"advertised.listeners\" = \"PLAINTEXT://10.0.0.1:9092\"\n\"node.id\" = 1\n";
+        let mut config = BrokerConfig::default();
+        config.apply_toml(text_voters_first).expect("settings");
+        config.validate().expect("a consistent voter");
+        assert!(config.in_cluster() && config.is_voter());
+        config.set("native.advertised.listener", "10.0.0.9:9192").expect("setting");
+        let mismatch = config.validate().unwrap_err().to_string();
+        assert!(mismatch.contains("gives node 1 the address 10.0.0.1:9192"), "{mismatch}");
+        // In a cluster, wildcard addresses cannot be registered.
+        let mut wildcard = BrokerConfig::default();
+        wildcard.set("controller.quorum.voters", "1@10.0.0.1:9192").expect("setting");
+        assert!(wildcard
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("native.advertised.listener"));
+        wildcard.set("native.advertised.listener", "10.0.0.1:9192").expect("setting");
+        wildcard.set("node.id", "1").expect("setting");
+        wildcard.set("advertised.listeners", "PLAINTEXT://0.0.0.0:9092").expect("setting");
+        assert!(wildcard.validate().unwrap_err().to_string().contains("advertised.listeners"));
+        // Alone, a broker is its own voter whatever its listeners.
+        assert!(BrokerConfig::default().validate().is_ok() && BrokerConfig::default().is_voter());
     }
 }

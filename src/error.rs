@@ -57,6 +57,8 @@ pub enum ErrorKind {
     DuplicateBrokerRegistration,
     /// More replicas than live brokers, or none.
     InvalidReplicationFactor,
+    /// A broker or voter of another cluster.
+    InconsistentClusterId,
 }
 
 impl std::fmt::Display for ErrorKind {

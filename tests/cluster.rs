@@ -4,8 +4,9 @@
 //! controller's `kill -9`.
 //!
 //! On a 2-core machine each broker gets one shard on alternating cores, and one of them two
-//! shards, so Raft messages and controller requests arriving on shard 1 are forwarded to the
-//! voter on shard 0. One cluster runs at a time (`CLUSTER`), on ports below the kernel's
+//! shards: what reaches that broker's shard 1 (many of the status requests, each on a new
+//! connection, and its peers' links when the kernel places them there) is forwarded to the voter
+//! on shard 0, and its views must agree with the others'. One cluster runs at a time (`CLUSTER`), on ports below the kernel's
 //! ephemeral range so that no client connection can take them while a broker is down.
 
 mod common;
@@ -14,7 +15,9 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::kafka_wire::Conn;
 use common::{run, Broker, BINARY};
+use kafka_protocol::messages::{ApiKey, InitProducerIdRequest, InitProducerIdResponse};
 use spate::client::Client;
 use spate::native::messages::ClusterStatus;
 
@@ -29,8 +32,14 @@ const SETTLE_WAIT: Duration = Duration::from_secs(30);
 
 struct Cluster {
     brokers: Vec<Broker>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    /// Node `n` listens on `base + 2(n-1)` (native) and the port after (Kafka).
+    base: u16,
 }
+
+/// Brokers 1 to 3 are the voters; 4 joins through them.
+const VOTERS: u16 = 3;
+const NODES_MAX: u16 = 4;
 
 /// `count` free ports in a row below 32768 (two per broker), found by binding them.
 fn port_base(count: u16) -> u16 {
@@ -47,28 +56,36 @@ impl Cluster {
     /// Three brokers, nodes 1 to 3, all voters. Node 3 runs two shards.
     fn start() -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let base = port_base(6);
-        let native = |n: u16| format!("127.0.0.1:{}", base + 2 * (n - 1));
-        let kafka = |n: u16| format!("127.0.0.1:{}", base + 2 * (n - 1) + 1);
-        let voters: Vec<String> = (1..=3).map(|n| format!("{n}@{}", native(n))).collect();
+        let base = port_base(2 * NODES_MAX);
+        let mut cluster = Cluster { brokers: Vec::new(), dir, base };
+        for n in 1..=VOTERS {
+            let data_dir = cluster.dir.path().join(format!("node{n}"));
+            let broker = cluster.start_node(n, &data_dir);
+            cluster.brokers.push(broker);
+        }
+        cluster
+    }
+
+    fn native(&self, n: u16) -> String {
+        format!("127.0.0.1:{}", self.base + 2 * (n - 1))
+    }
+
+    /// Starts node `n` of this cluster on `data_dir`: one shard on core 0 or 1 by its parity,
+    /// node 3 two.
+    fn start_node(&self, n: u16, data_dir: &Path) -> Broker {
+        let kafka = format!("127.0.0.1:{}", self.base + 2 * (n - 1) + 1);
+        let voters: Vec<String> = (1..=VOTERS).map(|v| format!("{v}@{}", self.native(v))).collect();
         let voters = format!("controller.quorum.voters={}", voters.join(","));
         let session = format!("broker.session.timeout.ms={SESSION_TIMEOUT_MS}");
         let heartbeat = format!("broker.heartbeat.interval.ms={HEARTBEAT_MS}");
-        let brokers = (1..=3u16)
-            .map(|n| {
-                let node = format!("node.id={n}");
-                let cores = match n {
-                    1 => "0",
-                    2 => "1",
-                    _ => "0-1",
-                };
-                let data_dir = dir.path().join(format!("node{n}"));
-                let args =
-                    ["--set", &node, "--set", &voters, "--set", &session, "--set", &heartbeat];
-                Broker::start_at(&data_dir, (&native(n), &kafka(n)), cores, &args)
-            })
-            .collect();
-        Cluster { brokers, _dir: dir }
+        let node = format!("node.id={n}");
+        let cores = match n {
+            3 => "0-1",
+            n if n % 2 == 1 => "0",
+            _ => "1",
+        };
+        let args = ["--set", &node, "--set", &voters, "--set", &session, "--set", &heartbeat];
+        Broker::start_at(data_dir, (&self.native(n), &kafka), cores, &args)
     }
 
     fn broker(&mut self, node: i32) -> &mut Broker {
@@ -98,7 +115,9 @@ impl Cluster {
             if let Some(Ok(first)) = views.first() {
                 let same = |v: &Result<ClusterStatus, String>| {
                     v.as_ref().is_ok_and(|v| {
-                        check(v) && v.leader == first.leader && v.brokers == first.brokers
+                        let same = (&v.leader, &v.brokers, &v.cluster_id)
+                            == (&first.leader, &first.brokers, &first.cluster_id);
+                        check(v) && same
                     })
                 };
                 if views.iter().all(same) {
@@ -124,6 +143,15 @@ fn state(status: &ClusterStatus, node: i32) -> Option<(&'static str, u64)> {
     Some((state, broker.broker_epoch))
 }
 
+/// A new idempotent producer's id from the broker's Kafka listener.
+fn producer_id(broker: &Broker) -> i64 {
+    let mut conn = Conn::open(&broker.kafka_addr);
+    let init: InitProducerIdResponse =
+        conn.call(ApiKey::InitProducerId, 1, &InitProducerIdRequest::default());
+    assert_eq!(init.error_code, 0, "InitProducerId on {}", broker.kafka_addr);
+    init.producer_id.0
+}
+
 fn all_live(status: &ClusterStatus, nodes: &[i32]) -> bool {
     nodes.iter().all(|n| state(status, *n).is_some_and(|(s, _)| s == "live"))
 }
@@ -136,10 +164,27 @@ fn three_brokers_elect_a_controller_fence_the_silent_and_survive_its_crash() {
     let first =
         cluster.settle(&all, "three live brokers", |s| s.leader.is_some() && all_live(s, &all));
     assert_eq!(first.voters.iter().map(|v| v.0).collect::<Vec<_>>(), all);
+    // The first controller formed the cluster; every data directory records it.
+    let cluster_id = first.cluster_id.expect("the cluster is formed");
+    for node in all {
+        let dir = &cluster.broker(node).data_dir;
+        let identity = std::fs::read_to_string(dir.join("meta.properties")).expect("identity");
+        assert!(identity.contains(&format!("cluster.id={cluster_id}\n")), "{identity}");
+        assert!(identity.contains(&format!("node.id={node}\n")), "{identity}");
+    }
     for b in &first.brokers {
         let addr = &cluster.brokers[b.node.0 as usize - 1].addr;
         assert_eq!(format!("{}:{}", b.endpoints.native.0, b.endpoints.native.1), *addr);
     }
+
+    // Brokers started at once hand out producer ids from blocks the controller gave each: no
+    // two alike (before, each derived them from its start time).
+    let ids: Vec<i64> =
+        all.iter().map(|n| producer_id(&cluster.brokers[*n as usize - 1])).collect();
+    // Each from its own block of 1000, the blocks the first few the cluster handed out.
+    let blocks: std::collections::BTreeSet<i64> = ids.iter().map(|id| id / 1000).collect();
+    assert_eq!(blocks.len(), ids.len(), "brokers share a block of producer ids: {ids:?}");
+    assert!(ids.iter().all(|id| (0..10_000).contains(id)), "not from the controller: {ids:?}");
 
     // kill -9 of the active controller's broker: another voter takes over, and the dead
     // broker is fenced once its session lapses.
@@ -176,8 +221,10 @@ fn three_brokers_elect_a_controller_fence_the_silent_and_survive_its_crash() {
     let stopping = *survivors.last().expect("a survivor");
     cluster.broker(stopping).stop();
     let asked: Vec<i32> = all.iter().copied().filter(|n| *n != stopping).collect();
-    let view = cluster.status(asked[0]).expect("status");
-    assert_eq!(state(&view, stopping).map(|s| s.0), Some("shut down"), "{view:?}");
+    // "shut down" comes only from its own request (silence would make it "fenced").
+    let view = cluster.settle(&asked, "the stopped broker shut down", |s| {
+        state(s, stopping).is_some_and(|(state, _)| state == "shut down")
+    });
 
     // Every broker stopped and started again: the same cluster, from the metadata log.
     for node in asked.iter() {
@@ -187,15 +234,53 @@ fn three_brokers_elect_a_controller_fence_the_silent_and_survive_its_crash() {
     for node in all {
         cluster.broker(node).restart();
     }
-    let again = cluster.settle(&all, "the whole cluster back", |s| all_live(s, &all));
-    for node in all {
-        let (before, after) = (state(&before_restart, node), state(&again, node));
-        assert!(
-            after.expect("still known").1 > before.expect("known").1,
-            "node {node} registered anew"
-        );
-    }
+    // The last to stop could not have its controlled shutdown committed (no quorum left), so
+    // the log may still show it live: wait for every broker's new registration.
+    let registered_anew = |s: &ClusterStatus| {
+        all.iter().all(|n| match (state(&before_restart, *n), state(s, *n)) {
+            (Some((_, before)), Some(("live", after))) => after > before,
+            _ => false,
+        })
+    };
+    let again = cluster.settle(&all, "every broker registered anew", registered_anew);
     assert!(again.applied > before_restart.applied, "the log replayed and grew");
+    assert_eq!(again.cluster_id, Some(cluster_id), "the same cluster");
+    // Blocks come from the log: after the restart, none of the earlier ids again.
+    let after: Vec<i64> =
+        all.iter().map(|n| producer_id(&cluster.brokers[*n as usize - 1])).collect();
+    assert!(
+        after.iter().all(|id| !ids.contains(id)),
+        "ids again after a restart: {ids:?} {after:?}"
+    );
+
+    // A fourth broker, not a voter, joins through the voters.
+    let node4 = cluster.dir.path().join("node4");
+    let fourth = cluster.start_node(4, &node4);
+    cluster.brokers.push(fourth);
+    let all4 = [1, 2, 3, 4];
+    cluster.settle(&all[..], "the fourth broker live", |s| all_live(s, &all4));
+    assert!(cluster.status(4).is_err(), "a broker that is not a voter has no view of its own");
+
+    // A broker whose data directory belongs to another cluster is refused and stops: node 4's
+    // directory replaced by one that formed a cluster of its own.
+    let foreign = cluster.dir.path().join("foreign");
+    let mut alone = Broker::start(&foreign, &["--set", "node.id=4"]);
+    let deadline = Instant::now() + SETTLE_WAIT;
+    while !foreign.join("meta.properties").exists() {
+        assert!(Instant::now() < deadline, "the lone broker never formed its cluster");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    alone.stop();
+    cluster.broker(4).stop();
+    std::fs::remove_dir_all(&node4).expect("remove node 4's directory");
+    std::fs::rename(&foreign, &node4).expect("move the foreign directory in");
+    cluster.broker(4).restart();
+    let exit = cluster.broker(4).wait_for_exit(SETTLE_WAIT);
+    let log = cluster.broker(4).stderr();
+    assert!(!exit.success(), "a broker of another cluster served:\n{log}");
+    assert!(log.contains(&format!("this is cluster {cluster_id}")), "{log}");
+    let view = cluster.status(1).expect("status");
+    assert_eq!(view.cluster_id, Some(cluster_id), "the cluster is unchanged");
 }
 
 #[test]
@@ -235,4 +320,62 @@ fn bad_cluster_settings_stop_the_broker_naming_the_setting() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
     assert!(!Path::new(&dir.path().join("__cluster_metadata")).exists(), "nothing started");
+}
+
+#[test]
+fn a_local_cluster_starts_with_one_command_and_stops_together() {
+    let _one_cluster = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Kafka on base..base+2, native on base+100..base+102.
+    let base = (0..50)
+        .map(|step| 21_000 + step * 211)
+        .find(|base| {
+            (0..3).all(|i| {
+                [base + i, base + 100 + i]
+                    .iter()
+                    .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+            })
+        })
+        .expect("free ports below 32768");
+    let mut parent = std::process::Command::new(BINARY)
+        .args(["cluster", "local", "--brokers", "3", "--base-port", &base.to_string()])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--set", &format!("broker.heartbeat.interval.ms={HEARTBEAT_MS}")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn spate cluster local");
+    let native = format!("127.0.0.1:{}", base + 100);
+    let deadline = Instant::now() + SETTLE_WAIT;
+    loop {
+        let status = run(|| async {
+            let client = Client::connect(&native).await.map_err(|e| e.to_string())?;
+            client.cluster_status().await.map_err(|e| e.to_string())
+        });
+        if status.as_ref().is_ok_and(|s| all_live(s, &[1, 2, 3]) && s.cluster_id.is_some()) {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = parent.kill();
+            panic!("the local cluster never settled: {status:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Ctrl-C stops every broker, cleanly, and the command with them.
+    let pid = parent.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let exit = parent.wait().expect("wait");
+    let mut printed = String::new();
+    std::io::Read::read_to_string(&mut parent.stdout.take().expect("stdout"), &mut printed)
+        .expect("read stdout");
+    assert!(exit.success(), "{exit}: {printed}");
+    let bootstrap = format!("127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}", base, base + 1, base + 2);
+    assert!(printed.contains(&bootstrap), "{printed}");
+    for node in 1..=3 {
+        let log = std::fs::read_to_string(dir.path().join(format!("node-{node}.log")))
+            .expect("a broker's log");
+        assert!(log.contains("controlled shutdown"), "node {node} did not stop cleanly:\n{log}");
+        let port = base + 100 + node - 1;
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "{port} still open");
+    }
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use event_listener::Event;
 
 use crate::client::{Client, ClientError};
+use crate::cluster::metadata::ClusterId;
 use crate::cluster::node::{ControllerAnswer, ControllerError, ControllerRequest, Links};
 use crate::cluster::raft_wire::WireMessage;
 use crate::config::BrokerConfig;
@@ -26,8 +27,13 @@ const CONNECT_WAIT: Duration = Duration::from_secs(1);
 /// How long a request to the controller waits for its answer (a decision waits up to 5 s for
 /// its commit on the controller).
 const ASK_WAIT: Duration = Duration::from_secs(6);
-/// Raft messages waiting for one voter; more are dropped (Raft sends again).
-const OUTBOX_MESSAGES_MAX: usize = 4096;
+/// Bytes of Raft messages waiting for one voter (about); more are dropped (Raft sends again).
+const OUTBOX_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// About the most one request carries: several append messages (each about 256 KiB of entries,
+/// or one larger entry), well under any `socket.request.max.bytes`.
+const REQUEST_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// What a message costs besides its entries' data, roughly.
+const MESSAGE_OVERHEAD_BYTES: usize = 128;
 
 pub struct VoterLinks {
     shard: Rc<Shard>,
@@ -40,7 +46,7 @@ struct Peer {
     address: String,
     client: RefCell<Option<Client>>,
     /// Messages waiting to be sent, oldest first; `queued` wakes the sending task.
-    outbox: RefCell<Vec<WireMessage>>,
+    outbox: RefCell<Outbox>,
     queued: Event,
 }
 
@@ -59,7 +65,7 @@ impl VoterLinks {
                 node: voter.node,
                 address,
                 client: RefCell::new(None),
-                outbox: RefCell::new(Vec::new()),
+                outbox: RefCell::new(Outbox::default()),
                 queued: Event::new(),
             });
             glommio::spawn_local(send_messages(peer.clone(), me)).detach();
@@ -96,18 +102,53 @@ impl Peer {
     }
 }
 
-/// Sends what waits in the outbox, everything waiting in one request, until the executor ends.
+#[derive(Default)]
+struct Outbox {
+    /// The sender's cluster, once known: a voter learns it once and keeps it.
+    cluster_id: Option<ClusterId>,
+    messages: std::collections::VecDeque<WireMessage>,
+    bytes: usize,
+}
+
+fn message_bytes(message: &WireMessage) -> usize {
+    let entries: usize = message.entries.iter().map(|e| e.data.len() + 32).sum();
+    MESSAGE_OVERHEAD_BYTES + entries + message.context.len()
+}
+
+impl Outbox {
+    /// The oldest messages, up to about [`REQUEST_BYTES_MAX`] (at least one).
+    fn take_request(&mut self) -> Vec<WireMessage> {
+        let mut taken = Vec::new();
+        let mut bytes = 0;
+        while let Some(next) = self.messages.front() {
+            let size = message_bytes(next);
+            if !taken.is_empty() && bytes + size > REQUEST_BYTES_MAX {
+                break;
+            }
+            bytes += size;
+            self.bytes -= size;
+            taken.extend(self.messages.pop_front());
+        }
+        taken
+    }
+}
+
+/// Sends what waits in the outbox, as few requests as its size allows, until the executor
+/// ends.
 async fn send_messages(peer: Rc<Peer>, me: NodeId) {
     loop {
         let queued = peer.queued.listen();
-        let batch = std::mem::take(&mut *peer.outbox.borrow_mut());
+        let (cluster_id, batch) = {
+            let mut outbox = peer.outbox.borrow_mut();
+            (outbox.cluster_id, outbox.take_request())
+        };
         if batch.is_empty() {
             queued.await;
             continue;
         }
         let sent = async {
             let client = peer.connection().await?;
-            client.voter_messages(me, &batch).await
+            client.voter_messages(me, cluster_id, &batch).await
         };
         if let Err(e) = bounded(sent).await {
             peer.broken(&e);
@@ -124,14 +165,22 @@ async fn bounded<T>(work: impl Future<Output = Result<T, ClientError>>) -> Resul
 }
 
 impl Links for VoterLinks {
-    fn send_voter_messages(&self, to: NodeId, messages: Vec<WireMessage>) {
+    fn send_voter_messages(
+        &self,
+        to: NodeId,
+        cluster_id: Option<ClusterId>,
+        messages: Vec<WireMessage>,
+    ) {
         let Some(peer) = self.peers.get(&to) else { return };
         let mut outbox = peer.outbox.borrow_mut();
-        if outbox.len() + messages.len() > OUTBOX_MESSAGES_MAX {
+        let bytes: usize = messages.iter().map(message_bytes).sum();
+        if outbox.bytes + bytes > OUTBOX_BYTES_MAX {
             tracing::debug!(voter = %to, "outbox full: Raft messages dropped");
             return;
         }
-        outbox.extend(messages);
+        outbox.cluster_id = cluster_id.or(outbox.cluster_id);
+        outbox.bytes += bytes;
+        outbox.messages.extend(messages);
         peer.queued.notify(1);
     }
 
@@ -183,6 +232,7 @@ fn kind_of(code: ErrorCode) -> ErrorKind {
         ErrorCode::NotController => ErrorKind::NotController,
         ErrorCode::StaleBrokerEpoch => ErrorKind::StaleBrokerEpoch,
         ErrorCode::DuplicateBrokerRegistration => ErrorKind::DuplicateBrokerRegistration,
+        ErrorCode::InconsistentClusterId => ErrorKind::InconsistentClusterId,
         _ => ErrorKind::NotAvailable,
     }
 }

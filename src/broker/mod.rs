@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use glommio::channels::shared_channel::ConnectedReceiver;
@@ -18,8 +18,9 @@ use glommio::net::TcpListener;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use hdrhistogram::Histogram;
 
-use crate::cluster::membership::Membership;
-use crate::cluster::metadata::Endpoints;
+use crate::cluster::identity;
+use crate::cluster::membership::{Joining, Membership};
+use crate::cluster::metadata::{ClusterId, Endpoints};
 use crate::cluster::node::ControllerNode;
 use crate::config::BrokerConfig;
 use crate::log::probe;
@@ -54,11 +55,20 @@ struct Stopper {
     opened: AtomicUsize,
     drained: AtomicUsize,
     closed: AtomicUsize,
+    /// Why the broker stopped by itself, if it did: the process's error.
+    failure: Mutex<Option<String>>,
 }
 
 impl Stopper {
     fn request(&self) {
         self.requested.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops the broker because it cannot go on; it exits with `why` as its error.
+    fn fail(&self, why: String) {
+        tracing::error!("{why}; stopping");
+        self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get_or_insert(why);
+        self.request();
     }
 
     async fn wait_requested(&self) {
@@ -79,6 +89,13 @@ impl Stopper {
 /// Runs the broker until it is told to stop; then prints the latency histograms.
 pub fn run(config: BrokerConfig, histogram_dir: Option<PathBuf>) -> Result<(), String> {
     let _lock = prepare_data_dir(&config.data_dir)?;
+    // The cluster this directory joined, if it joined one: another node's is refused here, and
+    // another cluster's when the broker registers.
+    let dir_cluster = Arc::new(OnceLock::new());
+    if let Some(found) = identity::read(&config.data_dir)? {
+        identity::check_node(&config.data_dir, &found, config.node_id)?;
+        let _ = dir_cluster.set(found.cluster_id);
+    }
     let catalog = catalog::load(&config.data_dir, &config.topic_defaults)
         .map_err(|e| format!("reading topics in {}: {e}", config.data_dir.display()))?;
     let cores = match &config.cores {
@@ -103,12 +120,20 @@ pub fn run(config: BrokerConfig, histogram_dir: Option<PathBuf>) -> Result<(), S
         .on_all_shards({
             let stopper = stopper.clone();
             move || {
-                let (config, catalog, stopper, queued) =
-                    (config.clone(), catalog.clone(), stopper.clone(), queued.clone());
+                let (config, catalog, stopper, queued, dir_cluster) = (
+                    config.clone(),
+                    catalog.clone(),
+                    stopper.clone(),
+                    queued.clone(),
+                    dir_cluster.clone(),
+                );
                 // Shard N on the Nth core of `--cores`, as the log lines say.
                 let here = current_cpu().and_then(|cpu| cores.iter().position(|c| *c == cpu));
                 let ends = mesh::take(&mesh, here);
-                async move { shard_main(config, catalog, ends, shards, stopper, queued).await }
+                async move {
+                    let joined = Joined { stopper, dir_cluster };
+                    shard_main(config, catalog, ends, shards, joined, queued).await
+                }
             }
         })
         .map_err(|e| format!("starting executors: {e}"))?;
@@ -123,6 +148,8 @@ pub fn run(config: BrokerConfig, histogram_dir: Option<PathBuf>) -> Result<(), S
         }
     }
     report_histograms(metrics::merge(snapshots), histogram_dir.as_deref())?;
+    let stopped_by_itself = stopper.failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+    failures.extend(stopped_by_itself);
     match failures.is_empty() {
         true => Ok(()),
         false => Err(failures.join("; ")),
@@ -205,14 +232,22 @@ fn install_signal_handler(stopper: Arc<Stopper>) -> Result<(), String> {
     Ok(())
 }
 
+/// What every shard shares of the process: its stop, and the cluster its data directory belongs
+/// to once known.
+struct Joined {
+    stopper: Arc<Stopper>,
+    dir_cluster: Arc<OnceLock<ClusterId>>,
+}
+
 async fn shard_main(
     config: Arc<BrokerConfig>,
     catalog: Catalog,
     ends: Option<MeshEnds<MeshMessage>>,
     shards: usize,
-    stopper: Arc<Stopper>,
+    joined: Joined,
     queued: Arc<QueuedBytes>,
 ) -> Result<Snapshot, String> {
+    let Joined { stopper, dir_cluster } = joined;
     probe::probe_device(&config.data_dir).await;
     let ends = ends.ok_or("more shards started than the mesh has ends")?;
     let id = ends.id();
@@ -223,7 +258,8 @@ async fn shard_main(
         }
         false => (None, Vec::new()),
     };
-    let shard = Rc::new(Shard::new(id, shards, config.clone(), catalog, peers, queued));
+    let shard =
+        Rc::new(Shard::new(id, shards, config.clone(), catalog, peers, queued, dir_cluster));
     serve_mesh(&shard, receivers);
     let opened = shard
         .open_owned_partitions()
@@ -295,6 +331,9 @@ async fn shard_main(
         // Before anything stops: the controller moves this broker's work elsewhere now.
         membership.shut_down().await;
     }
+    if let Some(node) = cluster.as_ref().and_then(|c| c.node.as_ref()) {
+        node.resign().await;
+    }
     shard.begin_stop();
     if let Some(voter) = cluster.and_then(|c| c.voter) {
         // The voter closes its log before the shard's executor ends.
@@ -319,6 +358,8 @@ async fn shard_main(
 #[derive(Default)]
 struct ClusterRole {
     membership: Option<Rc<Membership>>,
+    /// The controller voter, when this broker is one.
+    node: Option<Rc<ControllerNode>>,
     /// The controller voter's task, when this broker is a voter.
     voter: Option<glommio::task::JoinHandle<()>>,
 }
@@ -336,31 +377,31 @@ async fn join_cluster(shard: &Rc<Shard>, stopper: &Arc<Stopper>) -> ClusterRole 
     let mut role = ClusterRole::default();
     if config.is_voter() {
         let session_timeout = Duration::from_millis(config.broker_session_timeout_ms);
-        let started = match shard.open_voter_log().await {
+        let started = match shard.open_voter_log(&voters).await {
             Ok(disk) => ControllerNode::new(
                 config.node_id,
                 voters.clone(),
                 disk,
                 links.clone(),
                 session_timeout,
+                shard.cluster_id.clone(),
             ),
             Err(e) => Err(format!("opening the controller's log: {e}")),
         };
         let node = match started {
             Ok(node) => node,
             Err(e) => {
-                tracing::error!("{e}; stopping");
-                stopper.request();
+                stopper.fail(e);
                 return ClusterRole::default();
             }
         };
         shard.host_voter(node.clone());
+        role.node = Some(node.clone());
         let (voter, stop, stopper) = (node.clone(), shard.clone(), stopper.clone());
         role.voter = Some(
             glommio::spawn_local(async move {
                 if let Err(e) = voter.run(stop.wait_for_stop()).await {
-                    tracing::error!("the controller voter failed: {e}; stopping");
-                    stopper.request();
+                    stopper.fail(format!("the controller voter failed: {e}"));
                 }
             })
             .detach(),
@@ -370,16 +411,24 @@ async fn join_cluster(shard: &Rc<Shard>, stopper: &Arc<Stopper>) -> ClusterRole 
             .detach();
     }
     let (kafka, native) = (config.kafka_endpoint(), config.native_endpoint());
-    let membership = Rc::new(Membership::new(
-        config.node_id,
-        config.rack.clone(),
-        Endpoints { kafka, native },
+    let joining = Joining {
         voters,
         links,
-        Duration::from_millis(config.broker_heartbeat_interval_ms),
-    ));
-    let (member, stop) = (membership.clone(), shard.clone());
-    glommio::spawn_local(async move { member.run(stop.wait_for_stop()).await }).detach();
+        heartbeat_interval: Duration::from_millis(config.broker_heartbeat_interval_ms),
+        data_dir: config.data_dir.clone(),
+        dir_cluster: shard.cluster_id.clone(),
+    };
+    let endpoints = Endpoints { kafka, native };
+    let membership =
+        Rc::new(Membership::new(config.node_id, config.rack.clone(), endpoints, joining));
+    let (member, stop, stopper) = (membership.clone(), shard.clone(), stopper.clone());
+    glommio::spawn_local(async move {
+        if let Err(e) = member.run(stop.wait_for_stop()).await {
+            stopper.fail(e);
+        }
+    })
+    .detach();
+    shard.host_membership(membership.clone());
     role.membership = Some(membership);
     role
 }

@@ -1,5 +1,11 @@
 //! `spate cluster status`: the brokers, the voters and the active controller, as a voter sees
-//! them.
+//! them. `spate cluster local`: a cluster of several brokers on this machine in one command.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clap::Subcommand;
 
@@ -15,27 +21,172 @@ pub enum ClusterCommand {
         #[command(flatten)]
         broker: BrokerAddress,
     },
+    /// Start a cluster of several brokers on this machine (child processes on loopback, one
+    /// shard each, the first three the controller's voters), print their addresses, and stop
+    /// them all together on Ctrl-C.
+    Local {
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=32))]
+        brokers: u16,
+        /// Each broker's data goes in `node-N` under this directory.
+        #[arg(long, value_name = "DIR", default_value = "./spate-cluster")]
+        data_dir: PathBuf,
+        /// Broker N's Kafka listener is on this port + N - 1, its native one 100 above.
+        #[arg(long, value_name = "PORT", default_value_t = 19092)]
+        base_port: u16,
+        /// Also pass this setting to every broker (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = super::parse_key_value)]
+        settings: Vec<(String, String)>,
+    },
 }
+
+/// How many of a local cluster's brokers are voters: three survive the loss of one.
+const LOCAL_VOTERS: u16 = 3;
+/// How long a local cluster's brokers get to stop cleanly before they are killed.
+const LOCAL_STOP_WAIT: Duration = Duration::from_secs(30);
 
 impl ClusterCommand {
     pub fn run(self) -> Result<(), String> {
-        run_client(|| async move {
-            match self {
-                ClusterCommand::Status { broker } => {
-                    let client = connect(&broker).await?;
-                    let status = client.cluster_status().await.map_err(|e| e.to_string())?;
-                    print!("{}", render(&status));
+        match self {
+            ClusterCommand::Status { broker } => run_client(|| async move {
+                let client = connect(&broker).await?;
+                let status = client.cluster_status().await.map_err(|e| e.to_string())?;
+                print!("{}", render(&status));
+                Ok(())
+            }),
+            ClusterCommand::Local { brokers, data_dir, base_port, settings } => {
+                LocalCluster { brokers, data_dir, base_port, settings }.run()
+            }
+        }
+    }
+}
+
+struct LocalCluster {
+    brokers: u16,
+    data_dir: PathBuf,
+    base_port: u16,
+    settings: Vec<(String, String)>,
+}
+
+impl LocalCluster {
+    fn ports(&self, node: u16) -> Result<(u16, u16), String> {
+        let kafka = self.base_port.checked_add(node - 1);
+        let native = kafka.and_then(|k| k.checked_add(100));
+        kafka.zip(native).ok_or_else(|| format!("--base-port {} leaves no room", self.base_port))
+    }
+
+    fn run(self) -> Result<(), String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register(signal, stop.clone())
+                .map_err(|e| format!("installing the signal handler: {e}"))?;
+        }
+        let exe = std::env::current_exe().map_err(|e| format!("finding the spate binary: {e}"))?;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let voters = (1..=self.brokers.min(LOCAL_VOTERS))
+            .map(|n| Ok(format!("{n}@127.0.0.1:{}", self.ports(n)?.1)))
+            .collect::<Result<Vec<_>, String>>()?
+            .join(",");
+        let mut children: Vec<(u16, Child)> = Vec::new();
+        for node in 1..=self.brokers {
+            match self.start(&exe, node, &voters, (usize::from(node) - 1) % cpus) {
+                Ok(child) => children.push((node, child)),
+                Err(e) => {
+                    stop_all(&mut children);
+                    return Err(e);
                 }
             }
-            Ok(())
-        })
+        }
+        let kafka: Vec<String> = (1..=self.brokers)
+            .filter_map(|n| self.ports(n).ok())
+            .map(|p| format!("127.0.0.1:{}", p.0))
+            .collect();
+        println!(
+            "{} brokers running; logs in {}/node-N.log",
+            self.brokers,
+            self.data_dir.display()
+        );
+        println!("Kafka bootstrap: {}", kafka.join(","));
+        println!(
+            "native: 127.0.0.1:{} (spate cluster status -b 127.0.0.1:{})",
+            self.ports(1)?.1,
+            self.ports(1)?.1
+        );
+        println!("Ctrl-C stops them all.");
+        let outcome = loop {
+            if stop.load(Ordering::SeqCst) {
+                break Ok(());
+            }
+            if let Some((node, status)) =
+                children.iter_mut().find_map(|(node, child)| Some((*node, child.try_wait().ok()??)))
+            {
+                break Err(format!("broker {node} exited with {status}: see its log"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        stop_all(&mut children);
+        outcome
     }
+
+    fn start(&self, exe: &Path, node: u16, voters: &str, cpu: usize) -> Result<Child, String> {
+        let (kafka, native) = self.ports(node)?;
+        let dir = self.data_dir.join(format!("node-{node}"));
+        std::fs::create_dir_all(&self.data_dir)
+            .map_err(|e| format!("creating {}: {e}", self.data_dir.display()))?;
+        let log_path = self.data_dir.join(format!("node-{node}.log"));
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| format!("creating {}: {e}", log_path.display()))?;
+        let log_err = log.try_clone().map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let mut command = Command::new(exe);
+        command
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["--listen", &format!("127.0.0.1:{native}")])
+            .args(["--kafka-listener", &format!("127.0.0.1:{kafka}")])
+            .args(["--cores", &cpu.to_string()])
+            .args(["--set", &format!("node.id={node}")])
+            .args(["--set", &format!("controller.quorum.voters={voters}")]);
+        for (key, value) in &self.settings {
+            command.args(["--set", &format!("{key}={value}")]);
+        }
+        command
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .map_err(|e| format!("starting broker {node}: {e}"))
+    }
+}
+
+/// SIGTERM to every broker (each makes a controlled shutdown), then waits; one that does not
+/// stop in time is killed.
+fn stop_all(children: &mut Vec<(u16, Child)>) {
+    for (_, child) in children.iter() {
+        if let Ok(pid) = i32::try_from(child.id()) {
+            // SAFETY: kill only sends a signal to a process this one started and still holds.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+    }
+    let deadline = Instant::now() + LOCAL_STOP_WAIT;
+    for (node, child) in children.iter_mut() {
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if matches!(child.try_wait(), Ok(None)) {
+            eprintln!("broker {node} did not stop in time: killing it");
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+    }
+    children.clear();
 }
 
 fn render(status: &ClusterStatus) -> String {
     let mut out = String::new();
     let voters: Vec<String> = status.voters.iter().map(|v| v.to_string()).collect();
     let leader = status.leader.map_or("none elected".to_string(), |l| l.to_string());
+    let cluster = status.cluster_id.map_or("not formed yet".to_string(), |id| id.to_string());
+    out.push_str(&format!("cluster {cluster}\n"));
     out.push_str(&format!(
         "controller voters {}  active controller {leader}  term {}  (as node {} sees it, \
          metadata applied to entry {})\n",

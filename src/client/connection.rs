@@ -15,7 +15,7 @@ use zerocopy::IntoBytes;
 
 use crate::native::frame::{Api, FrameHeader, FRAME_HEADER_BYTES};
 use crate::native::messages::{
-    decode, encode, Acks, AdminResponse, ClusterStatus, ClusterStatusRequest,
+    decode, encode, Acks, AdminResponse, ClusterId, ClusterStatus, ClusterStatusRequest,
     ClusterStatusResponse, CommitOffsetsRequest, ControllerRequest, ControllerResponse,
     CreateTopicRequest, DeleteGroupRequest, DeleteTopicRequest, DescribeGroupRequest,
     DescribeGroupResponse, ErrorBody, ErrorCode, FetchOffsetsRequest, FetchOffsetsResponse,
@@ -508,9 +508,10 @@ impl Client {
     pub async fn voter_messages(
         &self,
         from: NodeId,
+        cluster_id: Option<ClusterId>,
         messages: &Vec<WireMessage>,
     ) -> Result<(), ClientError> {
-        let meta = encode(&VoterMessagesRequest { from });
+        let meta = encode(&VoterMessagesRequest { from, cluster_id });
         let data = Bytes::from(encode(messages).into_vec());
         let frame = self.request(Api::VoterMessages, &meta, Some(data), true).await?;
         let frame = frame.ok_or_else(|| ClientError::Protocol("no response".into()))?;

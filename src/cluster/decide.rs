@@ -25,7 +25,8 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::cluster::metadata::{
-    BrokerInfo, Endpoints, MetadataImage, MetadataRecord, PartitionState, TopicId, PARTITIONS_MAX,
+    BrokerInfo, ClusterId, Endpoints, MetadataImage, MetadataRecord, PartitionState, TopicId,
+    PARTITIONS_MAX,
 };
 use crate::cluster::placement::{self, Candidate};
 use crate::types::{LeaderEpoch, NodeId, PartitionId};
@@ -58,8 +59,16 @@ pub enum Event {
     DeleteTopic {
         name: String,
     },
+    /// A broker needs a block of producer ids.
+    AllocateProducerIds {
+        node: NodeId,
+        broker_epoch: u64,
+    },
     Tick,
 }
+
+/// Producer ids per block: a broker asks the controller once per this many new producers.
+pub const PRODUCER_ID_BLOCK: i64 = 1000;
 
 /// Why an event was refused, in terms a client or broker can be told.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,6 +119,9 @@ impl fmt::Display for Refusal {
 /// The active controller's decisions, and the little it remembers between them.
 pub struct Controller {
     session_timeout: Duration,
+    /// The id this controller gives the cluster if it is the first (chosen by the caller:
+    /// random in the broker, seeded in tests).
+    new_cluster_id: ClusterId,
     /// When each broker was last heard from (registration or heartbeat).
     last_heard: BTreeMap<NodeId, Instant>,
     /// Where the next topic's first leader goes, so topics do not all start on one broker.
@@ -117,12 +129,26 @@ pub struct Controller {
 }
 
 impl Controller {
-    pub fn new(session_timeout: Duration) -> Self {
-        Self { session_timeout, last_heard: BTreeMap::new(), next_start: 0 }
+    pub fn new(session_timeout: Duration, new_cluster_id: ClusterId) -> Self {
+        Self { session_timeout, new_cluster_id, last_heard: BTreeMap::new(), next_start: 0 }
     }
 
-    /// The batch of records `event` leads to, in the order they apply.
+    /// The batch of records `event` leads to, in the order they apply. The first decision of a
+    /// new cluster forms it: its batch starts with the cluster's id.
     pub fn decide(
+        &mut self,
+        image: &MetadataImage,
+        event: Event,
+        now: Instant,
+    ) -> Result<Vec<MetadataRecord>, Refusal> {
+        let mut records = self.decide_event(image, event, now)?;
+        if image.cluster_id.is_none() {
+            records.insert(0, MetadataRecord::ClusterFormed { cluster_id: self.new_cluster_id });
+        }
+        Ok(records)
+    }
+
+    fn decide_event(
         &mut self,
         image: &MetadataImage,
         event: Event,
@@ -156,6 +182,11 @@ impl Controller {
                 Some(id) => Ok(vec![MetadataRecord::DeleteTopic { id: *id }]),
                 None => Err(Refusal::UnknownTopic(name)),
             },
+            Event::AllocateProducerIds { node, broker_epoch } => {
+                registered(image, node, broker_epoch)?;
+                let next_producer_id = image.next_producer_id.saturating_add(PRODUCER_ID_BLOCK);
+                Ok(vec![MetadataRecord::ProducerIds { node, broker_epoch, next_producer_id }])
+            }
             Event::Tick => Ok(self.fence_the_silent(image, now)),
         }
     }
@@ -358,7 +389,8 @@ mod tests {
 
     /// Registers and unfences brokers `1..=count`; returns their epochs.
     fn cluster(count: i32, now: Instant) -> (Controller, MetadataImage, Vec<u64>) {
-        let (mut controller, mut image) = (Controller::new(TIMEOUT), MetadataImage::default());
+        let (mut controller, mut image) =
+            (Controller::new(TIMEOUT, ClusterId(7)), MetadataImage::default());
         let mut epochs = Vec::new();
         for n in 1..=count {
             let register = register(n, 1);
@@ -381,9 +413,31 @@ mod tests {
     }
 
     #[test]
+    fn the_first_decision_forms_the_cluster_and_its_id_never_changes() {
+        let now = Instant::now();
+        let (mut controller, mut image) =
+            (Controller::new(TIMEOUT, ClusterId(7)), MetadataImage::default());
+        let first = commit(&mut controller, &mut image, Event::Tick, now).expect("a tick");
+        assert_eq!(first, vec![MetadataRecord::ClusterFormed { cluster_id: ClusterId(7) }]);
+        // A later controller, with an id of its own in mind, keeps the cluster's.
+        let mut next = Controller::new(TIMEOUT, ClusterId(8));
+        commit(&mut next, &mut image, register(1, 1), now).expect("registered");
+        assert_eq!(image.cluster_id, Some(ClusterId(7)));
+        let other = vec![MetadataRecord::ClusterFormed { cluster_id: ClusterId(8) }];
+        assert!(image.apply_batch(&other).is_err(), "a second id is refused");
+        assert_eq!(image.cluster_id, Some(ClusterId(7)));
+        // Kafka's text form: 22 characters of URL-safe base64, read back as written.
+        let text = ClusterId(u128::MAX - 12345).to_string();
+        assert_eq!(text.len(), 22);
+        assert_eq!(text.parse::<ClusterId>(), Ok(ClusterId(u128::MAX - 12345)));
+        assert!("not-an-id".parse::<ClusterId>().is_err());
+    }
+
+    #[test]
     fn registrations_are_idempotent_exclusive_and_ended_by_a_shutdown() {
         let now = Instant::now();
-        let (mut controller, mut image) = (Controller::new(TIMEOUT), MetadataImage::default());
+        let (mut controller, mut image) =
+            (Controller::new(TIMEOUT, ClusterId(7)), MetadataImage::default());
         commit(&mut controller, &mut image, register(1, 7), now).expect("registered");
         let first = image.brokers[&NodeId(1)].broker_epoch;
         assert!(image.brokers[&NodeId(1)].fenced, "fenced until its first heartbeat");
@@ -454,7 +508,7 @@ mod tests {
     fn a_new_controller_gives_every_broker_a_full_session() {
         let start = Instant::now();
         let (_, mut image, _) = cluster(2, start);
-        let mut taken_over = Controller::new(TIMEOUT);
+        let mut taken_over = Controller::new(TIMEOUT, ClusterId(7));
         let late = start + TIMEOUT * 3;
         commit(&mut taken_over, &mut image, Event::Tick, late).expect("tick");
         assert!(image.live_brokers().count() == 2, "heard from nobody yet: a session from now");

@@ -8,19 +8,29 @@
 //! while the old one's session lives: DUPLICATE_BROKER_REGISTRATION, as in KRaft). A heartbeat
 //! refused with STALE_BROKER_EPOCH (the controller fenced this broker for its silence and it
 //! registered again under another epoch, or the log lost the registration) registers anew.
+//!
+//! The registration's answer names the cluster; a broker whose data directory joined no cluster
+//! before records it there (`identity.rs`), and one whose directory belongs to another cluster is
+//! refused (INCONSISTENT_CLUSTER_ID) and stops.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
+use std::ops::Range;
+use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use super::metadata::Endpoints;
+use super::identity::{self, DirIdentity};
+use super::metadata::{ClusterId, Endpoints};
 use super::node::{ControllerAnswer, ControllerError, ControllerRequest, Links};
-use crate::error::ErrorKind;
+use crate::error::{BrokerError, ErrorKind};
 use crate::types::NodeId;
 
 /// How long a broker waits before asking again after no voter could answer.
 const RETRY_WAIT: Duration = Duration::from_millis(200);
+/// How long a request that needs the broker registered waits for it.
+const REGISTRATION_WAIT: Duration = Duration::from_secs(5);
 /// How long a controlled shutdown may hold up a stopping broker.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
@@ -37,17 +47,27 @@ pub struct Membership {
     /// This broker's registration, once the controller has answered it.
     broker_epoch: Cell<Option<u64>>,
     fenced: Cell<bool>,
+    data_dir: PathBuf,
+    /// The cluster the data directory belongs to, once known (shared by the broker's shards).
+    dir_cluster: Arc<OnceLock<ClusterId>>,
+    /// Producer ids the controller gave this broker and it has not handed out yet.
+    producer_ids: RefCell<Range<i64>>,
+    /// One block asked for at a time.
+    allocating: glommio::sync::Semaphore,
+}
+
+/// Where a broker finds its voters and keeps what it learns of its cluster.
+pub struct Joining {
+    pub voters: Vec<NodeId>,
+    pub links: Rc<dyn Links>,
+    pub heartbeat_interval: Duration,
+    pub data_dir: PathBuf,
+    pub dir_cluster: Arc<OnceLock<ClusterId>>,
 }
 
 impl Membership {
-    pub fn new(
-        me: NodeId,
-        rack: Option<String>,
-        endpoints: Endpoints,
-        voters: Vec<NodeId>,
-        links: Rc<dyn Links>,
-        heartbeat_interval: Duration,
-    ) -> Self {
+    pub fn new(me: NodeId, rack: Option<String>, endpoints: Endpoints, joining: Joining) -> Self {
+        let Joining { voters, links, heartbeat_interval, data_dir, dir_cluster } = joining;
         // The process's start time in nanoseconds: another process of this node gets another.
         let incarnation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -63,7 +83,52 @@ impl Membership {
             target: Cell::new(0),
             broker_epoch: Cell::new(None),
             fenced: Cell::new(true),
+            data_dir,
+            dir_cluster,
+            producer_ids: RefCell::new(0..0),
+            allocating: glommio::sync::Semaphore::new(1),
         }
+    }
+
+    /// A producer id no other producer in the cluster has: from this broker's block, or from a
+    /// new one the controller gives it (KIP-730). Refused while the broker is not registered
+    /// or no controller answers: the client asks again.
+    pub async fn next_producer_id(&self) -> Result<i64, BrokerError> {
+        let _one_at_a_time = self.allocating.acquire_permit(1).await.map_err(|_| {
+            BrokerError::new(ErrorKind::CoordinatorNotAvailable, "the broker is stopping")
+        })?;
+        if self.producer_ids.borrow().is_empty() {
+            // A broker just started registers within moments: a producer that came as fast
+            // waits for it rather than retry.
+            let deadline = std::time::Instant::now() + REGISTRATION_WAIT;
+            while self.broker_epoch.get().is_none() && std::time::Instant::now() < deadline {
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+            let Some(broker_epoch) = self.broker_epoch.get() else {
+                let why = "this broker has not registered with the controller yet";
+                return Err(BrokerError::new(ErrorKind::CoordinatorNotAvailable, why));
+            };
+            let request = ControllerRequest::AllocateProducerIds { node: self.me, broker_epoch };
+            match self.ask(request).await {
+                Ok(ControllerAnswer::ProducerIds { first, count }) => {
+                    tracing::debug!(first, count, "a block of producer ids from the controller");
+                    *self.producer_ids.borrow_mut() = first..first.saturating_add(count);
+                }
+                Ok(other) => {
+                    let why = format!("producer ids answered with {other:?}");
+                    return Err(BrokerError::new(ErrorKind::CoordinatorNotAvailable, why));
+                }
+                Err(e) => {
+                    let why = format!("no producer ids from the controller: {}", e.error);
+                    return Err(BrokerError::new(ErrorKind::CoordinatorNotAvailable, why));
+                }
+            }
+        }
+        let mut block = self.producer_ids.borrow_mut();
+        let id = block.next().ok_or_else(|| {
+            BrokerError::new(ErrorKind::CoordinatorNotAvailable, "an empty producer id block")
+        })?;
+        Ok(id)
     }
 
     /// This broker's epoch, once registered.
@@ -71,13 +136,14 @@ impl Membership {
         self.broker_epoch.get()
     }
 
-    /// Registers, then heartbeats, until `stop`.
-    pub async fn run(&self, stop: impl Future<Output = ()>) {
+    /// Registers, then heartbeats, until `stop`; or until the broker turns out to be of
+    /// another cluster, which it must not serve.
+    pub async fn run(&self, stop: impl Future<Output = ()>) -> Result<(), String> {
         let beat = async {
             loop {
                 let wait = match self.broker_epoch.get() {
                     None => {
-                        self.register().await;
+                        self.register().await?;
                         // Not registered yet (no controller elected, say): soon again.
                         RETRY_WAIT.min(self.heartbeat_interval)
                     }
@@ -89,20 +155,34 @@ impl Membership {
                 glommio::timer::sleep(wait).await;
             }
         };
-        futures_lite::future::or(beat, stop).await;
+        let stopped = async {
+            stop.await;
+            Ok(())
+        };
+        futures_lite::future::or(beat, stopped).await
     }
 
-    async fn register(&self) {
+    async fn register(&self) -> Result<(), String> {
         let request = ControllerRequest::Register {
             node: self.me,
             incarnation: self.incarnation,
             rack: self.rack.clone(),
             endpoints: self.endpoints.clone(),
+            cluster_id: self.dir_cluster.get().copied(),
         };
         match self.ask(request).await {
-            Ok(ControllerAnswer::Registered { broker_epoch }) => {
-                tracing::info!(node = %self.me, broker_epoch, "registered with the controller");
+            Ok(ControllerAnswer::Registered { broker_epoch, cluster_id }) => {
+                self.join(cluster_id).await?;
+                tracing::info!(
+                    node = %self.me,
+                    broker_epoch,
+                    %cluster_id,
+                    "registered with the controller"
+                );
                 self.broker_epoch.set(Some(broker_epoch));
+            }
+            Err(e) if e.error.kind == ErrorKind::InconsistentClusterId => {
+                return Err(e.error.message);
             }
             Ok(other) => tracing::warn!("registration answered with {other:?}"),
             Err(e) if e.error.kind == ErrorKind::DuplicateBrokerRegistration => {
@@ -116,6 +196,28 @@ impl Membership {
             }
             Err(e) => tracing::debug!(node = %self.me, "registering: {}", e.error),
         }
+        Ok(())
+    }
+
+    /// Records the cluster in the data directory the first time the broker joins one.
+    async fn join(&self, cluster_id: ClusterId) -> Result<(), String> {
+        if let Some(known) = self.dir_cluster.get() {
+            return match *known == cluster_id {
+                true => Ok(()),
+                false => Err(format!(
+                    "the controller answered for cluster {cluster_id}; this data directory \
+                     belongs to cluster {known}"
+                )),
+            };
+        }
+        let (dir, identity) = (self.data_dir.clone(), DirIdentity { cluster_id, node: self.me });
+        glommio::executor()
+            .spawn_blocking(move || identity::write(&dir, identity))
+            .await
+            .map_err(|e| format!("recording the cluster in {}: {e}", self.data_dir.display()))?;
+        tracing::info!(%cluster_id, "this data directory joined the cluster");
+        let _ = self.dir_cluster.set(cluster_id);
+        Ok(())
     }
 
     async fn heartbeat(&self, broker_epoch: u64) {
@@ -191,7 +293,7 @@ impl Membership {
             }
         }
         Err(last.unwrap_or_else(|| ControllerError {
-            error: crate::error::BrokerError::new(ErrorKind::NotController, "no voters"),
+            error: BrokerError::new(ErrorKind::NotController, "no voters"),
             leader: None,
         }))
     }

@@ -40,6 +40,36 @@ impl fmt::Display for TopicId {
     }
 }
 
+/// The cluster's id, decided once by the first active controller and committed as the log's
+/// first record; every data directory that joins keeps it (`meta.properties`), and a broker
+/// refuses to serve another cluster's. Written as Kafka writes its ids: the 16 bytes in URL-safe
+/// base64 without padding (22 characters).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Archive, Serialize, Deserialize,
+)]
+pub struct ClusterId(pub u128);
+
+impl fmt::Display for ClusterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use base64::Engine;
+        f.write_str(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.0.to_be_bytes()))
+    }
+}
+
+impl std::str::FromStr for ClusterId {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .map_err(|e| format!("cluster id {text:?}: {e}"))?;
+        let bytes: [u8; 16] =
+            bytes.try_into().map_err(|_| format!("cluster id {text:?}: not 16 bytes"))?;
+        Ok(Self(u128::from_be_bytes(bytes)))
+    }
+}
+
 /// Where a broker listens, as it registered.
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub struct Endpoints {
@@ -52,6 +82,10 @@ pub struct Endpoints {
 /// One change to the cluster metadata, as the controller commits it.
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub enum MetadataRecord {
+    /// The cluster exists, under this id: the first record of its log. Never changes.
+    ClusterFormed {
+        cluster_id: ClusterId,
+    },
     /// A broker (re)joined; `broker_epoch` is new for every registration, so messages from an
     /// earlier incarnation of the broker can be told apart and refused. It starts fenced.
     RegisterBroker {
@@ -91,6 +125,14 @@ pub enum MetadataRecord {
     DeleteTopic {
         id: TopicId,
     },
+    /// Producer ids up to `next_producer_id` are handed out: the block below it (from the
+    /// previous record's end) went to `node` (Kafka's ProducerIdsRecord, KIP-730). Brokers hand
+    /// out ids only from their blocks, so no two producers anywhere share one.
+    ProducerIds {
+        node: NodeId,
+        broker_epoch: u64,
+        next_producer_id: i64,
+    },
 }
 
 /// Who holds a partition, and who leads it.
@@ -126,11 +168,15 @@ pub struct TopicInfo {
 /// The metadata as of some prefix of the log.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MetadataImage {
+    /// `None` until the first controller has formed the cluster.
+    pub cluster_id: Option<ClusterId>,
     pub brokers: BTreeMap<NodeId, BrokerInfo>,
     pub topics: BTreeMap<TopicId, TopicInfo>,
     pub topic_ids: BTreeMap<String, TopicId>,
     /// The highest broker epoch registered so far: the next registration gets a higher one.
     pub last_broker_epoch: u64,
+    /// The first producer id no block holds yet.
+    pub next_producer_id: i64,
 }
 
 /// One decision's records as the metadata log stores them, in one entry: the format version,
@@ -173,6 +219,12 @@ impl MetadataImage {
     /// are checked once it is whole ([`Self::check_partitions`]).
     fn apply(&mut self, record: &MetadataRecord) -> Result<(), String> {
         match record {
+            MetadataRecord::ClusterFormed { cluster_id } => match self.cluster_id {
+                Some(formed) if formed != *cluster_id => {
+                    return Err(format!("the cluster is {formed} already, not {cluster_id}"));
+                }
+                _ => self.cluster_id = Some(*cluster_id),
+            },
             MetadataRecord::RegisterBroker { node, broker_epoch, incarnation, rack, endpoints } => {
                 if *broker_epoch <= self.last_broker_epoch {
                     return Err(format!(
@@ -229,6 +281,17 @@ impl MetadataImage {
                     return Err(format!("no topic {id} to delete"));
                 };
                 self.topic_ids.remove(&info.name);
+            }
+            MetadataRecord::ProducerIds { node, broker_epoch, next_producer_id } => {
+                self.registration(*node, *broker_epoch)?;
+                if *next_producer_id <= self.next_producer_id {
+                    return Err(format!(
+                        "producer ids up to {next_producer_id} for broker {node}, but ids up to \
+                         {} are handed out already",
+                        self.next_producer_id
+                    ));
+                }
+                self.next_producer_id = *next_producer_id;
             }
         }
         Ok(())

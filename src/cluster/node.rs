@@ -14,14 +14,15 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use event_listener::Event as Signal;
 use futures_channel::oneshot;
 use rkyv::{Archive, Deserialize, Serialize};
 
-use super::decide::{Controller, Event, Refusal};
-use super::metadata::{self, Endpoints, MetadataImage, MetadataRecord};
+use super::decide::{Controller, Event, Refusal, PRODUCER_ID_BLOCK};
+use super::metadata::{self, ClusterId, Endpoints, MetadataImage, MetadataRecord};
 use super::quorum::{Committed, Voter};
 use super::raft_wire::WireMessage;
 use super::voter_log::VoterLog;
@@ -33,6 +34,8 @@ use crate::types::NodeId;
 pub const TICK: Duration = Duration::from_millis(100);
 /// How long a decision waits for a new controller to apply its log, or for its batch to commit.
 const DECISION_WAIT: Duration = Duration::from_secs(5);
+/// How long a stopping active controller waits for another voter to take over.
+const RESIGN_WAIT: Duration = Duration::from_secs(2);
 
 /// Raft ids start at 1 (raft-rs takes 0 for none); Kafka node ids at 0.
 pub fn raft_id(node: NodeId) -> u64 {
@@ -47,18 +50,25 @@ fn node_of(raft_id: u64) -> Option<NodeId> {
 /// What a broker asks the active controller.
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub enum ControllerRequest {
-    /// `incarnation` is chosen by the broker process at its start.
+    /// `incarnation` is chosen by the broker process at its start; `cluster_id` is the one its
+    /// data directory belongs to, if it joined one before.
     Register {
         node: NodeId,
         incarnation: u64,
         rack: Option<String>,
         endpoints: Endpoints,
+        cluster_id: Option<ClusterId>,
     },
     Heartbeat {
         node: NodeId,
         broker_epoch: u64,
     },
     ControlledShutdown {
+        node: NodeId,
+        broker_epoch: u64,
+    },
+    /// A block of producer ids for the broker to hand out (KIP-730's AllocateProducerIds).
+    AllocateProducerIds {
         node: NodeId,
         broker_epoch: u64,
     },
@@ -69,6 +79,7 @@ pub enum ControllerRequest {
 pub enum ControllerAnswer {
     Registered {
         broker_epoch: u64,
+        cluster_id: ClusterId,
     },
     /// `fenced`: the broker may lead nothing yet (a heartbeat unfences it once its registration
     /// has committed).
@@ -76,6 +87,11 @@ pub enum ControllerAnswer {
         fenced: bool,
     },
     ShutDown,
+    /// Producer ids `first .. first + count`, the broker's alone.
+    ProducerIds {
+        first: i64,
+        count: i64,
+    },
 }
 
 /// Why a controller request failed, with the leader this voter knows (for NOT_CONTROLLER).
@@ -96,6 +112,8 @@ impl ControllerError {
 pub struct ClusterStatus {
     /// The voter answering.
     pub node: NodeId,
+    /// `None` until the first controller has formed the cluster.
+    pub cluster_id: Option<ClusterId>,
     pub voters: Vec<NodeId>,
     /// The active controller as this voter knows it.
     pub leader: Option<NodeId>,
@@ -121,8 +139,14 @@ pub struct BrokerStatus {
 
 /// How a voter reaches the others, and a broker the controller: the broker's native client.
 pub trait Links {
-    /// Best effort: Raft sends again what is lost.
-    fn send_voter_messages(&self, to: NodeId, messages: Vec<WireMessage>);
+    /// Best effort: Raft sends again what is lost. `cluster_id`: the sender's cluster, once
+    /// known.
+    fn send_voter_messages(
+        &self,
+        to: NodeId,
+        cluster_id: Option<ClusterId>,
+        messages: Vec<WireMessage>,
+    );
 
     /// Sends a request to voter `to` and waits (bounded) for its answer.
     fn ask_controller(
@@ -141,6 +165,8 @@ pub struct ControllerNode {
     image: RefCell<MetadataImage>,
     /// The last log entry applied to `image`.
     applied: Cell<u64>,
+    /// Whether the log it restarted with is applied (its first round done).
+    started: Cell<bool>,
     /// The controller's memory (heartbeat times) while this voter leads, with its term.
     active: RefCell<Option<(u64, Controller)>>,
     /// Proposals waiting for their entry to be applied, by index: the term they were proposed
@@ -154,6 +180,8 @@ pub struct ControllerNode {
     deciding: glommio::sync::Semaphore,
     links: Rc<dyn Links>,
     session_timeout: Duration,
+    /// The cluster this broker's data directory belongs to, once known (shared by its shards).
+    dir_cluster: Arc<OnceLock<ClusterId>>,
 }
 
 impl ControllerNode {
@@ -164,6 +192,7 @@ impl ControllerNode {
         disk: (VoterLog<DmaStorage>, super::quorum::Durable),
         links: Rc<dyn Links>,
         session_timeout: Duration,
+        dir_cluster: Arc<OnceLock<ClusterId>>,
     ) -> Result<Rc<Self>, String> {
         let (disk, durable) = disk;
         let ids: Vec<u64> = voters.iter().map(|v| raft_id(*v)).collect();
@@ -175,6 +204,7 @@ impl ControllerNode {
             disk,
             image: RefCell::new(MetadataImage::default()),
             applied: Cell::new(0),
+            started: Cell::new(false),
             active: RefCell::new(None),
             pending: RefCell::new(BTreeMap::new()),
             work: Signal::new(),
@@ -182,6 +212,7 @@ impl ControllerNode {
             deciding: glommio::sync::Semaphore::new(1),
             links,
             session_timeout,
+            dir_cluster,
         }))
     }
 
@@ -192,7 +223,13 @@ impl ControllerNode {
         let mut next_tick = Instant::now() + TICK;
         loop {
             let work = self.work.listen();
-            self.drive_once().await?;
+            if let Err(e) = self.drive_once().await {
+                self.deciding.close();
+                self.disk.close().await;
+                return Err(e);
+            }
+            // The first round applied the log the voter restarted with.
+            self.started.set(true);
             let wait = next_tick.saturating_duration_since(Instant::now());
             let woken = futures_lite::future::or(
                 async {
@@ -205,6 +242,8 @@ impl ControllerNode {
                 },
             );
             if !woken.await {
+                // Decisions still queued fail now rather than wait out their deadline.
+                self.deciding.close();
                 self.disk.close().await;
                 return Ok(());
             }
@@ -227,7 +266,7 @@ impl ControllerNode {
                 .map_err(|e| format!("controller voter {}: persisting its log: {e}", self.me))?;
         }
         if !drained.committed.is_empty() {
-            self.apply(drained.committed);
+            self.apply(drained.committed)?;
         }
         let mut by_peer: BTreeMap<NodeId, Vec<WireMessage>> = BTreeMap::new();
         for message in &drained.messages {
@@ -237,16 +276,25 @@ impl ControllerNode {
                 Err(why) => tracing::warn!(voter = %self.me, "not sent: {why}"),
             }
         }
+        let cluster_id = self.image.borrow().cluster_id;
         for (to, messages) in by_peer {
-            self.links.send_voter_messages(to, messages);
+            self.links.send_voter_messages(to, cluster_id, messages);
         }
         if !self.raft.borrow().is_leader() {
             self.active.borrow_mut().take();
+            // Proposals of a term this voter no longer leads may still commit (a later leader
+            // keeps them) or not: their askers hear NOT_CONTROLLER now and ask again, which a
+            // registration or heartbeat tolerates.
+            for (_, (_, waiter)) in std::mem::take(&mut *self.pending.borrow_mut()) {
+                let _ = waiter.send(false);
+            }
         }
         Ok(())
     }
 
-    fn apply(&self, committed: Vec<Committed>) {
+    /// Applies committed entries to the image. A log of another cluster than the data
+    /// directory's stops the voter: it must not vote in a cluster it does not belong to.
+    fn apply(&self, committed: Vec<Committed>) -> Result<(), String> {
         for entry in committed {
             if !entry.data.is_empty() {
                 let applied = metadata::decode_batch(&entry.data).and_then(|batch| {
@@ -264,13 +312,40 @@ impl ControllerNode {
             self.applied.set(entry.index);
         }
         self.applied_signal.notify(usize::MAX);
+        match (self.image.borrow().cluster_id, self.dir_cluster.get()) {
+            (Some(log), Some(dir)) if log != *dir => Err(format!(
+                "the controller's log is of cluster {log}, but this data directory belongs to \
+                 cluster {dir}"
+            )),
+            _ => Ok(()),
+        }
     }
 
-    /// Raft messages voter `from` sent this one. Refused whole when `from` is not a voter or a
-    /// message claims another sender or receiver.
-    pub fn receive(&self, from: NodeId, messages: Vec<WireMessage>) -> Result<(), String> {
+    /// The cluster this voter is of, as its log or its data directory says.
+    fn cluster_id(&self) -> Option<ClusterId> {
+        self.image.borrow().cluster_id.or_else(|| self.dir_cluster.get().copied())
+    }
+
+    /// Raft messages voter `from` sent this one. Refused whole when `from` is not a voter, is
+    /// of another cluster, or a message claims another sender or receiver or is not one voters
+    /// send; and until this voter has applied the log it restarted with (it may not know its
+    /// cluster before).
+    pub fn receive(
+        &self,
+        from: NodeId,
+        cluster_id: Option<ClusterId>,
+        messages: Vec<WireMessage>,
+    ) -> Result<(), String> {
         if !self.voters.contains(&from) {
             return Err(format!("node {from} is not a controller voter"));
+        }
+        if !self.started.get() {
+            return Err(format!("voter {} is still reading its log", self.me));
+        }
+        if let (Some(ours), Some(theirs)) = (self.cluster_id(), cluster_id) {
+            if ours != theirs {
+                return Err(format!("voter {from} is of cluster {theirs}; this is cluster {ours}"));
+            }
         }
         if let Some(wrong) =
             messages.iter().find(|m| m.from != raft_id(from) || m.to != raft_id(self.me))
@@ -280,11 +355,13 @@ impl ControllerNode {
                 self.me, wrong.from, wrong.to
             ));
         }
+        let messages: Vec<_> =
+            messages.into_iter().map(WireMessage::into_raft).collect::<Result<_, _>>()?;
         let mut raft = self.raft.borrow_mut();
         for message in messages {
-            let message = message.into_raft()?;
             if let Err(e) = raft.step(message) {
-                // A message of an older term or a peer's confusion: Raft's to refuse.
+                // A message of an older term, or one raft-rs could not take: Raft's to refuse,
+                // and it sends again what matters.
                 tracing::debug!(voter = %self.me, %from, "message refused: {e}");
             }
         }
@@ -299,13 +376,18 @@ impl ControllerNode {
         request: ControllerRequest,
     ) -> Result<ControllerAnswer, ControllerError> {
         match request {
-            ControllerRequest::Register { node, incarnation, rack, endpoints } => {
+            ControllerRequest::Register { node, incarnation, rack, endpoints, cluster_id } => {
+                self.check_cluster(node, cluster_id)?;
                 self.decide(Event::Register { node, incarnation, rack, endpoints }).await?;
+                // The cluster may have been formed by this very decision.
+                self.check_cluster(node, cluster_id)?;
                 let image = self.image.borrow();
-                let broker = image.brokers.get(&node).ok_or_else(|| {
-                    ControllerError::new(ErrorKind::NotAvailable, "the registration was lost")
-                })?;
-                Ok(ControllerAnswer::Registered { broker_epoch: broker.broker_epoch })
+                let (Some(broker), Some(cluster_id)) = (image.brokers.get(&node), image.cluster_id)
+                else {
+                    let why = "the registration was lost";
+                    return Err(ControllerError::new(ErrorKind::NotAvailable, why));
+                };
+                Ok(ControllerAnswer::Registered { broker_epoch: broker.broker_epoch, cluster_id })
             }
             ControllerRequest::Heartbeat { node, broker_epoch } => {
                 self.decide(Event::Heartbeat { node, broker_epoch }).await?;
@@ -316,6 +398,53 @@ impl ControllerNode {
                 self.decide(Event::ControlledShutdown { node, broker_epoch }).await?;
                 Ok(ControllerAnswer::ShutDown)
             }
+            ControllerRequest::AllocateProducerIds { node, broker_epoch } => {
+                let batch = self.decide(Event::AllocateProducerIds { node, broker_epoch }).await?;
+                let next = batch.iter().find_map(|record| match record {
+                    MetadataRecord::ProducerIds { next_producer_id, .. } => Some(*next_producer_id),
+                    _ => None,
+                });
+                let Some(next) = next else {
+                    let why = "the allocation was lost";
+                    return Err(ControllerError::new(ErrorKind::NotAvailable, why));
+                };
+                let first = next.saturating_sub(PRODUCER_ID_BLOCK);
+                Ok(ControllerAnswer::ProducerIds { first, count: next - first })
+            }
+        }
+    }
+
+    /// Refuses a broker whose data directory belongs to another cluster.
+    fn check_cluster(
+        &self,
+        node: NodeId,
+        theirs: Option<ClusterId>,
+    ) -> Result<(), ControllerError> {
+        match (self.image.borrow().cluster_id, theirs) {
+            (Some(ours), Some(theirs)) if ours != theirs => Err(ControllerError::new(
+                ErrorKind::InconsistentClusterId,
+                format!(
+                    "node {node}'s data directory belongs to cluster {theirs}; this is cluster \
+                     {ours}"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Before a clean stop of the active controller's broker: hands the role to another voter
+    /// at once rather than leave the cluster without a controller for an election timeout.
+    /// Bounded: a stop is not held up by a voter that does not take over.
+    pub async fn resign(&self) {
+        let Some(target) = self.raft.borrow_mut().transfer_leadership() else { return };
+        self.work.notify(1);
+        let deadline = Instant::now() + RESIGN_WAIT;
+        while self.raft.borrow().is_leader() && Instant::now() < deadline {
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
+        match (self.raft.borrow().is_leader(), node_of(target)) {
+            (false, Some(to)) => tracing::info!(node = %self.me, %to, "handed the controller over"),
+            _ => tracing::warn!(node = %self.me, "the controller was not handed over in time"),
         }
     }
 
@@ -378,7 +507,8 @@ impl ControllerNode {
             if active.as_ref().is_none_or(|(t, _)| *t != term) {
                 tracing::info!(node = %self.me, term, "this broker is the active controller");
                 // A new controller gives every broker a whole session (decide.rs).
-                *active = Some((term, Controller::new(self.session_timeout)));
+                let new_cluster_id = ClusterId(uuid::Uuid::new_v4().as_u128());
+                *active = Some((term, Controller::new(self.session_timeout, new_cluster_id)));
             }
             let Some((_, controller)) = active.as_mut() else {
                 return Err(self.not_controller());
@@ -431,6 +561,7 @@ impl ControllerNode {
         let offline = partitions.filter(|p| p.leader.is_none()).count();
         ClusterStatus {
             node: self.me,
+            cluster_id: image.cluster_id,
             voters: self.voters.clone(),
             leader: node_of(raft.leader()),
             term: raft.term(),

@@ -17,7 +17,7 @@
 //! `MemStorage`): the metadata log is small, and snapshots to bound it come later.
 
 use bytes::Bytes;
-use raft::eraftpb::{ConfState, Message};
+use raft::eraftpb::{ConfState, Message, MessageType};
 use raft::storage::MemStorage;
 use raft::{Config, RawNode, StateRole};
 
@@ -158,18 +158,62 @@ impl Voter {
         self.node.raft.leader_id
     }
 
-    /// The index of the last entry known committed.
-    pub fn committed(&self) -> u64 {
-        self.node.raft.raft_log.committed
-    }
-
     pub fn tick(&mut self) {
         self.node.tick();
     }
 
-    /// A message another voter sent. Refused when it is not for this quorum (raft-rs checks).
-    pub fn step(&mut self, message: Message) -> Result<(), raft::Error> {
-        self.node.step(message)
+    /// A message another voter sent. Refused when it is not for this quorum (raft-rs checks),
+    /// or when it would make raft-rs panic ([`Self::check_message`]).
+    pub fn step(&mut self, message: Message) -> Result<(), QuorumError> {
+        self.check_message(&message).map_err(QuorumError::Damaged)?;
+        Ok(self.node.step(message)?)
+    }
+
+    /// raft-rs trusts its peers and panics on what a correct peer never sends: an append
+    /// whose entries do not follow its index or outrun its term, or that would overwrite a
+    /// committed entry; a commit index beyond this voter's log. Such a message comes from a
+    /// broken or hostile sender (or a voter that lost its disk), and is refused here.
+    fn check_message(&self, message: &Message) -> Result<(), String> {
+        let log = &self.node.raft.raft_log;
+        let mut expected = message.index;
+        for entry in message.entries.iter() {
+            expected = expected.checked_add(1).ok_or("an entry index overflows")?;
+            if entry.index != expected || entry.term > message.term {
+                return Err(format!(
+                    "entry {} of term {} in an append of term {} after index {}",
+                    entry.index, entry.term, message.term, message.index
+                ));
+            }
+            if entry.index <= log.committed && log.term(entry.index).ok() != Some(entry.term) {
+                return Err(format!(
+                    "entry {} of term {} conflicts with the committed log (committed to {})",
+                    entry.index, entry.term, log.committed
+                ));
+            }
+        }
+        if message.get_msg_type() == MessageType::MsgHeartbeat && message.commit > log.last_index()
+        {
+            return Err(format!(
+                "a heartbeat commits to {} but this voter's log ends at {}: it lost entries",
+                message.commit,
+                log.last_index()
+            ));
+        }
+        Ok(())
+    }
+
+    /// While leading: hands leadership to the other voter holding most of the log (raft-rs's
+    /// leadership transfer: once it has caught up it campaigns at once), and names it.
+    pub fn transfer_leadership(&mut self) -> Option<u64> {
+        if !self.is_leader() {
+            return None;
+        }
+        let me = self.node.raft.id;
+        let voters = self.node.raft.prs().iter().filter(|(id, _)| **id != me);
+        let (target, _) = voters.max_by_key(|(_, progress)| progress.matched)?;
+        let target = *target;
+        self.node.transfer_leader(target);
+        Some(target)
     }
 
     /// Proposes `data` for the log; only the leader takes proposals.
@@ -270,4 +314,53 @@ fn committed_data(drained: &mut Drained, entries: Vec<raft::eraftpb::Entry>) {
     let committed =
         entries.into_iter().map(|e| Committed { index: e.index, term: e.term, data: e.data });
     drained.committed.extend(committed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A follower (voter 2 of three) holding entries 1..=3 of term 1, committed to 2.
+    fn follower() -> Voter {
+        let entries = (1..=3).map(|index| StoredEntry { index, term: 1, data: vec![1] }).collect();
+        let durable = Durable { entries, state: VoterState { term: 1, vote: 1, commit: 2 } };
+        Voter::restore(2, &[1, 2, 3], durable).expect("a voter")
+    }
+
+    fn message(kind: MessageType, index: u64, entries: &[(u64, u64)], commit: u64) -> Message {
+        let mut message = Message::default();
+        message.set_msg_type(kind);
+        (message.from, message.to, message.term, message.commit) = (1, 2, 2, commit);
+        (message.index, message.log_term) = (index, 1);
+        let entries =
+            entries.iter().map(|&(index, term)| StoredEntry { index, term, data: vec![] });
+        message.entries = entries.map(StoredEntry::into_raft).collect::<Vec<_>>().into();
+        message
+    }
+
+    #[test]
+    fn messages_that_would_panic_raft_are_refused_and_good_ones_taken() {
+        let mut voter = follower();
+        let refused = [
+            // A heartbeat committing past the log's end (a voter that lost its disk).
+            message(MessageType::MsgHeartbeat, 0, &[], 9),
+            // Entries that do not follow the append's index.
+            message(MessageType::MsgAppend, 3, &[(5, 2)], 3),
+            // Entries of a term past the append's.
+            message(MessageType::MsgAppend, 3, &[(4, 3)], 3),
+            // Overwriting committed entry 2 with another term.
+            message(MessageType::MsgAppend, 1, &[(2, 2)], 2),
+        ];
+        for hostile in refused {
+            let kind = hostile.get_msg_type();
+            assert!(
+                matches!(voter.step(hostile), Err(QuorumError::Damaged(_))),
+                "a {kind:?} was taken"
+            );
+        }
+        // A new leader's append that replaces the uncommitted entry 3 is Raft as usual.
+        let append = message(MessageType::MsgAppend, 2, &[(3, 2), (4, 2)], 3);
+        voter.step(append).expect("taken");
+        assert_eq!(voter.last_index(), 4);
+    }
 }

@@ -83,9 +83,9 @@ impl VoterState {
 }
 
 /// The kinds one voter sends another. The rest are a voter's own (a tick's campaign or
-/// heartbeat, a proposal, which only the leader takes here) or carry snapshots, which are not
-/// taken yet.
-const SENT_KINDS: [MessageType; 12] = [
+/// heartbeat, a proposal, which only the leader takes here), carry snapshots, which are not
+/// taken yet, or serve read-index reads, which Spate does not make.
+const SENT_KINDS: [MessageType; 10] = [
     MessageType::MsgAppend,
     MessageType::MsgAppendResponse,
     MessageType::MsgRequestVote,
@@ -94,8 +94,6 @@ const SENT_KINDS: [MessageType; 12] = [
     MessageType::MsgHeartbeatResponse,
     MessageType::MsgTransferLeader,
     MessageType::MsgTimeoutNow,
-    MessageType::MsgReadIndex,
-    MessageType::MsgReadIndexResp,
     MessageType::MsgRequestPreVote,
     MessageType::MsgRequestPreVoteResponse,
 ];
@@ -138,6 +136,11 @@ impl WireMessage {
         let Some(kind) = sent_kind(self.kind) else {
             return Err(format!("message kind {} is not one voters send", self.kind));
         };
+        if self.request_snapshot != 0 {
+            // A leader would stop replicating to the asker until it got a snapshot it cannot
+            // make yet.
+            return Err("a snapshot request: snapshots are not taken yet".into());
+        }
         let mut message = Message::default();
         message.set_msg_type(kind);
         message.to = self.to;

@@ -22,8 +22,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::decide::{Controller, Event, Refusal};
-use super::metadata::{self, Endpoints, MetadataImage, MetadataRecord, TopicId};
+use super::decide::{Controller, Event, Refusal, PRODUCER_ID_BLOCK};
+use super::metadata::{self, ClusterId, Endpoints, MetadataImage, MetadataRecord, TopicId};
 use super::quorum::{Durable, Persist, Voter};
 use crate::testing::TestRng;
 use crate::types::NodeId;
@@ -77,7 +77,7 @@ impl Run {
             seed,
             rng,
             now: Instant::now(),
-            controller: Controller::new(SESSION_TIMEOUT),
+            controller: Controller::new(SESSION_TIMEOUT, ClusterId(u128::from(seed))),
             image: MetadataImage::default(),
             log: Vec::new(),
             followers,
@@ -243,9 +243,22 @@ impl Run {
                     self.event("topic deleted");
                 }
             }
+            8 => {
+                if let (node, Some(broker_epoch)) = (self.brokers[b].node, self.brokers[b].epoch) {
+                    let before = self.image.next_producer_id;
+                    let allocated = self.decide(Event::AllocateProducerIds { node, broker_epoch });
+                    assert!(allocated.is_ok(), "seed {}: {allocated:?}", self.seed);
+                    // Blocks follow each other: no id is handed out twice.
+                    assert_eq!(self.image.next_producer_id, before + PRODUCER_ID_BLOCK);
+                    self.event("producer ids allocated");
+                }
+            }
             7 => {
                 self.event("controller failover");
-                self.controller = Controller::new(SESSION_TIMEOUT);
+                self.controller = Controller::new(
+                    SESSION_TIMEOUT,
+                    ClusterId(u128::from(self.rng.below(u64::MAX))),
+                );
             }
             _ => {}
         }
@@ -312,6 +325,7 @@ fn the_controller_never_elects_uncleanly_and_the_cluster_settles() {
         "replication factor refused",
         "topic created",
         "topic deleted",
+        "producer ids allocated",
     ];
     let missing: Vec<_> = expected.iter().filter(|e| !totals.contains_key(*e)).collect();
     assert!(missing.is_empty(), "never ran: {missing:?} ({totals:?})");
@@ -437,6 +451,11 @@ impl QuorumRun {
                 self.crash_while_persisting(v, drained.persist);
                 continue;
             }
+            // The broker steps messages that arrive while a drain is being persisted: so here,
+            // now and then, with the next round's messages for this voter.
+            if chaos && !drained.persist.is_empty() && self.rng.below(4) == 0 {
+                self.deliver_early(v);
+            }
             self.voters[v].disk.apply(&drained.persist);
             // Right after granting a vote is where a voter that forgets its vote would vote
             // twice in one term: restart there often.
@@ -468,12 +487,33 @@ impl QuorumRun {
         self.check();
     }
 
+    /// Steps into voter `v` the messages for it that would arrive next round.
+    fn deliver_early(&mut self, v: usize) {
+        let (early, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.network)
+            .into_iter()
+            .partition(|(at, to, _)| *to == v && *at <= self.step + 1);
+        self.network = later;
+        for (_, _, message) in early {
+            if self.reachable(v) && self.reachable(message.from as usize - 1) {
+                let _ = self.voters[v].raft.step(message);
+                *self.events.entry("messages stepped while persisting").or_default() += 1;
+            }
+        }
+    }
+
     /// Voter `v` dies while making `persist` durable: its disk keeps a prefix of the entries
     /// (a torn write ends at an entry, recovery cuts the rest) and the state only after all of
-    /// them; nothing else of the drain happened.
+    /// them; nothing else of the drain happened. A crash right after the truncation that makes
+    /// room for overwriting entries keeps none of them but loses the entries cut.
     fn crash_while_persisting(&mut self, v: usize, mut persist: Persist) {
         let kept = self.rng.below(persist.entries.len() as u64 + 1) as usize;
         let all_kept = kept == persist.entries.len();
+        if kept == 0 && self.rng.below(2) == 0 {
+            if let Some(first) = persist.entries.first() {
+                let kept = usize::try_from(first.index.saturating_sub(1)).unwrap_or(usize::MAX);
+                self.voters[v].disk.entries.truncate(kept);
+            }
+        }
         persist.entries.truncate(kept);
         if !all_kept || self.rng.below(2) == 0 {
             persist.state = None;
@@ -492,7 +532,8 @@ impl QuorumRun {
         };
         let term = self.voters[v].raft.term();
         if self.controller.as_ref().is_none_or(|(t, _)| *t != term) {
-            self.controller = Some((term, Controller::new(SESSION_TIMEOUT)));
+            self.controller =
+                Some((term, Controller::new(SESSION_TIMEOUT, ClusterId(u128::from(term)))));
             *self.events.entry("controller elected").or_default() += 1;
         }
         let b = self.rng.below(self.brokers.len() as u64) as usize;
@@ -595,6 +636,7 @@ fn controller_voters_agree_on_the_metadata_through_a_lossy_network() {
         "voter restarted",
         "voter restarted after voting",
         "voter crashed while persisting",
+        "messages stepped while persisting",
     ];
     let missing: Vec<_> = expected.iter().filter(|e| !totals.contains_key(*e)).collect();
     assert!(missing.is_empty(), "never ran: {missing:?} ({totals:?})");

@@ -23,7 +23,8 @@ use crate::record::archive;
 use crate::record::batch::NativeBatchView;
 use crate::record::entry::{entries, Check, StoredEntry as LogEntry};
 use crate::record::{BatchBuilder, OwnedRecord, PayloadFormat, PendingEntry};
-use crate::types::{Offset, PartitionId};
+use crate::types::{NodeId, Offset, PartitionId};
+use rkyv::{Archive, Deserialize, Serialize};
 
 /// The metadata log's directory in the data directory; no topic may take the name.
 pub const METADATA_DIR: &str = "__cluster_metadata";
@@ -42,13 +43,25 @@ pub struct VoterLog<S: Storage> {
     log: Rc<PartitionLog<S>>,
     storage: S,
     dir: PathBuf,
+    /// The voter set, written with every state: a log kept under one voter set must not go on
+    /// under another (two sets can elect two leaders in one term).
+    voters: Vec<NodeId>,
+}
+
+/// What `quorum-state` holds.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+struct QuorumFile {
+    voters: Vec<NodeId>,
+    state: VoterState,
 }
 
 impl<S: Storage> VoterLog<S> {
     /// Opens (recovering) the voter's log and state under `data_dir`, or creates them empty,
-    /// and returns what they hold.
+    /// and returns what they hold. Refused when they were kept under another voter set: the
+    /// set is static (changing it, KIP-853, is to come).
     pub async fn open(
         data_dir: &Path,
+        voters: &[NodeId],
         limits: LogLimits,
         shared: SharedByShard<S>,
     ) -> io::Result<(Self, Durable)> {
@@ -64,9 +77,24 @@ impl<S: Storage> VoterLog<S> {
             shared,
         )
         .await?;
-        let voter_log = Self { log, storage, dir };
+        let voter_log = Self { log, storage, dir, voters: voters.to_vec() };
         let entries = voter_log.read_all().await?;
-        let state = voter_log.read_state().await?;
+        let state = match voter_log.read_state().await? {
+            Some(file) if file.voters == voters => file.state,
+            Some(file) => {
+                let why = format!(
+                    "this voter's log was kept with controller.quorum.voters naming nodes {:?}, \
+                     not {voters:?}: the voter set cannot change yet",
+                    file.voters
+                );
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, why));
+            }
+            None => {
+                // The voter set is recorded before the voter votes at all.
+                voter_log.write_state(VoterState::default()).await?;
+                VoterState::default()
+            }
+        };
         Ok((voter_log, Durable { entries, state }))
     }
 
@@ -121,15 +149,21 @@ impl<S: Storage> VoterLog<S> {
         Ok(read)
     }
 
-    async fn read_state(&self) -> io::Result<VoterState> {
+    async fn read_state(&self) -> io::Result<Option<QuorumFile>> {
         let path = self.dir.join(STATE_FILE);
         let named = |why: String| {
             io::Error::new(io::ErrorKind::InvalidData, format!("{}: {why}", path.display()))
         };
         let Some(bytes) = read_small_file(&self.storage, &path, STATE_BYTES_MAX).await? else {
-            return Ok(VoterState::default());
+            return Ok(None);
         };
-        decode_state(&bytes).map_err(named)
+        decode_state(&bytes).map(Some).map_err(named)
+    }
+
+    async fn write_state(&self, state: VoterState) -> io::Result<()> {
+        let file = QuorumFile { voters: self.voters.clone(), state };
+        replace_small_file(&self.storage, &self.dir.join(STATE_FILE), &encode_state(&file)).await?;
+        self.storage.sync_dir(&self.dir).await
     }
 
     /// Makes `persist` durable: the log from its first entry's index replaced by its entries and
@@ -141,7 +175,10 @@ impl<S: Storage> VoterLog<S> {
             if from < self.log.log_end() {
                 let cut = self.log.truncate_to(from).await.map_err(failed)?;
                 // One Raft entry per log entry: a truncation cuts exactly where it is asked.
-                assert_eq!(cut, from, "the voter log cut at {cut}, asked to cut at {from}");
+                if cut != from {
+                    let why = format!("the log cut at {cut}, asked to cut at {from}");
+                    return Err(io::Error::other(format!("{}: {why}", self.dir.display())));
+                }
             }
             let mut last = None;
             for entry in &persist.entries {
@@ -156,13 +193,13 @@ impl<S: Storage> VoterLog<S> {
                 let pending = PendingEntry::native(meta, &archive)
                     .ok_or_else(|| io::Error::other("a metadata entry too large to frame"))?;
                 let appended = self.log.append(pending).map_err(failed)?;
-                assert_eq!(
-                    appended.base_offset.0 + 1,
-                    entry.index,
-                    "Raft entry {} went to offset {}",
-                    entry.index,
-                    appended.base_offset
-                );
+                if appended.base_offset.0 + 1 != entry.index {
+                    let why = format!(
+                        "Raft entry {} went to offset {}",
+                        entry.index, appended.base_offset
+                    );
+                    return Err(io::Error::other(format!("{}: {why}", self.dir.display())));
+                }
                 last = Some(appended);
             }
             if let Some(last) = last {
@@ -170,9 +207,7 @@ impl<S: Storage> VoterLog<S> {
             }
         }
         if let Some(state) = persist.state {
-            replace_small_file(&self.storage, &self.dir.join(STATE_FILE), &encode_state(state))
-                .await?;
-            self.storage.sync_dir(&self.dir).await?;
+            self.write_state(state).await?;
         }
         Ok(())
     }
@@ -190,11 +225,11 @@ fn decode_entry(bytes: &[u8]) -> Result<StoredEntry, String> {
     archive::decode_versioned(bytes, ENTRY_VERSION, "Raft entry")
 }
 
-fn encode_state(state: VoterState) -> Vec<u8> {
-    archive::encode_versioned(STATE_VERSION, &state)
+fn encode_state(file: &QuorumFile) -> Vec<u8> {
+    archive::encode_versioned(STATE_VERSION, file)
 }
 
-fn decode_state(bytes: &[u8]) -> Result<VoterState, String> {
+fn decode_state(bytes: &[u8]) -> Result<QuorumFile, String> {
     archive::decode_versioned(bytes, STATE_VERSION, "voter state")
 }
 
@@ -210,11 +245,16 @@ mod tests {
     use crate::log::tail_cache::TailBudget;
     use crate::metrics::Metrics;
 
+    const VOTERS: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
+
     async fn open(data_dir: &Path) -> (VoterLog<DmaStorage>, Durable) {
-        try_open(data_dir).await.expect("open the voter log")
+        try_open(data_dir, &VOTERS).await.expect("open the voter log")
     }
 
-    async fn try_open(data_dir: &Path) -> io::Result<(VoterLog<DmaStorage>, Durable)> {
+    async fn try_open(
+        data_dir: &Path,
+        voters: &[NodeId],
+    ) -> io::Result<(VoterLog<DmaStorage>, Durable)> {
         let limits = LogLimits {
             write_bytes_max: 64 * 1024,
             tail_cache_bytes: 0,
@@ -229,7 +269,7 @@ mod tests {
             tail_budget: TailBudget::new(usize::MAX),
             open_files: OpenFiles::new(2),
         };
-        VoterLog::open(data_dir, limits, shared).await
+        VoterLog::open(data_dir, voters, limits, shared).await
     }
 
     fn entry(index: u64, term: u64) -> StoredEntry {
@@ -263,12 +303,16 @@ mod tests {
             assert_eq!(durable.entries.len(), 6);
             log.close().await;
 
+            // Another voter set is refused by name.
+            let other = try_open(&data_dir, &VOTERS[..2]).await.err().expect("refused");
+            assert!(other.to_string().contains("cannot change"), "{other}");
+
             // A state file of a newer format stops the voter by name, never read as damage.
             let state_path = data_dir.join(METADATA_DIR).join(STATE_FILE);
             let mut newer = std::fs::read(&state_path).expect("the state file");
             newer[0] = STATE_VERSION + 1;
             std::fs::write(&state_path, newer).expect("rewrite the state file");
-            let refused = try_open(&data_dir).await.err().expect("refused");
+            let refused = try_open(&data_dir, &VOTERS).await.err().expect("refused");
             let message = refused.to_string();
             assert!(message.contains("quorum-state") && message.contains("version 2"), "{message}");
         });

@@ -210,6 +210,7 @@ pub fn error_code(kind: ErrorKind) -> i16 {
         ErrorKind::StaleBrokerEpoch => Kafka::StaleBrokerEpoch,
         ErrorKind::DuplicateBrokerRegistration => Kafka::DuplicateBrokerRegistration,
         ErrorKind::InvalidReplicationFactor => Kafka::InvalidReplicationFactor,
+        ErrorKind::InconsistentClusterId => Kafka::InconsistentClusterId,
         ErrorKind::CoordinatorNotAvailable => Kafka::CoordinatorNotAvailable,
         ErrorKind::IllegalGeneration => Kafka::IllegalGeneration,
         ErrorKind::InconsistentGroupProtocol => Kafka::InconsistentGroupProtocol,

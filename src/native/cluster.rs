@@ -23,10 +23,12 @@ pub async fn voter_messages(shard: &Rc<Shard>, frame: &RequestFrame) -> Response
         Ok(messages) => messages,
         Err(why) => return undecodable(Api::VoterMessages, request_id, why),
     };
-    let error = match shard.deliver_voter_messages(request.from, messages).await {
+    let delivered = shard.deliver_voter_messages(request.from, request.cluster_id, messages);
+    let error = match delivered.await {
         Ok(()) => ErrorBody::none(),
         Err(e) => {
-            tracing::warn!(from = %request.from, "Raft messages refused: {e}");
+            // Debug, not warn: anyone reaching the port could fill the log otherwise.
+            tracing::debug!(from = %request.from, "Raft messages refused: {e}");
             ErrorBody::from(&e)
         }
     };

@@ -7,6 +7,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 // The cluster's requests and answers travel as the cluster defines them.
+pub use crate::cluster::metadata::ClusterId;
 pub use crate::cluster::node::{BrokerStatus, ClusterStatus, ControllerAnswer, ControllerRequest};
 pub use crate::cluster::raft_wire::WireMessage;
 use crate::error::{BrokerError, ErrorKind};
@@ -62,6 +63,8 @@ pub enum ErrorCode {
     DuplicateBrokerRegistration = 30,
     /// More replicas than live brokers, or none.
     InvalidReplicationFactor = 31,
+    /// A broker or voter of another cluster.
+    InconsistentClusterId = 32,
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -107,6 +110,7 @@ impl From<ErrorKind> for ErrorCode {
             ErrorKind::StaleBrokerEpoch => ErrorCode::StaleBrokerEpoch,
             ErrorKind::DuplicateBrokerRegistration => ErrorCode::DuplicateBrokerRegistration,
             ErrorKind::InvalidReplicationFactor => ErrorCode::InvalidReplicationFactor,
+            ErrorKind::InconsistentClusterId => ErrorCode::InconsistentClusterId,
         }
     }
 }
@@ -209,6 +213,8 @@ pub struct MetadataResponse {
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub struct VoterMessagesRequest {
     pub from: NodeId,
+    /// The sender's cluster, once it knows it: a voter of another cluster is refused.
+    pub cluster_id: Option<ClusterId>,
 }
 
 /// The answer to a [`ControllerRequest`]: `answer` when `error` is none; with NOT_CONTROLLER,

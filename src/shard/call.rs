@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::cluster::metadata::ClusterId;
 use crate::cluster::node::{ClusterStatus, ControllerAnswer, ControllerError, ControllerRequest};
 use crate::cluster::raft_wire::WireMessage;
 use crate::error::BrokerError;
@@ -56,13 +57,17 @@ typed_requests! {
     Group { call: GroupCall } -> Box<GroupAnswer>;
 
     /// For the controller voter (shard 0): Raft messages from voter `from`.
-    StepVoter { from: NodeId, messages: Vec<WireMessage> } -> Result<(), BrokerError>;
+    StepVoter { from: NodeId, cluster_id: Option<ClusterId>, messages: Vec<WireMessage> }
+        -> Result<(), BrokerError>;
 
     /// For the controller voter (shard 0): a broker's request to the active controller.
     AskController { request: ControllerRequest } -> Result<ControllerAnswer, ControllerError>;
 
     /// For the controller voter (shard 0): the cluster as it sees it.
     DescribeCluster {} -> Result<ClusterStatus, BrokerError>;
+
+    /// For shard 0, which holds the broker's block of producer ids: one of them.
+    NextProducerId {} -> Result<i64, BrokerError>;
 }
 
 /// What shards send each other over the mesh: calls, and the answers to them.

@@ -3,6 +3,8 @@
 
 use std::rc::Rc;
 
+use crate::cluster::membership::Membership;
+use crate::cluster::metadata::ClusterId;
 use crate::cluster::node::{
     ClusterStatus, ControllerAnswer, ControllerError, ControllerNode, ControllerRequest,
 };
@@ -12,14 +14,17 @@ use crate::cluster::voter_log::VoterLog;
 use crate::error::{BrokerError, ErrorKind};
 use crate::log::storage::DmaStorage;
 use crate::log::SharedByShard;
-use crate::shard::call::{AskController, DescribeCluster, StepVoter};
+use crate::shard::call::{AskController, DescribeCluster, NextProducerId, StepVoter};
 use crate::shard::{Shard, CONTROLLER_SHARD};
 use crate::types::NodeId;
 
 impl Shard {
     /// Opens the controller voter's log and state in the data directory, on this shard's disk
     /// budgets (shard 0, at start).
-    pub async fn open_voter_log(&self) -> std::io::Result<(VoterLog<DmaStorage>, Durable)> {
+    pub async fn open_voter_log(
+        &self,
+        voters: &[NodeId],
+    ) -> std::io::Result<(VoterLog<DmaStorage>, Durable)> {
         let shared = SharedByShard {
             storage: DmaStorage,
             metrics: self.metrics.clone(),
@@ -27,7 +32,27 @@ impl Shard {
             tail_budget: self.tail_budget.clone(),
             open_files: self.open_files.clone(),
         };
-        VoterLog::open(&self.config.data_dir, self.limits(), shared).await
+        VoterLog::open(&self.config.data_dir, voters, self.limits(), shared).await
+    }
+
+    /// Makes `membership` the broker's (shard 0, at start).
+    pub fn host_membership(&self, membership: Rc<Membership>) {
+        *self.membership.borrow_mut() = Some(membership);
+    }
+
+    /// A producer id no other producer in the cluster has (from the broker's block, which
+    /// shard 0 keeps).
+    pub async fn next_producer_id(self: &Rc<Self>) -> Result<i64, BrokerError> {
+        self.ask(CONTROLLER_SHARD, NextProducerId {}).await?
+    }
+
+    pub(super) async fn next_producer_id_here(&self) -> Result<i64, BrokerError> {
+        let membership = self.membership.borrow().clone();
+        let Some(membership) = membership else {
+            let why = "the broker has not joined its cluster yet";
+            return Err(BrokerError::new(ErrorKind::CoordinatorNotAvailable, why));
+        };
+        membership.next_producer_id().await
     }
 
     /// Makes `node` this shard's controller voter (shard 0, at start).
@@ -48,19 +73,21 @@ impl Shard {
     pub async fn deliver_voter_messages(
         self: &Rc<Self>,
         from: NodeId,
+        cluster_id: Option<ClusterId>,
         messages: Vec<WireMessage>,
     ) -> Result<(), BrokerError> {
-        self.ask(CONTROLLER_SHARD, StepVoter { from, messages }).await?
+        self.ask(CONTROLLER_SHARD, StepVoter { from, cluster_id, messages }).await?
     }
 
     pub(super) fn step_voter(
         &self,
         from: NodeId,
+        cluster_id: Option<ClusterId>,
         messages: Vec<WireMessage>,
     ) -> Result<(), BrokerError> {
         let voter = self.hosted_voter()?;
         voter
-            .receive(from, messages)
+            .receive(from, cluster_id, messages)
             .map_err(|why| BrokerError::new(ErrorKind::InvalidRequest, why))
     }
 

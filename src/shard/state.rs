@@ -9,12 +9,14 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use event_listener::Event;
 use futures_channel::oneshot;
 
+use crate::cluster::membership::Membership;
+use crate::cluster::metadata::ClusterId;
 use crate::cluster::node::ControllerNode;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
@@ -29,8 +31,8 @@ use crate::partition::{Acks, LogBounds, Partition, ReadOutcome};
 use crate::record::PendingEntry;
 use crate::shard::call::{
     AddPartitions, ApplyTopic, AskController, CreateTopic, DeleteTopic, DescribeCluster, Fetch,
-    Group, ListOffsets, MeshMessage, Produce, Request, ShardAnswer, ShardCall, StepVoter,
-    Watermarks,
+    Group, ListOffsets, MeshMessage, NextProducerId, Produce, Request, ShardAnswer, ShardCall,
+    StepVoter, Watermarks,
 };
 use crate::shard::catalog::{self, Catalog, TopicInfo};
 use crate::shard::mesh::Peers;
@@ -68,12 +70,15 @@ pub struct Shard {
     pub(super) admin_lock: glommio::sync::Semaphore,
     pub(super) stopping: Cell<bool>,
     pub(super) stop_event: Event,
-    /// The next idempotent producer id this shard hands out; see [`Shard::next_producer_id`].
-    pub(super) next_producer_id: Cell<i64>,
     /// The consumer groups this shard coordinates.
     pub groups: Coordinator,
+    /// The cluster this broker's data directory belongs to, once known: shared by every shard,
+    /// set once (at start, or by the broker's first registration).
+    pub cluster_id: Arc<OnceLock<ClusterId>>,
     /// On shard 0 of a controller voter, once it has started: its Raft node (`shard/cluster.rs`).
     pub(super) voter: RefCell<Option<Rc<ControllerNode>>>,
+    /// On shard 0, once it has started: the broker's membership of the cluster.
+    pub(super) membership: RefCell<Option<Rc<Membership>>>,
     /// What every shard's partitions have yet to write, against `queued.max.request.bytes`.
     pub queued: Arc<QueuedBytes>,
     /// What this shard's partitions keep in their tail caches, against
@@ -91,6 +96,7 @@ impl Shard {
         catalog: Catalog,
         peers: Option<Peers<MeshMessage>>,
         queued: Arc<QueuedBytes>,
+        cluster_id: Arc<OnceLock<ClusterId>>,
     ) -> Self {
         Self {
             queued,
@@ -98,6 +104,8 @@ impl Shard {
             open_files: OpenFiles::new(config.segment_files_open_max.div_ceil(count).max(1)),
             groups: Coordinator::new(&config),
             voter: RefCell::new(None),
+            membership: RefCell::new(None),
+            cluster_id,
             id,
             count,
             config,
@@ -111,18 +119,7 @@ impl Shard {
             admin_lock: glommio::sync::Semaphore::new(1),
             stopping: Cell::new(false),
             stop_event: Event::new(),
-            next_producer_id: Cell::new(crate::now_ms().saturating_mul(1000) + id.0 as i64),
         }
-    }
-
-    /// A producer id no other shard, and no earlier run, has handed out. Shard `s` of `n` hands
-    /// out `start + s`, `start + s + n`, ... where `start` is the start time in microseconds-ish
-    /// (ms × 1000): a later run starts above every id an earlier one could have reached unless
-    /// it handed out more than 1000 ids per millisecond of its life.
-    pub fn next_producer_id(&self) -> i64 {
-        let id = self.next_producer_id.get();
-        self.next_producer_id.set(id + self.count as i64);
-        id
     }
 
     pub fn owner(&self, topic: &str, partition: PartitionId) -> ShardId {
@@ -223,14 +220,17 @@ impl Shard {
             ShardCall::Group(Group { call }) => {
                 ShardAnswer::Group(Box::new(self.groups.handle(self, call).await))
             }
-            ShardCall::StepVoter(StepVoter { from, messages }) => {
-                ShardAnswer::StepVoter(self.step_voter(from, messages))
+            ShardCall::StepVoter(StepVoter { from, cluster_id, messages }) => {
+                ShardAnswer::StepVoter(self.step_voter(from, cluster_id, messages))
             }
             ShardCall::AskController(AskController { request }) => {
                 ShardAnswer::AskController(self.ask_controller_here(request).await)
             }
             ShardCall::DescribeCluster(DescribeCluster {}) => {
                 ShardAnswer::DescribeCluster(self.describe_cluster_here())
+            }
+            ShardCall::NextProducerId(NextProducerId {}) => {
+                ShardAnswer::NextProducerId(self.next_producer_id_here().await)
             }
         }
     }

@@ -139,7 +139,14 @@ impl Broker {
         // The broker's own word, not a probe connection: a broker killed moments ago can still
         // listen on the ports for a while (the kernel releases its listeners when it tears down
         // the dead process's io_uring), and a probe would take that for this one.
-        let shards = self.cores.split(['-', ',']).count();
+        let shards: usize = (self.cores.split(','))
+            .map(|part| match part.split_once('-') {
+                Some((from, to)) => {
+                    to.trim().parse::<usize>().unwrap() - from.trim().parse::<usize>().unwrap() + 1
+                }
+                None => 1,
+            })
+            .sum();
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.stderr().matches("listeners ready").count() < shards {
             self.exited_during_start()?;
@@ -194,6 +201,23 @@ impl Broker {
             std::thread::sleep(Duration::from_millis(20));
         }
         std::fs::read_to_string(self.stdout_path()).unwrap()
+    }
+
+    /// Waits (up to `within`) for the broker to exit by itself, and returns how it exited.
+    pub fn wait_for_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("broker running");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("broker still running after {within:?}:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGKILL: a crash.

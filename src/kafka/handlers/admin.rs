@@ -254,7 +254,10 @@ fn broker_entries(shard: &Shard) -> Vec<ConfigEntry> {
 
 /// Hands out a producer id with epoch 0, or bumps the epoch of the id the producer already has
 /// (KIP-360), which fences its older instances.
-pub fn init_producer_id(shard: &Shard, request: InitProducerIdRequest) -> InitProducerIdResponse {
+pub async fn init_producer_id(
+    shard: &Rc<Shard>,
+    request: InitProducerIdRequest,
+) -> InitProducerIdResponse {
     let mut response = InitProducerIdResponse::default();
     if let Some(id) = request.transactional_id.as_ref().filter(|id| !id.0.is_empty()) {
         tracing::info!(
@@ -274,8 +277,20 @@ pub fn init_producer_id(shard: &Shard, request: InitProducerIdRequest) -> InitPr
         response.producer_id = request.producer_id;
         response.producer_epoch = request.producer_epoch + 1;
     } else {
-        response.producer_id = ProducerId(shard.next_producer_id());
-        response.producer_epoch = 0;
+        match shard.next_producer_id().await {
+            Ok(id) => {
+                response.producer_id = ProducerId(id);
+                response.producer_epoch = 0;
+            }
+            Err(e) => {
+                // Retriable: the client asks again (this broker not registered yet, or no
+                // controller elected for the moment).
+                tracing::debug!("InitProducerId: {e}");
+                response.error_code = crate::kafka::codec::error_code(e.kind);
+                response.producer_id = ProducerId(-1);
+                response.producer_epoch = -1;
+            }
+        }
     }
     response
 }

@@ -17,9 +17,6 @@ use crate::kafka::handlers::{has_field, kafka_error};
 use crate::record::pending::LEADER_EPOCH;
 use crate::shard::Shard;
 
-/// Names the single-node cluster in Metadata (clients only compare it between brokers).
-pub const CLUSTER_ID: &str = "spate-single-node";
-
 pub async fn metadata(
     shard: &Rc<Shard>,
     connection: &Connection,
@@ -35,7 +32,10 @@ pub async fn metadata(
     broker.port = i32::from(port);
     response.brokers.push(broker);
     if has_field(version, 2) {
-        response.cluster_id = Some(StrBytes::from_static_str(CLUSTER_ID));
+        // Null until the cluster is formed (the first moments of a new one), as Kafka's nullable
+        // field allows; clients compare it between brokers.
+        let cluster_id = shard.cluster_id.get().map(|id| StrBytes::from_string(id.to_string()));
+        response.cluster_id = cluster_id;
     }
     if has_field(version, 1) {
         response.controller_id = node;

@@ -83,7 +83,7 @@ pub async fn handle(
             (Hist::KafkaOther, reply(&admin::describe_configs(&shard, request)))
         }
         Request::InitProducerId(request) => {
-            (Hist::KafkaOther, reply(&admin::init_producer_id(&shard, request)))
+            (Hist::KafkaOther, reply(&admin::init_producer_id(&shard, request).await))
         }
         Request::FindCoordinator(request) => (
             Hist::KafkaOther,
