@@ -14,7 +14,7 @@ dir=$(mktemp -d)
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  sleep 1
   rm -rf "$dir"
 }
 trap cleanup EXIT
@@ -27,6 +27,7 @@ start() {
     --set broker.session.timeout.ms=3000 --set broker.heartbeat.interval.ms=300 \
     >"$dir/log$n" 2>&1 &
   pids[$n]=$!
+  disown
 }
 leader_seen_by() {
   "$spate" cluster status -b "127.0.0.1:$((21188 + 2 * $1))" 2>/dev/null |
@@ -39,7 +40,8 @@ for round in $(seq "$rounds"); do
   until [ "$("$spate" cluster status -b 127.0.0.1:21190 2>/dev/null | grep -c ' live ')" = 3 ]; do
     sleep 0.1
   done
-  leader=$(leader_seen_by 1)
+  leader=""
+  until [ -n "$leader" ]; do leader=$(leader_seen_by 1); sleep 0.05; done
   survivor=$((leader % 3 + 1))
   begin=$(date +%s%N)
   kill -9 "${pids[$leader]}"
@@ -51,7 +53,7 @@ for round in $(seq "$rounds"); do
   ms=$((($(date +%s%N) - begin) / 1000000))
   times+=("$ms")
   echo "round $round: node $leader killed, node $now_leader active after $ms ms"
-  wait "${pids[$leader]}" 2>/dev/null || true
+  while kill -0 "${pids[$leader]}" 2>/dev/null; do sleep 0.05; done
   start "$leader"
 done
 sorted=($(printf '%s\n' "${times[@]}" | sort -n))

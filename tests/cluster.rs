@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::kafka_wire::Conn;
-use common::{run, Broker, BINARY};
+use common::{run, scripts, Broker, BINARY};
 use kafka_protocol::messages::{ApiKey, InitProducerIdRequest, InitProducerIdResponse};
 use spate::client::Client;
 use spate::native::messages::ClusterStatus;
@@ -258,8 +258,38 @@ fn three_brokers_elect_a_controller_fence_the_silent_and_survive_its_crash() {
     let fourth = cluster.start_node(4, &node4);
     cluster.brokers.push(fourth);
     let all4 = [1, 2, 3, 4];
-    cluster.settle(&all[..], "the fourth broker live", |s| all_live(s, &all4));
-    assert!(cluster.status(4).is_err(), "a broker that is not a voter has no view of its own");
+    // It follows the metadata log: its view is the voters'.
+    let four =
+        cluster.settle(&all4, "the fourth broker live, seen alike by all", |s| all_live(s, &all4));
+    // Unchanged Kafka admin clients see the same cluster through every broker: kafka-python's
+    // describe_cluster (DescribeCluster) the whole membership and controller; confluent-kafka's
+    // (librdkafka asks Metadata, which describes the answering broker alone until topics go
+    // through the controller) the same cluster id.
+    let python = scripts::require_pip_confluent();
+    scripts::require_kafka_python();
+    let views: Vec<(String, String)> = cluster
+        .brokers
+        .iter()
+        .map(|broker| {
+            let printed = scripts::run_script(broker, "unused", &python, &["describe_cluster.py"])
+                .unwrap_or_else(|e| panic!("describe_cluster through {}: {e}", broker.kafka_addr));
+            let line = |client: &str| {
+                let tag = format!("\"client\": \"{client}\"");
+                printed.lines().find(|l| l.contains(&tag)).unwrap_or_default().to_string()
+            };
+            (line("kafka-python"), line("confluent-kafka"))
+        })
+        .collect();
+    let leader = four.leader.expect("a controller").0;
+    let whole = &views[0].0;
+    assert!(views.iter().all(|(k, _)| k == whole), "views differ: {views:#?}");
+    assert!(whole.contains(&format!("\"controller\": {leader}")), "{whole}");
+    for broker in &cluster.brokers {
+        let (host, port) = broker.kafka_addr.rsplit_once(':').expect("host:port");
+        assert!(whole.contains(&format!("\"{host}\", {port}")), "{whole}");
+    }
+    let id = format!("\"cluster_id\": \"{cluster_id}\"");
+    assert!(views.iter().all(|(k, c)| k.contains(&id) && c.contains(&id)), "{views:#?}");
 
     // A broker whose data directory belongs to another cluster is refused and stops: node 4's
     // directory replaced by one that formed a cluster of its own.

@@ -14,7 +14,9 @@ use event_listener::Event;
 
 use crate::client::{Client, ClientError};
 use crate::cluster::metadata::ClusterId;
-use crate::cluster::node::{ControllerAnswer, ControllerError, ControllerRequest, Links};
+use crate::cluster::node::{
+    ControllerAnswer, ControllerError, ControllerRequest, Links, MetadataEntries,
+};
 use crate::cluster::raft_wire::WireMessage;
 use crate::config::BrokerConfig;
 use crate::error::{BrokerError, ErrorKind};
@@ -182,6 +184,24 @@ impl Links for VoterLinks {
         outbox.bytes += bytes;
         outbox.messages.extend(messages);
         peer.queued.notify(1);
+    }
+
+    fn fetch_metadata(
+        &self,
+        to: NodeId,
+        from: u64,
+    ) -> Pin<Box<dyn Future<Output = Result<MetadataEntries, ControllerError>>>> {
+        let Some(peer) = self.peers.get(&to).cloned() else {
+            let why = format!("node {to} is not a controller voter");
+            return Box::pin(async move { Err(unavailable(why)) });
+        };
+        Box::pin(async move {
+            let fetched = async { peer.connection().await?.metadata_entries(from).await };
+            bounded(fetched).await.map_err(|e| {
+                peer.broken(&e);
+                unavailable(format!("voter {to} at {}: {e}", peer.address))
+            })
+        })
     }
 
     fn ask_controller(

@@ -18,6 +18,7 @@ use glommio::net::TcpListener;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use hdrhistogram::Histogram;
 
+use crate::cluster::follower::MetadataFollower;
 use crate::cluster::identity;
 use crate::cluster::membership::{Joining, Membership};
 use crate::cluster::metadata::{ClusterId, Endpoints};
@@ -409,6 +410,12 @@ async fn join_cluster(shard: &Rc<Shard>, stopper: &Arc<Stopper>) -> ClusterRole 
         let stop = shard.clone();
         glommio::spawn_local(async move { node.fence_the_silent(stop.wait_for_stop()).await })
             .detach();
+    } else {
+        let follower =
+            Rc::new(MetadataFollower::new(config.node_id, voters.clone(), links.clone()));
+        shard.host_follower(follower.clone());
+        let stop = shard.clone();
+        glommio::spawn_local(async move { follower.run(stop.wait_for_stop()).await }).detach();
     }
     let (kafka, native) = (config.kafka_endpoint(), config.native_endpoint());
     let joining = Joining {

@@ -21,9 +21,9 @@ use crate::native::messages::{
     DescribeGroupResponse, ErrorBody, ErrorCode, FetchOffsetsRequest, FetchOffsetsResponse,
     FetchRequest, FetchResponse, GroupSummary, HeartbeatRequest, JoinGroupRequest,
     JoinGroupResponse, LeaveGroupRequest, ListGroupsRequest, ListGroupsResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
-    ProduceResponse, SyncGroupRequest, SyncGroupResponse, TopicMetadata, VoterMessagesRequest,
-    WireMessage,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataEntries, MetadataFetchRequest,
+    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, SyncGroupRequest,
+    SyncGroupResponse, TopicMetadata, VoterMessagesRequest, WireMessage,
 };
 use crate::record::batch::{BatchBuilder, NativeBatchView, RecordView};
 use crate::record::entry::{entries, Check, StoredEntry};
@@ -529,7 +529,18 @@ impl Client {
         Ok(response)
     }
 
-    /// The cluster as the broker at the other end (a controller voter) sees it.
+    /// The committed metadata log entries from `from` on, from the controller voter at the
+    /// other end.
+    pub async fn metadata_entries(&self, from: u64) -> Result<MetadataEntries, ClientError> {
+        let request = encode(&MetadataFetchRequest { from });
+        let (response, frame): (AdminResponse, _) = self.call(Api::MetadataFetch, &request).await?;
+        ClientError::from_body(&response.error)?;
+        let data_start = frame.header.padded_meta_len();
+        // The data starts 16-aligned in the body, as the archive needs.
+        decode(&frame.body[data_start..]).map_err(ClientError::Protocol)
+    }
+
+    /// The cluster as the broker at the other end sees it.
     pub async fn cluster_status(&self) -> Result<ClusterStatus, ClientError> {
         let (response, _): (ClusterStatusResponse, _) =
             self.call(Api::ClusterStatus, &encode(&ClusterStatusRequest {})).await?;

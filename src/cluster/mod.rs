@@ -21,6 +21,7 @@
 //! applying the committed records.
 
 pub mod decide;
+pub mod follower;
 pub mod identity;
 pub mod membership;
 pub mod metadata;

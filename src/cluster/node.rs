@@ -137,6 +137,15 @@ pub struct BrokerStatus {
     pub shut_down: bool,
 }
 
+/// Committed entries of the metadata log, for a broker that follows it without voting.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct MetadataEntries {
+    /// The active controller, as the answering voter knows it.
+    pub leader: Option<NodeId>,
+    /// Consecutive entries from the one asked for: (index, batch, empty for Raft's own).
+    pub entries: Vec<(u64, Vec<u8>)>,
+}
+
 /// How a voter reaches the others, and a broker the controller: the broker's native client.
 pub trait Links {
     /// Best effort: Raft sends again what is lost. `cluster_id`: the sender's cluster, once
@@ -147,6 +156,13 @@ pub trait Links {
         cluster_id: Option<ClusterId>,
         messages: Vec<WireMessage>,
     );
+
+    /// Asks voter `to` for the committed metadata entries from index `from` on.
+    fn fetch_metadata(
+        &self,
+        to: NodeId,
+        from: u64,
+    ) -> Pin<Box<dyn Future<Output = Result<MetadataEntries, ControllerError>>>>;
 
     /// Sends a request to voter `to` and waits (bounded) for its answer.
     fn ask_controller(
@@ -542,34 +558,59 @@ impl ControllerNode {
         }
     }
 
-    pub fn status(&self) -> ClusterStatus {
-        let raft = self.raft.borrow();
-        let image = self.image.borrow();
-        let brokers = image
-            .brokers
-            .iter()
-            .map(|(node, b)| BrokerStatus {
-                node: *node,
-                endpoints: b.endpoints.clone(),
-                rack: b.rack.clone(),
-                broker_epoch: b.broker_epoch,
-                fenced: b.fenced,
-                shut_down: b.shut_down,
-            })
-            .collect();
-        let partitions = image.topics.values().flat_map(|t| t.partitions.values());
-        let offline = partitions.filter(|p| p.leader.is_none()).count();
-        ClusterStatus {
-            node: self.me,
-            cluster_id: image.cluster_id,
-            voters: self.voters.clone(),
-            leader: node_of(raft.leader()),
-            term: raft.term(),
-            applied: self.applied.get(),
-            brokers,
-            topics: u32::try_from(image.topics.len()).unwrap_or(u32::MAX),
-            offline_partitions: u32::try_from(offline).unwrap_or(u32::MAX),
+    /// Committed entries from `from` on, as applied here (about `max_bytes`, at least one when
+    /// there are any), for a broker that follows the log without voting.
+    pub fn committed_since(&self, from: u64, max_bytes: u64) -> Result<MetadataEntries, String> {
+        let leader = node_of(self.raft.borrow().leader());
+        let applied = self.applied.get();
+        if from == 0 || from > applied {
+            return Ok(MetadataEntries { leader, entries: Vec::new() });
         }
+        let entries =
+            self.raft.borrow().entries(from, applied, max_bytes).map_err(|e| e.to_string())?;
+        let entries = entries.into_iter().map(|e| (e.index, e.data)).collect();
+        Ok(MetadataEntries { leader, entries })
+    }
+
+    pub fn status(&self) -> ClusterStatus {
+        let mut status = status_of(self.me, &self.voters, &self.image.borrow(), self.applied.get());
+        let raft = self.raft.borrow();
+        (status.leader, status.term) = (node_of(raft.leader()), raft.term());
+        status
+    }
+}
+
+/// The cluster as `image` (applied up to entry `applied`) shows it, as broker `node` answers.
+pub fn status_of(
+    node: NodeId,
+    voters: &[NodeId],
+    image: &MetadataImage,
+    applied: u64,
+) -> ClusterStatus {
+    let brokers = image
+        .brokers
+        .iter()
+        .map(|(node, b)| BrokerStatus {
+            node: *node,
+            endpoints: b.endpoints.clone(),
+            rack: b.rack.clone(),
+            broker_epoch: b.broker_epoch,
+            fenced: b.fenced,
+            shut_down: b.shut_down,
+        })
+        .collect();
+    let partitions = image.topics.values().flat_map(|t| t.partitions.values());
+    let offline = partitions.filter(|p| p.leader.is_none()).count();
+    ClusterStatus {
+        node,
+        cluster_id: image.cluster_id,
+        voters: voters.to_vec(),
+        leader: None,
+        term: 0,
+        applied,
+        brokers,
+        topics: u32::try_from(image.topics.len()).unwrap_or(u32::MAX),
+        offline_partitions: u32::try_from(offline).unwrap_or(u32::MAX),
     }
 }
 

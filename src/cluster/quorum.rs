@@ -19,7 +19,7 @@
 use bytes::Bytes;
 use raft::eraftpb::{ConfState, Message, MessageType};
 use raft::storage::MemStorage;
-use raft::{Config, RawNode, StateRole};
+use raft::{Config, RawNode, StateRole, Storage};
 
 use super::raft_wire::{StoredEntry, VoterState};
 
@@ -234,6 +234,22 @@ impl Voter {
     pub fn caught_up(&self) -> bool {
         let log = &self.node.raft.raft_log;
         log.applied == log.last_index()
+    }
+
+    /// Entries `from..=to` of the log, about `max_bytes` of them (at least one).
+    pub fn entries(
+        &self,
+        from: u64,
+        to: u64,
+        max_bytes: u64,
+    ) -> Result<Vec<StoredEntry>, QuorumError> {
+        let context = raft::GetEntriesContext::empty(false);
+        let entries = self.node.store().entries(from, to + 1, max_bytes, context)?;
+        entries
+            .iter()
+            .map(StoredEntry::from_raft)
+            .collect::<Result<_, _>>()
+            .map_err(QuorumError::Damaged)
     }
 
     /// The index of the last entry in this voter's log.

@@ -7,10 +7,11 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest,
-    DeleteTopicsRequest, DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest,
-    FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest,
-    LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
-    OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader, SyncGroupRequest,
+    DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest,
+    FetchRequest, FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest,
+    JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
+    OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader,
+    SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -60,6 +61,7 @@ pub enum Request {
     ListGroups(ListGroupsRequest),
     DescribeGroups(DescribeGroupsRequest),
     DeleteGroups(DeleteGroupsRequest),
+    DescribeCluster(DescribeClusterRequest),
 }
 
 /// A whole request: its header (client id, correlation id) and body.
@@ -100,6 +102,7 @@ pub fn decode_request(api: ApiKey, frame: Bytes) -> Result<DecodedRequest, Strin
         ApiKey::ListGroups => Request::ListGroups(body(&mut buf, version)?),
         ApiKey::DescribeGroups => Request::DescribeGroups(body(&mut buf, version)?),
         ApiKey::DeleteGroups => Request::DeleteGroups(body(&mut buf, version)?),
+        ApiKey::DescribeCluster => Request::DescribeCluster(body(&mut buf, version)?),
         other => return Err(format!("{other:?} is not served")),
     };
     Ok(DecodedRequest { api, version, header, body })

@@ -1,14 +1,17 @@
 //! Native cluster requests: Raft messages between controller voters, brokers' requests to the
-//! active controller, and the cluster's status. Each is forwarded to shard 0, which hosts the
+//! active controller, committed metadata for brokers that follow the log, and the cluster's
+//! status. Each is forwarded to shard 0, which hosts the
 //! voter; a broker that is not a voter answers NOT_CONTROLLER.
 
 use std::rc::Rc;
 
+use bytes::Bytes;
+
 use crate::native::exchange::{answer, undecodable, RequestFrame, Response};
 use crate::native::frame::Api;
 use crate::native::messages::{
-    decode, AdminResponse, ClusterStatusResponse, ControllerRequest, ControllerResponse, ErrorBody,
-    VoterMessagesRequest, WireMessage,
+    decode, encode, AdminResponse, ClusterStatusResponse, ControllerRequest, ControllerResponse,
+    ErrorBody, MetadataFetchRequest, VoterMessagesRequest, WireMessage,
 };
 use crate::shard::Shard;
 
@@ -50,6 +53,24 @@ pub async fn controller_request(shard: &Rc<Shard>, frame: &RequestFrame) -> Resp
         }
     };
     answer(Api::ControllerRequest, request_id, &body)
+}
+
+pub async fn metadata_fetch(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
+    let request_id = frame.header.request_id.get();
+    let request: MetadataFetchRequest = match decode(frame.meta()) {
+        Ok(request) => request,
+        Err(why) => return undecodable(Api::MetadataFetch, request_id, why),
+    };
+    match shard.committed_metadata(request.from).await {
+        Ok(entries) => {
+            let meta = encode(&AdminResponse { error: ErrorBody::none() });
+            let data = Bytes::from(encode(&entries).into_vec());
+            Response::new(Api::MetadataFetch as u8, 0, request_id, &meta, vec![data])
+        }
+        Err(e) => {
+            answer(Api::MetadataFetch, request_id, &AdminResponse { error: ErrorBody::from(&e) })
+        }
+    }
 }
 
 pub async fn cluster_status(shard: &Rc<Shard>, request_id: u64) -> Response {

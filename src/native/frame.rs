@@ -59,6 +59,9 @@ pub enum Api {
     ControllerRequest = 17,
     /// The cluster as the answering voter sees it.
     ClusterStatus = 18,
+    /// Committed metadata log entries from an index on, for a broker that is not a voter; the
+    /// entries travel as the data.
+    MetadataFetch = 19,
 }
 
 impl Api {
@@ -82,6 +85,7 @@ impl Api {
             16 => Self::VoterMessages,
             17 => Self::ControllerRequest,
             18 => Self::ClusterStatus,
+            19 => Self::MetadataFetch,
             _ => return None,
         })
     }

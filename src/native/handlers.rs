@@ -94,6 +94,7 @@ pub async fn handle(
         Api::VoterMessages => Some(cluster::voter_messages(&shard, &frame).await),
         Api::ControllerRequest => Some(cluster::controller_request(&shard, &frame).await),
         Api::ClusterStatus => Some(cluster::cluster_status(&shard, request_id).await),
+        Api::MetadataFetch => Some(cluster::metadata_fetch(&shard, &frame).await),
     };
     shard.metrics.record(hist_of(api), received.elapsed());
     response
@@ -116,7 +117,9 @@ fn hist_of(api: Api) -> Hist {
         | Api::CommitOffsets
         | Api::FetchOffsets
         | Api::DeleteGroup => Hist::Groups,
-        Api::VoterMessages | Api::ControllerRequest | Api::ClusterStatus => Hist::Cluster,
+        Api::VoterMessages | Api::ControllerRequest | Api::ClusterStatus | Api::MetadataFetch => {
+            Hist::Cluster
+        }
     }
 }
 

@@ -8,7 +8,9 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 // The cluster's requests and answers travel as the cluster defines them.
 pub use crate::cluster::metadata::ClusterId;
-pub use crate::cluster::node::{BrokerStatus, ClusterStatus, ControllerAnswer, ControllerRequest};
+pub use crate::cluster::node::{
+    BrokerStatus, ClusterStatus, ControllerAnswer, ControllerRequest, MetadataEntries,
+};
 pub use crate::cluster::raft_wire::WireMessage;
 use crate::error::{BrokerError, ErrorKind};
 // Produce's durability and ListOffsets' special timestamps are the log's terms, carried as is.
@@ -224,6 +226,13 @@ pub struct ControllerResponse {
     pub error: ErrorBody,
     pub leader: Option<NodeId>,
     pub answer: Option<ControllerAnswer>,
+}
+
+/// The committed metadata entries from `from` on; the answer's data is the archive of the
+/// [`MetadataEntries`] ([`encode`]).
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct MetadataFetchRequest {
+    pub from: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]

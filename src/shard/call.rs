@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::cluster::metadata::ClusterId;
-use crate::cluster::node::{ClusterStatus, ControllerAnswer, ControllerError, ControllerRequest};
+use crate::cluster::node::{
+    ClusterStatus, ControllerAnswer, ControllerError, ControllerRequest, MetadataEntries,
+};
 use crate::cluster::raft_wire::WireMessage;
 use crate::error::BrokerError;
 use crate::group::{GroupAnswer, GroupCall};
@@ -65,6 +67,9 @@ typed_requests! {
 
     /// For the controller voter (shard 0): the cluster as it sees it.
     DescribeCluster {} -> Result<ClusterStatus, BrokerError>;
+
+    /// For the controller voter (shard 0): committed metadata entries from an index on.
+    CommittedMetadata { from: u64 } -> Result<MetadataEntries, BrokerError>;
 
     /// For shard 0, which holds the broker's block of producer ids: one of them.
     NextProducerId {} -> Result<i64, BrokerError>;

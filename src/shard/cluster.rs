@@ -3,8 +3,10 @@
 
 use std::rc::Rc;
 
+use crate::cluster::follower::MetadataFollower;
 use crate::cluster::membership::Membership;
 use crate::cluster::metadata::ClusterId;
+use crate::cluster::node::MetadataEntries;
 use crate::cluster::node::{
     ClusterStatus, ControllerAnswer, ControllerError, ControllerNode, ControllerRequest,
 };
@@ -14,7 +16,12 @@ use crate::cluster::voter_log::VoterLog;
 use crate::error::{BrokerError, ErrorKind};
 use crate::log::storage::DmaStorage;
 use crate::log::SharedByShard;
-use crate::shard::call::{AskController, DescribeCluster, NextProducerId, StepVoter};
+use crate::shard::call::{
+    AskController, CommittedMetadata, DescribeCluster, NextProducerId, StepVoter,
+};
+
+/// About how much of the metadata log one fetch of a following broker carries.
+const METADATA_FETCH_BYTES: u64 = 1024 * 1024;
 use crate::shard::{Shard, CONTROLLER_SHARD};
 use crate::types::NodeId;
 
@@ -116,6 +123,33 @@ impl Shard {
     }
 
     pub(super) fn describe_cluster_here(&self) -> Result<ClusterStatus, BrokerError> {
+        if let Some(follower) = self.follower.borrow().as_ref() {
+            return Ok(follower.status());
+        }
         Ok(self.hosted_voter()?.status())
+    }
+
+    /// Makes `follower` the broker's copy of the metadata (shard 0 of a broker that is not a
+    /// voter, at start).
+    pub fn host_follower(&self, follower: Rc<MetadataFollower>) {
+        *self.follower.borrow_mut() = Some(follower);
+    }
+
+    /// Committed metadata entries from `from` on, from this broker's voter.
+    pub async fn committed_metadata(
+        self: &Rc<Self>,
+        from: u64,
+    ) -> Result<MetadataEntries, BrokerError> {
+        self.ask(CONTROLLER_SHARD, CommittedMetadata { from }).await?
+    }
+
+    pub(super) fn committed_metadata_here(
+        &self,
+        from: u64,
+    ) -> Result<MetadataEntries, BrokerError> {
+        let voter = self.hosted_voter()?;
+        voter
+            .committed_since(from, METADATA_FETCH_BYTES)
+            .map_err(|why| BrokerError::new(ErrorKind::StorageError, why))
     }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use event_listener::Event;
 use futures_channel::oneshot;
 
+use crate::cluster::follower::MetadataFollower;
 use crate::cluster::membership::Membership;
 use crate::cluster::metadata::ClusterId;
 use crate::cluster::node::ControllerNode;
@@ -30,9 +31,9 @@ use crate::metrics::Metrics;
 use crate::partition::{Acks, LogBounds, Partition, ReadOutcome};
 use crate::record::PendingEntry;
 use crate::shard::call::{
-    AddPartitions, ApplyTopic, AskController, CreateTopic, DeleteTopic, DescribeCluster, Fetch,
-    Group, ListOffsets, MeshMessage, NextProducerId, Produce, Request, ShardAnswer, ShardCall,
-    StepVoter, Watermarks,
+    AddPartitions, ApplyTopic, AskController, CommittedMetadata, CreateTopic, DeleteTopic,
+    DescribeCluster, Fetch, Group, ListOffsets, MeshMessage, NextProducerId, Produce, Request,
+    ShardAnswer, ShardCall, StepVoter, Watermarks,
 };
 use crate::shard::catalog::{self, Catalog, TopicInfo};
 use crate::shard::mesh::Peers;
@@ -77,6 +78,8 @@ pub struct Shard {
     pub cluster_id: Arc<OnceLock<ClusterId>>,
     /// On shard 0 of a controller voter, once it has started: its Raft node (`shard/cluster.rs`).
     pub(super) voter: RefCell<Option<Rc<ControllerNode>>>,
+    /// On shard 0 of a broker that is not a voter: its copy of the metadata, followed.
+    pub(super) follower: RefCell<Option<Rc<MetadataFollower>>>,
     /// On shard 0, once it has started: the broker's membership of the cluster.
     pub(super) membership: RefCell<Option<Rc<Membership>>>,
     /// What every shard's partitions have yet to write, against `queued.max.request.bytes`.
@@ -105,6 +108,7 @@ impl Shard {
             groups: Coordinator::new(&config),
             voter: RefCell::new(None),
             membership: RefCell::new(None),
+            follower: RefCell::new(None),
             cluster_id,
             id,
             count,
@@ -228,6 +232,9 @@ impl Shard {
             }
             ShardCall::DescribeCluster(DescribeCluster {}) => {
                 ShardAnswer::DescribeCluster(self.describe_cluster_here())
+            }
+            ShardCall::CommittedMetadata(CommittedMetadata { from }) => {
+                ShardAnswer::CommittedMetadata(self.committed_metadata_here(from))
             }
             ShardCall::NextProducerId(NextProducerId {}) => {
                 ShardAnswer::NextProducerId(self.next_producer_id_here().await)

@@ -1,4 +1,5 @@
-//! Metadata: this broker, and the topics asked for (creating them when allowed).
+//! Metadata: this broker, and the topics asked for (creating them when allowed). DescribeCluster:
+//! the cluster's members.
 //!
 //! Every partition is led by this broker; with one node the replica and in-sync lists are just
 //! it. The advertised address is `advertised.listeners` when set, else the address the client
@@ -6,12 +7,18 @@
 
 use std::rc::Rc;
 
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
-use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::messages::{
+    BrokerId, DescribeClusterRequest, DescribeClusterResponse, MetadataRequest, MetadataResponse,
+    TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
 
+use crate::error::ErrorKind;
+use crate::kafka::codec;
 use crate::kafka::handlers::Connection;
 use crate::kafka::handlers::{has_field, kafka_error};
 use crate::record::pending::LEADER_EPOCH;
@@ -93,4 +100,46 @@ pub fn advertised(shard: &Shard, connection: &Connection) -> (String, u16) {
     }
     let local = connection.local.unwrap_or(shard.config.kafka_listener);
     (local.ip().to_string(), local.port())
+}
+
+/// DescribeCluster (KIP-700): the cluster's id, its active controller and its live brokers, as
+/// this broker's copy of the metadata has them (the same on every broker once it has caught up).
+pub async fn describe_cluster(
+    shard: &Rc<Shard>,
+    request: DescribeClusterRequest,
+) -> DescribeClusterResponse {
+    let mut response = DescribeClusterResponse::default();
+    // Only brokers: Spate does not serve its controllers as a separate endpoint type (v1).
+    response.endpoint_type = 1;
+    if request.endpoint_type != 1 {
+        response.error_code = codec::error_code(ErrorKind::UnsupportedApi);
+        response.error_message = Some(StrBytes::from_static_str("only broker endpoints"));
+        return response;
+    }
+    let status = match shard.describe_cluster().await {
+        Ok(status) => status,
+        Err(e) => {
+            response.error_code = codec::error_code(e.kind);
+            response.error_message = Some(StrBytes::from_string(e.message));
+            return response;
+        }
+    };
+    let Some(cluster_id) = status.cluster_id else {
+        response.error_code = codec::error_code(ErrorKind::NotAvailable);
+        response.error_message = Some(StrBytes::from_static_str("the cluster is not formed yet"));
+        return response;
+    };
+    response.cluster_id = StrBytes::from_string(cluster_id.to_string());
+    response.controller_id = BrokerId(status.leader.map_or(-1, |l| l.0));
+    for broker in status.brokers.iter().filter(|b| !b.fenced) {
+        let mut entry = DescribeClusterBroker::default();
+        entry.broker_id = BrokerId(broker.node.0);
+        entry.host = StrBytes::from_string(broker.endpoints.kafka.0.clone());
+        entry.port = i32::from(broker.endpoints.kafka.1);
+        entry.rack = broker.rack.clone().map(StrBytes::from_string);
+        response.brokers.push(entry);
+    }
+    // Authorized operations are not computed (no ACLs): i32::MIN, as Kafka says "not asked".
+    response.cluster_authorized_operations = i32::MIN;
+    response
 }

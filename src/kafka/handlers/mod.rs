@@ -79,6 +79,9 @@ pub async fn handle(
         Request::CreatePartitions(request) => {
             (Hist::KafkaOther, reply(&admin::create_partitions(&shard, request).await))
         }
+        Request::DescribeCluster(request) => {
+            (Hist::KafkaOther, reply(&metadata::describe_cluster(&shard, request).await))
+        }
         Request::DescribeConfigs(request) => {
             (Hist::KafkaOther, reply(&admin::describe_configs(&shard, request)))
         }

@@ -1,0 +1,101 @@
+//! A broker that is not a controller voter follows the metadata log: it asks the voters for the
+//! committed entries after the last it applied (KRaft's observers do the same with Fetch) and
+//! applies them to an image of its own, so it knows the cluster as the voters do.
+//!
+//! Any voter may answer, with what it has applied: a voter that lags answers a prefix, which
+//! the follower applies and continues from. The follower keeps its image in memory and follows
+//! the log from its start after a restart (the log is small; snapshots come later).
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::rc::Rc;
+use std::time::Duration;
+
+use super::metadata::{self, MetadataImage};
+use super::node::{status_of, ClusterStatus, Links};
+use crate::types::NodeId;
+
+/// How often a follower that is caught up asks again.
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// How long it waits after no voter answered.
+const RETRY_WAIT: Duration = Duration::from_millis(500);
+
+pub struct MetadataFollower {
+    me: NodeId,
+    voters: Vec<NodeId>,
+    links: Rc<dyn Links>,
+    image: RefCell<MetadataImage>,
+    /// The last entry applied to `image`.
+    applied: Cell<u64>,
+    /// The active controller, as the voter asked last knew it.
+    leader: Cell<Option<NodeId>>,
+    /// The voter asked next.
+    target: Cell<usize>,
+}
+
+impl MetadataFollower {
+    pub fn new(me: NodeId, voters: Vec<NodeId>, links: Rc<dyn Links>) -> Self {
+        Self {
+            me,
+            voters,
+            links,
+            image: RefCell::new(MetadataImage::default()),
+            applied: Cell::new(0),
+            leader: Cell::new(None),
+            target: Cell::new(0),
+        }
+    }
+
+    /// Follows the log until `stop`.
+    pub async fn run(&self, stop: impl Future<Output = ()>) {
+        let follow = async {
+            loop {
+                let wait = match self.fetch_once().await {
+                    Ok(true) => Duration::ZERO,
+                    Ok(false) => POLL_INTERVAL,
+                    Err(why) => {
+                        tracing::debug!(node = %self.me, "following the metadata log: {why}");
+                        self.target.set((self.target.get() + 1) % self.voters.len().max(1));
+                        RETRY_WAIT
+                    }
+                };
+                glommio::timer::sleep(wait).await;
+            }
+        };
+        futures_lite::future::or(follow, stop).await;
+    }
+
+    /// Asks one voter for what follows; `Ok(true)` when it gave entries (there may be more).
+    async fn fetch_once(&self) -> Result<bool, String> {
+        let voter = *self.voters.get(self.target.get()).ok_or("no voters")?;
+        let from = self.applied.get() + 1;
+        let answer = self.links.fetch_metadata(voter, from).await.map_err(|e| e.error.message)?;
+        self.leader.set(answer.leader);
+        if answer.entries.is_empty() {
+            return Ok(false);
+        }
+        for (index, data) in answer.entries {
+            let expected = self.applied.get() + 1;
+            if index != expected {
+                return Err(format!("voter {voter} sent entry {index} where {expected} follows"));
+            }
+            if !data.is_empty() {
+                let applied = metadata::decode_batch(&data).and_then(|b| {
+                    self.image.borrow_mut().apply_batch(&b).map_err(|e| e.to_string())
+                });
+                if let Err(why) = applied {
+                    // As every voter does with the same entry: the images stay equal.
+                    tracing::error!(index, "metadata log entry not applied: {why}");
+                }
+            }
+            self.applied.set(index);
+        }
+        Ok(true)
+    }
+
+    pub fn status(&self) -> ClusterStatus {
+        let mut status = status_of(self.me, &self.voters, &self.image.borrow(), self.applied.get());
+        status.leader = self.leader.get();
+        status
+    }
+}
