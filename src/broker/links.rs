@@ -253,6 +253,7 @@ fn kind_of(code: ErrorCode) -> ErrorKind {
         ErrorCode::StaleBrokerEpoch => ErrorKind::StaleBrokerEpoch,
         ErrorCode::DuplicateBrokerRegistration => ErrorKind::DuplicateBrokerRegistration,
         ErrorCode::InconsistentClusterId => ErrorKind::InconsistentClusterId,
+        ErrorCode::UnsupportedApi => ErrorKind::UnsupportedApi,
         _ => ErrorKind::NotAvailable,
     }
 }

@@ -203,10 +203,11 @@ fn render(status: &ClusterStatus) -> String {
         };
         let (kafka, native) = (&b.endpoints.kafka, &b.endpoints.native);
         out.push_str(&format!(
-            "broker {:>4}  {:<9}  epoch {:>6}  kafka {}:{}  native {}:{}  rack {}\n",
+            "broker {:>4}  {:<9}  epoch {:>6}  protocol {}  kafka {}:{}  native {}:{}  rack {}\n",
             b.node,
             state,
             b.broker_epoch,
+            b.protocol_version,
             kafka.0,
             kafka.1,
             native.0,

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::metadata::{
     BrokerInfo, ClusterId, Endpoints, MetadataImage, MetadataRecord, PartitionState, TopicId,
-    PARTITIONS_MAX,
+    CLUSTER_PROTOCOL_VERSION, PARTITIONS_MAX,
 };
 use crate::cluster::placement::{self, Candidate};
 use crate::types::{LeaderEpoch, NodeId, PartitionId};
@@ -40,6 +40,7 @@ pub enum Event {
         incarnation: u64,
         rack: Option<String>,
         endpoints: Endpoints,
+        protocol_version: u16,
     },
     Heartbeat {
         node: NodeId,
@@ -92,6 +93,11 @@ pub enum Refusal {
     },
     /// None, or more than a topic may have.
     InvalidPartitions(u32),
+    /// A broker speaking a cluster protocol version this controller does not.
+    UnsupportedProtocol {
+        node: NodeId,
+        protocol_version: u16,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -112,6 +118,11 @@ impl fmt::Display for Refusal {
             Self::InvalidPartitions(count) => {
                 write!(f, "{count} partitions (1 to {PARTITIONS_MAX})")
             }
+            Self::UnsupportedProtocol { node, protocol_version } => write!(
+                f,
+                "broker {node} speaks cluster protocol version {protocol_version}; this \
+                 controller speaks {CLUSTER_PROTOCOL_VERSION}"
+            ),
         }
     }
 }
@@ -155,7 +166,10 @@ impl Controller {
         now: Instant,
     ) -> Result<Vec<MetadataRecord>, Refusal> {
         match event {
-            Event::Register { node, incarnation, rack, endpoints } => {
+            Event::Register { node, incarnation, rack, endpoints, protocol_version } => {
+                if protocol_version != CLUSTER_PROTOCOL_VERSION {
+                    return Err(Refusal::UnsupportedProtocol { node, protocol_version });
+                }
                 self.register(image, node, incarnation, rack, endpoints, now)
             }
             Event::Heartbeat { node, broker_epoch } => {
@@ -222,6 +236,7 @@ impl Controller {
             incarnation,
             rack,
             endpoints,
+            protocol_version: CLUSTER_PROTOCOL_VERSION,
         });
         Ok(records)
     }
@@ -404,7 +419,13 @@ mod tests {
     }
 
     fn register(node: i32, incarnation: u64) -> Event {
-        Event::Register { node: NodeId(node), incarnation, rack: None, endpoints: endpoints() }
+        Event::Register {
+            node: NodeId(node),
+            incarnation,
+            rack: None,
+            endpoints: endpoints(),
+            protocol_version: CLUSTER_PROTOCOL_VERSION,
+        }
     }
 
     fn create(name: &str, partitions: u32, replication_factor: usize) -> Event {
@@ -450,6 +471,17 @@ mod tests {
         assert!(again.is_empty() && image.brokers[&NodeId(1)].broker_epoch == first);
         let other = controller.decide(&image, register(1, 8), now);
         assert_eq!(other, Err(Refusal::DuplicateRegistration(NodeId(1))));
+        // A broker speaking another cluster protocol is refused before anything else.
+        let mut newer = register(2, 1);
+        if let Event::Register { protocol_version, .. } = &mut newer {
+            *protocol_version = CLUSTER_PROTOCOL_VERSION + 1;
+        }
+        let refused = controller.decide(&image, newer, now);
+        let protocol_version = CLUSTER_PROTOCOL_VERSION + 1;
+        assert_eq!(
+            refused,
+            Err(Refusal::UnsupportedProtocol { node: NodeId(2), protocol_version })
+        );
         let expired = now + TIMEOUT;
         commit(&mut controller, &mut image, register(1, 8), expired).expect("took over");
         let second = image.brokers[&NodeId(1)].broker_epoch;

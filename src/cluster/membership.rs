@@ -22,7 +22,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::identity::{self, DirIdentity};
-use super::metadata::{ClusterId, Endpoints};
+use super::metadata::{ClusterId, Endpoints, CLUSTER_PROTOCOL_VERSION};
 use super::node::{ControllerAnswer, ControllerError, ControllerRequest, Links};
 use crate::error::{BrokerError, ErrorKind};
 use crate::types::NodeId;
@@ -169,6 +169,7 @@ impl Membership {
             rack: self.rack.clone(),
             endpoints: self.endpoints.clone(),
             cluster_id: self.dir_cluster.get().copied(),
+            protocol_version: CLUSTER_PROTOCOL_VERSION,
         };
         match self.ask(request).await {
             Ok(ControllerAnswer::Registered { broker_epoch, cluster_id }) => {
@@ -181,9 +182,11 @@ impl Membership {
                 );
                 self.broker_epoch.set(Some(broker_epoch));
             }
+            // Neither changes by asking again: this broker must not serve.
             Err(e) if e.error.kind == ErrorKind::InconsistentClusterId => {
                 return Err(e.error.message);
             }
+            Err(e) if e.error.kind == ErrorKind::UnsupportedApi => return Err(e.error.message),
             Ok(other) => tracing::warn!("registration answered with {other:?}"),
             Err(e) if e.error.kind == ErrorKind::DuplicateBrokerRegistration => {
                 tracing::warn!(

@@ -24,6 +24,13 @@ use crate::types::{LeaderEpoch, NodeId, PartitionId};
 /// own and refuses a newer one by name, never as damage.
 const RECORD_VERSION: u8 = 1;
 
+/// The version of what brokers of one cluster say to each other and write to its log (the
+/// controller's requests, the metadata records, Raft messages). Every broker announces it when
+/// it registers, and the controller refuses a broker that speaks one it does not: brokers of
+/// different builds may share a cluster only while they speak the same version (rolling
+/// upgrades across a change of it come with the first such change).
+pub const CLUSTER_PROTOCOL_VERSION: u16 = 1;
+
 /// More partitions than this in one topic is almost certainly a typo.
 pub const PARTITIONS_MAX: u32 = 10_000;
 
@@ -96,6 +103,8 @@ pub enum MetadataRecord {
         incarnation: u64,
         rack: Option<String>,
         endpoints: Endpoints,
+        /// The cluster protocol version the broker speaks ([`CLUSTER_PROTOCOL_VERSION`]).
+        protocol_version: u16,
     },
     /// The broker leads nothing from here on and is in no in-sync set it shared (it may stay
     /// the last member of one: that partition waits for it). `shutdown`: it asked (a controlled
@@ -154,6 +163,7 @@ pub struct BrokerInfo {
     pub incarnation: u64,
     pub rack: Option<String>,
     pub endpoints: Endpoints,
+    pub protocol_version: u16,
     pub fenced: bool,
     /// Fenced by its own controlled shutdown: this registration is over.
     pub shut_down: bool,
@@ -225,7 +235,14 @@ impl MetadataImage {
                 }
                 _ => self.cluster_id = Some(*cluster_id),
             },
-            MetadataRecord::RegisterBroker { node, broker_epoch, incarnation, rack, endpoints } => {
+            MetadataRecord::RegisterBroker {
+                node,
+                broker_epoch,
+                incarnation,
+                rack,
+                endpoints,
+                protocol_version,
+            } => {
                 if *broker_epoch <= self.last_broker_epoch {
                     return Err(format!(
                         "broker {node} registers with epoch {broker_epoch}, not above {}",
@@ -242,6 +259,7 @@ impl MetadataImage {
                     incarnation: *incarnation,
                     rack: rack.clone(),
                     endpoints: endpoints.clone(),
+                    protocol_version: *protocol_version,
                     fenced: true,
                     shut_down: false,
                 };
@@ -426,7 +444,14 @@ mod tests {
 
     fn register(node: i32, broker_epoch: u64) -> MetadataRecord {
         let (node, rack, endpoints) = (NodeId(node), None, endpoints());
-        MetadataRecord::RegisterBroker { node, broker_epoch, incarnation: 1, rack, endpoints }
+        MetadataRecord::RegisterBroker {
+            node,
+            broker_epoch,
+            incarnation: 1,
+            rack,
+            endpoints,
+            protocol_version: CLUSTER_PROTOCOL_VERSION,
+        }
     }
 
     fn change(state: PartitionState) -> MetadataRecord {

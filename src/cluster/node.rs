@@ -58,6 +58,8 @@ pub enum ControllerRequest {
         rack: Option<String>,
         endpoints: Endpoints,
         cluster_id: Option<ClusterId>,
+        /// The cluster protocol version the broker speaks.
+        protocol_version: u16,
     },
     Heartbeat {
         node: NodeId,
@@ -132,6 +134,7 @@ pub struct BrokerStatus {
     pub endpoints: Endpoints,
     pub rack: Option<String>,
     pub broker_epoch: u64,
+    pub protocol_version: u16,
     pub fenced: bool,
     /// Stopped cleanly (a controlled shutdown); fenced until it registers again.
     pub shut_down: bool,
@@ -392,9 +395,18 @@ impl ControllerNode {
         request: ControllerRequest,
     ) -> Result<ControllerAnswer, ControllerError> {
         match request {
-            ControllerRequest::Register { node, incarnation, rack, endpoints, cluster_id } => {
+            ControllerRequest::Register {
+                node,
+                incarnation,
+                rack,
+                endpoints,
+                cluster_id,
+                protocol_version,
+            } => {
                 self.check_cluster(node, cluster_id)?;
-                self.decide(Event::Register { node, incarnation, rack, endpoints }).await?;
+                let register =
+                    Event::Register { node, incarnation, rack, endpoints, protocol_version };
+                self.decide(register).await?;
                 // The cluster may have been formed by this very decision.
                 self.check_cluster(node, cluster_id)?;
                 let image = self.image.borrow();
@@ -595,6 +607,7 @@ pub fn status_of(
             endpoints: b.endpoints.clone(),
             rack: b.rack.clone(),
             broker_epoch: b.broker_epoch,
+            protocol_version: b.protocol_version,
             fenced: b.fenced,
             shut_down: b.shut_down,
         })
@@ -638,6 +651,7 @@ fn refused(refusal: Refusal) -> ControllerError {
         Refusal::UnknownTopic(_) => ErrorKind::UnknownTopic,
         Refusal::InvalidReplicationFactor { .. } => ErrorKind::InvalidReplicationFactor,
         Refusal::InvalidPartitions(_) => ErrorKind::InvalidPartitions,
+        Refusal::UnsupportedProtocol { .. } => ErrorKind::UnsupportedApi,
     };
     ControllerError::new(kind, refusal.to_string())
 }

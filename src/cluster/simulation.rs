@@ -23,7 +23,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::decide::{Controller, Event, Refusal, PRODUCER_ID_BLOCK};
-use super::metadata::{self, ClusterId, Endpoints, MetadataImage, MetadataRecord, TopicId};
+use super::metadata::{
+    self, ClusterId, Endpoints, MetadataImage, MetadataRecord, TopicId, CLUSTER_PROTOCOL_VERSION,
+};
 use super::quorum::{Durable, Persist, Voter};
 use crate::testing::TestRng;
 use crate::types::NodeId;
@@ -173,7 +175,9 @@ impl Run {
         let (node, incarnation) = (self.brokers[b].node, self.brokers[b].incarnation);
         let rack = Some(format!("rack-{}", node.0 % 2));
         let endpoints = Self::endpoints(node);
-        match self.decide(Event::Register { node, incarnation, rack, endpoints }) {
+        let protocol_version = CLUSTER_PROTOCOL_VERSION;
+        match self.decide(Event::Register { node, incarnation, rack, endpoints, protocol_version })
+        {
             Ok(()) => {
                 self.brokers[b].epoch = self.image.brokers.get(&node).map(|i| i.broker_epoch);
                 self.brokers[b].last_beat = Some(self.now);
@@ -546,7 +550,8 @@ impl QuorumRun {
                 let incarnation = incarnation + self.rng.below(2);
                 self.brokers[b].1 = incarnation;
                 let endpoints = Run::endpoints(node);
-                Event::Register { node, incarnation, rack: None, endpoints }
+                let protocol_version = CLUSTER_PROTOCOL_VERSION;
+                Event::Register { node, incarnation, rack: None, endpoints, protocol_version }
             }
             (1, _) => {
                 self.next_topic += 1;
