@@ -6,11 +6,13 @@
 //! On a 2-core machine each broker gets one shard on alternating cores, and one of them two
 //! shards: what reaches that broker's shard 1 (many of the status requests, each on a new
 //! connection, and its peers' links when the kernel places them there) is forwarded to the voter
-//! on shard 0, and its views must agree with the others'. One cluster runs at a time (`CLUSTER`), on ports below the kernel's
-//! ephemeral range so that no client connection can take them while a broker is down.
+//! on shard 0, and its views must agree with the others'. One cluster runs at a time
+//! (`CLUSTER`), on ports below the kernel's ephemeral range so that no client connection can
+//! take them while a broker is down.
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -373,6 +375,8 @@ fn a_local_cluster_starts_with_one_command_and_stops_together() {
         .arg(dir.path())
         .args(["--set", &format!("broker.heartbeat.interval.ms={HEARTBEAT_MS}")])
         .stdout(std::process::Stdio::piped())
+        // In a process group of its own, as a command run in a terminal is.
+        .process_group(0)
         .spawn()
         .expect("spawn spate cluster local");
     let native = format!("127.0.0.1:{}", base + 100);
@@ -391,9 +395,11 @@ fn a_local_cluster_starts_with_one_command_and_stops_together() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    // Ctrl-C stops every broker, cleanly, and the command with them.
-    let pid = parent.id().to_string();
-    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    // Ctrl-C (SIGINT to the terminal's process group) stops every broker, cleanly, and the
+    // command with them.
+    let group = format!("-{}", parent.id());
+    let interrupted = std::process::Command::new("kill").args(["-INT", "--", &group]).status();
+    assert!(interrupted.is_ok_and(|s| s.success()));
     let exit = parent.wait().expect("wait");
     let mut printed = String::new();
     std::io::Read::read_to_string(&mut parent.stdout.take().expect("stdout"), &mut printed)
@@ -405,6 +411,7 @@ fn a_local_cluster_starts_with_one_command_and_stops_together() {
         let log = std::fs::read_to_string(dir.path().join(format!("node-{node}.log")))
             .expect("a broker's log");
         assert!(log.contains("controlled shutdown"), "node {node} did not stop cleanly:\n{log}");
+        assert!(!log.contains("second signal"), "node {node} was signalled twice:\n{log}");
         let port = base + 100 + node - 1;
         assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "{port} still open");
     }

@@ -93,9 +93,12 @@ pub fn run(config: BrokerConfig, histogram_dir: Option<PathBuf>) -> Result<(), S
     // The cluster this directory joined, if it joined one: another node's is refused here, and
     // another cluster's when the broker registers.
     let dir_cluster = Arc::new(OnceLock::new());
+    // The directory's id, kept once it joins a cluster; a new one for a directory that has not.
+    let mut directory = uuid::Uuid::new_v4().as_u128();
     if let Some(found) = identity::read(&config.data_dir)? {
         identity::check_node(&config.data_dir, &found, config.node_id)?;
         let _ = dir_cluster.set(found.cluster_id);
+        directory = found.directory;
     }
     let catalog = catalog::load(&config.data_dir, &config.topic_defaults)
         .map_err(|e| format!("reading topics in {}: {e}", config.data_dir.display()))?;
@@ -132,7 +135,7 @@ pub fn run(config: BrokerConfig, histogram_dir: Option<PathBuf>) -> Result<(), S
                 let here = current_cpu().and_then(|cpu| cores.iter().position(|c| *c == cpu));
                 let ends = mesh::take(&mesh, here);
                 async move {
-                    let joined = Joined { stopper, dir_cluster };
+                    let joined = Joined { stopper, dir_cluster, directory };
                     shard_main(config, catalog, ends, shards, joined, queued).await
                 }
             }
@@ -233,11 +236,12 @@ fn install_signal_handler(stopper: Arc<Stopper>) -> Result<(), String> {
     Ok(())
 }
 
-/// What every shard shares of the process: its stop, and the cluster its data directory belongs
-/// to once known.
+/// What every shard shares of the process: its stop, the cluster its data directory belongs to
+/// once known, and the directory's id.
 struct Joined {
     stopper: Arc<Stopper>,
     dir_cluster: Arc<OnceLock<ClusterId>>,
+    directory: u128,
 }
 
 async fn shard_main(
@@ -248,7 +252,7 @@ async fn shard_main(
     joined: Joined,
     queued: Arc<QueuedBytes>,
 ) -> Result<Snapshot, String> {
-    let Joined { stopper, dir_cluster } = joined;
+    let Joined { stopper, dir_cluster, directory } = joined;
     probe::probe_device(&config.data_dir).await;
     let ends = ends.ok_or("more shards started than the mesh has ends")?;
     let id = ends.id();
@@ -323,7 +327,7 @@ async fn shard_main(
     glommio::spawn_local(retention_loop(shard.clone())).detach();
     glommio::spawn_local(group_timers(shard.clone())).detach();
     let cluster = match id == CONTROLLER_SHARD {
-        true => Some(join_cluster(&shard, &stopper).await),
+        true => Some(join_cluster(&shard, &stopper, directory).await),
         false => None,
     };
 
@@ -368,7 +372,7 @@ struct ClusterRole {
 /// Shard 0's part in the cluster: its controller voter (when the broker is one) and the
 /// broker's membership, registering and heartbeating until the broker stops. A voter whose log
 /// fails stops the broker: it must not vote on what it cannot keep.
-async fn join_cluster(shard: &Rc<Shard>, stopper: &Arc<Stopper>) -> ClusterRole {
+async fn join_cluster(shard: &Rc<Shard>, stopper: &Arc<Stopper>, directory: u128) -> ClusterRole {
     let config = &shard.config;
     let links = links::VoterLinks::start(shard.clone(), config);
     let voters: Vec<NodeId> = match config.in_cluster() {
@@ -423,6 +427,7 @@ async fn join_cluster(shard: &Rc<Shard>, stopper: &Arc<Stopper>) -> ClusterRole 
         links,
         heartbeat_interval: Duration::from_millis(config.broker_heartbeat_interval_ms),
         data_dir: config.data_dir.clone(),
+        directory,
         dir_cluster: shard.cluster_id.clone(),
     };
     let endpoints = Endpoints { kafka, native };

@@ -1,6 +1,7 @@
 //! `spate cluster status`: the brokers, the voters and the active controller, as a voter sees
 //! them. `spate cluster local`: a cluster of several brokers on this machine in one command.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -153,6 +154,9 @@ impl LocalCluster {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
+            // Its own process group: Ctrl-C reaches this command alone, which stops each broker
+            // once (a broker takes a second signal as "exit now, without a clean stop").
+            .process_group(0)
             .spawn()
             .map_err(|e| format!("starting broker {node}: {e}"))
     }
@@ -161,9 +165,14 @@ impl LocalCluster {
 /// SIGTERM to every broker (each makes a controlled shutdown), then waits; one that does not
 /// stop in time is killed.
 fn stop_all(children: &mut Vec<(u16, Child)>) {
-    for (_, child) in children.iter() {
+    for (_, child) in children.iter_mut() {
+        // One already reaped has no process any more, and its pid may be another's by now.
+        if !matches!(child.try_wait(), Ok(None)) {
+            continue;
+        }
         if let Ok(pid) = i32::try_from(child.id()) {
-            // SAFETY: kill only sends a signal to a process this one started and still holds.
+            // SAFETY: kill only sends a signal; the pid is a child this process started and has
+            // not reaped (checked just above), so it is still that child.
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
     }

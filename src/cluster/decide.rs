@@ -25,7 +25,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::cluster::metadata::{
-    BrokerInfo, ClusterId, Endpoints, MetadataImage, MetadataRecord, PartitionState, TopicId,
+    BrokerInfo, ClusterId, MetadataImage, MetadataRecord, PartitionState, Registration, TopicId,
     CLUSTER_PROTOCOL_VERSION, PARTITIONS_MAX,
 };
 use crate::cluster::placement::{self, Candidate};
@@ -34,13 +34,10 @@ use crate::types::{LeaderEpoch, NodeId, PartitionId};
 /// What happened, as the controller hears it.
 #[derive(Clone, Debug)]
 pub enum Event {
-    /// `incarnation` is chosen by the broker process at its start.
+    /// `cluster_id`: the cluster the broker's data directory belongs to, if it joined one.
     Register {
-        node: NodeId,
-        incarnation: u64,
-        rack: Option<String>,
-        endpoints: Endpoints,
-        protocol_version: u16,
+        registration: Registration,
+        cluster_id: Option<ClusterId>,
     },
     Heartbeat {
         node: NodeId,
@@ -93,6 +90,14 @@ pub enum Refusal {
     },
     /// None, or more than a topic may have.
     InvalidPartitions(u32),
+    /// Every producer id is handed out (after about 9·10^15 of them).
+    ProducerIdsExhausted,
+    /// A broker whose data directory belongs to another cluster.
+    OtherCluster {
+        node: NodeId,
+        theirs: ClusterId,
+        ours: ClusterId,
+    },
     /// A broker speaking a cluster protocol version this controller does not.
     UnsupportedProtocol {
         node: NodeId,
@@ -118,6 +123,11 @@ impl fmt::Display for Refusal {
             Self::InvalidPartitions(count) => {
                 write!(f, "{count} partitions (1 to {PARTITIONS_MAX})")
             }
+            Self::ProducerIdsExhausted => write!(f, "every producer id is handed out"),
+            Self::OtherCluster { node, theirs, ours } => write!(
+                f,
+                "node {node}'s data directory belongs to cluster {theirs}; this is cluster {ours}"
+            ),
             Self::UnsupportedProtocol { node, protocol_version } => write!(
                 f,
                 "broker {node} speaks cluster protocol version {protocol_version}; this \
@@ -166,11 +176,17 @@ impl Controller {
         now: Instant,
     ) -> Result<Vec<MetadataRecord>, Refusal> {
         match event {
-            Event::Register { node, incarnation, rack, endpoints, protocol_version } => {
+            Event::Register { registration, cluster_id } => {
+                let (node, protocol_version) = (registration.node, registration.protocol_version);
                 if protocol_version != CLUSTER_PROTOCOL_VERSION {
                     return Err(Refusal::UnsupportedProtocol { node, protocol_version });
                 }
-                self.register(image, node, incarnation, rack, endpoints, now)
+                // Against the cluster this decision forms, when it forms it.
+                let ours = image.cluster_id.unwrap_or(self.new_cluster_id);
+                if let Some(theirs) = cluster_id.filter(|theirs| *theirs != ours) {
+                    return Err(Refusal::OtherCluster { node, theirs, ours });
+                }
+                self.register(image, registration, now)
             }
             Event::Heartbeat { node, broker_epoch } => {
                 let broker = registered(image, node, broker_epoch)?;
@@ -198,24 +214,29 @@ impl Controller {
             },
             Event::AllocateProducerIds { node, broker_epoch } => {
                 registered(image, node, broker_epoch)?;
-                let next_producer_id = image.next_producer_id.saturating_add(PRODUCER_ID_BLOCK);
+                let Some(next_producer_id) = image.next_producer_id.checked_add(PRODUCER_ID_BLOCK)
+                else {
+                    return Err(Refusal::ProducerIdsExhausted);
+                };
                 Ok(vec![MetadataRecord::ProducerIds { node, broker_epoch, next_producer_id }])
             }
             Event::Tick => Ok(self.fence_the_silent(image, now)),
         }
     }
 
+    /// A registration: the same process asking again keeps what it has; the same broker
+    /// restarted on its data directory takes over at once (the directory's lock means the old
+    /// process is gone); another directory claiming the node id is refused while the session of
+    /// the one registered lives.
     fn register(
         &mut self,
         image: &MetadataImage,
-        node: NodeId,
-        incarnation: u64,
-        rack: Option<String>,
-        endpoints: Endpoints,
+        registration: Registration,
         now: Instant,
     ) -> Result<Vec<MetadataRecord>, Refusal> {
+        let node = registration.node;
         if let Some(current) = image.brokers.get(&node) {
-            if current.incarnation == incarnation && !current.shut_down {
+            if current.incarnation == registration.incarnation && !current.shut_down {
                 // The same process asking again (its answer was lost): what it has stands.
                 self.last_heard.insert(node, now);
                 return Ok(Vec::new());
@@ -223,21 +244,15 @@ impl Controller {
             let heard = self.last_heard.get(&node);
             let alive =
                 heard.is_some_and(|at| now.saturating_duration_since(*at) < self.session_timeout);
-            if !current.fenced && alive {
+            let restarted = current.directory == registration.directory;
+            if !current.fenced && alive && !restarted {
                 return Err(Refusal::DuplicateRegistration(node));
             }
         }
         self.last_heard.insert(node, now);
         let mut records = without_leadership(image, node);
         let broker_epoch = image.last_broker_epoch.saturating_add(1);
-        records.push(MetadataRecord::RegisterBroker {
-            node,
-            broker_epoch,
-            incarnation,
-            rack,
-            endpoints,
-            protocol_version: CLUSTER_PROTOCOL_VERSION,
-        });
+        records.push(MetadataRecord::RegisterBroker { broker_epoch, registration });
         Ok(records)
     }
 
@@ -383,6 +398,7 @@ fn leaderless_led_by(image: &MetadataImage, node: NodeId) -> Vec<MetadataRecord>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::metadata::Endpoints;
 
     const TIMEOUT: Duration = Duration::from_secs(9);
 
@@ -419,13 +435,16 @@ mod tests {
     }
 
     fn register(node: i32, incarnation: u64) -> Event {
-        Event::Register {
+        // Each process on a data directory of its own, unless a test says otherwise.
+        let registration = Registration {
             node: NodeId(node),
             incarnation,
+            directory: u128::from(incarnation),
             rack: None,
             endpoints: endpoints(),
             protocol_version: CLUSTER_PROTOCOL_VERSION,
-        }
+        };
+        Event::Register { registration, cluster_id: None }
     }
 
     fn create(name: &str, partitions: u32, replication_factor: usize) -> Event {
@@ -471,10 +490,30 @@ mod tests {
         assert!(again.is_empty() && image.brokers[&NodeId(1)].broker_epoch == first);
         let other = controller.decide(&image, register(1, 8), now);
         assert_eq!(other, Err(Refusal::DuplicateRegistration(NodeId(1))));
+        // The same broker restarted on its own data directory (after kill -9, say) takes over
+        // at once: its directory's lock says the old process is gone.
+        let mut restarted = register(1, 9);
+        if let Event::Register { registration, .. } = &mut restarted {
+            registration.directory = 7;
+        }
+        // A directory of another cluster is refused before anything is decided.
+        let mut foreign = register(3, 1);
+        if let Event::Register { cluster_id, .. } = &mut foreign {
+            *cluster_id = Some(ClusterId(99));
+        }
+        let (node, theirs, ours) = (NodeId(3), ClusterId(99), ClusterId(7));
+        assert_eq!(
+            controller.decide(&image, foreign, now),
+            Err(Refusal::OtherCluster { node, theirs, ours })
+        );
+        let mut taken_over = image.clone();
+        commit(&mut controller, &mut taken_over, restarted, now).expect("restarted");
+        assert!(taken_over.brokers[&NodeId(1)].broker_epoch > first, "a new registration");
+        // (The rest goes on from the first process's registration, in `image`.)
         // A broker speaking another cluster protocol is refused before anything else.
         let mut newer = register(2, 1);
-        if let Event::Register { protocol_version, .. } = &mut newer {
-            *protocol_version = CLUSTER_PROTOCOL_VERSION + 1;
+        if let Event::Register { registration, .. } = &mut newer {
+            registration.protocol_version = CLUSTER_PROTOCOL_VERSION + 1;
         }
         let refused = controller.decide(&image, newer, now);
         let protocol_version = CLUSTER_PROTOCOL_VERSION + 1;

@@ -72,6 +72,12 @@ impl MetadataFollower {
         let answer = self.links.fetch_metadata(voter, from).await.map_err(|e| e.error.message)?;
         self.leader.set(answer.leader);
         if answer.entries.is_empty() {
+            // Caught up with this voter; the active controller is never behind it, so ask that
+            // one next (a lagging or cut-off voter would keep this broker behind).
+            let leader = answer.leader.and_then(|l| self.voters.iter().position(|v| *v == l));
+            if let Some(leader) = leader {
+                self.target.set(leader);
+            }
             return Ok(false);
         }
         for (index, data) in answer.entries {

@@ -1,5 +1,5 @@
-//! The data directory's identity: the cluster it belongs to and the node it is, in Kafka's
-//! `meta.properties` (version 1, KRaft's form).
+//! The data directory's identity: the cluster it belongs to, the node it is and its own id, in
+//! Kafka's `meta.properties` (version 1, KRaft's form, with KIP-858's `directory.id`).
 //!
 //! Written once the broker learns its cluster's id (from its registration), read at every
 //! start: a directory of another node, or of another cluster, is refused with a message naming
@@ -8,7 +8,7 @@
 use std::io::{self, Write};
 use std::path::Path;
 
-use super::metadata::ClusterId;
+use super::metadata::{parse_uuid_text, uuid_text, ClusterId};
 use crate::types::NodeId;
 
 pub const IDENTITY_FILE: &str = "meta.properties";
@@ -18,6 +18,9 @@ const VERSION: &str = "1";
 pub struct DirIdentity {
     pub cluster_id: ClusterId,
     pub node: NodeId,
+    /// Random, chosen when the directory first joined: a broker registers with it, so the
+    /// controller tells the same broker restarted from another claiming its node id.
+    pub directory: u128,
 }
 
 /// The directory's identity; `None` for a directory that never joined a cluster (new, or
@@ -42,7 +45,9 @@ pub fn read(dir: &Path) -> Result<Option<DirIdentity>, String> {
     let field = |key: &str| fields.get(key).copied().ok_or_else(|| named(format!("no {key}")));
     let cluster_id = field("cluster.id")?.parse().map_err(named)?;
     let node = field("node.id")?.parse().map_err(|_| named("node.id is not a number".into()))?;
-    Ok(Some(DirIdentity { cluster_id, node: NodeId(node) }))
+    let directory = parse_uuid_text(field("directory.id")?)
+        .map_err(|why| named(format!("directory.id: {why}")))?;
+    Ok(Some(DirIdentity { cluster_id, node: NodeId(node), directory }))
 }
 
 /// Writes the identity durably (a temporary file synced, renamed, the directory synced).
@@ -50,8 +55,10 @@ pub fn read(dir: &Path) -> Result<Option<DirIdentity>, String> {
 pub fn write(dir: &Path, identity: DirIdentity) -> io::Result<()> {
     let text = format!(
         "#The cluster this data directory belongs to, written by spate when it joined\n\
-         version={VERSION}\ncluster.id={}\nnode.id={}\n",
-        identity.cluster_id, identity.node
+         version={VERSION}\ncluster.id={}\nnode.id={}\ndirectory.id={}\n",
+        identity.cluster_id,
+        identity.node,
+        uuid_text(identity.directory)
     );
     let (path, tmp) = (dir.join(IDENTITY_FILE), dir.join(format!("{IDENTITY_FILE}.tmp")));
     let mut file = std::fs::File::create(&tmp)?;
@@ -83,7 +90,8 @@ mod tests {
     fn the_identity_reads_back_and_another_node_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         assert_eq!(read(dir.path()), Ok(None));
-        let identity = DirIdentity { cluster_id: ClusterId(0x1234_5678), node: NodeId(3) };
+        let identity =
+            DirIdentity { cluster_id: ClusterId(0x1234_5678), node: NodeId(3), directory: 42 };
         write(dir.path(), identity).expect("write");
         assert_eq!(read(dir.path()), Ok(Some(identity)));
         assert!(check_node(dir.path(), &identity, NodeId(3)).is_ok());

@@ -22,7 +22,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::identity::{self, DirIdentity};
-use super::metadata::{ClusterId, Endpoints, CLUSTER_PROTOCOL_VERSION};
+use super::metadata::{ClusterId, Endpoints, Registration, CLUSTER_PROTOCOL_VERSION};
 use super::node::{ControllerAnswer, ControllerError, ControllerRequest, Links};
 use crate::error::{BrokerError, ErrorKind};
 use crate::types::NodeId;
@@ -48,12 +48,16 @@ pub struct Membership {
     broker_epoch: Cell<Option<u64>>,
     fenced: Cell<bool>,
     data_dir: PathBuf,
+    /// The data directory's id ([`DirIdentity::directory`]).
+    directory: u128,
     /// The cluster the data directory belongs to, once known (shared by the broker's shards).
     dir_cluster: Arc<OnceLock<ClusterId>>,
     /// Producer ids the controller gave this broker and it has not handed out yet.
     producer_ids: RefCell<Range<i64>>,
     /// One block asked for at a time.
     allocating: glommio::sync::Semaphore,
+    /// When the last request for a block failed, and why.
+    allocation_failed: RefCell<Option<(std::time::Instant, String)>>,
 }
 
 /// Where a broker finds its voters and keeps what it learns of its cluster.
@@ -62,12 +66,14 @@ pub struct Joining {
     pub links: Rc<dyn Links>,
     pub heartbeat_interval: Duration,
     pub data_dir: PathBuf,
+    pub directory: u128,
     pub dir_cluster: Arc<OnceLock<ClusterId>>,
 }
 
 impl Membership {
     pub fn new(me: NodeId, rack: Option<String>, endpoints: Endpoints, joining: Joining) -> Self {
-        let Joining { voters, links, heartbeat_interval, data_dir, dir_cluster } = joining;
+        let Joining { voters, links, heartbeat_interval, data_dir, directory, dir_cluster } =
+            joining;
         // The process's start time in nanoseconds: another process of this node gets another.
         let incarnation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -84,9 +90,11 @@ impl Membership {
             broker_epoch: Cell::new(None),
             fenced: Cell::new(true),
             data_dir,
+            directory,
             dir_cluster,
             producer_ids: RefCell::new(0..0),
             allocating: glommio::sync::Semaphore::new(1),
+            allocation_failed: RefCell::new(None),
         }
     }
 
@@ -94,15 +102,22 @@ impl Membership {
     /// new one the controller gives it (KIP-730). Refused while the broker is not registered
     /// or no controller answers: the client asks again.
     pub async fn next_producer_id(&self) -> Result<i64, BrokerError> {
+        // A broker just started registers within moments: a producer that came as fast waits
+        // for it rather than retry (each waiter on its own, not in turn).
+        let deadline = std::time::Instant::now() + REGISTRATION_WAIT;
+        while self.broker_epoch.get().is_none() && std::time::Instant::now() < deadline {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
         let _one_at_a_time = self.allocating.acquire_permit(1).await.map_err(|_| {
             BrokerError::new(ErrorKind::CoordinatorNotAvailable, "the broker is stopping")
         })?;
         if self.producer_ids.borrow().is_empty() {
-            // A broker just started registers within moments: a producer that came as fast
-            // waits for it rather than retry.
-            let deadline = std::time::Instant::now() + REGISTRATION_WAIT;
-            while self.broker_epoch.get().is_none() && std::time::Instant::now() < deadline {
-                glommio::timer::sleep(Duration::from_millis(10)).await;
+            // Callers queued behind a failed allocation fail at once rather than each wait
+            // out another.
+            if let Some((at, why)) = self.allocation_failed.borrow().as_ref() {
+                if at.elapsed() < RETRY_WAIT {
+                    return Err(BrokerError::new(ErrorKind::CoordinatorNotAvailable, why.clone()));
+                }
             }
             let Some(broker_epoch) = self.broker_epoch.get() else {
                 let why = "this broker has not registered with the controller yet";
@@ -120,6 +135,8 @@ impl Membership {
                 }
                 Err(e) => {
                     let why = format!("no producer ids from the controller: {}", e.error);
+                    *self.allocation_failed.borrow_mut() =
+                        Some((std::time::Instant::now(), why.clone()));
                     return Err(BrokerError::new(ErrorKind::CoordinatorNotAvailable, why));
                 }
             }
@@ -163,14 +180,16 @@ impl Membership {
     }
 
     async fn register(&self) -> Result<(), String> {
-        let request = ControllerRequest::Register {
+        let registration = Registration {
             node: self.me,
             incarnation: self.incarnation,
+            directory: self.directory,
             rack: self.rack.clone(),
             endpoints: self.endpoints.clone(),
-            cluster_id: self.dir_cluster.get().copied(),
             protocol_version: CLUSTER_PROTOCOL_VERSION,
         };
+        let cluster_id = self.dir_cluster.get().copied();
+        let request = ControllerRequest::Register { registration, cluster_id };
         match self.ask(request).await {
             Ok(ControllerAnswer::Registered { broker_epoch, cluster_id }) => {
                 self.join(cluster_id).await?;
@@ -188,14 +207,14 @@ impl Membership {
             }
             Err(e) if e.error.kind == ErrorKind::UnsupportedApi => return Err(e.error.message),
             Ok(other) => tracing::warn!("registration answered with {other:?}"),
+            // Another broker, on another data directory, holds the node id and is alive: two
+            // brokers must not share one.
             Err(e) if e.error.kind == ErrorKind::DuplicateBrokerRegistration => {
-                tracing::warn!(
-                    node = %self.me,
-                    "node id {} is held by another live broker; retrying until its session \
-                     ends: {}",
-                    self.me,
-                    e.error.message
-                );
+                return Err(format!(
+                    "node.id {} is held by a live broker on another data directory ({}): give \
+                     each broker its own node.id",
+                    self.me, e.error.message
+                ));
             }
             Err(e) => tracing::debug!(node = %self.me, "registering: {}", e.error),
         }
@@ -213,7 +232,8 @@ impl Membership {
                 )),
             };
         }
-        let (dir, identity) = (self.data_dir.clone(), DirIdentity { cluster_id, node: self.me });
+        let identity = DirIdentity { cluster_id, node: self.me, directory: self.directory };
+        let dir = self.data_dir.clone();
         glommio::executor()
             .spawn_blocking(move || identity::write(&dir, identity))
             .await

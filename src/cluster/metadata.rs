@@ -22,7 +22,10 @@ use crate::types::{LeaderEpoch, NodeId, PartitionId};
 
 /// The format of a metadata log entry: its first byte. A build reads every version up to its
 /// own and refuses a newer one by name, never as damage.
-const RECORD_VERSION: u8 = 1;
+/// 2: registrations with their data directory and protocol version, and the cluster id and
+/// producer-id records (1 was an earlier layout, written only during development: refused by
+/// number rather than misread).
+const RECORD_VERSION: u8 = 2;
 
 /// The version of what brokers of one cluster say to each other and write to its log (the
 /// controller's requests, the metadata records, Raft messages). Every broker announces it when
@@ -58,8 +61,7 @@ pub struct ClusterId(pub u128);
 
 impl fmt::Display for ClusterId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use base64::Engine;
-        f.write_str(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.0.to_be_bytes()))
+        f.write_str(&uuid_text(self.0))
     }
 }
 
@@ -67,14 +69,40 @@ impl std::str::FromStr for ClusterId {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        use base64::Engine;
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(text)
-            .map_err(|e| format!("cluster id {text:?}: {e}"))?;
-        let bytes: [u8; 16] =
-            bytes.try_into().map_err(|_| format!("cluster id {text:?}: not 16 bytes"))?;
-        Ok(Self(u128::from_be_bytes(bytes)))
+        parse_uuid_text(text).map(Self).map_err(|why| format!("cluster id {text:?}: {why}"))
     }
+}
+
+/// A UUID as Kafka writes one (cluster, topic and directory ids): its 16 bytes in URL-safe
+/// base64 without padding.
+pub fn uuid_text(id: u128) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id.to_be_bytes())
+}
+
+pub fn parse_uuid_text(text: &str) -> Result<u128, String> {
+    use base64::Engine;
+    let bytes =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).map_err(|e| e.to_string())?;
+    let bytes: [u8; 16] = bytes.try_into().map_err(|_| "not 16 bytes".to_string())?;
+    Ok(u128::from_be_bytes(bytes))
+}
+
+/// A broker process's registration, as it asks for it.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct Registration {
+    pub node: NodeId,
+    /// Chosen by the broker process at its start: the same process registering again is the
+    /// same registration.
+    pub incarnation: u64,
+    /// The broker's data directory (Kafka's `directory.id`, KIP-858): a process on the same
+    /// directory is the same broker restarted (the directory's lock rules out two at once), one
+    /// on another is another broker claiming the node id.
+    pub directory: u128,
+    pub rack: Option<String>,
+    pub endpoints: Endpoints,
+    /// The cluster protocol version the broker speaks ([`CLUSTER_PROTOCOL_VERSION`]).
+    pub protocol_version: u16,
 }
 
 /// Where a broker listens, as it registered.
@@ -96,15 +124,8 @@ pub enum MetadataRecord {
     /// A broker (re)joined; `broker_epoch` is new for every registration, so messages from an
     /// earlier incarnation of the broker can be told apart and refused. It starts fenced.
     RegisterBroker {
-        node: NodeId,
         broker_epoch: u64,
-        /// Chosen by the broker process at its start: the same process registering again is
-        /// the same registration.
-        incarnation: u64,
-        rack: Option<String>,
-        endpoints: Endpoints,
-        /// The cluster protocol version the broker speaks ([`CLUSTER_PROTOCOL_VERSION`]).
-        protocol_version: u16,
+        registration: Registration,
     },
     /// The broker leads nothing from here on and is in no in-sync set it shared (it may stay
     /// the last member of one: that partition waits for it). `shutdown`: it asked (a controlled
@@ -161,6 +182,7 @@ pub struct PartitionState {
 pub struct BrokerInfo {
     pub broker_epoch: u64,
     pub incarnation: u64,
+    pub directory: u128,
     pub rack: Option<String>,
     pub endpoints: Endpoints,
     pub protocol_version: u16,
@@ -235,14 +257,8 @@ impl MetadataImage {
                 }
                 _ => self.cluster_id = Some(*cluster_id),
             },
-            MetadataRecord::RegisterBroker {
-                node,
-                broker_epoch,
-                incarnation,
-                rack,
-                endpoints,
-                protocol_version,
-            } => {
+            MetadataRecord::RegisterBroker { broker_epoch, registration } => {
+                let node = &registration.node;
                 if *broker_epoch <= self.last_broker_epoch {
                     return Err(format!(
                         "broker {node} registers with epoch {broker_epoch}, not above {}",
@@ -256,10 +272,11 @@ impl MetadataImage {
                 self.last_broker_epoch = *broker_epoch;
                 let info = BrokerInfo {
                     broker_epoch: *broker_epoch,
-                    incarnation: *incarnation,
-                    rack: rack.clone(),
-                    endpoints: endpoints.clone(),
-                    protocol_version: *protocol_version,
+                    incarnation: registration.incarnation,
+                    directory: registration.directory,
+                    rack: registration.rack.clone(),
+                    endpoints: registration.endpoints.clone(),
+                    protocol_version: registration.protocol_version,
                     fenced: true,
                     shut_down: false,
                 };
@@ -444,14 +461,15 @@ mod tests {
 
     fn register(node: i32, broker_epoch: u64) -> MetadataRecord {
         let (node, rack, endpoints) = (NodeId(node), None, endpoints());
-        MetadataRecord::RegisterBroker {
+        let registration = Registration {
             node,
-            broker_epoch,
             incarnation: 1,
+            directory: 1,
             rack,
             endpoints,
             protocol_version: CLUSTER_PROTOCOL_VERSION,
-        }
+        };
+        MetadataRecord::RegisterBroker { broker_epoch, registration }
     }
 
     fn change(state: PartitionState) -> MetadataRecord {

@@ -22,7 +22,7 @@ use futures_channel::oneshot;
 use rkyv::{Archive, Deserialize, Serialize};
 
 use super::decide::{Controller, Event, Refusal, PRODUCER_ID_BLOCK};
-use super::metadata::{self, ClusterId, Endpoints, MetadataImage, MetadataRecord};
+use super::metadata::{self, ClusterId, Endpoints, MetadataImage, MetadataRecord, Registration};
 use super::quorum::{Committed, Voter};
 use super::raft_wire::WireMessage;
 use super::voter_log::VoterLog;
@@ -50,16 +50,11 @@ fn node_of(raft_id: u64) -> Option<NodeId> {
 /// What a broker asks the active controller.
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub enum ControllerRequest {
-    /// `incarnation` is chosen by the broker process at its start; `cluster_id` is the one its
-    /// data directory belongs to, if it joined one before.
+    /// `cluster_id` is the one the broker's data directory belongs to, if it joined one
+    /// before.
     Register {
-        node: NodeId,
-        incarnation: u64,
-        rack: Option<String>,
-        endpoints: Endpoints,
+        registration: Registration,
         cluster_id: Option<ClusterId>,
-        /// The cluster protocol version the broker speaks.
-        protocol_version: u16,
     },
     Heartbeat {
         node: NodeId,
@@ -295,7 +290,9 @@ impl ControllerNode {
                 Err(why) => tracing::warn!(voter = %self.me, "not sent: {why}"),
             }
         }
-        let cluster_id = self.image.borrow().cluster_id;
+        // Its data directory's when its log has none yet: a voter of another cluster must not
+        // slip in with an empty log.
+        let cluster_id = self.cluster_id();
         for (to, messages) in by_peer {
             self.links.send_voter_messages(to, cluster_id, messages);
         }
@@ -395,20 +392,9 @@ impl ControllerNode {
         request: ControllerRequest,
     ) -> Result<ControllerAnswer, ControllerError> {
         match request {
-            ControllerRequest::Register {
-                node,
-                incarnation,
-                rack,
-                endpoints,
-                cluster_id,
-                protocol_version,
-            } => {
-                self.check_cluster(node, cluster_id)?;
-                let register =
-                    Event::Register { node, incarnation, rack, endpoints, protocol_version };
-                self.decide(register).await?;
-                // The cluster may have been formed by this very decision.
-                self.check_cluster(node, cluster_id)?;
+            ControllerRequest::Register { registration, cluster_id } => {
+                let node = registration.node;
+                self.decide(Event::Register { registration, cluster_id }).await?;
                 let image = self.image.borrow();
                 let (Some(broker), Some(cluster_id)) = (image.brokers.get(&node), image.cluster_id)
                 else {
@@ -439,24 +425,6 @@ impl ControllerNode {
                 let first = next.saturating_sub(PRODUCER_ID_BLOCK);
                 Ok(ControllerAnswer::ProducerIds { first, count: next - first })
             }
-        }
-    }
-
-    /// Refuses a broker whose data directory belongs to another cluster.
-    fn check_cluster(
-        &self,
-        node: NodeId,
-        theirs: Option<ClusterId>,
-    ) -> Result<(), ControllerError> {
-        match (self.image.borrow().cluster_id, theirs) {
-            (Some(ours), Some(theirs)) if ours != theirs => Err(ControllerError::new(
-                ErrorKind::InconsistentClusterId,
-                format!(
-                    "node {node}'s data directory belongs to cluster {theirs}; this is cluster \
-                     {ours}"
-                ),
-            )),
-            _ => Ok(()),
         }
     }
 
@@ -652,6 +620,8 @@ fn refused(refusal: Refusal) -> ControllerError {
         Refusal::InvalidReplicationFactor { .. } => ErrorKind::InvalidReplicationFactor,
         Refusal::InvalidPartitions(_) => ErrorKind::InvalidPartitions,
         Refusal::UnsupportedProtocol { .. } => ErrorKind::UnsupportedApi,
+        Refusal::OtherCluster { .. } => ErrorKind::InconsistentClusterId,
+        Refusal::ProducerIdsExhausted => ErrorKind::NotAvailable,
     };
     ControllerError::new(kind, refusal.to_string())
 }

@@ -175,10 +175,17 @@ impl Voter {
     /// broken or hostile sender (or a voter that lost its disk), and is refused here.
     fn check_message(&self, message: &Message) -> Result<(), String> {
         let log = &self.node.raft.raft_log;
+        // raft-rs reads the term past its log's end as 0, so an append claiming term 0 there
+        // would pass its consistency check; a correct leader never sends term 0 above index 0
+        // (nothing is compacted).
+        let append = message.get_msg_type() == MessageType::MsgAppend;
+        if append && message.index > 0 && message.log_term == 0 {
+            return Err(format!("an append after index {} of term 0", message.index));
+        }
         let mut expected = message.index;
         for entry in message.entries.iter() {
             expected = expected.checked_add(1).ok_or("an entry index overflows")?;
-            if entry.index != expected || entry.term > message.term {
+            if entry.index != expected || entry.term > message.term || entry.term == 0 {
                 return Err(format!(
                     "entry {} of term {} in an append of term {} after index {}",
                     entry.index, entry.term, message.term, message.index
@@ -209,7 +216,8 @@ impl Voter {
             return None;
         }
         let me = self.node.raft.id;
-        let voters = self.node.raft.prs().iter().filter(|(id, _)| **id != me);
+        // Among those heard from lately: one cut off could not take over.
+        let voters = self.node.raft.prs().iter().filter(|(id, p)| **id != me && p.recent_active);
         let (target, _) = voters.max_by_key(|(_, progress)| progress.matched)?;
         let target = *target;
         self.node.transfer_leader(target);
@@ -366,6 +374,10 @@ mod tests {
             message(MessageType::MsgAppend, 3, &[(4, 3)], 3),
             // Overwriting committed entry 2 with another term.
             message(MessageType::MsgAppend, 1, &[(2, 2)], 2),
+            // Past the log's end, where raft-rs reads term 0: claiming term 0 there, or with
+            // entries of term 0.
+            Message { log_term: 0, ..message(MessageType::MsgAppend, 8, &[], 8) },
+            message(MessageType::MsgAppend, 3, &[(4, 0)], 4),
         ];
         for hostile in refused {
             let kind = hostile.get_msg_type();

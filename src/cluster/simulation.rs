@@ -24,9 +24,10 @@ use std::time::{Duration, Instant};
 
 use super::decide::{Controller, Event, Refusal, PRODUCER_ID_BLOCK};
 use super::metadata::{
-    self, ClusterId, Endpoints, MetadataImage, MetadataRecord, TopicId, CLUSTER_PROTOCOL_VERSION,
+    self, ClusterId, Endpoints, MetadataImage, MetadataRecord, Registration, TopicId,
+    CLUSTER_PROTOCOL_VERSION,
 };
-use super::quorum::{Durable, Persist, Voter};
+use super::quorum::{Durable, Persist, QuorumError, Voter};
 use crate::testing::TestRng;
 use crate::types::NodeId;
 
@@ -38,6 +39,9 @@ struct Broker {
     node: NodeId,
     /// This process's id; a restart is a new process.
     incarnation: u64,
+    /// Its data directory's id: a restart usually keeps it, and now and then comes on a new
+    /// one (a replaced disk), which is another broker to the controller.
+    directory: u128,
     /// Its registration's epoch while it runs; `None` while it is down.
     epoch: Option<u64>,
     /// When it last sent a heartbeat the controller took.
@@ -69,6 +73,7 @@ impl Run {
             .map(|n| Broker {
                 node: NodeId(n),
                 incarnation: 0,
+                directory: 0,
                 epoch: None,
                 last_beat: None,
                 shutting_down: false,
@@ -170,14 +175,20 @@ impl Run {
         Endpoints { kafka: ("127.0.0.1".into(), port), native: ("127.0.0.1".into(), port + 1000) }
     }
 
-    /// The broker's process registers; refused while its previous process's session lives.
+    /// The broker's process registers; on another data directory, refused while its previous
+    /// process's session lives.
     fn register(&mut self, b: usize) -> bool {
-        let (node, incarnation) = (self.brokers[b].node, self.brokers[b].incarnation);
-        let rack = Some(format!("rack-{}", node.0 % 2));
-        let endpoints = Self::endpoints(node);
-        let protocol_version = CLUSTER_PROTOCOL_VERSION;
-        match self.decide(Event::Register { node, incarnation, rack, endpoints, protocol_version })
-        {
+        let broker = &self.brokers[b];
+        let node = broker.node;
+        let registration = Registration {
+            node,
+            incarnation: broker.incarnation,
+            directory: broker.directory,
+            rack: Some(format!("rack-{}", node.0 % 2)),
+            endpoints: Self::endpoints(node),
+            protocol_version: CLUSTER_PROTOCOL_VERSION,
+        };
+        match self.decide(Event::Register { registration, cluster_id: None }) {
             Ok(()) => {
                 self.brokers[b].epoch = self.image.brokers.get(&node).map(|i| i.broker_epoch);
                 self.brokers[b].last_beat = Some(self.now);
@@ -212,6 +223,10 @@ impl Run {
             1 if self.brokers[b].epoch.is_none() => {
                 self.event("broker restarted");
                 self.brokers[b].incarnation += 1;
+                if self.rng.below(4) == 0 {
+                    self.event("broker restarted on a new data directory");
+                    self.brokers[b].directory += 1;
+                }
                 self.register(b);
             }
             2 => {
@@ -326,6 +341,7 @@ fn the_controller_never_elects_uncleanly_and_the_cluster_settles() {
         "controller failover",
         "decisions",
         "registration refused while the old one lives",
+        "broker restarted on a new data directory",
         "replication factor refused",
         "topic created",
         "topic deleted",
@@ -426,8 +442,11 @@ impl QuorumRun {
         self.network = later;
         for (_, to, message) in due {
             if self.reachable(to) && self.reachable(message.from as usize - 1) {
-                // A message for another term or quorum is raft-rs's to refuse; it is not ours.
-                let _ = self.voters[to].raft.step(message);
+                // A message for another term or quorum is raft-rs's to refuse; ours refuse only
+                // what no correct voter sends.
+                if let Err(QuorumError::Damaged(why)) = self.voters[to].raft.step(message) {
+                    panic!("seed {}: voter {} refused a correct message: {why}", self.seed, to + 1);
+                }
             }
         }
         if chaos && self.cut_off.is_none() && self.rng.below(40) == 0 {
@@ -499,7 +518,9 @@ impl QuorumRun {
         self.network = later;
         for (_, _, message) in early {
             if self.reachable(v) && self.reachable(message.from as usize - 1) {
-                let _ = self.voters[v].raft.step(message);
+                if let Err(QuorumError::Damaged(why)) = self.voters[v].raft.step(message) {
+                    panic!("seed {}: voter {} refused a correct message: {why}", self.seed, v + 1);
+                }
                 *self.events.entry("messages stepped while persisting").or_default() += 1;
             }
         }
@@ -549,9 +570,15 @@ impl QuorumRun {
                 // A restart now and then: a new process.
                 let incarnation = incarnation + self.rng.below(2);
                 self.brokers[b].1 = incarnation;
-                let endpoints = Run::endpoints(node);
-                let protocol_version = CLUSTER_PROTOCOL_VERSION;
-                Event::Register { node, incarnation, rack: None, endpoints, protocol_version }
+                let registration = Registration {
+                    node,
+                    incarnation,
+                    directory: u128::from(incarnation),
+                    rack: None,
+                    endpoints: Run::endpoints(node),
+                    protocol_version: CLUSTER_PROTOCOL_VERSION,
+                };
+                Event::Register { registration, cluster_id: None }
             }
             (1, _) => {
                 self.next_topic += 1;
@@ -575,7 +602,8 @@ impl QuorumRun {
             return;
         }
         for record in &batch {
-            if let MetadataRecord::RegisterBroker { node, broker_epoch, .. } = record {
+            if let MetadataRecord::RegisterBroker { broker_epoch, registration } = record {
+                let node = &registration.node;
                 // The broker learns its epoch from the answer, which comes at commit; here it
                 // simply uses the epoch the leader assigned.
                 if let Some(broker) = self.brokers.iter_mut().find(|(n, _, _)| n == node) {

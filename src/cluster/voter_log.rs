@@ -32,7 +32,8 @@ const STATE_FILE: &str = "quorum-state";
 /// The formats of a stored Raft entry and of the state file: their first byte. Another stops
 /// the broker, naming the file.
 const ENTRY_VERSION: u8 = 1;
-const STATE_VERSION: u8 = 1;
+/// 2: the voter set beside the state (1 was the state alone, during development only).
+const STATE_VERSION: u8 = 2;
 const STATE_BYTES_MAX: u64 = 4096;
 /// The metadata log is small; segments of this size keep its files few.
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -77,15 +78,19 @@ impl<S: Storage> VoterLog<S> {
             shared,
         )
         .await?;
-        let voter_log = Self { log, storage, dir, voters: voters.to_vec() };
+        // A set: the order the setting names them in does not matter.
+        let mut voters = voters.to_vec();
+        voters.sort();
+        voters.dedup();
+        let voter_log = Self { log, storage, dir, voters };
         let entries = voter_log.read_all().await?;
         let state = match voter_log.read_state().await? {
-            Some(file) if file.voters == voters => file.state,
+            Some(file) if file.voters == voter_log.voters => file.state,
             Some(file) => {
                 let why = format!(
                     "this voter's log was kept with controller.quorum.voters naming nodes {:?}, \
-                     not {voters:?}: the voter set cannot change yet",
-                    file.voters
+                     not {:?}: the voter set cannot change yet",
+                    file.voters, voter_log.voters
                 );
                 return Err(io::Error::new(io::ErrorKind::InvalidInput, why));
             }
@@ -303,7 +308,9 @@ mod tests {
             assert_eq!(durable.entries.len(), 6);
             log.close().await;
 
-            // Another voter set is refused by name.
+            // The same set in another order is the same set; another set is refused by name.
+            let reordered = [VOTERS[2], VOTERS[0], VOTERS[1]];
+            try_open(&data_dir, &reordered).await.expect("the same voters").0.close().await;
             let other = try_open(&data_dir, &VOTERS[..2]).await.err().expect("refused");
             assert!(other.to_string().contains("cannot change"), "{other}");
 
@@ -314,7 +321,11 @@ mod tests {
             std::fs::write(&state_path, newer).expect("rewrite the state file");
             let refused = try_open(&data_dir, &VOTERS).await.err().expect("refused");
             let message = refused.to_string();
-            assert!(message.contains("quorum-state") && message.contains("version 2"), "{message}");
+            assert!(
+                message.contains("quorum-state")
+                    && message.contains(&format!("version {}", STATE_VERSION + 1)),
+                "{message}"
+            );
         });
     }
 }

@@ -20,10 +20,11 @@ use crate::shard::call::{
     AskController, CommittedMetadata, DescribeCluster, NextProducerId, StepVoter,
 };
 
-/// About how much of the metadata log one fetch of a following broker carries.
-const METADATA_FETCH_BYTES: u64 = 1024 * 1024;
 use crate::shard::{Shard, CONTROLLER_SHARD};
 use crate::types::NodeId;
+
+/// About how much of the metadata log one fetch of a following broker carries.
+const METADATA_FETCH_BYTES: u64 = 1024 * 1024;
 
 impl Shard {
     /// Opens the controller voter's log and state in the data directory, on this shard's disk
