@@ -298,7 +298,11 @@ fn three_brokers_elect_a_controller_fence_the_silent_and_survive_its_crash() {
     let foreign = cluster.dir.path().join("foreign");
     let mut alone = Broker::start(&foreign, &["--set", "node.id=4"]);
     let deadline = Instant::now() + SETTLE_WAIT;
-    while !foreign.join("meta.properties").exists() {
+    let joined = |dir: &Path| {
+        std::fs::read_to_string(dir.join("meta.properties"))
+            .is_ok_and(|t| t.contains("cluster.id="))
+    };
+    while !joined(&foreign) {
         assert!(Instant::now() < deadline, "the lone broker never formed its cluster");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -415,4 +419,40 @@ fn a_local_cluster_starts_with_one_command_and_stops_together() {
         let port = base + 100 + node - 1;
         assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "{port} still open");
     }
+}
+
+#[test]
+fn a_paused_controller_is_replaced_and_rejoins_when_it_resumes() {
+    let _one_cluster = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cluster = Cluster::start();
+    let all = [1, 2, 3];
+    let first =
+        cluster.settle(&all, "three live brokers", |s| s.leader.is_some() && all_live(s, &all));
+    let paused = first.leader.expect("a leader").0;
+    let pid = cluster.broker(paused).pid().to_string();
+    let signal = |name: &str| {
+        let sent = std::process::Command::new("kill").args([name, &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill {name} {pid}");
+    };
+    // SIGSTOP: the process lives but says nothing, as a broker stuck in a long pause would. The
+    // others elect another controller and fence it once its session lapses.
+    signal("-STOP");
+    let survivors: Vec<i32> = all.iter().copied().filter(|n| *n != paused).collect();
+    let replaced =
+        cluster.settle(&survivors, "another controller, the paused broker fenced", |s| {
+            s.leader.is_some_and(|l| l.0 != paused)
+                && state(s, paused).is_some_and(|(state, _)| state == "fenced")
+        });
+    // SIGCONT: it learns the newer term, leads nothing, heartbeats under its registration and is
+    // live again, seeing what the others see.
+    signal("-CONT");
+    let resumed = cluster.settle(&all, "the resumed broker live again", |s| all_live(s, &all));
+    assert!(
+        resumed.term >= replaced.term,
+        "terms go back: {} then {}",
+        replaced.term,
+        resumed.term
+    );
+    let epoch = |s: &ClusterStatus| state(s, paused).expect("registered").1;
+    assert_eq!(epoch(&resumed), epoch(&first), "the same registration, unfenced");
 }

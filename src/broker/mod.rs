@@ -19,7 +19,7 @@ use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use hdrhistogram::Histogram;
 
 use crate::cluster::follower::MetadataFollower;
-use crate::cluster::identity;
+use crate::cluster::identity::{self, DirIdentity};
 use crate::cluster::membership::{Joining, Membership};
 use crate::cluster::metadata::{ClusterId, Endpoints};
 use crate::cluster::node::ControllerNode;
@@ -93,13 +93,28 @@ pub fn run(config: BrokerConfig, histogram_dir: Option<PathBuf>) -> Result<(), S
     // The cluster this directory joined, if it joined one: another node's is refused here, and
     // another cluster's when the broker registers.
     let dir_cluster = Arc::new(OnceLock::new());
-    // The directory's id, kept once it joins a cluster; a new one for a directory that has not.
-    let mut directory = uuid::Uuid::new_v4().as_u128();
-    if let Some(found) = identity::read(&config.data_dir)? {
-        identity::check_node(&config.data_dir, &found, config.node_id)?;
-        let _ = dir_cluster.set(found.cluster_id);
-        directory = found.directory;
-    }
+    let directory = match identity::read(&config.data_dir)? {
+        Some(found) => {
+            identity::check_node(&config.data_dir, &found, config.node_id)?;
+            if let Some(cluster_id) = found.cluster_id {
+                let _ = dir_cluster.set(cluster_id);
+            }
+            found.directory
+        }
+        None => {
+            // The directory's id is on disk before the broker first registers: a restart is
+            // then always the same broker to the controller.
+            let new = DirIdentity {
+                cluster_id: None,
+                node: config.node_id,
+                directory: uuid::Uuid::new_v4().as_u128(),
+            };
+            identity::write(&config.data_dir, new).map_err(|e| {
+                format!("writing {}: {e}", config.data_dir.join(identity::IDENTITY_FILE).display())
+            })?;
+            new.directory
+        }
+    };
     let catalog = catalog::load(&config.data_dir, &config.topic_defaults)
         .map_err(|e| format!("reading topics in {}: {e}", config.data_dir.display()))?;
     let cores = match &config.cores {
@@ -418,14 +433,20 @@ async fn join_cluster(shard: &Rc<Shard>, stopper: &Arc<Stopper>, directory: u128
         let follower =
             Rc::new(MetadataFollower::new(config.node_id, voters.clone(), links.clone()));
         shard.host_follower(follower.clone());
-        let stop = shard.clone();
-        glommio::spawn_local(async move { follower.run(stop.wait_for_stop()).await }).detach();
+        let (stop, stopper) = (shard.clone(), stopper.clone());
+        glommio::spawn_local(async move {
+            if let Err(e) = follower.run(stop.wait_for_stop()).await {
+                stopper.fail(format!("following the metadata log: {e}"));
+            }
+        })
+        .detach();
     }
     let (kafka, native) = (config.kafka_endpoint(), config.native_endpoint());
     let joining = Joining {
         voters,
         links,
         heartbeat_interval: Duration::from_millis(config.broker_heartbeat_interval_ms),
+        session_timeout: Duration::from_millis(config.broker_session_timeout_ms),
         data_dir: config.data_dir.clone(),
         directory,
         dir_cluster: shard.cluster_id.clone(),

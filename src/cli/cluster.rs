@@ -77,7 +77,10 @@ impl LocalCluster {
 
     fn run(self) -> Result<(), String> {
         let stop = Arc::new(AtomicBool::new(false));
-        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // SIGHUP too: a closed terminal stops the cluster rather than leave it running.
+        for signal in
+            [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP]
+        {
             signal_hook::flag::register(signal, stop.clone())
                 .map_err(|e| format!("installing the signal handler: {e}"))?;
         }
@@ -156,9 +159,20 @@ impl LocalCluster {
             .stderr(log_err)
             // Its own process group: Ctrl-C reaches this command alone, which stops each broker
             // once (a broker takes a second signal as "exit now, without a clean stop").
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("starting broker {node}: {e}"))
+            .process_group(0);
+        // SAFETY: runs in the forked child before exec, and only calls prctl, which is
+        // async-signal-safe and touches no memory of the parent's.
+        unsafe {
+            command.pre_exec(|| {
+                // If this command dies without stopping the brokers (kill -9, a crash), each is
+                // told to stop, cleanly, rather than left running on the ports.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        command.spawn().map_err(|e| format!("starting broker {node}: {e}"))
     }
 }
 

@@ -244,7 +244,11 @@ impl Controller {
             let heard = self.last_heard.get(&node);
             let alive =
                 heard.is_some_and(|at| now.saturating_duration_since(*at) < self.session_timeout);
-            let restarted = current.directory == registration.directory;
+            // A later process on the same directory: the broker restarted. (A copy of the
+            // directory on another host, running beside it, has a start time of its own but
+            // cannot take the id back and forth: only a later start takes over.)
+            let restarted = current.directory == registration.directory
+                && registration.incarnation > current.incarnation;
             if !current.fenced && alive && !restarted {
                 return Err(Refusal::DuplicateRegistration(node));
             }
@@ -503,8 +507,31 @@ mod tests {
         }
         let (node, theirs, ours) = (NodeId(3), ClusterId(99), ClusterId(7));
         assert_eq!(
-            controller.decide(&image, foreign, now),
+            controller.decide(&image, foreign.clone(), now),
             Err(Refusal::OtherCluster { node, theirs, ours })
+        );
+        // Before the cluster is formed, against the id this controller would form it with.
+        let mut unformed = Controller::new(TIMEOUT, ClusterId(99));
+        let empty = MetadataImage::default();
+        assert!(unformed.decide(&empty, foreign, now).is_ok(), "its own cluster, to be formed");
+        let mut other = register(3, 1);
+        if let Event::Register { cluster_id, .. } = &mut other {
+            *cluster_id = Some(ClusterId(5));
+        }
+        let (theirs, ours) = (ClusterId(5), ClusterId(99));
+        assert_eq!(
+            unformed.decide(&empty, other, now),
+            Err(Refusal::OtherCluster { node, theirs, ours })
+        );
+        // An earlier process on the same directory (a copy of it, or a late request of the
+        // process before) does not take over from the later one.
+        let mut earlier = register(1, 6);
+        if let Event::Register { registration, .. } = &mut earlier {
+            registration.directory = 7;
+        }
+        assert_eq!(
+            controller.decide(&image, earlier, now),
+            Err(Refusal::DuplicateRegistration(NodeId(1)))
         );
         let mut taken_over = image.clone();
         commit(&mut controller, &mut taken_over, restarted, now).expect("restarted");

@@ -20,6 +20,14 @@ const POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// How long it waits after no voter answered.
 const RETRY_WAIT: Duration = Duration::from_millis(500);
 
+/// Why a fetch gave nothing to apply.
+enum Fetched {
+    /// Ask again (another voter, after a while).
+    Failed(String),
+    /// An entry this build cannot read.
+    Unreadable(String),
+}
+
 pub struct MetadataFollower {
     me: NodeId,
     voters: Vec<NodeId>,
@@ -46,14 +54,16 @@ impl MetadataFollower {
         }
     }
 
-    /// Follows the log until `stop`.
-    pub async fn run(&self, stop: impl Future<Output = ()>) {
+    /// Follows the log until `stop`, or until an entry this build cannot read (a newer format)
+    /// arrives: the broker must not go on with an image that is not the log's.
+    pub async fn run(&self, stop: impl Future<Output = ()>) -> Result<(), String> {
         let follow = async {
             loop {
                 let wait = match self.fetch_once().await {
                     Ok(true) => Duration::ZERO,
                     Ok(false) => POLL_INTERVAL,
-                    Err(why) => {
+                    Err(Fetched::Unreadable(why)) => return Err(why),
+                    Err(Fetched::Failed(why)) => {
                         tracing::debug!(node = %self.me, "following the metadata log: {why}");
                         self.target.set((self.target.get() + 1) % self.voters.len().max(1));
                         RETRY_WAIT
@@ -62,34 +72,41 @@ impl MetadataFollower {
                 glommio::timer::sleep(wait).await;
             }
         };
-        futures_lite::future::or(follow, stop).await;
+        let stopped = async {
+            stop.await;
+            Ok(())
+        };
+        futures_lite::future::or(follow, stopped).await
     }
 
     /// Asks one voter for what follows; `Ok(true)` when it gave entries (there may be more).
-    async fn fetch_once(&self) -> Result<bool, String> {
-        let voter = *self.voters.get(self.target.get()).ok_or("no voters")?;
+    async fn fetch_once(&self) -> Result<bool, Fetched> {
+        let no_voters = || Fetched::Failed("no voters".into());
+        let voter = *self.voters.get(self.target.get()).ok_or_else(no_voters)?;
         let from = self.applied.get() + 1;
-        let answer = self.links.fetch_metadata(voter, from).await.map_err(|e| e.error.message)?;
+        let answer = (self.links.fetch_metadata(voter, from).await)
+            .map_err(|e| Fetched::Failed(e.error.message))?;
         self.leader.set(answer.leader);
         if answer.entries.is_empty() {
             // Caught up with this voter; the active controller is never behind it, so ask that
             // one next (a lagging or cut-off voter would keep this broker behind).
             let leader = answer.leader.and_then(|l| self.voters.iter().position(|v| *v == l));
-            if let Some(leader) = leader {
-                self.target.set(leader);
-            }
+            let next = leader.unwrap_or((self.target.get() + 1) % self.voters.len().max(1));
+            // A voter that knows no leader may be cut off itself: try the next.
+            self.target.set(next);
             return Ok(false);
         }
         for (index, data) in answer.entries {
             let expected = self.applied.get() + 1;
             if index != expected {
-                return Err(format!("voter {voter} sent entry {index} where {expected} follows"));
+                let why = format!("voter {voter} sent entry {index} where {expected} follows");
+                return Err(Fetched::Failed(why));
             }
             if !data.is_empty() {
-                let applied = metadata::decode_batch(&data).and_then(|b| {
-                    self.image.borrow_mut().apply_batch(&b).map_err(|e| e.to_string())
-                });
-                if let Err(why) = applied {
+                let batch = metadata::decode_batch(&data).map_err(|why| {
+                    Fetched::Unreadable(format!("metadata log entry {index}: {why}"))
+                })?;
+                if let Err(why) = self.image.borrow_mut().apply_batch(&batch) {
                     // As every voter does with the same entry: the images stay equal.
                     tracing::error!(index, "metadata log entry not applied: {why}");
                 }

@@ -1,9 +1,11 @@
 //! The data directory's identity: the cluster it belongs to, the node it is and its own id, in
 //! Kafka's `meta.properties` (version 1, KRaft's form, with KIP-858's `directory.id`).
 //!
-//! Written once the broker learns its cluster's id (from its registration), read at every
-//! start: a directory of another node, or of another cluster, is refused with a message naming
-//! both, instead of serving (or voting with) what another cluster wrote.
+//! Written at the directory's first start (its node and its own id) and again once the broker
+//! learns its cluster's id (from its first registration), read at every start: a directory of
+//! another node, or of another cluster, is refused with a message naming both, instead of
+//! serving (or voting with) what another cluster wrote. The directory's id is on disk before the
+//! broker first registers, so a restart is always recognised as the same broker.
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -16,15 +18,16 @@ const VERSION: &str = "1";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DirIdentity {
-    pub cluster_id: ClusterId,
+    /// `None` until the directory's broker first registered.
+    pub cluster_id: Option<ClusterId>,
     pub node: NodeId,
-    /// Random, chosen when the directory first joined: a broker registers with it, so the
+    /// Random, chosen at the directory's first start: a broker registers with it, so the
     /// controller tells the same broker restarted from another claiming its node id.
     pub directory: u128,
 }
 
-/// The directory's identity; `None` for a directory that never joined a cluster (new, or
-/// written by a build before clusters). Blocking.
+/// The directory's identity; `None` for a directory that has none yet (new, or written by a
+/// build before clusters). Blocking.
 pub fn read(dir: &Path) -> Result<Option<DirIdentity>, String> {
     let path = dir.join(IDENTITY_FILE);
     let text = match std::fs::read_to_string(&path) {
@@ -43,7 +46,10 @@ pub fn read(dir: &Path) -> Result<Option<DirIdentity>, String> {
         other => return Err(named(format!("version {other:?}: this build reads {VERSION}"))),
     }
     let field = |key: &str| fields.get(key).copied().ok_or_else(|| named(format!("no {key}")));
-    let cluster_id = field("cluster.id")?.parse().map_err(named)?;
+    let cluster_id = match fields.get("cluster.id") {
+        Some(text) => Some(text.parse().map_err(named)?),
+        None => None,
+    };
     let node = field("node.id")?.parse().map_err(|_| named("node.id is not a number".into()))?;
     let directory = parse_uuid_text(field("directory.id")?)
         .map_err(|why| named(format!("directory.id: {why}")))?;
@@ -53,10 +59,10 @@ pub fn read(dir: &Path) -> Result<Option<DirIdentity>, String> {
 /// Writes the identity durably (a temporary file synced, renamed, the directory synced).
 /// Blocking.
 pub fn write(dir: &Path, identity: DirIdentity) -> io::Result<()> {
+    let cluster = identity.cluster_id.map(|id| format!("cluster.id={id}\n")).unwrap_or_default();
     let text = format!(
-        "#The cluster this data directory belongs to, written by spate when it joined\n\
-         version={VERSION}\ncluster.id={}\nnode.id={}\ndirectory.id={}\n",
-        identity.cluster_id,
+        "#This data directory's node, its own id and (once it joined) its cluster, by spate\n\
+         version={VERSION}\n{cluster}node.id={}\ndirectory.id={}\n",
         identity.node,
         uuid_text(identity.directory)
     );
@@ -73,12 +79,12 @@ pub fn check_node(dir: &Path, found: &DirIdentity, node: NodeId) -> Result<(), S
     if found.node == node {
         return Ok(());
     }
+    let cluster = found.cluster_id.map(|id| format!(" of cluster {id}")).unwrap_or_default();
     Err(format!(
-        "data directory {} belongs to node {} of cluster {}, but node.id is {node}: give each \
-         node its own data directory",
+        "data directory {} belongs to node {}{cluster}, but node.id is {node}: give each node \
+         its own data directory",
         dir.display(),
         found.node,
-        found.cluster_id
     ))
 }
 
@@ -90,8 +96,11 @@ mod tests {
     fn the_identity_reads_back_and_another_node_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         assert_eq!(read(dir.path()), Ok(None));
-        let identity =
-            DirIdentity { cluster_id: ClusterId(0x1234_5678), node: NodeId(3), directory: 42 };
+        // At first start: the node and the directory, no cluster yet.
+        let first = DirIdentity { cluster_id: None, node: NodeId(3), directory: 42 };
+        write(dir.path(), first).expect("write");
+        assert_eq!(read(dir.path()), Ok(Some(first)));
+        let identity = DirIdentity { cluster_id: Some(ClusterId(0x1234_5678)), ..first };
         write(dir.path(), identity).expect("write");
         assert_eq!(read(dir.path()), Ok(Some(identity)));
         assert!(check_node(dir.path(), &identity, NodeId(3)).is_ok());

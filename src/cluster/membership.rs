@@ -56,6 +56,9 @@ pub struct Membership {
     producer_ids: RefCell<Range<i64>>,
     /// One block asked for at a time.
     allocating: glommio::sync::Semaphore,
+    /// When registrations began to be refused as another broker's, if they are.
+    refused_since: RefCell<Option<std::time::Instant>>,
+    session_timeout: Duration,
     /// When the last request for a block failed, and why.
     allocation_failed: RefCell<Option<(std::time::Instant, String)>>,
 }
@@ -65,6 +68,8 @@ pub struct Joining {
     pub voters: Vec<NodeId>,
     pub links: Rc<dyn Links>,
     pub heartbeat_interval: Duration,
+    /// How long a refusal as another broker's may last before this one gives up.
+    pub session_timeout: Duration,
     pub data_dir: PathBuf,
     pub directory: u128,
     pub dir_cluster: Arc<OnceLock<ClusterId>>,
@@ -72,8 +77,15 @@ pub struct Joining {
 
 impl Membership {
     pub fn new(me: NodeId, rack: Option<String>, endpoints: Endpoints, joining: Joining) -> Self {
-        let Joining { voters, links, heartbeat_interval, data_dir, directory, dir_cluster } =
-            joining;
+        let Joining {
+            voters,
+            links,
+            heartbeat_interval,
+            session_timeout,
+            data_dir,
+            directory,
+            dir_cluster,
+        } = joining;
         // The process's start time in nanoseconds: another process of this node gets another.
         let incarnation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -95,6 +107,8 @@ impl Membership {
             producer_ids: RefCell::new(0..0),
             allocating: glommio::sync::Semaphore::new(1),
             allocation_failed: RefCell::new(None),
+            refused_since: RefCell::new(None),
+            session_timeout,
         }
     }
 
@@ -102,6 +116,9 @@ impl Membership {
     /// new one the controller gives it (KIP-730). Refused while the broker is not registered
     /// or no controller answers: the client asks again.
     pub async fn next_producer_id(&self) -> Result<i64, BrokerError> {
+        if let Some(id) = self.producer_ids.borrow_mut().next() {
+            return Ok(id);
+        }
         // A broker just started registers within moments: a producer that came as fast waits
         // for it rather than retry (each waiter on its own, not in turn).
         let deadline = std::time::Instant::now() + REGISTRATION_WAIT;
@@ -200,6 +217,7 @@ impl Membership {
                     "registered with the controller"
                 );
                 self.broker_epoch.set(Some(broker_epoch));
+                self.refused_since.borrow_mut().take();
             }
             // Neither changes by asking again: this broker must not serve.
             Err(e) if e.error.kind == ErrorKind::InconsistentClusterId => {
@@ -207,14 +225,20 @@ impl Membership {
             }
             Err(e) if e.error.kind == ErrorKind::UnsupportedApi => return Err(e.error.message),
             Ok(other) => tracing::warn!("registration answered with {other:?}"),
-            // Another broker, on another data directory, holds the node id and is alive: two
-            // brokers must not share one.
+            // Another broker, on another data directory, holds the node id and is alive. It may
+            // be this node's previous process on a disk since replaced, whose session lapses
+            // soon: ask again, and stop only once the refusal outlasts a session.
             Err(e) if e.error.kind == ErrorKind::DuplicateBrokerRegistration => {
-                return Err(format!(
-                    "node.id {} is held by a live broker on another data directory ({}): give \
-                     each broker its own node.id",
-                    self.me, e.error.message
-                ));
+                let since =
+                    *self.refused_since.borrow_mut().get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > self.session_timeout {
+                    return Err(format!(
+                        "node.id {} is held by a live broker on another data directory ({}): \
+                         give each broker its own node.id",
+                        self.me, e.error.message
+                    ));
+                }
+                tracing::warn!(node = %self.me, "registration refused, asking again: {}", e.error);
             }
             Err(e) => tracing::debug!(node = %self.me, "registering: {}", e.error),
         }
@@ -232,7 +256,8 @@ impl Membership {
                 )),
             };
         }
-        let identity = DirIdentity { cluster_id, node: self.me, directory: self.directory };
+        let identity =
+            DirIdentity { cluster_id: Some(cluster_id), node: self.me, directory: self.directory };
         let dir = self.data_dir.clone();
         glommio::executor()
             .spawn_blocking(move || identity::write(&dir, identity))

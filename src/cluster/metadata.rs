@@ -20,8 +20,9 @@ use rkyv::{Archive, Deserialize, Serialize};
 use crate::record::archive;
 use crate::types::{LeaderEpoch, NodeId, PartitionId};
 
-/// The format of a metadata log entry: its first byte. A build reads every version up to its
-/// own and refuses a newer one by name, never as damage.
+/// The format of a metadata log entry: its first byte. A build reads every version released
+/// before it (today only this one: version 1 existed only while this was written); one it does
+/// not read stops the voter or follower that meets it, by number, never taken for damage.
 /// 2: registrations with their data directory and protocol version, and the cluster id and
 /// producer-id records (1 was an earlier layout, written only during development: refused by
 /// number rather than misread).

@@ -313,10 +313,11 @@ impl ControllerNode {
     fn apply(&self, committed: Vec<Committed>) -> Result<(), String> {
         for entry in committed {
             if !entry.data.is_empty() {
-                let applied = metadata::decode_batch(&entry.data).and_then(|batch| {
-                    self.image.borrow_mut().apply_batch(&batch).map_err(|e| e.to_string())
-                });
-                if let Err(why) = applied {
+                // An entry this build cannot read (a newer format) stops the voter: skipping it
+                // would leave an image that is not the log's.
+                let batch = metadata::decode_batch(&entry.data)
+                    .map_err(|why| format!("metadata log entry {}: {why}", entry.index))?;
+                if let Err(why) = self.image.borrow_mut().apply_batch(&batch) {
                     // Every voter refuses the same entry the same way: the images stay equal.
                     tracing::error!(index = entry.index, "metadata log entry not applied: {why}");
                 }
@@ -621,7 +622,8 @@ fn refused(refusal: Refusal) -> ControllerError {
         Refusal::InvalidPartitions(_) => ErrorKind::InvalidPartitions,
         Refusal::UnsupportedProtocol { .. } => ErrorKind::UnsupportedApi,
         Refusal::OtherCluster { .. } => ErrorKind::InconsistentClusterId,
-        Refusal::ProducerIdsExhausted => ErrorKind::NotAvailable,
+        // Not worth asking again.
+        Refusal::ProducerIdsExhausted => ErrorKind::PolicyViolation,
     };
     ControllerError::new(kind, refusal.to_string())
 }

@@ -174,6 +174,12 @@ impl Voter {
     /// committed entry; a commit index beyond this voter's log. Such a message comes from a
     /// broken or hostile sender (or a voter that lost its disk), and is refused here.
     fn check_message(&self, message: &Message) -> Result<(), String> {
+        if message.term < self.node.raft.term {
+            // Of an older term: raft-rs ignores it (or answers with its term) without reading
+            // its log, and a deposed leader's late append may well conflict with what is
+            // committed since.
+            return Ok(());
+        }
         let log = &self.node.raft.raft_log;
         // raft-rs reads the term past its log's end as 0, so an append claiming term 0 there
         // would pass its consistency check; a correct leader never sends term 0 above index 0
@@ -216,9 +222,11 @@ impl Voter {
             return None;
         }
         let me = self.node.raft.id;
-        // Among those heard from lately: one cut off could not take over.
-        let voters = self.node.raft.prs().iter().filter(|(id, p)| **id != me && p.recent_active);
-        let (target, _) = voters.max_by_key(|(_, progress)| progress.matched)?;
+        // Among those heard from lately, when raft-rs knows (it forgets at every check-quorum
+        // round until the next heartbeat answers): one cut off could not take over.
+        let others = || self.node.raft.prs().iter().filter(move |(id, _)| **id != me);
+        let active = others().filter(|(_, p)| p.recent_active).max_by_key(|(_, p)| p.matched);
+        let (target, _) = active.or_else(|| others().max_by_key(|(_, p)| p.matched))?;
         let target = *target;
         self.node.transfer_leader(target);
         Some(target)

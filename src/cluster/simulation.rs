@@ -570,10 +570,11 @@ impl QuorumRun {
                 // A restart now and then: a new process.
                 let incarnation = incarnation + self.rng.below(2);
                 self.brokers[b].1 = incarnation;
+                // Restarts on the same directory: a later process takes over at once.
                 let registration = Registration {
                     node,
                     incarnation,
-                    directory: u128::from(incarnation),
+                    directory: node.0 as u128,
                     rack: None,
                     endpoints: Run::endpoints(node),
                     protocol_version: CLUSTER_PROTOCOL_VERSION,
