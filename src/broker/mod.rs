@@ -1,6 +1,8 @@
 //! Starting and stopping the broker: one pinned executor per core, then an ordered shutdown.
 //!
 //! Stop sequence, on SIGINT or SIGTERM (a second signal exits at once):
+//! 0. shard 0 leaves the cluster (a controlled shutdown, then handing the controller role over
+//!    if it holds it) while every shard still serves;
 //! 1. every shard stops accepting and lets its connections finish their in-flight requests;
 //! 2. a barrier: no shard goes on until none can forward a request to another;
 //! 3. every shard writes, fdatasyncs and closes its partitions;
@@ -39,6 +41,9 @@ mod listen_check;
 
 /// Calls waiting in one direction of the mesh before senders wait.
 const MESH_CHANNEL_CAPACITY: usize = 1024;
+/// The longest shard 0 takes to leave the cluster at a stop (controlled shutdown, then handing
+/// the controller over), with room to spare.
+const LEAVE_WAIT_MAX: Duration = Duration::from_secs(10);
 /// How long connections get to finish in-flight requests once a stop begins.
 const DRAIN_WAIT_MAX: Duration = Duration::from_secs(10);
 /// How often a shard looks at the process-wide stop flag.
@@ -58,6 +63,8 @@ struct Stopper {
     closed: AtomicUsize,
     /// Why the broker stopped by itself, if it did: the process's error.
     failure: Mutex<Option<String>>,
+    /// Shard 0 has left the cluster (controlled shutdown, controller handed over).
+    left_cluster: AtomicBool,
 }
 
 impl Stopper {
@@ -75,6 +82,14 @@ impl Stopper {
     async fn wait_requested(&self) {
         while !self.requested.load(Ordering::SeqCst) {
             glommio::timer::sleep(STOP_POLL_INTERVAL).await;
+        }
+    }
+
+    /// Waits (bounded by what leaving takes) until shard 0 has left the cluster.
+    async fn wait_left_cluster(left: &AtomicBool) {
+        let deadline = std::time::Instant::now() + LEAVE_WAIT_MAX;
+        while !left.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+            glommio::timer::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -311,6 +326,7 @@ async fn shard_main(
         Err(e) => {
             // Let the other shards stop too, and do not leave them waiting at the barriers.
             stopper.request();
+            stopper.left_cluster.store(true, Ordering::SeqCst);
             stopper.drained.fetch_add(1, Ordering::SeqCst);
             shard.close_partitions().await;
             stopper.closed.fetch_add(1, Ordering::SeqCst);
@@ -353,6 +369,13 @@ async fn shard_main(
     }
     if let Some(node) = cluster.as_ref().and_then(|c| c.node.as_ref()) {
         node.resign().await;
+    }
+    if id == CONTROLLER_SHARD {
+        stopper.left_cluster.store(true, Ordering::SeqCst);
+    } else {
+        // Every shard keeps serving (peers' Raft answers and controller requests reach shard 0
+        // through them, clients until leadership has moved) while shard 0 leaves the cluster.
+        Stopper::wait_left_cluster(&stopper.left_cluster).await;
     }
     shard.begin_stop();
     if let Some(voter) = cluster.and_then(|c| c.voter) {

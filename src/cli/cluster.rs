@@ -160,14 +160,19 @@ impl LocalCluster {
             // Its own process group: Ctrl-C reaches this command alone, which stops each broker
             // once (a broker takes a second signal as "exit now, without a clean stop").
             .process_group(0);
-        // SAFETY: runs in the forked child before exec, and only calls prctl, which is
-        // async-signal-safe and touches no memory of the parent's.
+        let parent = std::process::id();
+        // SAFETY: runs in the forked child before exec, and only calls prctl and getppid, which
+        // are async-signal-safe, and builds errors that do not allocate.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 // If this command dies without stopping the brokers (kill -9, a crash), each is
                 // told to stop, cleanly, rather than left running on the ports.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                // It may have died between the fork and the prctl: then no signal would come.
+                if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
                 }
                 Ok(())
             });

@@ -56,6 +56,8 @@ pub struct Membership {
     producer_ids: RefCell<Range<i64>>,
     /// One block asked for at a time.
     allocating: glommio::sync::Semaphore,
+    /// The broker is stopping: its controlled shutdown is under way or done.
+    stopping: Cell<bool>,
     /// When registrations began to be refused as another broker's, if they are.
     refused_since: RefCell<Option<std::time::Instant>>,
     session_timeout: Duration,
@@ -108,6 +110,7 @@ impl Membership {
             allocating: glommio::sync::Semaphore::new(1),
             allocation_failed: RefCell::new(None),
             refused_since: RefCell::new(None),
+            stopping: Cell::new(false),
             session_timeout,
         }
     }
@@ -175,6 +178,10 @@ impl Membership {
     pub async fn run(&self, stop: impl Future<Output = ()>) -> Result<(), String> {
         let beat = async {
             loop {
+                if self.stopping.get() {
+                    glommio::timer::sleep(self.heartbeat_interval).await;
+                    continue;
+                }
                 let wait = match self.broker_epoch.get() {
                     None => {
                         self.register().await?;
@@ -289,6 +296,9 @@ impl Membership {
     /// Tells the controller this broker is stopping, so its partitions move at once rather
     /// than after its session times out. Bounded: a stop is not held up by a lost quorum.
     pub async fn shut_down(&self) {
+        // From here the heartbeat loop neither beats nor registers again: the registration
+        // this ends must stay ended.
+        self.stopping.set(true);
         let Some(broker_epoch) = self.broker_epoch.get() else { return };
         let request = ControllerRequest::ControlledShutdown { node: self.me, broker_epoch };
         let asked = async {
@@ -320,7 +330,21 @@ impl Membership {
             else {
                 break;
             };
-            match self.links.ask_controller(target, request.clone()).await {
+            // A stalled voter must not hold the broker past its session: each attempt gets a
+            // third of it before the next voter is asked.
+            let asked = async { Some(self.links.ask_controller(target, request.clone()).await) };
+            let timed_out = async {
+                glommio::timer::sleep(self.session_timeout / 3).await;
+                None
+            };
+            let answer = futures_lite::future::or(asked, timed_out).await.unwrap_or_else(|| {
+                let why = format!("voter {target} did not answer in time");
+                Err(ControllerError {
+                    error: BrokerError::new(ErrorKind::NotAvailable, why),
+                    leader: None,
+                })
+            });
+            match answer {
                 Ok(answer) => return Ok(answer),
                 Err(e) if e.error.kind == ErrorKind::NotController => {
                     match e.leader.and_then(|l| self.voters.iter().position(|v| *v == l)) {

@@ -181,6 +181,8 @@ pub struct ControllerNode {
     applied: Cell<u64>,
     /// Whether the log it restarted with is applied (its first round done).
     started: Cell<bool>,
+    /// Whether its drive loop has ended (the broker stopping, or its log failing).
+    stopped: Cell<bool>,
     /// The controller's memory (heartbeat times) while this voter leads, with its term.
     active: RefCell<Option<(u64, Controller)>>,
     /// Proposals waiting for their entry to be applied, by index: the term they were proposed
@@ -219,6 +221,7 @@ impl ControllerNode {
             image: RefCell::new(MetadataImage::default()),
             applied: Cell::new(0),
             started: Cell::new(false),
+            stopped: Cell::new(false),
             active: RefCell::new(None),
             pending: RefCell::new(BTreeMap::new()),
             work: Signal::new(),
@@ -238,7 +241,7 @@ impl ControllerNode {
         loop {
             let work = self.work.listen();
             if let Err(e) = self.drive_once().await {
-                self.deciding.close();
+                self.stop_deciding();
                 self.disk.close().await;
                 return Err(e);
             }
@@ -256,8 +259,7 @@ impl ControllerNode {
                 },
             );
             if !woken.await {
-                // Decisions still queued fail now rather than wait out their deadline.
-                self.deciding.close();
+                self.stop_deciding();
                 self.disk.close().await;
                 return Ok(());
             }
@@ -267,6 +269,16 @@ impl ControllerNode {
                 // A shard busy for longer than a tick does not tick in a burst after.
                 next_tick = (next_tick + TICK).max(now);
             }
+        }
+    }
+
+    /// The voter no longer runs: decisions queued or waiting for their commit are answered now
+    /// rather than at their deadline, and messages are refused.
+    fn stop_deciding(&self) {
+        self.stopped.set(true);
+        self.deciding.close();
+        for (_, (_, waiter)) in std::mem::take(&mut *self.pending.borrow_mut()) {
+            let _ = waiter.send(false);
         }
     }
 
@@ -359,6 +371,9 @@ impl ControllerNode {
         if !self.started.get() {
             return Err(format!("voter {} is still reading its log", self.me));
         }
+        if self.stopped.get() {
+            return Err(format!("voter {} has stopped", self.me));
+        }
         if let (Some(ours), Some(theirs)) = (self.cluster_id(), cluster_id) {
             if ours != theirs {
                 return Err(format!("voter {from} is of cluster {theirs}; this is cluster {ours}"));
@@ -433,6 +448,9 @@ impl ControllerNode {
     /// at once rather than leave the cluster without a controller for an election timeout.
     /// Bounded: a stop is not held up by a voter that does not take over.
     pub async fn resign(&self) {
+        if self.stopped.get() {
+            return;
+        }
         let Some(target) = self.raft.borrow_mut().transfer_leadership() else { return };
         self.work.notify(1);
         let deadline = Instant::now() + RESIGN_WAIT;
@@ -476,10 +494,24 @@ impl ControllerNode {
 
     /// Decides `event` as the active controller and waits until its batch is applied here.
     async fn decide(&self, event: Event) -> Result<Vec<MetadataRecord>, ControllerError> {
-        let _turn = self.deciding.acquire_permit(1).await.map_err(|_| {
-            ControllerError::new(ErrorKind::NotAvailable, "the controller is stopping")
-        })?;
+        // From the request's arrival, not its turn: a request queued behind others must not
+        // outlast what its asker waits.
         let deadline = Instant::now() + DECISION_WAIT;
+        let turn = async { Some(self.deciding.acquire_permit(1).await) };
+        let late = async {
+            glommio::timer::sleep(DECISION_WAIT).await;
+            None
+        };
+        let _turn = match futures_lite::future::or(turn, late).await {
+            Some(Ok(permit)) => permit,
+            Some(Err(_)) => {
+                return Err(ControllerError::new(ErrorKind::NotAvailable, "the controller stopped"))
+            }
+            None => {
+                let why = "the controller is busy: other decisions came first";
+                return Err(ControllerError::new(ErrorKind::NotAvailable, why));
+            }
+        };
         // A new leader decides only against an image holding its whole log.
         loop {
             let applied_signal = self.applied_signal.listen();

@@ -91,7 +91,7 @@ impl Broker {
         for attempt in 0..30 {
             match self.launch_once() {
                 Ok(()) => return,
-                Err(log) if log.contains("Address already in use") && attempt < 29 => {
+                Err(log) if ports_taken(&log) && attempt < 29 => {
                     std::thread::sleep(Duration::from_millis(200));
                     // A cluster's members know each other's ports: those stay.
                     if attempt >= 15 && !self.fixed_ports {
@@ -115,27 +115,7 @@ impl Broker {
     /// Starts the process and waits until every shard listens.
     /// `Err` carries what it logged when it exits or does not listen in time.
     fn launch_once(&mut self) -> Result<(), String> {
-        self.runs += 1;
-        let stdout = std::fs::File::create(self.stdout_path()).unwrap();
-        let stderr = std::fs::File::create(self.stderr_path()).unwrap();
-        let child = Command::new(BINARY)
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .arg("--listen")
-            .arg(&self.addr)
-            .arg("--kafka-listener")
-            .arg(&self.kafka_addr)
-            .arg("--cores")
-            .arg(&self.cores)
-            .args(&self.args)
-            .env("RUST_LOG", "info")
-            .stdout(stdout)
-            .stderr(stderr)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn spate");
-        self.child = Some(child);
+        self.spawn();
         // The broker's own word, not a probe connection: a broker killed moments ago can still
         // listen on the ports for a while (the kernel releases its listeners when it tears down
         // the dead process's io_uring), and a probe would take that for this one.
@@ -227,6 +207,34 @@ impl Broker {
         child.wait().unwrap();
     }
 
+    /// Starts the broker again on the same directory and ports without waiting for it to
+    /// listen: for a start the broker is expected to end by itself (see [`Self::wait_for_exit`]).
+    pub fn restart_expecting_exit(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the broker first");
+        self.spawn();
+    }
+
+    /// Starts the process, its output in this run's log files.
+    fn spawn(&mut self) {
+        self.runs += 1;
+        let stdout = std::fs::File::create(self.stdout_path()).unwrap();
+        let stderr = std::fs::File::create(self.stderr_path()).unwrap();
+        let child = Command::new(BINARY)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--listen", &self.addr, "--kafka-listener", &self.kafka_addr])
+            .args(["--cores", &self.cores])
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdout(stdout)
+            .stderr(stderr)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn spate");
+        self.child = Some(child);
+    }
+
     /// Starts the broker again on the same directory and port.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill the broker first");
@@ -241,6 +249,12 @@ impl Drop for Broker {
             let _ = child.wait();
         }
     }
+}
+
+/// Whether a start failed on ports something else holds: a client's ephemeral port, or the
+/// listeners of a broker killed moments ago (the broker's own check names those).
+fn ports_taken(log: &str) -> bool {
+    log.contains("Address already in use") || log.contains("is already listening")
 }
 
 /// A field of a process's /proc status in KiB, e.g. `VmRSS:` (resident) or `VmHWM:` (peak).
