@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use indexmap::IndexMap;
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, InitProducerIdRequest, InitProducerIdResponse,
-    MetadataRequest, MetadataResponse, ProduceResponse, TopicName,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, DescribeConfigsRequest,
+    DescribeConfigsResponse, InitProducerIdRequest, InitProducerIdResponse, MetadataRequest,
+    MetadataResponse, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
@@ -571,4 +573,32 @@ fn create_topics_takes_the_standard_settings_at_what_spate_does() {
     assert_eq!(code, 40, "INVALID_CONFIG: {why}");
     assert!(why.contains("message.timestamp.type") && why.contains("not supported yet"), "{why}");
     broker.stop();
+}
+
+#[test]
+fn the_broker_describes_its_cluster_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), &["--set", "broker.rack=r1"]);
+    let mut conn = Conn::open(&broker.kafka_addr);
+    let mut resource = DescribeConfigsResource::default();
+    resource.resource_type = 4;
+    resource.resource_name = StrBytes::from_static_str("0");
+    resource.configuration_keys = None;
+    let mut request = DescribeConfigsRequest::default();
+    request.resources = vec![resource];
+    let response: DescribeConfigsResponse = conn.call(ApiKey::DescribeConfigs, 1, &request);
+    let result = &response.results[0];
+    assert_eq!(result.error_code, 0, "{:?}", result.error_message);
+    let value = |name: &str| {
+        let entry = result.configs.iter().find(|c| c.name.as_str() == name);
+        entry.and_then(|c| c.value.as_ref()).map(|v| v.to_string())
+    };
+    assert_eq!(value("node.id").as_deref(), Some("0"));
+    // A cluster of one: no voters named, this broker its own.
+    assert_eq!(value("controller.quorum.voters").as_deref(), Some(""));
+    assert_eq!(value("broker.rack").as_deref(), Some("r1"));
+    assert_eq!(value("broker.session.timeout.ms").as_deref(), Some("9000"));
+    assert_eq!(value("broker.heartbeat.interval.ms").as_deref(), Some("2000"));
+    let native = value("native.advertised.listener").expect("the native address");
+    assert_eq!(native, broker.addr);
 }

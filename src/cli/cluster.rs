@@ -95,7 +95,7 @@ impl LocalCluster {
             match self.start(&exe, node, &voters, (usize::from(node) - 1) % cpus) {
                 Ok(child) => children.push((node, child)),
                 Err(e) => {
-                    stop_all(&mut children);
+                    stop_all(&mut children, &stop);
                     return Err(e);
                 }
             }
@@ -127,7 +127,7 @@ impl LocalCluster {
             }
             std::thread::sleep(Duration::from_millis(100));
         };
-        stop_all(&mut children);
+        stop_all(&mut children, &stop);
         outcome
     }
 
@@ -182,8 +182,9 @@ impl LocalCluster {
 }
 
 /// SIGTERM to every broker (each makes a controlled shutdown), then waits; one that does not
-/// stop in time is killed.
-fn stop_all(children: &mut Vec<(u16, Child)>) {
+/// stop in time, or when another signal comes (a second Ctrl-C), is killed.
+fn stop_all(children: &mut Vec<(u16, Child)>, signalled: &AtomicBool) {
+    signalled.store(false, Ordering::SeqCst);
     for (_, child) in children.iter_mut() {
         // One already reaped has no process any more, and its pid may be another's by now.
         if !matches!(child.try_wait(), Ok(None)) {
@@ -197,11 +198,16 @@ fn stop_all(children: &mut Vec<(u16, Child)>) {
     }
     let deadline = Instant::now() + LOCAL_STOP_WAIT;
     for (node, child) in children.iter_mut() {
-        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        while matches!(child.try_wait(), Ok(None))
+            && Instant::now() < deadline
+            && !signalled.load(Ordering::SeqCst)
+        {
             std::thread::sleep(Duration::from_millis(50));
         }
         if matches!(child.try_wait(), Ok(None)) {
-            eprintln!("broker {node} did not stop in time: killing it");
+            eprintln!(
+                "broker {node} did not stop (in time, or before a second signal): killing it"
+            );
             let _ = child.kill();
         }
         let _ = child.wait();

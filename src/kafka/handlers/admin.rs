@@ -249,6 +249,24 @@ fn broker_entries(shard: &Shard) -> Vec<ConfigEntry> {
     entries.push(("auto.create.topics.enable".into(), config.auto_create_topics.to_string()));
     entries.push(("socket.request.max.bytes".into(), config.socket_request_max_bytes.to_string()));
     entries.push(("node.id".into(), config.node_id.to_string()));
+    // The cluster's settings as this broker runs with them (the voters empty for a cluster of
+    // one, as Kafka shows an unset list).
+    let voters: Vec<String> = (config.quorum_voters.iter())
+        .map(|v| match v.host.contains(':') {
+            true => format!("{}@[{}]:{}", v.node, v.host, v.port),
+            false => format!("{}@{}:{}", v.node, v.host, v.port),
+        })
+        .collect();
+    entries.push(("controller.quorum.voters".into(), voters.join(",")));
+    let (native, kafka) = (config.native_endpoint(), config.kafka_endpoint());
+    entries.push(("native.advertised.listener".into(), format!("{}:{}", native.0, native.1)));
+    let advertised = format!("PLAINTEXT://{}:{}", kafka.0, kafka.1);
+    entries.push(("advertised.listeners".into(), advertised));
+    entries.push(("broker.rack".into(), config.rack.clone().unwrap_or_default()));
+    let session = config.broker_session_timeout_ms.to_string();
+    entries.push(("broker.session.timeout.ms".into(), session));
+    let heartbeat = config.broker_heartbeat_interval_ms.to_string();
+    entries.push(("broker.heartbeat.interval.ms".into(), heartbeat));
     entries.into_iter().map(|(k, v)| (k, v, SOURCE_STATIC_BROKER)).collect()
 }
 
