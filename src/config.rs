@@ -610,6 +610,14 @@ fn parse_host_port(key: &str, value: &str, address: &str) -> Result<(String, u16
     Ok((host.to_string(), port))
 }
 
+/// `host:port` as the settings take it back ([`parse_host_port`]): an IPv6 host in brackets.
+pub fn host_port(host: &str, port: u16) -> String {
+    match host.contains(':') {
+        true => format!("[{host}]:{port}"),
+        false => format!("{host}:{port}"),
+    }
+}
+
 /// An address that means "every interface": fine to listen on, impossible to connect to.
 fn is_wildcard(host: &str) -> bool {
     host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified())
@@ -806,6 +814,9 @@ mod tests {
         wildcard.set("node.id", "1").expect("setting");
         wildcard.set("advertised.listeners", "PLAINTEXT://0.0.0.0:9092").expect("setting");
         assert!(wildcard.validate().unwrap_err().to_string().contains("advertised.listeners"));
+        // What the settings print reads back as they take it.
+        let printed = host_port("fd00::2", 9192);
+        assert_eq!(parse_host_port("k", &printed, &printed), Ok(("fd00::2".into(), 9192)));
         // Alone, a broker is its own voter whatever its listeners.
         assert!(BrokerConfig::default().validate().is_ok() && BrokerConfig::default().is_voter());
     }

@@ -27,6 +27,16 @@ pub fn seeds(count: u64) -> Vec<u64> {
     }
 }
 
+/// Fails unless every event in `expected` happened in some seed: a simulation that never
+/// reaches a case checks nothing about it.
+pub fn assert_every_event_ran(
+    totals: &std::collections::BTreeMap<&'static str, u64>,
+    expected: &[&str],
+) {
+    let missing: Vec<_> = expected.iter().filter(|e| !totals.contains_key(*e)).collect();
+    assert!(missing.is_empty(), "never ran: {missing:?} ({totals:?})");
+}
+
 /// Runs a seeded simulation over `count` seeds, or over the number in the environment variable
 /// `more` (its long form), or over the one seed in `SPATE_TEST_SEED`; adds up the counts each
 /// seed reports, prints them under `name`, and returns them.

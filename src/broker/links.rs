@@ -53,16 +53,13 @@ struct Peer {
 }
 
 impl VoterLinks {
-    /// Links to every voter but this broker, each with a task sending its Raft messages.
+    /// Links to every voter but this broker, each (on a voter) with a task sending its Raft
+    /// messages.
     pub fn start(shard: Rc<Shard>, config: &BrokerConfig) -> Rc<Self> {
         let me = config.node_id;
         let mut peers = BTreeMap::new();
         for voter in config.quorum_voters.iter().filter(|v| v.node != me) {
-            let address = if voter.host.contains(':') {
-                format!("[{}]:{}", voter.host, voter.port)
-            } else {
-                format!("{}:{}", voter.host, voter.port)
-            };
+            let address = crate::config::host_port(&voter.host, voter.port);
             let peer = Rc::new(Peer {
                 node: voter.node,
                 address,
@@ -70,7 +67,10 @@ impl VoterLinks {
                 outbox: RefCell::new(Outbox::default()),
                 queued: Event::new(),
             });
-            glommio::spawn_local(send_messages(peer.clone(), me)).detach();
+            // Only a voter sends Raft messages; every broker asks the voters.
+            if config.is_voter() {
+                glommio::spawn_local(send_messages(peer.clone(), me)).detach();
+            }
             peers.insert(voter.node, peer);
         }
         Rc::new(Self { shard, me, peers })
@@ -242,7 +242,7 @@ impl Links for VoterLinks {
 }
 
 fn unavailable(why: String) -> ControllerError {
-    ControllerError { error: BrokerError::new(ErrorKind::NotAvailable, why), leader: None }
+    ControllerError::new(ErrorKind::NotAvailable, why)
 }
 
 /// The kinds a broker acts on; any other refusal is the controller's not being able to answer
@@ -254,6 +254,7 @@ fn kind_of(code: ErrorCode) -> ErrorKind {
         ErrorCode::DuplicateBrokerRegistration => ErrorKind::DuplicateBrokerRegistration,
         ErrorCode::InconsistentClusterId => ErrorKind::InconsistentClusterId,
         ErrorCode::UnsupportedApi => ErrorKind::UnsupportedApi,
+        ErrorCode::PolicyViolation => ErrorKind::PolicyViolation,
         _ => ErrorKind::NotAvailable,
     }
 }

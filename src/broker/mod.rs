@@ -326,7 +326,10 @@ async fn shard_main(
         Err(e) => {
             // Let the other shards stop too, and do not leave them waiting at the barriers.
             stopper.request();
-            stopper.left_cluster.store(true, Ordering::SeqCst);
+            if id == CONTROLLER_SHARD {
+                // Shard 0 will not leave the cluster: the others need not wait for it.
+                stopper.left_cluster.store(true, Ordering::SeqCst);
+            }
             stopper.drained.fetch_add(1, Ordering::SeqCst);
             shard.close_partitions().await;
             stopper.closed.fetch_add(1, Ordering::SeqCst);

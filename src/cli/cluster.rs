@@ -12,6 +12,7 @@ use clap::Subcommand;
 
 use crate::cli::topic::connect;
 use crate::cli::{run_client, BrokerAddress};
+use crate::config::host_port;
 use crate::native::messages::ClusterStatus;
 
 #[derive(Subcommand, Debug)]
@@ -237,15 +238,13 @@ fn render(status: &ClusterStatus) -> String {
         };
         let (kafka, native) = (&b.endpoints.kafka, &b.endpoints.native);
         out.push_str(&format!(
-            "broker {:>4}  {:<9}  epoch {:>6}  protocol {}  kafka {}:{}  native {}:{}  rack {}\n",
+            "broker {:>4}  {:<9}  epoch {:>6}  protocol {}  kafka {}  native {}  rack {}\n",
             b.node,
             state,
             b.broker_epoch,
             b.protocol_version,
-            kafka.0,
-            kafka.1,
-            native.0,
-            native.1,
+            host_port(&kafka.0, kafka.1),
+            host_port(&native.0, native.1),
             b.rack.as_deref().unwrap_or("-")
         ));
     }

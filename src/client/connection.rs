@@ -512,7 +512,7 @@ impl Client {
         messages: &Vec<WireMessage>,
     ) -> Result<(), ClientError> {
         let meta = encode(&VoterMessagesRequest { from, cluster_id });
-        let data = Bytes::from(encode(messages).into_vec());
+        let data = Bytes::from_owner(encode(messages));
         let frame = self.request(Api::VoterMessages, &meta, Some(data), true).await?;
         let frame = frame.ok_or_else(|| ClientError::Protocol("no response".into()))?;
         let response: AdminResponse = decode(frame.meta()).map_err(ClientError::Protocol)?;

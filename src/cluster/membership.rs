@@ -157,7 +157,12 @@ impl Membership {
                     let why = format!("no producer ids from the controller: {}", e.error);
                     *self.allocation_failed.borrow_mut() =
                         Some((std::time::Instant::now(), why.clone()));
-                    return Err(BrokerError::new(ErrorKind::CoordinatorNotAvailable, why));
+                    // Every id handed out is final; anything else the client asks again for.
+                    let kind = match e.error.kind {
+                        ErrorKind::PolicyViolation => ErrorKind::PolicyViolation,
+                        _ => ErrorKind::CoordinatorNotAvailable,
+                    };
+                    return Err(BrokerError::new(kind, why));
                 }
             }
         }
@@ -166,11 +171,6 @@ impl Membership {
             BrokerError::new(ErrorKind::CoordinatorNotAvailable, "an empty producer id block")
         })?;
         Ok(id)
-    }
-
-    /// This broker's epoch, once registered.
-    pub fn broker_epoch(&self) -> Option<u64> {
-        self.broker_epoch.get()
     }
 
     /// Registers, then heartbeats, until `stop`; or until the broker turns out to be of
@@ -339,10 +339,7 @@ impl Membership {
             };
             let answer = futures_lite::future::or(asked, timed_out).await.unwrap_or_else(|| {
                 let why = format!("voter {target} did not answer in time");
-                Err(ControllerError {
-                    error: BrokerError::new(ErrorKind::NotAvailable, why),
-                    leader: None,
-                })
+                Err(ControllerError::new(ErrorKind::NotAvailable, why))
             });
             match answer {
                 Ok(answer) => return Ok(answer),
@@ -364,10 +361,7 @@ impl Membership {
                 Err(e) => return Err(e),
             }
         }
-        Err(last.unwrap_or_else(|| ControllerError {
-            error: BrokerError::new(ErrorKind::NotController, "no voters"),
-            leader: None,
-        }))
+        Err(last.unwrap_or_else(|| ControllerError::new(ErrorKind::NotController, "no voters")))
     }
 
     fn next_voter(&self) {

@@ -99,8 +99,15 @@ pub struct ControllerError {
 }
 
 impl ControllerError {
-    fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+    /// A refusal that names no leader.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self { error: BrokerError::new(kind, message), leader: None }
+    }
+}
+
+impl From<BrokerError> for ControllerError {
+    fn from(error: BrokerError) -> Self {
+        Self { error, leader: None }
     }
 }
 
@@ -277,6 +284,11 @@ impl ControllerNode {
     fn stop_deciding(&self) {
         self.stopped.set(true);
         self.deciding.close();
+        self.fail_pending();
+    }
+
+    /// Answers every proposal still waiting as lost (NOT_CONTROLLER to its asker).
+    fn fail_pending(&self) {
         for (_, (_, waiter)) in std::mem::take(&mut *self.pending.borrow_mut()) {
             let _ = waiter.send(false);
         }
@@ -313,9 +325,7 @@ impl ControllerNode {
             // Proposals of a term this voter no longer leads may still commit (a later leader
             // keeps them) or not: their askers hear NOT_CONTROLLER now and ask again, which a
             // registration or heartbeat tolerates.
-            for (_, (_, waiter)) in std::mem::take(&mut *self.pending.borrow_mut()) {
-                let _ = waiter.send(false);
-            }
+            self.fail_pending();
         }
         Ok(())
     }

@@ -119,10 +119,8 @@ impl<S: Storage> VoterLog<S> {
                 return Err(damaged(format!("nothing readable at offset {offset}")));
             }
             for chunk in chunks {
-                // Archives need 16-aligned bytes; read buffers are, but a copy costs little here.
-                let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(chunk.len());
-                aligned.extend_from_slice(&chunk);
-                for entry in entries(&aligned, Check::Checksum) {
+                // Archives need 16-aligned bytes, as read buffers hand them out.
+                for entry in entries(&archive::aligned(&chunk), Check::Checksum) {
                     let LogEntry { header, payload, .. } =
                         entry.map_err(|e| damaged(e.to_string()))?;
                     if header.format() != Some(PayloadFormat::Native) {

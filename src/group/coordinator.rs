@@ -19,6 +19,7 @@ use crate::group::state::{
     JoinRequest, LeaveCall, MemberAnswer, MemberRequest, SyncCall, SyncReply, Ticket,
 };
 use crate::partition::{Acks, Partition};
+use crate::record::archive;
 use crate::record::batch::NativeBatchView;
 use crate::record::entry::{entries, Check, StoredEntry};
 use crate::record::{BatchBuilder, PayloadFormat, PendingEntry};
@@ -400,7 +401,7 @@ impl Coordinator {
                 let before = offset;
                 for chunk in read.entries {
                     // Entries sit 16-aligned in read buffers, as the archive needs; copy if not.
-                    let aligned = aligned_copy(&chunk);
+                    let aligned = archive::aligned(&chunk);
                     for entry in entries(&aligned, Check::Checksum) {
                         let StoredEntry { header, payload, .. } =
                             entry.map_err(|e| e.to_string())?;
@@ -538,15 +539,6 @@ impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.table.borrow_mut().remove(&self.ticket);
     }
-}
-
-fn aligned_copy(chunk: &Bytes) -> std::borrow::Cow<'_, [u8]> {
-    if (chunk.as_ptr() as usize).is_multiple_of(16) {
-        return std::borrow::Cow::Borrowed(&chunk[..]);
-    }
-    let mut copy = rkyv::util::AlignedVec::<16>::with_capacity(chunk.len());
-    copy.extend_from_slice(chunk);
-    std::borrow::Cow::Owned(copy.to_vec())
 }
 
 /// Appends offset records to the group's `__consumer_offsets` partition `log` (this shard owns

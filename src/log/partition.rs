@@ -1133,8 +1133,7 @@ fn first_record_at_or_after(entry: &[u8], timestamp: i64) -> Result<(Offset, i64
     match header.format() {
         Some(crate::record::PayloadFormat::Native) => {
             // Disk reads land at arbitrary alignment; the archive needs 16.
-            let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
-            aligned.extend_from_slice(payload);
+            let aligned = crate::record::archive::aligned(payload);
             let view = crate::record::batch::NativeBatchView::new(&header, &aligned)
                 .map_err(|e| e.to_string())?;
             found = view

@@ -64,7 +64,7 @@ pub async fn metadata_fetch(shard: &Rc<Shard>, frame: &RequestFrame) -> Response
     match shard.committed_metadata(request.from).await {
         Ok(entries) => {
             let meta = encode(&AdminResponse { error: ErrorBody::none() });
-            let data = Bytes::from(encode(&entries).into_vec());
+            let data = Bytes::from_owner(encode(&entries));
             Response::new(Api::MetadataFetch as u8, 0, request_id, &meta, vec![data])
         }
         Err(e) => {

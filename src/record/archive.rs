@@ -61,8 +61,33 @@ where
         return Err(format!("{what} version {found}: this build reads {version}"));
     }
     // The archive needs its alignment, which bytes read from a log entry or a file do not
-    // promise.
-    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(archived.len());
-    aligned.extend_from_slice(archived);
-    decode(&aligned).map_err(|e| format!("{what}: {e}"))
+    // promise (after the version byte, they are rarely aligned).
+    decode(&aligned(archived)).map_err(|e| format!("{what}: {e}"))
+}
+
+/// Bytes as an archive needs them, 16-aligned: borrowed when they already are (as log reads and
+/// frame bodies hand them out), copied into an aligned buffer otherwise.
+pub enum Aligned<'a> {
+    Borrowed(&'a [u8]),
+    Copied(rkyv::util::AlignedVec<16>),
+}
+
+impl std::ops::Deref for Aligned<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Borrowed(bytes) => bytes,
+            Self::Copied(copy) => copy,
+        }
+    }
+}
+
+pub fn aligned(bytes: &[u8]) -> Aligned<'_> {
+    if (bytes.as_ptr() as usize).is_multiple_of(16) {
+        return Aligned::Borrowed(bytes);
+    }
+    let mut copy = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+    copy.extend_from_slice(bytes);
+    Aligned::Copied(copy)
 }

@@ -15,7 +15,6 @@ use crate::cluster::raft_wire::WireMessage;
 use crate::cluster::voter_log::VoterLog;
 use crate::error::{BrokerError, ErrorKind};
 use crate::log::storage::DmaStorage;
-use crate::log::SharedByShard;
 use crate::shard::call::{
     AskController, CommittedMetadata, DescribeCluster, NextProducerId, StepVoter,
 };
@@ -33,14 +32,7 @@ impl Shard {
         &self,
         voters: &[NodeId],
     ) -> std::io::Result<(VoterLog<DmaStorage>, Durable)> {
-        let shared = SharedByShard {
-            storage: DmaStorage,
-            metrics: self.metrics.clone(),
-            queued: self.queued.clone(),
-            tail_budget: self.tail_budget.clone(),
-            open_files: self.open_files.clone(),
-        };
-        VoterLog::open(&self.config.data_dir, voters, self.limits(), shared).await
+        VoterLog::open(&self.config.data_dir, voters, self.limits(), self.shared()).await
     }
 
     /// Makes `membership` the broker's (shard 0, at start).
@@ -106,7 +98,7 @@ impl Shard {
     ) -> Result<ControllerAnswer, ControllerError> {
         match self.ask(CONTROLLER_SHARD, AskController { request }).await {
             Ok(answer) => answer,
-            Err(error) => Err(ControllerError { error, leader: None }),
+            Err(error) => Err(error.into()),
         }
     }
 
@@ -114,7 +106,7 @@ impl Shard {
         &self,
         request: ControllerRequest,
     ) -> Result<ControllerAnswer, ControllerError> {
-        let voter = self.hosted_voter().map_err(|error| ControllerError { error, leader: None })?;
+        let voter = self.hosted_voter()?;
         voter.handle(request).await
     }
 

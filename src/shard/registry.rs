@@ -26,6 +26,17 @@ impl Shard {
         }
     }
 
+    /// What every log this shard opens shares with the others.
+    pub(super) fn shared(&self) -> SharedByShard {
+        SharedByShard {
+            storage: DmaStorage,
+            metrics: self.metrics.clone(),
+            queued: self.queued.clone(),
+            tail_budget: self.tail_budget.clone(),
+            open_files: self.open_files.clone(),
+        }
+    }
+
     /// Opens every partition this shard owns among the catalog's topics.
     pub async fn open_owned_partitions(&self) -> std::io::Result<()> {
         let topics: Vec<(String, TopicInfo)> =
@@ -52,13 +63,7 @@ impl Shard {
                 dir,
                 info.config.clone(),
                 self.limits(),
-                SharedByShard {
-                    storage: DmaStorage,
-                    metrics: self.metrics.clone(),
-                    queued: self.queued.clone(),
-                    tail_budget: self.tail_budget.clone(),
-                    open_files: self.open_files.clone(),
-                },
+                self.shared(),
             )
             .await?;
             self.partitions

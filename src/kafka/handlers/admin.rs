@@ -21,6 +21,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
+use crate::config::host_port;
 use crate::error::BrokerError;
 use crate::error::ErrorKind;
 use crate::kafka::codec;
@@ -252,15 +253,12 @@ fn broker_entries(shard: &Shard) -> Vec<ConfigEntry> {
     // The cluster's settings as this broker runs with them (the voters empty for a cluster of
     // one, as Kafka shows an unset list).
     let voters: Vec<String> = (config.quorum_voters.iter())
-        .map(|v| match v.host.contains(':') {
-            true => format!("{}@[{}]:{}", v.node, v.host, v.port),
-            false => format!("{}@{}:{}", v.node, v.host, v.port),
-        })
+        .map(|v| format!("{}@{}", v.node, host_port(&v.host, v.port)))
         .collect();
     entries.push(("controller.quorum.voters".into(), voters.join(",")));
     let (native, kafka) = (config.native_endpoint(), config.kafka_endpoint());
-    entries.push(("native.advertised.listener".into(), format!("{}:{}", native.0, native.1)));
-    let advertised = format!("PLAINTEXT://{}:{}", kafka.0, kafka.1);
+    entries.push(("native.advertised.listener".into(), host_port(&native.0, native.1)));
+    let advertised = format!("PLAINTEXT://{}", host_port(&kafka.0, kafka.1));
     entries.push(("advertised.listeners".into(), advertised));
     entries.push(("broker.rack".into(), config.rack.clone().unwrap_or_default()));
     let session = config.broker_session_timeout_ms.to_string();
