@@ -9,7 +9,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use spate::cluster::decide::{Controller, Event};
+use spate::cluster::decide::{Controller, Event, NewTopic, PartitionLimits};
 use spate::cluster::metadata::{
     self, ClusterId, Endpoints, MetadataImage, Registration, TopicId, CLUSTER_PROTOCOL_VERSION,
 };
@@ -48,7 +48,7 @@ static ALLOCATOR: Counting = Counting;
 
 const SESSION: Duration = Duration::from_secs(9);
 const BROKERS: i32 = 5;
-const REPLICATION_FACTOR: usize = 3;
+const REPLICATION_FACTOR: u16 = 3;
 /// Partitions per topic in the larger runs: Kafka-sized topics, under the per-topic limit.
 const TOPIC_PARTITIONS: u32 = 1000;
 
@@ -61,7 +61,13 @@ fn decide(controller: &mut Controller, image: &mut MetadataImage, event: Event) 
 
 /// Five live brokers, registered and unfenced.
 fn cluster() -> (Controller, MetadataImage, Vec<u64>) {
-    let mut controller = Controller::new(SESSION, ClusterId(1));
+    let limits = PartitionLimits {
+        per_broker: u32::MAX,
+        internal_topic: "__consumer_offsets".into(),
+        internal_partitions: 16,
+        internal_replication_factor: 1,
+    };
+    let mut controller = Controller::new(SESSION, ClusterId(1), limits);
     let mut image = MetadataImage::default();
     let mut epochs = Vec::new();
     for n in 1..=BROKERS {
@@ -109,7 +115,9 @@ fn main() {
             let name = format!("topic-{t}");
             let id = TopicId(u128::from(t) + 1);
             let (partitions, replication_factor) = (TOPIC_PARTITIONS, REPLICATION_FACTOR);
-            let create = Event::CreateTopic { name, id, partitions, replication_factor };
+            let topic =
+                NewTopic { name, partitions, replication_factor, assignment: None, config: vec![] };
+            let create = Event::CreateTopic { topic, id };
             let started = Instant::now();
             log_bytes = decide(&mut controller, &mut image, create);
             create_times.push(started.elapsed());

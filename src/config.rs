@@ -242,6 +242,11 @@ pub struct BrokerConfig {
     /// Defaults for topics; topics override them by their own names.
     pub topic_defaults: TopicConfig,
     pub num_partitions: u32,
+    /// Replicas of a topic created without a replication factor (CreateTopics' -1, or
+    /// auto-creation). Checked against the live brokers when a topic is created.
+    pub default_replication_factor: u16,
+    /// Replicas of each `__consumer_offsets` partition, when the broker creates it on first use.
+    pub offsets_topic_replication_factor: u16,
     pub auto_create_topics: bool,
     /// The largest request frame a client may send.
     pub socket_request_max_bytes: u32,
@@ -297,6 +302,11 @@ impl Default for BrokerConfig {
             broker_heartbeat_interval_ms: 2_000,
             topic_defaults: TopicConfig::default(),
             num_partitions: 1,
+            // Kafka's default is 1, as here; its offsets topic's is 3, which a cluster of fewer
+            // brokers cannot place, and which stores nothing more until partition data is
+            // replicated (issue 16): 1 here until then.
+            default_replication_factor: 1,
+            offsets_topic_replication_factor: 1,
             auto_create_topics: true,
             socket_request_max_bytes: 100 * 1024 * 1024,
             retention_check_interval_ms: 300_000,
@@ -384,6 +394,18 @@ impl BrokerConfig {
             "num.partitions" => {
                 self.num_partitions = parse(key, value)?;
                 if self.num_partitions == 0 {
+                    return Err(invalid(key, value, "must be at least 1"));
+                }
+            }
+            "default.replication.factor" => {
+                self.default_replication_factor = parse(key, value)?;
+                if self.default_replication_factor == 0 {
+                    return Err(invalid(key, value, "must be at least 1"));
+                }
+            }
+            "offsets.topic.replication.factor" => {
+                self.offsets_topic_replication_factor = parse(key, value)?;
+                if self.offsets_topic_replication_factor == 0 {
                     return Err(invalid(key, value, "must be at least 1"));
                 }
             }

@@ -57,6 +57,12 @@ pub enum ErrorKind {
     DuplicateBrokerRegistration,
     /// More replicas than live brokers, or none.
     InvalidReplicationFactor,
+    /// A manual replica assignment that cannot be honoured.
+    InvalidReplicaAssignment,
+    /// A partition this broker does not lead (or no longer: its leader moved).
+    NotLeaderOrFollower,
+    /// A group request at a broker that does not lead the group's offsets partition.
+    NotCoordinator,
     /// A broker or voter of another cluster.
     InconsistentClusterId,
 }

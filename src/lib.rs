@@ -5,7 +5,8 @@
 //! partition, shard and node ids, as types) and `metrics` (latency histograms); `record` (both
 //! record formats, checksums, conversion); `config`; `log` (segments, indexes, recovery,
 //! retention); `partition` (the high watermark, acks waiters, what readers may see); `group` (consumer groups and committed offsets); `shard` (routing, the partition
-//! registry, the controller role, the cross-shard mesh); `transport` (what both listeners share
+//! registry, topic changes forwarded to the controller, the metadata followed, the cross-shard
+//! mesh); `transport` (what both listeners share
 //! of a connection); `cluster` (the cluster metadata and the controller's decisions, without
 //! I/O); `kafka` and `native` (the two wire protocols); `client` (the Rust client
 //! library); `broker` (start and ordered stop); `cli` (the `spate` command).

@@ -384,3 +384,56 @@ fn fetches_asking_for_everything_are_answered_in_turn() {
         }
     });
 }
+
+/// A data directory from before the cluster (its topics' files without ids, no metadata log)
+/// opens unchanged: its topics are brought into the new cluster's metadata, this broker their
+/// only replica, with their settings and records, and their files get the ids.
+#[test]
+fn topics_from_before_the_cluster_are_brought_in_with_their_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Broker::start(&dir.path().join("first"), &[]);
+    run(|| async {
+        let client = connect(&first).await;
+        client
+            .create_topic("legacy", 2, vec![("retention.ms".into(), "86400000".into())])
+            .await
+            .unwrap();
+        for seq in 0..20u64 {
+            produce(&client, "legacy", (seq % 2) as u32, Acks::All, vec![record(3, seq)]).await;
+        }
+    });
+    first.stop();
+    // Only the topic's directory, its file as an earlier build wrote it (no id).
+    let old = dir.path().join("old");
+    std::fs::create_dir_all(&old).unwrap();
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(dir.path().join("first/legacy"))
+        .arg(old.join("legacy"))
+        .status();
+    assert!(copied.is_ok_and(|s| s.success()));
+    let file = old.join("legacy/topic.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("id = "), "{text}");
+    let without_id: String =
+        text.lines().filter(|l| !l.starts_with("id = ")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&file, without_id).unwrap();
+
+    let broker = Broker::start(&old, &[]);
+    run(|| async {
+        let client = connect(&broker).await;
+        let topic = client.describe_topic("legacy").await.unwrap();
+        assert!(topic.partitions.iter().all(|p| p.leader.is_some() && p.replicas.len() == 1));
+        assert!(topic.configs.contains(&("retention.ms".into(), "86400000".into())));
+        let mut total = 0;
+        for partition in 0..2u32 {
+            let records = read_all(&client, "legacy", partition, 0).await;
+            assert!(records.iter().all(|(_, r)| r.headers[0].1.len() == 8));
+            total += records.len();
+        }
+        assert_eq!(total, 20, "every record of the old directory");
+    });
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("id = "), "the topic's file records its id: {text}");
+    assert!(broker.stderr().contains("brought into the cluster"), "{}", broker.stderr());
+}

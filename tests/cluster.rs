@@ -284,10 +284,8 @@ fn three_brokers_elect_a_controller_fence_the_silent_and_survive_its_crash() {
     // It follows the metadata log: its view is the voters'.
     let _ =
         cluster.settle(&all4, "the fourth broker live, seen alike by all", |s| all_live(s, &all4));
-    // Unchanged Kafka admin clients see the same cluster through every broker: kafka-python's
-    // describe_cluster (DescribeCluster) the whole membership and controller; confluent-kafka's
-    // (librdkafka asks Metadata, which describes the answering broker alone until topics go
-    // through the controller) the same cluster id.
+    // Unchanged Kafka admin clients see the same cluster through every broker: its id, its
+    // controller and every live broker, as kafka-python and confluent-kafka describe it.
     let python = scripts::require_pip_confluent();
     scripts::require_kafka_python();
     let id = format!("\"cluster_id\": \"{cluster_id}\"");
@@ -298,7 +296,8 @@ fn three_brokers_elect_a_controller_fence_the_silent_and_survive_its_crash() {
         let views: Vec<(String, String)> = cluster
             .brokers
             .iter()
-            .map(|broker| {
+            .enumerate()
+            .map(|(index, broker)| {
                 let printed =
                     scripts::run_script(broker, "unused", &python, &["describe_cluster.py"])
                         .unwrap_or_else(|e| {
@@ -308,16 +307,21 @@ fn three_brokers_elect_a_controller_fence_the_silent_and_survive_its_crash() {
                     let tag = format!("\"client\": \"{client}\"");
                     printed.lines().find(|l| l.contains(&tag)).unwrap_or_default().to_string()
                 };
-                (line("kafka-python"), line("confluent-kafka"))
+                // librdkafka's describe_cluster asks Metadata, whose controller is the answering
+                // broker (as a KRaft broker's: any broker forwards topic changes).
+                let confluent = line("confluent-kafka");
+                let own = format!("\"controller\": {}, ", index + 1);
+                (line("kafka-python"), confluent.replace(&own, ""))
             })
             .collect();
         let view = cluster.status(1).expect("status");
         let whole = &views[0].0;
-        let agreed = views.iter().all(|(k, _)| k == whole)
+        let agreed = views.iter().all(|(k, c)| k == whole && c == &views[0].1)
             && view.leader.is_some_and(|l| whole.contains(&format!("\"controller\": {}", l.0)))
             && cluster.brokers.iter().all(|broker| {
                 let (host, port) = broker.kafka_addr.rsplit_once(':').expect("host:port");
-                whole.contains(&format!("\"{host}\", {port}"))
+                let listed = format!("\"{host}\", {port}");
+                whole.contains(&listed) && views[0].1.contains(&listed)
             });
         if agreed {
             assert!(views.iter().all(|(k, c)| k.contains(&id) && c.contains(&id)), "{views:#?}");
@@ -506,4 +510,361 @@ fn a_paused_controller_is_replaced_and_rejoins_when_it_resumes() {
     );
     let epoch = |s: &ClusterStatus| state(s, paused).expect("registered").1;
     assert_eq!(epoch(&resumed), epoch(&first), "the same registration, unfenced");
+}
+
+/// A partition as Metadata shows it: (index, leader, leader epoch, replicas, in-sync, offline).
+type PartitionView = (i32, i32, i32, Vec<i32>, Vec<i32>, Vec<i32>);
+
+/// What Metadata v12 through the broker at `kafka` shows: the live brokers, and every topic's
+/// id and partitions.
+#[derive(Debug, PartialEq, Eq)]
+struct MetadataView {
+    brokers: Vec<i32>,
+    topics: std::collections::BTreeMap<String, (uuid::Uuid, Vec<PartitionView>)>,
+}
+
+fn metadata_at(kafka: &str) -> MetadataView {
+    use kafka_protocol::messages::{MetadataRequest, MetadataResponse};
+    let mut conn = Conn::open(kafka);
+    let mut request = MetadataRequest::default();
+    request.topics = None; // every topic
+    let response: MetadataResponse = conn.call(ApiKey::Metadata, 12, &request);
+    let mut brokers: Vec<i32> = response.brokers.iter().map(|b| b.node_id.0).collect();
+    brokers.sort_unstable();
+    let ids = |nodes: &[kafka_protocol::messages::BrokerId]| nodes.iter().map(|n| n.0).collect();
+    let topics = response
+        .topics
+        .iter()
+        .map(|t| {
+            let name = t.name.as_ref().map(|n| n.0.to_string()).unwrap_or_default();
+            let mut partitions: Vec<PartitionView> = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let (replicas, isr) = (ids(&p.replica_nodes), ids(&p.isr_nodes));
+                    let offline = ids(&p.offline_replicas);
+                    (p.partition_index, p.leader_id.0, p.leader_epoch, replicas, isr, offline)
+                })
+                .collect();
+            partitions.sort();
+            (name, (t.topic_id, partitions))
+        })
+        .collect();
+    MetadataView { brokers, topics }
+}
+
+impl Cluster {
+    fn kafka(&self, node: i32) -> String {
+        self.brokers[node as usize - 1].kafka_addr.clone()
+    }
+
+    /// Waits until Metadata through every broker of `asked` is the same and `check` holds for
+    /// it; returns it.
+    fn settle_metadata(
+        &self,
+        asked: &[i32],
+        what: &str,
+        check: impl Fn(&MetadataView) -> bool,
+    ) -> MetadataView {
+        let deadline = Instant::now() + SETTLE_WAIT;
+        loop {
+            let views: Vec<MetadataView> =
+                asked.iter().map(|n| metadata_at(&self.kafka(*n))).collect();
+            if views.iter().all(|v| *v == views[0] && check(v)) {
+                return views.into_iter().next().expect("a view");
+            }
+            assert!(Instant::now() < deadline, "metadata never showed: {what}; last: {views:#?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs `cluster_clients.py mode` through broker `node`'s Kafka listener.
+    fn clients(&self, node: i32, mode: &str, env: &[(&str, &str)]) -> String {
+        let python = scripts::pip_python();
+        let broker = &self.brokers[node as usize - 1];
+        let mut command = std::process::Command::new(&python);
+        command
+            .args(["cluster_clients.py", mode])
+            .current_dir(scripts::kafka_dir())
+            .env("SPATE_KAFKA", &broker.kafka_addr);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let output = command.output().expect("run cluster_clients.py");
+        let (stdout, stderr) =
+            (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "cluster_clients.py {mode} via {node}:\n{stdout}\n{stderr}"
+        );
+        stdout.into_owned()
+    }
+}
+
+/// CreateTopics (v5) of one topic through `kafka`: by count and replication factor, or by a
+/// replica assignment (partition i on `assignment[i]`). Answers (error code, message).
+fn create_topic_at(
+    kafka: &str,
+    name: &str,
+    partitions: i32,
+    replication_factor: i16,
+    assignment: &[&[i32]],
+) -> (i16, String) {
+    use kafka_protocol::messages::create_topics_request::{
+        CreatableReplicaAssignment, CreatableTopic,
+    };
+    use kafka_protocol::messages::{
+        BrokerId, CreateTopicsRequest, CreateTopicsResponse, TopicName,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    let mut topic = CreatableTopic::default();
+    topic.name = TopicName(StrBytes::from_string(name.to_string()));
+    topic.num_partitions = partitions;
+    topic.replication_factor = replication_factor;
+    topic.assignments = assignment
+        .iter()
+        .enumerate()
+        .map(|(index, brokers)| {
+            let mut listed = CreatableReplicaAssignment::default();
+            listed.partition_index = index as i32;
+            listed.broker_ids = brokers.iter().map(|b| BrokerId(*b)).collect();
+            listed
+        })
+        .collect();
+    let mut request = CreateTopicsRequest::default();
+    request.topics = vec![topic];
+    request.timeout_ms = 30_000;
+    let response: CreateTopicsResponse = Conn::open(kafka).call(ApiKey::CreateTopics, 5, &request);
+    let result = &response.topics[0];
+    (result.error_code, result.error_message.as_ref().map(|m| m.to_string()).unwrap_or_default())
+}
+
+/// Topics through the controller from any broker: placed on distinct brokers with leaders
+/// spread, served by their leaders to unchanged clients (NOT_LEADER_OR_FOLLOWER elsewhere), and
+/// described alike by every broker; a killed broker's partitions without a leader until it
+/// returns, a stopped one's at once; a topic deleted and created again while a broker was away
+/// replaced on it; a fourth broker given replicas; everything back after a restart of all.
+#[test]
+fn topics_are_placed_served_and_described_alike_across_the_cluster() {
+    let _one_cluster = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    scripts::require_pip_confluent();
+    scripts::require_kafka_python();
+    let mut cluster = Cluster::start();
+    let all = [1, 2, 3];
+    cluster.settle(&all, "three live brokers", |s| s.leader.is_some() && all_live(s, &all));
+
+    // Created through each broker, by each protocol.
+    assert_eq!(create_topic_at(&cluster.kafka(1), "spread", 6, 1, &[]), (0, String::new()));
+    let env = [("SPATE_TOPIC", "copies"), ("SPATE_PARTITIONS", "3"), ("SPATE_REPLICAS", "3")];
+    cluster.clients(2, "create", &env);
+    let native = std::process::Command::new(BINARY)
+        .args(["topic", "create", "pair", "--partitions", "2", "--replication-factor", "2"])
+        .args(["--broker", &cluster.brokers[2].addr])
+        .output()
+        .expect("spate topic create");
+    assert!(native.status.success(), "{}", String::from_utf8_lossy(&native.stderr));
+    let manual = create_topic_at(&cluster.kafka(3), "manual", -1, -1, &[&[3, 2], &[2, 1]]);
+    assert_eq!(manual, (0, String::new()));
+    // Refused clearly: more replicas than brokers, and an assignment naming a stranger.
+    let (code, message) = create_topic_at(&cluster.kafka(1), "too-many", 1, 4, &[]);
+    assert_eq!(code, 38, "INVALID_REPLICATION_FACTOR: {message}");
+    let (code, message) = create_topic_at(&cluster.kafka(2), "stranger", -1, -1, &[&[9]]);
+    assert_eq!(code, 39, "INVALID_REPLICA_ASSIGNMENT: {message}");
+    let (code, message) = create_topic_at(&cluster.kafka(2), "uneven", -1, -1, &[&[1], &[1, 2]]);
+    assert_eq!(code, 39, "INVALID_REPLICA_ASSIGNMENT: {message}");
+
+    let names = ["copies", "manual", "pair", "spread"];
+    let view = cluster.settle_metadata(&all, "four topics on three brokers", |v| {
+        v.brokers == all && names.iter().all(|n| v.topics.contains_key(*n))
+    });
+    let leaders = |topic: &str| -> Vec<i32> { view.topics[topic].1.iter().map(|p| p.1).collect() };
+    let mut spread = leaders("spread");
+    spread.sort_unstable();
+    assert_eq!(spread, [1, 1, 2, 2, 3, 3], "leaders spread evenly: {view:#?}");
+    for (_, leader, epoch, replicas, isr, offline) in &view.topics["copies"].1 {
+        let mut distinct = replicas.clone();
+        distinct.sort_unstable();
+        assert_eq!(distinct, all, "three replicas on three brokers");
+        // Until partition data is replicated, only the leader holds the records.
+        assert_eq!((isr.clone(), *epoch, offline.is_empty()), (vec![*leader], 0, true));
+    }
+    assert!(view.topics["pair"].1.iter().all(|p| p.3.len() == 2 && p.3[0] != p.3[1]));
+    let manual: Vec<(i32, Vec<i32>)> =
+        view.topics["manual"].1.iter().map(|p| (p.1, p.3.clone())).collect();
+    assert_eq!(manual, [(3, vec![3, 2]), (2, vec![2, 1])]);
+    // Each topic has an id, on disk beside each replica's partitions and nowhere else.
+    let spread_id = view.topics["spread"].0;
+    assert!(!spread_id.is_nil());
+    for node in all {
+        let dir = cluster.broker(node).data_dir.join("spread");
+        let file = std::fs::read_to_string(dir.join("topic.toml")).expect("topic.toml");
+        let text = spread_id.as_bytes();
+        let id = base64_url(text);
+        assert!(file.contains(&id), "node {node}: {file} lacks {id}");
+        for (index, leader, ..) in &view.topics["spread"].1 {
+            assert_eq!(dir.join(index.to_string()).exists(), *leader == node, "spread-{index}");
+        }
+    }
+
+    // Unchanged clients agree through every broker (confluent-kafka, kafka-python, kcat).
+    let described: Vec<String> = all.iter().map(|n| cluster.clients(*n, "describe", &[])).collect();
+    let strip =
+        |text: &str| text.lines().filter(|l| l.starts_with('{')).collect::<Vec<_>>().join("\n");
+    assert!(described.iter().all(|d| strip(d) == strip(&described[0])), "{described:#?}");
+    assert!(strip(&described[0]).contains("\"spread\""), "{}", described[0]);
+    let kcat: Vec<String> = all
+        .iter()
+        .map(|n| {
+            let out = std::process::Command::new("kcat")
+                .args(["-L", "-b", &cluster.kafka(*n), "-m", "15"])
+                .output()
+                .expect("kcat (tests/kafka/install-clients.sh installs it)");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            // All but the line naming the broker that answered, which also calls itself the
+            // controller (as a KRaft broker does: any broker forwards topic changes).
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.starts_with("Metadata for"))
+                .map(|l| l.trim_end_matches(" (controller)"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .collect();
+    assert!(kcat.iter().all(|k| *k == kcat[0]), "{kcat:#?}");
+    assert!(
+        kcat[0].contains(" 3 brokers:") && kcat[0].contains("topic \"spread\" with 6 partitions")
+    );
+
+    // Records go to each partition's leader, wherever the client bootstraps, and read back
+    // through another broker; a group commits through its coordinator.
+    let env = [("SPATE_TOPIC", "copies"), ("SPATE_RECORDS", "300"), ("SPATE_GROUP", "g")];
+    cluster.clients(3, "produce", &env);
+    let consumed = cluster.clients(1, "consume", &env);
+    assert!(consumed.contains("\"committed\""), "{consumed}");
+    // A produce to a partition this broker does not lead: NOT_LEADER_OR_FOLLOWER.
+    let (partition, leader, ..) = view.topics["spread"].1[0].clone();
+    let other = all.iter().copied().find(|n| *n != leader).expect("another broker");
+    let mut request =
+        common::kafka_wire::produce_request("spread", -1, common::kafka_wire::batch(-1, -1, 0, 3));
+    request.topic_data[0].partition_data[0].index = partition;
+    let mut conn = Conn::open(&cluster.kafka(other));
+    let refused: kafka_protocol::messages::ProduceResponse =
+        conn.call(ApiKey::Produce, 9, &request);
+    assert_eq!(common::kafka_wire::produced(&refused).0, 6, "NOT_LEADER_OR_FOLLOWER");
+    let mut conn = Conn::open(&cluster.kafka(leader));
+    let taken: kafka_protocol::messages::ProduceResponse = conn.call(ApiKey::Produce, 9, &request);
+    assert_eq!(common::kafka_wire::produced(&taken).0, 0);
+
+    // Broker 2 killed and not restarted: fenced after its session, gone from Metadata, its
+    // partitions without a leader (and listed offline) until it returns.
+    cluster.broker(2).kill9();
+    let survivors = [1, 3];
+    let fenced = cluster.settle_metadata(&survivors, "broker 2 fenced", |v| v.brokers == survivors);
+    for (index, leader, _, replicas, _, offline) in &fenced.topics["spread"].1 {
+        if replicas == &[2] {
+            assert_eq!((*leader, offline.clone()), (-1, vec![2]), "spread-{index}");
+        }
+    }
+    cluster.broker(2).restart();
+    cluster.settle_metadata(&all, "broker 2 leads again", |v| {
+        v.brokers == all && v.topics["spread"].1.iter().all(|p| p.1 == p.3[0])
+    });
+
+    // Broker 3 stopped cleanly: its partitions move at once (well within a session).
+    let stopped_at = Instant::now();
+    cluster.broker(3).stop();
+    cluster.settle_metadata(&[1, 2], "broker 3's partitions leaderless", |v| {
+        v.topics["spread"].1.iter().filter(|p| p.3 == [3]).all(|p| p.1 == -1)
+    });
+    let moved = stopped_at.elapsed();
+    assert!(moved < Duration::from_millis(SESSION_TIMEOUT_MS), "{moved:?}: not at once");
+    // While it is away, "spread" is deleted and created again, with replicas on it.
+    let held_before: Vec<i32> =
+        view.topics["spread"].1.iter().filter(|p| p.3 == [3]).map(|p| p.0).collect();
+    let delete = |kafka: &str, name: &str| {
+        use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse, TopicName};
+        use kafka_protocol::protocol::StrBytes;
+        let mut request = DeleteTopicsRequest::default();
+        request.topic_names = vec![TopicName(StrBytes::from_string(name.to_string()))];
+        request.timeout_ms = 30_000;
+        let response: DeleteTopicsResponse =
+            Conn::open(kafka).call(ApiKey::DeleteTopics, 4, &request);
+        response.responses[0].error_code
+    };
+    assert_eq!(delete(&cluster.kafka(1), "spread"), 0);
+    assert_eq!(create_topic_at(&cluster.kafka(2), "spread", -1, -1, &[&[1, 3], &[2, 3]]).0, 0);
+    let env = [("SPATE_TOPIC", "spread"), ("SPATE_RECORDS", "20"), ("SPATE_GROUP", "g2")];
+    cluster.clients(1, "produce", &env);
+    cluster.broker(3).restart();
+    let renewed = cluster.settle_metadata(&all, "broker 3 back, spread new", |v| {
+        v.brokers == all && v.topics.get("spread").is_some_and(|t| t.0 != spread_id)
+    });
+    let new_id = base64_url(renewed.topics["spread"].0.as_bytes());
+    let node3 = cluster.broker(3).data_dir.join("spread");
+    let deadline = Instant::now() + SETTLE_WAIT;
+    while !std::fs::read_to_string(node3.join("topic.toml")).is_ok_and(|f| f.contains(&new_id)) {
+        assert!(Instant::now() < deadline, "broker 3 kept the deleted topic's file");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for index in held_before.iter().filter(|i| **i >= 2) {
+        assert!(
+            !node3.join(index.to_string()).exists(),
+            "the deleted spread-{index} is still there"
+        );
+    }
+    // Only the new topic's records are served.
+    let consumed = cluster.clients(2, "consume", &env);
+    assert!(consumed.contains("\"consumed\""), "{consumed}");
+
+    // A fourth broker joins and is given replicas of new topics.
+    let node4 = cluster.dir.path().join("node4");
+    let fourth = cluster.start_node(4, &node4);
+    cluster.brokers.push(fourth);
+    let all4 = [1, 2, 3, 4];
+    cluster.settle_metadata(&all4, "four brokers", |v| v.brokers == all4);
+    assert_eq!(create_topic_at(&cluster.kafka(4), "wider", 8, 1, &[]).0, 0);
+    let wider = cluster.settle_metadata(&all4, "wider placed", |v| v.topics.contains_key("wider"));
+    let on_four = wider.topics["wider"].1.iter().filter(|p| p.1 == 4).count();
+    assert_eq!(on_four, 2, "{wider:#?}");
+
+    // Every broker stopped and started again: the same topics, ids, assignments and committed
+    // offsets.
+    let before = cluster.settle_metadata(&all4, "settled", |_| true);
+    let committed_before =
+        cluster.clients(1, "committed", &[("SPATE_TOPIC", "copies"), ("SPATE_GROUP", "g")]);
+    for node in all4 {
+        cluster.broker(node).stop();
+    }
+    for node in all4 {
+        cluster.broker(node).restart();
+    }
+    let after = cluster.settle_metadata(&all4, "all back", |v| {
+        v.brokers == all4 && v.topics.values().all(|t| t.1.iter().all(|p| p.1 >= 0))
+    });
+    let assignments = |v: &MetadataView| -> Vec<(String, uuid::Uuid, Vec<Vec<i32>>)> {
+        v.topics
+            .iter()
+            .map(|(n, t)| (n.clone(), t.0, t.1.iter().map(|p| p.3.clone()).collect()))
+            .collect()
+    };
+    assert_eq!(assignments(&after), assignments(&before));
+    let committed_after =
+        cluster.clients(1, "committed", &[("SPATE_TOPIC", "copies"), ("SPATE_GROUP", "g")]);
+    let offsets =
+        |text: &str| text.lines().find(|l| l.contains("committed")).unwrap_or_default().to_string();
+    assert_eq!(offsets(&committed_after), offsets(&committed_before));
+    assert!(offsets(&committed_after).contains(": "), "{committed_after}");
+}
+
+/// Kafka's text form of an id: URL-safe base64 without padding.
+fn base64_url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().fold(0u32, |n, b| (n << 8) | u32::from(*b)) << (8 * (3 - chunk.len()));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
 }

@@ -245,8 +245,8 @@ fn unavailable(why: String) -> ControllerError {
     ControllerError::new(ErrorKind::NotAvailable, why)
 }
 
-/// The kinds a broker acts on; any other refusal is the controller's not being able to answer
-/// now.
+/// The kinds a broker acts on or passes to its client (a topic change refused); any other
+/// refusal is the controller's not being able to answer now.
 fn kind_of(code: ErrorCode) -> ErrorKind {
     match code {
         ErrorCode::NotController => ErrorKind::NotController,
@@ -255,6 +255,13 @@ fn kind_of(code: ErrorCode) -> ErrorKind {
         ErrorCode::InconsistentClusterId => ErrorKind::InconsistentClusterId,
         ErrorCode::UnsupportedApi => ErrorKind::UnsupportedApi,
         ErrorCode::PolicyViolation => ErrorKind::PolicyViolation,
+        ErrorCode::TopicAlreadyExists => ErrorKind::TopicAlreadyExists,
+        ErrorCode::UnknownTopic => ErrorKind::UnknownTopic,
+        ErrorCode::InvalidPartitions => ErrorKind::InvalidPartitions,
+        ErrorCode::InvalidReplicationFactor => ErrorKind::InvalidReplicationFactor,
+        ErrorCode::InvalidReplicaAssignment => ErrorKind::InvalidReplicaAssignment,
+        ErrorCode::InvalidConfig => ErrorKind::InvalidConfig,
+        ErrorCode::InvalidTopicName => ErrorKind::InvalidTopicName,
         _ => ErrorKind::NotAvailable,
     }
 }

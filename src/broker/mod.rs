@@ -20,17 +20,20 @@ use glommio::net::TcpListener;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use hdrhistogram::Histogram;
 
+use crate::cluster::applied::AppliedMetadata;
+use crate::cluster::decide::PartitionLimits;
 use crate::cluster::follower::MetadataFollower;
 use crate::cluster::identity::{self, DirIdentity};
 use crate::cluster::membership::{Joining, Membership};
 use crate::cluster::metadata::{ClusterId, Endpoints};
-use crate::cluster::node::ControllerNode;
+use crate::cluster::node::{ControllerNode, ControllerSettings};
 use crate::config::BrokerConfig;
+use crate::group::offsets::{OFFSETS_PARTITIONS, OFFSETS_TOPIC};
 use crate::log::probe;
 use crate::log::queued::QueuedBytes;
 use crate::metrics;
 use crate::shard::call::MeshMessage;
-use crate::shard::catalog::{self, Catalog};
+use crate::shard::catalog::{self, DiskTopic};
 use crate::shard::mesh::{self, MeshEnds};
 
 use crate::shard::{Shard, CONTROLLER_SHARD};
@@ -130,7 +133,7 @@ pub fn run(config: BrokerConfig, histogram_dir: Option<PathBuf>) -> Result<(), S
             new.directory
         }
     };
-    let catalog = catalog::load(&config.data_dir, &config.topic_defaults)
+    let disk = catalog::load(&config.data_dir, &config.topic_defaults)
         .map_err(|e| format!("reading topics in {}: {e}", config.data_dir.display()))?;
     let cores = match &config.cores {
         Some(cores) => cores.clone(),
@@ -154,9 +157,9 @@ pub fn run(config: BrokerConfig, histogram_dir: Option<PathBuf>) -> Result<(), S
         .on_all_shards({
             let stopper = stopper.clone();
             move || {
-                let (config, catalog, stopper, queued, dir_cluster) = (
+                let (config, disk, stopper, queued, dir_cluster) = (
                     config.clone(),
-                    catalog.clone(),
+                    disk.clone(),
                     stopper.clone(),
                     queued.clone(),
                     dir_cluster.clone(),
@@ -166,7 +169,7 @@ pub fn run(config: BrokerConfig, histogram_dir: Option<PathBuf>) -> Result<(), S
                 let ends = mesh::take(&mesh, here);
                 async move {
                     let joined = Joined { stopper, dir_cluster, directory };
-                    shard_main(config, catalog, ends, shards, joined, queued).await
+                    shard_main(config, disk, ends, shards, joined, queued).await
                 }
             }
         })
@@ -276,7 +279,7 @@ struct Joined {
 
 async fn shard_main(
     config: Arc<BrokerConfig>,
-    catalog: Catalog,
+    disk: BTreeMap<String, DiskTopic>,
     ends: Option<MeshEnds<MeshMessage>>,
     shards: usize,
     joined: Joined,
@@ -293,11 +296,10 @@ async fn shard_main(
         }
         false => (None, Vec::new()),
     };
-    let shard =
-        Rc::new(Shard::new(id, shards, config.clone(), catalog, peers, queued, dir_cluster));
+    let shard = Rc::new(Shard::new(id, shards, config.clone(), &disk, peers, queued, dir_cluster));
     serve_mesh(&shard, receivers);
     let opened = shard
-        .open_owned_partitions()
+        .open_owned_partitions(&disk)
         .await
         .map_err(|e| format!("shard {id}: opening partitions: {e}"));
     // Groups' committed offsets are back before any client can ask for them.
@@ -421,17 +423,23 @@ async fn join_cluster(shard: &Rc<Shard>, stopper: &Arc<Stopper>, directory: u128
         false => vec![config.node_id],
     };
     let mut role = ClusterRole::default();
+    let metadata = Rc::new(AppliedMetadata::default());
     if config.is_voter() {
-        let session_timeout = Duration::from_millis(config.broker_session_timeout_ms);
+        let settings = ControllerSettings {
+            session_timeout: Duration::from_millis(config.broker_session_timeout_ms),
+            limits: PartitionLimits {
+                per_broker: config.max_broker_partitions,
+                internal_topic: OFFSETS_TOPIC.to_string(),
+                internal_partitions: OFFSETS_PARTITIONS,
+                internal_replication_factor: config.offsets_topic_replication_factor,
+            },
+            dir_cluster: shard.cluster_id.clone(),
+            metadata: metadata.clone(),
+        };
         let started = match shard.open_voter_log(&voters).await {
-            Ok(disk) => ControllerNode::new(
-                config.node_id,
-                voters.clone(),
-                disk,
-                links.clone(),
-                session_timeout,
-                shard.cluster_id.clone(),
-            ),
+            Ok(disk) => {
+                ControllerNode::new(config.node_id, voters.clone(), disk, links.clone(), settings)
+            }
             Err(e) => Err(format!("opening the controller's log: {e}")),
         };
         let node = match started {
@@ -456,8 +464,12 @@ async fn join_cluster(shard: &Rc<Shard>, stopper: &Arc<Stopper>, directory: u128
         glommio::spawn_local(async move { node.fence_the_silent(stop.wait_for_stop()).await })
             .detach();
     } else {
-        let follower =
-            Rc::new(MetadataFollower::new(config.node_id, voters.clone(), links.clone()));
+        let follower = Rc::new(MetadataFollower::new(
+            config.node_id,
+            voters.clone(),
+            links.clone(),
+            metadata.clone(),
+        ));
         shard.host_follower(follower.clone());
         let (stop, stopper) = (shard.clone(), stopper.clone());
         glommio::spawn_local(async move {
@@ -480,9 +492,17 @@ async fn join_cluster(shard: &Rc<Shard>, stopper: &Arc<Stopper>, directory: u128
     let endpoints = Endpoints { kafka, native };
     let membership =
         Rc::new(Membership::new(config.node_id, config.rack.clone(), endpoints, joining));
-    let (member, stop, stopper) = (membership.clone(), shard.clone(), stopper.clone());
+    let (member, stop, failed) = (membership.clone(), shard.clone(), stopper.clone());
     glommio::spawn_local(async move {
         if let Err(e) = member.run(stop.wait_for_stop()).await {
+            failed.fail(e);
+        }
+    })
+    .detach();
+    let (publisher, incarnation, stopper) =
+        (shard.clone(), membership.incarnation(), stopper.clone());
+    glommio::spawn_local(async move {
+        if let Err(e) = publisher.publish_metadata(metadata, incarnation).await {
             stopper.fail(e);
         }
     })

@@ -249,8 +249,8 @@ fn render(status: &ClusterStatus) -> String {
         ));
     }
     out.push_str(&format!(
-        "topics {}  offline partitions {}\n",
-        status.topics, status.offline_partitions
+        "topics {}  offline partitions {}  under-replicated partitions {}\n",
+        status.topics, status.offline_partitions, status.under_replicated_partitions
     ));
     out
 }

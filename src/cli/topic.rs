@@ -12,6 +12,10 @@ pub enum TopicCommand {
         name: String,
         #[arg(long, short = 'p', default_value_t = 1)]
         partitions: u32,
+        /// Replicas of each partition, on distinct brokers (default: the broker's
+        /// default.replication.factor).
+        #[arg(long, short = 'r')]
+        replication_factor: Option<u16>,
         /// A topic setting, e.g. --config retention.ms=60000 (repeatable).
         #[arg(long = "config", value_name = "KEY=VALUE", value_parser = super::parse_key_value)]
         configs: Vec<(String, String)>,
@@ -23,7 +27,8 @@ pub enum TopicCommand {
         #[command(flatten)]
         broker: BrokerAddress,
     },
-    /// Show a topic's partitions, their offsets and owning shards, and its settings.
+    /// Show a topic's partitions (leader, replicas, in-sync replicas, offsets and owning shard)
+    /// and its settings.
     Describe {
         name: String,
         #[command(flatten)]
@@ -41,10 +46,10 @@ impl TopicCommand {
     pub fn run(self) -> Result<(), String> {
         run_client(|| async move {
             match self {
-                TopicCommand::Create { name, partitions, configs, broker } => {
+                TopicCommand::Create { name, partitions, replication_factor, configs, broker } => {
                     let client = connect(&broker).await?;
                     client
-                        .create_topic(&name, partitions, configs)
+                        .create_replicated_topic(&name, partitions, replication_factor, configs)
                         .await
                         .map_err(|e| e.to_string())?;
                     println!("created topic {name} with {partitions} partition(s)");
@@ -63,10 +68,21 @@ impl TopicCommand {
                     for (key, value) in &topic.configs {
                         println!("  config {key}={value}");
                     }
+                    let nodes = |nodes: &[crate::types::NodeId]| {
+                        nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",")
+                    };
                     for p in &topic.partitions {
+                        let leader = p.leader.map_or("none".to_string(), |l| l.to_string());
                         println!(
-                            "  partition {:>4}  shard {:>3}  log_start {:>12}  high_watermark {:>12}",
-                            p.partition, p.shard, p.log_start, p.high_watermark
+                            "  partition {:>4}  leader {leader:>4}  epoch {:>4}  replicas {:<9} \
+                             isr {:<9} shard {:>3}  log_start {:>12}  high_watermark {:>12}",
+                            p.partition,
+                            p.leader_epoch,
+                            nodes(&p.replicas),
+                            nodes(&p.isr),
+                            p.shard,
+                            p.log_start,
+                            p.high_watermark
                         );
                     }
                 }

@@ -391,7 +391,20 @@ impl Client {
         partitions: u32,
         configs: Vec<(String, String)>,
     ) -> Result<(), ClientError> {
-        let request = CreateTopicRequest { name: name.to_string(), partitions, configs };
+        self.create_replicated_topic(name, partitions, None, configs).await
+    }
+
+    /// Creates a topic with `replication_factor` replicas of each partition (`None`: the
+    /// broker's default).
+    pub async fn create_replicated_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: Option<u16>,
+        configs: Vec<(String, String)>,
+    ) -> Result<(), ClientError> {
+        let name = name.to_string();
+        let request = CreateTopicRequest { name, partitions, replication_factor, configs };
         let (response, _): (AdminResponse, _) =
             self.call(Api::CreateTopic, &encode(&request)).await?;
         ClientError::from_body(&response.error)

@@ -24,9 +24,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use rkyv::{Archive, Deserialize, Serialize};
+
 use crate::cluster::metadata::{
-    BrokerInfo, ClusterId, MetadataImage, MetadataRecord, PartitionState, Registration, TopicId,
-    CLUSTER_PROTOCOL_VERSION, PARTITIONS_MAX,
+    validate_topic_name, BrokerInfo, ClusterId, MetadataImage, MetadataRecord, PartitionState,
+    Registration, TopicId, CLUSTER_PROTOCOL_VERSION, PARTITIONS_MAX,
 };
 use crate::cluster::placement::{self, Candidate};
 use crate::types::{LeaderEpoch, NodeId, PartitionId};
@@ -49,10 +51,15 @@ pub enum Event {
     },
     /// `id` comes from the caller (random in the broker, seeded in tests).
     CreateTopic {
-        name: String,
+        topic: NewTopic,
         id: TopicId,
-        partitions: u32,
-        replication_factor: usize,
+    },
+    /// Raises a topic's partition count to `count`; the new partitions get the topic's
+    /// replication factor, placed (or as `assignment` says, one list per new partition).
+    CreatePartitions {
+        name: String,
+        count: u32,
+        assignment: Option<Vec<Vec<NodeId>>>,
     },
     DeleteTopic {
         name: String,
@@ -63,6 +70,29 @@ pub enum Event {
         broker_epoch: u64,
     },
     Tick,
+}
+
+/// A topic as a client asks for it (Kafka's CreatableTopic).
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct NewTopic {
+    pub name: String,
+    pub partitions: u32,
+    pub replication_factor: u16,
+    /// The replicas of each partition, its preferred leader first, instead of placing them.
+    pub assignment: Option<Vec<Vec<NodeId>>>,
+    /// Setting overrides, sorted by name.
+    pub config: Vec<(String, String)>,
+}
+
+/// How many partitions a broker may hold (`max.broker.partitions`, replicas counted, KIP-578),
+/// and the room kept for the internal topic until it exists: a cluster full of user topics
+/// must still take a group's first commit.
+#[derive(Clone, Debug)]
+pub struct PartitionLimits {
+    pub per_broker: u32,
+    pub internal_topic: String,
+    pub internal_partitions: u32,
+    pub internal_replication_factor: u16,
 }
 
 /// Producer ids per block: a broker asks the controller once per this many new producers.
@@ -88,8 +118,19 @@ pub enum Refusal {
         asked: usize,
         live: usize,
     },
-    /// None, or more than a topic may have.
+    /// None, or more than a topic may have, or not more than it has.
     InvalidPartitions(u32),
+    /// A manual assignment that cannot be honoured, and why.
+    InvalidAssignment(String),
+    InvalidTopicName(String),
+    /// A broker would hold more than `max.broker.partitions`.
+    TooManyPartitions {
+        node: NodeId,
+        held: u64,
+        reserved: u64,
+        new: u64,
+        limit: u32,
+    },
     /// Every producer id is handed out (after about 9·10^15 of them).
     ProducerIdsExhausted,
     /// A broker whose data directory belongs to another cluster.
@@ -123,6 +164,13 @@ impl fmt::Display for Refusal {
             Self::InvalidPartitions(count) => {
                 write!(f, "{count} partitions (1 to {PARTITIONS_MAX})")
             }
+            Self::InvalidAssignment(why) => write!(f, "replica assignment: {why}"),
+            Self::InvalidTopicName(why) => f.write_str(why),
+            Self::TooManyPartitions { node, held, reserved, new, limit } => write!(
+                f,
+                "broker {node} holds {held} partitions (and keeps {reserved} for the internal \
+                 topic); {new} more would pass max.broker.partitions={limit}"
+            ),
             Self::ProducerIdsExhausted => write!(f, "every producer id is handed out"),
             Self::OtherCluster { node, theirs, ours } => write!(
                 f,
@@ -147,11 +195,17 @@ pub struct Controller {
     last_heard: BTreeMap<NodeId, Instant>,
     /// Where the next topic's first leader goes, so topics do not all start on one broker.
     next_start: usize,
+    limits: PartitionLimits,
 }
 
 impl Controller {
-    pub fn new(session_timeout: Duration, new_cluster_id: ClusterId) -> Self {
-        Self { session_timeout, new_cluster_id, last_heard: BTreeMap::new(), next_start: 0 }
+    pub fn new(
+        session_timeout: Duration,
+        new_cluster_id: ClusterId,
+        limits: PartitionLimits,
+    ) -> Self {
+        let last_heard = BTreeMap::new();
+        Self { session_timeout, new_cluster_id, last_heard, next_start: 0, limits }
     }
 
     /// The batch of records `event` leads to, in the order they apply. The first decision of a
@@ -205,8 +259,9 @@ impl Controller {
                 self.last_heard.remove(&node);
                 Ok(fence(image, node, broker_epoch, true))
             }
-            Event::CreateTopic { name, id, partitions, replication_factor } => {
-                self.create_topic(image, name, id, partitions, replication_factor)
+            Event::CreateTopic { topic, id } => self.create_topic(image, topic, id),
+            Event::CreatePartitions { name, count, assignment } => {
+                self.create_partitions(image, &name, count, assignment)
             }
             Event::DeleteTopic { name } => match image.topic_ids.get(&name) {
                 Some(id) => Ok(vec![MetadataRecord::DeleteTopic { id: *id }]),
@@ -263,11 +318,13 @@ impl Controller {
     fn create_topic(
         &mut self,
         image: &MetadataImage,
-        name: String,
+        topic: NewTopic,
         id: TopicId,
-        partitions: u32,
-        replication_factor: usize,
     ) -> Result<Vec<MetadataRecord>, Refusal> {
+        let NewTopic { name, partitions, replication_factor, assignment, config } = topic;
+        // Checked by the broker that asked, and again here: every broker makes a directory of
+        // the name.
+        validate_topic_name(&name).map_err(Refusal::InvalidTopicName)?;
         if image.topic_ids.contains_key(&name) {
             return Err(Refusal::TopicExists(name));
         }
@@ -277,6 +334,71 @@ impl Controller {
         if partitions == 0 || partitions > PARTITIONS_MAX {
             return Err(Refusal::InvalidPartitions(partitions));
         }
+        let placed = match assignment {
+            Some(assignment) => {
+                if assignment.len() != partitions as usize {
+                    let why = format!("{} lists for {partitions} partitions", assignment.len());
+                    return Err(Refusal::InvalidAssignment(why));
+                }
+                check_assignment(image, &assignment, None)?;
+                assignment
+            }
+            None => self.place(image, partitions, usize::from(replication_factor))?,
+        };
+        self.check_room(image, &name, &placed)?;
+        let mut records = vec![MetadataRecord::CreateTopic { name, id, config }];
+        records.extend(new_partitions(image, id, 0, placed));
+        Ok(records)
+    }
+
+    fn create_partitions(
+        &mut self,
+        image: &MetadataImage,
+        name: &str,
+        count: u32,
+        assignment: Option<Vec<Vec<NodeId>>>,
+    ) -> Result<Vec<MetadataRecord>, Refusal> {
+        let Some((id, topic)) = image.topic_ids.get(name).and_then(|id| {
+            let topic = image.topics.get(id)?;
+            Some((*id, topic))
+        }) else {
+            return Err(Refusal::UnknownTopic(name.to_string()));
+        };
+        let held = u32::try_from(topic.partitions.len()).unwrap_or(u32::MAX);
+        if count <= held || count > PARTITIONS_MAX {
+            return Err(Refusal::InvalidPartitions(count));
+        }
+        let replication_factor = topic.partitions.values().map(|p| p.replicas.len()).max();
+        let placed = match assignment {
+            Some(assignment) => {
+                if assignment.len() != (count - held) as usize {
+                    let why = format!(
+                        "{} lists for the {} new partitions",
+                        assignment.len(),
+                        count - held
+                    );
+                    return Err(Refusal::InvalidAssignment(why));
+                }
+                check_assignment(image, &assignment, replication_factor)?;
+                assignment
+            }
+            None => {
+                let mut placed = self.place(image, count, replication_factor.unwrap_or(1))?;
+                placed.drain(..held as usize);
+                placed
+            }
+        };
+        self.check_room(image, name, &placed)?;
+        Ok(new_partitions(image, id, held, placed))
+    }
+
+    /// Replicas for `partitions` partitions on distinct live brokers (`placement.rs`).
+    fn place(
+        &mut self,
+        image: &MetadataImage,
+        partitions: u32,
+        replication_factor: usize,
+    ) -> Result<Vec<Vec<NodeId>>, Refusal> {
         let live: Vec<Candidate> = image
             .live_brokers()
             .map(|(node, info)| Candidate { node: *node, rack: info.rack.clone() })
@@ -286,22 +408,46 @@ impl Controller {
         let placed = placement::place(&live, partitions, replication_factor, self.next_start)
             .ok_or(refused)?;
         self.next_start = self.next_start.wrapping_add(1);
-        let mut records = vec![MetadataRecord::CreateTopic { name, id }];
-        for (partition, replicas) in placed.into_iter().enumerate() {
-            let leader = replicas[0];
-            // Until partition data is replicated, only the leader holds the records: it alone
-            // is in sync.
-            let state = PartitionState {
-                replicas,
-                isr: vec![leader],
-                leader: Some(leader),
-                leader_epoch: LeaderEpoch(0),
-                partition_epoch: 0,
-            };
-            let partition = PartitionId(partition as u32);
-            records.push(MetadataRecord::PartitionState { topic: id, partition, state });
+        Ok(placed)
+    }
+
+    /// Refuses replicas that would take a broker past `max.broker.partitions`. The internal
+    /// topic is exempt, and until it exists each live broker keeps its share of it free.
+    fn check_room(
+        &self,
+        image: &MetadataImage,
+        topic: &str,
+        placed: &[Vec<NodeId>],
+    ) -> Result<(), Refusal> {
+        let limits = &self.limits;
+        if topic == limits.internal_topic {
+            return Ok(());
         }
-        Ok(records)
+        let mut new: BTreeMap<NodeId, u64> = BTreeMap::new();
+        for node in placed.iter().flatten() {
+            *new.entry(*node).or_default() += 1;
+        }
+        let live = image.live_brokers().count().max(1) as u64;
+        let reserved = match image.topic_ids.contains_key(&limits.internal_topic) {
+            true => 0,
+            false => (u64::from(limits.internal_partitions)
+                * u64::from(limits.internal_replication_factor))
+            .div_ceil(live),
+        };
+        let mut held_by: BTreeMap<NodeId, u64> = BTreeMap::new();
+        for (_, _, state) in image.partitions() {
+            for node in state.replicas.iter().filter(|n| new.contains_key(n)) {
+                *held_by.entry(*node).or_default() += 1;
+            }
+        }
+        for (node, new) in new {
+            let held = held_by.get(&node).copied().unwrap_or(0);
+            let limit = limits.per_broker;
+            if held + reserved + new > u64::from(limit) {
+                return Err(Refusal::TooManyPartitions { node, held, reserved, new, limit });
+            }
+        }
+        Ok(())
     }
 
     /// Fences every live broker not heard from for the session timeout. One it has never heard
@@ -328,6 +474,63 @@ impl Controller {
         }
         records
     }
+}
+
+/// A manual assignment is honoured when every partition lists distinct registered brokers, as
+/// many for each (the topic's replication factor, when it has one), one of them live to lead.
+fn check_assignment(
+    image: &MetadataImage,
+    assignment: &[Vec<NodeId>],
+    replication_factor: Option<usize>,
+) -> Result<(), Refusal> {
+    let wanted = replication_factor.or_else(|| assignment.first().map(Vec::len));
+    for (index, replicas) in assignment.iter().enumerate() {
+        let mut distinct = replicas.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let why = if replicas.is_empty() || distinct.len() != replicas.len() {
+            Some(format!("partition {index}: {replicas:?} are not distinct brokers"))
+        } else if Some(replicas.len()) != wanted {
+            Some(format!("partition {index}: {} replicas, not {wanted:?}", replicas.len()))
+        } else if let Some(unknown) = replicas.iter().find(|r| !image.brokers.contains_key(r)) {
+            Some(format!("partition {index}: broker {unknown} is not registered"))
+        } else if !replicas.iter().any(|r| image.brokers.get(r).is_some_and(|b| !b.fenced)) {
+            Some(format!("partition {index}: none of {replicas:?} is live to lead it"))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(Refusal::InvalidAssignment(why));
+        }
+    }
+    Ok(())
+}
+
+/// The states of a topic's new partitions, numbered from `first`: each led by its first live
+/// replica, which alone is in sync until partition data is replicated.
+fn new_partitions(
+    image: &MetadataImage,
+    topic: TopicId,
+    first: u32,
+    placed: Vec<Vec<NodeId>>,
+) -> Vec<MetadataRecord> {
+    let live = |n: &NodeId| image.brokers.get(n).is_some_and(|b| !b.fenced);
+    placed
+        .into_iter()
+        .zip(first..)
+        .map(|(replicas, partition)| {
+            let first = replicas.first().copied().unwrap_or(NodeId(-1));
+            let leader = replicas.iter().copied().find(live).unwrap_or(first);
+            let state = PartitionState {
+                replicas,
+                isr: vec![leader],
+                leader: Some(leader),
+                leader_epoch: LeaderEpoch(0),
+                partition_epoch: 0,
+            };
+            MetadataRecord::PartitionState { topic, partition: PartitionId(partition), state }
+        })
+        .collect()
 }
 
 /// The broker registered under `broker_epoch` and not shut down, or why not.
@@ -425,7 +628,7 @@ mod tests {
     /// Registers and unfences brokers `1..=count`; returns their epochs.
     fn cluster(count: i32, now: Instant) -> (Controller, MetadataImage, Vec<u64>) {
         let (mut controller, mut image) =
-            (Controller::new(TIMEOUT, ClusterId(7)), MetadataImage::default());
+            (Controller::new(TIMEOUT, ClusterId(7), limits()), MetadataImage::default());
         let mut epochs = Vec::new();
         for n in 1..=count {
             let register = register(n, 1);
@@ -451,20 +654,36 @@ mod tests {
         Event::Register { registration, cluster_id: None }
     }
 
-    fn create(name: &str, partitions: u32, replication_factor: usize) -> Event {
+    fn limits() -> PartitionLimits {
+        PartitionLimits {
+            per_broker: 1000,
+            internal_topic: "__consumer_offsets".into(),
+            internal_partitions: 16,
+            internal_replication_factor: 1,
+        }
+    }
+
+    fn create(name: &str, partitions: u32, replication_factor: u16) -> Event {
         let id = TopicId(name.bytes().map(u128::from).sum());
-        Event::CreateTopic { name: name.into(), id, partitions, replication_factor }
+        let topic = NewTopic {
+            name: name.into(),
+            partitions,
+            replication_factor,
+            assignment: None,
+            config: Vec::new(),
+        };
+        Event::CreateTopic { topic, id }
     }
 
     #[test]
     fn the_first_decision_forms_the_cluster_and_its_id_never_changes() {
         let now = Instant::now();
         let (mut controller, mut image) =
-            (Controller::new(TIMEOUT, ClusterId(7)), MetadataImage::default());
+            (Controller::new(TIMEOUT, ClusterId(7), limits()), MetadataImage::default());
         let first = commit(&mut controller, &mut image, Event::Tick, now).expect("a tick");
         assert_eq!(first, vec![MetadataRecord::ClusterFormed { cluster_id: ClusterId(7) }]);
         // A later controller, with an id of its own in mind, keeps the cluster's.
-        let mut next = Controller::new(TIMEOUT, ClusterId(8));
+        let mut next = Controller::new(TIMEOUT, ClusterId(8), limits());
         commit(&mut next, &mut image, register(1, 1), now).expect("registered");
         assert_eq!(image.cluster_id, Some(ClusterId(7)));
         let other = vec![MetadataRecord::ClusterFormed { cluster_id: ClusterId(8) }];
@@ -481,7 +700,7 @@ mod tests {
     fn registrations_are_idempotent_exclusive_and_ended_by_a_shutdown() {
         let now = Instant::now();
         let (mut controller, mut image) =
-            (Controller::new(TIMEOUT, ClusterId(7)), MetadataImage::default());
+            (Controller::new(TIMEOUT, ClusterId(7), limits()), MetadataImage::default());
         commit(&mut controller, &mut image, register(1, 7), now).expect("registered");
         let first = image.brokers[&NodeId(1)].broker_epoch;
         assert!(image.brokers[&NodeId(1)].fenced, "fenced until its first heartbeat");
@@ -511,7 +730,7 @@ mod tests {
             Err(Refusal::OtherCluster { node, theirs, ours })
         );
         // Before the cluster is formed, against the id this controller would form it with.
-        let mut unformed = Controller::new(TIMEOUT, ClusterId(99));
+        let mut unformed = Controller::new(TIMEOUT, ClusterId(99), limits());
         let empty = MetadataImage::default();
         assert!(unformed.decide(&empty, foreign, now).is_ok(), "its own cluster, to be formed");
         let mut other = register(3, 1);
@@ -606,7 +825,7 @@ mod tests {
     fn a_new_controller_gives_every_broker_a_full_session() {
         let start = Instant::now();
         let (_, mut image, _) = cluster(2, start);
-        let mut taken_over = Controller::new(TIMEOUT, ClusterId(7));
+        let mut taken_over = Controller::new(TIMEOUT, ClusterId(7), limits());
         let late = start + TIMEOUT * 3;
         commit(&mut taken_over, &mut image, Event::Tick, late).expect("tick");
         assert!(image.live_brokers().count() == 2, "heard from nobody yet: a session from now");
@@ -620,6 +839,11 @@ mod tests {
         let (mut controller, mut image, epochs) = cluster(2, now);
         let refused = controller.decide(&image, create("t", 1, 3), now);
         assert_eq!(refused, Err(Refusal::InvalidReplicationFactor { asked: 3, live: 2 }));
+        // Every broker makes a directory of the name: the controller checks it too.
+        for bad in ["..", "a/b", "__cluster_metadata", ""] {
+            let refused = controller.decide(&image, create(bad, 1, 1), now);
+            assert!(matches!(refused, Err(Refusal::InvalidTopicName(_))), "{bad:?}: {refused:?}");
+        }
         commit(&mut controller, &mut image, create("t", 2, 2), now).expect("created");
         assert_eq!(
             controller.decide(&image, create("t", 1, 1), now),
@@ -632,5 +856,93 @@ mod tests {
         commit(&mut controller, &mut image, Event::DeleteTopic { name: "t".into() }, now)
             .expect("deleted");
         assert!(image.topics.is_empty() && image.topic_ids.is_empty());
+    }
+
+    #[test]
+    fn manual_assignments_are_honoured_or_refused_with_the_reason() {
+        let now = Instant::now();
+        let (mut controller, mut image, _) = cluster(3, now);
+        let manual = |name: &str, assignment: Vec<Vec<i32>>| {
+            let assignment: Vec<Vec<NodeId>> =
+                assignment.into_iter().map(|l| l.into_iter().map(NodeId).collect()).collect();
+            let topic = NewTopic {
+                name: name.into(),
+                partitions: assignment.len() as u32,
+                replication_factor: 0,
+                assignment: Some(assignment),
+                config: vec![("retention.ms".into(), "60000".into())],
+            };
+            Event::CreateTopic { topic, id: TopicId(name.len() as u128) }
+        };
+        for refused in [
+            vec![vec![1, 1]],          // not distinct
+            vec![vec![1], vec![1, 2]], // uneven
+            vec![vec![9]],             // never registered
+            vec![vec![]],              // empty
+        ] {
+            let decided = controller.decide(&image, manual("m", refused.clone()), now);
+            assert!(matches!(decided, Err(Refusal::InvalidAssignment(_))), "{refused:?}");
+        }
+        commit(&mut controller, &mut image, manual("m", vec![vec![3, 1], vec![2, 3]]), now)
+            .expect("honoured");
+        let topic = &image.topics[&image.topic_ids["m"]];
+        assert_eq!(topic.config["retention.ms"], "60000");
+        let placed: Vec<(Option<NodeId>, Vec<NodeId>)> =
+            topic.partitions.values().map(|p| (p.leader, p.replicas.clone())).collect();
+        assert_eq!(
+            placed,
+            [
+                (Some(NodeId(3)), vec![NodeId(3), NodeId(1)]),
+                (Some(NodeId(2)), vec![NodeId(2), NodeId(3)])
+            ]
+        );
+    }
+
+    #[test]
+    fn partitions_are_added_with_the_topics_replication_factor() {
+        let now = Instant::now();
+        let (mut controller, mut image, _) = cluster(3, now);
+        commit(&mut controller, &mut image, create("t", 2, 2), now).expect("created");
+        let grow = |count| Event::CreatePartitions { name: "t".into(), count, assignment: None };
+        assert_eq!(controller.decide(&image, grow(2), now), Err(Refusal::InvalidPartitions(2)));
+        commit(&mut controller, &mut image, grow(5), now).expect("grown");
+        let topic = &image.topics[&image.topic_ids["t"]];
+        assert_eq!(topic.partitions.len(), 5);
+        assert!(topic.partitions.values().all(|p| p.replicas.len() == 2 && p.leader.is_some()));
+        let wrong = Event::CreatePartitions {
+            name: "t".into(),
+            count: 6,
+            assignment: Some(vec![vec![NodeId(1)]]),
+        };
+        assert!(matches!(
+            controller.decide(&image, wrong, now),
+            Err(Refusal::InvalidAssignment(_))
+        ));
+        let missing = Event::CreatePartitions { name: "u".into(), count: 3, assignment: None };
+        assert_eq!(controller.decide(&image, missing, now), Err(Refusal::UnknownTopic("u".into())));
+    }
+
+    /// KIP-578: replicas count against each broker's limit; the internal topic is exempt, and
+    /// its share is kept free until it exists.
+    #[test]
+    fn no_broker_is_given_more_partitions_than_its_limit() {
+        let now = Instant::now();
+        let (_, mut image, _) = cluster(2, now);
+        let limits = PartitionLimits { per_broker: 20, ..limits() };
+        let mut controller = Controller::new(TIMEOUT, ClusterId(7), limits);
+        // 16 offsets partitions over 2 brokers: 8 kept on each; 12 more fit.
+        commit(&mut controller, &mut image, create("a", 24, 1), now).expect("12 each");
+        let refused = controller.decide(&image, create("b", 2, 1), now);
+        assert!(
+            matches!(
+                refused,
+                Err(Refusal::TooManyPartitions { held: 12, reserved: 8, limit: 20, .. })
+            ),
+            "{refused:?}"
+        );
+        commit(&mut controller, &mut image, create("__consumer_offsets", 16, 1), now)
+            .expect("the internal topic is exempt");
+        commit(&mut controller, &mut image, create("b", 2, 1), now)
+            .expect_err("now its partitions count");
     }
 }

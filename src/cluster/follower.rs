@@ -6,12 +6,12 @@
 //! the follower applies and continues from. The follower keeps its image in memory and follows
 //! the log from its start after a restart (the log is small; snapshots come later).
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::future::Future;
 use std::rc::Rc;
 use std::time::Duration;
 
-use super::metadata::{self, MetadataImage};
+use super::applied::AppliedMetadata;
 use super::node::{status_of, ClusterStatus, Links};
 use crate::types::NodeId;
 
@@ -32,26 +32,21 @@ pub struct MetadataFollower {
     me: NodeId,
     voters: Vec<NodeId>,
     links: Rc<dyn Links>,
-    image: RefCell<MetadataImage>,
-    /// The last entry applied to `image`.
-    applied: Cell<u64>,
-    /// The active controller, as the voter asked last knew it.
-    leader: Cell<Option<NodeId>>,
+    /// The image of the committed log, as applied here, and the active controller as the
+    /// voter asked last knew it (shared with the broker, which publishes it to its shards).
+    metadata: Rc<AppliedMetadata>,
     /// The voter asked next.
     target: Cell<usize>,
 }
 
 impl MetadataFollower {
-    pub fn new(me: NodeId, voters: Vec<NodeId>, links: Rc<dyn Links>) -> Self {
-        Self {
-            me,
-            voters,
-            links,
-            image: RefCell::new(MetadataImage::default()),
-            applied: Cell::new(0),
-            leader: Cell::new(None),
-            target: Cell::new(0),
-        }
+    pub fn new(
+        me: NodeId,
+        voters: Vec<NodeId>,
+        links: Rc<dyn Links>,
+        metadata: Rc<AppliedMetadata>,
+    ) -> Self {
+        Self { me, voters, links, metadata, target: Cell::new(0) }
     }
 
     /// Follows the log until `stop`, or until an entry this build cannot read (a newer format)
@@ -83,10 +78,10 @@ impl MetadataFollower {
     async fn fetch_once(&self) -> Result<bool, Fetched> {
         let no_voters = || Fetched::Failed("no voters".into());
         let voter = *self.voters.get(self.target.get()).ok_or_else(no_voters)?;
-        let from = self.applied.get() + 1;
+        let from = self.metadata.applied() + 1;
         let answer = (self.links.fetch_metadata(voter, from).await)
             .map_err(|e| Fetched::Failed(e.error.message))?;
-        self.leader.set(answer.leader);
+        self.metadata.set_controller(answer.leader);
         if answer.entries.is_empty() {
             // Caught up with this voter; the active controller is never behind it, so ask that
             // one next (a lagging or cut-off voter would keep this broker behind).
@@ -97,28 +92,22 @@ impl MetadataFollower {
             return Ok(false);
         }
         for (index, data) in answer.entries {
-            let expected = self.applied.get() + 1;
+            let expected = self.metadata.applied() + 1;
             if index != expected {
                 let why = format!("voter {voter} sent entry {index} where {expected} follows");
+                self.metadata.notify();
                 return Err(Fetched::Failed(why));
             }
-            if !data.is_empty() {
-                let batch = metadata::decode_batch(&data).map_err(|why| {
-                    Fetched::Unreadable(format!("metadata log entry {index}: {why}"))
-                })?;
-                if let Err(why) = self.image.borrow_mut().apply_batch(&batch) {
-                    // As every voter does with the same entry: the images stay equal.
-                    tracing::error!(index, "metadata log entry not applied: {why}");
-                }
-            }
-            self.applied.set(index);
+            self.metadata.apply(index, &data).map_err(Fetched::Unreadable)?;
         }
+        self.metadata.notify();
         Ok(true)
     }
 
     pub fn status(&self) -> ClusterStatus {
-        let mut status = status_of(self.me, &self.voters, &self.image.borrow(), self.applied.get());
-        status.leader = self.leader.get();
+        let (image, applied) = (self.metadata.image(), self.metadata.applied());
+        let mut status = status_of(self.me, &self.voters, &image, applied);
+        status.leader = self.metadata.controller();
         status
     }
 }

@@ -185,8 +185,12 @@ impl Membership {
                 let wait = match self.broker_epoch.get() {
                     None => {
                         self.register().await?;
-                        // Not registered yet (no controller elected, say): soon again.
-                        RETRY_WAIT.min(self.heartbeat_interval)
+                        match self.broker_epoch.get() {
+                            // Registered: its first heartbeat unfences it at once.
+                            Some(_) => Duration::ZERO,
+                            // Not registered yet (no controller elected, say): soon again.
+                            None => RETRY_WAIT.min(self.heartbeat_interval),
+                        }
                     }
                     Some(broker_epoch) => {
                         self.heartbeat(broker_epoch).await;
@@ -319,6 +323,20 @@ impl Membership {
             true => tracing::info!(node = %self.me, "controlled shutdown done"),
             false => tracing::warn!(node = %self.me, "controlled shutdown not answered in time"),
         }
+    }
+
+    /// This process's registration: what the metadata names it by once it has joined.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// A request of the broker's own (a client's topic change, forwarded) to the active
+    /// controller.
+    pub async fn ask_controller(
+        &self,
+        request: ControllerRequest,
+    ) -> Result<ControllerAnswer, ControllerError> {
+        self.ask(request).await
     }
 
     /// Asks the active controller, following NOT_CONTROLLER answers to the one a voter names

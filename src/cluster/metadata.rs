@@ -20,20 +20,49 @@ use rkyv::{Archive, Deserialize, Serialize};
 use crate::record::archive;
 use crate::types::{LeaderEpoch, NodeId, PartitionId};
 
-/// The format of a metadata log entry: its first byte. A build reads every version released
-/// before it (today only this one: version 1 existed only while this was written); one it does
-/// not read stops the voter or follower that meets it, by number, never taken for damage.
-/// 2: registrations with their data directory and protocol version, and the cluster id and
-/// producer-id records (1 was an earlier layout, written only during development: refused by
-/// number rather than misread).
-const RECORD_VERSION: u8 = 2;
+/// The format of a metadata log entry: its first byte. A build reads every version from
+/// [`RECORD_VERSION_OLDEST`] on; one it does not read stops the voter or follower that meets it,
+/// by number, never taken for damage.
+/// - 1: an earlier layout, written only during development (refused by number, never misread).
+/// - 2: registrations with their data directory and protocol version, the cluster id and
+///   producer-id records.
+/// - 3: a topic's creation carries its setting overrides. Version 2 entries never held a
+///   topic, and read unchanged in this layout (`reads_version_2_entries` holds one).
+const RECORD_VERSION: u8 = 3;
+const RECORD_VERSION_OLDEST: u8 = 2;
 
 /// The version of what brokers of one cluster say to each other and write to its log (the
 /// controller's requests, the metadata records, Raft messages). Every broker announces it when
 /// it registers, and the controller refuses a broker that speaks one it does not: brokers of
 /// different builds may share a cluster only while they speak the same version (rolling
 /// upgrades across a change of it come with the first such change).
-pub const CLUSTER_PROTOCOL_VERSION: u16 = 1;
+/// 2: topics through the controller (its requests to create, grow and delete them, and their
+/// answers; the cluster status with under-replicated partitions).
+pub const CLUSTER_PROTOCOL_VERSION: u16 = 2;
+
+/// Kafka's limit on topic name length.
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+
+/// Kafka's rule: 1 to 249 of `[a-zA-Z0-9._-]`, and not `.` or `..`. It also keeps names safe
+/// as directory names.
+pub fn validate_topic_name(name: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty() || name.len() > TOPIC_NAME_BYTES_MAX {
+        return Err(format!("topic name must be 1 to {TOPIC_NAME_BYTES_MAX} characters"));
+    }
+    if name == "." || name == ".." {
+        return Err("topic name cannot be '.' or '..'".into());
+    }
+    if name == super::voter_log::METADATA_DIR {
+        return Err(format!("{name} is the cluster metadata log's, not a topic's"));
+    }
+    if !name.chars().all(allowed) {
+        return Err(format!(
+            "topic name {name:?} may only contain letters, digits, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
 
 /// More partitions than this in one topic is almost certainly a typo.
 pub const PARTITIONS_MAX: u32 = 10_000;
@@ -141,9 +170,11 @@ pub enum MetadataRecord {
         node: NodeId,
         broker_epoch: u64,
     },
+    /// `config`: the topic's setting overrides (Kafka's names), sorted by name.
     CreateTopic {
         name: String,
         id: TopicId,
+        config: Vec<(String, String)>,
     },
     /// A partition's whole state: written when its topic is created and at every change of
     /// leader or in-sync set, with `partition_epoch` raised by one each time and `leader_epoch`
@@ -195,6 +226,8 @@ pub struct BrokerInfo {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopicInfo {
     pub name: String,
+    /// Setting overrides; every other setting is the broker's default.
+    pub config: BTreeMap<String, String>,
     pub partitions: BTreeMap<PartitionId, PartitionState>,
 }
 
@@ -220,7 +253,7 @@ pub fn encode_batch(records: &Vec<MetadataRecord>) -> Vec<u8> {
 
 /// A batch read back from the log (input like any other: validated, never trusted).
 pub fn decode_batch(bytes: &[u8]) -> Result<Vec<MetadataRecord>, String> {
-    archive::decode_versioned(bytes, RECORD_VERSION, "metadata entry")
+    archive::decode_versioned(bytes, RECORD_VERSION_OLDEST..=RECORD_VERSION, "metadata entry")
 }
 
 /// Why a batch was not applied.
@@ -298,11 +331,15 @@ impl MetadataImage {
                 }
                 broker.fenced = false;
             }
-            MetadataRecord::CreateTopic { name, id } => {
+            MetadataRecord::CreateTopic { name, id, config } => {
                 if self.topic_ids.contains_key(name) || self.topics.contains_key(id) {
                     return Err(format!("topic {name} ({id}) exists"));
                 }
-                let info = TopicInfo { name: name.clone(), partitions: BTreeMap::new() };
+                let info = TopicInfo {
+                    name: name.clone(),
+                    config: config.iter().cloned().collect(),
+                    partitions: BTreeMap::new(),
+                };
                 self.topics.insert(*id, info);
                 self.topic_ids.insert(name.clone(), *id);
             }
@@ -485,7 +522,11 @@ mod tests {
             batch.push(register(n, epoch));
             batch.push(MetadataRecord::UnfenceBroker { node: NodeId(n), broker_epoch: epoch });
         }
-        batch.push(MetadataRecord::CreateTopic { name: "t".into(), id: TopicId(7) });
+        batch.push(MetadataRecord::CreateTopic {
+            name: "t".into(),
+            id: TopicId(7),
+            config: vec![("retention.ms".into(), "1000".into())],
+        });
         batch.push(change(state(1, 0, 0)));
         image.apply_batch(&batch).expect("applied");
         image
@@ -525,7 +566,11 @@ mod tests {
             vec![MetadataRecord::UnfenceBroker { node: NodeId(2), broker_epoch: 1 }],
             // A broker epoch that does not grow.
             vec![register(3, 2)],
-            vec![MetadataRecord::CreateTopic { name: "t".into(), id: TopicId(9) }],
+            vec![MetadataRecord::CreateTopic {
+                name: "t".into(),
+                id: TopicId(9),
+                config: Vec::new(),
+            }],
             vec![MetadataRecord::DeleteTopic { id: TopicId(8) }],
             // A good record, then a bad one: neither is applied.
             vec![change(state(2, 1, 1)), change(state(2, 1, 1))],
@@ -559,6 +604,7 @@ mod tests {
     fn batches_read_back_as_written_and_garbage_is_refused() {
         let batch = vec![register(1, 1), change(state(1, 0, 0))];
         assert_eq!(decode_batch(&encode_batch(&batch)), Ok(batch.clone()));
+        assert_eq!(image().topics[&TopicId(7)].config["retention.ms"], "1000");
         let mut newer = encode_batch(&batch);
         newer[0] = RECORD_VERSION + 1;
         assert!(decode_batch(&newer).is_err_and(|e| e.contains("this build reads")));
@@ -566,5 +612,40 @@ mod tests {
         let mut torn = encode_batch(&batch);
         torn.truncate(torn.len() / 2);
         assert!(decode_batch(&torn).is_err());
+    }
+
+    /// Version 2 entries, as a build of that version wrote them (registration, fencing and
+    /// producer ids: topics came with version 3), read by this build as they were written.
+    #[test]
+    fn reads_version_2_entries() {
+        let hex = include_str!("testdata/metadata-v2.hex").trim();
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+            .collect();
+        assert_eq!(bytes[0], 2);
+        let registration = Registration {
+            node: NodeId(2),
+            incarnation: 77,
+            directory: 0x1234,
+            rack: Some("r1".into()),
+            endpoints: Endpoints {
+                kafka: ("127.0.0.1".into(), 9092),
+                native: ("127.0.0.1".into(), 9192),
+            },
+            protocol_version: 1, // as that build spoke
+        };
+        let expected = vec![
+            MetadataRecord::ClusterFormed { cluster_id: ClusterId(0xabcdef) },
+            MetadataRecord::RegisterBroker { broker_epoch: 3, registration },
+            MetadataRecord::UnfenceBroker { node: NodeId(2), broker_epoch: 3 },
+            MetadataRecord::ProducerIds {
+                node: NodeId(2),
+                broker_epoch: 3,
+                next_producer_id: 1000,
+            },
+            MetadataRecord::FenceBroker { node: NodeId(2), broker_epoch: 3, shutdown: true },
+        ];
+        assert_eq!(decode_batch(&bytes), Ok(expected));
     }
 }

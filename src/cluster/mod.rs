@@ -20,6 +20,7 @@
 //! voters' log made durable, their messages carried by the native protocol, and every broker
 //! applying the committed records.
 
+pub mod applied;
 pub mod decide;
 pub mod follower;
 pub mod identity;

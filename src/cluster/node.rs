@@ -21,8 +21,11 @@ use event_listener::Event as Signal;
 use futures_channel::oneshot;
 use rkyv::{Archive, Deserialize, Serialize};
 
-use super::decide::{Controller, Event, Refusal, PRODUCER_ID_BLOCK};
-use super::metadata::{self, ClusterId, Endpoints, MetadataImage, MetadataRecord, Registration};
+use super::applied::AppliedMetadata;
+use super::decide::{Controller, Event, NewTopic, PartitionLimits, Refusal, PRODUCER_ID_BLOCK};
+use super::metadata::{
+    self, ClusterId, Endpoints, MetadataImage, MetadataRecord, Registration, TopicId,
+};
 use super::quorum::{Committed, Voter};
 use super::raft_wire::WireMessage;
 use super::voter_log::VoterLog;
@@ -69,6 +72,21 @@ pub enum ControllerRequest {
         node: NodeId,
         broker_epoch: u64,
     },
+    /// A client's CreateTopics, forwarded by the broker it reached (KIP-590). `id`: the
+    /// topic's id when the broker chose it (a topic from before the cluster, brought in), else
+    /// the controller chooses.
+    CreateTopic {
+        topic: NewTopic,
+        id: Option<TopicId>,
+    },
+    CreatePartitions {
+        name: String,
+        count: u32,
+        assignment: Option<Vec<Vec<NodeId>>>,
+    },
+    DeleteTopic {
+        name: String,
+    },
 }
 
 /// What the active controller answers, once the decision has committed.
@@ -88,6 +106,11 @@ pub enum ControllerAnswer {
     ProducerIds {
         first: i64,
         count: i64,
+    },
+    /// The change is committed as metadata log entry `index`: the asking broker answers its
+    /// client once it has applied that far.
+    MetadataChanged {
+        index: u64,
     },
 }
 
@@ -128,6 +151,9 @@ pub struct ClusterStatus {
     pub topics: u32,
     /// Partitions without a leader.
     pub offline_partitions: u32,
+    /// Partitions with fewer replicas in sync than they have (every partition of a replication
+    /// factor above 1 until partition data is replicated).
+    pub under_replicated_partitions: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
@@ -183,9 +209,9 @@ pub struct ControllerNode {
     voters: Vec<NodeId>,
     raft: RefCell<Voter>,
     disk: VoterLog<DmaStorage>,
-    image: RefCell<MetadataImage>,
-    /// The last log entry applied to `image`.
-    applied: Cell<u64>,
+    /// The image of the committed log, as applied here (shared with the broker, which
+    /// publishes it to its shards).
+    metadata: Rc<AppliedMetadata>,
     /// Whether the log it restarted with is applied (its first round done).
     started: Cell<bool>,
     /// Whether its drive loop has ended (the broker stopping, or its log failing).
@@ -203,8 +229,18 @@ pub struct ControllerNode {
     deciding: glommio::sync::Semaphore,
     links: Rc<dyn Links>,
     session_timeout: Duration,
+    limits: PartitionLimits,
     /// The cluster this broker's data directory belongs to, once known (shared by its shards).
     dir_cluster: Arc<OnceLock<ClusterId>>,
+}
+
+/// What a voter's active controller decides with, and where the voter keeps what it applied.
+pub struct ControllerSettings {
+    pub session_timeout: Duration,
+    pub limits: PartitionLimits,
+    /// The cluster this broker's data directory belongs to, once known (shared by its shards).
+    pub dir_cluster: Arc<OnceLock<ClusterId>>,
+    pub metadata: Rc<AppliedMetadata>,
 }
 
 impl ControllerNode {
@@ -214,9 +250,9 @@ impl ControllerNode {
         voters: Vec<NodeId>,
         disk: (VoterLog<DmaStorage>, super::quorum::Durable),
         links: Rc<dyn Links>,
-        session_timeout: Duration,
-        dir_cluster: Arc<OnceLock<ClusterId>>,
+        settings: ControllerSettings,
     ) -> Result<Rc<Self>, String> {
+        let ControllerSettings { session_timeout, limits, dir_cluster, metadata } = settings;
         let (disk, durable) = disk;
         let ids: Vec<u64> = voters.iter().map(|v| raft_id(*v)).collect();
         let raft = Voter::restore(raft_id(me), &ids, durable).map_err(|e| e.to_string())?;
@@ -225,8 +261,7 @@ impl ControllerNode {
             voters,
             raft: RefCell::new(raft),
             disk,
-            image: RefCell::new(MetadataImage::default()),
-            applied: Cell::new(0),
+            metadata,
             started: Cell::new(false),
             stopped: Cell::new(false),
             active: RefCell::new(None),
@@ -236,6 +271,7 @@ impl ControllerNode {
             deciding: glommio::sync::Semaphore::new(1),
             links,
             session_timeout,
+            limits,
             dir_cluster,
         }))
     }
@@ -320,6 +356,7 @@ impl ControllerNode {
         for (to, messages) in by_peer {
             self.links.send_voter_messages(to, cluster_id, messages);
         }
+        self.metadata.set_controller(node_of(self.raft.borrow().leader()));
         if !self.raft.borrow().is_leader() {
             self.active.borrow_mut().take();
             // Proposals of a term this voter no longer leads may still commit (a later leader
@@ -334,24 +371,15 @@ impl ControllerNode {
     /// directory's stops the voter: it must not vote in a cluster it does not belong to.
     fn apply(&self, committed: Vec<Committed>) -> Result<(), String> {
         for entry in committed {
-            if !entry.data.is_empty() {
-                // An entry this build cannot read (a newer format) stops the voter: skipping it
-                // would leave an image that is not the log's.
-                let batch = metadata::decode_batch(&entry.data)
-                    .map_err(|why| format!("metadata log entry {}: {why}", entry.index))?;
-                if let Err(why) = self.image.borrow_mut().apply_batch(&batch) {
-                    // Every voter refuses the same entry the same way: the images stay equal.
-                    tracing::error!(index = entry.index, "metadata log entry not applied: {why}");
-                }
-            }
+            self.metadata.apply(entry.index, &entry.data)?;
             let waiting = self.pending.borrow_mut().remove(&entry.index);
             if let Some((term, waiter)) = waiting {
                 let _ = waiter.send(term == entry.term);
             }
-            self.applied.set(entry.index);
         }
         self.applied_signal.notify(usize::MAX);
-        match (self.image.borrow().cluster_id, self.dir_cluster.get()) {
+        self.metadata.notify();
+        match (self.metadata.image().cluster_id, self.dir_cluster.get()) {
             (Some(log), Some(dir)) if log != *dir => Err(format!(
                 "the controller's log is of cluster {log}, but this data directory belongs to \
                  cluster {dir}"
@@ -362,7 +390,7 @@ impl ControllerNode {
 
     /// The cluster this voter is of, as its log or its data directory says.
     fn cluster_id(&self) -> Option<ClusterId> {
-        self.image.borrow().cluster_id.or_else(|| self.dir_cluster.get().copied())
+        self.metadata.image().cluster_id.or_else(|| self.dir_cluster.get().copied())
     }
 
     /// Raft messages voter `from` sent this one. Refused whole when `from` is not a voter, is
@@ -421,7 +449,7 @@ impl ControllerNode {
             ControllerRequest::Register { registration, cluster_id } => {
                 let node = registration.node;
                 self.decide(Event::Register { registration, cluster_id }).await?;
-                let image = self.image.borrow();
+                let image = self.metadata.image();
                 let (Some(broker), Some(cluster_id)) = (image.brokers.get(&node), image.cluster_id)
                 else {
                     let why = "the registration was lost";
@@ -431,15 +459,31 @@ impl ControllerNode {
             }
             ControllerRequest::Heartbeat { node, broker_epoch } => {
                 self.decide(Event::Heartbeat { node, broker_epoch }).await?;
-                let fenced = self.image.borrow().brokers.get(&node).is_none_or(|b| b.fenced);
+                let image = self.metadata.image();
+                let fenced = image.brokers.get(&node).is_none_or(|b| b.fenced);
                 Ok(ControllerAnswer::HeartbeatTaken { fenced })
             }
             ControllerRequest::ControlledShutdown { node, broker_epoch } => {
                 self.decide(Event::ControlledShutdown { node, broker_epoch }).await?;
                 Ok(ControllerAnswer::ShutDown)
             }
+            ControllerRequest::CreateTopic { topic, id } => {
+                let id = id.unwrap_or_else(|| TopicId(uuid::Uuid::new_v4().as_u128()));
+                let (index, _) = self.decide(Event::CreateTopic { topic, id }).await?;
+                Ok(ControllerAnswer::MetadataChanged { index })
+            }
+            ControllerRequest::CreatePartitions { name, count, assignment } => {
+                let event = Event::CreatePartitions { name, count, assignment };
+                let (index, _) = self.decide(event).await?;
+                Ok(ControllerAnswer::MetadataChanged { index })
+            }
+            ControllerRequest::DeleteTopic { name } => {
+                let (index, _) = self.decide(Event::DeleteTopic { name }).await?;
+                Ok(ControllerAnswer::MetadataChanged { index })
+            }
             ControllerRequest::AllocateProducerIds { node, broker_epoch } => {
-                let batch = self.decide(Event::AllocateProducerIds { node, broker_epoch }).await?;
+                let (_, batch) =
+                    self.decide(Event::AllocateProducerIds { node, broker_epoch }).await?;
                 let next = batch.iter().find_map(|record| match record {
                     MetadataRecord::ProducerIds { next_producer_id, .. } => Some(*next_producer_id),
                     _ => None,
@@ -502,8 +546,10 @@ impl ControllerNode {
         }
     }
 
-    /// Decides `event` as the active controller and waits until its batch is applied here.
-    async fn decide(&self, event: Event) -> Result<Vec<MetadataRecord>, ControllerError> {
+    /// Decides `event` as the active controller and waits until its batch is applied here;
+    /// answers the batch and the log entry it is (or, for an empty batch, the entry the
+    /// decision saw last).
+    async fn decide(&self, event: Event) -> Result<(u64, Vec<MetadataRecord>), ControllerError> {
         // From the request's arrival, not its turn: a request queued behind others must not
         // outlast what its asker waits.
         let deadline = Instant::now() + DECISION_WAIT;
@@ -531,7 +577,7 @@ impl ControllerNode {
                     drop(raft);
                     return Err(self.not_controller());
                 }
-                if self.applied.get() >= raft.last_index() {
+                if self.metadata.applied() >= raft.last_index() {
                     break;
                 }
             }
@@ -547,32 +593,35 @@ impl ControllerNode {
                 tracing::info!(node = %self.me, term, "this broker is the active controller");
                 // A new controller gives every broker a whole session (decide.rs).
                 let new_cluster_id = ClusterId(uuid::Uuid::new_v4().as_u128());
-                *active = Some((term, Controller::new(self.session_timeout, new_cluster_id)));
+                let controller =
+                    Controller::new(self.session_timeout, new_cluster_id, self.limits.clone());
+                *active = Some((term, controller));
             }
             let Some((_, controller)) = active.as_mut() else {
                 return Err(self.not_controller());
             };
-            controller.decide(&self.image.borrow(), event, Instant::now()).map_err(refused)?
+            controller.decide(&self.metadata.image(), event, Instant::now()).map_err(refused)?
         };
         if batch.is_empty() {
-            return Ok(batch);
+            return Ok((self.metadata.applied(), batch));
         }
         let (waiter, committed) = oneshot::channel();
-        {
+        let index = {
             let mut raft = self.raft.borrow_mut();
             if raft.propose(metadata::encode_batch(&batch)).is_err() {
                 drop(raft);
                 return Err(self.not_controller());
             }
             self.pending.borrow_mut().insert(raft.last_index(), (term, waiter));
-        }
+            raft.last_index()
+        };
         self.work.notify(1);
         let outcome = futures_lite::future::or(async { committed.await.ok() }, async {
             glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
             None
         });
         match outcome.await {
-            Some(true) => Ok(batch),
+            Some(true) => Ok((index, batch)),
             Some(false) => Err(self.not_controller()),
             None => Err(ControllerError::new(
                 ErrorKind::NotAvailable,
@@ -585,7 +634,7 @@ impl ControllerNode {
     /// there are any), for a broker that follows the log without voting.
     pub fn committed_since(&self, from: u64, max_bytes: u64) -> Result<MetadataEntries, String> {
         let leader = node_of(self.raft.borrow().leader());
-        let applied = self.applied.get();
+        let applied = self.metadata.applied();
         if from == 0 || from > applied {
             return Ok(MetadataEntries { leader, entries: Vec::new() });
         }
@@ -596,7 +645,8 @@ impl ControllerNode {
     }
 
     pub fn status(&self) -> ClusterStatus {
-        let mut status = status_of(self.me, &self.voters, &self.image.borrow(), self.applied.get());
+        let (image, applied) = (self.metadata.image(), self.metadata.applied());
+        let mut status = status_of(self.me, &self.voters, &image, applied);
         let raft = self.raft.borrow();
         (status.leader, status.term) = (node_of(raft.leader()), raft.term());
         status
@@ -623,8 +673,9 @@ pub fn status_of(
             shut_down: b.shut_down,
         })
         .collect();
-    let partitions = image.topics.values().flat_map(|t| t.partitions.values());
-    let offline = partitions.filter(|p| p.leader.is_none()).count();
+    let partitions = || image.topics.values().flat_map(|t| t.partitions.values());
+    let offline = partitions().filter(|p| p.leader.is_none()).count();
+    let under_replicated = partitions().filter(|p| p.isr.len() < p.replicas.len()).count();
     ClusterStatus {
         node,
         cluster_id: image.cluster_id,
@@ -635,6 +686,7 @@ pub fn status_of(
         brokers,
         topics: u32::try_from(image.topics.len()).unwrap_or(u32::MAX),
         offline_partitions: u32::try_from(offline).unwrap_or(u32::MAX),
+        under_replicated_partitions: u32::try_from(under_replicated).unwrap_or(u32::MAX),
     }
 }
 
@@ -662,6 +714,9 @@ fn refused(refusal: Refusal) -> ControllerError {
         Refusal::UnknownTopic(_) => ErrorKind::UnknownTopic,
         Refusal::InvalidReplicationFactor { .. } => ErrorKind::InvalidReplicationFactor,
         Refusal::InvalidPartitions(_) => ErrorKind::InvalidPartitions,
+        Refusal::InvalidAssignment(_) => ErrorKind::InvalidReplicaAssignment,
+        Refusal::InvalidTopicName(_) => ErrorKind::InvalidTopicName,
+        Refusal::TooManyPartitions { .. } => ErrorKind::PolicyViolation,
         Refusal::UnsupportedProtocol { .. } => ErrorKind::UnsupportedApi,
         Refusal::OtherCluster { .. } => ErrorKind::InconsistentClusterId,
         // Not worth asking again.

@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::decide::{Controller, Event, Refusal, PRODUCER_ID_BLOCK};
+use super::decide::{Controller, Event, NewTopic, PartitionLimits, Refusal, PRODUCER_ID_BLOCK};
 use super::metadata::{
     self, ClusterId, Endpoints, MetadataImage, MetadataRecord, Registration, TopicId,
     CLUSTER_PROTOCOL_VERSION,
@@ -84,7 +84,7 @@ impl Run {
             seed,
             rng,
             now: Instant::now(),
-            controller: Controller::new(SESSION_TIMEOUT, ClusterId(u128::from(seed))),
+            controller: Controller::new(SESSION_TIMEOUT, ClusterId(u128::from(seed)), limits()),
             image: MetadataImage::default(),
             log: Vec::new(),
             followers,
@@ -213,6 +213,23 @@ impl Run {
         }
     }
 
+    /// Grows a topic, when the one picked exists.
+    fn add_partitions(&mut self) {
+        let name = format!("t{}", self.rng.below(8));
+        let Some(topic) = self.image.topic_ids.get(&name).and_then(|id| self.image.topics.get(id))
+        else {
+            return;
+        };
+        let count = topic.partitions.len() as u32 + 1 + self.rng.below(3) as u32;
+        match self.decide(Event::CreatePartitions { name, count, assignment: None }) {
+            Ok(()) => self.event("partitions added"),
+            Err(Refusal::InvalidReplicationFactor { .. }) => {
+                self.event("partitions refused: too few live brokers")
+            }
+            Err(e) => panic!("seed {}: adding partitions: {e}", self.seed),
+        }
+    }
+
     fn step(&mut self) {
         let b = self.rng.below(self.brokers.len() as u64) as usize;
         match self.rng.below(20) {
@@ -240,17 +257,19 @@ impl Run {
             }
             3..=5 => {
                 let live = self.image.live_brokers().count();
-                let replication_factor = 1 + self.rng.below(4) as usize;
+                let replication_factor = 1 + self.rng.below(4) as u16;
                 let partitions = 1 + self.rng.below(6) as u32;
                 self.next_topic += 1;
                 let name = format!("t{}", self.rng.below(8));
                 let id = TopicId(self.next_topic);
                 let exists = self.image.topic_ids.contains_key(&name);
-                let create = Event::CreateTopic { name, id, partitions, replication_factor };
-                match self.decide(create) {
+                let topic = new_topic(name, partitions, replication_factor);
+                match self.decide(Event::CreateTopic { topic, id }) {
                     Ok(()) => self.event("topic created"),
                     Err(Refusal::TopicExists(_)) if exists => {}
-                    Err(Refusal::InvalidReplicationFactor { .. }) if replication_factor > live => {
+                    Err(Refusal::InvalidReplicationFactor { .. })
+                        if usize::from(replication_factor) > live =>
+                    {
                         self.event("replication factor refused")
                     }
                     Err(e) => panic!("seed {}: creating a topic: {e}", self.seed),
@@ -262,6 +281,7 @@ impl Run {
                     self.event("topic deleted");
                 }
             }
+            9 => self.add_partitions(),
             8 => {
                 if let (node, Some(broker_epoch)) = (self.brokers[b].node, self.brokers[b].epoch) {
                     let before = self.image.next_producer_id;
@@ -277,6 +297,7 @@ impl Run {
                 self.controller = Controller::new(
                     SESSION_TIMEOUT,
                     ClusterId(u128::from(self.rng.below(u64::MAX))),
+                    limits(),
                 );
             }
             _ => {}
@@ -345,6 +366,7 @@ fn the_controller_never_elects_uncleanly_and_the_cluster_settles() {
         "replication factor refused",
         "topic created",
         "topic deleted",
+        "partitions added",
         "producer ids allocated",
     ];
     crate::testing::assert_every_event_ran(&totals, &expected);
@@ -556,8 +578,9 @@ impl QuorumRun {
         };
         let term = self.voters[v].raft.term();
         if self.controller.as_ref().is_none_or(|(t, _)| *t != term) {
-            self.controller =
-                Some((term, Controller::new(SESSION_TIMEOUT, ClusterId(u128::from(term)))));
+            let controller =
+                Controller::new(SESSION_TIMEOUT, ClusterId(u128::from(term)), limits());
+            self.controller = Some((term, controller));
             *self.events.entry("controller elected").or_default() += 1;
         }
         let b = self.rng.below(self.brokers.len() as u64) as usize;
@@ -584,9 +607,9 @@ impl QuorumRun {
                 self.next_topic += 1;
                 let name = format!("t{}", self.rng.below(5));
                 let partitions = 1 + self.rng.below(4) as u32;
-                let replication_factor = 1 + self.rng.below(3) as usize;
+                let replication_factor = 1 + self.rng.below(3) as u16;
                 let id = TopicId(self.next_topic);
-                Event::CreateTopic { name, id, partitions, replication_factor }
+                Event::CreateTopic { topic: new_topic(name, partitions, replication_factor), id }
             }
             (2, _) => Event::DeleteTopic { name: format!("t{}", self.rng.below(5)) },
             (3 | 4, _) => Event::Tick,
@@ -672,4 +695,18 @@ fn controller_voters_agree_on_the_metadata_through_a_lossy_network() {
         "messages stepped while persisting",
     ];
     crate::testing::assert_every_event_ran(&totals, &expected);
+}
+
+/// Limits no run reaches.
+fn limits() -> PartitionLimits {
+    PartitionLimits {
+        per_broker: 100_000,
+        internal_topic: "__consumer_offsets".into(),
+        internal_partitions: 16,
+        internal_replication_factor: 1,
+    }
+}
+
+fn new_topic(name: String, partitions: u32, replication_factor: u16) -> NewTopic {
+    NewTopic { name, partitions, replication_factor, assignment: None, config: Vec::new() }
 }

@@ -225,7 +225,7 @@ fn encode_entry(entry: &StoredEntry) -> Vec<u8> {
 }
 
 fn decode_entry(bytes: &[u8]) -> Result<StoredEntry, String> {
-    archive::decode_versioned(bytes, ENTRY_VERSION, "Raft entry")
+    archive::decode_versioned(bytes, ENTRY_VERSION..=ENTRY_VERSION, "Raft entry")
 }
 
 fn encode_state(file: &QuorumFile) -> Vec<u8> {
@@ -233,7 +233,7 @@ fn encode_state(file: &QuorumFile) -> Vec<u8> {
 }
 
 fn decode_state(bytes: &[u8]) -> Result<QuorumFile, String> {
-    archive::decode_versioned(bytes, STATE_VERSION, "voter state")
+    archive::decode_versioned(bytes, STATE_VERSION..=STATE_VERSION, "voter state")
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 //! The group APIs start at v0 for the same reason (OffsetCommit and OffsetFetch decode from v2
 //! and v1, which every client here uses); JoinGroup stops at v7 and OffsetCommit at v8, before
 //! the KIP-848 fields.
-//! Metadata stops at v10 and Fetch at v12: later versions address topics by id. ListOffsets stops
+//! Metadata goes to v12 (topic ids, and topics asked for by id). Fetch stops at v12: later
+//! versions address topics by id, which the fetch path does not resolve yet. ListOffsets stops
 //! at v6: v7 adds the max-timestamp query.
 
 use kafka_protocol::messages::api_versions_response::ApiVersion;
@@ -19,7 +20,7 @@ const SUPPORTED: &[(ApiKey, i16, i16, i16)] = &[
     (ApiKey::Produce, 0, 3, 9),
     (ApiKey::Fetch, 0, 4, 12),
     (ApiKey::ListOffsets, 1, 1, 6),
-    (ApiKey::Metadata, 0, 0, 10),
+    (ApiKey::Metadata, 0, 0, 12),
     (ApiKey::ApiVersions, 0, 0, 3),
     (ApiKey::CreateTopics, 2, 2, 5),
     (ApiKey::DeleteTopics, 1, 1, 5),

@@ -3,7 +3,6 @@
 //! Every failure becomes an error code and a message in the response; nothing a client sends
 //! can panic the broker. Produce payloads are validated here, once, before they reach a log.
 
-use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use crate::metrics::Hist;
 use crate::native::exchange::{answer, undecodable, RequestFrame, Response};
 use crate::native::frame::Api;
 use crate::native::messages::{
-    decode, encode, Acks, AdminResponse, CreateTopicRequest, DeleteTopicRequest,
+    decode, encode, Acks, AdminResponse, BrokerMetadata, CreateTopicRequest, DeleteTopicRequest,
     DescribeGroupRequest, DescribeGroupResponse, ErrorBody, ErrorCode, FetchRequest, FetchResponse,
     GroupMember, GroupOffset, GroupSummary, ListGroupsResponse, ListOffsetsRequest,
     ListOffsetsResponse, MetadataRequest, MetadataResponse, PartitionMetadata, ProduceRequest,
@@ -22,7 +21,7 @@ use crate::native::messages::{
 use crate::native::{cluster, groups};
 use crate::record::batch::validate_native_payload;
 use crate::record::{PayloadFormat, PendingEntry, ENTRY_HEADER_BYTES};
-use crate::shard::{Shard, FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX};
+use crate::shard::{Shard, TopicRequest, FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX};
 use crate::types::{Offset, PartitionId, ShardId};
 use glommio::sync::StaticPermit;
 
@@ -75,6 +74,15 @@ pub async fn handle(
         return Some(Response::error(header.api, request_id, ErrorCode::CorruptMessage, why));
     }
     let received = frame.received;
+    let for_the_cluster = matches!(
+        api,
+        Api::VoterMessages | Api::ControllerRequest | Api::ClusterStatus | Api::MetadataFetch
+    );
+    // What peers ask for the cluster is served from the start; clients wait until this broker
+    // has joined and caught up.
+    if !for_the_cluster {
+        shard.wait_ready().await;
+    }
     let response = match api {
         Api::Produce => produce(&shard, frame).await,
         Api::Fetch => Some(fetch(&shard, &frame, prepared).await),
@@ -281,7 +289,19 @@ async fn metadata(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
         }
         topics.push(describe_topic(shard, name, request.with_offsets).await);
     }
-    answer(Api::Metadata, request_id, &MetadataResponse { shards: shard.count as u32, topics })
+    let image = shard.metadata_image();
+    let brokers = image
+        .live_brokers()
+        .map(|(node, info)| BrokerMetadata {
+            node: *node,
+            host: info.endpoints.native.0.clone(),
+            port: info.endpoints.native.1,
+            rack: info.rack.clone(),
+        })
+        .collect();
+    let node = shard.config.node_id;
+    let response = MetadataResponse { shards: shard.count as u32, node, brokers, topics };
+    answer(Api::Metadata, request_id, &response)
 }
 
 async fn describe_topic(shard: &Rc<Shard>, name: String, with_offsets: bool) -> TopicMetadata {
@@ -295,6 +315,8 @@ async fn describe_topic(shard: &Rc<Shard>, name: String, with_offsets: bool) -> 
         let (log_start, high_watermark) = if with_offsets {
             match shard.watermarks(&name, PartitionId(partition)).await {
                 Ok(bounds) => (bounds.log_start.0, bounds.high_watermark.0),
+                // Held by other brokers: their leaders tell.
+                Err(e) if e.kind == ErrorKind::NotLeaderOrFollower => (0, 0),
                 Err(e) => {
                     error = ErrorBody::from(&e);
                     (0, 0)
@@ -304,7 +326,17 @@ async fn describe_topic(shard: &Rc<Shard>, name: String, with_offsets: bool) -> 
             (0, 0)
         };
         let owner = shard.owner(&name, PartitionId(partition)).0 as u32;
-        partitions.push(PartitionMetadata { partition, shard: owner, log_start, high_watermark });
+        let state = shard.partition_state(&name, PartitionId(partition));
+        partitions.push(PartitionMetadata {
+            partition,
+            shard: owner,
+            log_start,
+            high_watermark,
+            leader: state.as_ref().and_then(|s| s.leader),
+            leader_epoch: state.as_ref().map_or(-1, |s| s.leader_epoch.0),
+            isr: state.as_ref().map(|s| s.isr.clone()).unwrap_or_default(),
+            replicas: state.map(|s| s.replicas).unwrap_or_default(),
+        });
     }
     TopicMetadata { name, error, partitions, configs: info.config.entries() }
 }
@@ -315,9 +347,15 @@ async fn create_topic(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
         Ok(request) => request,
         Err(why) => return undecodable(Api::CreateTopic, request_id, why),
     };
-    let overrides: BTreeMap<String, String> = request.configs.into_iter().collect();
-    let result = shard.create_topic(&request.name, request.partitions, overrides).await;
-    answer(Api::CreateTopic, request_id, &admin_body(result))
+    let topic = TopicRequest {
+        name: request.name,
+        partitions: request.partitions,
+        replication_factor: request.replication_factor,
+        assignment: None,
+        overrides: request.configs.into_iter().collect(),
+    };
+    let result = shard.create_topic(topic).await;
+    answer(Api::CreateTopic, request_id, &admin_body(result.map(|_| ())))
 }
 
 async fn delete_topic(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {

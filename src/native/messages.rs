@@ -67,6 +67,12 @@ pub enum ErrorCode {
     InvalidReplicationFactor = 31,
     /// A broker or voter of another cluster.
     InconsistentClusterId = 32,
+    /// A manual replica assignment that cannot be honoured.
+    InvalidReplicaAssignment = 33,
+    /// A partition this broker does not lead: the client asks the metadata for its leader.
+    NotLeaderOrFollower = 34,
+    /// A group request at a broker that does not coordinate the group.
+    NotCoordinator = 35,
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -113,6 +119,9 @@ impl From<ErrorKind> for ErrorCode {
             ErrorKind::DuplicateBrokerRegistration => ErrorCode::DuplicateBrokerRegistration,
             ErrorKind::InvalidReplicationFactor => ErrorCode::InvalidReplicationFactor,
             ErrorKind::InconsistentClusterId => ErrorCode::InconsistentClusterId,
+            ErrorKind::InvalidReplicaAssignment => ErrorCode::InvalidReplicaAssignment,
+            ErrorKind::NotLeaderOrFollower => ErrorCode::NotLeaderOrFollower,
+            ErrorKind::NotCoordinator => ErrorCode::NotCoordinator,
         }
     }
 }
@@ -190,9 +199,26 @@ pub struct MetadataRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub struct PartitionMetadata {
     pub partition: u32,
+    /// The shard that owns the partition on the broker answering.
     pub shard: u32,
     pub log_start: u64,
     pub high_watermark: u64,
+    /// The broker that leads the partition (`None` while none can), its leader epoch, and the
+    /// brokers holding replicas, the preferred leader first.
+    pub leader: Option<NodeId>,
+    pub leader_epoch: i32,
+    pub replicas: Vec<NodeId>,
+    /// The replicas in sync with the leader (the leader alone until data is replicated).
+    pub isr: Vec<NodeId>,
+}
+
+/// A live broker of the cluster, at its native address.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct BrokerMetadata {
+    pub node: NodeId,
+    pub host: String,
+    pub port: u16,
+    pub rack: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
@@ -207,6 +233,9 @@ pub struct TopicMetadata {
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub struct MetadataResponse {
     pub shards: u32,
+    /// The broker answering, and every live broker of the cluster.
+    pub node: NodeId,
+    pub brokers: Vec<BrokerMetadata>,
     pub topics: Vec<TopicMetadata>,
 }
 
@@ -248,6 +277,8 @@ pub struct ClusterStatusResponse {
 pub struct CreateTopicRequest {
     pub name: String,
     pub partitions: u32,
+    /// `None`: the broker's `default.replication.factor`.
+    pub replication_factor: Option<u16>,
     pub configs: Vec<(String, String)>,
 }
 

@@ -102,6 +102,9 @@ pub struct Partition<S: Storage = DmaStorage> {
     high_watermark: Cell<Offset>,
     /// The log's truncation count when the high watermark last moved.
     truncations_seen: Cell<u64>,
+    /// Whether this broker leads the partition, as the metadata it last published says:
+    /// producers and consumers are served only by the leader.
+    leader: Cell<bool>,
 }
 
 impl<S: Storage> Partition<S> {
@@ -110,7 +113,16 @@ impl<S: Storage> Partition<S> {
     pub fn new(log: Rc<PartitionLog<S>>) -> Self {
         let high_watermark = Cell::new(log.written_offset());
         let truncations_seen = Cell::new(log.truncations());
-        Self { log, high_watermark, truncations_seen }
+        Self { log, high_watermark, truncations_seen, leader: Cell::new(false) }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader.get()
+    }
+
+    /// Leads the partition (or stops), as the cluster's metadata says.
+    pub fn set_leader(&self, leads: bool) {
+        self.leader.set(leads);
     }
 
     /// The local log, for what is not about visibility (its topic config, retention's rolling,

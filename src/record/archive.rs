@@ -46,9 +46,14 @@ where
     bytes
 }
 
-/// Reads what [`encode_versioned`] wrote, at any alignment. A version other than `version` is
-/// refused by number (a newer build wrote it), never taken for damage.
-pub fn decode_versioned<T>(bytes: &[u8], version: u8, what: &str) -> Result<T, String>
+/// Reads what [`encode_versioned`] wrote, at any alignment. `versions` are those this build
+/// reads, all in `T`'s layout (a later one only adds what an earlier one never held); any other
+/// is refused by number (a newer build wrote it), never taken for damage.
+pub fn decode_versioned<T>(
+    bytes: &[u8],
+    versions: std::ops::RangeInclusive<u8>,
+    what: &str,
+) -> Result<T, String>
 where
     T: Archive,
     T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>
@@ -57,8 +62,13 @@ where
     let Some((&found, archived)) = bytes.split_first() else {
         return Err(format!("an empty {what}"));
     };
-    if found != version {
-        return Err(format!("{what} version {found}: this build reads {version}"));
+    if !versions.contains(&found) {
+        let (oldest, newest) = (versions.start(), versions.end());
+        let reads = match oldest == newest {
+            true => format!("{newest}"),
+            false => format!("{oldest} to {newest}"),
+        };
+        return Err(format!("{what} version {found}: this build reads {reads}"));
     }
     // The archive needs its alignment, which bytes read from a log entry or a file do not
     // promise (after the version byte, they are rarely aligned).

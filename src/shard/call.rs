@@ -6,7 +6,7 @@
 //! and [`ShardAnswer`], one variant per request, both generated from the one list below, so a
 //! call and its answer cannot fall out of step and no caller matches on answers.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cluster::metadata::ClusterId;
@@ -18,7 +18,7 @@ use crate::error::BrokerError;
 use crate::group::{GroupAnswer, GroupCall};
 use crate::partition::{Acks, LogBounds, ReadOutcome};
 use crate::record::PendingEntry;
-use crate::shard::catalog::TopicInfo;
+use crate::shard::publish::Published;
 use crate::types::{NodeId, Offset, PartitionId};
 
 typed_requests! {
@@ -41,18 +41,18 @@ typed_requests! {
     /// Log start, high watermark and log end.
     Watermarks { topic: String, partition: PartitionId } -> Result<LogBounds, BrokerError>;
 
-    /// For the controller (shard 0).
-    CreateTopic { name: String, partitions: u32, overrides: BTreeMap<String, String> }
-        -> Result<(), BrokerError>;
+    /// For shard 0, which knows where the active controller is: a request to it.
+    ForwardToController { request: ControllerRequest } -> Result<ControllerAnswer, ControllerError>;
 
-    /// For the controller (shard 0).
-    DeleteTopic { name: String } -> Result<(), BrokerError>;
+    /// From shard 0 to every shard: the cluster's metadata, as the broker has applied it.
+    Publish { published: Arc<Published> } -> Result<(), BrokerError>;
 
-    /// For the controller (shard 0): raises the partition count to `count`.
-    AddPartitions { name: String, count: u32 } -> Result<(), BrokerError>;
+    /// For shard 0: answered once every shard has published metadata log entry `index` (or a
+    /// few seconds have passed).
+    AwaitPublished { index: u64 } -> ();
 
-    /// From the controller to every shard: the topic now exists (`Some`) or is gone (`None`).
-    ApplyTopic { name: String, info: Option<TopicInfo> } -> Result<(), BrokerError>;
+    /// From shard 0 to every shard: a topic the cluster no longer has here, to close.
+    RemoveTopic { name: String } -> Result<(), BrokerError>;
 
     /// For a group's coordinator (or, for a listing, every shard). Boxed: a join outcome
     /// carries every member's metadata, far larger than other answers.

@@ -1,9 +1,15 @@
 //! The topic catalog: which topics exist, their partition counts and settings, and which shard
 //! owns each partition.
 //!
-//! On disk a topic is a directory `<data_dir>/<topic>/` holding `topic.toml` (partition count and
-//! setting overrides) and one directory per partition. A directory without `topic.toml` is the
-//! remains of an unfinished create or delete and is ignored (and cleared on the next create).
+//! Every shard holds the cluster's topics as the metadata it last published says
+//! (`publish.rs`); before its first publication, the topics on its disk.
+//!
+//! On disk a topic with a replica on this broker is a directory `<data_dir>/<topic>/` holding
+//! `topic.toml` (its id, partition count and setting overrides) and one directory per partition
+//! this broker holds. A directory without `topic.toml` is the remains of an unfinished create or
+//! delete and is ignored (and cleared on the next create). A `topic.toml` without an id is a
+//! topic from before the cluster, which the broker brings into the cluster's metadata when it
+//! joins (`publish.rs`).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -11,16 +17,22 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::voter_log::METADATA_DIR;
+pub use crate::cluster::metadata::validate_topic_name;
+use crate::cluster::metadata::{parse_uuid_text, TopicId};
 use crate::config::TopicConfig;
 use crate::types::{PartitionId, ShardId};
 
-/// Kafka's limit on topic name length.
-pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 pub const TOPIC_FILE: &str = "topic.toml";
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TopicFile {
+    /// The topic's id in Kafka's text form; absent on a topic from before the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// A topic from before the cluster, being brought into it under `id` (not yet known to be
+    /// committed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub importing: bool,
     pub partitions: u32,
     #[serde(default)]
     pub config: BTreeMap<String, String>,
@@ -28,6 +40,8 @@ pub struct TopicFile {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopicInfo {
+    /// `None` only for a topic on disk from before the cluster, not yet in its metadata.
+    pub id: Option<TopicId>,
     pub partitions: u32,
     pub overrides: BTreeMap<String, String>,
     pub config: TopicConfig,
@@ -36,6 +50,15 @@ pub struct TopicInfo {
 #[derive(Clone, Debug, Default)]
 pub struct Catalog {
     pub topics: BTreeMap<String, TopicInfo>,
+}
+
+/// A topic as this broker's disk holds it.
+#[derive(Clone, Debug)]
+pub struct DiskTopic {
+    pub file: TopicFile,
+    pub info: TopicInfo,
+    /// The partitions with a directory here: the replicas this broker holds.
+    pub held: Vec<PartitionId>,
 }
 
 /// The shard that owns a partition: consecutive partitions of a topic land on consecutive
@@ -50,27 +73,6 @@ pub fn owner_shard(topic: &str, partition: PartitionId, shards: usize) -> ShardI
     ShardId(((hash % shards as u64 + u64::from(partition.0)) % shards as u64) as usize)
 }
 
-/// Kafka's rule: 1 to 249 of `[a-zA-Z0-9._-]`, and not `.` or `..`. It also keeps names safe
-/// as directory names.
-pub fn validate_topic_name(name: &str) -> Result<(), String> {
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    if name.is_empty() || name.len() > TOPIC_NAME_BYTES_MAX {
-        return Err(format!("topic name must be 1 to {TOPIC_NAME_BYTES_MAX} characters"));
-    }
-    if name == "." || name == ".." {
-        return Err("topic name cannot be '.' or '..'".into());
-    }
-    if name == METADATA_DIR {
-        return Err(format!("{METADATA_DIR} is the cluster metadata log's, not a topic's"));
-    }
-    if !name.chars().all(allowed) {
-        return Err(format!(
-            "topic name {name:?} may only contain letters, digits, '.', '_' and '-'"
-        ));
-    }
-    Ok(())
-}
-
 pub fn topic_dir(data_dir: &Path, topic: &str) -> PathBuf {
     data_dir.join(topic)
 }
@@ -82,13 +84,31 @@ pub fn partition_dir(data_dir: &Path, topic: &str, partition: PartitionId) -> Pa
 impl TopicInfo {
     pub fn resolve(file: TopicFile, defaults: &TopicConfig) -> Result<Self, String> {
         let config = defaults.with_overrides(&file.config).map_err(|e| e.to_string())?;
-        Ok(Self { partitions: file.partitions, overrides: file.config, config })
+        let id = match &file.id {
+            Some(text) => Some(TopicId(parse_uuid_text(text).map_err(|e| format!("id: {e}"))?)),
+            None => None,
+        };
+        Ok(Self { id, partitions: file.partitions, overrides: file.config, config })
     }
 }
 
+/// The partitions of `topic` this broker holds on disk.
+pub fn partitions_on_disk(data_dir: &Path, topic: &str) -> io::Result<Vec<PartitionId>> {
+    let mut held = Vec::new();
+    for entry in std::fs::read_dir(topic_dir(data_dir, topic))? {
+        let entry = entry?;
+        let index = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok());
+        if let (Some(index), true) = (index, entry.file_type()?.is_dir()) {
+            held.push(PartitionId(index));
+        }
+    }
+    held.sort_unstable();
+    Ok(held)
+}
+
 /// Reads every topic under `data_dir`. Blocking: called before the shards start.
-pub fn load(data_dir: &Path, defaults: &TopicConfig) -> io::Result<Catalog> {
-    let mut catalog = Catalog::default();
+pub fn load(data_dir: &Path, defaults: &TopicConfig) -> io::Result<BTreeMap<String, DiskTopic>> {
+    let mut topics = BTreeMap::new();
     for entry in std::fs::read_dir(data_dir)? {
         let entry = entry?;
         let Some(name) = entry.file_name().to_str().map(str::to_string) else {
@@ -103,15 +123,15 @@ pub fn load(data_dir: &Path, defaults: &TopicConfig) -> io::Result<Catalog> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
-        let file: TopicFile = toml::from_str(&text).map_err(|e| {
+        let invalid = |e: String| {
             io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))
-        })?;
-        let info = TopicInfo::resolve(file, defaults).map_err(|e| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))
-        })?;
-        catalog.topics.insert(name, info);
+        };
+        let file: TopicFile = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        let info = TopicInfo::resolve(file.clone(), defaults).map_err(invalid)?;
+        let held = partitions_on_disk(data_dir, &name)?;
+        topics.insert(name, DiskTopic { file, info, held });
     }
-    Ok(catalog)
+    Ok(topics)
 }
 
 /// Creates a new topic's directory and writes its file durably. A directory already there
@@ -119,6 +139,7 @@ pub fn load(data_dir: &Path, defaults: &TopicConfig) -> io::Result<Catalog> {
 /// starts empty; one with a `topic.toml` is a live topic and is refused, never cleared.
 /// Blocking: run off the shard.
 pub fn create_topic(data_dir: &Path, name: &str, file: &TopicFile) -> io::Result<()> {
+    check_name(name)?;
     let dir = topic_dir(data_dir, name);
     if dir.join(TOPIC_FILE).exists() {
         return Err(io::Error::new(
@@ -147,6 +168,13 @@ pub fn replace_topic_file(data_dir: &Path, name: &str, file: &TopicFile) -> io::
     std::fs::File::open(data_dir)?.sync_all()
 }
 
+/// A name safe to make a directory of: every disk operation on a topic checks it again, so a
+/// name that slipped past the checks before (the metadata log is input too) cannot point a
+/// removal at the data directory or outside it.
+fn check_name(name: &str) -> io::Result<()> {
+    validate_topic_name(name).map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))
+}
+
 /// Bytes free for an unprivileged writer on the file system holding `dir`. Blocking: run off
 /// the shard.
 pub fn free_disk_bytes(dir: &Path) -> io::Result<u64> {
@@ -167,6 +195,7 @@ pub fn free_disk_bytes(dir: &Path) -> io::Result<u64> {
 /// Removes a topic: first its file (so a crash midway leaves an ignored directory), then the
 /// rest. Blocking: run off the shard.
 pub fn remove_topic(data_dir: &Path, name: &str) -> io::Result<()> {
+    check_name(name)?;
     let dir = topic_dir(data_dir, name);
     match std::fs::remove_file(dir.join(TOPIC_FILE)) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -179,6 +208,7 @@ pub fn remove_topic(data_dir: &Path, name: &str) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::metadata::uuid_text;
 
     #[test]
     fn partitions_spread_over_every_shard() {
@@ -193,7 +223,8 @@ mod tests {
     #[test]
     fn topic_names_follow_kafka_rules() {
         assert!(validate_topic_name("orders.v2_eu-1").is_ok());
-        assert!(validate_topic_name(METADATA_DIR).is_err(), "the metadata log's directory");
+        let metadata_log = crate::cluster::voter_log::METADATA_DIR;
+        assert!(validate_topic_name(metadata_log).is_err(), "the metadata log's directory");
         for bad in ["", ".", "..", "a/b", "../etc", "a b", "ü", &"x".repeat(250)] {
             assert!(validate_topic_name(bad).is_err(), "{bad:?}");
         }
@@ -203,18 +234,23 @@ mod tests {
     fn topics_round_trip_through_their_files() {
         let dir = tempfile::tempdir().unwrap();
         let file = TopicFile {
+            id: Some(uuid_text(7)),
+            importing: false,
             partitions: 3,
             config: BTreeMap::from([("retention.ms".into(), "1000".into())]),
         };
         create_topic(dir.path(), "orders", &file).unwrap();
         std::fs::create_dir_all(dir.path().join("half-deleted")).unwrap();
-        let catalog = load(dir.path(), &TopicConfig::default()).unwrap();
-        assert_eq!(catalog.topics.len(), 1);
-        let info = &catalog.topics["orders"];
-        assert_eq!(info.partitions, 3);
+        std::fs::create_dir_all(partition_dir(dir.path(), "orders", PartitionId(2))).unwrap();
+        let topics = load(dir.path(), &TopicConfig::default()).unwrap();
+        assert_eq!(topics.len(), 1);
+        let info = &topics["orders"].info;
+        assert_eq!((info.id, info.partitions), (Some(TopicId(7)), 3));
+        assert_eq!(topics["orders"].file, file);
+        assert_eq!(topics["orders"].held, [PartitionId(2)], "the partitions held here");
         assert_eq!(info.config.retention_ms, 1000);
         remove_topic(dir.path(), "orders").unwrap();
-        assert!(load(dir.path(), &TopicConfig::default()).unwrap().topics.is_empty());
+        assert!(load(dir.path(), &TopicConfig::default()).unwrap().is_empty());
     }
 
     /// Regression: growing a topic rewrote its file by clearing the whole topic directory first,
@@ -222,7 +258,7 @@ mod tests {
     #[test]
     fn replacing_a_topic_file_keeps_its_partitions_and_a_live_topic_is_never_recreated() {
         let dir = tempfile::tempdir().unwrap();
-        let file = TopicFile { partitions: 2, config: BTreeMap::new() };
+        let file = TopicFile { id: None, importing: false, partitions: 2, config: BTreeMap::new() };
         create_topic(dir.path(), "grow", &file).unwrap();
         let segment =
             partition_dir(dir.path(), "grow", PartitionId(0)).join("00000000000000000000.log");
@@ -232,7 +268,7 @@ mod tests {
         replace_topic_file(dir.path(), "grow", &TopicFile { partitions: 4, ..file.clone() })
             .unwrap();
         assert_eq!(std::fs::read(&segment).unwrap(), b"acknowledged");
-        assert_eq!(load(dir.path(), &TopicConfig::default()).unwrap().topics["grow"].partitions, 4);
+        assert_eq!(load(dir.path(), &TopicConfig::default()).unwrap()["grow"].info.partitions, 4);
 
         let refused = create_topic(dir.path(), "grow", &file).unwrap_err();
         assert_eq!(refused.kind(), io::ErrorKind::AlreadyExists);

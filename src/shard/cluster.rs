@@ -2,6 +2,7 @@
 //! so Raft messages and requests to the controller arriving on any shard are forwarded here.
 
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use crate::cluster::follower::MetadataFollower;
 use crate::cluster::membership::Membership;
@@ -22,6 +23,9 @@ use crate::shard::call::{
 use crate::shard::{Shard, CONTROLLER_SHARD};
 use crate::types::NodeId;
 
+/// How long a broker waits for a change it asked the controller for to reach all its shards
+/// before answering anyway.
+const PUBLISH_WAIT: Duration = Duration::from_secs(5);
 /// About how much of the metadata log one fetch of a following broker carries.
 const METADATA_FETCH_BYTES: u64 = 1024 * 1024;
 
@@ -100,6 +104,26 @@ impl Shard {
             Ok(answer) => answer,
             Err(error) => Err(error.into()),
         }
+    }
+
+    /// A request to the active controller from this broker, through its membership (which
+    /// follows the controller from voter to voter).
+    pub(super) async fn forward_here(
+        &self,
+        request: ControllerRequest,
+    ) -> Result<ControllerAnswer, ControllerError> {
+        let membership = self.membership.borrow().clone();
+        let Some(membership) = membership else {
+            let why = "the broker has not joined its cluster yet";
+            return Err(ControllerError::new(ErrorKind::NotAvailable, why));
+        };
+        let answer = membership.ask_controller(request).await?;
+        if let ControllerAnswer::MetadataChanged { index } = answer {
+            // A change answered once every shard of this broker has it: the asker's next
+            // request finds it whichever shard serves it. (Bounded: it is committed anyway.)
+            self.wait_published_everywhere(index, Instant::now() + PUBLISH_WAIT).await;
+        }
+        Ok(answer)
     }
 
     pub(super) async fn ask_controller_here(

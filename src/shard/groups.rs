@@ -9,8 +9,9 @@ use crate::group::offsets::{self, OFFSETS_PARTITIONS, OFFSETS_TOPIC};
 use crate::group::{GroupRequest, OffsetsLogs};
 use crate::partition::Partition;
 use crate::shard::call::Group;
+use crate::shard::controller::TopicRequest;
 use crate::shard::state::Shard;
-use crate::types::{PartitionId, ShardId};
+use crate::types::{NodeId, PartitionId, ShardId};
 
 impl Shard {
     /// The shard coordinating `group`: the owner of its `__consumer_offsets` partition.
@@ -18,13 +19,40 @@ impl Shard {
         self.owner(OFFSETS_TOPIC, offsets::partition_for(group))
     }
 
-    /// Runs a group operation on the group's coordinator shard.
+    /// Runs a group operation on the group's coordinator shard. NOT_COORDINATOR when another
+    /// broker leads the group's `__consumer_offsets` partition: the client finds it again.
     pub async fn group<R: GroupRequest>(
         self: &Rc<Self>,
         group: &str,
         request: R,
     ) -> Result<R::Answer, ErrorKind> {
+        let me = self.config.node_id;
+        if let Some(state) = self.partition_state(OFFSETS_TOPIC, offsets::partition_for(group)) {
+            if state.leader != Some(me) {
+                return Err(ErrorKind::NotCoordinator);
+            }
+        }
         self.group_on(self.group_shard(group), request).await
+    }
+
+    /// The broker coordinating `group`: the leader of its `__consumer_offsets` partition,
+    /// created on first use (as Kafka creates it on FindCoordinator).
+    pub async fn group_coordinator(self: &Rc<Self>, group: &str) -> Result<NodeId, BrokerError> {
+        // Whatever kept the topic from being created, the client asks again later.
+        self.ensure_offsets_topic().await.map_err(|e| {
+            BrokerError::new(ErrorKind::CoordinatorNotAvailable, format!("{OFFSETS_TOPIC}: {e}"))
+        })?;
+        let partition = offsets::partition_for(group);
+        match self.partition_state(OFFSETS_TOPIC, partition) {
+            Some(state) => state.leader.ok_or_else(|| {
+                let why = format!("{OFFSETS_TOPIC}-{partition} has no leader for the moment");
+                BrokerError::new(ErrorKind::CoordinatorNotAvailable, why)
+            }),
+            None => {
+                let why = format!("{OFFSETS_TOPIC} is not in this broker's metadata yet");
+                Err(BrokerError::new(ErrorKind::CoordinatorNotAvailable, why))
+            }
+        }
     }
 
     /// Runs a group operation on shard `target` (listing groups asks every shard). Fails with
@@ -52,9 +80,16 @@ impl Shard {
             ("retention.bytes".to_string(), "-1".to_string()),
             ("segment.bytes".to_string(), self.config.offsets_topic_segment_bytes.to_string()),
         ]);
-        // Boxed: `execute` -> coordinator commit -> here -> `create_topic` -> `call` -> `execute`.
+        let topic = TopicRequest {
+            name: OFFSETS_TOPIC.to_string(),
+            partitions: OFFSETS_PARTITIONS,
+            replication_factor: Some(self.config.offsets_topic_replication_factor),
+            assignment: None,
+            overrides,
+        };
+        // Boxed: `execute` -> coordinator commit -> here -> creation -> `call` -> `execute`.
         let creating: std::pin::Pin<Box<dyn std::future::Future<Output = _> + '_>> =
-            Box::pin(self.create_any_topic(OFFSETS_TOPIC, OFFSETS_PARTITIONS, overrides));
+            Box::pin(self.create_topic_in_cluster(topic));
         match creating.await {
             Err(e) if e.kind != ErrorKind::TopicAlreadyExists => Err(e),
             _ => Ok(()),
@@ -79,6 +114,12 @@ impl OffsetsLogs for Rc<Shard> {
 
     async fn open(&self, partition: PartitionId) -> Result<Rc<Partition>, BrokerError> {
         self.ensure_offsets_topic().await?;
-        self.partition(OFFSETS_TOPIC, partition)
+        // A partition led elsewhere: this broker does not coordinate the group (any more).
+        self.led_partition(OFFSETS_TOPIC, partition).map_err(|e| match e.kind {
+            ErrorKind::NotLeaderOrFollower => {
+                BrokerError::new(ErrorKind::NotCoordinator, e.message)
+            }
+            _ => e,
+        })
     }
 }

@@ -6,10 +6,13 @@
 //!   per target by `turns.rs`), producer ids, and the stop signal;
 //! - `registry.rs`: the partitions this shard owns and the operations run on them in place (the
 //!   replica manager of the cluster grows out of it);
-//! - `controller.rs`: the controller role shard 0 plays (topic creation, growth, deletion, one at
-//!   a time, broadcast to every shard before the answer), which the Raft controller takes over;
-//! - `cluster.rs`: shard 0 hosts the controller voter, and what arrives for it on any shard
-//!   is forwarded there;
+//! - `controller.rs`: topic creation, growth and deletion as a broker receives them: checked,
+//!   then forwarded to the cluster's active controller, answered once published here;
+//! - `publish.rs`: shard 0 follows the cluster's metadata with the broker's disk (topic files,
+//!   stray topics removed, topics from before the cluster brought in) and hands every shard
+//!   each new image (its catalog, the replicas it opens, the partitions it leads);
+//! - `cluster.rs`: shard 0 hosts the controller voter (or the metadata follower) and the
+//!   broker's membership, and what arrives for them on any shard is forwarded there;
 //! - `groups.rs`: which shard coordinates a group and how a group request gets there;
 //! - `mesh.rs`: the channels between shards, one per ordered pair;
 //! - `catalog.rs`: the topic catalog and its files.
@@ -22,13 +25,15 @@ mod cluster;
 mod controller;
 mod groups;
 pub mod mesh;
+pub mod publish;
 mod registry;
 pub mod state;
 pub mod turns;
 
+pub use controller::TopicRequest;
 pub use state::Shard;
 
-/// The shard that plays the controller role (`controller.rs`).
+/// The shard that hosts the broker's part in the cluster (`cluster.rs`, `publish.rs`).
 pub const CONTROLLER_SHARD: crate::types::ShardId = crate::types::ShardId(0);
 
 /// The most a single fetch returns, in either protocol; a client asking for more gets this much.

@@ -2,6 +2,7 @@
 //! as topics change, and the operations run on them in place. The replica manager of the
 //! cluster grows out of it.
 
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -10,7 +11,7 @@ use crate::log::storage::DmaStorage;
 use crate::log::{LogLimits, PartitionLog, SharedByShard};
 use crate::partition::{Partition, ReadOutcome, OFFSET_EARLIEST, OFFSET_LATEST};
 use crate::shard::call::{Fetch, ListOffsets, Produce};
-use crate::shard::catalog::{self, TopicInfo};
+use crate::shard::catalog::{self, DiskTopic, TopicInfo};
 use crate::shard::state::{PartitionKey, Shard, STAGED_BYTES_MAX};
 use crate::types::{Offset, PartitionId};
 
@@ -37,43 +38,49 @@ impl Shard {
         }
     }
 
-    /// Opens every partition this shard owns among the catalog's topics.
-    pub async fn open_owned_partitions(&self) -> std::io::Result<()> {
-        let topics: Vec<(String, TopicInfo)> =
-            self.catalog.borrow().topics.iter().map(|(n, i)| (n.clone(), i.clone())).collect();
-        for (name, info) in topics {
-            self.open_partitions(&name, &info).await?;
-        }
-        Ok(())
-    }
-
-    async fn open_partitions(&self, name: &str, info: &TopicInfo) -> std::io::Result<()> {
-        let topic: Rc<str> = Rc::from(name);
-        let owned =
-            (0..info.partitions).map(PartitionId).filter(|p| self.owner(name, *p) == self.id);
-        for partition in owned {
-            // Adding partitions re-applies a topic: the ones already open stay as they are.
-            if self.partitions.borrow().contains_key(&(name.to_string(), partition)) {
-                continue;
+    /// Opens every partition this shard owns among those on the broker's disk (at start:
+    /// publications open the rest, `publish.rs`).
+    pub async fn open_owned_partitions(
+        &self,
+        disk: &BTreeMap<String, DiskTopic>,
+    ) -> std::io::Result<()> {
+        for (name, topic) in disk {
+            for partition in &topic.held {
+                if self.owner(name, *partition) == self.id {
+                    self.open_partition(name, *partition, &topic.info).await?;
+                }
             }
-            let dir = catalog::partition_dir(&self.config.data_dir, name, partition);
-            let log = PartitionLog::open(
-                topic.clone(),
-                partition,
-                dir,
-                info.config.clone(),
-                self.limits(),
-                self.shared(),
-            )
-            .await?;
-            self.partitions
-                .borrow_mut()
-                .insert((name.to_string(), partition), Rc::new(Partition::new(log)));
         }
         Ok(())
     }
 
-    /// A partition this shard owns.
+    /// Partition `partition` of `topic`, opened (its directory made, if it is new) unless it is
+    /// open already.
+    pub(super) async fn open_partition(
+        &self,
+        name: &str,
+        partition: PartitionId,
+        info: &TopicInfo,
+    ) -> std::io::Result<Rc<Partition>> {
+        if let Some(open) = self.partitions.borrow().get(&(name.to_string(), partition)) {
+            return Ok(open.clone());
+        }
+        let dir = catalog::partition_dir(&self.config.data_dir, name, partition);
+        let log = PartitionLog::open(
+            Rc::from(name),
+            partition,
+            dir,
+            info.config.clone(),
+            self.limits(),
+            self.shared(),
+        )
+        .await?;
+        let opened = Rc::new(Partition::new(log));
+        self.partitions.borrow_mut().insert((name.to_string(), partition), opened.clone());
+        Ok(opened)
+    }
+
+    /// A partition this shard holds a replica of.
     pub fn partition(
         &self,
         topic: &str,
@@ -84,6 +91,7 @@ impl Shard {
         }
         match self.catalog.borrow().topics.get(topic) {
             None => Err(BrokerError::new(ErrorKind::UnknownTopic, format!("no topic {topic}"))),
+            Some(info) if partition.0 < info.partitions => Err(self.not_leader(topic, partition)),
             Some(info) => Err(BrokerError::new(
                 ErrorKind::UnknownPartition,
                 format!(
@@ -94,12 +102,36 @@ impl Shard {
         }
     }
 
+    /// A partition this broker leads: what producers and consumers are served from.
+    pub fn led_partition(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+    ) -> Result<Rc<Partition>, BrokerError> {
+        let found = self.partition(topic, partition)?;
+        match found.is_leader() {
+            true => Ok(found),
+            false => Err(self.not_leader(topic, partition)),
+        }
+    }
+
+    /// NOT_LEADER_OR_FOLLOWER, naming the leader this broker knows: the client refreshes its
+    /// metadata and goes there.
+    fn not_leader(&self, topic: &str, partition: PartitionId) -> BrokerError {
+        let leader = self.partition_state(topic, partition).and_then(|state| state.leader);
+        let known =
+            leader.map_or("no leader is known".to_string(), |l| format!("its leader is {l}"));
+        let why =
+            format!("broker {} does not lead {topic}-{partition}: {known}", self.config.node_id);
+        BrokerError::new(ErrorKind::NotLeaderOrFollower, why)
+    }
+
     pub(super) async fn produce_local(
         &self,
         request: Produce,
     ) -> Result<(Offset, Offset), BrokerError> {
         let Produce { topic, partition, acks, entry } = request;
-        let target = self.partition(&topic, partition)?;
+        let target = self.led_partition(&topic, partition)?;
         // Nothing awaits before the append, so requests keep their arrival order.
         let appended = target.append(entry)?;
         target.wait_acked(&appended, acks).await?;
@@ -108,7 +140,7 @@ impl Shard {
 
     pub(super) async fn fetch_local(&self, request: Fetch) -> Result<ReadOutcome, BrokerError> {
         let Fetch { topic, partition, offset, max_bytes, max_wait } = request;
-        let target = self.partition(&topic, partition)?;
+        let target = self.led_partition(&topic, partition)?;
         let outcome = target.read(offset, max_bytes).await?;
         if !outcome.entries.is_empty() || max_wait.is_zero() || self.stopping.get() {
             return Ok(outcome);
@@ -130,7 +162,7 @@ impl Shard {
         request: ListOffsets,
     ) -> Result<(i64, i64), BrokerError> {
         let ListOffsets { topic, partition, timestamp } = request;
-        let target = self.partition(&topic, partition)?;
+        let target = self.led_partition(&topic, partition)?;
         let found = match timestamp {
             OFFSET_LATEST => Some((target.high_watermark(), -1)),
             OFFSET_EARLIEST => Some((target.log_start(), -1)),
@@ -143,32 +175,19 @@ impl Shard {
         Ok(found.map_or((-1, -1), |(offset, time)| (offset.0 as i64, time)))
     }
 
-    pub(super) async fn apply_topic(
-        &self,
-        name: String,
-        info: Option<TopicInfo>,
-    ) -> Result<(), BrokerError> {
-        match info {
-            Some(info) => {
-                self.open_partitions(&name, &info).await.map_err(|e| {
-                    BrokerError::new(ErrorKind::StorageError, format!("opening topic {name}: {e}"))
-                })?;
-                // Published last, so nobody sees the topic before its partitions are open.
-                self.catalog.borrow_mut().topics.insert(name, info);
-            }
-            None => {
-                self.catalog.borrow_mut().topics.remove(&name);
-                let removed: Vec<Rc<Partition>> = {
-                    let mut partitions = self.partitions.borrow_mut();
-                    let keys: Vec<PartitionKey> =
-                        partitions.keys().filter(|(t, _)| *t == name).cloned().collect();
-                    keys.iter().filter_map(|k| partitions.remove(k)).collect()
-                };
-                for partition in removed {
-                    partition.log().close().await;
-                    partition.log().mark_deleted();
-                }
-            }
+    /// Forgets a topic the cluster no longer has here: its partitions are closed and their
+    /// files marked deleted (the publisher removes the directory once every shard is done).
+    pub(super) async fn remove_topic_here(&self, name: String) -> Result<(), BrokerError> {
+        self.catalog.borrow_mut().topics.remove(&name);
+        let removed: Vec<Rc<Partition>> = {
+            let mut partitions = self.partitions.borrow_mut();
+            let keys: Vec<PartitionKey> =
+                partitions.keys().filter(|(t, _)| *t == name).cloned().collect();
+            keys.iter().filter_map(|k| partitions.remove(k)).collect()
+        };
+        for partition in removed {
+            partition.log().close().await;
+            partition.log().mark_deleted();
         }
         Ok(())
     }

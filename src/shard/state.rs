@@ -17,7 +17,7 @@ use futures_channel::oneshot;
 
 use crate::cluster::follower::MetadataFollower;
 use crate::cluster::membership::Membership;
-use crate::cluster::metadata::ClusterId;
+use crate::cluster::metadata::{ClusterId, MetadataImage};
 use crate::cluster::node::ControllerNode;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
@@ -31,16 +31,19 @@ use crate::metrics::Metrics;
 use crate::partition::{Acks, LogBounds, Partition, ReadOutcome};
 use crate::record::PendingEntry;
 use crate::shard::call::{
-    AddPartitions, ApplyTopic, AskController, CommittedMetadata, CreateTopic, DeleteTopic,
-    DescribeCluster, Fetch, Group, ListOffsets, MeshMessage, NextProducerId, Produce, Request,
+    AskController, AwaitPublished, CommittedMetadata, DescribeCluster, Fetch, ForwardToController,
+    Group, ListOffsets, MeshMessage, NextProducerId, Produce, Publish, RemoveTopic, Request,
     ShardAnswer, ShardCall, StepVoter, Watermarks,
 };
-use crate::shard::catalog::{self, Catalog, TopicInfo};
+use crate::shard::catalog::{self, Catalog, DiskTopic, TopicFile, TopicInfo};
+use crate::shard::controller::TopicRequest;
 use crate::shard::mesh::Peers;
 use crate::shard::turns::Turns;
 use crate::shard::CONTROLLER_SHARD;
-use crate::types::{Offset, PartitionId, ShardId};
+use crate::types::{NodeId, Offset, PartitionId, ShardId};
 
+/// How long a request that found its topic just created waits for it to reach this shard.
+const TOPIC_WAIT: Duration = Duration::from_secs(5);
 /// Appended-but-unwritten bytes per partition beyond which producers wait.
 pub(super) const STAGED_BYTES_MAX: usize = 64 * 1024 * 1024;
 
@@ -57,7 +60,22 @@ pub struct Shard {
     pub count: usize,
     pub config: Arc<BrokerConfig>,
     pub metrics: Rc<Metrics>,
+    /// The cluster's topics, as the metadata this shard last published says (before that, the
+    /// topics on the broker's disk).
     pub(super) catalog: RefCell<Catalog>,
+    /// The cluster's metadata as this shard last published it (`publish.rs`), and the log entry
+    /// it ends at.
+    pub(super) image: RefCell<Arc<MetadataImage>>,
+    pub(super) published: Cell<u64>,
+    /// On shard 0: the metadata log entry every shard has taken.
+    pub(super) published_everywhere: Cell<u64>,
+    pub(super) published_signal: Event,
+    /// The broker has joined the cluster and caught up with its metadata: it serves clients.
+    pub(super) ready: Cell<bool>,
+    /// When the shard started: clients wait for it to be ready at most a while from here.
+    pub(super) started: std::time::Instant,
+    /// On shard 0: the topics on the broker's disk, as their files say.
+    pub(super) disk_topics: RefCell<BTreeMap<String, TopicFile>>,
     pub(super) partitions: RefCell<HashMap<PartitionKey, Rc<Partition>>>,
     pub(super) peers: Option<Peers<MeshMessage>>,
     /// Calls sent to other shards, by id, waiting for their answers.
@@ -67,8 +85,6 @@ pub struct Shard {
     /// channel is full (otherwise a newer call could slip into a freed slot before an older
     /// one wakes, and two produce requests of one connection could swap offsets).
     pub(super) send_turns: Vec<Turns>,
-    /// Serialises topic changes on the controller shard.
-    pub(super) admin_lock: glommio::sync::Semaphore,
     pub(super) stopping: Cell<bool>,
     pub(super) stop_event: Event,
     /// The consumer groups this shard coordinates.
@@ -96,7 +112,7 @@ impl Shard {
         id: ShardId,
         count: usize,
         config: Arc<BrokerConfig>,
-        catalog: Catalog,
+        disk: &BTreeMap<String, DiskTopic>,
         peers: Option<Peers<MeshMessage>>,
         queued: Arc<QueuedBytes>,
         cluster_id: Arc<OnceLock<ClusterId>>,
@@ -114,13 +130,24 @@ impl Shard {
             count,
             config,
             metrics: Rc::new(Metrics::default()),
-            catalog: RefCell::new(catalog),
+            catalog: RefCell::new(Catalog {
+                topics: disk.iter().map(|(name, t)| (name.clone(), t.info.clone())).collect(),
+            }),
+            image: RefCell::new(Arc::default()),
+            published: Cell::new(0),
+            published_everywhere: Cell::new(0),
+            published_signal: Event::new(),
+            ready: Cell::new(false),
+            started: std::time::Instant::now(),
+            disk_topics: RefCell::new(match id == CONTROLLER_SHARD {
+                true => disk.iter().map(|(name, t)| (name.clone(), t.file.clone())).collect(),
+                false => BTreeMap::new(),
+            }),
             partitions: RefCell::new(HashMap::new()),
             peers,
             waiting: RefCell::new(HashMap::new()),
             next_call_id: Cell::new(0),
             send_turns: (0..count).map(|_| Turns::default()).collect(),
-            admin_lock: glommio::sync::Semaphore::new(1),
             stopping: Cell::new(false),
             stop_event: Event::new(),
         }
@@ -207,19 +234,19 @@ impl Shard {
             ShardCall::Watermarks(Watermarks { topic, partition }) => {
                 ShardAnswer::Watermarks(self.partition(&topic, partition).map(|p| p.bounds()))
             }
-            ShardCall::CreateTopic(CreateTopic { name, partitions, overrides }) => {
-                ShardAnswer::CreateTopic(
-                    self.create_topic_as_controller(name, partitions, overrides).await,
-                )
+            ShardCall::ForwardToController(ForwardToController { request }) => {
+                ShardAnswer::ForwardToController(self.forward_here(request).await)
             }
-            ShardCall::DeleteTopic(DeleteTopic { name }) => {
-                ShardAnswer::DeleteTopic(self.delete_topic_as_controller(name).await)
+            ShardCall::Publish(Publish { published }) => {
+                ShardAnswer::Publish(self.take_publication(published).await)
             }
-            ShardCall::AddPartitions(AddPartitions { name, count }) => {
-                ShardAnswer::AddPartitions(self.add_partitions_as_controller(name, count).await)
+            ShardCall::AwaitPublished(AwaitPublished { index }) => {
+                let deadline = std::time::Instant::now() + TOPIC_WAIT;
+                self.wait_published_everywhere(index, deadline).await;
+                ShardAnswer::AwaitPublished(())
             }
-            ShardCall::ApplyTopic(ApplyTopic { name, info }) => {
-                ShardAnswer::ApplyTopic(self.apply_topic(name, info).await)
+            ShardCall::RemoveTopic(RemoveTopic { name }) => {
+                ShardAnswer::RemoveTopic(self.remove_topic_here(name).await)
             }
             ShardCall::Group(Group { call }) => {
                 ShardAnswer::Group(Box::new(self.groups.handle(self, call).await))
@@ -324,30 +351,17 @@ impl Shard {
             .await?
     }
 
-    /// Creates a topic through the controller shard.
     /// Creates a topic for a client: any but the broker's internal ones, which it creates itself
     /// with their own settings.
     pub async fn create_topic(
         self: &Rc<Self>,
-        name: &str,
-        partitions: u32,
-        overrides: BTreeMap<String, String>,
-    ) -> Result<(), BrokerError> {
-        if is_internal_topic(name) {
-            let why = format!("{name} is internal: the broker creates it on first use");
+        topic: TopicRequest,
+    ) -> Result<TopicInfo, BrokerError> {
+        if is_internal_topic(&topic.name) {
+            let why = format!("{} is internal: the broker creates it on first use", topic.name);
             return Err(BrokerError::new(ErrorKind::InvalidTopicName, why));
         }
-        self.create_any_topic(name, partitions, overrides).await
-    }
-
-    pub(super) async fn create_any_topic(
-        self: &Rc<Self>,
-        name: &str,
-        partitions: u32,
-        overrides: BTreeMap<String, String>,
-    ) -> Result<(), BrokerError> {
-        self.ask(CONTROLLER_SHARD, CreateTopic { name: name.to_string(), partitions, overrides })
-            .await?
+        self.create_topic_in_cluster(topic).await
     }
 
     /// The topic's settings, creating it with `num.partitions` when it is missing and
@@ -363,26 +377,52 @@ impl Shard {
             let why = format!("no topic {name} (auto.create.topics.enable is off)");
             return Err(BrokerError::new(ErrorKind::UnknownTopic, why));
         } else {
-            match self.create_topic(name, self.config.num_partitions, BTreeMap::new()).await {
+            let topic = TopicRequest {
+                name: name.to_string(),
+                partitions: self.config.num_partitions,
+                replication_factor: None,
+                assignment: None,
+                overrides: BTreeMap::new(),
+            };
+            match self.create_topic(topic).await {
                 Err(e) if e.kind != ErrorKind::TopicAlreadyExists => return Err(e),
                 _ => {}
             }
         }
-        self.topic(name).ok_or_else(|| {
-            BrokerError::new(ErrorKind::UnknownTopic, format!("topic {name} vanished"))
-        })
+        // Created by another request at the same moment, perhaps: it reaches this shard with
+        // the metadata that holds it, and is used once every shard has that metadata (the
+        // partitions are on any of them).
+        let deadline = std::time::Instant::now() + TOPIC_WAIT;
+        loop {
+            let published = self.published_signal.listen();
+            if let Some(info) = self.topic(name) {
+                let index = self.published.get();
+                // Boxed: `ask` -> `execute` -> ... -> `topic_or_create` -> `ask` is a cycle.
+                let everywhere: std::pin::Pin<Box<dyn std::future::Future<Output = _> + '_>> =
+                    Box::pin(self.ask(CONTROLLER_SHARD, AwaitPublished { index }));
+                let _ = everywhere.await;
+                return Ok(info);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || self.stopping.get() {
+                let why = format!("topic {name} was created but has not reached this broker yet");
+                return Err(BrokerError::new(ErrorKind::UnknownTopic, why));
+            }
+            futures_lite::future::or(published, glommio::timer::sleep(left)).await;
+        }
     }
 
-    /// Raises a topic's partition count through the controller shard.
+    /// Raises a topic's partition count through the active controller.
     pub async fn add_partitions(
         self: &Rc<Self>,
         name: &str,
         count: u32,
+        assignment: Option<Vec<Vec<NodeId>>>,
     ) -> Result<(), BrokerError> {
-        self.ask(CONTROLLER_SHARD, AddPartitions { name: name.to_string(), count }).await?
+        self.add_partitions_in_cluster(name, count, assignment).await
     }
 
     pub async fn delete_topic(self: &Rc<Self>, name: &str) -> Result<(), BrokerError> {
-        self.ask(CONTROLLER_SHARD, DeleteTopic { name: name.to_string() }).await?
+        self.delete_topic_in_cluster(name).await
     }
 }

@@ -26,9 +26,9 @@ use crate::error::BrokerError;
 use crate::error::ErrorKind;
 use crate::kafka::codec;
 use crate::kafka::handlers::{has_field, kafka_error};
-use crate::shard::catalog::{self, TopicFile, TopicInfo};
-use crate::shard::Shard;
-use crate::types::NodeId;
+use crate::shard::catalog::TopicInfo;
+use crate::shard::{Shard, TopicRequest};
+use crate::types::{NodeId, PartitionId};
 
 /// Kafka's INVALID_REPLICATION_FACTOR and INVALID_REPLICA_ASSIGNMENT: one node holds one copy.
 const INVALID_REPLICATION_FACTOR: i16 = ResponseError::InvalidReplicationFactor.code();
@@ -51,9 +51,9 @@ pub async fn create_topics(
         let mut result = CreatableTopicResult::default();
         result.name = topic.name.clone();
         match create_one(shard, &topic, request.validate_only).await {
-            Ok(info) if has_field(version, 5) => {
+            Ok((info, replication_factor)) if has_field(version, 5) => {
                 result.num_partitions = info.partitions as i32;
-                result.replication_factor = 1;
+                result.replication_factor = replication_factor as i16;
                 result.configs = Some(
                     info.config
                         .entries()
@@ -79,49 +79,74 @@ pub async fn create_topics(
     response
 }
 
+/// One topic of a CreateTopics: (the topic as created, its replication factor).
 async fn create_one(
     shard: &Rc<Shard>,
     topic: &CreatableTopic,
     validate_only: bool,
-) -> Result<TopicInfo, (i16, String)> {
+) -> Result<(TopicInfo, u16), (i16, String)> {
     let name = topic.name.0.to_string();
-    if !matches!(topic.replication_factor, -1 | 1) {
-        let why = format!(
-            "replication factor {} on a single node; use 1 (or -1 for the default)",
-            topic.replication_factor
-        );
-        return Err((INVALID_REPLICATION_FACTOR, why));
-    }
-    let partitions = if topic.assignments.is_empty() {
-        match topic.num_partitions {
+    let invalid_request = ResponseError::InvalidRequest.code();
+    let (partitions, replication_factor, assignment) = if topic.assignments.is_empty() {
+        let partitions = match topic.num_partitions {
             -1 => shard.config.num_partitions,
             n => u32::try_from(n).unwrap_or(0),
-        }
+        };
+        let replication_factor = match topic.replication_factor {
+            -1 => None,
+            n => match u16::try_from(n) {
+                Ok(n) if n > 0 => Some(n),
+                _ => {
+                    let why = format!("replication factor {n}: at least 1, or -1 for the default");
+                    return Err((INVALID_REPLICATION_FACTOR, why));
+                }
+            },
+        };
+        (partitions, replication_factor, None)
     } else {
-        let node = shard.config.node_id;
-        if topic.assignments.iter().any(|a| a.broker_ids.iter().any(|b| NodeId(b.0) != node)) {
-            return Err((INVALID_REPLICA_ASSIGNMENT, format!("only broker {node} exists")));
+        // As Kafka: an assignment says both, so neither count may be given beside it.
+        if topic.num_partitions != -1 || topic.replication_factor != -1 {
+            let why = "with a replica assignment, num_partitions and replication_factor must be -1";
+            return Err((invalid_request, why.to_string()));
         }
-        topic.assignments.len() as u32
+        let mut lists: Vec<(i32, Vec<NodeId>)> = topic
+            .assignments
+            .iter()
+            .map(|a| (a.partition_index, a.broker_ids.iter().map(|b| NodeId(b.0)).collect()))
+            .collect();
+        lists.sort_by_key(|(index, _)| *index);
+        if lists.iter().enumerate().any(|(i, (index, _))| usize::try_from(*index) != Ok(i)) {
+            let why = "the assignment must list partitions 0, 1, 2, ... once each";
+            return Err((INVALID_REPLICA_ASSIGNMENT, why.to_string()));
+        }
+        let assignment: Vec<Vec<NodeId>> = lists.into_iter().map(|(_, list)| list).collect();
+        let replication_factor = assignment.first().map(|l| l.len() as u16);
+        (assignment.len() as u32, replication_factor, Some(assignment))
     };
     let overrides: BTreeMap<String, String> = topic
         .configs
         .iter()
         .filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string())))
         .collect();
+    let request =
+        TopicRequest { name: name.clone(), partitions, replication_factor, assignment, overrides };
+    let refused = |e: BrokerError| (codec::error_code(e.kind), e.message);
     if validate_only {
-        catalog::validate_topic_name(&name).map_err(|e| (17, e))?;
-        if shard.topic(&name).is_some() {
-            return Err((36, format!("topic {name} exists")));
+        let info = shard.check_new_topic(&request).await.map_err(refused)?;
+        let replication_factor =
+            replication_factor.unwrap_or(shard.config.default_replication_factor);
+        let live = shard.metadata_image().live_brokers().count();
+        if usize::from(replication_factor) > live {
+            let why = format!("replication factor {replication_factor} with {live} live brokers");
+            return Err((INVALID_REPLICATION_FACTOR, why));
         }
-        let file = TopicFile { partitions, config: overrides };
-        return TopicInfo::resolve(file, &shard.config.topic_defaults).map_err(|e| (40, e));
+        return Ok((info, replication_factor));
     }
-    shard
-        .create_topic(&name, partitions, overrides)
-        .await
-        .map_err(|e| (codec::error_code(e.kind), e.message))?;
-    shard.topic(&name).ok_or_else(|| (3, format!("topic {name} vanished")))
+    let checked = shard.create_topic(request).await.map_err(refused)?;
+    // Created; as published here, or (this broker slow to learn it) as it was asked for.
+    let info = shard.topic(&name).unwrap_or(checked);
+    let replicas = shard.partition_state(&name, PartitionId(0)).map_or(1, |s| s.replicas.len());
+    Ok((info, u16::try_from(replicas).unwrap_or(u16::MAX)))
 }
 
 pub async fn delete_topics(
@@ -164,7 +189,17 @@ pub async fn create_partitions(
                 )),
                 None => Err(BrokerError::new(ErrorKind::UnknownTopic, "no such topic")),
             },
-            Ok(count) => shard.add_partitions(topic.name.0.as_str(), count).await,
+            Ok(count) => {
+                // Null or empty: placed by the controller.
+                let listed = topic.assignments.as_ref().filter(|lists| !lists.is_empty());
+                let assignment = listed.map(|lists| {
+                    lists
+                        .iter()
+                        .map(|a| a.broker_ids.iter().map(|b| NodeId(b.0)).collect())
+                        .collect()
+                });
+                shard.add_partitions(topic.name.0.as_str(), count, assignment).await
+            }
         };
         if let Err(e) = outcome {
             (result.error_code, result.error_message) = kafka_error(&e);
@@ -247,6 +282,12 @@ fn broker_entries(shard: &Shard) -> Vec<ConfigEntry> {
         })
         .collect();
     entries.push(("num.partitions".into(), config.num_partitions.to_string()));
+    let replication = config.default_replication_factor.to_string();
+    entries.push(("default.replication.factor".into(), replication));
+    let offsets_replication = config.offsets_topic_replication_factor.to_string();
+    entries.push(("offsets.topic.replication.factor".into(), offsets_replication));
+    let limit = config.max_broker_partitions.to_string();
+    entries.push(("max.broker.partitions".into(), limit));
     entries.push(("auto.create.topics.enable".into(), config.auto_create_topics.to_string()));
     entries.push(("socket.request.max.bytes".into(), config.socket_request_max_bytes.to_string()));
     entries.push(("node.id".into(), config.node_id.to_string()));

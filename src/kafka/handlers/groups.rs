@@ -26,7 +26,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
-use crate::error::ErrorKind;
+use crate::error::{BrokerError, ErrorKind};
 use crate::group::coordinator::OffsetCommit;
 use crate::group::state::JoinRequest;
 use crate::group::{
@@ -49,10 +49,11 @@ fn text(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
 }
 
-/// Every group's coordinator is a shard of this broker, so the answer is this broker; the
-/// connection then lands on any shard, which forwards to the coordinating one.
-pub fn find_coordinator(
-    shard: &Shard,
+/// A group's coordinator is the broker leading its `__consumer_offsets` partition (created on
+/// first use); the connection then lands on any of that broker's shards, which forwards to the
+/// coordinating one.
+pub async fn find_coordinator(
+    shard: &Rc<Shard>,
     connection: &Connection,
     version: i16,
     request: FindCoordinatorRequest,
@@ -75,10 +76,34 @@ pub fn find_coordinator(
         }
         return response;
     }
-    let (host, port) = crate::kafka::handlers::metadata::advertised(shard, connection);
-    response.node_id = BrokerId(shard.config.node_id.0);
-    response.host = text(host);
-    response.port = i32::from(port);
+    let coordinator = shard.group_coordinator(request.key.as_str()).await;
+    let me = shard.config.node_id;
+    let endpoint = coordinator.and_then(|node| match node == me {
+        true => Ok((node, crate::kafka::handlers::metadata::advertised(shard, connection))),
+        false => {
+            let image = shard.metadata_image();
+            let broker = image.brokers.get(&node).filter(|b| !b.fenced).ok_or_else(|| {
+                let why = format!("the coordinator, broker {node}, is not live");
+                BrokerError::new(ErrorKind::CoordinatorNotAvailable, why)
+            })?;
+            Ok((node, broker.endpoints.kafka.clone()))
+        }
+    });
+    match endpoint {
+        Ok((node, (host, port))) => {
+            response.node_id = BrokerId(node.0);
+            response.host = text(host);
+            response.port = i32::from(port);
+        }
+        Err(e) => {
+            response.error_code = codec::error_code(e.kind);
+            response.node_id = BrokerId(-1);
+            response.port = -1;
+            if has_field(version, 1) {
+                response.error_message = Some(text(e.message));
+            }
+        }
+    }
     response
 }
 

@@ -1,9 +1,11 @@
-//! Metadata: this broker, and the topics asked for (creating them when allowed). DescribeCluster:
-//! the cluster's members.
+//! Metadata: the cluster's live brokers and, for the topics asked for (created when allowed),
+//! every partition's leader, leader epoch, replicas, in-sync and offline replicas, as this
+//! broker's published metadata has them (the same on every broker once it has caught up).
+//! DescribeCluster: the cluster's members.
 //!
-//! Every partition is led by this broker; with one node the replica and in-sync lists are just
-//! it. The advertised address is `advertised.listeners` when set, else the address the client
-//! connected to, which it can reach by definition.
+//! This broker is listed at its `advertised.listeners` address when set, else at the address
+//! the client connected to, which it can reach by definition; the others at the address they
+//! registered.
 
 use std::rc::Rc;
 
@@ -16,13 +18,16 @@ use kafka_protocol::messages::{
     TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
 
-use crate::error::ErrorKind;
+use crate::cluster::metadata::{MetadataImage, TopicId};
+use crate::error::{BrokerError, ErrorKind};
+use crate::group::offsets::OFFSETS_TOPIC;
 use crate::kafka::codec;
 use crate::kafka::handlers::Connection;
 use crate::kafka::handlers::{has_field, kafka_error};
-use crate::record::pending::LEADER_EPOCH;
 use crate::shard::Shard;
+use crate::types::{NodeId, PartitionId};
 
 pub async fn metadata(
     shard: &Rc<Shard>,
@@ -30,14 +35,30 @@ pub async fn metadata(
     version: i16,
     request: MetadataRequest,
 ) -> MetadataResponse {
-    let node = BrokerId(shard.config.node_id.0);
     let mut response = MetadataResponse::default();
-    let (host, port) = advertised(shard, connection);
-    let mut broker = MetadataResponseBroker::default();
-    broker.node_id = node;
-    broker.host = StrBytes::from_string(host);
-    broker.port = i32::from(port);
-    response.brokers.push(broker);
+    // v0 has no null list: an empty one means every topic. From v1, null is every topic and
+    // empty is none. Auto-creation is implied before v4, where the flag appeared. From v12 a
+    // topic may be asked for by id alone (v10 and v11 carry the field, but Kafka answers it
+    // only from v12).
+    let asked: Option<Vec<Result<String, uuid::Uuid>>> = match request.topics {
+        Some(topics) if !(version == 0 && topics.is_empty()) => Some(
+            topics.into_iter().map(|t| t.name.map(|n| n.0.to_string()).ok_or(t.topic_id)).collect(),
+        ),
+        _ => None,
+    };
+    let may_create = version < 4 || request.allow_auto_topic_creation;
+    let mut created: Vec<(String, Result<(), BrokerError>)> = Vec::new();
+    if let Some(asked) = &asked {
+        for name in asked.iter().filter_map(|a| a.as_ref().ok()) {
+            if may_create && shard.topic(name).is_none() {
+                created.push((name.clone(), shard.topic_or_create(name).await.map(|_| ())));
+            }
+        }
+    }
+    // Taken after any creation, so the answer holds what was just created.
+    let image = shard.metadata_image();
+    let me = shard.config.node_id;
+    response.brokers = brokers(shard, connection, &image);
     if has_field(version, 2) {
         // Null until the cluster is formed (the first moments of a new one), as Kafka's nullable
         // field allows; clients compare it between brokers.
@@ -45,52 +66,128 @@ pub async fn metadata(
         response.cluster_id = cluster_id;
     }
     if has_field(version, 1) {
-        response.controller_id = node;
+        // As a KRaft broker answers: a live broker, here this one. Admin clients send topic
+        // changes to the "controller" they are told of, and every broker forwards them to the
+        // active controller (KIP-590), which clients never reach (DescribeCluster names it).
+        response.controller_id = BrokerId(me.0);
     }
-    // v0 has no null list: an empty one means every topic. From v1, null is every topic and
-    // empty is none. Auto-creation is implied before v4, where the flag appeared.
-    let names: Vec<String> = match request.topics {
-        Some(topics) if !(version == 0 && topics.is_empty()) => {
-            topics.into_iter().filter_map(|t| t.name).map(|n| n.0.to_string()).collect()
-        }
-        _ => shard.topics().into_iter().map(|(name, _)| name).collect(),
-    };
-    let may_create = version < 4 || request.allow_auto_topic_creation;
-    for name in names {
+    let asked = asked.unwrap_or_else(|| shard.topics().into_iter().map(|(n, _)| Ok(n)).collect());
+    for wanted in asked {
+        let name = match wanted {
+            Ok(name) => name,
+            Err(id) if !has_field(version, 12) => {
+                let mut topic = MetadataResponseTopic::default();
+                topic.topic_id = id;
+                topic.error_code = ResponseError::InvalidRequest.code();
+                response.topics.push(topic);
+                continue;
+            }
+            Err(id) => match image.topics.get(&TopicId(id.as_u128())) {
+                Some(topic) => topic.name.clone(),
+                None => {
+                    let mut topic = MetadataResponseTopic::default();
+                    topic.topic_id = id;
+                    topic.error_code = ResponseError::UnknownTopicId.code();
+                    response.topics.push(topic);
+                    continue;
+                }
+            },
+        };
         let mut topic = MetadataResponseTopic::default();
         topic.name = Some(TopicName(StrBytes::from_string(name.clone())));
         if has_field(version, 1) {
-            topic.is_internal = name == crate::group::offsets::OFFSETS_TOPIC;
+            topic.is_internal = name == OFFSETS_TOPIC;
         }
-        let info = if may_create {
-            shard.topic_or_create(&name).await
-        } else {
-            shard.topic(&name).ok_or_else(|| {
-                crate::error::BrokerError::new(
-                    crate::error::ErrorKind::UnknownTopic,
-                    format!("no topic {name}"),
-                )
-            })
-        };
-        match info {
-            Ok(info) => {
-                for index in 0..info.partitions as i32 {
-                    let mut partition = MetadataResponsePartition::default();
-                    partition.partition_index = index;
-                    partition.leader_id = node;
-                    if has_field(version, 7) {
-                        partition.leader_epoch = LEADER_EPOCH.0;
-                    }
-                    partition.replica_nodes = vec![node];
-                    partition.isr_nodes = vec![node];
-                    topic.partitions.push(partition);
+        let creation = created.iter().find(|(n, _)| *n == name).map(|(_, r)| r);
+        match (shard.topic(&name), creation) {
+            (Some(info), _) => {
+                if let (Some(id), true) = (info.id, has_field(version, 10)) {
+                    topic.topic_id = uuid::Uuid::from_u128(id.0);
+                }
+                for index in 0..info.partitions {
+                    topic.partitions.push(partition(shard, &image, &name, index, me, version));
                 }
             }
-            Err(e) => topic.error_code = kafka_error(&e).0,
+            (None, Some(Err(e))) => topic.error_code = kafka_error(e).0,
+            (None, _) => topic.error_code = codec::error_code(ErrorKind::UnknownTopic),
         }
         response.topics.push(topic);
     }
     response
+}
+
+/// The live brokers, this one at the address the client can reach it at.
+fn brokers(
+    shard: &Shard,
+    connection: &Connection,
+    image: &MetadataImage,
+) -> Vec<MetadataResponseBroker> {
+    let me = shard.config.node_id;
+    let entry = |node: NodeId, (host, port): (String, u16), rack: Option<String>| {
+        let mut broker = MetadataResponseBroker::default();
+        broker.node_id = BrokerId(node.0);
+        broker.host = StrBytes::from_string(host);
+        broker.port = i32::from(port);
+        broker.rack = rack.map(StrBytes::from_string);
+        broker
+    };
+    let mut brokers: Vec<MetadataResponseBroker> = image
+        .live_brokers()
+        .map(|(node, info)| match *node == me {
+            true => entry(me, advertised(shard, connection), info.rack.clone()),
+            false => entry(*node, info.endpoints.kafka.clone(), info.rack.clone()),
+        })
+        .collect();
+    // A broker fenced for the moment (or not yet registered) still names itself: the client
+    // reached it, and its answers say where each partition's leader is.
+    if !image.live_brokers().any(|(node, _)| *node == me) {
+        brokers.push(entry(me, advertised(shard, connection), shard.config.rack.clone()));
+    }
+    brokers
+}
+
+/// One partition as the metadata has it: without a leader, LEADER_NOT_AVAILABLE (clients ask
+/// again); replicas on fenced brokers listed as offline.
+fn partition(
+    shard: &Shard,
+    image: &MetadataImage,
+    topic: &str,
+    index: u32,
+    me: NodeId,
+    version: i16,
+) -> MetadataResponsePartition {
+    let mut partition = MetadataResponsePartition::default();
+    partition.partition_index = index as i32;
+    let ids = |nodes: &[NodeId]| nodes.iter().map(|n| BrokerId(n.0)).collect::<Vec<_>>();
+    match shard.partition_state(topic, PartitionId(index)) {
+        Some(state) => {
+            partition.leader_id = BrokerId(state.leader.map_or(-1, |l| l.0));
+            if state.leader.is_none() {
+                partition.error_code = ResponseError::LeaderNotAvailable.code();
+            }
+            if has_field(version, 7) {
+                partition.leader_epoch = state.leader_epoch.0;
+            }
+            partition.replica_nodes = ids(&state.replicas);
+            partition.isr_nodes = ids(&state.isr);
+            if has_field(version, 5) {
+                let live = |n: &&NodeId| image.brokers.get(*n).is_some_and(|b| !b.fenced);
+                let offline: Vec<NodeId> =
+                    state.replicas.iter().filter(|n| !live(n)).copied().collect();
+                partition.offline_replicas = ids(&offline);
+            }
+        }
+        // A topic of this broker's disk not in the cluster's metadata yet (answered only when
+        // the broker could not join in time): it holds the only replica, which leads nothing
+        // until the topic is brought in.
+        None => {
+            partition.error_code = ResponseError::LeaderNotAvailable.code();
+            partition.leader_id = BrokerId(-1);
+            partition.replica_nodes = vec![BrokerId(me.0)];
+            partition.isr_nodes = vec![BrokerId(me.0)];
+        }
+    }
+    partition
 }
 
 /// Where clients should connect: the configured address, else the one this client used.

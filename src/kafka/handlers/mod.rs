@@ -43,6 +43,11 @@ pub async fn handle(
     let reply = |body: &dyn AnyResponse| {
         body.encode_frame(api, version, correlation_id).map(|frame| vec![frame])
     };
+    // Clients are served once this broker has joined its cluster and caught up with the
+    // metadata (bounded): before, its answers could be of an earlier cluster.
+    if !matches!(body, Request::ApiVersions(_)) {
+        shard.wait_ready().await;
+    }
     let (hist, frame) = match body {
         Request::ApiVersions(_) => (Hist::KafkaOther, reply(&versions::api_versions_response(0))),
         Request::Metadata(request) => (
@@ -90,7 +95,7 @@ pub async fn handle(
         }
         Request::FindCoordinator(request) => (
             Hist::KafkaOther,
-            reply(&groups::find_coordinator(&shard, &connection, version, request)),
+            reply(&groups::find_coordinator(&shard, &connection, version, request).await),
         ),
         Request::JoinGroup(request) => {
             let client_id = header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default();
