@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::link::Link;
+use crate::link::{Link, Routes};
 use crate::report::Totals;
 use crate::verify::{self, SequenceCheck};
 use crate::Args;
@@ -32,7 +32,7 @@ pub struct Consumed {
 /// `producing_done` is `None`, else until the producers are done and the end is reached.
 pub async fn run(
     args: Rc<Args>,
-    clients: Vec<Link>,
+    clients: Routes,
     starts: Vec<u64>,
     producing_done: Option<Rc<Cell<bool>>>,
     partitions: Vec<u32>,
@@ -45,7 +45,7 @@ pub async fn run(
     let mut tasks = Vec::new();
     for (index, &partition) in partitions.iter().enumerate() {
         let reader = PartitionReader {
-            client: clients[index % clients.len()].clone(),
+            client: clients.pool(partition)?.link(index),
             args: args.clone(),
             partition,
             totals: totals.clone(),

@@ -14,11 +14,12 @@ use glommio::net::TcpStream;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, BrokerId, CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse,
-    ListOffsetsRequest, ListOffsetsResponse, ProduceRequest, ProduceResponse, RequestHeader,
-    ResponseHeader, TopicName,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
+    ProduceResponse, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use spate::native::messages::Acks;
@@ -27,6 +28,7 @@ const PRODUCE_VERSION: i16 = 7;
 const FETCH_VERSION: i16 = 11;
 const LIST_OFFSETS_VERSION: i16 = 2;
 const CREATE_TOPICS_VERSION: i16 = 4;
+const METADATA_VERSION: i16 = 9;
 /// Kafka's TOPIC_ALREADY_EXISTS.
 pub const TOPIC_ALREADY_EXISTS: i16 = 36;
 
@@ -251,6 +253,37 @@ impl KafkaLink {
             ));
         }
         Ok(found.offset.max(0) as u64)
+    }
+
+    /// Each partition's leader (`host:port` of its Kafka listener), `None` while it has none.
+    pub async fn leaders(&self, topic: &str) -> Result<Vec<Option<String>>, String> {
+        let mut wanted = MetadataRequestTopic::default();
+        wanted.name = Some(TopicName(StrBytes::from_string(topic.to_string())));
+        let mut request = MetadataRequest::default();
+        request.topics = Some(vec![wanted]);
+        let mut frame = self
+            .send(ApiKey::Metadata, METADATA_VERSION, &request, None, true)
+            .await?
+            .ok_or("no metadata response")?;
+        let response = MetadataResponse::decode(&mut frame, METADATA_VERSION)
+            .map_err(|e| format!("metadata response: {e}"))?;
+        let found = response.topics.first().ok_or("a metadata response without the topic")?;
+        if found.error_code != 0 {
+            return Err(format!("metadata of {topic}: Kafka error {}", found.error_code));
+        }
+        let address = |leader: BrokerId| {
+            let broker = response.brokers.iter().find(|b| b.node_id == leader)?;
+            Some(spate::config::host_port(&broker.host, u16::try_from(broker.port).ok()?))
+        };
+        let mut leaders = vec![None; found.partitions.len()];
+        for partition in &found.partitions {
+            if let Some(slot) =
+                usize::try_from(partition.partition_index).ok().and_then(|i| leaders.get_mut(i))
+            {
+                *slot = address(partition.leader_id);
+            }
+        }
+        Ok(leaders)
     }
 
     /// Creates a topic; returns the Kafka error code (0, or 36 when it exists).

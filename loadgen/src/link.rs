@@ -1,5 +1,6 @@
 //! One connection to the broker in the protocol chosen with `--protocol`: the few operations the
-//! loadgen needs, the same for both, so every figure compares like with like.
+//! loadgen needs, the same for both, so every figure compares like with like; and the routes
+//! that send each partition's requests to its leader's connections, wherever in the cluster.
 
 use bytes::Bytes;
 use spate::client::Client;
@@ -112,6 +113,40 @@ impl Link {
         Ok(visited)
     }
 
+    /// The address of each of `topic`'s first `partitions` partitions' leader, in this link's
+    /// protocol, once every one has a leader (asked again for a while, as a new topic's
+    /// partitions get theirs).
+    pub async fn leaders(&self, topic: &str, partitions: u32) -> Result<Vec<String>, String> {
+        let deadline = std::time::Instant::now() + LEADERS_WAIT;
+        loop {
+            let found: Vec<Option<String>> = match self {
+                Link::Native(client) => {
+                    let metadata = (client.metadata(Some(vec![topic.to_string()]), false).await)
+                        .map_err(|e| e.to_string())?;
+                    let described = metadata.topics.first().ok_or("no metadata for the topic")?;
+                    described
+                        .partitions
+                        .iter()
+                        .map(|p| {
+                            let broker =
+                                metadata.brokers.iter().find(|b| Some(b.node) == p.leader)?;
+                            Some(spate::config::host_port(&broker.host, broker.port))
+                        })
+                        .collect()
+                }
+                Link::Kafka(link) => link.leaders(topic).await?,
+            };
+            let wanted = found.get(..partitions as usize).unwrap_or_default();
+            if wanted.len() == partitions as usize && wanted.iter().all(Option::is_some) {
+                return Ok(wanted.iter().flatten().cloned().collect());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(format!("{topic}: partitions without a leader: {found:?}"));
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// The offset after a partition's last record.
     pub async fn latest(&self, topic: &str, partition: u32) -> Result<u64, String> {
         match self {
@@ -122,6 +157,62 @@ impl Link {
                 .map_err(|e| e.to_string()),
             Link::Kafka(link) => link.latest(topic, partition).await,
         }
+    }
+}
+
+/// How long the loadgen waits for every partition of its topic to have a leader.
+const LEADERS_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Where each partition's requests go: connections to its leader, several per broker.
+#[derive(Clone)]
+pub struct Routes {
+    /// Each leader's connections, by address.
+    pools: std::collections::BTreeMap<String, Pool>,
+    /// Each partition's leader, by partition index.
+    leader_of: Vec<String>,
+}
+
+impl Routes {
+    /// `per_broker` connections to each broker that leads one of `partitions` (indexes into
+    /// `leaders`).
+    pub async fn connect(
+        protocol: Protocol,
+        leaders: &[String],
+        partitions: &[u32],
+        per_broker: usize,
+    ) -> Result<Self, String> {
+        let mut pools = std::collections::BTreeMap::new();
+        for partition in partitions {
+            let leader = leaders.get(*partition as usize).ok_or("a partition without a leader")?;
+            if !pools.contains_key(leader) {
+                let mut links = Vec::with_capacity(per_broker.max(1));
+                for _ in 0..per_broker.max(1) {
+                    links.push(Link::connect(protocol, leader).await?);
+                }
+                pools.insert(leader.clone(), Pool { links });
+            }
+        }
+        Ok(Self { pools, leader_of: leaders.to_vec() })
+    }
+
+    /// The connections to `partition`'s leader (one of the partitions it was made for).
+    pub fn pool(&self, partition: u32) -> Result<Pool, String> {
+        let leader = self.leader_of.get(partition as usize);
+        let pool = leader.and_then(|leader| self.pools.get(leader));
+        pool.cloned().ok_or_else(|| format!("no connection to partition {partition}'s leader"))
+    }
+}
+
+/// Connections to one broker; never empty.
+#[derive(Clone)]
+pub struct Pool {
+    links: Vec<Link>,
+}
+
+impl Pool {
+    /// The `slot`th connection, round the pool.
+    pub fn link(&self, slot: usize) -> Link {
+        self.links[slot % self.links.len()].clone()
     }
 }
 

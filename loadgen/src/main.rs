@@ -26,7 +26,7 @@ use std::time::Duration;
 use clap::Parser;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use hdrhistogram::Histogram;
-use link::{Link, Protocol};
+use link::{Link, Protocol, Routes};
 use report::{SharedCounts, Snapshot};
 use spate::native::messages::Acks;
 use verify::SequenceCheck;
@@ -190,14 +190,6 @@ struct Shared {
     group_consumed: Arc<std::sync::atomic::AtomicU64>,
 }
 
-async fn connect_all(args: &Args, count: usize) -> Result<Vec<Link>, String> {
-    let mut links = Vec::new();
-    for _ in 0..count {
-        links.push(Link::connect(args.protocol, &args.address()).await?);
-    }
-    Ok(links)
-}
-
 /// Marks this thread's producers done when dropped.
 struct ProducingDone<'a>(&'a AtomicUsize);
 
@@ -218,7 +210,7 @@ struct ThreadOutcome {
 
 fn run(args: Args) -> Result<(), String> {
     check(&args)?;
-    let starts = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+    let (starts, leaders) = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .make()
         .map_err(|e| format!("starting the executor: {e}"))?
         .run(prepare(&args))?;
@@ -241,10 +233,14 @@ fn run(args: Args) -> Result<(), String> {
     let handles = LocalExecutorPoolBuilder::new(placement)
         .name("spate-loadgen")
         .on_all_shards({
-            let (args, starts, shared) = (Arc::new(args.clone()), Arc::new(starts), shared.clone());
+            let start = Arc::new((starts, leaders));
+            let (args, shared) = (Arc::new(args.clone()), shared.clone());
             move || {
-                let (args, starts, shared) = (args.clone(), starts.clone(), shared.clone());
-                async move { thread_main((*args).clone(), (*starts).clone(), shared).await }
+                let (args, start, shared) = (args.clone(), start.clone(), shared.clone());
+                async move {
+                    let (starts, leaders) = (*start).clone();
+                    thread_main((*args).clone(), starts, leaders, shared).await
+                }
             }
         })
         .map_err(|e| format!("starting loadgen threads: {e}"))?;
@@ -298,25 +294,30 @@ fn pinned(cores: &[usize]) -> Result<PoolPlacement, String> {
     Ok(PoolPlacement::Custom(sets))
 }
 
-/// Creates the topic if needed and returns where each partition ends now: the run reads from
-/// there.
-async fn prepare(args: &Args) -> Result<Vec<u64>, String> {
+/// Creates the topic if needed and returns where each partition ends now (the run reads from
+/// there) and where each partition's leader is, in a cluster of any size (the broker named is
+/// only where the loadgen learns it).
+async fn prepare(args: &Args) -> Result<(Vec<u64>, Vec<String>), String> {
     let link = Link::connect(args.protocol, &args.address()).await?;
     link.ensure_topic(&args.topic, args.partitions).await?;
+    let leaders = link.leaders(&args.topic, args.partitions).await?;
+    let all: Vec<u32> = (0..args.partitions).collect();
+    let routes = Routes::connect(args.protocol, &leaders, &all, 1).await?;
     let mut starts = Vec::new();
     for partition in 0..args.partitions {
-        starts.push(link.latest(&args.topic, partition).await?);
+        starts.push(routes.pool(partition)?.link(0).latest(&args.topic, partition).await?);
     }
     if let Some(group) = &args.group {
         group::start_group_at(args, group, &starts).await?;
     }
-    Ok(starts)
+    Ok((starts, leaders))
 }
 
 /// One loadgen thread: its share of the partitions, its own connections, producers, consumers.
 async fn thread_main(
     args: Args,
     starts: Vec<u64>,
+    leaders: Vec<String>,
     shared: Arc<Shared>,
 ) -> Result<ThreadOutcome, String> {
     let threads = args.thread_count();
@@ -328,12 +329,15 @@ async fn thread_main(
         (0..args.partitions).filter(|p| *p as usize % threads == id).collect();
     // Consumers get connections of their own: responses come back in request order, so a
     // long-polling fetch would hold up every produce answer queued behind it.
-    let clients = connect_all(&args, args.connections.max(1)).await?;
+    // Each to the leader of the partitions it carries: `--connections` to each leader.
+    let clients =
+        Routes::connect(args.protocol, &leaders, &partitions, args.connections.max(1)).await?;
     // And one per partition: a native fetch covers one partition, and a long poll on an idle
     // one would hold up a busy one's data on a shared connection.
     let consumers_needed =
         if args.skip_consume || args.group.is_some() { 0 } else { partitions.len() };
-    let consumer_clients = connect_all(&args, consumers_needed).await?;
+    let consumer_clients =
+        Routes::connect(args.protocol, &leaders, &partitions, consumers_needed.max(1)).await?;
     let args = Rc::new(args);
     let measure_from = shared.measure_from.get().copied().unwrap_or_else(std::time::Instant::now);
     let produced = produce::Produced::new(

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use spate::record::{BatchBuilder, BatchMeta, OwnedRecord};
 
-use crate::link::{encode_batch, Link};
+use crate::link::{encode_batch, Link, Routes};
 use crate::report::Totals;
 use crate::shape::{KeySource, Rng, SizeRange};
 use crate::verify;
@@ -142,7 +142,7 @@ impl Sender {
 /// The figures count from `measure_from` (the end of the warm-up); the duration follows it.
 pub async fn run(
     args: &Rc<Args>,
-    clients: &[Link],
+    clients: &Routes,
     produced: &Produced,
     partitions: &[u32],
     measure_from: Instant,
@@ -168,10 +168,17 @@ pub async fn run(
         let shape = Shape { sizes: args.record_size, protocol: args.protocol };
         let prebuilt =
             (!stamped).then(|| build(batch_records, shape, &keys, &mut rng, None, partition));
+        let pool = match clients.pool(partition) {
+            Ok(pool) => pool,
+            Err(e) => {
+                produced.totals.fail(e);
+                continue;
+            }
+        };
         let sender_for = |slot: usize| {
             let connection = if stamped { partition as usize } else { partition as usize + slot };
             Sender {
-                client: clients[connection % clients.len()].clone(),
+                client: pool.link(connection),
                 topic: args.topic.clone(),
                 partition,
                 args: args.clone(),
