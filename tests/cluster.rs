@@ -741,6 +741,32 @@ fn topics_are_placed_served_and_described_alike_across_the_cluster() {
     cluster.clients(3, "produce", &env);
     let consumed = cluster.clients(1, "consume", &env);
     assert!(consumed.contains("\"committed\""), "{consumed}");
+    // The native client too: `spate produce` through broker 1 sends each keyed record to its
+    // partition's leader, `spate consume` through broker 2 reads every partition from its own.
+    let lines: String = (0..60).map(|i| format!("key{i}:value{i}\n")).collect();
+    let mut produce = std::process::Command::new(BINARY)
+        .args(["produce", "pair", "--key-separator", ":", "--broker", &cluster.brokers[0].addr])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spate produce");
+    std::io::Write::write_all(&mut produce.stdin.take().expect("stdin"), lines.as_bytes())
+        .expect("write the records");
+    let produced = produce.wait_with_output().expect("spate produce ran");
+    assert!(produced.status.success(), "{}", String::from_utf8_lossy(&produced.stderr));
+    let consumed = std::process::Command::new(BINARY)
+        .args(["consume", "pair", "--from-beginning", "--count", "60", "--timeout-ms", "10000"])
+        .args(["--format", "%k=%v", "--broker", &cluster.brokers[1].addr])
+        .output()
+        .expect("spate consume");
+    assert!(consumed.status.success(), "{}", String::from_utf8_lossy(&consumed.stderr));
+    let mut read: Vec<String> =
+        String::from_utf8_lossy(&consumed.stdout).lines().map(str::to_string).collect();
+    read.sort();
+    let mut sent: Vec<String> = (0..60).map(|i| format!("key{i}=value{i}")).collect();
+    sent.sort();
+    assert_eq!(read, sent, "every record, once, from both partitions' leaders");
+
     // A produce to a partition this broker does not lead: NOT_LEADER_OR_FOLLOWER.
     let (partition, leader, ..) = view.topics["spread"].1[0].clone();
     let other = all.iter().copied().find(|n| *n != leader).expect("another broker");

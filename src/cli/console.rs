@@ -12,7 +12,7 @@ use event_listener::Event;
 use crate::cli::topic::connect;
 use crate::cli::{run_client, BrokerAddress};
 use crate::client::producer::Delivery;
-use crate::client::{Client, Producer, ProducerConfig};
+use crate::client::{Client, Leaders, Producer, ProducerConfig};
 use crate::native::messages::{Acks, OFFSET_EARLIEST, OFFSET_LATEST};
 use crate::record::batch::RecordView;
 use crate::record::OwnedRecord;
@@ -163,6 +163,8 @@ impl ConsumeArgs {
     pub fn run(self) -> Result<(), String> {
         run_client(|| async move {
             let client = connect(&self.broker).await?;
+            // Each partition is read from its leader, wherever in the cluster.
+            let leaders = Rc::new(Leaders::new(client.clone()));
             let partitions: Vec<u32> = match self.partition {
                 Some(p) => vec![p],
                 None => {
@@ -177,14 +179,14 @@ impl ConsumeArgs {
                 let start = match (self.offset, self.from_beginning) {
                     (Some(offset), _) => offset,
                     (None, true) => {
-                        first_offset(&client, &self.topic, partition, OFFSET_EARLIEST).await?
+                        first_offset(&leaders, &self.topic, partition, OFFSET_EARLIEST).await?
                     }
                     (None, false) => {
-                        first_offset(&client, &self.topic, partition, OFFSET_LATEST).await?
+                        first_offset(&leaders, &self.topic, partition, OFFSET_LATEST).await?
                     }
                 };
                 let job = PartitionReader {
-                    client: client.clone(),
+                    leaders: leaders.clone(),
                     topic: self.topic.clone(),
                     partition,
                     format: format.clone(),
@@ -199,12 +201,13 @@ impl ConsumeArgs {
 }
 
 async fn first_offset(
-    client: &Client,
+    leaders: &Leaders,
     topic: &str,
     partition: u32,
     which: i64,
 ) -> Result<u64, String> {
-    let offset = client.list_offset(topic, partition, which).await.map_err(|e| e.to_string())?;
+    let ask = |client: Client| async move { client.list_offset(topic, partition, which).await };
+    let offset = leaders.with_leader(topic, partition, ask).await.map_err(|e| e.to_string())?;
     u64::try_from(offset).map_err(|_| format!("no offset for partition {partition}"))
 }
 
@@ -245,7 +248,7 @@ impl Progress {
 }
 
 struct PartitionReader {
-    client: Client,
+    leaders: Rc<Leaders>,
     topic: String,
     partition: u32,
     format: Rc<String>,
@@ -256,11 +259,11 @@ struct PartitionReader {
 impl PartitionReader {
     async fn run(self, mut offset: u64) {
         while !self.progress.done(self.limit) {
-            let fetched = match self
-                .client
-                .fetch(&self.topic, self.partition, offset, FETCH_BYTES, FETCH_WAIT_MS)
-                .await
-            {
+            let (topic, partition) = (self.topic.as_str(), self.partition);
+            let fetch = |client: Client| async move {
+                client.fetch(topic, partition, offset, FETCH_BYTES, FETCH_WAIT_MS).await
+            };
+            let fetched = match self.leaders.with_leader(topic, partition, fetch).await {
                 Ok(fetched) => fetched,
                 Err(e) => {
                     self.progress

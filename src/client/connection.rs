@@ -61,7 +61,7 @@ impl ClientError {
         }
     }
 
-    fn from_body(body: &ErrorBody) -> Result<(), Self> {
+    pub(crate) fn from_body(body: &ErrorBody) -> Result<(), Self> {
         match body.code {
             ErrorCode::None => Ok(()),
             code => Err(Self::Broker { code, message: body.message.clone() }),

@@ -1,5 +1,6 @@
 //! A batching producer: records accumulate per partition and go out as one batch when the batch
-//! is full or has lingered long enough, with many batches in flight on one connection.
+//! is full or has lingered long enough, with many batches in flight, each to its partition's
+//! leader ([`Leaders`]).
 //!
 //! Keyed records are placed with Kafka's murmur2 partitioner; records without a key go to one
 //! partition per batch, rotating between batches (Kafka's sticky partitioner, simplified).
@@ -13,7 +14,7 @@ use event_listener::Event;
 use futures_channel::oneshot;
 
 use crate::client::partitioner::partition_for_key;
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, Leaders};
 use crate::native::messages::Acks;
 use crate::record::{BatchBuilder, OwnedRecord};
 
@@ -67,7 +68,7 @@ struct State {
 }
 
 struct Inner {
-    client: Client,
+    leaders: Leaders,
     config: ProducerConfig,
     state: RefCell<State>,
     inflight: Cell<usize>,
@@ -80,10 +81,11 @@ pub struct Producer {
 }
 
 impl Producer {
+    /// A producer finding the cluster's leaders through `client`'s broker.
     pub fn new(client: Client, config: ProducerConfig) -> Self {
         Self {
             inner: Rc::new(Inner {
-                client,
+                leaders: Leaders::new(client),
                 config,
                 state: RefCell::new(State::default()),
                 inflight: Cell::new(0),
@@ -173,7 +175,7 @@ impl Producer {
         if let Some(count) = self.inner.state.borrow().partition_counts.get(topic) {
             return Ok(*count);
         }
-        let count = self.inner.client.partition_count(topic).await?;
+        let count = self.inner.leaders.bootstrap().partition_count(topic).await?;
         if count == 0 {
             return Err(ClientError::Protocol(format!("topic {topic} has no partitions")));
         }
@@ -194,8 +196,13 @@ impl Producer {
         let (topic, partition) = key.clone();
         glommio::spawn_local(async move {
             let acks = producer.inner.config.acks;
-            let result =
-                producer.inner.client.produce(&topic, partition, acks, batch.builder).await;
+            let (meta, payload) = batch.builder.build();
+            let payload = bytes::Bytes::from_owner(payload);
+            let send = |client: Client| {
+                let (topic, meta, payload) = (topic.clone(), meta, payload.clone());
+                async move { client.produce_encoded(&topic, partition, acks, meta, payload).await }
+            };
+            let result = producer.inner.leaders.with_leader(&topic, partition, send).await;
             for (index, waiter) in batch.waiters.into_iter().enumerate() {
                 let delivered = result
                     .clone()

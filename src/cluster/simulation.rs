@@ -213,6 +213,52 @@ impl Run {
         }
     }
 
+    /// Creates a topic with a manual assignment: each partition on distinct registered brokers
+    /// picked at random, live or not. Honoured exactly when every partition has a live replica
+    /// to lead it (and the name is free).
+    fn create_assigned_topic(&mut self) {
+        let registered: Vec<NodeId> = self.image.brokers.keys().copied().collect();
+        if registered.is_empty() {
+            return;
+        }
+        let replication_factor = 1 + self.rng.below(registered.len() as u64) as usize;
+        let partitions = 1 + self.rng.below(4) as usize;
+        let mut assignment = Vec::with_capacity(partitions);
+        for _ in 0..partitions {
+            let mut pool = registered.clone();
+            let mut replicas = Vec::with_capacity(replication_factor);
+            for _ in 0..replication_factor {
+                replicas.push(pool.remove(self.rng.below(pool.len() as u64) as usize));
+            }
+            assignment.push(replicas);
+        }
+        let live = |n: &NodeId| self.image.brokers.get(n).is_some_and(|b| !b.fenced);
+        let leadable = assignment.iter().all(|replicas| replicas.iter().any(live));
+        self.next_topic += 1;
+        let name = format!("m{}", self.rng.below(4));
+        let exists = self.image.topic_ids.contains_key(&name);
+        let mut topic = new_topic(name.clone(), partitions as u32, 0);
+        topic.assignment = Some(assignment.clone());
+        match self.decide(Event::CreateTopic { topic, id: TopicId(self.next_topic) }) {
+            Ok(()) => {
+                assert!(leadable && !exists, "seed {}: {assignment:?} honoured", self.seed);
+                let id = self.image.topic_ids[&name];
+                let placed: Vec<Vec<NodeId>> = self.image.topics[&id]
+                    .partitions
+                    .values()
+                    .map(|p| p.replicas.clone())
+                    .collect();
+                assert_eq!(placed, assignment, "seed {}: placed otherwise", self.seed);
+                self.event("topic created by assignment");
+            }
+            Err(Refusal::TopicExists(_)) if exists => {}
+            Err(Refusal::InvalidAssignment(_)) if !leadable => {
+                self.event("assignment refused: a partition with no live replica")
+            }
+            Err(e) => panic!("seed {}: {assignment:?}: {e}", self.seed),
+        }
+    }
+
     /// Grows a topic, when the one picked exists.
     fn add_partitions(&mut self) {
         let name = format!("t{}", self.rng.below(8));
@@ -282,6 +328,7 @@ impl Run {
                 }
             }
             9 => self.add_partitions(),
+            10 => self.create_assigned_topic(),
             8 => {
                 if let (node, Some(broker_epoch)) = (self.brokers[b].node, self.brokers[b].epoch) {
                     let before = self.image.next_producer_id;
@@ -367,6 +414,8 @@ fn the_controller_never_elects_uncleanly_and_the_cluster_settles() {
         "topic created",
         "topic deleted",
         "partitions added",
+        "topic created by assignment",
+        "assignment refused: a partition with no live replica",
         "producer ids allocated",
     ];
     crate::testing::assert_every_event_ran(&totals, &expected);
