@@ -119,29 +119,28 @@ impl Link {
     pub async fn leaders(&self, topic: &str, partitions: u32) -> Result<Vec<String>, String> {
         let deadline = std::time::Instant::now() + LEADERS_WAIT;
         loop {
-            let found: Vec<Option<String>> = match self {
+            let found: Result<Vec<Option<String>>, String> = match self {
                 Link::Native(client) => {
-                    let metadata = (client.metadata(Some(vec![topic.to_string()]), false).await)
-                        .map_err(|e| e.to_string())?;
-                    let described = metadata.topics.first().ok_or("no metadata for the topic")?;
-                    described
-                        .partitions
-                        .iter()
-                        .map(|p| {
-                            let broker =
-                                metadata.brokers.iter().find(|b| Some(b.node) == p.leader)?;
-                            Some(spate::config::host_port(&broker.host, broker.port))
-                        })
-                        .collect()
+                    match client.metadata(Some(vec![topic.to_string()]), false).await {
+                        Ok(metadata) => native_leaders(&metadata),
+                        Err(e) => Err(e.to_string()),
+                    }
                 }
-                Link::Kafka(link) => link.leaders(topic).await?,
+                Link::Kafka(link) => link.leaders(topic).await,
             };
-            let wanted = found.get(..partitions as usize).unwrap_or_default();
-            if wanted.len() == partitions as usize && wanted.iter().all(Option::is_some) {
-                return Ok(wanted.iter().flatten().cloned().collect());
-            }
+            let why = match found {
+                Ok(found) => {
+                    let wanted = found.get(..partitions as usize).unwrap_or_default();
+                    if wanted.len() == partitions as usize && wanted.iter().all(Option::is_some) {
+                        return Ok(wanted.iter().flatten().cloned().collect());
+                    }
+                    format!("partitions without a leader: {found:?}")
+                }
+                // The topic may still be reaching the broker asked: asked again, for a while.
+                Err(why) => why,
+            };
             if std::time::Instant::now() >= deadline {
-                return Err(format!("{topic}: partitions without a leader: {found:?}"));
+                return Err(format!("{topic}: {why}"));
             }
             glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
         }
@@ -163,43 +162,77 @@ impl Link {
 /// How long the loadgen waits for every partition of its topic to have a leader.
 const LEADERS_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// Where each partition's requests go: connections to its leader, several per broker.
+/// Each partition's leader in a native Metadata answer, by partition index.
+fn native_leaders(
+    metadata: &spate::native::messages::MetadataResponse,
+) -> Result<Vec<Option<String>>, String> {
+    let described = metadata.topics.first().ok_or("no metadata for the topic")?;
+    if described.error.code != ErrorCode::None {
+        return Err(format!("{}: {}", described.error.code, described.error.message));
+    }
+    let mut leaders = vec![None; described.partitions.len()];
+    for partition in &described.partitions {
+        let broker = metadata.brokers.iter().find(|b| Some(b.node) == partition.leader);
+        if let (Some(slot), Some(broker)) = (leaders.get_mut(partition.partition as usize), broker)
+        {
+            *slot = Some(spate::config::host_port(&broker.host, broker.port));
+        }
+    }
+    Ok(leaders)
+}
+
+/// Where each partition's requests go: connections to its leader.
 #[derive(Clone)]
 pub struct Routes {
-    /// Each leader's connections, by address.
-    pools: std::collections::BTreeMap<String, Pool>,
-    /// Each partition's leader, by partition index.
-    leader_of: Vec<String>,
+    /// Each partition's connections, by partition index.
+    pools: std::collections::BTreeMap<u32, Pool>,
 }
 
 impl Routes {
     /// `per_broker` connections to each broker that leads one of `partitions` (indexes into
-    /// `leaders`).
+    /// `leaders`), shared by the partitions it leads.
     pub async fn connect(
         protocol: Protocol,
         leaders: &[String],
         partitions: &[u32],
         per_broker: usize,
     ) -> Result<Self, String> {
+        let mut by_leader: std::collections::BTreeMap<&String, Pool> = Default::default();
         let mut pools = std::collections::BTreeMap::new();
         for partition in partitions {
             let leader = leaders.get(*partition as usize).ok_or("a partition without a leader")?;
-            if !pools.contains_key(leader) {
+            if !by_leader.contains_key(leader) {
                 let mut links = Vec::with_capacity(per_broker.max(1));
                 for _ in 0..per_broker.max(1) {
                     links.push(Link::connect(protocol, leader).await?);
                 }
-                pools.insert(leader.clone(), Pool { links });
+                by_leader.insert(leader, Pool { links });
             }
+            pools.insert(*partition, by_leader[leader].clone());
         }
-        Ok(Self { pools, leader_of: leaders.to_vec() })
+        Ok(Self { pools })
+    }
+
+    /// A connection of its own to each of `partitions`' leaders (a consumer's long poll on
+    /// one partition must not hold up another's data).
+    pub async fn connect_each(
+        protocol: Protocol,
+        leaders: &[String],
+        partitions: &[u32],
+    ) -> Result<Self, String> {
+        let mut pools = std::collections::BTreeMap::new();
+        for partition in partitions {
+            let leader = leaders.get(*partition as usize).ok_or("a partition without a leader")?;
+            let links = vec![Link::connect(protocol, leader).await?];
+            pools.insert(*partition, Pool { links });
+        }
+        Ok(Self { pools })
     }
 
     /// The connections to `partition`'s leader (one of the partitions it was made for).
     pub fn pool(&self, partition: u32) -> Result<Pool, String> {
-        let leader = self.leader_of.get(partition as usize);
-        let pool = leader.and_then(|leader| self.pools.get(leader));
-        pool.cloned().ok_or_else(|| format!("no connection to partition {partition}'s leader"))
+        let pool = self.pools.get(&partition).cloned();
+        pool.ok_or_else(|| format!("no connection to partition {partition}'s leader"))
     }
 }
 

@@ -301,16 +301,36 @@ async fn prepare(args: &Args) -> Result<(Vec<u64>, Vec<String>), String> {
     let link = Link::connect(args.protocol, &args.address()).await?;
     link.ensure_topic(&args.topic, args.partitions).await?;
     let leaders = link.leaders(&args.topic, args.partitions).await?;
+    if args.group.is_some() && leaders.iter().any(|l| *l != leaders[0]) {
+        return Err("--group reads through the broker given, but the topic's partitions are led \
+                    by several brokers: use a topic led by one broker"
+            .into());
+    }
     let all: Vec<u32> = (0..args.partitions).collect();
     let routes = Routes::connect(args.protocol, &leaders, &all, 1).await?;
     let mut starts = Vec::new();
     for partition in 0..args.partitions {
-        starts.push(routes.pool(partition)?.link(0).latest(&args.topic, partition).await?);
+        let link = routes.pool(partition)?.link(0);
+        starts.push(latest_once_known(&link, &args.topic, partition).await?);
     }
     if let Some(group) = &args.group {
         group::start_group_at(args, group, &starts).await?;
     }
     Ok((starts, leaders))
+}
+
+/// Where `partition` ends now, asked of its leader, which may not know the topic for a moment
+/// after its creation through another broker: asked again for a while.
+async fn latest_once_known(link: &Link, topic: &str, partition: u32) -> Result<u64, String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match link.latest(topic, partition).await {
+            Err(_) if std::time::Instant::now() < deadline => {
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+            }
+            outcome => return outcome,
+        }
+    }
 }
 
 /// One loadgen thread: its share of the partitions, its own connections, producers, consumers.
@@ -332,12 +352,11 @@ async fn thread_main(
     // Each to the leader of the partitions it carries: `--connections` to each leader.
     let clients =
         Routes::connect(args.protocol, &leaders, &partitions, args.connections.max(1)).await?;
-    // And one per partition: a native fetch covers one partition, and a long poll on an idle
-    // one would hold up a busy one's data on a shared connection.
-    let consumers_needed =
-        if args.skip_consume || args.group.is_some() { 0 } else { partitions.len() };
-    let consumer_clients =
-        Routes::connect(args.protocol, &leaders, &partitions, consumers_needed.max(1)).await?;
+    // And one per partition read here, to its leader: a native fetch covers one partition, and
+    // a long poll on an idle one would hold up a busy one's data on a shared connection.
+    let read_here = !args.skip_consume && args.group.is_none();
+    let consumed_here: &[u32] = if read_here { &partitions } else { &[] };
+    let consumer_clients = Routes::connect_each(args.protocol, &leaders, consumed_here).await?;
     let args = Rc::new(args);
     let measure_from = shared.measure_from.get().copied().unwrap_or_else(std::time::Instant::now);
     let produced = produce::Produced::new(

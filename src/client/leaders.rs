@@ -3,15 +3,16 @@
 //! when a broker answers NOT_LEADER_OR_FOLLOWER (as Kafka clients refresh their metadata).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use crate::client::{Client, ClientError};
 use crate::native::messages::ErrorCode;
 
-/// How often, and how long apart, a request refused by a broker that no longer leads its
-/// partition (or one whose partition has no leader for the moment) is sent again.
-const ATTEMPTS: usize = 10;
+/// How long a request refused because its partition's leader moved, is not known yet (a new
+/// topic reaching every broker, a broker failing over: fencing takes its session timeout) or
+/// cannot be reached, is asked again, and how long apart.
+const RETRY_FOR: Duration = Duration::from_secs(30);
 const RETRY_WAIT: Duration = Duration::from_millis(200);
 
 pub struct Leaders {
@@ -20,11 +21,18 @@ pub struct Leaders {
     connections: RefCell<HashMap<String, Client>>,
     /// The leader's native address, by topic and partition.
     leaders: RefCell<HashMap<(String, u32), String>>,
+    /// Topics whose leaders are known and connected ([`Self::warm`]).
+    warm: RefCell<HashSet<String>>,
 }
 
 impl Leaders {
     pub fn new(bootstrap: Client) -> Self {
-        Self { bootstrap, connections: RefCell::default(), leaders: RefCell::default() }
+        Self {
+            bootstrap,
+            connections: RefCell::default(),
+            leaders: RefCell::default(),
+            warm: RefCell::default(),
+        }
     }
 
     /// The connection the client was given.
@@ -32,11 +40,31 @@ impl Leaders {
         &self.bootstrap
     }
 
+    /// Learns `topic`'s leaders and connects to each, once: requests sent afterwards find their
+    /// connection without waiting, so requests to one partition go out in the order they are
+    /// made (until a leader moves).
+    pub async fn warm(&self, topic: &str) -> Result<(), ClientError> {
+        if self.warm.borrow().contains(topic) {
+            return Ok(());
+        }
+        self.learn(topic).await?;
+        let addresses: HashSet<String> = (self.leaders.borrow().iter())
+            .filter(|((t, _), _)| t == topic)
+            .map(|(_, address)| address.clone())
+            .collect();
+        for address in addresses {
+            self.connection(&address).await?;
+        }
+        self.warm.borrow_mut().insert(topic.to_string());
+        Ok(())
+    }
+
     /// Runs `request` against `partition`'s leader, learning the leaders again and retrying
-    /// (boundedly) when the broker asked does not lead it, it has no leader for the moment, or
-    /// the connection to it is lost. A request sent again after a lost connection may have been
-    /// applied the first time (a produce is then stored twice, as with a Kafka producer that
-    /// retries without idempotence).
+    /// (for up to 30 s) when the broker asked does not lead it, does not know the topic yet,
+    /// it has no leader for the moment, or the connection to its leader is lost. A request sent
+    /// again after a lost connection may have been applied the first time, and one sent again
+    /// goes out after later ones: a produce is then stored twice, or out of order, as with a
+    /// Kafka producer that retries without idempotence.
     pub async fn with_leader<T, F, Fut>(
         &self,
         topic: &str,
@@ -47,31 +75,26 @@ impl Leaders {
         F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
-        let mut last = None;
-        for attempt in 0..ATTEMPTS {
-            if attempt > 0 {
-                glommio::timer::sleep(RETRY_WAIT).await;
-            }
-            let (address, client) = match self.leader_of(topic, partition).await {
-                Ok(found) => found,
-                Err(e) if is_leader_change(&e) => {
-                    last = Some(e);
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            match request(client).await {
-                Err(e) if is_leader_change(&e) => {
-                    self.forget(topic);
-                    if matches!(e, ClientError::Disconnected(_) | ClientError::Io(_)) {
+        let deadline = Instant::now() + RETRY_FOR;
+        loop {
+            let outcome = match self.leader_of(topic, partition).await {
+                Ok((address, client)) => match request(client).await {
+                    Err(e) if is_lost(&e) => {
                         self.connections.borrow_mut().remove(&address);
+                        Err(e)
                     }
-                    last = Some(e);
+                    outcome => outcome,
+                },
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Err(e) if may_pass(&e) && Instant::now() < deadline => {
+                    self.forget(topic);
+                    glommio::timer::sleep(RETRY_WAIT).await;
                 }
                 outcome => return outcome,
             }
         }
-        Err(last.unwrap_or_else(|| ClientError::Protocol("no leader".into())))
     }
 
     /// The connection to `partition`'s leader (and its address), learning where it is when not
@@ -93,18 +116,41 @@ impl Leaders {
                 })?
             }
         };
-        let open = self.connections.borrow().get(&address).cloned();
-        if let Some(client) = open {
-            return Ok((address, client));
-        }
-        let client = Client::connect(&address).await?;
-        self.connections.borrow_mut().insert(address.clone(), client.clone());
+        let client = self.connection(&address).await?;
         Ok((address, client))
     }
 
-    /// Asks the bootstrap broker where `topic`'s partitions are led.
+    /// The connection to the broker at `address`, made once however many ask at a time.
+    async fn connection(&self, address: &str) -> Result<Client, ClientError> {
+        if let Some(open) = self.connections.borrow().get(address) {
+            return Ok(open.clone());
+        }
+        let made = Client::connect(address).await?;
+        // Another request may have connected meanwhile: one connection per broker.
+        let mut connections = self.connections.borrow_mut();
+        Ok(connections.entry(address.to_string()).or_insert(made).clone())
+    }
+
+    /// Asks where `topic`'s partitions are led: the bootstrap broker, or (if it cannot answer)
+    /// any other broker this client is connected to.
     async fn learn(&self, topic: &str) -> Result<(), ClientError> {
-        let metadata = self.bootstrap.metadata(Some(vec![topic.to_string()]), false).await?;
+        let mut askable = vec![self.bootstrap.clone()];
+        askable.extend(self.connections.borrow().values().cloned());
+        let mut last = None;
+        for broker in askable {
+            match broker.metadata(Some(vec![topic.to_string()]), false).await {
+                Ok(metadata) => return self.take(topic, metadata),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Protocol("no broker to ask".into())))
+    }
+
+    fn take(
+        &self,
+        topic: &str,
+        metadata: crate::native::messages::MetadataResponse,
+    ) -> Result<(), ClientError> {
         let described = metadata
             .topics
             .first()
@@ -123,12 +169,23 @@ impl Leaders {
 
     fn forget(&self, topic: &str) {
         self.leaders.borrow_mut().retain(|(t, _), _| t != topic);
+        self.warm.borrow_mut().remove(topic);
     }
 }
 
-/// A refusal that learning the leaders again and asking again can cure; a lost connection to
-/// a broker that stopped is one too.
-fn is_leader_change(error: &ClientError) -> bool {
-    matches!(error.code(), Some(ErrorCode::NotLeaderOrFollower | ErrorCode::NotAvailable))
-        || matches!(error, ClientError::Disconnected(_) | ClientError::Io(_))
+/// The connection is gone: the broker stopped, or the network failed.
+fn is_lost(error: &ClientError) -> bool {
+    matches!(error, ClientError::Disconnected(_) | ClientError::Io(_))
+}
+
+/// A refusal that passes: a leader moved or not known yet, a topic still reaching the broker
+/// asked, a broker stopping or out of reach.
+fn may_pass(error: &ClientError) -> bool {
+    let passing = [
+        ErrorCode::NotLeaderOrFollower,
+        ErrorCode::NotAvailable,
+        ErrorCode::UnknownTopic,
+        ErrorCode::UnknownPartition,
+    ];
+    error.code().is_some_and(|code| passing.contains(&code)) || is_lost(error)
 }

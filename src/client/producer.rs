@@ -112,6 +112,9 @@ impl Producer {
         partition: u32,
         record: OwnedRecord,
     ) -> Result<Delivery, ClientError> {
+        // The topic's leaders known and connected before its first batch: batches to one
+        // partition then leave in the order they close.
+        self.inner.leaders.warm(topic).await?;
         self.wait_for_inflight_below(self.inner.config.inflight_batches_max).await;
         let (waiter, delivery) = oneshot::channel();
         let key = (topic.to_string(), partition);

@@ -235,7 +235,7 @@ impl Run {
         let live = |n: &NodeId| self.image.brokers.get(n).is_some_and(|b| !b.fenced);
         let leadable = assignment.iter().all(|replicas| replicas.iter().any(live));
         self.next_topic += 1;
-        let name = format!("m{}", self.rng.below(4));
+        let name = format!("t{}", self.rng.below(8));
         let exists = self.image.topic_ids.contains_key(&name);
         let mut topic = new_topic(name.clone(), partitions as u32, 0);
         topic.assignment = Some(assignment.clone());
@@ -249,6 +249,19 @@ impl Run {
                     .map(|p| p.replicas.clone())
                     .collect();
                 assert_eq!(placed, assignment, "seed {}: placed otherwise", self.seed);
+                // Each led by its first live replica, alone in sync.
+                let image = &self.image;
+                let live = |n: &NodeId| image.brokers.get(n).is_some_and(|b| !b.fenced);
+                for state in image.topics[&id].partitions.values() {
+                    let first_live = state.replicas.iter().copied().find(|n| live(n));
+                    let in_sync = state.leader.map(|l| vec![l]);
+                    assert!(
+                        state.leader.is_some() && state.leader == first_live,
+                        "seed {}: {state:?}",
+                        self.seed
+                    );
+                    assert_eq!(Some(state.isr.clone()), in_sync, "seed {}", self.seed);
+                }
                 self.event("topic created by assignment");
             }
             Err(Refusal::TopicExists(_)) if exists => {}

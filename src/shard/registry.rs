@@ -119,8 +119,19 @@ impl Shard {
     /// metadata and goes there.
     fn not_leader(&self, topic: &str, partition: PartitionId) -> BrokerError {
         let leader = self.partition_state(topic, partition).and_then(|state| state.leader);
-        let known =
-            leader.map_or("no leader is known".to_string(), |l| format!("its leader is {l}"));
+        let image = self.metadata_image();
+        let known = match leader.map(|l| (l, image.brokers.get(&l))) {
+            None => "no leader is known".to_string(),
+            Some((l, None)) => format!("its leader is broker {l}"),
+            Some((l, Some(broker))) => {
+                let (kafka, native) = (&broker.endpoints.kafka, &broker.endpoints.native);
+                format!(
+                    "its leader is broker {l} (Kafka {}, native {})",
+                    crate::config::host_port(&kafka.0, kafka.1),
+                    crate::config::host_port(&native.0, native.1)
+                )
+            }
+        };
         let why =
             format!("broker {} does not lead {topic}-{partition}: {known}", self.config.node_id);
         BrokerError::new(ErrorKind::NotLeaderOrFollower, why)
