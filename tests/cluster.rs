@@ -894,3 +894,36 @@ fn base64_url(bytes: &[u8]) -> String {
     }
     out
 }
+
+/// A voter restarted without a quorum to join replays its log, but must not present that
+/// (perhaps stale) metadata as current: once clients stop waiting for it to catch up, its
+/// Metadata names the topics it knows with no leader (LEADER_NOT_AVAILABLE), and it leads
+/// nothing.
+#[test]
+fn a_broker_that_cannot_catch_up_names_no_leader() {
+    let _one_cluster = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cluster = Cluster::start();
+    let all = [1, 2, 3];
+    cluster.settle(&all, "three live brokers", |s| s.leader.is_some() && all_live(s, &all));
+    assert_eq!(create_topic_at(&cluster.kafka(1), "known", 3, 1, &[]).0, 0);
+    cluster.settle_metadata(&all, "the topic everywhere", |v| {
+        v.topics.get("known").is_some_and(|t| t.1.iter().all(|p| p.1 > 0))
+    });
+    for node in all {
+        cluster.broker(node).stop();
+    }
+    // Alone, node 1 replays its log but can elect no controller: it never joins.
+    cluster.broker(1).restart();
+    let view = metadata_at(&cluster.kafka(1));
+    let known = &view.topics.get("known").expect("the topic, from its log").1;
+    assert!(known.iter().all(|p| p.1 == -1), "a stale leader presented as current: {known:?}");
+    let mut request =
+        common::kafka_wire::produce_request("known", -1, common::kafka_wire::batch(-1, -1, 0, 1));
+    for partition in 0..3 {
+        request.topic_data[0].partition_data[0].index = partition;
+        let mut conn = Conn::open(&cluster.kafka(1));
+        let answer: kafka_protocol::messages::ProduceResponse =
+            conn.call(ApiKey::Produce, 9, &request);
+        assert_eq!(common::kafka_wire::produced(&answer).0, 6, "NOT_LEADER_OR_FOLLOWER");
+    }
+}

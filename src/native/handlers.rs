@@ -327,12 +327,14 @@ async fn describe_topic(shard: &Rc<Shard>, name: String, with_offsets: bool) -> 
         };
         let owner = shard.owner(&name, PartitionId(partition)).0 as u32;
         let state = shard.partition_state(&name, PartitionId(partition));
+        // Not caught up with the cluster: no leader is named from what may be a stale image.
+        let leader = state.as_ref().and_then(|s| s.leader).filter(|_| shard.is_ready());
         partitions.push(PartitionMetadata {
             partition,
             shard: owner,
             log_start,
             high_watermark,
-            leader: state.as_ref().and_then(|s| s.leader),
+            leader,
             leader_epoch: state.as_ref().map_or(-1, |s| s.leader_epoch.0),
             isr: state.as_ref().map(|s| s.isr.clone()).unwrap_or_default(),
             replicas: state.map(|s| s.replicas).unwrap_or_default(),

@@ -454,6 +454,12 @@ impl Shard {
         }
     }
 
+    /// Whether this broker has joined its cluster and caught up with the metadata: before, its
+    /// image may be an earlier prefix of the log, not to be answered as current.
+    pub fn is_ready(&self) -> bool {
+        self.ready.get()
+    }
+
     /// The cluster's metadata as this shard last published it.
     pub fn metadata_image(&self) -> Arc<MetadataImage> {
         self.image.borrow().clone()

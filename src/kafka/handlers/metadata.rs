@@ -160,7 +160,7 @@ fn partition(
     partition.partition_index = index as i32;
     let ids = |nodes: &[NodeId]| nodes.iter().map(|n| BrokerId(n.0)).collect::<Vec<_>>();
     match shard.partition_state(topic, PartitionId(index)) {
-        Some(state) => {
+        Some(state) if shard.is_ready() => {
             partition.leader_id = BrokerId(state.leader.map_or(-1, |l| l.0));
             if state.leader.is_none() {
                 partition.error_code = ResponseError::LeaderNotAvailable.code();
@@ -176,6 +176,13 @@ fn partition(
                     state.replicas.iter().filter(|n| !live(n)).copied().collect();
                 partition.offline_replicas = ids(&offline);
             }
+        }
+        // A broker that could not catch up (its wait for that ran out) names no leader: what it
+        // holds may be an earlier prefix of the log. Clients ask again, or another broker.
+        Some(state) => {
+            partition.error_code = ResponseError::LeaderNotAvailable.code();
+            partition.leader_id = BrokerId(-1);
+            partition.replica_nodes = ids(&state.replicas);
         }
         // A topic of this broker's disk not in the cluster's metadata yet (answered only when
         // the broker could not join in time): it holds the only replica, which leads nothing
