@@ -172,10 +172,8 @@ fn native_leaders(
     }
     let mut leaders = vec![None; described.partitions.len()];
     for partition in &described.partitions {
-        let broker = metadata.brokers.iter().find(|b| Some(b.node) == partition.leader);
-        if let (Some(slot), Some(broker)) = (leaders.get_mut(partition.partition as usize), broker)
-        {
-            *slot = Some(spate::config::host_port(&broker.host, broker.port));
+        if let Some(slot) = leaders.get_mut(partition.partition as usize) {
+            *slot = metadata.leader_address(partition);
         }
     }
     Ok(leaders)
@@ -222,9 +220,7 @@ impl Routes {
     ) -> Result<Self, String> {
         let mut pools = std::collections::BTreeMap::new();
         for partition in partitions {
-            let leader = leaders.get(*partition as usize).ok_or("a partition without a leader")?;
-            let links = vec![Link::connect(protocol, leader).await?];
-            pools.insert(*partition, Pool { links });
+            pools.extend(Self::connect(protocol, leaders, &[*partition], 1).await?.pools);
         }
         Ok(Self { pools })
     }

@@ -158,9 +158,7 @@ impl Leaders {
         ClientError::from_body(&described.error)?;
         let mut leaders = self.leaders.borrow_mut();
         for partition in &described.partitions {
-            let broker = metadata.brokers.iter().find(|b| Some(b.node) == partition.leader);
-            if let Some(broker) = broker {
-                let address = crate::config::host_port(&broker.host, broker.port);
+            if let Some(address) = metadata.leader_address(partition) {
                 leaders.insert((topic.to_string(), partition.partition), address);
             }
         }

@@ -1,5 +1,5 @@
-//! The metadata a broker has applied: the image of the log's committed prefix, which entry it
-//! ends at, and the active controller as last heard. Shard 0's voter or follower applies the
+//! The metadata a broker has applied: the image of the log's committed prefix, and which entry
+//! it ends at. Shard 0's voter or follower applies the
 //! entries (one or the other, never both); the broker publishes each new image to its shards.
 //!
 //! Images are shared as `Arc`s: a publication hands the same image to every shard, and the next
@@ -11,15 +11,12 @@ use std::sync::Arc;
 use event_listener::{Event as Signal, EventListener};
 
 use super::metadata::{self, MetadataImage};
-use crate::types::NodeId;
 
 #[derive(Default)]
 pub struct AppliedMetadata {
     image: RefCell<Arc<MetadataImage>>,
     /// The last log entry applied to `image`.
     applied: Cell<u64>,
-    /// The active controller, as the voter or follower last knew it.
-    controller: Cell<Option<NodeId>>,
     /// The image changed.
     changed: Signal,
 }
@@ -48,20 +45,12 @@ impl AppliedMetadata {
         self.changed.notify(usize::MAX);
     }
 
-    pub fn set_controller(&self, controller: Option<NodeId>) {
-        self.controller.set(controller);
-    }
-
     pub fn image(&self) -> Arc<MetadataImage> {
         self.image.borrow().clone()
     }
 
     pub fn applied(&self) -> u64 {
         self.applied.get()
-    }
-
-    pub fn controller(&self) -> Option<NodeId> {
-        self.controller.get()
     }
 
     /// Resolves at the next [`Self::notify`] after this call.

@@ -54,13 +54,7 @@ pub enum Event {
         topic: NewTopic,
         id: TopicId,
     },
-    /// Raises a topic's partition count to `count`; the new partitions get the topic's
-    /// replication factor, placed (or as `assignment` says, one list per new partition).
-    CreatePartitions {
-        name: String,
-        count: u32,
-        assignment: Option<Vec<Vec<NodeId>>>,
-    },
+    CreatePartitions(NewPartitions),
     DeleteTopic {
         name: String,
     },
@@ -82,6 +76,16 @@ pub struct NewTopic {
     pub assignment: Option<Vec<Vec<NodeId>>>,
     /// Setting overrides, sorted by name.
     pub config: Vec<(String, String)>,
+}
+
+/// More partitions for a topic, as a client asks for them (Kafka's CreatePartitionsTopic):
+/// `count` in all; the new ones get the topic's replication factor, placed, or as `assignment`
+/// says (one list per new partition).
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct NewPartitions {
+    pub name: String,
+    pub count: u32,
+    pub assignment: Option<Vec<Vec<NodeId>>>,
 }
 
 /// How many partitions a broker may hold (`max.broker.partitions`, replicas counted, KIP-578),
@@ -260,7 +264,7 @@ impl Controller {
                 Ok(fence(image, node, broker_epoch, true))
             }
             Event::CreateTopic { topic, id } => self.create_topic(image, topic, id),
-            Event::CreatePartitions { name, count, assignment } => {
+            Event::CreatePartitions(NewPartitions { name, count, assignment }) => {
                 self.create_partitions(image, &name, count, assignment)
             }
             Event::DeleteTopic { name } => match image.topic_ids.get(&name) {
@@ -358,10 +362,7 @@ impl Controller {
         count: u32,
         assignment: Option<Vec<Vec<NodeId>>>,
     ) -> Result<Vec<MetadataRecord>, Refusal> {
-        let Some((id, topic)) = image.topic_ids.get(name).and_then(|id| {
-            let topic = image.topics.get(id)?;
-            Some((*id, topic))
-        }) else {
+        let Some((id, topic)) = image.topic_named(name) else {
             return Err(Refusal::UnknownTopic(name.to_string()));
         };
         let held = u32::try_from(topic.partitions.len()).unwrap_or(u32::MAX);
@@ -494,7 +495,7 @@ fn check_assignment(
             Some(format!("partition {index}: {} replicas, not {wanted:?}", replicas.len()))
         } else if let Some(unknown) = replicas.iter().find(|r| !image.brokers.contains_key(r)) {
             Some(format!("partition {index}: broker {unknown} is not registered"))
-        } else if !replicas.iter().any(|r| image.brokers.get(r).is_some_and(|b| !b.fenced)) {
+        } else if !replicas.iter().any(|r| image.is_live(r)) {
             Some(format!("partition {index}: none of {replicas:?} is live to lead it"))
         } else {
             None
@@ -514,7 +515,7 @@ fn new_partitions(
     first: u32,
     placed: Vec<Vec<NodeId>>,
 ) -> Vec<MetadataRecord> {
-    let live = |n: &NodeId| image.brokers.get(n).is_some_and(|b| !b.fenced);
+    let live = |n: &NodeId| image.is_live(n);
     placed
         .into_iter()
         .zip(first..)
@@ -562,7 +563,7 @@ fn fence(
 /// shares: a partition it leads gets the first other live in-sync replica, in replica order, as
 /// leader (or none), with a new leader epoch.
 fn without_leadership(image: &MetadataImage, node: NodeId) -> Vec<MetadataRecord> {
-    let live = |n: &NodeId| *n != node && image.brokers.get(n).is_some_and(|b| !b.fenced);
+    let live = |n: &NodeId| *n != node && image.is_live(n);
     let mut records = Vec::new();
     for (topic, partition, state) in image.partitions() {
         let leads = state.leader == Some(node);
@@ -903,22 +904,25 @@ mod tests {
         let now = Instant::now();
         let (mut controller, mut image, _) = cluster(3, now);
         commit(&mut controller, &mut image, create("t", 2, 2), now).expect("created");
-        let grow = |count| Event::CreatePartitions { name: "t".into(), count, assignment: None };
+        let grow = |count| {
+            Event::CreatePartitions(NewPartitions { name: "t".into(), count, assignment: None })
+        };
         assert_eq!(controller.decide(&image, grow(2), now), Err(Refusal::InvalidPartitions(2)));
         commit(&mut controller, &mut image, grow(5), now).expect("grown");
         let topic = &image.topics[&image.topic_ids["t"]];
         assert_eq!(topic.partitions.len(), 5);
         assert!(topic.partitions.values().all(|p| p.replicas.len() == 2 && p.leader.is_some()));
-        let wrong = Event::CreatePartitions {
+        let wrong = Event::CreatePartitions(NewPartitions {
             name: "t".into(),
             count: 6,
             assignment: Some(vec![vec![NodeId(1)]]),
-        };
+        });
         assert!(matches!(
             controller.decide(&image, wrong, now),
             Err(Refusal::InvalidAssignment(_))
         ));
-        let missing = Event::CreatePartitions { name: "u".into(), count: 3, assignment: None };
+        let missing =
+            Event::CreatePartitions(NewPartitions { name: "u".into(), count: 3, assignment: None });
         assert_eq!(controller.decide(&image, missing, now), Err(Refusal::UnknownTopic("u".into())));
     }
 

@@ -32,9 +32,11 @@ pub struct MetadataFollower {
     me: NodeId,
     voters: Vec<NodeId>,
     links: Rc<dyn Links>,
-    /// The image of the committed log, as applied here, and the active controller as the
-    /// voter asked last knew it (shared with the broker, which publishes it to its shards).
+    /// The image of the committed log, as applied here (shared with the broker, which
+    /// publishes it to its shards).
     metadata: Rc<AppliedMetadata>,
+    /// The active controller, as the voter asked last knew it.
+    leader: Cell<Option<NodeId>>,
     /// The voter asked next.
     target: Cell<usize>,
 }
@@ -46,7 +48,7 @@ impl MetadataFollower {
         links: Rc<dyn Links>,
         metadata: Rc<AppliedMetadata>,
     ) -> Self {
-        Self { me, voters, links, metadata, target: Cell::new(0) }
+        Self { me, voters, links, metadata, leader: Cell::new(None), target: Cell::new(0) }
     }
 
     /// Follows the log until `stop`, or until an entry this build cannot read (a newer format)
@@ -60,7 +62,7 @@ impl MetadataFollower {
                     Err(Fetched::Unreadable(why)) => return Err(why),
                     Err(Fetched::Failed(why)) => {
                         tracing::debug!(node = %self.me, "following the metadata log: {why}");
-                        self.target.set((self.target.get() + 1) % self.voters.len().max(1));
+                        self.target.set(self.next_voter());
                         RETRY_WAIT
                     }
                 };
@@ -81,12 +83,12 @@ impl MetadataFollower {
         let from = self.metadata.applied() + 1;
         let answer = (self.links.fetch_metadata(voter, from).await)
             .map_err(|e| Fetched::Failed(e.error.message))?;
-        self.metadata.set_controller(answer.leader);
+        self.leader.set(answer.leader);
         if answer.entries.is_empty() {
             // Caught up with this voter; the active controller is never behind it, so ask that
             // one next (a lagging or cut-off voter would keep this broker behind).
             let leader = answer.leader.and_then(|l| self.voters.iter().position(|v| *v == l));
-            let next = leader.unwrap_or((self.target.get() + 1) % self.voters.len().max(1));
+            let next = leader.unwrap_or_else(|| self.next_voter());
             // A voter that knows no leader may be cut off itself: try the next.
             self.target.set(next);
             return Ok(false);
@@ -104,10 +106,15 @@ impl MetadataFollower {
         Ok(true)
     }
 
+    /// The voter after the one asked last, round the voters.
+    fn next_voter(&self) -> usize {
+        (self.target.get() + 1) % self.voters.len().max(1)
+    }
+
     pub fn status(&self) -> ClusterStatus {
         let (image, applied) = (self.metadata.image(), self.metadata.applied());
         let mut status = status_of(self.me, &self.voters, &image, applied);
-        status.leader = self.metadata.controller();
+        status.leader = self.leader.get();
         status
     }
 }

@@ -382,6 +382,12 @@ impl MetadataImage {
         }
     }
 
+    /// The topic named `name`, with its id.
+    pub fn topic_named(&self, name: &str) -> Option<(TopicId, &TopicInfo)> {
+        let id = *self.topic_ids.get(name)?;
+        Some((id, self.topics.get(&id)?))
+    }
+
     /// Every partition: (topic id, partition, state).
     pub fn partitions(&self) -> impl Iterator<Item = (TopicId, PartitionId, &PartitionState)> {
         self.topics.iter().flat_map(|(id, topic)| {
@@ -401,7 +407,8 @@ impl MetadataImage {
         self.brokers.iter().filter(|(_, b)| !b.fenced)
     }
 
-    fn is_live(&self, node: &NodeId) -> bool {
+    /// Whether `node` is registered and not fenced.
+    pub fn is_live(&self, node: &NodeId) -> bool {
         self.brokers.get(node).is_some_and(|b| !b.fenced)
     }
 

@@ -22,7 +22,9 @@ use futures_channel::oneshot;
 use rkyv::{Archive, Deserialize, Serialize};
 
 use super::applied::AppliedMetadata;
-use super::decide::{Controller, Event, NewTopic, PartitionLimits, Refusal, PRODUCER_ID_BLOCK};
+use super::decide::{
+    Controller, Event, NewPartitions, NewTopic, PartitionLimits, Refusal, PRODUCER_ID_BLOCK,
+};
 use super::metadata::{
     self, ClusterId, Endpoints, MetadataImage, MetadataRecord, Registration, TopicId,
 };
@@ -79,11 +81,7 @@ pub enum ControllerRequest {
         topic: NewTopic,
         id: Option<TopicId>,
     },
-    CreatePartitions {
-        name: String,
-        count: u32,
-        assignment: Option<Vec<Vec<NodeId>>>,
-    },
+    CreatePartitions(NewPartitions),
     DeleteTopic {
         name: String,
     },
@@ -356,7 +354,6 @@ impl ControllerNode {
         for (to, messages) in by_peer {
             self.links.send_voter_messages(to, cluster_id, messages);
         }
-        self.metadata.set_controller(node_of(self.raft.borrow().leader()));
         if !self.raft.borrow().is_leader() {
             self.active.borrow_mut().take();
             // Proposals of a term this voter no longer leads may still commit (a later leader
@@ -472,9 +469,8 @@ impl ControllerNode {
                 let (index, _) = self.decide(Event::CreateTopic { topic, id }).await?;
                 Ok(ControllerAnswer::MetadataChanged { index })
             }
-            ControllerRequest::CreatePartitions { name, count, assignment } => {
-                let event = Event::CreatePartitions { name, count, assignment };
-                let (index, _) = self.decide(event).await?;
+            ControllerRequest::CreatePartitions(more) => {
+                let (index, _) = self.decide(Event::CreatePartitions(more)).await?;
                 Ok(ControllerAnswer::MetadataChanged { index })
             }
             ControllerRequest::DeleteTopic { name } => {

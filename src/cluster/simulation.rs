@@ -22,7 +22,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::decide::{Controller, Event, NewTopic, PartitionLimits, Refusal, PRODUCER_ID_BLOCK};
+use super::decide::{
+    Controller, Event, NewPartitions, NewTopic, PartitionLimits, Refusal, PRODUCER_ID_BLOCK,
+};
 use super::metadata::{
     self, ClusterId, Endpoints, MetadataImage, MetadataRecord, Registration, TopicId,
     CLUSTER_PROTOCOL_VERSION,
@@ -232,7 +234,7 @@ impl Run {
             }
             assignment.push(replicas);
         }
-        let live = |n: &NodeId| self.image.brokers.get(n).is_some_and(|b| !b.fenced);
+        let live = |n: &NodeId| self.image.is_live(n);
         let leadable = assignment.iter().all(|replicas| replicas.iter().any(live));
         self.next_topic += 1;
         let name = format!("t{}", self.rng.below(8));
@@ -251,7 +253,7 @@ impl Run {
                 assert_eq!(placed, assignment, "seed {}: placed otherwise", self.seed);
                 // Each led by its first live replica, alone in sync.
                 let image = &self.image;
-                let live = |n: &NodeId| image.brokers.get(n).is_some_and(|b| !b.fenced);
+                let live = |n: &NodeId| image.is_live(n);
                 for state in image.topics[&id].partitions.values() {
                     let first_live = state.replicas.iter().copied().find(|n| live(n));
                     let in_sync = state.leader.map(|l| vec![l]);
@@ -280,7 +282,8 @@ impl Run {
             return;
         };
         let count = topic.partitions.len() as u32 + 1 + self.rng.below(3) as u32;
-        match self.decide(Event::CreatePartitions { name, count, assignment: None }) {
+        let grow = NewPartitions { name, count, assignment: None };
+        match self.decide(Event::CreatePartitions(grow)) {
             Ok(()) => self.event("partitions added"),
             Err(Refusal::InvalidReplicationFactor { .. }) => {
                 self.event("partitions refused: too few live brokers")

@@ -311,6 +311,10 @@ async fn describe_topic(shard: &Rc<Shard>, name: String, with_offsets: bool) -> 
     };
     let mut partitions = Vec::with_capacity(info.partitions as usize);
     let mut error = ErrorBody::none();
+    let image = shard.metadata_image();
+    let states = image.topic_named(&name).map(|(_, topic)| &topic.partitions);
+    // Not caught up with the cluster: no leader is named from what may be a stale image.
+    let ready = shard.is_ready();
     for partition in 0..info.partitions {
         let (log_start, high_watermark) = if with_offsets {
             match shard.watermarks(&name, PartitionId(partition)).await {
@@ -326,18 +330,16 @@ async fn describe_topic(shard: &Rc<Shard>, name: String, with_offsets: bool) -> 
             (0, 0)
         };
         let owner = shard.owner(&name, PartitionId(partition)).0 as u32;
-        let state = shard.partition_state(&name, PartitionId(partition));
-        // Not caught up with the cluster: no leader is named from what may be a stale image.
-        let leader = state.as_ref().and_then(|s| s.leader).filter(|_| shard.is_ready());
+        let state = states.and_then(|s| s.get(&PartitionId(partition)));
         partitions.push(PartitionMetadata {
             partition,
             shard: owner,
             log_start,
             high_watermark,
-            leader,
-            leader_epoch: state.as_ref().map_or(-1, |s| s.leader_epoch.0),
-            isr: state.as_ref().map(|s| s.isr.clone()).unwrap_or_default(),
-            replicas: state.map(|s| s.replicas).unwrap_or_default(),
+            leader: state.and_then(|s| s.leader).filter(|_| ready),
+            leader_epoch: state.map_or(-1, |s| s.leader_epoch.0),
+            isr: state.map(|s| s.isr.clone()).unwrap_or_default(),
+            replicas: state.map(|s| s.replicas.clone()).unwrap_or_default(),
         });
     }
     TopicMetadata { name, error, partitions, configs: info.config.entries() }

@@ -239,6 +239,15 @@ pub struct MetadataResponse {
     pub topics: Vec<TopicMetadata>,
 }
 
+impl MetadataResponse {
+    /// The native address (`host:port`) of `partition`'s leader, when it has one the answer
+    /// lists.
+    pub fn leader_address(&self, partition: &PartitionMetadata) -> Option<String> {
+        let broker = self.brokers.iter().find(|b| Some(b.node) == partition.leader)?;
+        Some(crate::config::host_port(&broker.host, broker.port))
+    }
+}
+
 /// Raft messages from voter `from`; the frame's data is the archive of the `Vec<WireMessage>`
 /// ([`encode`]), which may exceed what a meta body holds (an append that catches a voter up).
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]

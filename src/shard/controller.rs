@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use crate::cluster::decide::NewTopic;
+use crate::cluster::decide::{NewPartitions, NewTopic};
 use crate::cluster::metadata::PARTITIONS_MAX;
 use crate::cluster::node::{ControllerAnswer, ControllerRequest};
 use crate::error::{BrokerError, ErrorKind};
@@ -56,7 +56,7 @@ impl Shard {
             );
             return Err(BrokerError::new(ErrorKind::InvalidConfig, why));
         }
-        if self.topic(name).is_some() {
+        if self.has_topic(name) {
             let why = format!("topic {name} exists");
             return Err(BrokerError::new(ErrorKind::TopicAlreadyExists, why));
         }
@@ -103,8 +103,11 @@ impl Shard {
             return Err(BrokerError::new(ErrorKind::InvalidPartitions, why));
         }
         self.check_disk_room(count - info.partitions).await?;
-        let request =
-            ControllerRequest::CreatePartitions { name: name.to_string(), count, assignment };
+        let request = ControllerRequest::CreatePartitions(NewPartitions {
+            name: name.to_string(),
+            count,
+            assignment,
+        });
         self.change_metadata(request).await?;
         tracing::info!(topic = %name, from = info.partitions, to = count, "added partitions");
         Ok(())

@@ -27,8 +27,8 @@ impl Shard {
         request: R,
     ) -> Result<R::Answer, ErrorKind> {
         let me = self.config.node_id;
-        if let Some(state) = self.partition_state(OFFSETS_TOPIC, offsets::partition_for(group)) {
-            if state.leader != Some(me) {
+        if let Some(leader) = self.partition_leader(OFFSETS_TOPIC, offsets::partition_for(group)) {
+            if leader != Some(me) {
                 return Err(ErrorKind::NotCoordinator);
             }
         }
@@ -43,8 +43,8 @@ impl Shard {
             BrokerError::new(ErrorKind::CoordinatorNotAvailable, format!("{OFFSETS_TOPIC}: {e}"))
         })?;
         let partition = offsets::partition_for(group);
-        match self.partition_state(OFFSETS_TOPIC, partition) {
-            Some(state) => state.leader.ok_or_else(|| {
+        match self.partition_leader(OFFSETS_TOPIC, partition) {
+            Some(leader) => leader.ok_or_else(|| {
                 let why = format!("{OFFSETS_TOPIC}-{partition} has no leader for the moment");
                 BrokerError::new(ErrorKind::CoordinatorNotAvailable, why)
             }),
@@ -71,7 +71,7 @@ impl Shard {
 
     /// Creates `__consumer_offsets` on first use.
     pub async fn ensure_offsets_topic(self: &Rc<Self>) -> Result<(), BrokerError> {
-        if self.topic(OFFSETS_TOPIC).is_some() {
+        if self.has_topic(OFFSETS_TOPIC) {
             return Ok(());
         }
         // Never deleted by age or size: the coordinator compacts it (see `Coordinator::compact`).
@@ -100,7 +100,7 @@ impl Shard {
 /// The coordinator's view of this shard: the `__consumer_offsets` partitions it owns.
 impl OffsetsLogs for Rc<Shard> {
     fn owned(&self) -> Vec<(PartitionId, Rc<Partition>)> {
-        if self.topic(OFFSETS_TOPIC).is_none() {
+        if !self.has_topic(OFFSETS_TOPIC) {
             return Vec::new();
         }
         (0..OFFSETS_PARTITIONS)

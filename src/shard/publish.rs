@@ -30,7 +30,7 @@ use crate::error::{BrokerError, ErrorKind};
 use crate::shard::call::{Publish, RemoveTopic};
 use crate::shard::catalog::{self, TopicFile, TopicInfo};
 use crate::shard::state::Shard;
-use crate::types::{PartitionId, ShardId};
+use crate::types::{NodeId, PartitionId, ShardId};
 
 /// How often the publisher looks again without a change (its broker's registration, say).
 const RECHECK_INTERVAL: Duration = Duration::from_millis(250);
@@ -45,7 +45,7 @@ pub struct Published {
     /// Topics on this broker's disk whose copy is not the metadata's (yet): from before the
     /// cluster, or deleted (and maybe created again) while this broker was away and not removed
     /// yet. Their partitions are neither opened nor led here.
-    pub unsettled: Vec<String>,
+    pub unsettled: BTreeSet<String>,
     /// The broker is registered under this process, live, and has every topic of its disk in
     /// the metadata: it serves clients, and leads what the image says it leads. (An image
     /// without this process's registration may be a stale prefix of the log, and a fenced
@@ -110,8 +110,7 @@ impl Shard {
         if live {
             let strays: Vec<String> = (self.disk_topics.borrow().iter())
                 .filter(|(name, file)| {
-                    let theirs = image.topic_ids.get(*name).map(|id| uuid_text(id.0));
-                    file.id.is_some() && !file.importing && file.id != theirs
+                    file.id.is_some() && !file.importing && !is_the_images(file, &image, name)
                 })
                 .map(|(name, _)| name.clone())
                 .collect();
@@ -148,14 +147,11 @@ impl Shard {
     /// The topics whose copy on this broker's disk is not the image's: from before the cluster
     /// (or being brought in), of another id (a deleted topic not removed yet), or with a replica
     /// here and no file written yet. Their partitions are neither opened nor led.
-    fn unsettled_topics(&self, image: &MetadataImage) -> Vec<String> {
+    fn unsettled_topics(&self, image: &MetadataImage) -> BTreeSet<String> {
         let me = self.config.node_id;
         let on_disk = self.disk_topics.borrow();
         let mut unsettled: BTreeSet<String> = (on_disk.iter())
-            .filter(|(name, file)| {
-                let theirs = image.topic_ids.get(*name).map(|id| uuid_text(id.0));
-                file.id.is_none() || file.importing || file.id != theirs
-            })
+            .filter(|(name, file)| file.importing || !is_the_images(file, image, name))
             .map(|(name, _)| name.clone())
             .collect();
         for topic in image.topics.values() {
@@ -164,7 +160,7 @@ impl Shard {
                 unsettled.insert(topic.name.clone());
             }
         }
-        unsettled.into_iter().collect()
+        unsettled
     }
 
     /// A topic on this broker's disk that the cluster deleted (or deleted and created again
@@ -319,11 +315,11 @@ impl Shard {
     ) -> Result<(), BrokerError> {
         let me = self.config.node_id;
         let image = &published.image;
-        let unsettled: BTreeSet<&str> = published.unsettled.iter().map(String::as_str).collect();
-        let catalog = self.catalog_of(image, &unsettled);
+        let unsettled = &published.unsettled;
+        let catalog = self.catalog_of(image, unsettled);
         let mut failed = None;
         for (id, topic) in &image.topics {
-            if unsettled.contains(topic.name.as_str()) {
+            if unsettled.contains(&topic.name) {
                 continue;
             }
             let Some(info) = catalog.get(&topic.name) else { continue };
@@ -343,12 +339,10 @@ impl Shard {
         // Partitions open here that the metadata does not have this broker lead.
         for ((name, partition), open) in self.partitions.borrow().iter() {
             let leads = published.ready
-                && !unsettled.contains(name.as_str())
+                && !unsettled.contains(name)
                 && image
-                    .topic_ids
-                    .get(name)
-                    .and_then(|id| image.topics.get(id))
-                    .and_then(|topic| topic.partitions.get(partition))
+                    .topic_named(name)
+                    .and_then(|(_, topic)| topic.partitions.get(partition))
                     .is_some_and(|state| state.leader == Some(me));
             if !leads {
                 open.set_leader(false);
@@ -375,16 +369,16 @@ impl Shard {
     fn catalog_of(
         &self,
         image: &MetadataImage,
-        unsettled: &BTreeSet<&str>,
+        unsettled: &BTreeSet<String>,
     ) -> BTreeMap<String, TopicInfo> {
         let before = self.catalog.borrow();
         let mut topics = BTreeMap::new();
         for name in unsettled {
-            let from_before_the_cluster = before.topics.get(*name).filter(|info| info.id.is_none());
+            let from_before_the_cluster = before.topics.get(name).filter(|info| info.id.is_none());
             if let (Some(info), false) =
-                (from_before_the_cluster, image.topic_ids.contains_key(*name))
+                (from_before_the_cluster, image.topic_ids.contains_key(name))
             {
-                topics.insert(name.to_string(), info.clone());
+                topics.insert(name.clone(), info.clone());
             }
         }
         for (id, topic) in &image.topics {
@@ -419,14 +413,24 @@ impl Shard {
 
     /// Shard 0: waits until every shard has metadata log entry `index`, or `deadline`.
     pub(super) async fn wait_published_everywhere(&self, index: u64, deadline: Instant) {
+        self.wait_for_publication(deadline, || self.published_everywhere.get() >= index).await;
+    }
+
+    /// Waits until `done` holds, checked at each publication on this shard, or `deadline`, or
+    /// the shard stopping; answers whether it holds.
+    pub(super) async fn wait_for_publication(
+        &self,
+        deadline: Instant,
+        done: impl Fn() -> bool,
+    ) -> bool {
         loop {
             let listener = self.published_signal.listen();
-            if self.published_everywhere.get() >= index || self.stopping.get() {
-                return;
+            if done() {
+                return true;
             }
             let late = deadline.saturating_duration_since(Instant::now());
-            if late.is_zero() {
-                return;
+            if late.is_zero() || self.stopping.get() {
+                return false;
             }
             futures_lite::future::or(listener, glommio::timer::sleep(late)).await;
         }
@@ -437,20 +441,8 @@ impl Shard {
     /// `READY_WAIT` serves with what it has rather than hold every request (the answers then
     /// say what it knows: no leaders for what it has not learnt).
     pub async fn wait_ready(&self) {
-        if self.ready.get() {
-            return;
-        }
-        let deadline = self.started + READY_WAIT;
-        loop {
-            let listener = self.published_signal.listen();
-            if self.ready.get() || self.stopping.get() {
-                return;
-            }
-            let late = deadline.saturating_duration_since(Instant::now());
-            if late.is_zero() {
-                return;
-            }
-            futures_lite::future::or(listener, glommio::timer::sleep(late)).await;
+        if !self.ready.get() {
+            self.wait_for_publication(self.started + READY_WAIT, || self.ready.get()).await;
         }
     }
 
@@ -465,15 +457,22 @@ impl Shard {
         self.image.borrow().clone()
     }
 
-    /// Partition `partition` of `topic` in this shard's metadata.
-    pub fn partition_state(
-        &self,
-        topic: &str,
-        partition: PartitionId,
-    ) -> Option<crate::cluster::metadata::PartitionState> {
+    /// The leader of partition `partition` of `topic` in this shard's metadata (`Some(None)`:
+    /// the partition exists and has no leader now); `None` when the metadata has no such
+    /// partition.
+    pub fn partition_leader(&self, topic: &str, partition: PartitionId) -> Option<Option<NodeId>> {
         let image = self.image.borrow();
-        let id = image.topic_ids.get(topic)?;
-        image.topics.get(id)?.partitions.get(&partition).cloned()
+        Some(image.topic_named(topic)?.1.partitions.get(&partition)?.leader)
+    }
+}
+
+/// Whether the topic file `file` (of topic `name` on this broker's disk) is of the topic the
+/// image holds under that name: the same id.
+fn is_the_images(file: &TopicFile, image: &MetadataImage, name: &str) -> bool {
+    let theirs = image.topic_ids.get(name);
+    match (&file.id, theirs) {
+        (Some(ours), Some(theirs)) => parse_uuid_text(ours).is_ok_and(|ours| ours == theirs.0),
+        _ => false,
     }
 }
 

@@ -118,8 +118,9 @@ impl Shard {
     /// NOT_LEADER_OR_FOLLOWER, naming the leader this broker knows: the client refreshes its
     /// metadata and goes there.
     fn not_leader(&self, topic: &str, partition: PartitionId) -> BrokerError {
-        let leader = self.partition_state(topic, partition).and_then(|state| state.leader);
         let image = self.metadata_image();
+        let state = image.topic_named(topic).and_then(|(_, t)| t.partitions.get(&partition));
+        let leader = state.and_then(|state| state.leader);
         let known = match leader.map(|l| (l, image.brokers.get(&l))) {
             None => "no leader is known".to_string(),
             Some((l, None)) => format!("its leader is broker {l}"),

@@ -161,6 +161,11 @@ impl Shard {
         self.catalog.borrow().topics.get(name).cloned()
     }
 
+    /// Whether the catalog has topic `name` (without copying its settings as [`Self::topic`]).
+    pub fn has_topic(&self, name: &str) -> bool {
+        self.catalog.borrow().topics.contains_key(name)
+    }
+
     /// Whether `topic` exists with a partition `partition`.
     pub fn has_partition(&self, topic: &str, partition: PartitionId) -> bool {
         self.catalog.borrow().topics.get(topic).is_some_and(|t| partition.0 < t.partitions)
@@ -371,8 +376,11 @@ impl Shard {
         if let Some(info) = self.topic(name) {
             return Ok(info);
         }
-        if is_internal_topic(name) {
+        // Whether this request's own creation answered: then every shard has the topic already
+        // (`forward_here` waits for that).
+        let created_here = if is_internal_topic(name) {
             self.ensure_offsets_topic().await?;
+            false
         } else if !self.config.auto_create_topics {
             let why = format!("no topic {name} (auto.create.topics.enable is off)");
             return Err(BrokerError::new(ErrorKind::UnknownTopic, why));
@@ -386,30 +394,27 @@ impl Shard {
             };
             match self.create_topic(topic).await {
                 Err(e) if e.kind != ErrorKind::TopicAlreadyExists => return Err(e),
-                _ => {}
+                Err(_) => false,
+                Ok(_) => true,
             }
-        }
+        };
         // Created by another request at the same moment, perhaps: it reaches this shard with
         // the metadata that holds it, and is used once every shard has that metadata (the
         // partitions are on any of them).
         let deadline = std::time::Instant::now() + TOPIC_WAIT;
-        loop {
-            let published = self.published_signal.listen();
-            if let Some(info) = self.topic(name) {
-                let index = self.published.get();
-                // Boxed: `ask` -> `execute` -> ... -> `topic_or_create` -> `ask` is a cycle.
-                let everywhere: std::pin::Pin<Box<dyn std::future::Future<Output = _> + '_>> =
-                    Box::pin(self.ask(CONTROLLER_SHARD, AwaitPublished { index }));
-                let _ = everywhere.await;
-                return Ok(info);
-            }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() || self.stopping.get() {
-                let why = format!("topic {name} was created but has not reached this broker yet");
-                return Err(BrokerError::new(ErrorKind::UnknownTopic, why));
-            }
-            futures_lite::future::or(published, glommio::timer::sleep(left)).await;
+        self.wait_for_publication(deadline, || self.has_topic(name)).await;
+        let Some(info) = self.topic(name) else {
+            let why = format!("topic {name} was created but has not reached this broker yet");
+            return Err(BrokerError::new(ErrorKind::UnknownTopic, why));
+        };
+        if !created_here {
+            let index = self.published.get();
+            // Boxed: `ask` -> `execute` -> ... -> `topic_or_create` -> `ask` is a cycle.
+            let everywhere: std::pin::Pin<Box<dyn std::future::Future<Output = _> + '_>> =
+                Box::pin(self.ask(CONTROLLER_SHARD, AwaitPublished { index }));
+            let _ = everywhere.await;
         }
+        Ok(info)
     }
 
     /// Raises a topic's partition count through the active controller.

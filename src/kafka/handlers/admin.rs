@@ -145,7 +145,9 @@ async fn create_one(
     let checked = shard.create_topic(request).await.map_err(refused)?;
     // Created; as published here, or (this broker slow to learn it) as it was asked for.
     let info = shard.topic(&name).unwrap_or(checked);
-    let replicas = shard.partition_state(&name, PartitionId(0)).map_or(1, |s| s.replicas.len());
+    let image = shard.metadata_image();
+    let first = image.topic_named(&name).and_then(|(_, t)| t.partitions.get(&PartitionId(0)));
+    let replicas = first.map_or(1, |state| state.replicas.len());
     Ok((info, u16::try_from(replicas).unwrap_or(u16::MAX)))
 }
 

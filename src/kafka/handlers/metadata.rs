@@ -20,7 +20,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
-use crate::cluster::metadata::{MetadataImage, TopicId};
+use crate::cluster::metadata::{MetadataImage, PartitionState, TopicId};
 use crate::error::{BrokerError, ErrorKind};
 use crate::group::offsets::OFFSETS_TOPIC;
 use crate::kafka::codec;
@@ -50,7 +50,7 @@ pub async fn metadata(
     let mut created: Vec<(String, Result<(), BrokerError>)> = Vec::new();
     if let Some(asked) = &asked {
         for name in asked.iter().filter_map(|a| a.as_ref().ok()) {
-            if may_create && shard.topic(name).is_none() {
+            if may_create && !shard.has_topic(name) {
                 created.push((name.clone(), shard.topic_or_create(name).await.map(|_| ())));
             }
         }
@@ -104,8 +104,14 @@ pub async fn metadata(
                 if let (Some(id), true) = (info.id, has_field(version, 10)) {
                     topic.topic_id = uuid::Uuid::from_u128(id.0);
                 }
+                // Named only by a broker caught up with the cluster: another's image may be an
+                // earlier prefix of the log.
+                let states = image.topic_named(&name).map(|(_, t)| &t.partitions);
+                let ready = shard.is_ready();
                 for index in 0..info.partitions {
-                    topic.partitions.push(partition(shard, &image, &name, index, me, version));
+                    let state = states.and_then(|s| s.get(&PartitionId(index)));
+                    let known = state.map(|state| (state, ready));
+                    topic.partitions.push(partition(&image, known, index, me, version));
                 }
             }
             (None, Some(Err(e))) => topic.error_code = kafka_error(e).0,
@@ -148,10 +154,10 @@ fn brokers(
 
 /// One partition as the metadata has it: without a leader, LEADER_NOT_AVAILABLE (clients ask
 /// again); replicas on fenced brokers listed as offline.
+/// `known`: the partition's state in this broker's image, and whether the broker is caught up.
 fn partition(
-    shard: &Shard,
     image: &MetadataImage,
-    topic: &str,
+    known: Option<(&PartitionState, bool)>,
     index: u32,
     me: NodeId,
     version: i16,
@@ -159,8 +165,8 @@ fn partition(
     let mut partition = MetadataResponsePartition::default();
     partition.partition_index = index as i32;
     let ids = |nodes: &[NodeId]| nodes.iter().map(|n| BrokerId(n.0)).collect::<Vec<_>>();
-    match shard.partition_state(topic, PartitionId(index)) {
-        Some(state) if shard.is_ready() => {
+    match known {
+        Some((state, true)) => {
             partition.leader_id = BrokerId(state.leader.map_or(-1, |l| l.0));
             if state.leader.is_none() {
                 partition.error_code = ResponseError::LeaderNotAvailable.code();
@@ -171,15 +177,14 @@ fn partition(
             partition.replica_nodes = ids(&state.replicas);
             partition.isr_nodes = ids(&state.isr);
             if has_field(version, 5) {
-                let live = |n: &&NodeId| image.brokers.get(*n).is_some_and(|b| !b.fenced);
                 let offline: Vec<NodeId> =
-                    state.replicas.iter().filter(|n| !live(n)).copied().collect();
+                    state.replicas.iter().filter(|n| !image.is_live(n)).copied().collect();
                 partition.offline_replicas = ids(&offline);
             }
         }
         // A broker that could not catch up (its wait for that ran out) names no leader: what it
         // holds may be an earlier prefix of the log. Clients ask again, or another broker.
-        Some(state) => {
+        Some((state, false)) => {
             partition.error_code = ResponseError::LeaderNotAvailable.code();
             partition.leader_id = BrokerId(-1);
             partition.replica_nodes = ids(&state.replicas);
