@@ -1,6 +1,8 @@
 //! What the cluster metadata costs as partitions grow: the memory one partition takes in the
 //! image every broker keeps, the size of a topic's creation in the metadata log, and the time
-//! the controller takes to decide and apply a heartbeat and a topic creation.
+//! the controller takes to decide and apply a heartbeat and a topic creation, and the size and
+//! cost of a snapshot of the image (written by every voter now and then, read back at a restart
+//! or by a broker that lagged behind the log's start).
 //!
 //! Run with `cargo bench --bench metadata_image`. Memory is counted by this binary's allocator
 //! (live bytes before and after), not estimated.
@@ -98,12 +100,15 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 
 fn main() {
     println!(
-        "{:>10}  {:>16}  {:>22}  {:>18}  {:>20}",
+        "{:>10}  {:>16}  {:>22}  {:>18}  {:>20}  {:>19}  {:>14}  {:>14}",
         "partitions",
         "image bytes/part",
         "log bytes per topic",
         "heartbeat decision",
-        "1000-partition topic"
+        "1000-partition topic",
+        "snapshot bytes/part",
+        "snapshot write",
+        "snapshot read"
     );
     for partitions in [1_000u32, 10_000, 100_000] {
         let (mut controller, mut image, epochs) = cluster();
@@ -136,11 +141,33 @@ fn main() {
                 started.elapsed()
             })
             .collect();
+        // A voter's snapshot of the image (`metadata.log.max.record.bytes.between.snapshots`
+        // apart), and a lagging voter's or a restart's reading of it back, checks and all.
+        let mut snapshot = Vec::new();
+        let writes: Vec<Duration> = (0..5)
+            .map(|_| {
+                let started = Instant::now();
+                snapshot = image.encode_snapshot();
+                started.elapsed()
+            })
+            .collect();
+        let reads: Vec<Duration> = (0..5)
+            .map(|_| {
+                let started = Instant::now();
+                let read = MetadataImage::decode_snapshot(&snapshot).expect("a snapshot");
+                let took = started.elapsed();
+                assert!(read == image, "the snapshot gives the image back");
+                took
+            })
+            .collect();
         println!(
-            "{total:>10}  {:>16}  {log_bytes:>22}  {:>15.1} µs  {:>17.1} ms",
+            "{total:>10}  {:>16}  {log_bytes:>22}  {:>15.1} µs  {:>17.1} ms  {:>19}  {:>11.1} ms  {:>11.1} ms",
             image_bytes / total as usize,
             median(beats).as_secs_f64() * 1e6,
             median(create_times).as_secs_f64() * 1e3,
+            snapshot.len() / total as usize,
+            median(writes).as_secs_f64() * 1e3,
+            median(reads).as_secs_f64() * 1e3,
         );
     }
 }

@@ -128,11 +128,7 @@ impl TopicConfig {
             "retention.ms" => self.retention_ms = parse_limit(key, value)?,
             "retention.bytes" => self.retention_bytes = parse_limit(key, value)?,
             "segment.bytes" => {
-                let bytes: u64 = parse(key, value)?;
-                if bytes < SEGMENT_BYTES_MIN {
-                    return Err(invalid(key, value, &format!("below {SEGMENT_BYTES_MIN}")));
-                }
-                self.segment_bytes = bytes;
+                self.segment_bytes = parse_segment_bytes(key, value)?;
             }
             "segment.ms" => {
                 let ms: i64 = parse(key, value)?;
@@ -270,6 +266,12 @@ pub struct BrokerConfig {
     pub offsets_retention_minutes: u64,
     /// Segment size of `__consumer_offsets`: sealed segments are what compaction drops.
     pub offsets_topic_segment_bytes: u64,
+    /// Segment size of a controller voter's metadata log: sealed segments a snapshot covers
+    /// are deleted.
+    pub metadata_log_segment_bytes: u64,
+    /// Bytes of metadata log entries a voter applies between two snapshots of its image
+    /// (KRaft's `metadata.log.max.record.bytes.between.snapshots`).
+    pub metadata_snapshot_bytes: u64,
     /// Connections the broker accepts at once, both listeners together; more are closed.
     pub max_connections: u32,
     /// Partitions this broker holds, every topic's (internal ones included) counted together:
@@ -321,6 +323,11 @@ impl Default for BrokerConfig {
             group_max_session_timeout_ms: 1_800_000,
             offsets_retention_minutes: 10_080,
             offsets_topic_segment_bytes: 16 * 1024 * 1024,
+            // Kafka's is 1 GiB; the metadata log is small, and this keeps what snapshots free
+            // on disk within a few snapshots' worth.
+            metadata_log_segment_bytes: 64 * 1024 * 1024,
+            // Kafka's default.
+            metadata_snapshot_bytes: 20 * 1024 * 1024,
             max_connections: 100_000,
             // 12,000: 10,000 user partitions (what a partition costs now, one open file and a
             // small preallocation, fits a 2-core, 20,000-file machine that many times) with room
@@ -474,11 +481,16 @@ impl BrokerConfig {
                 }
             }
             "offsets.topic.segment.bytes" => {
-                let bytes: u64 = parse(key, value)?;
-                if bytes < SEGMENT_BYTES_MIN {
-                    return Err(invalid(key, value, &format!("below {SEGMENT_BYTES_MIN}")));
+                self.offsets_topic_segment_bytes = parse_segment_bytes(key, value)?;
+            }
+            "metadata.log.segment.bytes" => {
+                self.metadata_log_segment_bytes = parse_segment_bytes(key, value)?;
+            }
+            "metadata.log.max.record.bytes.between.snapshots" => {
+                self.metadata_snapshot_bytes = parse(key, value)?;
+                if self.metadata_snapshot_bytes == 0 {
+                    return Err(invalid(key, value, "must be at least 1"));
                 }
-                self.offsets_topic_segment_bytes = bytes;
             }
             _ => return Err(ConfigError(format!("unknown setting {key}"))),
         }
@@ -647,6 +659,15 @@ fn is_wildcard(host: &str) -> bool {
 
 fn parse<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, ConfigError> {
     value.trim().parse().map_err(|_| invalid(key, value, "not a valid number or boolean"))
+}
+
+/// A segment size, at least [`SEGMENT_BYTES_MIN`].
+fn parse_segment_bytes(key: &str, value: &str) -> Result<u64, ConfigError> {
+    let bytes: u64 = parse(key, value)?;
+    if bytes < SEGMENT_BYTES_MIN {
+        return Err(invalid(key, value, &format!("below {SEGMENT_BYTES_MIN}")));
+    }
+    Ok(bytes)
 }
 
 /// A size or duration limit where -1 means none.

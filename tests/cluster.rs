@@ -86,7 +86,13 @@ impl Cluster {
             n if n % 2 == 1 => "0",
             _ => "1",
         };
-        let args = ["--set", &node, "--set", &voters, "--set", &session, "--set", &heartbeat];
+        // Every test's voters snapshot the metadata log after every round of entries, and its
+        // log rolls small segments that snapshots delete: a restart starts from a snapshot, and
+        // a broker that was away is sent one.
+        let snapshots = "metadata.log.max.record.bytes.between.snapshots=1";
+        let segments = "metadata.log.segment.bytes=16384";
+        let mut args = vec!["--set", &node, "--set", &voters, "--set", &session];
+        args.extend(["--set", &heartbeat, "--set", snapshots, "--set", segments]);
         Broker::start_at(data_dir, (&self.native(n), &kafka), cores, &args)
     }
 
@@ -807,17 +813,7 @@ fn topics_are_placed_served_and_described_alike_across_the_cluster() {
     // While it is away, "spread" is deleted and created again, with replicas on it.
     let held_before: Vec<i32> =
         view.topics["spread"].1.iter().filter(|p| p.3 == [3]).map(|p| p.0).collect();
-    let delete = |kafka: &str, name: &str| {
-        use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse, TopicName};
-        use kafka_protocol::protocol::StrBytes;
-        let mut request = DeleteTopicsRequest::default();
-        request.topic_names = vec![TopicName(StrBytes::from_string(name.to_string()))];
-        request.timeout_ms = 30_000;
-        let response: DeleteTopicsResponse =
-            Conn::open(kafka).call(ApiKey::DeleteTopics, 4, &request);
-        response.responses[0].error_code
-    };
-    assert_eq!(delete(&cluster.kafka(1), "spread"), 0);
+    assert_eq!(delete_topic_at(&cluster.kafka(1), "spread"), 0);
     assert_eq!(create_topic_at(&cluster.kafka(2), "spread", -1, -1, &[&[1, 3], &[2, 3]]).0, 0);
     let env = [("SPATE_TOPIC", "spread"), ("SPATE_RECORDS", "20"), ("SPATE_GROUP", "g2")];
     cluster.clients(1, "produce", &env);
@@ -882,6 +878,17 @@ fn topics_are_placed_served_and_described_alike_across_the_cluster() {
     assert!(offsets(&committed_after).contains(": "), "{committed_after}");
 }
 
+/// DeleteTopics (v4) of one topic through `kafka`: its error code.
+fn delete_topic_at(kafka: &str, name: &str) -> i16 {
+    use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let mut request = DeleteTopicsRequest::default();
+    request.topic_names = vec![TopicName(StrBytes::from_string(name.to_string()))];
+    request.timeout_ms = 30_000;
+    let response: DeleteTopicsResponse = Conn::open(kafka).call(ApiKey::DeleteTopics, 4, &request);
+    response.responses[0].error_code
+}
+
 /// Kafka's text form of an id: URL-safe base64 without padding.
 fn base64_url(bytes: &[u8]) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -926,4 +933,81 @@ fn a_broker_that_cannot_catch_up_names_no_leader() {
             conn.call(ApiKey::Produce, 9, &request);
         assert_eq!(common::kafka_wire::produced(&answer).0, 6, "NOT_LEADER_OR_FOLLOWER");
     }
+}
+
+/// The metadata log snapshotted and truncated while a voter and a broker that only follows the
+/// log were down: both catch up from the snapshot (the voter sent it by the leader through
+/// Raft, the follower given it by its metadata fetch) and serve what changed while they were
+/// away, and nothing else.
+#[test]
+fn brokers_down_across_a_snapshot_catch_up_from_it() {
+    let _one_cluster = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    scripts::require_pip_confluent();
+    let mut cluster = Cluster::start();
+    let voters = [1, 2, 3];
+    cluster.settle(&voters, "three live brokers", |s| s.leader.is_some() && all_live(s, &voters));
+    let node4 = cluster.dir.path().join("node4");
+    let fourth = cluster.start_node(4, &node4);
+    cluster.brokers.push(fourth);
+    let all = [1, 2, 3, 4];
+    cluster.settle(&all, "four live brokers", |s| all_live(s, &all));
+    // Held by broker 3, which will not see it deleted.
+    assert_eq!(
+        create_topic_at(&cluster.kafka(1), "doomed", -1, -1, &[&[3], &[4]]),
+        (0, String::new())
+    );
+    cluster.settle_metadata(&all, "doomed everywhere", |v| v.topics.contains_key("doomed"));
+    assert!(cluster.broker(3).data_dir.join("doomed").join("0").exists());
+
+    // Broker 3, a voter, crashes; broker 4 stops.
+    let away = cluster.status(3).expect("broker 3's status").applied;
+    cluster.broker(3).kill9();
+    cluster.broker(4).stop();
+    let pair = [1, 2];
+    cluster.settle(&pair, "a controller without broker 3", |s| s.leader.is_some_and(|l| l.0 != 3));
+    // While they are away, topics come and go; one wide enough that its creation (one entry
+    // holding its 300 partitions' states) outgrows a segment, which a snapshot then frees.
+    assert_eq!(delete_topic_at(&cluster.kafka(1), "doomed"), 0);
+    assert_eq!(create_topic_at(&cluster.kafka(2), "wide", 300, 1, &[]), (0, String::new()));
+    assert_eq!(
+        create_topic_at(&cluster.kafka(1), "after", -1, -1, &[&[1, 3], &[2, 3]]),
+        (0, String::new())
+    );
+    let truncated = cluster.settle(&pair, "the log snapshotted and truncated past broker 3", |s| {
+        s.snapshot > away && s.log_start > away
+    });
+
+    // Both come back, and catch up from the snapshot rather than from entries long gone.
+    cluster.broker(3).restart();
+    cluster.broker(4).restart();
+    let view = cluster.settle_metadata(&all, "every broker back and caught up", |v| {
+        let names: Vec<&str> = v.topics.keys().map(String::as_str).collect();
+        v.brokers == all
+            && names == ["after", "wide"]
+            && v.topics["after"].1.iter().all(|p| p.1 >= 0)
+    });
+    cluster.settle(&all, "every broker past the snapshot", |s| s.applied >= truncated.snapshot);
+    let voter = cluster.broker(3).stderr();
+    assert!(voter.contains("caught up from the controller's snapshot"), "{voter}");
+    let follower = cluster.broker(4).stderr();
+    assert!(follower.contains("caught up from a metadata snapshot"), "{follower}");
+    let status = cluster.status(3).expect("broker 3's status");
+    assert!(status.snapshot > away, "broker 3 holds a snapshot past {away}: {status:#?}");
+
+    // The topic deleted while broker 3 was down is gone from its disk too; the new one is
+    // served through it.
+    let doomed = cluster.broker(3).data_dir.join("doomed");
+    let deadline = Instant::now() + SETTLE_WAIT;
+    while doomed.exists() {
+        assert!(Instant::now() < deadline, "broker 3 kept the deleted topic");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        view.topics["after"].1.iter().map(|p| p.3.clone()).collect::<Vec<_>>(),
+        [vec![1, 3], vec![2, 3]]
+    );
+    let env = [("SPATE_TOPIC", "after"), ("SPATE_RECORDS", "40"), ("SPATE_GROUP", "g")];
+    cluster.clients(3, "produce", &env);
+    let consumed = cluster.clients(4, "consume", &env);
+    assert!(consumed.contains("\"consumed\""), "{consumed}");
 }

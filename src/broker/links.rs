@@ -1,7 +1,11 @@
-//! How this broker reaches the controller voters: one native connection per voter, made when
-//! first needed and again after it breaks, carrying Raft messages (best effort, in the order
-//! they were handed over) and requests to the active controller (answered, bounded in time).
-//! A request to this broker's own voter is not sent over the network.
+//! How this broker reaches the controller voters: two native connections per voter, made when
+//! first needed and again after they break. One carries Raft messages (best effort, in the
+//! order they were handed over), the other requests to the active controller and metadata
+//! fetches (answered, bounded in time). They must not share one: a connection answers in
+//! request order, and Raft messages queued behind a controller request that waits for its
+//! decision to commit would hold back the very acknowledgements that commit it, until the
+//! leader, hearing nothing, steps down. A request to this broker's own voter is not sent over
+//! the network.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -46,7 +50,10 @@ pub struct VoterLinks {
 struct Peer {
     node: NodeId,
     address: String,
-    client: RefCell<Option<Client>>,
+    /// Raft messages only.
+    raft: RefCell<Option<Client>>,
+    /// Controller requests and metadata fetches.
+    requests: RefCell<Option<Client>>,
     /// Messages waiting to be sent, oldest first; `queued` wakes the sending task.
     outbox: RefCell<Outbox>,
     queued: Event,
@@ -63,7 +70,8 @@ impl VoterLinks {
             let peer = Rc::new(Peer {
                 node: voter.node,
                 address,
-                client: RefCell::new(None),
+                raft: RefCell::new(None),
+                requests: RefCell::new(None),
                 outbox: RefCell::new(Outbox::default()),
                 queued: Event::new(),
             });
@@ -78,8 +86,9 @@ impl VoterLinks {
 }
 
 impl Peer {
-    async fn connection(&self) -> Result<Client, ClientError> {
-        if let Some(client) = self.client.borrow().clone() {
+    /// `link`'s connection (`raft` or `requests`), made when there is none.
+    async fn connection(&self, link: &RefCell<Option<Client>>) -> Result<Client, ClientError> {
+        if let Some(client) = link.borrow().clone() {
             return Ok(client);
         }
         let connect = async { Some(Client::connect(&self.address).await) };
@@ -89,7 +98,7 @@ impl Peer {
         };
         match futures_lite::future::or(connect, timed_out).await {
             Some(Ok(client)) => {
-                *self.client.borrow_mut() = Some(client.clone());
+                *link.borrow_mut() = Some(client.clone());
                 Ok(client)
             }
             Some(Err(e)) => Err(e),
@@ -97,10 +106,10 @@ impl Peer {
         }
     }
 
-    /// Forgets a connection that failed, so the next use connects again.
-    fn broken(&self, why: &ClientError) {
+    /// Forgets `link`'s connection after it failed, so the next use connects again.
+    fn broken(&self, link: &RefCell<Option<Client>>, why: &ClientError) {
         tracing::debug!(voter = %self.node, address = %self.address, "link down: {why}");
-        self.client.borrow_mut().take();
+        link.borrow_mut().take();
     }
 }
 
@@ -114,7 +123,8 @@ struct Outbox {
 
 fn message_bytes(message: &WireMessage) -> usize {
     let entries: usize = message.entries.iter().map(|e| e.data.len() + 32).sum();
-    MESSAGE_OVERHEAD_BYTES + entries + message.context.len()
+    let snapshot = message.snapshot.as_ref().map_or(0, |s| s.data.len());
+    MESSAGE_OVERHEAD_BYTES + entries + snapshot + message.context.len()
 }
 
 impl Outbox {
@@ -149,11 +159,11 @@ async fn send_messages(peer: Rc<Peer>, me: NodeId) {
             continue;
         }
         let sent = async {
-            let client = peer.connection().await?;
+            let client = peer.connection(&peer.raft).await?;
             client.voter_messages(me, cluster_id, &batch).await
         };
         if let Err(e) = bounded(sent).await {
-            peer.broken(&e);
+            peer.broken(&peer.raft, &e);
         }
     }
 }
@@ -196,9 +206,10 @@ impl Links for VoterLinks {
             return Box::pin(async move { Err(unavailable(why)) });
         };
         Box::pin(async move {
-            let fetched = async { peer.connection().await?.metadata_entries(from).await };
+            let fetched =
+                async { peer.connection(&peer.requests).await?.metadata_entries(from).await };
             bounded(fetched).await.map_err(|e| {
-                peer.broken(&e);
+                peer.broken(&peer.requests, &e);
                 unavailable(format!("voter {to} at {}: {e}", peer.address))
             })
         })
@@ -219,13 +230,13 @@ impl Links for VoterLinks {
         };
         Box::pin(async move {
             let asked = async {
-                let client = peer.connection().await?;
+                let client = peer.connection(&peer.requests).await?;
                 client.controller_request(&request).await
             };
             let response = match bounded(asked).await {
                 Ok(response) => response,
                 Err(e) => {
-                    peer.broken(&e);
+                    peer.broken(&peer.requests, &e);
                     return Err(unavailable(format!("voter {to} at {}: {e}", peer.address)));
                 }
             };

@@ -435,6 +435,7 @@ async fn join_cluster(shard: &Rc<Shard>, stopper: &Arc<Stopper>, directory: u128
             },
             dir_cluster: shard.cluster_id.clone(),
             metadata: metadata.clone(),
+            snapshot_bytes: config.metadata_snapshot_bytes,
         };
         let started = match shard.open_voter_log(&voters).await {
             Ok(disk) => {

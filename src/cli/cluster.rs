@@ -230,6 +230,14 @@ fn render(status: &ClusterStatus) -> String {
         status.node,
         status.applied
     ));
+    let log = match status.log_start {
+        0 => String::new(),
+        start => format!(", its log on disk from entry {}", start + 1),
+    };
+    match status.snapshot {
+        0 => out.push_str("metadata snapshot none yet\n"),
+        index => out.push_str(&format!("metadata snapshot to entry {index}{log}\n")),
+    }
     for b in &status.brokers {
         let state = match (b.fenced, b.shut_down) {
             (false, _) => "live",

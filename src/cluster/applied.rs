@@ -17,6 +17,8 @@ pub struct AppliedMetadata {
     image: RefCell<Arc<MetadataImage>>,
     /// The last log entry applied to `image`.
     applied: Cell<u64>,
+    /// The snapshot `image` was last restored from (the entry it ends at), if any.
+    restored: Cell<u64>,
     /// The image changed.
     changed: Signal,
 }
@@ -38,6 +40,19 @@ impl AppliedMetadata {
         let before = self.applied.replace(index);
         debug_assert!(index > before, "entry {index} applied after {before}");
         Ok(())
+    }
+
+    /// Replaces the image by a snapshot's, of the log up to entry `index` (past what was
+    /// applied: a snapshot is restored only to catch up).
+    pub fn restore(&self, index: u64, image: MetadataImage) {
+        let before = self.applied.replace(index);
+        assert!(index > before, "a snapshot of entries up to {index} restored after {before}");
+        *self.image.borrow_mut() = Arc::new(image);
+        self.restored.set(index);
+    }
+
+    pub fn restored(&self) -> u64 {
+        self.restored.get()
     }
 
     /// Wakes whoever waits for a change; once per round of entries applied.

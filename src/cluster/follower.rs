@@ -3,8 +3,9 @@
 //! applies them to an image of its own, so it knows the cluster as the voters do.
 //!
 //! Any voter may answer, with what it has applied: a voter that lags answers a prefix, which
-//! the follower applies and continues from. The follower keeps its image in memory and follows
-//! the log from its start after a restart (the log is small; snapshots come later).
+//! the follower applies and continues from. Entries a voter holds only in its snapshot come as
+//! the snapshot, which replaces the follower's image. The follower keeps its image in memory and
+//! follows the log from the voters' snapshot after a restart.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -12,6 +13,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::applied::AppliedMetadata;
+use super::metadata::MetadataImage;
 use super::node::{status_of, ClusterStatus, Links};
 use crate::types::NodeId;
 
@@ -84,6 +86,21 @@ impl MetadataFollower {
         let answer = (self.links.fetch_metadata(voter, from).await)
             .map_err(|e| Fetched::Failed(e.error.message))?;
         self.leader.set(answer.leader);
+        if let Some((index, data)) = answer.snapshot {
+            if index < from {
+                let why = format!("voter {voter} sent a snapshot to entry {index} for {from}");
+                return Err(Fetched::Failed(why));
+            }
+            // Unreadable stops the broker, as an unreadable entry does: the voter took this
+            // snapshot of its own image.
+            let image = MetadataImage::decode_snapshot(&data).map_err(|why| {
+                Fetched::Unreadable(format!("voter {voter}'s snapshot at entry {index}: {why}"))
+            })?;
+            self.metadata.restore(index, image);
+            self.metadata.notify();
+            tracing::info!(node = %self.me, %voter, index, "caught up from a metadata snapshot");
+            return Ok(true);
+        }
         if answer.entries.is_empty() {
             // Caught up with this voter; the active controller is never behind it, so ask that
             // one next (a lagging or cut-off voter would keep this broker behind).
@@ -115,6 +132,7 @@ impl MetadataFollower {
         let (image, applied) = (self.metadata.image(), self.metadata.applied());
         let mut status = status_of(self.me, &self.voters, &image, applied);
         status.leader = self.leader.get();
+        status.snapshot = self.metadata.restored();
         status
     }
 }

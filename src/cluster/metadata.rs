@@ -31,6 +31,10 @@ use crate::types::{LeaderEpoch, NodeId, PartitionId};
 const RECORD_VERSION: u8 = 3;
 const RECORD_VERSION_OLDEST: u8 = 2;
 
+/// The format of a metadata snapshot (an image whole, [`MetadataImage::encode_snapshot`]): its
+/// first byte, refused by number when this build does not read it.
+const SNAPSHOT_VERSION: u8 = 1;
+
 /// The version of what brokers of one cluster say to each other and write to its log (the
 /// controller's requests, the metadata records, Raft messages). Every broker announces it when
 /// it registers, and the controller refuses a broker that speaks one it does not: brokers of
@@ -38,7 +42,9 @@ const RECORD_VERSION_OLDEST: u8 = 2;
 /// upgrades across a change of it come with the first such change).
 /// 2: topics through the controller (its requests to create, grow and delete them, and their
 /// answers; the cluster status with under-replicated partitions).
-pub const CLUSTER_PROTOCOL_VERSION: u16 = 2;
+/// 3: metadata snapshots (Raft messages may carry one; the answer to a metadata fetch below
+/// the voters' log start is one).
+pub const CLUSTER_PROTOCOL_VERSION: u16 = 3;
 
 /// Kafka's limit on topic name length.
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
@@ -210,7 +216,7 @@ pub struct PartitionState {
     pub partition_epoch: u32,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub struct BrokerInfo {
     pub broker_epoch: u64,
     pub incarnation: u64,
@@ -245,6 +251,25 @@ pub struct MetadataImage {
     pub next_producer_id: i64,
 }
 
+/// An image as a snapshot holds it: lists where the image has maps, so that reading one back
+/// goes through the same checks as applying records ([`MetadataImage::decode_snapshot`]).
+#[derive(Archive, Serialize, Deserialize)]
+struct ImageSnapshot {
+    cluster_id: Option<ClusterId>,
+    brokers: Vec<(NodeId, BrokerInfo)>,
+    topics: Vec<TopicSnapshot>,
+    last_broker_epoch: u64,
+    next_producer_id: i64,
+}
+
+#[derive(Archive, Serialize, Deserialize)]
+struct TopicSnapshot {
+    id: TopicId,
+    name: String,
+    config: Vec<(String, String)>,
+    partitions: Vec<(PartitionId, PartitionState)>,
+}
+
 /// One decision's records as the metadata log stores them, in one entry: the format version,
 /// then the archive.
 pub fn encode_batch(records: &Vec<MetadataRecord>) -> Vec<u8> {
@@ -267,6 +292,75 @@ impl fmt::Display for RefusedRecord {
 }
 
 impl MetadataImage {
+    /// The whole image, as a snapshot of the log up to the entry it was applied to holds it
+    /// (KRaft's snapshots hold records that rebuild the image; this holds the image itself).
+    pub fn encode_snapshot(&self) -> Vec<u8> {
+        let topics = self.topics.iter().map(|(id, topic)| TopicSnapshot {
+            id: *id,
+            name: topic.name.clone(),
+            config: topic.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            partitions: topic.partitions.iter().map(|(p, state)| (*p, state.clone())).collect(),
+        });
+        let snapshot = ImageSnapshot {
+            cluster_id: self.cluster_id,
+            brokers: self.brokers.iter().map(|(node, info)| (*node, info.clone())).collect(),
+            topics: topics.collect(),
+            last_broker_epoch: self.last_broker_epoch,
+            next_producer_id: self.next_producer_id,
+        };
+        archive::encode_versioned(SNAPSHOT_VERSION, &snapshot)
+    }
+
+    /// An image read back from a snapshot: from the disk or another voter, so input like any
+    /// other. It must hold what applying records would let it hold (unique brokers, topic ids
+    /// and names, valid names, and every partition's invariants), or it is refused with why.
+    pub fn decode_snapshot(bytes: &[u8]) -> Result<Self, String> {
+        let versions = SNAPSHOT_VERSION..=SNAPSHOT_VERSION;
+        let snapshot: ImageSnapshot =
+            archive::decode_versioned(bytes, versions, "metadata snapshot")?;
+        let mut image = MetadataImage {
+            cluster_id: snapshot.cluster_id,
+            last_broker_epoch: snapshot.last_broker_epoch,
+            next_producer_id: snapshot.next_producer_id,
+            ..MetadataImage::default()
+        };
+        for (node, info) in snapshot.brokers {
+            if info.broker_epoch > image.last_broker_epoch {
+                return Err(format!(
+                    "broker {node} has epoch {}, past the last one handed out, {}",
+                    info.broker_epoch, image.last_broker_epoch
+                ));
+            }
+            if image.brokers.insert(node, info).is_some() {
+                return Err(format!("broker {node} twice"));
+            }
+        }
+        for topic in snapshot.topics {
+            let TopicSnapshot { id, name, config, partitions } = topic;
+            validate_topic_name(&name)?;
+            if image.topic_ids.contains_key(&name) || image.topics.contains_key(&id) {
+                return Err(format!("topic {name} ({id}) twice"));
+            }
+            let config = config.into_iter().collect();
+            let info = TopicInfo { name: name.clone(), config, partitions: BTreeMap::new() };
+            image.topics.insert(id, info);
+            image.topic_ids.insert(name.clone(), id);
+            for (partition, state) in partitions {
+                let taken =
+                    image.topics.get(&id).is_some_and(|t| t.partitions.contains_key(&partition));
+                if taken {
+                    return Err(format!("{name}-{partition} twice"));
+                }
+                image.check_partition_state(id, partition, &state)?;
+                if let Some(info) = image.topics.get_mut(&id) {
+                    info.partitions.insert(partition, state);
+                }
+            }
+        }
+        image.check_partitions()?;
+        Ok(image)
+    }
+
     /// Applies one decision's records, all of them or (saying why) none.
     pub fn apply_batch(&mut self, records: &[MetadataRecord]) -> Result<(), RefusedRecord> {
         if records.is_empty() {
@@ -654,5 +748,36 @@ mod tests {
             MetadataRecord::FenceBroker { node: NodeId(2), broker_epoch: 3, shutdown: true },
         ];
         assert_eq!(decode_batch(&bytes), Ok(expected));
+    }
+
+    #[test]
+    fn a_snapshot_gives_back_the_image_and_one_that_breaks_an_invariant_is_refused() {
+        let mut base = image();
+        let formed = MetadataRecord::ClusterFormed { cluster_id: ClusterId(9) };
+        base.apply_batch(&[formed]).expect("applied");
+        let snapshot = base.encode_snapshot();
+        assert_eq!(MetadataImage::decode_snapshot(&snapshot), Ok(base.clone()));
+
+        // What no sequence of records can build is refused by what it breaks.
+        let mut leaderless = base.clone();
+        let partition = leaderless.topics.get_mut(&TopicId(7)).expect("topic t");
+        partition.partitions.get_mut(&PartitionId(0)).expect("partition 0").leader = None;
+        let refused = MetadataImage::decode_snapshot(&leaderless.encode_snapshot());
+        assert!(refused.as_ref().is_err_and(|why| why.contains("in-sync")), "{refused:?}");
+        let mut stray = base.clone();
+        stray.brokers.remove(&NodeId(2));
+        let refused = MetadataImage::decode_snapshot(&stray.encode_snapshot());
+        assert!(refused.as_ref().is_err_and(|why| why.contains("not registered")), "{refused:?}");
+        let mut epoch_ahead = base.clone();
+        epoch_ahead.last_broker_epoch = 1;
+        assert!(MetadataImage::decode_snapshot(&epoch_ahead.encode_snapshot()).is_err());
+
+        // A newer format is refused by number; damage by rkyv's validation.
+        let mut newer = snapshot.clone();
+        newer[0] = SNAPSHOT_VERSION + 1;
+        let refused = MetadataImage::decode_snapshot(&newer).expect_err("a newer snapshot");
+        assert!(refused.contains(&format!("version {}", SNAPSHOT_VERSION + 1)), "{refused}");
+        let damaged = &snapshot[..snapshot.len() / 2];
+        assert!(MetadataImage::decode_snapshot(damaged).is_err());
     }
 }

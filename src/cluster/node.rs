@@ -29,7 +29,7 @@ use super::metadata::{
     self, ClusterId, Endpoints, MetadataImage, MetadataRecord, Registration, TopicId,
 };
 use super::quorum::{Committed, Voter};
-use super::raft_wire::WireMessage;
+use super::raft_wire::{StoredSnapshot, WireMessage};
 use super::voter_log::VoterLog;
 use crate::error::{BrokerError, ErrorKind};
 use crate::log::storage::DmaStorage;
@@ -145,6 +145,12 @@ pub struct ClusterStatus {
     pub term: u64,
     /// The last entry of the metadata log applied here.
     pub applied: u64,
+    /// The newest snapshot of the metadata log here (the entry it ends at; 0 for none): the
+    /// voter's own or its leader's, or the one a following broker last caught up from.
+    pub snapshot: u64,
+    /// Where a voter's log on disk starts: the entries up to this one are only in its snapshot
+    /// (0 on a broker that is not a voter, and until a snapshot frees a segment).
+    pub log_start: u64,
     pub brokers: Vec<BrokerStatus>,
     pub topics: u32,
     /// Partitions without a leader.
@@ -171,6 +177,9 @@ pub struct BrokerStatus {
 pub struct MetadataEntries {
     /// The active controller, as the answering voter knows it.
     pub leader: Option<NodeId>,
+    /// When the entry asked for is only in the voter's snapshot: the snapshot (the entry it
+    /// ends at, and the image), which the asker restores and goes on after.
+    pub snapshot: Option<(u64, Vec<u8>)>,
     /// Consecutive entries from the one asked for: (index, batch, empty for Raft's own).
     pub entries: Vec<(u64, Vec<u8>)>,
 }
@@ -212,6 +221,8 @@ pub struct ControllerNode {
     metadata: Rc<AppliedMetadata>,
     /// Whether the log it restarted with is applied (its first round done).
     started: Cell<bool>,
+    /// The active controller and term this voter knew at its last drive, to log changes.
+    known_leader: Cell<(u64, u64)>,
     /// Whether its drive loop has ended (the broker stopping, or its log failing).
     stopped: Cell<bool>,
     /// The controller's memory (heartbeat times) while this voter leads, with its term.
@@ -230,6 +241,9 @@ pub struct ControllerNode {
     limits: PartitionLimits,
     /// The cluster this broker's data directory belongs to, once known (shared by its shards).
     dir_cluster: Arc<OnceLock<ClusterId>>,
+    /// Bytes of entries to apply between two snapshots, and those applied since the last.
+    snapshot_bytes: u64,
+    applied_since_snapshot: Cell<u64>,
 }
 
 /// What a voter's active controller decides with, and where the voter keeps what it applied.
@@ -239,6 +253,8 @@ pub struct ControllerSettings {
     /// The cluster this broker's data directory belongs to, once known (shared by its shards).
     pub dir_cluster: Arc<OnceLock<ClusterId>>,
     pub metadata: Rc<AppliedMetadata>,
+    /// `metadata.log.max.record.bytes.between.snapshots`.
+    pub snapshot_bytes: u64,
 }
 
 impl ControllerNode {
@@ -250,8 +266,16 @@ impl ControllerNode {
         links: Rc<dyn Links>,
         settings: ControllerSettings,
     ) -> Result<Rc<Self>, String> {
-        let ControllerSettings { session_timeout, limits, dir_cluster, metadata } = settings;
+        let ControllerSettings { session_timeout, limits, dir_cluster, metadata, snapshot_bytes } =
+            settings;
         let (disk, durable) = disk;
+        if let Some(snapshot) = &durable.snapshot {
+            // The log after it is handed out as committed again on the first drive.
+            let image = MetadataImage::decode_snapshot(&snapshot.data).map_err(|why| {
+                format!("the controller's snapshot at entry {}: {why}", snapshot.index)
+            })?;
+            metadata.restore(snapshot.index, image);
+        }
         let ids: Vec<u64> = voters.iter().map(|v| raft_id(*v)).collect();
         let raft = Voter::restore(raft_id(me), &ids, durable).map_err(|e| e.to_string())?;
         Ok(Rc::new(Self {
@@ -261,6 +285,7 @@ impl ControllerNode {
             disk,
             metadata,
             started: Cell::new(false),
+            known_leader: Cell::new((0, 0)),
             stopped: Cell::new(false),
             active: RefCell::new(None),
             pending: RefCell::new(BTreeMap::new()),
@@ -271,6 +296,8 @@ impl ControllerNode {
             session_timeout,
             limits,
             dir_cluster,
+            snapshot_bytes,
+            applied_since_snapshot: Cell::new(0),
         }))
     }
 
@@ -337,8 +364,12 @@ impl ControllerNode {
                 .await
                 .map_err(|e| format!("controller voter {}: persisting its log: {e}", self.me))?;
         }
+        if let Some(snapshot) = &drained.persist.snapshot {
+            self.restore(snapshot)?;
+        }
         if !drained.committed.is_empty() {
             self.apply(drained.committed)?;
+            self.snapshot_if_due().await?;
         }
         let mut by_peer: BTreeMap<NodeId, Vec<WireMessage>> = BTreeMap::new();
         for message in &drained.messages {
@@ -354,6 +385,20 @@ impl ControllerNode {
         for (to, messages) in by_peer {
             self.links.send_voter_messages(to, cluster_id, messages);
         }
+        let known = {
+            let raft = self.raft.borrow();
+            (raft.leader(), raft.term())
+        };
+        if self.known_leader.replace(known) != known {
+            match node_of(known.0) {
+                Some(leader) => {
+                    tracing::info!(node = %self.me, %leader, term = known.1, "the active controller")
+                }
+                None => {
+                    tracing::info!(node = %self.me, term = known.1, "no active controller known")
+                }
+            }
+        }
         if !self.raft.borrow().is_leader() {
             self.active.borrow_mut().take();
             // Proposals of a term this voter no longer leads may still commit (a later leader
@@ -364,11 +409,63 @@ impl ControllerNode {
         Ok(())
     }
 
+    /// A leader's snapshot replaced the log: its image replaces the one applied here.
+    fn restore(&self, snapshot: &StoredSnapshot) -> Result<(), String> {
+        let image = MetadataImage::decode_snapshot(&snapshot.data)
+            .map_err(|why| format!("the leader's snapshot at entry {}: {why}", snapshot.index))?;
+        self.metadata.restore(snapshot.index, image);
+        self.applied_since_snapshot.set(0);
+        // Proposals it covers were this voter's while it led: they are answered as lost.
+        self.fail_pending();
+        tracing::info!(
+            node = %self.me,
+            index = snapshot.index,
+            bytes = snapshot.data.len(),
+            "caught up from the controller's snapshot of the metadata log"
+        );
+        self.applied_signal.notify(usize::MAX);
+        self.metadata.notify();
+        Ok(())
+    }
+
+    /// Once `metadata.log.max.record.bytes.between.snapshots` of entries were applied since
+    /// the last snapshot: snapshots the image, makes it durable, and drops the entries it
+    /// covers from memory and (whole segments) from the disk.
+    async fn snapshot_if_due(&self) -> Result<(), String> {
+        if self.applied_since_snapshot.get() < self.snapshot_bytes {
+            return Ok(());
+        }
+        let index = self.metadata.applied();
+        let Some(term) = self.raft.borrow().term_of(index) else { return Ok(()) };
+        let started = Instant::now();
+        let data = self.metadata.image().encode_snapshot();
+        let voters = self.voters.iter().map(|v| raft_id(*v)).collect();
+        let snapshot = StoredSnapshot { index, term, voters, data };
+        self.disk
+            .compact(&snapshot)
+            .await
+            .map_err(|e| format!("controller voter {}: snapshotting its log: {e}", self.me))?;
+        let bytes = snapshot.data.len();
+        self.raft.borrow_mut().compact(snapshot).map_err(|e| e.to_string())?;
+        self.applied_since_snapshot.set(0);
+        tracing::info!(
+            node = %self.me,
+            index,
+            bytes,
+            took_ms = started.elapsed().as_millis() as u64,
+            log_start = self.disk.log_start(),
+            "snapshotted the metadata log"
+        );
+        Ok(())
+    }
+
     /// Applies committed entries to the image. A log of another cluster than the data
     /// directory's stops the voter: it must not vote in a cluster it does not belong to.
     fn apply(&self, committed: Vec<Committed>) -> Result<(), String> {
         for entry in committed {
             self.metadata.apply(entry.index, &entry.data)?;
+            let bytes = self.applied_since_snapshot.get() + entry.data.len() as u64;
+            self.applied_since_snapshot.set(bytes);
             let waiting = self.pending.borrow_mut().remove(&entry.index);
             if let Some((term, waiter)) = waiting {
                 let _ = waiter.send(term == entry.term);
@@ -424,6 +521,14 @@ impl ControllerNode {
         }
         let messages: Vec<_> =
             messages.into_iter().map(WireMessage::into_raft).collect::<Result<_, _>>()?;
+        for message in messages.iter().filter(|m| m.has_snapshot()) {
+            // Checked before Raft takes it: a snapshot this voter could not read would stop it.
+            let snapshot = message.get_snapshot();
+            if let Err(why) = MetadataImage::decode_snapshot(&snapshot.data) {
+                let index = snapshot.get_metadata().index;
+                return Err(format!("voter {from} sent a snapshot at entry {index}: {why}"));
+            }
+        }
         let mut raft = self.raft.borrow_mut();
         for message in messages {
             if let Err(e) = raft.step(message) {
@@ -628,16 +733,22 @@ impl ControllerNode {
 
     /// Committed entries from `from` on, as applied here (about `max_bytes`, at least one when
     /// there are any), for a broker that follows the log without voting.
+    /// When entry `from` is only in the snapshot, the answer is the snapshot.
     pub fn committed_since(&self, from: u64, max_bytes: u64) -> Result<MetadataEntries, String> {
-        let leader = node_of(self.raft.borrow().leader());
+        let raft = self.raft.borrow();
+        let leader = node_of(raft.leader());
         let applied = self.metadata.applied();
+        let nothing = MetadataEntries { leader, snapshot: None, entries: Vec::new() };
         if from == 0 || from > applied {
-            return Ok(MetadataEntries { leader, entries: Vec::new() });
+            return Ok(nothing);
         }
-        let entries =
-            self.raft.borrow().entries(from, applied, max_bytes).map_err(|e| e.to_string())?;
+        if from < raft.first_index() {
+            let Some((index, data)) = raft.snapshot() else { return Ok(nothing) };
+            return Ok(MetadataEntries { snapshot: Some((index, data.to_vec())), ..nothing });
+        }
+        let entries = raft.entries(from, applied, max_bytes).map_err(|e| e.to_string())?;
         let entries = entries.into_iter().map(|e| (e.index, e.data)).collect();
-        Ok(MetadataEntries { leader, entries })
+        Ok(MetadataEntries { entries, ..nothing })
     }
 
     pub fn status(&self) -> ClusterStatus {
@@ -645,6 +756,8 @@ impl ControllerNode {
         let mut status = status_of(self.me, &self.voters, &image, applied);
         let raft = self.raft.borrow();
         (status.leader, status.term) = (node_of(raft.leader()), raft.term());
+        status.snapshot = raft.snapshot().map_or(0, |(index, _)| index);
+        status.log_start = self.disk.log_start();
         status
     }
 }
@@ -680,6 +793,8 @@ pub fn status_of(
         term: 0,
         applied,
         brokers,
+        snapshot: 0,
+        log_start: 0,
         topics: u32::try_from(image.topics.len()).unwrap_or(u32::MAX),
         offline_partitions: u32::try_from(offline).unwrap_or(u32::MAX),
         under_replicated_partitions: u32::try_from(under_replicated).unwrap_or(u32::MAX),

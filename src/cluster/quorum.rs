@@ -12,16 +12,21 @@
 //! overwriting the log from the first one's index on, then the voter's state) beside the
 //! messages and committed data, and nothing of a drain may be acted on (data applied, messages
 //! sent) before its persistence is durable. A voter restarts from what its disk holds
-//! ([`Voter::restore`]), and hands out every committed entry again from the first, so the
-//! metadata image is rebuilt by applying the log. The log is kept whole in memory too (raft-rs's
-//! `MemStorage`): the metadata log is small, and snapshots to bound it come later.
+//! ([`Voter::restore`]): its latest snapshot, which the caller rebuilds the image from, and the
+//! entries after it, which it hands out as committed again.
+//!
+//! Snapshots bound the log (Raft paper, section 7): the caller snapshots the image it applied
+//! ([`Voter::compact`]) and the entries it stands for are dropped. A leader sends its snapshot to
+//! a voter that lags behind its log's start; that voter hands it out in a drain
+//! ([`Persist::snapshot`]), to be made durable before the entries after it and to replace the
+//! caller's image.
 
 use bytes::Bytes;
-use raft::eraftpb::{ConfState, Message, MessageType};
-use raft::storage::MemStorage;
-use raft::{Config, RawNode, StateRole, Storage};
+use raft::eraftpb::{Message, MessageType};
+use raft::{Config, RawNode, SnapshotStatus, StateRole, Storage};
 
-use super::raft_wire::{StoredEntry, VoterState};
+use super::raft_storage::VoterStorage;
+use super::raft_wire::{StoredEntry, StoredSnapshot, VoterState};
 
 /// Ticks without a heartbeat before a follower stands for election (raft-rs randomises
 /// between this and twice this).
@@ -37,11 +42,9 @@ const APPEND_BYTES_MAX: u64 = 256 * 1024;
 #[derive(Debug)]
 pub enum QuorumError {
     Raft(raft::Error),
-    /// What the disk holds cannot be a voter's log and state.
+    /// What the disk holds cannot be a voter's log and state, or a message would make raft-rs
+    /// panic.
     Damaged(String),
-    /// A snapshot arrived: nothing compacts the log yet, so none should, and the metadata image
-    /// cannot be rebuilt from one.
-    Snapshot,
 }
 
 impl std::fmt::Display for QuorumError {
@@ -49,9 +52,6 @@ impl std::fmt::Display for QuorumError {
         match self {
             Self::Raft(e) => write!(f, "raft: {e}"),
             Self::Damaged(why) => write!(f, "the voter's log: {why}"),
-            Self::Snapshot => {
-                write!(f, "a metadata snapshot arrived, and snapshots are not taken yet")
-            }
         }
     }
 }
@@ -62,39 +62,62 @@ impl From<raft::Error> for QuorumError {
     }
 }
 
-/// What a voter's disk holds: its log from index 1 on, and its state.
+/// What a voter's disk holds: its latest snapshot, the log after it (from index 1 when it has
+/// none), and its state.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Durable {
+    pub snapshot: Option<StoredSnapshot>,
     pub entries: Vec<StoredEntry>,
     pub state: VoterState,
 }
 
-/// What a drain asks to be made durable, in this order: `entries` replace the log from the
-/// first one's index on (a new leader may overwrite a suffix no quorum took), then `state`.
+/// What a drain asks to be made durable, in this order: `snapshot` (the leader's) replaces the
+/// whole log, `entries` replace the log from the first one's index on (a new leader may
+/// overwrite a suffix no quorum took), then `state`.
 #[derive(Debug, Default)]
 pub struct Persist {
+    pub snapshot: Option<StoredSnapshot>,
     pub entries: Vec<StoredEntry>,
     pub state: Option<VoterState>,
 }
 
 impl Persist {
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty() && self.state.is_none()
+        self.snapshot.is_none() && self.entries.is_empty() && self.state.is_none()
     }
 }
 
 impl Durable {
+    /// The index of the entry the snapshot stands for up to (0 without one).
+    pub fn snapshot_index(&self) -> u64 {
+        self.snapshot.as_ref().map_or(0, |s| s.index)
+    }
+
     /// What the disk holds once `persist` is durable (the simulation's disk).
     #[cfg(test)]
     pub fn apply(&mut self, persist: &Persist) {
+        if let Some(snapshot) = &persist.snapshot {
+            self.snapshot = Some(snapshot.clone());
+            self.entries.clear();
+        }
         if let Some(first) = persist.entries.first() {
-            let kept = usize::try_from(first.index.saturating_sub(1)).unwrap_or(usize::MAX);
-            self.entries.truncate(kept);
+            let after = first.index.saturating_sub(1).saturating_sub(self.snapshot_index());
+            self.entries.truncate(usize::try_from(after).unwrap_or(usize::MAX));
             self.entries.extend_from_slice(&persist.entries);
         }
         if let Some(state) = persist.state {
             self.state = state;
         }
+    }
+
+    /// What the disk holds once the voter's own `snapshot` is durable and the entries it
+    /// stands for are dropped (the simulation's disk).
+    #[cfg(test)]
+    pub fn compact(&mut self, snapshot: StoredSnapshot) {
+        let dropped = snapshot.index.saturating_sub(self.snapshot_index());
+        let dropped = usize::try_from(dropped).unwrap_or(usize::MAX).min(self.entries.len());
+        self.entries.drain(..dropped);
+        self.snapshot = Some(snapshot);
     }
 }
 
@@ -118,17 +141,21 @@ pub struct Committed {
 }
 
 pub struct Voter {
-    node: RawNode<MemStorage>,
+    node: RawNode<VoterStorage>,
     /// The state last handed out to persist.
     persisted_state: VoterState,
+    voters: Vec<u64>,
 }
 
 impl Voter {
     /// Voter `id` of a quorum whose voters are `voters` (ids above 0), starting from what its
     /// disk holds (nothing, the first time). What it holds is checked first: raft-rs would
-    /// panic on a log with a gap or a commit past its end.
+    /// panic on a log with a gap or a commit past its end. Committed entries are handed out
+    /// again from the one after the snapshot.
     pub fn restore(id: u64, voters: &[u64], durable: Durable) -> Result<Self, QuorumError> {
-        check_durable(&durable).map_err(QuorumError::Damaged)?;
+        let mut voters = voters.to_vec();
+        voters.sort_unstable();
+        check_durable(&durable, &voters).map_err(QuorumError::Damaged)?;
         let config = Config {
             id,
             election_tick: ELECTION_TICKS,
@@ -140,10 +167,20 @@ impl Voter {
             ..Config::default()
         };
         config.validate()?;
-        let storage = MemStorage::new_with_conf_state(ConfState::from((voters.to_vec(), vec![])));
+        let mut storage = VoterStorage::new(&voters);
+        let mut state = durable.state;
+        if let Some(snapshot) = durable.snapshot {
+            // The state is made durable after the snapshot it came with: a crash between the
+            // two leaves it behind the snapshot, which raft-rs would refuse.
+            if snapshot.term > state.term {
+                (state.term, state.vote) = (snapshot.term, 0);
+            }
+            state.commit = state.commit.max(snapshot.index);
+            storage.install(snapshot.into_raft());
+        }
         let entries: Vec<_> = durable.entries.into_iter().map(StoredEntry::into_raft).collect();
-        storage.wl().append(&entries)?;
-        storage.wl().set_hardstate(durable.state.into_raft());
+        storage.append(&entries)?;
+        storage.set_hard_state(state.into_raft());
         // raft-rs logs through slog; what it says surfaces as this crate's errors instead.
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let mut node = RawNode::new(&config, storage, &logger)?;
@@ -151,7 +188,7 @@ impl Voter {
             // Alone, it need not wait out an election timeout to lead.
             node.campaign()?;
         }
-        Ok(Self { node, persisted_state: durable.state })
+        Ok(Self { node, persisted_state: state, voters })
     }
 
     /// The voters' leader, as far as this voter knows (0 while it knows none).
@@ -182,10 +219,17 @@ impl Voter {
             return Ok(());
         }
         let log = &self.node.raft.raft_log;
+        if message.get_msg_type() == MessageType::MsgSnapshot {
+            return self.check_snapshot(message);
+        }
+        let append = message.get_msg_type() == MessageType::MsgAppend;
+        if append && message.index < log.committed {
+            // raft-rs answers with its commit index and reads nothing else of it.
+            return Ok(());
+        }
         // raft-rs reads the term past its log's end as 0, so an append claiming term 0 there
         // would pass its consistency check; a correct leader never sends term 0 above index 0
-        // (nothing is compacted).
-        let append = message.get_msg_type() == MessageType::MsgAppend;
+        // (it sends a snapshot for what it compacted).
         if append && message.index > 0 && message.log_term == 0 {
             return Err(format!("an append after index {} of term 0", message.index));
         }
@@ -198,12 +242,6 @@ impl Voter {
                     entry.index, entry.term, message.term, message.index
                 ));
             }
-            if entry.index <= log.committed && log.term(entry.index).ok() != Some(entry.term) {
-                return Err(format!(
-                    "entry {} of term {} conflicts with the committed log (committed to {})",
-                    entry.index, entry.term, log.committed
-                ));
-            }
         }
         if message.get_msg_type() == MessageType::MsgHeartbeat && message.commit > log.last_index()
         {
@@ -214,6 +252,61 @@ impl Voter {
             ));
         }
         Ok(())
+    }
+
+    /// A leader's snapshot: of this quorum, at an entry of a term no later than the message's,
+    /// with data. (Whether the data is an image is the caller's to check, before it steps it.)
+    fn check_snapshot(&self, message: &Message) -> Result<(), String> {
+        let snapshot = message.get_snapshot();
+        let metadata = snapshot.get_metadata();
+        let mut voters = metadata.get_conf_state().voters.clone();
+        voters.sort_unstable();
+        if metadata.index == 0 || metadata.term == 0 || metadata.term > message.term {
+            return Err(format!(
+                "a snapshot at entry {} of term {} in a message of term {}",
+                metadata.index, metadata.term, message.term
+            ));
+        }
+        let cs = metadata.get_conf_state();
+        if voters != self.voters || !cs.learners.is_empty() || !cs.voters_outgoing.is_empty() {
+            return Err(format!(
+                "a snapshot of voters {:?}, not this quorum's {:?}",
+                cs.voters, self.voters
+            ));
+        }
+        if snapshot.data.is_empty() {
+            return Err("a snapshot without data".into());
+        }
+        Ok(())
+    }
+
+    /// The caller's snapshot of what it applied, up to entry `snapshot.index`: the entries it
+    /// stands for are dropped, and a voter that lags behind the log's start gets it instead.
+    /// Refused past what is applied (raft-rs hands out entries only after the snapshot).
+    pub fn compact(&mut self, snapshot: StoredSnapshot) -> Result<(), QuorumError> {
+        let applied = self.node.raft.raft_log.applied;
+        if snapshot.index > applied {
+            let why = format!("a snapshot at entry {} past the applied {applied}", snapshot.index);
+            return Err(QuorumError::Damaged(why));
+        }
+        Ok(self.node.mut_store().compact(snapshot.into_raft())?)
+    }
+
+    /// The latest snapshot: its index and data (`None` until one is taken or received).
+    pub fn snapshot(&self) -> Option<(u64, Bytes)> {
+        let store = self.node.store();
+        let snapshot = store.snapshot(0, 0).ok()?;
+        Some((snapshot.get_metadata().index, snapshot.data))
+    }
+
+    /// The first entry the log holds in memory: those before it are in the snapshot.
+    pub fn first_index(&self) -> u64 {
+        self.node.store().first_index().unwrap_or(1)
+    }
+
+    /// The term of entry `index`, while the log holds it.
+    pub fn term_of(&self, index: u64) -> Option<u64> {
+        self.node.raft.raft_log.term(index).ok()
     }
 
     /// While leading: hands leadership to the other voter holding most of the log (raft-rs's
@@ -285,7 +378,9 @@ impl Voter {
         }
         let mut ready = self.node.ready();
         if !ready.snapshot().is_empty() {
-            return Err(QuorumError::Snapshot);
+            // A leader's snapshot, to replace the log and the caller's image.
+            drained.persist.snapshot = Some(StoredSnapshot::from_raft(ready.snapshot()));
+            self.node.mut_store().install(ready.snapshot().clone());
         }
         drained.messages.extend(ready.take_messages());
         committed_data(&mut drained, ready.take_committed_entries());
@@ -296,20 +391,30 @@ impl Voter {
                 .map(StoredEntry::from_raft)
                 .collect::<Result<_, _>>()
                 .map_err(QuorumError::Damaged)?;
-            self.node.mut_store().wl().append(ready.entries())?;
+            self.node.mut_store().append(ready.entries())?;
         }
         if let Some(hard_state) = ready.hs() {
-            self.node.mut_store().wl().set_hardstate(hard_state.clone());
+            self.node.mut_store().set_hard_state(hard_state.clone());
         }
         drained.messages.extend(ready.take_persisted_messages());
         let mut light = self.node.advance(ready);
         if let Some(commit) = light.commit_index() {
-            self.node.mut_store().wl().mut_hard_state().set_commit(commit);
+            self.node.mut_store().set_commit(commit);
         }
         drained.messages.extend(light.take_messages());
         committed_data(&mut drained, light.take_committed_entries());
         self.node.advance_apply();
-        let state = VoterState::from_raft(self.node.store().rl().hard_state());
+        // A snapshot is sent best effort, as every message: raft-rs sends nothing more to its
+        // voter until told how it went, so it is told at once. If it was lost, the voter
+        // refuses the next append, and the one after its log's end brings the snapshot again.
+        let snapshots_to: Vec<u64> = (drained.messages.iter())
+            .filter(|m| m.get_msg_type() == MessageType::MsgSnapshot)
+            .map(|m| m.to)
+            .collect();
+        for to in snapshots_to {
+            self.node.report_snapshot(to, SnapshotStatus::Finish);
+        }
+        let state = VoterState::from_raft(self.node.store().hard_state());
         if state != self.persisted_state {
             drained.persist.state = Some(state);
             self.persisted_state = state;
@@ -318,11 +423,24 @@ impl Voter {
     }
 }
 
-/// A log from index 1 without gaps, terms that never go down, and state no further than it.
-fn check_durable(durable: &Durable) -> Result<(), String> {
+/// A snapshot of this quorum, then a log from the entry after it (from index 1 without one)
+/// without gaps, terms that never go down, and state no further than it.
+fn check_durable(durable: &Durable, voters: &[u64]) -> Result<(), String> {
     let mut last_term = 0;
+    if let Some(snapshot) = &durable.snapshot {
+        let mut kept_under = snapshot.voters.clone();
+        kept_under.sort_unstable();
+        if kept_under != voters || snapshot.index == 0 {
+            return Err(format!(
+                "a snapshot at entry {} of voters {:?}, not {voters:?}",
+                snapshot.index, snapshot.voters
+            ));
+        }
+        last_term = snapshot.term;
+    }
+    let first = durable.snapshot_index() + 1;
     for (position, entry) in durable.entries.iter().enumerate() {
-        let expected = position as u64 + 1;
+        let expected = first + position as u64;
         if entry.index != expected {
             return Err(format!("entry {} where entry {expected} belongs", entry.index));
         }
@@ -335,8 +453,8 @@ fn check_durable(durable: &Durable) -> Result<(), String> {
         last_term = entry.term;
     }
     let state = durable.state;
-    if state.commit > durable.entries.len() as u64 {
-        let last = durable.entries.len();
+    let last = durable.snapshot_index() + durable.entries.len() as u64;
+    if state.commit > last {
         return Err(format!("committed up to {} but the log ends at {last}", state.commit));
     }
     // The state may be a term behind the log: entries are made durable before the state that
@@ -358,7 +476,8 @@ mod tests {
     /// A follower (voter 2 of three) holding entries 1..=3 of term 1, committed to 2.
     fn follower() -> Voter {
         let entries = (1..=3).map(|index| StoredEntry { index, term: 1, data: vec![1] }).collect();
-        let durable = Durable { entries, state: VoterState { term: 1, vote: 1, commit: 2 } };
+        let state = VoterState { term: 1, vote: 1, commit: 2 };
+        let durable = Durable { snapshot: None, entries, state };
         Voter::restore(2, &[1, 2, 3], durable).expect("a voter")
     }
 
@@ -383,8 +502,6 @@ mod tests {
             message(MessageType::MsgAppend, 3, &[(5, 2)], 3),
             // Entries of a term past the append's.
             message(MessageType::MsgAppend, 3, &[(4, 3)], 3),
-            // Overwriting committed entry 2 with another term.
-            message(MessageType::MsgAppend, 1, &[(2, 2)], 2),
             // Past the log's end, where raft-rs reads term 0: claiming term 0 there, or with
             // entries of term 0.
             Message { log_term: 0, ..message(MessageType::MsgAppend, 8, &[], 8) },
@@ -397,6 +514,9 @@ mod tests {
                 "a {kind:?} was taken"
             );
         }
+        // An append below the commit index is answered with it, and changes nothing.
+        voter.step(message(MessageType::MsgAppend, 1, &[(2, 2)], 2)).expect("taken");
+        assert_eq!(voter.term_of(2), Some(1));
         // A new leader's append that replaces the uncommitted entry 3 is Raft as usual.
         let append = message(MessageType::MsgAppend, 2, &[(3, 2), (4, 2)], 3);
         voter.step(append).expect("taken");

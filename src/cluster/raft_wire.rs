@@ -2,12 +2,12 @@
 //!
 //! raft-rs hands out protobuf structs (rust-protobuf 2). Spate does not put those on the wire or
 //! the disk: its own rkyv forms carry exactly the fields Spate's Raft uses, are validated when
-//! read like every other input (an unknown message kind, a snapshot, a configuration change or
-//! a message only a voter itself may make is refused by name), and keep protobuf's parser, with
+//! read like every other input (an unknown message kind, a configuration change or a message
+//! only a voter itself may make is refused by name), and keep protobuf's parser, with
 //! its open advisory on deeply nested input (RUSTSEC-2024-0437), off every path from the network.
 
 use bytes::Bytes;
-use raft::eraftpb::{Entry, EntryType, HardState, Message, MessageType};
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot};
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// One entry of the voters' log: a metadata batch (`metadata::encode_batch`), or empty (the
@@ -17,6 +17,38 @@ pub struct StoredEntry {
     pub index: u64,
     pub term: u64,
     pub data: Vec<u8>,
+}
+
+/// A snapshot of the metadata log: the image (`MetadataImage::encode_snapshot`) as of entry
+/// `index` of term `term`, which stands for every entry up to it, and the voter set it was
+/// taken under.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct StoredSnapshot {
+    pub index: u64,
+    pub term: u64,
+    pub voters: Vec<u64>,
+    pub data: Vec<u8>,
+}
+
+impl StoredSnapshot {
+    pub fn from_raft(snapshot: &Snapshot) -> Self {
+        let metadata = snapshot.get_metadata();
+        Self {
+            index: metadata.index,
+            term: metadata.term,
+            voters: metadata.get_conf_state().voters.clone(),
+            data: snapshot.data.to_vec(),
+        }
+    }
+
+    pub fn into_raft(self) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        let metadata = snapshot.mut_metadata();
+        (metadata.index, metadata.term) = (self.index, self.term);
+        metadata.set_conf_state(ConfState::from((self.voters, vec![])));
+        snapshot.data = Bytes::from(self.data);
+        snapshot
+    }
 }
 
 /// What a voter must keep across restarts besides its log (Raft's hard state): its term, whom
@@ -47,6 +79,8 @@ pub struct WireMessage {
     /// raft-rs marks a leadership transfer's campaign here.
     pub context: Vec<u8>,
     pub priority: i64,
+    /// What a leader sends a voter that lags behind its log's start (a `MsgSnapshot`).
+    pub snapshot: Option<StoredSnapshot>,
 }
 
 impl StoredEntry {
@@ -83,9 +117,11 @@ impl VoterState {
 }
 
 /// The kinds one voter sends another. The rest are a voter's own (a tick's campaign or
-/// heartbeat, a proposal, which only the leader takes here), carry snapshots, which are not
-/// taken yet, or serve read-index reads, which Spate does not make.
-const SENT_KINDS: [MessageType; 10] = [
+/// heartbeat, a proposal, which only the leader takes here, a snapshot's status), ask for a
+/// snapshot (Spate's voters never do: a leader sends one when a voter lags behind its log's
+/// start), or serve read-index reads, which Spate does not make.
+const SENT_KINDS: [MessageType; 11] = [
+    MessageType::MsgSnapshot,
     MessageType::MsgAppend,
     MessageType::MsgAppendResponse,
     MessageType::MsgRequestVote,
@@ -108,9 +144,14 @@ impl WireMessage {
         if sent_kind(kind as u8).is_none() {
             return Err(format!("a {kind:?} is not sent between voters"));
         }
-        if message.snapshot.is_some() {
-            return Err(format!("a {kind:?} carries a snapshot, which is not taken yet"));
-        }
+        let snapshot = match (kind, message.snapshot.as_ref()) {
+            (MessageType::MsgSnapshot, Some(snapshot)) => Some(StoredSnapshot::from_raft(snapshot)),
+            (MessageType::MsgSnapshot, None) => return Err("a snapshot message without one".into()),
+            (_, Some(snapshot)) if !snapshot.is_empty() => {
+                return Err(format!("a {kind:?} carries a snapshot"))
+            }
+            (_, _) => None,
+        };
         let entries =
             message.entries.iter().map(StoredEntry::from_raft).collect::<Result<_, _>>()?;
         Ok(Self {
@@ -128,6 +169,7 @@ impl WireMessage {
             reject_hint: message.reject_hint,
             context: message.context.to_vec(),
             priority: message.priority,
+            snapshot,
         })
     }
 
@@ -137,9 +179,16 @@ impl WireMessage {
             return Err(format!("message kind {} is not one voters send", self.kind));
         };
         if self.request_snapshot != 0 {
-            // A leader would stop replicating to the asker until it got a snapshot it cannot
-            // make yet.
-            return Err("a snapshot request: snapshots are not taken yet".into());
+            // Spate's voters never ask: a leader would stop replicating to the asker until it
+            // had sent one.
+            return Err("a snapshot request, which voters here never make".into());
+        }
+        match (kind, self.snapshot.is_some()) {
+            (MessageType::MsgSnapshot, false) => {
+                return Err("a snapshot message without one".into())
+            }
+            (MessageType::MsgSnapshot, true) | (_, false) => {}
+            (_, true) => return Err(format!("a {kind:?} carrying a snapshot")),
         }
         let mut message = Message::default();
         message.set_msg_type(kind);
@@ -156,6 +205,9 @@ impl WireMessage {
         message.reject_hint = self.reject_hint;
         message.context = Bytes::from(self.context);
         message.priority = self.priority;
+        if let Some(snapshot) = self.snapshot {
+            message.set_snapshot(snapshot.into_raft());
+        }
         Ok(message)
     }
 }
@@ -180,6 +232,20 @@ mod tests {
         assert!(WireMessage::from_raft(&hup).is_err());
         let forged = WireMessage { kind: MessageType::MsgPropose as u8, ..wire.clone() };
         assert!(forged.into_raft().unwrap_err().contains("not one voters send"));
-        assert!(WireMessage { kind: 200, ..wire }.into_raft().is_err());
+        assert!(WireMessage { kind: 200, ..wire.clone() }.into_raft().is_err());
+
+        // A snapshot travels only in a snapshot message.
+        let stored = StoredSnapshot { index: 40, term: 6, voters: vec![1, 2, 3], data: vec![9] };
+        let mut snap = Message::default();
+        snap.set_msg_type(MessageType::MsgSnapshot);
+        (snap.to, snap.from, snap.term) = (2, 1, 7);
+        snap.set_snapshot(stored.clone().into_raft());
+        let wire_snap = WireMessage::from_raft(&snap).expect("a snapshot is sent");
+        assert_eq!(wire_snap.snapshot.as_ref(), Some(&stored));
+        assert_eq!(wire_snap.clone().into_raft().expect("and taken"), snap);
+        let bare = WireMessage { snapshot: None, ..wire_snap };
+        assert!(bare.into_raft().unwrap_err().contains("without one"));
+        let smuggled = WireMessage { snapshot: Some(stored), ..wire };
+        assert!(smuggled.into_raft().unwrap_err().contains("carrying a snapshot"));
     }
 }

@@ -30,6 +30,7 @@ use super::metadata::{
     CLUSTER_PROTOCOL_VERSION,
 };
 use super::quorum::{Durable, Persist, QuorumError, Voter};
+use super::raft_wire::StoredSnapshot;
 use crate::testing::TestRng;
 use crate::types::NodeId;
 
@@ -442,12 +443,14 @@ fn the_controller_never_elects_uncleanly_and_the_cluster_settles() {
 /// decides (with a controller of its own, which forgets heartbeats at every change of leader:
 /// brokers register, restart, beat, shut down, topics come and go, time passes) and proposes
 /// each decision as one entry; every voter decodes and applies what commits, a batch at a time.
-/// After every round: one leader per term, and the batches every two voters applied are one a
-/// prefix of the other's. Voters crash: between rounds, or in the middle of making a drain
-/// durable (the disk keeps a seeded prefix of the new entries, and the new state only after all
-/// of them, as the broker writes them), losing everything else of that drain; they restart from
-/// their disk and apply the log again from the start. Then the network heals and every voter must
-/// hold the same image.
+/// Every voter snapshots its image every few entries (Raft drops what a snapshot covers), so a
+/// voter cut off or down for a while is sent the leader's snapshot. After every round: one
+/// leader per term, and voters that applied the log up to the same entry hold the same image.
+/// Voters crash: between rounds, right after a snapshot, or in the middle of making a drain
+/// durable (the disk keeps a leader's snapshot or not, then a seeded prefix of the new entries,
+/// and the new state only after all of them, as the broker writes them), losing everything else
+/// of that drain; they restart from their disk: the snapshot, then the log after it. Then the
+/// network heals and every voter must hold the same image.
 struct QuorumRun {
     seed: u64,
     rng: TestRng,
@@ -464,6 +467,8 @@ struct QuorumRun {
     /// Each broker's process (incarnation) and, once its registration is proposed, its epoch.
     brokers: Vec<(NodeId, u64, Option<u64>)>,
     next_topic: u128,
+    /// The image at each entry of the log, as the first voter to apply it held it.
+    images: BTreeMap<u64, MetadataImage>,
     events: BTreeMap<&'static str, u64>,
 }
 
@@ -473,19 +478,42 @@ struct QuorumVoter {
     /// What survives its crash.
     disk: Durable,
     image: MetadataImage,
-    /// What it applied since it last started.
-    applied: Vec<Vec<MetadataRecord>>,
+    /// The last entry applied to `image`.
+    applied: u64,
+    /// Entries applied since its last snapshot, and how many it takes one after.
+    since_snapshot: u64,
+    snapshot_every: u64,
 }
 
 impl QuorumVoter {
-    fn start(id: u64, disk: Durable) -> Self {
+    fn start(id: u64, disk: Durable, snapshot_every: u64) -> Self {
+        let (image, applied) = match &disk.snapshot {
+            Some(snapshot) => {
+                let image = MetadataImage::decode_snapshot(&snapshot.data)
+                    .unwrap_or_else(|e| panic!("voter {id}'s snapshot: {e}"));
+                (image, snapshot.index)
+            }
+            None => (MetadataImage::default(), 0),
+        };
         let raft = Voter::restore(id, &QUORUM, disk.clone())
             .unwrap_or_else(|e| panic!("voter {id} restarting from its disk: {e}"));
-        Self { id, raft, disk, image: MetadataImage::default(), applied: Vec::new() }
+        Self { id, raft, disk, image, applied, since_snapshot: 0, snapshot_every }
     }
 
     fn restart(&mut self) {
-        *self = Self::start(self.id, std::mem::take(&mut self.disk));
+        *self = Self::start(self.id, std::mem::take(&mut self.disk), self.snapshot_every);
+    }
+
+    /// Snapshots the image it applied: durable first, then Raft drops what it covers.
+    fn snapshot(&mut self) {
+        let Some(term) = self.raft.term_of(self.applied) else { return };
+        let data = self.image.encode_snapshot();
+        let snapshot = StoredSnapshot { index: self.applied, term, voters: QUORUM.to_vec(), data };
+        self.disk.compact(snapshot.clone());
+        if let Err(e) = self.raft.compact(snapshot) {
+            panic!("voter {} snapshotting at entry {}: {e}", self.id, self.applied);
+        }
+        self.since_snapshot = 0;
     }
 }
 
@@ -493,11 +521,14 @@ const QUORUM: [u64; 3] = [1, 2, 3];
 
 impl QuorumRun {
     fn new(seed: u64) -> Self {
-        let voters = QUORUM.iter().map(|id| QuorumVoter::start(*id, Durable::default())).collect();
+        let mut rng = TestRng::new(seed);
+        let voters = (QUORUM.iter())
+            .map(|id| QuorumVoter::start(*id, Durable::default(), 2 + rng.below(8)))
+            .collect();
         let brokers = (1..=3).map(|n| (NodeId(n), 0, None)).collect();
         Self {
             seed,
-            rng: TestRng::new(seed),
+            rng,
             now: Instant::now(),
             voters,
             network: Vec::new(),
@@ -507,8 +538,22 @@ impl QuorumRun {
             controller: None,
             brokers,
             next_topic: 0,
+            images: BTreeMap::new(),
             events: BTreeMap::new(),
         }
+    }
+
+    /// Voter `v` holds the image of the log up to entry `index`: the same as every other voter
+    /// that got there.
+    fn check_image_at(&mut self, v: usize, index: u64) {
+        let image = &self.voters[v].image;
+        let first = self.images.entry(index).or_insert_with(|| image.clone());
+        assert!(
+            first == image,
+            "seed {}: voter {} holds another image at entry {index}",
+            self.seed,
+            v + 1
+        );
     }
 
     fn reachable(&self, voter: usize) -> bool {
@@ -556,7 +601,8 @@ impl QuorumRun {
                 Ok(drained) => drained,
                 Err(e) => panic!("seed {}: voter {} drained: {e}", self.seed, v + 1),
             };
-            if chaos && !drained.persist.is_empty() && self.rng.below(150) == 0 {
+            let crash_odds = if drained.persist.snapshot.is_some() { 4 } else { 150 };
+            if chaos && !drained.persist.is_empty() && self.rng.below(crash_odds) == 0 {
                 self.crash_while_persisting(v, drained.persist);
                 continue;
             }
@@ -566,6 +612,14 @@ impl QuorumRun {
                 self.deliver_early(v);
             }
             self.voters[v].disk.apply(&drained.persist);
+            if let Some(snapshot) = &drained.persist.snapshot {
+                let voter = &mut self.voters[v];
+                voter.image = MetadataImage::decode_snapshot(&snapshot.data)
+                    .unwrap_or_else(|e| panic!("seed {}: a leader's snapshot: {e}", self.seed));
+                (voter.applied, voter.since_snapshot) = (snapshot.index, 0);
+                self.check_image_at(v, snapshot.index);
+                *self.events.entry("snapshot installed from the leader").or_default() += 1;
+            }
             // Right after granting a vote is where a voter that forgets its vote would vote
             // twice in one term: restart there often.
             let voted = drained.messages.iter().any(|m| {
@@ -579,14 +633,32 @@ impl QuorumRun {
                     self.network.push((self.step + 1 + delay, to, message));
                 }
             }
-            for committed in drained.committed.into_iter().filter(|c| !c.data.is_empty()) {
-                let batch = metadata::decode_batch(&committed.data)
-                    .unwrap_or_else(|e| panic!("seed {}: a committed entry: {e}", self.seed));
+            for committed in drained.committed {
                 let voter = &mut self.voters[v];
-                if let Err(e) = voter.image.apply_batch(&batch) {
-                    panic!("seed {}: voter {} refused {batch:?}: {e}", self.seed, v + 1);
+                assert_eq!(
+                    committed.index,
+                    voter.applied + 1,
+                    "seed {}: voter {} applies entries out of order",
+                    self.seed,
+                    v + 1
+                );
+                if !committed.data.is_empty() {
+                    let batch = metadata::decode_batch(&committed.data)
+                        .unwrap_or_else(|e| panic!("seed {}: a committed entry: {e}", self.seed));
+                    if let Err(e) = voter.image.apply_batch(&batch) {
+                        panic!("seed {}: voter {} refused {batch:?}: {e}", self.seed, v + 1);
+                    }
                 }
-                voter.applied.push(batch);
+                (voter.applied, voter.since_snapshot) = (committed.index, voter.since_snapshot + 1);
+                self.check_image_at(v, committed.index);
+            }
+            if self.voters[v].since_snapshot >= self.voters[v].snapshot_every {
+                self.voters[v].snapshot();
+                *self.events.entry("snapshot taken").or_default() += 1;
+                if chaos && self.rng.below(10) == 0 {
+                    self.voters[v].restart();
+                    *self.events.entry("voter restarted after a snapshot").or_default() += 1;
+                }
             }
             if chaos && voted && self.rng.below(3) == 0 {
                 self.voters[v].restart();
@@ -617,12 +689,37 @@ impl QuorumRun {
     /// them; nothing else of the drain happened. A crash right after the truncation that makes
     /// room for overwriting entries keeps none of them but loses the entries cut.
     fn crash_while_persisting(&mut self, v: usize, mut persist: Persist) {
+        if let Some(snapshot) = persist.snapshot.take() {
+            // Written first; the log after it is replaced only then. A crash between keeps the
+            // log after the snapshot where it continues it (as the broker's disk reads back).
+            if self.rng.below(3) == 0 {
+                persist.entries.clear();
+                persist.state = None;
+            } else {
+                let disk = &mut self.voters[v].disk;
+                let at = disk.entries.iter().position(|e| e.index == snapshot.index);
+                let continues = at.filter(|at| disk.entries[*at].term == snapshot.term);
+                let same = disk.snapshot_index() == snapshot.index;
+                match continues {
+                    Some(at) => drop(disk.entries.drain(..=at)),
+                    None if same => {}
+                    None => disk.entries.clear(),
+                }
+                disk.snapshot = Some(snapshot);
+                if self.rng.below(2) == 0 {
+                    persist.entries.clear();
+                    persist.state = None;
+                }
+                *self.events.entry("voter crashed while installing a snapshot").or_default() += 1;
+            }
+        }
         let kept = self.rng.below(persist.entries.len() as u64 + 1) as usize;
         let all_kept = kept == persist.entries.len();
         if kept == 0 && self.rng.below(2) == 0 {
             if let Some(first) = persist.entries.first() {
-                let kept = usize::try_from(first.index.saturating_sub(1)).unwrap_or(usize::MAX);
-                self.voters[v].disk.entries.truncate(kept);
+                let disk = &mut self.voters[v].disk;
+                let kept = first.index.saturating_sub(1).saturating_sub(disk.snapshot_index());
+                disk.entries.truncate(usize::try_from(kept).unwrap_or(usize::MAX));
             }
         }
         persist.entries.truncate(kept);
@@ -713,16 +810,6 @@ impl QuorumRun {
                 assert_eq!(first, id, "seed {}: two leaders in term {term}", self.seed);
             }
         }
-        for a in &self.voters {
-            for b in &self.voters {
-                let common = a.applied.len().min(b.applied.len());
-                assert!(
-                    a.applied[..common] == b.applied[..common],
-                    "seed {}: two voters applied different records",
-                    self.seed
-                );
-            }
-        }
     }
 
     fn run(mut self, rounds: u64) -> BTreeMap<&'static str, u64> {
@@ -734,13 +821,13 @@ impl QuorumRun {
         for _ in 0..200 {
             self.round(false);
         }
-        let applied = self.voters[0].applied.len();
+        let applied = self.voters[0].applied;
         for (v, voter) in self.voters.iter().enumerate() {
-            assert_eq!(voter.applied.len(), applied, "seed {}: voter {} behind", self.seed, v + 1);
+            assert_eq!(voter.applied, applied, "seed {}: voter {} behind", self.seed, v + 1);
             assert!(voter.image == self.voters[0].image, "seed {}: images differ", self.seed);
         }
         assert!(applied > 0, "seed {}: nothing committed", self.seed);
-        self.events.insert("records committed", applied as u64);
+        self.events.insert("entries committed", applied);
         self.events
     }
 }
@@ -752,12 +839,16 @@ fn controller_voters_agree_on_the_metadata_through_a_lossy_network() {
     let expected = [
         "controller elected",
         "decisions proposed",
-        "records committed",
+        "entries committed",
         "voter cut off",
         "voter restarted",
         "voter restarted after voting",
         "voter crashed while persisting",
         "messages stepped while persisting",
+        "snapshot taken",
+        "snapshot installed from the leader",
+        "voter restarted after a snapshot",
+        "voter crashed while installing a snapshot",
     ];
     crate::testing::assert_every_event_ran(&totals, &expected);
 }

@@ -347,13 +347,28 @@ impl<S: Storage> PartitionLog<S> {
         limits: LogLimits,
         shared: SharedByShard<S>,
     ) -> io::Result<Rc<Self>> {
+        Self::open_starting_at(topic, partition, dir, config, limits, shared, Offset(0)).await
+    }
+
+    /// [`Self::open`], where a log created new starts at `start` rather than at 0: the log a
+    /// replica begins after everything below `start` reached it another way (Kafka's
+    /// `truncateFullyAndStartAt`; a controller voter given a snapshot of the metadata log).
+    pub async fn open_starting_at(
+        topic: Rc<str>,
+        partition: PartitionId,
+        dir: PathBuf,
+        config: TopicConfig,
+        limits: LogLimits,
+        shared: SharedByShard<S>,
+        start: Offset,
+    ) -> io::Result<Rc<Self>> {
         let SharedByShard { storage, metrics, queued, tail_budget, open_files } = shared;
         let names = storage.list_dir(&dir).await?;
         let segments = open_segments(
             &storage,
             &dir,
             &names,
-            (&topic, partition),
+            (&topic, partition, start),
             config.segment_bytes,
             &open_files,
         )
@@ -1159,7 +1174,7 @@ async fn open_segments<S: Storage>(
     storage: &S,
     dir: &Path,
     names: &[String],
-    (topic, partition): (&str, PartitionId),
+    (topic, partition, start): (&str, PartitionId, Offset),
     segment_bytes: u64,
     open_files: &Rc<OpenFiles<S>>,
 ) -> io::Result<VecDeque<Rc<Segment<S>>>> {
@@ -1167,14 +1182,8 @@ async fn open_segments<S: Storage>(
     bases.sort_unstable();
     let mut segments = VecDeque::new();
     let Some((&last, sealed)) = bases.split_last() else {
-        let first = Segment::create(
-            storage,
-            dir,
-            Offset(0),
-            PreallocateStep::MIN,
-            segment_bytes,
-            open_files,
-        );
+        let first =
+            Segment::create(storage, dir, start, PreallocateStep::MIN, segment_bytes, open_files);
         segments.push_back(first.await?);
         return Ok(segments);
     };

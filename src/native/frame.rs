@@ -26,8 +26,10 @@ pub const FRAME_HEADER_BYTES: usize = 32;
 pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"SPN1");
 /// The native protocol's version: a frame of another is refused by number. 2: the cluster
 /// learnt by clients (metadata with brokers, leaders and replicas; a replication factor in
-/// CreateTopic; the not-leader, not-coordinator and replica-assignment codes).
-pub const PROTOCOL_VERSION: u8 = 2;
+/// CreateTopic; the not-leader, not-coordinator and replica-assignment codes). 3: metadata
+/// snapshots (a Raft message or a metadata fetch may carry one; the cluster status names the
+/// newest and where a voter's log starts).
+pub const PROTOCOL_VERSION: u8 = 3;
 /// Meta bodies are small (names, numbers); anything larger is a corrupt or hostile frame.
 pub const META_BYTES_MAX: u32 = 1024 * 1024;
 pub const META_ALIGN: usize = 16;

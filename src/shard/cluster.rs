@@ -36,7 +36,9 @@ impl Shard {
         &self,
         voters: &[NodeId],
     ) -> std::io::Result<(VoterLog<DmaStorage>, Durable)> {
-        VoterLog::open(&self.config.data_dir, voters, self.limits(), self.shared()).await
+        let segment_bytes = self.config.metadata_log_segment_bytes;
+        VoterLog::open(&self.config.data_dir, voters, segment_bytes, self.limits(), self.shared())
+            .await
     }
 
     /// Makes `membership` the broker's (shard 0, at start).
