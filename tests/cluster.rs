@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use common::kafka_wire::Conn;
 use common::{run, scripts, Broker, BINARY};
 use kafka_protocol::messages::{ApiKey, InitProducerIdRequest, InitProducerIdResponse};
-use spate::client::Client;
+use spate::client::{Client, GroupConfig, GroupConsumer, OffsetReset};
 use spate::native::messages::ClusterStatus;
 
 /// One cluster at a time: they share the machine's two cores and a port range.
@@ -215,9 +215,12 @@ fn three_brokers_elect_a_controller_fence_the_silent_and_survive_its_crash() {
     assert_eq!(blocks.len(), ids.len(), "brokers share a block of producer ids: {ids:?}");
     assert!(ids.iter().all(|id| (0..10_000).contains(id)), "not from the controller: {ids:?}");
 
-    // kill -9 of the active controller's broker: another voter takes over, and the dead
-    // broker is fenced once its session lapses.
+    // kill -9 of the active controller's broker: another voter takes over, topics can still
+    // be created, nothing committed before is lost, and the dead broker is fenced once its
+    // session lapses.
     let controller = first.leader.expect("a leader").0;
+    let created = create_topic_at(&cluster.kafka(controller), "before-failover", 2, 1, &[]);
+    assert_eq!(created, (0, String::new()));
     let epoch_before = state(&first, controller).expect("registered").1;
     let killed_at = Instant::now();
     cluster.broker(controller).kill9();
@@ -236,6 +239,11 @@ fn three_brokers_elect_a_controller_fence_the_silent_and_survive_its_crash() {
         killed_at.elapsed().as_millis()
     );
     assert!(fenced.term > first.term, "a new term: {} then {}", first.term, fenced.term);
+    let created = create_topic_at(&cluster.kafka(survivors[0]), "after-failover", 2, 1, &[]);
+    assert_eq!(created, (0, String::new()));
+    cluster.settle_metadata(&survivors, "both topics after the failover", |v| {
+        v.topics.contains_key("before-failover") && v.topics.contains_key("after-failover")
+    });
 
     // It restarts and rejoins by itself, under a new registration.
     cluster.broker(controller).restart();
@@ -747,6 +755,22 @@ fn topics_are_placed_served_and_described_alike_across_the_cluster() {
     cluster.clients(3, "produce", &env);
     let consumed = cluster.clients(1, "consume", &env);
     assert!(consumed.contains("\"committed\""), "{consumed}");
+    // A native group member started from any broker finds the group's coordinator and each
+    // partition's leader (spread over all three): it reads every record, and what it commits is
+    // the group's, as `spate group describe` through another broker shows.
+    let read = read_as_group_member(&cluster.brokers[0].addr, "copies", "native", 300);
+    assert_eq!(read, 300, "every record of the three partitions");
+    let described = std::process::Command::new(BINARY)
+        .args(["group", "describe", "native", "--broker", &cluster.brokers[1].addr])
+        .output()
+        .expect("spate group describe");
+    let text = String::from_utf8_lossy(&described.stdout);
+    assert!(described.status.success(), "{}", String::from_utf8_lossy(&described.stderr));
+    let committed: i64 = text
+        .lines()
+        .filter_map(|l| l.split("committed").nth(1)?.split_whitespace().next()?.parse::<i64>().ok())
+        .sum();
+    assert_eq!(committed, 300, "{text}");
     // The native client too: `spate produce` through broker 1 sends each keyed record to its
     // partition's leader, `spate consume` through broker 2 reads every partition from its own.
     let lines: String = (0..60).map(|i| format!("key{i}:value{i}\n")).collect();
@@ -876,6 +900,25 @@ fn topics_are_placed_served_and_described_alike_across_the_cluster() {
         |text: &str| text.lines().find(|l| l.contains("committed")).unwrap_or_default().to_string();
     assert_eq!(offsets(&committed_after), offsets(&committed_before));
     assert!(offsets(&committed_after).contains(": "), "{committed_after}");
+}
+
+/// Reads `want` records of `topic` as a native member of `group` through the broker at
+/// `bootstrap` (or what it finds in 30 s), then leaves, committing what it read.
+fn read_as_group_member(bootstrap: &str, topic: &str, group: &str, want: usize) -> usize {
+    let (bootstrap, topic, group) = (bootstrap.to_string(), topic.to_string(), group.to_string());
+    run(|| async move {
+        let client = Client::connect(&bootstrap).await.expect("connect");
+        let mut config = GroupConfig::new(&group, &[topic.as_str()]);
+        config.offset_reset = OffsetReset::Earliest;
+        let member = GroupConsumer::join(client, config).await.expect("join the group");
+        let deadline = Instant::now() + SETTLE_WAIT;
+        let mut read = 0;
+        while read < want && Instant::now() < deadline {
+            read += member.poll(Duration::from_millis(100)).await.expect("poll").len();
+        }
+        member.close().await.expect("leave the group");
+        read
+    })
 }
 
 /// DeleteTopics (v4) of one topic through `kafka`: its error code.

@@ -1,6 +1,7 @@
 //! The consume phase as a consumer group (`--group`): `--consumers` members per loadgen thread
-//! share the topic's partitions through the broker's group coordinator (native protocol),
-//! committing as they go, until every record of the run has been read by someone.
+//! share the topic's partitions through the group's coordinator (native protocol; the client
+//! finds it, and each partition's leader, from the broker given), committing as they go, until
+//! every record of the run has been read by someone.
 //!
 //! The run's start offsets are committed for the group before it joins, so members begin at
 //! this run's first record. A partition that moves between members in a rebalance may be read
@@ -12,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use spate::client::{Client, GroupConfig, GroupConsumer, OffsetReset};
+use spate::client::{Client, GroupConfig, GroupConsumer, Leaders, OffsetReset};
 
 use crate::consume::Consumed;
 use crate::report::Totals;
@@ -24,9 +25,14 @@ const STALL_LIMIT: Duration = Duration::from_secs(30);
 /// Commits `starts` for the group, outside membership: members then begin at this run's data.
 pub async fn start_group_at(args: &Args, group: &str, starts: &[u64]) -> Result<(), String> {
     let client = Client::connect(&args.address()).await.map_err(|e| e.to_string())?;
-    let offsets =
+    let offsets: Vec<(String, u32, u64)> =
         starts.iter().enumerate().map(|(p, o)| (args.topic.clone(), p as u32, *o)).collect();
-    client.commit_offsets(group, "", -1, offsets).await.map_err(|e| e.to_string())
+    let cluster = Leaders::new(client);
+    let committed = cluster.with_coordinator(group, |coordinator| {
+        let offsets = offsets.clone();
+        async move { coordinator.commit_offsets(group, "", -1, offsets).await }
+    });
+    committed.await.map_err(|e| e.to_string())
 }
 
 /// Runs this thread's members until `consumed` (shared by every thread) covers everything
@@ -39,12 +45,15 @@ pub async fn run(
     measure_from: Instant,
 ) -> Result<Consumed, String> {
     let client = Client::connect(&args.address()).await.map_err(|e| e.to_string())?;
+    let leaders = Leaders::new(client);
     let mut expected = 0;
     for (partition, start) in starts.iter().enumerate() {
-        let end = client
-            .list_offset(&args.topic, partition as u32, spate::native::messages::OFFSET_LATEST)
-            .await
-            .map_err(|e| e.to_string())?;
+        let latest = spate::native::messages::OFFSET_LATEST;
+        let topic = &args.topic;
+        let end = leaders.with_leader(topic, partition as u32, |leader| async move {
+            leader.list_offset(topic, partition as u32, latest).await
+        });
+        let end = end.await.map_err(|e| e.to_string())?;
         expected += (end.max(0) as u64).saturating_sub(*start);
     }
     let totals = Rc::new(Totals::new(Arc::default()));

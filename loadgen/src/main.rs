@@ -301,11 +301,6 @@ async fn prepare(args: &Args) -> Result<(Vec<u64>, Vec<String>), String> {
     let link = Link::connect(args.protocol, &args.address()).await?;
     link.ensure_topic(&args.topic, args.partitions).await?;
     let leaders = link.leaders(&args.topic, args.partitions).await?;
-    if args.group.is_some() && leaders.iter().any(|l| *l != leaders[0]) {
-        return Err("--group reads through the broker given, but the topic's partitions are led \
-                    by several brokers: use a topic led by one broker"
-            .into());
-    }
     let all: Vec<u32> = (0..args.partitions).collect();
     let routes = Routes::connect(args.protocol, &leaders, &all, 1).await?;
     let mut starts = Vec::new();

@@ -1,9 +1,12 @@
-//! `spate group list|describe|delete`: consumer groups as the broker's coordinators see them.
+//! `spate group list|describe|delete`: consumer groups as their coordinators see them, through
+//! any broker of the cluster (a group's requests go to its coordinator; a list asks every live
+//! broker for the groups it coordinates).
 
 use clap::Subcommand;
 
 use crate::cli::topic::connect;
 use crate::cli::{run_client, BrokerAddress};
+use crate::client::{Client, Leaders};
 
 #[derive(Subcommand, Debug)]
 pub enum GroupCommand {
@@ -33,18 +36,41 @@ impl GroupCommand {
             match self {
                 GroupCommand::List { broker } => {
                     let client = connect(&broker).await?;
-                    for group in client.list_groups().await.map_err(|e| e.to_string())? {
+                    let metadata = client.metadata(Some(Vec::new()), false).await;
+                    let metadata = metadata.map_err(|e| e.to_string())?;
+                    let mut groups = Vec::new();
+                    for broker in &metadata.brokers {
+                        let address = crate::config::host_port(&broker.host, broker.port);
+                        let asked = async {
+                            match broker.node == metadata.node {
+                                true => client.list_groups().await,
+                                false => Client::connect(&address).await?.list_groups().await,
+                            }
+                        };
+                        let listed = asked.await.map_err(|e| format!("broker {address}: {e}"))?;
+                        groups.extend(listed);
+                    }
+                    groups.sort_by(|a, b| a.group.cmp(&b.group));
+                    for group in groups {
                         println!("{:<32} {:<20} {}", group.group, group.state, group.protocol_type);
                     }
                 }
                 GroupCommand::Delete { name, broker } => {
-                    let client = connect(&broker).await?;
-                    client.delete_group(&name).await.map_err(|e| e.to_string())?;
+                    let cluster = Leaders::new(connect(&broker).await?);
+                    let deleted = cluster.with_coordinator(&name, |coordinator| {
+                        let name = name.clone();
+                        async move { coordinator.delete_group(&name).await }
+                    });
+                    deleted.await.map_err(|e| e.to_string())?;
                     println!("deleted group {name}");
                 }
                 GroupCommand::Describe { name, broker } => {
-                    let client = connect(&broker).await?;
-                    let group = client.describe_group(&name).await.map_err(|e| e.to_string())?;
+                    let cluster = Leaders::new(connect(&broker).await?);
+                    let described = cluster.with_coordinator(&name, |coordinator| {
+                        let name = name.clone();
+                        async move { coordinator.describe_group(&name).await }
+                    });
+                    let group = described.await.map_err(|e| e.to_string())?;
                     println!(
                         "group {name} state {} protocol {} {}",
                         group.state, group.protocol_type, group.protocol

@@ -19,11 +19,11 @@ use crate::native::messages::{
     ClusterStatusResponse, CommitOffsetsRequest, ControllerRequest, ControllerResponse,
     CreateTopicRequest, DeleteGroupRequest, DeleteTopicRequest, DescribeGroupRequest,
     DescribeGroupResponse, ErrorBody, ErrorCode, FetchOffsetsRequest, FetchOffsetsResponse,
-    FetchRequest, FetchResponse, GroupSummary, HeartbeatRequest, JoinGroupRequest,
-    JoinGroupResponse, LeaveGroupRequest, ListGroupsRequest, ListGroupsResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataEntries, MetadataFetchRequest,
-    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, SyncGroupRequest,
-    SyncGroupResponse, TopicMetadata, VoterMessagesRequest, WireMessage,
+    FetchRequest, FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupSummary,
+    HeartbeatRequest, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, ListGroupsRequest,
+    ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataEntries,
+    MetadataFetchRequest, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
+    SyncGroupRequest, SyncGroupResponse, TopicMetadata, VoterMessagesRequest, WireMessage,
 };
 use crate::record::batch::{BatchBuilder, NativeBatchView, RecordView};
 use crate::record::entry::{entries, Check, StoredEntry};
@@ -442,6 +442,15 @@ impl Client {
         let (response, _): (AdminResponse, _) =
             self.call(Api::Heartbeat, &encode(&request)).await?;
         ClientError::from_body(&response.error)
+    }
+
+    /// The native address (`host:port`) of the broker coordinating `group`.
+    pub async fn find_coordinator(&self, group: &str) -> Result<String, ClientError> {
+        let request = FindCoordinatorRequest { group: group.to_string() };
+        let (response, _): (FindCoordinatorResponse, _) =
+            self.call(Api::FindCoordinator, &encode(&request)).await?;
+        ClientError::from_body(&response.error)?;
+        Ok(crate::config::host_port(&response.host, response.port))
     }
 
     pub async fn leave_group(&self, group: &str, member_id: &str) -> Result<(), ClientError> {

@@ -1,7 +1,10 @@
 //! A consumer-group consumer for the native protocol: joins a group, takes its share of the
 //! subscribed topics' partitions, heartbeats, and commits what it has read.
 //!
-//! The group protocol is Kafka's classic one, run by the broker's coordinator. Subscriptions
+//! The group protocol is Kafka's classic one, run by the group's coordinator: the broker that
+//! leads the group's `__consumer_offsets` partition, found from whichever broker the consumer
+//! was given and found again when it moves (NOT_COORDINATOR). Records are read from each
+//! partition's leader ([`Leaders`]). Subscriptions
 //! and assignments are encoded as Kafka's consumer protocol, so native and Kafka consumers show
 //! alike in `spate group describe`. The member the coordinator makes leader assigns partitions
 //! with the configured [`Assignor`] (Kafka's `range` or `roundrobin`).
@@ -18,7 +21,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, Leaders};
 use crate::native::messages::{
     ErrorCode, JoinGroupRequest, SyncGroupRequest, OFFSET_EARLIEST, OFFSET_LATEST,
 };
@@ -108,7 +111,8 @@ struct Membership {
 }
 
 pub struct GroupConsumer {
-    client: Client,
+    /// The group's coordinator and the partitions' leaders, found from the broker given.
+    cluster: Rc<Leaders>,
     config: GroupConfig,
     membership: Rc<Membership>,
     /// The next offset to read, per assigned partition.
@@ -117,10 +121,11 @@ pub struct GroupConsumer {
 }
 
 impl GroupConsumer {
-    /// Joins the group and waits for this member's assignment.
+    /// Joins the group through any broker of the cluster (`client`), and waits for this
+    /// member's assignment.
     pub async fn join(client: Client, config: GroupConfig) -> Result<Self, ClientError> {
         let consumer = Self {
-            client,
+            cluster: Rc::new(Leaders::new(client)),
             config,
             membership: Rc::new(Membership::default()),
             positions: RefCell::default(),
@@ -128,7 +133,7 @@ impl GroupConsumer {
         };
         consumer.rejoin().await?;
         let heartbeat = heartbeat_loop(
-            consumer.client.clone(),
+            consumer.cluster.clone(),
             consumer.config.group.clone(),
             consumer.config.heartbeat_interval,
             Rc::downgrade(&consumer.membership),
@@ -166,7 +171,11 @@ impl GroupConsumer {
                 protocol_type: PROTOCOL_TYPE.into(),
                 protocols: vec![(self.config.assignor.name().into(), subscription.clone())],
             };
-            let joined = match self.client.join_group(&request).await {
+            let joined = self.cluster.with_coordinator(&self.config.group, |coordinator| {
+                let request = request.clone();
+                async move { coordinator.join_group(&request).await }
+            });
+            let joined = match joined.await {
                 Ok(joined) => joined,
                 Err(e) if e.code() == Some(ErrorCode::UnknownMember) => {
                     self.membership.member_id.borrow_mut().clear();
@@ -187,7 +196,11 @@ impl GroupConsumer {
                 generation: joined.generation,
                 assignments,
             };
-            let assignment = match self.client.sync_group(&sync).await {
+            let assignment = self.cluster.with_coordinator(&self.config.group, |coordinator| {
+                let sync = sync.clone();
+                async move { coordinator.sync_group(&sync).await }
+            });
+            let assignment = match assignment.await {
                 Ok(assignment) => assignment,
                 Err(e) if e.code() == Some(ErrorCode::RebalanceInProgress) => continue,
                 Err(e) => return Err(e),
@@ -210,7 +223,8 @@ impl GroupConsumer {
         topics.dedup();
         let mut partitions = BTreeMap::new();
         for topic in topics {
-            partitions.insert(topic.clone(), self.client.partition_count(topic).await?);
+            let count = self.cluster.bootstrap().partition_count(topic).await?;
+            partitions.insert(topic.clone(), count);
         }
         let shares = assign(self.config.assignor, &subscriptions, &partitions);
         Ok(shares.into_iter().map(|(member, share)| (member, encode_assignment(&share))).collect())
@@ -218,7 +232,12 @@ impl GroupConsumer {
 
     /// Starts each assigned partition at its committed offset, else per `offset_reset`.
     async fn take_assignment(&self, assigned: &[Partition]) -> Result<(), ClientError> {
-        let committed = self.client.fetch_offsets(&self.config.group, assigned.to_vec()).await?;
+        let group = &self.config.group;
+        let committed = self.cluster.with_coordinator(group, |coordinator| {
+            let assigned = assigned.to_vec();
+            async move { coordinator.fetch_offsets(group, assigned).await }
+        });
+        let committed = committed.await?;
         let mut positions = BTreeMap::new();
         for (topic, partition, offset) in committed {
             let start = if offset >= 0 {
@@ -228,7 +247,11 @@ impl GroupConsumer {
                     OffsetReset::Earliest => OFFSET_EARLIEST,
                     OffsetReset::Latest => OFFSET_LATEST,
                 };
-                self.client.list_offset(&topic, partition, reset).await?.max(0) as u64
+                let end = self.cluster.with_leader(&topic, partition, |leader| {
+                    let topic = topic.clone();
+                    async move { leader.list_offset(&topic, partition, reset).await }
+                });
+                end.await?.max(0) as u64
             };
             positions.insert((topic, partition), start);
         }
@@ -257,10 +280,12 @@ impl GroupConsumer {
             self.positions.borrow().iter().map(|(p, o)| (p.clone(), *o)).collect();
         let mut consumed = Vec::new();
         for ((topic, partition), position) in assigned {
-            let fetched = self
-                .client
-                .fetch(&topic, partition, position, self.config.fetch_max_bytes, 0)
-                .await?;
+            let max_bytes = self.config.fetch_max_bytes;
+            let fetched = self.cluster.with_leader(&topic, partition, |leader| {
+                let topic = topic.clone();
+                async move { leader.fetch(&topic, partition, position, max_bytes, 0).await }
+            });
+            let fetched = fetched.await?;
             let mut next = position;
             for batch in fetched.batches()? {
                 for record in batch.records().filter(|r| r.offset >= position) {
@@ -293,8 +318,12 @@ impl GroupConsumer {
         }
         let member_id = self.membership.member_id.borrow().clone();
         let generation = self.membership.generation.get();
-        let committed =
-            self.client.commit_offsets(&self.config.group, &member_id, generation, offsets).await;
+        let group = &self.config.group;
+        let committed = self.cluster.with_coordinator(group, |coordinator| {
+            let (member_id, offsets) = (member_id.clone(), offsets.clone());
+            async move { coordinator.commit_offsets(group, &member_id, generation, offsets).await }
+        });
+        let committed = committed.await;
         if let Err(e) = &committed {
             if matches!(
                 e.code(),
@@ -317,12 +346,17 @@ impl GroupConsumer {
             let _ = self.commit().await;
         }
         let member_id = self.membership.member_id.borrow().clone();
-        self.client.leave_group(&self.config.group, &member_id).await
+        let group = &self.config.group;
+        let left = self.cluster.with_coordinator(group, |coordinator| {
+            let member_id = member_id.clone();
+            async move { coordinator.leave_group(group, &member_id).await }
+        });
+        left.await
     }
 }
 
 async fn heartbeat_loop(
-    client: Client,
+    cluster: Rc<Leaders>,
     group: String,
     interval: Duration,
     membership: Weak<Membership>,
@@ -338,7 +372,11 @@ async fn heartbeat_loop(
         }
         let (member_id, generation) =
             (membership.member_id.borrow().clone(), membership.generation.get());
-        if let Err(e) = client.heartbeat(&group, &member_id, generation).await {
+        let beat = cluster.with_coordinator(&group, |coordinator| {
+            let (group, member_id) = (group.clone(), member_id.clone());
+            async move { coordinator.heartbeat(&group, &member_id, generation).await }
+        });
+        if let Err(e) = beat.await {
             if membership.generation.get() == generation && !membership.joining.get() {
                 tracing::debug!(%group, "heartbeat: {e}; rejoining");
                 membership.rejoin.set(true);

@@ -1,6 +1,8 @@
 //! A cluster's brokers as one client sees them, found from one of them (the bootstrap): each
 //! partition's requests go to a connection to its leader, learnt from Metadata and learnt again
-//! when a broker answers NOT_LEADER_OR_FOLLOWER (as Kafka clients refresh their metadata).
+//! when a broker answers NOT_LEADER_OR_FOLLOWER (as Kafka clients refresh their metadata), and
+//! each group's requests to its coordinator, learnt from FindCoordinator and learnt again when a
+//! broker answers NOT_COORDINATOR.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -23,6 +25,8 @@ pub struct Leaders {
     leaders: RefCell<HashMap<(String, u32), String>>,
     /// Topics whose leaders are known and connected ([`Self::warm`]).
     warm: RefCell<HashSet<String>>,
+    /// The coordinator's native address, by group.
+    coordinators: RefCell<HashMap<String, String>>,
 }
 
 impl Leaders {
@@ -32,6 +36,7 @@ impl Leaders {
             connections: RefCell::default(),
             leaders: RefCell::default(),
             warm: RefCell::default(),
+            coordinators: RefCell::default(),
         }
     }
 
@@ -75,9 +80,45 @@ impl Leaders {
         F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
+        let find = async || self.leader_of(topic, partition).await;
+        self.retrying(find, request, may_pass, || self.forget(topic)).await
+    }
+
+    /// Runs `request` against `group`'s coordinator, finding it again and retrying (for up to
+    /// 30 s) when the broker asked does not coordinate the group (any more), none can for the
+    /// moment (its `__consumer_offsets` partition is being created or has no leader), or the
+    /// connection to it is lost.
+    pub async fn with_coordinator<T, F, Fut>(
+        &self,
+        group: &str,
+        request: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let find = async || self.coordinator_of(group).await;
+        let forget = || drop(self.coordinators.borrow_mut().remove(group));
+        self.retrying(find, request, coordinator_may_pass, forget).await
+    }
+
+    /// Runs `request` on the connection `find` gives, for up to [`RETRY_FOR`] while its errors
+    /// `pass`, forgetting what was found (`forget`) before each new try; a connection found
+    /// lost is dropped.
+    async fn retrying<T, F, Fut>(
+        &self,
+        find: impl AsyncFn() -> Result<(String, Client), ClientError>,
+        request: F,
+        pass: fn(&ClientError) -> bool,
+        forget: impl Fn(),
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
         let deadline = Instant::now() + RETRY_FOR;
         loop {
-            let outcome = match self.leader_of(topic, partition).await {
+            let outcome = match find().await {
                 Ok((address, client)) => match request(client).await {
                     Err(e) if is_lost(&e) => {
                         self.connections.borrow_mut().remove(&address);
@@ -88,13 +129,30 @@ impl Leaders {
                 Err(e) => Err(e),
             };
             match outcome {
-                Err(e) if may_pass(&e) && Instant::now() < deadline => {
-                    self.forget(topic);
+                Err(e) if pass(&e) && Instant::now() < deadline => {
+                    forget();
                     glommio::timer::sleep(RETRY_WAIT).await;
                 }
                 outcome => return outcome,
             }
         }
+    }
+
+    /// The connection to `group`'s coordinator (and its address), finding it when not known.
+    async fn coordinator_of(&self, group: &str) -> Result<(String, Client), ClientError> {
+        let known = self.coordinators.borrow().get(group).cloned();
+        let address = match known {
+            Some(address) => address,
+            None => {
+                let address =
+                    self.ask_any(|broker| async move { broker.find_coordinator(group).await });
+                let address = address.await?;
+                self.coordinators.borrow_mut().insert(group.to_string(), address.clone());
+                address
+            }
+        };
+        let client = self.connection(&address).await?;
+        Ok((address, client))
     }
 
     /// The connection to `partition`'s leader (and its address), learning where it is when not
@@ -131,15 +189,29 @@ impl Leaders {
         Ok(connections.entry(address.to_string()).or_insert(made).clone())
     }
 
-    /// Asks where `topic`'s partitions are led: the bootstrap broker, or (if it cannot answer)
-    /// any other broker this client is connected to.
+    /// Asks where `topic`'s partitions are led.
     async fn learn(&self, topic: &str) -> Result<(), ClientError> {
+        let topics = Some(vec![topic.to_string()]);
+        let metadata = self.ask_any(|broker| {
+            let topics = topics.clone();
+            async move { broker.metadata(topics, false).await }
+        });
+        self.take(topic, metadata.await?)
+    }
+
+    /// Asks the bootstrap broker, or (if it cannot answer) any other broker this client is
+    /// connected to.
+    async fn ask_any<T, F, Fut>(&self, ask: F) -> Result<T, ClientError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
         let mut askable = vec![self.bootstrap.clone()];
         askable.extend(self.connections.borrow().values().cloned());
         let mut last = None;
         for broker in askable {
-            match broker.metadata(Some(vec![topic.to_string()]), false).await {
-                Ok(metadata) => return self.take(topic, metadata),
+            match ask(broker).await {
+                Ok(answer) => return Ok(answer),
                 Err(e) => last = Some(e),
             }
         }
@@ -169,6 +241,13 @@ impl Leaders {
         self.leaders.borrow_mut().retain(|(t, _), _| t != topic);
         self.warm.borrow_mut().remove(topic);
     }
+}
+
+/// A group refusal that passes: the coordinator moved or is not known yet, a broker stopping
+/// or out of reach.
+fn coordinator_may_pass(error: &ClientError) -> bool {
+    let passing = [ErrorCode::NotCoordinator, ErrorCode::CoordinatorNotAvailable];
+    error.code().is_some_and(|code| passing.contains(&code)) || is_lost(error)
 }
 
 /// The connection is gone: the broker stopped, or the network failed.

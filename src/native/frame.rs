@@ -28,7 +28,7 @@ pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"SPN1");
 /// learnt by clients (metadata with brokers, leaders and replicas; a replication factor in
 /// CreateTopic; the not-leader, not-coordinator and replica-assignment codes). 3: metadata
 /// snapshots (a Raft message or a metadata fetch may carry one; the cluster status names the
-/// newest and where a voter's log starts).
+/// newest and where a voter's log starts), and FindCoordinator.
 pub const PROTOCOL_VERSION: u8 = 3;
 /// Meta bodies are small (names, numbers); anything larger is a corrupt or hostile frame.
 pub const META_BYTES_MAX: u32 = 1024 * 1024;
@@ -67,6 +67,8 @@ pub enum Api {
     /// Committed metadata log entries from an index on, for a broker that is not a voter; the
     /// entries travel as the data.
     MetadataFetch = 19,
+    /// Which broker coordinates a group (Kafka's FindCoordinator).
+    FindCoordinator = 20,
 }
 
 impl Api {
@@ -91,6 +93,7 @@ impl Api {
             17 => Self::ControllerRequest,
             18 => Self::ClusterStatus,
             19 => Self::MetadataFetch,
+            20 => Self::FindCoordinator,
             _ => return None,
         })
     }

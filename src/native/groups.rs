@@ -16,11 +16,12 @@ use crate::native::exchange::{answer, undecodable, RequestFrame, Response};
 use crate::native::frame::Api;
 use crate::native::messages::{
     decode, AdminResponse, CommitOffsetsRequest, DeleteGroupRequest, ErrorBody, ErrorCode,
-    FetchOffsetsRequest, FetchOffsetsResponse, HeartbeatRequest, JoinGroupRequest,
-    JoinGroupResponse, LeaveGroupRequest, SyncGroupRequest, SyncGroupResponse,
+    FetchOffsetsRequest, FetchOffsetsResponse, FindCoordinatorRequest, FindCoordinatorResponse,
+    HeartbeatRequest, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, SyncGroupRequest,
+    SyncGroupResponse,
 };
 use crate::shard::Shard;
-use crate::types::PartitionId;
+use crate::types::{NodeId, PartitionId};
 
 pub(super) fn error_body(error: ErrorKind) -> ErrorBody {
     ErrorBody::new(ErrorCode::from(error), error.to_string())
@@ -32,6 +33,36 @@ fn refused(code: ErrorCode, why: String) -> AdminResponse {
 
 fn done(result: Result<(), ErrorKind>) -> AdminResponse {
     AdminResponse { error: result.err().map_or_else(ErrorBody::none, error_body) }
+}
+
+/// The broker coordinating a group: the leader of its `__consumer_offsets` partition (created
+/// on first use), at the native address it registered.
+pub async fn find_coordinator(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
+    let request_id = frame.header.request_id.get();
+    let request: FindCoordinatorRequest = match decode(frame.meta()) {
+        Ok(request) => request,
+        Err(why) => return undecodable(Api::FindCoordinator, request_id, why),
+    };
+    let mut body = FindCoordinatorResponse {
+        error: ErrorBody::none(),
+        node: NodeId(-1),
+        host: String::new(),
+        port: 0,
+    };
+    match shard.group_coordinator(&request.group).await {
+        Ok(node) => match shard.metadata_image().brokers.get(&node) {
+            Some(broker) => {
+                body.node = node;
+                (body.host, body.port) = broker.endpoints.native.clone();
+            }
+            None => {
+                let why = format!("coordinator {node} is not registered");
+                body.error = ErrorBody::new(ErrorCode::CoordinatorNotAvailable, why);
+            }
+        },
+        Err(e) => body.error = ErrorBody::from(&e),
+    }
+    answer(Api::FindCoordinator, request_id, &body)
 }
 
 pub async fn join(shard: &Rc<Shard>, frame: &RequestFrame, peer: &str) -> Response {

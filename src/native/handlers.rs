@@ -99,6 +99,7 @@ pub async fn handle(
         Api::CommitOffsets => Some(groups::commit(&shard, &frame).await),
         Api::FetchOffsets => Some(groups::fetch_offsets(&shard, &frame).await),
         Api::DeleteGroup => Some(groups::delete(&shard, &frame).await),
+        Api::FindCoordinator => Some(groups::find_coordinator(&shard, &frame).await),
         Api::VoterMessages => Some(cluster::voter_messages(&shard, &frame).await),
         Api::ControllerRequest => Some(cluster::controller_request(&shard, &frame).await),
         Api::ClusterStatus => Some(cluster::cluster_status(&shard, request_id).await),
@@ -124,7 +125,8 @@ fn hist_of(api: Api) -> Hist {
         | Api::LeaveGroup
         | Api::CommitOffsets
         | Api::FetchOffsets
-        | Api::DeleteGroup => Hist::Groups,
+        | Api::DeleteGroup
+        | Api::FindCoordinator => Hist::Groups,
         Api::VoterMessages | Api::ControllerRequest | Api::ClusterStatus | Api::MetadataFetch => {
             Hist::Cluster
         }

@@ -401,6 +401,20 @@ pub struct SyncGroupResponse {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct FindCoordinatorRequest {
+    pub group: String,
+}
+
+/// The broker coordinating the group, at its native address, when `error` is none.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct FindCoordinatorResponse {
+    pub error: ErrorBody,
+    pub node: NodeId,
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub struct HeartbeatRequest {
     pub group: String,
     pub member_id: String,
