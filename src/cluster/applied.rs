@@ -42,13 +42,17 @@ impl AppliedMetadata {
         Ok(())
     }
 
-    /// Replaces the image by a snapshot's, of the log up to entry `index` (past what was
-    /// applied: a snapshot is restored only to catch up).
-    pub fn restore(&self, index: u64, image: MetadataImage) {
-        let before = self.applied.replace(index);
-        assert!(index > before, "a snapshot of entries up to {index} restored after {before}");
+    /// Replaces the image by a snapshot's, of the log up to entry `index`: only past what was
+    /// applied (a snapshot is restored to catch up), else refused.
+    pub fn restore(&self, index: u64, image: MetadataImage) -> Result<(), String> {
+        let applied = self.applied.get();
+        if index <= applied {
+            return Err(format!("a snapshot of entries up to {index}, but {applied} are applied"));
+        }
+        self.applied.set(index);
         *self.image.borrow_mut() = Arc::new(image);
         self.restored.set(index);
+        Ok(())
     }
 
     pub fn restored(&self) -> u64 {

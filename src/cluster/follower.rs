@@ -82,7 +82,7 @@ impl MetadataFollower {
     async fn fetch_once(&self) -> Result<bool, Fetched> {
         let no_voters = || Fetched::Failed("no voters".into());
         let voter = *self.voters.get(self.target.get()).ok_or_else(no_voters)?;
-        let from = self.metadata.applied() + 1;
+        let from = self.metadata.applied().saturating_add(1);
         let answer = (self.links.fetch_metadata(voter, from).await)
             .map_err(|e| Fetched::Failed(e.error.message))?;
         self.leader.set(answer.leader);
@@ -96,7 +96,7 @@ impl MetadataFollower {
             let image = MetadataImage::decode_snapshot(&data).map_err(|why| {
                 Fetched::Unreadable(format!("voter {voter}'s snapshot at entry {index}: {why}"))
             })?;
-            self.metadata.restore(index, image);
+            self.metadata.restore(index, image).map_err(Fetched::Failed)?;
             self.metadata.notify();
             tracing::info!(node = %self.me, %voter, index, "caught up from a metadata snapshot");
             return Ok(true);
@@ -111,7 +111,7 @@ impl MetadataFollower {
             return Ok(false);
         }
         for (index, data) in answer.entries {
-            let expected = self.metadata.applied() + 1;
+            let expected = self.metadata.applied().saturating_add(1);
             if index != expected {
                 let why = format!("voter {voter} sent entry {index} where {expected} follows");
                 self.metadata.notify();

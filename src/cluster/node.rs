@@ -274,7 +274,7 @@ impl ControllerNode {
             let image = MetadataImage::decode_snapshot(&snapshot.data).map_err(|why| {
                 format!("the controller's snapshot at entry {}: {why}", snapshot.index)
             })?;
-            metadata.restore(snapshot.index, image);
+            metadata.restore(snapshot.index, image)?;
         }
         let ids: Vec<u64> = voters.iter().map(|v| raft_id(*v)).collect();
         let raft = Voter::restore(raft_id(me), &ids, durable).map_err(|e| e.to_string())?;
@@ -355,7 +355,8 @@ impl ControllerNode {
         }
     }
 
-    /// One round of what Raft asks: persist, then apply, then send.
+    /// One round of what Raft asks: persist, then apply, then send; then, when one is due, a
+    /// snapshot (after the sending: the messages must not wait for it).
     async fn drive_once(&self) -> Result<(), String> {
         let drained = self.raft.borrow_mut().drain().map_err(|e| e.to_string())?;
         if !drained.persist.is_empty() {
@@ -367,9 +368,9 @@ impl ControllerNode {
         if let Some(snapshot) = &drained.persist.snapshot {
             self.restore(snapshot)?;
         }
-        if !drained.committed.is_empty() {
+        let applied_some = !drained.committed.is_empty();
+        if applied_some {
             self.apply(drained.committed)?;
-            self.snapshot_if_due().await?;
         }
         let mut by_peer: BTreeMap<NodeId, Vec<WireMessage>> = BTreeMap::new();
         for message in &drained.messages {
@@ -406,6 +407,9 @@ impl ControllerNode {
             // registration or heartbeat tolerates.
             self.fail_pending();
         }
+        if applied_some {
+            self.snapshot_if_due().await?;
+        }
         Ok(())
     }
 
@@ -413,7 +417,7 @@ impl ControllerNode {
     fn restore(&self, snapshot: &StoredSnapshot) -> Result<(), String> {
         let image = MetadataImage::decode_snapshot(&snapshot.data)
             .map_err(|why| format!("the leader's snapshot at entry {}: {why}", snapshot.index))?;
-        self.metadata.restore(snapshot.index, image);
+        self.metadata.restore(snapshot.index, image)?;
         self.applied_since_snapshot.set(0);
         // Proposals it covers were this voter's while it led: they are answered as lost.
         self.fail_pending();

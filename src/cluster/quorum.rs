@@ -212,6 +212,11 @@ impl Voter {
     /// committed entry; a commit index beyond this voter's log. Such a message comes from a
     /// broken or hostile sender (or a voter that lost its disk), and is refused here.
     fn check_message(&self, message: &Message) -> Result<(), String> {
+        if message.term == 0 {
+            // raft-rs takes term 0 for a voter's own message and skips every term check: every
+            // kind voters send each other carries their term.
+            return Err(format!("a {:?} of term 0", message.get_msg_type()));
+        }
         if message.term < self.node.raft.term {
             // Of an older term: raft-rs ignores it (or answers with its term) without reading
             // its log, and a deposed leader's late append may well conflict with what is
@@ -277,19 +282,31 @@ impl Voter {
         if snapshot.data.is_empty() {
             return Err("a snapshot without data".into());
         }
+        // raft-rs ignores one below its commit index, but restores one at it whose term its log
+        // does not match: a correct leader never sends that (committed entries agree).
+        let log = &self.node.raft.raft_log;
+        if metadata.index == log.committed && log.term(metadata.index).ok() != Some(metadata.term) {
+            return Err(format!(
+                "a snapshot at entry {} of term {}, which conflicts with this voter's committed log \
+                 (committed to {})",
+                metadata.index, metadata.term, log.committed
+            ));
+        }
         Ok(())
     }
 
-    /// The caller's snapshot of what it applied, up to entry `snapshot.index`: the entries it
-    /// stands for are dropped, and a voter that lags behind the log's start gets it instead.
-    /// Refused past what is applied (raft-rs hands out entries only after the snapshot).
+    /// The caller's snapshot of what it applied, up to entry `snapshot.index`: a voter that
+    /// lags behind the log's start gets it instead of entries. Entries are kept in memory from
+    /// the previous snapshot on (one interval's worth), so one only a little behind gets
+    /// entries. Refused past what is applied (raft-rs hands out entries only after it).
     pub fn compact(&mut self, snapshot: StoredSnapshot) -> Result<(), QuorumError> {
         let applied = self.node.raft.raft_log.applied;
         if snapshot.index > applied {
             let why = format!("a snapshot at entry {} past the applied {applied}", snapshot.index);
             return Err(QuorumError::Damaged(why));
         }
-        Ok(self.node.mut_store().compact(snapshot.into_raft())?)
+        let keep_from = self.node.store().snapshot_index() + 1;
+        Ok(self.node.mut_store().compact(snapshot.into_raft(), keep_from)?)
     }
 
     /// The latest snapshot: its index and data (`None` until one is taken or received).
@@ -492,6 +509,17 @@ mod tests {
         message
     }
 
+    fn snapshot_of(index: u64, term: u64, voters: Vec<u64>) -> raft::eraftpb::Snapshot {
+        StoredSnapshot { index, term, voters, data: vec![1] }.into_raft()
+    }
+
+    /// A leader's snapshot at entry `index` of term `term`.
+    fn snapshot_message(index: u64, term: u64) -> Message {
+        let mut message = message(MessageType::MsgSnapshot, 0, &[], 0);
+        message.set_snapshot(snapshot_of(index, term, vec![1, 2, 3]));
+        message
+    }
+
     #[test]
     fn messages_that_would_panic_raft_are_refused_and_good_ones_taken() {
         let mut voter = follower();
@@ -506,6 +534,15 @@ mod tests {
             // entries of term 0.
             Message { log_term: 0, ..message(MessageType::MsgAppend, 8, &[], 8) },
             message(MessageType::MsgAppend, 3, &[(4, 0)], 4),
+            // Term 0, which raft-rs takes for the voter's own and checks nothing of.
+            Message { term: 0, ..message(MessageType::MsgHeartbeat, 0, &[], 9) },
+            // A snapshot at the committed entry 2 under another term than the log's.
+            snapshot_message(2, 2),
+            // A snapshot of another voter set.
+            Message {
+                snapshot: Some(snapshot_of(5, 1, vec![2, 3])).into(),
+                ..snapshot_message(5, 1)
+            },
         ];
         for hostile in refused {
             let kind = hostile.get_msg_type();
@@ -517,6 +554,12 @@ mod tests {
         // An append below the commit index is answered with it, and changes nothing.
         voter.step(message(MessageType::MsgAppend, 1, &[(2, 2)], 2)).expect("taken");
         assert_eq!(voter.term_of(2), Some(1));
+        // A leader's snapshot past the log is Raft as usual.
+        voter.step(snapshot_message(6, 2)).expect("a snapshot taken");
+        let drained = voter.drain().expect("drained");
+        assert_eq!(drained.persist.snapshot.map(|s| (s.index, s.term)), Some((6, 2)));
+        assert_eq!((voter.first_index(), voter.last_index()), (7, 6));
+        let mut voter = follower();
         // A new leader's append that replaces the uncommitted entry 3 is Raft as usual.
         let append = message(MessageType::MsgAppend, 2, &[(3, 2), (4, 2)], 3);
         voter.step(append).expect("taken");

@@ -4,7 +4,9 @@
 //! raft-rs's own `MemStorage` hands out snapshots without data and forgets the term at the
 //! point it was compacted to, so it cannot serve a voter that lags behind the log's start. This
 //! storage keeps the snapshot whole: a leader sends it to such a voter (Raft's InstallSnapshot,
-//! section 7 of the Raft paper), and every entry it stands for is dropped from memory.
+//! section 7 of the Raft paper). The entries it stands for are dropped from memory one snapshot
+//! later: a voter a little behind (reconnected, or probing after a rejected append) is sent
+//! those entries, not the whole image (etcd keeps a tail of entries for the same reason).
 //!
 //! Every call checks what raft-rs's contract asks of its caller and answers an error rather
 //! than panic: the entries given to it come from this voter's own Raft node, but a bug must not
@@ -18,7 +20,8 @@ pub struct VoterStorage {
     conf_state: ConfState,
     /// The latest snapshot; it stands for every entry up to its index (0: none yet).
     snapshot: Snapshot,
-    /// The entries after the snapshot's index, consecutive.
+    /// Consecutive entries from the first kept (at or before the one after the snapshot) to the
+    /// log's end.
     entries: Vec<Entry>,
 }
 
@@ -53,7 +56,7 @@ impl VoterStorage {
     }
 
     fn first(&self) -> u64 {
-        self.snapshot_index() + 1
+        self.entries.first().map_or(self.snapshot_index() + 1, |e| e.index)
     }
 
     fn last(&self) -> u64 {
@@ -63,7 +66,8 @@ impl VoterStorage {
     /// Entries that replace the log from the first one's index on.
     pub fn append(&mut self, entries: &[Entry]) -> Result<(), Error> {
         let Some(first) = entries.first() else { return Ok(()) };
-        if first.index < self.first() || first.index > self.last() + 1 {
+        // Never over what the snapshot stands for: those entries are committed.
+        if first.index <= self.snapshot_index() || first.index > self.last() + 1 {
             return Err(refused(format!(
                 "entries from {} appended to a log holding {} to {}",
                 first.index,
@@ -88,8 +92,9 @@ impl VoterStorage {
         self.snapshot = snapshot;
     }
 
-    /// This voter's own snapshot of what it applied: drops the entries it stands for.
-    pub fn compact(&mut self, snapshot: Snapshot) -> Result<(), Error> {
+    /// This voter's own snapshot of what it applied; entries before `keep_from` are dropped
+    /// (at most those the snapshot stands for).
+    pub fn compact(&mut self, snapshot: Snapshot, keep_from: u64) -> Result<(), Error> {
         let (index, term) = (snapshot.get_metadata().index, snapshot.get_metadata().term);
         if index <= self.snapshot_index() {
             return Ok(());
@@ -99,8 +104,9 @@ impl VoterStorage {
                 "a snapshot at entry {index} of term {term}, which this log does not hold"
             )));
         }
-        let dropped = (index - self.snapshot_index()) as usize;
-        self.entries.drain(..dropped);
+        let keep_from = keep_from.min(index + 1);
+        let dropped = keep_from.saturating_sub(self.first()) as usize;
+        self.entries.drain(..dropped.min(self.entries.len()));
         self.snapshot = snapshot;
         Ok(())
     }
@@ -131,15 +137,17 @@ impl Storage for VoterStorage {
     }
 
     fn term(&self, index: u64) -> raft::Result<u64> {
+        if index >= self.first() {
+            if let Some(entry) = self.entries.get((index - self.first()) as usize) {
+                return Ok(entry.term);
+            }
+        }
         if index == self.snapshot_index() {
             return Ok(self.snapshot.get_metadata().term);
         }
-        if index < self.first() {
-            return Err(Error::Store(StorageError::Compacted));
-        }
-        match self.entries.get((index - self.first()) as usize) {
-            Some(entry) => Ok(entry.term),
-            None => Err(Error::Store(StorageError::Unavailable)),
+        match index < self.first() {
+            true => Err(Error::Store(StorageError::Compacted)),
+            false => Err(Error::Store(StorageError::Unavailable)),
         }
     }
 
@@ -183,8 +191,18 @@ mod tests {
         assert!(matches!(none, Err(Error::Store(StorageError::SnapshotTemporarilyUnavailable))));
         storage.append(&(1..=6).map(|i| entry(i, 1 + i / 4)).collect::<Vec<_>>()).expect("append");
         // Not the log's entry 4, which is of term 2.
-        assert!(storage.compact(snapshot(4, 1)).is_err());
-        storage.compact(snapshot(4, 2)).expect("compact");
+        assert!(storage.compact(snapshot(4, 1), 5).is_err());
+        // Entries from 3 on kept in memory a snapshot longer, then dropped up to the snapshot.
+        storage.compact(snapshot(4, 2), 3).expect("compact");
+        assert_eq!((storage.first_index().ok(), storage.term(3).ok()), (Some(3), Some(1)));
+        storage.compact(snapshot(4, 2), 9).expect("compact again");
+        assert_eq!(storage.first_index().ok(), Some(3), "the same snapshot changes nothing");
+        storage.compact(snapshot(5, 2), 5).expect("compact to 5");
+        storage.compact(snapshot(4, 2), 5).expect("an older snapshot changes nothing");
+        assert_eq!(storage.snapshot(0, 2).expect("a snapshot").get_metadata().index, 5);
+        let mut storage = VoterStorage::new(&[1, 2, 3]);
+        storage.append(&(1..=6).map(|i| entry(i, 1 + i / 4)).collect::<Vec<_>>()).expect("append");
+        storage.compact(snapshot(4, 2), 9).expect("compact");
         assert_eq!((storage.first_index().ok(), storage.last_index().ok()), (Some(5), Some(6)));
         assert_eq!(storage.term(4).ok(), Some(2));
         assert!(matches!(storage.term(3), Err(Error::Store(StorageError::Compacted))));

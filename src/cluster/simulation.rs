@@ -614,6 +614,14 @@ impl QuorumRun {
             self.voters[v].disk.apply(&drained.persist);
             if let Some(snapshot) = &drained.persist.snapshot {
                 let voter = &mut self.voters[v];
+                assert!(
+                    snapshot.index > voter.applied,
+                    "seed {}: voter {} installs a snapshot to {} after applying {}",
+                    self.seed,
+                    v + 1,
+                    snapshot.index,
+                    voter.applied
+                );
                 voter.image = MetadataImage::decode_snapshot(&snapshot.data)
                     .unwrap_or_else(|e| panic!("seed {}: a leader's snapshot: {e}", self.seed));
                 (voter.applied, voter.since_snapshot) = (snapshot.index, 0);
@@ -835,7 +843,7 @@ impl QuorumRun {
 #[test]
 fn controller_voters_agree_on_the_metadata_through_a_lossy_network() {
     let run = |seed| QuorumRun::new(seed).run(400);
-    let totals = crate::testing::run_seeds("quorum simulation", SEEDS_MORE, 50, run);
+    let totals = crate::testing::run_seeds("quorum simulation", SEEDS_MORE, 200, run);
     let expected = [
         "controller elected",
         "decisions proposed",

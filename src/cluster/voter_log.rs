@@ -236,15 +236,17 @@ impl<S: Storage> VoterLog<S> {
         self.storage.sync_dir(&self.dir).await
     }
 
-    /// Makes `snapshot` durable as the newest, then removes the older ones.
+    /// Makes `snapshot` durable, then removes the older ones.
     async fn write_snapshot(&self, snapshot: &StoredSnapshot) -> io::Result<()> {
         let name = snapshot_name(snapshot.index, snapshot.term);
         let bytes = archive::encode_versioned(SNAPSHOT_VERSION, snapshot);
         replace_small_file(&self.storage, &self.dir.join(&name), &bytes).await?;
         self.storage.sync_dir(&self.dir).await?;
-        for older in self.storage.list_dir(&self.dir).await? {
-            if older != name && parse_snapshot_name(&older).is_some() {
-                self.storage.remove_file(&self.dir.join(&older)).await?;
+        for other in self.storage.list_dir(&self.dir).await? {
+            let older =
+                parse_snapshot_name(&other).is_some_and(|(index, _)| index < snapshot.index);
+            if older {
+                self.storage.remove_file(&self.dir.join(&other)).await?;
             }
         }
         Ok(())
@@ -272,6 +274,8 @@ impl<S: Storage> VoterLog<S> {
         self.storage.sync_dir(&self.dir).await?;
         std::fs::remove_dir_all(&discarded)?;
         let log = self.opening.open(&self.dir, Offset(index)).await?;
+        // The new log's directory is durable before anything is appended to it.
+        self.storage.sync_dir(&self.dir).await?;
         *self.log.borrow_mut() = log;
         Ok(())
     }
