@@ -79,6 +79,7 @@ pub mod metrics;
 pub mod native;
 pub mod partition;
 pub mod record;
+pub mod replication;
 pub mod shard;
 #[cfg(test)]
 mod testing;

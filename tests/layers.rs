@@ -18,6 +18,9 @@ const LAYERS: &[&[&str]] = &[
     &["config"],
     // The local log: segments, indexes, recovery, retention.
     &["log"],
+    // A replica's decisions without I/O: divergence and truncation from the epoch caches, the
+    // high watermark and the in-sync set.
+    &["replication"],
     // The partition layer: the high watermark, acks waiters, what readers may see.
     &["partition"],
     // Consumer groups, reaching the offsets log through `group::OffsetsLogs`.

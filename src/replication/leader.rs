@@ -1,0 +1,280 @@
+//! A partition leader's view of its replicas (the leader's half of Kafka's `Partition`): where
+//! each follower's log ends as far as the leader knows, the high watermark those ends allow,
+//! which followers leave the in-sync set or may join it, and whether an `acks=all` produce may
+//! be taken. No I/O and no clock: the caller passes the time, and carries out what comes back
+//! (the controller changes the in-sync set, KIP-497's AlterPartition).
+//!
+//! A follower's fetch carries two positions: its log end (where it continues, as in Kafka) and
+//! how much of its log it has synced. The high watermark counts only what replicas have synced
+//! (the leader's own synced end included): everything below it is on the disk of every in-sync
+//! replica, and an acknowledged record survives the loss of all of them but one, power included
+//! (Kafka counts log ends and leaves syncing to the page cache; Spate promises more).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::types::{LeaderEpoch, NodeId, Offset};
+
+/// A replica's log: where it ends, and how much of it is synced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub end: Offset,
+    pub synced: Offset,
+}
+
+/// What the leader knows of one follower.
+#[derive(Clone, Copy, Debug)]
+struct Follower {
+    /// How much of its log it has synced, as its last fetch said.
+    synced: Offset,
+    /// When it last had everything the leader had: it stays in sync while this is within
+    /// `replica.lag.time.max.ms`.
+    caught_up_at: Instant,
+    /// The leader's log end at its previous fetch, and when that was: a follower that reaches
+    /// it has kept up since then (Kafka's `lastFetchLeaderLogEndOffset`).
+    last_fetch: (Offset, Instant),
+}
+
+/// A change of the in-sync set the leader asks the controller for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IsrChange {
+    pub isr: Vec<NodeId>,
+}
+
+/// Why an `acks=all` produce is refused before it is appended (Kafka's NOT_ENOUGH_REPLICAS).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotEnoughReplicas {
+    pub in_sync: usize,
+    pub min_insync: usize,
+}
+
+pub struct ReplicaSet {
+    me: NodeId,
+    epoch: LeaderEpoch,
+    /// Where this leader's epoch starts in its log: a follower rejoins the in-sync set only
+    /// once it has everything from before it (KIP-966's rule, as Kafka's `isFollowerInSync`).
+    epoch_start: Offset,
+    /// As the controller last committed it; the leader is always in it.
+    isr: Vec<NodeId>,
+    min_insync: usize,
+    lag_max: Duration,
+    followers: BTreeMap<NodeId, Follower>,
+    high_watermark: Offset,
+}
+
+impl ReplicaSet {
+    /// Leader `me` of `replicas` in `epoch`, which starts at `epoch_start` (its log end when it
+    /// became leader), with the in-sync set the controller committed and the high watermark it
+    /// had (from before, or its checkpoint). Followers start caught up as of `now`: a new leader
+    /// gives each the whole lag time to show it keeps up.
+    pub fn new(
+        me: NodeId,
+        (epoch, epoch_start): (LeaderEpoch, Offset),
+        replicas: &[NodeId],
+        isr: Vec<NodeId>,
+        (min_insync, lag_max): (usize, Duration),
+        high_watermark: Offset,
+        now: Instant,
+    ) -> Self {
+        assert!(isr.contains(&me), "leader {me} is not in its in-sync set {isr:?}");
+        let followers = (replicas.iter().filter(|r| **r != me))
+            .map(|r| {
+                let follower =
+                    Follower { synced: Offset(0), caught_up_at: now, last_fetch: (Offset(0), now) };
+                (*r, follower)
+            })
+            .collect();
+        Self { me, epoch, epoch_start, isr, min_insync, lag_max, followers, high_watermark }
+    }
+
+    pub fn high_watermark(&self) -> Offset {
+        self.high_watermark
+    }
+
+    pub fn isr(&self) -> &[NodeId] {
+        &self.isr
+    }
+
+    pub fn epoch(&self) -> LeaderEpoch {
+        self.epoch
+    }
+
+    /// A fetch from `follower` at `follower_at` (its log end is the offset it fetches), while
+    /// the leader's log is at `leader_at`. Answers the high watermark to send back.
+    pub fn on_fetch(
+        &mut self,
+        follower: NodeId,
+        follower_at: Position,
+        leader_at: Position,
+        now: Instant,
+    ) -> Offset {
+        if let Some(f) = self.followers.get_mut(&follower) {
+            if follower_at.end >= leader_at.end {
+                f.caught_up_at = now;
+            } else if follower_at.end >= f.last_fetch.0 {
+                f.caught_up_at = f.caught_up_at.max(f.last_fetch.1);
+            }
+            f.synced = follower_at.synced;
+            f.last_fetch = (leader_at.end, now);
+        }
+        self.advance(leader_at.synced);
+        self.high_watermark
+    }
+
+    /// The leader synced more of its log: the high watermark may follow.
+    pub fn on_leader_synced(&mut self, leader_synced: Offset) -> Offset {
+        self.advance(leader_synced);
+        self.high_watermark
+    }
+
+    /// The high watermark: the least synced end over the in-sync replicas, while they are at
+    /// least `min.insync.replicas`; it never goes back.
+    fn advance(&mut self, leader_synced: Offset) {
+        if self.isr.len() < self.min_insync {
+            return;
+        }
+        let ends = self.isr.iter().map(|r| match *r == self.me {
+            true => Some(leader_synced),
+            false => self.followers.get(r).map(|f| f.synced),
+        });
+        let Some(least) = ends.collect::<Option<Vec<_>>>().and_then(|e| e.into_iter().min()) else {
+            return;
+        };
+        if least > self.high_watermark {
+            self.high_watermark = least;
+        }
+    }
+
+    /// Whether an `acks=all` produce may be appended now (Kafka checks before appending).
+    pub fn check_acks_all(&self) -> Result<(), NotEnoughReplicas> {
+        if self.isr.len() < self.min_insync {
+            return Err(NotEnoughReplicas { in_sync: self.isr.len(), min_insync: self.min_insync });
+        }
+        Ok(())
+    }
+
+    /// The in-sync set the leader should ask for now, if it differs: followers that have not
+    /// caught up within the lag time leave it; followers out of it that hold everything below
+    /// the high watermark and this epoch's start join it (Kafka's `maybeShrinkIsr` and
+    /// `maybeExpandIsr`).
+    pub fn isr_change(&self, now: Instant) -> Option<IsrChange> {
+        let mut isr: Vec<NodeId> = (self.isr.iter().copied())
+            .filter(|r| {
+                let f = self.followers.get(r);
+                *r == self.me
+                    || f.is_some_and(|f| now.duration_since(f.caught_up_at) <= self.lag_max)
+            })
+            .collect();
+        for (node, f) in &self.followers {
+            let in_sync = f.synced >= self.high_watermark && f.synced >= self.epoch_start;
+            let lagging = now.duration_since(f.caught_up_at) > self.lag_max;
+            if !isr.contains(node) && in_sync && !lagging {
+                isr.push(*node);
+            }
+        }
+        isr.sort_unstable();
+        let mut current = self.isr.clone();
+        current.sort_unstable();
+        (isr != current).then_some(IsrChange { isr })
+    }
+
+    /// The controller committed a new in-sync set (from this leader's request or a fencing).
+    pub fn set_isr(&mut self, isr: Vec<NodeId>, leader_synced: Offset) {
+        assert!(isr.contains(&self.me), "leader {} left its own in-sync set {isr:?}", self.me);
+        self.isr = isr;
+        self.advance(leader_synced);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEADER: NodeId = NodeId(1);
+    const F2: NodeId = NodeId(2);
+    const F3: NodeId = NodeId(3);
+    const LAG: Duration = Duration::from_secs(30);
+
+    fn at(end: u64, synced: u64) -> Position {
+        Position { end: Offset(end), synced: Offset(synced) }
+    }
+
+    /// Leader 1 of replicas 1 to 3, all in sync, epoch 5 starting at offset 10.
+    fn leader(now: Instant) -> ReplicaSet {
+        let epoch = (LeaderEpoch(5), Offset(10));
+        let limits = (2, LAG);
+        ReplicaSet::new(
+            LEADER,
+            epoch,
+            &[LEADER, F2, F3],
+            vec![LEADER, F2, F3],
+            limits,
+            Offset(10),
+            now,
+        )
+    }
+
+    #[test]
+    fn the_high_watermark_is_what_every_in_sync_replica_has_synced() {
+        let now = Instant::now();
+        let mut set = leader(now);
+        // Follower 2 has written up to 20 but synced only 15; follower 3 has synced 18.
+        assert_eq!(set.on_fetch(F2, at(20, 15), at(20, 20), now), Offset(10), "3 not heard yet");
+        assert_eq!(set.on_fetch(F3, at(18, 18), at(20, 20), now), Offset(15));
+        // The leader's own synced end bounds it too, and it never goes back.
+        assert_eq!(set.on_fetch(F2, at(20, 20), at(22, 16), now), Offset(16));
+        assert_eq!(set.on_leader_synced(Offset(12)), Offset(16));
+        assert_eq!(set.on_leader_synced(Offset(22)), Offset(18));
+    }
+
+    #[test]
+    fn below_min_insync_acks_all_is_refused_and_the_high_watermark_waits() {
+        let now = Instant::now();
+        let mut set = leader(now);
+        set.set_isr(vec![LEADER], Offset(10));
+        let refused = NotEnoughReplicas { in_sync: 1, min_insync: 2 };
+        assert_eq!(set.check_acks_all(), Err(refused));
+        // The leader alone has synced 30: nothing is acknowledged on one copy.
+        assert_eq!(set.on_leader_synced(Offset(30)), Offset(10));
+        set.set_isr(vec![LEADER, F2], Offset(30));
+        assert_eq!(set.check_acks_all(), Ok(()));
+        assert_eq!(set.on_fetch(F2, at(30, 30), at(30, 30), now), Offset(30));
+    }
+
+    #[test]
+    fn a_follower_that_falls_behind_leaves_and_rejoins_once_it_has_caught_up() {
+        let start = Instant::now();
+        let mut set = leader(start);
+        set.on_fetch(F2, at(10, 10), at(10, 10), start);
+        set.on_fetch(F3, at(10, 10), at(10, 10), start);
+        // The leader takes writes; follower 3 keeps fetching the leader's end, follower 2 stops.
+        let later = start + LAG + Duration::from_secs(1);
+        set.on_fetch(F3, at(40, 40), at(40, 40), later);
+        let change = set.isr_change(later).expect("follower 2 leaves");
+        assert_eq!(change.isr, vec![LEADER, F3]);
+        set.set_isr(change.isr, Offset(40));
+        assert_eq!(set.high_watermark(), Offset(40));
+        // Follower 2 comes back with everything but not all of it synced: not yet.
+        let back = later + Duration::from_secs(1);
+        set.on_fetch(F2, at(40, 35), at(40, 40), back);
+        assert_eq!(set.isr_change(back), None);
+        set.on_fetch(F2, at(40, 40), at(40, 40), back);
+        assert_eq!(set.isr_change(back).map(|c| c.isr), Some(vec![LEADER, F2, F3]));
+    }
+
+    #[test]
+    fn a_follower_that_keeps_up_with_a_moving_leader_stays_in_sync() {
+        let start = Instant::now();
+        let mut set = leader(start);
+        // Each fetch reaches where the leader was at the previous one, never its current end:
+        // it keeps up, as Kafka counts it.
+        let mut now = start;
+        for step in 0..100u64 {
+            now += Duration::from_secs(1);
+            let leader_end = 20 + 10 * step;
+            set.on_fetch(F2, at(leader_end - 10, leader_end - 10), at(leader_end, leader_end), now);
+            set.on_fetch(F3, at(leader_end, leader_end), at(leader_end, leader_end), now);
+        }
+        assert_eq!(set.isr_change(now), None);
+    }
+}
