@@ -65,6 +65,14 @@ pub enum ErrorKind {
     NotCoordinator,
     /// A broker or voter of another cluster.
     InconsistentClusterId,
+    /// A request made in a leader epoch older than the partition's (a deposed leader's).
+    FencedLeaderEpoch,
+    /// A change to a partition's state made against an older partition epoch (Kafka's
+    /// INVALID_UPDATE_VERSION): another change came first.
+    InvalidUpdateVersion,
+    /// An in-sync set naming a replica that may not join it: fenced, shutting down, or not a
+    /// replica of the partition (KIP-841).
+    IneligibleReplica,
 }
 
 impl std::fmt::Display for ErrorKind {

@@ -273,6 +273,10 @@ fn kind_of(code: ErrorCode) -> ErrorKind {
         ErrorCode::InvalidReplicaAssignment => ErrorKind::InvalidReplicaAssignment,
         ErrorCode::InvalidConfig => ErrorKind::InvalidConfig,
         ErrorCode::InvalidTopicName => ErrorKind::InvalidTopicName,
+        ErrorCode::FencedLeaderEpoch => ErrorKind::FencedLeaderEpoch,
+        ErrorCode::InvalidUpdateVersion => ErrorKind::InvalidUpdateVersion,
+        ErrorCode::IneligibleReplica => ErrorKind::IneligibleReplica,
+        ErrorCode::NotLeaderOrFollower => ErrorKind::NotLeaderOrFollower,
         _ => ErrorKind::NotAvailable,
     }
 }

@@ -17,6 +17,12 @@
 //!   in-sync replicas are all fenced keeps the last one, without a leader, until it returns (no
 //!   unclean election).
 //!
+//! In-sync sets change at a partition leader's request (KIP-497's AlterPartition): a follower
+//! that caught up joins, one that fell behind leaves. The request is taken only from the current
+//! leader, in the current leader epoch and against the current partition epoch (so two changes
+//! cannot both build on one state); a replica joins only while its broker is live and not
+//! shutting down (KIP-841's eligible replicas).
+//!
 //! The heartbeat times are the controller's own memory, not the log's: a controller that takes
 //! over gives every broker a full session before fencing it.
 
@@ -63,7 +69,22 @@ pub enum Event {
         node: NodeId,
         broker_epoch: u64,
     },
+    /// A partition's leader asks for another in-sync set.
+    AlterPartition(IsrRequest),
     Tick,
+}
+
+/// A leader's request to change a partition's in-sync set (Kafka's AlterPartition), made in
+/// the epochs of the state it saw.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct IsrRequest {
+    pub node: NodeId,
+    pub broker_epoch: u64,
+    pub topic: TopicId,
+    pub partition: PartitionId,
+    pub leader_epoch: LeaderEpoch,
+    pub partition_epoch: u32,
+    pub isr: Vec<NodeId>,
 }
 
 /// A topic as a client asks for it (Kafka's CreatableTopic).
@@ -148,6 +169,24 @@ pub enum Refusal {
         node: NodeId,
         protocol_version: u16,
     },
+    UnknownPartition(TopicId, PartitionId),
+    /// A partition change asked for by a broker that does not lead it.
+    NotLeader(NodeId),
+    /// A partition change made in an older leader epoch than the partition's.
+    FencedLeaderEpoch {
+        asked: LeaderEpoch,
+        current: LeaderEpoch,
+    },
+    /// A partition change made against an older partition epoch.
+    StalePartitionEpoch {
+        asked: u32,
+        current: u32,
+    },
+    /// An in-sync set that cannot be: not within the replicas, a replica twice, or without
+    /// its leader.
+    InvalidIsr(String),
+    /// A replica that may not join the in-sync set: its broker is fenced or shutting down.
+    IneligibleReplica(NodeId),
 }
 
 impl fmt::Display for Refusal {
@@ -185,6 +224,20 @@ impl fmt::Display for Refusal {
                 "broker {node} speaks cluster protocol version {protocol_version}; this \
                  controller speaks {CLUSTER_PROTOCOL_VERSION}"
             ),
+            Self::UnknownPartition(topic, partition) => {
+                write!(f, "no partition {partition} of topic {topic}")
+            }
+            Self::NotLeader(node) => write!(f, "broker {node} does not lead the partition"),
+            Self::FencedLeaderEpoch { asked, current } => {
+                write!(f, "leader epoch {asked}, but the partition is in epoch {current}")
+            }
+            Self::StalePartitionEpoch { asked, current } => {
+                write!(f, "partition epoch {asked}, but the partition is at {current}")
+            }
+            Self::InvalidIsr(why) => write!(f, "in-sync set: {why}"),
+            Self::IneligibleReplica(node) => {
+                write!(f, "replica {node} may not join the in-sync set: its broker is not live")
+            }
         }
     }
 }
@@ -279,6 +332,7 @@ impl Controller {
                 };
                 Ok(vec![MetadataRecord::ProducerIds { node, broker_epoch, next_producer_id }])
             }
+            Event::AlterPartition(request) => alter_partition(image, request),
             Event::Tick => Ok(self.fence_the_silent(image, now)),
         }
     }
@@ -545,6 +599,59 @@ fn registered(
         .get(&node)
         .filter(|b| b.broker_epoch == broker_epoch && !b.shut_down)
         .ok_or(Refusal::StaleBrokerEpoch { node, broker_epoch })
+}
+
+/// A leader's new in-sync set, checked as Kafka's controller checks an AlterPartition: from the
+/// registered leader, in the partition's leader and partition epochs, within its replicas, with
+/// the leader, and with only live replicas joining. The partition epoch goes up by one.
+fn alter_partition(
+    image: &MetadataImage,
+    request: IsrRequest,
+) -> Result<Vec<MetadataRecord>, Refusal> {
+    let IsrRequest { node, broker_epoch, topic, partition, leader_epoch, partition_epoch, isr } =
+        request;
+    registered(image, node, broker_epoch)?;
+    let state = image
+        .topics
+        .get(&topic)
+        .and_then(|t| t.partitions.get(&partition))
+        .ok_or(Refusal::UnknownPartition(topic, partition))?;
+    if leader_epoch < state.leader_epoch {
+        return Err(Refusal::FencedLeaderEpoch {
+            asked: leader_epoch,
+            current: state.leader_epoch,
+        });
+    }
+    if state.leader != Some(node) || leader_epoch != state.leader_epoch {
+        return Err(Refusal::NotLeader(node));
+    }
+    if partition_epoch != state.partition_epoch {
+        let current = state.partition_epoch;
+        return Err(Refusal::StalePartitionEpoch { asked: partition_epoch, current });
+    }
+    let mut distinct = isr.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() != isr.len() || !isr.contains(&node) {
+        return Err(Refusal::InvalidIsr(format!("{isr:?} with leader {node}")));
+    }
+    if let Some(stranger) = isr.iter().find(|r| !state.replicas.contains(r)) {
+        return Err(Refusal::InvalidIsr(format!("{stranger} is not a replica")));
+    }
+    if let Some(ineligible) = isr.iter().find(|r| !state.isr.contains(r) && !image.is_live(r)) {
+        return Err(Refusal::IneligibleReplica(*ineligible));
+    }
+    let mut current = state.isr.clone();
+    current.sort_unstable();
+    if distinct == current {
+        return Ok(Vec::new());
+    }
+    let state = PartitionState {
+        isr,
+        partition_epoch: state.partition_epoch.saturating_add(1),
+        ..state.clone()
+    };
+    Ok(vec![MetadataRecord::PartitionState { topic, partition, state }])
 }
 
 /// Takes `node`'s leaderships away and then fences it; a shutdown also ends its registration.
@@ -857,6 +964,92 @@ mod tests {
         commit(&mut controller, &mut image, Event::DeleteTopic { name: "t".into() }, now)
             .expect("deleted");
         assert!(image.topics.is_empty() && image.topic_ids.is_empty());
+    }
+
+    /// Partition 0 of a three-replica topic on brokers 1 to 3, as the image holds it.
+    fn replicated(image: &MetadataImage) -> (TopicId, PartitionState) {
+        let (id, topic) = image.topic_named("r").expect("topic r");
+        (id, topic.partitions[&PartitionId(0)].clone())
+    }
+
+    fn isr_request(
+        (topic, state): &(TopicId, PartitionState),
+        node: NodeId,
+        broker_epoch: u64,
+        isr: &[i32],
+    ) -> Event {
+        Event::AlterPartition(IsrRequest {
+            node,
+            broker_epoch,
+            topic: *topic,
+            partition: PartitionId(0),
+            leader_epoch: state.leader_epoch,
+            partition_epoch: state.partition_epoch,
+            isr: isr.iter().map(|n| NodeId(*n)).collect(),
+        })
+    }
+
+    #[test]
+    fn in_sync_sets_change_at_the_leaders_request_in_its_epochs_with_live_replicas_only() {
+        let now = Instant::now();
+        let (mut controller, mut image, epochs) = cluster(3, now);
+        commit(&mut controller, &mut image, create("r", 1, 3), now).expect("created");
+        let before = replicated(&image);
+        let leader = before.1.leader.expect("a leader");
+        let epoch_of = |n: NodeId| epochs[n.0 as usize - 1];
+        let all: Vec<i32> = before.1.replicas.iter().map(|n| n.0).collect();
+        let follower = *before.1.replicas.iter().find(|r| **r != leader).expect("a follower");
+
+        // Followers caught up: the leader asks for all three, and the partition epoch moves.
+        let grow = isr_request(&before, leader, epoch_of(leader), &all);
+        commit(&mut controller, &mut image, grow, now).expect("grown");
+        let grown = replicated(&image);
+        assert_eq!(grown.1.isr.len(), 3);
+        assert_eq!(grown.1.partition_epoch, before.1.partition_epoch + 1);
+        assert_eq!(
+            (grown.1.leader, grown.1.leader_epoch),
+            (before.1.leader, before.1.leader_epoch)
+        );
+
+        // The same request again builds on a state that is gone.
+        let again = isr_request(&before, leader, epoch_of(leader), &[leader.0]);
+        let stale = controller.decide(&image, again, now);
+        assert!(matches!(stale, Err(Refusal::StalePartitionEpoch { .. })), "{stale:?}");
+        // Only the leader asks, with itself in the set, within the replicas.
+        let not_leader = isr_request(&grown, follower, epoch_of(follower), &[follower.0]);
+        let refused = controller.decide(&image, not_leader, now);
+        assert_eq!(refused, Err(Refusal::NotLeader(follower)));
+        let without = isr_request(&grown, leader, epoch_of(leader), &[follower.0]);
+        assert!(matches!(controller.decide(&image, without, now), Err(Refusal::InvalidIsr(_))));
+        let stranger = isr_request(&grown, leader, epoch_of(leader), &[leader.0, 9]);
+        assert!(matches!(controller.decide(&image, stranger, now), Err(Refusal::InvalidIsr(_))));
+        let old_process = isr_request(&grown, leader, epoch_of(leader) + 100, &[leader.0]);
+        let refused = controller.decide(&image, old_process, now);
+        assert!(matches!(refused, Err(Refusal::StaleBrokerEpoch { .. })), "{refused:?}");
+
+        // The follower falls behind and leaves; once its broker is fenced it may not come back.
+        let shrink = isr_request(&grown, leader, epoch_of(leader), &[leader.0]);
+        commit(&mut controller, &mut image, shrink, now).expect("shrunk");
+        let shrunk = replicated(&image);
+        let later = now + TIMEOUT * 2;
+        for n in before.1.replicas.iter().filter(|n| **n != follower) {
+            let beat = Event::Heartbeat { node: *n, broker_epoch: epoch_of(*n) };
+            commit(&mut controller, &mut image, beat, later).expect("heartbeat");
+        }
+        commit(&mut controller, &mut image, Event::Tick, later).expect("fenced");
+        assert!(image.brokers[&follower].fenced);
+        let rejoin = isr_request(&shrunk, leader, epoch_of(leader), &[leader.0, follower.0]);
+        let refused = controller.decide(&image, rejoin, later);
+        assert_eq!(refused, Err(Refusal::IneligibleReplica(follower)));
+
+        // A leader deposed while it asked (a new leader epoch) is fenced.
+        let deposed = (shrunk.0, PartitionState { leader_epoch: LeaderEpoch(-1), ..shrunk.1 });
+        let refused = controller.decide(
+            &image,
+            isr_request(&deposed, leader, epoch_of(leader), &[leader.0]),
+            later,
+        );
+        assert!(matches!(refused, Err(Refusal::FencedLeaderEpoch { .. })), "{refused:?}");
     }
 
     #[test]

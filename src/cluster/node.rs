@@ -23,7 +23,8 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use super::applied::AppliedMetadata;
 use super::decide::{
-    Controller, Event, NewPartitions, NewTopic, PartitionLimits, Refusal, PRODUCER_ID_BLOCK,
+    Controller, Event, IsrRequest, NewPartitions, NewTopic, PartitionLimits, Refusal,
+    PRODUCER_ID_BLOCK,
 };
 use super::metadata::{
     self, ClusterId, Endpoints, MetadataImage, MetadataRecord, Registration, TopicId,
@@ -85,6 +86,8 @@ pub enum ControllerRequest {
     DeleteTopic {
         name: String,
     },
+    /// A partition leader's new in-sync set (Kafka's AlterPartition, KIP-497).
+    AlterPartition(IsrRequest),
 }
 
 /// What the active controller answers, once the decision has committed.
@@ -586,6 +589,10 @@ impl ControllerNode {
                 let (index, _) = self.decide(Event::DeleteTopic { name }).await?;
                 Ok(ControllerAnswer::MetadataChanged { index })
             }
+            ControllerRequest::AlterPartition(request) => {
+                let (index, _) = self.decide(Event::AlterPartition(request)).await?;
+                Ok(ControllerAnswer::MetadataChanged { index })
+            }
             ControllerRequest::AllocateProducerIds { node, broker_epoch } => {
                 let (_, batch) =
                     self.decide(Event::AllocateProducerIds { node, broker_epoch }).await?;
@@ -836,6 +843,12 @@ fn refused(refusal: Refusal) -> ControllerError {
         Refusal::OtherCluster { .. } => ErrorKind::InconsistentClusterId,
         // Not worth asking again.
         Refusal::ProducerIdsExhausted => ErrorKind::PolicyViolation,
+        Refusal::UnknownPartition(..) => ErrorKind::UnknownPartition,
+        Refusal::NotLeader(_) => ErrorKind::NotLeaderOrFollower,
+        Refusal::FencedLeaderEpoch { .. } => ErrorKind::FencedLeaderEpoch,
+        Refusal::StalePartitionEpoch { .. } => ErrorKind::InvalidUpdateVersion,
+        Refusal::InvalidIsr(_) => ErrorKind::InvalidRequest,
+        Refusal::IneligibleReplica(_) => ErrorKind::IneligibleReplica,
     };
     ControllerError::new(kind, refusal.to_string())
 }

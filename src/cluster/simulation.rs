@@ -7,7 +7,7 @@
 //! no memory of heartbeats); time passes and the controller ticks. Every decision must apply as
 //! one batch to the controller's image, and after every one:
 //! - no unclean election: a new leader comes from the partition's previous in-sync set, and the
-//!   in-sync set only shrinks (until replication lets replicas catch up);
+//!   in-sync set grows only at its leader's request, and only by live replicas;
 //! - a broker fenced while live was silent for the whole session timeout, or asked;
 //! - followers that applied the same prefix of the log hold the controller's image at it (each
 //!   lags by a seeded amount).
@@ -23,16 +23,17 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::decide::{
-    Controller, Event, NewPartitions, NewTopic, PartitionLimits, Refusal, PRODUCER_ID_BLOCK,
+    Controller, Event, IsrRequest, NewPartitions, NewTopic, PartitionLimits, Refusal,
+    PRODUCER_ID_BLOCK,
 };
 use super::metadata::{
-    self, ClusterId, Endpoints, MetadataImage, MetadataRecord, Registration, TopicId,
-    CLUSTER_PROTOCOL_VERSION,
+    self, ClusterId, Endpoints, MetadataImage, MetadataRecord, PartitionState, Registration,
+    TopicId, CLUSTER_PROTOCOL_VERSION,
 };
 use super::quorum::{Durable, Persist, QuorumError, Voter};
 use super::raft_wire::StoredSnapshot;
 use crate::testing::TestRng;
-use crate::types::NodeId;
+use crate::types::{NodeId, PartitionId};
 
 const SESSION_TIMEOUT: Duration = Duration::from_millis(9_000);
 /// The environment variable that runs more seeds (the long form).
@@ -102,13 +103,14 @@ impl Run {
     }
 
     fn decide(&mut self, event: Event) -> Result<(), Refusal> {
+        let asked_to_grow = matches!(event, Event::AlterPartition(_));
         let batch = self.controller.decide(&self.image, event, self.now)?;
         let before = self.image.clone();
         if let Err(e) = self.image.apply_batch(&batch) {
             panic!("seed {}: the controller's own batch {batch:?}: {e}", self.seed);
         }
         batch.iter().for_each(|record| self.check_fencing(&before, record));
-        self.check_elections(&before);
+        self.check_elections(&before, asked_to_grow);
         self.log.push((batch, self.image.clone()));
         Ok(())
     }
@@ -130,8 +132,8 @@ impl Run {
     }
 
     /// No unclean election: a partition's new leader was in its in-sync set before, and the
-    /// in-sync set never gains a member (no replica catches up before replication exists).
-    fn check_elections(&self, before: &MetadataImage) {
+    /// in-sync set gains members only when its leader asked, and only live ones.
+    fn check_elections(&self, before: &MetadataImage, asked_to_grow: bool) {
         for (topic, partition, state) in self.image.partitions() {
             let Some(old) = before.topics.get(&topic).and_then(|t| t.partitions.get(&partition))
             else {
@@ -139,7 +141,11 @@ impl Run {
             };
             let from_isr =
                 state.leader.is_none_or(|l| state.leader == old.leader || old.isr.contains(&l));
-            let shrinks = state.isr.iter().all(|r| old.isr.contains(r));
+            let joined = state.isr.iter().filter(|r| !old.isr.contains(r));
+            let shrinks = match asked_to_grow {
+                true => joined.clone().all(|r| before.is_live(r)),
+                false => joined.count() == 0,
+            };
             assert!(
                 from_isr && shrinks,
                 "seed {}: {topic}-{partition} went from {old:?} to {state:?}",
@@ -293,6 +299,51 @@ impl Run {
         }
     }
 
+    /// A replicated partition's leader asks for another in-sync set (some of its replicas and
+    /// itself), now and then against a partition epoch another change has passed. Taken exactly
+    /// when the rules say: current epochs, and every replica that joins live.
+    fn alter_isr(&mut self) {
+        let replicated: Vec<(TopicId, PartitionId, PartitionState)> = (self.image.partitions())
+            .filter(|(_, _, s)| s.replicas.len() > 1 && s.leader.is_some())
+            .map(|(topic, partition, state)| (topic, partition, state.clone()))
+            .collect();
+        if replicated.is_empty() {
+            return;
+        }
+        let pick = self.rng.below(replicated.len() as u64) as usize;
+        let (topic, partition, state) = replicated[pick].clone();
+        let Some(leader) = state.leader else { return };
+        let Some(broker_epoch) = self.image.brokers.get(&leader).map(|b| b.broker_epoch) else {
+            return;
+        };
+        let isr: Vec<NodeId> = (state.replicas.iter().copied())
+            .filter(|r| *r == leader || self.rng.below(2) == 0)
+            .collect();
+        let stale = state.partition_epoch > 0 && self.rng.below(5) == 0;
+        let partition_epoch = state.partition_epoch - u32::from(stale);
+        let joiners_live =
+            isr.iter().filter(|r| !state.isr.contains(r)).all(|r| self.image.is_live(r));
+        let request = IsrRequest {
+            node: leader,
+            broker_epoch,
+            topic,
+            partition,
+            leader_epoch: state.leader_epoch,
+            partition_epoch,
+            isr,
+        };
+        match self.decide(Event::AlterPartition(request)) {
+            Ok(()) if !stale && joiners_live => self.event("in-sync set changed by its leader"),
+            Err(Refusal::StalePartitionEpoch { .. }) if stale => {
+                self.event("in-sync change against a passed epoch refused")
+            }
+            Err(Refusal::IneligibleReplica(_)) if !joiners_live => {
+                self.event("in-sync change with a fenced replica refused")
+            }
+            other => panic!("seed {}: asking for an in-sync set: {other:?}", self.seed),
+        }
+    }
+
     fn step(&mut self) {
         let b = self.rng.below(self.brokers.len() as u64) as usize;
         match self.rng.below(20) {
@@ -345,6 +396,7 @@ impl Run {
                 }
             }
             9 => self.add_partitions(),
+            11 | 12 => self.alter_isr(),
             10 => self.create_assigned_topic(),
             8 => {
                 if let (node, Some(broker_epoch)) = (self.brokers[b].node, self.brokers[b].epoch) {
@@ -434,6 +486,9 @@ fn the_controller_never_elects_uncleanly_and_the_cluster_settles() {
         "topic created by assignment",
         "assignment refused: a partition with no live replica",
         "producer ids allocated",
+        "in-sync set changed by its leader",
+        "in-sync change against a passed epoch refused",
+        "in-sync change with a fenced replica refused",
     ];
     crate::testing::assert_every_event_ran(&totals, &expected);
 }

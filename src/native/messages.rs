@@ -73,6 +73,12 @@ pub enum ErrorCode {
     NotLeaderOrFollower = 34,
     /// A group request at a broker that does not coordinate the group.
     NotCoordinator = 35,
+    /// A request made in a leader epoch older than the partition's.
+    FencedLeaderEpoch = 36,
+    /// A partition change made against an older partition epoch.
+    InvalidUpdateVersion = 37,
+    /// An in-sync set naming a replica that may not join it.
+    IneligibleReplica = 38,
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -122,6 +128,9 @@ impl From<ErrorKind> for ErrorCode {
             ErrorKind::InvalidReplicaAssignment => ErrorCode::InvalidReplicaAssignment,
             ErrorKind::NotLeaderOrFollower => ErrorCode::NotLeaderOrFollower,
             ErrorKind::NotCoordinator => ErrorCode::NotCoordinator,
+            ErrorKind::FencedLeaderEpoch => ErrorCode::FencedLeaderEpoch,
+            ErrorKind::InvalidUpdateVersion => ErrorCode::InvalidUpdateVersion,
+            ErrorKind::IneligibleReplica => ErrorCode::IneligibleReplica,
         }
     }
 }
