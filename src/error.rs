@@ -65,8 +65,12 @@ pub enum ErrorKind {
     NotCoordinator,
     /// A broker or voter of another cluster.
     InconsistentClusterId,
-    /// A request made in a leader epoch older than the partition's (a deposed leader's).
+    /// A request made in a leader epoch older than the partition's (a deposed leader's, or a
+    /// client's stale metadata).
     FencedLeaderEpoch,
+    /// A request made in a leader epoch newer than this broker knows: it has not caught up
+    /// with the metadata yet.
+    UnknownLeaderEpoch,
     /// A change to a partition's state made against an older partition epoch (Kafka's
     /// INVALID_UPDATE_VERSION): another change came first.
     InvalidUpdateVersion,

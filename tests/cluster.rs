@@ -811,6 +811,21 @@ fn topics_are_placed_served_and_described_alike_across_the_cluster() {
     let taken: kafka_protocol::messages::ProduceResponse = conn.call(ApiKey::Produce, 9, &request);
     assert_eq!(common::kafka_wire::produced(&taken).0, 0);
 
+    // A partition broker 2 leads, with records of its first leader epoch.
+    let (on_two, ..) = view.topics["spread"].1.iter().find(|p| p.1 == 2).expect("led by 2").clone();
+    let produce_to = |conn: &mut Conn, count: usize| {
+        use common::kafka_wire::{batch, produce_request, produced};
+        let mut request = produce_request("spread", -1, batch(-1, -1, 0, count));
+        request.topic_data[0].partition_data[0].index = on_two;
+        let taken: kafka_protocol::messages::ProduceResponse =
+            conn.call(ApiKey::Produce, 9, &request);
+        assert_eq!(produced(&taken).0, 0);
+    };
+    let mut conn2 = Conn::open(&cluster.kafka(2));
+    produce_to(&mut conn2, 4);
+    let (_, end_before, first_epoch) =
+        common::kafka_wire::latest_in_epoch(&mut conn2, ("spread", on_two), -1);
+
     // Broker 2 killed and not restarted: fenced after its session, gone from Metadata, its
     // partitions without a leader (and listed offline) until it returns.
     cluster.broker(2).kill9();
@@ -822,9 +837,23 @@ fn topics_are_placed_served_and_described_alike_across_the_cluster() {
         }
     }
     cluster.broker(2).restart();
-    cluster.settle_metadata(&all, "broker 2 leads again", |v| {
+    let back = cluster.settle_metadata(&all, "broker 2 leads again", |v| {
         v.brokers == all && v.topics["spread"].1.iter().all(|p| p.1 == p.3[0])
     });
+    // It leads in a new epoch, which starts where its log ended: OffsetForLeaderEpoch tells the
+    // two apart, and a client still in the old epoch is fenced (KIP-320).
+    let epoch = back.topics["spread"].1[on_two as usize].2;
+    assert!(epoch > first_epoch, "a new leader epoch: {first_epoch} then {epoch}");
+    let mut conn2 = Conn::open(&cluster.kafka(2));
+    produce_to(&mut conn2, 3);
+    let asked = ("spread", on_two);
+    let epoch_end =
+        |conn: &mut Conn, current, of| common::kafka_wire::epoch_end(conn, asked, current, of);
+    assert_eq!(epoch_end(&mut conn2, epoch, first_epoch), (0, first_epoch, end_before));
+    assert_eq!(epoch_end(&mut conn2, epoch, epoch), (0, epoch, end_before + 3));
+    assert_eq!(epoch_end(&mut conn2, first_epoch, epoch).0, 74, "FENCED_LEADER_EPOCH");
+    let latest = common::kafka_wire::latest_in_epoch(&mut conn2, asked, epoch);
+    assert_eq!(latest, (0, end_before + 3, epoch));
 
     // Broker 3 stopped cleanly: its partitions move at once (well within a session).
     let stopped_at = Instant::now();

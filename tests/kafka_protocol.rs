@@ -602,3 +602,50 @@ fn the_broker_describes_its_cluster_settings() {
     let native = value("native.advertised.listener").expect("the native address");
     assert_eq!(native, broker.addr);
 }
+
+/// A leader records the epoch it leads in (where it starts, in `leader-epoch-checkpoint`) and
+/// answers OffsetForLeaderEpoch from it (KIP-101, KIP-320); a request made in a leader epoch
+/// newer than the broker's gets UNKNOWN_LEADER_EPOCH, on Fetch, ListOffsets and
+/// OffsetForLeaderEpoch alike.
+#[test]
+fn leader_epochs_are_recorded_and_answered_and_a_newer_one_is_unknown() {
+    use common::kafka_wire::{epoch_end, latest_in_epoch};
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), &[]);
+    let mut conn = Conn::open(&broker.kafka_addr);
+    assert_eq!(create_topic(&mut conn, "epochs", 1).0, 0);
+    for _ in 0..3 {
+        let response: ProduceResponse =
+            conn.call(ApiKey::Produce, 7, &produce_request("epochs", 1, batch(-1, -1, 0, 5)));
+        assert_eq!(produced(&response).0, 0);
+    }
+    let checkpoint = dir.path().join("data/epochs/0/leader-epoch-checkpoint");
+    let recorded = std::fs::read_to_string(&checkpoint).expect("the epoch checkpoint");
+    assert_eq!(recorded, "0\n1\n0 0\n", "epoch 0 from offset 0");
+
+    // Epoch 0 ends at the log end while it is the latest; one newer than any is unknown.
+    assert_eq!(epoch_end(&mut conn, ("epochs", 0), 0, 0), (0, 0, 15));
+    assert_eq!(epoch_end(&mut conn, ("epochs", 0), -1, 3), (0, -1, -1));
+    assert_eq!(latest_in_epoch(&mut conn, ("epochs", 0), 0), (0, 15, 0));
+    // A client that believes in a newer epoch than the broker knows.
+    assert_eq!(epoch_end(&mut conn, ("epochs", 0), 2, 0).0, 75, "UNKNOWN_LEADER_EPOCH");
+    assert_eq!(latest_in_epoch(&mut conn, ("epochs", 0), 2).0, 75);
+    let mut fetch_in = |epoch: i32| {
+        let mut partition = FetchPartition::default();
+        (partition.current_leader_epoch, partition.partition_max_bytes) = (epoch, 1 << 20);
+        let mut topic = FetchTopic::default();
+        topic.topic = TopicName(StrBytes::from_static_str("epochs"));
+        topic.partitions = vec![partition];
+        let mut request = FetchRequest::default();
+        (request.replica_id, request.max_bytes, request.topics) =
+            (BrokerId(-1), 1 << 20, vec![topic]);
+        let response: FetchResponse = conn.call(ApiKey::Fetch, 12, &request);
+        let answered = &response.responses[0].partitions[0];
+        (answered.error_code, answered.high_watermark)
+    };
+    assert_eq!(fetch_in(5), (75, -1));
+    assert_eq!(fetch_in(0), (0, 15));
+    assert_eq!(fetch_in(-1), (0, 15));
+}

@@ -276,6 +276,7 @@ fn kind_of(code: ErrorCode) -> ErrorKind {
         ErrorCode::FencedLeaderEpoch => ErrorKind::FencedLeaderEpoch,
         ErrorCode::InvalidUpdateVersion => ErrorKind::InvalidUpdateVersion,
         ErrorCode::IneligibleReplica => ErrorKind::IneligibleReplica,
+        ErrorCode::UnknownLeaderEpoch => ErrorKind::UnknownLeaderEpoch,
         ErrorCode::NotLeaderOrFollower => ErrorKind::NotLeaderOrFollower,
         _ => ErrorKind::NotAvailable,
     }

@@ -10,8 +10,8 @@ use kafka_protocol::messages::{
     DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest,
     FetchRequest, FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest,
     JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
-    OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader,
-    SyncGroupRequest,
+    OffsetCommitRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest,
+    RequestHeader, ResponseHeader, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -62,6 +62,7 @@ pub enum Request {
     DescribeGroups(DescribeGroupsRequest),
     DeleteGroups(DeleteGroupsRequest),
     DescribeCluster(DescribeClusterRequest),
+    OffsetForLeaderEpoch(OffsetForLeaderEpochRequest),
 }
 
 /// A whole request: its header (client id, correlation id) and body.
@@ -103,6 +104,7 @@ pub fn decode_request(api: ApiKey, frame: Bytes) -> Result<DecodedRequest, Strin
         ApiKey::DescribeGroups => Request::DescribeGroups(body(&mut buf, version)?),
         ApiKey::DeleteGroups => Request::DeleteGroups(body(&mut buf, version)?),
         ApiKey::DescribeCluster => Request::DescribeCluster(body(&mut buf, version)?),
+        ApiKey::OffsetForLeaderEpoch => Request::OffsetForLeaderEpoch(body(&mut buf, version)?),
         other => return Err(format!("{other:?} is not served")),
     };
     Ok(DecodedRequest { api, version, header, body })
@@ -218,6 +220,7 @@ pub fn error_code(kind: ErrorKind) -> i16 {
         ErrorKind::NotCoordinator => Kafka::NotCoordinator,
         ErrorKind::InconsistentClusterId => Kafka::InconsistentClusterId,
         ErrorKind::FencedLeaderEpoch => Kafka::FencedLeaderEpoch,
+        ErrorKind::UnknownLeaderEpoch => Kafka::UnknownLeaderEpoch,
         ErrorKind::InvalidUpdateVersion => Kafka::InvalidUpdateVersion,
         ErrorKind::IneligibleReplica => Kafka::IneligibleReplica,
         ErrorKind::CoordinatorNotAvailable => Kafka::CoordinatorNotAvailable,

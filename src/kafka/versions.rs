@@ -38,6 +38,7 @@ const SUPPORTED: &[(ApiKey, i16, i16, i16)] = &[
     (ApiKey::DescribeGroups, 0, 0, 5),
     (ApiKey::DeleteGroups, 0, 0, 2),
     (ApiKey::DescribeCluster, 0, 0, 1),
+    (ApiKey::OffsetForLeaderEpoch, 2, 2, 4),
 ];
 
 /// Whether `version` of `api` can be decoded and answered.

@@ -214,15 +214,9 @@ async fn fetch(
     };
     let max_bytes = fetch_max_bytes(&request);
     let max_wait = Duration::from_millis(u64::from(request.max_wait_ms.min(FETCH_WAIT_MS_MAX)));
-    let result = shard
-        .fetch(
-            &request.topic,
-            PartitionId(request.partition),
-            Offset(request.offset),
-            max_bytes,
-            max_wait,
-        )
-        .await;
+    // The native protocol names no leader epoch: the leader serves whoever asks it.
+    let asked = (request.topic.as_str(), PartitionId(request.partition), None);
+    let result = shard.fetch(asked, Offset(request.offset), max_bytes, max_wait).await;
     // Entries Kafka producers stored are converted for native readers, one entry at a time.
     let result = result.and_then(|mut outcome| {
         outcome.entries = crate::record::convert::native_entries(outcome.entries).map_err(|e| {
@@ -258,8 +252,9 @@ async fn list_offsets(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
         Err(why) => return undecodable(Api::ListOffsets, request_id, why),
     };
     let partition = PartitionId(request.partition);
-    let body = match shard.list_offset(&request.topic, partition, request.timestamp).await {
-        Ok((offset, _)) => ListOffsetsResponse { error: ErrorBody::none(), offset },
+    let asked = (request.topic.as_str(), partition, None);
+    let body = match shard.list_offset(asked, request.timestamp).await {
+        Ok((offset, ..)) => ListOffsetsResponse { error: ErrorBody::none(), offset },
         Err(e) => ListOffsetsResponse { error: ErrorBody::from(&e), offset: -1 },
     };
     answer(Api::ListOffsets, request_id, &body)

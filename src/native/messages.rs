@@ -79,6 +79,8 @@ pub enum ErrorCode {
     InvalidUpdateVersion = 37,
     /// An in-sync set naming a replica that may not join it.
     IneligibleReplica = 38,
+    /// A request made in a leader epoch newer than the broker knows.
+    UnknownLeaderEpoch = 39,
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -131,6 +133,7 @@ impl From<ErrorKind> for ErrorCode {
             ErrorKind::FencedLeaderEpoch => ErrorCode::FencedLeaderEpoch,
             ErrorKind::InvalidUpdateVersion => ErrorCode::InvalidUpdateVersion,
             ErrorKind::IneligibleReplica => ErrorCode::IneligibleReplica,
+            ErrorKind::UnknownLeaderEpoch => ErrorCode::UnknownLeaderEpoch,
         }
     }
 }

@@ -29,7 +29,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 use crate::log::storage::{DmaStorage, Storage};
 use crate::log::{Appended, LogError, PartitionLog};
 use crate::record::PendingEntry;
-use crate::types::Offset;
+use crate::types::{LeaderEpoch, Offset};
 
 /// ListOffsets' special timestamps (Kafka's): the high watermark, and the log start.
 pub const OFFSET_LATEST: i64 = -1;
@@ -102,9 +102,10 @@ pub struct Partition<S: Storage = DmaStorage> {
     high_watermark: Cell<Offset>,
     /// The log's truncation count when the high watermark last moved.
     truncations_seen: Cell<u64>,
-    /// Whether this broker leads the partition, as the metadata it last published says:
-    /// producers and consumers are served only by the leader.
-    leader: Cell<bool>,
+    /// The leader epoch this broker leads the partition in, as the metadata it last published
+    /// says (`None`: it does not lead it): producers and consumers are served only by the
+    /// leader.
+    leader_epoch: Cell<Option<LeaderEpoch>>,
 }
 
 impl<S: Storage> Partition<S> {
@@ -113,16 +114,47 @@ impl<S: Storage> Partition<S> {
     pub fn new(log: Rc<PartitionLog<S>>) -> Self {
         let high_watermark = Cell::new(log.written_offset());
         let truncations_seen = Cell::new(log.truncations());
-        Self { log, high_watermark, truncations_seen, leader: Cell::new(false) }
+        Self { log, high_watermark, truncations_seen, leader_epoch: Cell::new(None) }
     }
 
     pub fn is_leader(&self) -> bool {
-        self.leader.get()
+        self.leader_epoch.get().is_some()
     }
 
-    /// Leads the partition (or stops), as the cluster's metadata says.
-    pub fn set_leader(&self, leads: bool) {
-        self.leader.set(leads);
+    /// The leader epoch this broker leads the partition in, if it leads it.
+    pub fn leader_epoch(&self) -> Option<LeaderEpoch> {
+        self.leader_epoch.get()
+    }
+
+    /// Leads the partition in `epoch`, as the cluster's metadata says. The epoch starts at the
+    /// log's end, durably, before the first produce of it is taken (KIP-101's leader epoch
+    /// cache: where each leader's entries begin, which OffsetForLeaderEpoch answers and a
+    /// follower truncates by); entries appended from then on carry it. Nothing is served while
+    /// the start is being recorded; an epoch older than the log's latest is refused.
+    pub async fn lead(&self, epoch: LeaderEpoch) -> Result<(), LogError> {
+        if self.leader_epoch.get() == Some(epoch) {
+            return Ok(());
+        }
+        self.leader_epoch.set(None);
+        self.log.assign_epoch(epoch, self.log.log_end()).await?;
+        self.leader_epoch.set(Some(epoch));
+        Ok(())
+    }
+
+    /// Leads the partition in `epoch` at once when its log has that epoch recorded already as
+    /// its latest (a restart, another publication): nothing to write, so no moment without a
+    /// leader. Returns whether it does.
+    pub fn lead_as_recorded(&self, epoch: LeaderEpoch) -> bool {
+        let recorded = self.log.leader_epochs().last().is_some_and(|e| e.epoch == epoch);
+        if recorded {
+            self.leader_epoch.set(Some(epoch));
+        }
+        recorded
+    }
+
+    /// Leads the partition no more (another broker does, or none).
+    pub fn stop_leading(&self) {
+        self.leader_epoch.set(None);
     }
 
     /// The local log, for what is not about visibility (its topic config, retention's rolling,

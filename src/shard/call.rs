@@ -19,7 +19,7 @@ use crate::group::{GroupAnswer, GroupCall};
 use crate::partition::{Acks, LogBounds, ReadOutcome};
 use crate::record::PendingEntry;
 use crate::shard::publish::Published;
-use crate::types::{NodeId, Offset, PartitionId};
+use crate::types::{LeaderEpoch, NodeId, Offset, PartitionId};
 
 typed_requests! {
     /// A request to one shard, and what it answers.
@@ -29,14 +29,21 @@ typed_requests! {
     Produce { topic: String, partition: PartitionId, acks: Acks, entry: PendingEntry }
         -> Result<(Offset, Offset), BrokerError>;
 
-    /// Reads a partition this shard owns, waiting up to `max_wait` for data at its end.
-    Fetch { topic: String, partition: PartitionId, offset: Offset, max_bytes: usize, max_wait: Duration }
+    /// Reads a partition this shard owns, waiting up to `max_wait` for data at its end; in the
+    /// leader epoch the client knows, when it says (KIP-320).
+    Fetch { topic: String, partition: PartitionId, epoch: Option<LeaderEpoch>, offset: Offset, max_bytes: usize, max_wait: Duration }
         -> Result<ReadOutcome, BrokerError>;
 
     /// The offset of the latest (-1), earliest (-2) or first record at or after a time, with
-    /// that record's timestamp (-1 for latest and earliest).
-    ListOffsets { topic: String, partition: PartitionId, timestamp: i64 }
-        -> Result<(i64, i64), BrokerError>;
+    /// that record's timestamp (-1 for latest and earliest) and the leader epoch it was
+    /// appended in (-1 when none is known).
+    ListOffsets { topic: String, partition: PartitionId, epoch: Option<LeaderEpoch>, timestamp: i64 }
+        -> Result<(i64, i64, i32), BrokerError>;
+
+    /// OffsetForLeaderEpoch: the largest leader epoch of the partition's log at or below
+    /// `leader_epoch`, and where it ends; (-1, -1) for one newer than any.
+    EpochEnd { topic: String, partition: PartitionId, epoch: Option<LeaderEpoch>, leader_epoch: LeaderEpoch }
+        -> Result<(i32, i64), BrokerError>;
 
     /// Log start, high watermark and log end.
     Watermarks { topic: String, partition: PartitionId } -> Result<LogBounds, BrokerError>;

@@ -318,6 +318,7 @@ impl Shard {
         let unsettled = &published.unsettled;
         let catalog = self.catalog_of(image, unsettled);
         let mut failed = None;
+        let mut to_lead = Vec::new();
         for (id, topic) in &image.topics {
             if unsettled.contains(&topic.name) {
                 continue;
@@ -328,7 +329,12 @@ impl Shard {
                     continue;
                 }
                 match self.open_partition(&topic.name, *partition, info).await {
-                    Ok(opened) => opened.set_leader(published.ready && state.leader == Some(me)),
+                    Ok(opened) if published.ready && state.leader == Some(me) => {
+                        if !opened.lead_as_recorded(state.leader_epoch) {
+                            to_lead.push((opened, state.leader_epoch));
+                        }
+                    }
+                    Ok(opened) => opened.stop_leading(),
                     Err(e) => {
                         tracing::error!(topic = %topic.name, %partition, topic_id = %uuid_text(id.0), "opening a replica: {e}");
                         failed = Some(e);
@@ -345,8 +351,21 @@ impl Shard {
                     .and_then(|(_, topic)| topic.partitions.get(partition))
                     .is_some_and(|state| state.leader == Some(me));
             if !leads {
-                open.set_leader(false);
+                open.stop_leading();
             }
+        }
+        // Each new leadership's epoch is recorded in its log, all at once: a failover moves many.
+        let leading = to_lead.into_iter().map(|(partition, epoch)| {
+            glommio::spawn_local(async move {
+                if let Err(e) = partition.lead(epoch).await {
+                    let log = partition.log();
+                    tracing::error!(topic = %log.topic, partition = %log.partition, %epoch, "not leading: the epoch could not be recorded: {e}");
+                    partition.stop_leading();
+                }
+            })
+        });
+        for started in leading.collect::<Vec<_>>() {
+            started.await;
         }
         *self.catalog.borrow_mut() = catalog::Catalog { topics: catalog };
         *self.image.borrow_mut() = image.clone();

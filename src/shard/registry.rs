@@ -10,10 +10,10 @@ use crate::error::{BrokerError, ErrorKind};
 use crate::log::storage::DmaStorage;
 use crate::log::{LogLimits, PartitionLog, SharedByShard};
 use crate::partition::{Partition, ReadOutcome, OFFSET_EARLIEST, OFFSET_LATEST};
-use crate::shard::call::{Fetch, ListOffsets, Produce};
+use crate::shard::call::{EpochEnd, Fetch, ListOffsets, Produce};
 use crate::shard::catalog::{self, DiskTopic, TopicInfo};
 use crate::shard::state::{PartitionKey, Shard, STAGED_BYTES_MAX};
-use crate::types::{Offset, PartitionId};
+use crate::types::{LeaderEpoch, Offset, PartitionId};
 
 impl Shard {
     pub(super) fn limits(&self) -> LogLimits {
@@ -115,6 +115,26 @@ impl Shard {
         }
     }
 
+    /// A partition this broker leads, in the leader epoch the client knows when it says
+    /// (KIP-320): FENCED_LEADER_EPOCH when the client's is older (its metadata is stale),
+    /// UNKNOWN_LEADER_EPOCH when newer (this broker has not caught up yet).
+    pub fn led_partition_in(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+        epoch: Option<LeaderEpoch>,
+    ) -> Result<Rc<Partition>, BrokerError> {
+        let found = self.led_partition(topic, partition)?;
+        let (Some(asked), Some(current)) = (epoch, found.leader_epoch()) else { return Ok(found) };
+        let kind = match asked.cmp(&current) {
+            std::cmp::Ordering::Equal => return Ok(found),
+            std::cmp::Ordering::Less => ErrorKind::FencedLeaderEpoch,
+            std::cmp::Ordering::Greater => ErrorKind::UnknownLeaderEpoch,
+        };
+        let why = format!("{topic}-{partition} is in leader epoch {current}, not {asked}");
+        Err(BrokerError::new(kind, why))
+    }
+
     /// NOT_LEADER_OR_FOLLOWER, naming the leader this broker knows: the client refreshes its
     /// metadata and goes there.
     fn not_leader(&self, topic: &str, partition: PartitionId) -> BrokerError {
@@ -151,8 +171,8 @@ impl Shard {
     }
 
     pub(super) async fn fetch_local(&self, request: Fetch) -> Result<ReadOutcome, BrokerError> {
-        let Fetch { topic, partition, offset, max_bytes, max_wait } = request;
-        let target = self.led_partition(&topic, partition)?;
+        let Fetch { topic, partition, epoch, offset, max_bytes, max_wait } = request;
+        let target = self.led_partition_in(&topic, partition, epoch)?;
         let outcome = target.read(offset, max_bytes).await?;
         if !outcome.entries.is_empty() || max_wait.is_zero() || self.stopping.get() {
             return Ok(outcome);
@@ -172,19 +192,44 @@ impl Shard {
     pub(super) async fn list_offset_local(
         &self,
         request: ListOffsets,
-    ) -> Result<(i64, i64), BrokerError> {
-        let ListOffsets { topic, partition, timestamp } = request;
-        let target = self.led_partition(&topic, partition)?;
+    ) -> Result<(i64, i64, i32), BrokerError> {
+        let ListOffsets { topic, partition, epoch, timestamp } = request;
+        let target = self.led_partition_in(&topic, partition, epoch)?;
+        let epochs = target.log().leader_epochs();
+        // As Kafka answers: the latest epoch for the latest offset, else the epoch of the entry
+        // found (the latest starting at or before it).
+        let epoch_at = |offset: Offset| {
+            let holding = epochs.iter().rev().find(|e| e.start_offset <= offset);
+            holding.or(epochs.first()).map_or(-1, |e| e.epoch.0)
+        };
         let found = match timestamp {
-            OFFSET_LATEST => Some((target.high_watermark(), -1)),
-            OFFSET_EARLIEST => Some((target.log_start(), -1)),
-            t if t >= 0 => target.offset_for_timestamp(t).await?,
+            OFFSET_LATEST => {
+                let latest = epochs.last().map_or(-1, |e| e.epoch.0);
+                Some((target.high_watermark(), -1, latest))
+            }
+            OFFSET_EARLIEST => {
+                let start = target.log_start();
+                Some((start, -1, epoch_at(start)))
+            }
+            t if t >= 0 => {
+                let found = target.offset_for_timestamp(t).await?;
+                found.map(|(offset, time)| (offset, time, epoch_at(offset)))
+            }
             other => {
                 let why = format!("timestamp {other} is neither -1, -2 nor a time");
                 return Err(BrokerError::new(ErrorKind::InvalidRequest, why));
             }
         };
-        Ok(found.map_or((-1, -1), |(offset, time)| (offset.0 as i64, time)))
+        Ok(found.map_or((-1, -1, -1), |(offset, time, epoch)| (offset.0 as i64, time, epoch)))
+    }
+
+    /// OffsetForLeaderEpoch, answered by the leader from its epoch cache: for its current epoch
+    /// the log end (Kafka's answer), else where the next epoch starts.
+    pub(super) fn epoch_end_local(&self, request: EpochEnd) -> Result<(i32, i64), BrokerError> {
+        let EpochEnd { topic, partition, epoch, leader_epoch } = request;
+        let target = self.led_partition_in(&topic, partition, epoch)?;
+        let end = target.log().epoch_end_offset(leader_epoch);
+        Ok(end.map_or((-1, -1), |(epoch, offset)| (epoch.0, offset.0 as i64)))
     }
 
     /// Forgets a topic the cluster no longer has here: its partitions are closed and their

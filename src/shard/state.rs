@@ -31,16 +31,16 @@ use crate::metrics::Metrics;
 use crate::partition::{Acks, LogBounds, Partition, ReadOutcome};
 use crate::record::PendingEntry;
 use crate::shard::call::{
-    AskController, AwaitPublished, CommittedMetadata, DescribeCluster, Fetch, ForwardToController,
-    Group, ListOffsets, MeshMessage, NextProducerId, Produce, Publish, RemoveTopic, Request,
-    ShardAnswer, ShardCall, StepVoter, Watermarks,
+    AskController, AwaitPublished, CommittedMetadata, DescribeCluster, EpochEnd, Fetch,
+    ForwardToController, Group, ListOffsets, MeshMessage, NextProducerId, Produce, Publish,
+    RemoveTopic, Request, ShardAnswer, ShardCall, StepVoter, Watermarks,
 };
 use crate::shard::catalog::{self, Catalog, DiskTopic, TopicFile, TopicInfo};
 use crate::shard::controller::TopicRequest;
 use crate::shard::mesh::Peers;
 use crate::shard::turns::Turns;
 use crate::shard::CONTROLLER_SHARD;
-use crate::types::{NodeId, Offset, PartitionId, ShardId};
+use crate::types::{LeaderEpoch, NodeId, Offset, PartitionId, ShardId};
 
 /// How long a request that found its topic just created waits for it to reach this shard.
 const TOPIC_WAIT: Duration = Duration::from_secs(5);
@@ -230,12 +230,29 @@ impl Shard {
 
     /// Executes a call addressed to this shard.
     pub async fn execute(self: &Rc<Self>, call: ShardCall) -> ShardAnswer {
+        let on_a_partition = matches!(
+            call,
+            ShardCall::Produce(_)
+                | ShardCall::Fetch(_)
+                | ShardCall::ListOffsets(_)
+                | ShardCall::EpochEnd(_)
+                | ShardCall::Watermarks(_)
+        );
+        if on_a_partition {
+            // The shard a client reached may have taken the broker's first ready publication
+            // before this one (shard 0 publishes to one shard after another, and a partition
+            // that comes to be led records its epoch first): a client's request on one of this
+            // shard's partitions waits until this shard has taken it too, as it waited on its
+            // own shard.
+            self.wait_ready().await;
+        }
         match call {
             ShardCall::Produce(request) => ShardAnswer::Produce(self.produce_local(request).await),
             ShardCall::Fetch(request) => ShardAnswer::Fetch(self.fetch_local(request).await),
             ShardCall::ListOffsets(request) => {
                 ShardAnswer::ListOffsets(self.list_offset_local(request).await)
             }
+            ShardCall::EpochEnd(request) => ShardAnswer::EpochEnd(self.epoch_end_local(request)),
             ShardCall::Watermarks(Watermarks { topic, partition }) => {
                 ShardAnswer::Watermarks(self.partition(&topic, partition).map(|p| p.bounds()))
             }
@@ -323,28 +340,39 @@ impl Shard {
         self.ask(self.owner(topic, partition), produce).await?
     }
 
+    /// Reads from `offset` (see [`Fetch`]); `epoch` is the leader epoch the client knows, if it
+    /// says.
     pub async fn fetch(
         self: &Rc<Self>,
-        topic: &str,
-        partition: PartitionId,
+        (topic, partition, epoch): (&str, PartitionId, Option<LeaderEpoch>),
         offset: Offset,
         max_bytes: usize,
         max_wait: Duration,
     ) -> Result<ReadOutcome, BrokerError> {
-        let fetch = Fetch { topic: topic.to_string(), partition, offset, max_bytes, max_wait };
-        self.ask(self.owner(topic, partition), fetch).await?
+        let topic = topic.to_string();
+        let fetch = Fetch { topic, partition, epoch, offset, max_bytes, max_wait };
+        self.ask(self.owner(&fetch.topic, partition), fetch).await?
     }
 
     /// The offset (and, for a time lookup, the timestamp) of the latest (-1), earliest (-2) or
     /// first record at or after a time; (-1, -1) when no record is that new.
     pub async fn list_offset(
         self: &Rc<Self>,
-        topic: &str,
-        partition: PartitionId,
+        (topic, partition, epoch): (&str, PartitionId, Option<LeaderEpoch>),
         timestamp: i64,
-    ) -> Result<(i64, i64), BrokerError> {
-        let list = ListOffsets { topic: topic.to_string(), partition, timestamp };
+    ) -> Result<(i64, i64, i32), BrokerError> {
+        let list = ListOffsets { topic: topic.to_string(), partition, epoch, timestamp };
         self.ask(self.owner(topic, partition), list).await?
+    }
+
+    /// OffsetForLeaderEpoch of one partition (see [`EpochEnd`]).
+    pub async fn epoch_end(
+        self: &Rc<Self>,
+        (topic, partition, epoch): (&str, PartitionId, Option<LeaderEpoch>),
+        leader_epoch: LeaderEpoch,
+    ) -> Result<(i32, i64), BrokerError> {
+        let asked = EpochEnd { topic: topic.to_string(), partition, epoch, leader_epoch };
+        self.ask(self.owner(topic, partition), asked).await?
     }
 
     pub async fn watermarks(

@@ -196,3 +196,51 @@ pub fn create_topic(conn: &mut Conn, name: &str, partitions: i32) -> (i16, Strin
     let result = &response.topics[0];
     (result.error_code, result.error_message.as_ref().map(|m| m.to_string()).unwrap_or_default())
 }
+
+/// OffsetForLeaderEpoch v4 for one partition: (error code, epoch, end offset).
+pub fn epoch_end(
+    conn: &mut Conn,
+    (topic, partition): (&str, i32),
+    current_leader_epoch: i32,
+    leader_epoch: i32,
+) -> (i16, i32, i64) {
+    use kafka_protocol::messages::offset_for_leader_epoch_request::{
+        OffsetForLeaderPartition, OffsetForLeaderTopic,
+    };
+    use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
+    let mut asked = OffsetForLeaderPartition::default();
+    (asked.partition, asked.current_leader_epoch, asked.leader_epoch) =
+        (partition, current_leader_epoch, leader_epoch);
+    let mut wanted = OffsetForLeaderTopic::default();
+    wanted.topic = TopicName(StrBytes::from_string(topic.to_string()));
+    wanted.partitions = vec![asked];
+    let mut request = OffsetForLeaderEpochRequest::default();
+    request.replica_id = kafka_protocol::messages::BrokerId(-1);
+    request.topics = vec![wanted];
+    let response: OffsetForLeaderEpochResponse =
+        conn.call(ApiKey::OffsetForLeaderEpoch, 4, &request);
+    let answered = &response.topics[0].partitions[0];
+    (answered.error_code, answered.leader_epoch, answered.end_offset)
+}
+
+/// ListOffsets v4 of the latest offset, in `current_leader_epoch`: (error code, offset, the
+/// leader epoch answered).
+pub fn latest_in_epoch(
+    conn: &mut Conn,
+    (topic, partition): (&str, i32),
+    current_leader_epoch: i32,
+) -> (i16, i64, i32) {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    let mut asked = ListOffsetsPartition::default();
+    (asked.partition_index, asked.timestamp, asked.current_leader_epoch) =
+        (partition, -1, current_leader_epoch);
+    let mut wanted = ListOffsetsTopic::default();
+    wanted.name = TopicName(StrBytes::from_string(topic.to_string()));
+    wanted.partitions = vec![asked];
+    let mut request = kafka_protocol::messages::ListOffsetsRequest::default();
+    request.replica_id = kafka_protocol::messages::BrokerId(-1);
+    request.topics = vec![wanted];
+    let response: ListOffsetsResponse = conn.call(ApiKey::ListOffsets, 4, &request);
+    let answered = &response.topics[0].partitions[0];
+    (answered.error_code, answered.offset, answered.leader_epoch)
+}

@@ -16,8 +16,12 @@ use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, Partition
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
 use kafka_protocol::messages::{
-    FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, TopicName,
+    FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
+    OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -31,7 +35,7 @@ use crate::record::entry::{entries, Check};
 use crate::record::PayloadFormat;
 use crate::shard::Shard;
 use crate::shard::{FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX};
-use crate::types::{Offset, PartitionId};
+use crate::types::{LeaderEpoch, Offset, PartitionId};
 
 /// The most a fetch's response may hold: what it asked for, within [1, `FETCH_BYTES_MAX`].
 pub fn response_bytes_max(request: &FetchRequest) -> usize {
@@ -43,8 +47,15 @@ pub fn response_bytes_max(request: &FetchRequest) -> usize {
 struct Wanted {
     topic: Rc<str>,
     partition: i32,
+    /// The leader epoch the client knows (Fetch v9+, ListOffsets v4+; -1 or absent: none).
+    epoch: Option<LeaderEpoch>,
     offset: i64,
     max_bytes: usize,
+}
+
+/// A client's current leader epoch, when it gives one (KIP-320: -1 is none).
+fn known_epoch(epoch: i32) -> Option<LeaderEpoch> {
+    (epoch >= 0).then_some(LeaderEpoch(epoch))
 }
 
 type Read = Result<ReadOutcome, BrokerError>;
@@ -66,6 +77,7 @@ pub async fn fetch(shard: &Rc<Shard>, version: i16, request: FetchRequest) -> Fe
             topic.partitions.iter().map(move |p| Wanted {
                 topic: name.clone(),
                 partition: p.partition,
+                epoch: known_epoch(p.current_leader_epoch),
                 offset: p.fetch_offset,
                 max_bytes: usize::try_from(p.partition_max_bytes).unwrap_or(0).min(max_bytes),
             })
@@ -152,10 +164,7 @@ async fn read_within(shard: &Rc<Shard>, wanted: &[Wanted], max_bytes: usize) -> 
 /// A partition the response has no room for: no records, but its watermarks (clients track
 /// their lag by them) and the offset checked as a read would check it.
 async fn watermarks_only(shard: Rc<Shard>, want: Wanted) -> Read {
-    let partition = u32::try_from(want.partition).map_err(|_| unknown(&want)).map(PartitionId)?;
-    if !shard.has_partition(&want.topic, partition) {
-        return Err(unknown(&want));
-    }
+    let partition = known_partition(&shard, &want)?;
     let bounds = shard.watermarks(&want.topic, partition).await?;
     if !u64::try_from(want.offset).is_ok_and(|o| bounds.contains(Offset(o))) {
         let LogBounds { log_start, log_end, .. } = bounds;
@@ -200,11 +209,18 @@ async fn read_one(shard: Rc<Shard>, want: Wanted, wait: Duration) -> Read {
     let offset = u64::try_from(want.offset).map_err(|_| {
         BrokerError::new(ErrorKind::OffsetOutOfRange, format!("offset {}", want.offset))
     })?;
-    let partition = u32::try_from(want.partition).map_err(|_| unknown(&want)).map(PartitionId)?;
-    if !shard.has_partition(&want.topic, partition) {
-        return Err(unknown(&want));
+    let partition = known_partition(&shard, &want)?;
+    let asked = (want.topic.as_ref(), partition, want.epoch);
+    shard.fetch(asked, Offset(offset), want.max_bytes.max(1), wait).await
+}
+
+/// The partition a client names, when this broker knows it (UNKNOWN_TOPIC_OR_PARTITION else).
+fn known_partition(shard: &Shard, want: &Wanted) -> Result<PartitionId, BrokerError> {
+    let partition = u32::try_from(want.partition).map_err(|_| unknown(want)).map(PartitionId)?;
+    match shard.has_partition(&want.topic, partition) {
+        true => Ok(partition),
+        false => Err(unknown(want)),
     }
-    shard.fetch(&want.topic, partition, Offset(offset), want.max_bytes.max(1), wait).await
 }
 
 fn unknown(want: &Wanted) -> BrokerError {
@@ -325,21 +341,20 @@ pub async fn list_offsets(
             let want = Wanted {
                 topic: Rc::from(topic.name.0.as_str()),
                 partition: asked.partition_index,
+                epoch: known_epoch(asked.current_leader_epoch),
                 offset: 0,
                 max_bytes: 0,
             };
-            let found = match u32::try_from(asked.partition_index).map(PartitionId) {
-                Ok(p) if shard.has_partition(&want.topic, p) => {
-                    shard.list_offset(&want.topic, p, asked.timestamp).await
-                }
-                _ => Err(unknown(&want)),
+            let found = match known_partition(shard, &want) {
+                Ok(p) => shard.list_offset((&want.topic, p, want.epoch), asked.timestamp).await,
+                Err(e) => Err(e),
             };
             match found {
-                Ok((offset, timestamp)) => {
+                Ok((offset, timestamp, epoch)) => {
                     partition.offset = offset;
                     partition.timestamp = timestamp;
                     if has_field(version, 4) {
-                        partition.leader_epoch = crate::record::pending::LEADER_EPOCH.0;
+                        partition.leader_epoch = epoch;
                     }
                 }
                 Err(e) => {
@@ -350,6 +365,46 @@ pub async fn list_offsets(
             result.partitions.push(partition);
         }
         result.name = topic.name;
+        response.topics.push(result);
+    }
+    response
+}
+
+/// OffsetForLeaderEpoch (KIP-101, KIP-320): for each partition, the largest leader epoch of its
+/// log at or below the one asked for, and where that epoch ends; a consumer that saw the leader
+/// change compares it with its position to find a truncation (librdkafka does).
+pub async fn offset_for_leader_epoch(
+    shard: &Rc<Shard>,
+    request: OffsetForLeaderEpochRequest,
+) -> OffsetForLeaderEpochResponse {
+    let mut response = OffsetForLeaderEpochResponse::default();
+    for topic in request.topics {
+        let mut result = OffsetForLeaderTopicResult::default();
+        for asked in topic.partitions {
+            let mut partition = EpochEndOffset::default();
+            partition.partition = asked.partition;
+            let want = Wanted {
+                topic: Rc::from(topic.topic.0.as_str()),
+                partition: asked.partition,
+                epoch: known_epoch(asked.current_leader_epoch),
+                offset: 0,
+                max_bytes: 0,
+            };
+            let leader_epoch = LeaderEpoch(asked.leader_epoch);
+            let found = match known_partition(shard, &want) {
+                Ok(p) => shard.epoch_end((&want.topic, p, want.epoch), leader_epoch).await,
+                Err(e) => Err(e),
+            };
+            (partition.leader_epoch, partition.end_offset) = match found {
+                Ok(end) => end,
+                Err(e) => {
+                    partition.error_code = codec::error_code(e.kind);
+                    (-1, -1)
+                }
+            };
+            result.partitions.push(partition);
+        }
+        result.topic = topic.topic;
         response.topics.push(result);
     }
     response

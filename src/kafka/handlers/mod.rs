@@ -87,6 +87,9 @@ pub async fn handle(
         Request::DescribeCluster(request) => {
             (Hist::KafkaOther, reply(&metadata::describe_cluster(&shard, request).await))
         }
+        Request::OffsetForLeaderEpoch(request) => {
+            (Hist::KafkaOther, reply(&fetch::offset_for_leader_epoch(&shard, request).await))
+        }
         Request::DescribeConfigs(request) => {
             (Hist::KafkaOther, reply(&admin::describe_configs(&shard, request)))
         }
