@@ -616,14 +616,13 @@ fn alter_partition(
         .get(&topic)
         .and_then(|t| t.partitions.get(&partition))
         .ok_or(Refusal::UnknownPartition(topic, partition))?;
-    if leader_epoch < state.leader_epoch {
-        return Err(Refusal::FencedLeaderEpoch {
-            asked: leader_epoch,
-            current: state.leader_epoch,
-        });
-    }
-    if state.leader != Some(node) || leader_epoch != state.leader_epoch {
+    // In Kafka's order: the leader first, then its epoch.
+    if state.leader != Some(node) {
         return Err(Refusal::NotLeader(node));
+    }
+    if leader_epoch != state.leader_epoch {
+        let current = state.leader_epoch;
+        return Err(Refusal::FencedLeaderEpoch { asked: leader_epoch, current });
     }
     if partition_epoch != state.partition_epoch {
         let current = state.partition_epoch;

@@ -33,7 +33,7 @@ use super::metadata::{
 use super::quorum::{Durable, Persist, QuorumError, Voter};
 use super::raft_wire::StoredSnapshot;
 use crate::testing::TestRng;
-use crate::types::{NodeId, PartitionId};
+use crate::types::{LeaderEpoch, NodeId, PartitionId};
 
 const SESSION_TIMEOUT: Duration = Duration::from_millis(9_000);
 /// The environment variable that runs more seeds (the long form).
@@ -300,8 +300,10 @@ impl Run {
     }
 
     /// A replicated partition's leader asks for another in-sync set (some of its replicas and
-    /// itself), now and then against a partition epoch another change has passed. Taken exactly
-    /// when the rules say: current epochs, and every replica that joins live.
+    /// itself), now and then against a partition epoch another change has passed, in another
+    /// leader epoch (a deposed leader, or one ahead of the controller), or from a replica that
+    /// does not lead it. Taken exactly when the rules say: the leader, its epochs, and every
+    /// replica that joins live.
     fn alter_isr(&mut self) {
         let replicated: Vec<(TopicId, PartitionId, PartitionState)> = (self.image.partitions())
             .filter(|(_, _, s)| s.replicas.len() > 1 && s.leader.is_some())
@@ -313,7 +315,14 @@ impl Run {
         let pick = self.rng.below(replicated.len() as u64) as usize;
         let (topic, partition, state) = replicated[pick].clone();
         let Some(leader) = state.leader else { return };
-        let Some(broker_epoch) = self.image.brokers.get(&leader).map(|b| b.broker_epoch) else {
+        let others: Vec<NodeId> = (state.replicas.iter().copied())
+            .filter(|r| *r != leader && self.image.brokers.get(r).is_some_and(|b| !b.shut_down))
+            .collect();
+        let (asker, not_leader) = match (self.rng.below(8), others.first()) {
+            (0, Some(other)) => (*other, true),
+            _ => (leader, false),
+        };
+        let Some(broker_epoch) = self.image.brokers.get(&asker).map(|b| b.broker_epoch) else {
             return;
         };
         let isr: Vec<NodeId> = (state.replicas.iter().copied())
@@ -321,23 +330,34 @@ impl Run {
             .collect();
         let stale = state.partition_epoch > 0 && self.rng.below(5) == 0;
         let partition_epoch = state.partition_epoch - u32::from(stale);
+        let other_epoch = self.rng.below(6) == 0;
+        let leader_epoch = LeaderEpoch(state.leader_epoch.0 + i32::from(other_epoch));
         let joiners_live =
             isr.iter().filter(|r| !state.isr.contains(r)).all(|r| self.image.is_live(r));
         let request = IsrRequest {
-            node: leader,
+            node: asker,
             broker_epoch,
             topic,
             partition,
-            leader_epoch: state.leader_epoch,
+            leader_epoch,
             partition_epoch,
             isr,
         };
+        let taken = !not_leader && !other_epoch && !stale && joiners_live;
         match self.decide(Event::AlterPartition(request)) {
-            Ok(()) if !stale && joiners_live => self.event("in-sync set changed by its leader"),
-            Err(Refusal::StalePartitionEpoch { .. }) if stale => {
+            Ok(()) if taken => self.event("in-sync set changed by its leader"),
+            Err(Refusal::NotLeader(_)) if not_leader => {
+                self.event("in-sync change from a replica not leading refused")
+            }
+            Err(Refusal::FencedLeaderEpoch { .. }) if !not_leader && other_epoch => {
+                self.event("in-sync change in another leader epoch refused")
+            }
+            Err(Refusal::StalePartitionEpoch { .. }) if !not_leader && !other_epoch && stale => {
                 self.event("in-sync change against a passed epoch refused")
             }
-            Err(Refusal::IneligibleReplica(_)) if !joiners_live => {
+            Err(Refusal::IneligibleReplica(_))
+                if !not_leader && !other_epoch && !stale && !joiners_live =>
+            {
                 self.event("in-sync change with a fenced replica refused")
             }
             other => panic!("seed {}: asking for an in-sync set: {other:?}", self.seed),
@@ -488,6 +508,8 @@ fn the_controller_never_elects_uncleanly_and_the_cluster_settles() {
         "producer ids allocated",
         "in-sync set changed by its leader",
         "in-sync change against a passed epoch refused",
+        "in-sync change from a replica not leading refused",
+        "in-sync change in another leader epoch refused",
         "in-sync change with a fenced replica refused",
     ];
     crate::testing::assert_every_event_ran(&totals, &expected);

@@ -30,8 +30,10 @@ pub enum FetchCheck {
     /// The logs diverge: the follower truncates ([`truncation`]) and fetches again. Kafka's
     /// `divergingEpoch` in the fetch response.
     Diverging(EpochEnd),
-    /// The fetch offset is outside the leader's log: past its end (a follower that kept what a
-    /// leader of an older epoch never had, and knows no epoch to compare), or below its start.
+    /// The fetch offset is outside the leader's log (past its end, or below its start), or the
+    /// follower's last epoch is newer than any the leader has: Kafka's OFFSET_OUT_OF_RANGE, on
+    /// which the follower truncates to no further than the leader's end, or starts at its log
+    /// start.
     OutOfRange,
 }
 
@@ -50,10 +52,9 @@ pub fn check_fetch(
                 return FetchCheck::Diverging(EpochEnd { epoch, end_offset });
             }
             Some(_) => {}
-            // An epoch newer than any the leader had: it cannot be the leader's history.
-            None => {
-                return FetchCheck::Diverging(EpochEnd { epoch: last, end_offset: log_start });
-            }
+            // An epoch newer than any the leader had (epoch fencing keeps a follower of a newer
+            // leader away from a deposed one), or a leader that knows no epoch at all.
+            None => return FetchCheck::OutOfRange,
         }
     }
     if fetch_offset < log_start || fetch_offset > log_end {
@@ -188,9 +189,8 @@ mod tests {
         assert_eq!(check_fetch(&leader.epochs, log, Offset(0), None), FetchCheck::OutOfRange);
         assert_eq!(check_fetch(&leader.epochs, log, Offset(4), None), FetchCheck::OutOfRange);
         assert_eq!(check_fetch(&leader.epochs, log, Offset(3), None), FetchCheck::Agrees);
-        // An epoch newer than the leader's own: diverging, to the leader's log start.
+        // An epoch newer than the leader's own: out of range, as Kafka answers it.
         let newer = check_fetch(&leader.epochs, log, Offset(3), Some(LeaderEpoch(9)));
-        let diverging = EpochEnd { epoch: LeaderEpoch(9), end_offset: Offset(1) };
-        assert_eq!(newer, FetchCheck::Diverging(diverging));
+        assert_eq!(newer, FetchCheck::OutOfRange);
     }
 }

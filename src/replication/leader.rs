@@ -25,10 +25,11 @@ pub struct Position {
 /// What the leader knows of one follower.
 #[derive(Clone, Copy, Debug)]
 struct Follower {
-    /// How much of its log it has synced, as its last fetch said.
-    synced: Offset,
-    /// When it last had everything the leader had: it stays in sync while this is within
-    /// `replica.lag.time.max.ms`.
+    /// How much of its log it has synced, as its last fetch said (`None` until it fetches).
+    synced: Option<Offset>,
+    /// When it last had synced everything the leader had: it stays in sync while this is
+    /// within `replica.lag.time.max.ms`. Synced, not written: a follower whose disk stalls
+    /// holds the high watermark back, so it must leave.
     caught_up_at: Instant,
     /// The leader's log end at its previous fetch, and when that was: a follower that reaches
     /// it has kept up since then (Kafka's `lastFetchLeaderLogEndOffset`).
@@ -56,6 +57,11 @@ pub struct ReplicaSet {
     epoch_start: Offset,
     /// As the controller last committed it; the leader is always in it.
     isr: Vec<NodeId>,
+    /// A change asked for and not answered yet. The high watermark counts the replicas it
+    /// adds from the moment it is asked (Kafka's maximal in-sync set, `PendingExpandIsr`): one
+    /// that joins must hold everything acknowledged until the commit, or a leader elected from
+    /// it could lack what was acknowledged meanwhile.
+    pending: Option<Vec<NodeId>>,
     min_insync: usize,
     lag_max: Duration,
     followers: BTreeMap<NodeId, Follower>,
@@ -80,11 +86,22 @@ impl ReplicaSet {
         let followers = (replicas.iter().filter(|r| **r != me))
             .map(|r| {
                 let follower =
-                    Follower { synced: Offset(0), caught_up_at: now, last_fetch: (Offset(0), now) };
+                    Follower { synced: None, caught_up_at: now, last_fetch: (Offset(0), now) };
                 (*r, follower)
             })
             .collect();
-        Self { me, epoch, epoch_start, isr, min_insync, lag_max, followers, high_watermark }
+        let pending = None;
+        Self {
+            me,
+            epoch,
+            epoch_start,
+            isr,
+            pending,
+            min_insync,
+            lag_max,
+            followers,
+            high_watermark,
+        }
     }
 
     pub fn high_watermark(&self) -> Offset {
@@ -109,12 +126,12 @@ impl ReplicaSet {
         now: Instant,
     ) -> Offset {
         if let Some(f) = self.followers.get_mut(&follower) {
-            if follower_at.end >= leader_at.end {
+            if follower_at.synced >= leader_at.end {
                 f.caught_up_at = now;
-            } else if follower_at.end >= f.last_fetch.0 {
+            } else if follower_at.synced >= f.last_fetch.0 {
                 f.caught_up_at = f.caught_up_at.max(f.last_fetch.1);
             }
-            f.synced = follower_at.synced;
+            f.synced = Some(follower_at.synced);
             f.last_fetch = (leader_at.end, now);
         }
         self.advance(leader_at.synced);
@@ -127,15 +144,18 @@ impl ReplicaSet {
         self.high_watermark
     }
 
-    /// The high watermark: the least synced end over the in-sync replicas, while they are at
-    /// least `min.insync.replicas`; it never goes back.
+    /// The high watermark: the least synced end over the in-sync replicas and those a pending
+    /// change adds, while the committed set holds at least `min.insync.replicas`; it never goes
+    /// back.
     fn advance(&mut self, leader_synced: Offset) {
         if self.isr.len() < self.min_insync {
             return;
         }
-        let ends = self.isr.iter().map(|r| match *r == self.me {
+        let joining = self.pending.iter().flatten().filter(|r| !self.isr.contains(r));
+        let counted: Vec<NodeId> = self.isr.iter().chain(joining).copied().collect();
+        let ends = counted.iter().map(|r| match *r == self.me {
             true => Some(leader_synced),
-            false => self.followers.get(r).map(|f| f.synced),
+            false => self.followers.get(r).and_then(|f| f.synced),
         });
         let Some(least) = ends.collect::<Option<Vec<_>>>().and_then(|e| e.into_iter().min()) else {
             return;
@@ -153,11 +173,15 @@ impl ReplicaSet {
         Ok(())
     }
 
-    /// The in-sync set the leader should ask for now, if it differs: followers that have not
-    /// caught up within the lag time leave it; followers out of it that hold everything below
-    /// the high watermark and this epoch's start join it (Kafka's `maybeShrinkIsr` and
-    /// `maybeExpandIsr`).
-    pub fn isr_change(&self, now: Instant) -> Option<IsrChange> {
+    /// The in-sync set the leader should ask for now, if it differs and no change is pending:
+    /// followers that have not caught up within the lag time leave it; followers out of it that
+    /// have synced everything below the high watermark and this epoch's start join it (Kafka's
+    /// `maybeShrinkIsr` and `maybeExpandIsr`). The change is pending from here until
+    /// [`Self::set_isr`] or [`Self::change_refused`].
+    pub fn isr_change(&mut self, now: Instant) -> Option<IsrChange> {
+        if self.pending.is_some() {
+            return None;
+        }
         let mut isr: Vec<NodeId> = (self.isr.iter().copied())
             .filter(|r| {
                 let f = self.followers.get(r);
@@ -166,7 +190,9 @@ impl ReplicaSet {
             })
             .collect();
         for (node, f) in &self.followers {
-            let in_sync = f.synced >= self.high_watermark && f.synced >= self.epoch_start;
+            let synced = f.synced.unwrap_or(Offset(0));
+            let heard = f.synced.is_some();
+            let in_sync = heard && synced >= self.high_watermark && synced >= self.epoch_start;
             let lagging = now.duration_since(f.caught_up_at) > self.lag_max;
             if !isr.contains(node) && in_sync && !lagging {
                 isr.push(*node);
@@ -175,14 +201,25 @@ impl ReplicaSet {
         isr.sort_unstable();
         let mut current = self.isr.clone();
         current.sort_unstable();
-        (isr != current).then_some(IsrChange { isr })
+        if isr == current {
+            return None;
+        }
+        self.pending = Some(isr.clone());
+        Some(IsrChange { isr })
     }
 
-    /// The controller committed a new in-sync set (from this leader's request or a fencing).
+    /// The controller committed a new in-sync set (from this leader's request or a fencing):
+    /// any pending change is answered by it.
     pub fn set_isr(&mut self, isr: Vec<NodeId>, leader_synced: Offset) {
         assert!(isr.contains(&self.me), "leader {} left its own in-sync set {isr:?}", self.me);
         self.isr = isr;
+        self.pending = None;
         self.advance(leader_synced);
+    }
+
+    /// The controller refused the pending change (or did not answer): ask again later.
+    pub fn change_refused(&mut self) {
+        self.pending = None;
     }
 }
 
@@ -251,6 +288,7 @@ mod tests {
         let later = start + LAG + Duration::from_secs(1);
         set.on_fetch(F3, at(40, 40), at(40, 40), later);
         let change = set.isr_change(later).expect("follower 2 leaves");
+        assert_eq!(set.isr_change(later), None, "one change at a time");
         assert_eq!(change.isr, vec![LEADER, F3]);
         set.set_isr(change.isr, Offset(40));
         assert_eq!(set.high_watermark(), Offset(40));
@@ -260,6 +298,28 @@ mod tests {
         assert_eq!(set.isr_change(back), None);
         set.on_fetch(F2, at(40, 40), at(40, 40), back);
         assert_eq!(set.isr_change(back).map(|c| c.isr), Some(vec![LEADER, F2, F3]));
+    }
+
+    #[test]
+    fn a_replica_being_added_holds_the_high_watermark_until_the_change_is_answered() {
+        let now = Instant::now();
+        let mut set = leader(now);
+        set.set_isr(vec![LEADER, F2], Offset(10));
+        set.on_fetch(F3, at(10, 10), at(10, 10), now);
+        assert_eq!(set.on_fetch(F2, at(10, 10), at(10, 10), now), Offset(10));
+        let change = set.isr_change(now).expect("follower 3 joins");
+        assert_eq!(change.isr, vec![LEADER, F2, F3]);
+        // While the controller decides, what follower 3 lacks is not acknowledged: a leader
+        // elected from the new set must hold it.
+        assert_eq!(set.on_fetch(F2, at(20, 20), at(20, 20), now), Offset(10));
+        assert_eq!(set.on_fetch(F3, at(20, 20), at(20, 20), now), Offset(20));
+        // Refused (another change came first): the set is as committed.
+        set.change_refused();
+        assert_eq!(set.on_fetch(F2, at(30, 30), at(30, 30), now), Offset(30));
+        // A follower never heard from is not proposed, whatever the high watermark.
+        let mut fresh = leader(now);
+        fresh.set_isr(vec![LEADER, F2], Offset(10));
+        assert_eq!(fresh.isr_change(now), None);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use super::divergence::{check_fetch, truncation, FetchCheck};
 use super::leader::{Position, ReplicaSet};
-use crate::log::epochs::{EpochStart, LeaderEpochs};
+use crate::log::epochs::LeaderEpochs;
 use crate::testing::TestRng;
 use crate::types::{LeaderEpoch, NodeId, Offset};
 
@@ -43,6 +43,9 @@ type Entry = (LeaderEpoch, u64);
 struct Replica {
     node: NodeId,
     log: Vec<Entry>,
+    /// Its leader-epoch cache, kept as the broker keeps it: from the entries it appends, the
+    /// epochs it starts leading in (with no entry yet), and cut with the log.
+    epochs: LeaderEpochs,
     /// Entries below this are on disk; the rest are lost in a crash (some of them, seeded).
     synced: usize,
     /// The epoch and leader this replica knows of (it learns them from the controller late).
@@ -58,25 +61,21 @@ struct Replica {
 }
 
 impl Replica {
-    fn epochs(&self) -> LeaderEpochs {
-        epochs_of(&self.log, None)
+    /// Appends entries at the log's end, their epochs into the cache.
+    fn append(&mut self, entries: impl IntoIterator<Item = Entry>) {
+        for entry in entries {
+            self.epochs.assign(entry.0, Offset(self.log.len() as u64));
+            self.log.push(entry);
+        }
     }
-}
 
-/// The epoch cache a log's entries make, plus the epoch a leader started at its end.
-fn epochs_of(log: &[Entry], current: Option<LeaderEpoch>) -> LeaderEpochs {
-    let mut starts: Vec<EpochStart> = Vec::new();
-    for (offset, (epoch, _)) in log.iter().enumerate() {
-        if starts.last().is_none_or(|s| s.epoch != *epoch) {
-            starts.push(EpochStart { epoch: *epoch, start_offset: Offset(offset as u64) });
-        }
+    /// Cuts the log (and the cache) at `end`.
+    fn truncate(&mut self, end: usize) {
+        self.log.truncate(end);
+        self.epochs.truncate_from_end(Offset(end as u64));
+        self.synced = self.synced.min(end);
+        self.high_watermark = self.high_watermark.min(end as u64);
     }
-    if let Some(epoch) = current {
-        if starts.last().is_none_or(|s| s.epoch < epoch) {
-            starts.push(EpochStart { epoch, start_offset: Offset(log.len() as u64) });
-        }
-    }
-    LeaderEpochs::from_entries(&starts)
 }
 
 /// The controller's record of the partition.
@@ -84,7 +83,14 @@ struct PartitionState {
     leader: Option<NodeId>,
     epoch: LeaderEpoch,
     isr: Vec<NodeId>,
+    /// Raised at every change of the in-sync set (KIP-497): a request made against an older
+    /// one is refused.
+    partition_epoch: u32,
 }
+
+/// A leader's in-sync change on its way to the controller: (when it arrives, from whom, in
+/// which leader and partition epochs, the set asked for).
+type IsrRequest = (u64, NodeId, LeaderEpoch, u32, Vec<NodeId>);
 
 enum Message {
     /// follower → the leader it knows of: fetch at the follower's log end after an entry of
@@ -124,6 +130,8 @@ struct Run {
     acknowledged: BTreeMap<u64, u64>,
     /// The leader of each epoch.
     leaders: BTreeMap<LeaderEpoch, NodeId>,
+    /// The in-sync change a leader has asked for and the controller not answered yet.
+    isr_request: Option<IsrRequest>,
     events: BTreeMap<&'static str, u64>,
 }
 
@@ -135,6 +143,7 @@ impl Run {
             .map(|node| Replica {
                 node: *node,
                 log: Vec::new(),
+                epochs: LeaderEpochs::default(),
                 synced: 0,
                 known: (LeaderEpoch(0), None),
                 high_watermark: 0,
@@ -143,7 +152,12 @@ impl Run {
                 fetching: false,
             })
             .collect();
-        let state = PartitionState { leader: None, epoch: LeaderEpoch(0), isr: REPLICAS.to_vec() };
+        let state = PartitionState {
+            leader: None,
+            epoch: LeaderEpoch(0),
+            isr: REPLICAS.to_vec(),
+            partition_epoch: 0,
+        };
         let mut run = Self {
             seed,
             rng: TestRng::new(seed),
@@ -155,6 +169,7 @@ impl Run {
             next_record: 1,
             acknowledged: BTreeMap::new(),
             leaders: BTreeMap::new(),
+            isr_request: None,
             events: BTreeMap::new(),
         };
         run.elect();
@@ -200,6 +215,7 @@ impl Run {
         // the broker starts its epoch at its log end once that is durable).
         replica.synced = replica.log.len();
         let start = Offset(replica.log.len() as u64);
+        replica.epochs.assign(epoch, start);
         let high_watermark = Offset(replica.high_watermark);
         let set = ReplicaSet::new(
             node,
@@ -222,6 +238,7 @@ impl Run {
         for (_, message) in due {
             self.deliver(message);
         }
+        self.answer_isr_request();
         match self.rng.below(40) {
             0..=11 => self.produce(),
             12..=19 => self.sync_some(),
@@ -263,9 +280,7 @@ impl Run {
             return;
         }
         let epoch = set.epoch();
-        for record in first..first + count {
-            leader.log.push((epoch, record));
-        }
+        leader.append((first..first + count).map(|record| (epoch, record)));
         self.next_record += count;
         self.event("records appended");
     }
@@ -336,7 +351,9 @@ impl Run {
                 end: Offset(replica.log.len() as u64),
                 synced: Offset(replica.synced as u64),
             };
-            let last_epoch = replica.log.last().map(|(e, _)| *e);
+            // As Kafka's follower: the latest epoch of its cache, which may be one it led
+            // without appending anything.
+            let last_epoch = replica.epochs.latest().map(|e| e.epoch);
             let epoch = replica.known.0;
             let message = Message::Fetch { from: replica.node, to, epoch, at, last_epoch };
             self.replicas[i].fetching = true;
@@ -386,9 +403,8 @@ impl Run {
             if !leader.alive {
                 return;
             }
-            let epochs = epochs_of(&leader.log, Some(set.epoch()));
             let log = (Offset(0), Offset(leader.log.len() as u64));
-            match check_fetch(&epochs, log, at.end, last_epoch) {
+            match check_fetch(&leader.epochs, log, at.end, last_epoch) {
                 FetchCheck::Diverging(diverging) => Answer::Diverging(diverging),
                 FetchCheck::OutOfRange => Answer::Refused,
                 FetchCheck::Agrees => {
@@ -424,12 +440,8 @@ impl Run {
         match answer {
             Answer::Refused => {}
             Answer::Diverging(diverging) => {
-                let cut =
-                    truncation(&replica.epochs(), Offset(replica.log.len() as u64), diverging);
-                let cut = cut.offset.0 as usize;
-                replica.log.truncate(cut);
-                replica.synced = replica.synced.min(cut);
-                replica.high_watermark = replica.high_watermark.min(cut as u64);
+                let cut = truncation(&replica.epochs, Offset(replica.log.len() as u64), diverging);
+                replica.truncate(cut.offset.0 as usize);
                 *self.events.entry("follower truncated").or_default() += 1;
             }
             Answer::Entries { from, entries, high_watermark } => {
@@ -438,29 +450,60 @@ impl Run {
                 if from as usize != replica.log.len() {
                     return;
                 }
-                replica.log.extend(entries);
+                replica.append(entries);
                 replica.high_watermark =
                     replica.high_watermark.max(high_watermark.min(replica.log.len() as u64));
             }
         }
     }
 
-    /// The leader asks the controller to change its in-sync set; the controller commits it if
-    /// it comes from the current leader in the current epoch (KIP-497's checks).
+    /// A leader asks the controller to change its in-sync set; the answer comes a few steps
+    /// later ([`Self::answer_isr_request`]), while everything else goes on.
     fn ask_isr_change(&mut self) {
-        let (now, current_epoch) = (self.now, self.state.epoch);
-        let Some(leader) = self.leader() else { return };
-        let Some(set) = leader.leading.as_mut() else { return };
-        let Some(change) = set.isr_change(now) else { return };
-        if set.epoch() != current_epoch {
+        if self.isr_request.is_some() {
             return;
         }
-        let end = Offset(leader.synced as u64);
-        set.set_isr(change.isr.clone(), end);
-        leader.high_watermark = set.high_watermark().0;
-        let grew = change.isr.len() > self.state.isr.len();
-        self.state.isr = change.isr;
-        self.event(if grew { "in-sync set grew" } else { "in-sync set shrank" });
+        let (now, partition_epoch) = (self.now, self.state.partition_epoch);
+        let arrives = self.step + 1 + self.rng.below(4);
+        let Some(leader) = self.leader() else { return };
+        let node = leader.node;
+        let Some(set) = leader.leading.as_mut() else { return };
+        let Some(change) = set.isr_change(now) else { return };
+        let epoch = set.epoch();
+        self.isr_request = Some((arrives, node, epoch, partition_epoch, change.isr));
+    }
+
+    /// The controller answers an in-sync change once it arrives: committed when it comes from
+    /// the current leader in the current leader and partition epochs (KIP-497's checks), else
+    /// refused. The asking leader, if it still leads in that epoch, learns the answer.
+    fn answer_isr_request(&mut self) {
+        let Some((arrives, node, epoch, partition_epoch, isr)) = self.isr_request.take() else {
+            return;
+        };
+        if arrives > self.step {
+            self.isr_request = Some((arrives, node, epoch, partition_epoch, isr));
+            return;
+        }
+        let current = self.state.leader == Some(node)
+            && self.state.epoch == epoch
+            && self.state.partition_epoch == partition_epoch;
+        if current {
+            let grew = isr.len() > self.state.isr.len();
+            self.state.isr = isr.clone();
+            self.state.partition_epoch += 1;
+            self.event(if grew { "in-sync set grew" } else { "in-sync set shrank" });
+        } else {
+            self.event("in-sync change refused");
+        }
+        let asker = &mut self.replicas[Self::index(node)];
+        let (end, alive) = (Offset(asker.synced as u64), asker.alive);
+        if let Some(set) = asker.leading.as_mut().filter(|s| s.epoch() == epoch && alive) {
+            match current {
+                true => set.set_isr(isr, end),
+                false => set.change_refused(),
+            }
+            asker.high_watermark = set.high_watermark().0;
+        }
         self.acknowledge();
     }
 
@@ -479,8 +522,7 @@ impl Run {
         };
         let node = {
             let replica = &mut self.replicas[i];
-            replica.log.truncate(kept);
-            replica.synced = replica.synced.min(kept);
+            replica.truncate(kept);
             replica.alive = false;
             replica.leading = None;
             replica.fetching = false;
@@ -492,8 +534,9 @@ impl Run {
 
     /// The controller fences `node` (its session lapsed, or it crashed).
     fn fence(&mut self, node: NodeId) {
-        if self.state.isr.len() > 1 {
+        if self.state.isr.len() > 1 && self.state.isr.contains(&node) {
             self.state.isr.retain(|n| *n != node);
+            self.state.partition_epoch += 1;
             let isr = self.state.isr.clone();
             if let Some(leader) = self.state.leader.filter(|l| *l != node) {
                 let replica = &mut self.replicas[Self::index(leader)];
@@ -615,6 +658,7 @@ impl Run {
                 }
             }
             self.fetch_all();
+            self.answer_isr_request();
             self.ask_isr_change();
             self.acknowledge();
             self.check();
@@ -652,6 +696,7 @@ fn no_acknowledged_record_is_lost_and_replicas_agree_below_their_high_watermarks
         "acks=all refused: not enough replicas",
         "follower truncated",
         "in-sync set shrank",
+        "in-sync change refused",
         "in-sync set grew",
         "broker crashed",
         "broker restarted",

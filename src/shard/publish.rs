@@ -355,17 +355,23 @@ impl Shard {
             }
         }
         // Each new leadership's epoch is recorded in its log, all at once: a failover moves many.
+        // One that cannot be recorded leaves the partition unled, and the round unfinished: the
+        // publisher tries again.
         let leading = to_lead.into_iter().map(|(partition, epoch)| {
             glommio::spawn_local(async move {
-                if let Err(e) = partition.lead(epoch).await {
+                let led = partition.lead(epoch).await;
+                if let Err(e) = &led {
                     let log = partition.log();
                     tracing::error!(topic = %log.topic, partition = %log.partition, %epoch, "not leading: the epoch could not be recorded: {e}");
                     partition.stop_leading();
                 }
+                led
             })
         });
         for started in leading.collect::<Vec<_>>() {
-            started.await;
+            if let Err(e) = started.await {
+                failed = Some(std::io::Error::other(e.to_string()));
+            }
         }
         *self.catalog.borrow_mut() = catalog::Catalog { topics: catalog };
         *self.image.borrow_mut() = image.clone();

@@ -124,15 +124,22 @@ impl Shard {
         partition: PartitionId,
         epoch: Option<LeaderEpoch>,
     ) -> Result<Rc<Partition>, BrokerError> {
-        let found = self.led_partition(topic, partition)?;
-        let (Some(asked), Some(current)) = (epoch, found.leader_epoch()) else { return Ok(found) };
-        let kind = match asked.cmp(&current) {
-            std::cmp::Ordering::Equal => return Ok(found),
-            std::cmp::Ordering::Less => ErrorKind::FencedLeaderEpoch,
-            std::cmp::Ordering::Greater => ErrorKind::UnknownLeaderEpoch,
-        };
-        let why = format!("{topic}-{partition} is in leader epoch {current}, not {asked}");
-        Err(BrokerError::new(kind, why))
+        // Against the epoch of the metadata this shard published, before leadership, as Kafka
+        // checks: a client ahead of this broker retries here, one behind refreshes its metadata.
+        let image = self.metadata_image();
+        let state = image.topic_named(topic).and_then(|(_, t)| t.partitions.get(&partition));
+        if let (Some(asked), Some(current)) = (epoch, state.map(|s| s.leader_epoch)) {
+            let kind = match asked.cmp(&current) {
+                std::cmp::Ordering::Equal => None,
+                std::cmp::Ordering::Less => Some(ErrorKind::FencedLeaderEpoch),
+                std::cmp::Ordering::Greater => Some(ErrorKind::UnknownLeaderEpoch),
+            };
+            if let Some(kind) = kind {
+                let why = format!("{topic}-{partition} is in leader epoch {current}, not {asked}");
+                return Err(BrokerError::new(kind, why));
+            }
+        }
+        self.led_partition(topic, partition)
     }
 
     /// NOT_LEADER_OR_FOLLOWER, naming the leader this broker knows: the client refreshes its
@@ -197,10 +204,10 @@ impl Shard {
         let target = self.led_partition_in(&topic, partition, epoch)?;
         let epochs = target.log().leader_epochs();
         // As Kafka answers: the latest epoch for the latest offset, else the epoch of the entry
-        // found (the latest starting at or before it).
+        // found (the latest starting at or before it; -1 before the first recorded).
         let epoch_at = |offset: Offset| {
             let holding = epochs.iter().rev().find(|e| e.start_offset <= offset);
-            holding.or(epochs.first()).map_or(-1, |e| e.epoch.0)
+            holding.map_or(-1, |e| e.epoch.0)
         };
         let found = match timestamp {
             OFFSET_LATEST => {
