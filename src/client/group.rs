@@ -247,9 +247,9 @@ impl GroupConsumer {
                     OffsetReset::Earliest => OFFSET_EARLIEST,
                     OffsetReset::Latest => OFFSET_LATEST,
                 };
-                let end = self.cluster.with_leader(&topic, partition, |leader| {
-                    let topic = topic.clone();
-                    async move { leader.list_offset(&topic, partition, reset).await }
+                let name = topic.as_str();
+                let end = self.cluster.with_leader(name, partition, |leader| async move {
+                    leader.list_offset(name, partition, reset).await
                 });
                 end.await?.max(0) as u64
             };
@@ -281,9 +281,9 @@ impl GroupConsumer {
         let mut consumed = Vec::new();
         for ((topic, partition), position) in assigned {
             let max_bytes = self.config.fetch_max_bytes;
-            let fetched = self.cluster.with_leader(&topic, partition, |leader| {
-                let topic = topic.clone();
-                async move { leader.fetch(&topic, partition, position, max_bytes, 0).await }
+            let name = topic.as_str();
+            let fetched = self.cluster.with_leader(name, partition, |leader| async move {
+                leader.fetch(name, partition, position, max_bytes, 0).await
             });
             let fetched = fetched.await?;
             let mut next = position;
@@ -372,9 +372,9 @@ async fn heartbeat_loop(
         }
         let (member_id, generation) =
             (membership.member_id.borrow().clone(), membership.generation.get());
-        let beat = cluster.with_coordinator(&group, |coordinator| {
-            let (group, member_id) = (group.clone(), member_id.clone());
-            async move { coordinator.heartbeat(&group, &member_id, generation).await }
+        let (name, member) = (group.as_str(), member_id.as_str());
+        let beat = cluster.with_coordinator(name, |coordinator| async move {
+            coordinator.heartbeat(name, member, generation).await
         });
         if let Err(e) = beat.await {
             if membership.generation.get() == generation && !membership.joining.get() {

@@ -640,9 +640,7 @@ fn alter_partition(
     if let Some(ineligible) = isr.iter().find(|r| !state.isr.contains(r) && !image.is_live(r)) {
         return Err(Refusal::IneligibleReplica(*ineligible));
     }
-    let mut current = state.isr.clone();
-    current.sort_unstable();
-    if distinct == current {
+    if distinct.len() == state.isr.len() && distinct.iter().all(|r| state.isr.contains(r)) {
         return Ok(Vec::new());
     }
     let state = PartitionState {

@@ -87,10 +87,6 @@ impl MetadataFollower {
             .map_err(|e| Fetched::Failed(e.error.message))?;
         self.leader.set(answer.leader);
         if let Some((index, data)) = answer.snapshot {
-            if index < from {
-                let why = format!("voter {voter} sent a snapshot to entry {index} for {from}");
-                return Err(Fetched::Failed(why));
-            }
             // Unreadable stops the broker, as an unreadable entry does: the voter took this
             // snapshot of its own image.
             let image = MetadataImage::decode_snapshot(&data).map_err(|why| {

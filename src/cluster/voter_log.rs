@@ -159,8 +159,7 @@ impl<S: Storage> VoterLog<S> {
         if self.log().log_end() > from_last {
             let mut read = self.read_from(from_last).await?;
             if read.first().is_some_and(|first| first.term == term) {
-                read.remove(0);
-                return Ok(read);
+                return Ok(read.split_off(1));
             }
         }
         tracing::warn!(

@@ -619,6 +619,18 @@ impl<S: Storage> PartitionLog<S> {
         self.wait_until(|st| Ok(st.epochs_persisted >= version)).await
     }
 
+    /// The latest leader epoch the log has recorded, if any.
+    pub fn latest_epoch(&self) -> Option<LeaderEpoch> {
+        self.state.borrow().epochs.latest().map(|e| e.epoch)
+    }
+
+    /// The epoch `offset` was appended in: the latest starting at or before it (`None` before
+    /// the first recorded).
+    pub fn epoch_at(&self, offset: Offset) -> Option<LeaderEpoch> {
+        let st = self.state.borrow();
+        st.epochs.entries().iter().rev().find(|e| e.start_offset <= offset).map(|e| e.epoch)
+    }
+
     /// Every leader epoch of the log and where it starts, oldest first.
     pub fn leader_epochs(&self) -> Vec<EpochStart> {
         self.state.borrow().epochs.entries().to_vec()

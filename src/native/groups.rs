@@ -49,17 +49,10 @@ pub async fn find_coordinator(shard: &Rc<Shard>, frame: &RequestFrame) -> Respon
         host: String::new(),
         port: 0,
     };
-    match shard.group_coordinator(&request.group).await {
-        Ok(node) => match shard.metadata_image().brokers.get(&node) {
-            Some(broker) => {
-                body.node = node;
-                (body.host, body.port) = broker.endpoints.native.clone();
-            }
-            None => {
-                let why = format!("coordinator {node} is not registered");
-                body.error = ErrorBody::new(ErrorCode::CoordinatorNotAvailable, why);
-            }
-        },
+    let coordinator = shard.group_coordinator(&request.group).await;
+    let found = coordinator.and_then(|node| Ok((node, shard.coordinator_endpoints(node)?)));
+    match found {
+        Ok((node, endpoints)) => (body.node, (body.host, body.port)) = (node, endpoints.native),
         Err(e) => body.error = ErrorBody::from(&e),
     }
     answer(Api::FindCoordinator, request_id, &body)

@@ -132,9 +132,6 @@ impl<S: Storage> Partition<S> {
     /// follower truncates by); entries appended from then on carry it. Nothing is served while
     /// the start is being recorded; an epoch older than the log's latest is refused.
     pub async fn lead(&self, epoch: LeaderEpoch) -> Result<(), LogError> {
-        if self.leader_epoch.get() == Some(epoch) {
-            return Ok(());
-        }
         self.leader_epoch.set(None);
         self.log.assign_epoch(epoch, self.log.log_end()).await?;
         self.leader_epoch.set(Some(epoch));
@@ -145,7 +142,7 @@ impl<S: Storage> Partition<S> {
     /// its latest (a restart, another publication): nothing to write, so no moment without a
     /// leader. Returns whether it does.
     pub fn lead_as_recorded(&self, epoch: LeaderEpoch) -> bool {
-        let recorded = self.log.leader_epochs().last().is_some_and(|e| e.epoch == epoch);
+        let recorded = self.log.latest_epoch() == Some(epoch);
         if recorded {
             self.leader_epoch.set(Some(epoch));
         }

@@ -152,14 +152,14 @@ impl ReplicaSet {
             return;
         }
         let joining = self.pending.iter().flatten().filter(|r| !self.isr.contains(r));
-        let counted: Vec<NodeId> = self.isr.iter().chain(joining).copied().collect();
-        let ends = counted.iter().map(|r| match *r == self.me {
-            true => Some(leader_synced),
-            false => self.followers.get(r).and_then(|f| f.synced),
-        });
-        let Some(least) = ends.collect::<Option<Vec<_>>>().and_then(|e| e.into_iter().min()) else {
-            return;
-        };
+        let mut least = leader_synced;
+        for replica in self.isr.iter().chain(joining).filter(|r| **r != self.me) {
+            // A counted replica not heard from yet holds the high watermark where it is.
+            match self.followers.get(replica).and_then(|f| f.synced) {
+                Some(synced) => least = least.min(synced),
+                None => return,
+            }
+        }
         if least > self.high_watermark {
             self.high_watermark = least;
         }

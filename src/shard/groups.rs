@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+use crate::cluster::metadata::Endpoints;
 use crate::error::{BrokerError, ErrorKind};
 use crate::group::offsets::{self, OFFSETS_PARTITIONS, OFFSETS_TOPIC};
 use crate::group::{GroupRequest, OffsetsLogs};
@@ -53,6 +54,17 @@ impl Shard {
                 Err(BrokerError::new(ErrorKind::CoordinatorNotAvailable, why))
             }
         }
+    }
+
+    /// Where broker `node`, a group's coordinator, is reached, as it registered: refused with
+    /// COORDINATOR_NOT_AVAILABLE while it is not live (a fenced broker coordinates nothing).
+    pub fn coordinator_endpoints(&self, node: NodeId) -> Result<Endpoints, BrokerError> {
+        let image = self.metadata_image();
+        let broker = image.brokers.get(&node).filter(|b| !b.fenced).ok_or_else(|| {
+            let why = format!("the coordinator, broker {node}, is not live");
+            BrokerError::new(ErrorKind::CoordinatorNotAvailable, why)
+        })?;
+        Ok(broker.endpoints.clone())
     }
 
     /// Runs a group operation on shard `target` (listing groups asks every shard). Fails with

@@ -30,7 +30,7 @@ use crate::error::{BrokerError, ErrorKind};
 use crate::shard::call::{Publish, RemoveTopic};
 use crate::shard::catalog::{self, TopicFile, TopicInfo};
 use crate::shard::state::Shard;
-use crate::types::{NodeId, PartitionId, ShardId};
+use crate::types::{LeaderEpoch, NodeId, PartitionId, ShardId};
 
 /// How often the publisher looks again without a change (its broker's registration, say).
 const RECHECK_INTERVAL: Duration = Duration::from_millis(250);
@@ -363,7 +363,6 @@ impl Shard {
                 if let Err(e) = &led {
                     let log = partition.log();
                     tracing::error!(topic = %log.topic, partition = %log.partition, %epoch, "not leading: the epoch could not be recorded: {e}");
-                    partition.stop_leading();
                 }
                 led
             })
@@ -480,6 +479,16 @@ impl Shard {
     /// The cluster's metadata as this shard last published it.
     pub fn metadata_image(&self) -> Arc<MetadataImage> {
         self.image.borrow().clone()
+    }
+
+    /// The leader epoch of partition `partition` of `topic` in this shard's metadata.
+    pub fn partition_leader_epoch(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+    ) -> Option<LeaderEpoch> {
+        let image = self.image.borrow();
+        Some(image.topic_named(topic)?.1.partitions.get(&partition)?.leader_epoch)
     }
 
     /// The leader of partition `partition` of `topic` in this shard's metadata (`Some(None)`:

@@ -126,9 +126,8 @@ impl Shard {
     ) -> Result<Rc<Partition>, BrokerError> {
         // Against the epoch of the metadata this shard published, before leadership, as Kafka
         // checks: a client ahead of this broker retries here, one behind refreshes its metadata.
-        let image = self.metadata_image();
-        let state = image.topic_named(topic).and_then(|(_, t)| t.partitions.get(&partition));
-        if let (Some(asked), Some(current)) = (epoch, state.map(|s| s.leader_epoch)) {
+        let Some(asked) = epoch else { return self.led_partition(topic, partition) };
+        if let Some(current) = self.partition_leader_epoch(topic, partition) {
             let kind = match asked.cmp(&current) {
                 std::cmp::Ordering::Equal => None,
                 std::cmp::Ordering::Less => Some(ErrorKind::FencedLeaderEpoch),
@@ -202,16 +201,13 @@ impl Shard {
     ) -> Result<(i64, i64, i32), BrokerError> {
         let ListOffsets { topic, partition, epoch, timestamp } = request;
         let target = self.led_partition_in(&topic, partition, epoch)?;
-        let epochs = target.log().leader_epochs();
         // As Kafka answers: the latest epoch for the latest offset, else the epoch of the entry
-        // found (the latest starting at or before it; -1 before the first recorded).
-        let epoch_at = |offset: Offset| {
-            let holding = epochs.iter().rev().find(|e| e.start_offset <= offset);
-            holding.map_or(-1, |e| e.epoch.0)
-        };
+        // found (-1 before the first recorded).
+        let log = target.log();
+        let epoch_at = |offset: Offset| log.epoch_at(offset).map_or(-1, |e| e.0);
         let found = match timestamp {
             OFFSET_LATEST => {
-                let latest = epochs.last().map_or(-1, |e| e.epoch.0);
+                let latest = log.latest_epoch().map_or(-1, |e| e.0);
                 Some((target.high_watermark(), -1, latest))
             }
             OFFSET_EARLIEST => {

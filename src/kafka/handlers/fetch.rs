@@ -164,7 +164,7 @@ async fn read_within(shard: &Rc<Shard>, wanted: &[Wanted], max_bytes: usize) -> 
 /// A partition the response has no room for: no records, but its watermarks (clients track
 /// their lag by them) and the offset checked as a read would check it.
 async fn watermarks_only(shard: Rc<Shard>, want: Wanted) -> Read {
-    let partition = known_partition(&shard, &want)?;
+    let partition = known_partition(&shard, &want.topic, want.partition)?;
     let bounds = shard.watermarks(&want.topic, partition).await?;
     if !u64::try_from(want.offset).is_ok_and(|o| bounds.contains(Offset(o))) {
         let LogBounds { log_start, log_end, .. } = bounds;
@@ -209,25 +209,20 @@ async fn read_one(shard: Rc<Shard>, want: Wanted, wait: Duration) -> Read {
     let offset = u64::try_from(want.offset).map_err(|_| {
         BrokerError::new(ErrorKind::OffsetOutOfRange, format!("offset {}", want.offset))
     })?;
-    let partition = known_partition(&shard, &want)?;
+    let partition = known_partition(&shard, &want.topic, want.partition)?;
     let asked = (want.topic.as_ref(), partition, want.epoch);
     shard.fetch(asked, Offset(offset), want.max_bytes.max(1), wait).await
 }
 
 /// The partition a client names, when this broker knows it (UNKNOWN_TOPIC_OR_PARTITION else).
-fn known_partition(shard: &Shard, want: &Wanted) -> Result<PartitionId, BrokerError> {
-    let partition = u32::try_from(want.partition).map_err(|_| unknown(want)).map(PartitionId)?;
-    match shard.has_partition(&want.topic, partition) {
+fn known_partition(shard: &Shard, topic: &str, index: i32) -> Result<PartitionId, BrokerError> {
+    let unknown =
+        || BrokerError::new(ErrorKind::UnknownTopic, format!("no partition {topic}-{index}"));
+    let partition = u32::try_from(index).map_err(|_| unknown()).map(PartitionId)?;
+    match shard.has_partition(topic, partition) {
         true => Ok(partition),
-        false => Err(unknown(want)),
+        false => Err(unknown()),
     }
-}
-
-fn unknown(want: &Wanted) -> BrokerError {
-    BrokerError::new(
-        ErrorKind::UnknownTopic,
-        format!("no partition {}-{}", want.topic, want.partition),
-    )
 }
 
 fn closing() -> BrokerError {
@@ -338,15 +333,9 @@ pub async fn list_offsets(
             let mut partition = ListOffsetsPartitionResponse::default();
             partition.partition_index = asked.partition_index;
             partition.timestamp = -1;
-            let want = Wanted {
-                topic: Rc::from(topic.name.0.as_str()),
-                partition: asked.partition_index,
-                epoch: known_epoch(asked.current_leader_epoch),
-                offset: 0,
-                max_bytes: 0,
-            };
-            let found = match known_partition(shard, &want) {
-                Ok(p) => shard.list_offset((&want.topic, p, want.epoch), asked.timestamp).await,
+            let (name, epoch) = (topic.name.0.as_str(), known_epoch(asked.current_leader_epoch));
+            let found = match known_partition(shard, name, asked.partition_index) {
+                Ok(p) => shard.list_offset((name, p, epoch), asked.timestamp).await,
                 Err(e) => Err(e),
             };
             match found {
@@ -383,16 +372,10 @@ pub async fn offset_for_leader_epoch(
         for asked in topic.partitions {
             let mut partition = EpochEndOffset::default();
             partition.partition = asked.partition;
-            let want = Wanted {
-                topic: Rc::from(topic.topic.0.as_str()),
-                partition: asked.partition,
-                epoch: known_epoch(asked.current_leader_epoch),
-                offset: 0,
-                max_bytes: 0,
-            };
+            let (name, epoch) = (topic.topic.0.as_str(), known_epoch(asked.current_leader_epoch));
             let leader_epoch = LeaderEpoch(asked.leader_epoch);
-            let found = match known_partition(shard, &want) {
-                Ok(p) => shard.epoch_end((&want.topic, p, want.epoch), leader_epoch).await,
+            let found = match known_partition(shard, name, asked.partition) {
+                Ok(p) => shard.epoch_end((name, p, epoch), leader_epoch).await,
                 Err(e) => Err(e),
             };
             (partition.leader_epoch, partition.end_offset) = match found {

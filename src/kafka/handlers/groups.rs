@@ -26,7 +26,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
-use crate::error::{BrokerError, ErrorKind};
+use crate::error::ErrorKind;
 use crate::group::coordinator::OffsetCommit;
 use crate::group::state::JoinRequest;
 use crate::group::{
@@ -80,14 +80,7 @@ pub async fn find_coordinator(
     let me = shard.config.node_id;
     let endpoint = coordinator.and_then(|node| match node == me {
         true => Ok((node, crate::kafka::handlers::metadata::advertised(shard, connection))),
-        false => {
-            let image = shard.metadata_image();
-            let broker = image.brokers.get(&node).filter(|b| !b.fenced).ok_or_else(|| {
-                let why = format!("the coordinator, broker {node}, is not live");
-                BrokerError::new(ErrorKind::CoordinatorNotAvailable, why)
-            })?;
-            Ok((node, broker.endpoints.kafka.clone()))
-        }
+        false => shard.coordinator_endpoints(node).map(|endpoints| (node, endpoints.kafka)),
     });
     match endpoint {
         Ok((node, (host, port))) => {
