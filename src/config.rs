@@ -72,6 +72,9 @@ pub struct TopicConfig {
     /// How long a compacted topic keeps delete markers (Kafka's `delete.retention.ms`). Kept and
     /// described; like Kafka's, it acts only on compacted topics, which are not supported yet.
     pub delete_retention_ms: i64,
+    /// The in-sync replicas an `acks=all` produce needs (`min.insync.replicas`); `None` when not
+    /// set: 2 for a replicated partition and 1 for a lone replica (DESIGN, "Cluster").
+    pub min_insync_replicas: Option<u16>,
 }
 
 impl Default for TopicConfig {
@@ -84,6 +87,7 @@ impl Default for TopicConfig {
             max_message_bytes: 1_048_588,
             cleanup_policy: CleanupPolicy::Delete,
             delete_retention_ms: DAY_MS,
+            min_insync_replicas: None,
         }
     }
 }
@@ -117,7 +121,6 @@ const FIXED_TOPIC_SETTINGS: &[(&str, &str, &str)] = &[
         "CreateTime",
         "records keep the producer's timestamps; LogAppendTime is not supported yet",
     ),
-    ("min.insync.replicas", "1", "a partition has one replica until replication exists (issue 16)"),
     ("unclean.leader.election.enable", "false", "Spate never makes an out-of-sync replica leader"),
 ];
 
@@ -161,6 +164,13 @@ impl TopicConfig {
                 }
                 self.delete_retention_ms = ms;
             }
+            "min.insync.replicas" => {
+                let replicas: u16 = parse(key, value)?;
+                if replicas == 0 {
+                    return Err(invalid(key, value, "must be at least 1"));
+                }
+                self.min_insync_replicas = Some(replicas);
+            }
             _ => match FIXED_TOPIC_SETTINGS.iter().find(|(name, _, _)| *name == key) {
                 Some((_, accepted, _)) if value == *accepted => {}
                 Some((_, accepted, why)) => {
@@ -174,6 +184,15 @@ impl TopicConfig {
             },
         }
         Ok(())
+    }
+
+    /// The in-sync replicas `acks=all` needs on a partition of `replicas` replicas: as set (as
+    /// Kafka, more than the replicas refuses every `acks=all` produce), else 2 when replicated.
+    pub fn min_insync_for(&self, replicas: usize) -> usize {
+        match self.min_insync_replicas {
+            Some(set) => usize::from(set),
+            None => replicas.clamp(1, 2),
+        }
     }
 
     /// This config with `overrides` (topic-level names) applied.
@@ -198,6 +217,7 @@ impl TopicConfig {
             ("max.message.bytes".into(), self.max_message_bytes.to_string()),
             ("cleanup.policy".into(), "delete".into()),
             ("delete.retention.ms".into(), self.delete_retention_ms.to_string()),
+            ("min.insync.replicas".into(), self.min_insync_replicas.unwrap_or(2).to_string()),
         ]
         .into_iter()
         .chain(
@@ -235,6 +255,17 @@ pub struct BrokerConfig {
     pub broker_session_timeout_ms: u64,
     /// How often a broker heartbeats to the controller.
     pub broker_heartbeat_interval_ms: u64,
+    /// A follower that has not caught up with its leader for this long leaves the in-sync set
+    /// (`replica.lag.time.max.ms`).
+    pub replica_lag_time_max_ms: u64,
+    /// How long a follower's fetch waits at the leader for new entries
+    /// (`replica.fetch.wait.max.ms`).
+    pub replica_fetch_wait_max_ms: u64,
+    /// The most one follower's fetch takes of one partition (`replica.fetch.max.bytes`; one
+    /// whole entry at least).
+    pub replica_fetch_max_bytes: u32,
+    /// The most one follower's fetch takes in all (`replica.fetch.response.max.bytes`).
+    pub replica_fetch_response_max_bytes: u32,
     /// Defaults for topics; topics override them by their own names.
     pub topic_defaults: TopicConfig,
     pub num_partitions: u32,
@@ -302,6 +333,10 @@ impl Default for BrokerConfig {
             // Kafka's defaults.
             broker_session_timeout_ms: 9_000,
             broker_heartbeat_interval_ms: 2_000,
+            replica_lag_time_max_ms: 30_000,
+            replica_fetch_wait_max_ms: 500,
+            replica_fetch_max_bytes: 1024 * 1024,
+            replica_fetch_response_max_bytes: 10 * 1024 * 1024,
             topic_defaults: TopicConfig::default(),
             num_partitions: 1,
             // Kafka's default is 1, as here; its offsets topic's is 3, which a cluster of fewer
@@ -375,16 +410,16 @@ impl BrokerConfig {
                 self.rack = Some(value.to_string()).filter(|rack| !rack.trim().is_empty())
             }
             "broker.session.timeout.ms" => {
-                self.broker_session_timeout_ms = parse(key, value)?;
-                if self.broker_session_timeout_ms == 0 {
-                    return Err(invalid(key, value, "must be at least 1"));
-                }
+                self.broker_session_timeout_ms = parse_positive(key, value)?
             }
             "broker.heartbeat.interval.ms" => {
-                self.broker_heartbeat_interval_ms = parse(key, value)?;
-                if self.broker_heartbeat_interval_ms == 0 {
-                    return Err(invalid(key, value, "must be at least 1"));
-                }
+                self.broker_heartbeat_interval_ms = parse_positive(key, value)?
+            }
+            "replica.lag.time.max.ms" => self.replica_lag_time_max_ms = parse_positive(key, value)?,
+            "replica.fetch.wait.max.ms" => self.replica_fetch_wait_max_ms = parse(key, value)?,
+            "replica.fetch.max.bytes" => self.replica_fetch_max_bytes = parse_positive(key, value)?,
+            "replica.fetch.response.max.bytes" => {
+                self.replica_fetch_response_max_bytes = parse_positive(key, value)?
             }
             "log.retention.hours" => {
                 let hours: i64 = parse(key, value)?;
@@ -398,31 +433,17 @@ impl BrokerConfig {
                 let hours: i64 = parse(key, value)?;
                 self.topic_defaults.segment_ms = hours.saturating_mul(3_600_000);
             }
-            "num.partitions" => {
-                self.num_partitions = parse(key, value)?;
-                if self.num_partitions == 0 {
-                    return Err(invalid(key, value, "must be at least 1"));
-                }
-            }
+            "num.partitions" => self.num_partitions = parse_positive(key, value)?,
             "default.replication.factor" => {
-                self.default_replication_factor = parse(key, value)?;
-                if self.default_replication_factor == 0 {
-                    return Err(invalid(key, value, "must be at least 1"));
-                }
+                self.default_replication_factor = parse_positive(key, value)?
             }
             "offsets.topic.replication.factor" => {
-                self.offsets_topic_replication_factor = parse(key, value)?;
-                if self.offsets_topic_replication_factor == 0 {
-                    return Err(invalid(key, value, "must be at least 1"));
-                }
+                self.offsets_topic_replication_factor = parse_positive(key, value)?
             }
             "auto.create.topics.enable" => self.auto_create_topics = parse(key, value)?,
             "socket.request.max.bytes" => self.socket_request_max_bytes = parse(key, value)?,
             "log.retention.check.interval.ms" => {
-                self.retention_check_interval_ms = parse(key, value)?;
-                if self.retention_check_interval_ms == 0 {
-                    return Err(invalid(key, value, "must be at least 1"));
-                }
+                self.retention_check_interval_ms = parse_positive(key, value)?
             }
             "log.flush.write.bytes.max" => {
                 let bytes: usize = parse(key, value)?;
@@ -435,10 +456,7 @@ impl BrokerConfig {
             "log.tail.cache.bytes" => self.tail_cache_bytes = parse(key, value)?,
             "log.tail.cache.shard.bytes" => self.tail_cache_shard_bytes = parse(key, value)?,
             "log.segment.files.open.max" => {
-                self.segment_files_open_max = parse(key, value)?;
-                if self.segment_files_open_max == 0 {
-                    return Err(invalid(key, value, "must be at least 1"));
-                }
+                self.segment_files_open_max = parse_positive(key, value)?
             }
             "group.initial.rebalance.delay.ms" => {
                 self.group_initial_rebalance_delay_ms = parse(key, value)?
@@ -450,35 +468,14 @@ impl BrokerConfig {
                 self.group_max_session_timeout_ms = parse(key, value)?
             }
             "offsets.retention.minutes" => self.offsets_retention_minutes = parse(key, value)?,
-            "max.connections" => {
-                self.max_connections = parse(key, value)?;
-                if self.max_connections == 0 {
-                    return Err(invalid(key, value, "must be at least 1"));
-                }
-            }
-            "max.broker.partitions" => {
-                self.max_broker_partitions = parse(key, value)?;
-                if self.max_broker_partitions == 0 {
-                    return Err(invalid(key, value, "must be at least 1"));
-                }
-            }
-            "connections.max.idle.ms" => {
-                self.connections_max_idle_ms = parse(key, value)?;
-                if self.connections_max_idle_ms == 0 {
-                    return Err(invalid(key, value, "must be at least 1"));
-                }
-            }
+            "max.connections" => self.max_connections = parse_positive(key, value)?,
+            "max.broker.partitions" => self.max_broker_partitions = parse_positive(key, value)?,
+            "connections.max.idle.ms" => self.connections_max_idle_ms = parse_positive(key, value)?,
             "queued.max.request.bytes" => {
-                self.queued_max_request_bytes = parse(key, value)?;
-                if self.queued_max_request_bytes == 0 {
-                    return Err(invalid(key, value, "must be at least 1"));
-                }
+                self.queued_max_request_bytes = parse_positive(key, value)?
             }
             "producer.id.expiration.ms" => {
-                self.producer_id_expiration_ms = parse(key, value)?;
-                if self.producer_id_expiration_ms == 0 {
-                    return Err(invalid(key, value, "must be at least 1"));
-                }
+                self.producer_id_expiration_ms = parse_positive(key, value)?
             }
             "offsets.topic.segment.bytes" => {
                 self.offsets_topic_segment_bytes = parse_segment_bytes(key, value)?;
@@ -487,10 +484,7 @@ impl BrokerConfig {
                 self.metadata_log_segment_bytes = parse_segment_bytes(key, value)?;
             }
             "metadata.log.max.record.bytes.between.snapshots" => {
-                self.metadata_snapshot_bytes = parse(key, value)?;
-                if self.metadata_snapshot_bytes == 0 {
-                    return Err(invalid(key, value, "must be at least 1"));
-                }
+                self.metadata_snapshot_bytes = parse_positive(key, value)?
             }
             _ => return Err(ConfigError(format!("unknown setting {key}"))),
         }
@@ -657,6 +651,18 @@ fn is_wildcard(host: &str) -> bool {
     host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified())
 }
 
+/// A number that must be at least 1.
+fn parse_positive<T>(key: &str, value: &str) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + Default + PartialEq,
+{
+    let parsed: T = parse(key, value)?;
+    if parsed == T::default() {
+        return Err(invalid(key, value, "must be at least 1"));
+    }
+    Ok(parsed)
+}
+
 fn parse<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, ConfigError> {
     value.trim().parse().map_err(|_| invalid(key, value, "not a valid number or boolean"))
 }
@@ -776,7 +782,7 @@ mod tests {
         for (key, value, why) in [
             ("compression.type", "zstd", "recompressing"),
             ("message.timestamp.type", "LogAppendTime", "LogAppendTime"),
-            ("min.insync.replicas", "2", "replication"),
+            ("min.insync.replicas", "0", "at least 1"),
             ("unclean.leader.election.enable", "true", "out-of-sync"),
             ("delete.retention.ms", "-1", "0 or more"),
         ] {

@@ -77,6 +77,14 @@ pub enum ErrorKind {
     /// An in-sync set naming a replica that may not join it: fenced, shutting down, or not a
     /// replica of the partition (KIP-841).
     IneligibleReplica,
+    /// An `acks=all` produce to a partition with fewer in-sync replicas than its
+    /// `min.insync.replicas`: refused before it is appended.
+    NotEnoughReplicas,
+    /// An `acks=all` produce appended while the in-sync set was large enough, which then
+    /// shrank below `min.insync.replicas` before the produce was acknowledged.
+    NotEnoughReplicasAfterAppend,
+    /// An `acks=all` produce not acknowledged in time: its followers did not confirm it.
+    RequestTimedOut,
 }
 
 impl std::fmt::Display for ErrorKind {

@@ -699,8 +699,10 @@ fn topics_are_placed_served_and_described_alike_across_the_cluster() {
         let mut distinct = replicas.clone();
         distinct.sort_unstable();
         assert_eq!(distinct, all, "three replicas on three brokers");
-        // Until partition data is replicated, only the leader holds the records.
-        assert_eq!((isr.clone(), *epoch, offline.is_empty()), (vec![*leader], 0, true));
+        // Created with every replica in sync (their logs are all empty).
+        let mut in_sync = isr.clone();
+        in_sync.sort_unstable();
+        assert_eq!((in_sync, *epoch, offline.is_empty()), (all.to_vec(), 0, true), "{leader}");
     }
     assert!(view.topics["pair"].1.iter().all(|p| p.3.len() == 2 && p.3[0] != p.3[1]));
     let manual: Vec<(i32, Vec<i32>)> =
@@ -868,12 +870,14 @@ fn topics_are_placed_served_and_described_alike_across_the_cluster() {
         view.topics["spread"].1.iter().filter(|p| p.3 == [3]).map(|p| p.0).collect();
     assert_eq!(delete_topic_at(&cluster.kafka(1), "spread"), 0);
     assert_eq!(create_topic_at(&cluster.kafka(2), "spread", -1, -1, &[&[1, 3], &[2, 3]]).0, 0);
-    let env = [("SPATE_TOPIC", "spread"), ("SPATE_RECORDS", "20"), ("SPATE_GROUP", "g2")];
-    cluster.clients(1, "produce", &env);
     cluster.broker(3).restart();
     let renewed = cluster.settle_metadata(&all, "broker 3 back, spread new", |v| {
         v.brokers == all && v.topics.get("spread").is_some_and(|t| t.0 != spread_id)
     });
+    // Produced with acks=all once broker 3 is back: min.insync.replicas is 2, so each record
+    // waits for broker 3 to catch up and rejoin the in-sync sets.
+    let env = [("SPATE_TOPIC", "spread"), ("SPATE_RECORDS", "20"), ("SPATE_GROUP", "g2")];
+    cluster.clients(1, "produce", &env);
     let new_id = base64_url(renewed.topics["spread"].0.as_bytes());
     let node3 = cluster.broker(3).data_dir.join("spread");
     let deadline = Instant::now() + SETTLE_WAIT;
@@ -1082,4 +1086,167 @@ fn brokers_down_across_a_snapshot_catch_up_from_it() {
     cluster.clients(3, "produce", &env);
     let consumed = cluster.clients(4, "consume", &env);
     assert!(consumed.contains("\"consumed\""), "{consumed}");
+}
+
+/// Replication (issue 16): a topic of replication factor 3 on brokers 2 to 4 (broker 1, a
+/// voter, holds none of it, so two of its replicas can be down while the controller's quorum
+/// lives), `min.insync.replicas` 2 by default. Records produced with acks=all through whichever
+/// broker leads survive `kill -9` of their leader, each at its acknowledged offset; every
+/// replica, made leader in turn, holds them all; with two replicas down acks=all is refused
+/// with NOT_ENOUGH_REPLICAS (Kafka's code 19 to a Kafka client) and taken again once one
+/// returns and catches up.
+#[test]
+fn acknowledged_records_survive_leader_kills_and_acks_all_needs_min_insync_replicas() {
+    let _one_cluster = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cluster = Cluster::start();
+    let node4 = cluster.dir.path().join("node4");
+    let fourth = cluster.start_node(4, &node4);
+    cluster.brokers.push(fourth);
+    let all = [1, 2, 3, 4];
+    cluster.settle(&all, "four live brokers", |s| s.leader.is_some() && all_live(s, &all));
+    let created = create_topic_at(&cluster.kafka(1), "rep", -1, -1, &[&[2, 3, 4], &[4, 2, 3]]);
+    assert_eq!(created, (0, String::new()));
+    let full = |v: &MetadataView| {
+        v.topics.get("rep").is_some_and(|t| t.1.iter().all(|p| p.1 >= 0 && p.4.len() == 3))
+    };
+    let mut live: Vec<i32> = all.to_vec();
+    cluster.settle_metadata(&live, "rep in sync on three", full);
+
+    // (partition, offset, seq) of every acknowledged record.
+    let mut acked: Vec<(u32, u64, u64)> = Vec::new();
+    let mut next_seq = 0u64;
+    let mut produce_round = |cluster: &Cluster, acked: &mut Vec<(u32, u64, u64)>| {
+        let bootstrap = cluster.brokers[0].addr.clone();
+        let first = next_seq;
+        next_seq += 60;
+        let sent = run(|| async move {
+            let leaders =
+                spate::client::Leaders::new(Client::connect(&bootstrap).await.expect("connect"));
+            let mut sent = Vec::new();
+            for seq in first..first + 60 {
+                let partition = (seq % 2) as u32;
+                let record = common::record(partition, seq);
+                let base = leaders
+                    .with_leader("rep", partition, |client| {
+                        let batch = common::batch_of([record.clone()]);
+                        async move {
+                            client
+                                .produce(
+                                    "rep",
+                                    partition,
+                                    spate::native::messages::Acks::All,
+                                    batch,
+                                )
+                                .await
+                        }
+                    })
+                    .await
+                    .unwrap_or_else(|e| panic!("record {seq} to rep-{partition}: {e}"))
+                    .expect("an answer with acks=all");
+                sent.push((partition, base, seq));
+            }
+            sent
+        });
+        acked.extend(sent);
+    };
+    let leader_of = |cluster: &Cluster, live: &[i32], partition: usize| -> i32 {
+        let view = metadata_at(&cluster.kafka(live[0]));
+        view.topics["rep"].1[partition].1
+    };
+
+    // Two rounds: the leader of partition 0 killed mid-stream, and back.
+    produce_round(&cluster, &mut acked);
+    for _ in 0..2 {
+        let victim = leader_of(&cluster, &live, 0);
+        assert!([2, 3, 4].contains(&victim), "rep-0 led by {victim}");
+        cluster.broker(victim).kill9();
+        live.retain(|n| *n != victim);
+        produce_round(&cluster, &mut acked);
+        cluster.broker(victim).restart();
+        live = all.to_vec();
+        cluster.settle_metadata(&live, "the killed broker back in sync", full);
+        produce_round(&cluster, &mut acked);
+    }
+
+    // Every acknowledged record is where it was acknowledged, on whichever replica leads:
+    // checked on the current leader, then on the next two as their predecessors are killed.
+    let verify = |cluster: &Cluster, live: &[i32], acked: &[(u32, u64, u64)]| {
+        for partition in 0..2u32 {
+            let leader = leader_of(cluster, live, partition as usize);
+            let address = cluster.brokers[leader as usize - 1].addr.clone();
+            let read = run(|| async move {
+                let client = Client::connect(&address).await.expect("connect");
+                common::read_all(&client, "rep", partition, 0).await
+            });
+            // (The Kafka client's records below carry no sequence header.)
+            let by_offset: std::collections::BTreeMap<u64, u64> = read
+                .iter()
+                .filter_map(|(offset, record)| {
+                    let seq = record.headers.first()?.1.as_slice().try_into().ok()?;
+                    Some((*offset, u64::from_le_bytes(seq)))
+                })
+                .collect();
+            for (p, offset, seq) in acked.iter().filter(|a| a.0 == partition) {
+                assert_eq!(
+                    by_offset.get(offset),
+                    Some(seq),
+                    "rep-{p}: acknowledged record {seq} at offset {offset} missing on leader {leader}"
+                );
+            }
+        }
+    };
+    verify(&cluster, &live, &acked);
+    let first = leader_of(&cluster, &live, 0);
+    cluster.broker(first).kill9();
+    live.retain(|n| *n != first);
+    let next = {
+        let deadline = Instant::now() + SETTLE_WAIT;
+        loop {
+            let view = metadata_at(&cluster.kafka(live[0]));
+            let leader = view.topics["rep"].1[0].1;
+            if leader >= 0 && leader != first && view.brokers == live {
+                break leader;
+            }
+            assert!(Instant::now() < deadline, "no new leader for rep-0: {view:#?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    verify(&cluster, &live, &acked);
+    // Two of the three replicas down (one voter at most, so the controller keeps its quorum):
+    // the last in sync leads alone.
+    let second = if first == 4 { next } else { 4 };
+    cluster.broker(second).kill9();
+    live.retain(|n| *n != second);
+    let last = [2, 3, 4].into_iter().find(|n| *n != first && *n != second).expect("a third");
+    cluster.settle_metadata(&live, "one replica left in sync", |v| {
+        v.brokers == live && v.topics["rep"].1.iter().all(|p| p.1 == last && p.4 == [last])
+    });
+    verify(&cluster, &live, &acked);
+    // acks=all refused, to the native client and to a Kafka client; acks=1 still taken.
+    let address = cluster.brokers[last as usize - 1].addr.clone();
+    let refused = run(|| async move {
+        let client = Client::connect(&address).await.expect("connect");
+        let batch = common::batch_of([common::record(0, 1_000_000)]);
+        client.produce("rep", 0, spate::native::messages::Acks::All, batch).await
+    });
+    let code = refused.as_ref().err().and_then(|e| e.code());
+    assert_eq!(code, Some(spate::native::messages::ErrorCode::NotEnoughReplicas), "{refused:?}");
+    let mut conn = Conn::open(&cluster.kafka(last));
+    let request =
+        common::kafka_wire::produce_request("rep", -1, common::kafka_wire::batch(-1, -1, 0, 2));
+    let answer: kafka_protocol::messages::ProduceResponse = conn.call(ApiKey::Produce, 9, &request);
+    assert_eq!(common::kafka_wire::produced(&answer).0, 19, "NOT_ENOUGH_REPLICAS");
+    let request =
+        common::kafka_wire::produce_request("rep", 1, common::kafka_wire::batch(-1, -1, 0, 2));
+    let answer: kafka_protocol::messages::ProduceResponse = conn.call(ApiKey::Produce, 9, &request);
+    assert_eq!(common::kafka_wire::produced(&answer).0, 0, "acks=1 needs only the leader");
+    // One comes back and catches up: acks=all is taken again.
+    cluster.broker(first).restart();
+    live.push(first);
+    live.sort_unstable();
+    cluster.settle_metadata(&live, "two in sync again", |v| {
+        v.brokers == live && v.topics["rep"].1.iter().all(|p| p.4.len() == 2)
+    });
+    produce_round(&cluster, &mut acked);
+    verify(&cluster, &live, &acked);
 }

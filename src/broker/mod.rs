@@ -41,6 +41,7 @@ use crate::types::{NodeId, ShardId};
 
 mod links;
 mod listen_check;
+mod replica_fetcher;
 
 /// Calls waiting in one direction of the mesh before senders wait.
 const MESH_CHANNEL_CAPACITY: usize = 1024;
@@ -362,6 +363,8 @@ async fn shard_main(
     ));
     glommio::spawn_local(retention_loop(shard.clone())).detach();
     glommio::spawn_local(group_timers(shard.clone())).detach();
+    glommio::spawn_local(replica_fetcher::run_replica_fetchers(shard.clone())).detach();
+    glommio::spawn_local(shard.clone().run_isr_changes()).detach();
     let cluster = match id == CONTROLLER_SHARD {
         true => Some(join_cluster(&shard, &stopper, directory).await),
         false => None,

@@ -23,7 +23,8 @@ use crate::native::messages::{
     HeartbeatRequest, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, ListGroupsRequest,
     ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataEntries,
     MetadataFetchRequest, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
-    SyncGroupRequest, SyncGroupResponse, TopicMetadata, VoterMessagesRequest, WireMessage,
+    ReplicaFetchRequest, ReplicaFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicMetadata,
+    VoterMessagesRequest, WireMessage,
 };
 use crate::record::batch::{BatchBuilder, NativeBatchView, RecordView};
 use crate::record::entry::{entries, Check, StoredEntry};
@@ -560,6 +561,20 @@ impl Client {
         let data_start = frame.header.padded_meta_len();
         // The data starts 16-aligned in the body, as the archive needs.
         decode(&frame.body[data_start..]).map_err(ClientError::Protocol)
+    }
+
+    /// A follower's fetch from the leader at the other end: the answers, and the data their
+    /// entries are in (each answer's `bytes`, in answer order).
+    pub async fn replica_fetch(
+        &self,
+        request: &ReplicaFetchRequest,
+    ) -> Result<(ReplicaFetchResponse, Bytes), ClientError> {
+        let (response, frame): (ReplicaFetchResponse, _) =
+            self.call(Api::ReplicaFetch, &encode(request)).await?;
+        ClientError::from_body(&response.error)?;
+        let data_start = frame.header.padded_meta_len();
+        let data = Bytes::from_owner(frame.body).slice(data_start..);
+        Ok((response, data))
     }
 
     /// The cluster as the broker at the other end sees it.

@@ -258,11 +258,17 @@ fn is_lost(error: &ClientError) -> bool {
 /// A refusal that passes: a leader moved or not known yet, a topic still reaching the broker
 /// asked, a broker stopping or out of reach.
 fn may_pass(error: &ClientError) -> bool {
+    // Kafka's retriable errors a leader change brings: the in-sync set is short while a
+    // follower catches up or a failed broker is fenced.
     let passing = [
         ErrorCode::NotLeaderOrFollower,
         ErrorCode::NotAvailable,
         ErrorCode::UnknownTopic,
         ErrorCode::UnknownPartition,
+        ErrorCode::NotEnoughReplicas,
+        ErrorCode::NotEnoughReplicasAfterAppend,
+        ErrorCode::FencedLeaderEpoch,
+        ErrorCode::UnknownLeaderEpoch,
     ];
     error.code().is_some_and(|code| passing.contains(&code)) || is_lost(error)
 }

@@ -562,7 +562,8 @@ fn check_assignment(
 }
 
 /// The states of a topic's new partitions, numbered from `first`: each led by its first live
-/// replica, which alone is in sync until partition data is replicated.
+/// replica, with every live replica in sync (their logs are all empty), as Kafka's controller
+/// creates them.
 fn new_partitions(
     image: &MetadataImage,
     topic: TopicId,
@@ -576,9 +577,13 @@ fn new_partitions(
         .map(|(replicas, partition)| {
             let first = replicas.first().copied().unwrap_or(NodeId(-1));
             let leader = replicas.iter().copied().find(live).unwrap_or(first);
+            let mut isr: Vec<NodeId> = replicas.iter().copied().filter(live).collect();
+            if isr.is_empty() {
+                isr.push(leader);
+            }
             let state = PartitionState {
                 replicas,
-                isr: vec![leader],
+                isr,
                 leader: Some(leader),
                 leader_epoch: LeaderEpoch(0),
                 partition_epoch: 0,
@@ -888,12 +893,25 @@ mod tests {
     }
 
     #[test]
-    fn a_silent_leader_is_fenced_after_its_session_and_its_partitions_wait_for_it() {
+    fn a_silent_leader_is_fenced_after_its_session_and_an_in_sync_replica_takes_over() {
         let start = Instant::now();
         let (mut controller, mut image, epochs) = cluster(3, start);
         commit(&mut controller, &mut image, create("t", 3, 3), start).expect("created");
         let leaders: Vec<_> = image.partitions().map(|(_, _, p)| p.leader).collect();
         assert_eq!(leaders, [Some(NodeId(1)), Some(NodeId(2)), Some(NodeId(3))]);
+        // A partition whose only replica is broker 1.
+        let solo = NewTopic {
+            assignment: Some(vec![vec![NodeId(1)]]),
+            ..NewTopic {
+                name: "solo".into(),
+                partitions: 1,
+                replication_factor: 1,
+                assignment: None,
+                config: Vec::new(),
+            }
+        };
+        let solo = Event::CreateTopic { topic: solo, id: TopicId(99) };
+        commit(&mut controller, &mut image, solo, start).expect("created");
         // Brokers 2 and 3 beat; broker 1 is silent.
         let later = start + TIMEOUT - Duration::from_millis(1);
         for n in [2, 3] {
@@ -904,13 +922,22 @@ mod tests {
         assert!(!image.brokers[&NodeId(1)].fenced, "not before its session is over");
         commit(&mut controller, &mut image, Event::Tick, start + TIMEOUT).expect("tick");
         assert!(image.brokers[&NodeId(1)].fenced);
-        let (_, _, first) = image.partitions().next().expect("partition 0");
-        // Only the leader is in sync until data is replicated: no other replica may lead.
+        let state = |image: &MetadataImage, topic: u128| {
+            image.topics[&TopicId(topic)].partitions[&PartitionId(0)].clone()
+        };
+        let t = TopicId("t".bytes().map(u128::from).sum()).0;
+        // The next in-sync replica leads, in a new epoch; the fenced one leaves the set.
+        let first = state(&image, t);
         assert_eq!(
             (first.leader, first.leader_epoch, first.partition_epoch),
-            (None, LeaderEpoch(1), 1)
+            (Some(NodeId(2)), LeaderEpoch(1), 1)
         );
-        // It comes back under a new epoch and leads again, in another leader epoch.
+        assert!(!first.isr.contains(&NodeId(1)), "{first:?}");
+        // The lone replica's partition has nobody else: it waits for its broker.
+        let alone = state(&image, 99);
+        assert_eq!((alone.leader, alone.leader_epoch), (None, LeaderEpoch(1)));
+        // Broker 1 comes back under a new epoch: it leads its lone partition again, in another
+        // leader epoch, and follows the other (its leader asks for it once it has caught up).
         let register = register(1, 2);
         let back = start + TIMEOUT * 2;
         commit(&mut controller, &mut image, register, back).expect("registered");
@@ -922,8 +949,10 @@ mod tests {
             back,
         )
         .expect("heartbeat");
-        let (_, _, first) = image.partitions().next().expect("partition 0");
-        assert_eq!((first.leader, first.leader_epoch), (Some(NodeId(1)), LeaderEpoch(2)));
+        let alone = state(&image, 99);
+        assert_eq!((alone.leader, alone.leader_epoch), (Some(NodeId(1)), LeaderEpoch(2)));
+        let first = state(&image, t);
+        assert_eq!((first.leader, first.leader_epoch), (Some(NodeId(2)), LeaderEpoch(1)));
     }
 
     #[test]
@@ -997,12 +1026,19 @@ mod tests {
         let all: Vec<i32> = before.1.replicas.iter().map(|n| n.0).collect();
         let follower = *before.1.replicas.iter().find(|r| **r != leader).expect("a follower");
 
-        // Followers caught up: the leader asks for all three, and the partition epoch moves.
-        let grow = isr_request(&before, leader, epoch_of(leader), &all);
+        // Created with every live replica in sync. The followers fall behind and the leader asks
+        // for itself alone; they catch up and it asks for all three: each change moves the
+        // partition epoch.
+        assert_eq!(before.1.isr.len(), 3);
+        let alone = isr_request(&before, leader, epoch_of(leader), &[leader.0]);
+        commit(&mut controller, &mut image, alone, now).expect("shrunk");
+        let alone = replicated(&image);
+        assert_eq!(alone.1.isr, vec![leader]);
+        let grow = isr_request(&alone, leader, epoch_of(leader), &all);
         commit(&mut controller, &mut image, grow, now).expect("grown");
         let grown = replicated(&image);
         assert_eq!(grown.1.isr.len(), 3);
-        assert_eq!(grown.1.partition_epoch, before.1.partition_epoch + 1);
+        assert_eq!(grown.1.partition_epoch, before.1.partition_epoch + 2);
         assert_eq!(
             (grown.1.leader, grown.1.leader_epoch),
             (before.1.leader, before.1.leader_epoch)

@@ -258,12 +258,14 @@ impl Run {
                     .map(|p| p.replicas.clone())
                     .collect();
                 assert_eq!(placed, assignment, "seed {}: placed otherwise", self.seed);
-                // Each led by its first live replica, alone in sync.
+                // Each led by its first live replica, every live replica in sync.
                 let image = &self.image;
                 let live = |n: &NodeId| image.is_live(n);
                 for state in image.topics[&id].partitions.values() {
                     let first_live = state.replicas.iter().copied().find(|n| live(n));
-                    let in_sync = state.leader.map(|l| vec![l]);
+                    let in_sync: Vec<NodeId> =
+                        state.replicas.iter().copied().filter(|n| live(n)).collect();
+                    let in_sync = Some(in_sync);
                     assert!(
                         state.leader.is_some() && state.leader == first_live,
                         "seed {}: {state:?}",

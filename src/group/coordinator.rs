@@ -467,7 +467,9 @@ impl Coordinator {
             let compacted = async {
                 let snapshot_at = match snapshot.transpose()? {
                     Some(appended) => {
-                        log.wait_acked(&appended, Acks::All).await?;
+                        log.wait_acked(&appended, Acks::All)
+                            .await
+                            .map_err(|e| crate::log::LogError::Storage(e.to_string()))?;
                         appended.base_offset
                     }
                     None => log.high_watermark(),
@@ -562,12 +564,11 @@ async fn persist(
     let (meta, archive) = builder.build();
     let entry = PendingEntry::native(meta, &archive).ok_or(ErrorKind::StorageError)?;
     let stored = async {
-        let appended = log.append(entry)?;
+        let appended = log.append(entry).map_err(BrokerError::from)?;
         apply();
         log.wait_acked(&appended, Acks::All).await
     };
-    stored.await.map_err(|e| {
-        let error = BrokerError::from(e);
+    stored.await.map_err(|error| {
         tracing::error!(group, "committing offsets: {error}");
         if error.kind == ErrorKind::StorageError {
             ErrorKind::StorageError

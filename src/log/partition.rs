@@ -643,6 +643,32 @@ impl<S: Storage> PartitionLog<S> {
         st.epochs.end_offset_for(epoch, st.next_offset)
     }
 
+    /// Has the syncer fdatasync everything below `offset` as it is written, with no producer
+    /// waiting for it: a replica's log end counts for `acks=all` only once synced.
+    pub fn sync_up_to(&self, offset: Offset) {
+        {
+            let mut st = self.state.borrow_mut();
+            if offset <= st.sync_target {
+                return;
+            }
+            st.sync_target = offset;
+        }
+        self.changed.notify(usize::MAX);
+    }
+
+    /// Fires at the next change of a watermark, a failure, or the start of closing: what a
+    /// reader of [`Self::synced_offset`] waits on.
+    pub fn listen_changed(&self) -> event_listener::EventListener {
+        self.changed.listen()
+    }
+
+    /// Runs `check` on the log's leader-epoch cache, log start and log end, read together (a
+    /// leader checks a follower's fetch against them).
+    pub fn with_epochs<R>(&self, check: impl FnOnce(&LeaderEpochs, Offset, Offset) -> R) -> R {
+        let st = self.state.borrow();
+        check(&st.epochs, st.log_start(), st.next_offset)
+    }
+
     /// Waits until the appended entry is on the device.
     pub async fn wait_written(&self, appended: &Appended) -> Result<(), LogError> {
         self.wait_for(appended, |st| st.written_offset).await
@@ -656,6 +682,12 @@ impl<S: Storage> PartitionLog<S> {
         }
         self.changed.notify(usize::MAX);
         self.wait_for(appended, |st| st.synced_offset).await
+    }
+
+    /// Whether the appended entry is still in the log: the error a cut of the log's end gave
+    /// it (a full disk's discard, a truncation) when it is not.
+    pub fn kept(&self, appended: &Appended) -> Result<(), LogError> {
+        appended.cut().map_or(Ok(()), Err)
     }
 
     /// Waits until `watermark` passes the appended entry, unless the entry is discarded first.
@@ -717,6 +749,11 @@ impl<S: Storage> PartitionLog<S> {
 
     pub fn log_start(&self) -> Offset {
         self.state.borrow().log_start()
+    }
+
+    /// Everything below is fdatasync'ed: what survives a power loss.
+    pub fn synced_offset(&self) -> Offset {
+        self.state.borrow().synced_offset
     }
 
     /// Whether a write or sync error failed the log: it takes nothing more until reopened.

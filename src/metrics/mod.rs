@@ -38,10 +38,12 @@ pub enum Hist {
     /// Requests to the controller (registrations, heartbeats, shutdowns) and Raft messages
     /// between voters, as this broker served them.
     Cluster,
+    /// A follower's fetch as its leader served it (long polls included).
+    ReplicaFetch,
 }
 
 impl Hist {
-    pub const ALL: [Hist; 14] = [
+    pub const ALL: [Hist; 15] = [
         Hist::Produce,
         Hist::Fetch,
         Hist::ListOffsets,
@@ -56,6 +58,7 @@ impl Hist {
         Hist::Fdatasync,
         Hist::FetchDelivery,
         Hist::Cluster,
+        Hist::ReplicaFetch,
     ];
 
     pub fn name(self) -> &'static str {
@@ -74,6 +77,7 @@ impl Hist {
             Hist::Fdatasync => "log.fdatasync",
             Hist::FetchDelivery => "fetch.woken_to_sent",
             Hist::Cluster => "request.cluster",
+            Hist::ReplicaFetch => "request.replica_fetch",
         }
     }
 }

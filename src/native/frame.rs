@@ -28,8 +28,9 @@ pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"SPN1");
 /// learnt by clients (metadata with brokers, leaders and replicas; a replication factor in
 /// CreateTopic; the not-leader, not-coordinator and replica-assignment codes). 3: metadata
 /// snapshots (a Raft message or a metadata fetch may carry one; the cluster status names the
-/// newest and where a voter's log starts), and FindCoordinator.
-pub const PROTOCOL_VERSION: u8 = 3;
+/// newest and where a voter's log starts), and FindCoordinator. 4: ReplicaFetch, and the codes
+/// of `acks=all` with replicas (not enough replicas, before and after the append; timed out).
+pub const PROTOCOL_VERSION: u8 = 4;
 /// Meta bodies are small (names, numbers); anything larger is a corrupt or hostile frame.
 pub const META_BYTES_MAX: u32 = 1024 * 1024;
 pub const META_ALIGN: usize = 16;
@@ -69,6 +70,9 @@ pub enum Api {
     MetadataFetch = 19,
     /// Which broker coordinates a group (Kafka's FindCoordinator).
     FindCoordinator = 20,
+    /// A follower's fetch of many partitions from their leader; the entries travel as the
+    /// data, as stored.
+    ReplicaFetch = 21,
 }
 
 impl Api {
@@ -94,6 +98,7 @@ impl Api {
             18 => Self::ClusterStatus,
             19 => Self::MetadataFetch,
             20 => Self::FindCoordinator,
+            21 => Self::ReplicaFetch,
             _ => return None,
         })
     }

@@ -18,7 +18,7 @@ use crate::native::messages::{
     ListOffsetsResponse, MetadataRequest, MetadataResponse, PartitionMetadata, ProduceRequest,
     ProduceResponse, TopicMetadata,
 };
-use crate::native::{cluster, groups};
+use crate::native::{cluster, groups, replication};
 use crate::record::batch::validate_native_payload;
 use crate::record::{PayloadFormat, PendingEntry, ENTRY_HEADER_BYTES};
 use crate::shard::{Shard, TopicRequest, FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX};
@@ -76,7 +76,11 @@ pub async fn handle(
     let received = frame.received;
     let for_the_cluster = matches!(
         api,
-        Api::VoterMessages | Api::ControllerRequest | Api::ClusterStatus | Api::MetadataFetch
+        Api::VoterMessages
+            | Api::ControllerRequest
+            | Api::ClusterStatus
+            | Api::MetadataFetch
+            | Api::ReplicaFetch
     );
     // What peers ask for the cluster is served from the start; clients wait until this broker
     // has joined and caught up.
@@ -104,6 +108,7 @@ pub async fn handle(
         Api::ControllerRequest => Some(cluster::controller_request(&shard, &frame).await),
         Api::ClusterStatus => Some(cluster::cluster_status(&shard, request_id).await),
         Api::MetadataFetch => Some(cluster::metadata_fetch(&shard, &frame).await),
+        Api::ReplicaFetch => Some(replication::replica_fetch(&shard, &frame).await),
     };
     shard.metrics.record(hist_of(api), received.elapsed());
     response
@@ -130,6 +135,7 @@ fn hist_of(api: Api) -> Hist {
         Api::VoterMessages | Api::ControllerRequest | Api::ClusterStatus | Api::MetadataFetch => {
             Hist::Cluster
         }
+        Api::ReplicaFetch => Hist::ReplicaFetch,
     }
 }
 

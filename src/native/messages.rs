@@ -81,6 +81,12 @@ pub enum ErrorCode {
     IneligibleReplica = 38,
     /// A request made in a leader epoch newer than the broker knows.
     UnknownLeaderEpoch = 39,
+    /// `acks=all` to a partition with fewer in-sync replicas than `min.insync.replicas`.
+    NotEnoughReplicas = 40,
+    /// `acks=all` appended, then the in-sync set shrank below `min.insync.replicas`.
+    NotEnoughReplicasAfterAppend = 41,
+    /// `acks=all` not confirmed by the followers in time.
+    RequestTimedOut = 42,
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -134,6 +140,9 @@ impl From<ErrorKind> for ErrorCode {
             ErrorKind::InvalidUpdateVersion => ErrorCode::InvalidUpdateVersion,
             ErrorKind::IneligibleReplica => ErrorCode::IneligibleReplica,
             ErrorKind::UnknownLeaderEpoch => ErrorCode::UnknownLeaderEpoch,
+            ErrorKind::NotEnoughReplicas => ErrorCode::NotEnoughReplicas,
+            ErrorKind::NotEnoughReplicasAfterAppend => ErrorCode::NotEnoughReplicasAfterAppend,
+            ErrorKind::RequestTimedOut => ErrorCode::RequestTimedOut,
         }
     }
 }
@@ -180,6 +189,60 @@ pub struct FetchResponse {
     pub error: ErrorBody,
     pub high_watermark: u64,
     pub log_start: u64,
+}
+
+/// A follower's fetch from the leader of its partitions (Kafka's replica fetch, KIP-320's
+/// fields): one per follower shard and leader broker, many partitions in each.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct ReplicaFetchRequest {
+    /// The follower's node id.
+    pub follower: i32,
+    pub max_wait_ms: u32,
+    /// For the whole response; each partition is bounded by `partition_max_bytes` too (one
+    /// whole entry at least).
+    pub max_bytes: u32,
+    pub partition_max_bytes: u32,
+    pub partitions: Vec<ReplicaFetchPartition>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct ReplicaFetchPartition {
+    pub topic: String,
+    pub partition: u32,
+    /// The leader epoch the follower follows in: checked as a Kafka client's is.
+    pub leader_epoch: i32,
+    /// The follower's log end: where it continues.
+    pub fetch_offset: u64,
+    /// What of its log the follower has synced: counted toward the high watermark.
+    pub synced: u64,
+    /// The epoch of the follower's last entry, -1 for none: the leader checks the logs agree.
+    pub last_fetched_epoch: i32,
+    /// The leader's high watermark as the follower last heard it: a fetch with nothing new
+    /// waits until it moves.
+    pub known_high_watermark: u64,
+}
+
+/// The answers, one per partition in any order (a partition left out had nothing new); their
+/// entries follow in the frame's data, in answer order, `bytes` each.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct ReplicaFetchResponse {
+    pub error: ErrorBody,
+    pub partitions: Vec<ReplicaFetchAnswer>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct ReplicaFetchAnswer {
+    pub topic: String,
+    pub partition: u32,
+    pub error: ErrorBody,
+    pub high_watermark: u64,
+    pub log_start: u64,
+    pub log_end: u64,
+    /// The logs part here (KIP-320's diverging epoch): the follower truncates and fetches
+    /// again. `diverging_epoch` is -1 when they agree.
+    pub diverging_epoch: i32,
+    pub diverging_end_offset: u64,
+    pub bytes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]

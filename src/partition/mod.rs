@@ -14,22 +14,32 @@
 //!   new leader's high watermark waits instead of having its position reset. ListOffsets and
 //!   retention stop at the high watermark too.
 //!
-//! A partition has one replica today, so the high watermark is the local written offset.
-//! Replication (issue 16) adds the in-sync followers' ends here: the high watermark becomes the
-//! least of them, and `acks=all` waits for it too. Nothing below this layer knows that replicas
-//! exist, and nothing above it reads the local log's watermarks or deletes from it.
+//! - **Replicas** (`replicated.rs`): a partition with more than one replica is led or followed.
+//!   Its leader's high watermark is the least synced end over the in-sync replicas (the
+//!   replication layer's `ReplicaSet`), `acks=all` waits for it to pass the batch, and a produce
+//!   is refused when the in-sync set is below `min.insync.replicas`; a follower's is what its
+//!   leader last said, within what it has synced itself. A partition with one replica keeps the
+//!   simple rule: its high watermark is what its log has written.
+//!
+//! Nothing below this layer knows that replicas exist, and nothing above it reads the local
+//! log's watermarks or deletes from it.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use event_listener::Event;
 use rkyv::{Archive, Deserialize, Serialize};
 
+use crate::error::BrokerError;
 use crate::log::storage::{DmaStorage, Storage};
 use crate::log::{Appended, LogError, PartitionLog};
 use crate::record::PendingEntry;
 use crate::types::{LeaderEpoch, Offset};
+
+mod replicated;
+pub use replicated::{ReplicaFetched, ReplicaView, Replication};
 
 /// ListOffsets' special timestamps (Kafka's): the high watermark, and the log start.
 pub const OFFSET_LATEST: i64 = -1;
@@ -106,6 +116,13 @@ pub struct Partition<S: Storage = DmaStorage> {
     /// says (`None`: it does not lead it): producers and consumers are served only by the
     /// leader.
     leader_epoch: Cell<Option<LeaderEpoch>>,
+    /// Alone, leading replicas, or following a leader (`replicated.rs`).
+    replication: RefCell<Replication>,
+    /// Set once the partition first takes a replicated role (`replicated.rs`).
+    ever_replicated: Cell<bool>,
+    /// Fired when the high watermark moves or the partition's role changes: what `acks=all`
+    /// producers and waiting consumers of a replicated partition wait on.
+    moved: Event,
 }
 
 impl<S: Storage> Partition<S> {
@@ -114,7 +131,15 @@ impl<S: Storage> Partition<S> {
     pub fn new(log: Rc<PartitionLog<S>>) -> Self {
         let high_watermark = Cell::new(log.written_offset());
         let truncations_seen = Cell::new(log.truncations());
-        Self { log, high_watermark, truncations_seen, leader_epoch: Cell::new(None) }
+        Self {
+            log,
+            high_watermark,
+            truncations_seen,
+            leader_epoch: Cell::new(None),
+            replication: RefCell::new(Replication::Alone),
+            ever_replicated: Cell::new(false),
+            moved: Event::new(),
+        }
     }
 
     pub fn is_leader(&self) -> bool {
@@ -131,27 +156,25 @@ impl<S: Storage> Partition<S> {
     /// cache: where each leader's entries begin, which OffsetForLeaderEpoch answers and a
     /// follower truncates by); entries appended from then on carry it. Nothing is served while
     /// the start is being recorded; an epoch older than the log's latest is refused.
-    pub async fn lead(&self, epoch: LeaderEpoch) -> Result<(), LogError> {
-        self.leader_epoch.set(None);
+    /// `replicas`: the partition's replicas as the metadata has them.
+    pub async fn lead(&self, epoch: LeaderEpoch, replicas: &ReplicaView) -> Result<(), LogError> {
+        self.stop_leading();
         self.log.assign_epoch(epoch, self.log.log_end()).await?;
-        self.leader_epoch.set(Some(epoch));
+        self.start_leading(epoch, replicas);
         Ok(())
     }
 
     /// Leads the partition in `epoch` at once when its log has that epoch recorded already as
     /// its latest (a restart, another publication): nothing to write, so no moment without a
     /// leader. Returns whether it does.
-    pub fn lead_as_recorded(&self, epoch: LeaderEpoch) -> bool {
+    pub fn lead_as_recorded(&self, epoch: LeaderEpoch, replicas: &ReplicaView) -> bool {
         let recorded = self.log.latest_epoch() == Some(epoch);
-        if recorded {
-            self.leader_epoch.set(Some(epoch));
+        if recorded && self.leader_epoch.get() == Some(epoch) {
+            self.update_replicas(replicas);
+        } else if recorded {
+            self.start_leading(epoch, replicas);
         }
         recorded
-    }
-
-    /// Leads the partition no more (another broker does, or none).
-    pub fn stop_leading(&self) {
-        self.leader_epoch.set(None);
     }
 
     /// The local log, for what is not about visibility (its topic config, retention's rolling,
@@ -168,19 +191,39 @@ impl<S: Storage> Partition<S> {
 
     /// Waits for what `acks` promises the producer of `appended`: with `acks=0`, only for room
     /// to append more (the producer hears nothing, but must not outrun the disk).
-    pub async fn wait_acked(&self, appended: &Appended, acks: Acks) -> Result<(), LogError> {
+    /// `acks=all` on a replicated partition waits for the high watermark: every in-sync
+    /// replica has synced the entry (`replicated.rs`).
+    pub async fn wait_acked(&self, appended: &Appended, acks: Acks) -> Result<(), BrokerError> {
         match acks {
-            Acks::None => self.log.wait_for_room().await,
-            Acks::Leader => self.log.wait_written(appended).await,
+            Acks::None => Ok(self.log.wait_for_room().await?),
+            Acks::Leader => {
+                // A replicated leader's log end counts once synced: it syncs as it writes.
+                if self.is_replicated() {
+                    self.log.sync_up_to(appended.next_offset);
+                }
+                Ok(self.log.wait_written(appended).await?)
+            }
             // Durable, not just written: Spate's promise for acks=all (DESIGN, "Cluster").
-            Acks::All => self.log.wait_synced(appended).await,
+            Acks::All => {
+                self.log.wait_synced(appended).await?;
+                match self.is_replicated() {
+                    true => self.wait_replicated(appended).await,
+                    false => Ok(()),
+                }
+            }
         }
     }
 
     /// The high watermark, first moved up to what every replica has: with one replica, what
-    /// the local log has written.
+    /// the local log has written; replicated, what every in-sync replica has synced.
     pub fn high_watermark(&self) -> Offset {
-        let (previous, reached) = (self.high_watermark.get(), self.log.written_offset());
+        let previous = self.high_watermark.get();
+        let written = self.log.written_offset();
+        let reached = match self.replicated_high_watermark() {
+            // A replica's own log may have less than its leader says (a follower behind it).
+            Some(replicated) => replicated.min(written).max(previous.min(written)),
+            None => written,
+        };
         let truncations = self.log.truncations();
         if truncations != self.truncations_seen.get() {
             // A truncation cut the log's end: what it removed is not visible any more (Kafka
@@ -200,6 +243,7 @@ impl<S: Storage> Partition<S> {
                 self.log.partition,
             );
             self.high_watermark.set(reached);
+            self.moved.notify(usize::MAX);
         }
         reached
     }
@@ -223,8 +267,14 @@ impl<S: Storage> Partition<S> {
 
     /// Waits until the high watermark passes `offset`, at most `wait`. Returns whether it did.
     pub async fn wait_for_data(&self, offset: Offset, wait: Duration) -> bool {
-        // With one replica the high watermark moves exactly when the written offset does.
-        let data = async { self.log.wait_written_past(offset).await.is_ok() };
+        let data = async {
+            match self.is_replicated() {
+                true => self.wait_high_watermark_past(offset).await,
+                // With one replica the high watermark moves exactly when the written offset
+                // does.
+                false => self.log.wait_written_past(offset).await.is_ok(),
+            }
+        };
         let timeout = async {
             glommio::timer::sleep(wait).await;
             false

@@ -98,3 +98,79 @@ fn a_truncation_lowers_the_high_watermark_to_the_new_log_end() {
         partition.log().close().await;
     });
 }
+
+/// Leader and follower over two real logs: `acks=all` is answered once the in-sync follower's
+/// fetch reports the entry synced, not before; the follower's high watermark follows what its
+/// leader says; a follower past the leader's epoch end is told where the logs part; an in-sync
+/// set below `min.insync.replicas` refuses `acks=all` before the append.
+#[test]
+fn a_replicated_leader_answers_acks_all_once_its_in_sync_follower_has_synced() {
+    use super::ReplicaView;
+    use crate::error::ErrorKind;
+    use crate::replication::divergence::EpochEnd;
+    use crate::types::{LeaderEpoch, NodeId};
+    in_partition_dir(|dir| async move {
+        let follower_dir = dir.with_file_name("t-follower");
+        std::fs::create_dir(&follower_dir).expect("follower dir");
+        let leader = Rc::new(Partition::new(open(&dir, SEGMENT_BYTES).await));
+        let follower = Partition::new(open(&follower_dir, SEGMENT_BYTES).await);
+        let view = ReplicaView {
+            me: NodeId(1),
+            replicas: vec![NodeId(1), NodeId(2)],
+            isr: vec![NodeId(1), NodeId(2)],
+            partition_epoch: 0,
+            min_insync: 2,
+            lag_max: Duration::from_secs(30),
+        };
+        leader.lead(LeaderEpoch(3), &view).await.expect("lead");
+        follower.follow();
+        let appended = leader.append(entry(2, &payload(0, 100))).expect("append");
+        let acked = {
+            let leader = leader.clone();
+            glommio::spawn_local(async move {
+                let appended = appended;
+                leader.wait_acked(&appended, Acks::All).await
+            })
+        };
+        leader.log().wait_written_past(Offset(0)).await.expect("written");
+        // The follower's first fetch: nothing of its own yet, the entry comes back.
+        let fetched = leader.serve_follower(NodeId(2), (Offset(0), Offset(0)), None, 1 << 20);
+        let fetched = fetched.await.expect("served");
+        assert_eq!((fetched.entries.len(), fetched.high_watermark), (1, Offset(0)));
+        let early = futures_lite::future::or(async { Some(acked.await) }, async {
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+            None
+        });
+        let acked = match early.await {
+            Some(answer) => panic!("acks=all answered before the follower had it: {answer:?}"),
+            None => leader.clone(),
+        };
+        for stored in fetched.entries {
+            let appended = follower.append_replicated(stored).expect("the follower's append");
+            follower.log().wait_synced(&appended).await.expect("synced");
+        }
+        // Its next fetch reports the entry synced: the high watermark passes it.
+        let at = (follower.log().log_end(), follower.log().synced_offset());
+        let fetched = acked.serve_follower(NodeId(2), at, Some(LeaderEpoch(3)), 1 << 20).await;
+        let fetched = fetched.expect("served");
+        assert_eq!((fetched.entries.len(), fetched.high_watermark), (0, Offset(2)));
+        let second = leader.append(entry(1, &payload(1, 10))).expect("append");
+        follower.followed_to(fetched.high_watermark);
+        assert_eq!(follower.high_watermark(), Offset(2));
+        // A follower whose log runs past where the leader's epoch 3 ends parts there.
+        let diverged =
+            leader.serve_follower(NodeId(2), (Offset(9), Offset(9)), Some(LeaderEpoch(3)), 1 << 20);
+        let diverged = diverged.await.expect("served");
+        let expected = EpochEnd { epoch: LeaderEpoch(3), end_offset: Offset(3) };
+        assert_eq!((diverged.diverging, diverged.entries.len()), (Some(expected), 0));
+        // The follower falls out of the in-sync set: acks=all is refused before appending, and
+        // one waiting already fails rather than wait for a set that cannot confirm it.
+        leader.update_replicas(&ReplicaView { isr: vec![NodeId(1)], partition_epoch: 1, ..view });
+        let refused = leader.check_acks_all().expect_err("one in sync of two");
+        assert_eq!(refused.kind, ErrorKind::NotEnoughReplicas, "{refused}");
+        let after = leader.wait_acked(&second, Acks::All).await.expect_err("shrunk below");
+        assert_eq!(after.kind, ErrorKind::NotEnoughReplicasAfterAppend, "{after}");
+        leader.log().close().await;
+        follower.log().close().await;
+    });
+}

@@ -19,6 +19,7 @@ use crate::group::{GroupAnswer, GroupCall};
 use crate::partition::{Acks, LogBounds, ReadOutcome};
 use crate::record::PendingEntry;
 use crate::shard::publish::Published;
+use crate::shard::replicas::{FetchLimits, FollowerAnswer, FollowerFetch};
 use crate::types::{LeaderEpoch, NodeId, Offset, PartitionId};
 
 typed_requests! {
@@ -44,6 +45,11 @@ typed_requests! {
     /// `leader_epoch`, and where it ends; (-1, -1) for one newer than any.
     EpochEnd { topic: String, partition: PartitionId, epoch: Option<LeaderEpoch>, leader_epoch: LeaderEpoch }
         -> Result<(i32, i64), BrokerError>;
+
+    /// A follower's fetch of partitions this shard owns (`replicas.rs`): the answers with news
+    /// for the follower, after waiting up to `limits.max_wait` for some.
+    ReplicaFetch { follower: NodeId, partitions: Vec<FollowerFetch>, limits: FetchLimits }
+        -> Vec<FollowerAnswer>;
 
     /// Log start, high watermark and log end.
     Watermarks { topic: String, partition: PartitionId } -> Result<LogBounds, BrokerError>;

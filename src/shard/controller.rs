@@ -143,7 +143,7 @@ impl Shard {
 
     /// A request to the active controller, from this broker (its membership, on shard 0, knows
     /// where the controller is).
-    async fn forward_to_controller(
+    pub(super) async fn forward_to_controller(
         self: &Rc<Self>,
         request: ControllerRequest,
     ) -> Result<ControllerAnswer, crate::cluster::node::ControllerError> {

@@ -13,6 +13,8 @@
 //!   each new image (its catalog, the replicas it opens, the partitions it leads);
 //! - `cluster.rs`: shard 0 hosts the controller voter (or the metadata follower) and the
 //!   broker's membership, and what arrives for them on any shard is forwarded there;
+//! - `replicas.rs`: replication's shard side: followers' fetches served where their
+//!   partitions live, the partitions this shard follows, and its leaders' in-sync changes;
 //! - `groups.rs`: which shard coordinates a group and how a group request gets there;
 //! - `mesh.rs`: the channels between shards, one per ordered pair;
 //! - `catalog.rs`: the topic catalog and its files.
@@ -27,6 +29,7 @@ mod groups;
 pub mod mesh;
 pub mod publish;
 mod registry;
+pub mod replicas;
 pub mod state;
 pub mod turns;
 

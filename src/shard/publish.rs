@@ -29,6 +29,7 @@ use crate::cluster::node::{ControllerAnswer, ControllerRequest};
 use crate::error::{BrokerError, ErrorKind};
 use crate::shard::call::{Publish, RemoveTopic};
 use crate::shard::catalog::{self, TopicFile, TopicInfo};
+use crate::shard::replicas::Followed;
 use crate::shard::state::Shard;
 use crate::types::{LeaderEpoch, NodeId, PartitionId, ShardId};
 
@@ -319,6 +320,7 @@ impl Shard {
         let catalog = self.catalog_of(image, unsettled);
         let mut failed = None;
         let mut to_lead = Vec::new();
+        let mut followed = BTreeMap::new();
         for (id, topic) in &image.topics {
             if unsettled.contains(&topic.name) {
                 continue;
@@ -328,10 +330,19 @@ impl Shard {
                 if !state.replicas.contains(&me) || self.owner(&topic.name, *partition) != self.id {
                     continue;
                 }
+                let replicated = state.replicas.len() > 1;
                 match self.open_partition(&topic.name, *partition, info).await {
                     Ok(opened) if published.ready && state.leader == Some(me) => {
-                        if !opened.lead_as_recorded(state.leader_epoch) {
-                            to_lead.push((opened, state.leader_epoch));
+                        let view = self.replica_view(state, info);
+                        if !opened.lead_as_recorded(state.leader_epoch, &view) {
+                            to_lead.push((opened, state.leader_epoch, view));
+                        }
+                    }
+                    Ok(opened) if replicated => {
+                        opened.follow();
+                        if let (true, Some(leader)) = (published.ready, state.leader) {
+                            let key = (topic.name.clone(), *partition);
+                            followed.insert(key, Followed { leader, epoch: state.leader_epoch });
                         }
                     }
                     Ok(opened) => opened.stop_leading(),
@@ -357,9 +368,9 @@ impl Shard {
         // Each new leadership's epoch is recorded in its log, all at once: a failover moves many.
         // One that cannot be recorded leaves the partition unled, and the round unfinished: the
         // publisher tries again.
-        let leading = to_lead.into_iter().map(|(partition, epoch)| {
+        let leading = to_lead.into_iter().map(|(partition, epoch, view)| {
             glommio::spawn_local(async move {
-                let led = partition.lead(epoch).await;
+                let led = partition.lead(epoch, &view).await;
                 if let Err(e) = &led {
                     let log = partition.log();
                     tracing::error!(topic = %log.topic, partition = %log.partition, %epoch, "not leading: the epoch could not be recorded: {e}");
@@ -372,6 +383,7 @@ impl Shard {
                 failed = Some(std::io::Error::other(e.to_string()));
             }
         }
+        *self.followed.borrow_mut() = followed;
         *self.catalog.borrow_mut() = catalog::Catalog { topics: catalog };
         *self.image.borrow_mut() = image.clone();
         self.published.set(published.applied);

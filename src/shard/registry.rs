@@ -9,7 +9,7 @@ use std::time::Instant;
 use crate::error::{BrokerError, ErrorKind};
 use crate::log::storage::DmaStorage;
 use crate::log::{LogLimits, PartitionLog, SharedByShard};
-use crate::partition::{Partition, ReadOutcome, OFFSET_EARLIEST, OFFSET_LATEST};
+use crate::partition::{Acks, Partition, ReadOutcome, OFFSET_EARLIEST, OFFSET_LATEST};
 use crate::shard::call::{EpochEnd, Fetch, ListOffsets, Produce};
 use crate::shard::catalog::{self, DiskTopic, TopicInfo};
 use crate::shard::state::{PartitionKey, Shard, STAGED_BYTES_MAX};
@@ -170,6 +170,9 @@ impl Shard {
     ) -> Result<(Offset, Offset), BrokerError> {
         let Produce { topic, partition, acks, entry } = request;
         let target = self.led_partition(&topic, partition)?;
+        if acks == Acks::All {
+            target.check_acks_all()?;
+        }
         // Nothing awaits before the append, so requests keep their arrival order.
         let appended = target.append(entry)?;
         target.wait_acked(&appended, acks).await?;

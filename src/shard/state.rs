@@ -38,6 +38,7 @@ use crate::shard::call::{
 use crate::shard::catalog::{self, Catalog, DiskTopic, TopicFile, TopicInfo};
 use crate::shard::controller::TopicRequest;
 use crate::shard::mesh::Peers;
+use crate::shard::replicas::Followed;
 use crate::shard::turns::Turns;
 use crate::shard::CONTROLLER_SHARD;
 use crate::types::{LeaderEpoch, NodeId, Offset, PartitionId, ShardId};
@@ -47,7 +48,7 @@ const TOPIC_WAIT: Duration = Duration::from_secs(5);
 /// Appended-but-unwritten bytes per partition beyond which producers wait.
 pub(super) const STAGED_BYTES_MAX: usize = 64 * 1024 * 1024;
 
-pub(super) type PartitionKey = (String, PartitionId);
+pub type PartitionKey = (String, PartitionId);
 
 /// The broker's own topics: clients may read them but not create or append to them.
 pub fn is_internal_topic(name: &str) -> bool {
@@ -77,6 +78,9 @@ pub struct Shard {
     /// On shard 0: the topics on the broker's disk, as their files say.
     pub(super) disk_topics: RefCell<BTreeMap<String, TopicFile>>,
     pub(super) partitions: RefCell<HashMap<PartitionKey, Rc<Partition>>>,
+    /// The partitions of this shard that follow a leader on another broker, as the last
+    /// publication says (`replicas.rs`).
+    pub(super) followed: RefCell<BTreeMap<PartitionKey, Followed>>,
     pub(super) peers: Option<Peers<MeshMessage>>,
     /// Calls sent to other shards, by id, waiting for their answers.
     pub(super) waiting: RefCell<HashMap<u64, oneshot::Sender<ShardAnswer>>>,
@@ -144,6 +148,7 @@ impl Shard {
                 false => BTreeMap::new(),
             }),
             partitions: RefCell::new(HashMap::new()),
+            followed: RefCell::new(BTreeMap::new()),
             peers,
             waiting: RefCell::new(HashMap::new()),
             next_call_id: Cell::new(0),
@@ -253,6 +258,9 @@ impl Shard {
                 ShardAnswer::ListOffsets(self.list_offset_local(request).await)
             }
             ShardCall::EpochEnd(request) => ShardAnswer::EpochEnd(self.epoch_end_local(request)),
+            ShardCall::ReplicaFetch(request) => {
+                ShardAnswer::ReplicaFetch(self.replica_fetch_local(request).await)
+            }
             ShardCall::Watermarks(Watermarks { topic, partition }) => {
                 ShardAnswer::Watermarks(self.partition(&topic, partition).map(|p| p.bounds()))
             }

@@ -308,6 +308,14 @@ fn broker_entries(shard: &Shard) -> Vec<ConfigEntry> {
     entries.push(("broker.session.timeout.ms".into(), session));
     let heartbeat = config.broker_heartbeat_interval_ms.to_string();
     entries.push(("broker.heartbeat.interval.ms".into(), heartbeat));
+    for (name, value) in [
+        ("replica.lag.time.max.ms", config.replica_lag_time_max_ms),
+        ("replica.fetch.wait.max.ms", config.replica_fetch_wait_max_ms),
+        ("replica.fetch.max.bytes", u64::from(config.replica_fetch_max_bytes)),
+        ("replica.fetch.response.max.bytes", u64::from(config.replica_fetch_response_max_bytes)),
+    ] {
+        entries.push((name.into(), value.to_string()));
+    }
     entries.into_iter().map(|(k, v)| (k, v, SOURCE_STATIC_BROKER)).collect()
 }
 

@@ -1,0 +1,377 @@
+//! Followers fetching from their leaders (Kafka's `ReplicaFetcherThread`): on each shard, one
+//! fetcher per leader broker, each carrying every partition the shard follows from that leader
+//! in one `ReplicaFetch` request at a time.
+//!
+//! A round: the fetch names each partition's log end, what of it is synced, the epoch of its
+//! last entry and the leader epoch it follows in. The answers' entries are appended as stored
+//! (each one's checksum checked by the log), a diverging epoch truncates the log where Kafka's
+//! protocol says (KIP-320, `replication::divergence`), and the round ends once every appended
+//! entry is synced, so the next fetch reports it: a follower counts toward the high watermark
+//! only what survives a power loss (DESIGN, "Cluster").
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use event_listener::Event;
+
+use crate::client::{Client, ClientError};
+use crate::native::messages::{
+    ErrorCode, ReplicaFetchAnswer, ReplicaFetchPartition, ReplicaFetchRequest,
+};
+use crate::partition::Partition;
+use crate::record::entry::{entries, Check};
+use crate::replication::divergence::{self, EpochEnd};
+use crate::shard::replicas::Followed;
+use crate::shard::state::PartitionKey;
+use crate::shard::Shard;
+use crate::types::{LeaderEpoch, NodeId, Offset, PartitionId};
+
+/// How long connecting to a leader may take.
+const CONNECT_WAIT: Duration = Duration::from_secs(1);
+/// A fetch answered later than its wait plus this counts as a lost connection.
+const ANSWER_GRACE: Duration = Duration::from_secs(5);
+/// After a failed connection or request, before the next.
+const RETRY_AFTER: Duration = Duration::from_millis(100);
+/// A partition the leader refused (not its leader yet, another epoch) rests this long, while
+/// the metadata catches up.
+const REFUSED_REST: Duration = Duration::from_millis(100);
+/// A partition whose log failed to take the leader's entries rests this long.
+const FAILED_REST: Duration = Duration::from_secs(1);
+
+/// Every shard, until the broker stops: keeps one fetcher per leader broker it follows
+/// partitions from, in step with each publication.
+pub async fn run_replica_fetchers(shard: Rc<Shard>) {
+    let mut fetchers: BTreeMap<NodeId, Rc<LeaderFetcher>> = BTreeMap::new();
+    loop {
+        let published = shard.listen_published();
+        let mut followed = shard.followed();
+        fetchers.retain(|leader, fetcher| {
+            let kept = followed.contains_key(leader);
+            if !kept {
+                fetcher.stop();
+            }
+            kept
+        });
+        for (leader, partitions) in std::mem::take(&mut followed) {
+            match fetchers.get(&leader) {
+                Some(fetcher) => fetcher.follow(partitions),
+                None => {
+                    let fetcher = Rc::new(LeaderFetcher::new(leader, partitions));
+                    glommio::spawn_local(fetch_from(shard.clone(), fetcher.clone())).detach();
+                    fetchers.insert(leader, fetcher);
+                }
+            }
+        }
+        let stop = async {
+            shard.wait_for_stop().await;
+            true
+        };
+        let changed = async {
+            published.await;
+            false
+        };
+        if futures_lite::future::or(stop, changed).await {
+            fetchers.values().for_each(|f| f.stop());
+            return;
+        }
+    }
+}
+
+/// The partitions one shard follows from one leader broker.
+struct LeaderFetcher {
+    leader: NodeId,
+    partitions: RefCell<BTreeMap<PartitionKey, Followed>>,
+    /// Fired when the partitions change or the fetcher stops.
+    changed: Event,
+    stopped: Cell<bool>,
+}
+
+impl LeaderFetcher {
+    fn new(leader: NodeId, partitions: BTreeMap<PartitionKey, Followed>) -> Self {
+        let (partitions, changed) = (RefCell::new(partitions), Event::new());
+        Self { leader, partitions, changed, stopped: Cell::new(false) }
+    }
+
+    fn follow(&self, partitions: BTreeMap<PartitionKey, Followed>) {
+        if *self.partitions.borrow() != partitions {
+            *self.partitions.borrow_mut() = partitions;
+            self.changed.notify(usize::MAX);
+        }
+    }
+
+    fn stop(&self) {
+        self.stopped.set(true);
+        self.changed.notify(usize::MAX);
+    }
+
+    /// Waits for `wait`, or until the partitions change or the fetcher stops.
+    async fn rest(&self, wait: Duration) {
+        let changed = self.changed.listen();
+        if !self.stopped.get() {
+            futures_lite::future::or(changed, glommio::timer::sleep(wait)).await;
+        }
+    }
+}
+
+/// What a fetcher remembers of one partition between rounds.
+#[derive(Default)]
+struct Progress {
+    known_high_watermark: Offset,
+    /// Refused or failed: not fetched again before this.
+    resting_until: Option<Instant>,
+}
+
+/// One fetcher's loop: a `ReplicaFetch` of every partition it follows, the answers applied,
+/// then the next, until it stops.
+async fn fetch_from(shard: Rc<Shard>, fetcher: Rc<LeaderFetcher>) {
+    let leader = fetcher.leader;
+    let mut connection: Option<(String, Client)> = None;
+    let mut progress: BTreeMap<PartitionKey, Progress> = BTreeMap::new();
+    while !fetcher.stopped.get() {
+        let followed = fetcher.partitions.borrow().clone();
+        progress.retain(|key, _| followed.contains_key(key));
+        let now = Instant::now();
+        let mut asked = Vec::new();
+        let mut partitions = Vec::new();
+        for (key, follows) in &followed {
+            let known = progress.entry(key.clone()).or_default();
+            if known.resting_until.is_some_and(|until| until > now) {
+                continue;
+            }
+            let Ok(partition) = shard.partition(&key.0, key.1) else { continue };
+            let log = partition.log();
+            partitions.push(ReplicaFetchPartition {
+                topic: key.0.clone(),
+                partition: key.1 .0,
+                leader_epoch: follows.epoch.0,
+                fetch_offset: log.log_end().0,
+                synced: log.synced_offset().0,
+                last_fetched_epoch: log.latest_epoch().map_or(-1, |e| e.0),
+                known_high_watermark: known.known_high_watermark.0,
+            });
+            asked.push((key.clone(), partition));
+        }
+        if partitions.is_empty() {
+            fetcher.rest(REFUSED_REST).await;
+            continue;
+        }
+        let Some(address) = leader_address(&shard, leader) else {
+            fetcher.rest(RETRY_AFTER).await;
+            continue;
+        };
+        let client = match &connection {
+            Some((to, client)) if *to == address => client.clone(),
+            _ => match connect(&address).await {
+                Ok(client) => {
+                    connection = Some((address, client.clone()));
+                    client
+                }
+                Err(e) => {
+                    tracing::debug!(%leader, "connecting to the leader at {address}: {e}");
+                    connection = None;
+                    fetcher.rest(RETRY_AFTER).await;
+                    continue;
+                }
+            },
+        };
+        let config = &shard.config;
+        let max_wait = Duration::from_millis(config.replica_fetch_wait_max_ms);
+        let request = ReplicaFetchRequest {
+            follower: config.node_id.0,
+            max_wait_ms: u32::try_from(config.replica_fetch_wait_max_ms).unwrap_or(u32::MAX),
+            max_bytes: config.replica_fetch_response_max_bytes,
+            partition_max_bytes: config.replica_fetch_max_bytes,
+            partitions,
+        };
+        let answered = async { Some(client.replica_fetch(&request).await) };
+        let late = async {
+            glommio::timer::sleep(max_wait + ANSWER_GRACE).await;
+            None
+        };
+        let (response, data) = match futures_lite::future::or(answered, late).await {
+            Some(Ok(answer)) => answer,
+            Some(Err(e)) => {
+                tracing::debug!(%leader, "a fetch from the leader failed: {e}");
+                if !matches!(e, ClientError::Broker { .. }) {
+                    connection = None;
+                }
+                fetcher.rest(RETRY_AFTER).await;
+                continue;
+            }
+            None => {
+                tracing::warn!(%leader, "the leader did not answer a fetch in time; connecting again");
+                connection = None;
+                continue;
+            }
+        };
+        let asked: BTreeMap<PartitionKey, Rc<Partition>> = asked.into_iter().collect();
+        let mut at = 0usize;
+        let mut to_sync = Vec::new();
+        for answer in response.partitions {
+            let bytes = usize::try_from(answer.bytes).unwrap_or(usize::MAX);
+            let Some(entries) = at.checked_add(bytes).filter(|end| *end <= data.len()) else {
+                tracing::warn!(%leader, "a fetch answer overruns its data; connecting again");
+                connection = None;
+                break;
+            };
+            let entries = data.slice(at..entries);
+            at += bytes;
+            let key = (answer.topic.clone(), PartitionId(answer.partition));
+            let (Some(partition), Some(known)) = (asked.get(&key), progress.get_mut(&key)) else {
+                continue;
+            };
+            match apply(partition, &answer, entries, leader).await {
+                Applied::Appended(last) => {
+                    known.known_high_watermark = Offset(answer.high_watermark);
+                    to_sync.push((partition.clone(), last));
+                }
+                Applied::Nothing => known.known_high_watermark = Offset(answer.high_watermark),
+                Applied::Rest(wait) => known.resting_until = Some(Instant::now() + wait),
+            }
+        }
+        // The round ends once what it appended is synced: the next fetch reports it.
+        for (partition, last) in to_sync {
+            if let Err(e) = partition.log().wait_synced(&last).await {
+                let log = partition.log();
+                tracing::warn!(topic = %log.topic, partition = %log.partition, %leader, "syncing entries from the leader: {e}");
+            }
+            partition.high_watermark();
+        }
+    }
+}
+
+/// What applying one partition's answer came to.
+enum Applied {
+    /// Entries appended, the last one given: synced before the next fetch.
+    Appended(crate::log::Appended),
+    Nothing,
+    /// Not fetched again for a while.
+    Rest(Duration),
+}
+
+/// Applies one partition's answer to its log: its entries appended, a divergence truncated, an
+/// error waited out.
+async fn apply(
+    partition: &Rc<Partition>,
+    answer: &ReplicaFetchAnswer,
+    data: Bytes,
+    leader: NodeId,
+) -> Applied {
+    let log = partition.log();
+    let (topic, number) = (&log.topic, log.partition);
+    match answer.error.code {
+        ErrorCode::None => {}
+        ErrorCode::OffsetOutOfRange => return out_of_range(partition, answer, leader).await,
+        ErrorCode::NotLeaderOrFollower
+        | ErrorCode::FencedLeaderEpoch
+        | ErrorCode::UnknownLeaderEpoch
+        | ErrorCode::NotAvailable => return Applied::Rest(REFUSED_REST),
+        code => {
+            tracing::warn!(%topic, partition = %number, %leader, "the leader refused a fetch: {code}: {}", answer.error.message);
+            return Applied::Rest(FAILED_REST);
+        }
+    }
+    if answer.diverging_epoch >= 0 {
+        let diverging = EpochEnd {
+            epoch: LeaderEpoch(answer.diverging_epoch),
+            end_offset: Offset(answer.diverging_end_offset),
+        };
+        let truncation =
+            log.with_epochs(|epochs, _, end| divergence::truncation(epochs, end, diverging));
+        let before = log.log_end();
+        return match partition.truncate_replica(truncation.offset).await {
+            Ok(end) => {
+                tracing::info!(%topic, partition = %number, %leader, ?diverging, "the log diverged from the leader's: truncated from {before} to {end}");
+                Applied::Nothing
+            }
+            Err(e) => {
+                tracing::error!(%topic, partition = %number, %leader, "truncating to {}: {e}", truncation.offset);
+                Applied::Rest(FAILED_REST)
+            }
+        };
+    }
+    let mut last = None;
+    let mut at = 0usize;
+    for stored in entries(&data, Check::Header) {
+        let length = match stored {
+            Ok(stored) => stored.bytes.len(),
+            Err(e) => {
+                tracing::warn!(%topic, partition = %number, %leader, "an entry from the leader does not parse: {e}");
+                return Applied::Rest(FAILED_REST);
+            }
+        };
+        let entry = data.slice(at..at + length);
+        at += length;
+        match partition.append_replicated(entry) {
+            Ok(appended) => last = Some(appended),
+            Err(e) => {
+                tracing::warn!(%topic, partition = %number, %leader, "appending the leader's entries: {e}");
+                return match last {
+                    Some(appended) => Applied::Appended(appended),
+                    None => Applied::Rest(FAILED_REST),
+                };
+            }
+        }
+    }
+    partition.followed_to(Offset(answer.high_watermark));
+    match last {
+        Some(appended) => {
+            log.sync_up_to(appended.next_offset);
+            Applied::Appended(appended)
+        }
+        None => Applied::Nothing,
+    }
+}
+
+/// The follower's fetch offset is outside the leader's log: past its end, the follower
+/// truncates to it (Kafka's `handleOutOfRangeError`); below its start, the follower would
+/// start again at the leader's log start, which this version does not do yet.
+async fn out_of_range(
+    partition: &Rc<Partition>,
+    answer: &ReplicaFetchAnswer,
+    leader: NodeId,
+) -> Applied {
+    let log = partition.log();
+    let (leader_start, leader_end) = (Offset(answer.log_start), Offset(answer.log_end));
+    let end = log.log_end();
+    if end > leader_end {
+        return match partition.truncate_replica(leader_end).await {
+            Ok(_) => {
+                tracing::info!(topic = %log.topic, partition = %log.partition, %leader, "past the leader's log end {leader_end}: truncated from {end}");
+                Applied::Nothing
+            }
+            Err(e) => {
+                tracing::error!(topic = %log.topic, partition = %log.partition, "truncating to the leader's end {leader_end}: {e}");
+                Applied::Rest(FAILED_REST)
+            }
+        };
+    }
+    tracing::error!(
+        topic = %log.topic, partition = %log.partition, %leader,
+        "the log ends at {end}, before the leader's log start {leader_start}: starting again from the leader's start is not supported yet"
+    );
+    Applied::Rest(Duration::from_secs(5))
+}
+
+/// The native address of broker `leader`, as the metadata has it.
+fn leader_address(shard: &Shard, leader: NodeId) -> Option<String> {
+    let image = shard.metadata_image();
+    let broker = image.brokers.get(&leader)?;
+    let (host, port) = &broker.endpoints.native;
+    Some(crate::config::host_port(host, *port))
+}
+
+async fn connect(address: &str) -> Result<Client, ClientError> {
+    let connecting = async { Some(Client::connect(address).await) };
+    let late = async {
+        glommio::timer::sleep(CONNECT_WAIT).await;
+        None
+    };
+    match futures_lite::future::or(connecting, late).await {
+        Some(connected) => connected,
+        None => Err(ClientError::Io(format!("no connection to {address} within {CONNECT_WAIT:?}"))),
+    }
+}
