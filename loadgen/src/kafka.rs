@@ -24,7 +24,13 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use spate::native::messages::Acks;
 
+use crate::link::ProduceError;
+
 const PRODUCE_VERSION: i16 = 7;
+/// The produce errors a leader change brings (the batch is sent again to the leader found
+/// anew): LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER, REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS,
+/// NOT_ENOUGH_REPLICAS_AFTER_APPEND, FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH.
+const FAILOVER_CODES: [i16; 7] = [5, 6, 7, 19, 20, 74, 75];
 const FETCH_VERSION: i16 = 11;
 const LIST_OFFSETS_VERSION: i16 = 2;
 const CREATE_TOPICS_VERSION: i16 = 4;
@@ -153,7 +159,7 @@ impl KafkaLink {
         partition: u32,
         acks: Acks,
         batch: Bytes,
-    ) -> Result<(), String> {
+    ) -> Result<(), ProduceError> {
         let mut data = PartitionProduceData::default();
         data.index = partition as i32;
         data.records = Some(Bytes::new());
@@ -170,16 +176,20 @@ impl KafkaLink {
         request.topic_data = vec![topic_data];
         let expect = acks != Acks::None;
         let reply = self.send(ApiKey::Produce, PRODUCE_VERSION, &request, Some(batch), expect);
-        let Some(mut frame) = reply.await? else { return Ok(()) };
-        let response = ProduceResponse::decode(&mut frame, PRODUCE_VERSION)
-            .map_err(|e| format!("produce response: {e}"))?;
+        // A connection lost may be a leader lost.
+        let lost = |message| ProduceError { message, failover: true };
+        let Some(mut frame) = reply.await.map_err(lost)? else { return Ok(()) };
+        let response = ProduceResponse::decode(&mut frame, PRODUCE_VERSION).map_err(|e| {
+            ProduceError { message: format!("produce response: {e}"), failover: false }
+        })?;
         let code = response
             .responses
             .first()
             .and_then(|t| t.partition_responses.first())
             .map_or(-1, |p| p.error_code);
         if code != 0 {
-            return Err(format!("produce to {topic}-{partition}: Kafka error {code}"));
+            let message = format!("produce to {topic}-{partition}: Kafka error {code}");
+            return Err(ProduceError { message, failover: FAILOVER_CODES.contains(&code) });
         }
         Ok(())
     }

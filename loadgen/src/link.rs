@@ -3,7 +3,7 @@
 //! that send each partition's requests to its leader's connections, wherever in the cluster.
 
 use bytes::Bytes;
-use spate::client::Client;
+use spate::client::{Client, ClientError};
 use spate::native::messages::{Acks, ErrorCode, OFFSET_LATEST};
 use spate::record::{BatchMeta, EntryHeader, PayloadFormat};
 use spate::types::{LeaderEpoch, Offset};
@@ -56,15 +56,31 @@ impl Link {
         acks: Acks,
         meta: BatchMeta,
         payload: Bytes,
-    ) -> Result<(), String> {
+    ) -> Result<(), ProduceError> {
         match self {
             Link::Native(client) => client
                 .produce_encoded(topic, partition, acks, meta, payload)
                 .await
                 .map(|_| ())
-                .map_err(|e| e.to_string()),
+                .map_err(|e| {
+                    let lost = matches!(e, ClientError::Disconnected(_) | ClientError::Io(_));
+                    let failover = lost || e.code().is_some_and(|c| NATIVE_FAILOVER.contains(&c));
+                    ProduceError { message: e.to_string(), failover }
+                }),
             Link::Kafka(link) => link.produce(topic, partition, acks, payload).await,
         }
+    }
+
+    /// The address of `partition`'s leader as this broker knows it now (`None`: none yet).
+    pub async fn leader_of(&self, topic: &str, partition: u32) -> Result<Option<String>, String> {
+        let leaders = match self {
+            Link::Native(client) => {
+                let metadata = client.metadata(Some(vec![topic.to_string()]), false).await;
+                native_leaders(&metadata.map_err(|e| e.to_string())?)?
+            }
+            Link::Kafka(link) => link.leaders(topic).await?,
+        };
+        Ok(leaders.get(partition as usize).cloned().flatten())
     }
 
     /// Fetches from `offset` and calls `visit(offset, value)` for every record at or after it,
@@ -159,6 +175,25 @@ impl Link {
     }
 }
 
+/// Why a produce failed, and whether a leader change may be behind it: then the batch is sent
+/// again to the partition's leader, found anew.
+#[derive(Debug)]
+pub struct ProduceError {
+    pub message: String,
+    pub failover: bool,
+}
+
+/// The native refusals a leader change brings.
+const NATIVE_FAILOVER: [ErrorCode; 7] = [
+    ErrorCode::NotLeaderOrFollower,
+    ErrorCode::NotAvailable,
+    ErrorCode::NotEnoughReplicas,
+    ErrorCode::NotEnoughReplicasAfterAppend,
+    ErrorCode::FencedLeaderEpoch,
+    ErrorCode::UnknownLeaderEpoch,
+    ErrorCode::RequestTimedOut,
+];
+
 /// How long the loadgen waits for every partition of its topic to have a leader.
 const LEADERS_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
@@ -229,6 +264,59 @@ impl Routes {
     pub fn pool(&self, partition: u32) -> Result<Pool, String> {
         let pool = self.pools.get(&partition).cloned();
         pool.ok_or_else(|| format!("no connection to partition {partition}'s leader"))
+    }
+}
+
+/// How a sender finds a partition's leader again after a failover: the brokers it knows (the
+/// one it was given, every leader it has seen), asked in turn.
+pub struct Rediscovery {
+    protocol: Protocol,
+    known: std::cell::RefCell<Vec<String>>,
+}
+
+/// How long connecting to a broker may take while looking for a new leader.
+const REDISCOVERY_CONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Rediscovery {
+    pub fn new(protocol: Protocol, bootstrap: String, leaders: &[String]) -> Self {
+        let mut known = vec![bootstrap];
+        for leader in leaders {
+            if !known.contains(leader) {
+                known.push(leader.clone());
+            }
+        }
+        Self { protocol, known: std::cell::RefCell::new(known) }
+    }
+
+    /// A new connection to `partition`'s leader, as the first known broker that names one
+    /// says.
+    pub async fn leader_link(&self, topic: &str, partition: u32) -> Result<Link, String> {
+        let known = self.known.borrow().clone();
+        let mut why = String::from("no broker known");
+        for address in known {
+            let found = async {
+                let link = Link::connect(self.protocol, &address).await?;
+                let leader = link.leader_of(topic, partition).await?;
+                let leader = leader.ok_or_else(|| format!("{address} names no leader yet"))?;
+                let link = Link::connect(self.protocol, &leader).await?;
+                Ok::<_, String>((leader, link))
+            };
+            let late = async {
+                glommio::timer::sleep(REDISCOVERY_CONNECT_WAIT * 2).await;
+                Err(format!("{address} did not answer in time"))
+            };
+            match futures_lite::future::or(found, late).await {
+                Ok((leader, link)) => {
+                    let mut known = self.known.borrow_mut();
+                    if !known.contains(&leader) {
+                        known.push(leader);
+                    }
+                    return Ok(link);
+                }
+                Err(e) => why = e,
+            }
+        }
+        Err(why)
     }
 }
 

@@ -26,7 +26,7 @@ use std::time::Duration;
 use clap::Parser;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use hdrhistogram::Histogram;
-use link::{Link, Protocol, Routes};
+use link::{Link, Protocol, Rediscovery, Routes};
 use report::{SharedCounts, Snapshot};
 use spate::native::messages::Acks;
 use verify::SequenceCheck;
@@ -372,7 +372,8 @@ async fn thread_main(
             measure_from,
         ))
     });
-    produce::run(&args, &clients, &produced, &partitions, measure_from).await;
+    let rediscovery = Rc::new(Rediscovery::new(args.protocol, args.address(), &leaders));
+    produce::run(&args, &clients, &rediscovery, &produced, &partitions, measure_from).await;
     drop(producing);
     if let Some(e) = produced.totals.error.borrow().clone() {
         return Err(format!("produce failed: {e}"));
@@ -437,6 +438,7 @@ fn report(args: &Args, outcomes: Vec<ThreadOutcome>) -> Result<(), String> {
         vec![("produce ack", produce.latency.clone())];
     let mut json = format!("{{\"produce\":{}", produce.json());
     let mut lines = vec![produce.human("produce", args.record_size)];
+    lines.extend(produce.failovers_human("produce"));
     if args.rate.is_some() {
         let delay = merge_histograms(|o| &o.publish_delay);
         json.push_str(&format!(",\"publish_delay_us\":{}", report::histogram_json(&delay)));

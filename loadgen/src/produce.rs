@@ -13,17 +13,23 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use spate::record::{BatchBuilder, BatchMeta, OwnedRecord};
 
-use crate::link::{encode_batch, Link, Routes};
+use crate::link::{encode_batch, Link, Rediscovery, Routes};
 use crate::report::Totals;
 use crate::shape::{KeySource, Rng, SizeRange};
 use crate::verify;
 use crate::Args;
+
+/// How long a batch is sent again through a failover before the run fails.
+const FAILOVER_WAIT_MAX: Duration = Duration::from_secs(30);
+/// Between a refusal and asking for the leader again.
+const FAILOVER_RETRY_WAIT: Duration = Duration::from_millis(50);
 
 /// One partition's sequence numbers.
 #[derive(Default)]
@@ -72,7 +78,9 @@ struct Built {
 /// What every sending task of a partition shares.
 #[derive(Clone)]
 struct Sender {
-    client: Link,
+    /// To the partition's leader; replaced when a failover moves it.
+    client: Rc<RefCell<Link>>,
+    rediscovery: Rc<Rediscovery>,
     topic: String,
     partition: u32,
     args: Rc<Args>,
@@ -109,20 +117,45 @@ impl Sender {
     }
 
     /// Sends one batch; latency runs from `since` (the send, or the schedule in open loop).
+    /// A refusal a leader change brings (or a lost connection) sends it again to the leader
+    /// found anew, for up to [`FAILOVER_WAIT_MAX`], and counts the gap. (Sent again, a batch
+    /// the old leader had taken may be stored twice, and with more than one in flight
+    /// per partition batches may change order: `--verify` reports both.)
     async fn send(&self, since: Instant) {
         let Built { meta, payload, value_bytes } = self.next_batch();
         let count = u64::from(meta.record_count);
         if self.totals.counting() {
             self.records_sent.set(self.records_sent.get() + count);
         }
-        let result =
-            self.client.produce(&self.topic, self.partition, self.args.acks, meta, payload).await;
-        match result {
-            Ok(_) => {
-                self.totals.add(count, value_bytes, since.elapsed());
-                self.sequence.acknowledged.set(self.sequence.acknowledged.get() + count);
+        let mut refused_at: Option<Instant> = None;
+        loop {
+            let client = self.client.borrow().clone();
+            let (topic, partition, acks) = (&self.topic, self.partition, self.args.acks);
+            match client.produce(topic, partition, acks, meta, payload.clone()).await {
+                Ok(()) => {
+                    if let Some(refused_at) = refused_at {
+                        self.totals.failover_gaps.borrow_mut().push(refused_at.elapsed());
+                    }
+                    self.totals.add(count, value_bytes, since.elapsed());
+                    self.sequence.acknowledged.set(self.sequence.acknowledged.get() + count);
+                    return;
+                }
+                Err(e) if e.failover && !self.interrupted.load(Ordering::Relaxed) => {
+                    let first = *refused_at.get_or_insert_with(Instant::now);
+                    if first.elapsed() > FAILOVER_WAIT_MAX {
+                        self.totals.fail(format!("{} (for {FAILOVER_WAIT_MAX:?})", e.message));
+                        return;
+                    }
+                    glommio::timer::sleep(FAILOVER_RETRY_WAIT).await;
+                    if let Ok(link) = self.rediscovery.leader_link(topic, partition).await {
+                        *self.client.borrow_mut() = link;
+                    }
+                }
+                Err(e) => {
+                    self.totals.fail(e.message);
+                    return;
+                }
             }
-            Err(e) => self.totals.fail(e),
         }
     }
 
@@ -143,6 +176,7 @@ impl Sender {
 pub async fn run(
     args: &Rc<Args>,
     clients: &Routes,
+    rediscovery: &Rc<Rediscovery>,
     produced: &Produced,
     partitions: &[u32],
     measure_from: Instant,
@@ -175,10 +209,16 @@ pub async fn run(
                 continue;
             }
         };
+        let stamped_link = Rc::new(RefCell::new(pool.link(partition as usize)));
         let sender_for = |slot: usize| {
-            let connection = if stamped { partition as usize } else { partition as usize + slot };
+            // Stamped batches keep their order on one connection per partition.
+            let client = match stamped {
+                true => stamped_link.clone(),
+                false => Rc::new(RefCell::new(pool.link(partition as usize + slot))),
+            };
             Sender {
-                client: pool.link(connection),
+                client,
+                rediscovery: rediscovery.clone(),
                 topic: args.topic.clone(),
                 partition,
                 args: args.clone(),

@@ -25,6 +25,9 @@ pub struct Totals {
     pub latency: RefCell<Histogram<u64>>,
     pub elapsed: Cell<Duration>,
     pub error: RefCell<Option<String>>,
+    /// How long each failover kept a batch from being acknowledged: from its first refusal (or
+    /// lost connection) to its acknowledgement by the new leader.
+    pub failover_gaps: RefCell<Vec<Duration>>,
     /// Nothing before this counts (the warm-up).
     counting_from: Cell<Option<Instant>>,
     shared: Arc<SharedCounts>,
@@ -38,6 +41,7 @@ impl Totals {
             latency: RefCell::new(spate::metrics::new_histogram()),
             elapsed: Cell::new(Duration::ZERO),
             error: RefCell::new(None),
+            failover_gaps: RefCell::new(Vec::new()),
             counting_from: Cell::new(None),
             shared,
         }
@@ -78,6 +82,7 @@ impl Totals {
             bytes: self.bytes.get(),
             elapsed: self.elapsed.get(),
             latency: self.latency.borrow().clone(),
+            failover_gaps: self.failover_gaps.borrow().clone(),
         }
     }
 }
@@ -89,6 +94,7 @@ pub struct Snapshot {
     pub bytes: u64,
     pub elapsed: Duration,
     pub latency: Histogram<u64>,
+    pub failover_gaps: Vec<Duration>,
 }
 
 impl Snapshot {
@@ -98,6 +104,7 @@ impl Snapshot {
             total.records += part.records;
             total.bytes += part.bytes;
             total.elapsed = total.elapsed.max(part.elapsed);
+            total.failover_gaps.extend(part.failover_gaps);
             // Every histogram comes from `new_histogram`: equal bounds, so `add` cannot fail.
             let _ = total.latency.add(&part.latency);
             total
@@ -123,6 +130,19 @@ impl Snapshot {
             self.mib_per_sec(),
             histogram_human(&format!("{phase}: request latency"), &self.latency),
         )
+    }
+
+    /// The failovers a phase rode through, each as long as it kept a batch unacknowledged.
+    pub fn failovers_human(&self, phase: &str) -> Option<String> {
+        let longest = self.failover_gaps.iter().max()?;
+        let each: Vec<String> =
+            self.failover_gaps.iter().map(|g| format!("{}", g.as_millis())).collect();
+        Some(format!(
+            "{phase}: {} failover gaps, longest {} ms; each (ms): {}",
+            self.failover_gaps.len(),
+            longest.as_millis(),
+            each.join(" ")
+        ))
     }
 
     /// One JSON object.

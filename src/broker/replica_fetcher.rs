@@ -204,6 +204,7 @@ async fn fetch_from(shard: Rc<Shard>, fetcher: Rc<LeaderFetcher>) {
             None => {
                 tracing::warn!(%leader, "the leader did not answer a fetch in time; connecting again");
                 connection = None;
+                fetcher.rest(RETRY_AFTER).await;
                 continue;
             }
         };
@@ -223,6 +224,12 @@ async fn fetch_from(shard: Rc<Shard>, fetcher: Rc<LeaderFetcher>) {
             let (Some(partition), Some(known)) = (asked.get(&key), progress.get_mut(&key)) else {
                 continue;
             };
+            // Asked as a follower of this leader in this epoch, and still one: a publication
+            // while the fetch was out may have made this replica leader, or moved it on.
+            let now_followed = fetcher.partitions.borrow().get(&key).copied();
+            if now_followed.is_none() || now_followed != followed.get(&key).copied() {
+                continue;
+            }
             match apply(partition, &answer, entries, leader).await {
                 Applied::Appended(last) => {
                     known.known_high_watermark = Offset(answer.high_watermark);

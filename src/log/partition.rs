@@ -548,18 +548,27 @@ impl<S: Storage> PartitionLog<S> {
         };
         let mut st = self.state.borrow_mut();
         self.refuses_appends(&st)?;
-        let (base_offset, next_offset) = (header.base_offset(), header.next_offset());
+        // The base offset first: a checksummed header is still a peer's, and only one that
+        // continues the log has a next offset worth computing.
+        let base_offset = header.base_offset();
         if base_offset != st.next_offset {
             return Err(LogError::NotNextOffset {
                 next_offset: st.next_offset,
                 entry_base_offset: base_offset,
             });
         }
+        let next_offset = header.next_offset();
+        // An entry of an older leader epoch than the log's latest comes from a leader this
+        // replica has moved past (it leads now, or follows a newer one): taking it would undo
+        // the newer epoch's start.
+        let epoch = header.leader_epoch();
+        if st.epochs.latest().is_some_and(|latest| epoch < latest.epoch) {
+            return Err(LogError::InvalidEpoch { epoch, start_offset: base_offset });
+        }
         let meta = header.meta();
         st.producers.record(&meta, base_offset, next_offset, self.storage.now_ms());
         // The leader's epochs come with its entries (Kafka's follower does the same); a new one
         // is persisted before the writer writes anything after it.
-        let epoch = header.leader_epoch();
         if epoch.0 >= 0 && st.epochs.assign(epoch, base_offset) {
             st.epochs_version += 1;
         }

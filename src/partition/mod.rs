@@ -39,7 +39,8 @@ use crate::record::PendingEntry;
 use crate::types::{LeaderEpoch, Offset};
 
 mod replicated;
-pub use replicated::{ReplicaFetched, ReplicaView, Replication};
+use replicated::Replication;
+pub use replicated::{ReplicaFetched, ReplicaView};
 
 /// ListOffsets' special timestamps (Kafka's): the high watermark, and the log start.
 pub const OFFSET_LATEST: i64 = -1;
@@ -178,7 +179,7 @@ impl<S: Storage> Partition<S> {
     }
 
     /// The local log, for what is not about visibility (its topic config, retention's rolling,
-    /// closing, and the replica operations to come).
+    /// closing, its leader epochs and watermarks for a follower's fetch).
     pub fn log(&self) -> &Rc<PartitionLog<S>> {
         &self.log
     }
@@ -194,15 +195,14 @@ impl<S: Storage> Partition<S> {
     /// `acks=all` on a replicated partition waits for the high watermark: every in-sync
     /// replica has synced the entry (`replicated.rs`).
     pub async fn wait_acked(&self, appended: &Appended, acks: Acks) -> Result<(), BrokerError> {
+        // A replicated leader's log end counts only once synced: it syncs whatever it takes,
+        // whoever waits.
+        if self.is_replicated() {
+            self.log.sync_up_to(appended.next_offset);
+        }
         match acks {
             Acks::None => Ok(self.log.wait_for_room().await?),
-            Acks::Leader => {
-                // A replicated leader's log end counts once synced: it syncs as it writes.
-                if self.is_replicated() {
-                    self.log.sync_up_to(appended.next_offset);
-                }
-                Ok(self.log.wait_written(appended).await?)
-            }
+            Acks::Leader => Ok(self.log.wait_written(appended).await?),
             // Durable, not just written: Spate's promise for acks=all (DESIGN, "Cluster").
             Acks::All => {
                 self.log.wait_synced(appended).await?;

@@ -89,7 +89,9 @@ impl<S: Storage> Partition<S> {
                     &view.replicas,
                     view.isr.clone(),
                     (view.min_insync, view.lag_max),
-                    self.high_watermark(),
+                    // As it stands, not recomputed: while still alone, that would make all the
+                    // log recovered visible before the replicas agree on it.
+                    self.high_watermark.get(),
                     Instant::now(),
                 );
                 Replication::Leading { set, partition_epoch: view.partition_epoch }
@@ -304,15 +306,25 @@ impl<S: Storage> Partition<S> {
         }
     }
 
-    /// The controller answered the in-sync change asked in `partition_epoch`, and what it
-    /// changed is published: a change still pending in that epoch was refused or changed
-    /// nothing, and may be asked again.
+    /// The controller refused the in-sync change asked in `partition_epoch` for good, or it
+    /// changed nothing: still pending in that epoch, it may be asked again. (A change whose
+    /// outcome is unknown stays pending until the metadata says: one that was committed counts
+    /// its new members from the moment it was asked.)
     pub fn change_answered(&self, asked_in: u32) {
         if let Replication::Leading { set, partition_epoch } = &mut *self.replication.borrow_mut() {
             if *partition_epoch == asked_in {
                 set.change_refused();
             }
         }
+    }
+
+    /// Whether the in-sync change asked in `partition_epoch` is still pending, this broker still
+    /// leading in `epoch`: what the asking task keeps asking for while the answer is unknown.
+    pub fn change_pending(&self, epoch: LeaderEpoch, asked_in: u32) -> bool {
+        let leading = self.leader_epoch.get() == Some(epoch);
+        leading
+            && matches!(&*self.replication.borrow(), Replication::Leading { set, partition_epoch }
+                if *partition_epoch == asked_in && set.has_pending_change())
     }
 
     /// A follower's log took entries from its leader, which said its high watermark was
@@ -327,9 +339,16 @@ impl<S: Storage> Partition<S> {
     }
 
     /// Appends an entry as the leader stored it (a follower's fetch); wait for it to be synced
-    /// with [`crate::log::PartitionLog::wait_synced`] before reporting it.
-    pub fn append_replicated(&self, entry: Bytes) -> Result<Appended, LogError> {
-        self.log.append_at(entry)
+    /// with [`crate::log::PartitionLog::wait_synced`] before reporting it. Refused unless the
+    /// partition follows (a fetch answered after this replica came to lead must not land).
+    pub fn append_replicated(&self, entry: Bytes) -> Result<Appended, BrokerError> {
+        let following = matches!(*self.replication.borrow(), Replication::Following { .. });
+        if !following || self.leader_epoch.get().is_some() {
+            let why =
+                format!("{}-{} does not follow a leader now", self.log.topic, self.log.partition);
+            return Err(BrokerError::new(ErrorKind::NotLeaderOrFollower, why));
+        }
+        Ok(self.log.append_at(entry)?)
     }
 
     /// Removes the entries from `offset` on, durably: where the follower's log parts from its

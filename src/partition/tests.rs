@@ -174,3 +174,33 @@ fn a_replicated_leader_answers_acks_all_once_its_in_sync_follower_has_synced() {
         follower.log().close().await;
     });
 }
+
+/// A replica reopened after a crash recovers entries the replicas may never have agreed on: its
+/// first role, even leader, shows none of them until its in-sync followers report them synced.
+#[test]
+fn a_reopened_replica_shows_nothing_recovered_until_its_followers_have_it() {
+    use super::ReplicaView;
+    use crate::types::{LeaderEpoch, NodeId};
+    in_partition_dir(|dir| async move {
+        let partition = Partition::new(open(&dir, SEGMENT_BYTES).await);
+        for i in 0..3 {
+            let appended = partition.append(entry(1, &payload(i, 100))).expect("append");
+            partition.wait_acked(&appended, Acks::All).await.expect("synced");
+        }
+        partition.log().close().await;
+        let reopened = Partition::new(open(&dir, SEGMENT_BYTES).await);
+        let view = ReplicaView {
+            me: NodeId(1),
+            replicas: vec![NodeId(1), NodeId(2)],
+            isr: vec![NodeId(1), NodeId(2)],
+            partition_epoch: 0,
+            min_insync: 2,
+            lag_max: Duration::from_secs(30),
+        };
+        reopened.lead(LeaderEpoch(1), &view).await.expect("lead");
+        assert_eq!(reopened.high_watermark(), Offset(0), "nothing agreed on yet");
+        let fetched = reopened.serve_follower(NodeId(2), (Offset(3), Offset(3)), None, 1 << 20);
+        assert_eq!(fetched.await.expect("served").high_watermark, Offset(3));
+        reopened.log().close().await;
+    });
+}

@@ -217,6 +217,11 @@ impl ReplicaSet {
         self.advance(leader_synced);
     }
 
+    /// Whether a change was asked and not answered yet.
+    pub fn has_pending_change(&self) -> bool {
+        self.pending.is_some()
+    }
+
     /// The controller refused the pending change (or did not answer): ask again later.
     pub fn change_refused(&mut self) {
         self.pending = None;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::cluster::decide::IsrRequest;
 use crate::cluster::metadata::PartitionState;
 use crate::cluster::node::{ControllerAnswer, ControllerRequest};
-use crate::error::BrokerError;
+use crate::error::{BrokerError, ErrorKind};
 use crate::partition::{Partition, ReplicaFetched, ReplicaView};
 use crate::shard::call::ReplicaFetch;
 use crate::shard::catalog::TopicInfo;
@@ -24,6 +24,8 @@ use crate::types::{LeaderEpoch, NodeId, Offset, PartitionId, ShardId};
 /// checks for laggards every half `replica.lag.time.max.ms` and adds followers on their
 /// fetches; one short interval does both here.
 const ISR_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+/// Before an in-sync change whose answer was lost is asked again.
+const ISR_RETRY_WAIT: Duration = Duration::from_millis(500);
 
 /// A partition this shard follows: its leader, and the leader epoch it follows in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -273,22 +275,67 @@ impl Shard {
                 };
                 tracing::info!(%topic, %partition, isr = ?change.isr, %leader_epoch, partition_epoch, "asking for a new in-sync set");
                 let this = self.clone();
+                let asked = ControllerRequest::AlterPartition(request);
                 glommio::spawn_local(async move {
-                    let asked = ControllerRequest::AlterPartition(request);
-                    match this.forward_to_controller(asked).await {
-                        Ok(ControllerAnswer::MetadataChanged { .. }) => {}
-                        Ok(other) => {
-                            tracing::warn!(%topic, %partition, "an in-sync change answered {other:?}")
-                        }
-                        Err(e) => {
-                            tracing::warn!(%topic, %partition, "an in-sync change refused: {}", e.error)
-                        }
-                    }
-                    // Published here by now when it changed anything: a change still pending
-                    // was refused, or changed nothing.
-                    target.change_answered(partition_epoch);
+                    this.ask_isr_change(asked, &target, (leader_epoch, partition_epoch)).await;
                 })
                 .detach();
+            }
+        }
+    }
+}
+
+impl Shard {
+    /// Sends a leader's in-sync change to the controller until its outcome is known. A change
+    /// stays pending (its new members counted toward the high watermark) until the metadata
+    /// answers it or the controller refuses it for good; one whose answer was lost is asked
+    /// again while it is pending (a second commit of it is refused as another version).
+    async fn ask_isr_change(
+        self: &Rc<Self>,
+        asked: ControllerRequest,
+        target: &Partition,
+        (leader_epoch, partition_epoch): (LeaderEpoch, u32),
+    ) {
+        loop {
+            match self.forward_to_controller(asked.clone()).await {
+                // Published here by now, unless publishing took longer than the forwarding
+                // waits: then the publication answers it.
+                Ok(ControllerAnswer::MetadataChanged { index }) => {
+                    if self.published.get() >= index {
+                        target.change_answered(partition_epoch);
+                    }
+                    return;
+                }
+                Ok(other) => {
+                    tracing::warn!(?asked, "an in-sync change answered {other:?}");
+                    target.change_answered(partition_epoch);
+                    return;
+                }
+                // The partition moved on (another change, a new leader): the publication that
+                // moved it answers this one too.
+                Err(e) if e.error.kind == ErrorKind::InvalidUpdateVersion => return,
+                Err(e)
+                    if !matches!(
+                        e.error.kind,
+                        ErrorKind::NotAvailable | ErrorKind::NotController
+                    ) =>
+                {
+                    tracing::warn!(?asked, "an in-sync change refused: {}", e.error);
+                    target.change_answered(partition_epoch);
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(
+                        ?asked,
+                        "an in-sync change not answered: {}; asking again",
+                        e.error
+                    );
+                    glommio::timer::sleep(ISR_RETRY_WAIT).await;
+                    if !target.change_pending(leader_epoch, partition_epoch) || self.stopping.get()
+                    {
+                        return;
+                    }
+                }
             }
         }
     }

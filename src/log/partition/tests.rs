@@ -552,6 +552,38 @@ fn a_followers_append_continues_the_log_with_whole_entries_only() {
     });
 }
 
+/// A follower that has moved past a leader (it leads a newer epoch now, or follows a newer
+/// leader) takes no entry of the old leader's epoch: it would undo the newer epoch's start.
+/// And an epoch recorded at the log end without entries (one this replica led briefly) goes
+/// with a truncation to the end, as Kafka's truncateTo drops it: kept, the follower would
+/// fetch with an epoch its new leader never had, and be told where the logs part forever.
+#[test]
+fn a_follower_refuses_an_older_epochs_entries_and_truncating_to_its_end_drops_an_empty_epoch() {
+    in_partition_dir(|dir| async move {
+        let log = open(&dir, 1024 * 1024).await;
+        let (first, _) = entry(2, b"epoch 4").seal(Offset(0), LeaderEpoch(4));
+        log.append_at(first).expect("the leader's entry");
+        log.assign_epoch(LeaderEpoch(6), Offset(2)).await.expect("led epoch 6");
+        let (stale, _) = entry(1, b"epoch 5").seal(Offset(2), LeaderEpoch(5));
+        assert_eq!(
+            log.append_at(stale).err(),
+            Some(LogError::InvalidEpoch { epoch: LeaderEpoch(5), start_offset: Offset(2) })
+        );
+        let starts: Vec<_> =
+            log.leader_epochs().iter().map(|e| (e.epoch.0, e.start_offset.0)).collect();
+        assert_eq!(starts, [(4, 0), (6, 2)], "epoch 6's start kept");
+        // Epoch 6 never had an entry; the next leader answers that the logs part at 2.
+        assert_eq!(log.truncate_to(Offset(2)).await, Ok(Offset(2)));
+        let starts: Vec<_> =
+            log.leader_epochs().iter().map(|e| (e.epoch.0, e.start_offset.0)).collect();
+        assert_eq!(starts, [(4, 0)], "the empty epoch at the end went");
+        log.close().await;
+        let log = open(&dir, 1024 * 1024).await;
+        assert_eq!(log.latest_epoch(), Some(LeaderEpoch(4)), "and stays gone after a restart");
+        log.close().await;
+    });
+}
+
 /// Leader epochs on real files: an assigned epoch survives a restart, a truncation removes the
 /// epochs it cut (and a restart agrees), and a checkpoint of a newer version stops the
 /// partition from opening, naming the file, rather than be rewritten.

@@ -461,6 +461,14 @@ impl<S: Storage> Writer<S> {
             (st.segments.iter().cloned().collect::<Vec<_>>(), st.next_offset)
         };
         if offset >= end {
+            // Nothing of the log goes, but an epoch recorded at its end without entries (one
+            // this replica led, or learnt, before the leader it now follows) does, as Kafka's
+            // truncateTo drops it: kept, the follower would fetch again with an epoch its
+            // leader never had, and be told again where the logs part.
+            let mut st = log.state.borrow_mut();
+            if st.epochs.truncate_from_end(offset) {
+                st.epochs_version += 1;
+            }
             return Ok(end);
         }
         let Some(holder_at) = segments.iter().rposition(|s| s.base_offset <= offset) else {

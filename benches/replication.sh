@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# acks=all with replication, in one run on this machine:
+#   1. the disk's ceiling: fio's sequential O_DIRECT write (1 MiB, four deep) beside the data;
+#   2. replication factor 1 on one broker: the loadgen's closed loop with acks=all;
+#   3. replication factor 3 on three brokers (loopback, each one shard; the machine's two CPUs
+#      shared by the three and the loadgen): the same closed loop to a topic with
+#      min.insync.replicas 2, every record fdatasync'ed on all three before its answer;
+#   4. the same topic in open loop at half of (3)'s rate: produce latency p50/p99/p99.9.
+#
+#   cargo build --release && benches/replication.sh [target/release] [seconds]
+#
+# BROKER_SETTINGS="replica.fetch.max.bytes=8388608 ..." passes settings to every broker;
+# LOADGEN_ARGS="--inflight 16" to every loadgen run.
+# Uses ports 21290-21299 and a temporary directory beside the repository (the disk under test),
+# both cleaned up on exit; needs 12 GiB free.
+set -euo pipefail
+bin=${1:-target/release}
+seconds=${2:-10}
+partitions=3
+dir=$(mktemp -d -p "$(pwd)" replication-bench.XXXXXX)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  sleep 1
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+free_kib=$(df -k --output=avail "$dir" | tail -1)
+if [ "$free_kib" -lt $((12 * 1024 * 1024)) ]; then
+  echo "needs 12 GiB free beside $(pwd), has $((free_kib / 1024)) MiB" >&2
+  exit 1
+fi
+
+echo "== fio: sequential O_DIRECT write, 1 MiB, iodepth 4"
+fio --name=ceiling --filename="$dir/fio" --size=4G --ioengine=io_uring --direct=1 --rw=write \
+  --bs=1M --iodepth=4 --runtime="$seconds" --time_based --output-format=json |
+  python3 -c 'import json, sys
+mb = json.load(sys.stdin)["jobs"][0]["write"]["bw_bytes"] / 1e6
+print(f"fio write: {mb:.0f} MB/s (a third: {mb / 3:.0f} MB/s)")'
+rm -f "$dir/fio"
+
+voters="1@127.0.0.1:21290,2@127.0.0.1:21292,3@127.0.0.1:21294"
+start() { # node, cores, voters
+  local n=$1 port=$((21288 + 2 * $1))
+  "$bin/spate" serve --data-dir "$dir/d$n" --listen "127.0.0.1:$port" \
+    --kafka-listener "127.0.0.1:$((port + 1))" --cores "$2" \
+    --set node.id="$n" ${3:+--set controller.quorum.voters="$3"} \
+    $(for s in ${BROKER_SETTINGS:-}; do echo --set "$s"; done) >"$dir/log$n" 2>&1 &
+  pids[$n]=$!
+  disown
+}
+wait_serving() {
+  until "$bin/spate" cluster status -b "127.0.0.1:$((21288 + 2 * $1))" 2>/dev/null |
+    grep -q "$2 live"; do sleep 0.2; done
+}
+stop_all() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done; done
+  pids=()
+  rm -rf "$dir"/d*
+}
+busy() { # each CPU's busy time in jiffies, and all of it
+  awk '/^cpu[0-9]/ { printf "%d %d ", $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat
+}
+loadgen() { # the run's output, then how busy the CPUs were over it
+  local before after
+  before=$(busy)
+  "$bin/spate-loadgen" -b 127.0.0.1:21290 --topic "$1" --partitions "$partitions" --acks all \
+    --duration-secs "$seconds" --warmup-secs 2 --skip-consume ${LOADGEN_ARGS:-} "${@:2}"
+  after=$(busy)
+  echo "$before | $after" | awk -F'|' '{
+    n = split($1, b, " "); split($2, a, " "); line = "CPUs busy:"
+    for (i = 1; i < n; i += 2) line = line sprintf(" cpu%d %.0f%%", (i - 1) / 2, 100 * (a[i] - b[i]) / (a[i + 1] - b[i + 1]))
+    print line }'
+}
+
+echo "== replication factor 1, one broker (two shards)"
+start 1 0-1 ""
+until "$bin/spate" topic list -b 127.0.0.1:21290 >/dev/null 2>&1; do sleep 0.2; done
+"$bin/spate" topic create single --partitions "$partitions" -b 127.0.0.1:21290 >/dev/null
+loadgen single | grep -E "^produce|^CPUs"
+stop_all
+
+echo "== replication factor 3, three brokers (one shard each), min.insync.replicas 2"
+start 1 0 "$voters"
+start 2 1 "$voters"
+start 3 0 "$voters"
+until [ "$("$bin/spate" cluster status -b 127.0.0.1:21290 2>/dev/null | grep -c ' live ')" = 3 ]; do
+  sleep 0.2
+done
+"$bin/spate" topic create replicated --partitions "$partitions" --replication-factor 3 \
+  -b 127.0.0.1:21290 >/dev/null
+out=$(loadgen replicated)
+echo "$out" | grep -E "^produce|^CPUs"
+rate=$(echo "$out" | sed -n 's/^produce: .* = \([0-9]*\) records\/s.*/\1/p' | head -1)
+if [ -n "$rate" ]; then
+  half=$(awk -v r="$rate" 'BEGIN { printf "%d", r / 2 }')
+  echo "== open loop at half: $half records/s"
+  loadgen replicated --rate "$half" --batch-bytes 65536 | grep -E "^produce|publish|^CPUs"
+fi
