@@ -1159,9 +1159,18 @@ fn acknowledged_records_survive_leader_kills_and_acks_all_needs_min_insync_repli
     for _ in 0..2 {
         let victim = leader_of(&cluster, &live, 0);
         assert!([2, 3, 4].contains(&victim), "rep-0 led by {victim}");
+        let controller = cluster.status(1).ok().and_then(|s| s.leader).map(|n| n.0);
         cluster.broker(victim).kill9();
         live.retain(|n| *n != victim);
         produce_round(&cluster, &mut acked);
+        // Its heartbeat connection closed with it: the active controller fenced it at once,
+        // not a session later (unless it was the controller itself).
+        if let Some(controller) = controller.filter(|c| *c != victim) {
+            let log = cluster.broker(controller).stderr();
+            let node = format!("node={victim} ");
+            let fast = log.lines().any(|l| l.contains("fenced at once") && l.contains(&node));
+            assert!(fast, "controller {controller} did not fence {victim} at once:\n{log}");
+        }
         cluster.broker(victim).restart();
         live = all.to_vec();
         cluster.settle_metadata(&live, "the killed broker back in sync", full);

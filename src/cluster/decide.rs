@@ -55,6 +55,15 @@ pub enum Event {
         node: NodeId,
         broker_epoch: u64,
     },
+    /// The connection a broker's heartbeats reached this controller on closed, the last of them
+    /// taken at `last_beat`: its process died (the kernel closes a dead process's sockets at
+    /// once), or its host or the network did. It is fenced at once rather than after its
+    /// session, unless it was heard since (over another connection).
+    HeartbeatsLost {
+        node: NodeId,
+        broker_epoch: u64,
+        last_beat: Instant,
+    },
     /// `id` comes from the caller (random in the broker, seeded in tests).
     CreateTopic {
         topic: NewTopic,
@@ -265,6 +274,16 @@ impl Controller {
         Self { session_timeout, new_cluster_id, last_heard, next_start: 0, limits }
     }
 
+    /// Takes over from the active controller that ran beside broker `node` and fell silent (Raft
+    /// elected this one because it was): that broker's session is over already, so the next
+    /// tick fences it unless it is heard from first. Every other broker gets a whole session
+    /// (this controller does not know when they were last heard).
+    pub fn presume_silent(&mut self, node: NodeId, now: Instant) {
+        if let Some(expired) = now.checked_sub(self.session_timeout) {
+            self.last_heard.insert(node, expired);
+        }
+    }
+
     /// The batch of records `event` leads to, in the order they apply. The first decision of a
     /// new cluster forms it: its batch starts with the cluster's id.
     pub fn decide(
@@ -315,6 +334,18 @@ impl Controller {
                 registered(image, node, broker_epoch)?;
                 self.last_heard.remove(&node);
                 Ok(fence(image, node, broker_epoch, true))
+            }
+            Event::HeartbeatsLost { node, broker_epoch, last_beat } => {
+                let heard_since =
+                    self.last_heard.get(&node).is_some_and(|heard| *heard > last_beat);
+                match registered(image, node, broker_epoch) {
+                    Ok(broker) if !broker.fenced && !heard_since => {
+                        self.last_heard.remove(&node);
+                        Ok(fence(image, node, broker_epoch, false))
+                    }
+                    // Another registration, fenced already, or heard from since: nothing.
+                    _ => Ok(Vec::new()),
+                }
             }
             Event::CreateTopic { topic, id } => self.create_topic(image, topic, id),
             Event::CreatePartitions(NewPartitions { name, count, assignment }) => {
@@ -953,6 +984,67 @@ mod tests {
         assert_eq!((alone.leader, alone.leader_epoch), (Some(NodeId(1)), LeaderEpoch(2)));
         let first = state(&image, t);
         assert_eq!((first.leader, first.leader_epoch), (Some(NodeId(2)), LeaderEpoch(1)));
+    }
+
+    /// A broker whose heartbeat connection closes is fenced at once, not a session later,
+    /// unless it was heard from since (over a new connection), or another registration of it
+    /// holds the node id now.
+    #[test]
+    fn a_broker_whose_heartbeat_connection_closes_is_fenced_at_once_unless_heard_since() {
+        let start = Instant::now();
+        let (mut controller, mut image, epochs) = cluster(3, start);
+        commit(&mut controller, &mut image, create("t", 3, 3), start).expect("created");
+        let beat_at = start + Duration::from_millis(100);
+        let beat = Event::Heartbeat { node: NodeId(2), broker_epoch: epochs[1] };
+        commit(&mut controller, &mut image, beat.clone(), beat_at).expect("heartbeat");
+        // Heard again after the connection's last beat (a reconnect): nothing.
+        let later = beat_at + Duration::from_millis(50);
+        commit(&mut controller, &mut image, beat, later).expect("heartbeat");
+        let lost = |last_beat| Event::HeartbeatsLost {
+            node: NodeId(2),
+            broker_epoch: epochs[1],
+            last_beat,
+        };
+        let batch = controller.decide(&image, lost(beat_at), later).expect("decided");
+        assert!(batch.is_empty(), "heard from since: {batch:?}");
+        // Its last connection closes, a moment after its last beat: fenced, its partitions led
+        // by others, well within its session.
+        let at = later + Duration::from_millis(10);
+        commit(&mut controller, &mut image, lost(later + Duration::from_millis(1)), at)
+            .expect("fenced");
+        assert!(image.brokers[&NodeId(2)].fenced);
+        assert!(image
+            .partitions()
+            .all(|(_, _, p)| p.leader != Some(NodeId(2)) && !p.isr.contains(&NodeId(2))));
+        // Lost again (a second connection of the old process): nothing more.
+        let batch = controller.decide(&image, lost(later), at).expect("decided");
+        assert!(batch.is_empty(), "{batch:?}");
+        // A stale registration's connection changes nothing.
+        let stale =
+            Event::HeartbeatsLost { node: NodeId(3), broker_epoch: epochs[2] + 100, last_beat: at };
+        assert!(controller.decide(&image, stale, at).expect("decided").is_empty());
+    }
+
+    /// A controller that takes over from the one beside a silent broker fences that broker at
+    /// its first tick, unless it beats first; every other broker keeps a whole session.
+    #[test]
+    fn a_new_controller_fences_its_silent_predecessors_broker_at_the_first_tick() {
+        let start = Instant::now();
+        let (_, mut image, _) = cluster(3, start);
+        let late = start + TIMEOUT * 3;
+        let mut taken_over = Controller::new(TIMEOUT, ClusterId(7), limits());
+        taken_over.presume_silent(NodeId(1), late);
+        commit(&mut taken_over, &mut image, Event::Tick, late).expect("tick");
+        assert!(image.brokers[&NodeId(1)].fenced, "the silent predecessor");
+        assert_eq!(image.live_brokers().count(), 2, "the others keep their session");
+        // One that beats before the tick stays.
+        let (_, mut image, epochs2) = cluster(3, start);
+        let mut taken_over = Controller::new(TIMEOUT, ClusterId(7), limits());
+        taken_over.presume_silent(NodeId(1), late);
+        let beat = Event::Heartbeat { node: NodeId(1), broker_epoch: epochs2[0] };
+        commit(&mut taken_over, &mut image, beat, late).expect("heartbeat");
+        commit(&mut taken_over, &mut image, Event::Tick, late).expect("tick");
+        assert_eq!(image.live_brokers().count(), 3);
     }
 
     #[test]

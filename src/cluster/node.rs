@@ -42,6 +42,9 @@ pub const TICK: Duration = Duration::from_millis(100);
 const DECISION_WAIT: Duration = Duration::from_secs(5);
 /// How long a stopping active controller waits for another voter to take over.
 const RESIGN_WAIT: Duration = Duration::from_secs(2);
+/// The longest between two checks for silent brokers: a tick that fences nobody decides an
+/// empty batch and writes nothing.
+const FENCING_CHECK_MAX: Duration = Duration::from_millis(250);
 
 /// Raft ids start at 1 (raft-rs takes 0 for none); Kafka node ids at 0.
 pub fn raft_id(node: NodeId) -> u64 {
@@ -226,6 +229,9 @@ pub struct ControllerNode {
     started: Cell<bool>,
     /// The active controller and term this voter knew at its last drive, to log changes.
     known_leader: Cell<(u64, u64)>,
+    /// The last other voter this one knew as the active controller: when this one takes over,
+    /// that one's broker fell silent (`Controller::presume_silent`).
+    predecessor: Cell<Option<NodeId>>,
     /// Whether its drive loop has ended (the broker stopping, or its log failing).
     stopped: Cell<bool>,
     /// The controller's memory (heartbeat times) while this voter leads, with its term.
@@ -289,6 +295,7 @@ impl ControllerNode {
             metadata,
             started: Cell::new(false),
             known_leader: Cell::new((0, 0)),
+            predecessor: Cell::new(None),
             stopped: Cell::new(false),
             active: RefCell::new(None),
             pending: RefCell::new(BTreeMap::new()),
@@ -394,6 +401,9 @@ impl ControllerNode {
             (raft.leader(), raft.term())
         };
         if self.known_leader.replace(known) != known {
+            if let Some(other) = node_of(known.0).filter(|leader| *leader != self.me) {
+                self.predecessor.set(Some(other));
+            }
             match node_of(known.0) {
                 Some(leader) => {
                     tracing::info!(node = %self.me, %leader, term = known.1, "the active controller")
@@ -629,11 +639,29 @@ impl ControllerNode {
         }
     }
 
-    /// Fences brokers silent for a whole session, while this voter leads. Runs until `stop`.
+    /// A broker's heartbeat connection to this voter closed (`Event::HeartbeatsLost`): fenced
+    /// at once if this voter is the active controller and it was not heard from since.
+    pub async fn heartbeats_lost(&self, node: NodeId, broker_epoch: u64, last_beat: Instant) {
+        if !self.raft.borrow().is_leader() {
+            return;
+        }
+        let lost = Event::HeartbeatsLost { node, broker_epoch, last_beat };
+        match self.decide(lost).await {
+            Ok((_, batch)) if !batch.is_empty() => {
+                tracing::info!(%node, broker_epoch, "fenced at once: its heartbeat connection closed");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(%node, "a lost heartbeat connection: {}", e.error),
+        }
+    }
+
+    /// Fences brokers silent for a whole session, while this voter leads (every quarter session,
+    /// at most every [`FENCING_CHECK_MAX`]: a controller that took over from a silent one fences
+    /// its broker at the first). Runs until `stop`.
     pub async fn fence_the_silent(self: &Rc<Self>, stop: impl Future<Output = ()>) {
         let check = async {
             loop {
-                glommio::timer::sleep(self.session_timeout / 4).await;
+                glommio::timer::sleep((self.session_timeout / 4).min(FENCING_CHECK_MAX)).await;
                 if self.raft.borrow().is_leader() {
                     if let Err(e) = self.decide(Event::Tick).await {
                         tracing::debug!("fencing check: {}", e.error);
@@ -705,8 +733,14 @@ impl ControllerNode {
                 tracing::info!(node = %self.me, term, "this broker is the active controller");
                 // A new controller gives every broker a whole session (decide.rs).
                 let new_cluster_id = ClusterId(uuid::Uuid::new_v4().as_u128());
-                let controller =
+                let mut controller =
                     Controller::new(self.session_timeout, new_cluster_id, self.limits.clone());
+                // Raft elected this voter because the last active controller fell silent: its
+                // broker did too (a crash, a pause, a cut), and is fenced at the first tick
+                // unless it beats first, not a whole session later.
+                if let Some(silent) = self.predecessor.take() {
+                    controller.presume_silent(silent, Instant::now());
+                }
                 *active = Some((term, controller));
             }
             let Some((_, controller)) = active.as_mut() else {

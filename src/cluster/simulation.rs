@@ -52,6 +52,9 @@ struct Broker {
     last_beat: Option<Instant>,
     /// It asked to be fenced (a controlled shutdown).
     shutting_down: bool,
+    /// Its heartbeat connection closed, or a new controller took over from the one beside it:
+    /// it may be fenced before its session is over, until it beats again.
+    presumed_gone: bool,
 }
 
 struct Run {
@@ -81,6 +84,7 @@ impl Run {
                 epoch: None,
                 last_beat: None,
                 shutting_down: false,
+                presumed_gone: false,
             })
             .collect();
         let followers = (0..2).map(|_| (0, MetadataImage::default())).collect();
@@ -123,8 +127,9 @@ impl Run {
         let broker = self.brokers.iter().find(|b| b.node == *node);
         let beat = broker.and_then(|b| b.last_beat);
         let silent_long_enough = beat.is_none_or(|at| self.now - at >= SESSION_TIMEOUT);
+        let asked_or_gone = broker.is_some_and(|b| b.shutting_down || b.presumed_gone);
         assert!(
-            !was_live || silent_long_enough || broker.is_some_and(|b| b.shutting_down),
+            !was_live || silent_long_enough || asked_or_gone,
             "seed {}: broker {node} fenced {:?} after its last heartbeat",
             self.seed,
             beat.map(|at| self.now - at)
@@ -216,7 +221,10 @@ impl Run {
             return;
         };
         match self.decide(Event::Heartbeat { node, broker_epoch }) {
-            Ok(()) => self.brokers[b].last_beat = Some(self.now),
+            Ok(()) => {
+                self.brokers[b].last_beat = Some(self.now);
+                self.brokers[b].presumed_gone = false;
+            }
             // Fenced and its registration taken over meanwhile? Only its own restart does that.
             Err(e) => panic!("seed {}: heartbeat of {node}: {e}", self.seed),
         }
@@ -437,6 +445,23 @@ impl Run {
                     ClusterId(u128::from(self.rng.below(u64::MAX))),
                     limits(),
                 );
+                // Now and then the old controller's broker went silent with it (down or not).
+                if self.rng.below(2) == 0 {
+                    self.event("the old controller's broker presumed silent");
+                    self.brokers[b].presumed_gone = true;
+                    self.controller.presume_silent(self.brokers[b].node, self.now);
+                }
+            }
+            13 => {
+                // A heartbeat connection closes: the broker died, or (when it still runs) the
+                // connection broke and it beats again over another.
+                if let (node, Some(broker_epoch)) = (self.brokers[b].node, self.brokers[b].epoch) {
+                    self.event("heartbeat connection lost");
+                    let last_beat = self.brokers[b].last_beat.unwrap_or(self.now);
+                    self.brokers[b].presumed_gone = true;
+                    let lost = self.decide(Event::HeartbeatsLost { node, broker_epoch, last_beat });
+                    assert!(lost.is_ok(), "seed {}: {lost:?}", self.seed);
+                }
             }
             _ => {}
         }

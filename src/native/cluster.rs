@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
-use crate::native::exchange::{answer, undecodable, RequestFrame, Response};
+use crate::native::exchange::{answer, undecodable, HeartbeatsSeen, RequestFrame, Response};
 use crate::native::frame::Api;
 use crate::native::messages::{
     decode, encode, AdminResponse, ClusterStatusResponse, ControllerRequest, ControllerResponse,
@@ -38,14 +38,27 @@ pub async fn voter_messages(shard: &Rc<Shard>, frame: &RequestFrame) -> Response
     answer(Api::VoterMessages, request_id, &AdminResponse { error })
 }
 
-pub async fn controller_request(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
+/// A broker's request to the active controller. A heartbeat it takes marks the connection as
+/// that broker's (`HeartbeatsSeen`): when it closes, the controller fences the broker at once.
+pub async fn controller_request(
+    shard: &Rc<Shard>,
+    frame: &RequestFrame,
+    beats: &HeartbeatsSeen,
+) -> Response {
     let request_id = frame.header.request_id.get();
     let request: ControllerRequest = match decode(frame.meta()) {
         Ok(request) => request,
         Err(why) => return undecodable(Api::ControllerRequest, request_id, why),
     };
+    let beat = match &request {
+        ControllerRequest::Heartbeat { node, broker_epoch } => Some((*node, *broker_epoch)),
+        _ => None,
+    };
     let body = match shard.ask_controller(request).await {
         Ok(answer) => {
+            if let Some((node, broker_epoch)) = beat {
+                beats.last.set(Some((node, broker_epoch, std::time::Instant::now())));
+            }
             ControllerResponse { error: ErrorBody::none(), leader: None, answer: Some(answer) }
         }
         Err(e) => {

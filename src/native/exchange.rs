@@ -123,3 +123,11 @@ pub(crate) fn undecodable(api: Api, request_id: u64, why: String) -> Response {
         format!("undecodable request body: {why}"),
     )
 }
+
+/// What a connection's requests leave for its end: the last heartbeat a broker sent over it
+/// and this broker's controller took (its node, broker epoch and when). When the connection
+/// closes, the controller fences that broker at once (`Event::HeartbeatsLost`).
+#[derive(Default)]
+pub struct HeartbeatsSeen {
+    pub last: std::cell::Cell<Option<(crate::types::NodeId, u64, Instant)>>,
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::error::{BrokerError, ErrorKind};
 use crate::group::{DescribeGroup, FetchOffsets, ListGroups};
 use crate::metrics::Hist;
-use crate::native::exchange::{answer, undecodable, RequestFrame, Response};
+use crate::native::exchange::{answer, undecodable, HeartbeatsSeen, RequestFrame, Response};
 use crate::native::frame::Api;
 use crate::native::messages::{
     decode, encode, Acks, AdminResponse, BrokerMetadata, CreateTopicRequest, DeleteTopicRequest,
@@ -52,7 +52,7 @@ pub async fn handle(
     shard: Rc<Shard>,
     frame: RequestFrame,
     prepared: Option<PreparedFetch>,
-    peer: Rc<str>,
+    (peer, beats): (Rc<str>, Rc<HeartbeatsSeen>),
 ) -> Option<Response> {
     let header = frame.header;
     let request_id = header.request_id.get();
@@ -105,7 +105,7 @@ pub async fn handle(
         Api::DeleteGroup => Some(groups::delete(&shard, &frame).await),
         Api::FindCoordinator => Some(groups::find_coordinator(&shard, &frame).await),
         Api::VoterMessages => Some(cluster::voter_messages(&shard, &frame).await),
-        Api::ControllerRequest => Some(cluster::controller_request(&shard, &frame).await),
+        Api::ControllerRequest => Some(cluster::controller_request(&shard, &frame, &beats).await),
         Api::ClusterStatus => Some(cluster::cluster_status(&shard, request_id).await),
         Api::MetadataFetch => Some(cluster::metadata_fetch(&shard, &frame).await),
         Api::ReplicaFetch => Some(replication::replica_fetch(&shard, &frame).await),

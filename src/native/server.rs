@@ -24,7 +24,7 @@ use glommio::task::JoinHandle;
 use rkyv::util::AlignedVec;
 
 use crate::metrics::{Hist, Metrics};
-use crate::native::exchange::{RequestFrame, Response, BODY_PREFIX_BYTES};
+use crate::native::exchange::{HeartbeatsSeen, RequestFrame, Response, BODY_PREFIX_BYTES};
 use crate::native::frame::{FrameError, FrameHeader, FRAME_HEADER_BYTES, FRAME_MAGIC};
 use crate::native::handlers;
 use crate::native::messages::ErrorCode;
@@ -65,11 +65,18 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
         peer.clone(),
     ));
     let host: Rc<str> = Rc::from(peer.rsplit_once(':').map_or(peer.as_str(), |(host, _)| host));
-    if let Err(reason) = read_requests(&shard, &mut reader, &queue, &budgets, host).await {
+    let beats = Rc::new(HeartbeatsSeen::default());
+    let read = read_requests(&shard, &mut reader, &queue, &budgets, (host, beats.clone())).await;
+    if let Err(reason) = read {
         tracing::warn!(%peer, "closing connection: {reason}");
     }
     drop(queue);
     writer.await;
+    // A broker whose heartbeats came this way is gone, or cut off: the controller need not
+    // wait out its session (`Event::HeartbeatsLost`).
+    if let Some((node, broker_epoch, last_beat)) = beats.last.get() {
+        shard.heartbeats_lost(node, broker_epoch, last_beat).await;
+    }
 }
 
 async fn read_requests<R: AsyncRead + Unpin>(
@@ -77,7 +84,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
     reader: &mut R,
     queue: &LocalSender<JoinHandle<Option<Response>>>,
     budgets: &Budgets,
-    peer: Rc<str>,
+    (peer, beats): (Rc<str>, Rc<HeartbeatsSeen>),
 ) -> Result<(), String> {
     let data_max = shard.config.socket_request_max_bytes;
     let idle = Duration::from_millis(shard.config.connections_max_idle_ms);
@@ -113,7 +120,8 @@ async fn read_requests<R: AsyncRead + Unpin>(
             }
             None => None,
         };
-        let handled = handlers::handle(shard.clone(), frame, prepared, peer.clone());
+        let handled =
+            handlers::handle(shard.clone(), frame, prepared, (peer.clone(), beats.clone()));
         let task = glommio::spawn_local(handled).detach();
         if queue.send(task).await.is_err() {
             return Err("response writer stopped".into());

@@ -289,11 +289,16 @@ impl<S: Storage> Partition<S> {
     /// The in-sync set to ask the controller for now, if it should change, with the leader and
     /// partition epochs it is asked in; pending until the metadata answers it
     /// ([`Self::change_refused`] when the controller refuses).
-    pub fn isr_change(&self, now: Instant) -> Option<(IsrChange, LeaderEpoch, u32)> {
+    /// Only `eligible` followers (live brokers, as the metadata says) are proposed to join.
+    pub fn isr_change(
+        &self,
+        now: Instant,
+        eligible: impl Fn(NodeId) -> bool,
+    ) -> Option<(IsrChange, LeaderEpoch, u32)> {
         let epoch = self.leader_epoch.get()?;
         match &mut *self.replication.borrow_mut() {
             Replication::Leading { set, partition_epoch } => {
-                set.isr_change(now).map(|change| (change, epoch, *partition_epoch))
+                set.isr_change(now, eligible).map(|change| (change, epoch, *partition_epoch))
             }
             _ => None,
         }

@@ -176,9 +176,15 @@ impl ReplicaSet {
     /// The in-sync set the leader should ask for now, if it differs and no change is pending:
     /// followers that have not caught up within the lag time leave it; followers out of it that
     /// have synced everything below the high watermark and this epoch's start join it (Kafka's
-    /// `maybeShrinkIsr` and `maybeExpandIsr`). The change is pending from here until
+    /// `maybeShrinkIsr` and `maybeExpandIsr`), if `eligible` (their broker is live as the
+    /// metadata says, KIP-841: the controller refuses any other, and asking for one again and
+    /// again would hold back every other change). The change is pending from here until
     /// [`Self::set_isr`] or [`Self::change_refused`].
-    pub fn isr_change(&mut self, now: Instant) -> Option<IsrChange> {
+    pub fn isr_change(
+        &mut self,
+        now: Instant,
+        eligible: impl Fn(NodeId) -> bool,
+    ) -> Option<IsrChange> {
         if self.pending.is_some() {
             return None;
         }
@@ -194,7 +200,7 @@ impl ReplicaSet {
             let heard = f.synced.is_some();
             let in_sync = heard && synced >= self.high_watermark && synced >= self.epoch_start;
             let lagging = now.duration_since(f.caught_up_at) > self.lag_max;
-            if !isr.contains(node) && in_sync && !lagging {
+            if !isr.contains(node) && in_sync && !lagging && eligible(*node) {
                 isr.push(*node);
             }
         }
@@ -292,17 +298,17 @@ mod tests {
         // The leader takes writes; follower 3 keeps fetching the leader's end, follower 2 stops.
         let later = start + LAG + Duration::from_secs(1);
         set.on_fetch(F3, at(40, 40), at(40, 40), later);
-        let change = set.isr_change(later).expect("follower 2 leaves");
-        assert_eq!(set.isr_change(later), None, "one change at a time");
+        let change = set.isr_change(later, |_| true).expect("follower 2 leaves");
+        assert_eq!(set.isr_change(later, |_| true), None, "one change at a time");
         assert_eq!(change.isr, vec![LEADER, F3]);
         set.set_isr(change.isr, Offset(40));
         assert_eq!(set.high_watermark(), Offset(40));
         // Follower 2 comes back with everything but not all of it synced: not yet.
         let back = later + Duration::from_secs(1);
         set.on_fetch(F2, at(40, 35), at(40, 40), back);
-        assert_eq!(set.isr_change(back), None);
+        assert_eq!(set.isr_change(back, |_| true), None);
         set.on_fetch(F2, at(40, 40), at(40, 40), back);
-        assert_eq!(set.isr_change(back).map(|c| c.isr), Some(vec![LEADER, F2, F3]));
+        assert_eq!(set.isr_change(back, |_| true).map(|c| c.isr), Some(vec![LEADER, F2, F3]));
     }
 
     #[test]
@@ -312,7 +318,7 @@ mod tests {
         set.set_isr(vec![LEADER, F2], Offset(10));
         set.on_fetch(F3, at(10, 10), at(10, 10), now);
         assert_eq!(set.on_fetch(F2, at(10, 10), at(10, 10), now), Offset(10));
-        let change = set.isr_change(now).expect("follower 3 joins");
+        let change = set.isr_change(now, |_| true).expect("follower 3 joins");
         assert_eq!(change.isr, vec![LEADER, F2, F3]);
         // While the controller decides, what follower 3 lacks is not acknowledged: a leader
         // elected from the new set must hold it.
@@ -324,7 +330,20 @@ mod tests {
         // A follower never heard from is not proposed, whatever the high watermark.
         let mut fresh = leader(now);
         fresh.set_isr(vec![LEADER, F2], Offset(10));
-        assert_eq!(fresh.isr_change(now), None);
+        assert_eq!(fresh.isr_change(now, |_| true), None);
+    }
+
+    /// A caught-up follower whose broker the metadata has fenced is not proposed (the controller
+    /// would refuse it, KIP-841), so another follower's change is not held back by it.
+    #[test]
+    fn a_follower_on_a_fenced_broker_is_not_proposed() {
+        let now = Instant::now();
+        let mut set = leader(now);
+        set.set_isr(vec![LEADER], Offset(10));
+        set.on_fetch(F2, at(10, 10), at(10, 10), now);
+        set.on_fetch(F3, at(10, 10), at(10, 10), now);
+        let change = set.isr_change(now, |node| node != F3).expect("follower 2 joins alone");
+        assert_eq!(change.isr, vec![LEADER, F2]);
     }
 
     #[test]
@@ -340,6 +359,6 @@ mod tests {
             set.on_fetch(F2, at(leader_end - 10, leader_end - 10), at(leader_end, leader_end), now);
             set.on_fetch(F3, at(leader_end, leader_end), at(leader_end, leader_end), now);
         }
-        assert_eq!(set.isr_change(now), None);
+        assert_eq!(set.isr_change(now, |_| true), None);
     }
 }

@@ -465,10 +465,12 @@ impl Run {
         }
         let (now, partition_epoch) = (self.now, self.state.partition_epoch);
         let arrives = self.step + 1 + self.rng.below(4);
+        // Whom the metadata has live, as the leader sees it: here, who runs now.
+        let alive: Vec<NodeId> = self.replicas.iter().filter(|r| r.alive).map(|r| r.node).collect();
         let Some(leader) = self.leader() else { return };
         let node = leader.node;
         let Some(set) = leader.leading.as_mut() else { return };
-        let Some(change) = set.isr_change(now) else { return };
+        let Some(change) = set.isr_change(now, |n| alive.contains(&n)) else { return };
         let epoch = set.epoch();
         self.isr_request = Some((arrives, node, epoch, partition_epoch, change.isr));
     }

@@ -7,7 +7,7 @@
 //! call and its answer cannot fall out of step and no caller matches on answers.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::cluster::metadata::ClusterId;
 use crate::cluster::node::{
@@ -77,6 +77,10 @@ typed_requests! {
 
     /// For the controller voter (shard 0): a broker's request to the active controller.
     AskController { request: ControllerRequest } -> Result<ControllerAnswer, ControllerError>;
+
+    /// For the controller voter (shard 0): a connection that carried a broker's heartbeats here
+    /// closed, the last taken at `last_beat`.
+    HeartbeatsLost { node: NodeId, broker_epoch: u64, last_beat: Instant } -> ();
 
     /// For the controller voter (shard 0): the cluster as it sees it.
     DescribeCluster {} -> Result<ClusterStatus, BrokerError>;

@@ -17,7 +17,7 @@ use crate::cluster::voter_log::VoterLog;
 use crate::error::{BrokerError, ErrorKind};
 use crate::log::storage::DmaStorage;
 use crate::shard::call::{
-    AskController, CommittedMetadata, DescribeCluster, NextProducerId, StepVoter,
+    AskController, CommittedMetadata, DescribeCluster, HeartbeatsLost, NextProducerId, StepVoter,
 };
 
 use crate::shard::{Shard, CONTROLLER_SHARD};
@@ -95,6 +95,36 @@ impl Shard {
         voter
             .receive(from, cluster_id, messages)
             .map_err(|why| BrokerError::new(ErrorKind::InvalidRequest, why))
+    }
+
+    /// A connection that carried broker `node`'s heartbeats to this broker closed, the last
+    /// taken at `last_beat`: this broker's voter, if it is the active controller, fences it
+    /// unless it was heard from since. Not while this broker stops (its own connections close).
+    pub async fn heartbeats_lost(
+        self: &Rc<Self>,
+        node: NodeId,
+        broker_epoch: u64,
+        last_beat: Instant,
+    ) {
+        if self.stopping.get() {
+            return;
+        }
+        let lost = HeartbeatsLost { node, broker_epoch, last_beat };
+        if let Err(e) = self.ask(CONTROLLER_SHARD, lost).await {
+            tracing::debug!(%node, "a lost heartbeat connection: {e}");
+        }
+    }
+
+    pub(super) async fn heartbeats_lost_here(
+        &self,
+        node: NodeId,
+        broker_epoch: u64,
+        last_beat: Instant,
+    ) {
+        let voter = self.voter.borrow().clone();
+        if let Some(voter) = voter {
+            voter.heartbeats_lost(node, broker_epoch, last_beat).await;
+        }
     }
 
     /// A broker's request to the active controller, answered by this broker's voter.

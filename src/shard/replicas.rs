@@ -252,11 +252,14 @@ impl Shard {
                 .map(|(k, p)| (k.clone(), p.clone()))
                 .collect();
             let now = Instant::now();
+            let image = self.metadata_image();
             for ((topic, partition), target) in led {
-                let Some((change, leader_epoch, partition_epoch)) = target.isr_change(now) else {
+                let eligible = |node: NodeId| image.is_live(&node);
+                let Some((change, leader_epoch, partition_epoch)) =
+                    target.isr_change(now, eligible)
+                else {
                     continue;
                 };
-                let image = self.metadata_image();
                 let me = self.config.node_id;
                 let (Some(broker), Some(topic_id)) =
                     (image.brokers.get(&me), image.topic_ids.get(&topic).copied())

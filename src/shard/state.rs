@@ -32,8 +32,8 @@ use crate::partition::{Acks, LogBounds, Partition, ReadOutcome};
 use crate::record::PendingEntry;
 use crate::shard::call::{
     AskController, AwaitPublished, CommittedMetadata, DescribeCluster, EpochEnd, Fetch,
-    ForwardToController, Group, ListOffsets, MeshMessage, NextProducerId, Produce, Publish,
-    RemoveTopic, Request, ShardAnswer, ShardCall, StepVoter, Watermarks,
+    ForwardToController, Group, HeartbeatsLost, ListOffsets, MeshMessage, NextProducerId, Produce,
+    Publish, RemoveTopic, Request, ShardAnswer, ShardCall, StepVoter, Watermarks,
 };
 use crate::shard::catalog::{self, Catalog, DiskTopic, TopicFile, TopicInfo};
 use crate::shard::controller::TopicRequest;
@@ -286,6 +286,10 @@ impl Shard {
             }
             ShardCall::AskController(AskController { request }) => {
                 ShardAnswer::AskController(self.ask_controller_here(request).await)
+            }
+            ShardCall::HeartbeatsLost(HeartbeatsLost { node, broker_epoch, last_beat }) => {
+                self.heartbeats_lost_here(node, broker_epoch, last_beat).await;
+                ShardAnswer::HeartbeatsLost(())
             }
             ShardCall::DescribeCluster(DescribeCluster {}) => {
                 ShardAnswer::DescribeCluster(self.describe_cluster_here())
