@@ -115,11 +115,12 @@ def confluent_versions():
             f"librdkafka {confluent_kafka.libversion()[0]}")
 
 
-def create_topic_confluent(conf, topic, partitions, config=None):
-    """Creates `topic` (replication factor 1) through a new AdminClient, which it returns."""
+def create_topic_confluent(conf, topic, partitions, config=None, replication_factor=1):
+    """Creates `topic` through a new AdminClient, which it returns."""
     from confluent_kafka.admin import AdminClient, NewTopic
     admin = AdminClient(dict(conf))
-    new = NewTopic(topic, num_partitions=partitions, replication_factor=1, config=config or {})
+    new = NewTopic(topic, num_partitions=partitions, replication_factor=replication_factor,
+                   config=config or {})
     try:
         admin.create_topics([new], operation_timeout=10, request_timeout=15)[topic].result(
             timeout=remaining(20))

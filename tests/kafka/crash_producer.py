@@ -1,4 +1,5 @@
-"""Idempotent acks=all producer for the kill -9 harness (tests/kafka_crash.rs), then a verifier.
+"""Idempotent acks=all producer for the kill -9 harnesses (tests/kafka_crash.rs, and the cluster's
+fault run in tests/cluster.rs), then a verifier.
 
 Produce phase: sequenced records "p<partition>-<seq>" into every partition of the topic, at a
 bounded rate, with enable.idempotence (acks=all, retries without limit). The broker is killed
@@ -24,7 +25,9 @@ from common import (confluent_conf, confluent_versions, create_topic_confluent, 
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition  # noqa: E402
 
-PARTITIONS = 6
+PARTITIONS = int(os.environ.get("SPATE_PARTITIONS", "6"))
+# A cluster's fault run (tests/cluster.rs) replicates the topic.
+REPLICAS = int(os.environ.get("SPATE_REPLICAS", "1"))
 RATE = 20000  # records per second, all partitions together
 
 # The harness sets the budget from its cycle count (the long form runs hundreds).
@@ -35,7 +38,7 @@ topic = topic_name("crash")
 stop_file = os.environ.get("SPATE_STOP_FILE") or fail("set SPATE_STOP_FILE")
 conf = confluent_conf(bootstrap)
 print(f"{confluent_versions()}, bootstrap {bootstrap}, topic {topic}", flush=True)
-create_topic_confluent(conf, topic, PARTITIONS)
+create_topic_confluent(conf, topic, PARTITIONS, replication_factor=REPLICAS)
 
 # Connection errors while the broker is down are expected here, not failures.
 producer = Producer({
