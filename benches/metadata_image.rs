@@ -87,7 +87,11 @@ fn cluster() -> (Controller, MetadataImage, Vec<u64>) {
         };
         decide(&mut controller, &mut image, Event::Register { registration, cluster_id: None });
         let broker_epoch = image.brokers[&NodeId(n)].broker_epoch;
-        decide(&mut controller, &mut image, Event::Heartbeat { node: NodeId(n), broker_epoch });
+        decide(
+            &mut controller,
+            &mut image,
+            Event::Heartbeat { node: NodeId(n), broker_epoch, via: None },
+        );
         epochs.push(broker_epoch);
     }
     (controller, image, epochs)
@@ -134,8 +138,11 @@ fn main() {
         let beats: Vec<Duration> = (0..50)
             .map(|i| {
                 let n = (i % BROKERS) + 1;
-                let beat =
-                    Event::Heartbeat { node: NodeId(n), broker_epoch: epochs[n as usize - 1] };
+                let beat = Event::Heartbeat {
+                    node: NodeId(n),
+                    broker_epoch: epochs[n as usize - 1],
+                    via: None,
+                };
                 let started = Instant::now();
                 decide(&mut controller, &mut image, beat);
                 started.elapsed()

@@ -1160,6 +1160,11 @@ fn acknowledged_records_survive_leader_kills_and_acks_all_needs_min_insync_repli
         let victim = leader_of(&cluster, &live, 0);
         assert!([2, 3, 4].contains(&victim), "rep-0 led by {victim}");
         let controller = cluster.status(1).ok().and_then(|s| s.leader).map(|n| n.0);
+        let node = format!("node={victim} ");
+        let fenced_at_once = |log: &str| {
+            log.lines().filter(|l| l.contains("fenced at once") && l.contains(&node)).count()
+        };
+        let before = controller.map_or(0, |c| fenced_at_once(&cluster.broker(c).stderr()));
         cluster.broker(victim).kill9();
         live.retain(|n| *n != victim);
         produce_round(&cluster, &mut acked);
@@ -1167,8 +1172,7 @@ fn acknowledged_records_survive_leader_kills_and_acks_all_needs_min_insync_repli
         // not a session later (unless it was the controller itself).
         if let Some(controller) = controller.filter(|c| *c != victim) {
             let log = cluster.broker(controller).stderr();
-            let node = format!("node={victim} ");
-            let fast = log.lines().any(|l| l.contains("fenced at once") && l.contains(&node));
+            let fast = fenced_at_once(&log) > before;
             assert!(fast, "controller {controller} did not fence {victim} at once:\n{log}");
         }
         cluster.broker(victim).restart();
@@ -1295,7 +1299,7 @@ fn acknowledged_records_survive_random_faults_and_replicas_agree() {
     let stop_file = cluster.dir.path().join("stop");
     let bootstrap: Vec<String> = all.iter().map(|n| cluster.kafka(*n)).collect();
     let budget = 120 + 20 * cycles;
-    let mut producer = std::process::Command::new(&python)
+    let producer = std::process::Command::new(&python)
         .arg("crash_producer.py")
         .current_dir(scripts::kafka_dir())
         .env("SPATE_KAFKA", bootstrap.join(","))
@@ -1309,6 +1313,8 @@ fn acknowledged_records_survive_random_faults_and_replicas_agree() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start the producer script");
+    // Killed however the test ends: the next test may take the same ports.
+    let mut producer = KillOnDrop(producer);
     let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
         std::thread::spawn(move || {
             let mut text = String::new();
@@ -1316,8 +1322,8 @@ fn acknowledged_records_survive_random_faults_and_replicas_agree() {
             text
         })
     };
-    let stdout = drain(Box::new(producer.stdout.take().expect("stdout")));
-    let stderr = drain(Box::new(producer.stderr.take().expect("stderr")));
+    let stdout = drain(Box::new(producer.0.stdout.take().expect("stdout")));
+    let stderr = drain(Box::new(producer.0.stderr.take().expect("stderr")));
     let in_sync = |v: &MetadataView| {
         v.brokers == all
             && v.topics.get(TOPIC).is_some_and(|t| {
@@ -1326,8 +1332,16 @@ fn acknowledged_records_survive_random_faults_and_replicas_agree() {
     };
     cluster.settle_metadata(&all, "the topic in sync on three", in_sync);
 
-    // A native reader beside it, recording what it saw: (partition, offset) -> value.
+    // A native reader beside it, recording what it saw: (partition, offset) -> value. It stops
+    // however the test ends.
+    struct StopOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
     let reading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let _stop_reading = StopOnDrop(reading.clone());
     let natives: Vec<String> = cluster.brokers.iter().map(|b| b.addr.clone()).collect();
     let reader = {
         let reading = reading.clone();
@@ -1366,12 +1380,10 @@ fn acknowledged_records_survive_random_faults_and_replicas_agree() {
     std::fs::write(&stop_file, b"stop").expect("the stop file");
     let deadline = Instant::now() + Duration::from_secs(budget + 60);
     let status = loop {
-        if let Some(status) = producer.try_wait().expect("the producer") {
+        if let Some(status) = producer.0.try_wait().expect("the producer") {
             break Some(status);
         }
         if Instant::now() > deadline {
-            let _ = producer.kill();
-            let _ = producer.wait();
             break None;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -1387,29 +1399,34 @@ fn acknowledged_records_survive_random_faults_and_replicas_agree() {
     assert!(!seen.is_empty(), "the reader saw nothing");
 
     // What the reader saw is where it saw it; the leaders' logs up to their high watermarks.
-    let view = cluster.settle_metadata(&all, "settled", in_sync);
+    cluster.settle_metadata(&all, "settled", in_sync);
     let mut high_watermarks = Vec::new();
-    for partition in 0..PARTITIONS {
-        let leader = view.topics[TOPIC].1[partition].1;
-        let address = cluster.brokers[leader as usize - 1].addr.clone();
+    for partition in 0..PARTITIONS as u32 {
+        let bootstrap = cluster.brokers[0].addr.clone();
         let stored = run(|| async move {
-            let client = Client::connect(&address).await.expect("connect");
-            let fetched = client.fetch(TOPIC, partition as u32, 0, 1, 0).await.expect("fetch");
-            let end = fetched.high_watermark;
+            let client = Client::connect(&bootstrap).await.expect("connect");
+            let leaders = spate::client::Leaders::new(client);
+            let fetch = |offset| {
+                leaders.with_leader(TOPIC, partition, move |leader| async move {
+                    leader.fetch(TOPIC, partition, offset, 1 << 20, 0).await
+                })
+            };
+            let end = fetch(0).await.expect("the high watermark").high_watermark;
             let mut values = std::collections::BTreeMap::new();
+            let deadline = Instant::now() + SETTLE_WAIT;
             let mut offset = 0;
             while offset < end {
-                let fetched = client.fetch(TOPIC, partition as u32, offset, 1 << 20, 0).await;
-                for batch in fetched.expect("fetch").batches().expect("batches") {
+                assert!(Instant::now() < deadline, "{TOPIC}-{partition}: stuck at {offset}/{end}");
+                for batch in fetch(offset).await.expect("fetch").batches().expect("batches") {
                     for record in batch.records().filter(|r| r.offset >= offset) {
                         values.insert(record.offset, record.value().unwrap_or_default().to_vec());
                     }
                 }
-                offset = values.keys().next_back().map_or(end, |o| o + 1);
+                offset = values.keys().next_back().map_or(offset, |o| o + 1);
             }
             (end, values)
         });
-        for ((p, offset), value) in seen.range((partition as u32, 0)..(partition as u32 + 1, 0)) {
+        for ((p, offset), value) in seen.range((partition, 0)..(partition + 1, 0)) {
             assert_eq!(
                 stored.1.get(offset),
                 Some(value),

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use spate::record::{BatchBuilder, BatchMeta, OwnedRecord};
 
-use crate::link::{encode_batch, Link, Rediscovery, Routes};
+use crate::link::{encode_batch, Link, ProduceError, Rediscovery, Routes};
 use crate::report::Totals;
 use crate::shape::{KeySource, Rng, SizeRange};
 use crate::verify;
@@ -131,7 +131,14 @@ impl Sender {
         loop {
             let client = self.client.borrow().clone();
             let (topic, partition, acks) = (&self.topic, self.partition, self.args.acks);
-            match client.produce(topic, partition, acks, meta, payload.clone()).await {
+            // Bounded as Kafka's request.timeout.ms: a leader paused or cut off answers nothing.
+            let produced = client.produce(topic, partition, acks, meta, payload.clone());
+            let late = async {
+                glommio::timer::sleep(FAILOVER_WAIT_MAX).await;
+                let message = format!("no answer within {FAILOVER_WAIT_MAX:?}");
+                Err(ProduceError { message, failover: true })
+            };
+            match futures_lite::future::or(produced, late).await {
                 Ok(()) => {
                     if let Some(refused_at) = refused_at {
                         self.totals.failover_gaps.borrow_mut().push(refused_at.elapsed());

@@ -33,6 +33,8 @@ const CONNECT_WAIT: Duration = Duration::from_secs(1);
 /// How long a request to the controller waits for its answer (a decision waits up to 5 s for
 /// its commit on the controller).
 const ASK_WAIT: Duration = Duration::from_secs(6);
+/// What a request that got no answer within [`ASK_WAIT`] fails with.
+const NO_ANSWER: &str = "no answer in time";
 /// Bytes of Raft messages waiting for one voter (about); more are dropped (Raft sends again).
 const OUTBOX_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// About the most one request carries: several append messages (each about 256 KiB of entries,
@@ -107,9 +109,20 @@ impl Peer {
     }
 
     /// Forgets `link`'s connection after it failed, so the next use connects again.
+    /// Drops the link after a transport error, to connect again at the next use. An error
+    /// answer or a late one leaves it: the voter fences a broker whose heartbeat connection
+    /// closes (`Event::HeartbeatsLost`), so a live one must not close it lightly.
     fn broken(&self, link: &RefCell<Option<Client>>, why: &ClientError) {
-        tracing::debug!(voter = %self.node, address = %self.address, "link down: {why}");
-        link.borrow_mut().take();
+        let transport = match why {
+            ClientError::Disconnected(why) => why != NO_ANSWER,
+            // A frame that does not decode: the stream cannot be trusted after it.
+            ClientError::Io(_) | ClientError::Protocol(_) => true,
+            ClientError::Broker { .. } => false,
+        };
+        tracing::debug!(voter = %self.node, address = %self.address, transport, "link error: {why}");
+        if transport {
+            link.borrow_mut().take();
+        }
     }
 }
 
@@ -171,7 +184,7 @@ async fn send_messages(peer: Rc<Peer>, me: NodeId) {
 async fn bounded<T>(work: impl Future<Output = Result<T, ClientError>>) -> Result<T, ClientError> {
     let timed_out = async {
         glommio::timer::sleep(ASK_WAIT).await;
-        Err(ClientError::Disconnected("no answer in time".into()))
+        Err(ClientError::Disconnected(NO_ANSWER.into()))
     };
     futures_lite::future::or(work, timed_out).await
 }

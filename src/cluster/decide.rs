@@ -47,22 +47,25 @@ pub enum Event {
         registration: Registration,
         cluster_id: Option<ClusterId>,
     },
+    /// `via`: the connection it came over (`None`: from this controller's own broker, or not
+    /// over the network), which `HeartbeatsLost` names when it closes.
     Heartbeat {
         node: NodeId,
         broker_epoch: u64,
+        via: Option<u64>,
     },
     ControlledShutdown {
         node: NodeId,
         broker_epoch: u64,
     },
-    /// The connection a broker's heartbeats reached this controller on closed, the last of them
-    /// taken at `last_beat`: its process died (the kernel closes a dead process's sockets at
-    /// once), or its host or the network did. It is fenced at once rather than after its
-    /// session, unless it was heard since (over another connection).
+    /// Connection `via`, which broker `node`'s heartbeats reached this controller on, closed:
+    /// its process died (the kernel closes a dead process's sockets at once), or its host or the
+    /// network did. It is fenced at once rather than after its session, if that connection is
+    /// the one this controller last heard it on (not one it has left for another).
     HeartbeatsLost {
         node: NodeId,
         broker_epoch: u64,
-        last_beat: Instant,
+        via: u64,
     },
     /// `id` comes from the caller (random in the broker, seeded in tests).
     CreateTopic {
@@ -259,6 +262,8 @@ pub struct Controller {
     new_cluster_id: ClusterId,
     /// When each broker was last heard from (registration or heartbeat).
     last_heard: BTreeMap<NodeId, Instant>,
+    /// The connection each broker's last heartbeat came over, when it came over one.
+    heard_via: BTreeMap<NodeId, u64>,
     /// Where the next topic's first leader goes, so topics do not all start on one broker.
     next_start: usize,
     limits: PartitionLimits,
@@ -270,17 +275,19 @@ impl Controller {
         new_cluster_id: ClusterId,
         limits: PartitionLimits,
     ) -> Self {
-        let last_heard = BTreeMap::new();
-        Self { session_timeout, new_cluster_id, last_heard, next_start: 0, limits }
+        let (last_heard, heard_via) = (BTreeMap::new(), BTreeMap::new());
+        Self { session_timeout, new_cluster_id, last_heard, heard_via, next_start: 0, limits }
     }
 
     /// Takes over from the active controller that ran beside broker `node` and fell silent (Raft
-    /// elected this one because it was): that broker's session is over already, so the next
-    /// tick fences it unless it is heard from first. Every other broker gets a whole session
-    /// (this controller does not know when they were last heard).
+    /// elected this one because it was): that broker gets a third of a session from now to be
+    /// heard (a live one beats well within it: it is not the Raft voter's stall that fences its
+    /// broker), not a whole one. Every other broker gets a whole session (this controller does
+    /// not know when they were last heard).
     pub fn presume_silent(&mut self, node: NodeId, now: Instant) {
-        if let Some(expired) = now.checked_sub(self.session_timeout) {
-            self.last_heard.insert(node, expired);
+        let spent = self.session_timeout - self.session_timeout / 3;
+        if let Some(heard) = now.checked_sub(spent) {
+            self.last_heard.insert(node, heard);
         }
     }
 
@@ -318,9 +325,13 @@ impl Controller {
                 }
                 self.register(image, registration, now)
             }
-            Event::Heartbeat { node, broker_epoch } => {
+            Event::Heartbeat { node, broker_epoch, via } => {
                 let broker = registered(image, node, broker_epoch)?;
                 self.last_heard.insert(node, now);
+                match via {
+                    Some(via) => self.heard_via.insert(node, via),
+                    None => self.heard_via.remove(&node),
+                };
                 let mut records = Vec::new();
                 if broker.fenced {
                     records.push(MetadataRecord::UnfenceBroker { node, broker_epoch });
@@ -335,15 +346,18 @@ impl Controller {
                 self.last_heard.remove(&node);
                 Ok(fence(image, node, broker_epoch, true))
             }
-            Event::HeartbeatsLost { node, broker_epoch, last_beat } => {
-                let heard_since =
-                    self.last_heard.get(&node).is_some_and(|heard| *heard > last_beat);
+            Event::HeartbeatsLost { node, broker_epoch, via } => {
+                if self.heard_via.get(&node) != Some(&via) {
+                    // Not the connection it beats on now (or not heard by this controller).
+                    return Ok(Vec::new());
+                }
+                self.heard_via.remove(&node);
                 match registered(image, node, broker_epoch) {
-                    Ok(broker) if !broker.fenced && !heard_since => {
+                    Ok(broker) if !broker.fenced => {
                         self.last_heard.remove(&node);
                         Ok(fence(image, node, broker_epoch, false))
                     }
-                    // Another registration, fenced already, or heard from since: nothing.
+                    // Another registration, or fenced already: nothing.
                     _ => Ok(Vec::new()),
                 }
             }
@@ -775,7 +789,7 @@ mod tests {
             let register = register(n, 1);
             commit(&mut controller, &mut image, register, now).expect("registered");
             let broker_epoch = image.brokers[&NodeId(n)].broker_epoch;
-            let beat = Event::Heartbeat { node: NodeId(n), broker_epoch };
+            let beat = Event::Heartbeat { node: NodeId(n), broker_epoch, via: None };
             commit(&mut controller, &mut image, beat, now).expect("heartbeat");
             epochs.push(broker_epoch);
         }
@@ -845,7 +859,7 @@ mod tests {
         commit(&mut controller, &mut image, register(1, 7), now).expect("registered");
         let first = image.brokers[&NodeId(1)].broker_epoch;
         assert!(image.brokers[&NodeId(1)].fenced, "fenced until its first heartbeat");
-        let beat = |broker_epoch| Event::Heartbeat { node: NodeId(1), broker_epoch };
+        let beat = |broker_epoch| Event::Heartbeat { node: NodeId(1), broker_epoch, via: None };
         commit(&mut controller, &mut image, beat(first), now).expect("heartbeat");
         assert!(!image.brokers[&NodeId(1)].fenced);
         // The same process asking again keeps its registration; another is refused while the
@@ -946,7 +960,11 @@ mod tests {
         // Brokers 2 and 3 beat; broker 1 is silent.
         let later = start + TIMEOUT - Duration::from_millis(1);
         for n in [2, 3] {
-            let beat = Event::Heartbeat { node: NodeId(n), broker_epoch: epochs[n as usize - 1] };
+            let beat = Event::Heartbeat {
+                node: NodeId(n),
+                broker_epoch: epochs[n as usize - 1],
+                via: None,
+            };
             commit(&mut controller, &mut image, beat, later).expect("heartbeat");
         }
         commit(&mut controller, &mut image, Event::Tick, later).expect("tick");
@@ -976,7 +994,7 @@ mod tests {
         commit(
             &mut controller,
             &mut image,
-            Event::Heartbeat { node: NodeId(1), broker_epoch },
+            Event::Heartbeat { node: NodeId(1), broker_epoch, via: None },
             back,
         )
         .expect("heartbeat");
@@ -986,64 +1004,62 @@ mod tests {
         assert_eq!((first.leader, first.leader_epoch), (Some(NodeId(2)), LeaderEpoch(1)));
     }
 
-    /// A broker whose heartbeat connection closes is fenced at once, not a session later,
-    /// unless it was heard from since (over a new connection), or another registration of it
-    /// holds the node id now.
+    /// A broker whose heartbeat connection closes is fenced at once, not a session later, when
+    /// it is the connection the controller last heard it on: not one it has left for another
+    /// (a reconnect), and not one another registration of the node id used.
     #[test]
-    fn a_broker_whose_heartbeat_connection_closes_is_fenced_at_once_unless_heard_since() {
+    fn a_broker_whose_heartbeat_connection_closes_is_fenced_at_once_unless_it_moved_on() {
         let start = Instant::now();
         let (mut controller, mut image, epochs) = cluster(3, start);
         commit(&mut controller, &mut image, create("t", 3, 3), start).expect("created");
-        let beat_at = start + Duration::from_millis(100);
-        let beat = Event::Heartbeat { node: NodeId(2), broker_epoch: epochs[1] };
-        commit(&mut controller, &mut image, beat.clone(), beat_at).expect("heartbeat");
-        // Heard again after the connection's last beat (a reconnect): nothing.
-        let later = beat_at + Duration::from_millis(50);
-        commit(&mut controller, &mut image, beat, later).expect("heartbeat");
-        let lost = |last_beat| Event::HeartbeatsLost {
-            node: NodeId(2),
-            broker_epoch: epochs[1],
-            last_beat,
-        };
-        let batch = controller.decide(&image, lost(beat_at), later).expect("decided");
-        assert!(batch.is_empty(), "heard from since: {batch:?}");
-        // Its last connection closes, a moment after its last beat: fenced, its partitions led
-        // by others, well within its session.
-        let at = later + Duration::from_millis(10);
-        commit(&mut controller, &mut image, lost(later + Duration::from_millis(1)), at)
-            .expect("fenced");
+        let beat = |via| Event::Heartbeat { node: NodeId(2), broker_epoch: epochs[1], via };
+        let lost = |via| Event::HeartbeatsLost { node: NodeId(2), broker_epoch: epochs[1], via };
+        let at = start + Duration::from_millis(100);
+        commit(&mut controller, &mut image, beat(Some(7)), at).expect("heartbeat");
+        // It reconnected and beat over connection 8: the old one closing changes nothing.
+        commit(&mut controller, &mut image, beat(Some(8)), at).expect("heartbeat");
+        let batch = controller.decide(&image, lost(7), at).expect("decided");
+        assert!(batch.is_empty(), "a connection it left: {batch:?}");
+        // Its connection closes: fenced at once, its partitions led by others, well within its
+        // session.
+        commit(&mut controller, &mut image, lost(8), at).expect("fenced");
         assert!(image.brokers[&NodeId(2)].fenced);
-        assert!(image
-            .partitions()
-            .all(|(_, _, p)| p.leader != Some(NodeId(2)) && !p.isr.contains(&NodeId(2))));
-        // Lost again (a second connection of the old process): nothing more.
-        let batch = controller.decide(&image, lost(later), at).expect("decided");
-        assert!(batch.is_empty(), "{batch:?}");
-        // A stale registration's connection changes nothing.
-        let stale =
-            Event::HeartbeatsLost { node: NodeId(3), broker_epoch: epochs[2] + 100, last_beat: at };
+        let holds = |p: &PartitionState| p.leader == Some(NodeId(2)) || p.isr.contains(&NodeId(2));
+        assert!(image.partitions().all(|(_, _, p)| !holds(p)));
+        // Lost again: nothing more.
+        assert!(controller.decide(&image, lost(8), at).expect("decided").is_empty());
+        // A broker heard only locally (the controller's own) or under another registration.
+        let local = Event::Heartbeat { node: NodeId(3), broker_epoch: epochs[2], via: None };
+        commit(&mut controller, &mut image, local, at).expect("heartbeat");
+        let stale = Event::HeartbeatsLost { node: NodeId(3), broker_epoch: epochs[2], via: 0 };
         assert!(controller.decide(&image, stale, at).expect("decided").is_empty());
     }
 
-    /// A controller that takes over from the one beside a silent broker fences that broker at
-    /// its first tick, unless it beats first; every other broker keeps a whole session.
+    /// A controller that takes over from the one beside a silent broker fences that broker a
+    /// third of a session later unless it beats first (a live one does: its voter's stall must
+    /// not fence it); every other broker keeps a whole session.
     #[test]
-    fn a_new_controller_fences_its_silent_predecessors_broker_at_the_first_tick() {
+    fn a_new_controller_fences_its_silent_predecessors_broker_within_a_third_of_a_session() {
         let start = Instant::now();
-        let (_, mut image, _) = cluster(3, start);
         let late = start + TIMEOUT * 3;
+        let (_, mut image, epochs) = cluster(3, start);
         let mut taken_over = Controller::new(TIMEOUT, ClusterId(7), limits());
         taken_over.presume_silent(NodeId(1), late);
         commit(&mut taken_over, &mut image, Event::Tick, late).expect("tick");
+        assert_eq!(image.live_brokers().count(), 3, "not at once");
+        // Broker 2 beats; broker 1 does not.
+        let beat = Event::Heartbeat { node: NodeId(2), broker_epoch: epochs[1], via: None };
+        commit(&mut taken_over, &mut image, beat, late).expect("heartbeat");
+        commit(&mut taken_over, &mut image, Event::Tick, late + TIMEOUT / 3).expect("tick");
         assert!(image.brokers[&NodeId(1)].fenced, "the silent predecessor");
         assert_eq!(image.live_brokers().count(), 2, "the others keep their session");
-        // One that beats before the tick stays.
-        let (_, mut image, epochs2) = cluster(3, start);
+        // One that beats in time stays.
+        let (_, mut image, epochs) = cluster(3, start);
         let mut taken_over = Controller::new(TIMEOUT, ClusterId(7), limits());
         taken_over.presume_silent(NodeId(1), late);
-        let beat = Event::Heartbeat { node: NodeId(1), broker_epoch: epochs2[0] };
-        commit(&mut taken_over, &mut image, beat, late).expect("heartbeat");
-        commit(&mut taken_over, &mut image, Event::Tick, late).expect("tick");
+        let beat = Event::Heartbeat { node: NodeId(1), broker_epoch: epochs[0], via: None };
+        commit(&mut taken_over, &mut image, beat, late + TIMEOUT / 4).expect("heartbeat");
+        commit(&mut taken_over, &mut image, Event::Tick, late + TIMEOUT / 3).expect("tick");
         assert_eq!(image.live_brokers().count(), 3);
     }
 
@@ -1158,7 +1174,7 @@ mod tests {
         let shrunk = replicated(&image);
         let later = now + TIMEOUT * 2;
         for n in before.1.replicas.iter().filter(|n| **n != follower) {
-            let beat = Event::Heartbeat { node: *n, broker_epoch: epoch_of(*n) };
+            let beat = Event::Heartbeat { node: *n, broker_epoch: epoch_of(*n), via: None };
             commit(&mut controller, &mut image, beat, later).expect("heartbeat");
         }
         commit(&mut controller, &mut image, Event::Tick, later).expect("fenced");

@@ -229,9 +229,10 @@ pub struct ControllerNode {
     started: Cell<bool>,
     /// The active controller and term this voter knew at its last drive, to log changes.
     known_leader: Cell<(u64, u64)>,
-    /// The last other voter this one knew as the active controller: when this one takes over,
-    /// that one's broker fell silent (`Controller::presume_silent`).
-    predecessor: Cell<Option<NodeId>>,
+    /// The last other voter this one knew as the active controller, and its term: when this
+    /// one takes over in the term after (or the one after that, a split vote between), that
+    /// one's broker fell silent (`Controller::presume_silent`).
+    predecessor: Cell<Option<(NodeId, u64)>>,
     /// Whether its drive loop has ended (the broker stopping, or its log failing).
     stopped: Cell<bool>,
     /// The controller's memory (heartbeat times) while this voter leads, with its term.
@@ -402,7 +403,7 @@ impl ControllerNode {
         };
         if self.known_leader.replace(known) != known {
             if let Some(other) = node_of(known.0).filter(|leader| *leader != self.me) {
-                self.predecessor.set(Some(other));
+                self.predecessor.set(Some((other, known.1)));
             }
             match node_of(known.0) {
                 Some(leader) => {
@@ -560,9 +561,12 @@ impl ControllerNode {
     }
 
     /// Answers a broker's request, if this voter is the active controller.
+    /// `via`: the connection it came over, when it came over one (a heartbeat's is remembered,
+    /// for `heartbeats_lost`).
     pub async fn handle(
         &self,
         request: ControllerRequest,
+        via: Option<u64>,
     ) -> Result<ControllerAnswer, ControllerError> {
         match request {
             ControllerRequest::Register { registration, cluster_id } => {
@@ -577,7 +581,7 @@ impl ControllerNode {
                 Ok(ControllerAnswer::Registered { broker_epoch: broker.broker_epoch, cluster_id })
             }
             ControllerRequest::Heartbeat { node, broker_epoch } => {
-                self.decide(Event::Heartbeat { node, broker_epoch }).await?;
+                self.decide(Event::Heartbeat { node, broker_epoch, via }).await?;
                 let image = self.metadata.image();
                 let fenced = image.brokers.get(&node).is_none_or(|b| b.fenced);
                 Ok(ControllerAnswer::HeartbeatTaken { fenced })
@@ -639,13 +643,14 @@ impl ControllerNode {
         }
     }
 
-    /// A broker's heartbeat connection to this voter closed (`Event::HeartbeatsLost`): fenced
-    /// at once if this voter is the active controller and it was not heard from since.
-    pub async fn heartbeats_lost(&self, node: NodeId, broker_epoch: u64, last_beat: Instant) {
+    /// Connection `via`, which broker `node`'s heartbeats came over, closed
+    /// (`Event::HeartbeatsLost`): fenced at once if this voter is the active controller and last
+    /// heard the broker over that connection.
+    pub async fn heartbeats_lost(&self, node: NodeId, broker_epoch: u64, via: u64) {
         if !self.raft.borrow().is_leader() {
             return;
         }
-        let lost = Event::HeartbeatsLost { node, broker_epoch, last_beat };
+        let lost = Event::HeartbeatsLost { node, broker_epoch, via };
         match self.decide(lost).await {
             Ok((_, batch)) if !batch.is_empty() => {
                 tracing::info!(%node, broker_epoch, "fenced at once: its heartbeat connection closed");
@@ -738,7 +743,8 @@ impl ControllerNode {
                 // Raft elected this voter because the last active controller fell silent: its
                 // broker did too (a crash, a pause, a cut), and is fenced at the first tick
                 // unless it beats first, not a whole session later.
-                if let Some(silent) = self.predecessor.take() {
+                let predecessor = self.predecessor.take();
+                if let Some((silent, _)) = predecessor.filter(|(_, led)| term <= led + 2) {
                     controller.presume_silent(silent, Instant::now());
                 }
                 *active = Some((term, controller));

@@ -55,6 +55,8 @@ struct Broker {
     /// Its heartbeat connection closed, or a new controller took over from the one beside it:
     /// it may be fenced before its session is over, until it beats again.
     presumed_gone: bool,
+    /// The connection it beats over now; a restart or a reconnect takes a new one.
+    connection: u64,
 }
 
 struct Run {
@@ -85,6 +87,7 @@ impl Run {
                 last_beat: None,
                 shutting_down: false,
                 presumed_gone: false,
+                connection: u64::from(n.unsigned_abs()) << 32,
             })
             .collect();
         let followers = (0..2).map(|_| (0, MetadataImage::default())).collect();
@@ -220,7 +223,8 @@ impl Run {
         let (node, Some(broker_epoch)) = (self.brokers[b].node, self.brokers[b].epoch) else {
             return;
         };
-        match self.decide(Event::Heartbeat { node, broker_epoch }) {
+        let via = Some(self.brokers[b].connection);
+        match self.decide(Event::Heartbeat { node, broker_epoch, via }) {
             Ok(()) => {
                 self.brokers[b].last_beat = Some(self.now);
                 self.brokers[b].presumed_gone = false;
@@ -384,6 +388,7 @@ impl Run {
             1 if self.brokers[b].epoch.is_none() => {
                 self.event("broker restarted");
                 self.brokers[b].incarnation += 1;
+                self.brokers[b].connection += 1;
                 if self.rng.below(4) == 0 {
                     self.event("broker restarted on a new data directory");
                     self.brokers[b].directory += 1;
@@ -453,13 +458,23 @@ impl Run {
                 }
             }
             13 => {
-                // A heartbeat connection closes: the broker died, or (when it still runs) the
-                // connection broke and it beats again over another.
+                // A heartbeat connection closes: the one it beats over (it died, or its link
+                // broke), which may fence it; or one it has already left for another, which
+                // must not.
                 if let (node, Some(broker_epoch)) = (self.brokers[b].node, self.brokers[b].epoch) {
-                    self.event("heartbeat connection lost");
-                    let last_beat = self.brokers[b].last_beat.unwrap_or(self.now);
-                    self.brokers[b].presumed_gone = true;
-                    let lost = self.decide(Event::HeartbeatsLost { node, broker_epoch, last_beat });
+                    let current = self.rng.below(2) == 0;
+                    let via = match current {
+                        true => self.brokers[b].connection,
+                        false => self.brokers[b].connection.wrapping_sub(1),
+                    };
+                    if current {
+                        self.event("heartbeat connection lost");
+                        self.brokers[b].presumed_gone = true;
+                        self.brokers[b].connection += 1;
+                    } else {
+                        self.event("an old heartbeat connection closed");
+                    }
+                    let lost = self.decide(Event::HeartbeatsLost { node, broker_epoch, via });
                     assert!(lost.is_ok(), "seed {}: {lost:?}", self.seed);
                 }
             }
@@ -891,7 +906,7 @@ impl QuorumRun {
                 self.brokers[b].2 = None;
                 Event::ControlledShutdown { node, broker_epoch }
             }
-            (_, Some(broker_epoch)) => Event::Heartbeat { node, broker_epoch },
+            (_, Some(broker_epoch)) => Event::Heartbeat { node, broker_epoch, via: None },
         };
         let Some((_, controller)) = self.controller.as_mut() else { return };
         let Ok(batch) = controller.decide(image, event, self.now) else { return };

@@ -54,10 +54,10 @@ pub async fn controller_request(
         ControllerRequest::Heartbeat { node, broker_epoch } => Some((*node, *broker_epoch)),
         _ => None,
     };
-    let body = match shard.ask_controller(request).await {
+    let body = match shard.ask_controller_via(request, Some(beats.connection)).await {
         Ok(answer) => {
-            if let Some((node, broker_epoch)) = beat {
-                beats.last.set(Some((node, broker_epoch, std::time::Instant::now())));
+            if let Some(beat) = beat {
+                beats.last.set(Some(beat));
             }
             ControllerResponse { error: ErrorBody::none(), leader: None, answer: Some(answer) }
         }

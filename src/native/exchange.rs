@@ -124,10 +124,11 @@ pub(crate) fn undecodable(api: Api, request_id: u64, why: String) -> Response {
     )
 }
 
-/// What a connection's requests leave for its end: the last heartbeat a broker sent over it
-/// and this broker's controller took (its node, broker epoch and when). When the connection
-/// closes, the controller fences that broker at once (`Event::HeartbeatsLost`).
-#[derive(Default)]
+/// What a connection's requests leave for its end: the connection's number, and the broker
+/// whose heartbeats this broker's controller took over it (node and broker epoch). When the
+/// connection closes, the controller fences that broker at once if it last heard it over this
+/// one (`Event::HeartbeatsLost`).
 pub struct HeartbeatsSeen {
-    pub last: std::cell::Cell<Option<(crate::types::NodeId, u64, Instant)>>,
+    pub connection: u64,
+    pub last: std::cell::Cell<Option<(crate::types::NodeId, u64)>>,
 }

@@ -65,7 +65,8 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
         peer.clone(),
     ));
     let host: Rc<str> = Rc::from(peer.rsplit_once(':').map_or(peer.as_str(), |(host, _)| host));
-    let beats = Rc::new(HeartbeatsSeen::default());
+    let connection = shard.new_connection_id();
+    let beats = Rc::new(HeartbeatsSeen { connection, last: std::cell::Cell::new(None) });
     let read = read_requests(&shard, &mut reader, &queue, &budgets, (host, beats.clone())).await;
     if let Err(reason) = read {
         tracing::warn!(%peer, "closing connection: {reason}");
@@ -74,8 +75,8 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     writer.await;
     // A broker whose heartbeats came this way is gone, or cut off: the controller need not
     // wait out its session (`Event::HeartbeatsLost`).
-    if let Some((node, broker_epoch, last_beat)) = beats.last.get() {
-        shard.heartbeats_lost(node, broker_epoch, last_beat).await;
+    if let Some((node, broker_epoch)) = beats.last.get() {
+        shard.heartbeats_lost(node, broker_epoch, connection).await;
     }
 }
 

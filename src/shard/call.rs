@@ -7,7 +7,7 @@
 //! call and its answer cannot fall out of step and no caller matches on answers.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::cluster::metadata::ClusterId;
 use crate::cluster::node::{
@@ -76,11 +76,11 @@ typed_requests! {
         -> Result<(), BrokerError>;
 
     /// For the controller voter (shard 0): a broker's request to the active controller.
-    AskController { request: ControllerRequest } -> Result<ControllerAnswer, ControllerError>;
+    AskController { request: ControllerRequest, via: Option<u64> } -> Result<ControllerAnswer, ControllerError>;
 
-    /// For the controller voter (shard 0): a connection that carried a broker's heartbeats here
-    /// closed, the last taken at `last_beat`.
-    HeartbeatsLost { node: NodeId, broker_epoch: u64, last_beat: Instant } -> ();
+    /// For the controller voter (shard 0): connection `via`, which carried a broker's heartbeats
+    /// here, closed.
+    HeartbeatsLost { node: NodeId, broker_epoch: u64, via: u64 } -> ();
 
     /// For the controller voter (shard 0): the cluster as it sees it.
     DescribeCluster {} -> Result<ClusterStatus, BrokerError>;

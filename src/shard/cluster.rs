@@ -97,33 +97,23 @@ impl Shard {
             .map_err(|why| BrokerError::new(ErrorKind::InvalidRequest, why))
     }
 
-    /// A connection that carried broker `node`'s heartbeats to this broker closed, the last
-    /// taken at `last_beat`: this broker's voter, if it is the active controller, fences it
-    /// unless it was heard from since. Not while this broker stops (its own connections close).
-    pub async fn heartbeats_lost(
-        self: &Rc<Self>,
-        node: NodeId,
-        broker_epoch: u64,
-        last_beat: Instant,
-    ) {
+    /// Connection `via`, which carried broker `node`'s heartbeats to this broker, closed: this
+    /// broker's voter, if it is the active controller and last heard the broker over it, fences
+    /// it. Not while this broker stops (its own connections close).
+    pub async fn heartbeats_lost(self: &Rc<Self>, node: NodeId, broker_epoch: u64, via: u64) {
         if self.stopping.get() {
             return;
         }
-        let lost = HeartbeatsLost { node, broker_epoch, last_beat };
+        let lost = HeartbeatsLost { node, broker_epoch, via };
         if let Err(e) = self.ask(CONTROLLER_SHARD, lost).await {
             tracing::debug!(%node, "a lost heartbeat connection: {e}");
         }
     }
 
-    pub(super) async fn heartbeats_lost_here(
-        &self,
-        node: NodeId,
-        broker_epoch: u64,
-        last_beat: Instant,
-    ) {
+    pub(super) async fn heartbeats_lost_here(&self, node: NodeId, broker_epoch: u64, via: u64) {
         let voter = self.voter.borrow().clone();
         if let Some(voter) = voter {
-            voter.heartbeats_lost(node, broker_epoch, last_beat).await;
+            voter.heartbeats_lost(node, broker_epoch, via).await;
         }
     }
 
@@ -132,7 +122,16 @@ impl Shard {
         self: &Rc<Self>,
         request: ControllerRequest,
     ) -> Result<ControllerAnswer, ControllerError> {
-        match self.ask(CONTROLLER_SHARD, AskController { request }).await {
+        self.ask_controller_via(request, None).await
+    }
+
+    /// The same, for a request that came over connection `via`.
+    pub async fn ask_controller_via(
+        self: &Rc<Self>,
+        request: ControllerRequest,
+        via: Option<u64>,
+    ) -> Result<ControllerAnswer, ControllerError> {
+        match self.ask(CONTROLLER_SHARD, AskController { request, via }).await {
             Ok(answer) => answer,
             Err(error) => Err(error.into()),
         }
@@ -161,9 +160,10 @@ impl Shard {
     pub(super) async fn ask_controller_here(
         &self,
         request: ControllerRequest,
+        via: Option<u64>,
     ) -> Result<ControllerAnswer, ControllerError> {
         let voter = self.hosted_voter()?;
-        voter.handle(request).await
+        voter.handle(request, via).await
     }
 
     /// The cluster as this broker's voter sees it.

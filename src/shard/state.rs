@@ -85,6 +85,8 @@ pub struct Shard {
     /// Calls sent to other shards, by id, waiting for their answers.
     pub(super) waiting: RefCell<HashMap<u64, oneshot::Sender<ShardAnswer>>>,
     pub(super) next_call_id: Cell<u64>,
+    /// Numbers this shard's connections, for what outlives a request (a broker's heartbeats).
+    next_connection_id: Cell<u64>,
     /// One line per target shard: calls enter the mesh in the order they were made even when a
     /// channel is full (otherwise a newer call could slip into a freed slot before an older
     /// one wakes, and two produce requests of one connection could swap offsets).
@@ -152,6 +154,7 @@ impl Shard {
             peers,
             waiting: RefCell::new(HashMap::new()),
             next_call_id: Cell::new(0),
+            next_connection_id: Cell::new(0),
             send_turns: (0..count).map(|_| Turns::default()).collect(),
             stopping: Cell::new(false),
             stop_event: Event::new(),
@@ -284,11 +287,11 @@ impl Shard {
             ShardCall::StepVoter(StepVoter { from, cluster_id, messages }) => {
                 ShardAnswer::StepVoter(self.step_voter(from, cluster_id, messages))
             }
-            ShardCall::AskController(AskController { request }) => {
-                ShardAnswer::AskController(self.ask_controller_here(request).await)
+            ShardCall::AskController(AskController { request, via }) => {
+                ShardAnswer::AskController(self.ask_controller_here(request, via).await)
             }
-            ShardCall::HeartbeatsLost(HeartbeatsLost { node, broker_epoch, last_beat }) => {
-                self.heartbeats_lost_here(node, broker_epoch, last_beat).await;
+            ShardCall::HeartbeatsLost(HeartbeatsLost { node, broker_epoch, via }) => {
+                self.heartbeats_lost_here(node, broker_epoch, via).await;
                 ShardAnswer::HeartbeatsLost(())
             }
             ShardCall::DescribeCluster(DescribeCluster {}) => {
@@ -301,6 +304,13 @@ impl Shard {
                 ShardAnswer::NextProducerId(self.next_producer_id_here().await)
             }
         }
+    }
+
+    /// A number for a new connection, unique in this process (the shard's id in the high bits).
+    pub fn new_connection_id(&self) -> u64 {
+        let count = self.next_connection_id.get() + 1;
+        self.next_connection_id.set(count);
+        (self.id.0 as u64) << 48 | count
     }
 
     pub fn begin_stop(&self) {
