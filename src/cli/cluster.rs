@@ -25,7 +25,7 @@ pub enum ClusterCommand {
     },
     /// Start a cluster of several brokers on this machine (child processes on loopback, one
     /// shard each, the first three the controller's voters), print their addresses, and stop
-    /// them all together on Ctrl-C.
+    /// them all together on Ctrl-C. One that dies leaves the others running.
     Local {
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=32))]
         brokers: u16,
@@ -117,14 +117,24 @@ impl LocalCluster {
             self.ports(1)?.1
         );
         println!("Ctrl-C stops them all.");
+        // A broker that dies (`kill -9` to watch a failover, say) leaves the others running:
+        // the cluster goes on without it, as a real one would.
         let outcome = loop {
             if stop.load(Ordering::SeqCst) {
                 break Ok(());
             }
-            if let Some((node, status)) =
-                children.iter_mut().find_map(|(node, child)| Some((*node, child.try_wait().ok()??)))
-            {
-                break Err(format!("broker {node} exited with {status}: see its log"));
+            let exited = children.iter_mut().enumerate().find_map(|(at, (node, child))| {
+                child.try_wait().ok().flatten().map(|status| (at, *node, status))
+            });
+            if let Some((at, node, status)) = exited {
+                children.remove(at);
+                eprintln!(
+                    "spate: broker {node} exited with {status} (see its log); the others go on"
+                );
+                if children.is_empty() {
+                    break Err("every broker exited".to_string());
+                }
+                continue;
             }
             std::thread::sleep(Duration::from_millis(100));
         };
