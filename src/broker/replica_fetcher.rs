@@ -83,7 +83,9 @@ pub async fn run_replica_fetchers(shard: Rc<Shard>) {
 /// The partitions one shard follows from one leader broker.
 struct LeaderFetcher {
     leader: NodeId,
-    partitions: RefCell<BTreeMap<PartitionKey, Followed>>,
+    /// Shared with each round in flight, which checks its answers against what is followed
+    /// when they come (replaced whole, never changed in place).
+    partitions: RefCell<Rc<BTreeMap<PartitionKey, Followed>>>,
     /// Fired when the partitions change or the fetcher stops.
     changed: Event,
     stopped: Cell<bool>,
@@ -91,13 +93,13 @@ struct LeaderFetcher {
 
 impl LeaderFetcher {
     fn new(leader: NodeId, partitions: BTreeMap<PartitionKey, Followed>) -> Self {
-        let (partitions, changed) = (RefCell::new(partitions), Event::new());
+        let (partitions, changed) = (RefCell::new(Rc::new(partitions)), Event::new());
         Self { leader, partitions, changed, stopped: Cell::new(false) }
     }
 
     fn follow(&self, partitions: BTreeMap<PartitionKey, Followed>) {
-        if *self.partitions.borrow() != partitions {
-            *self.partitions.borrow_mut() = partitions;
+        if **self.partitions.borrow() != partitions {
+            *self.partitions.borrow_mut() = Rc::new(partitions);
             self.changed.notify(usize::MAX);
         }
     }
@@ -131,13 +133,16 @@ async fn fetch_from(shard: Rc<Shard>, fetcher: Rc<LeaderFetcher>) {
     let mut connection: Option<(String, Client)> = None;
     let mut progress: BTreeMap<PartitionKey, Progress> = BTreeMap::new();
     while !fetcher.stopped.get() {
-        let followed = fetcher.partitions.borrow().clone();
+        let followed = Rc::clone(&fetcher.partitions.borrow());
         progress.retain(|key, _| followed.contains_key(key));
         let now = Instant::now();
-        let mut asked = Vec::new();
+        let mut asked: BTreeMap<&PartitionKey, Rc<Partition>> = BTreeMap::new();
         let mut partitions = Vec::new();
-        for (key, follows) in &followed {
-            let known = progress.entry(key.clone()).or_default();
+        for (key, follows) in followed.iter() {
+            if !progress.contains_key(key) {
+                progress.insert(key.clone(), Progress::default());
+            }
+            let Some(known) = progress.get(key) else { continue };
             if known.resting_until.is_some_and(|until| until > now) {
                 continue;
             }
@@ -152,7 +157,7 @@ async fn fetch_from(shard: Rc<Shard>, fetcher: Rc<LeaderFetcher>) {
                 last_fetched_epoch: log.latest_epoch().map_or(-1, |e| e.0),
                 known_high_watermark: known.known_high_watermark.0,
             });
-            asked.push((key.clone(), partition));
+            asked.insert(key, partition);
         }
         if partitions.is_empty() {
             fetcher.rest(REFUSED_REST).await;
@@ -208,7 +213,6 @@ async fn fetch_from(shard: Rc<Shard>, fetcher: Rc<LeaderFetcher>) {
                 continue;
             }
         };
-        let asked: BTreeMap<PartitionKey, Rc<Partition>> = asked.into_iter().collect();
         let mut at = 0usize;
         let mut to_sync = Vec::new();
         for answer in response.partitions {
@@ -301,17 +305,16 @@ async fn apply(
         };
     }
     let mut last = None;
-    let mut at = 0usize;
     for stored in entries(&data, Check::Header) {
-        let length = match stored {
-            Ok(stored) => stored.bytes.len(),
+        let (at, length) = match stored {
+            Ok(stored) => (stored.at, stored.bytes.len()),
             Err(e) => {
                 tracing::warn!(%topic, partition = %number, %leader, "an entry from the leader does not parse: {e}");
                 return Applied::Rest(FAILED_REST);
             }
         };
+        // The same bytes, shared rather than copied: the log stores them as they came.
         let entry = data.slice(at..at + length);
-        at += length;
         match partition.append_replicated(entry) {
             Ok(appended) => last = Some(appended),
             Err(e) => {

@@ -119,8 +119,6 @@ pub struct Partition<S: Storage = DmaStorage> {
     leader_epoch: Cell<Option<LeaderEpoch>>,
     /// Alone, leading replicas, or following a leader (`replicated.rs`).
     replication: RefCell<Replication>,
-    /// Set once the partition first takes a replicated role (`replicated.rs`).
-    ever_replicated: Cell<bool>,
     /// Fired when the high watermark moves or the partition's role changes: what `acks=all`
     /// producers and waiting consumers of a replicated partition wait on.
     moved: Event,
@@ -138,7 +136,6 @@ impl<S: Storage> Partition<S> {
             truncations_seen,
             leader_epoch: Cell::new(None),
             replication: RefCell::new(Replication::Alone),
-            ever_replicated: Cell::new(false),
             moved: Event::new(),
         }
     }

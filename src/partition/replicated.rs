@@ -145,8 +145,8 @@ impl<S: Storage> Partition<S> {
     /// opened): what its log recovered is visible only once the replicas agree on it, so the
     /// high watermark starts from the log start, as no reader has seen anything of it yet.
     fn enter_replicated_role(&self) {
-        if matches!(*self.replication.borrow(), Replication::Alone) && !self.ever_replicated.get() {
-            self.ever_replicated.set(true);
+        // A replicated partition never goes back to alone (its replicas do not change yet).
+        if matches!(*self.replication.borrow(), Replication::Alone) {
             self.high_watermark.set(self.log.log_start());
         }
     }

@@ -3,7 +3,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use super::{Acks, Partition};
+use super::{Acks, Partition, ReplicaView};
 use crate::log::partition::tests::{entry, in_partition_dir, open, payload};
 use crate::log::LogError;
 use crate::types::Offset;
@@ -105,7 +105,6 @@ fn a_truncation_lowers_the_high_watermark_to_the_new_log_end() {
 /// set below `min.insync.replicas` refuses `acks=all` before the append.
 #[test]
 fn a_replicated_leader_answers_acks_all_once_its_in_sync_follower_has_synced() {
-    use super::ReplicaView;
     use crate::error::ErrorKind;
     use crate::replication::divergence::EpochEnd;
     use crate::types::{LeaderEpoch, NodeId};
@@ -114,14 +113,7 @@ fn a_replicated_leader_answers_acks_all_once_its_in_sync_follower_has_synced() {
         std::fs::create_dir(&follower_dir).expect("follower dir");
         let leader = Rc::new(Partition::new(open(&dir, SEGMENT_BYTES).await));
         let follower = Partition::new(open(&follower_dir, SEGMENT_BYTES).await);
-        let view = ReplicaView {
-            me: NodeId(1),
-            replicas: vec![NodeId(1), NodeId(2)],
-            isr: vec![NodeId(1), NodeId(2)],
-            partition_epoch: 0,
-            min_insync: 2,
-            lag_max: Duration::from_secs(30),
-        };
+        let view = leader_of_two();
         leader.lead(LeaderEpoch(3), &view).await.expect("lead");
         follower.follow();
         let appended = leader.append(entry(2, &payload(0, 100))).expect("append");
@@ -179,7 +171,6 @@ fn a_replicated_leader_answers_acks_all_once_its_in_sync_follower_has_synced() {
 /// first role, even leader, shows none of them until its in-sync followers report them synced.
 #[test]
 fn a_reopened_replica_shows_nothing_recovered_until_its_followers_have_it() {
-    use super::ReplicaView;
     use crate::types::{LeaderEpoch, NodeId};
     in_partition_dir(|dir| async move {
         let partition = Partition::new(open(&dir, SEGMENT_BYTES).await);
@@ -189,18 +180,24 @@ fn a_reopened_replica_shows_nothing_recovered_until_its_followers_have_it() {
         }
         partition.log().close().await;
         let reopened = Partition::new(open(&dir, SEGMENT_BYTES).await);
-        let view = ReplicaView {
-            me: NodeId(1),
-            replicas: vec![NodeId(1), NodeId(2)],
-            isr: vec![NodeId(1), NodeId(2)],
-            partition_epoch: 0,
-            min_insync: 2,
-            lag_max: Duration::from_secs(30),
-        };
+        let view = leader_of_two();
         reopened.lead(LeaderEpoch(1), &view).await.expect("lead");
         assert_eq!(reopened.high_watermark(), Offset(0), "nothing agreed on yet");
         let fetched = reopened.serve_follower(NodeId(2), (Offset(3), Offset(3)), None, 1 << 20);
         assert_eq!(fetched.await.expect("served").high_watermark, Offset(3));
         reopened.log().close().await;
     });
+}
+
+/// Broker 1's view of a partition it leads with broker 2, both in sync, two needed.
+fn leader_of_two() -> ReplicaView {
+    use crate::types::NodeId;
+    ReplicaView {
+        me: NodeId(1),
+        replicas: vec![NodeId(1), NodeId(2)],
+        isr: vec![NodeId(1), NodeId(2)],
+        partition_epoch: 0,
+        min_insync: 2,
+        lag_max: Duration::from_secs(30),
+    }
 }

@@ -247,19 +247,18 @@ impl Shard {
                 self.wait_for_stop().await;
             };
             futures_lite::future::or(stop, glommio::timer::sleep(ISR_CHECK_INTERVAL)).await;
-            let led: Vec<(PartitionKey, Rc<Partition>)> = (self.partitions.borrow().iter())
-                .filter(|(_, p)| p.is_leader() && p.is_replicated())
-                .map(|(k, p)| (k.clone(), p.clone()))
-                .collect();
             let now = Instant::now();
             let image = self.metadata_image();
-            for ((topic, partition), target) in led {
-                let eligible = |node: NodeId| image.is_live(&node);
-                let Some((change, leader_epoch, partition_epoch)) =
-                    target.isr_change(now, eligible)
-                else {
-                    continue;
-                };
+            let eligible = |node: NodeId| image.is_live(&node);
+            // Only the partitions with a change are taken out of the map (most have none).
+            let changes: Vec<_> = (self.partitions.borrow().iter())
+                .filter(|(_, p)| p.is_leader() && p.is_replicated())
+                .filter_map(|(key, p)| {
+                    let change = p.isr_change(now, eligible)?;
+                    Some((key.clone(), p.clone(), change))
+                })
+                .collect();
+            for ((topic, partition), target, (change, leader_epoch, partition_epoch)) in changes {
                 let me = self.config.node_id;
                 let (Some(broker), Some(topic_id)) =
                     (image.brokers.get(&me), image.topic_ids.get(&topic).copied())
@@ -267,6 +266,7 @@ impl Shard {
                     target.change_refused();
                     continue;
                 };
+                tracing::info!(%topic, %partition, isr = ?change.isr, %leader_epoch, partition_epoch, "asking for a new in-sync set");
                 let request = IsrRequest {
                     node: me,
                     broker_epoch: broker.broker_epoch,
@@ -274,9 +274,8 @@ impl Shard {
                     partition,
                     leader_epoch,
                     partition_epoch,
-                    isr: change.isr.clone(),
+                    isr: change.isr,
                 };
-                tracing::info!(%topic, %partition, isr = ?change.isr, %leader_epoch, partition_epoch, "asking for a new in-sync set");
                 let this = self.clone();
                 let asked = ControllerRequest::AlterPartition(request);
                 glommio::spawn_local(async move {
