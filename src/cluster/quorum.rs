@@ -323,7 +323,9 @@ impl Voter {
 
     /// The term of entry `index`, while the log holds it.
     pub fn term_of(&self, index: u64) -> Option<u64> {
-        self.node.raft.raft_log.term(index).ok()
+        // raft-rs answers term 0 for an index outside its log (below a leader's snapshot still
+        // being persisted, say) rather than an error; no entry has term 0.
+        self.node.raft.raft_log.term(index).ok().filter(|term| *term > 0)
     }
 
     /// While leading: hands leadership to the other voter holding most of the log (raft-rs's
