@@ -75,6 +75,9 @@ pub struct TopicConfig {
     /// The in-sync replicas an `acks=all` produce needs (`min.insync.replicas`); `None` when not
     /// set: 2 for a replicated partition and 1 for a lone replica (DESIGN, "Cluster").
     pub min_insync_replicas: Option<u16>,
+    /// Whether an out-of-sync replica may lead when no in-sync one is live
+    /// (`unclean.leader.election.enable`), at the price of what only the in-sync replicas had.
+    pub unclean_leader_election: bool,
 }
 
 impl Default for TopicConfig {
@@ -88,6 +91,7 @@ impl Default for TopicConfig {
             cleanup_policy: CleanupPolicy::Delete,
             delete_retention_ms: DAY_MS,
             min_insync_replicas: None,
+            unclean_leader_election: false,
         }
     }
 }
@@ -121,7 +125,6 @@ const FIXED_TOPIC_SETTINGS: &[(&str, &str, &str)] = &[
         "CreateTime",
         "records keep the producer's timestamps; LogAppendTime is not supported yet",
     ),
-    ("unclean.leader.election.enable", "false", "Spate never makes an out-of-sync replica leader"),
 ];
 
 impl TopicConfig {
@@ -171,6 +174,11 @@ impl TopicConfig {
                 }
                 self.min_insync_replicas = Some(replicas);
             }
+            "unclean.leader.election.enable" => match value {
+                "true" => self.unclean_leader_election = true,
+                "false" => self.unclean_leader_election = false,
+                _ => return Err(invalid(key, value, "expected true or false")),
+            },
             _ => match FIXED_TOPIC_SETTINGS.iter().find(|(name, _, _)| *name == key) {
                 Some((_, accepted, _)) if value == *accepted => {}
                 Some((_, accepted, why)) => {
@@ -218,6 +226,7 @@ impl TopicConfig {
             ("cleanup.policy".into(), "delete".into()),
             ("delete.retention.ms".into(), self.delete_retention_ms.to_string()),
             ("min.insync.replicas".into(), self.min_insync_replicas.unwrap_or(2).to_string()),
+            ("unclean.leader.election.enable".into(), self.unclean_leader_election.to_string()),
         ]
         .into_iter()
         .chain(
@@ -272,7 +281,8 @@ pub struct BrokerConfig {
     /// Replicas of a topic created without a replication factor (CreateTopics' -1, or
     /// auto-creation). Checked against the live brokers when a topic is created.
     pub default_replication_factor: u16,
-    /// Replicas of each `__consumer_offsets` partition, when the broker creates it on first use.
+    /// Replicas of each `__consumer_offsets` partition, when the broker creates it on first use
+    /// (at most as many as the cluster has brokers: its voters, or more if more registered).
     pub offsets_topic_replication_factor: u16,
     pub auto_create_topics: bool,
     /// The largest request frame a client may send.
@@ -339,11 +349,11 @@ impl Default for BrokerConfig {
             replica_fetch_response_max_bytes: 10 * 1024 * 1024,
             topic_defaults: TopicConfig::default(),
             num_partitions: 1,
-            // Kafka's default is 1, as here; its offsets topic's is 3, which a cluster of fewer
-            // brokers cannot place, and which stores nothing more until partition data is
-            // replicated (issue 16): 1 here until then.
+            // Kafka's defaults. The offsets topic's 3 is capped by the cluster's size when the
+            // topic is created (`Shard::ensure_offsets_topic`): a broker alone keeps its
+            // groups' offsets on its own.
             default_replication_factor: 1,
-            offsets_topic_replication_factor: 1,
+            offsets_topic_replication_factor: 3,
             auto_create_topics: true,
             socket_request_max_bytes: 100 * 1024 * 1024,
             retention_check_interval_ms: 300_000,
@@ -783,7 +793,7 @@ mod tests {
             ("compression.type", "zstd", "recompressing"),
             ("message.timestamp.type", "LogAppendTime", "LogAppendTime"),
             ("min.insync.replicas", "0", "at least 1"),
-            ("unclean.leader.election.enable", "true", "out-of-sync"),
+            ("unclean.leader.election.enable", "yes", "true or false"),
             ("delete.retention.ms", "-1", "0 or more"),
         ] {
             let refused = TopicConfig::default().set(key, value).unwrap_err().0;

@@ -36,6 +36,8 @@ pub enum ErrorKind {
     PolicyViolation,
     /// The group's coordinator cannot serve it now (its offsets log is unavailable).
     CoordinatorNotAvailable,
+    /// The group's coordinator is replaying its offsets partition, newly led here.
+    CoordinatorLoadInProgress,
     IllegalGeneration,
     InconsistentGroupProtocol,
     InvalidGroupId,

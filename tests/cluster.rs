@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::kafka_wire::Conn;
+use common::netns::Netns;
 use common::{run, scripts, Broker, BINARY};
 use kafka_protocol::messages::{ApiKey, InitProducerIdRequest, InitProducerIdResponse};
 use spate::client::{Client, GroupConfig, GroupConsumer, OffsetReset};
@@ -37,6 +38,10 @@ struct Cluster {
     dir: tempfile::TempDir,
     /// Node `n` listens on `base + 2(n-1)` (native) and the port after (Kafka).
     base: u16,
+    /// Settings every broker of this cluster gets on top of the tests' own.
+    settings: Vec<String>,
+    /// Each broker in a network namespace of its own, when a test cuts them off.
+    netns: Option<Netns>,
 }
 
 /// Brokers 1 to 3 are the voters; 4 joins through them.
@@ -57,9 +62,20 @@ fn port_base(count: u16) -> u16 {
 impl Cluster {
     /// Three brokers, nodes 1 to 3, all voters. Node 3 runs two shards.
     fn start() -> Cluster {
+        Cluster::start_with(&[])
+    }
+
+    /// The same, each broker with `settings` (`key=value`) too.
+    fn start_with(settings: &[&str]) -> Cluster {
+        Cluster::start_in(settings, None)
+    }
+
+    /// The same, each broker in its namespace of `netns` when given.
+    fn start_in(settings: &[&str], netns: Option<Netns>) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let base = port_base(2 * NODES_MAX);
-        let mut cluster = Cluster { brokers: Vec::new(), dir, base };
+        let settings = settings.iter().map(|s| s.to_string()).collect();
+        let mut cluster = Cluster { brokers: Vec::new(), dir, base, settings, netns };
         for n in 1..=VOTERS {
             let data_dir = cluster.dir.path().join(format!("node{n}"));
             let broker = cluster.start_node(n, &data_dir);
@@ -68,14 +84,19 @@ impl Cluster {
         cluster
     }
 
+    /// Where node `n` is reached: loopback, or its namespace's address.
+    fn host(&self, n: u16) -> String {
+        self.netns.as_ref().map_or("127.0.0.1".to_string(), |netns| netns.address(n))
+    }
+
     fn native(&self, n: u16) -> String {
-        format!("127.0.0.1:{}", self.base + 2 * (n - 1))
+        format!("{}:{}", self.host(n), self.base + 2 * (n - 1))
     }
 
     /// Starts node `n` of this cluster on `data_dir`: one shard on core 0 or 1 by its parity,
     /// node 3 two.
     fn start_node(&self, n: u16, data_dir: &Path) -> Broker {
-        let kafka = format!("127.0.0.1:{}", self.base + 2 * (n - 1) + 1);
+        let kafka = format!("{}:{}", self.host(n), self.base + 2 * (n - 1) + 1);
         let voters: Vec<String> = (1..=VOTERS).map(|v| format!("{v}@{}", self.native(v))).collect();
         let voters = format!("controller.quorum.voters={}", voters.join(","));
         let session = format!("broker.session.timeout.ms={SESSION_TIMEOUT_MS}");
@@ -93,7 +114,11 @@ impl Cluster {
         let segments = "metadata.log.segment.bytes=16384";
         let mut args = vec!["--set", &node, "--set", &voters, "--set", &session];
         args.extend(["--set", &heartbeat, "--set", snapshots, "--set", segments]);
-        Broker::start_at(data_dir, (&self.native(n), &kafka), cores, &args)
+        for setting in &self.settings {
+            args.extend(["--set", setting]);
+        }
+        let netns = self.netns.as_ref().map(|netns| netns.namespace(n));
+        Broker::start_at_in(netns, data_dir, (&self.native(n), &kafka), cores, &args)
     }
 
     fn broker(&mut self, node: i32) -> &mut Broker {
@@ -624,6 +649,18 @@ fn create_topic_at(
     replication_factor: i16,
     assignment: &[&[i32]],
 ) -> (i16, String) {
+    create_topic_with_configs_at(kafka, name, (partitions, replication_factor), assignment, &[])
+}
+
+/// The same, with topic settings `configs`.
+fn create_topic_with_configs_at(
+    kafka: &str,
+    name: &str,
+    (partitions, replication_factor): (i32, i16),
+    assignment: &[&[i32]],
+    configs: &[(&str, &str)],
+) -> (i16, String) {
+    use kafka_protocol::messages::create_topics_request::CreatableTopicConfig;
     use kafka_protocol::messages::create_topics_request::{
         CreatableReplicaAssignment, CreatableTopic,
     };
@@ -643,6 +680,15 @@ fn create_topic_at(
             listed.partition_index = index as i32;
             listed.broker_ids = brokers.iter().map(|b| BrokerId(*b)).collect();
             listed
+        })
+        .collect();
+    topic.configs = configs
+        .iter()
+        .map(|(key, value)| {
+            let mut config = CreatableTopicConfig::default();
+            config.name = StrBytes::from_string(key.to_string());
+            config.value = Some(StrBytes::from_string(value.to_string()));
+            config
         })
         .collect();
     let mut request = CreateTopicsRequest::default();
@@ -1264,12 +1310,279 @@ fn acknowledged_records_survive_leader_kills_and_acks_all_needs_min_insync_repli
     verify(&cluster, &live, &acked);
 }
 
+/// A group of three confluent-kafka members keeps reading through the `kill -9` of its
+/// coordinator's broker: the group's `__consumer_offsets` partition (three replicas) gets a new
+/// leader, whose coordinator replays the partition and serves the group; the members rejoin it
+/// and read every record produced after the death; and every commit the coordinators
+/// acknowledged is still committed afterwards.
+#[test]
+fn a_consumer_group_keeps_consuming_through_its_coordinators_death() {
+    let _one_cluster = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    // Small offsets segments, for the compaction at the end.
+    let mut cluster = Cluster::start_with(&["offsets.topic.segment.bytes=16384"]);
+    let all = [1, 2, 3];
+    cluster.settle(&all, "three live brokers", |s| s.leader.is_some() && all_live(s, &all));
+    let (topic, group) = ("grouped", "survivors");
+    assert_eq!(create_topic_at(&cluster.kafka(1), topic, 6, 3, &[]), (0, String::new()));
+    let in_sync = |v: &MetadataView| {
+        v.topics.get(topic).is_some_and(|t| t.1.iter().all(|p| p.1 >= 0 && p.4.len() == 3))
+    };
+    cluster.settle_metadata(&all, "the topic in sync on three", in_sync);
+    const HALF: usize = 1500;
+    let half = HALF.to_string();
+    cluster.clients(1, "produce", &[("SPATE_TOPIC", topic), ("SPATE_RECORDS", &half)]);
+
+    let bootstrap: Vec<String> = all.iter().map(|n| cluster.kafka(*n)).collect();
+    let (out, err) =
+        (cluster.dir.path().join("members.out"), cluster.dir.path().join("members.err"));
+    let file = |path: &Path| std::fs::File::create(path).expect("an output file");
+    let members = std::process::Command::new(scripts::pip_python())
+        .args(["cluster_clients.py", "members"])
+        .current_dir(scripts::kafka_dir())
+        .env("SPATE_KAFKA", bootstrap.join(","))
+        .env("SPATE_TOPIC", topic)
+        .env("SPATE_GROUP", group)
+        .env("SPATE_RECORDS", (2 * HALF).to_string())
+        .env("SPATE_BUDGET", "150")
+        .stdout(file(&out))
+        .stderr(file(&err))
+        .spawn()
+        .expect("start the group's members");
+    let mut members = KillOnDrop(members);
+    let seen = || {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        let last = text.lines().rev().find_map(|l| l.strip_prefix("{\"seen\": "));
+        last.and_then(|n| n.trim_end_matches('}').parse::<usize>().ok()).unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen() < 300 && Instant::now() < deadline {
+        assert!(
+            members.0.try_wait().expect("the members' process").is_none(),
+            "the members stopped: {}",
+            std::fs::read_to_string(&err).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dead = coordinator_of(&cluster, group, 1);
+    let seen_at_death = seen();
+    assert!((300..2 * HALF).contains(&seen_at_death), "killed while reading: {seen_at_death}");
+    cluster.broker(dead).kill9();
+    let survivor = all.into_iter().find(|n| *n != dead).expect("a survivor");
+    let rest =
+        [("SPATE_TOPIC", topic), ("SPATE_RECORDS", half.as_str()), ("SPATE_FIRST", half.as_str())];
+    cluster.clients(survivor, "produce", &rest);
+
+    let deadline = Instant::now() + Duration::from_secs(160);
+    let status = loop {
+        if let Some(status) = members.0.try_wait().expect("the members' process") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the members never finished");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (stdout, stderr) = (
+        std::fs::read_to_string(&out).unwrap_or_default(),
+        std::fs::read_to_string(&err).unwrap_or_default(),
+    );
+    let tail: Vec<&str> = stdout.lines().rev().take(3).collect();
+    assert!(status.success(), "the members failed after {seen_at_death} seen at the death of broker {dead}: {tail:?}\n{stderr}");
+    let moved = coordinator_of(&cluster, group, survivor);
+    assert_ne!(moved, dead, "the coordinator moved to a live broker");
+    let acked = json_numbers(&stdout, "acked");
+    assert!(!acked.is_empty(), "no commit was acknowledged: {tail:?}");
+    let committed = json_numbers(
+        &cluster.clients(survivor, "committed", &[("SPATE_TOPIC", topic), ("SPATE_GROUP", group)]),
+        "committed",
+    );
+    for (partition, offset) in &acked {
+        let now = committed.get(partition).copied().unwrap_or(-1);
+        assert!(now >= *offset, "partition {partition}: {offset} acknowledged, {now} committed now (the coordinator on broker {dead} died)");
+    }
+
+    // The offsets log's compaction on its leader reaches its followers: the same offsets
+    // committed again fill several segments; the leader snapshots the group and drops the old
+    // segments, and each follower drops those below the leader's new log start.
+    let again: Vec<(String, u32, u64)> = (committed.iter())
+        .filter_map(|(p, o)| Some((topic.to_string(), p.parse().ok()?, u64::try_from(*o).ok()?)))
+        .collect();
+    let address = cluster.native(survivor as u16);
+    run(|| async move {
+        let client = Client::connect(&address).await.expect("connect");
+        let leaders = spate::client::Leaders::new(client);
+        for _ in 0..300 {
+            let commit = |client: Client| {
+                let again = again.clone();
+                async move { client.commit_offsets(group, "", -1, again).await }
+            };
+            leaders.with_coordinator(group, commit).await.expect("commit again");
+        }
+    });
+    let partition = spate::group::offsets::partition_for(group).to_string();
+    let oldest_segment = |node: i32| {
+        let dir = cluster.dir.path().join(format!("node{node}/__consumer_offsets/{partition}"));
+        let files = std::fs::read_dir(dir).into_iter().flatten().filter_map(Result::ok);
+        let bases = files.filter_map(|f| {
+            let name = f.file_name().into_string().ok()?;
+            name.strip_suffix(".log")?.parse::<u64>().ok()
+        });
+        bases.min().unwrap_or(0)
+    };
+    let survivors: Vec<i32> = all.into_iter().filter(|n| *n != dead).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while survivors.iter().any(|n| oldest_segment(*n) == 0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let oldest: Vec<u64> = survivors.iter().map(|n| oldest_segment(*n)).collect();
+    assert!(
+        oldest.iter().all(|o| *o > 0),
+        "the oldest offsets segment on brokers {survivors:?}: {oldest:?}"
+    );
+}
+
+/// The node coordinating `group`, as broker `via` finds it.
+fn coordinator_of(cluster: &Cluster, group: &str, via: i32) -> i32 {
+    let address = cluster.native(via as u16);
+    let group = group.to_string();
+    let found = run(|| async move {
+        Client::connect(&address).await.expect("connect").find_coordinator(&group).await
+    });
+    let found = found.expect("the group's coordinator");
+    (1..=cluster.brokers.len() as i32)
+        .find(|n| cluster.native(*n as u16) == found)
+        .expect("a broker of the cluster")
+}
+
+/// The integers (null as -1) of the JSON object under `key` in the last line of `text` that has
+/// it, by their keys: `{"key": {"0": 12, "1": null}}`.
+fn json_numbers(text: &str, key: &str) -> std::collections::BTreeMap<String, i64> {
+    let opening = format!("\"{key}\": {{");
+    let Some(line) = text.lines().rev().find(|l| l.contains(&opening)) else {
+        return Default::default();
+    };
+    let start = line.find(&opening).map(|at| at + opening.len()).unwrap_or(0);
+    let body = &line[start..start + line[start..].find('}').unwrap_or(0)];
+    body.split(',')
+        .filter_map(|pair| {
+            let (name, value) = pair.split_once(':')?;
+            let value = value.trim().parse::<i64>().unwrap_or(-1);
+            Some((name.trim().trim_matches('"').to_string(), value))
+        })
+        .collect()
+}
+
+/// Kafka's unclean election, off by default. Two topics of one partition on brokers 2 and 3
+/// (`min.insync.replicas` 1): broker 3 stops, records are acknowledged by broker 2 alone, then
+/// broker 2 dies and broker 3 returns. The topic that allows an unclean election is led by 3
+/// at once, without what only 2 had, and takes writes; the other waits, leaderless, for 2. When
+/// 2 returns it leads the second again with everything, and follows 3 on the first, its records
+/// from after 3 left cut away.
+#[test]
+fn an_out_of_sync_replica_leads_only_where_unclean_election_is_enabled() {
+    let _one_cluster = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cluster = Cluster::start();
+    let all = [1, 2, 3];
+    cluster.settle(&all, "three live brokers", |s| s.leader.is_some() && all_live(s, &all));
+    let one_insync = ("min.insync.replicas", "1");
+    let unclean = ("unclean.leader.election.enable", "true");
+    for (name, configs) in [("lax", vec![one_insync, unclean]), ("strict", vec![one_insync])] {
+        let created =
+            create_topic_with_configs_at(&cluster.kafka(1), name, (-1, -1), &[&[2, 3]], &configs);
+        assert_eq!(created, (0, String::new()), "{name}");
+    }
+    let partition = |v: &MetadataView, name: &str| v.topics.get(name).map(|t| t.1[0].clone());
+    let led_by = |v: &MetadataView, name: &str, leader: i32, isr: &[i32]| {
+        partition(v, name).is_some_and(|p| p.1 == leader && p.4 == isr)
+    };
+    let both = |v: &MetadataView, leader: i32, isr: &[i32]| {
+        led_by(v, "lax", leader, isr) && led_by(v, "strict", leader, isr)
+    };
+    cluster.settle_metadata(&all, "both in sync on 2 and 3", |v| both(v, 2, &[2, 3]));
+    let produce = |cluster: &Cluster, topic: &str, seqs: std::ops::Range<u64>| {
+        let (bootstrap, topic) = (cluster.brokers[0].addr.clone(), topic.to_string());
+        run(|| async move {
+            let client = Client::connect(&bootstrap).await.expect("connect");
+            let leaders = spate::client::Leaders::new(client);
+            let batch = || common::batch_of(seqs.clone().map(|seq| common::record(0, seq)));
+            let produced = leaders
+                .with_leader(&topic, 0, |leader| {
+                    let batch = batch();
+                    let topic = topic.clone();
+                    async move {
+                        leader.produce(&topic, 0, spate::native::messages::Acks::All, batch).await
+                    }
+                })
+                .await;
+            produced.unwrap_or_else(|e| panic!("{topic}: {e}"));
+        })
+    };
+    // The records' sequence numbers, as the leader serves them.
+    let read = |cluster: &Cluster, topic: &str| -> Vec<u64> {
+        let (bootstrap, topic) = (cluster.brokers[0].addr.clone(), topic.to_string());
+        run(|| async move {
+            let client = Client::connect(&bootstrap).await.expect("connect");
+            let leaders = spate::client::Leaders::new(client);
+            let fetched = leaders
+                .with_leader(&topic, 0, |leader| {
+                    let topic = topic.clone();
+                    async move { leader.fetch(&topic, 0, 0, 1 << 20, 0).await }
+                })
+                .await
+                .expect("fetch");
+            let mut seqs = Vec::new();
+            for batch in fetched.batches().expect("batches") {
+                for record in batch.records() {
+                    let header = record.headers().find(|(k, _)| *k == b"seq").expect("a seq");
+                    seqs.push(u64::from_le_bytes(header.1.try_into().expect("8 bytes")));
+                }
+            }
+            seqs
+        })
+    };
+    for topic in ["lax", "strict"] {
+        produce(&cluster, topic, 0..10);
+    }
+    // Broker 3 stops: 2 alone is in sync, and acknowledges 10 to 19 by itself.
+    cluster.broker(3).stop();
+    cluster.settle_metadata(&[1, 2], "2 alone in sync", |v| both(v, 2, &[2]));
+    for topic in ["lax", "strict"] {
+        produce(&cluster, topic, 10..20);
+    }
+    // Broker 2 dies; broker 3 returns, out of sync.
+    cluster.broker(2).kill9();
+    cluster.broker(3).restart();
+    let unclean_view = cluster.settle_metadata(&[1, 3], "3 leads lax only", |v| {
+        led_by(v, "lax", 3, &[3]) && partition(v, "strict").is_some_and(|p| p.1 == -1)
+    });
+    let lax_epoch = partition(&unclean_view, "lax").expect("lax").2;
+    assert_eq!(read(&cluster, "lax"), (0..10).collect::<Vec<_>>(), "lax without 2's records");
+    produce(&cluster, "lax", 20..25);
+    // Broker 2 returns: it leads strict with everything, and follows 3 on lax.
+    cluster.broker(2).restart();
+    cluster.settle_metadata(&all, "strict led by 2, lax in sync on both", |v| {
+        led_by(v, "strict", 2, &[2]) || led_by(v, "strict", 2, &[2, 3])
+    });
+    cluster.settle_metadata(&all, "lax in sync on both", |v| {
+        partition(v, "lax").is_some_and(|p| p.1 == 3 && p.4.len() == 2 && p.2 == lax_epoch)
+    });
+    assert_eq!(read(&cluster, "strict"), (0..20).collect::<Vec<_>>(), "strict lost nothing");
+    let lax: Vec<u64> = (0..10).chain(20..25).collect();
+    assert_eq!(read(&cluster, "lax"), lax, "2 truncated its records after 3 left");
+    // The replicas agree, byte for byte.
+    for node in all {
+        cluster.broker(node).stop();
+    }
+    let stored = |node: i32| stored_entries(&cluster.brokers[node as usize - 1].data_dir, "lax", 0);
+    assert_eq!(stored(2), stored(3), "lax on brokers 2 and 3");
+}
+
 /// The fault run (issue 16): three brokers, a topic of three partitions with replication factor
 /// 3 and `min.insync.replicas` 2, written by an idempotent acks=all confluent-kafka producer
 /// (`crash_producer.py`) and read by a native reader, while the harness injects at random
 /// moments (seeded: `SPATE_TEST_SEED` replays a run) `kill -9` of a partition's leader, `kill -9`
 /// of the active controller, a leader paused (SIGSTOP) past its session and resumed (a zombie),
-/// and clean restarts: `SPATE_FAULT_CYCLES` of them (20 in CI; the long form runs hundreds).
+/// clean restarts, and, as root, a leader cut off from the other brokers (nftables rules in its
+/// network namespace, `common::netns`) until they fence it, then healed: `SPATE_FAULT_CYCLES` of
+/// them (20 in CI; the long form runs hundreds).
 /// Afterwards: every acknowledged record is stored exactly once, in order, at its acknowledged
 /// offset (the producer's own check); everything the reader saw is still there at the offset it
 /// saw it; and with the brokers stopped, the three replicas' logs hold the same entries, byte
@@ -1291,7 +1604,13 @@ fn acknowledged_records_survive_random_faults_and_replicas_agree() {
         rng ^= rng << 17;
         rng
     };
-    let mut cluster = Cluster::start();
+    // As root, each broker in a network namespace of its own, to be cut off from the others.
+    let netns = Netns::create(&[1, 2, 3])
+        .map_err(|why| common::skip_without_privilege("cut brokers off from each other", &why))
+        .ok();
+    let faults = if netns.is_some() { 5 } else { 4 };
+    eprintln!("network cuts: {}", if faults == 5 { "yes" } else { "no (not root)" });
+    let mut cluster = Cluster::start_in(&[], netns);
     let all = [1, 2, 3];
     cluster.settle(&all, "three live brokers", |s| s.leader.is_some() && all_live(s, &all));
     const TOPIC: &str = "faults";
@@ -1354,13 +1673,27 @@ fn acknowledged_records_survive_random_faults_and_replicas_agree() {
         let partition = (next() % PARTITIONS as u64) as usize;
         let leader = live.topics[TOPIC].1[partition].1;
         let controller = cluster.status(1).ok().and_then(|s| s.leader).map(|n| n.0);
-        let (what, victim) = match next() % 4 {
+        let (what, victim) = match next() % faults {
             0 => ("kill -9 of the leader", leader),
             1 => ("kill -9 of the active controller", controller.unwrap_or(leader)),
             2 => ("SIGSTOP of the leader past its session", leader),
-            _ => ("a clean restart", 1 + (next() % 3) as i32),
+            3 => ("a clean restart", 1 + (next() % 3) as i32),
+            _ => ("a network cut of the leader from the others past its session", leader),
         };
         eprintln!("cycle {cycle}: {what} (broker {victim}, {TOPIC}-{partition} led by {leader})");
+        if let Some(netns) = cluster.netns.as_ref().filter(|_| what.contains("network cut")) {
+            // Clients still reach it: a zombie leader that must acknowledge nothing more. The
+            // others fence it once its session lapses.
+            netns.cut(victim as u16).expect("cut the broker off");
+            let others: Vec<i32> = all.into_iter().filter(|n| *n != victim).collect();
+            let fenced = format!("broker {victim} fenced behind its cut");
+            cluster.settle_metadata(&others, &fenced, |v| v.brokers == others);
+            std::thread::sleep(Duration::from_millis(next() % 1000));
+            netns.heal(victim as u16).expect("heal the cut");
+            let again = format!("in sync again after cycle {cycle}");
+            cluster.settle_metadata(&all, &again, in_sync);
+            continue;
+        }
         let broker = cluster.broker(victim);
         if what.starts_with("SIGSTOP") {
             let pid = broker.pid().to_string();

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::{connect, produce, record, run, Broker};
-use spate::client::{Assignor, GroupConfig, GroupConsumer, OffsetReset};
+use spate::client::{Assignor, ClientError, GroupConfig, GroupConsumer, OffsetReset};
 use spate::native::messages::{Acks, ErrorCode};
 
 const TOPIC: &str = "shared";
@@ -103,6 +103,30 @@ fn members_share_partitions_and_a_leavers_partitions_move_with_their_offsets() {
     });
 }
 
+/// Runs a group request again while the coordinator is not ready: before it leads the group's
+/// offsets partition after a start (NOT_COORDINATOR), and while it replays it (the native
+/// protocol's COORDINATOR_NOT_AVAILABLE, as for Kafka's COORDINATOR_LOAD_IN_PROGRESS), for up
+/// to 10 s: a raw connection has no client to retry for it.
+async fn while_coordinator_loads<T, F, Fut>(request: F) -> Result<T, ClientError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match request().await {
+            Err(e)
+                if [Some(ErrorCode::CoordinatorNotAvailable), Some(ErrorCode::NotCoordinator)]
+                    .contains(&e.code())
+                    && Instant::now() < deadline =>
+            {
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
 #[test]
 fn the_offsets_log_is_compacted_and_keeps_the_latest_commits_across_a_crash() {
     let dir = tempfile::tempdir().unwrap();
@@ -123,11 +147,14 @@ fn the_offsets_log_is_compacted_and_keeps_the_latest_commits_across_a_crash() {
     run(|| async {
         let client = connect(&broker).await;
         client.create_topic(TOPIC, PARTITIONS, vec![]).await.unwrap();
+        // As clients do: the coordinator is found (the offsets topic created) first.
+        client.find_coordinator(group).await.expect("find the coordinator");
         for round in 0..400u64 {
-            let offsets = (0..PARTITIONS)
+            let offsets: Vec<_> = (0..PARTITIONS)
                 .map(|p| (TOPIC.to_string(), p, round * 10 + u64::from(p)))
                 .collect();
-            client.commit_offsets(group, "", -1, offsets).await.expect("commit");
+            let commit = || client.commit_offsets(group, "", -1, offsets.clone());
+            while_coordinator_loads(commit).await.expect("commit");
         }
     });
     let written = log_files();
@@ -142,8 +169,9 @@ fn the_offsets_log_is_compacted_and_keeps_the_latest_commits_across_a_crash() {
     broker.restart();
     run(|| async {
         let client = connect(&broker).await;
-        let wanted = (0..PARTITIONS).map(|p| (TOPIC.to_string(), p)).collect();
-        let offsets = client.fetch_offsets(group, wanted).await.expect("fetch offsets");
+        let wanted: Vec<_> = (0..PARTITIONS).map(|p| (TOPIC.to_string(), p)).collect();
+        let fetch = || client.fetch_offsets(group, wanted.clone());
+        let offsets = while_coordinator_loads(fetch).await.expect("fetch offsets");
         let expected: Vec<_> =
             (0..PARTITIONS).map(|p| (TOPIC.to_string(), p, 3990 + i64::from(p))).collect();
         assert_eq!(offsets, expected);

@@ -250,7 +250,11 @@ fn committed_offsets_show_in_spate_group_describe_and_survive_a_crash() {
     commit.group_id = GroupId(StrBytes::from_static_str("auditors"));
     commit.generation_id_or_member_epoch = -1;
     commit.topics = vec![topic];
-    let committed: OffsetCommitResponse = conn.call(ApiKey::OffsetCommit, 2, &commit);
+    common::kafka_wire::find_coordinator(&mut conn, "auditors");
+    let committed: OffsetCommitResponse = common::kafka_wire::when_coordinated(
+        || conn.call(ApiKey::OffsetCommit, 2, &commit),
+        |r: &OffsetCommitResponse| r.topics[0].partitions[0].error_code,
+    );
     assert_eq!(committed.topics[0].partitions[0].error_code, 0);
 
     broker.kill9();
@@ -399,7 +403,11 @@ fn offset_commit_answers_unknown_partitions_and_keeps_leader_epochs() {
     commit.group_id = GroupId(StrBytes::from_static_str("epochs"));
     commit.generation_id_or_member_epoch = -1;
     commit.topics = vec![topic("known", &[0, 5, -1]), topic("ghost", &[0])];
-    let committed: OffsetCommitResponse = conn.call(ApiKey::OffsetCommit, 7, &commit);
+    common::kafka_wire::find_coordinator(&mut conn, "epochs");
+    let committed: OffsetCommitResponse = common::kafka_wire::when_coordinated(
+        || conn.call(ApiKey::OffsetCommit, 7, &commit),
+        |r: &OffsetCommitResponse| r.topics[0].partitions[0].error_code,
+    );
     let codes: Vec<Vec<i16>> = committed
         .topics
         .iter()
@@ -414,7 +422,10 @@ fn offset_commit_answers_unknown_partitions_and_keeps_leader_epochs() {
         let mut request = OffsetFetchRequest::default();
         request.group_id = GroupId(StrBytes::from_static_str("epochs"));
         request.topics = Some(vec![wanted]);
-        let response: OffsetFetchResponse = conn.call(ApiKey::OffsetFetch, 7, &request);
+        let response: OffsetFetchResponse = common::kafka_wire::when_coordinated(
+            || conn.call(ApiKey::OffsetFetch, 7, &request),
+            |r: &OffsetFetchResponse| r.error_code,
+        );
         response.topics[0]
             .partitions
             .iter()

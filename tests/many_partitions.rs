@@ -194,7 +194,8 @@ fn creating_past_max_broker_partitions_is_refused_and_others_carry_on() {
     let response: ProduceResponse = conn.call(ApiKey::Produce, 7, &request);
     assert_ne!(response.responses[0].partition_responses[0].error_code, 0);
 
-    // At the limit, the first commit still creates __consumer_offsets in its kept room.
+    // At the limit, the first group (its coordinator found) still creates __consumer_offsets in
+    // its kept room.
     {
         use kafka_protocol::messages::offset_commit_request::{
             OffsetCommitRequestPartition, OffsetCommitRequestTopic,
@@ -209,7 +210,11 @@ fn creating_past_max_broker_partitions_is_refused_and_others_carry_on() {
         commit.group_id = GroupId(StrBytes::from_static_str("at-the-limit"));
         commit.generation_id_or_member_epoch = -1;
         commit.topics = vec![topic];
-        let committed: OffsetCommitResponse = conn.call(ApiKey::OffsetCommit, 2, &commit);
+        common::kafka_wire::find_coordinator(&mut conn, "at-the-limit");
+        let committed: OffsetCommitResponse = common::kafka_wire::when_coordinated(
+            || conn.call(ApiKey::OffsetCommit, 2, &commit),
+            |r: &OffsetCommitResponse| r.topics[0].partitions[0].error_code,
+        );
         assert_eq!(committed.topics[0].partitions[0].error_code, 0);
     }
 

@@ -303,18 +303,9 @@ async fn shard_main(
         .open_owned_partitions(&disk)
         .await
         .map_err(|e| format!("shard {id}: opening partitions: {e}"));
-    // Groups' committed offsets are back before any client can ask for them.
-    let opened = match opened {
-        Ok(()) => match shard.groups.load(&shard).await {
-            Ok(0) => Ok(()),
-            Ok(records) => {
-                tracing::info!(shard = %id, records, "replayed committed offsets");
-                Ok(())
-            }
-            Err(e) => Err(format!("shard {id}: replaying committed offsets: {e}")),
-        },
-        Err(e) => Err(e),
-    };
+    // Groups' committed offsets are replayed once the metadata has this broker lead their
+    // partitions (`Shard::coordinate_led_offsets_partitions`).
+    //
     // No shard accepts connections until every shard has its partitions open: a request
     // forwarded to a shard still recovering would find the topic but not the partition.
     Stopper::barrier(&stopper.opened, shards).await;
@@ -436,6 +427,7 @@ async fn join_cluster(shard: &Rc<Shard>, stopper: &Arc<Stopper>, directory: u128
                 internal_partitions: OFFSETS_PARTITIONS,
                 internal_replication_factor: config.offsets_topic_replication_factor,
             },
+            unclean_by_default: config.topic_defaults.unclean_leader_election,
             dir_cluster: shard.cluster_id.clone(),
             metadata: metadata.clone(),
             snapshot_bytes: config.metadata_snapshot_bytes,

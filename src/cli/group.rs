@@ -6,7 +6,11 @@ use clap::Subcommand;
 
 use crate::cli::topic::connect;
 use crate::cli::{run_client, BrokerAddress};
-use crate::client::{Client, Leaders};
+use crate::client::{Client, ClientError, Leaders};
+use crate::native::messages::{ErrorCode, GroupSummary};
+
+/// How long `group list` asks a broker again while it replays committed offsets.
+const LOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Subcommand, Debug)]
 pub enum GroupCommand {
@@ -43,8 +47,10 @@ impl GroupCommand {
                         let address = crate::config::host_port(&broker.host, broker.port);
                         let asked = async {
                             match broker.node == metadata.node {
-                                true => client.list_groups().await,
-                                false => Client::connect(&address).await?.list_groups().await,
+                                true => listed_when_loaded(&client).await,
+                                false => {
+                                    listed_when_loaded(&Client::connect(&address).await?).await
+                                }
                             }
                         };
                         let listed = asked.await.map_err(|e| format!("broker {address}: {e}"))?;
@@ -108,5 +114,22 @@ impl GroupCommand {
             }
             Ok(())
         })
+    }
+}
+
+/// A broker's groups, asked again while it replays a `__consumer_offsets` partition (it
+/// answers COORDINATOR_NOT_AVAILABLE meanwhile), for up to [`LOAD_WAIT`].
+async fn listed_when_loaded(client: &Client) -> Result<Vec<GroupSummary>, ClientError> {
+    let deadline = std::time::Instant::now() + LOAD_WAIT;
+    loop {
+        match client.list_groups().await {
+            Err(e)
+                if e.code() == Some(ErrorCode::CoordinatorNotAvailable)
+                    && std::time::Instant::now() < deadline =>
+            {
+                glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            listed => return listed,
+        }
     }
 }

@@ -14,8 +14,11 @@
 //!   its registration, so a late heartbeat cannot bring it back (it registers again). Fencing
 //!   first moves its leaderships to other live in-sync replicas (new leader and partition
 //!   epochs) and takes it out of the in-sync sets it shares, in the same batch. A partition whose
-//!   in-sync replicas are all fenced keeps the last one, without a leader, until it returns (no
-//!   unclean election).
+//!   in-sync replicas are all fenced keeps the last one, without a leader, until it returns;
+//!   unless its topic sets `unclean.leader.election.enable` (or the controller's broker has it
+//!   as the default): then a live out-of-sync replica leads, its in-sync set alone, as soon as
+//!   one is live, and what only the lost replicas had is gone (the returning ones truncate to
+//!   it). Kafka's unclean election, off by default.
 //!
 //! In-sync sets change at a partition leader's request (KIP-497's AlterPartition): a follower
 //! that caught up joins, one that fell behind leaves. The request is taken only from the current
@@ -131,6 +134,9 @@ pub struct PartitionLimits {
     pub internal_partitions: u32,
     pub internal_replication_factor: u16,
 }
+
+/// The topic setting that allows an unclean election.
+const UNCLEAN_KEY: &str = "unclean.leader.election.enable";
 
 /// Producer ids per block: a broker asks the controller once per this many new producers.
 pub const PRODUCER_ID_BLOCK: i64 = 1000;
@@ -267,6 +273,8 @@ pub struct Controller {
     /// Where the next topic's first leader goes, so topics do not all start on one broker.
     next_start: usize,
     limits: PartitionLimits,
+    /// `unclean.leader.election.enable` for topics that do not set it.
+    unclean_by_default: bool,
 }
 
 impl Controller {
@@ -276,7 +284,28 @@ impl Controller {
         limits: PartitionLimits,
     ) -> Self {
         let (last_heard, heard_via) = (BTreeMap::new(), BTreeMap::new());
-        Self { session_timeout, new_cluster_id, last_heard, heard_via, next_start: 0, limits }
+        let (next_start, unclean_by_default) = (0, false);
+        Self {
+            session_timeout,
+            new_cluster_id,
+            last_heard,
+            heard_via,
+            next_start,
+            limits,
+            unclean_by_default,
+        }
+    }
+
+    /// Topics that do not set `unclean.leader.election.enable` take `enabled`.
+    pub fn with_unclean_default(mut self, enabled: bool) -> Self {
+        self.unclean_by_default = enabled;
+        self
+    }
+
+    /// Whether topic `topic` allows an out-of-sync replica to lead.
+    fn allows_unclean(&self, image: &MetadataImage, topic: TopicId) -> bool {
+        let set = image.topics.get(&topic).and_then(|t| t.config.get(UNCLEAN_KEY));
+        set.map_or(self.unclean_by_default, |value| value == "true")
     }
 
     /// Takes over from the active controller that ran beside broker `node` and fell silent (Raft
@@ -338,13 +367,13 @@ impl Controller {
                 }
                 // Every beat, not only the first: a partition left waiting (by a decision that
                 // did not commit, say) is led again as soon as its replica is heard.
-                records.extend(leaderless_led_by(image, node));
+                records.extend(self.leaderless_led_by(image, node));
                 Ok(records)
             }
             Event::ControlledShutdown { node, broker_epoch } => {
                 registered(image, node, broker_epoch)?;
                 self.last_heard.remove(&node);
-                Ok(fence(image, node, broker_epoch, true))
+                Ok(self.fence(image, node, broker_epoch, true))
             }
             Event::HeartbeatsLost { node, broker_epoch, via } => {
                 if self.heard_via.get(&node) != Some(&via) {
@@ -355,7 +384,7 @@ impl Controller {
                 match registered(image, node, broker_epoch) {
                     Ok(broker) if !broker.fenced => {
                         self.last_heard.remove(&node);
-                        Ok(fence(image, node, broker_epoch, false))
+                        Ok(self.fence(image, node, broker_epoch, false))
                     }
                     // Another registration, or fenced already: nothing.
                     _ => Ok(Vec::new()),
@@ -412,7 +441,7 @@ impl Controller {
             }
         }
         self.last_heard.insert(node, now);
-        let mut records = without_leadership(image, node);
+        let mut records = self.without_leadership(image, node);
         let broker_epoch = image.last_broker_epoch.saturating_add(1);
         records.push(MetadataRecord::RegisterBroker { broker_epoch, registration });
         Ok(records)
@@ -530,8 +559,9 @@ impl Controller {
         let live = image.live_brokers().count().max(1) as u64;
         let reserved = match image.topic_ids.contains_key(&limits.internal_topic) {
             true => 0,
+            // Its replicas are at most one per live broker.
             false => (u64::from(limits.internal_partitions)
-                * u64::from(limits.internal_replication_factor))
+                * u64::from(limits.internal_replication_factor).min(live))
             .div_ceil(live),
         };
         let mut held_by: BTreeMap<NodeId, u64> = BTreeMap::new();
@@ -566,7 +596,7 @@ impl Controller {
         // One broker after another, each against the image the ones before it leave.
         let (mut records, mut image) = (Vec::new(), image.clone());
         for (node, broker_epoch) in silent {
-            let fenced = fence(&image, node, broker_epoch, false);
+            let fenced = self.fence(&image, node, broker_epoch, false);
             match image.apply_batch(&fenced) {
                 Ok(()) => records.extend(fenced),
                 Err(e) => tracing::error!(%node, "cannot fence a silent broker: {e}"),
@@ -701,60 +731,106 @@ fn alter_partition(
     Ok(vec![MetadataRecord::PartitionState { topic, partition, state }])
 }
 
-/// Takes `node`'s leaderships away and then fences it; a shutdown also ends its registration.
-fn fence(
-    image: &MetadataImage,
-    node: NodeId,
-    broker_epoch: u64,
-    shutdown: bool,
-) -> Vec<MetadataRecord> {
-    let mut records = without_leadership(image, node);
-    records.push(MetadataRecord::FenceBroker { node, broker_epoch, shutdown });
-    records
-}
-
-/// The partition changes that leave `node` leading nothing and out of every in-sync set it
-/// shares: a partition it leads gets the first other live in-sync replica, in replica order, as
-/// leader (or none), with a new leader epoch.
-fn without_leadership(image: &MetadataImage, node: NodeId) -> Vec<MetadataRecord> {
-    let live = |n: &NodeId| *n != node && image.is_live(n);
-    let mut records = Vec::new();
-    for (topic, partition, state) in image.partitions() {
-        let leads = state.leader == Some(node);
-        let shares = state.isr.contains(&node) && state.isr.len() > 1;
-        if !leads && !shares {
-            continue;
-        }
-        let mut next = state.clone();
-        if shares {
-            next.isr.retain(|r| *r != node);
-        }
-        if leads {
-            next.leader = state.replicas.iter().copied().find(|r| next.isr.contains(r) && live(r));
-            next.leader_epoch = LeaderEpoch(state.leader_epoch.0.saturating_add(1));
-        }
-        next.partition_epoch = next.partition_epoch.saturating_add(1);
-        records.push(MetadataRecord::PartitionState { topic, partition, state: next });
+impl Controller {
+    /// Takes `node`'s leaderships away and then fences it; a shutdown also ends its
+    /// registration.
+    fn fence(
+        &self,
+        image: &MetadataImage,
+        node: NodeId,
+        broker_epoch: u64,
+        shutdown: bool,
+    ) -> Vec<MetadataRecord> {
+        let mut records = self.without_leadership(image, node);
+        records.push(MetadataRecord::FenceBroker { node, broker_epoch, shutdown });
+        records
     }
-    records
-}
 
-/// The partition changes that make `node` the leader of the partitions that have none and keep
-/// it in sync.
-fn leaderless_led_by(image: &MetadataImage, node: NodeId) -> Vec<MetadataRecord> {
-    image
-        .partitions()
-        .filter(|(_, _, state)| state.leader.is_none() && state.isr.contains(&node))
-        .map(|(topic, partition, state)| {
-            let next = PartitionState {
+    /// The partition changes that leave `node` leading nothing and out of every in-sync set it
+    /// shares: a partition it leads gets the first other live in-sync replica, in replica
+    /// order, as leader, with a new leader epoch; with none, the first live replica if the
+    /// topic allows an unclean election, else none.
+    fn without_leadership(&self, image: &MetadataImage, node: NodeId) -> Vec<MetadataRecord> {
+        let live = |n: &NodeId| *n != node && image.is_live(n);
+        let mut records = Vec::new();
+        for (topic, partition, state) in image.partitions() {
+            let leads = state.leader == Some(node);
+            let shares = state.isr.contains(&node) && state.isr.len() > 1;
+            if !leads && !shares {
+                continue;
+            }
+            let mut next = state.clone();
+            if shares {
+                next.isr.retain(|r| *r != node);
+            }
+            if leads {
+                next.leader =
+                    state.replicas.iter().copied().find(|r| next.isr.contains(r) && live(r));
+                if next.leader.is_none() && self.allows_unclean(image, topic) {
+                    if let Some(unclean) = state.replicas.iter().copied().find(live) {
+                        warn_unclean(image, topic, partition, state, unclean);
+                        next.leader = Some(unclean);
+                        next.isr = vec![unclean];
+                    }
+                }
+                next.leader_epoch = LeaderEpoch(state.leader_epoch.0.saturating_add(1));
+            }
+            next.partition_epoch = next.partition_epoch.saturating_add(1);
+            records.push(MetadataRecord::PartitionState { topic, partition, state: next });
+        }
+        records
+    }
+
+    /// The partition changes that make `node` (heard from) the leader of the partitions that
+    /// have none and keep it in sync; and, where the topic allows an unclean election, of those
+    /// it is an out-of-sync replica of while no in-sync one is live.
+    fn leaderless_led_by(&self, image: &MetadataImage, node: NodeId) -> Vec<MetadataRecord> {
+        let mut records = Vec::new();
+        for (topic, partition, state) in image.partitions() {
+            if state.leader.is_some() || !state.replicas.contains(&node) {
+                continue;
+            }
+            let clean = state.isr.contains(&node);
+            let unclean = !clean
+                && !state.isr.iter().any(|r| image.is_live(r))
+                && self.allows_unclean(image, topic);
+            if !clean && !unclean {
+                continue;
+            }
+            let mut next = PartitionState {
                 leader: Some(node),
                 leader_epoch: LeaderEpoch(state.leader_epoch.0.saturating_add(1)),
                 partition_epoch: state.partition_epoch.saturating_add(1),
                 ..state.clone()
             };
-            MetadataRecord::PartitionState { topic, partition, state: next }
-        })
-        .collect()
+            if unclean {
+                warn_unclean(image, topic, partition, state, node);
+                next.isr = vec![node];
+            }
+            records.push(MetadataRecord::PartitionState { topic, partition, state: next });
+        }
+        records
+    }
+}
+
+/// An unclean election is logged where it is decided: what only the lost in-sync replicas had
+/// is gone.
+fn warn_unclean(
+    image: &MetadataImage,
+    topic: TopicId,
+    partition: PartitionId,
+    state: &PartitionState,
+    leader: NodeId,
+) {
+    let name = image.topics.get(&topic).map_or("?", |t| t.name.as_str());
+    tracing::warn!(
+        topic = name,
+        %partition,
+        isr = ?state.isr,
+        %leader,
+        "unclean leader election (unclean.leader.election.enable): no in-sync replica is live, \
+         so out-of-sync replica {leader} leads; records only the in-sync replicas had are lost"
+    );
 }
 
 #[cfg(test)]
@@ -1002,6 +1078,89 @@ mod tests {
         assert_eq!((alone.leader, alone.leader_epoch), (Some(NodeId(1)), LeaderEpoch(2)));
         let first = state(&image, t);
         assert_eq!((first.leader, first.leader_epoch), (Some(NodeId(2)), LeaderEpoch(1)));
+    }
+
+    /// Brings broker `node` back under a new registration (`incarnation`), heard at `now`.
+    fn come_back(
+        controller: &mut Controller,
+        image: &mut MetadataImage,
+        node: i32,
+        incarnation: u64,
+        now: Instant,
+    ) {
+        commit(controller, image, register(node, incarnation), now).expect("registered");
+        let broker_epoch = image.brokers[&NodeId(node)].broker_epoch;
+        let beat = Event::Heartbeat { node: NodeId(node), broker_epoch, via: None };
+        commit(controller, image, beat, now).expect("heartbeat");
+    }
+
+    /// With no in-sync replica live, a topic that sets `unclean.leader.election.enable` gets an
+    /// out-of-sync replica as leader (its in-sync set alone, a new epoch), both when the last
+    /// in-sync leader is fenced and when an out-of-sync replica comes back; another topic waits
+    /// for its in-sync replica, and the controller's default decides for topics that say
+    /// nothing.
+    #[test]
+    fn an_out_of_sync_replica_leads_only_where_unclean_election_is_allowed() {
+        let now = Instant::now();
+        let (mut controller, mut image, epochs) = cluster(3, now);
+        let topic = |name: &str, unclean: Option<&str>| {
+            let config = unclean.map(|v| (UNCLEAN_KEY.to_string(), v.to_string()));
+            let topic = NewTopic {
+                name: name.into(),
+                partitions: 1,
+                replication_factor: 2,
+                assignment: Some(vec![vec![NodeId(1), NodeId(2)]]),
+                config: config.into_iter().collect(),
+            };
+            Event::CreateTopic { topic, id: TopicId(name.bytes().map(u128::from).sum()) }
+        };
+        for (name, unclean) in [("strict", None), ("lax", Some("true")), ("kept", Some("false"))] {
+            commit(&mut controller, &mut image, topic(name, unclean), now).expect("created");
+        }
+        let state = |image: &MetadataImage, name: &str| {
+            let id = image.topic_ids[name];
+            image.topics[&id].partitions[&PartitionId(0)].clone()
+        };
+        // Broker 2 stops: out of every in-sync set. It comes back, out of sync (its leader would
+        // ask for it once caught up).
+        let shutdown = Event::ControlledShutdown { node: NodeId(2), broker_epoch: epochs[1] };
+        commit(&mut controller, &mut image, shutdown, now).expect("shut down");
+        come_back(&mut controller, &mut image, 2, 2, now);
+        assert_eq!(state(&image, "lax").isr, [NodeId(1)]);
+        // The last in-sync replica, broker 1, stops.
+        let shutdown = Event::ControlledShutdown { node: NodeId(1), broker_epoch: epochs[0] };
+        commit(&mut controller, &mut image, shutdown, now).expect("shut down");
+        let lax = state(&image, "lax");
+        assert_eq!(
+            (lax.leader, lax.isr.clone(), lax.leader_epoch),
+            (Some(NodeId(2)), vec![NodeId(2)], LeaderEpoch(1))
+        );
+        for name in ["strict", "kept"] {
+            let waiting = state(&image, name);
+            assert_eq!((waiting.leader, waiting.isr), (None, vec![NodeId(1)]), "{name}");
+        }
+        // Broker 1 comes back: it leads what waited for it, and only follows the other.
+        come_back(&mut controller, &mut image, 1, 3, now);
+        assert_eq!(state(&image, "strict").leader, Some(NodeId(1)));
+        assert_eq!(state(&image, "lax").leader, Some(NodeId(2)));
+
+        // Again with the controller's default on: a topic that says nothing elects uncleanly
+        // when its out-of-sync replica returns; one that says false still waits.
+        let (mut controller, mut image, epochs) = cluster(3, now);
+        controller = controller.with_unclean_default(true);
+        for (name, unclean) in [("strict", None), ("kept", Some("false"))] {
+            commit(&mut controller, &mut image, topic(name, unclean), now).expect("created");
+        }
+        for n in [2, 1] {
+            let broker_epoch = epochs[n as usize - 1];
+            let shutdown = Event::ControlledShutdown { node: NodeId(n), broker_epoch };
+            commit(&mut controller, &mut image, shutdown, now).expect("shut down");
+        }
+        assert_eq!(state(&image, "strict").leader, None, "no replica live yet");
+        come_back(&mut controller, &mut image, 2, 2, now);
+        let strict = state(&image, "strict");
+        assert_eq!((strict.leader, strict.isr), (Some(NodeId(2)), vec![NodeId(2)]));
+        assert_eq!(state(&image, "kept").leader, None);
     }
 
     /// A broker whose heartbeat connection closes is fenced at once, not a session later, when

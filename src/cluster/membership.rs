@@ -19,7 +19,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::identity::{self, DirIdentity};
 use super::metadata::{ClusterId, Endpoints, Registration, CLUSTER_PROTOCOL_VERSION};
@@ -331,12 +331,28 @@ impl Membership {
     }
 
     /// A request of the broker's own (a client's topic change, forwarded) to the active
-    /// controller.
+    /// controller. While the voters elect one (the last one stopped, say) they answer
+    /// NOT_CONTROLLER or nothing: asked again until a session timeout has passed, as Kafka's
+    /// forwarding manager keeps a forwarded request until its timeout, so the client gets the
+    /// new controller's answer rather than a retriable error it may not retry.
     pub async fn ask_controller(
         &self,
         request: ControllerRequest,
     ) -> Result<ControllerAnswer, ControllerError> {
-        self.ask(request).await
+        let deadline = Instant::now() + self.session_timeout;
+        loop {
+            match self.ask(request.clone()).await {
+                Err(e)
+                    if matches!(
+                        e.error.kind,
+                        ErrorKind::NotController | ErrorKind::NotAvailable
+                    ) && Instant::now() < deadline =>
+                {
+                    glommio::timer::sleep(RETRY_WAIT).await;
+                }
+                answered => return answered,
+            }
+        }
     }
 
     /// Asks the active controller, following NOT_CONTROLLER answers to the one a voter names

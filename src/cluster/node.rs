@@ -249,6 +249,8 @@ pub struct ControllerNode {
     links: Rc<dyn Links>,
     session_timeout: Duration,
     limits: PartitionLimits,
+    /// `unclean.leader.election.enable` for topics that do not set it.
+    unclean_by_default: bool,
     /// The cluster this broker's data directory belongs to, once known (shared by its shards).
     dir_cluster: Arc<OnceLock<ClusterId>>,
     /// Bytes of entries to apply between two snapshots, and those applied since the last.
@@ -260,6 +262,8 @@ pub struct ControllerNode {
 pub struct ControllerSettings {
     pub session_timeout: Duration,
     pub limits: PartitionLimits,
+    /// `unclean.leader.election.enable` for topics that do not set it (this broker's default).
+    pub unclean_by_default: bool,
     /// The cluster this broker's data directory belongs to, once known (shared by its shards).
     pub dir_cluster: Arc<OnceLock<ClusterId>>,
     pub metadata: Rc<AppliedMetadata>,
@@ -276,8 +280,14 @@ impl ControllerNode {
         links: Rc<dyn Links>,
         settings: ControllerSettings,
     ) -> Result<Rc<Self>, String> {
-        let ControllerSettings { session_timeout, limits, dir_cluster, metadata, snapshot_bytes } =
-            settings;
+        let ControllerSettings {
+            session_timeout,
+            limits,
+            unclean_by_default,
+            dir_cluster,
+            metadata,
+            snapshot_bytes,
+        } = settings;
         let (disk, durable) = disk;
         if let Some(snapshot) = &durable.snapshot {
             // The log after it is handed out as committed again on the first drive.
@@ -306,6 +316,7 @@ impl ControllerNode {
             links,
             session_timeout,
             limits,
+            unclean_by_default,
             dir_cluster,
             snapshot_bytes,
             applied_since_snapshot: Cell::new(0),
@@ -739,7 +750,8 @@ impl ControllerNode {
                 // A new controller gives every broker a whole session (decide.rs).
                 let new_cluster_id = ClusterId(uuid::Uuid::new_v4().as_u128());
                 let mut controller =
-                    Controller::new(self.session_timeout, new_cluster_id, self.limits.clone());
+                    Controller::new(self.session_timeout, new_cluster_id, self.limits.clone())
+                        .with_unclean_default(self.unclean_by_default);
                 // Raft elected this voter because the last active controller fell silent: its
                 // broker did too (a crash, a pause, a cut), and is fenced at the first tick
                 // unless it beats first, not a whole session later.

@@ -1,6 +1,13 @@
-//! A shard's group coordinator: the groups whose `__consumer_offsets` partition this shard owns,
-//! their timers, and their committed offsets, made durable in that partition before a commit is
-//! acknowledged and replayed from it when the shard opens.
+//! A shard's group coordinator: the groups whose `__consumer_offsets` partition this shard owns
+//! and this broker leads, their timers, and their committed offsets, made durable in that
+//! partition (on every in-sync replica of it) before a commit is acknowledged.
+//!
+//! The coordinator follows the partition's leadership, as Kafka's `GroupMetadataManager` does:
+//! when its broker comes to lead a partition it replays the partition's log (answering the
+//! partition's groups COORDINATOR_LOAD_IN_PROGRESS meanwhile), and when the leadership goes it
+//! forgets the partition's groups (NOT_COORDINATOR: the clients find the new leader, which has
+//! replayed the same log). Group membership is not kept in the log, only committed offsets:
+//! members rejoin a moved coordinator, and find their group's offsets there.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -23,7 +30,7 @@ use crate::record::archive;
 use crate::record::batch::NativeBatchView;
 use crate::record::entry::{entries, Check, StoredEntry};
 use crate::record::{BatchBuilder, PayloadFormat, PendingEntry};
-use crate::types::PartitionId;
+use crate::types::{LeaderEpoch, PartitionId};
 
 /// How often expired sessions and rebalance deadlines are checked.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -35,6 +42,8 @@ pub const COMPACTION_CHECK: Duration = Duration::from_secs(5);
 const COMPACT_AFTER_SEALED: usize = 2;
 /// Bytes read at a time when replaying the offsets log.
 const REPLAY_READ_BYTES: usize = 8 * 1024 * 1024;
+/// How long a replay that failed (a read error) waits before it tries again.
+const REPLAY_RETRY: Duration = Duration::from_secs(1);
 
 /// One committed offset in a commit request.
 #[derive(Clone, Debug)]
@@ -47,20 +56,39 @@ pub struct OffsetCommit {
     pub metadata: String,
 }
 
-/// What a coordinator needs of its shard: the `__consumer_offsets` partitions the shard owns.
-/// The shard implements it; the coordinator sees nothing else of the shard, so groups sit below
-/// the shard layer and can be driven by a test without one.
+/// What a coordinator needs of its shard: the `__consumer_offsets` partitions the shard owns and
+/// its broker leads. The shard implements it; the coordinator sees nothing else of the shard, so
+/// groups sit below the shard layer and can be driven by a test without one.
 pub trait OffsetsLogs {
-    /// The `__consumer_offsets` partitions this shard owns, by number (none until the topic
-    /// exists).
-    fn owned(&self) -> Vec<(PartitionId, Rc<Partition>)>;
+    /// `__consumer_offsets` partition `partition`, which this shard owns, when this broker
+    /// leads it (NOT_COORDINATOR otherwise).
+    fn led(&self, partition: PartitionId) -> Result<Rc<Partition>, BrokerError>;
+}
 
-    /// `__consumer_offsets` partition `partition`, which this shard owns, creating the topic on
-    /// first use.
-    fn open(
-        &self,
-        partition: PartitionId,
-    ) -> impl std::future::Future<Output = Result<Rc<Partition>, BrokerError>>;
+/// Where the coordinator stands with one `__consumer_offsets` partition its broker leads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hold {
+    /// Replaying the partition's log, as `load` (a number no other replay has): its groups
+    /// are answered COORDINATOR_LOAD_IN_PROGRESS.
+    Loading { epoch: LeaderEpoch, load: u64 },
+    /// Replayed: the partition's groups are served.
+    Loaded { epoch: LeaderEpoch },
+}
+
+impl Hold {
+    fn epoch(self) -> LeaderEpoch {
+        match self {
+            Hold::Loading { epoch, .. } | Hold::Loaded { epoch } => epoch,
+        }
+    }
+}
+
+/// A replay to run: `__consumer_offsets` partition `partition`, led in `epoch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Load {
+    pub partition: PartitionId,
+    pub epoch: LeaderEpoch,
+    load: u64,
 }
 
 typed_requests! {
@@ -115,9 +143,14 @@ typed_requests! {
 }
 
 pub struct Coordinator {
+    /// The groups of the partitions held: loaded, or being loaded.
     groups: RefCell<HashMap<String, Group>>,
-    /// Requests handed to a group and not yet answered, by the ticket they went in with.
-    waiting: RefCell<HashMap<Ticket, oneshot::Sender<MemberAnswer>>>,
+    /// The `__consumer_offsets` partitions this coordinator holds (its broker leads them).
+    holds: RefCell<HashMap<PartitionId, Hold>>,
+    next_load: Cell<u64>,
+    /// Requests handed to a group and not yet answered, by the ticket they went in with, with
+    /// the group's offsets partition (a partition let go drops its requests' senders).
+    waiting: RefCell<HashMap<Ticket, (PartitionId, oneshot::Sender<MemberAnswer>)>>,
     next_ticket: Cell<u64>,
     initial_delay: Duration,
     session_timeout_min: Duration,
@@ -130,6 +163,8 @@ impl Coordinator {
     pub fn new(config: &BrokerConfig) -> Self {
         Self {
             groups: RefCell::default(),
+            holds: RefCell::default(),
+            next_load: Cell::new(0),
             waiting: RefCell::default(),
             next_ticket: Cell::new(0),
             initial_delay: Duration::from_millis(config.group_initial_rebalance_delay_ms),
@@ -140,9 +175,23 @@ impl Coordinator {
         }
     }
 
-    pub async fn handle(&self, logs: &impl OffsetsLogs, call: GroupCall) -> GroupAnswer {
+    /// Answers a group operation: refused with COORDINATOR_LOAD_IN_PROGRESS while the group's
+    /// offsets partition is being replayed, and NOT_COORDINATOR when this broker does not lead
+    /// it.
+    pub async fn handle(
+        &self,
+        logs: &impl OffsetsLogs,
+        call: GroupCall,
+    ) -> Result<GroupAnswer, ErrorKind> {
+        match named_group(&call) {
+            Some(group) => self.serving(group)?,
+            // A listing while a partition is replayed would miss its groups (Kafka answers the
+            // same).
+            None if self.is_loading() => return Err(ErrorKind::CoordinatorLoadInProgress),
+            None => {}
+        }
         let now = Instant::now();
-        match call {
+        Ok(match call {
             GroupCall::JoinGroup(JoinGroup { group, request }) => {
                 GroupAnswer::JoinGroup(self.join(group, request, now).await)
             }
@@ -155,16 +204,15 @@ impl Coordinator {
             }) => {
                 let sync = SyncCall { member_id, instance_id, generation, assignments };
                 let synced = self.ask(&group, sync, now).await;
-                GroupAnswer::SyncGroup(synced.unwrap_or(Err(ErrorKind::UnknownMemberId)))
+                GroupAnswer::SyncGroup(synced.unwrap_or_else(Err))
             }
             GroupCall::Heartbeat(Heartbeat { group, member_id, instance_id, generation }) => {
                 let beat = HeartbeatCall { member_id, instance_id, generation };
                 let beat = self.ask(&group, beat, now).await;
-                GroupAnswer::Heartbeat(beat.unwrap_or(Err(ErrorKind::UnknownMemberId)))
+                GroupAnswer::Heartbeat(beat.unwrap_or_else(Err))
             }
             GroupCall::LeaveGroup(LeaveGroup { group, members }) => {
-                let left = self.ask(&group, LeaveCall { members }, now).await;
-                GroupAnswer::LeaveGroup(left.ok_or(ErrorKind::UnknownMemberId))
+                GroupAnswer::LeaveGroup(self.ask(&group, LeaveCall { members }, now).await)
             }
             GroupCall::CommitOffsets(CommitOffsets {
                 group,
@@ -194,31 +242,48 @@ impl Coordinator {
             GroupCall::DeleteGroup(DeleteGroup { group }) => {
                 GroupAnswer::DeleteGroup(self.delete(logs, &group).await)
             }
+        })
+    }
+
+    /// Whether any partition is being replayed.
+    fn is_loading(&self) -> bool {
+        self.holds.borrow().values().any(|hold| matches!(hold, Hold::Loading { .. }))
+    }
+
+    /// Whether `group` is served here now: its offsets partition is led by this broker and
+    /// replayed.
+    fn serving(&self, group: &str) -> Result<(), ErrorKind> {
+        match self.holds.borrow().get(&offsets::partition_for(group)) {
+            Some(Hold::Loaded { .. }) => Ok(()),
+            Some(Hold::Loading { .. }) => Err(ErrorKind::CoordinatorLoadInProgress),
+            None => Err(ErrorKind::NotCoordinator),
         }
     }
 
-    /// Hands `request` to `group` and waits for its answer: `None` when there is no such group,
-    /// or the coordinator stopped before the answer came.
+    /// Hands `request` to `group` and waits for its answer: UNKNOWN_MEMBER_ID when there is no
+    /// such group, NOT_COORDINATOR when the group's partition was let go before the answer came.
     async fn ask<R: MemberRequest>(
         &self,
         group: &str,
         request: R,
         now: Instant,
-    ) -> Option<R::Answer> {
+    ) -> Result<R::Answer, ErrorKind> {
         let ticket = Ticket(self.next_ticket.get());
         self.next_ticket.set(ticket.0 + 1);
         let (reply, answer) = oneshot::channel();
         let actions = {
             let mut groups = self.groups.borrow_mut();
-            let entry = groups.get_mut(group)?;
-            self.waiting.borrow_mut().insert(ticket, reply);
+            let entry = groups.get_mut(group).ok_or(ErrorKind::UnknownMemberId)?;
+            let partition = offsets::partition_for(group);
+            self.waiting.borrow_mut().insert(ticket, (partition, reply));
             entry.step(Event::Request { ticket, call: request.into_call() }, now)
         };
         self.carry_out(group, actions);
         // A request whose connection goes away stops waiting here: its ticket leaves the table
         // then, not when the group answers it (a join may wait a whole rebalance timeout).
         let _waiting = Waiting { table: &self.waiting, ticket };
-        answer.await.ok().and_then(R::from_answer)
+        let answer = answer.await.map_err(|_| ErrorKind::NotCoordinator)?;
+        R::from_answer(answer).ok_or(ErrorKind::UnknownMemberId)
     }
 
     /// Does what a group's step asked: answers go to the requests waiting for them (a request
@@ -227,7 +292,7 @@ impl Coordinator {
         for action in actions {
             match action {
                 Action::Answer { ticket, answer } => {
-                    if let Some(waiting) = self.waiting.borrow_mut().remove(&ticket) {
+                    if let Some((_, waiting)) = self.waiting.borrow_mut().remove(&ticket) {
                         let _ = waiting.send(answer);
                     }
                 }
@@ -257,7 +322,7 @@ impl Coordinator {
             self.groups.borrow_mut().insert(group.clone(), created);
         }
         let joined = self.ask(&group, JoinCall { request }, now).await;
-        joined.unwrap_or(Err((ErrorKind::UnknownMemberId, String::new())))
+        joined.unwrap_or_else(|e| Err((e, String::new())))
     }
 
     async fn commit(
@@ -272,7 +337,7 @@ impl Coordinator {
         if group.is_empty() {
             return Err(ErrorKind::InvalidGroupId);
         }
-        let log = offsets_log(logs, offsets::partition_for(&group)).await?;
+        let log = offsets_log(logs, offsets::partition_for(&group))?;
         // From here to the append nothing awaits: no tick, join or delete can change the group
         // between the check and the state the commit leaves.
         let records = self.commit_records(&group, member_id, instance_id, generation, &commits)?;
@@ -342,9 +407,8 @@ impl Coordinator {
         if !self.groups.borrow().contains_key(group) {
             return Err(ErrorKind::GroupIdNotFound);
         }
-        let log = offsets_log(logs, offsets::partition_for(group)).await?;
-        // Checked again after the await, and nothing awaits from here to the append: a member
-        // that joined meanwhile keeps the group.
+        let log = offsets_log(logs, offsets::partition_for(group))?;
+        // Nothing awaits from here to the append: no member can join in between.
         let tombstones = {
             let groups = self.groups.borrow();
             let Some(entry) = groups.get(group) else { return Err(ErrorKind::GroupIdNotFound) };
@@ -391,62 +455,162 @@ impl Coordinator {
         });
     }
 
-    /// Replays this shard's `__consumer_offsets` partitions: the latest record per key wins.
-    pub async fn load(&self, logs: &impl OffsetsLogs) -> Result<usize, String> {
-        let mut loaded = 0;
-        for (partition, log) in logs.owned() {
-            let (mut offset, end) = (log.log_start(), log.high_watermark());
-            while offset < end {
-                let read = log.read(offset, REPLAY_READ_BYTES).await.map_err(|e| e.to_string())?;
-                let before = offset;
-                for chunk in read.entries {
-                    // Entries sit 16-aligned in read buffers, as the archive needs; copy if not.
-                    let aligned = archive::aligned(&chunk);
-                    for entry in entries(&aligned, Check::Checksum) {
-                        let StoredEntry { header, payload, .. } =
-                            entry.map_err(|e| e.to_string())?;
-                        if header.format() == Some(PayloadFormat::Native) {
-                            let view = NativeBatchView::new(&header, payload)
-                                .map_err(|e| e.to_string())?;
-                            for record in view.records().filter(|r| r.offset >= offset.0) {
-                                match OffsetRecord::decode(
-                                    record.key(),
-                                    record.value(),
-                                    record.headers(),
-                                ) {
-                                    Ok(decoded) => {
-                                        self.apply(decoded);
-                                        loaded += 1;
-                                    }
-                                    Err(DecodeError::Malformed) => {}
-                                    Err(e) => {
-                                        return Err(format!(
-                                            "{OFFSETS_TOPIC}-{partition} at offset {}: {e}",
-                                            record.offset
-                                        ))
-                                    }
-                                }
-                            }
-                        }
-                        offset = offset.max(header.next_offset());
-                    }
+    /// Follows this broker's leadership of `__consumer_offsets` partition `partition`, which
+    /// this shard owns: `led` is the epoch it leads it in, if it does. A partition let go
+    /// takes its groups with it (their waiting requests are answered NOT_COORDINATOR); one
+    /// newly led, or led in a new epoch, is held as loading, and the replay to run is returned.
+    pub fn follow_leadership(
+        &self,
+        partition: PartitionId,
+        led: Option<LeaderEpoch>,
+    ) -> Option<Load> {
+        let held = self.holds.borrow().get(&partition).copied();
+        if held.map(Hold::epoch) == led {
+            return None;
+        }
+        if held.is_some() {
+            self.let_go(partition);
+        }
+        let epoch = led?;
+        let load = self.next_load.get();
+        self.next_load.set(load + 1);
+        self.holds.borrow_mut().insert(partition, Hold::Loading { epoch, load });
+        Some(Load { partition, epoch, load })
+    }
+
+    /// Forgets the groups of `partition`, which this broker no longer leads.
+    fn let_go(&self, partition: PartitionId) {
+        self.holds.borrow_mut().remove(&partition);
+        let mut groups = self.groups.borrow_mut();
+        let before = groups.len();
+        groups.retain(|id, _| offsets::partition_for(id) != partition);
+        // Dropping the senders answers their requests NOT_COORDINATOR (`ask`).
+        self.waiting.borrow_mut().retain(|_, (of, _)| *of != partition);
+        tracing::info!(
+            %partition,
+            groups = before - groups.len(),
+            "no longer coordinating the groups of {OFFSETS_TOPIC}-{partition}"
+        );
+    }
+
+    /// Whether `load` is still the replay the coordinator waits for.
+    fn is_current(&self, load: Load) -> bool {
+        self.holds.borrow().get(&load.partition)
+            == Some(&Hold::Loading { epoch: load.epoch, load: load.load })
+    }
+
+    /// Runs replay `load`: the partition's log from its start to its end, the latest record per
+    /// key winning, then its groups are served. The end is the log's, not the high watermark:
+    /// a new leader's high watermark may trail what the replicas acknowledged under the last
+    /// leader (Kafka loads to the log end too). A read that fails is tried again; a replay
+    /// overtaken by another leadership change stops. Answers how many records it applied.
+    pub async fn load(&self, logs: &impl OffsetsLogs, load: Load) -> usize {
+        let started = Instant::now();
+        loop {
+            if !self.is_current(load) {
+                return 0;
+            }
+            match self.replay(logs, load).await {
+                Ok(Some(records)) => {
+                    self.finish_load(load);
+                    let groups = (self.groups.borrow().keys())
+                        .filter(|id| offsets::partition_for(id) == load.partition)
+                        .count();
+                    tracing::info!(
+                        partition = %load.partition,
+                        epoch = %load.epoch,
+                        records,
+                        groups,
+                        "coordinating the groups of {OFFSETS_TOPIC}-{} after replaying it in {:?}",
+                        load.partition,
+                        started.elapsed()
+                    );
+                    return records;
                 }
-                if offset == before {
-                    return Err(format!(
-                        "{OFFSETS_TOPIC}-{partition}: no progress at offset {offset}"
-                    ));
+                Ok(None) => return 0,
+                Err(e) => {
+                    tracing::error!(partition = %load.partition, "replaying {OFFSETS_TOPIC}: {e}; trying again");
+                    // Applied so far: dropped, and read again from the start.
+                    self.groups
+                        .borrow_mut()
+                        .retain(|id, _| offsets::partition_for(id) != load.partition);
+                    glommio::timer::sleep(REPLAY_RETRY).await;
                 }
             }
         }
-        Ok(loaded)
     }
 
-    /// Compacts this shard's `__consumer_offsets` partitions that have sealed segments: appends
+    /// Serves the groups of `load`'s partition, replayed (no await since the replay's last
+    /// check that it is current).
+    fn finish_load(&self, load: Load) {
+        self.holds.borrow_mut().insert(load.partition, Hold::Loaded { epoch: load.epoch });
+    }
+
+    /// One replay of `load`'s partition: `None` when another leadership change overtook it
+    /// (checked after every read, so nothing is applied for a replay no longer wanted).
+    async fn replay(&self, logs: &impl OffsetsLogs, load: Load) -> Result<Option<usize>, String> {
+        let partition = load.partition;
+        let log = logs.led(partition).map_err(|e| e.to_string())?;
+        let log = log.log();
+        let (mut offset, end) = (log.log_start(), log.written_offset());
+        let mut loaded = 0;
+        while offset < end {
+            let read = log.read(offset, REPLAY_READ_BYTES, end).await.map_err(|e| e.to_string())?;
+            if !self.is_current(load) {
+                return Ok(None);
+            }
+            let before = offset;
+            for chunk in read {
+                // Entries sit 16-aligned in read buffers, as the archive needs; copy if not.
+                let aligned = archive::aligned(&chunk);
+                for entry in entries(&aligned, Check::Checksum) {
+                    let StoredEntry { header, payload, .. } = entry.map_err(|e| e.to_string())?;
+                    if header.format() == Some(PayloadFormat::Native) {
+                        let view =
+                            NativeBatchView::new(&header, payload).map_err(|e| e.to_string())?;
+                        for record in view.records().filter(|r| r.offset >= offset.0) {
+                            match OffsetRecord::decode(
+                                record.key(),
+                                record.value(),
+                                record.headers(),
+                            ) {
+                                Ok(decoded) => {
+                                    self.apply(decoded);
+                                    loaded += 1;
+                                }
+                                Err(DecodeError::Malformed) => {}
+                                Err(e) => {
+                                    return Err(format!(
+                                        "{OFFSETS_TOPIC}-{partition} at offset {}: {e}",
+                                        record.offset
+                                    ))
+                                }
+                            }
+                        }
+                    }
+                    offset = offset.max(header.next_offset());
+                }
+            }
+            if offset == before {
+                return Err(format!("{OFFSETS_TOPIC}-{partition}: no progress at offset {offset}"));
+            }
+        }
+        Ok(Some(loaded))
+    }
+
+    /// Compacts the `__consumer_offsets` partitions this coordinator serves that have sealed
+    /// segments (their followers drop the same segments when their leader's log start passes
+    /// them, as Kafka's followers do): appends
     /// a snapshot of every live offset of the groups in the partition, then deletes the segments
     /// before it, whose records the snapshot supersedes. Reading the state and appending the
     /// snapshot happen without an await between them, so no commit can fall in between.
     pub async fn compact(&self, logs: &impl OffsetsLogs) {
-        for (partition, log) in logs.owned() {
+        let loaded: Vec<PartitionId> = (self.holds.borrow().iter())
+            .filter(|(_, hold)| matches!(hold, Hold::Loaded { .. }))
+            .map(|(partition, _)| *partition)
+            .collect();
+        for partition in loaded {
+            let Ok(log) = logs.led(partition) else { continue };
             if log.log().sealed_segments() < COMPACT_AFTER_SEALED {
                 continue;
             }
@@ -530,10 +694,25 @@ impl Coordinator {
     }
 }
 
+/// The group a call is about (every call but a listing).
+fn named_group(call: &GroupCall) -> Option<&str> {
+    match call {
+        GroupCall::JoinGroup(JoinGroup { group, .. })
+        | GroupCall::SyncGroup(SyncGroup { group, .. })
+        | GroupCall::Heartbeat(Heartbeat { group, .. })
+        | GroupCall::LeaveGroup(LeaveGroup { group, .. })
+        | GroupCall::CommitOffsets(CommitOffsets { group, .. })
+        | GroupCall::FetchOffsets(FetchOffsets { group, .. })
+        | GroupCall::DescribeGroup(DescribeGroup { group })
+        | GroupCall::DeleteGroup(DeleteGroup { group }) => Some(group),
+        GroupCall::ListGroups(ListGroups {}) => None,
+    }
+}
+
 /// Removes a ticket from the coordinator's table of waiting requests when dropped (by then it
 /// was answered and is gone already, or its request stopped waiting).
 struct Waiting<'a> {
-    table: &'a RefCell<HashMap<Ticket, oneshot::Sender<MemberAnswer>>>,
+    table: &'a RefCell<HashMap<Ticket, (PartitionId, oneshot::Sender<MemberAnswer>)>>,
     ticket: Ticket,
 }
 
@@ -578,14 +757,17 @@ async fn persist(
     })
 }
 
-/// The `__consumer_offsets` partition `partition`, which this shard owns, created on first use.
-async fn offsets_log(
+/// The `__consumer_offsets` partition `partition`, which this shard owns and this broker leads.
+fn offsets_log(
     logs: &impl OffsetsLogs,
     partition: PartitionId,
 ) -> Result<Rc<Partition>, ErrorKind> {
-    logs.open(partition).await.map_err(|e| {
-        tracing::error!("{OFFSETS_TOPIC}-{partition}: {e}");
-        ErrorKind::CoordinatorNotAvailable
+    logs.led(partition).map_err(|e| {
+        tracing::info!("{OFFSETS_TOPIC}-{partition}: {e}");
+        match e.kind {
+            ErrorKind::NotCoordinator => ErrorKind::NotCoordinator,
+            _ => ErrorKind::CoordinatorNotAvailable,
+        }
     })
 }
 
@@ -644,6 +826,79 @@ mod tests {
         let fetched = coordinator.fetch_offsets("fresh", Some(vec![("t".into(), vec![0])]));
         let committed = fetched[0].2.as_ref().expect("the acknowledged commit is visible");
         assert_eq!((committed.offset, committed.leader_epoch), (7, 2));
+    }
+
+    /// No logs: what needs one is refused as not led.
+    struct NoLogs;
+
+    impl OffsetsLogs for NoLogs {
+        fn led(&self, partition: PartitionId) -> Result<Rc<Partition>, BrokerError> {
+            Err(BrokerError::new(ErrorKind::NotCoordinator, format!("{partition} not led")))
+        }
+    }
+
+    fn describe(coordinator: &Coordinator, group: &str) -> Result<GroupAnswer, ErrorKind> {
+        let call = GroupCall::DescribeGroup(DescribeGroup { group: group.into() });
+        futures_lite::future::block_on(coordinator.handle(&NoLogs, call))
+    }
+
+    /// Kafka's `GroupMetadataManager` cycle: a partition led is loading until replayed, served
+    /// once replayed, and its groups forgotten when the leadership goes; a replay overtaken by
+    /// another leadership change is no longer the one waited for.
+    #[test]
+    fn groups_are_served_from_their_replay_until_their_partition_is_let_go() {
+        let coordinator = Coordinator::new(&BrokerConfig::default());
+        let partition = offsets::partition_for("g");
+        assert_eq!(describe(&coordinator, "g").err(), Some(ErrorKind::NotCoordinator));
+        let first = coordinator.follow_leadership(partition, Some(LeaderEpoch(1)));
+        let first = first.expect("a partition newly led is replayed");
+        assert_eq!(describe(&coordinator, "g").err(), Some(ErrorKind::CoordinatorLoadInProgress));
+        assert_eq!(coordinator.follow_leadership(partition, Some(LeaderEpoch(1))), None);
+        coordinator.apply(record("g", 0, crate::now_ms()));
+        coordinator.finish_load(first);
+        let described = describe(&coordinator, "g").expect("served once replayed");
+        assert!(matches!(described, GroupAnswer::DescribeGroup(Some(_))));
+
+        assert_eq!(coordinator.follow_leadership(partition, None), None);
+        assert_eq!(describe(&coordinator, "g").err(), Some(ErrorKind::NotCoordinator));
+        assert!(coordinator.groups.borrow().is_empty(), "the partition's groups are forgotten");
+
+        let second = coordinator.follow_leadership(partition, Some(LeaderEpoch(3)));
+        let second = second.expect("led again, in a newer epoch");
+        let third = coordinator.follow_leadership(partition, Some(LeaderEpoch(4)));
+        let third = third.expect("and again, before the replay ended");
+        assert!(!coordinator.is_current(second) && coordinator.is_current(third));
+    }
+
+    /// A join waiting for its rebalance when the partition is let go is answered
+    /// NOT_COORDINATOR (its client finds the new coordinator), not left waiting.
+    #[test]
+    fn a_request_waiting_on_a_group_let_go_is_answered_not_coordinator() {
+        use futures_lite::future::{block_on, poll_once};
+        let coordinator = Coordinator::new(&BrokerConfig::default());
+        let partition = offsets::partition_for("g");
+        let load = coordinator.follow_leadership(partition, Some(LeaderEpoch(0)));
+        coordinator.finish_load(load.expect("led"));
+        let request = JoinRequest {
+            member_id: String::new(),
+            instance_id: None,
+            client_id: "c".into(),
+            client_host: "/127.0.0.1".into(),
+            session_timeout: Duration::from_secs(10),
+            rebalance_timeout: Duration::from_secs(10),
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::new())],
+            require_known_member: false,
+        };
+        let call = GroupCall::JoinGroup(JoinGroup { group: "g".into(), request });
+        let mut join = Box::pin(coordinator.handle(&NoLogs, call));
+        assert!(block_on(poll_once(&mut join)).is_none(), "the join waits out the initial delay");
+        coordinator.follow_leadership(partition, None);
+        let answered = match block_on(join) {
+            Ok(GroupAnswer::JoinGroup(Err((kind, _)))) => Some(kind),
+            _ => None,
+        };
+        assert_eq!(answered, Some(ErrorKind::NotCoordinator));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! state machine (joins, syncs, heartbeats, leaves, session expiry), stepped by events and
 //! answering with actions; `coordinator.rs` holds a shard's groups, carries out their actions,
 //! runs their timers, and keeps committed offsets durable in the group's `__consumer_offsets`
-//! partition, replayed when the shard opens. `offsets.rs` is that log's record format;
+//! partition, replayed when its broker comes to lead that partition. `offsets.rs` is that log's record format;
 //! `simulation.rs` drives one group through seeded clients on a clock of its own, through the
 //! test driver in `driver.rs`. The protocol front ends translate their requests into typed
 //! [`GroupRequest`]s.

@@ -227,6 +227,7 @@ pub fn error_code(kind: ErrorKind) -> i16 {
         ErrorKind::NotEnoughReplicasAfterAppend => Kafka::NotEnoughReplicasAfterAppend,
         ErrorKind::RequestTimedOut => Kafka::RequestTimedOut,
         ErrorKind::CoordinatorNotAvailable => Kafka::CoordinatorNotAvailable,
+        ErrorKind::CoordinatorLoadInProgress => Kafka::CoordinatorLoadInProgress,
         ErrorKind::IllegalGeneration => Kafka::IllegalGeneration,
         ErrorKind::InconsistentGroupProtocol => Kafka::InconsistentGroupProtocol,
         ErrorKind::InvalidGroupId => Kafka::InvalidGroupId,

@@ -119,7 +119,10 @@ impl From<ErrorKind> for ErrorCode {
             ErrorKind::InvalidProducerEpoch => ErrorCode::InvalidProducerEpoch,
             ErrorKind::UnsupportedForMessageFormat => ErrorCode::UnsupportedForMessageFormat,
             ErrorKind::PolicyViolation => ErrorCode::PolicyViolation,
-            ErrorKind::CoordinatorNotAvailable => ErrorCode::CoordinatorNotAvailable,
+            // Coarser than Kafka's: both pass, and the client asks again.
+            ErrorKind::CoordinatorNotAvailable | ErrorKind::CoordinatorLoadInProgress => {
+                ErrorCode::CoordinatorNotAvailable
+            }
             ErrorKind::IllegalGeneration => ErrorCode::IllegalGeneration,
             ErrorKind::InconsistentGroupProtocol => ErrorCode::InconsistentGroupProtocol,
             ErrorKind::InvalidGroupId | ErrorKind::GroupIdNotFound => ErrorCode::UnknownGroup,

@@ -59,6 +59,8 @@ pub struct ReplicaFetched {
     /// The fetch offset is outside the leader's log (`log_start..=log_end`): the follower
     /// truncates to the leader's end, or starts again at its start.
     pub out_of_range: bool,
+    /// The log start moved since this follower was last told it: news even without entries.
+    pub log_start_moved: bool,
 }
 
 impl<S: Storage> Partition<S> {
@@ -265,6 +267,7 @@ impl<S: Storage> Partition<S> {
             FetchCheck::Diverging(diverging) => answer.diverging = Some(diverging),
             FetchCheck::OutOfRange => answer.out_of_range = true,
             FetchCheck::Agrees => {
+                answer.log_start_moved = self.tell_log_start(follower, log_start);
                 self.count_follower(follower, Position { end: fetch_offset, synced });
                 let written = self.log.written_offset();
                 answer.entries = self.log.read(fetch_offset, max_bytes, written).await?;
@@ -272,6 +275,14 @@ impl<S: Storage> Partition<S> {
         }
         answer.high_watermark = self.high_watermark();
         Ok(answer)
+    }
+
+    /// Whether `follower` learns a new log start from this answer.
+    fn tell_log_start(&self, follower: NodeId, log_start: Offset) -> bool {
+        match &mut *self.replication.borrow_mut() {
+            Replication::Leading { set, .. } => set.tell_log_start(follower, log_start),
+            _ => false,
+        }
     }
 
     /// Counts a follower's position: the high watermark may move, and it may now be in sync.

@@ -34,6 +34,9 @@ struct Follower {
     /// The leader's log end at its previous fetch, and when that was: a follower that reaches
     /// it has kept up since then (Kafka's `lastFetchLeaderLogEndOffset`).
     last_fetch: (Offset, Instant),
+    /// The leader's log start as last sent to it: a start that moved is news to a follower,
+    /// which drops its segments below it.
+    told_log_start: Offset,
 }
 
 /// A change of the in-sync set the leader asks the controller for.
@@ -85,8 +88,12 @@ impl ReplicaSet {
         assert!(isr.contains(&me), "leader {me} is not in its in-sync set {isr:?}");
         let followers = (replicas.iter().filter(|r| **r != me))
             .map(|r| {
-                let follower =
-                    Follower { synced: None, caught_up_at: now, last_fetch: (Offset(0), now) };
+                let follower = Follower {
+                    synced: None,
+                    caught_up_at: now,
+                    last_fetch: (Offset(0), now),
+                    told_log_start: Offset(0),
+                };
                 (*r, follower)
             })
             .collect();
@@ -136,6 +143,16 @@ impl ReplicaSet {
         }
         self.advance(leader_at.synced);
         self.high_watermark
+    }
+
+    /// Whether `follower` has not been told the leader's log start `log_start` yet (a new
+    /// leader tells every follower once); from now on it has been, by the answer this is asked
+    /// for.
+    pub fn tell_log_start(&mut self, follower: NodeId, log_start: Offset) -> bool {
+        let Some(f) = self.followers.get_mut(&follower) else { return false };
+        let news = f.told_log_start != log_start;
+        f.told_log_start = log_start;
+        news
     }
 
     /// The leader synced more of its log: the high watermark may follow.
@@ -260,6 +277,18 @@ mod tests {
             Offset(10),
             now,
         )
+    }
+
+    /// A follower that fetches with nothing new still learns the leader's log start once it
+    /// moves (the offsets log's compaction), and only then.
+    #[test]
+    fn each_follower_is_told_a_moved_log_start_once() {
+        let mut set = leader(Instant::now());
+        assert!(!set.tell_log_start(F2, Offset(0)), "a log start at 0 is what it knows");
+        assert!(set.tell_log_start(F2, Offset(40)));
+        assert!(!set.tell_log_start(F2, Offset(40)), "told already");
+        assert!(set.tell_log_start(F3, Offset(40)), "each follower is told");
+        assert!(!set.tell_log_start(NodeId(9), Offset(40)), "not a replica");
     }
 
     #[test]

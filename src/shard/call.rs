@@ -14,7 +14,7 @@ use crate::cluster::node::{
     ClusterStatus, ControllerAnswer, ControllerError, ControllerRequest, MetadataEntries,
 };
 use crate::cluster::raft_wire::WireMessage;
-use crate::error::BrokerError;
+use crate::error::{BrokerError, ErrorKind};
 use crate::group::{GroupAnswer, GroupCall};
 use crate::partition::{Acks, LogBounds, ReadOutcome};
 use crate::record::PendingEntry;
@@ -69,7 +69,7 @@ typed_requests! {
 
     /// For a group's coordinator (or, for a listing, every shard). Boxed: a join outcome
     /// carries every member's metadata, far larger than other answers.
-    Group { call: GroupCall } -> Box<GroupAnswer>;
+    Group { call: GroupCall } -> Box<Result<GroupAnswer, ErrorKind>>;
 
     /// For the controller voter (shard 0): Raft messages from voter `from`.
     StepVoter { from: NodeId, cluster_id: Option<ClusterId>, messages: Vec<WireMessage> }

@@ -74,11 +74,36 @@ impl Shard {
         target: ShardId,
         request: R,
     ) -> Result<R::Answer, ErrorKind> {
-        // Boxed: `ask` -> `execute` -> coordinator -> `persist` -> topic creation -> `ask`.
-        let answer: std::pin::Pin<Box<dyn std::future::Future<Output = _> + '_>> =
-            Box::pin(self.ask(target, Group { call: request.into_call() }));
-        let answer = answer.await.map_err(|_| ErrorKind::CoordinatorNotAvailable)?;
-        R::from_answer(*answer).ok_or(ErrorKind::CoordinatorNotAvailable)
+        let answer = self.ask(target, Group { call: request.into_call() }).await;
+        let answer = answer.map_err(|_| ErrorKind::CoordinatorNotAvailable)?;
+        R::from_answer((*answer)?).ok_or(ErrorKind::CoordinatorNotAvailable)
+    }
+
+    /// Has this shard's coordinator follow the broker's leadership of the `__consumer_offsets`
+    /// partitions the shard owns, as the last publication left it: a partition newly led is
+    /// replayed in the background, one let go forgets its groups.
+    pub(super) fn coordinate_led_offsets_partitions(self: &Rc<Self>) {
+        let owned = (0..OFFSETS_PARTITIONS)
+            .map(PartitionId)
+            .filter(|&partition| self.owner(OFFSETS_TOPIC, partition) == self.id);
+        for partition in owned {
+            let key = (OFFSETS_TOPIC.to_string(), partition);
+            let led = self.partitions.borrow().get(&key).and_then(|p| p.leader_epoch());
+            if let Some(load) = self.groups.follow_leadership(partition, led) {
+                let shard = self.clone();
+                glommio::spawn_local(async move { shard.groups.load(&shard, load).await }).detach();
+            }
+        }
+    }
+
+    /// `offsets.topic.replication.factor`, capped by the cluster's size: its voters, or the
+    /// brokers registered if more. With fewer live brokers than that the topic is not created
+    /// (COORDINATOR_NOT_AVAILABLE, asked again), as in Kafka; a cluster of one gets one.
+    fn offsets_topic_replication_factor(&self) -> u16 {
+        let voters = self.config.quorum_voters.len().max(1);
+        let registered = self.metadata_image().brokers.len();
+        let size = u16::try_from(voters.max(registered)).unwrap_or(u16::MAX);
+        self.config.offsets_topic_replication_factor.min(size)
     }
 
     /// Creates `__consumer_offsets` on first use.
@@ -95,14 +120,11 @@ impl Shard {
         let topic = TopicRequest {
             name: OFFSETS_TOPIC.to_string(),
             partitions: OFFSETS_PARTITIONS,
-            replication_factor: Some(self.config.offsets_topic_replication_factor),
+            replication_factor: Some(self.offsets_topic_replication_factor()),
             assignment: None,
             overrides,
         };
-        // Boxed: `execute` -> coordinator commit -> here -> creation -> `call` -> `execute`.
-        let creating: std::pin::Pin<Box<dyn std::future::Future<Output = _> + '_>> =
-            Box::pin(self.create_topic_in_cluster(topic));
-        match creating.await {
+        match self.create_topic_in_cluster(topic).await {
             Err(e) if e.kind != ErrorKind::TopicAlreadyExists => Err(e),
             _ => Ok(()),
         }
@@ -111,24 +133,10 @@ impl Shard {
 
 /// The coordinator's view of this shard: the `__consumer_offsets` partitions it owns.
 impl OffsetsLogs for Rc<Shard> {
-    fn owned(&self) -> Vec<(PartitionId, Rc<Partition>)> {
-        if !self.has_topic(OFFSETS_TOPIC) {
-            return Vec::new();
-        }
-        (0..OFFSETS_PARTITIONS)
-            .map(PartitionId)
-            .filter(|&partition| self.owner(OFFSETS_TOPIC, partition) == self.id)
-            .filter_map(|partition| {
-                Some((partition, self.partition(OFFSETS_TOPIC, partition).ok()?))
-            })
-            .collect()
-    }
-
-    async fn open(&self, partition: PartitionId) -> Result<Rc<Partition>, BrokerError> {
-        self.ensure_offsets_topic().await?;
+    fn led(&self, partition: PartitionId) -> Result<Rc<Partition>, BrokerError> {
         // A partition led elsewhere: this broker does not coordinate the group (any more).
         self.led_partition(OFFSETS_TOPIC, partition).map_err(|e| match e.kind {
-            ErrorKind::NotLeaderOrFollower => {
+            ErrorKind::NotLeaderOrFollower | ErrorKind::UnknownTopic => {
                 BrokerError::new(ErrorKind::NotCoordinator, e.message)
             }
             _ => e,

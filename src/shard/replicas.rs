@@ -55,14 +55,15 @@ pub struct FollowerAnswer {
 }
 
 impl FollowerAnswer {
-    /// Whether the follower learns anything from it: entries, a divergence, an error, or a
-    /// high watermark past the one it knew.
+    /// Whether the follower learns anything from it: entries, a divergence, an error, a high
+    /// watermark past the one it knew, or a log start it was not told yet.
     fn has_news(&self, known_high_watermark: Offset) -> bool {
         match &self.result {
             Ok(fetched) => {
                 !fetched.entries.is_empty()
                     || fetched.diverging.is_some()
                     || fetched.out_of_range
+                    || fetched.log_start_moved
                     || fetched.high_watermark > known_high_watermark
             }
             Err(_) => true,

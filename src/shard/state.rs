@@ -271,7 +271,9 @@ impl Shard {
                 ShardAnswer::ForwardToController(self.forward_here(request).await)
             }
             ShardCall::Publish(Publish { published }) => {
-                ShardAnswer::Publish(self.take_publication(published).await)
+                let taken = self.take_publication(published).await;
+                self.coordinate_led_offsets_partitions();
+                ShardAnswer::Publish(taken)
             }
             ShardCall::AwaitPublished(AwaitPublished { index }) => {
                 let deadline = std::time::Instant::now() + TOPIC_WAIT;

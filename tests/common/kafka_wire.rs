@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use indexmap::IndexMap;
@@ -243,4 +243,42 @@ pub fn latest_in_epoch(
     let response: ListOffsetsResponse = conn.call(ApiKey::ListOffsets, 4, &request);
     let answered = &response.topics[0].partitions[0];
     (answered.error_code, answered.offset, answered.leader_epoch)
+}
+
+/// Kafka's codes for a group coordinator not ready (COORDINATOR_LOAD_IN_PROGRESS,
+/// COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR): clients find it again and retry.
+pub const COORDINATOR_NOT_READY: [i16; 3] = [14, 15, 16];
+
+/// How long a test retries what a client would while a coordinator gets ready.
+const COORDINATOR_WAIT: Duration = Duration::from_secs(15);
+
+/// FindCoordinator (v1) for `group`, asked again until it names the coordinator, as a client
+/// asks before its first group request (the broker creates `__consumer_offsets` on the first).
+/// Answers the coordinator's node id.
+pub fn find_coordinator(conn: &mut Conn, group: &str) -> i32 {
+    use kafka_protocol::messages::{FindCoordinatorRequest, FindCoordinatorResponse};
+    let deadline = Instant::now() + COORDINATOR_WAIT;
+    loop {
+        let mut request = FindCoordinatorRequest::default();
+        request.key = StrBytes::from_string(group.to_string());
+        let found: FindCoordinatorResponse = conn.call(ApiKey::FindCoordinator, 1, &request);
+        if found.error_code == 0 {
+            return found.node_id.0;
+        }
+        assert!(Instant::now() < deadline, "no coordinator for {group}: {}", found.error_code);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs `call` again while the error code `code` reads from its answer says the coordinator is
+/// not ready ([`COORDINATOR_NOT_READY`]), as a client retries, for up to 15 s.
+pub fn when_coordinated<R>(mut call: impl FnMut() -> R, code: impl Fn(&R) -> i16) -> R {
+    let deadline = Instant::now() + COORDINATOR_WAIT;
+    loop {
+        let answer = call();
+        if !COORDINATOR_NOT_READY.contains(&code(&answer)) || Instant::now() >= deadline {
+            return answer;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 pub mod kafka_wire;
 pub mod native_wire;
+pub mod netns;
 pub mod scripts;
 
 use spate::client::Client;
@@ -32,6 +33,8 @@ pub struct Broker {
     log_prefix: String,
     fixed_ports: bool,
     runs: usize,
+    /// The network namespace it runs in (`ip netns exec`), if not the test's own.
+    netns: Option<String>,
 }
 
 impl Broker {
@@ -54,6 +57,7 @@ impl Broker {
             log_prefix: "broker".to_string(),
             fixed_ports: false,
             runs: 0,
+            netns: None,
         };
         broker.move_to_fresh_ports();
         broker.launch();
@@ -63,6 +67,17 @@ impl Broker {
     /// Starts a broker at fixed addresses (a cluster's members must know each other's before
     /// they start), its shards on `cores`, logging beside `data_dir`.
     pub fn start_at(data_dir: &Path, addrs: (&str, &str), cores: &str, extra: &[&str]) -> Broker {
+        Self::start_at_in(None, data_dir, addrs, cores, extra)
+    }
+
+    /// The same, in network namespace `netns` when given (`netns::Netns`).
+    pub fn start_at_in(
+        netns: Option<String>,
+        data_dir: &Path,
+        addrs: (&str, &str),
+        cores: &str,
+        extra: &[&str],
+    ) -> Broker {
         let mut broker = Broker {
             child: None,
             addr: addrs.0.to_string(),
@@ -78,6 +93,7 @@ impl Broker {
             ),
             fixed_ports: true,
             runs: 0,
+            netns,
         };
         broker.launch();
         broker
@@ -219,7 +235,16 @@ impl Broker {
         self.runs += 1;
         let stdout = std::fs::File::create(self.stdout_path()).unwrap();
         let stderr = std::fs::File::create(self.stderr_path()).unwrap();
-        let child = Command::new(BINARY)
+        // `ip netns exec` enters the namespace and execs the broker: the child is the broker.
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns, BINARY]);
+                command
+            }
+            None => Command::new(BINARY),
+        };
+        let child = command
             .arg("serve")
             .arg("--data-dir")
             .arg(&self.data_dir)

@@ -15,8 +15,17 @@ Modes (argv[1]):
             (its coordinator found through the bootstrap), checks every record it produced is
             there once, commits, and prints the count per partition and the committed offsets.
   committed prints SPATE_GROUP's committed offsets on SPATE_TOPIC (kafka-python).
+  members   three confluent-kafka members of SPATE_GROUP read SPATE_TOPIC until they have seen
+            every record v0..v<SPATE_RECORDS - 1> (the harness produces some while they read),
+            slowly (SPATE_BATCH_PAUSE s after each batch) and committing each batch
+            synchronously. Prints {"seen": n} as they go (the harness acts on it), then the
+            highest commit the coordinator acknowledged per partition, and how many commits
+            were refused. Fails when a record seen was never produced, or when a member's
+            first record of a partition assigned to it lies below a commit acknowledged before
+            the assignment (a committed offset lost: the group read again from further back).
+  produce takes SPATE_FIRST (default 0): the first record's number.
 
-Env: SPATE_KAFKA=host:port (required).
+Env: SPATE_KAFKA=host:port[,host:port...] (required); SPATE_BUDGET: seconds (default 50).
 """
 import json
 import os
@@ -26,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
     bootstrap_from_env, confluent_conf, fail, finish, ok, remaining, start_budget)
 
-DEADLINE = start_budget(50)
+DEADLINE = start_budget(int(os.environ.get("SPATE_BUDGET", "50")))
 bootstrap = bootstrap_from_env()
 mode = sys.argv[1] if len(sys.argv) > 1 else fail("a mode: describe, create, produce, consume")
 topic = os.environ.get("SPATE_TOPIC", "")
@@ -91,7 +100,8 @@ def produce():
     conf = dict(confluent_conf(bootstrap), **{"acks": "all", "enable.idempotence": True,
                                              "linger.ms": 5})
     producer = Producer(conf)
-    for i in range(records):
+    first = int(os.environ.get("SPATE_FIRST", "0"))
+    for i in range(first, first + records):
         producer.produce(topic, key=f"k{i}".encode(), value=f"v{i}".encode(), on_delivery=delivered)
         producer.poll(0)
     left = producer.flush(remaining(30))
@@ -134,6 +144,86 @@ def committed():
     print(json.dumps({"committed": offsets}))
 
 
+def members():
+    import threading
+    import time
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+    pause = float(os.environ.get("SPATE_BATCH_PAUSE", "0.05"))
+    lock = threading.Lock()
+    seen, acked, refused, strays, lost = set(), {}, [], [], []
+    # (member, partition) -> the highest acknowledged commit when the partition was assigned,
+    # until the member's first record of it.
+    floors = {}
+    done = threading.Event()
+
+    def member(index):
+        conf = dict(confluent_conf(bootstrap), **{
+            "group.id": group, "client.id": f"member-{index}", "auto.offset.reset": "earliest",
+            "enable.auto.commit": False, "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 500})
+        consumer = Consumer(conf)
+
+        def assigned(_consumer, partitions):
+            with lock:
+                for tp in partitions:
+                    floors[(index, tp.partition)] = acked.get(tp.partition, 0)
+
+        def revoked(_consumer, partitions):
+            with lock:
+                for tp in partitions:
+                    floors.pop((index, tp.partition), None)
+
+        consumer.subscribe([topic], on_assign=assigned, on_revoke=revoked)
+        while not done.is_set() and time.monotonic() < DEADLINE:
+            batch = consumer.consume(num_messages=20, timeout=0.5)
+            ends, values = {}, []
+            for m in batch:
+                if m.error() is not None:
+                    continue
+                values.append(m.value().decode())
+                ends[m.partition()] = max(ends.get(m.partition(), 0), m.offset() + 1)
+                with lock:
+                    floor = floors.pop((index, m.partition()), None)
+                    if floor is not None and m.offset() < floor:
+                        lost.append((m.partition(), m.offset(), floor))
+            if not ends:
+                continue
+            with lock:
+                for value in values:
+                    if not value.startswith("v") or not 0 <= int(value[1:]) < records:
+                        strays.append(value)
+                seen.update(values)
+                print(json.dumps({"seen": len(seen)}), flush=True)
+                if len(seen) >= records:
+                    done.set()
+            try:
+                offsets = [TopicPartition(topic, p, end) for p, end in ends.items()]
+                for tp in consumer.commit(offsets=offsets, asynchronous=False):
+                    if tp.error is None:
+                        with lock:
+                            acked[tp.partition] = max(acked.get(tp.partition, 0), tp.offset)
+            except KafkaException as e:
+                with lock:
+                    refused.append(str(e))
+            time.sleep(pause)
+        consumer.close()
+
+    threads = [threading.Thread(target=member, args=(i,), daemon=True) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(0.0, DEADLINE - time.monotonic()) + 5)
+    if strays:
+        fail(f"read records never produced: {strays[:5]}")
+    if lost:
+        fail(f"(partition, first offset read, commit acknowledged before): {lost[:5]}")
+    if len(seen) < records:
+        missing = sorted(set(f"v{i}" for i in range(records)) - seen)
+        fail(f"saw {len(seen)} of {records} records; missing e.g. {missing[:5]}")
+    print(json.dumps({"acked": {str(p): o for p, o in sorted(acked.items())},
+                      "refused": len(refused), "refusals": sorted(set(refused))[:5]}), flush=True)
+
+
 {"describe": describe, "create": create, "produce": produce, "consume": consume,
- "committed": committed}.get(mode, lambda: fail(f"unknown mode {mode}"))()
+ "committed": committed, "members": members}.get(mode, lambda: fail(f"unknown mode {mode}"))()
 finish(f"cluster_clients {mode}")
