@@ -267,6 +267,14 @@ pub struct BrokerConfig {
     /// A follower that has not caught up with its leader for this long leaves the in-sync set
     /// (`replica.lag.time.max.ms`).
     pub replica_lag_time_max_ms: u64,
+    /// The controller moves leaders back to their preferred replicas on its own
+    /// (`auto.leader.rebalance.enable`)...
+    pub auto_leader_rebalance: bool,
+    /// ...checking every `leader.imbalance.check.interval.seconds`...
+    pub leader_imbalance_check_interval_secs: u64,
+    /// ...for the brokers whose preferred partitions are led by others past this share
+    /// (`leader.imbalance.per.broker.percentage`).
+    pub leader_imbalance_per_broker_percentage: u32,
     /// How long a follower's fetch waits at the leader for new entries
     /// (`replica.fetch.wait.max.ms`).
     pub replica_fetch_wait_max_ms: u64,
@@ -344,6 +352,9 @@ impl Default for BrokerConfig {
             broker_session_timeout_ms: 9_000,
             broker_heartbeat_interval_ms: 2_000,
             replica_lag_time_max_ms: 30_000,
+            auto_leader_rebalance: true,
+            leader_imbalance_check_interval_secs: 300,
+            leader_imbalance_per_broker_percentage: 10,
             replica_fetch_wait_max_ms: 500,
             replica_fetch_max_bytes: 1024 * 1024,
             replica_fetch_response_max_bytes: 10 * 1024 * 1024,
@@ -426,6 +437,17 @@ impl BrokerConfig {
                 self.broker_heartbeat_interval_ms = parse_positive(key, value)?
             }
             "replica.lag.time.max.ms" => self.replica_lag_time_max_ms = parse_positive(key, value)?,
+            "auto.leader.rebalance.enable" => self.auto_leader_rebalance = parse(key, value)?,
+            "leader.imbalance.check.interval.seconds" => {
+                self.leader_imbalance_check_interval_secs = parse_positive(key, value)?
+            }
+            "leader.imbalance.per.broker.percentage" => {
+                let percentage: u32 = parse(key, value)?;
+                if percentage > 100 {
+                    return Err(invalid(key, value, "a percentage, 0 to 100"));
+                }
+                self.leader_imbalance_per_broker_percentage = percentage;
+            }
             "replica.fetch.wait.max.ms" => self.replica_fetch_wait_max_ms = parse(key, value)?,
             "replica.fetch.max.bytes" => self.replica_fetch_max_bytes = parse_positive(key, value)?,
             "replica.fetch.response.max.bytes" => {

@@ -1455,19 +1455,8 @@ fn coordinator_of(cluster: &Cluster, group: &str, via: i32) -> i32 {
 /// The integers (null as -1) of the JSON object under `key` in the last line of `text` that has
 /// it, by their keys: `{"key": {"0": 12, "1": null}}`.
 fn json_numbers(text: &str, key: &str) -> std::collections::BTreeMap<String, i64> {
-    let opening = format!("\"{key}\": {{");
-    let Some(line) = text.lines().rev().find(|l| l.contains(&opening)) else {
-        return Default::default();
-    };
-    let start = line.find(&opening).map(|at| at + opening.len()).unwrap_or(0);
-    let body = &line[start..start + line[start..].find('}').unwrap_or(0)];
-    body.split(',')
-        .filter_map(|pair| {
-            let (name, value) = pair.split_once(':')?;
-            let value = value.trim().parse::<i64>().unwrap_or(-1);
-            Some((name.trim().trim_matches('"').to_string(), value))
-        })
-        .collect()
+    let strings = json_strings(text, key).into_iter();
+    strings.map(|(name, value)| (name, value.parse::<i64>().unwrap_or(-1))).collect()
 }
 
 /// Kafka's unclean election, off by default. Two topics of one partition on brokers 2 and 3
@@ -1573,6 +1562,81 @@ fn an_out_of_sync_replica_leads_only_where_unclean_election_is_enabled() {
     }
     let stored = |node: i32| stored_entries(&cluster.brokers[node as usize - 1].data_dir, "lax", 0);
     assert_eq!(stored(2), stored(3), "lax on brokers 2 and 3");
+}
+
+/// Leaders return to their preferred replicas (the first listed, where placement spread them):
+/// with `auto.leader.rebalance.enable` off, a leader that stopped and came back stays a follower
+/// until an administrator asks (confluent-kafka's `elect_leaders`, KIP-460; a partition led by
+/// its preferred replica already answers ELECTION_NOT_NEEDED); with it on (checked every second
+/// here), it leads again on its own once back in sync.
+#[test]
+fn leaders_return_to_their_preferred_replicas_when_asked_and_on_their_own() {
+    let _one_cluster = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    for auto in [false, true] {
+        let settings = match auto {
+            true => ["leader.imbalance.check.interval.seconds=1"],
+            false => ["auto.leader.rebalance.enable=false"],
+        };
+        let mut cluster = Cluster::start_with(&settings);
+        let all = [1, 2, 3];
+        cluster.settle(&all, "three live brokers", |s| s.leader.is_some() && all_live(s, &all));
+        assert_eq!(create_topic_at(&cluster.kafka(1), "prefs", 3, 3, &[]), (0, String::new()));
+        let partition =
+            |v: &MetadataView, index: usize| v.topics.get("prefs").map(|t| t.1[index].clone());
+        let placed =
+            cluster.settle_metadata(&all, "prefs in sync, on its preferred leaders", |v| {
+                v.topics
+                    .get("prefs")
+                    .is_some_and(|t| t.1.iter().all(|p| p.1 == p.3[0] && p.4.len() == 3))
+            });
+        let first = partition(&placed, 0).expect("partition 0").1;
+        cluster.broker(first).stop();
+        let others: Vec<i32> = all.into_iter().filter(|n| *n != first).collect();
+        cluster.settle_metadata(&others, "partition 0 led by another", |v| {
+            partition(v, 0).is_some_and(|p| p.1 >= 0 && p.1 != first)
+        });
+        cluster.broker(first).restart();
+        let back_in_sync = |v: &MetadataView| partition(v, 0).is_some_and(|p| p.4.len() == 3);
+        let in_sync = cluster.settle_metadata(&all, "partition 0 in sync on three", back_in_sync);
+        let on_preferred = |v: &MetadataView| partition(v, 0).is_some_and(|p| p.1 == first);
+        if auto {
+            cluster.settle_metadata(&all, "back on its preferred replica on its own", on_preferred);
+            continue;
+        }
+        assert!(!on_preferred(&in_sync), "moved back with auto.leader.rebalance.enable off");
+        let env = [("SPATE_TOPIC", "prefs"), ("SPATE_PARTITIONS", "0,1")];
+        let elected = json_strings(&cluster.clients(1, "elect", &env), "elected");
+        assert_eq!(
+            elected,
+            [
+                ("0".to_string(), "null".to_string()),
+                ("1".to_string(), "ELECTION_NOT_NEEDED".to_string())
+            ]
+            .into_iter()
+            .collect(),
+        );
+        cluster.settle_metadata(&all, "back on its preferred replica when asked", on_preferred);
+    }
+}
+
+/// The values of the JSON object under `key` in the last line of `text` that has it, as text
+/// (strings unquoted): `{"key": {"0": null, "1": "NAME"}}`.
+fn json_strings(text: &str, key: &str) -> std::collections::BTreeMap<String, String> {
+    let opening = format!("\"{key}\": {{");
+    let Some(line) = text.lines().rev().find(|l| l.contains(&opening)) else {
+        return Default::default();
+    };
+    let start = line.find(&opening).map(|at| at + opening.len()).unwrap_or(0);
+    let body = &line[start..start + line[start..].find('}').unwrap_or(0)];
+    body.split(',')
+        .filter_map(|pair| {
+            let (name, value) = pair.split_once(':')?;
+            Some((
+                name.trim().trim_matches('"').to_string(),
+                value.trim().trim_matches('"').to_string(),
+            ))
+        })
+        .collect()
 }
 
 /// The fault run (issue 16): three brokers, a topic of three partitions with replication factor

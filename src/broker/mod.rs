@@ -21,7 +21,7 @@ use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use hdrhistogram::Histogram;
 
 use crate::cluster::applied::AppliedMetadata;
-use crate::cluster::decide::PartitionLimits;
+use crate::cluster::decide::{LeaderBalance, PartitionLimits};
 use crate::cluster::follower::MetadataFollower;
 use crate::cluster::identity::{self, DirIdentity};
 use crate::cluster::membership::{Joining, Membership};
@@ -428,6 +428,10 @@ async fn join_cluster(shard: &Rc<Shard>, stopper: &Arc<Stopper>, directory: u128
                 internal_replication_factor: config.offsets_topic_replication_factor,
             },
             unclean_by_default: config.topic_defaults.unclean_leader_election,
+            leader_balance: config.auto_leader_rebalance.then(|| LeaderBalance {
+                interval: Duration::from_secs(config.leader_imbalance_check_interval_secs),
+                imbalance_percentage: config.leader_imbalance_per_broker_percentage,
+            }),
             dir_cluster: shard.cluster_id.clone(),
             metadata: metadata.clone(),
             snapshot_bytes: config.metadata_snapshot_bytes,

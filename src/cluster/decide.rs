@@ -20,6 +20,13 @@
 //!   one is live, and what only the lost replicas had is gone (the returning ones truncate to
 //!   it). Kafka's unclean election, off by default.
 //!
+//! Leaders return to their preferred replica (the first of the partition's replicas, where the
+//! placement spread the leaders), as Kafka's controller does: when asked (ElectLeaders, KIP-460,
+//! preferred or unclean), and on its own every `leader.imbalance.check.interval.seconds` for the
+//! brokers that lead fewer of their preferred partitions than
+//! `leader.imbalance.per.broker.percentage` allows (`auto.leader.rebalance.enable`). Only an
+//! in-sync, live preferred replica takes over, in a new leader epoch.
+//!
 //! In-sync sets change at a partition leader's request (KIP-497's AlterPartition): a follower
 //! that caught up joins, one that fell behind leaves. The request is taken only from the current
 //! leader, in the current leader epoch and against the current partition epoch (so two changes
@@ -86,7 +93,33 @@ pub enum Event {
     },
     /// A partition's leader asks for another in-sync set.
     AlterPartition(IsrRequest),
+    /// An administrator asks for leader elections (Kafka's ElectLeaders): of the partitions
+    /// named, or of every partition.
+    ElectLeaders {
+        election: Election,
+        partitions: Option<Vec<(String, PartitionId)>>,
+    },
     Tick,
+}
+
+/// Which leader an election asked for brings (Kafka's ElectionType).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub enum Election {
+    /// The preferred replica (the first listed), if it is live and in sync.
+    Preferred,
+    /// For a partition without a leader: a live in-sync replica, else any live replica (what
+    /// only the lost in-sync replicas had is gone).
+    Unclean,
+}
+
+/// The controller's own leader balancing (`auto.leader.rebalance.enable`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaderBalance {
+    /// `leader.imbalance.check.interval.seconds`.
+    pub interval: Duration,
+    /// `leader.imbalance.per.broker.percentage`: a broker is out of balance once more than
+    /// this share of the partitions it is the preferred replica of are led by others.
+    pub imbalance_percentage: u32,
 }
 
 /// A leader's request to change a partition's in-sync set (Kafka's AlterPartition), made in
@@ -275,6 +308,10 @@ pub struct Controller {
     limits: PartitionLimits,
     /// `unclean.leader.election.enable` for topics that do not set it.
     unclean_by_default: bool,
+    /// When set, leaders go back to their preferred replicas on their own.
+    balance: Option<LeaderBalance>,
+    /// When this controller last checked the leaders' balance (or took over).
+    last_balance_check: Option<Instant>,
 }
 
 impl Controller {
@@ -293,7 +330,15 @@ impl Controller {
             next_start,
             limits,
             unclean_by_default,
+            balance: None,
+            last_balance_check: None,
         }
+    }
+
+    /// Leaders go back to their preferred replicas on their own, as `balance` says.
+    pub fn with_leader_balance(mut self, balance: Option<LeaderBalance>) -> Self {
+        self.balance = balance;
+        self
     }
 
     /// Topics that do not set `unclean.leader.election.enable` take `enabled`.
@@ -407,7 +452,16 @@ impl Controller {
                 Ok(vec![MetadataRecord::ProducerIds { node, broker_epoch, next_producer_id }])
             }
             Event::AlterPartition(request) => alter_partition(image, request),
-            Event::Tick => Ok(self.fence_the_silent(image, now)),
+            Event::ElectLeaders { election, partitions } => {
+                self.elect_leaders(image, election, partitions)
+            }
+            Event::Tick => {
+                let mut records = self.fence_the_silent(image, now);
+                if records.is_empty() {
+                    records = self.balance_leaders(image, now);
+                }
+                Ok(records)
+            }
         }
     }
 
@@ -781,6 +835,77 @@ impl Controller {
         records
     }
 
+    /// Elections asked for: each partition named (every partition, for `None`) that the
+    /// election would give another leader gets it, in a new leader epoch; the others are left
+    /// as they are (the asking broker tells which from the metadata before and after).
+    fn elect_leaders(
+        &self,
+        image: &MetadataImage,
+        election: Election,
+        partitions: Option<Vec<(String, PartitionId)>>,
+    ) -> Result<Vec<MetadataRecord>, Refusal> {
+        let asked: Vec<(TopicId, PartitionId)> = match partitions {
+            None => image.partitions().map(|(topic, partition, _)| (topic, partition)).collect(),
+            Some(named) => {
+                let mut asked = Vec::with_capacity(named.len());
+                for (name, partition) in named {
+                    let id = *image.topic_ids.get(&name).ok_or(Refusal::UnknownTopic(name))?;
+                    asked.push((id, partition));
+                }
+                asked
+            }
+        };
+        let mut records = Vec::new();
+        for (topic, partition) in asked {
+            let state = image
+                .topics
+                .get(&topic)
+                .and_then(|t| t.partitions.get(&partition))
+                .ok_or(Refusal::UnknownPartition(topic, partition))?;
+            let elected = match election {
+                Election::Preferred => preferred_election(image, state),
+                Election::Unclean => unclean_election(image, topic, partition, state),
+            };
+            if let Some(next) = elected {
+                records.push(MetadataRecord::PartitionState { topic, partition, state: next });
+            }
+        }
+        Ok(records)
+    }
+
+    /// Every `leader.imbalance.check.interval.seconds` (from when this controller took over),
+    /// the preferred replicas of the brokers out of balance take their partitions back.
+    fn balance_leaders(&mut self, image: &MetadataImage, now: Instant) -> Vec<MetadataRecord> {
+        let Some(balance) = self.balance else { return Vec::new() };
+        let last = *self.last_balance_check.get_or_insert(now);
+        if now.saturating_duration_since(last) < balance.interval {
+            return Vec::new();
+        }
+        self.last_balance_check = Some(now);
+        // Per preferred replica: its partitions, and how many of them others lead.
+        let mut preferred: BTreeMap<NodeId, (u64, u64)> = BTreeMap::new();
+        for (_, _, state) in image.partitions() {
+            if let Some(first) = state.replicas.first() {
+                let counts = preferred.entry(*first).or_default();
+                counts.0 += 1;
+                counts.1 += u64::from(state.leader != Some(*first));
+            }
+        }
+        let out_of_balance = |node: &NodeId| {
+            preferred.get(node).is_some_and(|(all, elsewhere)| {
+                *elsewhere * 100 > *all * u64::from(balance.imbalance_percentage)
+            })
+        };
+        image
+            .partitions()
+            .filter(|(_, _, state)| state.replicas.first().is_some_and(out_of_balance))
+            .filter_map(|(topic, partition, state)| {
+                let next = preferred_election(image, state)?;
+                Some(MetadataRecord::PartitionState { topic, partition, state: next })
+            })
+            .collect()
+    }
+
     /// The partition changes that make `node` (heard from) the leader of the partitions that
     /// have none and keep it in sync; and, where the topic allows an unclean election, of those
     /// it is an out-of-sync replica of while no in-sync one is live.
@@ -811,6 +936,53 @@ impl Controller {
         }
         records
     }
+}
+
+/// The partition led by its preferred replica, if another leads it now and the preferred one
+/// is live and in sync.
+fn preferred_election(image: &MetadataImage, state: &PartitionState) -> Option<PartitionState> {
+    let preferred = *state.replicas.first()?;
+    if state.leader == Some(preferred)
+        || !state.isr.contains(&preferred)
+        || !image.is_live(&preferred)
+    {
+        return None;
+    }
+    Some(PartitionState {
+        leader: Some(preferred),
+        leader_epoch: LeaderEpoch(state.leader_epoch.0.saturating_add(1)),
+        partition_epoch: state.partition_epoch.saturating_add(1),
+        ..state.clone()
+    })
+}
+
+/// A leader for a partition that has none: a live in-sync replica, else any live replica, its
+/// in-sync set alone (asked for explicitly, so whatever the topic's setting).
+fn unclean_election(
+    image: &MetadataImage,
+    topic: TopicId,
+    partition: PartitionId,
+    state: &PartitionState,
+) -> Option<PartitionState> {
+    if state.leader.is_some() {
+        return None;
+    }
+    let live = |r: &&NodeId| image.is_live(r);
+    let (leader, isr) = match state.replicas.iter().filter(|r| state.isr.contains(r)).find(live) {
+        Some(in_sync) => (*in_sync, state.isr.clone()),
+        None => {
+            let unclean = *state.replicas.iter().find(live)?;
+            warn_unclean(image, topic, partition, state, unclean);
+            (unclean, vec![unclean])
+        }
+    };
+    Some(PartitionState {
+        leader: Some(leader),
+        isr,
+        leader_epoch: LeaderEpoch(state.leader_epoch.0.saturating_add(1)),
+        partition_epoch: state.partition_epoch.saturating_add(1),
+        ..state.clone()
+    })
 }
 
 /// An unclean election is logged where it is decided: what only the lost in-sync replicas had
@@ -1161,6 +1333,127 @@ mod tests {
         let strict = state(&image, "strict");
         assert_eq!((strict.leader, strict.isr), (Some(NodeId(2)), vec![NodeId(2)]));
         assert_eq!(state(&image, "kept").leader, None);
+    }
+
+    /// Partition 0 of `topic` (in `state`)'s leader asks for `replica` to join its in-sync set.
+    fn rejoin(
+        image: &MetadataImage,
+        topic: &str,
+        state: &PartitionState,
+        replica: NodeId,
+    ) -> Event {
+        let mut isr = state.isr.clone();
+        isr.push(replica);
+        let leader = state.leader.expect("a leader");
+        Event::AlterPartition(IsrRequest {
+            node: leader,
+            broker_epoch: image.brokers[&leader].broker_epoch,
+            topic: image.topic_ids[topic],
+            partition: PartitionId(0),
+            leader_epoch: state.leader_epoch,
+            partition_epoch: state.partition_epoch,
+            isr,
+        })
+    }
+
+    /// ElectLeaders and the controller's own balancing move a partition back to its preferred
+    /// replica only when that replica is live and in sync; an unclean election asked for leads a
+    /// leaderless partition with a live replica.
+    #[test]
+    fn leaders_go_back_to_live_in_sync_preferred_replicas_when_asked_and_on_their_own() {
+        let start = Instant::now();
+        let (controller, mut image, epochs) = cluster(3, start);
+        let balance =
+            LeaderBalance { interval: Duration::from_secs(300), imbalance_percentage: 10 };
+        let mut controller = controller.with_leader_balance(Some(balance));
+        commit(&mut controller, &mut image, create("t", 3, 3), start).expect("created");
+        // The balance check's interval counts from the controller's first tick.
+        commit(&mut controller, &mut image, Event::Tick, start).expect("tick");
+        let state = |image: &MetadataImage, p: u32| {
+            let id = image.topic_ids["t"];
+            image.topics[&id].partitions[&PartitionId(p)].clone()
+        };
+        let preferred = state(&image, 0).replicas[0];
+        assert_eq!(state(&image, 0).leader, Some(preferred), "placed on its preferred replica");
+        // Its preferred replica stops, and comes back out of sync: not elected.
+        let index = preferred.0 as usize - 1;
+        let shutdown = Event::ControlledShutdown { node: preferred, broker_epoch: epochs[index] };
+        commit(&mut controller, &mut image, shutdown, start).expect("shut down");
+        come_back(&mut controller, &mut image, preferred.0, 2, start);
+        let moved = state(&image, 0);
+        assert_ne!(moved.leader, Some(preferred));
+        let all = |election| Event::ElectLeaders { election, partitions: None };
+        let asked = commit(&mut controller, &mut image, all(Election::Preferred), start);
+        assert_eq!(asked.expect("asked"), [], "not in sync: nothing to elect");
+        // In sync again (its leader asks): a preferred election asked for moves it back.
+        let join = rejoin(&image, "t", &moved, preferred);
+        commit(&mut controller, &mut image, join, start).expect("joined");
+        let named = Event::ElectLeaders {
+            election: Election::Preferred,
+            partitions: Some(vec![("t".to_string(), PartitionId(0))]),
+        };
+        let before = state(&image, 0).leader_epoch;
+        commit(&mut controller, &mut image, named.clone(), start).expect("elected");
+        let back = state(&image, 0);
+        assert_eq!((back.leader, back.leader_epoch), (Some(preferred), LeaderEpoch(before.0 + 1)));
+        assert_eq!(commit(&mut controller, &mut image, named, start).expect("asked"), []);
+        let unknown = Event::ElectLeaders {
+            election: Election::Preferred,
+            partitions: Some(vec![("nope".to_string(), PartitionId(0))]),
+        };
+        assert!(controller.decide(&image, unknown, start).is_err());
+
+        // The same move on its own: not before the check interval, then at once.
+        let shutdown = Event::ControlledShutdown {
+            node: preferred,
+            broker_epoch: image.brokers[&preferred].broker_epoch,
+        };
+        commit(&mut controller, &mut image, shutdown, start).expect("shut down");
+        come_back(&mut controller, &mut image, preferred.0, 3, start);
+        let join = rejoin(&image, "t", &state(&image, 0), preferred);
+        commit(&mut controller, &mut image, join, start).expect("joined");
+        let beat_all = |controller: &mut Controller, image: &mut MetadataImage, at| {
+            for n in 1..=3 {
+                let broker_epoch = image.brokers[&NodeId(n)].broker_epoch;
+                let beat = Event::Heartbeat { node: NodeId(n), broker_epoch, via: None };
+                commit(controller, image, beat, at).expect("heartbeat");
+            }
+        };
+        let early = start + Duration::from_secs(299);
+        beat_all(&mut controller, &mut image, early);
+        commit(&mut controller, &mut image, Event::Tick, early).expect("tick");
+        assert_ne!(state(&image, 0).leader, Some(preferred), "not before the interval");
+        let due = start + Duration::from_secs(300);
+        beat_all(&mut controller, &mut image, due);
+        commit(&mut controller, &mut image, Event::Tick, due).expect("tick");
+        assert_eq!(state(&image, 0).leader, Some(preferred), "balanced on its own");
+
+        // An unclean election asked for: a leaderless partition gets a live replica.
+        let solo = NewTopic {
+            name: "solo".into(),
+            partitions: 1,
+            replication_factor: 2,
+            assignment: Some(vec![vec![NodeId(1), NodeId(2)]]),
+            config: Vec::new(),
+        };
+        let solo = Event::CreateTopic { topic: solo, id: TopicId(500) };
+        commit(&mut controller, &mut image, solo, due).expect("created");
+        for n in [2, 1] {
+            let broker_epoch = image.brokers[&NodeId(n)].broker_epoch;
+            let shutdown = Event::ControlledShutdown { node: NodeId(n), broker_epoch };
+            commit(&mut controller, &mut image, shutdown, due).expect("shut down");
+        }
+        come_back(&mut controller, &mut image, 2, 4, due);
+        let solo =
+            |image: &MetadataImage| image.topics[&TopicId(500)].partitions[&PartitionId(0)].clone();
+        assert_eq!(solo(&image).leader, None, "the topic does not allow it by itself");
+        let unclean = Event::ElectLeaders {
+            election: Election::Unclean,
+            partitions: Some(vec![("solo".to_string(), PartitionId(0))]),
+        };
+        commit(&mut controller, &mut image, unclean, due).expect("elected");
+        let elected = solo(&image);
+        assert_eq!((elected.leader, elected.isr), (Some(NodeId(2)), vec![NodeId(2)]));
     }
 
     /// A broker whose heartbeat connection closes is fenced at once, not a session later, when

@@ -44,7 +44,9 @@ const SNAPSHOT_VERSION: u8 = 1;
 /// answers; the cluster status with under-replicated partitions).
 /// 3: metadata snapshots (Raft messages may carry one; the answer to a metadata fetch below
 /// the voters' log start is one).
-pub const CLUSTER_PROTOCOL_VERSION: u16 = 3;
+/// 4: leader elections asked of the controller (ElectLeaders, forwarded), besides the in-sync
+/// changes leaders ask for (AlterPartition).
+pub const CLUSTER_PROTOCOL_VERSION: u16 = 4;
 
 /// Kafka's limit on topic name length.
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;

@@ -23,8 +23,8 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use super::applied::AppliedMetadata;
 use super::decide::{
-    Controller, Event, IsrRequest, NewPartitions, NewTopic, PartitionLimits, Refusal,
-    PRODUCER_ID_BLOCK,
+    Controller, Election, Event, IsrRequest, LeaderBalance, NewPartitions, NewTopic,
+    PartitionLimits, Refusal, PRODUCER_ID_BLOCK,
 };
 use super::metadata::{
     self, ClusterId, Endpoints, MetadataImage, MetadataRecord, Registration, TopicId,
@@ -34,7 +34,7 @@ use super::raft_wire::{StoredSnapshot, WireMessage};
 use super::voter_log::VoterLog;
 use crate::error::{BrokerError, ErrorKind};
 use crate::log::storage::DmaStorage;
-use crate::types::NodeId;
+use crate::types::{NodeId, PartitionId};
 
 /// Raft's clock: an election after 10 to 20 ticks without a leader, a leader's heartbeat every 3.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -91,6 +91,11 @@ pub enum ControllerRequest {
     },
     /// A partition leader's new in-sync set (Kafka's AlterPartition, KIP-497).
     AlterPartition(IsrRequest),
+    /// A client's ElectLeaders (KIP-460), forwarded: of the partitions named, or of all.
+    ElectLeaders {
+        election: Election,
+        partitions: Option<Vec<(String, PartitionId)>>,
+    },
 }
 
 /// What the active controller answers, once the decision has committed.
@@ -251,6 +256,7 @@ pub struct ControllerNode {
     limits: PartitionLimits,
     /// `unclean.leader.election.enable` for topics that do not set it.
     unclean_by_default: bool,
+    leader_balance: Option<LeaderBalance>,
     /// The cluster this broker's data directory belongs to, once known (shared by its shards).
     dir_cluster: Arc<OnceLock<ClusterId>>,
     /// Bytes of entries to apply between two snapshots, and those applied since the last.
@@ -264,6 +270,8 @@ pub struct ControllerSettings {
     pub limits: PartitionLimits,
     /// `unclean.leader.election.enable` for topics that do not set it (this broker's default).
     pub unclean_by_default: bool,
+    /// `auto.leader.rebalance.enable` and its check's settings (`None`: off).
+    pub leader_balance: Option<LeaderBalance>,
     /// The cluster this broker's data directory belongs to, once known (shared by its shards).
     pub dir_cluster: Arc<OnceLock<ClusterId>>,
     pub metadata: Rc<AppliedMetadata>,
@@ -284,6 +292,7 @@ impl ControllerNode {
             session_timeout,
             limits,
             unclean_by_default,
+            leader_balance,
             dir_cluster,
             metadata,
             snapshot_bytes,
@@ -317,6 +326,7 @@ impl ControllerNode {
             session_timeout,
             limits,
             unclean_by_default,
+            leader_balance,
             dir_cluster,
             snapshot_bytes,
             applied_since_snapshot: Cell::new(0),
@@ -618,6 +628,10 @@ impl ControllerNode {
                 let (index, _) = self.decide(Event::AlterPartition(request)).await?;
                 Ok(ControllerAnswer::MetadataChanged { index })
             }
+            ControllerRequest::ElectLeaders { election, partitions } => {
+                let (index, _) = self.decide(Event::ElectLeaders { election, partitions }).await?;
+                Ok(ControllerAnswer::MetadataChanged { index })
+            }
             ControllerRequest::AllocateProducerIds { node, broker_epoch } => {
                 let (_, batch) =
                     self.decide(Event::AllocateProducerIds { node, broker_epoch }).await?;
@@ -751,7 +765,8 @@ impl ControllerNode {
                 let new_cluster_id = ClusterId(uuid::Uuid::new_v4().as_u128());
                 let mut controller =
                     Controller::new(self.session_timeout, new_cluster_id, self.limits.clone())
-                        .with_unclean_default(self.unclean_by_default);
+                        .with_unclean_default(self.unclean_by_default)
+                        .with_leader_balance(self.leader_balance);
                 // Raft elected this voter because the last active controller fell silent: its
                 // broker did too (a crash, a pause, a cut), and is fenced at the first tick
                 // unless it beats first, not a whole session later.

@@ -39,6 +39,7 @@ const SUPPORTED: &[(ApiKey, i16, i16, i16)] = &[
     (ApiKey::DeleteGroups, 0, 0, 2),
     (ApiKey::DescribeCluster, 0, 0, 1),
     (ApiKey::OffsetForLeaderEpoch, 2, 2, 4),
+    (ApiKey::ElectLeaders, 0, 0, 2),
 ];
 
 /// Whether `version` of `api` can be decoded and answered.

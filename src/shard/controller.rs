@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use crate::cluster::decide::{NewPartitions, NewTopic};
+use crate::cluster::decide::{Election, NewPartitions, NewTopic};
 use crate::cluster::metadata::PARTITIONS_MAX;
 use crate::cluster::node::{ControllerAnswer, ControllerRequest};
 use crate::error::{BrokerError, ErrorKind};
@@ -16,7 +16,7 @@ use crate::shard::call::ForwardToController;
 use crate::shard::catalog::{self, TopicFile, TopicInfo};
 use crate::shard::state::Shard;
 use crate::shard::CONTROLLER_SHARD;
-use crate::types::NodeId;
+use crate::types::{NodeId, PartitionId};
 
 /// A topic as a client asks for it, before the broker checks it.
 pub struct TopicRequest {
@@ -111,6 +111,17 @@ impl Shard {
         self.change_metadata(request).await?;
         tracing::info!(topic = %name, from = info.partitions, to = count, "added partitions");
         Ok(())
+    }
+
+    /// Asks the active controller for leader elections (KIP-460) of `partitions`, every
+    /// partition for `None`; answered once this broker's shards have the outcome, which the
+    /// caller reads from the metadata.
+    pub async fn elect_leaders(
+        self: &Rc<Self>,
+        election: Election,
+        partitions: Option<Vec<(String, PartitionId)>>,
+    ) -> Result<(), BrokerError> {
+        self.change_metadata(ControllerRequest::ElectLeaders { election, partitions }).await
     }
 
     pub(super) async fn delete_topic_in_cluster(

@@ -23,6 +23,9 @@ Modes (argv[1]):
             were refused. Fails when a record seen was never produced, or when a member's
             first record of a partition assigned to it lies below a commit acknowledged before
             the assignment (a committed offset lost: the group read again from further back).
+  elect     asks for a preferred leader election (confluent-kafka's elect_leaders, KIP-460) of
+            partitions SPATE_PARTITIONS (comma-separated) of SPATE_TOPIC; prints each
+            partition's outcome: null, or the error's name.
   produce takes SPATE_FIRST (default 0): the first record's number.
 
 Env: SPATE_KAFKA=host:port[,host:port...] (required); SPATE_BUDGET: seconds (default 50).
@@ -224,6 +227,25 @@ def members():
                       "refused": len(refused), "refusals": sorted(set(refused))[:5]}), flush=True)
 
 
+def elect():
+    from confluent_kafka import ElectionType, KafkaException, TopicPartition
+    from confluent_kafka.admin import AdminClient
+    admin = AdminClient(confluent_conf(bootstrap))
+    partitions = [TopicPartition(topic, int(p)) for p in os.environ["SPATE_PARTITIONS"].split(",")]
+    try:
+        outcome = admin.elect_leaders(ElectionType.PREFERRED, partitions).result(
+            timeout=remaining(20))
+    except KafkaException as e:
+        fail(f"elect_leaders failed: {e!r}")
+    results = {}
+    for tp, error in outcome.items():
+        # A KafkaException wrapping a KafkaError, or the KafkaError itself.
+        if error is not None and not hasattr(error, "name"):
+            error = error.args[0]
+        results[str(tp.partition)] = None if error is None else error.name()
+    print(json.dumps({"elected": dict(sorted(results.items()))}))
+
+
 {"describe": describe, "create": create, "produce": produce, "consume": consume,
- "committed": committed, "members": members}.get(mode, lambda: fail(f"unknown mode {mode}"))()
+ "committed": committed, "members": members, "elect": elect}.get(mode, lambda: fail(f"unknown mode {mode}"))()
 finish(f"cluster_clients {mode}")

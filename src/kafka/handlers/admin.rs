@@ -1,5 +1,5 @@
-//! Topic administration (CreateTopics, DeleteTopics, CreatePartitions, DescribeConfigs) and
-//! InitProducerId.
+//! Topic administration (CreateTopics, DeleteTopics, CreatePartitions, DescribeConfigs,
+//! ElectLeaders) and InitProducerId.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -13,14 +13,18 @@ use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
 };
+use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
 use kafka_protocol::messages::{
     CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
     DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
-    InitProducerIdRequest, InitProducerIdResponse, ProducerId,
+    ElectLeadersRequest, ElectLeadersResponse, InitProducerIdRequest, InitProducerIdResponse,
+    ProducerId, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
+use crate::cluster::decide::Election;
+use crate::cluster::metadata::{MetadataImage, PartitionState};
 use crate::config::host_port;
 use crate::error::BrokerError;
 use crate::error::ErrorKind;
@@ -174,6 +178,119 @@ pub async fn delete_topics(
     response
 }
 
+/// One partition's election: done, or Kafka's error code and why.
+type ElectionResult = Result<(), (i16, String)>;
+
+/// ElectLeaders (KIP-460): the active controller elects what it can, and each partition's result
+/// is read from the metadata before and after: ELECTION_NOT_NEEDED where the election would
+/// change nothing (the preferred replica leads; for an unclean election, a leader exists),
+/// PREFERRED_LEADER_NOT_AVAILABLE or ELIGIBLE_LEADERS_NOT_AVAILABLE where it could not be held.
+/// Null partitions asks for every partition, and answers only those it needed to elect, as
+/// Kafka's controller does.
+pub async fn elect_leaders(
+    shard: &Rc<Shard>,
+    version: i16,
+    request: ElectLeadersRequest,
+) -> ElectLeadersResponse {
+    let mut response = ElectLeadersResponse::default();
+    let election = match (version, request.election_type) {
+        (0, _) | (_, 0) => Election::Preferred,
+        (_, 1) => Election::Unclean,
+        (_, other) => {
+            tracing::info!(election_type = other, "refused an ElectLeaders of an unknown type");
+            response.error_code = ResponseError::InvalidRequest.code();
+            return response;
+        }
+    };
+    let before = shard.metadata_image();
+    let every = request.topic_partitions.is_none();
+    let asked: Vec<(String, i32)> = match request.topic_partitions {
+        Some(topics) => (topics.into_iter())
+            .flat_map(|t| {
+                let name = t.topic.0.to_string();
+                t.partitions.into_iter().map(move |p| (name.clone(), p))
+            })
+            .collect(),
+        None => (before.partitions())
+            .filter_map(|(id, partition, _)| {
+                let name = before.topics.get(&id)?.name.clone();
+                Some((name, partition.0 as i32))
+            })
+            .collect(),
+    };
+    let state_of = |image: &MetadataImage, topic: &str, partition: i32| -> Option<PartitionState> {
+        let partition = PartitionId(u32::try_from(partition).ok()?);
+        image.topic_named(topic)?.1.partitions.get(&partition).cloned()
+    };
+    let elected = |state: &PartitionState| match election {
+        Election::Preferred => {
+            state.leader.is_some() && state.leader == state.replicas.first().copied()
+        }
+        Election::Unclean => state.leader.is_some(),
+    };
+    let mut results: Vec<(String, i32, ElectionResult)> = Vec::new();
+    let mut to_elect = Vec::new();
+    for (topic, partition) in asked {
+        match state_of(&before, &topic, partition) {
+            None => {
+                let why = format!("no partition {partition} of topic {topic}");
+                let code = ResponseError::UnknownTopicOrPartition.code();
+                results.push((topic, partition, Err((code, why))));
+            }
+            Some(state) if elected(&state) => {
+                if !every {
+                    let why = "the election would change nothing".to_string();
+                    let code = ResponseError::ElectionNotNeeded.code();
+                    results.push((topic, partition, Err((code, why))));
+                }
+            }
+            Some(_) => to_elect.push((topic, PartitionId(partition as u32))),
+        }
+    }
+    if !to_elect.is_empty() {
+        let outcome = shard.elect_leaders(election, Some(to_elect.clone())).await;
+        let after = shard.metadata_image();
+        for (topic, partition) in to_elect {
+            let index = partition.0 as i32;
+            let result = match (&outcome, state_of(&after, &topic, index)) {
+                (Err(e), _) => Err((codec::error_code(e.kind), e.message.clone())),
+                (Ok(()), Some(state)) if elected(&state) => Ok(()),
+                (Ok(()), _) => Err(match election {
+                    Election::Preferred => (
+                        ResponseError::PreferredLeaderNotAvailable.code(),
+                        "the preferred replica is not live and in sync".to_string(),
+                    ),
+                    Election::Unclean => (
+                        ResponseError::EligibleLeadersNotAvailable.code(),
+                        "no replica is live".to_string(),
+                    ),
+                }),
+            };
+            results.push((topic, index, result));
+        }
+    }
+    let mut by_topic: BTreeMap<String, Vec<PartitionResult>> = BTreeMap::new();
+    for (topic, partition, result) in results {
+        let mut answer = PartitionResult::default();
+        answer.partition_id = partition;
+        if let Err((code, why)) = result {
+            answer.error_code = code;
+            answer.error_message = Some(StrBytes::from_string(why));
+        }
+        by_topic.entry(topic).or_default().push(answer);
+    }
+    response.replica_election_results = by_topic
+        .into_iter()
+        .map(|(topic, partition_result)| {
+            let mut result = ReplicaElectionResult::default();
+            result.topic = TopicName(StrBytes::from_string(topic));
+            result.partition_result = partition_result;
+            result
+        })
+        .collect();
+    response
+}
+
 pub async fn create_partitions(
     shard: &Rc<Shard>,
     request: CreatePartitionsRequest,
@@ -291,6 +408,12 @@ fn broker_entries(shard: &Shard) -> Vec<ConfigEntry> {
     let limit = config.max_broker_partitions.to_string();
     entries.push(("max.broker.partitions".into(), limit));
     entries.push(("auto.create.topics.enable".into(), config.auto_create_topics.to_string()));
+    let rebalance = config.auto_leader_rebalance.to_string();
+    entries.push(("auto.leader.rebalance.enable".into(), rebalance));
+    let interval = config.leader_imbalance_check_interval_secs.to_string();
+    entries.push(("leader.imbalance.check.interval.seconds".into(), interval));
+    let imbalance = config.leader_imbalance_per_broker_percentage.to_string();
+    entries.push(("leader.imbalance.per.broker.percentage".into(), imbalance));
     entries.push(("socket.request.max.bytes".into(), config.socket_request_max_bytes.to_string()));
     entries.push(("node.id".into(), config.node_id.to_string()));
     // The cluster's settings as this broker runs with them (the voters empty for a cluster of

@@ -84,6 +84,9 @@ pub async fn handle(
         Request::CreatePartitions(request) => {
             (Hist::KafkaOther, reply(&admin::create_partitions(&shard, request).await))
         }
+        Request::ElectLeaders(request) => {
+            (Hist::KafkaOther, reply(&admin::elect_leaders(&shard, version, request).await))
+        }
         Request::DescribeCluster(request) => {
             (Hist::KafkaOther, reply(&metadata::describe_cluster(&shard, request).await))
         }
