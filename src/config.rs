@@ -174,7 +174,8 @@ impl TopicConfig {
                 }
                 self.min_insync_replicas = Some(replicas);
             }
-            "unclean.leader.election.enable" => match value {
+            // As Kafka's booleans: either case.
+            "unclean.leader.election.enable" => match value.to_ascii_lowercase().as_str() {
                 "true" => self.unclean_leader_election = true,
                 "false" => self.unclean_leader_election = false,
                 _ => return Err(invalid(key, value, "expected true or false")),

@@ -1639,18 +1639,20 @@ fn json_strings(text: &str, key: &str) -> std::collections::BTreeMap<String, Str
         .collect()
 }
 
-/// The fault run (issue 16): three brokers, a topic of three partitions with replication factor
-/// 3 and `min.insync.replicas` 2, written by an idempotent acks=all confluent-kafka producer
-/// (`crash_producer.py`) and read by a native reader, while the harness injects at random
+/// The fault run (issue 16): three brokers, three topics of three partitions with replication
+/// factor 3 and `min.insync.replicas` 2, written by idempotent acks=all producers of
+/// confluent-kafka and kafka-python (`crash_producer.py`) and by the native client (acks=all,
+/// not idempotent), the first also read by a native reader, while the harness injects at random
 /// moments (seeded: `SPATE_TEST_SEED` replays a run) `kill -9` of a partition's leader, `kill -9`
 /// of the active controller, a leader paused (SIGSTOP) past its session and resumed (a zombie),
 /// clean restarts, and, as root, a leader cut off from the other brokers (nftables rules in its
 /// network namespace, `common::netns`) until they fence it, then healed: `SPATE_FAULT_CYCLES` of
 /// them (20 in CI; the long form runs hundreds).
-/// Afterwards: every acknowledged record is stored exactly once, in order, at its acknowledged
-/// offset (the producer's own check); everything the reader saw is still there at the offset it
-/// saw it; and with the brokers stopped, the three replicas' logs hold the same entries, byte
-/// for byte, below the high watermark.
+/// Afterwards: every acknowledged record of the idempotent producers is stored exactly once, in
+/// order, at its acknowledged offset (their own check); every one the native writer had
+/// acknowledged is at its offset, and those offsets only grew; everything the reader saw is
+/// still there at the offset it saw it; and with the brokers stopped, the three replicas' logs
+/// of every topic hold the same entries, byte for byte, below the high watermark.
 #[test]
 fn acknowledged_records_survive_random_faults_and_replicas_agree() {
     let _one_cluster = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
@@ -1677,43 +1679,61 @@ fn acknowledged_records_survive_random_faults_and_replicas_agree() {
     let mut cluster = Cluster::start_in(&[], netns);
     let all = [1, 2, 3];
     cluster.settle(&all, "three live brokers", |s| s.leader.is_some() && all_live(s, &all));
+    // One topic per producer: confluent-kafka's and kafka-python's idempotent producers (each in
+    // `crash_producer.py`), and the native client's (not idempotent: a retried batch may be
+    // stored twice, but an acknowledged one is where it was acknowledged).
     const TOPIC: &str = "faults";
+    const KAFKA_PYTHON_TOPIC: &str = "faults-kafka-python";
+    const NATIVE_TOPIC: &str = "faults-native";
+    const TOPICS: [&str; 3] = [TOPIC, KAFKA_PYTHON_TOPIC, NATIVE_TOPIC];
     const PARTITIONS: usize = 3;
+    let created = create_topic_at(&cluster.kafka(1), NATIVE_TOPIC, PARTITIONS as i32, 3, &[]);
+    assert_eq!(created, (0, String::new()));
     let stop_file = cluster.dir.path().join("stop");
     let bootstrap: Vec<String> = all.iter().map(|n| cluster.kafka(*n)).collect();
     let budget = 120 + 20 * cycles;
-    let producer = std::process::Command::new(&python)
-        .arg("crash_producer.py")
-        .current_dir(scripts::kafka_dir())
-        .env("SPATE_KAFKA", bootstrap.join(","))
-        .env("SPATE_TOPIC", TOPIC)
-        .env("SPATE_PARTITIONS", PARTITIONS.to_string())
-        .env("SPATE_REPLICAS", "3")
-        .env("SPATE_STOP_FILE", &stop_file)
-        .env("SPATE_CRASH_BUDGET_SECS", budget.to_string())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the producer script");
-    // Killed however the test ends: the next test may take the same ports.
-    let mut producer = KillOnDrop(producer);
-    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        })
+    let start_producer = |client: &str, topic: &str| {
+        let producer = std::process::Command::new(&python)
+            .arg("crash_producer.py")
+            .current_dir(scripts::kafka_dir())
+            .env("SPATE_KAFKA", bootstrap.join(","))
+            .env("SPATE_CLIENT", client)
+            .env("SPATE_TOPIC", topic)
+            .env("SPATE_PARTITIONS", PARTITIONS.to_string())
+            .env("SPATE_REPLICAS", "3")
+            .env("SPATE_STOP_FILE", &stop_file)
+            .env("SPATE_CRASH_BUDGET_SECS", budget.to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the producer script");
+        // Killed however the test ends: the next test may take the same ports.
+        let mut producer = KillOnDrop(producer);
+        let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = pipe.read_to_string(&mut text);
+                text
+            })
+        };
+        let stdout = drain(Box::new(producer.0.stdout.take().expect("stdout")));
+        let stderr = drain(Box::new(producer.0.stderr.take().expect("stderr")));
+        (client.to_string(), producer, stdout, stderr)
     };
-    let stdout = drain(Box::new(producer.0.stdout.take().expect("stdout")));
-    let stderr = drain(Box::new(producer.0.stderr.take().expect("stderr")));
+    let producers = [
+        start_producer("confluent-kafka", TOPIC),
+        start_producer("kafka-python", KAFKA_PYTHON_TOPIC),
+    ];
     let in_sync = |v: &MetadataView| {
         v.brokers == all
-            && v.topics.get(TOPIC).is_some_and(|t| {
-                t.1.len() == PARTITIONS && t.1.iter().all(|p| p.1 >= 0 && p.4.len() == 3)
+            && TOPICS.iter().all(|topic| {
+                v.topics.get(*topic).is_some_and(|t| {
+                    t.1.len() == PARTITIONS && t.1.iter().all(|p| p.1 >= 0 && p.4.len() == 3)
+                })
             })
     };
-    cluster.settle_metadata(&all, "the topic in sync on three", in_sync);
+    cluster.settle_metadata(&all, "the topics in sync on three", in_sync);
 
     // A native reader beside it, recording what it saw: (partition, offset) -> value. It stops
     // however the test ends.
@@ -1727,8 +1747,12 @@ fn acknowledged_records_survive_random_faults_and_replicas_agree() {
     let _stop_reading = StopOnDrop(reading.clone());
     let natives: Vec<String> = cluster.brokers.iter().map(|b| b.addr.clone()).collect();
     let reader = {
-        let reading = reading.clone();
+        let (reading, natives) = (reading.clone(), natives.clone());
         std::thread::spawn(move || read_while(&natives, TOPIC, PARTITIONS as u32, &reading))
+    };
+    let writer = {
+        let reading = reading.clone();
+        std::thread::spawn(move || write_while(&natives, NATIVE_TOPIC, PARTITIONS as u32, &reading))
     };
 
     for cycle in 0..cycles {
@@ -1775,77 +1799,80 @@ fn acknowledged_records_survive_random_faults_and_replicas_agree() {
     }
 
     std::fs::write(&stop_file, b"stop").expect("the stop file");
-    let deadline = Instant::now() + Duration::from_secs(budget + 60);
-    let status = loop {
-        if let Some(status) = producer.0.try_wait().expect("the producer") {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let (stdout, stderr) = (stdout.join().expect("stdout"), stderr.join().expect("stderr"));
-    assert!(
-        status.is_some_and(|s| s.success()) && stdout.contains("PASS crash_producer"),
-        "the producer's check (SPATE_TEST_SEED={seed}):\n{stdout}\n{stderr}"
-    );
-    eprintln!("{}", stdout.lines().filter(|l| l.starts_with("ok")).collect::<Vec<_>>().join("\n"));
     reading.store(false, std::sync::atomic::Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(budget + 60);
+    for (client, mut producer, stdout, stderr) in producers {
+        let status = loop {
+            if let Some(status) = producer.0.try_wait().expect("the producer") {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let (stdout, stderr) = (stdout.join().expect("stdout"), stderr.join().expect("stderr"));
+        assert!(
+            status.is_some_and(|s| s.success()) && stdout.contains("PASS crash_producer"),
+            "the {client} producer's check (SPATE_TEST_SEED={seed}):\n{stdout}\n{stderr}"
+        );
+        let oks: Vec<&str> = stdout.lines().filter(|l| l.starts_with("ok")).collect();
+        eprintln!("{client}: {}", oks.join("; "));
+    }
     let seen = reader.join().expect("the reader");
     assert!(!seen.is_empty(), "the reader saw nothing");
+    let written = writer.join().expect("the native writer");
+    assert!(!written.is_empty(), "the native writer had nothing acknowledged");
 
-    // What the reader saw is where it saw it; the leaders' logs up to their high watermarks.
+    // What the reader saw is where it saw it, and what the native writer had acknowledged is
+    // where it was acknowledged; the leaders' logs up to their high watermarks.
     cluster.settle_metadata(&all, "settled", in_sync);
-    let mut high_watermarks = Vec::new();
-    for partition in 0..PARTITIONS as u32 {
-        let bootstrap = cluster.brokers[0].addr.clone();
-        let stored = run(|| async move {
-            let client = Client::connect(&bootstrap).await.expect("connect");
-            let leaders = spate::client::Leaders::new(client);
-            let fetch = |offset| {
-                leaders.with_leader(TOPIC, partition, move |leader| async move {
-                    leader.fetch(TOPIC, partition, offset, 1 << 20, 0).await
-                })
-            };
-            let end = fetch(0).await.expect("the high watermark").high_watermark;
-            let mut values = std::collections::BTreeMap::new();
-            let deadline = Instant::now() + SETTLE_WAIT;
-            let mut offset = 0;
-            while offset < end {
-                assert!(Instant::now() < deadline, "{TOPIC}-{partition}: stuck at {offset}/{end}");
-                for batch in fetch(offset).await.expect("fetch").batches().expect("batches") {
-                    for record in batch.records().filter(|r| r.offset >= offset) {
-                        values.insert(record.offset, record.value().unwrap_or_default().to_vec());
-                    }
+    let bootstrap = cluster.brokers[0].addr.clone();
+    let mut high_watermarks = std::collections::BTreeMap::new();
+    for topic in TOPICS {
+        for partition in 0..PARTITIONS as u32 {
+            let (end, stored) = stored_records(&bootstrap, topic, partition);
+            high_watermarks.insert((topic, partition as usize), end);
+            if topic == TOPIC {
+                for ((p, offset), value) in seen.range((partition, 0)..(partition + 1, 0)) {
+                    assert_eq!(
+                        stored.get(offset).map(|(value, _)| value),
+                        Some(value),
+                        "{topic}-{p}: the reader saw {value:?} at {offset}, which the log no \
+                         longer holds (SPATE_TEST_SEED={seed})"
+                    );
                 }
-                offset = values.keys().next_back().map_or(offset, |o| o + 1);
             }
-            (end, values)
-        });
-        for ((p, offset), value) in seen.range((partition, 0)..(partition + 1, 0)) {
-            assert_eq!(
-                stored.1.get(offset),
-                Some(value),
-                "{TOPIC}-{p}: the reader saw {value:?} at {offset}, which the log no longer holds \
-                 (SPATE_TEST_SEED={seed})"
-            );
+            if topic == NATIVE_TOPIC {
+                let mut last = None;
+                for (p, offset, seq) in written.iter().filter(|(p, _, _)| *p == partition) {
+                    assert_eq!(
+                        stored.get(offset).and_then(|(_, seq)| *seq),
+                        Some(*seq),
+                        "{topic}-{p}: record {seq} acknowledged at {offset} is not there \
+                         (SPATE_TEST_SEED={seed})"
+                    );
+                    assert!(last < Some(*offset), "{topic}-{p}: offsets went back to {offset}");
+                    last = Some(*offset);
+                }
+            }
         }
-        high_watermarks.push(stored.0);
     }
     eprintln!(
-        "the reader saw {} records, all still there; high watermarks {high_watermarks:?}",
-        seen.len()
+        "the reader saw {} records and the native writer had {} acknowledged, all still there; \
+         high watermarks {high_watermarks:?}",
+        seen.len(),
+        written.len()
     );
 
     // The replicas, stopped, hold the same entries below the high watermark.
     for node in all {
         cluster.broker(node).stop();
     }
-    for (partition, high_watermark) in high_watermarks.iter().enumerate() {
+    for ((topic, partition), high_watermark) in &high_watermarks {
         let logs: Vec<Vec<(u64, Vec<u8>)>> = all
             .iter()
-            .map(|n| stored_entries(&cluster.brokers[*n as usize - 1].data_dir, TOPIC, partition))
+            .map(|n| stored_entries(&cluster.brokers[*n as usize - 1].data_dir, topic, *partition))
             .collect();
         let below = |log: &Vec<(u64, Vec<u8>)>| -> Vec<(u64, Vec<u8>)> {
             log.iter().filter(|(next, _)| next <= high_watermark).cloned().collect()
@@ -1854,16 +1881,54 @@ fn acknowledged_records_survive_random_faults_and_replicas_agree() {
         assert_eq!(
             first.last().map(|(next, _)| *next),
             Some(*high_watermark),
-            "{TOPIC}-{partition}"
+            "{topic}-{partition}"
         );
         for (n, log) in all.iter().zip(&logs).skip(1) {
             assert!(
                 below(log) == first,
-                "{TOPIC}-{partition}: broker {n}'s entries below {high_watermark} differ from \
+                "{topic}-{partition}: broker {n}'s entries below {high_watermark} differ from \
                  broker 1's (SPATE_TEST_SEED={seed})"
             );
         }
     }
+}
+
+/// Every record of `topic`-`partition` below its high watermark, read from its leader through
+/// `bootstrap`: the high watermark, and per offset the value and the `seq` header if any.
+#[allow(clippy::type_complexity)]
+fn stored_records(
+    bootstrap: &str,
+    topic: &str,
+    partition: u32,
+) -> (u64, std::collections::BTreeMap<u64, (Vec<u8>, Option<u64>)>) {
+    let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
+    run(|| async move {
+        let client = Client::connect(&bootstrap).await.expect("connect");
+        let leaders = spate::client::Leaders::new(client);
+        let topic = topic.as_str();
+        let fetch = |offset| {
+            leaders.with_leader(topic, partition, move |leader| async move {
+                leader.fetch(topic, partition, offset, 1 << 20, 0).await
+            })
+        };
+        let end = fetch(0).await.expect("the high watermark").high_watermark;
+        let mut records = std::collections::BTreeMap::new();
+        let deadline = Instant::now() + SETTLE_WAIT;
+        let mut offset = 0;
+        while offset < end {
+            assert!(Instant::now() < deadline, "{topic}-{partition}: stuck at {offset}/{end}");
+            for batch in fetch(offset).await.expect("fetch").batches().expect("batches") {
+                for record in batch.records().filter(|r| r.offset >= offset) {
+                    let value = record.value().unwrap_or_default().to_vec();
+                    let seq = (record.headers().find(|(k, _)| *k == b"seq"))
+                        .and_then(|(_, v)| Some(u64::from_le_bytes(v.try_into().ok()?)));
+                    records.insert(record.offset, (value, seq));
+                }
+            }
+            offset = records.keys().next_back().map_or(offset, |o| o + 1);
+        }
+        (end, records)
+    })
 }
 
 /// Reads every partition of `topic` from its leader until `reading` is cleared; answers what
@@ -1915,6 +1980,68 @@ fn read_while(
         std::thread::sleep(Duration::from_millis(50));
     }
     seen
+}
+
+/// Writes batches of 20 sequenced records (`common::record`) to every partition of `topic` in
+/// turn with the native client and acks=all until `writing` is cleared, going on through
+/// another broker when one goes away; answers what was acknowledged: (partition, offset, seq).
+/// Not idempotent: a batch whose answer was lost and that is sent again may be stored twice.
+fn write_while(
+    brokers: &[String],
+    topic: &str,
+    partitions: u32,
+    writing: &std::sync::atomic::AtomicBool,
+) -> Vec<(u32, u64, u64)> {
+    use std::sync::atomic::Ordering;
+    const BATCH: u64 = 20;
+    let mut acked = Vec::new();
+    let mut next_seq = 0u64;
+    let mut round = 0usize;
+    while writing.load(Ordering::Relaxed) {
+        let bootstrap = brokers[round % brokers.len()].clone();
+        round += 1;
+        let (written, reached) = run(|| async {
+            let mut written = Vec::new();
+            let mut seq = next_seq;
+            let Ok(client) = Client::connect(&bootstrap).await else { return (written, seq) };
+            let leaders = spate::client::Leaders::new(client);
+            while writing.load(Ordering::Relaxed) {
+                let partition = ((seq / BATCH) % u64::from(partitions)) as u32;
+                let first = seq;
+                seq += BATCH;
+                let produced = leaders
+                    .with_leader(topic, partition, |leader| {
+                        let batch = common::batch_of(
+                            (first..first + BATCH).map(|s| common::record(partition, s)),
+                        );
+                        async move {
+                            leader
+                                .produce(
+                                    topic,
+                                    partition,
+                                    spate::native::messages::Acks::All,
+                                    batch,
+                                )
+                                .await
+                        }
+                    })
+                    .await;
+                match produced {
+                    Ok(Some(base)) => {
+                        written.extend((0..BATCH).map(|i| (partition, base + i, first + i)));
+                    }
+                    // Not acknowledged: it may or may not be stored; its sequence numbers are
+                    // not used again.
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            (written, seq)
+        });
+        acked.extend(written);
+        next_seq = reached;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    acked
 }
 
 /// The entries of `topic`-`partition` in a stopped broker's data directory, read from its

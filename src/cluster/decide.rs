@@ -350,7 +350,7 @@ impl Controller {
     /// Whether topic `topic` allows an out-of-sync replica to lead.
     fn allows_unclean(&self, image: &MetadataImage, topic: TopicId) -> bool {
         let set = image.topics.get(&topic).and_then(|t| t.config.get(UNCLEAN_KEY));
-        set.map_or(self.unclean_by_default, |value| value == "true")
+        set.map_or(self.unclean_by_default, |value| value.eq_ignore_ascii_case("true"))
     }
 
     /// Takes over from the active controller that ran beside broker `node` and fell silent (Raft
@@ -650,6 +650,8 @@ impl Controller {
         // One broker after another, each against the image the ones before it leave.
         let (mut records, mut image) = (Vec::new(), image.clone());
         for (node, broker_epoch) in silent {
+            let session = self.session_timeout;
+            tracing::warn!(%node, broker_epoch, ?session, "fencing a broker silent for its session");
             let fenced = self.fence(&image, node, broker_epoch, false);
             match image.apply_batch(&fenced) {
                 Ok(()) => records.extend(fenced),

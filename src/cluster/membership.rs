@@ -332,9 +332,11 @@ impl Membership {
 
     /// A request of the broker's own (a client's topic change, forwarded) to the active
     /// controller. While the voters elect one (the last one stopped, say) they answer
-    /// NOT_CONTROLLER or nothing: asked again until a session timeout has passed, as Kafka's
-    /// forwarding manager keeps a forwarded request until its timeout, so the client gets the
-    /// new controller's answer rather than a retriable error it may not retry.
+    /// NOT_CONTROLLER: asked again until a session timeout has passed, as Kafka's forwarding
+    /// manager keeps a forwarded request until its timeout, so the client gets the new
+    /// controller's answer rather than a retriable error it may not retry. Only that refusal
+    /// is asked again: a request that went unanswered may have committed, and a second one
+    /// would be refused for what the first did.
     pub async fn ask_controller(
         &self,
         request: ControllerRequest,
@@ -342,12 +344,7 @@ impl Membership {
         let deadline = Instant::now() + self.session_timeout;
         loop {
             match self.ask(request.clone()).await {
-                Err(e)
-                    if matches!(
-                        e.error.kind,
-                        ErrorKind::NotController | ErrorKind::NotAvailable
-                    ) && Instant::now() < deadline =>
-                {
+                Err(e) if e.error.kind == ErrorKind::NotController && Instant::now() < deadline => {
                     glommio::timer::sleep(RETRY_WAIT).await;
                 }
                 answered => return answered,

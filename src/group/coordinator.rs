@@ -30,7 +30,7 @@ use crate::record::archive;
 use crate::record::batch::NativeBatchView;
 use crate::record::entry::{entries, Check, StoredEntry};
 use crate::record::{BatchBuilder, PayloadFormat, PendingEntry};
-use crate::types::{LeaderEpoch, PartitionId};
+use crate::types::{LeaderEpoch, Offset, PartitionId};
 
 /// How often expired sessions and rebalance deadlines are checked.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -42,6 +42,8 @@ pub const COMPACTION_CHECK: Duration = Duration::from_secs(5);
 const COMPACT_AFTER_SEALED: usize = 2;
 /// Bytes read at a time when replaying the offsets log.
 const REPLAY_READ_BYTES: usize = 8 * 1024 * 1024;
+/// How often a replay waiting for the log's appends to be written looks again.
+const WRITTEN_RECHECK: Duration = Duration::from_millis(100);
 /// How long a replay that failed (a read error) waits before it tries again.
 const REPLAY_RETRY: Duration = Duration::from_secs(1);
 
@@ -341,7 +343,24 @@ impl Coordinator {
         // From here to the append nothing awaits: no tick, join or delete can change the group
         // between the check and the state the commit leaves.
         let records = self.commit_records(&group, member_id, instance_id, generation, &commits)?;
-        persist(&log, &group, &records, || self.apply_all(&records)).await
+        let held = self.hold_of(&group);
+        persist(&log, &group, &records, || self.apply_all(&records)).await?;
+        self.still_held(&group, held)
+    }
+
+    /// How the coordinator holds `group`'s partition now.
+    fn hold_of(&self, group: &str) -> Option<Hold> {
+        self.holds.borrow().get(&offsets::partition_for(group)).copied()
+    }
+
+    /// A change stored while the partition was let go (and maybe taken again) is answered
+    /// NOT_COORDINATOR, as Kafka answers it: its state here was dropped with the partition,
+    /// and the client asks the coordinator that holds it now again.
+    fn still_held(&self, group: &str, held: Option<Hold>) -> Result<(), ErrorKind> {
+        match self.hold_of(group) == held {
+            true => Ok(()),
+            false => Err(ErrorKind::NotCoordinator),
+        }
     }
 
     /// Checks that a commit may go ahead and returns its records. Leaves the groups as they are:
@@ -426,10 +445,12 @@ impl Coordinator {
                 })
                 .collect::<Vec<_>>()
         };
+        let held = self.hold_of(group);
         persist(&log, group, &tombstones, || {
             self.groups.borrow_mut().remove(group);
         })
-        .await
+        .await?;
+        self.still_held(group, held)
     }
 
     /// Evicts silent members, completes due rebalances, forgets empty groups' offsets after
@@ -499,10 +520,10 @@ impl Coordinator {
             == Some(&Hold::Loading { epoch: load.epoch, load: load.load })
     }
 
-    /// Runs replay `load`: the partition's log from its start to its end, the latest record per
-    /// key winning, then its groups are served. The end is the log's, not the high watermark:
-    /// a new leader's high watermark may trail what the replicas acknowledged under the last
-    /// leader (Kafka loads to the log end too). A read that fails is tried again; a replay
+    /// Runs replay `load`: the partition's log from its start to its end (once written), the
+    /// latest record per key winning, then its groups are served. The end is the log's, not
+    /// the high watermark: a new leader's high watermark may trail what the replicas
+    /// acknowledged under the last leader (Kafka loads to the log end too). A read that fails is tried again; a replay
     /// overtaken by another leadership change stops. Answers how many records it applied.
     pub async fn load(&self, logs: &impl OffsetsLogs, load: Load) -> usize {
         let started = Instant::now();
@@ -528,6 +549,8 @@ impl Coordinator {
                     return records;
                 }
                 Ok(None) => return 0,
+                // Overtaken: the current replay's groups are not this one's to drop.
+                Err(_) if !self.is_current(load) => return 0,
                 Err(e) => {
                     tracing::error!(partition = %load.partition, "replaying {OFFSETS_TOPIC}: {e}; trying again");
                     // Applied so far: dropped, and read again from the start.
@@ -552,13 +575,32 @@ impl Coordinator {
         let partition = load.partition;
         let log = logs.led(partition).map_err(|e| e.to_string())?;
         let log = log.log();
-        let (mut offset, end) = (log.log_start(), log.written_offset());
-        let mut loaded = 0;
-        while offset < end {
-            let read = log.read(offset, REPLAY_READ_BYTES, end).await.map_err(|e| e.to_string())?;
+        // Everything appended so far, written first: a commit appended under the last
+        // leadership may yet be acknowledged, and must be in memory then.
+        // (Re-read each round: a truncation may lower the end meanwhile.)
+        while log.written_offset() < log.log_end() {
+            let end = log.log_end();
+            let written = async { log.wait_written_past(Offset(end.0 - 1)).await.is_err() };
+            let a_while = async {
+                glommio::timer::sleep(WRITTEN_RECHECK).await;
+                false
+            };
+            let failed = futures_lite::future::or(written, a_while).await;
             if !self.is_current(load) {
                 return Ok(None);
             }
+            if failed {
+                return Err(format!("{OFFSETS_TOPIC}-{partition}: the log failed"));
+            }
+        }
+        let (mut offset, end) = (log.log_start(), log.written_offset());
+        let mut loaded = 0;
+        while offset < end {
+            let read = log.read(offset, REPLAY_READ_BYTES, end).await;
+            if !self.is_current(load) {
+                return Ok(None);
+            }
+            let read = read.map_err(|e| e.to_string())?;
             let before = offset;
             for chunk in read {
                 // Entries sit 16-aligned in read buffers, as the archive needs; copy if not.
@@ -605,18 +647,29 @@ impl Coordinator {
     /// before it, whose records the snapshot supersedes. Reading the state and appending the
     /// snapshot happen without an await between them, so no commit can fall in between.
     pub async fn compact(&self, logs: &impl OffsetsLogs) {
-        let loaded: Vec<PartitionId> = (self.holds.borrow().iter())
-            .filter(|(_, hold)| matches!(hold, Hold::Loaded { .. }))
-            .map(|(partition, _)| *partition)
+        let loaded: Vec<(PartitionId, LeaderEpoch)> = (self.holds.borrow().iter())
+            .filter_map(|(partition, hold)| match hold {
+                Hold::Loaded { epoch } => Some((*partition, *epoch)),
+                Hold::Loading { .. } => None,
+            })
             .collect();
-        for partition in loaded {
+        for (partition, epoch) in loaded {
+            // Checked again for each partition (an earlier one's compaction awaited): one let
+            // go, or being replayed again, has no whole state in memory to snapshot.
             let Ok(log) = logs.led(partition) else { continue };
+            if !self.serves(partition, epoch, &log) {
+                continue;
+            }
             if log.log().sealed_segments() < COMPACT_AFTER_SEALED {
                 continue;
             }
             let records = self.snapshot(partition);
             let snapshot = if records.is_empty() {
-                // Nothing live: everything sealed can go.
+                // Nothing live: everything sealed can go, once what emptied it (tombstones) is
+                // committed; until then, memory says more than the replicas agree on.
+                if log.log().log_end() > log.high_watermark() {
+                    continue;
+                }
                 None
             } else {
                 let mut builder = BatchBuilder::default();
@@ -638,6 +691,10 @@ impl Coordinator {
                     }
                     None => log.high_watermark(),
                 };
+                if !self.serves(partition, epoch, &log) {
+                    let why = "the partition was let go while its snapshot was stored";
+                    return Err(crate::log::LogError::Storage(why.into()));
+                }
                 log.delete_segments_below(snapshot_at)
                     .await
                     .map_err(|e| crate::log::LogError::Storage(e.to_string()))
@@ -652,6 +709,13 @@ impl Coordinator {
                 Err(e) => tracing::warn!(%partition, "compacting {OFFSETS_TOPIC}: {e}"),
             }
         }
+    }
+
+    /// Whether this coordinator serves `partition`, replayed, in `epoch`, and its broker still
+    /// leads `log` in it.
+    fn serves(&self, partition: PartitionId, epoch: LeaderEpoch, log: &Partition) -> bool {
+        self.holds.borrow().get(&partition) == Some(&Hold::Loaded { epoch })
+            && log.leader_epoch() == Some(epoch)
     }
 
     /// Every live committed offset of the groups kept in `__consumer_offsets` partition

@@ -202,9 +202,12 @@ impl<S: Storage> Partition<S> {
             Acks::Leader => Ok(self.log.wait_written(appended).await?),
             // Durable, not just written: Spate's promise for acks=all (DESIGN, "Cluster").
             Acks::All => {
+                // The leadership it was appended in, before any await: one that ends while the
+                // entry syncs fails the produce, even if the broker leads again by then.
+                let epoch = self.leader_epoch.get();
                 self.log.wait_synced(appended).await?;
                 match self.is_replicated() {
-                    true => self.wait_replicated(appended).await,
+                    true => self.wait_replicated(appended, epoch).await,
                     false => Ok(()),
                 }
             }

@@ -186,10 +186,14 @@ impl<S: Storage> Partition<S> {
     }
 
     /// Waits until the high watermark passes the appended entry: every in-sync replica has
-    /// synced it. Fails when the entry is cut, the leadership ends, the in-sync set falls
-    /// below `min.insync.replicas`, or the wait takes longer than [`ACKS_ALL_WAIT_MAX`].
-    pub(super) async fn wait_replicated(&self, appended: &Appended) -> Result<(), BrokerError> {
-        let epoch = self.leader_epoch.get();
+    /// synced it. Fails when the entry is cut, the leadership it was appended in (`epoch`)
+    /// ends, the in-sync set falls below `min.insync.replicas`, or the wait takes longer than
+    /// [`ACKS_ALL_WAIT_MAX`].
+    pub(super) async fn wait_replicated(
+        &self,
+        appended: &Appended,
+        epoch: Option<LeaderEpoch>,
+    ) -> Result<(), BrokerError> {
         let waited = async {
             loop {
                 let (moved, changed) = (self.moved.listen(), self.log.listen_changed());

@@ -37,8 +37,10 @@ impl Netns {
         let pid = std::process::id();
         let subnet = format!("10.{}.{}", 100 + (pid / 250) % 100, pid % 250);
         let netns = Netns { prefix: format!("sp{pid}"), subnet, nodes: nodes.to_vec() };
-        // Left by an earlier process of the same pid: gone first.
+        // Left by an earlier process of the same pid, or by a test process killed before its
+        // cleanup ran (its pid no longer runs): gone first.
         netns.remove();
+        remove_stale();
         let bridge = netns.bridge();
         run("ip", &["link", "add", &bridge, "type", "bridge"])?;
         run("ip", &["addr", "add", &format!("{}.1/24", netns.subnet), "dev", &bridge])?;
@@ -119,6 +121,33 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         self.remove();
+    }
+}
+
+/// Removes the namespaces and bridges of test processes that no longer run (a run killed with
+/// SIGKILL cleans up nothing): named `sp<pid>n<n>` and `sp<pid>b`.
+fn remove_stale() {
+    let gone = |name: &str, suffix: char| {
+        let pid = name.strip_prefix("sp").and_then(|rest| rest.split(suffix).next());
+        pid.and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+    };
+    let listed = |args: &[&str]| {
+        let output = Command::new("ip").args(args).output().ok();
+        output.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+    };
+    for line in listed(&["netns", "list"]).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        if name.contains('n') && gone(name, 'n') {
+            let _ = run("ip", &["netns", "del", name]);
+        }
+    }
+    for line in listed(&["-o", "link", "show", "type", "bridge"]).lines() {
+        // "7: sp1234b: <BROADCAST,...": the name is the second field, before its colon.
+        let name = line.split_whitespace().nth(1).unwrap_or_default().trim_end_matches(':');
+        if name.ends_with('b') && gone(name, 'b') {
+            let _ = run("ip", &["link", "del", name]);
+        }
     }
 }
 

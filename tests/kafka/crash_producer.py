@@ -3,9 +3,10 @@ fault run in tests/cluster.rs), then a verifier.
 
 Produce phase: sequenced records "p<partition>-<seq>" into every partition of the topic, at a
 bounded rate, with enable.idempotence (acks=all, retries without limit). The broker is killed
-with -9 and restarted underneath it many times; librdkafka retries what was in flight. Delivery
+with -9 and restarted underneath it many times; the client retries what was in flight. Delivery
 reports are kept: (partition, seq) -> offset. The phase ends when the file SPATE_STOP_FILE
-appears; everything still in flight is flushed.
+appears; everything still in flight is flushed. SPATE_CLIENT picks the producer: confluent-kafka
+(librdkafka; the default) or kafka-python (pure Python, at a tenth of the rate).
 
 Verify phase: every partition is read back from the beginning, and checked:
   - every acknowledged record is present exactly once, at the offset its acknowledgement gave,
@@ -28,7 +29,9 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition  # no
 PARTITIONS = int(os.environ.get("SPATE_PARTITIONS", "6"))
 # A cluster's fault run (tests/cluster.rs) replicates the topic.
 REPLICAS = int(os.environ.get("SPATE_REPLICAS", "1"))
-RATE = 20000  # records per second, all partitions together
+CLIENT = os.environ.get("SPATE_CLIENT", "confluent-kafka")
+# Records per second, all partitions together.
+RATE = 20000 if CLIENT == "confluent-kafka" else 2000
 
 # The harness sets the budget from its cycle count (the long form runs hundreds).
 BUDGET = int(os.environ.get("SPATE_CRASH_BUDGET_SECS", "170"))
@@ -37,31 +40,80 @@ bootstrap = bootstrap_from_env()
 topic = topic_name("crash")
 stop_file = os.environ.get("SPATE_STOP_FILE") or fail("set SPATE_STOP_FILE")
 conf = confluent_conf(bootstrap)
-print(f"{confluent_versions()}, bootstrap {bootstrap}, topic {topic}", flush=True)
+print(f"{confluent_versions()}, producing with {CLIENT}, bootstrap {bootstrap}, topic {topic}",
+      flush=True)
 create_topic_confluent(conf, topic, PARTITIONS, replication_factor=REPLICAS)
-
-# Connection errors while the broker is down are expected here, not failures.
-producer = Producer({
-    "bootstrap.servers": bootstrap,
-    "enable.idempotence": True,
-    "acks": "all",
-    "linger.ms": 5,
-    "message.timeout.ms": 150000,
-    "reconnect.backoff.max.ms": 200,
-    "socket.timeout.ms": 10000,
-})
 acked = {}  # (partition, seq) -> offset
 failed = []
 
 
-def delivered(err, msg):
-    partition, seq = msg.partition(), int(msg.value().split(b"-")[1])
-    if err is not None:
-        failed.append(f"p{partition}-{seq}: {err}")
-    else:
-        acked[(partition, seq)] = msg.offset()
+class Confluent:
+    """librdkafka's idempotent producer."""
+
+    def __init__(self):
+        # Connection errors while a broker is down are expected here, not failures.
+        self.producer = Producer({
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "message.timeout.ms": 150000,
+            "reconnect.backoff.max.ms": 200,
+            "socket.timeout.ms": 10000,
+        })
+
+    def send(self, p, seq):
+        def delivered(err, msg):
+            if err is not None:
+                failed.append(f"p{p}-{seq}: {err}")
+            else:
+                acked[(p, seq)] = msg.offset()
+        while True:
+            try:
+                self.producer.produce(topic, value=f"p{p}-{seq}".encode(), partition=p,
+                                      on_delivery=delivered)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    def poll(self):
+        self.producer.poll(0)
+
+    def flush(self, timeout):
+        return self.producer.flush(timeout)
 
 
+class KafkaPython:
+    """kafka-python's idempotent producer (its own retries, sequence numbers and epochs)."""
+
+    def __init__(self):
+        from kafka import KafkaProducer
+        self.producer = KafkaProducer(
+            bootstrap_servers=bootstrap.split(","), acks="all", enable_idempotence=True,
+            linger_ms=5, delivery_timeout_ms=150000, request_timeout_ms=10000,
+            reconnect_backoff_max_ms=200, max_block_ms=150000)
+        self.pending = 0
+
+    def send(self, p, seq):
+        def delivered(metadata):
+            acked[(p, seq)] = metadata.offset
+
+        def refused(error):
+            failed.append(f"p{p}-{seq}: {error!r}")
+        future = self.producer.send(topic, value=f"p{p}-{seq}".encode(), partition=p)
+        future.add_callback(delivered)
+        future.add_errback(refused)
+
+    def poll(self):
+        pass
+
+    def flush(self, timeout):
+        self.producer.flush(timeout)
+        sent = sum(next_seq)
+        return sent - len(acked) - len(failed)
+
+
+producer = Confluent() if CLIENT == "confluent-kafka" else KafkaPython()
 next_seq = [0] * PARTITIONS
 started = time.monotonic()
 sent = 0
@@ -69,16 +121,10 @@ while not os.path.exists(stop_file):
     remaining(BUDGET)
     # Hold the rate: a burst of one record per partition, then wait for the schedule.
     for p in range(PARTITIONS):
-        while True:
-            try:
-                producer.produce(topic, value=f"p{p}-{next_seq[p]}".encode(), partition=p,
-                                 on_delivery=delivered)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        producer.send(p, next_seq[p])
         next_seq[p] += 1
         sent += 1
-    producer.poll(0)
+    producer.poll()
     ahead = sent / RATE - (time.monotonic() - started)
     if ahead > 0:
         time.sleep(ahead)
