@@ -608,8 +608,8 @@ fn the_broker_describes_its_cluster_settings() {
     // A cluster of one: no voters named, this broker its own.
     assert_eq!(value("controller.quorum.voters").as_deref(), Some(""));
     assert_eq!(value("broker.rack").as_deref(), Some("r1"));
-    assert_eq!(value("broker.session.timeout.ms").as_deref(), Some("9000"));
-    assert_eq!(value("broker.heartbeat.interval.ms").as_deref(), Some("2000"));
+    assert_eq!(value("broker.session.timeout.ms").as_deref(), Some("3000"));
+    assert_eq!(value("broker.heartbeat.interval.ms").as_deref(), Some("500"));
     let native = value("native.advertised.listener").expect("the native address");
     assert_eq!(native, broker.addr);
 }
