@@ -1639,6 +1639,88 @@ fn json_strings(text: &str, key: &str) -> std::collections::BTreeMap<String, Str
         .collect()
 }
 
+/// A follower away while its leader's retention deleted what it lacks finds its log ending
+/// before the leader's log start: it starts its log over there (Kafka's
+/// `truncateFullyAndStartAt`), copies the rest, and rejoins the in-sync set; its entries are
+/// then the leader's, byte for byte.
+#[test]
+fn a_follower_behind_its_leaders_log_start_starts_over_there() {
+    let _one_cluster = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cluster = Cluster::start_with(&["log.retention.check.interval.ms=300"]);
+    let all = [1, 2, 3];
+    cluster.settle(&all, "three live brokers", |s| s.leader.is_some() && all_live(s, &all));
+    let configs = [("segment.bytes", "16384"), ("retention.bytes", "32768")];
+    let created =
+        create_topic_with_configs_at(&cluster.kafka(1), "short", (-1, -1), &[&[1, 2, 3]], &configs);
+    assert_eq!(created, (0, String::new()));
+    let in_sync = |v: &MetadataView| {
+        v.topics.get("short").is_some_and(|t| t.1[0].1 == 1 && t.1[0].4.len() == 3)
+    };
+    cluster.settle_metadata(&all, "short in sync on three", in_sync);
+    let bootstrap = cluster.brokers[0].addr.clone();
+    // Batches of 20 records of about 100 to 300 bytes to partition 0; answers the leader's log
+    // start after them.
+    let produce = |seqs: std::ops::Range<u64>| {
+        let bootstrap = bootstrap.clone();
+        run(|| async move {
+            let client = Client::connect(&bootstrap).await.expect("connect");
+            let leaders = spate::client::Leaders::new(client);
+            for first in seqs.step_by(20) {
+                let produced = leaders
+                    .with_leader("short", 0, |leader| {
+                        let batch =
+                            common::batch_of((first..first + 20).map(|s| common::record(0, s)));
+                        async move {
+                            leader
+                                .produce("short", 0, spate::native::messages::Acks::All, batch)
+                                .await
+                        }
+                    })
+                    .await;
+                produced.unwrap_or_else(|e| panic!("batch {first}: {e}"));
+            }
+            let earliest = spate::native::messages::OFFSET_EARLIEST;
+            let start = leaders
+                .with_leader("short", 0, |leader| async move {
+                    leader.list_offset("short", 0, earliest).await
+                })
+                .await;
+            start.expect("the leader's log start")
+        })
+    };
+    produce(0..100);
+    cluster.broker(3).stop();
+    cluster.settle_metadata(&[1, 2], "3 out of sync", |v| {
+        v.topics.get("short").is_some_and(|t| t.1[0].4.len() == 2)
+    });
+    // Enough that the leader's retention deletes segments broker 3 never had.
+    let mut first = 100;
+    let deadline = Instant::now() + SETTLE_WAIT;
+    while produce(first..first + 400) <= 100 {
+        assert!(Instant::now() < deadline, "the leader's retention never passed offset 100");
+        first += 400;
+    }
+    cluster.broker(3).restart();
+    cluster.settle_metadata(&all, "3 in sync again", in_sync);
+    let log = cluster.broker(3).stderr();
+    assert!(log.contains("started over there"), "broker 3 did not start over:\n{log}");
+    for node in all {
+        cluster.broker(node).stop();
+    }
+    // Retention goes on trimming each replica on its own: where both hold an entry, it is the
+    // same, and broker 3 holds nothing from before its start over.
+    let entries =
+        |node: i32| stored_entries(&cluster.brokers[node as usize - 1].data_dir, "short", 0);
+    let (leader, follower) = (entries(1), entries(3));
+    let leaders: std::collections::BTreeMap<u64, Vec<u8>> = leader.into_iter().collect();
+    for (next_offset, entry) in &follower {
+        assert!(*next_offset > 100, "broker 3 kept an entry from before its start over");
+        if let Some(theirs) = leaders.get(next_offset) {
+            assert_eq!(theirs, entry, "the entry ending at {next_offset} differs on broker 3");
+        }
+    }
+}
+
 /// The fault run (issue 16): three brokers, three topics of three partitions with replication
 /// factor 3 and `min.insync.replicas` 2, written by idempotent acks=all producers of
 /// confluent-kafka and kafka-python (`crash_producer.py`) and by the native client (acks=all,

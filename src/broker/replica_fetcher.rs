@@ -346,8 +346,8 @@ async fn apply(
 }
 
 /// The follower's fetch offset is outside the leader's log: past its end, the follower
-/// truncates to it (Kafka's `handleOutOfRangeError`); below its start, the follower would
-/// start again at the leader's log start, which this version does not do yet.
+/// truncates to it; below its start, the follower's log starts over, empty, at the leader's log
+/// start (Kafka's `handleOutOfRangeError`).
 async fn out_of_range(
     partition: &Rc<Partition>,
     answer: &ReplicaFetchAnswer,
@@ -368,11 +368,20 @@ async fn out_of_range(
             }
         };
     }
-    tracing::error!(
-        topic = %log.topic, partition = %log.partition, %leader,
-        "the log ends at {end}, before the leader's log start {leader_start}: starting again from the leader's start is not supported yet"
-    );
-    Applied::Rest(Duration::from_secs(5))
+    if end < leader_start {
+        return match partition.start_replica_over(leader_start).await {
+            Ok(_) => {
+                tracing::warn!(topic = %log.topic, partition = %log.partition, %leader, "the log ended at {end}, before the leader's log start {leader_start}: started over there");
+                Applied::Nothing
+            }
+            Err(e) => {
+                tracing::error!(topic = %log.topic, partition = %log.partition, "starting over at the leader's log start {leader_start}: {e}");
+                Applied::Rest(FAILED_REST)
+            }
+        };
+    }
+    // Within the leader's log after all (it moved since it answered): fetched again.
+    Applied::Nothing
 }
 
 /// The native address of broker `leader`, as the metadata has it.

@@ -253,8 +253,8 @@ struct LogState<S: Storage> {
     generation: Rc<Generation>,
     /// Set when a write found no space: appends are refused until the instant passes.
     out_of_space: Option<(Instant, String)>,
-    /// A truncation asked for and not yet begun by the writer: where, and who waits.
-    truncation: Option<(Offset, oneshot::Sender<Result<Offset, LogError>>)>,
+    /// A truncation asked for and not yet begun by the writer: what, and who waits.
+    truncation: Option<(Cut, oneshot::Sender<Result<Offset, LogError>>)>,
     /// From the request until the writer has done the truncation: appends are refused.
     truncating: bool,
     /// Truncations so far: an fdatasync that began before one covers offsets that may be gone.
@@ -314,6 +314,15 @@ impl<S: Storage> LogState<S> {
              written {written}, next {next}"
         );
     }
+}
+
+/// A cut of the log the writer makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cut {
+    /// The entries holding the offset and after go.
+    To(Offset),
+    /// Every entry goes; the log starts again, empty, at the offset.
+    StartOver(Offset),
 }
 
 pub struct PartitionLog<S: Storage = DmaStorage> {
@@ -584,17 +593,35 @@ impl<S: Storage> PartitionLog<S> {
     /// truncation by leader epoch, KIP-101). Appends are refused until it is done; waiters on
     /// removed entries get [`LogError::Truncated`]; an offset at or past the end changes nothing.
     pub async fn truncate_to(&self, offset: Offset) -> Result<Offset, LogError> {
-        let (reply, answer) = oneshot::channel();
         {
-            let mut st = self.state.borrow_mut();
-            st.refuses_changes()?;
+            let st = self.state.borrow();
             let log_start = st.log_start();
             if offset < log_start {
                 let log_end = st.next_offset;
                 return Err(LogError::OffsetOutOfRange { requested: offset, log_start, log_end });
             }
+        }
+        self.cut(Cut::To(offset)).await
+    }
+
+    /// Removes every entry, durably, and starts the log again, empty, at `offset`: what a
+    /// follower does when its log ends before its leader's log start (Kafka's
+    /// `truncateFullyAndStartAt`), so it can copy the leader's log from there. Leader epochs and
+    /// idempotent producers' state go with the entries (they come back with the leader's).
+    /// Returns the new log end, `offset`.
+    pub async fn start_over_at(&self, offset: Offset) -> Result<Offset, LogError> {
+        self.cut(Cut::StartOver(offset)).await
+    }
+
+    /// Hands `cut` to the writer, which does it once what was appended before is written
+    /// (appends are refused meanwhile), and waits for it.
+    async fn cut(&self, cut: Cut) -> Result<Offset, LogError> {
+        let (reply, answer) = oneshot::channel();
+        {
+            let mut st = self.state.borrow_mut();
+            st.refuses_changes()?;
             st.truncating = true;
-            st.truncation = Some((offset, reply));
+            st.truncation = Some((cut, reply));
         }
         self.writer_wake.notify(1);
         // The writer ends `truncating` (a caller that stops waiting does not stop the truncation).

@@ -378,4 +378,15 @@ impl<S: Storage> Partition<S> {
         self.high_watermark();
         Ok(end)
     }
+
+    /// A follower whose log ends before its leader's log start (it was away while the leader's
+    /// retention deleted what it lacks): its log starts over, empty, at `offset`, the leader's
+    /// log start (Kafka's `truncateFullyAndStartAt`), and so does its high watermark.
+    pub async fn start_replica_over(&self, offset: Offset) -> Result<Offset, LogError> {
+        let end = self.log.start_over_at(offset).await?;
+        self.truncations_seen.set(self.log.truncations());
+        self.high_watermark.set(end);
+        self.moved.notify(usize::MAX);
+        Ok(end)
+    }
 }

@@ -520,6 +520,49 @@ fn a_truncation_across_segments_cuts_at_the_entry_holding_the_offset() {
     });
 }
 
+/// A follower whose log ends before its leader's log start empties its log and starts it
+/// again there (Kafka's truncateFullyAndStartAt): every entry, epoch and producer goes, reads
+/// below are out of range, the leader's entries continue it, and a restart finds it so.
+#[test]
+fn a_log_started_over_at_an_offset_continues_from_there_across_a_restart() {
+    in_partition_dir(|dir| async move {
+        let log = open(&dir, 64 * 1024).await;
+        for i in 0..14 {
+            let data = payload(i, 10 * 1024);
+            let appended = log.append(entry(3, &data)).expect("append");
+            log.wait_written(&appended).await.expect("written");
+        }
+        log.assign_epoch(LeaderEpoch(2), log.log_end()).await.expect("an epoch");
+        assert!(log.sealed_segments() >= 2);
+        let truncations = log.truncations();
+        assert_eq!(log.start_over_at(Offset(500)).await, Ok(Offset(500)));
+        assert_eq!(
+            (log.log_start(), log.log_end(), log.written_offset(), log.synced_offset()),
+            (Offset(500), Offset(500), Offset(500), Offset(500))
+        );
+        assert_eq!(log.sealed_segments(), 0);
+        assert!(log.leader_epochs().is_empty(), "epochs go with the entries");
+        assert!(log.truncations() > truncations, "readers see the log cut");
+        let below = log.read(Offset(10), 1024, Offset(u64::MAX)).await;
+        assert!(matches!(below, Err(LogError::OffsetOutOfRange { .. })), "{below:?}");
+        let (from_leader, _) = entry(2, b"from the leader").seal(Offset(500), LeaderEpoch(7));
+        let appended = log.append_at(from_leader).expect("the leader's next entry");
+        assert_eq!((appended.base_offset, appended.next_offset), (Offset(500), Offset(502)));
+        log.wait_synced(&appended).await.expect("synced");
+        log.close().await;
+        let log = open(&dir, 64 * 1024).await;
+        assert_eq!((log.log_start(), log.log_end()), (Offset(500), Offset(502)));
+        let read = log.read(Offset(500), 1024, Offset(u64::MAX)).await.expect("read");
+        let entries: Vec<_> =
+            read.iter().flat_map(|chunk| entries(chunk, Check::Checksum)).collect();
+        assert_eq!(entries.len(), 1);
+        let epochs: Vec<_> =
+            log.leader_epochs().iter().map(|e| (e.epoch.0, e.start_offset.0)).collect();
+        assert_eq!(epochs, [(7, 500)]);
+        log.close().await;
+    });
+}
+
 /// A follower's append takes an entry as the leader stored it, only where the log ends, and
 /// only whole.
 #[test]

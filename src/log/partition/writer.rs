@@ -12,11 +12,11 @@ use std::rc::Rc;
 use futures_channel::oneshot;
 
 use super::OUT_OF_SPACE_BACKOFF;
-use super::{read_block_tail, report_truncation, LogError, PartitionLog, Staged};
+use super::{read_block_tail, report_truncation, Cut, LogError, PartitionLog, Staged};
 use crate::log::epochs::{self, LeaderEpochs};
 use crate::log::index::IndexedSegment;
 use crate::log::producers::ProducerTable;
-use crate::log::segment::{is_out_of_space, Segment};
+use crate::log::segment::{is_out_of_space, PreallocateStep, Segment};
 use crate::log::storage::{Storage, StorageFile};
 use crate::log::write_plan::{PlannedWrite, WritePlan};
 use crate::metrics::Hist;
@@ -63,8 +63,9 @@ struct IssuedEntry {
 
 enum Step {
     Write(Vec<Staged>),
-    /// Remove the entries at and after an offset; the caller waits for the new end.
-    Truncate(Offset, oneshot::Sender<Result<Offset, LogError>>),
+    /// Remove the entries at and after an offset, or all of them; the caller waits for the new
+    /// end.
+    Truncate(Cut, oneshot::Sender<Result<Offset, LogError>>),
     Roll,
     /// Give back the idle active segment's preallocated space.
     Trim,
@@ -132,13 +133,16 @@ impl<S: Storage> Writer<S> {
                     }
                     self.issue_entries(entries).await
                 }
-                Step::Truncate(offset, reply) => {
-                    let outcome = self.truncate(offset).await;
+                Step::Truncate(cut, reply) => {
+                    let outcome = match cut {
+                        Cut::To(offset) => self.truncate(offset).await,
+                        Cut::StartOver(offset) => self.start_over(offset).await,
+                    };
                     self.log.state.borrow_mut().truncating = false;
                     if let Err(LogError::Storage(why)) = &outcome {
                         // Which of its steps reached the disk is uncertain: a restart's
                         // recovery finds the log whole, cut or not.
-                        self.log.fail(format!("truncating to offset {offset}: {why}"));
+                        self.log.fail(format!("{cut:?}: {why}"));
                     }
                     let _ = reply.send(outcome);
                 }
@@ -201,8 +205,8 @@ impl<S: Storage> Writer<S> {
             if !self.plan.is_idle() {
                 return Step::Wait;
             }
-            if let Some((offset, reply)) = st.truncation.take() {
-                return Step::Truncate(offset, reply);
+            if let Some((cut, reply)) = st.truncation.take() {
+                return Step::Truncate(cut, reply);
             }
         }
         // A roll waits until what is staged is written (it may roll by size anyway).
@@ -549,6 +553,65 @@ impl<S: Storage> Writer<S> {
         self.plan = WritePlan::new(size, read_block_tail(&active).await.map_err(storage_error)?);
         self.recovery_point_asked_at = size;
         Ok(new_end)
+    }
+
+    /// Removes every entry and starts the log again, empty, at `offset`; called with nothing
+    /// staged or in flight. Indexes go first, then the segments, newest first, so a crash at any
+    /// step leaves a whole log (what is left of the old one, or nothing: the follower is then
+    /// out of range again and starts over again), then the new empty segment is made durable.
+    /// A storage error leaves the log failed.
+    async fn start_over(&mut self, offset: Offset) -> Result<Offset, LogError> {
+        let log = self.log.clone();
+        let segments: Vec<_> = log.state.borrow().segments.iter().cloned().collect();
+        let storage_error = |e: io::Error| LogError::Storage(e.to_string());
+        let emptied = async {
+            for segment in &segments {
+                segment.remove_index(&log.dir).await?;
+            }
+            for segment in segments.iter().rev() {
+                segment.remove_files(&log.dir).await?;
+            }
+            log.storage.sync_dir(&log.dir).await?;
+            // Created with its directory synced: durable.
+            let segment_bytes = log.config.borrow().segment_bytes;
+            let step = PreallocateStep::MIN;
+            Segment::create(&log.storage, &log.dir, offset, step, segment_bytes, &log.open_files)
+                .await
+        };
+        let active = emptied.await.map_err(storage_error)?;
+        let removed = {
+            let mut st = log.state.borrow_mut();
+            let removed = st.next_offset.records_since(st.log_start());
+            for segment in st.segments.drain(..) {
+                segment.retire();
+                segment.mark_deleted();
+            }
+            st.segments.push_back(active.clone());
+            st.next_offset = offset;
+            st.written_offset = offset;
+            st.synced_offset = offset;
+            st.sync_target = offset;
+            st.recovery_point = None;
+            st.truncations += 1;
+            if st.epochs.truncate_from_end(Offset(0)) {
+                st.epochs_version += 1;
+            }
+            st.cut_generation(Offset(0), LogError::Truncated { below: Offset(0) });
+            st.producers = ProducerTable::default();
+            st.assert_watermarks("starting the log over");
+            removed
+        };
+        log.tail.borrow_mut().truncate_from(Offset(0));
+        log.changed.notify(usize::MAX);
+        tracing::info!(
+            topic = %log.topic,
+            partition = %log.partition,
+            removed,
+            "emptied the log and started it again at offset {offset}"
+        );
+        self.plan = WritePlan::new(0, Vec::new());
+        self.recovery_point_asked_at = 0;
+        Ok(offset)
     }
 
     /// After a write found no space, with nothing left in flight: discards everything appended
