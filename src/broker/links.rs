@@ -239,18 +239,25 @@ impl Links for VoterLinks {
         }
         let Some(peer) = self.peers.get(&to).cloned() else {
             let why = format!("node {to} is not a controller voter");
-            return Box::pin(async move { Err(unavailable(why)) });
+            return Box::pin(async move { Err(ControllerError::unsent(why)) });
         };
         Box::pin(async move {
+            // Whether the request was sent: a failure before it was cannot have committed.
+            let sent = std::cell::Cell::new(false);
             let asked = async {
                 let client = peer.connection(&peer.requests).await?;
+                sent.set(true);
                 client.controller_request(&request).await
             };
             let response = match bounded(asked).await {
                 Ok(response) => response,
                 Err(e) => {
                     peer.broken(&peer.requests, &e);
-                    return Err(unavailable(format!("voter {to} at {}: {e}", peer.address)));
+                    let why = format!("voter {to} at {}: {e}", peer.address);
+                    return Err(match sent.get() {
+                        true => unavailable(why),
+                        false => ControllerError::unsent(why),
+                    });
                 }
             };
             match (response.error.code, response.answer) {
@@ -259,6 +266,7 @@ impl Links for VoterLinks {
                 (code, _) => Err(ControllerError {
                     error: BrokerError::new(kind_of(code), response.error.message),
                     leader: response.leader,
+                    unsent: false,
                 }),
             }
         })

@@ -380,8 +380,8 @@ async fn out_of_range(
             }
         };
     }
-    // Within the leader's log after all (it moved since it answered): fetched again.
-    Applied::Nothing
+    // Out of range by the leader's epochs rather than its offsets: asked again after a rest.
+    Applied::Rest(REFUSED_REST)
 }
 
 /// The native address of broker `leader`, as the metadata has it.

@@ -36,7 +36,7 @@
 //! The heartbeat times are the controller's own memory, not the log's: a controller that takes
 //! over gives every broker a full session before fencing it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -167,6 +167,9 @@ pub struct PartitionLimits {
     pub internal_partitions: u32,
     pub internal_replication_factor: u16,
 }
+
+/// The most leaders one balance check moves.
+const BALANCE_MOVES_MAX: usize = 1000;
 
 /// The topic setting that allows an unclean election.
 const UNCLEAN_KEY: &str = "unclean.leader.election.enable";
@@ -846,24 +849,21 @@ impl Controller {
         election: Election,
         partitions: Option<Vec<(String, PartitionId)>>,
     ) -> Result<Vec<MetadataRecord>, Refusal> {
-        let asked: Vec<(TopicId, PartitionId)> = match partitions {
+        // Each partition once (a batch changing one twice would not apply); one the metadata
+        // does not have (deleted since the asking broker looked) is left out, as Kafka leaves
+        // it out with its own error rather than fail the others.
+        let asked: BTreeSet<(TopicId, PartitionId)> = match partitions {
             None => image.partitions().map(|(topic, partition, _)| (topic, partition)).collect(),
-            Some(named) => {
-                let mut asked = Vec::with_capacity(named.len());
-                for (name, partition) in named {
-                    let id = *image.topic_ids.get(&name).ok_or(Refusal::UnknownTopic(name))?;
-                    asked.push((id, partition));
-                }
-                asked
-            }
+            Some(named) => (named.into_iter())
+                .filter_map(|(name, partition)| Some((*image.topic_ids.get(&name)?, partition)))
+                .collect(),
         };
         let mut records = Vec::new();
         for (topic, partition) in asked {
-            let state = image
-                .topics
-                .get(&topic)
-                .and_then(|t| t.partitions.get(&partition))
-                .ok_or(Refusal::UnknownPartition(topic, partition))?;
+            let Some(state) = image.topics.get(&topic).and_then(|t| t.partitions.get(&partition))
+            else {
+                continue;
+            };
             let elected = match election {
                 Election::Preferred => preferred_election(image, state),
                 Election::Unclean => unclean_election(image, topic, partition, state),
@@ -905,6 +905,9 @@ impl Controller {
                 let next = preferred_election(image, state)?;
                 Some(MetadataRecord::PartitionState { topic, partition, state: next })
             })
+            // Kafka's controller moves at most this many leaders a round; the rest wait for the
+            // next check.
+            .take(BALANCE_MOVES_MAX)
             .collect()
     }
 
@@ -1403,7 +1406,7 @@ mod tests {
             election: Election::Preferred,
             partitions: Some(vec![("nope".to_string(), PartitionId(0))]),
         };
-        assert!(controller.decide(&image, unknown, start).is_err());
+        assert_eq!(controller.decide(&image, unknown, start), Ok(Vec::new()), "left out");
 
         // The same move on its own: not before the check interval, then at once.
         let shutdown = Event::ControlledShutdown {

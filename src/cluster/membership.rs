@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use super::identity::{self, DirIdentity};
 use super::metadata::{ClusterId, Endpoints, Registration, CLUSTER_PROTOCOL_VERSION};
-use super::node::{ControllerAnswer, ControllerError, ControllerRequest, Links};
+use super::node::{ControllerAnswer, ControllerError, ControllerRequest, Links, DECISION_WAIT};
 use crate::error::{BrokerError, ErrorKind};
 use crate::types::NodeId;
 
@@ -343,7 +343,7 @@ impl Membership {
     ) -> Result<ControllerAnswer, ControllerError> {
         let deadline = Instant::now() + self.session_timeout;
         loop {
-            match self.ask(request.clone()).await {
+            match self.ask_with(request.clone(), Patience::Forwarded).await {
                 Err(e) if e.error.kind == ErrorKind::NotController && Instant::now() < deadline => {
                     glommio::timer::sleep(RETRY_WAIT).await;
                 }
@@ -352,20 +352,38 @@ impl Membership {
         }
     }
 
-    /// Asks the active controller, following NOT_CONTROLLER answers to the one a voter names
-    /// and trying each voter in turn when none is named, once round the voters.
+    /// Asks the active controller for the broker's own business (registration, heartbeats,
+    /// producer ids): `ask_with` of [`Patience::Membership`].
     async fn ask(&self, request: ControllerRequest) -> Result<ControllerAnswer, ControllerError> {
+        self.ask_with(request, Patience::Membership).await
+    }
+
+    /// Asks the active controller, following NOT_CONTROLLER answers to the one a voter names
+    /// and trying each voter in turn when none is named, once round the voters. With
+    /// [`Patience::Forwarded`], a request that was sent and went unanswered is not sent to
+    /// another voter: it may still commit, and a second one would be refused for what the first
+    /// did (TOPIC_ALREADY_EXISTS for a client's own create).
+    async fn ask_with(
+        &self,
+        request: ControllerRequest,
+        patience: Patience,
+    ) -> Result<ControllerAnswer, ControllerError> {
+        // A stalled voter must not hold the broker past its session: each attempt of its own
+        // gets a third of it before the next voter is asked. A forwarded request waits out the
+        // controller's own deadline for a decision, which then answers first.
+        let attempt_wait = match patience {
+            Patience::Membership => self.session_timeout / 3,
+            Patience::Forwarded => DECISION_WAIT + RETRY_WAIT,
+        };
         let mut last = None;
         for _ in 0..=self.voters.len() {
             let Some(&target) = self.voters.get(self.target.get() % self.voters.len().max(1))
             else {
                 break;
             };
-            // A stalled voter must not hold the broker past its session: each attempt gets a
-            // third of it before the next voter is asked.
             let asked = async { Some(self.links.ask_controller(target, request.clone()).await) };
             let timed_out = async {
-                glommio::timer::sleep(self.session_timeout / 3).await;
+                glommio::timer::sleep(attempt_wait).await;
                 None
             };
             let answer = futures_lite::future::or(asked, timed_out).await.unwrap_or_else(|| {
@@ -384,6 +402,7 @@ impl Membership {
                     }
                     last = Some(e);
                 }
+                Err(e) if patience == Patience::Forwarded && !e.unsent => return Err(e),
                 Err(e) if e.error.kind == ErrorKind::NotAvailable => {
                     self.next_voter();
                     glommio::timer::sleep(RETRY_WAIT).await;
@@ -398,4 +417,14 @@ impl Membership {
     fn next_voter(&self) {
         self.target.set((self.target.get() + 1) % self.voters.len().max(1));
     }
+}
+
+/// How a request to the controller is asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Patience {
+    /// The broker's own membership: a stalled voter gets a third of a session, then the next
+    /// is asked (a repeated heartbeat or registration is harmless).
+    Membership,
+    /// A client's request, forwarded: asked again of another voter only if never sent.
+    Forwarded,
 }

@@ -39,7 +39,7 @@ use crate::types::{NodeId, PartitionId};
 /// Raft's clock: an election after 10 to 20 ticks without a leader, a leader's heartbeat every 3.
 pub const TICK: Duration = Duration::from_millis(100);
 /// How long a decision waits for a new controller to apply its log, or for its batch to commit.
-const DECISION_WAIT: Duration = Duration::from_secs(5);
+pub const DECISION_WAIT: Duration = Duration::from_secs(5);
 /// How long a stopping active controller waits for another voter to take over.
 const RESIGN_WAIT: Duration = Duration::from_secs(2);
 /// The longest between two checks for silent brokers: a tick that fences nobody decides an
@@ -128,18 +128,26 @@ pub enum ControllerAnswer {
 pub struct ControllerError {
     pub error: BrokerError,
     pub leader: Option<NodeId>,
+    /// The request never left this broker (no connection to the voter): asking another voter
+    /// cannot make it happen twice. Otherwise an unanswered request may still commit.
+    pub unsent: bool,
 }
 
 impl ControllerError {
     /// A refusal that names no leader.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { error: BrokerError::new(kind, message), leader: None }
+        Self { error: BrokerError::new(kind, message), leader: None, unsent: false }
+    }
+
+    /// NOT_AVAILABLE for a request that could not be sent.
+    pub fn unsent(message: impl Into<String>) -> Self {
+        Self { unsent: true, ..Self::new(ErrorKind::NotAvailable, message) }
     }
 }
 
 impl From<BrokerError> for ControllerError {
     fn from(error: BrokerError) -> Self {
-        Self { error, leader: None }
+        Self { error, leader: None, unsent: false }
     }
 }
 
@@ -713,6 +721,7 @@ impl ControllerNode {
                 format!("node {} is not the active controller: {known}", self.me),
             ),
             leader,
+            unsent: false,
         }
     }
 

@@ -259,6 +259,10 @@ struct LogState<S: Storage> {
     truncating: bool,
     /// Truncations so far: an fdatasync that began before one covers offsets that may be gone.
     truncations: u64,
+    /// Removals of old segments (retention, the offsets log's compaction) taken off the list
+    /// whose files are still being deleted: a start over waits for them, or a crash could
+    /// leave their files beside the new start.
+    removals_in_flight: usize,
     /// Where each leader epoch starts; changes are numbered, and the writer persists them.
     epochs: LeaderEpochs,
     epochs_version: u64,
@@ -429,6 +433,7 @@ impl<S: Storage> PartitionLog<S> {
                 truncation: None,
                 truncating: false,
                 truncations: 0,
+                removals_in_flight: 0,
                 epochs,
                 epochs_version: u64::from(reconciled),
                 epochs_persisted: 0,
@@ -925,13 +930,25 @@ impl<S: Storage> PartitionLog<S> {
                 return Ok(Vec::new());
             }
             let count = count(&st).min(st.segments.len() - 1);
-            let doomed = st.segments.drain(..count).collect();
+            let doomed: Vec<_> = st.segments.drain(..count).collect();
             st.assert_watermarks(change);
+            if !doomed.is_empty() {
+                st.removals_in_flight += 1;
+            }
             doomed
         };
-        for segment in &doomed {
-            segment.remove_files(&self.dir).await?;
+        let removed = async {
+            for segment in &doomed {
+                segment.remove_files(&self.dir).await?;
+            }
+            Ok::<(), io::Error>(())
+        };
+        let removed = removed.await;
+        if !doomed.is_empty() {
+            self.state.borrow_mut().removals_in_flight -= 1;
+            self.writer_wake.notify(1);
         }
+        removed?;
         // Only now: the checkpoint's directory sync then makes the removals durable with it,
         // so a power loss cannot bring back segments older than the epochs it keeps (found by
         // the simulation, whose entries carry their epochs).

@@ -204,7 +204,8 @@ pub async fn elect_leaders(
     };
     let before = shard.metadata_image();
     let every = request.topic_partitions.is_none();
-    let asked: Vec<(String, i32)> = match request.topic_partitions {
+    // Each partition once, as Kafka's handler takes them (a set).
+    let asked: std::collections::BTreeSet<(String, i32)> = match request.topic_partitions {
         Some(topics) => (topics.into_iter())
             .flat_map(|t| {
                 let name = t.topic.0.to_string();

@@ -205,6 +205,13 @@ impl<S: Storage> Writer<S> {
             if !self.plan.is_idle() {
                 return Step::Wait;
             }
+            // Starting over removes every segment's files: not while a removal of old segments
+            // still deletes its own (taken off the list, their files could outlive a crash
+            // beside the new start, a gap the next start would open).
+            let starts_over = matches!(st.truncation, Some((Cut::StartOver(_), _)));
+            if starts_over && st.removals_in_flight > 0 {
+                return Step::Wait;
+            }
             if let Some((cut, reply)) = st.truncation.take() {
                 return Step::Truncate(cut, reply);
             }
