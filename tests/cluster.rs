@@ -1491,16 +1491,7 @@ fn an_out_of_sync_replica_leads_only_where_unclean_election_is_enabled() {
         run(|| async move {
             let client = Client::connect(&bootstrap).await.expect("connect");
             let leaders = spate::client::Leaders::new(client);
-            let batch = || common::batch_of(seqs.clone().map(|seq| common::record(0, seq)));
-            let produced = leaders
-                .with_leader(&topic, 0, |leader| {
-                    let batch = batch();
-                    let topic = topic.clone();
-                    async move {
-                        leader.produce(&topic, 0, spate::native::messages::Acks::All, batch).await
-                    }
-                })
-                .await;
+            let produced = produce_to_leader(&leaders, &topic, 0, seqs).await;
             produced.unwrap_or_else(|e| panic!("{topic}: {e}"));
         })
     };
@@ -1641,8 +1632,8 @@ fn json_strings(text: &str, key: &str) -> std::collections::BTreeMap<String, Str
 
 /// A follower away while its leader's retention deleted what it lacks finds its log ending
 /// before the leader's log start: it starts its log over there (Kafka's
-/// `truncateFullyAndStartAt`), copies the rest, and rejoins the in-sync set; its entries are
-/// then the leader's, byte for byte.
+/// `truncateFullyAndStartAt`), copies the rest, and rejoins the in-sync set; where both still
+/// hold an entry (retention trims each on its own), it is the leader's, byte for byte.
 #[test]
 fn a_follower_behind_its_leaders_log_start_starts_over_there() {
     let _one_cluster = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
@@ -1666,17 +1657,7 @@ fn a_follower_behind_its_leaders_log_start_starts_over_there() {
             let client = Client::connect(&bootstrap).await.expect("connect");
             let leaders = spate::client::Leaders::new(client);
             for first in seqs.step_by(20) {
-                let produced = leaders
-                    .with_leader("short", 0, |leader| {
-                        let batch =
-                            common::batch_of((first..first + 20).map(|s| common::record(0, s)));
-                        async move {
-                            leader
-                                .produce("short", 0, spate::native::messages::Acks::All, batch)
-                                .await
-                        }
-                    })
-                    .await;
+                let produced = produce_to_leader(&leaders, "short", 0, first..first + 20).await;
                 produced.unwrap_or_else(|e| panic!("batch {first}: {e}"));
             }
             let earliest = spate::native::messages::OFFSET_EARLIEST;
@@ -2091,23 +2072,8 @@ fn write_while(
                 let partition = ((seq / BATCH) % u64::from(partitions)) as u32;
                 let first = seq;
                 seq += BATCH;
-                let produced = leaders
-                    .with_leader(topic, partition, |leader| {
-                        let batch = common::batch_of(
-                            (first..first + BATCH).map(|s| common::record(partition, s)),
-                        );
-                        async move {
-                            leader
-                                .produce(
-                                    topic,
-                                    partition,
-                                    spate::native::messages::Acks::All,
-                                    batch,
-                                )
-                                .await
-                        }
-                    })
-                    .await;
+                let produced =
+                    produce_to_leader(&leaders, topic, partition, first..first + BATCH).await;
                 match produced {
                     Ok(Some(base)) => {
                         written.extend((0..BATCH).map(|i| (partition, base + i, first + i)));
@@ -2124,6 +2090,24 @@ fn write_while(
         std::thread::sleep(Duration::from_millis(50));
     }
     acked
+}
+
+/// Produces records `seqs` (`common::record`) to `topic`-`partition` as one batch with
+/// acks=all, to its leader (found again through `leaders` when it moves): the base offset.
+async fn produce_to_leader(
+    leaders: &spate::client::Leaders,
+    topic: &str,
+    partition: u32,
+    seqs: std::ops::Range<u64>,
+) -> Result<Option<u64>, spate::client::ClientError> {
+    leaders
+        .with_leader(topic, partition, |leader| {
+            let batch = common::batch_of(seqs.clone().map(|seq| common::record(partition, seq)));
+            async move {
+                leader.produce(topic, partition, spate::native::messages::Acks::All, batch).await
+            }
+        })
+        .await
 }
 
 /// The entries of `topic`-`partition` in a stopped broker's data directory, read from its

@@ -826,8 +826,7 @@ impl Controller {
                 next.leader =
                     state.replicas.iter().copied().find(|r| next.isr.contains(r) && live(r));
                 if next.leader.is_none() && self.allows_unclean(image, topic) {
-                    if let Some(unclean) = state.replicas.iter().copied().find(live) {
-                        warn_unclean(image, topic, partition, state, unclean);
+                    if let Some(unclean) = unclean_leader(image, topic, partition, state, live) {
                         next.leader = Some(unclean);
                         next.isr = vec![unclean];
                     }
@@ -927,12 +926,7 @@ impl Controller {
             if !clean && !unclean {
                 continue;
             }
-            let mut next = PartitionState {
-                leader: Some(node),
-                leader_epoch: LeaderEpoch(state.leader_epoch.0.saturating_add(1)),
-                partition_epoch: state.partition_epoch.saturating_add(1),
-                ..state.clone()
-            };
+            let mut next = led_by(state, node);
             if unclean {
                 warn_unclean(image, topic, partition, state, node);
                 next.isr = vec![node];
@@ -953,12 +947,7 @@ fn preferred_election(image: &MetadataImage, state: &PartitionState) -> Option<P
     {
         return None;
     }
-    Some(PartitionState {
-        leader: Some(preferred),
-        leader_epoch: LeaderEpoch(state.leader_epoch.0.saturating_add(1)),
-        partition_epoch: state.partition_epoch.saturating_add(1),
-        ..state.clone()
-    })
+    Some(led_by(state, preferred))
 }
 
 /// A leader for a partition that has none: a live in-sync replica, else any live replica, its
@@ -972,22 +961,39 @@ fn unclean_election(
     if state.leader.is_some() {
         return None;
     }
-    let live = |r: &&NodeId| image.is_live(r);
-    let (leader, isr) = match state.replicas.iter().filter(|r| state.isr.contains(r)).find(live) {
-        Some(in_sync) => (*in_sync, state.isr.clone()),
+    let live = |r: &NodeId| image.is_live(r);
+    let in_sync = state.replicas.iter().copied().find(|r| state.isr.contains(r) && live(r));
+    match in_sync {
+        Some(leader) => Some(led_by(state, leader)),
         None => {
-            let unclean = *state.replicas.iter().find(live)?;
-            warn_unclean(image, topic, partition, state, unclean);
-            (unclean, vec![unclean])
+            let unclean = unclean_leader(image, topic, partition, state, live)?;
+            Some(PartitionState { isr: vec![unclean], ..led_by(state, unclean) })
         }
-    };
-    Some(PartitionState {
+    }
+}
+
+/// `state` led by `leader` in the next leader epoch (its partition epoch moves too).
+fn led_by(state: &PartitionState, leader: NodeId) -> PartitionState {
+    PartitionState {
         leader: Some(leader),
-        isr,
         leader_epoch: LeaderEpoch(state.leader_epoch.0.saturating_add(1)),
         partition_epoch: state.partition_epoch.saturating_add(1),
         ..state.clone()
-    })
+    }
+}
+
+/// The first replica `live` allows, to lead out of sync (its in-sync set alone), with the
+/// warning such an election gets.
+fn unclean_leader(
+    image: &MetadataImage,
+    topic: TopicId,
+    partition: PartitionId,
+    state: &PartitionState,
+    live: impl Fn(&NodeId) -> bool,
+) -> Option<NodeId> {
+    let unclean = state.replicas.iter().copied().find(|r| live(r))?;
+    warn_unclean(image, topic, partition, state, unclean);
+    Some(unclean)
 }
 
 /// An unclean election is logged where it is decided: what only the lost in-sync replicas had

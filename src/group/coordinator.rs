@@ -502,16 +502,22 @@ impl Coordinator {
     /// Forgets the groups of `partition`, which this broker no longer leads.
     fn let_go(&self, partition: PartitionId) {
         self.holds.borrow_mut().remove(&partition);
-        let mut groups = self.groups.borrow_mut();
-        let before = groups.len();
-        groups.retain(|id, _| offsets::partition_for(id) != partition);
+        let forgotten = self.forget_groups_of(partition);
         // Dropping the senders answers their requests NOT_COORDINATOR (`ask`).
         self.waiting.borrow_mut().retain(|_, (of, _)| *of != partition);
         tracing::info!(
             %partition,
-            groups = before - groups.len(),
+            groups = forgotten,
             "no longer coordinating the groups of {OFFSETS_TOPIC}-{partition}"
         );
+    }
+
+    /// Drops the groups kept in `partition`; answers how many there were.
+    fn forget_groups_of(&self, partition: PartitionId) -> usize {
+        let mut groups = self.groups.borrow_mut();
+        let before = groups.len();
+        groups.retain(|id, _| offsets::partition_for(id) != partition);
+        before - groups.len()
     }
 
     /// Whether `load` is still the replay the coordinator waits for.
@@ -523,8 +529,9 @@ impl Coordinator {
     /// Runs replay `load`: the partition's log from its start to its end (once written), the
     /// latest record per key winning, then its groups are served. The end is the log's, not
     /// the high watermark: a new leader's high watermark may trail what the replicas
-    /// acknowledged under the last leader (Kafka loads to the log end too). A read that fails is tried again; a replay
-    /// overtaken by another leadership change stops. Answers how many records it applied.
+    /// acknowledged under the last leader (Kafka loads to the log end too). A read that fails
+    /// is tried again; a replay overtaken by another leadership change stops. Answers how many
+    /// records it applied.
     pub async fn load(&self, logs: &impl OffsetsLogs, load: Load) -> usize {
         let started = Instant::now();
         loop {
@@ -554,9 +561,7 @@ impl Coordinator {
                 Err(e) => {
                     tracing::error!(partition = %load.partition, "replaying {OFFSETS_TOPIC}: {e}; trying again");
                     // Applied so far: dropped, and read again from the start.
-                    self.groups
-                        .borrow_mut()
-                        .retain(|id, _| offsets::partition_for(id) != load.partition);
+                    self.forget_groups_of(load.partition);
                     glommio::timer::sleep(REPLAY_RETRY).await;
                 }
             }

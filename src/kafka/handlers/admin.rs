@@ -215,12 +215,11 @@ pub async fn elect_leaders(
         None => (before.partitions())
             .filter_map(|(id, partition, _)| {
                 let name = before.topics.get(&id)?.name.clone();
-                Some((name, partition.0 as i32))
+                Some((name, i32::try_from(partition.0).ok()?))
             })
             .collect(),
     };
-    let state_of = |image: &MetadataImage, topic: &str, partition: i32| -> Option<PartitionState> {
-        let partition = PartitionId(u32::try_from(partition).ok()?);
+    let state_of = |image: &MetadataImage, topic: &str, partition: PartitionId| {
         image.topic_named(topic)?.1.partitions.get(&partition).cloned()
     };
     let elected = |state: &PartitionState| match election {
@@ -231,29 +230,30 @@ pub async fn elect_leaders(
     };
     let mut results: Vec<(String, i32, ElectionResult)> = Vec::new();
     let mut to_elect = Vec::new();
-    for (topic, partition) in asked {
-        match state_of(&before, &topic, partition) {
+    for (topic, index) in asked {
+        let partition = u32::try_from(index).ok().map(PartitionId);
+        match partition.and_then(|p| Some((p, state_of(&before, &topic, p)?))) {
             None => {
-                let why = format!("no partition {partition} of topic {topic}");
+                let why = format!("no partition {index} of topic {topic}");
                 let code = ResponseError::UnknownTopicOrPartition.code();
-                results.push((topic, partition, Err((code, why))));
+                results.push((topic, index, Err((code, why))));
             }
-            Some(state) if elected(&state) => {
+            Some((_, state)) if elected(&state) => {
                 if !every {
                     let why = "the election would change nothing".to_string();
                     let code = ResponseError::ElectionNotNeeded.code();
-                    results.push((topic, partition, Err((code, why))));
+                    results.push((topic, index, Err((code, why))));
                 }
             }
-            Some(_) => to_elect.push((topic, PartitionId(partition as u32))),
+            Some((partition, _)) => to_elect.push((topic, partition, index)),
         }
     }
     if !to_elect.is_empty() {
-        let outcome = shard.elect_leaders(election, Some(to_elect.clone())).await;
+        let named = to_elect.iter().map(|(topic, partition, _)| (topic.clone(), *partition));
+        let outcome = shard.elect_leaders(election, Some(named.collect())).await;
         let after = shard.metadata_image();
-        for (topic, partition) in to_elect {
-            let index = partition.0 as i32;
-            let result = match (&outcome, state_of(&after, &topic, index)) {
+        for (topic, partition, index) in to_elect {
+            let result = match (&outcome, state_of(&after, &topic, partition)) {
                 (Err(e), _) => Err((codec::error_code(e.kind), e.message.clone())),
                 (Ok(()), Some(state)) if elected(&state) => Ok(()),
                 (Ok(()), _) => Err(match election {
