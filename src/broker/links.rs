@@ -243,6 +243,9 @@ impl Links for VoterLinks {
         };
         Box::pin(async move {
             // Whether the request was sent: a failure before it was cannot have committed.
+            // One whose connection broke after (the voter stopped or died) is sent elsewhere
+            // too, as Kafka's controller channel resends it; one merely unanswered in time is
+            // not: that voter may still be deciding it.
             let sent = std::cell::Cell::new(false);
             let asked = async {
                 let client = peer.connection(&peer.requests).await?;
@@ -254,7 +257,8 @@ impl Links for VoterLinks {
                 Err(e) => {
                     peer.broken(&peer.requests, &e);
                     let why = format!("voter {to} at {}: {e}", peer.address);
-                    return Err(match sent.get() {
+                    let unanswered = matches!(&e, ClientError::Disconnected(w) if w == NO_ANSWER);
+                    return Err(match sent.get() && unanswered {
                         true => unavailable(why),
                         false => ControllerError::unsent(why),
                     });

@@ -128,8 +128,9 @@ pub enum ControllerAnswer {
 pub struct ControllerError {
     pub error: BrokerError,
     pub leader: Option<NodeId>,
-    /// The request never left this broker (no connection to the voter): asking another voter
-    /// cannot make it happen twice. Otherwise an unanswered request may still commit.
+    /// The request never reached a voter that could still decide it (no connection, or the
+    /// connection broke: the voter stopped or died): another voter may be asked. Otherwise an
+    /// unanswered request may still commit.
     pub unsent: bool,
 }
 
