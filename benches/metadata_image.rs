@@ -84,6 +84,7 @@ fn cluster() -> (Controller, MetadataImage, Vec<u64>) {
                 native: ("10.0.0.1".into(), port + 100),
             },
             protocol_version: CLUSTER_PROTOCOL_VERSION,
+            min_insync_replicas: None,
         };
         decide(&mut controller, &mut image, Event::Register { registration, cluster_id: None });
         let broker_epoch = image.brokers[&NodeId(n)].broker_epoch;

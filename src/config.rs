@@ -198,7 +198,12 @@ impl TopicConfig {
     /// The in-sync replicas `acks=all` needs on a partition of `replicas` replicas: as set (as
     /// Kafka, more than the replicas refuses every `acks=all` produce), else 2 when replicated.
     pub fn min_insync_for(&self, replicas: usize) -> usize {
-        match self.min_insync_replicas {
+        Self::min_insync_of(self.min_insync_replicas, replicas)
+    }
+
+    /// The same for `min.insync.replicas` set to `setting` (`None`: not set).
+    pub fn min_insync_of(setting: Option<u16>, replicas: usize) -> usize {
+        match setting {
             Some(set) => usize::from(set),
             None => replicas.clamp(1, 2),
         }

@@ -87,6 +87,8 @@ pub enum ErrorKind {
     NotEnoughReplicasAfterAppend,
     /// An `acks=all` produce not acknowledged in time: its followers did not confirm it.
     RequestTimedOut,
+    /// A cancellation of a partition reassignment where none is in progress.
+    NoReassignmentInProgress,
 }
 
 impl std::fmt::Display for ErrorKind {

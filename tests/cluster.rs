@@ -121,6 +121,15 @@ impl Cluster {
         Broker::start_at_in(netns, data_dir, (&self.native(n), &kafka), cores, &args)
     }
 
+    /// Starts node 4, which joins through the voters, and waits until all four are live.
+    fn add_fourth(&mut self) {
+        let node4 = self.dir.path().join("node4");
+        let fourth = self.start_node(4, &node4);
+        self.brokers.push(fourth);
+        let all = [1, 2, 3, 4];
+        self.settle(&all, "four live brokers", |s| s.leader.is_some() && all_live(s, &all));
+    }
+
     fn broker(&mut self, node: i32) -> &mut Broker {
         &mut self.brokers[node as usize - 1]
     }
@@ -1145,11 +1154,8 @@ fn brokers_down_across_a_snapshot_catch_up_from_it() {
 fn acknowledged_records_survive_leader_kills_and_acks_all_needs_min_insync_replicas() {
     let _one_cluster = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
     let mut cluster = Cluster::start();
-    let node4 = cluster.dir.path().join("node4");
-    let fourth = cluster.start_node(4, &node4);
-    cluster.brokers.push(fourth);
+    cluster.add_fourth();
     let all = [1, 2, 3, 4];
-    cluster.settle(&all, "four live brokers", |s| s.leader.is_some() && all_live(s, &all));
     let created = create_topic_at(&cluster.kafka(1), "rep", -1, -1, &[&[2, 3, 4], &[4, 2, 3]]);
     assert_eq!(created, (0, String::new()));
     let full = |v: &MetadataView| {
@@ -1608,6 +1614,158 @@ fn leaders_return_to_their_preferred_replicas_when_asked_and_on_their_own() {
         );
         cluster.settle_metadata(&all, "back on its preferred replica when asked", on_preferred);
     }
+}
+
+/// Replicas move between brokers (KIP-455), as an operator replaces a dead broker: the dead
+/// broker's partitions go to a new one (kafka-python's admin client, and `spate topic
+/// reassign`); each new replica catches up and joins the in-sync set, then the dead one is
+/// dropped, nothing acknowledged lost. A move that cannot complete (its target keeps the dead
+/// broker) is listed while in progress, and cancelled; bad moves get Kafka's codes. The dead
+/// broker, back, removes the replicas it no longer holds.
+#[test]
+fn a_dead_brokers_replicas_move_to_a_new_broker_with_nothing_lost() {
+    let _one_cluster = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cluster = Cluster::start();
+    cluster.add_fourth();
+    let all = [1, 2, 3, 4];
+    let created = create_topic_at(&cluster.kafka(1), "moved", -1, -1, &[&[1, 2, 3], &[3, 1, 2]]);
+    assert_eq!(created, (0, String::new()));
+    let partition =
+        |v: &MetadataView, index: usize| v.topics.get("moved").map(|t| t.1[index].clone());
+    cluster.settle_metadata(&all, "moved in sync on three", |v| {
+        (0..2).all(|i| partition(v, i).is_some_and(|p| p.4.len() == 3))
+    });
+    let records = [("SPATE_TOPIC", "moved"), ("SPATE_RECORDS", "400")];
+    cluster.clients(1, "produce", &records);
+
+    cluster.broker(3).kill9();
+    let live = [1, 2, 4];
+    cluster.settle_metadata(&live, "broker 3 out of every in-sync set", |v| {
+        (0..2).all(|i| partition(v, i).is_some_and(|p| p.4.len() == 2 && p.1 != 3))
+    });
+    let reassign = |moves: &str| {
+        let env = [("SPATE_TOPIC", "moved"), ("SPATE_MOVES", moves)];
+        json_strings(&cluster.clients(1, "reassign", &env), "reassigned")
+    };
+    let outcomes = |pairs: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+        pairs.iter().map(|(p, o)| (p.to_string(), o.to_string())).collect()
+    };
+    assert_eq!(
+        reassign(r#"{"0": null, "1": [1, 9], "7": [1, 2, 4]}"#),
+        outcomes(&[
+            ("0", "NoReassignmentInProgressError"),
+            ("1", "InvalidReplicationAssignmentError"),
+            ("7", "UnknownTopicOrPartitionError")
+        ])
+    );
+    // Partition 0 to broker 4 in 3's place; partition 1 to 4 in 2's, keeping dead 3: that
+    // move waits for 3.
+    let accepted = reassign(r#"{"0": [1, 2, 4], "1": [4, 1, 3]}"#);
+    assert_eq!(accepted, outcomes(&[("0", "null"), ("1", "null")]));
+    cluster.settle_metadata(&live, "partition 0 on 1, 2 and 4, all in sync", |v| {
+        partition(v, 0).is_some_and(|p| p.3 == [1, 2, 4] && p.4.len() == 3)
+    });
+    let listed = cluster.clients(1, "reassignments", &[("SPATE_TOPIC", "moved")]);
+    assert!(
+        listed.contains(r#""ongoing": {"1": [[4, 1, 3, 2], [4], [2]]}"#),
+        "partition 1's move in progress, and only it:\n{listed}"
+    );
+    // Cancelled: back on the replicas it had (in the order the move left them, as Kafka's
+    // controller reverts a move).
+    assert_eq!(reassign(r#"{"1": null}"#), outcomes(&[("1", "null")]));
+    cluster.settle_metadata(&live, "partition 1 back on 1, 3 and 2", |v| {
+        partition(v, 1).is_some_and(|p| p.3 == [1, 3, 2])
+    });
+    // The operator's tool moves it to 4 in 3's place, and waits for the move.
+    let moved = std::process::Command::new(BINARY)
+        .args(["topic", "reassign", "moved", "--partition", "1", "--replicas", "4,1,2", "--wait"])
+        .args(["--broker", &cluster.brokers[1].addr])
+        .output()
+        .expect("spate topic reassign");
+    let said = String::from_utf8_lossy(&moved.stdout);
+    assert!(moved.status.success(), "{said}{}", String::from_utf8_lossy(&moved.stderr));
+    assert!(said.contains("every move is complete"), "{said}");
+    let view = cluster.settle_metadata(&live, "partition 1 on 4, 1 and 2, all in sync", |v| {
+        partition(v, 1).is_some_and(|p| p.3 == [4, 1, 2] && p.4.len() == 3)
+    });
+    assert!(cluster
+        .clients(1, "reassignments", &[("SPATE_TOPIC", "moved")])
+        .contains(r#""ongoing": {}"#));
+
+    // Broker 3 returns holding nothing of the topic: it removes its old replicas.
+    cluster.broker(3).restart();
+    cluster.settle(&all, "four live brokers", |s| all_live(s, &all));
+    cluster.settle_metadata(&all, "the same placement through all four", |v| {
+        partition(v, 0) == partition(&view, 0) && partition(v, 1).is_some_and(|p| p.3 == [4, 1, 2])
+    });
+    let old = cluster.brokers[2].data_dir.join("moved");
+    let deadline = Instant::now() + SETTLE_WAIT;
+    while old.exists() {
+        assert!(Instant::now() < deadline, "broker 3 kept {}", old.display());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every record acknowledged is there, once; the new replica holds the leader's entries.
+    cluster.clients(2, "consume", &records);
+    for node in all {
+        cluster.broker(node).stop();
+    }
+    let entries = |node: i32, p: usize| {
+        stored_entries(&cluster.brokers[node as usize - 1].data_dir, "moved", p)
+    };
+    for p in 0..2 {
+        assert!(!entries(1, p).is_empty());
+        assert_eq!(entries(4, p), entries(1, p), "partition {p} on broker 4");
+    }
+}
+
+/// KIP-966: replication factor 3, `min.insync.replicas` 2. Broker 3 stops while the in-sync
+/// set keeps two (it is not eligible to lead), and more records are acknowledged without it;
+/// broker 2 stops when the set falls below two (it is eligible: the high watermark cannot move
+/// without it); then the leader, broker 1, dies. Brokers 2 and 3 back, broker 2 leads, without
+/// an unclean election and without waiting for broker 1, and every record acknowledged is
+/// there, those broker 3 never had too.
+#[test]
+fn an_eligible_replica_leads_when_the_last_in_sync_one_dies() {
+    let _one_cluster = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cluster = Cluster::start();
+    let all = [1, 2, 3];
+    cluster.settle(&all, "three live brokers", |s| s.leader.is_some() && all_live(s, &all));
+    let created = create_topic_at(&cluster.kafka(1), "elr", -1, -1, &[&[1, 2, 3]]);
+    assert_eq!(created, (0, String::new()));
+    let state = |v: &MetadataView| v.topics.get("elr").map(|t| t.1[0].clone());
+    cluster.settle_metadata(&all, "elr in sync on three", |v| {
+        state(v).is_some_and(|p| p.1 == 1 && p.4.len() == 3)
+    });
+    let records = [("SPATE_TOPIC", "elr"), ("SPATE_RECORDS", "300")];
+    cluster.clients(1, "produce", &records);
+    cluster.broker(3).stop();
+    cluster.settle_metadata(&[1, 2], "3 out of sync", |v| state(v).is_some_and(|p| p.4 == [1, 2]));
+    let without_3 = [("SPATE_TOPIC", "elr"), ("SPATE_RECORDS", "200"), ("SPATE_FIRST", "300")];
+    cluster.clients(1, "produce", &without_3);
+    cluster.broker(2).stop();
+    cluster.settle_metadata(&[1], "2 out of sync", |v| state(v).is_some_and(|p| p.4 == [1]));
+    cluster.broker(1).kill9();
+    cluster.broker(3).restart();
+    cluster.broker(2).restart();
+    cluster.settle_metadata(&[2, 3], "led by eligible broker 2", |v| {
+        state(v).is_some_and(|p| p.1 == 2 && p.4 == [2])
+    });
+    let log = cluster.brokers.iter().map(|b| b.stderr()).collect::<String>();
+    assert!(log.contains("eligible leader replica"), "no eligible election logged");
+    assert!(!log.contains("unclean leader election"), "an unclean election");
+    // Broker 3 catches up from it: the set is whole again, and every record acknowledged is
+    // read from the new leader. (Not by a consumer group: with broker 1 down, the offsets topic
+    // cannot be created with its three replicas.)
+    let rejoined = |v: &MetadataView| state(v).is_some_and(|p| p.1 == 2 && p.4 == [2, 3]);
+    cluster.settle_metadata(&[2, 3], "3 back in sync", rejoined);
+    let (_, stored) = stored_records(&cluster.brokers[1].addr, "elr", 0);
+    let values: std::collections::BTreeSet<Vec<u8>> =
+        stored.into_values().map(|(value, _)| value).collect();
+    let produced = (0..500).map(|i| format!("v{i}").into_bytes()).collect();
+    assert_eq!(values, produced, "the records read from broker 2");
+    cluster.broker(1).restart();
+    cluster
+        .settle_metadata(&all, "all in sync again", |v| state(v).is_some_and(|p| p.4.len() == 3));
 }
 
 /// The values of the JSON object under `key` in the last line of `text` that has it, as text

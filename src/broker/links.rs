@@ -303,6 +303,7 @@ fn kind_of(code: ErrorCode) -> ErrorKind {
         ErrorCode::IneligibleReplica => ErrorKind::IneligibleReplica,
         ErrorCode::UnknownLeaderEpoch => ErrorKind::UnknownLeaderEpoch,
         ErrorCode::NotLeaderOrFollower => ErrorKind::NotLeaderOrFollower,
+        ErrorCode::NoReassignmentInProgress => ErrorKind::NoReassignmentInProgress,
         _ => ErrorKind::NotAvailable,
     }
 }

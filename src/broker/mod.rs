@@ -427,7 +427,7 @@ async fn join_cluster(shard: &Rc<Shard>, stopper: &Arc<Stopper>, directory: u128
                 internal_partitions: OFFSETS_PARTITIONS,
                 internal_replication_factor: config.offsets_topic_replication_factor,
             },
-            unclean_by_default: config.topic_defaults.unclean_leader_election,
+            topic_defaults: config.topic_defaults.clone(),
             leader_balance: config.auto_leader_rebalance.then(|| LeaderBalance {
                 interval: Duration::from_secs(config.leader_imbalance_check_interval_secs),
                 imbalance_percentage: config.leader_imbalance_per_broker_percentage,
@@ -488,6 +488,7 @@ async fn join_cluster(shard: &Rc<Shard>, stopper: &Arc<Stopper>, directory: u128
         data_dir: config.data_dir.clone(),
         directory,
         dir_cluster: shard.cluster_id.clone(),
+        min_insync_replicas: config.topic_defaults.min_insync_replicas,
     };
     let endpoints = Endpoints { kafka, native };
     let membership =

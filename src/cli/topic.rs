@@ -1,9 +1,17 @@
-//! `spate topic create|list|describe|delete`.
+//! `spate topic create|list|describe|delete|reassign`.
+
+use std::time::{Duration, Instant};
 
 use clap::Subcommand;
 
 use crate::cli::{run_client, BrokerAddress};
 use crate::client::Client;
+use crate::native::messages::Reassignment;
+use crate::types::{NodeId, PartitionId};
+
+/// How often `reassign --wait` looks again, and for how long at most.
+const REASSIGN_POLL: Duration = Duration::from_millis(500);
+const REASSIGN_WAIT_MAX: Duration = Duration::from_secs(600);
 
 #[derive(Subcommand, Debug)]
 pub enum TopicCommand {
@@ -40,6 +48,30 @@ pub enum TopicCommand {
         #[command(flatten)]
         broker: BrokerAddress,
     },
+    /// Move partitions to other brokers (Kafka's AlterPartitionReassignments): the new replicas
+    /// catch up and join the in-sync set, then the replicas not listed are removed.
+    Reassign {
+        name: String,
+        /// The partitions to move (repeatable; default: every partition of the topic).
+        #[arg(long = "partition", short = 'p')]
+        partitions: Vec<u32>,
+        /// The brokers to hold each partition, the preferred leader first, e.g. --replicas 1,2,4.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            required_unless_present = "cancel",
+            conflicts_with = "cancel"
+        )]
+        replicas: Vec<i32>,
+        /// Cancel the moves in progress: the partitions go back to the replicas they had.
+        #[arg(long)]
+        cancel: bool,
+        /// Wait until every move is complete, showing the partitions as they go.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        broker: BrokerAddress,
+    },
 }
 
 impl TopicCommand {
@@ -73,9 +105,17 @@ impl TopicCommand {
                     };
                     for p in &topic.partitions {
                         let leader = p.leader.map_or("none".to_string(), |l| l.to_string());
+                        let mut moving = String::new();
+                        for (what, set) in
+                            [("adding", &p.adding), ("removing", &p.removing), ("eligible", &p.elr)]
+                        {
+                            if !set.is_empty() {
+                                moving.push_str(&format!("  {what} {}", nodes(set)));
+                            }
+                        }
                         println!(
                             "  partition {:>4}  leader {leader:>4}  epoch {:>4}  replicas {:<9} \
-                             isr {:<9} shard {:>3}  log_start {:>12}  high_watermark {:>12}",
+                             isr {:<9} shard {:>3}  log_start {:>12}  high_watermark {:>12}{moving}",
                             p.partition,
                             p.leader_epoch,
                             nodes(&p.replicas),
@@ -91,9 +131,69 @@ impl TopicCommand {
                     client.delete_topic(&name).await.map_err(|e| e.to_string())?;
                     println!("deleted topic {name}");
                 }
+                TopicCommand::Reassign { name, partitions, replicas, cancel, wait, broker } => {
+                    let client = connect(&broker).await?;
+                    reassign(&client, &name, partitions, replicas, cancel, wait).await?;
+                }
             }
             Ok(())
         })
+    }
+}
+
+/// `spate topic reassign`: the moves asked for, then (with `wait`) the partitions' progress
+/// until none is moving.
+async fn reassign(
+    client: &Client,
+    name: &str,
+    partitions: Vec<u32>,
+    replicas: Vec<i32>,
+    cancel: bool,
+    wait: bool,
+) -> Result<(), String> {
+    let partitions: Vec<u32> = match partitions.is_empty() {
+        false => partitions,
+        true => {
+            let topic = client.describe_topic(name).await.map_err(|e| e.to_string())?;
+            topic.partitions.iter().map(|p| p.partition).collect()
+        }
+    };
+    let target = (!cancel).then(|| replicas.iter().map(|r| NodeId(*r)).collect::<Vec<_>>());
+    let moves = partitions
+        .iter()
+        .map(|p| Reassignment {
+            topic: name.to_string(),
+            partition: PartitionId(*p),
+            target: target.clone(),
+        })
+        .collect();
+    client.reassign(moves).await.map_err(|e| e.to_string())?;
+    match &target {
+        Some(target) => {
+            println!("moving {} partition(s) of {name} to {target:?}", partitions.len())
+        }
+        None => println!("cancelled the moves of {} partition(s) of {name}", partitions.len()),
+    }
+    if !wait {
+        return Ok(());
+    }
+    let deadline = Instant::now() + REASSIGN_WAIT_MAX;
+    loop {
+        let topic = client.describe_topic(name).await.map_err(|e| e.to_string())?;
+        let moving: Vec<String> = (topic.partitions.iter())
+            .filter(|p| partitions.contains(&p.partition))
+            .filter(|p| !p.adding.is_empty() || !p.removing.is_empty())
+            .map(|p| format!("{} (adding {:?}, in sync {:?})", p.partition, p.adding, p.isr))
+            .collect();
+        if moving.is_empty() {
+            println!("every move is complete");
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("still moving after {REASSIGN_WAIT_MAX:?}: {}", moving.join(", ")));
+        }
+        println!("moving: {}", moving.join(", "));
+        glommio::timer::sleep(REASSIGN_POLL).await;
     }
 }
 

@@ -23,8 +23,8 @@ use crate::native::messages::{
     HeartbeatRequest, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, ListGroupsRequest,
     ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataEntries,
     MetadataFetchRequest, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
-    ReplicaFetchRequest, ReplicaFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicMetadata,
-    VoterMessagesRequest, WireMessage,
+    ReassignRequest, Reassignment, ReplicaFetchRequest, ReplicaFetchResponse, SyncGroupRequest,
+    SyncGroupResponse, TopicMetadata, VoterMessagesRequest, WireMessage,
 };
 use crate::record::batch::{BatchBuilder, NativeBatchView, RecordView};
 use crate::record::entry::{entries, Check, StoredEntry};
@@ -524,6 +524,14 @@ impl Client {
         let request = DeleteTopicRequest { name: name.to_string() };
         let (response, _): (AdminResponse, _) =
             self.call(Api::DeleteTopic, &encode(&request)).await?;
+        ClientError::from_body(&response.error)
+    }
+
+    /// Moves partitions to other replicas, or cancels moves (`target` `None`); answered once
+    /// the moves are begun (KIP-455: each completes once its new replicas are in sync).
+    pub async fn reassign(&self, moves: Vec<Reassignment>) -> Result<(), ClientError> {
+        let request = ReassignRequest { moves };
+        let (response, _): (AdminResponse, _) = self.call(Api::Reassign, &encode(&request)).await?;
         ClientError::from_body(&response.error)
     }
 

@@ -47,6 +47,8 @@ use crate::cluster::metadata::{
     Registration, TopicId, CLUSTER_PROTOCOL_VERSION, PARTITIONS_MAX,
 };
 use crate::cluster::placement::{self, Candidate};
+use crate::config::TopicConfig;
+use crate::replication::eligible::eligible_after;
 use crate::types::{LeaderEpoch, NodeId, PartitionId};
 
 /// What happened, as the controller hears it.
@@ -99,7 +101,21 @@ pub enum Event {
         election: Election,
         partitions: Option<Vec<(String, PartitionId)>>,
     },
+    /// An administrator moves partitions to other replicas (Kafka's
+    /// AlterPartitionReassignments, KIP-455): each named partition to its target replicas, the
+    /// preferred leader first, or back to the replicas it had (`None`: the reassignment in
+    /// progress is cancelled).
+    Reassign(Vec<Reassignment>),
     Tick,
+}
+
+/// One partition's move, as an administrator asks for it.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct Reassignment {
+    pub topic: String,
+    pub partition: PartitionId,
+    /// `None`: cancel the reassignment in progress.
+    pub target: Option<Vec<NodeId>>,
 }
 
 /// Which leader an election asked for brings (Kafka's ElectionType).
@@ -173,6 +189,8 @@ const BALANCE_MOVES_MAX: usize = 1000;
 
 /// The topic setting that allows an unclean election.
 const UNCLEAN_KEY: &str = "unclean.leader.election.enable";
+/// The topic setting the eligible leader replicas follow.
+const MIN_INSYNC_KEY: &str = "min.insync.replicas";
 
 /// Producer ids per block: a broker asks the controller once per this many new producers.
 pub const PRODUCER_ID_BLOCK: i64 = 1000;
@@ -241,6 +259,9 @@ pub enum Refusal {
     InvalidIsr(String),
     /// A replica that may not join the in-sync set: its broker is fenced or shutting down.
     IneligibleReplica(NodeId),
+    /// A cancellation of a partition that is not being reassigned (Kafka's
+    /// NO_REASSIGNMENT_IN_PROGRESS).
+    NoReassignmentInProgress(String, PartitionId),
 }
 
 impl fmt::Display for Refusal {
@@ -292,6 +313,9 @@ impl fmt::Display for Refusal {
             Self::IneligibleReplica(node) => {
                 write!(f, "replica {node} may not join the in-sync set: its broker is not live")
             }
+            Self::NoReassignmentInProgress(topic, partition) => {
+                write!(f, "{topic}-{partition} is not being reassigned")
+            }
         }
     }
 }
@@ -309,12 +333,14 @@ pub struct Controller {
     /// Where the next topic's first leader goes, so topics do not all start on one broker.
     next_start: usize,
     limits: PartitionLimits,
-    /// `unclean.leader.election.enable` for topics that do not set it.
-    unclean_by_default: bool,
     /// When set, leaders go back to their preferred replicas on their own.
     balance: Option<LeaderBalance>,
     /// When this controller last checked the leaders' balance (or took over).
     last_balance_check: Option<Instant>,
+    /// The topic settings of topics that do not override them (the controller's broker's):
+    /// `unclean.leader.election.enable`, and `min.insync.replicas` for the eligible leader
+    /// replicas.
+    topic_defaults: TopicConfig,
 }
 
 impl Controller {
@@ -324,7 +350,7 @@ impl Controller {
         limits: PartitionLimits,
     ) -> Self {
         let (last_heard, heard_via) = (BTreeMap::new(), BTreeMap::new());
-        let (next_start, unclean_by_default) = (0, false);
+        let next_start = 0;
         Self {
             session_timeout,
             new_cluster_id,
@@ -332,10 +358,77 @@ impl Controller {
             heard_via,
             next_start,
             limits,
-            unclean_by_default,
             balance: None,
             last_balance_check: None,
+            topic_defaults: TopicConfig::default(),
         }
+    }
+
+    /// Topics resolve the settings they do not override against `defaults`.
+    pub fn with_topic_defaults(mut self, defaults: TopicConfig) -> Self {
+        self.topic_defaults = defaults;
+        self
+    }
+
+    /// The `min.insync.replicas` of a partition of `topic` in `state`, as low as any leader of
+    /// it resolves it: the high watermark stops below it, which is what makes a replica
+    /// eligible, so it must not be overestimated. The topic's own setting holds on every
+    /// broker; without one each broker's default holds where it leads (as its registration
+    /// says), and the lowest counts (KIP-966 makes it one cluster-wide setting instead).
+    fn min_insync(&self, image: &MetadataImage, topic: TopicId, state: &PartitionState) -> usize {
+        let replicas = state.settled_replica_count();
+        let overrides = image.topics.get(&topic).map(|t| &t.config);
+        if let Some(overrides) = overrides.filter(|o| o.contains_key(MIN_INSYNC_KEY)) {
+            let config = self.topic_defaults.with_overrides(overrides);
+            return config.map_or(1, |config| config.min_insync_for(replicas));
+        }
+        let defaults = image.brokers.values().map(|b| b.min_insync_replicas);
+        (defaults.chain([self.topic_defaults.min_insync_replicas]))
+            .map(|setting| TopicConfig::min_insync_of(setting, replicas))
+            .min()
+            .unwrap_or(1)
+    }
+
+    /// `next`, a change of `before`, with its eligible leader replicas as the change of the
+    /// in-sync set leaves them (KIP-966), within its replicas.
+    fn with_eligible(
+        &self,
+        image: &MetadataImage,
+        topic: TopicId,
+        before: &PartitionState,
+        mut next: PartitionState,
+    ) -> PartitionState {
+        let min_insync = self.min_insync(image, topic, &next);
+        next.elr = eligible_after(&before.isr, &before.elr, &next.isr, min_insync);
+        next.elr.retain(|r| next.replicas.contains(r));
+        next
+    }
+
+    /// A partition whose in-sync replicas are all fenced, led by the first live eligible
+    /// replica (KIP-966) if it has one: in sync alone, the in-sync ones it replaces eligible
+    /// (they held everything below the high watermark too).
+    fn eligible_election(
+        &self,
+        image: &MetadataImage,
+        topic: TopicId,
+        state: &PartitionState,
+        live: impl Fn(&NodeId) -> bool,
+    ) -> Option<PartitionState> {
+        let leader = state.replicas.iter().copied().find(|r| state.elr.contains(r) && live(r))?;
+        let name = image.topics.get(&topic).map_or("?", |t| t.name.as_str());
+        tracing::info!(topic = name, isr = ?state.isr, elr = ?state.elr, %leader, "no in-sync replica is live: an eligible leader replica (KIP-966) leads");
+        let next = PartitionState { isr: vec![leader], ..led_by(state, leader) };
+        Some(self.with_completed(image, topic, self.with_eligible(image, topic, state, next)))
+    }
+
+    /// `next` with its reassignment completed if every target replica is in sync now.
+    fn with_completed(
+        &self,
+        image: &MetadataImage,
+        topic: TopicId,
+        next: PartitionState,
+    ) -> PartitionState {
+        self.completed_reassignment(image, topic, &next).unwrap_or(next)
     }
 
     /// Leaders go back to their preferred replicas on their own, as `balance` says.
@@ -344,16 +437,11 @@ impl Controller {
         self
     }
 
-    /// Topics that do not set `unclean.leader.election.enable` take `enabled`.
-    pub fn with_unclean_default(mut self, enabled: bool) -> Self {
-        self.unclean_by_default = enabled;
-        self
-    }
-
     /// Whether topic `topic` allows an out-of-sync replica to lead.
     fn allows_unclean(&self, image: &MetadataImage, topic: TopicId) -> bool {
         let set = image.topics.get(&topic).and_then(|t| t.config.get(UNCLEAN_KEY));
-        set.map_or(self.unclean_by_default, |value| value.eq_ignore_ascii_case("true"))
+        let by_default = self.topic_defaults.unclean_leader_election;
+        set.map_or(by_default, |value| value.eq_ignore_ascii_case("true"))
     }
 
     /// Takes over from the active controller that ran beside broker `node` and fell silent (Raft
@@ -454,10 +542,11 @@ impl Controller {
                 };
                 Ok(vec![MetadataRecord::ProducerIds { node, broker_epoch, next_producer_id }])
             }
-            Event::AlterPartition(request) => alter_partition(image, request),
+            Event::AlterPartition(request) => self.alter_partition(image, request),
             Event::ElectLeaders { election, partitions } => {
                 self.elect_leaders(image, election, partitions)
             }
+            Event::Reassign(moves) => self.reassign(image, moves),
             Event::Tick => {
                 let mut records = self.fence_the_silent(image, now);
                 if records.is_empty() {
@@ -499,6 +588,14 @@ impl Controller {
         }
         self.last_heard.insert(node, now);
         let mut records = self.without_leadership(image, node);
+        if let Some(current) = image.brokers.get(&node) {
+            // Against the image those changes leave (a partition changed twice in one batch
+            // must go through both).
+            let mut after = image.clone();
+            if after.apply_batch(&records).is_ok() {
+                records.extend(eligibility_revoked(&after, current, &registration));
+            }
+        }
         let broker_epoch = image.last_broker_epoch.saturating_add(1);
         records.push(MetadataRecord::RegisterBroker { broker_epoch, registration });
         Ok(records)
@@ -529,7 +626,7 @@ impl Controller {
                     let why = format!("{} lists for {partitions} partitions", assignment.len());
                     return Err(Refusal::InvalidAssignment(why));
                 }
-                check_assignment(image, &assignment, None)?;
+                check_assignment(image, &assignment, None, 0)?;
                 assignment
             }
             None => self.place(image, partitions, usize::from(replication_factor))?,
@@ -554,7 +651,9 @@ impl Controller {
         if count <= held || count > PARTITIONS_MAX {
             return Err(Refusal::InvalidPartitions(count));
         }
-        let replication_factor = topic.partitions.values().map(|p| p.replicas.len()).max();
+        // A partition being moved lists more replicas than it keeps: its target counts.
+        let replication_factor =
+            topic.partitions.values().map(|p| p.target_replicas().count()).max();
         let placed = match assignment {
             Some(assignment) => {
                 if assignment.len() != (count - held) as usize {
@@ -565,7 +664,7 @@ impl Controller {
                     );
                     return Err(Refusal::InvalidAssignment(why));
                 }
-                check_assignment(image, &assignment, replication_factor)?;
+                check_assignment(image, &assignment, replication_factor, held)?;
                 assignment
             }
             None => {
@@ -665,15 +764,46 @@ impl Controller {
     }
 }
 
+/// What a broker registering anew (`registration`, after `current`) takes away from the eligible
+/// leader replicas (KIP-966): on another data directory, its own eligibility (its disk no
+/// longer holds what made it eligible); with another `min.insync.replicas` default, every
+/// eligibility that rested on the defaults (as Kafka clears them when the setting changes).
+fn eligibility_revoked(
+    image: &MetadataImage,
+    current: &BrokerInfo,
+    registration: &Registration,
+) -> Vec<MetadataRecord> {
+    let node = registration.node;
+    let new_disk = current.directory != registration.directory;
+    let new_default = current.min_insync_replicas != registration.min_insync_replicas;
+    let mut records = Vec::new();
+    for (topic, partition, state) in image.partitions() {
+        let by_default =
+            image.topics.get(&topic).is_some_and(|t| !t.config.contains_key(MIN_INSYNC_KEY));
+        let elr: Vec<NodeId> = match (new_default && by_default, new_disk) {
+            (true, _) => Vec::new(),
+            (false, true) => state.elr.iter().copied().filter(|r| *r != node).collect(),
+            (false, false) => continue,
+        };
+        if elr != state.elr {
+            let partition_epoch = state.partition_epoch.saturating_add(1);
+            let state = PartitionState { elr, partition_epoch, ..state.clone() };
+            records.push(MetadataRecord::PartitionState { topic, partition, state });
+        }
+    }
+    records
+}
+
 /// A manual assignment is honoured when every partition lists distinct registered brokers, as
 /// many for each (the topic's replication factor, when it has one), one of them live to lead.
 fn check_assignment(
     image: &MetadataImage,
     assignment: &[Vec<NodeId>],
     replication_factor: Option<usize>,
+    first: u32,
 ) -> Result<(), Refusal> {
     let wanted = replication_factor.or_else(|| assignment.first().map(Vec::len));
-    for (index, replicas) in assignment.iter().enumerate() {
+    for (index, replicas) in (first..).zip(assignment) {
         let mut distinct = replicas.clone();
         distinct.sort_unstable();
         distinct.dedup();
@@ -721,6 +851,7 @@ fn new_partitions(
                 leader: Some(leader),
                 leader_epoch: LeaderEpoch(0),
                 partition_epoch: 0,
+                ..PartitionState::default()
             };
             MetadataRecord::PartitionState { topic, partition: PartitionId(partition), state }
         })
@@ -740,54 +871,61 @@ fn registered(
         .ok_or(Refusal::StaleBrokerEpoch { node, broker_epoch })
 }
 
-/// A leader's new in-sync set, checked as Kafka's controller checks an AlterPartition: from the
-/// registered leader, in the partition's leader and partition epochs, within its replicas, with
-/// the leader, and with only live replicas joining. The partition epoch goes up by one.
-fn alter_partition(
-    image: &MetadataImage,
-    request: IsrRequest,
-) -> Result<Vec<MetadataRecord>, Refusal> {
-    let IsrRequest { node, broker_epoch, topic, partition, leader_epoch, partition_epoch, isr } =
-        request;
-    registered(image, node, broker_epoch)?;
-    let state = image
-        .topics
-        .get(&topic)
-        .and_then(|t| t.partitions.get(&partition))
-        .ok_or(Refusal::UnknownPartition(topic, partition))?;
-    // In Kafka's order: the leader first, then its epoch.
-    if state.leader != Some(node) {
-        return Err(Refusal::NotLeader(node));
+impl Controller {
+    /// A leader's new in-sync set, checked as Kafka's controller checks an AlterPartition: from the
+    /// registered leader, in the partition's leader and partition epochs, within its replicas, with
+    /// the leader, and with only live replicas joining. The partition epoch goes up by one; the
+    /// eligible leader replicas follow the set, and a reassignment whose target replicas are now all
+    /// in sync completes.
+    fn alter_partition(
+        &self,
+        image: &MetadataImage,
+        request: IsrRequest,
+    ) -> Result<Vec<MetadataRecord>, Refusal> {
+        let IsrRequest { node, broker_epoch, topic, partition, leader_epoch, partition_epoch, isr } =
+            request;
+        registered(image, node, broker_epoch)?;
+        let state = image
+            .topics
+            .get(&topic)
+            .and_then(|t| t.partitions.get(&partition))
+            .ok_or(Refusal::UnknownPartition(topic, partition))?;
+        // In Kafka's order: the leader first, then its epoch.
+        if state.leader != Some(node) {
+            return Err(Refusal::NotLeader(node));
+        }
+        if leader_epoch != state.leader_epoch {
+            let current = state.leader_epoch;
+            return Err(Refusal::FencedLeaderEpoch { asked: leader_epoch, current });
+        }
+        if partition_epoch != state.partition_epoch {
+            let current = state.partition_epoch;
+            return Err(Refusal::StalePartitionEpoch { asked: partition_epoch, current });
+        }
+        let mut distinct = isr.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if distinct.len() != isr.len() || !isr.contains(&node) {
+            return Err(Refusal::InvalidIsr(format!("{isr:?} with leader {node}")));
+        }
+        if let Some(stranger) = isr.iter().find(|r| !state.replicas.contains(r)) {
+            return Err(Refusal::InvalidIsr(format!("{stranger} is not a replica")));
+        }
+        if let Some(ineligible) = isr.iter().find(|r| !state.isr.contains(r) && !image.is_live(r)) {
+            return Err(Refusal::IneligibleReplica(*ineligible));
+        }
+        if distinct.len() == state.isr.len() && distinct.iter().all(|r| state.isr.contains(r)) {
+            return Ok(Vec::new());
+        }
+        let next = PartitionState {
+            isr,
+            partition_epoch: state.partition_epoch.saturating_add(1),
+            ..state.clone()
+        };
+        let next = self.with_eligible(image, topic, state, next);
+        let next = self.with_completed(image, topic, next);
+        Ok(vec![MetadataRecord::PartitionState { topic, partition, state: next }])
     }
-    if leader_epoch != state.leader_epoch {
-        let current = state.leader_epoch;
-        return Err(Refusal::FencedLeaderEpoch { asked: leader_epoch, current });
-    }
-    if partition_epoch != state.partition_epoch {
-        let current = state.partition_epoch;
-        return Err(Refusal::StalePartitionEpoch { asked: partition_epoch, current });
-    }
-    let mut distinct = isr.clone();
-    distinct.sort_unstable();
-    distinct.dedup();
-    if distinct.len() != isr.len() || !isr.contains(&node) {
-        return Err(Refusal::InvalidIsr(format!("{isr:?} with leader {node}")));
-    }
-    if let Some(stranger) = isr.iter().find(|r| !state.replicas.contains(r)) {
-        return Err(Refusal::InvalidIsr(format!("{stranger} is not a replica")));
-    }
-    if let Some(ineligible) = isr.iter().find(|r| !state.isr.contains(r) && !image.is_live(r)) {
-        return Err(Refusal::IneligibleReplica(*ineligible));
-    }
-    if distinct.len() == state.isr.len() && distinct.iter().all(|r| state.isr.contains(r)) {
-        return Ok(Vec::new());
-    }
-    let state = PartitionState {
-        isr,
-        partition_epoch: state.partition_epoch.saturating_add(1),
-        ..state.clone()
-    };
-    Ok(vec![MetadataRecord::PartitionState { topic, partition, state }])
 }
 
 impl Controller {
@@ -822,18 +960,28 @@ impl Controller {
             if shares {
                 next.isr.retain(|r| *r != node);
             }
+            let mut next = self.with_eligible(image, topic, state, next);
             if leads {
                 next.leader =
                     state.replicas.iter().copied().find(|r| next.isr.contains(r) && live(r));
-                if next.leader.is_none() && self.allows_unclean(image, topic) {
-                    if let Some(unclean) = unclean_leader(image, topic, partition, state, live) {
-                        next.leader = Some(unclean);
-                        next.isr = vec![unclean];
+                if next.leader.is_none() {
+                    // No live in-sync replica: an eligible one (KIP-966), else, where the topic
+                    // allows it, any live one.
+                    if let Some(eligible) = self.eligible_election(image, topic, &next, live) {
+                        next = eligible;
+                    } else if self.allows_unclean(image, topic) {
+                        if let Some(unclean) = unclean_leader(image, topic, partition, state, live)
+                        {
+                            next.leader = Some(unclean);
+                            next.isr = vec![unclean];
+                            next.elr.clear();
+                            next = self.with_completed(image, topic, next);
+                        }
                     }
                 }
                 next.leader_epoch = LeaderEpoch(state.leader_epoch.0.saturating_add(1));
             }
-            next.partition_epoch = next.partition_epoch.saturating_add(1);
+            next.partition_epoch = state.partition_epoch.saturating_add(1);
             records.push(MetadataRecord::PartitionState { topic, partition, state: next });
         }
         records
@@ -865,7 +1013,7 @@ impl Controller {
             };
             let elected = match election {
                 Election::Preferred => preferred_election(image, state),
-                Election::Unclean => unclean_election(image, topic, partition, state),
+                Election::Unclean => self.unclean_election(image, topic, partition, state),
             };
             if let Some(next) = elected {
                 records.push(MetadataRecord::PartitionState { topic, partition, state: next });
@@ -920,17 +1068,24 @@ impl Controller {
                 continue;
             }
             let clean = state.isr.contains(&node);
-            let unclean = !clean
-                && !state.isr.iter().any(|r| image.is_live(r))
-                && self.allows_unclean(image, topic);
-            if !clean && !unclean {
-                continue;
-            }
-            let mut next = led_by(state, node);
-            if unclean {
+            let none_in_sync = !state.isr.iter().any(|r| image.is_live(r));
+            let next = if clean {
+                led_by(state, node)
+            } else if let Some(eligible) =
+                self.eligible_election(image, topic, state, |r| *r == node && none_in_sync)
+            {
+                eligible
+            } else if none_in_sync
+                && !state.elr.iter().any(|r| image.is_live(r))
+                && self.allows_unclean(image, topic)
+            {
                 warn_unclean(image, topic, partition, state, node);
-                next.isr = vec![node];
-            }
+                let next =
+                    PartitionState { isr: vec![node], elr: Vec::new(), ..led_by(state, node) };
+                self.with_completed(image, topic, next)
+            } else {
+                continue;
+            };
             records.push(MetadataRecord::PartitionState { topic, partition, state: next });
         }
         records
@@ -950,25 +1105,172 @@ fn preferred_election(image: &MetadataImage, state: &PartitionState) -> Option<P
     Some(led_by(state, preferred))
 }
 
-/// A leader for a partition that has none: a live in-sync replica, else any live replica, its
-/// in-sync set alone (asked for explicitly, so whatever the topic's setting).
-fn unclean_election(
-    image: &MetadataImage,
-    topic: TopicId,
-    partition: PartitionId,
-    state: &PartitionState,
-) -> Option<PartitionState> {
-    if state.leader.is_some() {
-        return None;
-    }
-    let live = |r: &NodeId| image.is_live(r);
-    let in_sync = state.replicas.iter().copied().find(|r| state.isr.contains(r) && live(r));
-    match in_sync {
-        Some(leader) => Some(led_by(state, leader)),
-        None => {
-            let unclean = unclean_leader(image, topic, partition, state, live)?;
-            Some(PartitionState { isr: vec![unclean], ..led_by(state, unclean) })
+/// Partition reassignments (KIP-455), as Kafka's controller runs them: the target replicas
+/// missing from a partition are added (they follow its leader and catch up), and once every
+/// target replica is in sync the others are removed, in one change. Until then the partition
+/// lists the target replicas first, then those to be removed.
+impl Controller {
+    /// The changes the moves asked for lead to; a move that cannot be made refuses them all
+    /// (the asking broker checked each against its metadata first).
+    fn reassign(
+        &self,
+        image: &MetadataImage,
+        moves: Vec<Reassignment>,
+    ) -> Result<Vec<MetadataRecord>, Refusal> {
+        let mut records = Vec::new();
+        let mut added: BTreeMap<String, Vec<Vec<NodeId>>> = BTreeMap::new();
+        let mut seen = BTreeSet::new();
+        for Reassignment { topic: name, partition, target } in moves {
+            if !seen.insert((name.clone(), partition)) {
+                let why = format!("{name}-{partition} is named twice");
+                return Err(Refusal::InvalidAssignment(why));
+            }
+            let Some((topic, info)) = image.topic_named(&name) else {
+                return Err(Refusal::UnknownTopic(name));
+            };
+            let Some(state) = info.partitions.get(&partition) else {
+                return Err(Refusal::UnknownPartition(topic, partition));
+            };
+            let next = match target {
+                Some(target) => {
+                    let one = std::slice::from_ref(&target);
+                    check_assignment(image, one, None, partition.0)?;
+                    let new: Vec<NodeId> =
+                        target.iter().copied().filter(|r| !state.replicas.contains(r)).collect();
+                    added.entry(name.clone()).or_default().push(new);
+                    self.moved_to(image, topic, state, &target)?
+                }
+                None if !state.is_reassigning() => {
+                    return Err(Refusal::NoReassignmentInProgress(name, partition));
+                }
+                None => {
+                    let original: Vec<NodeId> = state.original_replicas().collect();
+                    self.moved_to(image, topic, state, &original)?
+                }
+            };
+            if let Some(state) = next {
+                records.push(MetadataRecord::PartitionState { topic, partition, state });
+            }
         }
+        for (name, new) in added {
+            self.check_room(image, &name, &new)?;
+        }
+        Ok(records)
+    }
+
+    /// `state` on its way to `target` (a new reassignment, which replaces one in progress, or
+    /// back to its original replicas): `None` when it is there already.
+    fn moved_to(
+        &self,
+        image: &MetadataImage,
+        topic: TopicId,
+        state: &PartitionState,
+        target: &[NodeId],
+    ) -> Result<Option<PartitionState>, Refusal> {
+        let original: Vec<NodeId> = state.original_replicas().collect();
+        let removing: Vec<NodeId> =
+            original.iter().copied().filter(|r| !target.contains(r)).collect();
+        let adding: Vec<NodeId> =
+            target.iter().copied().filter(|r| !original.contains(r)).collect();
+        let replicas: Vec<NodeId> = target.iter().chain(&removing).copied().collect();
+        let mut next = PartitionState {
+            isr: state.isr.iter().copied().filter(|r| replicas.contains(r)).collect(),
+            replicas,
+            adding,
+            removing,
+            partition_epoch: state.partition_epoch.saturating_add(1),
+            ..state.clone()
+        };
+        if next.isr.is_empty() {
+            // Only replicas being added were in sync: dropping them would lose what they hold.
+            let why = format!(
+                "moving {:?} to {target:?} would leave none of in-sync replicas {:?}",
+                state.replicas, state.isr
+            );
+            return Err(Refusal::InvalidAssignment(why));
+        }
+        next = self.with_eligible(image, topic, state, next);
+        if let Some(completed) = self.completed_reassignment(image, topic, &next) {
+            next = completed;
+        } else if next.leader.is_some_and(|l| !next.replicas.contains(&l)) {
+            next = self.led_within(image, state, next);
+        }
+        let unchanged = PartitionState { partition_epoch: state.partition_epoch, ..next.clone() };
+        Ok((unchanged != *state).then_some(next))
+    }
+
+    /// `next` (a change of `before`) once its reassignment is complete, if every target replica
+    /// is in sync: the target replicas alone, led by one of them.
+    fn completed_reassignment(
+        &self,
+        image: &MetadataImage,
+        topic: TopicId,
+        next: &PartitionState,
+    ) -> Option<PartitionState> {
+        if !next.is_reassigning() || !next.target_replicas().all(|r| next.isr.contains(&r)) {
+            return None;
+        }
+        let target: Vec<NodeId> = next.target_replicas().collect();
+        let name = image.topics.get(&topic).map_or("?", |t| t.name.as_str());
+        tracing::info!(topic = name, from = ?next.original_replicas().collect::<Vec<_>>(), to = ?target, "reassignment complete: every target replica is in sync");
+        let mut completed = PartitionState {
+            isr: next.isr.iter().copied().filter(|r| target.contains(r)).collect(),
+            elr: next.elr.iter().copied().filter(|r| target.contains(r)).collect(),
+            replicas: target,
+            adding: Vec::new(),
+            removing: Vec::new(),
+            ..next.clone()
+        };
+        completed = self.with_eligible(image, topic, next, completed);
+        if completed.leader.is_some_and(|l| !completed.replicas.contains(&l)) {
+            completed = self.led_within(image, next, completed);
+        }
+        Some(completed)
+    }
+
+    /// `next`, whose leader is no longer one of its replicas, led by its first live in-sync
+    /// replica (or none) in the next leader epoch after `before`'s.
+    fn led_within(
+        &self,
+        image: &MetadataImage,
+        before: &PartitionState,
+        next: PartitionState,
+    ) -> PartitionState {
+        let leader =
+            next.replicas.iter().copied().find(|r| next.isr.contains(r) && image.is_live(r));
+        PartitionState {
+            leader,
+            leader_epoch: LeaderEpoch(before.leader_epoch.0.saturating_add(1)),
+            ..next
+        }
+    }
+}
+
+impl Controller {
+    /// A leader for a partition that has none: a live in-sync replica, else a live eligible one
+    /// (KIP-966), else any live replica, its in-sync set alone (asked for explicitly, so
+    /// whatever the topic's setting).
+    fn unclean_election(
+        &self,
+        image: &MetadataImage,
+        topic: TopicId,
+        partition: PartitionId,
+        state: &PartitionState,
+    ) -> Option<PartitionState> {
+        if state.leader.is_some() {
+            return None;
+        }
+        let live = |r: &NodeId| image.is_live(r);
+        let in_sync = state.replicas.iter().copied().find(|r| state.isr.contains(r) && live(r));
+        if let Some(leader) = in_sync {
+            return Some(led_by(state, leader));
+        }
+        if let Some(eligible) = self.eligible_election(image, topic, state, live) {
+            return Some(eligible);
+        }
+        let unclean = unclean_leader(image, topic, partition, state, live)?;
+        let next = PartitionState { isr: vec![unclean], elr: Vec::new(), ..led_by(state, unclean) };
+        Some(self.with_completed(image, topic, next))
     }
 }
 
@@ -1064,6 +1366,7 @@ mod tests {
             rack: None,
             endpoints: endpoints(),
             protocol_version: CLUSTER_PROTOCOL_VERSION,
+            min_insync_replicas: None,
         };
         Event::Register { registration, cluster_id: None }
     }
@@ -1286,14 +1589,18 @@ mod tests {
     fn an_out_of_sync_replica_leads_only_where_unclean_election_is_allowed() {
         let now = Instant::now();
         let (mut controller, mut image, epochs) = cluster(3, now);
+        // min.insync.replicas 1: a replica that leaves the in-sync set is never eligible to lead
+        // (KIP-966), so only an unclean election brings it back as leader.
         let topic = |name: &str, unclean: Option<&str>| {
             let config = unclean.map(|v| (UNCLEAN_KEY.to_string(), v.to_string()));
+            let min_insync = ("min.insync.replicas".to_string(), "1".to_string());
+            let config = [min_insync].into_iter().chain(config).collect();
             let topic = NewTopic {
                 name: name.into(),
                 partitions: 1,
                 replication_factor: 2,
                 assignment: Some(vec![vec![NodeId(1), NodeId(2)]]),
-                config: config.into_iter().collect(),
+                config,
             };
             Event::CreateTopic { topic, id: TopicId(name.bytes().map(u128::from).sum()) }
         };
@@ -1330,7 +1637,8 @@ mod tests {
         // Again with the controller's default on: a topic that says nothing elects uncleanly
         // when its out-of-sync replica returns; one that says false still waits.
         let (mut controller, mut image, epochs) = cluster(3, now);
-        controller = controller.with_unclean_default(true);
+        let unclean = TopicConfig { unclean_leader_election: true, ..TopicConfig::default() };
+        controller = controller.with_topic_defaults(unclean);
         for (name, unclean) in [("strict", None), ("kept", Some("false"))] {
             commit(&mut controller, &mut image, topic(name, unclean), now).expect("created");
         }
@@ -1439,13 +1747,14 @@ mod tests {
         commit(&mut controller, &mut image, Event::Tick, due).expect("tick");
         assert_eq!(state(&image, 0).leader, Some(preferred), "balanced on its own");
 
-        // An unclean election asked for: a leaderless partition gets a live replica.
+        // An unclean election asked for: a leaderless partition gets a live replica. (With
+        // min.insync.replicas 1, broker 2 leaving is never eligible to lead by KIP-966.)
         let solo = NewTopic {
             name: "solo".into(),
             partitions: 1,
             replication_factor: 2,
             assignment: Some(vec![vec![NodeId(1), NodeId(2)]]),
-            config: Vec::new(),
+            config: vec![("min.insync.replicas".into(), "1".into())],
         };
         let solo = Event::CreateTopic { topic: solo, id: TopicId(500) };
         commit(&mut controller, &mut image, solo, due).expect("created");
@@ -1563,10 +1872,220 @@ mod tests {
         assert!(image.topics.is_empty() && image.topic_ids.is_empty());
     }
 
-    /// Partition 0 of a three-replica topic on brokers 1 to 3, as the image holds it.
-    fn replicated(image: &MetadataImage) -> (TopicId, PartitionState) {
-        let (id, topic) = image.topic_named("r").expect("topic r");
+    /// Topic `name` with one partition on `replicas`, the first leading, every one in sync,
+    /// with the settings `config`.
+    fn assigned(name: &str, replicas: &[i32], config: &[(&str, &str)]) -> Event {
+        let topic = NewTopic {
+            name: name.into(),
+            partitions: 1,
+            replication_factor: replicas.len() as u16,
+            assignment: Some(vec![replicas.iter().map(|n| NodeId(*n)).collect()]),
+            config: config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        Event::CreateTopic { topic, id: TopicId(name.bytes().map(u128::from).sum()) }
+    }
+
+    /// Partition 0 of topic `name`, as the image holds it.
+    fn partition_of(image: &MetadataImage, name: &str) -> (TopicId, PartitionState) {
+        let (id, topic) = image.topic_named(name).expect("the topic");
         (id, topic.partitions[&PartitionId(0)].clone())
+    }
+
+    fn nodes(ids: &[i32]) -> Vec<NodeId> {
+        ids.iter().map(|n| NodeId(*n)).collect()
+    }
+
+    /// Broker `node` restarted as process `incarnation` on the data directory it had (as
+    /// `cluster` registered it: directory 1), or on `directory`, and heard.
+    fn restarted(
+        controller: &mut Controller,
+        image: &mut MetadataImage,
+        (node, incarnation, directory): (i32, u64, u128),
+        now: Instant,
+    ) {
+        let mut again = register(node, incarnation);
+        if let Event::Register { registration, .. } = &mut again {
+            registration.directory = directory;
+        }
+        commit(controller, image, again, now).expect("registered");
+        let broker_epoch = image.brokers[&NodeId(node)].broker_epoch;
+        let beat = Event::Heartbeat { node: NodeId(node), broker_epoch, via: None };
+        commit(controller, image, beat, now).expect("heartbeat");
+    }
+
+    /// KIP-966: replicas that leave the in-sync set while it is below `min.insync.replicas`
+    /// hold everything below the high watermark (which cannot move then), so one of them leads
+    /// when no in-sync replica is live, in a new leader epoch, without an unclean election.
+    #[test]
+    fn an_eligible_replica_leads_when_no_in_sync_one_is_live() {
+        let now = Instant::now();
+        let (mut controller, mut image, epochs) = cluster(3, now);
+        commit(&mut controller, &mut image, assigned("e", &[1, 2, 3], &[]), now).expect("e");
+        let lax = [("min.insync.replicas", "1")];
+        commit(&mut controller, &mut image, assigned("one", &[1, 2, 3], &lax), now).expect("one");
+        let shutdown = |node: i32| Event::ControlledShutdown {
+            node: NodeId(node),
+            broker_epoch: epochs[node as usize - 1],
+        };
+        // Broker 3 leaves a set that keeps min.insync.replicas (2): not eligible. Broker 2
+        // leaves it below: eligible.
+        commit(&mut controller, &mut image, shutdown(3), now).expect("3 down");
+        assert_eq!(partition_of(&image, "e").1.elr, nodes(&[]));
+        commit(&mut controller, &mut image, shutdown(2), now).expect("2 down");
+        let e = partition_of(&image, "e").1;
+        assert_eq!((e.isr.clone(), e.elr.clone()), (nodes(&[1]), nodes(&[2])));
+        assert_eq!(partition_of(&image, "one").1.elr, nodes(&[]), "never below min 1");
+        // The leader goes too: nothing live can lead.
+        commit(&mut controller, &mut image, shutdown(1), now).expect("1 down");
+        let e = partition_of(&image, "e").1;
+        assert_eq!((e.leader, e.isr.clone(), e.elr.clone()), (None, nodes(&[1]), nodes(&[2])));
+        // Broker 3, out of sync and not eligible, leads nothing back.
+        restarted(&mut controller, &mut image, (3, 2, 1), now);
+        assert_eq!(partition_of(&image, "e").1.leader, None);
+        // Broker 2, eligible, leads at once, in sync alone; broker 1 held as much: eligible.
+        restarted(&mut controller, &mut image, (2, 2, 1), now);
+        let (id, e) = partition_of(&image, "e");
+        assert_eq!(
+            (e.leader, e.isr.clone(), e.elr.clone()),
+            (Some(NodeId(2)), nodes(&[2]), nodes(&[1]))
+        );
+        assert_eq!(e.leader_epoch, LeaderEpoch(2), "a new epoch after the leaderless one");
+        assert_eq!(partition_of(&image, "one").1.leader, None, "one waits for broker 1");
+        // Broker 1 returns and catches up: the set is whole again, and no one is eligible.
+        restarted(&mut controller, &mut image, (1, 2, 1), now);
+        let broker_2 = image.brokers[&NodeId(2)].broker_epoch;
+        let caught_up = isr_request(&(id, e), NodeId(2), broker_2, &[2, 1]);
+        commit(&mut controller, &mut image, caught_up, now).expect("1 in sync");
+        let e = partition_of(&image, "e").1;
+        assert_eq!((e.isr.clone(), e.elr.clone()), (nodes(&[2, 1]), nodes(&[])));
+    }
+
+    /// An eligible replica back on another data directory (a disk replaced) no longer holds
+    /// what made it eligible; a broker back with another `min.insync.replicas` default ends
+    /// every eligibility that rested on the defaults; and the lowest default of any broker is
+    /// the one that counts.
+    #[test]
+    fn eligibility_ends_with_the_disk_or_the_setting_it_rested_on() {
+        let now = Instant::now();
+        let below = |controller: &mut Controller, image: &mut MetadataImage, epochs: &[u64]| {
+            commit(controller, image, assigned("e", &[1, 2, 3], &[]), now).expect("e");
+            for node in [3, 2] {
+                let broker_epoch = epochs[node as usize - 1];
+                let shutdown = Event::ControlledShutdown { node: NodeId(node), broker_epoch };
+                commit(controller, image, shutdown, now).expect("down");
+            }
+            assert_eq!(partition_of(image, "e").1.elr, nodes(&[2]));
+        };
+        let (mut controller, mut image, epochs) = cluster(3, now);
+        below(&mut controller, &mut image, &epochs);
+        restarted(&mut controller, &mut image, (2, 2, 99), now);
+        assert_eq!(partition_of(&image, "e").1.elr, nodes(&[]), "on a new disk");
+
+        let (mut controller, mut image, epochs) = cluster(3, now);
+        below(&mut controller, &mut image, &epochs);
+        let mut lower = register(3, 2);
+        if let Event::Register { registration, .. } = &mut lower {
+            (registration.directory, registration.min_insync_replicas) = (1, Some(1));
+        }
+        commit(&mut controller, &mut image, lower, now).expect("3 back with min 1");
+        assert_eq!(partition_of(&image, "e").1.elr, nodes(&[]), "another default");
+        // From now on broker 3 may lead with min 1: no replica is eligible below 2.
+        let (id, e) = partition_of(&image, "e");
+        let broker_1 = image.brokers[&NodeId(1)].broker_epoch;
+        restarted(&mut controller, &mut image, (2, 2, 1), now);
+        let (_, e) = {
+            let join = isr_request(&(id, e), NodeId(1), broker_1, &[1, 2]);
+            commit(&mut controller, &mut image, join, now).expect("2 in sync");
+            partition_of(&image, "e")
+        };
+        let shrink = isr_request(&(id, e), NodeId(1), broker_1, &[1]);
+        commit(&mut controller, &mut image, shrink, now).expect("2 out");
+        assert_eq!(partition_of(&image, "e").1.elr, nodes(&[]), "min 1 somewhere");
+    }
+
+    /// KIP-455: the target replicas join first; once every one is in sync, the others are
+    /// removed in one change, the leader moving if it was one of them. A move in progress can
+    /// be replaced or cancelled; a cancel with none, a target of unknown brokers, or a cancel
+    /// that would drop every in-sync replica, is refused.
+    #[test]
+    fn partitions_move_to_their_target_replicas_once_those_are_in_sync() {
+        let now = Instant::now();
+        let (mut controller, mut image, epochs) = cluster(5, now);
+        commit(&mut controller, &mut image, assigned("m", &[1, 2, 3], &[]), now).expect("m");
+        let reassign = |target: Option<&[i32]>| {
+            Event::Reassign(vec![Reassignment {
+                topic: "m".into(),
+                partition: PartitionId(0),
+                target: target.map(nodes),
+            }])
+        };
+        let refused = controller.decide(&image, reassign(None), now);
+        assert_eq!(refused, Err(Refusal::NoReassignmentInProgress("m".into(), PartitionId(0))));
+        let refused = controller.decide(&image, reassign(Some(&[1, 9])), now);
+        assert!(matches!(refused, Err(Refusal::InvalidAssignment(_))), "{refused:?}");
+        let refused = controller.decide(&image, reassign(Some(&[1, 1])), now);
+        assert!(matches!(refused, Err(Refusal::InvalidAssignment(_))), "{refused:?}");
+
+        // Away from the leader: 1 and 3 go, 4 and 5 come; the leader stays until the end.
+        commit(&mut controller, &mut image, reassign(Some(&[4, 2, 5])), now).expect("moving");
+        let (id, m) = partition_of(&image, "m");
+        assert_eq!(m.replicas, nodes(&[4, 2, 5, 1, 3]));
+        assert_eq!((m.adding.clone(), m.removing.clone()), (nodes(&[4, 5]), nodes(&[1, 3])));
+        assert_eq!((m.leader, m.isr.clone()), (Some(NodeId(1)), nodes(&[1, 2, 3])));
+        // Partitions added meanwhile get the replication factor the move keeps.
+        let more = NewPartitions { name: "m".into(), count: 2, assignment: None };
+        commit(&mut controller, &mut image, Event::CreatePartitions(more), now).expect("grown");
+        let added = &image.topics[&id].partitions[&PartitionId(1)];
+        assert_eq!(added.replicas.len(), 3, "{added:?}");
+        // 4 catches up: not yet.
+        let broker_1 = epochs[0];
+        let four = isr_request(&(id, m), NodeId(1), broker_1, &[1, 2, 3, 4]);
+        commit(&mut controller, &mut image, four, now).expect("4 in sync");
+        let (id, m) = partition_of(&image, "m");
+        assert!(m.is_reassigning());
+        // 5 too: complete. The leader, moved off, hands over to the first target in sync.
+        let five = isr_request(&(id, m.clone()), NodeId(1), broker_1, &[1, 2, 3, 4, 5]);
+        commit(&mut controller, &mut image, five, now).expect("5 in sync");
+        let done = partition_of(&image, "m").1;
+        assert_eq!(
+            (done.replicas.clone(), done.isr.clone()),
+            (nodes(&[4, 2, 5]), nodes(&[2, 4, 5]))
+        );
+        assert!(!done.is_reassigning());
+        assert_eq!(
+            (done.leader, done.leader_epoch),
+            (Some(NodeId(4)), LeaderEpoch(m.leader_epoch.0 + 1))
+        );
+
+        // A move replaced by another, then cancelled: back where it started.
+        commit(&mut controller, &mut image, reassign(Some(&[4, 2, 1])), now).expect("to 1");
+        commit(&mut controller, &mut image, reassign(Some(&[4, 2, 3])), now).expect("to 3");
+        let m = partition_of(&image, "m").1;
+        assert_eq!((m.replicas.clone(), m.adding.clone()), (nodes(&[4, 2, 3, 5]), nodes(&[3])));
+        commit(&mut controller, &mut image, reassign(None), now).expect("cancelled");
+        let m = partition_of(&image, "m").1;
+        assert_eq!((m.replicas.clone(), m.isr.clone()), (done.replicas.clone(), done.isr.clone()));
+        assert!(!m.is_reassigning());
+        // To a subset of the in-sync replicas: complete at once.
+        commit(&mut controller, &mut image, reassign(Some(&[2, 5])), now).expect("smaller");
+        let m = partition_of(&image, "m").1;
+        assert_eq!((m.replicas.clone(), m.isr.clone()), (nodes(&[2, 5]), nodes(&[2, 5])));
+        assert_eq!(m.leader, Some(NodeId(2)));
+
+        // Only the replicas being added are left in sync: cancelling would drop them, refused.
+        commit(&mut controller, &mut image, reassign(Some(&[3, 4])), now).expect("to 3, 4");
+        let (id, m) = partition_of(&image, "m");
+        let three = isr_request(&(id, m), NodeId(2), epochs[1], &[2, 5, 3]);
+        commit(&mut controller, &mut image, three, now).expect("3 in sync");
+        for n in [2, 5] {
+            let shutdown =
+                Event::ControlledShutdown { node: NodeId(n), broker_epoch: epochs[n as usize - 1] };
+            commit(&mut controller, &mut image, shutdown, now).expect("down");
+        }
+        let m = partition_of(&image, "m").1;
+        assert_eq!((m.leader, m.isr.clone()), (Some(NodeId(3)), nodes(&[3])));
+        let refused = controller.decide(&image, reassign(None), now);
+        assert!(matches!(refused, Err(Refusal::InvalidAssignment(_))), "{refused:?}");
     }
 
     fn isr_request(
@@ -1591,7 +2110,7 @@ mod tests {
         let now = Instant::now();
         let (mut controller, mut image, epochs) = cluster(3, now);
         commit(&mut controller, &mut image, create("r", 1, 3), now).expect("created");
-        let before = replicated(&image);
+        let before = partition_of(&image, "r");
         let leader = before.1.leader.expect("a leader");
         let epoch_of = |n: NodeId| epochs[n.0 as usize - 1];
         let all: Vec<i32> = before.1.replicas.iter().map(|n| n.0).collect();
@@ -1603,11 +2122,11 @@ mod tests {
         assert_eq!(before.1.isr.len(), 3);
         let alone = isr_request(&before, leader, epoch_of(leader), &[leader.0]);
         commit(&mut controller, &mut image, alone, now).expect("shrunk");
-        let alone = replicated(&image);
+        let alone = partition_of(&image, "r");
         assert_eq!(alone.1.isr, vec![leader]);
         let grow = isr_request(&alone, leader, epoch_of(leader), &all);
         commit(&mut controller, &mut image, grow, now).expect("grown");
-        let grown = replicated(&image);
+        let grown = partition_of(&image, "r");
         assert_eq!(grown.1.isr.len(), 3);
         assert_eq!(grown.1.partition_epoch, before.1.partition_epoch + 2);
         assert_eq!(
@@ -1634,7 +2153,7 @@ mod tests {
         // The follower falls behind and leaves; once its broker is fenced it may not come back.
         let shrink = isr_request(&grown, leader, epoch_of(leader), &[leader.0]);
         commit(&mut controller, &mut image, shrink, now).expect("shrunk");
-        let shrunk = replicated(&image);
+        let shrunk = partition_of(&image, "r");
         let later = now + TIMEOUT * 2;
         for n in before.1.replicas.iter().filter(|n| **n != follower) {
             let beat = Event::Heartbeat { node: *n, broker_epoch: epoch_of(*n), via: None };

@@ -50,6 +50,7 @@ pub struct Membership {
     data_dir: PathBuf,
     /// The data directory's id ([`DirIdentity::directory`]).
     directory: u128,
+    min_insync_replicas: Option<u16>,
     /// The cluster the data directory belongs to, once known (shared by the broker's shards).
     dir_cluster: Arc<OnceLock<ClusterId>>,
     /// Producer ids the controller gave this broker and it has not handed out yet.
@@ -75,6 +76,8 @@ pub struct Joining {
     pub data_dir: PathBuf,
     pub directory: u128,
     pub dir_cluster: Arc<OnceLock<ClusterId>>,
+    /// This broker's `min.insync.replicas` default, announced with its registration.
+    pub min_insync_replicas: Option<u16>,
 }
 
 impl Membership {
@@ -87,6 +90,7 @@ impl Membership {
             data_dir,
             directory,
             dir_cluster,
+            min_insync_replicas,
         } = joining;
         // The process's start time in nanoseconds: another process of this node gets another.
         let incarnation = std::time::SystemTime::now()
@@ -105,6 +109,7 @@ impl Membership {
             fenced: Cell::new(true),
             data_dir,
             directory,
+            min_insync_replicas,
             dir_cluster,
             producer_ids: RefCell::new(0..0),
             allocating: glommio::sync::Semaphore::new(1),
@@ -215,6 +220,7 @@ impl Membership {
             rack: self.rack.clone(),
             endpoints: self.endpoints.clone(),
             protocol_version: CLUSTER_PROTOCOL_VERSION,
+            min_insync_replicas: self.min_insync_replicas,
         };
         let cluster_id = self.dir_cluster.get().copied();
         let request = ControllerRequest::Register { registration, cluster_id };

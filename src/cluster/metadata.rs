@@ -17,6 +17,7 @@ use std::fmt;
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+use super::old_layouts;
 use crate::record::archive;
 use crate::types::{LeaderEpoch, NodeId, PartitionId};
 
@@ -27,13 +28,19 @@ use crate::types::{LeaderEpoch, NodeId, PartitionId};
 /// - 2: registrations with their data directory and protocol version, the cluster id and
 ///   producer-id records.
 /// - 3: a topic's creation carries its setting overrides. Version 2 entries never held a
-///   topic, and read unchanged in this layout (`reads_version_2_entries` holds one).
-const RECORD_VERSION: u8 = 3;
+///   topic, and read unchanged in the layout of version 3 (`reads_version_2_entries`).
+/// - 4: a partition's state carries its reassignment (KIP-455's adding and removing replicas)
+///   and its eligible leader replicas (KIP-966); a registration, the broker's
+///   `min.insync.replicas` default. Versions 2 and 3 are read in their own layout and converted
+///   (`old_layouts.rs`, `reads_version_3_entries`).
+const RECORD_VERSION: u8 = 4;
 const RECORD_VERSION_OLDEST: u8 = 2;
 
 /// The format of a metadata snapshot (an image whole, [`MetadataImage::encode_snapshot`]): its
-/// first byte, refused by number when this build does not read it.
-const SNAPSHOT_VERSION: u8 = 1;
+/// first byte, refused by number when this build does not read it. 2: partition states and
+/// brokers as record version 4 has them; version 1 is read in its own layout (`old_layouts.rs`).
+const SNAPSHOT_VERSION: u8 = 2;
+const SNAPSHOT_VERSION_OLDEST: u8 = 1;
 
 /// The version of what brokers of one cluster say to each other and write to its log (the
 /// controller's requests, the metadata records, Raft messages). Every broker announces it when
@@ -46,7 +53,9 @@ const SNAPSHOT_VERSION: u8 = 1;
 /// the voters' log start is one).
 /// 4: leader elections asked of the controller (ElectLeaders, forwarded), besides the in-sync
 /// changes leaders ask for (AlterPartition).
-pub const CLUSTER_PROTOCOL_VERSION: u16 = 4;
+/// 5: partition reassignments asked of the controller; metadata record version 4 (partition
+/// states with their reassignment and eligible leader replicas).
+pub const CLUSTER_PROTOCOL_VERSION: u16 = 5;
 
 /// Kafka's limit on topic name length.
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
@@ -141,6 +150,10 @@ pub struct Registration {
     pub endpoints: Endpoints,
     /// The cluster protocol version the broker speaks ([`CLUSTER_PROTOCOL_VERSION`]).
     pub protocol_version: u16,
+    /// Its `min.insync.replicas` for topics that do not set it (`None`: 2 once a partition is
+    /// replicated): what its leaderships hold the high watermark to, which the controller must
+    /// not overestimate when it keeps the eligible leader replicas (KIP-966).
+    pub min_insync_replicas: Option<u16>,
 }
 
 /// Where a broker listens, as it registered.
@@ -206,16 +219,49 @@ pub enum MetadataRecord {
 }
 
 /// Who holds a partition, and who leads it.
-#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub struct PartitionState {
-    /// In preference order: the first is the preferred leader.
+    /// In preference order: the first is the preferred leader. While a reassignment moves the
+    /// partition, the target replicas first, then those being removed (KIP-455).
     pub replicas: Vec<NodeId>,
     /// In-sync replicas: a subset of `replicas`; the leader is one of them.
     pub isr: Vec<NodeId>,
-    /// `None`: no replica can lead (every in-sync replica is fenced).
+    /// `None`: no replica can lead (every in-sync and eligible replica is fenced).
     pub leader: Option<NodeId>,
     pub leader_epoch: LeaderEpoch,
     pub partition_epoch: u32,
+    /// A reassignment in progress (KIP-455): replicas being added, which catch up from the
+    /// leader, and those to be removed once every target replica is in sync. Both empty
+    /// otherwise; each within `replicas`, the two apart.
+    pub adding: Vec<NodeId>,
+    pub removing: Vec<NodeId>,
+    /// Eligible leader replicas (KIP-966): out of the in-sync set, yet holding everything below
+    /// the high watermark, because they left it while it was below `min.insync.replicas` (when
+    /// the high watermark cannot move). A leader comes from here when no in-sync replica is
+    /// live. Within `replicas`, apart from `isr`.
+    pub elr: Vec<NodeId>,
+}
+
+impl PartitionState {
+    /// The replicas the partition ends up with: all of them, less those a reassignment removes.
+    pub fn target_replicas(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.replicas.iter().copied().filter(|r| !self.removing.contains(r))
+    }
+
+    /// The replicas it had before a reassignment began: all of them, less those being added.
+    pub fn original_replicas(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.replicas.iter().copied().filter(|r| !self.adding.contains(r))
+    }
+
+    pub fn is_reassigning(&self) -> bool {
+        !self.adding.is_empty() || !self.removing.is_empty()
+    }
+
+    /// The replica count `min.insync.replicas` is resolved against: the smaller of before and
+    /// after a reassignment, so moving a partition never asks more of it than either end.
+    pub fn settled_replica_count(&self) -> usize {
+        self.target_replicas().count().min(self.original_replicas().count())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
@@ -226,6 +272,7 @@ pub struct BrokerInfo {
     pub rack: Option<String>,
     pub endpoints: Endpoints,
     pub protocol_version: u16,
+    pub min_insync_replicas: Option<u16>,
     pub fenced: bool,
     /// Fenced by its own controlled shutdown: this registration is over.
     pub shut_down: bool,
@@ -256,20 +303,20 @@ pub struct MetadataImage {
 /// An image as a snapshot holds it: lists where the image has maps, so that reading one back
 /// goes through the same checks as applying records ([`MetadataImage::decode_snapshot`]).
 #[derive(Archive, Serialize, Deserialize)]
-struct ImageSnapshot {
-    cluster_id: Option<ClusterId>,
-    brokers: Vec<(NodeId, BrokerInfo)>,
-    topics: Vec<TopicSnapshot>,
-    last_broker_epoch: u64,
-    next_producer_id: i64,
+pub(super) struct ImageSnapshot {
+    pub(super) cluster_id: Option<ClusterId>,
+    pub(super) brokers: Vec<(NodeId, BrokerInfo)>,
+    pub(super) topics: Vec<TopicSnapshot>,
+    pub(super) last_broker_epoch: u64,
+    pub(super) next_producer_id: i64,
 }
 
 #[derive(Archive, Serialize, Deserialize)]
-struct TopicSnapshot {
-    id: TopicId,
-    name: String,
-    config: Vec<(String, String)>,
-    partitions: Vec<(PartitionId, PartitionState)>,
+pub(super) struct TopicSnapshot {
+    pub(super) id: TopicId,
+    pub(super) name: String,
+    pub(super) config: Vec<(String, String)>,
+    pub(super) partitions: Vec<(PartitionId, PartitionState)>,
 }
 
 /// One decision's records as the metadata log stores them, in one entry: the format version,
@@ -280,7 +327,13 @@ pub fn encode_batch(records: &Vec<MetadataRecord>) -> Vec<u8> {
 
 /// A batch read back from the log (input like any other: validated, never trusted).
 pub fn decode_batch(bytes: &[u8]) -> Result<Vec<MetadataRecord>, String> {
-    archive::decode_versioned(bytes, RECORD_VERSION_OLDEST..=RECORD_VERSION, "metadata entry")
+    let what = "metadata entry";
+    match bytes.first() {
+        Some(version) if (RECORD_VERSION_OLDEST..RECORD_VERSION).contains(version) => {
+            old_layouts::decode_batch(bytes, RECORD_VERSION_OLDEST..=RECORD_VERSION - 1, what)
+        }
+        _ => archive::decode_versioned(bytes, RECORD_VERSION_OLDEST..=RECORD_VERSION, what),
+    }
 }
 
 /// Why a batch was not applied.
@@ -317,9 +370,15 @@ impl MetadataImage {
     /// other. It must hold what applying records would let it hold (unique brokers, topic ids
     /// and names, valid names, and every partition's invariants), or it is refused with why.
     pub fn decode_snapshot(bytes: &[u8]) -> Result<Self, String> {
-        let versions = SNAPSHOT_VERSION..=SNAPSHOT_VERSION;
-        let snapshot: ImageSnapshot =
-            archive::decode_versioned(bytes, versions, "metadata snapshot")?;
+        let what = "metadata snapshot";
+        let snapshot: ImageSnapshot = match bytes.first() {
+            Some(version) if (SNAPSHOT_VERSION_OLDEST..SNAPSHOT_VERSION).contains(version) => {
+                old_layouts::decode_snapshot(bytes, SNAPSHOT_VERSION_OLDEST..=SNAPSHOT_VERSION - 1)?
+            }
+            _ => {
+                archive::decode_versioned(bytes, SNAPSHOT_VERSION_OLDEST..=SNAPSHOT_VERSION, what)?
+            }
+        };
         let mut image = MetadataImage {
             cluster_id: snapshot.cluster_id,
             last_broker_epoch: snapshot.last_broker_epoch,
@@ -407,6 +466,7 @@ impl MetadataImage {
                     rack: registration.rack.clone(),
                     endpoints: registration.endpoints.clone(),
                     protocol_version: registration.protocol_version,
+                    min_insync_replicas: registration.min_insync_replicas,
                     fenced: true,
                     shut_down: false,
                 };
@@ -510,16 +570,17 @@ impl MetadataImage {
 
     /// What holds for every partition once a whole batch is applied: an in-sync set shared by
     /// several replicas has only live ones (fencing takes a broker out first), and a partition
-    /// without a leader has no live in-sync replica (one that comes back is elected in the same
-    /// batch).
+    /// without a leader has no live in-sync or eligible replica (one that comes back is elected
+    /// in the same batch).
     fn check_partitions(&self) -> Result<(), String> {
         for (topic, partition, state) in self.partitions() {
             let fenced_sharing = state.isr.len() > 1 && !state.isr.iter().all(|r| self.is_live(r));
-            let leaderless = state.leader.is_none() && state.isr.iter().any(|r| self.is_live(r));
+            let could_lead = state.isr.iter().chain(&state.elr).any(|r| self.is_live(r));
+            let leaderless = state.leader.is_none() && could_lead;
             if fenced_sharing || leaderless {
                 return Err(format!(
-                    "{topic}-{partition}: in-sync replicas {:?} with leader {:?}",
-                    state.isr, state.leader
+                    "{topic}-{partition}: in-sync replicas {:?} and eligible {:?} with leader {:?}",
+                    state.isr, state.elr, state.leader
                 ));
             }
         }
@@ -549,6 +610,31 @@ impl MetadataImage {
             return Err(format!(
                 "{}-{partition}: in-sync replicas {:?} not within replicas {:?}",
                 info.name, state.isr, state.replicas
+            ));
+        }
+        let within = |set: &[NodeId]| {
+            let mut distinct = set.to_vec();
+            distinct.sort_unstable();
+            distinct.dedup();
+            distinct.len() == set.len() && set.iter().all(|r| state.replicas.contains(r))
+        };
+        let moving_apart = !state.adding.iter().any(|r| state.removing.contains(r));
+        if !within(&state.adding) || !within(&state.removing) || !moving_apart {
+            return Err(format!(
+                "{}-{partition}: adding {:?} and removing {:?} not apart within replicas {:?}",
+                info.name, state.adding, state.removing, state.replicas
+            ));
+        }
+        if state.target_replicas().next().is_none() || state.original_replicas().next().is_none() {
+            return Err(format!(
+                "{}-{partition}: a reassignment of {:?} adding {:?} and removing {:?} leaves none",
+                info.name, state.replicas, state.adding, state.removing
+            ));
+        }
+        if !within(&state.elr) || state.elr.iter().any(|r| state.isr.contains(r)) {
+            return Err(format!(
+                "{}-{partition}: eligible replicas {:?} not apart from in-sync {:?} within {:?}",
+                info.name, state.elr, state.isr, state.replicas
             ));
         }
         if let Some(leader) = state.leader {
@@ -597,6 +683,7 @@ mod tests {
             leader: Some(NodeId(leader)),
             leader_epoch: LeaderEpoch(leader_epoch),
             partition_epoch,
+            ..PartitionState::default()
         }
     }
 
@@ -609,6 +696,7 @@ mod tests {
             rack,
             endpoints,
             protocol_version: CLUSTER_PROTOCOL_VERSION,
+            min_insync_replicas: None,
         };
         MetadataRecord::RegisterBroker { broker_epoch, registration }
     }
@@ -665,6 +753,23 @@ mod tests {
             vec![fence(2, 2)],
             // No leader while an in-sync replica is live.
             vec![change(PartitionState { leader: None, ..state(1, 1, 1) })],
+            // No leader while an eligible replica is live.
+            vec![change(PartitionState {
+                leader: None,
+                isr: vec![NodeId(1)],
+                elr: vec![NodeId(2)],
+                ..state(1, 1, 1)
+            })],
+            // An eligible replica in sync too, or not a replica.
+            vec![change(PartitionState { elr: vec![NodeId(2)], ..state(1, 0, 1) })],
+            vec![change(PartitionState { elr: vec![NodeId(3)], ..state(1, 0, 1) })],
+            // A reassignment adding and removing one replica, or removing every one.
+            vec![change(PartitionState {
+                adding: vec![NodeId(2)],
+                removing: vec![NodeId(2)],
+                ..state(1, 0, 1)
+            })],
+            vec![change(PartitionState { removing: vec![NodeId(1), NodeId(2)], ..state(1, 0, 1) })],
             // An epoch from another registration.
             vec![MetadataRecord::UnfenceBroker { node: NodeId(2), broker_epoch: 1 }],
             // A broker epoch that does not grow.
@@ -721,11 +826,7 @@ mod tests {
     /// producer ids: topics came with version 3), read by this build as they were written.
     #[test]
     fn reads_version_2_entries() {
-        let hex = include_str!("testdata/metadata-v2.hex").trim();
-        let bytes: Vec<u8> = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
-            .collect();
+        let bytes = hex_bytes(include_str!("testdata/metadata-v2.hex"));
         assert_eq!(bytes[0], 2);
         let registration = Registration {
             node: NodeId(2),
@@ -737,6 +838,7 @@ mod tests {
                 native: ("127.0.0.1".into(), 9192),
             },
             protocol_version: 1, // as that build spoke
+            min_insync_replicas: None,
         };
         let expected = vec![
             MetadataRecord::ClusterFormed { cluster_id: ClusterId(0xabcdef) },
@@ -750,6 +852,89 @@ mod tests {
             MetadataRecord::FenceBroker { node: NodeId(2), broker_epoch: 3, shutdown: true },
         ];
         assert_eq!(decode_batch(&bytes), Ok(expected));
+    }
+
+    fn hex_bytes(hex: &str) -> Vec<u8> {
+        let hex = hex.trim();
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    fn registration_v3(node: i32, incarnation: u64, directory: u128, port: u16) -> Registration {
+        Registration {
+            node: NodeId(node),
+            incarnation,
+            directory,
+            rack: None,
+            endpoints: Endpoints {
+                kafka: ("127.0.0.1".into(), 9090 + port),
+                native: ("127.0.0.1".into(), 9190 + port),
+            },
+            protocol_version: 4, // as that build spoke
+            min_insync_replicas: None,
+        }
+    }
+
+    /// A version 3 entry, as a build of that version wrote it (partition states without a
+    /// reassignment or eligible replicas), read by this build with none of either.
+    #[test]
+    fn reads_version_3_entries() {
+        let bytes = hex_bytes(include_str!("testdata/metadata-v3.hex"));
+        assert_eq!(bytes[0], 3);
+        let state = PartitionState {
+            replicas: vec![NodeId(3), NodeId(1), NodeId(2)],
+            isr: vec![NodeId(3), NodeId(1)],
+            leader: Some(NodeId(3)),
+            leader_epoch: LeaderEpoch(4),
+            partition_epoch: 9,
+            ..PartitionState::default()
+        };
+        let expected = vec![
+            MetadataRecord::RegisterBroker {
+                broker_epoch: 7,
+                registration: Registration { directory: 0x77, ..registration_v3(3, 5, 0, 2) },
+            },
+            MetadataRecord::CreateTopic {
+                name: "orders".into(),
+                id: TopicId(0x1234_5678),
+                config: vec![("min.insync.replicas".into(), "2".into())],
+            },
+            MetadataRecord::PartitionState {
+                topic: TopicId(0x1234_5678),
+                partition: PartitionId(1),
+                state,
+            },
+            MetadataRecord::DeleteTopic { id: TopicId(0x99) },
+        ];
+        assert_eq!(decode_batch(&bytes), Ok(expected));
+    }
+
+    /// A version 1 snapshot, as a build of that version wrote it, read as the image it held.
+    #[test]
+    fn reads_version_1_snapshots() {
+        let bytes = hex_bytes(include_str!("testdata/snapshot-v1.hex"));
+        assert_eq!(bytes[0], 1);
+        let image = MetadataImage::decode_snapshot(&bytes).expect("a version 1 snapshot");
+        assert_eq!(image.cluster_id, Some(ClusterId(0xabc)));
+        assert_eq!(image.brokers.len(), 3);
+        assert_eq!(image.brokers[&NodeId(2)].endpoints, registration_v3(2, 1, 2, 2).endpoints);
+        let (id, topic) = image.topic_named("orders").expect("topic orders");
+        assert_eq!(id, TopicId(0x1234_5678));
+        assert_eq!(topic.config["min.insync.replicas"], "2");
+        let state = &topic.partitions[&PartitionId(1)];
+        assert_eq!(state.replicas, vec![NodeId(3), NodeId(1), NodeId(2)]);
+        assert_eq!(state.isr, vec![NodeId(3), NodeId(1)]);
+        assert_eq!(
+            (state.leader, state.leader_epoch, state.partition_epoch),
+            (Some(NodeId(3)), LeaderEpoch(4), 9)
+        );
+        assert!(state.adding.is_empty() && state.removing.is_empty() && state.elr.is_empty());
+        // Written again, it is this build's version, and reads back the same.
+        let rewritten = image.encode_snapshot();
+        assert_eq!(rewritten[0], SNAPSHOT_VERSION);
+        assert_eq!(MetadataImage::decode_snapshot(&rewritten), Ok(image));
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod identity;
 pub mod membership;
 pub mod metadata;
 pub mod node;
+mod old_layouts;
 pub mod placement;
 pub mod quorum;
 pub mod raft_storage;

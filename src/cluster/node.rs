@@ -24,7 +24,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 use super::applied::AppliedMetadata;
 use super::decide::{
     Controller, Election, Event, IsrRequest, LeaderBalance, NewPartitions, NewTopic,
-    PartitionLimits, Refusal, PRODUCER_ID_BLOCK,
+    PartitionLimits, Reassignment, Refusal, PRODUCER_ID_BLOCK,
 };
 use super::metadata::{
     self, ClusterId, Endpoints, MetadataImage, MetadataRecord, Registration, TopicId,
@@ -32,6 +32,7 @@ use super::metadata::{
 use super::quorum::{Committed, Voter};
 use super::raft_wire::{StoredSnapshot, WireMessage};
 use super::voter_log::VoterLog;
+use crate::config::TopicConfig;
 use crate::error::{BrokerError, ErrorKind};
 use crate::log::storage::DmaStorage;
 use crate::types::{NodeId, PartitionId};
@@ -96,6 +97,8 @@ pub enum ControllerRequest {
         election: Election,
         partitions: Option<Vec<(String, PartitionId)>>,
     },
+    /// A client's AlterPartitionReassignments (KIP-455), forwarded.
+    Reassign(Vec<Reassignment>),
 }
 
 /// What the active controller answers, once the decision has committed.
@@ -263,8 +266,8 @@ pub struct ControllerNode {
     links: Rc<dyn Links>,
     session_timeout: Duration,
     limits: PartitionLimits,
-    /// `unclean.leader.election.enable` for topics that do not set it.
-    unclean_by_default: bool,
+    /// The settings of topics that do not override them.
+    topic_defaults: TopicConfig,
     leader_balance: Option<LeaderBalance>,
     /// The cluster this broker's data directory belongs to, once known (shared by its shards).
     dir_cluster: Arc<OnceLock<ClusterId>>,
@@ -277,8 +280,9 @@ pub struct ControllerNode {
 pub struct ControllerSettings {
     pub session_timeout: Duration,
     pub limits: PartitionLimits,
-    /// `unclean.leader.election.enable` for topics that do not set it (this broker's default).
-    pub unclean_by_default: bool,
+    /// The settings of topics that do not override them (this broker's defaults):
+    /// `unclean.leader.election.enable` and `min.insync.replicas`.
+    pub topic_defaults: TopicConfig,
     /// `auto.leader.rebalance.enable` and its check's settings (`None`: off).
     pub leader_balance: Option<LeaderBalance>,
     /// The cluster this broker's data directory belongs to, once known (shared by its shards).
@@ -300,7 +304,7 @@ impl ControllerNode {
         let ControllerSettings {
             session_timeout,
             limits,
-            unclean_by_default,
+            topic_defaults,
             leader_balance,
             dir_cluster,
             metadata,
@@ -334,7 +338,7 @@ impl ControllerNode {
             links,
             session_timeout,
             limits,
-            unclean_by_default,
+            topic_defaults,
             leader_balance,
             dir_cluster,
             snapshot_bytes,
@@ -641,6 +645,10 @@ impl ControllerNode {
                 let (index, _) = self.decide(Event::ElectLeaders { election, partitions }).await?;
                 Ok(ControllerAnswer::MetadataChanged { index })
             }
+            ControllerRequest::Reassign(moves) => {
+                let (index, _) = self.decide(Event::Reassign(moves)).await?;
+                Ok(ControllerAnswer::MetadataChanged { index })
+            }
             ControllerRequest::AllocateProducerIds { node, broker_epoch } => {
                 let (_, batch) =
                     self.decide(Event::AllocateProducerIds { node, broker_epoch }).await?;
@@ -775,7 +783,7 @@ impl ControllerNode {
                 let new_cluster_id = ClusterId(uuid::Uuid::new_v4().as_u128());
                 let mut controller =
                     Controller::new(self.session_timeout, new_cluster_id, self.limits.clone())
-                        .with_unclean_default(self.unclean_by_default)
+                        .with_topic_defaults(self.topic_defaults.clone())
                         .with_leader_balance(self.leader_balance);
                 // Raft elected this voter because the last active controller fell silent: its
                 // broker did too (a crash, a pause, a cut), and is fenced at the first tick
@@ -872,7 +880,9 @@ pub fn status_of(
         .collect();
     let partitions = || image.topics.values().flat_map(|t| t.partitions.values());
     let offline = partitions().filter(|p| p.leader.is_none()).count();
-    let under_replicated = partitions().filter(|p| p.isr.len() < p.replicas.len()).count();
+    // As Kafka counts them: against the replicas a reassignment keeps (its target).
+    let under_replicated =
+        partitions().filter(|p| p.isr.len() < p.target_replicas().count()).count();
     ClusterStatus {
         node,
         cluster_id: image.cluster_id,
@@ -926,6 +936,7 @@ fn refused(refusal: Refusal) -> ControllerError {
         Refusal::StalePartitionEpoch { .. } => ErrorKind::InvalidUpdateVersion,
         Refusal::InvalidIsr(_) => ErrorKind::InvalidRequest,
         Refusal::IneligibleReplica(_) => ErrorKind::IneligibleReplica,
+        Refusal::NoReassignmentInProgress(..) => ErrorKind::NoReassignmentInProgress,
     };
     ControllerError::new(kind, refusal.to_string())
 }

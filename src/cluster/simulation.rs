@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::decide::{
-    Controller, Event, IsrRequest, NewPartitions, NewTopic, PartitionLimits, Refusal,
+    Controller, Event, IsrRequest, NewPartitions, NewTopic, PartitionLimits, Reassignment, Refusal,
     PRODUCER_ID_BLOCK,
 };
 use super::metadata::{
@@ -139,23 +139,46 @@ impl Run {
         );
     }
 
-    /// No unclean election: a partition's new leader was in its in-sync set before, and the
-    /// in-sync set gains members only when its leader asked, and only live ones.
+    /// No unclean election: a partition's new leader was in its in-sync set before, or
+    /// eligible (KIP-966), and the in-sync set gains members only when its leader asked, and
+    /// only live ones, or when an eligible replica is elected (it alone). Replicas are eligible
+    /// only while the in-sync set is below `min.insync.replicas`.
     fn check_elections(&self, before: &MetadataImage, asked_to_grow: bool) {
         for (topic, partition, state) in self.image.partitions() {
             let Some(old) = before.topics.get(&topic).and_then(|t| t.partitions.get(&partition))
             else {
                 continue;
             };
-            let from_isr =
-                state.leader.is_none_or(|l| state.leader == old.leader || old.isr.contains(&l));
-            let joined = state.isr.iter().filter(|r| !old.isr.contains(r));
-            let shrinks = match asked_to_grow {
-                true => joined.clone().all(|r| before.is_live(r)),
-                false => joined.count() == 0,
-            };
+            // (An eligible replica elected may be fenced in the same batch, leaving it in sync
+            // alone and the partition without a leader; a reassignment completed by its
+            // leader's in-sync change, which removed the leader, hands over to a replica that
+            // change may have brought in.)
+            let completed_away = old.is_reassigning()
+                && !state.is_reassigning()
+                && old.leader.is_some_and(|l| !state.replicas.contains(&l));
+            let from_isr = state.leader.is_none_or(|l| {
+                let joined_at_ask = asked_to_grow && completed_away && state.isr.contains(&l);
+                state.leader == old.leader
+                    || old.isr.contains(&l)
+                    || old.elr.contains(&l)
+                    || joined_at_ask
+            });
+            let mut joined = state.isr.iter().filter(|r| !old.isr.contains(r));
+            let shrinks = joined.all(|r| {
+                let elected_eligible = old.elr.contains(r) && state.isr == [*r];
+                elected_eligible || (asked_to_grow && before.is_live(r))
+            });
+            // Default settings: min.insync.replicas is 2 once a partition is replicated.
+            let min_insync = state.settled_replica_count().clamp(1, 2);
+            let eligible_only_below = state.elr.is_empty() || state.isr.len() < min_insync;
+            // A reassignment drops an original in-sync replica only once every replica it
+            // keeps is in sync (KIP-455); a replica being added may be dropped any time.
+            let mut dropped_in_sync =
+                (old.isr.iter()).filter(|r| !state.replicas.contains(r) && !old.adding.contains(r));
+            let moved_in_sync = dropped_in_sync.next().is_none()
+                || state.replicas.iter().all(|r| state.isr.contains(r));
             assert!(
-                from_isr && shrinks,
+                from_isr && shrinks && eligible_only_below && moved_in_sync,
                 "seed {}: {topic}-{partition} went from {old:?} to {state:?}",
                 self.seed
             );
@@ -204,6 +227,7 @@ impl Run {
             rack: Some(format!("rack-{}", node.0 % 2)),
             endpoints: Self::endpoints(node),
             protocol_version: CLUSTER_PROTOCOL_VERSION,
+            min_insync_replicas: None,
         };
         match self.decide(Event::Register { registration, cluster_id: None }) {
             Ok(()) => {
@@ -378,9 +402,61 @@ impl Run {
         }
     }
 
+    /// Moves a partition to seeded replicas among the registered brokers (live or not), or
+    /// cancels its move. Refused exactly when the cancel finds no move, no target replica is
+    /// live to lead, or the in-sync replicas would all be dropped.
+    fn reassign(&mut self) {
+        let partitions: Vec<(String, PartitionId, PartitionState)> = (self.image.partitions())
+            .map(|(id, partition, state)| {
+                (self.image.topics[&id].name.clone(), partition, state.clone())
+            })
+            .collect();
+        if partitions.is_empty() {
+            return;
+        }
+        let (topic, partition, state) =
+            partitions[self.rng.below(partitions.len() as u64) as usize].clone();
+        let target = match self.rng.below(4) {
+            0 => None,
+            _ => {
+                let mut pool: Vec<NodeId> = self.image.brokers.keys().copied().collect();
+                let count = 1 + self.rng.below(pool.len().min(3) as u64) as usize;
+                Some((0..count).map(|_| pool.remove(self.rng.below(pool.len() as u64) as usize)))
+                    .map(|picked| picked.collect::<Vec<_>>())
+            }
+        };
+        let leadable = target.as_ref().is_none_or(|t| t.iter().any(|r| self.image.is_live(r)));
+        // A new target keeps it and the replicas the partition had (until it completes); a
+        // cancel, those it had.
+        let original: Vec<NodeId> = state.original_replicas().collect();
+        let kept: Vec<NodeId> = target.iter().flatten().chain(&original).copied().collect();
+        let keeps_in_sync = state.isr.iter().any(|r| kept.contains(r));
+        let cancel_of_none = target.is_none() && !state.is_reassigning();
+        let reassignment = Reassignment { topic, partition, target: target.clone() };
+        match self.decide(Event::Reassign(vec![reassignment])) {
+            Ok(()) => {
+                let valid = leadable && !cancel_of_none && keeps_in_sync;
+                assert!(valid, "seed {}: {target:?} taken for {state:?}", self.seed);
+                let event = match target {
+                    Some(_) => "partition reassigned",
+                    None => "reassignment cancelled",
+                };
+                self.event(event);
+            }
+            Err(Refusal::NoReassignmentInProgress(..)) if cancel_of_none => {
+                self.event("cancel of no reassignment refused")
+            }
+            Err(Refusal::InvalidAssignment(_)) if !leadable || !keeps_in_sync => {
+                self.event("reassignment refused")
+            }
+            other => panic!("seed {}: reassigning to {target:?}: {other:?}", self.seed),
+        }
+    }
+
     fn step(&mut self) {
         let b = self.rng.below(self.brokers.len() as u64) as usize;
-        match self.rng.below(20) {
+        match self.rng.below(21) {
+            14 | 20 => self.reassign(),
             0 if self.brokers[b].epoch.is_some() => {
                 self.event("broker killed");
                 self.brokers[b].epoch = None;
@@ -553,6 +629,9 @@ fn the_controller_never_elects_uncleanly_and_the_cluster_settles() {
         "in-sync change from a replica not leading refused",
         "in-sync change in another leader epoch refused",
         "in-sync change with a fenced replica refused",
+        "partition reassigned",
+        "reassignment cancelled",
+        "cancel of no reassignment refused",
     ];
     crate::testing::assert_every_event_ran(&totals, &expected);
 }
@@ -889,6 +968,7 @@ impl QuorumRun {
                     rack: None,
                     endpoints: Run::endpoints(node),
                     protocol_version: CLUSTER_PROTOCOL_VERSION,
+                    min_insync_replicas: None,
                 };
                 Event::Register { registration, cluster_id: None }
             }

@@ -6,12 +6,13 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest,
-    DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest,
-    ElectLeadersRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest,
-    InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
-    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest,
-    OffsetForLeaderEpochRequest, ProduceRequest, RequestHeader, ResponseHeader, SyncGroupRequest,
+    AlterPartitionReassignmentsRequest, ApiKey, ApiVersionsRequest, CreatePartitionsRequest,
+    CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest, DescribeClusterRequest,
+    DescribeConfigsRequest, DescribeGroupsRequest, ElectLeadersRequest, FetchRequest,
+    FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest,
+    LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, ListPartitionReassignmentsRequest,
+    MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest,
+    ProduceRequest, RequestHeader, ResponseHeader, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -64,6 +65,8 @@ pub enum Request {
     DescribeCluster(DescribeClusterRequest),
     OffsetForLeaderEpoch(OffsetForLeaderEpochRequest),
     ElectLeaders(ElectLeadersRequest),
+    AlterPartitionReassignments(AlterPartitionReassignmentsRequest),
+    ListPartitionReassignments(ListPartitionReassignmentsRequest),
 }
 
 /// A whole request: its header (client id, correlation id) and body.
@@ -107,6 +110,12 @@ pub fn decode_request(api: ApiKey, frame: Bytes) -> Result<DecodedRequest, Strin
         ApiKey::DescribeCluster => Request::DescribeCluster(body(&mut buf, version)?),
         ApiKey::OffsetForLeaderEpoch => Request::OffsetForLeaderEpoch(body(&mut buf, version)?),
         ApiKey::ElectLeaders => Request::ElectLeaders(body(&mut buf, version)?),
+        ApiKey::AlterPartitionReassignments => {
+            Request::AlterPartitionReassignments(body(&mut buf, version)?)
+        }
+        ApiKey::ListPartitionReassignments => {
+            Request::ListPartitionReassignments(body(&mut buf, version)?)
+        }
         other => return Err(format!("{other:?} is not served")),
     };
     Ok(DecodedRequest { api, version, header, body })
@@ -228,6 +237,7 @@ pub fn error_code(kind: ErrorKind) -> i16 {
         ErrorKind::NotEnoughReplicas => Kafka::NotEnoughReplicas,
         ErrorKind::NotEnoughReplicasAfterAppend => Kafka::NotEnoughReplicasAfterAppend,
         ErrorKind::RequestTimedOut => Kafka::RequestTimedOut,
+        ErrorKind::NoReassignmentInProgress => Kafka::NoReassignmentInProgress,
         ErrorKind::CoordinatorNotAvailable => Kafka::CoordinatorNotAvailable,
         ErrorKind::CoordinatorLoadInProgress => Kafka::CoordinatorLoadInProgress,
         ErrorKind::IllegalGeneration => Kafka::IllegalGeneration,

@@ -40,6 +40,8 @@ const SUPPORTED: &[(ApiKey, i16, i16, i16)] = &[
     (ApiKey::DescribeCluster, 0, 0, 1),
     (ApiKey::OffsetForLeaderEpoch, 2, 2, 4),
     (ApiKey::ElectLeaders, 0, 0, 2),
+    (ApiKey::AlterPartitionReassignments, 0, 0, 1),
+    (ApiKey::ListPartitionReassignments, 0, 0, 0),
 ];
 
 /// Whether `version` of `api` can be decoded and answered.

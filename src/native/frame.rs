@@ -30,7 +30,9 @@ pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"SPN1");
 /// snapshots (a Raft message or a metadata fetch may carry one; the cluster status names the
 /// newest and where a voter's log starts), and FindCoordinator. 4: ReplicaFetch, and the codes
 /// of `acks=all` with replicas (not enough replicas, before and after the append; timed out).
-pub const PROTOCOL_VERSION: u8 = 4;
+/// 5: Reassign (KIP-455), and partition metadata with the reassignment in progress and the
+/// eligible leader replicas (KIP-966).
+pub const PROTOCOL_VERSION: u8 = 5;
 /// Meta bodies are small (names, numbers); anything larger is a corrupt or hostile frame.
 pub const META_BYTES_MAX: u32 = 1024 * 1024;
 pub const META_ALIGN: usize = 16;
@@ -73,6 +75,9 @@ pub enum Api {
     /// A follower's fetch of many partitions from their leader; the entries travel as the
     /// data, as stored.
     ReplicaFetch = 21,
+    /// Partitions moved to other replicas, or a move cancelled (Kafka's
+    /// AlterPartitionReassignments).
+    Reassign = 22,
 }
 
 impl Api {
@@ -99,6 +104,7 @@ impl Api {
             19 => Self::MetadataFetch,
             20 => Self::FindCoordinator,
             21 => Self::ReplicaFetch,
+            22 => Self::Reassign,
             _ => return None,
         })
     }

@@ -16,7 +16,7 @@ use crate::native::messages::{
     DescribeGroupRequest, DescribeGroupResponse, ErrorBody, ErrorCode, FetchRequest, FetchResponse,
     GroupMember, GroupOffset, GroupSummary, ListGroupsResponse, ListOffsetsRequest,
     ListOffsetsResponse, MetadataRequest, MetadataResponse, PartitionMetadata, ProduceRequest,
-    ProduceResponse, TopicMetadata,
+    ProduceResponse, ReassignRequest, TopicMetadata,
 };
 use crate::native::{cluster, groups, replication};
 use crate::record::batch::validate_native_payload;
@@ -94,6 +94,7 @@ pub async fn handle(
         Api::Metadata => Some(metadata(&shard, &frame).await),
         Api::CreateTopic => Some(create_topic(&shard, &frame).await),
         Api::DeleteTopic => Some(delete_topic(&shard, &frame).await),
+        Api::Reassign => Some(reassign(&shard, &frame).await),
         Api::ListGroups => Some(list_groups(&shard, request_id).await),
         Api::DescribeGroup => Some(describe_group(&shard, &frame).await),
         Api::JoinGroup => Some(groups::join(&shard, &frame, &peer).await),
@@ -122,6 +123,7 @@ fn hist_of(api: Api) -> Hist {
         Api::Metadata => Hist::Metadata,
         Api::CreateTopic => Hist::CreateTopic,
         Api::DeleteTopic => Hist::DeleteTopic,
+        Api::Reassign => Hist::Cluster,
         Api::ListGroups
         | Api::DescribeGroup
         | Api::JoinGroup
@@ -343,6 +345,9 @@ async fn describe_topic(shard: &Rc<Shard>, name: String, with_offsets: bool) -> 
             leader_epoch: state.map_or(-1, |s| s.leader_epoch.0),
             isr: state.map(|s| s.isr.clone()).unwrap_or_default(),
             replicas: state.map(|s| s.replicas.clone()).unwrap_or_default(),
+            adding: state.map(|s| s.adding.clone()).unwrap_or_default(),
+            removing: state.map(|s| s.removing.clone()).unwrap_or_default(),
+            elr: state.map(|s| s.elr.clone()).unwrap_or_default(),
         });
     }
     TopicMetadata { name, error, partitions, configs: info.config.entries() }
@@ -373,6 +378,16 @@ async fn delete_topic(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
     };
     let result = shard.delete_topic(&request.name).await;
     answer(Api::DeleteTopic, request_id, &admin_body(result))
+}
+
+async fn reassign(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
+    let request_id = frame.header.request_id.get();
+    let request: ReassignRequest = match decode(frame.meta()) {
+        Ok(request) => request,
+        Err(why) => return undecodable(Api::Reassign, request_id, why),
+    };
+    let result = shard.reassign_partitions(request.moves).await;
+    answer(Api::Reassign, request_id, &admin_body(result))
 }
 
 async fn list_groups(shard: &Rc<Shard>, request_id: u64) -> Response {

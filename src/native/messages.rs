@@ -7,6 +7,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 // The cluster's requests and answers travel as the cluster defines them.
+pub use crate::cluster::decide::Reassignment;
 pub use crate::cluster::metadata::ClusterId;
 pub use crate::cluster::node::{
     BrokerStatus, ClusterStatus, ControllerAnswer, ControllerRequest, MetadataEntries,
@@ -87,6 +88,8 @@ pub enum ErrorCode {
     NotEnoughReplicasAfterAppend = 41,
     /// `acks=all` not confirmed by the followers in time.
     RequestTimedOut = 42,
+    /// A cancellation of a partition reassignment where none is in progress.
+    NoReassignmentInProgress = 43,
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -146,6 +149,7 @@ impl From<ErrorKind> for ErrorCode {
             ErrorKind::NotEnoughReplicas => ErrorCode::NotEnoughReplicas,
             ErrorKind::NotEnoughReplicasAfterAppend => ErrorCode::NotEnoughReplicasAfterAppend,
             ErrorKind::RequestTimedOut => ErrorCode::RequestTimedOut,
+            ErrorKind::NoReassignmentInProgress => ErrorCode::NoReassignmentInProgress,
         }
     }
 }
@@ -288,6 +292,11 @@ pub struct PartitionMetadata {
     pub replicas: Vec<NodeId>,
     /// The replicas in sync with the leader (the leader alone until data is replicated).
     pub isr: Vec<NodeId>,
+    /// A reassignment in progress: the replicas being added and those to be removed.
+    pub adding: Vec<NodeId>,
+    pub removing: Vec<NodeId>,
+    /// Out of sync, yet eligible to lead (KIP-966).
+    pub elr: Vec<NodeId>,
 }
 
 /// A live broker of the cluster, at its native address.
@@ -372,6 +381,12 @@ pub struct CreateTopicRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub struct DeleteTopicRequest {
     pub name: String,
+}
+
+/// Partitions to move (answered by an [`AdminResponse`]: all moves begun, or none).
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct ReassignRequest {
+    pub moves: Vec<Reassignment>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]

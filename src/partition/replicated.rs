@@ -82,20 +82,7 @@ impl<S: Storage> Partition<S> {
             }
             true => {
                 self.enter_replicated_role();
-                let epoch_start = (self.log.leader_epochs().last())
-                    .filter(|e| e.epoch == epoch)
-                    .map_or(self.log.log_end(), |e| e.start_offset);
-                let set = ReplicaSet::new(
-                    view.me,
-                    (epoch, epoch_start),
-                    &view.replicas,
-                    view.isr.clone(),
-                    (view.min_insync, view.lag_max),
-                    // As it stands, not recomputed: while still alone, that would make all the
-                    // log recovered visible before the replicas agree on it.
-                    self.high_watermark.get(),
-                    Instant::now(),
-                );
+                let set = self.replica_set(epoch, view);
                 Replication::Leading { set, partition_epoch: view.partition_epoch }
             }
         };
@@ -104,18 +91,52 @@ impl<S: Storage> Partition<S> {
         self.moved.notify(usize::MAX);
     }
 
+    /// The replica set of a leadership in `epoch`, its high watermark as it stands (not
+    /// recomputed: while still alone, that would make all the log recovered visible before the
+    /// replicas agree on it).
+    fn replica_set(&self, epoch: LeaderEpoch, view: &ReplicaView) -> ReplicaSet {
+        let epoch_start = (self.log.leader_epochs().last())
+            .filter(|e| e.epoch == epoch)
+            .map_or(self.log.log_end(), |e| e.start_offset);
+        ReplicaSet::new(
+            view.me,
+            (epoch, epoch_start),
+            &view.replicas,
+            view.isr.clone(),
+            (view.min_insync, view.lag_max),
+            self.high_watermark.get(),
+            Instant::now(),
+        )
+    }
+
     /// The metadata changed the partition's state while this broker leads it in the same epoch:
     /// a new in-sync set (a change it asked for, or a fencing) answers any it asked for.
     pub(super) fn update_replicas(&self, view: &ReplicaView) {
         let leader_synced = self.log.synced_offset();
-        if let Replication::Leading { set, partition_epoch } = &mut *self.replication.borrow_mut() {
-            if *partition_epoch != view.partition_epoch {
-                *partition_epoch = view.partition_epoch;
-                if view.isr.contains(&view.me) {
-                    set.set_isr(view.isr.clone(), leader_synced);
+        let mut replication = self.replication.borrow_mut();
+        match &mut *replication {
+            Replication::Leading { set, partition_epoch } => {
+                if *partition_epoch != view.partition_epoch {
+                    *partition_epoch = view.partition_epoch;
+                    set.set_replicas(&view.replicas, view.min_insync, Instant::now());
+                    if view.isr.contains(&view.me) {
+                        set.set_isr(view.isr.clone(), leader_synced);
+                    }
                 }
             }
+            // A reassignment gives a partition led alone its first followers (KIP-455). What it
+            // wrote alone was visible already and stays so: its high watermark is kept, where
+            // a recovered log's starts again (`enter_replicated_role`).
+            Replication::Alone if view.replicas.len() > 1 && view.isr.contains(&view.me) => {
+                if let Some(epoch) = self.leader_epoch.get() {
+                    let set = self.replica_set(epoch, view);
+                    *replication =
+                        Replication::Leading { set, partition_epoch: view.partition_epoch };
+                }
+            }
+            Replication::Alone | Replication::Following { .. } => {}
         }
+        drop(replication);
         self.moved.notify(usize::MAX);
     }
 
@@ -147,7 +168,9 @@ impl<S: Storage> Partition<S> {
     /// opened): what its log recovered is visible only once the replicas agree on it, so the
     /// high watermark starts from the log start, as no reader has seen anything of it yet.
     fn enter_replicated_role(&self) {
-        // A replicated partition never goes back to alone (its replicas do not change yet).
+        // A replicated partition goes back to alone only when a leadership begins with a single
+        // replica (a reassignment to one): its high watermark is then the log's written end,
+        // never lower than before.
         if matches!(*self.replication.borrow(), Replication::Alone) {
             self.high_watermark.set(self.log.log_start());
         }

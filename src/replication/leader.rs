@@ -86,29 +86,19 @@ impl ReplicaSet {
         now: Instant,
     ) -> Self {
         assert!(isr.contains(&me), "leader {me} is not in its in-sync set {isr:?}");
-        let followers = (replicas.iter().filter(|r| **r != me))
-            .map(|r| {
-                let follower = Follower {
-                    synced: None,
-                    caught_up_at: now,
-                    last_fetch: (Offset(0), now),
-                    told_log_start: Offset(0),
-                };
-                (*r, follower)
-            })
-            .collect();
-        let pending = None;
-        Self {
+        let mut set = Self {
             me,
             epoch,
             epoch_start,
             isr,
-            pending,
+            pending: None,
             min_insync,
             lag_max,
-            followers,
+            followers: BTreeMap::new(),
             high_watermark,
-        }
+        };
+        set.set_replicas(replicas, min_insync, now);
+        set
     }
 
     pub fn high_watermark(&self) -> Offset {
@@ -238,6 +228,22 @@ impl ReplicaSet {
         self.isr = isr;
         self.pending = None;
         self.advance(leader_synced);
+    }
+
+    /// The controller committed other replicas (a reassignment, KIP-455): a replica added is a
+    /// follower not heard from yet, given the lag time from `now` to catch up; one removed is
+    /// forgotten. `min_insync` is resolved against the replica count anew.
+    pub fn set_replicas(&mut self, replicas: &[NodeId], min_insync: usize, now: Instant) {
+        self.followers.retain(|node, _| replicas.contains(node));
+        for replica in replicas.iter().filter(|r| **r != self.me) {
+            self.followers.entry(*replica).or_insert(Follower {
+                synced: None,
+                caught_up_at: now,
+                last_fetch: (Offset(0), now),
+                told_log_start: Offset(0),
+            });
+        }
+        self.min_insync = min_insync;
     }
 
     /// Whether a change was asked and not answered yet.

@@ -6,6 +6,8 @@
 //!
 //! - `divergence.rs`: where a follower's log stops agreeing with its leader's, from the two
 //!   leader-epoch caches (KIP-320's diverging epoch, KIP-101, KIP-279).
+//! - `eligible.rs`: which replicas out of the in-sync set may still lead (KIP-966's eligible
+//!   leader replicas), as the controller keeps them.
 //! - `leader.rs`: a leader's view of its replicas: followers' synced ends, the high watermark,
 //!   `min.insync.replicas` for `acks=all`, and which followers leave or rejoin the in-sync set
 //!   (`replica.lag.time.max.ms`).
@@ -15,6 +17,7 @@
 //!   watermarks.
 
 pub mod divergence;
+pub mod eligible;
 pub mod leader;
 #[cfg(test)]
 mod simulation;

@@ -1,6 +1,7 @@
 //! A seeded simulation of one partition replicated on three brokers, without I/O: the leader's
 //! [`ReplicaSet`], the divergence checks of [`super::divergence`], and a controller that elects
-//! leaders from the in-sync set and commits the in-sync changes leaders ask for.
+//! leaders from the in-sync set (else from the eligible leader replicas, KIP-966) and commits
+//! the in-sync changes leaders ask for.
 //!
 //! Each replica has a log of (epoch, record) entries, of which a prefix is synced. At seeded
 //! moments: a replica that believes it leads appends records (an `acks=all` produce, refused
@@ -24,6 +25,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::divergence::{check_fetch, truncation, FetchCheck};
+use super::eligible::eligible_after;
 use super::leader::{Position, ReplicaSet};
 use crate::log::epochs::LeaderEpochs;
 use crate::testing::TestRng;
@@ -86,6 +88,16 @@ struct PartitionState {
     /// Raised at every change of the in-sync set (KIP-497): a request made against an older
     /// one is refused.
     partition_epoch: u32,
+    /// Eligible leader replicas (KIP-966), as the controller keeps them.
+    elr: Vec<NodeId>,
+}
+
+impl PartitionState {
+    /// The in-sync set becomes `isr`; the eligible replicas follow.
+    fn set_isr(&mut self, isr: Vec<NodeId>) {
+        self.elr = eligible_after(&self.isr, &self.elr, &isr, MIN_INSYNC);
+        self.isr = isr;
+    }
 }
 
 /// A leader's in-sync change on its way to the controller: (when it arrives, from whom, in
@@ -157,6 +169,7 @@ impl Run {
             epoch: LeaderEpoch(0),
             isr: REPLICAS.to_vec(),
             partition_epoch: 0,
+            elr: Vec::new(),
         };
         let mut run = Self {
             seed,
@@ -184,21 +197,27 @@ impl Run {
         node.0 as usize - 1
     }
 
-    /// The controller elects a live in-sync replica (never an out-of-sync one) under a new
-    /// epoch; with none, the partition waits. The new leader learns at once, the others later
-    /// ([`Self::learn`]).
+    /// The controller elects a live in-sync replica under a new epoch, else a live eligible
+    /// one (KIP-966: in sync alone from then on), never another; with none, the partition
+    /// waits. The new leader learns at once, the others later ([`Self::learn`]).
     fn elect(&mut self) {
-        let alive: Vec<NodeId> = self
-            .state
-            .isr
-            .iter()
-            .copied()
-            .filter(|n| self.replicas[Self::index(*n)].alive)
-            .collect();
+        let alive_in = |set: &[NodeId]| -> Vec<NodeId> {
+            set.iter().copied().filter(|n| self.replicas[Self::index(*n)].alive).collect()
+        };
+        let in_sync = alive_in(&self.state.isr);
+        let (alive, eligible) = match in_sync.is_empty() {
+            true => (alive_in(&self.state.elr), true),
+            false => (in_sync, false),
+        };
         let Some(&leader) = alive.get(self.rng.below(alive.len().max(1) as u64) as usize) else {
             self.state.leader = None;
             return;
         };
+        if eligible {
+            self.state.set_isr(vec![leader]);
+            self.state.partition_epoch += 1;
+            self.event("eligible replica elected");
+        }
         self.state.epoch = LeaderEpoch(self.state.epoch.0 + 1);
         self.state.leader = Some(leader);
         let first = *self.leaders.entry(self.state.epoch).or_insert(leader);
@@ -491,7 +510,7 @@ impl Run {
             && self.state.partition_epoch == partition_epoch;
         if current {
             let grew = isr.len() > self.state.isr.len();
-            self.state.isr = isr.clone();
+            self.state.set_isr(isr.clone());
             self.state.partition_epoch += 1;
             self.event(if grew { "in-sync set grew" } else { "in-sync set shrank" });
         } else {
@@ -537,7 +556,8 @@ impl Run {
     /// The controller fences `node` (its session lapsed, or it crashed).
     fn fence(&mut self, node: NodeId) {
         if self.state.isr.len() > 1 && self.state.isr.contains(&node) {
-            self.state.isr.retain(|n| *n != node);
+            let isr = self.state.isr.iter().copied().filter(|n| *n != node).collect();
+            self.state.set_isr(isr);
             self.state.partition_epoch += 1;
             let isr = self.state.isr.clone();
             if let Some(leader) = self.state.leader.filter(|l| *l != node) {
@@ -575,8 +595,8 @@ impl Run {
         replica.high_watermark = replica.high_watermark.min(replica.synced as u64);
         let node = replica.node;
         self.event("broker restarted");
-        // The partition had no live in-sync replica: one that returns is elected.
-        if leader.is_none() && self.state.isr.contains(&node) {
+        // The partition had no live in-sync or eligible replica: one that returns is elected.
+        if leader.is_none() && (self.state.isr.contains(&node) || self.state.elr.contains(&node)) {
             self.elect();
         }
     }
@@ -707,6 +727,7 @@ fn no_acknowledged_record_is_lost_and_replicas_agree_below_their_high_watermarks
         "fetch at a zombie leader",
         "zombie leader stood down",
         "message dropped",
+        "eligible replica elected",
     ];
     crate::testing::assert_every_event_ran(&totals, &expected);
 }

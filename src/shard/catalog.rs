@@ -93,11 +93,23 @@ impl TopicInfo {
 }
 
 /// The partitions of `topic` this broker holds on disk.
+/// What a partition's directory is renamed to before it is removed: no partition's name.
+const REMOVED_SUFFIX: &str = ".removed";
+
+/// The partitions of `topic` this broker holds on disk. A partition directory whose removal a
+/// crash interrupted ([`remove_partition`]) is removed now.
 pub fn partitions_on_disk(data_dir: &Path, topic: &str) -> io::Result<Vec<PartitionId>> {
     let mut held = Vec::new();
     for entry in std::fs::read_dir(topic_dir(data_dir, topic))? {
         let entry = entry?;
-        let index = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok());
+        let name = entry.file_name();
+        if name.to_str().is_some_and(|name| name.ends_with(REMOVED_SUFFIX)) {
+            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                tracing::warn!(path = %entry.path().display(), "removing a partition removed before: {e}");
+            }
+            continue;
+        }
+        let index = name.to_str().and_then(|name| name.parse::<u32>().ok());
         if let (Some(index), true) = (index, entry.file_type()?.is_dir()) {
             held.push(PartitionId(index));
         }
@@ -192,6 +204,26 @@ pub fn free_disk_bytes(dir: &Path) -> io::Result<u64> {
     Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
 }
 
+/// Removes a partition's directory (a replica moved off this broker): renamed first, durably,
+/// to a name no scan takes for a partition, then removed; a crash midway leaves a directory the
+/// next start removes ([`partitions_on_disk`]), never a partition with holes. Blocking: run off
+/// the shard.
+pub fn remove_partition(data_dir: &Path, topic: &str, partition: PartitionId) -> io::Result<()> {
+    check_name(topic)?;
+    let dir = partition_dir(data_dir, topic, partition);
+    let removed = topic_dir(data_dir, topic).join(format!("{partition}{REMOVED_SUFFIX}"));
+    match std::fs::remove_dir_all(&removed) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    match std::fs::rename(&dir, &removed) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        other => other?,
+    }
+    std::fs::File::open(topic_dir(data_dir, topic))?.sync_all()?;
+    std::fs::remove_dir_all(&removed)
+}
+
 /// Removes a topic: first its file (so a crash midway leaves an ignored directory), then the
 /// rest. Blocking: run off the shard.
 pub fn remove_topic(data_dir: &Path, name: &str) -> io::Result<()> {
@@ -218,6 +250,30 @@ mod tests {
             owners.sort_unstable();
             assert_eq!(owners, (0..shards).collect::<Vec<_>>());
         }
+    }
+
+    /// A replica moved off the broker goes whole; one whose removal a crash interrupted (its
+    /// directory renamed, not yet removed) is no partition, and goes at the next scan.
+    #[test]
+    fn removed_partitions_go_whole_even_across_a_crash() {
+        let data = tempfile::tempdir().expect("tempdir");
+        for p in 0..3 {
+            let dir = partition_dir(data.path(), "t", PartitionId(p));
+            std::fs::create_dir_all(&dir).expect("partition dir");
+            std::fs::write(dir.join("00000000000000000000.log"), b"entries").expect("segment");
+        }
+        remove_partition(data.path(), "t", PartitionId(1)).expect("removed");
+        assert_eq!(
+            partitions_on_disk(data.path(), "t").expect("scan"),
+            [PartitionId(0), PartitionId(2)]
+        );
+        remove_partition(data.path(), "t", PartitionId(1)).expect("removing it again is nothing");
+        // A crash after the rename.
+        let interrupted = topic_dir(data.path(), "t").join(format!("2{REMOVED_SUFFIX}"));
+        std::fs::rename(partition_dir(data.path(), "t", PartitionId(2)), &interrupted)
+            .expect("renamed");
+        assert_eq!(partitions_on_disk(data.path(), "t").expect("scan"), [PartitionId(0)]);
+        assert!(!interrupted.exists(), "the interrupted removal finished");
     }
 
     #[test]

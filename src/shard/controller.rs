@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use crate::cluster::decide::{Election, NewPartitions, NewTopic};
+use crate::cluster::decide::{Election, NewPartitions, NewTopic, Reassignment};
 use crate::cluster::metadata::PARTITIONS_MAX;
 use crate::cluster::node::{ControllerAnswer, ControllerRequest};
 use crate::error::{BrokerError, ErrorKind};
@@ -122,6 +122,21 @@ impl Shard {
         partitions: Option<Vec<(String, PartitionId)>>,
     ) -> Result<(), BrokerError> {
         self.change_metadata(ControllerRequest::ElectLeaders { election, partitions }).await
+    }
+
+    /// Asks the active controller to move partitions to other replicas, or back (KIP-455);
+    /// answered once this broker's shards have the moves begun (or complete).
+    pub async fn reassign_partitions(
+        self: &Rc<Self>,
+        moves: Vec<Reassignment>,
+    ) -> Result<(), BrokerError> {
+        for (name, count) in moves.iter().fold(BTreeMap::new(), |mut count, m| {
+            *count.entry(m.topic.as_str()).or_insert(0u64) += 1;
+            count
+        }) {
+            tracing::info!(topic = %name, partitions = count, "reassigning partitions");
+        }
+        self.change_metadata(ControllerRequest::Reassign(moves)).await
     }
 
     pub(super) async fn delete_topic_in_cluster(

@@ -30,7 +30,7 @@ use crate::error::{BrokerError, ErrorKind};
 use crate::shard::call::{Publish, RemoveTopic};
 use crate::shard::catalog::{self, TopicFile, TopicInfo};
 use crate::shard::replicas::Followed;
-use crate::shard::state::Shard;
+use crate::shard::state::{PartitionKey, Shard};
 use crate::types::{LeaderEpoch, NodeId, PartitionId, ShardId};
 
 /// How often the publisher looks again without a change (its broker's registration, say).
@@ -140,6 +140,9 @@ impl Shard {
                 }
             }
         }
+        if complete {
+            complete &= self.remove_topics_moved_off(&published.image).await;
+        }
         self.published_everywhere.set(applied);
         self.published_signal.notify(usize::MAX);
         Ok(if complete { Round::Complete } else { Round::Unfinished })
@@ -178,6 +181,41 @@ impl Shard {
         self.disk_topics.borrow_mut().remove(name);
         tracing::info!(topic = %name, "removed a topic the cluster no longer has");
         Ok(())
+    }
+
+    /// Removes the directories of the topics of the image none of whose replicas is on this
+    /// broker any more (every one moved off: the shards have removed them); answers whether all
+    /// went.
+    async fn remove_topics_moved_off(&self, image: &MetadataImage) -> bool {
+        let me = self.config.node_id;
+        let moved_off: Vec<String> = (self.disk_topics.borrow().iter())
+            .filter(|(name, file)| {
+                let topic = image.topic_named(name).map(|(_, topic)| topic);
+                !file.importing
+                    && is_the_images(file, image, name)
+                    && topic
+                        .is_some_and(|t| !t.partitions.values().any(|p| p.replicas.contains(&me)))
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        let mut all_removed = true;
+        for name in moved_off {
+            let (data_dir, dir_name) = (self.config.data_dir.clone(), name.clone());
+            let removed = glommio::executor()
+                .spawn_blocking(move || catalog::remove_topic(&data_dir, &dir_name))
+                .await;
+            match removed {
+                Ok(()) => {
+                    self.disk_topics.borrow_mut().remove(&name);
+                    tracing::info!(topic = %name, "removed the topic's directory: none of its replicas is here any more");
+                }
+                Err(e) => {
+                    tracing::error!(topic = %name, "removing a topic moved off this broker: {e}");
+                    all_removed = false;
+                }
+            }
+        }
+        all_removed
     }
 
     /// Brings the topics on disk from before the cluster into its metadata, this broker the
@@ -350,6 +388,25 @@ impl Shard {
                         tracing::error!(topic = %topic.name, %partition, topic_id = %uuid_text(id.0), "opening a replica: {e}");
                         failed = Some(e);
                     }
+                }
+            }
+        }
+        // Replicas moved off this broker (a reassignment completed, KIP-455): closed, and their
+        // data removed. Only from an image that is current (`ready`): an earlier prefix of the
+        // log may not list a replica assigned here since.
+        if published.ready {
+            let moved_off: Vec<PartitionKey> = (self.partitions.borrow().keys())
+                .filter(|(name, partition)| {
+                    let state = (image.topic_named(name))
+                        .and_then(|(_, topic)| topic.partitions.get(partition));
+                    !unsettled.contains(name) && state.is_some_and(|s| !s.replicas.contains(&me))
+                })
+                .cloned()
+                .collect();
+            for key in moved_off {
+                if let Err(e) = self.remove_replica_here(&key).await {
+                    tracing::error!(topic = %key.0, partition = %key.1, "removing a replica moved off this broker: {e}");
+                    failed = Some(e);
                 }
             }
         }

@@ -255,6 +255,21 @@ impl Shard {
         Ok(())
     }
 
+    /// Forgets a replica the cluster moved off this broker: closed, its files marked deleted
+    /// (reads in flight fail cleanly), then its directory removed.
+    pub(super) async fn remove_replica_here(&self, key: &PartitionKey) -> std::io::Result<()> {
+        let Some(partition) = self.partitions.borrow_mut().remove(key) else { return Ok(()) };
+        partition.stop_leading();
+        partition.log().close().await;
+        partition.log().mark_deleted();
+        let (data_dir, (topic, partition)) = (self.config.data_dir.clone(), key.clone());
+        glommio::executor()
+            .spawn_blocking(move || catalog::remove_partition(&data_dir, &topic, partition))
+            .await?;
+        tracing::info!(topic = %key.0, partition = %key.1, "removed a replica moved off this broker");
+        Ok(())
+    }
+
     /// Applies retention to every partition of this shard, once.
     pub async fn enforce_retention(&self) {
         let owned: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();

@@ -87,7 +87,7 @@ impl Shard {
             replicas: state.replicas.clone(),
             isr: state.isr.clone(),
             partition_epoch: state.partition_epoch,
-            min_insync: info.config.min_insync_for(state.replicas.len()),
+            min_insync: info.config.min_insync_for(state.settled_replica_count()),
             lag_max: Duration::from_millis(self.config.replica_lag_time_max_ms),
         }
     }

@@ -26,6 +26,12 @@ Modes (argv[1]):
   elect     asks for a preferred leader election (confluent-kafka's elect_leaders, KIP-460) of
             partitions SPATE_PARTITIONS (comma-separated) of SPATE_TOPIC; prints each
             partition's outcome: null, or the error's name.
+  reassign  moves partitions of SPATE_TOPIC as SPATE_MOVES says (JSON: partition -> broker ids,
+            or null to cancel its move) with kafka-python's alter_partition_reassignments
+            (KIP-455); prints each partition's outcome: null, or the error's name.
+  reassignments
+            prints the moves of SPATE_TOPIC in progress, with kafka-python's
+            list_partition_reassignments: partition -> [replicas, adding, removing].
   produce takes SPATE_FIRST (default 0): the first record's number.
 
 Env: SPATE_KAFKA=host:port[,host:port...] (required); SPATE_BUDGET: seconds (default 50).
@@ -246,6 +252,30 @@ def elect():
     print(json.dumps({"elected": dict(sorted(results.items()))}))
 
 
+def reassign():
+    from kafka import TopicPartition
+    from kafka.admin import KafkaAdminClient
+    moves = json.loads(os.environ["SPATE_MOVES"])
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=20000)
+    outcome = admin.alter_partition_reassignments(
+        {TopicPartition(topic, int(p)): replicas for p, replicas in moves.items()})
+    admin.close()
+    results = {str(tp.partition): None if error is None else error.__name__
+               for tp, error in outcome.items()}
+    print(json.dumps({"reassigned": dict(sorted(results.items()))}))
+
+
+def reassignments():
+    from kafka.admin import KafkaAdminClient
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=20000)
+    ongoing = admin.list_partition_reassignments()
+    admin.close()
+    print(json.dumps({"ongoing": {
+        str(tp.partition): [m["replicas"], m["adding_replicas"], m["removing_replicas"]]
+        for tp, m in sorted(ongoing.items()) if tp.topic == topic}}))
+
+
 {"describe": describe, "create": create, "produce": produce, "consume": consume,
- "committed": committed, "members": members, "elect": elect}.get(mode, lambda: fail(f"unknown mode {mode}"))()
+ "committed": committed, "members": members, "elect": elect, "reassign": reassign,
+ "reassignments": reassignments}.get(mode, lambda: fail(f"unknown mode {mode}"))()
 finish(f"cluster_clients {mode}")

@@ -7,6 +7,7 @@ pub mod fetch;
 pub mod groups;
 pub mod metadata;
 pub mod produce;
+pub mod reassign;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -86,6 +87,14 @@ pub async fn handle(
         }
         Request::ElectLeaders(request) => {
             (Hist::KafkaOther, reply(&admin::elect_leaders(&shard, version, request).await))
+        }
+        Request::AlterPartitionReassignments(request) => {
+            let response = reassign::alter_partition_reassignments(&shard, version, request).await;
+            (Hist::KafkaOther, reply(&response))
+        }
+        Request::ListPartitionReassignments(request) => {
+            let response = reassign::list_partition_reassignments(&shard, request);
+            (Hist::KafkaOther, reply(&response))
         }
         Request::DescribeCluster(request) => {
             (Hist::KafkaOther, reply(&metadata::describe_cluster(&shard, request).await))
