@@ -6,7 +6,7 @@ use clap::Subcommand;
 
 use crate::cli::{run_client, BrokerAddress};
 use crate::client::Client;
-use crate::native::messages::Reassignment;
+use crate::native::messages::{PartitionMetadata, Reassignment};
 use crate::types::{NodeId, PartitionId};
 
 /// How often `reassign --wait` looks again, and for how long at most.
@@ -151,11 +151,14 @@ async fn reassign(
     cancel: bool,
     wait: bool,
 ) -> Result<(), String> {
+    // Every partition, unless named; for a cancel, every partition being moved.
     let partitions: Vec<u32> = match partitions.is_empty() {
         false => partitions,
         true => {
             let topic = client.describe_topic(name).await.map_err(|e| e.to_string())?;
-            topic.partitions.iter().map(|p| p.partition).collect()
+            let moving = |p: &&PartitionMetadata| !p.adding.is_empty() || !p.removing.is_empty();
+            let named = topic.partitions.iter().filter(|p| !cancel || moving(p));
+            named.map(|p| p.partition).collect()
         }
     };
     let target = (!cancel).then(|| replicas.iter().map(|r| NodeId(*r)).collect::<Vec<_>>());

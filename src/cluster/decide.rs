@@ -588,16 +588,21 @@ impl Controller {
         }
         self.last_heard.insert(node, now);
         let mut records = self.without_leadership(image, node);
-        if let Some(current) = image.brokers.get(&node) {
-            // Against the image those changes leave (a partition changed twice in one batch
-            // must go through both).
+        let broker_epoch = image.last_broker_epoch.saturating_add(1);
+        let previous = image.brokers.get(&node).cloned();
+        records.push(MetadataRecord::RegisterBroker {
+            broker_epoch,
+            registration: registration.clone(),
+        });
+        if let Some(previous) = previous {
+            // Against the image the registration leaves (the broker fenced, and a partition
+            // changed twice in one batch going through both changes).
             let mut after = image.clone();
-            if after.apply_batch(&records).is_ok() {
-                records.extend(eligibility_revoked(&after, current, &registration));
+            match after.apply_batch(&records) {
+                Ok(()) => records.extend(eligibility_revoked(&after, &previous, &registration)),
+                Err(e) => tracing::error!(%node, "eligibility not revoked at a registration: {e}"),
             }
         }
-        let broker_epoch = image.last_broker_epoch.saturating_add(1);
-        records.push(MetadataRecord::RegisterBroker { broker_epoch, registration });
         Ok(records)
     }
 
@@ -1980,6 +1985,22 @@ mod tests {
         below(&mut controller, &mut image, &epochs);
         restarted(&mut controller, &mut image, (2, 2, 99), now);
         assert_eq!(partition_of(&image, "e").1.elr, nodes(&[]), "on a new disk");
+
+        // Live when it comes back on a new disk (its session over, not fenced yet), leading a
+        // partition no other replica can take: it is fenced by its registration, and its
+        // eligibility elsewhere goes with its disk.
+        let (mut controller, mut image, _) = cluster(3, now);
+        commit(&mut controller, &mut image, assigned("e", &[1, 2, 3], &[]), now).expect("e");
+        commit(&mut controller, &mut image, assigned("solo", &[2], &[]), now).expect("solo");
+        let broker_1 = image.brokers[&NodeId(1)].broker_epoch;
+        for isr in [&[1, 2][..], &[1]] {
+            let shrink = isr_request(&partition_of(&image, "e"), NodeId(1), broker_1, isr);
+            commit(&mut controller, &mut image, shrink, now).expect("shrunk by its leader");
+        }
+        assert_eq!(partition_of(&image, "e").1.elr, nodes(&[2]));
+        let later = now + TIMEOUT + Duration::from_secs(1);
+        restarted(&mut controller, &mut image, (2, 2, 99), later);
+        assert_eq!(partition_of(&image, "e").1.elr, nodes(&[]), "live, on a new disk");
 
         let (mut controller, mut image, epochs) = cluster(3, now);
         below(&mut controller, &mut image, &epochs);
