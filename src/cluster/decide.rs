@@ -43,8 +43,8 @@ use std::time::{Duration, Instant};
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::cluster::metadata::{
-    validate_topic_name, BrokerInfo, ClusterId, MetadataImage, MetadataRecord, PartitionState,
-    Registration, TopicId, CLUSTER_PROTOCOL_VERSION, PARTITIONS_MAX,
+    all_distinct, validate_topic_name, BrokerInfo, ClusterId, MetadataImage, MetadataRecord,
+    PartitionState, Registration, TopicId, CLUSTER_PROTOCOL_VERSION, PARTITIONS_MAX,
 };
 use crate::cluster::placement::{self, Candidate};
 use crate::config::TopicConfig;
@@ -419,6 +419,19 @@ impl Controller {
         tracing::info!(topic = name, isr = ?state.isr, elr = ?state.elr, %leader, "no in-sync replica is live: an eligible leader replica (KIP-966) leads");
         let next = PartitionState { isr: vec![leader], ..led_by(state, leader) };
         Some(self.with_completed(image, topic, self.with_eligible(image, topic, state, next)))
+    }
+
+    /// `state` led by out-of-sync replica `leader` (an unclean election): in sync alone, no
+    /// replica eligible any more (what only the lost ones had is gone).
+    fn led_uncleanly(
+        &self,
+        image: &MetadataImage,
+        topic: TopicId,
+        state: &PartitionState,
+        leader: NodeId,
+    ) -> PartitionState {
+        let next = PartitionState { isr: vec![leader], elr: Vec::new(), ..led_by(state, leader) };
+        self.with_completed(image, topic, next)
     }
 
     /// `next` with its reassignment completed if every target replica is in sync now.
@@ -809,10 +822,7 @@ fn check_assignment(
 ) -> Result<(), Refusal> {
     let wanted = replication_factor.or_else(|| assignment.first().map(Vec::len));
     for (index, replicas) in (first..).zip(assignment) {
-        let mut distinct = replicas.clone();
-        distinct.sort_unstable();
-        distinct.dedup();
-        let why = if replicas.is_empty() || distinct.len() != replicas.len() {
+        let why = if replicas.is_empty() || !all_distinct(replicas) {
             Some(format!("partition {index}: {replicas:?} are not distinct brokers"))
         } else if Some(replicas.len()) != wanted {
             Some(format!("partition {index}: {} replicas, not {wanted:?}", replicas.len()))
@@ -907,10 +917,7 @@ impl Controller {
             let current = state.partition_epoch;
             return Err(Refusal::StalePartitionEpoch { asked: partition_epoch, current });
         }
-        let mut distinct = isr.clone();
-        distinct.sort_unstable();
-        distinct.dedup();
-        if distinct.len() != isr.len() || !isr.contains(&node) {
+        if !all_distinct(&isr) || !isr.contains(&node) {
             return Err(Refusal::InvalidIsr(format!("{isr:?} with leader {node}")));
         }
         if let Some(stranger) = isr.iter().find(|r| !state.replicas.contains(r)) {
@@ -919,7 +926,7 @@ impl Controller {
         if let Some(ineligible) = isr.iter().find(|r| !state.isr.contains(r) && !image.is_live(r)) {
             return Err(Refusal::IneligibleReplica(*ineligible));
         }
-        if distinct.len() == state.isr.len() && distinct.iter().all(|r| state.isr.contains(r)) {
+        if isr.len() == state.isr.len() && isr.iter().all(|r| state.isr.contains(r)) {
             return Ok(Vec::new());
         }
         let next = PartitionState {
@@ -977,10 +984,7 @@ impl Controller {
                     } else if self.allows_unclean(image, topic) {
                         if let Some(unclean) = unclean_leader(image, topic, partition, state, live)
                         {
-                            next.leader = Some(unclean);
-                            next.isr = vec![unclean];
-                            next.elr.clear();
-                            next = self.with_completed(image, topic, next);
+                            next = self.led_uncleanly(image, topic, &next, unclean);
                         }
                     }
                 }
@@ -1085,9 +1089,7 @@ impl Controller {
                 && self.allows_unclean(image, topic)
             {
                 warn_unclean(image, topic, partition, state, node);
-                let next =
-                    PartitionState { isr: vec![node], elr: Vec::new(), ..led_by(state, node) };
-                self.with_completed(image, topic, next)
+                self.led_uncleanly(image, topic, state, node)
             } else {
                 continue;
             };
@@ -1195,11 +1197,7 @@ impl Controller {
             return Err(Refusal::InvalidAssignment(why));
         }
         next = self.with_eligible(image, topic, state, next);
-        if let Some(completed) = self.completed_reassignment(image, topic, &next) {
-            next = completed;
-        } else if next.leader.is_some_and(|l| !next.replicas.contains(&l)) {
-            next = self.led_within(image, state, next);
-        }
+        next = led_within(image, state, self.with_completed(image, topic, next));
         let unchanged = PartitionState { partition_epoch: state.partition_epoch, ..next.clone() };
         Ok((unchanged != *state).then_some(next))
     }
@@ -1218,36 +1216,15 @@ impl Controller {
         let target: Vec<NodeId> = next.target_replicas().collect();
         let name = image.topics.get(&topic).map_or("?", |t| t.name.as_str());
         tracing::info!(topic = name, from = ?next.original_replicas().collect::<Vec<_>>(), to = ?target, "reassignment complete: every target replica is in sync");
-        let mut completed = PartitionState {
+        let completed = PartitionState {
             isr: next.isr.iter().copied().filter(|r| target.contains(r)).collect(),
-            elr: next.elr.iter().copied().filter(|r| target.contains(r)).collect(),
             replicas: target,
             adding: Vec::new(),
             removing: Vec::new(),
             ..next.clone()
         };
-        completed = self.with_eligible(image, topic, next, completed);
-        if completed.leader.is_some_and(|l| !completed.replicas.contains(&l)) {
-            completed = self.led_within(image, next, completed);
-        }
-        Some(completed)
-    }
-
-    /// `next`, whose leader is no longer one of its replicas, led by its first live in-sync
-    /// replica (or none) in the next leader epoch after `before`'s.
-    fn led_within(
-        &self,
-        image: &MetadataImage,
-        before: &PartitionState,
-        next: PartitionState,
-    ) -> PartitionState {
-        let leader =
-            next.replicas.iter().copied().find(|r| next.isr.contains(r) && image.is_live(r));
-        PartitionState {
-            leader,
-            leader_epoch: LeaderEpoch(before.leader_epoch.0.saturating_add(1)),
-            ..next
-        }
+        let completed = self.with_eligible(image, topic, next, completed);
+        Some(led_within(image, next, completed))
     }
 }
 
@@ -1274,8 +1251,26 @@ impl Controller {
             return Some(eligible);
         }
         let unclean = unclean_leader(image, topic, partition, state, live)?;
-        let next = PartitionState { isr: vec![unclean], elr: Vec::new(), ..led_by(state, unclean) };
-        Some(self.with_completed(image, topic, next))
+        Some(self.led_uncleanly(image, topic, state, unclean))
+    }
+}
+
+/// `next` (a change of `before`), its leader kept if it is still a replica, else led by its
+/// first live in-sync replica (or none) in the next leader epoch after `before`'s: a
+/// reassignment removed it.
+fn led_within(
+    image: &MetadataImage,
+    before: &PartitionState,
+    next: PartitionState,
+) -> PartitionState {
+    if next.leader.is_none_or(|l| next.replicas.contains(&l)) {
+        return next;
+    }
+    let leader = next.replicas.iter().copied().find(|r| next.isr.contains(r) && image.is_live(r));
+    PartitionState {
+        leader,
+        leader_epoch: LeaderEpoch(before.leader_epoch.0.saturating_add(1)),
+        ..next
     }
 }
 

@@ -81,6 +81,13 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether no broker is named twice in `nodes` (a replica list, an in-sync set).
+pub fn all_distinct(nodes: &[NodeId]) -> bool {
+    let mut sorted = nodes.to_vec();
+    sorted.sort_unstable();
+    sorted.windows(2).all(|pair| pair[0] != pair[1])
+}
+
 /// More partitions than this in one topic is almost certainly a typo.
 pub const PARTITIONS_MAX: u32 = 10_000;
 
@@ -597,10 +604,7 @@ impl MetadataImage {
         let Some(info) = self.topics.get(&topic) else {
             return Err(format!("partition {partition} of unknown topic {topic}"));
         };
-        let mut distinct = state.replicas.clone();
-        distinct.sort_unstable();
-        distinct.dedup();
-        if distinct.len() != state.replicas.len() || state.replicas.is_empty() {
+        if !all_distinct(&state.replicas) || state.replicas.is_empty() {
             return Err(format!("{}-{partition}: replicas {:?}", info.name, state.replicas));
         }
         if let Some(stray) = state.replicas.iter().find(|r| !self.brokers.contains_key(r)) {
@@ -612,12 +616,8 @@ impl MetadataImage {
                 info.name, state.isr, state.replicas
             ));
         }
-        let within = |set: &[NodeId]| {
-            let mut distinct = set.to_vec();
-            distinct.sort_unstable();
-            distinct.dedup();
-            distinct.len() == set.len() && set.iter().all(|r| state.replicas.contains(r))
-        };
+        let within =
+            |set: &[NodeId]| all_distinct(set) && set.iter().all(|r| state.replicas.contains(r));
         let moving_apart = !state.adding.iter().any(|r| state.removing.contains(r));
         if !within(&state.adding) || !within(&state.removing) || !moving_apart {
             return Err(format!(
