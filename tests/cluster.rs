@@ -1747,8 +1747,10 @@ fn an_eligible_replica_leads_when_the_last_in_sync_one_dies() {
     cluster.broker(1).kill9();
     cluster.broker(3).restart();
     cluster.broker(2).restart();
+    // (Broker 3 may catch up and rejoin the set before this looks: broker 2 leading is what
+    // counts.)
     cluster.settle_metadata(&[2, 3], "led by eligible broker 2", |v| {
-        state(v).is_some_and(|p| p.1 == 2 && p.4 == [2])
+        state(v).is_some_and(|p| p.1 == 2 && p.4.contains(&2))
     });
     let log = cluster.brokers.iter().map(|b| b.stderr()).collect::<String>();
     assert!(log.contains("eligible leader replica"), "no eligible election logged");
