@@ -313,6 +313,12 @@ pub struct BrokerConfig {
     /// What all the tail caches of one shard keep together: the shard's oldest cached entries
     /// leave first past it, so the memory does not grow with the partition count.
     pub tail_cache_shard_bytes: usize,
+    /// What one shard keeps of the chunks read from its partitions' segments (and reads ahead
+    /// in flight, at most half of it): the least recently used chunk leaves first past it.
+    pub read_cache_shard_bytes: usize,
+    /// The most read ahead of one sequential reader (four of its fetches, within this); 0 turns
+    /// reading ahead off.
+    pub read_ahead_bytes: usize,
     /// How long the first rebalance of an empty group waits for more members.
     pub group_initial_rebalance_delay_ms: u64,
     pub group_min_session_timeout_ms: u64,
@@ -385,6 +391,10 @@ impl Default for BrokerConfig {
             segment_files_open_max: 4096,
             // Sixteen partitions' full caches: more busy partitions share it.
             tail_cache_shard_bytes: 128 * 1024 * 1024,
+            // Four consumer groups a few seconds apart at disk speed share one read here.
+            read_cache_shard_bytes: 256 * 1024 * 1024,
+            // Four 1 MiB fetches; 4 MiB fetches get two fetches' worth.
+            read_ahead_bytes: 8 * 1024 * 1024,
             group_initial_rebalance_delay_ms: 3000,
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,
@@ -498,6 +508,8 @@ impl BrokerConfig {
             }
             "log.tail.cache.bytes" => self.tail_cache_bytes = parse(key, value)?,
             "log.tail.cache.shard.bytes" => self.tail_cache_shard_bytes = parse(key, value)?,
+            "log.read.cache.shard.bytes" => self.read_cache_shard_bytes = parse(key, value)?,
+            "log.read.ahead.bytes" => self.read_ahead_bytes = parse(key, value)?,
             "log.segment.files.open.max" => {
                 self.segment_files_open_max = parse_positive(key, value)?
             }

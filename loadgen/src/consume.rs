@@ -1,5 +1,6 @@
-//! Consumers: one per partition, reading everything the producers wrote from where the run
-//! started, with every entry's checksum and archive checked by the client.
+//! Consumers: one per partition (`--readers` per partition, each on a connection of its own),
+//! reading everything the producers wrote from where the run started, with every entry's
+//! checksum and archive checked by the client.
 //!
 //! Catch-up (default) runs after the produce phase and reads the backlog from disk. Tailing
 //! (`--tail`) runs beside the producers with long polls and measures end-to-end latency: from
@@ -24,15 +25,16 @@ pub struct Consumed {
     pub totals: Rc<Totals>,
     /// Send to receipt, per record (only when records carry stamps).
     pub end_to_end: Rc<RefCell<Histogram<u64>>>,
-    /// One per partition read, in the order given.
+    /// One per partition read, in the order given (the first reader's).
     pub checks: Vec<SequenceCheck>,
 }
 
-/// Reads `partitions` (this thread's share) from `starts`: until the current end when
-/// `producing_done` is `None`, else until the producers are done and the end is reached.
+/// Reads `partitions` (this thread's share) from `starts`, once per reader (each with its own
+/// `Routes`): until the current end when `producing_done` is `None`, else until the producers
+/// are done and the end is reached.
 pub async fn run(
     args: Rc<Args>,
-    clients: Routes,
+    readers: Vec<Routes>,
     starts: Vec<u64>,
     producing_done: Option<Rc<Cell<bool>>>,
     partitions: Vec<u32>,
@@ -43,21 +45,24 @@ pub async fn run(
     let end_to_end = Rc::new(RefCell::new(spate::metrics::new_histogram()));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for (index, &partition) in partitions.iter().enumerate() {
-        let reader = PartitionReader {
-            client: clients.pool(partition)?.link(index),
-            args: args.clone(),
-            partition,
-            totals: totals.clone(),
-            end_to_end: end_to_end.clone(),
-            producing_done: producing_done.clone(),
-        };
-        tasks.push(glommio::spawn_local(reader.run(starts[partition as usize])));
+    for clients in &readers {
+        for (index, &partition) in partitions.iter().enumerate() {
+            let reader = PartitionReader {
+                client: clients.pool(partition)?.link(index),
+                args: args.clone(),
+                partition,
+                totals: totals.clone(),
+                end_to_end: end_to_end.clone(),
+                producing_done: producing_done.clone(),
+            };
+            tasks.push(glommio::spawn_local(reader.run(starts[partition as usize])));
+        }
     }
     let mut checks = Vec::new();
     for task in tasks {
         checks.push(task.await?);
     }
+    checks.truncate(partitions.len());
     totals.elapsed.set(started.max(measure_from).elapsed());
     Ok(Consumed { totals, end_to_end, checks })
 }

@@ -234,11 +234,16 @@ impl KafkaLink {
         Ok((data.records.unwrap_or_default(), data.high_watermark.max(0) as u64))
     }
 
-    /// The offset after the last record of a partition.
-    pub async fn latest(&self, topic: &str, partition: u32) -> Result<u64, String> {
+    /// A partition's offset for a ListOffsets timestamp: -1 the log end, -2 the log start.
+    pub async fn list_offset(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp: i64,
+    ) -> Result<u64, String> {
         let mut wanted = ListOffsetsPartition::default();
         wanted.partition_index = partition as i32;
-        wanted.timestamp = -1;
+        wanted.timestamp = timestamp;
         let mut list_topic = ListOffsetsTopic::default();
         list_topic.name = TopicName(StrBytes::from_string(topic.to_string()));
         list_topic.partitions = vec![wanted];

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use spate::client::{Client, ClientError};
-use spate::native::messages::{Acks, ErrorCode, OFFSET_LATEST};
+use spate::native::messages::{Acks, ErrorCode, OFFSET_EARLIEST, OFFSET_LATEST};
 use spate::record::{BatchMeta, EntryHeader, PayloadFormat};
 use spate::types::{LeaderEpoch, Offset};
 
@@ -164,13 +164,23 @@ impl Link {
 
     /// The offset after a partition's last record.
     pub async fn latest(&self, topic: &str, partition: u32) -> Result<u64, String> {
+        self.list_offset(topic, partition, OFFSET_LATEST).await
+    }
+
+    /// A partition's first offset still held.
+    pub async fn earliest(&self, topic: &str, partition: u32) -> Result<u64, String> {
+        self.list_offset(topic, partition, OFFSET_EARLIEST).await
+    }
+
+    /// [`OFFSET_LATEST`] or [`OFFSET_EARLIEST`] (the same values in both protocols).
+    async fn list_offset(&self, topic: &str, partition: u32, which: i64) -> Result<u64, String> {
         match self {
             Link::Native(client) => client
-                .list_offset(topic, partition, OFFSET_LATEST)
+                .list_offset(topic, partition, which)
                 .await
                 .map(|o| o.max(0) as u64)
                 .map_err(|e| e.to_string()),
-            Link::Kafka(link) => link.latest(topic, partition).await,
+            Link::Kafka(link) => link.list_offset(topic, partition, which).await,
         }
     }
 }

@@ -96,6 +96,14 @@ pub struct Args {
     /// Only produce.
     #[arg(long)]
     pub skip_consume: bool,
+    /// Only consume: read what the topic holds, from each partition's first offset to its end
+    /// (a catch-up read of an earlier run's records).
+    #[arg(long)]
+    pub skip_produce: bool,
+    /// Readers per partition in the consume phase, each reading the whole range on a connection
+    /// of its own, as that many consumer groups would.
+    #[arg(long, default_value_t = 1)]
+    pub readers: usize,
     /// Consume as this consumer group (native protocol): members share the partitions through
     /// the broker's coordinator, instead of one reader per partition.
     #[arg(long, value_name = "NAME")]
@@ -274,6 +282,15 @@ fn check(args: &Args) -> Result<(), String> {
     if args.verify && args.skip_consume {
         return Err("--verify needs the consume phase; drop --skip-consume".into());
     }
+    if args.skip_produce && (args.skip_consume || args.verify || args.tail || args.group.is_some())
+    {
+        return Err("--skip-produce only consumes: not with --skip-consume, --verify, --tail or \
+                    --group"
+            .into());
+    }
+    if args.readers != 1 && (args.verify || args.group.is_some() || args.readers == 0) {
+        return Err("--readers takes 1 or more, and 1 with --verify or --group".into());
+    }
     let per_connection =
         args.inflight * (args.partitions as usize).div_ceil(args.connections.max(1));
     if args.verify && per_connection >= CLIENT_QUEUE_REQUESTS {
@@ -295,8 +312,8 @@ fn pinned(cores: &[usize]) -> Result<PoolPlacement, String> {
 }
 
 /// Creates the topic if needed and returns where each partition ends now (the run reads from
-/// there) and where each partition's leader is, in a cluster of any size (the broker named is
-/// only where the loadgen learns it).
+/// there; with --skip-produce, where it starts) and where each partition's leader is, in a
+/// cluster of any size (the broker named is only where the loadgen learns it).
 async fn prepare(args: &Args) -> Result<(Vec<u64>, Vec<String>), String> {
     let link = Link::connect(args.protocol, &args.address()).await?;
     link.ensure_topic(&args.topic, args.partitions).await?;
@@ -306,7 +323,11 @@ async fn prepare(args: &Args) -> Result<(Vec<u64>, Vec<String>), String> {
     let mut starts = Vec::new();
     for partition in 0..args.partitions {
         let link = routes.pool(partition)?.link(0);
-        starts.push(latest_once_known(&link, &args.topic, partition).await?);
+        let start = match args.skip_produce {
+            true => link.earliest(&args.topic, partition).await?,
+            false => latest_once_known(&link, &args.topic, partition).await?,
+        };
+        starts.push(start);
     }
     if let Some(group) = &args.group {
         group::start_group_at(args, group, &starts).await?;
@@ -351,7 +372,10 @@ async fn thread_main(
     // a long poll on an idle one would hold up a busy one's data on a shared connection.
     let read_here = !args.skip_consume && args.group.is_none();
     let consumed_here: &[u32] = if read_here { &partitions } else { &[] };
-    let consumer_clients = Routes::connect_each(args.protocol, &leaders, consumed_here).await?;
+    let mut consumer_clients = Vec::new();
+    for _ in 0..args.readers {
+        consumer_clients.push(Routes::connect_each(args.protocol, &leaders, consumed_here).await?);
+    }
     let args = Rc::new(args);
     let measure_from = shared.measure_from.get().copied().unwrap_or_else(std::time::Instant::now);
     let produced = produce::Produced::new(
@@ -373,7 +397,9 @@ async fn thread_main(
         ))
     });
     let rediscovery = Rc::new(Rediscovery::new(args.protocol, args.address(), &leaders));
-    produce::run(&args, &clients, &rediscovery, &produced, &partitions, measure_from).await;
+    if !args.skip_produce {
+        produce::run(&args, &clients, &rediscovery, &produced, &partitions, measure_from).await;
+    }
     drop(producing);
     if let Some(e) = produced.totals.error.borrow().clone() {
         return Err(format!("produce failed: {e}"));
@@ -437,7 +463,10 @@ fn report(args: &Args, outcomes: Vec<ThreadOutcome>) -> Result<(), String> {
     let mut histograms: Vec<(&str, Histogram<u64>)> =
         vec![("produce ack", produce.latency.clone())];
     let mut json = format!("{{\"produce\":{}", produce.json());
-    let mut lines = vec![produce.human("produce", args.record_size)];
+    let mut lines = Vec::new();
+    if !args.skip_produce {
+        lines.push(produce.human("produce", args.record_size));
+    }
     lines.extend(produce.failovers_human("produce"));
     if args.rate.is_some() {
         let delay = merge_histograms(|o| &o.publish_delay);

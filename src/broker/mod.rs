@@ -393,6 +393,7 @@ async fn shard_main(
     Stopper::barrier(&stopper.drained, shards).await;
     shard.close_partitions().await;
     Stopper::barrier(&stopper.closed, shards).await;
+    tracing::info!(shard = %id, "{}", shard.read_cache.stats());
     Ok(shard.metrics.snapshot())
 }
 

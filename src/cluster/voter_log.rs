@@ -412,6 +412,7 @@ mod tests {
     use super::*;
     use crate::log::partition::tests::in_partition_dir;
     use crate::log::queued::QueuedBytes;
+    use crate::log::read_cache::ReadCache;
     use crate::log::segment::OpenFiles;
     use crate::log::storage::DmaStorage;
     use crate::log::tail_cache::TailBudget;
@@ -432,6 +433,9 @@ mod tests {
         let limits = LogLimits {
             write_bytes_max: 64 * 1024,
             tail_cache_bytes: 0,
+            // Replayed once at start: nothing to keep or read ahead.
+            read_ahead_bytes: 0,
+            read_chunk_bytes: crate::log::partition::READ_CHUNK_BYTES,
             staged_bytes_max: 1024 * 1024,
             producer_expiration_ms: 60_000,
             recovery_point_bytes: 1024 * 1024,
@@ -441,6 +445,7 @@ mod tests {
             metrics: Rc::new(Metrics::default()),
             queued: Arc::new(QueuedBytes::new(usize::MAX)),
             tail_budget: TailBudget::new(usize::MAX),
+            read_cache: ReadCache::new(0),
             open_files: OpenFiles::new(2),
         };
         VoterLog::open(data_dir, voters, segment_bytes, limits, shared).await

@@ -68,6 +68,12 @@ impl SegmentIndex {
         after.checked_sub(1).map(|i| self.points[i])
     }
 
+    /// The first point at or past file position `position`.
+    pub fn first_at_or_after(&self, position: FilePosition) -> Option<IndexPoint> {
+        let at = self.points.partition_point(|p| p.position < position);
+        self.points.get(at).copied()
+    }
+
     /// Where to start scanning for the first record at or after `timestamp`: the last point
     /// before which every record is older.
     pub fn seek_timestamp(&self, timestamp: i64) -> Option<IndexPoint> {

@@ -5,7 +5,9 @@
 //! `partition.rs` owns the write path (offsets, O_DIRECT writes, group commit) and the read
 //! path, with `write_plan.rs` laying out the writes it keeps in flight;
 //! `scan.rs` validates stored entries on recovery; `retention.rs` decides what to delete and
-//! when to roll; `tail_cache.rs` serves caught-up readers from memory; `queued.rs` counts what
+//! when to roll; `tail_cache.rs` serves caught-up readers from memory, `read_cache.rs` keeps
+//! what was read from the disk for the next reader, and `read_ahead.rs` decides which readers
+//! to read ahead of (the read path itself is `partition/reads.rs`); `queued.rs` counts what
 //! every partition has yet to write, against the broker-wide limit. Only the shard that owns a
 //! partition touches its files, and only through `storage.rs` (files, directories and clocks:
 //! glommio's in the broker, a simulated disk in `simulation.rs`, the seeded test of the log).
@@ -16,6 +18,8 @@ pub mod partition;
 pub mod probe;
 pub mod producers;
 pub mod queued;
+pub mod read_ahead;
+pub mod read_cache;
 pub mod retention;
 pub mod scan;
 pub mod segment;

@@ -43,6 +43,7 @@ use crate::log::epochs::{self, EpochStart, LeaderEpochs};
 use crate::log::index::IndexedSegment;
 use crate::log::producers::{ProducerTable, SequenceCheck, SequenceError};
 use crate::log::queued::QueuedBytes;
+use crate::log::read_cache::{CachedLog, ReadCache};
 use crate::log::retention::{self, SegmentFacts};
 use crate::log::segment::{
     self, OpenFiles, PreallocateStep, Segment, Truncation, PREALLOCATE_STEP_MIN_BYTES,
@@ -55,7 +56,10 @@ use crate::record::pending::LEADER_EPOCH;
 use crate::record::PendingEntry;
 use crate::types::{FilePosition, LeaderEpoch, Offset, PartitionId};
 
+mod reads;
 mod writer;
+
+pub use reads::READ_CHUNK_BYTES;
 
 /// How much of the newest log is replayed on open to rebuild idempotent producers' state: far
 /// more than any producer's retries span.
@@ -71,6 +75,10 @@ pub const OUT_OF_SPACE_BACKOFF: Duration = Duration::from_secs(1);
 pub struct LogLimits {
     pub write_bytes_max: usize,
     pub tail_cache_bytes: usize,
+    /// The most read ahead of one sequential reader (`log.read.ahead.bytes`; 0: none).
+    pub read_ahead_bytes: usize,
+    /// About how much of a segment one chunk of the read cache spans ([`READ_CHUNK_BYTES`]).
+    pub read_chunk_bytes: u64,
     /// Appended-but-unwritten bytes beyond which producers wait: the memory bound when
     /// producers outrun the disk.
     pub staged_bytes_max: usize,
@@ -99,6 +107,8 @@ pub struct SharedByShard<S: Storage = DmaStorage> {
     pub queued: Arc<QueuedBytes>,
     /// The shard's tail-cache memory.
     pub tail_budget: Rc<TailBudget>,
+    /// The shard's memory for chunks read from the disk.
+    pub read_cache: Rc<ReadCache>,
     /// The shard's open sealed-segment files.
     pub open_files: Rc<OpenFiles<S>>,
 }
@@ -346,6 +356,8 @@ pub struct PartitionLog<S: Storage = DmaStorage> {
     queued: Arc<QueuedBytes>,
     /// The newest entries, for caught-up readers; within the shard's budget.
     tail: Rc<RefCell<TailCache>>,
+    /// This partition's chunks in the shard's read cache, and its sequential readers.
+    reads: Rc<CachedLog>,
     /// The shard's open sealed-segment files, which this partition's segments join.
     open_files: Rc<OpenFiles<S>>,
 }
@@ -375,7 +387,8 @@ impl<S: Storage> PartitionLog<S> {
         shared: SharedByShard<S>,
         start: Offset,
     ) -> io::Result<Rc<Self>> {
-        let SharedByShard { storage, metrics, queued, tail_budget, open_files } = shared;
+        let SharedByShard { storage, metrics, queued, tail_budget, read_cache, open_files } =
+            shared;
         let names = storage.list_dir(&dir).await?;
         let segments = open_segments(
             &storage,
@@ -443,6 +456,7 @@ impl<S: Storage> PartitionLog<S> {
             metrics,
             queued,
             tail: TailCache::new(limits.tail_cache_bytes, tail_budget),
+            reads: Rc::new(read_cache.register()),
             open_files,
         });
         log.state.borrow().assert_watermarks("opening");
@@ -823,7 +837,7 @@ impl<S: Storage> PartitionLog<S> {
         max_bytes: usize,
         end: Offset,
     ) -> Result<Vec<Bytes>, LogError> {
-        let (segments, end) = {
+        let end = {
             let st = self.state.borrow();
             let (start, log_end) = (st.log_start(), st.next_offset);
             if offset < start || offset > log_end {
@@ -840,19 +854,9 @@ impl<S: Storage> PartitionLog<S> {
             if let Some(entries) = self.tail.borrow().read(offset, end, max_bytes) {
                 return Ok(entries);
             }
-            let first = st.segments.partition_point(|s| s.base_offset <= offset).saturating_sub(1);
-            let segments: Vec<_> = st.segments.range(first..).cloned().collect();
-            (segments, end)
+            end
         };
-        for segment in segments {
-            let found = read_segment(&segment, offset, max_bytes, end)
-                .await
-                .map_err(|e| self.read_error(&segment, offset, e))?;
-            if let Some(entries) = found {
-                return Ok(vec![entries]);
-            }
-        }
-        Ok(Vec::new())
+        self.read_chunks(offset, max_bytes, end).await
     }
 
     fn read_error(&self, segment: &Segment<S>, offset: Offset, error: ReadError) -> LogError {
@@ -934,6 +938,8 @@ impl<S: Storage> PartitionLog<S> {
             st.assert_watermarks(change);
             if !doomed.is_empty() {
                 st.removals_in_flight += 1;
+                // Reads of them still under way are not cached either (the epoch moves).
+                self.reads.forget_below(st.log_start());
             }
             doomed
         };
@@ -1040,6 +1046,10 @@ impl<S: Storage> PartitionLog<S> {
             }
             listener.await;
         }
+        // Chunk reads under way (reads ahead above all, which no reader awaits) end before the
+        // log is called closed, so a closed log has none running (the simulation's next seed
+        // starts with no task of the last one).
+        self.reads.wait_idle().await;
         let (active, failed) = {
             let st = self.state.borrow();
             (st.active(), st.failed.is_some())
@@ -1139,6 +1149,15 @@ enum ReadError {
     Corrupt { position: u64, why: String },
 }
 
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "{e}"),
+            Self::Corrupt { position, why } => write!(f, "at position {position}: {why}"),
+        }
+    }
+}
+
 impl From<io::Error> for ReadError {
     fn from(e: io::Error) -> Self {
         Self::Io(e)
@@ -1147,59 +1166,6 @@ impl From<io::Error> for ReadError {
 
 /// Bytes read past the requested size so the entry holding the offset is in the first read.
 const READ_SLACK_BYTES: usize = crate::log::index::INDEX_INTERVAL_BYTES as usize + 64 * 1024;
-
-/// Reads whole entries holding `offset` and after, and starting below `end`, from one segment,
-/// checking every checksum. `None` when the segment holds nothing at or after `offset`.
-async fn read_segment<S: Storage>(
-    segment: &Segment<S>,
-    offset: Offset,
-    max_bytes: usize,
-    end: Offset,
-) -> Result<Option<Bytes>, ReadError> {
-    let (start, size) = {
-        let meta = segment.meta.borrow();
-        if meta.next_offset <= offset {
-            return Ok(None);
-        }
-        (meta.index.seek_offset(offset).map_or(0, |p| p.position.0), meta.size)
-    };
-    let len = (size - start).min((max_bytes + READ_SLACK_BYTES) as u64) as usize;
-    let mut buf = segment.read(start, len).await?;
-    let mut buf_start = start;
-    let mut at = 0usize;
-    let mut first: Option<usize> = None;
-    while at < buf.len() {
-        let position = buf_start + at as u64;
-        let header = parse_header(&buf[at..])
-            .map_err(|e| ReadError::Corrupt { position, why: e.to_string() })?;
-        if header.base_offset() >= end {
-            break;
-        }
-        let entry_len = header.entry_len();
-        if at + entry_len > buf.len() {
-            if first.is_some() {
-                break;
-            }
-            // The entry we need does not fit: read exactly it.
-            buf = segment.read(position, entry_len).await?;
-            buf_start = position;
-            at = 0;
-            continue;
-        }
-        if let Some(first) = first {
-            if at + entry_len - first > max_bytes {
-                break;
-            }
-        }
-        parse_entry(&buf[at..at + entry_len])
-            .map_err(|e| ReadError::Corrupt { position, why: e.to_string() })?;
-        if first.is_none() && header.next_offset() > offset {
-            first = Some(at);
-        }
-        at += entry_len;
-    }
-    Ok(first.map(|first| buf.slice(first..at)))
-}
 
 /// Finds the first record at or after `timestamp` in one segment, reading the log in windows
 /// (the first one reaches past the next index point) rather than entry by entry.

@@ -534,6 +534,11 @@ impl<S: Storage> Segment<S> {
         self.deleted.set(true);
     }
 
+    /// Whether the segment left the log (retention, a truncation, a deleted topic).
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.get()
+    }
+
     /// Removes the segment's files; a read that holds the file open finishes, a later one gets
     /// [`is_deleted_segment`]'s error.
     pub async fn remove_files(&self, dir: &Path) -> io::Result<()> {

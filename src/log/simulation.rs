@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use super::epochs::{EpochStart, LeaderEpochs};
 use super::partition::{LogError, LogLimits, PartitionLog, SharedByShard};
 use super::queued::QueuedBytes;
+use super::read_cache::ReadCache;
 use super::segment::OpenFiles;
 use super::storage::{Storage, StorageFile};
 use super::tail_cache::TailBudget;
@@ -503,6 +504,11 @@ struct Run {
     last_idempotent: Option<(BatchMeta, Vec<u8>)>,
     /// The newest leader epoch assigned.
     leader_epoch: i32,
+    /// The shard's read cache of the running process, and its budget.
+    read_cache: Rc<ReadCache>,
+    read_cache_bytes: usize,
+    /// Where the sequential reader reads next, if it has begun.
+    reader_at: Option<Offset>,
 }
 
 /// What one seed did, for the test's report.
@@ -521,9 +527,12 @@ impl Run {
         let segment_bytes = [8 * 1024, 32 * 1024, 256 * 1024][rng.below(3) as usize];
         let retention_bytes = [-1, 64 * 1024][rng.below(2) as usize];
         let config = TopicConfig { segment_bytes, retention_bytes, ..TopicConfig::default() };
+        let read_cache_bytes = [0, 48 * 1024, 1024 * 1024][rng.below(3) as usize];
         let limits = LogLimits {
             write_bytes_max: [4 * 1024, 64 * 1024][rng.below(2) as usize],
             tail_cache_bytes: [0, 64 * 1024][rng.below(2) as usize],
+            read_ahead_bytes: [0, 64 * 1024, 8 * 1024 * 1024][rng.below(3) as usize],
+            read_chunk_bytes: [1024, 4 * 1024, 16 * 1024, 512 * 1024][rng.below(4) as usize],
             staged_bytes_max: 1024 * 1024,
             producer_expiration_ms: 60_000,
             recovery_point_bytes: [16 * 1024, 1024 * 1024][rng.below(2) as usize],
@@ -543,6 +552,9 @@ impl Run {
             next_sequence: 0,
             last_idempotent: None,
             leader_epoch: 0,
+            read_cache: ReadCache::new(0),
+            read_cache_bytes,
+            reader_at: None,
         }
     }
 
@@ -564,11 +576,18 @@ impl Run {
 
     async fn open(&mut self) -> Rc<PartitionLog<SimStorage>> {
         self.storage = self.storage.for_next_process();
+        // What the last process's read cache did, in the report with the faults.
+        let stats = self.read_cache.stats();
+        *self.faults.entry("chunks read ahead (not a fault)").or_default() += stats.read_ahead;
+        *self.faults.entry("chunks served from the read cache (not a fault)").or_default() +=
+            stats.hits;
+        self.read_cache = ReadCache::new(self.read_cache_bytes);
         let shared = SharedByShard {
             storage: self.storage.clone(),
             metrics: Rc::new(Metrics::default()),
             queued: Arc::new(QueuedBytes::new(usize::MAX)),
             tail_budget: TailBudget::new(usize::MAX),
+            read_cache: self.read_cache.clone(),
             open_files: self.open_files.clone(),
         };
         let opened = PartitionLog::open(
@@ -653,6 +672,61 @@ impl Run {
         }
         // Readers have seen it: from now on it must survive a process crash.
         self.model.written = end;
+    }
+
+    /// A consumer reading on from where it stopped (at the log start at first; one time in
+    /// sixteen it starts over there, and one in sixteen it jumps to a seeded offset), a few
+    /// fetches of a seeded size: sequential fetches are read
+    /// ahead of, and the reads ahead run on beside the steps that follow (appends, truncations,
+    /// retention, crashes). What it reads must be what the log holds at those offsets now, and
+    /// the shard's read cache must stay within its budget.
+    async fn read_on(&mut self, log: &PartitionLog<SimStorage>) {
+        let seed = self.seed;
+        let max_bytes = [1, 4 * 1024, 16 * 1024, 64 * 1024][self.rng.below(4) as usize];
+        for _ in 0..1 + self.rng.below(8) {
+            let (start, end) = (log.log_start(), log.written_offset());
+            let mut at = self.reader_at.filter(|at| (start..=end).contains(at)).unwrap_or(start);
+            match self.rng.below(16) {
+                0 => at = start, // a new group, catching up from the start
+                1 => at = self.offset_in(start, end),
+                _ => {}
+            }
+            // Nothing changes the log during these reads (reads ahead of earlier steps only
+            // read it), and the disk fails no read of the live process: no error is expected.
+            let read = match log.read(at, max_bytes, Offset(u64::MAX)).await {
+                Ok(read) => read,
+                Err(e) => panic!("seed {seed}: reading on at {at} ({start}..{end}): {e}"),
+            };
+            let mut next = at;
+            for chunk in read {
+                for entry in entries(&chunk, Check::Checksum) {
+                    let StoredEntry { header, payload, .. } =
+                        entry.unwrap_or_else(|e| panic!("seed {seed}: reading on at {at}: {e}"));
+                    let base = header.base_offset();
+                    assert!(
+                        base <= next && header.next_offset() > next,
+                        "seed {seed}: reading on at {at}: {base}..{} does not continue at {next}",
+                        header.next_offset()
+                    );
+                    let expected = self.model.appended.get(&base);
+                    assert!(
+                        expected.is_some_and(|(next, data)| {
+                            *next == header.next_offset() && data[..] == *payload
+                        }),
+                        "seed {seed}: reading on at {at}, the entry at {base} is not the one the \
+                         log holds there"
+                    );
+                    next = header.next_offset();
+                }
+            }
+            self.reader_at = Some(next);
+            let held = self.read_cache.held_bytes();
+            assert!(
+                held <= self.read_cache_bytes,
+                "seed {seed}: the read cache holds {held} bytes, over its {} budget",
+                self.read_cache_bytes
+            );
+        }
     }
 
     /// Appends a few entries and waits for the last one as the seed says: not at all, until
@@ -982,7 +1056,8 @@ impl Run {
                     self.fault("producer retry");
                     self.retry(&log).await;
                 }
-                60..=69 => self.check(&log).await,
+                60..=64 => self.check(&log).await,
+                65..=69 => self.read_on(&log).await,
                 70..=71 => {
                     // Retention by size; run twice with nothing appended between, it also
                     // finds the partition idle and gives back its preallocated space.

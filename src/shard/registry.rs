@@ -20,6 +20,8 @@ impl Shard {
         LogLimits {
             write_bytes_max: self.config.flush_write_bytes_max,
             tail_cache_bytes: self.config.tail_cache_bytes,
+            read_ahead_bytes: self.config.read_ahead_bytes,
+            read_chunk_bytes: crate::log::partition::READ_CHUNK_BYTES,
             staged_bytes_max: STAGED_BYTES_MAX,
             producer_expiration_ms: i64::try_from(self.config.producer_id_expiration_ms)
                 .unwrap_or(i64::MAX),
@@ -34,6 +36,7 @@ impl Shard {
             metrics: self.metrics.clone(),
             queued: self.queued.clone(),
             tail_budget: self.tail_budget.clone(),
+            read_cache: self.read_cache.clone(),
             open_files: self.open_files.clone(),
         }
     }

@@ -25,6 +25,7 @@ use crate::error::ErrorKind;
 use crate::group::offsets::OFFSETS_TOPIC;
 use crate::group::Coordinator;
 use crate::log::queued::QueuedBytes;
+use crate::log::read_cache::ReadCache;
 use crate::log::segment::OpenFiles;
 use crate::log::tail_cache::TailBudget;
 use crate::metrics::Metrics;
@@ -109,6 +110,9 @@ pub struct Shard {
     /// What this shard's partitions keep in their tail caches, against
     /// `log.tail.cache.shard.bytes`.
     pub tail_budget: Rc<TailBudget>,
+    /// What this shard's partitions keep of what was read from their segments, against
+    /// `log.read.cache.shard.bytes`.
+    pub read_cache: Rc<ReadCache>,
     /// This shard's share of `log.segment.files.open.max`.
     pub open_files: Rc<OpenFiles>,
 }
@@ -126,6 +130,7 @@ impl Shard {
         Self {
             queued,
             tail_budget: TailBudget::new(config.tail_cache_shard_bytes),
+            read_cache: ReadCache::new(config.read_cache_shard_bytes),
             open_files: OpenFiles::new(config.segment_files_open_max.div_ceil(count).max(1)),
             groups: Coordinator::new(&config),
             voter: RefCell::new(None),

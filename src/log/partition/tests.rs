@@ -9,6 +9,7 @@ use super::{LogError, LogLimits, PartitionLog, SharedByShard};
 use crate::config::TopicConfig;
 use crate::log::probe;
 use crate::log::queued::QueuedBytes;
+use crate::log::read_cache::ReadCache;
 use crate::log::segment::OpenFiles;
 use crate::log::storage::DmaStorage;
 use crate::log::tail_cache::TailBudget;
@@ -46,10 +47,21 @@ async fn try_open(dir: &Path, segment_bytes: u64) -> std::io::Result<Rc<Partitio
 }
 
 async fn open_with(dir: &Path, config: TopicConfig) -> std::io::Result<Rc<PartitionLog>> {
+    open_in(dir, config, ReadCache::new(64 * 1024 * 1024)).await
+}
+
+/// Opens the partition in a shard whose read cache is `read_cache`.
+async fn open_in(
+    dir: &Path,
+    config: TopicConfig,
+    read_cache: Rc<ReadCache>,
+) -> std::io::Result<Rc<PartitionLog>> {
     let limits = LogLimits {
         write_bytes_max: 64 * 1024,
         // Reads come from the segment files, not from memory.
         tail_cache_bytes: 0,
+        read_ahead_bytes: 8 * 1024 * 1024,
+        read_chunk_bytes: crate::log::partition::READ_CHUNK_BYTES,
         staged_bytes_max: 64 * 1024 * 1024,
         producer_expiration_ms: PRODUCER_EXPIRATION_MS,
         recovery_point_bytes: RECOVERY_POINT_BYTES,
@@ -65,6 +77,7 @@ async fn open_with(dir: &Path, config: TopicConfig) -> std::io::Result<Rc<Partit
             metrics: Rc::new(Metrics::default()),
             queued: Arc::new(QueuedBytes::new(usize::MAX)),
             tail_budget: TailBudget::new(usize::MAX),
+            read_cache,
             open_files: OpenFiles::new(2),
         },
     )
@@ -424,6 +437,87 @@ fn a_retry_across_a_roll_and_a_restart_is_recognised() {
     });
 }
 
+/// Reads every stored payload from `from`, `max_bytes` at a time, as a consumer catching up.
+async fn read_through(log: &PartitionLog, from: u64, max_bytes: usize) -> Vec<Vec<u8>> {
+    let (mut out, mut offset) = (Vec::new(), Offset(from));
+    while offset < log.written_offset() {
+        let read = log.read(offset, max_bytes, Offset(u64::MAX)).await.expect("read");
+        for chunk in read {
+            for entry in entries(&chunk, Check::Checksum) {
+                let StoredEntry { header, payload, .. } = entry.expect("a whole entry");
+                out.push(payload.to_vec());
+                offset = header.next_offset();
+            }
+        }
+    }
+    out
+}
+
+/// A reader fetching sequentially gets the next chunks read before it asks; a second reader of
+/// the same range is served from memory; neither gets more than the log holds.
+#[test]
+fn sequential_readers_are_read_ahead_of_and_share_what_was_read() {
+    in_partition_dir(|path| async move {
+        let cache = ReadCache::new(64 * 1024 * 1024);
+        let config = TopicConfig { segment_bytes: 1 << 30, ..TopicConfig::default() };
+        let log = open_in(&path, config, cache.clone()).await.expect("open");
+        // 4 MB: eight chunks.
+        let written = append_written(&log, 200, 20 * 1024).await;
+        assert_eq!(read_through(&log, 0, 64 * 1024).await, written);
+        let first = cache.stats();
+        assert!(first.read_ahead >= 6 && first.read_ahead_used >= 6, "{first}");
+        assert!(first.misses <= 2, "the reader waited for what was read ahead: {first}");
+        // A second group: every chunk from memory, nothing read again or ahead.
+        assert_eq!(read_through(&log, 0, 1024 * 1024).await, written);
+        let second = cache.stats();
+        assert_eq!((second.misses, second.read_ahead), (first.misses, first.read_ahead));
+        assert!(second.hits > first.hits, "{second}");
+        log.close().await;
+    });
+}
+
+/// A read of no bytes still gets the entry holding its offset, whole (a follower's fetch can ask
+/// for what is left of its response's limit, which may be nothing).
+#[test]
+fn a_read_of_zero_bytes_returns_one_whole_entry() {
+    in_partition_dir(|path| async move {
+        let log = open(&path, 1 << 30).await;
+        let written = append_written(&log, 40, 20 * 1024).await;
+        for at in [0u64, 17, 39] {
+            let read = log.read(Offset(at), 0, Offset(u64::MAX)).await.expect("read");
+            let found: Vec<_> = read
+                .iter()
+                .flat_map(|chunk| entries(chunk, Check::Checksum))
+                .map(|entry| entry.expect("whole").payload.to_vec())
+                .collect();
+            assert_eq!(found, vec![written[at as usize].clone()], "at {at}");
+        }
+        log.close().await;
+    });
+}
+
+/// Readers that jump about get nothing read ahead, and the cache stays within its budget.
+#[test]
+fn random_readers_get_no_read_ahead_and_the_cache_keeps_its_budget() {
+    in_partition_dir(|path| async move {
+        let cache = ReadCache::new(1024 * 1024);
+        let config = TopicConfig { segment_bytes: 1 << 30, ..TopicConfig::default() };
+        let log = open_in(&path, config, cache.clone()).await.expect("open");
+        let written = append_written(&log, 200, 20 * 1024).await;
+        for at in [150u64, 20, 180, 60, 120, 5, 99, 170, 35] {
+            let read = log.read(Offset(at), 16 * 1024, Offset(u64::MAX)).await.expect("read");
+            let first = entries(&read[0], Check::Checksum).next().expect("an entry");
+            assert_eq!(first.expect("whole").payload, &written[at as usize][..]);
+        }
+        assert_eq!(cache.stats().read_ahead, 0, "{}", cache.stats());
+        // A sequential reader of all of it, through a budget of a quarter of it.
+        assert_eq!(read_through(&log, 0, 256 * 1024).await, written);
+        let stats = cache.stats();
+        assert!(stats.read_ahead > 0 && stats.peak_bytes <= 1024 * 1024, "{stats}");
+        log.close().await;
+    });
+}
+
 /// A read that reaches a segment retention deleted meanwhile (its file closed, so it would have
 /// to reopen a path that is gone) answers "out of range", never a storage error or another
 /// file's bytes.
@@ -435,9 +529,13 @@ fn a_read_of_a_segment_deleted_meanwhile_is_out_of_range() {
         // Read everything: the test shard keeps two sealed files open, so the oldest is closed.
         stored(&log).await;
         let oldest = log.state.borrow().segments.front().cloned().expect("a segment");
+        let chunk_bytes = super::READ_CHUNK_BYTES;
+        let at = super::reads::chunk_holding(&log.state.borrow(), oldest.base_offset, chunk_bytes)
+            .expect("a chunk of the oldest segment");
         let next = oldest.meta.borrow().next_offset;
         assert_eq!(log.delete_segments_below(next).await.expect("retention"), 1);
-        let error = super::read_segment(&oldest, oldest.base_offset, 1 << 20, Offset(u64::MAX))
+        let loading = log.reads.start_loading(oldest.base_offset, false);
+        let error = super::reads::load(at, loading, None)
             .await
             .map(|_| ())
             .map_err(|e| log.read_error(&oldest, oldest.base_offset, e));
@@ -498,6 +596,8 @@ fn a_truncation_across_segments_cuts_at_the_entry_holding_the_offset() {
             kept.push((appended.base_offset.0, appended.next_offset.0, data));
         }
         assert!(log.sealed_segments() >= 3, "{} sealed segments", log.sealed_segments());
+        // Read once: the read cache holds what the truncation removes, and must let it go.
+        assert_eq!(stored(&log).await, kept);
         // Offset 22 is inside the entry 21..24 (the eighth, in the second segment).
         assert_eq!(log.truncate_to(Offset(22)).await, Ok(Offset(21)));
         assert_eq!((log.log_end(), log.written_offset()), (Offset(21), Offset(21)));
@@ -509,6 +609,7 @@ fn a_truncation_across_segments_cuts_at_the_entry_holding_the_offset() {
         assert_eq!(appended.base_offset, Offset(21));
         log.wait_synced(&appended).await.expect("synced");
         kept.push((21, 22, data));
+        assert_eq!(stored(&log).await, kept, "the new entry, not the removed one cached");
         log.close().await;
         let log = open(&dir, 64 * 1024).await;
         assert_eq!(stored(&log).await, kept);

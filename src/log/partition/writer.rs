@@ -547,6 +547,7 @@ impl<S: Storage> Writer<S> {
             st.assert_watermarks("a truncation");
         }
         log.tail.borrow_mut().truncate_from(new_end);
+        log.reads.forget_from(new_end);
         log.rebuild_producers().await.map_err(storage_error)?;
         log.changed.notify(usize::MAX);
         tracing::info!(
@@ -609,6 +610,7 @@ impl<S: Storage> Writer<S> {
             removed
         };
         log.tail.borrow_mut().truncate_from(Offset(0));
+        log.reads.forget_all();
         log.changed.notify(usize::MAX);
         tracing::info!(
             topic = %log.topic,
