@@ -150,5 +150,6 @@ fn tune_disk_measures_and_recommends_without_leaving_files() {
     assert!(output.status.success(), "{text}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(text.contains("sequential write MiB/s") && text.contains("sequential read"), "{text}");
     assert!(text.contains("\"log.flush.write.bytes.max\" = "), "{text}");
+    assert!(text.contains("\"log.read.ahead.bytes\" = "), "{text}");
     assert!(!dir.path().join(".spate-tune-scratch").exists());
 }

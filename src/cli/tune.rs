@@ -1,6 +1,8 @@
 //! `spate tune disk`: measures the data directory's device with Spate's own I/O path (glommio
 //! O_DIRECT reads and writes on io_uring, 4 KiB aligned) and recommends the segment writer's
-//! largest write (`log.flush.write.bytes.max`).
+//! largest write (`log.flush.write.bytes.max`) and how far to read ahead of a sequential reader
+//! (`log.read.ahead.bytes`: the chunks of the read cache it keeps in flight reach the device's
+//! best read throughput).
 //!
 //! Spate's writer keeps up to two writes in flight per partition (`log::write_plan`), so a shard
 //! with N busy partitions drives the device at queue depth up to 2N; acks=all adds one fdatasync
@@ -19,7 +21,9 @@ use crate::config::DATA_DIR_DEFAULT;
 
 const WRITE_SIZES: [usize; 4] = [64 << 10, 256 << 10, 1 << 20, 4 << 20];
 const QUEUE_DEPTHS: [usize; 4] = [1, 2, 4, 8];
-const READ_SIZE: usize = 512 << 10;
+/// The read cache's chunk: what a reader's reads ahead are made of.
+const READ_SIZE: usize = crate::log::partition::READ_CHUNK_BYTES as usize;
+const READ_DEPTHS: [usize; 5] = [1, 2, 4, 8, 16];
 /// A write size is recommended when it reaches this share of the best throughput measured.
 const GOOD_ENOUGH: f64 = 0.95;
 
@@ -113,7 +117,8 @@ async fn measure(args: &DiskArgs, path: PathBuf) -> Result<(), String> {
         );
     }
     println!();
-    for depth in [1, 4, 8] {
+    let mut reads = Vec::new();
+    for depth in READ_DEPTHS {
         let sample = run_io(&file, file_bytes, READ_SIZE, depth, each, Io::Read).await?;
         println!(
             "sequential read {} KiB, qd {depth}: {:>6.0} MiB/s, p99 {:>7.0} µs",
@@ -121,8 +126,14 @@ async fn measure(args: &DiskArgs, path: PathBuf) -> Result<(), String> {
             sample.mib_per_sec,
             sample.p99_us
         );
+        reads.push((depth, sample.mib_per_sec));
     }
     let _ = file.close_rc().await;
+    let best_read = reads.iter().map(|r| r.1).fold(0.0, f64::max);
+    let read_depth = reads
+        .iter()
+        .find(|(_, mib)| *mib >= GOOD_ENOUGH * best_read)
+        .map_or(1, |(depth, _)| *depth);
     let recommended = by_size
         .iter()
         .find(|(_, mib)| *mib >= GOOD_ENOUGH * best.0)
@@ -131,13 +142,22 @@ async fn measure(args: &DiskArgs, path: PathBuf) -> Result<(), String> {
         "\nbest: {:.0} MiB/s with {} KiB writes at queue depth {}.\n\
          recommend: \"log.flush.write.bytes.max\" = {recommended}  (smallest write within {:.0}% of the best;\n\
          Spate's writer keeps up to two writes in flight per partition, so a shard needs about {}\n\
-         busy partitions to reach that queue depth; reads are issued in {} KiB pieces, 4 in flight)",
+         busy partitions to reach that queue depth)",
         best.0,
         best.1 >> 10,
         best.2,
         GOOD_ENOUGH * 100.0,
         best.2.div_ceil(crate::log::write_plan::WRITES_IN_FLIGHT_MAX),
-        crate::log::segment::READ_BYTES_MAX >> 10,
+    );
+    // Two chunks at least: one being read while the reader takes the other.
+    let read_ahead = read_depth.max(2) * READ_SIZE;
+    println!(
+        "\nbest read: {best_read:.0} MiB/s; {read_depth} reads of {} KiB in flight reach {:.0}% of it.\n\
+         recommend: \"log.read.ahead.bytes\" = {read_ahead}  (what one sequential reader may have\n\
+         read ahead, in {} KiB chunks: up to four of its fetches, within this)",
+        READ_SIZE >> 10,
+        GOOD_ENOUGH * 100.0,
+        READ_SIZE >> 10,
     );
     Ok(())
 }

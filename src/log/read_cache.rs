@@ -111,6 +111,9 @@ impl CacheState {
     /// Evicts least recently used chunks until `more` bytes fit beside what is cached and
     /// reserved. Returns whether they do.
     fn make_room(&mut self, more: usize, bytes_max: usize) -> bool {
+        if self.reserved_bytes + more > bytes_max {
+            return false; // not even with every chunk gone: evict none for it
+        }
         while self.cached_bytes + self.reserved_bytes + more > bytes_max {
             let Some((_, key)) = self.by_use.first_key_value().map(|(u, k)| (*u, *k)) else {
                 break;
@@ -265,10 +268,15 @@ impl CachedLog {
             || st.chunks.get(&(self.id, first)).is_some_and(|slot| slot.next_offset >= next)
     }
 
-    /// Marks the chunk at `first` as being read until the returned guard drops; `ahead` when
-    /// no reader asked for it yet.
-    /// Readers that find it being read wait for the first reader of it only.
-    pub fn start_loading(self: &Rc<Self>, first: Offset, ahead: bool) -> Loading {
+    /// The log's epoch now: a chunk planned in it is cached only if it has not moved since.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.get()
+    }
+
+    /// Marks the chunk at `first`, planned in `epoch`, as being read until the returned guard
+    /// drops; `ahead` when no reader asked for it yet. Readers that find it being read wait for
+    /// the first reader of it only.
+    pub fn start_loading(self: &Rc<Self>, first: Offset, ahead: bool, epoch: u64) -> Loading {
         let done = Rc::new(Event::new());
         self.loading.borrow_mut().entry(first).or_insert_with(|| done.clone());
         self.reads_in_flight.set(self.reads_in_flight.get() + 1);
@@ -277,7 +285,7 @@ impl CachedLog {
             true => st.stats.read_ahead += 1,
             false => st.stats.misses += 1,
         }
-        Loading { log: self.clone(), first, epoch: self.epoch.get(), done }
+        Loading { log: self.clone(), first, epoch, done }
     }
 
     /// Returns once no read of a chunk is under way (a closing log waits for its reads ahead).
@@ -416,7 +424,7 @@ mod tests {
     }
 
     fn cache_in(log: &Rc<CachedLog>, c: &Chunk) {
-        log.start_loading(c.first_offset, false).finish(c, None);
+        log.start_loading(c.first_offset, false, log.epoch()).finish(c, None);
     }
 
     fn cached(log: &CachedLog, first: u64) -> Option<Chunk> {
@@ -443,6 +451,7 @@ mod tests {
         // Too big for the whole budget: not cached, nothing evicted for it.
         cache_in(&log, &chunk(40, 50, 301));
         assert!(cached(&log, 40).is_none());
+        assert_eq!(cache.held_bytes(), 300);
     }
 
     #[test]
@@ -474,7 +483,7 @@ mod tests {
         log.forget_below(Offset(10));
         assert!(cached(&log, 0).is_none() && cached(&log, 10).is_some());
         // A chunk whose read began before a change is not cached after it.
-        let loading = log.start_loading(Offset(20), false);
+        let loading = log.start_loading(Offset(20), false, log.epoch());
         assert!(matches!(log.lookup(Offset(20), Offset(30)), Lookup::Loading(_)));
         log.forget_from(Offset(40));
         loading.finish(&chunk(20, 30, 10), None);
@@ -491,7 +500,7 @@ mod tests {
         let first = log.reserve(150).expect("room after evicting");
         assert!(cached(&log, 0).is_none(), "evicted to make room");
         assert!(log.reserve(100).is_none(), "past half the budget");
-        let loading = log.start_loading(Offset(10), true);
+        let loading = log.start_loading(Offset(10), true, log.epoch());
         loading.finish(&chunk(10, 20, 150), Some(first));
         assert_eq!(cache.held_bytes(), 150);
         assert!(cached(&log, 10).is_some());

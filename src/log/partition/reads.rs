@@ -52,10 +52,12 @@ pub(super) struct ChunkAt<S: Storage> {
     growing: bool,
 }
 
-/// A read that failed, and the segment it failed in.
-pub(super) struct Failed<S: Storage> {
-    segment: Rc<Segment<S>>,
-    error: ReadError,
+/// Why a read of chunks gave up.
+pub(super) enum Failed<S: Storage> {
+    /// Reading the segment failed.
+    Read { segment: Rc<Segment<S>>, error: ReadError },
+    /// The log changed under the read before it had anything: plan it again.
+    Changed,
 }
 
 /// The chunk holding `offset`, if a segment holds it, with chunks of about `chunk_bytes`.
@@ -177,15 +179,23 @@ impl<S: Storage> PartitionLog<S> {
         max_bytes: usize,
         end: Offset,
     ) -> Result<Vec<Bytes>, LogError> {
-        // A segment replaced under the read (a truncation reopens the one it cuts) is looked up
-        // again in the log as it is now, once.
+        // A log that changed under the read (a truncation reopens the segment it cuts, a
+        // chunk became the growing one) is planned again from the log as it is now, once.
         let outcome = match self.read_chunks_once(offset, max_bytes, end).await {
-            Err(failed) if failed.segment.is_deleted() && self.still_holds(offset) => {
+            Err(Failed::Changed) => self.read_chunks_once(offset, max_bytes, end).await,
+            Err(Failed::Read { segment, .. })
+                if segment.is_deleted() && self.still_holds(offset) =>
+            {
                 self.read_chunks_once(offset, max_bytes, end).await
             }
             outcome => outcome,
         };
-        outcome.map_err(|failed| self.read_error(&failed.segment, offset, failed.error))
+        match outcome {
+            Ok(out) => Ok(out),
+            // Changed again: the reader asks again.
+            Err(Failed::Changed) => Ok(Vec::new()),
+            Err(Failed::Read { segment, error }) => Err(self.read_error(&segment, offset, error)),
+        }
     }
 
     fn still_holds(&self, offset: Offset) -> bool {
@@ -199,26 +209,24 @@ impl<S: Storage> PartitionLog<S> {
         max_bytes: usize,
         end: Offset,
     ) -> Result<Vec<Bytes>, Failed<S>> {
-        let wanted = self.chunks_for(offset, max_bytes, end);
+        let (wanted, epoch) = self.chunks_for(offset, max_bytes, end);
         // The chunks no one has or is reading are read now, a few at once.
         let mut reading: Vec<_> = wanted.iter().map(|_| None).collect();
         for (slot, at) in reading.iter_mut().zip(&wanted).take(LOADS_PER_READ_MAX) {
-            *slot = self.start_load(at);
+            *slot = self.start_load(at, epoch);
         }
         let (mut out, mut taken, mut next) = (Vec::new(), 0usize, offset);
+        let mut damaged = false;
         for (i, at) in wanted.iter().enumerate() {
-            if let Some((slot, ahead)) =
-                reading.get_mut(i + LOADS_PER_READ_MAX).zip(wanted.get(i + LOADS_PER_READ_MAX))
-            {
-                *slot = self.start_load(ahead);
-            }
-            if at.growing {
-                // Only the read's first chunk: past others, the next read goes on from here.
-                if taken == 0 {
+            let failed = |error| Failed::Read { segment: at.segment.clone(), error };
+            if at.growing || next < at.first {
+                // The growing chunk, as the read's first only: past others, the next read goes
+                // on from here. (A gap: the log changed under the read.)
+                if out.is_empty() && at.growing {
                     let found = read_segment(&at.segment, next, max_bytes, end).await;
-                    let found =
-                        found.map_err(|error| Failed { segment: at.segment.clone(), error })?;
-                    out.extend(found);
+                    if let Some((entries, after)) = found.map_err(failed)? {
+                        (out, next) = (vec![entries], after);
+                    }
                 }
                 break;
             }
@@ -226,21 +234,28 @@ impl<S: Storage> PartitionLog<S> {
                 Some(task) => task.await.map(Some),
                 None => self.wait_for_chunk(at, next).await,
             };
+            if let Some((slot, ahead)) =
+                reading.get_mut(i + LOADS_PER_READ_MAX).zip(wanted.get(i + LOADS_PER_READ_MAX))
+            {
+                *slot = self.start_load(ahead, epoch);
+            }
             let chunk = match chunk {
                 Ok(Some(chunk)) => chunk,
+                Ok(None) if out.is_empty() => return Err(Failed::Changed),
                 // The log changed under the read: what it has so far.
                 Ok(None) => break,
                 // The next read starts there and reports it.
                 Err(_) if !out.is_empty() => break,
                 Err(ReadError::Corrupt { .. }) => {
                     // Entries before the damage are served; the damaged one is reported.
+                    damaged = true;
                     let found = read_segment(&at.segment, next, max_bytes, end).await;
-                    let found =
-                        found.map_err(|error| Failed { segment: at.segment.clone(), error })?;
-                    out.extend(found);
+                    if let Some((entries, after)) = found.map_err(failed)? {
+                        (out, next) = (vec![entries], after);
+                    }
                     break;
                 }
-                Err(error) => return Err(Failed { segment: at.segment.clone(), error }),
+                Err(error) => return Err(failed(error)),
             };
             let part = take(&chunk, next, end, taken, max_bytes);
             out.extend(part.entries);
@@ -251,24 +266,31 @@ impl<S: Storage> PartitionLog<S> {
         }
         // Reads not needed after all (the read ended early) still land in the cache.
         reading.into_iter().flatten().for_each(|task| drop(task.detach()));
-        if !out.is_empty() && self.reads.streams.borrow_mut().observe(offset, next) {
+        // Not past damage: reading ahead would only read the damaged chunk again.
+        if !out.is_empty() && !damaged && self.reads.streams.borrow_mut().observe(offset, next) {
             let window = read_ahead::window_bytes(max_bytes, self.limits.read_ahead_bytes);
             self.read_ahead(next, window);
         }
         Ok(out)
     }
 
-    /// Starts reading chunk `at` unless it is cached or being read.
-    fn start_load(&self, at: &ChunkAt<S>) -> Option<glommio::Task<Result<Chunk, ReadError>>> {
+    /// Starts reading chunk `at`, planned in the log's `epoch`, unless it is cached or being
+    /// read.
+    fn start_load(
+        &self,
+        at: &ChunkAt<S>,
+        epoch: u64,
+    ) -> Option<glommio::Task<Result<Chunk, ReadError>>> {
         if at.growing || self.reads.holds(at.first, at.next) {
             return None;
         }
-        let loading = self.reads.start_loading(at.first, false);
+        let loading = self.reads.start_loading(at.first, false, epoch);
         Some(glommio::spawn_local(load(at.clone(), loading, None)))
     }
 
-    /// The chunks a read of `max_bytes` at `offset` may need, below `end`: at least one.
-    fn chunks_for(&self, offset: Offset, max_bytes: usize, end: Offset) -> Vec<ChunkAt<S>> {
+    /// The chunks a read of `max_bytes` at `offset` may need, below `end` (at least one), and
+    /// the epoch of the log they were planned in.
+    fn chunks_for(&self, offset: Offset, max_bytes: usize, end: Offset) -> (Vec<ChunkAt<S>>, u64) {
         let st = self.state.borrow();
         let mut wanted: Vec<ChunkAt<S>> = Vec::new();
         let mut span = 0usize;
@@ -281,7 +303,7 @@ impl<S: Storage> PartitionLog<S> {
             at = chunk.next;
             wanted.push(chunk);
         }
-        wanted
+        (wanted, self.reads.epoch())
     }
 
     /// The chunk holding `next` once someone else's read of chunk `at` is done, or read now if
@@ -301,7 +323,7 @@ impl<S: Storage> PartitionLog<S> {
         }
         let now = chunk_holding(&self.state.borrow(), next, self.limits.read_chunk_bytes);
         let Some(now) = now.filter(|now| !now.growing) else { return Ok(None) };
-        let loading = self.reads.start_loading(now.first, false);
+        let loading = self.reads.start_loading(now.first, false, self.reads.epoch());
         load(now, loading, None).await.map(Some)
     }
 
@@ -324,7 +346,7 @@ impl<S: Storage> PartitionLog<S> {
                 continue;
             }
             let Some(reserved) = self.reads.reserve(chunk.len) else { break };
-            let loading = self.reads.start_loading(chunk.first, true);
+            let loading = self.reads.start_loading(chunk.first, true, self.reads.epoch());
             let log = (self.topic.clone(), self.partition);
             glommio::spawn_local(async move {
                 if let Err(e) = load(chunk, loading, Some(reserved)).await {
@@ -348,13 +370,16 @@ fn bytes_before<S: Storage>(chunk: &ChunkAt<S>, offset: Offset) -> usize {
 /// Reads whole entries holding `offset` and after, and starting below `end`, from one segment,
 /// from the index point at or before `offset` and no more than the read needs, checking every
 /// checksum, uncached: for the active segment's growing chunk, and for a chunk that failed its
-/// checks. `None` when the segment holds nothing at or after `offset`.
+/// checks. Entries before a damaged one are returned; the damaged one is an error only when it
+/// is the first the read needs (or lies between the index point and it). Returns the entries
+/// and the offset after them; `None` when the segment holds nothing at or after `offset`.
 async fn read_segment<S: Storage>(
     segment: &Segment<S>,
     offset: Offset,
     max_bytes: usize,
     end: Offset,
-) -> Result<Option<Bytes>, ReadError> {
+) -> Result<Option<(Bytes, Offset)>, ReadError> {
+    let mut after = offset;
     let (start, size) = {
         let meta = segment.meta.borrow();
         if meta.next_offset <= offset {
@@ -369,9 +394,22 @@ async fn read_segment<S: Storage>(
     let mut first: Option<usize> = None;
     while at < buf.len() {
         let position = buf_start + at as u64;
-        let header = parse_header(&buf[at..])
-            .map_err(|e| ReadError::Corrupt { position, why: e.to_string() })?;
+        // Damage past what the read already holds ends the read there: the next one, starting
+        // at the damaged entry, reports it.
+        let damaged = |why: String| match first {
+            Some(_) => Ok(()),
+            None => Err(ReadError::Corrupt { position, why }),
+        };
+        let header = match parse_header(&buf[at..]) {
+            Ok(header) => header,
+            Err(e) => {
+                damaged(e.to_string())?;
+                break;
+            }
+        };
         if header.base_offset() >= end {
+            // Before the entry holding `offset` (below `end`), only a damaged header gets here.
+            damaged(format!("an entry at offset {} before offset {offset}", header.base_offset()))?;
             break;
         }
         let entry_len = header.entry_len();
@@ -390,12 +428,17 @@ async fn read_segment<S: Storage>(
                 break;
             }
         }
-        parse_entry(&buf[at..at + entry_len])
-            .map_err(|e| ReadError::Corrupt { position, why: e.to_string() })?;
+        if let Err(e) = parse_entry(&buf[at..at + entry_len]) {
+            damaged(e.to_string())?;
+            break;
+        }
         if first.is_none() && header.next_offset() > offset {
             first = Some(at);
         }
+        if first.is_some() {
+            after = header.next_offset();
+        }
         at += entry_len;
     }
-    Ok(first.map(|first| buf.slice(first..at)))
+    Ok(first.map(|first| (buf.slice(first..at), after)))
 }

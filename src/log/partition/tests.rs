@@ -496,6 +496,65 @@ fn a_read_of_zero_bytes_returns_one_whole_entry() {
     });
 }
 
+/// A byte flipped inside a sealed segment (its index intact, so no start rescans it) is reported
+/// to the reader that reaches it, never served nor cached, while the entries before and after
+/// it are still served, sequential readers and their reads ahead notwithstanding. (Each entry
+/// here is an index point: a read resumes past damage from the next index point, as before the
+/// read cache.)
+#[test]
+fn a_corrupt_entry_in_a_sealed_segment_is_reported_and_its_neighbours_served() {
+    in_partition_dir(|path| async move {
+        let config = TopicConfig { segment_bytes: 2 << 20, ..TopicConfig::default() };
+        let log = open_with(&path, config.clone()).await.expect("open");
+        let written = append_written(&log, 200, 20 * 1024).await;
+        let damaged = 60u64;
+        let position = {
+            let st = log.state.borrow();
+            let segment = st.segments.front().expect("a segment");
+            assert!(segment.meta.borrow().next_offset > Offset(damaged), "in the first segment");
+            let point = segment.meta.borrow().index.seek_offset(Offset(damaged));
+            let point = point.expect("an index point");
+            assert_eq!(point.offset, Offset(damaged), "each 20 KiB entry is an index point");
+            point.position.0
+        };
+        log.close().await;
+        drop(log);
+        let file = path.join("00000000000000000000.log");
+        let mut bytes = std::fs::read(&file).expect("the segment");
+        bytes[position as usize + 1000] ^= 0x40;
+        std::fs::write(&file, bytes).expect("the damaged segment");
+
+        let log = open_with(&path, config).await.expect("open");
+        for max_bytes in [64 * 1024, 1024 * 1024] {
+            // A sequential reader gets everything before the damage, then the error.
+            let mut offset = Offset(0);
+            let error = loop {
+                match log.read(offset, max_bytes, Offset(u64::MAX)).await {
+                    Ok(read) => {
+                        for chunk in read {
+                            for entry in entries(&chunk, Check::Checksum) {
+                                let StoredEntry { header, payload, .. } = entry.expect("whole");
+                                let at = header.base_offset().0 as usize;
+                                assert_eq!(payload, &written[at][..], "entry {at}");
+                                offset = header.next_offset();
+                            }
+                        }
+                    }
+                    Err(e) => break e,
+                }
+            };
+            assert_eq!(offset, Offset(damaged), "served up to the damaged entry");
+            assert!(matches!(error, LogError::Corrupt(_)), "{error:?}");
+            // Past it, the log reads on.
+            let read = log.read(Offset(damaged + 1), max_bytes, Offset(u64::MAX)).await;
+            let read = read.expect("the entries after the damaged one");
+            let first = entries(&read[0], Check::Checksum).next().expect("an entry");
+            assert_eq!(first.expect("whole").payload, &written[damaged as usize + 1][..]);
+        }
+        log.close().await;
+    });
+}
+
 /// Readers that jump about get nothing read ahead, and the cache stays within its budget.
 #[test]
 fn random_readers_get_no_read_ahead_and_the_cache_keeps_its_budget() {
@@ -534,7 +593,7 @@ fn a_read_of_a_segment_deleted_meanwhile_is_out_of_range() {
             .expect("a chunk of the oldest segment");
         let next = oldest.meta.borrow().next_offset;
         assert_eq!(log.delete_segments_below(next).await.expect("retention"), 1);
-        let loading = log.reads.start_loading(oldest.base_offset, false);
+        let loading = log.reads.start_loading(oldest.base_offset, false, log.reads.epoch());
         let error = super::reads::load(at, loading, None)
             .await
             .map(|_| ())
