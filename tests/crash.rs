@@ -367,11 +367,17 @@ fn a_flipped_byte_in_a_sealed_segment_is_an_error_to_readers_never_wrong_data() 
     drop(log);
 
     // Sealed segments with a good index are trusted at start (no rescan), so the damage is
-    // found by the read that reaches it: an error naming the file, never the wrong bytes.
+    // found by the read that reaches it: an error naming the file, never the wrong bytes. The
+    // entry before it is served (to the read that starts there), the damaged one never.
     broker.restart();
     run(|| async {
         let client = connect(&broker).await;
-        let error = client.fetch("sealed", 0, 0, 1 << 20, 0).await.err().expect("an error");
+        let before = client.fetch("sealed", 0, 0, 1 << 20, 0).await.expect("the entry before");
+        let offsets: Vec<u64> = (before.batches().expect("valid batches").iter())
+            .flat_map(|batch| batch.records().map(|r| r.offset).collect::<Vec<_>>())
+            .collect();
+        assert_eq!(offsets, vec![0], "only what lies before the damage");
+        let error = client.fetch("sealed", 0, 1, 1 << 20, 0).await.err().expect("an error");
         assert_eq!(error.code(), Some(spate::native::messages::ErrorCode::StorageError), "{error}");
         // Data past the damaged segment still reads.
         let tail = read_all(&client, "sealed", 0, 150).await;
