@@ -144,11 +144,7 @@ pub struct ReadCache {
 
 impl ReadCache {
     pub fn new(bytes_max: usize) -> Rc<Self> {
-        let state = CacheState {
-            stats: ReadCacheStats { bytes_max, ..Default::default() },
-            ..Default::default()
-        };
-        Rc::new(Self { bytes_max, state: RefCell::new(state) })
+        Rc::new(Self { bytes_max, state: RefCell::default() })
     }
 
     /// A partition's handle on the cache; its chunks leave with it.
@@ -173,7 +169,7 @@ impl ReadCache {
     }
 
     pub fn stats(&self) -> ReadCacheStats {
-        self.state.borrow().stats
+        ReadCacheStats { bytes_max: self.bytes_max, ..self.state.borrow().stats }
     }
 
     /// Bytes read ahead of readers may take at most this much of the budget at once, so the

@@ -87,7 +87,8 @@ pub(super) fn chunk_holding<S: Storage>(
     let after = meta.index.first_at_or_after(FilePosition((bucket + 1) * chunk_bytes));
     let growing = after.is_none() && holder + 1 == st.segments.len();
     let (next, end) = after.map_or((meta.next_offset, meta.size), |p| (p.offset, p.position.0));
-    let len = usize::try_from(end - start.position.0).ok()?;
+    // Index points lie within the written size; a start past the end would be a broken index.
+    let len = usize::try_from(end.checked_sub(start.position.0)?).ok()?;
     drop(meta);
     Some(ChunkAt { segment, first: start.offset, next, position: start.position.0, len, growing })
 }
@@ -218,15 +219,11 @@ impl<S: Storage> PartitionLog<S> {
         let (mut out, mut taken, mut next) = (Vec::new(), 0usize, offset);
         let mut damaged = false;
         for (i, at) in wanted.iter().enumerate() {
-            let failed = |error| Failed::Read { segment: at.segment.clone(), error };
             if at.growing || next < at.first {
                 // The growing chunk, as the read's first only: past others, the next read goes
                 // on from here. (A gap: the log changed under the read.)
                 if out.is_empty() && at.growing {
-                    let found = read_segment(&at.segment, next, max_bytes, end).await;
-                    if let Some((entries, after)) = found.map_err(failed)? {
-                        (out, next) = (vec![entries], after);
-                    }
+                    (out, next) = read_precisely(at, next, max_bytes, end).await?;
                 }
                 break;
             }
@@ -249,13 +246,10 @@ impl<S: Storage> PartitionLog<S> {
                 Err(ReadError::Corrupt { .. }) => {
                     // Entries before the damage are served; the damaged one is reported.
                     damaged = true;
-                    let found = read_segment(&at.segment, next, max_bytes, end).await;
-                    if let Some((entries, after)) = found.map_err(failed)? {
-                        (out, next) = (vec![entries], after);
-                    }
+                    (out, next) = read_precisely(at, next, max_bytes, end).await?;
                     break;
                 }
-                Err(error) => return Err(failed(error)),
+                Err(error) => return Err(Failed::Read { segment: at.segment.clone(), error }),
             };
             let part = take(&chunk, next, end, taken, max_bytes);
             out.extend(part.entries);
@@ -356,6 +350,22 @@ impl<S: Storage> PartitionLog<S> {
             })
             .detach();
         }
+    }
+}
+
+/// The entries from `next` in `at`'s segment, read the precise way (`read_segment`), and the
+/// offset after them: all a read returns when its first chunk cannot be used as a chunk.
+async fn read_precisely<S: Storage>(
+    at: &ChunkAt<S>,
+    next: Offset,
+    max_bytes: usize,
+    end: Offset,
+) -> Result<(Vec<Bytes>, Offset), Failed<S>> {
+    match read_segment(&at.segment, next, max_bytes, end).await {
+        Ok(found) => {
+            Ok(found.map_or((Vec::new(), next), |(entries, after)| (vec![entries], after)))
+        }
+        Err(error) => Err(Failed::Read { segment: at.segment.clone(), error }),
     }
 }
 
