@@ -5,7 +5,7 @@
 //! they are quoted in TOML: `"log.retention.ms" = 3600000`. Topic-level overrides
 //! (`retention.ms`, `segment.bytes`, ...) are resolved against the broker's `log.*` defaults.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -111,21 +111,145 @@ pub const TOPIC_KEYS: &[(&str, &str)] = &[
     ("unclean.leader.election.enable", "unclean.leader.election.enable"),
 ];
 
-/// Standard Kafka topic settings Spate takes at one value only: what it does, named as Kafka
-/// names it. Admin tools pass full config sets; these values are accepted (and described),
-/// others are refused with what Spate does instead.
+/// One change to a topic's setting overrides, as an administrator asks for it: Kafka's
+/// IncrementalAlterConfigs operations (KIP-339); AlterConfigs is a `Set` of every override.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum ConfigChange {
+    Set {
+        key: String,
+        value: String,
+    },
+    /// The override goes: the broker's default holds again.
+    Delete {
+        key: String,
+    },
+    /// Values added to a list setting, or taken from it (its override, else its default).
+    Append {
+        key: String,
+        value: String,
+    },
+    Subtract {
+        key: String,
+        value: String,
+    },
+}
+
+/// Topic settings whose value is a comma-separated list: the only ones APPEND and SUBTRACT
+/// apply to, as in Kafka.
+const LIST_TOPIC_SETTINGS: &[&str] = &["cleanup.policy"];
+
+impl ConfigChange {
+    /// The setting it changes.
+    pub fn key(&self) -> &str {
+        match self {
+            Self::Set { key, .. }
+            | Self::Delete { key }
+            | Self::Append { key, .. }
+            | Self::Subtract { key, .. } => key,
+        }
+    }
+}
+
+/// Kafka's "no limit" for its long-valued settings.
+const KAFKA_LONG_MAX: &str = "9223372036854775807";
+/// Why the tiered-storage settings take one value.
+const NO_TIERED_STORAGE: &str =
+    "tiered storage is not supported; segments live on the broker's disk";
+/// Why the compaction settings take one value.
+const NO_COMPACTION: &str = "it acts only on compacted topics, and compaction is not supported yet";
+
+/// Standard Kafka topic settings Spate takes at one value only, the value at which Kafka behaves
+/// as Spate does: what it does, named as Kafka names it. Admin tools pass full config sets;
+/// these values are accepted (and described), others are refused with what Spate does instead.
 const FIXED_TOPIC_SETTINGS: &[(&str, &str, &str)] = &[
     (
         "compression.type",
         "producer",
         "batches are stored as producers compress them; recompressing is not supported yet",
     ),
+    ("compression.gzip.level", "-1", "levels apply to recompressing, which is not supported yet"),
+    ("compression.lz4.level", "9", "levels apply to recompressing, which is not supported yet"),
+    ("compression.zstd.level", "3", "levels apply to recompressing, which is not supported yet"),
     (
         "message.timestamp.type",
         "CreateTime",
         "records keep the producer's timestamps; LogAppendTime is not supported yet",
     ),
+    (
+        "message.timestamp.difference.max.ms",
+        KAFKA_LONG_MAX,
+        "producers' timestamps are not checked against the broker's clock yet",
+    ),
+    (
+        "message.timestamp.before.max.ms",
+        KAFKA_LONG_MAX,
+        "producers' timestamps are not checked against the broker's clock yet",
+    ),
+    (
+        "message.timestamp.after.max.ms",
+        KAFKA_LONG_MAX,
+        "producers' timestamps are not checked against the broker's clock yet",
+    ),
+    (
+        "message.downconversion.enable",
+        "false",
+        "record batches are served as stored; fetches older than v4 are not served",
+    ),
+    (
+        "message.format.version",
+        "3.0-IV1",
+        "records are stored as record batches (magic 2), Kafka's format since 0.11",
+    ),
+    (
+        "flush.messages",
+        KAFKA_LONG_MAX,
+        "the log is synced as acknowledgements need it (acks=all waits for the sync), never \
+         forced by a count",
+    ),
+    (
+        "flush.ms",
+        KAFKA_LONG_MAX,
+        "the log is synced as acknowledgements need it (acks=all waits for the sync), never \
+         forced by a timer",
+    ),
+    ("segment.jitter.ms", "0", "segments roll at segment.ms exactly"),
+    ("leader.replication.throttled.replicas", "", "replication is not throttled"),
+    ("follower.replication.throttled.replicas", "", "replication is not throttled"),
+    ("min.cleanable.dirty.ratio", "0.5", NO_COMPACTION),
+    ("min.compaction.lag.ms", "0", NO_COMPACTION),
+    ("max.compaction.lag.ms", KAFKA_LONG_MAX, NO_COMPACTION),
+    ("remote.storage.enable", "false", NO_TIERED_STORAGE),
+    ("local.retention.ms", "-2", NO_TIERED_STORAGE),
+    ("local.retention.bytes", "-2", NO_TIERED_STORAGE),
+    ("remote.log.copy.disable", "false", NO_TIERED_STORAGE),
+    ("remote.log.delete.on.disable", "false", NO_TIERED_STORAGE),
 ];
+
+/// Standard Kafka topic settings Spate has no counterpart for, at any value, and why: refused
+/// by name, never taken as unknown.
+const UNSUPPORTED_TOPIC_SETTINGS: &[(&str, &str)] = &[
+    ("preallocate", "segment files are allocated in steps ahead of the writes, whatever it says"),
+    ("index.interval.bytes", "each segment's sparse index has a point per write of the log"),
+    ("segment.index.bytes", "each segment's sparse index is sized by the segment"),
+    (
+        "file.delete.delay.ms",
+        "a segment's file goes as soon as retention removes it and no read holds it",
+    ),
+];
+
+/// The refusal of a setting topics do not have here: a standard Kafka one with the reason, or
+/// an unknown one.
+fn not_a_topic_setting(key: &str) -> ConfigError {
+    match UNSUPPORTED_TOPIC_SETTINGS.iter().find(|(name, _)| *name == key) {
+        Some((_, why)) => ConfigError(format!("{key} is not supported: {why}")),
+        None => ConfigError(format!("unknown topic setting {key}")),
+    }
+}
+
+/// Why a standard topic setting takes only its one value here, when it does.
+pub fn fixed_topic_setting(key: &str) -> Option<&'static str> {
+    FIXED_TOPIC_SETTINGS.iter().find(|(name, _, _)| *name == key).map(|(_, _, why)| *why)
+}
 
 impl TopicConfig {
     /// Applies one topic-level setting (`retention.ms`, ...).
@@ -189,7 +313,7 @@ impl TopicConfig {
                         &format!("only {accepted} is supported: {why}"),
                     ))
                 }
-                None => return Err(ConfigError(format!("unknown topic setting {key}"))),
+                None => return Err(not_a_topic_setting(key)),
             },
         }
         Ok(())
@@ -221,6 +345,67 @@ impl TopicConfig {
         Ok(config)
     }
 
+    /// Topic overrides `current` with `changes` applied in order, checked against these
+    /// defaults: an unknown setting, a bad value, or APPEND or SUBTRACT on a setting that is not
+    /// a list is refused with the reason, and nothing is changed.
+    pub fn altered_overrides(
+        &self,
+        current: &BTreeMap<String, String>,
+        changes: &[ConfigChange],
+    ) -> Result<BTreeMap<String, String>, ConfigError> {
+        let mut overrides = current.clone();
+        for change in changes {
+            // One override per setting, under its topic-level name.
+            let key = match change.key() {
+                "message.max.bytes" => "max.message.bytes",
+                other => other,
+            };
+            // Named settings only, whatever the operation (Kafka refuses unknown names too).
+            if self.value_of(key).is_none() {
+                return Err(not_a_topic_setting(key));
+            }
+            match change {
+                ConfigChange::Set { value, .. } => {
+                    overrides.insert(key.to_string(), value.clone());
+                }
+                ConfigChange::Delete { .. } => {
+                    overrides.remove(key);
+                }
+                ConfigChange::Append { value: values, .. }
+                | ConfigChange::Subtract { value: values, .. } => {
+                    let append = matches!(change, ConfigChange::Append { .. });
+                    if !LIST_TOPIC_SETTINGS.contains(&key) {
+                        let operation = if append { "APPEND" } else { "SUBTRACT" };
+                        return Err(ConfigError(format!(
+                            "{operation} applies only to list settings ({}), not to {key}",
+                            LIST_TOPIC_SETTINGS.join(", ")
+                        )));
+                    }
+                    let now = match overrides.get(key) {
+                        Some(value) => value.clone(),
+                        None => self.value_of(key).unwrap_or_default(),
+                    };
+                    let mut list = split_list(&now);
+                    for value in split_list(values) {
+                        if !append {
+                            list.retain(|v| *v != value);
+                        } else if !list.contains(&value) {
+                            list.push(value);
+                        }
+                    }
+                    overrides.insert(key.to_string(), list.join(","));
+                }
+            }
+        }
+        self.with_overrides(&overrides)?;
+        Ok(overrides)
+    }
+
+    /// The value of topic-level setting `key`, as `entries` gives it.
+    pub fn value_of(&self, key: &str) -> Option<String> {
+        self.entries().into_iter().find(|(name, _)| name == key).map(|(_, value)| value)
+    }
+
     /// Every topic-level setting as a name and value, for `describe`.
     pub fn entries(&self) -> Vec<(String, String)> {
         vec![
@@ -242,6 +427,11 @@ impl TopicConfig {
         )
         .collect()
     }
+}
+
+/// A list setting's values, trimmed, without empty ones.
+fn split_list(value: &str) -> Vec<String> {
+    value.split(',').map(str::trim).filter(|v| !v.is_empty()).map(String::from).collect()
 }
 
 /// Everything `spate serve` runs with.
@@ -346,6 +536,9 @@ pub struct BrokerConfig {
     /// An idempotent producer that has not written to a partition for this long is forgotten
     /// there.
     pub producer_id_expiration_ms: u64,
+    /// The settings given in the file or by flags, by their Kafka names: DescribeConfigs reports
+    /// these as the broker's own (STATIC_BROKER_CONFIG) and every other as a default.
+    pub explicit: BTreeSet<String>,
 }
 
 impl Default for BrokerConfig {
@@ -413,13 +606,27 @@ impl Default for BrokerConfig {
             connections_max_idle_ms: 600_000,
             queued_max_request_bytes: 256 * 1024 * 1024,
             producer_id_expiration_ms: 86_400_000,
+            explicit: BTreeSet::new(),
         }
     }
 }
 
 impl BrokerConfig {
-    /// Applies one broker-level setting.
+    /// Applies one broker-level setting, and remembers it as given.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        self.apply(key, value)?;
+        let name = match key {
+            "broker.id" => "node.id",
+            "log.dir" | "data.dir" => "log.dirs",
+            "kafka.listener" => "listeners",
+            "kafka.advertised.listener" => "advertised.listeners",
+            other => other,
+        };
+        self.explicit.insert(name.to_string());
+        Ok(())
+    }
+
+    fn apply(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         if let Some((topic_key, _)) = TOPIC_KEYS.iter().find(|(_, broker_key)| *broker_key == key) {
             return self.topic_defaults.set(topic_key, value);
         }
@@ -828,6 +1035,9 @@ mod tests {
             ("min.insync.replicas".to_string(), "1".to_string()),
             ("unclean.leader.election.enable".to_string(), "false".to_string()),
             ("delete.retention.ms".to_string(), "3600000".to_string()),
+            ("segment.jitter.ms".to_string(), "0".to_string()),
+            ("remote.storage.enable".to_string(), "false".to_string()),
+            ("max.compaction.lag.ms".to_string(), KAFKA_LONG_MAX.to_string()),
         ]);
         let config = TopicConfig::default().with_overrides(&taken).expect("taken");
         let described: BTreeMap<String, String> = config.entries().into_iter().collect();
@@ -840,16 +1050,64 @@ mod tests {
             ("min.insync.replicas", "0", "at least 1"),
             ("unclean.leader.election.enable", "yes", "true or false"),
             ("delete.retention.ms", "-1", "0 or more"),
+            ("segment.jitter.ms", "1000", "roll at segment.ms exactly"),
+            ("remote.storage.enable", "true", "tiered storage is not supported"),
+            ("message.timestamp.after.max.ms", "3600000", "not checked"),
+            // No value at all: refused by name with the reason, not as unknown.
+            ("preallocate", "false", "preallocate is not supported: segment files"),
+            ("file.delete.delay.ms", "60000", "not supported"),
         ] {
             let refused = TopicConfig::default().set(key, value).unwrap_err().0;
             assert!(refused.contains(key) && refused.contains(why), "{refused}");
         }
+        let unknown = TopicConfig::default().set("retention.hours", "1").unwrap_err().0;
+        assert_eq!(unknown, "unknown topic setting retention.hours");
         // Broker-level defaults under Kafka's broker names.
         let mut broker = BrokerConfig::default();
         broker.set("log.message.timestamp.type", "CreateTime").expect("taken");
         broker.set("log.cleaner.delete.retention.ms", "5").expect("taken");
         assert_eq!(broker.topic_defaults.delete_retention_ms, 5);
         assert!(broker.set("compression.type", "gzip").is_err());
+    }
+
+    #[test]
+    fn changes_apply_in_order_and_refuse_what_is_not_a_setting_or_a_list() {
+        let defaults = TopicConfig::default();
+        let current: BTreeMap<String, String> =
+            [("retention.ms".to_string(), "1000".to_string())].into();
+        let set =
+            |key: &str, value: &str| ConfigChange::Set { key: key.into(), value: value.into() };
+        let changes = [
+            ConfigChange::Delete { key: "retention.ms".into() },
+            set("message.max.bytes", "2048"),
+            set("segment.bytes", "65536"),
+            ConfigChange::Append { key: "cleanup.policy".into(), value: "delete".into() },
+        ];
+        let altered = defaults.altered_overrides(&current, &changes).expect("taken");
+        let expected: BTreeMap<String, String> = [
+            ("cleanup.policy", "delete"),
+            ("max.message.bytes", "2048"),
+            ("segment.bytes", "65536"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into();
+        assert_eq!(altered, expected, "one override per setting, by its topic name");
+        let refused = |changes: &[ConfigChange]| {
+            defaults.altered_overrides(&current, changes).expect_err("refused").0
+        };
+        assert!(refused(&[set("no.such", "1")]).contains("unknown topic setting no.such"));
+        let delete_unknown = [ConfigChange::Delete { key: "no.such".into() }];
+        assert!(refused(&delete_unknown).contains("unknown"));
+        assert!(refused(&[set("retention.ms", "soon")]).contains("retention.ms"));
+        let append = [ConfigChange::Append { key: "retention.ms".into(), value: "5".into() }];
+        assert!(refused(&append).contains("APPEND applies only to list settings"));
+        // Subtracting the only cleanup policy leaves none, which is no policy Spate has.
+        let subtract =
+            [ConfigChange::Subtract { key: "cleanup.policy".into(), value: "delete".into() }];
+        assert!(refused(&subtract).contains("cleanup.policy"));
+        let compact =
+            [ConfigChange::Append { key: "cleanup.policy".into(), value: "compact".into() }];
+        assert!(refused(&compact).contains("compaction is not supported yet"));
     }
 
     #[test]

@@ -990,6 +990,80 @@ fn topics_are_placed_served_and_described_alike_across_the_cluster() {
     assert!(offsets(&committed_after).contains(": "), "{committed_after}");
 }
 
+/// A topic's settings changed through one broker (`spate topic alter`, through the controller)
+/// apply on every broker at once, leader and followers alike, and outlive a restart: the
+/// segments every replica holds of records older than the new `retention.ms` go (with
+/// `retention.ms=-1` at creation, they were kept).
+#[test]
+fn topic_settings_change_on_every_broker_without_a_restart() {
+    let _one_cluster = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cluster = Cluster::start_with(&["log.retention.check.interval.ms=200"]);
+    let all = [1, 2, 3];
+    cluster.settle(&all, "three live brokers", |s| s.leader.is_some() && all_live(s, &all));
+    let configs = [("segment.bytes", "16384"), ("retention.ms", "-1")];
+    let created = create_topic_with_configs_at(&cluster.kafka(1), "tuned", (1, 3), &[], &configs);
+    assert_eq!(created, (0, String::new()));
+    cluster.settle_metadata(&all, "tuned led", |v| {
+        v.topics.get("tuned").is_some_and(|t| t.1[0].1 >= 0 && t.1[0].4.len() == 3)
+    });
+    // Forty batches of ten records, each record stamped in 2023: several 16 KiB segments.
+    let bootstrap = cluster.brokers[0].addr.clone();
+    run(|| async move {
+        let client = Client::connect(&bootstrap).await.expect("connect");
+        let leaders = spate::client::Leaders::new(client);
+        for first in (0..400).step_by(10) {
+            let produced = produce_to_leader(&leaders, "tuned", 0, first..first + 10).await;
+            produced.unwrap_or_else(|e| panic!("records {first}..: {e}"));
+        }
+    });
+    let segments = |node: usize| -> usize {
+        let dir = cluster.brokers[node].data_dir.join("tuned").join("0");
+        let files = std::fs::read_dir(&dir).map(|d| d.flatten().collect::<Vec<_>>());
+        let logs = files.unwrap_or_default().into_iter();
+        logs.filter(|f| f.path().extension().is_some_and(|e| e == "log")).count()
+    };
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + SETTLE_WAIT;
+        while !done() {
+            assert!(Instant::now() < deadline, "never: {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("every replica holds several segments", &|| (0..3).all(|n| segments(n) >= 3));
+    // One hour: every record is older (2023). Through broker 2, whoever leads.
+    let altered = std::process::Command::new(BINARY)
+        .args(["topic", "alter", "tuned", "--config", "retention.ms=3600000"])
+        .args(["--delete-config", "segment.bytes", "--broker", &cluster.brokers[1].addr])
+        .output()
+        .expect("spate topic alter");
+    assert!(altered.status.success(), "{}", String::from_utf8_lossy(&altered.stderr));
+    wait_for("retention deletes the sealed segments on every replica", &|| {
+        (0..3).all(|n| segments(n) == 1)
+    });
+    let described = |cluster: &Cluster, node: usize| -> String {
+        let output = std::process::Command::new(BINARY)
+            .args(["topic", "describe", "tuned", "--broker", &cluster.brokers[node].addr])
+            .output()
+            .expect("spate topic describe");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    for node in 0..3 {
+        let text = described(&cluster, node);
+        assert!(text.contains("config retention.ms=3600000"), "broker {}: {text}", node + 1);
+        assert!(text.contains("config segment.bytes=1073741824"), "broker {}: {text}", node + 1);
+        let file = cluster.brokers[node].data_dir.join("tuned").join("topic.toml");
+        let toml = std::fs::read_to_string(&file).unwrap_or_default();
+        assert!(toml.contains("\"retention.ms\" = \"3600000\""), "{}: {toml}", file.display());
+        assert!(!toml.contains("segment.bytes"), "{}: {toml}", file.display());
+    }
+    // Kept in the metadata: a broker restarted has the settings as changed.
+    cluster.broker(3).stop();
+    cluster.broker(3).restart();
+    cluster.settle(&all, "three live brokers again", |s| all_live(s, &all));
+    let text = described(&cluster, 2);
+    assert!(text.contains("config retention.ms=3600000"), "broker 3 restarted: {text}");
+}
+
 /// Reads `want` records of `topic` as a native member of `group` through the broker at
 /// `bootstrap` (or what it finds in 30 s), then leaves, committing what it read.
 fn read_as_group_member(bootstrap: &str, topic: &str, group: &str, want: usize) -> usize {

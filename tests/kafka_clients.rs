@@ -40,6 +40,19 @@ fn kafka_python() {
     run_one("kafka_python_roundtrip", SETTINGS, &python, &["kafka_python_roundtrip.py"]);
 }
 
+/// Topic settings created, changed (incrementally and whole) and described through
+/// confluent-kafka's and kafka-python's admin clients, with their effect on the log checked.
+/// The broker's own `log.retention.ms` shows as its static setting; retention checks run often
+/// enough to act within the script's budget.
+#[test]
+fn admin_configs() {
+    let python = require_pip_confluent();
+    require_kafka_python();
+    let settings =
+        ["--set", "log.retention.ms=3600000", "--set", "log.retention.check.interval.ms=200"];
+    run_one("admin_configs", &settings, &python, &["admin_configs.py"]);
+}
+
 /// Producers (plain and idempotent), admin, and a group consumer reading everything back.
 #[test]
 fn kafkajs() {

@@ -1,4 +1,4 @@
-//! `spate topic create|list|describe|delete|reassign`.
+//! `spate topic create|list|describe|alter|delete|reassign`.
 
 use std::time::{Duration, Instant};
 
@@ -6,7 +6,7 @@ use clap::Subcommand;
 
 use crate::cli::{run_client, BrokerAddress};
 use crate::client::Client;
-use crate::native::messages::{PartitionMetadata, Reassignment};
+use crate::native::messages::{ConfigChange, PartitionMetadata, Reassignment};
 use crate::types::{NodeId, PartitionId};
 
 /// How often `reassign --wait` looks again, and for how long at most.
@@ -39,6 +39,22 @@ pub enum TopicCommand {
     /// and its settings.
     Describe {
         name: String,
+        #[command(flatten)]
+        broker: BrokerAddress,
+    },
+    /// Change a topic's settings at once, on every broker, without a restart (Kafka's
+    /// IncrementalAlterConfigs): overrides set or taken away; the others stay as they are.
+    Alter {
+        name: String,
+        /// Set a setting, e.g. --config retention.ms=60000 (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = super::parse_key_value)]
+        configs: Vec<(String, String)>,
+        /// Take a setting's override away: the broker's default holds again (repeatable).
+        #[arg(long = "delete-config", value_name = "KEY")]
+        delete_configs: Vec<String>,
+        /// Check the change without making it.
+        #[arg(long)]
+        validate_only: bool,
         #[command(flatten)]
         broker: BrokerAddress,
     },
@@ -124,6 +140,24 @@ impl TopicCommand {
                             p.log_start,
                             p.high_watermark
                         );
+                    }
+                }
+                TopicCommand::Alter { name, configs, delete_configs, validate_only, broker } => {
+                    if configs.is_empty() && delete_configs.is_empty() {
+                        return Err("nothing to change: give --config or --delete-config".into());
+                    }
+                    let set =
+                        configs.into_iter().map(|(key, value)| ConfigChange::Set { key, value });
+                    let deleted =
+                        delete_configs.into_iter().map(|key| ConfigChange::Delete { key });
+                    let changes: Vec<ConfigChange> = set.chain(deleted).collect();
+                    let count = changes.len();
+                    let client = connect(&broker).await?;
+                    (client.alter_topic_config(&name, changes, validate_only).await)
+                        .map_err(|e| e.to_string())?;
+                    match validate_only {
+                        true => println!("{count} change(s) to topic {name} would be taken"),
+                        false => println!("changed {count} setting(s) of topic {name}"),
                     }
                 }
                 TopicCommand::Delete { name, broker } => {

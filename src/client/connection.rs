@@ -15,16 +15,17 @@ use zerocopy::IntoBytes;
 
 use crate::native::frame::{Api, FrameHeader, FRAME_HEADER_BYTES};
 use crate::native::messages::{
-    decode, encode, Acks, AdminResponse, ClusterId, ClusterStatus, ClusterStatusRequest,
-    ClusterStatusResponse, CommitOffsetsRequest, ControllerRequest, ControllerResponse,
-    CreateTopicRequest, DeleteGroupRequest, DeleteTopicRequest, DescribeGroupRequest,
-    DescribeGroupResponse, ErrorBody, ErrorCode, FetchOffsetsRequest, FetchOffsetsResponse,
-    FetchRequest, FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupSummary,
-    HeartbeatRequest, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, ListGroupsRequest,
-    ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataEntries,
-    MetadataFetchRequest, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
-    ReassignRequest, Reassignment, ReplicaFetchRequest, ReplicaFetchResponse, SyncGroupRequest,
-    SyncGroupResponse, TopicMetadata, VoterMessagesRequest, WireMessage,
+    decode, encode, Acks, AdminResponse, AlterTopicConfigRequest, ClusterId, ClusterStatus,
+    ClusterStatusRequest, ClusterStatusResponse, CommitOffsetsRequest, ConfigChange,
+    ControllerRequest, ControllerResponse, CreateTopicRequest, DeleteGroupRequest,
+    DeleteTopicRequest, DescribeGroupRequest, DescribeGroupResponse, ErrorBody, ErrorCode,
+    FetchOffsetsRequest, FetchOffsetsResponse, FetchRequest, FetchResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, GroupSummary, HeartbeatRequest, JoinGroupRequest, JoinGroupResponse,
+    LeaveGroupRequest, ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataEntries, MetadataFetchRequest, MetadataRequest, MetadataResponse,
+    ProduceRequest, ProduceResponse, ReassignRequest, Reassignment, ReplicaFetchRequest,
+    ReplicaFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicMetadata, VoterMessagesRequest,
+    WireMessage,
 };
 use crate::record::batch::{BatchBuilder, NativeBatchView, RecordView};
 use crate::record::entry::{entries, Check, StoredEntry};
@@ -532,6 +533,20 @@ impl Client {
     pub async fn reassign(&self, moves: Vec<Reassignment>) -> Result<(), ClientError> {
         let request = ReassignRequest { moves };
         let (response, _): (AdminResponse, _) = self.call(Api::Reassign, &encode(&request)).await?;
+        ClientError::from_body(&response.error)
+    }
+
+    /// Changes a topic's settings, each change in order (Kafka's IncrementalAlterConfigs);
+    /// answered once the broker asked has them. `validate_only`: checked, not made.
+    pub async fn alter_topic_config(
+        &self,
+        name: &str,
+        changes: Vec<ConfigChange>,
+        validate_only: bool,
+    ) -> Result<(), ClientError> {
+        let request = AlterTopicConfigRequest { name: name.to_string(), changes, validate_only };
+        let meta = encode(&request);
+        let (response, _): (AdminResponse, _) = self.call(Api::AlterTopicConfig, &meta).await?;
         ClientError::from_body(&response.error)
     }
 

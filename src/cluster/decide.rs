@@ -47,7 +47,7 @@ use crate::cluster::metadata::{
     PartitionState, Registration, TopicId, CLUSTER_PROTOCOL_VERSION, PARTITIONS_MAX,
 };
 use crate::cluster::placement::{self, Candidate};
-use crate::config::TopicConfig;
+use crate::config::{ConfigChange, TopicConfig};
 use crate::replication::eligible::eligible_after;
 use crate::types::{LeaderEpoch, NodeId, PartitionId};
 
@@ -106,6 +106,13 @@ pub enum Event {
     /// preferred leader first, or back to the replicas it had (`None`: the reassignment in
     /// progress is cancelled).
     Reassign(Vec<Reassignment>),
+    /// An administrator changes a topic's settings (Kafka's IncrementalAlterConfigs, or with
+    /// `replace` its AlterConfigs, which sets the whole override set anew).
+    AlterTopicConfig {
+        name: String,
+        changes: Vec<ConfigChange>,
+        replace: bool,
+    },
     Tick,
 }
 
@@ -262,6 +269,8 @@ pub enum Refusal {
     /// A cancellation of a partition that is not being reassigned (Kafka's
     /// NO_REASSIGNMENT_IN_PROGRESS).
     NoReassignmentInProgress(String, PartitionId),
+    /// A setting change that cannot be taken, and why (Kafka's INVALID_CONFIG).
+    InvalidConfig(String),
 }
 
 impl fmt::Display for Refusal {
@@ -316,6 +325,7 @@ impl fmt::Display for Refusal {
             Self::NoReassignmentInProgress(topic, partition) => {
                 write!(f, "{topic}-{partition} is not being reassigned")
             }
+            Self::InvalidConfig(why) => f.write_str(why),
         }
     }
 }
@@ -560,6 +570,9 @@ impl Controller {
                 self.elect_leaders(image, election, partitions)
             }
             Event::Reassign(moves) => self.reassign(image, moves),
+            Event::AlterTopicConfig { name, changes, replace } => {
+                self.alter_topic_config(image, &name, &changes, replace)
+            }
             Event::Tick => {
                 let mut records = self.fence_the_silent(image, now);
                 if records.is_empty() {
@@ -652,6 +665,55 @@ impl Controller {
         self.check_room(image, &name, &placed)?;
         let mut records = vec![MetadataRecord::CreateTopic { name, id, config }];
         records.extend(new_partitions(image, id, 0, placed));
+        Ok(records)
+    }
+
+    /// A topic's settings changed: its new override set, checked against this controller's
+    /// defaults. Where the change moves a partition's `min.insync.replicas`, its eligible leader
+    /// replicas are cleared (KIP-966: their eligibility rested on the old value); where it
+    /// allows an unclean election, partitions without a leader get one at once, as Kafka's
+    /// controller does when the setting is turned on.
+    fn alter_topic_config(
+        &self,
+        image: &MetadataImage,
+        name: &str,
+        changes: &[ConfigChange],
+        replace: bool,
+    ) -> Result<Vec<MetadataRecord>, Refusal> {
+        let Some((id, topic)) = image.topic_named(name) else {
+            return Err(Refusal::UnknownTopic(name.to_string()));
+        };
+        let current = if replace { BTreeMap::new() } else { topic.config.clone() };
+        let config = (self.topic_defaults.altered_overrides(&current, changes))
+            .map_err(|e| Refusal::InvalidConfig(e.0))?;
+        if config == topic.config {
+            return Ok(Vec::new());
+        }
+        let changed =
+            MetadataRecord::TopicConfigChanged { id, config: config.into_iter().collect() };
+        let mut after = image.clone();
+        after
+            .apply_batch(std::slice::from_ref(&changed))
+            .map_err(|e| Refusal::InvalidConfig(format!("the change does not apply: {e}")))?;
+        let mut records = vec![changed];
+        let Some(configured) = after.topics.get(&id) else { return Ok(records) };
+        for (partition, state) in &configured.partitions {
+            let mut next = state.clone();
+            let moved = self.min_insync(image, id, state) != self.min_insync(&after, id, state);
+            if moved && !next.elr.is_empty() {
+                next.elr.clear();
+            }
+            if self.allows_unclean(&after, id) {
+                if let Some(led) = self.unclean_election(&after, id, *partition, &next) {
+                    next = led;
+                }
+            }
+            if next != *state {
+                next.partition_epoch = state.partition_epoch.saturating_add(1);
+                let (topic, partition) = (id, *partition);
+                records.push(MetadataRecord::PartitionState { topic, partition, state: next });
+            }
+        }
         Ok(records)
     }
 
@@ -2017,6 +2079,73 @@ mod tests {
         let shrink = isr_request(&(id, e), NodeId(1), broker_1, &[1]);
         commit(&mut controller, &mut image, shrink, now).expect("2 out");
         assert_eq!(partition_of(&image, "e").1.elr, nodes(&[]), "min 1 somewhere");
+    }
+
+    /// A topic's settings change whole through the controller: refused for an unknown topic or
+    /// setting; a change of `min.insync.replicas` ends the eligibility that rested on the old
+    /// value (KIP-966); turning on unclean elections leads a leaderless partition at once.
+    #[test]
+    fn topic_settings_change_through_the_controller() {
+        let now = Instant::now();
+        let (mut controller, mut image, epochs) = cluster(3, now);
+        commit(&mut controller, &mut image, assigned("e", &[1, 2, 3], &[]), now).expect("e");
+        let alter = |name: &str, changes: Vec<ConfigChange>| Event::AlterTopicConfig {
+            name: name.into(),
+            changes,
+            replace: false,
+        };
+        let set =
+            |key: &str, value: &str| ConfigChange::Set { key: key.into(), value: value.into() };
+        let refused = controller.decide(&image, alter("nope", vec![set("retention.ms", "1")]), now);
+        assert_eq!(refused, Err(Refusal::UnknownTopic("nope".into())));
+        let refused = controller.decide(&image, alter("e", vec![set("retention.ms", "soon")]), now);
+        assert!(matches!(refused, Err(Refusal::InvalidConfig(_))), "{refused:?}");
+        let config = |image: &MetadataImage| image.topic_named("e").expect("e").1.config.clone();
+        let same = commit(&mut controller, &mut image, alter("e", Vec::new()), now);
+        assert_eq!(same, Ok(Vec::new()), "no change, no record");
+
+        // Brokers 3 then 2 stop: 2 left below min.insync.replicas (2), so it is eligible.
+        for node in [3, 2] {
+            let broker_epoch = epochs[node as usize - 1];
+            let shutdown = Event::ControlledShutdown { node: NodeId(node), broker_epoch };
+            commit(&mut controller, &mut image, shutdown, now).expect("down");
+        }
+        assert_eq!(partition_of(&image, "e").1.elr, nodes(&[2]));
+        let retention = alter("e", vec![set("retention.ms", "1000")]);
+        commit(&mut controller, &mut image, retention, now).expect("retention");
+        assert_eq!(partition_of(&image, "e").1.elr, nodes(&[2]), "min.insync.replicas unchanged");
+        let lower = alter("e", vec![set(MIN_INSYNC_KEY, "1")]);
+        let before = partition_of(&image, "e").1;
+        commit(&mut controller, &mut image, lower, now).expect("min 1");
+        let after = partition_of(&image, "e").1;
+        assert_eq!(after.elr, nodes(&[]), "eligibility rested on min 2");
+        assert_eq!(after.partition_epoch, before.partition_epoch + 1);
+        let expected: BTreeMap<String, String> =
+            [("min.insync.replicas", "1"), ("retention.ms", "1000")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into();
+        assert_eq!(config(&image), expected);
+
+        // The leader stops: nothing in sync is live. Broker 2 returns out of sync: it leads
+        // once unclean elections are turned on, not before.
+        let shutdown = Event::ControlledShutdown { node: NodeId(1), broker_epoch: epochs[0] };
+        commit(&mut controller, &mut image, shutdown, now).expect("1 down");
+        restarted(&mut controller, &mut image, (2, 2, 1), now);
+        assert_eq!(partition_of(&image, "e").1.leader, None);
+        let unclean = alter("e", vec![set(UNCLEAN_KEY, "true")]);
+        commit(&mut controller, &mut image, unclean, now).expect("unclean on");
+        let e = partition_of(&image, "e").1;
+        assert_eq!((e.leader, e.isr), (Some(NodeId(2)), nodes(&[2])));
+        // AlterConfigs replaces the whole set.
+        let replace = Event::AlterTopicConfig {
+            name: "e".into(),
+            changes: vec![set("segment.bytes", "65536")],
+            replace: true,
+        };
+        commit(&mut controller, &mut image, replace, now).expect("replaced");
+        let expected: BTreeMap<String, String> =
+            [("segment.bytes".to_string(), "65536".to_string())].into();
+        assert_eq!(config(&image), expected);
     }
 
     /// KIP-455: the target replicas join first; once every one is in sync, the others are

@@ -33,8 +33,12 @@ use crate::types::{LeaderEpoch, NodeId, PartitionId};
 ///   and its eligible leader replicas (KIP-966); a registration, the broker's
 ///   `min.insync.replicas` default. Versions 2 and 3 are read in their own layout and converted
 ///   (`old_layouts.rs`, `reads_version_3_entries`).
-const RECORD_VERSION: u8 = 4;
+/// - 5: a topic's settings changed (`TopicConfigChanged`). Version 4 entries read unchanged in
+///   the layout of version 5 (`reads_version_4_entries`).
+const RECORD_VERSION: u8 = 5;
 const RECORD_VERSION_OLDEST: u8 = 2;
+/// The first version written in the current layout; older ones are converted.
+const RECORD_VERSION_CURRENT_LAYOUT: u8 = 4;
 
 /// The format of a metadata snapshot (an image whole, [`MetadataImage::encode_snapshot`]): its
 /// first byte, refused by number when this build does not read it. 2: partition states and
@@ -55,7 +59,9 @@ const SNAPSHOT_VERSION_OLDEST: u8 = 1;
 /// changes leaders ask for (AlterPartition).
 /// 5: partition reassignments asked of the controller; metadata record version 4 (partition
 /// states with their reassignment and eligible leader replicas).
-pub const CLUSTER_PROTOCOL_VERSION: u16 = 5;
+/// 6: topic settings changed through the controller (IncrementalAlterConfigs and AlterConfigs,
+/// forwarded); metadata record version 5.
+pub const CLUSTER_PROTOCOL_VERSION: u16 = 6;
 
 /// Kafka's limit on topic name length.
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
@@ -223,6 +229,13 @@ pub enum MetadataRecord {
         broker_epoch: u64,
         next_producer_id: i64,
     },
+    /// The topic's setting overrides from here on, all of them (Kafka's ConfigRecord, one per
+    /// changed key; here one for the whole set, which a change of several keys keeps atomic),
+    /// sorted by name.
+    TopicConfigChanged {
+        id: TopicId,
+        config: Vec<(String, String)>,
+    },
 }
 
 /// Who holds a partition, and who leads it.
@@ -336,8 +349,11 @@ pub fn encode_batch(records: &Vec<MetadataRecord>) -> Vec<u8> {
 pub fn decode_batch(bytes: &[u8]) -> Result<Vec<MetadataRecord>, String> {
     let what = "metadata entry";
     match bytes.first() {
-        Some(version) if (RECORD_VERSION_OLDEST..RECORD_VERSION).contains(version) => {
-            old_layouts::decode_batch(bytes, RECORD_VERSION_OLDEST..=RECORD_VERSION - 1, what)
+        Some(version)
+            if (RECORD_VERSION_OLDEST..RECORD_VERSION_CURRENT_LAYOUT).contains(version) =>
+        {
+            let old = RECORD_VERSION_OLDEST..=RECORD_VERSION_CURRENT_LAYOUT - 1;
+            old_layouts::decode_batch(bytes, old, what)
         }
         _ => archive::decode_versioned(bytes, RECORD_VERSION_OLDEST..=RECORD_VERSION, what),
     }
@@ -528,6 +544,12 @@ impl MetadataImage {
                     ));
                 }
                 self.next_producer_id = *next_producer_id;
+            }
+            MetadataRecord::TopicConfigChanged { id, config } => {
+                let Some(topic) = self.topics.get_mut(id) else {
+                    return Err(format!("no topic {id} to configure"));
+                };
+                topic.config = config.iter().cloned().collect();
             }
         }
         Ok(())
@@ -909,6 +931,66 @@ mod tests {
             MetadataRecord::DeleteTopic { id: TopicId(0x99) },
         ];
         assert_eq!(decode_batch(&bytes), Ok(expected));
+    }
+
+    /// Version 4 entries, as a build of that version wrote them (every kind of record it had,
+    /// a partition state with a reassignment and eligible replicas), read unchanged: version 5
+    /// only added a kind of record.
+    #[test]
+    fn reads_version_4_entries() {
+        let bytes = hex_bytes(include_str!("testdata/metadata-v4.hex"));
+        assert_eq!(bytes[0], 4);
+        let registration = Registration {
+            directory: 0x77,
+            rack: Some("r2".into()),
+            protocol_version: 5,
+            min_insync_replicas: Some(2),
+            ..registration_v3(3, 5, 0, 2)
+        };
+        let state = PartitionState {
+            replicas: vec![NodeId(3), NodeId(1), NodeId(2), NodeId(4)],
+            isr: vec![NodeId(3)],
+            leader: Some(NodeId(3)),
+            leader_epoch: LeaderEpoch(4),
+            partition_epoch: 9,
+            adding: vec![NodeId(4)],
+            removing: vec![NodeId(2)],
+            elr: vec![NodeId(1)],
+        };
+        let topic = TopicId(0x1234_5678);
+        let expected = vec![
+            MetadataRecord::RegisterBroker { broker_epoch: 7, registration },
+            MetadataRecord::CreateTopic {
+                name: "orders".into(),
+                id: topic,
+                config: vec![("retention.ms".into(), "60000".into())],
+            },
+            MetadataRecord::PartitionState { topic, partition: PartitionId(1), state },
+            MetadataRecord::FenceBroker { node: NodeId(2), broker_epoch: 6, shutdown: true },
+            MetadataRecord::ProducerIds {
+                node: NodeId(3),
+                broker_epoch: 7,
+                next_producer_id: 2000,
+            },
+            MetadataRecord::DeleteTopic { id: TopicId(0x99) },
+        ];
+        assert_eq!(decode_batch(&bytes), Ok(expected));
+    }
+
+    #[test]
+    fn a_topics_settings_change_whole_and_only_for_a_topic_that_exists() {
+        let mut image = image();
+        let config = vec![("segment.bytes".to_string(), "65536".to_string())];
+        let changed = MetadataRecord::TopicConfigChanged { id: TopicId(7), config };
+        image.apply_batch(std::slice::from_ref(&changed)).expect("configured");
+        let topic = &image.topics[&TopicId(7)];
+        assert_eq!(topic.config.len(), 1, "the old override goes: {:?}", topic.config);
+        assert_eq!(topic.config["segment.bytes"], "65536");
+        assert_eq!(decode_batch(&encode_batch(&vec![changed])).map(|b| b.len()), Ok(1));
+        let unknown = MetadataRecord::TopicConfigChanged { id: TopicId(8), config: Vec::new() };
+        let before = image.clone();
+        assert!(image.apply_batch(&[unknown]).is_err());
+        assert_eq!(image, before);
     }
 
     /// A version 1 snapshot, as a build of that version wrote it, read as the image it held.

@@ -32,7 +32,7 @@ use super::metadata::{
 use super::quorum::{Committed, Voter};
 use super::raft_wire::{StoredSnapshot, WireMessage};
 use super::voter_log::VoterLog;
-use crate::config::TopicConfig;
+use crate::config::{ConfigChange, TopicConfig};
 use crate::error::{BrokerError, ErrorKind};
 use crate::log::storage::DmaStorage;
 use crate::types::{NodeId, PartitionId};
@@ -99,6 +99,12 @@ pub enum ControllerRequest {
     },
     /// A client's AlterPartitionReassignments (KIP-455), forwarded.
     Reassign(Vec<Reassignment>),
+    /// A client's IncrementalAlterConfigs (or, `replace`, AlterConfigs) of a topic, forwarded.
+    AlterTopicConfig {
+        name: String,
+        changes: Vec<ConfigChange>,
+        replace: bool,
+    },
 }
 
 /// What the active controller answers, once the decision has committed.
@@ -649,6 +655,11 @@ impl ControllerNode {
                 let (index, _) = self.decide(Event::Reassign(moves)).await?;
                 Ok(ControllerAnswer::MetadataChanged { index })
             }
+            ControllerRequest::AlterTopicConfig { name, changes, replace } => {
+                let event = Event::AlterTopicConfig { name, changes, replace };
+                let (index, _) = self.decide(event).await?;
+                Ok(ControllerAnswer::MetadataChanged { index })
+            }
             ControllerRequest::AllocateProducerIds { node, broker_epoch } => {
                 let (_, batch) =
                     self.decide(Event::AllocateProducerIds { node, broker_epoch }).await?;
@@ -937,6 +948,7 @@ fn refused(refusal: Refusal) -> ControllerError {
         Refusal::InvalidIsr(_) => ErrorKind::InvalidRequest,
         Refusal::IneligibleReplica(_) => ErrorKind::IneligibleReplica,
         Refusal::NoReassignmentInProgress(..) => ErrorKind::NoReassignmentInProgress,
+        Refusal::InvalidConfig(_) => ErrorKind::InvalidConfig,
     };
     ControllerError::new(kind, refusal.to_string())
 }

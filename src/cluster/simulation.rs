@@ -32,10 +32,12 @@ use super::metadata::{
 };
 use super::quorum::{Durable, Persist, QuorumError, Voter};
 use super::raft_wire::StoredSnapshot;
+use crate::config::{ConfigChange, TopicConfig};
 use crate::testing::TestRng;
 use crate::types::{LeaderEpoch, NodeId, PartitionId};
 
 const SESSION_TIMEOUT: Duration = Duration::from_millis(9_000);
+const MIN_INSYNC: &str = "min.insync.replicas";
 /// The environment variable that runs more seeds (the long form).
 const SEEDS_MORE: &str = "SPATE_CLUSTER_SIMULATION_SEEDS";
 
@@ -168,8 +170,10 @@ impl Run {
                 let elected_eligible = old.elr.contains(r) && state.isr == [*r];
                 elected_eligible || (asked_to_grow && before.is_live(r))
             });
-            // Default settings: min.insync.replicas is 2 once a partition is replicated.
-            let min_insync = state.settled_replica_count().clamp(1, 2);
+            // The topic's min.insync.replicas, else the default: 2 once it is replicated.
+            let setting = (self.image.topics.get(&topic))
+                .and_then(|t| t.config.get(MIN_INSYNC)?.parse().ok());
+            let min_insync = TopicConfig::min_insync_of(setting, state.settled_replica_count());
             let eligible_only_below = state.elr.is_empty() || state.isr.len() < min_insync;
             // A reassignment drops an original in-sync replica only once every replica it
             // keeps is in sync (KIP-455); a replica being added may be dropped any time.
@@ -453,10 +457,46 @@ impl Run {
         }
     }
 
+    /// Changes a topic's `min.insync.replicas` (or takes its override away) and now and then
+    /// its retention. Refused only for a topic that does not exist; taken whole, and checked in
+    /// `check_elections` (eligible replicas never outlive the value they rested on).
+    fn alter_topic_config(&mut self) {
+        let name = format!("t{}", self.rng.below(8));
+        let min_insync = match self.rng.below(4) {
+            0 => ConfigChange::Delete { key: MIN_INSYNC.into() },
+            n => ConfigChange::Set { key: MIN_INSYNC.into(), value: n.to_string() },
+        };
+        let mut changes = vec![min_insync];
+        if self.rng.below(2) == 0 {
+            let retention = ConfigChange::Set { key: "retention.ms".into(), value: "60000".into() };
+            changes.push(retention);
+        }
+        let exists = self.image.topic_ids.contains_key(&name);
+        let replace = self.rng.below(4) == 0;
+        let event =
+            Event::AlterTopicConfig { name: name.clone(), changes: changes.clone(), replace };
+        match self.decide(event) {
+            Ok(()) => {
+                assert!(exists, "seed {}: configured {name}, which does not exist", self.seed);
+                let config = &self.image.topic_named(&name).map(|(_, t)| t.config.clone());
+                let expected = match &changes[0] {
+                    ConfigChange::Set { value, .. } => Some(value.as_str()),
+                    _ => None,
+                };
+                let got = config.as_ref().and_then(|c| c.get(MIN_INSYNC)).map(String::as_str);
+                assert_eq!(got, expected, "seed {}: {name} configured {config:?}", self.seed);
+                self.event("topic configured");
+            }
+            Err(Refusal::UnknownTopic(_)) if !exists => {}
+            other => panic!("seed {}: configuring {name}: {other:?}", self.seed),
+        }
+    }
+
     fn step(&mut self) {
         let b = self.rng.below(self.brokers.len() as u64) as usize;
         match self.rng.below(21) {
             14 | 20 => self.reassign(),
+            15 => self.alter_topic_config(),
             0 if self.brokers[b].epoch.is_some() => {
                 self.event("broker killed");
                 self.brokers[b].epoch = None;
@@ -632,6 +672,7 @@ fn the_controller_never_elects_uncleanly_and_the_cluster_settles() {
         "partition reassigned",
         "reassignment cancelled",
         "cancel of no reassignment refused",
+        "topic configured",
     ];
     crate::testing::assert_every_event_ran(&totals, &expected);
 }

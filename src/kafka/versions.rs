@@ -26,6 +26,8 @@ const SUPPORTED: &[(ApiKey, i16, i16, i16)] = &[
     (ApiKey::DeleteTopics, 1, 1, 5),
     (ApiKey::CreatePartitions, 0, 0, 3),
     (ApiKey::DescribeConfigs, 1, 1, 4),
+    (ApiKey::AlterConfigs, 0, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 0, 1),
     (ApiKey::InitProducerId, 0, 0, 4),
     (ApiKey::FindCoordinator, 0, 0, 3),
     (ApiKey::JoinGroup, 0, 0, 7),

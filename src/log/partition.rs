@@ -470,6 +470,14 @@ impl<S: Storage> PartitionLog<S> {
         self.config.borrow().clone()
     }
 
+    /// Takes the topic's settings as an administrator changed them. Nothing keeps a copy: a new
+    /// `segment.bytes` applies from the next write, new retention limits from the next check.
+    pub fn reconfigure(&self, config: &TopicConfig) {
+        if *self.config.borrow() != *config {
+            self.config.replace(config.clone());
+        }
+    }
+
     /// Replays the producer ids of the newest [`PRODUCER_REBUILD_BYTES`] of the log, so a batch
     /// retried across a restart is still recognised. The range reaches back across segments:
     /// a roll just before the restart leaves the active segment (nearly) empty, and a retry of

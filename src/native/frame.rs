@@ -31,8 +31,9 @@ pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"SPN1");
 /// newest and where a voter's log starts), and FindCoordinator. 4: ReplicaFetch, and the codes
 /// of `acks=all` with replicas (not enough replicas, before and after the append; timed out).
 /// 5: Reassign (KIP-455), and partition metadata with the reassignment in progress and the
-/// eligible leader replicas (KIP-966).
-pub const PROTOCOL_VERSION: u8 = 5;
+/// eligible leader replicas (KIP-966). 6: AlterTopicConfig (Kafka's IncrementalAlterConfigs of
+/// a topic).
+pub const PROTOCOL_VERSION: u8 = 6;
 /// Meta bodies are small (names, numbers); anything larger is a corrupt or hostile frame.
 pub const META_BYTES_MAX: u32 = 1024 * 1024;
 pub const META_ALIGN: usize = 16;
@@ -78,6 +79,8 @@ pub enum Api {
     /// Partitions moved to other replicas, or a move cancelled (Kafka's
     /// AlterPartitionReassignments).
     Reassign = 22,
+    /// A topic's settings changed (Kafka's IncrementalAlterConfigs).
+    AlterTopicConfig = 23,
 }
 
 impl Api {
@@ -105,6 +108,7 @@ impl Api {
             20 => Self::FindCoordinator,
             21 => Self::ReplicaFetch,
             22 => Self::Reassign,
+            23 => Self::AlterTopicConfig,
             _ => return None,
         })
     }

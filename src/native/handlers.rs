@@ -12,11 +12,11 @@ use crate::metrics::Hist;
 use crate::native::exchange::{answer, undecodable, HeartbeatsSeen, RequestFrame, Response};
 use crate::native::frame::Api;
 use crate::native::messages::{
-    decode, encode, Acks, AdminResponse, BrokerMetadata, CreateTopicRequest, DeleteTopicRequest,
-    DescribeGroupRequest, DescribeGroupResponse, ErrorBody, ErrorCode, FetchRequest, FetchResponse,
-    GroupMember, GroupOffset, GroupSummary, ListGroupsResponse, ListOffsetsRequest,
-    ListOffsetsResponse, MetadataRequest, MetadataResponse, PartitionMetadata, ProduceRequest,
-    ProduceResponse, ReassignRequest, TopicMetadata,
+    decode, encode, Acks, AdminResponse, AlterTopicConfigRequest, BrokerMetadata,
+    CreateTopicRequest, DeleteTopicRequest, DescribeGroupRequest, DescribeGroupResponse, ErrorBody,
+    ErrorCode, FetchRequest, FetchResponse, GroupMember, GroupOffset, GroupSummary,
+    ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    PartitionMetadata, ProduceRequest, ProduceResponse, ReassignRequest, TopicMetadata,
 };
 use crate::native::{cluster, groups, replication};
 use crate::record::batch::validate_native_payload;
@@ -95,6 +95,7 @@ pub async fn handle(
         Api::CreateTopic => Some(create_topic(&shard, &frame).await),
         Api::DeleteTopic => Some(delete_topic(&shard, &frame).await),
         Api::Reassign => Some(reassign(&shard, &frame).await),
+        Api::AlterTopicConfig => Some(alter_topic_config(&shard, &frame).await),
         Api::ListGroups => Some(list_groups(&shard, request_id).await),
         Api::DescribeGroup => Some(describe_group(&shard, &frame).await),
         Api::JoinGroup => Some(groups::join(&shard, &frame, &peer).await),
@@ -124,6 +125,7 @@ fn hist_of(api: Api) -> Hist {
         Api::CreateTopic => Hist::CreateTopic,
         Api::DeleteTopic => Hist::DeleteTopic,
         Api::Reassign => Hist::Cluster,
+        Api::AlterTopicConfig => Hist::CreateTopic,
         Api::ListGroups
         | Api::DescribeGroup
         | Api::JoinGroup
@@ -388,6 +390,17 @@ async fn reassign(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
     };
     let result = shard.reassign_partitions(request.moves).await;
     answer(Api::Reassign, request_id, &admin_body(result))
+}
+
+async fn alter_topic_config(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
+    let request_id = frame.header.request_id.get();
+    let request: AlterTopicConfigRequest = match decode(frame.meta()) {
+        Ok(request) => request,
+        Err(why) => return undecodable(Api::AlterTopicConfig, request_id, why),
+    };
+    let AlterTopicConfigRequest { name, changes, validate_only } = request;
+    let result = shard.alter_topic_config(&name, changes, false, validate_only).await;
+    answer(Api::AlterTopicConfig, request_id, &admin_body(result))
 }
 
 async fn list_groups(shard: &Rc<Shard>, request_id: u64) -> Response {

@@ -13,6 +13,7 @@ pub use crate::cluster::node::{
     BrokerStatus, ClusterStatus, ControllerAnswer, ControllerRequest, MetadataEntries,
 };
 pub use crate::cluster::raft_wire::WireMessage;
+pub use crate::config::ConfigChange;
 use crate::error::{BrokerError, ErrorKind};
 // Produce's durability and ListOffsets' special timestamps are the log's terms, carried as is.
 pub use crate::partition::{Acks, OFFSET_EARLIEST, OFFSET_LATEST};
@@ -387,6 +388,15 @@ pub struct DeleteTopicRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub struct ReassignRequest {
     pub moves: Vec<Reassignment>,
+}
+
+/// A topic's settings changed, each change in order (answered by an [`AdminResponse`]: all
+/// taken, or none). `validate_only`: checked, not made.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct AlterTopicConfigRequest {
+    pub name: String,
+    pub changes: Vec<ConfigChange>,
+    pub validate_only: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]

@@ -10,6 +10,7 @@ use std::rc::Rc;
 use crate::cluster::decide::{Election, NewPartitions, NewTopic, Reassignment};
 use crate::cluster::metadata::PARTITIONS_MAX;
 use crate::cluster::node::{ControllerAnswer, ControllerRequest};
+use crate::config::{ConfigChange, TopicConfig};
 use crate::error::{BrokerError, ErrorKind};
 use crate::log::segment::PARTITION_DISK_BYTES_AT_FIRST;
 use crate::shard::call::ForwardToController;
@@ -49,13 +50,7 @@ impl Shard {
         };
         let info = TopicInfo::resolve(file, &self.config.topic_defaults)
             .map_err(|e| BrokerError::new(ErrorKind::InvalidConfig, e))?;
-        if info.config.max_message_bytes >= self.config.socket_request_max_bytes {
-            let why = format!(
-                "max.message.bytes {} must be below the broker's socket.request.max.bytes {}",
-                info.config.max_message_bytes, self.config.socket_request_max_bytes
-            );
-            return Err(BrokerError::new(ErrorKind::InvalidConfig, why));
-        }
+        self.check_topic_config(&info.config)?;
         if self.has_topic(name) {
             let why = format!("topic {name} exists");
             return Err(BrokerError::new(ErrorKind::TopicAlreadyExists, why));
@@ -83,6 +78,51 @@ impl Shard {
         self.change_metadata(ControllerRequest::CreateTopic { topic, id: None }).await?;
         tracing::info!(topic = %name, partitions, replication_factor, "created topic");
         Ok(checked)
+    }
+
+    /// What a topic's settings must meet beyond their own values: a batch of
+    /// `max.message.bytes` must fit in a request this broker reads.
+    fn check_topic_config(&self, config: &TopicConfig) -> Result<(), BrokerError> {
+        if config.max_message_bytes >= self.config.socket_request_max_bytes {
+            let why = format!(
+                "max.message.bytes {} must be below the broker's socket.request.max.bytes {}",
+                config.max_message_bytes, self.config.socket_request_max_bytes
+            );
+            return Err(BrokerError::new(ErrorKind::InvalidConfig, why));
+        }
+        Ok(())
+    }
+
+    /// Changes a topic's settings (IncrementalAlterConfigs; with `replace`, AlterConfigs, whose
+    /// settings replace every override): checked here against this broker's defaults, then
+    /// through the active controller, which applies them to the topic as its metadata has it
+    /// (two changes at once both hold). Answered once this broker's shards have the change;
+    /// the other brokers take it as they publish it. `validate_only`: checked, not made.
+    pub async fn alter_topic_config(
+        self: &Rc<Self>,
+        name: &str,
+        changes: Vec<ConfigChange>,
+        replace: bool,
+        validate_only: bool,
+    ) -> Result<(), BrokerError> {
+        let Some(info) = self.topic(name) else {
+            return Err(BrokerError::new(ErrorKind::UnknownTopic, format!("no topic {name}")));
+        };
+        let defaults = &self.config.topic_defaults;
+        let current = if replace { BTreeMap::new() } else { info.overrides.clone() };
+        let invalid =
+            |e: crate::config::ConfigError| BrokerError::new(ErrorKind::InvalidConfig, e.0);
+        let altered = defaults.altered_overrides(&current, &changes).map_err(invalid)?;
+        self.check_topic_config(&defaults.with_overrides(&altered).map_err(invalid)?)?;
+        if validate_only {
+            return Ok(());
+        }
+        let request =
+            ControllerRequest::AlterTopicConfig { name: name.to_string(), changes, replace };
+        self.change_metadata(request).await?;
+        let now = self.topic(name).map(|info| info.overrides);
+        tracing::info!(topic = %name, overrides = ?now.unwrap_or(altered), "changed the topic's settings");
+        Ok(())
     }
 
     pub(super) async fn add_partitions_in_cluster(

@@ -369,7 +369,9 @@ impl Shard {
                     continue;
                 }
                 let replicated = state.replicas.len() > 1;
-                match self.open_partition(&topic.name, *partition, info).await {
+                // An open partition takes its topic's settings as the metadata has them now.
+                let opened = self.open_partition(&topic.name, *partition, info).await;
+                match opened.inspect(|opened| opened.log().reconfigure(&info.config)) {
                     Ok(opened) if published.ready && state.leader == Some(me) => {
                         let view = self.replica_view(state, info);
                         if !opened.lead_as_recorded(state.leader_epoch, &view) {

@@ -1,5 +1,5 @@
-//! Topic administration (CreateTopics, DeleteTopics, CreatePartitions, DescribeConfigs,
-//! ElectLeaders) and InitProducerId.
+//! Topic administration (CreateTopics, DeleteTopics, CreatePartitions, ElectLeaders) and
+//! InitProducerId.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -10,26 +10,21 @@ use kafka_protocol::messages::create_topics_response::{
     CreatableTopicConfigs, CreatableTopicResult,
 };
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
-use kafka_protocol::messages::describe_configs_response::{
-    DescribeConfigsResourceResult, DescribeConfigsResult,
-};
 use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
 use kafka_protocol::messages::{
     CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
-    DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
-    ElectLeadersRequest, ElectLeadersResponse, InitProducerIdRequest, InitProducerIdResponse,
-    ProducerId, TopicName,
+    DeleteTopicsRequest, DeleteTopicsResponse, ElectLeadersRequest, ElectLeadersResponse,
+    InitProducerIdRequest, InitProducerIdResponse, ProducerId, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use crate::cluster::decide::Election;
 use crate::cluster::metadata::{MetadataImage, PartitionState};
-use crate::config::host_port;
 use crate::error::BrokerError;
 use crate::error::ErrorKind;
 use crate::kafka::codec;
-use crate::kafka::handlers::{has_field, kafka_error};
+use crate::kafka::handlers::{configs, has_field, kafka_error};
 use crate::shard::catalog::TopicInfo;
 use crate::shard::{Shard, TopicRequest};
 use crate::types::{NodeId, PartitionId};
@@ -37,13 +32,6 @@ use crate::types::{NodeId, PartitionId};
 /// Kafka's INVALID_REPLICATION_FACTOR and INVALID_REPLICA_ASSIGNMENT: one node holds one copy.
 const INVALID_REPLICATION_FACTOR: i16 = ResponseError::InvalidReplicationFactor.code();
 const INVALID_REPLICA_ASSIGNMENT: i16 = ResponseError::InvalidReplicaAssignment.code();
-/// DescribeConfigs resource types.
-const RESOURCE_TOPIC: i8 = 2;
-const RESOURCE_BROKER: i8 = 4;
-/// DescribeConfigs config sources.
-const SOURCE_TOPIC_OVERRIDE: i8 = 1;
-const SOURCE_STATIC_BROKER: i8 = 4;
-const SOURCE_DEFAULT: i8 = 5;
 
 pub async fn create_topics(
     shard: &Rc<Shard>,
@@ -59,14 +47,12 @@ pub async fn create_topics(
                 result.num_partitions = info.partitions as i32;
                 result.replication_factor = replication_factor as i16;
                 result.configs = Some(
-                    info.config
-                        .entries()
-                        .into_iter()
-                        .map(|(name, value)| {
+                    (configs::describe_topic(&shard.config, &info).into_iter())
+                        .map(|setting| {
                             let mut config = CreatableTopicConfigs::default();
-                            config.config_source = source_of(&info, &name);
-                            config.name = StrBytes::from_string(name);
-                            config.value = Some(StrBytes::from_string(value));
+                            config.config_source = setting.source;
+                            config.name = StrBytes::from_string(setting.name);
+                            config.value = Some(StrBytes::from_string(setting.value));
                             config
                         })
                         .collect(),
@@ -328,119 +314,6 @@ pub async fn create_partitions(
         response.results.push(result);
     }
     response
-}
-
-pub fn describe_configs(shard: &Shard, request: DescribeConfigsRequest) -> DescribeConfigsResponse {
-    let mut response = DescribeConfigsResponse::default();
-    for resource in request.resources {
-        let mut result = DescribeConfigsResult::default();
-        result.resource_type = resource.resource_type;
-        let wanted = |name: &str| {
-            resource
-                .configuration_keys
-                .as_ref()
-                .is_none_or(|keys| keys.iter().any(|k| k.as_str() == name))
-        };
-        let entries: Result<Vec<ConfigEntry>, (i16, String)> = match resource.resource_type {
-            RESOURCE_TOPIC => match shard.topic(resource.resource_name.as_str()) {
-                Some(info) => Ok(info
-                    .config
-                    .entries()
-                    .into_iter()
-                    .map(|(name, value)| {
-                        let source = source_of(&info, &name);
-                        (name, value, source)
-                    })
-                    .collect()),
-                None => Err((3, format!("no topic {}", resource.resource_name.as_str()))),
-            },
-            RESOURCE_BROKER => Ok(broker_entries(shard)),
-            other => Err((42, format!("resource type {other} is not described"))),
-        };
-        match entries {
-            Ok(entries) => {
-                for (name, value, source) in entries.into_iter().filter(|(n, _, _)| wanted(n)) {
-                    let mut config = DescribeConfigsResourceResult::default();
-                    config.name = StrBytes::from_string(name);
-                    config.value = Some(StrBytes::from_string(value));
-                    config.config_source = source;
-                    result.configs.push(config);
-                }
-            }
-            Err((code, message)) => {
-                result.error_code = code;
-                result.error_message = Some(StrBytes::from_string(message));
-            }
-        }
-        result.resource_name = resource.resource_name;
-        response.results.push(result);
-    }
-    response
-}
-
-/// A setting as DescribeConfigs reports it: name, value, source.
-type ConfigEntry = (String, String, i8);
-
-/// Whether a topic setting was set on the topic or comes from the broker's default.
-fn source_of(info: &TopicInfo, name: &str) -> i8 {
-    if info.overrides.contains_key(name) {
-        SOURCE_TOPIC_OVERRIDE
-    } else {
-        SOURCE_DEFAULT
-    }
-}
-
-fn broker_entries(shard: &Shard) -> Vec<ConfigEntry> {
-    let config = &shard.config;
-    let mut entries: Vec<(String, String)> = config
-        .topic_defaults
-        .entries()
-        .into_iter()
-        .filter_map(|(topic_key, value)| {
-            let broker_key = crate::config::TOPIC_KEYS.iter().find(|(t, _)| *t == topic_key)?.1;
-            Some((broker_key.to_string(), value))
-        })
-        .collect();
-    entries.push(("num.partitions".into(), config.num_partitions.to_string()));
-    let replication = config.default_replication_factor.to_string();
-    entries.push(("default.replication.factor".into(), replication));
-    let offsets_replication = config.offsets_topic_replication_factor.to_string();
-    entries.push(("offsets.topic.replication.factor".into(), offsets_replication));
-    let limit = config.max_broker_partitions.to_string();
-    entries.push(("max.broker.partitions".into(), limit));
-    entries.push(("auto.create.topics.enable".into(), config.auto_create_topics.to_string()));
-    let rebalance = config.auto_leader_rebalance.to_string();
-    entries.push(("auto.leader.rebalance.enable".into(), rebalance));
-    let interval = config.leader_imbalance_check_interval_secs.to_string();
-    entries.push(("leader.imbalance.check.interval.seconds".into(), interval));
-    let imbalance = config.leader_imbalance_per_broker_percentage.to_string();
-    entries.push(("leader.imbalance.per.broker.percentage".into(), imbalance));
-    entries.push(("socket.request.max.bytes".into(), config.socket_request_max_bytes.to_string()));
-    entries.push(("node.id".into(), config.node_id.to_string()));
-    // The cluster's settings as this broker runs with them (the voters empty for a cluster of
-    // one, as Kafka shows an unset list).
-    let voters: Vec<String> = (config.quorum_voters.iter())
-        .map(|v| format!("{}@{}", v.node, host_port(&v.host, v.port)))
-        .collect();
-    entries.push(("controller.quorum.voters".into(), voters.join(",")));
-    let (native, kafka) = (config.native_endpoint(), config.kafka_endpoint());
-    entries.push(("native.advertised.listener".into(), host_port(&native.0, native.1)));
-    let advertised = format!("PLAINTEXT://{}", host_port(&kafka.0, kafka.1));
-    entries.push(("advertised.listeners".into(), advertised));
-    entries.push(("broker.rack".into(), config.rack.clone().unwrap_or_default()));
-    let session = config.broker_session_timeout_ms.to_string();
-    entries.push(("broker.session.timeout.ms".into(), session));
-    let heartbeat = config.broker_heartbeat_interval_ms.to_string();
-    entries.push(("broker.heartbeat.interval.ms".into(), heartbeat));
-    for (name, value) in [
-        ("replica.lag.time.max.ms", config.replica_lag_time_max_ms),
-        ("replica.fetch.wait.max.ms", config.replica_fetch_wait_max_ms),
-        ("replica.fetch.max.bytes", u64::from(config.replica_fetch_max_bytes)),
-        ("replica.fetch.response.max.bytes", u64::from(config.replica_fetch_response_max_bytes)),
-    ] {
-        entries.push((name.into(), value.to_string()));
-    }
-    entries.into_iter().map(|(k, v)| (k, v, SOURCE_STATIC_BROKER)).collect()
 }
 
 /// Hands out a producer id with epoch 0, or bumps the epoch of the id the producer already has

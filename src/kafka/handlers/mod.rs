@@ -3,6 +3,7 @@
 //! client sends can panic the broker.
 
 pub mod admin;
+pub mod configs;
 pub mod fetch;
 pub mod groups;
 pub mod metadata;
@@ -103,7 +104,13 @@ pub async fn handle(
             (Hist::KafkaOther, reply(&fetch::offset_for_leader_epoch(&shard, request).await))
         }
         Request::DescribeConfigs(request) => {
-            (Hist::KafkaOther, reply(&admin::describe_configs(&shard, request)))
+            (Hist::KafkaOther, reply(&configs::describe_configs(&shard, version, request)))
+        }
+        Request::IncrementalAlterConfigs(request) => {
+            (Hist::KafkaOther, reply(&configs::incremental_alter_configs(&shard, request).await))
+        }
+        Request::AlterConfigs(request) => {
+            (Hist::KafkaOther, reply(&configs::alter_configs(&shard, request).await))
         }
         Request::InitProducerId(request) => {
             (Hist::KafkaOther, reply(&admin::init_producer_id(&shard, request).await))

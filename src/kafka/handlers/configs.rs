@@ -1,0 +1,438 @@
+//! Settings as Kafka's admin clients read and change them: DescribeConfigs, each value with its
+//! source and synonyms (KIP-226), and IncrementalAlterConfigs (KIP-339) and AlterConfigs for
+//! topics, which go through the active controller and apply on every broker without a
+//! restart. Broker settings are static here: read at start from the file and flags, described,
+//! and refused with the reason when a client tries to change them.
+
+use std::collections::BTreeSet;
+use std::rc::Rc;
+
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
+};
+use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
+use kafka_protocol::messages::{
+    alter_configs_response, AlterConfigsRequest, AlterConfigsResponse, DescribeConfigsRequest,
+    DescribeConfigsResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+
+use crate::config::{
+    fixed_topic_setting, host_port, BrokerConfig, ConfigChange, TopicConfig, TOPIC_KEYS,
+};
+use crate::error::{BrokerError, ErrorKind};
+use crate::kafka::codec;
+use crate::kafka::handlers::has_field;
+use crate::shard::catalog::TopicInfo;
+use crate::shard::Shard;
+
+/// Resource types (Kafka's `ConfigResource.Type`).
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+
+/// Where a value comes from (Kafka's `DescribeConfigsResponse.ConfigSource`).
+const SOURCE_TOPIC_CONFIG: i8 = 1;
+const SOURCE_STATIC_BROKER_CONFIG: i8 = 4;
+const SOURCE_DEFAULT_CONFIG: i8 = 5;
+
+/// Value types (Kafka's `ConfigDef.Type`, as DescribeConfigs v3 numbers them).
+const TYPE_BOOLEAN: i8 = 1;
+const TYPE_STRING: i8 = 2;
+const TYPE_INT: i8 = 3;
+const TYPE_LONG: i8 = 5;
+const TYPE_LIST: i8 = 7;
+
+/// IncrementalAlterConfigs operations.
+const OP_SET: i8 = 0;
+const OP_DELETE: i8 = 1;
+const OP_APPEND: i8 = 2;
+const OP_SUBTRACT: i8 = 3;
+
+/// Every topic setting: its type and what it does here, for DescribeConfigs v3.
+const TOPIC_SETTINGS: &[(&str, i8, &str)] = &[
+    (
+        "retention.ms",
+        TYPE_LONG,
+        "Segments whose newest record is older than this are deleted; -1 keeps them.",
+    ),
+    (
+        "retention.bytes",
+        TYPE_LONG,
+        "Each partition is trimmed, by whole segments, to this size; -1 for no limit.",
+    ),
+    (
+        "segment.bytes",
+        TYPE_INT,
+        "A segment rolls when the next batch would take it past this size.",
+    ),
+    ("segment.ms", TYPE_LONG, "A segment rolls when its first record is this old."),
+    ("max.message.bytes", TYPE_INT, "The largest batch a producer may send."),
+    (
+        "cleanup.policy",
+        TYPE_LIST,
+        "delete: retention deletes old segments (compaction is not supported yet).",
+    ),
+    (
+        "delete.retention.ms",
+        TYPE_LONG,
+        "How long a compacted topic keeps delete markers; acts only with compaction.",
+    ),
+    ("min.insync.replicas", TYPE_INT, "The in-sync replicas an acks=all produce needs."),
+    (
+        "unclean.leader.election.enable",
+        TYPE_BOOLEAN,
+        "Whether an out-of-sync replica may lead when no in-sync one is live.",
+    ),
+    (
+        "compression.type",
+        TYPE_STRING,
+        "producer: batches are stored as their producers compressed them.",
+    ),
+    (
+        "message.timestamp.type",
+        TYPE_STRING,
+        "CreateTime: records keep their producers' timestamps.",
+    ),
+];
+
+/// A setting as DescribeConfigs answers it.
+pub(super) struct Described {
+    pub(super) name: String,
+    pub(super) value: String,
+    pub(super) source: i8,
+    read_only: bool,
+    config_type: i8,
+    documentation: Option<&'static str>,
+    /// Where the value could come from, the one in force first (KIP-226).
+    synonyms: Vec<(String, String, i8)>,
+}
+
+pub fn describe_configs(
+    shard: &Shard,
+    version: i16,
+    request: DescribeConfigsRequest,
+) -> DescribeConfigsResponse {
+    let mut response = DescribeConfigsResponse::default();
+    let synonyms = has_field(version, 1) && request.include_synonyms;
+    let documentation = has_field(version, 3) && request.include_documentation;
+    for resource in request.resources {
+        let mut result = DescribeConfigsResult::default();
+        result.resource_type = resource.resource_type;
+        let name = resource.resource_name.as_str();
+        let described = match resource.resource_type {
+            RESOURCE_TOPIC => match shard.topic(name) {
+                Some(info) => Ok(describe_topic(&shard.config, &info)),
+                None => {
+                    Err((ResponseError::UnknownTopicOrPartition.code(), format!("no topic {name}")))
+                }
+            },
+            RESOURCE_BROKER => Ok(describe_broker(&shard.config)),
+            other => Err((
+                ResponseError::InvalidRequest.code(),
+                format!("resource type {other} is not described (topics 2 and brokers 4 are)"),
+            )),
+        };
+        match described {
+            Ok(settings) => {
+                let wanted = |name: &str| {
+                    (resource.configuration_keys.as_ref())
+                        .is_none_or(|keys| keys.iter().any(|k| k.as_str() == name))
+                };
+                for setting in settings.into_iter().filter(|s| wanted(&s.name)) {
+                    let mut config = DescribeConfigsResourceResult::default();
+                    config.name = StrBytes::from_string(setting.name);
+                    config.value = Some(StrBytes::from_string(setting.value));
+                    config.config_source = setting.source;
+                    config.read_only = setting.read_only;
+                    if synonyms {
+                        config.synonyms = (setting.synonyms.into_iter())
+                            .map(|(name, value, source)| {
+                                let mut synonym = DescribeConfigsSynonym::default();
+                                synonym.name = StrBytes::from_string(name);
+                                synonym.value = Some(StrBytes::from_string(value));
+                                synonym.source = source;
+                                synonym
+                            })
+                            .collect();
+                    }
+                    if has_field(version, 3) {
+                        config.config_type = setting.config_type;
+                    }
+                    if documentation {
+                        config.documentation = setting.documentation.map(StrBytes::from_static_str);
+                    }
+                    result.configs.push(config);
+                }
+            }
+            Err((code, message)) => {
+                result.error_code = code;
+                result.error_message = Some(StrBytes::from_string(message));
+            }
+        }
+        result.resource_name = resource.resource_name;
+        response.results.push(result);
+    }
+    response
+}
+
+/// A topic's settings: its own overrides, else the broker's defaults (as set in its file or
+/// flags, else Spate's), each with the chain it was chosen from.
+pub(super) fn describe_topic(broker: &BrokerConfig, info: &TopicInfo) -> Vec<Described> {
+    let built_in = TopicConfig::default();
+    (info.config.entries().into_iter())
+        .map(|(name, value)| {
+            let mut synonyms = Vec::new();
+            if let Some(set) = info.overrides.get(&name) {
+                synonyms.push((name.clone(), set.clone(), SOURCE_TOPIC_CONFIG));
+            }
+            if let Some((_, broker_key)) =
+                TOPIC_KEYS.iter().find(|(topic_key, _)| *topic_key == name)
+            {
+                // One synonym per name, as Kafka lists them: the broker's own, else Spate's.
+                let (value, source) = match broker.explicit.contains(*broker_key) {
+                    true => (broker.topic_defaults.value_of(&name), SOURCE_STATIC_BROKER_CONFIG),
+                    false => (built_in.value_of(&name), SOURCE_DEFAULT_CONFIG),
+                };
+                synonyms.push((broker_key.to_string(), value.unwrap_or_default(), source));
+            }
+            let source = synonyms.first().map_or(SOURCE_DEFAULT_CONFIG, |s| s.2);
+            let (config_type, documentation) = topic_setting(&name);
+            Described {
+                name,
+                value,
+                source,
+                read_only: false,
+                config_type,
+                documentation,
+                synonyms,
+            }
+        })
+        .collect()
+}
+
+/// A topic setting's type and documentation.
+/// The settings Spate takes at one value are strings, documented by why.
+fn topic_setting(name: &str) -> (i8, Option<&'static str>) {
+    match TOPIC_SETTINGS.iter().find(|(n, _, _)| *n == name) {
+        Some((_, config_type, doc)) => (*config_type, Some(doc)),
+        None => (TYPE_STRING, fixed_topic_setting(name)),
+    }
+}
+
+/// The broker's settings as it runs with them: read-only (static), from its file or flags or
+/// Spate's defaults.
+fn describe_broker(config: &BrokerConfig) -> Vec<Described> {
+    (broker_entries(config).into_iter())
+        .map(|(name, value, config_type)| {
+            // One synonym per name, as Kafka lists them: the broker's own, else Spate's default.
+            let source = match config.explicit.contains(&name) {
+                true => SOURCE_STATIC_BROKER_CONFIG,
+                false => SOURCE_DEFAULT_CONFIG,
+            };
+            let synonyms = vec![(name.clone(), value.clone(), source)];
+            let documentation = None;
+            Described { name, value, source, read_only: true, config_type, documentation, synonyms }
+        })
+        .collect()
+}
+
+/// The broker's settings: name, value, type.
+fn broker_entries(config: &BrokerConfig) -> Vec<(String, String, i8)> {
+    let mut entries: Vec<(String, String, i8)> = (config.topic_defaults.entries().into_iter())
+        .filter_map(|(topic_key, value)| {
+            let broker_key = TOPIC_KEYS.iter().find(|(t, _)| *t == topic_key)?.1;
+            Some((broker_key.to_string(), value, topic_setting(&topic_key).0))
+        })
+        .collect();
+    let mut add = |name: &str, value: String, config_type: i8| {
+        entries.push((name.to_string(), value, config_type));
+    };
+    add("num.partitions", config.num_partitions.to_string(), TYPE_INT);
+    add("default.replication.factor", config.default_replication_factor.to_string(), TYPE_INT);
+    let offsets_replication = config.offsets_topic_replication_factor.to_string();
+    add("offsets.topic.replication.factor", offsets_replication, TYPE_INT);
+    add("max.broker.partitions", config.max_broker_partitions.to_string(), TYPE_INT);
+    add("auto.create.topics.enable", config.auto_create_topics.to_string(), TYPE_BOOLEAN);
+    add("auto.leader.rebalance.enable", config.auto_leader_rebalance.to_string(), TYPE_BOOLEAN);
+    let interval = config.leader_imbalance_check_interval_secs.to_string();
+    add("leader.imbalance.check.interval.seconds", interval, TYPE_LONG);
+    let imbalance = config.leader_imbalance_per_broker_percentage.to_string();
+    add("leader.imbalance.per.broker.percentage", imbalance, TYPE_INT);
+    add("socket.request.max.bytes", config.socket_request_max_bytes.to_string(), TYPE_INT);
+    add("node.id", config.node_id.to_string(), TYPE_INT);
+    // The cluster's settings as this broker runs with them (the voters empty for a cluster of
+    // one, as Kafka shows an unset list).
+    let voters: Vec<String> = (config.quorum_voters.iter())
+        .map(|v| format!("{}@{}", v.node, host_port(&v.host, v.port)))
+        .collect();
+    add("controller.quorum.voters", voters.join(","), TYPE_LIST);
+    let (native, kafka) = (config.native_endpoint(), config.kafka_endpoint());
+    add("native.advertised.listener", host_port(&native.0, native.1), TYPE_STRING);
+    let advertised = format!("PLAINTEXT://{}", host_port(&kafka.0, kafka.1));
+    add("advertised.listeners", advertised, TYPE_LIST);
+    add("broker.rack", config.rack.clone().unwrap_or_default(), TYPE_STRING);
+    add("broker.session.timeout.ms", config.broker_session_timeout_ms.to_string(), TYPE_INT);
+    let heartbeat = config.broker_heartbeat_interval_ms.to_string();
+    add("broker.heartbeat.interval.ms", heartbeat, TYPE_INT);
+    for (name, value) in [
+        ("replica.lag.time.max.ms", config.replica_lag_time_max_ms),
+        ("replica.fetch.wait.max.ms", config.replica_fetch_wait_max_ms),
+        ("replica.fetch.max.bytes", u64::from(config.replica_fetch_max_bytes)),
+        ("replica.fetch.response.max.bytes", u64::from(config.replica_fetch_response_max_bytes)),
+    ] {
+        add(name, value.to_string(), TYPE_INT);
+    }
+    entries
+}
+
+/// A resource's outcome: done, or Kafka's error code and why.
+type Outcome = Result<(), (i16, String)>;
+
+/// IncrementalAlterConfigs (KIP-339): each topic's changes applied to its overrides as they
+/// are, through the controller.
+pub async fn incremental_alter_configs(
+    shard: &Rc<Shard>,
+    request: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
+    let asked = (request.resources.into_iter())
+        .map(|resource| {
+            let changes = (resource.configs.iter())
+                .map(|config| {
+                    let key = config.name.to_string();
+                    let value = config.value.as_ref().map(|v| v.to_string());
+                    match (config.config_operation, value) {
+                        (OP_DELETE, _) => Ok(ConfigChange::Delete { key }),
+                        (OP_SET, Some(value)) => Ok(ConfigChange::Set { key, value }),
+                        (OP_APPEND, Some(value)) => Ok(ConfigChange::Append { key, value }),
+                        (OP_SUBTRACT, Some(value)) => Ok(ConfigChange::Subtract { key, value }),
+                        (OP_SET | OP_APPEND | OP_SUBTRACT, None) => {
+                            Err(invalid_request(format!("{key}: a null value")))
+                        }
+                        (other, _) => {
+                            Err(invalid_request(format!("{key}: unknown operation {other}")))
+                        }
+                    }
+                })
+                .collect();
+            (resource.resource_type, resource.resource_name, changes)
+        })
+        .collect();
+    let mut response = IncrementalAlterConfigsResponse::default();
+    for (resource_type, resource_name, outcome) in
+        alter_each(shard, asked, false, request.validate_only).await
+    {
+        let mut result = AlterConfigsResourceResponse::default();
+        (result.error_code, result.error_message) = error_fields(outcome);
+        (result.resource_type, result.resource_name) = (resource_type, resource_name);
+        response.responses.push(result);
+    }
+    response
+}
+
+/// AlterConfigs, the older form: each topic's settings given replace all its overrides.
+pub async fn alter_configs(
+    shard: &Rc<Shard>,
+    request: AlterConfigsRequest,
+) -> AlterConfigsResponse {
+    let asked = (request.resources.into_iter())
+        .map(|resource| {
+            let changes = (resource.configs.iter())
+                .map(|config| {
+                    let key = config.name.to_string();
+                    match config.value.as_ref() {
+                        Some(value) => Ok(ConfigChange::Set { key, value: value.to_string() }),
+                        None => Err(invalid_request(format!("{key}: a null value"))),
+                    }
+                })
+                .collect();
+            (resource.resource_type, resource.resource_name, changes)
+        })
+        .collect();
+    let mut response = AlterConfigsResponse::default();
+    for (resource_type, resource_name, outcome) in
+        alter_each(shard, asked, true, request.validate_only).await
+    {
+        let mut result = alter_configs_response::AlterConfigsResourceResponse::default();
+        (result.error_code, result.error_message) = error_fields(outcome);
+        (result.resource_type, result.resource_name) = (resource_type, resource_name);
+        response.responses.push(result);
+    }
+    response
+}
+
+/// One resource of an alter request: its type, its name, and its changes as read (or why they
+/// could not be).
+type Asked = (i8, StrBytes, Result<Vec<ConfigChange>, (i16, String)>);
+
+/// Each resource's changes made in turn, with its outcome; a resource named twice is refused at
+/// each mention, as Kafka does.
+async fn alter_each(
+    shard: &Rc<Shard>,
+    asked: Vec<Asked>,
+    replace: bool,
+    validate_only: bool,
+) -> Vec<(i8, StrBytes, Outcome)> {
+    let mut seen = BTreeSet::new();
+    let repeated: BTreeSet<(i8, String)> = (asked.iter())
+        .map(|(resource_type, name, _)| (*resource_type, name.to_string()))
+        .filter(|key| !seen.insert(key.clone()))
+        .collect();
+    let mut outcomes = Vec::with_capacity(asked.len());
+    for (resource_type, name, changes) in asked {
+        let outcome = match changes {
+            _ if repeated.contains(&(resource_type, name.to_string())) => {
+                Err(invalid_request("the resource is named twice".into()))
+            }
+            Ok(changes) => {
+                alter(shard, resource_type, name.as_str(), changes, replace, validate_only).await
+            }
+            Err(refused) => Err(refused),
+        };
+        outcomes.push((resource_type, name, outcome));
+    }
+    outcomes
+}
+
+/// An outcome as a response's error code and message.
+fn error_fields(outcome: Outcome) -> (i16, Option<StrBytes>) {
+    match outcome {
+        Ok(()) => (0, None),
+        Err((code, message)) => (code, Some(StrBytes::from_string(message))),
+    }
+}
+
+/// One resource's changes.
+async fn alter(
+    shard: &Rc<Shard>,
+    resource_type: i8,
+    name: &str,
+    changes: Vec<ConfigChange>,
+    replace: bool,
+    validate_only: bool,
+) -> Outcome {
+    let mut keys = BTreeSet::new();
+    if let Some(twice) = changes.iter().map(ConfigChange::key).find(|key| !keys.insert(*key)) {
+        return Err(invalid_request(format!("{twice} is changed twice")));
+    }
+    match resource_type {
+        RESOURCE_TOPIC => {
+            let altered = shard.alter_topic_config(name, changes, replace, validate_only).await;
+            altered.map_err(|e: BrokerError| (codec::error_code(e.kind), e.message))
+        }
+        RESOURCE_BROKER => {
+            let keys: Vec<&str> = changes.iter().map(ConfigChange::key).collect();
+            let why = format!(
+                "broker settings are static in Spate ({}): set them in the broker's config file \
+                 or flags and restart it; topic settings change at once",
+                keys.join(", ")
+            );
+            Err((codec::error_code(ErrorKind::InvalidConfig), why))
+        }
+        other => Err(invalid_request(format!("resource type {other} has no settings to change"))),
+    }
+}
+
+fn invalid_request(why: String) -> (i16, String) {
+    (ResponseError::InvalidRequest.code(), why)
+}
