@@ -306,6 +306,9 @@ impl TopicConfig {
             },
             _ => match FIXED_TOPIC_SETTINGS.iter().find(|(name, _, _)| *name == key) {
                 Some((_, accepted, _)) if value == *accepted => {}
+                // Kafka's booleans, in either case.
+                Some((_, accepted @ ("true" | "false"), _))
+                    if value.eq_ignore_ascii_case(accepted) => {}
                 Some((_, accepted, why)) => {
                     return Err(invalid(
                         key,
@@ -353,13 +356,15 @@ impl TopicConfig {
         current: &BTreeMap<String, String>,
         changes: &[ConfigChange],
     ) -> Result<BTreeMap<String, String>, ConfigError> {
-        let mut overrides = current.clone();
+        let mut overrides = canonical_overrides(current.clone());
+        let mut changed = BTreeMap::new();
         for change in changes {
-            // One override per setting, under its topic-level name.
-            let key = match change.key() {
-                "message.max.bytes" => "max.message.bytes",
-                other => other,
-            };
+            let key = canonical_topic_key(change.key());
+            // Kafka refuses a request that names a setting twice; two spellings count as one.
+            if let Some(first) = changed.insert(key, change.key()) {
+                let why = format!("{key} is changed twice (as {first} and {})", change.key());
+                return Err(ConfigError(why));
+            }
             // Named settings only, whatever the operation (Kafka refuses unknown names too).
             if self.value_of(key).is_none() {
                 return Err(not_a_topic_setting(key));
@@ -427,6 +432,28 @@ impl TopicConfig {
         )
         .collect()
     }
+}
+
+/// A topic setting's one name: `message.max.bytes`, the broker's name that users give topics
+/// too, is `max.message.bytes`.
+pub fn canonical_topic_key(key: &str) -> &str {
+    match key {
+        "message.max.bytes" => "max.message.bytes",
+        other => other,
+    }
+}
+
+/// Topic overrides under their one name each (the topic-level name wins over another spelling),
+/// so a later change or deletion finds them.
+pub fn canonical_overrides(overrides: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut canonical = BTreeMap::new();
+    for (key, value) in overrides {
+        let name = canonical_topic_key(&key);
+        if name == key || !canonical.contains_key(name) {
+            canonical.insert(name.to_string(), value);
+        }
+    }
+    canonical
 }
 
 /// A list setting's values, trimmed, without empty ones.
@@ -617,6 +644,8 @@ impl BrokerConfig {
         self.apply(key, value)?;
         let name = match key {
             "broker.id" => "node.id",
+            "log.retention.hours" | "log.retention.minutes" => "log.retention.ms",
+            "log.roll.hours" => "log.roll.ms",
             "log.dir" | "data.dir" => "log.dirs",
             "kafka.listener" => "listeners",
             "kafka.advertised.listener" => "advertised.listeners",

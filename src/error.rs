@@ -89,6 +89,8 @@ pub enum ErrorKind {
     RequestTimedOut,
     /// A cancellation of a partition reassignment where none is in progress.
     NoReassignmentInProgress,
+    /// Committed offsets of a topic a member of the group consumes: they cannot be deleted.
+    GroupSubscribedToTopic,
 }
 
 impl std::fmt::Display for ErrorKind {

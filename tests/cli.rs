@@ -111,6 +111,20 @@ fn console_tools_create_produce_consume_and_delete() {
     let idle = stdout(&spate(&broker, &["consume", "lines", "--timeout-ms", "300"], None));
     assert!(idle.is_empty(), "a consumer at the end prints nothing new");
 
+    // The data directory as `spate cluster log-dirs` shows it: every partition, with its size.
+    let dirs = stdout(&spate(&broker, &["cluster", "log-dirs", "--topic", "lines"], None));
+    for partition in 0..3 {
+        assert!(dirs.contains(&format!("  lines-{partition}  ")), "{dirs}");
+    }
+    assert!(dirs.contains("bytes free"), "{dirs}");
+    // Partition 0's records below offset 2 deleted: its log starts there.
+    let args = ["topic", "delete-records", "lines", "--partition", "0", "--before", "2"];
+    let deleted = stdout(&spate(&broker, &args, None));
+    assert!(deleted.contains("lines-0 starts at offset 2"), "{deleted}");
+    let described = stdout(&spate(&broker, &["topic", "describe", "lines"], None));
+    let first = described.lines().find(|l| l.contains("partition    0")).unwrap_or_default();
+    assert!(first.contains("log_start            2"), "{described}");
+
     spate(&broker, &["topic", "delete", "lines"], None);
     assert_eq!(stdout(&spate(&broker, &["topic", "list"], None)).trim(), "");
     assert!(!broker.data_dir.join("lines").exists());

@@ -993,7 +993,9 @@ fn topics_are_placed_served_and_described_alike_across_the_cluster() {
 /// A topic's settings changed through one broker (`spate topic alter`, through the controller)
 /// apply on every broker at once, leader and followers alike, and outlive a restart: the
 /// segments every replica holds of records older than the new `retention.ms` go (with
-/// `retention.ms=-1` at creation, they were kept).
+/// `retention.ms=-1` at creation, they were kept). A DeleteRecords moves the log start of the
+/// leader and of every follower, kept across a restart. A new `min.insync.replicas` holds at
+/// the leader at once.
 #[test]
 fn topic_settings_change_on_every_broker_without_a_restart() {
     let _one_cluster = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
@@ -1056,12 +1058,81 @@ fn topic_settings_change_on_every_broker_without_a_restart() {
         assert!(toml.contains("\"retention.ms\" = \"3600000\""), "{}: {toml}", file.display());
         assert!(!toml.contains("segment.bytes"), "{}: {toml}", file.display());
     }
-    // Kept in the metadata: a broker restarted has the settings as changed.
+    // Retention off again, and twenty more records. DeleteRecords through any broker (the
+    // client finds the leader): the log start moves inside the active segment on the leader,
+    // and the followers take it from their leader.
+    let kept = std::process::Command::new(BINARY)
+        .args(["topic", "alter", "tuned", "--config", "retention.ms=-1"])
+        .args(["--broker", &cluster.brokers[2].addr])
+        .output()
+        .expect("spate topic alter");
+    assert!(kept.status.success(), "{}", String::from_utf8_lossy(&kept.stderr));
+    let bootstrap = cluster.brokers[0].addr.clone();
+    run(|| async move {
+        let client = Client::connect(&bootstrap).await.expect("connect");
+        let leaders = spate::client::Leaders::new(client);
+        for first in [400, 410] {
+            let produced = produce_to_leader(&leaders, "tuned", 0, first..first + 10).await;
+            produced.unwrap_or_else(|e| panic!("records {first}..: {e}"));
+        }
+    });
+    let deleted = std::process::Command::new(BINARY)
+        .args(["topic", "delete-records", "tuned", "--partition", "0", "--before", "405"])
+        .args(["--broker", &cluster.brokers[0].addr])
+        .output()
+        .expect("spate topic delete-records");
+    assert!(deleted.status.success(), "{}", String::from_utf8_lossy(&deleted.stderr));
+    assert!(String::from_utf8_lossy(&deleted.stdout).contains("starts at offset 405"));
+    let log_start_files: Vec<std::path::PathBuf> = (cluster.brokers.iter())
+        .map(|b| b.data_dir.join("tuned").join("0").join("log-start-offset"))
+        .collect();
+    let recorded =
+        |node: usize| std::fs::read_to_string(&log_start_files[node]).unwrap_or_default();
+    wait_for("every replica records the log start", &|| (0..3).all(|n| recorded(n) == "0\n405\n"));
+    // Kept in the metadata and on the disk: a broker restarted has the settings as changed
+    // and its replica the log start.
     cluster.broker(3).stop();
     cluster.broker(3).restart();
     cluster.settle(&all, "three live brokers again", |s| all_live(s, &all));
     let text = described(&cluster, 2);
-    assert!(text.contains("config retention.ms=3600000"), "broker 3 restarted: {text}");
+    assert!(text.contains("config retention.ms=-1"), "broker 3 restarted: {text}");
+    assert!(text.contains("log_start          405"), "broker 3 restarted: {text}");
+    assert_eq!(recorded(2), "0\n405\n", "broker 3 restarted");
+    // A min.insync.replicas raised past the in-sync set holds at the leader at once: acks=all
+    // is refused with NOT_ENOUGH_REPLICAS; lowered again, it is taken.
+    let alter = |cluster: &Cluster, setting: &str| {
+        let altered = std::process::Command::new(BINARY)
+            .args(["topic", "alter", "tuned", "--config", setting])
+            .args(["--broker", &cluster.brokers[0].addr])
+            .output()
+            .expect("spate topic alter");
+        assert!(altered.status.success(), "{}", String::from_utf8_lossy(&altered.stderr));
+    };
+    alter(&cluster, "min.insync.replicas=3");
+    cluster.broker(3).stop();
+    let view = cluster.settle_metadata(&[1, 2], "broker 3 out of the in-sync set", |v| {
+        v.topics.get("tuned").is_some_and(|t| t.1[0].1 > 0 && t.1[0].4.len() == 2)
+    });
+    let leader = cluster.brokers[view.topics["tuned"].1[0].1 as usize - 1].addr.clone();
+    let produce_once = |leader: String, seq: u64| {
+        run(move || async move {
+            let client = Client::connect(&leader).await.expect("connect");
+            let batch = common::batch_of([common::record(0, seq)]);
+            client.produce("tuned", 0, spate::native::messages::Acks::All, batch).await
+        })
+    };
+    let refused = produce_once(leader.clone(), 420);
+    assert_eq!(
+        refused.as_ref().err().and_then(|e| e.code()),
+        Some(spate::native::messages::ErrorCode::NotEnoughReplicas),
+        "{refused:?}"
+    );
+    alter(&cluster, "min.insync.replicas=2");
+    let deadline = Instant::now() + SETTLE_WAIT;
+    while let Err(e) = produce_once(leader.clone(), 420) {
+        assert!(Instant::now() < deadline, "acks=all with min.insync.replicas=2: {e}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Reads `want` records of `topic` as a native member of `group` through the broker at

@@ -53,6 +53,20 @@ fn admin_configs() {
     run_one("admin_configs", &settings, &python, &["admin_configs.py"]);
 }
 
+/// ListOffsets by max timestamp (confluent-kafka), DescribeLogDirs, DescribeProducers and
+/// OffsetDelete (kafka-python), each with its answer checked against what was written.
+#[test]
+fn admin_apis() {
+    let python = require_pip_confluent();
+    require_kafka_python();
+    run_one(
+        "admin_apis",
+        &["--set", "group.initial.rebalance.delay.ms=0"],
+        &python,
+        &["admin_apis.py"],
+    );
+}
+
 /// Producers (plain and idempotent), admin, and a group consumer reading everything back.
 #[test]
 fn kafkajs() {

@@ -612,6 +612,95 @@ fn the_broker_describes_its_cluster_settings() {
     assert_eq!(value("broker.heartbeat.interval.ms").as_deref(), Some("500"));
     let native = value("native.advertised.listener").expect("the native address");
     assert_eq!(native, broker.addr);
+    // Another broker's id, a name that is no id, and the cluster-wide defaults (none here), as
+    // Kafka answers them.
+    for (name, code, count) in [("7", 42, 0), ("one", 42, 0), ("", 0, 0)] {
+        let mut resource = DescribeConfigsResource::default();
+        resource.resource_type = 4;
+        resource.resource_name = StrBytes::from_static_str(name);
+        let mut request = DescribeConfigsRequest::default();
+        request.resources = vec![resource];
+        let response: DescribeConfigsResponse = conn.call(ApiKey::DescribeConfigs, 1, &request);
+        let result = &response.results[0];
+        assert_eq!((result.error_code, result.configs.len()), (code, count), "broker {name:?}");
+    }
+}
+
+/// DeleteRecords (KIP-107): the log start moves up inside the log (not past the high
+/// watermark, never back), reads below it are OFFSET_OUT_OF_RANGE, ListOffsets' earliest is
+/// it, and after kill -9 all of that still holds.
+#[test]
+fn deleted_records_stay_deleted_across_a_crash() {
+    use kafka_protocol::messages::delete_records_request::{
+        DeleteRecordsPartition, DeleteRecordsTopic,
+    };
+    use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(&dir.path().join("data"), &[]);
+    let mut conn = Conn::open(&broker.kafka_addr);
+    assert_eq!(create_topic(&mut conn, "trimmed", 1).0, 0);
+    for _ in 0..3 {
+        let response: ProduceResponse =
+            conn.call(ApiKey::Produce, 7, &produce_request("trimmed", -1, batch(-1, -1, 0, 10)));
+        assert_eq!(produced(&response).0, 0);
+    }
+    let delete = |conn: &mut Conn, offset: i64| -> (i16, i64) {
+        let mut partition = DeleteRecordsPartition::default();
+        partition.offset = offset;
+        let mut topic = DeleteRecordsTopic::default();
+        topic.name = TopicName(StrBytes::from_static_str("trimmed"));
+        topic.partitions = vec![partition];
+        let mut request = DeleteRecordsRequest::default();
+        request.topics = vec![topic];
+        request.timeout_ms = 10_000;
+        let response: DeleteRecordsResponse = conn.call(ApiKey::DeleteRecords, 2, &request);
+        let answer = &response.topics[0].partitions[0];
+        (answer.error_code, answer.low_watermark)
+    };
+    assert_eq!(delete(&mut conn, 31), (1, -1), "past the high watermark: OFFSET_OUT_OF_RANGE");
+    assert_eq!(delete(&mut conn, 15), (0, 15), "inside the second batch");
+    assert_eq!(delete(&mut conn, 5), (0, 15), "never back");
+    let earliest = |conn: &mut Conn| -> (i16, i64) {
+        use kafka_protocol::messages::list_offsets_request::{
+            ListOffsetsPartition, ListOffsetsTopic,
+        };
+        use kafka_protocol::messages::ListOffsetsResponse;
+        let mut partition = ListOffsetsPartition::default();
+        partition.timestamp = -2;
+        let mut topic = ListOffsetsTopic::default();
+        topic.name = TopicName(StrBytes::from_static_str("trimmed"));
+        topic.partitions = vec![partition];
+        let mut request = kafka_protocol::messages::ListOffsetsRequest::default();
+        request.replica_id = kafka_protocol::messages::BrokerId(-1);
+        request.topics = vec![topic];
+        let response: ListOffsetsResponse = conn.call(ApiKey::ListOffsets, 7, &request);
+        let answer = &response.topics[0].partitions[0];
+        (answer.error_code, answer.offset)
+    };
+    let fetch_code = |conn: &mut Conn, offset: i64| -> i16 {
+        use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+        use kafka_protocol::messages::{FetchRequest, FetchResponse};
+        let mut partition = FetchPartition::default();
+        partition.fetch_offset = offset;
+        partition.partition_max_bytes = 1 << 20;
+        let mut topic = FetchTopic::default();
+        topic.topic = TopicName(StrBytes::from_static_str("trimmed"));
+        topic.partitions = vec![partition];
+        let mut request = FetchRequest::default();
+        request.max_bytes = 1 << 20;
+        request.topics = vec![topic];
+        let response: FetchResponse = conn.call(ApiKey::Fetch, 11, &request);
+        response.responses[0].partitions[0].error_code
+    };
+    assert_eq!(earliest(&mut conn), (0, 15));
+    assert_eq!(fetch_code(&mut conn, 14), 1, "below the log start: OFFSET_OUT_OF_RANGE");
+    assert_eq!(fetch_code(&mut conn, 15), 0);
+    broker.kill9();
+    broker.restart();
+    let mut conn = Conn::open(&broker.kafka_addr);
+    assert_eq!(earliest(&mut conn), (0, 15), "after kill -9");
+    assert_eq!(fetch_code(&mut conn, 0), 1, "after kill -9");
+    assert_eq!(delete(&mut conn, -1), (0, 30), "-1: everything below the high watermark");
 }
 
 /// A leader records the epoch it leads in (where it starts, in `leader-epoch-checkpoint`) and

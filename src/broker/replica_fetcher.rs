@@ -327,13 +327,13 @@ async fn apply(
         }
     }
     partition.followed_to(Offset(answer.high_watermark));
-    // The leader's log start passed this replica's (its retention, or the offsets log's
-    // compaction): the whole segments below it go here too, as Kafka's followers move their log
-    // start with the leader's (within this replica's high watermark).
+    // The leader's log start passed this replica's (its retention, a DeleteRecords, or the
+    // offsets log's compaction): it moves here too, and the segments below it go, as Kafka's
+    // followers move their log start with the leader's (within this replica's high watermark).
     let leader_start = Offset(answer.log_start);
-    if leader_start > log.log_start() && log.sealed_segments() > 0 {
-        if let Err(e) = partition.delete_segments_below(leader_start).await {
-            tracing::warn!(%topic, partition = %number, %leader, "dropping segments below the leader's log start {leader_start}: {e}");
+    if leader_start > log.log_start() {
+        if let Err(e) = partition.follow_log_start(leader_start).await {
+            tracing::warn!(%topic, partition = %number, %leader, "moving the log start to the leader's {leader_start}: {e}");
         }
     }
     match last {

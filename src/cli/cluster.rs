@@ -1,5 +1,5 @@
 //! `spate cluster status`: the brokers, the voters and the active controller, as a voter sees
-//! them. `spate cluster local`: a cluster of several brokers on this machine in one command.
+//! them. `spate cluster log-dirs`: each broker's data directory, replicas and free space. `spate cluster local`: a cluster of several brokers on this machine in one command.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -20,6 +20,15 @@ pub enum ClusterCommand {
     /// Print the brokers (id, addresses, rack, live or fenced, epoch), the controller voters and
     /// the active controller, and the partitions without a leader. Ask a controller voter.
     Status {
+        #[command(flatten)]
+        broker: BrokerAddress,
+    },
+    /// Print each live broker's data directory with its file system's size and free bytes, and
+    /// every replica it holds with the bytes its segments take (Kafka's kafka-log-dirs).
+    LogDirs {
+        /// Only this topic's replicas.
+        #[arg(long)]
+        topic: Option<String>,
         #[command(flatten)]
         broker: BrokerAddress,
     },
@@ -53,6 +62,33 @@ impl ClusterCommand {
                 let client = connect(&broker).await?;
                 let status = client.cluster_status().await.map_err(|e| e.to_string())?;
                 print!("{}", render(&status));
+                Ok(())
+            }),
+            ClusterCommand::LogDirs { topic, broker } => run_client(|| async move {
+                let client = connect(&broker).await?;
+                let metadata = client.metadata(Some(Vec::new()), false).await;
+                let metadata = metadata.map_err(|e| e.to_string())?;
+                for broker in &metadata.brokers {
+                    let address = host_port(&broker.host, broker.port);
+                    let asked = async {
+                        match broker.node == metadata.node {
+                            true => client.log_dirs().await,
+                            false => {
+                                crate::client::Client::connect(&address).await?.log_dirs().await
+                            }
+                        }
+                    };
+                    let dirs = asked.await.map_err(|e| format!("broker {address}: {e}"))?;
+                    println!(
+                        "broker {} {}  {} of {} bytes free",
+                        broker.node, dirs.log_dir, dirs.usable_bytes, dirs.total_bytes
+                    );
+                    let shown = (dirs.replicas.iter())
+                        .filter(|(name, _, _)| topic.as_ref().is_none_or(|t| t == name));
+                    for (name, partition, bytes) in shown {
+                        println!("  {name}-{partition}  {bytes} bytes");
+                    }
+                }
                 Ok(())
             }),
             ClusterCommand::Local { brokers, data_dir, base_port, settings } => {

@@ -1,4 +1,4 @@
-//! `spate group list|describe|delete`: consumer groups as their coordinators see them, through
+//! `spate group list|describe|delete|delete-offsets`: consumer groups as their coordinators see them, through
 //! any broker of the cluster (a group's requests go to its coordinator; a list asks every live
 //! broker for the groups it coordinates).
 
@@ -22,6 +22,18 @@ pub enum GroupCommand {
     /// Delete a group that has no members, with its committed offsets.
     Delete {
         name: String,
+        #[command(flatten)]
+        broker: BrokerAddress,
+    },
+    /// Remove a group's committed offsets of a topic (every partition, or those named) that no
+    /// member consumes (Kafka's OffsetDelete): the group starts there again by its reset policy.
+    DeleteOffsets {
+        name: String,
+        #[arg(long)]
+        topic: String,
+        /// The partitions (repeatable; default: every partition of the topic).
+        #[arg(long = "partition", short = 'p')]
+        partitions: Vec<i32>,
         #[command(flatten)]
         broker: BrokerAddress,
     },
@@ -69,6 +81,38 @@ impl GroupCommand {
                     });
                     deleted.await.map_err(|e| e.to_string())?;
                     println!("deleted group {name}");
+                }
+                GroupCommand::DeleteOffsets { name, topic, partitions, broker } => {
+                    let client = connect(&broker).await?;
+                    let partitions = match partitions.is_empty() {
+                        false => partitions,
+                        true => {
+                            let described = client.describe_topic(&topic).await;
+                            let described = described.map_err(|e| e.to_string())?;
+                            let all = described.partitions.iter().map(|p| p.partition as i32);
+                            all.collect()
+                        }
+                    };
+                    let asked: Vec<(String, i32)> =
+                        partitions.iter().map(|p| (topic.clone(), *p)).collect();
+                    let cluster = Leaders::new(client);
+                    let deleted = cluster.with_coordinator(&name, |coordinator| {
+                        let (name, asked) = (name.clone(), asked.clone());
+                        async move { coordinator.delete_offsets(&name, asked).await }
+                    });
+                    let mut failed = 0;
+                    for (topic, partition, outcome) in deleted.await.map_err(|e| e.to_string())? {
+                        match outcome {
+                            Ok(()) => println!("{topic}-{partition}: removed"),
+                            Err(e) => {
+                                failed += 1;
+                                println!("{topic}-{partition}: {e}");
+                            }
+                        }
+                    }
+                    if failed > 0 {
+                        return Err(format!("{failed} partition(s) kept their offsets"));
+                    }
                 }
                 GroupCommand::Describe { name, broker } => {
                     let cluster = Leaders::new(connect(&broker).await?);

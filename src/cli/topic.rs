@@ -1,4 +1,4 @@
-//! `spate topic create|list|describe|alter|delete|reassign`.
+//! `spate topic create|list|describe|alter|producers|delete-records|delete|reassign`.
 
 use std::time::{Duration, Instant};
 
@@ -55,6 +55,28 @@ pub enum TopicCommand {
         /// Check the change without making it.
         #[arg(long)]
         validate_only: bool,
+        #[command(flatten)]
+        broker: BrokerAddress,
+    },
+    /// Show the idempotent producers each partition's leader remembers (Kafka's
+    /// DescribeProducers): id, epoch, last sequence and newest timestamp.
+    Producers {
+        name: String,
+        /// The partitions (repeatable; default: every partition).
+        #[arg(long = "partition", short = 'p')]
+        partitions: Vec<u32>,
+        #[command(flatten)]
+        broker: BrokerAddress,
+    },
+    /// Delete a partition's records below an offset (Kafka's DeleteRecords): its log start
+    /// moves there, durably, and reads below it are refused from then on.
+    DeleteRecords {
+        name: String,
+        #[arg(long, short = 'p')]
+        partition: u32,
+        /// The new log start (default: the high watermark, deleting every record).
+        #[arg(long)]
+        before: Option<u64>,
         #[command(flatten)]
         broker: BrokerAddress,
     },
@@ -159,6 +181,42 @@ impl TopicCommand {
                         true => println!("{count} change(s) to topic {name} would be taken"),
                         false => println!("changed {count} setting(s) of topic {name}"),
                     }
+                }
+                TopicCommand::Producers { name, partitions, broker } => {
+                    let client = connect(&broker).await?;
+                    let partitions = match partitions.is_empty() {
+                        false => partitions,
+                        true => {
+                            let topic = client.describe_topic(&name).await;
+                            let topic = topic.map_err(|e| e.to_string())?;
+                            topic.partitions.iter().map(|p| p.partition).collect()
+                        }
+                    };
+                    let cluster = crate::client::Leaders::new(client);
+                    for partition in partitions {
+                        let asked = cluster.with_leader(&name, partition, |leader| {
+                            let name = name.clone();
+                            async move { leader.producers(&name, partition).await }
+                        });
+                        let producers =
+                            asked.await.map_err(|e| format!("{name}-{partition}: {e}"))?;
+                        for p in producers {
+                            println!(
+                                "{name}-{partition}  producer {}  epoch {}  last_sequence {}  \
+                                 last_timestamp {}",
+                                p.producer_id, p.epoch, p.last_sequence, p.last_timestamp
+                            );
+                        }
+                    }
+                }
+                TopicCommand::DeleteRecords { name, partition, before, broker } => {
+                    let cluster = crate::client::Leaders::new(connect(&broker).await?);
+                    let deleted = cluster.with_leader(&name, partition, |leader| {
+                        let name = name.clone();
+                        async move { leader.delete_records(&name, partition, before).await }
+                    });
+                    let start = deleted.await.map_err(|e| e.to_string())?;
+                    println!("{name}-{partition} starts at offset {start}");
                 }
                 TopicCommand::Delete { name, broker } => {
                     let client = connect(&broker).await?;

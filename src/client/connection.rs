@@ -18,12 +18,14 @@ use crate::native::messages::{
     decode, encode, Acks, AdminResponse, AlterTopicConfigRequest, ClusterId, ClusterStatus,
     ClusterStatusRequest, ClusterStatusResponse, CommitOffsetsRequest, ConfigChange,
     ControllerRequest, ControllerResponse, CreateTopicRequest, DeleteGroupRequest,
+    DeleteOffsetsRequest, DeleteOffsetsResponse, DeleteRecordsRequest, DeleteRecordsResponse,
     DeleteTopicRequest, DescribeGroupRequest, DescribeGroupResponse, ErrorBody, ErrorCode,
     FetchOffsetsRequest, FetchOffsetsResponse, FetchRequest, FetchResponse, FindCoordinatorRequest,
     FindCoordinatorResponse, GroupSummary, HeartbeatRequest, JoinGroupRequest, JoinGroupResponse,
     LeaveGroupRequest, ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest,
-    ListOffsetsResponse, MetadataEntries, MetadataFetchRequest, MetadataRequest, MetadataResponse,
-    ProduceRequest, ProduceResponse, ReassignRequest, Reassignment, ReplicaFetchRequest,
+    ListOffsetsResponse, LogDirsRequest, LogDirsResponse, MetadataEntries, MetadataFetchRequest,
+    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, ProducerDescription,
+    ProducersRequest, ProducersResponse, ReassignRequest, Reassignment, ReplicaFetchRequest,
     ReplicaFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicMetadata, VoterMessagesRequest,
     WireMessage,
 };
@@ -502,6 +504,57 @@ impl Client {
         let (response, _): (AdminResponse, _) =
             self.call(Api::DeleteGroup, &encode(&request)).await?;
         ClientError::from_body(&response.error)
+    }
+
+    /// Removes a group's committed offsets of `partitions` (topic, partition), which no member
+    /// may consume: each partition's outcome, in the order asked.
+    pub async fn delete_offsets(
+        &self,
+        group: &str,
+        partitions: Vec<(String, i32)>,
+    ) -> Result<Vec<(String, i32, Result<(), ClientError>)>, ClientError> {
+        let request = DeleteOffsetsRequest { group: group.to_string(), partitions };
+        let (response, _): (DeleteOffsetsResponse, _) =
+            self.call(Api::DeleteOffsets, &encode(&request)).await?;
+        ClientError::from_body(&response.error)?;
+        let outcomes = response.partitions.into_iter();
+        Ok(outcomes.map(|(t, p, error)| (t, p, ClientError::from_body(&error))).collect())
+    }
+
+    /// The broker's data directory: its replicas' sizes, and its file system's room.
+    pub async fn log_dirs(&self) -> Result<LogDirsResponse, ClientError> {
+        let (response, _): (LogDirsResponse, _) =
+            self.call(Api::LogDirs, &encode(&LogDirsRequest {})).await?;
+        ClientError::from_body(&response.error)?;
+        Ok(response)
+    }
+
+    /// Deletes a partition's records below `offset` (`None`: its high watermark), at its leader:
+    /// its log start moves there. Answers the new log start.
+    pub async fn delete_records(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: Option<u64>,
+    ) -> Result<u64, ClientError> {
+        let request = DeleteRecordsRequest { topic: topic.to_string(), partition, offset };
+        let (response, _): (DeleteRecordsResponse, _) =
+            self.call(Api::DeleteRecords, &encode(&request)).await?;
+        ClientError::from_body(&response.error)?;
+        Ok(response.log_start)
+    }
+
+    /// The idempotent producers a partition remembers (ask its leader).
+    pub async fn producers(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Vec<ProducerDescription>, ClientError> {
+        let request = ProducersRequest { topic: topic.to_string(), partition };
+        let (response, _): (ProducersResponse, _) =
+            self.call(Api::Producers, &encode(&request)).await?;
+        ClientError::from_body(&response.error)?;
+        Ok(response.producers)
     }
 
     /// Every consumer group the broker coordinates.

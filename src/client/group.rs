@@ -14,14 +14,15 @@ use std::collections::BTreeMap;
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition;
 use kafka_protocol::messages::{
     ConsumerProtocolAssignment, ConsumerProtocolSubscription, TopicName,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::protocol::{Encodable, StrBytes};
 
 use crate::client::{Client, ClientError, Leaders};
+use crate::group::consumer_protocol::subscribed_topics;
 use crate::native::messages::{
     ErrorCode, JoinGroupRequest, SyncGroupRequest, OFFSET_EARLIEST, OFFSET_LATEST,
 };
@@ -457,15 +458,10 @@ fn encode_subscription(topics: &[String]) -> Vec<u8> {
     buf.to_vec()
 }
 
+/// The topics a member's subscription names (the broker's reading of Kafka's consumer
+/// protocol, shared).
 fn decode_subscription(metadata: &[u8]) -> Vec<String> {
-    let mut buf = Bytes::copy_from_slice(metadata);
-    if buf.remaining() < 2 {
-        return Vec::new();
-    }
-    let version = buf.get_i16().clamp(0, 3);
-    ConsumerProtocolSubscription::decode(&mut buf, version)
-        .map(|s| s.topics.into_iter().map(|t| t.to_string()).collect())
-        .unwrap_or_default()
+    subscribed_topics(&Bytes::copy_from_slice(metadata))
 }
 
 fn encode_assignment(share: &[Partition]) -> Vec<u8> {

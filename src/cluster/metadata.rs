@@ -340,9 +340,16 @@ pub(super) struct TopicSnapshot {
 }
 
 /// One decision's records as the metadata log stores them, in one entry: the format version,
-/// then the archive.
+/// then the archive. A batch without a kind of record version 5 added is written as version 4,
+/// which it is byte for byte: a build of that version can still read the log (a rollback)
+/// until a topic's settings are changed.
 pub fn encode_batch(records: &Vec<MetadataRecord>) -> Vec<u8> {
-    archive::encode_versioned(RECORD_VERSION, records)
+    let new_kind = |r: &MetadataRecord| matches!(r, MetadataRecord::TopicConfigChanged { .. });
+    let version = match records.iter().any(new_kind) {
+        true => RECORD_VERSION,
+        false => RECORD_VERSION_CURRENT_LAYOUT,
+    };
+    archive::encode_versioned(version, records)
 }
 
 /// A batch read back from the log (input like any other: validated, never trusted).
@@ -986,7 +993,10 @@ mod tests {
         let topic = &image.topics[&TopicId(7)];
         assert_eq!(topic.config.len(), 1, "the old override goes: {:?}", topic.config);
         assert_eq!(topic.config["segment.bytes"], "65536");
-        assert_eq!(decode_batch(&encode_batch(&vec![changed])).map(|b| b.len()), Ok(1));
+        let written = encode_batch(&vec![changed]);
+        assert_eq!(written[0], RECORD_VERSION, "a settings change needs version 5");
+        assert_eq!(decode_batch(&written).map(|b| b.len()), Ok(1));
+        assert_eq!(encode_batch(&vec![register(1, 1)])[0], 4, "the rest reads as version 4");
         let unknown = MetadataRecord::TopicConfigChanged { id: TopicId(8), config: Vec::new() };
         let before = image.clone();
         assert!(image.apply_batch(&[unknown]).is_err());

@@ -1,8 +1,9 @@
-//! Reading Kafka's consumer protocol: the assignment bytes a group leader hands each member.
-//! The broker treats them as opaque when coordinating; only descriptions decode them.
+//! Reading Kafka's consumer protocol: the subscription a member joins with and the assignment
+//! bytes a group leader hands each member. The broker treats them as opaque when coordinating;
+//! only descriptions and OffsetDelete's check decode them.
 
 use bytes::{Buf, Bytes};
-use kafka_protocol::messages::ConsumerProtocolAssignment;
+use kafka_protocol::messages::{ConsumerProtocolAssignment, ConsumerProtocolSubscription};
 use kafka_protocol::protocol::Decodable;
 
 /// (topic, partitions) of a consumer-protocol assignment; empty for bytes of another protocol.
@@ -21,6 +22,19 @@ pub fn assigned_partitions(assignment: &Bytes) -> Vec<(String, Vec<i32>)> {
                 .map(|t| (t.topic.0.to_string(), t.partitions))
                 .collect()
         })
+        .unwrap_or_default()
+}
+
+/// The topics a consumer-protocol subscription names; none for bytes of another protocol.
+pub fn subscribed_topics(subscription: &Bytes) -> Vec<String> {
+    let mut buf = subscription.clone();
+    if buf.remaining() < 2 {
+        return Vec::new();
+    }
+    // Newer versions only add fields; read them as the newest this codec knows.
+    let version = buf.get_i16().clamp(0, 3);
+    ConsumerProtocolSubscription::decode(&mut buf, version)
+        .map(|s| s.topics.into_iter().map(|t| t.to_string()).collect())
         .unwrap_or_default()
 }
 
@@ -43,5 +57,18 @@ mod tests {
         assert_eq!(assigned_partitions(&bytes.freeze()), vec![("orders".to_string(), vec![0, 3])]);
         assert!(assigned_partitions(&Bytes::from_static(b"\x00\x00\xff")).is_empty());
         assert!(assigned_partitions(&Bytes::new()).is_empty());
+    }
+
+    #[test]
+    fn decodes_a_subscription_and_shrugs_at_garbage() {
+        let mut subscription = ConsumerProtocolSubscription::default();
+        subscription.topics = vec!["orders".into(), "payments".into()];
+        let mut bytes = bytes::BytesMut::new();
+        bytes.extend_from_slice(&1i16.to_be_bytes());
+        subscription.encode(&mut bytes, 1).unwrap();
+        let topics = subscribed_topics(&bytes.freeze());
+        assert_eq!(topics, vec!["orders".to_string(), "payments".to_string()]);
+        assert!(subscribed_topics(&Bytes::from_static(b"\x00\x01\xff")).is_empty());
+        assert!(subscribed_topics(&Bytes::new()).is_empty());
     }
 }

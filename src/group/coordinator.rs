@@ -10,7 +10,7 @@
 //! members rejoin a moved coordinator, and find their group's offsets there.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use futures_channel::oneshot;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::error::ErrorKind;
+use crate::group::consumer_protocol;
 use crate::group::offsets::{self, Committed, DecodeError, OffsetRecord, OFFSETS_TOPIC};
 use crate::group::state::{
     Action, Event, Group, GroupDescription, GroupState, HeartbeatCall, JoinCall, JoinReply,
@@ -93,6 +94,9 @@ pub struct Load {
     load: u64,
 }
 
+/// The protocol type of Kafka's consumers, whose subscriptions the coordinator can read.
+const CONSUMER_PROTOCOL_TYPE: &str = "consumer";
+
 typed_requests! {
     /// A group operation, sent to the group's coordinator shard, and what it answers.
     trait GroupRequest, call GroupCall, answer GroupAnswer;
@@ -142,6 +146,11 @@ typed_requests! {
     ListGroups {} -> Vec<(String, GroupState, String)>;
 
     DeleteGroup { group: String } -> Result<(), ErrorKind>;
+
+    /// Kafka's OffsetDelete (KIP-496): the group's committed offsets of these partitions go,
+    /// each refused with GROUP_SUBSCRIBED_TO_TOPIC while a member consumes its topic.
+    DeleteOffsets { group: String, partitions: Vec<(String, i32)> }
+        -> Result<Vec<(String, i32, Result<(), ErrorKind>)>, ErrorKind>;
 }
 
 pub struct Coordinator {
@@ -243,6 +252,9 @@ impl Coordinator {
             ),
             GroupCall::DeleteGroup(DeleteGroup { group }) => {
                 GroupAnswer::DeleteGroup(self.delete(logs, &group).await)
+            }
+            GroupCall::DeleteOffsets(DeleteOffsets { group, partitions }) => {
+                GroupAnswer::DeleteOffsets(self.delete_offsets(logs, &group, partitions).await)
             }
         })
     }
@@ -451,6 +463,62 @@ impl Coordinator {
         })
         .await?;
         self.still_held(group, held)
+    }
+
+    /// Removes the group's committed offsets of `partitions` (tombstones in its offsets log), as
+    /// Kafka's OffsetDelete does: GROUP_ID_NOT_FOUND without the group; NON_EMPTY_GROUP while
+    /// it has members whose subscriptions cannot be read (another protocol than Kafka's consumer
+    /// one, or none chosen yet); otherwise each partition whose topic a member subscribes to is refused with
+    /// GROUP_SUBSCRIBED_TO_TOPIC, and the others go (those without an offset quietly).
+    async fn delete_offsets(
+        &self,
+        logs: &impl OffsetsLogs,
+        group: &str,
+        partitions: Vec<(String, i32)>,
+    ) -> Result<Vec<(String, i32, Result<(), ErrorKind>)>, ErrorKind> {
+        let log = offsets_log(logs, offsets::partition_for(group))?;
+        // Nothing awaits from here to the append: no member can join in between.
+        let (results, tombstones) = {
+            let groups = self.groups.borrow();
+            let Some(entry) = groups.get(group) else { return Err(ErrorKind::GroupIdNotFound) };
+            let subscribed = match entry.has_members() {
+                false => BTreeSet::new(),
+                true => {
+                    // Readable only once a consumer-protocol group has chosen its protocol
+                    // (Kafka answers the same while it has not).
+                    let description = entry.describe();
+                    if description.protocol_type != CONSUMER_PROTOCOL_TYPE
+                        || description.protocol.is_empty()
+                    {
+                        return Err(ErrorKind::NonEmptyGroup);
+                    }
+                    (description.members.iter())
+                        .flat_map(|member| consumer_protocol::subscribed_topics(&member.metadata))
+                        .collect()
+                }
+            };
+            let mut results = Vec::with_capacity(partitions.len());
+            let mut tombstones = Vec::new();
+            for (topic, partition) in partitions {
+                if subscribed.contains(&topic) {
+                    results.push((topic, partition, Err(ErrorKind::GroupSubscribedToTopic)));
+                    continue;
+                }
+                if entry.offsets.contains_key(&(topic.clone(), partition)) {
+                    let (group, topic) = (group.to_string(), topic.clone());
+                    tombstones.push(OffsetRecord { group, topic, partition, committed: None });
+                }
+                results.push((topic, partition, Ok(())));
+            }
+            (results, tombstones)
+        };
+        if tombstones.is_empty() {
+            return Ok(results);
+        }
+        let held = self.hold_of(group);
+        persist(&log, group, &tombstones, || self.apply_all(&tombstones)).await?;
+        self.still_held(group, held)?;
+        Ok(results)
     }
 
     /// Evicts silent members, completes due rebalances, forgets empty groups' offsets after
@@ -773,7 +841,8 @@ fn named_group(call: &GroupCall) -> Option<&str> {
         | GroupCall::CommitOffsets(CommitOffsets { group, .. })
         | GroupCall::FetchOffsets(FetchOffsets { group, .. })
         | GroupCall::DescribeGroup(DescribeGroup { group })
-        | GroupCall::DeleteGroup(DeleteGroup { group }) => Some(group),
+        | GroupCall::DeleteGroup(DeleteGroup { group })
+        | GroupCall::DeleteOffsets(DeleteOffsets { group, .. }) => Some(group),
         GroupCall::ListGroups(ListGroups {}) => None,
     }
 }

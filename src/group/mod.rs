@@ -20,6 +20,7 @@ mod simulation;
 pub mod state;
 
 pub use coordinator::{
-    CommitOffsets, Coordinator, DeleteGroup, DescribeGroup, FetchOffsets, GroupAnswer, GroupCall,
-    GroupRequest, Heartbeat, JoinGroup, LeaveGroup, ListGroups, OffsetsLogs, SyncGroup,
+    CommitOffsets, Coordinator, DeleteGroup, DeleteOffsets, DescribeGroup, FetchOffsets,
+    GroupAnswer, GroupCall, GroupRequest, Heartbeat, JoinGroup, LeaveGroup, ListGroups,
+    OffsetsLogs, SyncGroup,
 };

@@ -7,13 +7,14 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     AlterConfigsRequest, AlterPartitionReassignmentsRequest, ApiKey, ApiVersionsRequest,
-    CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest,
-    DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest, ElectLeadersRequest,
-    FetchRequest, FindCoordinatorRequest, HeartbeatRequest, IncrementalAlterConfigsRequest,
+    CreatePartitionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteRecordsRequest,
+    DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest,
+    DescribeLogDirsRequest, DescribeProducersRequest, ElectLeadersRequest, FetchRequest,
+    FindCoordinatorRequest, HeartbeatRequest, IncrementalAlterConfigsRequest,
     InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
     ListOffsetsRequest, ListPartitionReassignmentsRequest, MetadataRequest, OffsetCommitRequest,
-    OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest, RequestHeader, ResponseHeader,
-    SyncGroupRequest,
+    OffsetDeleteRequest, OffsetFetchRequest, OffsetForLeaderEpochRequest, ProduceRequest,
+    RequestHeader, ResponseHeader, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -70,6 +71,10 @@ pub enum Request {
     ListPartitionReassignments(ListPartitionReassignmentsRequest),
     IncrementalAlterConfigs(IncrementalAlterConfigsRequest),
     AlterConfigs(AlterConfigsRequest),
+    OffsetDelete(OffsetDeleteRequest),
+    DescribeLogDirs(DescribeLogDirsRequest),
+    DescribeProducers(DescribeProducersRequest),
+    DeleteRecords(DeleteRecordsRequest),
 }
 
 /// A whole request: its header (client id, correlation id) and body.
@@ -123,6 +128,10 @@ pub fn decode_request(api: ApiKey, frame: Bytes) -> Result<DecodedRequest, Strin
             Request::IncrementalAlterConfigs(body(&mut buf, version)?)
         }
         ApiKey::AlterConfigs => Request::AlterConfigs(body(&mut buf, version)?),
+        ApiKey::OffsetDelete => Request::OffsetDelete(body(&mut buf, version)?),
+        ApiKey::DescribeLogDirs => Request::DescribeLogDirs(body(&mut buf, version)?),
+        ApiKey::DescribeProducers => Request::DescribeProducers(body(&mut buf, version)?),
+        ApiKey::DeleteRecords => Request::DeleteRecords(body(&mut buf, version)?),
         other => return Err(format!("{other:?} is not served")),
     };
     Ok(DecodedRequest { api, version, header, body })
@@ -245,6 +254,7 @@ pub fn error_code(kind: ErrorKind) -> i16 {
         ErrorKind::NotEnoughReplicasAfterAppend => Kafka::NotEnoughReplicasAfterAppend,
         ErrorKind::RequestTimedOut => Kafka::RequestTimedOut,
         ErrorKind::NoReassignmentInProgress => Kafka::NoReassignmentInProgress,
+        ErrorKind::GroupSubscribedToTopic => Kafka::GroupSubscribedToTopic,
         ErrorKind::CoordinatorNotAvailable => Kafka::CoordinatorNotAvailable,
         ErrorKind::CoordinatorLoadInProgress => Kafka::CoordinatorLoadInProgress,
         ErrorKind::IllegalGeneration => Kafka::IllegalGeneration,

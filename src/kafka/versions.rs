@@ -9,8 +9,9 @@
 //! and v1, which every client here uses); JoinGroup stops at v7 and OffsetCommit at v8, before
 //! the KIP-848 fields.
 //! Metadata goes to v12 (topic ids, and topics asked for by id). Fetch stops at v12: later
-//! versions address topics by id, which the fetch path does not resolve yet. ListOffsets stops
-//! at v6: v7 adds the max-timestamp query.
+//! versions address topics by id, which the fetch path does not resolve yet. ListOffsets goes
+//! to v10: the max-timestamp query (v7, KIP-734), the local log start (v8, the log start here)
+//! and the latest tiered offset (v9, none here); v10's timeout is for remote reads.
 
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
@@ -19,7 +20,7 @@ use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
 const SUPPORTED: &[(ApiKey, i16, i16, i16)] = &[
     (ApiKey::Produce, 0, 3, 9),
     (ApiKey::Fetch, 0, 4, 12),
-    (ApiKey::ListOffsets, 1, 1, 6),
+    (ApiKey::ListOffsets, 1, 1, 10),
     (ApiKey::Metadata, 0, 0, 12),
     (ApiKey::ApiVersions, 0, 0, 3),
     (ApiKey::CreateTopics, 2, 2, 5),
@@ -28,6 +29,9 @@ const SUPPORTED: &[(ApiKey, i16, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 1, 4),
     (ApiKey::AlterConfigs, 0, 0, 2),
     (ApiKey::IncrementalAlterConfigs, 0, 0, 1),
+    (ApiKey::DescribeLogDirs, 1, 1, 4),
+    (ApiKey::DescribeProducers, 0, 0, 0),
+    (ApiKey::DeleteRecords, 0, 0, 2),
     (ApiKey::InitProducerId, 0, 0, 4),
     (ApiKey::FindCoordinator, 0, 0, 3),
     (ApiKey::JoinGroup, 0, 0, 7),
@@ -39,6 +43,7 @@ const SUPPORTED: &[(ApiKey, i16, i16, i16)] = &[
     (ApiKey::ListGroups, 0, 0, 4),
     (ApiKey::DescribeGroups, 0, 0, 5),
     (ApiKey::DeleteGroups, 0, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0, 0),
     (ApiKey::DescribeCluster, 0, 0, 1),
     (ApiKey::OffsetForLeaderEpoch, 2, 2, 4),
     (ApiKey::ElectLeaders, 0, 0, 2),

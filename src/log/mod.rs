@@ -14,6 +14,7 @@
 
 pub mod epochs;
 pub mod index;
+pub mod log_start;
 pub mod partition;
 pub mod probe;
 pub mod producers;

@@ -41,7 +41,8 @@ use crate::config::{TopicConfig, WRITE_ALIGN_BYTES};
 use crate::error::{BrokerError, ErrorKind};
 use crate::log::epochs::{self, EpochStart, LeaderEpochs};
 use crate::log::index::IndexedSegment;
-use crate::log::producers::{ProducerTable, SequenceCheck, SequenceError};
+use crate::log::log_start;
+use crate::log::producers::{ProducerSummary, ProducerTable, SequenceCheck, SequenceError};
 use crate::log::queued::QueuedBytes;
 use crate::log::read_cache::{CachedLog, ReadCache};
 use crate::log::retention::{self, SegmentFacts};
@@ -277,6 +278,12 @@ struct LogState<S: Storage> {
     epochs: LeaderEpochs,
     epochs_version: u64,
     epochs_persisted: u64,
+    /// The log start where it is past the first segment's base (Kafka's log start offset as
+    /// DeleteRecords moves it, KIP-107); changes are numbered, and the writer persists them
+    /// (`log_start.rs`) before the segments below it go.
+    start_floor: Offset,
+    start_floor_version: u64,
+    start_floor_persisted: u64,
 }
 
 impl<S: Storage> LogState<S> {
@@ -286,7 +293,17 @@ impl<S: Storage> LogState<S> {
     }
 
     fn log_start(&self) -> Offset {
-        self.segments.front().map_or(self.next_offset, |s| s.base_offset)
+        let first = self.segments.front().map_or(self.next_offset, |s| s.base_offset);
+        first.max(self.start_floor).min(self.next_offset)
+    }
+
+    /// Keeps the recorded log start within a log cut back to `end` (a truncation): the records
+    /// above it went, so it cannot stay above them.
+    fn bound_start_floor(&mut self, end: Offset) {
+        if self.start_floor > end {
+            self.start_floor = end;
+            self.start_floor_version += 1;
+        }
     }
 
     /// The epoch new entries are stamped with: the latest assigned, else the default.
@@ -408,6 +425,17 @@ impl<S: Storage> PartitionLog<S> {
             true => epochs::load(&storage, &dir).await?,
             false => LeaderEpochs::default(),
         };
+        let recorded_start = match names.iter().any(|name| name == log_start::LOG_START_FILE) {
+            true => log_start::load(&storage, &dir).await?.unwrap_or(Offset(0)),
+            false => Offset(0),
+        };
+        // Recorded only up to what was synced: past the log's end it can only be a log cut
+        // back since (or damage), and the log ends there.
+        if recorded_start > next_offset {
+            tracing::warn!(%topic, %partition, recorded = %recorded_start, log_end = %next_offset, "the recorded log start is past the log's end: the log starts at its end");
+        }
+        let start_floor = recorded_start.min(next_offset);
+        let log_start = log_start.max(start_floor);
         let reconciled =
             epochs.truncate_from_end(next_offset) | epochs.truncate_from_start(log_start);
         // Everything opened is durable: sealed segments were synced when sealed, and the active
@@ -450,6 +478,9 @@ impl<S: Storage> PartitionLog<S> {
                 epochs,
                 epochs_version: u64::from(reconciled),
                 epochs_persisted: 0,
+                start_floor,
+                start_floor_version: u64::from(start_floor != recorded_start),
+                start_floor_persisted: 0,
             }),
             changed: Event::new(),
             writer_wake: Event::new(),
@@ -911,6 +942,62 @@ impl<S: Storage> PartitionLog<S> {
             }
         }
         Ok(None)
+    }
+
+    /// The first record with the log's largest timestamp, and that timestamp (KIP-734):
+    /// found as the first record at or after that time, which lies in the first segment
+    /// reaching it. `None` for a log without timestamps.
+    pub async fn max_timestamp_record(&self) -> Result<Option<(Offset, i64)>, LogError> {
+        let largest = {
+            let st = self.state.borrow();
+            st.segments.iter().map(|s| s.meta.borrow().max_timestamp).max()
+        };
+        match largest {
+            Some(timestamp) if timestamp >= 0 => self.offset_for_timestamp(timestamp).await,
+            _ => Ok(None),
+        }
+    }
+
+    /// Moves the log start up to `offset`, never past what is synced and never back (Kafka's
+    /// DeleteRecords, KIP-107, at a leader; a follower taking its leader's log start): reads
+    /// below it are refused at once, and once it is durable the segments wholly below it go.
+    /// Returns the log start then.
+    pub async fn advance_start(&self, offset: Offset) -> Result<Offset, LogError> {
+        let version = {
+            let mut st = self.state.borrow_mut();
+            if let Some(why) = &st.failed {
+                return Err(LogError::Storage(why.clone()));
+            }
+            if st.stopping {
+                return Err(LogError::Closed);
+            }
+            let target = offset.min(st.synced_offset);
+            if target <= st.log_start() {
+                return Ok(st.log_start());
+            }
+            st.start_floor = target;
+            st.start_floor_version += 1;
+            st.assert_watermarks("moving the log start");
+            st.start_floor_version
+        };
+        self.writer_wake.notify(1);
+        self.wait_until(|st| Ok(st.start_floor_persisted >= version)).await?;
+        let deleted = self.delete_segments_below(self.log_start()).await;
+        deleted.map_err(|e| {
+            LogError::Storage(format!("deleting segments below the log start: {e}"))
+        })?;
+        self.changed.notify(usize::MAX);
+        Ok(self.log_start())
+    }
+
+    /// The idempotent producers this partition remembers (DescribeProducers).
+    pub fn producers(&self) -> Vec<ProducerSummary> {
+        self.state.borrow().producers.describe()
+    }
+
+    /// The bytes its segment files hold (DescribeLogDirs).
+    pub fn size_bytes(&self) -> u64 {
+        self.state.borrow().segments.iter().map(|s| s.meta.borrow().size).sum()
     }
 
     /// Sealed segments, not counting the active one.

@@ -37,6 +37,18 @@ struct ProducerState {
     batches: VecDeque<CachedBatch>,
     /// Wall-clock milliseconds of its newest batch here.
     last_write_ms: i64,
+    /// Its newest batch's largest record timestamp (the producer's clock).
+    last_timestamp: i64,
+}
+
+/// A producer as DescribeProducers reports it (KIP-664): its epoch, the sequence of its last
+/// record here, and its newest batch's largest timestamp.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProducerSummary {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub last_sequence: i32,
+    pub last_timestamp: i64,
 }
 
 /// What to do with a batch.
@@ -146,6 +158,7 @@ impl ProducerTable {
         }
         let state = self.producers.entry(meta.producer_id).or_default();
         state.last_write_ms = now_ms;
+        state.last_timestamp = meta.max_timestamp;
         if meta.producer_epoch != state.epoch {
             state.epoch = meta.producer_epoch;
             state.batches.clear();
@@ -159,6 +172,21 @@ impl ProducerTable {
             base_offset,
             next_offset,
         });
+    }
+
+    /// The producers remembered, by id; -1 for the sequence of one whose batches were forgotten
+    /// (a truncation dropped them).
+    pub fn describe(&self) -> Vec<ProducerSummary> {
+        let mut producers: Vec<ProducerSummary> = (self.producers.iter())
+            .map(|(id, state)| ProducerSummary {
+                producer_id: *id,
+                epoch: state.epoch,
+                last_sequence: state.batches.back().map_or(-1, |b| b.last_sequence),
+                last_timestamp: state.last_timestamp,
+            })
+            .collect();
+        producers.sort_by_key(|p| p.producer_id);
+        producers
     }
 
     /// Forgets the producers that last wrote before `cutoff_ms`. Returns how many.

@@ -471,6 +471,9 @@ struct Model {
     written: Offset,
     /// Every entry below was acknowledged synced: it survives a power loss.
     synced: Offset,
+    /// The log start a DeleteRecords was answered with: no restart may bring what lies below it
+    /// back into view (unless a truncation cut the log's end below it since).
+    deleted_below: Offset,
 }
 
 impl Model {
@@ -650,8 +653,17 @@ impl Run {
                 for entry in entries(&chunk, Check::Checksum) {
                     let StoredEntry { header, payload, .. } = entry
                         .unwrap_or_else(|e| panic!("seed {seed}: entry at offset {offset}: {e}"));
-                    assert_eq!(header.base_offset(), offset, "seed {seed}: offsets not contiguous");
-                    // Stamped with the epoch the log says held its offset (0 before any).
+                    // The log may start inside an entry (records deleted below it): that entry
+                    // comes whole, and starts below.
+                    let base = header.base_offset();
+                    let holds_start =
+                        offset == start && base < offset && header.next_offset() > offset;
+                    assert!(
+                        base == offset || holds_start,
+                        "seed {seed}: offsets not contiguous at {offset}: {base}"
+                    );
+                    // Stamped with the epoch the log says held its offset (0 before any; the
+                    // first epoch starts no earlier than the log).
                     let holder = epochs.iter().rev().find(|e| e.start_offset <= offset);
                     assert_eq!(
                         header.leader_epoch(),
@@ -659,12 +671,12 @@ impl Run {
                         "seed {seed}: the entry at {offset} is stamped with another epoch than \
                          the log's {epochs:?}"
                     );
-                    let expected = self.model.appended.get(&offset);
+                    let expected = self.model.appended.get(&base);
                     assert!(
                         expected.is_some_and(|(next, data)| {
                             *next == header.next_offset() && data[..] == *payload
                         }),
-                        "seed {seed}: the entry at offset {offset} is not the one appended there"
+                        "seed {seed}: the entry at offset {base} is not the one appended there"
                     );
                     offset = header.next_offset();
                 }
@@ -856,6 +868,12 @@ impl Run {
             if power_loss {
                 self.model.written = self.model.synced;
             }
+            // Done or not, the cut may have brought the log's end (and so a log start past it)
+            // down to the entry holding the offset.
+            let holder = self.model.appended.range(..=offset).next_back();
+            let lowest_end =
+                holder.filter(|(_, (next, _))| *next > offset).map_or(offset, |h| *h.0);
+            self.model.deleted_below = self.model.deleted_below.min(lowest_end);
             return true;
         }
         // Half the time retention deletes old segments and a reader reads while it runs, at
@@ -924,6 +942,7 @@ impl Run {
         self.model.appended.retain(|base, _| *base < new_end);
         self.model.written = self.model.written.min(new_end);
         self.model.synced = self.model.synced.min(new_end);
+        self.model.deleted_below = self.model.deleted_below.min(new_end);
         for appended in unwritten {
             let outcome = log.wait_written(&appended).await;
             match outcome {
@@ -995,6 +1014,7 @@ impl Run {
         dead.close().await;
         let log = self.open().await;
         self.check_epochs(&log, &epochs);
+        self.check_log_start(&log);
         log
     }
 
@@ -1012,6 +1032,19 @@ impl Run {
             Err(LogError::Storage(_) | LogError::Closed) => {}
             Err(e) => panic!("seed {}: assigning leader epoch {epoch}: {e}", self.seed),
         }
+    }
+
+    /// After a restart, what a DeleteRecords was answered for holds: the log starts at or past
+    /// it (or at the log's end, where a truncation cut the log below it).
+    fn check_log_start(&self, log: &PartitionLog<SimStorage>) {
+        let (start, end) = (log.log_start(), log.log_end());
+        let promised = self.model.deleted_below.min(end);
+        assert!(
+            start >= promised,
+            "seed {}: after a restart the log starts at {start}, below {promised} where records \
+             were deleted (log end {end})",
+            self.seed
+        );
     }
 
     /// After a restart, the leader epochs are those the last process had, less what lies past
@@ -1076,6 +1109,27 @@ impl Run {
                         self.seed
                     );
                 }
+                72 | 73 if self.rng.below(2) == 0 => {
+                    // DeleteRecords: the log start moves inside a segment, within what is synced.
+                    self.fault("records deleted");
+                    let (start, synced) = (log.log_start(), log.synced_offset());
+                    let below = self.offset_in(start, log.written_offset());
+                    match log.advance_start(below).await {
+                        Ok(moved) => {
+                            let expected = start.max(below.min(synced));
+                            assert!(
+                                moved >= expected && moved <= below.max(start),
+                                "seed {}: deleting below {below} (log start {start}, synced \
+                                 {synced}) moved the log start to {moved}",
+                                self.seed
+                            );
+                            self.model.deleted_below = self.model.deleted_below.max(moved);
+                            self.trace(&format!("records deleted below {moved}"));
+                        }
+                        Err(LogError::Storage(_) | LogError::Closed) => {}
+                        Err(e) => panic!("seed {}: deleting records below {below}: {e}", self.seed),
+                    }
+                }
                 72..=74 => {
                     // Old data goes, as compaction deletes it.
                     let end = log.written_offset();
@@ -1114,6 +1168,7 @@ impl Run {
                     }
                     log = self.open().await;
                     self.check_epochs(&log, &epochs);
+                    self.check_log_start(&log);
                     let end = log.written_offset();
                     self.model.synced = self.model.synced.max(end);
                 }
@@ -1147,6 +1202,7 @@ impl Run {
         self.model.written = self.model.synced;
         let log = self.open().await;
         self.check_epochs(&log, &epochs);
+        self.check_log_start(&log);
         log.close().await;
         (report.torn_writes, report.lost_writes, report.lost_name_changes) = self.storage.counts();
         report.faults = self.faults;

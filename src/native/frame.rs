@@ -32,7 +32,8 @@ pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"SPN1");
 /// of `acks=all` with replicas (not enough replicas, before and after the append; timed out).
 /// 5: Reassign (KIP-455), and partition metadata with the reassignment in progress and the
 /// eligible leader replicas (KIP-966). 6: AlterTopicConfig (Kafka's IncrementalAlterConfigs of
-/// a topic).
+/// a topic), DeleteOffsets (Kafka's OffsetDelete), LogDirs (DescribeLogDirs), Producers
+/// (DescribeProducers) and DeleteRecords.
 pub const PROTOCOL_VERSION: u8 = 6;
 /// Meta bodies are small (names, numbers); anything larger is a corrupt or hostile frame.
 pub const META_BYTES_MAX: u32 = 1024 * 1024;
@@ -81,6 +82,15 @@ pub enum Api {
     Reassign = 22,
     /// A topic's settings changed (Kafka's IncrementalAlterConfigs).
     AlterTopicConfig = 23,
+    /// A group's committed offsets of some partitions removed (Kafka's OffsetDelete).
+    DeleteOffsets = 24,
+    /// The broker's data directory: its replicas' sizes and the disk's room (Kafka's
+    /// DescribeLogDirs).
+    LogDirs = 25,
+    /// The idempotent producers a partition's leader remembers (Kafka's DescribeProducers).
+    Producers = 26,
+    /// A partition's log start moved up: the records below it are gone (Kafka's DeleteRecords).
+    DeleteRecords = 27,
 }
 
 impl Api {
@@ -109,6 +119,10 @@ impl Api {
             21 => Self::ReplicaFetch,
             22 => Self::Reassign,
             23 => Self::AlterTopicConfig,
+            24 => Self::DeleteOffsets,
+            25 => Self::LogDirs,
+            26 => Self::Producers,
+            27 => Self::DeleteRecords,
             _ => return None,
         })
     }

@@ -10,15 +10,16 @@ use crate::error::ErrorKind;
 use crate::group::coordinator::OffsetCommit;
 use crate::group::state::JoinRequest;
 use crate::group::{
-    CommitOffsets, DeleteGroup, FetchOffsets, Heartbeat, JoinGroup, LeaveGroup, SyncGroup,
+    CommitOffsets, DeleteGroup, DeleteOffsets, FetchOffsets, Heartbeat, JoinGroup, LeaveGroup,
+    SyncGroup,
 };
 use crate::native::exchange::{answer, undecodable, RequestFrame, Response};
 use crate::native::frame::Api;
 use crate::native::messages::{
-    decode, AdminResponse, CommitOffsetsRequest, DeleteGroupRequest, ErrorBody, ErrorCode,
-    FetchOffsetsRequest, FetchOffsetsResponse, FindCoordinatorRequest, FindCoordinatorResponse,
-    HeartbeatRequest, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, SyncGroupRequest,
-    SyncGroupResponse,
+    decode, AdminResponse, CommitOffsetsRequest, DeleteGroupRequest, DeleteOffsetsRequest,
+    DeleteOffsetsResponse, ErrorBody, ErrorCode, FetchOffsetsRequest, FetchOffsetsResponse,
+    FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, SyncGroupRequest, SyncGroupResponse,
 };
 use crate::shard::Shard;
 use crate::types::{NodeId, PartitionId};
@@ -209,6 +210,28 @@ pub async fn delete(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
     let group = request.group;
     let result = shard.group(&group, DeleteGroup { group: group.clone() }).await.and_then(|r| r);
     answer(Api::DeleteGroup, request_id, &done(result))
+}
+
+pub async fn delete_offsets(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
+    let request_id = frame.header.request_id.get();
+    let request: DeleteOffsetsRequest = match decode(frame.meta()) {
+        Ok(request) => request,
+        Err(why) => return undecodable(Api::DeleteOffsets, request_id, why),
+    };
+    let DeleteOffsetsRequest { group, partitions } = request;
+    let call = DeleteOffsets { group: group.clone(), partitions };
+    let body = match shard.group(&group, call).await.and_then(|r| r) {
+        Ok(results) => DeleteOffsetsResponse {
+            error: ErrorBody::none(),
+            partitions: (results.into_iter())
+                .map(|(topic, partition, result)| {
+                    (topic, partition, result.err().map_or_else(ErrorBody::none, error_body))
+                })
+                .collect(),
+        },
+        Err(kind) => DeleteOffsetsResponse { error: error_body(kind), partitions: Vec::new() },
+    };
+    answer(Api::DeleteOffsets, request_id, &body)
 }
 
 pub async fn fetch_offsets(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {

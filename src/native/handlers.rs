@@ -13,14 +13,17 @@ use crate::native::exchange::{answer, undecodable, HeartbeatsSeen, RequestFrame,
 use crate::native::frame::Api;
 use crate::native::messages::{
     decode, encode, Acks, AdminResponse, AlterTopicConfigRequest, BrokerMetadata,
-    CreateTopicRequest, DeleteTopicRequest, DescribeGroupRequest, DescribeGroupResponse, ErrorBody,
-    ErrorCode, FetchRequest, FetchResponse, GroupMember, GroupOffset, GroupSummary,
-    ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
-    PartitionMetadata, ProduceRequest, ProduceResponse, ReassignRequest, TopicMetadata,
+    CreateTopicRequest, DeleteRecordsRequest, DeleteRecordsResponse, DeleteTopicRequest,
+    DescribeGroupRequest, DescribeGroupResponse, ErrorBody, ErrorCode, FetchRequest, FetchResponse,
+    GroupMember, GroupOffset, GroupSummary, ListGroupsResponse, ListOffsetsRequest,
+    ListOffsetsResponse, LogDirsResponse, MetadataRequest, MetadataResponse, PartitionMetadata,
+    ProduceRequest, ProduceResponse, ProducerDescription, ProducersRequest, ProducersResponse,
+    ReassignRequest, TopicMetadata,
 };
 use crate::native::{cluster, groups, replication};
 use crate::record::batch::validate_native_payload;
 use crate::record::{PayloadFormat, PendingEntry, ENTRY_HEADER_BYTES};
+use crate::shard::catalog;
 use crate::shard::{Shard, TopicRequest, FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX};
 use crate::types::{Offset, PartitionId, ShardId};
 use glommio::sync::StaticPermit;
@@ -96,6 +99,9 @@ pub async fn handle(
         Api::DeleteTopic => Some(delete_topic(&shard, &frame).await),
         Api::Reassign => Some(reassign(&shard, &frame).await),
         Api::AlterTopicConfig => Some(alter_topic_config(&shard, &frame).await),
+        Api::LogDirs => Some(log_dirs(&shard, request_id).await),
+        Api::Producers => Some(producers(&shard, &frame).await),
+        Api::DeleteRecords => Some(delete_records(&shard, &frame).await),
         Api::ListGroups => Some(list_groups(&shard, request_id).await),
         Api::DescribeGroup => Some(describe_group(&shard, &frame).await),
         Api::JoinGroup => Some(groups::join(&shard, &frame, &peer).await),
@@ -105,6 +111,7 @@ pub async fn handle(
         Api::CommitOffsets => Some(groups::commit(&shard, &frame).await),
         Api::FetchOffsets => Some(groups::fetch_offsets(&shard, &frame).await),
         Api::DeleteGroup => Some(groups::delete(&shard, &frame).await),
+        Api::DeleteOffsets => Some(groups::delete_offsets(&shard, &frame).await),
         Api::FindCoordinator => Some(groups::find_coordinator(&shard, &frame).await),
         Api::VoterMessages => Some(cluster::voter_messages(&shard, &frame).await),
         Api::ControllerRequest => Some(cluster::controller_request(&shard, &frame, &beats).await),
@@ -126,6 +133,8 @@ fn hist_of(api: Api) -> Hist {
         Api::DeleteTopic => Hist::DeleteTopic,
         Api::Reassign => Hist::Cluster,
         Api::AlterTopicConfig => Hist::CreateTopic,
+        Api::LogDirs | Api::Producers => Hist::Metadata,
+        Api::DeleteRecords => Hist::DeleteTopic,
         Api::ListGroups
         | Api::DescribeGroup
         | Api::JoinGroup
@@ -135,6 +144,7 @@ fn hist_of(api: Api) -> Hist {
         | Api::CommitOffsets
         | Api::FetchOffsets
         | Api::DeleteGroup
+        | Api::DeleteOffsets
         | Api::FindCoordinator => Hist::Groups,
         Api::VoterMessages | Api::ControllerRequest | Api::ClusterStatus | Api::MetadataFetch => {
             Hist::Cluster
@@ -401,6 +411,72 @@ async fn alter_topic_config(shard: &Rc<Shard>, frame: &RequestFrame) -> Response
     let AlterTopicConfigRequest { name, changes, validate_only } = request;
     let result = shard.alter_topic_config(&name, changes, false, validate_only).await;
     answer(Api::AlterTopicConfig, request_id, &admin_body(result))
+}
+
+async fn log_dirs(shard: &Rc<Shard>, request_id: u64) -> Response {
+    let data_dir = shard.config.data_dir.clone();
+    let absolute = std::path::absolute(&data_dir).unwrap_or_else(|_| data_dir.clone());
+    let mut body = LogDirsResponse {
+        error: ErrorBody::none(),
+        log_dir: absolute.display().to_string(),
+        total_bytes: 0,
+        usable_bytes: 0,
+        replicas: Vec::new(),
+    };
+    match shard.replica_sizes().await {
+        Ok(sizes) => {
+            let sizes = sizes.into_iter();
+            body.replicas = sizes.map(|r| (r.topic, r.partition.0, r.size_bytes)).collect();
+        }
+        Err(e) => body.error = ErrorBody::from(&e),
+    }
+    let space = glommio::executor().spawn_blocking(move || catalog::disk_space(&data_dir)).await;
+    match space {
+        Ok((total, usable)) => (body.total_bytes, body.usable_bytes) = (total, usable),
+        Err(e) => {
+            let why = format!("the data directory's file system: {e}");
+            body.error = ErrorBody::new(ErrorCode::StorageError, why);
+        }
+    }
+    answer(Api::LogDirs, request_id, &body)
+}
+
+async fn delete_records(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
+    let request_id = frame.header.request_id.get();
+    let request: DeleteRecordsRequest = match decode(frame.meta()) {
+        Ok(request) => request,
+        Err(why) => return undecodable(Api::DeleteRecords, request_id, why),
+    };
+    let DeleteRecordsRequest { topic, partition, offset } = request;
+    let deleted = shard.delete_records(&topic, PartitionId(partition), offset.map(Offset)).await;
+    let body = match deleted {
+        Ok(start) => DeleteRecordsResponse { error: ErrorBody::none(), log_start: start.0 },
+        Err(e) => DeleteRecordsResponse { error: ErrorBody::from(&e), log_start: 0 },
+    };
+    answer(Api::DeleteRecords, request_id, &body)
+}
+
+async fn producers(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
+    let request_id = frame.header.request_id.get();
+    let request: ProducersRequest = match decode(frame.meta()) {
+        Ok(request) => request,
+        Err(why) => return undecodable(Api::Producers, request_id, why),
+    };
+    let body = match shard.producers(&request.topic, PartitionId(request.partition)).await {
+        Ok(producers) => ProducersResponse {
+            error: ErrorBody::none(),
+            producers: (producers.into_iter())
+                .map(|p| ProducerDescription {
+                    producer_id: p.producer_id,
+                    epoch: p.epoch,
+                    last_sequence: p.last_sequence,
+                    last_timestamp: p.last_timestamp,
+                })
+                .collect(),
+        },
+        Err(e) => ProducersResponse { error: ErrorBody::from(&e), producers: Vec::new() },
+    };
+    answer(Api::Producers, request_id, &body)
 }
 
 async fn list_groups(shard: &Rc<Shard>, request_id: u64) -> Response {

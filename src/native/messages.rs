@@ -91,6 +91,8 @@ pub enum ErrorCode {
     RequestTimedOut = 42,
     /// A cancellation of a partition reassignment where none is in progress.
     NoReassignmentInProgress = 43,
+    /// Committed offsets of a topic a member of the group consumes (deleting them is refused).
+    GroupSubscribedToTopic = 44,
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -151,6 +153,7 @@ impl From<ErrorKind> for ErrorCode {
             ErrorKind::NotEnoughReplicasAfterAppend => ErrorCode::NotEnoughReplicasAfterAppend,
             ErrorKind::RequestTimedOut => ErrorCode::RequestTimedOut,
             ErrorKind::NoReassignmentInProgress => ErrorCode::NoReassignmentInProgress,
+            ErrorKind::GroupSubscribedToTopic => ErrorCode::GroupSubscribedToTopic,
         }
     }
 }
@@ -424,6 +427,74 @@ pub struct ListGroupsResponse {
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
 pub struct DescribeGroupRequest {
     pub group: String,
+}
+
+/// The records of a partition below `offset` (`None`: its high watermark) deleted.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct DeleteRecordsRequest {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: Option<u64>,
+}
+
+/// The partition's log start after the deletion.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct DeleteRecordsResponse {
+    pub error: ErrorBody,
+    pub log_start: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct LogDirsRequest {}
+
+/// The broker's data directory, the bytes of its file system and free on it, and each replica
+/// it holds with the bytes its segments take.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct LogDirsResponse {
+    pub error: ErrorBody,
+    pub log_dir: String,
+    pub total_bytes: u64,
+    pub usable_bytes: u64,
+    /// (topic, partition, bytes)
+    pub replicas: Vec<(String, u32, u64)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct ProducersRequest {
+    pub topic: String,
+    pub partition: u32,
+}
+
+/// A partition's idempotent producers, as its leader remembers them.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct ProducersResponse {
+    pub error: ErrorBody,
+    pub producers: Vec<ProducerDescription>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct ProducerDescription {
+    pub producer_id: i64,
+    pub epoch: i16,
+    /// The sequence of its last record in the partition (-1: none remembered).
+    pub last_sequence: i32,
+    /// Its newest batch's largest timestamp.
+    pub last_timestamp: i64,
+}
+
+/// Removes a group's committed offsets of partitions no member consumes (Kafka's OffsetDelete).
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct DeleteOffsetsRequest {
+    pub group: String,
+    /// (topic, partition)
+    pub partitions: Vec<(String, i32)>,
+}
+
+/// Each partition's outcome (none: removed, or it had no offset); `error` for the whole group.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct DeleteOffsetsResponse {
+    pub error: ErrorBody,
+    pub partitions: Vec<(String, i32, ErrorBody)>,
 }
 
 /// Deletes a group without members and its committed offsets.

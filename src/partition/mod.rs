@@ -32,7 +32,7 @@ use bytes::Bytes;
 use event_listener::Event;
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::error::BrokerError;
+use crate::error::{BrokerError, ErrorKind};
 use crate::log::storage::{DmaStorage, Storage};
 use crate::log::{Appended, LogError, PartitionLog};
 use crate::record::PendingEntry;
@@ -45,6 +45,12 @@ pub use replicated::{ReplicaFetched, ReplicaView};
 /// ListOffsets' special timestamps (Kafka's): the high watermark, and the log start.
 pub const OFFSET_LATEST: i64 = -1;
 pub const OFFSET_EARLIEST: i64 = -2;
+/// ListOffsets v7+: the first record with the partition's largest timestamp (KIP-734).
+pub const OFFSET_MAX_TIMESTAMP: i64 = -3;
+/// ListOffsets v8+: the local log's start (KIP-405); v9+: the latest offset in remote storage
+/// (KIP-1005).
+pub const OFFSET_EARLIEST_LOCAL: i64 = -4;
+pub const OFFSET_LATEST_TIERED: i64 = -5;
 
 /// `acks` as Kafka defines it: what a produce waits for before it is answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
@@ -291,6 +297,36 @@ impl<S: Storage> Partition<S> {
         let found = self.log.offset_for_timestamp(timestamp).await?;
         let high_watermark = self.high_watermark();
         Ok(found.filter(|(offset, _)| *offset < high_watermark))
+    }
+
+    /// The first visible record with the largest timestamp of the log, and that timestamp
+    /// (ListOffsets' max-timestamp query, KIP-734); `None` when none is visible.
+    pub async fn max_timestamp_record(&self) -> Result<Option<(Offset, i64)>, LogError> {
+        let found = self.log.max_timestamp_record().await?;
+        let high_watermark = self.high_watermark();
+        Ok(found.filter(|(offset, _)| *offset < high_watermark))
+    }
+
+    /// Kafka's DeleteRecords (KIP-107), at the leader: the log start moves up to `offset` (the
+    /// high watermark for `None`), which may not pass the high watermark. Answered once that is
+    /// durable, with the new log start (the low watermark).
+    pub async fn delete_records(&self, offset: Option<Offset>) -> Result<Offset, BrokerError> {
+        let high_watermark = self.high_watermark();
+        let target = offset.unwrap_or(high_watermark);
+        if target > high_watermark {
+            let why = format!(
+                "{}-{}: offset {target} is past the high watermark {high_watermark}",
+                self.log.topic, self.log.partition
+            );
+            return Err(BrokerError::new(ErrorKind::OffsetOutOfRange, why));
+        }
+        Ok(self.log.advance_start(target).await?)
+    }
+
+    /// A follower takes its leader's log start (moved by retention, DeleteRecords, or the
+    /// offsets log's compaction), within its own high watermark, as Kafka's followers do.
+    pub async fn follow_log_start(&self, leader_start: Offset) -> Result<Offset, LogError> {
+        self.log.advance_start(leader_start.min(self.high_watermark())).await
     }
 
     /// Deletes the sealed segments wholly below `offset`, never past the high watermark (as

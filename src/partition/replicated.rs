@@ -110,7 +110,8 @@ impl<S: Storage> Partition<S> {
     }
 
     /// The metadata changed the partition's state while this broker leads it in the same epoch:
-    /// a new in-sync set (a change it asked for, or a fencing) answers any it asked for.
+    /// a new in-sync set (a change it asked for, or a fencing) answers any it asked for; a new
+    /// `min.insync.replicas` of its topic holds at once.
     pub(super) fn update_replicas(&self, view: &ReplicaView) {
         let leader_synced = self.log.synced_offset();
         let mut replication = self.replication.borrow_mut();
@@ -123,6 +124,8 @@ impl<S: Storage> Partition<S> {
                         set.set_isr(view.isr.clone(), leader_synced);
                     }
                 }
+                // The topic's setting changes without a new partition state.
+                set.set_min_insync(view.min_insync, leader_synced);
             }
             // A reassignment gives a partition led alone its first followers (KIP-455). What it
             // wrote alone was visible already and stays so: its high watermark is kept, where

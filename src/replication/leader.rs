@@ -230,6 +230,15 @@ impl ReplicaSet {
         self.advance(leader_synced);
     }
 
+    /// The topic's `min.insync.replicas` changed (an administrator's change, in the same
+    /// partition epoch): `acks=all` and the high watermark follow it at once.
+    pub fn set_min_insync(&mut self, min_insync: usize, leader_synced: Offset) {
+        if self.min_insync != min_insync {
+            self.min_insync = min_insync;
+            self.advance(leader_synced);
+        }
+    }
+
     /// The controller committed other replicas (a reassignment, KIP-455): a replica added is a
     /// follower not heard from yet, given the lag time from `now` to catch up; one removed is
     /// forgotten. `min_insync` is resolved against the replica count anew.
@@ -322,6 +331,23 @@ mod tests {
         set.set_isr(vec![LEADER, F2], Offset(30));
         assert_eq!(set.check_acks_all(), Ok(()));
         assert_eq!(set.on_fetch(F2, at(30, 30), at(30, 30), now), Offset(30));
+    }
+
+    /// An administrator's new `min.insync.replicas` holds at once: raised past the in-sync
+    /// set, `acks=all` is refused; lowered to it again, the high watermark catches up.
+    #[test]
+    fn a_changed_min_insync_holds_at_once() {
+        let now = Instant::now();
+        let mut set = leader(now);
+        set.set_isr(vec![LEADER, F2], Offset(10));
+        assert_eq!(set.check_acks_all(), Ok(()));
+        set.set_min_insync(3, Offset(10));
+        let refused = NotEnoughReplicas { in_sync: 2, min_insync: 3 };
+        assert_eq!(set.check_acks_all(), Err(refused));
+        assert_eq!(set.on_fetch(F2, at(30, 30), at(30, 30), now), Offset(10), "held below 3");
+        set.set_min_insync(2, Offset(30));
+        assert_eq!(set.check_acks_all(), Ok(()));
+        assert_eq!(set.high_watermark(), Offset(30), "moved as soon as it was lowered");
     }
 
     #[test]

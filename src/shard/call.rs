@@ -16,9 +16,11 @@ use crate::cluster::node::{
 use crate::cluster::raft_wire::WireMessage;
 use crate::error::{BrokerError, ErrorKind};
 use crate::group::{GroupAnswer, GroupCall};
+use crate::log::producers::ProducerSummary;
 use crate::partition::{Acks, LogBounds, ReadOutcome};
 use crate::record::PendingEntry;
 use crate::shard::publish::Published;
+use crate::shard::registry::ReplicaSize;
 use crate::shard::replicas::{FetchLimits, FollowerAnswer, FollowerFetch};
 use crate::types::{LeaderEpoch, NodeId, Offset, PartitionId};
 
@@ -53,6 +55,17 @@ typed_requests! {
 
     /// Log start, high watermark and log end.
     Watermarks { topic: String, partition: PartitionId } -> Result<LogBounds, BrokerError>;
+
+    /// The idempotent producers a partition this shard leads remembers (DescribeProducers).
+    Producers { topic: String, partition: PartitionId } -> Result<Vec<ProducerSummary>, BrokerError>;
+
+    /// DeleteRecords at the leader of a partition this shard owns: the log start moves up to
+    /// `offset` (the high watermark for `None`); answers the new log start.
+    DeleteRecords { topic: String, partition: PartitionId, offset: Option<Offset> }
+        -> Result<Offset, BrokerError>;
+
+    /// Every replica this shard holds, with its size on disk (DescribeLogDirs).
+    ReplicaSizes {} -> Vec<ReplicaSize>;
 
     /// For shard 0, which knows where the active controller is: a request to it.
     ForwardToController { request: ControllerRequest } -> Result<ControllerAnswer, ControllerError>;

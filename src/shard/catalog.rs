@@ -190,6 +190,12 @@ fn check_name(name: &str) -> io::Result<()> {
 /// Bytes free for an unprivileged writer on the file system holding `dir`. Blocking: run off
 /// the shard.
 pub fn free_disk_bytes(dir: &Path) -> io::Result<u64> {
+    disk_space(dir).map(|(_, free)| free)
+}
+
+/// The size of the file system holding `dir`, and the bytes free on it for an unprivileged
+/// writer. Blocking: run off the shard.
+pub fn disk_space(dir: &Path) -> io::Result<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the path"))?;
@@ -201,7 +207,8 @@ pub fn free_disk_bytes(dir: &Path) -> io::Result<u64> {
     }
     // SAFETY: statvfs returned 0, so it initialised `stats`.
     let stats = unsafe { stats.assume_init() };
-    Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
+    let total = stats.f_blocks.saturating_mul(stats.f_frsize);
+    Ok((total, stats.f_bavail.saturating_mul(stats.f_frsize)))
 }
 
 /// Removes a partition's directory (a replica moved off this broker): renamed first, durably,

@@ -10,12 +10,12 @@ use std::rc::Rc;
 use crate::cluster::decide::{Election, NewPartitions, NewTopic, Reassignment};
 use crate::cluster::metadata::PARTITIONS_MAX;
 use crate::cluster::node::{ControllerAnswer, ControllerRequest};
-use crate::config::{ConfigChange, TopicConfig};
+use crate::config::{canonical_overrides, ConfigChange, TopicConfig};
 use crate::error::{BrokerError, ErrorKind};
 use crate::log::segment::PARTITION_DISK_BYTES_AT_FIRST;
 use crate::shard::call::ForwardToController;
 use crate::shard::catalog::{self, TopicFile, TopicInfo};
-use crate::shard::state::Shard;
+use crate::shard::state::{is_internal_topic, Shard};
 use crate::shard::CONTROLLER_SHARD;
 use crate::types::{NodeId, PartitionId};
 
@@ -66,6 +66,8 @@ impl Shard {
     ) -> Result<TopicInfo, BrokerError> {
         let checked = self.check_new_topic(&topic).await?;
         let TopicRequest { name, partitions, replication_factor, assignment, overrides } = topic;
+        // One name per setting, so that a later change finds it.
+        let overrides = canonical_overrides(overrides);
         let replication_factor =
             replication_factor.unwrap_or(self.config.default_replication_factor);
         let topic = NewTopic {
@@ -108,6 +110,12 @@ impl Shard {
         let Some(info) = self.topic(name) else {
             return Err(BrokerError::new(ErrorKind::UnknownTopic, format!("no topic {name}")));
         };
+        if is_internal_topic(name) {
+            // Its retention is what keeps committed offsets (it is never compacted by Kafka's
+            // cleaner here, only by the coordinator's snapshots).
+            let why = format!("{name} is internal: the broker keeps its settings");
+            return Err(BrokerError::new(ErrorKind::InvalidConfig, why));
+        }
         let defaults = &self.config.topic_defaults;
         let current = if replace { BTreeMap::new() } else { info.overrides.clone() };
         let invalid =

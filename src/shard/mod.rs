@@ -28,7 +28,7 @@ mod controller;
 mod groups;
 pub mod mesh;
 pub mod publish;
-mod registry;
+pub mod registry;
 pub mod replicas;
 pub mod state;
 pub mod turns;

@@ -491,13 +491,16 @@ impl Shard {
             let info = match TopicInfo::resolve(file, &self.config.topic_defaults) {
                 Ok(info) => TopicInfo { id: Some(*id), ..info },
                 Err(why) => {
-                    // Checked by the broker that took the request, against its own defaults.
-                    tracing::error!(topic = %topic.name, "its settings, taken as the defaults: {why}");
+                    // Checked by the broker that took the request, against its own defaults:
+                    // the settings it had here stay (a new topic's are the defaults).
+                    let before = before.topics.get(&topic.name).filter(|kept| kept.id == Some(*id));
+                    let config = before.map_or(&self.config.topic_defaults, |kept| &kept.config);
+                    tracing::error!(topic = %topic.name, "its settings do not resolve here, kept as they were: {why}");
                     TopicInfo {
                         id: Some(*id),
                         partitions,
                         overrides: topic.config.clone(),
-                        config: self.config.topic_defaults.clone(),
+                        config: config.clone(),
                     }
                 }
             };

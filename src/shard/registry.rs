@@ -9,13 +9,35 @@ use std::time::Instant;
 use crate::error::{BrokerError, ErrorKind};
 use crate::log::storage::DmaStorage;
 use crate::log::{LogLimits, PartitionLog, SharedByShard};
-use crate::partition::{Acks, Partition, ReadOutcome, OFFSET_EARLIEST, OFFSET_LATEST};
+use crate::partition::{
+    Acks, Partition, ReadOutcome, OFFSET_EARLIEST, OFFSET_EARLIEST_LOCAL, OFFSET_LATEST,
+    OFFSET_LATEST_TIERED, OFFSET_MAX_TIMESTAMP,
+};
 use crate::shard::call::{EpochEnd, Fetch, ListOffsets, Produce};
 use crate::shard::catalog::{self, DiskTopic, TopicInfo};
 use crate::shard::state::{PartitionKey, Shard, STAGED_BYTES_MAX};
 use crate::types::{LeaderEpoch, Offset, PartitionId};
 
+/// A replica on this broker's disk and the bytes its segments hold (DescribeLogDirs).
+#[derive(Clone, Debug)]
+pub struct ReplicaSize {
+    pub topic: String,
+    pub partition: PartitionId,
+    pub size_bytes: u64,
+}
+
 impl Shard {
+    /// This shard's replicas and their sizes.
+    pub(super) fn replica_sizes_here(&self) -> Vec<ReplicaSize> {
+        (self.partitions.borrow().iter())
+            .map(|((topic, partition), open)| ReplicaSize {
+                topic: topic.clone(),
+                partition: *partition,
+                size_bytes: open.log().size_bytes(),
+            })
+            .collect()
+    }
+
     pub(super) fn limits(&self) -> LogLimits {
         LogLimits {
             write_bytes_max: self.config.flush_write_bytes_max,
@@ -216,20 +238,45 @@ impl Shard {
                 let latest = log.latest_epoch().map_or(-1, |e| e.0);
                 Some((target.high_watermark(), -1, latest))
             }
-            OFFSET_EARLIEST => {
+            // Without tiered storage the local log start is the log start (KIP-405).
+            OFFSET_EARLIEST | OFFSET_EARLIEST_LOCAL => {
                 let start = target.log_start();
                 Some((start, -1, epoch_at(start)))
             }
+            OFFSET_MAX_TIMESTAMP => {
+                let found = target.max_timestamp_record().await?;
+                found.map(|(offset, time)| (offset, time, epoch_at(offset)))
+            }
+            // Nothing is in remote storage (KIP-1005): no offset, as Kafka answers for a topic
+            // without it.
+            OFFSET_LATEST_TIERED => None,
             t if t >= 0 => {
                 let found = target.offset_for_timestamp(t).await?;
                 found.map(|(offset, time)| (offset, time, epoch_at(offset)))
             }
             other => {
-                let why = format!("timestamp {other} is neither -1, -2 nor a time");
+                let why = format!("timestamp {other} is none of -1 to -5 nor a time");
                 return Err(BrokerError::new(ErrorKind::InvalidRequest, why));
             }
         };
         Ok(found.map_or((-1, -1, -1), |(offset, time, epoch)| (offset.0 as i64, time, epoch)))
+    }
+
+    /// DeleteRecords at this broker, the leader (as Kafka's); refused for the broker's own
+    /// topics, whose log start the broker moves itself.
+    pub(super) async fn delete_records_local(
+        &self,
+        topic: &str,
+        partition: PartitionId,
+        offset: Option<Offset>,
+    ) -> Result<Offset, BrokerError> {
+        if crate::shard::state::is_internal_topic(topic) {
+            let why = format!("{topic} is internal: the broker moves its log start itself");
+            return Err(BrokerError::new(ErrorKind::InvalidTopicName, why));
+        }
+        let start = self.led_partition(topic, partition)?.delete_records(offset).await?;
+        tracing::info!(%topic, %partition, log_start = %start, "deleted the records below the new log start");
+        Ok(start)
     }
 
     /// OffsetForLeaderEpoch, answered by the leader from its epoch cache: for its current epoch

@@ -24,6 +24,7 @@ use crate::error::BrokerError;
 use crate::error::ErrorKind;
 use crate::group::offsets::OFFSETS_TOPIC;
 use crate::group::Coordinator;
+use crate::log::producers::ProducerSummary;
 use crate::log::queued::QueuedBytes;
 use crate::log::read_cache::ReadCache;
 use crate::log::segment::OpenFiles;
@@ -32,13 +33,15 @@ use crate::metrics::Metrics;
 use crate::partition::{Acks, LogBounds, Partition, ReadOutcome};
 use crate::record::PendingEntry;
 use crate::shard::call::{
-    AskController, AwaitPublished, CommittedMetadata, DescribeCluster, EpochEnd, Fetch,
-    ForwardToController, Group, HeartbeatsLost, ListOffsets, MeshMessage, NextProducerId, Produce,
-    Publish, RemoveTopic, Request, ShardAnswer, ShardCall, StepVoter, Watermarks,
+    AskController, AwaitPublished, CommittedMetadata, DeleteRecords, DescribeCluster, EpochEnd,
+    Fetch, ForwardToController, Group, HeartbeatsLost, ListOffsets, MeshMessage, NextProducerId,
+    Produce, Producers, Publish, RemoveTopic, ReplicaSizes, Request, ShardAnswer, ShardCall,
+    StepVoter, Watermarks,
 };
 use crate::shard::catalog::{self, Catalog, DiskTopic, TopicFile, TopicInfo};
 use crate::shard::controller::TopicRequest;
 use crate::shard::mesh::Peers;
+use crate::shard::registry::ReplicaSize;
 use crate::shard::replicas::Followed;
 use crate::shard::turns::Turns;
 use crate::shard::CONTROLLER_SHARD;
@@ -250,6 +253,8 @@ impl Shard {
                 | ShardCall::ListOffsets(_)
                 | ShardCall::EpochEnd(_)
                 | ShardCall::Watermarks(_)
+                | ShardCall::Producers(_)
+                | ShardCall::DeleteRecords(_)
         );
         if on_a_partition {
             // The shard a client reached may have taken the broker's first ready publication
@@ -271,6 +276,18 @@ impl Shard {
             }
             ShardCall::Watermarks(Watermarks { topic, partition }) => {
                 ShardAnswer::Watermarks(self.partition(&topic, partition).map(|p| p.bounds()))
+            }
+            ShardCall::Producers(Producers { topic, partition }) => {
+                let led = self.led_partition(&topic, partition);
+                ShardAnswer::Producers(led.map(|p| p.log().producers()))
+            }
+            ShardCall::DeleteRecords(DeleteRecords { topic, partition, offset }) => {
+                ShardAnswer::DeleteRecords(
+                    self.delete_records_local(&topic, partition, offset).await,
+                )
+            }
+            ShardCall::ReplicaSizes(ReplicaSizes {}) => {
+                ShardAnswer::ReplicaSizes(self.replica_sizes_here())
             }
             ShardCall::ForwardToController(ForwardToController { request }) => {
                 ShardAnswer::ForwardToController(self.forward_here(request).await)
@@ -392,6 +409,37 @@ impl Shard {
     ) -> Result<(i64, i64, i32), BrokerError> {
         let list = ListOffsets { topic: topic.to_string(), partition, epoch, timestamp };
         self.ask(self.owner(topic, partition), list).await?
+    }
+
+    /// The idempotent producers partition `partition` of `topic` remembers, at its leader.
+    pub async fn producers(
+        self: &Rc<Self>,
+        topic: &str,
+        partition: PartitionId,
+    ) -> Result<Vec<ProducerSummary>, BrokerError> {
+        let asked = Producers { topic: topic.to_string(), partition };
+        self.ask(self.owner(topic, partition), asked).await?
+    }
+
+    /// Kafka's DeleteRecords of one partition, at its leader (see [`DeleteRecords`]).
+    pub async fn delete_records(
+        self: &Rc<Self>,
+        topic: &str,
+        partition: PartitionId,
+        offset: Option<Offset>,
+    ) -> Result<Offset, BrokerError> {
+        let asked = DeleteRecords { topic: topic.to_string(), partition, offset };
+        self.ask(self.owner(topic, partition), asked).await?
+    }
+
+    /// Every replica this broker holds, with its size on disk, from every shard.
+    pub async fn replica_sizes(self: &Rc<Self>) -> Result<Vec<ReplicaSize>, BrokerError> {
+        let mut sizes = Vec::new();
+        for shard in (0..self.count).map(ShardId) {
+            sizes.extend(self.ask(shard, ReplicaSizes {}).await?);
+        }
+        sizes.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        Ok(sizes)
     }
 
     /// OffsetForLeaderEpoch of one partition (see [`EpochEnd`]).

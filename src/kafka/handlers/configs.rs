@@ -19,9 +19,10 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use crate::config::{
-    fixed_topic_setting, host_port, BrokerConfig, ConfigChange, TopicConfig, TOPIC_KEYS,
+    canonical_topic_key, fixed_topic_setting, host_port, BrokerConfig, ConfigChange, TopicConfig,
+    TOPIC_KEYS,
 };
-use crate::error::{BrokerError, ErrorKind};
+use crate::error::BrokerError;
 use crate::kafka::codec;
 use crate::kafka::handlers::has_field;
 use crate::shard::catalog::TopicInfo;
@@ -41,6 +42,7 @@ const TYPE_BOOLEAN: i8 = 1;
 const TYPE_STRING: i8 = 2;
 const TYPE_INT: i8 = 3;
 const TYPE_LONG: i8 = 5;
+const TYPE_DOUBLE: i8 = 6;
 const TYPE_LIST: i8 = 7;
 
 /// IncrementalAlterConfigs operations.
@@ -127,7 +129,22 @@ pub fn describe_configs(
                     Err((ResponseError::UnknownTopicOrPartition.code(), format!("no topic {name}")))
                 }
             },
-            RESOURCE_BROKER => Ok(describe_broker(&shard.config)),
+            RESOURCE_BROKER => match name.parse::<i32>() {
+                // The cluster-wide dynamic defaults: Spate has none.
+                _ if name.is_empty() => Ok(Vec::new()),
+                Ok(id) if id == shard.config.node_id.0 => Ok(describe_broker(&shard.config)),
+                Ok(id) => Err((
+                    ResponseError::InvalidRequest.code(),
+                    format!(
+                        "Unexpected broker id, expected {} but received {id}",
+                        shard.config.node_id
+                    ),
+                )),
+                Err(_) => Err((
+                    ResponseError::InvalidRequest.code(),
+                    "Broker id must be an integer, but it is: ".to_string() + name,
+                )),
+            },
             other => Err((
                 ResponseError::InvalidRequest.code(),
                 format!("resource type {other} is not described (topics 2 and brokers 4 are)"),
@@ -189,12 +206,13 @@ pub(super) fn describe_topic(broker: &BrokerConfig, info: &TopicInfo) -> Vec<Des
             if let Some((_, broker_key)) =
                 TOPIC_KEYS.iter().find(|(topic_key, _)| *topic_key == name)
             {
-                // One synonym per name, as Kafka lists them: the broker's own, else Spate's.
-                let (value, source) = match broker.explicit.contains(*broker_key) {
-                    true => (broker.topic_defaults.value_of(&name), SOURCE_STATIC_BROKER_CONFIG),
-                    false => (built_in.value_of(&name), SOURCE_DEFAULT_CONFIG),
-                };
-                synonyms.push((broker_key.to_string(), value.unwrap_or_default(), source));
+                // Every level, the one in force first: the broker's own, then Spate's.
+                if broker.explicit.contains(*broker_key) {
+                    let value = broker.topic_defaults.value_of(&name).unwrap_or_default();
+                    synonyms.push((broker_key.to_string(), value, SOURCE_STATIC_BROKER_CONFIG));
+                }
+                let value = built_in.value_of(&name).unwrap_or_default();
+                synonyms.push((broker_key.to_string(), value, SOURCE_DEFAULT_CONFIG));
             }
             let source = synonyms.first().map_or(SOURCE_DEFAULT_CONFIG, |s| s.2);
             let (config_type, documentation) = topic_setting(&name);
@@ -212,25 +230,46 @@ pub(super) fn describe_topic(broker: &BrokerConfig, info: &TopicInfo) -> Vec<Des
 }
 
 /// A topic setting's type and documentation.
-/// The settings Spate takes at one value are strings, documented by why.
+/// The settings Spate takes at one value are documented by why.
 fn topic_setting(name: &str) -> (i8, Option<&'static str>) {
     match TOPIC_SETTINGS.iter().find(|(n, _, _)| *n == name) {
         Some((_, config_type, doc)) => (*config_type, Some(doc)),
-        None => (TYPE_STRING, fixed_topic_setting(name)),
+        None => (fixed_setting_type(name), fixed_topic_setting(name)),
+    }
+}
+
+/// The types Kafka gives the settings Spate takes at one value.
+fn fixed_setting_type(name: &str) -> i8 {
+    match name {
+        "compression.gzip.level" | "compression.lz4.level" | "compression.zstd.level" => TYPE_INT,
+        "message.downconversion.enable"
+        | "remote.storage.enable"
+        | "remote.log.copy.disable"
+        | "remote.log.delete.on.disable" => TYPE_BOOLEAN,
+        "leader.replication.throttled.replicas" | "follower.replication.throttled.replicas" => {
+            TYPE_LIST
+        }
+        "min.cleanable.dirty.ratio" => TYPE_DOUBLE,
+        "message.format.version" => TYPE_STRING,
+        _ => TYPE_LONG,
     }
 }
 
 /// The broker's settings as it runs with them: read-only (static), from its file or flags or
 /// Spate's defaults.
 fn describe_broker(config: &BrokerConfig) -> Vec<Described> {
+    let defaults = broker_entries(&BrokerConfig::default());
     (broker_entries(config).into_iter())
         .map(|(name, value, config_type)| {
-            // One synonym per name, as Kafka lists them: the broker's own, else Spate's default.
-            let source = match config.explicit.contains(&name) {
-                true => SOURCE_STATIC_BROKER_CONFIG,
-                false => SOURCE_DEFAULT_CONFIG,
-            };
-            let synonyms = vec![(name.clone(), value.clone(), source)];
+            // Every level, the one in force first: the broker's own, then Spate's default.
+            let mut synonyms = Vec::new();
+            if config.explicit.contains(&name) {
+                synonyms.push((name.clone(), value.clone(), SOURCE_STATIC_BROKER_CONFIG));
+            }
+            if let Some((_, default, _)) = defaults.iter().find(|(n, _, _)| *n == name) {
+                synonyms.push((name.clone(), default.clone(), SOURCE_DEFAULT_CONFIG));
+            }
+            let source = synonyms.first().map_or(SOURCE_DEFAULT_CONFIG, |s| s.2);
             let documentation = None;
             Described { name, value, source, read_only: true, config_type, documentation, synonyms }
         })
@@ -275,13 +314,17 @@ fn broker_entries(config: &BrokerConfig) -> Vec<(String, String, i8)> {
     add("broker.session.timeout.ms", config.broker_session_timeout_ms.to_string(), TYPE_INT);
     let heartbeat = config.broker_heartbeat_interval_ms.to_string();
     add("broker.heartbeat.interval.ms", heartbeat, TYPE_INT);
-    for (name, value) in [
-        ("replica.lag.time.max.ms", config.replica_lag_time_max_ms),
-        ("replica.fetch.wait.max.ms", config.replica_fetch_wait_max_ms),
-        ("replica.fetch.max.bytes", u64::from(config.replica_fetch_max_bytes)),
-        ("replica.fetch.response.max.bytes", u64::from(config.replica_fetch_response_max_bytes)),
+    for (name, value, config_type) in [
+        ("replica.lag.time.max.ms", config.replica_lag_time_max_ms, TYPE_LONG),
+        ("replica.fetch.wait.max.ms", config.replica_fetch_wait_max_ms, TYPE_INT),
+        ("replica.fetch.max.bytes", u64::from(config.replica_fetch_max_bytes), TYPE_INT),
+        (
+            "replica.fetch.response.max.bytes",
+            u64::from(config.replica_fetch_response_max_bytes),
+            TYPE_INT,
+        ),
     ] {
-        add(name, value.to_string(), TYPE_INT);
+        add(name, value.to_string(), config_type);
     }
     entries
 }
@@ -411,8 +454,10 @@ async fn alter(
     replace: bool,
     validate_only: bool,
 ) -> Outcome {
+    // Kafka refuses a request naming a setting twice; two spellings of one count as one.
     let mut keys = BTreeSet::new();
-    if let Some(twice) = changes.iter().map(ConfigChange::key).find(|key| !keys.insert(*key)) {
+    let named = changes.iter().map(|change| canonical_topic_key(change.key()));
+    if let Some(twice) = named.clone().find(|key| !keys.insert(*key)) {
         return Err(invalid_request(format!("{twice} is changed twice")));
     }
     match resource_type {
@@ -420,14 +465,16 @@ async fn alter(
             let altered = shard.alter_topic_config(name, changes, replace, validate_only).await;
             altered.map_err(|e: BrokerError| (codec::error_code(e.kind), e.message))
         }
+        RESOURCE_BROKER if changes.is_empty() => Ok(()),
         RESOURCE_BROKER => {
+            // Kafka's answer to a static setting, with what to do instead.
             let keys: Vec<&str> = changes.iter().map(ConfigChange::key).collect();
             let why = format!(
-                "broker settings are static in Spate ({}): set them in the broker's config file \
-                 or flags and restart it; topic settings change at once",
+                "Cannot update these configs dynamically: [{}] (broker settings are static in \
+                 Spate: set them in the broker's config file or flags and restart it)",
                 keys.join(", ")
             );
-            Err((codec::error_code(ErrorKind::InvalidConfig), why))
+            Err(invalid_request(why))
         }
         other => Err(invalid_request(format!("resource type {other} has no settings to change"))),
     }

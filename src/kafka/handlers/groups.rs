@@ -1,5 +1,5 @@
 //! The group APIs: FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit,
-//! OffsetFetch, ListGroups, DescribeGroups, DeleteGroups. Each becomes a [`GroupCall`] on the
+//! OffsetFetch, ListGroups, DescribeGroups, DeleteGroups, OffsetDelete. Each becomes a [`GroupCall`] on the
 //! group's coordinator shard; this file only translates between Kafka's messages and those.
 
 use std::rc::Rc;
@@ -13,6 +13,9 @@ use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
 use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponsePartition, OffsetFetchResponseTopic,
 };
@@ -21,8 +24,8 @@ use kafka_protocol::messages::{
     DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
     HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
     LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest,
-    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
-    SyncGroupResponse, TopicName,
+    OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest,
+    OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -30,8 +33,8 @@ use crate::error::ErrorKind;
 use crate::group::coordinator::OffsetCommit;
 use crate::group::state::JoinRequest;
 use crate::group::{
-    CommitOffsets, DeleteGroup, DescribeGroup, FetchOffsets, Heartbeat, JoinGroup, LeaveGroup,
-    ListGroups, SyncGroup,
+    CommitOffsets, DeleteGroup, DeleteOffsets, DescribeGroup, FetchOffsets, Heartbeat, JoinGroup,
+    LeaveGroup, ListGroups, SyncGroup,
 };
 use crate::kafka::codec;
 use crate::kafka::handlers::has_field;
@@ -441,5 +444,57 @@ pub async fn delete_groups(
         result.group_id = group_id;
         response.results.push(result);
     }
+    response
+}
+
+/// OffsetDelete (KIP-496): a group's committed offsets of partitions it no longer consumes go.
+/// A partition the cluster does not have is UNKNOWN_TOPIC_OR_PARTITION, as Kafka answers it;
+/// the others are the coordinator's to decide.
+pub async fn offset_delete(
+    shard: &Rc<Shard>,
+    request: OffsetDeleteRequest,
+) -> OffsetDeleteResponse {
+    let group = request.group_id.0.to_string();
+    let mut asked = Vec::new();
+    let mut unknown = Vec::new();
+    for topic in &request.topics {
+        let name = topic.name.0.to_string();
+        for partition in &topic.partitions {
+            let index = partition.partition_index;
+            let known =
+                u32::try_from(index).is_ok_and(|p| shard.has_partition(&name, PartitionId(p)));
+            match known {
+                true => asked.push((name.clone(), index)),
+                false => unknown.push((name.clone(), index)),
+            }
+        }
+    }
+    let mut response = OffsetDeleteResponse::default();
+    let call = DeleteOffsets { group: group.clone(), partitions: asked };
+    let mut results = match shard.group(&group, call).await.and_then(|r| r) {
+        Ok(results) => results,
+        Err(kind) => {
+            response.error_code = codec::error_code(kind);
+            return response;
+        }
+    };
+    let unknown_topic = Err(crate::error::ErrorKind::UnknownTopic);
+    results.extend(unknown.into_iter().map(|(topic, index)| (topic, index, unknown_topic)));
+    let mut by_topic: std::collections::BTreeMap<String, Vec<OffsetDeleteResponsePartition>> =
+        std::collections::BTreeMap::new();
+    for (topic, index, result) in results {
+        let mut partition = OffsetDeleteResponsePartition::default();
+        partition.partition_index = index;
+        partition.error_code = codec::result_code(result);
+        by_topic.entry(topic).or_default().push(partition);
+    }
+    response.topics = (by_topic.into_iter())
+        .map(|(name, partitions)| {
+            let mut topic = OffsetDeleteResponseTopic::default();
+            topic.name = TopicName(text(name));
+            topic.partitions = partitions;
+            topic
+        })
+        .collect();
     response
 }

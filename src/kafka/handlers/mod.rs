@@ -7,6 +7,7 @@ pub mod configs;
 pub mod fetch;
 pub mod groups;
 pub mod metadata;
+pub mod partitions;
 pub mod produce;
 pub mod reassign;
 
@@ -148,6 +149,19 @@ pub async fn handle(
         }
         Request::DeleteGroups(request) => {
             (Hist::KafkaOther, reply(&groups::delete_groups(&shard, request).await))
+        }
+        Request::DescribeLogDirs(request) => (
+            Hist::KafkaOther,
+            reply(&partitions::describe_log_dirs(&shard, version, request).await),
+        ),
+        Request::DeleteRecords(request) => {
+            (Hist::KafkaOther, reply(&partitions::delete_records(&shard, request).await))
+        }
+        Request::DescribeProducers(request) => {
+            (Hist::KafkaOther, reply(&partitions::describe_producers(&shard, request).await))
+        }
+        Request::OffsetDelete(request) => {
+            (Hist::KafkaOther, reply(&groups::offset_delete(&shard, request).await))
         }
     };
     shard.metrics.record(hist, received.elapsed());

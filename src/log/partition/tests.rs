@@ -680,6 +680,61 @@ fn a_truncation_across_segments_cuts_at_the_entry_holding_the_offset() {
     });
 }
 
+/// DeleteRecords (KIP-107): the log start moves inside a segment, never past what is synced;
+/// reads below it are out of range at once, the segments wholly below it go, a restart keeps it
+/// (even with the segments all there, as a crash after its record and before their deletion
+/// leaves them), and a truncation below it brings it down with the log's end.
+#[test]
+fn a_log_start_moved_by_delete_records_holds_across_a_restart() {
+    in_partition_dir(|dir| async move {
+        let log = open(&dir, 64 * 1024).await;
+        // Entries of 3 records, 10 KiB each: six to a segment.
+        for i in 0..20 {
+            let appended = log.append(entry(3, &payload(i, 10 * 1024))).expect("append");
+            log.wait_synced(&appended).await.expect("synced");
+        }
+        let sealed = log.sealed_segments();
+        assert_eq!(log.advance_start(Offset(25)).await, Ok(Offset(25)));
+        assert_eq!(log.log_start(), Offset(25));
+        assert!(log.sealed_segments() < sealed, "the first segment (offsets 0 to 17) went");
+        assert!(matches!(
+            log.read(Offset(24), 1 << 20, log.log_end()).await,
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
+        // From 25 on: the entry holding it (24..27) comes whole, as Kafka serves a batch.
+        let read = log.read(Offset(25), 1 << 20, log.log_end()).await.expect("read");
+        let first = read.first().and_then(|chunk| entries(chunk, Check::Checksum).next());
+        let first = first.and_then(Result::ok).map(|e| e.header.base_offset());
+        assert_eq!(first, Some(Offset(24)));
+        assert_eq!(log.advance_start(Offset(10)).await, Ok(Offset(25)), "never back");
+        log.close().await;
+        let log = open(&dir, 64 * 1024).await;
+        assert_eq!(log.log_start(), Offset(25), "kept across a restart");
+        log.close().await;
+        // A record that got to the disk before the deletion of the segments below it (a crash
+        // between the two): the segments from 18 on are all there, and the record holds.
+        let record = dir.join(crate::log::log_start::LOG_START_FILE);
+        std::fs::write(&record, "0\n40\n").expect("write");
+        let log = open(&dir, 64 * 1024).await;
+        assert_eq!(log.log_start(), Offset(40));
+        assert!(matches!(
+            log.read(Offset(39), 1 << 20, log.log_end()).await,
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
+        // Never past the synced end.
+        assert_eq!(log.advance_start(Offset(9_999)).await, Ok(Offset(60)));
+        log.close().await;
+        let log = open(&dir, 64 * 1024).await;
+        assert_eq!((log.log_start(), log.log_end()), (Offset(60), Offset(60)));
+        log.close().await;
+        // A record past the log's end (the log cut back since): the log starts at its end.
+        std::fs::write(&record, "0\n70\n").expect("write");
+        let log = open(&dir, 64 * 1024).await;
+        assert_eq!((log.log_start(), log.log_end()), (Offset(60), Offset(60)));
+        log.close().await;
+    });
+}
+
 /// A follower whose log ends before its leader's log start empties its log and starts it
 /// again there (Kafka's truncateFullyAndStartAt): every entry, epoch and producer goes, reads
 /// below are out of range, the leader's entries continue it, and a restart finds it so.

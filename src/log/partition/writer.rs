@@ -15,6 +15,7 @@ use super::OUT_OF_SPACE_BACKOFF;
 use super::{read_block_tail, report_truncation, Cut, LogError, PartitionLog, Staged};
 use crate::log::epochs::{self, LeaderEpochs};
 use crate::log::index::IndexedSegment;
+use crate::log::log_start;
 use crate::log::producers::ProducerTable;
 use crate::log::segment::{is_out_of_space, PreallocateStep, Segment};
 use crate::log::storage::{Storage, StorageFile};
@@ -73,6 +74,8 @@ enum Step {
     RecoveryPoint(IndexedSegment),
     /// Write the leader-epoch checkpoint as it stands at a numbered change.
     PersistEpochs(LeaderEpochs, u64),
+    /// Record the log start as it stands at a numbered change.
+    PersistLogStart(Offset, u64),
     Wait,
     Stop,
 }
@@ -177,6 +180,20 @@ impl<S: Storage> Writer<S> {
                         Err(e) => log.fail(format!("writing the leader-epoch checkpoint: {e}")),
                     }
                 }
+                Step::PersistLogStart(offset, version) => {
+                    let log = &self.log;
+                    match log_start::persist(&log.storage, &log.dir, offset).await {
+                        Ok(()) => {
+                            let mut st = log.state.borrow_mut();
+                            st.start_floor_persisted = st.start_floor_persisted.max(version);
+                            drop(st);
+                            log.changed.notify(usize::MAX);
+                        }
+                        // Records below it must never come back into view: the partition stops
+                        // until restarted (a DeleteRecords is rare).
+                        Err(e) => log.fail(format!("writing the log start offset: {e}")),
+                    }
+                }
                 Step::Trim => {
                     // Housekeeping: a failure leaves the space allocated, and the next idle
                     // check tries again; the partition carries on.
@@ -240,6 +257,9 @@ impl<S: Storage> Writer<S> {
                 st.trim_requested = false;
                 return Step::Trim;
             }
+        }
+        if st.start_floor_persisted < st.start_floor_version {
+            return Step::PersistLogStart(st.start_floor, st.start_floor_version);
         }
         if st.epochs_persisted < st.epochs_version {
             return Step::PersistEpochs(st.epochs.clone(), st.epochs_version);
@@ -531,6 +551,7 @@ impl<S: Storage> Writer<S> {
             }
             st.segments.push_back(active.clone());
             st.next_offset = new_end;
+            st.bound_start_floor(new_end);
             st.written_offset = new_end;
             st.synced_offset = st.synced_offset.min(new_end);
             st.sync_target = st.sync_target.min(new_end);
@@ -596,6 +617,7 @@ impl<S: Storage> Writer<S> {
             }
             st.segments.push_back(active.clone());
             st.next_offset = offset;
+            st.bound_start_floor(offset);
             st.written_offset = offset;
             st.synced_offset = offset;
             st.sync_target = offset;
