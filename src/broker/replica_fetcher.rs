@@ -18,6 +18,7 @@ use bytes::Bytes;
 use event_listener::Event;
 
 use crate::client::{Client, ClientError};
+use crate::log::LogError;
 use crate::native::messages::{
     ErrorCode, ReplicaFetchAnswer, ReplicaFetchPartition, ReplicaFetchRequest,
 };
@@ -156,6 +157,7 @@ async fn fetch_from(shard: Rc<Shard>, fetcher: Rc<LeaderFetcher>) {
                 synced: log.synced_offset().0,
                 last_fetched_epoch: log.latest_epoch().map_or(-1, |e| e.0),
                 known_high_watermark: known.known_high_watermark.0,
+                log_start: log.log_start().0,
             });
             asked.insert(key, partition);
         }
@@ -293,7 +295,7 @@ async fn apply(
         let truncation =
             log.with_epochs(|epochs, _, end| divergence::truncation(epochs, end, diverging));
         let before = log.log_end();
-        return match partition.truncate_replica(truncation.offset).await {
+        return match truncate_or_start_over(partition, truncation.offset).await {
             Ok(end) => {
                 tracing::info!(%topic, partition = %number, %leader, ?diverging, "the log diverged from the leader's: truncated from {before} to {end}");
                 Applied::Nothing
@@ -306,13 +308,26 @@ async fn apply(
     }
     let mut last = None;
     for stored in entries(&data, Check::Header) {
-        let (at, length) = match stored {
-            Ok(stored) => (stored.at, stored.bytes.len()),
+        let (at, length, base, next) = match stored {
+            Ok(stored) => {
+                let header = &stored.header;
+                (stored.at, stored.bytes.len(), header.base_offset(), header.next_offset())
+            }
             Err(e) => {
                 tracing::warn!(%topic, partition = %number, %leader, "an entry from the leader does not parse: {e}");
                 return Applied::Rest(FAILED_REST);
             }
         };
+        // A log started over at the leader's log start, which lies inside this entry (records
+        // deleted below it): the entry comes whole from its base, so the log starts over there,
+        // keeping its start where the leader's is (Kafka's follower does the same).
+        let end = log.log_end();
+        if last.is_none() && log.log_start() == end && base < end && end < next {
+            if let Err(e) = partition.start_replica_over_within(base, end).await {
+                tracing::error!(%topic, partition = %number, "starting over at {base}, the entry holding the log start {end}: {e}");
+                return Applied::Rest(FAILED_REST);
+            }
+        }
         // The same bytes, shared rather than copied: the log stores them as they came.
         let entry = data.slice(at..at + length);
         match partition.append_replicated(entry) {
@@ -357,7 +372,7 @@ async fn out_of_range(
     let (leader_start, leader_end) = (Offset(answer.log_start), Offset(answer.log_end));
     let end = log.log_end();
     if end > leader_end {
-        return match partition.truncate_replica(leader_end).await {
+        return match truncate_or_start_over(partition, leader_end).await {
             Ok(_) => {
                 tracing::info!(topic = %log.topic, partition = %log.partition, %leader, "past the leader's log end {leader_end}: truncated from {end}");
                 Applied::Nothing
@@ -401,5 +416,18 @@ async fn connect(address: &str) -> Result<Client, ClientError> {
     match futures_lite::future::or(connecting, late).await {
         Some(connected) => connected,
         None => Err(ClientError::Io(format!("no connection to {address} within {CONNECT_WAIT:?}"))),
+    }
+}
+
+/// Truncates the replica's log to `offset`, or, where that is below its log start (records
+/// deleted there, then an unclean election to a replica that had less), starts it over there,
+/// as Kafka's `truncateTo` does.
+async fn truncate_or_start_over(
+    partition: &Rc<Partition>,
+    offset: Offset,
+) -> Result<Offset, LogError> {
+    match offset < partition.log().log_start() {
+        true => partition.start_replica_over(offset).await,
+        false => partition.truncate_replica(offset).await,
     }
 }

@@ -461,7 +461,7 @@ fn encode_subscription(topics: &[String]) -> Vec<u8> {
 /// The topics a member's subscription names (the broker's reading of Kafka's consumer
 /// protocol, shared).
 fn decode_subscription(metadata: &[u8]) -> Vec<String> {
-    subscribed_topics(&Bytes::copy_from_slice(metadata))
+    subscribed_topics(&Bytes::copy_from_slice(metadata)).unwrap_or_default()
 }
 
 fn encode_assignment(share: &[Partition]) -> Vec<u8> {

@@ -25,17 +25,16 @@ pub fn assigned_partitions(assignment: &Bytes) -> Vec<(String, Vec<i32>)> {
         .unwrap_or_default()
 }
 
-/// The topics a consumer-protocol subscription names; none for bytes of another protocol.
-pub fn subscribed_topics(subscription: &Bytes) -> Vec<String> {
+/// The topics a consumer-protocol subscription names; `None` for bytes that are not one.
+pub fn subscribed_topics(subscription: &Bytes) -> Option<Vec<String>> {
     let mut buf = subscription.clone();
     if buf.remaining() < 2 {
-        return Vec::new();
+        return None;
     }
     // Newer versions only add fields; read them as the newest this codec knows.
     let version = buf.get_i16().clamp(0, 3);
-    ConsumerProtocolSubscription::decode(&mut buf, version)
-        .map(|s| s.topics.into_iter().map(|t| t.to_string()).collect())
-        .unwrap_or_default()
+    let decoded = ConsumerProtocolSubscription::decode(&mut buf, version).ok()?;
+    Some(decoded.topics.into_iter().map(|t| t.to_string()).collect())
 }
 
 #[cfg(test)]
@@ -67,8 +66,8 @@ mod tests {
         bytes.extend_from_slice(&1i16.to_be_bytes());
         subscription.encode(&mut bytes, 1).unwrap();
         let topics = subscribed_topics(&bytes.freeze());
-        assert_eq!(topics, vec!["orders".to_string(), "payments".to_string()]);
-        assert!(subscribed_topics(&Bytes::from_static(b"\x00\x01\xff")).is_empty());
-        assert!(subscribed_topics(&Bytes::new()).is_empty());
+        assert_eq!(topics, Some(vec!["orders".to_string(), "payments".to_string()]));
+        assert_eq!(subscribed_topics(&Bytes::from_static(b"\x00\x01\xff")), None);
+        assert_eq!(subscribed_topics(&Bytes::new()), None);
     }
 }

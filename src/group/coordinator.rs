@@ -492,9 +492,15 @@ impl Coordinator {
                     {
                         return Err(ErrorKind::NonEmptyGroup);
                     }
-                    (description.members.iter())
-                        .flat_map(|member| consumer_protocol::subscribed_topics(&member.metadata))
-                        .collect()
+                    // A subscription that cannot be read counts as one to every topic, as in
+                    // Kafka: nothing a member may consume is deleted.
+                    let subscriptions: Option<Vec<Vec<String>>> = (description.members.iter())
+                        .map(|member| consumer_protocol::subscribed_topics(&member.metadata))
+                        .collect();
+                    match subscriptions {
+                        Some(topics) => topics.into_iter().flatten().collect(),
+                        None => partitions.iter().map(|(topic, _)| topic.clone()).collect(),
+                    }
                 }
             };
             let mut results = Vec::with_capacity(partitions.len());

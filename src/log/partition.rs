@@ -292,9 +292,11 @@ impl<S: Storage> LogState<S> {
         self.segments.back().cloned().expect("a partition always has an active segment")
     }
 
+    /// The first segment's base, or the recorded start past it; never past what is synced (a
+    /// replica started over inside an entry records a start the entry reaches only once synced).
     fn log_start(&self) -> Offset {
         let first = self.segments.front().map_or(self.next_offset, |s| s.base_offset);
-        first.max(self.start_floor).min(self.next_offset)
+        first.max(self.start_floor).min(self.synced_offset)
     }
 
     /// Keeps the recorded log start within a log cut back to `end` (a truncation): the records
@@ -352,8 +354,9 @@ impl<S: Storage> LogState<S> {
 enum Cut {
     /// The entries holding the offset and after go.
     To(Offset),
-    /// Every entry goes; the log starts again, empty, at the offset.
-    StartOver(Offset),
+    /// Every entry goes; the log starts again, empty, at `at`, its start recorded at
+    /// `log_start` (at or past `at`: inside the first entry to come).
+    StartOver { at: Offset, log_start: Offset },
 }
 
 pub struct PartitionLog<S: Storage = DmaStorage> {
@@ -668,7 +671,18 @@ impl<S: Storage> PartitionLog<S> {
     /// idempotent producers' state go with the entries (they come back with the leader's).
     /// Returns the new log end, `offset`.
     pub async fn start_over_at(&self, offset: Offset) -> Result<Offset, LogError> {
-        self.cut(Cut::StartOver(offset)).await
+        self.cut(Cut::StartOver { at: offset, log_start: offset }).await
+    }
+
+    /// [`Self::start_over_at`] the base `at` of an entry that holds `log_start`, the log start
+    /// to keep: the leader's log start falls inside that entry (records deleted below it), and
+    /// entries are copied whole. Returns the new log end, `at`.
+    pub async fn start_over_within(
+        &self,
+        at: Offset,
+        log_start: Offset,
+    ) -> Result<Offset, LogError> {
+        self.cut(Cut::StartOver { at, log_start: log_start.max(at) }).await
     }
 
     /// Hands `cut` to the writer, which does it once what was appended before is written
@@ -918,22 +932,25 @@ impl<S: Storage> PartitionLog<S> {
         }
     }
 
-    /// The offset and timestamp of the first record whose timestamp is at or after `timestamp`,
-    /// or `None`.
+    /// The offset and timestamp of the first record at or past the log start whose timestamp
+    /// is at or after `timestamp`, or `None` (as Kafka's lookup, never below the log start).
     pub async fn offset_for_timestamp(
         &self,
         timestamp: i64,
     ) -> Result<Option<(Offset, i64)>, LogError> {
-        let candidates: Vec<_> = {
+        let (start, candidates): (Offset, Vec<_>) = {
             let st = self.state.borrow();
-            st.segments
-                .iter()
-                .filter(|s| s.meta.borrow().max_timestamp >= timestamp)
+            let candidates = (st.segments.iter())
+                .filter(|s| {
+                    let meta = s.meta.borrow();
+                    meta.max_timestamp >= timestamp && meta.next_offset > st.log_start()
+                })
                 .cloned()
-                .collect()
+                .collect();
+            (st.log_start(), candidates)
         };
         for segment in candidates {
-            match find_timestamp(&segment, timestamp).await {
+            match find_timestamp(&segment, timestamp, start).await {
                 Ok(Some(found)) => return Ok(Some(found)),
                 Ok(None) => {}
                 // Deleted by retention meanwhile: the answer lies in a later segment.
@@ -946,16 +963,26 @@ impl<S: Storage> PartitionLog<S> {
 
     /// The first record with the log's largest timestamp, and that timestamp (KIP-734):
     /// found as the first record at or after that time, which lies in the first segment
-    /// reaching it. `None` for a log without timestamps.
+    /// reaching it. `None` for a log without timestamps (or whose largest lies below the log
+    /// start, in the segment holding it).
     pub async fn max_timestamp_record(&self) -> Result<Option<(Offset, i64)>, LogError> {
         let largest = {
             let st = self.state.borrow();
-            st.segments.iter().map(|s| s.meta.borrow().max_timestamp).max()
+            let within =
+                st.segments.iter().filter(|s| s.meta.borrow().next_offset > st.log_start());
+            within.map(|s| s.meta.borrow().max_timestamp).max()
         };
         match largest {
             Some(timestamp) if timestamp >= 0 => self.offset_for_timestamp(timestamp).await,
             _ => Ok(None),
         }
+    }
+
+    /// Asks for everything below `offset` to be synced (within what is written) and waits for
+    /// it.
+    pub async fn sync_through(&self, offset: Offset) -> Result<(), LogError> {
+        self.sync_up_to(offset);
+        self.wait_until(|st| Ok(st.synced_offset >= offset.min(st.written_offset))).await
     }
 
     /// Moves the log start up to `offset`, never past what is synced and never back (Kafka's
@@ -1090,7 +1117,12 @@ impl<S: Storage> PartitionLog<S> {
         let past_retention = |st: &LogState<S>| {
             let visible =
                 st.segments.iter().take_while(|s| s.meta.borrow().next_offset <= keep_from);
-            plan.delete_oldest.min(visible.count())
+            // And those wholly below the log start: a crash can come between recording a
+            // DeleteRecords and deleting them.
+            let below_start = (st.segments.iter())
+                .take_while(|s| s.meta.borrow().next_offset <= st.log_start())
+                .count();
+            plan.delete_oldest.min(visible.count()).max(below_start)
         };
         let doomed = self.remove_oldest(past_retention, "deleting segments past retention").await?;
         for segment in &doomed {
@@ -1267,6 +1299,7 @@ const READ_SLACK_BYTES: usize = crate::log::index::INDEX_INTERVAL_BYTES as usize
 async fn find_timestamp<S: Storage>(
     segment: &Segment<S>,
     timestamp: i64,
+    from: Offset,
 ) -> Result<Option<(Offset, i64)>, ReadError> {
     let (mut position, size) = {
         let meta = segment.meta.borrow();
@@ -1288,14 +1321,16 @@ async fn find_timestamp<S: Storage>(
             let header = parse_header(&window[at..])
                 .map_err(|e| ReadError::Corrupt { position, why: e.to_string() })?;
             let entry_len = header.entry_len();
-            if header.max_timestamp.get() >= timestamp {
+            if header.max_timestamp.get() >= timestamp && header.next_offset() > from {
                 let entry = match at + entry_len <= window.len() {
                     true => window.slice(at..at + entry_len),
                     false => segment.read(position, entry_len).await?,
                 };
-                return first_record_at_or_after(&entry, timestamp)
-                    .map(Some)
-                    .map_err(|why| ReadError::Corrupt { position, why });
+                let found = first_record_at_or_after(&entry, timestamp, from)
+                    .map_err(|why| ReadError::Corrupt { position, why })?;
+                if found.is_some() {
+                    return Ok(found);
+                }
             }
             position += entry_len as u64;
         }
@@ -1303,9 +1338,14 @@ async fn find_timestamp<S: Storage>(
     Ok(None)
 }
 
-/// The offset and timestamp of the first record in `entry` at or after `timestamp` (the entry's
-/// max timestamp says there is one).
-fn first_record_at_or_after(entry: &[u8], timestamp: i64) -> Result<(Offset, i64), String> {
+/// The offset and timestamp of the first record in `entry` at or after `timestamp`, at offset
+/// `from` or later (the log start may fall inside the entry): `None` when only records below
+/// `from` are that late.
+fn first_record_at_or_after(
+    entry: &[u8],
+    timestamp: i64,
+    from: Offset,
+) -> Result<Option<(Offset, i64)>, String> {
     let (header, payload) = parse_entry(entry).map_err(|e| e.to_string())?;
     let mut found = None;
     match header.format() {
@@ -1316,19 +1356,23 @@ fn first_record_at_or_after(entry: &[u8], timestamp: i64) -> Result<(Offset, i64
                 .map_err(|e| e.to_string())?;
             found = view
                 .records()
-                .find(|r| r.timestamp >= timestamp)
+                .find(|r| r.timestamp >= timestamp && r.offset >= from.0)
                 .map(|r| (Offset(r.offset), r.timestamp));
         }
         Some(crate::record::PayloadFormat::Kafka) => {
             crate::record::convert::for_each_record(payload, |record| {
-                if found.is_none() && record.timestamp >= timestamp {
+                if found.is_none() && record.timestamp >= timestamp && record.offset >= from.0 {
                     found = Some((Offset(record.offset), record.timestamp));
                 }
             })?;
         }
         None => {}
     }
-    Ok(found.unwrap_or((header.base_offset(), header.max_timestamp.get())))
+    // A format whose records cannot be read one by one: the entry as a whole, when it starts
+    // within the log.
+    let whole =
+        (header.base_offset() >= from).then(|| (header.base_offset(), header.max_timestamp.get()));
+    Ok(found.or(whole))
 }
 
 /// Opens every segment `names` (the listing of `dir`) holds, creating the first if there is none,

@@ -448,7 +448,10 @@ async fn delete_records(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
         Err(why) => return undecodable(Api::DeleteRecords, request_id, why),
     };
     let DeleteRecordsRequest { topic, partition, offset } = request;
-    let deleted = shard.delete_records(&topic, PartitionId(partition), offset.map(Offset)).await;
+    // As Kafka's admin client waits by default.
+    let timeout = Duration::from_secs(30);
+    let deleted =
+        shard.delete_records(&topic, PartitionId(partition), offset.map(Offset), timeout).await;
     let body = match deleted {
         Ok(start) => DeleteRecordsResponse { error: ErrorBody::none(), log_start: start.0 },
         Err(e) => DeleteRecordsResponse { error: ErrorBody::from(&e), log_start: 0 },

@@ -231,6 +231,9 @@ pub struct ReplicaFetchPartition {
     /// The leader's high watermark as the follower last heard it: a fetch with nothing new
     /// waits until it moves.
     pub known_high_watermark: u64,
+    /// The follower's log start: a DeleteRecords is answered once every in-sync replica's has
+    /// reached it (Kafka's FetchRequest carries it for the same reason, KIP-107).
+    pub log_start: u64,
 }
 
 /// The answers, one per partition in any order (a partition left out had nothing new); their

@@ -36,6 +36,7 @@ pub async fn replica_fetch(shard: &Rc<Shard>, frame: &RequestFrame) -> Response 
             synced: Offset(p.synced),
             last_fetched_epoch: epoch(p.last_fetched_epoch),
             known_high_watermark: Offset(p.known_high_watermark),
+            log_start: Offset(p.log_start),
         })
         .collect();
     let answers = shard.replica_fetch(NodeId(request.follower), partitions, limits).await;

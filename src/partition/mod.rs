@@ -308,9 +308,16 @@ impl<S: Storage> Partition<S> {
     }
 
     /// Kafka's DeleteRecords (KIP-107), at the leader: the log start moves up to `offset` (the
-    /// high watermark for `None`), which may not pass the high watermark. Answered once that is
-    /// durable, with the new log start (the low watermark).
-    pub async fn delete_records(&self, offset: Option<Offset>) -> Result<Offset, BrokerError> {
+    /// high watermark for `None`), which may not pass the high watermark. Answered, with the new
+    /// log start (the low watermark), once it is durable here and every in-sync follower has
+    /// taken it (as Kafka's delayed DeleteRecords): a new leader then starts there too.
+    /// REQUEST_TIMED_OUT when the followers have not within `timeout`.
+    pub async fn delete_records(
+        &self,
+        offset: Option<Offset>,
+        timeout: Duration,
+    ) -> Result<Offset, BrokerError> {
+        let deadline = Instant::now() + timeout;
         let high_watermark = self.high_watermark();
         let target = offset.unwrap_or(high_watermark);
         if target > high_watermark {
@@ -320,7 +327,32 @@ impl<S: Storage> Partition<S> {
             );
             return Err(BrokerError::new(ErrorKind::OffsetOutOfRange, why));
         }
-        Ok(self.log.advance_start(target).await?)
+        // A lone replica's high watermark is its written end: what it deletes below must be
+        // synced first, or the log start would stop short of it (it never passes the synced end).
+        self.log.sync_through(target).await?;
+        let start = self.log.advance_start(target).await?;
+        loop {
+            let moved = self.moved.listen();
+            if !self.is_leader() {
+                let why = format!("{}-{} is led elsewhere now", self.log.topic, self.log.partition);
+                return Err(BrokerError::new(ErrorKind::NotLeaderOrFollower, why));
+            }
+            if self.in_sync_log_start().is_none_or(|followers| followers >= start) {
+                return Ok(start);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let why = format!(
+                    "{}-{}: the in-sync followers have not moved their log start to {start} yet",
+                    self.log.topic, self.log.partition
+                );
+                return Err(BrokerError::new(ErrorKind::RequestTimedOut, why));
+            }
+            futures_lite::future::or(moved, async {
+                glommio::timer::sleep(left).await;
+            })
+            .await;
+        }
     }
 
     /// A follower takes its leader's log start (moved by retention, DeleteRecords, or the

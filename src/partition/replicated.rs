@@ -307,6 +307,27 @@ impl<S: Storage> Partition<S> {
         Ok(answer)
     }
 
+    /// A follower's log start as its fetch says: a DeleteRecords waiting for the in-sync
+    /// replicas' may be done.
+    pub fn note_follower_log_start(&self, follower: NodeId, log_start: Offset) {
+        let moved = match &mut *self.replication.borrow_mut() {
+            Replication::Leading { set, .. } => set.note_log_start(follower, log_start),
+            _ => false,
+        };
+        if moved {
+            self.moved.notify(usize::MAX);
+        }
+    }
+
+    /// The lowest log start of the in-sync followers; `None` when the partition is not led
+    /// here with followers in sync.
+    pub fn in_sync_log_start(&self) -> Option<Offset> {
+        match &*self.replication.borrow() {
+            Replication::Leading { set, .. } => set.in_sync_log_start(),
+            _ => None,
+        }
+    }
+
     /// Whether `follower` learns a new log start from this answer.
     fn tell_log_start(&self, follower: NodeId, log_start: Offset) -> bool {
         match &mut *self.replication.borrow_mut() {
@@ -409,7 +430,17 @@ impl<S: Storage> Partition<S> {
     /// retention deleted what it lacks): its log starts over, empty, at `offset`, the leader's
     /// log start (Kafka's `truncateFullyAndStartAt`), and so does its high watermark.
     pub async fn start_replica_over(&self, offset: Offset) -> Result<Offset, LogError> {
-        let end = self.log.start_over_at(offset).await?;
+        self.start_replica_over_within(offset, offset).await
+    }
+
+    /// [`Self::start_replica_over`] at `at`, the base of the leader's entry that holds its log
+    /// start `log_start`: the entry comes whole, and the log start stays where the leader's is.
+    pub async fn start_replica_over_within(
+        &self,
+        at: Offset,
+        log_start: Offset,
+    ) -> Result<Offset, LogError> {
+        let end = self.log.start_over_within(at, log_start).await?;
         self.truncations_seen.set(self.log.truncations());
         self.high_watermark.set(end);
         self.moved.notify(usize::MAX);

@@ -34,6 +34,8 @@ struct Follower {
     /// The leader's log end at its previous fetch, and when that was: a follower that reaches
     /// it has kept up since then (Kafka's `lastFetchLeaderLogEndOffset`).
     last_fetch: (Offset, Instant),
+    /// Its log start, as its last fetch said.
+    log_start: Offset,
     /// The leader's log start as last sent to it: a start that moved is news to a follower,
     /// which drops its segments below it.
     told_log_start: Offset,
@@ -133,6 +135,23 @@ impl ReplicaSet {
         }
         self.advance(leader_at.synced);
         self.high_watermark
+    }
+
+    /// A follower's log start as its fetch says; answers whether it moved.
+    pub fn note_log_start(&mut self, follower: NodeId, log_start: Offset) -> bool {
+        let Some(f) = self.followers.get_mut(&follower) else { return false };
+        let moved = f.log_start != log_start;
+        f.log_start = log_start;
+        moved
+    }
+
+    /// The lowest log start of the in-sync followers (as their fetches said; 0 for one not
+    /// heard yet), `None` when the leader is in sync alone: what a DeleteRecords waits for.
+    pub fn in_sync_log_start(&self) -> Option<Offset> {
+        (self.isr.iter())
+            .filter(|r| **r != self.me)
+            .map(|r| self.followers.get(r).map_or(Offset(0), |f| f.log_start))
+            .min()
     }
 
     /// Whether `follower` has not been told the leader's log start `log_start` yet (a new
@@ -249,6 +268,7 @@ impl ReplicaSet {
                 synced: None,
                 caught_up_at: now,
                 last_fetch: (Offset(0), now),
+                log_start: Offset(0),
                 told_log_start: Offset(0),
             });
         }
@@ -348,6 +368,22 @@ mod tests {
         set.set_min_insync(2, Offset(30));
         assert_eq!(set.check_acks_all(), Ok(()));
         assert_eq!(set.high_watermark(), Offset(30), "moved as soon as it was lowered");
+    }
+
+    /// A DeleteRecords waits for the lowest log start the in-sync followers report.
+    #[test]
+    fn the_in_sync_followers_lowest_log_start_is_known() {
+        let mut set = leader(Instant::now());
+        assert_eq!(set.in_sync_log_start(), Some(Offset(0)), "none heard yet");
+        assert!(set.note_log_start(F2, Offset(40)));
+        assert!(!set.note_log_start(F2, Offset(40)), "the same again");
+        assert_eq!(set.in_sync_log_start(), Some(Offset(0)), "follower 3 is behind");
+        set.note_log_start(F3, Offset(50));
+        assert_eq!(set.in_sync_log_start(), Some(Offset(40)));
+        set.set_isr(vec![LEADER, F3], Offset(10));
+        assert_eq!(set.in_sync_log_start(), Some(Offset(50)), "only the in-sync set counts");
+        set.set_isr(vec![LEADER], Offset(10));
+        assert_eq!(set.in_sync_log_start(), None, "the leader alone");
     }
 
     #[test]

@@ -61,7 +61,7 @@ typed_requests! {
 
     /// DeleteRecords at the leader of a partition this shard owns: the log start moves up to
     /// `offset` (the high watermark for `None`); answers the new log start.
-    DeleteRecords { topic: String, partition: PartitionId, offset: Option<Offset> }
+    DeleteRecords { topic: String, partition: PartitionId, offset: Option<Offset>, timeout: Duration }
         -> Result<Offset, BrokerError>;
 
     /// Every replica this shard holds, with its size on disk (DescribeLogDirs).

@@ -269,12 +269,14 @@ impl Shard {
         topic: &str,
         partition: PartitionId,
         offset: Option<Offset>,
+        timeout: std::time::Duration,
     ) -> Result<Offset, BrokerError> {
         if crate::shard::state::is_internal_topic(topic) {
             let why = format!("{topic} is internal: the broker moves its log start itself");
             return Err(BrokerError::new(ErrorKind::InvalidTopicName, why));
         }
-        let start = self.led_partition(topic, partition)?.delete_records(offset).await?;
+        let led = self.led_partition(topic, partition)?;
+        let start = led.delete_records(offset, timeout).await?;
         tracing::info!(%topic, %partition, log_start = %start, "deleted the records below the new log start");
         Ok(start)
     }

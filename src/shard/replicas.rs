@@ -44,6 +44,7 @@ pub struct FollowerFetch {
     pub synced: Offset,
     pub last_fetched_epoch: Option<LeaderEpoch>,
     pub known_high_watermark: Offset,
+    pub log_start: Offset,
 }
 
 /// A leader's answer for one partition of a follower's fetch.
@@ -220,6 +221,7 @@ impl Shard {
                 let target =
                     self.led_partition_in(&fetch.topic, fetch.partition, Some(fetch.epoch))?;
                 let max_bytes = limits.partition_max_bytes.min(left);
+                target.note_follower_log_start(follower, fetch.log_start);
                 target
                     .serve_follower(
                         follower,

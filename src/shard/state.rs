@@ -277,13 +277,14 @@ impl Shard {
             ShardCall::Watermarks(Watermarks { topic, partition }) => {
                 ShardAnswer::Watermarks(self.partition(&topic, partition).map(|p| p.bounds()))
             }
+            // From any replica here, as Kafka's (an admin client may ask a follower).
             ShardCall::Producers(Producers { topic, partition }) => {
-                let led = self.led_partition(&topic, partition);
-                ShardAnswer::Producers(led.map(|p| p.log().producers()))
+                let held = self.partition(&topic, partition);
+                ShardAnswer::Producers(held.map(|p| p.log().producers()))
             }
-            ShardCall::DeleteRecords(DeleteRecords { topic, partition, offset }) => {
+            ShardCall::DeleteRecords(DeleteRecords { topic, partition, offset, timeout }) => {
                 ShardAnswer::DeleteRecords(
-                    self.delete_records_local(&topic, partition, offset).await,
+                    self.delete_records_local(&topic, partition, offset, timeout).await,
                 )
             }
             ShardCall::ReplicaSizes(ReplicaSizes {}) => {
@@ -427,8 +428,9 @@ impl Shard {
         topic: &str,
         partition: PartitionId,
         offset: Option<Offset>,
+        timeout: std::time::Duration,
     ) -> Result<Offset, BrokerError> {
-        let asked = DeleteRecords { topic: topic.to_string(), partition, offset };
+        let asked = DeleteRecords { topic: topic.to_string(), partition, offset, timeout };
         self.ask(self.owner(topic, partition), asked).await?
     }
 

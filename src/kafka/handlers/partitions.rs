@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
+use std::time::Duration;
 
 use kafka_protocol::messages::delete_records_response::{
     DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
@@ -26,6 +27,9 @@ use crate::kafka::handlers::{has_field, kafka_error};
 use crate::shard::catalog;
 use crate::shard::Shard;
 use crate::types::{Offset, PartitionId};
+
+/// The longest a DeleteRecords waits for the in-sync followers, whatever its timeout says.
+const DELETE_RECORDS_WAIT_MAX: Duration = Duration::from_secs(300);
 
 /// DescribeLogDirs: the broker's one data directory, with every replica it holds there (or
 /// those asked for) and its size; v4 adds the file system's size and free bytes. Kafka's admin
@@ -149,6 +153,9 @@ pub async fn delete_records(
     request: DeleteRecordsRequest,
 ) -> DeleteRecordsResponse {
     let mut response = DeleteRecordsResponse::default();
+    // How long the followers have to take the new log start.
+    let timeout = Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0))
+        .min(DELETE_RECORDS_WAIT_MAX);
     for topic in request.topics {
         let name = topic.name.0.to_string();
         let mut answered = DeleteRecordsTopicResult::default();
@@ -161,7 +168,7 @@ pub async fn delete_records(
             };
             let deleted = match (u32::try_from(asked.partition_index), offset) {
                 (Ok(index), Ok(offset)) => {
-                    shard.delete_records(&name, PartitionId(index), offset).await
+                    shard.delete_records(&name, PartitionId(index), offset, timeout).await
                 }
                 (Err(_), _) => Err(BrokerError::new(
                     ErrorKind::UnknownPartition,

@@ -735,6 +735,28 @@ fn a_log_start_moved_by_delete_records_holds_across_a_restart() {
     });
 }
 
+/// A follower that starts over at its leader's log start where that lies inside an entry
+/// starts at the entry's base, keeping its start: the entry the leader sends whole is taken,
+/// and the records below the start stay out of reach, across a restart too.
+#[test]
+fn a_log_started_over_inside_an_entry_keeps_its_start() {
+    in_partition_dir(|dir| async move {
+        let log = open(&dir, 64 * 1024).await;
+        assert_eq!(log.start_over_within(Offset(24), Offset(25)).await, Ok(Offset(24)));
+        assert_eq!((log.log_start(), log.log_end()), (Offset(24), Offset(24)), "nothing yet");
+        let (from_leader, _) = entry(3, b"24 to 26").seal(Offset(24), LeaderEpoch(2));
+        let appended = log.append_at(from_leader).expect("the entry holding the start");
+        log.wait_synced(&appended).await.expect("synced");
+        assert_eq!((log.log_start(), log.log_end()), (Offset(25), Offset(27)));
+        let below = log.read(Offset(24), 1024, Offset(u64::MAX)).await;
+        assert!(matches!(below, Err(LogError::OffsetOutOfRange { .. })), "{below:?}");
+        log.close().await;
+        let log = open(&dir, 64 * 1024).await;
+        assert_eq!((log.log_start(), log.log_end()), (Offset(25), Offset(27)));
+        log.close().await;
+    });
+}
+
 /// A follower whose log ends before its leader's log start empties its log and starts it
 /// again there (Kafka's truncateFullyAndStartAt): every entry, epoch and producer goes, reads
 /// below are out of range, the leader's entries continue it, and a restart finds it so.

@@ -139,7 +139,7 @@ impl<S: Storage> Writer<S> {
                 Step::Truncate(cut, reply) => {
                     let outcome = match cut {
                         Cut::To(offset) => self.truncate(offset).await,
-                        Cut::StartOver(offset) => self.start_over(offset).await,
+                        Cut::StartOver { at, log_start } => self.start_over(at, log_start).await,
                     };
                     self.log.state.borrow_mut().truncating = false;
                     if let Err(LogError::Storage(why)) = &outcome {
@@ -225,7 +225,7 @@ impl<S: Storage> Writer<S> {
             // Starting over removes every segment's files: not while a removal of old segments
             // still deletes its own (taken off the list, their files could outlive a crash
             // beside the new start, a gap the next start would open).
-            let starts_over = matches!(st.truncation, Some((Cut::StartOver(_), _)));
+            let starts_over = matches!(st.truncation, Some((Cut::StartOver { .. }, _)));
             if starts_over && st.removals_in_flight > 0 {
                 return Step::Wait;
             }
@@ -589,7 +589,7 @@ impl<S: Storage> Writer<S> {
     /// step leaves a whole log (what is left of the old one, or nothing: the follower is then
     /// out of range again and starts over again), then the new empty segment is made durable.
     /// A storage error leaves the log failed.
-    async fn start_over(&mut self, offset: Offset) -> Result<Offset, LogError> {
+    async fn start_over(&mut self, offset: Offset, log_start: Offset) -> Result<Offset, LogError> {
         let log = self.log.clone();
         let segments: Vec<_> = log.state.borrow().segments.iter().cloned().collect();
         let storage_error = |e: io::Error| LogError::Storage(e.to_string());
@@ -617,7 +617,11 @@ impl<S: Storage> Writer<S> {
             }
             st.segments.push_back(active.clone());
             st.next_offset = offset;
-            st.bound_start_floor(offset);
+            // Where the log starts: its first offset, or inside the first entry to come.
+            if st.start_floor != log_start {
+                st.start_floor = log_start;
+                st.start_floor_version += 1;
+            }
             st.written_offset = offset;
             st.synced_offset = offset;
             st.sync_target = offset;
