@@ -360,6 +360,46 @@ fn roll_without_space(spare: u64, failing_file: &str) {
     broker.stop();
 }
 
+/// A DeleteRecords whose new log start finds no room on the disk to be recorded is refused
+/// with a storage error and changes nothing: the partition carries on (every record still
+/// reads), and once space is freed the same DeleteRecords is taken.
+#[test]
+fn a_delete_records_the_full_disk_cannot_record_is_refused_and_the_partition_carries_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fs) = SmallFs::mount_or_skip(&dir.path().join("fs"), 8) else { return };
+    let data = fs.path.join("data");
+    let broker = Broker::start_logging_in(&data, dir.path(), &[]);
+    let batch_of = |first: u64| (first..first + 12).map(|s| sequenced(0, s)).collect::<Vec<_>>();
+    run(|| async {
+        let client = connect(&broker).await;
+        client.create_topic(TOPIC, 1, Vec::new()).await.unwrap();
+        client.produce(TOPIC, 0, Acks::All, common::batch_of(batch_of(0))).await.unwrap();
+    });
+    let filler = fs.fill(0);
+    run(|| async {
+        let client = connect(&broker).await;
+        let refused = client.delete_records(TOPIC, 0, Some(5)).await;
+        assert!(is_storage_error(&refused.map(|_| ())), "no room to record the log start");
+        let kept = read_all(&client, TOPIC, 0, 0).await;
+        assert_eq!(
+            kept.iter().map(|(_, r)| seq_of(r)).collect::<Vec<_>>(),
+            (0..12).collect::<Vec<_>>()
+        );
+    });
+    assert!(broker.stderr().contains("recording the log start 5"), "{}", broker.stderr());
+    std::fs::remove_file(filler).unwrap();
+    run(|| async {
+        let client = connect(&broker).await;
+        assert_eq!(client.delete_records(TOPIC, 0, Some(5)).await.unwrap(), 5);
+        assert!(client.fetch(TOPIC, 0, 0, 1 << 20, 0).await.is_err(), "below the log start");
+        let kept = read_all(&client, TOPIC, 0, 5).await;
+        assert_eq!(
+            kept.iter().map(|(_, r)| seq_of(r)).collect::<Vec<_>>(),
+            (5..12).collect::<Vec<_>>()
+        );
+    });
+}
+
 /// Creating partitions the disk has no room for is refused with POLICY_VIOLATION and a reason,
 /// instead of filling the disk; creating what fits still works.
 #[test]

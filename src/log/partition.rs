@@ -284,6 +284,8 @@ struct LogState<S: Storage> {
     start_floor: Offset,
     start_floor_version: u64,
     start_floor_persisted: u64,
+    /// The latest numbered change the full disk refused to record.
+    start_floor_refused: u64,
 }
 
 impl<S: Storage> LogState<S> {
@@ -484,6 +486,7 @@ impl<S: Storage> PartitionLog<S> {
                 start_floor,
                 start_floor_version: u64::from(start_floor != recorded_start),
                 start_floor_persisted: 0,
+                start_floor_refused: 0,
             }),
             changed: Event::new(),
             writer_wake: Event::new(),
@@ -990,7 +993,7 @@ impl<S: Storage> PartitionLog<S> {
     /// below it are refused at once, and once it is durable the segments wholly below it go.
     /// Returns the log start then.
     pub async fn advance_start(&self, offset: Offset) -> Result<Offset, LogError> {
-        let version = {
+        let (version, before) = {
             let mut st = self.state.borrow_mut();
             if let Some(why) = &st.failed {
                 return Err(LogError::Storage(why.clone()));
@@ -1002,13 +1005,27 @@ impl<S: Storage> PartitionLog<S> {
             if target <= st.log_start() {
                 return Ok(st.log_start());
             }
+            let before = st.start_floor;
             st.start_floor = target;
             st.start_floor_version += 1;
             st.assert_watermarks("moving the log start");
-            st.start_floor_version
+            (st.start_floor_version, before)
         };
         self.writer_wake.notify(1);
         self.wait_until(|st| Ok(st.start_floor_persisted >= version)).await?;
+        {
+            let mut st = self.state.borrow_mut();
+            if st.start_floor_refused >= version {
+                // Undone, unless a later change came meanwhile: the records below were never
+                // acknowledged deleted.
+                if st.start_floor_version == version {
+                    st.start_floor = before;
+                    st.start_floor_version += 1;
+                }
+                let why = "no space left on the disk to record the log start: nothing was deleted";
+                return Err(LogError::Storage(why.to_string()));
+            }
+        }
         let deleted = self.delete_segments_below(self.log_start()).await;
         deleted.map_err(|e| {
             LogError::Storage(format!("deleting segments below the log start: {e}"))

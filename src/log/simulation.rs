@@ -1110,11 +1110,16 @@ impl Run {
                     );
                 }
                 72 | 73 if self.rng.below(2) == 0 => {
-                    // DeleteRecords: the log start moves inside a segment, within what is synced.
+                    // DeleteRecords: the log start moves inside a segment, within what is synced;
+                    // one time in three on a full disk, which may refuse to record it.
                     self.fault("records deleted");
                     let (start, synced) = (log.log_start(), log.synced_offset());
                     let below = self.offset_in(start, log.written_offset());
-                    match log.advance_start(below).await {
+                    let full = self.rng.below(3) == 0;
+                    self.storage.set_full(full);
+                    let moved = log.advance_start(below).await;
+                    self.storage.set_full(false);
+                    match moved {
                         Ok(moved) => {
                             let expected = start.max(below.min(synced));
                             assert!(
@@ -1125,6 +1130,18 @@ impl Run {
                             );
                             self.model.deleted_below = self.model.deleted_below.max(moved);
                             self.trace(&format!("records deleted below {moved}"));
+                        }
+                        // Nothing was recorded: nothing changed (the partition itself fails
+                        // only if other writes on the full disk fail it).
+                        Err(LogError::Storage(why)) if why.contains("no space left") => {
+                            self.fault("records not deleted: a full disk");
+                            assert!(
+                                full && log.log_start() == start,
+                                "seed {}: a refused deletion below {below} moved the log start \
+                                 from {start} to {}",
+                                self.seed,
+                                log.log_start()
+                            );
                         }
                         Err(LogError::Storage(_) | LogError::Closed) => {}
                         Err(e) => panic!("seed {}: deleting records below {below}: {e}", self.seed),

@@ -189,8 +189,23 @@ impl<S: Storage> Writer<S> {
                             drop(st);
                             log.changed.notify(usize::MAX);
                         }
+                        // A full disk, which a DeleteRecords is often meant to relieve: nothing
+                        // was acknowledged yet, so the partition carries on, and the change that
+                        // waits for this record is refused (and undone, `advance_start`).
+                        Err(e) if is_out_of_space(&e) => {
+                            tracing::warn!(
+                                topic = %log.topic,
+                                partition = %log.partition,
+                                "recording the log start {offset}: {e}"
+                            );
+                            let mut st = log.state.borrow_mut();
+                            st.start_floor_refused = version;
+                            st.start_floor_persisted = st.start_floor_persisted.max(version);
+                            drop(st);
+                            log.changed.notify(usize::MAX);
+                        }
                         // Records below it must never come back into view: the partition stops
-                        // until restarted (a DeleteRecords is rare).
+                        // until restarted.
                         Err(e) => log.fail(format!("writing the log start offset: {e}")),
                     }
                 }
