@@ -23,7 +23,6 @@ use crate::native::messages::{
 use crate::native::{cluster, groups, replication};
 use crate::record::batch::validate_native_payload;
 use crate::record::{PayloadFormat, PendingEntry, ENTRY_HEADER_BYTES};
-use crate::shard::catalog;
 use crate::shard::{Shard, TopicRequest, FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX};
 use crate::types::{Offset, PartitionId, ShardId};
 use glommio::sync::StaticPermit;
@@ -414,11 +413,9 @@ async fn alter_topic_config(shard: &Rc<Shard>, frame: &RequestFrame) -> Response
 }
 
 async fn log_dirs(shard: &Rc<Shard>, request_id: u64) -> Response {
-    let data_dir = shard.config.data_dir.clone();
-    let absolute = std::path::absolute(&data_dir).unwrap_or_else(|_| data_dir.clone());
     let mut body = LogDirsResponse {
         error: ErrorBody::none(),
-        log_dir: absolute.display().to_string(),
+        log_dir: shard.log_dir(),
         total_bytes: 0,
         usable_bytes: 0,
         replicas: Vec::new(),
@@ -430,8 +427,7 @@ async fn log_dirs(shard: &Rc<Shard>, request_id: u64) -> Response {
         }
         Err(e) => body.error = ErrorBody::from(&e),
     }
-    let space = glommio::executor().spawn_blocking(move || catalog::disk_space(&data_dir)).await;
-    match space {
+    match shard.disk_space().await {
         Ok((total, usable)) => (body.total_bytes, body.usable_bytes) = (total, usable),
         Err(e) => {
             let why = format!("the data directory's file system: {e}");

@@ -187,12 +187,6 @@ fn check_name(name: &str) -> io::Result<()> {
     validate_topic_name(name).map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))
 }
 
-/// Bytes free for an unprivileged writer on the file system holding `dir`. Blocking: run off
-/// the shard.
-pub fn free_disk_bytes(dir: &Path) -> io::Result<u64> {
-    disk_space(dir).map(|(_, free)| free)
-}
-
 /// The size of the file system holding `dir`, and the bytes free on it for an unprivileged
 /// writer. Blocking: run off the shard.
 pub fn disk_space(dir: &Path) -> io::Result<(u64, u64)> {

@@ -236,10 +236,7 @@ impl Shard {
     /// `max.broker.partitions`.)
     async fn check_disk_room(&self, new: u32) -> Result<(), BrokerError> {
         let needed = u64::from(new) * PARTITION_DISK_BYTES_AT_FIRST;
-        let data_dir = self.config.data_dir.clone();
-        let free = glommio::executor()
-            .spawn_blocking(move || catalog::free_disk_bytes(&data_dir))
-            .await
+        let (_, free) = (self.disk_space().await)
             .map_err(|e| BrokerError::new(ErrorKind::StorageError, format!("free disk: {e}")))?;
         if needed > free {
             let why = format!(

@@ -27,6 +27,19 @@ pub struct ReplicaSize {
 }
 
 impl Shard {
+    /// The data directory, absolute, as DescribeLogDirs names it.
+    pub fn log_dir(&self) -> String {
+        let dir = &self.config.data_dir;
+        std::path::absolute(dir).unwrap_or_else(|_| dir.clone()).display().to_string()
+    }
+
+    /// The size of the data directory's file system and the bytes free on it, read off the
+    /// shard's thread.
+    pub async fn disk_space(&self) -> std::io::Result<(u64, u64)> {
+        let data_dir = self.config.data_dir.clone();
+        glommio::executor().spawn_blocking(move || catalog::disk_space(&data_dir)).await
+    }
+
     /// This shard's replicas and their sizes.
     pub(super) fn replica_sizes_here(&self) -> Vec<ReplicaSize> {
         (self.partitions.borrow().iter())

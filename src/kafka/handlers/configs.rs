@@ -4,7 +4,7 @@
 //! restart. Broker settings are static here: read at start from the file and flags, described,
 //! and refused with the reason when a client tries to change them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
 use kafka_protocol::messages::describe_configs_response::{
@@ -196,7 +196,10 @@ pub fn describe_configs(
 /// A topic's settings: its own overrides, else the broker's defaults (as set in its file or
 /// flags, else Spate's), each with the chain it was chosen from.
 pub(super) fn describe_topic(broker: &BrokerConfig, info: &TopicInfo) -> Vec<Described> {
-    let built_in = TopicConfig::default();
+    // Each level's values once, not per setting.
+    let built_in: BTreeMap<String, String> = TopicConfig::default().entries().into_iter().collect();
+    let broker_defaults: BTreeMap<String, String> =
+        broker.topic_defaults.entries().into_iter().collect();
     (info.config.entries().into_iter())
         .map(|(name, value)| {
             let mut synonyms = Vec::new();
@@ -208,10 +211,10 @@ pub(super) fn describe_topic(broker: &BrokerConfig, info: &TopicInfo) -> Vec<Des
             {
                 // Every level, the one in force first: the broker's own, then Spate's.
                 if broker.explicit.contains(*broker_key) {
-                    let value = broker.topic_defaults.value_of(&name).unwrap_or_default();
+                    let value = broker_defaults.get(&name).cloned().unwrap_or_default();
                     synonyms.push((broker_key.to_string(), value, SOURCE_STATIC_BROKER_CONFIG));
                 }
-                let value = built_in.value_of(&name).unwrap_or_default();
+                let value = built_in.get(&name).cloned().unwrap_or_default();
                 synonyms.push((broker_key.to_string(), value, SOURCE_DEFAULT_CONFIG));
             }
             let source = synonyms.first().map_or(SOURCE_DEFAULT_CONFIG, |s| s.2);

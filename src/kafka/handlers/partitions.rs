@@ -24,7 +24,6 @@ use kafka_protocol::protocol::StrBytes;
 use crate::error::{BrokerError, ErrorKind};
 use crate::kafka::codec;
 use crate::kafka::handlers::{has_field, kafka_error};
-use crate::shard::catalog;
 use crate::shard::Shard;
 use crate::types::{Offset, PartitionId};
 
@@ -41,9 +40,7 @@ pub async fn describe_log_dirs(
 ) -> DescribeLogDirsResponse {
     let mut response = DescribeLogDirsResponse::default();
     let mut result = DescribeLogDirsResult::default();
-    let data_dir = shard.config.data_dir.clone();
-    let absolute = std::path::absolute(&data_dir).unwrap_or_else(|_| data_dir.clone());
-    result.log_dir = StrBytes::from_string(absolute.display().to_string());
+    result.log_dir = StrBytes::from_string(shard.log_dir());
     // None: every replica; else the (topic, partition) pairs asked for.
     let asked: Option<BTreeSet<(String, i32)>> = request.topics.map(|topics| {
         (topics.into_iter())
@@ -82,9 +79,7 @@ pub async fn describe_log_dirs(
         })
         .collect();
     if has_field(version, 4) {
-        let space =
-            glommio::executor().spawn_blocking(move || catalog::disk_space(&data_dir)).await;
-        match space {
+        match shard.disk_space().await {
             Ok((total, usable)) => {
                 result.total_bytes = i64::try_from(total).unwrap_or(i64::MAX);
                 result.usable_bytes = i64::try_from(usable).unwrap_or(i64::MAX);
