@@ -18,6 +18,8 @@ use crate::types::NodeId;
 pub const NATIVE_PORT_DEFAULT: u16 = 9192;
 /// Kafka's own port: clients find the broker where they expect Kafka.
 pub const KAFKA_PORT_DEFAULT: u16 = 9092;
+/// Where `/metrics` is served when no address is given (Redpanda's port for the same).
+pub const METRICS_PORT_DEFAULT: u16 = 9644;
 /// Data lands here when no directory is configured.
 pub const DATA_DIR_DEFAULT: &str = "./spate-data";
 /// Segments smaller than this would roll on nearly every write.
@@ -470,6 +472,12 @@ pub struct BrokerConfig {
     pub native_listener: SocketAddr,
     /// Where Kafka clients connect (`listeners`).
     pub kafka_listener: SocketAddr,
+    /// Where Prometheus scrapes `/metrics` (`metrics.listener`); `None` when it is `off`. Port
+    /// 0 takes a free port, which the log names.
+    pub metrics_listener: Option<SocketAddr>,
+    /// `/metrics` reports each partition's own series (log size, offsets, group lag) besides
+    /// the per-topic and per-group sums (`metrics.partition.series`).
+    pub metrics_partition_series: bool,
     /// The host and port Metadata tells Kafka clients to use (`advertised.listeners`); `None`
     /// advertises the address each client connected to.
     pub kafka_advertised: Option<(String, u16)>,
@@ -575,6 +583,8 @@ impl Default for BrokerConfig {
             cores: None,
             native_listener: SocketAddr::from(([0, 0, 0, 0], NATIVE_PORT_DEFAULT)),
             kafka_listener: SocketAddr::from(([0, 0, 0, 0], KAFKA_PORT_DEFAULT)),
+            metrics_listener: Some(SocketAddr::from(([0, 0, 0, 0], METRICS_PORT_DEFAULT))),
+            metrics_partition_series: true,
             kafka_advertised: None,
             node_id: NodeId(0),
             quorum_voters: Vec::new(),
@@ -671,6 +681,17 @@ impl BrokerConfig {
                     invalid(key, value, "expected host:port or PLAINTEXT://host:port")
                 })?
             }
+            "metrics.listener" => {
+                self.metrics_listener = match value {
+                    "off" => None,
+                    address => Some(
+                        address
+                            .parse()
+                            .map_err(|_| invalid(key, value, "expected host:port, or off"))?,
+                    ),
+                }
+            }
+            "metrics.partition.series" => self.metrics_partition_series = parse(key, value)?,
             "advertised.listeners" | "kafka.advertised.listener" => {
                 self.kafka_advertised = Some(parse_host_port(key, value, strip_scheme(value))?)
             }

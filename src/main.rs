@@ -26,6 +26,7 @@ fn main() -> std::process::ExitCode {
         Command::Topic { action } => action.run(),
         Command::Group { action } => action.run(),
         Command::Produce(args) => args.run(),
+        Command::Metrics(args) => args.run(),
         Command::Consume(args) => args.run(),
         Command::Tune { what } => what.run(),
     };

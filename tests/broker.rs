@@ -331,6 +331,7 @@ fn a_second_broker_cannot_listen_on_a_port_in_use() {
     let log_path = dir.path().join("second.log");
     let mut second = std::process::Command::new(common::BINARY)
         .args(["serve", "--listen", &broker.addr, "--kafka-listener", &broker.kafka_addr])
+        .args(["--metrics-listener", "off"])
         .arg("--data-dir")
         .arg(dir.path().join("second"))
         .stderr(std::fs::File::create(&log_path).unwrap())

@@ -293,6 +293,7 @@ fn an_entry_written_by_a_newer_build_stops_the_start_and_nothing_is_cut() {
     let log = dir.path().join("older-build.log");
     let mut older = std::process::Command::new(common::BINARY)
         .args(["serve", "--listen", "127.0.0.1:0", "--kafka-listener", "127.0.0.1:0"])
+        .args(["--metrics-listener", "127.0.0.1:0"])
         .args(["--cores", &common::cores(), "--data-dir"])
         .arg(&broker.data_dir)
         .stderr(std::fs::File::create(&log).unwrap())

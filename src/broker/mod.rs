@@ -31,7 +31,7 @@ use crate::config::BrokerConfig;
 use crate::group::offsets::{OFFSETS_PARTITIONS, OFFSETS_TOPIC};
 use crate::log::probe;
 use crate::log::queued::QueuedBytes;
-use crate::metrics;
+use crate::metrics::{self, Listener};
 use crate::shard::call::MeshMessage;
 use crate::shard::catalog::{self, DiskTopic};
 use crate::shard::mesh::{self, MeshEnds};
@@ -41,6 +41,7 @@ use crate::types::{NodeId, ShardId};
 
 mod links;
 mod listen_check;
+mod metrics_endpoint;
 mod replica_fetcher;
 
 /// Calls waiting in one direction of the mesh before senders wait.
@@ -143,6 +144,9 @@ pub fn run(config: BrokerConfig, histogram_dir: Option<PathBuf>) -> Result<(), S
     let placement = pinned_placement(&cores)?;
     listen_check::wait_until_free(config.native_listener, "native", PORT_RELEASE_WAIT)?;
     listen_check::wait_until_free(config.kafka_listener, "Kafka", PORT_RELEASE_WAIT)?;
+    if let Some(metrics) = config.metrics_listener {
+        listen_check::wait_until_free(metrics, "metrics", PORT_RELEASE_WAIT)?;
+    }
     let shards = cores.len();
     let stopper = Arc::new(Stopper::default());
     install_signal_handler(stopper.clone())?;
@@ -313,9 +317,14 @@ async fn shard_main(
         TcpListener::bind(addr).map_err(|e| format!("shard {id}: {what} listener on {addr}: {e}"))
     };
     let started = opened.and_then(|()| {
-        Ok((bind(config.native_listener, "native")?, bind(config.kafka_listener, "Kafka")?))
+        let scrapes = match id == CONTROLLER_SHARD {
+            true => metrics_endpoint::bind(&shard).map_err(|e| format!("shard {id}: {e}"))?,
+            false => None,
+        };
+        let native = bind(config.native_listener, "native")?;
+        Ok((native, bind(config.kafka_listener, "Kafka")?, scrapes))
     });
-    let (native, kafka) = match started {
+    let (native, kafka, scrapes) = match started {
         Ok(listeners) => listeners,
         Err(e) => {
             // Let the other shards stop too, and do not leave them waiting at the barriers.
@@ -342,16 +351,17 @@ async fn shard_main(
     let connections = Rc::new(crate::transport::Connections::default());
     let native_acceptor = glommio::spawn_local(crate::transport::accept_loop(
         shard.clone(),
-        native,
+        (native, Listener::Native),
         connections.clone(),
         crate::native::server::serve_connection,
     ));
     let kafka_acceptor = glommio::spawn_local(crate::transport::accept_loop(
         shard.clone(),
-        kafka,
+        (kafka, Listener::Kafka),
         connections.clone(),
         crate::kafka::server::serve_connection,
     ));
+    let scrapes = scrapes.map(|l| glommio::spawn_local(metrics_endpoint::serve(shard.clone(), l)));
     glommio::spawn_local(retention_loop(shard.clone())).detach();
     glommio::spawn_local(group_timers(shard.clone())).detach();
     glommio::spawn_local(replica_fetcher::run_replica_fetchers(shard.clone())).detach();
@@ -383,6 +393,9 @@ async fn shard_main(
     }
     native_acceptor.await;
     kafka_acceptor.await;
+    if let Some(scrapes) = scrapes {
+        scrapes.await;
+    }
     if !connections.wait_closed(DRAIN_WAIT_MAX).await {
         tracing::warn!(
             shard = %id,

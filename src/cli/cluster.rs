@@ -41,7 +41,8 @@ pub enum ClusterCommand {
         /// Each broker's data goes in `node-N` under this directory.
         #[arg(long, value_name = "DIR", default_value = "./spate-cluster")]
         data_dir: PathBuf,
-        /// Broker N's Kafka listener is on this port + N - 1, its native one 100 above.
+        /// Broker N's Kafka listener is on this port + N - 1, its native one 100 above, its
+        /// `/metrics` 200 above.
         #[arg(long, value_name = "PORT", default_value_t = 19092)]
         base_port: u16,
         /// Also pass this setting to every broker (repeatable).
@@ -106,10 +107,15 @@ struct LocalCluster {
 }
 
 impl LocalCluster {
-    fn ports(&self, node: u16) -> Result<(u16, u16), String> {
+    /// Broker `node`'s Kafka, native and metrics ports.
+    fn ports(&self, node: u16) -> Result<(u16, u16, u16), String> {
         let kafka = self.base_port.checked_add(node - 1);
         let native = kafka.and_then(|k| k.checked_add(100));
-        kafka.zip(native).ok_or_else(|| format!("--base-port {} leaves no room", self.base_port))
+        let metrics = kafka.and_then(|k| k.checked_add(200));
+        match (kafka, native, metrics) {
+            (Some(kafka), Some(native), Some(metrics)) => Ok((kafka, native, metrics)),
+            _ => Err(format!("--base-port {} leaves no room", self.base_port)),
+        }
     }
 
     fn run(self) -> Result<(), String> {
@@ -147,6 +153,11 @@ impl LocalCluster {
             self.data_dir.display()
         );
         println!("Kafka bootstrap: {}", kafka.join(","));
+        let metrics: Vec<String> = (1..=self.brokers)
+            .filter_map(|n| self.ports(n).ok())
+            .map(|p| format!("http://127.0.0.1:{}/metrics", p.2))
+            .collect();
+        println!("metrics: {}", metrics.join(" "));
         println!(
             "native: 127.0.0.1:{} (spate cluster status -b 127.0.0.1:{})",
             self.ports(1)?.1,
@@ -179,7 +190,7 @@ impl LocalCluster {
     }
 
     fn start(&self, exe: &Path, node: u16, voters: &str, cpu: usize) -> Result<Child, String> {
-        let (kafka, native) = self.ports(node)?;
+        let (kafka, native, metrics) = self.ports(node)?;
         let dir = self.data_dir.join(format!("node-{node}"));
         std::fs::create_dir_all(&self.data_dir)
             .map_err(|e| format!("creating {}: {e}", self.data_dir.display()))?;
@@ -194,6 +205,7 @@ impl LocalCluster {
             .arg(&dir)
             .args(["--listen", &format!("127.0.0.1:{native}")])
             .args(["--kafka-listener", &format!("127.0.0.1:{kafka}")])
+            .args(["--metrics-listener", &format!("127.0.0.1:{metrics}")])
             .args(["--cores", &cpu.to_string()])
             .args(["--set", &format!("node.id={node}")])
             .args(["--set", &format!("controller.quorum.voters={voters}")]);

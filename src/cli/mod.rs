@@ -1,9 +1,11 @@
 //! The `spate` command: `serve` runs the broker; `topic`, `produce` and `consume` are clients of
-//! a running broker, like Kafka's console tools; `cluster status` shows the cluster; `tune disk` measures a data directory's device.
+//! a running broker, like Kafka's console tools; `cluster status` shows the cluster; `metrics`
+//! summarizes a broker's `/metrics`; `tune disk` measures a data directory's device.
 
 pub mod cluster;
 pub mod console;
 pub mod group;
+pub mod metrics;
 pub mod serve;
 pub mod topic;
 pub mod tune;
@@ -49,6 +51,8 @@ pub enum Command {
     Produce(console::ProduceArgs),
     /// Print records of a topic.
     Consume(console::ConsumeArgs),
+    /// A live summary of a broker's /metrics: traffic by topic, requests, latency, groups.
+    Metrics(metrics::MetricsArgs),
     /// Measure this machine and recommend settings.
     Tune {
         #[command(subcommand)]

@@ -23,6 +23,10 @@ pub struct ServeArgs {
     /// Kafka protocol listener [default: 0.0.0.0:9092]
     #[arg(long, value_name = "HOST:PORT")]
     pub kafka_listener: Option<String>,
+    /// Prometheus `/metrics` listener; port 0 takes a free one, `off` serves none
+    /// [default: 0.0.0.0:9644]
+    #[arg(long, value_name = "HOST:PORT|off")]
+    pub metrics_listener: Option<String>,
     /// The host:port Kafka clients are told to connect to [default: the address they used]
     #[arg(long, value_name = "HOST:PORT")]
     pub advertised: Option<String>,
@@ -57,6 +61,11 @@ impl ServeArgs {
         }
         if let Some(listen) = &self.kafka_listener {
             config.set("listeners", listen).map_err(|e| format!("--kafka-listener: {e}"))?;
+        }
+        if let Some(listen) = &self.metrics_listener {
+            config
+                .set("metrics.listener", listen)
+                .map_err(|e| format!("--metrics-listener: {e}"))?;
         }
         if let Some(advertised) = &self.advertised {
             config

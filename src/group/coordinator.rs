@@ -26,6 +26,7 @@ use crate::group::state::{
     Action, Event, Group, GroupDescription, GroupState, HeartbeatCall, JoinCall, JoinReply,
     JoinRequest, LeaveCall, MemberAnswer, MemberRequest, SyncCall, SyncReply, Ticket,
 };
+use crate::metrics::stats::GroupStats;
 use crate::partition::{Acks, Partition};
 use crate::record::archive;
 use crate::record::batch::NativeBatchView;
@@ -525,6 +526,22 @@ impl Coordinator {
         persist(&log, group, &tombstones, || self.apply_all(&tombstones)).await?;
         self.still_held(group, held)?;
         Ok(results)
+    }
+
+    /// The groups this coordinator serves (replays in progress left out), for `/metrics`.
+    pub fn stats(&self) -> Vec<GroupStats> {
+        let groups = self.groups.borrow();
+        let served = groups.values().filter(|g| self.serving(&g.id).is_ok());
+        served
+            .map(|group| GroupStats {
+                group: group.id.clone(),
+                state: group.state.name(),
+                members: u32::try_from(group.member_count()).unwrap_or(u32::MAX),
+                offsets: (group.offsets.iter())
+                    .map(|((topic, partition), c)| (topic.clone(), *partition, c.offset))
+                    .collect(),
+            })
+            .collect()
     }
 
     /// Evicts silent members, completes due rebalances, forgets empty groups' offsets after

@@ -270,6 +270,10 @@ impl Group {
         !self.members.is_empty()
     }
 
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
     fn new_member_id(&mut self, client_id: &str) -> String {
         self.next_member += 1;
         let unique = self.member_ids_from.wrapping_mul(1000).wrapping_add(self.next_member as i64);

@@ -33,6 +33,11 @@ impl QueuedBytes {
         self.bytes.fetch_sub(bytes, Ordering::Relaxed);
     }
 
+    /// The bound producers wait at (`queued.max.request.bytes`).
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
     pub fn current(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)
     }

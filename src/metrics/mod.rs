@@ -1,16 +1,27 @@
-//! Latency histograms: one set per shard, merged and printed when the broker stops.
+//! The broker's instruments: latency histograms, request and connection counters, and what a
+//! scrape of `/metrics` reports.
 //!
-//! Each shard records into its own [`Metrics`] without locks or atomics; at shutdown the shards
-//! hand their histograms to the main thread, which merges them ([`merge`]), prints a table
-//! ([`render_table`]) and optionally writes `.hgrm` percentile distribution files
-//! ([`write_hgrm`]) in the format HdrHistogram's plotters read.
+//! Each shard records into its own [`Metrics`] without locks or atomics. Two readers take
+//! them:
+//! - at shutdown the shards hand their histograms to the main thread, which merges them
+//!   ([`merge`]), prints a table ([`render_table`]) and optionally writes `.hgrm` percentile
+//!   distribution files ([`write_hgrm`]) in the format HdrHistogram's plotters read;
+//! - a scrape asks every shard for a [`stats::ShardStats`] over the mesh, and shard 0 renders
+//!   their sum in the Prometheus text format ([`exposition`]), served over HTTP ([`http`]).
 
-use std::cell::RefCell;
-use std::collections::BTreeMap;
+pub mod exposition;
+pub mod http;
+pub mod process;
+pub mod stats;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+
+use crate::metrics::stats::{ListenerStats, RequestCounts, TimingStats};
 
 /// What is timed. Request kinds run from a request's arrival to its response being ready.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -90,27 +101,223 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, HIGHEST_NS, 3).expect("valid histogram bounds")
 }
 
-/// One shard's histograms.
+/// Upper bounds of the buckets `/metrics` reports each latency in, in nanoseconds: 50 µs to
+/// 10 s, a 1-2.5-5 ladder (Prometheus histograms need fixed buckets; the HdrHistogram beside
+/// them keeps the exact percentiles for the shutdown table).
+pub const BUCKET_BOUNDS_NS: [u64; 18] = [
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+    u64::MAX,
+];
+
+/// Kafka API keys counted one by one (Kafka's run below 100); requests of a higher key, were
+/// one ever decoded, count under the last.
+pub const KAFKA_API_KEYS: usize = 128;
+/// Native API codes counted one by one.
+pub const NATIVE_API_CODES: usize = 64;
+
+/// The two client listeners, whose connections are counted apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    Kafka,
+    Native,
+}
+
+impl Listener {
+    pub const ALL: [Listener; 2] = [Listener::Kafka, Listener::Native];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Listener::Kafka => "kafka",
+            Listener::Native => "native",
+        }
+    }
+}
+
+/// A partition's client traffic since its replica was opened, counted by its leader: what
+/// producers appended and consumers read (followers' fetches are replication, not traffic).
+#[derive(Default)]
+pub struct Traffic {
+    bytes_in: Cell<u64>,
+    records_in: Cell<u64>,
+    bytes_out: Cell<u64>,
+}
+
+impl Traffic {
+    pub fn produced(&self, bytes: usize, records: u32) {
+        self.bytes_in.set(self.bytes_in.get() + bytes as u64);
+        self.records_in.set(self.records_in.get() + u64::from(records));
+    }
+
+    pub fn consumed(&self, bytes: usize) {
+        self.bytes_out.set(self.bytes_out.get() + bytes as u64);
+    }
+
+    /// (bytes in, records in, bytes out).
+    pub fn totals(&self) -> (u64, u64, u64) {
+        (self.bytes_in.get(), self.records_in.get(), self.bytes_out.get())
+    }
+}
+
+/// One timed operation: its exact histogram and its Prometheus buckets.
+struct Timing {
+    histogram: Histogram<u64>,
+    /// Counts per bucket of [`BUCKET_BOUNDS_NS`], not cumulative.
+    buckets: [u64; BUCKET_BOUNDS_NS.len()],
+    sum_ns: u64,
+}
+
+#[derive(Default)]
+struct ListenerCounts {
+    open: Cell<u64>,
+    accepted: Cell<u64>,
+    refused: Cell<u64>,
+}
+
+/// One shard's instruments.
 pub struct Metrics {
-    histograms: RefCell<Vec<Histogram<u64>>>,
+    timings: RefCell<Vec<Timing>>,
+    kafka_requests: RefCell<[u64; KAFKA_API_KEYS]>,
+    /// Errors by (API key, error code): few pairs ever occur.
+    kafka_errors: RefCell<HashMap<(i16, i16), u64>>,
+    native_requests: RefCell<[u64; NATIVE_API_CODES]>,
+    /// Errors by (API code, error name).
+    native_errors: RefCell<HashMap<(u8, String), u64>>,
+    listeners: [ListenerCounts; 2],
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self { histograms: RefCell::new(Hist::ALL.iter().map(|_| new_histogram()).collect()) }
+        let timing = |_| Timing {
+            histogram: new_histogram(),
+            buckets: [0; BUCKET_BOUNDS_NS.len()],
+            sum_ns: 0,
+        };
+        Self {
+            timings: RefCell::new(Hist::ALL.iter().map(timing).collect()),
+            kafka_requests: RefCell::new([0; KAFKA_API_KEYS]),
+            kafka_errors: RefCell::default(),
+            native_requests: RefCell::new([0; NATIVE_API_CODES]),
+            native_errors: RefCell::default(),
+            listeners: Default::default(),
+        }
     }
 }
 
 impl Metrics {
     pub fn record(&self, hist: Hist, elapsed: Duration) {
         let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX).max(1);
-        self.histograms.borrow_mut()[hist as usize].saturating_record(ns);
+        let timing = &mut self.timings.borrow_mut()[hist as usize];
+        timing.histogram.saturating_record(ns);
+        // The last bound is u64::MAX, so some bucket always takes it.
+        let bucket = BUCKET_BOUNDS_NS.partition_point(|bound| *bound < ns);
+        timing.buckets[bucket.min(BUCKET_BOUNDS_NS.len() - 1)] += 1;
+        timing.sum_ns = timing.sum_ns.saturating_add(ns);
+    }
+
+    /// A Kafka request answered, and the error codes other than NONE its response carries.
+    pub fn count_kafka_request(&self, api_key: i16, errors: impl IntoIterator<Item = i16>) {
+        let slot = usize::try_from(api_key).unwrap_or(0).min(KAFKA_API_KEYS - 1);
+        self.kafka_requests.borrow_mut()[slot] += 1;
+        let mut counted = self.kafka_errors.borrow_mut();
+        for code in errors {
+            *counted.entry((api_key, code)).or_default() += 1;
+        }
+    }
+
+    /// A native request answered, with its error's name when it failed.
+    pub fn count_native_request(&self, api: u8, error: Option<String>) {
+        let slot = usize::from(api).min(NATIVE_API_CODES - 1);
+        self.native_requests.borrow_mut()[slot] += 1;
+        if let Some(name) = error {
+            *self.native_errors.borrow_mut().entry((api, name)).or_default() += 1;
+        }
+    }
+
+    pub fn connection_opened(&self, listener: Listener) {
+        let counts = &self.listeners[listener as usize];
+        counts.open.set(counts.open.get() + 1);
+        counts.accepted.set(counts.accepted.get() + 1);
+    }
+
+    pub fn connection_closed(&self, listener: Listener) {
+        let open = &self.listeners[listener as usize].open;
+        open.set(open.get().saturating_sub(1));
+    }
+
+    /// A connection closed at once: the listener's share of `max.connections` was in use.
+    pub fn connection_refused(&self, listener: Listener) {
+        let refused = &self.listeners[listener as usize].refused;
+        refused.set(refused.get() + 1);
     }
 
     /// The histograms by name, to send to the main thread.
     pub fn snapshot(&self) -> BTreeMap<String, Histogram<u64>> {
-        let histograms = self.histograms.borrow();
-        Hist::ALL.iter().map(|h| (h.name().to_string(), histograms[*h as usize].clone())).collect()
+        let timings = self.timings.borrow();
+        Hist::ALL
+            .iter()
+            .map(|h| (h.name().to_string(), timings[*h as usize].histogram.clone()))
+            .collect()
+    }
+
+    /// What a scrape reports of this shard's instruments.
+    pub fn counts(&self) -> (Vec<TimingStats>, RequestCounts, Vec<ListenerStats>) {
+        let timings = self.timings.borrow();
+        let timing_stats = Hist::ALL
+            .iter()
+            .map(|h| {
+                let timing = &timings[*h as usize];
+                TimingStats { hist: *h, buckets: timing.buckets, sum_ns: timing.sum_ns }
+            })
+            .collect();
+        let nonzero = |counts: &[u64]| -> Vec<(usize, u64)> {
+            counts.iter().enumerate().filter(|(_, n)| **n > 0).map(|(i, n)| (i, *n)).collect()
+        };
+        let requests = RequestCounts {
+            kafka: nonzero(&self.kafka_requests.borrow()[..])
+                .into_iter()
+                .map(|(key, n)| (key as i16, n))
+                .collect(),
+            kafka_errors: self.kafka_errors.borrow().iter().map(|(k, n)| (*k, *n)).collect(),
+            native: nonzero(&self.native_requests.borrow()[..])
+                .into_iter()
+                .map(|(code, n)| (code as u8, n))
+                .collect(),
+            native_errors: self
+                .native_errors
+                .borrow()
+                .iter()
+                .map(|(k, n)| (k.clone(), *n))
+                .collect(),
+        };
+        let listeners = Listener::ALL
+            .iter()
+            .map(|l| {
+                let counts = &self.listeners[*l as usize];
+                ListenerStats {
+                    listener: *l,
+                    open: counts.open.get(),
+                    accepted: counts.accepted.get(),
+                    refused: counts.refused.get(),
+                }
+            })
+            .collect();
+        (timing_stats, requests, listeners)
     }
 }
 

@@ -13,7 +13,7 @@ use rkyv::util::AlignedVec;
 use zerocopy::IntoBytes;
 
 use crate::native::frame::{Api, FrameHeader, FLAG_ERROR, FLAG_RESPONSE, FRAME_HEADER_BYTES};
-use crate::native::messages::{encode, ErrorBody, ErrorCode};
+use crate::native::messages::{encode, ErrorBody, ErrorCode, Outcome};
 use crate::record::ENTRY_HEADER_BYTES;
 use crate::transport::write_coalesced;
 
@@ -56,6 +56,8 @@ pub struct Response {
     reserved: Option<StaticPermit>,
     /// For a fetch woken by new data: when, to time its delivery once written.
     woken_at: Option<Instant>,
+    /// The error it answers with, when it is an error frame.
+    error: Option<ErrorCode>,
 }
 
 impl Response {
@@ -69,7 +71,7 @@ impl Response {
         head.extend_from_slice(header.as_bytes());
         head.extend_from_slice(meta);
         head.resize(FRAME_HEADER_BYTES + header.padded_meta_len(), 0);
-        Self { head, data, reserved: None, woken_at: None }
+        Self { head, data, reserved: None, woken_at: None, error: None }
     }
 
     /// Keeps `permit` until this response has been written.
@@ -86,7 +88,12 @@ impl Response {
 
     pub fn error(api: u8, request_id: u64, code: ErrorCode, message: impl Into<String>) -> Self {
         let body = encode(&ErrorBody::new(code, message));
-        Self::new(api, FLAG_ERROR, request_id, &body, Vec::new())
+        Self { error: Some(code), ..Self::new(api, FLAG_ERROR, request_id, &body, Vec::new()) }
+    }
+
+    /// The error it answers with, when it is an error frame.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        self.error
     }
 
     /// When the fetch it answers was woken by new data, if it was.
@@ -104,15 +111,17 @@ impl Response {
 /// A response carrying `body` as its meta.
 pub(crate) fn answer<T>(api: Api, request_id: u64, body: &T) -> Response
 where
-    T: for<'a> rkyv::Serialize<
-        rkyv::api::high::HighSerializer<
-            rkyv::util::AlignedVec,
-            rkyv::ser::allocator::ArenaHandle<'a>,
-            rkyv::rancor::Error,
+    T: Outcome
+        + for<'a> rkyv::Serialize<
+            rkyv::api::high::HighSerializer<
+                rkyv::util::AlignedVec,
+                rkyv::ser::allocator::ArenaHandle<'a>,
+                rkyv::rancor::Error,
+            >,
         >,
-    >,
 {
-    Response::new(api as u8, 0, request_id, &encode(body), Vec::new())
+    let response = Response::new(api as u8, 0, request_id, &encode(body), Vec::new());
+    Response { error: body.error_code(), ..response }
 }
 
 pub(crate) fn undecodable(api: Api, request_id: u64, why: String) -> Response {

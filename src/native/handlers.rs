@@ -119,6 +119,9 @@ pub async fn handle(
         Api::ReplicaFetch => Some(replication::replica_fetch(&shard, &frame).await),
     };
     shard.metrics.record(hist_of(api), received.elapsed());
+    // Named as the protocol's docs name them; errors are rare enough to pay for the name.
+    let error = response.as_ref().and_then(Response::error_code).map(|code| code.to_string());
+    shard.metrics.count_native_request(api as u8, error);
     response
 }
 

@@ -164,6 +164,58 @@ pub struct ErrorBody {
     pub message: String,
 }
 
+/// What a response body says of its request: the error it answers with, if any (counted by
+/// `/metrics`).
+pub trait Outcome {
+    fn error_code(&self) -> Option<ErrorCode> {
+        None
+    }
+}
+
+/// Bodies whose `error` field says how the request went.
+macro_rules! outcome_in_error_field {
+    ($($body:ty),* $(,)?) => {$(
+        impl Outcome for $body {
+            fn error_code(&self) -> Option<ErrorCode> {
+                Some(self.error.code).filter(|code| *code != ErrorCode::None)
+            }
+        }
+    )*};
+}
+
+outcome_in_error_field!(
+    ProduceResponse,
+    FetchResponse,
+    ReplicaFetchResponse,
+    ListOffsetsResponse,
+    ControllerResponse,
+    AdminResponse,
+    ListGroupsResponse,
+    DeleteRecordsResponse,
+    ProducersResponse,
+    DeleteOffsetsResponse,
+    DescribeGroupResponse,
+    JoinGroupResponse,
+    SyncGroupResponse,
+    FindCoordinatorResponse,
+    FetchOffsetsResponse,
+    ClusterStatusResponse,
+    LogDirsResponse,
+);
+
+/// A metadata answer names an error per topic: the first one stands for the request.
+impl Outcome for MetadataResponse {
+    fn error_code(&self) -> Option<ErrorCode> {
+        self.topics.iter().map(|t| t.error.code).find(|code| *code != ErrorCode::None)
+    }
+}
+
+impl Outcome for ErrorBody {
+    fn error_code(&self) -> Option<ErrorCode> {
+        Some(self.code).filter(|code| *code != ErrorCode::None)
+    }
+}
+
 impl From<&BrokerError> for ErrorBody {
     fn from(error: &BrokerError) -> Self {
         ErrorBody::new(ErrorCode::from(error.kind), error.message.clone())

@@ -35,6 +35,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 use crate::error::{BrokerError, ErrorKind};
 use crate::log::storage::{DmaStorage, Storage};
 use crate::log::{Appended, LogError, PartitionLog};
+use crate::metrics::Traffic;
 use crate::record::PendingEntry;
 use crate::types::{LeaderEpoch, Offset};
 
@@ -97,6 +98,13 @@ pub struct ReadOutcome {
     pub woken_at: Option<Instant>,
 }
 
+impl ReadOutcome {
+    /// The stored bytes read.
+    pub fn bytes(&self) -> usize {
+        self.entries.iter().map(Bytes::len).sum()
+    }
+}
+
 /// Where a partition's log starts, what consumers see of it, and where it ends: an offset in
 /// `log_start..=log_end` is in range, and the records below `high_watermark` are readable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,6 +136,8 @@ pub struct Partition<S: Storage = DmaStorage> {
     /// Fired when the high watermark moves or the partition's role changes: what `acks=all`
     /// producers and waiting consumers of a replicated partition wait on.
     moved: Event,
+    /// What producers appended here and consumers read, for `/metrics`.
+    pub traffic: Traffic,
 }
 
 impl<S: Storage> Partition<S> {
@@ -143,6 +153,7 @@ impl<S: Storage> Partition<S> {
             leader_epoch: Cell::new(None),
             replication: RefCell::new(Replication::Alone),
             moved: Event::new(),
+            traffic: Traffic::default(),
         }
     }
 

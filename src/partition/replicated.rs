@@ -65,6 +65,20 @@ pub struct ReplicaFetched {
 
 impl<S: Storage> Partition<S> {
     /// Whether the partition has replicas on other brokers (led or followed here).
+    /// At the leader: its replicas, those in sync and `min.insync.replicas` (a replica alone
+    /// is its own in-sync set, whatever the setting: it is not replicated yet).
+    pub fn replica_counts(&self) -> Option<(usize, usize, usize)> {
+        self.leader_epoch.get()?;
+        match &*self.replication.borrow() {
+            Replication::Alone => Some((1, 1, 1)),
+            Replication::Leading { set, .. } => {
+                let (replicas, min_insync) = set.sizes();
+                Some((replicas, set.isr().len(), min_insync))
+            }
+            Replication::Following { .. } => None,
+        }
+    }
+
     pub fn is_replicated(&self) -> bool {
         !matches!(*self.replication.borrow(), Replication::Alone)
     }

@@ -107,6 +107,11 @@ impl ReplicaSet {
         self.high_watermark
     }
 
+    /// The replicas (this leader and its followers) and `min.insync.replicas`.
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.followers.len() + 1, self.min_insync)
+    }
+
     pub fn isr(&self) -> &[NodeId] {
         &self.isr
     }

@@ -17,6 +17,7 @@ use crate::cluster::raft_wire::WireMessage;
 use crate::error::{BrokerError, ErrorKind};
 use crate::group::{GroupAnswer, GroupCall};
 use crate::log::producers::ProducerSummary;
+use crate::metrics::stats::ShardStats;
 use crate::partition::{Acks, LogBounds, ReadOutcome};
 use crate::record::PendingEntry;
 use crate::shard::publish::Published;
@@ -66,6 +67,9 @@ typed_requests! {
 
     /// Every replica this shard holds, with its size on disk (DescribeLogDirs).
     ReplicaSizes {} -> Vec<ReplicaSize>;
+
+    /// This shard's figures for a scrape of `/metrics`. Boxed: far larger than other answers.
+    Stats {} -> Box<ShardStats>;
 
     /// For shard 0, which knows where the active controller is: a request to it.
     ForwardToController { request: ControllerRequest } -> Result<ControllerAnswer, ControllerError>;

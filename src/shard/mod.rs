@@ -16,6 +16,7 @@
 //! - `replicas.rs`: replication's shard side: followers' fetches served where their
 //!   partitions live, the partitions this shard follows, and its leaders' in-sync changes;
 //! - `groups.rs`: which shard coordinates a group and how a group request gets there;
+//! - `stats.rs`: what the shard reports to a scrape of `/metrics`;
 //! - `mesh.rs`: the channels between shards, one per ordered pair;
 //! - `catalog.rs`: the topic catalog and its files.
 //!
@@ -31,6 +32,7 @@ pub mod publish;
 pub mod registry;
 pub mod replicas;
 pub mod state;
+mod stats;
 pub mod turns;
 
 pub use controller::TopicRequest;

@@ -35,7 +35,7 @@ use crate::record::PendingEntry;
 use crate::shard::call::{
     AskController, AwaitPublished, CommittedMetadata, DeleteRecords, DescribeCluster, EpochEnd,
     Fetch, ForwardToController, Group, HeartbeatsLost, ListOffsets, MeshMessage, NextProducerId,
-    Produce, Producers, Publish, RemoveTopic, ReplicaSizes, Request, ShardAnswer, ShardCall,
+    Produce, Producers, Publish, RemoveTopic, ReplicaSizes, Request, ShardAnswer, ShardCall, Stats,
     StepVoter, Watermarks,
 };
 use crate::shard::catalog::{self, Catalog, DiskTopic, TopicFile, TopicInfo};
@@ -290,6 +290,7 @@ impl Shard {
             ShardCall::ReplicaSizes(ReplicaSizes {}) => {
                 ShardAnswer::ReplicaSizes(self.replica_sizes_here())
             }
+            ShardCall::Stats(Stats {}) => ShardAnswer::Stats(Box::new(self.stats_here())),
             ShardCall::ForwardToController(ForwardToController { request }) => {
                 ShardAnswer::ForwardToController(self.forward_here(request).await)
             }

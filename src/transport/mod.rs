@@ -14,6 +14,7 @@ use glommio::net::{TcpListener, TcpStream};
 
 use glommio::sync::Semaphore;
 
+use crate::metrics::Listener;
 use crate::shard::{Shard, FETCH_BYTES_MAX};
 
 /// Requests one connection may have in flight before the broker stops reading from it.
@@ -107,11 +108,24 @@ pub async fn idle_bounded<T>(
     futures_lite::future::or(read, expired).await
 }
 
+/// The next connection `listener` accepts, or `None` once the shard stops.
+pub async fn accept_until_stop(
+    shard: &Shard,
+    listener: &TcpListener,
+) -> Option<io::Result<TcpStream>> {
+    let stop = async {
+        shard.wait_for_stop().await;
+        None
+    };
+    futures_lite::future::or(async { Some(listener.accept().await.map_err(io::Error::from)) }, stop)
+        .await
+}
+
 /// Accepts connections until the shard stops, serving each with `serve` in a task of its own.
 /// Beyond this shard's share of `max.connections`, a new connection is closed at once.
 pub async fn accept_loop<F, Fut>(
     shard: Rc<Shard>,
-    listener: TcpListener,
+    (listener, kind): (TcpListener, Listener),
     connections: Rc<Connections>,
     serve: F,
 ) where
@@ -121,13 +135,7 @@ pub async fn accept_loop<F, Fut>(
     let limit = shard.config.max_connections.div_ceil(shard.count.max(1) as u32) as usize;
     let mut last_refusal_logged: Option<Instant> = None;
     loop {
-        let stop = async {
-            shard.wait_for_stop().await;
-            None
-        };
-        let accepted =
-            futures_lite::future::or(async { Some(listener.accept().await) }, stop).await;
-        match accepted {
+        match accept_until_stop(&shard, &listener).await {
             None => return,
             Some(Ok(stream)) if connections.open() >= limit => {
                 // One line a second at most: a flood of connections must not flood the log.
@@ -142,15 +150,19 @@ pub async fn accept_loop<F, Fut>(
                     );
                     last_refusal_logged = Some(Instant::now());
                 }
+                shard.metrics.connection_refused(kind);
                 drop(stream);
             }
             Some(Ok(stream)) => {
                 let connections = connections.clone();
                 connections.enter();
+                shard.metrics.connection_opened(kind);
                 let served = serve(shard.clone(), stream);
+                let metrics = shard.metrics.clone();
                 glommio::spawn_local(async move {
                     served.await;
                     connections.leave();
+                    metrics.connection_closed(kind);
                 })
                 .detach();
             }

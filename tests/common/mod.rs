@@ -177,6 +177,14 @@ impl Broker {
         std::fs::read_to_string(self.stderr_path()).unwrap_or_default()
     }
 
+    /// Where this run serves `/metrics` (a free port taken at start, as its log says).
+    pub fn metrics_url(&self) -> String {
+        let log = self.stderr();
+        let at = log.find("metrics listener ready: ").expect("the broker serves /metrics");
+        let rest = &log[at + "metrics listener ready: ".len()..];
+        rest.split_whitespace().next().expect("an address").to_string()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("broker running").id()
     }
@@ -250,6 +258,7 @@ impl Broker {
             .arg(&self.data_dir)
             .args(["--listen", &self.addr, "--kafka-listener", &self.kafka_addr])
             .args(["--cores", &self.cores])
+            .args(["--metrics-listener", "127.0.0.1:0"])
             .args(&self.args)
             .env("RUST_LOG", "info")
             .stdout(stdout)

@@ -119,7 +119,7 @@ pub async fn fetch(shard: &Rc<Shard>, version: i16, request: FetchRequest) -> Fe
 }
 
 fn outcome_bytes(read: &Read) -> usize {
-    read.as_ref().map_or(0, |o| o.entries.iter().map(Bytes::len).sum())
+    read.as_ref().map_or(0, ReadOutcome::bytes)
 }
 
 /// Reads the wanted partitions in request order, within the response's `max_bytes`: in waves

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod configs;
+pub mod error_codes;
 pub mod fetch;
 pub mod groups;
 pub mod metadata;
@@ -21,6 +22,7 @@ use kafka_protocol::protocol::{Encodable, StrBytes};
 
 use crate::error::BrokerError;
 use crate::kafka::codec::{self, DecodedRequest, Request};
+use crate::kafka::handlers::error_codes::ErrorCodes;
 use crate::kafka::versions;
 use crate::metrics::Hist;
 use crate::shard::Shard;
@@ -44,14 +46,16 @@ pub async fn handle(
     let DecodedRequest { api, version, header, body } = request;
     let correlation_id = header.correlation_id;
     let reply = |body: &dyn AnyResponse| {
-        body.encode_frame(api, version, correlation_id).map(|frame| vec![frame])
+        let mut errors = Vec::new();
+        body.error_codes(&mut |code| errors.push(code));
+        (body.encode_frame(api, version, correlation_id).map(|frame| vec![frame]), errors)
     };
     // Clients are served once this broker has joined its cluster and caught up with the
     // metadata (bounded): before, its answers could be of an earlier cluster.
     if !matches!(body, Request::ApiVersions(_)) {
         shard.wait_ready().await;
     }
-    let (hist, frame) = match body {
+    let (hist, (frame, errors)) = match body {
         Request::ApiVersions(_) => (Hist::KafkaOther, reply(&versions::api_versions_response(0))),
         Request::Metadata(request) => (
             Hist::KafkaOther,
@@ -61,11 +65,14 @@ pub async fn handle(
             Some(response) => (Hist::KafkaProduce, reply(&response)),
             None => {
                 shard.metrics.record(Hist::KafkaProduce, received.elapsed());
+                shard.metrics.count_kafka_request(api as i16, []);
                 return Ok(None);
             }
         },
         Request::Fetch(request) => {
             let answer = fetch::fetch(&shard, version, request).await;
+            let mut errors = Vec::new();
+            answer.response.error_codes(&mut |code| errors.push(code));
             let frame = codec::encode_spliced(
                 api,
                 version,
@@ -73,7 +80,7 @@ pub async fn handle(
                 &answer.response,
                 answer.records,
             );
-            (Hist::KafkaFetch, frame)
+            (Hist::KafkaFetch, (frame, errors))
         }
         Request::ListOffsets(request) => {
             (Hist::KafkaOther, reply(&fetch::list_offsets(&shard, version, request).await))
@@ -165,17 +172,18 @@ pub async fn handle(
         }
     };
     shard.metrics.record(hist, received.elapsed());
+    shard.metrics.count_kafka_request(api as i16, errors);
     // A response the codec cannot encode at this version is a broker bug.
     frame.map(Some).map_err(|why| format!("{api:?} v{version}: {why}"))
 }
 
-/// A response body of any API, encoded into a frame.
-trait AnyResponse {
+/// A response body of any API, encoded into a frame, with the error codes it carries.
+trait AnyResponse: ErrorCodes {
     fn encode_frame(&self, api: ApiKey, version: i16, correlation_id: i32)
         -> Result<Bytes, String>;
 }
 
-impl<T: Encodable> AnyResponse for T {
+impl<T: Encodable + ErrorCodes> AnyResponse for T {
     fn encode_frame(
         &self,
         api: ApiKey,
