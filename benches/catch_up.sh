@@ -42,7 +42,7 @@ done
 rm -f "$dir/fio"
 
 start() {
-  "$bin/spate" serve --data-dir "$dir/data" --listen 127.0.0.1:21390 \
+  "$bin/spate" serve --metrics-listener off --data-dir "$dir/data" --listen 127.0.0.1:21390 \
     --kafka-listener 127.0.0.1:21391 \
     $(for s in ${BROKER_SETTINGS:-}; do echo --set "$s"; done) >"$dir/log" 2>&1 &
   pid=$!

@@ -23,7 +23,7 @@ trap cleanup EXIT
 voters="1@127.0.0.1:21190,2@127.0.0.1:21192,3@127.0.0.1:21194"
 start() {
   local n=$1 port=$((21188 + 2 * $1))
-  "$spate" serve --data-dir "$dir/d$n" --listen "127.0.0.1:$port" \
+  "$spate" serve --metrics-listener off --data-dir "$dir/d$n" --listen "127.0.0.1:$port" \
     --kafka-listener "127.0.0.1:$((port + 1))" --cores $(((n + 1) % 2)) \
     --set node.id="$n" --set controller.quorum.voters="$voters" \
     --set broker.session.timeout.ms=3000 --set broker.heartbeat.interval.ms=300 \

@@ -29,7 +29,7 @@ voters="1@127.0.0.1:21390,2@127.0.0.1:21392,3@127.0.0.1:21394"
 native() { echo "127.0.0.1:$((21388 + 2 * $1))"; }
 start() {
   local n=$1 port=$((21388 + 2 * $1))
-  "$bin/spate" serve --data-dir "$dir/d$n" --listen "127.0.0.1:$port" \
+  "$bin/spate" serve --metrics-listener off --data-dir "$dir/d$n" --listen "127.0.0.1:$port" \
     --kafka-listener "127.0.0.1:$((port + 1))" --cores $(((n + 1) % 2)) \
     --set node.id="$n" --set controller.quorum.voters="$voters" \
     $(for s in "${settings[@]}"; do echo --set "$s"; done) >>"$dir/log$n" 2>&1 &

@@ -35,7 +35,7 @@ fi
 voters="1@127.0.0.1:21390,2@127.0.0.1:21392,3@127.0.0.1:21394"
 start() { # node, cores, session, heartbeat
   local n=$1 port=$((21388 + 2 * $1))
-  "$bin/spate" serve --data-dir "$dir/d$n" --listen "127.0.0.1:$port" \
+  "$bin/spate" serve --metrics-listener off --data-dir "$dir/d$n" --listen "127.0.0.1:$port" \
     --kafka-listener "127.0.0.1:$((port + 1))" --cores "$2" \
     --set node.id="$n" --set controller.quorum.voters="$voters" \
     --set broker.session.timeout.ms="$3" --set broker.heartbeat.interval.ms="$4" \

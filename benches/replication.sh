@@ -42,7 +42,7 @@ rm -f "$dir/fio"
 voters="1@127.0.0.1:21290,2@127.0.0.1:21292,3@127.0.0.1:21294"
 start() { # node, cores, voters
   local n=$1 port=$((21288 + 2 * $1))
-  "$bin/spate" serve --data-dir "$dir/d$n" --listen "127.0.0.1:$port" \
+  "$bin/spate" serve --metrics-listener off --data-dir "$dir/d$n" --listen "127.0.0.1:$port" \
     --kafka-listener "127.0.0.1:$((port + 1))" --cores "$2" \
     --set node.id="$n" ${3:+--set controller.quorum.voters="$3"} \
     $(for s in ${BROKER_SETTINGS:-}; do echo --set "$s"; done) >"$dir/log$n" 2>&1 &

@@ -50,7 +50,7 @@ loop_mib=$(iperf3 -c 127.0.0.1 -p $((port + 1)) -t 5 -J |
 
 rm -rf "$dir/data"
 kport=$((port + 2))
-"$spate" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" --kafka-listener "127.0.0.1:$kport" \
+"$spate" serve --metrics-listener off --data-dir "$dir/data" --listen "127.0.0.1:$port" --kafka-listener "127.0.0.1:$kport" \
   > "$dir/serve.out" 2> "$dir/serve.err" &
 broker=$!
 sleep 2

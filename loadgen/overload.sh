@@ -42,7 +42,7 @@ echo "$majmin $((rate_mb * 1000 * 1000))" > "$group/blkio.throttle.write_bps_dev
 
 for acks in ${ACKS:-1 0 all}; do
   rm -rf "$dir/data"
-  "$spate" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" --kafka-listener "127.0.0.1:$((port + 1))" \
+  "$spate" serve --metrics-listener off --data-dir "$dir/data" --listen "127.0.0.1:$port" --kafka-listener "127.0.0.1:$((port + 1))" \
     ${BROKER_ARGS:-} > "$dir/serve.out" 2> "$dir/serve.err" &
   broker=$!
   echo "$broker" > "$group/cgroup.procs"

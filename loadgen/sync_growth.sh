@@ -18,7 +18,7 @@ mkdir -p "$dir"
 printf '%-8s %-10s %-10s %-14s %-22s %s\n' rate records fdatasyncs records/sync "ack p50/p99 µs" "end-to-end p50/p99 µs"
 for rate in $rates; do
   rm -rf "$dir/data"
-  "$spate" serve --cores 0 --data-dir "$dir/data" --listen "127.0.0.1:$port" \
+  "$spate" serve --metrics-listener off --cores 0 --data-dir "$dir/data" --listen "127.0.0.1:$port" \
     --kafka-listener "127.0.0.1:$((port + 1))" > "$dir/serve.out" 2> "$dir/serve.err" &
   broker=$!
   sleep 2

@@ -5,9 +5,10 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use glommio::net::TcpListener;
+use glommio::sync::Semaphore;
 use kafka_protocol::messages::ApiKey;
 
 use crate::kafka::handlers::error_codes::error_name;
@@ -38,9 +39,13 @@ pub(super) fn bind(shard: &Shard) -> Result<Option<TcpListener>, String> {
     Ok(Some(listener))
 }
 
-/// Accepts scrapes until the shard stops, [`http::CONNECTIONS_MAX`] at once.
+/// Accepts scrapes until the shard stops, [`http::CONNECTIONS_MAX`] at once, rendering one at
+/// a time: however many clients ask together, shard 0 gathers and encodes once per request in
+/// turn, never all at once.
 pub(super) async fn serve(shard: Rc<Shard>, listener: TcpListener) {
     let open = Rc::new(Cell::new(0usize));
+    let renders = Rc::new(Semaphore::new(1));
+    let mut last_refusal_logged: Option<Instant> = None;
     loop {
         let stream = match crate::transport::accept_until_stop(&shard, &listener).await {
             None => return,
@@ -52,13 +57,20 @@ pub(super) async fn serve(shard: Rc<Shard>, listener: TcpListener) {
             }
         };
         if open.get() >= http::CONNECTIONS_MAX {
-            tracing::warn!("metrics listener: {} scrapes open, closing another", open.get());
+            // One line a second at most: a flood of connections must not flood the log.
+            if last_refusal_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                tracing::warn!("metrics listener: {} scrapes open, closing another", open.get());
+                last_refusal_logged = Some(Instant::now());
+            }
             continue;
         }
         open.set(open.get() + 1);
-        let (shard, open) = (shard.clone(), open.clone());
+        let (shard, open, renders) = (shard.clone(), open.clone(), renders.clone());
         glommio::spawn_local(async move {
-            let render = || render(&shard);
+            let render = || async {
+                let _turn = renders.acquire_permit(1).await.map_err(|e| e.to_string())?;
+                render(&shard).await
+            };
             if let Err(e) = http::serve_connection(stream, exposition::CONTENT_TYPE, render).await {
                 tracing::debug!("metrics connection closed: {e}");
             }

@@ -212,6 +212,8 @@ struct Generation {
 pub struct Appended {
     pub base_offset: Offset,
     pub next_offset: Offset,
+    /// An idempotent producer's retry of a batch the log already has: nothing was appended.
+    pub duplicate: bool,
     generation: Rc<Generation>,
 }
 
@@ -564,7 +566,7 @@ impl<S: Storage> PartitionLog<S> {
         let generation = st.generation.clone();
         match st.producers.check(&pending.meta).map_err(LogError::Sequence)? {
             SequenceCheck::Duplicate { base_offset, next_offset } => {
-                return Ok(Appended { base_offset, next_offset, generation });
+                return Ok(Appended { base_offset, next_offset, duplicate: true, generation });
             }
             SequenceCheck::Append => {}
         }
@@ -595,7 +597,7 @@ impl<S: Storage> PartitionLog<S> {
         let generation = st.generation.clone();
         drop(st);
         self.writer_wake.notify(1);
-        Appended { base_offset, next_offset, generation }
+        Appended { base_offset, next_offset, duplicate: false, generation }
     }
 
     /// Why an append would be refused now, if it would.

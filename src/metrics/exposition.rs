@@ -10,13 +10,15 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, MetricEncoder, NoLabelSet,
+};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::metrics::process::ProcessStats;
 use crate::metrics::stats::{BrokerStats, GroupOffset, ListenerStats, PartitionStats};
-use crate::metrics::BUCKET_BOUNDS_NS;
+use crate::metrics::{TopicTraffic, BUCKET_BOUNDS_NS};
 
 /// The `Content-Type` of what [`render`] writes.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -47,15 +49,17 @@ pub fn render(report: Report) -> Result<String, fmt::Error> {
     Ok(out)
 }
 
-type Labels = Vec<(&'static str, String)>;
 /// One figure of a partition's.
 type Figure = fn(&PartitionStats) -> u64;
+/// The label set of a figure without labels.
+type Unlabelled = [(&'static str, &'static str); 0];
 
-/// Writes one family: its description, then a sample per label set.
-fn family<V>(
+/// Writes one family: its description, then a sample per label set. Label sets borrow what
+/// they name: a scrape of 10,000 partitions allocates nothing per sample.
+fn family<L: EncodeLabelSet, V>(
     encoder: &mut DescriptorEncoder<'_>,
     (name, help, kind): (&str, &str, MetricType),
-    samples: impl IntoIterator<Item = (Labels, V)>,
+    samples: impl IntoIterator<Item = (L, V)>,
     mut write: impl FnMut(&mut MetricEncoder<'_>, V) -> fmt::Result,
 ) -> fmt::Result {
     let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
@@ -65,44 +69,45 @@ fn family<V>(
     Ok(())
 }
 
-fn counters(
+fn counters<L: EncodeLabelSet>(
     encoder: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
-    samples: impl IntoIterator<Item = (Labels, u64)>,
+    samples: impl IntoIterator<Item = (L, u64)>,
 ) -> fmt::Result {
     family(encoder, (name, help, MetricType::Counter), samples, |m, v| {
         m.encode_counter::<NoLabelSet, _, u64>(&v, None)
     })
 }
 
-fn gauges<V: prometheus_client::encoding::EncodeGaugeValue>(
+fn gauges<L: EncodeLabelSet, V: EncodeGaugeValue>(
     encoder: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
-    samples: impl IntoIterator<Item = (Labels, V)>,
+    samples: impl IntoIterator<Item = (L, V)>,
 ) -> fmt::Result {
     family(encoder, (name, help, MetricType::Gauge), samples, |m, v| m.encode_gauge(&v))
 }
 
-fn one<V>(value: V) -> [(Labels, V); 1] {
-    [(Vec::new(), value)]
+fn one<V>(value: V) -> [(Unlabelled, V); 1] {
+    [([], value)]
 }
 
-fn label(name: &'static str, value: impl ToString) -> (&'static str, String) {
-    (name, value.to_string())
-}
-
-/// Sums of a per-partition figure by topic.
-fn by_topic(
-    stats: &BrokerStats,
-    figure: impl Fn(&crate::metrics::stats::PartitionStats) -> u64,
-) -> Vec<(Labels, u64)> {
+/// A per-partition figure summed by topic.
+fn by_topic(stats: &BrokerStats, figure: Figure) -> Vec<([(&str, &str); 1], u64)> {
     let mut sums: BTreeMap<&str, u64> = BTreeMap::new();
     for p in &stats.partitions {
         *sums.entry(&p.topic).or_default() += figure(p);
     }
-    sums.into_iter().map(|(topic, sum)| (vec![label("topic", topic)], sum)).collect()
+    sums.into_iter().map(|(topic, sum)| ([("topic", topic)], sum)).collect()
+}
+
+/// A topic's traffic figure, by topic.
+fn traffic_by_topic(
+    stats: &BrokerStats,
+    figure: fn(&TopicTraffic) -> u64,
+) -> impl Iterator<Item = ([(&str, &str); 1], u64)> {
+    stats.topics.iter().map(move |(topic, traffic)| ([("topic", topic.as_str())], figure(traffic)))
 }
 
 impl Collector for Report {
@@ -111,10 +116,10 @@ impl Collector for Report {
         let facts = &self.stats.facts;
         let broker_help = "The broker: its node id, shards and build.";
         enc.encode_descriptor("spate_broker", broker_help, None, MetricType::Info)?.encode_info(
-            &vec![
-                label("node_id", facts.node_id),
-                label("shards", facts.shards),
-                label("version", env!("CARGO_PKG_VERSION")),
+            &[
+                ("node_id", facts.node_id.to_string()),
+                ("shards", facts.shards.to_string()),
+                ("version", env!("CARGO_PKG_VERSION").to_string()),
             ],
         )?;
         requests(enc, &self.stats, &self.names)?;
@@ -131,53 +136,55 @@ impl Collector for Report {
 }
 
 fn requests(enc: &mut DescriptorEncoder<'_>, stats: &BrokerStats, names: &Names) -> fmt::Result {
-    let kafka_api = |api: &i16| label("api", (names.kafka_api)(*api));
-    let native_api = |api: &u8| label("api", (names.native_api)(*api));
+    let kafka_api = |api: &i16| ("api", (names.kafka_api)(*api));
+    let native_api = |api: &u8| ("api", (names.native_api)(*api));
     counters(
         enc,
         "spate_kafka_requests",
         "Kafka requests answered, by API.",
-        stats.kafka_requests.iter().map(|(api, n)| (vec![kafka_api(api)], *n)),
+        stats.kafka_requests.iter().map(|(api, n)| ([kafka_api(api)], *n)),
     )?;
     counters(
         enc,
         "spate_kafka_request_errors",
         "Error codes in Kafka responses, by API and error, once per place they appear (as \
          Kafka's errorCounts).",
-        stats.kafka_errors.iter().map(|((api, code), n)| {
-            (vec![kafka_api(api), label("error", (names.kafka_error)(*code))], *n)
-        }),
+        stats
+            .kafka_errors
+            .iter()
+            .map(|((api, code), n)| ([kafka_api(api), ("error", (names.kafka_error)(*code))], *n)),
     )?;
     counters(
         enc,
         "spate_native_requests",
-        "Native requests answered, by API.",
-        stats.native_requests.iter().map(|(api, n)| (vec![native_api(api)], *n)),
+        "Native requests answered, by API (other brokers' replication and controller requests \
+         included).",
+        stats.native_requests.iter().map(|(api, n)| ([native_api(api)], *n)),
     )?;
     counters(
         enc,
         "spate_native_request_errors",
         "Native requests answered with an error, by API and error.",
         (stats.native_errors.iter())
-            .map(|((api, error), n)| (vec![native_api(api), label("error", error)], *n)),
+            .map(|((api, error), n)| ([native_api(api), ("error", error.clone())], *n)),
     )?;
-    let listener = |l: &ListenerStats| vec![label("listener", l.listener.name())];
+    let listener = |l: &ListenerStats| [("listener", l.listener.name())];
     gauges(
         enc,
         "spate_connections",
-        "Open client connections, by listener.",
+        "Open connections, by listener (the native one's include other brokers').",
         stats.listeners.iter().map(|l| (listener(l), l.open)),
     )?;
     counters(
         enc,
         "spate_connections_accepted",
-        "Client connections accepted, by listener.",
+        "Connections accepted, by listener.",
         stats.listeners.iter().map(|l| (listener(l), l.accepted)),
     )?;
     counters(
         enc,
         "spate_connections_refused",
-        "Client connections closed at once: the shard's share of max.connections was in use.",
+        "Connections closed at once: the shard's share of max.connections was in use.",
         stats.listeners.iter().map(|l| (listener(l), l.refused)),
     )
 }
@@ -186,22 +193,21 @@ fn traffic(enc: &mut DescriptorEncoder<'_>, stats: &BrokerStats) -> fmt::Result 
     counters(
         enc,
         "spate_topic_bytes_in",
-        "Stored bytes producers appended, by topic, at its leader here (since each replica \
-         was opened).",
-        by_topic(stats, |p| p.bytes_in),
+        "Bytes of record batches producers appended to the topic's partitions led here.",
+        traffic_by_topic(stats, |t| t.bytes_in),
     )?;
     counters(
         enc,
         "spate_topic_records_in",
-        "Records producers appended, by topic, at its leader here.",
-        by_topic(stats, |p| p.records_in),
+        "Records producers appended to the topic's partitions led here.",
+        traffic_by_topic(stats, |t| t.records_in),
     )?;
     counters(
         enc,
         "spate_topic_bytes_out",
-        "Stored bytes consumers read, by topic, from its leader here (followers' fetches are \
-         not counted).",
-        by_topic(stats, |p| p.bytes_out),
+        "Bytes of record batches this broker sent consumers in fetch responses (Kafka batches as \
+         stored; native entries with their headers). Followers' fetches are not counted.",
+        traffic_by_topic(stats, |t| t.bytes_out),
     )?;
     gauges(
         enc,
@@ -256,7 +262,7 @@ fn partitions(enc: &mut DescriptorEncoder<'_>, stats: &BrokerStats) -> fmt::Resu
     }
     let each = |figure: Figure| {
         (stats.partitions.iter()).map(move |p| {
-            (vec![label("topic", &p.topic), label("partition", p.partition)], figure(p))
+            (([("topic", p.topic.as_str())], [("partition", p.partition)]), figure(p))
         })
     };
     let series: [(&str, &str, Figure); 5] = [
@@ -283,14 +289,14 @@ fn groups(enc: &mut DescriptorEncoder<'_>, stats: &BrokerStats) -> fmt::Result {
         enc,
         "spate_group_members",
         "Members of each consumer group this broker coordinates.",
-        stats.groups.iter().map(|(g, _, n)| (vec![label("group", g)], u64::from(*n))),
+        stats.groups.iter().map(|(g, _, n)| ([("group", g.as_str())], u64::from(*n))),
     )?;
     gauges(
         enc,
         "spate_group_state",
         "1 for the state each consumer group this broker coordinates is in.",
         (stats.groups.iter())
-            .map(|(g, state, _)| (vec![label("group", g), label("state", state)], 1u64)),
+            .map(|(g, state, _)| ([("group", g.as_str()), ("state", *state)], 1u64)),
     )?;
     let mut topic_lag: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     for o in &stats.group_offsets {
@@ -302,17 +308,16 @@ fn groups(enc: &mut DescriptorEncoder<'_>, stats: &BrokerStats) -> fmt::Result {
         enc,
         "spate_group_topic_lag",
         "Records each group has yet to consume of a topic: the high watermark less its \
-         committed offset, summed over the partitions this broker holds.",
-        topic_lag
-            .into_iter()
-            .map(|((g, t), lag)| (vec![label("group", g), label("topic", t)], lag)),
+         committed offset, summed over the partitions this broker leads.",
+        topic_lag.into_iter().map(|((g, t), lag)| ([("group", g), ("topic", t)], lag)),
     )?;
     if !stats.facts.partition_series {
         return Ok(());
     }
-    let partition = |o: &GroupOffset| {
-        vec![label("group", &o.group), label("topic", &o.topic), label("partition", o.partition)]
-    };
+    type GroupPartition<'a> = ([(&'static str, &'a str); 2], [(&'static str, i32); 1]);
+    fn partition(o: &GroupOffset) -> GroupPartition<'_> {
+        ([("group", o.group.as_str()), ("topic", o.topic.as_str())], [("partition", o.partition)])
+    }
     gauges(
         enc,
         "spate_group_committed_offset",
@@ -374,7 +379,7 @@ fn latencies(enc: &mut DescriptorEncoder<'_>, stats: &BrokerStats) -> fmt::Resul
     family(
         enc,
         ("spate_latency_seconds", help, MetricType::Histogram),
-        stats.timings.iter().map(|t| (vec![label("operation", t.hist.name())], t)),
+        stats.timings.iter().map(|t| ([("operation", t.hist.name())], t)),
         |m, timing| {
             // Counts per bucket: the encoder adds them up into Prometheus's cumulative ones.
             let buckets: Vec<(f64, u64)> = (BUCKET_BOUNDS_NS.iter().zip(timing.buckets))

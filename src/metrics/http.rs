@@ -1,17 +1,20 @@
 //! The `/metrics` endpoint's HTTP: just enough HTTP/1.1 for Prometheus and `curl` to scrape
 //! (GET and HEAD, keep-alive, Content-Length), bounded so a client can hold little: a request
-//! head of at most [`HEAD_BYTES_MAX`], read within [`READ_WAIT`], and no request body.
+//! head of at most [`HEAD_BYTES_MAX`] read within [`READ_WAIT`], no request body, a response
+//! taken within [`WRITE_WAIT`], and [`CONNECTIONS_MAX`] connections.
 
 use std::future::Future;
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The longest request head read; a longer one is refused with 431.
 pub const HEAD_BYTES_MAX: usize = 8 * 1024;
-/// How long a connection may take to send a request head (and stay idle between requests).
+/// How long a connection may take to send a whole request head (idle time before it counts).
 pub const READ_WAIT: Duration = Duration::from_secs(30);
+/// How long a client may take to read a response.
+pub const WRITE_WAIT: Duration = Duration::from_secs(30);
 /// Scrape connections served at once; more are closed at once.
 pub const CONNECTIONS_MAX: usize = 16;
 
@@ -89,7 +92,9 @@ pub fn response(
 }
 
 /// Serves one connection until it closes, answering `GET /metrics` with what `render` writes
-/// (or 500 with its error). Returns why it closed, for a debug line.
+/// (or 500 with its error). Each request head must arrive whole within [`READ_WAIT`] and each
+/// response be taken within [`WRITE_WAIT`]: a client trickling bytes or never reading holds
+/// its connection no longer than that.
 pub async fn serve_connection<S, R, F>(
     mut stream: S,
     content_type: &str,
@@ -102,40 +107,29 @@ where
 {
     let mut buf = Vec::with_capacity(1024);
     loop {
+        let deadline = Instant::now() + READ_WAIT;
         let (head, used) = loop {
-            match parse_head(&buf) {
+            let refusal = match parse_head(&buf) {
                 Some(Ok(parsed)) => break parsed,
-                Some(Err(why)) => {
-                    let answer = response("400 Bad Request", "text/plain", &why, false, false);
-                    stream.write_all(&answer).await?;
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, why));
-                }
-                None if buf.len() >= HEAD_BYTES_MAX => {
-                    let why = "the request head is too large";
-                    let answer = response(
-                        "431 Request Header Fields Too Large",
-                        "text/plain",
-                        why,
-                        false,
-                        false,
-                    );
-                    stream.write_all(&answer).await?;
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, why));
-                }
-                None => {}
+                Some(Err(why)) => Some(("400 Bad Request", why)),
+                None if buf.len() >= HEAD_BYTES_MAX => Some((
+                    "431 Request Header Fields Too Large",
+                    "the request head is too large".to_string(),
+                )),
+                None => None,
+            };
+            if let Some((status, why)) = refusal {
+                let answer = response(status, "text/plain", &why, false, false);
+                within(WRITE_WAIT, stream.write_all(&answer)).await?;
+                return Err(io::Error::new(io::ErrorKind::InvalidData, why));
             }
             let mut chunk = [0u8; 1024];
-            let read = async { stream.read(&mut chunk).await };
-            let expired = async {
-                glommio::timer::sleep(READ_WAIT).await;
-                Err(io::Error::new(io::ErrorKind::TimedOut, "no request within the read wait"))
-            };
-            let n = futures_lite::future::or(read, expired).await?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let n = within(left, stream.read(&mut chunk)).await?;
             if n == 0 {
                 return Ok(());
             }
-            let room = HEAD_BYTES_MAX.saturating_sub(buf.len());
-            buf.extend_from_slice(&chunk[..n.min(room.max(1))]);
+            buf.extend_from_slice(&chunk[..n]);
         };
         buf.drain(..used);
         let head_only = head.method == "HEAD";
@@ -166,12 +160,24 @@ where
                 keep_alive,
             ),
         };
-        stream.write_all(&answer).await?;
-        stream.flush().await?;
+        within(WRITE_WAIT, async {
+            stream.write_all(&answer).await?;
+            stream.flush().await
+        })
+        .await?;
         if !keep_alive {
             return Ok(());
         }
     }
+}
+
+/// `io` if it completes within `wait`, else a `TimedOut` error.
+async fn within<T>(wait: Duration, io: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+    let expired = async {
+        glommio::timer::sleep(wait).await;
+        Err(io::Error::new(io::ErrorKind::TimedOut, "the client took too long"))
+    };
+    futures_lite::future::or(io, expired).await
 }
 
 #[cfg(test)]

@@ -149,29 +149,15 @@ impl Listener {
     }
 }
 
-/// A partition's client traffic since its replica was opened, counted by its leader: what
-/// producers appended and consumers read (followers' fetches are replication, not traffic).
-#[derive(Default)]
-pub struct Traffic {
-    bytes_in: Cell<u64>,
-    records_in: Cell<u64>,
-    bytes_out: Cell<u64>,
-}
-
-impl Traffic {
-    pub fn produced(&self, bytes: usize, records: u32) {
-        self.bytes_in.set(self.bytes_in.get() + bytes as u64);
-        self.records_in.set(self.records_in.get() + u64::from(records));
-    }
-
-    pub fn consumed(&self, bytes: usize) {
-        self.bytes_out.set(self.bytes_out.get() + bytes as u64);
-    }
-
-    /// (bytes in, records in, bytes out).
-    pub fn totals(&self) -> (u64, u64, u64) {
-        (self.bytes_in.get(), self.records_in.get(), self.bytes_out.get())
-    }
+/// A topic's client traffic through one shard: record batches producers appended (counted by
+/// the shard that owns the partition) and batches sent to consumers (counted by the shard that
+/// answered the fetch), in bytes as the wire carries them. Followers' fetches are replication,
+/// not traffic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TopicTraffic {
+    pub bytes_in: u64,
+    pub records_in: u64,
+    pub bytes_out: u64,
 }
 
 /// One timed operation: its exact histogram and its Prometheus buckets.
@@ -189,6 +175,14 @@ struct ListenerCounts {
     refused: Cell<u64>,
 }
 
+/// What a scrape reads of one shard's instruments.
+pub struct Counts {
+    pub timings: Vec<TimingStats>,
+    pub requests: RequestCounts,
+    pub listeners: Vec<ListenerStats>,
+    pub topics: Vec<(String, TopicTraffic)>,
+}
+
 /// One shard's instruments.
 pub struct Metrics {
     timings: RefCell<Vec<Timing>>,
@@ -199,6 +193,8 @@ pub struct Metrics {
     /// Errors by (API code, error name).
     native_errors: RefCell<HashMap<(u8, String), u64>>,
     listeners: [ListenerCounts; 2],
+    /// By topic name; a deleted topic's are dropped at the next scrape.
+    topics: RefCell<HashMap<String, TopicTraffic>>,
 }
 
 impl Default for Metrics {
@@ -215,6 +211,7 @@ impl Default for Metrics {
             native_requests: RefCell::new([0; NATIVE_API_CODES]),
             native_errors: RefCell::default(),
             listeners: Default::default(),
+            topics: RefCell::default(),
         }
     }
 }
@@ -249,6 +246,35 @@ impl Metrics {
         }
     }
 
+    /// A batch of `records` a producer appended to `topic` (not an idempotent retry).
+    pub fn produced(&self, topic: &str, bytes: usize, records: u32) {
+        self.on_topic(topic, |t| {
+            t.bytes_in += bytes as u64;
+            t.records_in += u64::from(records);
+        });
+    }
+
+    /// Record batches of `topic` a fetch response carries to a consumer.
+    pub fn consumed(&self, topic: &str, bytes: usize) {
+        if bytes > 0 {
+            self.on_topic(topic, |t| t.bytes_out += bytes as u64);
+        }
+    }
+
+    fn on_topic(&self, topic: &str, change: impl FnOnce(&mut TopicTraffic)) {
+        let mut topics = self.topics.borrow_mut();
+        match topics.get_mut(topic) {
+            Some(traffic) => change(traffic),
+            // The topic's first batch here: the one allocation of its name.
+            None => change(topics.entry(topic.to_string()).or_default()),
+        }
+    }
+
+    /// Drops the traffic of the topics `keep` says are gone.
+    pub fn forget_topics(&self, keep: impl Fn(&str) -> bool) {
+        self.topics.borrow_mut().retain(|topic, _| keep(topic));
+    }
+
     pub fn connection_opened(&self, listener: Listener) {
         let counts = &self.listeners[listener as usize];
         counts.open.set(counts.open.get() + 1);
@@ -276,7 +302,7 @@ impl Metrics {
     }
 
     /// What a scrape reports of this shard's instruments.
-    pub fn counts(&self) -> (Vec<TimingStats>, RequestCounts, Vec<ListenerStats>) {
+    pub fn counts(&self) -> Counts {
         let timings = self.timings.borrow();
         let timing_stats = Hist::ALL
             .iter()
@@ -317,7 +343,9 @@ impl Metrics {
                 }
             })
             .collect();
-        (timing_stats, requests, listeners)
+        let topics =
+            self.topics.borrow().iter().map(|(t, traffic)| (t.clone(), *traffic)).collect();
+        Counts { timings: timing_stats, requests, listeners, topics }
     }
 }
 

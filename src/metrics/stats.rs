@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::metrics::{Hist, Listener, BUCKET_BOUNDS_NS};
+use crate::metrics::{Hist, Listener, TopicTraffic, BUCKET_BOUNDS_NS};
 
 /// One timed operation's Prometheus buckets (not cumulative) and sum.
 #[derive(Clone, Debug)]
@@ -35,18 +35,13 @@ pub struct ListenerStats {
 pub struct PartitionStats {
     pub topic: String,
     pub partition: u32,
-    /// This broker leads it: the traffic and replica counts below are the leader's.
+    /// This broker leads it: the replica counts below are the leader's.
     pub leader: bool,
     pub log_start: u64,
     pub high_watermark: u64,
     pub log_end: u64,
     pub size_bytes: u64,
     pub segments: u64,
-    /// Stored bytes and records appended by producers, and stored bytes read by consumers
-    /// (followers' fetches are not counted), since the replica was opened.
-    pub bytes_in: u64,
-    pub records_in: u64,
-    pub bytes_out: u64,
     /// At the leader: the replicas, those in sync, and `min.insync.replicas`.
     pub replicas: u32,
     pub in_sync: u32,
@@ -69,6 +64,7 @@ pub struct ShardStats {
     pub timings: Vec<TimingStats>,
     pub requests: RequestCounts,
     pub listeners: Vec<ListenerStats>,
+    pub topics: Vec<(String, TopicTraffic)>,
     pub partitions: Vec<PartitionStats>,
     pub groups: Vec<GroupStats>,
     pub tail_cache_bytes: u64,
@@ -92,8 +88,8 @@ pub struct BrokerFacts {
     pub partition_series: bool,
 }
 
-/// A consumer group's position in one partition, with its lag where this broker holds the
-/// partition (and so knows its high watermark).
+/// A consumer group's position in one partition, with its lag where this broker leads the
+/// partition (and so knows its high watermark as consumers see it).
 #[derive(Clone, Debug)]
 pub struct GroupOffset {
     pub group: String,
@@ -113,6 +109,7 @@ pub struct BrokerStats {
     pub native_requests: BTreeMap<u8, u64>,
     pub native_errors: BTreeMap<(u8, String), u64>,
     pub listeners: Vec<ListenerStats>,
+    pub topics: BTreeMap<String, TopicTraffic>,
     /// Sorted by topic and partition.
     pub partitions: Vec<PartitionStats>,
     /// (group, state, members), sorted by group.
@@ -158,6 +155,12 @@ impl BrokerStats {
                 total.accepted += counts.accepted;
                 total.refused += counts.refused;
             }
+            for (topic, traffic) in shard.topics {
+                let total = merged.topics.entry(topic).or_default();
+                total.bytes_in += traffic.bytes_in;
+                total.records_in += traffic.records_in;
+                total.bytes_out += traffic.bytes_out;
+            }
             merged.partitions.extend(shard.partitions);
             for group in shard.groups {
                 merged.groups.push((group.group.clone(), group.state, group.members));
@@ -175,22 +178,22 @@ impl BrokerStats {
         merged
     }
 
-    /// Each committed offset, with the group's lag behind the high watermark where a replica
-    /// here knows it (the leader's, when this broker leads the partition).
+    /// Each committed offset, with the group's lag behind the high watermark where this broker
+    /// leads the partition: a follower's high watermark trails the leader's, and a lag from it
+    /// would read low. Elsewhere the partition's leader reports its high watermark, and a
+    /// dashboard joins the two.
     fn lags(&self, groups: Vec<GroupStats>) -> Vec<GroupOffset> {
-        let mut high_watermarks: HashMap<(&str, u32), (bool, u64)> = HashMap::new();
-        for p in &self.partitions {
-            let known = high_watermarks.entry((&p.topic, p.partition)).or_insert((false, 0));
-            if p.leader || !known.0 {
-                *known = (p.leader, p.high_watermark);
-            }
-        }
+        let high_watermarks: HashMap<(&str, u32), u64> = (self.partitions.iter())
+            .filter(|p| p.leader)
+            .map(|p| ((p.topic.as_str(), p.partition), p.high_watermark))
+            .collect();
         let mut offsets = Vec::new();
         for group in groups {
             for (topic, partition, committed) in group.offsets {
                 let key = (topic.as_str(), u32::try_from(partition).unwrap_or(u32::MAX));
-                let lag = (high_watermarks.get(&key))
-                    .map(|(_, hw)| hw.saturating_sub(u64::try_from(committed).unwrap_or(0)));
+                // A committed offset below 0 says the group has no position: no lag to give.
+                let lag = (high_watermarks.get(&key).zip(u64::try_from(committed).ok()))
+                    .map(|(hw, committed)| hw.saturating_sub(committed));
                 offsets.push(GroupOffset {
                     group: group.group.clone(),
                     topic,
@@ -230,27 +233,46 @@ mod tests {
     }
 
     #[test]
-    fn shards_add_up_and_lag_is_measured_against_the_leader() {
+    fn shards_add_up_and_lag_is_measured_where_the_partition_is_led() {
         let (a, b) = (Metrics::default(), Metrics::default());
         a.record(Hist::KafkaProduce, Duration::from_micros(70));
         b.record(Hist::KafkaProduce, Duration::from_secs(60));
         a.count_kafka_request(0, [6]);
         b.count_kafka_request(0, [6, 6]);
         b.connection_opened(Listener::Kafka);
+        a.produced("t", 100, 2);
+        b.produced("t", 50, 1);
+        b.consumed("t", 120);
         let shard = |m: &Metrics, partitions, groups| {
-            let (timings, requests, listeners) = m.counts();
-            ShardStats { timings, requests, listeners, partitions, groups, ..Default::default() }
+            let counts = m.counts();
+            let (timings, requests, listeners) =
+                (counts.timings, counts.requests, counts.listeners);
+            let topics = counts.topics;
+            ShardStats {
+                timings,
+                requests,
+                listeners,
+                topics,
+                partitions,
+                groups,
+                ..Default::default()
+            }
         };
         let group = GroupStats {
             group: "g".into(),
             state: "Stable",
             members: 1,
-            offsets: vec![("t".into(), 0, 40), ("t".into(), 1, 5), ("u".into(), 0, 1)],
+            offsets: vec![
+                ("t".into(), 0, 40),
+                ("t".into(), 1, 5),
+                ("t".into(), 2, 5),
+                ("u".into(), 0, -1),
+            ],
         };
         let stats = BrokerStats::merge(
             BrokerFacts::default(),
             vec![
-                shard(&a, vec![partition("t", 0, false, 90), partition("t", 1, true, 10)], vec![]),
+                shard(&a, vec![partition("t", 1, true, 10), partition("t", 2, false, 90)], vec![]),
                 shard(&b, vec![partition("t", 0, true, 100)], vec![group]),
             ],
         );
@@ -261,6 +283,8 @@ mod tests {
         assert_eq!(stats.kafka_errors[&(0, 6)], 3);
         assert_eq!(stats.listeners[0].open + stats.listeners[1].open, 1);
         let lags: Vec<Option<u64>> = stats.group_offsets.iter().map(|o| o.lag).collect();
-        assert_eq!(lags, vec![Some(60), Some(5), None], "the leader's high watermark counts");
+        assert_eq!(lags, vec![Some(60), Some(5), None, None], "led partitions with a position");
+        let t = stats.topics["t"];
+        assert_eq!((t.bytes_in, t.records_in, t.bytes_out), (150, 3, 120));
     }
 }

@@ -109,8 +109,35 @@ impl Response {
 }
 
 /// A response carrying `body` as its meta.
-pub(crate) fn answer<T>(api: Api, request_id: u64, body: &T) -> Response
-where
+pub(crate) fn answer<T: AnswerBody>(api: Api, request_id: u64, body: &T) -> Response {
+    answer_with(api, request_id, body, Vec::new())
+}
+
+/// A response carrying `body` as its meta and `data` after it (entries, as stored).
+pub(crate) fn answer_with<T: AnswerBody>(
+    api: Api,
+    request_id: u64,
+    body: &T,
+    data: Vec<Bytes>,
+) -> Response {
+    let response = Response::new(api as u8, 0, request_id, &encode(body), data);
+    Response { error: body.error_code(), ..response }
+}
+
+/// What a response's meta can be: a body the codec writes, that says how the request went.
+pub(crate) trait AnswerBody:
+    Outcome
+    + for<'a> rkyv::Serialize<
+        rkyv::api::high::HighSerializer<
+            rkyv::util::AlignedVec,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            rkyv::rancor::Error,
+        >,
+    >
+{
+}
+
+impl<T> AnswerBody for T where
     T: Outcome
         + for<'a> rkyv::Serialize<
             rkyv::api::high::HighSerializer<
@@ -118,10 +145,8 @@ where
                 rkyv::ser::allocator::ArenaHandle<'a>,
                 rkyv::rancor::Error,
             >,
-        >,
+        >
 {
-    let response = Response::new(api as u8, 0, request_id, &encode(body), Vec::new());
-    Response { error: body.error_code(), ..response }
 }
 
 pub(crate) fn undecodable(api: Api, request_id: u64, why: String) -> Response {

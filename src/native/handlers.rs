@@ -9,16 +9,18 @@ use std::time::Duration;
 use crate::error::{BrokerError, ErrorKind};
 use crate::group::{DescribeGroup, FetchOffsets, ListGroups};
 use crate::metrics::Hist;
-use crate::native::exchange::{answer, undecodable, HeartbeatsSeen, RequestFrame, Response};
+use crate::native::exchange::{
+    answer, answer_with, undecodable, HeartbeatsSeen, RequestFrame, Response,
+};
 use crate::native::frame::Api;
 use crate::native::messages::{
-    decode, encode, Acks, AdminResponse, AlterTopicConfigRequest, BrokerMetadata,
-    CreateTopicRequest, DeleteRecordsRequest, DeleteRecordsResponse, DeleteTopicRequest,
-    DescribeGroupRequest, DescribeGroupResponse, ErrorBody, ErrorCode, FetchRequest, FetchResponse,
-    GroupMember, GroupOffset, GroupSummary, ListGroupsResponse, ListOffsetsRequest,
-    ListOffsetsResponse, LogDirsResponse, MetadataRequest, MetadataResponse, PartitionMetadata,
-    ProduceRequest, ProduceResponse, ProducerDescription, ProducersRequest, ProducersResponse,
-    ReassignRequest, TopicMetadata,
+    decode, Acks, AdminResponse, AlterTopicConfigRequest, BrokerMetadata, CreateTopicRequest,
+    DeleteRecordsRequest, DeleteRecordsResponse, DeleteTopicRequest, DescribeGroupRequest,
+    DescribeGroupResponse, ErrorBody, ErrorCode, FetchRequest, FetchResponse, GroupMember,
+    GroupOffset, GroupSummary, ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse,
+    LogDirsResponse, MetadataRequest, MetadataResponse, PartitionMetadata, ProduceRequest,
+    ProduceResponse, ProducerDescription, ProducersRequest, ProducersResponse, ReassignRequest,
+    TopicMetadata,
 };
 use crate::native::{cluster, groups, replication};
 use crate::record::batch::validate_native_payload;
@@ -49,9 +51,24 @@ pub fn fetch_max_bytes(request: &FetchRequest) -> usize {
     (request.max_bytes as usize).clamp(1, FETCH_BYTES_MAX)
 }
 
-/// Runs one request; a fetch comes `prepared` by the reader.
+/// Runs one request; a fetch comes `prepared` by the reader. Every request is counted for
+/// `/metrics` with the error it was answered with, those refused before they ran included.
 pub async fn handle(
     shard: Rc<Shard>,
+    frame: RequestFrame,
+    prepared: Option<PreparedFetch>,
+    connection: (Rc<str>, Rc<HeartbeatsSeen>),
+) -> Option<Response> {
+    let api = frame.header.api;
+    let response = respond(&shard, frame, prepared, connection).await;
+    // Named as the protocol's `ErrorCode` names them; errors are rare enough to pay for it.
+    let error = response.as_ref().and_then(Response::error_code).map(|code| code.to_string());
+    shard.metrics.count_native_request(api, error);
+    response
+}
+
+async fn respond(
+    shard: &Rc<Shard>,
     frame: RequestFrame,
     prepared: Option<PreparedFetch>,
     (peer, beats): (Rc<str>, Rc<HeartbeatsSeen>),
@@ -90,38 +107,35 @@ pub async fn handle(
         shard.wait_ready().await;
     }
     let response = match api {
-        Api::Produce => produce(&shard, frame).await,
-        Api::Fetch => Some(fetch(&shard, &frame, prepared).await),
-        Api::ListOffsets => Some(list_offsets(&shard, &frame).await),
-        Api::Metadata => Some(metadata(&shard, &frame).await),
-        Api::CreateTopic => Some(create_topic(&shard, &frame).await),
-        Api::DeleteTopic => Some(delete_topic(&shard, &frame).await),
-        Api::Reassign => Some(reassign(&shard, &frame).await),
-        Api::AlterTopicConfig => Some(alter_topic_config(&shard, &frame).await),
-        Api::LogDirs => Some(log_dirs(&shard, request_id).await),
-        Api::Producers => Some(producers(&shard, &frame).await),
-        Api::DeleteRecords => Some(delete_records(&shard, &frame).await),
-        Api::ListGroups => Some(list_groups(&shard, request_id).await),
-        Api::DescribeGroup => Some(describe_group(&shard, &frame).await),
-        Api::JoinGroup => Some(groups::join(&shard, &frame, &peer).await),
-        Api::SyncGroup => Some(groups::sync(&shard, &frame).await),
-        Api::Heartbeat => Some(groups::heartbeat(&shard, &frame).await),
-        Api::LeaveGroup => Some(groups::leave(&shard, &frame).await),
-        Api::CommitOffsets => Some(groups::commit(&shard, &frame).await),
-        Api::FetchOffsets => Some(groups::fetch_offsets(&shard, &frame).await),
-        Api::DeleteGroup => Some(groups::delete(&shard, &frame).await),
-        Api::DeleteOffsets => Some(groups::delete_offsets(&shard, &frame).await),
-        Api::FindCoordinator => Some(groups::find_coordinator(&shard, &frame).await),
-        Api::VoterMessages => Some(cluster::voter_messages(&shard, &frame).await),
-        Api::ControllerRequest => Some(cluster::controller_request(&shard, &frame, &beats).await),
-        Api::ClusterStatus => Some(cluster::cluster_status(&shard, request_id).await),
-        Api::MetadataFetch => Some(cluster::metadata_fetch(&shard, &frame).await),
-        Api::ReplicaFetch => Some(replication::replica_fetch(&shard, &frame).await),
+        Api::Produce => produce(shard, frame).await,
+        Api::Fetch => Some(fetch(shard, &frame, prepared).await),
+        Api::ListOffsets => Some(list_offsets(shard, &frame).await),
+        Api::Metadata => Some(metadata(shard, &frame).await),
+        Api::CreateTopic => Some(create_topic(shard, &frame).await),
+        Api::DeleteTopic => Some(delete_topic(shard, &frame).await),
+        Api::Reassign => Some(reassign(shard, &frame).await),
+        Api::AlterTopicConfig => Some(alter_topic_config(shard, &frame).await),
+        Api::LogDirs => Some(log_dirs(shard, request_id).await),
+        Api::Producers => Some(producers(shard, &frame).await),
+        Api::DeleteRecords => Some(delete_records(shard, &frame).await),
+        Api::ListGroups => Some(list_groups(shard, request_id).await),
+        Api::DescribeGroup => Some(describe_group(shard, &frame).await),
+        Api::JoinGroup => Some(groups::join(shard, &frame, &peer).await),
+        Api::SyncGroup => Some(groups::sync(shard, &frame).await),
+        Api::Heartbeat => Some(groups::heartbeat(shard, &frame).await),
+        Api::LeaveGroup => Some(groups::leave(shard, &frame).await),
+        Api::CommitOffsets => Some(groups::commit(shard, &frame).await),
+        Api::FetchOffsets => Some(groups::fetch_offsets(shard, &frame).await),
+        Api::DeleteGroup => Some(groups::delete(shard, &frame).await),
+        Api::DeleteOffsets => Some(groups::delete_offsets(shard, &frame).await),
+        Api::FindCoordinator => Some(groups::find_coordinator(shard, &frame).await),
+        Api::VoterMessages => Some(cluster::voter_messages(shard, &frame).await),
+        Api::ControllerRequest => Some(cluster::controller_request(shard, &frame, &beats).await),
+        Api::ClusterStatus => Some(cluster::cluster_status(shard, request_id).await),
+        Api::MetadataFetch => Some(cluster::metadata_fetch(shard, &frame).await),
+        Api::ReplicaFetch => Some(replication::replica_fetch(shard, &frame).await),
     };
     shard.metrics.record(hist_of(api), received.elapsed());
-    // Named as the protocol's docs name them; errors are rare enough to pay for the name.
-    let error = response.as_ref().and_then(Response::error_code).map(|code| code.to_string());
-    shard.metrics.count_native_request(api as u8, error);
     response
 }
 
@@ -246,6 +260,9 @@ async fn fetch(
         })?;
         Ok(outcome)
     });
+    if let Ok(outcome) = &result {
+        shard.metrics.consumed(&request.topic, outcome.bytes());
+    }
     let (body, entries, woken_at) = match result {
         Ok(outcome) => (
             FetchResponse {
@@ -262,7 +279,7 @@ async fn fetch(
             None,
         ),
     };
-    Response::new(Api::Fetch as u8, 0, request_id, &encode(&body), entries)
+    answer_with(Api::Fetch, request_id, &body, entries)
         .holding(reserved)
         .timing_delivery_from(woken_at)
 }

@@ -5,11 +5,10 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::native::exchange::{undecodable, RequestFrame, Response};
+use crate::native::exchange::{answer_with, undecodable, RequestFrame, Response};
 use crate::native::frame::Api;
 use crate::native::messages::{
-    decode, encode, ErrorBody, ErrorCode, ReplicaFetchAnswer, ReplicaFetchRequest,
-    ReplicaFetchResponse,
+    decode, ErrorBody, ErrorCode, ReplicaFetchAnswer, ReplicaFetchRequest, ReplicaFetchResponse,
 };
 use crate::shard::replicas::{FetchLimits, FollowerFetch};
 use crate::shard::{Shard, FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX};
@@ -86,5 +85,5 @@ pub async fn replica_fetch(shard: &Rc<Shard>, frame: &RequestFrame) -> Response 
         };
         body.partitions.push(answered);
     }
-    Response::new(Api::ReplicaFetch as u8, 0, request_id, &encode(&body), data)
+    answer_with(Api::ReplicaFetch, request_id, &body, data)
 }

@@ -35,7 +35,6 @@ use rkyv::{Archive, Deserialize, Serialize};
 use crate::error::{BrokerError, ErrorKind};
 use crate::log::storage::{DmaStorage, Storage};
 use crate::log::{Appended, LogError, PartitionLog};
-use crate::metrics::Traffic;
 use crate::record::PendingEntry;
 use crate::types::{LeaderEpoch, Offset};
 
@@ -136,8 +135,6 @@ pub struct Partition<S: Storage = DmaStorage> {
     /// Fired when the high watermark moves or the partition's role changes: what `acks=all`
     /// producers and waiting consumers of a replicated partition wait on.
     moved: Event,
-    /// What producers appended here and consumers read, for `/metrics`.
-    pub traffic: Traffic,
 }
 
 impl<S: Storage> Partition<S> {
@@ -153,7 +150,6 @@ impl<S: Storage> Partition<S> {
             leader_epoch: Cell::new(None),
             replication: RefCell::new(Replication::Alone),
             moved: Event::new(),
-            traffic: Traffic::default(),
         }
     }
 

@@ -64,7 +64,6 @@ pub struct ReplicaFetched {
 }
 
 impl<S: Storage> Partition<S> {
-    /// Whether the partition has replicas on other brokers (led or followed here).
     /// At the leader: its replicas, those in sync and `min.insync.replicas` (a replica alone
     /// is its own in-sync set, whatever the setting: it is not replicated yet).
     pub fn replica_counts(&self) -> Option<(usize, usize, usize)> {
@@ -79,6 +78,7 @@ impl<S: Storage> Partition<S> {
         }
     }
 
+    /// Whether the partition has replicas on other brokers (led or followed here).
     pub fn is_replicated(&self) -> bool {
         !matches!(*self.replication.borrow(), Replication::Alone)
     }

@@ -64,13 +64,13 @@ impl PendingEntry {
         Some(Self { buf, header_at, payload_len, payload_crc, meta, format })
     }
 
-    /// A native batch archive the broker built itself (committed offsets), copied behind room
-    /// for its header.
     /// The payload's length: the batch or archive as the client sent it.
     pub fn payload_len(&self) -> usize {
         self.payload_len
     }
 
+    /// A native batch archive the broker built itself (committed offsets), copied behind room
+    /// for its header.
     pub fn native(meta: BatchMeta, archive: &[u8]) -> Option<Self> {
         let mut buf = AlignedVec::<ENTRY_ALIGN>::with_capacity(entry_len(archive.len()));
         buf.resize(ENTRY_HEADER_BYTES, 0);

@@ -214,7 +214,9 @@ impl Shard {
         let (bytes, records) = (entry.payload_len(), entry.meta.record_count);
         // Nothing awaits before the append, so requests keep their arrival order.
         let appended = target.append(entry)?;
-        target.traffic.produced(bytes, records);
+        if !appended.duplicate {
+            self.metrics.produced(&topic, bytes, records);
+        }
         target.wait_acked(&appended, acks).await?;
         Ok((appended.base_offset, target.log_start()))
     }
@@ -224,7 +226,6 @@ impl Shard {
         let target = self.led_partition_in(&topic, partition, epoch)?;
         let outcome = target.read(offset, max_bytes).await?;
         if !outcome.entries.is_empty() || max_wait.is_zero() || self.stopping.get() {
-            target.traffic.consumed(outcome.bytes());
             return Ok(outcome);
         }
         let stop = async {
@@ -234,7 +235,6 @@ impl Shard {
         if futures_lite::future::or(target.wait_for_data(offset, max_wait), stop).await {
             let woken_at = Instant::now();
             let outcome = target.read(offset, max_bytes).await?;
-            target.traffic.consumed(outcome.bytes());
             return Ok(ReadOutcome { woken_at: Some(woken_at), ..outcome });
         }
         Ok(outcome)

@@ -12,12 +12,12 @@ use crate::types::ShardId;
 impl Shard {
     /// This shard's figures, read in one go (nothing awaits, so they are of one moment).
     pub(super) fn stats_here(&self) -> ShardStats {
-        let (timings, requests, listeners) = self.metrics.counts();
+        self.metrics.forget_topics(|topic| self.has_topic(topic));
+        let counts = self.metrics.counts();
         let partitions = (self.partitions.borrow().iter())
             .map(|((topic, partition), open)| {
                 let log = open.log();
                 let bounds = open.bounds();
-                let (bytes_in, records_in, bytes_out) = open.traffic.totals();
                 let (replicas, in_sync, min_insync) = open.replica_counts().unwrap_or_default();
                 let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
                 PartitionStats {
@@ -29,9 +29,6 @@ impl Shard {
                     log_end: bounds.log_end.0,
                     size_bytes: log.size_bytes(),
                     segments: log.sealed_segments() as u64 + 1,
-                    bytes_in,
-                    records_in,
-                    bytes_out,
                     replicas: count(replicas),
                     in_sync: count(in_sync),
                     min_insync: count(min_insync),
@@ -40,9 +37,10 @@ impl Shard {
             .collect();
         let read_cache = self.read_cache.stats();
         ShardStats {
-            timings,
-            requests,
-            listeners,
+            timings: counts.timings,
+            requests: counts.requests,
+            listeners: counts.listeners,
+            topics: counts.topics,
             partitions,
             groups: self.groups.stats(),
             tail_cache_bytes: self.tail_budget.used_bytes() as u64,

@@ -100,6 +100,7 @@ pub async fn fetch(shard: &Rc<Shard>, version: i16, request: FetchRequest) -> Fe
     for (want, read) in wanted.iter().zip(reads) {
         let (partition, chunks) = partition_data(version, want, read, &mut limits);
         if !chunks.is_empty() {
+            shard.metrics.consumed(&want.topic, chunks.iter().map(Bytes::len).sum());
             records.push(chunks);
         }
         let same_topic = response
