@@ -1,11 +1,14 @@
 //! Microbenchmarks of the hot paths: what every produced and fetched byte goes through.
 //! Run with `cargo bench --bench hot_paths`.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use divan::counter::{BytesCount, ItemsCount};
 use divan::Bencher;
 use spate::log::index::SegmentIndex;
 use spate::log::tail_cache::{TailBudget, TailCache};
+use spate::metrics::{Hist, Metrics};
 use spate::record::batch::{validate_native_payload, BatchBuilder};
 use spate::record::entry::{entry_len, parse_entry};
 use spate::record::{BatchMeta, EntryHeader, OwnedRecord, PayloadFormat};
@@ -201,5 +204,23 @@ fn convert_kafka_batch_to_native_entry(bencher: Bencher) {
     let header = EntryHeader::new(PayloadFormat::Kafka, base, epoch, &meta, kafka.len() as u32, 0);
     bencher.counter(ItemsCount::new(256usize)).bench(|| {
         spate::record::convert::kafka_to_native(&header, divan::black_box(&kafka)).map(|e| e.len())
+    });
+}
+
+/// What each produce request adds for `/metrics`: its latency into both histograms, its API
+/// and error codes, and its topic's traffic (one lookup by name among 100 topics).
+#[divan::bench]
+fn metrics_of_one_produce_request(bencher: Bencher) {
+    let metrics = Metrics::default();
+    let topics: Vec<String> = (0..100).map(|t| format!("topic-{t}")).collect();
+    for topic in &topics {
+        metrics.produced(topic, 1, 1);
+    }
+    let mut n = 0usize;
+    bencher.bench_local(|| {
+        n = (n + 37) % topics.len();
+        metrics.record(Hist::KafkaProduce, Duration::from_micros(divan::black_box(n as u64 * 13)));
+        metrics.count_kafka_request(0, []);
+        metrics.produced(divan::black_box(&topics[n]), 262_144, 256);
     });
 }

@@ -82,7 +82,9 @@ pub(super) async fn serve(shard: Rc<Shard>, listener: TcpListener) {
 
 /// One scrape's text.
 async fn render(shard: &Rc<Shard>) -> Result<String, String> {
+    let started = Instant::now();
     let stats = shard.broker_stats().await.map_err(|e| e.to_string())?;
+    let gathered = started.elapsed();
     let process = match glommio::executor().spawn_blocking(ProcessStats::read).await {
         Ok(process) => Some(process),
         Err(e) => {
@@ -90,6 +92,15 @@ async fn render(shard: &Rc<Shard>) -> Result<String, String> {
             None
         }
     };
-    exposition::render(Report { stats, process, names: NAMES })
-        .map_err(|_| "the metrics could not be written".to_string())
+    let read_proc = started.elapsed() - gathered;
+    let text = exposition::render(Report { stats, process, names: NAMES })
+        .map_err(|_| "the metrics could not be written".to_string())?;
+    tracing::debug!(
+        gather_ms = gathered.as_secs_f64() * 1e3,
+        proc_ms = read_proc.as_secs_f64() * 1e3,
+        total_ms = started.elapsed().as_secs_f64() * 1e3,
+        bytes = text.len(),
+        "rendered /metrics"
+    );
+    Ok(text)
 }
