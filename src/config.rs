@@ -11,6 +11,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::record::codecs::Levels;
+use crate::record::conform::{BatchRules, TimestampLimits};
 use crate::record::entry::ENTRY_PAYLOAD_BYTES_MAX;
 use crate::types::NodeId;
 
@@ -57,6 +59,53 @@ pub enum CleanupPolicy {
     Delete,
 }
 
+/// How a topic stores produced batches (`compression.type`): as producers compressed them, or
+/// recompressed into one codec (Kafka's broker-side compression).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    Producer,
+    Uncompressed,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    pub const ALL: [Compression; 6] = [
+        Compression::Producer,
+        Compression::Uncompressed,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ];
+
+    /// As `compression.type` names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::Producer => "producer",
+            Compression::Uncompressed => "uncompressed",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+
+    /// The codec of a Kafka batch's attributes it stores batches in (`None`: the producer's).
+    pub fn codec(self) -> Option<i16> {
+        match self {
+            Compression::Producer => None,
+            Compression::Uncompressed => Some(0),
+            Compression::Gzip => Some(1),
+            Compression::Snappy => Some(2),
+            Compression::Lz4 => Some(3),
+            Compression::Zstd => Some(4),
+        }
+    }
+}
+
 /// Settings of one topic, with every default already applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopicConfig {
@@ -80,6 +129,22 @@ pub struct TopicConfig {
     /// Whether an out-of-sync replica may lead when no in-sync one is live
     /// (`unclean.leader.election.enable`), at the price of what only the in-sync replicas had.
     pub unclean_leader_election: bool,
+    /// The codec batches are stored in (`compression.type`).
+    pub compression: Compression,
+    /// Levels batches are recompressed at: `compression.gzip.level` (-1: zlib's default),
+    /// `compression.lz4.level` and `compression.zstd.level` (KIP-390).
+    pub gzip_level: i32,
+    pub lz4_level: i32,
+    pub zstd_level: i32,
+    /// `message.timestamp.type=LogAppendTime`: every batch takes the broker's clock at append
+    /// as its timestamp, and producers' timestamps are not checked.
+    pub log_append_time: bool,
+    /// How far a producer's timestamp may be behind or ahead of the broker's clock
+    /// (`message.timestamp.before.max.ms`, `.after.max.ms`, KIP-937), and the deprecated
+    /// `message.timestamp.difference.max.ms`, which bounds both.
+    pub timestamp_before_max_ms: i64,
+    pub timestamp_after_max_ms: i64,
+    pub timestamp_difference_max_ms: i64,
 }
 
 impl Default for TopicConfig {
@@ -94,6 +159,15 @@ impl Default for TopicConfig {
             delete_retention_ms: DAY_MS,
             min_insync_replicas: None,
             unclean_leader_election: false,
+            compression: Compression::Producer,
+            gzip_level: -1,
+            lz4_level: 9,
+            zstd_level: 3,
+            log_append_time: false,
+            timestamp_before_max_ms: i64::MAX,
+            // Kafka 4.0's default: a producer's clock an hour ahead is refused.
+            timestamp_after_max_ms: 3_600_000,
+            timestamp_difference_max_ms: i64::MAX,
         }
     }
 }
@@ -108,7 +182,13 @@ pub const TOPIC_KEYS: &[(&str, &str)] = &[
     ("cleanup.policy", "log.cleanup.policy"),
     ("delete.retention.ms", "log.cleaner.delete.retention.ms"),
     ("compression.type", "compression.type"),
+    ("compression.gzip.level", "compression.gzip.level"),
+    ("compression.lz4.level", "compression.lz4.level"),
+    ("compression.zstd.level", "compression.zstd.level"),
     ("message.timestamp.type", "log.message.timestamp.type"),
+    ("message.timestamp.before.max.ms", "log.message.timestamp.before.max.ms"),
+    ("message.timestamp.after.max.ms", "log.message.timestamp.after.max.ms"),
+    ("message.timestamp.difference.max.ms", "log.message.timestamp.difference.max.ms"),
     ("min.insync.replicas", "min.insync.replicas"),
     ("unclean.leader.election.enable", "unclean.leader.election.enable"),
 ];
@@ -164,34 +244,6 @@ const NO_COMPACTION: &str = "it acts only on compacted topics, and compaction is
 /// as Spate does: what it does, named as Kafka names it. Admin tools pass full config sets;
 /// these values are accepted (and described), others are refused with what Spate does instead.
 const FIXED_TOPIC_SETTINGS: &[(&str, &str, &str)] = &[
-    (
-        "compression.type",
-        "producer",
-        "batches are stored as producers compress them; recompressing is not supported yet",
-    ),
-    ("compression.gzip.level", "-1", "levels apply to recompressing, which is not supported yet"),
-    ("compression.lz4.level", "9", "levels apply to recompressing, which is not supported yet"),
-    ("compression.zstd.level", "3", "levels apply to recompressing, which is not supported yet"),
-    (
-        "message.timestamp.type",
-        "CreateTime",
-        "records keep the producer's timestamps; LogAppendTime is not supported yet",
-    ),
-    (
-        "message.timestamp.difference.max.ms",
-        KAFKA_LONG_MAX,
-        "producers' timestamps are not checked against the broker's clock yet",
-    ),
-    (
-        "message.timestamp.before.max.ms",
-        KAFKA_LONG_MAX,
-        "producers' timestamps are not checked against the broker's clock yet",
-    ),
-    (
-        "message.timestamp.after.max.ms",
-        KAFKA_LONG_MAX,
-        "producers' timestamps are not checked against the broker's clock yet",
-    ),
     (
         "message.downconversion.enable",
         "false",
@@ -300,6 +352,36 @@ impl TopicConfig {
                 }
                 self.min_insync_replicas = Some(replicas);
             }
+            "compression.type" => {
+                self.compression =
+                    Compression::ALL.into_iter().find(|c| c.name() == value).ok_or_else(|| {
+                        let names: Vec<&str> = Compression::ALL.map(Compression::name).to_vec();
+                        invalid(key, value, &format!("expected one of {}", names.join(", ")))
+                    })?
+            }
+            // Kafka's ranges (KIP-390): zlib's 1-9 or -1 for its default, LZ4's 1-17, zstd's.
+            "compression.gzip.level" => {
+                self.gzip_level = parse_within(key, value, -1..=9)?;
+                if self.gzip_level == 0 {
+                    return Err(invalid(key, value, "must be -1 or between 1 and 9"));
+                }
+            }
+            "compression.lz4.level" => self.lz4_level = parse_within(key, value, 1..=17)?,
+            "compression.zstd.level" => self.zstd_level = parse_within(key, value, -131072..=22)?,
+            "message.timestamp.type" => match value {
+                "CreateTime" => self.log_append_time = false,
+                "LogAppendTime" => self.log_append_time = true,
+                _ => return Err(invalid(key, value, "expected CreateTime or LogAppendTime")),
+            },
+            "message.timestamp.before.max.ms" => {
+                self.timestamp_before_max_ms = parse_within(key, value, 0..=i64::MAX)?
+            }
+            "message.timestamp.after.max.ms" => {
+                self.timestamp_after_max_ms = parse_within(key, value, 0..=i64::MAX)?
+            }
+            "message.timestamp.difference.max.ms" => {
+                self.timestamp_difference_max_ms = parse_within(key, value, 0..=i64::MAX)?
+            }
             // As Kafka's booleans: either case.
             "unclean.leader.election.enable" => match value.to_ascii_lowercase().as_str() {
                 "true" => self.unclean_leader_election = true,
@@ -322,6 +404,20 @@ impl TopicConfig {
             },
         }
         Ok(())
+    }
+
+    /// What the topic does to produced batches (`record::conform`).
+    pub fn batch_rules(&self) -> BatchRules {
+        let difference = self.timestamp_difference_max_ms;
+        BatchRules {
+            codec: self.compression.codec(),
+            levels: Levels { gzip: self.gzip_level, lz4: self.lz4_level, zstd: self.zstd_level },
+            log_append_time: self.log_append_time,
+            limits: TimestampLimits {
+                before_max_ms: self.timestamp_before_max_ms.min(difference),
+                after_max_ms: self.timestamp_after_max_ms.min(difference),
+            },
+        }
     }
 
     /// The in-sync replicas `acks=all` needs on a partition of `replicas` replicas: as set (as
@@ -425,6 +521,20 @@ impl TopicConfig {
             ("delete.retention.ms".into(), self.delete_retention_ms.to_string()),
             ("min.insync.replicas".into(), self.min_insync_replicas.unwrap_or(2).to_string()),
             ("unclean.leader.election.enable".into(), self.unclean_leader_election.to_string()),
+            ("compression.type".into(), self.compression.name().into()),
+            ("compression.gzip.level".into(), self.gzip_level.to_string()),
+            ("compression.lz4.level".into(), self.lz4_level.to_string()),
+            ("compression.zstd.level".into(), self.zstd_level.to_string()),
+            (
+                "message.timestamp.type".into(),
+                if self.log_append_time { "LogAppendTime" } else { "CreateTime" }.into(),
+            ),
+            ("message.timestamp.before.max.ms".into(), self.timestamp_before_max_ms.to_string()),
+            ("message.timestamp.after.max.ms".into(), self.timestamp_after_max_ms.to_string()),
+            (
+                "message.timestamp.difference.max.ms".into(),
+                self.timestamp_difference_max_ms.to_string(),
+            ),
         ]
         .into_iter()
         .chain(
@@ -997,6 +1107,23 @@ fn parse_limit(key: &str, value: &str) -> Result<i64, ConfigError> {
     Ok(limit)
 }
 
+/// A number within `range`.
+fn parse_within<T>(
+    key: &str,
+    value: &str,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
+    let number: T = parse(key, value)?;
+    if !range.contains(&number) {
+        let why = format!("must be between {} and {}", range.start(), range.end());
+        return Err(invalid(key, value, &why));
+    }
+    Ok(number)
+}
+
 /// Parses a CPU list like `0-3`, `0,2` or `0-1,4-5`.
 pub fn parse_cores(value: &str) -> Result<Vec<usize>, ConfigError> {
     let mut cores = Vec::new();
@@ -1095,14 +1222,16 @@ mod tests {
             assert_eq!(described.get(key), Some(value), "{key} described");
         }
         for (key, value, why) in [
-            ("compression.type", "zstd", "recompressing"),
-            ("message.timestamp.type", "LogAppendTime", "LogAppendTime"),
+            ("compression.type", "brotli", "one of producer, uncompressed, gzip"),
+            ("compression.gzip.level", "0", "-1 or between 1 and 9"),
+            ("compression.zstd.level", "23", "between -131072 and 22"),
+            ("message.timestamp.type", "AppendTime", "CreateTime or LogAppendTime"),
             ("min.insync.replicas", "0", "at least 1"),
             ("unclean.leader.election.enable", "yes", "true or false"),
             ("delete.retention.ms", "-1", "0 or more"),
             ("segment.jitter.ms", "1000", "roll at segment.ms exactly"),
             ("remote.storage.enable", "true", "tiered storage is not supported"),
-            ("message.timestamp.after.max.ms", "3600000", "not checked"),
+            ("message.timestamp.after.max.ms", "-1", "between 0 and"),
             // No value at all: refused by name with the reason, not as unknown.
             ("preallocate", "false", "preallocate is not supported: segment files"),
             ("file.delete.delay.ms", "60000", "not supported"),
@@ -1117,7 +1246,15 @@ mod tests {
         broker.set("log.message.timestamp.type", "CreateTime").expect("taken");
         broker.set("log.cleaner.delete.retention.ms", "5").expect("taken");
         assert_eq!(broker.topic_defaults.delete_retention_ms, 5);
-        assert!(broker.set("compression.type", "gzip").is_err());
+        broker.set("compression.type", "gzip").expect("a codec");
+        broker.set("log.message.timestamp.before.max.ms", "60000").expect("a limit");
+        let rules = broker.topic_defaults.batch_rules();
+        assert_eq!((rules.codec, rules.limits.before_max_ms), (Some(1), 60_000));
+        assert_eq!(rules.limits.after_max_ms, 3_600_000, "Kafka 4.0's default");
+        // The deprecated difference bounds both ways when it is the tighter.
+        broker.set("log.message.timestamp.difference.max.ms", "1000").expect("a limit");
+        let limits = broker.topic_defaults.batch_rules().limits;
+        assert_eq!((limits.before_max_ms, limits.after_max_ms), (1000, 1000));
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub enum ErrorKind {
     InvalidPartitions,
     /// A batch a broker must not store (Kafka's INVALID_RECORD).
     InvalidRecord,
+    /// A record's timestamp too far from the broker's clock (Kafka's INVALID_TIMESTAMP).
+    InvalidTimestamp,
     /// An idempotent producer skipped or reordered a sequence number.
     OutOfOrderSequence,
     /// An idempotent producer's epoch was fenced by a newer one.

@@ -669,7 +669,6 @@ fn create_topic_with_configs_at(
     assignment: &[&[i32]],
     configs: &[(&str, &str)],
 ) -> (i16, String) {
-    use kafka_protocol::messages::create_topics_request::CreatableTopicConfig;
     use kafka_protocol::messages::create_topics_request::{
         CreatableReplicaAssignment, CreatableTopic,
     };
@@ -691,15 +690,7 @@ fn create_topic_with_configs_at(
             listed
         })
         .collect();
-    topic.configs = configs
-        .iter()
-        .map(|(key, value)| {
-            let mut config = CreatableTopicConfig::default();
-            config.name = StrBytes::from_string(key.to_string());
-            config.value = Some(StrBytes::from_string(value.to_string()));
-            config
-        })
-        .collect();
+    topic.configs = common::kafka_wire::topic_configs(configs);
     let mut request = CreateTopicsRequest::default();
     request.topics = vec![topic];
     request.timeout_ms = 30_000;

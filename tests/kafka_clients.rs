@@ -53,6 +53,16 @@ fn admin_configs() {
     run_one("admin_configs", &settings, &python, &["admin_configs.py"]);
 }
 
+/// What topic settings make of stored batches, through confluent-kafka and kafka-python:
+/// `compression.type=zstd` recompresses (both read everything back), `LogAppendTime` stamps
+/// the broker's clock, and timestamps out of KIP-937's limits are refused.
+#[test]
+fn stored_batches() {
+    let python = require_pip_confluent();
+    require_kafka_python();
+    run_one("stored_batches", &[], &python, &["stored_batches.py"]);
+}
+
 /// ListOffsets by max timestamp (confluent-kafka), DescribeLogDirs, DescribeProducers and
 /// OffsetDelete (kafka-python), each with its answer checked against what was written.
 #[test]

@@ -19,8 +19,12 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
-use common::kafka_wire::{batch, create_topic, latest_offset, produce_request, produced, Conn};
+use common::kafka_wire::{
+    batch, batch_at, create_topic, create_topic_with, latest_offset, produce_request, produced,
+    Conn,
+};
 use common::Broker;
+use spate::record::OwnedRecord;
 
 #[test]
 fn api_versions_answers_unknown_versions_in_v0_with_the_ranges() {
@@ -542,34 +546,9 @@ fn clients_cannot_write_or_create_the_internal_offsets_topic() {
 /// (and described back), anything else is INVALID_CONFIG naming the setting and why.
 #[test]
 fn create_topics_takes_the_standard_settings_at_what_spate_does() {
-    use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
-    use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::start(&dir.path().join("data"), &[]);
     let mut conn = Conn::open(&broker.kafka_addr);
-    let mut create = |name: &'static str, configs: &[(&'static str, &'static str)]| {
-        let mut topic = CreatableTopic::default();
-        topic.name = TopicName(StrBytes::from_static_str(name));
-        topic.num_partitions = 1;
-        topic.replication_factor = 1;
-        topic.configs = configs
-            .iter()
-            .map(|(key, value)| {
-                let mut config = CreatableTopicConfig::default();
-                config.name = StrBytes::from_static_str(key);
-                config.value = Some(StrBytes::from_static_str(value));
-                config
-            })
-            .collect();
-        let mut request = CreateTopicsRequest::default();
-        request.topics = vec![topic];
-        let response: CreateTopicsResponse = conn.call(ApiKey::CreateTopics, 5, &request);
-        let result = &response.topics[0];
-        (
-            result.error_code,
-            result.error_message.as_ref().map(|m| m.to_string()).unwrap_or_default(),
-        )
-    };
     let standard = [
         ("cleanup.policy", "delete"),
         ("compression.type", "producer"),
@@ -579,11 +558,121 @@ fn create_topics_takes_the_standard_settings_at_what_spate_does() {
         ("unclean.leader.election.enable", "false"),
         ("retention.ms", "604800000"),
     ];
-    assert_eq!(create("standard", &standard), (0, String::new()));
-    let (code, why) = create("appended", &[("message.timestamp.type", "LogAppendTime")]);
+    assert_eq!(create_topic_with(&mut conn, "standard", 1, &standard), (0, String::new()));
+    let (code, why) =
+        create_topic_with(&mut conn, "appended", 1, &[("message.timestamp.type", "AppendTime")]);
     assert_eq!(code, 40, "INVALID_CONFIG: {why}");
-    assert!(why.contains("message.timestamp.type") && why.contains("not supported yet"), "{why}");
+    assert!(why.contains("message.timestamp.type") && why.contains("LogAppendTime"), "{why}");
     broker.stop();
+}
+
+/// What a topic's settings make of produced batches, through both protocols: `compression.type`
+/// recompresses (every reader gets the records back), `LogAppendTime` gives batches the broker's
+/// clock (and the produce response says which), and KIP-937's limits refuse batches whose
+/// timestamps stray from it (INVALID_TIMESTAMP, nothing stored).
+#[test]
+fn topic_settings_recompress_stamp_and_bound_what_is_stored() {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
+    use kafka_protocol::records::RecordBatchDecoder;
+    const INVALID_TIMESTAMP: i16 = 32;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"), &[]);
+    let mut conn = Conn::open(&broker.kafka_addr);
+    for (name, configs) in [
+        ("zstd", vec![("compression.type", "zstd"), ("compression.zstd.level", "5")]),
+        ("appended", vec![("message.timestamp.type", "LogAppendTime")]),
+        ("recent", vec![("message.timestamp.before.max.ms", "60000")]),
+        ("plain", vec![]),
+    ] {
+        assert_eq!(create_topic_with(&mut conn, name, 1, &configs), (0, String::new()), "{name}");
+    }
+    let now = || {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+            as i64
+    };
+    let fetch_batches = |conn: &mut Conn, topic: &'static str| {
+        let mut partition = FetchPartition::default();
+        partition.partition_max_bytes = 1 << 20;
+        let mut wanted = FetchTopic::default();
+        wanted.topic = TopicName(StrBytes::from_static_str(topic));
+        wanted.partitions = vec![partition];
+        let mut fetch = FetchRequest::default();
+        fetch.replica_id = BrokerId(-1);
+        fetch.max_bytes = 1 << 20;
+        fetch.topics = vec![wanted];
+        let fetched: FetchResponse = conn.call(ApiKey::Fetch, 11, &fetch);
+        fetched.responses[0].partitions[0].records.clone().unwrap_or_default()
+    };
+    let decoded = |mut raw: Bytes| RecordBatchDecoder::decode_all(&mut raw).unwrap();
+
+    // Uncompressed from a Kafka producer, from a native one: both stored in zstd, both read
+    // back whole by either protocol.
+    let sent = batch(-1, -1, -1, 20);
+    let response: ProduceResponse =
+        conn.call(ApiKey::Produce, 7, &produce_request("zstd", 1, sent.clone()));
+    assert_eq!(produced(&response), (0, 0));
+    assert_eq!(response.responses[0].partition_responses[0].log_append_time_ms, -1);
+    let natively = common::run(|| async {
+        let client = common::connect(&broker).await;
+        let records = (20..25).map(|n| common::record(0, n)).collect();
+        common::produce(&client, "zstd", 0, spate::native::messages::Acks::All, records).await;
+        common::read_all(&client, "zstd", 0, 0).await
+    });
+    assert_eq!(natively.len(), 25);
+    assert_eq!(natively[3].1.value.as_deref(), Some(&b"value--1-3"[..]));
+    assert_eq!(natively[24].1.value, common::record(0, 24).value);
+    let stored = decoded(fetch_batches(&mut conn, "zstd"));
+    assert_eq!(stored.len(), 2);
+    assert!(stored.iter().all(|b| b.compression == Compression::Zstd), "stored in zstd");
+    let mut original = sent.clone();
+    let originals = RecordBatchDecoder::decode_all(&mut original).unwrap();
+    // Every record as sent, but for the leader epoch the broker stamps on the batch.
+    let epoch_zero = |records: &[Record]| -> Vec<Record> {
+        records.iter().map(|r| Record { partition_leader_epoch: 0, ..r.clone() }).collect()
+    };
+    assert_eq!(epoch_zero(&stored[0].records), epoch_zero(&originals[0].records));
+
+    // LogAppendTime: the broker's clock, whatever the producer said.
+    let before = now();
+    let response: ProduceResponse =
+        conn.call(ApiKey::Produce, 7, &produce_request("appended", 1, batch(-1, -1, -1, 3)));
+    let answered = &response.responses[0].partition_responses[0];
+    assert_eq!(answered.error_code, 0);
+    let append_time = answered.log_append_time_ms;
+    assert!((before..=now()).contains(&append_time), "{append_time} not the broker's clock");
+    // Readers give every record the batch's max timestamp under LogAppendTime.
+    let raw = fetch_batches(&mut conn, "appended");
+    let header = spate::record::kafka_batch::BatchHeader::read(&raw).expect("a batch");
+    assert_eq!(header.max_timestamp.get(), append_time);
+    let stored = decoded(raw);
+    assert!(stored[0].records.iter().all(|r| r.timestamp_type == TimestampType::LogAppend));
+
+    // The before-limit reads every record: batches from 2023 are refused, nothing stored; the
+    // default after-limit (an hour, Kafka 4.0's) refuses a producer's clock two hours ahead.
+    let response: ProduceResponse =
+        conn.call(ApiKey::Produce, 8, &produce_request("recent", 1, batch(-1, -1, -1, 3)));
+    let refused = &response.responses[0].partition_responses[0];
+    assert_eq!(refused.error_code, INVALID_TIMESTAMP);
+    let message = refused.error_message.as_ref().map(|m| m.to_string()).unwrap_or_default();
+    assert!(message.contains("out of range"), "{message}");
+    assert!(fetch_batches(&mut conn, "recent").is_empty());
+    let ahead = batch_at(3, now() + 2 * 3_600_000);
+    let response: ProduceResponse =
+        conn.call(ApiKey::Produce, 7, &produce_request("plain", 1, ahead));
+    assert_eq!(response.responses[0].partition_responses[0].error_code, INVALID_TIMESTAMP);
+    let timely = batch_at(3, now());
+    let response: ProduceResponse =
+        conn.call(ApiKey::Produce, 7, &produce_request("plain", 1, timely));
+    assert_eq!(produced(&response), (0, 0));
+    let natively_ahead = common::run(|| async {
+        let client = common::connect(&broker).await;
+        let record = OwnedRecord { timestamp: now() + 2 * 3_600_000, ..common::record(0, 0) };
+        let batch = common::batch_of([record]);
+        client.produce("plain", 0, spate::native::messages::Acks::Leader, batch).await
+    });
+    let refused = natively_ahead.expect_err("a native batch two hours ahead is refused");
+    assert!(format!("{refused:?}").contains("InvalidTimestamp"), "{refused:?}");
 }
 
 #[test]
@@ -623,6 +712,26 @@ fn the_broker_describes_its_cluster_settings() {
         let response: DescribeConfigsResponse = conn.call(ApiKey::DescribeConfigs, 1, &request);
         let result = &response.results[0];
         assert_eq!((result.error_code, result.configs.len()), (code, count), "broker {name:?}");
+    }
+    // A group (Kafka 4.0's resource 32): KIP-848's settings at their defaults, read-only; a
+    // group needs a name.
+    for (name, code) in [("readers", 0), ("", 42)] {
+        let mut resource = DescribeConfigsResource::default();
+        resource.resource_type = 32;
+        resource.resource_name = StrBytes::from_static_str(name);
+        resource.configuration_keys = None;
+        let mut request = DescribeConfigsRequest::default();
+        request.resources = vec![resource];
+        let response: DescribeConfigsResponse = conn.call(ApiKey::DescribeConfigs, 4, &request);
+        let result = &response.results[0];
+        assert_eq!(result.error_code, code, "group {name:?}");
+        if code == 0 {
+            let session = (result.configs.iter())
+                .find(|c| c.name.as_str() == "consumer.session.timeout.ms")
+                .expect("the group's session timeout");
+            assert_eq!(session.value.as_deref(), Some("45000"));
+            assert!(session.read_only && session.config_source == 5);
+        }
     }
 }
 

@@ -237,6 +237,7 @@ pub fn error_code(kind: ErrorKind) -> i16 {
         ErrorKind::InvalidProducerEpoch => Kafka::InvalidProducerEpoch,
         ErrorKind::StorageError => Kafka::KafkaStorageError,
         ErrorKind::InvalidRecord => Kafka::InvalidRecord,
+        ErrorKind::InvalidTimestamp => Kafka::InvalidTimestamp,
         ErrorKind::PolicyViolation => Kafka::PolicyViolation,
         ErrorKind::NotController => Kafka::NotController,
         ErrorKind::StaleBrokerEpoch => Kafka::StaleBrokerEpoch,

@@ -33,8 +33,8 @@ pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"SPN1");
 /// 5: Reassign (KIP-455), and partition metadata with the reassignment in progress and the
 /// eligible leader replicas (KIP-966). 6: AlterTopicConfig (Kafka's IncrementalAlterConfigs of
 /// a topic), DeleteOffsets (Kafka's OffsetDelete), LogDirs (DescribeLogDirs), Producers
-/// (DescribeProducers) and DeleteRecords.
-pub const PROTOCOL_VERSION: u8 = 6;
+/// (DescribeProducers) and DeleteRecords. 7: the invalid-timestamp code (KIP-937's limits).
+pub const PROTOCOL_VERSION: u8 = 7;
 /// Meta bodies are small (names, numbers); anything larger is a corrupt or hostile frame.
 pub const META_BYTES_MAX: u32 = 1024 * 1024;
 pub const META_ALIGN: usize = 16;

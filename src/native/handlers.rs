@@ -24,6 +24,8 @@ use crate::native::messages::{
 };
 use crate::native::{cluster, groups, replication};
 use crate::record::batch::validate_native_payload;
+use crate::record::conform::{check_native, native_as_kafka, ConformError};
+use crate::record::kafka_batch::validate_produced;
 use crate::record::{PayloadFormat, PendingEntry, ENTRY_HEADER_BYTES};
 use crate::shard::{Shard, TopicRequest, FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX};
 use crate::types::{Offset, PartitionId, ShardId};
@@ -221,6 +223,21 @@ async fn append(
     }
     validate_native_payload(frame.data(), &request.batch)
         .map_err(|e| BrokerError::new(ErrorKind::CorruptMessage, e.to_string()))?;
+    let (rules, now) = (info.config.batch_rules(), crate::now_ms());
+    let refused = |e: ConformError| e.refusal(&request.topic, request.partition);
+    if rules.rewrites_native() {
+        // Stored as the Kafka batch its topic asks for (a codec, the broker's time); native
+        // readers get it converted back, as any Kafka producer's batch.
+        let kafka = native_as_kafka(frame.data(), &request.batch, &rules, now).map_err(refused)?;
+        let meta = validate_produced(&kafka, info.config.max_message_bytes)
+            .map_err(|e| e.refusal(&request.topic, request.partition))?
+            .meta();
+        let entry = PendingEntry::kafka(&kafka, meta)
+            .ok_or_else(|| BrokerError::new(ErrorKind::CorruptMessage, "batch too short"))?;
+        let partition = PartitionId(request.partition);
+        return shard.produce(&request.topic, partition, request.acks, entry).await;
+    }
+    check_native(frame.data(), &request.batch, &rules.limits, now).map_err(refused)?;
     let data_crc = frame.header.data_crc.get();
     let header_at = frame.data_start() - ENTRY_HEADER_BYTES;
     let entry = PendingEntry::new(

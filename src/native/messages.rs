@@ -93,6 +93,8 @@ pub enum ErrorCode {
     NoReassignmentInProgress = 43,
     /// Committed offsets of a topic a member of the group consumes (deleting them is refused).
     GroupSubscribedToTopic = 44,
+    /// A record's timestamp too far from the broker's clock.
+    InvalidTimestamp = 45,
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -121,6 +123,7 @@ impl From<ErrorKind> for ErrorCode {
             ErrorKind::InvalidTopicName => ErrorCode::InvalidTopicName,
             ErrorKind::InvalidPartitions => ErrorCode::InvalidPartitions,
             ErrorKind::InvalidRecord => ErrorCode::InvalidRecord,
+            ErrorKind::InvalidTimestamp => ErrorCode::InvalidTimestamp,
             ErrorKind::OutOfOrderSequence => ErrorCode::OutOfOrderSequence,
             ErrorKind::InvalidProducerEpoch => ErrorCode::InvalidProducerEpoch,
             ErrorKind::UnsupportedForMessageFormat => ErrorCode::UnsupportedForMessageFormat,

@@ -5,11 +5,10 @@
 //! gets a native entry built from its records, decompressed first when the producer compressed
 //! them. Offsets, timestamps, keys, values and headers (duplicates and order kept) carry over.
 
-use std::io::Read;
-
 use bytes::{Bytes, BytesMut};
 
 use crate::record::batch::NativeBatchView;
+use crate::record::codecs;
 use crate::record::entry::{entries, Check};
 use crate::record::kafka_batch::{self, BatchHeader, BATCH_HEADER_BYTES};
 use crate::record::{BatchBuilder, EntryHeader, OwnedRecord, PayloadFormat};
@@ -154,66 +153,9 @@ pub fn for_each_record(batch: &[u8], mut visit: impl FnMut(KafkaRecord<'_>)) -> 
     if header.codec() == 0 {
         return visit_records(records, &header, &mut visit);
     }
-    let plain = decompress(header.codec(), records, DECOMPRESSED_BYTES_MAX)
+    let plain = codecs::decompress(header.codec(), records, DECOMPRESSED_BYTES_MAX)
         .map_err(|e| format!("decompressing a Kafka batch: {e}"))?;
     visit_records(&plain, &header, &mut visit)
-}
-
-/// Kafka's codecs, with the output bounded by `limit` before it is produced.
-fn decompress(codec: i16, input: &[u8], limit: usize) -> Result<Vec<u8>, String> {
-    let bounded = |reader: Box<dyn Read + '_>| -> Result<Vec<u8>, String> {
-        let mut out = Vec::new();
-        reader.take(limit as u64 + 1).read_to_end(&mut out).map_err(|e| e.to_string())?;
-        if out.len() > limit {
-            return Err(format!("more than {limit} bytes once decompressed"));
-        }
-        Ok(out)
-    };
-    match codec {
-        1 => bounded(Box::new(flate2::read::GzDecoder::new(input))),
-        2 => snappy(input, limit),
-        3 => bounded(Box::new(lz4::Decoder::new(input).map_err(|e| e.to_string())?)),
-        4 => {
-            let decoder = zstd::stream::read::Decoder::new(input).map_err(|e| e.to_string())?;
-            bounded(Box::new(decoder))
-        }
-        other => Err(format!("unknown compression codec {other}")),
-    }
-}
-
-/// The magic that starts xerial-framed snappy, which Kafka's Java client writes.
-const XERIAL_MAGIC: &[u8] = b"\x82SNAPPY\x00";
-const XERIAL_HEADER_BYTES: usize = 16;
-
-/// Snappy, xerial-framed or raw: each block's claimed length is checked against what is left of
-/// `limit` before anything is allocated for it.
-fn snappy(input: &[u8], limit: usize) -> Result<Vec<u8>, String> {
-    let block = |compressed: &[u8], out: &mut Vec<u8>| -> Result<(), String> {
-        let len = snap::raw::decompress_len(compressed).map_err(|e| e.to_string())?;
-        if out.len() + len > limit {
-            return Err(format!("more than {limit} bytes once decompressed"));
-        }
-        let start = out.len();
-        out.resize(start + len, 0);
-        snap::raw::Decoder::new()
-            .decompress(compressed, &mut out[start..])
-            .map_err(|e| e.to_string())?;
-        Ok(())
-    };
-    let mut out = Vec::new();
-    if !input.starts_with(XERIAL_MAGIC) {
-        block(input, &mut out)?;
-        return Ok(out);
-    }
-    let mut rest = input.get(XERIAL_HEADER_BYTES..).ok_or("truncated xerial header")?;
-    while !rest.is_empty() {
-        let (len, after) = rest.split_at_checked(4).ok_or("truncated xerial block length")?;
-        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        let (compressed, after) = after.split_at_checked(len).ok_or("truncated xerial block")?;
-        block(compressed, &mut out)?;
-        rest = after;
-    }
-    Ok(out)
 }
 
 fn visit_records(
@@ -397,11 +339,12 @@ mod tests {
             assert_eq!(count, 20, "{compression:?}");
             let codec = BatchHeader::read(&batch).unwrap().codec();
             let compressed = &batch[BATCH_HEADER_BYTES..];
-            assert!(decompress(codec, compressed, 100_000).is_err(), "{compression:?} bomb");
+            let bomb = codecs::decompress(codec, compressed, 100_000);
+            assert!(bomb.is_err(), "{compression:?} bomb");
         }
         // A raw snappy block claiming 4 GiB is refused before anything is allocated for it.
         let claim = [0xff, 0xff, 0xff, 0xff, 0x0f, 0x00];
-        assert!(snappy(&claim, DECOMPRESSED_BYTES_MAX).is_err());
+        assert!(codecs::decompress(codecs::SNAPPY, &claim, DECOMPRESSED_BYTES_MAX).is_err());
     }
 
     #[test]

@@ -24,6 +24,7 @@
 use zerocopy::big_endian::{I16, I32, I64, U32};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
+use crate::error::{BrokerError, ErrorKind};
 use crate::record::BatchMeta;
 
 /// Bytes before the first record.
@@ -94,6 +95,19 @@ pub enum BatchError {
     OldFormat(u8),
     /// MESSAGE_TOO_LARGE.
     TooLarge { len: usize, max: u32 },
+}
+
+impl BatchError {
+    /// The refusal of a batch of `topic`-`partition`, as the broker answers it.
+    pub fn refusal(&self, topic: &str, partition: u32) -> BrokerError {
+        let kind = match self {
+            Self::Corrupt(_) => ErrorKind::CorruptMessage,
+            Self::Invalid(_) => ErrorKind::InvalidRecord,
+            Self::OldFormat(_) => ErrorKind::UnsupportedForMessageFormat,
+            Self::TooLarge { .. } => ErrorKind::MessageTooLarge,
+        };
+        BrokerError::new(kind, format!("{topic}-{partition}: {self}"))
+    }
 }
 
 impl std::fmt::Display for BatchError {

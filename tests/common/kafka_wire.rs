@@ -98,7 +98,7 @@ pub fn request<T: Encodable>(api: ApiKey, version: i16, correlation_id: i32, bod
 }
 
 pub fn batch(producer_id: i64, epoch: i16, sequence: i32, count: usize) -> Bytes {
-    encode_batch(producer_id, epoch, sequence, count, |i| {
+    encode_batch((producer_id, epoch, sequence), count, (1_700_000_000_000, 1), |i| {
         (Some(Bytes::from(format!("key-{i}"))), Bytes::from(format!("value-{sequence}-{i}")))
     })
 }
@@ -106,15 +106,21 @@ pub fn batch(producer_id: i64, epoch: i16, sequence: i32, count: usize) -> Bytes
 /// A batch of `count` unkeyed records of `value_bytes` each, without a producer id.
 pub fn large_batch(count: usize, value_bytes: usize) -> Bytes {
     let value = Bytes::from(vec![b'v'; value_bytes]);
-    encode_batch(-1, -1, 0, count, |_| (None, value.clone()))
+    encode_batch((-1, -1, 0), count, (1_700_000_000_000, 1), |_| (None, value.clone()))
 }
 
-/// One RecordBatch v2 of `count` records, `record(i)` giving each one's key and value.
+/// A batch of `count` unkeyed records all stamped `timestamp`, without a producer id.
+pub fn batch_at(count: usize, timestamp: i64) -> Bytes {
+    let value = Bytes::from(format!("at {timestamp}"));
+    encode_batch((-1, -1, 0), count, (timestamp, 0), |_| (None, value.clone()))
+}
+
+/// One RecordBatch v2 of `count` records from (producer id, epoch, first sequence), stamped
+/// from `first_timestamp` on, `step` ms apart, `record(i)` giving each one's key and value.
 fn encode_batch(
-    producer_id: i64,
-    epoch: i16,
-    sequence: i32,
+    (producer_id, epoch, sequence): (i64, i16, i32),
     count: usize,
+    (first_timestamp, step): (i64, i64),
     record: impl Fn(usize) -> (Option<Bytes>, Bytes),
 ) -> Bytes {
     let records: Vec<Record> = (0..count)
@@ -132,7 +138,7 @@ fn encode_batch(
                 // The encoder starts a new batch wherever offset - sequence changes; a producer
                 // without an id sends base sequence -1.
                 sequence: if producer_id >= 0 { sequence + i as i32 } else { i as i32 - 1 },
-                timestamp: 1_700_000_000_000 + i as i64,
+                timestamp: first_timestamp + step * i as i64,
                 key,
                 value: Some(value),
                 headers: IndexMap::new(),
@@ -183,12 +189,38 @@ pub fn latest_offset(conn: &mut Conn, topic: &str) -> i64 {
 
 /// CreateTopics (v5) for one topic of `partitions` partitions: (error code, error message).
 pub fn create_topic(conn: &mut Conn, name: &str, partitions: i32) -> (i16, String) {
+    create_topic_with(conn, name, partitions, &[])
+}
+
+/// Settings as CreateTopics carries them.
+pub fn topic_configs(
+    configs: &[(&str, &str)],
+) -> Vec<kafka_protocol::messages::create_topics_request::CreatableTopicConfig> {
+    use kafka_protocol::messages::create_topics_request::CreatableTopicConfig;
+    (configs.iter())
+        .map(|(key, value)| {
+            let mut config = CreatableTopicConfig::default();
+            config.name = StrBytes::from_string(key.to_string());
+            config.value = Some(StrBytes::from_string(value.to_string()));
+            config
+        })
+        .collect()
+}
+
+/// CreateTopics of one topic with these settings: (error code, message).
+pub fn create_topic_with(
+    conn: &mut Conn,
+    name: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+) -> (i16, String) {
     use kafka_protocol::messages::create_topics_request::CreatableTopic;
     use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
     let mut topic = CreatableTopic::default();
     topic.name = TopicName(StrBytes::from_string(name.to_string()));
     topic.num_partitions = partitions;
     topic.replication_factor = 1;
+    topic.configs = topic_configs(configs);
     let mut request = CreateTopicsRequest::default();
     request.topics = vec![topic];
     request.timeout_ms = 30_000;

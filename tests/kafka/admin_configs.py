@@ -169,9 +169,8 @@ def main():
     expect_refused("APPEND to a single value",
                    alter(admin, topic, [("retention.ms", "5", AlterConfigOpType.APPEND)]),
                    "INVALID_CONFIG")
-    expect_refused("LogAppendTime (not honoured yet)",
-                   alter(admin, topic, [("message.timestamp.type", "LogAppendTime",
-                                         AlterConfigOpType.SET)]),
+    expect_refused("a codec Kafka does not have",
+                   alter(admin, topic, [("compression.type", "brotli", AlterConfigOpType.SET)]),
                    "INVALID_CONFIG")
     from confluent_kafka.admin import ConfigEntry
     broker = ConfigResource("broker", "0", incremental_configs=[

@@ -31,6 +31,24 @@ use crate::shard::Shard;
 /// Resource types (Kafka's `ConfigResource.Type`).
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
+/// KIP-848's group resource (Kafka 4.0's admin clients describe it).
+const RESOURCE_GROUP: i8 = 32;
+
+/// Kafka 4.0's group settings, at Kafka's defaults: they govern KIP-848 consumer groups, which
+/// Spate does not run; its classic groups take each member's own session timeout (within
+/// `group.min.session.timeout.ms` and `group.max.session.timeout.ms`).
+const GROUP_SETTINGS: &[(&str, &str, &str)] = &[
+    (
+        "consumer.session.timeout.ms",
+        "45000",
+        "For KIP-848 consumer groups, not run here: classic groups take each member's own.",
+    ),
+    (
+        "consumer.heartbeat.interval.ms",
+        "5000",
+        "For KIP-848 consumer groups, not run here: classic members heartbeat as they choose.",
+    ),
+];
 
 /// Where a value comes from (Kafka's `DescribeConfigsResponse.ConfigSource`).
 const SOURCE_TOPIC_CONFIG: i8 = 1;
@@ -89,12 +107,34 @@ const TOPIC_SETTINGS: &[(&str, i8, &str)] = &[
     (
         "compression.type",
         TYPE_STRING,
-        "producer: batches are stored as their producers compressed them.",
+        "The codec batches are stored in: producer keeps each as its producer compressed it; \
+         uncompressed, gzip, snappy, lz4 or zstd recompresses the others.",
     ),
+    ("compression.gzip.level", TYPE_INT, "The gzip level batches are recompressed at."),
+    ("compression.lz4.level", TYPE_INT, "The LZ4 level batches are recompressed at."),
+    ("compression.zstd.level", TYPE_INT, "The zstd level batches are recompressed at."),
     (
         "message.timestamp.type",
         TYPE_STRING,
-        "CreateTime: records keep their producers' timestamps.",
+        "CreateTime: records keep their producers' timestamps; LogAppendTime: each batch takes \
+         the broker's clock when it is appended.",
+    ),
+    (
+        "message.timestamp.before.max.ms",
+        TYPE_LONG,
+        "With CreateTime, a batch with a record older than this behind the broker's clock is \
+         refused.",
+    ),
+    (
+        "message.timestamp.after.max.ms",
+        TYPE_LONG,
+        "With CreateTime, a batch with a record this far ahead of the broker's clock is \
+         refused.",
+    ),
+    (
+        "message.timestamp.difference.max.ms",
+        TYPE_LONG,
+        "Deprecated (KIP-937): bounds a record's timestamp both ways, as the two above.",
     ),
 ];
 
@@ -145,9 +185,16 @@ pub fn describe_configs(
                     "Broker id must be an integer, but it is: ".to_string() + name,
                 )),
             },
+            RESOURCE_GROUP if name.is_empty() => {
+                Err((ResponseError::InvalidRequest.code(), "Group name must not be empty".into()))
+            }
+            RESOURCE_GROUP => Ok(describe_group()),
             other => Err((
                 ResponseError::InvalidRequest.code(),
-                format!("resource type {other} is not described (topics 2 and brokers 4 are)"),
+                format!(
+                    "resource type {other} is not described (topics 2, brokers 4 and groups 32 \
+                     are)"
+                ),
             )),
         };
         match described {
@@ -244,7 +291,6 @@ fn topic_setting(name: &str) -> (i8, Option<&'static str>) {
 /// The types Kafka gives the settings Spate takes at one value.
 fn fixed_setting_type(name: &str) -> i8 {
     match name {
-        "compression.gzip.level" | "compression.lz4.level" | "compression.zstd.level" => TYPE_INT,
         "message.downconversion.enable"
         | "remote.storage.enable"
         | "remote.log.copy.disable"
@@ -260,6 +306,21 @@ fn fixed_setting_type(name: &str) -> i8 {
 
 /// The broker's settings as it runs with them: read-only (static), from its file or flags or
 /// Spate's defaults.
+/// A group's settings: Kafka's defaults, read-only (see [`GROUP_SETTINGS`]).
+fn describe_group() -> Vec<Described> {
+    (GROUP_SETTINGS.iter())
+        .map(|(name, value, documentation)| Described {
+            name: name.to_string(),
+            value: value.to_string(),
+            source: SOURCE_DEFAULT_CONFIG,
+            read_only: true,
+            config_type: TYPE_INT,
+            documentation: Some(documentation),
+            synonyms: vec![(name.to_string(), value.to_string(), SOURCE_DEFAULT_CONFIG)],
+        })
+        .collect()
+}
+
 fn describe_broker(config: &BrokerConfig) -> Vec<Described> {
     let defaults = broker_entries(&BrokerConfig::default());
     (broker_entries(config).into_iter())
@@ -479,6 +540,11 @@ async fn alter(
             );
             Err(invalid_request(why))
         }
+        RESOURCE_GROUP => Err(invalid_request(
+            "group settings govern KIP-848 consumer groups, which Spate does not run; its \
+             classic groups take their members' own timeouts"
+                .into(),
+        )),
         other => Err(invalid_request(format!("resource type {other} has no settings to change"))),
     }
 }

@@ -11,6 +11,7 @@ use crate::error::ErrorKind;
 use crate::kafka::codec;
 use crate::kafka::handlers::has_field;
 use crate::partition::Acks;
+use crate::record::conform::conform;
 use crate::record::kafka_batch::{validate_produced, BatchError};
 use crate::record::PendingEntry;
 use crate::shard::Shard;
@@ -58,17 +59,24 @@ pub async fn produce(
         let mut topic = TopicProduceResponse::default();
         topic.name = name.clone();
         for (index, started) in partitions {
-            let result = match started {
-                Ok(task) => task.await.unwrap_or_else(|| {
-                    Err(BrokerError::new(ErrorKind::NotAvailable, "the broker is stopping"))
-                }),
-                Err(e) => Err(e),
+            let (result, log_append_time) = match started {
+                Ok((task, log_append_time)) => (
+                    task.await.unwrap_or_else(|| {
+                        Err(BrokerError::new(ErrorKind::NotAvailable, "the broker is stopping"))
+                    }),
+                    log_append_time,
+                ),
+                Err(e) => (Err(e), None),
             };
             let mut partition = PartitionProduceResponse::default();
             partition.index = index;
             match result {
                 Ok((base_offset, log_start)) => {
                     partition.base_offset = base_offset.0 as i64;
+                    // -1 (the default) under CreateTime, as Kafka answers.
+                    if let Some(time) = log_append_time.filter(|_| has_field(version, 2)) {
+                        partition.log_append_time_ms = time;
+                    }
                     if has_field(version, 5) {
                         partition.log_start_offset = log_start.0 as i64;
                     }
@@ -115,7 +123,8 @@ fn refuse_all(request: ProduceRequest, version: i16, code: i16, acks: i16) -> Pr
 
 type Appending = glommio::task::JoinHandle<Result<(Offset, Offset), BrokerError>>;
 
-/// Validates one partition's batch and starts appending it on the owning shard.
+/// Validates one partition's batch, makes it what its topic stores (`record::conform`) and
+/// starts appending it on the owning shard; with the broker time it took under LogAppendTime.
 fn start_append(
     shard: &Rc<Shard>,
     topic: &str,
@@ -123,7 +132,7 @@ fn start_append(
     partition: i32,
     records: Option<&[u8]>,
     acks: Acks,
-) -> Result<Appending, BrokerError> {
+) -> Result<(Appending, Option<i64>), BrokerError> {
     let partition =
         u32::try_from(partition).ok().filter(|p| *p < info.partitions).ok_or_else(|| {
             let why = format!(
@@ -133,21 +142,27 @@ fn start_append(
             BrokerError::new(ErrorKind::UnknownPartition, why)
         })?;
     let records = records.unwrap_or_default();
-    let header = validate_produced(records, info.config.max_message_bytes).map_err(|e| {
-        let code = match &e {
-            BatchError::Corrupt(_) => ErrorKind::CorruptMessage,
-            BatchError::Invalid(_) => ErrorKind::InvalidRecord,
-            BatchError::OldFormat(_) => ErrorKind::UnsupportedForMessageFormat,
-            BatchError::TooLarge { .. } => ErrorKind::MessageTooLarge,
-        };
-        BrokerError::new(code, format!("{topic}-{partition}: {e}"))
-    })?;
-    let entry = PendingEntry::kafka(records, header.meta())
-        .ok_or_else(|| BrokerError::new(ErrorKind::CorruptMessage, "batch too short"))?;
+    let max_bytes = info.config.max_message_bytes;
+    let refused = |e: BatchError| e.refusal(topic, partition);
+    let header = validate_produced(records, max_bytes).map_err(refused)?;
+    let rules = info.config.batch_rules();
+    let now = crate::now_ms();
+    let conformed = conform(records, &rules, now).map_err(|e| e.refusal(topic, partition))?;
+    let entry = match &conformed {
+        None => PendingEntry::kafka(records, header.meta()),
+        // Recompressed, it may have outgrown max.message.bytes: checked again, as Kafka does.
+        Some(stored) => PendingEntry::kafka(
+            stored,
+            validate_produced(stored, max_bytes).map_err(refused)?.meta(),
+        ),
+    }
+    .ok_or_else(|| BrokerError::new(ErrorKind::CorruptMessage, "batch too short"))?;
     let (shard, topic) = (shard.clone(), topic.to_string());
     // A task of its own, spawned now: the append takes its turn on the owning shard in request
     // order even though this request awaits the partitions one after another.
     let partition = PartitionId(partition);
-    Ok(glommio::spawn_local(async move { shard.produce(&topic, partition, acks, entry).await })
-        .detach())
+    let appending =
+        glommio::spawn_local(async move { shard.produce(&topic, partition, acks, entry).await })
+            .detach();
+    Ok((appending, rules.log_append_time.then_some(now)))
 }
