@@ -140,10 +140,11 @@ pub struct TopicConfig {
     /// as its timestamp, and producers' timestamps are not checked.
     pub log_append_time: bool,
     /// How far a producer's timestamp may be behind or ahead of the broker's clock
-    /// (`message.timestamp.before.max.ms`, `.after.max.ms`, KIP-937), and the deprecated
-    /// `message.timestamp.difference.max.ms`, which bounds both.
-    pub timestamp_before_max_ms: i64,
-    pub timestamp_after_max_ms: i64,
+    /// (`message.timestamp.before.max.ms`, `.after.max.ms`, KIP-937; `None`: not set), and the
+    /// deprecated `message.timestamp.difference.max.ms`, which stands in for either when it is
+    /// not set (Kafka 3.6 to 3.9's rule; 4.0 dropped the setting).
+    pub timestamp_before_max_ms: Option<i64>,
+    pub timestamp_after_max_ms: Option<i64>,
     pub timestamp_difference_max_ms: i64,
 }
 
@@ -164,9 +165,8 @@ impl Default for TopicConfig {
             lz4_level: 9,
             zstd_level: 3,
             log_append_time: false,
-            timestamp_before_max_ms: i64::MAX,
-            // Kafka 4.0's default: a producer's clock an hour ahead is refused.
-            timestamp_after_max_ms: 3_600_000,
+            timestamp_before_max_ms: None,
+            timestamp_after_max_ms: None,
             timestamp_difference_max_ms: i64::MAX,
         }
     }
@@ -374,10 +374,10 @@ impl TopicConfig {
                 _ => return Err(invalid(key, value, "expected CreateTime or LogAppendTime")),
             },
             "message.timestamp.before.max.ms" => {
-                self.timestamp_before_max_ms = parse_within(key, value, 0..=i64::MAX)?
+                self.timestamp_before_max_ms = Some(parse_within(key, value, 0..=i64::MAX)?)
             }
             "message.timestamp.after.max.ms" => {
-                self.timestamp_after_max_ms = parse_within(key, value, 0..=i64::MAX)?
+                self.timestamp_after_max_ms = Some(parse_within(key, value, 0..=i64::MAX)?)
             }
             "message.timestamp.difference.max.ms" => {
                 self.timestamp_difference_max_ms = parse_within(key, value, 0..=i64::MAX)?
@@ -409,14 +409,17 @@ impl TopicConfig {
     /// What the topic does to produced batches (`record::conform`).
     pub fn batch_rules(&self) -> BatchRules {
         let difference = self.timestamp_difference_max_ms;
+        // Kafka 4.0's default ahead: a producer's clock an hour fast is refused.
+        let after_default = if difference == i64::MAX { 3_600_000 } else { difference };
         BatchRules {
             codec: self.compression.codec(),
             levels: Levels { gzip: self.gzip_level, lz4: self.lz4_level, zstd: self.zstd_level },
             log_append_time: self.log_append_time,
             limits: TimestampLimits {
-                before_max_ms: self.timestamp_before_max_ms.min(difference),
-                after_max_ms: self.timestamp_after_max_ms.min(difference),
+                before_max_ms: self.timestamp_before_max_ms.unwrap_or(difference),
+                after_max_ms: self.timestamp_after_max_ms.unwrap_or(after_default),
             },
+            batch_bytes_max: self.max_message_bytes,
         }
     }
 
@@ -511,6 +514,7 @@ impl TopicConfig {
 
     /// Every topic-level setting as a name and value, for `describe`.
     pub fn entries(&self) -> Vec<(String, String)> {
+        let limits = self.batch_rules().limits;
         vec![
             ("retention.ms".into(), self.retention_ms.to_string()),
             ("retention.bytes".into(), self.retention_bytes.to_string()),
@@ -529,8 +533,8 @@ impl TopicConfig {
                 "message.timestamp.type".into(),
                 if self.log_append_time { "LogAppendTime" } else { "CreateTime" }.into(),
             ),
-            ("message.timestamp.before.max.ms".into(), self.timestamp_before_max_ms.to_string()),
-            ("message.timestamp.after.max.ms".into(), self.timestamp_after_max_ms.to_string()),
+            ("message.timestamp.before.max.ms".into(), limits.before_max_ms.to_string()),
+            ("message.timestamp.after.max.ms".into(), limits.after_max_ms.to_string()),
             (
                 "message.timestamp.difference.max.ms".into(),
                 self.timestamp_difference_max_ms.to_string(),
@@ -1251,10 +1255,10 @@ mod tests {
         let rules = broker.topic_defaults.batch_rules();
         assert_eq!((rules.codec, rules.limits.before_max_ms), (Some(1), 60_000));
         assert_eq!(rules.limits.after_max_ms, 3_600_000, "Kafka 4.0's default");
-        // The deprecated difference bounds both ways when it is the tighter.
+        // The deprecated difference stands in for a limit not set (Kafka 3.6's rule).
         broker.set("log.message.timestamp.difference.max.ms", "1000").expect("a limit");
         let limits = broker.topic_defaults.batch_rules().limits;
-        assert_eq!((limits.before_max_ms, limits.after_max_ms), (1000, 1000));
+        assert_eq!((limits.before_max_ms, limits.after_max_ms), (60_000, 1000));
     }
 
     #[test]

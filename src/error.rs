@@ -28,6 +28,8 @@ pub enum ErrorKind {
     InvalidRecord,
     /// A record's timestamp too far from the broker's clock (Kafka's INVALID_TIMESTAMP).
     InvalidTimestamp,
+    /// A fetch too old for the codec a batch is stored in (zstd before Fetch v10).
+    UnsupportedCompressionType,
     /// An idempotent producer skipped or reordered a sequence number.
     OutOfOrderSequence,
     /// An idempotent producer's epoch was fenced by a newer one.

@@ -591,7 +591,8 @@ fn topic_settings_recompress_stamp_and_bound_what_is_stored() {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
             as i64
     };
-    let fetch_batches = |conn: &mut Conn, topic: &'static str| {
+    // A Fetch of the topic's partition at `version`: its error code and record batches.
+    let fetch_at = |conn: &mut Conn, topic: &'static str, version: i16| {
         let mut partition = FetchPartition::default();
         partition.partition_max_bytes = 1 << 20;
         let mut wanted = FetchTopic::default();
@@ -601,9 +602,11 @@ fn topic_settings_recompress_stamp_and_bound_what_is_stored() {
         fetch.replica_id = BrokerId(-1);
         fetch.max_bytes = 1 << 20;
         fetch.topics = vec![wanted];
-        let fetched: FetchResponse = conn.call(ApiKey::Fetch, 11, &fetch);
-        fetched.responses[0].partitions[0].records.clone().unwrap_or_default()
+        let fetched: FetchResponse = conn.call(ApiKey::Fetch, version, &fetch);
+        let data = &fetched.responses[0].partitions[0];
+        (data.error_code, data.records.clone().unwrap_or_default())
     };
+    let fetch_batches = |conn: &mut Conn, topic: &'static str| fetch_at(conn, topic, 11).1;
     let decoded = |mut raw: Bytes| RecordBatchDecoder::decode_all(&mut raw).unwrap();
 
     // Uncompressed from a Kafka producer, from a native one: both stored in zstd, both read
@@ -632,6 +635,8 @@ fn topic_settings_recompress_stamp_and_bound_what_is_stored() {
         records.iter().map(|r| Record { partition_leader_epoch: 0, ..r.clone() }).collect()
     };
     assert_eq!(epoch_zero(&stored[0].records), epoch_zero(&originals[0].records));
+    // A fetch from before zstd (v9) gets Kafka's UNSUPPORTED_COMPRESSION_TYPE, not zstd bytes.
+    assert_eq!(fetch_at(&mut conn, "zstd", 9).0, 76);
 
     // LogAppendTime: the broker's clock, whatever the producer said.
     let before = now();
@@ -648,20 +653,22 @@ fn topic_settings_recompress_stamp_and_bound_what_is_stored() {
     let stored = decoded(raw);
     assert!(stored[0].records.iter().all(|r| r.timestamp_type == TimestampType::LogAppend));
 
-    // The before-limit reads every record: batches from 2023 are refused, nothing stored; the
-    // default after-limit (an hour, Kafka 4.0's) refuses a producer's clock two hours ahead.
+    // The before-limit reads every record: a batch whose first record (and max timestamp) is
+    // now but whose next is a day old is refused, nothing stored; the default after-limit (an
+    // hour, Kafka 4.0's) refuses a producer's clock two hours ahead.
+    let older = batch_at(2, now(), -86_400_000);
     let response: ProduceResponse =
-        conn.call(ApiKey::Produce, 8, &produce_request("recent", 1, batch(-1, -1, -1, 3)));
+        conn.call(ApiKey::Produce, 8, &produce_request("recent", 1, older));
     let refused = &response.responses[0].partition_responses[0];
     assert_eq!(refused.error_code, INVALID_TIMESTAMP);
     let message = refused.error_message.as_ref().map(|m| m.to_string()).unwrap_or_default();
-    assert!(message.contains("out of range"), "{message}");
+    assert!(message.contains("offset 1 is out of range"), "{message}");
     assert!(fetch_batches(&mut conn, "recent").is_empty());
-    let ahead = batch_at(3, now() + 2 * 3_600_000);
+    let ahead = batch_at(3, now() + 2 * 3_600_000, 0);
     let response: ProduceResponse =
         conn.call(ApiKey::Produce, 7, &produce_request("plain", 1, ahead));
     assert_eq!(response.responses[0].partition_responses[0].error_code, INVALID_TIMESTAMP);
-    let timely = batch_at(3, now());
+    let timely = batch_at(3, now(), 0);
     let response: ProduceResponse =
         conn.call(ApiKey::Produce, 7, &produce_request("plain", 1, timely));
     assert_eq!(produced(&response), (0, 0));

@@ -61,7 +61,10 @@ const SNAPSHOT_VERSION_OLDEST: u8 = 1;
 /// states with their reassignment and eligible leader replicas).
 /// 6: topic settings changed through the controller (IncrementalAlterConfigs and AlterConfigs,
 /// forwarded); metadata record version 5.
-pub const CLUSTER_PROTOCOL_VERSION: u16 = 6;
+/// 7: the topic settings that shape stored batches (`compression.type` and its levels,
+/// `message.timestamp.type`, KIP-937's limits): a broker of 6 would not resolve them, and would
+/// store what it leads otherwise.
+pub const CLUSTER_PROTOCOL_VERSION: u16 = 7;
 
 /// Kafka's limit on topic name length.
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;

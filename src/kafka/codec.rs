@@ -238,6 +238,7 @@ pub fn error_code(kind: ErrorKind) -> i16 {
         ErrorKind::StorageError => Kafka::KafkaStorageError,
         ErrorKind::InvalidRecord => Kafka::InvalidRecord,
         ErrorKind::InvalidTimestamp => Kafka::InvalidTimestamp,
+        ErrorKind::UnsupportedCompressionType => Kafka::UnsupportedCompressionType,
         ErrorKind::PolicyViolation => Kafka::PolicyViolation,
         ErrorKind::NotController => Kafka::NotController,
         ErrorKind::StaleBrokerEpoch => Kafka::StaleBrokerEpoch,

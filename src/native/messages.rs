@@ -124,6 +124,8 @@ impl From<ErrorKind> for ErrorCode {
             ErrorKind::InvalidPartitions => ErrorCode::InvalidPartitions,
             ErrorKind::InvalidRecord => ErrorCode::InvalidRecord,
             ErrorKind::InvalidTimestamp => ErrorCode::InvalidTimestamp,
+            // Native readers get every codec converted: only Kafka fetches meet it.
+            ErrorKind::UnsupportedCompressionType => ErrorCode::UnsupportedForMessageFormat,
             ErrorKind::OutOfOrderSequence => ErrorCode::OutOfOrderSequence,
             ErrorKind::InvalidProducerEpoch => ErrorCode::InvalidProducerEpoch,
             ErrorKind::UnsupportedForMessageFormat => ErrorCode::UnsupportedForMessageFormat,

@@ -20,13 +20,44 @@ pub struct Levels {
     pub zstd: i32,
 }
 
+/// Why a section did not decompress.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DecompressError {
+    /// It would hold more than the limit: refused before that much was produced.
+    TooLarge {
+        limit: usize,
+    },
+    Corrupt(String),
+}
+
+impl std::fmt::Display for DecompressError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::TooLarge { limit } => write!(f, "more than {limit} bytes once decompressed"),
+            Self::Corrupt(why) => f.write_str(why),
+        }
+    }
+}
+
+impl From<String> for DecompressError {
+    fn from(why: String) -> Self {
+        Self::Corrupt(why)
+    }
+}
+
+impl From<&str> for DecompressError {
+    fn from(why: &str) -> Self {
+        Self::Corrupt(why.to_string())
+    }
+}
+
 /// Kafka's codecs, with the output bounded by `limit` before it is produced.
-pub fn decompress(codec: i16, input: &[u8], limit: usize) -> Result<Vec<u8>, String> {
-    let bounded = |reader: Box<dyn Read + '_>| -> Result<Vec<u8>, String> {
+pub fn decompress(codec: i16, input: &[u8], limit: usize) -> Result<Vec<u8>, DecompressError> {
+    let bounded = |reader: Box<dyn Read + '_>| -> Result<Vec<u8>, DecompressError> {
         let mut out = Vec::new();
         reader.take(limit as u64 + 1).read_to_end(&mut out).map_err(|e| e.to_string())?;
         if out.len() > limit {
-            return Err(format!("more than {limit} bytes once decompressed"));
+            return Err(DecompressError::TooLarge { limit });
         }
         Ok(out)
     };
@@ -38,7 +69,7 @@ pub fn decompress(codec: i16, input: &[u8], limit: usize) -> Result<Vec<u8>, Str
             let decoder = zstd::stream::read::Decoder::new(input).map_err(|e| e.to_string())?;
             bounded(Box::new(decoder))
         }
-        other => Err(format!("unknown compression codec {other}")),
+        other => Err(format!("unknown compression codec {other}").into()),
     }
 }
 
@@ -48,11 +79,11 @@ const XERIAL_HEADER_BYTES: usize = 16;
 
 /// Snappy, xerial-framed or raw: each block's claimed length is checked against what is left of
 /// `limit` before anything is allocated for it.
-fn snappy(input: &[u8], limit: usize) -> Result<Vec<u8>, String> {
-    let block = |compressed: &[u8], out: &mut Vec<u8>| -> Result<(), String> {
+fn snappy(input: &[u8], limit: usize) -> Result<Vec<u8>, DecompressError> {
+    let block = |compressed: &[u8], out: &mut Vec<u8>| -> Result<(), DecompressError> {
         let len = snap::raw::decompress_len(compressed).map_err(|e| e.to_string())?;
         if out.len() + len > limit {
-            return Err(format!("more than {limit} bytes once decompressed"));
+            return Err(DecompressError::TooLarge { limit });
         }
         let start = out.len();
         out.resize(start + len, 0);
@@ -107,11 +138,14 @@ pub fn compress(codec: i16, input: &[u8], levels: Levels) -> Result<Vec<u8>, Str
             Ok(out)
         }
         LZ4 => {
-            // Independent blocks: Kafka's Java client reads no other kind.
+            // Frames as Kafka writes them: independent 64 KiB blocks (its Java client reads no
+            // other kind), no block or content checksums.
             let mut encoder = lz4::EncoderBuilder::new()
                 .level(u32::try_from(levels.lz4).unwrap_or(9))
                 .block_size(lz4::BlockSize::Max64KB)
                 .block_mode(lz4::BlockMode::Independent)
+                .block_checksum(lz4::liblz4::BlockChecksum::NoBlockChecksum)
+                .checksum(lz4::ContentChecksum::NoChecksum)
                 .build(Vec::new())
                 .map_err(failed)?;
             encoder.write_all(input).map_err(failed)?;
@@ -137,7 +171,7 @@ mod tests {
             assert!(compressed.len() < input.len(), "codec {codec} compressed nothing");
             assert_eq!(decompress(codec, &compressed, input.len()).unwrap(), input);
             let bounded = decompress(codec, &compressed, input.len() - 1);
-            assert!(bounded.unwrap_err().contains("more than"), "codec {codec}");
+            assert_eq!(bounded, Err(DecompressError::TooLarge { limit: input.len() - 1 }));
         }
         assert!(compress(7, &input, levels).is_err());
     }

@@ -7,10 +7,17 @@
 //! - with `LogAppendTime`, the batch takes the broker's clock as its max timestamp and the
 //!   timestamp-type attribute, which readers then give every record (Kafka's `setMaxTimestamp`).
 //!
-//! A batch none of this changes is stored as sent, untouched. The checks read only the header
-//! unless a before-limit is set: a record older than the batch's first is found only by reading
-//! every record, as Kafka does; the after-limit holds the batch's max timestamp, which the
-//! producer computed over its records.
+//! A batch none of this changes is stored as sent, untouched. Kafka reads every record of every
+//! batch; here the checks read only the header unless they must: a before-limit needs every
+//! record (one older than the first is found no other way), and so does a header without a
+//! max timestamp; the after-limit holds the header's max timestamp, which every Kafka client
+//! computes over its records (a batch whose header lies about it passes, where Kafka would
+//! recompute it), and every record of a batch being recompressed, which is read anyway.
+//!
+//! What a client can make a rewrite cost is bounded: a batch decompresses into at most 16 times
+//! `max.message.bytes` (a producer's batch of up to `max.request.size` compresses far less than
+//! that) and, when it is to be stored uncompressed, into at most `max.message.bytes`, the size
+//! it must fit; so a shard spends at most a few tens of milliseconds on one batch.
 
 use std::borrow::Cow;
 
@@ -19,18 +26,21 @@ use zerocopy::FromBytes;
 
 use crate::error::{BrokerError, ErrorKind};
 use crate::record::batch::NativeBatchView;
-use crate::record::codecs::{self, Levels};
-use crate::record::convert::{for_each_record, native_to_kafka, DECOMPRESSED_BYTES_MAX};
-use crate::record::kafka_batch::{self, BatchHeader, ATTRIBUTE_CODEC_MASK, BATCH_HEADER_BYTES};
+use crate::record::codecs::{self, DecompressError, Levels};
+use crate::record::convert::{
+    for_each_record, native_to_kafka, visit_records, DECOMPRESSED_BYTES_MAX,
+};
+use crate::record::kafka_batch::{
+    self, BatchHeader, ATTRIBUTE_CODEC_MASK, ATTRIBUTE_LOG_APPEND_TIME, BATCH_HEADER_BYTES,
+    LENGTH_COUNTED_FROM,
+};
 use crate::record::{BatchMeta, EntryHeader, PayloadFormat};
 use crate::types::{LeaderEpoch, Offset};
 
-/// Attribute bit: every record's timestamp is the batch's max timestamp (LogAppendTime).
-pub const ATTRIBUTE_LOG_APPEND_TIME: i16 = 0x08;
 /// Kafka's "no timestamp": exempt from the limits, as Kafka's validator exempts it.
 const NO_TIMESTAMP: i64 = -1;
-/// The batch's size field counts from after itself (base offset and length).
-const LENGTH_COUNTED_FROM: usize = 12;
+/// How much larger than `max.message.bytes` a batch may decompress into to be recompressed.
+const RECOMPRESSED_INPUT_FACTOR: usize = 16;
 
 /// How far producers' timestamps may stray from the broker's clock (ms; `i64::MAX`: no limit).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +79,8 @@ pub struct BatchRules {
     pub log_append_time: bool,
     /// Checked only with CreateTime.
     pub limits: TimestampLimits,
+    /// `max.message.bytes`: bounds what a batch may decompress into to be rewritten.
+    pub batch_bytes_max: u32,
 }
 
 impl BatchRules {
@@ -87,6 +99,8 @@ pub enum ConformError {
     Timestamp(String),
     /// The records could not be read or written (a corrupt compressed section, say).
     Corrupt(String),
+    /// Its records decompress into more than the topic lets a batch hold (MESSAGE_TOO_LARGE).
+    TooLarge(String),
 }
 
 impl ConformError {
@@ -95,6 +109,7 @@ impl ConformError {
         let (kind, why) = match self {
             ConformError::Timestamp(why) => (ErrorKind::InvalidTimestamp, why),
             ConformError::Corrupt(why) => (ErrorKind::CorruptMessage, why),
+            ConformError::TooLarge(why) => (ErrorKind::MessageTooLarge, why),
         };
         BrokerError::new(kind, format!("{topic}-{partition}: {why}"))
     }
@@ -109,22 +124,38 @@ pub fn conform(
 ) -> Result<Option<Vec<u8>>, ConformError> {
     let header = BatchHeader::read(batch)
         .ok_or_else(|| ConformError::Corrupt("a batch shorter than its header".into()))?;
-    if !rules.log_append_time {
-        check_timestamps(batch, &header, &rules.limits, now_ms)?;
-    }
     let recompress_into = rules.codec.filter(|codec| *codec != header.codec());
-    if recompress_into.is_none() && !rules.log_append_time {
-        return Ok(None);
-    }
+    let producer_log_append_time = header.attributes.get() & ATTRIBUTE_LOG_APPEND_TIME != 0;
+    // The timestamp type is the topic's: a producer's LogAppendTime bit on a CreateTime topic
+    // goes, as Kafka's validator sets the topic's type on every batch.
+    let retyped = producer_log_append_time != rules.log_append_time;
     let mut out = match recompress_into {
-        Some(codec) => recompressed(batch, &header, codec, rules.levels)?,
-        None => batch.to_vec(),
+        Some(codec) => {
+            let plain = plain_records(batch, &header, codec, rules.batch_bytes_max)?;
+            if !rules.log_append_time {
+                // Read anyway: every record is checked, as Kafka checks them.
+                check_each_record(&plain, &header, &rules.limits, now_ms)?;
+            }
+            rebuilt(batch, codec, &plain, rules.levels)?
+        }
+        None => {
+            if !rules.log_append_time {
+                check_timestamps(batch, &header, &rules.limits, now_ms)?;
+            }
+            if !rules.log_append_time && !retyped {
+                return Ok(None);
+            }
+            batch.to_vec()
+        }
     };
     let (fields, _) = BatchHeader::mut_from_prefix(&mut out)
         .map_err(|_| ConformError::Corrupt("a batch shorter than its header".into()))?;
+    let attributes = fields.attributes.get() & !ATTRIBUTE_LOG_APPEND_TIME;
     if rules.log_append_time {
-        fields.attributes.set(fields.attributes.get() | ATTRIBUTE_LOG_APPEND_TIME);
+        fields.attributes.set(attributes | ATTRIBUTE_LOG_APPEND_TIME);
         fields.max_timestamp.set(now_ms);
+    } else {
+        fields.attributes.set(attributes);
     }
     kafka_batch::seal_crc(&mut out);
     Ok(Some(out))
@@ -184,10 +215,10 @@ fn check_timestamps(
     now_ms: i64,
 ) -> Result<(), ConformError> {
     let last_delta = i64::from(header.last_offset_delta.get());
-    limits
-        .check(header.max_timestamp.get(), last_delta, now_ms)
-        .map_err(ConformError::Timestamp)?;
-    if !limits.needs_each_record() {
+    let max_timestamp = header.max_timestamp.get();
+    limits.check(max_timestamp, last_delta, now_ms).map_err(ConformError::Timestamp)?;
+    // A header without a max timestamp says nothing of its records: they are read.
+    if !limits.needs_each_record() && max_timestamp != NO_TIMESTAMP {
         return Ok(());
     }
     let mut refused = None;
@@ -202,24 +233,62 @@ fn check_timestamps(
     refused.map_or(Ok(()), |why| Err(ConformError::Timestamp(why)))
 }
 
-/// The batch with its records section in `codec`: header fields kept but the codec and length.
-fn recompressed(
-    batch: &[u8],
+/// The batch's records section uncompressed, bounded by what storing it in `codec` allows.
+fn plain_records<'a>(
+    batch: &'a [u8],
     header: &BatchHeader,
     codec: i16,
+    batch_bytes_max: u32,
+) -> Result<Cow<'a, [u8]>, ConformError> {
+    let section = batch.get(BATCH_HEADER_BYTES..).unwrap_or_default();
+    let limit = match codec {
+        0 => batch_bytes_max as usize,
+        _ => (batch_bytes_max as usize).saturating_mul(RECOMPRESSED_INPUT_FACTOR),
+    }
+    .min(DECOMPRESSED_BYTES_MAX);
+    match header.codec() {
+        0 => Ok(Cow::Borrowed(section)),
+        from => codecs::decompress(from, section, limit).map(Cow::Owned).map_err(|e| match e {
+            DecompressError::TooLarge { .. } => ConformError::TooLarge(format!(
+                "the batch's records are {e} (max.message.bytes {batch_bytes_max})"
+            )),
+            DecompressError::Corrupt(why) => {
+                ConformError::Corrupt(format!("decompressing the batch: {why}"))
+            }
+        }),
+    }
+}
+
+/// Every record of an uncompressed records section against `limits`.
+fn check_each_record(
+    plain: &[u8],
+    header: &BatchHeader,
+    limits: &TimestampLimits,
+    now_ms: i64,
+) -> Result<(), ConformError> {
+    let mut refused = None;
+    let base_offset = header.base_offset.get();
+    visit_records(plain, header, &mut |record| {
+        if refused.is_none() {
+            let delta = (record.offset as i64).saturating_sub(base_offset);
+            refused = limits.check(record.timestamp, delta, now_ms).err();
+        }
+    })
+    .map_err(ConformError::Corrupt)?;
+    refused.map_or(Ok(()), |why| Err(ConformError::Timestamp(why)))
+}
+
+/// The batch with `plain` (its records section, uncompressed) in `codec`: header fields kept
+/// but the codec and length.
+fn rebuilt(
+    batch: &[u8],
+    codec: i16,
+    plain: &[u8],
     levels: Levels,
 ) -> Result<Vec<u8>, ConformError> {
-    let section = batch.get(BATCH_HEADER_BYTES..).unwrap_or_default();
-    let plain = match header.codec() {
-        0 => Cow::Borrowed(section),
-        from => Cow::Owned(
-            codecs::decompress(from, section, DECOMPRESSED_BYTES_MAX)
-                .map_err(|e| ConformError::Corrupt(format!("decompressing the batch: {e}")))?,
-        ),
-    };
     let body = match codec {
-        0 => plain.into_owned(),
-        to => codecs::compress(to, &plain, levels).map_err(ConformError::Corrupt)?,
+        0 => Cow::Borrowed(plain),
+        to => Cow::Owned(codecs::compress(to, plain, levels).map_err(ConformError::Corrupt)?),
     };
     let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + body.len());
     out.extend_from_slice(&batch[..BATCH_HEADER_BYTES]);
@@ -247,6 +316,7 @@ mod tests {
             levels: Levels { gzip: -1, lz4: 9, zstd: 3 },
             log_append_time: false,
             limits: TimestampLimits { before_max_ms: i64::MAX, after_max_ms: 3_600_000 },
+            batch_bytes_max: 1_048_588,
         }
     }
 
@@ -332,5 +402,46 @@ mod tests {
         // LogAppendTime replaces the producers' times: nothing of theirs is checked.
         let appended = BatchRules { log_append_time: true, ..limited };
         assert!(conform(&old, &appended, NOW).unwrap().is_some());
+    }
+
+    /// `batch` with its header changed by `change` and its CRC sealed again.
+    fn patched(mut batch: Vec<u8>, change: impl FnOnce(&mut BatchHeader)) -> Vec<u8> {
+        change(BatchHeader::mut_from_prefix(&mut batch).unwrap().0);
+        kafka_batch::seal_crc(&mut batch);
+        batch
+    }
+
+    #[test]
+    fn the_timestamp_type_is_the_topics() {
+        // A producer's LogAppendTime bit on a CreateTime topic goes.
+        let flagged = patched(batch(3, 1, 0), |h| {
+            h.attributes.set(h.attributes.get() | ATTRIBUTE_LOG_APPEND_TIME)
+        });
+        let stored = conform(&flagged, &rules(), NOW).unwrap().expect("retyped");
+        let header = validate_produced(&stored, u32::MAX).expect("a valid batch");
+        assert_eq!(header.attributes.get() & ATTRIBUTE_LOG_APPEND_TIME, 0);
+        assert_eq!(header.meta().first_timestamp, NOW, "the records' own first timestamp");
+    }
+
+    #[test]
+    fn a_header_without_a_max_timestamp_has_its_records_read() {
+        let hidden = patched(batch(3, 3_600_001, 0), |h| h.max_timestamp.set(-1));
+        assert!(matches!(conform(&hidden, &rules(), NOW), Err(ConformError::Timestamp(_))));
+    }
+
+    #[test]
+    fn recompressing_reads_every_record_and_bounds_what_it_decompresses() {
+        // Fresh first record (and max timestamp), a day-old second: found while recompressing.
+        let mixed = batch(2, -86_400_000, codecs::GZIP);
+        let before = TimestampLimits { before_max_ms: 60_000, after_max_ms: i64::MAX };
+        let into_zstd = BatchRules { codec: Some(codecs::ZSTD), limits: before, ..rules() };
+        assert!(matches!(conform(&mixed, &into_zstd, NOW), Err(ConformError::Timestamp(_))));
+        // Stored uncompressed, a gzip batch must fit max.message.bytes once decompressed.
+        let large = batch(400, 1, codecs::GZIP);
+        let small = BatchRules { codec: Some(0), batch_bytes_max: 4096, ..rules() };
+        let refused = conform(&large, &small, NOW);
+        assert!(matches!(refused, Err(ConformError::TooLarge(ref why)) if why.contains("4096")));
+        let roomy = BatchRules { batch_bytes_max: 1 << 20, ..small };
+        assert!(conform(&large, &roomy, NOW).unwrap().is_some());
     }
 }

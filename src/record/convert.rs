@@ -10,11 +10,10 @@ use bytes::{Bytes, BytesMut};
 use crate::record::batch::NativeBatchView;
 use crate::record::codecs;
 use crate::record::entry::{entries, Check};
-use crate::record::kafka_batch::{self, BatchHeader, BATCH_HEADER_BYTES};
+use crate::record::kafka_batch::{
+    self, BatchHeader, ATTRIBUTE_LOG_APPEND_TIME, BATCH_HEADER_BYTES,
+};
 use crate::record::{BatchBuilder, EntryHeader, OwnedRecord, PayloadFormat};
-
-/// Attribute bit: every record's timestamp is the batch's max timestamp (LogAppendTime).
-const ATTRIBUTE_LOG_APPEND_TIME: i16 = 0x08;
 
 /// Appends a native entry's records to `out` as one uncompressed Kafka batch.
 pub fn native_to_kafka(
@@ -32,7 +31,8 @@ pub fn native_to_kafka(
     for record in view.records() {
         body.clear();
         body.push(0); // record attributes
-        put_varlong(&mut body, record.timestamp - first_timestamp);
+                      // Wrapping: timestamps are the client's, and their difference is what the delta holds.
+        put_varlong(&mut body, record.timestamp.wrapping_sub(first_timestamp));
         put_varlong(&mut body, (record.offset - base_offset) as i64);
         put_nullable(&mut body, record.key());
         put_nullable(&mut body, record.value());
@@ -158,7 +158,7 @@ pub fn for_each_record(batch: &[u8], mut visit: impl FnMut(KafkaRecord<'_>)) -> 
     visit_records(&plain, &header, &mut visit)
 }
 
-fn visit_records(
+pub(crate) fn visit_records(
     records: &[u8],
     header: &BatchHeader,
     visit: &mut impl FnMut(KafkaRecord<'_>),

@@ -60,7 +60,8 @@ const _: () = assert!(std::mem::size_of::<EntryHeader>() == ENTRY_HEADER_BYTES);
 pub enum PayloadFormat {
     /// An rkyv archive of [`crate::record::batch::Batch`].
     Native = 1,
-    /// A Kafka RecordBatch v2 exactly as the producer sent it.
+    /// A Kafka RecordBatch v2 as the producer sent it, or as its topic's settings made it
+    /// (`conform.rs`).
     Kafka = 2,
 }
 

@@ -19,7 +19,8 @@
 //! ```
 //!
 //! The broker rewrites only the first 16 bytes, which the CRC does not cover, so a batch is
-//! stored exactly as the producer compressed and checksummed it.
+//! stored as the producer compressed and checksummed it, unless its topic's settings make it
+//! something else (`conform.rs`: another codec, LogAppendTime), resealed with a new CRC.
 
 use zerocopy::big_endian::{I16, I32, I64, U32};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
@@ -34,7 +35,9 @@ pub const BROKER_OWNED_BYTES: usize = 16;
 /// Where the CRC-32C's coverage starts (the attributes).
 const CRC_COVERED_FROM: usize = 21;
 /// Bytes of the batch header after `batchLength`, which that length counts.
-const LENGTH_COUNTED_FROM: usize = 12;
+pub const LENGTH_COUNTED_FROM: usize = 12;
+/// Attribute bit: every record's timestamp is the batch's max timestamp (LogAppendTime).
+pub const ATTRIBUTE_LOG_APPEND_TIME: i16 = 0x08;
 
 pub const ATTRIBUTE_CODEC_MASK: i16 = 0x07;
 pub const ATTRIBUTE_TRANSACTIONAL: i16 = 0x10;
@@ -73,9 +76,14 @@ impl BatchHeader {
 
     /// What the log entry header records about this batch.
     pub fn meta(&self) -> BatchMeta {
+        // Under LogAppendTime every record has the max timestamp, the first one included.
+        let first_timestamp = match self.attributes.get() & ATTRIBUTE_LOG_APPEND_TIME {
+            0 => self.base_timestamp.get(),
+            _ => self.max_timestamp.get(),
+        };
         BatchMeta {
             record_count: self.records_count.get() as u32,
-            first_timestamp: self.base_timestamp.get(),
+            first_timestamp,
             max_timestamp: self.max_timestamp.get(),
             producer_id: self.producer_id.get(),
             producer_epoch: self.producer_epoch.get(),

@@ -109,10 +109,11 @@ pub fn large_batch(count: usize, value_bytes: usize) -> Bytes {
     encode_batch((-1, -1, 0), count, (1_700_000_000_000, 1), |_| (None, value.clone()))
 }
 
-/// A batch of `count` unkeyed records all stamped `timestamp`, without a producer id.
-pub fn batch_at(count: usize, timestamp: i64) -> Bytes {
-    let value = Bytes::from(format!("at {timestamp}"));
-    encode_batch((-1, -1, 0), count, (timestamp, 0), |_| (None, value.clone()))
+/// A batch of `count` unkeyed records stamped from `timestamp` on, `step` ms apart, without a
+/// producer id.
+pub fn batch_at(count: usize, timestamp: i64, step: i64) -> Bytes {
+    let value = Bytes::from(format!("from {timestamp}"));
+    encode_batch((-1, -1, 0), count, (timestamp, step), |_| (None, value.clone()))
 }
 
 /// One RecordBatch v2 of `count` records from (producer id, epoch, first sequence), stamped

@@ -304,8 +304,6 @@ fn fixed_setting_type(name: &str) -> i8 {
     }
 }
 
-/// The broker's settings as it runs with them: read-only (static), from its file or flags or
-/// Spate's defaults.
 /// A group's settings: Kafka's defaults, read-only (see [`GROUP_SETTINGS`]).
 fn describe_group() -> Vec<Described> {
     (GROUP_SETTINGS.iter())
@@ -321,6 +319,8 @@ fn describe_group() -> Vec<Described> {
         .collect()
 }
 
+/// The broker's settings as it runs with them: read-only (static), from its file or flags or
+/// Spate's defaults.
 fn describe_broker(config: &BrokerConfig) -> Vec<Described> {
     let defaults = broker_entries(&BrokerConfig::default());
     (broker_entries(config).into_iter())

@@ -30,8 +30,10 @@ use crate::error::ErrorKind;
 use crate::kafka::codec;
 use crate::kafka::handlers::has_field;
 use crate::partition::{LogBounds, ReadOutcome};
+use crate::record::codecs;
 use crate::record::convert::native_to_kafka;
 use crate::record::entry::{entries, Check};
+use crate::record::kafka_batch::BatchHeader;
 use crate::record::PayloadFormat;
 use crate::shard::Shard;
 use crate::shard::{FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX};
@@ -253,9 +255,9 @@ fn partition_data(
     let mut data = PartitionData::default();
     data.partition_index = want.partition;
     let mut chunks = Vec::new();
-    match read
-        .and_then(|outcome| kafka_records(&outcome, want.max_bytes, limits).map(|r| (outcome, r)))
-    {
+    match read.and_then(|outcome| {
+        kafka_records(&outcome, version, want.max_bytes, limits).map(|r| (outcome, r))
+    }) {
         Ok((outcome, records)) => {
             data.high_watermark = outcome.high_watermark.0 as i64;
             data.last_stable_offset = outcome.high_watermark.0 as i64;
@@ -285,6 +287,7 @@ fn partition_data(
 /// the response's: slices of the stored Kafka entries, and native entries converted.
 fn kafka_records(
     outcome: &ReadOutcome,
+    version: i16,
     partition_bytes_max: usize,
     limits: &mut ResponseLimits,
 ) -> Result<Vec<Bytes>, BrokerError> {
@@ -295,6 +298,12 @@ fn kafka_records(
             let entry = entry.map_err(stored)?;
             // A native entry's Kafka form differs in size: it is measured once converted.
             let batch = match entry.header.format() {
+                // Fetch v10 came with zstd (KIP-110): older clients cannot read it, and get
+                // Kafka's answer for that instead of a batch they would fail on.
+                Some(PayloadFormat::Kafka) if version < 10 && is_zstd(entry.payload) => {
+                    let why = "zstd batches are served to Fetch v10 and later";
+                    return Err(BrokerError::new(ErrorKind::UnsupportedCompressionType, why));
+                }
                 Some(PayloadFormat::Kafka) => chunk.slice_ref(entry.payload),
                 Some(PayloadFormat::Native) => {
                     let mut converted = BytesMut::new();
@@ -316,6 +325,10 @@ fn kafka_records(
         }
     }
     Ok(out)
+}
+
+fn is_zstd(batch: &[u8]) -> bool {
+    BatchHeader::read(batch).is_some_and(|header| header.codec() == codecs::ZSTD)
 }
 
 fn stored(e: impl std::fmt::Display) -> BrokerError {
