@@ -8,7 +8,7 @@
 mod common;
 
 use common::scripts::{
-    require, require_debian_confluent, require_kafka_python, require_kafkajs,
+    pip_python, require, require_debian_confluent, require_kafka_python, require_kafkajs,
     require_pip_confluent, run_one,
 };
 
@@ -75,6 +75,15 @@ fn admin_apis() {
         &python,
         &["admin_apis.py"],
     );
+}
+
+/// aiokafka (asyncio, its own protocol code): admin, an idempotent producer, a consumer group
+/// that commits, and a new member starting from the committed offsets.
+#[test]
+fn aiokafka() {
+    let python = pip_python();
+    require("aiokafka from PyPI", &python, &["-c", "import aiokafka"]);
+    run_one("aiokafka_roundtrip", SETTINGS, &python, &["aiokafka_roundtrip.py"]);
 }
 
 /// Producers (plain and idempotent), admin, and a group consumer reading everything back.

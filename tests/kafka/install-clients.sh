@@ -2,8 +2,8 @@
 # Installs the Kafka clients that tests/kafka_clients.rs runs against the broker:
 #   Debian: kcat 1.7 (librdkafka 2.0.2), librdkafka-dev, python3-confluent-kafka 1.7 (for
 #           /usr/bin/python3)
-#   PyPI:   kafka-python 3.x (with zstandard, its zstd codec), confluent-kafka 2.x and
-#           prometheus-client (the text format's parser, for the /metrics test) for the `python3` on PATH (a pyenv build on
+#   PyPI:   kafka-python 3.x (with zstandard, its zstd codec), confluent-kafka 2.x, aiokafka
+#           and prometheus-client (the text format's parser, for the /metrics test) for the `python3` on PATH (a pyenv build on
 #           this project's machines); if that python3 is Debian's own (externally managed), into a
 #           venv at tests/kafka/.venv instead, which the tests then use
 #   npm:    kafkajs 2.2.4 into tests/kafka/node (from its package-lock.json)
@@ -41,13 +41,14 @@ if [[ -e $stdlib/EXTERNALLY-MANAGED ]]; then
   py=$here/.venv/bin/python3
 fi
 if ! "$py" - <<'EOF' 2>/dev/null; then
-import confluent_kafka, kafka, prometheus_client, zstandard
+import confluent_kafka, kafka, prometheus_client, zstandard, aiokafka
 assert int(confluent_kafka.__version__.split(".")[0]) >= 2
 assert int(kafka.__version__.split(".")[0]) >= 3
 EOF
-  echo "install-clients: pip install kafka-python confluent-kafka prometheus-client zstandard ($py)"
+  echo "install-clients: pip install kafka-python confluent-kafka prometheus-client zstandard aiokafka ($py)"
   "$py" -m pip install -q --disable-pip-version-check --root-user-action=ignore \
-    'kafka-python>=3,<4' 'confluent-kafka>=2,<3' 'prometheus-client>=0.20,<1' 'zstandard>=0.22'
+    'kafka-python>=3,<4' 'confluent-kafka>=2,<3' 'prometheus-client>=0.20,<1' 'zstandard>=0.22' \
+    'aiokafka>=0.11,<1'
 fi
 
 # --- npm ---------------------------------------------------------------------------------------
