@@ -584,6 +584,8 @@ fn topic_settings_recompress_stamp_and_bound_what_is_stored() {
         ("appended", vec![("message.timestamp.type", "LogAppendTime")]),
         ("recent", vec![("message.timestamp.before.max.ms", "60000")]),
         ("plain", vec![]),
+        ("lz4", vec![("compression.type", "lz4")]),
+        ("snappy", vec![("compression.type", "snappy")]),
     ] {
         assert_eq!(create_topic_with(&mut conn, name, 1, &configs), (0, String::new()), "{name}");
     }
@@ -637,6 +639,15 @@ fn topic_settings_recompress_stamp_and_bound_what_is_stored() {
     assert_eq!(epoch_zero(&stored[0].records), epoch_zero(&originals[0].records));
     // A fetch from before zstd (v9) gets Kafka's UNSUPPORTED_COMPRESSION_TYPE, not zstd bytes.
     assert_eq!(fetch_at(&mut conn, "zstd", 9).0, 76);
+    // The other codecs too, every record as sent.
+    for (topic, codec) in [("lz4", Compression::Lz4), ("snappy", Compression::Snappy)] {
+        let response: ProduceResponse =
+            conn.call(ApiKey::Produce, 7, &produce_request(topic, 1, sent.clone()));
+        assert_eq!(produced(&response), (0, 0), "{topic}");
+        let stored = decoded(fetch_batches(&mut conn, topic));
+        assert_eq!(stored[0].compression, codec, "{topic}");
+        assert_eq!(epoch_zero(&stored[0].records), epoch_zero(&originals[0].records));
+    }
 
     // LogAppendTime: the broker's clock, whatever the producer said.
     let before = now();

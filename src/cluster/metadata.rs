@@ -49,8 +49,8 @@ const SNAPSHOT_VERSION_OLDEST: u8 = 1;
 /// The version of what brokers of one cluster say to each other and write to its log (the
 /// controller's requests, the metadata records, Raft messages). Every broker announces it when
 /// it registers, and the controller refuses a broker that speaks one it does not: brokers of
-/// different builds may share a cluster only while they speak the same version (rolling
-/// upgrades across a change of it come with the first such change).
+/// different builds may share a cluster only while they speak the same version (a rolling
+/// upgrade across a change of it is not supported yet).
 /// 2: topics through the controller (its requests to create, grow and delete them, and their
 /// answers; the cluster status with under-replicated partitions).
 /// 3: metadata snapshots (Raft messages may carry one; the answer to a metadata fetch below

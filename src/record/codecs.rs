@@ -174,5 +174,9 @@ mod tests {
             assert_eq!(bounded, Err(DecompressError::TooLarge { limit: input.len() - 1 }));
         }
         assert!(compress(7, &input, levels).is_err());
+        // LZ4 frames as Kafka writes them: FLG version 01, independent blocks, no block or
+        // content checksum, no content size (0x60); BD 64 KiB blocks (0x40).
+        let frame = compress(LZ4, &input, levels).unwrap();
+        assert_eq!((frame[4], frame[5]), (0x60, 0x40));
     }
 }

@@ -8,16 +8,17 @@
 //!   timestamp-type attribute, which readers then give every record (Kafka's `setMaxTimestamp`).
 //!
 //! A batch none of this changes is stored as sent, untouched. Kafka reads every record of every
-//! batch; here the checks read only the header unless they must: a before-limit needs every
-//! record (one older than the first is found no other way), and so does a header without a
-//! max timestamp; the after-limit holds the header's max timestamp, which every Kafka client
-//! computes over its records (a batch whose header lies about it passes, where Kafka would
-//! recompute it), and every record of a batch being recompressed, which is read anyway.
+//! batch; here the checks read only the header unless they must. Every record is read (and
+//! their max becomes the header's, as Kafka recomputes it) when the batch is recompressed
+//! (read anyway), for a before-limit (a record older than the first is found no other way),
+//! and when the header has no max timestamp or carries a producer's LogAppendTime bit, which
+//! hides the records' own. Otherwise the after-limit holds the header's max timestamp, which
+//! every Kafka client computes over its records.
 //!
-//! What a client can make a rewrite cost is bounded: a batch decompresses into at most 16 times
-//! `max.message.bytes` (a producer's batch of up to `max.request.size` compresses far less than
-//! that) and, when it is to be stored uncompressed, into at most `max.message.bytes`, the size
-//! it must fit; so a shard spends at most a few tens of milliseconds on one batch.
+//! A batch decompresses into at most 64 MiB, as every client batch the broker reads, and, to be
+//! stored uncompressed, into at most `max.message.bytes`, the size it must then fit
+//! (MESSAGE_TOO_LARGE beyond). The CPU a rewrite takes is the shard's: a topic that recompresses
+//! at a high level pays for it on every batch (docs/PERFORMANCE.md has the figures).
 
 use std::borrow::Cow;
 
@@ -27,9 +28,7 @@ use zerocopy::FromBytes;
 use crate::error::{BrokerError, ErrorKind};
 use crate::record::batch::NativeBatchView;
 use crate::record::codecs::{self, DecompressError, Levels};
-use crate::record::convert::{
-    for_each_record, native_to_kafka, visit_records, DECOMPRESSED_BYTES_MAX,
-};
+use crate::record::convert::{native_to_kafka, visit_records, DECOMPRESSED_BYTES_MAX};
 use crate::record::kafka_batch::{
     self, BatchHeader, ATTRIBUTE_CODEC_MASK, ATTRIBUTE_LOG_APPEND_TIME, BATCH_HEADER_BYTES,
     LENGTH_COUNTED_FROM,
@@ -39,8 +38,6 @@ use crate::types::{LeaderEpoch, Offset};
 
 /// Kafka's "no timestamp": exempt from the limits, as Kafka's validator exempts it.
 const NO_TIMESTAMP: i64 = -1;
-/// How much larger than `max.message.bytes` a batch may decompress into to be recompressed.
-const RECOMPRESSED_INPUT_FACTOR: usize = 16;
 
 /// How far producers' timestamps may stray from the broker's clock (ms; `i64::MAX`: no limit).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,24 +126,38 @@ pub fn conform(
     // The timestamp type is the topic's: a producer's LogAppendTime bit on a CreateTime topic
     // goes, as Kafka's validator sets the topic's type on every batch.
     let retyped = producer_log_append_time != rules.log_append_time;
-    let mut out = match recompress_into {
-        Some(codec) => {
-            let plain = plain_records(batch, &header, codec, rules.batch_bytes_max)?;
-            if !rules.log_append_time {
-                // Read anyway: every record is checked, as Kafka checks them.
-                check_each_record(&plain, &header, &rules.limits, now_ms)?;
-            }
-            rebuilt(batch, codec, &plain, rules.levels)?
+    // Under CreateTime every record is read when it must be: to recompress it (read anyway),
+    // for a before-limit, for a header without a max timestamp, or for records whose own
+    // timestamps the producer's LogAppendTime bit hid. Their max then replaces the header's.
+    let read_each = !rules.log_append_time
+        && (recompress_into.is_some()
+            || rules.limits.needs_each_record()
+            || header.max_timestamp.get() == NO_TIMESTAMP
+            || producer_log_append_time);
+    let plain = match read_each || recompress_into.is_some() {
+        true => {
+            let stored_codec = recompress_into.unwrap_or(header.codec());
+            Some(plain_records(batch, &header, stored_codec, rules.batch_bytes_max)?)
         }
-        None => {
-            if !rules.log_append_time {
-                check_timestamps(batch, &header, &rules.limits, now_ms)?;
-            }
-            if !rules.log_append_time && !retyped {
-                return Ok(None);
-            }
-            batch.to_vec()
+        false => None,
+    };
+    let records_max = match (&plain, rules.log_append_time) {
+        (Some(plain), false) => Some(check_each_record(plain, &header, &rules.limits, now_ms)?),
+        (None, false) => {
+            let last_delta = i64::from(header.last_offset_delta.get());
+            let max = header.max_timestamp.get();
+            rules.limits.check(max, last_delta, now_ms).map_err(ConformError::Timestamp)?;
+            None
         }
+        (_, true) => None,
+    };
+    let header_holds = records_max.is_none_or(|max| max == header.max_timestamp.get());
+    if recompress_into.is_none() && !rules.log_append_time && !retyped && header_holds {
+        return Ok(None);
+    }
+    let mut out = match (recompress_into, &plain) {
+        (Some(codec), Some(plain)) => rebuilt(batch, codec, plain, rules.levels)?,
+        _ => batch.to_vec(),
     };
     let (fields, _) = BatchHeader::mut_from_prefix(&mut out)
         .map_err(|_| ConformError::Corrupt("a batch shorter than its header".into()))?;
@@ -156,6 +167,9 @@ pub fn conform(
         fields.max_timestamp.set(now_ms);
     } else {
         fields.attributes.set(attributes);
+        if let Some(max) = records_max {
+            fields.max_timestamp.set(max);
+        }
     }
     kafka_batch::seal_crc(&mut out);
     Ok(Some(out))
@@ -208,31 +222,6 @@ fn native_view<'a>(
     NativeBatchView::new(&header, payload).map_err(|e| ConformError::Corrupt(e.to_string()))
 }
 
-fn check_timestamps(
-    batch: &[u8],
-    header: &BatchHeader,
-    limits: &TimestampLimits,
-    now_ms: i64,
-) -> Result<(), ConformError> {
-    let last_delta = i64::from(header.last_offset_delta.get());
-    let max_timestamp = header.max_timestamp.get();
-    limits.check(max_timestamp, last_delta, now_ms).map_err(ConformError::Timestamp)?;
-    // A header without a max timestamp says nothing of its records: they are read.
-    if !limits.needs_each_record() && max_timestamp != NO_TIMESTAMP {
-        return Ok(());
-    }
-    let mut refused = None;
-    let base_offset = header.base_offset.get();
-    for_each_record(batch, |record| {
-        if refused.is_none() {
-            let delta = (record.offset as i64).saturating_sub(base_offset);
-            refused = limits.check(record.timestamp, delta, now_ms).err();
-        }
-    })
-    .map_err(ConformError::Corrupt)?;
-    refused.map_or(Ok(()), |why| Err(ConformError::Timestamp(why)))
-}
-
 /// The batch's records section uncompressed, bounded by what storing it in `codec` allows.
 fn plain_records<'a>(
     batch: &'a [u8],
@@ -241,11 +230,12 @@ fn plain_records<'a>(
     batch_bytes_max: u32,
 ) -> Result<Cow<'a, [u8]>, ConformError> {
     let section = batch.get(BATCH_HEADER_BYTES..).unwrap_or_default();
+    // Stored uncompressed, it must fit max.message.bytes; else it is bounded as every
+    // decompression of a client's batch is.
     let limit = match codec {
-        0 => batch_bytes_max as usize,
-        _ => (batch_bytes_max as usize).saturating_mul(RECOMPRESSED_INPUT_FACTOR),
-    }
-    .min(DECOMPRESSED_BYTES_MAX);
+        0 => (batch_bytes_max as usize).min(DECOMPRESSED_BYTES_MAX),
+        _ => DECOMPRESSED_BYTES_MAX,
+    };
     match header.codec() {
         0 => Ok(Cow::Borrowed(section)),
         from => codecs::decompress(from, section, limit).map(Cow::Owned).map_err(|e| match e {
@@ -259,23 +249,27 @@ fn plain_records<'a>(
     }
 }
 
-/// Every record of an uncompressed records section against `limits`.
+/// Every record of an uncompressed records section against `limits`, by its own timestamp
+/// (a LogAppendTime bit on the header is not the topic's, and does not hide them); their max.
 fn check_each_record(
     plain: &[u8],
     header: &BatchHeader,
     limits: &TimestampLimits,
     now_ms: i64,
-) -> Result<(), ConformError> {
-    let mut refused = None;
+) -> Result<i64, ConformError> {
+    let mut own = *header;
+    own.attributes.set(own.attributes.get() & !ATTRIBUTE_LOG_APPEND_TIME);
+    let (mut refused, mut max) = (None, NO_TIMESTAMP);
     let base_offset = header.base_offset.get();
-    visit_records(plain, header, &mut |record| {
+    visit_records(plain, &own, &mut |record| {
+        max = max.max(record.timestamp);
         if refused.is_none() {
             let delta = (record.offset as i64).saturating_sub(base_offset);
             refused = limits.check(record.timestamp, delta, now_ms).err();
         }
     })
     .map_err(ConformError::Corrupt)?;
-    refused.map_or(Ok(()), |why| Err(ConformError::Timestamp(why)))
+    refused.map_or(Ok(max), |why| Err(ConformError::Timestamp(why)))
 }
 
 /// The batch with `plain` (its records section, uncompressed) in `codec`: header fields kept
@@ -412,6 +406,19 @@ mod tests {
     }
 
     #[test]
+    fn a_producers_log_append_time_bit_hides_no_timestamp_from_the_limits() {
+        // Records from 1970 behind a LogAppendTime bit and a max of now, on a CreateTime topic
+        // with a before-limit: read by their own timestamps, refused.
+        let hidden = patched(batch(3, 1, 0), |h| {
+            h.attributes.set(h.attributes.get() | ATTRIBUTE_LOG_APPEND_TIME);
+            h.base_timestamp.set(0);
+        });
+        let before = TimestampLimits { before_max_ms: 60_000, after_max_ms: i64::MAX };
+        let limited = BatchRules { limits: before, ..rules() };
+        assert!(matches!(conform(&hidden, &limited, NOW), Err(ConformError::Timestamp(_))));
+    }
+
+    #[test]
     fn the_timestamp_type_is_the_topics() {
         // A producer's LogAppendTime bit on a CreateTime topic goes.
         let flagged = patched(batch(3, 1, 0), |h| {
@@ -431,11 +438,16 @@ mod tests {
 
     #[test]
     fn recompressing_reads_every_record_and_bounds_what_it_decompresses() {
-        // Fresh first record (and max timestamp), a day-old second: found while recompressing.
-        let mixed = batch(2, -86_400_000, codecs::GZIP);
-        let before = TimestampLimits { before_max_ms: 60_000, after_max_ms: i64::MAX };
-        let into_zstd = BatchRules { codec: Some(codecs::ZSTD), limits: before, ..rules() };
-        assert!(matches!(conform(&mixed, &into_zstd, NOW), Err(ConformError::Timestamp(_))));
+        // A record two hours ahead behind a header max of now: found while recompressing, with
+        // no before-limit to make the records read otherwise.
+        let ahead = patched(batch(2, 7_200_000, codecs::GZIP), |h| h.max_timestamp.set(NOW));
+        let into_zstd = BatchRules { codec: Some(codecs::ZSTD), ..rules() };
+        assert!(matches!(conform(&ahead, &into_zstd, NOW), Err(ConformError::Timestamp(_))));
+        // A header max the records do not have is replaced by theirs.
+        let lying = patched(batch(3, 1, codecs::GZIP), |h| h.max_timestamp.set(NOW - 5));
+        let stored = conform(&lying, &into_zstd, NOW).unwrap().expect("recompressed");
+        let header = validate_produced(&stored, u32::MAX).expect("a valid batch");
+        assert_eq!(header.max_timestamp.get(), NOW + 2);
         // Stored uncompressed, a gzip batch must fit max.message.bytes once decompressed.
         let large = batch(400, 1, codecs::GZIP);
         let small = BatchRules { codec: Some(0), batch_bytes_max: 4096, ..rules() };

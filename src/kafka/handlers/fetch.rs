@@ -299,8 +299,12 @@ fn kafka_records(
             // A native entry's Kafka form differs in size: it is measured once converted.
             let batch = match entry.header.format() {
                 // Fetch v10 came with zstd (KIP-110): older clients cannot read it, and get
-                // Kafka's answer for that instead of a batch they would fail on.
+                // Kafka's answer for that instead of a batch they would fail on, once they
+                // have every batch before it.
                 Some(PayloadFormat::Kafka) if version < 10 && is_zstd(entry.payload) => {
+                    if !out.is_empty() {
+                        return Ok(out);
+                    }
                     let why = "zstd batches are served to Fetch v10 and later";
                     return Err(BrokerError::new(ErrorKind::UnsupportedCompressionType, why));
                 }
