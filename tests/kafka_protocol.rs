@@ -315,8 +315,13 @@ fn records_cross_protocols_both_ways_compressed_ones_included() {
     let mut compressed = BytesMut::new();
     let options = RecordEncodeOptions { version: 2, compression: Compression::Zstd };
     RecordBatchEncoder::encode(&mut compressed, &records, &options).unwrap();
+    let compressed = compressed.freeze();
+    // Before Produce v7 zstd is not Kafka's to take (KIP-110): refused, nothing stored.
+    let refused: ProduceResponse =
+        conn.call(ApiKey::Produce, 6, &produce_request("cross", 1, compressed.clone()));
+    assert_eq!(refused.responses[0].partition_responses[0].error_code, 76);
     let response: ProduceResponse =
-        conn.call(ApiKey::Produce, 7, &produce_request("cross", 1, compressed.freeze()));
+        conn.call(ApiKey::Produce, 7, &produce_request("cross", 1, compressed));
     assert_eq!(produced(&response), (0, 0));
     let natively = common::run(|| async {
         let client = common::connect(&broker).await;

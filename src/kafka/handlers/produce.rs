@@ -11,6 +11,7 @@ use crate::error::ErrorKind;
 use crate::kafka::codec;
 use crate::kafka::handlers::has_field;
 use crate::partition::Acks;
+use crate::record::codecs;
 use crate::record::conform::conform;
 use crate::record::kafka_batch::{validate_produced, BatchError};
 use crate::record::PendingEntry;
@@ -48,7 +49,10 @@ pub async fn produce(
                     "transactional producers are not supported",
                 )),
                 Err(e) => Err(e.clone()),
-                Ok(info) => start_append(shard, &name, info, index, data.records.as_deref(), acks),
+                Ok(info) => {
+                    let records = data.records.as_deref();
+                    start_append(shard, (&name, info, index), version, records, acks)
+                }
             };
             partitions.push((index, started));
         }
@@ -127,9 +131,8 @@ type Appending = glommio::task::JoinHandle<Result<(Offset, Offset), BrokerError>
 /// starts appending it on the owning shard; with the broker time it took under LogAppendTime.
 fn start_append(
     shard: &Rc<Shard>,
-    topic: &str,
-    info: &crate::shard::catalog::TopicInfo,
-    partition: i32,
+    (topic, info, partition): (&str, &crate::shard::catalog::TopicInfo, i32),
+    version: i16,
     records: Option<&[u8]>,
     acks: Acks,
 ) -> Result<(Appending, Option<i64>), BrokerError> {
@@ -145,6 +148,11 @@ fn start_append(
     let max_bytes = info.config.max_message_bytes;
     let refused = |e: BatchError| e.refusal(topic, partition);
     let header = validate_produced(records, max_bytes).map_err(refused)?;
+    // Produce v7 came with zstd (KIP-110): an older client sending it is answered as Kafka does.
+    if version < 7 && header.codec() == codecs::ZSTD {
+        let why = format!("{topic}-{partition}: zstd batches need Produce v7 or later");
+        return Err(BrokerError::new(ErrorKind::UnsupportedCompressionType, why));
+    }
     let rules = info.config.batch_rules();
     let now = crate::now_ms();
     let conformed = conform(records, &rules, now).map_err(|e| e.refusal(topic, partition))?;
