@@ -317,8 +317,19 @@ pub fn cores() -> String {
     }
 }
 
+/// A port free now and never handed out before in this test process. The tests of one binary
+/// start brokers side by side: two asking at once could both be given a port the kernel freed a
+/// moment ago, and two brokers would then both listen on it (SO_REUSEPORT, each checking before
+/// the other bound it) and share each other's clients.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Runs `make()` on a glommio executor on this thread.
