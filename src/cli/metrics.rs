@@ -297,23 +297,26 @@ fn summary(url: &str, now: &Scrape, before: Option<&Scrape>) -> String {
             writeln!(out, "{operation:<26} {count:>10} {:>10} {:>10}", millis(p50), millis(p99));
     }
 
-    let lag = now.samples.iter().filter(|s| s.name == "spate_group_topic_lag");
+    // One row per group and topic it lags on; a group with no lag here gets a row of its own.
     let members = now.by("spate_group_members", "group");
     if !members.is_empty() {
         let _ = writeln!(out, "\n{:<32} {:>8} {:<32} {:>12}", "group", "members", "topic", "lag");
         for (group, count) in &members {
-            let _ = writeln!(out, "{group:<32} {count:>8}");
-        }
-        for sample in lag {
-            let get = |l: &str| sample.labels.get(l).cloned().unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "{:<32} {:>8} {:<32} {:>12}",
-                get("group"),
-                "",
-                get("topic"),
-                sample.value
-            );
+            let lags = (now.named("spate_group_topic_lag"))
+                .filter(|s| s.labels.get("group") == Some(group))
+                .map(|s| (s.labels.get("topic").cloned().unwrap_or_default(), s.value));
+            let mut first = true;
+            for (topic, lag) in lags {
+                let (name, count) = match first {
+                    true => (group.as_str(), count.to_string()),
+                    false => ("", String::new()),
+                };
+                let _ = writeln!(out, "{name:<32} {count:>8} {topic:<32} {lag:>12}");
+                first = false;
+            }
+            if first {
+                let _ = writeln!(out, "{group:<32} {count:>8}");
+            }
         }
     }
     out
@@ -350,5 +353,20 @@ mod tests {
         near(0.75, 0.055);
         near(0.25, 0.0055);
         assert_eq!(quantile(&[(f64::INFINITY, 0.0)], 0.5), None);
+    }
+
+    #[test]
+    fn a_groups_lag_shares_its_row() {
+        let text = "spate_group_members{group=\"readers\"} 2\n\
+                    spate_group_members{group=\"idle\"} 0\n\
+                    spate_group_topic_lag{group=\"readers\",topic=\"orders\"} 42\n";
+        let now = Scrape { at: Instant::now(), samples: parse(text).unwrap() };
+        let shown = summary("http://x/metrics", &now, None);
+        let rows: Vec<Vec<&str>> = (shown.lines())
+            .skip_while(|l| !l.starts_with("group"))
+            .skip(1)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(rows, vec![vec!["idle", "0"], vec!["readers", "2", "orders", "42"]], "{shown}");
     }
 }
