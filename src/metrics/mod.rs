@@ -231,9 +231,11 @@ impl Metrics {
     pub fn count_kafka_request(&self, api_key: i16, errors: impl IntoIterator<Item = i16>) {
         let slot = usize::try_from(api_key).unwrap_or(0).min(KAFKA_API_KEYS - 1);
         self.kafka_requests.borrow_mut()[slot] += 1;
+        // Errors under the same key as the request, so the two always name one API.
+        let key = slot as i16;
         let mut counted = self.kafka_errors.borrow_mut();
         for code in errors {
-            *counted.entry((api_key, code)).or_default() += 1;
+            *counted.entry((key, code)).or_default() += 1;
         }
     }
 

@@ -205,7 +205,8 @@ pub fn native_as_kafka(
     let header = native_header(payload, meta)?;
     let mut kafka = BytesMut::new();
     native_to_kafka(&header, payload, &mut kafka).map_err(ConformError::Corrupt)?;
-    Ok(conform(&kafka, rules, now_ms)?.unwrap_or_else(|| kafka.to_vec()))
+    // The converted batch's own buffer when nothing more changes it: no second copy.
+    Ok(conform(&kafka, rules, now_ms)?.unwrap_or_else(|| Vec::from(kafka)))
 }
 
 /// The header a native batch would be stored under at offset 0.
