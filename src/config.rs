@@ -193,6 +193,76 @@ pub const TOPIC_KEYS: &[(&str, &str)] = &[
     ("unclean.leader.election.enable", "unclean.leader.election.enable"),
 ];
 
+/// Where a dynamic broker setting may be set (KIP-226's update modes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DynamicScope {
+    /// As the cluster-wide default (resource name `""`), or for one broker, which then holds
+    /// it over the default.
+    ClusterOrBroker,
+    /// As the cluster-wide default only: the controller decides by it (eligible leader
+    /// replicas, unclean elections), and one broker's own value would not be what it decides
+    /// by. Kafka 4.0 made `min.insync.replicas` cluster-wide only for that reason (KIP-966).
+    ClusterOnly,
+}
+
+/// Whether broker setting `key` (Kafka's broker name) changes while the brokers run, and where.
+/// The dynamic ones are the topic settings' defaults (Kafka's `DynamicLogConfig`, every first
+/// broker synonym); the rest are read at start only. Kafka's later synonyms
+/// (`log.retention.hours`, `log.roll.hours`, ...) are read-only in Kafka too.
+pub fn dynamic_broker_setting(key: &str) -> Option<DynamicScope> {
+    match key {
+        "min.insync.replicas" | "unclean.leader.election.enable" => Some(DynamicScope::ClusterOnly),
+        _ if TOPIC_KEYS.iter().any(|(_, broker_key)| *broker_key == key) => {
+            Some(DynamicScope::ClusterOrBroker)
+        }
+        _ => None,
+    }
+}
+
+/// Whether every one of broker settings `keys` may change while the brokers run; refused with
+/// the ones that may not (Kafka answers these INVALID_REQUEST).
+pub fn check_dynamic<'a>(keys: impl Iterator<Item = &'a str>) -> Result<(), ConfigError> {
+    let static_only: Vec<&str> = keys.filter(|key| dynamic_broker_setting(key).is_none()).collect();
+    if static_only.is_empty() {
+        return Ok(());
+    }
+    Err(ConfigError(format!(
+        "Cannot update these configs dynamically: [{}] (the topic settings' defaults are \
+         dynamic, as log.retention.ms is; set the others in the broker's config file or flags \
+         and restart it)",
+        static_only.join(", ")
+    )))
+}
+
+/// Whether dynamic broker settings `keys` may be set for one broker (`for_one_broker`), or
+/// only cluster-wide; refused with the ones that may not (Kafka 4.0's controller answers
+/// INVALID_CONFIG for `min.insync.replicas`).
+pub fn check_level<'a>(
+    keys: impl Iterator<Item = &'a str>,
+    for_one_broker: bool,
+) -> Result<(), ConfigError> {
+    let cluster_only = |key: &&str| dynamic_broker_setting(key) == Some(DynamicScope::ClusterOnly);
+    let refused: Vec<&str> = keys.filter(cluster_only).collect();
+    if !for_one_broker || refused.is_empty() {
+        return Ok(());
+    }
+    Err(ConfigError(format!(
+        "Cannot update these configs for one broker, only as the cluster-wide default (the \
+         broker resource named \"\"): [{}]",
+        refused.join(", ")
+    )))
+}
+
+/// The topic setting whose default broker setting `key` is.
+pub fn topic_key_of(broker_key: &str) -> Option<&'static str> {
+    TOPIC_KEYS.iter().find(|(_, b)| *b == broker_key).map(|(topic_key, _)| *topic_key)
+}
+
+/// The broker setting that holds topic setting `key`'s default.
+pub fn broker_key_of(topic_key: &str) -> Option<&'static str> {
+    TOPIC_KEYS.iter().find(|(t, _)| *t == topic_key).map(|(_, broker_key)| *broker_key)
+}
+
 /// One change to a topic's setting overrides, as an administrator asks for it: Kafka's
 /// IncrementalAlterConfigs operations (KIP-339); AlterConfigs is a `Set` of every override.
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -228,6 +298,16 @@ impl ConfigChange {
             | Self::Delete { key }
             | Self::Append { key, .. }
             | Self::Subtract { key, .. } => key,
+        }
+    }
+
+    /// The same change of setting `key`.
+    pub fn renamed(self, key: String) -> Self {
+        match self {
+            Self::Set { value, .. } => Self::Set { key, value },
+            Self::Delete { .. } => Self::Delete { key },
+            Self::Append { value, .. } => Self::Append { key, value },
+            Self::Subtract { value, .. } => Self::Subtract { key, value },
         }
     }
 }
@@ -505,6 +585,80 @@ impl TopicConfig {
         }
         self.with_overrides(&overrides)?;
         Ok(overrides)
+    }
+
+    /// These defaults with dynamic broker settings (`settings`, Kafka's broker names) over
+    /// them, and each setting that does not apply, with why: settings come from the metadata,
+    /// checked by the broker that took them, and one this build refuses is skipped rather than
+    /// stop the broker (Kafka's brokers skip them likewise).
+    pub fn with_broker_settings(
+        &self,
+        settings: &BTreeMap<String, String>,
+    ) -> (Self, Vec<ConfigError>) {
+        let mut config = self.clone();
+        let mut skipped = Vec::new();
+        for (key, value) in settings {
+            let applied = match topic_key_of(key) {
+                Some(topic_key) => config.set(topic_key, value),
+                None => Err(ConfigError(format!("{key} is not a dynamic broker setting"))),
+            };
+            if let Err(why) = applied {
+                skipped.push(why);
+            }
+        }
+        (config, skipped)
+    }
+
+    /// Dynamic broker settings `current` (of one broker with `for_one_broker`, else the
+    /// cluster-wide defaults) with `changes` applied in order, checked against these static
+    /// defaults: a setting that is not dynamic, or not at that level, a bad value, or APPEND or
+    /// SUBTRACT on a setting that is not a list, is refused with the reason. A stored setting
+    /// this build cannot use (a later build's, or a value it refuses) is kept as it is, and may
+    /// be deleted: it never blocks a change of the others.
+    pub fn altered_broker_settings(
+        &self,
+        current: &BTreeMap<String, String>,
+        changes: &[ConfigChange],
+        for_one_broker: bool,
+    ) -> Result<BTreeMap<String, String>, ConfigError> {
+        let usable = |key: &str, value: &str| {
+            topic_key_of(key).is_some_and(|topic_key| self.clone().set(topic_key, value).is_ok())
+        };
+        let (usable, mut unusable): (BTreeMap<String, String>, BTreeMap<String, String>) =
+            current.clone().into_iter().partition(|(key, value)| usable(key, value));
+        let (dropped, changes): (Vec<ConfigChange>, Vec<ConfigChange>) =
+            changes.iter().cloned().partition(|change| {
+                matches!(change, ConfigChange::Delete { key } if unusable.contains_key(key))
+            });
+        for change in &dropped {
+            unusable.remove(change.key());
+        }
+        let keys = changes.iter().map(ConfigChange::key);
+        check_dynamic(keys.clone())?;
+        check_level(keys, for_one_broker)?;
+        // As topic overrides, whose rules (values, lists, a setting named twice) are the same.
+        let as_topic_key = |key: &str| topic_key_of(key).unwrap_or_default().to_string();
+        let overrides =
+            usable.iter().map(|(key, value)| (as_topic_key(key), value.clone())).collect();
+        let changes: Vec<ConfigChange> = (changes.into_iter())
+            .map(|change| {
+                let key = as_topic_key(change.key());
+                change.renamed(key)
+            })
+            .collect();
+        let altered = self.altered_overrides(&overrides, &changes).map_err(|refused| {
+            // Said of the setting as it was named.
+            let named = |why: String, change: &ConfigChange| {
+                let broker_key = broker_key_of(change.key()).unwrap_or_default();
+                why.replace(&format!("for {}:", change.key()), &format!("for {broker_key}:"))
+            };
+            ConfigError(changes.iter().fold(refused.0, named))
+        })?;
+        let as_broker_key = |key: &str| broker_key_of(key).unwrap_or_default().to_string();
+        // A setting changed now replaces what could not be used of it.
+        let altered = altered.into_iter().map(|(key, value)| (as_broker_key(&key), value));
+        unusable.extend(altered);
+        Ok(unusable)
     }
 
     /// The value of topic-level setting `key`, as `entries` gives it.
@@ -1299,6 +1453,76 @@ mod tests {
         let compact =
             [ConfigChange::Append { key: "cleanup.policy".into(), value: "compact".into() }];
         assert!(refused(&compact).contains("compaction is not supported yet"));
+    }
+
+    #[test]
+    fn dynamic_broker_settings_are_the_topic_defaults_at_their_level() {
+        let defaults = TopicConfig { retention_ms: 1000, ..TopicConfig::default() };
+        let set =
+            |key: &str, value: &str| ConfigChange::Set { key: key.into(), value: value.into() };
+        let current: BTreeMap<String, String> =
+            [("log.roll.ms".to_string(), "60000".to_string())].into();
+        let changes = [
+            set("log.retention.ms", "5000"),
+            set("message.max.bytes", "2048"),
+            set("min.insync.replicas", "2"),
+            ConfigChange::Delete { key: "log.roll.ms".into() },
+        ];
+        let altered = defaults.altered_broker_settings(&current, &changes, false).expect("taken");
+        let expected: BTreeMap<String, String> = [
+            ("log.retention.ms", "5000"),
+            ("message.max.bytes", "2048"),
+            ("min.insync.replicas", "2"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into();
+        assert_eq!(altered, expected, "kept by their broker names");
+        let (effective, skipped) = defaults.with_broker_settings(&altered);
+        assert!(skipped.is_empty(), "{skipped:?}");
+        assert_eq!((effective.retention_ms, effective.max_message_bytes), (5000, 2048));
+        assert_eq!(effective.min_insync_replicas, Some(2));
+        assert_eq!(effective.segment_bytes, defaults.segment_bytes);
+
+        let refused = |changes: &[ConfigChange], for_one_broker: bool| {
+            (defaults.altered_broker_settings(&current, changes, for_one_broker))
+                .expect_err("refused")
+                .0
+        };
+        // Static settings, Kafka's read-only synonyms among them, and unknown names.
+        for key in ["num.partitions", "log.retention.hours", "no.such"] {
+            let why = refused(&[set(key, "1")], false);
+            assert!(why.contains("Cannot update these configs dynamically") && why.contains(key));
+        }
+        let why = refused(&[set("min.insync.replicas", "2")], true);
+        assert!(why.contains("cluster-wide default") && why.contains("min.insync.replicas"));
+        assert!(
+            refused(&[set("log.retention.ms", "soon")], false).contains("for log.retention.ms:")
+        );
+        let append = [ConfigChange::Append { key: "log.roll.ms".into(), value: "5".into() }];
+        assert!(refused(&append, true).contains("APPEND applies only to list settings"));
+
+        // What the metadata holds but this build does not take is skipped, the rest applies.
+        let stored: BTreeMap<String, String> =
+            [("log.retention.ms", "soon"), ("log.roll.ms", "60000"), ("num.partitions", "3")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into();
+        let (effective, skipped) = defaults.with_broker_settings(&stored);
+        assert_eq!((effective.retention_ms, effective.segment_ms), (1000, 60000));
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        // ...and never blocks a change: kept, replaced when set, gone when deleted.
+        let changes = [set("log.segment.bytes", "65536")];
+        let altered = defaults.altered_broker_settings(&stored, &changes, false).expect("taken");
+        assert_eq!(altered.len(), 4, "{altered:?}");
+        let changes = [
+            ConfigChange::Delete { key: "num.partitions".into() },
+            set("log.retention.ms", "5000"),
+        ];
+        let altered = defaults.altered_broker_settings(&stored, &changes, false).expect("taken");
+        let expected: BTreeMap<String, String> =
+            [("log.retention.ms", "5000"), ("log.roll.ms", "60000")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into();
+        assert_eq!(altered, expected);
     }
 
     #[test]

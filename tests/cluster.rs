@@ -994,35 +994,8 @@ fn topic_settings_change_on_every_broker_without_a_restart() {
     let all = [1, 2, 3];
     cluster.settle(&all, "three live brokers", |s| s.leader.is_some() && all_live(s, &all));
     let configs = [("segment.bytes", "16384"), ("retention.ms", "-1")];
-    let created = create_topic_with_configs_at(&cluster.kafka(1), "tuned", (1, 3), &[], &configs);
-    assert_eq!(created, (0, String::new()));
-    cluster.settle_metadata(&all, "tuned led", |v| {
-        v.topics.get("tuned").is_some_and(|t| t.1[0].1 >= 0 && t.1[0].4.len() == 3)
-    });
-    // Forty batches of ten records, each record stamped in 2023: several 16 KiB segments.
-    let bootstrap = cluster.brokers[0].addr.clone();
-    run(|| async move {
-        let client = Client::connect(&bootstrap).await.expect("connect");
-        let leaders = spate::client::Leaders::new(client);
-        for first in (0..400).step_by(10) {
-            let produced = produce_to_leader(&leaders, "tuned", 0, first..first + 10).await;
-            produced.unwrap_or_else(|e| panic!("records {first}..: {e}"));
-        }
-    });
-    let segments = |node: usize| -> usize {
-        let dir = cluster.brokers[node].data_dir.join("tuned").join("0");
-        let files = std::fs::read_dir(&dir).map(|d| d.flatten().collect::<Vec<_>>());
-        let logs = files.unwrap_or_default().into_iter();
-        logs.filter(|f| f.path().extension().is_some_and(|e| e == "log")).count()
-    };
-    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + SETTLE_WAIT;
-        while !done() {
-            assert!(Instant::now() < deadline, "never: {what}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    wait_for("every replica holds several segments", &|| (0..3).all(|n| segments(n) >= 3));
+    aged_topic_on_three(&cluster, "tuned", &configs);
+    let segments = |node: usize| log_segments(&cluster, node, "tuned");
     // One hour: every record is older (2023). Through broker 2, whoever leads.
     let altered = std::process::Command::new(BINARY)
         .args(["topic", "alter", "tuned", "--config", "retention.ms=3600000"])
@@ -1030,7 +1003,7 @@ fn topic_settings_change_on_every_broker_without_a_restart() {
         .output()
         .expect("spate topic alter");
     assert!(altered.status.success(), "{}", String::from_utf8_lossy(&altered.stderr));
-    wait_for("retention deletes the sealed segments on every replica", &|| {
+    wait_until("retention deletes the sealed segments on every replica", &|| {
         (0..3).all(|n| segments(n) == 1)
     });
     let described = |cluster: &Cluster, node: usize| -> String {
@@ -1125,6 +1098,176 @@ fn topic_settings_change_on_every_broker_without_a_restart() {
     let deadline = Instant::now() + SETTLE_WAIT;
     while let Err(e) = produce_once(leader.clone(), 420) {
         assert!(Instant::now() < deadline, "acks=all with min.insync.replicas=2: {e}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Dynamic broker settings (KIP-226) through Kafka's IncrementalAlterConfigs, on three
+/// brokers: a cluster-wide `log.retention.ms` (the broker resource `""`), sent to one broker,
+/// deletes the old segments on every replica of a topic without its own retention, and every
+/// broker describes the topic's retention as that default (source 3); broker 3's own value
+/// holds on broker 3 alone (source 2). Another broker's resource, a setting that is static or
+/// cluster-wide only, and a bad value are refused. A cluster-wide `min.insync.replicas` above
+/// the replicas refuses acks=all at the leader, across a restart of every broker, until it is
+/// deleted.
+#[test]
+fn broker_settings_change_on_every_broker_without_a_restart() {
+    use common::kafka_wire::{alter_configs, describe_configs};
+    const TOPIC: i8 = 2;
+    const BROKER: i8 = 4;
+    let _one_cluster = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cluster =
+        Cluster::start_with(&["log.retention.check.interval.ms=200", "log.retention.ms=-1"]);
+    let all = [1, 2, 3];
+    cluster.settle(&all, "three live brokers", |s| s.leader.is_some() && all_live(s, &all));
+    // (Retention is off until the test sets it.)
+    aged_topic_on_three(&cluster, "aged", &[("segment.bytes", "16384")]);
+    let segments = |node: usize| log_segments(&cluster, node, "aged");
+
+    // One hour, cluster-wide, through broker 2: every record is older (2023).
+    let kafka: Vec<String> = (1..=3).map(|node| cluster.kafka(node)).collect();
+    let at = |node: i32| Conn::open(&kafka[node as usize - 1]);
+    let alter = |node: i32, resource: &str, settings: &[(&str, Option<&str>)]| {
+        alter_configs(&mut at(node), BROKER, resource, settings)
+    };
+    assert_eq!(alter(2, "", &[("log.retention.ms", Some("3600000"))]), (0, String::new()));
+    wait_until("retention deletes the sealed segments on every replica", &|| {
+        (0..3).all(|n| segments(n) == 1)
+    });
+    let retention = |node: i32| {
+        let (code, described) = describe_configs(&mut at(node), TOPIC, "aged");
+        assert_eq!(code, 0, "describing aged at broker {node}");
+        described["retention.ms"].clone()
+    };
+    for node in all {
+        let described = retention(node);
+        assert_eq!((described.value.as_str(), described.source), ("3600000", 3), "broker {node}");
+        assert_eq!(described.synonym_sources, [3, 4, 5], "broker {node}: {described:?}");
+    }
+
+    // Broker 3's own value, through `spate cluster config` asking broker 1: the command sends
+    // it to broker 3, as admin clients send a broker's resource to that broker.
+    let config = |args: &[&str]| {
+        let output = std::process::Command::new(BINARY)
+            .args(["cluster", "config", "--broker", &cluster.brokers[0].addr])
+            .args(args)
+            .output()
+            .expect("spate cluster config");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let shown = config(&["--node", "3", "--config", "log.retention.ms=7200000"]);
+    assert!(shown.contains("changed 1 setting(s) of broker 3"), "{shown}");
+    let expected = "cluster-wide defaults\n  log.retention.ms=3600000\nbroker 3\n  \
+                    log.retention.ms=7200000\n";
+    assert!(shown.ends_with(expected), "{shown}");
+    assert!(config(&[]).ends_with(expected));
+    let described = retention(3);
+    assert_eq!((described.value.as_str(), described.source), ("7200000", 2));
+    assert_eq!(described.synonym_sources, [2, 3, 4, 5]);
+    assert_eq!(retention(1).value, "3600000", "broker 1 keeps the cluster-wide value");
+    let (code, broker_3) = describe_configs(&mut at(3), BROKER, "3");
+    assert_eq!(code, 0);
+    let setting = &broker_3["log.retention.ms"];
+    assert_eq!((setting.value.as_str(), setting.source, setting.read_only), ("7200000", 2, false));
+    assert!(broker_3["num.partitions"].read_only);
+    let (code, defaults) = describe_configs(&mut at(1), BROKER, "");
+    assert_eq!(code, 0);
+    let listed: Vec<(&str, &str, i8)> =
+        defaults.iter().map(|(k, v)| (k.as_str(), v.value.as_str(), v.source)).collect();
+    assert_eq!(listed, [("log.retention.ms", "3600000", 3)], "only what is set cluster-wide");
+
+    // Refused as Kafka refuses them: another broker's resource, a static setting, one that is
+    // cluster-wide only, a bad value.
+    const INVALID_REQUEST: i16 = 42;
+    const INVALID_CONFIG: i16 = 40;
+    assert_eq!(alter(1, "3", &[("log.retention.ms", Some("1"))]).0, INVALID_REQUEST);
+    assert_eq!(alter(1, "", &[("num.partitions", Some("4"))]).0, INVALID_REQUEST);
+    assert_eq!(alter(1, "1", &[("min.insync.replicas", Some("1"))]).0, INVALID_CONFIG);
+    assert_eq!(alter(1, "", &[("log.retention.ms", Some("soon"))]).0, INVALID_REQUEST);
+
+    // More in sync than there are replicas: acks=all is refused at the leader.
+    assert_eq!(alter(1, "", &[("min.insync.replicas", Some("4"))]), (0, String::new()));
+    let acks_all = || {
+        let leader = metadata_at(&kafka[0]).topics["aged"].1[0].1;
+        let batch = common::kafka_wire::batch(-1, -1, 0, 2);
+        let request = common::kafka_wire::produce_request("aged", -1, batch);
+        let answer: kafka_protocol::messages::ProduceResponse =
+            at(leader).call(ApiKey::Produce, 9, &request);
+        common::kafka_wire::produced(&answer).0
+    };
+    // (Answered at once, but a leader may be moving: waited for.)
+    let answers = |code: i16, what: &str| {
+        let deadline = Instant::now() + SETTLE_WAIT;
+        loop {
+            let answered = acks_all();
+            if answered == code {
+                break;
+            }
+            assert!(Instant::now() < deadline, "acks=all {what}: {answered}, not {code}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    answers(19, "with min.insync.replicas=4");
+
+    // Every broker restarted: the settings are the cluster's, kept in its metadata.
+    for node in all {
+        cluster.broker(node).stop();
+    }
+    for node in all {
+        cluster.broker(node).restart();
+    }
+    cluster.settle(&all, "three live brokers again", |s| s.leader.is_some() && all_live(s, &all));
+    // (Every replica back in sync: the default minimum of 2 does not refuse.)
+    cluster.settle_metadata(&all, "aged led again, every replica in sync", |v| {
+        v.topics.get("aged").is_some_and(|t| t.1[0].1 >= 0 && t.1[0].4.len() == 3)
+    });
+    assert_eq!(retention(1).value, "3600000");
+    assert_eq!(retention(3).value, "7200000");
+    answers(19, "after the restart");
+    assert_eq!(alter(2, "", &[("min.insync.replicas", None)]), (0, String::new()));
+    answers(0, "once min.insync.replicas is gone");
+}
+
+/// Topic `name` of one partition on brokers 1 to 3 with settings `configs`, led with every
+/// replica in sync, then forty batches of ten records, each record stamped in 2023, produced at
+/// its leader: with `segment.bytes` 16384, several segments on every replica, waited for.
+fn aged_topic_on_three(cluster: &Cluster, name: &str, configs: &[(&str, &str)]) {
+    let all = [1, 2, 3];
+    let created = create_topic_with_configs_at(&cluster.kafka(1), name, (1, 3), &[], configs);
+    assert_eq!(created, (0, String::new()));
+    cluster.settle_metadata(&all, &format!("{name} led"), |v| {
+        v.topics.get(name).is_some_and(|t| t.1[0].1 >= 0 && t.1[0].4.len() == 3)
+    });
+    let bootstrap = cluster.brokers[0].addr.clone();
+    let topic = name.to_string();
+    run(|| async move {
+        let client = Client::connect(&bootstrap).await.expect("connect");
+        let leaders = spate::client::Leaders::new(client);
+        for first in (0..400).step_by(10) {
+            let produced = produce_to_leader(&leaders, &topic, 0, first..first + 10).await;
+            produced.unwrap_or_else(|e| panic!("records {first}..: {e}"));
+        }
+    });
+    wait_until("every replica holds several segments", &|| {
+        (0..3).all(|node| log_segments(cluster, node, name) >= 3)
+    });
+}
+
+/// The segment files of partition 0 of `topic` in the data directory of the broker at index
+/// `node` of the cluster.
+fn log_segments(cluster: &Cluster, node: usize, topic: &str) -> usize {
+    let dir = cluster.brokers[node].data_dir.join(topic).join("0");
+    let files = std::fs::read_dir(&dir).map(|d| d.flatten().collect::<Vec<_>>());
+    let logs = files.unwrap_or_default().into_iter();
+    logs.filter(|f| f.path().extension().is_some_and(|e| e == "log")).count()
+}
+
+/// Waits until `done` holds, for [`SETTLE_WAIT`] at most.
+fn wait_until(what: &str, done: &dyn Fn() -> bool) {
+    let deadline = Instant::now() + SETTLE_WAIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "never: {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }

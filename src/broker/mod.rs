@@ -578,7 +578,12 @@ async fn retention_loop(shard: Rc<Shard>) {
         if futures_lite::future::or(stop, tick).await {
             return;
         }
-        shard.enforce_retention().await;
+        // Not before the broker has caught up with the metadata: until then its topics may
+        // resolve against defaults the cluster has changed since (Kafka's brokers load their
+        // logs only after catching up, for this).
+        if shard.is_ready() {
+            shard.enforce_retention().await;
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! `spate cluster status`: the brokers, the voters and the active controller, as a voter sees
-//! them. `spate cluster log-dirs`: each broker's data directory, replicas and free space. `spate cluster local`: a cluster of several brokers on this machine in one command.
+//! them. `spate cluster log-dirs`: each broker's data directory, replicas and free space.
+//! `spate cluster config`: the dynamic broker settings, changed or shown. `spate cluster
+//! local`: a cluster of several brokers on this machine in one command.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -11,9 +13,11 @@ use std::time::{Duration, Instant};
 use clap::Subcommand;
 
 use crate::cli::topic::connect;
-use crate::cli::{run_client, BrokerAddress};
+use crate::cli::{run_client, BrokerAddress, ConfigChanges};
+use crate::cluster::metadata::ResourceSettings;
 use crate::config::host_port;
 use crate::native::messages::ClusterStatus;
+use crate::types::NodeId;
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
@@ -29,6 +33,20 @@ pub enum ClusterCommand {
         /// Only this topic's replicas.
         #[arg(long)]
         topic: Option<String>,
+        #[command(flatten)]
+        broker: BrokerAddress,
+    },
+    /// Change the dynamic broker settings at once, on every broker, without a restart (Kafka's
+    /// broker configs, KIP-226): the defaults of topic settings by their broker names
+    /// (log.retention.ms, message.max.bytes, ...), cluster-wide or for one broker. Without
+    /// changes, print them.
+    Config {
+        /// Broker N's own settings, which hold over the cluster-wide ones on broker N; without
+        /// it, the cluster-wide defaults.
+        #[arg(long, value_name = "N")]
+        node: Option<i32>,
+        #[command(flatten)]
+        changes: ConfigChanges,
         #[command(flatten)]
         broker: BrokerAddress,
     },
@@ -92,11 +110,67 @@ impl ClusterCommand {
                 }
                 Ok(())
             }),
+            ClusterCommand::Config { node, changes, broker } => {
+                let validate_only = changes.validate_only;
+                let changes = changes.changes();
+                run_client(|| async move {
+                    let client = connect(&broker).await?;
+                    let node = node.map(NodeId);
+                    // A broker's own settings are changed at that broker, as Kafka's are.
+                    let client = match node {
+                        Some(node) if !changes.is_empty() => {
+                            let metadata = client.metadata(Some(Vec::new()), false).await;
+                            let metadata = metadata.map_err(|e| e.to_string())?;
+                            match metadata.brokers.iter().find(|b| b.node == node) {
+                                _ if metadata.node == node => client,
+                                Some(b) => {
+                                    let address = host_port(&b.host, b.port);
+                                    let connected = crate::client::Client::connect(&address).await;
+                                    connected.map_err(|e| format!("broker {node}: {e}"))?
+                                }
+                                None => return Err(format!("no live broker {node}")),
+                            }
+                        }
+                        _ => client,
+                    };
+                    let count = changes.len();
+                    let settings = client.broker_config(node, changes, validate_only).await;
+                    let settings = settings.map_err(|e| e.to_string())?;
+                    let resource =
+                        node.map_or("the cluster-wide defaults".into(), |n| format!("broker {n}"));
+                    match (count, validate_only) {
+                        (0, _) => {}
+                        (_, true) => println!("{count} change(s) to {resource} would be taken"),
+                        (_, false) => println!("changed {count} setting(s) of {resource}"),
+                    }
+                    print!("{}", render_broker_settings(&settings));
+                    Ok(())
+                })
+            }
             ClusterCommand::Local { brokers, data_dir, base_port, settings } => {
                 LocalCluster { brokers, data_dir, base_port, settings }.run()
             }
         }
     }
+}
+
+/// Every resource's dynamic broker settings, a line each, under its resource.
+fn render_broker_settings(settings: &[ResourceSettings]) -> String {
+    if settings.is_empty() {
+        return "no dynamic broker settings: every broker runs with its own file and flags\n"
+            .into();
+    }
+    let mut text = String::new();
+    for (node, resource) in settings {
+        match node {
+            None => text.push_str("cluster-wide defaults\n"),
+            Some(node) => text.push_str(&format!("broker {node}\n")),
+        }
+        for (key, value) in resource {
+            text.push_str(&format!("  {key}={value}\n"));
+        }
+    }
+    text
 }
 
 struct LocalCluster {

@@ -60,6 +60,31 @@ pub enum Command {
     },
 }
 
+/// Settings changed by a client subcommand (`topic alter`, `cluster config`), in the order of
+/// Kafka's IncrementalAlterConfigs: those set, then those taken away.
+#[derive(Args, Debug, Clone)]
+pub struct ConfigChanges {
+    /// Set a setting, e.g. --config retention.ms=60000 (repeatable).
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub configs: Vec<(String, String)>,
+    /// Take a setting away: the next level holds again (repeatable).
+    #[arg(long = "delete-config", value_name = "KEY")]
+    pub delete_configs: Vec<String>,
+    /// Check the change without making it.
+    #[arg(long)]
+    pub validate_only: bool,
+}
+
+impl ConfigChanges {
+    pub fn changes(&self) -> Vec<crate::config::ConfigChange> {
+        use crate::config::ConfigChange;
+        let set =
+            (self.configs.iter().cloned()).map(|(key, value)| ConfigChange::Set { key, value });
+        let deleted = self.delete_configs.iter().cloned().map(|key| ConfigChange::Delete { key });
+        set.chain(deleted).collect()
+    }
+}
+
 /// Where a client subcommand finds the broker.
 #[derive(Args, Debug, Clone)]
 pub struct BrokerAddress {

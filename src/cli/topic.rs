@@ -4,9 +4,9 @@ use std::time::{Duration, Instant};
 
 use clap::Subcommand;
 
-use crate::cli::{run_client, BrokerAddress};
+use crate::cli::{run_client, BrokerAddress, ConfigChanges};
 use crate::client::Client;
-use crate::native::messages::{ConfigChange, PartitionMetadata, Reassignment};
+use crate::native::messages::{PartitionMetadata, Reassignment};
 use crate::types::{NodeId, PartitionId};
 
 /// How often `reassign --wait` looks again, and for how long at most.
@@ -46,15 +46,8 @@ pub enum TopicCommand {
     /// IncrementalAlterConfigs): overrides set or taken away; the others stay as they are.
     Alter {
         name: String,
-        /// Set a setting, e.g. --config retention.ms=60000 (repeatable).
-        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = super::parse_key_value)]
-        configs: Vec<(String, String)>,
-        /// Take a setting's override away: the broker's default holds again (repeatable).
-        #[arg(long = "delete-config", value_name = "KEY")]
-        delete_configs: Vec<String>,
-        /// Check the change without making it.
-        #[arg(long)]
-        validate_only: bool,
+        #[command(flatten)]
+        changes: ConfigChanges,
         #[command(flatten)]
         broker: BrokerAddress,
     },
@@ -164,15 +157,12 @@ impl TopicCommand {
                         );
                     }
                 }
-                TopicCommand::Alter { name, configs, delete_configs, validate_only, broker } => {
-                    if configs.is_empty() && delete_configs.is_empty() {
+                TopicCommand::Alter { name, changes, broker } => {
+                    let validate_only = changes.validate_only;
+                    let changes = changes.changes();
+                    if changes.is_empty() {
                         return Err("nothing to change: give --config or --delete-config".into());
                     }
-                    let set =
-                        configs.into_iter().map(|(key, value)| ConfigChange::Set { key, value });
-                    let deleted =
-                        delete_configs.into_iter().map(|key| ConfigChange::Delete { key });
-                    let changes: Vec<ConfigChange> = set.chain(deleted).collect();
                     let count = changes.len();
                     let client = connect(&broker).await?;
                     (client.alter_topic_config(&name, changes, validate_only).await)

@@ -15,19 +15,19 @@ use zerocopy::IntoBytes;
 
 use crate::native::frame::{Api, FrameHeader, FRAME_HEADER_BYTES};
 use crate::native::messages::{
-    decode, encode, Acks, AdminResponse, AlterTopicConfigRequest, ClusterId, ClusterStatus,
-    ClusterStatusRequest, ClusterStatusResponse, CommitOffsetsRequest, ConfigChange,
-    ControllerRequest, ControllerResponse, CreateTopicRequest, DeleteGroupRequest,
-    DeleteOffsetsRequest, DeleteOffsetsResponse, DeleteRecordsRequest, DeleteRecordsResponse,
-    DeleteTopicRequest, DescribeGroupRequest, DescribeGroupResponse, ErrorBody, ErrorCode,
-    FetchOffsetsRequest, FetchOffsetsResponse, FetchRequest, FetchResponse, FindCoordinatorRequest,
-    FindCoordinatorResponse, GroupSummary, HeartbeatRequest, JoinGroupRequest, JoinGroupResponse,
-    LeaveGroupRequest, ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest,
-    ListOffsetsResponse, LogDirsRequest, LogDirsResponse, MetadataEntries, MetadataFetchRequest,
-    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, ProducerDescription,
-    ProducersRequest, ProducersResponse, ReassignRequest, Reassignment, ReplicaFetchRequest,
-    ReplicaFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicMetadata, VoterMessagesRequest,
-    WireMessage,
+    decode, encode, Acks, AdminResponse, AlterTopicConfigRequest, BrokerConfigRequest,
+    BrokerConfigResponse, ClusterId, ClusterStatus, ClusterStatusRequest, ClusterStatusResponse,
+    CommitOffsetsRequest, ConfigChange, ControllerRequest, ControllerResponse, CreateTopicRequest,
+    DeleteGroupRequest, DeleteOffsetsRequest, DeleteOffsetsResponse, DeleteRecordsRequest,
+    DeleteRecordsResponse, DeleteTopicRequest, DescribeGroupRequest, DescribeGroupResponse,
+    ErrorBody, ErrorCode, FetchOffsetsRequest, FetchOffsetsResponse, FetchRequest, FetchResponse,
+    FindCoordinatorRequest, FindCoordinatorResponse, GroupSummary, HeartbeatRequest,
+    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, ListGroupsRequest, ListGroupsResponse,
+    ListOffsetsRequest, ListOffsetsResponse, LogDirsRequest, LogDirsResponse, MetadataEntries,
+    MetadataFetchRequest, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
+    ProducerDescription, ProducersRequest, ProducersResponse, ReassignRequest, Reassignment,
+    ReplicaFetchRequest, ReplicaFetchResponse, ResourceSettings, SyncGroupRequest,
+    SyncGroupResponse, TopicMetadata, VoterMessagesRequest, WireMessage,
 };
 use crate::record::batch::{BatchBuilder, NativeBatchView, RecordView};
 use crate::record::entry::{entries, Check, StoredEntry};
@@ -601,6 +601,24 @@ impl Client {
         let meta = encode(&request);
         let (response, _): (AdminResponse, _) = self.call(Api::AlterTopicConfig, &meta).await?;
         ClientError::from_body(&response.error)
+    }
+
+    /// Changes dynamic broker settings, each change in order (Kafka's IncrementalAlterConfigs
+    /// of a broker resource): broker `node`'s own (this connection must be to that broker), or
+    /// with `None` the cluster-wide defaults; no changes only describes them. Answers every
+    /// resource's settings once the broker asked has the change. `validate_only`: checked, not
+    /// made.
+    pub async fn broker_config(
+        &self,
+        node: Option<NodeId>,
+        changes: Vec<ConfigChange>,
+        validate_only: bool,
+    ) -> Result<Vec<ResourceSettings>, ClientError> {
+        let request = BrokerConfigRequest { node, changes, validate_only };
+        let (response, _): (BrokerConfigResponse, _) =
+            self.call(Api::BrokerConfig, &encode(&request)).await?;
+        ClientError::from_body(&response.error)?;
+        Ok(response.settings)
     }
 
     /// Raft messages from controller voter `from` to the voter at the other end.

@@ -113,6 +113,14 @@ pub enum Event {
         changes: Vec<ConfigChange>,
         replace: bool,
     },
+    /// An administrator changes dynamic broker settings (Kafka's IncrementalAlterConfigs of a
+    /// broker resource, or with `replace` its AlterConfigs): of broker `node`, or with `None`
+    /// the cluster-wide defaults (KIP-226).
+    AlterBrokerConfig {
+        node: Option<NodeId>,
+        changes: Vec<ConfigChange>,
+        replace: bool,
+    },
     Tick,
 }
 
@@ -347,7 +355,8 @@ pub struct Controller {
     balance: Option<LeaderBalance>,
     /// When this controller last checked the leaders' balance (or took over).
     last_balance_check: Option<Instant>,
-    /// The topic settings of topics that do not override them (the controller's broker's):
+    /// The topic settings of topics that do not override them, as the controller's broker has
+    /// them statically (the cluster-wide dynamic ones go over them, [`Self::effective_topic_defaults`]):
     /// `unclean.leader.election.enable`, and `min.insync.replicas` for the eligible leader
     /// replicas.
     topic_defaults: TopicConfig,
@@ -389,8 +398,13 @@ impl Controller {
         let replicas = state.settled_replica_count();
         let overrides = image.topics.get(&topic).map(|t| &t.config);
         if let Some(overrides) = overrides.filter(|o| o.contains_key(MIN_INSYNC_KEY)) {
-            let config = self.topic_defaults.with_overrides(overrides);
+            let config = self.effective_topic_defaults(image).with_overrides(overrides);
             return config.map_or(1, |config| config.min_insync_for(replicas));
+        }
+        // A cluster-wide default holds on every broker alike.
+        let cluster = image.broker_configs.get(&None);
+        if cluster.is_some_and(|settings| settings.contains_key(MIN_INSYNC_KEY)) {
+            return self.effective_topic_defaults(image).min_insync_for(replicas);
         }
         let defaults = image.brokers.values().map(|b| b.min_insync_replicas);
         (defaults.chain([self.topic_defaults.min_insync_replicas]))
@@ -462,9 +476,20 @@ impl Controller {
 
     /// Whether topic `topic` allows an out-of-sync replica to lead.
     fn allows_unclean(&self, image: &MetadataImage, topic: TopicId) -> bool {
-        let set = image.topics.get(&topic).and_then(|t| t.config.get(UNCLEAN_KEY));
-        let by_default = self.topic_defaults.unclean_leader_election;
-        set.map_or(by_default, |value| value.eq_ignore_ascii_case("true"))
+        match image.topics.get(&topic).and_then(|t| t.config.get(UNCLEAN_KEY)) {
+            Some(value) => value.eq_ignore_ascii_case("true"),
+            None => self.effective_topic_defaults(image).unclean_leader_election,
+        }
+    }
+
+    /// The topic defaults decisions go by: this controller's broker's static ones with the
+    /// cluster-wide dynamic settings over them. (A broker's own dynamic settings cannot hold
+    /// the ones the controller decides by: `DynamicScope::ClusterOnly`.)
+    fn effective_topic_defaults(&self, image: &MetadataImage) -> TopicConfig {
+        match image.broker_configs.get(&None) {
+            Some(cluster) => self.topic_defaults.with_broker_settings(cluster).0,
+            None => self.topic_defaults.clone(),
+        }
     }
 
     /// Takes over from the active controller that ran beside broker `node` and fell silent (Raft
@@ -573,6 +598,9 @@ impl Controller {
             Event::AlterTopicConfig { name, changes, replace } => {
                 self.alter_topic_config(image, &name, &changes, replace)
             }
+            Event::AlterBrokerConfig { node, changes, replace } => {
+                self.alter_broker_config(image, node, &changes, replace)
+            }
             Event::Tick => {
                 let mut records = self.fence_the_silent(image, now);
                 if records.is_empty() {
@@ -669,10 +697,7 @@ impl Controller {
     }
 
     /// A topic's settings changed: its new override set, checked against this controller's
-    /// defaults. Where the change moves a partition's `min.insync.replicas`, its eligible leader
-    /// replicas are cleared (KIP-966: their eligibility rested on the old value); where it
-    /// allows an unclean election, partitions without a leader get one at once, as Kafka's
-    /// controller does when the setting is turned on.
+    /// defaults, with what it does to the topic's partitions ([`Self::with_settings_effects`]).
     fn alter_topic_config(
         &self,
         image: &MetadataImage,
@@ -684,34 +709,88 @@ impl Controller {
             return Err(Refusal::UnknownTopic(name.to_string()));
         };
         let current = if replace { BTreeMap::new() } else { topic.config.clone() };
-        let config = (self.topic_defaults.altered_overrides(&current, changes))
+        let config = (self.effective_topic_defaults(image).altered_overrides(&current, changes))
             .map_err(|e| Refusal::InvalidConfig(e.0))?;
         if config == topic.config {
             return Ok(Vec::new());
         }
         let changed =
             MetadataRecord::TopicConfigChanged { id, config: config.into_iter().collect() };
+        self.with_settings_effects(image, changed, &[id])
+    }
+
+    /// Dynamic broker settings changed (KIP-226): of broker `node`, or with `None` the
+    /// cluster-wide defaults; the resource's new set, checked against this controller's static
+    /// defaults (every broker's are its own; each checks a change it takes against its own
+    /// before forwarding it). A cluster-wide change reaches the partitions of every topic that
+    /// does not override the setting, as a topic's change reaches its own.
+    fn alter_broker_config(
+        &self,
+        image: &MetadataImage,
+        node: Option<NodeId>,
+        changes: &[ConfigChange],
+        replace: bool,
+    ) -> Result<Vec<MetadataRecord>, Refusal> {
+        if let Some(node) = node.filter(|node| !image.brokers.contains_key(node)) {
+            return Err(Refusal::InvalidConfig(format!("broker {node} is not registered")));
+        }
+        let now = image.broker_configs.get(&node).cloned().unwrap_or_default();
+        let current = if replace { BTreeMap::new() } else { now.clone() };
+        let config =
+            (self.topic_defaults.altered_broker_settings(&current, changes, node.is_some()))
+                .map_err(|e| Refusal::InvalidConfig(e.0))?;
+        if config == now {
+            return Ok(Vec::new());
+        }
+        // Only the cluster-wide settings the controller decides by act on partitions.
+        let decided = |set: &BTreeMap<String, String>| {
+            (set.get(MIN_INSYNC_KEY).cloned(), set.get(UNCLEAN_KEY).cloned())
+        };
+        let topics: Vec<TopicId> = match node.is_none() && decided(&now) != decided(&config) {
+            true => image.topics.keys().copied().collect(),
+            false => Vec::new(),
+        };
+        let changed =
+            MetadataRecord::BrokerConfigChanged { node, config: config.into_iter().collect() };
+        self.with_settings_effects(image, changed, &topics)
+    }
+
+    /// A settings change with what it does to the partitions of `topics`: where it moves a
+    /// partition's `min.insync.replicas`, its eligible leader replicas are cleared (KIP-966:
+    /// their eligibility rested on the old value); where it allows an unclean election,
+    /// partitions without a leader get one at once, as Kafka's controller does when the setting
+    /// is turned on.
+    fn with_settings_effects(
+        &self,
+        image: &MetadataImage,
+        changed: MetadataRecord,
+        topics: &[TopicId],
+    ) -> Result<Vec<MetadataRecord>, Refusal> {
         let mut after = image.clone();
         after
             .apply_batch(std::slice::from_ref(&changed))
             .map_err(|e| Refusal::InvalidConfig(format!("the change does not apply: {e}")))?;
         let mut records = vec![changed];
-        let Some(configured) = after.topics.get(&id) else { return Ok(records) };
-        for (partition, state) in &configured.partitions {
-            let mut next = state.clone();
-            let moved = self.min_insync(image, id, state) != self.min_insync(&after, id, state);
-            if moved && !next.elr.is_empty() {
-                next.elr.clear();
-            }
-            if self.allows_unclean(&after, id) {
-                if let Some(led) = self.unclean_election(&after, id, *partition, &next) {
-                    next = led;
+        for id in topics {
+            let Some(configured) = after.topics.get(id) else { continue };
+            let unclean = self.allows_unclean(&after, *id);
+            for (partition, state) in &configured.partitions {
+                let mut next = state.clone();
+                let moved =
+                    self.min_insync(image, *id, state) != self.min_insync(&after, *id, state);
+                if moved && !next.elr.is_empty() {
+                    next.elr.clear();
                 }
-            }
-            if next != *state {
-                next.partition_epoch = state.partition_epoch.saturating_add(1);
-                let (topic, partition) = (id, *partition);
-                records.push(MetadataRecord::PartitionState { topic, partition, state: next });
+                if unclean {
+                    if let Some(led) = self.unclean_election(&after, *id, *partition, &next) {
+                        next = led;
+                    }
+                }
+                if next != *state {
+                    next.partition_epoch = state.partition_epoch.saturating_add(1);
+                    let (topic, partition) = (*id, *partition);
+                    records.push(MetadataRecord::PartitionState { topic, partition, state: next });
+                }
             }
         }
         Ok(records)
@@ -2146,6 +2225,81 @@ mod tests {
         let expected: BTreeMap<String, String> =
             [("segment.bytes".to_string(), "65536".to_string())].into();
         assert_eq!(config(&image), expected);
+    }
+
+    /// Dynamic broker settings change whole through the controller, cluster-wide or for one
+    /// registered broker; what is not dynamic, or not at that level, or not a value, is
+    /// refused. A cluster-wide `min.insync.replicas` ends the eligibility that rested on the
+    /// old value for topics without their own; a cluster-wide unclean election default leads
+    /// a leaderless partition at once, unless its topic says otherwise.
+    #[test]
+    fn broker_settings_change_through_the_controller() {
+        let now = Instant::now();
+        let (mut controller, mut image, epochs) = cluster(3, now);
+        commit(&mut controller, &mut image, assigned("e", &[1, 2, 3], &[]), now).expect("e");
+        let own = [(MIN_INSYNC_KEY, "2")];
+        commit(&mut controller, &mut image, assigned("f", &[1, 2, 3], &own), now).expect("f");
+        let own = [(MIN_INSYNC_KEY, "1"), (UNCLEAN_KEY, "false")];
+        commit(&mut controller, &mut image, assigned("g", &[1, 2, 3], &own), now).expect("g");
+        let alter = |node: Option<i32>, changes: Vec<ConfigChange>, replace: bool| {
+            Event::AlterBrokerConfig { node: node.map(NodeId), changes, replace }
+        };
+        let set =
+            |key: &str, value: &str| ConfigChange::Set { key: key.into(), value: value.into() };
+        for refused in [
+            alter(None, vec![set("num.partitions", "3")], false),
+            alter(None, vec![set("log.retention.hours", "3")], false),
+            alter(None, vec![set("log.retention.ms", "soon")], false),
+            alter(Some(2), vec![set(MIN_INSYNC_KEY, "1")], false),
+            alter(Some(9), vec![set("log.retention.ms", "1")], false),
+        ] {
+            let decided = controller.decide(&image, refused.clone(), now);
+            assert!(matches!(decided, Err(Refusal::InvalidConfig(_))), "{refused:?}: {decided:?}");
+        }
+        let settings = |image: &MetadataImage, node: Option<i32>| {
+            image.broker_configs.get(&node.map(NodeId)).cloned().unwrap_or_default()
+        };
+        let retention = alter(Some(2), vec![set("log.retention.ms", "1000")], false);
+        let records = commit(&mut controller, &mut image, retention.clone(), now).expect("set");
+        assert_eq!(records.len(), 1, "no partition changes: {records:?}");
+        assert_eq!(settings(&image, Some(2))["log.retention.ms"], "1000");
+        assert_eq!(commit(&mut controller, &mut image, retention, now), Ok(Vec::new()));
+
+        // Brokers 3 then 2 stop: 2 left below min.insync.replicas (2), so it is eligible.
+        for node in [3, 2] {
+            let broker_epoch = epochs[node as usize - 1];
+            let shutdown = Event::ControlledShutdown { node: NodeId(node), broker_epoch };
+            commit(&mut controller, &mut image, shutdown, now).expect("down");
+        }
+        assert_eq!(partition_of(&image, "e").1.elr, nodes(&[2]));
+        assert_eq!(partition_of(&image, "f").1.elr, nodes(&[2]));
+        let lower = alter(None, vec![set(MIN_INSYNC_KEY, "1")], false);
+        commit(&mut controller, &mut image, lower, now).expect("min 1");
+        assert_eq!(partition_of(&image, "e").1.elr, nodes(&[]), "eligibility rested on min 2");
+        assert_eq!(partition_of(&image, "f").1.elr, nodes(&[2]), "f keeps its own min 2");
+
+        // The leader stops too; 2 returns out of sync. The cluster-wide unclean default leads
+        // it for e, not for g, whose own setting says no (f's eligible replica leads it).
+        let shutdown = Event::ControlledShutdown { node: NodeId(1), broker_epoch: epochs[0] };
+        commit(&mut controller, &mut image, shutdown, now).expect("1 down");
+        restarted(&mut controller, &mut image, (2, 2, 1), now);
+        assert_eq!(partition_of(&image, "e").1.leader, None);
+        let unclean = alter(None, vec![set(UNCLEAN_KEY, "true")], false);
+        commit(&mut controller, &mut image, unclean, now).expect("unclean on");
+        let e = partition_of(&image, "e").1;
+        assert_eq!((e.leader, e.isr), (Some(NodeId(2)), nodes(&[2])));
+        assert_eq!(partition_of(&image, "g").1.leader, None, "g's own setting holds");
+
+        // AlterConfigs replaces the resource's whole set; an empty set leaves none.
+        let replace = alter(None, vec![set("log.segment.bytes", "65536")], true);
+        commit(&mut controller, &mut image, replace, now).expect("replaced");
+        let expected: BTreeMap<String, String> =
+            [("log.segment.bytes".to_string(), "65536".to_string())].into();
+        assert_eq!(settings(&image, None), expected);
+        let cleared =
+            alter(Some(2), vec![ConfigChange::Delete { key: "log.retention.ms".into() }], false);
+        commit(&mut controller, &mut image, cleared, now).expect("cleared");
+        assert!(!image.broker_configs.contains_key(&Some(NodeId(2))));
     }
 
     /// KIP-455: the target replicas join first; once every one is in sync, the others are

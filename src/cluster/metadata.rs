@@ -35,15 +35,21 @@ use crate::types::{LeaderEpoch, NodeId, PartitionId};
 ///   (`old_layouts.rs`, `reads_version_3_entries`).
 /// - 5: a topic's settings changed (`TopicConfigChanged`). Version 4 entries read unchanged in
 ///   the layout of version 5 (`reads_version_4_entries`).
-const RECORD_VERSION: u8 = 5;
+/// - 6: the brokers' dynamic settings changed (`BrokerConfigChanged`). Versions 4 and 5 read
+///   unchanged in its layout (`reads_version_5_entries`): a kind of record added last, smaller
+///   than the largest, leaves the archived enum as it was.
+const RECORD_VERSION: u8 = 6;
 const RECORD_VERSION_OLDEST: u8 = 2;
 /// The first version written in the current layout; older ones are converted.
 const RECORD_VERSION_CURRENT_LAYOUT: u8 = 4;
 
 /// The format of a metadata snapshot (an image whole, [`MetadataImage::encode_snapshot`]): its
 /// first byte, refused by number when this build does not read it. 2: partition states and
-/// brokers as record version 4 has them; version 1 is read in its own layout (`old_layouts.rs`).
-const SNAPSHOT_VERSION: u8 = 2;
+/// brokers as record version 4 has them. 3: the brokers' dynamic settings besides. Versions 1
+/// and 2 are read in their own layouts (`old_layouts.rs`), and an image without dynamic broker
+/// settings is still written as version 2, which it is, so that a build of that version can
+/// read it (a rollback) until one is set.
+const SNAPSHOT_VERSION: u8 = 3;
 const SNAPSHOT_VERSION_OLDEST: u8 = 1;
 
 /// The version of what brokers of one cluster say to each other and write to its log (the
@@ -64,7 +70,10 @@ const SNAPSHOT_VERSION_OLDEST: u8 = 1;
 /// 7: the topic settings that shape stored batches (`compression.type` and its levels,
 /// `message.timestamp.type`, KIP-937's limits): a broker of 6 would not resolve them, and would
 /// store what it leads otherwise.
-pub const CLUSTER_PROTOCOL_VERSION: u16 = 7;
+/// 8: dynamic broker settings (IncrementalAlterConfigs and AlterConfigs of a broker resource,
+/// forwarded); metadata record version 6. A broker of 7 would resolve topics against its
+/// static defaults alone.
+pub const CLUSTER_PROTOCOL_VERSION: u16 = 8;
 
 /// Kafka's limit on topic name length.
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
@@ -239,6 +248,14 @@ pub enum MetadataRecord {
         id: TopicId,
         config: Vec<(String, String)>,
     },
+    /// The dynamic broker settings (Kafka's names, `log.retention.ms`, ...) of one broker, or
+    /// with `node` `None` the cluster-wide defaults every broker takes (Kafka's BROKER
+    /// ConfigRecord with resource name `""`, KIP-226), all of them from here on, sorted by
+    /// name; empty when none is left.
+    BrokerConfigChanged {
+        node: Option<NodeId>,
+        config: Vec<(String, String)>,
+    },
 }
 
 /// Who holds a partition, and who leads it.
@@ -321,7 +338,15 @@ pub struct MetadataImage {
     pub last_broker_epoch: u64,
     /// The first producer id no block holds yet.
     pub next_producer_id: i64,
+    /// Dynamic broker settings by Kafka's broker names: `None` holds the cluster-wide defaults,
+    /// `Some(node)` one broker's own, which beat them on that broker (KIP-226). No entry for a
+    /// resource without any. A broker's set outlives its registration, as Kafka's does.
+    pub broker_configs: BTreeMap<Option<NodeId>, BTreeMap<String, String>>,
 }
+
+/// One resource's dynamic broker settings as snapshots and answers carry them: the broker
+/// (`None`: the cluster-wide defaults) and its settings by name, sorted.
+pub type ResourceSettings = (Option<NodeId>, Vec<(String, String)>);
 
 /// An image as a snapshot holds it: lists where the image has maps, so that reading one back
 /// goes through the same checks as applying records ([`MetadataImage::decode_snapshot`]).
@@ -332,6 +357,7 @@ pub(super) struct ImageSnapshot {
     pub(super) topics: Vec<TopicSnapshot>,
     pub(super) last_broker_epoch: u64,
     pub(super) next_producer_id: i64,
+    pub(super) broker_configs: Vec<ResourceSettings>,
 }
 
 #[derive(Archive, Serialize, Deserialize)]
@@ -343,15 +369,16 @@ pub(super) struct TopicSnapshot {
 }
 
 /// One decision's records as the metadata log stores them, in one entry: the format version,
-/// then the archive. A batch without a kind of record version 5 added is written as version 4,
-/// which it is byte for byte: a build of that version can still read the log (a rollback)
-/// until a topic's settings are changed.
+/// then the archive. A batch is written as the oldest version that has every kind of record it
+/// holds (versions 5 and 6 only added kinds), which it is byte for byte: a build of that version
+/// can still read the log (a rollback) until the newer kind is written.
 pub fn encode_batch(records: &Vec<MetadataRecord>) -> Vec<u8> {
-    let new_kind = |r: &MetadataRecord| matches!(r, MetadataRecord::TopicConfigChanged { .. });
-    let version = match records.iter().any(new_kind) {
-        true => RECORD_VERSION,
-        false => RECORD_VERSION_CURRENT_LAYOUT,
+    let version_of = |record: &MetadataRecord| match record {
+        MetadataRecord::BrokerConfigChanged { .. } => 6,
+        MetadataRecord::TopicConfigChanged { .. } => 5,
+        _ => RECORD_VERSION_CURRENT_LAYOUT,
     };
+    let version = records.iter().map(version_of).max().unwrap_or(RECORD_VERSION_CURRENT_LAYOUT);
     archive::encode_versioned(version, records)
 }
 
@@ -389,13 +416,20 @@ impl MetadataImage {
             config: topic.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             partitions: topic.partitions.iter().map(|(p, state)| (*p, state.clone())).collect(),
         });
+        let configs = self.broker_configs.iter().map(|(node, config)| {
+            (*node, config.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        });
         let snapshot = ImageSnapshot {
             cluster_id: self.cluster_id,
             brokers: self.brokers.iter().map(|(node, info)| (*node, info.clone())).collect(),
             topics: topics.collect(),
             last_broker_epoch: self.last_broker_epoch,
             next_producer_id: self.next_producer_id,
+            broker_configs: configs.collect(),
         };
+        if snapshot.broker_configs.is_empty() {
+            return old_layouts::encode_snapshot_v2(snapshot);
+        }
         archive::encode_versioned(SNAPSHOT_VERSION, &snapshot)
     }
 
@@ -418,6 +452,12 @@ impl MetadataImage {
             next_producer_id: snapshot.next_producer_id,
             ..MetadataImage::default()
         };
+        for (node, config) in snapshot.broker_configs {
+            if config.is_empty() || image.broker_configs.contains_key(&node) {
+                return Err(format!("dynamic broker settings of {node:?} empty or twice"));
+            }
+            image.apply(&MetadataRecord::BrokerConfigChanged { node, config })?;
+        }
         for (node, info) in snapshot.brokers {
             if info.broker_epoch > image.last_broker_epoch {
                 return Err(format!(
@@ -560,6 +600,18 @@ impl MetadataImage {
                     return Err(format!("no topic {id} to configure"));
                 };
                 topic.config = config.iter().cloned().collect();
+            }
+            MetadataRecord::BrokerConfigChanged { node, config } => {
+                if node.is_some_and(|node| node.0 < 0) {
+                    return Err(format!("broker settings for node {node:?}, not a node id"));
+                }
+                if let Some((key, _)) = config.iter().find(|(key, _)| key.is_empty()) {
+                    return Err(format!("a broker setting without a name ({key:?})"));
+                }
+                match config.is_empty() {
+                    true => self.broker_configs.remove(node),
+                    false => self.broker_configs.insert(*node, config.iter().cloned().collect()),
+                };
             }
         }
         Ok(())
@@ -943,6 +995,21 @@ mod tests {
         assert_eq!(decode_batch(&bytes), Ok(expected));
     }
 
+    /// The partition state the version 4 and 5 vectors hold: being moved, with an eligible
+    /// replica.
+    fn moving_state() -> PartitionState {
+        PartitionState {
+            replicas: vec![NodeId(3), NodeId(1), NodeId(2), NodeId(4)],
+            isr: vec![NodeId(3)],
+            leader: Some(NodeId(3)),
+            leader_epoch: LeaderEpoch(4),
+            partition_epoch: 9,
+            adding: vec![NodeId(4)],
+            removing: vec![NodeId(2)],
+            elr: vec![NodeId(1)],
+        }
+    }
+
     /// Version 4 entries, as a build of that version wrote them (every kind of record it had,
     /// a partition state with a reassignment and eligible replicas), read unchanged: version 5
     /// only added a kind of record.
@@ -957,16 +1024,7 @@ mod tests {
             min_insync_replicas: Some(2),
             ..registration_v3(3, 5, 0, 2)
         };
-        let state = PartitionState {
-            replicas: vec![NodeId(3), NodeId(1), NodeId(2), NodeId(4)],
-            isr: vec![NodeId(3)],
-            leader: Some(NodeId(3)),
-            leader_epoch: LeaderEpoch(4),
-            partition_epoch: 9,
-            adding: vec![NodeId(4)],
-            removing: vec![NodeId(2)],
-            elr: vec![NodeId(1)],
-        };
+        let state = moving_state();
         let topic = TopicId(0x1234_5678);
         let expected = vec![
             MetadataRecord::RegisterBroker { broker_epoch: 7, registration },
@@ -997,7 +1055,7 @@ mod tests {
         assert_eq!(topic.config.len(), 1, "the old override goes: {:?}", topic.config);
         assert_eq!(topic.config["segment.bytes"], "65536");
         let written = encode_batch(&vec![changed]);
-        assert_eq!(written[0], RECORD_VERSION, "a settings change needs version 5");
+        assert_eq!(written[0], 5, "a settings change needs version 5");
         assert_eq!(decode_batch(&written).map(|b| b.len()), Ok(1));
         assert_eq!(encode_batch(&vec![register(1, 1)])[0], 4, "the rest reads as version 4");
         let unknown = MetadataRecord::TopicConfigChanged { id: TopicId(8), config: Vec::new() };
@@ -1026,9 +1084,9 @@ mod tests {
             (Some(NodeId(3)), LeaderEpoch(4), 9)
         );
         assert!(state.adding.is_empty() && state.removing.is_empty() && state.elr.is_empty());
-        // Written again, it is this build's version, and reads back the same.
+        // Written again, it is version 2 (no dynamic broker settings), and reads back the same.
         let rewritten = image.encode_snapshot();
-        assert_eq!(rewritten[0], SNAPSHOT_VERSION);
+        assert_eq!(rewritten[0], 2);
         assert_eq!(MetadataImage::decode_snapshot(&rewritten), Ok(image));
     }
 
@@ -1061,5 +1119,99 @@ mod tests {
         assert!(refused.contains(&format!("version {}", SNAPSHOT_VERSION + 1)), "{refused}");
         let damaged = &snapshot[..snapshot.len() / 2];
         assert!(MetadataImage::decode_snapshot(damaged).is_err());
+    }
+
+    /// Version 5 entries, as a build of that version wrote them (a settings change beside the
+    /// largest kinds of record), read unchanged: version 6 only added a kind of record.
+    #[test]
+    fn reads_version_5_entries() {
+        let bytes = hex_bytes(include_str!("testdata/metadata-v5.hex"));
+        assert_eq!(bytes[0], 5);
+        let registration = Registration {
+            directory: 0x73,
+            rack: Some("r2".into()),
+            endpoints: Endpoints {
+                kafka: ("127.0.0.1".into(), 9093),
+                native: ("127.0.0.1".into(), 9193),
+            },
+            protocol_version: 7,
+            min_insync_replicas: Some(2),
+            ..registration_v3(3, 5, 0, 0)
+        };
+        let state = moving_state();
+        let topic = TopicId(0x1234_5678);
+        let config = vec![
+            ("compression.type".to_string(), "zstd".to_string()),
+            ("retention.ms".to_string(), "60000".to_string()),
+        ];
+        let expected = vec![
+            MetadataRecord::RegisterBroker { broker_epoch: 7, registration },
+            MetadataRecord::PartitionState { topic, partition: PartitionId(1), state },
+            MetadataRecord::TopicConfigChanged { id: topic, config },
+            MetadataRecord::DeleteTopic { id: TopicId(0x99) },
+        ];
+        assert_eq!(decode_batch(&bytes), Ok(expected));
+    }
+
+    /// A version 2 snapshot, as a build of that version wrote it, read as the image it held,
+    /// without dynamic broker settings; written again unchanged while it has none.
+    #[test]
+    fn reads_version_2_snapshots() {
+        let bytes = hex_bytes(include_str!("testdata/snapshot-v2.hex"));
+        assert_eq!(bytes[0], 2);
+        let image = MetadataImage::decode_snapshot(&bytes).expect("a version 2 snapshot");
+        assert_eq!(image.cluster_id, Some(ClusterId(0xabc)));
+        assert_eq!((image.brokers.len(), image.last_broker_epoch), (3, 3));
+        let broker = &image.brokers[&NodeId(3)];
+        assert_eq!((broker.incarnation, broker.min_insync_replicas), (13, Some(2)));
+        assert_eq!(image.brokers[&NodeId(2)].rack.as_deref(), Some("r2"));
+        assert!(image.brokers.values().all(|b| !b.fenced && b.protocol_version == 7));
+        assert_eq!(image.next_producer_id, 5000);
+        let (id, topic) = image.topic_named("orders").expect("topic orders");
+        assert_eq!(id, TopicId(0x1234_5678));
+        assert_eq!(topic.config["min.insync.replicas"], "2");
+        let state = &topic.partitions[&PartitionId(1)];
+        assert_eq!(
+            (state.isr.clone(), state.elr.clone()),
+            (vec![NodeId(3), NodeId(1)], vec![NodeId(2)])
+        );
+        assert_eq!((state.leader_epoch, state.partition_epoch), (LeaderEpoch(4), 9));
+        assert!(image.broker_configs.is_empty());
+        assert_eq!(image.encode_snapshot(), bytes, "written again as version 2, byte for byte");
+    }
+
+    #[test]
+    fn broker_settings_are_kept_per_resource_and_need_version_6() {
+        let mut image = image();
+        let set =
+            |node: Option<i32>, config: &[(&str, &str)]| MetadataRecord::BrokerConfigChanged {
+                node: node.map(NodeId),
+                config: config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            };
+        let cluster = set(None, &[("log.retention.ms", "1000"), ("min.insync.replicas", "2")]);
+        image
+            .apply_batch(&[cluster.clone(), set(Some(2), &[("log.retention.ms", "5")])])
+            .expect("set");
+        assert_eq!(image.broker_configs[&None]["min.insync.replicas"], "2");
+        assert_eq!(image.broker_configs[&Some(NodeId(2))]["log.retention.ms"], "5");
+        // A node that is not registered may have settings (they outlive registrations).
+        image.apply_batch(&[set(Some(9), &[("log.roll.ms", "60000")])]).expect("set");
+        // What no resource or name can be is refused.
+        let before = image.clone();
+        assert!(image.apply_batch(&[set(Some(-1), &[("log.roll.ms", "1")])]).is_err());
+        assert!(image.apply_batch(&[set(None, &[("", "1")])]).is_err());
+        assert_eq!(image, before);
+        // With settings, a snapshot is version 3 and reads back whole.
+        let snapshot = image.encode_snapshot();
+        assert_eq!(snapshot[0], SNAPSHOT_VERSION);
+        assert_eq!(MetadataImage::decode_snapshot(&snapshot), Ok(image.clone()));
+        // An empty set removes the resource.
+        image.apply_batch(&[set(Some(9), &[])]).expect("cleared");
+        assert!(!image.broker_configs.contains_key(&Some(NodeId(9))));
+        let written = encode_batch(&vec![cluster.clone(), register(1, 1)]);
+        assert_eq!(written[0], 6, "broker settings need version 6");
+        assert_eq!(decode_batch(&written), Ok(vec![cluster, register(1, 1)]));
+        let topic = MetadataRecord::TopicConfigChanged { id: TopicId(7), config: Vec::new() };
+        assert_eq!(encode_batch(&vec![topic])[0], 5, "a topic's settings still read as 5");
     }
 }

@@ -105,6 +105,13 @@ pub enum ControllerRequest {
         changes: Vec<ConfigChange>,
         replace: bool,
     },
+    /// A client's IncrementalAlterConfigs (or, `replace`, AlterConfigs) of a broker resource,
+    /// forwarded: broker `node`'s dynamic settings, or with `None` the cluster-wide defaults.
+    AlterBrokerConfig {
+        node: Option<NodeId>,
+        changes: Vec<ConfigChange>,
+        replace: bool,
+    },
 }
 
 /// What the active controller answers, once the decision has committed.
@@ -657,6 +664,11 @@ impl ControllerNode {
             }
             ControllerRequest::AlterTopicConfig { name, changes, replace } => {
                 let event = Event::AlterTopicConfig { name, changes, replace };
+                let (index, _) = self.decide(event).await?;
+                Ok(ControllerAnswer::MetadataChanged { index })
+            }
+            ControllerRequest::AlterBrokerConfig { node, changes, replace } => {
+                let event = Event::AlterBrokerConfig { node, changes, replace };
                 let (index, _) = self.decide(event).await?;
                 Ok(ControllerAnswer::MetadataChanged { index })
             }

@@ -6,6 +6,9 @@
 //!   replicas (version 4 added both; converted as none of either), a registration without the
 //!   broker's `min.insync.replicas` default (converted as unset).
 //! - Snapshot version 1: partition states and brokers as record version 3 has them.
+//! - Snapshot version 2: the image without the brokers' dynamic settings (converted as none).
+//!   Its brokers and topics are today's (`reads_version_2_snapshots` holds them to it): when
+//!   either changes, this layout gets its own copy of the old one.
 
 use std::ops::RangeInclusive;
 
@@ -166,12 +169,44 @@ struct TopicSnapshotV1 {
     partitions: Vec<(PartitionId, PartitionStateV3)>,
 }
 
-/// A snapshot of version 1, in the current layout (its checks are the caller's).
+#[derive(Archive, Serialize, Deserialize)]
+struct ImageSnapshotV2 {
+    cluster_id: Option<ClusterId>,
+    brokers: Vec<(NodeId, BrokerInfo)>,
+    topics: Vec<TopicSnapshot>,
+    last_broker_epoch: u64,
+    next_producer_id: i64,
+}
+
+/// An image without dynamic broker settings, written as snapshot version 2 (which it is).
+pub(super) fn encode_snapshot_v2(snapshot: ImageSnapshot) -> Vec<u8> {
+    let ImageSnapshot { cluster_id, brokers, topics, last_broker_epoch, next_producer_id, .. } =
+        snapshot;
+    let old = ImageSnapshotV2 { cluster_id, brokers, topics, last_broker_epoch, next_producer_id };
+    archive::encode_versioned(2, &old)
+}
+
+/// A snapshot of version 1 or 2, in the current layout (its checks are the caller's).
 pub(super) fn decode_snapshot(
     bytes: &[u8],
     versions: RangeInclusive<u8>,
 ) -> Result<ImageSnapshot, String> {
-    let old: ImageSnapshotV1 = archive::decode_versioned(bytes, versions, "metadata snapshot")?;
+    let what = "metadata snapshot";
+    if bytes.first() == Some(&2) {
+        let old: ImageSnapshotV2 = archive::decode_versioned(bytes, versions, what)?;
+        let ImageSnapshotV2 { cluster_id, brokers, topics, last_broker_epoch, next_producer_id } =
+            old;
+        let broker_configs = Vec::new();
+        return Ok(ImageSnapshot {
+            cluster_id,
+            brokers,
+            topics,
+            last_broker_epoch,
+            next_producer_id,
+            broker_configs,
+        });
+    }
+    let old: ImageSnapshotV1 = archive::decode_versioned(bytes, versions, what)?;
     let topics = old.topics.into_iter().map(|topic| TopicSnapshot {
         id: topic.id,
         name: topic.name,
@@ -184,5 +219,6 @@ pub(super) fn decode_snapshot(
         topics: topics.collect(),
         last_broker_epoch: old.last_broker_epoch,
         next_producer_id: old.next_producer_id,
+        broker_configs: Vec::new(),
     })
 }

@@ -170,9 +170,13 @@ impl Run {
                 let elected_eligible = old.elr.contains(r) && state.isr == [*r];
                 elected_eligible || (asked_to_grow && before.is_live(r))
             });
-            // The topic's min.insync.replicas, else the default: 2 once it is replicated.
+            // The topic's min.insync.replicas, else the cluster-wide dynamic one, else the
+            // default: 2 once it is replicated.
+            let cluster = self.image.broker_configs.get(&None);
             let setting = (self.image.topics.get(&topic))
-                .and_then(|t| t.config.get(MIN_INSYNC)?.parse().ok());
+                .and_then(|t| t.config.get(MIN_INSYNC))
+                .or_else(|| cluster?.get(MIN_INSYNC))
+                .and_then(|value| value.parse().ok());
             let min_insync = TopicConfig::min_insync_of(setting, state.settled_replica_count());
             let eligible_only_below = state.elr.is_empty() || state.isr.len() < min_insync;
             // A reassignment drops an original in-sync replica only once every replica it
@@ -492,10 +496,32 @@ impl Run {
         }
     }
 
+    /// Changes the cluster-wide `min.insync.replicas` (or takes it away), as a dynamic broker
+    /// setting: taken whole, and checked in `check_elections` as a topic's own.
+    fn alter_cluster_defaults(&mut self) {
+        let change = match self.rng.below(4) {
+            0 => ConfigChange::Delete { key: MIN_INSYNC.into() },
+            n => ConfigChange::Set { key: MIN_INSYNC.into(), value: n.to_string() },
+        };
+        let event =
+            Event::AlterBrokerConfig { node: None, changes: vec![change.clone()], replace: false };
+        if let Err(refused) = self.decide(event) {
+            panic!("seed {}: {change:?} as a cluster-wide setting: {refused:?}", self.seed);
+        }
+        let got = self.image.broker_configs.get(&None).and_then(|c| c.get(MIN_INSYNC));
+        let expected = match &change {
+            ConfigChange::Set { value, .. } => Some(value),
+            _ => None,
+        };
+        assert_eq!(got, expected, "seed {}: {change:?}", self.seed);
+        self.event("cluster-wide default changed");
+    }
+
     fn step(&mut self) {
         let b = self.rng.below(self.brokers.len() as u64) as usize;
         match self.rng.below(21) {
             14 | 20 => self.reassign(),
+            15 if self.rng.below(3) == 0 => self.alter_cluster_defaults(),
             15 => self.alter_topic_config(),
             0 if self.brokers[b].epoch.is_some() => {
                 self.event("broker killed");
@@ -673,6 +699,7 @@ fn the_controller_never_elects_uncleanly_and_the_cluster_settles() {
         "reassignment cancelled",
         "cancel of no reassignment refused",
         "topic configured",
+        "cluster-wide default changed",
     ];
     crate::testing::assert_every_event_ran(&totals, &expected);
 }

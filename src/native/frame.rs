@@ -34,7 +34,8 @@ pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"SPN1");
 /// eligible leader replicas (KIP-966). 6: AlterTopicConfig (Kafka's IncrementalAlterConfigs of
 /// a topic), DeleteOffsets (Kafka's OffsetDelete), LogDirs (DescribeLogDirs), Producers
 /// (DescribeProducers) and DeleteRecords. 7: the invalid-timestamp code (KIP-937's limits).
-pub const PROTOCOL_VERSION: u8 = 7;
+/// 8: BrokerConfig (dynamic broker settings, Kafka's IncrementalAlterConfigs of a broker).
+pub const PROTOCOL_VERSION: u8 = 8;
 /// Meta bodies are small (names, numbers); anything larger is a corrupt or hostile frame.
 pub const META_BYTES_MAX: u32 = 1024 * 1024;
 pub const META_ALIGN: usize = 16;
@@ -91,6 +92,9 @@ pub enum Api {
     Producers = 26,
     /// A partition's log start moved up: the records below it are gone (Kafka's DeleteRecords).
     DeleteRecords = 27,
+    /// Dynamic broker settings changed or described (Kafka's IncrementalAlterConfigs and
+    /// DescribeConfigs of a broker resource, KIP-226).
+    BrokerConfig = 28,
 }
 
 impl Api {
@@ -123,6 +127,7 @@ impl Api {
             25 => Self::LogDirs,
             26 => Self::Producers,
             27 => Self::DeleteRecords,
+            28 => Self::BrokerConfig,
             _ => return None,
         })
     }

@@ -14,13 +14,13 @@ use crate::native::exchange::{
 };
 use crate::native::frame::Api;
 use crate::native::messages::{
-    decode, Acks, AdminResponse, AlterTopicConfigRequest, BrokerMetadata, CreateTopicRequest,
-    DeleteRecordsRequest, DeleteRecordsResponse, DeleteTopicRequest, DescribeGroupRequest,
-    DescribeGroupResponse, ErrorBody, ErrorCode, FetchRequest, FetchResponse, GroupMember,
-    GroupOffset, GroupSummary, ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse,
-    LogDirsResponse, MetadataRequest, MetadataResponse, PartitionMetadata, ProduceRequest,
-    ProduceResponse, ProducerDescription, ProducersRequest, ProducersResponse, ReassignRequest,
-    TopicMetadata,
+    decode, Acks, AdminResponse, AlterTopicConfigRequest, BrokerConfigRequest,
+    BrokerConfigResponse, BrokerMetadata, CreateTopicRequest, DeleteRecordsRequest,
+    DeleteRecordsResponse, DeleteTopicRequest, DescribeGroupRequest, DescribeGroupResponse,
+    ErrorBody, ErrorCode, FetchRequest, FetchResponse, GroupMember, GroupOffset, GroupSummary,
+    ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, LogDirsResponse, MetadataRequest,
+    MetadataResponse, PartitionMetadata, ProduceRequest, ProduceResponse, ProducerDescription,
+    ProducersRequest, ProducersResponse, ReassignRequest, TopicMetadata,
 };
 use crate::native::{cluster, groups, replication};
 use crate::record::batch::validate_native_payload;
@@ -117,6 +117,7 @@ async fn respond(
         Api::DeleteTopic => Some(delete_topic(shard, &frame).await),
         Api::Reassign => Some(reassign(shard, &frame).await),
         Api::AlterTopicConfig => Some(alter_topic_config(shard, &frame).await),
+        Api::BrokerConfig => Some(broker_config(shard, &frame).await),
         Api::LogDirs => Some(log_dirs(shard, request_id).await),
         Api::Producers => Some(producers(shard, &frame).await),
         Api::DeleteRecords => Some(delete_records(shard, &frame).await),
@@ -150,7 +151,7 @@ fn hist_of(api: Api) -> Hist {
         Api::CreateTopic => Hist::CreateTopic,
         Api::DeleteTopic => Hist::DeleteTopic,
         Api::Reassign => Hist::Cluster,
-        Api::AlterTopicConfig => Hist::CreateTopic,
+        Api::AlterTopicConfig | Api::BrokerConfig => Hist::CreateTopic,
         Api::LogDirs | Api::Producers => Hist::Metadata,
         Api::DeleteRecords => Hist::DeleteTopic,
         Api::ListGroups
@@ -447,6 +448,30 @@ async fn alter_topic_config(shard: &Rc<Shard>, frame: &RequestFrame) -> Response
     let AlterTopicConfigRequest { name, changes, validate_only } = request;
     let result = shard.alter_topic_config(&name, changes, false, validate_only).await;
     answer(Api::AlterTopicConfig, request_id, &admin_body(result))
+}
+
+async fn broker_config(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
+    let request_id = frame.header.request_id.get();
+    let request: BrokerConfigRequest = match decode(frame.meta()) {
+        Ok(request) => request,
+        Err(why) => return undecodable(Api::BrokerConfig, request_id, why),
+    };
+    let BrokerConfigRequest { node, changes, validate_only } = request;
+    let mut body = BrokerConfigResponse { error: ErrorBody::none(), settings: Vec::new() };
+    if !changes.is_empty() {
+        let altered = shard.alter_broker_config(node, changes, false, validate_only).await;
+        if let Err(e) = altered {
+            body.error = ErrorBody::from(&e);
+            return answer(Api::BrokerConfig, request_id, &body);
+        }
+    }
+    let image = shard.metadata_image();
+    body.settings = (image.broker_configs.iter())
+        .map(|(node, settings)| {
+            (*node, settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        })
+        .collect();
+    answer(Api::BrokerConfig, request_id, &body)
 }
 
 async fn log_dirs(shard: &Rc<Shard>, request_id: u64) -> Response {

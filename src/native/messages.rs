@@ -8,7 +8,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 // The cluster's requests and answers travel as the cluster defines them.
 pub use crate::cluster::decide::Reassignment;
-pub use crate::cluster::metadata::ClusterId;
+pub use crate::cluster::metadata::{ClusterId, ResourceSettings};
 pub use crate::cluster::node::{
     BrokerStatus, ClusterStatus, ControllerAnswer, ControllerRequest, MetadataEntries,
 };
@@ -206,6 +206,7 @@ outcome_in_error_field!(
     FetchOffsetsResponse,
     ClusterStatusResponse,
     LogDirsResponse,
+    BrokerConfigResponse,
 );
 
 /// A metadata answer names an error per topic: the first one stands for the request.
@@ -460,6 +461,24 @@ pub struct AlterTopicConfigRequest {
     pub name: String,
     pub changes: Vec<ConfigChange>,
     pub validate_only: bool,
+}
+
+/// Dynamic broker settings changed, each change in order (Kafka's IncrementalAlterConfigs of a
+/// broker resource): broker `node`'s own (only that broker takes them), or with `None` the
+/// cluster-wide defaults. Without changes, only described. `validate_only`: checked, not made.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct BrokerConfigRequest {
+    pub node: Option<NodeId>,
+    pub changes: Vec<ConfigChange>,
+    pub validate_only: bool,
+}
+
+/// Every resource's dynamic broker settings, as the broker asked has them once the change is
+/// made: `None` the cluster-wide defaults, then each broker's own, each sorted by name.
+#[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct BrokerConfigResponse {
+    pub error: ErrorBody,
+    pub settings: Vec<ResourceSettings>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Archive, Serialize, Deserialize)]

@@ -48,7 +48,7 @@ impl Shard {
             partitions: *partitions,
             config: overrides.clone(),
         };
-        let info = TopicInfo::resolve(file, &self.config.topic_defaults)
+        let info = TopicInfo::resolve(file, &self.topic_defaults())
             .map_err(|e| BrokerError::new(ErrorKind::InvalidConfig, e))?;
         self.check_topic_config(&info.config)?;
         if self.has_topic(name) {
@@ -116,7 +116,7 @@ impl Shard {
             let why = format!("{name} is internal: the broker keeps its settings");
             return Err(BrokerError::new(ErrorKind::InvalidConfig, why));
         }
-        let defaults = &self.config.topic_defaults;
+        let defaults = self.topic_defaults();
         let current = if replace { BTreeMap::new() } else { info.overrides.clone() };
         let invalid =
             |e: crate::config::ConfigError| BrokerError::new(ErrorKind::InvalidConfig, e.0);
@@ -130,6 +130,54 @@ impl Shard {
         self.change_metadata(request).await?;
         let now = self.topic(name).map(|info| info.overrides);
         tracing::info!(topic = %name, overrides = ?now.unwrap_or(altered), "changed the topic's settings");
+        Ok(())
+    }
+
+    /// Changes dynamic broker settings (IncrementalAlterConfigs of a broker resource; with
+    /// `replace`, AlterConfigs, whose settings replace every one the resource has): of this
+    /// broker (`node`, which must be this one: Kafka's admin clients send a broker's own
+    /// resource to that broker) or with `None` the cluster-wide defaults. Checked here against
+    /// this broker's static settings, then through the active controller, which applies them
+    /// to the resource as its metadata has it. Answered once this broker's shards have the
+    /// change; the other brokers take it as they publish it. `validate_only`: checked, not made.
+    pub async fn alter_broker_config(
+        self: &Rc<Self>,
+        node: Option<NodeId>,
+        changes: Vec<ConfigChange>,
+        replace: bool,
+        validate_only: bool,
+    ) -> Result<(), BrokerError> {
+        let me = self.config.node_id;
+        if node.is_some_and(|node| node != me) {
+            let why = format!("this is broker {me}: another broker's settings are changed there");
+            return Err(BrokerError::new(ErrorKind::InvalidRequest, why));
+        }
+        let invalid =
+            |e: crate::config::ConfigError| BrokerError::new(ErrorKind::InvalidConfig, e.0);
+        let image = self.metadata_image();
+        let current = match replace {
+            true => BTreeMap::new(),
+            false => image.broker_configs.get(&node).cloned().unwrap_or_default(),
+        };
+        let statics = &self.config.topic_defaults;
+        let altered = (statics.altered_broker_settings(&current, &changes, node.is_some()))
+            .map_err(invalid)?;
+        // The defaults this broker would resolve topics with: they must meet what topics do.
+        let mut configs = image.broker_configs.clone();
+        configs.insert(node, altered.clone());
+        let (cluster, mine) = (configs.get(&None), configs.get(&Some(me)));
+        let cluster_wide = statics.with_broker_settings(cluster.unwrap_or(&BTreeMap::new())).0;
+        let effective = cluster_wide.with_broker_settings(mine.unwrap_or(&BTreeMap::new())).0;
+        self.check_topic_config(&effective)?;
+        if validate_only {
+            return Ok(());
+        }
+        let request = ControllerRequest::AlterBrokerConfig { node, changes, replace };
+        self.change_metadata(request).await?;
+        let now = self.metadata_image().broker_configs.get(&node).cloned().unwrap_or_default();
+        let resource =
+            node.map_or("the cluster-wide defaults".to_string(), |n| format!("broker {n}"));
+        tracing::info!(settings = ?now, "changed the dynamic broker settings of {resource}");
         Ok(())
     }
 

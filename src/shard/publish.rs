@@ -26,6 +26,7 @@ use crate::cluster::applied::AppliedMetadata;
 use crate::cluster::decide::NewTopic;
 use crate::cluster::metadata::{parse_uuid_text, uuid_text, MetadataImage, TopicId};
 use crate::cluster::node::{ControllerAnswer, ControllerRequest};
+use crate::config::TopicConfig;
 use crate::error::{BrokerError, ErrorKind};
 use crate::shard::call::{Publish, RemoveTopic};
 use crate::shard::catalog::{self, TopicFile, TopicInfo};
@@ -355,7 +356,8 @@ impl Shard {
         let me = self.config.node_id;
         let image = &published.image;
         let unsettled = &published.unsettled;
-        let catalog = self.catalog_of(image, unsettled);
+        let new_defaults = self.topic_defaults_of(image);
+        let catalog = self.catalog_of(image, unsettled, new_defaults.as_deref());
         let mut failed = None;
         let mut to_lead = Vec::new();
         let mut followed = BTreeMap::new();
@@ -445,6 +447,9 @@ impl Shard {
         *self.followed.borrow_mut() = followed;
         *self.catalog.borrow_mut() = catalog::Catalog { topics: catalog };
         *self.image.borrow_mut() = image.clone();
+        if let Some(defaults) = new_defaults {
+            *self.topic_defaults.borrow_mut() = defaults;
+        }
         self.published.set(published.applied);
         if published.ready && !self.ready.replace(true) && self.id == ShardId(0) {
             tracing::info!(
@@ -459,13 +464,57 @@ impl Shard {
         }
     }
 
+    /// The topic defaults `image` gives this broker, when its dynamic broker settings differ
+    /// from the last image's: the static defaults, the cluster-wide dynamic ones over them,
+    /// this broker's own over those (KIP-226). A setting that does not apply here is skipped,
+    /// and said once.
+    fn topic_defaults_of(&self, image: &MetadataImage) -> Option<Rc<TopicConfig>> {
+        let dynamic = |image: &MetadataImage| {
+            let me = Some(self.config.node_id);
+            (image.broker_configs.get(&None).cloned(), image.broker_configs.get(&me).cloned())
+        };
+        let now = dynamic(image);
+        if now == dynamic(&self.image.borrow()) {
+            return None;
+        }
+        let (cluster, mine) = now;
+        let statics = &self.config.topic_defaults;
+        let mut defaults = statics.clone();
+        let said = self.id == ShardId(0);
+        for (level, settings) in [("cluster-wide", cluster), ("this broker's", mine)] {
+            let Some(settings) = settings else { continue };
+            let mut skipped;
+            (defaults, skipped) = defaults.with_broker_settings(&settings);
+            // A batch must fit in a request this broker reads (checked at start for the static
+            // value; a change is checked only by the broker that took it).
+            if defaults.max_message_bytes >= self.config.socket_request_max_bytes {
+                skipped.push(crate::config::ConfigError(format!(
+                    "message.max.bytes {} is not below this broker's socket.request.max.bytes {}",
+                    defaults.max_message_bytes, self.config.socket_request_max_bytes
+                )));
+                defaults.max_message_bytes = statics.max_message_bytes;
+            }
+            if said {
+                tracing::info!(?settings, "{level} dynamic broker settings");
+                for why in skipped {
+                    tracing::error!("a {level} dynamic broker setting is skipped: {why}");
+                }
+            }
+        }
+        Some(Rc::new(defaults))
+    }
+
     /// The cluster's topics as this shard's catalog, with the topics of the disk from before
-    /// the cluster as they are. An entry that has not changed is kept, settings resolved once.
+    /// the cluster as they are. An entry that has not changed is kept, settings resolved once;
+    /// every entry is resolved again against `new_defaults` when the defaults change.
     fn catalog_of(
         &self,
         image: &MetadataImage,
         unsettled: &BTreeSet<String>,
+        new_defaults: Option<&TopicConfig>,
     ) -> BTreeMap<String, TopicInfo> {
+        let defaults = self.topic_defaults();
+        let defaults = new_defaults.unwrap_or(&defaults);
         let before = self.catalog.borrow();
         let mut topics = BTreeMap::new();
         for name in unsettled {
@@ -479,7 +528,8 @@ impl Shard {
         for (id, topic) in &image.topics {
             let partitions = u32::try_from(topic.partitions.len()).unwrap_or(u32::MAX);
             if let Some(kept) = before.topics.get(&topic.name).filter(|kept| {
-                kept.id == Some(*id)
+                new_defaults.is_none()
+                    && kept.id == Some(*id)
                     && kept.partitions == partitions
                     && kept.overrides == topic.config
             }) {
@@ -488,13 +538,13 @@ impl Shard {
             }
             let file =
                 TopicFile { id: None, importing: false, partitions, config: topic.config.clone() };
-            let info = match TopicInfo::resolve(file, &self.config.topic_defaults) {
+            let info = match TopicInfo::resolve(file, defaults) {
                 Ok(info) => TopicInfo { id: Some(*id), ..info },
                 Err(why) => {
                     // Checked by the broker that took the request, against its own defaults:
                     // the settings it had here stay (a new topic's are the defaults).
                     let before = before.topics.get(&topic.name).filter(|kept| kept.id == Some(*id));
-                    let config = before.map_or(&self.config.topic_defaults, |kept| &kept.config);
+                    let config = before.map_or(defaults, |kept| &kept.config);
                     tracing::error!(topic = %topic.name, "its settings do not resolve here, kept as they were: {why}");
                     TopicInfo {
                         id: Some(*id),

@@ -19,7 +19,7 @@ use crate::cluster::follower::MetadataFollower;
 use crate::cluster::membership::Membership;
 use crate::cluster::metadata::{ClusterId, MetadataImage};
 use crate::cluster::node::ControllerNode;
-use crate::config::BrokerConfig;
+use crate::config::{BrokerConfig, TopicConfig};
 use crate::error::BrokerError;
 use crate::error::ErrorKind;
 use crate::group::offsets::OFFSETS_TOPIC;
@@ -71,6 +71,10 @@ pub struct Shard {
     /// The cluster's metadata as this shard last published it (`publish.rs`), and the log entry
     /// it ends at.
     pub(super) image: RefCell<Arc<MetadataImage>>,
+    /// The defaults of topic settings as this broker resolves topics with them: its static
+    /// ones with the cluster-wide dynamic settings of `image` over them, and its own dynamic
+    /// ones over those (KIP-226's order).
+    pub(super) topic_defaults: RefCell<Rc<TopicConfig>>,
     pub(super) published: Cell<u64>,
     /// On shard 0: the metadata log entry every shard has taken.
     pub(super) published_everywhere: Cell<u64>,
@@ -130,6 +134,7 @@ impl Shard {
         queued: Arc<QueuedBytes>,
         cluster_id: Arc<OnceLock<ClusterId>>,
     ) -> Self {
+        let topic_defaults = Rc::new(config.topic_defaults.clone());
         Self {
             queued,
             tail_budget: TailBudget::new(config.tail_cache_shard_bytes),
@@ -148,6 +153,7 @@ impl Shard {
                 topics: disk.iter().map(|(name, t)| (name.clone(), t.info.clone())).collect(),
             }),
             image: RefCell::new(Arc::default()),
+            topic_defaults: RefCell::new(topic_defaults),
             published: Cell::new(0),
             published_everywhere: Cell::new(0),
             published_signal: Event::new(),
@@ -175,6 +181,11 @@ impl Shard {
 
     pub fn topic(&self, name: &str) -> Option<TopicInfo> {
         self.catalog.borrow().topics.get(name).cloned()
+    }
+
+    /// The defaults topics resolve their settings against here, dynamic ones included.
+    pub fn topic_defaults(&self) -> Rc<TopicConfig> {
+        self.topic_defaults.borrow().clone()
     }
 
     /// Whether the catalog has topic `name` (without copying its settings as [`Self::topic`]).

@@ -315,3 +315,80 @@ pub fn when_coordinated<R>(mut call: impl FnMut() -> R, code: impl Fn(&R) -> i16
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// IncrementalAlterConfigs (v1) of one resource (`resource_type`: 2 a topic, 4 a broker, whose
+/// name `""` is the cluster-wide defaults): each setting set to a value, or deleted for `None`.
+/// Answers (error code, message).
+pub fn alter_configs(
+    conn: &mut Conn,
+    resource_type: i8,
+    name: &str,
+    settings: &[(&str, Option<&str>)],
+) -> (i16, String) {
+    use kafka_protocol::messages::incremental_alter_configs_request::{
+        AlterConfigsResource, AlterableConfig,
+    };
+    use kafka_protocol::messages::{
+        IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
+    };
+    let mut resource = AlterConfigsResource::default();
+    resource.resource_type = resource_type;
+    resource.resource_name = StrBytes::from_string(name.to_string());
+    resource.configs = (settings.iter())
+        .map(|(key, value)| {
+            let mut config = AlterableConfig::default();
+            config.name = StrBytes::from_string(key.to_string());
+            config.config_operation = if value.is_some() { 0 } else { 1 }; // SET or DELETE
+            config.value = value.map(|v| StrBytes::from_string(v.to_string()));
+            config
+        })
+        .collect();
+    let mut request = IncrementalAlterConfigsRequest::default();
+    request.resources = vec![resource];
+    let response: IncrementalAlterConfigsResponse =
+        conn.call(ApiKey::IncrementalAlterConfigs, 1, &request);
+    let result = &response.responses[0];
+    (result.error_code, result.error_message.as_ref().map(|m| m.to_string()).unwrap_or_default())
+}
+
+/// A setting as DescribeConfigs (v4) answers it: value, source, read-only, and its synonyms'
+/// sources in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DescribedConfig {
+    pub value: String,
+    pub source: i8,
+    pub read_only: bool,
+    pub synonym_sources: Vec<i8>,
+}
+
+/// DescribeConfigs (v4, with synonyms) of every setting of one resource: (error code, settings
+/// by name).
+pub fn describe_configs(
+    conn: &mut Conn,
+    resource_type: i8,
+    name: &str,
+) -> (i16, std::collections::BTreeMap<String, DescribedConfig>) {
+    use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+    use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
+    let mut resource = DescribeConfigsResource::default();
+    resource.resource_type = resource_type;
+    resource.resource_name = StrBytes::from_string(name.to_string());
+    resource.configuration_keys = None;
+    let mut request = DescribeConfigsRequest::default();
+    request.resources = vec![resource];
+    request.include_synonyms = true;
+    let response: DescribeConfigsResponse = conn.call(ApiKey::DescribeConfigs, 4, &request);
+    let result = &response.results[0];
+    let settings = (result.configs.iter())
+        .map(|config| {
+            let described = DescribedConfig {
+                value: config.value.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+                source: config.config_source,
+                read_only: config.read_only,
+                synonym_sources: config.synonyms.iter().map(|s| s.source).collect(),
+            };
+            (config.name.to_string(), described)
+        })
+        .collect();
+    (result.error_code, settings)
+}

@@ -8,10 +8,15 @@ confluent-kafka (PyPI, a current librdkafka):
     deletes them (the log start moves up); a smaller max.message.bytes refuses a batch that
     was accepted before, with MSG_SIZE_TOO_LARGE;
   - validate_only changes nothing; an unknown setting, a bad value and APPEND on a setting
-    that is not a list get INVALID_CONFIG; broker settings are refused as static
-    (INVALID_REQUEST, as Kafka refuses a static one);
+    that is not a list get INVALID_CONFIG; a static broker setting is refused (INVALID_REQUEST,
+    as Kafka refuses one);
   - AlterConfigs (the older form) replaces every override.
 kafka-python 3: DescribeConfigs of the topic and of the broker.
+confluent-kafka again, dynamic broker settings (KIP-226): this broker's own log.retention.ms,
+  shown as the topic's value with its source (2) and as the broker's (not read-only); deleted,
+  the static setting shows again; AlterConfigs replaces the broker's whole set; a static
+  setting is refused with INVALID_REQUEST, a cluster-wide-only one for one broker with
+  INVALID_CONFIG, as Kafka 4.0 refuses them.
 
 The broker runs with log.retention.ms set (so its synonym is STATIC_BROKER_CONFIG) and a short
 log.retention.check.interval.ms (so retention acts within the budget).
@@ -22,7 +27,7 @@ import time
 from common import (bootstrap_from_env, confluent_conf, create_topic_confluent, fail, finish,
                     ok, remaining, start_budget, topic_name)
 
-SOURCE_TOPIC, SOURCE_STATIC_BROKER, SOURCE_DEFAULT = 1, 4, 5
+SOURCE_TOPIC, SOURCE_DYNAMIC_BROKER, SOURCE_STATIC_BROKER, SOURCE_DEFAULT = 1, 2, 4, 5
 BROKER_RETENTION_MS = "3600000"  # as the test harness starts the broker
 
 
@@ -43,6 +48,31 @@ def alter(admin, topic, ops, validate_only=False):
         return None
     except Exception as e:  # noqa: BLE001
         return e
+
+
+def alter_broker(admin, name, ops):
+    """IncrementalAlterConfigs of broker resource `name`."""
+    from confluent_kafka.admin import ConfigEntry, ConfigResource
+    entries = [ConfigEntry(key, value, incremental_operation=op) for key, value, op in ops]
+    resource = ConfigResource("broker", name, incremental_configs=entries)
+    try:
+        admin.incremental_alter_configs([resource])[resource].result(timeout=remaining(15))
+        return None
+    except Exception as e:  # noqa: BLE001
+        return e
+
+
+def describe_broker(admin, name):
+    from confluent_kafka.admin import ConfigResource
+    resource = ConfigResource("broker", name)
+    return admin.describe_configs([resource])[resource].result(timeout=remaining(15))
+
+
+def expect_source(admin, topic, value, source, what):
+    retention = describe(admin, topic)["retention.ms"]
+    if (retention.value, retention.source) != (value, source):
+        fail(f"{what}: the topic's retention.ms is {retention.value} from source "
+             f"{retention.source}, expected {value} from {source}")
 
 
 def expect_refused(what, error, code_name):
@@ -66,7 +96,7 @@ def low_watermark(conf, topic, partition):
 
 def main():
     start_budget(150)
-    from confluent_kafka import KafkaException, Producer
+    from confluent_kafka import Producer
     from confluent_kafka.admin import AlterConfigOpType, ConfigResource
 
     bootstrap = bootstrap_from_env()
@@ -172,15 +202,10 @@ def main():
     expect_refused("a codec Kafka does not have",
                    alter(admin, topic, [("compression.type", "brotli", AlterConfigOpType.SET)]),
                    "INVALID_CONFIG")
-    from confluent_kafka.admin import ConfigEntry
-    broker = ConfigResource("broker", "0", incremental_configs=[
-        ConfigEntry("log.retention.ms", "1", incremental_operation=AlterConfigOpType.SET)])
-    try:
-        admin.incremental_alter_configs([broker])[broker].result(timeout=remaining(15))
-        fail("a broker setting changed: broker settings are static")
-    except KafkaException as e:
-        # Kafka's answer to a setting that cannot change at runtime.
-        expect_refused("a broker setting", e, "INVALID_REQUEST")
+    # Kafka's answer to a setting that cannot change at runtime.
+    expect_refused("a static broker setting",
+                   alter_broker(admin, "0", [("num.partitions", "4", AlterConfigOpType.SET)]),
+                   "INVALID_REQUEST")
 
     # 7. AlterConfigs replaces every override.
     import warnings
@@ -210,6 +235,43 @@ def main():
     if described.get("0", {}).get("log.retention.ms") != BROKER_RETENTION_MS:
         fail(f"kafka-python: broker described as {described.get('0')}")
     ok("kafka-python describes the topic's and the broker's settings")
+
+    # 9. Dynamic broker settings of this broker (confluent-kafka, like kafka-python, takes only
+    #    a numbered broker resource: the cluster-wide "" is tested over the wire, in
+    #    tests/cluster.rs). The topic has no retention.ms of its own (step 7).
+    set_op, delete_op = AlterConfigOpType.SET, AlterConfigOpType.DELETE
+    error = alter_broker(admin, "0", [("log.retention.ms", "1800000", set_op),
+                                      ("log.roll.ms", "3600000", set_op)])
+    if error is not None:
+        fail(f"broker 0's log.retention.ms: {error}")
+    expect_source(admin, topic, "1800000", SOURCE_DYNAMIC_BROKER, "broker 0's own")
+    broker = describe_broker(admin, "0")
+    own = broker["log.retention.ms"]
+    if (own.value, own.source, own.is_read_only) != ("1800000", SOURCE_DYNAMIC_BROKER, False):
+        fail(f"broker 0's log.retention.ms described as {own}")
+    if not broker["num.partitions"].is_read_only:
+        fail("num.partitions described as dynamic")
+    ok("log.retention.ms set for broker 0: the topic's retention.ms from source 2, "
+       "the broker's setting dynamic")
+    error = alter_broker(admin, "0", [("log.retention.ms", None, delete_op)])
+    if error is not None:
+        fail(f"deleting broker 0's log.retention.ms: {error}")
+    expect_source(admin, topic, BROKER_RETENTION_MS, SOURCE_STATIC_BROKER, "deleted")
+    resource = ConfigResource("broker", "0", set_config={"log.segment.bytes": "1048576"})
+    admin.alter_configs([resource])[resource].result(timeout=remaining(15))
+    roll = describe(admin, topic)["segment.ms"]
+    segment = describe(admin, topic)["segment.bytes"]
+    if (segment.value, segment.source) != ("1048576", SOURCE_DYNAMIC_BROKER):
+        fail(f"segment.bytes after AlterConfigs of broker 0: {segment}")
+    if roll.source != SOURCE_DEFAULT:
+        fail(f"segment.ms after AlterConfigs of broker 0 (log.roll.ms not named): {roll}")
+    ok("deleted, the static setting shows again; AlterConfigs replaced broker 0's whole set")
+    expect_refused("min.insync.replicas for one broker",
+                   alter_broker(admin, "0", [("min.insync.replicas", "1", set_op)]),
+                   "INVALID_CONFIG")
+    expect_refused("log.retention.hours (read-only in Kafka too)",
+                   alter_broker(admin, "0", [("log.retention.hours", "1", set_op)]),
+                   "INVALID_REQUEST")
     finish("admin_configs")
 
 

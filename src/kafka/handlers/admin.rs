@@ -47,7 +47,7 @@ pub async fn create_topics(
                 result.num_partitions = info.partitions as i32;
                 result.replication_factor = replication_factor as i16;
                 result.configs = Some(
-                    (configs::describe_topic(&shard.config, &info).into_iter())
+                    (configs::describe_topic(shard, &info).into_iter())
                         .map(|setting| {
                             let mut config = CreatableTopicConfigs::default();
                             config.config_source = setting.source;

@@ -1,8 +1,9 @@
 //! Settings as Kafka's admin clients read and change them: DescribeConfigs, each value with its
 //! source and synonyms (KIP-226), and IncrementalAlterConfigs (KIP-339) and AlterConfigs for
-//! topics, which go through the active controller and apply on every broker without a
-//! restart. Broker settings are static here: read at start from the file and flags, described,
-//! and refused with the reason when a client tries to change them.
+//! topics and for the dynamic broker settings (the defaults of topic settings, cluster-wide or
+//! for one broker), which go through the active controller and apply on every broker without a
+//! restart. The other broker settings are static: read at start from the file and flags,
+//! described read-only, and refused with the reason when a client tries to change them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
@@ -18,15 +19,17 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
+use crate::cluster::metadata::MetadataImage;
 use crate::config::{
-    canonical_topic_key, fixed_topic_setting, host_port, BrokerConfig, ConfigChange, TopicConfig,
-    TOPIC_KEYS,
+    broker_key_of, canonical_topic_key, check_dynamic, check_level, dynamic_broker_setting,
+    fixed_topic_setting, host_port, topic_key_of, BrokerConfig, ConfigChange, TopicConfig,
 };
-use crate::error::BrokerError;
+use crate::error::{BrokerError, ErrorKind};
 use crate::kafka::codec;
 use crate::kafka::handlers::has_field;
 use crate::shard::catalog::TopicInfo;
 use crate::shard::Shard;
+use crate::types::NodeId;
 
 /// Resource types (Kafka's `ConfigResource.Type`).
 const RESOURCE_TOPIC: i8 = 2;
@@ -52,6 +55,8 @@ const GROUP_SETTINGS: &[(&str, &str, &str)] = &[
 
 /// Where a value comes from (Kafka's `DescribeConfigsResponse.ConfigSource`).
 const SOURCE_TOPIC_CONFIG: i8 = 1;
+const SOURCE_DYNAMIC_BROKER_CONFIG: i8 = 2;
+const SOURCE_DYNAMIC_DEFAULT_BROKER_CONFIG: i8 = 3;
 const SOURCE_STATIC_BROKER_CONFIG: i8 = 4;
 const SOURCE_DEFAULT_CONFIG: i8 = 5;
 
@@ -164,26 +169,15 @@ pub fn describe_configs(
         let name = resource.resource_name.as_str();
         let described = match resource.resource_type {
             RESOURCE_TOPIC => match shard.topic(name) {
-                Some(info) => Ok(describe_topic(&shard.config, &info)),
+                Some(info) => Ok(describe_topic(shard, &info)),
                 None => {
                     Err((ResponseError::UnknownTopicOrPartition.code(), format!("no topic {name}")))
                 }
             },
-            RESOURCE_BROKER => match name.parse::<i32>() {
-                // The cluster-wide dynamic defaults: Spate has none.
-                _ if name.is_empty() => Ok(Vec::new()),
-                Ok(id) if id == shard.config.node_id.0 => Ok(describe_broker(&shard.config)),
-                Ok(id) => Err((
-                    ResponseError::InvalidRequest.code(),
-                    format!(
-                        "Unexpected broker id, expected {} but received {id}",
-                        shard.config.node_id
-                    ),
-                )),
-                Err(_) => Err((
-                    ResponseError::InvalidRequest.code(),
-                    "Broker id must be an integer, but it is: ".to_string() + name,
-                )),
+            RESOURCE_BROKER => match broker_resource(shard, name) {
+                Ok(None) => Ok(describe_cluster_defaults(&shard.metadata_image())),
+                Ok(Some(_)) => Ok(describe_broker(shard)),
+                Err(refused) => Err(refused),
             },
             RESOURCE_GROUP if name.is_empty() => {
                 Err((ResponseError::InvalidRequest.code(), "Group name must not be empty".into()))
@@ -240,9 +234,39 @@ pub fn describe_configs(
     response
 }
 
-/// A topic's settings: its own overrides, else the broker's defaults (as set in its file or
-/// flags, else Spate's), each with the chain it was chosen from.
-pub(super) fn describe_topic(broker: &BrokerConfig, info: &TopicInfo) -> Vec<Described> {
+/// The broker a broker resource names: this one (`Some`), or the cluster-wide defaults for
+/// `""` (`None`); another broker's or no number is refused with Kafka's words.
+fn broker_resource(shard: &Shard, name: &str) -> Result<Option<NodeId>, (i16, String)> {
+    let me = shard.config.node_id;
+    match name.parse::<i32>() {
+        _ if name.is_empty() => Ok(None),
+        Ok(id) if id == me.0 => Ok(Some(me)),
+        Ok(id) => Err(invalid_request(format!(
+            "Unexpected broker id, expected {me} or empty string, but received {id}"
+        ))),
+        Err(_) => Err(invalid_request(format!("Node id must be an integer, but it is: {name}"))),
+    }
+}
+
+/// The dynamic broker settings that reach this broker, the one in force first: its own
+/// (DYNAMIC_BROKER_CONFIG), then the cluster-wide ones (DYNAMIC_DEFAULT_BROKER_CONFIG).
+fn dynamic_levels<'a>(
+    shard: &Shard,
+    image: &'a MetadataImage,
+) -> [(i8, Option<&'a BTreeMap<String, String>>); 2] {
+    let me = Some(shard.config.node_id);
+    [
+        (SOURCE_DYNAMIC_BROKER_CONFIG, image.broker_configs.get(&me)),
+        (SOURCE_DYNAMIC_DEFAULT_BROKER_CONFIG, image.broker_configs.get(&None)),
+    ]
+}
+
+/// A topic's settings: its own overrides, else the broker's defaults (dynamic, as set in its
+/// file or flags, else Spate's), each with the chain it was chosen from.
+pub(super) fn describe_topic(shard: &Shard, info: &TopicInfo) -> Vec<Described> {
+    let broker = &shard.config;
+    let image = shard.metadata_image();
+    let dynamic = dynamic_levels(shard, &image);
     // Each level's values once, not per setting.
     let built_in: BTreeMap<String, String> = TopicConfig::default().entries().into_iter().collect();
     let broker_defaults: BTreeMap<String, String> =
@@ -253,11 +277,14 @@ pub(super) fn describe_topic(broker: &BrokerConfig, info: &TopicInfo) -> Vec<Des
             if let Some(set) = info.overrides.get(&name) {
                 synonyms.push((name.clone(), set.clone(), SOURCE_TOPIC_CONFIG));
             }
-            if let Some((_, broker_key)) =
-                TOPIC_KEYS.iter().find(|(topic_key, _)| *topic_key == name)
-            {
-                // Every level, the one in force first: the broker's own, then Spate's.
-                if broker.explicit.contains(*broker_key) {
+            if let Some(broker_key) = broker_key_of(&name) {
+                // Every level, the one in force first: dynamic ones, the broker's own, Spate's.
+                for (source, settings) in dynamic {
+                    if let Some(set) = settings.and_then(|settings| settings.get(broker_key)) {
+                        synonyms.push((broker_key.to_string(), set.clone(), source));
+                    }
+                }
+                if broker.explicit.contains(broker_key) {
                     let value = broker_defaults.get(&name).cloned().unwrap_or_default();
                     synonyms.push((broker_key.to_string(), value, SOURCE_STATIC_BROKER_CONFIG));
                 }
@@ -319,32 +346,69 @@ fn describe_group() -> Vec<Described> {
         .collect()
 }
 
-/// The broker's settings as it runs with them: read-only (static), from its file or flags or
-/// Spate's defaults.
-fn describe_broker(config: &BrokerConfig) -> Vec<Described> {
-    let defaults = broker_entries(&BrokerConfig::default());
-    (broker_entries(config).into_iter())
+/// The broker's settings as it runs with them, each with the chain it was chosen from: the
+/// dynamic ones (this broker's own, then the cluster-wide ones), its file or flags, Spate's
+/// defaults. Read-only but for the dynamic ones.
+fn describe_broker(shard: &Shard) -> Vec<Described> {
+    let config = &shard.config;
+    let image = shard.metadata_image();
+    let dynamic = dynamic_levels(shard, &image);
+    let defaults = broker_entries(&BrokerConfig::default(), &TopicConfig::default());
+    let statics = broker_entries(config, &config.topic_defaults);
+    (broker_entries(config, &shard.topic_defaults()).into_iter())
         .map(|(name, value, config_type)| {
-            // Every level, the one in force first: the broker's own, then Spate's default.
             let mut synonyms = Vec::new();
-            if config.explicit.contains(&name) {
-                synonyms.push((name.clone(), value.clone(), SOURCE_STATIC_BROKER_CONFIG));
+            for (source, settings) in dynamic {
+                if let Some(set) = settings.and_then(|settings| settings.get(&name)) {
+                    synonyms.push((name.clone(), set.clone(), source));
+                }
             }
-            if let Some((_, default, _)) = defaults.iter().find(|(n, _, _)| *n == name) {
-                synonyms.push((name.clone(), default.clone(), SOURCE_DEFAULT_CONFIG));
+            let level = |entries: &[(String, String, i8)]| {
+                entries.iter().find(|(n, _, _)| *n == name).map(|(_, value, _)| value.clone())
+            };
+            if let Some(value) = level(&statics).filter(|_| config.explicit.contains(&name)) {
+                synonyms.push((name.clone(), value, SOURCE_STATIC_BROKER_CONFIG));
+            }
+            if let Some(default) = level(&defaults) {
+                synonyms.push((name.clone(), default, SOURCE_DEFAULT_CONFIG));
             }
             let source = synonyms.first().map_or(SOURCE_DEFAULT_CONFIG, |s| s.2);
+            let read_only = dynamic_broker_setting(&name).is_none();
             let documentation = None;
-            Described { name, value, source, read_only: true, config_type, documentation, synonyms }
+            Described { name, value, source, read_only, config_type, documentation, synonyms }
         })
         .collect()
 }
 
-/// The broker's settings: name, value, type.
-fn broker_entries(config: &BrokerConfig) -> Vec<(String, String, i8)> {
-    let mut entries: Vec<(String, String, i8)> = (config.topic_defaults.entries().into_iter())
+/// The cluster-wide dynamic settings (the broker resource `""`): only those set, as Kafka
+/// describes them.
+fn describe_cluster_defaults(image: &MetadataImage) -> Vec<Described> {
+    let source = SOURCE_DYNAMIC_DEFAULT_BROKER_CONFIG;
+    let settings = image.broker_configs.get(&None).into_iter().flatten();
+    (settings.map(|(name, value)| {
+        let config_type = topic_key_of(name).map_or(TYPE_STRING, |key| topic_setting(key).0);
+        let synonyms = vec![(name.clone(), value.clone(), source)];
+        Described {
+            name: name.clone(),
+            value: value.clone(),
+            source,
+            read_only: false,
+            config_type,
+            documentation: None,
+            synonyms,
+        }
+    }))
+    .collect()
+}
+
+/// The broker's settings, with `topic_defaults` as its topic defaults: name, value, type.
+fn broker_entries(
+    config: &BrokerConfig,
+    topic_defaults: &TopicConfig,
+) -> Vec<(String, String, i8)> {
+    let mut entries: Vec<(String, String, i8)> = (topic_defaults.entries().into_iter())
         .filter_map(|(topic_key, value)| {
-            let broker_key = TOPIC_KEYS.iter().find(|(t, _)| *t == topic_key)?.1;
+            let broker_key = broker_key_of(&topic_key)?;
             Some((broker_key.to_string(), value, topic_setting(&topic_key).0))
         })
         .collect();
@@ -529,16 +593,24 @@ async fn alter(
             let altered = shard.alter_topic_config(name, changes, replace, validate_only).await;
             altered.map_err(|e: BrokerError| (codec::error_code(e.kind), e.message))
         }
-        RESOURCE_BROKER if changes.is_empty() => Ok(()),
         RESOURCE_BROKER => {
-            // Kafka's answer to a static setting, with what to do instead.
-            let keys: Vec<&str> = changes.iter().map(ConfigChange::key).collect();
-            let why = format!(
-                "Cannot update these configs dynamically: [{}] (broker settings are static in \
-                 Spate: set them in the broker's config file or flags and restart it)",
-                keys.join(", ")
-            );
-            Err(invalid_request(why))
+            let node = broker_resource(shard, name)?;
+            // As Kafka answers: a setting that is not dynamic gets INVALID_REQUEST from the
+            // broker reached, one that is cluster-wide only INVALID_CONFIG from the controller.
+            let current = shard.metadata_image().broker_configs.get(&node).cloned();
+            // A stored setting this build does not know may still be deleted.
+            let stored = |key: &str| current.as_ref().is_some_and(|c| c.contains_key(key));
+            let named = changes.iter().map(ConfigChange::key).filter(|key| !stored(key));
+            check_dynamic(named).map_err(|refused| invalid_request(refused.0))?;
+            let keys = changes.iter().map(ConfigChange::key);
+            check_level(keys, node.is_some()).map_err(|refused| invalid_config(refused.0))?;
+            let altered = shard.alter_broker_config(node, changes, replace, validate_only).await;
+            // Kafka's receiving broker answers a value it refuses INVALID_REQUEST too
+            // (KAFKA-13609 keeps it so for compatibility).
+            altered.map_err(|e: BrokerError| match e.kind {
+                ErrorKind::InvalidConfig => invalid_request(e.message),
+                kind => (codec::error_code(kind), e.message),
+            })
         }
         RESOURCE_GROUP => Err(invalid_request(
             "group settings govern KIP-848 consumer groups, which Spate does not run; its \
@@ -551,4 +623,8 @@ async fn alter(
 
 fn invalid_request(why: String) -> (i16, String) {
     (ResponseError::InvalidRequest.code(), why)
+}
+
+fn invalid_config(why: String) -> (i16, String) {
+    (ResponseError::InvalidConfig.code(), why)
 }
