@@ -668,6 +668,19 @@ fn topic_settings_recompress_stamp_and_bound_what_is_stored() {
     assert_eq!(header.max_timestamp.get(), append_time);
     let stored = decoded(raw);
     assert!(stored[0].records.iter().all(|r| r.timestamp_type == TimestampType::LogAppend));
+    // An idempotent producer's retry is answered with the time its batch was appended at, as
+    // Kafka answers it, not the retry's.
+    let init: InitProducerIdResponse =
+        conn.call(ApiKey::InitProducerId, 1, &InitProducerIdRequest::default());
+    let idempotent = batch(init.producer_id.0, init.producer_epoch, 0, 2);
+    let request = produce_request("appended", -1, idempotent);
+    let first: ProduceResponse = conn.call(ApiKey::Produce, 7, &request);
+    assert_eq!(produced(&first), (0, 3));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let retried: ProduceResponse = conn.call(ApiKey::Produce, 7, &request);
+    assert_eq!(produced(&retried), (0, 3), "the original offset");
+    let time = |r: &ProduceResponse| r.responses[0].partition_responses[0].log_append_time_ms;
+    assert_eq!(time(&retried), time(&first), "the original append time");
 
     // The before-limit reads every record: a batch whose first record (and max timestamp) is
     // now but whose next is a day old is refused, nothing stored; the default after-limit (an

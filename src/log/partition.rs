@@ -212,8 +212,9 @@ struct Generation {
 pub struct Appended {
     pub base_offset: Offset,
     pub next_offset: Offset,
-    /// An idempotent producer's retry of a batch the log already has: nothing was appended.
-    pub duplicate: bool,
+    /// An idempotent producer's retry of a batch the log already has (nothing was appended):
+    /// that batch's largest timestamp as stored, under LogAppendTime when it was appended.
+    pub duplicate_of: Option<i64>,
     generation: Rc<Generation>,
 }
 
@@ -565,8 +566,9 @@ impl<S: Storage> PartitionLog<S> {
         self.refuses_appends(&st)?;
         let generation = st.generation.clone();
         match st.producers.check(&pending.meta).map_err(LogError::Sequence)? {
-            SequenceCheck::Duplicate { base_offset, next_offset } => {
-                return Ok(Appended { base_offset, next_offset, duplicate: true, generation });
+            SequenceCheck::Duplicate { base_offset, next_offset, max_timestamp } => {
+                let duplicate_of = Some(max_timestamp);
+                return Ok(Appended { base_offset, next_offset, duplicate_of, generation });
             }
             SequenceCheck::Append => {}
         }
@@ -597,7 +599,7 @@ impl<S: Storage> PartitionLog<S> {
         let generation = st.generation.clone();
         drop(st);
         self.writer_wake.notify(1);
-        Appended { base_offset, next_offset, duplicate: false, generation }
+        Appended { base_offset, next_offset, duplicate_of: None, generation }
     }
 
     /// Why an append would be refused now, if it would.

@@ -29,6 +29,8 @@ struct CachedBatch {
     last_sequence: i32,
     base_offset: Offset,
     next_offset: Offset,
+    /// Its largest timestamp as stored: under LogAppendTime, when the broker appended it.
+    max_timestamp: i64,
 }
 
 #[derive(Debug, Default)]
@@ -56,8 +58,9 @@ pub struct ProducerSummary {
 pub enum SequenceCheck {
     /// New data: append it.
     Append,
-    /// Already in the log at these offsets: acknowledge them again.
-    Duplicate { base_offset: Offset, next_offset: Offset },
+    /// Already in the log at these offsets, with this largest timestamp as stored:
+    /// acknowledge them again, as they were.
+    Duplicate { base_offset: Offset, next_offset: Offset, max_timestamp: i64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,6 +131,7 @@ impl ProducerTable {
             return Ok(SequenceCheck::Duplicate {
                 base_offset: batch.base_offset,
                 next_offset: batch.next_offset,
+                max_timestamp: batch.max_timestamp,
             });
         }
         let expected =
@@ -171,6 +175,7 @@ impl ProducerTable {
             last_sequence: last_sequence(meta),
             base_offset,
             next_offset,
+            max_timestamp: meta.max_timestamp,
         });
     }
 
@@ -232,17 +237,24 @@ mod tests {
     }
 
     #[test]
-    fn a_retried_batch_is_a_duplicate_with_its_original_offsets() {
+    fn a_retried_batch_is_a_duplicate_with_its_original_offsets_and_timestamp() {
         let mut table = ProducerTable::default();
-        let first = meta(7, 0, 0, 10);
+        // As stored: under LogAppendTime, stamped with the broker's clock at its append.
+        let first = BatchMeta { max_timestamp: 1_700_000_000_000, ..meta(7, 0, 0, 10) };
         assert_eq!(table.check(&first), Ok(SequenceCheck::Append));
         table.record(&first, Offset(100), Offset(110), 0);
         let second = meta(7, 0, 10, 5);
         assert_eq!(table.check(&second), Ok(SequenceCheck::Append));
         table.record(&second, Offset(110), Offset(115), 0);
+        // The retry, stamped again by whoever sent it: answered as the batch was stored.
+        let retried = BatchMeta { max_timestamp: 1_800_000_000_000, ..first };
         assert_eq!(
-            table.check(&first),
-            Ok(SequenceCheck::Duplicate { base_offset: Offset(100), next_offset: Offset(110) })
+            table.check(&retried),
+            Ok(SequenceCheck::Duplicate {
+                base_offset: Offset(100),
+                next_offset: Offset(110),
+                max_timestamp: 1_700_000_000_000,
+            })
         );
         assert_eq!(table.check(&meta(7, 0, 15, 1)), Ok(SequenceCheck::Append));
     }

@@ -27,7 +27,7 @@ use crate::record::batch::validate_native_payload;
 use crate::record::conform::{check_native, native_as_kafka, ConformError};
 use crate::record::kafka_batch::validate_produced;
 use crate::record::{PayloadFormat, PendingEntry, ENTRY_HEADER_BYTES};
-use crate::shard::{Shard, TopicRequest, FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX};
+use crate::shard::{Produced, Shard, TopicRequest, FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX};
 use crate::types::{Offset, PartitionId, ShardId};
 use glommio::sync::StaticPermit;
 
@@ -188,10 +188,10 @@ async fn produce(shard: &Rc<Shard>, frame: RequestFrame) -> Option<Response> {
         return None;
     }
     let body = match result {
-        Ok((base_offset, log_start)) => ProduceResponse {
+        Ok(produced) => ProduceResponse {
             error: ErrorBody::none(),
-            base_offset: base_offset.0,
-            log_start: log_start.0,
+            base_offset: produced.base_offset.0,
+            log_start: produced.log_start.0,
         },
         Err(e) => ProduceResponse { error: ErrorBody::from(&e), base_offset: 0, log_start: 0 },
     };
@@ -202,7 +202,7 @@ async fn append(
     shard: &Rc<Shard>,
     frame: RequestFrame,
     request: ProduceRequest,
-) -> Result<(Offset, Offset), BrokerError> {
+) -> Result<Produced, BrokerError> {
     let info = shard.topic_or_create(&request.topic).await?;
     if request.partition >= info.partitions {
         let why = format!(

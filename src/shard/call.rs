@@ -25,13 +25,23 @@ use crate::shard::registry::ReplicaSize;
 use crate::shard::replicas::{FetchLimits, FollowerAnswer, FollowerFetch};
 use crate::types::{LeaderEpoch, NodeId, Offset, PartitionId};
 
+/// A produced batch as its partition took it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Produced {
+    pub base_offset: Offset,
+    pub log_start: Offset,
+    /// An idempotent producer's retry of a batch the log had: that batch's largest timestamp as
+    /// stored (under LogAppendTime, when it was appended, which Kafka answers the retry with).
+    pub duplicate_of: Option<i64>,
+}
+
 typed_requests! {
     /// A request to one shard, and what it answers.
     trait Request, call ShardCall, answer ShardAnswer;
 
-    /// Appends to a partition this shard owns; answers its base offset and the log start.
+    /// Appends to a partition this shard owns.
     Produce { topic: String, partition: PartitionId, acks: Acks, entry: PendingEntry }
-        -> Result<(Offset, Offset), BrokerError>;
+        -> Result<Produced, BrokerError>;
 
     /// Reads a partition this shard owns, waiting up to `max_wait` for data at its end; in the
     /// leader epoch the client knows, when it says (KIP-320).

@@ -35,6 +35,7 @@ pub mod state;
 mod stats;
 pub mod turns;
 
+pub use call::Produced;
 pub use controller::TopicRequest;
 pub use state::Shard;
 

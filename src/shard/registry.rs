@@ -13,7 +13,7 @@ use crate::partition::{
     Acks, Partition, ReadOutcome, OFFSET_EARLIEST, OFFSET_EARLIEST_LOCAL, OFFSET_LATEST,
     OFFSET_LATEST_TIERED, OFFSET_MAX_TIMESTAMP,
 };
-use crate::shard::call::{EpochEnd, Fetch, ListOffsets, Produce};
+use crate::shard::call::{EpochEnd, Fetch, ListOffsets, Produce, Produced};
 use crate::shard::catalog::{self, DiskTopic, TopicInfo};
 use crate::shard::state::{PartitionKey, Shard, STAGED_BYTES_MAX};
 use crate::types::{LeaderEpoch, Offset, PartitionId};
@@ -202,10 +202,7 @@ impl Shard {
         BrokerError::new(ErrorKind::NotLeaderOrFollower, why)
     }
 
-    pub(super) async fn produce_local(
-        &self,
-        request: Produce,
-    ) -> Result<(Offset, Offset), BrokerError> {
+    pub(super) async fn produce_local(&self, request: Produce) -> Result<Produced, BrokerError> {
         let Produce { topic, partition, acks, entry } = request;
         let target = self.led_partition(&topic, partition)?;
         if acks == Acks::All {
@@ -214,11 +211,12 @@ impl Shard {
         let (bytes, records) = (entry.payload_len(), entry.meta.record_count);
         // Nothing awaits before the append, so requests keep their arrival order.
         let appended = target.append(entry)?;
-        if !appended.duplicate {
+        if appended.duplicate_of.is_none() {
             self.metrics.produced(&topic, bytes, records);
         }
         target.wait_acked(&appended, acks).await?;
-        Ok((appended.base_offset, target.log_start()))
+        let (base_offset, duplicate_of) = (appended.base_offset, appended.duplicate_of);
+        Ok(Produced { base_offset, log_start: target.log_start(), duplicate_of })
     }
 
     pub(super) async fn fetch_local(&self, request: Fetch) -> Result<ReadOutcome, BrokerError> {

@@ -35,8 +35,8 @@ use crate::record::PendingEntry;
 use crate::shard::call::{
     AskController, AwaitPublished, CommittedMetadata, DeleteRecords, DescribeCluster, EpochEnd,
     Fetch, ForwardToController, Group, HeartbeatsLost, ListOffsets, MeshMessage, NextProducerId,
-    Produce, Producers, Publish, RemoveTopic, ReplicaSizes, Request, ShardAnswer, ShardCall, Stats,
-    StepVoter, Watermarks,
+    Produce, Produced, Producers, Publish, RemoveTopic, ReplicaSizes, Request, ShardAnswer,
+    ShardCall, Stats, StepVoter, Watermarks,
 };
 use crate::shard::catalog::{self, Catalog, DiskTopic, TopicFile, TopicInfo};
 use crate::shard::controller::TopicRequest;
@@ -388,7 +388,7 @@ impl Shard {
         partition: PartitionId,
         acks: Acks,
         entry: PendingEntry,
-    ) -> Result<(Offset, Offset), BrokerError> {
+    ) -> Result<Produced, BrokerError> {
         if is_internal_topic(topic) {
             // As Kafka: only the broker appends to its internal topics. A client's records there
             // would be replayed as commits (or stop the replay) at the next start.

@@ -15,8 +15,8 @@ use crate::record::codecs;
 use crate::record::conform::conform;
 use crate::record::kafka_batch::{validate_produced, BatchError};
 use crate::record::PendingEntry;
-use crate::shard::Shard;
-use crate::types::{Offset, PartitionId};
+use crate::shard::{Produced, Shard};
+use crate::types::PartitionId;
 
 /// Kafka's INVALID_REQUIRED_ACKS.
 const INVALID_REQUIRED_ACKS: i16 = kafka_protocol::ResponseError::InvalidRequiredAcks.code();
@@ -75,14 +75,16 @@ pub async fn produce(
             let mut partition = PartitionProduceResponse::default();
             partition.index = index;
             match result {
-                Ok((base_offset, log_start)) => {
-                    partition.base_offset = base_offset.0 as i64;
-                    // -1 (the default) under CreateTime, as Kafka answers.
-                    if let Some(time) = log_append_time.filter(|_| has_field(version, 2)) {
+                Ok(produced) => {
+                    partition.base_offset = produced.base_offset.0 as i64;
+                    // -1 (the default) under CreateTime, as Kafka answers; a retried batch
+                    // the log had gets the time it was appended at, as Kafka's answer has.
+                    let time = log_append_time.map(|now| produced.duplicate_of.unwrap_or(now));
+                    if let Some(time) = time.filter(|_| has_field(version, 2)) {
                         partition.log_append_time_ms = time;
                     }
                     if has_field(version, 5) {
-                        partition.log_start_offset = log_start.0 as i64;
+                        partition.log_start_offset = produced.log_start.0 as i64;
                     }
                 }
                 Err(e) => {
@@ -125,7 +127,7 @@ fn refuse_all(request: ProduceRequest, version: i16, code: i16, acks: i16) -> Pr
     response
 }
 
-type Appending = glommio::task::JoinHandle<Result<(Offset, Offset), BrokerError>>;
+type Appending = glommio::task::JoinHandle<Result<Produced, BrokerError>>;
 
 /// Validates one partition's batch, makes it what its topic stores (`record::conform`) and
 /// starts appending it on the owning shard; with the broker time it took under LogAppendTime.
