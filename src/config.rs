@@ -205,16 +205,22 @@ pub enum DynamicScope {
     ClusterOnly,
 }
 
+/// Dynamic broker settings that are the broker's own rather than a topic setting's default
+/// (Kafka's `DynamicConnectionQuota`): each shard reads its share of `max.connections` at every
+/// accept.
+const BROKER_OWN_DYNAMIC: &[&str] = &["max.connections"];
+
 /// Whether broker setting `key` (Kafka's broker name) changes while the brokers run, and where.
 /// The dynamic ones are the topic settings' defaults (Kafka's `DynamicLogConfig`, every first
-/// broker synonym); the rest are read at start only. Kafka's later synonyms
-/// (`log.retention.hours`, `log.roll.hours`, ...) are read-only in Kafka too.
+/// broker synonym) and [`BROKER_OWN_DYNAMIC`]; the rest are read at start only. Kafka's later
+/// synonyms (`log.retention.hours`, `log.roll.hours`, ...) are read-only in Kafka too.
 pub fn dynamic_broker_setting(key: &str) -> Option<DynamicScope> {
     match key {
         "min.insync.replicas" | "unclean.leader.election.enable" => Some(DynamicScope::ClusterOnly),
         _ if TOPIC_KEYS.iter().any(|(_, broker_key)| *broker_key == key) => {
             Some(DynamicScope::ClusterOrBroker)
         }
+        _ if BROKER_OWN_DYNAMIC.contains(&key) => Some(DynamicScope::ClusterOrBroker),
         _ => None,
     }
 }
@@ -253,8 +259,13 @@ pub fn check_level<'a>(
     )))
 }
 
+/// Whether `value` is one broker setting `key` takes (one of [`BROKER_OWN_DYNAMIC`]).
+fn check_broker_own(key: &str, value: &str) -> Result<(), ConfigError> {
+    BrokerConfig::default().apply(key, value)
+}
+
 /// The topic setting whose default broker setting `key` is.
-pub fn topic_key_of(broker_key: &str) -> Option<&'static str> {
+fn topic_key_of(broker_key: &str) -> Option<&'static str> {
     TOPIC_KEYS.iter().find(|(_, b)| *b == broker_key).map(|(topic_key, _)| *topic_key)
 }
 
@@ -600,6 +611,7 @@ impl TopicConfig {
         for (key, value) in settings {
             let applied = match topic_key_of(key) {
                 Some(topic_key) => config.set(topic_key, value),
+                None if BROKER_OWN_DYNAMIC.contains(&key.as_str()) => Ok(()),
                 None => Err(ConfigError(format!("{key} is not a dynamic broker setting"))),
             };
             if let Err(why) = applied {
@@ -621,8 +633,9 @@ impl TopicConfig {
         changes: &[ConfigChange],
         for_one_broker: bool,
     ) -> Result<BTreeMap<String, String>, ConfigError> {
-        let usable = |key: &str, value: &str| {
-            topic_key_of(key).is_some_and(|topic_key| self.clone().set(topic_key, value).is_ok())
+        let usable = |key: &str, value: &str| match topic_key_of(key) {
+            Some(topic_key) => self.clone().set(topic_key, value).is_ok(),
+            None => BROKER_OWN_DYNAMIC.contains(&key) && check_broker_own(key, value).is_ok(),
         };
         let (usable, mut unusable): (BTreeMap<String, String>, BTreeMap<String, String>) =
             current.clone().into_iter().partition(|(key, value)| usable(key, value));
@@ -636,6 +649,28 @@ impl TopicConfig {
         let keys = changes.iter().map(ConfigChange::key);
         check_dynamic(keys.clone())?;
         check_level(keys, for_one_broker)?;
+        // The broker's own settings, each set or deleted in turn; the rest as topic defaults.
+        let (own, changes): (Vec<ConfigChange>, Vec<ConfigChange>) =
+            changes.into_iter().partition(|change| BROKER_OWN_DYNAMIC.contains(&change.key()));
+        let (mut own_now, usable): (BTreeMap<String, String>, BTreeMap<String, String>) =
+            usable.into_iter().partition(|(key, _)| BROKER_OWN_DYNAMIC.contains(&key.as_str()));
+        for change in own {
+            match change {
+                ConfigChange::Set { key, value } => {
+                    check_broker_own(&key, &value)?;
+                    own_now.insert(key, value);
+                }
+                ConfigChange::Delete { key } => {
+                    own_now.remove(&key);
+                }
+                ConfigChange::Append { key, .. } | ConfigChange::Subtract { key, .. } => {
+                    return Err(ConfigError(format!(
+                        "APPEND and SUBTRACT apply only to list settings, not to {key}"
+                    )));
+                }
+            }
+        }
+        unusable.extend(own_now);
         // As topic overrides, whose rules (values, lists, a setting named twice) are the same.
         let as_topic_key = |key: &str| topic_key_of(key).unwrap_or_default().to_string();
         let overrides =
@@ -1071,6 +1106,19 @@ impl BrokerConfig {
         Ok(())
     }
 
+    /// These settings with the broker's own dynamic settings of `settings` over them (the
+    /// topic settings' defaults are [`TopicConfig::with_broker_settings`]'s), and each that
+    /// does not apply, with why.
+    pub fn with_own_dynamic(
+        &self,
+        settings: &BTreeMap<String, String>,
+    ) -> (Self, Vec<ConfigError>) {
+        let mut config = self.clone();
+        let own = settings.iter().filter(|(key, _)| BROKER_OWN_DYNAMIC.contains(&key.as_str()));
+        let skipped = own.filter_map(|(key, value)| config.apply(key, value).err()).collect();
+        (config, skipped)
+    }
+
     /// Applies every key of a TOML document; values may be strings, integers or booleans.
     pub fn apply_toml(&mut self, text: &str) -> Result<(), ConfigError> {
         let table: toml::Table =
@@ -1493,6 +1541,17 @@ mod tests {
             let why = refused(&[set(key, "1")], false);
             assert!(why.contains("Cannot update these configs dynamically") && why.contains(key));
         }
+        // The broker's own max.connections, for one broker too; a positive number.
+        let connections = [set("max.connections", "5")];
+        let altered = defaults.altered_broker_settings(&current, &connections, true);
+        assert_eq!(altered.expect("taken")["max.connections"], "5");
+        let (own, skipped) = BrokerConfig::default().with_own_dynamic(&expected);
+        assert!(
+            skipped.is_empty() && own.max_connections == BrokerConfig::default().max_connections
+        );
+        let limit: BTreeMap<String, String> = [("max.connections".into(), "5".into())].into();
+        assert_eq!(BrokerConfig::default().with_own_dynamic(&limit).0.max_connections, 5);
+        assert!(refused(&[set("max.connections", "0")], false).contains("max.connections"));
         let why = refused(&[set("min.insync.replicas", "2")], true);
         assert!(why.contains("cluster-wide default") && why.contains("min.insync.replicas"));
         assert!(

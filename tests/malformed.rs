@@ -234,4 +234,30 @@ fn stalled_connections_are_closed_and_connections_past_the_limit_refused() {
     let log = broker.stderr();
     assert!(log.contains("connections.max.idle.ms"), "{log}");
     assert!(log.contains("max.connections"), "{log}");
+
+    // max.connections is a dynamic setting: raised to 16 cluster-wide, without a restart, once
+    // a connection is free to ask (`spate cluster config`, retried while none is).
+    drop(kept);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let shown = loop {
+        let output = std::process::Command::new(common::BINARY)
+            .args(["cluster", "config", "--config", "max.connections=16", "-b", &broker.addr])
+            .output()
+            .expect("spate cluster config");
+        if output.status.success() {
+            break String::from_utf8_lossy(&output.stdout).into_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "{output:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(shown.contains("cluster-wide defaults\n  max.connections=16\n"), "{shown}");
+    let mut kept = Vec::new();
+    for i in 0..60 {
+        let mut stream = raw_connect(&broker);
+        let _ = stream.write_all(&metadata_frame(200 + i));
+        if read_response(&mut stream).is_some() {
+            kept.push(stream);
+        }
+    }
+    assert_eq!(kept.len(), 16, "max.connections=16 over two shards");
 }

@@ -356,8 +356,9 @@ impl Shard {
         let me = self.config.node_id;
         let image = &published.image;
         let unsettled = &published.unsettled;
-        let new_defaults = self.topic_defaults_of(image);
-        let catalog = self.catalog_of(image, unsettled, new_defaults.as_deref());
+        let new_settings = self.dynamic_settings_of(image);
+        let new_defaults = new_settings.as_ref().map(|(defaults, _)| defaults.as_ref());
+        let catalog = self.catalog_of(image, unsettled, new_defaults);
         let mut failed = None;
         let mut to_lead = Vec::new();
         let mut followed = BTreeMap::new();
@@ -447,8 +448,9 @@ impl Shard {
         *self.followed.borrow_mut() = followed;
         *self.catalog.borrow_mut() = catalog::Catalog { topics: catalog };
         *self.image.borrow_mut() = image.clone();
-        if let Some(defaults) = new_defaults {
+        if let Some((defaults, max_connections)) = new_settings {
             *self.topic_defaults.borrow_mut() = defaults;
+            self.max_connections.set(max_connections);
         }
         self.published.set(published.applied);
         if published.ready && !self.ready.replace(true) && self.id == ShardId(0) {
@@ -464,11 +466,11 @@ impl Shard {
         }
     }
 
-    /// The topic defaults `image` gives this broker, when its dynamic broker settings differ
-    /// from the last image's: the static defaults, the cluster-wide dynamic ones over them,
-    /// this broker's own over those (KIP-226). A setting that does not apply here is skipped,
-    /// and said once.
-    fn topic_defaults_of(&self, image: &MetadataImage) -> Option<Rc<TopicConfig>> {
+    /// The topic defaults and `max.connections` `image` gives this broker, when its dynamic
+    /// broker settings differ from the last image's: the static settings, the cluster-wide
+    /// dynamic ones over them, this broker's own over those (KIP-226). A setting that does not
+    /// apply here is skipped, and said once.
+    fn dynamic_settings_of(&self, image: &MetadataImage) -> Option<(Rc<TopicConfig>, u32)> {
         let dynamic = |image: &MetadataImage| {
             let me = Some(self.config.node_id);
             (image.broker_configs.get(&None).cloned(), image.broker_configs.get(&me).cloned())
@@ -480,11 +482,14 @@ impl Shard {
         let (cluster, mine) = now;
         let statics = &self.config.topic_defaults;
         let mut defaults = statics.clone();
+        let mut own = (*self.config).clone();
         let said = self.id == ShardId(0);
         for (level, settings) in [("cluster-wide", cluster), ("this broker's", mine)] {
             let Some(settings) = settings else { continue };
-            let mut skipped;
+            let (mut skipped, skipped_own);
             (defaults, skipped) = defaults.with_broker_settings(&settings);
+            (own, skipped_own) = own.with_own_dynamic(&settings);
+            skipped.extend(skipped_own);
             // A batch must fit in a request this broker reads (checked at start for the static
             // value; a change is checked only by the broker that took it).
             if defaults.max_message_bytes >= self.config.socket_request_max_bytes {
@@ -501,7 +506,7 @@ impl Shard {
                 }
             }
         }
-        Some(Rc::new(defaults))
+        Some((Rc::new(defaults), own.max_connections))
     }
 
     /// The cluster's topics as this shard's catalog, with the topics of the disk from before

@@ -75,6 +75,8 @@ pub struct Shard {
     /// ones with the cluster-wide dynamic settings of `image` over them, and its own dynamic
     /// ones over those (KIP-226's order).
     pub(super) topic_defaults: RefCell<Rc<TopicConfig>>,
+    /// `max.connections` as it stands, dynamic settings included.
+    pub(super) max_connections: Cell<u32>,
     pub(super) published: Cell<u64>,
     /// On shard 0: the metadata log entry every shard has taken.
     pub(super) published_everywhere: Cell<u64>,
@@ -135,6 +137,7 @@ impl Shard {
         cluster_id: Arc<OnceLock<ClusterId>>,
     ) -> Self {
         let topic_defaults = Rc::new(config.topic_defaults.clone());
+        let max_connections = config.max_connections;
         Self {
             queued,
             tail_budget: TailBudget::new(config.tail_cache_shard_bytes),
@@ -154,6 +157,7 @@ impl Shard {
             }),
             image: RefCell::new(Arc::default()),
             topic_defaults: RefCell::new(topic_defaults),
+            max_connections: Cell::new(max_connections),
             published: Cell::new(0),
             published_everywhere: Cell::new(0),
             published_signal: Event::new(),
@@ -186,6 +190,12 @@ impl Shard {
     /// The defaults topics resolve their settings against here, dynamic ones included.
     pub fn topic_defaults(&self) -> Rc<TopicConfig> {
         self.topic_defaults.borrow().clone()
+    }
+
+    /// `max.connections` as it stands, dynamic settings included: both listeners together, every
+    /// shard its share.
+    pub fn max_connections(&self) -> u32 {
+        self.max_connections.get()
     }
 
     /// Whether the catalog has topic `name` (without copying its settings as [`Self::topic`]).

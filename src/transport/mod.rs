@@ -122,7 +122,8 @@ pub async fn accept_until_stop(
 }
 
 /// Accepts connections until the shard stops, serving each with `serve` in a task of its own.
-/// Beyond this shard's share of `max.connections`, a new connection is closed at once.
+/// Beyond this shard's share of `max.connections` (as it stands at each accept: it is a dynamic
+/// setting), a new connection is closed at once.
 pub async fn accept_loop<F, Fut>(
     shard: Rc<Shard>,
     (listener, kind): (TcpListener, Listener),
@@ -132,12 +133,12 @@ pub async fn accept_loop<F, Fut>(
     F: Fn(Rc<Shard>, TcpStream) -> Fut,
     Fut: std::future::Future<Output = ()> + 'static,
 {
-    let limit = shard.config.max_connections.div_ceil(shard.count.max(1) as u32) as usize;
+    let limit = || shard.max_connections().div_ceil(shard.count.max(1) as u32) as usize;
     let mut last_refusal_logged: Option<Instant> = None;
     loop {
         match accept_until_stop(&shard, &listener).await {
             None => return,
-            Some(Ok(stream)) if connections.open() >= limit => {
+            Some(Ok(stream)) if connections.open() >= limit() => {
                 // One line a second at most: a flood of connections must not flood the log.
                 if last_refusal_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                     let peer =

@@ -22,7 +22,7 @@ use kafka_protocol::ResponseError;
 use crate::cluster::metadata::MetadataImage;
 use crate::config::{
     broker_key_of, canonical_topic_key, check_dynamic, check_level, dynamic_broker_setting,
-    fixed_topic_setting, host_port, topic_key_of, BrokerConfig, ConfigChange, TopicConfig,
+    fixed_topic_setting, host_port, BrokerConfig, ConfigChange, TopicConfig,
 };
 use crate::error::{BrokerError, ErrorKind};
 use crate::kafka::codec;
@@ -355,7 +355,8 @@ fn describe_broker(shard: &Shard) -> Vec<Described> {
     let dynamic = dynamic_levels(shard, &image);
     let defaults = broker_entries(&BrokerConfig::default(), &TopicConfig::default());
     let statics = broker_entries(config, &config.topic_defaults);
-    (broker_entries(config, &shard.topic_defaults()).into_iter())
+    let effective = BrokerConfig { max_connections: shard.max_connections(), ..(**config).clone() };
+    (broker_entries(&effective, &shard.topic_defaults()).into_iter())
         .map(|(name, value, config_type)| {
             let mut synonyms = Vec::new();
             for (source, settings) in dynamic {
@@ -385,8 +386,10 @@ fn describe_broker(shard: &Shard) -> Vec<Described> {
 fn describe_cluster_defaults(image: &MetadataImage) -> Vec<Described> {
     let source = SOURCE_DYNAMIC_DEFAULT_BROKER_CONFIG;
     let settings = image.broker_configs.get(&None).into_iter().flatten();
+    let types = broker_entries(&BrokerConfig::default(), &TopicConfig::default());
     (settings.map(|(name, value)| {
-        let config_type = topic_key_of(name).map_or(TYPE_STRING, |key| topic_setting(key).0);
+        let typed = types.iter().find(|(n, _, _)| n == name);
+        let config_type = typed.map_or(TYPE_STRING, |(_, _, config_type)| *config_type);
         let synonyms = vec![(name.clone(), value.clone(), source)];
         Described {
             name: name.clone(),
@@ -420,6 +423,7 @@ fn broker_entries(
     let offsets_replication = config.offsets_topic_replication_factor.to_string();
     add("offsets.topic.replication.factor", offsets_replication, TYPE_INT);
     add("max.broker.partitions", config.max_broker_partitions.to_string(), TYPE_INT);
+    add("max.connections", config.max_connections.to_string(), TYPE_INT);
     add("auto.create.topics.enable", config.auto_create_topics.to_string(), TYPE_BOOLEAN);
     add("auto.leader.rebalance.enable", config.auto_leader_rebalance.to_string(), TYPE_BOOLEAN);
     let interval = config.leader_imbalance_check_interval_secs.to_string();
