@@ -251,8 +251,10 @@ fn stalled_connections_are_closed_and_connections_past_the_limit_refused() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(shown.contains("cluster-wide defaults\n  max.connections=16\n"), "{shown}");
+    // (Many attempts: the command's own connection may hold its slot for a moment after it
+    // exits, and never more than 16 are served.)
     let mut kept = Vec::new();
-    for i in 0..60 {
+    for i in 0..120 {
         let mut stream = raw_connect(&broker);
         let _ = stream.write_all(&metadata_frame(200 + i));
         if read_response(&mut stream).is_some() {
