@@ -217,10 +217,9 @@ const BROKER_OWN_DYNAMIC: &[&str] = &["max.connections"];
 pub fn dynamic_broker_setting(key: &str) -> Option<DynamicScope> {
     match key {
         "min.insync.replicas" | "unclean.leader.election.enable" => Some(DynamicScope::ClusterOnly),
-        _ if TOPIC_KEYS.iter().any(|(_, broker_key)| *broker_key == key) => {
+        _ if topic_key_of(key).is_some() || BROKER_OWN_DYNAMIC.contains(&key) => {
             Some(DynamicScope::ClusterOrBroker)
         }
-        _ if BROKER_OWN_DYNAMIC.contains(&key) => Some(DynamicScope::ClusterOrBroker),
         _ => None,
     }
 }
@@ -969,7 +968,7 @@ impl BrokerConfig {
     }
 
     fn apply(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
-        if let Some((topic_key, _)) = TOPIC_KEYS.iter().find(|(_, broker_key)| *broker_key == key) {
+        if let Some(topic_key) = topic_key_of(key) {
             return self.topic_defaults.set(topic_key, value);
         }
         match key {

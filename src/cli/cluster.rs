@@ -112,7 +112,7 @@ impl ClusterCommand {
             }),
             ClusterCommand::Config { node, changes, broker } => {
                 let validate_only = changes.validate_only;
-                let changes = changes.changes();
+                let changes = changes.into_changes();
                 run_client(|| async move {
                     let client = connect(&broker).await?;
                     let node = node.map(NodeId);

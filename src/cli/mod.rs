@@ -76,11 +76,10 @@ pub struct ConfigChanges {
 }
 
 impl ConfigChanges {
-    pub fn changes(&self) -> Vec<crate::config::ConfigChange> {
+    pub fn into_changes(self) -> Vec<crate::config::ConfigChange> {
         use crate::config::ConfigChange;
-        let set =
-            (self.configs.iter().cloned()).map(|(key, value)| ConfigChange::Set { key, value });
-        let deleted = self.delete_configs.iter().cloned().map(|key| ConfigChange::Delete { key });
+        let set = (self.configs.into_iter()).map(|(key, value)| ConfigChange::Set { key, value });
+        let deleted = self.delete_configs.into_iter().map(|key| ConfigChange::Delete { key });
         set.chain(deleted).collect()
     }
 }

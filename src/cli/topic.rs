@@ -159,7 +159,7 @@ impl TopicCommand {
                 }
                 TopicCommand::Alter { name, changes, broker } => {
                     let validate_only = changes.validate_only;
-                    let changes = changes.changes();
+                    let changes = changes.into_changes();
                     if changes.is_empty() {
                         return Err("nothing to change: give --config or --delete-config".into());
                     }

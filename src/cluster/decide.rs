@@ -398,13 +398,14 @@ impl Controller {
         let replicas = state.settled_replica_count();
         let overrides = image.topics.get(&topic).map(|t| &t.config);
         if let Some(overrides) = overrides.filter(|o| o.contains_key(MIN_INSYNC_KEY)) {
-            let config = self.effective_topic_defaults(image).with_overrides(overrides);
+            // The topic's own value holds whatever the defaults under it are.
+            let config = self.topic_defaults.with_overrides(overrides);
             return config.map_or(1, |config| config.min_insync_for(replicas));
         }
         // A cluster-wide default holds on every broker alike.
         let cluster = image.broker_configs.get(&None);
         if cluster.is_some_and(|settings| settings.contains_key(MIN_INSYNC_KEY)) {
-            return self.effective_topic_defaults(image).min_insync_for(replicas);
+            return self.decided_default(image, MIN_INSYNC_KEY).min_insync_for(replicas);
         }
         let defaults = image.brokers.values().map(|b| b.min_insync_replicas);
         (defaults.chain([self.topic_defaults.min_insync_replicas]))
@@ -478,8 +479,20 @@ impl Controller {
     fn allows_unclean(&self, image: &MetadataImage, topic: TopicId) -> bool {
         match image.topics.get(&topic).and_then(|t| t.config.get(UNCLEAN_KEY)) {
             Some(value) => value.eq_ignore_ascii_case("true"),
-            None => self.effective_topic_defaults(image).unclean_leader_election,
+            None => self.decided_default(image, UNCLEAN_KEY).unclean_leader_election,
         }
+    }
+
+    /// The static topic defaults with the cluster-wide dynamic value of `key` over them, when
+    /// it has one this build takes: what the controller decides by per partition, read one
+    /// setting at a time rather than the whole cluster-wide set resolved for each.
+    fn decided_default(&self, image: &MetadataImage, key: &str) -> TopicConfig {
+        let mut config = self.topic_defaults.clone();
+        let value = image.broker_configs.get(&None).and_then(|settings| settings.get(key));
+        if value.is_some_and(|value| config.set(key, value).is_err()) {
+            config = self.topic_defaults.clone();
+        }
+        config
     }
 
     /// The topic defaults decisions go by: this controller's broker's static ones with the

@@ -416,16 +416,13 @@ impl MetadataImage {
             config: topic.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             partitions: topic.partitions.iter().map(|(p, state)| (*p, state.clone())).collect(),
         });
-        let configs = self.broker_configs.iter().map(|(node, config)| {
-            (*node, config.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-        });
         let snapshot = ImageSnapshot {
             cluster_id: self.cluster_id,
             brokers: self.brokers.iter().map(|(node, info)| (*node, info.clone())).collect(),
             topics: topics.collect(),
             last_broker_epoch: self.last_broker_epoch,
             next_producer_id: self.next_producer_id,
-            broker_configs: configs.collect(),
+            broker_configs: self.resource_settings(),
         };
         if snapshot.broker_configs.is_empty() {
             return old_layouts::encode_snapshot_v2(snapshot);
@@ -615,6 +612,14 @@ impl MetadataImage {
             }
         }
         Ok(())
+    }
+
+    /// Every resource's dynamic broker settings, as snapshots and answers carry them.
+    pub fn resource_settings(&self) -> Vec<ResourceSettings> {
+        let listed = |settings: &BTreeMap<String, String>| {
+            settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        self.broker_configs.iter().map(|(node, settings)| (*node, listed(settings))).collect()
     }
 
     /// Broker `node` as registered under `broker_epoch`.

@@ -465,12 +465,7 @@ async fn broker_config(shard: &Rc<Shard>, frame: &RequestFrame) -> Response {
             return answer(Api::BrokerConfig, request_id, &body);
         }
     }
-    let image = shard.metadata_image();
-    body.settings = (image.broker_configs.iter())
-        .map(|(node, settings)| {
-            (*node, settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-        })
-        .collect();
+    body.settings = shard.metadata_image().resource_settings();
     answer(Api::BrokerConfig, request_id, &body)
 }
 

@@ -84,7 +84,7 @@ impl Shard {
 
     /// What a topic's settings must meet beyond their own values: a batch of
     /// `max.message.bytes` must fit in a request this broker reads.
-    fn check_topic_config(&self, config: &TopicConfig) -> Result<(), BrokerError> {
+    pub(super) fn check_topic_config(&self, config: &TopicConfig) -> Result<(), BrokerError> {
         if config.max_message_bytes >= self.config.socket_request_max_bytes {
             let why = format!(
                 "max.message.bytes {} must be below the broker's socket.request.max.bytes {}",
@@ -165,10 +165,7 @@ impl Shard {
         // The defaults this broker would resolve topics with: they must meet what topics do.
         let mut configs = image.broker_configs.clone();
         configs.insert(node, altered.clone());
-        let (cluster, mine) = (configs.get(&None), configs.get(&Some(me)));
-        let cluster_wide = statics.with_broker_settings(cluster.unwrap_or(&BTreeMap::new())).0;
-        let effective = cluster_wide.with_broker_settings(mine.unwrap_or(&BTreeMap::new())).0;
-        self.check_topic_config(&effective)?;
+        self.check_topic_config(&self.under_dynamic_settings(&configs).0)?;
         if validate_only {
             return Ok(());
         }

@@ -26,7 +26,7 @@ use crate::cluster::applied::AppliedMetadata;
 use crate::cluster::decide::NewTopic;
 use crate::cluster::metadata::{parse_uuid_text, uuid_text, MetadataImage, TopicId};
 use crate::cluster::node::{ControllerAnswer, ControllerRequest};
-use crate::config::TopicConfig;
+use crate::config::{ConfigError, TopicConfig};
 use crate::error::{BrokerError, ErrorKind};
 use crate::shard::call::{Publish, RemoveTopic};
 use crate::shard::catalog::{self, TopicFile, TopicInfo};
@@ -467,46 +467,57 @@ impl Shard {
     }
 
     /// The topic defaults and `max.connections` `image` gives this broker, when its dynamic
-    /// broker settings differ from the last image's: the static settings, the cluster-wide
-    /// dynamic ones over them, this broker's own over those (KIP-226). A setting that does not
-    /// apply here is skipped, and said once.
+    /// broker settings differ from the last image's ([`Self::under_dynamic_settings`]). A
+    /// setting that does not apply here is skipped, and said once.
     fn dynamic_settings_of(&self, image: &MetadataImage) -> Option<(Rc<TopicConfig>, u32)> {
-        let dynamic = |image: &MetadataImage| {
-            let me = Some(self.config.node_id);
-            (image.broker_configs.get(&None).cloned(), image.broker_configs.get(&me).cloned())
-        };
-        let now = dynamic(image);
-        if now == dynamic(&self.image.borrow()) {
+        let levels = [None, Some(self.config.node_id)];
+        let before = self.image.borrow();
+        if levels
+            .iter()
+            .all(|level| image.broker_configs.get(level) == before.broker_configs.get(level))
+        {
             return None;
         }
-        let (cluster, mine) = now;
-        let statics = &self.config.topic_defaults;
-        let mut defaults = statics.clone();
-        let mut own = (*self.config).clone();
-        let said = self.id == ShardId(0);
-        for (level, settings) in [("cluster-wide", cluster), ("this broker's", mine)] {
-            let Some(settings) = settings else { continue };
-            let (mut skipped, skipped_own);
-            (defaults, skipped) = defaults.with_broker_settings(&settings);
-            (own, skipped_own) = own.with_own_dynamic(&settings);
-            skipped.extend(skipped_own);
-            // A batch must fit in a request this broker reads (checked at start for the static
-            // value; a change is checked only by the broker that took it).
-            if defaults.max_message_bytes >= self.config.socket_request_max_bytes {
-                skipped.push(crate::config::ConfigError(format!(
-                    "message.max.bytes {} is not below this broker's socket.request.max.bytes {}",
-                    defaults.max_message_bytes, self.config.socket_request_max_bytes
-                )));
-                defaults.max_message_bytes = statics.max_message_bytes;
-            }
-            if said {
-                tracing::info!(?settings, "{level} dynamic broker settings");
-                for why in skipped {
-                    tracing::error!("a {level} dynamic broker setting is skipped: {why}");
-                }
+        drop(before);
+        let (mut defaults, max_connections, mut skipped) =
+            self.under_dynamic_settings(&image.broker_configs);
+        // A change is checked only by the broker that took it, against its own settings.
+        if let Err(refused) = self.check_topic_config(&defaults) {
+            skipped.push(ConfigError(refused.message));
+            defaults.max_message_bytes = self.config.topic_defaults.max_message_bytes;
+        }
+        if self.id == ShardId(0) {
+            let [cluster, mine] = levels.map(|level| image.broker_configs.get(&level));
+            tracing::info!(
+                ?cluster,
+                ?mine,
+                "dynamic broker settings, cluster-wide and this broker's"
+            );
+            for why in skipped {
+                tracing::error!("a dynamic broker setting is skipped: {why}");
             }
         }
-        Some((Rc::new(defaults), own.max_connections))
+        Some((Rc::new(defaults), max_connections))
+    }
+
+    /// This broker's topic defaults and `max.connections` under the dynamic broker settings of
+    /// `configs`: its static settings, the cluster-wide dynamic ones over them, its own over
+    /// those (KIP-226's order); and each dynamic setting that does not apply, with why.
+    pub(super) fn under_dynamic_settings(
+        &self,
+        configs: &BTreeMap<Option<NodeId>, BTreeMap<String, String>>,
+    ) -> (TopicConfig, u32, Vec<ConfigError>) {
+        let mut defaults = self.config.topic_defaults.clone();
+        let mut own = (*self.config).clone();
+        let mut skipped = Vec::new();
+        for level in [None, Some(self.config.node_id)] {
+            let Some(settings) = configs.get(&level) else { continue };
+            let (topic_skipped, own_skipped);
+            (defaults, topic_skipped) = defaults.with_broker_settings(settings);
+            (own, own_skipped) = own.with_own_dynamic(settings);
+            skipped.extend(topic_skipped.into_iter().chain(own_skipped));
+        }
+        (defaults, own.max_connections, skipped)
     }
 
     /// The cluster's topics as this shard's catalog, with the topics of the disk from before
