@@ -843,7 +843,7 @@ pub struct BrokerConfig {
     /// What one shard keeps of the chunks read from its partitions' segments (and reads ahead
     /// in flight, at most half of it): the least recently used chunk leaves first past it.
     pub read_cache_shard_bytes: usize,
-    /// The most read ahead of one sequential reader (four of its fetches, within this); 0 turns
+    /// The most read ahead of one sequential reader (eight of its fetches, within this); 0 turns
     /// reading ahead off.
     pub read_ahead_bytes: usize,
     /// How long the first rebalance of an empty group waits for more members.
@@ -925,7 +925,7 @@ impl Default for BrokerConfig {
             tail_cache_shard_bytes: 128 * 1024 * 1024,
             // Four consumer groups a few seconds apart at disk speed share one read here.
             read_cache_shard_bytes: 256 * 1024 * 1024,
-            // Four 1 MiB fetches; 4 MiB fetches get two fetches' worth.
+            // Eight 1 MiB fetches; 4 MiB fetches get two fetches' worth.
             read_ahead_bytes: 8 * 1024 * 1024,
             group_initial_rebalance_delay_ms: 3000,
             group_min_session_timeout_ms: 6000,

@@ -154,7 +154,7 @@ async fn measure(args: &DiskArgs, path: PathBuf) -> Result<(), String> {
     println!(
         "\nbest read: {best_read:.0} MiB/s; {read_depth} reads of {} KiB in flight reach {:.0}% of it.\n\
          recommend: \"log.read.ahead.bytes\" = {read_ahead}  (what one sequential reader may have\n\
-         read ahead, in {} KiB chunks: up to four of its fetches, within this)",
+         read ahead, in {} KiB chunks: up to eight of its fetches, within this)",
         READ_SIZE >> 10,
         GOOD_ENOUGH * 100.0,
         READ_SIZE >> 10,
