@@ -398,47 +398,53 @@ pub fn fixed_topic_setting(key: &str) -> Option<&'static str> {
 impl TopicConfig {
     /// Applies one topic-level setting (`retention.ms`, ...).
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        self.set_named(key, value, key)
+    }
+
+    /// Applies topic-level setting `key`, a refusal naming it `name`: the broker setting that
+    /// holds its default (`log.retention.ms`) when that is what the user wrote.
+    pub fn set_named(&mut self, key: &str, value: &str, name: &str) -> Result<(), ConfigError> {
         match key {
-            "retention.ms" => self.retention_ms = parse_limit(key, value)?,
-            "retention.bytes" => self.retention_bytes = parse_limit(key, value)?,
+            "retention.ms" => self.retention_ms = parse_limit(name, value)?,
+            "retention.bytes" => self.retention_bytes = parse_limit(name, value)?,
             "segment.bytes" => {
-                self.segment_bytes = parse_segment_bytes(key, value)?;
+                self.segment_bytes = parse_segment_bytes(name, value)?;
             }
             "segment.ms" => {
-                let ms: i64 = parse(key, value)?;
+                let ms: i64 = parse(name, value)?;
                 if ms < 1 {
-                    return Err(invalid(key, value, "must be at least 1"));
+                    return Err(invalid(name, value, "must be at least 1"));
                 }
                 self.segment_ms = ms;
             }
             // Kafka names this `max.message.bytes` on topics and `message.max.bytes` on brokers;
             // users mix them up, so both are accepted.
             "max.message.bytes" | "message.max.bytes" => {
-                let bytes: u32 = parse(key, value)?;
+                let bytes: u32 = parse(name, value)?;
                 if bytes == 0 || bytes > ENTRY_PAYLOAD_BYTES_MAX {
                     let why = format!("must be between 1 and {ENTRY_PAYLOAD_BYTES_MAX}");
-                    return Err(invalid(key, value, &why));
+                    return Err(invalid(name, value, &why));
                 }
                 self.max_message_bytes = bytes;
             }
             "cleanup.policy" => match value {
                 "delete" => self.cleanup_policy = CleanupPolicy::Delete,
                 "compact" | "compact,delete" | "delete,compact" => {
-                    return Err(invalid(key, value, "compaction is not supported yet"))
+                    return Err(invalid(name, value, "compaction is not supported yet"))
                 }
-                _ => return Err(invalid(key, value, "expected delete")),
+                _ => return Err(invalid(name, value, "expected delete")),
             },
             "delete.retention.ms" => {
-                let ms: i64 = parse(key, value)?;
+                let ms: i64 = parse(name, value)?;
                 if ms < 0 {
-                    return Err(invalid(key, value, "must be 0 or more"));
+                    return Err(invalid(name, value, "must be 0 or more"));
                 }
                 self.delete_retention_ms = ms;
             }
             "min.insync.replicas" => {
-                let replicas: u16 = parse(key, value)?;
+                let replicas: u16 = parse(name, value)?;
                 if replicas == 0 {
-                    return Err(invalid(key, value, "must be at least 1"));
+                    return Err(invalid(name, value, "must be at least 1"));
                 }
                 self.min_insync_replicas = Some(replicas);
             }
@@ -446,37 +452,37 @@ impl TopicConfig {
                 self.compression =
                     Compression::ALL.into_iter().find(|c| c.name() == value).ok_or_else(|| {
                         let names: Vec<&str> = Compression::ALL.map(Compression::name).to_vec();
-                        invalid(key, value, &format!("expected one of {}", names.join(", ")))
+                        invalid(name, value, &format!("expected one of {}", names.join(", ")))
                     })?
             }
             // Kafka's ranges (KIP-390): zlib's 1-9 or -1 for its default, LZ4's 1-17, zstd's.
             "compression.gzip.level" => {
-                self.gzip_level = parse_within(key, value, -1..=9)?;
+                self.gzip_level = parse_within(name, value, -1..=9)?;
                 if self.gzip_level == 0 {
-                    return Err(invalid(key, value, "must be -1 or between 1 and 9"));
+                    return Err(invalid(name, value, "must be -1 or between 1 and 9"));
                 }
             }
-            "compression.lz4.level" => self.lz4_level = parse_within(key, value, 1..=17)?,
-            "compression.zstd.level" => self.zstd_level = parse_within(key, value, -131072..=22)?,
+            "compression.lz4.level" => self.lz4_level = parse_within(name, value, 1..=17)?,
+            "compression.zstd.level" => self.zstd_level = parse_within(name, value, -131072..=22)?,
             "message.timestamp.type" => match value {
                 "CreateTime" => self.log_append_time = false,
                 "LogAppendTime" => self.log_append_time = true,
-                _ => return Err(invalid(key, value, "expected CreateTime or LogAppendTime")),
+                _ => return Err(invalid(name, value, "expected CreateTime or LogAppendTime")),
             },
             "message.timestamp.before.max.ms" => {
-                self.timestamp_before_max_ms = Some(parse_within(key, value, 0..=i64::MAX)?)
+                self.timestamp_before_max_ms = Some(parse_within(name, value, 0..=i64::MAX)?)
             }
             "message.timestamp.after.max.ms" => {
-                self.timestamp_after_max_ms = Some(parse_within(key, value, 0..=i64::MAX)?)
+                self.timestamp_after_max_ms = Some(parse_within(name, value, 0..=i64::MAX)?)
             }
             "message.timestamp.difference.max.ms" => {
-                self.timestamp_difference_max_ms = parse_within(key, value, 0..=i64::MAX)?
+                self.timestamp_difference_max_ms = parse_within(name, value, 0..=i64::MAX)?
             }
             // As Kafka's booleans: either case.
             "unclean.leader.election.enable" => match value.to_ascii_lowercase().as_str() {
                 "true" => self.unclean_leader_election = true,
                 "false" => self.unclean_leader_election = false,
-                _ => return Err(invalid(key, value, "expected true or false")),
+                _ => return Err(invalid(name, value, "expected true or false")),
             },
             _ => match FIXED_TOPIC_SETTINGS.iter().find(|(name, _, _)| *name == key) {
                 Some((_, accepted, _)) if value == *accepted => {}
@@ -485,12 +491,12 @@ impl TopicConfig {
                     if value.eq_ignore_ascii_case(accepted) => {}
                 Some((_, accepted, why)) => {
                     return Err(invalid(
-                        key,
+                        name,
                         value,
                         &format!("only {accepted} is supported: {why}"),
                     ))
                 }
-                None => return Err(not_a_topic_setting(key)),
+                None => return Err(not_a_topic_setting(name)),
             },
         }
         Ok(())
@@ -547,18 +553,30 @@ impl TopicConfig {
         current: &BTreeMap<String, String>,
         changes: &[ConfigChange],
     ) -> Result<BTreeMap<String, String>, ConfigError> {
+        self.altered_overrides_named(current, changes, |key| key.to_string())
+    }
+
+    /// [`Self::altered_overrides`], each refusal naming a setting as `name_of` says.
+    fn altered_overrides_named(
+        &self,
+        current: &BTreeMap<String, String>,
+        changes: &[ConfigChange],
+        name_of: impl Fn(&str) -> String,
+    ) -> Result<BTreeMap<String, String>, ConfigError> {
         let mut overrides = canonical_overrides(current.clone());
         let mut changed = BTreeMap::new();
         for change in changes {
             let key = canonical_topic_key(change.key());
             // Kafka refuses a request that names a setting twice; two spellings count as one.
             if let Some(first) = changed.insert(key, change.key()) {
-                let why = format!("{key} is changed twice (as {first} and {})", change.key());
-                return Err(ConfigError(why));
+                let (name, first, then) = (name_of(key), name_of(first), name_of(change.key()));
+                return Err(ConfigError(format!(
+                    "{name} is changed twice (as {first} and {then})"
+                )));
             }
             // Named settings only, whatever the operation (Kafka refuses unknown names too).
             if self.value_of(key).is_none() {
-                return Err(not_a_topic_setting(key));
+                return Err(not_a_topic_setting(&name_of(key)));
             }
             match change {
                 ConfigChange::Set { value, .. } => {
@@ -572,9 +590,12 @@ impl TopicConfig {
                     let append = matches!(change, ConfigChange::Append { .. });
                     if !LIST_TOPIC_SETTINGS.contains(&key) {
                         let operation = if append { "APPEND" } else { "SUBTRACT" };
+                        let lists: Vec<String> =
+                            LIST_TOPIC_SETTINGS.iter().map(|list| name_of(list)).collect();
                         return Err(ConfigError(format!(
-                            "{operation} applies only to list settings ({}), not to {key}",
-                            LIST_TOPIC_SETTINGS.join(", ")
+                            "{operation} applies only to list settings ({}), not to {}",
+                            lists.join(", "),
+                            name_of(key)
                         )));
                     }
                     let now = match overrides.get(key) {
@@ -593,7 +614,10 @@ impl TopicConfig {
                 }
             }
         }
-        self.with_overrides(&overrides)?;
+        let mut config = self.clone();
+        for (key, value) in &overrides {
+            config.set_named(key, value, &name_of(key))?;
+        }
         Ok(overrides)
     }
 
@@ -609,7 +633,7 @@ impl TopicConfig {
         let mut skipped = Vec::new();
         for (key, value) in settings {
             let applied = match topic_key_of(key) {
-                Some(topic_key) => config.set(topic_key, value),
+                Some(topic_key) => config.set_named(topic_key, value, key),
                 None if BROKER_OWN_DYNAMIC.contains(&key.as_str()) => Ok(()),
                 None => Err(ConfigError(format!("{key} is not a dynamic broker setting"))),
             };
@@ -680,15 +704,9 @@ impl TopicConfig {
                 change.renamed(key)
             })
             .collect();
-        let altered = self.altered_overrides(&overrides, &changes).map_err(|refused| {
-            // Said of the setting as it was named.
-            let named = |why: String, change: &ConfigChange| {
-                let broker_key = broker_key_of(change.key()).unwrap_or_default();
-                why.replace(&format!("for {}:", change.key()), &format!("for {broker_key}:"))
-            };
-            ConfigError(changes.iter().fold(refused.0, named))
-        })?;
-        let as_broker_key = |key: &str| broker_key_of(key).unwrap_or_default().to_string();
+        let as_broker_key = |key: &str| broker_key_of(key).unwrap_or(key).to_string();
+        // Refusals name each setting as the user did, by its broker name.
+        let altered = self.altered_overrides_named(&overrides, &changes, as_broker_key)?;
         // A setting changed now replaces what could not be used of it.
         let altered = altered.into_iter().map(|(key, value)| (as_broker_key(&key), value));
         unusable.extend(altered);
@@ -969,7 +987,7 @@ impl BrokerConfig {
 
     fn apply(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         if let Some(topic_key) = topic_key_of(key) {
-            return self.topic_defaults.set(topic_key, value);
+            return self.topic_defaults.set_named(topic_key, value, key);
         }
         match key {
             "log.dirs" | "log.dir" | "data.dir" => self.data_dir = PathBuf::from(value),
@@ -1557,7 +1575,14 @@ mod tests {
             refused(&[set("log.retention.ms", "soon")], false).contains("for log.retention.ms:")
         );
         let append = [ConfigChange::Append { key: "log.roll.ms".into(), value: "5".into() }];
-        assert!(refused(&append, true).contains("APPEND applies only to list settings"));
+        let why = refused(&append, true);
+        assert!(why.contains("(log.cleanup.policy), not to log.roll.ms"), "{why}");
+        // Every refusal names the setting as the user wrote it, not as the topic's setting.
+        let twice = [set("log.roll.ms", "60000"), set("log.roll.ms", "70000")];
+        let why = refused(&twice, false);
+        assert!(why.starts_with("log.roll.ms is changed twice (as log.roll.ms and"), "{why}");
+        let why = BrokerConfig::default().set("log.segment.bytes", "tiny").expect_err("refused");
+        assert!(why.0.contains("for log.segment.bytes:"), "{why:?}");
 
         // What the metadata holds but this build does not take is skipped, the rest applies.
         let stored: BTreeMap<String, String> =
