@@ -484,7 +484,7 @@ impl TopicConfig {
                 "false" => self.unclean_leader_election = false,
                 _ => return Err(invalid(name, value, "expected true or false")),
             },
-            _ => match FIXED_TOPIC_SETTINGS.iter().find(|(name, _, _)| *name == key) {
+            _ => match FIXED_TOPIC_SETTINGS.iter().find(|(fixed, _, _)| *fixed == key) {
                 Some((_, accepted, _)) if value == *accepted => {}
                 // Kafka's booleans, in either case.
                 Some((_, accepted @ ("true" | "false"), _))
@@ -1592,6 +1592,7 @@ mod tests {
         let (effective, skipped) = defaults.with_broker_settings(&stored);
         assert_eq!((effective.retention_ms, effective.segment_ms), (1000, 60000));
         assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert!(skipped[0].0.contains("for log.retention.ms:"), "{skipped:?}");
         // ...and never blocks a change: kept, replaced when set, gone when deleted.
         let changes = [set("log.segment.bytes", "65536")];
         let altered = defaults.altered_broker_settings(&stored, &changes, false).expect("taken");

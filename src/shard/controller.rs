@@ -50,7 +50,7 @@ impl Shard {
         };
         let info = TopicInfo::resolve(file, &self.topic_defaults())
             .map_err(|e| BrokerError::new(ErrorKind::InvalidConfig, e))?;
-        self.check_topic_config(&info.config)?;
+        self.check_topic_config(&info.config, "max.message.bytes")?;
         if self.has_topic(name) {
             let why = format!("topic {name} exists");
             return Err(BrokerError::new(ErrorKind::TopicAlreadyExists, why));
@@ -83,11 +83,16 @@ impl Shard {
     }
 
     /// What a topic's settings must meet beyond their own values: a batch of
-    /// `max.message.bytes` must fit in a request this broker reads.
-    pub(super) fn check_topic_config(&self, config: &TopicConfig) -> Result<(), BrokerError> {
+    /// `max.message.bytes` must fit in a request this broker reads. A refusal names that setting
+    /// as `named` (`message.max.bytes` for the brokers' default).
+    pub(super) fn check_topic_config(
+        &self,
+        config: &TopicConfig,
+        named: &str,
+    ) -> Result<(), BrokerError> {
         if config.max_message_bytes >= self.config.socket_request_max_bytes {
             let why = format!(
-                "max.message.bytes {} must be below the broker's socket.request.max.bytes {}",
+                "{named} {} must be below the broker's socket.request.max.bytes {}",
                 config.max_message_bytes, self.config.socket_request_max_bytes
             );
             return Err(BrokerError::new(ErrorKind::InvalidConfig, why));
@@ -121,7 +126,8 @@ impl Shard {
         let invalid =
             |e: crate::config::ConfigError| BrokerError::new(ErrorKind::InvalidConfig, e.0);
         let altered = defaults.altered_overrides(&current, &changes).map_err(invalid)?;
-        self.check_topic_config(&defaults.with_overrides(&altered).map_err(invalid)?)?;
+        let altered_config = defaults.with_overrides(&altered).map_err(invalid)?;
+        self.check_topic_config(&altered_config, "max.message.bytes")?;
         if validate_only {
             return Ok(());
         }
@@ -165,7 +171,7 @@ impl Shard {
         // The defaults this broker would resolve topics with: they must meet what topics do.
         let mut configs = image.broker_configs.clone();
         configs.insert(node, altered.clone());
-        self.check_topic_config(&self.under_dynamic_settings(&configs).0)?;
+        self.check_topic_config(&self.under_dynamic_settings(&configs).0, "message.max.bytes")?;
         if validate_only {
             return Ok(());
         }

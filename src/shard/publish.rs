@@ -482,7 +482,7 @@ impl Shard {
         let (mut defaults, max_connections, mut skipped) =
             self.under_dynamic_settings(&image.broker_configs);
         // A change is checked only by the broker that took it, against its own settings.
-        if let Err(refused) = self.check_topic_config(&defaults) {
+        if let Err(refused) = self.check_topic_config(&defaults, "message.max.bytes") {
             skipped.push(ConfigError(refused.message));
             defaults.max_message_bytes = self.config.topic_defaults.max_message_bytes;
         }

@@ -586,9 +586,14 @@ async fn alter(
     replace: bool,
     validate_only: bool,
 ) -> Outcome {
-    // Kafka refuses a request naming a setting twice; two spellings of one count as one.
+    // Kafka refuses a request naming a setting twice; two spellings of a topic's one count as
+    // one (a broker's settings have one spelling each).
     let mut keys = BTreeSet::new();
-    let named = changes.iter().map(|change| canonical_topic_key(change.key()));
+    let canonical = |key| match resource_type {
+        RESOURCE_TOPIC => canonical_topic_key(key),
+        _ => key,
+    };
+    let named = changes.iter().map(|change| canonical(change.key()));
     if let Some(twice) = named.clone().find(|key| !keys.insert(*key)) {
         return Err(invalid_request(format!("{twice} is changed twice")));
     }
