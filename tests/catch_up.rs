@@ -2,12 +2,14 @@
 //! and its reads ahead (issue 18), while retention deletes the segments under them and the
 //! broker restarts, cleanly and by kill -9. Every record read must be the one the log holds at
 //! its offset, and each shard's read cache must stay within its budget by its own report at
-//! shutdown. (Truncation is the simulation's, `log/simulation.rs`, and the cluster tests'.)
+//! shutdown. (Truncation is the simulation's, `log/simulation.rs`, and the cluster tests'.) Kafka
+//! consumers (confluent-kafka) read behind the tail through the same cache.
 
 mod common;
 
 use std::time::Duration;
 
+use common::scripts::{require_pip_confluent, run_script, serial};
 use common::{connect, produce, record, run, Broker};
 use spate::client::Client;
 use spate::native::messages::{Acks, ErrorCode, OFFSET_EARLIEST};
@@ -184,4 +186,26 @@ fn readers_behind_the_tail_read_what_the_log_holds_through_retention_and_restart
             check_cache_reports(&(out + &broker.stderr()));
         }
     }
+}
+
+/// Real Kafka consumers behind the tail: confluent-kafka readers with three fetch sizes per
+/// partition read what they produced from segments, through the read cache and its reads ahead
+/// (tests/kafka/catch_up_readers.py checks every record), within the cache's budget.
+#[test]
+fn kafka_consumers_behind_the_tail_read_through_the_read_cache() {
+    let python = require_pip_confluent();
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let budget = format!("log.read.cache.shard.bytes={READ_CACHE_BYTES}");
+    let mut broker = Broker::start(
+        &dir.path().join("data"),
+        &["--set", &budget, "--set", "log.tail.cache.bytes=16384"],
+    );
+    match run_script(&broker, "behind-kafka", &python, &["catch_up_readers.py"]) {
+        Ok(out) => println!("catch_up_readers: {out}"),
+        Err(why) => panic!("catch_up_readers {why}\n--- broker stderr\n{}", broker.stderr()),
+    }
+    let stopped = broker.stop();
+    let read_ahead = check_cache_reports(&(stopped + &broker.stderr()));
+    assert!(read_ahead > 0, "the Kafka consumers were read ahead of");
 }
