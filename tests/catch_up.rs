@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::scripts::{require_pip_confluent, run_script, serial};
+use common::scripts::{require_pip_confluent, run_script};
 use common::{connect, produce, record, run, Broker};
 use spate::client::Client;
 use spate::native::messages::{Acks, ErrorCode, OFFSET_EARLIEST};
@@ -194,7 +194,6 @@ fn readers_behind_the_tail_read_what_the_log_holds_through_retention_and_restart
 #[test]
 fn kafka_consumers_behind_the_tail_read_through_the_read_cache() {
     let python = require_pip_confluent();
-    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let budget = format!("log.read.cache.shard.bytes={READ_CACHE_BYTES}");
     let mut broker = Broker::start(

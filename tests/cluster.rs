@@ -1190,6 +1190,10 @@ fn broker_settings_change_on_every_broker_without_a_restart() {
     let twice = [("message.max.bytes", Some("1000")), ("message.max.bytes", Some("2000"))];
     let (code, why) = alter(1, "", &twice);
     assert!(code == INVALID_REQUEST && why.contains("message.max.bytes is changed"), "{why}");
+    // Within what a broker lets one setting hold, but past what it reads in a request.
+    let (code, why) = alter(1, "", &[("message.max.bytes", Some("209715200"))]);
+    let named = why.starts_with("message.max.bytes 209715200 must be below");
+    assert!(code == INVALID_REQUEST && named, "{code} {why}");
 
     // More in sync than there are replicas: acks=all is refused at the leader.
     assert_eq!(alter(1, "", &[("min.insync.replicas", Some("4"))]), (0, String::new()));
