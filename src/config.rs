@@ -538,9 +538,18 @@ impl TopicConfig {
         &self,
         overrides: &BTreeMap<String, String>,
     ) -> Result<Self, ConfigError> {
+        self.with_overrides_named(overrides, |key| key)
+    }
+
+    /// [`Self::with_overrides`], a refusal naming the setting as `name_of` says.
+    fn with_overrides_named(
+        &self,
+        overrides: &BTreeMap<String, String>,
+        name_of: impl Fn(&str) -> &str,
+    ) -> Result<Self, ConfigError> {
         let mut config = self.clone();
         for (key, value) in overrides {
-            config.set(key, value)?;
+            config.set_named(key, value, name_of(key))?;
         }
         Ok(config)
     }
@@ -553,7 +562,7 @@ impl TopicConfig {
         current: &BTreeMap<String, String>,
         changes: &[ConfigChange],
     ) -> Result<BTreeMap<String, String>, ConfigError> {
-        self.altered_overrides_named(current, changes, |key| key.to_string())
+        self.altered_overrides_named(current, changes, |key| key)
     }
 
     /// [`Self::altered_overrides`], each refusal naming a setting as `name_of` says.
@@ -561,7 +570,7 @@ impl TopicConfig {
         &self,
         current: &BTreeMap<String, String>,
         changes: &[ConfigChange],
-        name_of: impl Fn(&str) -> String,
+        name_of: impl Fn(&str) -> &str,
     ) -> Result<BTreeMap<String, String>, ConfigError> {
         let mut overrides = canonical_overrides(current.clone());
         let mut changed = BTreeMap::new();
@@ -576,7 +585,7 @@ impl TopicConfig {
             }
             // Named settings only, whatever the operation (Kafka refuses unknown names too).
             if self.value_of(key).is_none() {
-                return Err(not_a_topic_setting(&name_of(key)));
+                return Err(not_a_topic_setting(name_of(key)));
             }
             match change {
                 ConfigChange::Set { value, .. } => {
@@ -590,7 +599,7 @@ impl TopicConfig {
                     let append = matches!(change, ConfigChange::Append { .. });
                     if !LIST_TOPIC_SETTINGS.contains(&key) {
                         let operation = if append { "APPEND" } else { "SUBTRACT" };
-                        let lists: Vec<String> =
+                        let lists: Vec<&str> =
                             LIST_TOPIC_SETTINGS.iter().map(|list| name_of(list)).collect();
                         return Err(ConfigError(format!(
                             "{operation} applies only to list settings ({}), not to {}",
@@ -614,10 +623,7 @@ impl TopicConfig {
                 }
             }
         }
-        let mut config = self.clone();
-        for (key, value) in &overrides {
-            config.set_named(key, value, &name_of(key))?;
-        }
+        self.with_overrides_named(&overrides, name_of)?;
         Ok(overrides)
     }
 
@@ -704,10 +710,12 @@ impl TopicConfig {
                 change.renamed(key)
             })
             .collect();
-        let as_broker_key = |key: &str| broker_key_of(key).unwrap_or(key).to_string();
         // Refusals name each setting as the user did, by its broker name.
-        let altered = self.altered_overrides_named(&overrides, &changes, as_broker_key)?;
+        let altered = self.altered_overrides_named(&overrides, &changes, |key| {
+            broker_key_of(key).unwrap_or(key)
+        })?;
         // A setting changed now replaces what could not be used of it.
+        let as_broker_key = |key: &str| broker_key_of(key).unwrap_or(key).to_string();
         let altered = altered.into_iter().map(|(key, value)| (as_broker_key(&key), value));
         unusable.extend(altered);
         Ok(unusable)
