@@ -8,10 +8,14 @@
 //! below `min.insync.replicas`), replicas sync what they wrote, followers fetch from the leader
 //! they know of (requests and answers delayed, reordered and dropped), leaders ask for in-sync
 //! changes, replicas crash (losing a seeded part of what they had not synced) and restart, and
-//! the controller fences a broker and elects a new leader. Replicas learn the controller's
-//! decisions late, one at a time: a fenced leader that is still alive goes on leading until it
-//! learns (a zombie), taking produces and serving followers that have not learnt either; only
-//! the new leader learns at once. After every step:
+//! the controller fences a broker and elects a new leader, and an administrator changes the
+//! topic's `min.insync.replicas`. Replicas learn the controller's decisions late, one at a time:
+//! a fenced leader that is still alive goes on leading until it learns (a zombie), taking
+//! produces and serving followers that have not learnt either; only the new leader learns at
+//! once. A leader learns a new `min.insync.replicas` late too, but in the metadata's order: never
+//! after an in-sync set the controller decided under it (a broker publishes the metadata as
+//! committed, the setting and the partition states after it in one image,
+//! `Shard::take_publication`). After every step:
 //! - at most one leader per epoch, and epochs only grow;
 //! - every record acknowledged (by whichever replica believed it led) is in the current leader's
 //!   log at the offset it was acknowledged at;
@@ -33,7 +37,9 @@ use crate::types::{LeaderEpoch, NodeId, Offset};
 
 const SEEDS_MORE: &str = "SPATE_REPLICATION_SIMULATION_SEEDS";
 const REPLICAS: [NodeId; 3] = [NodeId(1), NodeId(2), NodeId(3)];
-const MIN_INSYNC: usize = 2;
+/// The topic's `min.insync.replicas` at the start; an administrator changes it
+/// ([`Run::change_min_insync`]).
+const MIN_INSYNC_AT_START: usize = 2;
 const LAG_MAX: Duration = Duration::from_millis(3_000);
 const STEP: Duration = Duration::from_millis(100);
 /// Entries one fetch answer carries at most.
@@ -90,12 +96,14 @@ struct PartitionState {
     partition_epoch: u32,
     /// Eligible leader replicas (KIP-966), as the controller keeps them.
     elr: Vec<NodeId>,
+    /// The topic's `min.insync.replicas` as the controller has it (committed).
+    min_insync: usize,
 }
 
 impl PartitionState {
     /// The in-sync set becomes `isr`; the eligible replicas follow.
     fn set_isr(&mut self, isr: Vec<NodeId>) {
-        self.elr = eligible_after(&self.isr, &self.elr, &isr, MIN_INSYNC);
+        self.elr = eligible_after(&self.isr, &self.elr, &isr, self.min_insync);
         self.isr = isr;
     }
 }
@@ -170,6 +178,7 @@ impl Run {
             isr: REPLICAS.to_vec(),
             partition_epoch: 0,
             elr: Vec::new(),
+            min_insync: MIN_INSYNC_AT_START,
         };
         let mut run = Self {
             seed,
@@ -241,7 +250,7 @@ impl Run {
             (epoch, start),
             &REPLICAS,
             isr,
-            (MIN_INSYNC, LAG_MAX),
+            (self.state.min_insync, LAG_MAX),
             high_watermark,
             now,
         );
@@ -258,7 +267,7 @@ impl Run {
             self.deliver(message);
         }
         self.answer_isr_request();
-        match self.rng.below(40) {
+        match self.rng.below(41) {
             0..=11 => self.produce(),
             12..=19 => self.sync_some(),
             20..=31 => self.fetch_all(),
@@ -267,6 +276,7 @@ impl Run {
             36 => self.restart(),
             37 => self.fence_leader(),
             38 | 39 => self.learn(),
+            40 => self.change_min_insync(),
             _ => {}
         }
         self.check();
@@ -343,10 +353,11 @@ impl Run {
         }
     }
 
-    /// A replica learns the controller's latest decision; one that led in an older epoch stops
-    /// leading.
+    /// A replica learns the controller's latest decisions: a leader the topic's
+    /// `min.insync.replicas`; one that led in an older epoch stops leading.
     fn learn(&mut self) {
         let i = self.rng.below(self.replicas.len() as u64) as usize;
+        self.learn_min_insync(i);
         let (epoch, leader) = (self.state.epoch, self.state.leader);
         let replica = &mut self.replicas[i];
         if !replica.alive || replica.known.0 == epoch {
@@ -520,7 +531,11 @@ impl Run {
         let (end, alive) = (Offset(asker.synced as u64), asker.alive);
         if let Some(set) = asker.leading.as_mut().filter(|s| s.epoch() == epoch && alive) {
             match current {
-                true => set.set_isr(isr, end),
+                // Published in the metadata's order: the setting committed before the set first.
+                true => {
+                    set.set_min_insync(self.state.min_insync, end);
+                    set.set_isr(isr, end);
+                }
                 false => set.change_refused(),
             }
             asker.high_watermark = set.high_watermark().0;
@@ -559,11 +574,13 @@ impl Run {
             let isr = self.state.isr.iter().copied().filter(|n| *n != node).collect();
             self.state.set_isr(isr);
             self.state.partition_epoch += 1;
-            let isr = self.state.isr.clone();
+            let (isr, min_insync) = (self.state.isr.clone(), self.state.min_insync);
             if let Some(leader) = self.state.leader.filter(|l| *l != node) {
                 let replica = &mut self.replicas[Self::index(leader)];
                 let end = Offset(replica.synced as u64);
                 if let Some(set) = replica.leading.as_mut() {
+                    // Published in the metadata's order, as a leader's own change.
+                    set.set_min_insync(min_insync, end);
                     set.set_isr(isr, end);
                     replica.high_watermark = set.high_watermark().0;
                 }
@@ -583,6 +600,37 @@ impl Run {
         let Some(leader) = self.state.leader else { return };
         self.event("leader fenced while alive");
         self.fence(leader);
+    }
+
+    /// An administrator sets the topic's `min.insync.replicas` (1 to 3). Where it moves, the
+    /// controller clears the eligible replicas in a new partition epoch (KIP-966: their
+    /// eligibility rested on the old value; `Controller::with_settings_effects`). Leaders learn
+    /// the value later ([`Self::learn_min_insync`]).
+    fn change_min_insync(&mut self) {
+        let min_insync = 1 + self.rng.below(REPLICAS.len() as u64) as usize;
+        if min_insync == self.state.min_insync {
+            return;
+        }
+        self.state.min_insync = min_insync;
+        self.event("min.insync.replicas changed");
+        if !self.state.elr.is_empty() {
+            self.state.elr.clear();
+            self.state.partition_epoch += 1;
+            self.event("eligible replicas cleared by the change");
+        }
+    }
+
+    /// Replica `i`, if it leads, takes the topic's `min.insync.replicas` as committed: its
+    /// `acks=all` and high watermark follow it at once.
+    fn learn_min_insync(&mut self, i: usize) {
+        let min_insync = self.state.min_insync;
+        let replica = &mut self.replicas[i];
+        let (end, alive) = (Offset(replica.synced as u64), replica.alive);
+        if let Some(set) = replica.leading.as_mut().filter(|_| alive) {
+            set.set_min_insync(min_insync, end);
+            replica.high_watermark = set.high_watermark().0;
+        }
+        self.acknowledge();
     }
 
     /// A dead broker comes back as a follower of the current leader.
@@ -728,6 +776,8 @@ fn no_acknowledged_record_is_lost_and_replicas_agree_below_their_high_watermarks
         "zombie leader stood down",
         "message dropped",
         "eligible replica elected",
+        "min.insync.replicas changed",
+        "eligible replicas cleared by the change",
     ];
     crate::testing::assert_every_event_ran(&totals, &expected);
 }
