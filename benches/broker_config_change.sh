@@ -18,19 +18,8 @@
 set -euo pipefail
 bin=${1:-target/release}
 partitions=${2:-10000}
-dir=$(mktemp -d -p "$(pwd)" config-bench.XXXXXX)
-pid=
-cleanup() {
-  if [ -n "$pid" ]; then kill -9 "$pid" 2>/dev/null || true; fi
-  sleep 1
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-free_kib=$(df -k --output=avail "$dir" | tail -1)
-if [ "$free_kib" -lt $((2 * 1024 * 1024)) ]; then
-  echo "needs 2 GiB free beside $(pwd), has $((free_kib / 1024)) MiB" >&2
-  exit 1
-fi
+source "$(dirname "$0")/scratch.sh"
+scratch_dir config-bench 2
 broker=127.0.0.1:21590
 
 "$bin/spate" serve --cores 0 --data-dir "$dir/data" --listen "$broker" \

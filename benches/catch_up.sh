@@ -21,19 +21,8 @@
 set -euo pipefail
 bin=${1:-target/release}
 gb=${2:-10}
-dir=$(mktemp -d -p "$(pwd)" catch-up-bench.XXXXXX)
-pid=
-cleanup() {
-  if [ -n "$pid" ]; then kill -9 "$pid" 2>/dev/null || true; fi
-  sleep 1
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-free_kib=$(df -k --output=avail "$dir" | tail -1)
-if [ "$free_kib" -lt $(((4 * gb + 6) * 1024 * 1024)) ]; then
-  echo "needs $((4 * gb + 6)) GiB free beside $(pwd), has $((free_kib / 1024)) MiB" >&2
-  exit 1
-fi
+source "$(dirname "$0")/scratch.sh"
+scratch_dir catch-up-bench $((4 * gb + 6))
 
 fio_read() { # block size, queue depth, seconds: MB/s
   fio --name=ceiling --filename="$dir/fio" --size=4G --ioengine=io_uring --direct=1 --rw=read \

@@ -18,19 +18,8 @@ bin=${1:-target/release}
 seconds=${2:-60}
 pairs=${3:-"9000:2000 3000:500 1500:250 750:125"}
 partitions=6
-dir=$(mktemp -d -p "$(pwd)" false-fencing.XXXXXX)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-  sleep 1
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-free_kib=$(df -k --output=avail "$dir" | tail -1)
-if [ "$free_kib" -lt $((24 * 1024 * 1024)) ]; then
-  echo "needs 24 GiB free beside $(pwd), has $((free_kib / 1024)) MiB" >&2
-  exit 1
-fi
+source "$(dirname "$0")/scratch.sh"
+scratch_dir false-fencing 24
 
 voters="1@127.0.0.1:21390,2@127.0.0.1:21392,3@127.0.0.1:21394"
 start() { # node, cores, session, heartbeat
@@ -45,8 +34,8 @@ start() { # node, cores, session, heartbeat
   disown
 }
 stop_all() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done; done
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do while kill -0 "$p" 2>/dev/null; do sleep 0.1; done; done
   pids=()
 }
 

@@ -15,19 +15,8 @@ set -euo pipefail
 bin=${1:-target/release}
 partitions=${2:-10000}
 rounds=${3:-3}
-dir=$(mktemp -d -p "$(pwd)" metrics-bench.XXXXXX)
-pid=
-cleanup() {
-  if [ -n "$pid" ]; then kill -9 "$pid" 2>/dev/null || true; fi
-  sleep 1
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-free_kib=$(df -k --output=avail "$dir" | tail -1)
-if [ "$free_kib" -lt $((20 * 1024 * 1024)) ]; then
-  echo "needs 20 GiB free beside $(pwd), has $((free_kib / 1024)) MiB" >&2
-  exit 1
-fi
+source "$(dirname "$0")/scratch.sh"
+scratch_dir metrics-bench 20
 url=http://127.0.0.1:21492/metrics
 
 start() { # $1: metrics.partition.series

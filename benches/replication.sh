@@ -17,19 +17,8 @@ set -euo pipefail
 bin=${1:-target/release}
 seconds=${2:-10}
 partitions=3
-dir=$(mktemp -d -p "$(pwd)" replication-bench.XXXXXX)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-  sleep 1
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-free_kib=$(df -k --output=avail "$dir" | tail -1)
-if [ "$free_kib" -lt $((12 * 1024 * 1024)) ]; then
-  echo "needs 12 GiB free beside $(pwd), has $((free_kib / 1024)) MiB" >&2
-  exit 1
-fi
+source "$(dirname "$0")/scratch.sh"
+scratch_dir replication-bench 12
 
 echo "== fio: sequential O_DIRECT write, 1 MiB, iodepth 4"
 fio --name=ceiling --filename="$dir/fio" --size=4G --ioengine=io_uring --direct=1 --rw=write \
@@ -54,8 +43,8 @@ wait_serving() {
     grep -q "$2 live"; do sleep 0.2; done
 }
 stop_all() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done; done
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do while kill -0 "$p" 2>/dev/null; do sleep 0.1; done; done
   pids=()
   rm -rf "$dir"/d*
 }
