@@ -58,9 +58,11 @@ for round in $(seq 1 "$rounds"); do
   : >"$dir/scrapes"
   (while true; do scrape >>"$dir/scrapes"; sleep 1; done) &
   scraper=$!
+  pids=("$scraper")
   scraped=$(produce "scraped-$round")
   kill "$scraper"
   wait "$scraper" 2>/dev/null || true
+  pids=()
   times=$(awk '{ print $1 * 1000 }' "$dir/scrapes" | sort -n | tr '\n' ' ')
   echo "round $round: produce $quiet MiB/s unscraped, $scraped MiB/s scraped every second" \
     "(ratio $(python3 -c "print(f'{$scraped / $quiet:.3f}')")); scrape ms under load: $times"

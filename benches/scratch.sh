@@ -16,7 +16,7 @@ scratch_dir() {
 }
 remove_scratch() {
   local started
-  for started in $pid "${pids[@]}"; do kill -9 "$started" 2>/dev/null || true; done
+  for started in $pid ${pids[@]+"${pids[@]}"}; do kill -9 "$started" 2>/dev/null || true; done
   sleep 1
   rm -rf "$dir"
 }

@@ -20,13 +20,13 @@
 # configuration (page cache, no fsync), libhwloc-dev and libudev-dev installed; building the two
 # packages alone keeps the bench dashboard's V8 out.
 # Uses ports 21390-21391 and 21395 and a temporary directory beside the repository (the disk under
-# test), both cleaned up on exit; needs twice GB plus 2 GiB free.
+# test), both cleaned up on exit; needs GB plus 6 GiB free.
 set -euo pipefail
 bin=${1:-target/release}
 iggy=${2:?the directory of iggy-server and iggy-bench}
 gb=${3:-5}
 source "$(dirname "$0")/scratch.sh"
-scratch_dir versus-iggy-bench $((2 * gb + 2))
+scratch_dir versus-iggy-bench $((gb + 6))
 
 fio_read() {
   fio --name=ceiling --filename="$dir/fio" --size=4G --ioengine=io_uring --direct=1 --rw=read \
@@ -45,7 +45,10 @@ for streams in 4 1; do
     IGGY_QUIC_ENABLED=false IGGY_WEBSOCKET_ENABLED=false \
     "$iggy/iggy-server" --fresh --with-default-root-credentials >"$dir/iggy.log" 2>&1 &
   pid=$!
-  until (echo >/dev/tcp/127.0.0.1/21395) 2>/dev/null; do sleep 0.2; done
+  until (echo >/dev/tcp/127.0.0.1/21395) 2>/dev/null; do
+    kill -0 "$pid" 2>/dev/null || { cat "$dir/iggy.log" >&2; exit 1; }
+    sleep 0.2
+  done
   iggy_bench "$streams" pinned-producer --producers "$streams"
   for read in "from the page cache" "from the page cache, again"; do
     echo "$read: $(iggy_bench "$streams" --reuse-streams pinned-consumer --consumers "$streams")"
@@ -55,7 +58,7 @@ for streams in 4 1; do
     echo 3 >/proc/sys/vm/drop_caches
     echo "page cache dropped: $(iggy_bench "$streams" --reuse-streams pinned-consumer --consumers "$streams")"
   fi
-  kill "$pid"
+  kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   pid=
   rm -rf "$dir/iggy"
@@ -66,10 +69,13 @@ start() {
     --kafka-listener 127.0.0.1:21391 "$@" >"$dir/log" 2>&1 &
   pid=$!
   disown
-  until "$bin/spate" topic list -b 127.0.0.1:21390 >/dev/null 2>&1; do sleep 0.2; done
+  until "$bin/spate" topic list -b 127.0.0.1:21390 >/dev/null 2>&1; do
+    kill -0 "$pid" 2>/dev/null || { cat "$dir/log" >&2; exit 1; }
+    sleep 0.2
+  done
 }
 stop() {
-  kill "$pid"
+  kill "$pid" 2>/dev/null || true
   while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
   pid=
 }

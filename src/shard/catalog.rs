@@ -90,7 +90,36 @@ impl TopicInfo {
         };
         Ok(Self { id, partitions: file.partitions, overrides: file.config, config })
     }
+
+    /// A cluster topic whose `overrides` do not resolve here (checked by the broker that took
+    /// the change, against its own defaults or build): the settings it had (`kept`, else
+    /// `defaults`) stay, but for `min.insync.replicas`, which follows the overrides (else
+    /// `defaults`) whenever it reads on its own. The controller decides the topic's eligible
+    /// leader replicas (KIP-966) by that value, so a leader here must hold its high watermark to
+    /// it (docs/ARCHITECTURE.md, eligible leader replicas).
+    pub fn unresolved(
+        id: TopicId,
+        partitions: u32,
+        overrides: BTreeMap<String, String>,
+        kept: Option<&TopicConfig>,
+        defaults: &TopicConfig,
+    ) -> Self {
+        let mut config = kept.unwrap_or(defaults).clone();
+        config.min_insync_replicas = match overrides.get(MIN_INSYNC_KEY) {
+            None => defaults.min_insync_replicas,
+            Some(value) => {
+                let mut alone = defaults.clone();
+                match alone.set(MIN_INSYNC_KEY, value) {
+                    Ok(()) => alone.min_insync_replicas,
+                    Err(_) => config.min_insync_replicas,
+                }
+            }
+        };
+        Self { id: Some(id), partitions, overrides, config }
+    }
 }
+
+const MIN_INSYNC_KEY: &str = "min.insync.replicas";
 
 /// The partitions of `topic` this broker holds on disk.
 /// What a partition's directory is renamed to before it is removed: no partition's name.
@@ -242,6 +271,34 @@ pub fn remove_topic(data_dir: &Path, name: &str) -> io::Result<()> {
 mod tests {
     use super::*;
     use crate::cluster::metadata::uuid_text;
+
+    /// A topic whose settings do not resolve here keeps its old ones, but takes the
+    /// `min.insync.replicas` the controller decides its eligible replicas by.
+    #[test]
+    fn unresolved_settings_keep_the_old_but_follow_min_insync() {
+        let defaults = TopicConfig::default();
+        let mut kept = defaults.clone();
+        kept.set("retention.ms", "1000").expect("retention");
+        kept.set(MIN_INSYNC_KEY, "1").expect("min.insync.replicas");
+        let overrides = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let unknown = ("a.setting.of.a.later.build", "1");
+        let raised = overrides(&[unknown, (MIN_INSYNC_KEY, "3"), ("retention.ms", "5000")]);
+        assert!(defaults.with_overrides(&raised).is_err(), "it does not resolve here");
+        let info = TopicInfo::unresolved(TopicId(7), 3, raised.clone(), Some(&kept), &defaults);
+        assert_eq!(info.config.min_insync_replicas, Some(3));
+        assert_eq!(info.config.retention_ms, kept.retention_ms, "the rest stays as it was");
+        assert_eq!((info.id, info.partitions, info.overrides), (Some(TopicId(7)), 3, raised));
+        // The override deleted: the defaults' value, as the controller has it.
+        let deleted = overrides(&[unknown]);
+        let info = TopicInfo::unresolved(TopicId(7), 3, deleted, Some(&kept), &defaults);
+        assert_eq!(info.config.min_insync_replicas, defaults.min_insync_replicas);
+        // A value that does not read here either: the one it had.
+        let unreadable = overrides(&[unknown, (MIN_INSYNC_KEY, "many")]);
+        let info = TopicInfo::unresolved(TopicId(7), 3, unreadable, Some(&kept), &defaults);
+        assert_eq!(info.config.min_insync_replicas, Some(1));
+    }
 
     #[test]
     fn partitions_spread_over_every_shard() {

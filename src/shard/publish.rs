@@ -558,16 +558,12 @@ impl Shard {
                 Ok(info) => TopicInfo { id: Some(*id), ..info },
                 Err(why) => {
                     // Checked by the broker that took the request, against its own defaults:
-                    // the settings it had here stay (a new topic's are the defaults).
+                    // the settings it had here stay (a new topic's are the defaults), all but
+                    // min.insync.replicas.
                     let before = before.topics.get(&topic.name).filter(|kept| kept.id == Some(*id));
-                    let config = before.map_or(defaults, |kept| &kept.config);
-                    tracing::error!(topic = %topic.name, "its settings do not resolve here, kept as they were: {why}");
-                    TopicInfo {
-                        id: Some(*id),
-                        partitions,
-                        overrides: topic.config.clone(),
-                        config: config.clone(),
-                    }
+                    tracing::error!(topic = %topic.name, "its settings do not resolve here, kept as they were but for min.insync.replicas: {why}");
+                    let kept = before.map(|kept| &kept.config);
+                    TopicInfo::unresolved(*id, partitions, topic.config.clone(), kept, defaults)
                 }
             };
             topics.insert(topic.name.clone(), info);
