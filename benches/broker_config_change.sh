@@ -27,7 +27,7 @@ broker=127.0.0.1:21590
   --set max.broker.partitions=$((partitions + 100)) >"$dir/log" 2>&1 &
 pid=$!
 disown
-until "$bin/spate" topic list -b "$broker" >/dev/null 2>&1; do sleep 0.2; done
+until "$bin/spate" topic list -b "$broker" >/dev/null 2>&1; do still_running; sleep 0.2; done
 per_topic=$((partitions / 10))
 for t in $(seq 0 9); do
   "$bin/spate" topic create "many-$t" --partitions "$per_topic" -b "$broker" >/dev/null

@@ -40,7 +40,7 @@ start() {
     $(for s in ${BROKER_SETTINGS:-}; do echo --set "$s"; done) >"$dir/log" 2>&1 &
   pid=$!
   disown
-  until "$bin/spate" topic list -b 127.0.0.1:21390 >/dev/null 2>&1; do sleep 0.2; done
+  until "$bin/spate" topic list -b 127.0.0.1:21390 >/dev/null 2>&1; do still_running; sleep 0.2; done
 }
 stop() { # the broker's peak memory, and what its read cache reported
   local hwm

@@ -48,6 +48,7 @@ for pair in $pairs; do
   start 2 1 "$session" "$heartbeat"
   start 3 0 "$session" "$heartbeat"
   until [ "$("$bin/spate" cluster status -b 127.0.0.1:21390 2>/dev/null | grep -c ' live ')" = 3 ]; do
+    still_running
     sleep 0.2
   done
   "$bin/spate" topic create loaded --partitions "$partitions" --replication-factor 3 \

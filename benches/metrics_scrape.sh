@@ -26,10 +26,10 @@ start() { # $1: metrics.partition.series
     >"$dir/log" 2>&1 &
   pid=$!
   disown
-  until "$bin/spate" topic list -b 127.0.0.1:21490 >/dev/null 2>&1; do sleep 0.2; done
+  until "$bin/spate" topic list -b 127.0.0.1:21490 >/dev/null 2>&1; do still_running; sleep 0.2; done
 }
 stop() {
-  kill "$pid"
+  kill "$pid" 2>/dev/null || true
   while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
   pid=
 }

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # acks=all with replication, in one run on this machine:
 #   1. the disk: fio's sequential O_DIRECT write (1 MiB, four deep) beside the data, and one
-#      writer writing as acks=all does: 4 GiB in 256 KiB writes into a new file's blocks with
-#      an fdatasync after each (ext4 commits its journal at each, for the blocks the writes
+#      writer writing as acks=all does: 4 GiB (or 60 s) of 256 KiB writes into a new file's
+#      blocks with an fdatasync after each (ext4 commits its journal at each, for the blocks the writes
 #      turn from allocated into written);
 #   2. replication factor 1 on one broker: the loadgen's closed loop with acks=all;
 #   3. replication factor 3 on three brokers (loopback, each one shard; the machine's two CPUs
@@ -15,13 +15,13 @@
 # BROKER_SETTINGS="replica.fetch.max.bytes=8388608 ..." passes settings to every broker;
 # LOADGEN_ARGS="--inflight 16" to every loadgen run.
 # Uses ports 21290-21299 and a temporary directory beside the repository (the disk under test),
-# both cleaned up on exit; needs twice the seconds plus 4 GiB free.
+# both cleaned up on exit; needs twice the seconds plus 8 GiB free.
 set -euo pipefail
 bin=${1:-target/release}
 seconds=${2:-10}
 partitions=3
 source "$(dirname "$0")/scratch.sh"
-scratch_dir replication-bench $((2 * seconds + 4))
+scratch_dir replication-bench $((2 * (seconds + 2) + 4))
 
 echo "== fio: sequential O_DIRECT write, 1 MiB, iodepth 4"
 fio --name=ceiling --filename="$dir/fio" --size=4G --ioengine=io_uring --direct=1 --rw=write \
@@ -31,7 +31,7 @@ mb = json.load(sys.stdin)["jobs"][0]["write"]["bw_bytes"] / 1e6
 print(f"fio write: {mb:.0f} MB/s (a third: {mb / 3:.0f} MB/s)")'
 rm -f "$dir/fio"
 fio --name=synced --filename="$dir/fio" --size=4G --ioengine=io_uring --direct=1 --rw=write \
-  --bs=256k --iodepth=4 --fdatasync=1 --output-format=json |
+  --bs=256k --iodepth=4 --fdatasync=1 --runtime=60 --output-format=json |
   python3 -c 'import json, sys
 mb = json.load(sys.stdin)["jobs"][0]["write"]["bw_bytes"] / 1e6
 print(f"fio write of 4 GiB with an fdatasync after each, into new blocks: {mb:.0f} MB/s (a third: {mb / 3:.0f} MB/s)")'
@@ -46,10 +46,6 @@ start() { # node, cores, voters
     $(for s in ${BROKER_SETTINGS:-}; do echo --set "$s"; done) >"$dir/log$n" 2>&1 &
   pids[$n]=$!
   disown
-}
-wait_serving() {
-  until "$bin/spate" cluster status -b "127.0.0.1:$((21288 + 2 * $1))" 2>/dev/null |
-    grep -q "$2 live"; do sleep 0.2; done
 }
 stop_all() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -74,7 +70,7 @@ loadgen() { # the run's output, then how busy the CPUs were over it
 
 echo "== replication factor 1, one broker (two shards)"
 start 1 0-1 ""
-until "$bin/spate" topic list -b 127.0.0.1:21290 >/dev/null 2>&1; do sleep 0.2; done
+until "$bin/spate" topic list -b 127.0.0.1:21290 >/dev/null 2>&1; do still_running; sleep 0.2; done
 "$bin/spate" topic create single --partitions "$partitions" -b 127.0.0.1:21290 >/dev/null
 loadgen single | grep -E "^produce|^CPUs"
 stop_all
@@ -84,6 +80,7 @@ start 1 0 "$voters"
 start 2 1 "$voters"
 start 3 0 "$voters"
 until [ "$("$bin/spate" cluster status -b 127.0.0.1:21290 2>/dev/null | grep -c ' live ')" = 3 ]; do
+  still_running
   sleep 0.2
 done
 "$bin/spate" topic create replicated --partitions "$partitions" --replication-factor 3 \

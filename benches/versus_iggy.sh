@@ -45,10 +45,7 @@ for streams in 4 1; do
     IGGY_QUIC_ENABLED=false IGGY_WEBSOCKET_ENABLED=false \
     "$iggy/iggy-server" --fresh --with-default-root-credentials >"$dir/iggy.log" 2>&1 &
   pid=$!
-  until (echo >/dev/tcp/127.0.0.1/21395) 2>/dev/null; do
-    kill -0 "$pid" 2>/dev/null || { cat "$dir/iggy.log" >&2; exit 1; }
-    sleep 0.2
-  done
+  until (echo >/dev/tcp/127.0.0.1/21395) 2>/dev/null; do still_running; sleep 0.2; done
   iggy_bench "$streams" pinned-producer --producers "$streams"
   for read in "from the page cache" "from the page cache, again"; do
     echo "$read: $(iggy_bench "$streams" --reuse-streams pinned-consumer --consumers "$streams")"
@@ -69,10 +66,7 @@ start() {
     --kafka-listener 127.0.0.1:21391 "$@" >"$dir/log" 2>&1 &
   pid=$!
   disown
-  until "$bin/spate" topic list -b 127.0.0.1:21390 >/dev/null 2>&1; do
-    kill -0 "$pid" 2>/dev/null || { cat "$dir/log" >&2; exit 1; }
-    sleep 0.2
-  done
+  until "$bin/spate" topic list -b 127.0.0.1:21390 >/dev/null 2>&1; do still_running; sleep 0.2; done
 }
 stop() {
   kill "$pid" 2>/dev/null || true

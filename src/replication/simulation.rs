@@ -795,12 +795,14 @@ fn no_acknowledged_record_is_lost_and_replicas_agree_below_their_high_watermarks
 /// replicas the controller made eligible may lack, and an election from them loses them.
 #[test]
 fn a_leader_taught_min_insync_after_the_in_sync_set_loses_acknowledged_records() {
-    let lost = (0..200).find(|seed| {
-        let mut run = Run::new(*seed);
-        run.settings_in_order = false;
+    let loses = |seed: u64, settings_in_order: bool| {
+        let mut run = Run::new(seed);
+        run.settings_in_order = settings_in_order;
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run.run(600)));
         let why = outcome.err().and_then(|e| e.downcast::<String>().ok());
         why.is_some_and(|why| why.contains("lost by leader"))
-    });
+    };
+    // A seed that loses records only for the order (it runs clean in order).
+    let lost = (1..=200).find(|seed| loses(*seed, false) && !loses(*seed, true));
     assert!(lost.is_some(), "no seed of 200 lost a record with the setting learnt out of order");
 }
