@@ -402,10 +402,15 @@ impl Controller {
             let config = self.topic_defaults.with_overrides(overrides);
             return config.map_or(1, |config| config.min_insync_for(replicas));
         }
-        // A cluster-wide default holds on every broker alike.
+        // A cluster-wide default holds on every broker alike. One this build cannot read (a
+        // later build's) may hold on the brokers that can, whatever it is: the least there is.
         let cluster = image.broker_configs.get(&None);
-        if cluster.is_some_and(|settings| settings.contains_key(MIN_INSYNC_KEY)) {
-            return self.decided_default(image, MIN_INSYNC_KEY).min_insync_for(replicas);
+        if let Some(value) = cluster.and_then(|settings| settings.get(MIN_INSYNC_KEY)) {
+            let mut config = self.topic_defaults.clone();
+            return match config.set(MIN_INSYNC_KEY, value) {
+                Ok(()) => config.min_insync_for(replicas),
+                Err(_) => 1,
+            };
         }
         let defaults = image.brokers.values().map(|b| b.min_insync_replicas);
         (defaults.chain([self.topic_defaults.min_insync_replicas]))
@@ -1476,6 +1481,34 @@ fn warn_unclean(
 mod tests {
     use super::*;
     use crate::cluster::metadata::Endpoints;
+
+    /// The `min.insync.replicas` eligible replicas are decided by is never more than a leader
+    /// holds: a cluster-wide value this build cannot read counts as 1 (no replica becomes
+    /// eligible by it), not as this controller's static default.
+    #[test]
+    fn an_unreadable_cluster_wide_min_insync_counts_as_the_least() {
+        let controller = Controller::new(TIMEOUT, ClusterId(7), limits());
+        let mut image = MetadataImage::default();
+        let nodes: Vec<NodeId> = [1, 2, 3].into_iter().map(NodeId).collect();
+        let state = PartitionState {
+            replicas: nodes.clone(),
+            isr: nodes,
+            leader: Some(NodeId(1)),
+            leader_epoch: LeaderEpoch(1),
+            partition_epoch: 0,
+            adding: Vec::new(),
+            removing: Vec::new(),
+            elr: Vec::new(),
+        };
+        let topic = TopicId(1);
+        assert_eq!(controller.min_insync(&image, topic, &state), 2, "the static default");
+        let cluster_wide =
+            |value: &str| [(MIN_INSYNC_KEY.to_string(), value.to_string())].into_iter().collect();
+        image.broker_configs.insert(None, cluster_wide("3"));
+        assert_eq!(controller.min_insync(&image, topic, &state), 3);
+        image.broker_configs.insert(None, cluster_wide("a later build's"));
+        assert_eq!(controller.min_insync(&image, topic, &state), 1);
+    }
 
     const TIMEOUT: Duration = Duration::from_secs(9);
 
