@@ -395,7 +395,20 @@ pub fn fixed_topic_setting(key: &str) -> Option<&'static str> {
     FIXED_TOPIC_SETTINGS.iter().find(|(name, _, _)| *name == key).map(|(_, _, why)| *why)
 }
 
+/// The topic setting `acks=all` and the eligible leader replicas (KIP-966) go by.
+pub const MIN_INSYNC_KEY: &str = "min.insync.replicas";
+
 impl TopicConfig {
+    /// A `min.insync.replicas` value as [`Self::set`] takes it, read alone (a refusal naming the
+    /// setting `name`): where only that setting matters, without resolving a whole config.
+    pub fn parse_min_insync(name: &str, value: &str) -> Result<u16, ConfigError> {
+        let replicas: u16 = parse(name, value)?;
+        if replicas == 0 {
+            return Err(invalid(name, value, "must be at least 1"));
+        }
+        Ok(replicas)
+    }
+
     /// Applies one topic-level setting (`retention.ms`, ...).
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         self.set_named(key, value, key)
@@ -441,13 +454,7 @@ impl TopicConfig {
                 }
                 self.delete_retention_ms = ms;
             }
-            "min.insync.replicas" => {
-                let replicas: u16 = parse(name, value)?;
-                if replicas == 0 {
-                    return Err(invalid(name, value, "must be at least 1"));
-                }
-                self.min_insync_replicas = Some(replicas);
-            }
+            MIN_INSYNC_KEY => self.min_insync_replicas = Some(Self::parse_min_insync(name, value)?),
             "compression.type" => {
                 self.compression =
                     Compression::ALL.into_iter().find(|c| c.name() == value).ok_or_else(|| {

@@ -47,7 +47,7 @@ use crate::cluster::metadata::{
     PartitionState, Registration, TopicId, CLUSTER_PROTOCOL_VERSION, PARTITIONS_MAX,
 };
 use crate::cluster::placement::{self, Candidate};
-use crate::config::{ConfigChange, TopicConfig};
+use crate::config::{ConfigChange, TopicConfig, MIN_INSYNC_KEY};
 use crate::replication::eligible::eligible_after;
 use crate::types::{LeaderEpoch, NodeId, PartitionId};
 
@@ -204,8 +204,6 @@ const BALANCE_MOVES_MAX: usize = 1000;
 
 /// The topic setting that allows an unclean election.
 const UNCLEAN_KEY: &str = "unclean.leader.election.enable";
-/// The topic setting the eligible leader replicas follow.
-const MIN_INSYNC_KEY: &str = "min.insync.replicas";
 
 /// Producer ids per block: a broker asks the controller once per this many new producers.
 pub const PRODUCER_ID_BLOCK: i64 = 1000;
@@ -406,11 +404,8 @@ impl Controller {
         // later build's) may hold on the brokers that can, whatever it is: the least there is.
         let cluster = image.broker_configs.get(&None);
         if let Some(value) = cluster.and_then(|settings| settings.get(MIN_INSYNC_KEY)) {
-            let mut config = self.topic_defaults.clone();
-            return match config.set(MIN_INSYNC_KEY, value) {
-                Ok(()) => config.min_insync_for(replicas),
-                Err(_) => 1,
-            };
+            return TopicConfig::parse_min_insync(MIN_INSYNC_KEY, value)
+                .map_or(1, |set| TopicConfig::min_insync_of(Some(set), replicas));
         }
         let defaults = image.brokers.values().map(|b| b.min_insync_replicas);
         (defaults.chain([self.topic_defaults.min_insync_replicas]))

@@ -530,17 +530,12 @@ impl Run {
         } else {
             self.event("in-sync change refused");
         }
+        let min_insync = self.settings_in_order.then_some(self.state.min_insync);
         let asker = &mut self.replicas[Self::index(node)];
         let (end, alive) = (Offset(asker.synced as u64), asker.alive);
         if let Some(set) = asker.leading.as_mut().filter(|s| s.epoch() == epoch && alive) {
             match current {
-                // Published in the metadata's order: the setting committed before the set first.
-                true => {
-                    if self.settings_in_order {
-                        set.set_min_insync(self.state.min_insync, end);
-                    }
-                    set.set_isr(isr, end);
-                }
+                true => publish_isr(set, isr, min_insync, end),
                 false => set.change_refused(),
             }
             asker.high_watermark = set.high_watermark().0;
@@ -579,17 +574,13 @@ impl Run {
             let isr = self.state.isr.iter().copied().filter(|n| *n != node).collect();
             self.state.set_isr(isr);
             self.state.partition_epoch += 1;
-            let (isr, min_insync) = (self.state.isr.clone(), self.state.min_insync);
-            let in_order = self.settings_in_order;
+            let isr = self.state.isr.clone();
+            let min_insync = self.settings_in_order.then_some(self.state.min_insync);
             if let Some(leader) = self.state.leader.filter(|l| *l != node) {
                 let replica = &mut self.replicas[Self::index(leader)];
                 let end = Offset(replica.synced as u64);
                 if let Some(set) = replica.leading.as_mut() {
-                    // Published in the metadata's order, as a leader's own change.
-                    if in_order {
-                        set.set_min_insync(min_insync, end);
-                    }
-                    set.set_isr(isr, end);
+                    publish_isr(set, isr, min_insync, end);
                     replica.high_watermark = set.high_watermark().0;
                 }
             }
@@ -788,6 +779,16 @@ fn no_acknowledged_record_is_lost_and_replicas_agree_below_their_high_watermarks
         "eligible replicas cleared by the change",
     ];
     crate::testing::assert_every_event_ran(&totals, &expected);
+}
+
+/// A leader takes a committed in-sync set as a broker publishes it: in the metadata's order, with
+/// the `min.insync.replicas` committed before it first (`None`: not, to show what that order
+/// prevents).
+fn publish_isr(set: &mut ReplicaSet, isr: Vec<NodeId>, min_insync: Option<usize>, end: Offset) {
+    if let Some(min_insync) = min_insync {
+        set.set_min_insync(min_insync, end);
+    }
+    set.set_isr(isr, end);
 }
 
 /// The checks catch a leader that takes an in-sync set before the `min.insync.replicas` it was

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::cluster::metadata::validate_topic_name;
 use crate::cluster::metadata::{parse_uuid_text, TopicId};
-use crate::config::TopicConfig;
+use crate::config::{TopicConfig, MIN_INSYNC_KEY};
 use crate::types::{PartitionId, ShardId};
 
 pub const TOPIC_FILE: &str = "topic.toml";
@@ -107,19 +107,12 @@ impl TopicInfo {
         let mut config = kept.unwrap_or(defaults).clone();
         config.min_insync_replicas = match overrides.get(MIN_INSYNC_KEY) {
             None => defaults.min_insync_replicas,
-            Some(value) => {
-                let mut alone = defaults.clone();
-                match alone.set(MIN_INSYNC_KEY, value) {
-                    Ok(()) => alone.min_insync_replicas,
-                    Err(_) => config.min_insync_replicas,
-                }
-            }
+            Some(value) => (TopicConfig::parse_min_insync(MIN_INSYNC_KEY, value).ok())
+                .or(config.min_insync_replicas),
         };
         Self { id: Some(id), partitions, overrides, config }
     }
 }
-
-const MIN_INSYNC_KEY: &str = "min.insync.replicas";
 
 /// The partitions of `topic` this broker holds on disk.
 /// What a partition's directory is renamed to before it is removed: no partition's name.
