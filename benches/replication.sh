@@ -1,27 +1,35 @@
 #!/usr/bin/env bash
 # acks=all with replication, in one run on this machine:
-#   1. the disk: fio's sequential O_DIRECT write (1 MiB, four deep) beside the data, and one
+#   1. the disk: fio's sequential O_DIRECT write (1 MiB, four deep) beside the data; one
 #      writer writing as acks=all does: 4 GiB (or 60 s) of 256 KiB writes into a new file's
-#      blocks with an fdatasync after each (ext4 commits its journal at each, for the blocks the writes
-#      turn from allocated into written);
+#      blocks with an fdatasync after each (ext4 commits its journal at each, for the blocks the
+#      writes turn from allocated into written); and nine such writers at once (1 GiB each),
+#      two writes deep, as the three brokers' nine partition logs write;
 #   2. replication factor 1 on one broker: the loadgen's closed loop with acks=all;
 #   3. replication factor 3 on three brokers (loopback, each one shard; the machine's two CPUs
 #      shared by the three and the loadgen): the same closed loop to a topic with
 #      min.insync.replicas 2, every record fdatasync'ed on all three before its answer;
-#   4. the same topic in open loop at half of (3)'s rate: produce latency p50/p99/p99.9.
+#   4. the same topic in open loop at half of (3)'s rate, 64 KiB batches: produce latency
+#      p50/p99/p99.9;
+#   5. the same closed loop with acks=1: the leaders answer once they have written, and the
+#      followers copy as fast as the disk lets them, so the disk's write rate in this run is
+#      what it takes from the three brokers' writes (the producer's rate is not: the followers
+#      fall behind).
+# Each broker run also prints what the disk wrote over it (the device's own count, from the
+# loadgen's start to its end, warm-up included).
 #
 #   cargo build --release && benches/replication.sh [target/release] [seconds]
 #
 # BROKER_SETTINGS="replica.fetch.max.bytes=8388608 ..." passes settings to every broker;
-# LOADGEN_ARGS="--inflight 16" to every loadgen run.
+# LOADGEN_ARGS="--inflight 16" to every loadgen run (a run's own flags follow it, and win).
 # Uses ports 21290-21299 and a temporary directory beside the repository (the disk under test),
-# both cleaned up on exit; needs twice the seconds plus 8 GiB free.
+# both cleaned up on exit; needs three times the seconds plus 8 GiB free.
 set -euo pipefail
 bin=${1:-target/release}
 seconds=${2:-10}
 partitions=3
 source "$(dirname "$0")/scratch.sh"
-scratch_dir replication-bench $((2 * (seconds + 2) + 4))
+scratch_dir replication-bench $((3 * (seconds + 2) + 4))
 
 echo "== fio: sequential O_DIRECT write, 1 MiB, iodepth 4"
 fio --name=ceiling --filename="$dir/fio" --size=4G --ioengine=io_uring --direct=1 --rw=write \
@@ -36,6 +44,19 @@ fio --name=synced --filename="$dir/fio" --size=4G --ioengine=io_uring --direct=1
 mb = json.load(sys.stdin)["jobs"][0]["write"]["bw_bytes"] / 1e6
 print(f"fio write of 4 GiB with an fdatasync after each, into new blocks: {mb:.0f} MB/s (a third: {mb / 3:.0f} MB/s)")'
 rm -f "$dir/fio"
+fio --name=streams --directory="$dir" --numjobs=9 --size=1G --ioengine=io_uring --direct=1 \
+  --rw=write --bs=256k --iodepth=2 --fdatasync=1 --runtime=60 --group_reporting \
+  --output-format=json |
+  python3 -c 'import json, sys
+mb = json.load(sys.stdin)["jobs"][0]["write"]["bw_bytes"] / 1e6
+print(f"fio, nine writers of 1 GiB each into new blocks, 256 KiB two deep, an fdatasync after each: {mb:.0f} MB/s in all (a third: {mb / 3:.0f} MB/s)")'
+rm -f "$dir"/streams.*
+
+# The device holding $dir, for its count of sectors written.
+device=$(basename "$(df --output=source "$dir" | tail -1)")
+written_sectors() {
+  awk '{ print $7 }' "/sys/class/block/$device/stat" 2>/dev/null || echo 0
+}
 
 voters="1@127.0.0.1:21290,2@127.0.0.1:21292,3@127.0.0.1:21294"
 start() { # node, cores, voters
@@ -56,11 +77,15 @@ stop_all() {
 busy() { # each CPU's busy time in jiffies, and all of it
   awk '/^cpu[0-9]/ { printf "%d %d ", $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat
 }
-loadgen() { # the run's output, then how busy the CPUs were over it
-  local before after
+loadgen() { # the run's output, then how busy the CPUs were over it and what the disk wrote
+  local before after sectors started
   before=$(busy)
-  "$bin/spate-loadgen" -b 127.0.0.1:21290 --topic "$1" --partitions "$partitions" --acks all \
+  sectors=$(written_sectors)
+  started=$(date +%s.%N)
+  "$bin/spate-loadgen" -b 127.0.0.1:21290 --topic "$1" --partitions "$partitions" --acks "${acks:-all}" \
     --duration-secs "$seconds" --warmup-secs 2 --skip-consume ${LOADGEN_ARGS:-} "${@:2}"
+  echo "$(written_sectors) $sectors $(date +%s.%N) $started" |
+    awk '{ printf "the disk wrote: %.0f MB/s\n", ($1 - $2) * 512 / 1e6 / ($3 - $4) }'
   after=$(busy)
   echo "$before | $after" | awk -F'|' '{
     n = split($1, b, " "); split($2, a, " "); line = "CPUs busy:"
@@ -72,7 +97,7 @@ echo "== replication factor 1, one broker (two shards)"
 start 1 0-1 ""
 until "$bin/spate" topic list -b 127.0.0.1:21290 >/dev/null 2>&1; do still_running; sleep 0.2; done
 "$bin/spate" topic create single --partitions "$partitions" -b 127.0.0.1:21290 >/dev/null
-loadgen single | grep -E "^produce|^CPUs"
+loadgen single | grep -E "^produce|^CPUs|^the disk"
 stop_all
 
 echo "== replication factor 3, three brokers (one shard each), min.insync.replicas 2"
@@ -86,10 +111,16 @@ done
 "$bin/spate" topic create replicated --partitions "$partitions" --replication-factor 3 \
   -b 127.0.0.1:21290 >/dev/null
 out=$(loadgen replicated)
-echo "$out" | grep -E "^produce|^CPUs"
+echo "$out" | grep -E "^produce|^CPUs|^the disk"
 rate=$(echo "$out" | sed -n 's/^produce: .* = \([0-9]*\) records\/s.*/\1/p' | head -1)
 if [ -n "$rate" ]; then
   half=$(awk -v r="$rate" 'BEGIN { printf "%d", r / 2 }')
   echo "== open loop at half: $half records/s"
-  loadgen replicated --rate "$half" --batch-bytes 65536 | grep -E "^produce|publish|^CPUs"
+  # 64 KiB batches need four times the batches in flight of the closed loop's 256 KiB ones for
+  # the same bytes: with too few, the schedule waits for answers and the latency measured is
+  # the window's, not the broker's.
+  loadgen replicated --rate "$half" --batch-bytes 65536 --inflight 32 |
+    grep -E "^produce|publish|^CPUs"
 fi
+echo "== the same closed loop with acks=1 (the followers copy as fast as the disk lets them)"
+acks=1 loadgen replicated | grep -E "^produce: [0-9]|^CPUs|^the disk"

@@ -36,7 +36,13 @@ use verify::SequenceCheck;
 const CLIENT_QUEUE_REQUESTS: usize = 256;
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "spate-loadgen", about = "Load generator for Spate, over either protocol")]
+// A flag given twice takes its last value, so a script's own flags can follow (and override)
+// what its caller passes.
+#[command(
+    name = "spate-loadgen",
+    about = "Load generator for Spate, over either protocol",
+    args_override_self = true
+)]
 pub struct Args {
     /// The broker's listener for --protocol [default: 127.0.0.1:9192 native, 127.0.0.1:9092 kafka]
     #[arg(long, short = 'b')]
