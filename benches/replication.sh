@@ -15,48 +15,67 @@
 #      followers copy as fast as the disk lets them, so the disk's write rate in this run is
 #      what it takes from the three brokers' writes (the producer's rate is not: the followers
 #      fall behind).
-# Each broker run also prints what the disk wrote over it (the device's own count, from the
-# loadgen's start to its end, warm-up included).
+# Each run also prints what the disk under the data wrote over it: the device's own count (any
+# other writer on the device included), over the whole run (a loadgen's warm-up included), or
+# "unknown" where the data is on no block device of its own (tmpfs, overlay).
 #
 #   cargo build --release && benches/replication.sh [target/release] [seconds]
 #
 # BROKER_SETTINGS="replica.fetch.max.bytes=8388608 ..." passes settings to every broker;
-# LOADGEN_ARGS="--inflight 16" to every loadgen run (a run's own flags follow it, and win).
-# Uses ports 21290-21299 and a temporary directory beside the repository (the disk under test),
-# both cleaned up on exit; needs three times the seconds plus 8 GiB free.
+# LOADGEN_ARGS="--inflight 16" to every loadgen run (a run's own flags, --acks included, follow
+# it and win). Uses ports 21290-21299 and a temporary directory beside the repository (the disk
+# under test), both cleaned up on exit; each RF 3 run has a topic of its own, deleted after it;
+# needs twice the seconds plus 12 GiB free.
 set -euo pipefail
 bin=${1:-target/release}
 seconds=${2:-10}
 partitions=3
 source "$(dirname "$0")/scratch.sh"
-scratch_dir replication-bench $((3 * (seconds + 2) + 4))
+scratch_dir replication-bench $((2 * (seconds + 2) + 8))
+
+# The block device under $dir, for its count of sectors written (field 7 of its stat file).
+device_stat=/sys/dev/block/$(mountpoint -d "$(df --output=target "$dir" | tail -1)" 2>/dev/null || true)/stat
+disk_mark() { # sectors written so far, and when
+  if [ -r "$device_stat" ]; then
+    echo "$(awk '{ print $7 }' "$device_stat") $(date +%s.%N)"
+  fi
+}
+disk_since() { # what the disk wrote since mark $1
+  local now
+  now=$(disk_mark)
+  if [ -z "$1" ] || [ -z "$now" ]; then
+    echo "the disk wrote: unknown (no block device under $dir)"
+    return
+  fi
+  echo "$1 $now" | awk '{ printf "the disk wrote: %.0f MB/s\n", ($3 - $1) * 512 / 1e6 / ($4 - $2) }'
+}
 
 echo "== fio: sequential O_DIRECT write, 1 MiB, iodepth 4"
+mark=$(disk_mark)
 fio --name=ceiling --filename="$dir/fio" --size=4G --ioengine=io_uring --direct=1 --rw=write \
   --bs=1M --iodepth=4 --runtime="$seconds" --time_based --output-format=json |
   python3 -c 'import json, sys
 mb = json.load(sys.stdin)["jobs"][0]["write"]["bw_bytes"] / 1e6
 print(f"fio write: {mb:.0f} MB/s (a third: {mb / 3:.0f} MB/s)")'
+disk_since "$mark"
 rm -f "$dir/fio"
+mark=$(disk_mark)
 fio --name=synced --filename="$dir/fio" --size=4G --ioengine=io_uring --direct=1 --rw=write \
   --bs=256k --iodepth=4 --fdatasync=1 --runtime=60 --output-format=json |
   python3 -c 'import json, sys
 mb = json.load(sys.stdin)["jobs"][0]["write"]["bw_bytes"] / 1e6
 print(f"fio write of 4 GiB with an fdatasync after each, into new blocks: {mb:.0f} MB/s (a third: {mb / 3:.0f} MB/s)")'
+disk_since "$mark"
 rm -f "$dir/fio"
+mark=$(disk_mark)
 fio --name=streams --directory="$dir" --numjobs=9 --size=1G --ioengine=io_uring --direct=1 \
   --rw=write --bs=256k --iodepth=2 --fdatasync=1 --runtime=60 --group_reporting \
   --output-format=json |
   python3 -c 'import json, sys
 mb = json.load(sys.stdin)["jobs"][0]["write"]["bw_bytes"] / 1e6
 print(f"fio, nine writers of 1 GiB each into new blocks, 256 KiB two deep, an fdatasync after each: {mb:.0f} MB/s in all (a third: {mb / 3:.0f} MB/s)")'
+disk_since "$mark"
 rm -f "$dir"/streams.*
-
-# The device holding $dir, for its count of sectors written.
-device=$(basename "$(df --output=source "$dir" | tail -1)")
-written_sectors() {
-  awk '{ print $7 }' "/sys/class/block/$device/stat" 2>/dev/null || echo 0
-}
 
 voters="1@127.0.0.1:21290,2@127.0.0.1:21292,3@127.0.0.1:21294"
 start() { # node, cores, voters
@@ -78,14 +97,13 @@ busy() { # each CPU's busy time in jiffies, and all of it
   awk '/^cpu[0-9]/ { printf "%d %d ", $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat
 }
 loadgen() { # the run's output, then how busy the CPUs were over it and what the disk wrote
-  local before after sectors started
+  local before after mark
   before=$(busy)
-  sectors=$(written_sectors)
-  started=$(date +%s.%N)
-  "$bin/spate-loadgen" -b 127.0.0.1:21290 --topic "$1" --partitions "$partitions" --acks "${acks:-all}" \
-    --duration-secs "$seconds" --warmup-secs 2 --skip-consume ${LOADGEN_ARGS:-} "${@:2}"
-  echo "$(written_sectors) $sectors $(date +%s.%N) $started" |
-    awk '{ printf "the disk wrote: %.0f MB/s\n", ($1 - $2) * 512 / 1e6 / ($3 - $4) }'
+  mark=$(disk_mark)
+  "$bin/spate-loadgen" -b 127.0.0.1:21290 --topic "$1" --partitions "$partitions" \
+    --duration-secs "$seconds" --warmup-secs 2 --skip-consume ${LOADGEN_ARGS:-} \
+    --acks "${acks:-all}" "${@:2}"
+  disk_since "$mark"
   after=$(busy)
   echo "$before | $after" | awk -F'|' '{
     n = split($1, b, " "); split($2, a, " "); line = "CPUs busy:"
@@ -108,9 +126,13 @@ until [ "$("$bin/spate" cluster status -b 127.0.0.1:21290 2>/dev/null | grep -c 
   still_running
   sleep 0.2
 done
-"$bin/spate" topic create replicated --partitions "$partitions" --replication-factor 3 \
-  -b 127.0.0.1:21290 >/dev/null
-out=$(loadgen replicated)
+replicated() { # a topic of replication factor 3 for one run, deleted after it: its output
+  "$bin/spate" topic create "$1" --partitions "$partitions" --replication-factor 3 \
+    -b 127.0.0.1:21290 >/dev/null
+  loadgen "$@"
+  "$bin/spate" topic delete "$1" -b 127.0.0.1:21290 >/dev/null
+}
+out=$(replicated closed-loop)
 echo "$out" | grep -E "^produce|^CPUs|^the disk"
 rate=$(echo "$out" | sed -n 's/^produce: .* = \([0-9]*\) records\/s.*/\1/p' | head -1)
 if [ -n "$rate" ]; then
@@ -119,8 +141,8 @@ if [ -n "$rate" ]; then
   # 64 KiB batches need four times the batches in flight of the closed loop's 256 KiB ones for
   # the same bytes: with too few, the schedule waits for answers and the latency measured is
   # the window's, not the broker's.
-  loadgen replicated --rate "$half" --batch-bytes 65536 --inflight 32 |
+  replicated open-loop --rate "$half" --batch-bytes 65536 --inflight 32 |
     grep -E "^produce|publish|^CPUs"
 fi
 echo "== the same closed loop with acks=1 (the followers copy as fast as the disk lets them)"
-acks=1 loadgen replicated | grep -E "^produce: [0-9]|^CPUs|^the disk"
+acks=1 replicated acks-1 | grep -E "^produce: [0-9]|^CPUs|^the disk"
