@@ -9,7 +9,7 @@
 #   3. replication factor 3 on three brokers (loopback, each one shard; the machine's two CPUs
 #      shared by the three and the loadgen): the same closed loop to a topic with
 #      min.insync.replicas 2, every record fdatasync'ed on all three before its answer;
-#   4. the same topic in open loop at half of (3)'s rate, 64 KiB batches: produce latency
+#   4. a topic like it in open loop at half of (3)'s rate, 64 KiB batches: produce latency
 #      p50/p99/p99.9;
 #   5. the same closed loop with acks=1: the leaders answer once they have written, and the
 #      followers copy as fast as the disk lets them, so the disk's write rate in this run is
@@ -27,6 +27,8 @@
 # under test), both cleaned up on exit; each RF 3 run has a topic of its own, deleted after it;
 # needs twice the seconds plus 12 GiB free.
 set -euo pipefail
+# A failure inside $(...) stops the script too (bash leaves errexit off there otherwise).
+shopt -s inherit_errexit
 bin=${1:-target/release}
 seconds=${2:-10}
 partitions=3
@@ -44,7 +46,7 @@ disk_since() { # what the disk wrote since mark $1
   local now
   now=$(disk_mark)
   if [ -z "$1" ] || [ -z "$now" ]; then
-    echo "the disk wrote: unknown (no block device under $dir)"
+    echo "the disk wrote: unknown (no block device found for the file system of $dir)"
     return
   fi
   echo "$1 $now" | awk '{ printf "the disk wrote: %.0f MB/s\n", ($3 - $1) * 512 / 1e6 / ($4 - $2) }'
@@ -132,7 +134,7 @@ replicated() { # a topic of replication factor 3 for one run, deleted after it: 
   loadgen "$@"
   "$bin/spate" topic delete "$1" -b 127.0.0.1:21290 >/dev/null
 }
-out=$(replicated closed-loop)
+out=$(replicated closed-loop) # stops the script if it fails (its errors on stderr)
 echo "$out" | grep -E "^produce|^CPUs|^the disk"
 rate=$(echo "$out" | sed -n 's/^produce: .* = \([0-9]*\) records\/s.*/\1/p' | head -1)
 if [ -n "$rate" ]; then
@@ -142,7 +144,7 @@ if [ -n "$rate" ]; then
   # the same bytes: with too few, the schedule waits for answers and the latency measured is
   # the window's, not the broker's.
   replicated open-loop --rate "$half" --batch-bytes 65536 --inflight 32 |
-    grep -E "^produce|publish|^CPUs"
+    grep -E "^produce|publish|^CPUs|^the disk"
 fi
 echo "== the same closed loop with acks=1 (the followers copy as fast as the disk lets them)"
 acks=1 replicated acks-1 | grep -E "^produce: [0-9]|^CPUs|^the disk"
