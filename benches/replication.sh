@@ -52,31 +52,26 @@ disk_since() { # what the disk wrote since mark $1
   echo "$1 $now" | awk '{ printf "the disk wrote: %.0f MB/s\n", ($3 - $1) * 512 / 1e6 / ($4 - $2) }'
 }
 
+fio_write() { # fio's write run with the flags after $1, printed as "$1: N MB/s", then the disk's
+  local mark
+  mark=$(disk_mark)
+  fio --ioengine=io_uring --direct=1 --rw=write --output-format=json "${@:2}" |
+    python3 -c 'import json, sys
+mb = json.load(sys.stdin)["jobs"][0]["write"]["bw_bytes"] / 1e6
+print(f"{sys.argv[1]}: {mb:.0f} MB/s (a third: {mb / 3:.0f} MB/s)")' "$1"
+  disk_since "$mark"
+}
+
 echo "== fio: sequential O_DIRECT write, 1 MiB, iodepth 4"
-mark=$(disk_mark)
-fio --name=ceiling --filename="$dir/fio" --size=4G --ioengine=io_uring --direct=1 --rw=write \
-  --bs=1M --iodepth=4 --runtime="$seconds" --time_based --output-format=json |
-  python3 -c 'import json, sys
-mb = json.load(sys.stdin)["jobs"][0]["write"]["bw_bytes"] / 1e6
-print(f"fio write: {mb:.0f} MB/s (a third: {mb / 3:.0f} MB/s)")'
-disk_since "$mark"
+fio_write "fio write" --name=ceiling --filename="$dir/fio" --size=4G --bs=1M --iodepth=4 \
+  --runtime="$seconds" --time_based
 rm -f "$dir/fio"
-mark=$(disk_mark)
-fio --name=synced --filename="$dir/fio" --size=4G --ioengine=io_uring --direct=1 --rw=write \
-  --bs=256k --iodepth=4 --fdatasync=1 --runtime=60 --output-format=json |
-  python3 -c 'import json, sys
-mb = json.load(sys.stdin)["jobs"][0]["write"]["bw_bytes"] / 1e6
-print(f"fio write of 4 GiB with an fdatasync after each, into new blocks: {mb:.0f} MB/s (a third: {mb / 3:.0f} MB/s)")'
-disk_since "$mark"
+fio_write "fio write of 4 GiB with an fdatasync after each, into new blocks" --name=synced \
+  --filename="$dir/fio" --size=4G --bs=256k --iodepth=4 --fdatasync=1 --runtime=60
 rm -f "$dir/fio"
-mark=$(disk_mark)
-fio --name=streams --directory="$dir" --numjobs=9 --size=1G --ioengine=io_uring --direct=1 \
-  --rw=write --bs=256k --iodepth=2 --fdatasync=1 --runtime=60 --group_reporting \
-  --output-format=json |
-  python3 -c 'import json, sys
-mb = json.load(sys.stdin)["jobs"][0]["write"]["bw_bytes"] / 1e6
-print(f"fio, nine writers of 1 GiB each into new blocks, 256 KiB two deep, an fdatasync after each: {mb:.0f} MB/s in all (a third: {mb / 3:.0f} MB/s)")'
-disk_since "$mark"
+fio_write "fio, nine writers of 1 GiB each into new blocks, 256 KiB two deep, an fdatasync after each, in all" \
+  --name=streams --directory="$dir" --numjobs=9 --group_reporting --size=1G --bs=256k \
+  --iodepth=2 --fdatasync=1 --runtime=60
 rm -f "$dir"/streams.*
 
 voters="1@127.0.0.1:21290,2@127.0.0.1:21292,3@127.0.0.1:21294"
