@@ -2,13 +2,15 @@
 # acks=all with replication, in one run on this machine:
 #   1. the disk: fio's sequential O_DIRECT write (1 MiB, four deep) beside the data; one
 #      writer writing as acks=all does: 4 GiB (or 60 s) of 256 KiB writes into a new file's
-#      blocks with an fdatasync after each (ext4 commits its journal at each, for the blocks the
-#      writes turn from allocated into written); and nine such writers at once (1 GiB each),
+#      blocks with an fdatasync after each (ext4 makes durable at each the extent changes that
+#      turn the blocks from allocated into written); and nine such writers at once (1 GiB each),
 #      two writes deep, as the three brokers' nine partition logs write;
 #   2. replication factor 1 on one broker: the loadgen's closed loop with acks=all;
 #   3. replication factor 3 on three brokers (loopback, each one shard; the machine's two CPUs
 #      shared by the three and the loadgen): the same closed loop to a topic with
-#      min.insync.replicas 2, every record fdatasync'ed on all three before its answer;
+#      min.insync.replicas 2, every record fdatasync'ed on all three before its answer; then
+#      the same once retention deletes as fast as the partitions roll, so that each roll
+#      reuses a deleted segment's file and writes over written blocks (a broker's steady state);
 #   4. a topic like it in open loop at half of (3)'s rate, 64 KiB batches: produce latency
 #      p50/p99/p99.9;
 #   5. the same closed loop with acks=1: the leaders answer once they have written, and the
@@ -125,12 +127,17 @@ until [ "$("$bin/spate" cluster status -b 127.0.0.1:21290 2>/dev/null | grep -c 
 done
 replicated() { # a topic of replication factor 3 for one run, deleted after it: its output
   "$bin/spate" topic create "$1" --partitions "$partitions" --replication-factor 3 \
-    -b 127.0.0.1:21290 >/dev/null
+    ${topic_settings:-} -b 127.0.0.1:21290 >/dev/null
   loadgen "$@"
   "$bin/spate" topic delete "$1" -b 127.0.0.1:21290 >/dev/null
 }
 out=$(replicated closed-loop) # stops the script if it fails (its errors on stderr)
 echo "$out" | grep -E "^produce|^CPUs|^the disk"
+echo "== the same in steady state: retention deletes as fast as the partitions roll, and each"
+echo "   roll reuses a deleted segment's file (512 MiB kept a partition, 256 MiB segments, 10 s"
+echo "   of warm-up to get there)"
+topic_settings="--config retention.bytes=536870912 --config segment.bytes=268435456" \
+  replicated steady-state --warmup-secs 10 | grep -E "^produce|^CPUs|^the disk"
 rate=$(echo "$out" | sed -n 's/^produce: .* = \([0-9]*\) records\/s.*/\1/p' | head -1)
 if [ -n "$rate" ]; then
   half=$(awk -v r="$rate" 'BEGIN { printf "%d", r / 2 }')

@@ -100,7 +100,13 @@ impl<S: Storage> VoterLog<S> {
         }
         let snapshot = read_newest_snapshot(&storage, &dir, &names).await?;
         let snapshot_index = snapshot.as_ref().map_or(0, |s| s.index);
-        let config = TopicConfig { segment_bytes, ..TopicConfig::default() };
+        // No retention: only snapshots delete the Raft log (nor may a roll reuse a segment).
+        let config = TopicConfig {
+            segment_bytes,
+            retention_ms: -1,
+            retention_bytes: -1,
+            ..TopicConfig::default()
+        };
         let opening = Opening { config, limits, shared };
         // A log created new (or whose directory a crash removed) starts after the snapshot.
         let log = opening.open(&dir, Offset(snapshot_index)).await?;

@@ -54,7 +54,7 @@ use crate::log::tail_cache::{TailBudget, TailCache};
 use crate::metrics::{Hist, Metrics};
 use crate::record::entry::{entries, parse_entry, parse_header, Check, ENTRY_HEADER_BYTES};
 use crate::record::pending::LEADER_EPOCH;
-use crate::record::PendingEntry;
+use crate::record::{EntryError, PendingEntry};
 use crate::types::{FilePosition, LeaderEpoch, Offset, PartitionId};
 
 mod reads;
@@ -260,6 +260,10 @@ struct LogState<S: Storage> {
     recovery_point: Option<(Offset, IndexedSegment)>,
     /// `next_offset` at the last retention check: unchanged means idle since.
     next_offset_at_last_check: Offset,
+    /// The highest high watermark the partition layer reported (`note_high_watermark`, and
+    /// each retention check): a roll reuses a segment file only if retention could delete it
+    /// (see `reuse_oldest`).
+    retention_keep_from: Offset,
     stopping: bool,
     writer_done: bool,
     syncer_done: bool,
@@ -304,13 +308,23 @@ impl<S: Storage> LogState<S> {
         first.max(self.start_floor).min(self.synced_offset)
     }
 
+    /// Whether the log start is the one recorded on disk: no change of it is being recorded,
+    /// and the last was not refused (a full disk; `advance_start` then puts back the one
+    /// before).
+    fn log_start_recorded(&self) -> bool {
+        let version = self.start_floor_version;
+        self.start_floor_persisted >= version
+            && (version == 0 || self.start_floor_refused != version)
+    }
+
     /// Keeps the recorded log start within a log cut back to `end` (a truncation): the records
-    /// above it went, so it cannot stay above them.
+    /// above it went, so it cannot stay above them. So does what retention keeps from.
     fn bound_start_floor(&mut self, end: Offset) {
         if self.start_floor > end {
             self.start_floor = end;
             self.start_floor_version += 1;
         }
+        self.retention_keep_from = self.retention_keep_from.min(end);
     }
 
     /// The epoch new entries are stamped with: the latest assigned, else the default.
@@ -473,6 +487,7 @@ impl<S: Storage> PartitionLog<S> {
                 trim_requested: false,
                 recovery_point: None,
                 next_offset_at_last_check: next_offset,
+                retention_keep_from: Offset(0),
                 stopping: false,
                 writer_done: false,
                 syncer_done: false,
@@ -994,7 +1009,8 @@ impl<S: Storage> PartitionLog<S> {
 
     /// Moves the log start up to `offset`, never past what is synced and never back (Kafka's
     /// DeleteRecords, KIP-107, at a leader; a follower taking its leader's log start): reads
-    /// below it are refused at once, and once it is durable the segments wholly below it go.
+    /// below it are refused at once, and once it is durable the segments wholly below it go,
+    /// the newest of them at the next roll (which reuses its file) or retention check.
     /// Returns the log start then.
     pub async fn advance_start(&self, offset: Offset) -> Result<Offset, LogError> {
         let (version, before) = {
@@ -1030,7 +1046,13 @@ impl<S: Storage> PartitionLog<S> {
                 return Err(LogError::Storage(why.to_string()));
             }
         }
-        let deleted = self.delete_segments_below(self.log_start()).await;
+        // The newest segment wholly below stays, for the next roll to reuse its file
+        // (`reuse_oldest`): a follower moves its start this way each time its leader's
+        // retention deletes (or reuses) a segment. A retention check deletes it if no roll
+        // came first.
+        let start = self.log_start();
+        let below = |st: &LogState<S>| segments_below(st, start).saturating_sub(1);
+        let deleted = self.remove_oldest(below, "deleting segments below the log start").await;
         deleted.map_err(|e| {
             LogError::Storage(format!("deleting segments below the log start: {e}"))
         })?;
@@ -1056,10 +1078,7 @@ impl<S: Storage> PartitionLog<S> {
     /// Deletes the sealed segments that hold only offsets below `offset` (the log start moves
     /// up to the first kept segment). Returns how many it deleted.
     pub async fn delete_segments_below(&self, offset: Offset) -> io::Result<usize> {
-        let below = |st: &LogState<S>| {
-            let sealed = st.segments.iter().take(st.segments.len() - 1);
-            sealed.take_while(|s| s.meta.borrow().next_offset <= offset).count()
-        };
+        let below = |st: &LogState<S>| segments_below(st, offset);
         let doomed = self.remove_oldest(below, "deleting segments below an offset").await?;
         Ok(doomed.len())
     }
@@ -1071,21 +1090,7 @@ impl<S: Storage> PartitionLog<S> {
         count: impl FnOnce(&LogState<S>) -> usize,
         change: &str,
     ) -> io::Result<Vec<Rc<Segment<S>>>> {
-        let doomed: Vec<Rc<Segment<S>>> = {
-            let mut st = self.state.borrow_mut();
-            if st.truncating {
-                return Ok(Vec::new());
-            }
-            let count = count(&st).min(st.segments.len() - 1);
-            let doomed: Vec<_> = st.segments.drain(..count).collect();
-            st.assert_watermarks(change);
-            if !doomed.is_empty() {
-                st.removals_in_flight += 1;
-                // Reads of them still under way are not cached either (the epoch moves).
-                self.reads.forget_below(st.log_start());
-            }
-            doomed
-        };
+        let doomed = self.take_oldest(count, change);
         let removed = async {
             for segment in &doomed {
                 segment.remove_files(&self.dir).await?;
@@ -1093,7 +1098,38 @@ impl<S: Storage> PartitionLog<S> {
             Ok::<(), io::Error>(())
         };
         let removed = removed.await;
+        self.oldest_removed(!doomed.is_empty(), removed)?;
+        Ok(doomed)
+    }
+
+    /// Takes the oldest sealed segments off the list, as many as `count` says of the current
+    /// state: none while a truncation runs (it works on positions in the list, and on the
+    /// segment it cuts). Their files are the caller's to remove, then to report with
+    /// [`Self::oldest_removed`].
+    fn take_oldest(
+        &self,
+        count: impl FnOnce(&LogState<S>) -> usize,
+        change: &str,
+    ) -> Vec<Rc<Segment<S>>> {
+        let mut st = self.state.borrow_mut();
+        if st.truncating {
+            return Vec::new();
+        }
+        let count = count(&st).min(st.segments.len() - 1);
+        let doomed: Vec<_> = st.segments.drain(..count).collect();
+        st.assert_watermarks(change);
         if !doomed.is_empty() {
+            st.removals_in_flight += 1;
+            // Reads of them still under way are not cached either (the epoch moves).
+            self.reads.forget_below(st.log_start());
+        }
+        doomed
+    }
+
+    /// Ends a removal [`Self::take_oldest`] began (`any` if it took a segment), once its files
+    /// are gone (`removed`).
+    fn oldest_removed(&self, any: bool, removed: io::Result<()>) -> io::Result<()> {
+        if any {
             self.state.borrow_mut().removals_in_flight -= 1;
             self.writer_wake.notify(1);
         }
@@ -1108,10 +1144,105 @@ impl<S: Storage> PartitionLog<S> {
             self.writer_wake.notify(1);
         }
         drop(st);
-        if !doomed.is_empty() {
+        if any {
             self.changed.notify(usize::MAX);
         }
-        Ok(doomed)
+        Ok(())
+    }
+
+    /// The partition's high watermark moved to `offset`: retention may delete what lies below.
+    pub fn note_high_watermark(&self, offset: Offset) {
+        let mut st = self.state.borrow_mut();
+        st.retention_keep_from = st.retention_keep_from.max(offset);
+    }
+
+    /// The oldest segment's file, renamed to `path` for the segment starting at `base_offset`,
+    /// with its length, when retention by size would delete that segment now (or it lies
+    /// below the log start), nothing reads it and no other removal is under way; `None`
+    /// otherwise. Called by the writer as it rolls.
+    /// (Another removal's unlinks may not be durable yet when the new name's directory sync
+    /// is: a crash would then bring back an older segment before a gap; found by review.)
+    ///
+    /// Why: O_DIRECT writes into preallocated blocks make ext4 mark those extents written,
+    /// and the fdatasync after them must make that durable too: synchronous 4 KiB metadata
+    /// writes beside the data (PERFORMANCE.md counts them, "Reusing segment files"). Writes
+    /// over blocks the file has written before change no extent. A partition whose size
+    /// retention deletes segments as fast as it rolls them (its steady state), and its
+    /// followers, write only over written blocks, and delete no file whose blocks the device
+    /// must be told are free.
+    ///
+    /// Safe because the reused file's old entries all have offsets below `base_offset`: the
+    /// recovery scan takes an entry only at exactly the next offset (`scan.rs`), so it stops
+    /// at the first old entry, as it stops at the zeros of a new file. Like a retention check,
+    /// it keeps every segment not wholly below the high watermark.
+    pub(super) async fn reuse_oldest(
+        &self,
+        path: &Path,
+        base_offset: Offset,
+    ) -> io::Result<Option<(S::File, u64)>> {
+        let now_ms = self.storage.now_ms();
+        let reusable = |st: &LogState<S>| {
+            let oldest = match st.segments.front() {
+                Some(oldest) if st.segments.len() > 1 && st.removals_in_flight == 0 => oldest,
+                _ => return 0,
+            };
+            // Nobody else holds it: a read under way keeps the file, and must find its bytes.
+            let unread = Rc::strong_count(oldest) == 1;
+            let below = oldest.meta.borrow().next_offset <= base_offset;
+            let sealed: Vec<SegmentFacts> =
+                st.segments.iter().take(st.segments.len() - 1).map(|s| s.facts()).collect();
+            // By size only: deletion by time stays with the retention checks, as in Kafka.
+            // Records old when written (a replay, a mirror, a test's) would otherwise go at
+            // the next roll, minutes before the next check would take them.
+            let by_size = TopicConfig { retention_ms: -1, ..self.config.borrow().clone() };
+            let plan = retention::plan(&sealed, st.active().facts(), &by_size, now_ms);
+            let past = past_retention(st, plan.delete_oldest, st.retention_keep_from);
+            usize::from(unread && below && past > 0)
+        };
+        let taken = self.take_oldest(reusable, "reusing the oldest segment's file");
+        let Some(oldest) = taken.first() else {
+            return Ok(None);
+        };
+        let reused = async {
+            oldest.remove_index(&self.dir).await?;
+            oldest.mark_deleted();
+            let file = self.storage.open_rw(&oldest.log_path, false).await?;
+            let len = file.size().await?;
+            file.rename(path).await?;
+            Ok::<_, io::Error>((file, len))
+        };
+        let reused = match reused.await {
+            Ok(reused) => Some(reused),
+            Err(e) => {
+                tracing::warn!(
+                    topic = %self.topic,
+                    partition = %self.partition,
+                    segment = %oldest.log_path.display(),
+                    "reusing a segment past retention failed, deleting it instead: {e}"
+                );
+                if let Err(e) = oldest.remove_files(&self.dir).await {
+                    // Off the log all the same; a restart finds it and retention deletes it.
+                    tracing::warn!(
+                        topic = %self.topic,
+                        partition = %self.partition,
+                        segment = %oldest.log_path.display(),
+                        "deleting a segment past retention: {e}"
+                    );
+                }
+                None
+            }
+        };
+        self.oldest_removed(true, Ok(()))?;
+        if reused.is_some() {
+            tracing::debug!(
+                topic = %self.topic,
+                partition = %self.partition,
+                segment = %oldest.log_path.display(),
+                reused_as = %path.display(),
+                "a segment past retention gave its file to the new segment"
+            );
+        }
+        Ok(reused)
     }
 
     /// Applies retention and time-based rolling once, and forgets idempotent producers that
@@ -1135,17 +1266,12 @@ impl<S: Storage> PartitionLog<S> {
             self.writer_wake.notify(1);
         }
         self.give_back_if_idle();
-        let past_retention = |st: &LogState<S>| {
-            let visible =
-                st.segments.iter().take_while(|s| s.meta.borrow().next_offset <= keep_from);
-            // And those wholly below the log start: a crash can come between recording a
-            // DeleteRecords and deleting them.
-            let below_start = (st.segments.iter())
-                .take_while(|s| s.meta.borrow().next_offset <= st.log_start())
-                .count();
-            plan.delete_oldest.min(visible.count()).max(below_start)
-        };
-        let doomed = self.remove_oldest(past_retention, "deleting segments past retention").await?;
+        {
+            let mut st = self.state.borrow_mut();
+            st.retention_keep_from = st.retention_keep_from.max(keep_from);
+        }
+        let past = |st: &LogState<S>| past_retention(st, plan.delete_oldest, keep_from);
+        let doomed = self.remove_oldest(past, "deleting segments past retention").await?;
         for segment in &doomed {
             tracing::info!(
                 topic = %self.topic,
@@ -1398,6 +1524,22 @@ fn first_record_at_or_after(
 
 /// Opens every segment `names` (the listing of `dir`) holds, creating the first if there is none,
 /// and logs what recovery cut.
+/// How many sealed segments hold only offsets below `offset`.
+fn segments_below<S: Storage>(st: &LogState<S>, offset: Offset) -> usize {
+    let sealed = st.segments.iter().take(st.segments.len() - 1);
+    sealed.take_while(|s| s.meta.borrow().next_offset <= offset).count()
+}
+
+/// How many of the oldest segments retention deletes: up to `by_plan` of those wholly below
+/// `keep_from`, and any wholly below the log start once it is recorded (a crash can come
+/// between recording a DeleteRecords and deleting them; one being recorded may yet be refused,
+/// found by the simulation as a roll reused a segment below it).
+fn past_retention<S: Storage>(st: &LogState<S>, by_plan: usize, keep_from: Offset) -> usize {
+    let visible = st.segments.iter().take_while(|s| s.meta.borrow().next_offset <= keep_from);
+    let start = if st.log_start_recorded() { st.log_start() } else { Offset(0) };
+    by_plan.min(visible.count()).max(segments_below(st, start))
+}
+
 async fn open_segments<S: Storage>(
     storage: &S,
     dir: &Path,
@@ -1432,17 +1574,30 @@ fn report_truncation<S: Storage>(
     segment: &Segment<S>,
     cut: Option<Truncation>,
 ) {
-    if let Some(cut) = cut {
-        tracing::warn!(
-            topic,
-            partition = %partition,
-            segment = %segment.log_path.display(),
-            position = cut.position,
-            offset = %cut.offset,
-            "recovery truncated the log at the first bad entry: {}",
-            cut.reason
-        );
+    let Some(cut) = cut else { return };
+    if let EntryError::UnexpectedOffset { found, .. } = cut.reason {
+        if found < segment.base_offset {
+            // Not damage: a reused file's old entries (`PartitionLog::reuse_oldest`).
+            tracing::info!(
+                topic,
+                partition = %partition,
+                segment = %segment.log_path.display(),
+                position = cut.position,
+                offset = %cut.offset,
+                "recovery found the log's end where the reused segment file's old entries begin"
+            );
+            return;
+        }
     }
+    tracing::warn!(
+        topic,
+        partition = %partition,
+        segment = %segment.log_path.display(),
+        position = cut.position,
+        offset = %cut.offset,
+        "recovery truncated the log at the first bad entry: {}",
+        cut.reason
+    );
 }
 
 /// The bytes of the active segment after its last block boundary, which the next write

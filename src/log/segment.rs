@@ -3,7 +3,11 @@
 //! A segment is `<base_offset>.log` (20 digits, as Kafka names them) beside its
 //! `<base_offset>.index`. The active segment is preallocated a step at a time ahead of the
 //! writer, so an append almost never grows the file's metadata; the unwritten end reads as zeros,
-//! which is how recovery finds where the log ends. The step follows the partition's own write
+//! which is how recovery finds where the log ends. A roll may instead reuse the file of a
+//! segment retention deletes ([`Segment::reuse`]): its end then holds that segment's old
+//! entries, whose offsets are below the new base, and recovery stops at the first of them as it
+//! would at zeros. Such a segment holds the old file's length until it fills, is sealed, or is
+//! trimmed as idle. The step follows the partition's own write
 //! rate (see [`PreallocateStep`]): a new or idle partition holds at most
 //! [`PREALLOCATE_STEP_MIN_BYTES`] past its data, a hot one gets steps of up to
 //! [`PREALLOCATE_STEP_MAX_BYTES`], and what an idle or sealed segment holds past its data is given
@@ -224,6 +228,38 @@ impl<S: Storage> Segment<S> {
     ) -> io::Result<Rc<Self>> {
         let path = log_path(dir, base_offset);
         let file = storage.open_rw(&path, true).await?;
+        Self::begin(storage, dir, base_offset, (file, 0), step, segment_bytes, open_files).await
+    }
+
+    /// Creates an empty active segment in `file` (`len` bytes long), an older segment's file
+    /// already renamed to this one's name (see `PartitionLog::reuse_oldest`): its blocks are
+    /// written, and the new entries overwrite them. What lies past the new entries is the old
+    /// segment's entries, whose offsets are all below `base_offset`, so recovery stops there
+    /// as at zeros.
+    pub async fn reuse(
+        storage: &S,
+        dir: &Path,
+        base_offset: Offset,
+        (file, len): (S::File, u64),
+        step: PreallocateStep,
+        segment_bytes: u64,
+        open_files: &Rc<OpenFiles<S>>,
+    ) -> io::Result<Rc<Self>> {
+        Self::begin(storage, dir, base_offset, (file, len), step, segment_bytes, open_files).await
+    }
+
+    /// An empty active segment in `file` (with `allocated` bytes allocated), made durable: its
+    /// first preallocation and its name.
+    async fn begin(
+        storage: &S,
+        dir: &Path,
+        base_offset: Offset,
+        (file, allocated): (S::File, u64),
+        step: PreallocateStep,
+        segment_bytes: u64,
+        open_files: &Rc<OpenFiles<S>>,
+    ) -> io::Result<Rc<Self>> {
+        let path = log_path(dir, base_offset);
         let state = ScanState::new(base_offset);
         let segment = Self::new(
             storage,
@@ -231,7 +267,7 @@ impl<S: Storage> Segment<S> {
             Some(Rc::new(file)),
             path.clone(),
             state,
-            0,
+            allocated,
             open_files.clone(),
         );
         segment.step.set(step);

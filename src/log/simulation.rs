@@ -116,6 +116,8 @@ struct Disk {
     torn_writes: u64,
     lost_writes: u64,
     lost_name_changes: u64,
+    /// Segment files renamed to another segment's name: a roll reusing one.
+    reused_segment_files: u64,
 }
 
 /// Files, directories and a clock, simulated; cheap to clone (one shared disk). A handle
@@ -157,6 +159,7 @@ impl SimStorage {
             torn_writes: 0,
             lost_writes: 0,
             lost_name_changes: 0,
+            reused_segment_files: 0,
         };
         Self { disk: Rc::new(RefCell::new(disk)), generation: 0 }
     }
@@ -263,9 +266,9 @@ impl SimStorage {
         changes.filter(|change| matches!(change, Change::Write { .. })).count()
     }
 
-    fn counts(&self) -> (u64, u64, u64) {
+    fn counts(&self) -> (u64, u64, u64, u64) {
         let disk = self.disk.borrow();
-        (disk.torn_writes, disk.lost_writes, disk.lost_name_changes)
+        (disk.torn_writes, disk.lost_writes, disk.lost_name_changes, disk.reused_segment_files)
     }
 }
 
@@ -447,6 +450,9 @@ impl StorageFile for SimFile {
 
     async fn rename(&self, to: &Path) -> io::Result<()> {
         self.with_inode(|disk, inode| {
+            if to.extension().is_some_and(|extension| extension == "log") {
+                disk.reused_segment_files += 1;
+            }
             disk.change_names(NameChange::Rename { to: to.to_path_buf(), inode });
             Ok(())
         })
@@ -474,6 +480,9 @@ struct Model {
     /// The log start a DeleteRecords was answered with: no restart may bring what lies below it
     /// back into view (unless a truncation cut the log's end below it since).
     deleted_below: Offset,
+    /// The highest offset retention was told to keep from: a roll may delete the oldest
+    /// segment, reusing its file, whenever it lies wholly below (`PartitionLog::reuse_oldest`).
+    retention_kept_from: Offset,
 }
 
 impl Model {
@@ -522,6 +531,7 @@ pub struct SeedReport {
     pub torn_writes: u64,
     pub lost_writes: u64,
     pub lost_name_changes: u64,
+    pub reused_segment_files: u64,
 }
 
 impl Run {
@@ -609,6 +619,8 @@ impl Run {
         let end = log.written_offset();
         self.model.appended.retain(|base, _| *base < end);
         self.model.synced = self.model.synced.min(end);
+        // A new process: its log has been told of no high watermark yet.
+        self.model.retention_kept_from = Offset(0);
         log
     }
 
@@ -943,6 +955,7 @@ impl Run {
         self.model.written = self.model.written.min(new_end);
         self.model.synced = self.model.synced.min(new_end);
         self.model.deleted_below = self.model.deleted_below.min(new_end);
+        self.model.retention_kept_from = self.model.retention_kept_from.min(new_end);
         for appended in unwritten {
             let outcome = log.wait_written(&appended).await;
             match outcome {
@@ -1103,11 +1116,14 @@ impl Run {
                         panic!("seed {}: retention: {e}", self.seed);
                     }
                     let kept_from = log.log_start();
+                    let earlier = self.model.retention_kept_from;
                     assert!(
-                        kept_from <= keep_from.max(start),
-                        "seed {}: retention moved the log start from {start} to {kept_from}, past {keep_from}",
+                        kept_from <= keep_from.max(start).max(earlier),
+                        "seed {}: retention moved the log start from {start} to {kept_from}, past \
+                         {keep_from} (and {earlier}, kept from before)",
                         self.seed
                     );
+                    self.model.retention_kept_from = earlier.max(keep_from);
                 }
                 72 | 73 if self.rng.below(2) == 0 => {
                     // DeleteRecords: the log start moves inside a segment, within what is synced;
@@ -1135,12 +1151,15 @@ impl Run {
                         // only if other writes on the full disk fail it).
                         Err(LogError::Storage(why)) if why.contains("no space left") => {
                             self.fault("records not deleted: a full disk");
+                            // A roll meanwhile may have moved it as retention would.
+                            let now = log.log_start();
+                            let by_roll = now <= self.model.retention_kept_from;
                             assert!(
-                                full && log.log_start() == start,
+                                full && (now == start || by_roll),
                                 "seed {}: a refused deletion below {below} moved the log start \
-                                 from {start} to {}",
+                                 from {start} to {now} (retention kept from {})",
                                 self.seed,
-                                log.log_start()
+                                self.model.retention_kept_from
                             );
                         }
                         Err(LogError::Storage(_) | LogError::Closed) => {}
@@ -1221,7 +1240,12 @@ impl Run {
         self.check_epochs(&log, &epochs);
         self.check_log_start(&log);
         log.close().await;
-        (report.torn_writes, report.lost_writes, report.lost_name_changes) = self.storage.counts();
+        (
+            report.torn_writes,
+            report.lost_writes,
+            report.lost_name_changes,
+            report.reused_segment_files,
+        ) = self.storage.counts();
         report.faults = self.faults;
         report
     }
@@ -1239,7 +1263,7 @@ fn the_log_keeps_its_promises_through_crashes_power_loss_and_a_full_disk() {
     let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound);
     executor.make().expect("an executor").run(async move {
         let mut totals: BTreeMap<&'static str, u64> = BTreeMap::new();
-        let (mut appends, mut torn, mut lost, mut lost_names) = (0, 0, 0, 0);
+        let (mut appends, mut torn, mut lost, mut lost_names, mut reused) = (0, 0, 0, 0, 0);
         for seed in crate::testing::seeds(count) {
             let report = Run::new(seed).run(150).await;
             for (fault, n) in report.faults {
@@ -1249,12 +1273,15 @@ fn the_log_keeps_its_promises_through_crashes_power_loss_and_a_full_disk() {
             torn += report.torn_writes;
             lost += report.lost_writes;
             lost_names += report.lost_name_changes;
+            reused += report.reused_segment_files;
         }
         println!(
             "simulation: {count} seeds, {appends} entries appended, faults {totals:?}, \
-             {torn} writes torn, {lost} writes and {lost_names} name changes lost by power losses"
+             {torn} writes torn, {lost} writes and {lost_names} name changes lost by power losses, \
+             {reused} segment files reused by rolls"
         );
         assert!(appends > 0 && totals.len() >= 5, "every kind of fault ran: {totals:?}");
+        assert!(reused > 0, "no roll reused a segment's file");
     });
 }
 

@@ -256,6 +256,7 @@ impl<S: Storage> Partition<S> {
                 self.log.partition,
             );
             self.high_watermark.set(reached);
+            self.log.note_high_watermark(reached);
             self.moved.notify(usize::MAX);
         }
         reached

@@ -293,6 +293,108 @@ fn retention_keeps_what_it_is_told_to_keep() {
     });
 }
 
+/// The inode of each segment file in `dir`, by name.
+fn segment_inodes(dir: &Path) -> std::collections::BTreeMap<String, u64> {
+    use std::os::unix::fs::MetadataExt;
+    let entries = std::fs::read_dir(dir).expect("list the partition");
+    let names = entries.map(|e| e.expect("an entry").file_name().into_string().expect("utf-8"));
+    let logs = names.filter(|name| name.ends_with(".log"));
+    logs.map(|name| {
+        let inode = std::fs::metadata(dir.join(&name)).expect("metadata").ino();
+        (name, inode)
+    })
+    .collect()
+}
+
+/// Once retention deletes as fast as the partition rolls, a roll gives the new segment the
+/// file of the oldest segment past retention, renamed, instead of a new file; only after a
+/// retention check has seen a high watermark past that segment. Every entry since reads back,
+/// and a partition opened on the files as a crash left them, with the old segment's entries
+/// still past the new ones, ends where the new entries end and appends after them.
+#[test]
+fn a_roll_reuses_the_file_of_a_segment_past_retention() {
+    in_partition_dir(|path| async move {
+        // Three entries of 20 KiB a segment; retention keeps 100 KiB and more, whatever their
+        // time (the entries' timestamps are of 1970). Entries of exactly five blocks: a new one
+        // ends where an old one begins, with no padding of zeros between them, so recovery
+        // meets the old entry itself.
+        let len = 20 * 1024 - ENTRY_HEADER_BYTES;
+        let config = TopicConfig {
+            segment_bytes: 64 * 1024,
+            retention_bytes: 100 * 1024,
+            retention_ms: -1,
+            ..TopicConfig::default()
+        };
+        let log = open_with(&path, config.clone()).await.expect("open");
+        let mut written = append_written(&log, 12, len).await;
+        let before_check = segment_inodes(&path);
+        assert_eq!(before_check.len(), 4, "{before_check:?}");
+        let names: Vec<_> = before_check.keys().collect();
+        assert!(names.windows(2).all(|w| before_check[w[0]] != before_check[w[1]]));
+
+        // The first check deletes two; the roll after the next three entries finds the log
+        // still within retention and a full segment, so it takes a new file.
+        log.enforce_retention(crate::now_ms(), Offset(u64::MAX)).await.expect("retention");
+        let start = log.log_start().0 as usize;
+        written.extend(append_written(&log, 3, len).await);
+        let after_check = segment_inodes(&path);
+        assert_eq!(after_check.len(), 3, "{after_check:?}");
+        let newest = after_check.keys().last().expect("a segment").clone();
+        assert!(!before_check.values().any(|&inode| inode == after_check[&newest]));
+
+        // The next roll finds the oldest segment past retention: its file becomes the newest,
+        // and the one new entry overwrites only the first of its old ones.
+        let oldest = after_check.keys().next().expect("a segment").clone();
+        written.extend(append_written(&log, 1, len).await);
+        let reused = segment_inodes(&path);
+        let newest = reused.keys().last().expect("a segment").clone();
+        assert!(!reused.contains_key(&oldest), "{oldest} is still there: {reused:?}");
+        assert_eq!(reused[&newest], after_check[&oldest], "{newest} has a new file: {reused:?}");
+        let start_now = log.log_start().0 as usize;
+        assert!(start_now > start, "the log start moved past the reused segment");
+        assert_eq!(read_through(&log, start_now as u64, 1 << 20).await, written[start_now..]);
+
+        // As after kill -9: the reused file's old entries follow the new one on disk.
+        let reopened = open_with(&path, config).await.expect("reopen");
+        assert_eq!(reopened.written_offset(), log.written_offset());
+        assert_eq!(read_through(&reopened, start_now as u64, 1 << 20).await, written[start_now..]);
+        written.extend(append_written(&reopened, 2, len).await);
+        assert_eq!(read_through(&reopened, start_now as u64, 1 << 20).await, written[start_now..]);
+        reopened.close().await;
+        log.close().await;
+    });
+}
+
+/// A follower moves its log start as its leader deletes: the newest segment wholly below the
+/// new start stays, unread, until the next roll reuses its file.
+#[test]
+fn a_roll_reuses_the_file_of_a_segment_below_the_log_start() {
+    in_partition_dir(|path| async move {
+        let len = 20 * 1024 - ENTRY_HEADER_BYTES;
+        let log = open(&path, 64 * 1024).await;
+        let mut written = Vec::new();
+        for i in 0..7 {
+            let appended = log.append(entry(1, &payload(i, len))).expect("append");
+            log.wait_synced(&appended).await.expect("synced");
+            written.push(payload(i, len));
+        }
+        let before = segment_inodes(&path);
+        assert_eq!(before.len(), 3, "{before:?}");
+        let first = before.keys().next().expect("a segment").clone();
+        assert_eq!(log.advance_start(Offset(4)).await, Ok(Offset(4)));
+        assert!(segment_inodes(&path).contains_key(&first), "kept for the next roll");
+
+        // Entries 7 and 8 fill the active segment; 9 rolls into the first one's file.
+        written.extend(append_written(&log, 3, len).await);
+        let after = segment_inodes(&path);
+        let newest = after.keys().last().expect("a segment");
+        assert!(!after.contains_key(&first), "{after:?}");
+        assert_eq!(after[newest], before[&first], "{newest} has a new file: {after:?}");
+        assert_eq!(read_through(&log, 4, 1 << 20).await, written[4..]);
+        log.close().await;
+    });
+}
+
 /// Bytes the file at `path` occupies on the device (as `du` counts them).
 fn disk_bytes(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
@@ -681,7 +783,8 @@ fn a_truncation_across_segments_cuts_at_the_entry_holding_the_offset() {
 }
 
 /// DeleteRecords (KIP-107): the log start moves inside a segment, never past what is synced;
-/// reads below it are out of range at once, the segments wholly below it go, a restart keeps it
+/// reads below it are out of range at once, the segments wholly below it go (the newest of
+/// them at the next roll or retention check), a restart keeps it
 /// (even with the segments all there, as a crash after its record and before their deletion
 /// leaves them), and a truncation below it brings it down with the log's end.
 #[test]
@@ -696,7 +799,11 @@ fn a_log_start_moved_by_delete_records_holds_across_a_restart() {
         let sealed = log.sealed_segments();
         assert_eq!(log.advance_start(Offset(25)).await, Ok(Offset(25)));
         assert_eq!(log.log_start(), Offset(25));
-        assert!(log.sealed_segments() < sealed, "the first segment (offsets 0 to 17) went");
+        // The first segment (offsets 0 to 17) stays for the next roll to reuse its file, until
+        // a retention check, which deletes it whatever it is told to keep.
+        assert_eq!(log.sealed_segments(), sealed);
+        log.enforce_retention(crate::now_ms(), Offset(0)).await.expect("retention");
+        assert_eq!(log.sealed_segments(), sealed - 1, "the first segment went");
         assert!(matches!(
             log.read(Offset(24), 1 << 20, log.log_end()).await,
             Err(LogError::OffsetOutOfRange { .. })
