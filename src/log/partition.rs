@@ -1177,9 +1177,9 @@ impl<S: Storage> PartitionLog<S> {
     /// it keeps every segment not wholly below the high watermark.
     pub(super) async fn reuse_oldest(
         &self,
-        path: &Path,
         base_offset: Offset,
     ) -> io::Result<Option<(S::File, u64)>> {
+        let path = segment::log_path(&self.dir, base_offset);
         let now_ms = self.storage.now_ms();
         let reusable = |st: &LogState<S>| {
             let oldest = match st.segments.front() {
@@ -1189,13 +1189,11 @@ impl<S: Storage> PartitionLog<S> {
             // Nobody else holds it: a read under way keeps the file, and must find its bytes.
             let unread = Rc::strong_count(oldest) == 1;
             let below = oldest.meta.borrow().next_offset <= base_offset;
-            let sealed: Vec<SegmentFacts> =
-                st.segments.iter().take(st.segments.len() - 1).map(|s| s.facts()).collect();
             // By size only: deletion by time stays with the retention checks, as in Kafka.
             // Records old when written (a replay, a mirror, a test's) would otherwise go at
             // the next roll, minutes before the next check would take them.
             let by_size = TopicConfig { retention_ms: -1, ..self.config.borrow().clone() };
-            let plan = retention::plan(&sealed, st.active().facts(), &by_size, now_ms);
+            let plan = retention_plan(st, &by_size, now_ms);
             let past = past_retention(st, plan.delete_oldest, st.retention_keep_from);
             usize::from(unread && below && past > 0)
         };
@@ -1208,7 +1206,7 @@ impl<S: Storage> PartitionLog<S> {
             oldest.mark_deleted();
             let file = self.storage.open_rw(&oldest.log_path, false).await?;
             let len = file.size().await?;
-            file.rename(path).await?;
+            file.rename(&path).await?;
             Ok::<_, io::Error>((file, len))
         };
         let reused = match reused.await {
@@ -1255,12 +1253,7 @@ impl<S: Storage> PartitionLog<S> {
         if expired > 0 {
             tracing::debug!(topic = %self.topic, partition = %self.partition, expired, "forgot idle producers");
         }
-        let plan = {
-            let st = self.state.borrow();
-            let sealed: Vec<SegmentFacts> =
-                st.segments.iter().take(st.segments.len() - 1).map(|s| s.facts()).collect();
-            retention::plan(&sealed, st.active().facts(), &self.config.borrow(), now_ms)
-        };
+        let plan = retention_plan(&self.state.borrow(), &self.config.borrow(), now_ms);
         if plan.roll_active {
             self.state.borrow_mut().roll_requested = true;
             self.writer_wake.notify(1);
@@ -1524,6 +1517,17 @@ fn first_record_at_or_after(
 
 /// Opens every segment `names` (the listing of `dir`) holds, creating the first if there is none,
 /// and logs what recovery cut.
+/// What retention under `config` deletes and rolls now.
+fn retention_plan<S: Storage>(
+    st: &LogState<S>,
+    config: &TopicConfig,
+    now_ms: i64,
+) -> retention::RetentionPlan {
+    let sealed: Vec<SegmentFacts> =
+        st.segments.iter().take(st.segments.len() - 1).map(|s| s.facts()).collect();
+    retention::plan(&sealed, st.active().facts(), config, now_ms)
+}
+
 /// How many sealed segments hold only offsets below `offset`.
 fn segments_below<S: Storage>(st: &LogState<S>, offset: Offset) -> usize {
     let sealed = st.segments.iter().take(st.segments.len() - 1);

@@ -228,29 +228,16 @@ impl<S: Storage> Segment<S> {
     ) -> io::Result<Rc<Self>> {
         let path = log_path(dir, base_offset);
         let file = storage.open_rw(&path, true).await?;
-        Self::begin(storage, dir, base_offset, (file, 0), step, segment_bytes, open_files).await
+        Self::reuse(storage, dir, base_offset, (file, 0), step, segment_bytes, open_files).await
     }
 
-    /// Creates an empty active segment in `file` (`len` bytes long), an older segment's file
-    /// already renamed to this one's name (see `PartitionLog::reuse_oldest`): its blocks are
-    /// written, and the new entries overwrite them. What lies past the new entries is the old
-    /// segment's entries, whose offsets are all below `base_offset`, so recovery stops there
-    /// as at zeros.
+    /// Creates an empty active segment in `file`, `allocated` bytes long and already named as
+    /// this segment, made durable (its first preallocation, its name). `create` hands it a new
+    /// file; a roll may hand it an older segment's file, renamed (`PartitionLog::reuse_oldest`):
+    /// its blocks are written and the new entries overwrite them. What lies past the new
+    /// entries is then the old segment's entries, whose offsets are all below `base_offset`,
+    /// so recovery stops there as at zeros.
     pub async fn reuse(
-        storage: &S,
-        dir: &Path,
-        base_offset: Offset,
-        (file, len): (S::File, u64),
-        step: PreallocateStep,
-        segment_bytes: u64,
-        open_files: &Rc<OpenFiles<S>>,
-    ) -> io::Result<Rc<Self>> {
-        Self::begin(storage, dir, base_offset, (file, len), step, segment_bytes, open_files).await
-    }
-
-    /// An empty active segment in `file` (with `allocated` bytes allocated), made durable: its
-    /// first preallocation and its name.
-    async fn begin(
         storage: &S,
         dir: &Path,
         base_offset: Offset,

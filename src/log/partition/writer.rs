@@ -17,7 +17,7 @@ use crate::log::epochs::{self, LeaderEpochs};
 use crate::log::index::IndexedSegment;
 use crate::log::log_start;
 use crate::log::producers::ProducerTable;
-use crate::log::segment::{self, is_out_of_space, PreallocateStep, Segment};
+use crate::log::segment::{is_out_of_space, PreallocateStep, Segment};
 use crate::log::storage::{Storage, StorageFile};
 use crate::log::write_plan::{PlannedWrite, WritePlan};
 use crate::metrics::Hist;
@@ -469,9 +469,8 @@ impl<S: Storage> Writer<S> {
         let base_offset = old.meta.borrow().next_offset;
         let step = old.preallocate_step();
         let segment_bytes = log.config.borrow().segment_bytes;
-        let path = segment::log_path(&log.dir, base_offset);
         let (storage, dir, open_files) = (&log.storage, &log.dir, &log.open_files);
-        let new = match log.reuse_oldest(&path, base_offset).await? {
+        let new = match log.reuse_oldest(base_offset).await? {
             Some(reused) => {
                 Segment::reuse(storage, dir, base_offset, reused, step, segment_bytes, open_files)
                     .await?
