@@ -2153,6 +2153,44 @@ fn a_follower_behind_its_leaders_log_start_starts_over_there() {
     }
 }
 
+/// A follower's next fetch goes out while what it appended syncs, and asks the leader not to
+/// wait for data: parked at the leader, it would hold back the report of that sync, and with it
+/// every acks=all answer, until `replica.fetch.wait.max.ms` passed (a minute here). Each of
+/// twenty acks=all produces one after another, each waiting for both followers, is answered
+/// well within one such wait.
+#[test]
+fn acks_all_answers_do_not_wait_out_a_parked_replica_fetch() {
+    let _one_cluster = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let fetch_wait = Duration::from_secs(60);
+    let setting = format!("replica.fetch.wait.max.ms={}", fetch_wait.as_millis());
+    let mut cluster = Cluster::start_with(&[setting.as_str()]);
+    let all = [1, 2, 3];
+    cluster.settle(&all, "three live brokers", |s| s.leader.is_some() && all_live(s, &all));
+    let created = create_topic_at(&cluster.kafka(1), "prompt", -1, -1, &[&[1, 2, 3]]);
+    assert_eq!(created, (0, String::new()));
+    cluster.settle_metadata(&all, "prompt in sync on three", |v| {
+        v.topics.get("prompt").is_some_and(|t| t.1[0].1 == 1 && t.1[0].4.len() == 3)
+    });
+    let bootstrap = cluster.brokers[0].addr.clone();
+    run(|| async move {
+        let client = Client::connect(&bootstrap).await.expect("connect");
+        let leaders = spate::client::Leaders::new(client);
+        for first in (0..100).step_by(5) {
+            let started = Instant::now();
+            let produced = produce_to_leader(&leaders, "prompt", 0, first..first + 5).await;
+            produced.unwrap_or_else(|e| panic!("batch {first}: {e}"));
+            let took = started.elapsed();
+            assert!(
+                took < fetch_wait / 2,
+                "batch {first} took {took:?}: it waited out a parked fetch"
+            );
+        }
+    });
+    for node in all {
+        cluster.broker(node).stop();
+    }
+}
+
 /// The fault run (issue 16): three brokers, three topics of three partitions with replication
 /// factor 3 and `min.insync.replicas` 2, written by idempotent acks=all producers of
 /// confluent-kafka and kafka-python (`crash_producer.py`) and by the native client (acks=all,

@@ -4,10 +4,20 @@
 //!
 //! A round: the fetch names each partition's log end, what of it is synced, the epoch of its
 //! last entry and the leader epoch it follows in. The answers' entries are appended as stored
-//! (each one's checksum checked by the log), a diverging epoch truncates the log where Kafka's
-//! protocol says (KIP-320, `replication::divergence`), and the round ends once every appended
-//! entry is synced, so the next fetch reports it: a follower counts toward the high watermark
-//! only what survives a power loss (DESIGN, "Cluster").
+//! (each one's checksum checked by the log), and a diverging epoch truncates the log where
+//! Kafka's protocol says (KIP-320, `replication::divergence`). A follower counts toward the
+//! high watermark only what survives a power loss (DESIGN, "Cluster"): each fetch reports what
+//! is synced as it is sent.
+//!
+//! A round whose answers show the leader holding more than they brought does not wait for its
+//! entries to be synced: the next fetch goes out while they sync, and the fetch after it waits
+//! for them. At most one round is unsynced when a fetch is sent, and that fetch asks the leader
+//! not to wait for data (parked at the leader, it could wait for producers that wait for this
+//! very sync to be reported); an empty answer then waits for the sync. A round that brought all
+//! there was waits for its sync before the next fetch, which reports it: fetching at once there
+//! would only add an empty round trip. Under load a follower no longer waits out a write and an
+//! fdatasync each round (PERFORMANCE.md, "Receiving bodies unzeroed, and fetching while
+//! syncing").
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -18,7 +28,7 @@ use bytes::Bytes;
 use event_listener::Event;
 
 use crate::client::{Client, ClientError};
-use crate::log::LogError;
+use crate::log::{Appended, LogError};
 use crate::native::messages::{
     ErrorCode, ReplicaFetchAnswer, ReplicaFetchPartition, ReplicaFetchRequest,
 };
@@ -133,6 +143,8 @@ async fn fetch_from(shard: Rc<Shard>, fetcher: Rc<LeaderFetcher>) {
     let leader = fetcher.leader;
     let mut connection: Option<(String, Client)> = None;
     let mut progress: BTreeMap<PartitionKey, Progress> = BTreeMap::new();
+    // What the last round appended: synced before the fetch after the next.
+    let mut unsynced: Vec<(Rc<Partition>, Appended)> = Vec::new();
     while !fetcher.stopped.get() {
         let followed = Rc::clone(&fetcher.partitions.borrow());
         progress.retain(|key, _| followed.contains_key(key));
@@ -185,10 +197,13 @@ async fn fetch_from(shard: Rc<Shard>, fetcher: Rc<LeaderFetcher>) {
             },
         };
         let config = &shard.config;
-        let max_wait = Duration::from_millis(config.replica_fetch_wait_max_ms);
+        let max_wait = match unsynced.is_empty() {
+            true => Duration::from_millis(config.replica_fetch_wait_max_ms),
+            false => Duration::ZERO,
+        };
         let request = ReplicaFetchRequest {
             follower: config.node_id.0,
-            max_wait_ms: u32::try_from(config.replica_fetch_wait_max_ms).unwrap_or(u32::MAX),
+            max_wait_ms: u32::try_from(max_wait.as_millis()).unwrap_or(u32::MAX),
             max_bytes: config.replica_fetch_response_max_bytes,
             partition_max_bytes: config.replica_fetch_max_bytes,
             partitions,
@@ -217,6 +232,8 @@ async fn fetch_from(shard: Rc<Shard>, fetcher: Rc<LeaderFetcher>) {
         };
         let mut at = 0usize;
         let mut to_sync = Vec::new();
+        // Whether the leader holds entries past what this round brought.
+        let mut behind = false;
         for answer in response.partitions {
             let bytes = usize::try_from(answer.bytes).unwrap_or(usize::MAX);
             let Some(entries) = at.checked_add(bytes).filter(|end| *end <= data.len()) else {
@@ -239,27 +256,46 @@ async fn fetch_from(shard: Rc<Shard>, fetcher: Rc<LeaderFetcher>) {
             match apply(partition, &answer, entries, leader).await {
                 Applied::Appended(last) => {
                     known.known_high_watermark = Offset(answer.high_watermark);
+                    behind |= answer.log_end > last.next_offset.0;
                     to_sync.push((partition.clone(), last));
                 }
                 Applied::Nothing => known.known_high_watermark = Offset(answer.high_watermark),
                 Applied::Rest(wait) => known.resting_until = Some(Instant::now() + wait),
             }
         }
-        // The round ends once what it appended is synced: the next fetch reports it.
-        for (partition, last) in to_sync {
-            if let Err(e) = partition.log().wait_synced(&last).await {
-                let log = partition.log();
-                tracing::warn!(topic = %log.topic, partition = %log.partition, %leader, "syncing entries from the leader: {e}");
-            }
-            partition.high_watermark();
+        // The last round's entries are synced before the next fetch, which reports them. This
+        // round's sync while it is out if the leader holds more; else first too, as there is
+        // nothing to fetch meanwhile.
+        wait_synced(std::mem::take(&mut unsynced), leader).await;
+        match behind {
+            true => unsynced = to_sync,
+            false => wait_synced(to_sync, leader).await,
         }
+    }
+}
+
+/// Waits until each partition's last appended entry is synced (or cut from its log).
+async fn wait_synced(appended: Vec<(Rc<Partition>, Appended)>, leader: NodeId) {
+    for (partition, last) in appended {
+        let log = partition.log();
+        match log.wait_synced(&last).await {
+            Ok(()) => {}
+            // Truncated by a later round's divergence, or its start over.
+            Err(e) if log.kept(&last).is_err() => {
+                tracing::debug!(topic = %log.topic, partition = %log.partition, %leader, "entries from the leader were cut before they synced: {e}")
+            }
+            Err(e) => {
+                tracing::warn!(topic = %log.topic, partition = %log.partition, %leader, "syncing entries from the leader: {e}")
+            }
+        }
+        partition.high_watermark();
     }
 }
 
 /// What applying one partition's answer came to.
 enum Applied {
-    /// Entries appended, the last one given: synced before the next fetch.
-    Appended(crate::log::Appended),
+    /// Entries appended, the last one given: a later fetch reports them synced.
+    Appended(Appended),
     Nothing,
     /// Not fetched again for a while.
     Rest(Duration),

@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use futures_channel::oneshot;
-use futures_lite::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::TcpStream;
 use rkyv::util::AlignedVec;
@@ -32,6 +32,7 @@ use crate::native::messages::{
 use crate::record::batch::{BatchBuilder, NativeBatchView, RecordView};
 use crate::record::entry::{entries, Check, StoredEntry};
 use crate::record::{BatchMeta, EntryHeader, PayloadFormat};
+use crate::transport::SocketReader;
 use crate::types::NodeId;
 
 /// Requests a client queues for its writer before `send` waits.
@@ -181,7 +182,7 @@ impl Client {
             .await
             .map_err(|e| ClientError::Io(format!("connecting to {address}: {e}")))?;
         let _ = stream.set_nodelay(true);
-        let (reader, writer) = futures_lite::io::split(stream);
+        let (mut reader, writer) = SocketReader::split(stream, READ_BUFFER_BYTES);
         let (outgoing, queue) = local_channel::new_bounded::<OutgoingFrame>(OUTGOING_QUEUE_MAX);
         let inner = Rc::new(Inner {
             next_request_id: Cell::new(1),
@@ -209,7 +210,6 @@ impl Client {
         .detach();
         let reader_inner = Rc::downgrade(&inner);
         glommio::spawn_local(async move {
-            let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
             let why = loop {
                 let frame = match read_response(&mut reader).await {
                     Ok(frame) => frame,
@@ -680,9 +680,7 @@ impl Client {
     }
 }
 
-async fn read_response<R: futures_lite::io::AsyncRead + Unpin>(
-    reader: &mut R,
-) -> Result<ResponseFrame, String> {
+async fn read_response(reader: &mut SocketReader) -> Result<ResponseFrame, String> {
     let mut raw = [0u8; FRAME_HEADER_BYTES];
     reader.read_exact(&mut raw).await.map_err(|e| format!("reading a response header: {e}"))?;
     let header = FrameHeader::parse(&raw, RESPONSE_BYTES_MAX).map_err(|e| e.to_string())?;
@@ -690,7 +688,9 @@ async fn read_response<R: futures_lite::io::AsyncRead + Unpin>(
         return Err("the broker sent a frame that is not a response".into());
     }
     let mut body = AlignedVec::<16>::with_capacity(header.body_len());
-    body.resize(header.body_len(), 0);
-    reader.read_exact(&mut body).await.map_err(|e| format!("reading a response body: {e}"))?;
+    reader
+        .read_body(&mut body, header.body_len(), None)
+        .await
+        .map_err(|e| format!("reading a response body: {e}"))?;
     Ok(ResponseFrame { header, body })
 }

@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use futures_lite::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
 use glommio::sync::{Semaphore, StaticPermit};
@@ -26,12 +26,10 @@ use crate::kafka::handlers::{self, Connection};
 use crate::kafka::versions;
 use crate::shard::Shard;
 use crate::transport::{
-    idle_bounded, write_coalesced, Budgets, INFLIGHT_BYTES_MAX, INFLIGHT_REQUESTS_MAX,
+    idle_bounded, write_coalesced, Budgets, SocketReader, INFLIGHT_BYTES_MAX, INFLIGHT_REQUESTS_MAX,
 };
 
 const READ_BUFFER_BYTES: usize = 64 * 1024;
-/// A request body is committed to memory this much at a time, as it arrives.
-const BODY_READ_STEP_BYTES: usize = 1024 * 1024;
 
 /// An encoded response (its chunks written back to back), with the fetch budget it holds until
 /// written.
@@ -50,8 +48,7 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(peer = %connection.peer, "set_nodelay: {e}");
     }
-    let (reader, writer) = futures_lite::io::split(stream);
-    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
+    let (mut reader, writer) = SocketReader::split(stream, READ_BUFFER_BYTES);
     let (queue, replies) = local_channel::new_bounded(INFLIGHT_REQUESTS_MAX);
     let Budgets { bodies, responses } = Budgets::default();
     let writer = glommio::spawn_local(write_replies(
@@ -80,7 +77,7 @@ type Queue = LocalSender<JoinHandle<Outcome>>;
 impl Reading<'_> {
     /// Reads requests until the client closes, the shard stops, or a request ends the
     /// connection (the `Err` says why).
-    async fn run<R: AsyncRead + Unpin>(&self, reader: &mut R, queue: &Queue) -> Result<(), String> {
+    async fn run(&self, reader: &mut SocketReader, queue: &Queue) -> Result<(), String> {
         loop {
             let stop = async {
                 self.shard.wait_for_stop().await;
@@ -139,9 +136,9 @@ impl Reading<'_> {
     }
 
     /// Reads one size-prefixed request. `Ok(None)` at a clean end of stream.
-    async fn read_frame<R: AsyncRead + Unpin>(
+    async fn read_frame(
         &self,
-        reader: &mut R,
+        reader: &mut SocketReader,
     ) -> Result<Option<(Bytes, StaticPermit)>, String> {
         let idle = Duration::from_millis(self.shard.config.connections_max_idle_ms);
         let mut size = [0u8; 4];
@@ -167,15 +164,9 @@ impl Reading<'_> {
             .acquire_static_permit(size.min(INFLIGHT_BYTES_MAX) as u64)
             .await
             .map_err(|e| e.to_string())?;
-        // Memory is committed as bytes arrive: a size alone cannot make the broker hold it.
-        let mut body = BytesMut::with_capacity(size.min(BODY_READ_STEP_BYTES));
-        while body.len() < size {
-            let filled = body.len();
-            body.resize(size.min(filled + BODY_READ_STEP_BYTES), 0);
-            idle_bounded(idle, reader.read_exact(&mut body[filled..]))
-                .await
-                .map_err(|e| mid_frame(e, "body"))?;
-        }
+        // Memory is reserved as bytes arrive: a size alone cannot make the broker hold it.
+        let mut body = BytesMut::new();
+        reader.read_body(&mut body, size, Some(idle)).await.map_err(|e| mid_frame(e, "body"))?;
         Ok(Some((body.freeze(), permit)))
     }
 }

@@ -17,7 +17,7 @@ use std::io;
 use std::rc::Rc;
 use std::time::Duration;
 
-use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use futures_lite::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
 use glommio::task::JoinHandle;
@@ -29,11 +29,11 @@ use crate::native::frame::{FrameError, FrameHeader, FRAME_HEADER_BYTES, FRAME_MA
 use crate::native::handlers;
 use crate::native::messages::ErrorCode;
 use crate::shard::Shard;
-use crate::transport::{idle_bounded, Budgets, INFLIGHT_BYTES_MAX, INFLIGHT_REQUESTS_MAX};
+use crate::transport::{
+    idle_bounded, Budgets, SocketReader, INFLIGHT_BYTES_MAX, INFLIGHT_REQUESTS_MAX,
+};
 
 const READ_BUFFER_BYTES: usize = 64 * 1024;
-/// A request body is committed to memory this much at a time, as it arrives.
-const BODY_READ_STEP_BYTES: usize = 1024 * 1024;
 
 enum ReadError {
     Io(io::Error),
@@ -53,8 +53,7 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%peer, "set_nodelay: {e}");
     }
-    let (reader, writer) = futures_lite::io::split(stream);
-    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
+    let (mut reader, writer) = SocketReader::split(stream, READ_BUFFER_BYTES);
     let (queue, responses) = local_channel::new_bounded(INFLIGHT_REQUESTS_MAX);
     let budgets = Budgets::default();
     let writer = glommio::spawn_local(write_responses(
@@ -80,9 +79,9 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     }
 }
 
-async fn read_requests<R: AsyncRead + Unpin>(
+async fn read_requests(
     shard: &Rc<Shard>,
-    reader: &mut R,
+    reader: &mut SocketReader,
     queue: &LocalSender<JoinHandle<Option<Response>>>,
     budgets: &Budgets,
     (peer, beats): (Rc<str>, Rc<HeartbeatsSeen>),
@@ -131,8 +130,8 @@ async fn read_requests<R: AsyncRead + Unpin>(
 }
 
 /// Reads one frame. `Ok(None)` at a clean end of stream (between frames).
-async fn read_frame<R: AsyncRead + Unpin>(
-    reader: &mut R,
+async fn read_frame(
+    reader: &mut SocketReader,
     data_max: u32,
     budgets: &Budgets,
     idle: Duration,
@@ -164,18 +163,13 @@ async fn read_frame<R: AsyncRead + Unpin>(
         .acquire_static_permit(body_len.clamp(1, INFLIGHT_BYTES_MAX) as u64)
         .await
         .map_err(|e| ReadError::Io(io::Error::other(e.to_string())))?;
-    // Reserve the address space up front (no copies as it fills) but touch, and so commit,
-    // memory only as bytes arrive: a header alone cannot make the broker hold its claimed size.
+    // Reserve the address space up front (no copies as it fills); memory is touched, and so
+    // committed, only as bytes arrive: a header alone cannot make the broker hold its claimed
+    // size.
     let total = BODY_PREFIX_BYTES + body_len;
     let mut body = AlignedVec::<16>::with_capacity(total + 16);
     body.resize(BODY_PREFIX_BYTES, 0);
-    while body.len() < total {
-        let filled = body.len();
-        body.resize(total.min(filled + BODY_READ_STEP_BYTES), 0);
-        idle_bounded(idle, reader.read_exact(&mut body[filled..]))
-            .await
-            .map_err(|e| eof_mid_frame(e, "body"))?;
-    }
+    reader.read_body(&mut body, total, Some(idle)).await.map_err(|e| eof_mid_frame(e, "body"))?;
     Ok(Some(RequestFrame::new(header, body, permit)))
 }
 

@@ -17,6 +17,9 @@ use glommio::sync::Semaphore;
 use crate::metrics::Listener;
 use crate::shard::{Shard, FETCH_BYTES_MAX};
 
+mod receive;
+pub use receive::SocketReader;
+
 /// Requests one connection may have in flight before the broker stops reading from it.
 pub const INFLIGHT_REQUESTS_MAX: usize = 64;
 /// Request bytes one connection may have in flight; a larger single frame takes the whole budget.
