@@ -2153,17 +2153,20 @@ fn a_follower_behind_its_leaders_log_start_starts_over_there() {
     }
 }
 
-/// A follower's next fetch goes out while what it appended syncs, and asks the leader not to
-/// wait for data: parked at the leader, it would hold back the report of that sync, and with it
-/// every acks=all answer, until `replica.fetch.wait.max.ms` passed (a minute here). Each of
-/// twenty acks=all produces one after another, each waiting for both followers, is answered
-/// well within one such wait.
+/// A follower fetches again while what it appended syncs only when the leader holds more: a
+/// fetch parked at a leader with nothing more to send would hold back the report of that sync,
+/// and with it every acks=all answer, until `replica.fetch.wait.max.ms` passed (30 s here, the
+/// most a fetch may wait). First one producer sends acks=all batches one after another (each
+/// answer brings all the leader has: the follower waits for its sync, then reports it); then
+/// three keep batches in flight to a partition whose followers take one entry a fetch
+/// (`replica.fetch.max.bytes=1`), so the leader mostly holds more than an answer brings. Every
+/// batch is answered well within one such wait.
 #[test]
 fn acks_all_answers_do_not_wait_out_a_parked_replica_fetch() {
     let _one_cluster = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
-    let fetch_wait = Duration::from_secs(60);
-    let setting = format!("replica.fetch.wait.max.ms={}", fetch_wait.as_millis());
-    let mut cluster = Cluster::start_with(&[setting.as_str()]);
+    let fetch_wait = Duration::from_secs(30);
+    let wait_setting = format!("replica.fetch.wait.max.ms={}", fetch_wait.as_millis());
+    let mut cluster = Cluster::start_with(&[wait_setting.as_str(), "replica.fetch.max.bytes=1"]);
     let all = [1, 2, 3];
     cluster.settle(&all, "three live brokers", |s| s.leader.is_some() && all_live(s, &all));
     let created = create_topic_at(&cluster.kafka(1), "prompt", -1, -1, &[&[1, 2, 3]]);
@@ -2174,16 +2177,28 @@ fn acks_all_answers_do_not_wait_out_a_parked_replica_fetch() {
     let bootstrap = cluster.brokers[0].addr.clone();
     run(|| async move {
         let client = Client::connect(&bootstrap).await.expect("connect");
-        let leaders = spate::client::Leaders::new(client);
-        for first in (0..100).step_by(5) {
-            let started = Instant::now();
-            let produced = produce_to_leader(&leaders, "prompt", 0, first..first + 5).await;
-            produced.unwrap_or_else(|e| panic!("batch {first}: {e}"));
-            let took = started.elapsed();
-            assert!(
-                took < fetch_wait / 2,
-                "batch {first} took {took:?}: it waited out a parked fetch"
-            );
+        let leaders = std::rc::Rc::new(spate::client::Leaders::new(client));
+        for (phase, producers) in [(0u64, 1u64), (1, 3)] {
+            let tasks: Vec<_> = (0..producers)
+                .map(|producer| {
+                    let leaders = leaders.clone();
+                    let seqs = (phase * 10 + producer) * 1000..(phase * 10 + producer) * 1000 + 100;
+                    glommio::spawn_local(async move {
+                        for first in seqs.step_by(5) {
+                            let started = Instant::now();
+                            let produced =
+                                produce_to_leader(&leaders, "prompt", 0, first..first + 5).await;
+                            produced.unwrap_or_else(|e| panic!("batch {first}: {e}"));
+                            let took = started.elapsed();
+                            assert!(took < fetch_wait / 2, "batch {first} took {took:?}");
+                        }
+                    })
+                    .detach()
+                })
+                .collect();
+            for task in tasks {
+                task.await.expect("a producer task");
+            }
         }
     });
     for node in all {

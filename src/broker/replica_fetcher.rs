@@ -9,13 +9,15 @@
 //! high watermark only what survives a power loss (DESIGN, "Cluster"): each fetch reports what
 //! is synced as it is sent.
 //!
-//! A round whose answers show the leader holding more than they brought does not wait for its
+//! A round whose answers show the leader's log end past what they brought does not wait for its
 //! entries to be synced: the next fetch goes out while they sync, and the fetch after it waits
-//! for them. At most one round is unsynced when a fetch is sent, and that fetch asks the leader
-//! not to wait for data (parked at the leader, it could wait for producers that wait for this
-//! very sync to be reported); an empty answer then waits for the sync. A round that brought all
-//! there was waits for its sync before the next fetch, which reports it: fetching at once there
-//! would only add an empty round trip. Under load a follower no longer waits out a write and an
+//! for them, so at most one round is unsynced when a fetch is sent. That fetch may wait at the
+//! leader, but only for entries the leader has appended and is writing (it wakes once the
+//! leader has written past the follower, `shard::replicas`), so the report of the sync waits
+//! at most for that write, not for new produces, which may themselves wait for this report.
+//! A round that brought all there was waits for its sync before the next fetch, which
+//! reports it: a fetch parked then would hold the report back until a produce came, or for
+//! `replica.fetch.wait.max.ms`. Under load a follower no longer waits out a write and an
 //! fdatasync each round (PERFORMANCE.md, "Receiving bodies unzeroed, and fetching while
 //! syncing").
 
@@ -197,13 +199,10 @@ async fn fetch_from(shard: Rc<Shard>, fetcher: Rc<LeaderFetcher>) {
             },
         };
         let config = &shard.config;
-        let max_wait = match unsynced.is_empty() {
-            true => Duration::from_millis(config.replica_fetch_wait_max_ms),
-            false => Duration::ZERO,
-        };
+        let max_wait = Duration::from_millis(config.replica_fetch_wait_max_ms);
         let request = ReplicaFetchRequest {
             follower: config.node_id.0,
-            max_wait_ms: u32::try_from(max_wait.as_millis()).unwrap_or(u32::MAX),
+            max_wait_ms: u32::try_from(config.replica_fetch_wait_max_ms).unwrap_or(u32::MAX),
             max_bytes: config.replica_fetch_response_max_bytes,
             partition_max_bytes: config.replica_fetch_max_bytes,
             partitions,
