@@ -10,7 +10,7 @@
 //! replica, and an acknowledged record survives the loss of all of them but one, power included
 //! (Kafka counts log ends and leaves syncing to the page cache; Spate promises more).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::types::{LeaderEpoch, NodeId, Offset};
@@ -22,8 +22,11 @@ pub struct Position {
     pub synced: Offset,
 }
 
+/// Fetches of one follower the lag check remembers.
+const RECENT_FETCHES: usize = 4;
+
 /// What the leader knows of one follower.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Follower {
     /// How much of its log it has synced, as its last fetch said (`None` until it fetches).
     synced: Option<Offset>,
@@ -31,9 +34,12 @@ struct Follower {
     /// within `replica.lag.time.max.ms`. Synced, not written: a follower whose disk stalls
     /// holds the high watermark back, so it must leave.
     caught_up_at: Instant,
-    /// The leader's log end at its previous fetch, and when that was: a follower that reaches
-    /// it has kept up since then (Kafka's `lastFetchLeaderLogEndOffset`).
-    last_fetch: (Offset, Instant),
+    /// The leader's log end at its recent fetches, and when each was, oldest first: a follower
+    /// that has synced past one has kept up since then. Kafka keeps the previous fetch only
+    /// (`lastFetchLeaderLogEndOffset`), as its followers report what they fetched; these report
+    /// what they synced, which trails what they fetched by a round or two while they fetch
+    /// during their syncs (`broker::replica_fetcher`).
+    recent_fetches: VecDeque<(Offset, Instant)>,
     /// Its log start, as its last fetch said.
     log_start: Offset,
     /// The leader's log start as last sent to it: a start that moved is news to a follower,
@@ -132,11 +138,19 @@ impl ReplicaSet {
         if let Some(f) = self.followers.get_mut(&follower) {
             if follower_at.synced >= leader_at.end {
                 f.caught_up_at = now;
-            } else if follower_at.synced >= f.last_fetch.0 {
-                f.caught_up_at = f.caught_up_at.max(f.last_fetch.1);
             }
+            while let Some(&(end, at)) = f.recent_fetches.front() {
+                if follower_at.synced < end {
+                    break;
+                }
+                f.caught_up_at = f.caught_up_at.max(at);
+                f.recent_fetches.pop_front();
+            }
+            if f.recent_fetches.len() == RECENT_FETCHES {
+                f.recent_fetches.pop_front();
+            }
+            f.recent_fetches.push_back((leader_at.end, now));
             f.synced = Some(follower_at.synced);
-            f.last_fetch = (leader_at.end, now);
         }
         self.advance(leader_at.synced);
         self.high_watermark
@@ -272,7 +286,7 @@ impl ReplicaSet {
             self.followers.entry(*replica).or_insert(Follower {
                 synced: None,
                 caught_up_at: now,
-                last_fetch: (Offset(0), now),
+                recent_fetches: VecDeque::with_capacity(RECENT_FETCHES),
                 log_start: Offset(0),
                 told_log_start: Offset(0),
             });
@@ -446,6 +460,29 @@ mod tests {
         set.on_fetch(F3, at(10, 10), at(10, 10), now);
         let change = set.isr_change(now, |node| node != F3).expect("follower 2 joins alone");
         assert_eq!(change.isr, vec![LEADER, F2]);
+    }
+
+    /// A follower that fetches while it syncs reports, at each fetch, what it had fetched two
+    /// fetches before: it keeps up, and stays in sync however long the leader keeps moving. One
+    /// whose synced end trails further than the fetches remembered leaves once the lag time
+    /// has passed.
+    #[test]
+    fn a_follower_whose_syncs_trail_its_fetches_by_two_rounds_stays_in_sync() {
+        let start = Instant::now();
+        let mut set = leader(start);
+        let mut now = start;
+        let mut leader_ends = vec![10u64, 10, 10];
+        for step in 0..100u64 {
+            now += Duration::from_secs(1);
+            let leader_end = 20 + 10 * step;
+            leader_ends.push(leader_end);
+            let two_before = leader_ends[leader_ends.len() - 3];
+            let far_behind = leader_ends[leader_ends.len().saturating_sub(RECENT_FETCHES + 3)];
+            set.on_fetch(F2, at(leader_end - 10, two_before), at(leader_end, leader_end), now);
+            set.on_fetch(F3, at(leader_end - 10, far_behind), at(leader_end, leader_end), now);
+        }
+        let change = set.isr_change(now, |_| true);
+        assert_eq!(change, Some(IsrChange { isr: vec![LEADER, F2] }), "F2 kept up, F3 did not");
     }
 
     #[test]
