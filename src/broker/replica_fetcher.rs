@@ -145,7 +145,7 @@ async fn fetch_from(shard: Rc<Shard>, fetcher: Rc<LeaderFetcher>) {
     let leader = fetcher.leader;
     let mut connection: Option<(String, Client)> = None;
     let mut progress: BTreeMap<PartitionKey, Progress> = BTreeMap::new();
-    // What the last round appended: synced before the fetch after the next.
+    // What the last round appended and did not wait for: synced before the next fetch.
     let mut unsynced: Vec<(Rc<Partition>, Appended)> = Vec::new();
     while !fetcher.stopped.get() {
         let followed = Rc::clone(&fetcher.partitions.borrow());
