@@ -42,7 +42,6 @@ const OUTGOING_QUEUE_MAX: usize = 256;
 const RESPONSE_BYTES_MAX: u32 = (crate::shard::FETCH_BYTES_MAX
     + crate::record::entry::ENTRY_PAYLOAD_BYTES_MAX as usize
     + crate::native::frame::META_BYTES_MAX as usize) as u32;
-const READ_BUFFER_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientError {
@@ -182,7 +181,7 @@ impl Client {
             .await
             .map_err(|e| ClientError::Io(format!("connecting to {address}: {e}")))?;
         let _ = stream.set_nodelay(true);
-        let (mut reader, writer) = SocketReader::split(stream, READ_BUFFER_BYTES);
+        let (mut reader, writer) = SocketReader::split(stream);
         let (outgoing, queue) = local_channel::new_bounded::<OutgoingFrame>(OUTGOING_QUEUE_MAX);
         let inner = Rc::new(Inner {
             next_request_id: Cell::new(1),

@@ -29,8 +29,6 @@ use crate::transport::{
     idle_bounded, write_coalesced, Budgets, SocketReader, INFLIGHT_BYTES_MAX, INFLIGHT_REQUESTS_MAX,
 };
 
-const READ_BUFFER_BYTES: usize = 64 * 1024;
-
 /// An encoded response (its chunks written back to back), with the fetch budget it holds until
 /// written.
 pub struct Reply {
@@ -48,7 +46,7 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(peer = %connection.peer, "set_nodelay: {e}");
     }
-    let (mut reader, writer) = SocketReader::split(stream, READ_BUFFER_BYTES);
+    let (mut reader, writer) = SocketReader::split(stream);
     let (queue, replies) = local_channel::new_bounded(INFLIGHT_REQUESTS_MAX);
     let Budgets { bodies, responses } = Budgets::default();
     let writer = glommio::spawn_local(write_replies(

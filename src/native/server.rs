@@ -33,8 +33,6 @@ use crate::transport::{
     idle_bounded, Budgets, SocketReader, INFLIGHT_BYTES_MAX, INFLIGHT_REQUESTS_MAX,
 };
 
-const READ_BUFFER_BYTES: usize = 64 * 1024;
-
 enum ReadError {
     Io(io::Error),
     /// A header that cannot be trusted; the error frame to send before closing.
@@ -53,7 +51,7 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%peer, "set_nodelay: {e}");
     }
-    let (mut reader, writer) = SocketReader::split(stream, READ_BUFFER_BYTES);
+    let (mut reader, writer) = SocketReader::split(stream);
     let (queue, responses) = local_channel::new_bounded(INFLIGHT_REQUESTS_MAX);
     let budgets = Budgets::default();
     let writer = glommio::spawn_local(write_responses(
