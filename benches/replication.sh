@@ -4,7 +4,8 @@
 #      writer writing as acks=all does: 4 GiB (or 60 s) of 256 KiB writes into a new file's
 #      blocks with an fdatasync after each (ext4 makes durable at each the extent changes that
 #      turn the blocks from allocated into written); and nine such writers at once (1 GiB each),
-#      two writes deep, as the three brokers' nine partition logs write;
+#      two writes deep, as the three brokers' nine partition logs write, into new blocks as a
+#      new topic's logs do, then again over the blocks they wrote, as the steady state's do;
 #   2. replication factor 1 on one broker: the loadgen's closed loop with acks=all;
 #   3. replication factor 3 on three brokers (loopback, each one shard; the machine's two CPUs
 #      shared by the three and the loadgen): the same closed loop to a topic with
@@ -55,18 +56,22 @@ disk_since() { # what the disk wrote since mark $1
 }
 
 fio_write() { # fio's write run with the flags after $1, printed as "$1: N MB/s", then the disk's
-  local mark
+  # write; N is left in $fio_mb
+  local mark line
   mark=$(disk_mark)
-  fio --ioengine=io_uring --direct=1 --rw=write --output-format=json "${@:2}" |
+  line=$(fio --ioengine=io_uring --direct=1 --rw=write --output-format=json "${@:2}" |
     python3 -c 'import json, sys
 mb = json.load(sys.stdin)["jobs"][0]["write"]["bw_bytes"] / 1e6
-print(f"{sys.argv[1]}: {mb:.0f} MB/s (a third: {mb / 3:.0f} MB/s)")' "$1"
+print(f"{sys.argv[1]}: {mb:.0f} MB/s (a third: {mb / 3:.0f} MB/s)")' "$1")
+  echo "$line"
+  fio_mb=$(echo "$line" | sed -n 's/.*: \([0-9]*\) MB\/s (a third.*/\1/p')
   disk_since "$mark"
 }
 
 echo "== fio: sequential O_DIRECT write, 1 MiB, iodepth 4"
 fio_write "fio write" --name=ceiling --filename="$dir/fio" --size=4G --bs=1M --iodepth=4 \
   --runtime="$seconds" --time_based
+fio_one=$fio_mb
 rm -f "$dir/fio"
 fio_write "fio write of 4 GiB with an fdatasync after each, into new blocks" --name=synced \
   --filename="$dir/fio" --size=4G --bs=256k --iodepth=4 --fdatasync=1 --runtime=60
@@ -74,6 +79,11 @@ rm -f "$dir/fio"
 fio_write "fio, nine writers of 1 GiB each into new blocks, 256 KiB two deep, an fdatasync after each, in all" \
   --name=streams --directory="$dir" --numjobs=9 --group_reporting --size=1G --bs=256k \
   --iodepth=2 --fdatasync=1 --runtime=60
+fio_nine_new=$fio_mb
+fio_write "the same nine again, over the blocks they wrote (as rolls that reuse files write)" \
+  --name=streams --directory="$dir" --numjobs=9 --group_reporting --size=1G --bs=256k \
+  --iodepth=2 --fdatasync=1 --runtime=60
+fio_nine_written=$fio_mb
 rm -f "$dir"/streams.*
 
 voters="1@127.0.0.1:21290,2@127.0.0.1:21292,3@127.0.0.1:21294"
@@ -136,8 +146,9 @@ echo "$out" | grep -E "^produce|^CPUs|^the disk"
 echo "== the same in steady state: retention deletes as fast as the partitions roll, and each"
 echo "   roll reuses a deleted segment's file (512 MiB kept a partition, 256 MiB segments, 10 s"
 echo "   of warm-up to get there)"
-topic_settings="--config retention.bytes=536870912 --config segment.bytes=268435456" \
-  replicated steady-state --warmup-secs 10 | grep -E "^produce|^CPUs|^the disk"
+steady=$(topic_settings="--config retention.bytes=536870912 --config segment.bytes=268435456" \
+  replicated steady-state --warmup-secs 10)
+echo "$steady" | grep -E "^produce|^CPUs|^the disk"
 rate=$(echo "$out" | sed -n 's/^produce: .* = \([0-9]*\) records\/s.*/\1/p' | head -1)
 if [ -n "$rate" ]; then
   half=$(awk -v r="$rate" 'BEGIN { printf "%d", r / 2 }')
@@ -150,3 +161,12 @@ if [ -n "$rate" ]; then
 fi
 echo "== the same closed loop with acks=1 (the followers copy as fast as the disk lets them)"
 acks=1 replicated acks-1 | grep -E "^produce: [0-9]|^CPUs|^the disk"
+produced() { sed -n 's/^produce: .* records\/s, \([0-9.]*\) MB\/s.*/\1/p' | head -1; }
+echo "== RF 3 against a third of each ceiling (MB/s produced; the issue's goal: 0.8 of fio's one writer)"
+awk -v new="$(echo "$out" | produced)" -v steady="$(echo "$steady" | produced)" \
+  -v one="$fio_one" -v nine_new="$fio_nine_new" -v nine_written="$fio_nine_written" 'BEGIN {
+    if (new == "" || steady == "") exit
+    printf "a new topic: %.0f MB/s, %.2f of fio (one writer), %.2f of nine synced writers into new blocks\n",
+      new, 3 * new / one, 3 * new / nine_new
+    printf "steady state: %.0f MB/s, %.2f of fio (one writer), %.2f of nine synced writers over written blocks\n",
+      steady, 3 * steady / one, 3 * steady / nine_written }'
