@@ -55,8 +55,8 @@ disk_since() { # what the disk wrote since mark $1
   echo "$1 $now" | awk '{ printf "the disk wrote: %.0f MB/s\n", ($3 - $1) * 512 / 1e6 / ($4 - $2) }'
 }
 
-fio_write() { # fio's write run with the flags after $1, printed as "$1: N MB/s", then the disk's
-  # write; N is left in $fio_mb
+fio_write() { # fio's write run with the flags after $1, printed as "$1: N MB/s (a third: ...)",
+  # then the disk's write; N is left in $fio_mb
   local mark line
   mark=$(disk_mark)
   line=$(fio --ioengine=io_uring --direct=1 --rw=write --output-format=json "${@:2}" |
@@ -80,6 +80,7 @@ fio_write "fio, nine writers of 1 GiB each into new blocks, 256 KiB two deep, an
   --name=streams --directory="$dir" --numjobs=9 --group_reporting --size=1G --bs=256k \
   --iodepth=2 --fdatasync=1 --runtime=60
 fio_nine_new=$fio_mb
+# Over written blocks only where the first nine wrote their 9 GiB within its 60 s (150 MB/s).
 fio_write "the same nine again, over the blocks they wrote (as rolls that reuse files write)" \
   --name=streams --directory="$dir" --numjobs=9 --group_reporting --size=1G --bs=256k \
   --iodepth=2 --fdatasync=1 --runtime=60
@@ -165,7 +166,7 @@ produced() { sed -n 's/^produce: .* records\/s, \([0-9.]*\) MB\/s.*/\1/p' | head
 echo "== RF 3 against a third of each ceiling (MB/s produced; the issue's goal: 0.8 of fio's one writer)"
 awk -v new="$(echo "$out" | produced)" -v steady="$(echo "$steady" | produced)" \
   -v one="$fio_one" -v nine_new="$fio_nine_new" -v nine_written="$fio_nine_written" 'BEGIN {
-    if (new == "" || steady == "") exit
+    if (new == "" || steady == "" || one + 0 == 0 || nine_new + 0 == 0 || nine_written + 0 == 0) exit
     printf "a new topic: %.0f MB/s, %.2f of fio (one writer), %.2f of nine synced writers into new blocks\n",
       new, 3 * new / one, 3 * new / nine_new
     printf "steady state: %.0f MB/s, %.2f of fio (one writer), %.2f of nine synced writers over written blocks\n",
