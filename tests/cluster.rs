@@ -1526,13 +1526,16 @@ fn acknowledged_records_survive_leader_kills_and_acks_all_needs_min_insync_repli
 
     // Every acknowledged record is where it was acknowledged, on whichever replica leads:
     // checked on the current leader, then on the next two as their predecessors are killed.
+    // The read follows the leader should it move meanwhile (CI once saw rep-0's leader change
+    // between the metadata asked and the fetch).
     let verify = |cluster: &Cluster, live: &[i32], acked: &[(u32, u64, u64)]| {
         for partition in 0..2u32 {
             let leader = leader_of(cluster, live, partition as usize);
             let address = cluster.brokers[leader as usize - 1].addr.clone();
             let read = run(|| async move {
-                let client = Client::connect(&address).await.expect("connect");
-                common::read_all(&client, "rep", partition, 0).await
+                let leaders =
+                    spate::client::Leaders::new(Client::connect(&address).await.expect("connect"));
+                common::read_all_from_leaders(&leaders, "rep", partition, 0).await
             });
             // (The Kafka client's records below carry no sequence header.)
             let by_offset: std::collections::BTreeMap<u64, u64> = read
@@ -1546,7 +1549,8 @@ fn acknowledged_records_survive_leader_kills_and_acks_all_needs_min_insync_repli
                 assert_eq!(
                     by_offset.get(offset),
                     Some(seq),
-                    "rep-{p}: acknowledged record {seq} at offset {offset} missing on leader {leader}"
+                    "rep-{p}: acknowledged record {seq} at offset {offset} missing on its leader \
+                     ({leader} as the read began)"
                 );
             }
         }

@@ -12,7 +12,7 @@ pub mod native_wire;
 pub mod netns;
 pub mod scripts;
 
-use spate::client::Client;
+use spate::client::{Client, ClientError, Fetched, Leaders};
 use spate::native::messages::Acks;
 use spate::record::{BatchBuilder, OwnedRecord};
 
@@ -370,10 +370,34 @@ pub async fn read_all(
     partition: u32,
     from: u64,
 ) -> Vec<(u64, OwnedRecord)> {
+    read_all_with(from, |offset| client.fetch(topic, partition, offset, 1 << 20, 0)).await
+}
+
+/// The same, each fetch from the partition's leader of the moment: leadership may move while
+/// it reads (a leader fenced, a preferred replica taking its partitions back).
+pub async fn read_all_from_leaders(
+    leaders: &Leaders,
+    topic: &str,
+    partition: u32,
+    from: u64,
+) -> Vec<(u64, OwnedRecord)> {
+    read_all_with(from, |offset| {
+        leaders.with_leader(topic, partition, move |client| async move {
+            client.fetch(topic, partition, offset, 1 << 20, 0).await
+        })
+    })
+    .await
+}
+
+async fn read_all_with<F, Fut>(from: u64, fetch: F) -> Vec<(u64, OwnedRecord)>
+where
+    F: Fn(u64) -> Fut,
+    Fut: Future<Output = Result<Fetched, ClientError>>,
+{
     let mut out = Vec::new();
     let mut offset = from;
     loop {
-        let fetched = client.fetch(topic, partition, offset, 1 << 20, 0).await.expect("fetch");
+        let fetched = fetch(offset).await.expect("fetch");
         for batch in fetched.batches().expect("valid batches") {
             for record in batch.records().filter(|r| r.offset >= offset) {
                 out.push((record.offset, record.to_owned_record()));
