@@ -276,11 +276,22 @@ impl Broker {
     }
 }
 
+/// Lines of each broker's log a failed test prints.
+const LOG_TAIL_ON_FAILURE: usize = 60;
+
 impl Drop for Broker {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // A failed test's logs go with its temporary directory: print what each broker did
+        // last, so that a failure seen once can be read afterwards.
+        if std::thread::panicking() {
+            let log = self.stderr();
+            let tail: Vec<&str> = log.lines().rev().take(LOG_TAIL_ON_FAILURE).collect();
+            eprintln!("--- broker {}, the last {} lines of its log:", self.addr, tail.len());
+            tail.iter().rev().for_each(|line| eprintln!("{line}"));
         }
     }
 }
