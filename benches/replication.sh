@@ -76,14 +76,14 @@ rm -f "$dir/fio"
 fio_write "fio write of 4 GiB with an fdatasync after each, into new blocks" --name=synced \
   --filename="$dir/fio" --size=4G --bs=256k --iodepth=4 --fdatasync=1 --runtime=60
 rm -f "$dir/fio"
-fio_write "fio, nine writers of 1 GiB each into new blocks, 256 KiB two deep, an fdatasync after each, in all" \
-  --name=streams --directory="$dir" --numjobs=9 --group_reporting --size=1G --bs=256k \
-  --iodepth=2 --fdatasync=1 --runtime=60
+nine_writers() { # fio_write of nine synced writers of 1 GiB each in $dir, labelled $1
+  fio_write "$1" --name=streams --directory="$dir" --numjobs=9 --group_reporting --size=1G \
+    --bs=256k --iodepth=2 --fdatasync=1 --runtime=60
+}
+nine_writers "fio, nine writers of 1 GiB each into new blocks, 256 KiB two deep, an fdatasync after each, in all"
 fio_nine_new=$fio_mb
 # Over written blocks only where the first nine wrote their 9 GiB within its 60 s (150 MB/s).
-fio_write "the same nine again, over the blocks they wrote (as rolls that reuse files write)" \
-  --name=streams --directory="$dir" --numjobs=9 --group_reporting --size=1G --bs=256k \
-  --iodepth=2 --fdatasync=1 --runtime=60
+nine_writers "the same nine again, over the blocks they wrote (as rolls that reuse files write)"
 fio_nine_written=$fio_mb
 rm -f "$dir"/streams.*
 

@@ -136,9 +136,9 @@ impl ReplicaSet {
         now: Instant,
     ) -> Offset {
         if let Some(f) = self.followers.get_mut(&follower) {
-            if follower_at.synced >= leader_at.end {
-                f.caught_up_at = now;
-            }
+            // This fetch counts among the recent ones: a follower synced to the leader's end
+            // now is caught up now.
+            f.recent_fetches.push_back((leader_at.end, now));
             while let Some(&(end, at)) = f.recent_fetches.front() {
                 if follower_at.synced < end {
                     break;
@@ -146,10 +146,9 @@ impl ReplicaSet {
                 f.caught_up_at = f.caught_up_at.max(at);
                 f.recent_fetches.pop_front();
             }
-            if f.recent_fetches.len() == RECENT_FETCHES {
+            if f.recent_fetches.len() > RECENT_FETCHES {
                 f.recent_fetches.pop_front();
             }
-            f.recent_fetches.push_back((leader_at.end, now));
             f.synced = Some(follower_at.synced);
         }
         self.advance(leader_at.synced);
@@ -286,7 +285,7 @@ impl ReplicaSet {
             self.followers.entry(*replica).or_insert(Follower {
                 synced: None,
                 caught_up_at: now,
-                recent_fetches: VecDeque::with_capacity(RECENT_FETCHES),
+                recent_fetches: VecDeque::with_capacity(RECENT_FETCHES + 1),
                 log_start: Offset(0),
                 told_log_start: Offset(0),
             });
