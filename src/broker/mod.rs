@@ -43,6 +43,7 @@ mod links;
 mod listen_check;
 mod metrics_endpoint;
 mod replica_fetcher;
+mod replica_stream;
 
 /// Calls waiting in one direction of the mesh before senders wait.
 const MESH_CHANNEL_CAPACITY: usize = 1024;

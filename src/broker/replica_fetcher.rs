@@ -3,8 +3,9 @@
 //! in one `ReplicaFetch` request at a time.
 //!
 //! A round: the fetch names each partition's log end, what of it is synced, the epoch of its
-//! last entry and the leader epoch it follows in. The answers' entries are appended as stored
-//! (each one's checksum checked by the log), and a diverging epoch truncates the log where
+//! last entry and the leader epoch it follows in. The answers' entries are received into the
+//! write buffers their logs hand out (`replica_stream.rs`, `log::in_place`) and appended as
+//! stored (each one's checksum checked by the log), and a diverging epoch truncates the log where
 //! Kafka's protocol says (KIP-320, `replication::divergence`). A follower counts toward the
 //! high watermark only what survives a power loss (DESIGN, "Cluster"): each fetch reports what
 //! is synced as it is sent.
@@ -26,16 +27,16 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use event_listener::Event;
 
-use crate::client::{Client, ClientError};
+use crate::broker::replica_stream::{ReplicaStream, Section};
+use crate::client::ClientError;
 use crate::log::{Appended, LogError};
 use crate::native::messages::{
     ErrorCode, ReplicaFetchAnswer, ReplicaFetchPartition, ReplicaFetchRequest,
 };
 use crate::partition::Partition;
-use crate::record::entry::{entries, Check};
+use crate::record::entry::{entries, Check, StoredEntry};
 use crate::replication::divergence::{self, EpochEnd};
 use crate::shard::replicas::Followed;
 use crate::shard::state::PartitionKey;
@@ -143,7 +144,7 @@ struct Progress {
 /// then the next, until it stops.
 async fn fetch_from(shard: Rc<Shard>, fetcher: Rc<LeaderFetcher>) {
     let leader = fetcher.leader;
-    let mut connection: Option<(String, Client)> = None;
+    let mut connection: Option<(String, ReplicaStream)> = None;
     let mut progress: BTreeMap<PartitionKey, Progress> = BTreeMap::new();
     // What the last round appended and did not wait for: synced before the next fetch.
     let mut unsynced: Vec<(Rc<Partition>, Appended)> = Vec::new();
@@ -183,21 +184,17 @@ async fn fetch_from(shard: Rc<Shard>, fetcher: Rc<LeaderFetcher>) {
             fetcher.rest(RETRY_AFTER).await;
             continue;
         };
-        let client = match &connection {
-            Some((to, client)) if *to == address => client.clone(),
-            _ => match connect(&address).await {
-                Ok(client) => {
-                    connection = Some((address, client.clone()));
-                    client
-                }
+        if connection.as_ref().is_none_or(|(to, _)| *to != address) {
+            connection = match ReplicaStream::connect(&address, CONNECT_WAIT).await {
+                Ok(stream) => Some((address, stream)),
                 Err(e) => {
                     tracing::debug!(%leader, "connecting to the leader at {address}: {e}");
-                    connection = None;
                     fetcher.rest(RETRY_AFTER).await;
                     continue;
                 }
-            },
-        };
+            };
+        }
+        let Some((_, stream)) = connection.as_mut() else { continue };
         let config = &shard.config;
         let max_wait = Duration::from_millis(config.replica_fetch_wait_max_ms);
         let request = ReplicaFetchRequest {
@@ -207,15 +204,26 @@ async fn fetch_from(shard: Rc<Shard>, fetcher: Rc<LeaderFetcher>) {
             partition_max_bytes: config.replica_fetch_max_bytes,
             partitions,
         };
-        let answered = async { Some(client.replica_fetch(&request).await) };
+        // Each partition's entries are received into a write buffer placed where its log will
+        // write them (`log::in_place`), if they are to be appended: its answer has no error
+        // and no divergence.
+        let place = |answer: &ReplicaFetchAnswer| {
+            let key = (answer.topic.clone(), PartitionId(answer.partition));
+            let appends = answer.error.code == ErrorCode::None && answer.diverging_epoch < 0;
+            let partition = asked.get(&key).filter(|_| appends)?;
+            partition.log().receive_buffer(usize::try_from(answer.bytes).ok()?)
+        };
+        let answered = async { Some(stream.fetch(&request, place).await) };
         let late = async {
             glommio::timer::sleep(max_wait + ANSWER_GRACE).await;
             None
         };
-        let (response, data) = match futures_lite::future::or(answered, late).await {
+        let (response, sections) = match futures_lite::future::or(answered, late).await {
             Some(Ok(answer)) => answer,
             Some(Err(e)) => {
                 tracing::debug!(%leader, "a fetch from the leader failed: {e}");
+                // A refusal leaves the stream in step (its frame was read whole); anything
+                // else may not.
                 if !matches!(e, ClientError::Broker { .. }) {
                     connection = None;
                 }
@@ -229,19 +237,10 @@ async fn fetch_from(shard: Rc<Shard>, fetcher: Rc<LeaderFetcher>) {
                 continue;
             }
         };
-        let mut at = 0usize;
         let mut to_sync = Vec::new();
         // Whether the leader holds entries past what this round brought.
         let mut behind = false;
-        for answer in response.partitions {
-            let bytes = usize::try_from(answer.bytes).unwrap_or(usize::MAX);
-            let Some(entries) = at.checked_add(bytes).filter(|end| *end <= data.len()) else {
-                tracing::warn!(%leader, "a fetch answer overruns its data; connecting again");
-                connection = None;
-                break;
-            };
-            let entries = data.slice(at..entries);
-            at += bytes;
+        for (answer, entries) in response.partitions.into_iter().zip(sections) {
             let key = (answer.topic.clone(), PartitionId(answer.partition));
             let (Some(partition), Some(known)) = (asked.get(&key), progress.get_mut(&key)) else {
                 continue;
@@ -305,7 +304,7 @@ enum Applied {
 async fn apply(
     partition: &Rc<Partition>,
     answer: &ReplicaFetchAnswer,
-    data: Bytes,
+    data: Section,
     leader: NodeId,
 ) -> Applied {
     let log = partition.log();
@@ -341,13 +340,17 @@ async fn apply(
             }
         };
     }
+    let stored = data.with_bytes(|bytes| {
+        let bounds = |stored: StoredEntry| {
+            let header = &stored.header;
+            (stored.at, stored.bytes.len(), header.base_offset(), header.next_offset())
+        };
+        entries(bytes, Check::Header).map(|stored| stored.map(bounds)).collect::<Vec<_>>()
+    });
     let mut last = None;
-    for stored in entries(&data, Check::Header) {
+    for stored in stored.unwrap_or_default() {
         let (at, length, base, next) = match stored {
-            Ok(stored) => {
-                let header = &stored.header;
-                (stored.at, stored.bytes.len(), header.base_offset(), header.next_offset())
-            }
+            Ok(bounds) => bounds,
             Err(e) => {
                 tracing::warn!(%topic, partition = %number, %leader, "an entry from the leader does not parse: {e}");
                 return Applied::Rest(FAILED_REST);
@@ -440,18 +443,6 @@ fn leader_address(shard: &Shard, leader: NodeId) -> Option<String> {
     let broker = image.brokers.get(&leader)?;
     let (host, port) = &broker.endpoints.native;
     Some(crate::config::host_port(host, *port))
-}
-
-async fn connect(address: &str) -> Result<Client, ClientError> {
-    let connecting = async { Some(Client::connect(address).await) };
-    let late = async {
-        glommio::timer::sleep(CONNECT_WAIT).await;
-        None
-    };
-    match futures_lite::future::or(connecting, late).await {
-        Some(connected) => connected,
-        None => Err(ClientError::Io(format!("no connection to {address} within {CONNECT_WAIT:?}"))),
-    }
 }
 
 /// Truncates the replica's log to `offset`, or, where that is below its log start (records

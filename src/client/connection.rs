@@ -26,8 +26,8 @@ use crate::native::messages::{
     ListOffsetsRequest, ListOffsetsResponse, LogDirsRequest, LogDirsResponse, MetadataEntries,
     MetadataFetchRequest, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
     ProducerDescription, ProducersRequest, ProducersResponse, ReassignRequest, Reassignment,
-    ReplicaFetchRequest, ReplicaFetchResponse, ResourceSettings, SyncGroupRequest,
-    SyncGroupResponse, TopicMetadata, VoterMessagesRequest, WireMessage,
+    ResourceSettings, SyncGroupRequest, SyncGroupResponse, TopicMetadata, VoterMessagesRequest,
+    WireMessage,
 };
 use crate::record::batch::{BatchBuilder, NativeBatchView, RecordView};
 use crate::record::entry::{entries, Check, StoredEntry};
@@ -243,12 +243,7 @@ impl Client {
         }
         let request_id = self.inner.next_request_id.get();
         self.inner.next_request_id.set(request_id + 1);
-        let (data_len, data_crc) = data.as_ref().map_or((0, 0), |d| (d.len(), crc32fast::hash(d)));
-        let header = FrameHeader::new(api as u8, 0, request_id, meta.len(), data_len, data_crc);
-        let mut head = Vec::with_capacity(FRAME_HEADER_BYTES + header.padded_meta_len());
-        head.extend_from_slice(header.as_bytes());
-        head.extend_from_slice(meta);
-        head.resize(FRAME_HEADER_BYTES + header.padded_meta_len(), 0);
+        let head = request_head(api, request_id, meta, data.as_deref());
         let receiver = expect_response.then(|| {
             let (waiter, receiver) = oneshot::channel();
             self.inner.waiting.borrow_mut().insert(request_id, waiter);
@@ -656,20 +651,6 @@ impl Client {
         decode(&frame.body[data_start..]).map_err(ClientError::Protocol)
     }
 
-    /// A follower's fetch from the leader at the other end: the answers, and the data their
-    /// entries are in (each answer's `bytes`, in answer order).
-    pub async fn replica_fetch(
-        &self,
-        request: &ReplicaFetchRequest,
-    ) -> Result<(ReplicaFetchResponse, Bytes), ClientError> {
-        let (response, frame): (ReplicaFetchResponse, _) =
-            self.call(Api::ReplicaFetch, &encode(request)).await?;
-        ClientError::from_body(&response.error)?;
-        let data_start = frame.header.padded_meta_len();
-        let data = Bytes::from_owner(frame.body).slice(data_start..);
-        Ok((response, data))
-    }
-
     /// The cluster as the broker at the other end sees it.
     pub async fn cluster_status(&self) -> Result<ClusterStatus, ClientError> {
         let (response, _): (ClusterStatusResponse, _) =
@@ -679,13 +660,30 @@ impl Client {
     }
 }
 
-async fn read_response(reader: &mut SocketReader) -> Result<ResponseFrame, String> {
+/// A request's frame header and meta, padded to where its data (if any) starts.
+pub(crate) fn request_head(api: Api, request_id: u64, meta: &[u8], data: Option<&[u8]>) -> Vec<u8> {
+    let (data_len, data_crc) = data.map_or((0, 0), |d| (d.len(), crc32fast::hash(d)));
+    let header = FrameHeader::new(api as u8, 0, request_id, meta.len(), data_len, data_crc);
+    let mut head = Vec::with_capacity(FRAME_HEADER_BYTES + header.padded_meta_len());
+    head.extend_from_slice(header.as_bytes());
+    head.extend_from_slice(meta);
+    head.resize(FRAME_HEADER_BYTES + header.padded_meta_len(), 0);
+    head
+}
+
+/// Reads a response's frame header, checked.
+pub(crate) async fn read_response_header(reader: &mut SocketReader) -> Result<FrameHeader, String> {
     let mut raw = [0u8; FRAME_HEADER_BYTES];
     reader.read_exact(&mut raw).await.map_err(|e| format!("reading a response header: {e}"))?;
     let header = FrameHeader::parse(&raw, RESPONSE_BYTES_MAX).map_err(|e| e.to_string())?;
     if !header.is_response() {
         return Err("the broker sent a frame that is not a response".into());
     }
+    Ok(header)
+}
+
+async fn read_response(reader: &mut SocketReader) -> Result<ResponseFrame, String> {
+    let header = read_response_header(reader).await?;
     let mut body = AlignedVec::<16>::with_capacity(header.body_len());
     reader
         .read_body(&mut body, header.body_len(), None)

@@ -40,6 +40,7 @@ use futures_channel::oneshot;
 use crate::config::{TopicConfig, WRITE_ALIGN_BYTES};
 use crate::error::{BrokerError, ErrorKind};
 use crate::log::epochs::{self, EpochStart, LeaderEpochs};
+use crate::log::in_place::{EntryData, Placement, ReceiveBuffer};
 use crate::log::index::IndexedSegment;
 use crate::log::log_start;
 use crate::log::producers::{ProducerSummary, ProducerTable, SequenceCheck, SequenceError};
@@ -233,11 +234,11 @@ impl Appended {
     }
 }
 
-struct Staged {
+struct Staged<S: Storage> {
     base_offset: Offset,
     next_offset: Offset,
     max_timestamp: i64,
-    entry: Bytes,
+    entry: EntryData<S>,
 }
 
 struct LogState<S: Storage> {
@@ -248,7 +249,7 @@ struct LogState<S: Storage> {
     synced_offset: Offset,
     /// The highest offset an acks=all producer waits to see synced.
     sync_target: Offset,
-    staged: VecDeque<Staged>,
+    staged: VecDeque<Staged<S>>,
     staged_bytes: usize,
     producers: ProducerTable,
     roll_requested: bool,
@@ -592,15 +593,17 @@ impl<S: Storage> PartitionLog<S> {
         let max_timestamp = pending.meta.max_timestamp;
         st.producers.record(&pending.meta, base_offset, next_offset, self.storage.now_ms());
         let (entry, footprint) = pending.seal(base_offset, st.current_epoch());
-        let staged = Staged { base_offset, next_offset, max_timestamp, entry };
+        let staged = Staged { base_offset, next_offset, max_timestamp, entry: entry.into() };
         Ok(self.stage(st, staged, footprint, "an append"))
     }
 
-    /// Puts a sealed entry at the log's end: queued for the writer and in the tail cache.
+    /// Puts a sealed entry at the log's end: queued for the writer, and in the tail cache if it
+    /// came as shared bytes (the cache holds a contiguous run of entries, so one received in
+    /// place empties it: `in_place.rs`).
     fn stage(
         &self,
         mut st: RefMut<LogState<S>>,
-        staged: Staged,
+        staged: Staged<S>,
         footprint: usize,
         change: &str,
     ) -> Appended {
@@ -609,7 +612,12 @@ impl<S: Storage> PartitionLog<S> {
         st.assert_watermarks(change);
         st.staged_bytes += staged.entry.len();
         self.queued.add(staged.entry.len());
-        TailCache::push(&self.tail, base_offset, next_offset, staged.entry.clone(), footprint);
+        match &staged.entry {
+            EntryData::Shared(bytes) => {
+                TailCache::push(&self.tail, base_offset, next_offset, bytes.clone(), footprint)
+            }
+            EntryData::InPlace { .. } => self.tail.borrow_mut().truncate_from(Offset(0)),
+        }
         st.staged.push_back(staged);
         let generation = st.generation.clone();
         drop(st);
@@ -628,16 +636,40 @@ impl<S: Storage> PartitionLog<S> {
         }
     }
 
+    /// A buffer to receive `len` bytes of a leader's entries into, where the writer expects to
+    /// write them (`in_place.rs`): append them with [`Self::append_at`], as slices of
+    /// [`ReceiveBuffer::into_run`]. `None` for no bytes, or when the active segment's file
+    /// cannot be had (the entries then come as shared bytes).
+    pub fn receive_buffer(&self, len: usize) -> Option<ReceiveBuffer<S>> {
+        if len == 0 {
+            return None;
+        }
+        let st = self.state.borrow();
+        let active = st.active();
+        // Everything staged or being written lands in the active segment, unless it rolls
+        // first: then the guess is wrong, and the writer copies these entries.
+        let position = active.meta.borrow().size + st.staged_bytes as u64;
+        let at = Placement { segment: active.base_offset, position };
+        let file = active.active_file().ok()?;
+        let lead = (position % WRITE_ALIGN_BYTES as u64) as usize;
+        let buffer = file.alloc_buffer((lead + len).next_multiple_of(WRITE_ALIGN_BYTES));
+        Some(ReceiveBuffer::new(buffer, len, at))
+    }
+
     /// Appends an entry as another replica stored it, at the offsets it carries: a follower's
     /// append. The entry must be whole (its checksum holds) and continue the log where it
     /// ends. Idempotent producers' state follows it without checks: the leader made them.
-    pub fn append_at(&self, entry: Bytes) -> Result<Appended, LogError> {
-        let mut parsed = entries(&entry, Check::Checksum);
-        let header = match (parsed.next(), parsed.next()) {
-            (Some(Ok(stored)), None) if stored.bytes.len() == entry.len() => stored.header,
-            (Some(Err(e)), _) => return Err(LogError::Corrupt(format!("a follower's entry: {e}"))),
-            _ => return Err(LogError::Corrupt("a follower's entry is not one whole entry".into())),
-        };
+    pub fn append_at(&self, entry: EntryData<S>) -> Result<Appended, LogError> {
+        let header = entry.with_bytes(|bytes| {
+            let mut parsed = entries(bytes, Check::Checksum);
+            match (parsed.next(), parsed.next()) {
+                (Some(Ok(stored)), None) if stored.bytes.len() == bytes.len() => Ok(stored.header),
+                (Some(Err(e)), _) => Err(LogError::Corrupt(format!("a follower's entry: {e}"))),
+                _ => Err(LogError::Corrupt("a follower's entry is not one whole entry".into())),
+            }
+        });
+        let header = header
+            .unwrap_or_else(|| Err(LogError::Corrupt("a follower's entry was written".into())))?;
         let mut st = self.state.borrow_mut();
         self.refuses_appends(&st)?;
         // The base offset first: a checksummed header is still a peer's, and only one that

@@ -57,6 +57,9 @@ pub trait StorageFile: 'static {
 
     fn buffer_bytes(buffer: &mut Self::Buffer) -> &mut [u8];
 
+    /// Shortens the buffer to its first `len` bytes (a multiple of the write alignment).
+    fn trim_buffer(buffer: &mut Self::Buffer, len: usize);
+
     /// Writes the whole buffer at `position`; returns the bytes written (fewer only when the
     /// device is full).
     fn write_at(
@@ -147,6 +150,10 @@ impl StorageFile for DmaFile {
 
     fn buffer_bytes(buffer: &mut DmaBuffer) -> &mut [u8] {
         buffer.as_bytes_mut()
+    }
+
+    fn trim_buffer(buffer: &mut DmaBuffer, len: usize) {
+        buffer.trim_to_size(len);
     }
 
     async fn write_at(&self, buffer: DmaBuffer, position: u64) -> io::Result<usize> {

@@ -60,6 +60,14 @@ impl PlannedWrite {
     }
 }
 
+/// A write planned by [`WritePlan::plan_in_place`]: its data sits in the caller's buffer, after
+/// room for `prefix`.
+pub struct InPlaceWrite {
+    pub id: u64,
+    pub position: u64,
+    pub prefix: Vec<u8>,
+}
+
 struct InFlight {
     id: u64,
     blocks: Range<u64>,
@@ -141,10 +149,9 @@ impl WritePlan {
         }
         let end = start + len;
         let block = start - start % BLOCK;
-        let new_tail = tail_of(&self.issued_tail, &data, (end % BLOCK) as usize);
-        let shared_block_busy = !start.is_multiple_of(BLOCK) && self.covered(block);
-        let prefix = std::mem::replace(&mut self.issued_tail, new_tail);
-        self.issued_end = end;
+        let shared_block_busy = self.shared_block_busy();
+        let pieces: Vec<&[u8]> = data.iter().map(|d| &d[..]).collect();
+        let prefix = self.move_end(&pieces, end);
         if !shared_block_busy {
             return Some(self.start_write(block, prefix, data, start..end));
         }
@@ -155,6 +162,35 @@ impl WritePlan {
         self.deferred = Some(Deferred { position: block, bytes, covers_from: start });
         (!rest.is_empty())
             .then(|| self.start_write(block + BLOCK, Vec::new(), rest, block + BLOCK..end))
+    }
+
+    /// Whether data planned now would share its first block with a write in flight, and so
+    /// wait in a deferred block.
+    pub fn shared_block_busy(&self) -> bool {
+        let start = self.issued_end;
+        !start.is_multiple_of(BLOCK) && self.covered(start - start % BLOCK)
+    }
+
+    /// Plans `data`, which continues the segment at [`Self::issued_end`], as one write the
+    /// caller makes from a buffer of its own (`log::in_place`): the write starts at the block
+    /// holding the issued end, with the returned prefix (that block's bytes before `data`)
+    /// in front. Call only when [`Self::accepts_data`] and not [`Self::shared_block_busy`].
+    pub fn plan_in_place(&mut self, data: &[u8]) -> InPlaceWrite {
+        debug_assert!(self.accepts_data() && !self.shared_block_busy());
+        let start = self.issued_end;
+        let end = start + data.len() as u64;
+        let position = start - start % BLOCK;
+        let prefix = self.move_end(&[data], end);
+        let id = self.register(position, prefix.len() + data.len(), start..end);
+        InPlaceWrite { id, position, prefix }
+    }
+
+    /// Moves the issued end to `end` over `data`; returns the bytes of the block it was in
+    /// that came before (the prefix a write from that block's start carries).
+    fn move_end(&mut self, data: &[&[u8]], end: u64) -> Vec<u8> {
+        let new_tail = tail_of(&self.issued_tail, data, (end % BLOCK) as usize);
+        self.issued_end = end;
+        std::mem::replace(&mut self.issued_tail, new_tail)
     }
 
     /// The deferred block's write, once no write in flight covers it and a slot is free.
@@ -198,20 +234,26 @@ impl WritePlan {
         data: Vec<Bytes>,
         covers: Range<u64>,
     ) -> PlannedWrite {
+        let len = prefix.len() + data.iter().map(Bytes::len).sum::<usize>();
+        let id = self.register(position, len, covers);
+        PlannedWrite { id, position, prefix, data }
+    }
+
+    /// Counts a write of `len` bytes at `position` in flight; returns its id.
+    fn register(&mut self, position: u64, len: usize, covers: Range<u64>) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
-        let write = PlannedWrite { id, position, prefix, data };
-        let blocks = position..position + write.padded_len() as u64;
+        let blocks = position..position + len.next_multiple_of(WRITE_ALIGN_BYTES) as u64;
         self.in_flight.push(InFlight { id, blocks, covers });
-        write
+        id
     }
 }
 
 /// The last `len` bytes of `before` followed by `data`.
-fn tail_of(before: &[u8], data: &[Bytes], len: usize) -> Vec<u8> {
+fn tail_of(before: &[u8], data: &[&[u8]], len: usize) -> Vec<u8> {
     let mut tail = Vec::with_capacity(len);
-    let mut skip = before.len() + data.iter().map(Bytes::len).sum::<usize>() - len;
-    for piece in std::iter::once(before).chain(data.iter().map(|d| &d[..])) {
+    let mut skip = before.len() + data.iter().map(|d| d.len()).sum::<usize>() - len;
+    for piece in std::iter::once(before).chain(data.iter().copied()) {
         let from = skip.min(piece.len());
         skip -= from;
         tail.extend_from_slice(&piece[from..]);
@@ -265,12 +307,14 @@ mod tests {
         a0 < b1 && b0 < a1
     }
 
-    /// Random appends of 1 byte to 3 blocks, completed in random order: no two writes in flight
-    /// ever share a block, the device holds exactly the log below the frontier at every step,
-    /// and the frontier reaches the end once everything completes.
+    /// Random appends of 1 byte to 3 blocks, some planned for writes from the caller's buffer
+    /// (`plan_in_place`, which the writer asks only when the shared block is not busy),
+    /// completed in random order: no two writes in flight ever share a block, the device holds
+    /// exactly the log below the frontier at every step, and the frontier reaches the end once
+    /// everything completes.
     #[test]
     fn random_appends_and_completion_orders_keep_the_frontier_on_the_device() {
-        let mut deferrals = 0;
+        let (mut deferrals, mut in_place) = (0, 0);
         let seeds = crate::testing::seeds(199);
         for &seed in &seeds {
             let mut rng = crate::testing::TestRng::new(seed);
@@ -292,16 +336,31 @@ mod tests {
                     }
                 };
                 issue(plan.take_deferred(), &mut in_flight);
-                if appended < log.len() && plan.accepts_data() && rng.below(3) > 0 {
+                let from_own_buffer = rng.below(2) == 0;
+                let can_plan =
+                    plan.accepts_data() && !(from_own_buffer && plan.shared_block_busy());
+                if appended < log.len() && can_plan && rng.below(3) > 0 {
                     let len = (1 + rng.below(3 * BLOCK) as usize).min(log.len() - appended);
-                    // Split across two buffers, as entries are.
-                    let cut = appended + rng.below(len as u64) as usize;
-                    let data = vec![
-                        Bytes::copy_from_slice(&log[appended..cut]),
-                        Bytes::copy_from_slice(&log[cut..appended + len]),
-                    ];
-                    issue(plan.plan(data), &mut in_flight);
-                    deferrals += usize::from(plan.deferred.is_some());
+                    if from_own_buffer {
+                        let data = &log[appended..appended + len];
+                        let start = plan.issued_end();
+                        let write = plan.plan_in_place(data);
+                        assert_eq!(write.position, start - start % BLOCK, "seed {seed}");
+                        assert_eq!(write.prefix.len() as u64, start % BLOCK, "seed {seed}");
+                        let data = vec![Bytes::copy_from_slice(data)];
+                        let (id, position, prefix) = (write.id, write.position, write.prefix);
+                        issue(Some(PlannedWrite { id, position, prefix, data }), &mut in_flight);
+                        in_place += 1;
+                    } else {
+                        // Split across two buffers, as entries are.
+                        let cut = appended + rng.below(len as u64) as usize;
+                        let data = vec![
+                            Bytes::copy_from_slice(&log[appended..cut]),
+                            Bytes::copy_from_slice(&log[cut..appended + len]),
+                        ];
+                        issue(plan.plan(data), &mut in_flight);
+                        deferrals += usize::from(plan.deferred.is_some());
+                    }
                     appended += len;
                 } else if !in_flight.is_empty() {
                     let done = in_flight.swap_remove(rng.below(in_flight.len() as u64) as usize);
@@ -321,6 +380,7 @@ mod tests {
         }
         if seeds.len() > 1 {
             assert!(deferrals > 100, "the runs must exercise deferred blocks: {deferrals}");
+            assert!(in_place > 100, "the runs must exercise in-place writes: {in_place}");
         }
     }
 

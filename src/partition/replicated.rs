@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 use super::Partition;
 use crate::error::{BrokerError, ErrorKind};
+use crate::log::in_place::EntryData;
 use crate::log::storage::Storage;
 use crate::log::{Appended, LogError};
 use crate::replication::divergence::{self, EpochEnd, FetchCheck};
@@ -422,7 +423,7 @@ impl<S: Storage> Partition<S> {
     /// Appends an entry as the leader stored it (a follower's fetch); wait for it to be synced
     /// with [`crate::log::PartitionLog::wait_synced`] before reporting it. Refused unless the
     /// partition follows (a fetch answered after this replica came to lead must not land).
-    pub fn append_replicated(&self, entry: Bytes) -> Result<Appended, BrokerError> {
+    pub fn append_replicated(&self, entry: EntryData<S>) -> Result<Appended, BrokerError> {
         let following = matches!(*self.replication.borrow(), Replication::Following { .. });
         if !following || self.leader_epoch.get().is_some() {
             let why =

@@ -138,7 +138,8 @@ fn a_replicated_leader_answers_acks_all_once_its_in_sync_follower_has_synced() {
             None => leader.clone(),
         };
         for stored in fetched.entries {
-            let appended = follower.append_replicated(stored).expect("the follower's append");
+            let appended =
+                follower.append_replicated(stored.into()).expect("the follower's append");
             follower.log().wait_synced(&appended).await.expect("synced");
         }
         // Its next fetch reports the entry synced: the high watermark passes it.

@@ -18,7 +18,7 @@ use crate::metrics::Listener;
 use crate::shard::{Shard, FETCH_BYTES_MAX};
 
 mod receive;
-pub use receive::SocketReader;
+pub use receive::{BodyBuffer, SocketReader};
 
 /// Requests one connection may have in flight before the broker stops reading from it.
 pub const INFLIGHT_REQUESTS_MAX: usize = 64;

@@ -5,8 +5,11 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use super::{LogError, LogLimits, PartitionLog, SharedByShard};
 use crate::config::TopicConfig;
+use crate::log::in_place::EntryData;
 use crate::log::probe;
 use crate::log::queued::QueuedBytes;
 use crate::log::read_cache::ReadCache;
@@ -855,7 +858,7 @@ fn a_log_started_over_inside_an_entry_keeps_its_start() {
         assert_eq!(log.start_over_within(Offset(24), Offset(25)).await, Ok(Offset(24)));
         assert_eq!((log.log_start(), log.log_end()), (Offset(24), Offset(24)), "nothing yet");
         let (from_leader, _) = entry(3, b"24 to 26").seal(Offset(24), LeaderEpoch(2));
-        let appended = log.append_at(from_leader).expect("the entry holding the start");
+        let appended = log.append_at(from_leader.into()).expect("the entry holding the start");
         log.wait_synced(&appended).await.expect("synced");
         assert_eq!((log.log_start(), log.log_end()), (Offset(25), Offset(27)));
         let below = log.read(Offset(24), 1024, Offset(u64::MAX)).await;
@@ -893,7 +896,7 @@ fn a_log_started_over_at_an_offset_continues_from_there_across_a_restart() {
         let below = log.read(Offset(10), 1024, Offset(u64::MAX)).await;
         assert!(matches!(below, Err(LogError::OffsetOutOfRange { .. })), "{below:?}");
         let (from_leader, _) = entry(2, b"from the leader").seal(Offset(500), LeaderEpoch(7));
-        let appended = log.append_at(from_leader).expect("the leader's next entry");
+        let appended = log.append_at(from_leader.into()).expect("the leader's next entry");
         assert_eq!((appended.base_offset, appended.next_offset), (Offset(500), Offset(502)));
         log.wait_synced(&appended).await.expect("synced");
         log.close().await;
@@ -910,6 +913,73 @@ fn a_log_started_over_at_an_offset_continues_from_there_across_a_restart() {
     });
 }
 
+/// A follower's entries received in place (`log::in_place`) are written from their own buffer
+/// where the log ends mid-block, and copied where the guess of where they go missed (a leader's
+/// append landed first, or the segment rolled): every entry reads back whole and in order,
+/// after a restart too.
+#[test]
+fn entries_received_in_place_are_written_from_their_buffer_where_the_log_ends() {
+    in_partition_dir(|path| async move {
+        let log = open(&path, 64 * 1024).await;
+        let mut expected = append_written(&log, 1, 1000).await;
+        let (mut from_own_buffer, mut copied) = (0, 0);
+        for round in 0..40u64 {
+            let datas: Vec<Vec<u8>> = (0..1 + round % 4)
+                .map(|i| payload(round * 10 + i, 300 + (round * 977 + i * 1531) as usize % 6000))
+                .collect();
+            // An entry's length does not depend on its offsets.
+            let lens: Vec<usize> = datas
+                .iter()
+                .map(|data| entry(1, data).seal(Offset(0), LeaderEpoch(1)).0.len())
+                .collect();
+            let len = lens.iter().sum();
+            let mut buffer = log.receive_buffer(len).expect("a receive buffer");
+            // One round in five, an entry of the log's own lands between the receive and the
+            // append: the received entries are not where they were expected.
+            let spoiled = round % 5 == 4;
+            if spoiled {
+                expected.extend(append_written(&log, 1, 777).await);
+            }
+            let mut next = log.log_end();
+            for data in datas {
+                let (sealed, _) = entry(1, &data).seal(next, LeaderEpoch(1));
+                next = next.plus(1);
+                let room = buffer.unfilled(sealed.len());
+                for (to, from) in room.iter_mut().zip(sealed.iter()) {
+                    to.write(*from);
+                }
+                // SAFETY: the loop wrote every byte of `room`, the entry's length.
+                unsafe { buffer.advance(sealed.len()) };
+                expected.push(data);
+            }
+            let run = EntryData::InPlace { run: buffer.into_run(), range: 0..len };
+            let mut at = 0;
+            let mut last = None;
+            for len in lens {
+                last = Some(log.append_at(run.slice(at..at + len)).expect("a follower's append"));
+                at += len;
+            }
+            log.wait_written(&last.expect("appended")).await.expect("written");
+            // The writer takes a run's buffer only to write from it.
+            match run.with_bytes(|_| ()) {
+                None => from_own_buffer += 1,
+                Some(()) => copied += 1,
+            }
+            assert!(
+                !spoiled || run.with_bytes(|_| ()).is_some(),
+                "round {round}: written in place after another entry"
+            );
+        }
+        assert!(from_own_buffer >= 20, "in place {from_own_buffer}, copied {copied}");
+        assert!(copied >= 8, "in place {from_own_buffer}, copied {copied}");
+        assert_eq!(payloads(&log).await, expected);
+        log.close().await;
+        let log = open(&path, 64 * 1024).await;
+        assert_eq!(payloads(&log).await, expected, "after a restart");
+        log.close().await;
+    });
+}
+
 /// A follower's append takes an entry as the leader stored it, only where the log ends, and
 /// only whole.
 #[test]
@@ -922,15 +992,15 @@ fn a_followers_append_continues_the_log_with_whole_entries_only() {
         let mut damaged = at_end.to_vec();
         damaged[ENTRY_HEADER_BYTES + 3] ^= 1;
         assert_eq!(
-            log.append_at(too_far).err(),
+            log.append_at(too_far.into()).err(),
             Some(LogError::NotNextOffset { next_offset: Offset(2), entry_base_offset: Offset(5) })
         );
-        assert!(matches!(log.append_at(damaged.into()), Err(LogError::Corrupt(_))));
+        assert!(matches!(log.append_at(Bytes::from(damaged).into()), Err(LogError::Corrupt(_))));
         let mut two = at_end.to_vec();
         two.extend_from_slice(&at_end);
-        assert!(matches!(log.append_at(two.into()), Err(LogError::Corrupt(_))));
+        assert!(matches!(log.append_at(Bytes::from(two).into()), Err(LogError::Corrupt(_))));
         assert!(log.leader_epochs().is_empty(), "refused entries bring no epoch");
-        let appended = log.append_at(at_end).expect("the next entry");
+        let appended = log.append_at(at_end.into()).expect("the next entry");
         assert_eq!((appended.base_offset, appended.next_offset), (Offset(2), Offset(4)));
         let epochs: Vec<_> =
             log.leader_epochs().iter().map(|e| (e.epoch.0, e.start_offset.0)).collect();
@@ -952,11 +1022,11 @@ fn a_follower_refuses_an_older_epochs_entries_and_truncating_to_its_end_drops_an
     in_partition_dir(|dir| async move {
         let log = open(&dir, 1024 * 1024).await;
         let (first, _) = entry(2, b"epoch 4").seal(Offset(0), LeaderEpoch(4));
-        log.append_at(first).expect("the leader's entry");
+        log.append_at(first.into()).expect("the leader's entry");
         log.assign_epoch(LeaderEpoch(6), Offset(2)).await.expect("led epoch 6");
         let (stale, _) = entry(1, b"epoch 5").seal(Offset(2), LeaderEpoch(5));
         assert_eq!(
-            log.append_at(stale).err(),
+            log.append_at(stale.into()).err(),
             Some(LogError::InvalidEpoch { epoch: LeaderEpoch(5), start_offset: Offset(2) })
         );
         let starts: Vec<_> =

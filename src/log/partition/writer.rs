@@ -13,7 +13,9 @@ use futures_channel::oneshot;
 
 use super::OUT_OF_SPACE_BACKOFF;
 use super::{read_block_tail, report_truncation, Cut, LogError, PartitionLog, Staged};
+use crate::config::WRITE_ALIGN_BYTES;
 use crate::log::epochs::{self, LeaderEpochs};
+use crate::log::in_place::{EntryData, InPlaceRun, Placement};
 use crate::log::index::IndexedSegment;
 use crate::log::log_start;
 use crate::log::producers::ProducerTable;
@@ -50,6 +52,25 @@ pub(super) async fn run<S: Storage>(log: Rc<PartitionLog<S>>, block_tail: Vec<u8
     log.changed.notify(usize::MAX);
 }
 
+/// How many of the first `staged` entries are `run`, all of it in order; 0 if they are not.
+fn run_staged_whole<S: Storage>(staged: &VecDeque<Staged<S>>, run: &Rc<InPlaceRun<S>>) -> usize {
+    let mut bytes = 0;
+    for (count, next) in staged.iter().enumerate() {
+        match &next.entry {
+            EntryData::InPlace { run: of, range }
+                if Rc::ptr_eq(of, run) && range.start == bytes =>
+            {
+                bytes = range.end;
+                if bytes == run.len() {
+                    return count + 1;
+                }
+            }
+            _ => return 0,
+        }
+    }
+    0
+}
+
 /// Finished writes' results by write id, pushed by the writes' tasks.
 type Completions = Rc<RefCell<Vec<(u64, io::Result<()>)>>>;
 
@@ -62,8 +83,10 @@ struct IssuedEntry {
     len: u64,
 }
 
-enum Step {
-    Write(Vec<Staged>),
+enum Step<S: Storage> {
+    Write(Vec<Staged<S>>),
+    /// Write entries received in place, the first ones of their run, from the run's buffer.
+    WriteInPlace(Rc<InPlaceRun<S>>, Vec<Staged<S>>),
     /// Remove the entries at and after an offset, or all of them; the caller waits for the new
     /// end.
     Truncate(Cut, oneshot::Sender<Result<Offset, LogError>>),
@@ -123,18 +146,14 @@ impl<S: Storage> Writer<S> {
             }
             match self.next_step() {
                 Step::Write(entries) => {
-                    // A process that died between renaming a file here and syncing the directory
-                    // (a truncation's index, the epoch checkpoint) left names this one saw but a
-                    // power loss could still undo, with this process's writes built on them
-                    // (found by the simulation). One sync before the first write settles them.
-                    if !self.dir_synced {
-                        if let Err(e) = self.log.storage.sync_dir(&self.log.dir).await {
-                            self.log.fail(format!("syncing the partition's directory: {e}"));
-                            return;
-                        }
-                        self.dir_synced = true;
+                    if self.sync_dir_once().await {
+                        self.issue_entries(entries).await
                     }
-                    self.issue_entries(entries).await
+                }
+                Step::WriteInPlace(run, entries) => {
+                    if self.sync_dir_once().await {
+                        self.issue_in_place(&run, entries).await
+                    }
                 }
                 Step::Truncate(cut, reply) => {
                     let outcome = match cut {
@@ -226,7 +245,23 @@ impl<S: Storage> Writer<S> {
         }
     }
 
-    fn next_step(&self) -> Step {
+    /// Syncs the partition's directory before this process's first write; false, with the log
+    /// failed, if that fails. A process that died between renaming a file here and syncing the
+    /// directory (a truncation's index, the epoch checkpoint) left names this one saw but a
+    /// power loss could still undo, with this process's writes built on them (found by the
+    /// simulation). One sync before the first write settles them.
+    async fn sync_dir_once(&mut self) -> bool {
+        if !self.dir_synced {
+            if let Err(e) = self.log.storage.sync_dir(&self.log.dir).await {
+                self.log.fail(format!("syncing the partition's directory: {e}"));
+                return false;
+            }
+            self.dir_synced = true;
+        }
+        true
+    }
+
+    fn next_step(&self) -> Step<S> {
         let mut st = self.log.state.borrow_mut();
         if st.failed.is_some() {
             return Step::Stop;
@@ -292,6 +327,23 @@ impl<S: Storage> Writer<S> {
             // The segment is full: it is sealed once everything in it is on the device.
             return if self.plan.is_idle() { Step::Roll } else { Step::Wait };
         }
+        if let EntryData::InPlace { run, .. } = &first.entry {
+            // A run is written from its own buffer only whole, where it was expected, and within
+            // the segment; else its entries are copied, as shared ones are.
+            let expected = Placement { segment: st.active().base_offset, position: end };
+            let staged_whole = run_staged_whole(&st.staged, run);
+            let fits = end + run.len() as u64 <= segment_bytes;
+            if staged_whole > 0 && run.at == expected && fits {
+                // Written from the start of the block the run begins in: not while a write in
+                // flight covers that block (its completion wakes the writer).
+                if self.plan.shared_block_busy() {
+                    return Step::Wait;
+                }
+                let run = run.clone();
+                let batch = st.staged.drain(..staged_whole).collect();
+                return Step::WriteInPlace(run, batch);
+            }
+        }
         let mut batch = Vec::new();
         let mut bytes = 0u64;
         while let Some(next) = st.staged.front() {
@@ -306,9 +358,35 @@ impl<S: Storage> Writer<S> {
         Step::Write(batch)
     }
 
-    async fn issue_entries(&mut self, entries: Vec<Staged>) {
+    async fn issue_entries(&mut self, entries: Vec<Staged<S>>) {
+        // Entries received in place but not where they were expected (a roll or a truncation
+        // came between) are copied as shared ones are: their run's buffer is not at this
+        // position's alignment.
+        let data = entries.iter().map(|staged| staged.entry.to_bytes()).collect();
+        self.note_issued(entries);
+        if let Some(write) = self.plan.plan(data) {
+            self.issue(write).await;
+        }
+    }
+
+    /// Writes the entries of `run`, all of it, from its own buffer (`log::in_place`).
+    async fn issue_in_place(&mut self, run: &InPlaceRun<S>, entries: Vec<Staged<S>>) {
+        let len = run.len();
+        self.note_issued(entries);
+        let planned = run.with_bytes(0..len, |data| self.plan.plan_in_place(data));
+        let planned = planned.expect("a run's buffer is taken only by the run's write");
+        let padded = (planned.prefix.len() + len).next_multiple_of(WRITE_ALIGN_BYTES);
+        let Some(file) = self.ready_file(planned.id, planned.position, padded).await else {
+            return;
+        };
+        let buffer = run.take_write(&planned.prefix);
+        let buffer = buffer.expect("a run's buffer is taken only by the run's write");
+        self.start(file, buffer, planned.id, planned.position);
+    }
+
+    /// Counts `entries` as issued, from the plan's issued end on.
+    fn note_issued(&mut self, entries: Vec<Staged<S>>) {
         let mut position = self.plan.issued_end();
-        let mut data = Vec::with_capacity(entries.len());
         for staged in entries {
             let len = staged.entry.len() as u64;
             self.issued.push_back(IssuedEntry {
@@ -319,29 +397,14 @@ impl<S: Storage> Writer<S> {
                 len,
             });
             position += len;
-            data.push(staged.entry);
-        }
-        if let Some(write) = self.plan.plan(data) {
-            self.issue(write).await;
         }
     }
 
-    /// Copies the write into a DMA buffer and starts it; its task reports the result.
+    /// Copies the write into a DMA buffer and starts it.
     async fn issue(&mut self, write: PlannedWrite) {
         let (id, position, len) = (write.id, write.position, write.padded_len());
-        let segment = self.active();
-        let ready = async {
-            let segment_bytes = self.log.config.borrow().segment_bytes;
-            segment.ensure_allocated(position + len as u64, segment_bytes).await?;
-            segment.active_file()
-        };
-        let file = match ready.await {
-            Ok(file) => file,
-            Err(e) => {
-                self.plan.abandon(id);
-                self.error.get_or_insert(e);
-                return;
-            }
+        let Some(file) = self.ready_file(id, position, len).await else {
+            return;
         };
         let mut buf = file.alloc_buffer(len);
         let bytes = S::File::buffer_bytes(&mut buf);
@@ -351,6 +414,37 @@ impl<S: Storage> Writer<S> {
             at += piece.len();
         }
         bytes[at..].fill(0);
+        self.start(file, buf, id, position);
+    }
+
+    /// The active segment's file, allocated up to the end of write `id` (`len` bytes at
+    /// `position`); `None`, with the write abandoned and the error kept, if it cannot be had.
+    async fn ready_file(&mut self, id: u64, position: u64, len: usize) -> Option<Rc<S::File>> {
+        let segment = self.active();
+        let ready = async {
+            let segment_bytes = self.log.config.borrow().segment_bytes;
+            segment.ensure_allocated(position + len as u64, segment_bytes).await?;
+            segment.active_file()
+        };
+        match ready.await {
+            Ok(file) => Some(file),
+            Err(e) => {
+                self.plan.abandon(id);
+                self.error.get_or_insert(e);
+                None
+            }
+        }
+    }
+
+    /// Starts write `id` of `buf` at `position`; its task reports the result.
+    fn start(
+        &mut self,
+        file: Rc<S::File>,
+        mut buf: <S::File as StorageFile>::Buffer,
+        id: u64,
+        position: u64,
+    ) {
+        let len = S::File::buffer_bytes(&mut buf).len();
         let (log, completions) = (self.log.clone(), self.completions.clone());
         glommio::spawn_local(async move {
             let started = log.storage.now();
