@@ -862,7 +862,9 @@ pub struct BrokerConfig {
     /// The largest request frame a client may send.
     pub socket_request_max_bytes: u32,
     pub retention_check_interval_ms: u64,
-    /// The largest single O_DIRECT write of the segment writer.
+    /// The largest single O_DIRECT write of the segment writer, but for a follower's fetched
+    /// entries received in place, each partition's of one fetch answer written whole (at most
+    /// `replica.fetch.max.bytes`, or one larger entry; `log::in_place`).
     pub flush_write_bytes_max: usize,
     /// Recent entries each partition keeps in memory for consumers at the tail, at most.
     pub tail_cache_bytes: usize,

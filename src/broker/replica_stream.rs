@@ -76,15 +76,23 @@ impl ReplicaStream {
         let mut meta = AlignedVec::<16>::with_capacity(header.padded_meta_len());
         self.receive(&mut meta, header.padded_meta_len(), "meta").await?;
         let meta = &meta[..header.meta_len.get() as usize];
+        let data_len = header.data_len.get() as usize;
+        // A refusal carries no data: returned as the leader's error, it leaves the stream in
+        // step, at the next frame.
+        let refused = |body: &ErrorBody| match ClientError::from_body(body) {
+            Err(_) if data_len > 0 => {
+                Err(ClientError::Protocol(format!("a refusal with {data_len} bytes of data")))
+            }
+            refused => refused,
+        };
         if header.is_error() {
             let body: ErrorBody = decode(meta).map_err(ClientError::Protocol)?;
-            ClientError::from_body(&body)?;
+            refused(&body)?;
             return Err(ClientError::Protocol("error frame without an error code".into()));
         }
         let response: ReplicaFetchResponse = decode(meta).map_err(ClientError::Protocol)?;
-        ClientError::from_body(&response.error)?;
+        refused(&response.error)?;
 
-        let data_len = header.data_len.get() as usize;
         let declared = (response.partitions.iter())
             .try_fold(0usize, |sum, answer| sum.checked_add(usize::try_from(answer.bytes).ok()?));
         if declared != Some(data_len) {
@@ -94,7 +102,7 @@ impl ReplicaStream {
         let mut sections = Vec::with_capacity(response.partitions.len());
         for answer in &response.partitions {
             let len = answer.bytes as usize;
-            let section = match place(answer) {
+            let section = match place(answer).filter(|buffer| buffer.capacity() == len) {
                 Some(mut buffer) => {
                     self.receive(&mut buffer, len, "entries").await?;
                     let run = buffer.into_run();

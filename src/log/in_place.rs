@@ -21,8 +21,11 @@
 //! ```
 //!
 //! Where the entries go is guessed when the buffer is made; the writer checks the guess (the
-//! same segment and position, and no write in flight over the shared block) and copies the
-//! entries as it copies any other when it does not hold: after a roll, or a truncation.
+//! same segment and position, the whole run staged and within the segment) and copies the
+//! entries as it copies any other when it does not hold: after a roll, a truncation, or an
+//! append refused part way through the run. While a write in flight covers the block the run
+//! begins in, the writer waits for it rather than defer that block, as it does for copied
+//! entries: the buffer can only be written whole, from its start.
 //!
 //! These entries are not put in the tail cache: a follower serves no consumer, and its caught-up
 //! readers after it becomes leader read them from the disk.
@@ -71,14 +74,21 @@ impl<S: Storage> ReceiveBuffer<S> {
         self.filled
     }
 
+    /// Bytes the buffer has room for after `lead`.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// The room left, up to `max` bytes, to receive into.
     pub fn unfilled(&mut self, max: usize) -> &mut [MaybeUninit<u8>] {
         let from = self.lead + self.filled;
         let len = (self.capacity - self.filled).min(max);
         let bytes = &mut S::File::buffer_bytes(&mut self.buffer)[from..from + len];
-        // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and the slice only lets bytes be
-        // written (any byte is a valid `u8` once written).
-        unsafe { &mut *(std::ptr::from_mut::<[u8]>(bytes) as *mut [MaybeUninit<u8>]) }
+        // SAFETY: the slice covers `len` bytes inside the buffer, which `self` borrows mutably
+        // for as long as the result lives, and `MaybeUninit<u8>` has the layout of `u8`. The
+        // bytes may be uninitialised (glommio does not zero its buffers), as `MaybeUninit`
+        // allows; they count as filled only through `advance`, whose caller vouches for them.
+        unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<MaybeUninit<u8>>(), len) }
     }
 
     /// Counts `n` more bytes received.
@@ -181,10 +191,17 @@ impl<S: Storage> EntryData<S> {
     pub fn slice(&self, range: Range<usize>) -> Self {
         match self {
             Self::Shared(bytes) => Self::Shared(bytes.slice(range)),
-            Self::InPlace { run, range: of } => Self::InPlace {
-                run: run.clone(),
-                range: of.start + range.start..of.start + range.end,
-            },
+            Self::InPlace { run, range: of } => {
+                assert!(
+                    range.start <= range.end && range.end <= of.len(),
+                    "slice {range:?} of {} received bytes",
+                    of.len()
+                );
+                Self::InPlace {
+                    run: run.clone(),
+                    range: of.start + range.start..of.start + range.end,
+                }
+            }
         }
     }
 

@@ -845,6 +845,7 @@ impl Run {
             Some(mut buffer) => {
                 for (entry, _) in &sealed {
                     let room = buffer.unfilled(entry.len());
+                    assert_eq!(room.len(), entry.len(), "seed {}: room for an entry", self.seed);
                     for (to, from) in room.iter_mut().zip(entry.iter()) {
                         to.write(*from);
                     }
@@ -855,7 +856,13 @@ impl Run {
                 let mut at = 0;
                 let all = EntryData::InPlace { run, range: 0..len };
                 self.received_in_place.push(all.slice(0..len));
-                (sealed.into_iter())
+                // One run in four is appended only in part, as when the log refuses an entry
+                // of it: the writer copies what was appended.
+                let appended = match self.rng.below(4) {
+                    0 => self.rng.below(sealed.len() as u64) as usize,
+                    _ => sealed.len(),
+                };
+                (sealed.into_iter().take(appended))
                     .map(|(entry, data)| {
                         at += entry.len();
                         (all.slice(at - entry.len()..at), data)

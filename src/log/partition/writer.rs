@@ -360,8 +360,8 @@ impl<S: Storage> Writer<S> {
 
     async fn issue_entries(&mut self, entries: Vec<Staged<S>>) {
         // Entries received in place but not where they were expected (a roll or a truncation
-        // came between) are copied as shared ones are: their run's buffer is not at this
-        // position's alignment.
+        // came between), or of a run appended only in part, are copied as shared ones are: a
+        // run's buffer is written only whole, at the position it was placed for.
         let data = entries.iter().map(|staged| staged.entry.to_bytes()).collect();
         self.note_issued(entries);
         if let Some(write) = self.plan.plan(data) {
