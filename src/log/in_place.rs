@@ -101,6 +101,18 @@ impl<S: Storage> ReceiveBuffer<S> {
         self.filled += n;
     }
 
+    /// Receives `bytes` as a socket would, in tests that stand in for the fetcher.
+    #[cfg(test)]
+    pub fn receive(&mut self, bytes: &[u8]) {
+        let room = self.unfilled(bytes.len());
+        assert_eq!(room.len(), bytes.len(), "room for {} bytes", bytes.len());
+        for (to, from) in room.iter_mut().zip(bytes) {
+            to.write(*from);
+        }
+        // SAFETY: the loop wrote every byte of `room`, which is `bytes.len()` long.
+        unsafe { self.advance(bytes.len()) };
+    }
+
     /// The entries received, to append (`PartitionLog::append_at`) as slices of the run.
     pub fn into_run(self) -> Rc<InPlaceRun<S>> {
         Rc::new(InPlaceRun {

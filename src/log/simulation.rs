@@ -844,13 +844,7 @@ impl Run {
         let entries: Vec<(EntryData<SimStorage>, Vec<u8>)> = match received {
             Some(mut buffer) => {
                 for (entry, _) in &sealed {
-                    let room = buffer.unfilled(entry.len());
-                    assert_eq!(room.len(), entry.len(), "seed {}: room for an entry", self.seed);
-                    for (to, from) in room.iter_mut().zip(entry.iter()) {
-                        to.write(*from);
-                    }
-                    // SAFETY: the loop wrote every byte of `room`, which is the entry's length.
-                    unsafe { buffer.advance(entry.len()) };
+                    buffer.receive(entry);
                 }
                 let run = buffer.into_run();
                 let mut at = 0;

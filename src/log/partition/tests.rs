@@ -944,12 +944,7 @@ fn entries_received_in_place_are_written_from_their_buffer_where_the_log_ends() 
             for data in datas {
                 let (sealed, _) = entry(1, &data).seal(next, LeaderEpoch(1));
                 next = next.plus(1);
-                let room = buffer.unfilled(sealed.len());
-                for (to, from) in room.iter_mut().zip(sealed.iter()) {
-                    to.write(*from);
-                }
-                // SAFETY: the loop wrote every byte of `room`, the entry's length.
-                unsafe { buffer.advance(sealed.len()) };
+                buffer.receive(&sealed);
                 expected.push(data);
             }
             let run = EntryData::InPlace { run: buffer.into_run(), range: 0..len };

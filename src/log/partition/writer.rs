@@ -331,9 +331,10 @@ impl<S: Storage> Writer<S> {
             // A run is written from its own buffer only whole, where it was expected, and within
             // the segment; else its entries are copied, as shared ones are.
             let expected = Placement { segment: st.active().base_offset, position: end };
-            let staged_whole = run_staged_whole(&st.staged, run);
-            let fits = end + run.len() as u64 <= segment_bytes;
-            if staged_whole > 0 && run.at == expected && fits {
+            let placed = run.at == expected && end + run.len() as u64 <= segment_bytes;
+            // The whole run's entry count, scanned only for a run placed here.
+            let staged_whole = if placed { run_staged_whole(&st.staged, run) } else { 0 };
+            if staged_whole > 0 {
                 // Written from the start of the block the run begins in: not while a write in
                 // flight covers that block (its completion wakes the writer).
                 if self.plan.shared_block_busy() {
