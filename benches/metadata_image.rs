@@ -91,7 +91,7 @@ fn cluster() -> (Controller, MetadataImage, Vec<u64>) {
         decide(
             &mut controller,
             &mut image,
-            Event::Heartbeat { node: NodeId(n), broker_epoch, via: None },
+            Event::Heartbeat { node: NodeId(n), broker_epoch, via: None, storage_failing: false },
         );
         epochs.push(broker_epoch);
     }
@@ -143,6 +143,7 @@ fn main() {
                     node: NodeId(n),
                     broker_epoch: epochs[n as usize - 1],
                     via: None,
+                    storage_failing: false,
                 };
                 let started = Instant::now();
                 decide(&mut controller, &mut image, beat);

@@ -124,7 +124,12 @@ impl Cluster {
     /// Starts node 4, which joins through the voters, and waits until all four are live.
     fn add_fourth(&mut self) {
         let node4 = self.dir.path().join("node4");
-        let fourth = self.start_node(4, &node4);
+        self.add_fourth_on(&node4);
+    }
+
+    /// The same, node 4's data directory at `data_dir`.
+    fn add_fourth_on(&mut self, data_dir: &Path) {
+        let fourth = self.start_node(4, data_dir);
         self.brokers.push(fourth);
         let all = [1, 2, 3, 4];
         self.settle(&all, "four live brokers", |s| s.leader.is_some() && all_live(s, &all));
@@ -2063,6 +2068,116 @@ fn an_eligible_replica_leads_when_the_last_in_sync_one_dies() {
     cluster.broker(1).restart();
     cluster
         .settle_metadata(&all, "all in sync again", |v| state(v).is_some_and(|p| p.4.len() == 3));
+}
+
+/// A broker whose disk fills is fenced while its writes are refused (`log/health.rs`, after
+/// KIP-858's failed log directory), with no lag to wait out (`replica.lag.time.max.ms` is ten
+/// minutes here): the partition it led moves to an in-sync replica, the in-sync set it shared as
+/// a follower drops it, and acks=all producers go on through the other two. Once space is freed
+/// it is unfenced, catches up and is in sync again, and each topic holds exactly the records
+/// acknowledged, at their offsets. Node 4, which is not a controller voter, has the small disk:
+/// a voter that cannot write its metadata log stops.
+#[test]
+fn a_broker_whose_disk_fills_is_fenced_until_it_can_write_again() {
+    use common::small_fs::SmallFs;
+    use spate::record::OwnedRecord;
+    let _one_cluster = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let fs_dir = tempfile::tempdir().expect("tempdir");
+    let Some(fs) = SmallFs::mount_or_skip(&fs_dir.path().join("node4-fs"), 64) else { return };
+    let mut cluster = Cluster::start_with(&["replica.lag.time.max.ms=600000"]);
+    cluster.add_fourth_on(&fs.path.join("node4"));
+    let all = [1, 2, 3, 4];
+    // Node 4 is the preferred leader of "led" and a follower of "followed".
+    let topics = ["led", "followed"];
+    for (name, replicas) in topics.into_iter().zip([[4, 1, 2], [1, 2, 4]]) {
+        let created = create_topic_at(&cluster.kafka(1), name, -1, -1, &[&replicas]);
+        assert_eq!(created, (0, String::new()), "{name}");
+    }
+    let partition = |v: &MetadataView, name: &str| v.topics.get(name).map(|t| t.1[0].clone());
+    let in_sync_on = |v: &MetadataView, name: &str, node: i32| {
+        partition(v, name).is_some_and(|p| p.4.contains(&node))
+    };
+    cluster.settle_metadata(&all, "both in sync on three, node 4 leading led", |v| {
+        partition(v, "led").is_some_and(|p| p.1 == 4 && p.4.len() == 3)
+            && partition(v, "followed").is_some_and(|p| p.4.len() == 3)
+    });
+    // Each record a batch of its own, of 256 KiB: more than node 4's segments have room for
+    // once its disk is full. (topic, offset, seq) of every acknowledged one.
+    let produce = |cluster: &Cluster,
+                   seqs: std::ops::Range<u64>|
+     -> Vec<(&'static str, u64, u64)> {
+        let bootstrap = cluster.brokers[0].addr.clone();
+        run(|| async move {
+            let leaders =
+                spate::client::Leaders::new(Client::connect(&bootstrap).await.expect("connect"));
+            let mut acked = Vec::new();
+            for seq in seqs {
+                for topic in topics {
+                    let record = OwnedRecord {
+                        key: None,
+                        value: Some(vec![seq as u8; 256 * 1024]),
+                        headers: vec![(b"seq".to_vec(), seq.to_le_bytes().to_vec())],
+                        timestamp: 1_700_000_000_000,
+                    };
+                    let base = leaders
+                        .with_leader(topic, 0, |client| {
+                            let batch = common::batch_of([record.clone()]);
+                            async move {
+                                let acks = spate::native::messages::Acks::All;
+                                client.produce(topic, 0, acks, batch).await
+                            }
+                        })
+                        .await
+                        .unwrap_or_else(|e| panic!("record {seq} to {topic}: {e}"))
+                        .expect("an answer with acks=all");
+                    acked.push((topic, base, seq));
+                }
+            }
+            acked
+        })
+    };
+    let mut acked = produce(&cluster, 0..10);
+    // Node 4's disk fills: its writes are refused, and producing goes on without it.
+    let filler = fs.fill(0);
+    acked.extend(produce(&cluster, 10..40));
+    cluster.settle_metadata(
+        &[1, 2, 3],
+        "node 4 out of both in-sync sets, led led by another",
+        |v| {
+            let led = partition(v, "led");
+            led.is_some_and(|p| p.1 >= 0 && p.1 != 4)
+                && !in_sync_on(v, "led", 4)
+                && !in_sync_on(v, "followed", 4)
+        },
+    );
+    let status = cluster.status(1).expect("the cluster's status");
+    assert_eq!(state(&status, 4).map(|s| s.0), Some("fenced"), "{status:?}");
+    assert!(cluster.broker(4).stderr().contains("the storage is failing"));
+    // Space freed: node 4 is unfenced, catches up and is in sync again.
+    std::fs::remove_file(&filler).expect("the filler file");
+    cluster.settle_metadata(&all, "node 4 in sync on both again", |v| {
+        in_sync_on(v, "led", 4) && in_sync_on(v, "followed", 4)
+    });
+    assert!(cluster.broker(4).stderr().contains("the storage takes writes again"));
+    acked.extend(produce(&cluster, 40..45));
+    for topic in topics {
+        let bootstrap = cluster.brokers[0].addr.clone();
+        let read = run(|| async move {
+            let leaders =
+                spate::client::Leaders::new(Client::connect(&bootstrap).await.expect("connect"));
+            common::read_all_from_leaders(&leaders, topic, 0, 0).await
+        });
+        let stored: Vec<(u64, u64)> = read
+            .iter()
+            .map(|(offset, record)| {
+                let seq = record.headers.first().expect("a seq header").1.as_slice();
+                (*offset, u64::from_le_bytes(seq.try_into().expect("8 bytes")))
+            })
+            .collect();
+        let expected: Vec<(u64, u64)> =
+            acked.iter().filter(|a| a.0 == topic).map(|(_, offset, seq)| (*offset, *seq)).collect();
+        assert_eq!(stored, expected, "{topic}: exactly the acknowledged records, in order");
+    }
 }
 
 /// The values of the JSON object under `key` in the last line of `text` that has it, as text

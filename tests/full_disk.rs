@@ -10,13 +10,13 @@ mod common;
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use common::kafka_wire::{batch, produce_request, produced, Conn};
-use common::{connect, read_all, record, run, skip_without_privilege, Broker};
+use common::small_fs::SmallFs;
+use common::{connect, read_all, record, run, Broker};
 use kafka_protocol::messages::{ApiKey, ProduceResponse};
 use spate::client::{Client, ClientError};
 use spate::native::messages::{Acks, ErrorCode};
@@ -30,57 +30,6 @@ const BATCH_RECORDS: u64 = 64;
 const IN_FLIGHT: usize = 4;
 /// KAFKA_STORAGE_ERROR.
 const KAFKA_STORAGE_ERROR: i16 = 56;
-
-/// A size-limited tmpfs, unmounted when dropped.
-struct SmallFs {
-    path: PathBuf,
-}
-
-impl SmallFs {
-    fn mount(path: &Path, size_mib: u64) -> Result<SmallFs, String> {
-        std::fs::create_dir_all(path).map_err(|e| e.to_string())?;
-        let output = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
-            .arg(path)
-            .output()
-            .map_err(|e| format!("running mount: {e}"))?;
-        if !output.status.success() {
-            return Err(String::from_utf8_lossy(&output.stderr).into_owned());
-        }
-        Ok(SmallFs { path: path.to_path_buf() })
-    }
-}
-
-impl SmallFs {
-    /// Mounts one, or says why not and returns `None` (a failure under
-    /// `SPATE_REQUIRE_FAULT_FS=1`).
-    fn mount_or_skip(path: &Path, size_mib: u64) -> Option<SmallFs> {
-        SmallFs::mount(path, size_mib)
-            .map_err(|why| {
-                skip_without_privilege("mount a small tmpfs for the full-disk test", &why)
-            })
-            .ok()
-    }
-
-    /// Takes every free block but `spare` (of 4 KiB) with a file of its own, which removing
-    /// gives back.
-    fn fill(&self, spare: u64) -> PathBuf {
-        use std::io::Write;
-        let path = self.path.join("filler-to-the-last-block");
-        let mut file = std::fs::File::create(&path).unwrap();
-        let block = [0x5au8; 4096];
-        while file.write_all(&block).is_ok() {}
-        let len = file.metadata().unwrap().len();
-        file.set_len(len.saturating_sub(spare * 4096)).unwrap();
-        path
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
-}
 
 fn sequenced(partition: u32, seq: u64) -> OwnedRecord {
     let mut value = seq.to_le_bytes().to_vec();

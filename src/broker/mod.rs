@@ -25,10 +25,11 @@ use crate::cluster::decide::{LeaderBalance, PartitionLimits};
 use crate::cluster::follower::MetadataFollower;
 use crate::cluster::identity::{self, DirIdentity};
 use crate::cluster::membership::{Joining, Membership};
-use crate::cluster::metadata::{ClusterId, Endpoints};
+use crate::cluster::metadata::Endpoints;
 use crate::cluster::node::{ControllerNode, ControllerSettings};
 use crate::config::BrokerConfig;
 use crate::group::offsets::{OFFSETS_PARTITIONS, OFFSETS_TOPIC};
+use crate::log::health::StorageHealth;
 use crate::log::probe;
 use crate::log::queued::QueuedBytes;
 use crate::metrics::{self, Listener};
@@ -36,6 +37,7 @@ use crate::shard::call::MeshMessage;
 use crate::shard::catalog::{self, DiskTopic};
 use crate::shard::mesh::{self, MeshEnds};
 
+use crate::shard::state::BrokerWide;
 use crate::shard::{Shard, CONTROLLER_SHARD};
 use crate::types::{NodeId, ShardId};
 
@@ -155,6 +157,7 @@ pub fn run(config: BrokerConfig, histogram_dir: Option<PathBuf>) -> Result<(), S
     raise_open_files_limit();
 
     let queued = Arc::new(QueuedBytes::new(config.queued_max_request_bytes));
+    let storage_health = Arc::new(StorageHealth::default());
     let config = Arc::new(config);
     let mesh = Arc::new(mesh::full(shards, MESH_CHANNEL_CAPACITY));
     let cores = Arc::new(cores);
@@ -163,19 +166,18 @@ pub fn run(config: BrokerConfig, histogram_dir: Option<PathBuf>) -> Result<(), S
         .on_all_shards({
             let stopper = stopper.clone();
             move || {
-                let (config, disk, stopper, queued, dir_cluster) = (
-                    config.clone(),
-                    disk.clone(),
-                    stopper.clone(),
-                    queued.clone(),
-                    dir_cluster.clone(),
-                );
+                let (config, disk, stopper) = (config.clone(), disk.clone(), stopper.clone());
+                let broker_wide = BrokerWide {
+                    queued: queued.clone(),
+                    storage_health: storage_health.clone(),
+                    cluster_id: dir_cluster.clone(),
+                };
                 // Shard N on the Nth core of `--cores`, as the log lines say.
                 let here = current_cpu().and_then(|cpu| cores.iter().position(|c| *c == cpu));
                 let ends = mesh::take(&mesh, here);
                 async move {
-                    let joined = Joined { stopper, dir_cluster, directory };
-                    shard_main(config, disk, ends, shards, joined, queued).await
+                    let joined = Joined { stopper, directory };
+                    shard_main(config, disk, ends, shards, joined, broker_wide).await
                 }
             }
         })
@@ -279,7 +281,6 @@ fn install_signal_handler(stopper: Arc<Stopper>) -> Result<(), String> {
 /// once known, and the directory's id.
 struct Joined {
     stopper: Arc<Stopper>,
-    dir_cluster: Arc<OnceLock<ClusterId>>,
     directory: u128,
 }
 
@@ -289,9 +290,9 @@ async fn shard_main(
     ends: Option<MeshEnds<MeshMessage>>,
     shards: usize,
     joined: Joined,
-    queued: Arc<QueuedBytes>,
+    broker_wide: BrokerWide,
 ) -> Result<Snapshot, String> {
-    let Joined { stopper, dir_cluster, directory } = joined;
+    let Joined { stopper, directory } = joined;
     probe::probe_device(&config.data_dir).await;
     let ends = ends.ok_or("more shards started than the mesh has ends")?;
     let id = ends.id();
@@ -302,7 +303,7 @@ async fn shard_main(
         }
         false => (None, Vec::new()),
     };
-    let shard = Rc::new(Shard::new(id, shards, config.clone(), &disk, peers, queued, dir_cluster));
+    let shard = Rc::new(Shard::new(id, shards, config.clone(), &disk, peers, broker_wide));
     serve_mesh(&shard, receivers);
     let opened = shard
         .open_owned_partitions(&disk)
@@ -504,6 +505,7 @@ async fn join_cluster(shard: &Rc<Shard>, stopper: &Arc<Stopper>, directory: u128
         directory,
         dir_cluster: shard.cluster_id.clone(),
         min_insync_replicas: config.topic_defaults.min_insync_replicas,
+        storage_health: shard.storage_health.clone(),
     };
     let endpoints = Endpoints { kafka, native };
     let membership =

@@ -12,8 +12,9 @@ use crate::client::{Client, ClientError};
 use crate::native::messages::ErrorCode;
 
 /// How long a request refused because its partition's leader moved, is not known yet (a new
-/// topic reaching every broker, a broker failing over: fencing takes its session timeout) or
-/// cannot be reached, is asked again, and how long apart.
+/// topic reaching every broker, a broker failing over: fencing takes its session timeout), is
+/// on a disk that refuses writes (its broker is being fenced) or cannot be reached, is asked
+/// again, and how long apart.
 const RETRY_FOR: Duration = Duration::from_secs(30);
 const RETRY_WAIT: Duration = Duration::from_millis(200);
 
@@ -66,7 +67,8 @@ impl Leaders {
 
     /// Runs `request` against `partition`'s leader, learning the leaders again and retrying
     /// (for up to 30 s) when the broker asked does not lead it, does not know the topic yet,
-    /// it has no leader for the moment, or the connection to its leader is lost. A request sent
+    /// it has no leader for the moment, its disk refuses writes (KAFKA_STORAGE_ERROR, which
+    /// Kafka's clients retry too), or the connection to its leader is lost. A request sent
     /// again after a lost connection may have been applied the first time, and one sent again
     /// goes out after later ones: a produce is then stored twice, or out of order, as with a
     /// Kafka producer that retries without idempotence.
@@ -259,8 +261,11 @@ fn is_lost(error: &ClientError) -> bool {
 /// asked, a broker stopping or out of reach.
 fn may_pass(error: &ClientError) -> bool {
     // Kafka's retriable errors a leader change brings: the in-sync set is short while a
-    // follower catches up or a failed broker is fenced.
+    // follower catches up or a failed broker is fenced; a leader whose disk refuses writes
+    // (KAFKA_STORAGE_ERROR, which Kafka's clients retry after learning the leaders anew) is
+    // fenced and replaced.
     let passing = [
+        ErrorCode::StorageError,
         ErrorCode::NotLeaderOrFollower,
         ErrorCode::NotAvailable,
         ErrorCode::UnknownTopic,

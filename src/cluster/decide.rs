@@ -60,11 +60,13 @@ pub enum Event {
         cluster_id: Option<ClusterId>,
     },
     /// `via`: the connection it came over (`None`: from this controller's own broker, or not
-    /// over the network), which `HeartbeatsLost` names when it closes.
+    /// over the network), which `HeartbeatsLost` names when it closes. `storage_failing`: the
+    /// broker's disk refuses its writes.
     Heartbeat {
         node: NodeId,
         broker_epoch: u64,
         via: Option<u64>,
+        storage_failing: bool,
     },
     ControlledShutdown {
         node: NodeId,
@@ -551,13 +553,26 @@ impl Controller {
                 }
                 self.register(image, registration, now)
             }
-            Event::Heartbeat { node, broker_epoch, via } => {
+            Event::Heartbeat { node, broker_epoch, via, storage_failing } => {
                 let broker = registered(image, node, broker_epoch)?;
                 self.last_heard.insert(node, now);
                 match via {
                     Some(via) => self.heard_via.insert(node, via),
                     None => self.heard_via.remove(&node),
                 };
+                // KIP-858's failed log directory, for a broker of one: while its disk refuses
+                // writes it is fenced, so its leaderships move and it leaves the in-sync sets at
+                // once (a follower that cannot write would hold back their high watermarks until
+                // `replica.lag.time.max.ms`). Not the last live broker: it keeps serving what it
+                // holds, as no other could.
+                let others_live = image.live_brokers().any(|(other, _)| *other != node);
+                if storage_failing && others_live {
+                    if broker.fenced {
+                        return Ok(Vec::new());
+                    }
+                    tracing::warn!(%node, broker_epoch, "fencing a broker whose storage fails");
+                    return Ok(self.fence(image, node, broker_epoch, false));
+                }
                 let mut records = Vec::new();
                 if broker.fenced {
                     records.push(MetadataRecord::UnfenceBroker { node, broker_epoch });
@@ -649,7 +664,9 @@ impl Controller {
             // cannot take the id back and forth: only a later start takes over.)
             let restarted = current.directory == registration.directory
                 && registration.incarnation > current.incarnation;
-            if !current.fenced && alive && !restarted {
+            // Heard within its session, it is live even when fenced (its disk refusing writes,
+            // say): its node id is not free.
+            if alive && !restarted {
                 return Err(Refusal::DuplicateRegistration(node));
             }
         }
@@ -1532,7 +1549,12 @@ mod tests {
             let register = register(n, 1);
             commit(&mut controller, &mut image, register, now).expect("registered");
             let broker_epoch = image.brokers[&NodeId(n)].broker_epoch;
-            let beat = Event::Heartbeat { node: NodeId(n), broker_epoch, via: None };
+            let beat = Event::Heartbeat {
+                node: NodeId(n),
+                broker_epoch,
+                via: None,
+                storage_failing: false,
+            };
             commit(&mut controller, &mut image, beat, now).expect("heartbeat");
             epochs.push(broker_epoch);
         }
@@ -1603,7 +1625,12 @@ mod tests {
         commit(&mut controller, &mut image, register(1, 7), now).expect("registered");
         let first = image.brokers[&NodeId(1)].broker_epoch;
         assert!(image.brokers[&NodeId(1)].fenced, "fenced until its first heartbeat");
-        let beat = |broker_epoch| Event::Heartbeat { node: NodeId(1), broker_epoch, via: None };
+        let beat = |broker_epoch| Event::Heartbeat {
+            node: NodeId(1),
+            broker_epoch,
+            via: None,
+            storage_failing: false,
+        };
         commit(&mut controller, &mut image, beat(first), now).expect("heartbeat");
         assert!(!image.brokers[&NodeId(1)].fenced);
         // The same process asking again keeps its registration; another is refused while the
@@ -1708,6 +1735,7 @@ mod tests {
                 node: NodeId(n),
                 broker_epoch: epochs[n as usize - 1],
                 via: None,
+                storage_failing: false,
             };
             commit(&mut controller, &mut image, beat, later).expect("heartbeat");
         }
@@ -1738,7 +1766,7 @@ mod tests {
         commit(
             &mut controller,
             &mut image,
-            Event::Heartbeat { node: NodeId(1), broker_epoch, via: None },
+            Event::Heartbeat { node: NodeId(1), broker_epoch, via: None, storage_failing: false },
             back,
         )
         .expect("heartbeat");
@@ -1758,8 +1786,68 @@ mod tests {
     ) {
         commit(controller, image, register(node, incarnation), now).expect("registered");
         let broker_epoch = image.brokers[&NodeId(node)].broker_epoch;
-        let beat = Event::Heartbeat { node: NodeId(node), broker_epoch, via: None };
+        let beat = Event::Heartbeat {
+            node: NodeId(node),
+            broker_epoch,
+            via: None,
+            storage_failing: false,
+        };
         commit(controller, image, beat, now).expect("heartbeat");
+    }
+
+    /// A broker whose heartbeat says its storage fails is fenced (its leaderships move to an
+    /// in-sync replica, it leaves every in-sync set it shares) and stays fenced while it says
+    /// so, unless no other broker is live; a heartbeat saying the storage takes writes again
+    /// unfences it.
+    #[test]
+    fn a_broker_whose_storage_fails_is_fenced_until_it_takes_writes_unless_it_is_the_last() {
+        let now = Instant::now();
+        let (mut controller, mut image, epochs) = cluster(3, now);
+        let topic = NewTopic {
+            name: "t".into(),
+            partitions: 2,
+            replication_factor: 3,
+            assignment: Some(vec![
+                vec![NodeId(3), NodeId(1), NodeId(2)],
+                vec![NodeId(1), NodeId(2), NodeId(3)],
+            ]),
+            config: Vec::new(),
+        };
+        let create = Event::CreateTopic { topic, id: TopicId(1) };
+        commit(&mut controller, &mut image, create, now).expect("created");
+        let beat = |node: i32, storage_failing: bool| Event::Heartbeat {
+            node: NodeId(node),
+            broker_epoch: epochs[node as usize - 1],
+            via: None,
+            storage_failing,
+        };
+        let partition = |image: &MetadataImage, p: u32| {
+            image.topics[&TopicId(1)].partitions[&PartitionId(p)].clone()
+        };
+        let failing = commit(&mut controller, &mut image, beat(3, true), now).expect("beat");
+        assert!(image.brokers[&NodeId(3)].fenced, "fenced: {failing:?}");
+        let led = partition(&image, 0);
+        assert_eq!(
+            (led.leader, led.isr, led.leader_epoch),
+            (Some(NodeId(1)), vec![NodeId(1), NodeId(2)], LeaderEpoch(1))
+        );
+        assert_eq!(partition(&image, 1).isr, [NodeId(1), NodeId(2)], "out of the sets it shared");
+        // While it fails, its beats change nothing.
+        assert_eq!(commit(&mut controller, &mut image, beat(3, true), now), Ok(Vec::new()));
+        assert!(image.brokers[&NodeId(3)].fenced);
+        // Broker 2's disk fails too: fenced, as broker 1 is live.
+        commit(&mut controller, &mut image, beat(2, true), now).expect("beat");
+        assert!(image.brokers[&NodeId(2)].fenced);
+        assert_eq!(partition(&image, 1).isr, [NodeId(1)]);
+        // Then broker 1's: the last live broker keeps serving what it holds.
+        commit(&mut controller, &mut image, beat(1, true), now).expect("beat");
+        assert!(!image.brokers[&NodeId(1)].fenced, "the last live broker");
+        assert_eq!(partition(&image, 0).leader, Some(NodeId(1)));
+        // Broker 3's disk takes writes again: unfenced, it follows until its leader finds it
+        // caught up.
+        commit(&mut controller, &mut image, beat(3, false), now).expect("beat");
+        assert!(!image.brokers[&NodeId(3)].fenced);
+        assert_eq!(partition(&image, 0).isr, [NodeId(1)]);
     }
 
     /// With no in-sync replica live, a topic that sets `unclean.leader.election.enable` gets an
@@ -1916,7 +2004,12 @@ mod tests {
         let beat_all = |controller: &mut Controller, image: &mut MetadataImage, at| {
             for n in 1..=3 {
                 let broker_epoch = image.brokers[&NodeId(n)].broker_epoch;
-                let beat = Event::Heartbeat { node: NodeId(n), broker_epoch, via: None };
+                let beat = Event::Heartbeat {
+                    node: NodeId(n),
+                    broker_epoch,
+                    via: None,
+                    storage_failing: false,
+                };
                 commit(controller, image, beat, at).expect("heartbeat");
             }
         };
@@ -1966,7 +2059,12 @@ mod tests {
         let start = Instant::now();
         let (mut controller, mut image, epochs) = cluster(3, start);
         commit(&mut controller, &mut image, create("t", 3, 3), start).expect("created");
-        let beat = |via| Event::Heartbeat { node: NodeId(2), broker_epoch: epochs[1], via };
+        let beat = |via| Event::Heartbeat {
+            node: NodeId(2),
+            broker_epoch: epochs[1],
+            via,
+            storage_failing: false,
+        };
         let lost = |via| Event::HeartbeatsLost { node: NodeId(2), broker_epoch: epochs[1], via };
         let at = start + Duration::from_millis(100);
         commit(&mut controller, &mut image, beat(Some(7)), at).expect("heartbeat");
@@ -1983,7 +2081,12 @@ mod tests {
         // Lost again: nothing more.
         assert!(controller.decide(&image, lost(8), at).expect("decided").is_empty());
         // A broker heard only locally (the controller's own) or under another registration.
-        let local = Event::Heartbeat { node: NodeId(3), broker_epoch: epochs[2], via: None };
+        let local = Event::Heartbeat {
+            node: NodeId(3),
+            broker_epoch: epochs[2],
+            via: None,
+            storage_failing: false,
+        };
         commit(&mut controller, &mut image, local, at).expect("heartbeat");
         let stale = Event::HeartbeatsLost { node: NodeId(3), broker_epoch: epochs[2], via: 0 };
         assert!(controller.decide(&image, stale, at).expect("decided").is_empty());
@@ -2002,7 +2105,12 @@ mod tests {
         commit(&mut taken_over, &mut image, Event::Tick, late).expect("tick");
         assert_eq!(image.live_brokers().count(), 3, "not at once");
         // Broker 2 beats; broker 1 does not.
-        let beat = Event::Heartbeat { node: NodeId(2), broker_epoch: epochs[1], via: None };
+        let beat = Event::Heartbeat {
+            node: NodeId(2),
+            broker_epoch: epochs[1],
+            via: None,
+            storage_failing: false,
+        };
         commit(&mut taken_over, &mut image, beat, late).expect("heartbeat");
         commit(&mut taken_over, &mut image, Event::Tick, late + TIMEOUT / 3).expect("tick");
         assert!(image.brokers[&NodeId(1)].fenced, "the silent predecessor");
@@ -2011,7 +2119,12 @@ mod tests {
         let (_, mut image, epochs) = cluster(3, start);
         let mut taken_over = Controller::new(TIMEOUT, ClusterId(7), limits());
         taken_over.presume_silent(NodeId(1), late);
-        let beat = Event::Heartbeat { node: NodeId(1), broker_epoch: epochs[0], via: None };
+        let beat = Event::Heartbeat {
+            node: NodeId(1),
+            broker_epoch: epochs[0],
+            via: None,
+            storage_failing: false,
+        };
         commit(&mut taken_over, &mut image, beat, late + TIMEOUT / 4).expect("heartbeat");
         commit(&mut taken_over, &mut image, Event::Tick, late + TIMEOUT / 3).expect("tick");
         assert_eq!(image.live_brokers().count(), 3);
@@ -2091,7 +2204,12 @@ mod tests {
         }
         commit(controller, image, again, now).expect("registered");
         let broker_epoch = image.brokers[&NodeId(node)].broker_epoch;
-        let beat = Event::Heartbeat { node: NodeId(node), broker_epoch, via: None };
+        let beat = Event::Heartbeat {
+            node: NodeId(node),
+            broker_epoch,
+            via: None,
+            storage_failing: false,
+        };
         commit(controller, image, beat, now).expect("heartbeat");
     }
 
@@ -2496,7 +2614,12 @@ mod tests {
         let shrunk = partition_of(&image, "r");
         let later = now + TIMEOUT * 2;
         for n in before.1.replicas.iter().filter(|n| **n != follower) {
-            let beat = Event::Heartbeat { node: *n, broker_epoch: epoch_of(*n), via: None };
+            let beat = Event::Heartbeat {
+                node: *n,
+                broker_epoch: epoch_of(*n),
+                via: None,
+                storage_failing: false,
+            };
             commit(&mut controller, &mut image, beat, later).expect("heartbeat");
         }
         commit(&mut controller, &mut image, Event::Tick, later).expect("fenced");

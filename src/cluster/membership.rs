@@ -8,6 +8,9 @@
 //! while the old one's session lives: DUPLICATE_BROKER_REGISTRATION, as in KRaft). A heartbeat
 //! refused with STALE_BROKER_EPOCH (the controller fenced this broker for its silence and it
 //! registered again under another epoch, or the log lost the registration) registers anew.
+//! Each heartbeat also says whether the broker's disk is refusing its writes
+//! (`log/health.rs`): the controller fences the broker meanwhile, so its partitions go on
+//! without it (KIP-858's failed log directory, for a broker of one directory).
 //!
 //! The registration's answer names the cluster; a broker whose data directory joined no cluster
 //! before records it there (`identity.rs`), and one whose directory belongs to another cluster is
@@ -25,6 +28,7 @@ use super::identity::{self, DirIdentity};
 use super::metadata::{ClusterId, Endpoints, Registration, CLUSTER_PROTOCOL_VERSION};
 use super::node::{ControllerAnswer, ControllerError, ControllerRequest, Links, DECISION_WAIT};
 use crate::error::{BrokerError, ErrorKind};
+use crate::log::health::StorageHealth;
 use crate::types::NodeId;
 
 /// How long a broker waits before asking again after no voter could answer.
@@ -33,6 +37,11 @@ const RETRY_WAIT: Duration = Duration::from_millis(200);
 const REGISTRATION_WAIT: Duration = Duration::from_secs(5);
 /// How long a controlled shutdown may hold up a stopping broker.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+/// A broker fenced for a full disk writes nothing of its logs, so before each heartbeat it writes
+/// this much of its own into the data directory, synced, then removed: taken, there is space
+/// again. About one produce request's worth.
+const SPACE_PROBE_BYTES: usize = 256 * 1024;
+const SPACE_PROBE_FILE: &str = ".spate-space-probe";
 
 pub struct Membership {
     me: NodeId,
@@ -64,6 +73,9 @@ pub struct Membership {
     session_timeout: Duration,
     /// When the last request for a block failed, and why.
     allocation_failed: RefCell<Option<(std::time::Instant, String)>>,
+    storage_health: Arc<StorageHealth>,
+    /// Whether the last heartbeat said the storage was failing.
+    storage_failing: Cell<bool>,
 }
 
 /// Where a broker finds its voters and keeps what it learns of its cluster.
@@ -78,6 +90,8 @@ pub struct Joining {
     pub dir_cluster: Arc<OnceLock<ClusterId>>,
     /// This broker's `min.insync.replicas` default, announced with its registration.
     pub min_insync_replicas: Option<u16>,
+    /// What the broker's writes met: each heartbeat says whether its storage is failing.
+    pub storage_health: Arc<StorageHealth>,
 }
 
 impl Membership {
@@ -91,6 +105,7 @@ impl Membership {
             directory,
             dir_cluster,
             min_insync_replicas,
+            storage_health,
         } = joining;
         // The process's start time in nanoseconds: another process of this node gets another.
         let incarnation = std::time::SystemTime::now()
@@ -117,6 +132,8 @@ impl Membership {
             refused_since: RefCell::new(None),
             stopping: Cell::new(false),
             session_timeout,
+            storage_health,
+            storage_failing: Cell::new(false),
         }
     }
 
@@ -286,7 +303,21 @@ impl Membership {
     }
 
     async fn heartbeat(&self, broker_epoch: u64) {
-        match self.ask(ControllerRequest::Heartbeat { node: self.me, broker_epoch }).await {
+        if self.storage_health.only_refused() {
+            self.probe_space().await;
+        }
+        let failing = self.storage_health.failing();
+        if self.storage_failing.replace(failing.is_some()) != failing.is_some() {
+            match failing {
+                Some(why) => {
+                    tracing::warn!(node = %self.me, "the storage is failing ({why}): asking to be fenced until it takes writes again")
+                }
+                None => tracing::info!(node = %self.me, "the storage takes writes again"),
+            }
+        }
+        let storage_failing = failing.is_some();
+        let beat = ControllerRequest::Heartbeat { node: self.me, broker_epoch, storage_failing };
+        match self.ask(beat).await {
             Ok(ControllerAnswer::HeartbeatTaken { fenced }) => {
                 if self.fenced.replace(fenced) != fenced {
                     let now = if fenced { "fenced" } else { "unfenced: it may lead partitions" };
@@ -300,6 +331,26 @@ impl Membership {
                 self.fenced.set(true);
             }
             Err(e) => tracing::debug!(node = %self.me, "heartbeat: {}", e.error),
+        }
+    }
+
+    /// Writes, syncs and removes [`SPACE_PROBE_BYTES`] in the data directory: taken, the storage
+    /// has space again.
+    async fn probe_space(&self) {
+        let path = self.data_dir.join(SPACE_PROBE_FILE);
+        let probed = glommio::executor()
+            .spawn_blocking(move || {
+                let written = std::fs::File::create(&path).and_then(|mut file| {
+                    std::io::Write::write_all(&mut file, &vec![0u8; SPACE_PROBE_BYTES])?;
+                    file.sync_data()
+                });
+                let _ = std::fs::remove_file(&path);
+                written
+            })
+            .await;
+        match probed {
+            Ok(()) => self.storage_health.write_taken(),
+            Err(e) => tracing::debug!(node = %self.me, "no space yet: {e}"),
         }
     }
 

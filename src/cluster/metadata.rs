@@ -73,7 +73,9 @@ const SNAPSHOT_VERSION_OLDEST: u8 = 1;
 /// 8: dynamic broker settings (IncrementalAlterConfigs and AlterConfigs of a broker resource,
 /// forwarded); metadata record version 6. A broker of 7 would resolve topics against its
 /// static defaults alone.
-pub const CLUSTER_PROTOCOL_VERSION: u16 = 8;
+/// 9: a heartbeat says whether the broker's storage is failing; the controller fences it
+/// meanwhile. A controller of 8 would not read such a heartbeat.
+pub const CLUSTER_PROTOCOL_VERSION: u16 = 9;
 
 /// Kafka's limit on topic name length.
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;

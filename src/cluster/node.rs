@@ -66,9 +66,12 @@ pub enum ControllerRequest {
         registration: Registration,
         cluster_id: Option<ClusterId>,
     },
+    /// `storage_failing`: the broker's disk refuses its writes (`log/health.rs`); the controller
+    /// fences it meanwhile.
     Heartbeat {
         node: NodeId,
         broker_epoch: u64,
+        storage_failing: bool,
     },
     ControlledShutdown {
         node: NodeId,
@@ -627,8 +630,8 @@ impl ControllerNode {
                 };
                 Ok(ControllerAnswer::Registered { broker_epoch: broker.broker_epoch, cluster_id })
             }
-            ControllerRequest::Heartbeat { node, broker_epoch } => {
-                self.decide(Event::Heartbeat { node, broker_epoch, via }).await?;
+            ControllerRequest::Heartbeat { node, broker_epoch, storage_failing } => {
+                self.decide(Event::Heartbeat { node, broker_epoch, via, storage_failing }).await?;
                 let image = self.metadata.image();
                 let fenced = image.brokers.get(&node).is_none_or(|b| b.fenced);
                 Ok(ControllerAnswer::HeartbeatTaken { fenced })

@@ -59,6 +59,8 @@ struct Broker {
     presumed_gone: bool,
     /// The connection it beats over now; a restart or a reconnect takes a new one.
     connection: u64,
+    /// Its disk refuses writes: its heartbeats say so.
+    storage_failing: bool,
 }
 
 struct Run {
@@ -90,6 +92,7 @@ impl Run {
                 shutting_down: false,
                 presumed_gone: false,
                 connection: u64::from(n.unsigned_abs()) << 32,
+                storage_failing: false,
             })
             .collect();
         let followers = (0..2).map(|_| (0, MetadataImage::default())).collect();
@@ -124,15 +127,35 @@ impl Run {
         Ok(())
     }
 
+    /// A broker whose storage fails, heard while another broker is live, is fenced: it leads
+    /// nothing and shares no in-sync set.
+    fn check_out_of_the_way(&mut self, node: NodeId) {
+        self.event("heartbeat of a broker whose storage fails");
+        assert!(
+            self.image.brokers.get(&node).is_some_and(|b| b.fenced),
+            "seed {}: broker {node}'s storage fails, and it is not fenced",
+            self.seed
+        );
+        for (topic, partition, state) in self.image.partitions() {
+            let shares = state.isr.contains(&node) && state.isr.len() > 1;
+            assert!(
+                state.leader != Some(node) && !shares,
+                "seed {}: broker {node}'s storage fails, and {topic}-{partition} is {state:?}",
+                self.seed
+            );
+        }
+    }
+
     /// A broker fenced while it was live must have been silent for the session timeout, unless
-    /// it asked (a controlled shutdown).
+    /// it asked (a controlled shutdown, or a heartbeat saying its storage fails).
     fn check_fencing(&self, before: &MetadataImage, record: &MetadataRecord) {
         let MetadataRecord::FenceBroker { node, .. } = record else { return };
         let was_live = before.brokers.get(node).is_some_and(|b| !b.fenced);
         let broker = self.brokers.iter().find(|b| b.node == *node);
         let beat = broker.and_then(|b| b.last_beat);
         let silent_long_enough = beat.is_none_or(|at| self.now - at >= SESSION_TIMEOUT);
-        let asked_or_gone = broker.is_some_and(|b| b.shutting_down || b.presumed_gone);
+        let asked_or_gone =
+            broker.is_some_and(|b| b.shutting_down || b.presumed_gone || b.storage_failing);
         assert!(
             !was_live || silent_long_enough || asked_or_gone,
             "seed {}: broker {node} fenced {:?} after its last heartbeat",
@@ -256,10 +279,15 @@ impl Run {
             return;
         };
         let via = Some(self.brokers[b].connection);
-        match self.decide(Event::Heartbeat { node, broker_epoch, via }) {
+        let storage_failing = self.brokers[b].storage_failing;
+        let others_live = self.image.live_brokers().any(|(other, _)| *other != node);
+        match self.decide(Event::Heartbeat { node, broker_epoch, via, storage_failing }) {
             Ok(()) => {
                 self.brokers[b].last_beat = Some(self.now);
                 self.brokers[b].presumed_gone = false;
+                if storage_failing && others_live {
+                    self.check_out_of_the_way(node);
+                }
             }
             // Fenced and its registration taken over meanwhile? Only its own restart does that.
             Err(e) => panic!("seed {}: heartbeat of {node}: {e}", self.seed),
@@ -573,6 +601,14 @@ impl Run {
                 }
             }
             9 => self.add_partitions(),
+            16 => {
+                let failing = !self.brokers[b].storage_failing;
+                self.event(match failing {
+                    true => "storage failing",
+                    false => "storage takes writes again",
+                });
+                self.brokers[b].storage_failing = failing;
+            }
             11 | 12 => self.alter_isr(),
             10 => self.create_assigned_topic(),
             8 => {
@@ -642,8 +678,11 @@ impl Run {
         for _ in 0..steps {
             self.step();
         }
-        // Every broker comes back (as a new process, once its old session is over) and beats:
-        // the cluster settles.
+        // Every broker comes back (as a new process, once its old session is over) with a disk
+        // that takes writes, and beats: the cluster settles.
+        for broker in &mut self.brokers {
+            broker.storage_failing = false;
+        }
         for _ in 0..10 {
             for b in 0..self.brokers.len() {
                 if self.brokers[b].epoch.is_none() {
@@ -678,6 +717,9 @@ fn the_controller_never_elects_uncleanly_and_the_cluster_settles() {
     let expected = [
         "broker killed",
         "broker restarted",
+        "storage failing",
+        "storage takes writes again",
+        "heartbeat of a broker whose storage fails",
         "controlled shutdown",
         "controller failover",
         "decisions",
@@ -1054,7 +1096,9 @@ impl QuorumRun {
                 self.brokers[b].2 = None;
                 Event::ControlledShutdown { node, broker_epoch }
             }
-            (_, Some(broker_epoch)) => Event::Heartbeat { node, broker_epoch, via: None },
+            (_, Some(broker_epoch)) => {
+                Event::Heartbeat { node, broker_epoch, via: None, storage_failing: false }
+            }
         };
         let Some((_, controller)) = self.controller.as_mut() else { return };
         let Ok(batch) = controller.decide(image, event, self.now) else { return };

@@ -450,6 +450,7 @@ mod tests {
             storage: DmaStorage,
             metrics: Rc::new(Metrics::default()),
             queued: Arc::new(QueuedBytes::new(usize::MAX)),
+            storage_health: Arc::default(),
             tail_budget: TailBudget::new(usize::MAX),
             read_cache: ReadCache::new(0),
             open_files: OpenFiles::new(2),

@@ -14,6 +14,7 @@
 //! glommio's in the broker, a simulated disk in `simulation.rs`, the seeded test of the log).
 
 pub mod epochs;
+pub mod health;
 pub mod in_place;
 pub mod index;
 pub mod log_start;

@@ -40,6 +40,7 @@ use futures_channel::oneshot;
 use crate::config::{TopicConfig, WRITE_ALIGN_BYTES};
 use crate::error::{BrokerError, ErrorKind};
 use crate::log::epochs::{self, EpochStart, LeaderEpochs};
+use crate::log::health::StorageHealth;
 use crate::log::in_place::{EntryData, Placement, ReceiveBuffer};
 use crate::log::index::IndexedSegment;
 use crate::log::log_start;
@@ -107,6 +108,8 @@ pub struct SharedByShard<S: Storage = DmaStorage> {
     pub metrics: Rc<Metrics>,
     /// The broker-wide count of appended-but-unwritten bytes.
     pub queued: Arc<QueuedBytes>,
+    /// What the broker's writes met, for its heartbeat.
+    pub storage_health: Arc<StorageHealth>,
     /// The shard's tail-cache memory.
     pub tail_budget: Rc<TailBudget>,
     /// The shard's memory for chunks read from the disk.
@@ -394,6 +397,8 @@ pub struct PartitionLog<S: Storage = DmaStorage> {
     metrics: Rc<Metrics>,
     /// The broker-wide count `staged_bytes` is part of.
     queued: Arc<QueuedBytes>,
+    /// Where a refused or failed write is recorded, for the broker's heartbeat.
+    storage_health: Arc<StorageHealth>,
     /// The newest entries, for caught-up readers; within the shard's budget.
     tail: Rc<RefCell<TailCache>>,
     /// This partition's chunks in the shard's read cache, and its sequential readers.
@@ -427,8 +432,15 @@ impl<S: Storage> PartitionLog<S> {
         shared: SharedByShard<S>,
         start: Offset,
     ) -> io::Result<Rc<Self>> {
-        let SharedByShard { storage, metrics, queued, tail_budget, read_cache, open_files } =
-            shared;
+        let SharedByShard {
+            storage,
+            metrics,
+            queued,
+            storage_health,
+            tail_budget,
+            read_cache,
+            open_files,
+        } = shared;
         let names = storage.list_dir(&dir).await?;
         let segments = open_segments(
             &storage,
@@ -511,6 +523,7 @@ impl<S: Storage> PartitionLog<S> {
             writer_wake: Event::new(),
             metrics,
             queued,
+            storage_health,
             tail: TailCache::new(limits.tail_cache_bytes, tail_budget),
             reads: Rc::new(read_cache.register()),
             open_files,
@@ -778,12 +791,29 @@ impl<S: Storage> PartitionLog<S> {
             st.epochs_version
         };
         self.writer_wake.notify(1);
-        self.wait_until(|st| Ok(st.epochs_persisted >= version)).await
+        // A disk without room for the checkpoint refuses appends for a while (the writer's
+        // `PersistEpochs`): so is this, and the caller asks again (the publisher does).
+        self.wait_until(|st| match &st.out_of_space {
+            _ if st.epochs_persisted >= version => Ok(true),
+            Some((until, why)) if self.storage.now() < *until => {
+                Err(LogError::Storage(why.clone()))
+            }
+            _ => Ok(false),
+        })
+        .await
     }
 
     /// The latest leader epoch the log has recorded, if any.
     pub fn latest_epoch(&self) -> Option<LeaderEpoch> {
         self.state.borrow().epochs.latest().map(|e| e.epoch)
+    }
+
+    /// The latest leader epoch, if it is on the disk: an epoch a full disk refused to record
+    /// (`assign_epoch`) is known but not yet recorded.
+    pub fn latest_durable_epoch(&self) -> Option<LeaderEpoch> {
+        let st = self.state.borrow();
+        let durable = st.epochs_persisted >= st.epochs_version;
+        st.epochs.latest().filter(|_| durable).map(|e| e.epoch)
     }
 
     /// The epoch `offset` was appended in: the latest starting at or before it (`None` before
@@ -1380,6 +1410,7 @@ impl<S: Storage> PartitionLog<S> {
 
     fn fail(&self, why: String) {
         tracing::error!(topic = %self.topic, partition = %self.partition, "{why}; refusing appends");
+        self.storage_health.log_failed();
         let mut st = self.state.borrow_mut();
         st.failed = Some(why);
         // Nothing staged will be written now: it must not hold back every connection.

@@ -613,6 +613,7 @@ impl Run {
             storage: self.storage.clone(),
             metrics: Rc::new(Metrics::default()),
             queued: Arc::new(QueuedBytes::new(usize::MAX)),
+            storage_health: Arc::default(),
             tail_budget: TailBudget::new(usize::MAX),
             read_cache: self.read_cache.clone(),
             open_files: self.open_files.clone(),
@@ -1086,7 +1087,29 @@ impl Run {
     async fn new_leader_epoch(&mut self, log: &PartitionLog<SimStorage>) {
         self.leader_epoch += 1 + self.rng.below(2) as i32;
         let (epoch, start_offset) = (LeaderEpoch(self.leader_epoch), log.log_end());
-        match log.assign_epoch(epoch, start_offset).await {
+        // One time in five the disk is full as the checkpoint is written (a broker fenced for
+        // its full disk follows a new leader, say).
+        let full = self.rng.below(5) == 0;
+        self.storage.set_full(full);
+        let assigned = log.assign_epoch(epoch, start_offset).await;
+        self.storage.set_full(false);
+        match assigned {
+            // Refused as a write is: the log carries on, and once appends are taken again the
+            // same epoch is recorded where the log now ends (the publisher asks again).
+            Err(LogError::Storage(why)) if full && !log.has_failed() => {
+                self.fault("leader epoch refused by a full disk");
+                self.trace(&format!("leader epoch {epoch} refused: {why}"));
+                self.storage.advance(Duration::from_secs(2));
+                let start_offset = log.log_end();
+                match log.assign_epoch(epoch, start_offset).await {
+                    Ok(()) => {
+                        let latest = log.leader_epochs().last().copied();
+                        let expected = Some(EpochStart { epoch, start_offset });
+                        assert_eq!(latest, expected, "seed {}: asked again", self.seed);
+                    }
+                    Err(e) => panic!("seed {}: leader epoch {epoch} asked again: {e}", self.seed),
+                }
+            }
             Ok(()) => {
                 self.trace(&format!("leader epoch {epoch} starts at {start_offset}"));
                 // A write that found the disk full while the epoch was persisted discards what
@@ -1344,6 +1367,8 @@ fn the_log_keeps_its_promises_through_crashes_power_loss_and_a_full_disk() {
              received in place written from their own buffer"
         );
         assert!(appends > 0 && totals.len() >= 5, "every kind of fault ran: {totals:?}");
+        let refused = totals.get("leader epoch refused by a full disk");
+        assert!(refused.is_some(), "no leader epoch met a full disk: {totals:?}");
         assert!(reused > 0, "no roll reused a segment's file");
         assert!(runs_in_place > 0, "no run was written from its own buffer: {runs_received}");
         assert!(runs_in_place < runs_received, "every run was written from its own buffer");

@@ -51,7 +51,7 @@ pub async fn controller_request(
         Err(why) => return undecodable(Api::ControllerRequest, request_id, why),
     };
     let beat = match &request {
-        ControllerRequest::Heartbeat { node, broker_epoch } => Some((*node, *broker_epoch)),
+        ControllerRequest::Heartbeat { node, broker_epoch, .. } => Some((*node, *broker_epoch)),
         _ => None,
     };
     let body = match shard.ask_controller_via(request, Some(beats.connection)).await {

@@ -179,7 +179,7 @@ impl<S: Storage> Partition<S> {
     /// its latest (a restart, another publication): nothing to write, so no moment without a
     /// leader. Returns whether it does.
     pub fn lead_as_recorded(&self, epoch: LeaderEpoch, replicas: &ReplicaView) -> bool {
-        let recorded = self.log.latest_epoch() == Some(epoch);
+        let recorded = self.log.latest_durable_epoch() == Some(epoch);
         if recorded && self.leader_epoch.get() == Some(epoch) {
             self.update_replicas(replicas);
         } else if recorded {

@@ -70,6 +70,7 @@ impl Shard {
             storage: DmaStorage,
             metrics: self.metrics.clone(),
             queued: self.queued.clone(),
+            storage_health: self.storage_health.clone(),
             tail_budget: self.tail_budget.clone(),
             read_cache: self.read_cache.clone(),
             open_files: self.open_files.clone(),

@@ -24,6 +24,7 @@ use crate::error::BrokerError;
 use crate::error::ErrorKind;
 use crate::group::offsets::OFFSETS_TOPIC;
 use crate::group::Coordinator;
+use crate::log::health::StorageHealth;
 use crate::log::producers::ProducerSummary;
 use crate::log::queued::QueuedBytes;
 use crate::log::read_cache::ReadCache;
@@ -116,6 +117,8 @@ pub struct Shard {
     pub(super) membership: RefCell<Option<Rc<Membership>>>,
     /// What every shard's partitions have yet to write, against `queued.max.request.bytes`.
     pub queued: Arc<QueuedBytes>,
+    /// What every shard's writes met, for the broker's heartbeat.
+    pub storage_health: Arc<StorageHealth>,
     /// What this shard's partitions keep in their tail caches, against
     /// `log.tail.cache.shard.bytes`.
     pub tail_budget: Rc<TailBudget>,
@@ -126,6 +129,14 @@ pub struct Shard {
     pub open_files: Rc<OpenFiles>,
 }
 
+/// What the broker's shards share across threads.
+pub struct BrokerWide {
+    pub queued: Arc<QueuedBytes>,
+    pub storage_health: Arc<StorageHealth>,
+    /// The cluster the data directory belongs to, once known.
+    pub cluster_id: Arc<OnceLock<ClusterId>>,
+}
+
 impl Shard {
     pub fn new(
         id: ShardId,
@@ -133,13 +144,14 @@ impl Shard {
         config: Arc<BrokerConfig>,
         disk: &BTreeMap<String, DiskTopic>,
         peers: Option<Peers<MeshMessage>>,
-        queued: Arc<QueuedBytes>,
-        cluster_id: Arc<OnceLock<ClusterId>>,
+        broker_wide: BrokerWide,
     ) -> Self {
+        let BrokerWide { queued, storage_health, cluster_id } = broker_wide;
         let topic_defaults = Rc::new(config.topic_defaults.clone());
         let max_connections = config.max_connections;
         Self {
             queued,
+            storage_health,
             tail_budget: TailBudget::new(config.tail_cache_shard_bytes),
             read_cache: ReadCache::new(config.read_cache_shard_bytes),
             open_files: OpenFiles::new(config.segment_files_open_max.div_ceil(count).max(1)),

@@ -11,6 +11,7 @@ pub mod kafka_wire;
 pub mod native_wire;
 pub mod netns;
 pub mod scripts;
+pub mod small_fs;
 
 use spate::client::{Client, ClientError, Fetched, Leaders};
 use spate::native::messages::Acks;

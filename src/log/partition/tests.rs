@@ -79,6 +79,7 @@ async fn open_in(
             storage: DmaStorage,
             metrics: Rc::new(Metrics::default()),
             queued: Arc::new(QueuedBytes::new(usize::MAX)),
+            storage_health: Arc::default(),
             tail_budget: TailBudget::new(usize::MAX),
             read_cache,
             open_files: OpenFiles::new(2),

@@ -193,6 +193,12 @@ impl<S: Storage> Writer<S> {
                             drop(st);
                             log.changed.notify(usize::MAX);
                         }
+                        // A full disk, which the leader change that brought this epoch may well
+                        // meet (a broker fenced for its full disk follows the new leader): as a
+                        // write that found no space, what was appended is discarded and appends
+                        // are refused for a while; the checkpoint is written again with the
+                        // first append after (`next_step`), before the entries that carry it.
+                        Err(e) if is_out_of_space(&e) => self.error = Some(e),
                         // A new epoch must be durable before the replica acts on it, and entries
                         // must not reach the disk before the epoch they carry: the partition
                         // stops until restarted (epochs change at leader changes, rarely).
@@ -312,7 +318,17 @@ impl<S: Storage> Writer<S> {
             return Step::PersistLogStart(st.start_floor, st.start_floor_version);
         }
         if st.epochs_persisted < st.epochs_version {
-            return Step::PersistEpochs(st.epochs.clone(), st.epochs_version);
+            // Not while appends are refused for lack of space: the append that ends the
+            // refusal wakes the writer to try again. A log closing meanwhile stops without it:
+            // what carried the epoch was discarded.
+            let refusing = (st.out_of_space.as_ref())
+                .is_some_and(|(until, _)| self.log.storage.now() < *until);
+            if !refusing {
+                return Step::PersistEpochs(st.epochs.clone(), st.epochs_version);
+            }
+            if !st.stopping {
+                return Step::Wait;
+            }
         }
         let Some(first) = st.staged.front() else {
             let done = st.stopping && self.plan.is_idle();
@@ -548,6 +564,7 @@ impl<S: Storage> Writer<S> {
         self.log.queued.remove(written_bytes);
         if st.out_of_space.take().is_some() {
             tracing::info!(topic = %self.log.topic, partition = %self.log.partition, "space again: writes resumed");
+            self.log.storage_health.write_taken();
         }
         drop(st);
         self.log.changed.notify(usize::MAX);
@@ -794,6 +811,7 @@ impl<S: Storage> Writer<S> {
             log.tail.borrow_mut().truncate_from(from);
             st.producers.forget_from(from);
             st.out_of_space = Some((log.storage.now() + OUT_OF_SPACE_BACKOFF, why));
+            log.storage_health.write_refused();
         }
         self.issued.clear();
         log.changed.notify(usize::MAX);
