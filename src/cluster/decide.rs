@@ -565,8 +565,7 @@ impl Controller {
                 // once (a follower that cannot write would hold back their high watermarks until
                 // `replica.lag.time.max.ms`). Not the last live broker: it keeps serving what it
                 // holds, as no other could.
-                let others_live = image.live_brokers().any(|(other, _)| *other != node);
-                if storage_failing && others_live {
+                if storage_failing && image.live_brokers().any(|(other, _)| *other != node) {
                     if broker.fenced {
                         return Ok(Vec::new());
                     }

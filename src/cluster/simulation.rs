@@ -280,12 +280,14 @@ impl Run {
         };
         let via = Some(self.brokers[b].connection);
         let storage_failing = self.brokers[b].storage_failing;
-        let others_live = self.image.live_brokers().any(|(other, _)| *other != node);
+        // Whether the controller must fence it: against the image before the heartbeat.
+        let to_fence =
+            storage_failing && self.image.live_brokers().any(|(other, _)| *other != node);
         match self.decide(Event::Heartbeat { node, broker_epoch, via, storage_failing }) {
             Ok(()) => {
                 self.brokers[b].last_beat = Some(self.now);
                 self.brokers[b].presumed_gone = false;
-                if storage_failing && others_live {
+                if to_fence {
                     self.check_out_of_the_way(node);
                 }
             }

@@ -336,6 +336,11 @@ impl<S: Storage> LogState<S> {
         self.epochs.latest().map_or(LEADER_EPOCH, |latest| latest.epoch)
     }
 
+    /// Why appends are refused at `now` after a write found no space, while they are.
+    fn refused_for_space(&self, now: Instant) -> Option<&String> {
+        (self.out_of_space.as_ref()).filter(|(until, _)| now < *until).map(|(_, why)| why)
+    }
+
     /// Why the log takes no change now (an append, a truncation, a new epoch), if it does not.
     fn refuses_changes(&self) -> Result<(), LogError> {
         if let Some(why) = &self.failed {
@@ -641,11 +646,9 @@ impl<S: Storage> PartitionLog<S> {
     /// Why an append would be refused now, if it would.
     fn refuses_appends(&self, st: &LogState<S>) -> Result<(), LogError> {
         st.refuses_changes()?;
-        match &st.out_of_space {
-            Some((until, why)) if self.storage.now() < *until => {
-                Err(LogError::Storage(why.clone()))
-            }
-            _ => Ok(()),
+        match st.refused_for_space(self.storage.now()) {
+            Some(why) => Err(LogError::Storage(why.clone())),
+            None => Ok(()),
         }
     }
 
@@ -793,12 +796,10 @@ impl<S: Storage> PartitionLog<S> {
         self.writer_wake.notify(1);
         // A disk without room for the checkpoint refuses appends for a while (the writer's
         // `PersistEpochs`): so is this, and the caller asks again (the publisher does).
-        self.wait_until(|st| match &st.out_of_space {
+        self.wait_until(|st| match st.refused_for_space(self.storage.now()) {
             _ if st.epochs_persisted >= version => Ok(true),
-            Some((until, why)) if self.storage.now() < *until => {
-                Err(LogError::Storage(why.clone()))
-            }
-            _ => Ok(false),
+            Some(why) => Err(LogError::Storage(why.clone())),
+            None => Ok(false),
         })
         .await
     }

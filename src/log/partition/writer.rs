@@ -321,9 +321,7 @@ impl<S: Storage> Writer<S> {
             // Not while appends are refused for lack of space: the append that ends the
             // refusal wakes the writer to try again. A log closing meanwhile stops without it:
             // what carried the epoch was discarded.
-            let refusing = (st.out_of_space.as_ref())
-                .is_some_and(|(until, _)| self.log.storage.now() < *until);
-            if !refusing {
+            if st.refused_for_space(self.log.storage.now()).is_none() {
                 return Step::PersistEpochs(st.epochs.clone(), st.epochs_version);
             }
             if !st.stopping {
